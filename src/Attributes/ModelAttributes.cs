@@ -1,0 +1,78 @@
+using System;
+
+namespace Kiln
+{
+    /// <summary>Marks a partial class as a Kiln model definition: the source generator compiles its [Forward] method.</summary>
+    [AttributeUsage(AttributeTargets.Class, Inherited = false)]
+    public sealed class ModelAttribute : Attribute
+    {
+        public ModelAttribute(string architecture) => Architecture = architecture;
+
+        /// <summary>The architecture name the model file must declare (GGUF <c>general.architecture</c>), e.g. "llama".</summary>
+        public string Architecture { get; }
+    }
+
+    /// <summary>
+    /// A hyperparameter bound from the model file's metadata. The key may contain "{arch}", replaced by the
+    /// architecture name. When the key is absent the field's initializer (its default) is kept, unless
+    /// <see cref="Required"/> is true.
+    /// </summary>
+    [AttributeUsage(AttributeTargets.Field | AttributeTargets.Property, Inherited = false)]
+    public sealed class HyperAttribute : Attribute
+    {
+        public HyperAttribute(string key) => Key = key;
+
+        public string Key { get; }
+
+        /// <summary>When true, a file without the key is rejected at load.</summary>
+        public bool Required { get; set; }
+    }
+
+    /// <summary>
+    /// A weight tensor bound by name from the model file, with its declared shape in row-major order
+    /// (outer dimension first; a GGUF tensor with ne = [in, out] is declared as ("Out", "In")).
+    /// Each dimension is a hyperparameter name, a derived integer property, a product such as "Heads*HeadDim",
+    /// or a free symbol bound by the first weight that uses it (e.g. "Vocab").
+    /// </summary>
+    [AttributeUsage(AttributeTargets.Field | AttributeTargets.Property, Inherited = false)]
+    public sealed class WeightAttribute : Attribute
+    {
+        public WeightAttribute(string name, params string[] shape)
+        {
+            Name = name;
+            Shape = shape;
+        }
+
+        public string Name { get; }
+
+        public string[] Shape { get; }
+
+        /// <summary>Another tensor name to bind when this one is absent (e.g. output.weight tied to token_embd.weight).</summary>
+        public string? TiedTo { get; set; }
+    }
+
+    /// <summary>
+    /// A repeated block: the field is an array of a nested partial class whose [Weight] names are prefixed with
+    /// <see cref="Prefix"/> formatted with the layer index, e.g. "blk.{0}.". <see cref="Count"/> names the
+    /// hyperparameter that holds the number of layers.
+    /// </summary>
+    [AttributeUsage(AttributeTargets.Field | AttributeTargets.Property, Inherited = false)]
+    public sealed class LayersAttribute : Attribute
+    {
+        public LayersAttribute(string prefix, string count)
+        {
+            Prefix = prefix;
+            Count = count;
+        }
+
+        public string Prefix { get; }
+
+        public string Count { get; }
+    }
+
+    /// <summary>The model's forward pass over one flattened step of tokens. Run directly it executes eagerly.</summary>
+    [AttributeUsage(AttributeTargets.Method, Inherited = false)]
+    public sealed class ForwardAttribute : Attribute
+    {
+    }
+}

@@ -1,0 +1,35 @@
+namespace Kiln.Loading;
+
+/// <summary>GGML tensor types (the ids GGUF stores).</summary>
+public enum GgmlType : uint
+{
+    F32 = 0,
+    F16 = 1,
+    Q4_0 = 2,
+    Q4_1 = 3,
+    Q5_0 = 6,
+    Q5_1 = 7,
+    Q8_0 = 8,
+    Q8_1 = 9,
+    Q2_K = 10,
+    Q3_K = 11,
+    Q4_K = 12,
+    Q5_K = 13,
+    Q6_K = 14,
+    Q8_K = 15,
+    BF16 = 30,
+}
+
+/// <summary>A tensor's directory entry: name, stored type, GGML dimensions (ne[0] innermost), and where its bytes are.</summary>
+public sealed record TensorInfo(string Name, GgmlType Type, long[] Dimensions, long Offset, long ByteLength)
+{
+    public long ElementCount
+    {
+        get
+        {
+            long count = 1;
+            foreach (long d in Dimensions) count *= d;
+            return count;
+        }
+    }
+}
