@@ -1,0 +1,126 @@
+namespace Kiln;
+
+/// <summary>How the next token is chosen from a row of logits.</summary>
+public sealed record SamplingOptions
+{
+    /// <summary>0 picks the most likely token (greedy); higher values flatten the distribution.</summary>
+    public float Temperature { get; init; }
+
+    /// <summary>Keep the smallest set of most likely tokens whose probabilities sum to at least this (1 keeps all).</summary>
+    public float TopP { get; init; } = 1f;
+
+    /// <summary>Keep only the K most likely tokens (0 keeps all).</summary>
+    public int TopK { get; init; }
+
+    /// <summary>Seed for the random choice; the same seed and logits give the same tokens.</summary>
+    public ulong Seed { get; init; } = 0x5EED;
+
+    public static SamplingOptions Greedy { get; } = new();
+
+    public void Validate()
+    {
+        if (!(Temperature >= 0) || float.IsInfinity(Temperature))
+            throw new ArgumentOutOfRangeException(nameof(Temperature), Temperature, "Temperature must be a finite number ≥ 0.");
+        if (!(TopP > 0 && TopP <= 1))
+            throw new ArgumentOutOfRangeException(nameof(TopP), TopP, "TopP must be in (0, 1].");
+        if (TopK < 0)
+            throw new ArgumentOutOfRangeException(nameof(TopK), TopK, "TopK must be ≥ 0.");
+    }
+}
+
+/// <summary>
+/// Picks tokens from logits. Owns its scratch buffers (sized for one vocabulary) and a seeded generator, so a
+/// call allocates nothing and a run is reproducible.
+/// </summary>
+public sealed class Sampler
+{
+    private readonly SamplingOptions _options;
+    private readonly float[] _probabilities;
+    private readonly int[] _order;
+    private readonly Comparison<int> _byProbabilityDescending;
+    private ulong _state;
+
+    public Sampler(SamplingOptions options, int vocabSize)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(vocabSize);
+        _options = options;
+        _probabilities = new float[vocabSize];
+        _order = new int[vocabSize];
+        _byProbabilityDescending = (a, b) => _probabilities[b].CompareTo(_probabilities[a]);
+        // SplitMix64 of the seed: every seed, 0 included, gives a non-zero xorshift state.
+        ulong z = options.Seed + 0x9E3779B97F4A7C15UL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        _state = (z ^ (z >> 31)) | 1;
+    }
+
+    public int Sample(ReadOnlySpan<float> logits)
+    {
+        if (logits.Length != _probabilities.Length)
+            throw new ArgumentException($"Expected {_probabilities.Length} logits, got {logits.Length}.", nameof(logits));
+        if (_options.Temperature == 0) return ArgMax(logits);
+
+        // Softmax at the temperature, then a cumulative walk over the kept candidates.
+        float max = logits[ArgMax(logits)];
+        double sum = 0;
+        for (int i = 0; i < logits.Length; i++)
+        {
+            float p = MathF.Exp((logits[i] - max) / _options.Temperature);
+            _probabilities[i] = p;
+            sum += p;
+        }
+        int kept = KeepCandidates(sum, out double keptMass);
+        double target = NextUnit() * keptMass;
+        double cumulative = 0;
+        for (int i = 0; i < kept; i++)
+        {
+            int token = _order[i];
+            cumulative += _probabilities[token];
+            if (target < cumulative) return token;
+        }
+        return _order[kept - 1];
+    }
+
+    public static int ArgMax(ReadOnlySpan<float> logits)
+    {
+        int best = 0;
+        for (int i = 1; i < logits.Length; i++)
+            if (logits[i] > logits[best]) best = i;
+        return best;
+    }
+
+    /// <summary>Orders candidates (all of them, or the top-k/top-p set) into _order; returns how many are kept and their mass.</summary>
+    private int KeepCandidates(double totalMass, out double keptMass)
+    {
+        int count = _probabilities.Length;
+        for (int i = 0; i < count; i++) _order[i] = i;
+        if (_options.TopK == 0 && _options.TopP >= 1)
+        {
+            keptMass = totalMass;
+            return count;
+        }
+        // Sorting by probability only happens when a cutoff needs the order.
+        Array.Sort(_order, _byProbabilityDescending);
+        int kept = _options.TopK > 0 ? Math.Min(_options.TopK, count) : count;
+        double threshold = _options.TopP * totalMass;
+        keptMass = 0;
+        for (int i = 0; i < kept; i++)
+        {
+            keptMass += _probabilities[_order[i]];
+            if (keptMass >= threshold) return i + 1;
+        }
+        return kept;
+    }
+
+    /// <summary>xorshift64*: tiny, fast and the same on every platform, so seeds reproduce everywhere.</summary>
+    private double NextUnit()
+    {
+        _state ^= _state >> 12;
+        _state ^= _state << 25;
+        _state ^= _state >> 27;
+        ulong value = _state * 0x2545F4914F6CDD1DUL;
+        return (value >> 11) * (1.0 / (1UL << 53));
+    }
+}
