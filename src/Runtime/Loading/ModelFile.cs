@@ -44,17 +44,47 @@ public abstract class ModelFile : IDisposable
 
     /// <summary>
     /// A tensor dequantized to float32, row-major, with the file's dimensions reversed (GGUF ne = [in, out]
-    /// becomes shape [out, in]). Throws <see cref="ModelLoadException"/> when absent.
+    /// becomes shape [out, in]). Throws <see cref="ModelLoadException"/> when absent, stored in a format without a
+    /// decoder, or too large for one float array.
     /// </summary>
     public Tensor LoadTensor(string name)
     {
         if (!Tensors.TryGetValue(name, out var info))
             throw new ModelLoadException(Path, $"tensor '{name}'", null, "not found in the file.");
+        if (!Dequantize.IsSupported(info.Type))
+            throw new ModelLoadException(Path, $"tensor '{name}' type", info.Offset, $"{info.Type} tensors cannot be dequantized yet.");
+        long elements = info.ElementCount;
+        if (elements > Array.MaxLength)
+            throw new ModelLoadException(Path, $"tensor '{name}'", info.Offset, $"{elements} elements do not fit in one float32 array.");
+
         var shape = new int[info.Dimensions.Length];
-        for (int i = 0; i < shape.Length; i++) shape[i] = checked((int)info.Dimensions[shape.Length - 1 - i]);
-        var data = new float[info.ElementCount];
+        for (int i = 0; i < shape.Length; i++)
+        {
+            long extent = info.Dimensions[shape.Length - 1 - i];
+            if (extent is < 0 or > int.MaxValue) // possible beside a zero extent, which keeps the element count small
+                throw new ModelLoadException(Path, $"tensor '{name}'", info.Offset, $"dimension {extent} does not fit a tensor shape.");
+            shape[i] = (int)extent;
+        }
+        var data = new float[elements];
         Dequantize.ToFloat32(info.Type, GetTensorBytes(info), data);
         return new Tensor(data, shape);
+    }
+
+    /// <summary>
+    /// Opens a model file by its content: GGUF when it starts with the "GGUF" magic, otherwise a llama2.c
+    /// checkpoint (whose tokenizer is <paramref name="tokenizerPath"/>, or found beside it). A missing or malformed
+    /// file is a <see cref="ModelLoadException"/> naming the path.
+    /// </summary>
+    public static ModelFile Open(string path, string? tokenizerPath = null)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        Span<byte> magic = stackalloc byte[4];
+        int read;
+        using (var stream = MappedFile.OpenRead(path))
+            read = stream.ReadAtLeast(magic, magic.Length, throwOnEndOfStream: false);
+        return read == magic.Length && magic.SequenceEqual(GgufFile.Magic)
+            ? new GgufFile(path)
+            : new Llama2cFile(path, tokenizerPath);
     }
 
     public virtual void Dispose() => GC.SuppressFinalize(this);
