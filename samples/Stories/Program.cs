@@ -1,1 +1,3 @@
-Console.WriteLine("stub");
+using Kiln.Stories;
+
+return StoriesDemo.Run(args, Console.Out, Console.Error);

@@ -1,0 +1,67 @@
+using Microsoft.CodeAnalysis;
+
+namespace Kiln.Generators.Diagnostics;
+
+/// <summary>Every diagnostic Kiln's generator reports. Ids are stable: add new ones, never renumber.</summary>
+internal static class DiagnosticDescriptors
+{
+    private const string Category = "Kiln";
+
+    public static readonly DiagnosticDescriptor UnsupportedConstruct = new(
+        "KLN0001", "Unsupported construct in a [Forward] method",
+        "{0} is not supported in a [Forward] method: {1}",
+        Category, DiagnosticSeverity.Error, isEnabledByDefault: true);
+
+    public static readonly DiagnosticDescriptor UnknownOp = new(
+        "KLN0002", "Unknown op",
+        "'{0}' is not a Kiln op; a [Forward] method can call only {1}",
+        Category, DiagnosticSeverity.Error, isEnabledByDefault: true);
+
+    public static readonly DiagnosticDescriptor ShapeMismatch = new(
+        "KLN0003", "Shape mismatch",
+        "{0}: {1}",
+        Category, DiagnosticSeverity.Error, isEnabledByDefault: true);
+
+    public static readonly DiagnosticDescriptor TypeMismatch = new(
+        "KLN0004", "Type mismatch",
+        "{0}",
+        Category, DiagnosticSeverity.Error, isEnabledByDefault: true);
+
+    public static readonly DiagnosticDescriptor UndeclaredWeight = new(
+        "KLN0005", "Tensor used without a [Weight] declaration",
+        "'{0}' is a tensor member used in the [Forward] method without a [Weight] attribute; the compiled plan cannot bind it from the model file",
+        Category, DiagnosticSeverity.Error, isEnabledByDefault: true);
+
+    public static readonly DiagnosticDescriptor InvalidShapeExpression = new(
+        "KLN0006", "Invalid shape expression",
+        "Shape dimension \"{0}\" of weight '{1}' is invalid: {2}",
+        Category, DiagnosticSeverity.Error, isEnabledByDefault: true);
+
+    public static readonly DiagnosticDescriptor MalformedModel = new(
+        "KLN0007", "Malformed model definition",
+        "Model '{0}': {1}",
+        Category, DiagnosticSeverity.Error, isEnabledByDefault: true);
+
+    public static readonly DiagnosticDescriptor InvalidLayers = new(
+        "KLN0008", "Invalid [Layers] member",
+        "[Layers] member '{0}': {1}",
+        Category, DiagnosticSeverity.Error, isEnabledByDefault: true);
+
+    public static readonly DiagnosticDescriptor InternalError = new(
+        "KLN0009", "Internal generator error",
+        "The Kiln generator failed on '{0}' and produced no code: {1}",
+        Category, DiagnosticSeverity.Error, isEnabledByDefault: true);
+
+    public static DiagnosticDescriptor ById(string id) => id switch
+    {
+        "KLN0001" => UnsupportedConstruct,
+        "KLN0002" => UnknownOp,
+        "KLN0003" => ShapeMismatch,
+        "KLN0004" => TypeMismatch,
+        "KLN0005" => UndeclaredWeight,
+        "KLN0006" => InvalidShapeExpression,
+        "KLN0007" => MalformedModel,
+        "KLN0008" => InvalidLayers,
+        _ => InternalError,
+    };
+}

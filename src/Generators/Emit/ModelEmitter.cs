@@ -1,0 +1,148 @@
+using System.Linq;
+using Kiln.Generators.Passes;
+using Kiln.Generators.Syntax;
+
+namespace Kiln.Generators.Emit;
+
+/// <summary>
+/// Emits the model half of the generated file: free shape symbols, Load (hyperparameters and weights bound by
+/// generated code, no reflection), VocabSize, CreateKvCache, ForwardEager and Compile.
+/// </summary>
+internal static class ModelEmitter
+{
+    private const string File = "global::Kiln.Loading.ModelFile";
+    private const string LoadException = "global::Kiln.Loading.ModelLoadException";
+    private const string Tensor = "global::Kiln.Tensor";
+
+    public static void Emit(CodeWriter w, Plan plan)
+    {
+        var model = plan.Model;
+        foreach (var free in model.FreeDims)
+        {
+            w.Line($"/// <summary>Shape symbol \"{free}\": bound at load from the first weight that declares it, checked on every other.</summary>");
+            w.Line($"public int {free} {{ get; private set; }}");
+            w.Line();
+        }
+
+        EmitLoad(w, model);
+
+        w.Line("/// <summary>Logits per output row: the last dimension of the forward result.</summary>");
+        w.Line($"public int VocabSize => {Names.DimCode(plan.VocabDim, "this")};");
+        w.Line();
+        w.Line("/// <summary>A KV cache with one layer per attention layer and rows of the attention's k width.</summary>");
+        w.Line($"public global::Kiln.KvCache CreateKvCache(int slots, int maxContext) => new global::Kiln.KvCache({(plan.KvLayers == "1" ? "1" : "this." + plan.KvLayers)}, slots, maxContext, {Names.DimCode(plan.KvDim, "this")});");
+        w.Line();
+        w.Line($"{Tensor} global::Kiln.IKilnModel.ForwardEager(global::System.ReadOnlySpan<int> tokens, global::Kiln.AttentionContext context) => {model.ForwardName}(tokens, context);");
+        w.Line();
+        w.Line("/// <summary>Repacks the bound weights into the kernel layouts and allocates the arena for steps of up to <paramref name=\"maxTokensPerStep\"/> tokens.</summary>");
+        w.Line("public global::Kiln.ICompiledPlan Compile(int maxTokensPerStep) => new CompiledPlan(this, maxTokensPerStep);");
+        w.Line();
+        EmitHelpers(w);
+    }
+
+    private static void EmitLoad(CodeWriter w, ModelInfo model)
+    {
+        w.Line($"/// <summary>Binds a model file: architecture \"{model.Architecture}\", hyperparameters, then every weight with its declared shape checked.</summary>");
+        using (w.Block($"public static {model.ClassName} Load({File} file)"))
+        {
+            w.Line("if (file is null) throw new global::System.ArgumentNullException(nameof(file));");
+            w.Line($"if (file.Architecture != {Names.Literal(model.Architecture)})");
+            w.Line($"    throw new {LoadException}(file.Path, \"general.architecture\", null, $\"expected \\\"{model.Architecture}\\\" for {model.ClassName}, found \\\"{{file.Architecture}}\\\".\");");
+            w.Line($"var model = new {model.ClassName}();");
+            w.Line();
+            w.Line("// Hyperparameters: an absent key keeps the member's initializer unless it is required.");
+            foreach (var hyper in model.Hypers)
+            {
+                bool integer = hyper.Type is "int" or "long";
+                string read = integer ? "TryGetInt" : "TryGetFloat";
+                string type = integer ? "long" : "double";
+                string convert = hyper.Type switch
+                {
+                    "int" => "checked((int)value)",
+                    "float" => "(float)value",
+                    _ => "value",
+                };
+                string local = Local(hyper.Member) + "Value";
+                w.Line($"if (file.{read}({Names.Literal(hyper.Key)}, out {type} {local})) model.{hyper.Member} = {convert.Replace("value", local)};");
+                if (hyper.Required)
+                    w.Line($"else throw new {LoadException}(file.Path, {Names.Literal(hyper.Key)}, null, \"required hyperparameter is missing.\");");
+            }
+            w.Line();
+
+            var bound = new System.Collections.Generic.HashSet<string>();
+            if (model.FreeDims.Count > 0)
+            {
+                w.Line("// Free shape symbols are bound by the first weight that declares them.");
+                foreach (var free in model.FreeDims) w.Line($"bool {Local(free)}Bound = false;");
+                w.Line();
+            }
+
+            w.Line("// Weights, shapes checked against the declared dimensions.");
+            foreach (var weight in model.Weights.Where(x => x.Owner.Length == 0))
+                EmitWeight(w, model, weight, "model", "", bound);
+
+            foreach (var layers in model.Layers)
+            {
+                w.Line();
+                w.Line($"if (model.{layers.CountMember} < 0) throw new {LoadException}(file.Path, \"{layers.CountMember}\", null, $\"negative layer count {{model.{layers.CountMember}}}.\");");
+                w.Line($"model.{layers.Member} = new {layers.ClassName}[model.{layers.CountMember}];");
+                using (w.Block($"for (int layer = 0; layer < model.{layers.CountMember}; layer++)"))
+                {
+                    w.Line($"string prefix = string.Format(global::System.Globalization.CultureInfo.InvariantCulture, {Names.Literal(layers.Prefix)}, layer);");
+                    w.Line($"var block = new {layers.ClassName}();");
+                    foreach (var weight in model.Weights.Where(x => x.Owner == layers.Member))
+                        EmitWeight(w, model, weight, "block", "prefix + ", bound);
+                    w.Line($"model.{layers.Member}[layer] = block;");
+                }
+            }
+            w.Line("return model;");
+        }
+        w.Line();
+    }
+
+    private static void EmitWeight(CodeWriter w, ModelInfo model, WeightInfo weight, string target, string prefix, System.Collections.Generic.HashSet<string> bound)
+    {
+        string name = prefix + Names.Literal(weight.Name);
+        string load;
+        if (weight.TiedTo is null) load = $"file.LoadTensor({name})";
+        else
+        {
+            var tied = model.Weights.FirstOrDefault(x => x.Owner == weight.Owner && x.Name == weight.TiedTo && bound.Contains(x.Key));
+            string fallback = tied is not null ? $"{target}.{tied.Member}" : $"file.LoadTensor({prefix}{Names.Literal(weight.TiedTo)})";
+            load = $"file.Tensors.ContainsKey({name}) ? file.LoadTensor({name}) : {fallback}";
+        }
+        string declared = "[" + string.Join(", ", weight.Dims) + "]";
+        w.Line($"{target}.{weight.Member} = {load};");
+        w.Line($"KilnCheckRank(file, {name}, {target}.{weight.Member}, {Names.Literal(declared)}, {weight.Dims.Count});");
+        for (int d = 0; d < weight.Dims.Count; d++)
+        {
+            string dim = weight.Dims[d];
+            if (!model.FreeDims.Contains(dim)) continue;
+            w.Line($"if (!{Local(dim)}Bound) {{ model.{dim} = {target}.{weight.Member}.Shape[{d}]; {Local(dim)}Bound = true; }}");
+        }
+        string expected = string.Join(", ", weight.Dims.Select(d => Names.DimCode(d, "model")));
+        w.Line($"KilnCheckShape(file, {name}, {target}.{weight.Member}, {Names.Literal(declared)}, {expected});");
+        bound.Add(weight.Key);
+    }
+
+    private static string Local(string member) => char.ToLowerInvariant(member[0]) + member.Substring(1);
+
+    private static void EmitHelpers(CodeWriter w)
+    {
+        using (w.Block($"private static void KilnCheckRank({File} file, string name, {Tensor} tensor, string declared, int rank)"))
+        {
+            w.Line("if (tensor.Rank != rank)");
+            w.Line($"    throw new {LoadException}(file.Path, $\"tensor '{{name}}'\", null, $\"expected shape {{declared}}, found [{{string.Join(\", \", tensor.Shape)}}].\");");
+        }
+        w.Line();
+        using (w.Block($"private static void KilnCheckShape({File} file, string name, {Tensor} tensor, string declared, params int[] expected)"))
+        {
+            using (w.Block("for (int i = 0; i < expected.Length; i++)"))
+            {
+                w.Line("if (tensor.Shape[i] != expected[i])");
+                w.Line($"    throw new {LoadException}(file.Path, $\"tensor '{{name}}'\", null, $\"expected shape {{declared}} = [{{string.Join(\", \", expected)}}], found [{{string.Join(\", \", tensor.Shape)}}].\");");
+            }
+        }
+        w.Line();
+    }
+}

@@ -1,0 +1,270 @@
+using System.Reflection;
+using System.Runtime.InteropServices;
+using Kiln.Loading;
+
+namespace Kiln.Generators.Tests;
+
+/// <summary>
+/// Differential tests on synthetic weights, independent of any model file: the generated plan (compiled here, in
+/// memory) against the same class's eager forward. Covers grouped-query attention, a tied output weight, and a second
+/// model definition written differently (Layers[layer].W, +=, an unfused norm and standalone elementwise ops), so the
+/// fusions are shown to come from pattern matching rather than from Llama's names.
+/// </summary>
+public sealed class CompiledPlanTests
+{
+    private const float Tolerance = 1e-4f;
+
+    /// <summary>The same ops as Llama, written another way; the second norm also feeds a non-Linear so it cannot fold.</summary>
+    private const string Variant = """
+        using Kiln;
+
+        namespace Variant;
+
+        [Model("variant")]
+        public partial class Small
+        {
+            [Hyper("{arch}.dim", Required = true)] public int Dim;
+            [Hyper("{arch}.ffn")] public int Ffn = 24;
+            [Hyper("{arch}.layers", Required = true)] public int Depth;
+            [Hyper("{arch}.heads")] public int Heads = 4;
+            [Hyper("{arch}.kv_heads")] public int KvHeads = 1;
+            [Hyper("{arch}.base")] public float Base = 500f;
+            public int HeadDim => Dim / Heads;
+
+            [Weight("embed", "Words", "Dim")] public Tensor Embed = null!;
+            [Weight("final_norm", "Dim")] public Tensor FinalNorm = null!;
+            [Weight("head", "Words", "Dim")] public Tensor Head = null!;
+            [Layers("layer{0}/", nameof(Depth))] public Layer[] Stack = null!;
+
+            public partial class Layer
+            {
+                [Weight("norm1", "Dim")] public Tensor Norm1 = null!;
+                [Weight("q", "Dim", "Dim")] public Tensor Q = null!;
+                [Weight("k", "KvHeads*HeadDim", "Dim")] public Tensor K = null!;
+                [Weight("v", "KvHeads*HeadDim", "Dim")] public Tensor V = null!;
+                [Weight("o", "Dim", "Dim")] public Tensor O = null!;
+                [Weight("norm2", "Dim")] public Tensor Norm2 = null!;
+                [Weight("up", "Ffn", "Dim")] public Tensor Up = null!;
+                [Weight("down", "Dim", "Ffn")] public Tensor Down = null!;
+            }
+
+            [Forward]
+            public Tensor Run(ReadOnlySpan<int> tokens, AttentionContext context)
+            {
+                var h = Ops.Embedding(Embed, tokens);
+                for (int i = 0; i < Depth; i++)
+                {
+                    var n = Ops.RmsNorm(h, Stack[i].Norm1, 1e-6f);
+                    var att = Ops.Attention(
+                        Ops.Rope(Ops.Linear(n, Stack[i].Q), context, HeadDim, Base),
+                        Ops.Rope(Ops.Linear(n, Stack[i].K), context, HeadDim, Base),
+                        Ops.Linear(n, Stack[i].V), context, i, Heads, KvHeads);
+                    h += Ops.Linear(att, Stack[i].O);
+                    var m = Ops.RmsNorm(h, Stack[i].Norm2, 1e-6f);
+                    var up = Ops.Silu(Ops.Linear(m, Stack[i].Up)) * Ops.Linear(m, Stack[i].Up);
+                    h = Ops.Add(h, Ops.Linear(up, Stack[i].Down)) + m;
+                }
+                return Ops.Linear(Ops.RmsNorm(Ops.SelectRows(h, context), FinalNorm, 1e-6f), Head);
+            }
+        }
+        """;
+
+    private static readonly Lazy<Assembly> LlamaAssembly = new(() => Compile(
+        (Path.Combine(CSharpGeneratorTest<KilnGenerator>.RepoRoot, "samples", "Models", "Llama.cs"), null)));
+
+    private static readonly Lazy<Assembly> VariantAssembly = new(() => Compile(("Variant.cs", Variant)));
+
+    private static Assembly Compile((string Path, string? Text) source)
+    {
+        var compilation = CSharpGeneratorTest<KilnGenerator>.CreateCompilation((source.Path, source.Text ?? File.ReadAllText(source.Path)));
+        var run = CSharpGeneratorTest<KilnGenerator>.RunGenerator(compilation);
+        Assert.Empty(run.GeneratorDiagnostics);
+        Assert.Empty(run.CompilationErrors);
+        return CSharpGeneratorTest<KilnGenerator>.Load(run.Output);
+    }
+
+    private static IKilnModel Load(Assembly assembly, string typeName, ModelFile file)
+    {
+        var type = assembly.GetType(typeName, throwOnError: true)!;
+        try
+        {
+            return (IKilnModel)type.GetMethod("Load", BindingFlags.Public | BindingFlags.Static)!.Invoke(null, new object[] { file })!;
+        }
+        catch (TargetInvocationException e) when (e.InnerException is not null)
+        {
+            throw e.InnerException;
+        }
+    }
+
+    [Theory]
+    [InlineData(4, 2, true)]
+    [InlineData(4, 1, false)]
+    [InlineData(2, 2, true)]
+    public void LlamaPlanMatchesEagerOnSyntheticWeights(int heads, int kvHeads, bool tiedOutput)
+    {
+        const int dim = 32, hidden = 40, layers = 2, vocab = 37;
+        int headDim = dim / heads;
+        var file = new MemoryModelFile("llama", seed: heads * 10 + kvHeads);
+        file.Int("llama.embedding_length", dim).Int("llama.feed_forward_length", hidden).Int("llama.block_count", layers)
+            .Int("llama.attention.head_count", heads).Int("llama.attention.head_count_kv", kvHeads)
+            .Float("llama.attention.layer_norm_rms_epsilon", 1e-5).Float("llama.rope.freq_base", 10000.0);
+        file.Random("token_embd.weight", vocab, dim).Norm("output_norm.weight", dim);
+        if (!tiedOutput) file.Random("output.weight", vocab, dim);
+        for (int l = 0; l < layers; l++)
+        {
+            file.Norm($"blk.{l}.attn_norm.weight", dim).Random($"blk.{l}.attn_q.weight", dim, dim)
+                .Random($"blk.{l}.attn_k.weight", kvHeads * headDim, dim).Random($"blk.{l}.attn_v.weight", kvHeads * headDim, dim)
+                .Random($"blk.{l}.attn_output.weight", dim, dim).Norm($"blk.{l}.ffn_norm.weight", dim)
+                .Random($"blk.{l}.ffn_gate.weight", hidden, dim).Random($"blk.{l}.ffn_up.weight", hidden, dim)
+                .Random($"blk.{l}.ffn_down.weight", dim, hidden);
+        }
+        var model = Load(LlamaAssembly.Value, "Kiln.Models.Llama", file);
+        Assert.Equal(vocab, model.VocabSize);
+        Differential(model);
+    }
+
+    [Fact]
+    public void VariantPlanMatchesEagerAndFusesByPattern()
+    {
+        const int dim = 16, ffn = 24, depth = 3, words = 29, heads = 4, kvHeads = 1;
+        var file = new MemoryModelFile("variant", seed: 7);
+        file.Int("variant.dim", dim).Int("variant.layers", depth);
+        file.Random("embed", words, dim).Norm("final_norm", dim).Random("head", words, dim);
+        for (int l = 0; l < depth; l++)
+        {
+            file.Norm($"layer{l}/norm1", dim).Random($"layer{l}/q", dim, dim).Random($"layer{l}/k", kvHeads * dim / heads, dim)
+                .Random($"layer{l}/v", kvHeads * dim / heads, dim).Random($"layer{l}/o", dim, dim).Norm($"layer{l}/norm2", dim)
+                .Random($"layer{l}/up", ffn, dim).Random($"layer{l}/down", dim, ffn);
+        }
+        var model = Load(VariantAssembly.Value, "Variant.Small", file);
+        var report = model.Compile(4).FusionReport;
+        foreach (var expected in new[]
+        {
+            "RmsNorm(Norm1) folded",                       // norm → q/k/v matmul
+            "rope(·) epilogue",                            // rope on q and k
+            "h2 += · (residual add epilogue, in place)",   // h += Linear(att, O); h is a kernel local, so the buffer is h2
+            "rmsnorm: m ← RmsNorm(h2, Norm2)",              // m is also added later: the norm cannot fold
+            "silu(gate)·up epilogue",                      // the same weight twice still pairs
+        })
+        {
+            Assert.True(report.Contains(expected), $"missing \"{expected}\" in:\n{report}");
+        }
+        Differential(model);
+    }
+
+    [Fact]
+    public void LoadRejectsAWrongShapeNamingTensorAndShapes()
+    {
+        var file = new MemoryModelFile("llama", seed: 1);
+        file.Int("llama.embedding_length", 8).Int("llama.feed_forward_length", 8).Int("llama.block_count", 0)
+            .Int("llama.attention.head_count", 2);
+        file.Random("token_embd.weight", 11, 8).Norm("output_norm.weight", 9);
+        var error = Assert.Throws<ModelLoadException>(() => Load(LlamaAssembly.Value, "Kiln.Models.Llama", file));
+        Assert.Contains("output_norm.weight", error.Message);
+        Assert.Contains("[Dim] = [8]", error.Message);
+        Assert.Contains("[9]", error.Message);
+    }
+
+    [Fact]
+    public void LoadRejectsAMissingRequiredHyperAndAWrongArchitecture()
+    {
+        var file = new MemoryModelFile("llama", seed: 1);
+        var missing = Assert.Throws<ModelLoadException>(() => Load(LlamaAssembly.Value, "Kiln.Models.Llama", file));
+        Assert.Contains("llama.embedding_length", missing.Message);
+        var wrong = Assert.Throws<ModelLoadException>(() => Load(LlamaAssembly.Value, "Kiln.Models.Llama", new MemoryModelFile("gpt2", seed: 1)));
+        Assert.Contains("general.architecture", wrong.Message);
+    }
+
+    /// <summary>Prefill of 5 (all rows), 3 decodes, then two sequences mixed in one step; then a step that must not allocate.</summary>
+    private static void Differential(IKilnModel model)
+    {
+        const int maxTokens = 8;
+        var plan = model.Compile(maxTokens);
+        var eager = new AttentionContext(model.CreateKvCache(2, 32), maxTokens);
+        var compiled = new AttentionContext(model.CreateKvCache(2, 32), maxTokens);
+        var logits = new float[maxTokens * model.VocabSize];
+        int vocab = model.VocabSize;
+
+        void Step(int[] tokens, params (int Position, int Slot, bool Want)[] layout)
+        {
+            eager.Clear();
+            compiled.Clear();
+            foreach (var (p, s, w) in layout)
+            {
+                eager.Add(p, s, w);
+                compiled.Add(p, s, w);
+            }
+            var expected = model.ForwardEager(tokens, eager);
+            plan.Step(tokens, compiled, logits);
+            Assert.Equal(eager.OutputCount * vocab, expected.Data.Length);
+            for (int i = 0; i < expected.Data.Length; i++)
+                Assert.True(MathF.Abs(expected.Data[i] - logits[i]) <= Tolerance, $"logit {i}: eager {expected.Data[i]}, compiled {logits[i]}");
+        }
+
+        Step(new[] { 1, 2, 3, 4, 5 }, (0, 0, true), (1, 0, true), (2, 0, true), (3, 0, true), (4, 0, true));
+        for (int p = 5; p < 8; p++) Step(new[] { p % vocab }, (p, 0, true));
+        Step(new[] { 9, 10, 11, 12, 13 }, (8, 0, true), (0, 1, false), (1, 1, true), (9, 0, false), (2, 1, true));
+
+        // After warm-up a step allocates nothing.
+        compiled.Clear();
+        compiled.Add(3, 1, true);
+        int[] token = { 6 };
+        plan.Step(token, compiled, logits);
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        plan.Step(token, compiled, logits);
+        Assert.Equal(before, GC.GetAllocatedBytesForCurrentThread());
+
+        Assert.Throws<ArgumentException>(() => plan.Step(new[] { 1, 2 }, compiled, logits));
+        Assert.Throws<ArgumentException>(() => plan.Step(new[] { 1 }, compiled, new float[vocab - 1]));
+    }
+
+    /// <summary>An F32 model file in memory.</summary>
+    private sealed class MemoryModelFile : ModelFile
+    {
+        private readonly Dictionary<string, TensorInfo> _tensors = new();
+        private readonly Dictionary<string, float[]> _data = new();
+        private readonly Dictionary<string, MetadataValue> _metadata = new();
+        private readonly Random _random;
+
+        public MemoryModelFile(string architecture, int seed) : base("memory://" + architecture)
+        {
+            Architecture = architecture;
+            _random = new Random(seed);
+        }
+
+        public override string Architecture { get; }
+
+        public override IReadOnlyDictionary<string, TensorInfo> Tensors => _tensors;
+
+        public override IReadOnlyDictionary<string, MetadataValue> Metadata => _metadata;
+
+        public override ReadOnlySpan<byte> GetTensorBytes(TensorInfo tensor) => MemoryMarshal.AsBytes(_data[tensor.Name].AsSpan());
+
+        public MemoryModelFile Int(string key, int value)
+        {
+            _metadata[key] = new MetadataValue((uint)value);
+            return this;
+        }
+
+        public MemoryModelFile Float(string key, double value)
+        {
+            _metadata[key] = new MetadataValue((float)value);
+            return this;
+        }
+
+        public MemoryModelFile Random(string name, int rows, int cols) => Add(name, new[] { rows, cols }, () => (float)(_random.NextDouble() * 2 - 1) * 0.3f);
+
+        /// <summary>A norm weight around 1, so the fold into the matmul columns is visible.</summary>
+        public MemoryModelFile Norm(string name, int length) => Add(name, new[] { length }, () => 0.5f + (float)_random.NextDouble());
+
+        private MemoryModelFile Add(string name, int[] shape, Func<float> next)
+        {
+            int count = shape.Aggregate(1, (a, b) => a * b);
+            var data = new float[count];
+            for (int i = 0; i < count; i++) data[i] = next();
+            _data[name] = data;
+            _tensors[name] = new TensorInfo(name, GgmlType.F32, shape.Reverse().Select(d => (long)d).ToArray(), 0, count * 4L);
+            return this;
+        }
+    }
+}

@@ -1,0 +1,178 @@
+using System.Collections.Immutable;
+using Kiln.Generators.Diagnostics;
+using Kiln.Generators.Helpers;
+using Kiln.Generators.Ir;
+using Kiln.Generators.Passes;
+using Kiln.Generators.Syntax;
+using Microsoft.CodeAnalysis;
+
+namespace Kiln.Generators.Tests;
+
+/// <summary>One tiny model per KLN id: the id, severity Error, the location's text, no exception, and no plan emitted.</summary>
+public sealed class DiagnosticTests
+{
+    private const string Template = """
+        using Kiln;
+
+        namespace Test;
+
+        [Model("tiny")]
+        public partial class Tiny
+        {
+            [Hyper("{arch}.dim", Required = true)] public int Dim;
+            [Hyper("{arch}.hidden")] public int Hidden = 8;
+            [Weight("embd", "Vocab", "Dim")] public Tensor Embedding = null!;
+            [Weight("norm", "Dim")] public Tensor Norm = null!;
+            [Weight("out", "Vocab", "Dim")] public Tensor Output = null!;
+            /*MEMBERS*/
+
+            [Forward]
+            public Tensor Forward(ReadOnlySpan<int> tokens, AttentionContext context)
+            {
+                var x = Ops.Embedding(Embedding, tokens);
+                /*BODY*/
+                x = Ops.SelectRows(x, context);
+                return Ops.Linear(Ops.RmsNorm(x, Norm, 1e-5f), Output);
+            }
+        }
+        """;
+
+    private static string Model(string members = "", string body = "") =>
+        Template.Replace("/*MEMBERS*/", members).Replace("/*BODY*/", body);
+
+    private static (CSharpGeneratorTest<KilnGenerator>.Run Run, string Source) Generate(string source)
+    {
+        var compilation = CSharpGeneratorTest<KilnGenerator>.CreateCompilation(("Tiny.cs", source));
+        return (CSharpGeneratorTest<KilnGenerator>.RunGenerator(compilation), source);
+    }
+
+    /// <summary>Exactly the expected Kiln diagnostic, as an error, located on text that starts with <paramref name="locatedText"/>.</summary>
+    private static Diagnostic AssertSingle(string source, string id, string locatedText)
+    {
+        var (run, text) = Generate(source);
+        var kiln = run.GeneratorDiagnostics.Where(d => d.Id.StartsWith("KLN")).ToList();
+        var diagnostic = Assert.Single(kiln);
+        Assert.Equal(id, diagnostic.Id);
+        Assert.Equal(DiagnosticSeverity.Error, diagnostic.Severity);
+        var span = diagnostic.Location.SourceSpan;
+        string located = text.Substring(span.Start, span.Length);
+        Assert.StartsWith(locatedText, located);
+        Assert.Equal("Tiny.cs", diagnostic.Location.GetLineSpan().Path);
+        Assert.Empty(run.Sources); // a model with errors gets no plan
+        return diagnostic;
+    }
+
+    [Fact]
+    public void ValidModelHasNoDiagnosticsAndCompiles()
+    {
+        var (run, _) = Generate(Model());
+        Assert.Empty(run.GeneratorDiagnostics);
+        Assert.Single(run.Sources);
+        Assert.Empty(run.CompilationErrors);
+    }
+
+    [Theory]
+    [InlineData("while (Dim > 100) { }", "while")]
+    [InlineData("if (Dim > 0) { x = x + x; }", "if")]
+    [InlineData("foreach (var i in new int[0]) { }", "foreach")]
+    [InlineData("try { } finally { }", "try")]
+    [InlineData("Func<Tensor> f = () => x;", "Func<Tensor> f")]
+    [InlineData("x = x + Ops.Silu(Dim > 0 ? x : x);", "Dim > 0 ? x : x")]
+    public void Kln0001UnsupportedConstruct(string body, string located) =>
+        AssertSingle(Model(body: body), "KLN0001", located);
+
+    [Fact]
+    public void Kln0002UnknownOp()
+    {
+        var diagnostic = AssertSingle(Model(members: "private static Tensor Helper(Tensor t) => t;", body: "x = Helper(x);"), "KLN0002", "Helper(x)");
+        Assert.Contains("Tiny.Helper", diagnostic.GetMessage());
+    }
+
+    [Fact]
+    public void Kln0003ShapeMismatchNamesBothShapes()
+    {
+        var diagnostic = AssertSingle(Model(members: "[Weight(\"w\", \"Hidden\", \"Hidden\")] public Tensor W = null!;", body: "x = Ops.Linear(x, W);"),
+            "KLN0003", "W");
+        Assert.Contains("[T, Dim]", diagnostic.GetMessage());
+        Assert.Contains("[Hidden, Hidden]", diagnostic.GetMessage());
+    }
+
+    [Fact]
+    public void Kln0003AddOfDifferentShapes() =>
+        AssertSingle(Model(members: "[Weight(\"w\", \"Hidden\", \"Dim\")] public Tensor W = null!;", body: "x = x + Ops.Linear(x, W);"),
+            "KLN0003", "Ops.Linear(x, W)");
+
+    [Fact]
+    public void Kln0004WeightThatIsNotATensor() =>
+        AssertSingle(Model(members: "[Weight(\"w\", \"Dim\")] public float[] W = null!;"), "KLN0004", "float[]");
+
+    [Fact]
+    public void Kln0004HyperOfWrongType() =>
+        AssertSingle(Model(members: "[Hyper(\"{arch}.name\")] public string Name = \"\";"), "KLN0004", "string");
+
+    [Fact]
+    public void Kln0004WeightWhereActivationExpected() =>
+        AssertSingle(Model(body: "x = x + Ops.Silu(Norm);"), "KLN0004", "Norm");
+
+    [Fact]
+    public void Kln0005TensorWithoutWeight() =>
+        AssertSingle(Model(members: "public Tensor Bias = null!;", body: "x = x + Bias;"), "KLN0005", "Bias");
+
+    [Theory]
+    [InlineData("Dim+1")]
+    [InlineData("Dim*Unknown")]
+    [InlineData("Dim*")]
+    public void Kln0006InvalidShapeExpression(string dim) =>
+        AssertSingle(Model(members: $"[Weight(\"w\", \"{dim}\")] public Tensor W = null!;"), "KLN0006", $"\"{dim}\"");
+
+    [Fact]
+    public void Kln0007NotPartial() =>
+        AssertSingle(Model().Replace("public partial class Tiny", "public class Tiny"), "KLN0007", "Tiny");
+
+    [Fact]
+    public void Kln0007WrongForwardSignature() =>
+        AssertSingle(Model().Replace("public Tensor Forward(ReadOnlySpan<int> tokens, AttentionContext context)",
+            "public Tensor Forward(int[] tokens, AttentionContext context)"), "KLN0007", "Forward");
+
+    [Fact]
+    public void Kln0007NoForward() =>
+        AssertSingle(Model().Replace("[Forward]", ""), "KLN0007", "Tiny");
+
+    [Fact]
+    public void Kln0008LayersNotAnArrayOfANestedClass() =>
+        AssertSingle(Model(members: "[Layers(\"blk.{0}.\", nameof(Dim))] public int[] Blocks = null!;"), "KLN0008", "int[]");
+
+    [Fact]
+    public void Kln0008CountNotAnIntHyper() =>
+        AssertSingle(Model(members: "[Layers(\"blk.{0}.\", \"Missing\")] public Block[] Blocks = null!; public partial class Block { }"), "KLN0008", "Block[]");
+
+    [Fact]
+    public void Kln0009InternalErrorBecomesADiagnostic()
+    {
+        // A graph whose result refers to a value that does not exist: the planner throws inside, and must report instead.
+        var location = new LocationInfo("Tiny.cs", 0, 4, 0, 0, 0, 4);
+        var model = new ModelInfo("Test", "Tiny", "public", "tiny", default, default, default, default, default, default, "Forward", default, location);
+        var graph = new Graph(model, EquatableArray<Node>.Empty, EquatableArray.Create(new RegionInfo(0, false, "", "", "")), Result: 7);
+        var result = Planner.Build(new GraphResult("Tiny.g.cs", graph, EquatableArray<DiagnosticInfo>.Empty), CancellationToken.None);
+
+        Assert.Null(result.Plan);
+        var diagnostic = Assert.Single(result.Diagnostics).ToDiagnostic();
+        Assert.Equal("KLN0009", diagnostic.Id);
+        Assert.Equal(DiagnosticSeverity.Error, diagnostic.Severity);
+        Assert.Equal(0, diagnostic.Location.SourceSpan.Start);
+        Assert.Equal(4, diagnostic.Location.SourceSpan.Length);
+        Assert.Contains("Tiny", diagnostic.GetMessage());
+    }
+
+    [Fact]
+    public void EveryDescriptorIsListedInTheReleaseTable()
+    {
+        string table = File.ReadAllText(Path.Combine(CSharpGeneratorTest<KilnGenerator>.RepoRoot, "src", "Generators", "AnalyzerReleases.Unshipped.md"));
+        foreach (string id in Enumerable.Range(1, 9).Select(i => $"KLN{i:0000}"))
+        {
+            Assert.Equal(id, DiagnosticDescriptors.ById(id).Id);
+            Assert.Equal(DiagnosticSeverity.Error, DiagnosticDescriptors.ById(id).DefaultSeverity);
+            Assert.Contains(id + " |", table);
+        }
+    }
+}
