@@ -56,16 +56,16 @@ internal static class ModelEmitter
                 bool integer = hyper.Type is "int" or "long";
                 string read = integer ? "TryGetInt" : "TryGetFloat";
                 string type = integer ? "long" : "double";
+                string local = Local(hyper.Member) + "Value";
                 string convert = hyper.Type switch
                 {
-                    "int" => "checked((int)value)",
-                    "float" => "(float)value",
-                    _ => "value",
+                    "int" => $"KilnToInt(file, {Names.Literal(hyper.Key)}, {local})",
+                    "float" => $"(float){local}",
+                    _ => local,
                 };
-                string local = Local(hyper.Member) + "Value";
-                w.Line($"if (file.{read}({Names.Literal(hyper.Key)}, out {type} {local})) model.{hyper.Member} = {convert.Replace("value", local)};");
+                w.Line($"if (file.{read}({Names.Literal(hyper.Key)}, out {type} {local})) model.{hyper.Member} = {convert};");
                 if (hyper.Required)
-                    w.Line($"else throw new {LoadException}(file.Path, {Names.Literal(hyper.Key)}, null, \"required hyperparameter is missing.\");");
+                    w.Line($"else throw new {LoadException}(file.Path, {Names.Literal(hyper.Key)}, null, \"required hyperparameter is missing or not a number.\");");
             }
             w.Line();
 
@@ -77,7 +77,9 @@ internal static class ModelEmitter
                 w.Line();
             }
 
-            w.Line("// Weights, shapes checked against the declared dimensions.");
+            w.Line("// Weights, shapes checked against the declared dimensions. Derived dimensions are evaluated here, so a");
+            w.Line("// hyperparameter that breaks their arithmetic (a zero head count, say) is reported as the file's fault.");
+            w.Open("try");
             foreach (var weight in model.Weights.Where(x => x.Owner.Length == 0))
                 EmitWeight(w, model, weight, "model", "", bound);
 
@@ -95,6 +97,9 @@ internal static class ModelEmitter
                     w.Line($"model.{layers.Member}[layer] = block;");
                 }
             }
+            w.Close();
+            using (w.Block("catch (global::System.ArithmeticException e)"))
+                w.Line($"throw new {LoadException}(file.Path, \"hyperparameters\", null, $\"a derived dimension cannot be computed from them ({{e.Message}}).\", e);");
             w.Line("return model;");
         }
         w.Line();
@@ -129,6 +134,13 @@ internal static class ModelEmitter
 
     private static void EmitHelpers(CodeWriter w)
     {
+        using (w.Block($"private static int KilnToInt({File} file, string key, long value)"))
+        {
+            w.Line("if (value < int.MinValue || value > int.MaxValue)");
+            w.Line($"    throw new {LoadException}(file.Path, key, null, $\"value {{value}} does not fit a 32-bit integer.\");");
+            w.Line("return (int)value;");
+        }
+        w.Line();
         using (w.Block($"private static void KilnCheckRank({File} file, string name, {Tensor} tensor, string declared, int rank)"))
         {
             w.Line("if (tensor.Rank != rank)");

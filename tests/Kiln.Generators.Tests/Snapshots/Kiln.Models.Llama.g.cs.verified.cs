@@ -46,69 +46,77 @@ namespace Kiln.Models
             var model = new Llama();
 
             // Hyperparameters: an absent key keeps the member's initializer unless it is required.
-            if (file.TryGetInt("llama.embedding_length", out long dimValue)) model.Dim = checked((int)dimValue);
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.embedding_length", null, "required hyperparameter is missing.");
-            if (file.TryGetInt("llama.feed_forward_length", out long hiddenValue)) model.Hidden = checked((int)hiddenValue);
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.feed_forward_length", null, "required hyperparameter is missing.");
-            if (file.TryGetInt("llama.block_count", out long layerCountValue)) model.LayerCount = checked((int)layerCountValue);
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.block_count", null, "required hyperparameter is missing.");
-            if (file.TryGetInt("llama.attention.head_count", out long headsValue)) model.Heads = checked((int)headsValue);
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.attention.head_count", null, "required hyperparameter is missing.");
-            if (file.TryGetInt("llama.attention.head_count_kv", out long kvHeadsValue)) model.KvHeads = checked((int)kvHeadsValue);
+            if (file.TryGetInt("llama.embedding_length", out long dimValue)) model.Dim = KilnToInt(file, "llama.embedding_length", dimValue);
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.embedding_length", null, "required hyperparameter is missing or not a number.");
+            if (file.TryGetInt("llama.feed_forward_length", out long hiddenValue)) model.Hidden = KilnToInt(file, "llama.feed_forward_length", hiddenValue);
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.feed_forward_length", null, "required hyperparameter is missing or not a number.");
+            if (file.TryGetInt("llama.block_count", out long layerCountValue)) model.LayerCount = KilnToInt(file, "llama.block_count", layerCountValue);
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.block_count", null, "required hyperparameter is missing or not a number.");
+            if (file.TryGetInt("llama.attention.head_count", out long headsValue)) model.Heads = KilnToInt(file, "llama.attention.head_count", headsValue);
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.attention.head_count", null, "required hyperparameter is missing or not a number.");
+            if (file.TryGetInt("llama.attention.head_count_kv", out long kvHeadsValue)) model.KvHeads = KilnToInt(file, "llama.attention.head_count_kv", kvHeadsValue);
             if (file.TryGetFloat("llama.attention.layer_norm_rms_epsilon", out double epsValue)) model.Eps = (float)epsValue;
             if (file.TryGetFloat("llama.rope.freq_base", out double ropeBaseValue)) model.RopeBase = (float)ropeBaseValue;
-            if (file.TryGetInt("llama.context_length", out long contextValue)) model.Context = checked((int)contextValue);
+            if (file.TryGetInt("llama.context_length", out long contextValue)) model.Context = KilnToInt(file, "llama.context_length", contextValue);
 
             // Free shape symbols are bound by the first weight that declares them.
             bool vocabBound = false;
 
-            // Weights, shapes checked against the declared dimensions.
-            model.TokenEmbedding = file.LoadTensor("token_embd.weight");
-            KilnCheckRank(file, "token_embd.weight", model.TokenEmbedding, "[Vocab, Dim]", 2);
-            if (!vocabBound) { model.Vocab = model.TokenEmbedding.Shape[0]; vocabBound = true; }
-            KilnCheckShape(file, "token_embd.weight", model.TokenEmbedding, "[Vocab, Dim]", model.Vocab, model.Dim);
-            model.OutputNorm = file.LoadTensor("output_norm.weight");
-            KilnCheckRank(file, "output_norm.weight", model.OutputNorm, "[Dim]", 1);
-            KilnCheckShape(file, "output_norm.weight", model.OutputNorm, "[Dim]", model.Dim);
-            model.Output = file.Tensors.ContainsKey("output.weight") ? file.LoadTensor("output.weight") : model.TokenEmbedding;
-            KilnCheckRank(file, "output.weight", model.Output, "[Vocab, Dim]", 2);
-            if (!vocabBound) { model.Vocab = model.Output.Shape[0]; vocabBound = true; }
-            KilnCheckShape(file, "output.weight", model.Output, "[Vocab, Dim]", model.Vocab, model.Dim);
-
-            if (model.LayerCount < 0) throw new global::Kiln.Loading.ModelLoadException(file.Path, "LayerCount", null, $"negative layer count {model.LayerCount}.");
-            model.Layers = new Block[model.LayerCount];
-            for (int layer = 0; layer < model.LayerCount; layer++)
+            // Weights, shapes checked against the declared dimensions. Derived dimensions are evaluated here, so a
+            // hyperparameter that breaks their arithmetic (a zero head count, say) is reported as the file's fault.
+            try
             {
-                string prefix = string.Format(global::System.Globalization.CultureInfo.InvariantCulture, "blk.{0}.", layer);
-                var block = new Block();
-                block.AttnNorm = file.LoadTensor(prefix + "attn_norm.weight");
-                KilnCheckRank(file, prefix + "attn_norm.weight", block.AttnNorm, "[Dim]", 1);
-                KilnCheckShape(file, prefix + "attn_norm.weight", block.AttnNorm, "[Dim]", model.Dim);
-                block.Wq = file.LoadTensor(prefix + "attn_q.weight");
-                KilnCheckRank(file, prefix + "attn_q.weight", block.Wq, "[QDim, Dim]", 2);
-                KilnCheckShape(file, prefix + "attn_q.weight", block.Wq, "[QDim, Dim]", model.QDim, model.Dim);
-                block.Wk = file.LoadTensor(prefix + "attn_k.weight");
-                KilnCheckRank(file, prefix + "attn_k.weight", block.Wk, "[KvDim, Dim]", 2);
-                KilnCheckShape(file, prefix + "attn_k.weight", block.Wk, "[KvDim, Dim]", model.KvDim, model.Dim);
-                block.Wv = file.LoadTensor(prefix + "attn_v.weight");
-                KilnCheckRank(file, prefix + "attn_v.weight", block.Wv, "[KvDim, Dim]", 2);
-                KilnCheckShape(file, prefix + "attn_v.weight", block.Wv, "[KvDim, Dim]", model.KvDim, model.Dim);
-                block.Wo = file.LoadTensor(prefix + "attn_output.weight");
-                KilnCheckRank(file, prefix + "attn_output.weight", block.Wo, "[Dim, QDim]", 2);
-                KilnCheckShape(file, prefix + "attn_output.weight", block.Wo, "[Dim, QDim]", model.Dim, model.QDim);
-                block.FfnNorm = file.LoadTensor(prefix + "ffn_norm.weight");
-                KilnCheckRank(file, prefix + "ffn_norm.weight", block.FfnNorm, "[Dim]", 1);
-                KilnCheckShape(file, prefix + "ffn_norm.weight", block.FfnNorm, "[Dim]", model.Dim);
-                block.Gate = file.LoadTensor(prefix + "ffn_gate.weight");
-                KilnCheckRank(file, prefix + "ffn_gate.weight", block.Gate, "[Hidden, Dim]", 2);
-                KilnCheckShape(file, prefix + "ffn_gate.weight", block.Gate, "[Hidden, Dim]", model.Hidden, model.Dim);
-                block.Up = file.LoadTensor(prefix + "ffn_up.weight");
-                KilnCheckRank(file, prefix + "ffn_up.weight", block.Up, "[Hidden, Dim]", 2);
-                KilnCheckShape(file, prefix + "ffn_up.weight", block.Up, "[Hidden, Dim]", model.Hidden, model.Dim);
-                block.Down = file.LoadTensor(prefix + "ffn_down.weight");
-                KilnCheckRank(file, prefix + "ffn_down.weight", block.Down, "[Dim, Hidden]", 2);
-                KilnCheckShape(file, prefix + "ffn_down.weight", block.Down, "[Dim, Hidden]", model.Dim, model.Hidden);
-                model.Layers[layer] = block;
+                model.TokenEmbedding = file.LoadTensor("token_embd.weight");
+                KilnCheckRank(file, "token_embd.weight", model.TokenEmbedding, "[Vocab, Dim]", 2);
+                if (!vocabBound) { model.Vocab = model.TokenEmbedding.Shape[0]; vocabBound = true; }
+                KilnCheckShape(file, "token_embd.weight", model.TokenEmbedding, "[Vocab, Dim]", model.Vocab, model.Dim);
+                model.OutputNorm = file.LoadTensor("output_norm.weight");
+                KilnCheckRank(file, "output_norm.weight", model.OutputNorm, "[Dim]", 1);
+                KilnCheckShape(file, "output_norm.weight", model.OutputNorm, "[Dim]", model.Dim);
+                model.Output = file.Tensors.ContainsKey("output.weight") ? file.LoadTensor("output.weight") : model.TokenEmbedding;
+                KilnCheckRank(file, "output.weight", model.Output, "[Vocab, Dim]", 2);
+                if (!vocabBound) { model.Vocab = model.Output.Shape[0]; vocabBound = true; }
+                KilnCheckShape(file, "output.weight", model.Output, "[Vocab, Dim]", model.Vocab, model.Dim);
+
+                if (model.LayerCount < 0) throw new global::Kiln.Loading.ModelLoadException(file.Path, "LayerCount", null, $"negative layer count {model.LayerCount}.");
+                model.Layers = new Block[model.LayerCount];
+                for (int layer = 0; layer < model.LayerCount; layer++)
+                {
+                    string prefix = string.Format(global::System.Globalization.CultureInfo.InvariantCulture, "blk.{0}.", layer);
+                    var block = new Block();
+                    block.AttnNorm = file.LoadTensor(prefix + "attn_norm.weight");
+                    KilnCheckRank(file, prefix + "attn_norm.weight", block.AttnNorm, "[Dim]", 1);
+                    KilnCheckShape(file, prefix + "attn_norm.weight", block.AttnNorm, "[Dim]", model.Dim);
+                    block.Wq = file.LoadTensor(prefix + "attn_q.weight");
+                    KilnCheckRank(file, prefix + "attn_q.weight", block.Wq, "[QDim, Dim]", 2);
+                    KilnCheckShape(file, prefix + "attn_q.weight", block.Wq, "[QDim, Dim]", model.QDim, model.Dim);
+                    block.Wk = file.LoadTensor(prefix + "attn_k.weight");
+                    KilnCheckRank(file, prefix + "attn_k.weight", block.Wk, "[KvDim, Dim]", 2);
+                    KilnCheckShape(file, prefix + "attn_k.weight", block.Wk, "[KvDim, Dim]", model.KvDim, model.Dim);
+                    block.Wv = file.LoadTensor(prefix + "attn_v.weight");
+                    KilnCheckRank(file, prefix + "attn_v.weight", block.Wv, "[KvDim, Dim]", 2);
+                    KilnCheckShape(file, prefix + "attn_v.weight", block.Wv, "[KvDim, Dim]", model.KvDim, model.Dim);
+                    block.Wo = file.LoadTensor(prefix + "attn_output.weight");
+                    KilnCheckRank(file, prefix + "attn_output.weight", block.Wo, "[Dim, QDim]", 2);
+                    KilnCheckShape(file, prefix + "attn_output.weight", block.Wo, "[Dim, QDim]", model.Dim, model.QDim);
+                    block.FfnNorm = file.LoadTensor(prefix + "ffn_norm.weight");
+                    KilnCheckRank(file, prefix + "ffn_norm.weight", block.FfnNorm, "[Dim]", 1);
+                    KilnCheckShape(file, prefix + "ffn_norm.weight", block.FfnNorm, "[Dim]", model.Dim);
+                    block.Gate = file.LoadTensor(prefix + "ffn_gate.weight");
+                    KilnCheckRank(file, prefix + "ffn_gate.weight", block.Gate, "[Hidden, Dim]", 2);
+                    KilnCheckShape(file, prefix + "ffn_gate.weight", block.Gate, "[Hidden, Dim]", model.Hidden, model.Dim);
+                    block.Up = file.LoadTensor(prefix + "ffn_up.weight");
+                    KilnCheckRank(file, prefix + "ffn_up.weight", block.Up, "[Hidden, Dim]", 2);
+                    KilnCheckShape(file, prefix + "ffn_up.weight", block.Up, "[Hidden, Dim]", model.Hidden, model.Dim);
+                    block.Down = file.LoadTensor(prefix + "ffn_down.weight");
+                    KilnCheckRank(file, prefix + "ffn_down.weight", block.Down, "[Dim, Hidden]", 2);
+                    KilnCheckShape(file, prefix + "ffn_down.weight", block.Down, "[Dim, Hidden]", model.Dim, model.Hidden);
+                    model.Layers[layer] = block;
+                }
+            }
+            catch (global::System.ArithmeticException e)
+            {
+                throw new global::Kiln.Loading.ModelLoadException(file.Path, "hyperparameters", null, $"a derived dimension cannot be computed from them ({e.Message}).", e);
             }
             return model;
         }
@@ -123,6 +131,13 @@ namespace Kiln.Models
 
         /// <summary>Repacks the bound weights into the kernel layouts and allocates the arena for steps of up to <paramref name="maxTokensPerStep"/> tokens.</summary>
         public global::Kiln.ICompiledPlan Compile(int maxTokensPerStep) => new CompiledPlan(this, maxTokensPerStep);
+
+        private static int KilnToInt(global::Kiln.Loading.ModelFile file, string key, long value)
+        {
+            if (value < int.MinValue || value > int.MaxValue)
+                throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"value {value} does not fit a 32-bit integer.");
+            return (int)value;
+        }
 
         private static void KilnCheckRank(global::Kiln.Loading.ModelFile file, string name, global::Kiln.Tensor tensor, string declared, int rank)
         {
