@@ -66,14 +66,7 @@ public sealed unsafe class GgufFile : ModelFile
 
     public override IReadOnlyDictionary<string, MetadataValue> Metadata => _metadata;
 
-    public override ReadOnlySpan<byte> GetTensorBytes(TensorInfo tensor)
-    {
-        ArgumentNullException.ThrowIfNull(tensor);
-        if (tensor.ByteLength > Array.MaxLength)
-            throw new ModelLoadException(Path, $"tensor '{tensor.Name}'", tensor.Offset,
-                $"its {tensor.ByteLength} bytes exceed what one span can address.");
-        return _file.Slice(tensor.Offset, (int)tensor.ByteLength);
-    }
+    public override ReadOnlySpan<byte> GetTensorBytes(TensorInfo tensor) => _file.TensorBytes(Path, tensor);
 
     public override void Dispose()
     {

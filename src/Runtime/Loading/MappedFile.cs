@@ -86,6 +86,16 @@ internal sealed unsafe class MappedFile : IDisposable
         return new ReadOnlySpan<byte>(Start + offset, length);
     }
 
+    /// <summary>A tensor's stored bytes; <paramref name="path"/> names the file in the error for one too large for a span.</summary>
+    public ReadOnlySpan<byte> TensorBytes(string path, TensorInfo tensor)
+    {
+        ArgumentNullException.ThrowIfNull(tensor);
+        if (tensor.ByteLength > Array.MaxLength)
+            throw new ModelLoadException(path, $"tensor '{tensor.Name}'", tensor.Offset,
+                $"its {tensor.ByteLength} bytes exceed what one span can address.");
+        return Slice(tensor.Offset, (int)tensor.ByteLength);
+    }
+
     public void Dispose()
     {
         if (_disposed) return;
