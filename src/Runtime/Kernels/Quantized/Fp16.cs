@@ -1,0 +1,43 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace Kiln.Kernels.Quantized;
+
+/// <summary>
+/// IEEE half-precision scales, read the way a hot loop can afford. <c>(float)Half</c> is a call into a software
+/// routine in .NET 10 and .NET exposes no F16C conversion, so the kernels widen by moving bits instead: the
+/// exponent and mantissa shift into float position and one multiply by 2^112 re-biases the exponent, which is
+/// exact for normal and subnormal halves alike.
+/// </summary>
+public static class Fp16
+{
+    private const float ExponentRebias = 5.192296858534828E+33f; // 2^(127 − 15)
+    private const uint FloatInfinityOrNaN = 0x7C00u << 13;        // the half exponent field all ones, shifted
+
+    /// <summary>The float32 value of the half whose bits are <paramref name="bits"/>, exactly as <c>(float)Half</c>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float ToSingle(ushort bits)
+    {
+        uint magnitude = (uint)(bits & 0x7FFF) << 13;
+        uint widened = magnitude >= FloatInfinityOrNaN
+            ? magnitude | 0x7F80_0000
+            : BitConverter.SingleToUInt32Bits(BitConverter.UInt32BitsToSingle(magnitude) * ExponentRebias);
+        return BitConverter.UInt32BitsToSingle(widened | (uint)(bits & 0x8000) << 16);
+    }
+
+    /// <summary>Four halves (zero-extended into 32-bit lanes) to float32, lane by lane, as <see cref="ToSingle(ushort)"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector128<float> ToSingle(Vector128<uint> bits)
+    {
+        Vector128<uint> magnitude = (bits & Vector128.Create(0x7FFFu)) << 13;
+        Vector128<uint> finite = (magnitude.AsSingle() * Vector128.Create(ExponentRebias)).AsUInt32();
+        Vector128<uint> widened = Vector128.ConditionalSelect(
+            Vector128.GreaterThanOrEqual(magnitude, Vector128.Create(FloatInfinityOrNaN)),
+            magnitude | Vector128.Create(0x7F80_0000u),
+            finite);
+        return (widened | ((bits & Vector128.Create(0x8000u)) << 16)).AsSingle();
+    }
+
+    /// <summary>The half nearest <paramref name="value"/> (ties to even), as bits: how GGML stores a block scale.</summary>
+    public static ushort FromSingle(float value) => BitConverter.HalfToUInt16Bits((Half)value);
+}

@@ -1,0 +1,29 @@
+using System.Runtime.Intrinsics;
+using Kiln.Kernels.Quantized;
+
+namespace Kiln.Runtime.Tests.Kernels.Quantized;
+
+/// <summary>The kernels' bit-moving fp16 widening equals the BCL conversion on all 65536 halves.</summary>
+public sealed class Fp16Tests
+{
+    [Fact]
+    public void EveryHalfWidensExactly()
+    {
+        for (int bits = 0; bits <= ushort.MaxValue; bits += 4)
+        {
+            var vector = Fp16.ToSingle(Vector128.Create((uint)bits, (uint)bits + 1, (uint)bits + 2, (uint)bits + 3));
+            for (int lane = 0; lane < 4; lane++)
+            {
+                float expected = (float)BitConverter.UInt16BitsToHalf((ushort)(bits + lane));
+                AssertSame(expected, Fp16.ToSingle((ushort)(bits + lane)), bits + lane);
+                AssertSame(expected, vector.GetElement(lane), bits + lane);
+            }
+        }
+    }
+
+    private static void AssertSame(float expected, float actual, int bits)
+    {
+        if (float.IsNaN(expected)) Assert.True(float.IsNaN(actual), $"0x{bits:X4}");
+        else Assert.True(BitConverter.SingleToUInt32Bits(expected) == BitConverter.SingleToUInt32Bits(actual), $"0x{bits:X4}: {expected} vs {actual}");
+    }
+}
