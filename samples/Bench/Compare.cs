@@ -1,0 +1,346 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using Kiln.Loading;
+
+namespace Kiln.Bench;
+
+public sealed record ComparisonOptions(string ModelPath, int Threads, int Runs, string? JsonPath, IReadOnlyList<string> Workloads, bool Quick, int Seed)
+{
+    public static readonly string[] AllWorkloads = ["prefill_128", "decode_128", "batched_decode_8", "batched_decode_32"];
+}
+
+/// <summary>
+/// Kiln and llama.cpp on the same file and thread count, alternating run by run, medians compared with each
+/// other and with the machine's roofline.
+/// </summary>
+public static class Compare
+{
+    /// <summary>Sizes of one run; --quick shrinks them (the workload names stay).</summary>
+    private sealed record Sizes(int Prompt, int Decode, int BatchedPrompt, int BatchedDecode)
+    {
+        public static Sizes Full { get; } = new(128, 128, 16, 128);
+        public static Sizes Quick { get; } = new(32, 16, 8, 8);
+    }
+
+    /// <summary>One workload: how many tokens a run produces or consumes, and one timed run per engine (seconds; setup untimed).</summary>
+    private sealed record Workload(string Name, int TokensPerRun, string Description, Roofline Roof, Func<double> RunKiln, Func<double> RunLlamaCpp, IDisposable? Resources);
+
+    private sealed record Roofline(double TokensPerSecond, string Bound);
+
+    private sealed record Result(string Name, string Description, int Tokens, double Kiln, double LlamaCpp, Roofline Roof, double[] KilnRuns, double[] LlamaRuns);
+
+    public static int Run(ComparisonOptions options, TextWriter output, TextWriter log)
+    {
+        var sizes = options.Quick ? Sizes.Quick : Sizes.Full;
+        int maxBatch = options.Workloads.Where(w => w.StartsWith("batched_decode_", StringComparison.Ordinal))
+            .Select(w => int.Parse(w["batched_decode_".Length..], CultureInfo.InvariantCulture)).DefaultIfEmpty(1).Max();
+
+        using var file = ModelFile.Open(options.ModelPath);
+        var info = ModelInfo.From(file);
+        log.WriteLine($"compare: {Path.GetFileName(options.ModelPath)}: {info.Summary}; {options.Threads} threads, {options.Runs} runs after a warm-up{(options.Quick ? ", QUICK sizes" : "")}");
+
+        log.WriteLine("compare: measuring read bandwidth (1 GiB) and fp32 FMA peak...");
+        double bandwidth = MachineLimits.ReadBandwidth(options.Threads);
+        double peakFlops = MachineLimits.PeakFp32Flops(options.Threads);
+
+        log.WriteLine("compare: loading Kiln (Llama.Load + Compile; untimed)...");
+        var loadClock = Stopwatch.StartNew();
+        var kiln = new KilnSession(file, maxTokensPerStep: Math.Max(sizes.Prompt, maxBatch));
+        log.WriteLine($"compare: Kiln ready in {loadClock.Elapsed.TotalSeconds:F1} s; loading llama.cpp (untimed)...");
+        using var weights = LlamaCpp.LoadWeights(options.ModelPath, options.Threads);
+        if (weights.Vocab.Count != kiln.VocabSize)
+            throw new InvalidOperationException($"vocabulary sizes differ: Kiln {kiln.VocabSize}, llama.cpp {weights.Vocab.Count}");
+
+        var agreement = CheckAgreement(kiln, weights, options.Threads, info);
+        log.WriteLine($"compare: {agreement}");
+
+        var random = new Random(options.Seed);
+        int[] RandomTokens(int count)
+        {
+            var tokens = new int[count];
+            for (int i = 0; i < count; i++) tokens[i] = random.Next(Math.Min(259, kiln.VocabSize - 1), kiln.VocabSize);
+            return tokens;
+        }
+
+        var results = new List<Result>();
+        foreach (string name in options.Workloads)
+        {
+            var workload = name switch
+            {
+                "prefill_128" => Prefill(kiln, weights, options.Threads, RandomTokens(sizes.Prompt), info, bandwidth, peakFlops),
+                "decode_128" => Decode(kiln, weights, options.Threads, RandomTokens(sizes.Prompt), sizes.Decode, info, bandwidth, peakFlops),
+                _ => Batched(kiln, weights, options.Threads, int.Parse(name["batched_decode_".Length..], CultureInfo.InvariantCulture),
+                    sizes.BatchedPrompt, sizes.BatchedDecode, RandomTokens, info, bandwidth, peakFlops, name),
+            };
+            using var resources = workload.Resources;
+            log.WriteLine($"compare: {name}: {workload.Description}; warm-up...");
+            workload.RunKiln();
+            workload.RunLlamaCpp();
+            var kilnRuns = new double[options.Runs];
+            var llamaRuns = new double[options.Runs];
+            for (int run = 0; run < options.Runs; run++)
+            {
+                kilnRuns[run] = workload.TokensPerRun / workload.RunKiln();
+                llamaRuns[run] = workload.TokensPerRun / workload.RunLlamaCpp();
+                log.WriteLine($"compare: {name} run {run + 1}/{options.Runs}: kiln {kilnRuns[run]:F1} tok/s, llama.cpp {llamaRuns[run]:F1} tok/s");
+            }
+            results.Add(new Result(name, workload.Description, workload.TokensPerRun, Median(kilnRuns), Median(llamaRuns), workload.Roof, kilnRuns, llamaRuns));
+        }
+
+        WriteTable(output, options, info, bandwidth, peakFlops, results, agreement);
+        if (options.JsonPath is not null) WriteJson(options.JsonPath, results);
+        return 0;
+    }
+
+    /// <summary>
+    /// Both engines run the same short prompt and greedy continuation: the timings mean something only if they
+    /// compute the same model. Reports the largest logit difference and whether the greedy tokens agree.
+    /// </summary>
+    private static string CheckAgreement(KilnSession kiln, LLama.LLamaWeights weights, int threads, ModelInfo info)
+    {
+        const int Steps = 16;
+        int first = Math.Min(259, kiln.VocabSize - 1), span = Math.Max(1, kiln.VocabSize - first);
+        int[] prompt = [1, .. Enumerable.Range(0, 7).Select(i => first + (i * 7919) % span)];
+        var result = SideBySide.Run(kiln, weights, threads, prompt, Steps);
+        string line = $"agreement: Kiln vs llama.cpp (F32 KV cache), {prompt.Length}-token prompt + {Steps} greedy steps: {result.Summary()}";
+        if (result.AgreedSteps < Steps)
+            line += string.Create(CultureInfo.InvariantCulture, $" (first difference at Kiln top-2 gap {result.KilnTopGap[result.AgreedSteps]:G3})");
+        if (!info.WeightFormats.Contains("F32", StringComparison.Ordinal) || info.WeightFormats.Contains(','))
+            line += "\n  quantized weights: llama.cpp also quantizes activations to Q8_0, Kiln's plan keeps them F32, so logits differ by ~1% of their spread and near-ties can flip";
+        return line;
+    }
+
+    private static Workload Prefill(KilnSession kiln, LLama.LLamaWeights weights, int threads, int[] prompt, ModelInfo info, double bandwidth, double peakFlops)
+    {
+        int context = prompt.Length + 8;
+        var kilnContext = kiln.CreateContext(slots: 1, maxContext: context);
+        var llama = new LlamaCppSession(weights, threads, RoundUp(context, 256), sequences: 1, batchSize: Math.Max(prompt.Length, 128));
+        double KilnRun()
+        {
+            kilnContext.SetSequence(slot: 0, startPosition: 0, count: prompt.Length);
+            long start = Stopwatch.GetTimestamp();
+            kiln.Step(prompt, kilnContext);
+            return Stopwatch.GetElapsedTime(start).TotalSeconds;
+        }
+        double LlamaRun()
+        {
+            llama.Clear();
+            llama.BeginBatch();
+            llama.AddSequence(prompt, 0, 0);
+            long start = Stopwatch.GetTimestamp();
+            llama.Decode();
+            return Stopwatch.GetElapsedTime(start).TotalSeconds;
+        }
+        // One pass over the weights serves the whole prompt; attention is causal over the prompt itself.
+        double flops = prompt.Length * info.MatmulFlopsPerToken + info.AttentionFlops(1) * prompt.Length * (prompt.Length + 1) / 2.0;
+        var roof = Roof(prompt.Length, info.WeightBytes, flops, bandwidth, peakFlops);
+        return new Workload("prefill_128", prompt.Length, $"one {prompt.Length}-token prompt in one step", roof, KilnRun, LlamaRun, llama);
+    }
+
+    private static Workload Decode(KilnSession kiln, LLama.LLamaWeights weights, int threads, int[] prompt, int count, ModelInfo info, double bandwidth, double peakFlops)
+    {
+        int context = prompt.Length + count + 8;
+        var kilnContext = kiln.CreateContext(slots: 1, maxContext: context);
+        var llama = new LlamaCppSession(weights, threads, RoundUp(context, 256), sequences: 1, batchSize: Math.Max(prompt.Length, 128));
+        var one = new int[1];
+        double KilnRun()
+        {
+            kilnContext.SetSequence(0, 0, prompt.Length);
+            int token = Greedy.ArgMax(kiln.Step(prompt, kilnContext));
+            long start = Stopwatch.GetTimestamp();
+            for (int i = 0; i < count; i++)
+            {
+                one[0] = token;
+                kilnContext.SetSequence(0, prompt.Length + i, 1);
+                token = Greedy.ArgMax(kiln.Step(one, kilnContext));
+            }
+            return Stopwatch.GetElapsedTime(start).TotalSeconds;
+        }
+        double LlamaRun()
+        {
+            llama.Clear();
+            llama.BeginBatch();
+            int index = llama.AddSequence(prompt, 0, 0);
+            llama.Decode();
+            int token = Greedy.ArgMax(llama.Logits(index));
+            long start = Stopwatch.GetTimestamp();
+            for (int i = 0; i < count; i++)
+            {
+                llama.BeginBatch();
+                index = llama.Add(token, prompt.Length + i, 0, wantLogits: true);
+                llama.Decode();
+                token = Greedy.ArgMax(llama.Logits(index));
+            }
+            return Stopwatch.GetElapsedTime(start).TotalSeconds;
+        }
+        double averageContext = prompt.Length + (count + 1) / 2.0;
+        var roof = Roof(1, info.WeightBytes + info.KvBytesPerToken(averageContext), info.MatmulFlopsPerToken + info.AttentionFlops(averageContext), bandwidth, peakFlops);
+        return new Workload("decode_128", count, $"{count} greedy tokens, one at a time, after a {prompt.Length}-token prompt", roof, KilnRun, LlamaRun, llama);
+    }
+
+    private static Workload Batched(KilnSession kiln, LLama.LLamaWeights weights, int threads, int sequences, int promptLength, int steps,
+        Func<int, int[]> randomTokens, ModelInfo info, double bandwidth, double peakFlops, string name)
+    {
+        if (sequences < 1 || sequences > kiln.Plan.MaxTokensPerStep) throw new ArgumentException($"{name}: 1 to {kiln.Plan.MaxTokensPerStep} sequences");
+        var prompts = new int[sequences][];
+        for (int s = 0; s < sequences; s++) prompts[s] = randomTokens(promptLength);
+        int perSequence = promptLength + steps + 1;
+        var kilnContext = kiln.CreateContext(slots: sequences, maxContext: perSequence);
+        // One unified KV cache shared by all sequences (KVUnified), big enough for every sequence's whole run.
+        var llama = new LlamaCppSession(weights, threads, RoundUp(sequences * perSequence, 256), sequences, batchSize: Math.Max(sequences * promptLength, 128));
+        var next = new int[sequences];
+        var indices = new int[sequences];
+        double KilnRun()
+        {
+            for (int s = 0; s < sequences; s++)
+            {
+                kilnContext.SetSequence(s, 0, promptLength);
+                next[s] = Greedy.ArgMax(kiln.Step(prompts[s], kilnContext));
+            }
+            long start = Stopwatch.GetTimestamp();
+            for (int step = 0; step < steps; step++)
+            {
+                kilnContext.Clear();
+                for (int s = 0; s < sequences; s++) kilnContext.Add(promptLength + step, s, wantLogits: true);
+                var logits = kiln.Step(next, kilnContext);
+                for (int s = 0; s < sequences; s++) next[s] = Greedy.ArgMax(kiln.Row(logits, s));
+            }
+            return Stopwatch.GetElapsedTime(start).TotalSeconds;
+        }
+        double LlamaRun()
+        {
+            llama.Clear();
+            llama.BeginBatch();
+            for (int s = 0; s < sequences; s++) indices[s] = llama.AddSequence(prompts[s], 0, s);
+            llama.Decode();
+            for (int s = 0; s < sequences; s++) next[s] = Greedy.ArgMax(llama.Logits(indices[s]));
+            long start = Stopwatch.GetTimestamp();
+            for (int step = 0; step < steps; step++)
+            {
+                llama.BeginBatch();
+                for (int s = 0; s < sequences; s++) indices[s] = llama.Add(next[s], promptLength + step, s, wantLogits: true);
+                llama.Decode();
+                for (int s = 0; s < sequences; s++) next[s] = Greedy.ArgMax(llama.Logits(indices[s]));
+            }
+            return Stopwatch.GetElapsedTime(start).TotalSeconds;
+        }
+        double averageContext = promptLength + (steps + 1) / 2.0;
+        var roof = Roof(sequences, info.WeightBytes + sequences * info.KvBytesPerToken(averageContext),
+            sequences * (info.MatmulFlopsPerToken + info.AttentionFlops(averageContext)), bandwidth, peakFlops);
+        return new Workload(name, sequences * steps, $"{sequences} sequences × {steps} greedy steps together after {promptLength}-token prompts", roof, KilnRun, LlamaRun, llama);
+    }
+
+    /// <summary>The attainable rate for a pass producing <paramref name="tokens"/> tokens: the slower of moving its bytes and doing its FLOPs.</summary>
+    private static Roofline Roof(int tokens, double bytes, double flops, double bandwidth, double peakFlops)
+    {
+        double memorySeconds = bytes / bandwidth, computeSeconds = flops / peakFlops;
+        return new Roofline(tokens / Math.Max(memorySeconds, computeSeconds), memorySeconds >= computeSeconds ? "BW" : "FLOP");
+    }
+
+    private static string LoadAverage()
+    {
+        try
+        {
+            return File.Exists("/proc/loadavg") ? string.Join(" ", File.ReadAllText("/proc/loadavg").Split(' ').Take(3)) : "n/a";
+        }
+        catch (IOException)
+        {
+            return "n/a";
+        }
+    }
+
+    private static int RoundUp(int value, int multiple) => (value + multiple - 1) / multiple * multiple;
+
+    private static double Median(double[] values)
+    {
+        var sorted = values.Order().ToArray();
+        int mid = sorted.Length / 2;
+        return sorted.Length % 2 == 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+    }
+
+    private static void WriteTable(TextWriter output, ComparisonOptions options, ModelInfo info, double bandwidth, double peakFlops, List<Result> results, string agreement)
+    {
+        var c = CultureInfo.InvariantCulture;
+        output.WriteLine($"model: {options.ModelPath} ({info.Summary})");
+        output.WriteLine(string.Create(c, $"threads: {options.Threads} (llama.cpp Threads/BatchThreads); runs: {options.Runs} measured after 1 warm-up, alternating kiln/llama.cpp; medians{(options.Quick ? "; QUICK sizes (workload names kept, token counts below)" : "")}"));
+        output.WriteLine(string.Create(c, $"machine: read bandwidth {bandwidth / 1e9:F1} GB/s, fp32 FMA peak {peakFlops / 1e9:F0} GFLOP/s ({options.Threads} threads, measured now, best of 8 and 5); {Environment.ProcessorCount} logical CPUs, load average {LoadAverage()} at the end"));
+        output.WriteLine();
+        output.WriteLine(string.Create(c, $"{"workload",-18} {"tokens",6} {"kiln tok/s",11} {"llama.cpp tok/s",16} {"kiln/llama",10} {"roofline tok/s",17} {"kiln %roof",10} {"llama %roof",11}"));
+        output.WriteLine(new string('-', 18 + 6 + 11 + 16 + 10 + 17 + 10 + 11 + 7));
+        foreach (var r in results)
+        {
+            output.WriteLine(string.Create(c,
+                $"{r.Name,-18} {r.Tokens,6} {r.Kiln,11:F1} {r.LlamaCpp,16:F1} {r.Kiln / r.LlamaCpp,10:F3} {r.Roof.TokensPerSecond.ToString("F0", c) + " (" + r.Roof.Bound + ")",17} {100 * r.Kiln / r.Roof.TokensPerSecond,9:F1}% {100 * r.LlamaCpp / r.Roof.TokensPerSecond,10:F1}%"));
+        }
+        output.WriteLine(agreement);
+        output.WriteLine();
+        output.WriteLine(string.Create(c, $"roofline: tok/s = tokens per pass / max(bytes / bandwidth, FLOPs / fp32 peak); (BW) or (FLOP) says which bound."));
+        output.WriteLine(string.Create(c, $"  bytes: the file's matmul weights once per pass ({info.WeightBytes / 1e6:F1} MB, incl. the output matrix, as stored: {info.WeightFormats})"));
+        output.WriteLine("         + each decoded token's KV-cache reads at 2 bytes/element (F16, llama.cpp's default), at the run's mean context.");
+        output.WriteLine(string.Create(c, $"  FLOPs: 2 × {info.MatmulParameters / 1e6:F1} M matmul parameters per token + attention (4 × layers × q width × context)."));
+        output.WriteLine("  decode_128 is bandwidth-bound (one pass per token); prefill_128 (one pass for the whole prompt) and batched_decode_N");
+        output.WriteLine("  (one pass per step of N tokens) take whichever bound is slower. The FLOP peak is fp32 FMA: int8 dot-product kernels");
+        output.WriteLine("  (llama.cpp's Q8_0/Q4_0 paths) can run above it, so %roof over 100 is possible there.");
+        output.WriteLine("kiln: the compiled plan as built today (F32 kernels, weights dequantized at load, single-threaded: --threads reaches llama.cpp only).");
+        output.WriteLine("noise: on a busy machine (load average above the thread count) llama.cpp's spinning thread barriers suffer most;");
+        output.WriteLine("       per-run figures are on stderr.");
+    }
+
+    private static void WriteJson(string path, List<Result> results)
+    {
+        using var stream = File.Create(path);
+        using var json = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true });
+        json.WriteStartObject();
+        foreach (var r in results)
+        {
+            json.WriteStartObject(r.Name);
+            json.WriteNumber("kiln", Math.Round(r.Kiln, 3));
+            json.WriteNumber("llamacpp", Math.Round(r.LlamaCpp, 3));
+            json.WriteNumber("ratio", Math.Round(r.Kiln / r.LlamaCpp, 4));
+            json.WriteEndObject();
+        }
+        json.WriteEndObject();
+    }
+}
+
+/// <summary>What the roofline needs from a model file: matmul weight bytes and parameters, attention sizes.</summary>
+public sealed record ModelInfo(string Summary, double WeightBytes, double MatmulParameters, int Layers, int QDim, int KvDim, string WeightFormats)
+{
+    public double MatmulFlopsPerToken => 2 * MatmulParameters;
+
+    /// <summary>QKᵀ and attention·V for one token over <paramref name="context"/> positions, every layer.</summary>
+    public double AttentionFlops(double context) => 4.0 * Layers * QDim * context;
+
+    /// <summary>One token's KV-cache reads over <paramref name="context"/> positions at F16.</summary>
+    public double KvBytesPerToken(double context) => 2.0 * Layers * KvDim * context * 2;
+
+    public static ModelInfo From(ModelFile file)
+    {
+        long Int(string key) => file.TryGetInt(key, out long v) ? v : throw new InvalidOperationException($"{file.Path}: missing {key}");
+        string arch = file.Architecture;
+        int dim = (int)Int($"{arch}.embedding_length"), layers = (int)Int($"{arch}.block_count"), heads = (int)Int($"{arch}.attention.head_count");
+        int kvHeads = file.TryGetInt($"{arch}.attention.head_count_kv", out long kv) ? (int)kv : heads;
+        int headDim = dim / heads;
+
+        double bytes = 0, parameters = 0;
+        var formats = new SortedDictionary<string, int>(StringComparer.Ordinal);
+        bool hasOutput = file.Tensors.ContainsKey("output.weight");
+        foreach (var tensor in file.Tensors.Values)
+        {
+            // Every 2-D weight is a matmul operand, except the embedding table (a row gather) unless it doubles as the output.
+            if (tensor.Dimensions.Length < 2) continue;
+            if (tensor.Name == "token_embd.weight" && hasOutput) continue;
+            bytes += tensor.ByteLength;
+            parameters += tensor.ElementCount;
+            string type = tensor.Type.ToString();
+            formats[type] = formats.GetValueOrDefault(type) + 1;
+        }
+        var vocab = file.Tensors.TryGetValue("token_embd.weight", out var embedding) ? embedding.Dimensions[^1] : 0;
+        string summary = string.Create(CultureInfo.InvariantCulture,
+            $"{arch}, dim {dim}, {layers} layers, {heads}/{kvHeads} heads, vocab {vocab}, {parameters / 1e6:F1} M matmul parameters, {string.Join("+", formats.Keys)}");
+        return new ModelInfo(summary, bytes, parameters, layers, heads * headDim, kvHeads * headDim,
+            string.Join(", ", formats.Select(f => $"{f.Value}×{f.Key}")));
+    }
+}

@@ -1,0 +1,124 @@
+using System.Diagnostics;
+using System.Globalization;
+using Kiln.Bench;
+
+// Kiln's benchmark tool: synthetic Llama files with real shapes, and Kiln vs llama.cpp side by side on them.
+//   make-model --shape {15m|110m} --format {f32|q8_0|q4_0} --out FILE [--seed N]
+//   compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads a,b] [--quick] [--seed N]
+return BenchCli.Run(args);
+
+internal static class BenchCli
+{
+    private const string Usage =
+        "usage: bench make-model --shape {15m|110m} --format {f32|q8_0|q4_0} --out FILE [--seed N]\n" +
+        "       bench compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads " + "prefill_128,decode_128,batched_decode_8,batched_decode_32] [--quick] [--seed N]";
+
+    public static int Run(string[] args)
+    {
+        try
+        {
+            if (args.Length == 0) throw new UsageException("missing command: make-model or compare (--help for usage)");
+            if (args[0] is "-h" or "--help" or "help")
+            {
+                Console.WriteLine(Usage);
+                return 0;
+            }
+            var options = ParseOptions(args.AsSpan(1), args[0] switch
+            {
+                "make-model" => ["shape", "format", "out", "seed"],
+                "compare" => ["model", "threads", "runs", "json", "workloads", "quick", "seed"],
+                _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model or compare)"),
+            });
+            return args[0] == "make-model" ? MakeModel(options) : CompareCommand(options);
+        }
+        catch (UsageException e)
+        {
+            Console.Error.WriteLine($"bench: {e.Message}");
+            return 2;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidOperationException or ArgumentException or Kiln.Loading.ModelLoadException)
+        {
+            Console.Error.WriteLine($"bench: error: {e.Message}");
+            return 1;
+        }
+    }
+
+    private static int MakeModel(Dictionary<string, string> options)
+    {
+        var shape = SyntheticLlamaShape.FromName(Required(options, "shape"))
+                    ?? throw new UsageException($"--shape must be 15m or 110m, not '{options["shape"]}'");
+        string formatText = Required(options, "format");
+        if (formatText.ToLowerInvariant() is not ("f32" or "q8_0" or "q4_0"))
+            throw new UsageException($"--format must be f32, q8_0 or q4_0, not '{formatText}'");
+        var format = SyntheticLlama.ParseFormat(formatText);
+        string path = Required(options, "out");
+        int seed = Int(options, "seed", 1, min: int.MinValue);
+        string? directory = Path.GetDirectoryName(Path.GetFullPath(path));
+        if (directory is not null && !Directory.Exists(directory)) throw new UsageException($"--out: directory '{directory}' does not exist");
+
+        var clock = Stopwatch.StartNew();
+        bool interactive = !Console.IsErrorRedirected;
+        SyntheticLlama.Write(path, shape, format, seed, progress: line =>
+        {
+            if (interactive) Console.Error.Write($"\rmake-model {shape.Name} {formatText}: {line,-60}");
+            else Console.Error.WriteLine($"make-model {shape.Name} {formatText}: {line}");
+        });
+        if (interactive) Console.Error.WriteLine();
+        long bytes = new FileInfo(path).Length;
+        Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"make-model: wrote {path}: {shape.Name} (dim {shape.Dim}, ffn {shape.Hidden}, {shape.Layers} layers, {shape.Heads} heads, vocab {shape.Vocab}, {(shape.TiedOutput ? "tied" : "untied")} output), {formatText}, seed {seed}, {bytes / 1e6:F1} MB in {clock.Elapsed.TotalSeconds:F1} s"));
+        return 0;
+    }
+
+    private static int CompareCommand(Dictionary<string, string> options)
+    {
+        string model = Required(options, "model");
+        if (!File.Exists(model)) throw new UsageException($"--model: file '{model}' not found");
+        int threads = Int(options, "threads", -1, min: 1, max: 64);
+        if (threads < 0) throw new UsageException("--threads is required");
+        bool quick = options.ContainsKey("quick");
+        int runs = Int(options, "runs", quick ? 2 : 5, min: 1, max: 1000);
+        string[] workloads = options.TryGetValue("workloads", out string? list)
+            ? list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            : ComparisonOptions.AllWorkloads;
+        foreach (string w in workloads)
+            if (!ComparisonOptions.AllWorkloads.Contains(w))
+                throw new UsageException($"--workloads: unknown workload '{w}' (expected some of {string.Join(",", ComparisonOptions.AllWorkloads)})");
+        if (workloads.Length == 0) throw new UsageException("--workloads: empty list");
+        string? json = options.GetValueOrDefault("json");
+        int seed = Int(options, "seed", 1234, min: int.MinValue);
+        return Compare.Run(new ComparisonOptions(model, threads, runs, json, workloads, quick, seed), Console.Out, Console.Error);
+    }
+
+    private static Dictionary<string, string> ParseOptions(ReadOnlySpan<string> args, string[] known)
+    {
+        var options = new Dictionary<string, string>(StringComparer.Ordinal);
+        for (int i = 0; i < args.Length; i++)
+        {
+            string arg = args[i];
+            if (!arg.StartsWith("--", StringComparison.Ordinal)) throw new UsageException($"unexpected argument '{arg}'");
+            string name = arg[2..], value;
+            int equals = name.IndexOf('=');
+            if (equals >= 0) { value = name[(equals + 1)..]; name = name[..equals]; }
+            else if (name == "quick") value = "true";
+            else if (i + 1 < args.Length) value = args[++i];
+            else throw new UsageException($"--{name} needs a value");
+            if (!known.Contains(name)) throw new UsageException($"unknown option --{name}");
+            if (!options.TryAdd(name, value)) throw new UsageException($"--{name} given twice");
+        }
+        return options;
+    }
+
+    private static string Required(Dictionary<string, string> options, string name) =>
+        options.TryGetValue(name, out string? value) && value.Length > 0 ? value : throw new UsageException($"--{name} is required");
+
+    private static int Int(Dictionary<string, string> options, string name, int fallback, int min, int max = int.MaxValue)
+    {
+        if (!options.TryGetValue(name, out string? text)) return fallback;
+        if (!int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out int value) || value < min || value > max)
+            throw new UsageException($"--{name} must be an integer{(min == int.MinValue ? "" : $" from {min}")}{(max == int.MaxValue ? "" : $" to {max}")}, not '{text}'");
+        return value;
+    }
+
+    private sealed class UsageException(string message) : Exception(message);
+}
