@@ -15,6 +15,7 @@ internal static class BenchCli
 
     public static int Run(string[] args)
     {
+        if (args.Length > 0 && args[0] == "serve") return ServeCommand.Run(args.AsSpan(1)); // the batching engine's benchmark (Serve*.cs)
         try
         {
             if (args.Length == 0) throw new UsageException("missing command: make-model or compare (--help for usage)");

@@ -140,7 +140,7 @@ public sealed class CompiledPlanTests
         var report = model.Compile(4).FusionReport;
         foreach (var expected in new[]
         {
-            "RmsNorm(Norm1) folded",                       // norm → q/k/v matmul
+            "RmsNorm(Norm1) fused",                        // norm → q/k/v matmul input
             "rope(·) epilogue",                            // rope on q and k
             "h2 += · (residual add epilogue, in place)",   // h += Linear(att, O); h is a kernel local, so the buffer is h2
             "rmsnorm: m ← RmsNorm(h2, Norm2)",              // m is also added later: the norm cannot fold

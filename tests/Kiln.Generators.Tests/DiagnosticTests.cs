@@ -147,6 +147,50 @@ public sealed class DiagnosticTests
         AssertSingle(Model(members: "[Layers(\"blk.{0}.\", \"Missing\")] public Block[] Blocks = null!; public partial class Block { }"), "KLN0008", "Block[]");
 
     [Fact]
+    public void Kln0010QuantizeOnAMemberThatIsNotAWeight() =>
+        AssertSingle(Model(members: "[Quantize(WeightFormat.Q8_0)] [Hyper(\"{arch}.extra\")] public int Extra;"), "KLN0010", "Quantize(WeightFormat.Q8_0)");
+
+    [Fact]
+    public void Kln0010QuantizeOnTheEmbeddingTable()
+    {
+        var diagnostic = AssertSingle(Model().Replace("[Weight(\"embd\"", "[Quantize(WeightFormat.Q4_0)] [Weight(\"embd\""), "KLN0010", "Quantize(WeightFormat.Q4_0)");
+        Assert.Contains("Embedding", diagnostic.GetMessage());
+    }
+
+    [Fact]
+    public void Kln0010QuantizeOnANormWeight() =>
+        AssertSingle(Model().Replace("[Weight(\"norm\"", "[Quantize(WeightFormat.Q8_0)] [Weight(\"norm\""), "KLN0010", "Quantize(WeightFormat.Q8_0)");
+
+    [Fact]
+    public void Kln0010QuantizeOnAnUnusedWeight() =>
+        AssertSingle(Model(members: "[Quantize(WeightFormat.Q8_0)] [Weight(\"w\", \"Dim\", \"Dim\")] public Tensor W = null!;"), "KLN0010", "Quantize(WeightFormat.Q8_0)");
+
+    [Fact]
+    public void Kln0010QuantizeOnALayerClass() =>
+        AssertSingle(Model(members: "[Layers(\"blk.{0}.\", nameof(Count))] public Block[] Blocks = null!; [Hyper(\"{arch}.count\")] public int Count = 1; [Quantize(WeightFormat.Q8_0)] public partial class Block { }"),
+            "KLN0010", "Quantize(WeightFormat.Q8_0)");
+
+    [Fact]
+    public void Kln0010QuantizeWithAValueThatIsNotAFormat() =>
+        AssertSingle(Model().Replace("[Weight(\"out\"", "[Quantize((WeightFormat)42)] [Weight(\"out\""), "KLN0010", "Quantize((WeightFormat)42)");
+
+    [Fact]
+    public void QuantizeOnTheClassAndOnALinearWeightIsValidAndReported()
+    {
+        string source = Model(members: "[Quantize(WeightFormat.Q4_0)] [Weight(\"w\", \"Hidden\", \"Dim\")] public Tensor W = null!; [Weight(\"w2\", \"Dim\", \"Hidden\")] public Tensor W2 = null!;",
+                body: "x = x + Ops.Linear(Ops.Silu(Ops.Linear(x, W)), W2);")
+            .Replace("[Model(\"tiny\")]", "[Model(\"tiny\")] [Quantize(WeightFormat.Q8_0)]");
+        var (run, _) = Generate(source);
+        Assert.Empty(run.GeneratorDiagnostics);
+        Assert.Empty(run.CompilationErrors);
+        string text = Assert.Single(run.Sources).SourceText.ToString();
+        Assert.Contains("W → _w [Hidden, Dim], one segment: Q4_0x4 interleaved, as [Quantize(WeightFormat.Q4_0)] on the weight asks", text);
+        Assert.Contains("W2 → _w2 [Dim, Hidden], one segment: Q8_0x4 interleaved, as [Quantize(WeightFormat.Q8_0)] on Tiny asks", text);
+        Assert.Contains("global::Kiln.Kernels.MatMul.Gemm.Q4_0(Weights, Input, first, end, ref epilogue); // [Quantize(Q4_0)]: the one kernel needed", text);
+        Assert.DoesNotContain("switch (Weights.Format)", text); // explicit formats emit only their own kernel
+    }
+
+    [Fact]
     public void Kln0009InternalErrorBecomesADiagnostic()
     {
         // A graph whose result refers to a value that does not exist: the planner throws inside, and must report instead.
@@ -168,9 +212,9 @@ public sealed class DiagnosticTests
     public void EveryDescriptorIsListedInTheReleaseTable()
     {
         string table = File.ReadAllText(Path.Combine(CSharpGeneratorTest<KilnGenerator>.RepoRoot, "src", "Generators", "AnalyzerReleases.Unshipped.md"));
-        foreach (string id in Enumerable.Range(1, 9).Select(i => $"KLN{i:0000}"))
+        foreach (string id in Enumerable.Range(1, 10).Select(i => $"KLN{i:0000}"))
         {
-            Assert.Equal(id, DiagnosticDescriptors.ById(id).Id);
+            Assert.Equal(id, id == "KLN0009" ? DiagnosticDescriptors.InternalError.Id : DiagnosticDescriptors.ById(id).Id);
             Assert.Equal(DiagnosticSeverity.Error, DiagnosticDescriptors.ById(id).DefaultSeverity);
             Assert.Contains(id + " |", table);
         }

@@ -52,6 +52,11 @@ internal static class DiagnosticDescriptors
         "The Kiln generator failed on '{0}' and produced no code: {1}",
         Category, DiagnosticSeverity.Error, isEnabledByDefault: true);
 
+    public static readonly DiagnosticDescriptor InvalidQuantize = new(
+        "KLN0010", "Invalid [Quantize]",
+        "[Quantize] on '{0}': {1}",
+        Category, DiagnosticSeverity.Error, isEnabledByDefault: true);
+
     public static DiagnosticDescriptor ById(string id) => id switch
     {
         "KLN0001" => UnsupportedConstruct,
@@ -62,6 +67,7 @@ internal static class DiagnosticDescriptors
         "KLN0006" => InvalidShapeExpression,
         "KLN0007" => MalformedModel,
         "KLN0008" => InvalidLayers,
+        "KLN0010" => InvalidQuantize,
         _ => InternalError,
     };
 }

@@ -34,8 +34,11 @@ internal static class ModelEmitter
         w.Line();
         w.Line($"{Tensor} global::Kiln.IKilnModel.ForwardEager(global::System.ReadOnlySpan<int> tokens, global::Kiln.AttentionContext context) => {model.ForwardName}(tokens, context);");
         w.Line();
-        w.Line("/// <summary>Repacks the bound weights into the kernel layouts and allocates the arena for steps of up to <paramref name=\"maxTokensPerStep\"/> tokens.</summary>");
-        w.Line("public global::Kiln.ICompiledPlan Compile(int maxTokensPerStep) => new CompiledPlan(this, maxTokensPerStep);");
+        w.Line("/// <summary>Packs the bound weights into the kernel layouts and allocates the arena for steps of up to <paramref name=\"maxTokensPerStep\"/> tokens, on every processor.</summary>");
+        w.Line("public global::Kiln.ICompiledPlan Compile(int maxTokensPerStep) => new CompiledPlan(this, new global::Kiln.PlanOptions(maxTokensPerStep));");
+        w.Line();
+        w.Line("/// <summary>Packs the bound weights into the kernel layouts, allocates the arena and starts the worker pool as <paramref name=\"options\"/> say.</summary>");
+        w.Line("public global::Kiln.ICompiledPlan Compile(global::Kiln.PlanOptions options) => new CompiledPlan(this, options);");
         w.Line();
         EmitHelpers(w);
     }

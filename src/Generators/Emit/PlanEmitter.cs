@@ -6,30 +6,37 @@ using Kiln.Generators.Passes;
 namespace Kiln.Generators.Emit;
 
 /// <summary>
-/// Emits the nested CompiledPlan: dims as fields, weights repacked at construction, one arena, and Step running the
-/// fused kernels in order — loops specialized to each op chain with epilogues inlined, building blocks from
-/// Kiln.Kernels.VectorMath.
+/// Emits the nested CompiledPlan: dims as fields, weights packed at construction (layout per matmul and layer), one
+/// native arena, a worker pool, and Step running the fused kernels in order. Matmuls become a work struct per kernel
+/// that runs the runtime's tile kernels (Kiln.Kernels.MatMul.Gemm) over 4-row groups with an epilogue struct per
+/// segment; attention becomes a work struct over (token, KV head) items; the small kernels stay inline loops.
 /// </summary>
 internal static partial class PlanEmitter
 {
     private const string VectorMath = "global::Kiln.Kernels.VectorMath";
-    private const string Packing = "global::Kiln.Kernels.WeightPacking";
+    private const string MatMul = "global::Kiln.Kernels.MatMul";
+    private const string Layouts = "global::Kiln.Kernels.MatMul.WeightLayouts";
+    private const string Pool = "global::Kiln.Threading.WorkerPool";
+
+    /// <summary>Attention work items are cut into at most this many chunks (each owns one row of score scratch).</summary>
+    public const int AttentionChunks = 32;
 
     /// <summary>Locals the emitted Step uses; arena buffers never take these names.</summary>
     public static readonly string[] ReservedNames =
     {
-        "T", "O", "tokens", "context", "logits", "arena", "cache", "positions", "slots", "outputRows", "invRms", "weights",
+        "T", "O", "tokens", "context", "logits", "arena", "cache", "positions", "slots", "outputRows", "weights",
         "t", "o", "j", "i", "p", "h", "c", "w0", "w1", "input", "a", "b", "cos", "sin", "pair", "heads", "kvHeads",
         "headDim", "group", "scale", "keys", "values", "query", "kvOffset", "scores", "output", "position", "token", "table",
-        "cols", "row", "model", "packed", "half", "angle", "residual", "layerCount", "source", "destination", "weight", "result", "offset", Names.LayerIndex,
+        "cols", "row", "model", "packed", "half", "angle", "residual", "layerCount", "source", "destination", "weight", "result", "offset",
+        "work", "items", "chunk", "format", "layouts", "threads", "options", Names.LayerIndex,
     };
 
     public static void Emit(CodeWriter w, Plan plan)
     {
         var model = plan.Model;
         w.Line("/// <summary>");
-        w.Line($"/// {model.ClassName} compiled into fused F32 kernels over one arena (see the fusion report at the top of this file).");
-        w.Line("/// A step allocates nothing once the attention scratch fits the KV cache in use.");
+        w.Line($"/// {model.ClassName} compiled into fused CPU kernels over one native arena, run on the plan's worker pool (see the fusion");
+        w.Line("/// report at the top of this file). A step allocates nothing once the attention scratch fits the KV cache in use.");
         w.Line("/// </summary>");
         using (w.Block("public sealed class CompiledPlan : global::Kiln.ICompiledPlan"))
         {
@@ -44,34 +51,65 @@ internal static partial class PlanEmitter
             w.Line();
             w.Line($"public int VocabSize => {Names.DimField(plan.VocabDim)};");
             w.Line();
-            w.Line("public string FusionReport => Report;");
+            w.Line("/// <summary>The fusion report, then the layout each packed weight got from this model file.</summary>");
+            w.Line("public string FusionReport => _report;");
+            w.Line();
+            w.Line("/// <summary>Threads in the plan's worker pool, the caller of Step included.</summary>");
+            w.Line("public int Threads => _pool.ThreadCount;");
             w.Line();
             EmitStep(w, plan);
+            EmitDispose(w, plan);
+            EmitWorkStructs(w, plan);
         }
     }
 
     private static string Buffer(Plan plan, int value) => plan.Buffers[plan.ValueBuffers[value]].Name;
+
+    private static Buffer BufferOf(Plan plan, int value) => plan.Buffers[plan.ValueBuffers[value]];
 
     private static string OffsetField(Buffer buffer) => "_" + buffer.Name + "Offset";
 
     private static string LoopVariable(Plan plan, int region) =>
         plan.Regions[region].IsLoop ? Names.LayerIndex : "0";
 
+    /// <summary>The kernel's number in the report (and in the names of its structs).</summary>
+    private static int Number(Plan plan, Kernel kernel)
+    {
+        for (int i = 0; i < plan.Kernels.Count; i++)
+            if (ReferenceEquals(plan.Kernels[i], kernel)) return i + 1;
+        throw new System.InvalidOperationException("A kernel that is not in the plan.");
+    }
+
+    /// <summary>Rows a segment takes in the packed matrix (a SwiGLU pair interleaves two weights).</summary>
+    private static string SegmentRows(Segment segment) =>
+        segment.Kind == SegmentKind.SwiGlu ? "2 * " + Names.DimField(segment.OutDim) : Names.DimField(segment.OutDim);
+
+    /// <summary>The field holding the first packed row of segment <paramref name="index"/> (≥ 1), or the matrix's row count.</summary>
+    private static string StartField(MatMulKernel matmul, int index) =>
+        index == matmul.Segments.Count ? matmul.Packed + "Rows" : matmul.Packed + "Start" + index;
+
+    private static string RowStart(MatMulKernel matmul, int index) => index == 0 ? "0" : StartField(matmul, index);
+
     private static void EmitFields(CodeWriter w, Plan plan)
     {
         var model = plan.Model;
         w.Line($"private readonly {model.ClassName} _model;");
+        w.Line($"private readonly {Pool} _pool;");
+        w.Line("private readonly string _report;");
+        w.Line("private bool _disposed;");
         w.Line();
         w.Line("// Dimensions, fixed when the model was bound.");
         foreach (var dim in plan.Dims) w.Line($"private readonly int {Names.DimField(dim)};");
         w.Line();
-        w.Line("// Weights in the kernels' layouts.");
+        w.Line("// Weights in the kernels' layouts: one packed matrix per matmul (and layer), segments on 4-row boundaries.");
         foreach (var matmul in Distinct(plan.Kernels.OfType<MatMulKernel>()))
         {
-            string type = matmul.LayersMember.Length > 0 ? "float[][]" : "float[]";
+            string type = matmul.LayersMember.Length > 0 ? $"{MatMul}.PackedMatrix[]" : $"{MatMul}.PackedMatrix";
             string rows = string.Join(" + ", matmul.Segments.Select(s => s.Kind == SegmentKind.SwiGlu ? "2*" + s.OutDim : s.OutDim));
             string per = matmul.LayersMember.Length > 0 ? "per layer " : "";
             w.Line($"private readonly {type} {matmul.Packed}; // {per}[{rows}, {matmul.InDim}]");
+            string starts = string.Join(", ", Enumerable.Range(1, matmul.Segments.Count).Select(i => StartField(matmul, i)));
+            w.Line($"private readonly int {starts}; // first packed row of each later segment, then the padded row count");
         }
         foreach (var table in plan.RopeTables)
         {
@@ -82,22 +120,27 @@ internal static partial class PlanEmitter
             w.Line($"private readonly double[] _rope{table.Index}InverseFrequency;");
             w.Line($"private readonly double[] _rope{table.Index}Cos;");
             w.Line($"private readonly double[] _rope{table.Index}Sin;");
+            w.Line($"private readonly float[] _rope{table.Index}Cosines; // per token and element of a head: cos, cos per pair");
+            w.Line($"private readonly float[] _rope{table.Index}SignedSines; // per token and element of a head: −sin, sin per pair");
         }
         w.Line();
-        w.Line("// The arena: every activation is a slice of it.");
-        w.Line("private readonly float[] _arena;");
+        w.Line("// The arena (native memory that never moves, so work items on every thread can hold views of it).");
+        w.Line($"private readonly {MatMul}.NativeBlock _arenaMemory;");
+        w.Line($"private readonly {MatMul}.FloatBuffer _arena;");
         foreach (var buffer in plan.Buffers.Where(b => b.Slot >= 0)) w.Line($"private readonly int {OffsetField(buffer)};");
-        if (NeedsInvRms(plan)) w.Line("private readonly int _invRmsOffset;");
+        w.Line();
+        w.Line("// Matmul inputs, prepared once per matmul for all its weights (normalized, quantized to Q8 for the quantized layouts).");
+        w.Line($"private readonly {MatMul}.GemmScratch _inputs;");
         if (plan.Kernels.OfType<AttentionKernel>().Any())
         {
             w.Line();
-            w.Line("// Attention scores for one query, sized to the largest KV cache context seen.");
-            w.Line("private float[] _scores = global::System.Array.Empty<float>();");
+            w.Line($"// Attention scores: every head's row of the KV cache's MaxContext per chunk of work items ({AttentionChunks} at most), grown when a larger cache is first seen.");
+            w.Line($"private {MatMul}.NativeBlock? _scoresMemory;");
+            w.Line($"private {MatMul}.FloatBuffer _scores;");
+            w.Line("private int _scoresContext, _scoresPerChunk;");
         }
         w.Line();
     }
-
-    private static bool NeedsInvRms(Plan plan) => plan.Kernels.OfType<MatMulKernel>().Any(m => m.NormWeight.Length > 0);
 
     /// <summary>One packing per packed field (a field is shared when two kernels pack the same way).</summary>
     private static IEnumerable<MatMulKernel> Distinct(IEnumerable<MatMulKernel> kernels) =>
@@ -106,16 +149,19 @@ internal static partial class PlanEmitter
     private static void EmitConstructor(CodeWriter w, Plan plan)
     {
         var model = plan.Model;
-        using (w.Block($"public CompiledPlan({model.ClassName} model, int maxTokensPerStep)"))
+        using (w.Block($"public CompiledPlan({model.ClassName} model, global::Kiln.PlanOptions options)"))
         {
             w.Line("if (model is null) throw new global::System.ArgumentNullException(nameof(model));");
-            w.Line("if (maxTokensPerStep <= 0) throw new global::System.ArgumentOutOfRangeException(nameof(maxTokensPerStep), maxTokensPerStep, \"A step holds at least one token.\");");
+            w.Line("if (options is null) throw new global::System.ArgumentNullException(nameof(options));");
+            w.Line("options.Validate();");
+            w.Line("int maxTokensPerStep = options.MaxTokensPerStep;");
             w.Line("_model = model;");
             w.Line("MaxTokensPerStep = maxTokensPerStep;");
             foreach (var dim in plan.Dims) w.Line($"{Names.DimField(dim)} = {Names.DimCode(dim, "model")};");
             w.Line();
 
             EmitValidation(w, plan);
+            w.Line("var layouts = new global::System.Text.StringBuilder(Report).Append(\"Layouts chosen for this model file:\\n\");");
             EmitPacking(w, plan);
 
             foreach (var table in plan.RopeTables)
@@ -129,6 +175,8 @@ internal static partial class PlanEmitter
                 w.Line($"for (int pair = 0; pair < _rope{i}Half; pair++) _rope{i}InverseFrequency[pair] = global::System.Math.Pow({Names.Scalar(table.Base, "model")}, -2.0 * pair / _rope{i}HeadDim);");
                 w.Line($"_rope{i}Cos = new double[maxTokensPerStep * _rope{i}Half];");
                 w.Line($"_rope{i}Sin = new double[maxTokensPerStep * _rope{i}Half];");
+                w.Line($"_rope{i}Cosines = new float[maxTokensPerStep * _rope{i}HeadDim];");
+                w.Line($"_rope{i}SignedSines = new float[maxTokensPerStep * _rope{i}HeadDim];");
                 w.Line();
             }
 
@@ -141,14 +189,16 @@ internal static partial class PlanEmitter
                 string width = widths[0];
                 for (int k = 1; k < widths.Count; k++) width = $"global::System.Math.Max({width}, {widths[k]})";
                 foreach (var buffer in members) w.Line($"{OffsetField(buffer)} = offset; // {buffer.Name} [{buffer.Rows}, {buffer.Cols}]");
-                w.Line($"offset += maxTokensPerStep * {width};");
+                w.Line($"offset += (maxTokensPerStep * {width} + 15) & ~15; // each slot starts on a 64-byte boundary");
             }
-            if (NeedsInvRms(plan))
-            {
-                w.Line("_invRmsOffset = offset; // 1/rms per token for the folded norms");
-                w.Line("offset += maxTokensPerStep;");
-            }
-            w.Line("_arena = new float[offset];");
+            w.Line($"_arenaMemory = new {MatMul}.NativeBlock((long)offset * sizeof(float));");
+            w.Line("_arena = _arenaMemory.Floats(0, offset);");
+            var inputs = plan.Kernels.OfType<MatMulKernel>().Select(m => Names.DimField(m.InDim)).Distinct().ToList();
+            string widest = inputs.Count == 0 ? "1" : inputs[0];
+            for (int k = 1; k < inputs.Count; k++) widest = $"global::System.Math.Max({widest}, {inputs[k]})";
+            w.Line($"_inputs = new {MatMul}.GemmScratch(maxTokensPerStep, {widest});");
+            w.Line($"_pool = new {Pool}(options.ResolvedThreads);");
+            w.Line("_report = layouts.ToString();");
         }
         w.Line();
     }
@@ -159,7 +209,7 @@ internal static partial class PlanEmitter
         {
             string heads = Names.Scalar(attention.Heads, "model");
             string kvHeads = Names.Scalar(attention.KvHeads, "model");
-            string qCols = Names.DimField(plan.Buffers[plan.ValueBuffers[attention.Q]].Cols);
+            string qCols = Names.DimField(BufferOf(plan, attention.Q).Cols);
             w.Line($"if ({heads} <= 0 || {kvHeads} <= 0 || {heads} % {kvHeads} != 0 || {qCols} % {heads} != 0 || {qCols} / {heads} * {kvHeads} != {Names.DimField(plan.KvDim)})");
             w.Line($"    throw new global::System.InvalidOperationException($\"Attention: {{{heads}}} heads over {{{kvHeads}}} KV heads do not fit q rows of {{{qCols}}} and k rows of {{{Names.DimField(plan.KvDim)}}}.\");");
             w.Line();
@@ -182,25 +232,31 @@ internal static partial class PlanEmitter
         {
             bool perLayer = matmul.LayersMember.Length > 0;
             string count = perLayer ? model.Layers.First(l => l.Member == matmul.LayersMember).CountMember : "";
-            string rows = string.Join(" + ", matmul.Segments.Select(s => s.Kind == SegmentKind.SwiGlu ? "2 * " + Names.DimField(s.OutDim) : Names.DimField(s.OutDim)));
-            string norm = matmul.NormWeight.Length > 0 ? Names.Weight(matmul.NormWeight, "model", "layer") : "null";
-            w.Line($"// {string.Join(", ", matmul.Segments.SelectMany(s => s.Weights))}{(matmul.NormWeight.Length > 0 ? ", " + matmul.NormWeight + " folded into the columns" : "")}");
+            var weights = matmul.Segments.SelectMany(s => s.Weights).Distinct().ToList();
+            w.Line($"// {string.Join(", ", weights)}: {FormatComment(matmul.Format)}");
+            string rowOffset = "0";
+            for (int i = 0; i < matmul.Segments.Count; i++)
+            {
+                string next = $"{rowOffset} + {Layouts}.PadRows({SegmentRows(matmul.Segments[i])})";
+                w.Line($"{StartField(matmul, i + 1)} = {(i == 0 ? $"{Layouts}.PadRows({SegmentRows(matmul.Segments[i])})" : next)};");
+                rowOffset = StartField(matmul, i + 1);
+            }
             if (perLayer)
             {
-                w.Line($"{matmul.Packed} = new float[model.{count}][];");
+                w.Line($"{matmul.Packed} = new {MatMul}.PackedMatrix[model.{count}];");
                 w.Open($"for (int layer = 0; layer < model.{count}; layer++)");
             }
-            w.Line($"var {(perLayer ? "packed" : "packed" + matmul.Packed)} = new float[({rows}) * {Names.DimField(matmul.InDim)}];");
             string target = perLayer ? "packed" : "packed" + matmul.Packed;
-            string rowOffset = "0";
-            foreach (var segment in matmul.Segments)
+            string arguments = string.Join(", ", weights.Select(x => Names.Weight(x, "model", "layer")));
+            w.Line($"var {target} = new {MatMul}.PackedMatrix({Layouts}.Resolve(global::Kiln.WeightFormat.{matmul.Format}, {arguments}), {StartField(matmul, matmul.Segments.Count)}, {Names.DimField(matmul.InDim)});");
+            for (int i = 0; i < matmul.Segments.Count; i++)
             {
+                var segment = matmul.Segments[i];
+                string at = RowStart(matmul, i);
                 if (segment.Kind == SegmentKind.SwiGlu)
-                    w.Line($"{Packing}.InterleaveRows({target}, {rowOffset}, {Names.Weight(segment.Weights[0], "model", "layer")}, {Names.Weight(segment.Weights[1], "model", "layer")}, {norm});");
+                    w.Line($"{target}.PackInterleaved({at}, {Names.Weight(segment.Weights[0], "model", "layer")}, {Names.Weight(segment.Weights[1], "model", "layer")}, {Names.Literal(Short(segment.Weights[0]))}, {Names.Literal(Short(segment.Weights[1]))});");
                 else
-                    w.Line($"{Packing}.CopyRows({target}, {rowOffset}, {Names.Weight(segment.Weights[0], "model", "layer")}, {norm});");
-                string rowsHere = segment.Kind == SegmentKind.SwiGlu ? "2 * " + Names.DimField(segment.OutDim) : Names.DimField(segment.OutDim);
-                rowOffset = rowOffset == "0" ? rowsHere : rowOffset + " + " + rowsHere;
+                    w.Line($"{target}.Pack({at}, {Names.Weight(segment.Weights[0], "model", "layer")}, {Names.Literal(Short(segment.Weights[0]))});");
             }
             if (perLayer)
             {
@@ -211,7 +267,34 @@ internal static partial class PlanEmitter
             {
                 w.Line($"{matmul.Packed} = {target};");
             }
+            w.Line($"layouts.Append({Layouts}.Summarize({Names.Literal(matmul.Packed + (perLayer ? "[layer]" : ""))}, {matmul.Packed}));");
             w.Line();
         }
     }
+
+    private static string FormatComment(string format) => format == "AsStored"
+        ? "layout as stored, chosen per matrix from the file's types"
+        : $"layout {format}, as [Quantize] asks";
+
+    private static void EmitDispose(CodeWriter w, Plan plan)
+    {
+        w.Line("/// <summary>Stops the worker pool and frees the arena, the scratch and the packed weights. Steps after this throw.</summary>");
+        using (w.Block("public void Dispose()"))
+        {
+            w.Line("if (_disposed) return;");
+            w.Line("_disposed = true;");
+            w.Line("_pool.Dispose();");
+            w.Line("_inputs.Dispose();");
+            w.Line("_arenaMemory.Dispose();");
+            if (plan.Kernels.OfType<AttentionKernel>().Any()) w.Line("_scoresMemory?.Dispose();");
+            foreach (var matmul in Distinct(plan.Kernels.OfType<MatMulKernel>()))
+            {
+                if (matmul.LayersMember.Length > 0) w.Line($"foreach (var packed in {matmul.Packed}) packed.Dispose();");
+                else w.Line($"{matmul.Packed}.Dispose();");
+            }
+        }
+        w.Line();
+    }
+
+    private static string Short(string weight) => weight.Substring(weight.LastIndexOf('.') + 1);
 }

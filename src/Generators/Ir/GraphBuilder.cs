@@ -61,8 +61,26 @@ internal sealed class GraphBuilder
             if (statement.Kind == StmtKind.Return) result = ReturnValue(statement);
             else Statement(statement);
         }
+        CheckQuantizedWeights();
         if (result < 0) return null;
         return new Graph(_model, _nodes.ToEquatableArray(), _regions.ToEquatableArray(), result);
+    }
+
+    /// <summary>A [Quantize] on a weight is a layout for Linear weights: the weight must be used, and only as one.</summary>
+    private void CheckQuantizedWeights()
+    {
+        foreach (var weight in _model.Weights.Where(w => w.Format.Length > 0))
+        {
+            if (!_weights.TryGetValue(weight.Key, out int id))
+            {
+                Report(DiagnosticDescriptors.InvalidQuantize, weight.FormatLocation, weight.Member, "the weight is not used in the [Forward] method");
+                continue;
+            }
+            var other = _nodes.FirstOrDefault(n => n.Inputs.Contains(id) && !(n.Op == OpKind.Linear && n.Inputs[1] == id && n.Inputs[0] != id));
+            if (other is not null)
+                Report(DiagnosticDescriptors.InvalidQuantize, weight.FormatLocation, weight.Member,
+                    $"it is not only the weight of Ops.Linear (it is read by Ops.{other.Op}); [Quantize] chooses the layout of Linear weights");
+        }
     }
 
     private int ReturnValue(StmtInfo statement)

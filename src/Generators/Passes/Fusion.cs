@@ -60,8 +60,9 @@ internal sealed class Fusion
 
     private void MatMuls()
     {
+        // Linears fuse when they share an input, a region and a layout (a [Quantize] override can split a group).
         var groups = _graph.Nodes.Where(n => n.Op == OpKind.Linear)
-            .GroupBy(n => (Input: n.Inputs[0], n.Region))
+            .GroupBy(n => (Input: n.Inputs[0], n.Region, Format: FormatOf(n)))
             .OrderBy(g => g.First().Id);
         foreach (var group in groups)
         {
@@ -72,9 +73,10 @@ internal sealed class Fusion
             string normWeight = "";
             ScalarArg? eps = null;
 
-            // RMSNorm folding: every consumer of the norm is a Linear of this group.
+            // RMSNorm fusion into the input preparation: every consumer of the norm is a Linear of this region
+            // (several groups may share it when their layouts differ; each prepares its input from the norm's input).
             var norm = _graph[input];
-            if (norm.Op == OpKind.RmsNorm && norm.Region == region && _uses[input].All(u => u >= 0 && _graph[u].Op == OpKind.Linear && linears.Any(l => l.Id == u)))
+            if (norm.Op == OpKind.RmsNorm && norm.Region == region && _uses[input].All(u => u >= 0 && _graph[u].Op == OpKind.Linear && _graph[u].Region == region && _graph[u].Inputs[0] == input))
             {
                 _covered[input] = true;
                 normWeight = _graph[norm.Inputs[1]].Name;
@@ -97,9 +99,17 @@ internal sealed class Fusion
             string field = "_" + char.ToLowerInvariant(packed[0]) + packed.Substring(1);
             for (int i = 2; !_packedNames.Add(field); i++) field = "_" + char.ToLowerInvariant(packed[0]) + packed.Substring(1) + i;
             var kernel = new MatMulKernel(region, input, _graph[linears[0].Inputs[1]].Shape.Cols, field,
-                layers, normWeight, eps, segments.ToEquatableArray());
+                layers, normWeight, eps, segments.ToEquatableArray(), group.Key.Format);
             _kernels.Add((first, kernel));
         }
+    }
+
+    /// <summary>The layout a Linear's weight asks for: its own [Quantize], else the model's, else AsStored.</summary>
+    private string FormatOf(Node linear)
+    {
+        var weight = _graph.Model.Weights.FirstOrDefault(w => w.Key == _graph[linear.Inputs[1]].Name);
+        if (weight is not null && weight.Format.Length > 0) return weight.Format;
+        return _graph.Model.DefaultFormat.Length > 0 ? _graph.Model.DefaultFormat : "AsStored";
     }
 
     private Segment Epilogue(Node linear, List<Node> group, HashSet<int> claimed, int first, int region)

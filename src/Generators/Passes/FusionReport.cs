@@ -13,7 +13,7 @@ internal static class FusionReport
         string Name(int value) => plan.ValueBuffers[value] < 0 ? "?" : plan.Buffers[plan.ValueBuffers[value]].Name;
         static string Short(string weight) => weight.Substring(weight.LastIndexOf('.') + 1);
 
-        yield return $"Kiln fusion report for {model.ClassName} (architecture \"{model.Architecture}\"), F32 CPU kernels.";
+        yield return $"Kiln fusion report for {model.ClassName} (architecture \"{model.Architecture}\"), CPU kernels on a worker pool.";
         yield return "Kernels, in step order:";
         int region = 0;
         int number = 1;
@@ -31,22 +31,22 @@ internal static class FusionReport
         }
         if (plan.Regions[region].IsLoop) yield return "  end of layer loop";
 
-        yield return "Weight layouts (F32, repacked once when the plan is compiled):";
-        foreach (var matmul in plan.Kernels.OfType<MatMulKernel>())
+        yield return "Weight layouts (packed once when the plan is compiled, in groups of 4 rows; a segment whose rows are not a multiple of 4 is padded with zero rows):";
+        if (plan.Kernels.OfType<MatMulKernel>().Any(m => m.Format == "AsStored"))
+            yield return "  rule \"as stored\" (a weight without [Quantize]), chosen per matrix when the plan is compiled, from the file's types: " + AsStoredRule + ".";
+        foreach (var matmul in plan.Kernels.OfType<MatMulKernel>().GroupBy(m => m.Packed).Select(g => g.First()))
         {
-            var weights = matmul.Segments.SelectMany(s => s.Weights).Select(Short).ToList();
+            var weights = matmul.Segments.SelectMany(s => s.Weights).Distinct().Select(Short).ToList();
             bool interleaved = matmul.Segments.Any(s => s.Kind == SegmentKind.SwiGlu);
             string rows = string.Join("+", matmul.Segments.Select(s => s.Kind == SegmentKind.SwiGlu ? "2*" + s.OutDim : s.OutDim));
             string where = matmul.LayersMember.Length > 0 ? $"{matmul.Packed}[{plan.Regions[matmul.Region].LoopVariable}]" : matmul.Packed;
-            string layout = interleaved
-                ? (weights.Count > 2 ? "rows concatenated, gate/up rows interleaved" : "rows interleaved (gate₀, up₀, gate₁, up₁, …)")
-                : weights.Count > 1 ? "rows concatenated" : "row-major";
+            string shape = interleaved
+                ? (matmul.Segments.Count > 1 ? "segments stacked, gate/up rows interleaved" : "gate/up rows interleaved (gate₀, up₀, gate₁, up₁, …)")
+                : matmul.Segments.Count > 1 ? "segments stacked" : "one segment";
             var why = new List<string>();
-            if (weights.Count > 1) why.Add("one horizontal matmul reads its input once for all of them");
+            if (matmul.Segments.Count > 1) why.Add("one horizontal matmul prepares its input once and reads it for all of them");
             if (interleaved) why.Add("each adjacent row pair yields silu(gate)·up in the epilogue");
-            if (matmul.NormWeight.Length > 0) why.Add($"{Short(matmul.NormWeight)} folded into the columns (W'[o,i] = W[o,i]·g[i]) so the norm is a 1/rms scale in the epilogue");
-            if (why.Count == 0) why.Add("read one row at a time for all tokens of the step");
-            yield return $"  {string.Join(", ", weights)} → {where}: {layout} [{rows}, {matmul.InDim}]; {string.Join("; ", why)}.";
+            yield return $"  {string.Join(", ", weights)} → {where} [{rows}, {matmul.InDim}], {shape}: {Rule(matmul.Format, model)}{(why.Count > 0 ? "; " + string.Join("; ", why) : "")}.";
         }
         foreach (var gather in plan.Kernels.OfType<GatherKernel>().Select(g => g.Table).Distinct())
             yield return $"  {Short(gather)} → as loaded (row-major): the embedding gathers whole rows.";
@@ -59,9 +59,37 @@ internal static class FusionReport
             var members = plan.Buffers.Where(b => b.Slot == slot).Select(b => $"{b.Name} [{b.Rows}, {b.Cols}]");
             yield return $"  slot {slot}: {string.Join(", ", members)}";
         }
-        if (plan.Kernels.OfType<MatMulKernel>().Any(m => m.NormWeight.Length > 0)) yield return "  plus 1/rms per token [T] for the folded norms";
+        yield return "Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;";
+        yield return "  for Q8_0/Q4_0, Q8 activations (per 32 values a float scale d = max|x|/127 and int8 q = round(x/d), GGML's rule),";
+        yield return "  spread to match the packed weights' lanes. A fused RMSNorm computes 1/rms per token once and writes or quantizes";
+        yield return "  x·(1/rms)·g in the same pass (g cannot fold into quantized columns without requantizing them, and folding it into";
+        yield return "  float columns would change their rounding: the packed weights stay exactly as stored).";
         if (plan.RopeTables.Count > 0) yield return "Rope: cos/sin per token and pair computed once per step in double (as the eager op), shared by every layer.";
-        if (plan.Kernels.OfType<AttentionKernel>().Any()) yield return "Attention scores: one scratch row of the KV cache's MaxContext, grown when a larger cache is first seen.";
+        if (plan.Kernels.OfType<AttentionKernel>().Any()) yield return "Attention scores: every head's scratch row of the KV cache's MaxContext per chunk of work items, grown when a larger cache is first seen.";
+        yield return "Threads: one worker pool (PlanOptions.Threads). A matmul splits its 4-row groups over the threads, each tile of 4 or 8 rows × 4";
+        yield return "  tokens going through its epilogue while in registers; attention splits (token, KV-head chunk) items. Every output is computed";
+        yield return "  by one thread in a fixed order, so results do not depend on the thread count.";
+    }
+
+    private const string AsStoredRule =
+        "F32 and F16 → F32 rows (F16 widened exactly); BF16 → BF16 rows (widened exactly in the kernel); "
+        + "Q8_0 → Q8_0x4 interleaved (the file's quants copied, fp16 scales widened exactly); Q4_0 → Q4_0x4 interleaved (the file's nibbles copied); "
+        + "any other type (Q4_K, Q6_K, …) → Q8_0x4 (dequantized, requantized); weights of different types in one matmul → the most precise "
+        + "of their layouts. Q8_0x4/Q4_0x4: 4 rows per group, interleaved 4 bytes at a time, so a tile kernel reads each block once for "
+        + "4 tokens and one multiply-add leaves each row's partial sum in its own lane";
+
+    /// <summary>The layout rule for a matmul's weights, and why.</summary>
+    private static string Rule(string format, Syntax.ModelInfo model)
+    {
+        string why = model.DefaultFormat == format ? $"[Quantize(WeightFormat.{format})] on {model.ClassName}" : $"[Quantize(WeightFormat.{format})] on the weight";
+        return format switch
+        {
+            "AsStored" => "as stored (the rule above)",
+            "F32" => $"F32 rows, as {why} asks (any stored type dequantized)",
+            "BF16" => $"BF16 rows, as {why} asks (stored BF16 copied, anything else rounded to nearest even)",
+            "Q8_0" => $"Q8_0x4 interleaved, as {why} asks (stored Q8_0 blocks copied, anything else quantized once by GGML's reference quantizer); 4 rows per group so a tile reads each block once for 4 tokens",
+            _ => $"Q4_0x4 interleaved, as {why} asks (stored Q4_0 blocks copied, anything else quantized once by GGML's reference quantizer); 4 rows per group so a tile reads each block once for 4 tokens",
+        };
     }
 
     private static string Describe(Kernel kernel, Plan plan, Graph graph, System.Func<int, string> name, System.Func<string, string> shortName)
@@ -74,7 +102,7 @@ internal static class FusionReport
             {
                 string weights = string.Join("|", m.Segments.Select(s => s.Kind == SegmentKind.SwiGlu
                     ? $"{shortName(s.Weights[0])}⋈{shortName(s.Weights[1])}" : shortName(s.Weights[0])));
-                string norm = m.NormWeight.Length > 0 ? $" with RmsNorm({shortName(m.NormWeight)}) folded (1/rms per token once, ×1/rms in the epilogue)" : "";
+                string norm = m.NormWeight.Length > 0 ? $" with RmsNorm({shortName(m.NormWeight)}) fused into the input preparation (1/rms per token once, x·(1/rms)·g quantized or written in one pass)" : "";
                 var outputs = m.Segments.Select(s => s.Kind switch
                 {
                     SegmentKind.Rope => $"{name(s.Output)} ← rope(·) epilogue",
@@ -87,7 +115,7 @@ internal static class FusionReport
                 return $"matmul: {name(m.Input)}·[{weights}]ᵀ{norm} → {string.Join(", ", outputs)}";
             }
             case AttentionKernel a:
-                return $"attention: {name(a.Output)} ← Attention({name(a.Q)}, {name(a.K)}, {name(a.V)}): k/v rows written to the KV cache, then causal GQA per token and head (dot, softmax, scale-add)";
+                return $"attention: {name(a.Output)} ← Attention({name(a.Q)}, {name(a.K)}, {name(a.V)}): k/v rows written to the KV cache, then causal GQA in parallel over (token, chunk of KV heads) items, each reading its cached rows once for all its heads (dots, softmax, weighted sum)";
             case SelectRowsKernel s:
                 return $"select rows: {name(s.Output)} ← the rows of {name(s.Input)} whose logits are wanted";
             case RmsNormKernel r:

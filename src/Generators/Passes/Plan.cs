@@ -41,9 +41,10 @@ internal enum SegmentKind
 internal sealed record Segment(SegmentKind Kind, EquatableArray<string> Weights, string OutDim, int Output, int Residual, int RopeTable, string Description);
 
 /// <summary>
-/// A horizontal matmul: several Linears sharing one input, their weights packed into one matrix (rows concatenated,
-/// gate/up interleaved), an optional folded RMSNorm (weight folded into the columns at load, 1/rms per token in the
-/// epilogue) and one epilogue per segment.
+/// A horizontal matmul: several Linears sharing one input and layout, their weights packed into one matrix (segments
+/// stacked, each padded to 4-row groups; gate/up interleaved), an optional RMSNorm fused into the input preparation
+/// (1/rms per token once, x·(1/rms)·g written or quantized in one pass) and one epilogue per segment.
+/// <see cref="Format"/> is the WeightFormat member name the weights ask for ("AsStored": chosen per file).
 /// </summary>
 internal sealed record MatMulKernel(
     int Region,
@@ -53,7 +54,8 @@ internal sealed record MatMulKernel(
     string LayersMember,
     string NormWeight,
     ScalarArg? NormEps,
-    EquatableArray<Segment> Segments) : Kernel(Region)
+    EquatableArray<Segment> Segments,
+    string Format = "AsStored") : Kernel(Region)
 {
     public override EquatableArray<int> Reads =>
         new[] { Input }.Concat(Segments.Where(s => s.Residual >= 0).Select(s => s.Residual)).ToEquatableArray();

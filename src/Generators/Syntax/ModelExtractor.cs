@@ -22,6 +22,10 @@ internal static partial class ModelExtractor
     private const string WeightAttribute = "Kiln.WeightAttribute";
     private const string LayersAttribute = "Kiln.LayersAttribute";
     private const string ForwardAttribute = "Kiln.ForwardAttribute";
+    private const string QuantizeAttribute = "Kiln.QuantizeAttribute";
+
+    /// <summary>Kiln.WeightFormat's members by value (the attribute argument arrives as its underlying int).</summary>
+    private static readonly string[] WeightFormats = { "AsStored", "F32", "BF16", "Q8_0", "Q4_0" };
     private const string TensorType = "Kiln.Tensor";
     private const string ContextType = "Kiln.AttentionContext";
 
@@ -141,6 +145,7 @@ internal static partial class ModelExtractor
             if (architecture.Length == 0)
                 Report(DiagnosticDescriptors.MalformedModel, classLocation, _type.Name, "[Model] needs a non-empty architecture name");
 
+            string defaultFormat = ReadFormat(_type) ?? "";
             CollectMembers(_type, owner: "", architecture);
             _cancellationToken.ThrowIfCancellationRequested();
             ValidateLayers();
@@ -163,8 +168,26 @@ internal static partial class ModelExtractor
                 _freeDims.ToEquatableArray(),
                 forward?.Name ?? "",
                 body.ToEquatableArray(),
-                classLocation);
+                classLocation,
+                defaultFormat);
         }
+
+        /// <summary>
+        /// The format named by <paramref name="symbol"/>'s [Quantize], or null without one (or with an invalid one,
+        /// which is reported).
+        /// </summary>
+        private string? ReadFormat(ISymbol symbol)
+        {
+            if (FindAttribute(symbol, QuantizeAttribute) is not { } attribute) return null;
+            var value = attribute.ConstructorArguments.FirstOrDefault().Value;
+            if (value is int index && index >= 0 && index < WeightFormats.Length) return WeightFormats[index];
+            Report(DiagnosticDescriptors.InvalidQuantize, QuantizeLocation(attribute), symbol.Name,
+                $"{value ?? "the argument"} is not a WeightFormat ({string.Join(", ", WeightFormats)})");
+            return null;
+        }
+
+        private LocationInfo? QuantizeLocation(AttributeData attribute) =>
+            LocationInfo.From(attribute.ApplicationSyntaxReference?.GetSyntax(_cancellationToken));
 
         private void CollectMembers(INamedTypeSymbol type, string owner, string architecture)
         {
@@ -174,6 +197,18 @@ internal static partial class ModelExtractor
                 if (member.IsImplicitlyDeclared || member is not (IFieldSymbol or IPropertySymbol)) continue;
                 if (member is IFieldSymbol { AssociatedSymbol: not null }) continue; // auto-property backing field
                 var memberType = MemberType(member)!;
+
+                // [Quantize] belongs on [Weight] members (the Linear weights) or on the model class.
+                var quantize = FindAttribute(member, QuantizeAttribute);
+                string? format = null;
+                if (quantize is not null)
+                {
+                    if (FindAttribute(member, WeightAttribute) is null)
+                        Report(DiagnosticDescriptors.InvalidQuantize, QuantizeLocation(quantize), member.Name,
+                            "it is not a [Weight]; [Quantize] chooses the layout of a Linear weight, on a [Weight] member or on the [Model] class");
+                    else
+                        format = ReadFormat(member);
+                }
 
                 if (FindAttribute(member, HyperAttribute) is { } hyper)
                 {
@@ -211,7 +246,8 @@ internal static partial class ModelExtractor
                         ? weight.ConstructorArguments[1].Values.Select(v => v.Value as string ?? "").ToArray()
                         : Array.Empty<string>();
                     string? tiedTo = weight.NamedArguments.FirstOrDefault(a => a.Key == "TiedTo").Value.Value as string;
-                    var info = new WeightInfo(owner, member.Name, name, dims.ToEquatableArray(), tiedTo);
+                    var info = new WeightInfo(owner, member.Name, name, dims.ToEquatableArray(), tiedTo,
+                        format ?? "", format is null ? null : QuantizeLocation(quantize!));
                     _weights.Add(info);
                     _weightKeys[member] = info.Key;
                     continue;
@@ -256,6 +292,9 @@ internal static partial class ModelExtractor
                 Report(DiagnosticDescriptors.InvalidLayers, location, member.Name, $"the prefix \"{prefix}\" must contain {{0}} for the layer index");
                 return;
             }
+            if (FindAttribute(element, QuantizeAttribute) is { } quantize)
+                Report(DiagnosticDescriptors.InvalidQuantize, QuantizeLocation(quantize), element.Name,
+                    "a layer class cannot carry it; put [Quantize] on the [Model] class (the default for every Linear weight) or on a [Weight] member");
             _layers.Add(new LayersInfo(member.Name, element.Name, prefix, count));
             _layerTypes[member.Name] = element;
             CollectMembers(element, member.Name, architecture);

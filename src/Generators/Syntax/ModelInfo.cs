@@ -7,6 +7,7 @@ namespace Kiln.Generators.Syntax;
 /// Everything the generator needs from one [Model] class, as plain equatable data (no symbols, no syntax nodes),
 /// so an edit elsewhere in the compilation leaves the pipeline cached.
 /// </summary>
+/// <remarks><see cref="DefaultFormat"/>: the WeightFormat member name of the class's [Quantize], "" without one.</remarks>
 internal sealed record ModelInfo(
     string Namespace,
     string ClassName,
@@ -20,7 +21,8 @@ internal sealed record ModelInfo(
     EquatableArray<string> FreeDims,
     string ForwardName,
     EquatableArray<StmtInfo> Forward,
-    LocationInfo? Location)
+    LocationInfo? Location,
+    string DefaultFormat = "")
 {
     public string FullName => Namespace.Length == 0 ? ClassName : Namespace + "." + ClassName;
 }
@@ -31,8 +33,11 @@ internal sealed record HyperInfo(string Member, string Key, bool Required, strin
 /// <summary>
 /// A [Weight] member. <see cref="Owner"/> is "" for a model-level weight or the [Layers] member for a block weight
 /// (whose file name is prefixed per layer). Dims are canonical shape expressions: "Dim", "Heads*HeadDim", "64".
+/// <see cref="Format"/> is the WeightFormat member name of its own [Quantize] ("" when it has none), located at
+/// <see cref="FormatLocation"/>.
 /// </summary>
-internal sealed record WeightInfo(string Owner, string Member, string Name, EquatableArray<string> Dims, string? TiedTo)
+internal sealed record WeightInfo(string Owner, string Member, string Name, EquatableArray<string> Dims, string? TiedTo,
+    string Format = "", LocationInfo? FormatLocation = null)
 {
     public string Key => Owner.Length == 0 ? Member : Owner + "." + Member;
 }

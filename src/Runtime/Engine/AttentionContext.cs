@@ -1,23 +1,57 @@
 namespace Kiln;
 
 /// <summary>
-/// What one step's tokens attend with: per token its position and sequence slot in the KV cache, and the rows
-/// whose logits the step returns. Buffers are allocated once with a capacity; a step refills them.
+/// What one step's tokens attend with. Per token: its position in its sequence and which of the step's sequences
+/// it belongs to; per sequence, in CSR form as FlashInfer takes it, its KV block table
+/// (<c>BlockIds[BlockIndptr[s]..BlockIndptr[s+1]]</c>), so that position p of token t's sequence lives in row
+/// <c>BlockIds[BlockIndptr[seq] + p / B] · B + p % B</c> of the <see cref="KvCache"/> (B = <see cref="KvCache.BlockSize"/>);
+/// and the rows whose logits the step returns. A sequence's tokens are consecutive rows of the step.
+/// Buffers are allocated once with a capacity; a step refills them without allocating.
 /// </summary>
+/// <remarks>
+/// Two ways to fill it, one meaning: <see cref="Add"/> names a token's cache slot, which is a one-block table (the
+/// contiguous layout, where block id = slot); <see cref="AddChunk"/> hands over a sequence's whole block table (the
+/// paged layout). Kernels read rows through <see cref="KvRow(int, int)"/>, which serves both.
+/// </remarks>
 public sealed class AttentionContext
 {
     private readonly int[] _positions;
+    private readonly int[] _sequences;
     private readonly int[] _slots;
     private readonly int[] _outputRows;
+    private readonly int[] _blockIndptr;
+    private readonly int[] _queryIndptr;
+    private readonly int[] _blockIds;
+    private readonly int _blockSize;
 
+    // The sequence Add last extended: consecutive Adds to the same slot are one sequence, like a chunk.
+    private int _lastAddedSlot = -1;
+    private int _multiBlockSequences;
+
+    /// <summary>A context for steps of up to <paramref name="capacity"/> tokens and as many sequences, each with room in its block table for the cache's max context.</summary>
     public AttentionContext(KvCache cache, int capacity)
+        : this(cache, capacity, maxBlockIds: DefaultBlockIds(cache, capacity))
+    {
+    }
+
+    /// <summary>
+    /// A context for steps of up to <paramref name="capacity"/> tokens (and so sequences) whose block tables hold
+    /// <paramref name="maxBlockIds"/> entries together (the sum of the step's sequences' block counts).
+    /// </summary>
+    public AttentionContext(KvCache cache, int capacity, int maxBlockIds)
     {
         ArgumentNullException.ThrowIfNull(cache);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(capacity);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxBlockIds);
         Cache = cache;
+        _blockSize = cache.BlockSize;
         _positions = new int[capacity];
+        _sequences = new int[capacity];
         _slots = new int[capacity];
         _outputRows = new int[capacity];
+        _blockIndptr = new int[capacity + 1];
+        _queryIndptr = new int[capacity + 1];
+        _blockIds = new int[maxBlockIds];
     }
 
     public KvCache Cache { get; }
@@ -28,32 +62,121 @@ public sealed class AttentionContext
 
     public int OutputCount { get; private set; }
 
+    /// <summary>Sequences in the step, each with its block table.</summary>
+    public int SequenceCount { get; private set; }
+
+    /// <summary>Per token, its position in its sequence.</summary>
     public ReadOnlySpan<int> Positions => _positions.AsSpan(0, TokenCount);
 
-    public ReadOnlySpan<int> Slots => _slots.AsSpan(0, TokenCount);
+    /// <summary>Per token, the index of its sequence in this step (0..SequenceCount-1).</summary>
+    public ReadOnlySpan<int> Sequences => _sequences.AsSpan(0, TokenCount);
+
+    /// <summary>
+    /// Per token, its sequence's cache slot (the one block that holds all of it). Only a step whose sequences each
+    /// hold a single block has slots; a paged step throws <see cref="InvalidOperationException"/>.
+    /// </summary>
+    public ReadOnlySpan<int> Slots => _multiBlockSequences == 0
+        ? _slots.AsSpan(0, TokenCount)
+        : throw new InvalidOperationException($"This step has {_multiBlockSequences} sequence(s) spread over several KV blocks, so tokens have no single cache slot: find each position's row with KvRow(token, position) and read it with KvCache.KeyRow/ValueRow.");
 
     /// <summary>Token rows whose logits the step produces, in output order.</summary>
     public ReadOnlySpan<int> OutputRows => _outputRows.AsSpan(0, OutputCount);
+
+    /// <summary>Per sequence, where its block ids start in <see cref="BlockIds"/>; one more entry than sequences.</summary>
+    public ReadOnlySpan<int> BlockIndptr => _blockIndptr.AsSpan(0, SequenceCount + 1);
+
+    /// <summary>Per sequence, where its tokens start in the step; one more entry than sequences.</summary>
+    public ReadOnlySpan<int> QueryIndptr => _queryIndptr.AsSpan(0, SequenceCount + 1);
+
+    /// <summary>Every sequence's block ids, one table after another.</summary>
+    public ReadOnlySpan<int> BlockIds => _blockIds.AsSpan(0, _blockIndptr[SequenceCount]);
+
+    /// <summary>The sequence that token <paramref name="token"/> belongs to.</summary>
+    public int SequenceOf(int token) => _sequences[token];
+
+    /// <summary>The block table of sequence <paramref name="sequence"/>: block i holds its positions i·B .. i·B+B-1.</summary>
+    public ReadOnlySpan<int> BlockTable(int sequence) =>
+        _blockIds.AsSpan(_blockIndptr[sequence], _blockIndptr[sequence + 1] - _blockIndptr[sequence]);
+
+    /// <summary>
+    /// The cache row of <paramref name="position"/> in token <paramref name="token"/>'s sequence. Attention reads
+    /// positions 0..Positions[token] of it; that range is checked when the step is filled, so this only looks up.
+    /// </summary>
+    public int KvRow(int token, int position)
+    {
+        int blockId = _blockIds[_blockIndptr[_sequences[token]] + position / _blockSize];
+        return blockId * _blockSize + position % _blockSize;
+    }
+
+    /// <summary>The cache row where token <paramref name="token"/>'s own keys and values go.</summary>
+    public int KvRow(int token) => KvRow(token, _positions[token]);
 
     public void Clear()
     {
         TokenCount = 0;
         OutputCount = 0;
+        SequenceCount = 0;
+        _lastAddedSlot = -1;
+        _multiBlockSequences = 0;
     }
 
-    /// <summary>Adds the next token of the step: its position in its sequence, the sequence's cache slot, and whether its logits are wanted.</summary>
+    /// <summary>
+    /// Adds the next token of the step: its position in its sequence, the sequence's cache slot (a one-block table:
+    /// the position must lie in that block), and whether its logits are wanted.
+    /// </summary>
     public void Add(int position, int slot, bool wantLogits)
     {
         if (TokenCount == Capacity)
             throw new InvalidOperationException($"The step already holds {Capacity} tokens, its capacity.");
-        if ((uint)position >= (uint)Cache.MaxContext)
-            throw new ArgumentOutOfRangeException(nameof(position), $"Position {position} is beyond the KV cache's context of {Cache.MaxContext}.");
+        if ((uint)position >= (uint)_blockSize)
+            throw new ArgumentOutOfRangeException(nameof(position), $"Position {position} is beyond the KV cache's {(Cache.IsPaged ? "block size" : "context")} of {_blockSize}.");
         if ((uint)slot >= (uint)Cache.Slots)
             throw new ArgumentOutOfRangeException(nameof(slot), $"Slot {slot} is outside the KV cache's {Cache.Slots} slots.");
-        if (wantLogits) _outputRows[OutputCount++] = TokenCount;
-        _positions[TokenCount] = position;
-        _slots[TokenCount] = slot;
-        TokenCount++;
+        if (slot != _lastAddedSlot)
+        {
+            int start = _blockIndptr[SequenceCount];
+            if (start == _blockIds.Length)
+                throw new InvalidOperationException($"The step's block tables already hold {_blockIds.Length} block ids, their capacity.");
+            _blockIds[start] = slot;
+            StartSequence(blocks: 1);
+            _lastAddedSlot = slot;
+        }
+        AppendToken(position, slot, wantLogits);
+        _queryIndptr[SequenceCount] = TokenCount;
+    }
+
+    /// <summary>
+    /// Adds a sequence's next <paramref name="count"/> tokens, at positions <paramref name="startPosition"/>.., whose
+    /// KV lives in the blocks of <paramref name="blockTable"/> (which must cover every position up to the last one);
+    /// with <paramref name="wantLogits"/> the last token's logits are wanted. Earlier positions were written by
+    /// earlier steps (or a shared, cached prefix) into the same blocks.
+    /// </summary>
+    public void AddChunk(ReadOnlySpan<int> blockTable, int startPosition, int count, bool wantLogits)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(startPosition);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(count);
+        if (TokenCount + count > Capacity)
+            throw new InvalidOperationException($"The step holds {TokenCount} tokens; {count} more exceed its capacity of {Capacity}.");
+        int blocksNeeded = (startPosition + count + _blockSize - 1) / _blockSize;
+        if (blockTable.Length < blocksNeeded)
+            throw new ArgumentException($"Positions up to {startPosition + count - 1} need {blocksNeeded} blocks of {_blockSize}; the block table has {blockTable.Length}.", nameof(blockTable));
+        int start = _blockIndptr[SequenceCount];
+        if (start + blocksNeeded > _blockIds.Length)
+            throw new InvalidOperationException($"The step's block tables would exceed their capacity of {_blockIds.Length} block ids.");
+        var blocks = blockTable[..blocksNeeded];
+        foreach (int blockId in blocks)
+        {
+            if ((uint)blockId >= (uint)Cache.BlockCount)
+                throw new ArgumentOutOfRangeException(nameof(blockTable), $"Block {blockId} is outside the KV cache's {Cache.BlockCount} blocks.");
+        }
+        blocks.CopyTo(_blockIds.AsSpan(start));
+        StartSequence(blocksNeeded);
+        // A one-block sequence still has a slot (its block); later Adds must not extend it.
+        _lastAddedSlot = -1;
+        int slot = blocksNeeded == 1 ? blocks[0] : -1;
+        if (blocksNeeded > 1) _multiBlockSequences++;
+        for (int i = 0; i < count; i++) AppendToken(startPosition + i, slot, wantLogits && i == count - 1);
+        _queryIndptr[SequenceCount] = TokenCount;
     }
 
     /// <summary>Fills the step with one sequence's consecutive tokens from <paramref name="startPosition"/>; only the last token's logits are wanted.</summary>
@@ -61,5 +184,29 @@ public sealed class AttentionContext
     {
         Clear();
         for (int i = 0; i < count; i++) Add(startPosition + i, slot, i == count - 1);
+    }
+
+    private void StartSequence(int blocks)
+    {
+        _queryIndptr[SequenceCount] = TokenCount;
+        _blockIndptr[SequenceCount + 1] = _blockIndptr[SequenceCount] + blocks;
+        SequenceCount++;
+    }
+
+    private void AppendToken(int position, int slot, bool wantLogits)
+    {
+        if (wantLogits) _outputRows[OutputCount++] = TokenCount;
+        _positions[TokenCount] = position;
+        _sequences[TokenCount] = SequenceCount - 1;
+        _slots[TokenCount] = slot;
+        TokenCount++;
+    }
+
+    private static int DefaultBlockIds(KvCache cache, int capacity)
+    {
+        ArgumentNullException.ThrowIfNull(cache);
+        if (!cache.IsPaged) return Math.Max(capacity, 1);
+        long ids = (long)Math.Max(capacity, 1) * ((cache.MaxContext + cache.BlockSize - 1) / cache.BlockSize);
+        return (int)Math.Min(ids, Array.MaxLength);
     }
 }

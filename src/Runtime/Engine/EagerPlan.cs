@@ -27,4 +27,9 @@ public sealed class EagerPlan : ICompiledPlan
         var result = _model.ForwardEager(tokens, context);
         result.Data.AsSpan().CopyTo(logits);
     }
+
+    /// <summary>Nothing to release: the eager reference owns no threads or native memory.</summary>
+    public void Dispose()
+    {
+    }
 }

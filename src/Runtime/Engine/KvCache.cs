@@ -1,51 +1,311 @@
 namespace Kiln;
 
+/// <summary>How a <see cref="KvCache"/> stores its keys and values.</summary>
+public enum KvStorage
+{
+    /// <summary>Full precision: rows are read and written in place as float spans.</summary>
+    F32,
+
+    /// <summary>IEEE half precision: half the memory, about three decimal digits.</summary>
+    F16,
+
+    /// <summary>Signed bytes with one float scale per token and head (max |x| / 127): about a quarter of the memory.</summary>
+    Int8,
+}
+
 /// <summary>
-/// A contiguous key/value cache: for each layer and sequence slot, <see cref="MaxContext"/> rows of
-/// <see cref="KvDim"/> floats. Layout [layer][slot][position][kvDim], keys and values in separate arrays.
+/// The key/value cache of the attention layers, as a row store: per layer, <see cref="RowCount"/> rows of
+/// <see cref="KvDim"/> keys and as many values, one row per token position of some sequence. Rows come in blocks of
+/// <see cref="BlockSize"/>; which block holds which positions of which sequence is the
+/// <see cref="AttentionContext"/>'s business (its block tables), so one storage serves both layouts:
+/// <list type="bullet">
+/// <item><b>contiguous</b> (<c>new KvCache(layers, slots, maxContext, kvDim)</c>): one block of
+/// <see cref="MaxContext"/> rows per slot, block id = slot; position p of slot s is row s·MaxContext + p, and
+/// <see cref="Keys"/>/<see cref="Values"/> hand out a slot's rows as one span;</item>
+/// <item><b>paged</b> (<see cref="Paged"/>): many small blocks shared out by a block pool; a sequence's positions
+/// are scattered over its blocks, so rows are found through the context (<see cref="AttentionContext.KvRow(int, int)"/>).</item>
+/// </list>
 /// </summary>
 public sealed class KvCache
 {
-    private readonly float[] _keys;
-    private readonly float[] _values;
+    // F32: per layer [RowCount × KvDim]. F16 and Int8 keep their own arrays; the others stay null.
+    private readonly float[][]? _keys;
+    private readonly float[][]? _values;
+    private readonly Half[][]? _halfKeys;
+    private readonly Half[][]? _halfValues;
+    private readonly sbyte[][]? _byteKeys;
+    private readonly sbyte[][]? _byteValues;
+    private readonly float[][]? _keyScales;   // Int8: per layer [RowCount × ScaleGroups]
+    private readonly float[][]? _valueScales;
 
+    /// <summary>A contiguous cache: <paramref name="slots"/> sequences of up to <paramref name="maxContext"/> positions each.</summary>
     public KvCache(int layers, int slots, int maxContext, int kvDim)
+        : this(layers, blockCount: slots, blockSize: maxContext, kvDim, KvStorage.F32, scaleGroupSize: kvDim, isPaged: false)
     {
-        if (layers <= 0 || slots <= 0 || maxContext <= 0 || kvDim <= 0)
-            throw new ArgumentOutOfRangeException(nameof(layers), $"KV cache dimensions must be positive: layers {layers}, slots {slots}, context {maxContext}, kvDim {kvDim}.");
-        long length = (long)layers * slots * maxContext * kvDim;
-        if (length > Array.MaxLength)
-            throw new ArgumentOutOfRangeException(nameof(maxContext), $"A KV cache of {layers}×{slots}×{maxContext}×{kvDim} floats exceeds one array; lower the context or slot count.");
+    }
+
+    private KvCache(int layers, int blockCount, int blockSize, int kvDim, KvStorage storage, int scaleGroupSize, bool isPaged, int maxContext = 0)
+    {
+        if (layers <= 0 || blockCount <= 0 || blockSize <= 0 || kvDim <= 0)
+            throw new ArgumentOutOfRangeException(nameof(layers), $"KV cache dimensions must be positive: layers {layers}, {(isPaged ? "blocks" : "slots")} {blockCount}, {(isPaged ? "block size" : "context")} {blockSize}, kvDim {kvDim}.");
+        if (!Enum.IsDefined(storage)) throw new ArgumentOutOfRangeException(nameof(storage), storage, "Unknown KV storage.");
+        if (scaleGroupSize <= 0 || kvDim % scaleGroupSize != 0)
+            throw new ArgumentOutOfRangeException(nameof(scaleGroupSize), $"The int8 scale group ({scaleGroupSize}, the head dimension) must divide the row of {kvDim}.");
+        long rows = (long)blockCount * blockSize;
+        if (rows * kvDim > Array.MaxLength)
+            throw new ArgumentOutOfRangeException(isPaged ? nameof(blockCount) : nameof(blockSize), $"A KV cache layer of {blockCount}×{blockSize} rows of {kvDim} exceeds one array; use fewer {(isPaged ? "blocks" : "slots or a shorter context")}.");
+
         Layers = layers;
-        Slots = slots;
-        MaxContext = maxContext;
+        BlockCount = blockCount;
+        BlockSize = blockSize;
         KvDim = kvDim;
-        _keys = new float[length];
-        _values = new float[length];
+        Storage = storage;
+        IsPaged = isPaged;
+        ScaleGroupSize = scaleGroupSize;
+        RowCount = (int)rows;
+        if (maxContext < 0 || maxContext > RowCount)
+            throw new ArgumentOutOfRangeException(nameof(maxContext), $"A sequence's max context ({maxContext}) must be positive and at most the cache's {RowCount} rows.");
+        MaxContext = !isPaged ? blockSize : maxContext > 0 ? maxContext : RowCount;
+        int length = RowCount * kvDim;
+        switch (storage)
+        {
+            case KvStorage.F32:
+                _keys = Allocate<float>(layers, length);
+                _values = Allocate<float>(layers, length);
+                break;
+            case KvStorage.F16:
+                _halfKeys = Allocate<Half>(layers, length);
+                _halfValues = Allocate<Half>(layers, length);
+                break;
+            case KvStorage.Int8:
+                _byteKeys = Allocate<sbyte>(layers, length);
+                _byteValues = Allocate<sbyte>(layers, length);
+                _keyScales = Allocate<float>(layers, RowCount * ScaleGroups);
+                _valueScales = Allocate<float>(layers, RowCount * ScaleGroups);
+                break;
+        }
+    }
+
+    /// <summary>
+    /// A paged cache of <paramref name="blockCount"/> blocks of <paramref name="blockSize"/> rows, for a block pool
+    /// with the same geometry. <paramref name="headDim"/> is the int8 scale group (one scale per token and head);
+    /// other storages ignore it. <paramref name="maxContext"/> is the longest sequence it serves (0: every row), which
+    /// sizes the kernels' per-query score rows.
+    /// </summary>
+    public static KvCache Paged(int layers, int blockCount, int blockSize, int kvDim, KvStorage storage = KvStorage.F32, int headDim = 0, int maxContext = 0) =>
+        new(layers, blockCount, blockSize, kvDim, storage, headDim > 0 ? headDim : kvDim, isPaged: true, maxContext);
+
+    /// <summary>Bytes one block takes over all layers, keys and values (and int8 scales): how a memory budget becomes a block count.</summary>
+    public static long BytesPerBlock(int layers, int blockSize, int kvDim, KvStorage storage = KvStorage.F32, int headDim = 0)
+    {
+        long elements = 2L * layers * blockSize * kvDim;
+        return storage switch
+        {
+            KvStorage.F32 => elements * sizeof(float),
+            KvStorage.F16 => elements * 2,
+            KvStorage.Int8 => elements + 2L * layers * blockSize * (kvDim / (headDim > 0 ? headDim : kvDim)) * sizeof(float),
+            _ => throw new ArgumentOutOfRangeException(nameof(storage), storage, "Unknown KV storage."),
+        };
     }
 
     public int Layers { get; }
 
-    public int Slots { get; }
-
-    public int MaxContext { get; }
-
     public int KvDim { get; }
 
-    public Span<float> Key(int layer, int slot, int position) => _keys.AsSpan(Offset(layer, slot, position), KvDim);
+    public KvStorage Storage { get; }
 
-    public Span<float> Value(int layer, int slot, int position) => _values.AsSpan(Offset(layer, slot, position), KvDim);
+    /// <summary>True for a cache made by <see cref="Paged"/>: sequences span many blocks, so there are no per-slot spans.</summary>
+    public bool IsPaged { get; }
 
-    /// <summary>All positions of one slot in one layer: [MaxContext, KvDim].</summary>
-    public Span<float> Keys(int layer, int slot) => _keys.AsSpan(Offset(layer, slot, 0), MaxContext * KvDim);
+    public int BlockCount { get; }
 
-    /// <summary>All positions of one slot in one layer: [MaxContext, KvDim].</summary>
-    public Span<float> Values(int layer, int slot) => _values.AsSpan(Offset(layer, slot, 0), MaxContext * KvDim);
+    /// <summary>Rows per block; a contiguous cache's block is a whole slot (<see cref="MaxContext"/> rows).</summary>
+    public int BlockSize { get; }
 
-    private int Offset(int layer, int slot, int position)
+    /// <summary>Rows per layer: <see cref="BlockCount"/> × <see cref="BlockSize"/>.</summary>
+    public int RowCount { get; }
+
+    /// <summary>Elements sharing one int8 scale (the head dimension).</summary>
+    public int ScaleGroupSize { get; }
+
+    private int ScaleGroups => KvDim / ScaleGroupSize;
+
+    /// <summary>Contiguous: the sequence slots (one block each). Paged: the block count, each block addressable as a one-block sequence.</summary>
+    public int Slots => BlockCount;
+
+    /// <summary>
+    /// The most positions one sequence can hold, and so the longest row of attention scores: a slot's length when
+    /// contiguous; when paged, the max context it was made for (every row of the cache by default).
+    /// </summary>
+    public int MaxContext { get; }
+
+    /// <summary>Keys of one row, in place (F32 storage only; others go through <see cref="ReadKey"/>/<see cref="WriteKey"/>).</summary>
+    public Span<float> KeyRow(int layer, int row) => Floats(_keys, layer, row);
+
+    /// <summary>Values of one row, in place (F32 storage only; others go through <see cref="ReadValue"/>/<see cref="WriteValue"/>).</summary>
+    public Span<float> ValueRow(int layer, int row) => Floats(_values, layer, row);
+
+    /// <summary>
+    /// Keys of every row of one block, [BlockSize, KvDim] in place (F32 only): a block's rows are consecutive, so a
+    /// kernel reads a sequence block by block through its block table.
+    /// </summary>
+    public Span<float> KeyBlock(int layer, int block) => BlockRows(_keys, layer, block);
+
+    /// <summary>Values of every row of one block, [BlockSize, KvDim] in place (F32 only).</summary>
+    public Span<float> ValueBlock(int layer, int block) => BlockRows(_values, layer, block);
+
+    /// <summary>Stores a token's keys in <paramref name="row"/>, converting to the cache's storage.</summary>
+    public void WriteKey(int layer, int row, ReadOnlySpan<float> keys) => Write(_keys, _halfKeys, _byteKeys, _keyScales, layer, row, keys);
+
+    public void WriteValue(int layer, int row, ReadOnlySpan<float> values) => Write(_values, _halfValues, _byteValues, _valueScales, layer, row, values);
+
+    /// <summary>Reads a row's keys back as floats (exact for F32; dequantized otherwise).</summary>
+    public void ReadKey(int layer, int row, Span<float> destination) => Read(_keys, _halfKeys, _byteKeys, _keyScales, layer, row, destination);
+
+    public void ReadValue(int layer, int row, Span<float> destination) => Read(_values, _halfValues, _byteValues, _valueScales, layer, row, destination);
+
+    /// <summary>Copies every layer's keys and values of one block into another: the copy half of copy-on-write.</summary>
+    public void CopyBlock(int sourceBlock, int destinationBlock)
     {
-        if ((uint)layer >= (uint)Layers || (uint)slot >= (uint)Slots || (uint)position >= (uint)MaxContext)
-            throw new ArgumentOutOfRangeException(nameof(position), $"KV cache has {Layers} layers, {Slots} slots and {MaxContext} positions; asked for layer {layer}, slot {slot}, position {position}.");
-        return ((layer * Slots + slot) * MaxContext + position) * KvDim;
+        if ((uint)sourceBlock >= (uint)BlockCount || (uint)destinationBlock >= (uint)BlockCount)
+            throw new ArgumentOutOfRangeException(nameof(sourceBlock), $"The KV cache has {BlockCount} blocks; asked to copy block {sourceBlock} into {destinationBlock}.");
+        int length = BlockSize * KvDim;
+        for (int layer = 0; layer < Layers; layer++)
+        {
+            CopyRange(_keys, layer, sourceBlock * length, destinationBlock * length, length);
+            CopyRange(_values, layer, sourceBlock * length, destinationBlock * length, length);
+            CopyRange(_halfKeys, layer, sourceBlock * length, destinationBlock * length, length);
+            CopyRange(_halfValues, layer, sourceBlock * length, destinationBlock * length, length);
+            CopyRange(_byteKeys, layer, sourceBlock * length, destinationBlock * length, length);
+            CopyRange(_byteValues, layer, sourceBlock * length, destinationBlock * length, length);
+            int scales = BlockSize * ScaleGroups;
+            CopyRange(_keyScales, layer, sourceBlock * scales, destinationBlock * scales, scales);
+            CopyRange(_valueScales, layer, sourceBlock * scales, destinationBlock * scales, scales);
+        }
+    }
+
+    /// <summary>Contiguous F32 cache: the keys of one slot at one position.</summary>
+    public Span<float> Key(int layer, int slot, int position) => KeyRow(layer, SlotRow(layer, slot, position));
+
+    /// <summary>Contiguous F32 cache: the values of one slot at one position.</summary>
+    public Span<float> Value(int layer, int slot, int position) => ValueRow(layer, SlotRow(layer, slot, position));
+
+    /// <summary>Contiguous F32 cache: all positions of one slot in one layer, [MaxContext, KvDim].</summary>
+    public Span<float> Keys(int layer, int slot) => SlotRows(_keys, layer, slot);
+
+    /// <summary>Contiguous F32 cache: all positions of one slot in one layer, [MaxContext, KvDim].</summary>
+    public Span<float> Values(int layer, int slot) => SlotRows(_values, layer, slot);
+
+    public override string ToString() =>
+        $"KvCache({(IsPaged ? $"paged, {BlockCount} blocks of {BlockSize}" : $"contiguous, {Slots} slots of {MaxContext}")}, {Layers} layers, rows of {KvDim}, {Storage})";
+
+    private int SlotRow(int layer, int slot, int position)
+    {
+        if ((uint)slot >= (uint)Slots || (uint)position >= (uint)BlockSize)
+            throw new ArgumentOutOfRangeException(nameof(position), $"KV cache has {Layers} layers, {Slots} slots and {BlockSize} positions; asked for layer {layer}, slot {slot}, position {position}.");
+        return slot * BlockSize + position;
+    }
+
+    private Span<float> SlotRows(float[][]? storage, int layer, int slot)
+    {
+        if (IsPaged)
+            throw new InvalidOperationException("A paged KV cache has no contiguous per-slot span: a sequence's positions are scattered over its blocks. Find rows through the attention context (AttentionContext.KvRow) and read them with KeyRow/ValueRow.");
+        SlotRow(layer, slot, 0);
+        return LayerOf(storage, layer).AsSpan(slot * BlockSize * KvDim, BlockSize * KvDim);
+    }
+
+    private Span<float> BlockRows(float[][]? storage, int layer, int block)
+    {
+        if ((uint)block >= (uint)BlockCount)
+            throw new ArgumentOutOfRangeException(nameof(block), $"KV cache has {BlockCount} blocks; asked for block {block}.");
+        return LayerOf(storage, layer).AsSpan(block * BlockSize * KvDim, BlockSize * KvDim);
+    }
+
+    private Span<float> Floats(float[][]? storage, int layer, int row)
+    {
+        if ((uint)row >= (uint)RowCount)
+            throw new ArgumentOutOfRangeException(nameof(row), $"KV cache has {Layers} layers and {RowCount} rows; asked for layer {layer}, row {row}.");
+        return LayerOf(storage, layer).AsSpan(row * KvDim, KvDim);
+    }
+
+    private T[] LayerOf<T>(T[][]? storage, int layer)
+    {
+        if (storage is null)
+            throw new InvalidOperationException($"This KV cache stores {Storage}: rows are not floats in place; use ReadKey/ReadValue and WriteKey/WriteValue.");
+        if ((uint)layer >= (uint)Layers)
+            throw new ArgumentOutOfRangeException(nameof(layer), $"KV cache has {Layers} layers; asked for layer {layer}.");
+        return storage[layer];
+    }
+
+    private void Write(float[][]? floats, Half[][]? halves, sbyte[][]? bytes, float[][]? scales, int layer, int row, ReadOnlySpan<float> source)
+    {
+        CheckRowAccess(layer, row, source.Length);
+        int offset = row * KvDim;
+        if (floats is not null)
+        {
+            source.CopyTo(floats[layer].AsSpan(offset, KvDim));
+        }
+        else if (halves is not null)
+        {
+            var destination = halves[layer].AsSpan(offset, KvDim);
+            for (int i = 0; i < KvDim; i++) destination[i] = (Half)source[i];
+        }
+        else
+        {
+            var destination = bytes![layer].AsSpan(offset, KvDim);
+            var rowScales = scales![layer].AsSpan(row * ScaleGroups, ScaleGroups);
+            for (int group = 0; group < rowScales.Length; group++)
+            {
+                int start = group * ScaleGroupSize;
+                float max = 0;
+                for (int i = start; i < start + ScaleGroupSize; i++) max = MathF.Max(max, MathF.Abs(source[i]));
+                float scale = max / 127f;
+                float inverse = scale == 0 ? 0 : 1 / scale;
+                rowScales[group] = scale;
+                for (int i = start; i < start + ScaleGroupSize; i++)
+                    destination[i] = (sbyte)Math.Clamp(MathF.Round(source[i] * inverse), -127, 127);
+            }
+        }
+    }
+
+    private void Read(float[][]? floats, Half[][]? halves, sbyte[][]? bytes, float[][]? scales, int layer, int row, Span<float> destination)
+    {
+        CheckRowAccess(layer, row, destination.Length);
+        int offset = row * KvDim;
+        if (floats is not null)
+        {
+            floats[layer].AsSpan(offset, KvDim).CopyTo(destination);
+        }
+        else if (halves is not null)
+        {
+            var source = halves[layer].AsSpan(offset, KvDim);
+            for (int i = 0; i < KvDim; i++) destination[i] = (float)source[i];
+        }
+        else
+        {
+            var source = bytes![layer].AsSpan(offset, KvDim);
+            var rowScales = scales![layer].AsSpan(row * ScaleGroups, ScaleGroups);
+            for (int i = 0; i < KvDim; i++) destination[i] = source[i] * rowScales[i / ScaleGroupSize];
+        }
+    }
+
+    private void CheckRowAccess(int layer, int row, int length)
+    {
+        if ((uint)layer >= (uint)Layers || (uint)row >= (uint)RowCount)
+            throw new ArgumentOutOfRangeException(nameof(row), $"KV cache has {Layers} layers and {RowCount} rows; asked for layer {layer}, row {row}.");
+        if (length != KvDim)
+            throw new ArgumentException($"A KV row holds {KvDim} elements; got a span of {length}.");
+    }
+
+    private static void CopyRange<T>(T[][]? storage, int layer, int source, int destination, int length)
+    {
+        if (storage is not null) storage[layer].AsSpan(source, length).CopyTo(storage[layer].AsSpan(destination, length));
+    }
+
+    private static T[][] Allocate<T>(int layers, int length)
+    {
+        var result = new T[layers][];
+        for (int layer = 0; layer < layers; layer++) result[layer] = new T[length];
+        return result;
     }
 }

@@ -15,12 +15,38 @@ public interface IKilnModel
     /// <summary>The eager reference forward pass: returns [OutputCount, Vocab] logits.</summary>
     Tensor ForwardEager(ReadOnlySpan<int> tokens, AttentionContext context);
 
-    /// <summary>Compiles the fused plan, sized for at most <paramref name="maxTokensPerStep"/> tokens in one step.</summary>
+    /// <summary>
+    /// Compiles the fused plan, sized for at most <paramref name="maxTokensPerStep"/> tokens in one step, on
+    /// <see cref="Environment.ProcessorCount"/> threads.
+    /// </summary>
     ICompiledPlan Compile(int maxTokensPerStep);
+
+    /// <summary>Compiles the fused plan with explicit <paramref name="options"/> (step size, threads).</summary>
+    ICompiledPlan Compile(PlanOptions options);
 }
 
-/// <summary>A model compiled by the generator: fused kernels over one preallocated arena.</summary>
-public interface ICompiledPlan
+/// <summary>
+/// How a plan is compiled: the most tokens one step may hold (it sizes the arena and scratch) and the threads its
+/// worker pool runs on, the calling thread included (0: <see cref="Environment.ProcessorCount"/>).
+/// </summary>
+public sealed record PlanOptions(int MaxTokensPerStep, int Threads = 0)
+{
+    /// <summary>The thread count a plan uses: <see cref="Threads"/>, or every processor when it is 0.</summary>
+    public int ResolvedThreads => Threads > 0 ? Threads : Environment.ProcessorCount;
+
+    /// <summary>Throws when a value is out of range (a step holds at least one token; threads are 0 or more).</summary>
+    public void Validate()
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(MaxTokensPerStep, nameof(MaxTokensPerStep));
+        ArgumentOutOfRangeException.ThrowIfNegative(Threads, nameof(Threads));
+    }
+}
+
+/// <summary>
+/// A model compiled by the generator: fused kernels over one preallocated arena, run on the plan's own worker pool.
+/// Dispose it to stop the pool's threads and free its native memory.
+/// </summary>
+public interface ICompiledPlan : IDisposable
 {
     int MaxTokensPerStep { get; }
 

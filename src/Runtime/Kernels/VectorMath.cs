@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Kiln.Kernels;
 
@@ -226,6 +227,300 @@ public static class VectorMath
         for (int i = 0; i < x.Length; i++) sum += x[i] = MathF.Exp(x[i] - max);
         float inv = 1f / sum;
         for (int i = 0; i < x.Length; i++) x[i] *= inv;
+    }
+
+    // ---- Matmul epilogues on one tile (4 rows of one token) -------------------------------------------------------
+
+    /// <summary>
+    /// SwiGLU on an interleaved tile [g₀, u₀, g₁, u₁]: [silu(g₀)·u₀, silu(g₁)·u₁, …] in the first two lanes, with
+    /// silu(g) = g / (1 + e^−g) in float32 (the eager op rounds the same expression from double).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector128<float> SiluGatePairs(Vector128<float> pairs)
+    {
+        Vector128<float> gates = Vector128.Shuffle(pairs, Vector128.Create(0, 2, 0, 2));
+        Vector128<float> ups = Vector128.Shuffle(pairs, Vector128.Create(1, 3, 1, 3));
+        return gates / (Vector128<float>.One + Vector128.Exp(-gates)) * ups;
+    }
+
+    /// <summary>
+    /// Rotary embedding of two adjacent pairs [a₀, b₀, a₁, b₁] given [cos₀, cos₀, cos₁, cos₁] and [−sin₀, sin₀, −sin₁, sin₁]:
+    /// [a₀cos₀ − b₀sin₀, a₀sin₀ + b₀cos₀, …].
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector128<float> RotatePairs(Vector128<float> pairs, Vector128<float> cosines, Vector128<float> signedSines) =>
+        Vector128.FusedMultiplyAdd(Vector128.Shuffle(pairs, Vector128.Create(1, 0, 3, 2)), signedSines, pairs * cosines);
+
+    // ---- Attention rows: scores of one query against many keys, and the weighted sum of many values ---------------
+
+    /// <summary>
+    /// scores[p] = scale · Σ query[i]·keys[p·stride + i] for every p &lt; scores.Length: one query against consecutive
+    /// rows of a KV cache (four keys at a time on the Vector512 path, so the query stays in registers).
+    /// </summary>
+    public static void AttentionScores(ReadOnlySpan<float> query, ReadOnlySpan<float> keys, int stride, float scale, Span<float> scores)
+    {
+        int d = query.Length, n = scores.Length;
+        CheckRows(keys.Length, stride, n, d);
+        if (Vector512.IsHardwareAccelerated && d >= 16) AttentionScoresVector512(query, keys, stride, scale, scores);
+        else
+            for (int p = 0; p < n; p++) scores[p] = Dot(query, keys.Slice(p * stride, d)) * scale;
+    }
+
+    public static void AttentionScoresVector512(ReadOnlySpan<float> query, ReadOnlySpan<float> keys, int stride, float scale, Span<float> scores)
+    {
+        int d = query.Length, n = scores.Length, full = d & ~15;
+        CheckRows(keys.Length, stride, n, d);
+        ref float q = ref MemoryMarshal.GetReference(query);
+        ref float k = ref MemoryMarshal.GetReference(keys);
+        ref float s = ref MemoryMarshal.GetReference(scores);
+        int p = 0;
+        int lines = (d * sizeof(float) + 63) / 64;
+        for (; p + 4 <= n; p += 4)
+        {
+            // Rows of a KV cache sit a whole row of every head apart, beyond the hardware prefetcher's reach: fetch
+            // the rows four rounds ahead (about a memory latency of work).
+            if (p + PrefetchDistance + 4 <= n) PrefetchRows(ref Unsafe.Add(ref k, (p + PrefetchDistance) * stride), stride, lines);
+            ref float k0 = ref Unsafe.Add(ref k, p * stride);
+            ref float k1 = ref Unsafe.Add(ref k0, stride);
+            ref float k2 = ref Unsafe.Add(ref k1, stride);
+            ref float k3 = ref Unsafe.Add(ref k2, stride);
+            Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+            for (int i = 0; i < full; i += 16)
+            {
+                var v = Vector512.LoadUnsafe(ref q, (nuint)i);
+                a0 = Vector512.FusedMultiplyAdd(v, Vector512.LoadUnsafe(ref k0, (nuint)i), a0);
+                a1 = Vector512.FusedMultiplyAdd(v, Vector512.LoadUnsafe(ref k1, (nuint)i), a1);
+                a2 = Vector512.FusedMultiplyAdd(v, Vector512.LoadUnsafe(ref k2, (nuint)i), a2);
+                a3 = Vector512.FusedMultiplyAdd(v, Vector512.LoadUnsafe(ref k3, (nuint)i), a3);
+            }
+            // The four sums at once: fold each to 256 bits, then three horizontal adds leave [Σa0, Σa1, Σa2, Σa3].
+            Vector256<float> h0 = a0.GetLower() + a0.GetUpper(), h1 = a1.GetLower() + a1.GetUpper();
+            Vector256<float> h2 = a2.GetLower() + a2.GetUpper(), h3 = a3.GetLower() + a3.GetUpper();
+            Vector256<float> h = Avx.HorizontalAdd(Avx.HorizontalAdd(h0, h1), Avx.HorizontalAdd(h2, h3));
+            Vector128<float> sums = h.GetLower() + h.GetUpper();
+            if (full < d)
+            {
+                float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+                for (int i = full; i < d; i++)
+                {
+                    float v = Unsafe.Add(ref q, i);
+                    s0 += v * Unsafe.Add(ref k0, i);
+                    s1 += v * Unsafe.Add(ref k1, i);
+                    s2 += v * Unsafe.Add(ref k2, i);
+                    s3 += v * Unsafe.Add(ref k3, i);
+                }
+                sums += Vector128.Create(s0, s1, s2, s3);
+            }
+            (sums * scale).StoreUnsafe(ref s, (nuint)p);
+        }
+        for (; p < n; p++)
+        {
+            ref float k0 = ref Unsafe.Add(ref k, p * stride);
+            Vector512<float> a0 = default;
+            for (int i = 0; i < full; i += 16)
+                a0 = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref q, (nuint)i), Vector512.LoadUnsafe(ref k0, (nuint)i), a0);
+            float s0 = Vector512.Sum(a0);
+            for (int i = full; i < d; i++) s0 += Unsafe.Add(ref q, i) * Unsafe.Add(ref k0, i);
+            Unsafe.Add(ref s, p) = s0 * scale;
+        }
+    }
+
+    /// <summary>result[i] = Σ_p weights[p]·values[p·stride + i] (overwriting result): the attention-weighted sum of value rows.</summary>
+    public static void WeightedSum(ReadOnlySpan<float> values, int stride, ReadOnlySpan<float> weights, Span<float> result)
+    {
+        int d = result.Length, n = weights.Length;
+        CheckRows(values.Length, stride, n, d);
+        if (Vector512.IsHardwareAccelerated) WeightedSumVector512(values, stride, weights, result);
+        else
+        {
+            result.Clear();
+            for (int p = 0; p < n; p++) ScaleAdd(result, values.Slice(p * stride, d), weights[p]);
+        }
+    }
+
+    public static void WeightedSumVector512(ReadOnlySpan<float> values, int stride, ReadOnlySpan<float> weights, Span<float> result)
+    {
+        int d = result.Length, n = weights.Length;
+        CheckRows(values.Length, stride, n, d);
+        ref float v = ref MemoryMarshal.GetReference(values);
+        ref float w = ref MemoryMarshal.GetReference(weights);
+        ref float r = ref MemoryMarshal.GetReference(result);
+        int i = 0;
+        // 64 columns at a time: four accumulators in registers over every row.
+        for (; i + 64 <= d; i += 64)
+        {
+            Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+            ref float row = ref Unsafe.Add(ref v, i);
+            for (int p = 0; p < n; p++, row = ref Unsafe.Add(ref row, stride))
+            {
+                if ((p & 3) == 0 && p + 2 * PrefetchDistance + 4 <= n) PrefetchRows(ref Unsafe.Add(ref row, 2 * PrefetchDistance * stride), stride, 4);
+                var s = Vector512.Create(Unsafe.Add(ref w, p));
+                a0 = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref row), s, a0);
+                a1 = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref row, 16), s, a1);
+                a2 = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref row, 32), s, a2);
+                a3 = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref row, 48), s, a3);
+            }
+            a0.StoreUnsafe(ref r, (nuint)i);
+            a1.StoreUnsafe(ref r, (nuint)(i + 16));
+            a2.StoreUnsafe(ref r, (nuint)(i + 32));
+            a3.StoreUnsafe(ref r, (nuint)(i + 48));
+        }
+        for (; i + 16 <= d; i += 16)
+        {
+            Vector512<float> a0 = default;
+            ref float row = ref Unsafe.Add(ref v, i);
+            for (int p = 0; p < n; p++, row = ref Unsafe.Add(ref row, stride))
+                a0 = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref row), Vector512.Create(Unsafe.Add(ref w, p)), a0);
+            a0.StoreUnsafe(ref r, (nuint)i);
+        }
+        for (; i < d; i++)
+        {
+            float sum = 0;
+            for (int p = 0; p < n; p++) sum += Unsafe.Add(ref w, p) * Unsafe.Add(ref v, p * stride + i);
+            Unsafe.Add(ref r, i) = sum;
+        }
+    }
+
+    /// <summary>
+    /// Causal attention of several query heads of one token over <paramref name="positions"/> cached rows, reading each
+    /// row once for all of them (rows hold every KV head side by side, so this streams the cache instead of striding
+    /// it head by head). <paramref name="queries"/>: <paramref name="heads"/> query heads of <paramref name="headDim"/>,
+    /// back to back; query head h reads KV head h / <paramref name="group"/> of <paramref name="keys"/> and
+    /// <paramref name="values"/> (rows <paramref name="stride"/> apart, starting at this chunk's first KV head).
+    /// <paramref name="scores"/> holds heads × positions scratch; <paramref name="output"/> gets heads × headDim.
+    /// Per head: scores = scale·q·k, softmax, output = Σ softmax·v — the same as <see cref="AttentionScores"/>,
+    /// <see cref="Softmax"/> and <see cref="WeightedSum"/> head by head.
+    /// </summary>
+    public static void Attention(ReadOnlySpan<float> queries, int heads, int headDim, int group, ReadOnlySpan<float> keys,
+        ReadOnlySpan<float> values, int stride, int positions, float scale, Span<float> scores, Span<float> output)
+    {
+        if (heads <= 0 || group <= 0 || heads % group != 0 || queries.Length < heads * headDim || output.Length < heads * headDim
+            || scores.Length < heads * positions || positions <= 0)
+            throw new ArgumentException($"Attention of {heads} heads of {headDim} over {positions} rows does not fit the spans given.");
+        int kvHeads = heads / group;
+        CheckRows(keys.Length, stride, positions, kvHeads * headDim);
+        CheckRows(values.Length, stride, positions, kvHeads * headDim);
+        if (!Vector512.IsHardwareAccelerated || headDim % 16 != 0 || headDim > 256)
+        {
+            for (int h = 0; h < heads; h++)
+            {
+                int kv = h / group * headDim;
+                var row = scores.Slice(h * positions, positions);
+                AttentionScores(queries.Slice(h * headDim, headDim), keys[kv..], stride, scale, row);
+                Softmax(row);
+                WeightedSum(values[kv..], stride, row, output.Slice(h * headDim, headDim));
+            }
+            return;
+        }
+        AttentionScoresRows(queries, heads, headDim, group, keys, stride, positions, scale, scores);
+        for (int h = 0; h < heads; h++) Softmax(scores.Slice(h * positions, positions));
+        AttentionValuesRows(scores, heads, headDim, group, values, stride, positions, output);
+    }
+
+    // Positions four at a time, every head: rows p..p+3 are read once, in order, for all heads.
+    private static void AttentionScoresRows(ReadOnlySpan<float> queries, int heads, int headDim, int group, ReadOnlySpan<float> keys,
+        int stride, int positions, float scale, Span<float> scores)
+    {
+        ref float q = ref MemoryMarshal.GetReference(queries);
+        ref float k = ref MemoryMarshal.GetReference(keys);
+        ref float s = ref MemoryMarshal.GetReference(scores);
+        int width = heads / group * headDim, lines = (width * sizeof(float) + 63) / 64;
+        int p = 0;
+        for (; p + 4 <= positions; p += 4)
+        {
+            // Rows with gaps between them (a chunk of the heads) defeat the hardware prefetcher; whole rows stream.
+            if (width < stride && p + PrefetchDistance + 4 <= positions) PrefetchRows(ref Unsafe.Add(ref k, (p + PrefetchDistance) * stride), stride, lines);
+            ref float k0 = ref Unsafe.Add(ref k, p * stride);
+            for (int h = 0; h < heads; h++)
+            {
+                ref float qh = ref Unsafe.Add(ref q, h * headDim);
+                ref float r0 = ref Unsafe.Add(ref k0, h / group * headDim);
+                ref float r1 = ref Unsafe.Add(ref r0, stride);
+                ref float r2 = ref Unsafe.Add(ref r1, stride);
+                ref float r3 = ref Unsafe.Add(ref r2, stride);
+                Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+                for (int i = 0; i < headDim; i += 16)
+                {
+                    var v = Vector512.LoadUnsafe(ref qh, (nuint)i);
+                    a0 = Vector512.FusedMultiplyAdd(v, Vector512.LoadUnsafe(ref r0, (nuint)i), a0);
+                    a1 = Vector512.FusedMultiplyAdd(v, Vector512.LoadUnsafe(ref r1, (nuint)i), a1);
+                    a2 = Vector512.FusedMultiplyAdd(v, Vector512.LoadUnsafe(ref r2, (nuint)i), a2);
+                    a3 = Vector512.FusedMultiplyAdd(v, Vector512.LoadUnsafe(ref r3, (nuint)i), a3);
+                }
+                Vector256<float> h0 = a0.GetLower() + a0.GetUpper(), h1 = a1.GetLower() + a1.GetUpper();
+                Vector256<float> h2 = a2.GetLower() + a2.GetUpper(), h3 = a3.GetLower() + a3.GetUpper();
+                Vector256<float> sums = Avx.HorizontalAdd(Avx.HorizontalAdd(h0, h1), Avx.HorizontalAdd(h2, h3));
+                ((sums.GetLower() + sums.GetUpper()) * scale).StoreUnsafe(ref s, (nuint)(h * positions + p));
+            }
+        }
+        for (; p < positions; p++)
+        {
+            ref float k0 = ref Unsafe.Add(ref k, p * stride);
+            for (int h = 0; h < heads; h++)
+            {
+                ref float qh = ref Unsafe.Add(ref q, h * headDim);
+                ref float r0 = ref Unsafe.Add(ref k0, h / group * headDim);
+                Vector512<float> a0 = default;
+                for (int i = 0; i < headDim; i += 16)
+                    a0 = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref qh, (nuint)i), Vector512.LoadUnsafe(ref r0, (nuint)i), a0);
+                Unsafe.Add(ref s, h * positions + p) = Vector512.Sum(a0) * scale;
+            }
+        }
+    }
+
+    // Positions four at a time, every head: each head's output (in L1) takes four rows' worth per load and store.
+    private static void AttentionValuesRows(ReadOnlySpan<float> weights, int heads, int headDim, int group, ReadOnlySpan<float> values,
+        int stride, int positions, Span<float> output)
+    {
+        ref float w = ref MemoryMarshal.GetReference(weights);
+        ref float v = ref MemoryMarshal.GetReference(values);
+        ref float o = ref MemoryMarshal.GetReference(output);
+        int width = heads / group * headDim, lines = (width * sizeof(float) + 63) / 64;
+        output[..(heads * headDim)].Clear();
+        for (int p = 0; p < positions; p += 4)
+        {
+            int count = Math.Min(4, positions - p);
+            if (width < stride && p + 2 * PrefetchDistance + 4 <= positions) PrefetchRows(ref Unsafe.Add(ref v, (p + 2 * PrefetchDistance) * stride), stride, lines);
+            ref float v0 = ref Unsafe.Add(ref v, p * stride);
+            for (int h = 0; h < heads; h++)
+            {
+                ref float oh = ref Unsafe.Add(ref o, h * headDim);
+                ref float r0 = ref Unsafe.Add(ref v0, h / group * headDim);
+                ref float wh = ref Unsafe.Add(ref w, h * positions + p);
+                var s0 = Vector512.Create(wh);
+                var s1 = count > 1 ? Vector512.Create(Unsafe.Add(ref wh, 1)) : default;
+                var s2 = count > 2 ? Vector512.Create(Unsafe.Add(ref wh, 2)) : default;
+                var s3 = count > 3 ? Vector512.Create(Unsafe.Add(ref wh, 3)) : default;
+                for (int i = 0; i < headDim; i += 16)
+                {
+                    var acc = Vector512.LoadUnsafe(ref oh, (nuint)i);
+                    acc = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref r0, (nuint)i), s0, acc);
+                    if (count > 1) acc = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref Unsafe.Add(ref r0, stride), (nuint)i), s1, acc);
+                    if (count > 2) acc = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref Unsafe.Add(ref r0, 2 * stride), (nuint)i), s2, acc);
+                    if (count > 3) acc = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref Unsafe.Add(ref r0, 3 * stride), (nuint)i), s3, acc);
+                    acc.StoreUnsafe(ref oh, (nuint)i);
+                }
+            }
+        }
+    }
+
+    /// <summary>Rows ahead that the attention loops prefetch (scores; the weighted sum, with less work per row, twice as far).</summary>
+    private const int PrefetchDistance = 16;
+
+    /// <summary>Prefetches the first <paramref name="lines"/> cache lines of 4 rows <paramref name="stride"/> floats apart (prefetches never fault).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void PrefetchRows(ref float first, int stride, int lines)
+    {
+        if (!Sse.IsSupported) return;
+        byte* row = (byte*)Unsafe.AsPointer(ref first);
+        for (int r = 0; r < 4; r++, row += (long)stride * sizeof(float))
+            for (int line = 0; line < lines; line++) Sse.Prefetch0(row + line * 64);
+    }
+
+    private static void CheckRows(int length, int stride, int rows, int width)
+    {
+        if (rows > 0 && (stride < width || (long)(rows - 1) * stride + width > length))
+            throw new ArgumentException($"{rows} rows of {width} at stride {stride} do not fit {length} elements.");
     }
 
     private static float HorizontalMax(Vector128<float> a, Vector128<float> b, Vector128<float> c, Vector128<float> d)

@@ -44,8 +44,9 @@ public abstract class ModelFile : IDisposable
 
     /// <summary>
     /// A tensor dequantized to float32, row-major, with the file's dimensions reversed (GGUF ne = [in, out]
-    /// becomes shape [out, in]). Throws <see cref="ModelLoadException"/> when absent, stored in a format without a
-    /// decoder, or too large for one float array.
+    /// becomes shape [out, in]). A tensor stored in another format than float32 also keeps a copy of its stored
+    /// bytes in <see cref="Tensor.Stored"/>, for compiled plans that pack from them. Throws
+    /// <see cref="ModelLoadException"/> when absent, stored in a format without a decoder, or too large for one float array.
     /// </summary>
     public Tensor LoadTensor(string name)
     {
@@ -66,8 +67,12 @@ public abstract class ModelFile : IDisposable
             shape[i] = (int)extent;
         }
         var data = new float[elements];
-        Dequantize.ToFloat32(info.Type, GetTensorBytes(info), data);
-        return new Tensor(data, shape);
+        var bytes = GetTensorBytes(info);
+        Dequantize.ToFloat32(info.Type, bytes, data);
+        if (info.Type == GgmlType.F32) return new Tensor(data, shape);
+        long storedBytes = GgmlTypeTraits.Of(info.Type).ByteCount(elements);
+        if (storedBytes > Array.MaxLength) return new Tensor(data, shape); // beyond one array: plans convert from Data
+        return new Tensor(data, shape) { Stored = new StoredTensor(info.Type, bytes[..(int)storedBytes].ToArray()) };
     }
 
     /// <summary>

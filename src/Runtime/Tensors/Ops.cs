@@ -88,9 +88,11 @@ public static class Ops
     }
 
     /// <summary>
-    /// Causal grouped-query attention over the KV cache. First stores this step's k and v rows at each token's
-    /// (slot, position) in layer <paramref name="layer"/> of the cache, then each query attends to positions
-    /// 0..its own of its slot. q [T, Heads·HeadDim], k and v [T, KvHeads·HeadDim]; result [T, Heads·HeadDim].
+    /// Causal grouped-query attention over the KV cache. First stores this step's k and v rows in layer
+    /// <paramref name="layer"/> of the cache, each at its token's row (<see cref="AttentionContext.KvRow(int)"/>), then
+    /// each query attends to positions 0..its own of its sequence, found through the sequence's block table, so one
+    /// definition serves the contiguous and the paged layout. q [T, Heads·HeadDim], k and v [T, KvHeads·HeadDim];
+    /// result [T, Heads·HeadDim]. Keys and values are read back as the cache stores them (exact for F32).
     /// </summary>
     public static Tensor Attention(Tensor q, Tensor k, Tensor v, AttentionContext context, int layer, int heads, int kvHeads)
     {
@@ -105,19 +107,32 @@ public static class Ops
         if (cache.KvDim != kvDim)
             throw new ArgumentException($"Attention: the KV cache holds rows of {cache.KvDim} but k has {kvDim}.");
 
+        // Every write comes before any read: a token attends to itself and to earlier tokens of the same step.
         for (int t = 0; t < q.Rows; t++)
         {
-            k.Row(t).CopyTo(cache.Key(layer, context.Slots[t], context.Positions[t]));
-            v.Row(t).CopyTo(cache.Value(layer, context.Slots[t], context.Positions[t]));
+            int row = context.KvRow(t);
+            cache.WriteKey(layer, row, k.Row(t));
+            cache.WriteValue(layer, row, v.Row(t));
         }
 
         var result = Tensor.Zeros(q.Rows, q.Cols);
         int group = heads / kvHeads;
         double scale = 1.0 / Math.Sqrt(headDim);
-        var scores = new double[cache.MaxContext];
+        int longest = 0;
+        foreach (int position in context.Positions) longest = Math.Max(longest, position + 1);
+        // The token's sequence gathered row by row, [positions, kvDim], as the cache holds it.
+        var keys = new float[longest * kvDim];
+        var values = new float[longest * kvDim];
+        var scores = new double[longest];
         for (int t = 0; t < q.Rows; t++)
         {
-            int slot = context.Slots[t], position = context.Positions[t];
+            int position = context.Positions[t];
+            for (int p = 0; p <= position; p++)
+            {
+                int row = context.KvRow(t, p);
+                cache.ReadKey(layer, row, keys.AsSpan(p * kvDim, kvDim));
+                cache.ReadValue(layer, row, values.AsSpan(p * kvDim, kvDim));
+            }
             for (int h = 0; h < heads; h++)
             {
                 var query = q.Row(t).Slice(h * headDim, headDim);
@@ -125,7 +140,7 @@ public static class Ops
                 double max = double.NegativeInfinity;
                 for (int p = 0; p <= position; p++)
                 {
-                    var key = cache.Key(layer, slot, p).Slice(kvOffset, headDim);
+                    var key = keys.AsSpan(p * kvDim + kvOffset, headDim);
                     double dot = 0;
                     for (int i = 0; i < headDim; i++) dot += (double)query[i] * key[i];
                     scores[p] = dot * scale;
@@ -141,7 +156,7 @@ public static class Ops
                 for (int i = 0; i < headDim; i++)
                 {
                     double acc = 0;
-                    for (int p = 0; p <= position; p++) acc += scores[p] * cache.Value(layer, slot, p)[kvOffset + i];
+                    for (int p = 0; p <= position; p++) acc += scores[p] * values[p * kvDim + kvOffset + i];
                     output[i] = (float)(acc / sum);
                 }
             }

@@ -31,6 +31,14 @@ public sealed class Tensor
 
     public float[] Data { get; }
 
+    /// <summary>
+    /// The tensor as the model file stored it, when that was not float32 (a quantized or 16-bit format); null for
+    /// float32 tensors and tensors made in memory. <see cref="Data"/> always holds the float32 values (the eager
+    /// reference computes with those); a compiled plan packs a layout equal to the stored format from these bytes,
+    /// so its weights are bit-identical to the file's.
+    /// </summary>
+    public StoredTensor? Stored { get; init; }
+
     /// <summary>Dimensions, outermost first.</summary>
     public int[] Shape { get; }
 
@@ -51,4 +59,20 @@ public sealed class Tensor
     public static Tensor operator *(Tensor a, Tensor b) => Ops.Mul(a, b);
 
     public override string ToString() => $"Tensor[{string.Join(", ", Shape)}]";
+}
+
+/// <summary>A tensor's bytes in its stored format: GGML blocks, rows of the innermost dimension back to back.</summary>
+public sealed class StoredTensor
+{
+    public StoredTensor(Kiln.Loading.GgmlType type, byte[] bytes)
+    {
+        ArgumentNullException.ThrowIfNull(bytes);
+        Type = type;
+        Bytes = bytes;
+    }
+
+    public Kiln.Loading.GgmlType Type { get; }
+
+    /// <summary>A copy of the stored bytes (the file may be closed once the model is bound).</summary>
+    public byte[] Bytes { get; }
 }

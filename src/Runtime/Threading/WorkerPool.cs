@@ -208,7 +208,15 @@ public sealed unsafe class WorkerPool : IDisposable
                 lock (_lock) Monitor.PulseAll(_lock);
         }
 
-        public void Reset() => _isSet = false;
+        // A full fence after the store: a waiter resets the gate and then re-checks its condition (the caller of Run
+        // re-reads _pending). Without it the x86 store buffer lets that read pass the reset, so a worker's
+        // decrement-then-Set can fall between them, the reset lands after the Set, and the caller sleeps forever
+        // with _pending already 0 (a lost wake-up seen about once in 10^6 runs).
+        public void Reset()
+        {
+            _isSet = false;
+            Interlocked.MemoryBarrier();
+        }
 
         public void Wait()
         {

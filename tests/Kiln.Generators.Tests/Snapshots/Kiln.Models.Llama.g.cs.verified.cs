@@ -1,21 +1,22 @@
-// Kiln fusion report for Llama (architecture "llama"), F32 CPU kernels.
+// Kiln fusion report for Llama (architecture "llama"), CPU kernels on a worker pool.
 // Kernels, in step order:
 //   [1] gather: x ← Embedding(TokenEmbedding), one table row per token
 //   for each of the LayerCount layers (Layers[layer]):
-//     [2] matmul: x·[Wq|Wk|Wv]ᵀ with RmsNorm(AttnNorm) folded (1/rms per token once, ×1/rms in the epilogue) → q ← rope(·) epilogue, k ← rope(·) epilogue, v
-//     [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache, then causal GQA per token and head (dot, softmax, scale-add)
+//     [2] matmul: x·[Wq|Wk|Wv]ᵀ with RmsNorm(AttnNorm) fused into the input preparation (1/rms per token once, x·(1/rms)·g quantized or written in one pass) → q ← rope(·) epilogue, k ← rope(·) epilogue, v
+//     [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache, then causal GQA in parallel over (token, chunk of KV heads) items, each reading its cached rows once for all its heads (dots, softmax, weighted sum)
 //     [4] matmul: attention·[Wo]ᵀ → x += · (residual add epilogue, in place)
-//     [5] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) folded (1/rms per token once, ×1/rms in the epilogue) → swiglu ← silu(gate)·up epilogue
+//     [5] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation (1/rms per token once, x·(1/rms)·g quantized or written in one pass) → swiglu ← silu(gate)·up epilogue
 //     [6] matmul: swiglu·[Down]ᵀ → x += · (residual add epilogue, in place)
 //   end of layer loop
 //   [7] select rows: x2 ← the rows of x whose logits are wanted
-//   [8] matmul: x2·[Output]ᵀ with RmsNorm(OutputNorm) folded (1/rms per token once, ×1/rms in the epilogue) → logits
-// Weight layouts (F32, repacked once when the plan is compiled):
-//   Wq, Wk, Wv → _wqWkWv[layer]: rows concatenated [QDim+KvDim+KvDim, Dim]; one horizontal matmul reads its input once for all of them; AttnNorm folded into the columns (W'[o,i] = W[o,i]·g[i]) so the norm is a 1/rms scale in the epilogue.
-//   Wo → _wo[layer]: row-major [Dim, QDim]; read one row at a time for all tokens of the step.
-//   Gate, Up → _gateUp[layer]: rows interleaved (gate₀, up₀, gate₁, up₁, …) [2*Hidden, Dim]; one horizontal matmul reads its input once for all of them; each adjacent row pair yields silu(gate)·up in the epilogue; FfnNorm folded into the columns (W'[o,i] = W[o,i]·g[i]) so the norm is a 1/rms scale in the epilogue.
-//   Down → _down[layer]: row-major [Dim, Hidden]; read one row at a time for all tokens of the step.
-//   Output → _output: row-major [Vocab, Dim]; OutputNorm folded into the columns (W'[o,i] = W[o,i]·g[i]) so the norm is a 1/rms scale in the epilogue.
+//   [8] matmul: x2·[Output]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (1/rms per token once, x·(1/rms)·g quantized or written in one pass) → logits
+// Weight layouts (packed once when the plan is compiled, in groups of 4 rows; a segment whose rows are not a multiple of 4 is padded with zero rows):
+//   rule "as stored" (a weight without [Quantize]), chosen per matrix when the plan is compiled, from the file's types: F32 and F16 → F32 rows (F16 widened exactly); BF16 → BF16 rows (widened exactly in the kernel); Q8_0 → Q8_0x4 interleaved (the file's quants copied, fp16 scales widened exactly); Q4_0 → Q4_0x4 interleaved (the file's nibbles copied); any other type (Q4_K, Q6_K, …) → Q8_0x4 (dequantized, requantized); weights of different types in one matmul → the most precise of their layouts. Q8_0x4/Q4_0x4: 4 rows per group, interleaved 4 bytes at a time, so a tile kernel reads each block once for 4 tokens and one multiply-add leaves each row's partial sum in its own lane.
+//   Wq, Wk, Wv → _wqWkWv[layer] [QDim+KvDim+KvDim, Dim], segments stacked: as stored (the rule above); one horizontal matmul prepares its input once and reads it for all of them.
+//   Wo → _wo[layer] [Dim, QDim], one segment: as stored (the rule above).
+//   Gate, Up → _gateUp[layer] [2*Hidden, Dim], gate/up rows interleaved (gate₀, up₀, gate₁, up₁, …): as stored (the rule above); each adjacent row pair yields silu(gate)·up in the epilogue.
+//   Down → _down[layer] [Dim, Hidden], one segment: as stored (the rule above).
+//   Output → _output [Vocab, Dim], one segment: as stored (the rule above).
 //   TokenEmbedding → as loaded (row-major): the embedding gathers whole rows.
 // Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):
 //   slot 0: x [T, Dim]
@@ -23,9 +24,16 @@
 //   slot 2: k [T, KvDim]
 //   slot 3: v [T, KvDim]
 //   slot 4: attention [T, QDim]
-//   plus 1/rms per token [T] for the folded norms
+// Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;
+//   for Q8_0/Q4_0, Q8 activations (per 32 values a float scale d = max|x|/127 and int8 q = round(x/d), GGML's rule),
+//   spread to match the packed weights' lanes. A fused RMSNorm computes 1/rms per token once and writes or quantizes
+//   x·(1/rms)·g in the same pass (g cannot fold into quantized columns without requantizing them, and folding it into
+//   float columns would change their rounding: the packed weights stay exactly as stored).
 // Rope: cos/sin per token and pair computed once per step in double (as the eager op), shared by every layer.
-// Attention scores: one scratch row of the KV cache's MaxContext, grown when a larger cache is first seen.
+// Attention scores: every head's scratch row of the KV cache's MaxContext per chunk of work items, grown when a larger cache is first seen.
+// Threads: one worker pool (PlanOptions.Threads). A matmul splits its 4-row groups over the threads, each tile of 4 or 8 rows × 4
+//   tokens going through its epilogue while in registers; attention splits (token, KV-head chunk) items. Every output is computed
+//   by one thread in a fixed order, so results do not depend on the thread count.
 // <auto-generated/> by Kiln.Generators from the [Model] class Kiln.Models.Llama.
 #nullable enable
 #pragma warning disable CS1591, CS0162
@@ -129,8 +137,11 @@ namespace Kiln.Models
 
         global::Kiln.Tensor global::Kiln.IKilnModel.ForwardEager(global::System.ReadOnlySpan<int> tokens, global::Kiln.AttentionContext context) => Forward(tokens, context);
 
-        /// <summary>Repacks the bound weights into the kernel layouts and allocates the arena for steps of up to <paramref name="maxTokensPerStep"/> tokens.</summary>
-        public global::Kiln.ICompiledPlan Compile(int maxTokensPerStep) => new CompiledPlan(this, maxTokensPerStep);
+        /// <summary>Packs the bound weights into the kernel layouts and allocates the arena for steps of up to <paramref name="maxTokensPerStep"/> tokens, on every processor.</summary>
+        public global::Kiln.ICompiledPlan Compile(int maxTokensPerStep) => new CompiledPlan(this, new global::Kiln.PlanOptions(maxTokensPerStep));
+
+        /// <summary>Packs the bound weights into the kernel layouts, allocates the arena and starts the worker pool as <paramref name="options"/> say.</summary>
+        public global::Kiln.ICompiledPlan Compile(global::Kiln.PlanOptions options) => new CompiledPlan(this, options);
 
         private static int KilnToInt(global::Kiln.Loading.ModelFile file, string key, long value)
         {
@@ -155,31 +166,32 @@ namespace Kiln.Models
         }
 
         /// <summary>
-        /// Llama compiled into fused F32 kernels over one arena (see the fusion report at the top of this file).
-        /// A step allocates nothing once the attention scratch fits the KV cache in use.
+        /// Llama compiled into fused CPU kernels over one native arena, run on the plan's worker pool (see the fusion
+        /// report at the top of this file). A step allocates nothing once the attention scratch fits the KV cache in use.
         /// </summary>
         public sealed class CompiledPlan : global::Kiln.ICompiledPlan
         {
             /// <summary>The fusion report: which ops became which kernel, which layout each weight got, and why.</summary>
             public const string Report =
-                "Kiln fusion report for Llama (architecture \"llama\"), F32 CPU kernels.\n" +
+                "Kiln fusion report for Llama (architecture \"llama\"), CPU kernels on a worker pool.\n" +
                 "Kernels, in step order:\n" +
                 "  [1] gather: x ← Embedding(TokenEmbedding), one table row per token\n" +
                 "  for each of the LayerCount layers (Layers[layer]):\n" +
-                "    [2] matmul: x·[Wq|Wk|Wv]ᵀ with RmsNorm(AttnNorm) folded (1/rms per token once, ×1/rms in the epilogue) → q ← rope(·) epilogue, k ← rope(·) epilogue, v\n" +
-                "    [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache, then causal GQA per token and head (dot, softmax, scale-add)\n" +
+                "    [2] matmul: x·[Wq|Wk|Wv]ᵀ with RmsNorm(AttnNorm) fused into the input preparation (1/rms per token once, x·(1/rms)·g quantized or written in one pass) → q ← rope(·) epilogue, k ← rope(·) epilogue, v\n" +
+                "    [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache, then causal GQA in parallel over (token, chunk of KV heads) items, each reading its cached rows once for all its heads (dots, softmax, weighted sum)\n" +
                 "    [4] matmul: attention·[Wo]ᵀ → x += · (residual add epilogue, in place)\n" +
-                "    [5] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) folded (1/rms per token once, ×1/rms in the epilogue) → swiglu ← silu(gate)·up epilogue\n" +
+                "    [5] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation (1/rms per token once, x·(1/rms)·g quantized or written in one pass) → swiglu ← silu(gate)·up epilogue\n" +
                 "    [6] matmul: swiglu·[Down]ᵀ → x += · (residual add epilogue, in place)\n" +
                 "  end of layer loop\n" +
                 "  [7] select rows: x2 ← the rows of x whose logits are wanted\n" +
-                "  [8] matmul: x2·[Output]ᵀ with RmsNorm(OutputNorm) folded (1/rms per token once, ×1/rms in the epilogue) → logits\n" +
-                "Weight layouts (F32, repacked once when the plan is compiled):\n" +
-                "  Wq, Wk, Wv → _wqWkWv[layer]: rows concatenated [QDim+KvDim+KvDim, Dim]; one horizontal matmul reads its input once for all of them; AttnNorm folded into the columns (W'[o,i] = W[o,i]·g[i]) so the norm is a 1/rms scale in the epilogue.\n" +
-                "  Wo → _wo[layer]: row-major [Dim, QDim]; read one row at a time for all tokens of the step.\n" +
-                "  Gate, Up → _gateUp[layer]: rows interleaved (gate₀, up₀, gate₁, up₁, …) [2*Hidden, Dim]; one horizontal matmul reads its input once for all of them; each adjacent row pair yields silu(gate)·up in the epilogue; FfnNorm folded into the columns (W'[o,i] = W[o,i]·g[i]) so the norm is a 1/rms scale in the epilogue.\n" +
-                "  Down → _down[layer]: row-major [Dim, Hidden]; read one row at a time for all tokens of the step.\n" +
-                "  Output → _output: row-major [Vocab, Dim]; OutputNorm folded into the columns (W'[o,i] = W[o,i]·g[i]) so the norm is a 1/rms scale in the epilogue.\n" +
+                "  [8] matmul: x2·[Output]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (1/rms per token once, x·(1/rms)·g quantized or written in one pass) → logits\n" +
+                "Weight layouts (packed once when the plan is compiled, in groups of 4 rows; a segment whose rows are not a multiple of 4 is padded with zero rows):\n" +
+                "  rule \"as stored\" (a weight without [Quantize]), chosen per matrix when the plan is compiled, from the file's types: F32 and F16 → F32 rows (F16 widened exactly); BF16 → BF16 rows (widened exactly in the kernel); Q8_0 → Q8_0x4 interleaved (the file's quants copied, fp16 scales widened exactly); Q4_0 → Q4_0x4 interleaved (the file's nibbles copied); any other type (Q4_K, Q6_K, …) → Q8_0x4 (dequantized, requantized); weights of different types in one matmul → the most precise of their layouts. Q8_0x4/Q4_0x4: 4 rows per group, interleaved 4 bytes at a time, so a tile kernel reads each block once for 4 tokens and one multiply-add leaves each row's partial sum in its own lane.\n" +
+                "  Wq, Wk, Wv → _wqWkWv[layer] [QDim+KvDim+KvDim, Dim], segments stacked: as stored (the rule above); one horizontal matmul prepares its input once and reads it for all of them.\n" +
+                "  Wo → _wo[layer] [Dim, QDim], one segment: as stored (the rule above).\n" +
+                "  Gate, Up → _gateUp[layer] [2*Hidden, Dim], gate/up rows interleaved (gate₀, up₀, gate₁, up₁, …): as stored (the rule above); each adjacent row pair yields silu(gate)·up in the epilogue.\n" +
+                "  Down → _down[layer] [Dim, Hidden], one segment: as stored (the rule above).\n" +
+                "  Output → _output [Vocab, Dim], one segment: as stored (the rule above).\n" +
                 "  TokenEmbedding → as loaded (row-major): the embedding gathers whole rows.\n" +
                 "Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):\n" +
                 "  slot 0: x [T, Dim]\n" +
@@ -187,11 +199,21 @@ namespace Kiln.Models
                 "  slot 2: k [T, KvDim]\n" +
                 "  slot 3: v [T, KvDim]\n" +
                 "  slot 4: attention [T, QDim]\n" +
-                "  plus 1/rms per token [T] for the folded norms\n" +
+                "Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;\n" +
+                "  for Q8_0/Q4_0, Q8 activations (per 32 values a float scale d = max|x|/127 and int8 q = round(x/d), GGML's rule),\n" +
+                "  spread to match the packed weights' lanes. A fused RMSNorm computes 1/rms per token once and writes or quantizes\n" +
+                "  x·(1/rms)·g in the same pass (g cannot fold into quantized columns without requantizing them, and folding it into\n" +
+                "  float columns would change their rounding: the packed weights stay exactly as stored).\n" +
                 "Rope: cos/sin per token and pair computed once per step in double (as the eager op), shared by every layer.\n" +
-                "Attention scores: one scratch row of the KV cache's MaxContext, grown when a larger cache is first seen.\n";
+                "Attention scores: every head's scratch row of the KV cache's MaxContext per chunk of work items, grown when a larger cache is first seen.\n" +
+                "Threads: one worker pool (PlanOptions.Threads). A matmul splits its 4-row groups over the threads, each tile of 4 or 8 rows × 4\n" +
+                "  tokens going through its epilogue while in registers; attention splits (token, KV-head chunk) items. Every output is computed\n" +
+                "  by one thread in a fixed order, so results do not depend on the thread count.\n";
 
             private readonly Llama _model;
+            private readonly global::Kiln.Threading.WorkerPool _pool;
+            private readonly string _report;
+            private bool _disposed;
 
             // Dimensions, fixed when the model was bound.
             private readonly int _Dim;
@@ -200,12 +222,17 @@ namespace Kiln.Models
             private readonly int _Hidden;
             private readonly int _Vocab;
 
-            // Weights in the kernels' layouts.
-            private readonly float[][] _wqWkWv; // per layer [QDim + KvDim + KvDim, Dim]
-            private readonly float[][] _wo; // per layer [Dim, QDim]
-            private readonly float[][] _gateUp; // per layer [2*Hidden, Dim]
-            private readonly float[][] _down; // per layer [Dim, Hidden]
-            private readonly float[] _output; // [Vocab, Dim]
+            // Weights in the kernels' layouts: one packed matrix per matmul (and layer), segments on 4-row boundaries.
+            private readonly global::Kiln.Kernels.MatMul.PackedMatrix[] _wqWkWv; // per layer [QDim + KvDim + KvDim, Dim]
+            private readonly int _wqWkWvStart1, _wqWkWvStart2, _wqWkWvRows; // first packed row of each later segment, then the padded row count
+            private readonly global::Kiln.Kernels.MatMul.PackedMatrix[] _wo; // per layer [Dim, QDim]
+            private readonly int _woRows; // first packed row of each later segment, then the padded row count
+            private readonly global::Kiln.Kernels.MatMul.PackedMatrix[] _gateUp; // per layer [2*Hidden, Dim]
+            private readonly int _gateUpRows; // first packed row of each later segment, then the padded row count
+            private readonly global::Kiln.Kernels.MatMul.PackedMatrix[] _down; // per layer [Dim, Hidden]
+            private readonly int _downRows; // first packed row of each later segment, then the padded row count
+            private readonly global::Kiln.Kernels.MatMul.PackedMatrix _output; // [Vocab, Dim]
+            private readonly int _outputRows; // first packed row of each later segment, then the padded row count
 
             // Rope table 0: head dim HeadDim, base RopeBase; inverse frequency per pair, cos/sin per token and pair.
             private readonly int _rope0HeadDim;
@@ -213,9 +240,12 @@ namespace Kiln.Models
             private readonly double[] _rope0InverseFrequency;
             private readonly double[] _rope0Cos;
             private readonly double[] _rope0Sin;
+            private readonly float[] _rope0Cosines; // per token and element of a head: cos, cos per pair
+            private readonly float[] _rope0SignedSines; // per token and element of a head: −sin, sin per pair
 
-            // The arena: every activation is a slice of it.
-            private readonly float[] _arena;
+            // The arena (native memory that never moves, so work items on every thread can hold views of it).
+            private readonly global::Kiln.Kernels.MatMul.NativeBlock _arenaMemory;
+            private readonly global::Kiln.Kernels.MatMul.FloatBuffer _arena;
             private readonly int _xOffset;
             private readonly int _qOffset;
             private readonly int _kOffset;
@@ -223,15 +253,21 @@ namespace Kiln.Models
             private readonly int _attentionOffset;
             private readonly int _swigluOffset;
             private readonly int _x2Offset;
-            private readonly int _invRmsOffset;
 
-            // Attention scores for one query, sized to the largest KV cache context seen.
-            private float[] _scores = global::System.Array.Empty<float>();
+            // Matmul inputs, prepared once per matmul for all its weights (normalized, quantized to Q8 for the quantized layouts).
+            private readonly global::Kiln.Kernels.MatMul.GemmScratch _inputs;
 
-            public CompiledPlan(Llama model, int maxTokensPerStep)
+            // Attention scores: every head's row of the KV cache's MaxContext per chunk of work items (32 at most), grown when a larger cache is first seen.
+            private global::Kiln.Kernels.MatMul.NativeBlock? _scoresMemory;
+            private global::Kiln.Kernels.MatMul.FloatBuffer _scores;
+            private int _scoresContext, _scoresPerChunk;
+
+            public CompiledPlan(Llama model, global::Kiln.PlanOptions options)
             {
                 if (model is null) throw new global::System.ArgumentNullException(nameof(model));
-                if (maxTokensPerStep <= 0) throw new global::System.ArgumentOutOfRangeException(nameof(maxTokensPerStep), maxTokensPerStep, "A step holds at least one token.");
+                if (options is null) throw new global::System.ArgumentNullException(nameof(options));
+                options.Validate();
+                int maxTokensPerStep = options.MaxTokensPerStep;
                 _model = model;
                 MaxTokensPerStep = maxTokensPerStep;
                 _Dim = model.Dim;
@@ -247,48 +283,61 @@ namespace Kiln.Models
                     throw new global::System.InvalidOperationException($"Rope: head dimension {model.HeadDim} must be even and divide the row length {_QDim}.");
                 if (_KvDim % model.HeadDim != 0 || model.HeadDim % 2 != 0)
                     throw new global::System.InvalidOperationException($"Rope: head dimension {model.HeadDim} must be even and divide the row length {_KvDim}.");
-                // Layers.Wq, Layers.Wk, Layers.Wv, Layers.AttnNorm folded into the columns
-                _wqWkWv = new float[model.LayerCount][];
+                var layouts = new global::System.Text.StringBuilder(Report).Append("Layouts chosen for this model file:\n");
+                // Layers.Wq, Layers.Wk, Layers.Wv: layout as stored, chosen per matrix from the file's types
+                _wqWkWvStart1 = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_QDim);
+                _wqWkWvStart2 = _wqWkWvStart1 + global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_KvDim);
+                _wqWkWvRows = _wqWkWvStart2 + global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_KvDim);
+                _wqWkWv = new global::Kiln.Kernels.MatMul.PackedMatrix[model.LayerCount];
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
-                    var packed = new float[(_QDim + _KvDim + _KvDim) * _Dim];
-                    global::Kiln.Kernels.WeightPacking.CopyRows(packed, 0, model.Layers[layer].Wq, model.Layers[layer].AttnNorm);
-                    global::Kiln.Kernels.WeightPacking.CopyRows(packed, _QDim, model.Layers[layer].Wk, model.Layers[layer].AttnNorm);
-                    global::Kiln.Kernels.WeightPacking.CopyRows(packed, _QDim + _KvDim, model.Layers[layer].Wv, model.Layers[layer].AttnNorm);
+                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].Wq, model.Layers[layer].Wk, model.Layers[layer].Wv), _wqWkWvRows, _Dim);
+                    packed.Pack(0, model.Layers[layer].Wq, "Wq");
+                    packed.Pack(_wqWkWvStart1, model.Layers[layer].Wk, "Wk");
+                    packed.Pack(_wqWkWvStart2, model.Layers[layer].Wv, "Wv");
                     _wqWkWv[layer] = packed;
                 }
+                layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_wqWkWv[layer]", _wqWkWv));
 
-                // Layers.Wo
-                _wo = new float[model.LayerCount][];
+                // Layers.Wo: layout as stored, chosen per matrix from the file's types
+                _woRows = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Dim);
+                _wo = new global::Kiln.Kernels.MatMul.PackedMatrix[model.LayerCount];
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
-                    var packed = new float[(_Dim) * _QDim];
-                    global::Kiln.Kernels.WeightPacking.CopyRows(packed, 0, model.Layers[layer].Wo, null);
+                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].Wo), _woRows, _QDim);
+                    packed.Pack(0, model.Layers[layer].Wo, "Wo");
                     _wo[layer] = packed;
                 }
+                layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_wo[layer]", _wo));
 
-                // Layers.Gate, Layers.Up, Layers.FfnNorm folded into the columns
-                _gateUp = new float[model.LayerCount][];
+                // Layers.Gate, Layers.Up: layout as stored, chosen per matrix from the file's types
+                _gateUpRows = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(2 * _Hidden);
+                _gateUp = new global::Kiln.Kernels.MatMul.PackedMatrix[model.LayerCount];
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
-                    var packed = new float[(2 * _Hidden) * _Dim];
-                    global::Kiln.Kernels.WeightPacking.InterleaveRows(packed, 0, model.Layers[layer].Gate, model.Layers[layer].Up, model.Layers[layer].FfnNorm);
+                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].Gate, model.Layers[layer].Up), _gateUpRows, _Dim);
+                    packed.PackInterleaved(0, model.Layers[layer].Gate, model.Layers[layer].Up, "Gate", "Up");
                     _gateUp[layer] = packed;
                 }
+                layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_gateUp[layer]", _gateUp));
 
-                // Layers.Down
-                _down = new float[model.LayerCount][];
+                // Layers.Down: layout as stored, chosen per matrix from the file's types
+                _downRows = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Dim);
+                _down = new global::Kiln.Kernels.MatMul.PackedMatrix[model.LayerCount];
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
-                    var packed = new float[(_Dim) * _Hidden];
-                    global::Kiln.Kernels.WeightPacking.CopyRows(packed, 0, model.Layers[layer].Down, null);
+                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].Down), _downRows, _Hidden);
+                    packed.Pack(0, model.Layers[layer].Down, "Down");
                     _down[layer] = packed;
                 }
+                layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_down[layer]", _down));
 
-                // Output, OutputNorm folded into the columns
-                var packed_output = new float[(_Vocab) * _Dim];
-                global::Kiln.Kernels.WeightPacking.CopyRows(packed_output, 0, model.Output, model.OutputNorm);
+                // Output: layout as stored, chosen per matrix from the file's types
+                _outputRows = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Vocab);
+                var packed_output = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Output), _outputRows, _Dim);
+                packed_output.Pack(0, model.Output, "Output");
                 _output = packed_output;
+                layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_output", _output));
 
                 _rope0HeadDim = model.HeadDim;
                 if (_rope0HeadDim <= 0 || _rope0HeadDim % 2 != 0)
@@ -298,35 +347,44 @@ namespace Kiln.Models
                 for (int pair = 0; pair < _rope0Half; pair++) _rope0InverseFrequency[pair] = global::System.Math.Pow(model.RopeBase, -2.0 * pair / _rope0HeadDim);
                 _rope0Cos = new double[maxTokensPerStep * _rope0Half];
                 _rope0Sin = new double[maxTokensPerStep * _rope0Half];
+                _rope0Cosines = new float[maxTokensPerStep * _rope0HeadDim];
+                _rope0SignedSines = new float[maxTokensPerStep * _rope0HeadDim];
 
                 // Arena slots (buffers whose live ranges do not overlap share a slot).
                 int offset = 0;
                 _xOffset = offset; // x [T, Dim]
-                offset += maxTokensPerStep * _Dim;
+                offset += (maxTokensPerStep * _Dim + 15) & ~15; // each slot starts on a 64-byte boundary
                 _qOffset = offset; // q [T, QDim]
                 _swigluOffset = offset; // swiglu [T, Hidden]
                 _x2Offset = offset; // x2 [O, Dim]
-                offset += maxTokensPerStep * global::System.Math.Max(global::System.Math.Max(_QDim, _Hidden), _Dim);
+                offset += (maxTokensPerStep * global::System.Math.Max(global::System.Math.Max(_QDim, _Hidden), _Dim) + 15) & ~15; // each slot starts on a 64-byte boundary
                 _kOffset = offset; // k [T, KvDim]
-                offset += maxTokensPerStep * _KvDim;
+                offset += (maxTokensPerStep * _KvDim + 15) & ~15; // each slot starts on a 64-byte boundary
                 _vOffset = offset; // v [T, KvDim]
-                offset += maxTokensPerStep * _KvDim;
+                offset += (maxTokensPerStep * _KvDim + 15) & ~15; // each slot starts on a 64-byte boundary
                 _attentionOffset = offset; // attention [T, QDim]
-                offset += maxTokensPerStep * _QDim;
-                _invRmsOffset = offset; // 1/rms per token for the folded norms
-                offset += maxTokensPerStep;
-                _arena = new float[offset];
+                offset += (maxTokensPerStep * _QDim + 15) & ~15; // each slot starts on a 64-byte boundary
+                _arenaMemory = new global::Kiln.Kernels.MatMul.NativeBlock((long)offset * sizeof(float));
+                _arena = _arenaMemory.Floats(0, offset);
+                _inputs = new global::Kiln.Kernels.MatMul.GemmScratch(maxTokensPerStep, global::System.Math.Max(global::System.Math.Max(_Dim, _QDim), _Hidden));
+                _pool = new global::Kiln.Threading.WorkerPool(options.ResolvedThreads);
+                _report = layouts.ToString();
             }
 
             public int MaxTokensPerStep { get; }
 
             public int VocabSize => _Vocab;
 
-            public string FusionReport => Report;
+            /// <summary>The fusion report, then the layout each packed weight got from this model file.</summary>
+            public string FusionReport => _report;
+
+            /// <summary>Threads in the plan's worker pool, the caller of Step included.</summary>
+            public int Threads => _pool.ThreadCount;
 
             /// <summary>Runs one step: [context.OutputCount, VocabSize] logits for the wanted rows. Allocates nothing.</summary>
             public void Step(global::System.ReadOnlySpan<int> tokens, global::Kiln.AttentionContext context, global::System.Span<float> logits)
             {
+                global::System.ObjectDisposedException.ThrowIf(_disposed, this);
                 if (context is null) throw new global::System.ArgumentNullException(nameof(context));
                 int T = tokens.Length;
                 if (T != context.TokenCount)
@@ -339,21 +397,19 @@ namespace Kiln.Models
                 var cache = context.Cache;
                 if (cache.KvDim != _KvDim || cache.Layers < _model.LayerCount)
                     throw new global::System.ArgumentException($"The KV cache holds {cache.Layers} layers of rows of {cache.KvDim}; this model needs {_model.LayerCount} of {_KvDim} (use CreateKvCache).", nameof(context));
-                if (_scores.Length < cache.MaxContext) _scores = new float[cache.MaxContext]; // once per larger cache, never per step
+                if (_scoresContext < cache.MaxContext) GrowScores(cache.MaxContext); // once per larger cache, never per step
                 global::System.ReadOnlySpan<int> positions = context.Positions;
                 global::System.ReadOnlySpan<int> slots = context.Slots;
                 global::System.ReadOnlySpan<int> outputRows = context.OutputRows;
 
-                // Activations: slices of the arena.
-                global::System.Span<float> arena = _arena;
-                global::System.Span<float> x = arena.Slice(_xOffset, T * _Dim);
-                global::System.Span<float> q = arena.Slice(_qOffset, T * _QDim);
-                global::System.Span<float> k = arena.Slice(_kOffset, T * _KvDim);
-                global::System.Span<float> v = arena.Slice(_vOffset, T * _KvDim);
-                global::System.Span<float> attention = arena.Slice(_attentionOffset, T * _QDim);
-                global::System.Span<float> swiglu = arena.Slice(_swigluOffset, T * _Hidden);
-                global::System.Span<float> x2 = arena.Slice(_x2Offset, O * _Dim);
-                global::System.Span<float> invRms = arena.Slice(_invRmsOffset, T);
+                // Activations: views of the arena.
+                global::System.Span<float> x = _arena.Slice(_xOffset, T * _Dim);
+                global::System.Span<float> q = _arena.Slice(_qOffset, T * _QDim);
+                global::System.Span<float> k = _arena.Slice(_kOffset, T * _KvDim);
+                global::System.Span<float> v = _arena.Slice(_vOffset, T * _KvDim);
+                global::System.Span<float> attention = _arena.Slice(_attentionOffset, T * _QDim);
+                global::System.Span<float> swiglu = _arena.Slice(_swigluOffset, T * _Hidden);
+                global::System.Span<float> x2 = _arena.Slice(_x2Offset, O * _Dim);
 
                 // Rope table 0: angle = position · base^(-2·pair/headDim), in double like the eager op; shared by every layer.
                 for (int t = 0; t < T; t++)
@@ -361,8 +417,13 @@ namespace Kiln.Models
                     for (int pair = 0; pair < _rope0Half; pair++)
                     {
                         double angle = positions[t] * _rope0InverseFrequency[pair];
-                        _rope0Cos[t * _rope0Half + pair] = global::System.Math.Cos(angle);
-                        _rope0Sin[t * _rope0Half + pair] = global::System.Math.Sin(angle);
+                        double cos = global::System.Math.Cos(angle), sin = global::System.Math.Sin(angle);
+                        _rope0Cos[t * _rope0Half + pair] = cos;
+                        _rope0Sin[t * _rope0Half + pair] = sin;
+                        int at = t * _rope0HeadDim + 2 * pair; // float copies laid out for two pairs at once: cos, cos and −sin, sin
+                        _rope0Cosines[at] = _rope0Cosines[at + 1] = (float)cos;
+                        _rope0SignedSines[at] = -(float)sin;
+                        _rope0SignedSines[at + 1] = (float)sin;
                     }
                 }
 
@@ -380,126 +441,96 @@ namespace Kiln.Models
                 }
                 for (int layer = 0; layer < _model.LayerCount; layer++) // Layers[layer]
                 {
-                    // [2] matmul: x·[Wq|Wk|Wv]ᵀ with RmsNorm(AttnNorm) folded (1/rms per token once, ×1/rms in the epilogue) → q ← rope(·) epilogue, k ← rope(·) epilogue, v
+                    // [2] matmul: x·[Wq|Wk|Wv]ᵀ with RmsNorm(AttnNorm) fused into the input preparation (1/rms per token once, x·(1/rms)·g quantized or written in one pass) → q ← rope(·) epilogue, k ← rope(·) epilogue, v
                     {
                         var weights = _wqWkWv[layer];
-                        // 1/rms per token, once for every matmul row; Layers.AttnNorm's weight is already folded into the columns.
-                        for (int t = 0; t < T; t++) invRms[t] = global::Kiln.Kernels.VectorMath.InverseRms(x.Slice(t * _Dim, _Dim), _model.Eps);
-                        // q = rope(x·Wqᵀ): adjacent output pairs rotated by the token's position
-                        for (int o = 0; o < _QDim; o += 2)
+                        // The input once for every weight: 1/rms per token, x·(1/rms)·AttnNorm written (float layouts) or quantized straight to Q8.
+                        var input = _inputs.Prepare(weights.Format, _arena.View(_xOffset, T * _Dim), _Dim, T, _Dim, _model.Layers[layer].AttnNorm.Data, _model.Eps, _pool);
+                        var work = new MatMul2Work
                         {
-                            var w0 = weights.AsSpan(o * _Dim, _Dim);
-                            var w1 = weights.AsSpan((o + 1) * _Dim, _Dim);
-                            int pair = (o % _rope0HeadDim) / 2;
-                            for (int t = 0; t < T; t++)
-                            {
-                                var input = x.Slice(t * _Dim, _Dim);
-                                float a = global::Kiln.Kernels.VectorMath.Dot(w0, input) * invRms[t];
-                                float b = global::Kiln.Kernels.VectorMath.Dot(w1, input) * invRms[t];
-                                double cos = _rope0Cos[t * _rope0Half + pair], sin = _rope0Sin[t * _rope0Half + pair];
-                                q[t * _QDim + o] = (float)(a * cos - b * sin);
-                                q[t * _QDim + o + 1] = (float)(a * sin + b * cos);
-                            }
-                        }
-                        // k = rope(x·Wkᵀ): adjacent output pairs rotated by the token's position
-                        for (int o = 0; o < _KvDim; o += 2)
-                        {
-                            var w0 = weights.AsSpan((_QDim + o) * _Dim, _Dim);
-                            var w1 = weights.AsSpan((_QDim + o + 1) * _Dim, _Dim);
-                            int pair = (o % _rope0HeadDim) / 2;
-                            for (int t = 0; t < T; t++)
-                            {
-                                var input = x.Slice(t * _Dim, _Dim);
-                                float a = global::Kiln.Kernels.VectorMath.Dot(w0, input) * invRms[t];
-                                float b = global::Kiln.Kernels.VectorMath.Dot(w1, input) * invRms[t];
-                                double cos = _rope0Cos[t * _rope0Half + pair], sin = _rope0Sin[t * _rope0Half + pair];
-                                k[t * _KvDim + o] = (float)(a * cos - b * sin);
-                                k[t * _KvDim + o + 1] = (float)(a * sin + b * cos);
-                            }
-                        }
-                        // v = x·Wvᵀ: weight rows outer, tokens inner (each row read once per step)
-                        for (int o = 0; o < _KvDim; o++)
-                        {
-                            var w0 = weights.AsSpan((_QDim + _KvDim + o) * _Dim, _Dim);
-                            for (int t = 0; t < T; t++)
-                            {
-                                v[t * _KvDim + o] = global::Kiln.Kernels.VectorMath.Dot(w0, x.Slice(t * _Dim, _Dim)) * invRms[t];
-                            }
-                        }
+                            Weights = weights,
+                            Input = input,
+                            End0 = _wqWkWvStart1 / 4,
+                            End1 = _wqWkWvStart2 / 4,
+                            Q = new MatMul2Q { Output = _arena.View(_qOffset, T * _QDim), Cols = _QDim, FirstRow = 0, Cos = _rope0Cos, Sin = _rope0Sin, Cosines = _rope0Cosines, SignedSines = _rope0SignedSines, Half = _rope0Half, HeadDim = _rope0HeadDim },
+                            K = new MatMul2K { Output = _arena.View(_kOffset, T * _KvDim), Cols = _KvDim, FirstRow = _wqWkWvStart1, Cos = _rope0Cos, Sin = _rope0Sin, Cosines = _rope0Cosines, SignedSines = _rope0SignedSines, Half = _rope0Half, HeadDim = _rope0HeadDim },
+                            V = new MatMul2V { Output = _arena.View(_vOffset, T * _KvDim), Cols = _KvDim, FirstRow = _wqWkWvStart2 },
+                        };
+                        _pool.Run(weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, T, _pool.ThreadCount), work);
                     }
-                    // [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache, then causal GQA per token and head (dot, softmax, scale-add)
+                    // [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache, then causal GQA in parallel over (token, chunk of KV heads) items, each reading its cached rows once for all its heads (dots, softmax, weighted sum)
                     {
                         int heads = _model.Heads, kvHeads = _model.KvHeadCount;
-                        int headDim = _QDim / heads, group = heads / kvHeads;
-                        float scale = (float)(1.0 / global::System.Math.Sqrt(headDim));
                         // This step's k and v rows go to the cache first: a token attends to itself and to earlier tokens of the step.
                         for (int t = 0; t < T; t++)
                         {
                             k.Slice(t * _KvDim, _KvDim).CopyTo(cache.Key(layer, slots[t], positions[t]));
                             v.Slice(t * _KvDim, _KvDim).CopyTo(cache.Value(layer, slots[t], positions[t]));
                         }
-                        for (int t = 0; t < T; t++)
+                        // Items: each token's KV heads in a few chunks (so one token's heads still spread over the threads); a chunk reads its
+                        // rows of the cache once, in order, for all its heads.
+                        int perToken = global::System.Math.Clamp((2 * _pool.ThreadCount + T - 1) / T, 1, kvHeads);
+                        int kvPerItem = (kvHeads + perToken - 1) / perToken;
+                        perToken = (kvHeads + kvPerItem - 1) / kvPerItem;
+                        int items = T * perToken, chunk = (items + AttentionChunks - 1) / AttentionChunks;
+                        _pool.Run(items, chunk, new Attention3Work
                         {
-                            int position = positions[t];
-                            var keys = cache.Keys(layer, slots[t]);
-                            var values = cache.Values(layer, slots[t]);
-                            var scores = _scores.AsSpan(0, position + 1);
-                            for (int h = 0; h < heads; h++)
-                            {
-                                var query = q.Slice(t * _QDim + h * headDim, headDim);
-                                int kvOffset = (h / group) * headDim;
-                                for (int p = 0; p <= position; p++) scores[p] = global::Kiln.Kernels.VectorMath.Dot(query, keys.Slice(p * _KvDim + kvOffset, headDim)) * scale;
-                                global::Kiln.Kernels.VectorMath.Softmax(scores);
-                                var result = attention.Slice(t * _QDim + h * headDim, headDim);
-                                result.Clear();
-                                for (int p = 0; p <= position; p++) global::Kiln.Kernels.VectorMath.ScaleAdd(result, values.Slice(p * _KvDim + kvOffset, headDim), scores[p]);
-                            }
-                        }
+                            Q = _arena.View(_qOffset, T * _QDim),
+                            Output = _arena.View(_attentionOffset, T * _QDim),
+                            Scores = _scores,
+                            ScoresStride = _scoresPerChunk,
+                            ChunkSize = chunk,
+                            PerToken = perToken,
+                            KvPerItem = kvPerItem,
+                            Cache = cache,
+                            Context = context,
+                            Layer = layer,
+                            Heads = heads,
+                            KvHeads = kvHeads,
+                            HeadDim = _QDim / heads,
+                            QCols = _QDim,
+                            KvCols = _KvDim,
+                            Scale = (float)(1.0 / global::System.Math.Sqrt(_QDim / heads)),
+                        });
                     }
                     // [4] matmul: attention·[Wo]ᵀ → x += · (residual add epilogue, in place)
                     {
                         var weights = _wo[layer];
-                        // x = x + attention·Woᵀ: the residual add as the epilogue, in place
-                        for (int o = 0; o < _Dim; o++)
+                        // The input once for every weight: quantized to Q8 for the quantized layouts, read as it is by the float ones.
+                        var input = _inputs.Prepare(weights.Format, _arena.View(_attentionOffset, T * _QDim), _QDim, T, _QDim, null, 0f, _pool);
+                        var work = new MatMul4Work
                         {
-                            var w0 = weights.AsSpan(o * _QDim, _QDim);
-                            for (int t = 0; t < T; t++)
-                            {
-                                x[t * _Dim + o] = x[t * _Dim + o] + global::Kiln.Kernels.VectorMath.Dot(w0, attention.Slice(t * _QDim, _QDim));
-                            }
-                        }
+                            Weights = weights,
+                            Input = input,
+                            X = new MatMul4X { Output = _arena.View(_xOffset, T * _Dim), Cols = _Dim, FirstRow = 0, Residual = _arena.View(_xOffset, T * _Dim) },
+                        };
+                        _pool.Run(weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, T, _pool.ThreadCount), work);
                     }
-                    // [5] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) folded (1/rms per token once, ×1/rms in the epilogue) → swiglu ← silu(gate)·up epilogue
+                    // [5] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation (1/rms per token once, x·(1/rms)·g quantized or written in one pass) → swiglu ← silu(gate)·up epilogue
                     {
                         var weights = _gateUp[layer];
-                        // 1/rms per token, once for every matmul row; Layers.FfnNorm's weight is already folded into the columns.
-                        for (int t = 0; t < T; t++) invRms[t] = global::Kiln.Kernels.VectorMath.InverseRms(x.Slice(t * _Dim, _Dim), _model.Eps);
-                        // swiglu = silu(x·Gateᵀ)·(x·Upᵀ): rows interleaved, one output per row pair
-                        for (int o = 0; o < _Hidden; o++)
+                        // The input once for every weight: 1/rms per token, x·(1/rms)·FfnNorm written (float layouts) or quantized straight to Q8.
+                        var input = _inputs.Prepare(weights.Format, _arena.View(_xOffset, T * _Dim), _Dim, T, _Dim, _model.Layers[layer].FfnNorm.Data, _model.Eps, _pool);
+                        var work = new MatMul5Work
                         {
-                            var w0 = weights.AsSpan((2 * o) * _Dim, _Dim);
-                            var w1 = weights.AsSpan((2 * o + 1) * _Dim, _Dim);
-                            for (int t = 0; t < T; t++)
-                            {
-                                var input = x.Slice(t * _Dim, _Dim);
-                                float a = global::Kiln.Kernels.VectorMath.Dot(w0, input) * invRms[t];
-                                float b = global::Kiln.Kernels.VectorMath.Dot(w1, input) * invRms[t];
-                                swiglu[t * _Hidden + o] = (float)(a / (1.0 + global::System.Math.Exp(-a))) * b;
-                            }
-                        }
+                            Weights = weights,
+                            Input = input,
+                            Swiglu = new MatMul5Swiglu { Output = _arena.View(_swigluOffset, T * _Hidden), Cols = _Hidden, FirstRow = 0 },
+                        };
+                        _pool.Run(weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, T, _pool.ThreadCount), work);
                     }
                     // [6] matmul: swiglu·[Down]ᵀ → x += · (residual add epilogue, in place)
                     {
                         var weights = _down[layer];
-                        // x = x + swiglu·Downᵀ: the residual add as the epilogue, in place
-                        for (int o = 0; o < _Dim; o++)
+                        // The input once for every weight: quantized to Q8 for the quantized layouts, read as it is by the float ones.
+                        var input = _inputs.Prepare(weights.Format, _arena.View(_swigluOffset, T * _Hidden), _Hidden, T, _Hidden, null, 0f, _pool);
+                        var work = new MatMul6Work
                         {
-                            var w0 = weights.AsSpan(o * _Hidden, _Hidden);
-                            for (int t = 0; t < T; t++)
-                            {
-                                x[t * _Dim + o] = x[t * _Dim + o] + global::Kiln.Kernels.VectorMath.Dot(w0, swiglu.Slice(t * _Hidden, _Hidden));
-                            }
-                        }
+                            Weights = weights,
+                            Input = input,
+                            X = new MatMul6X { Output = _arena.View(_xOffset, T * _Dim), Cols = _Dim, FirstRow = 0, Residual = _arena.View(_xOffset, T * _Dim) },
+                        };
+                        _pool.Run(weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, T, _pool.ThreadCount), work);
                     }
                 }
 
@@ -507,22 +538,349 @@ namespace Kiln.Models
                 {
                     for (int i = 0; i < O; i++) x.Slice(outputRows[i] * _Dim, _Dim).CopyTo(x2.Slice(i * _Dim, _Dim));
                 }
-                // [8] matmul: x2·[Output]ᵀ with RmsNorm(OutputNorm) folded (1/rms per token once, ×1/rms in the epilogue) → logits
+                // [8] matmul: x2·[Output]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (1/rms per token once, x·(1/rms)·g quantized or written in one pass) → logits
                 {
                     var weights = _output;
-                    // 1/rms per token, once for every matmul row; OutputNorm's weight is already folded into the columns.
-                    for (int t = 0; t < O; t++) invRms[t] = global::Kiln.Kernels.VectorMath.InverseRms(x2.Slice(t * _Dim, _Dim), _model.Eps);
-                    // logits = x2·Outputᵀ: weight rows outer, tokens inner (each row read once per step)
-                    for (int o = 0; o < _Vocab; o++)
+                    // The input once for every weight: 1/rms per token, x·(1/rms)·OutputNorm written (float layouts) or quantized straight to Q8.
+                    var input = _inputs.Prepare(weights.Format, _arena.View(_x2Offset, O * _Dim), _Dim, O, _Dim, _model.OutputNorm.Data, _model.Eps, _pool);
+                    var work = new MatMul8Work
                     {
-                        var w0 = weights.AsSpan(o * _Dim, _Dim);
-                        for (int t = 0; t < O; t++)
-                        {
-                            logits[t * _Vocab + o] = global::Kiln.Kernels.VectorMath.Dot(w0, x2.Slice(t * _Dim, _Dim)) * invRms[t];
-                        }
+                        Weights = weights,
+                        Input = input,
+                        Logits = new MatMul8Logits { Output = default, Cols = _Vocab, FirstRow = 0 },
+                    };
+                    // The epilogue writes the caller's logits directly: pinned for the run.
+                    global::Kiln.Kernels.MatMul.PinnedOutput.Run(_pool, logits, weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, O, _pool.ThreadCount), work);
+                }
+            }
+            /// <summary>Stops the worker pool and frees the arena, the scratch and the packed weights. Steps after this throw.</summary>
+            public void Dispose()
+            {
+                if (_disposed) return;
+                _disposed = true;
+                _pool.Dispose();
+                _inputs.Dispose();
+                _arenaMemory.Dispose();
+                _scoresMemory?.Dispose();
+                foreach (var packed in _wqWkWv) packed.Dispose();
+                foreach (var packed in _wo) packed.Dispose();
+                foreach (var packed in _gateUp) packed.Dispose();
+                foreach (var packed in _down) packed.Dispose();
+                _output.Dispose();
+            }
+
+            private const int AttentionChunks = 32;
+
+            /// <summary>Score scratch for a cache of <paramref name="context"/> positions: every head of a token per chunk of work items.</summary>
+            private void GrowScores(int context)
+            {
+                _scoresMemory?.Dispose();
+                _scoresPerChunk = checked(context * _model.Heads);
+                _scoresMemory = new global::Kiln.Kernels.MatMul.NativeBlock((long)AttentionChunks * _scoresPerChunk * sizeof(float));
+                _scores = _scoresMemory.Floats(0, AttentionChunks * _scoresPerChunk);
+                _scoresContext = context;
+            }
+
+            /// <summary>[2] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
+            private struct MatMul2Work : global::Kiln.Threading.IParallelWork
+            {
+                public global::Kiln.Kernels.MatMul.PackedMatrix Weights;
+                public global::Kiln.Kernels.MatMul.GemmInput Input;
+                public int End0; // the group where segment 0 (q) ends
+                public int End1; // the group where segment 1 (k) ends
+                public MatMul2Q Q;
+                public MatMul2K K;
+                public MatMul2V V;
+
+                public void Execute(int start, int end)
+                {
+                    if (start < End0) Run(start, global::System.Math.Min(end, End0), ref Q);
+                    if (start < End1 && end > End0) Run(global::System.Math.Max(start, End0), global::System.Math.Min(end, End1), ref K);
+                    if (end > End1) Run(global::System.Math.Max(start, End1), end, ref V);
+                }
+
+                private void Run<TEpilogue>(int first, int end, ref TEpilogue epilogue) where TEpilogue : struct, global::Kiln.Kernels.MatMul.ITileEpilogue
+                {
+                    // The layout was chosen from the file's types when the plan was compiled: each has its kernel.
+                    switch (Weights.Format)
+                    {
+                        case global::Kiln.Kernels.MatMul.PackedFormat.F32: global::Kiln.Kernels.MatMul.Gemm.F32(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.BF16: global::Kiln.Kernels.MatMul.Gemm.BF16(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q8_0: global::Kiln.Kernels.MatMul.Gemm.Q8_0(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q4_0: global::Kiln.Kernels.MatMul.Gemm.Q4_0(Weights, Input, first, end, ref epilogue); break;
+                        default: throw new global::System.InvalidOperationException($"No kernel for the {Weights.Format} layout.");
                     }
                 }
             }
+
+            /// <summary>[2] q ← rope(·): each adjacent row pair rotated by the token's position (cos/sin from the step's table).</summary>
+            private struct MatMul2Q : global::Kiln.Kernels.MatMul.ITileEpilogue
+            {
+                public global::Kiln.Kernels.MatMul.FloatBuffer Output;
+                public int Cols, FirstRow;
+                public double[] Cos, Sin;
+                public float[] Cosines, SignedSines;
+                public int Half, HeadDim;
+
+                public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
+                {
+                    int o = row - FirstRow;
+                    if (o + 4 <= Cols && HeadDim % 4 == 0) // both pairs in one head: rotate them together
+                    {
+                        int angle = token * HeadDim + o % HeadDim;
+                        Output.Store4(token * Cols + o, global::Kiln.Kernels.VectorMath.RotatePairs(sums,
+                            global::System.Runtime.Intrinsics.Vector128.LoadUnsafe(ref Cosines[angle]),
+                            global::System.Runtime.Intrinsics.Vector128.LoadUnsafe(ref SignedSines[angle])));
+                        return;
+                    }
+                    for (int i = 0; i < 4 && o + i < Cols; i += 2)
+                    {
+                        int c = o + i, pair = (c % HeadDim) / 2;
+                        double cos = Cos[token * Half + pair], sin = Sin[token * Half + pair];
+                        float a = sums[i], b = sums[i + 1];
+                        Output[token * Cols + c] = (float)(a * cos - b * sin);
+                        Output[token * Cols + c + 1] = (float)(a * sin + b * cos);
+                    }
+                }
+            }
+
+            /// <summary>[2] k ← rope(·): each adjacent row pair rotated by the token's position (cos/sin from the step's table).</summary>
+            private struct MatMul2K : global::Kiln.Kernels.MatMul.ITileEpilogue
+            {
+                public global::Kiln.Kernels.MatMul.FloatBuffer Output;
+                public int Cols, FirstRow;
+                public double[] Cos, Sin;
+                public float[] Cosines, SignedSines;
+                public int Half, HeadDim;
+
+                public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
+                {
+                    int o = row - FirstRow;
+                    if (o + 4 <= Cols && HeadDim % 4 == 0) // both pairs in one head: rotate them together
+                    {
+                        int angle = token * HeadDim + o % HeadDim;
+                        Output.Store4(token * Cols + o, global::Kiln.Kernels.VectorMath.RotatePairs(sums,
+                            global::System.Runtime.Intrinsics.Vector128.LoadUnsafe(ref Cosines[angle]),
+                            global::System.Runtime.Intrinsics.Vector128.LoadUnsafe(ref SignedSines[angle])));
+                        return;
+                    }
+                    for (int i = 0; i < 4 && o + i < Cols; i += 2)
+                    {
+                        int c = o + i, pair = (c % HeadDim) / 2;
+                        double cos = Cos[token * Half + pair], sin = Sin[token * Half + pair];
+                        float a = sums[i], b = sums[i + 1];
+                        Output[token * Cols + c] = (float)(a * cos - b * sin);
+                        Output[token * Cols + c + 1] = (float)(a * sin + b * cos);
+                    }
+                }
+            }
+
+            /// <summary>[2] v ← ·: the sums stored as they are.</summary>
+            private struct MatMul2V : global::Kiln.Kernels.MatMul.ITileEpilogue
+            {
+                public global::Kiln.Kernels.MatMul.FloatBuffer Output;
+                public int Cols, FirstRow;
+
+                public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
+                {
+                    int o = row - FirstRow, at = token * Cols + o;
+                    if (o + 4 <= Cols) Output.Store4(at, sums);
+                    else for (int i = 0; o + i < Cols; i++) Output[at + i] = sums[i];
+                }
+            }
+
+            /// <summary>[3] Causal GQA attention, one (token, chunk of KV heads) per item: every query head of the chunk over the same cached rows.</summary>
+            private struct Attention3Work : global::Kiln.Threading.IParallelWork
+            {
+                public global::Kiln.Kernels.MatMul.FloatBuffer Q, Output, Scores;
+                public global::Kiln.KvCache Cache;
+                public global::Kiln.AttentionContext Context;
+                public int ScoresStride, ChunkSize, PerToken, KvPerItem, Layer, Heads, KvHeads, HeadDim, QCols, KvCols;
+                public float Scale;
+
+                public void Execute(int start, int end)
+                {
+                    // Items come in chunks of ChunkSize from a multiple of it: the chunk's own score scratch.
+                    var scores = Scores.Slice(start / ChunkSize * ScoresStride, ScoresStride);
+                    var positions = Context.Positions;
+                    var slots = Context.Slots;
+                    int group = Heads / KvHeads;
+                    for (int item = start; item < end; item++)
+                    {
+                        int t = item / PerToken, kv0 = item % PerToken * KvPerItem, kv1 = global::System.Math.Min(KvHeads, kv0 + KvPerItem);
+                        int rows = positions[t] + 1, heads = (kv1 - kv0) * group, at = t * QCols + kv0 * group * HeadDim;
+                        global::Kiln.Kernels.VectorMath.Attention(Q.Slice(at, heads * HeadDim), heads, HeadDim, group,
+                            Cache.Keys(Layer, slots[t]).Slice(kv0 * HeadDim), Cache.Values(Layer, slots[t]).Slice(kv0 * HeadDim), KvCols, rows, Scale,
+                            scores.Slice(0, heads * rows), Output.Slice(at, heads * HeadDim));
+                    }
+                }
+            }
+
+            /// <summary>[4] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
+            private struct MatMul4Work : global::Kiln.Threading.IParallelWork
+            {
+                public global::Kiln.Kernels.MatMul.PackedMatrix Weights;
+                public global::Kiln.Kernels.MatMul.GemmInput Input;
+                public MatMul4X X;
+
+                public void Execute(int start, int end)
+                {
+                    Run(start, end, ref X);
+                }
+
+                private void Run<TEpilogue>(int first, int end, ref TEpilogue epilogue) where TEpilogue : struct, global::Kiln.Kernels.MatMul.ITileEpilogue
+                {
+                    // The layout was chosen from the file's types when the plan was compiled: each has its kernel.
+                    switch (Weights.Format)
+                    {
+                        case global::Kiln.Kernels.MatMul.PackedFormat.F32: global::Kiln.Kernels.MatMul.Gemm.F32(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.BF16: global::Kiln.Kernels.MatMul.Gemm.BF16(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q8_0: global::Kiln.Kernels.MatMul.Gemm.Q8_0(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q4_0: global::Kiln.Kernels.MatMul.Gemm.Q4_0(Weights, Input, first, end, ref epilogue); break;
+                        default: throw new global::System.InvalidOperationException($"No kernel for the {Weights.Format} layout.");
+                    }
+                }
+            }
+
+            /// <summary>[4] x ← x + ·: the residual add.</summary>
+            private struct MatMul4X : global::Kiln.Kernels.MatMul.ITileEpilogue
+            {
+                public global::Kiln.Kernels.MatMul.FloatBuffer Output;
+                public global::Kiln.Kernels.MatMul.FloatBuffer Residual;
+                public int Cols, FirstRow;
+
+                public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
+                {
+                    int o = row - FirstRow, at = token * Cols + o;
+                    if (o + 4 <= Cols) Output.Store4(at, Residual.Load4(at) + sums);
+                    else for (int i = 0; o + i < Cols; i++) Output[at + i] = Residual[at + i] + sums[i];
+                }
+            }
+
+            /// <summary>[5] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
+            private struct MatMul5Work : global::Kiln.Threading.IParallelWork
+            {
+                public global::Kiln.Kernels.MatMul.PackedMatrix Weights;
+                public global::Kiln.Kernels.MatMul.GemmInput Input;
+                public MatMul5Swiglu Swiglu;
+
+                public void Execute(int start, int end)
+                {
+                    Run(start, end, ref Swiglu);
+                }
+
+                private void Run<TEpilogue>(int first, int end, ref TEpilogue epilogue) where TEpilogue : struct, global::Kiln.Kernels.MatMul.ITileEpilogue
+                {
+                    // The layout was chosen from the file's types when the plan was compiled: each has its kernel.
+                    switch (Weights.Format)
+                    {
+                        case global::Kiln.Kernels.MatMul.PackedFormat.F32: global::Kiln.Kernels.MatMul.Gemm.F32(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.BF16: global::Kiln.Kernels.MatMul.Gemm.BF16(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q8_0: global::Kiln.Kernels.MatMul.Gemm.Q8_0(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q4_0: global::Kiln.Kernels.MatMul.Gemm.Q4_0(Weights, Input, first, end, ref epilogue); break;
+                        default: throw new global::System.InvalidOperationException($"No kernel for the {Weights.Format} layout.");
+                    }
+                }
+            }
+
+            /// <summary>[5] swiglu ← silu(gate)·up: rows interleaved gate, up, so each adjacent pair yields one output.</summary>
+            private struct MatMul5Swiglu : global::Kiln.Kernels.MatMul.ITileEpilogue
+            {
+                public global::Kiln.Kernels.MatMul.FloatBuffer Output;
+                public int Cols, FirstRow;
+
+                public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
+                {
+                    int o = (row - FirstRow) / 2, at = token * Cols + o;
+                    var products = global::Kiln.Kernels.VectorMath.SiluGatePairs(sums); // [silu(gate₀)·up₀, silu(gate₁)·up₁, ·, ·]
+                    Output[at] = products[0];
+                    if (o + 1 < Cols) Output[at + 1] = products[1];
+                }
+            }
+
+            /// <summary>[6] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
+            private struct MatMul6Work : global::Kiln.Threading.IParallelWork
+            {
+                public global::Kiln.Kernels.MatMul.PackedMatrix Weights;
+                public global::Kiln.Kernels.MatMul.GemmInput Input;
+                public MatMul6X X;
+
+                public void Execute(int start, int end)
+                {
+                    Run(start, end, ref X);
+                }
+
+                private void Run<TEpilogue>(int first, int end, ref TEpilogue epilogue) where TEpilogue : struct, global::Kiln.Kernels.MatMul.ITileEpilogue
+                {
+                    // The layout was chosen from the file's types when the plan was compiled: each has its kernel.
+                    switch (Weights.Format)
+                    {
+                        case global::Kiln.Kernels.MatMul.PackedFormat.F32: global::Kiln.Kernels.MatMul.Gemm.F32(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.BF16: global::Kiln.Kernels.MatMul.Gemm.BF16(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q8_0: global::Kiln.Kernels.MatMul.Gemm.Q8_0(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q4_0: global::Kiln.Kernels.MatMul.Gemm.Q4_0(Weights, Input, first, end, ref epilogue); break;
+                        default: throw new global::System.InvalidOperationException($"No kernel for the {Weights.Format} layout.");
+                    }
+                }
+            }
+
+            /// <summary>[6] x ← x + ·: the residual add.</summary>
+            private struct MatMul6X : global::Kiln.Kernels.MatMul.ITileEpilogue
+            {
+                public global::Kiln.Kernels.MatMul.FloatBuffer Output;
+                public global::Kiln.Kernels.MatMul.FloatBuffer Residual;
+                public int Cols, FirstRow;
+
+                public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
+                {
+                    int o = row - FirstRow, at = token * Cols + o;
+                    if (o + 4 <= Cols) Output.Store4(at, Residual.Load4(at) + sums);
+                    else for (int i = 0; o + i < Cols; i++) Output[at + i] = Residual[at + i] + sums[i];
+                }
+            }
+
+            /// <summary>[8] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
+            private struct MatMul8Work : global::Kiln.Threading.IParallelWork, global::Kiln.Kernels.MatMul.IOutputWork
+            {
+                public global::Kiln.Kernels.MatMul.PackedMatrix Weights;
+                public global::Kiln.Kernels.MatMul.GemmInput Input;
+                public MatMul8Logits Logits;
+
+                public void Execute(int start, int end)
+                {
+                    Run(start, end, ref Logits);
+                }
+
+                public void BindOutput(global::Kiln.Kernels.MatMul.FloatBuffer output) => Logits.Output = output;
+
+                private void Run<TEpilogue>(int first, int end, ref TEpilogue epilogue) where TEpilogue : struct, global::Kiln.Kernels.MatMul.ITileEpilogue
+                {
+                    // The layout was chosen from the file's types when the plan was compiled: each has its kernel.
+                    switch (Weights.Format)
+                    {
+                        case global::Kiln.Kernels.MatMul.PackedFormat.F32: global::Kiln.Kernels.MatMul.Gemm.F32(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.BF16: global::Kiln.Kernels.MatMul.Gemm.BF16(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q8_0: global::Kiln.Kernels.MatMul.Gemm.Q8_0(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q4_0: global::Kiln.Kernels.MatMul.Gemm.Q4_0(Weights, Input, first, end, ref epilogue); break;
+                        default: throw new global::System.InvalidOperationException($"No kernel for the {Weights.Format} layout.");
+                    }
+                }
+            }
+
+            /// <summary>[8] logits ← ·: the sums stored as they are.</summary>
+            private struct MatMul8Logits : global::Kiln.Kernels.MatMul.ITileEpilogue
+            {
+                public global::Kiln.Kernels.MatMul.FloatBuffer Output;
+                public int Cols, FirstRow;
+
+                public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
+                {
+                    int o = row - FirstRow, at = token * Cols + o;
+                    if (o + 4 <= Cols) Output.Store4(at, sums);
+                    else for (int i = 0; o + i < Cols; i++) Output[at + i] = sums[i];
+                }
+            }
+
         }
     }
 }

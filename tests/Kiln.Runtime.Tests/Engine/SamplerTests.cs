@@ -57,8 +57,51 @@ public sealed class SamplerTests
     }
 
     [Fact]
+    public void MinPKeepsOnlyTokensNearTheBest()
+    {
+        // Probabilities relative to the best (2.5): 2.4 → 0.90, 0.1 → 0.09, 0 → 0.08, -1 → 0.03.
+        var sampler = new Sampler(new SamplingOptions { Temperature = 1, MinP = 0.5f, Seed = 4 }, 5);
+        var seen = new HashSet<int>();
+        for (int i = 0; i < 300; i++) seen.Add(sampler.Sample(Logits));
+        Assert.Equal(new HashSet<int> { 1, 3 }, seen);
+
+        // With a top-k that keeps more, min-p still cuts; with min-p 1 only the best survives.
+        var both = new Sampler(new SamplingOptions { Temperature = 1, TopK = 4, MinP = 0.05f, Seed = 4 }, 5);
+        seen.Clear();
+        for (int i = 0; i < 2000; i++) seen.Add(both.Sample(Logits));
+        Assert.Equal(new HashSet<int> { 0, 1, 3, 4 }, seen);
+        Assert.Equal(1, new Sampler(new SamplingOptions { Temperature = 3, MinP = 1, Seed = 2 }, 5).Sample(Logits));
+    }
+
+    [Fact]
+    public void RepetitionPenaltyMakesSeenTokensLessLikelyOncePerToken()
+    {
+        var sampler = new Sampler(new SamplingOptions { RepetitionPenalty = 1.1f }, 5);
+        Assert.Equal(1, sampler.Sample(Logits));             // nothing seen yet
+        Assert.Equal(3, sampler.Sample(Logits, [1]));        // 2.5 / 1.1 < 2.4
+        Assert.Equal(3, sampler.Sample(Logits, [1, 1, 1]));  // penalized once, not three times: 2.27 > 2.4 / 1.1
+        Assert.Equal(1, sampler.Sample(Logits, [1, 3]));     // both divided: 2.27 > 2.18
+        Assert.Equal(1, new Sampler(SamplingOptions.Greedy, 5).Sample(Logits, [1])); // no penalty asked for
+        Assert.Equal(1, sampler.Sample(Logits));             // the caller's logits are left alone
+        // Negative logits are multiplied, so they fall too.
+        float[] negative = [-1f, -1.05f];
+        Assert.Equal(1, new Sampler(new SamplingOptions { RepetitionPenalty = 1.1f }, 2).Sample(negative, [0]));
+    }
+
+    [Fact]
+    public void LogProbabilityIsTheLogSoftmaxOfTheRawLogits()
+    {
+        double total = Logits.Sum(l => Math.Exp(l));
+        for (int token = 0; token < Logits.Length; token++)
+            Assert.Equal(Math.Log(Math.Exp(Logits[token]) / total), Sampler.LogProbability(Logits, token), 5);
+        Assert.Throws<ArgumentOutOfRangeException>(() => Sampler.LogProbability(Logits, 5));
+    }
+
+    [Fact]
     public void InvalidOptionsAreRejected()
     {
+        Assert.Throws<ArgumentOutOfRangeException>(() => new Sampler(new SamplingOptions { MinP = 1.5f }, 5));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new Sampler(new SamplingOptions { RepetitionPenalty = 0 }, 5));
         Assert.Throws<ArgumentOutOfRangeException>(() => new Sampler(new SamplingOptions { Temperature = -1 }, 5));
         Assert.Throws<ArgumentOutOfRangeException>(() => new Sampler(new SamplingOptions { TopP = 0 }, 5));
         Assert.Throws<ArgumentOutOfRangeException>(() => new Sampler(new SamplingOptions { TopK = -2 }, 5));

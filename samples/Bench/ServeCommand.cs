@@ -1,0 +1,203 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using Kiln.Engine.Serving;
+using Kiln.Loading;
+using Kiln.Models;
+using Kiln.Tokenization;
+
+namespace Kiln.Bench;
+
+/// <summary>What <c>bench serve</c> was asked for.</summary>
+public sealed record ServeOptions(string ModelPath, int Threads, string? JsonPath, bool Quick, int Seed, int Batch, bool Eager, double Load = 0.9);
+
+/// <summary>
+/// <c>bench serve</c>: the batching engine under a seeded workload (Poisson arrivals, long-tailed prompt and output
+/// lengths), replayed against (a) the engine, (b) static batching with padding over the same plan, (c) the engine
+/// with chunked prefill off; then a shared-system-prompt workload with the prefix cache on and off.
+/// </summary>
+public static class ServeCommand
+{
+    public const string Usage =
+        "usage: bench serve --model FILE --threads N [--json OUT] [--quick] [--seed N] [--batch N] [--load X] [--eager]\n" +
+        "  --batch: running requests of the engine and the static batch size (default 16)\n" +
+        "  --load: offered load over the engine's estimated capacity, in percent (default 90: busy, not saturated)\n" +
+        "  --eager: the eager reference plan instead of the compiled one (slow; for checking the harness)";
+
+    /// <summary>
+    /// The workload's shape. Full: chat-like, long-tailed prompts and outputs long enough that many requests decode at
+    /// once, the regime where how a prefill shares steps with decodes decides the time between tokens.
+    /// </summary>
+    private sealed record Sizes(int Requests, LengthDistribution Prompts, LengthDistribution Outputs, int TokenBudget, int PrefixRequests, int PrefixLength)
+    {
+        public static Sizes Full { get; } = new(80, new(256, 0.8, 16, 1024), new(128, 0.8, 8, 512), 128, 6, 1024);
+        public static Sizes Quick { get; } = new(24, new(48, 0.8, 4, 256), new(32, 0.8, 4, 96), 64, 3, 256);
+    }
+
+    /// <summary>Parses the arguments after "serve"; returns the exit code (2 for a usage error, 1 for a failure).</summary>
+    public static int Run(ReadOnlySpan<string> args)
+    {
+        try
+        {
+            var values = new Dictionary<string, string>(StringComparer.Ordinal);
+            for (int i = 0; i < args.Length; i++)
+            {
+                string name = args[i].StartsWith("--", StringComparison.Ordinal) ? args[i][2..] : throw new ArgumentException($"unexpected argument '{args[i]}'");
+                string value = name is "quick" or "eager" ? "true" : i + 1 < args.Length ? args[++i] : throw new ArgumentException($"--{name} needs a value");
+                if (name is not ("model" or "threads" or "json" or "quick" or "seed" or "batch" or "load" or "eager")) throw new ArgumentException($"unknown option --{name}");
+                if (!values.TryAdd(name, value)) throw new ArgumentException($"--{name} given twice");
+            }
+            int Number(string name, int fallback, int min, int max)
+            {
+                if (!values.TryGetValue(name, out string? text)) return fallback;
+                return int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) && n >= min && n <= max
+                    ? n : throw new ArgumentException($"--{name} must be an integer from {min} to {max}, not '{text}'");
+            }
+            string model = values.GetValueOrDefault("model") ?? throw new ArgumentException("--model is required");
+            if (!File.Exists(model)) throw new ArgumentException($"--model: file '{model}' not found");
+            int threads = Number("threads", -1, 1, 64);
+            if (threads < 0) throw new ArgumentException("--threads is required");
+            var options = new ServeOptions(model, threads, values.GetValueOrDefault("json"), values.ContainsKey("quick"), Number("seed", 1234, int.MinValue, int.MaxValue),
+                Number("batch", 16, 1, 256), values.ContainsKey("eager"), Number("load", 90, 1, 1000) / 100.0);
+            return RunAsync(options, Console.Out, Console.Error).GetAwaiter().GetResult();
+        }
+        catch (ArgumentException e) when (e is not ArgumentOutOfRangeException)
+        {
+            Console.Error.WriteLine($"bench serve: {e.Message}\n{Usage}");
+            return 2;
+        }
+        catch (Exception e) when (e is IOException or InvalidOperationException or ModelLoadException or ArgumentOutOfRangeException)
+        {
+            Console.Error.WriteLine($"bench serve: error: {e.Message}");
+            return 1;
+        }
+    }
+
+    public static async Task<int> RunAsync(ServeOptions options, TextWriter output, TextWriter log)
+    {
+        var sizes = options.Quick ? Sizes.Quick : Sizes.Full;
+        using var file = ModelFile.Open(options.ModelPath);
+        var model = Llama.Load(file);
+        var tokenizer = KilnTokenizer.FromModelFile(file);
+        Func<int, ICompiledPlan> compile = options.Eager
+            ? tokens => new EagerPlan(model, tokens)
+            : tokens => model.Compile(new PlanOptions(tokens, options.Threads));
+        log.WriteLine($"serve: {Path.GetFileName(options.ModelPath)}: dim {model.Dim}, {model.LayerCount} layers, vocab {model.VocabSize}, context {model.Context}; " +
+                      $"{(options.Eager ? "EAGER reference plan" : "compiled plan")}, {options.Threads} threads{(options.Quick ? ", QUICK sizes" : "")}");
+
+        // Lengths fit the model's context: a prompt and its output together at most.
+        int context = model.Context;
+        var prompts = sizes.Prompts with { Max = Math.Min(sizes.Prompts.Max, context / 2) };
+        var outputs = sizes.Outputs with { Max = Math.Min(sizes.Outputs.Max, context / 2 - 1) };
+        int maxSequence = prompts.Max + outputs.Max;
+
+        // Calibration: the arrival rate is a fraction of what the engine can do (by default busy but not saturated, where
+        // latency percentiles mean something); static batching, with less capacity, is saturated by the same stream.
+        double prefillSecondsPerToken, decodeSecondsPerToken;
+        using (var calibrationPlan = compile(Math.Max(sizes.TokenBudget, options.Batch)))
+        {
+            prefillSecondsPerToken = TimeStep(model, calibrationPlan, sizes.TokenBudget) / sizes.TokenBudget;
+            decodeSecondsPerToken = TimeStep(model, calibrationPlan, options.Batch) / options.Batch;
+        }
+        double serviceSeconds = prompts.Mean(options.Seed) * prefillSecondsPerToken + outputs.Mean(options.Seed) * decodeSecondsPerToken;
+        double rate = options.Load / serviceSeconds;
+        var workload = ServeWorkload.Poisson(sizes.Requests, rate, prompts, outputs, model.VocabSize, options.Seed);
+        log.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"serve: workload: {workload.Length} requests, Poisson {rate:F2} req/s ({options.Load:F2}× the engine's estimated capacity), prompts median {prompts.Median} (max {workload.Max(r => r.Prompt.Length)}), outputs median {outputs.Median} (max {workload.Max(r => r.OutputTokens)}), seed {options.Seed}"));
+
+        // Every system gets the same KV memory: what static batching reserves, a batch of whole sequences.
+        long kvBytes = (long)options.Batch * ((maxSequence + 15) / 16) * KvCache.BytesPerBlock(model.LayerCount, 16, model.KvDim);
+        var engineOptions = new EngineOptions
+        {
+            BlockSize = 16,
+            KvCacheBytes = kvBytes,
+            TokenBudget = sizes.TokenBudget,
+            MaxRunningRequests = options.Batch,
+            MaxContext = maxSequence,
+        };
+
+        var results = new List<ServeResult>();
+        log.WriteLine("serve: (a) continuous batching, chunked prefill...");
+        results.Add(await ServeRunners.RunEngine("continuous", model, tokenizer, compile, engineOptions, workload));
+        log.WriteLine($"serve: (b) static batching with padding, batches of {options.Batch}...");
+        using (var staticPlan = compile(Math.Max(sizes.TokenBudget, options.Batch)))
+            results.Add(ServeRunners.RunStaticPadded("static_padded", model, staticPlan, workload, options.Batch, maxSequence));
+        log.WriteLine("serve: (c) continuous batching, chunked prefill off (whole prompts per step)...");
+        results.Add(await ServeRunners.RunEngine("no_chunking", model, tokenizer, compile, engineOptions with { ChunkedPrefill = false }, workload));
+
+        int prefixLength = Math.Min(sizes.PrefixLength, context - 64);
+        var prefixWorkload = ServeWorkload.SharedPrefix(sizes.PrefixRequests, prefixLength, suffixLength: 16, outputTokens: 8, model.VocabSize, options.Seed + 1);
+        var prefixOptions = engineOptions with { MaxContext = prefixLength + 64, KvCacheBytes = Math.Max(kvBytes, 4L * ((prefixLength + 64 + 15) / 16) * KvCache.BytesPerBlock(model.LayerCount, 16, model.KvDim)) };
+        log.WriteLine($"serve: shared {prefixLength}-token system prompt, {prefixWorkload.Length} requests one at a time, prefix cache on then off...");
+        double hitMs = await ServeRunners.RunPrefix(model, tokenizer, compile, prefixOptions, prefixWorkload);
+        double missMs = await ServeRunners.RunPrefix(model, tokenizer, compile, prefixOptions with { PrefixCaching = false }, prefixWorkload);
+
+        Print(output, results, hitMs, missMs, prefixLength, options);
+        if (options.JsonPath is not null) WriteJson(options.JsonPath, results, hitMs, missMs);
+        return 0;
+    }
+
+    /// <summary>Median time of one step of <paramref name="tokens"/> fresh sequences' first tokens (matmul-bound, like a step of that many tokens).</summary>
+    private static double TimeStep(Llama model, ICompiledPlan plan, int tokens)
+    {
+        var context = new AttentionContext(model.CreateKvCache(tokens, maxContext: 1), tokens);
+        var ids = new int[tokens];
+        var logits = new float[tokens * plan.VocabSize];
+        for (int i = 0; i < tokens; i++)
+        {
+            ids[i] = 1;
+            context.Add(0, i, wantLogits: true);
+        }
+        var times = new double[5];
+        for (int run = -1; run < times.Length; run++)
+        {
+            long start = Stopwatch.GetTimestamp();
+            plan.Step(ids, context, logits);
+            if (run >= 0) times[run] = Stopwatch.GetElapsedTime(start).TotalSeconds;
+        }
+        return ServeResult.Percentile(times, 0.5);
+    }
+
+    private static void Print(TextWriter output, List<ServeResult> results, double hitMs, double missMs, int prefixLength, ServeOptions options)
+    {
+        var c = CultureInfo.InvariantCulture;
+        output.WriteLine();
+        output.WriteLine("| system | req/s | tok/s | TTFT p50 ms | TTFT p99 ms | TBT p50 ms | TBT p99 ms | KV util | preemptions |");
+        output.WriteLine("|---|---|---|---|---|---|---|---|---|");
+        foreach (var r in results)
+        {
+            output.WriteLine(string.Create(c,
+                $"| {r.Name} | {r.RequestsPerSecond:F2} | {r.TokensPerSecond:F1} | {r.TtftP50:F1} | {r.TtftP99:F1} | {r.TbtP50:F2} | {r.TbtP99:F2} | {r.KvUtilization:P0} | {r.Preemptions} |"));
+        }
+        output.WriteLine(string.Create(c, $"prefix cache ({prefixLength}-token shared prompt): TTFT hit {hitMs:F1} ms, miss {missMs:F1} ms"));
+        var continuous = results[0];
+        var padded = results[1];
+        var unchunked = results[2];
+        output.WriteLine(string.Create(c, $"targets{(options.Quick ? " (judged on the full sizes; --quick is a smoke test with few, short requests)" : "")}: " +
+            $"continuous/static throughput {continuous.TokensPerSecond / padded.TokensPerSecond:F2}× (≥ 2), " +
+            $"no-chunking/chunked p99 TBT {unchunked.TbtP99 / continuous.TbtP99:F2}× (≥ 2), prefix miss/hit TTFT {missMs / hitMs:F1}× (≥ 5)"));
+        output.WriteLine($"KV util: engine = KV positions held / positions of the blocks in use; static = real tokens / padded batch rows. {options.Threads} threads; timings on a shared machine are noisy.");
+    }
+
+    private static void WriteJson(string path, List<ServeResult> results, double hitMs, double missMs)
+    {
+        using var stream = File.Create(path);
+        using var json = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true });
+        json.WriteStartObject();
+        foreach (var r in results)
+        {
+            json.WriteStartObject(r.Name);
+            json.WriteNumber("throughput_tok_s", Math.Round(r.TokensPerSecond, 2));
+            json.WriteNumber("ttft_p50_ms", Math.Round(r.TtftP50, 3));
+            json.WriteNumber("ttft_p99_ms", Math.Round(r.TtftP99, 3));
+            json.WriteNumber("tbt_p50_ms", Math.Round(r.TbtP50, 3));
+            json.WriteNumber("tbt_p99_ms", Math.Round(r.TbtP99, 3));
+            json.WriteEndObject();
+        }
+        json.WriteStartObject("prefix_cache");
+        json.WriteNumber("ttft_hit_ms", Math.Round(hitMs, 3));
+        json.WriteNumber("ttft_miss_ms", Math.Round(missMs, 3));
+        json.WriteEndObject();
+        json.WriteEndObject();
+    }
+}

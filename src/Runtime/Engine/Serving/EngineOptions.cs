@@ -1,0 +1,57 @@
+using System.Diagnostics.Metrics;
+
+namespace Kiln.Engine.Serving;
+
+/// <summary>How a <see cref="KilnEngine"/> shares out memory and compute among requests.</summary>
+public sealed record EngineOptions
+{
+    /// <summary>Token positions per KV block: the unit of allocation and of prefix caching.</summary>
+    public int BlockSize { get; init; } = 16;
+
+    /// <summary>Memory for keys and values, all layers; divided by the bytes of one block it gives the block count.</summary>
+    public long KvCacheBytes { get; init; } = 64L << 20;
+
+    /// <summary>
+    /// Tokens computed in one step, all requests together (prefill chunks and decodes). A smaller budget bounds the
+    /// time between tokens of running requests; a larger one lets prompts through faster.
+    /// </summary>
+    public int TokenBudget { get; init; } = 256;
+
+    /// <summary>Requests decoding at once; the rest wait. At most <see cref="TokenBudget"/>.</summary>
+    public int MaxRunningRequests { get; init; } = 32;
+
+    /// <summary>Tokens one request may hold, prompt and generated together (also capped by the KV memory).</summary>
+    public int MaxContext { get; init; } = 2048;
+
+    /// <summary>Reuse the KV of full blocks that an earlier request with the same prefix computed.</summary>
+    public bool PrefixCaching { get; init; } = true;
+
+    /// <summary>
+    /// On: long prompts are split into chunks that share each step with the running decodes, so those never stall
+    /// for long. Off: every prompt is computed whole in the step that admits it (the step budget grows to fit the
+    /// longest prompt), so running requests wait for the whole prefill.
+    /// </summary>
+    public bool ChunkedPrefill { get; init; } = true;
+
+    /// <summary>How keys and values are stored (F16 and Int8 trade precision for room).</summary>
+    public KvStorage KvStorage { get; init; } = KvStorage.F32;
+
+    /// <summary>The model's attention head dimension: the group sharing one scale in <see cref="KvStorage.Int8"/> (0: one scale per token row).</summary>
+    public int KvHeadDim { get; init; }
+
+    /// <summary>Where the "Kiln.Engine" meter comes from (dependency injection); null creates a plain <see cref="Meter"/>.</summary>
+    public IMeterFactory? MeterFactory { get; init; }
+
+    internal void Validate()
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(BlockSize, nameof(BlockSize));
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(KvCacheBytes, nameof(KvCacheBytes));
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(TokenBudget, nameof(TokenBudget));
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(MaxRunningRequests, nameof(MaxRunningRequests));
+        if (MaxRunningRequests > TokenBudget)
+            throw new ArgumentOutOfRangeException(nameof(MaxRunningRequests), $"MaxRunningRequests ({MaxRunningRequests}) exceeds TokenBudget ({TokenBudget}): every running request must fit a step.");
+        ArgumentOutOfRangeException.ThrowIfLessThan(MaxContext, 2, nameof(MaxContext));
+        if (!Enum.IsDefined(KvStorage)) throw new ArgumentOutOfRangeException(nameof(KvStorage), KvStorage, "Unknown KV storage.");
+        ArgumentOutOfRangeException.ThrowIfNegative(KvHeadDim, nameof(KvHeadDim));
+    }
+}

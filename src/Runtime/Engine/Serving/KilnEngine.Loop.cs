@@ -1,0 +1,310 @@
+using System.Diagnostics;
+using Kiln.Engine.Scheduling;
+
+namespace Kiln.Engine.Serving;
+
+// The engine loop: everything here runs on the loop's own thread, which alone touches the scheduler, the cache, the
+// plan and each request's sampler and decoder.
+public sealed partial class KilnEngine
+{
+    private readonly ContinuousBatchScheduler _scheduler;
+    private readonly ICompiledPlan _plan;
+    private readonly AttentionContext _context;
+    private readonly int[] _stepTokens;
+    private readonly float[] _logits;
+    private readonly int[] _sampled;
+    private readonly EngineRequest[] _stepRequests; // per chunk of the step in flight
+    private readonly Dictionary<long, EngineRequest> _active; // samples by scheduler id: added and not yet removed
+    private readonly PublishedValue<EngineStatistics> _statistics = new();
+    private ulong _nextPrivateCacheKey;
+    private long _steps;
+    private long _computedTokens;
+    private long _generatedTokens;
+    private int _peakUsedBlocks;
+
+    private void RunLoop()
+    {
+        try
+        {
+            while (TakeCommands())
+            {
+                if (_scheduler.UnfinishedCount > 0) RunStep();
+                // Idle: block until a command arrives; false once the inbox is closed and empty.
+                else if (!_inbox.Reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult()) break;
+            }
+            EndEverything(FinishReason.Cancelled, DisposedMessage);
+        }
+        catch (Exception e)
+        {
+            _fault = e;
+            EndEverything(FinishReason.Error, $"The engine stopped after an unexpected error: {e.GetType().Name}: {e.Message}");
+        }
+        finally
+        {
+            _inbox.Writer.TryComplete();
+            // On the loop's thread, so no step can still be running on the plan.
+            if (_ownsPlan) _plan.Dispose();
+            _loopEnded.TrySetResult();
+        }
+    }
+
+    /// <summary>Applies the commands queued since the last step; false on shutdown.</summary>
+    private bool TakeCommands()
+    {
+        while (_inbox.Reader.TryRead(out var command))
+        {
+            switch (command.Kind)
+            {
+                case CommandKind.Add:
+                    Admit(command.Request!);
+                    break;
+                case CommandKind.Cancel:
+                    // Applied by the next schedule, which frees the blocks and reports the samples finished; samples
+                    // not admitted yet end when their turn comes.
+                    foreach (var sample in command.Request!.Samples)
+                    {
+                        if (sample.Scheduled is { } scheduled) _scheduler.Cancel(scheduled.Id);
+                    }
+                    break;
+                case CommandKind.Shutdown:
+                    _inbox.Writer.TryComplete();
+                    return false;
+            }
+        }
+        return true;
+    }
+
+    /// <summary>Hands a request's first sample to the scheduler; the others wait until its prompt is in the cache.</summary>
+    private void Admit(RequestGroup request)
+    {
+        // Without prefix caching each request hashes its blocks under a key of its own, shared by its samples only.
+        request.CacheKey = Options.PrefixCaching ? null : ++_nextPrivateCacheKey;
+        request.SiblingsAdmitted = request.Samples.Length == 1;
+        AdmitSample(request.Samples[0]);
+        AdmitSiblingsWhenReady(request.Samples[0]);
+    }
+
+    private void AdmitSample(EngineRequest sample)
+    {
+        var request = sample.Group;
+        var options = request.Options;
+        GenerationRequest scheduled;
+        try
+        {
+            scheduled = _scheduler.Add(request.Prompt, new RequestParameters(options.MaxTokens, options.Priority, request.StopTokenIds, request.CacheKey));
+        }
+        catch (ArgumentException e)
+        {
+            Complete(sample, FinishReason.Error, e.Message, completionTokens: 0);
+            return;
+        }
+        sample.Scheduled = scheduled;
+        _active.Add(scheduled.Id, sample);
+        if (request.CancelRequested) _scheduler.Cancel(scheduled.Id);
+    }
+
+    /// <summary>
+    /// Once the first sample has its first token (its prompt's full blocks are then cached) or has ended, the other
+    /// samples go to the scheduler and take those blocks from the prefix cache instead of computing them again.
+    /// </summary>
+    private void AdmitSiblingsWhenReady(EngineRequest first)
+    {
+        var request = first.Group;
+        if (request.SiblingsAdmitted || first.Index != 0 || (first.EmittedTokens == 0 && !first.Completed)) return;
+        request.SiblingsAdmitted = true;
+        for (int i = 1; i < request.Samples.Length; i++)
+        {
+            if (request.CancelRequested) Complete(request.Samples[i], FinishReason.Cancelled, errorMessage: null, completionTokens: 0);
+            else AdmitSample(request.Samples[i]);
+        }
+    }
+
+    private void RunStep()
+    {
+        var batch = _scheduler.Schedule();
+        foreach (var finished in batch.Finished)
+        {
+            // Cancelled or failed; a sample that already ended (a stop string) was cancelled by the engine itself.
+            if (!_active.Remove(finished.Id, out var sample)) continue;
+            if (!sample.Completed) Complete(sample, finished.FinishReason, finished.ErrorMessage, sample.EmittedTokens);
+            AdmitSiblingsWhenReady(sample);
+        }
+        if (batch.IsEmpty)
+        {
+            PublishStatistics();
+            return;
+        }
+
+        int tokenCount = FillStep(batch);
+        _plan.Step(_stepTokens.AsSpan(0, tokenCount), _context, _logits.AsSpan(0, batch.LogitsCount * VocabSize));
+        SampleStep(batch);
+        _scheduler.OnStepCompleted(_sampled.AsSpan(0, batch.LogitsCount));
+        StreamStep(batch);
+
+        _steps++;
+        _computedTokens += tokenCount;
+        _metrics.ComputedTokens.Add(tokenCount);
+        Array.Clear(_stepRequests, 0, batch.Chunks.Length);
+        PublishStatistics();
+    }
+
+    /// <summary>Flattens the chunks into the step's tokens and their attention context (paged block tables); returns the token count.</summary>
+    private int FillStep(ScheduledBatch batch)
+    {
+        _context.Clear();
+        var tables = batch.BlockTables;
+        int tokenCount = 0;
+        var chunks = batch.Chunks;
+        for (int s = 0; s < chunks.Length; s++)
+        {
+            var chunk = chunks[s];
+            var request = _active[chunk.Request.Id];
+            _stepRequests[s] = request;
+            if (request.CachedPromptTokens < 0) request.CachedPromptTokens = chunk.Request.NumCachedTokens;
+            chunk.Request.Tokens.Slice(chunk.Start, chunk.Count).CopyTo(_stepTokens.AsSpan(tokenCount));
+            tokenCount += chunk.Count;
+            var blockIds = tables.BlockIds[tables.Indptr[s]..tables.Indptr[s + 1]];
+            _context.AddChunk(blockIds, chunk.Start, chunk.Count, chunk.NeedsLogits);
+        }
+        return tokenCount;
+    }
+
+    /// <summary>Each chunk that ends its request's known tokens gets its next token from the request's own sampler.</summary>
+    private void SampleStep(ScheduledBatch batch)
+    {
+        var chunks = batch.Chunks;
+        int row = 0;
+        for (int s = 0; s < chunks.Length; s++)
+        {
+            if (!chunks[s].NeedsLogits) continue;
+            var request = _stepRequests[s];
+            var logits = _logits.AsSpan(row * VocabSize, VocabSize);
+            int token = request.Sampler.Sample(logits, chunks[s].Request.Tokens);
+            request.PendingLogprob = request.Options.Logprobs ? Sampler.LogProbability(logits, token) : float.NaN;
+            _sampled[row++] = token;
+        }
+    }
+
+    /// <summary>Streams every token the scheduler accepted, and ends the requests that finished.</summary>
+    private void StreamStep(ScheduledBatch batch)
+    {
+        long now = Stopwatch.GetTimestamp();
+        var chunks = batch.Chunks;
+        for (int s = 0; s < chunks.Length; s++)
+        {
+            if (!chunks[s].NeedsLogits) continue;
+            var request = _stepRequests[s];
+            var scheduled = chunks[s].Request;
+            // A stop token is not appended, so only a grown sequence has a token to show.
+            if (scheduled.NumGeneratedTokens > request.EmittedTokens) StreamToken(request, scheduled.Tokens[^1], now);
+
+            if (scheduled.Status == RequestStatus.Finished)
+            {
+                _active.Remove(scheduled.Id);
+                if (!request.Completed) Complete(request, scheduled.FinishReason, scheduled.ErrorMessage, request.EmittedTokens);
+            }
+            else if (request.Completed)
+            {
+                // A stop string ended it: the scheduler frees its blocks at the next schedule.
+                _scheduler.Cancel(scheduled.Id);
+            }
+            AdmitSiblingsWhenReady(request);
+        }
+    }
+
+    private void StreamToken(EngineRequest request, int token, long now)
+    {
+        if (request.EmittedTokens == 0) _metrics.TimeToFirstToken.Record(Stopwatch.GetElapsedTime(request.Group.ArrivalTimestamp, now).TotalMilliseconds);
+        else _metrics.TimeBetweenTokens.Record(Stopwatch.GetElapsedTime(request.LastTokenTimestamp, now).TotalMilliseconds);
+        request.LastTokenTimestamp = now;
+        request.EmittedTokens++;
+        _generatedTokens++;
+        _metrics.GeneratedTokens.Add(1);
+
+        string text = request.Decoder.Append(token);
+        if (request.StopStrings is { } stops) text = stops.Push(text);
+        float? logprob = request.Options.Logprobs ? request.PendingLogprob : null;
+        request.Group.Updates.Write(new GenerationUpdate(token, text, logprob, Index: request.Index));
+        if (request.StopStrings is { Stopped: true }) Complete(request, FinishReason.Stop, errorMessage: null, request.EmittedTokens);
+    }
+
+    /// <summary>Sends a sample's final update (with any text still held back); the last one closes the request's stream.</summary>
+    private void Complete(EngineRequest request, FinishReason reason, string? errorMessage, int completionTokens)
+    {
+        string tail = request.Decoder.Flush();
+        if (request.StopStrings is { } stops)
+        {
+            bool stoppedBefore = stops.Stopped;
+            tail = stops.Push(tail) + stops.Flush();
+            // The last bytes completed a stop string: that is why it ended, whatever else was due.
+            if (!stoppedBefore && stops.Stopped && reason == FinishReason.Length) reason = FinishReason.Stop;
+        }
+        var group = request.Group;
+        var usage = new GenerationUsage(group.Prompt.Length, Math.Max(request.CachedPromptTokens, 0), completionTokens);
+        request.Completed = true;
+        group.Updates.Write(new GenerationUpdate(-1, tail, null, reason, usage, errorMessage, request.Index));
+        if (--group.OpenSamples == 0)
+        {
+            group.Completed = true;
+            group.CallerCancellation.Unregister();
+            group.Updates.Complete();
+        }
+        _metrics.FinishedRequests.Add(1, new KeyValuePair<string, object?>("reason", ReasonTag(reason)));
+    }
+
+    /// <summary>Ends every open request, and every one still queued, when the loop stops.</summary>
+    private void EndEverything(FinishReason reason, string message)
+    {
+        foreach (var sample in _active.Values) EndGroup(sample.Group, reason, message);
+        _active.Clear();
+        // Close the inbox first, so nothing can slip in behind the drain.
+        _inbox.Writer.TryComplete();
+        while (_inbox.Reader.TryRead(out var command))
+        {
+            if (command.Kind == CommandKind.Add) EndGroup(command.Request!, reason, message);
+        }
+        PublishStatistics();
+    }
+
+    /// <summary>Ends every sample of a request still open, admitted or not.</summary>
+    private void EndGroup(RequestGroup request, FinishReason reason, string message)
+    {
+        request.SiblingsAdmitted = true;
+        foreach (var sample in request.Samples)
+        {
+            if (!sample.Completed) Complete(sample, reason, message, sample.EmittedTokens);
+        }
+    }
+
+    private void PublishStatistics()
+    {
+        var pool = _scheduler.Pool;
+        _peakUsedBlocks = Math.Max(_peakUsedBlocks, pool.UsedBlockCount);
+        int tokensHeld = 0;
+        foreach (var running in _scheduler.Running) tokensHeld += running.NumComputedTokens;
+        _statistics.Write(new EngineStatistics(
+            RunningRequests: _scheduler.Running.Length,
+            WaitingRequests: _scheduler.WaitingCount,
+            KvBlocksTotal: pool.BlockCount,
+            KvBlocksUsed: pool.UsedBlockCount,
+            KvBlocksFree: pool.FreeBlockCount,
+            KvBlocksCached: pool.CachedBlockCount,
+            KvBlocksPeakUsed: _peakUsedBlocks,
+            KvTokensHeld: tokensHeld,
+            Steps: _steps,
+            ComputedTokens: _computedTokens,
+            GeneratedTokens: _generatedTokens,
+            Preemptions: _scheduler.PreemptionCount,
+            PrefixQueryTokens: pool.PrefixQueryTokens,
+            PrefixHitTokens: pool.PrefixHitTokens) { BlockSize = pool.BlockSize });
+    }
+
+    private static string ReasonTag(FinishReason reason) => reason switch
+    {
+        FinishReason.Length => "length",
+        FinishReason.Stop => "stop",
+        FinishReason.Cancelled => "cancelled",
+        FinishReason.Error => "error",
+        _ => "none",
+    };
+}

@@ -1,0 +1,529 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace Kiln.Kernels.MatMul;
+
+/// <summary>
+/// The matmul kernels of compiled plans: y[t, r] = Σ_k W[r, k]·x[t, k] over a range of 4-row groups of a
+/// <see cref="PackedMatrix"/> and every token of a <see cref="GemmInput"/>, each finished 4-row × 1-token tile handed
+/// to the plan's epilogue. One entry per layout; a work item of the plan's worker pool calls one with its range of
+/// groups. Inside, tokens go in tiles of up to 4 and groups in pairs, so each weight block is read once per tile
+/// of 4 tokens × 8 rows, and the activations of a token tile are reused by every group of the range.
+/// <para>
+/// Every token's sums are computed by the same operations in the same order whatever its tile and whatever the
+/// range, so results do not depend on how the groups were split over threads. Each layout has an AVX-512 path and a
+/// scalar one (used where AVX-512BW is missing, and the oracle in tests).
+/// </para>
+/// </summary>
+public static unsafe class Gemm
+{
+    /// <summary>True when the AVX-512 kernels run here (otherwise the scalar ones do).</summary>
+    public static bool IsAccelerated { get; } = Avx512BW.IsSupported && Avx512F.VL.IsSupported && Vector512.IsHardwareAccelerated;
+
+    /// <summary>
+    /// Groups per work item for a pool of <paramref name="threads"/>: about eight items per thread so fast threads
+    /// take more, never so small that claiming an item costs more than computing it.
+    /// </summary>
+    public static int ChunkSize(PackedMatrix weights, int tokens, int threads)
+    {
+        ArgumentNullException.ThrowIfNull(weights);
+        int groups = weights.Groups;
+        // Many tokens: 8 groups per item keep a tile's weights in L1 across every token tile, whatever the threads.
+        if (threads <= 1) return tokens >= 16 ? Math.Min(8, groups) : groups;
+        int perThread = (groups + 8 * threads - 1) / (8 * threads);
+        // One group at one token is ~K·4 multiply-adds; keep an item above ~16K of them.
+        long work = (long)weights.K * 4 * Math.Max(1, tokens);
+        int minimum = (int)Math.Clamp(16384 / Math.Max(1, work), 1, 64);
+        return Math.Clamp(Math.Max(perThread, minimum), 1, tokens >= 16 ? 8 : groups);
+    }
+
+    /// <summary>F32 rows against float32 activations.</summary>
+    public static void F32<TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, ref TEpilogue epilogue)
+        where TEpilogue : struct, ITileEpilogue
+    {
+        Check(weights, PackedFormat.F32, input, firstGroup, endGroup, quantized: false);
+        if (IsAccelerated) FloatKernels.Run<FloatKernels.F32Rows, TEpilogue>(weights, input, firstGroup, endGroup, ref epilogue);
+        else Reference.Run(weights, input, firstGroup, endGroup, ref epilogue);
+    }
+
+    /// <summary>BF16 rows against float32 activations (each weight widened exactly).</summary>
+    public static void BF16<TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, ref TEpilogue epilogue)
+        where TEpilogue : struct, ITileEpilogue
+    {
+        Check(weights, PackedFormat.BF16, input, firstGroup, endGroup, quantized: false);
+        if (IsAccelerated) FloatKernels.Run<FloatKernels.BF16Rows, TEpilogue>(weights, input, firstGroup, endGroup, ref epilogue);
+        else Reference.Run(weights, input, firstGroup, endGroup, ref epilogue);
+    }
+
+    /// <summary>Q8_0 groups against Q8 activations.</summary>
+    public static void Q8_0<TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, ref TEpilogue epilogue)
+        where TEpilogue : struct, ITileEpilogue
+    {
+        Check(weights, PackedFormat.Q8_0, input, firstGroup, endGroup, quantized: true);
+        if (IsAccelerated) QuantizedKernels.Run<QuantizedKernels.Q8Blocks, TEpilogue>(weights, input, firstGroup, endGroup, ref epilogue);
+        else Reference.Run(weights, input, firstGroup, endGroup, ref epilogue);
+    }
+
+    /// <summary>Q4_0 groups against Q8 activations.</summary>
+    public static void Q4_0<TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, ref TEpilogue epilogue)
+        where TEpilogue : struct, ITileEpilogue
+    {
+        Check(weights, PackedFormat.Q4_0, input, firstGroup, endGroup, quantized: true);
+        if (IsAccelerated) QuantizedKernels.Run<QuantizedKernels.Q4Blocks, TEpilogue>(weights, input, firstGroup, endGroup, ref epilogue);
+        else Reference.Run(weights, input, firstGroup, endGroup, ref epilogue);
+    }
+
+    /// <summary>Any layout, by <see cref="PackedMatrix.Format"/>; the scalar kernels when <paramref name="scalar"/> (tests).</summary>
+    public static void Run<TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, ref TEpilogue epilogue, bool scalar = false)
+        where TEpilogue : struct, ITileEpilogue
+    {
+        if (scalar)
+        {
+            Check(weights, weights.Format, input, firstGroup, endGroup, WeightLayouts.IsQuantized(weights.Format));
+            Reference.Run(weights, input, firstGroup, endGroup, ref epilogue);
+            return;
+        }
+        switch (weights.Format)
+        {
+            case PackedFormat.F32: F32(weights, input, firstGroup, endGroup, ref epilogue); break;
+            case PackedFormat.BF16: BF16(weights, input, firstGroup, endGroup, ref epilogue); break;
+            case PackedFormat.Q8_0: Q8_0(weights, input, firstGroup, endGroup, ref epilogue); break;
+            default: Q4_0(weights, input, firstGroup, endGroup, ref epilogue); break;
+        }
+    }
+
+    private static void Check(PackedMatrix weights, PackedFormat format, in GemmInput input, int firstGroup, int endGroup, bool quantized)
+    {
+        ArgumentNullException.ThrowIfNull(weights);
+        if (weights.Format != format) throw new ArgumentException($"A {weights.Format} matrix given to the {format} kernel.", nameof(weights));
+        if (input.K != weights.K) throw new ArgumentException($"Input rows of {input.K} for weights of {weights.K}.", nameof(input));
+        if (quantized ? input.Quants is null : input.Floats is null)
+            throw new ArgumentException($"The input was not prepared for the {format} layout.", nameof(input));
+        if ((uint)firstGroup > (uint)endGroup || endGroup > weights.Groups)
+            throw new ArgumentOutOfRangeException(nameof(endGroup), $"Groups [{firstGroup}, {endGroup}) are not within {weights.Groups}.");
+    }
+}
+
+/// <summary>A JIT-time constant count (tokens or groups in a tile): the unused accumulators fold away.</summary>
+internal interface ICount
+{
+    static abstract int Value { get; }
+}
+
+internal readonly struct One : ICount { public static int Value => 1; }
+internal readonly struct Two : ICount { public static int Value => 2; }
+internal readonly struct Three : ICount { public static int Value => 3; }
+internal readonly struct Four : ICount { public static int Value => 4; }
+
+/// <summary>The oracle: each (row, token) as a plain loop, block by block as the format defines it.</summary>
+internal static unsafe class Reference
+{
+    public static void Run<TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, ref TEpilogue epilogue)
+        where TEpilogue : struct, ITileEpilogue
+    {
+        float* sums = stackalloc float[4];
+        for (int g = firstGroup; g < endGroup; g++)
+        {
+            byte* group = weights.Data + g * weights.GroupBytes;
+            for (int t = 0; t < input.Tokens; t++)
+            {
+                for (int r = 0; r < 4; r++) sums[r] = Row(weights, group, r, input, t);
+                epilogue.Store(g * 4, t, Vector128.Load(sums));
+            }
+        }
+    }
+
+    private static float Row(PackedMatrix weights, byte* group, int r, in GemmInput input, int t)
+    {
+        int k = weights.K;
+        switch (weights.Format)
+        {
+            case PackedFormat.F32:
+            {
+                float* w = (float*)group, x = input.Floats + (long)t * input.FloatStride;
+                float sum = 0;
+                for (int i = 0; i < k; i++) sum += w[weights.FloatIndex(r, i)] * x[i];
+                return sum;
+            }
+            case PackedFormat.BF16:
+            {
+                ushort* w = (ushort*)group;
+                float* x = input.Floats + (long)t * input.FloatStride;
+                float sum = 0;
+                for (int i = 0; i < k; i++) sum += BitConverter.UInt32BitsToSingle((uint)w[weights.FloatIndex(r, i)] << 16) * x[i];
+                return sum;
+            }
+            default:
+            {
+                bool q4 = weights.Format == PackedFormat.Q4_0;
+                int blocks = weights.Blocks, blockBytes = q4 ? PackedMatrix.Q4BlockBytes : PackedMatrix.Q8BlockBytes;
+                float* weightScales = (float*)(group + (long)blocks * blockBytes);
+                byte* x = input.Quants + (long)t * input.QuantStride;
+                float* activationScales = (float*)(x + blocks * 160);
+                float sum = 0;
+                for (int b = 0; b < blocks; b++)
+                {
+                    byte* w = group + (long)b * blockBytes;
+                    sbyte* a = (sbyte*)(x + b * 128);
+                    int dot = 0;
+                    for (int e = 0; e < 32; e++)
+                    {
+                        int lane = (e % 16) / 4, j = e % 4, half = e / 16;
+                        int activation = a[half * 64 + lane * 16 + j]; // row 0's copy of the spread activations
+                        int weight = q4
+                            ? (half == 0 ? w[lane * 16 + r * 4 + j] & 0x0F : w[lane * 16 + r * 4 + j] >> 4) - 8
+                            : (sbyte)w[half * 64 + lane * 16 + r * 4 + j];
+                        dot += weight * activation;
+                    }
+                    sum += weightScales[b * 4 + r] * activationScales[b] * dot;
+                }
+                return sum;
+            }
+        }
+    }
+}
+
+/// <summary>The AVX-512 kernels of the Q8_0 and Q4_0 layouts: 4 or 8 rows × up to 4 tokens per tile.</summary>
+internal static unsafe class QuantizedKernels
+{
+    /// <summary>How one layout turns a block of a group into what <see cref="Step"/> multiplies.</summary>
+    internal interface IBlocks
+    {
+        static abstract int BlockBytes { get; }
+
+        /// <summary>The group's quants of block <paramref name="block"/> as two unsigned halves (and Q8_0's sign masks).</summary>
+        static abstract void Load(byte* quants, out Vector512<byte> first, out Vector512<byte> second, out Vector512<sbyte> firstSigns, out Vector512<sbyte> secondSigns);
+
+        /// <summary>
+        /// One token's int32 sums of a block, folded to 8 lanes: lane L'·4 + r holds row r's partial sum over the
+        /// elements of 128-bit lanes L' and L' + 2 of both halves.
+        /// </summary>
+        static abstract Vector256<int> Dot(Vector512<byte> first, Vector512<byte> second, Vector512<sbyte> firstSigns, Vector512<sbyte> secondSigns,
+            Vector512<sbyte> x0, Vector512<sbyte> x1);
+
+        /// <summary>Whether the folded sums take the activation offsets off (Q4_0's −8).</summary>
+        static abstract bool Offset { get; }
+    }
+
+    /// <summary>Q8_0: |w| on the unsigned side of vpmaddubsw, the activations negated where w &lt; 0.</summary>
+    internal readonly struct Q8Blocks : IBlocks
+    {
+        public static int BlockBytes => PackedMatrix.Q8BlockBytes;
+
+        public static bool Offset => false;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Load(byte* quants, out Vector512<byte> first, out Vector512<byte> second, out Vector512<sbyte> firstSigns, out Vector512<sbyte> secondSigns)
+        {
+            firstSigns = Vector512.Load((sbyte*)quants);
+            secondSigns = Vector512.Load((sbyte*)quants + 64);
+            first = Avx512BW.Abs(firstSigns);
+            second = Avx512BW.Abs(secondSigns);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<int> Dot(Vector512<byte> first, Vector512<byte> second, Vector512<sbyte> firstSigns, Vector512<sbyte> secondSigns,
+            Vector512<sbyte> x0, Vector512<sbyte> x1)
+        {
+            // |w|·(a·sign w): pair sums stay within ±2·128·127, but two of them can overflow int16, so each widens alone.
+            Vector512<sbyte> s0 = Vector512.ConditionalSelect(Vector512.LessThan(firstSigns, Vector512<sbyte>.Zero), Vector512<sbyte>.Zero - x0, x0);
+            Vector512<sbyte> s1 = Vector512.ConditionalSelect(Vector512.LessThan(secondSigns, Vector512<sbyte>.Zero), Vector512<sbyte>.Zero - x1, x1);
+            var ones = Vector512<short>.One;
+            Vector512<int> sums = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(first, s0), ones)
+                + Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(second, s1), ones);
+            return sums.GetLower() + sums.GetUpper();
+        }
+    }
+
+    /// <summary>Q4_0: nibbles 0..15 on the unsigned side; the −8 comes off as a per-token offset after the sums.</summary>
+    internal readonly struct Q4Blocks : IBlocks
+    {
+        public static int BlockBytes => PackedMatrix.Q4BlockBytes;
+
+        public static bool Offset => true;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Load(byte* quants, out Vector512<byte> first, out Vector512<byte> second, out Vector512<sbyte> firstSigns, out Vector512<sbyte> secondSigns)
+        {
+            Vector512<byte> packed = Vector512.Load(quants);
+            var low = Vector512.Create((byte)0x0F);
+            first = packed & low;
+            second = (packed.AsUInt16() >>> 4).AsByte() & low;
+            firstSigns = default;
+            secondSigns = default;
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<int> Dot(Vector512<byte> first, Vector512<byte> second, Vector512<sbyte> firstSigns, Vector512<sbyte> secondSigns,
+            Vector512<sbyte> x0, Vector512<sbyte> x1)
+        {
+            // Pair sums ≤ 2·15·127 each: both halves and then both 256-bit halves (≤ 15240) add in int16, so one
+            // 256-bit vpmaddwd widens them all (a 512-bit one costs twice as much, on the multiply port).
+            Vector512<short> pairs = Avx512BW.MultiplyAddAdjacent(first, x0) + Avx512BW.MultiplyAddAdjacent(second, x1);
+            return Avx2.MultiplyAddAdjacent(pairs.GetLower() + pairs.GetUpper(), Vector256<short>.One);
+        }
+    }
+
+    // The kernels are JIT-compiled optimized from their first call: a tier-0 tile (not inlined) runs ~20× slower, and
+    // the rarer instantiations (an odd group at a range's end) would otherwise stay there for many calls.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Run<TBlocks, TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, ref TEpilogue epilogue)
+        where TBlocks : IBlocks where TEpilogue : struct, ITileEpilogue
+    {
+        byte* data = weights.Data;
+        long groupBytes = weights.GroupBytes;
+        int blocks = weights.Blocks, stride = input.QuantStride, tokens = input.Tokens;
+        for (int t0 = 0; t0 < tokens; t0 += 4)
+        {
+            byte* x = input.Quants + (long)t0 * stride;
+            switch (Math.Min(4, tokens - t0))
+            {
+                case 4: Groups<TBlocks, Four, TEpilogue>(data, groupBytes, blocks, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
+                case 3: Groups<TBlocks, Three, TEpilogue>(data, groupBytes, blocks, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
+                case 2: Groups<TBlocks, Two, TEpilogue>(data, groupBytes, blocks, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
+                default: Groups<TBlocks, One, TEpilogue>(data, groupBytes, blocks, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
+            }
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Groups<TBlocks, TTokens, TEpilogue>(byte* data, long groupBytes, int blocks, byte* x, int stride, int t0,
+        int firstGroup, int endGroup, ref TEpilogue epilogue)
+        where TBlocks : IBlocks where TTokens : ICount where TEpilogue : struct, ITileEpilogue
+    {
+        // The first token tile meets the range's weights in memory: it prefetches the next tile's as it goes.
+        bool prefetch = TTokens.Value == 1 || t0 == 0;
+        int g = firstGroup;
+        for (; g + 2 <= endGroup; g += 2)
+            Tile<TBlocks, Two, TTokens, TEpilogue>(data + g * groupBytes, groupBytes, blocks, x, stride, g * 4, t0, prefetch, ref epilogue);
+        if (g < endGroup)
+            Tile<TBlocks, One, TTokens, TEpilogue>(data + g * groupBytes, groupBytes, blocks, x, stride, g * 4, t0, prefetch, ref epilogue);
+    }
+
+    // TGroups (1-2) groups × TTokens (1-4) tokens. Per token and group, one 256-bit accumulator: lane L'·4 + r holds
+    // row r's running sum over the elements of 128-bit lanes L' and L' + 2 of every block.
+    [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Tile<TBlocks, TGroups, TTokens, TEpilogue>(byte* group, long groupBytes, int blocks, byte* x, int stride,
+        int row, int t0, bool prefetch, ref TEpilogue epilogue)
+        where TBlocks : IBlocks where TGroups : ICount where TTokens : ICount where TEpilogue : struct, ITileEpilogue
+    {
+        int quantBytes = blocks * TBlocks.BlockBytes;
+        byte* q0 = group, q1 = group + groupBytes;
+        float* d0Table = (float*)(q0 + quantBytes), d1Table = (float*)(q1 + quantBytes);
+        // Token t: quants at x + t·stride, offsets after the quants, scales after the offsets.
+        int offsetBytes = blocks * 128, scaleBytes = blocks * 160;
+        Vector256<float> a00 = default, a01 = default, a10 = default, a11 = default;
+        Vector256<float> a20 = default, a21 = default, a30 = default, a31 = default;
+        // The next tile's weights stream from memory while this one computes: one line ahead per line consumed.
+        byte* ahead = group + TGroups.Value * groupBytes;
+        long aheadStep = TGroups.Value * groupBytes / blocks;
+        for (int b = 0; b < blocks; b++)
+        {
+            if (prefetch)
+            {
+                byte* line = ahead + b * aheadStep;
+                Sse.Prefetch0(line);
+                Sse.Prefetch0(line + 64);
+                Sse.Prefetch0(line + 128);
+            }
+            TBlocks.Load(q0 + b * TBlocks.BlockBytes, out var w0, out var w1, out var s0, out var s1);
+            Vector256<float> d0 = Avx.BroadcastVector128ToVector256(d0Table + b * 4);
+            Vector512<byte> v0 = default, v1 = default;
+            Vector512<sbyte> u0 = default, u1 = default;
+            Vector256<float> d1 = default;
+            if (TGroups.Value > 1)
+            {
+                TBlocks.Load(q1 + b * TBlocks.BlockBytes, out v0, out v1, out u0, out u1);
+                d1 = Avx.BroadcastVector128ToVector256(d1Table + b * 4);
+            }
+
+            byte* xt = x + b * 128;
+            Token<TBlocks, TGroups>(ref a00, ref a01, w0, w1, s0, s1, d0, v0, v1, u0, u1, d1, xt, (int*)(x + offsetBytes) + b * 8, (float*)(x + scaleBytes) + b);
+            if (TTokens.Value > 1)
+                Token<TBlocks, TGroups>(ref a10, ref a11, w0, w1, s0, s1, d0, v0, v1, u0, u1, d1, xt + stride, (int*)(x + stride + offsetBytes) + b * 8, (float*)(x + stride + scaleBytes) + b);
+            if (TTokens.Value > 2)
+                Token<TBlocks, TGroups>(ref a20, ref a21, w0, w1, s0, s1, d0, v0, v1, u0, u1, d1, xt + 2 * stride, (int*)(x + 2 * stride + offsetBytes) + b * 8, (float*)(x + 2 * stride + scaleBytes) + b);
+            if (TTokens.Value > 3)
+                Token<TBlocks, TGroups>(ref a30, ref a31, w0, w1, s0, s1, d0, v0, v1, u0, u1, d1, xt + 3 * stride, (int*)(x + 3 * stride + offsetBytes) + b * 8, (float*)(x + 3 * stride + scaleBytes) + b);
+        }
+        epilogue.Store(row, t0, a00.GetLower() + a00.GetUpper());
+        if (TGroups.Value > 1) epilogue.Store(row + 4, t0, a01.GetLower() + a01.GetUpper());
+        if (TTokens.Value > 1)
+        {
+            epilogue.Store(row, t0 + 1, a10.GetLower() + a10.GetUpper());
+            if (TGroups.Value > 1) epilogue.Store(row + 4, t0 + 1, a11.GetLower() + a11.GetUpper());
+        }
+        if (TTokens.Value > 2)
+        {
+            epilogue.Store(row, t0 + 2, a20.GetLower() + a20.GetUpper());
+            if (TGroups.Value > 1) epilogue.Store(row + 4, t0 + 2, a21.GetLower() + a21.GetUpper());
+        }
+        if (TTokens.Value > 3)
+        {
+            epilogue.Store(row, t0 + 3, a30.GetLower() + a30.GetUpper());
+            if (TGroups.Value > 1) epilogue.Store(row + 4, t0 + 3, a31.GetLower() + a31.GetUpper());
+        }
+    }
+
+    // One token against one or two groups' block: the activations are loaded once for both.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Token<TBlocks, TGroups>(ref Vector256<float> acc0, ref Vector256<float> acc1,
+        Vector512<byte> w0, Vector512<byte> w1, Vector512<sbyte> s0, Vector512<sbyte> s1, Vector256<float> d0,
+        Vector512<byte> v0, Vector512<byte> v1, Vector512<sbyte> u0, Vector512<sbyte> u1, Vector256<float> d1,
+        byte* quants, int* offsets, float* scale)
+        where TBlocks : IBlocks where TGroups : ICount
+    {
+        Vector512<sbyte> x0 = Vector512.Load((sbyte*)quants), x1 = Vector512.Load((sbyte*)quants + 64);
+        Vector256<float> da = Vector256.Create(*scale);
+        Vector256<int> offset = TBlocks.Offset ? Vector256.Load(offsets) : default;
+        acc0 = Accumulate<TBlocks>(acc0, TBlocks.Dot(w0, w1, s0, s1, x0, x1), offset, d0 * da);
+        if (TGroups.Value > 1) acc1 = Accumulate<TBlocks>(acc1, TBlocks.Dot(v0, v1, u0, u1, x0, x1), offset, d1 * da);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Accumulate<TBlocks>(Vector256<float> accumulator, Vector256<int> folded, Vector256<int> offset, Vector256<float> scale)
+        where TBlocks : IBlocks
+    {
+        if (TBlocks.Offset) folded -= offset;
+        return Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(folded), scale, accumulator);
+    }
+}
+
+/// <summary>The AVX-512 kernels of the float layouts: 4 rows × up to 4 tokens per tile, 16 lanes of K per step.</summary>
+internal static unsafe class FloatKernels
+{
+    internal interface IRows
+    {
+        static abstract int ElementBytes { get; }
+
+        /// <summary>16 weights from element <paramref name="index"/> of a row, as floats.</summary>
+        static abstract Vector512<float> Load(byte* row, int index);
+
+        static abstract float Scalar(byte* row, int index);
+    }
+
+    internal readonly struct F32Rows : IRows
+    {
+        public static int ElementBytes => sizeof(float);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load(byte* row, int index) => Vector512.Load((float*)row + index);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static float Scalar(byte* row, int index) => ((float*)row)[index];
+    }
+
+    internal readonly struct BF16Rows : IRows
+    {
+        public static int ElementBytes => sizeof(ushort);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load(byte* row, int index) =>
+            (Avx512F.ConvertToVector512UInt32(Vector256.Load((ushort*)row + index)) << 16).AsSingle();
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static float Scalar(byte* row, int index) => BitConverter.UInt32BitsToSingle((uint)((ushort*)row)[index] << 16);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Run<TRows, TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, ref TEpilogue epilogue)
+        where TRows : IRows where TEpilogue : struct, ITileEpilogue
+    {
+        int k = weights.K, stride = input.FloatStride, tokens = input.Tokens;
+        for (int t0 = 0; t0 < tokens; t0 += 4)
+        {
+            float* x = input.Floats + (long)t0 * stride;
+            int count = Math.Min(4, tokens - t0);
+            for (int g = firstGroup; g < endGroup; g++)
+            {
+                byte* group = weights.Data + g * weights.GroupBytes;
+                switch (count)
+                {
+                    case 4: Tile<TRows, Four, TEpilogue>(group, k, x, stride, g * 4, t0, ref epilogue); break;
+                    case 3: Tile<TRows, Three, TEpilogue>(group, k, x, stride, g * 4, t0, ref epilogue); break;
+                    case 2: Tile<TRows, Two, TEpilogue>(group, k, x, stride, g * 4, t0, ref epilogue); break;
+                    default: Tile<TRows, One, TEpilogue>(group, k, x, stride, g * 4, t0, ref epilogue); break;
+                }
+            }
+        }
+    }
+
+    [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Tile<TRows, TTokens, TEpilogue>(byte* group, int k, float* x, int stride, int row, int t0, ref TEpilogue epilogue)
+        where TRows : IRows where TTokens : ICount where TEpilogue : struct, ITileEpilogue
+    {
+        // Chunks of 16 elements of rows 0..3 in turn: chunk c of row r at (4c + r)·16 elements.
+        byte* w0 = group, w1 = group + 16 * TRows.ElementBytes, w2 = group + 32 * TRows.ElementBytes, w3 = group + 48 * TRows.ElementBytes;
+        Vector512<float> a00 = default, a01 = default, a02 = default, a03 = default;
+        Vector512<float> a10 = default, a11 = default, a12 = default, a13 = default;
+        Vector512<float> a20 = default, a21 = default, a22 = default, a23 = default;
+        Vector512<float> a30 = default, a31 = default, a32 = default, a33 = default;
+        int i = 0;
+        for (; i + 16 <= k; i += 16)
+        {
+            int chunk = 4 * i; // elements before this chunk: 4 rows of i
+            Vector512<float> r0 = TRows.Load(w0, chunk), r1 = TRows.Load(w1, chunk), r2 = TRows.Load(w2, chunk), r3 = TRows.Load(w3, chunk);
+            Vector512<float> v = Vector512.Load(x + i);
+            a00 = Vector512.FusedMultiplyAdd(r0, v, a00);
+            a01 = Vector512.FusedMultiplyAdd(r1, v, a01);
+            a02 = Vector512.FusedMultiplyAdd(r2, v, a02);
+            a03 = Vector512.FusedMultiplyAdd(r3, v, a03);
+            if (TTokens.Value > 1)
+            {
+                v = Vector512.Load(x + stride + i);
+                a10 = Vector512.FusedMultiplyAdd(r0, v, a10);
+                a11 = Vector512.FusedMultiplyAdd(r1, v, a11);
+                a12 = Vector512.FusedMultiplyAdd(r2, v, a12);
+                a13 = Vector512.FusedMultiplyAdd(r3, v, a13);
+            }
+            if (TTokens.Value > 2)
+            {
+                v = Vector512.Load(x + 2 * stride + i);
+                a20 = Vector512.FusedMultiplyAdd(r0, v, a20);
+                a21 = Vector512.FusedMultiplyAdd(r1, v, a21);
+                a22 = Vector512.FusedMultiplyAdd(r2, v, a22);
+                a23 = Vector512.FusedMultiplyAdd(r3, v, a23);
+            }
+            if (TTokens.Value > 3)
+            {
+                v = Vector512.Load(x + 3 * stride + i);
+                a30 = Vector512.FusedMultiplyAdd(r0, v, a30);
+                a31 = Vector512.FusedMultiplyAdd(r1, v, a31);
+                a32 = Vector512.FusedMultiplyAdd(r2, v, a32);
+                a33 = Vector512.FusedMultiplyAdd(r3, v, a33);
+            }
+        }
+        // The last K mod 16 elements of each row follow the chunks, row after row.
+        byte* tail = group + 4L * i * TRows.ElementBytes;
+        long tailBytes = (long)(k - i) * TRows.ElementBytes;
+        epilogue.Store(row, t0, Finish<TRows>(a00, a01, a02, a03, tail, tailBytes, x, i, k));
+        if (TTokens.Value > 1) epilogue.Store(row, t0 + 1, Finish<TRows>(a10, a11, a12, a13, tail, tailBytes, x + stride, i, k));
+        if (TTokens.Value > 2) epilogue.Store(row, t0 + 2, Finish<TRows>(a20, a21, a22, a23, tail, tailBytes, x + 2 * stride, i, k));
+        if (TTokens.Value > 3) epilogue.Store(row, t0 + 3, Finish<TRows>(a30, a31, a32, a33, tail, tailBytes, x + 3 * stride, i, k));
+    }
+
+    // [Σ r0, Σ r1, Σ r2, Σ r3], then the last K mod 16 elements one at a time (row r's from tail + r·tailBytes).
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<float> Finish<TRows>(Vector512<float> r0, Vector512<float> r1, Vector512<float> r2, Vector512<float> r3,
+        byte* tail, long tailBytes, float* x, int i, int k) where TRows : IRows
+    {
+        Vector256<float> h0 = r0.GetLower() + r0.GetUpper(), h1 = r1.GetLower() + r1.GetUpper();
+        Vector256<float> h2 = r2.GetLower() + r2.GetUpper(), h3 = r3.GetLower() + r3.GetUpper();
+        Vector256<float> sums = Avx.HorizontalAdd(Avx.HorizontalAdd(h0, h1), Avx.HorizontalAdd(h2, h3));
+        Vector128<float> result = sums.GetLower() + sums.GetUpper();
+        if (i == k) return result;
+        float t0 = 0, t1 = 0, t2 = 0, t3 = 0;
+        for (int j = i; j < k; j++)
+        {
+            float v = x[j];
+            t0 += TRows.Scalar(tail, j - i) * v;
+            t1 += TRows.Scalar(tail + tailBytes, j - i) * v;
+            t2 += TRows.Scalar(tail + 2 * tailBytes, j - i) * v;
+            t3 += TRows.Scalar(tail + 3 * tailBytes, j - i) * v;
+        }
+        return result + Vector128.Create(t0, t1, t2, t3);
+    }
+}

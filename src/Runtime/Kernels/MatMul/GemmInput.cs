@@ -1,0 +1,284 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using Kiln.Kernels.Quantized;
+using Kiln.Threading;
+
+namespace Kiln.Kernels.MatMul;
+
+/// <summary>
+/// A matmul's input as its kernel reads it, prepared once per matmul and shared by every weight fused into it:
+/// float32 rows for the F32/BF16 layouts, or Q8 activations for Q8_0/Q4_0 (see <see cref="GemmScratch"/>).
+/// A plain value over the plan's native memory, so a parallel work struct can carry it.
+/// </summary>
+public readonly unsafe struct GemmInput
+{
+    public GemmInput(int tokens, int k, float* floats, int floatStride, byte* quants, int quantStride)
+    {
+        Tokens = tokens;
+        K = k;
+        Floats = floats;
+        FloatStride = floatStride;
+        Quants = quants;
+        QuantStride = quantStride;
+    }
+
+    public int Tokens { get; }
+
+    public int K { get; }
+
+    /// <summary>Token t's K floats start at <c>Floats + t·FloatStride</c> (float layouts; null otherwise).</summary>
+    public float* Floats { get; }
+
+    public int FloatStride { get; }
+
+    /// <summary>Token t's Q8 activations start at <c>Quants + t·QuantStride</c> (quantized layouts; null otherwise).</summary>
+    public byte* Quants { get; }
+
+    public int QuantStride { get; }
+}
+
+/// <summary>
+/// Where a plan prepares its matmul inputs, sized once for its largest step and widest input. Preparing fuses a
+/// preceding RMSNorm: per token, 1/rms is computed once (in double, as the eager op) and x·(1/rms)·g is written
+/// straight into the float rows (F32/BF16 layouts) or quantized straight into Q8 activations (Q8_0/Q4_0 layouts)
+/// in the same pass — a norm weight cannot fold into quantized columns without requantizing them.
+/// <para>
+/// Q8 activations of one token: K/32 blocks of 128 bytes of quants, K/32 × 8 int32 offsets, K/32 float scales.
+/// A block's quants q (d = max|x|/127, q = round(x/d) halves away from zero, as GGML's quantize_row_q8_0 but with d
+/// kept in float32) are stored spread to match the packed weights (<see cref="PackedMatrix"/>): in its first 64
+/// bytes 128-bit lane L repeats q[4L..4L+3] four times (once per row), in its second 64 bytes q[16+4L..16+4L+3]. The
+/// offsets are 8·Σq over the elements each int32 lane of a Q4_0 kernel covers, so that Σ(n − 8)·q = Σn·q − offset.
+/// </para>
+/// </summary>
+public sealed unsafe class GemmScratch : IDisposable
+{
+    private readonly NativeBlock _memory;
+    private readonly int _floatStride;
+    private readonly long _floatBytes;
+
+    public GemmScratch(int maxTokens, int maxK)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxTokens);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxK);
+        MaxTokens = maxTokens;
+        MaxK = maxK;
+        _floatStride = (maxK + 15) & ~15;
+        _floatBytes = (long)maxTokens * _floatStride * sizeof(float);
+        _memory = new NativeBlock(_floatBytes + (long)maxTokens * QuantStride(maxK / 32 * 32));
+    }
+
+    public int MaxTokens { get; }
+
+    public int MaxK { get; }
+
+    /// <summary>Bytes of one token's Q8 activations for rows of <paramref name="k"/> elements (a multiple of 64).</summary>
+    public static int QuantStride(int k) => ((k / 32) * (128 + 32 + 4) + 63) & ~63;
+
+    /// <summary>
+    /// Prepares <paramref name="tokens"/> rows of <paramref name="x"/> (token t at <c>t·xStride</c>, K elements) for a
+    /// matmul in <paramref name="format"/>, normalized first when <paramref name="norm"/> is given.
+    /// Splits the tokens over <paramref name="pool"/> when there are enough of them.
+    /// </summary>
+    public GemmInput Prepare(PackedFormat format, FloatBuffer x, int xStride, int tokens, int k, float[]? norm, float eps, WorkerPool pool)
+    {
+        if ((uint)tokens > (uint)MaxTokens || k <= 0 || k > MaxK)
+            throw new ArgumentOutOfRangeException(nameof(tokens), $"{tokens} tokens of {k} exceed the scratch's {MaxTokens} of {MaxK}.");
+        if (tokens > 0 && (long)(tokens - 1) * xStride + k > x.Length)
+            throw new ArgumentOutOfRangeException(nameof(x), $"{tokens} rows of {k} at stride {xStride} do not fit a buffer of {x.Length}.");
+        if (norm is not null && norm.Length != k)
+            throw new ArgumentException($"A norm weight of {norm.Length} does not match rows of {k}.", nameof(norm));
+        bool quantized = WeightLayouts.IsQuantized(format);
+        if (quantized && k % 32 != 0) throw new ArgumentException($"Q8 activations need rows of a multiple of 32, not {k}.", nameof(k));
+        if (!quantized && norm is null)
+            return new GemmInput(tokens, k, x.Pointer, xStride, null, 0); // the kernel reads x itself
+
+        byte* quants = _memory.Pointer + _floatBytes;
+        var work = new PrepareWork
+        {
+            X = x.Pointer,
+            XStride = xStride,
+            K = k,
+            Norm = norm,
+            Eps = eps,
+            Floats = (float*)_memory.Pointer,
+            FloatStride = _floatStride,
+            Quants = quantized ? quants : null,
+            QuantStride = QuantStride(k),
+            Offsets = format == PackedFormat.Q4_0,
+        };
+        if (tokens >= 8 && pool.ThreadCount > 1) pool.Run(tokens, Math.Max(1, tokens / (4 * pool.ThreadCount)), work);
+        else if (tokens > 0) work.Execute(0, tokens);
+        return quantized
+            ? new GemmInput(tokens, k, null, 0, quants, QuantStride(k))
+            : new GemmInput(tokens, k, (float*)_memory.Pointer, _floatStride, null, 0);
+    }
+
+    public void Dispose() => _memory.Dispose();
+
+    private struct PrepareWork : IParallelWork
+    {
+        public float* X;
+        public int XStride, K;
+        public float[]? Norm;
+        public float Eps;
+        public float* Floats;
+        public int FloatStride;
+        public byte* Quants;
+        public int QuantStride;
+        public bool Offsets;
+
+        public void Execute(int start, int end)
+        {
+            for (int t = start; t < end; t++)
+            {
+                float* source = X + (long)t * XStride;
+                float* floats = Floats + (long)t * FloatStride;
+                if (Norm is not null)
+                {
+                    Normalize(source, floats, K, Norm, Eps);
+                    source = floats;
+                }
+                if (Quants is not null) Quantize(source, Quants + (long)t * QuantStride, K, Offsets);
+            }
+        }
+    }
+
+    /// <summary>
+    /// y = x·(1/rms)·g with 1/rms = 1/sqrt(Σx²/K + eps) in double and each product rounded as the eager RmsNorm
+    /// rounds it: (float)(x·scale·g) in double.
+    /// </summary>
+    internal static void Normalize(float* x, float* y, int k, float[] g, float eps)
+    {
+        double scale = 1.0 / Math.Sqrt(SumOfSquares(x, k) / k + eps);
+        fixed (float* weight = g)
+        {
+            int i = 0;
+            if (Vector512.IsHardwareAccelerated)
+            {
+                var s = Vector512.Create(scale);
+                for (; i + 16 <= k; i += 16)
+                {
+                    Vector512<float> v = Vector512.Load(x + i), w = Vector512.Load(weight + i);
+                    Vector512<double> lo = Vector512.WidenLower(v) * s * Vector512.WidenLower(w);
+                    Vector512<double> hi = Vector512.WidenUpper(v) * s * Vector512.WidenUpper(w);
+                    Vector512.Narrow(lo, hi).Store(y + i);
+                }
+            }
+            for (; i < k; i++) y[i] = (float)(x[i] * scale * weight[i]);
+        }
+    }
+
+    /// <summary>Σx² accumulated in double.</summary>
+    internal static double SumOfSquares(float* x, int k)
+    {
+        int i = 0;
+        double sum = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            Vector512<double> a0 = default, a1 = default;
+            for (; i + 16 <= k; i += 16)
+            {
+                Vector512<float> v = Vector512.Load(x + i);
+                Vector512<double> lo = Vector512.WidenLower(v), hi = Vector512.WidenUpper(v);
+                a0 = Vector512.FusedMultiplyAdd(lo, lo, a0);
+                a1 = Vector512.FusedMultiplyAdd(hi, hi, a1);
+            }
+            sum = Vector512.Sum(a0 + a1);
+        }
+        for (; i < k; i++) sum += (double)x[i] * x[i];
+        return sum;
+    }
+
+    /// <summary>Quantizes one token's K values into its Q8 activations (layout in the class summary).</summary>
+    internal static void Quantize(float* x, byte* destination, int k, bool offsets)
+    {
+        int blocks = k / 32;
+        byte* quants = destination;
+        int* offsetTable = (int*)(destination + blocks * 128);
+        float* scales = (float*)(destination + blocks * 160);
+        if (Vector512.IsHardwareAccelerated && Avx512BW.IsSupported)
+        {
+            for (int b = 0; b < blocks; b++)
+                QuantizeBlock512(x + b * 32, quants + b * 128, offsetTable + b * 8, scales + b, offsets);
+            return;
+        }
+        sbyte* q = stackalloc sbyte[32];
+        for (int b = 0; b < blocks; b++)
+        {
+            float* v = x + b * 32;
+            float absMax = 0;
+            for (int i = 0; i < 32; i++) absMax = MathF.Max(absMax, MathF.Abs(v[i]));
+            float d = absMax / 127f, inverse = d != 0 ? 1f / d : 0f;
+            for (int i = 0; i < 32; i++) q[i] = (sbyte)MathF.Round(v[i] * inverse, MidpointRounding.AwayFromZero);
+            Spread(q, quants + b * 128);
+            if (offsets) Offsets(q, offsetTable + b * 8);
+            scales[b] = d;
+        }
+    }
+
+    /// <summary>The spread layout of one block's 32 quants: 128 bytes (see the class summary).</summary>
+    internal static void Spread(sbyte* q, byte* destination)
+    {
+        for (int lane = 0; lane < 4; lane++)
+        {
+            for (int row = 0; row < 4; row++)
+            {
+                for (int j = 0; j < 4; j++)
+                {
+                    destination[lane * 16 + row * 4 + j] = (byte)q[4 * lane + j];
+                    destination[64 + lane * 16 + row * 4 + j] = (byte)q[16 + 4 * lane + j];
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// The Q4_0 offsets of one block: int32 lane L'·4 + r of the kernel's folded sums covers elements 4L'..+3,
+    /// 4L'+8..+3 and the same +16 (L' = 0, 1), for every row r; its offset is 8 times their sum.
+    /// </summary>
+    internal static void Offsets(sbyte* q, int* destination)
+    {
+        for (int half = 0; half < 2; half++)
+        {
+            int sum = 0;
+            for (int j = 0; j < 4; j++)
+                sum += q[4 * half + j] + q[4 * half + 8 + j] + q[16 + 4 * half + j] + q[24 + 4 * half + j];
+            for (int row = 0; row < 4; row++) destination[half * 4 + row] = 8 * sum;
+        }
+    }
+
+    private static void QuantizeBlock512(float* values, byte* quants, int* offsets, float* scale, bool withOffsets)
+    {
+        Vector512<float> low = Vector512.Load(values), high = Vector512.Load(values + 16);
+        Vector512<float> magnitudes = Vector512.Max(Vector512.Abs(low), Vector512.Abs(high));
+        Vector256<float> folded = Vector256.Max(magnitudes.GetLower(), magnitudes.GetUpper());
+        Vector128<float> quarter = Vector128.Max(folded.GetLower(), folded.GetUpper());
+        quarter = Vector128.Max(quarter, Vector128.Shuffle(quarter, Vector128.Create(2, 3, 0, 1)));
+        float d = MathF.Max(quarter.GetElement(0), quarter.GetElement(1)) / 127f;
+        var inverse = Vector512.Create(d != 0 ? 1f / d : 0f);
+        Vector512<int> qLow = RoundHalfAwayFromZero(low * inverse), qHigh = RoundHalfAwayFromZero(high * inverse);
+        Vector128<sbyte> bytesLow = Avx512F.ConvertToVector128SByte(qLow), bytesHigh = Avx512F.ConvertToVector128SByte(qHigh);
+        var spread0 = Vector512.Create(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        Avx512F.PermuteVar16x32(bytesLow.AsInt32().ToVector256Unsafe().ToVector512Unsafe(), spread0).Store((int*)quants);
+        Avx512F.PermuteVar16x32(bytesHigh.AsInt32().ToVector256Unsafe().ToVector512Unsafe(), spread0).Store((int*)(quants + 64));
+        *scale = d;
+        if (!withOffsets) return;
+        // u[i] = q[i] + q[16+i] + q[8+i] + q[24+i] for i < 8; lane L' of the offsets sums u[4L'..4L'+3].
+        Vector512<int> pairs = qLow + qHigh;
+        Vector256<int> u = pairs.GetLower() + pairs.GetUpper();
+        Vector256<int> h = Avx2.HorizontalAdd(u, u);
+        h = Avx2.HorizontalAdd(h, h); // [Σu0..3 ×4 | Σu4..7 ×4]
+        (h * 8).Store(offsets);
+    }
+
+    // C's roundf: halves go away from zero (the vector round instructions tie to even); x − trunc(x) is exact.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<int> RoundHalfAwayFromZero(Vector512<float> x)
+    {
+        Vector512<float> truncated = Vector512.Truncate(x);
+        Vector512<float> awayStep = Vector512.GreaterThanOrEqual(Vector512.Abs(x - truncated), Vector512.Create(0.5f))
+            & Vector512.CopySign(Vector512<float>.One, x);
+        return Vector512.ConvertToInt32(truncated + awayStep);
+    }
+}

@@ -1,0 +1,18 @@
+using System.Runtime.Intrinsics;
+
+namespace Kiln.Kernels.MatMul;
+
+/// <summary>
+/// What a matmul does with each finished tile, right after it is computed and while it is still in registers: an
+/// operator struct (TensorPrimitives style) that the generated plan writes per fused epilogue — a plain store, a
+/// residual add, rope on adjacent pairs, silu(gate)·up — so the kernels of <see cref="Gemm"/> call it directly.
+/// </summary>
+public interface ITileEpilogue
+{
+    /// <summary>
+    /// Takes the sums of packed rows [<paramref name="row"/>, <paramref name="row"/> + 4) (<paramref name="row"/> a
+    /// multiple of 4) for token <paramref name="token"/> of the matmul's input. Each (row group, token) comes exactly
+    /// once per run, in no promised order, possibly on any thread.
+    /// </summary>
+    void Store(int row, int token, Vector128<float> sums);
+}

@@ -1,0 +1,391 @@
+using System.Buffers.Binary;
+using System.Runtime.InteropServices;
+using Kiln.Kernels.Quantized;
+using Kiln.Loading;
+
+namespace Kiln.Kernels.MatMul;
+
+/// <summary>The layouts a compiled plan's matmul weights take; every one groups rows by four (<see cref="PackedMatrix"/>).</summary>
+public enum PackedFormat
+{
+    /// <summary>float32 rows, row-major.</summary>
+    F32,
+
+    /// <summary>bfloat16 rows, row-major.</summary>
+    BF16,
+
+    /// <summary>GGML Q8_0 quants and scales, four rows interleaved per group (<see cref="PackedMatrix"/> has the byte layout).</summary>
+    Q8_0,
+
+    /// <summary>GGML Q4_0 nibbles and scales, four rows interleaved per group.</summary>
+    Q4_0,
+}
+
+/// <summary>
+/// The rule that maps a requested <see cref="WeightFormat"/> and the file's stored types to a <see cref="PackedFormat"/>,
+/// and the words the plan's report uses for it.
+/// </summary>
+public static class WeightLayouts
+{
+    /// <summary>
+    /// The layout of one fused matmul's weights. An explicit format wins. <see cref="WeightFormat.AsStored"/> maps each
+    /// weight's stored type (F32 and F16 → F32, BF16 → BF16, Q8_0 → Q8_0, Q4_0 → Q4_0, anything else → Q8_0); when the
+    /// weights of one fused matmul disagree, the most precise of their layouts (F32, BF16, Q8_0, Q4_0 in that order)
+    /// serves them all, so no weight loses precision to its neighbour.
+    /// </summary>
+    public static PackedFormat Resolve(WeightFormat requested, params Tensor[] weights)
+    {
+        ArgumentNullException.ThrowIfNull(weights);
+        switch (requested)
+        {
+            case WeightFormat.F32: return PackedFormat.F32;
+            case WeightFormat.BF16: return PackedFormat.BF16;
+            case WeightFormat.Q8_0: return PackedFormat.Q8_0;
+            case WeightFormat.Q4_0: return PackedFormat.Q4_0;
+            case WeightFormat.AsStored: break;
+            default: throw new ArgumentOutOfRangeException(nameof(requested), requested, "Not a weight format.");
+        }
+        if (weights.Length == 0) throw new ArgumentException("A matmul has at least one weight.", nameof(weights));
+        var chosen = AsStored(weights[0]);
+        foreach (var weight in weights)
+        {
+            var format = AsStored(weight);
+            if (format < chosen) chosen = format; // the enum is ordered from most to least precise
+        }
+        return chosen;
+    }
+
+    /// <summary>The layout <see cref="WeightFormat.AsStored"/> gives one weight.</summary>
+    public static PackedFormat AsStored(Tensor weight)
+    {
+        ArgumentNullException.ThrowIfNull(weight);
+        return weight.Stored?.Type switch
+        {
+            null or GgmlType.F32 or GgmlType.F16 => PackedFormat.F32,
+            GgmlType.BF16 => PackedFormat.BF16,
+            GgmlType.Q8_0 => PackedFormat.Q8_0,
+            GgmlType.Q4_0 => PackedFormat.Q4_0,
+            _ => PackedFormat.Q8_0,
+        };
+    }
+
+    /// <summary>The layout's name in reports: "F32 rows", "Q4_0x4 interleaved", ...</summary>
+    public static string Describe(PackedFormat format) => format switch
+    {
+        PackedFormat.F32 => "F32 rows",
+        PackedFormat.BF16 => "BF16 rows",
+        PackedFormat.Q8_0 => "Q8_0x4 interleaved",
+        PackedFormat.Q4_0 => "Q4_0x4 interleaved",
+        _ => format.ToString(),
+    };
+
+    /// <summary>True for the formats whose kernels read Q8 activations.</summary>
+    public static bool IsQuantized(PackedFormat format) => format is PackedFormat.Q8_0 or PackedFormat.Q4_0;
+
+    /// <summary>One report line for a packed matrix: "  field: layout [rows, k] (sources)".</summary>
+    public static string Summarize(string field, PackedMatrix matrix)
+    {
+        ArgumentNullException.ThrowIfNull(matrix);
+        return $"  {field}: {matrix.Describe()}\n";
+    }
+
+    /// <summary>Report lines for one packed matrix per layer, consecutive layers with the same layout on one line.</summary>
+    public static string Summarize(string field, PackedMatrix[] layers)
+    {
+        ArgumentNullException.ThrowIfNull(layers);
+        var text = new System.Text.StringBuilder();
+        for (int first = 0; first < layers.Length;)
+        {
+            string line = layers[first].Describe();
+            int last = first;
+            while (last + 1 < layers.Length && layers[last + 1].Describe() == line) last++;
+            string which = first == last ? $"layer {first}" : $"layers {first}-{last}";
+            text.Append($"  {field} ({which}): {line}\n");
+            first = last + 1;
+        }
+        return text.ToString();
+    }
+
+    /// <summary><paramref name="rows"/> rounded up to a whole number of 4-row groups: a segment's size in a packed matrix.</summary>
+    public static int PadRows(int rows)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(rows);
+        return checked(rows + 3) & ~3;
+    }
+}
+
+/// <summary>
+/// The weights of one (fused) matmul, packed for the tile kernels of <see cref="Gemm"/> in groups of 4 rows. A matmul
+/// of several weights stacks them as segments, each starting at a multiple of 4 rows (padding rows are zero), so no
+/// group straddles two epilogues. Native, 64-byte aligned memory: it never moves.
+/// <list type="bullet">
+/// <item>F32 / BF16: per group, K/16 chunks of 16 elements of row 0, 1, 2, 3 in turn, then the last K mod 16 elements
+/// of each row: the tile kernel reads a group front to back, one stream (four rows read side by side as four
+/// streams 4K apart lose a third of the bandwidth here).</item>
+/// <item>Q8_0 / Q4_0: per group, K/32 blocks of quants, then K/32 × 4 float32 scales (the rows' fp16 scales widened
+/// exactly), the group padded to 64 bytes. In a block, 128-bit lane L of each 64-byte vector holds 4 bytes of row
+/// 0, then of row 1, 2, 3: Q8_0's first vector holds elements 4L..4L+3 of each row, its second elements
+/// 16+4L..16+4L+3; Q4_0's one vector holds the rows' stored bytes 4L..4L+3, whose low nibbles are elements
+/// 4L..4L+3 and high nibbles elements 16+4L..16+4L+3. One multiply-add then leaves each int32 lane with one row's
+/// partial sum, so a row's scale applies lane by lane and 4 rows reduce together at the end.</item>
+/// </list>
+/// A weight stored in the packed format is copied from its stored blocks (bit-identical quants and scales); any other
+/// is converted once here: rounded to BF16, or quantized with GGML's reference quantizer.
+/// </summary>
+public sealed unsafe class PackedMatrix : IDisposable
+{
+    /// <summary>Bytes of one packed block (32 elements × 4 rows) of quants.</summary>
+    internal const int Q8BlockBytes = 128, Q4BlockBytes = 64;
+
+    private readonly NativeBlock _memory;
+    private readonly List<string> _sources = new();
+
+    /// <summary>An all-zero matrix of <paramref name="rows"/> (a multiple of 4) rows of <paramref name="k"/> elements.</summary>
+    public PackedMatrix(PackedFormat format, int rows, int k)
+    {
+        if (rows <= 0 || rows % Interleaved.RowsPerGroup != 0)
+            throw new ArgumentOutOfRangeException(nameof(rows), rows, "A packed matrix holds a positive whole number of 4-row groups.");
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(k);
+        if (WeightLayouts.IsQuantized(format) && k % 32 != 0)
+            throw new InvalidOperationException($"A {format} layout needs rows whose length is a multiple of 32; these rows hold {k} elements.");
+        Format = format;
+        Rows = rows;
+        K = k;
+        Blocks = WeightLayouts.IsQuantized(format) ? k / 32 : 0;
+        GroupBytes = format switch
+        {
+            PackedFormat.F32 => 4L * k * sizeof(float),
+            PackedFormat.BF16 => 4L * k * sizeof(ushort),
+            PackedFormat.Q8_0 => RoundUp(Blocks * (Q8BlockBytes + 16L), 64),
+            PackedFormat.Q4_0 => RoundUp(Blocks * (Q4BlockBytes + 16L), 64),
+            _ => throw new ArgumentOutOfRangeException(nameof(format), format, "Not a packed format."),
+        };
+        _memory = new NativeBlock(checked(GroupBytes * Groups));
+    }
+
+    public PackedFormat Format { get; }
+
+    /// <summary>Rows, padding included (a multiple of 4).</summary>
+    public int Rows { get; }
+
+    /// <summary>Elements per row.</summary>
+    public int K { get; }
+
+    public int Groups => Rows / Interleaved.RowsPerGroup;
+
+    /// <summary>Blocks of 32 per row (quantized formats; 0 otherwise).</summary>
+    public int Blocks { get; }
+
+    /// <summary>Bytes from one group to the next.</summary>
+    public long GroupBytes { get; }
+
+    /// <summary>Bytes of packed weights.</summary>
+    public long ByteCount => GroupBytes * Groups;
+
+    /// <summary>The first group.</summary>
+    public byte* Data => _memory.Pointer;
+
+    /// <summary>Where each packed weight came from ("Wq: stored Q4_0 blocks"), for the plan's report.</summary>
+    public IReadOnlyList<string> Sources => _sources;
+
+    /// <summary>One line for reports: the layout and where its weights came from.</summary>
+    public string Describe() => $"{WeightLayouts.Describe(Format)} [{Rows}, {K}] ({string.Join("; ", _sources)})";
+
+    /// <summary>Packs <paramref name="weight"/> [Out, K] into rows from <paramref name="rowOffset"/> (a multiple of 4).</summary>
+    public void Pack(int rowOffset, Tensor weight, string name = "")
+    {
+        Check(rowOffset, weight, weight.Rows);
+        var row = new RowSource(this, weight);
+        for (int o = 0; o < weight.Rows; o++) PackRow(rowOffset + o, row.Get(o));
+        Note(name, weight);
+    }
+
+    /// <summary>
+    /// Interleaves two [Out, K] weights row by row (first₀, second₀, first₁, second₁, …) from <paramref name="rowOffset"/>:
+    /// a gate/up pair then meets in the same group, and the epilogue turns each adjacent pair into silu(gate)·up.
+    /// </summary>
+    public void PackInterleaved(int rowOffset, Tensor first, Tensor second, string firstName = "", string secondName = "")
+    {
+        if (first.Rows != second.Rows || first.Cols != second.Cols)
+            throw new ArgumentException($"Interleaved weights differ in shape: {first} and {second}.");
+        Check(rowOffset, first, 2 * first.Rows);
+        var a = new RowSource(this, first);
+        var b = new RowSource(this, second);
+        for (int o = 0; o < first.Rows; o++)
+        {
+            PackRow(rowOffset + 2 * o, a.Get(o));
+            PackRow(rowOffset + 2 * o + 1, b.Get(o));
+        }
+        Note(firstName, first);
+        Note(secondName, second);
+    }
+
+    /// <summary>The float values packed row <paramref name="row"/> stands for (tests, debugging): w = d·q as the kernels see it.</summary>
+    public void DequantizeRow(int row, Span<float> destination)
+    {
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual((uint)row, (uint)Rows, nameof(row));
+        if (destination.Length != K) throw new ArgumentException($"A row holds {K} values, not {destination.Length}.", nameof(destination));
+        byte* group = Data + row / 4 * GroupBytes;
+        int r = row % 4;
+        switch (Format)
+        {
+            case PackedFormat.F32:
+                for (int i = 0; i < K; i++) destination[i] = ((float*)group)[FloatIndex(r, i)];
+                break;
+            case PackedFormat.BF16:
+                for (int i = 0; i < K; i++) destination[i] = BitConverter.UInt32BitsToSingle((uint)((ushort*)group)[FloatIndex(r, i)] << 16);
+                break;
+            default:
+            {
+                bool q4 = Format == PackedFormat.Q4_0;
+                int blockBytes = q4 ? Q4BlockBytes : Q8BlockBytes;
+                float* scales = (float*)(group + (long)Blocks * blockBytes);
+                for (int b = 0; b < Blocks; b++)
+                {
+                    byte* quants = group + (long)b * blockBytes;
+                    for (int e = 0; e < 32; e++)
+                    {
+                        int lane = (e % 16) / 4, j = e % 4, half = e / 16;
+                        int q = q4
+                            ? (half == 0 ? quants[lane * 16 + r * 4 + j] & 0x0F : quants[lane * 16 + r * 4 + j] >> 4) - 8
+                            : (sbyte)quants[half * 64 + lane * 16 + r * 4 + j];
+                        destination[b * 32 + e] = q * scales[b * 4 + r];
+                    }
+                }
+                break;
+            }
+        }
+    }
+
+    /// <summary>Where element <paramref name="i"/> of row <paramref name="r"/> sits in a float layout's group, in elements.</summary>
+    internal int FloatIndex(int r, int i)
+    {
+        int full = K & ~15;
+        return i < full ? (i >> 4) * 64 + r * 16 + (i & 15) : full * 4 + r * (K - full) + (i - full);
+    }
+
+    public void Dispose() => _memory.Dispose();
+
+    private void Check(int rowOffset, Tensor weight, int rows)
+    {
+        ArgumentNullException.ThrowIfNull(weight);
+        if (weight.Rank != 2 || weight.Cols != K)
+            throw new ArgumentException($"A weight of shape {weight} does not have rows of {K} elements.", nameof(weight));
+        if (rowOffset < 0 || rowOffset % Interleaved.RowsPerGroup != 0 || rowOffset + rows > Rows)
+            throw new ArgumentOutOfRangeException(nameof(rowOffset), $"{rows} rows at {rowOffset} do not fit {Rows} packed rows on a 4-row boundary.");
+    }
+
+    private void Note(string name, Tensor weight)
+    {
+        string source = weight.Stored?.Type is { } stored && Matches(stored)
+            ? $"stored {stored} copied"
+            : weight.Stored?.Type is { } other
+                ? (WeightLayouts.IsQuantized(Format) ? $"{other} dequantized, requantized" : $"{other} converted")
+                : Format == PackedFormat.F32 ? "F32 copied" : "F32 converted";
+        string line = name.Length > 0 ? $"{name}: {source}" : source;
+        if (!_sources.Contains(line)) _sources.Add(line);
+    }
+
+    private bool Matches(GgmlType stored) => (Format, stored) switch
+    {
+        (PackedFormat.BF16, GgmlType.BF16) or (PackedFormat.Q8_0, GgmlType.Q8_0) or (PackedFormat.Q4_0, GgmlType.Q4_0) => true,
+        _ => false,
+    };
+
+    /// <summary>Writes one row, given in the packed format's plain encoding (floats, bf16 bits or GGML blocks).</summary>
+    private void PackRow(int row, ReadOnlySpan<byte> encoded)
+    {
+        byte* group = Data + row / 4 * GroupBytes;
+        int r = row % 4;
+        switch (Format)
+        {
+            case PackedFormat.F32:
+            {
+                var values = MemoryMarshal.Cast<byte, float>(encoded);
+                for (int i = 0; i < K; i++) ((float*)group)[FloatIndex(r, i)] = values[i];
+                break;
+            }
+            case PackedFormat.BF16:
+            {
+                var values = MemoryMarshal.Cast<byte, ushort>(encoded);
+                for (int i = 0; i < K; i++) ((ushort*)group)[FloatIndex(r, i)] = values[i];
+                break;
+            }
+            case PackedFormat.Q8_0:
+            {
+                float* scales = (float*)(group + (long)Blocks * Q8BlockBytes);
+                for (int b = 0; b < Blocks; b++)
+                {
+                    var block = encoded.Slice(b * 34, 34);
+                    scales[b * 4 + r] = Fp16.ToSingle(BinaryPrimitives.ReadUInt16LittleEndian(block));
+                    byte* quants = group + (long)b * Q8BlockBytes;
+                    for (int lane = 0; lane < 4; lane++)
+                    {
+                        for (int j = 0; j < 4; j++)
+                        {
+                            quants[lane * 16 + r * 4 + j] = block[2 + 4 * lane + j];
+                            quants[64 + lane * 16 + r * 4 + j] = block[2 + 16 + 4 * lane + j];
+                        }
+                    }
+                }
+                break;
+            }
+            case PackedFormat.Q4_0:
+            {
+                float* scales = (float*)(group + (long)Blocks * Q4BlockBytes);
+                for (int b = 0; b < Blocks; b++)
+                {
+                    var block = encoded.Slice(b * 18, 18);
+                    scales[b * 4 + r] = Fp16.ToSingle(BinaryPrimitives.ReadUInt16LittleEndian(block));
+                    byte* quants = group + (long)b * Q4BlockBytes;
+                    for (int lane = 0; lane < 4; lane++)
+                        for (int j = 0; j < 4; j++)
+                            quants[lane * 16 + r * 4 + j] = block[2 + 4 * lane + j];
+                }
+                break;
+            }
+        }
+    }
+
+    private static long RoundUp(long value, long multiple) => (value + multiple - 1) / multiple * multiple;
+
+    /// <summary>A weight's rows in the packed format's plain encoding: its stored bytes when they match, else converted.</summary>
+    private readonly ref struct RowSource
+    {
+        private readonly Tensor _weight;
+        private readonly PackedFormat _format;
+        private readonly byte[]? _stored;
+        private readonly byte[] _converted;
+        private readonly int _rowBytes;
+
+        public RowSource(PackedMatrix matrix, Tensor weight)
+        {
+            _weight = weight;
+            _format = matrix.Format;
+            int k = weight.Cols;
+            _rowBytes = _format switch
+            {
+                PackedFormat.F32 => k * sizeof(float),
+                PackedFormat.BF16 => k * sizeof(ushort),
+                PackedFormat.Q8_0 => Q8_0.RowBytes(k),
+                _ => Kiln.Kernels.Quantized.Q4_0.RowBytes(k),
+            };
+            _stored = weight.Stored is { } stored && matrix.Matches(stored.Type) ? stored.Bytes : null;
+            _converted = new byte[_rowBytes];
+        }
+
+        public ReadOnlySpan<byte> Get(int row)
+        {
+            if (_stored is not null) return _stored.AsSpan(row * _rowBytes, _rowBytes);
+            var values = _weight.Row(row);
+            switch (_format)
+            {
+                case PackedFormat.F32: return MemoryMarshal.AsBytes(values);
+                case PackedFormat.BF16: Kiln.Kernels.Quantized.BF16.QuantizeRow(values, _converted); break;
+                case PackedFormat.Q8_0: Q8_0.QuantizeRow(values, _converted); break;
+                default: Kiln.Kernels.Quantized.Q4_0.QuantizeRow(values, _converted); break;
+            }
+            return _converted;
+        }
+    }
+}

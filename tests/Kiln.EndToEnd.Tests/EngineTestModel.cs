@@ -1,0 +1,89 @@
+using System.Collections.Concurrent;
+using Kiln.Engine.Scheduling;
+using Kiln.Engine.Serving;
+using Kiln.Loading;
+using Kiln.Models;
+using Kiln.Tokenization;
+
+namespace Kiln.EndToEnd.Tests;
+
+/// <summary>
+/// The real stories260K model and tokenizer, loaded once for the engine tests, with the reference every engine
+/// output is held to: the request generated alone, by <see cref="TokenGenerator"/> over the eager forward and a
+/// contiguous KV cache.
+/// </summary>
+internal static class EngineTestModel
+{
+    private static readonly Lazy<(Llama Model, KilnTokenizer Tokenizer)> Loaded = new(() =>
+    {
+        using var file = ModelFile.Open(StoriesReference.ModelPath("stories260K.gguf"));
+        return (Llama.Load(file), KilnTokenizer.FromModelFile(file));
+    });
+
+    private static readonly ConcurrentDictionary<string, int[]> References = new();
+    private static readonly object ReferenceLock = new();
+    private static TokenGenerator? s_referenceGenerator;
+
+    public static Llama Model => Loaded.Value.Model;
+
+    public static KilnTokenizer Tokenizer => Loaded.Value.Tokenizer;
+
+    /// <summary>An engine on the eager reference plan (batch-invariant and paged-capable by construction).</summary>
+    public static KilnEngine CreateEngine(EngineOptions options) =>
+        new(Model, tokens => new EagerPlan(Model, tokens), Tokenizer, options);
+
+    /// <summary>The greedy continuation of <paramref name="prompt"/> run alone; stops at EOS unless told not to.</summary>
+    public static int[] Reference(int[] prompt, int maxTokens, bool stopAtEndOfSequence = true)
+    {
+        string key = $"{string.Join(",", prompt)}|{maxTokens}|{stopAtEndOfSequence}";
+        return References.GetOrAdd(key, _ =>
+        {
+            lock (ReferenceLock)
+            {
+                s_referenceGenerator ??= new TokenGenerator(Model, new EagerPlan(Model, maxTokensPerStep: 64), maxContext: 512);
+                int stop = stopAtEndOfSequence ? Tokenizer.EosId : -1;
+                return s_referenceGenerator.Generate(prompt, maxTokens, SamplingOptions.Greedy, stop).ToArray();
+            }
+        });
+    }
+
+    /// <summary>Everything one request streamed.</summary>
+    public sealed record Outcome(int[] Tokens, string Text, float?[] Logprobs, GenerationUpdate Final, int FinalCount);
+
+    public static async Task<Outcome> Collect(IAsyncEnumerable<GenerationUpdate> updates, Action<int>? afterToken = null)
+    {
+        var tokens = new List<int>();
+        var logprobs = new List<float?>();
+        var text = new System.Text.StringBuilder();
+        GenerationUpdate final = default;
+        int finals = 0;
+        await foreach (var update in updates)
+        {
+            text.Append(update.Text);
+            if (update.IsFinal)
+            {
+                final = update;
+                finals++;
+                continue;
+            }
+            Assert.Equal(0, finals); // nothing after the final update
+            tokens.Add(update.TokenId);
+            logprobs.Add(update.Logprob);
+            afterToken?.Invoke(tokens.Count);
+        }
+        return new Outcome(tokens.ToArray(), text.ToString(), logprobs.ToArray(), final, finals);
+    }
+
+    /// <summary>Waits for the engine loop to publish an idle pool: every block free (a cancel frees at the next step).</summary>
+    public static async Task<EngineStatistics> WaitUntilIdle(KilnEngine engine)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (true)
+        {
+            var statistics = engine.GetStatistics();
+            if (statistics.KvBlocksUsed == 0 && statistics.RunningRequests == 0 && statistics.WaitingRequests == 0) return statistics;
+            if (DateTime.UtcNow > deadline) Assert.Fail($"The engine never went idle: {statistics}");
+            await Task.Delay(5);
+        }
+    }
+}

@@ -1,0 +1,386 @@
+using System.Diagnostics.Metrics;
+using Kiln.Engine.Scheduling;
+using Kiln.Engine.Serving;
+using static Kiln.EndToEnd.Tests.EngineTestModel;
+
+namespace Kiln.EndToEnd.Tests;
+
+/// <summary>The batching engine on the real stories260K model: streaming, stops, cancellation, caching, limits.</summary>
+public sealed class EngineTests
+{
+    private static readonly StoriesReference Stories = StoriesReference.Load();
+
+    private static EngineOptions Small(int blockSize = 4, int tokenBudget = 16, int maxRunning = 8) => new()
+    {
+        BlockSize = blockSize,
+        TokenBudget = tokenBudget,
+        MaxRunningRequests = maxRunning,
+        MaxContext = 256,
+        KvCacheBytes = 4 << 20,
+    };
+
+    [Fact]
+    public async Task OneRequestStreamsTheReferenceContinuationAndItsText()
+    {
+        await using var engine = CreateEngine(Small());
+        var outcome = await Collect(engine.GenerateAsync("Once upon a time", new GenerationOptions { MaxTokens = 64, IgnoreEndOfSequence = true }));
+
+        Assert.Equal(Stories.GeneratedIds, outcome.Tokens);
+        Assert.Equal(Stories.Text, "Once upon a time" + outcome.Text);
+        Assert.Equal(1, outcome.FinalCount);
+        Assert.Equal(FinishReason.Length, outcome.Final.FinishReason);
+        Assert.Equal(new GenerationUsage(Stories.PromptIds.Length, 0, 64), outcome.Final.Usage);
+        Assert.All(outcome.Logprobs, l => Assert.Null(l));
+        await WaitUntilIdle(engine);
+    }
+
+    [Fact]
+    public async Task ConcurrentRequestsEachGenerateWhatTheyGenerateAlone()
+    {
+        string[] prompts = ["Once upon a time", "Lily", "The cat sat on the", "One day, a big dog", "Tom and Sue went to the park. They"];
+        await using var engine = CreateEngine(Small(tokenBudget: 12, maxRunning: 4));
+        var runs = prompts.Select(p => Collect(engine.GenerateAsync(p, new GenerationOptions { MaxTokens = 30, Logprobs = true }))).ToArray();
+        var outcomes = await Task.WhenAll(runs);
+
+        await using var alone = CreateEngine(Small(maxRunning: 1));
+        for (int i = 0; i < prompts.Length; i++)
+        {
+            int[] prompt = Tokenizer.Encode(prompts[i]);
+            Assert.Equal(Reference(prompt, 30), outcomes[i].Tokens);
+            // Bitwise the same logits, batched or alone: the logprobs computed from them match exactly.
+            var single = await Collect(alone.GenerateAsync(prompt, new GenerationOptions { MaxTokens = 30, Logprobs = true }));
+            Assert.Equal(single.Tokens, outcomes[i].Tokens);
+            Assert.Equal(single.Logprobs, outcomes[i].Logprobs);
+            Assert.All(outcomes[i].Logprobs, l => Assert.True(l <= 0));
+        }
+        await WaitUntilIdle(engine);
+    }
+
+    [Fact]
+    public async Task AStopStringEndsTheRequestAndIsCutFromTheText()
+    {
+        await using var engine = CreateEngine(Small());
+        var options = new GenerationOptions { MaxTokens = 64, IgnoreEndOfSequence = true, StopStrings = ["park", "never appears"] };
+        var outcome = await Collect(engine.GenerateAsync("Once upon a time", options));
+
+        string expected = Stories.Text["Once upon a time".Length..];
+        expected = expected[..expected.IndexOf("park", StringComparison.Ordinal)];
+        Assert.Equal(expected, outcome.Text);
+        Assert.Equal(FinishReason.Stop, outcome.Final.FinishReason);
+        Assert.True(outcome.Tokens.Length < 64);
+        Assert.Equal(Stories.GeneratedIds[..outcome.Tokens.Length], outcome.Tokens);
+        Assert.Equal(outcome.Tokens.Length, outcome.Final.Usage!.Value.CompletionTokens);
+        await WaitUntilIdle(engine);
+    }
+
+    [Fact]
+    public async Task AStopTokenEndsTheRequestWithoutBeingEmitted()
+    {
+        await using var engine = CreateEngine(Small());
+        int stop = Stories.GeneratedIds[5];
+        var outcome = await Collect(engine.GenerateAsync(Stories.PromptIds, new GenerationOptions { MaxTokens = 64, StopTokens = [stop] }));
+        Assert.Equal(Stories.GeneratedIds[..5], outcome.Tokens);
+        Assert.Equal(FinishReason.Stop, outcome.Final.FinishReason);
+    }
+
+    [Fact]
+    public async Task CancellingMidStreamEndsTheRequestAndFreesItsBlocks()
+    {
+        await using var engine = CreateEngine(Small());
+        using var cancel = new CancellationTokenSource();
+        var outcome = await Collect(
+            engine.GenerateAsync(Stories.PromptIds, new GenerationOptions { MaxTokens = 200, IgnoreEndOfSequence = true }, cancel.Token),
+            afterToken: count => { if (count == 3) cancel.Cancel(); });
+
+        Assert.Equal(FinishReason.Cancelled, outcome.Final.FinishReason);
+        Assert.InRange(outcome.Tokens.Length, 3, 199);
+        Assert.Equal(Stories.GeneratedIds[..Math.Min(outcome.Tokens.Length, 64)], outcome.Tokens[..Math.Min(outcome.Tokens.Length, 64)]);
+        await WaitUntilIdle(engine);
+    }
+
+    [Fact]
+    public async Task LeavingTheStreamEarlyCancelsTheRequest()
+    {
+        await using var engine = CreateEngine(Small());
+        int seen = 0;
+        await foreach (var update in engine.GenerateAsync(Stories.PromptIds, new GenerationOptions { MaxTokens = 200, IgnoreEndOfSequence = true }))
+        {
+            if (++seen == 2) break;
+        }
+        var idle = await WaitUntilIdle(engine);
+        Assert.True(idle.GeneratedTokens < 200, $"the abandoned request ran on: {idle}");
+    }
+
+    [Fact]
+    public async Task DisposingTheEngineEndsEveryOpenRequestWithAReason()
+    {
+        var engine = CreateEngine(Small(maxRunning: 2));
+        var options = new GenerationOptions { MaxTokens = 200, IgnoreEndOfSequence = true };
+        var first = engine.GenerateAsync(Stories.PromptIds, options).GetAsyncEnumerator();
+        Assert.True(await first.MoveNextAsync()); // running
+        var queued = Enumerable.Range(0, 3).Select(_ => Collect(engine.GenerateAsync(Stories.PromptIds, options))).ToArray();
+
+        await engine.DisposeAsync();
+        GenerationUpdate last = first.Current;
+        while (await first.MoveNextAsync()) last = first.Current;
+        Assert.Equal(FinishReason.Cancelled, last.FinishReason);
+        Assert.Contains("disposed", last.ErrorMessage);
+        foreach (var outcome in await Task.WhenAll(queued))
+        {
+            Assert.Equal(FinishReason.Cancelled, outcome.Final.FinishReason);
+            Assert.Contains("disposed", outcome.Final.ErrorMessage);
+        }
+        Assert.Throws<ObjectDisposedException>(() => engine.GenerateAsync("Lily"));
+        await engine.DisposeAsync(); // twice is fine
+    }
+
+    [Fact]
+    public async Task ARequestThatCanNeverFitFailsAtOnceBeforeStreaming()
+    {
+        await using var engine = CreateEngine(Small() with { MaxContext = 32 });
+        var tooLong = Enumerable.Repeat(Stories.PromptIds[1], 32).ToArray();
+        var error = Assert.Throws<ArgumentException>(() => engine.GenerateAsync(tooLong));
+        Assert.Contains("max context of 32", error.Message);
+        Assert.Throws<ArgumentException>(() => engine.GenerateAsync(Array.Empty<int>()));
+        Assert.Throws<ArgumentOutOfRangeException>(() => engine.GenerateAsync([1, 100_000]));
+        Assert.Throws<ArgumentOutOfRangeException>(() => engine.GenerateAsync("Lily", new GenerationOptions { MaxTokens = 0 }));
+
+        // The KV memory, not the context, is the limit: 2 blocks of 4 tokens.
+        long twoBlocks = 2 * KvCache.BytesPerBlock(Model.LayerCount, 4, Model.KvDim);
+        await using var tiny = CreateEngine(Small() with { KvCacheBytes = twoBlocks });
+        error = Assert.Throws<ArgumentException>(() => tiny.GenerateAsync(tooLong[..8]));
+        Assert.Contains("KV memory", error.Message);
+        var fits = await Collect(tiny.GenerateAsync(tooLong[..7], new GenerationOptions { MaxTokens = 5 }));
+        Assert.Equal(FinishReason.Length, fits.Final.FinishReason);
+        Assert.Single(fits.Tokens); // the 8-position pool ends it after one token
+    }
+
+    [Fact]
+    public async Task APrefixCacheHitGivesTheSameTokensAndReportsCachedTokens()
+    {
+        int[] prompt = Tokenizer.Encode("Once upon a time, there was a little girl named Lily. She loved to play outside in the");
+        var options = new GenerationOptions { MaxTokens = 20, Logprobs = true };
+        foreach (bool caching in new[] { true, false })
+        {
+            await using var engine = CreateEngine(Small() with { PrefixCaching = caching });
+            var miss = await Collect(engine.GenerateAsync(prompt, options));
+            var hit = await Collect(engine.GenerateAsync(prompt, options));
+
+            Assert.Equal(Reference(prompt, 20), miss.Tokens);
+            Assert.Equal(miss.Tokens, hit.Tokens);
+            Assert.Equal(miss.Logprobs, hit.Logprobs);
+            Assert.Equal(0, miss.Final.Usage!.Value.CachedPromptTokens);
+            // Full blocks of the prompt but the last token, which is always computed for its logits.
+            int cachable = (prompt.Length - 1) / 4 * 4;
+            Assert.Equal(caching ? cachable : 0, hit.Final.Usage!.Value.CachedPromptTokens);
+            var statistics = await WaitUntilIdle(engine);
+            Assert.Equal(caching, statistics.PrefixHitTokens > 0);
+        }
+    }
+
+    [Fact]
+    public async Task PreemptionUnderATinyBlockBudgetGivesTheSameGreedyText()
+    {
+        // Room for about two sequences: the others wait, and running ones get preempted and recompute.
+        long bytes = 14 * KvCache.BytesPerBlock(Model.LayerCount, 4, Model.KvDim);
+        await using var engine = CreateEngine(Small(tokenBudget: 16, maxRunning: 6) with { KvCacheBytes = bytes, MaxContext = 56 });
+        string[] prompts = ["Once upon a time", "Lily", "The cat sat on the", "One day, a big dog", "Tom", "The sun"];
+        var outcomes = await Task.WhenAll(prompts.Select(p => Collect(engine.GenerateAsync(p, new GenerationOptions { MaxTokens = 36 }))));
+        var statistics = await WaitUntilIdle(engine);
+
+        Assert.True(statistics.Preemptions > 0, $"nothing was preempted: {statistics}");
+        for (int i = 0; i < prompts.Length; i++)
+            Assert.Equal(Reference(Tokenizer.Encode(prompts[i]), 36), outcomes[i].Tokens);
+    }
+
+    [Fact]
+    public async Task ChunkedPrefillOffAndCompressedStorageStillServe()
+    {
+        int[] prompt = Tokenizer.Encode("Once upon a time, there was a little girl named Lily. She loved to play outside");
+        await using (var unchunked = CreateEngine(Small(tokenBudget: 8) with { ChunkedPrefill = false }))
+        {
+            Assert.True(unchunked.TokenBudget >= unchunked.MaxContext);
+            var outcome = await Collect(unchunked.GenerateAsync(prompt, new GenerationOptions { MaxTokens = 16 }));
+            Assert.Equal(Reference(prompt, 16), outcome.Tokens);
+        }
+        foreach (var storage in new[] { KvStorage.F16, KvStorage.Int8 })
+        {
+            await using var engine = CreateEngine(Small() with { KvStorage = storage, KvHeadDim = Model.HeadDim });
+            Assert.Equal(storage, engine.Cache.Storage);
+            var outcome = await Collect(engine.GenerateAsync(prompt, new GenerationOptions { MaxTokens = 16 }));
+            Assert.Equal(FinishReason.Length, outcome.Final.FinishReason);
+            // Close to full precision on this model: the first tokens agree.
+            Assert.Equal(Reference(prompt, 16)[..4], outcome.Tokens[..4]);
+        }
+    }
+
+    [Fact]
+    public async Task SeededSamplingIsReproducibleWhateverElseRuns()
+    {
+        var sampled = new GenerationOptions { MaxTokens = 24, Temperature = 0.9f, TopP = 0.95f, MinP = 0.02f, RepetitionPenalty = 1.1f, Seed = 42, IgnoreEndOfSequence = true };
+        await using var engine = CreateEngine(Small(maxRunning: 4));
+        var alone = await Collect(engine.GenerateAsync(Stories.PromptIds, sampled));
+        var crowd = Enumerable.Range(0, 3).Select(i => Collect(engine.GenerateAsync("Lily went", sampled with { Seed = (ulong)i }))).ToList();
+        var batched = await Collect(engine.GenerateAsync(Stories.PromptIds, sampled));
+        await Task.WhenAll(crowd);
+        var otherSeed = await Collect(engine.GenerateAsync(Stories.PromptIds, sampled with { Seed = 43 }));
+
+        Assert.Equal(alone.Tokens, batched.Tokens);
+        Assert.NotEqual(alone.Tokens, otherSeed.Tokens);
+    }
+
+    [Fact]
+    public async Task MetricsReportLatencyTokensAndBlocks()
+    {
+        // Engines of other tests run meanwhile: listen only to the meter this engine gets from its own factory.
+        using var meters = new ScopedMeterFactory();
+        var recorded = new System.Collections.Concurrent.ConcurrentDictionary<string, double>();
+        using var listener = new MeterListener();
+        listener.InstrumentPublished = (instrument, l) =>
+        {
+            if (instrument.Meter.Name == KilnEngine.MeterName && instrument.Meter.Scope == meters) l.EnableMeasurementEvents(instrument);
+        };
+        listener.SetMeasurementEventCallback<double>((instrument, value, _, _) => recorded.AddOrUpdate(instrument.Name, value, (_, sum) => sum + value));
+        listener.SetMeasurementEventCallback<long>((instrument, value, _, _) => recorded.AddOrUpdate(instrument.Name, value, (_, sum) => sum + value));
+        listener.SetMeasurementEventCallback<int>((instrument, value, _, _) => recorded[instrument.Name] = value);
+        listener.Start();
+
+        await using var engine = CreateEngine(Small() with { MeterFactory = meters });
+        await Task.WhenAll(Enumerable.Range(0, 3).Select(_ => Collect(engine.GenerateAsync("Lily", new GenerationOptions { MaxTokens = 10, IgnoreEndOfSequence = true }))));
+        await WaitUntilIdle(engine);
+        listener.RecordObservableInstruments();
+
+        Assert.Equal(30, recorded["kiln.engine.generated_tokens"]);
+        Assert.True(recorded["kiln.engine.time_to_first_token"] > 0);
+        Assert.True(recorded["kiln.engine.time_between_tokens"] > 0);
+        Assert.Equal(3, recorded["kiln.engine.finished_requests"]);
+        Assert.Equal(0, recorded["kiln.engine.kv_blocks.used"]);
+        Assert.Equal(engine.Cache.BlockCount, recorded["kiln.engine.kv_blocks.free"]);
+        Assert.Equal(0, recorded["kiln.engine.requests.running"]);
+        Assert.True(recorded.ContainsKey("kiln.engine.prefix_cache.hit_rate"));
+    }
+
+    [Fact]
+    public async Task NSamplesShareThePromptAndEachIsTheSampleItsSeedGivesAlone()
+    {
+        int[] prompt = Tokenizer.Encode("Once upon a time, there was a little girl named Lily. She loved to play");
+        var options = new GenerationOptions { MaxTokens = 12, Temperature = 0.8f, Seed = 11, N = 3, IgnoreEndOfSequence = true };
+        await using var engine = CreateEngine(Small());
+        var tokens = new List<int>[3];
+        var finals = new GenerationUpdate[3];
+        for (int i = 0; i < 3; i++) tokens[i] = [];
+        await foreach (var update in engine.GenerateAsync(prompt, options))
+        {
+            Assert.Equal(default, finals[update.Index]); // nothing after a sample's final update
+            if (update.IsFinal) finals[update.Index] = update;
+            else tokens[update.Index].Add(update.TokenId);
+        }
+
+        int cachable = (prompt.Length - 1) / 4 * 4;
+        for (int i = 0; i < 3; i++)
+        {
+            Assert.Equal(FinishReason.Length, finals[i].FinishReason);
+            Assert.Equal(12, finals[i].Usage!.Value.CompletionTokens);
+            // The first sample computes the prompt; the others take its full blocks from the prefix cache.
+            Assert.Equal(i == 0 ? 0 : cachable, finals[i].Usage!.Value.CachedPromptTokens);
+            var alone = await Collect(engine.GenerateAsync(prompt, options with { N = 1, Seed = 11 + (ulong)i }));
+            Assert.Equal(alone.Tokens, tokens[i]);
+        }
+        Assert.NotEqual(tokens[0], tokens[1]);
+        await WaitUntilIdle(engine);
+    }
+
+    [Fact]
+    public async Task CancellingAnNSampleRequestEndsEverySample()
+    {
+        await using var engine = CreateEngine(Small(maxRunning: 2));
+        using var cancel = new CancellationTokenSource();
+        var reasons = new Dictionary<int, FinishReason>();
+        int seen = 0;
+        await foreach (var update in engine.GenerateAsync(Stories.PromptIds, new GenerationOptions { MaxTokens = 200, N = 4, IgnoreEndOfSequence = true }, cancel.Token))
+        {
+            if (++seen == 3) cancel.Cancel();
+            if (update.IsFinal) reasons.Add(update.Index, update.FinishReason);
+        }
+        Assert.Equal(4, reasons.Count);
+        Assert.All(reasons.Values, r => Assert.Equal(FinishReason.Cancelled, r));
+        await WaitUntilIdle(engine);
+    }
+
+    [Fact]
+    public async Task TheEngineLoopAllocatesNothingBetweenSteadyDecodeSteps()
+    {
+        var plans = new List<AllocationMeasuringPlan>();
+        await using (var engine = new KilnEngine(Model, tokens =>
+        {
+            var plan = new AllocationMeasuringPlan(new EagerPlan(Model, tokens));
+            plans.Add(plan);
+            return plan;
+        }, Tokenizer, Small(maxRunning: 4)))
+        {
+            var options = new GenerationOptions { MaxTokens = 40, IgnoreEndOfSequence = true, Temperature = 0.7f, TopK = 40, Seed = 3 };
+            await Task.WhenAll(Enumerable.Range(0, 4).Select(_ => Collect(engine.GenerateAsync(Stories.PromptIds, options))));
+        }
+        var gaps = plans.Single().SteadyDecodeGaps;
+        Assert.True(gaps.Count > 20, $"only {gaps.Count} steady decode steps measured");
+        Assert.Equal(0, gaps.Sum());
+    }
+
+    /// <summary>
+    /// Records, on the engine loop's thread, the bytes it allocated between two consecutive decode-only steps of the
+    /// same sequences (no request started or ended between them), leaving out what the wrapped plan allocates.
+    /// </summary>
+    private sealed class AllocationMeasuringPlan(ICompiledPlan inner) : ICompiledPlan
+    {
+        private long _allocatedAfterLastStep = -1;
+        private int _lastDecodeSequences = -1;
+
+        public List<long> SteadyDecodeGaps { get; } = [];
+
+        public int MaxTokensPerStep => inner.MaxTokensPerStep;
+
+        public int VocabSize => inner.VocabSize;
+
+        public string FusionReport => inner.FusionReport;
+
+        public void Step(ReadOnlySpan<int> tokens, AttentionContext context, Span<float> logits)
+        {
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            bool decodeOnly = context.TokenCount == context.SequenceCount;
+            if (decodeOnly && context.SequenceCount == _lastDecodeSequences) SteadyDecodeGaps.Add(before - _allocatedAfterLastStep);
+            _lastDecodeSequences = decodeOnly ? context.SequenceCount : -1;
+            inner.Step(tokens, context, logits);
+            _allocatedAfterLastStep = GC.GetAllocatedBytesForCurrentThread();
+        }
+
+        public void Dispose() => inner.Dispose();
+    }
+
+    [Fact]
+    public async Task ManyThreadsCanSubmitAtOnce()
+    {
+        await using var engine = CreateEngine(Small(maxRunning: 8));
+        int[] expected = Reference(Stories.PromptIds, 8);
+        var outcomes = await Task.WhenAll(Enumerable.Range(0, 16).Select(_ => Task.Run(() => Collect(engine.GenerateAsync(Stories.PromptIds, new GenerationOptions { MaxTokens = 8 })))));
+        Assert.All(outcomes, o => Assert.Equal(expected, o.Tokens));
+        await WaitUntilIdle(engine);
+    }
+
+    /// <summary>Meters scoped to this factory, as dependency injection hands them out.</summary>
+    private sealed class ScopedMeterFactory : IMeterFactory
+    {
+        private readonly List<Meter> _meters = [];
+
+        public Meter Create(MeterOptions options)
+        {
+            var meter = new Meter(new MeterOptions(options.Name) { Version = options.Version, Tags = options.Tags, Scope = this });
+            lock (_meters) _meters.Add(meter);
+            return meter;
+        }
+
+        public void Dispose()
+        {
+            lock (_meters) _meters.ForEach(m => m.Dispose());
+        }
+    }
+}

@@ -1,0 +1,315 @@
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using Kiln.Kernels;
+using Kiln.Kernels.MatMul;
+using Kiln.Kernels.Quantized;
+using Kiln.Loading;
+using Kiln.Threading;
+
+namespace Kiln.Generators.Tests;
+
+/// <summary>
+/// The runtime pieces the generated plans call: packing (stored bytes copied, everything else converted), input
+/// preparation (norm, Q8 quantization) and the tile kernels, each against an independent reference — the per-format
+/// dots of Kiln.Kernels.Quantized on the same Q8 activations, or float64 loops — on shapes with partial groups and
+/// odd token counts. Also: a run split into ranges gives the same bits as one run (thread-count independence).
+/// </summary>
+public sealed class GemmTests
+{
+    public static TheoryData<PackedFormat, int, int, int> Shapes()
+    {
+        var data = new TheoryData<PackedFormat, int, int, int>();
+        foreach (var format in new[] { PackedFormat.F32, PackedFormat.BF16, PackedFormat.Q8_0, PackedFormat.Q4_0 })
+            foreach (var (rows, k, tokens) in new[] { (4, 32, 1), (13, 64, 3), (32, 96, 5), (8, 256, 8), (7, 128, 2) })
+                data.Add(format, rows, k, tokens);
+        data.Add(PackedFormat.F32, 6, 40, 3);  // K not a multiple of 16: the float kernels' scalar tail
+        data.Add(PackedFormat.BF16, 5, 24, 4);
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(Shapes))]
+    public void KernelsMatchTheReferenceDots(PackedFormat format, int rows, int k, int tokens)
+    {
+        var weights = Matrix(rows, k, seed: rows * 31 + k);
+        var x = Matrix(tokens, k, seed: tokens + 7);
+        var tensor = Stored(format, weights, rows, k);
+        using var packed = new PackedMatrix(format, WeightLayouts.PadRows(rows), k);
+        packed.Pack(0, tensor);
+        using var pool = new WorkerPool(1);
+        using var scratch = new GemmScratch(tokens, k);
+        using var memory = new NativeBlock(x.Length * sizeof(float));
+        var buffer = memory.Floats(0, x.Length);
+        x.CopyTo(buffer.Span);
+        var input = scratch.Prepare(format, buffer, k, tokens, k, norm: null, eps: 0, pool);
+
+        var expected = Expected(format, tensor, rows, k, x, tokens);
+        var fast = Run(packed, input, rows, tokens, scalar: false);
+        var scalar = Run(packed, input, rows, tokens, scalar: true);
+        double scale = expected.Max(Math.Abs) + 1e-30;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            Assert.True(Math.Abs(fast[i] - expected[i]) <= 2e-5 * scale, $"{format} [{rows}×{k}]·{tokens}: y[{i}] = {fast[i]}, reference {expected[i]}");
+            Assert.True(Math.Abs(scalar[i] - expected[i]) <= 2e-5 * scale, $"{format} scalar: y[{i}] = {scalar[i]}, reference {expected[i]}");
+        }
+    }
+
+    [Theory]
+    [InlineData(PackedFormat.Q4_0)]
+    [InlineData(PackedFormat.Q8_0)]
+    [InlineData(PackedFormat.F32)]
+    public void ASplitRunGivesTheSameBitsAsOneRun(PackedFormat format)
+    {
+        const int rows = 44, k = 64, tokens = 7;
+        var tensor = Stored(format, Matrix(rows, k, 3), rows, k);
+        using var packed = new PackedMatrix(format, rows, k);
+        packed.Pack(0, tensor);
+        using var pool = new WorkerPool(1);
+        using var scratch = new GemmScratch(tokens, k);
+        using var memory = new NativeBlock(tokens * k * sizeof(float));
+        Matrix(tokens, k, 4).CopyTo(memory.Floats(0, tokens * k).Span);
+        var input = scratch.Prepare(format, memory.Floats(0, tokens * k), k, tokens, k, null, 0, pool);
+
+        var whole = Run(packed, input, rows, tokens, scalar: false);
+        var parts = new float[tokens * rows];
+        var collect = new Collect { Y = parts, Stride = rows, Calls = new int[packed.Groups * tokens] };
+        foreach (var (first, end) in new[] { (0, 1), (1, 4), (4, 5), (5, 11) })
+            Gemm.Run(packed, input, first, end, ref collect);
+        Assert.Equal(whole, parts);
+        Assert.All(collect.Calls, calls => Assert.Equal(1, calls)); // every (group, token) exactly once
+    }
+
+    [Theory]
+    [InlineData(PackedFormat.Q8_0)]
+    [InlineData(PackedFormat.Q4_0)]
+    [InlineData(PackedFormat.F32)]
+    public void PreparationFusesTheRmsNormAsTheEagerOpComputesIt(PackedFormat format)
+    {
+        const int rows = 8, k = 64, tokens = 3;
+        var tensor = Stored(format, Matrix(rows, k, 5), rows, k);
+        using var packed = new PackedMatrix(format, rows, k);
+        packed.Pack(0, tensor);
+        var x = Matrix(tokens, k, 6);
+        var g = Enumerable.Range(0, k).Select(i => 0.5f + i / (float)k).ToArray();
+        using var pool = new WorkerPool(2);
+        using var scratch = new GemmScratch(tokens, k);
+        using var memory = new NativeBlock(x.Length * sizeof(float));
+        x.CopyTo(memory.Floats(0, x.Length).Span);
+        var input = scratch.Prepare(format, memory.Floats(0, x.Length), k, tokens, k, g, 1e-5f, pool);
+
+        // The eager op's normalized rows, then the same matmul on them.
+        var normalized = Ops.RmsNorm(new Tensor(x, tokens, k), new Tensor(g, k), 1e-5f).Data;
+        var expected = Expected(format, tensor, rows, k, normalized, tokens);
+        var actual = Run(packed, input, rows, tokens, scalar: false);
+        double scale = expected.Max(Math.Abs);
+        for (int i = 0; i < expected.Length; i++)
+            Assert.True(Math.Abs(actual[i] - expected[i]) <= 2e-5 * scale, $"y[{i}] = {actual[i]}, reference {expected[i]}");
+    }
+
+    [Theory]
+    [InlineData(GgmlType.Q4_0, PackedFormat.Q4_0)]
+    [InlineData(GgmlType.Q8_0, PackedFormat.Q8_0)]
+    [InlineData(GgmlType.BF16, PackedFormat.BF16)]
+    public void PackingCopiesStoredBlocksWithoutRequantizing(GgmlType type, PackedFormat format)
+    {
+        const int rows = 6, k = 64;
+        var values = Matrix(rows, k, 9);
+        var bytes = new byte[GgmlTypeTraits.Of(type).ByteCount(values.Length)];
+        Quantize.FromFloat32(type, values, bytes);
+        var decoded = new float[values.Length];
+        Dequantize.ToFloat32(type, bytes, decoded);
+        // Data deliberately unrelated to the stored bytes: the packed layout must come from the bytes.
+        var tensor = new Tensor(new float[values.Length], rows, k) { Stored = new StoredTensor(type, bytes) };
+        using var packed = new PackedMatrix(format, 8, k);
+        packed.Pack(0, tensor, "W");
+        var row = new float[k];
+        for (int r = 0; r < rows; r++)
+        {
+            packed.DequantizeRow(r, row);
+            Assert.Equal(decoded.AsSpan(r * k, k).ToArray(), row);
+        }
+        packed.DequantizeRow(rows, row);
+        Assert.All(row, v => Assert.Equal(0f, v)); // the padding rows are zero
+        Assert.Contains($"W: stored {type} copied", packed.Describe());
+    }
+
+    [Fact]
+    public void ConvertedWeightsUseGgmlsReferenceQuantizer()
+    {
+        const int rows = 4, k = 96;
+        var values = Matrix(rows, k, 11);
+        using var packed = new PackedMatrix(PackedFormat.Q4_0, rows, k);
+        packed.Pack(0, new Tensor(values, rows, k), "W");
+        var expected = new float[values.Length];
+        var bytes = new byte[Kiln.Kernels.Quantized.Q4_0.RowBytes(k) * rows];
+        Quantize.FromFloat32(GgmlType.Q4_0, values, bytes);
+        Dequantize.ToFloat32(GgmlType.Q4_0, bytes, expected);
+        var row = new float[k];
+        for (int r = 0; r < rows; r++)
+        {
+            packed.DequantizeRow(r, row);
+            Assert.Equal(expected.AsSpan(r * k, k).ToArray(), row);
+        }
+        Assert.Contains("W: F32 converted", packed.Describe());
+        Assert.Throws<InvalidOperationException>(() => new PackedMatrix(PackedFormat.Q8_0, 4, 48)); // not whole blocks
+    }
+
+    [Fact]
+    public void AsStoredPicksTheLayoutOfTheStoredTypeAndTheMostPreciseForAMix()
+    {
+        Tensor Of(GgmlType type) => new(new float[256], 1, 256) { Stored = type == GgmlType.F32 ? null : new StoredTensor(type, Array.Empty<byte>()) };
+        Assert.Equal(PackedFormat.F32, WeightLayouts.Resolve(WeightFormat.AsStored, Of(GgmlType.F32)));
+        Assert.Equal(PackedFormat.F32, WeightLayouts.Resolve(WeightFormat.AsStored, Of(GgmlType.F16)));
+        Assert.Equal(PackedFormat.BF16, WeightLayouts.Resolve(WeightFormat.AsStored, Of(GgmlType.BF16)));
+        Assert.Equal(PackedFormat.Q8_0, WeightLayouts.Resolve(WeightFormat.AsStored, Of(GgmlType.Q8_0)));
+        Assert.Equal(PackedFormat.Q4_0, WeightLayouts.Resolve(WeightFormat.AsStored, Of(GgmlType.Q4_0)));
+        Assert.Equal(PackedFormat.Q8_0, WeightLayouts.Resolve(WeightFormat.AsStored, Of(GgmlType.Q4_K)));
+        Assert.Equal(PackedFormat.Q8_0, WeightLayouts.Resolve(WeightFormat.AsStored, Of(GgmlType.Q6_K)));
+        Assert.Equal(PackedFormat.Q8_0, WeightLayouts.Resolve(WeightFormat.AsStored, Of(GgmlType.Q4_0), Of(GgmlType.Q6_K)));
+        Assert.Equal(PackedFormat.BF16, WeightLayouts.Resolve(WeightFormat.AsStored, Of(GgmlType.Q4_0), Of(GgmlType.BF16)));
+        Assert.Equal(PackedFormat.Q4_0, WeightLayouts.Resolve(WeightFormat.Q4_0, Of(GgmlType.F32)));
+    }
+
+    [Theory]
+    [InlineData(64, 1)]
+    [InlineData(64, 37)]
+    [InlineData(40, 9)]
+    [InlineData(8, 5)]
+    public void AttentionRowsMatchTheirDefinition(int headDim, int positions)
+    {
+        const int stride = 96;
+        var random = new Random(headDim + positions);
+        float[] query = Enumerable.Range(0, headDim).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
+        float[] rows = Enumerable.Range(0, positions * stride).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
+        var scores = new float[positions];
+        VectorMath.AttentionScores(query, rows, stride, 0.25f, scores);
+        for (int p = 0; p < positions; p++)
+        {
+            double dot = 0;
+            for (int i = 0; i < headDim; i++) dot += (double)query[i] * rows[p * stride + i];
+            Assert.Equal(dot * 0.25, scores[p], 1e-5);
+        }
+        var result = Enumerable.Repeat(float.NaN, headDim).ToArray(); // overwritten, not accumulated into
+        VectorMath.WeightedSum(rows, stride, scores, result);
+        for (int i = 0; i < headDim; i++)
+        {
+            double sum = 0;
+            for (int p = 0; p < positions; p++) sum += (double)scores[p] * rows[p * stride + i];
+            Assert.Equal(sum, result[i], 1e-5);
+        }
+    }
+
+    [Theory]
+    [InlineData(64, 1, 4, 1, 33)]   // every head of a token, MHA, a partial block of positions
+    [InlineData(64, 4, 6, 2, 13)]   // GQA (two query heads per KV head), a chunk of 3 of 4 KV heads
+    [InlineData(16, 2, 2, 1, 1)]    // one position
+    [InlineData(40, 1, 3, 1, 9)]    // a head size the vector rows do not cover: the per-head path
+    public void MultiHeadAttentionMatchesTheDefinition(int headDim, int kvOffset, int heads, int group, int positions)
+    {
+        int kvHeadsInRow = kvOffset + heads / group, stride = kvHeadsInRow * headDim;
+        var random = new Random(headDim * 7 + heads);
+        float[] Values(int n) => Enumerable.Range(0, n).Select(_ => (float)random.NextDouble() * 2 - 1).ToArray();
+        float[] queries = Values(heads * headDim), keys = Values(positions * stride), values = Values(positions * stride);
+        var scores = new float[heads * positions];
+        var output = new float[heads * headDim];
+        const float scale = 0.125f;
+        VectorMath.Attention(queries, heads, headDim, group, keys.AsSpan(kvOffset * headDim), values.AsSpan(kvOffset * headDim), stride,
+            positions, scale, scores, output);
+        for (int h = 0; h < heads; h++)
+        {
+            int kv = (kvOffset + h / group) * headDim;
+            var weights = new double[positions];
+            for (int p = 0; p < positions; p++)
+            {
+                double dot = 0;
+                for (int i = 0; i < headDim; i++) dot += (double)queries[h * headDim + i] * keys[p * stride + kv + i];
+                weights[p] = dot * scale;
+            }
+            double max = weights.Max(), sum = weights.Sum(x => Math.Exp(x - max));
+            for (int i = 0; i < headDim; i++)
+            {
+                double expected = 0;
+                for (int p = 0; p < positions; p++) expected += Math.Exp(weights[p] - max) / sum * values[p * stride + kv + i];
+                Assert.Equal(expected, output[h * headDim + i], 1e-5);
+            }
+        }
+    }
+
+    /// <summary>Collects each tile into y [tokens, stride] and counts the calls per (group, token).</summary>
+    private struct Collect : ITileEpilogue
+    {
+        public float[] Y;
+        public int Stride;
+        public int[]? Calls;
+
+        public void Store(int row, int token, Vector128<float> sums)
+        {
+            for (int i = 0; i < 4 && row + i < Stride; i++) Y[token * Stride + row + i] = sums[i];
+            if (Calls is not null) Calls[token * (Calls.Length / (Y.Length / Stride)) + row / 4]++;
+        }
+    }
+
+    private static float[] Run(PackedMatrix packed, GemmInput input, int rows, int tokens, bool scalar)
+    {
+        var y = new float[tokens * rows];
+        var collect = new Collect { Y = y, Stride = rows };
+        Gemm.Run(packed, input, 0, packed.Groups, ref collect, scalar);
+        return y;
+    }
+
+    /// <summary>A tensor of <paramref name="values"/> stored in the format's own type (the plan's usual case).</summary>
+    private static Tensor Stored(PackedFormat format, float[] values, int rows, int k)
+    {
+        var type = format switch { PackedFormat.BF16 => GgmlType.BF16, PackedFormat.Q8_0 => GgmlType.Q8_0, PackedFormat.Q4_0 => GgmlType.Q4_0, _ => GgmlType.F32 };
+        if (type == GgmlType.F32) return new Tensor(values, rows, k);
+        var bytes = new byte[GgmlTypeTraits.Of(type).ByteCount(values.Length)];
+        Quantize.FromFloat32(type, values, bytes);
+        var decoded = new float[values.Length];
+        Dequantize.ToFloat32(type, bytes, decoded);
+        return new Tensor(decoded, rows, k) { Stored = new StoredTensor(type, bytes) };
+    }
+
+    /// <summary>
+    /// The reference: quantized layouts dot the stored rows with Kiln.Kernels.Quantized's scalar Dot against the same
+    /// Q8 activations (Q8Activations quantizes by the same rule); float layouts in float64 on the stored values.
+    /// </summary>
+    private static double[] Expected(PackedFormat format, Tensor weights, int rows, int k, float[] x, int tokens)
+    {
+        var y = new double[tokens * rows];
+        if (WeightLayouts.IsQuantized(format))
+        {
+            var scratch = new byte[Q8Activations.ScratchBytes(tokens, k)];
+            var activations = Q8Activations.Quantize(x.AsSpan(0, tokens * k), tokens, k, scratch, KernelPath.Scalar);
+            int rowBytes = format == PackedFormat.Q8_0 ? Kiln.Kernels.Quantized.Q8_0.RowBytes(k) : Kiln.Kernels.Quantized.Q4_0.RowBytes(k);
+            for (int t = 0; t < tokens; t++)
+                for (int r = 0; r < rows; r++)
+                {
+                    var row = weights.Stored!.Bytes.AsSpan(r * rowBytes, rowBytes);
+                    y[t * rows + r] = format == PackedFormat.Q8_0
+                        ? Kiln.Kernels.Quantized.Q8_0.Dot(row, activations[t], KernelPath.Scalar)
+                        : Kiln.Kernels.Quantized.Q4_0.Dot(row, activations[t], KernelPath.Scalar);
+                }
+            return y;
+        }
+        for (int t = 0; t < tokens; t++)
+            for (int r = 0; r < rows; r++)
+            {
+                double sum = 0;
+                for (int i = 0; i < k; i++) sum += (double)weights.Data[r * k + i] * x[t * k + i];
+                y[t * rows + r] = sum;
+            }
+        return y;
+    }
+
+    private static float[] Matrix(int rows, int columns, int seed)
+    {
+        var random = new Random(seed);
+        var values = new float[rows * columns];
+        for (int i = 0; i < values.Length; i++)
+        {
+            double u1 = 1 - random.NextDouble(), u2 = random.NextDouble();
+            values[i] = (float)(Math.Sqrt(-2 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2)) * (i % 32 == 5 ? 6 : 1);
+        }
+        return values;
+    }
+}
