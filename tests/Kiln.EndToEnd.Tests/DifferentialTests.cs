@@ -172,7 +172,7 @@ public sealed class SyntheticDifferentialTests : IDisposable
         Assert.Contains("Down: Q6_K dequantized, requantized", report);
         Assert.Contains("Down: Q4_K dequantized, requantized", report);
         Assert.Contains("Gate: stored Q4_0 copied", report);
-        Assert.Contains("_output: F32 rows", report);
+        Assert.Contains("_output: F32x4 chunked", report);
     }
 
     [Theory]

@@ -57,6 +57,31 @@ public sealed class GemmTests
     [Theory]
     [InlineData(PackedFormat.Q4_0)]
     [InlineData(PackedFormat.Q8_0)]
+    public void TinyWeightsWithSubnormalFp16ScalesStayExact(PackedFormat format)
+    {
+        const int rows = 8, k = 64, tokens = 2;
+        // Weights near 1e-4: their block scales are fp16 subnormals (below 6.1e-5), which the kernels widen themselves.
+        var weights = Matrix(rows, k, seed: 21).Select(v => v * 1e-4f).ToArray();
+        var x = Matrix(tokens, k, seed: 22);
+        var tensor = Stored(format, weights, rows, k);
+        using var packed = new PackedMatrix(format, rows, k);
+        packed.Pack(0, tensor);
+        using var pool = new WorkerPool(1);
+        using var scratch = new GemmScratch(tokens, k);
+        using var memory = new NativeBlock(x.Length * sizeof(float));
+        x.CopyTo(memory.Floats(0, x.Length).Span);
+        var input = scratch.Prepare(format, memory.Floats(0, x.Length), k, tokens, k, null, 0, pool);
+        var expected = Expected(format, tensor, rows, k, x, tokens);
+        var actual = Run(packed, input, rows, tokens, scalar: false);
+        double scale = expected.Max(Math.Abs);
+        Assert.True(scale > 0);
+        for (int i = 0; i < expected.Length; i++)
+            Assert.True(Math.Abs(actual[i] - expected[i]) <= 2e-5 * scale, $"y[{i}] = {actual[i]}, reference {expected[i]}");
+    }
+
+    [Theory]
+    [InlineData(PackedFormat.Q4_0)]
+    [InlineData(PackedFormat.Q8_0)]
     [InlineData(PackedFormat.F32)]
     public void ASplitRunGivesTheSameBitsAsOneRun(PackedFormat format)
     {
@@ -233,6 +258,27 @@ public sealed class GemmTests
                 Assert.Equal(expected, output[h * headDim + i], 1e-5);
             }
         }
+    }
+
+    [Fact]
+    public void EpilogueHelpersMatchTheEagerExpressions()
+    {
+        for (double x = -90; x <= 90; x += 0.0137)
+        {
+            float value = (float)x, exact = (float)Math.Exp(value), fast = VectorMath.Exp(Vector128.Create(value))[0];
+            if (Math.Abs(value) <= 87) Assert.True(Math.Abs(fast - exact) <= 3e-7 * exact, $"exp({value}) = {fast}, expected {exact}");
+            else if (value < 0) Assert.True(fast < 1e-37f, $"exp({value}) = {fast}");
+            else Assert.True(fast > 6e37f && float.IsFinite(fast), $"exp({value}) = {fast}"); // clamped at e^87
+        }
+        var pairs = Vector128.Create(1.5f, -2f, -3.25f, 0.75f); // gate₀, up₀, gate₁, up₁
+        var products = VectorMath.SiluGatePairs(pairs);
+        Assert.Equal(1.5 / (1 + Math.Exp(-1.5)) * -2, products[0], 1e-6);
+        Assert.Equal(-3.25 / (1 + Math.Exp(3.25)) * 0.75, products[1], 1e-6);
+        var rotated = VectorMath.RotatePairs(pairs, Vector128.Create(0.6f, 0.6f, -0.8f, -0.8f), Vector128.Create(-0.8f, 0.8f, -0.6f, 0.6f));
+        Assert.Equal(1.5 * 0.6 - -2 * 0.8, rotated[0], 1e-6);
+        Assert.Equal(1.5 * 0.8 + -2 * 0.6, rotated[1], 1e-6);
+        Assert.Equal(-3.25 * -0.8 - 0.75 * 0.6, rotated[2], 1e-6);
+        Assert.Equal(-3.25 * 0.6 + 0.75 * -0.8, rotated[3], 1e-6);
     }
 
     /// <summary>Collects each tile into y [tokens, stride] and counts the calls per (group, token).</summary>

@@ -244,6 +244,7 @@ internal static partial class PlanEmitter
                 w.Line("public int Half, HeadDim;");
             }
             w.Line();
+            w.Line("[global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel");
             using (w.Block("public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)"))
             {
                 switch (segment.Kind)
@@ -300,6 +301,7 @@ internal static partial class PlanEmitter
             w.Line("public int ScoresStride, ChunkSize, PerToken, KvPerItem, Layer, Heads, KvHeads, HeadDim, QCols, KvCols;");
             w.Line("public float Scale;");
             w.Line();
+            w.Line("[global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]");
             using (w.Block("public void Execute(int start, int end)"))
             {
                 w.Line("// Items come in chunks of ChunkSize from a multiple of it: the chunk's own score scratch.");

@@ -146,6 +146,15 @@ public sealed class KvCache
     public Span<float> ValueRow(int layer, int row) => Floats(_values, layer, row);
 
     /// <summary>
+    /// Keys of every row of one layer, [RowCount, KvDim] in place (F32 only): what a kernel walks with a sequence's
+    /// block table (position p at row <c>blocks[p / BlockSize] · BlockSize + p % BlockSize</c>).
+    /// </summary>
+    public Span<float> LayerKeys(int layer) => LayerOf(_keys, layer);
+
+    /// <summary>Values of every row of one layer, [RowCount, KvDim] in place (F32 only).</summary>
+    public Span<float> LayerValues(int layer) => LayerOf(_values, layer);
+
+    /// <summary>
     /// Keys of every row of one block, [BlockSize, KvDim] in place (F32 only): a block's rows are consecutive, so a
     /// kernel reads a sequence block by block through its block table.
     /// </summary>

@@ -11,7 +11,7 @@
 //   [7] select rows: x2 ← the rows of x whose logits are wanted
 //   [8] matmul: x2·[Output]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (1/rms per token once, x·(1/rms)·g quantized or written in one pass) → logits
 // Weight layouts (packed once when the plan is compiled, in groups of 4 rows; a segment whose rows are not a multiple of 4 is padded with zero rows):
-//   rule "as stored" (a weight without [Quantize]), chosen per matrix when the plan is compiled, from the file's types: F32 and F16 → F32 rows (F16 widened exactly); BF16 → BF16 rows (widened exactly in the kernel); Q8_0 → Q8_0x4 interleaved (the file's quants copied, fp16 scales widened exactly); Q4_0 → Q4_0x4 interleaved (the file's nibbles copied); any other type (Q4_K, Q6_K, …) → Q8_0x4 (dequantized, requantized); weights of different types in one matmul → the most precise of their layouts. Q8_0x4/Q4_0x4: 4 rows per group, interleaved 4 bytes at a time, so a tile kernel reads each block once for 4 tokens and one multiply-add leaves each row's partial sum in its own lane.
+//   rule "as stored" (a weight without [Quantize]), chosen per matrix when the plan is compiled, from the file's types: F32 and F16 → F32x4 (F16 widened exactly); BF16 → BF16x4 (widened exactly in the kernel); Q8_0 → Q8_0x4 interleaved (the file's quants and fp16 scales copied); Q4_0 → Q4_0x4 interleaved (the file's nibbles and fp16 scales copied); any other type (Q4_K, Q6_K, …) → Q8_0x4 (dequantized, requantized); weights of different types in one matmul → the most precise of their layouts. Every layout groups 4 rows so a tile kernel reads each weight once for 4 tokens: F32x4/BF16x4 hold 16-element chunks of the 4 rows in turn (the kernel streams a group front to back); Q8_0x4/Q4_0x4 interleave the rows 4 bytes at a time (one multiply-add leaves each row's partial sum in its own lane).
 //   Wq, Wk, Wv → _wqWkWv[layer] [QDim+KvDim+KvDim, Dim], segments stacked: as stored (the rule above); one horizontal matmul prepares its input once and reads it for all of them.
 //   Wo → _wo[layer] [Dim, QDim], one segment: as stored (the rule above).
 //   Gate, Up → _gateUp[layer] [2*Hidden, Dim], gate/up rows interleaved (gate₀, up₀, gate₁, up₁, …): as stored (the rule above); each adjacent row pair yields silu(gate)·up in the epilogue.
@@ -186,7 +186,7 @@ namespace Kiln.Models
                 "  [7] select rows: x2 ← the rows of x whose logits are wanted\n" +
                 "  [8] matmul: x2·[Output]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (1/rms per token once, x·(1/rms)·g quantized or written in one pass) → logits\n" +
                 "Weight layouts (packed once when the plan is compiled, in groups of 4 rows; a segment whose rows are not a multiple of 4 is padded with zero rows):\n" +
-                "  rule \"as stored\" (a weight without [Quantize]), chosen per matrix when the plan is compiled, from the file's types: F32 and F16 → F32 rows (F16 widened exactly); BF16 → BF16 rows (widened exactly in the kernel); Q8_0 → Q8_0x4 interleaved (the file's quants copied, fp16 scales widened exactly); Q4_0 → Q4_0x4 interleaved (the file's nibbles copied); any other type (Q4_K, Q6_K, …) → Q8_0x4 (dequantized, requantized); weights of different types in one matmul → the most precise of their layouts. Q8_0x4/Q4_0x4: 4 rows per group, interleaved 4 bytes at a time, so a tile kernel reads each block once for 4 tokens and one multiply-add leaves each row's partial sum in its own lane.\n" +
+                "  rule \"as stored\" (a weight without [Quantize]), chosen per matrix when the plan is compiled, from the file's types: F32 and F16 → F32x4 (F16 widened exactly); BF16 → BF16x4 (widened exactly in the kernel); Q8_0 → Q8_0x4 interleaved (the file's quants and fp16 scales copied); Q4_0 → Q4_0x4 interleaved (the file's nibbles and fp16 scales copied); any other type (Q4_K, Q6_K, …) → Q8_0x4 (dequantized, requantized); weights of different types in one matmul → the most precise of their layouts. Every layout groups 4 rows so a tile kernel reads each weight once for 4 tokens: F32x4/BF16x4 hold 16-element chunks of the 4 rows in turn (the kernel streams a group front to back); Q8_0x4/Q4_0x4 interleave the rows 4 bytes at a time (one multiply-add leaves each row's partial sum in its own lane).\n" +
                 "  Wq, Wk, Wv → _wqWkWv[layer] [QDim+KvDim+KvDim, Dim], segments stacked: as stored (the rule above); one horizontal matmul prepares its input once and reads it for all of them.\n" +
                 "  Wo → _wo[layer] [Dim, QDim], one segment: as stored (the rule above).\n" +
                 "  Gate, Up → _gateUp[layer] [2*Hidden, Dim], gate/up rows interleaved (gate₀, up₀, gate₁, up₁, …): as stored (the rule above); each adjacent row pair yields silu(gate)·up in the epilogue.\n" +
@@ -622,6 +622,7 @@ namespace Kiln.Models
                 public float[] Cosines, SignedSines;
                 public int Half, HeadDim;
 
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
                 public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
                 {
                     int o = row - FirstRow;
@@ -653,6 +654,7 @@ namespace Kiln.Models
                 public float[] Cosines, SignedSines;
                 public int Half, HeadDim;
 
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
                 public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
                 {
                     int o = row - FirstRow;
@@ -681,6 +683,7 @@ namespace Kiln.Models
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
                 public int Cols, FirstRow;
 
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
                 public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
                 {
                     int o = row - FirstRow, at = token * Cols + o;
@@ -698,6 +701,7 @@ namespace Kiln.Models
                 public int ScoresStride, ChunkSize, PerToken, KvPerItem, Layer, Heads, KvHeads, HeadDim, QCols, KvCols;
                 public float Scale;
 
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
                 public void Execute(int start, int end)
                 {
                     // Items come in chunks of ChunkSize from a multiple of it: the chunk's own score scratch.
@@ -749,6 +753,7 @@ namespace Kiln.Models
                 public global::Kiln.Kernels.MatMul.FloatBuffer Residual;
                 public int Cols, FirstRow;
 
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
                 public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
                 {
                     int o = row - FirstRow, at = token * Cols + o;
@@ -789,6 +794,7 @@ namespace Kiln.Models
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
                 public int Cols, FirstRow;
 
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
                 public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
                 {
                     int o = (row - FirstRow) / 2, at = token * Cols + o;
@@ -831,6 +837,7 @@ namespace Kiln.Models
                 public global::Kiln.Kernels.MatMul.FloatBuffer Residual;
                 public int Cols, FirstRow;
 
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
                 public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
                 {
                     int o = row - FirstRow, at = token * Cols + o;
@@ -873,6 +880,7 @@ namespace Kiln.Models
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
                 public int Cols, FirstRow;
 
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
                 public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
                 {
                     int o = row - FirstRow, at = token * Cols + o;

@@ -34,6 +34,8 @@ public sealed class KvCacheTests
         Assert.Equal(4 * 2, cache.ValueBlock(0, 2).Length);
         Assert.Equal(5, cache.ValueBlock(0, 2)[3 * 2 + 1]);
         Assert.Throws<ArgumentOutOfRangeException>(() => cache.KeyBlock(0, 6).Length);
+        Assert.Equal(24 * 2, cache.LayerValues(0).Length);
+        Assert.Equal(5, cache.LayerValues(0)[(2 * 4 + 3) * 2]);
         // A block is still addressable as a one-block sequence.
         cache.Key(0, slot: 5, position: 3).Fill(1);
         Assert.Equal(1, cache.KeyRow(0, 23)[1]);

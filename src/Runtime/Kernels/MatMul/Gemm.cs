@@ -12,13 +12,14 @@ namespace Kiln.Kernels.MatMul;
 /// of 4 tokens × 8 rows, and the activations of a token tile are reused by every group of the range.
 /// <para>
 /// Every token's sums are computed by the same operations in the same order whatever its tile and whatever the
-/// range, so results do not depend on how the groups were split over threads. Each layout has an AVX-512 path and a
-/// scalar one (used where AVX-512BW is missing, and the oracle in tests).
+/// range, so results do not depend on how the groups were split over threads. Each layout has a SIMD path (AVX-512;
+/// Q4_0's is 256-bit and needs only AVX2) and a scalar one (used where the SIMD path cannot run, and the oracle in
+/// tests). The floating-point layouts and Q8_0 fall back to it on machines without AVX-512BW.
 /// </para>
 /// </summary>
 public static unsafe class Gemm
 {
-    /// <summary>True when the AVX-512 kernels run here (otherwise the scalar ones do).</summary>
+    /// <summary>True when the AVX-512 kernels run here (otherwise the scalar ones do; Q4_0's need only AVX2).</summary>
     public static bool IsAccelerated { get; } = Avx512BW.IsSupported && Avx512F.VL.IsSupported && Vector512.IsHardwareAccelerated;
 
     /// <summary>
@@ -38,7 +39,7 @@ public static unsafe class Gemm
         return Math.Clamp(Math.Max(perThread, minimum), 1, tokens >= 16 ? 8 : groups);
     }
 
-    /// <summary>F32 rows against float32 activations.</summary>
+    /// <summary>F32x4 groups against float32 activations.</summary>
     public static void F32<TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, ref TEpilogue epilogue)
         where TEpilogue : struct, ITileEpilogue
     {
@@ -47,7 +48,7 @@ public static unsafe class Gemm
         else Reference.Run(weights, input, firstGroup, endGroup, ref epilogue);
     }
 
-    /// <summary>BF16 rows against float32 activations (each weight widened exactly).</summary>
+    /// <summary>BF16x4 groups against float32 activations (each weight widened exactly).</summary>
     public static void BF16<TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, ref TEpilogue epilogue)
         where TEpilogue : struct, ITileEpilogue
     {
@@ -70,7 +71,7 @@ public static unsafe class Gemm
         where TEpilogue : struct, ITileEpilogue
     {
         Check(weights, PackedFormat.Q4_0, input, firstGroup, endGroup, quantized: true);
-        if (IsAccelerated) QuantizedKernels.Run<QuantizedKernels.Q4Blocks, TEpilogue>(weights, input, firstGroup, endGroup, ref epilogue);
+        if (Q4Kernels.IsSupported) Q4Kernels.Run(weights, input, firstGroup, endGroup, ref epilogue);
         else Reference.Run(weights, input, firstGroup, endGroup, ref epilogue);
     }
 
@@ -158,7 +159,7 @@ internal static unsafe class Reference
             {
                 bool q4 = weights.Format == PackedFormat.Q4_0;
                 int blocks = weights.Blocks, blockBytes = q4 ? PackedMatrix.Q4BlockBytes : PackedMatrix.Q8BlockBytes;
-                float* weightScales = (float*)(group + (long)blocks * blockBytes);
+                ushort* weightScales = (ushort*)(group + (long)blocks * blockBytes);
                 byte* x = input.Quants + (long)t * input.QuantStride;
                 float* activationScales = (float*)(x + blocks * 160);
                 float sum = 0;
@@ -176,7 +177,7 @@ internal static unsafe class Reference
                             : (sbyte)w[half * 64 + lane * 16 + r * 4 + j];
                         dot += weight * activation;
                     }
-                    sum += weightScales[b * 4 + r] * activationScales[b] * dot;
+                    sum += Kiln.Kernels.Quantized.Fp16.ToSingle(weightScales[b * 4 + r]) * activationScales[b] * dot;
                 }
                 return sum;
             }
@@ -184,10 +185,29 @@ internal static unsafe class Reference
     }
 }
 
-/// <summary>The AVX-512 kernels of the Q8_0 and Q4_0 layouts: 4 or 8 rows × up to 4 tokens per tile.</summary>
+/// <summary>A group's per-block row scales: the stored fp16 bits, widened in the kernel.</summary>
+internal static unsafe class ScaleTable
+{
+    /// <summary>
+    /// The four fp16 scales at <paramref name="halves"/> (rows 0..3 of a group's block) as floats, in both 128-bit
+    /// halves. Each half goes to the top of an int32 lane; an arithmetic shift by 3 puts exponent and mantissa in
+    /// float position (the three sign copies it leaves above the exponent are masked off) and × 2^112 re-biases the
+    /// exponent: exact for normal and subnormal halves (scales are finite).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Load(byte* halves)
+    {
+        Vector128<ushort> bits = Vector128.CreateScalarUnsafe(*(ulong*)halves).AsUInt16();
+        Vector128<int> top = Sse2.UnpackLow(Vector128<ushort>.Zero, bits).AsInt32();
+        Vector128<float> scales = ((top >> 3) & Vector128.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector128.Create(5.192296858534828E+33f);
+        return Vector256.Create(scales, scales);
+    }
+}
+
+/// <summary>The AVX-512 kernels of the Q8_0 layout: 4 or 8 rows × up to 4 tokens per tile (Q4_0 has its own, <see cref="Q4Kernels"/>).</summary>
 internal static unsafe class QuantizedKernels
 {
-    /// <summary>How one layout turns a block of a group into what <see cref="Step"/> multiplies.</summary>
+    /// <summary>How a layout turns a block of a group into int32 sums (Q8_0 today; an operator struct so a layout with an offset can join).</summary>
     internal interface IBlocks
     {
         static abstract int BlockBytes { get; }
@@ -233,35 +253,6 @@ internal static unsafe class QuantizedKernels
             Vector512<int> sums = Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(first, s0), ones)
                 + Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(second, s1), ones);
             return sums.GetLower() + sums.GetUpper();
-        }
-    }
-
-    /// <summary>Q4_0: nibbles 0..15 on the unsigned side; the −8 comes off as a per-token offset after the sums.</summary>
-    internal readonly struct Q4Blocks : IBlocks
-    {
-        public static int BlockBytes => PackedMatrix.Q4BlockBytes;
-
-        public static bool Offset => true;
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void Load(byte* quants, out Vector512<byte> first, out Vector512<byte> second, out Vector512<sbyte> firstSigns, out Vector512<sbyte> secondSigns)
-        {
-            Vector512<byte> packed = Vector512.Load(quants);
-            var low = Vector512.Create((byte)0x0F);
-            first = packed & low;
-            second = (packed.AsUInt16() >>> 4).AsByte() & low;
-            firstSigns = default;
-            secondSigns = default;
-        }
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector256<int> Dot(Vector512<byte> first, Vector512<byte> second, Vector512<sbyte> firstSigns, Vector512<sbyte> secondSigns,
-            Vector512<sbyte> x0, Vector512<sbyte> x1)
-        {
-            // Pair sums ≤ 2·15·127 each: both halves and then both 256-bit halves (≤ 15240) add in int16, so one
-            // 256-bit vpmaddwd widens them all (a 512-bit one costs twice as much, on the multiply port).
-            Vector512<short> pairs = Avx512BW.MultiplyAddAdjacent(first, x0) + Avx512BW.MultiplyAddAdjacent(second, x1);
-            return Avx2.MultiplyAddAdjacent(pairs.GetLower() + pairs.GetUpper(), Vector256<short>.One);
         }
     }
 
@@ -311,7 +302,7 @@ internal static unsafe class QuantizedKernels
     {
         int quantBytes = blocks * TBlocks.BlockBytes;
         byte* q0 = group, q1 = group + groupBytes;
-        float* d0Table = (float*)(q0 + quantBytes), d1Table = (float*)(q1 + quantBytes);
+        byte* d0Table = q0 + quantBytes, d1Table = q1 + quantBytes; // 4 fp16 scales per block
         // Token t: quants at x + t·stride, offsets after the quants, scales after the offsets.
         int offsetBytes = blocks * 128, scaleBytes = blocks * 160;
         Vector256<float> a00 = default, a01 = default, a10 = default, a11 = default;
@@ -329,14 +320,14 @@ internal static unsafe class QuantizedKernels
                 Sse.Prefetch0(line + 128);
             }
             TBlocks.Load(q0 + b * TBlocks.BlockBytes, out var w0, out var w1, out var s0, out var s1);
-            Vector256<float> d0 = Avx.BroadcastVector128ToVector256(d0Table + b * 4);
+            Vector256<float> d0 = ScaleTable.Load(d0Table + b * 8);
             Vector512<byte> v0 = default, v1 = default;
             Vector512<sbyte> u0 = default, u1 = default;
             Vector256<float> d1 = default;
             if (TGroups.Value > 1)
             {
                 TBlocks.Load(q1 + b * TBlocks.BlockBytes, out v0, out v1, out u0, out u1);
-                d1 = Avx.BroadcastVector128ToVector256(d1Table + b * 4);
+                d1 = ScaleTable.Load(d1Table + b * 8);
             }
 
             byte* xt = x + b * 128;
@@ -388,6 +379,150 @@ internal static unsafe class QuantizedKernels
     {
         if (TBlocks.Offset) folded -= offset;
         return Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(folded), scale, accumulator);
+    }
+}
+
+/// <summary>
+/// The Q4_0 kernels: 4 or 8 rows × up to 4 tokens per tile, on 256-bit vectors for the integer work. Each block of a
+/// group is two 256-bit loads of nibbles (128-bit lanes 0–1 and 2–3); with the low and high nibbles that makes four
+/// vpmaddubsw against the token's four 256-bit activation loads, whose int16 sums (≤ 4·2·15·127) add without
+/// saturating, and one vpmaddwd widens them: the same int32 sums as folding the 512-bit products, in fewer
+/// operations (Zen 4 runs 512-bit multiplies as two halves anyway).
+/// </summary>
+internal static unsafe class Q4Kernels
+{
+    /// <summary>The Q4_0 kernels need only AVX2 and FMA (256-bit throughout), so they run where AVX-512 is missing too.</summary>
+    public static bool IsSupported { get; } = Avx2.IsSupported && Fma.IsSupported;
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Run<TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, ref TEpilogue epilogue)
+        where TEpilogue : struct, ITileEpilogue
+    {
+        byte* data = weights.Data;
+        long groupBytes = weights.GroupBytes;
+        int blocks = weights.Blocks, stride = input.QuantStride, tokens = input.Tokens;
+        for (int t0 = 0; t0 < tokens; t0 += 4)
+        {
+            byte* x = input.Quants + (long)t0 * stride;
+            switch (Math.Min(4, tokens - t0))
+            {
+                case 4: Groups<Four, TEpilogue>(data, groupBytes, blocks, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
+                case 3: Groups<Three, TEpilogue>(data, groupBytes, blocks, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
+                case 2: Groups<Two, TEpilogue>(data, groupBytes, blocks, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
+                default: Groups<One, TEpilogue>(data, groupBytes, blocks, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
+            }
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Groups<TTokens, TEpilogue>(byte* data, long groupBytes, int blocks, byte* x, int stride, int t0,
+        int firstGroup, int endGroup, ref TEpilogue epilogue)
+        where TTokens : ICount where TEpilogue : struct, ITileEpilogue
+    {
+        bool prefetch = TTokens.Value == 1 || t0 == 0;
+        int g = firstGroup;
+        for (; g + 2 <= endGroup; g += 2)
+            Tile<Two, TTokens, TEpilogue>(data + g * groupBytes, groupBytes, blocks, x, stride, g * 4, t0, prefetch, ref epilogue);
+        if (g < endGroup)
+            Tile<One, TTokens, TEpilogue>(data + g * groupBytes, groupBytes, blocks, x, stride, g * 4, t0, prefetch, ref epilogue);
+    }
+
+    /// <summary>The unpacked nibbles of one group's block: low/high nibbles of 128-bit lanes 0–1 and 2–3.</summary>
+    private struct Nibbles
+    {
+        public Vector256<byte> Low01, High01, Low23, High23;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Nibbles(byte* quants)
+        {
+            var mask = Vector256.Create((byte)0x0F);
+            Vector256<byte> lanes01 = Vector256.Load(quants), lanes23 = Vector256.Load(quants + 32);
+            Low01 = lanes01 & mask;
+            High01 = (lanes01.AsUInt16() >>> 4).AsByte() & mask;
+            Low23 = lanes23 & mask;
+            High23 = (lanes23.AsUInt16() >>> 4).AsByte() & mask;
+        }
+
+        /// <summary>Σ n·a per int32 lane (lane L'·4 + r: row r over lanes L' and L' + 2, both halves), offset not yet taken.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public readonly Vector256<int> Dot(Vector256<sbyte> a01, Vector256<sbyte> a23, Vector256<sbyte> b01, Vector256<sbyte> b23)
+        {
+            Vector256<short> pairs = Avx2.MultiplyAddAdjacent(Low01, a01) + Avx2.MultiplyAddAdjacent(Low23, a23)
+                + (Avx2.MultiplyAddAdjacent(High01, b01) + Avx2.MultiplyAddAdjacent(High23, b23));
+            return Avx2.MultiplyAddAdjacent(pairs, Vector256<short>.One);
+        }
+    }
+
+    [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Tile<TGroups, TTokens, TEpilogue>(byte* group, long groupBytes, int blocks, byte* x, int stride,
+        int row, int t0, bool prefetch, ref TEpilogue epilogue)
+        where TGroups : ICount where TTokens : ICount where TEpilogue : struct, ITileEpilogue
+    {
+        int quantBytes = blocks * PackedMatrix.Q4BlockBytes, offsetBytes = blocks * 128, scaleBytes = blocks * 160;
+        byte* q0 = group, q1 = group + groupBytes;
+        byte* d0Table = q0 + quantBytes, d1Table = q1 + quantBytes; // 4 fp16 scales per block
+        byte* ahead = group + TGroups.Value * groupBytes;
+        long aheadStep = TGroups.Value * groupBytes / blocks;
+        Vector256<float> a00 = default, a01 = default, a10 = default, a11 = default;
+        Vector256<float> a20 = default, a21 = default, a30 = default, a31 = default;
+        for (int b = 0; b < blocks; b++)
+        {
+            if (prefetch)
+            {
+                byte* line = ahead + b * aheadStep;
+                Sse.Prefetch0(line);
+                Sse.Prefetch0(line + 64);
+                Sse.Prefetch0(line + 128);
+            }
+            var w0 = new Nibbles(q0 + b * PackedMatrix.Q4BlockBytes);
+            Vector256<float> d0 = ScaleTable.Load(d0Table + b * 8);
+            Nibbles w1 = default;
+            Vector256<float> d1 = default;
+            if (TGroups.Value > 1)
+            {
+                w1 = new Nibbles(q1 + b * PackedMatrix.Q4BlockBytes);
+                d1 = ScaleTable.Load(d1Table + b * 8);
+            }
+            byte* xb = x + b * 128;
+            int* ob = (int*)(x + offsetBytes) + b * 8;
+            float* sb = (float*)(x + scaleBytes) + b;
+            Token<TGroups>(ref a00, ref a01, in w0, in w1, d0, d1, xb, ob, sb);
+            if (TTokens.Value > 1) Token<TGroups>(ref a10, ref a11, in w0, in w1, d0, d1, xb + stride, (int*)((byte*)ob + stride), (float*)((byte*)sb + stride));
+            if (TTokens.Value > 2) Token<TGroups>(ref a20, ref a21, in w0, in w1, d0, d1, xb + 2 * stride, (int*)((byte*)ob + 2 * stride), (float*)((byte*)sb + 2 * stride));
+            if (TTokens.Value > 3) Token<TGroups>(ref a30, ref a31, in w0, in w1, d0, d1, xb + 3 * stride, (int*)((byte*)ob + 3 * stride), (float*)((byte*)sb + 3 * stride));
+        }
+        epilogue.Store(row, t0, a00.GetLower() + a00.GetUpper());
+        if (TGroups.Value > 1) epilogue.Store(row + 4, t0, a01.GetLower() + a01.GetUpper());
+        if (TTokens.Value > 1)
+        {
+            epilogue.Store(row, t0 + 1, a10.GetLower() + a10.GetUpper());
+            if (TGroups.Value > 1) epilogue.Store(row + 4, t0 + 1, a11.GetLower() + a11.GetUpper());
+        }
+        if (TTokens.Value > 2)
+        {
+            epilogue.Store(row, t0 + 2, a20.GetLower() + a20.GetUpper());
+            if (TGroups.Value > 1) epilogue.Store(row + 4, t0 + 2, a21.GetLower() + a21.GetUpper());
+        }
+        if (TTokens.Value > 3)
+        {
+            epilogue.Store(row, t0 + 3, a30.GetLower() + a30.GetUpper());
+            if (TGroups.Value > 1) epilogue.Store(row + 4, t0 + 3, a31.GetLower() + a31.GetUpper());
+        }
+    }
+
+    // One token against one or two groups' block: its four activation loads serve both.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Token<TGroups>(ref Vector256<float> acc0, ref Vector256<float> acc1, in Nibbles w0, in Nibbles w1,
+        Vector256<float> d0, Vector256<float> d1, byte* quants, int* offsets, float* scale) where TGroups : ICount
+    {
+        Vector256<sbyte> a01 = Vector256.Load((sbyte*)quants), a23 = Vector256.Load((sbyte*)quants + 32);
+        Vector256<sbyte> b01 = Vector256.Load((sbyte*)quants + 64), b23 = Vector256.Load((sbyte*)quants + 96);
+        Vector256<int> offset = Vector256.Load(offsets);
+        Vector256<float> da = Vector256.Create(*scale);
+        acc0 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(w0.Dot(a01, a23, b01, b23) - offset), d0 * da, acc0);
+        if (TGroups.Value > 1)
+            acc1 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(w1.Dot(a01, a23, b01, b23) - offset), d1 * da, acc1);
     }
 }
 

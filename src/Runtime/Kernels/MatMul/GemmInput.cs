@@ -80,6 +80,8 @@ public sealed unsafe class GemmScratch : IDisposable
     /// matmul in <paramref name="format"/>, normalized first when <paramref name="norm"/> is given.
     /// Splits the tokens over <paramref name="pool"/> when there are enough of them.
     /// </summary>
+    // Hot from a plan's first step: compiled optimized at once (tier-0 vector code is many times slower).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public GemmInput Prepare(PackedFormat format, FloatBuffer x, int xStride, int tokens, int k, float[]? norm, float eps, WorkerPool pool)
     {
         if ((uint)tokens > (uint)MaxTokens || k <= 0 || k > MaxK)
@@ -128,6 +130,7 @@ public sealed unsafe class GemmScratch : IDisposable
         public int QuantStride;
         public bool Offsets;
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public void Execute(int start, int end)
         {
             for (int t = start; t < end; t++)
@@ -148,6 +151,7 @@ public sealed unsafe class GemmScratch : IDisposable
     /// y = x·(1/rms)·g with 1/rms = 1/sqrt(Σx²/K + eps) in double and each product rounded as the eager RmsNorm
     /// rounds it: (float)(x·scale·g) in double.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void Normalize(float* x, float* y, int k, float[] g, float eps)
     {
         double scale = 1.0 / Math.Sqrt(SumOfSquares(x, k) / k + eps);
@@ -170,6 +174,7 @@ public sealed unsafe class GemmScratch : IDisposable
     }
 
     /// <summary>Σx² accumulated in double.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static double SumOfSquares(float* x, int k)
     {
         int i = 0;
@@ -191,6 +196,7 @@ public sealed unsafe class GemmScratch : IDisposable
     }
 
     /// <summary>Quantizes one token's K values into its Q8 activations (layout in the class summary).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void Quantize(float* x, byte* destination, int k, bool offsets)
     {
         int blocks = k / 32;
@@ -248,6 +254,7 @@ public sealed unsafe class GemmScratch : IDisposable
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void QuantizeBlock512(float* values, byte* quants, int* offsets, float* scale, bool withOffsets)
     {
         Vector512<float> low = Vector512.Load(values), high = Vector512.Load(values + 16);

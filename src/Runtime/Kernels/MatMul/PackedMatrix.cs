@@ -8,10 +8,10 @@ namespace Kiln.Kernels.MatMul;
 /// <summary>The layouts a compiled plan's matmul weights take; every one groups rows by four (<see cref="PackedMatrix"/>).</summary>
 public enum PackedFormat
 {
-    /// <summary>float32 rows, row-major.</summary>
+    /// <summary>float32 weights, 16-element chunks of a group's 4 rows in turn (<see cref="PackedMatrix"/>).</summary>
     F32,
 
-    /// <summary>bfloat16 rows, row-major.</summary>
+    /// <summary>bfloat16 weights, laid out as <see cref="F32"/>.</summary>
     BF16,
 
     /// <summary>GGML Q8_0 quants and scales, four rows interleaved per group (<see cref="PackedMatrix"/> has the byte layout).</summary>
@@ -69,11 +69,11 @@ public static class WeightLayouts
         };
     }
 
-    /// <summary>The layout's name in reports: "F32 rows", "Q4_0x4 interleaved", ...</summary>
+    /// <summary>The layout's name in reports: "F32x4 chunked", "Q4_0x4 interleaved", ...</summary>
     public static string Describe(PackedFormat format) => format switch
     {
-        PackedFormat.F32 => "F32 rows",
-        PackedFormat.BF16 => "BF16 rows",
+        PackedFormat.F32 => "F32x4 chunked",
+        PackedFormat.BF16 => "BF16x4 chunked",
         PackedFormat.Q8_0 => "Q8_0x4 interleaved",
         PackedFormat.Q4_0 => "Q4_0x4 interleaved",
         _ => format.ToString(),
@@ -122,8 +122,8 @@ public static class WeightLayouts
 /// <item>F32 / BF16: per group, K/16 chunks of 16 elements of row 0, 1, 2, 3 in turn, then the last K mod 16 elements
 /// of each row: the tile kernel reads a group front to back, one stream (four rows read side by side as four
 /// streams 4K apart lose a third of the bandwidth here).</item>
-/// <item>Q8_0 / Q4_0: per group, K/32 blocks of quants, then K/32 × 4 float32 scales (the rows' fp16 scales widened
-/// exactly), the group padded to 64 bytes. In a block, 128-bit lane L of each 64-byte vector holds 4 bytes of row
+/// <item>Q8_0 / Q4_0: per group, K/32 blocks of quants, then K/32 × 4 fp16 scales (the rows' stored scales, as
+/// they are), the group padded to 64 bytes. In a block, 128-bit lane L of each 64-byte vector holds 4 bytes of row
 /// 0, then of row 1, 2, 3: Q8_0's first vector holds elements 4L..4L+3 of each row, its second elements
 /// 16+4L..16+4L+3; Q4_0's one vector holds the rows' stored bytes 4L..4L+3, whose low nibbles are elements
 /// 4L..4L+3 and high nibbles elements 16+4L..16+4L+3. One multiply-add then leaves each int32 lane with one row's
@@ -156,8 +156,8 @@ public sealed unsafe class PackedMatrix : IDisposable
         {
             PackedFormat.F32 => 4L * k * sizeof(float),
             PackedFormat.BF16 => 4L * k * sizeof(ushort),
-            PackedFormat.Q8_0 => RoundUp(Blocks * (Q8BlockBytes + 16L), 64),
-            PackedFormat.Q4_0 => RoundUp(Blocks * (Q4BlockBytes + 16L), 64),
+            PackedFormat.Q8_0 => RoundUp(Blocks * (Q8BlockBytes + 8L), 64),
+            PackedFormat.Q4_0 => RoundUp(Blocks * (Q4BlockBytes + 8L), 64),
             _ => throw new ArgumentOutOfRangeException(nameof(format), format, "Not a packed format."),
         };
         _memory = new NativeBlock(checked(GroupBytes * Groups));
@@ -239,17 +239,18 @@ public sealed unsafe class PackedMatrix : IDisposable
             {
                 bool q4 = Format == PackedFormat.Q4_0;
                 int blockBytes = q4 ? Q4BlockBytes : Q8BlockBytes;
-                float* scales = (float*)(group + (long)Blocks * blockBytes);
+                ushort* scales = (ushort*)(group + (long)Blocks * blockBytes);
                 for (int b = 0; b < Blocks; b++)
                 {
                     byte* quants = group + (long)b * blockBytes;
+                    float scale = Fp16.ToSingle(scales[b * 4 + r]);
                     for (int e = 0; e < 32; e++)
                     {
                         int lane = (e % 16) / 4, j = e % 4, half = e / 16;
                         int q = q4
                             ? (half == 0 ? quants[lane * 16 + r * 4 + j] & 0x0F : quants[lane * 16 + r * 4 + j] >> 4) - 8
                             : (sbyte)quants[half * 64 + lane * 16 + r * 4 + j];
-                        destination[b * 32 + e] = q * scales[b * 4 + r];
+                        destination[b * 32 + e] = q * scale;
                     }
                 }
                 break;
@@ -313,11 +314,11 @@ public sealed unsafe class PackedMatrix : IDisposable
             }
             case PackedFormat.Q8_0:
             {
-                float* scales = (float*)(group + (long)Blocks * Q8BlockBytes);
+                ushort* scales = (ushort*)(group + (long)Blocks * Q8BlockBytes);
                 for (int b = 0; b < Blocks; b++)
                 {
                     var block = encoded.Slice(b * 34, 34);
-                    scales[b * 4 + r] = Fp16.ToSingle(BinaryPrimitives.ReadUInt16LittleEndian(block));
+                    scales[b * 4 + r] = BinaryPrimitives.ReadUInt16LittleEndian(block);
                     byte* quants = group + (long)b * Q8BlockBytes;
                     for (int lane = 0; lane < 4; lane++)
                     {
@@ -332,11 +333,11 @@ public sealed unsafe class PackedMatrix : IDisposable
             }
             case PackedFormat.Q4_0:
             {
-                float* scales = (float*)(group + (long)Blocks * Q4BlockBytes);
+                ushort* scales = (ushort*)(group + (long)Blocks * Q4BlockBytes);
                 for (int b = 0; b < Blocks; b++)
                 {
                     var block = encoded.Slice(b * 18, 18);
-                    scales[b * 4 + r] = Fp16.ToSingle(BinaryPrimitives.ReadUInt16LittleEndian(block));
+                    scales[b * 4 + r] = BinaryPrimitives.ReadUInt16LittleEndian(block);
                     byte* quants = group + (long)b * Q4BlockBytes;
                     for (int lane = 0; lane < 4; lane++)
                         for (int j = 0; j < 4; j++)
