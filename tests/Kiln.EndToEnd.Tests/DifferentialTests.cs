@@ -156,6 +156,48 @@ public sealed class SyntheticDifferentialTests : IDisposable
         run.Step(new[] { next, 3, 9, 27, 81 }, new[] { (position, 0, true), (0, 1, false), (1, 1, true), (2, 1, false), (3, 1, true) }, "mixed");
     }
 
+    /// <summary>
+    /// A paged cache (blocks of 4 rows, scattered through two sequences' block tables) in each storage: the plan's
+    /// attention walks the block tables and reads rows in the cache's storage, as the eager op does, so F32 weights
+    /// still agree to float32 precision.
+    /// </summary>
+    [Theory]
+    [InlineData(KvStorage.F32)]
+    [InlineData(KvStorage.F16)]
+    [InlineData(KvStorage.Int8)]
+    public void CompiledPlanMatchesEagerOnAPagedCache(KvStorage storage)
+    {
+        using var file = ModelFile.Open(Write("F32"));
+        var model = Llama.Load(file);
+        using var plan = model.Compile(new PlanOptions(MaxTokens, Threads: 2));
+        var geometry = model.CreateKvCache(slots: 1, maxContext: 1);
+        KvCache Paged() => KvCache.Paged(geometry.Layers, blockCount: 32, blockSize: 4, geometry.KvDim, storage, headDim: Dim / Heads, maxContext: 48);
+        var eager = new AttentionContext(Paged(), MaxTokens, maxBlockIds: 64);
+        var compiled = new AttentionContext(Paged(), MaxTokens, maxBlockIds: 64);
+        int[] first = { 9, 3, 17, 1, 30, 12, 5, 22, 7, 14, 2, 28 }, second = { 0, 11, 4, 25, 19, 6 };
+        var logits = new float[MaxTokens * Vocab];
+
+        void Step(int[] tokens, params (int[] Blocks, int Start, int Count, bool Want)[] chunks)
+        {
+            eager.Clear();
+            compiled.Clear();
+            foreach (var (blocks, start, count, want) in chunks)
+            {
+                eager.AddChunk(blocks, start, count, want);
+                compiled.AddChunk(blocks, start, count, want);
+            }
+            var expected = model.Forward(tokens, eager).Data;
+            plan.Step(tokens, compiled, logits);
+            Assert.Equal(eager.OutputCount * Vocab, expected.Length);
+            for (int i = 0; i < expected.Length; i++)
+                Assert.True(MathF.Abs(expected[i] - logits[i]) <= FloatTolerance, $"{storage}, logit {i}: eager {expected[i]}, compiled {logits[i]}");
+        }
+
+        Step(Enumerable.Range(1, 10).ToArray(), (first, 0, 10, true));                         // prefill over three blocks
+        for (int p = 10; p < 14; p++) Step(new[] { p * 3 % Vocab }, (first, p, 1, true));      // decode into the fourth
+        Step(new[] { 40, 41, 42, 43, 44, 45, 46 }, (first, 14, 1, true), (second, 0, 6, true)); // one decode beside a prefill
+    }
+
     [Fact]
     public void LayoutsFollowTheStoredTypes()
     {

@@ -96,11 +96,13 @@ internal static partial class PlanEmitter
         string kvCols = Names.DimField(BufferOf(plan, a.K).Cols);
         string cacheLayer = Names.Scalar(a.Layer, "_model");
         w.Line($"int heads = {Names.Scalar(a.Heads, "_model")}, kvHeads = {Names.Scalar(a.KvHeads, "_model")};");
-        w.Line("// This step's k and v rows go to the cache first: a token attends to itself and to earlier tokens of the step.");
+        w.Line("// This step's k and v rows go to the cache first (at each token's row of its sequence's blocks, in the cache's");
+        w.Line("// storage): a token attends to itself and to earlier tokens of the step.");
         using (w.Block("for (int t = 0; t < T; t++)"))
         {
-            w.Line($"{k}.Slice(t * {kvCols}, {kvCols}).CopyTo(cache.Key({cacheLayer}, slots[t], positions[t]));");
-            w.Line($"{v}.Slice(t * {kvCols}, {kvCols}).CopyTo(cache.Value({cacheLayer}, slots[t], positions[t]));");
+            w.Line("int row = context.KvRow(t);");
+            w.Line($"cache.WriteKey({cacheLayer}, row, {k}.Slice(t * {kvCols}, {kvCols}));");
+            w.Line($"cache.WriteValue({cacheLayer}, row, {v}.Slice(t * {kvCols}, {kvCols}));");
         }
         w.Line("// Items: each token's KV heads in a few chunks (so one token's heads still spread over the threads); a chunk reads its");
         w.Line("// rows of the cache once, in order, for all its heads.");
@@ -114,6 +116,8 @@ internal static partial class PlanEmitter
         w.Line($"    Output = {View(plan, a.Output)},");
         w.Line("    Scores = _scores,");
         w.Line("    ScoresStride = _scoresPerChunk,");
+        w.Line("    Gather = _gather,");
+        w.Line("    GatherStride = _gatherFloats,");
         w.Line("    ChunkSize = chunk,");
         w.Line("    PerToken = perToken,");
         w.Line("    KvPerItem = kvPerItem,");
@@ -135,17 +139,19 @@ internal static partial class PlanEmitter
         {
             w.Line($"private const int AttentionChunks = {AttentionChunks};");
             w.Line();
-            w.Line("/// <summary>Score scratch for a cache of <paramref name=\"context\"/> positions: every head of a token per chunk of work items.</summary>");
-            using (w.Block("private void GrowScores(int context)"))
+            w.Line("/// <summary>Attention scratch for <paramref name=\"cache\"/>: per chunk of work items, every head's scores over its MaxContext and one block's rows.</summary>");
+            using (w.Block("private void GrowScores(global::Kiln.KvCache cache)"))
             {
                 var heads = plan.Kernels.OfType<AttentionKernel>().Select(k => Names.Scalar(k.Heads, "_model")).Distinct().ToList();
                 string most = heads[0];
                 for (int i = 1; i < heads.Count; i++) most = $"global::System.Math.Max({most}, {heads[i]})";
                 w.Line("_scoresMemory?.Dispose();");
-                w.Line($"_scoresPerChunk = checked(context * {most});");
-                w.Line($"_scoresMemory = new {MatMul}.NativeBlock((long)AttentionChunks * _scoresPerChunk * sizeof(float));");
+                w.Line("_scoresContext = global::System.Math.Max(_scoresContext, cache.MaxContext);");
+                w.Line($"_gatherFloats = global::System.Math.Max(_gatherFloats, {MatMul}.KvBlocks.ScratchFloats(cache));");
+                w.Line($"_scoresPerChunk = checked(_scoresContext * {most});");
+                w.Line($"_scoresMemory = new {MatMul}.NativeBlock(((long)_scoresPerChunk + _gatherFloats) * AttentionChunks * sizeof(float));");
                 w.Line("_scores = _scoresMemory.Floats(0, AttentionChunks * _scoresPerChunk);");
-                w.Line("_scoresContext = context;");
+                w.Line("_gather = _scoresMemory.Floats((long)AttentionChunks * _scoresPerChunk * sizeof(float), AttentionChunks * _gatherFloats);");
             }
             w.Line();
         }
@@ -292,30 +298,46 @@ internal static partial class PlanEmitter
 
     private static void EmitAttentionWork(CodeWriter w, Plan plan, AttentionKernel a)
     {
-        w.Line($"/// <summary>[{Number(plan, a)}] Causal GQA attention, one (token, chunk of KV heads) per item: every query head of the chunk over the same cached rows.</summary>");
+        w.Line($"/// <summary>[{Number(plan, a)}] Causal GQA attention, one (token, chunk of KV heads) per item: every query head of the chunk over the same cached rows, block by block of the token's sequence.</summary>");
         using (w.Block($"private struct {Work(plan, a)} : global::Kiln.Threading.IParallelWork"))
         {
-            w.Line($"public {MatMul}.FloatBuffer Q, Output, Scores;");
+            w.Line($"public {MatMul}.FloatBuffer Q, Output, Scores, Gather;");
             w.Line("public global::Kiln.KvCache Cache;");
             w.Line("public global::Kiln.AttentionContext Context;");
-            w.Line("public int ScoresStride, ChunkSize, PerToken, KvPerItem, Layer, Heads, KvHeads, HeadDim, QCols, KvCols;");
+            w.Line("public int ScoresStride, GatherStride, ChunkSize, PerToken, KvPerItem, Layer, Heads, KvHeads, HeadDim, QCols, KvCols;");
             w.Line("public float Scale;");
             w.Line();
             w.Line("[global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]");
             using (w.Block("public void Execute(int start, int end)"))
             {
-                w.Line("// Items come in chunks of ChunkSize from a multiple of it: the chunk's own score scratch.");
-                w.Line("var scores = Scores.Slice(start / ChunkSize * ScoresStride, ScoresStride);");
+                w.Line("// Items come in chunks of ChunkSize from a multiple of it: the chunk's own scratch.");
+                w.Line("int chunk = start / ChunkSize;");
+                w.Line("var scores = Scores.Slice(chunk * ScoresStride, ScoresStride);");
+                w.Line("var gather = Gather.Slice(chunk * GatherStride, GatherStride);");
                 w.Line("var positions = Context.Positions;");
-                w.Line("var slots = Context.Slots;");
-                w.Line("int group = Heads / KvHeads;");
+                w.Line("int group = Heads / KvHeads, blockSize = Cache.BlockSize;");
                 using (w.Block("for (int item = start; item < end; item++)"))
                 {
                     w.Line("int t = item / PerToken, kv0 = item % PerToken * KvPerItem, kv1 = global::System.Math.Min(KvHeads, kv0 + KvPerItem);");
                     w.Line("int rows = positions[t] + 1, heads = (kv1 - kv0) * group, at = t * QCols + kv0 * group * HeadDim;");
-                    w.Line($"{VectorMath}.Attention(Q.Slice(at, heads * HeadDim), heads, HeadDim, group,");
-                    w.Line("    Cache.Keys(Layer, slots[t]).Slice(kv0 * HeadDim), Cache.Values(Layer, slots[t]).Slice(kv0 * HeadDim), KvCols, rows, Scale,");
-                    w.Line("    scores.Slice(0, heads * rows), Output.Slice(at, heads * HeadDim));");
+                    w.Line("var blocks = Context.BlockTable(Context.SequenceOf(t)); // a contiguous cache: one block per sequence");
+                    w.Line("var query = Q.Slice(at, heads * HeadDim);");
+                    w.Line("var output = Output.Slice(at, heads * HeadDim);");
+                    w.Line("var weights = scores.Slice(0, heads * rows);");
+                    using (w.Block("for (int b = 0, first = 0; first < rows; b++, first += blockSize)"))
+                    {
+                        w.Line("int count = global::System.Math.Min(blockSize, rows - first);");
+                        w.Line($"var keys = {MatMul}.KvBlocks.Keys(Cache, Layer, blocks[b], count, gather);");
+                        w.Line($"{VectorMath}.AttentionScores(query, heads, HeadDim, group, keys[(kv0 * HeadDim)..], KvCols, count, Scale, weights, rows, first);");
+                    }
+                    w.Line($"for (int h = 0; h < heads; h++) {VectorMath}.Softmax(weights.Slice(h * rows, rows));");
+                    w.Line("output.Clear();");
+                    using (w.Block("for (int b = 0, first = 0; first < rows; b++, first += blockSize)"))
+                    {
+                        w.Line("int count = global::System.Math.Min(blockSize, rows - first);");
+                        w.Line($"var values = {MatMul}.KvBlocks.Values(Cache, Layer, blocks[b], count, gather);");
+                        w.Line($"{VectorMath}.AttentionValues(weights, rows, first, heads, HeadDim, group, values[(kv0 * HeadDim)..], KvCols, count, output);");
+                    }
                 }
             }
         }

@@ -29,10 +29,9 @@ internal static partial class PlanEmitter
                 string layers = plan.KvLayers == "1" ? "1" : "_model." + plan.KvLayers;
                 w.Line($"if (cache.KvDim != {Names.DimField(plan.KvDim)} || cache.Layers < {layers})");
                 w.Line($"    throw new global::System.ArgumentException($\"The KV cache holds {{cache.Layers}} layers of rows of {{cache.KvDim}}; this model needs {{{layers}}} of {{{Names.DimField(plan.KvDim)}}} (use CreateKvCache).\", nameof(context));");
-                w.Line("if (_scoresContext < cache.MaxContext) GrowScores(cache.MaxContext); // once per larger cache, never per step");
+                w.Line("if (_scoresContext < cache.MaxContext || _gatherFloats < global::Kiln.Kernels.MatMul.KvBlocks.ScratchFloats(cache)) GrowScores(cache); // once per larger cache, never per step");
             }
             w.Line("global::System.ReadOnlySpan<int> positions = context.Positions;");
-            w.Line("global::System.ReadOnlySpan<int> slots = context.Slots;");
             w.Line("global::System.ReadOnlySpan<int> outputRows = context.OutputRows;");
             w.Line();
             w.Line("// Activations: views of the arena.");

@@ -134,10 +134,11 @@ internal static partial class PlanEmitter
         if (plan.Kernels.OfType<AttentionKernel>().Any())
         {
             w.Line();
-            w.Line($"// Attention scores: every head's row of the KV cache's MaxContext per chunk of work items ({AttentionChunks} at most), grown when a larger cache is first seen.");
+            w.Line($"// Attention scratch per chunk of work items ({AttentionChunks} at most): every head's row of scores over the KV cache's MaxContext,");
+            w.Line("// and room to read one block's rows when the cache does not store floats; grown when a larger cache is first seen.");
             w.Line($"private {MatMul}.NativeBlock? _scoresMemory;");
-            w.Line($"private {MatMul}.FloatBuffer _scores;");
-            w.Line("private int _scoresContext, _scoresPerChunk;");
+            w.Line($"private {MatMul}.FloatBuffer _scores, _gather;");
+            w.Line("private int _scoresContext, _scoresPerChunk, _gatherFloats;");
         }
         w.Line();
     }

@@ -65,7 +65,7 @@ internal static class FusionReport
         yield return "  x·(1/rms)·g in the same pass (g cannot fold into quantized columns without requantizing them, and folding it into";
         yield return "  float columns would change their rounding: the packed weights stay exactly as stored).";
         if (plan.RopeTables.Count > 0) yield return "Rope: cos/sin per token and pair computed once per step in double (as the eager op), shared by every layer.";
-        if (plan.Kernels.OfType<AttentionKernel>().Any()) yield return "Attention scores: every head's scratch row of the KV cache's MaxContext per chunk of work items, grown when a larger cache is first seen.";
+        if (plan.Kernels.OfType<AttentionKernel>().Any()) yield return "Attention scratch: per chunk of work items, every head's scores over the KV cache's MaxContext (and one block's rows when the cache stores F16 or int8), grown when a larger cache is first seen.";
         yield return "Threads: one worker pool (PlanOptions.Threads). A matmul splits its 4-row groups over the threads, each tile of 4 or 8 rows × 4";
         yield return "  tokens going through its epilogue while in registers; attention splits (token, KV-head chunk) items. Every output is computed";
         yield return "  by one thread in a fixed order, so results do not depend on the thread count.";
@@ -116,7 +116,7 @@ internal static class FusionReport
                 return $"matmul: {name(m.Input)}·[{weights}]ᵀ{norm} → {string.Join(", ", outputs)}";
             }
             case AttentionKernel a:
-                return $"attention: {name(a.Output)} ← Attention({name(a.Q)}, {name(a.K)}, {name(a.V)}): k/v rows written to the KV cache, then causal GQA in parallel over (token, chunk of KV heads) items, each reading its cached rows once for all its heads (dots, softmax, weighted sum)";
+                return $"attention: {name(a.Output)} ← Attention({name(a.Q)}, {name(a.K)}, {name(a.V)}): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)";
             case SelectRowsKernel s:
                 return $"select rows: {name(s.Output)} ← the rows of {name(s.Input)} whose logits are wanted";
             case RmsNormKernel r:

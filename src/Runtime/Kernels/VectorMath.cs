@@ -408,50 +408,86 @@ public static class VectorMath
     }
 
     /// <summary>
-    /// Causal attention of several query heads of one token over <paramref name="positions"/> cached rows, reading each
-    /// row once for all of them (rows hold every KV head side by side, so this streams the cache instead of striding
-    /// it head by head). <paramref name="queries"/>: <paramref name="heads"/> query heads of <paramref name="headDim"/>,
-    /// back to back; query head h reads KV head h / <paramref name="group"/> of <paramref name="keys"/> and
-    /// <paramref name="values"/> (rows <paramref name="stride"/> apart, starting at this chunk's first KV head).
-    /// <paramref name="scores"/> holds heads × positions scratch; <paramref name="output"/> gets heads × headDim.
-    /// Per head: scores = scale·q·k, softmax, output = Σ softmax·v — the same as <see cref="AttentionScores"/>,
-    /// <see cref="Softmax"/> and <see cref="WeightedSum"/> head by head.
+    /// Causal attention of several query heads of one token over <paramref name="positions"/> consecutive cached rows,
+    /// reading each row once for all of them (rows hold every KV head side by side, so this streams the cache instead
+    /// of striding it head by head). <paramref name="queries"/>: <paramref name="heads"/> query heads of
+    /// <paramref name="headDim"/>, back to back; query head h reads KV head h / <paramref name="group"/> of
+    /// <paramref name="keys"/> and <paramref name="values"/> (rows <paramref name="stride"/> apart, starting at the
+    /// first KV head's columns). <paramref name="scores"/> holds heads × positions scratch; <paramref name="output"/>
+    /// gets heads × headDim. Per head: scores = scale·q·k, softmax, output = Σ softmax·v — the same as
+    /// <see cref="AttentionScores(ReadOnlySpan{float}, ReadOnlySpan{float}, int, float, Span{float})"/>,
+    /// <see cref="Softmax"/> and <see cref="WeightedSum"/> head by head. A cache in blocks runs the two phases block by
+    /// block instead (<see cref="AttentionScores(ReadOnlySpan{float}, int, int, int, ReadOnlySpan{float}, int, int, float, Span{float}, int, int)"/>,
+    /// <see cref="AttentionValues"/>).
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Attention(ReadOnlySpan<float> queries, int heads, int headDim, int group, ReadOnlySpan<float> keys,
         ReadOnlySpan<float> values, int stride, int positions, float scale, Span<float> scores, Span<float> output)
     {
-        if (heads <= 0 || group <= 0 || heads % group != 0 || queries.Length < heads * headDim || output.Length < heads * headDim
-            || scores.Length < heads * positions || positions <= 0)
-            throw new ArgumentException($"Attention of {heads} heads of {headDim} over {positions} rows does not fit the spans given.");
-        int kvHeads = heads / group;
-        CheckRows(keys.Length, stride, positions, kvHeads * headDim);
-        CheckRows(values.Length, stride, positions, kvHeads * headDim);
-        if (!Vector512.IsHardwareAccelerated || headDim % 16 != 0 || headDim > 256)
+        AttentionScores(queries, heads, headDim, group, keys, stride, positions, scale, scores, positions, 0);
+        for (int h = 0; h < heads; h++) Softmax(scores.Slice(h * positions, positions));
+        output[..(heads * headDim)].Clear();
+        AttentionValues(scores, positions, 0, heads, headDim, group, values, stride, positions, output);
+    }
+
+    /// <summary>
+    /// The scores of several query heads against <paramref name="positions"/> consecutive cached rows:
+    /// scores[h·<paramref name="scoreStride"/> + <paramref name="firstPosition"/> + p] = scale · q_h · k_p (the head's
+    /// KV head as in <see cref="Attention"/>). Rows are read in order, four at a time, once for every head.
+    /// </summary>
+    public static void AttentionScores(ReadOnlySpan<float> queries, int heads, int headDim, int group, ReadOnlySpan<float> keys,
+        int stride, int positions, float scale, Span<float> scores, int scoreStride, int firstPosition)
+    {
+        CheckHeads(queries.Length, heads, headDim, group, scores.Length, scoreStride, firstPosition, positions);
+        CheckRows(keys.Length, stride, positions, heads / group * headDim);
+        if (Vector512.IsHardwareAccelerated && headDim % 16 == 0)
         {
-            for (int h = 0; h < heads; h++)
-            {
-                int kv = h / group * headDim;
-                var row = scores.Slice(h * positions, positions);
-                AttentionScores(queries.Slice(h * headDim, headDim), keys[kv..], stride, scale, row);
-                Softmax(row);
-                WeightedSum(values[kv..], stride, row, output.Slice(h * headDim, headDim));
-            }
+            AttentionScoresRows(queries, heads, headDim, group, keys, stride, positions, scale, scores, scoreStride, firstPosition);
             return;
         }
-        AttentionScoresRows(queries, heads, headDim, group, keys, stride, positions, scale, scores);
-        for (int h = 0; h < heads; h++) Softmax(scores.Slice(h * positions, positions));
-        AttentionValuesRows(scores, heads, headDim, group, values, stride, positions, output);
+        for (int h = 0; h < heads; h++)
+            AttentionScores(queries.Slice(h * headDim, headDim), keys[(h / group * headDim)..], stride, scale,
+                scores.Slice(h * scoreStride + firstPosition, positions));
+    }
+
+    /// <summary>
+    /// Adds the weighted values of <paramref name="positions"/> consecutive cached rows to several heads' outputs:
+    /// output_h += Σ_p weights[h·<paramref name="scoreStride"/> + <paramref name="firstPosition"/> + p] · v_p (the
+    /// head's KV head as in <see cref="Attention"/>; clear the output before the first block).
+    /// </summary>
+    public static void AttentionValues(ReadOnlySpan<float> weights, int scoreStride, int firstPosition, int heads, int headDim, int group,
+        ReadOnlySpan<float> values, int stride, int positions, Span<float> output)
+    {
+        CheckHeads(output.Length, heads, headDim, group, weights.Length, scoreStride, firstPosition, positions);
+        CheckRows(values.Length, stride, positions, heads / group * headDim);
+        if (Vector512.IsHardwareAccelerated && headDim % 16 == 0)
+        {
+            AttentionValuesRows(weights, scoreStride, firstPosition, heads, headDim, group, values, stride, positions, output);
+            return;
+        }
+        for (int h = 0; h < heads; h++)
+        {
+            var result = output.Slice(h * headDim, headDim);
+            var source = values[(h / group * headDim)..];
+            for (int p = 0; p < positions; p++)
+                ScaleAdd(result, source.Slice(p * stride, headDim), weights[h * scoreStride + firstPosition + p]);
+        }
+    }
+
+    private static void CheckHeads(int vectors, int heads, int headDim, int group, int scores, int scoreStride, int firstPosition, int positions)
+    {
+        if (heads <= 0 || headDim <= 0 || group <= 0 || heads % group != 0 || vectors < heads * headDim || positions < 0
+            || firstPosition < 0 || firstPosition + positions > scoreStride || scores < (heads - 1) * scoreStride + firstPosition + positions)
+            throw new ArgumentException($"Attention of {heads} heads of {headDim} over rows {firstPosition}..{firstPosition + positions} does not fit the spans given.");
     }
 
     // Positions four at a time, every head: rows p..p+3 are read once, in order, for all heads.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void AttentionScoresRows(ReadOnlySpan<float> queries, int heads, int headDim, int group, ReadOnlySpan<float> keys,
-        int stride, int positions, float scale, Span<float> scores)
+        int stride, int positions, float scale, Span<float> scores, int scoreStride, int firstPosition)
     {
         ref float q = ref MemoryMarshal.GetReference(queries);
         ref float k = ref MemoryMarshal.GetReference(keys);
-        ref float s = ref MemoryMarshal.GetReference(scores);
+        ref float s = ref Unsafe.Add(ref MemoryMarshal.GetReference(scores), firstPosition);
         int width = heads / group * headDim, lines = (width * sizeof(float) + 63) / 64;
         int p = 0;
         for (; p + 4 <= positions; p += 4)
@@ -478,7 +514,7 @@ public static class VectorMath
                 Vector256<float> h0 = a0.GetLower() + a0.GetUpper(), h1 = a1.GetLower() + a1.GetUpper();
                 Vector256<float> h2 = a2.GetLower() + a2.GetUpper(), h3 = a3.GetLower() + a3.GetUpper();
                 Vector256<float> sums = Avx.HorizontalAdd(Avx.HorizontalAdd(h0, h1), Avx.HorizontalAdd(h2, h3));
-                ((sums.GetLower() + sums.GetUpper()) * scale).StoreUnsafe(ref s, (nuint)(h * positions + p));
+                ((sums.GetLower() + sums.GetUpper()) * scale).StoreUnsafe(ref s, (nuint)(h * scoreStride + p));
             }
         }
         for (; p < positions; p++)
@@ -491,21 +527,20 @@ public static class VectorMath
                 Vector512<float> a0 = default;
                 for (int i = 0; i < headDim; i += 16)
                     a0 = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref qh, (nuint)i), Vector512.LoadUnsafe(ref r0, (nuint)i), a0);
-                Unsafe.Add(ref s, h * positions + p) = Vector512.Sum(a0) * scale;
+                Unsafe.Add(ref s, h * scoreStride + p) = Vector512.Sum(a0) * scale;
             }
         }
     }
 
     // Positions four at a time, every head: each head's output (in L1) takes four rows' worth per load and store.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void AttentionValuesRows(ReadOnlySpan<float> weights, int heads, int headDim, int group, ReadOnlySpan<float> values,
-        int stride, int positions, Span<float> output)
+    private static void AttentionValuesRows(ReadOnlySpan<float> weights, int scoreStride, int firstPosition, int heads, int headDim, int group,
+        ReadOnlySpan<float> values, int stride, int positions, Span<float> output)
     {
-        ref float w = ref MemoryMarshal.GetReference(weights);
+        ref float w = ref Unsafe.Add(ref MemoryMarshal.GetReference(weights), firstPosition);
         ref float v = ref MemoryMarshal.GetReference(values);
         ref float o = ref MemoryMarshal.GetReference(output);
         int width = heads / group * headDim, lines = (width * sizeof(float) + 63) / 64;
-        output[..(heads * headDim)].Clear();
         for (int p = 0; p < positions; p += 4)
         {
             int count = Math.Min(4, positions - p);
@@ -515,7 +550,7 @@ public static class VectorMath
             {
                 ref float oh = ref Unsafe.Add(ref o, h * headDim);
                 ref float r0 = ref Unsafe.Add(ref v0, h / group * headDim);
-                ref float wh = ref Unsafe.Add(ref w, h * positions + p);
+                ref float wh = ref Unsafe.Add(ref w, h * scoreStride + p);
                 var s0 = Vector512.Create(wh);
                 var s1 = count > 1 ? Vector512.Create(Unsafe.Add(ref wh, 1)) : default;
                 var s2 = count > 2 ? Vector512.Create(Unsafe.Add(ref wh, 2)) : default;

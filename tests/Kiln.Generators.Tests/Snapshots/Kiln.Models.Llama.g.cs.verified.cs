@@ -3,7 +3,7 @@
 //   [1] gather: x ← Embedding(TokenEmbedding), one table row per token
 //   for each of the LayerCount layers (Layers[layer]):
 //     [2] matmul: x·[Wq|Wk|Wv]ᵀ with RmsNorm(AttnNorm) fused into the input preparation (1/rms per token once, x·(1/rms)·g quantized or written in one pass) → q ← rope(·) epilogue, k ← rope(·) epilogue, v
-//     [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache, then causal GQA in parallel over (token, chunk of KV heads) items, each reading its cached rows once for all its heads (dots, softmax, weighted sum)
+//     [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)
 //     [4] matmul: attention·[Wo]ᵀ → x += · (residual add epilogue, in place)
 //     [5] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation (1/rms per token once, x·(1/rms)·g quantized or written in one pass) → swiglu ← silu(gate)·up epilogue
 //     [6] matmul: swiglu·[Down]ᵀ → x += · (residual add epilogue, in place)
@@ -30,7 +30,7 @@
 //   x·(1/rms)·g in the same pass (g cannot fold into quantized columns without requantizing them, and folding it into
 //   float columns would change their rounding: the packed weights stay exactly as stored).
 // Rope: cos/sin per token and pair computed once per step in double (as the eager op), shared by every layer.
-// Attention scores: every head's scratch row of the KV cache's MaxContext per chunk of work items, grown when a larger cache is first seen.
+// Attention scratch: per chunk of work items, every head's scores over the KV cache's MaxContext (and one block's rows when the cache stores F16 or int8), grown when a larger cache is first seen.
 // Threads: one worker pool (PlanOptions.Threads). A matmul splits its 4-row groups over the threads, each tile of 4 or 8 rows × 4
 //   tokens going through its epilogue while in registers; attention splits (token, KV-head chunk) items. Every output is computed
 //   by one thread in a fixed order, so results do not depend on the thread count.
@@ -178,7 +178,7 @@ namespace Kiln.Models
                 "  [1] gather: x ← Embedding(TokenEmbedding), one table row per token\n" +
                 "  for each of the LayerCount layers (Layers[layer]):\n" +
                 "    [2] matmul: x·[Wq|Wk|Wv]ᵀ with RmsNorm(AttnNorm) fused into the input preparation (1/rms per token once, x·(1/rms)·g quantized or written in one pass) → q ← rope(·) epilogue, k ← rope(·) epilogue, v\n" +
-                "    [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache, then causal GQA in parallel over (token, chunk of KV heads) items, each reading its cached rows once for all its heads (dots, softmax, weighted sum)\n" +
+                "    [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)\n" +
                 "    [4] matmul: attention·[Wo]ᵀ → x += · (residual add epilogue, in place)\n" +
                 "    [5] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation (1/rms per token once, x·(1/rms)·g quantized or written in one pass) → swiglu ← silu(gate)·up epilogue\n" +
                 "    [6] matmul: swiglu·[Down]ᵀ → x += · (residual add epilogue, in place)\n" +
@@ -205,7 +205,7 @@ namespace Kiln.Models
                 "  x·(1/rms)·g in the same pass (g cannot fold into quantized columns without requantizing them, and folding it into\n" +
                 "  float columns would change their rounding: the packed weights stay exactly as stored).\n" +
                 "Rope: cos/sin per token and pair computed once per step in double (as the eager op), shared by every layer.\n" +
-                "Attention scores: every head's scratch row of the KV cache's MaxContext per chunk of work items, grown when a larger cache is first seen.\n" +
+                "Attention scratch: per chunk of work items, every head's scores over the KV cache's MaxContext (and one block's rows when the cache stores F16 or int8), grown when a larger cache is first seen.\n" +
                 "Threads: one worker pool (PlanOptions.Threads). A matmul splits its 4-row groups over the threads, each tile of 4 or 8 rows × 4\n" +
                 "  tokens going through its epilogue while in registers; attention splits (token, KV-head chunk) items. Every output is computed\n" +
                 "  by one thread in a fixed order, so results do not depend on the thread count.\n";
@@ -257,10 +257,11 @@ namespace Kiln.Models
             // Matmul inputs, prepared once per matmul for all its weights (normalized, quantized to Q8 for the quantized layouts).
             private readonly global::Kiln.Kernels.MatMul.GemmScratch _inputs;
 
-            // Attention scores: every head's row of the KV cache's MaxContext per chunk of work items (32 at most), grown when a larger cache is first seen.
+            // Attention scratch per chunk of work items (32 at most): every head's row of scores over the KV cache's MaxContext,
+            // and room to read one block's rows when the cache does not store floats; grown when a larger cache is first seen.
             private global::Kiln.Kernels.MatMul.NativeBlock? _scoresMemory;
-            private global::Kiln.Kernels.MatMul.FloatBuffer _scores;
-            private int _scoresContext, _scoresPerChunk;
+            private global::Kiln.Kernels.MatMul.FloatBuffer _scores, _gather;
+            private int _scoresContext, _scoresPerChunk, _gatherFloats;
 
             public CompiledPlan(Llama model, global::Kiln.PlanOptions options)
             {
@@ -397,9 +398,8 @@ namespace Kiln.Models
                 var cache = context.Cache;
                 if (cache.KvDim != _KvDim || cache.Layers < _model.LayerCount)
                     throw new global::System.ArgumentException($"The KV cache holds {cache.Layers} layers of rows of {cache.KvDim}; this model needs {_model.LayerCount} of {_KvDim} (use CreateKvCache).", nameof(context));
-                if (_scoresContext < cache.MaxContext) GrowScores(cache.MaxContext); // once per larger cache, never per step
+                if (_scoresContext < cache.MaxContext || _gatherFloats < global::Kiln.Kernels.MatMul.KvBlocks.ScratchFloats(cache)) GrowScores(cache); // once per larger cache, never per step
                 global::System.ReadOnlySpan<int> positions = context.Positions;
-                global::System.ReadOnlySpan<int> slots = context.Slots;
                 global::System.ReadOnlySpan<int> outputRows = context.OutputRows;
 
                 // Activations: views of the arena.
@@ -458,14 +458,16 @@ namespace Kiln.Models
                         };
                         _pool.Run(weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, T, _pool.ThreadCount), work);
                     }
-                    // [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache, then causal GQA in parallel over (token, chunk of KV heads) items, each reading its cached rows once for all its heads (dots, softmax, weighted sum)
+                    // [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)
                     {
                         int heads = _model.Heads, kvHeads = _model.KvHeadCount;
-                        // This step's k and v rows go to the cache first: a token attends to itself and to earlier tokens of the step.
+                        // This step's k and v rows go to the cache first (at each token's row of its sequence's blocks, in the cache's
+                        // storage): a token attends to itself and to earlier tokens of the step.
                         for (int t = 0; t < T; t++)
                         {
-                            k.Slice(t * _KvDim, _KvDim).CopyTo(cache.Key(layer, slots[t], positions[t]));
-                            v.Slice(t * _KvDim, _KvDim).CopyTo(cache.Value(layer, slots[t], positions[t]));
+                            int row = context.KvRow(t);
+                            cache.WriteKey(layer, row, k.Slice(t * _KvDim, _KvDim));
+                            cache.WriteValue(layer, row, v.Slice(t * _KvDim, _KvDim));
                         }
                         // Items: each token's KV heads in a few chunks (so one token's heads still spread over the threads); a chunk reads its
                         // rows of the cache once, in order, for all its heads.
@@ -479,6 +481,8 @@ namespace Kiln.Models
                             Output = _arena.View(_attentionOffset, T * _QDim),
                             Scores = _scores,
                             ScoresStride = _scoresPerChunk,
+                            Gather = _gather,
+                            GatherStride = _gatherFloats,
                             ChunkSize = chunk,
                             PerToken = perToken,
                             KvPerItem = kvPerItem,
@@ -571,14 +575,16 @@ namespace Kiln.Models
 
             private const int AttentionChunks = 32;
 
-            /// <summary>Score scratch for a cache of <paramref name="context"/> positions: every head of a token per chunk of work items.</summary>
-            private void GrowScores(int context)
+            /// <summary>Attention scratch for <paramref name="cache"/>: per chunk of work items, every head's scores over its MaxContext and one block's rows.</summary>
+            private void GrowScores(global::Kiln.KvCache cache)
             {
                 _scoresMemory?.Dispose();
-                _scoresPerChunk = checked(context * _model.Heads);
-                _scoresMemory = new global::Kiln.Kernels.MatMul.NativeBlock((long)AttentionChunks * _scoresPerChunk * sizeof(float));
+                _scoresContext = global::System.Math.Max(_scoresContext, cache.MaxContext);
+                _gatherFloats = global::System.Math.Max(_gatherFloats, global::Kiln.Kernels.MatMul.KvBlocks.ScratchFloats(cache));
+                _scoresPerChunk = checked(_scoresContext * _model.Heads);
+                _scoresMemory = new global::Kiln.Kernels.MatMul.NativeBlock(((long)_scoresPerChunk + _gatherFloats) * AttentionChunks * sizeof(float));
                 _scores = _scoresMemory.Floats(0, AttentionChunks * _scoresPerChunk);
-                _scoresContext = context;
+                _gather = _scoresMemory.Floats((long)AttentionChunks * _scoresPerChunk * sizeof(float), AttentionChunks * _gatherFloats);
             }
 
             /// <summary>[2] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
@@ -692,30 +698,46 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[3] Causal GQA attention, one (token, chunk of KV heads) per item: every query head of the chunk over the same cached rows.</summary>
+            /// <summary>[3] Causal GQA attention, one (token, chunk of KV heads) per item: every query head of the chunk over the same cached rows, block by block of the token's sequence.</summary>
             private struct Attention3Work : global::Kiln.Threading.IParallelWork
             {
-                public global::Kiln.Kernels.MatMul.FloatBuffer Q, Output, Scores;
+                public global::Kiln.Kernels.MatMul.FloatBuffer Q, Output, Scores, Gather;
                 public global::Kiln.KvCache Cache;
                 public global::Kiln.AttentionContext Context;
-                public int ScoresStride, ChunkSize, PerToken, KvPerItem, Layer, Heads, KvHeads, HeadDim, QCols, KvCols;
+                public int ScoresStride, GatherStride, ChunkSize, PerToken, KvPerItem, Layer, Heads, KvHeads, HeadDim, QCols, KvCols;
                 public float Scale;
 
                 [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
                 public void Execute(int start, int end)
                 {
-                    // Items come in chunks of ChunkSize from a multiple of it: the chunk's own score scratch.
-                    var scores = Scores.Slice(start / ChunkSize * ScoresStride, ScoresStride);
+                    // Items come in chunks of ChunkSize from a multiple of it: the chunk's own scratch.
+                    int chunk = start / ChunkSize;
+                    var scores = Scores.Slice(chunk * ScoresStride, ScoresStride);
+                    var gather = Gather.Slice(chunk * GatherStride, GatherStride);
                     var positions = Context.Positions;
-                    var slots = Context.Slots;
-                    int group = Heads / KvHeads;
+                    int group = Heads / KvHeads, blockSize = Cache.BlockSize;
                     for (int item = start; item < end; item++)
                     {
                         int t = item / PerToken, kv0 = item % PerToken * KvPerItem, kv1 = global::System.Math.Min(KvHeads, kv0 + KvPerItem);
                         int rows = positions[t] + 1, heads = (kv1 - kv0) * group, at = t * QCols + kv0 * group * HeadDim;
-                        global::Kiln.Kernels.VectorMath.Attention(Q.Slice(at, heads * HeadDim), heads, HeadDim, group,
-                            Cache.Keys(Layer, slots[t]).Slice(kv0 * HeadDim), Cache.Values(Layer, slots[t]).Slice(kv0 * HeadDim), KvCols, rows, Scale,
-                            scores.Slice(0, heads * rows), Output.Slice(at, heads * HeadDim));
+                        var blocks = Context.BlockTable(Context.SequenceOf(t)); // a contiguous cache: one block per sequence
+                        var query = Q.Slice(at, heads * HeadDim);
+                        var output = Output.Slice(at, heads * HeadDim);
+                        var weights = scores.Slice(0, heads * rows);
+                        for (int b = 0, first = 0; first < rows; b++, first += blockSize)
+                        {
+                            int count = global::System.Math.Min(blockSize, rows - first);
+                            var keys = global::Kiln.Kernels.MatMul.KvBlocks.Keys(Cache, Layer, blocks[b], count, gather);
+                            global::Kiln.Kernels.VectorMath.AttentionScores(query, heads, HeadDim, group, keys[(kv0 * HeadDim)..], KvCols, count, Scale, weights, rows, first);
+                        }
+                        for (int h = 0; h < heads; h++) global::Kiln.Kernels.VectorMath.Softmax(weights.Slice(h * rows, rows));
+                        output.Clear();
+                        for (int b = 0, first = 0; first < rows; b++, first += blockSize)
+                        {
+                            int count = global::System.Math.Min(blockSize, rows - first);
+                            var values = global::Kiln.Kernels.MatMul.KvBlocks.Values(Cache, Layer, blocks[b], count, gather);
+                            global::Kiln.Kernels.VectorMath.AttentionValues(weights, rows, first, heads, HeadDim, group, values[(kv0 * HeadDim)..], KvCols, count, output);
+                        }
                     }
                 }
             }
