@@ -86,7 +86,8 @@ public sealed class EngineTests
     [Fact]
     public async Task CancellingMidStreamEndsTheRequestAndFreesItsBlocks()
     {
-        await using var engine = CreateEngine(Small());
+        // Paced steps: the request must still be running when the reader's cancel arrives, even on a loaded machine.
+        await using var engine = new KilnEngine(Model, tokens => new PacedPlan(new EagerPlan(Model, tokens)), Tokenizer, Small());
         using var cancel = new CancellationTokenSource();
         var outcome = await Collect(
             engine.GenerateAsync(Stories.PromptIds, new GenerationOptions { MaxTokens = 200, IgnoreEndOfSequence = true }, cancel.Token),
@@ -382,5 +383,23 @@ public sealed class EngineTests
         {
             lock (_meters) _meters.ForEach(m => m.Dispose());
         }
+    }
+
+    /// <summary>A plan that takes at least a few milliseconds per step, so timing-sensitive tests don't race the engine.</summary>
+    private sealed class PacedPlan(ICompiledPlan inner) : ICompiledPlan
+    {
+        public int MaxTokensPerStep => inner.MaxTokensPerStep;
+
+        public int VocabSize => inner.VocabSize;
+
+        public string FusionReport => inner.FusionReport;
+
+        public void Step(ReadOnlySpan<int> tokens, AttentionContext context, Span<float> logits)
+        {
+            Thread.Sleep(5);
+            inner.Step(tokens, context, logits);
+        }
+
+        public void Dispose() => inner.Dispose();
     }
 }
