@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using Kiln.Engine.Serving;
@@ -9,7 +8,7 @@ using Kiln.Tokenization;
 namespace Kiln.Bench;
 
 /// <summary>What <c>bench serve</c> was asked for.</summary>
-public sealed record ServeOptions(string ModelPath, int Threads, string? JsonPath, bool Quick, int Seed, int Batch, bool Eager, double Load = 0.9);
+public sealed record ServeOptions(string ModelPath, int Threads, string? JsonPath, bool Quick, int Seed, int Batch, bool Eager, double Load = 0.9, int TokenBudget = 0);
 
 /// <summary>
 /// <c>bench serve</c>: the batching engine under a seeded workload (Poisson arrivals, long-tailed prompt and output
@@ -19,20 +18,27 @@ public sealed record ServeOptions(string ModelPath, int Threads, string? JsonPat
 public static class ServeCommand
 {
     public const string Usage =
-        "usage: bench serve --model FILE --threads N [--json OUT] [--quick] [--seed N] [--batch N] [--load X] [--eager]\n" +
+        "usage: bench serve --model FILE --threads N [--json OUT] [--quick] [--seed N] [--batch N] [--load X] [--budget N] [--eager]\n" +
         "  --batch: running requests of the engine and the static batch size (default 16)\n" +
-        "  --load: offered load over the engine's estimated capacity, in percent (default 90: busy, not saturated)\n" +
+        "  --load: offered load over the engine's measured capacity, in percent (default 90: busy, not saturated)\n" +
+        "  --budget: tokens per engine step with chunked prefill (default 64, quick 32): the time-between-tokens bound\n" +
         "  --eager: the eager reference plan instead of the compiled one (slow; for checking the harness)";
 
     /// <summary>
     /// The workload's shape. Full: chat-like, long-tailed prompts and outputs long enough that many requests decode at
-    /// once, the regime where how a prefill shares steps with decodes decides the time between tokens.
+    /// once, the regime where how a prefill shares steps with decodes decides the time between tokens. The token
+    /// budget is what a step may cost: on two cores a 64-token step takes about as long as a few decode steps, and
+    /// steps of 64 tokens or more cost about the same per token, so chunking at 64 bounds the time between tokens
+    /// without giving up throughput.
     /// </summary>
     private sealed record Sizes(int Requests, LengthDistribution Prompts, LengthDistribution Outputs, int TokenBudget, int PrefixRequests, int PrefixLength)
     {
-        public static Sizes Full { get; } = new(80, new(256, 0.8, 16, 1024), new(128, 0.8, 8, 512), 128, 6, 1024);
-        public static Sizes Quick { get; } = new(24, new(48, 0.8, 4, 256), new(32, 0.8, 4, 96), 64, 3, 256);
+        public static Sizes Full { get; } = new(80, new(256, 0.8, 16, 1024), new(128, 0.8, 8, 512), 64, 6, 1024);
+        public static Sizes Quick { get; } = new(24, new(48, 0.8, 4, 256), new(32, 0.8, 4, 96), 32, 3, 256);
     }
+
+    /// <summary>Tokens per step of static batching's padded prefill.</summary>
+    private const int StaticPrefillStep = 512;
 
     /// <summary>Parses the arguments after "serve"; returns the exit code (2 for a usage error, 1 for a failure).</summary>
     public static int Run(ReadOnlySpan<string> args)
@@ -44,7 +50,7 @@ public static class ServeCommand
             {
                 string name = args[i].StartsWith("--", StringComparison.Ordinal) ? args[i][2..] : throw new ArgumentException($"unexpected argument '{args[i]}'");
                 string value = name is "quick" or "eager" ? "true" : i + 1 < args.Length ? args[++i] : throw new ArgumentException($"--{name} needs a value");
-                if (name is not ("model" or "threads" or "json" or "quick" or "seed" or "batch" or "load" or "eager")) throw new ArgumentException($"unknown option --{name}");
+                if (name is not ("model" or "threads" or "json" or "quick" or "seed" or "batch" or "load" or "budget" or "eager")) throw new ArgumentException($"unknown option --{name}");
                 if (!values.TryAdd(name, value)) throw new ArgumentException($"--{name} given twice");
             }
             int Number(string name, int fallback, int min, int max)
@@ -58,7 +64,7 @@ public static class ServeCommand
             int threads = Number("threads", -1, 1, 64);
             if (threads < 0) throw new ArgumentException("--threads is required");
             var options = new ServeOptions(model, threads, values.GetValueOrDefault("json"), values.ContainsKey("quick"), Number("seed", 1234, int.MinValue, int.MaxValue),
-                Number("batch", 16, 1, 256), values.ContainsKey("eager"), Number("load", 90, 1, 1000) / 100.0);
+                Number("batch", 16, 1, 256), values.ContainsKey("eager"), Number("load", 90, 1, 1000) / 100.0, Number("budget", 0, 1, 65536));
             return RunAsync(options, Console.Out, Console.Error).GetAwaiter().GetResult();
         }
         catch (ArgumentException e) when (e is not ArgumentOutOfRangeException)
@@ -76,6 +82,8 @@ public static class ServeCommand
     public static async Task<int> RunAsync(ServeOptions options, TextWriter output, TextWriter log)
     {
         var sizes = options.Quick ? Sizes.Quick : Sizes.Full;
+        if (options.TokenBudget > 0) sizes = sizes with { TokenBudget = options.TokenBudget };
+        if (sizes.TokenBudget < options.Batch) throw new ArgumentException($"--budget ({sizes.TokenBudget}) must be at least --batch ({options.Batch}): every running request decodes each step");
         using var file = ModelFile.Open(options.ModelPath);
         var model = Llama.Load(file);
         var tokenizer = KilnTokenizer.FromModelFile(file);
@@ -91,20 +99,6 @@ public static class ServeCommand
         var outputs = sizes.Outputs with { Max = Math.Min(sizes.Outputs.Max, context / 2 - 1) };
         int maxSequence = prompts.Max + outputs.Max;
 
-        // Calibration: the arrival rate is a fraction of what the engine can do (by default busy but not saturated, where
-        // latency percentiles mean something); static batching, with less capacity, is saturated by the same stream.
-        double prefillSecondsPerToken, decodeSecondsPerToken;
-        using (var calibrationPlan = compile(Math.Max(sizes.TokenBudget, options.Batch)))
-        {
-            prefillSecondsPerToken = TimeStep(model, calibrationPlan, sizes.TokenBudget) / sizes.TokenBudget;
-            decodeSecondsPerToken = TimeStep(model, calibrationPlan, options.Batch) / options.Batch;
-        }
-        double serviceSeconds = prompts.Mean(options.Seed) * prefillSecondsPerToken + outputs.Mean(options.Seed) * decodeSecondsPerToken;
-        double rate = options.Load / serviceSeconds;
-        var workload = ServeWorkload.Poisson(sizes.Requests, rate, prompts, outputs, model.VocabSize, options.Seed);
-        log.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"serve: workload: {workload.Length} requests, Poisson {rate:F2} req/s ({options.Load:F2}× the engine's estimated capacity), prompts median {prompts.Median} (max {workload.Max(r => r.Prompt.Length)}), outputs median {outputs.Median} (max {workload.Max(r => r.OutputTokens)}), seed {options.Seed}"));
-
         // Every system gets the same KV memory: what static batching reserves, a batch of whole sequences.
         long kvBytes = (long)options.Batch * ((maxSequence + 15) / 16) * KvCache.BytesPerBlock(model.LayerCount, 16, model.KvDim);
         var engineOptions = new EngineOptions
@@ -116,11 +110,23 @@ public static class ServeCommand
             MaxContext = maxSequence,
         };
 
+        // Calibration: the engine's capacity measured, not modelled: a pilot of the same lengths (another seed), all
+        // arriving at once. The arrival rate is a fraction of it (by default busy but not saturated, where latency
+        // percentiles mean something); static batching, with less capacity, is saturated by the same stream.
+        var pilot = ServeWorkload.Poisson(2 * options.Batch, double.PositiveInfinity, prompts, outputs, model.VocabSize, options.Seed + 2);
+        log.WriteLine($"serve: calibrating: {pilot.Length} requests at once through the engine...");
+        double capacity = (await ServeRunners.RunEngine("pilot", model, tokenizer, compile, engineOptions, pilot)).RequestsPerSecond;
+        double rate = options.Load * capacity;
+        var workload = ServeWorkload.Poisson(sizes.Requests, rate, prompts, outputs, model.VocabSize, options.Seed);
+        log.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"serve: workload: {workload.Length} requests, Poisson {rate:F2} req/s ({options.Load:F2}× the engine's measured {capacity:F2} req/s), prompts median {prompts.Median} (max {workload.Max(r => r.Prompt.Length)}), outputs median {outputs.Median} (max {workload.Max(r => r.OutputTokens)}), seed {options.Seed}"));
+
         var results = new List<ServeResult>();
         log.WriteLine("serve: (a) continuous batching, chunked prefill...");
         results.Add(await ServeRunners.RunEngine("continuous", model, tokenizer, compile, engineOptions, workload));
         log.WriteLine($"serve: (b) static batching with padding, batches of {options.Batch}...");
-        using (var staticPlan = compile(Math.Max(sizes.TokenBudget, options.Batch)))
+        // Its padded prefill has no decodes to hold back: big steps (per-token cost is flat from ~64 tokens up).
+        using (var staticPlan = compile(Math.Max(StaticPrefillStep, options.Batch)))
             results.Add(ServeRunners.RunStaticPadded("static_padded", model, staticPlan, workload, options.Batch, maxSequence));
         log.WriteLine("serve: (c) continuous batching, chunked prefill off (whole prompts per step)...");
         results.Add(await ServeRunners.RunEngine("no_chunking", model, tokenizer, compile, engineOptions with { ChunkedPrefill = false }, workload));
@@ -135,27 +141,6 @@ public static class ServeCommand
         Print(output, results, hitMs, missMs, prefixLength, options);
         if (options.JsonPath is not null) WriteJson(options.JsonPath, results, hitMs, missMs);
         return 0;
-    }
-
-    /// <summary>Median time of one step of <paramref name="tokens"/> fresh sequences' first tokens (matmul-bound, like a step of that many tokens).</summary>
-    private static double TimeStep(Llama model, ICompiledPlan plan, int tokens)
-    {
-        var context = new AttentionContext(model.CreateKvCache(tokens, maxContext: 1), tokens);
-        var ids = new int[tokens];
-        var logits = new float[tokens * plan.VocabSize];
-        for (int i = 0; i < tokens; i++)
-        {
-            ids[i] = 1;
-            context.Add(0, i, wantLogits: true);
-        }
-        var times = new double[5];
-        for (int run = -1; run < times.Length; run++)
-        {
-            long start = Stopwatch.GetTimestamp();
-            plan.Step(ids, context, logits);
-            if (run >= 0) times[run] = Stopwatch.GetElapsedTime(start).TotalSeconds;
-        }
-        return ServeResult.Percentile(times, 0.5);
     }
 
     private static void Print(TextWriter output, List<ServeResult> results, double hitMs, double missMs, int prefixLength, ServeOptions options)

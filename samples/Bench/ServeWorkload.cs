@@ -37,7 +37,7 @@ public static class ServeWorkload
         double arrival = 0;
         for (int i = 0; i < count; i++)
         {
-            if (i > 0) arrival += -Math.Log(1 - random.NextDouble()) / requestsPerSecond; // exponential gaps
+            if (i > 0) arrival += -Math.Log(1 - random.NextDouble()) / requestsPerSecond; // exponential gaps (0 at an infinite rate)
             requests[i] = new ServeRequest(i, arrival, RandomPrompt(random, prompts.Draw(random), vocab), outputs.Draw(random));
         }
         return requests;

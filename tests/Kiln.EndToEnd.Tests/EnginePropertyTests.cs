@@ -45,15 +45,19 @@ public sealed class EnginePropertyTests
 
     private static long s_preemptions;
 
-    [Fact]
-    public Task RandomWorkloadsKeepEveryPromise() =>
-        Gen.Select(GenRoomy, GenRequest.Array[1, 12]).SampleAsync((limits, requests) => RunScenario(limits, requests), iter: 12, threads: 2);
+    [Theory]
+    [InlineData(PlanKind.Eager, 8)]
+    [InlineData(PlanKind.Compiled, 12)]
+    public Task RandomWorkloadsKeepEveryPromise(PlanKind kind, int iterations) =>
+        Gen.Select(GenRoomy, GenRequest.Array[1, 12]).SampleAsync((limits, requests) => RunScenario(kind, limits, requests), iter: iterations, threads: 2);
 
-    [Fact]
-    public async Task RandomWorkloadsUnderATinyBlockBudgetKeepEveryPromise()
+    [Theory]
+    [InlineData(PlanKind.Eager, 6)]
+    [InlineData(PlanKind.Compiled, 8)]
+    public async Task RandomWorkloadsUnderATinyBlockBudgetKeepEveryPromise(PlanKind kind, int iterations)
     {
         long before = Interlocked.Read(ref s_preemptions);
-        await Gen.Select(GenTiny, GenRequest.Array[3, 10]).SampleAsync((limits, requests) => RunScenario(limits, requests), iter: 8, threads: 2);
+        await Gen.Select(GenTiny, GenRequest.Array[3, 10]).SampleAsync((limits, requests) => RunScenario(kind, limits, requests), iter: iterations, threads: 2);
         Assert.True(Interlocked.Read(ref s_preemptions) > before, "the tiny pools never forced a preemption");
     }
 
@@ -64,7 +68,7 @@ public sealed class EnginePropertyTests
         return prompt;
     }
 
-    private static async Task RunScenario(Limits limits, RequestSpec[] specs)
+    private static async Task RunScenario(PlanKind kind, Limits limits, RequestSpec[] specs)
     {
         var options = new EngineOptions
         {
@@ -76,8 +80,8 @@ public sealed class EnginePropertyTests
             ChunkedPrefill = limits.ChunkedPrefill,
             PrefixCaching = limits.PrefixCaching,
         };
-        await using var engine = CreateEngine(options);
-        var runs = specs.Select(spec => RunRequest(engine, spec)).ToArray();
+        await using var engine = CreateEngine(options, kind);
+        var runs = specs.Select(spec => RunRequest(engine, kind, spec)).ToArray();
         await Task.WhenAll(runs);
 
         var idle = await WaitUntilIdle(engine);
@@ -88,7 +92,7 @@ public sealed class EnginePropertyTests
     }
 
     /// <summary>Submits one request after its arrival delay, checks what it streams, and returns how many tokens it got.</summary>
-    private static async Task<int> RunRequest(KilnEngine engine, RequestSpec spec)
+    private static async Task<int> RunRequest(KilnEngine engine, PlanKind kind, RequestSpec spec)
     {
         await Task.Delay(spec.ArrivalMs);
         int[] prompt = PromptOf(spec);
@@ -110,7 +114,7 @@ public sealed class EnginePropertyTests
 
         // What it generates alone, within the context the engine allows.
         int room = Math.Min(spec.MaxTokens, engine.MaxContext - prompt.Length);
-        int[] expected = Reference(prompt, room);
+        int[] expected = Reference(prompt, room, kind: kind);
         Assert.Equal(1, outcome.FinalCount);
         var reason = outcome.Final.FinishReason;
         if (reason == FinishReason.Cancelled)

@@ -8,6 +8,13 @@ using Kiln.Tokenization;
 namespace Kiln.EndToEnd.Tests;
 
 /// <summary>
+/// The plan a step runs on: <see cref="Eager"/>, the reference forward (double accumulators), or the generator's
+/// <see cref="Compiled"/> one (float32, two threads). Each is held to itself run alone, as their logits differ in the
+/// last bits and near-ties may pick different tokens.
+/// </summary>
+public enum PlanKind { Eager, Compiled }
+
+/// <summary>
 /// The real stories260K model and tokenizer, loaded once for the engine tests, with the reference every engine
 /// output is held to: the request generated alone, by <see cref="TokenGenerator"/> over the eager forward and a
 /// contiguous KV cache.
@@ -22,27 +29,34 @@ internal static class EngineTestModel
 
     private static readonly ConcurrentDictionary<string, int[]> References = new();
     private static readonly object ReferenceLock = new();
-    private static TokenGenerator? s_referenceGenerator;
+    private static readonly Dictionary<PlanKind, TokenGenerator> ReferenceGenerators = new();
 
     public static Llama Model => Loaded.Value.Model;
 
     public static KilnTokenizer Tokenizer => Loaded.Value.Tokenizer;
 
-    /// <summary>An engine on the eager reference plan (batch-invariant and paged-capable by construction).</summary>
-    public static KilnEngine CreateEngine(EngineOptions options) =>
-        new(Model, tokens => new EagerPlan(Model, tokens), Tokenizer, options);
+    public static ICompiledPlan CreatePlan(PlanKind kind, int maxTokensPerStep) => kind == PlanKind.Eager
+        ? new EagerPlan(Model, maxTokensPerStep)
+        : Model.Compile(new PlanOptions(maxTokensPerStep, Threads: 2));
 
-    /// <summary>The greedy continuation of <paramref name="prompt"/> run alone; stops at EOS unless told not to.</summary>
-    public static int[] Reference(int[] prompt, int maxTokens, bool stopAtEndOfSequence = true)
+    public static KilnEngine CreateEngine(EngineOptions options, PlanKind kind = PlanKind.Eager) =>
+        new(Model, tokens => CreatePlan(kind, tokens), Tokenizer, options);
+
+    /// <summary>
+    /// The greedy continuation of <paramref name="prompt"/> run alone, over a contiguous KV cache on the same kind of
+    /// plan; stops at EOS unless told not to.
+    /// </summary>
+    public static int[] Reference(int[] prompt, int maxTokens, bool stopAtEndOfSequence = true, PlanKind kind = PlanKind.Eager)
     {
-        string key = $"{string.Join(",", prompt)}|{maxTokens}|{stopAtEndOfSequence}";
+        string key = $"{kind}|{string.Join(",", prompt)}|{maxTokens}|{stopAtEndOfSequence}";
         return References.GetOrAdd(key, _ =>
         {
             lock (ReferenceLock)
             {
-                s_referenceGenerator ??= new TokenGenerator(Model, new EagerPlan(Model, maxTokensPerStep: 64), maxContext: 512);
+                if (!ReferenceGenerators.TryGetValue(kind, out var generator))
+                    ReferenceGenerators[kind] = generator = new TokenGenerator(Model, CreatePlan(kind, maxTokensPerStep: 64), maxContext: 512);
                 int stop = stopAtEndOfSequence ? Tokenizer.EosId : -1;
-                return s_referenceGenerator.Generate(prompt, maxTokens, SamplingOptions.Greedy, stop).ToArray();
+                return generator.Generate(prompt, maxTokens, SamplingOptions.Greedy, stop).ToArray();
             }
         });
     }

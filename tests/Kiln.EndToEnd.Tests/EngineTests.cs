@@ -19,10 +19,12 @@ public sealed class EngineTests
         KvCacheBytes = 4 << 20,
     };
 
-    [Fact]
-    public async Task OneRequestStreamsTheReferenceContinuationAndItsText()
+    [Theory]
+    [InlineData(PlanKind.Eager)]
+    [InlineData(PlanKind.Compiled)]
+    public async Task OneRequestStreamsTheReferenceContinuationAndItsText(PlanKind kind)
     {
-        await using var engine = CreateEngine(Small());
+        await using var engine = CreateEngine(Small(), kind);
         var outcome = await Collect(engine.GenerateAsync("Once upon a time", new GenerationOptions { MaxTokens = 64, IgnoreEndOfSequence = true }));
 
         Assert.Equal(Stories.GeneratedIds, outcome.Tokens);
@@ -34,19 +36,21 @@ public sealed class EngineTests
         await WaitUntilIdle(engine);
     }
 
-    [Fact]
-    public async Task ConcurrentRequestsEachGenerateWhatTheyGenerateAlone()
+    [Theory]
+    [InlineData(PlanKind.Eager)]
+    [InlineData(PlanKind.Compiled)]
+    public async Task ConcurrentRequestsEachGenerateWhatTheyGenerateAlone(PlanKind kind)
     {
         string[] prompts = ["Once upon a time", "Lily", "The cat sat on the", "One day, a big dog", "Tom and Sue went to the park. They"];
-        await using var engine = CreateEngine(Small(tokenBudget: 12, maxRunning: 4));
+        await using var engine = CreateEngine(Small(tokenBudget: 12, maxRunning: 4), kind);
         var runs = prompts.Select(p => Collect(engine.GenerateAsync(p, new GenerationOptions { MaxTokens = 30, Logprobs = true }))).ToArray();
         var outcomes = await Task.WhenAll(runs);
 
-        await using var alone = CreateEngine(Small(maxRunning: 1));
+        await using var alone = CreateEngine(Small(maxRunning: 1), kind);
         for (int i = 0; i < prompts.Length; i++)
         {
             int[] prompt = Tokenizer.Encode(prompts[i]);
-            Assert.Equal(Reference(prompt, 30), outcomes[i].Tokens);
+            Assert.Equal(Reference(prompt, 30, kind: kind), outcomes[i].Tokens);
             // Bitwise the same logits, batched or alone: the logprobs computed from them match exactly.
             var single = await Collect(alone.GenerateAsync(prompt, new GenerationOptions { MaxTokens = 30, Logprobs = true }));
             Assert.Equal(single.Tokens, outcomes[i].Tokens);
@@ -86,8 +90,7 @@ public sealed class EngineTests
     [Fact]
     public async Task CancellingMidStreamEndsTheRequestAndFreesItsBlocks()
     {
-        // Paced steps: the request must still be running when the reader's cancel arrives, even on a loaded machine.
-        await using var engine = new KilnEngine(Model, tokens => new PacedPlan(new EagerPlan(Model, tokens)), Tokenizer, Small());
+        await using var engine = CreatePacedEngine(Small());
         using var cancel = new CancellationTokenSource();
         var outcome = await Collect(
             engine.GenerateAsync(Stories.PromptIds, new GenerationOptions { MaxTokens = 200, IgnoreEndOfSequence = true }, cancel.Token),
@@ -102,7 +105,7 @@ public sealed class EngineTests
     [Fact]
     public async Task LeavingTheStreamEarlyCancelsTheRequest()
     {
-        await using var engine = CreateEngine(Small());
+        await using var engine = CreatePacedEngine(Small());
         int seen = 0;
         await foreach (var update in engine.GenerateAsync(Stories.PromptIds, new GenerationOptions { MaxTokens = 200, IgnoreEndOfSequence = true }))
         {
@@ -115,7 +118,7 @@ public sealed class EngineTests
     [Fact]
     public async Task DisposingTheEngineEndsEveryOpenRequestWithAReason()
     {
-        var engine = CreateEngine(Small(maxRunning: 2));
+        var engine = CreatePacedEngine(Small(maxRunning: 2));
         var options = new GenerationOptions { MaxTokens = 200, IgnoreEndOfSequence = true };
         var first = engine.GenerateAsync(Stories.PromptIds, options).GetAsyncEnumerator();
         Assert.True(await first.MoveNextAsync()); // running
@@ -179,19 +182,21 @@ public sealed class EngineTests
         }
     }
 
-    [Fact]
-    public async Task PreemptionUnderATinyBlockBudgetGivesTheSameGreedyText()
+    [Theory]
+    [InlineData(PlanKind.Eager)]
+    [InlineData(PlanKind.Compiled)]
+    public async Task PreemptionUnderATinyBlockBudgetGivesTheSameGreedyText(PlanKind kind)
     {
         // Room for about two sequences: the others wait, and running ones get preempted and recompute.
         long bytes = 14 * KvCache.BytesPerBlock(Model.LayerCount, 4, Model.KvDim);
-        await using var engine = CreateEngine(Small(tokenBudget: 16, maxRunning: 6) with { KvCacheBytes = bytes, MaxContext = 56 });
+        await using var engine = CreateEngine(Small(tokenBudget: 16, maxRunning: 6) with { KvCacheBytes = bytes, MaxContext = 56 }, kind);
         string[] prompts = ["Once upon a time", "Lily", "The cat sat on the", "One day, a big dog", "Tom", "The sun"];
         var outcomes = await Task.WhenAll(prompts.Select(p => Collect(engine.GenerateAsync(p, new GenerationOptions { MaxTokens = 36 }))));
         var statistics = await WaitUntilIdle(engine);
 
         Assert.True(statistics.Preemptions > 0, $"nothing was preempted: {statistics}");
         for (int i = 0; i < prompts.Length; i++)
-            Assert.Equal(Reference(Tokenizer.Encode(prompts[i]), 36), outcomes[i].Tokens);
+            Assert.Equal(Reference(Tokenizer.Encode(prompts[i]), 36, kind: kind), outcomes[i].Tokens);
     }
 
     [Fact]
@@ -204,14 +209,17 @@ public sealed class EngineTests
             var outcome = await Collect(unchunked.GenerateAsync(prompt, new GenerationOptions { MaxTokens = 16 }));
             Assert.Equal(Reference(prompt, 16), outcome.Tokens);
         }
-        foreach (var storage in new[] { KvStorage.F16, KvStorage.Int8 })
+        foreach (var kind in new[] { PlanKind.Eager, PlanKind.Compiled })
         {
-            await using var engine = CreateEngine(Small() with { KvStorage = storage, KvHeadDim = Model.HeadDim });
-            Assert.Equal(storage, engine.Cache.Storage);
-            var outcome = await Collect(engine.GenerateAsync(prompt, new GenerationOptions { MaxTokens = 16 }));
-            Assert.Equal(FinishReason.Length, outcome.Final.FinishReason);
-            // Close to full precision on this model: the first tokens agree.
-            Assert.Equal(Reference(prompt, 16)[..4], outcome.Tokens[..4]);
+            foreach (var storage in new[] { KvStorage.F16, KvStorage.Int8 })
+            {
+                await using var engine = CreateEngine(Small() with { KvStorage = storage, KvHeadDim = Model.HeadDim }, kind);
+                Assert.Equal(storage, engine.Cache.Storage);
+                var outcome = await Collect(engine.GenerateAsync(prompt, new GenerationOptions { MaxTokens = 16 }));
+                Assert.Equal(FinishReason.Length, outcome.Final.FinishReason);
+                // Close to full precision on this model: the first tokens agree.
+                Assert.Equal(Reference(prompt, 16, kind: kind)[..4], outcome.Tokens[..4]);
+            }
         }
     }
 
@@ -294,7 +302,7 @@ public sealed class EngineTests
     [Fact]
     public async Task CancellingAnNSampleRequestEndsEverySample()
     {
-        await using var engine = CreateEngine(Small(maxRunning: 2));
+        await using var engine = CreatePacedEngine(Small(maxRunning: 2));
         using var cancel = new CancellationTokenSource();
         var reasons = new Dictionary<int, FinishReason>();
         int seen = 0;
@@ -384,6 +392,13 @@ public sealed class EngineTests
             lock (_meters) _meters.ForEach(m => m.Dispose());
         }
     }
+
+    /// <summary>
+    /// Paced steps, for tests that need a request still running when the reader's cancel (or a disposal) arrives,
+    /// even on a loaded machine.
+    /// </summary>
+    private static KilnEngine CreatePacedEngine(EngineOptions options) =>
+        new(Model, tokens => new PacedPlan(new EagerPlan(Model, tokens)), Tokenizer, options);
 
     /// <summary>A plan that takes at least a few milliseconds per step, so timing-sensitive tests don't race the engine.</summary>
     private sealed class PacedPlan(ICompiledPlan inner) : ICompiledPlan
