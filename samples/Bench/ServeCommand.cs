@@ -100,7 +100,7 @@ public static class ServeCommand
         int maxSequence = prompts.Max + outputs.Max;
 
         // Every system gets the same KV memory: what static batching reserves, a batch of whole sequences.
-        long kvBytes = (long)options.Batch * ((maxSequence + 15) / 16) * KvCache.BytesPerBlock(model.LayerCount, 16, model.KvDim);
+        long kvBytes = (long)options.Batch * ((maxSequence + 15) / 16) * model.KvShape.BytesPerBlock(16);
         var engineOptions = new EngineOptions
         {
             BlockSize = 16,
@@ -133,7 +133,7 @@ public static class ServeCommand
 
         int prefixLength = Math.Min(sizes.PrefixLength, context - 64);
         var prefixWorkload = ServeWorkload.SharedPrefix(sizes.PrefixRequests, prefixLength, suffixLength: 16, outputTokens: 8, model.VocabSize, options.Seed + 1);
-        var prefixOptions = engineOptions with { MaxContext = prefixLength + 64, KvCacheBytes = Math.Max(kvBytes, 4L * ((prefixLength + 64 + 15) / 16) * KvCache.BytesPerBlock(model.LayerCount, 16, model.KvDim)) };
+        var prefixOptions = engineOptions with { MaxContext = prefixLength + 64, KvCacheBytes = Math.Max(kvBytes, 4L * ((prefixLength + 64 + 15) / 16) * model.KvShape.BytesPerBlock(16)) };
         log.WriteLine($"serve: shared {prefixLength}-token system prompt, {prefixWorkload.Length} requests one at a time, prefix cache on then off...");
         double hitMs = await ServeRunners.RunPrefix(model, tokenizer, compile, prefixOptions, prefixWorkload);
         double missMs = await ServeRunners.RunPrefix(model, tokenizer, compile, prefixOptions with { PrefixCaching = false }, prefixWorkload);

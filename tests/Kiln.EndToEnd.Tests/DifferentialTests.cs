@@ -170,8 +170,8 @@ public sealed class SyntheticDifferentialTests : IDisposable
         using var file = ModelFile.Open(Write("F32"));
         var model = Llama.Load(file);
         using var plan = model.Compile(new PlanOptions(MaxTokens, Threads: 2));
-        var geometry = model.CreateKvCache(slots: 1, maxContext: 1);
-        KvCache Paged() => KvCache.Paged(geometry.Layers, blockCount: 32, blockSize: 4, geometry.KvDim, storage, headDim: Dim / Heads, maxContext: 48);
+        Assert.Equal(new KvCacheShape(model.LayerCount, model.KvDim, Dim / Heads), model.KvShape);
+        KvCache Paged() => model.KvShape.CreatePaged(blockCount: 32, blockSize: 4, storage, maxContext: 48);
         var eager = new AttentionContext(Paged(), MaxTokens, maxBlockIds: 64);
         var compiled = new AttentionContext(Paged(), MaxTokens, maxBlockIds: 64);
         int[] first = { 9, 3, 17, 1, 30, 12, 5, 22, 7, 14, 2, 28 }, second = { 0, 11, 4, 25, 19, 6 };

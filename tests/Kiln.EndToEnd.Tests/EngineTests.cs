@@ -213,7 +213,7 @@ public sealed class EngineTests
         {
             foreach (var storage in new[] { KvStorage.F16, KvStorage.Int8 })
             {
-                await using var engine = CreateEngine(Small() with { KvStorage = storage, KvHeadDim = Model.HeadDim }, kind);
+                await using var engine = CreateEngine(Small() with { KvStorage = storage }, kind);
                 Assert.Equal(storage, engine.Cache.Storage);
                 var outcome = await Collect(engine.GenerateAsync(prompt, new GenerationOptions { MaxTokens = 16 }));
                 Assert.Equal(FinishReason.Length, outcome.Final.FinishReason);

@@ -29,8 +29,16 @@ internal static class ModelEmitter
         w.Line("/// <summary>Logits per output row: the last dimension of the forward result.</summary>");
         w.Line($"public int VocabSize => {Names.DimCode(plan.VocabDim, "this")};");
         w.Line();
-        w.Line("/// <summary>A KV cache with one layer per attention layer and rows of the attention's k width.</summary>");
-        w.Line($"public global::Kiln.KvCache CreateKvCache(int slots, int maxContext) => new global::Kiln.KvCache({(plan.KvLayers == "1" ? "1" : "this." + plan.KvLayers)}, slots, maxContext, {Names.DimCode(plan.KvDim, "this")});");
+        string kvLayers = plan.KvLayers == "1" ? "1" : "this." + plan.KvLayers;
+        string kvDim = Names.DimCode(plan.KvDim, "this");
+        // The first attention shapes the cache (as in the planner); its KV head count gives the head dimension.
+        var attention = plan.Kernels.OfType<AttentionKernel>().FirstOrDefault();
+        string headDim = attention is null ? "0" : $"{kvDim} / {Names.Scalar(attention.KvHeads, "this")}";
+        w.Line("/// <summary>The KV cache's geometry: one layer per attention layer, rows of the attention's k width, its head dimension.</summary>");
+        w.Line($"public global::Kiln.KvCacheShape KvShape => new global::Kiln.KvCacheShape({kvLayers}, {kvDim}, {headDim});");
+        w.Line();
+        w.Line("/// <summary>A contiguous KV cache of <paramref name=\"slots\"/> sequences of up to <paramref name=\"maxContext\"/> positions.</summary>");
+        w.Line("public global::Kiln.KvCache CreateKvCache(int slots, int maxContext) => KvShape.CreateContiguous(slots, maxContext);");
         w.Line();
         w.Line($"{Tensor} global::Kiln.IKilnModel.ForwardEager(global::System.ReadOnlySpan<int> tokens, global::Kiln.AttentionContext context) => {model.ForwardName}(tokens, context);");
         w.Line();

@@ -9,7 +9,10 @@ public interface IKilnModel
     /// <summary>Number of logits per output row.</summary>
     int VocabSize { get; }
 
-    /// <summary>A cache shaped for this model's attention layers.</summary>
+    /// <summary>The geometry every KV cache for this model has, contiguous or paged.</summary>
+    KvCacheShape KvShape { get; }
+
+    /// <summary>A contiguous cache shaped for this model's attention layers: <paramref name="slots"/> sequences of up to <paramref name="maxContext"/> positions.</summary>
     KvCache CreateKvCache(int slots, int maxContext);
 
     /// <summary>The eager reference forward pass: returns [OutputCount, Vocab] logits.</summary>
@@ -23,6 +26,25 @@ public interface IKilnModel
 
     /// <summary>Compiles the fused plan with explicit <paramref name="options"/> (step size, threads).</summary>
     ICompiledPlan Compile(PlanOptions options);
+}
+
+/// <summary>
+/// A model's KV-cache geometry: <paramref name="Layers"/> attention layers, rows of <paramref name="KvDim"/> keys
+/// (and as many values) per token, in heads of <paramref name="HeadDim"/> (the int8 storage's scale group; 0 when the
+/// model has no attention).
+/// </summary>
+public readonly record struct KvCacheShape(int Layers, int KvDim, int HeadDim)
+{
+    /// <summary>One block of <paramref name="slots"/> × <paramref name="maxContext"/> rows per slot, F32.</summary>
+    public KvCache CreateContiguous(int slots, int maxContext) => new(Layers, slots, maxContext, KvDim);
+
+    /// <summary>A paged cache for a block pool of <paramref name="blockCount"/> blocks of <paramref name="blockSize"/> positions.</summary>
+    public KvCache CreatePaged(int blockCount, int blockSize, KvStorage storage = KvStorage.F32, int maxContext = 0) =>
+        KvCache.Paged(Layers, blockCount, blockSize, KvDim, storage, HeadDim, maxContext);
+
+    /// <summary>Bytes one block of <paramref name="blockSize"/> positions takes in <paramref name="storage"/>, all layers, keys and values.</summary>
+    public long BytesPerBlock(int blockSize, KvStorage storage = KvStorage.F32) =>
+        KvCache.BytesPerBlock(Layers, blockSize, KvDim, storage, HeadDim);
 }
 
 /// <summary>

@@ -132,8 +132,11 @@ namespace Kiln.Models
         /// <summary>Logits per output row: the last dimension of the forward result.</summary>
         public int VocabSize => this.Vocab;
 
-        /// <summary>A KV cache with one layer per attention layer and rows of the attention's k width.</summary>
-        public global::Kiln.KvCache CreateKvCache(int slots, int maxContext) => new global::Kiln.KvCache(this.LayerCount, slots, maxContext, this.KvDim);
+        /// <summary>The KV cache's geometry: one layer per attention layer, rows of the attention's k width, its head dimension.</summary>
+        public global::Kiln.KvCacheShape KvShape => new global::Kiln.KvCacheShape(this.LayerCount, this.KvDim, this.KvDim / this.KvHeadCount);
+
+        /// <summary>A contiguous KV cache of <paramref name="slots"/> sequences of up to <paramref name="maxContext"/> positions.</summary>
+        public global::Kiln.KvCache CreateKvCache(int slots, int maxContext) => KvShape.CreateContiguous(slots, maxContext);
 
         global::Kiln.Tensor global::Kiln.IKilnModel.ForwardEager(global::System.ReadOnlySpan<int> tokens, global::Kiln.AttentionContext context) => Forward(tokens, context);
 

@@ -33,11 +33,8 @@ public sealed record EngineOptions
     /// </summary>
     public bool ChunkedPrefill { get; init; } = true;
 
-    /// <summary>How keys and values are stored (F16 and Int8 trade precision for room).</summary>
+    /// <summary>How keys and values are stored (F16 and Int8 trade precision for room; Int8 keeps one scale per token and head).</summary>
     public KvStorage KvStorage { get; init; } = KvStorage.F32;
-
-    /// <summary>The model's attention head dimension: the group sharing one scale in <see cref="KvStorage.Int8"/> (0: one scale per token row).</summary>
-    public int KvHeadDim { get; init; }
 
     /// <summary>Where the "Kiln.Engine" meter comes from (dependency injection); null creates a plain <see cref="Meter"/>.</summary>
     public IMeterFactory? MeterFactory { get; init; }
@@ -52,6 +49,5 @@ public sealed record EngineOptions
             throw new ArgumentOutOfRangeException(nameof(MaxRunningRequests), $"MaxRunningRequests ({MaxRunningRequests}) exceeds TokenBudget ({TokenBudget}): every running request must fit a step.");
         ArgumentOutOfRangeException.ThrowIfLessThan(MaxContext, 2, nameof(MaxContext));
         if (!Enum.IsDefined(KvStorage)) throw new ArgumentOutOfRangeException(nameof(KvStorage), KvStorage, "Unknown KV storage.");
-        ArgumentOutOfRangeException.ThrowIfNegative(KvHeadDim, nameof(KvHeadDim));
     }
 }

@@ -60,16 +60,15 @@ public sealed partial class KilnEngine : IAsyncDisposable
         Options = options;
         _tokenizer = tokenizer;
 
-        // The model's contract only makes contiguous caches; a one-position one tells the cache's geometry.
-        var geometry = model.CreateKvCache(slots: 1, maxContext: 1);
-        long bytesPerBlock = KvCache.BytesPerBlock(geometry.Layers, options.BlockSize, geometry.KvDim, options.KvStorage, options.KvHeadDim);
+        var shape = model.KvShape;
+        long bytesPerBlock = shape.BytesPerBlock(options.BlockSize, options.KvStorage);
         long blockCount = options.KvCacheBytes / bytesPerBlock;
         if (blockCount < 1)
             throw new ArgumentOutOfRangeException(nameof(options), $"KvCacheBytes ({options.KvCacheBytes}) does not hold one KV block of {options.BlockSize} tokens ({bytesPerBlock} bytes for this model).");
-        blockCount = Math.Min(blockCount, Array.MaxLength / ((long)options.BlockSize * geometry.KvDim));
+        blockCount = Math.Min(blockCount, Array.MaxLength / ((long)options.BlockSize * shape.KvDim));
         var pool = new BlockPool((int)blockCount, options.BlockSize);
         int maxContext = Math.Min(options.MaxContext, pool.TokenCapacity);
-        Cache = KvCache.Paged(geometry.Layers, pool.BlockCount, options.BlockSize, geometry.KvDim, options.KvStorage, options.KvHeadDim, maxContext);
+        Cache = shape.CreatePaged(pool.BlockCount, options.BlockSize, options.KvStorage, maxContext);
 
         // Without chunking, a step must hold a whole longest prompt besides every running decode.
         int tokenBudget = options.ChunkedPrefill ? options.TokenBudget : Math.Max(options.TokenBudget, maxContext + options.MaxRunningRequests);
