@@ -285,13 +285,17 @@ public sealed class EngineTests
             else tokens[update.Index].Add(update.TokenId);
         }
 
-        int cachable = (prompt.Length - 1) / 4 * 4;
+        // The prompt is computed once; each sample then computes only its own tokens (all but the last sampled).
+        var statistics = await WaitUntilIdle(engine);
+        Assert.Equal(prompt.Length + 3 * 11, statistics.ComputedTokens);
+        // The prompt ends inside a block, which all three shared: the first two to write there got copies.
+        Assert.NotEqual(0, prompt.Length % 4);
+        Assert.Equal(2, statistics.KvBlockCopies);
         for (int i = 0; i < 3; i++)
         {
             Assert.Equal(FinishReason.Length, finals[i].FinishReason);
             Assert.Equal(12, finals[i].Usage!.Value.CompletionTokens);
-            // The first sample computes the prompt; the others take its full blocks from the prefix cache.
-            Assert.Equal(i == 0 ? 0 : cachable, finals[i].Usage!.Value.CachedPromptTokens);
+            Assert.Equal(i == 0 ? 0 : prompt.Length, finals[i].Usage!.Value.CachedPromptTokens);
             var alone = await Collect(engine.GenerateAsync(prompt, options with { N = 1, Seed = 11 + (ulong)i }));
             Assert.Equal(alone.Tokens, tokens[i]);
         }

@@ -9,7 +9,9 @@ namespace Kiln.Engine.Scheduling;
 /// prompts are chunked to what the budget has left, so decodes never stall behind a long prefill. Admission skips
 /// tokens the prefix cache already holds. When blocks run out, the lowest-ranked running request (batch before
 /// interactive, latest arrival first) is preempted: it gives up its blocks and later recomputes, keeping the tokens
-/// it generated.
+/// it generated. <see cref="Fork"/> starts more samples of a prompt on the prompt's blocks (copy-on-write).
+/// With <see cref="SchedulerOptions.ChunkedPrefill"/> off it is the pre-Sarathi baseline instead: whole prompts
+/// first, decodes only in steps that admit no prompt.
 /// </summary>
 /// <remarks>
 /// Single-threaded by design: the engine loop owns the scheduler and is the only caller of every member. Other
@@ -54,6 +56,8 @@ public sealed class ContinuousBatchScheduler
         MaxContext = Math.Min(options.MaxContext, pool.TokenCapacity);
         if (MaxContext < 2)
             throw new ArgumentOutOfRangeException(nameof(pool), $"The pool holds {pool.TokenCapacity} token positions; a request needs at least 2 (a prompt token and a generated one).");
+        if (!options.ChunkedPrefill && options.TokenBudget < MaxContext)
+            throw new ArgumentOutOfRangeException(nameof(options), $"With chunked prefill off a step computes a whole prompt, so TokenBudget ({options.TokenBudget}) must hold the max context ({MaxContext}).");
         _maxBlocksPerSequence = pool.BlocksFor(MaxContext);
         _running = new GenerationRequest[options.MaxRunningRequests];
         _finishedByStep = new GenerationRequest[options.MaxRunningRequests];
@@ -132,9 +136,17 @@ public sealed class ContinuousBatchScheduler
         ApplyPendingFinishes();
 
         int budget = _options.TokenBudget;
-        bool preempted = ScheduleRunning(ref budget);
-        // A step that had to preempt has no blocks to spare for newcomers.
-        if (!preempted) AdmitWaiting(budget);
+        if (_options.ChunkedPrefill)
+        {
+            bool preempted = ScheduleRunning(ref budget);
+            // A step that had to preempt has no blocks to spare for newcomers.
+            if (!preempted) AdmitWaiting(budget);
+        }
+        else if (!AdmitWaiting(budget))
+        {
+            // Prefill first: running decodes get a step only when no waiting prompt could be admitted.
+            ScheduleRunning(ref budget);
+        }
 
         _stepInFlight = !_step.IsEmpty;
         return _step;
@@ -188,6 +200,92 @@ public sealed class ContinuousBatchScheduler
         return _finishedByStep.AsSpan(0, _finishedByStepCount);
     }
 
+    /// <summary>
+    /// Starts another sample of <paramref name="parent"/> (parallel sampling, n &gt; 1) while the step that computes
+    /// its prompt is in flight, i.e. between <see cref="Schedule"/> and <see cref="OnStepCompleted"/>: the fork is the
+    /// prompt plus <paramref name="firstToken"/>, sampled from the same logits, and shares the prompt's KV blocks
+    /// instead of computing them again; the first of the two to write into a shared, partly filled block gets a copy
+    /// (<see cref="ScheduledBatch.Copies"/>). At the running cap the fork waits instead and recomputes the prompt,
+    /// mostly from the prefix cache. A first token that ends it (a stop token, one max new token, the max context)
+    /// returns it already finished, holding nothing.
+    /// </summary>
+    public GenerationRequest Fork(GenerationRequest parent, int firstToken, RequestParameters parameters)
+    {
+        ArgumentNullException.ThrowIfNull(parent);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(parameters.MaxNewTokens, nameof(parameters.MaxNewTokens));
+        if (!IsPromptEndInFlight(parent))
+            throw new InvalidOperationException($"Only a request whose prompt's last chunk is in the step in flight can be forked; {parent} is not.");
+        if (parameters.CacheKey != parent.Blocks.CacheKey)
+            throw new ArgumentException("A fork must keep its parent's cache key: the shared blocks' hashes were computed with it.", nameof(parameters));
+
+        var fork = new GenerationRequest(_nextId++, parent.PromptTokens, parameters, MaxContext, _maxBlocksPerSequence);
+        var reason = FinishReason.None;
+        if (fork.IsStopToken(firstToken))
+        {
+            reason = FinishReason.Stop;
+        }
+        else
+        {
+            fork.Append(firstToken);
+            if (fork.NumGeneratedTokens == fork.MaxNewTokens || fork.NumTokens == MaxContext) reason = FinishReason.Length;
+        }
+        if (reason != FinishReason.None)
+        {
+            fork.Status = RequestStatus.Finished;
+            fork.FinishReason = reason;
+            return fork;
+        }
+
+        _unfinished.Add(fork.Id, fork);
+        _waitingInteractive.EnsureCapacity(_unfinished.Count);
+        _waitingBatch.EnsureCapacity(_unfinished.Count);
+        _pendingFinishes.EnsureCapacity(_unfinished.Count);
+        _step.EnsureFinishedCapacity(_unfinished.Count);
+        if (_runningCount == _running.Length)
+        {
+            WaitingQueueOf(fork).PushBack(fork);
+            return fork;
+        }
+        _pool.Fork(parent.Blocks, fork.Blocks);
+        // The step in flight computes the prompt's last tokens into the blocks both now hold.
+        fork.NumComputedTokens = parent.NumTokens;
+        fork.NumCachedTokens = parent.NumTokens;
+        fork.Status = RequestStatus.Running;
+        InsertRunning(fork);
+        return fork;
+    }
+
+    private bool IsPromptEndInFlight(GenerationRequest request)
+    {
+        if (!_stepInFlight || request.Status != RequestStatus.Running || request.PendingFinish != FinishReason.None || request.NumGeneratedTokens != 0)
+            return false;
+        foreach (ref readonly var chunk in _step.Chunks)
+        {
+            if (chunk.Request == request) return chunk.NeedsLogits;
+        }
+        return false;
+    }
+
+    /// <summary>
+    /// Makes room for <paramref name="request"/>'s next <paramref name="count"/> tokens, all or nothing: new blocks
+    /// past its table, and a private copy of the shared, partly filled block it writes first (a fork's prompt tail).
+    /// </summary>
+    private bool TryReserve(GenerationRequest request, int count)
+    {
+        var table = request.Blocks;
+        int start = request.NumComputedTokens;
+        int newBlocks = Math.Max(0, _pool.BlocksFor(start + count) - table.Count);
+        int firstBlock = start / _pool.BlockSize;
+        bool copyFirst = firstBlock < table.Count && _pool.GetBlock(table[firstBlock]).RefCount > 1;
+        if (newBlocks + (copyFirst ? 1 : 0) > _pool.FreeBlockCount) return false;
+        if (copyFirst)
+        {
+            _pool.TryMakeWritable(table, start, out var copy);
+            _step.AddCopy(copy!.Value);
+        }
+        return _pool.AllocateForSequence(table, start + count);
+    }
+
     /// <summary>Schedules running requests in rank order; returns whether any had to be preempted for blocks.</summary>
     private bool ScheduleRunning(ref int budget)
     {
@@ -214,7 +312,7 @@ public sealed class ContinuousBatchScheduler
                 if (count <= 0) continue;
             }
 
-            while (!_pool.AllocateForSequence(request.Blocks, request.NumComputedTokens + count))
+            while (!TryReserve(request, count))
             {
                 // Victims come off the end of the ranking, after this request, so none is scheduled yet this step.
                 var victim = _running[--_runningCount];
@@ -234,13 +332,17 @@ public sealed class ContinuousBatchScheduler
         return preempted;
     }
 
-    /// <summary>Admits waiting requests, interactive first, each in arrival order, while budget, cap and blocks allow.</summary>
-    private void AdmitWaiting(int budget)
+    /// <summary>
+    /// Admits waiting requests, interactive first, each in arrival order, while budget, cap and blocks allow (whole
+    /// prompts only when chunking is off); returns whether any was admitted.
+    /// </summary>
+    private bool AdmitWaiting(int budget)
     {
+        bool admitted = false;
         while (budget > 0 && _runningCount < _options.MaxRunningRequests)
         {
             var queue = _waitingInteractive.Count > 0 ? _waitingInteractive : _waitingBatch.Count > 0 ? _waitingBatch : null;
-            if (queue is null) return;
+            if (queue is null) break;
             var request = queue.Peek();
 
             // The last token is computed even when cached: its logits give the next token. A blocked head
@@ -249,9 +351,10 @@ public sealed class ContinuousBatchScheduler
             int cachedBlocks = _pool.PeekCachedPrefix(cacheable, request.Blocks.CacheKey, out int blocksToRevive);
             int cachedTokens = cachedBlocks * _pool.BlockSize;
             int count = Math.Min(request.NumTokens - cachedTokens, budget);
+            if (!_options.ChunkedPrefill && count < request.NumTokens - cachedTokens) break;
             int newBlocks = _pool.BlocksFor(cachedTokens + count) - cachedBlocks;
             // First come first served: no one behind it may take the blocks it is waiting for.
-            if (newBlocks > _pool.FreeBlockCount - blocksToRevive) return;
+            if (newBlocks > _pool.FreeBlockCount - blocksToRevive) break;
 
             queue.PopFront();
             int found = _pool.FindCachedPrefix(cacheable, request.Blocks);
@@ -263,7 +366,9 @@ public sealed class ContinuousBatchScheduler
             InsertRunning(request);
             _step.AddChunk(request, count);
             budget -= count;
+            admitted = true;
         }
+        return admitted;
     }
 
     private static bool IsDecode(GenerationRequest request) => request.NumTokens - request.NumComputedTokens == 1;

@@ -56,4 +56,11 @@ public sealed record SchedulerOptions
 
     /// <summary>Tokens one sequence may hold, prompt and generated together (further capped by the pool's capacity).</summary>
     public int MaxContext { get; init; } = 4096;
+
+    /// <summary>
+    /// On (the default): prompts are chunked to what each step's budget has left after the running decodes, so
+    /// decodes never wait. Off (prefill first, the pre-Sarathi policy): a step that can admit a waiting prompt
+    /// computes whole prompts only, and running decodes wait for it; the budget must then hold the longest prompt.
+    /// </summary>
+    public bool ChunkedPrefill { get; init; } = true;
 }

@@ -17,13 +17,16 @@ public readonly record struct ScheduledChunk(GenerationRequest Request, int Star
 public sealed class ScheduledBatch
 {
     private readonly ScheduledChunk[] _chunks;
+    private readonly BlockCopy[] _copies;
     private GenerationRequest[] _finished = new GenerationRequest[16];
     private int _chunkCount;
+    private int _copyCount;
     private int _finishedCount;
 
     internal ScheduledBatch(int maxChunks, int maxBlocksPerSequence, int blockSize)
     {
         _chunks = new ScheduledChunk[maxChunks];
+        _copies = new BlockCopy[maxChunks]; // a chunk writes into at most one shared block: its first
         BlockTables = new StepBlockTables(maxChunks, maxChunks * maxBlocksPerSequence, blockSize);
     }
 
@@ -37,6 +40,12 @@ public sealed class ScheduledBatch
     /// <summary>Chunks that need logits: the number of tokens <see cref="ContinuousBatchScheduler.OnStepCompleted"/> expects.</summary>
     public int LogitsCount { get; private set; }
 
+    /// <summary>
+    /// Copy-on-write: blocks whose KV must be copied, in this order, before the step runs. A fork shares its parent's
+    /// partly filled last block; the first of them to write into it gets a private copy.
+    /// </summary>
+    public ReadOnlySpan<BlockCopy> Copies => _copies.AsSpan(0, _copyCount);
+
     /// <summary>Each chunk's sequence, in chunk order: what attention reads the paged KV through.</summary>
     public StepBlockTables BlockTables { get; }
 
@@ -48,6 +57,7 @@ public sealed class ScheduledBatch
         Array.Clear(_chunks, 0, _chunkCount);
         Array.Clear(_finished, 0, _finishedCount);
         _chunkCount = 0;
+        _copyCount = 0;
         _finishedCount = 0;
         TokenCount = 0;
         LogitsCount = 0;
@@ -64,6 +74,8 @@ public sealed class ScheduledBatch
         if (needsLogits) LogitsCount++;
         BlockTables.Add(request.Blocks, start + count, count);
     }
+
+    internal void AddCopy(BlockCopy copy) => _copies[_copyCount++] = copy;
 
     internal void AddFinished(GenerationRequest request) => _finished[_finishedCount++] = request;
 

@@ -28,8 +28,8 @@ public sealed record EngineOptions
 
     /// <summary>
     /// On: long prompts are split into chunks that share each step with the running decodes, so those never stall
-    /// for long. Off: every prompt is computed whole in the step that admits it (the step budget grows to fit the
-    /// longest prompt), so running requests wait for the whole prefill.
+    /// for long. Off (prefill first, the pre-Sarathi baseline): a step that can admit waiting prompts computes them
+    /// whole and nothing else (the step budget grows to fit the longest), so running requests wait for every prefill.
     /// </summary>
     public bool ChunkedPrefill { get; init; } = true;
 

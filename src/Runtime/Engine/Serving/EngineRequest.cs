@@ -38,7 +38,7 @@ internal sealed class RequestGroup
 
     public UpdateStream Updates { get; }
 
-    /// <summary>Sample 0 runs first; the others are admitted once its prompt is computed, to take it from the prefix cache.</summary>
+    /// <summary>Sample 0 runs first; the others fork from it when its prompt is computed.</summary>
     public EngineRequest[] Samples { get; }
 
     /// <summary>Unregistered when the last sample ends, so a long-lived token does not keep finished requests alive.</summary>
@@ -58,7 +58,7 @@ internal sealed class RequestGroup
 
     public int OpenSamples { get; set; }
 
-    /// <summary>Whether samples 1.. have been handed to the scheduler (or ended without it).</summary>
+    /// <summary>Whether samples 1.. have been forked from sample 0 (or ended without it).</summary>
     public bool SiblingsAdmitted { get; set; }
 
     /// <summary>The samples' shared prefix-cache key: null (shared with everyone) unless prefix caching is off.</summary>

@@ -23,6 +23,9 @@ public readonly record struct EngineStatistics(
     /// </summary>
     public double KvUtilization => KvBlocksUsed == 0 ? 0 : (double)KvTokensHeld / ((long)KvBlocksUsed * BlockSize);
 
+    /// <summary>KV blocks copied on write so far: a fork's first write into the partly filled prompt block it shared.</summary>
+    public long KvBlockCopies { get; init; }
+
     /// <summary>Token positions per KV block.</summary>
     public int BlockSize { get; init; }
 

@@ -31,8 +31,9 @@ public sealed record GenerationOptions
 
     /// <summary>
     /// Independent samples of the same prompt, streamed together (each update says which, in
-    /// <see cref="GenerationUpdate.Index"/>, and each sample ends with its own final update). The prompt's full KV
-    /// blocks are computed once and shared through the prefix cache.
+    /// <see cref="GenerationUpdate.Index"/>, and each sample ends with its own final update). The prompt is computed
+    /// once: every sample draws its first token from the same logits and shares the prompt's KV blocks, copying only
+    /// a partly filled last block when it first writes there.
     /// </summary>
     public int N { get; init; } = 1;
 

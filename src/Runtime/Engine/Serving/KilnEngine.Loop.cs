@@ -20,6 +20,7 @@ public sealed partial class KilnEngine
     private long _steps;
     private long _computedTokens;
     private long _generatedTokens;
+    private long _blockCopies;
     private int _peakUsedBlocks;
 
     private void RunLoop()
@@ -74,14 +75,13 @@ public sealed partial class KilnEngine
         return true;
     }
 
-    /// <summary>Hands a request's first sample to the scheduler; the others wait until its prompt is in the cache.</summary>
+    /// <summary>Hands a request's first sample to the scheduler; the others are forked from it once its prompt is computed.</summary>
     private void Admit(RequestGroup request)
     {
         // Without prefix caching each request hashes its blocks under a key of its own, shared by its samples only.
         request.CacheKey = Options.PrefixCaching ? null : ++_nextPrivateCacheKey;
         request.SiblingsAdmitted = request.Samples.Length == 1;
         AdmitSample(request.Samples[0]);
-        AdmitSiblingsWhenReady(request.Samples[0]);
     }
 
     private void AdmitSample(EngineRequest sample)
@@ -104,18 +104,37 @@ public sealed partial class KilnEngine
     }
 
     /// <summary>
-    /// Once the first sample has its first token (its prompt's full blocks are then cached) or has ended, the other
-    /// samples go to the scheduler and take those blocks from the prefix cache instead of computing them again.
+    /// Sample 0's prompt is being computed in the step in flight and <paramref name="logits"/> are its last row: every
+    /// other sample draws its own first token from them and forks sample 0's KV blocks instead of computing the
+    /// prompt again.
     /// </summary>
-    private void AdmitSiblingsWhenReady(EngineRequest first)
+    private void ForkSiblings(EngineRequest first, GenerationRequest scheduled, ReadOnlySpan<float> logits)
     {
-        var request = first.Group;
-        if (request.SiblingsAdmitted || first.Index != 0 || (first.EmittedTokens == 0 && !first.Completed)) return;
-        request.SiblingsAdmitted = true;
-        for (int i = 1; i < request.Samples.Length; i++)
+        var group = first.Group;
+        group.SiblingsAdmitted = true;
+        long now = Stopwatch.GetTimestamp();
+        var parameters = new RequestParameters(group.Options.MaxTokens, group.Options.Priority, group.StopTokenIds, group.CacheKey);
+        for (int i = 1; i < group.Samples.Length; i++)
         {
-            if (request.CancelRequested) Complete(request.Samples[i], FinishReason.Cancelled, errorMessage: null, completionTokens: 0);
-            else AdmitSample(request.Samples[i]);
+            var sample = group.Samples[i];
+            int token = sample.Sampler.Sample(logits, scheduled.Tokens);
+            sample.PendingLogprob = group.Options.Logprobs ? Sampler.LogProbability(logits, token) : float.NaN;
+            var fork = _scheduler.Fork(scheduled, token, parameters);
+            sample.Scheduled = fork;
+            // A running fork shares the whole prompt; one left waiting at the running cap finds it at admission.
+            sample.CachedPromptTokens = fork.Status == RequestStatus.Running ? fork.NumCachedTokens : -1;
+            if (fork.Status != RequestStatus.Finished) _active.Add(fork.Id, sample);
+            // A stop token is not appended, so only a grown sequence has a token to show.
+            if (fork.NumGeneratedTokens > 0) StreamToken(sample, token, now);
+            if (fork.Status == RequestStatus.Finished)
+            {
+                if (!sample.Completed) Complete(sample, fork.FinishReason, errorMessage: null, sample.EmittedTokens);
+            }
+            else if (sample.Completed)
+            {
+                // A stop string ended it at once: the scheduler frees its blocks at the next schedule.
+                _scheduler.Cancel(fork.Id);
+            }
         }
     }
 
@@ -127,7 +146,6 @@ public sealed partial class KilnEngine
             // Cancelled or failed; a sample that already ended (a stop string) was cancelled by the engine itself.
             if (!_active.Remove(finished.Id, out var sample)) continue;
             if (!sample.Completed) Complete(sample, finished.FinishReason, finished.ErrorMessage, sample.EmittedTokens);
-            AdmitSiblingsWhenReady(sample);
         }
         if (batch.IsEmpty)
         {
@@ -135,6 +153,8 @@ public sealed partial class KilnEngine
             return;
         }
 
+        foreach (var copy in batch.Copies) Cache.CopyBlock(copy.SourceBlockId, copy.DestinationBlockId);
+        _blockCopies += batch.Copies.Length;
         int tokenCount = FillStep(batch);
         _plan.Step(_stepTokens.AsSpan(0, tokenCount), _context, _logits.AsSpan(0, batch.LogitsCount * VocabSize));
         SampleStep(batch);
@@ -182,6 +202,7 @@ public sealed partial class KilnEngine
             int token = request.Sampler.Sample(logits, chunks[s].Request.Tokens);
             request.PendingLogprob = request.Options.Logprobs ? Sampler.LogProbability(logits, token) : float.NaN;
             _sampled[row++] = token;
+            if (!request.Group.SiblingsAdmitted) ForkSiblings(request, chunks[s].Request, logits);
         }
     }
 
@@ -208,7 +229,6 @@ public sealed partial class KilnEngine
                 // A stop string ended it: the scheduler frees its blocks at the next schedule.
                 _scheduler.Cancel(scheduled.Id);
             }
-            AdmitSiblingsWhenReady(request);
         }
     }
 
@@ -240,6 +260,12 @@ public sealed partial class KilnEngine
             if (!stoppedBefore && stops.Stopped && reason == FinishReason.Length) reason = FinishReason.Stop;
         }
         var group = request.Group;
+        if (!group.SiblingsAdmitted)
+        {
+            // Sample 0 ended before its prompt was computed (cancelled, failed): the others, never forked, end alike.
+            group.SiblingsAdmitted = true;
+            for (int i = 1; i < group.Samples.Length; i++) Complete(group.Samples[i], reason, errorMessage, completionTokens: 0);
+        }
         var usage = new GenerationUsage(group.Prompt.Length, Math.Max(request.CachedPromptTokens, 0), completionTokens);
         request.Completed = true;
         group.Updates.Write(new GenerationUpdate(-1, tail, null, reason, usage, errorMessage, request.Index));
@@ -296,7 +322,7 @@ public sealed partial class KilnEngine
             GeneratedTokens: _generatedTokens,
             Preemptions: _scheduler.PreemptionCount,
             PrefixQueryTokens: pool.PrefixQueryTokens,
-            PrefixHitTokens: pool.PrefixHitTokens) { BlockSize = pool.BlockSize });
+            PrefixHitTokens: pool.PrefixHitTokens) { BlockSize = pool.BlockSize, KvBlockCopies = _blockCopies });
     }
 
     private static string ReasonTag(FinishReason reason) => reason switch

@@ -70,13 +70,14 @@ public sealed partial class KilnEngine : IAsyncDisposable
         int maxContext = Math.Min(options.MaxContext, pool.TokenCapacity);
         Cache = shape.CreatePaged(pool.BlockCount, options.BlockSize, options.KvStorage, maxContext);
 
-        // Without chunking, a step must hold a whole longest prompt besides every running decode.
+        // Without chunking, a step must hold a whole longest prompt (a preempted request recomputes all its tokens).
         int tokenBudget = options.ChunkedPrefill ? options.TokenBudget : Math.Max(options.TokenBudget, maxContext + options.MaxRunningRequests);
         _scheduler = new ContinuousBatchScheduler(pool, new SchedulerOptions
         {
             TokenBudget = tokenBudget,
             MaxRunningRequests = options.MaxRunningRequests,
             MaxContext = maxContext,
+            ChunkedPrefill = options.ChunkedPrefill,
         });
 
         _plan = compilePlan(tokenBudget) ?? throw new ArgumentException("The plan factory returned null.", nameof(compilePlan));

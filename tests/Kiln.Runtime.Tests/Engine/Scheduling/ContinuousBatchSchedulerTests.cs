@@ -7,10 +7,10 @@ public sealed class ContinuousBatchSchedulerTests
 {
     private sealed class Harness
     {
-        public Harness(int blocks, int blockSize = 4, int budget = 16, int maxRunning = 4, int maxContext = 64)
+        public Harness(int blocks, int blockSize = 4, int budget = 16, int maxRunning = 4, int maxContext = 64, bool chunked = true)
         {
             Pool = new BlockPool(blocks, blockSize);
-            Scheduler = new ContinuousBatchScheduler(Pool, new SchedulerOptions { TokenBudget = budget, MaxRunningRequests = maxRunning, MaxContext = maxContext });
+            Scheduler = new ContinuousBatchScheduler(Pool, new SchedulerOptions { TokenBudget = budget, MaxRunningRequests = maxRunning, MaxContext = maxContext, ChunkedPrefill = chunked });
             Model = new FakePagedModel(Pool, Scheduler.MaxContext);
         }
 
@@ -22,6 +22,9 @@ public sealed class ContinuousBatchSchedulerTests
 
         public List<GenerationRequest> Finished { get; } = [];
 
+        /// <summary>The copy-on-writes of the latest <see cref="Step"/>.</summary>
+        public BlockCopy[] LastCopies { get; private set; } = [];
+
         public GenerationRequest Add(int promptLength, int maxNew = 8, RequestPriority priority = RequestPriority.Interactive, int firstToken = 0, int[]? stops = null) =>
             Scheduler.Add(Enumerable.Range(firstToken, promptLength).ToArray(), new RequestParameters(maxNew, priority, stops));
 
@@ -31,6 +34,7 @@ public sealed class ContinuousBatchSchedulerTests
             var batch = Scheduler.Schedule();
             Finished.AddRange(batch.Finished.ToArray());
             var chunks = batch.Chunks.ToArray().Select(c => (c.Request.Id, c.Start, c.Count, c.NeedsLogits)).ToArray();
+            LastCopies = batch.Copies.ToArray();
             if (!batch.IsEmpty) Finished.AddRange(Scheduler.OnStepCompleted(Model.Step(batch)).ToArray());
             return chunks;
         }
@@ -332,6 +336,149 @@ public sealed class ContinuousBatchSchedulerTests
         h.Step();
         Assert.Equal((FinishReason.Error, "sampler produced NaN"), (request.FinishReason, request.ErrorMessage));
         Assert.Equal(16, h.Pool.FreeBlockCount);
+    }
+
+    /// <summary>What a fork generates: its first token (chosen by the test), then the model's continuation of prompt + it.</summary>
+    private static void AssertForkMatchesReference(GenerationRequest fork, int firstToken, int maxContext = 64)
+    {
+        int[] start = [.. fork.PromptTokens, firstToken];
+        var (rest, reason) = FakePagedModel.Reference(start, fork.MaxNewTokens - 1, fork.StopTokenIds, maxContext);
+        Assert.Equal([firstToken, .. rest], fork.GeneratedTokens.ToArray());
+        Assert.Equal(reason, fork.FinishReason);
+    }
+
+    [Fact]
+    public void ForksShareThePromptsBlocksAndCopyTheSharedTailOnFirstWrite()
+    {
+        var h = new Harness(blocks: 16, blockSize: 4, budget: 16);
+        var parent = h.Add(promptLength: 6, maxNew: 5);
+        var batch = h.Scheduler.Schedule();
+        var sampled = h.Model.Step(batch).ToArray();
+        int first1 = (sampled[0] + 1) % FakePagedModel.VocabSize, first2 = (sampled[0] + 2) % FakePagedModel.VocabSize;
+        var fork1 = h.Scheduler.Fork(parent, first1, new RequestParameters(5));
+        var fork2 = h.Scheduler.Fork(parent, first2, new RequestParameters(5));
+        h.Scheduler.OnStepCompleted(sampled);
+
+        // Nothing computed twice: the forks hold the parent's two blocks, each block held three times.
+        Assert.Equal(parent.Blocks.BlockIds.ToArray(), fork1.Blocks.BlockIds.ToArray());
+        Assert.Equal(parent.Blocks.BlockIds.ToArray(), fork2.Blocks.BlockIds.ToArray());
+        Assert.All(parent.Blocks.BlockIds.ToArray(), id => Assert.Equal(3, h.Pool.GetBlock(id).RefCount));
+        Assert.Equal(14, h.Pool.FreeBlockCount);
+        Assert.Equal([parent.Id, fork1.Id, fork2.Id], h.Scheduler.Running.ToArray().Select(r => r.Id));
+
+        // All three write position 6, in the shared partial block: the first two get copies, the last keeps it.
+        Assert.Equal([(parent.Id, 6, 1, true), (fork1.Id, 6, 1, true), (fork2.Id, 6, 1, true)], h.Step());
+        Assert.Equal(2, h.LastCopies.Length);
+        Assert.All(h.LastCopies, copy => Assert.Equal(fork2.Blocks[1], copy.SourceBlockId));
+        Assert.Equal([parent.Blocks[1], fork1.Blocks[1]], h.LastCopies.Select(c => c.DestinationBlockId));
+        Assert.Equal(3, h.Pool.GetBlock(parent.Blocks[0]).RefCount); // the full block stays shared
+
+        h.RunToIdle();
+        AssertMatchesReference(parent);
+        AssertForkMatchesReference(fork1, first1);
+        AssertForkMatchesReference(fork2, first2);
+        Assert.Equal(16, h.Pool.FreeBlockCount);
+    }
+
+    [Fact]
+    public void AForkOnABlockBoundaryCopiesNothing()
+    {
+        var h = new Harness(blocks: 16, blockSize: 4);
+        var parent = h.Add(promptLength: 8, maxNew: 3);
+        var batch = h.Scheduler.Schedule();
+        var sampled = h.Model.Step(batch).ToArray();
+        int first = (sampled[0] + 3) % FakePagedModel.VocabSize;
+        var fork = h.Scheduler.Fork(parent, first, new RequestParameters(3));
+        h.Scheduler.OnStepCompleted(sampled);
+        h.Step();
+        Assert.Empty(h.LastCopies);
+        Assert.NotEqual(parent.Blocks[2], fork.Blocks[2]);
+        h.RunToIdle();
+        AssertMatchesReference(parent);
+        AssertForkMatchesReference(fork, first);
+        Assert.Equal(16, h.Pool.FreeBlockCount);
+    }
+
+    [Fact]
+    public void AForkAtTheRunningCapWaitsAndRecomputesFromThePrefixCache()
+    {
+        var h = new Harness(blocks: 16, blockSize: 4, maxRunning: 1);
+        var parent = h.Add(promptLength: 10, maxNew: 3);
+        var batch = h.Scheduler.Schedule();
+        var sampled = h.Model.Step(batch).ToArray();
+        int first = (sampled[0] + 1) % FakePagedModel.VocabSize;
+        var fork = h.Scheduler.Fork(parent, first, new RequestParameters(3));
+        h.Scheduler.OnStepCompleted(sampled);
+        Assert.Equal(RequestStatus.Waiting, fork.Status);
+        Assert.Equal(0, fork.Blocks.Count);
+
+        h.RunToIdle();
+        Assert.Equal(8, fork.NumCachedTokens); // the prompt's two full blocks came from the cache
+        AssertMatchesReference(parent);
+        AssertForkMatchesReference(fork, first);
+    }
+
+    [Fact]
+    public void AForkThatEndsAtItsFirstTokenHoldsNothing()
+    {
+        var h = new Harness(blocks: 16);
+        var parent = h.Add(promptLength: 6, maxNew: 4);
+        var batch = h.Scheduler.Schedule();
+        var sampled = h.Model.Step(batch).ToArray();
+        var stopped = h.Scheduler.Fork(parent, 5, new RequestParameters(4, StopTokenIds: [5]));
+        var oneToken = h.Scheduler.Fork(parent, 6, new RequestParameters(1));
+        h.Scheduler.OnStepCompleted(sampled);
+
+        Assert.Equal((RequestStatus.Finished, FinishReason.Stop, 0), (stopped.Status, stopped.FinishReason, stopped.NumGeneratedTokens));
+        Assert.Equal((RequestStatus.Finished, FinishReason.Length), (oneToken.Status, oneToken.FinishReason));
+        Assert.Equal([6], oneToken.GeneratedTokens.ToArray());
+        Assert.Equal(0, stopped.Blocks.Count + oneToken.Blocks.Count);
+        Assert.Equal([parent], h.Scheduler.Running.ToArray());
+        Assert.All(parent.Blocks.BlockIds.ToArray(), id => Assert.Equal(1, h.Pool.GetBlock(id).RefCount));
+    }
+
+    [Fact]
+    public void OnlyAPromptWhoseLastChunkIsInFlightCanBeForked()
+    {
+        var h = new Harness(blocks: 16, budget: 4);
+        var parent = h.Add(promptLength: 6, maxNew: 4);
+        Assert.Throws<InvalidOperationException>(() => h.Scheduler.Fork(parent, 1, new RequestParameters(4))); // no step in flight
+        var batch = h.Scheduler.Schedule(); // the first chunk only: no logits yet
+        Assert.Throws<InvalidOperationException>(() => h.Scheduler.Fork(parent, 1, new RequestParameters(4)));
+        h.Scheduler.OnStepCompleted(h.Model.Step(batch));
+        batch = h.Scheduler.Schedule(); // the last chunk: forkable, but only under the parent's cache key
+        Assert.Throws<ArgumentException>(() => h.Scheduler.Fork(parent, 1, new RequestParameters(4, CacheKey: 7)));
+        h.Scheduler.OnStepCompleted(h.Model.Step(batch));
+        h.RunToIdle();
+        Assert.Throws<InvalidOperationException>(() => h.Scheduler.Fork(parent, 1, new RequestParameters(4))); // finished
+    }
+
+    [Fact]
+    public void WithChunkingOffWholePromptsGoFirstAndDecodesWait()
+    {
+        var h = new Harness(blocks: 64, budget: 64, maxRunning: 4, maxContext: 64, chunked: false);
+        var a = h.Add(3, maxNew: 20);
+        Assert.Equal([(a.Id, 0, 3, true)], h.Step());
+        Assert.Equal([(a.Id, 3, 1, true)], h.Step());
+
+        var b = h.Add(40, maxNew: 2, firstToken: 10);
+        var c = h.Add(30, maxNew: 2, firstToken: 20);
+        // b's whole prompt fits; c's does not fit what is left, and chunking would split it, so it waits. a waits too.
+        Assert.Equal([(b.Id, 0, 40, true)], h.Step());
+        Assert.Equal([(c.Id, 0, 30, true)], h.Step());
+        Assert.Equal([(a.Id, 4, 1, true), (b.Id, 40, 1, true), (c.Id, 30, 1, true)], h.Step());
+        h.RunToIdle();
+        AssertMatchesReference(a);
+        AssertMatchesReference(b);
+        AssertMatchesReference(c);
+    }
+
+    [Fact]
+    public void WithChunkingOffTheBudgetMustHoldTheLongestPrompt()
+    {
+        var options = new SchedulerOptions { TokenBudget = 32, MaxRunningRequests = 4, MaxContext = 64, ChunkedPrefill = false };
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => new ContinuousBatchScheduler(new BlockPool(64, 4), options));
+        Assert.Contains("max context (64)", e.Message);
     }
 
     [Fact]

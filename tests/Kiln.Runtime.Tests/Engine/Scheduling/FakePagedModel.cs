@@ -62,6 +62,13 @@ internal sealed class FakePagedModel
         if (tables.SequenceCount != chunks.Length) throw new InvalidOperationException("One block table per chunk expected.");
         int bs = _pool.BlockSize;
 
+        // Copy-on-write first, as the engine does: the copies' sources may be rewritten by this very step.
+        foreach (var copy in batch.Copies)
+        {
+            _tokenAt.AsSpan(copy.SourceBlockId * bs, bs).CopyTo(_tokenAt.AsSpan(copy.DestinationBlockId * bs));
+            _positionAt.AsSpan(copy.SourceBlockId * bs, bs).CopyTo(_positionAt.AsSpan(copy.DestinationBlockId * bs));
+        }
+
         for (int s = 0; s < chunks.Length; s++)
         {
             var chunk = chunks[s];

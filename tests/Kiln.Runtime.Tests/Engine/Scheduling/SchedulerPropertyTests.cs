@@ -5,18 +5,20 @@ using Kiln.Engine.Scheduling;
 namespace Kiln.Runtime.Tests.Engine.Scheduling;
 
 /// <summary>
-/// Random arrival, length, priority, stop and cancel schedules driven through the scheduler, the block pool and
-/// <see cref="FakePagedModel"/> (which reads and writes the paged cache for real): every request ends exactly once,
-/// no step breaks the budget, no block leaks, and every request generates what it generates when run alone.
+/// Random arrival, length, priority, stop, cancel and fork schedules, chunked or prefill-first, driven through the
+/// scheduler, the block pool and <see cref="FakePagedModel"/> (which reads and writes the paged cache for real, and
+/// refuses to write into a shared block): every request and fork ends exactly once, no step breaks the budget, no
+/// block leaks, every request generates what it generates when run alone, and every fork what its prompt and first
+/// token give.
 /// </summary>
 public sealed class SchedulerPropertyTests
 {
-    public sealed record Config(int BlockSize, int Blocks, int TokenBudget, int MaxRunning, int MaxContext);
+    public sealed record Config(int BlockSize, int Blocks, int TokenBudget, int MaxRunning, int MaxContext, bool Chunked = true);
 
     public enum CancelKind { None, BeforeSchedule, DuringStep, Fail }
 
     public sealed record RequestSpec(
-        int Arrival, int Stem, int StemLength, int[] Suffix, int MaxNew, bool Batch, bool Stops, int CacheKey, int CancelAfter, CancelKind Cancel);
+        int Arrival, int Stem, int StemLength, int[] Suffix, int MaxNew, bool Batch, bool Stops, int CacheKey, int CancelAfter, CancelKind Cancel, int Forks);
 
     private const int StepLimit = 5000;
 
@@ -26,30 +28,36 @@ public sealed class SchedulerPropertyTests
 
     private static readonly Gen<RequestSpec> GenRequest = Gen.Select(
         Gen.Int[0, 30], Gen.Int[0, 2], Gen.Int[0, 24], Gen.Int[0, FakePagedModel.VocabSize - 1].Array[0, 10], Gen.Int[1, 16],
-        Gen.Bool, Gen.Int[0, 3], Gen.Int[0, 2], Gen.Int[0, 40], Gen.Int[0, 9],
-        (arrival, stem, stemLength, suffix, maxNew, batch, stops, key, cancelAfter, cancel) => new RequestSpec(
-            arrival, stem, stemLength, suffix, maxNew, batch, stops == 0, key, cancelAfter, cancel < 3 ? (CancelKind)(cancel + 1) : CancelKind.None));
+        Gen.Bool, Gen.Int[0, 3], Gen.Int[0, 2], Gen.Int[0, 40], Gen.Int[0, 9], Gen.Int[-3, 2],
+        (arrival, stem, stemLength, suffix, maxNew, batch, stops, key, cancelAfter, cancel, forks) => new RequestSpec(
+            arrival, stem, stemLength, suffix, maxNew, batch, stops == 0, key, cancelAfter, cancel < 3 ? (CancelKind)(cancel + 1) : CancelKind.None, Math.Max(forks, 0)));
 
     /// <summary>Roomy pools: preemption is rare, batching and prefix sharing are the point.</summary>
     private static readonly Gen<Config> GenConfig = Gen.Select(
-        Gen.Int[1, 8], Gen.Int[4, 40], Gen.Int[1, 6], Gen.Int[0, 20], Gen.Int[0, 40],
-        (blockSize, maxContext, maxRunning, extraBudget, extraBlocks) =>
-            new Config(blockSize, (maxContext + blockSize - 1) / blockSize + extraBlocks, maxRunning + extraBudget, maxRunning, maxContext));
+        Gen.Int[1, 8], Gen.Int[4, 40], Gen.Int[1, 6], Gen.Int[0, 20], Gen.Int[0, 40], Gen.Int[0, 3],
+        (blockSize, maxContext, maxRunning, extraBudget, extraBlocks, chunked) => WithChunking(
+            new Config(blockSize, (maxContext + blockSize - 1) / blockSize + extraBlocks, maxRunning + extraBudget, maxRunning, maxContext), chunked > 0));
 
     /// <summary>Pools that barely hold one longest sequence: constant preemption and eviction.</summary>
     private static readonly Gen<Config> GenTinyConfig = Gen.Select(
-        Gen.Int[1, 6], Gen.Int[4, 32], Gen.Int[2, 6], Gen.Int[0, 12], Gen.Int[0, 1],
-        (blockSize, maxContext, maxRunning, extraBudget, extraBlocks) =>
-            new Config(blockSize, (maxContext + blockSize - 1) / blockSize + extraBlocks, maxRunning + extraBudget, maxRunning, maxContext));
+        Gen.Int[1, 6], Gen.Int[4, 32], Gen.Int[2, 6], Gen.Int[0, 12], Gen.Int[0, 1], Gen.Int[0, 3],
+        (blockSize, maxContext, maxRunning, extraBudget, extraBlocks, chunked) => WithChunking(
+            new Config(blockSize, (maxContext + blockSize - 1) / blockSize + extraBlocks, maxRunning + extraBudget, maxRunning, maxContext), chunked > 0));
+
+    /// <summary>Prefill-first steps compute whole prompts, so their budget holds the longest sequence.</summary>
+    private static Config WithChunking(Config config, bool chunked) =>
+        chunked ? config : config with { Chunked = false, TokenBudget = Math.Max(config.TokenBudget, config.MaxContext) };
 
     private static long s_preemptions;
     private static long s_prefixHitTokens;
+    private static long s_blockCopies;
 
     [Fact]
     public void RandomSchedulesKeepEveryPromise()
     {
         Gen.Select(GenConfig, GenRequest.Array[1, 16]).Sample((config, specs) => RunScenario(config, specs), iter: 2000);
         Assert.True(Interlocked.Read(ref s_prefixHitTokens) > 0);
+        Assert.True(Interlocked.Read(ref s_blockCopies) > 0, "no fork ever copied a shared block");
     }
 
     [Fact]
@@ -81,6 +89,7 @@ public sealed class SchedulerPropertyTests
             TokenBudget = config.TokenBudget,
             MaxRunningRequests = config.MaxRunning,
             MaxContext = config.MaxContext,
+            ChunkedPrefill = config.Chunked,
         });
         return (pool, scheduler, new FakePagedModel(pool, scheduler.MaxContext));
     }
@@ -104,6 +113,7 @@ public sealed class SchedulerPropertyTests
     {
         var (pool, scheduler, model) = Create(config);
         var requests = new GenerationRequest?[specs.Length];
+        var forks = new List<(GenerationRequest Fork, int Spec, int FirstToken)>();
         var endings = new Dictionary<long, int>();
         int lastArrival = specs.Max(s => s.Arrival);
 
@@ -114,6 +124,30 @@ public sealed class SchedulerPropertyTests
                 Assert.Equal(RequestStatus.Finished, request.Status);
                 Assert.Equal(0, request.Blocks.Count);
                 endings[request.Id] = endings.GetValueOrDefault(request.Id) + 1;
+            }
+        }
+
+        // A request asking for forks gets them when its prompt's last chunk is in flight, each with its own first token.
+        void ForkDue(ScheduledBatch batch, ReadOnlySpan<int> sampled)
+        {
+            int row = 0;
+            foreach (var chunk in batch.Chunks)
+            {
+                if (!chunk.NeedsLogits) continue;
+                int token = sampled[row++];
+                int spec = Array.FindIndex(requests, r => r == chunk.Request);
+                if (spec < 0 || specs[spec].Forks == 0 || chunk.Request.NumGeneratedTokens != 0 || forks.Any(f => f.Spec == spec)) continue;
+                for (int k = 1; k <= specs[spec].Forks; k++)
+                {
+                    int first = (token + k) % FakePagedModel.VocabSize;
+                    var fork = scheduler.Fork(chunk.Request, first, ParametersOf(specs[spec]));
+                    forks.Add((fork, spec, first));
+                    if (fork.Status == RequestStatus.Finished)
+                    {
+                        Assert.Equal(0, fork.Blocks.Count);
+                        endings[fork.Id] = 1;
+                    }
+                }
             }
         }
 
@@ -140,19 +174,21 @@ public sealed class SchedulerPropertyTests
             var batch = scheduler.Schedule();
             Ended(batch.Finished);
             CheckBatch(config, scheduler, batch);
+            Interlocked.Add(ref s_blockCopies, batch.Copies.Length);
             if (!batch.IsEmpty)
             {
                 var sampled = model.Step(batch);
+                ForkDue(batch, sampled);
                 CancelDue(step, duringStep: true);
                 Ended(scheduler.OnStepCompleted(sampled));
             }
-            CheckBlockAccounting(pool, requests);
+            CheckBlockAccounting(pool, [.. requests, .. forks.Select(f => f.Fork)]);
         }
 
         // Idle: every request ended exactly once, and every block is free.
         Assert.Equal(0, scheduler.WaitingCount);
         Assert.True(scheduler.Running.IsEmpty);
-        Assert.Equal(specs.Length, endings.Count);
+        Assert.Equal(specs.Length + forks.Count, endings.Count);
         Assert.All(endings.Values, count => Assert.Equal(1, count));
         Assert.Equal(config.Blocks, pool.FreeBlockCount);
         for (int id = 0; id < pool.BlockCount; id++) Assert.Equal(0, pool.GetBlock(id).RefCount);
@@ -182,8 +218,25 @@ public sealed class SchedulerPropertyTests
             }
         }
 
+        foreach (var (fork, spec, firstToken) in forks)
+        {
+            var expected = ForkReference(PromptOf(specs[spec], config.MaxContext), firstToken, specs[spec], config.MaxContext);
+            Assert.Equal(expected.Generated, fork.GeneratedTokens.ToArray());
+            Assert.Equal(expected.Reason, fork.FinishReason);
+        }
+
         Interlocked.Add(ref s_preemptions, scheduler.PreemptionCount);
         Interlocked.Add(ref s_prefixHitTokens, pool.PrefixHitTokens);
+    }
+
+    /// <summary>What a fork generates: its first token, then the model's continuation of the prompt and that token.</summary>
+    private static (int[] Generated, FinishReason Reason) ForkReference(int[] prompt, int firstToken, RequestSpec spec, int maxContext)
+    {
+        int[] stops = spec.Stops ? [0] : [];
+        if (stops.Contains(firstToken)) return ([], FinishReason.Stop);
+        if (spec.MaxNew == 1 || prompt.Length + 1 == maxContext) return ([firstToken], FinishReason.Length);
+        var (rest, reason) = FakePagedModel.Reference([.. prompt, firstToken], spec.MaxNew - 1, stops, maxContext);
+        return ([firstToken, .. rest], reason);
     }
 
     private static void CheckBatch(Config config, ContinuousBatchScheduler scheduler, ScheduledBatch batch)
@@ -200,6 +253,7 @@ public sealed class SchedulerPropertyTests
             Assert.Equal(request.NumComputedTokens, chunk.Start);
             Assert.True(chunk.Count >= 1 && chunk.Start + chunk.Count <= request.NumTokens);
             Assert.Equal(chunk.Start + chunk.Count == request.NumTokens, chunk.NeedsLogits);
+            if (!config.Chunked) Assert.True(chunk.NeedsLogits, $"{request}: a partial prompt with chunking off");
             tokens += chunk.Count;
             if (chunk.NeedsLogits) logits++;
         }
@@ -209,14 +263,14 @@ public sealed class SchedulerPropertyTests
         var running = scheduler.Running;
         for (int i = 0; i < running.Length; i++)
         {
-            // Decodes never stall: every running request one token behind is in the step.
-            if (running[i].NumTokens - running[i].NumComputedTokens == 1) Assert.Contains(running[i].Id, seen);
+            // Decodes never stall (chunked): every running request one token behind is in the step.
+            if (config.Chunked && running[i].NumTokens - running[i].NumComputedTokens == 1) Assert.Contains(running[i].Id, seen);
             if (i > 0)
                 Assert.True((running[i - 1].Priority, running[i - 1].Id).CompareTo((running[i].Priority, running[i].Id)) < 0, "running requests out of rank order");
         }
     }
 
-    private static void CheckBlockAccounting(BlockPool pool, GenerationRequest?[] requests)
+    private static void CheckBlockAccounting(BlockPool pool, IEnumerable<GenerationRequest?> requests)
     {
         Assert.Equal(pool.BlockCount, pool.FreeBlockCount + pool.UsedBlockCount);
         long held = 0;
