@@ -19,6 +19,29 @@ public sealed class EngineTests
         KvCacheBytes = 4 << 20,
     };
 
+    [Fact]
+    public async Task TheReadmeEngineExampleRuns()
+    {
+        // The README's "Serving many requests at once" code, with its console output captured.
+        var model = Model;
+        var tokenizer = Tokenizer;
+        var cancellationToken = CancellationToken.None;
+        var console = new StringWriter();
+        await using var engine = new KilnEngine(model, tokens => model.Compile(new PlanOptions(tokens)), tokenizer,
+            new EngineOptions { KvCacheBytes = 256 << 20, TokenBudget = 256, MaxRunningRequests = 32, KvStorage = KvStorage.F16 });
+        var options = new GenerationOptions { MaxTokens = 128, Temperature = 0.8f, TopP = 0.95f, Seed = 42, StopStrings = ["\n\n"] };
+        await foreach (var update in engine.GenerateAsync("Once upon a time", options, cancellationToken))
+        {
+            console.Write(update.Text);
+            if (update.IsFinal) console.WriteLine($"\n[{update.FinishReason}, {update.Usage!.Value.CompletionTokens} tokens]");
+        }
+
+        string printed = console.ToString();
+        Assert.Matches(@"^\S[\s\S]*\n\[(Length|Stop), \d+ tokens\]\r?\n$", printed);
+        // The stop string cuts the story before its first blank line.
+        Assert.DoesNotContain("\n\n", printed[..printed.LastIndexOf("\n[", StringComparison.Ordinal)]);
+    }
+
     [Theory]
     [InlineData(PlanKind.Eager)]
     [InlineData(PlanKind.Compiled)]
