@@ -102,12 +102,7 @@ public sealed class ContinuousBatchScheduler
         }
 
         var request = new GenerationRequest(_nextId++, promptTokens, parameters, MaxContext, _maxBlocksPerSequence);
-        _unfinished.Add(request.Id, request);
-        // Sized here so that preemption (requeueing) and cancellation never allocate on the step path.
-        _waitingInteractive.EnsureCapacity(_unfinished.Count);
-        _waitingBatch.EnsureCapacity(_unfinished.Count);
-        _pendingFinishes.EnsureCapacity(_unfinished.Count);
-        _step.EnsureFinishedCapacity(_unfinished.Count);
+        Track(request);
         WaitingQueueOf(request).PushBack(request);
         return request;
     }
@@ -179,16 +174,7 @@ public sealed class ContinuousBatchScheduler
             // Cancelled while the step ran: the token is dropped, the cancel applies at the next schedule.
             if (request.PendingFinish != FinishReason.None) continue;
 
-            var reason = FinishReason.None;
-            if (request.IsStopToken(token))
-            {
-                reason = FinishReason.Stop;
-            }
-            else
-            {
-                request.Append(token);
-                if (request.NumGeneratedTokens == request.MaxNewTokens || request.NumTokens == MaxContext) reason = FinishReason.Length;
-            }
+            var reason = Accept(request, token);
             if (reason == FinishReason.None) continue;
 
             _pool.Free(request.Blocks);
@@ -219,16 +205,7 @@ public sealed class ContinuousBatchScheduler
             throw new ArgumentException("A fork must keep its parent's cache key: the shared blocks' hashes were computed with it.", nameof(parameters));
 
         var fork = new GenerationRequest(_nextId++, parent.PromptTokens, parameters, MaxContext, _maxBlocksPerSequence);
-        var reason = FinishReason.None;
-        if (fork.IsStopToken(firstToken))
-        {
-            reason = FinishReason.Stop;
-        }
-        else
-        {
-            fork.Append(firstToken);
-            if (fork.NumGeneratedTokens == fork.MaxNewTokens || fork.NumTokens == MaxContext) reason = FinishReason.Length;
-        }
+        var reason = Accept(fork, firstToken);
         if (reason != FinishReason.None)
         {
             fork.Status = RequestStatus.Finished;
@@ -236,11 +213,7 @@ public sealed class ContinuousBatchScheduler
             return fork;
         }
 
-        _unfinished.Add(fork.Id, fork);
-        _waitingInteractive.EnsureCapacity(_unfinished.Count);
-        _waitingBatch.EnsureCapacity(_unfinished.Count);
-        _pendingFinishes.EnsureCapacity(_unfinished.Count);
-        _step.EnsureFinishedCapacity(_unfinished.Count);
+        Track(fork);
         if (_runningCount == _running.Length)
         {
             WaitingQueueOf(fork).PushBack(fork);
@@ -253,6 +226,24 @@ public sealed class ContinuousBatchScheduler
         fork.Status = RequestStatus.Running;
         InsertRunning(fork);
         return fork;
+    }
+
+    /// <summary>Registers a new request; buffers grow here so that preemption (requeueing) and cancellation never allocate on the step path.</summary>
+    private void Track(GenerationRequest request)
+    {
+        _unfinished.Add(request.Id, request);
+        _waitingInteractive.EnsureCapacity(_unfinished.Count);
+        _waitingBatch.EnsureCapacity(_unfinished.Count);
+        _pendingFinishes.EnsureCapacity(_unfinished.Count);
+        _step.EnsureFinishedCapacity(_unfinished.Count);
+    }
+
+    /// <summary>Takes a sampled token: a stop token ends the request unappended; otherwise it is appended and may reach a length limit.</summary>
+    private FinishReason Accept(GenerationRequest request, int token)
+    {
+        if (request.IsStopToken(token)) return FinishReason.Stop;
+        request.Append(token);
+        return request.NumGeneratedTokens == request.MaxNewTokens || request.NumTokens == MaxContext ? FinishReason.Length : FinishReason.None;
     }
 
     private bool IsPromptEndInFlight(GenerationRequest request)
