@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 
 namespace Kiln.Kernels.Quantized;
@@ -36,6 +37,64 @@ public static class Fp16
             magnitude | Vector128.Create(0x7F80_0000u),
             finite);
         return (widened | ((bits & Vector128.Create(0x8000u)) << 16)).AsSingle();
+    }
+
+    /// <summary>Sixteen halves (zero-extended into 32-bit lanes) to float32, lane by lane, as <see cref="ToSingle(ushort)"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> ToSingle(Vector512<uint> bits)
+    {
+        Vector512<uint> magnitude = (bits & Vector512.Create(0x7FFFu)) << 13;
+        Vector512<uint> finite = (magnitude.AsSingle() * Vector512.Create(ExponentRebias)).AsUInt32();
+        Vector512<uint> widened = Vector512.ConditionalSelect(
+            Vector512.GreaterThanOrEqual(magnitude, Vector512.Create(FloatInfinityOrNaN)),
+            magnitude | Vector512.Create(0x7F80_0000u),
+            finite);
+        return (widened | ((bits & Vector512.Create(0x8000u)) << 16)).AsSingle();
+    }
+
+    /// <summary>Eight halves (zero-extended into 32-bit lanes) to float32, lane by lane, as <see cref="ToSingle(ushort)"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> ToSingle(Vector256<uint> bits)
+    {
+        Vector256<uint> magnitude = (bits & Vector256.Create(0x7FFFu)) << 13;
+        Vector256<uint> finite = (magnitude.AsSingle() * Vector256.Create(ExponentRebias)).AsUInt32();
+        Vector256<uint> widened = Vector256.ConditionalSelect(
+            Vector256.GreaterThanOrEqual(magnitude, Vector256.Create(FloatInfinityOrNaN)),
+            magnitude | Vector256.Create(0x7F80_0000u),
+            finite);
+        return (widened | ((bits & Vector256.Create(0x8000u)) << 16)).AsSingle();
+    }
+
+    /// <summary>
+    /// Widens <paramref name="source"/> into <paramref name="destination"/> (same length), exactly as <c>(float)Half</c>
+    /// element by element, 32 halves per step where Vector512 is accelerated: how an F16 KV cache is read.
+    /// </summary>
+    public static void ToSingle(ReadOnlySpan<Half> source, Span<float> destination)
+    {
+        if (destination.Length < source.Length) throw new ArgumentException("The destination is shorter than the source.", nameof(destination));
+        var bits = MemoryMarshal.Cast<Half, ushort>(source);
+        ref ushort from = ref MemoryMarshal.GetReference(bits);
+        ref float to = ref MemoryMarshal.GetReference(destination);
+        int i = 0, length = bits.Length;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            for (; i <= length - 32; i += 32)
+            {
+                var (lower, upper) = Vector512.Widen(Vector512.LoadUnsafe(ref from, (nuint)i));
+                ToSingle(lower).StoreUnsafe(ref to, (nuint)i);
+                ToSingle(upper).StoreUnsafe(ref to, (nuint)(i + 16));
+            }
+        }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            for (; i <= length - 16; i += 16)
+            {
+                var (lower, upper) = Vector256.Widen(Vector256.LoadUnsafe(ref from, (nuint)i));
+                ToSingle(lower).StoreUnsafe(ref to, (nuint)i);
+                ToSingle(upper).StoreUnsafe(ref to, (nuint)(i + 8));
+            }
+        }
+        for (; i < length; i++) Unsafe.Add(ref to, i) = ToSingle(Unsafe.Add(ref from, i));
     }
 
     /// <summary>The half nearest <paramref name="value"/> (ties to even), as bits: how GGML stores a block scale.</summary>

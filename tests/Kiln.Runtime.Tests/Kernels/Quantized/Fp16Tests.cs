@@ -21,6 +21,18 @@ public sealed class Fp16Tests
         }
     }
 
+    [Fact]
+    public void SpansOfEveryHalfWidenExactly()
+    {
+        // 65536 halves plus a tail that is not a whole vector, from an odd offset: the vector loop and the scalar tail.
+        var halves = new Half[65536 + 37];
+        for (int i = 0; i < halves.Length; i++) halves[i] = BitConverter.UInt16BitsToHalf((ushort)(i * 40503));
+        var floats = new float[halves.Length];
+        Fp16.ToSingle(halves.AsSpan(1), floats.AsSpan(1));
+        for (int i = 1; i < halves.Length; i++) AssertSame((float)halves[i], floats[i], BitConverter.HalfToUInt16Bits(halves[i]));
+        Assert.Equal(0f, floats[0]);
+    }
+
     private static void AssertSame(float expected, float actual, int bits)
     {
         if (float.IsNaN(expected)) Assert.True(float.IsNaN(actual), $"0x{bits:X4}");
