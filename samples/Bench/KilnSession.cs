@@ -3,36 +3,112 @@ using Kiln.Models;
 
 namespace Kiln.Bench;
 
-/// <summary>Kiln on one model file: the generated Llama binder, one compiled plan, and a logits buffer.</summary>
-public sealed class KilnSession
+/// <summary>
+/// Kiln on one model file: the generated Llama binder, one compiled plan on a worker pool of exactly the bench's
+/// thread count, and a logits buffer. KV caches are paged with a fixed block table per slot, in the storage chosen
+/// here: F32 (exact; what the agreement check against llama.cpp's F32 cache uses) or F16 (llama.cpp's default, what
+/// compare uses), which today's generated attention widens block by block into scratch before reading.
+/// </summary>
+public sealed class KilnSession : IDisposable
 {
+    /// <summary>
+    /// Rows per KV block in a storage that the attention kernels widen into scratch first (F16, Int8): 64 rows of
+    /// KvDim floats stay in L2 between the widening and the reads. F32 is read in place, so one block per sequence
+    /// (fewest kernel calls; measured fastest for decode on the 110m model: 16-row blocks cost 15%).
+    /// </summary>
+    public const int WidenedBlockSize = 64;
+
     private readonly float[] _logits;
 
-    public KilnSession(ModelFile file, int maxTokensPerStep)
+    public KilnSession(ModelFile file, int maxTokensPerStep, int threads, KvStorage kvStorage = KvStorage.F32)
     {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(threads);
         Model = Llama.Load(file);
-        Plan = Model.Compile(maxTokensPerStep);
+        Plan = Model.Compile(new PlanOptions(maxTokensPerStep, threads));
+        Threads = threads;
+        KvStorage = kvStorage;
         _logits = new float[(long)Plan.VocabSize * maxTokensPerStep];
+        var geometry = Model.CreateKvCache(slots: 1, maxContext: 1);
+        Layers = geometry.Layers;
+        KvDim = geometry.KvDim;
     }
 
     public Llama Model { get; }
 
     public ICompiledPlan Plan { get; }
 
+    public int Threads { get; }
+
+    public KvStorage KvStorage { get; }
+
+    public int Layers { get; }
+
+    public int KvDim { get; }
+
     public int VocabSize => Plan.VocabSize;
 
-    public AttentionContext CreateContext(int slots, int maxContext) =>
-        new(Model.CreateKvCache(slots, maxContext), Plan.MaxTokensPerStep);
+    /// <summary>Rows per block of a cache for sequences of up to <paramref name="maxContext"/> positions.</summary>
+    public int BlockSize(int maxContext) => KvStorage == KvStorage.F32 ? (maxContext + 15) / 16 * 16 : WidenedBlockSize;
+
+    /// <summary>
+    /// A context over a paged cache of <paramref name="slots"/> sequences of up to <paramref name="maxContext"/>
+    /// positions: slot s owns blocks [s·B, (s+1)·B) (B = blocks per sequence), fixed for the session, so a step names
+    /// a sequence by slot (<see cref="KilnContext.SetSequence"/>, <see cref="KilnContext.Add"/>).
+    /// </summary>
+    public KilnContext CreateContext(int slots, int maxContext)
+    {
+        int blockSize = BlockSize(maxContext);
+        int blocksPerSequence = (maxContext + blockSize - 1) / blockSize;
+        var cache = KvCache.Paged(Layers, slots * blocksPerSequence, blockSize, KvDim, KvStorage, headDim: 0, maxContext: blocksPerSequence * blockSize);
+        return new KilnContext(new AttentionContext(cache, Plan.MaxTokensPerStep), blocksPerSequence);
+    }
 
     /// <summary>Runs one step; returns the logits of the context's output rows, [OutputCount × Vocab].</summary>
-    public ReadOnlySpan<float> Step(ReadOnlySpan<int> tokens, AttentionContext context)
+    public ReadOnlySpan<float> Step(ReadOnlySpan<int> tokens, KilnContext context)
     {
-        var logits = _logits.AsSpan(0, context.OutputCount * VocabSize);
-        Plan.Step(tokens, context, logits);
+        var logits = _logits.AsSpan(0, context.Attention.OutputCount * VocabSize);
+        Plan.Step(tokens, context.Attention, logits);
         return logits;
     }
 
     public ReadOnlySpan<float> Row(ReadOnlySpan<float> logits, int row) => logits.Slice(row * VocabSize, VocabSize);
+
+    public void Dispose() => (Plan as IDisposable)?.Dispose();
+}
+
+/// <summary>An <see cref="AttentionContext"/> over a paged cache where each slot owns a fixed run of blocks.</summary>
+public sealed class KilnContext
+{
+    private readonly int[] _blockIds;
+
+    public KilnContext(AttentionContext attention, int blocksPerSequence)
+    {
+        Attention = attention;
+        BlocksPerSequence = blocksPerSequence;
+        _blockIds = new int[attention.Cache.BlockCount];
+        for (int i = 0; i < _blockIds.Length; i++) _blockIds[i] = i;
+    }
+
+    public AttentionContext Attention { get; }
+
+    public int BlocksPerSequence { get; }
+
+    public KvCache Cache => Attention.Cache;
+
+    public void Clear() => Attention.Clear();
+
+    /// <summary>Fills the step with one sequence's consecutive tokens from <paramref name="startPosition"/>; only the last token's logits are wanted.</summary>
+    public void SetSequence(int slot, int startPosition, int count)
+    {
+        Attention.Clear();
+        Attention.AddChunk(BlockTable(slot), startPosition, count, wantLogits: true);
+    }
+
+    /// <summary>Adds <paramref name="count"/> consecutive tokens of slot <paramref name="slot"/>'s sequence to the step.</summary>
+    public void Add(int slot, int startPosition, int count, bool wantLogits) =>
+        Attention.AddChunk(BlockTable(slot), startPosition, count, wantLogits);
+
+    private ReadOnlySpan<int> BlockTable(int slot) => _blockIds.AsSpan(slot * BlocksPerSequence, BlocksPerSequence);
 }
 
 public static class Greedy

@@ -40,7 +40,7 @@ public static class SideBySide
     public static SideBySideResult Run(string path, int[] prompt, int steps, int threads = Threads)
     {
         using var file = ModelFile.Open(path);
-        var kiln = new KilnSession(file, maxTokensPerStep: prompt.Length);
+        using var kiln = new KilnSession(file, maxTokensPerStep: prompt.Length, threads);
         using var weights = LlamaCpp.LoadWeights(path, threads);
         return Run(kiln, weights, threads, prompt, steps);
     }
