@@ -6,8 +6,8 @@ namespace Kiln.Bench;
 /// <summary>
 /// Kiln on one model file: the generated Llama binder, one compiled plan on a worker pool of exactly the bench's
 /// thread count, and a logits buffer. KV caches are paged with a fixed block table per slot, in the storage chosen
-/// here: F32 (exact; what the agreement check against llama.cpp's F32 cache uses) or F16 (llama.cpp's default, what
-/// compare uses), which today's generated attention widens block by block into scratch before reading.
+/// here: F32 (read in place; compare's default) or F16 (llama.cpp's default), which today's generated attention widens
+/// block by block into scratch before reading.
 /// </summary>
 public sealed class KilnSession : IDisposable
 {
