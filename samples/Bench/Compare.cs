@@ -90,7 +90,9 @@ public static class Compare
             var llamaRuns = new double[options.Runs];
             for (int run = 0; run < options.Runs; run++)
             {
+                Settle();
                 kilnRuns[run] = workload.TokensPerRun / workload.RunKiln();
+                Settle();
                 llamaRuns[run] = workload.TokensPerRun / workload.RunLlamaCpp();
                 log.WriteLine($"compare: {name} run {run + 1}/{options.Runs}: kiln {kilnRuns[run]:F1} tok/s, llama.cpp {llamaRuns[run]:F1} tok/s");
             }
@@ -259,6 +261,14 @@ public static class Compare
         }
     }
 
+    /// <summary>
+    /// An untimed pause before every measured run: llama.cpp's CPU backend runs on libgomp, whose idle threads keep
+    /// spinning for a while after a decode (GOMP_SPINCOUNT), and Kiln's workers spin 250 µs; without the pause the
+    /// next engine's run starts on a 2-core machine that the other's threads still occupy (Kiln's prefill_128 measured
+    /// ~1000 tok/s alternating against ~1500 alone).
+    /// </summary>
+    private static void Settle() => Thread.Sleep(200);
+
     private static int RoundUp(int value, int multiple) => (value + multiple - 1) / multiple * multiple;
 
     private static double Median(double[] values)
@@ -272,7 +282,7 @@ public static class Compare
     {
         var c = CultureInfo.InvariantCulture;
         output.WriteLine($"model: {options.ModelPath} ({info.Summary})");
-        output.WriteLine(string.Create(c, $"threads: {options.Threads} (Kiln's worker pool; llama.cpp Threads/BatchThreads); KV cache: Kiln {kiln.KvStorage}, llama.cpp F16; runs: {options.Runs} measured after 1 warm-up, alternating kiln/llama.cpp; medians{(options.Quick ? "; QUICK sizes (workload names kept, token counts below)" : "")}"));
+        output.WriteLine(string.Create(c, $"threads: {options.Threads} (Kiln's worker pool; llama.cpp Threads/BatchThreads); KV cache: Kiln {kiln.KvStorage}, llama.cpp F16; runs: {options.Runs} measured after 1 warm-up, alternating kiln/llama.cpp with a 200 ms pause before each; medians{(options.Quick ? "; QUICK sizes (workload names kept, token counts below)" : "")}"));
         output.WriteLine(string.Create(c, $"machine: read bandwidth {bandwidth / 1e9:F1} GB/s, fp32 FMA peak {peakFlops / 1e9:F0} GFLOP/s ({options.Threads} threads, measured now, best of 8 and 5); {Environment.ProcessorCount} logical CPUs, load average {LoadAverage()} at the end"));
         output.WriteLine();
         output.WriteLine(string.Create(c, $"{"workload",-18} {"tokens",6} {"kiln tok/s",11} {"llama.cpp tok/s",16} {"kiln/llama",10} {"roofline tok/s",17} {"kiln %roof",10} {"llama %roof",11}"));
