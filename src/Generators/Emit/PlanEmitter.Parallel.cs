@@ -320,6 +320,7 @@ internal static partial class PlanEmitter
                 {
                     w.Line("int t = item / PerToken, kv0 = item % PerToken * KvPerItem, kv1 = global::System.Math.Min(KvHeads, kv0 + KvPerItem);");
                     w.Line("int rows = positions[t] + 1, heads = (kv1 - kv0) * group, at = t * QCols + kv0 * group * HeadDim;");
+                    w.Line("// Only this item's KV heads are read (and, for F16 or int8 storage, dequantized).");
                     w.Line("var blocks = Context.BlockTable(Context.SequenceOf(t)); // a contiguous cache: one block per sequence");
                     w.Line("var query = Q.Slice(at, heads * HeadDim);");
                     w.Line("var output = Output.Slice(at, heads * HeadDim);");
@@ -327,16 +328,16 @@ internal static partial class PlanEmitter
                     using (w.Block("for (int b = 0, first = 0; first < rows; b++, first += blockSize)"))
                     {
                         w.Line("int count = global::System.Math.Min(blockSize, rows - first);");
-                        w.Line($"var keys = {MatMul}.KvBlocks.Keys(Cache, Layer, blocks[b], count, gather);");
-                        w.Line($"{VectorMath}.AttentionScores(query, heads, HeadDim, group, keys[(kv0 * HeadDim)..], KvCols, count, Scale, weights, rows, first);");
+                        w.Line($"var keys = {MatMul}.KvBlocks.Keys(Cache, Layer, blocks[b], count, kv0 * HeadDim, (kv1 - kv0) * HeadDim, gather);");
+                        w.Line($"{VectorMath}.AttentionScores(query, heads, HeadDim, group, keys, KvCols, count, Scale, weights, rows, first);");
                     }
                     w.Line($"for (int h = 0; h < heads; h++) {VectorMath}.Softmax(weights.Slice(h * rows, rows));");
                     w.Line("output.Clear();");
                     using (w.Block("for (int b = 0, first = 0; first < rows; b++, first += blockSize)"))
                     {
                         w.Line("int count = global::System.Math.Min(blockSize, rows - first);");
-                        w.Line($"var values = {MatMul}.KvBlocks.Values(Cache, Layer, blocks[b], count, gather);");
-                        w.Line($"{VectorMath}.AttentionValues(weights, rows, first, heads, HeadDim, group, values[(kv0 * HeadDim)..], KvCols, count, output);");
+                        w.Line($"var values = {MatMul}.KvBlocks.Values(Cache, Layer, blocks[b], count, kv0 * HeadDim, (kv1 - kv0) * HeadDim, gather);");
+                        w.Line($"{VectorMath}.AttentionValues(weights, rows, first, heads, HeadDim, group, values, KvCols, count, output);");
                     }
                 }
             }

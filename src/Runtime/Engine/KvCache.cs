@@ -1,3 +1,6 @@
+using System.Numerics.Tensors;
+using Kiln.Kernels.Quantized;
+
 namespace Kiln;
 
 /// <summary>How a <see cref="KvCache"/> stores its keys and values.</summary>
@@ -169,9 +172,19 @@ public sealed class KvCache
     public void WriteValue(int layer, int row, ReadOnlySpan<float> values) => Write(_values, _halfValues, _byteValues, _valueScales, layer, row, values);
 
     /// <summary>Reads a row's keys back as floats (exact for F32; dequantized otherwise).</summary>
-    public void ReadKey(int layer, int row, Span<float> destination) => Read(_keys, _halfKeys, _byteKeys, _keyScales, layer, row, destination);
+    public void ReadKey(int layer, int row, Span<float> destination) => ReadKey(layer, row, 0, WholeRow(destination));
 
-    public void ReadValue(int layer, int row, Span<float> destination) => Read(_values, _halfValues, _byteValues, _valueScales, layer, row, destination);
+    public void ReadValue(int layer, int row, Span<float> destination) => ReadValue(layer, row, 0, WholeRow(destination));
+
+    /// <summary>
+    /// Reads keys <paramref name="firstColumn"/>.. of a row (as many as <paramref name="destination"/> holds) as floats:
+    /// the KV heads one attention work item needs, without dequantizing the rest of the row.
+    /// </summary>
+    public void ReadKey(int layer, int row, int firstColumn, Span<float> destination) =>
+        Read(_keys, _halfKeys, _byteKeys, _keyScales, layer, row, firstColumn, destination);
+
+    public void ReadValue(int layer, int row, int firstColumn, Span<float> destination) =>
+        Read(_values, _halfValues, _byteValues, _valueScales, layer, row, firstColumn, destination);
 
     /// <summary>Copies every layer's keys and values of one block into another: the copy half of copy-on-write.</summary>
     public void CopyBlock(int sourceBlock, int destinationBlock)
@@ -256,8 +269,7 @@ public sealed class KvCache
         }
         else if (halves is not null)
         {
-            var destination = halves[layer].AsSpan(offset, KvDim);
-            for (int i = 0; i < KvDim; i++) destination[i] = (Half)source[i];
+            TensorPrimitives.ConvertToHalf(source, halves[layer].AsSpan(offset, KvDim));
         }
         else
         {
@@ -277,26 +289,31 @@ public sealed class KvCache
         }
     }
 
-    private void Read(float[][]? floats, Half[][]? halves, sbyte[][]? bytes, float[][]? scales, int layer, int row, Span<float> destination)
+    private void Read(float[][]? floats, Half[][]? halves, sbyte[][]? bytes, float[][]? scales, int layer, int row, int firstColumn, Span<float> destination)
     {
-        CheckRowAccess(layer, row, destination.Length);
-        int offset = row * KvDim;
+        if ((uint)layer >= (uint)Layers || (uint)row >= (uint)RowCount)
+            throw new ArgumentOutOfRangeException(nameof(row), $"KV cache has {Layers} layers and {RowCount} rows; asked for layer {layer}, row {row}.");
+        if ((uint)firstColumn > (uint)KvDim || destination.Length > KvDim - firstColumn)
+            throw new ArgumentOutOfRangeException(nameof(firstColumn), $"A KV row holds {KvDim} elements; asked for {destination.Length} from column {firstColumn}.");
+        int offset = row * KvDim + firstColumn;
         if (floats is not null)
         {
-            floats[layer].AsSpan(offset, KvDim).CopyTo(destination);
+            floats[layer].AsSpan(offset, destination.Length).CopyTo(destination);
         }
         else if (halves is not null)
         {
-            var source = halves[layer].AsSpan(offset, KvDim);
-            for (int i = 0; i < KvDim; i++) destination[i] = (float)source[i];
+            Fp16.ToSingle(halves[layer].AsSpan(offset, destination.Length), destination);
         }
         else
         {
-            var source = bytes![layer].AsSpan(offset, KvDim);
+            var source = bytes![layer].AsSpan(offset, destination.Length);
             var rowScales = scales![layer].AsSpan(row * ScaleGroups, ScaleGroups);
-            for (int i = 0; i < KvDim; i++) destination[i] = source[i] * rowScales[i / ScaleGroupSize];
+            for (int i = 0; i < source.Length; i++) destination[i] = source[i] * rowScales[(firstColumn + i) / ScaleGroupSize];
         }
     }
+
+    private Span<float> WholeRow(Span<float> destination) =>
+        destination.Length == KvDim ? destination : throw new ArgumentException($"A KV row holds {KvDim} elements; got a span of {destination.Length}.", nameof(destination));
 
     private void CheckRowAccess(int layer, int row, int length)
     {

@@ -723,6 +723,7 @@ namespace Kiln.Models
                     {
                         int t = item / PerToken, kv0 = item % PerToken * KvPerItem, kv1 = global::System.Math.Min(KvHeads, kv0 + KvPerItem);
                         int rows = positions[t] + 1, heads = (kv1 - kv0) * group, at = t * QCols + kv0 * group * HeadDim;
+                        // Only this item's KV heads are read (and, for F16 or int8 storage, dequantized).
                         var blocks = Context.BlockTable(Context.SequenceOf(t)); // a contiguous cache: one block per sequence
                         var query = Q.Slice(at, heads * HeadDim);
                         var output = Output.Slice(at, heads * HeadDim);
@@ -730,16 +731,16 @@ namespace Kiln.Models
                         for (int b = 0, first = 0; first < rows; b++, first += blockSize)
                         {
                             int count = global::System.Math.Min(blockSize, rows - first);
-                            var keys = global::Kiln.Kernels.MatMul.KvBlocks.Keys(Cache, Layer, blocks[b], count, gather);
-                            global::Kiln.Kernels.VectorMath.AttentionScores(query, heads, HeadDim, group, keys[(kv0 * HeadDim)..], KvCols, count, Scale, weights, rows, first);
+                            var keys = global::Kiln.Kernels.MatMul.KvBlocks.Keys(Cache, Layer, blocks[b], count, kv0 * HeadDim, (kv1 - kv0) * HeadDim, gather);
+                            global::Kiln.Kernels.VectorMath.AttentionScores(query, heads, HeadDim, group, keys, KvCols, count, Scale, weights, rows, first);
                         }
                         for (int h = 0; h < heads; h++) global::Kiln.Kernels.VectorMath.Softmax(weights.Slice(h * rows, rows));
                         output.Clear();
                         for (int b = 0, first = 0; first < rows; b++, first += blockSize)
                         {
                             int count = global::System.Math.Min(blockSize, rows - first);
-                            var values = global::Kiln.Kernels.MatMul.KvBlocks.Values(Cache, Layer, blocks[b], count, gather);
-                            global::Kiln.Kernels.VectorMath.AttentionValues(weights, rows, first, heads, HeadDim, group, values[(kv0 * HeadDim)..], KvCols, count, output);
+                            var values = global::Kiln.Kernels.MatMul.KvBlocks.Values(Cache, Layer, blocks[b], count, kv0 * HeadDim, (kv1 - kv0) * HeadDim, gather);
+                            global::Kiln.Kernels.VectorMath.AttentionValues(weights, rows, first, heads, HeadDim, group, values, KvCols, count, output);
                         }
                     }
                 }

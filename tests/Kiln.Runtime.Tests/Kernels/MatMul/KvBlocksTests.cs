@@ -26,21 +26,41 @@ public sealed class KvBlocksTests
 
         var scratch = new float[KvBlocks.ScratchFloats(cache) + 1];
         var expected = new float[KvDim];
-        for (int layer = 0; layer < Layers; layer++)
-            for (int block = 0; block < Blocks; block++)
-            {
-                int rows = block == 1 ? BlockSize - 2 : BlockSize; // a partial block, as the last one of a sequence
-                var keys = KvBlocks.Keys(cache, layer, block, rows, scratch).ToArray();
-                var values = KvBlocks.Values(cache, layer, block, rows, scratch).ToArray();
-                Assert.Equal(rows * KvDim, keys.Length);
-                for (int r = 0; r < rows; r++)
+        // The whole row, and one work item's heads (columns 8..24: heads 1 and 2 of 8 wide).
+        foreach (var (firstColumn, columns) in new[] { (0, KvDim), (8, 16) })
+            for (int layer = 0; layer < Layers; layer++)
+                for (int block = 0; block < Blocks; block++)
                 {
-                    cache.ReadKey(layer, block * BlockSize + r, expected);
-                    Assert.Equal(expected, keys.AsSpan(r * KvDim, KvDim).ToArray());
-                    cache.ReadValue(layer, block * BlockSize + r, expected);
-                    Assert.Equal(expected, values.AsSpan(r * KvDim, KvDim).ToArray());
+                    int rows = block == 1 ? BlockSize - 2 : BlockSize; // a partial block, as the last one of a sequence
+                    var keys = KvBlocks.Keys(cache, layer, block, rows, firstColumn, columns, scratch).ToArray();
+                    var values = KvBlocks.Values(cache, layer, block, rows, firstColumn, columns, scratch).ToArray();
+                    Assert.Equal((rows - 1) * KvDim + columns, keys.Length);
+                    for (int r = 0; r < rows; r++)
+                    {
+                        cache.ReadKey(layer, block * BlockSize + r, expected);
+                        Assert.Equal(expected.AsSpan(firstColumn, columns).ToArray(), keys.AsSpan(r * KvDim, columns).ToArray());
+                        cache.ReadValue(layer, block * BlockSize + r, expected);
+                        Assert.Equal(expected.AsSpan(firstColumn, columns).ToArray(), values.AsSpan(r * KvDim, columns).ToArray());
+                    }
                 }
-            }
+    }
+
+    [Theory]
+    [InlineData(KvStorage.F16)]
+    [InlineData(KvStorage.Int8)]
+    public void ARowsColumnsReadAsTheWholeRowDoes(KvStorage storage)
+    {
+        var cache = KvCache.Paged(1, 1, 2, 32, storage, headDim: 8);
+        var row = new float[32];
+        for (int i = 0; i < row.Length; i++) row[i] = MathF.Sin(i) * 3;
+        cache.WriteKey(0, 1, row);
+        var whole = new float[32];
+        cache.ReadKey(0, 1, whole);
+        var part = new float[13];
+        cache.ReadKey(0, 1, 11, part);
+        Assert.Equal(whole.AsSpan(11, 13).ToArray(), part);
+        Assert.Throws<ArgumentOutOfRangeException>(() => cache.ReadKey(0, 1, 20, part));
+        Assert.Throws<ArgumentException>(() => cache.ReadKey(0, 1, part));
     }
 
     [Fact]
@@ -48,7 +68,8 @@ public sealed class KvBlocksTests
     {
         var cache = KvCache.Paged(1, 2, 4, 16, KvStorage.F16);
         var scratch = new float[KvBlocks.ScratchFloats(cache)];
-        Assert.Throws<ArgumentOutOfRangeException>(() => KvBlocks.Keys(cache, 0, 2, 4, scratch).Length);
-        Assert.Throws<ArgumentOutOfRangeException>(() => KvBlocks.Values(cache, 0, 0, 5, scratch).Length);
+        Assert.Throws<ArgumentOutOfRangeException>(() => KvBlocks.Keys(cache, 0, 2, 4, 0, 16, scratch).Length);
+        Assert.Throws<ArgumentOutOfRangeException>(() => KvBlocks.Values(cache, 0, 0, 5, 0, 16, scratch).Length);
+        Assert.Throws<ArgumentOutOfRangeException>(() => KvBlocks.Values(cache, 0, 0, 4, 8, 9, scratch).Length);
     }
 }
