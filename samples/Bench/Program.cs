@@ -11,7 +11,7 @@ internal static class BenchCli
 {
     private const string Usage =
         "usage: bench make-model --shape {15m|110m} --format {f32|q8_0|q4_0} --out FILE [--seed N]\n" +
-        "       bench compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads " + "prefill_128,decode_128,batched_decode_8,batched_decode_32] [--quick] [--seed N]";
+        "       bench compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads " + "prefill_128,decode_128,batched_decode_8,batched_decode_32] [--quick] [--seed N] [--kv f32|f16]";
 
     public static int Run(string[] args)
     {
@@ -27,7 +27,7 @@ internal static class BenchCli
             var options = ParseOptions(args.AsSpan(1), args[0] switch
             {
                 "make-model" => ["shape", "format", "out", "seed"],
-                "compare" => ["model", "threads", "runs", "json", "workloads", "quick", "seed"],
+                "compare" => ["model", "threads", "runs", "json", "workloads", "quick", "seed", "kv"],
                 _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model or compare)"),
             });
             return args[0] == "make-model" ? MakeModel(options) : CompareCommand(options);
@@ -88,7 +88,13 @@ internal static class BenchCli
         if (workloads.Length == 0) throw new UsageException("--workloads: empty list");
         string? json = options.GetValueOrDefault("json");
         int seed = Int(options, "seed", 1234, min: int.MinValue);
-        return Compare.Run(new ComparisonOptions(model, threads, runs, json, workloads, quick, seed), Console.Out, Console.Error);
+        var kv = options.GetValueOrDefault("kv", "f32").ToLowerInvariant() switch
+        {
+            "f32" => Kiln.KvStorage.F32,
+            "f16" => Kiln.KvStorage.F16,
+            var other => throw new UsageException($"--kv must be f32 or f16, not '{other}'"),
+        };
+        return Compare.Run(new ComparisonOptions(model, threads, runs, json, workloads, quick, seed) { KvStorage = kv }, Console.Out, Console.Error);
     }
 
     private static Dictionary<string, string> ParseOptions(ReadOnlySpan<string> args, string[] known)
