@@ -37,6 +37,9 @@ public static class Compare
 
     private sealed record Roofline(double TokensPerSecond, string Bound);
 
+    /// <summary>The compute roof a file's matmuls run under (ops/s, and its label in the table), with both measured peaks for the header.</summary>
+    private sealed record ComputePeak(double OpsPerSecond, string Bound, double Fp32Flops, double Int8Macs);
+
     private sealed record Result(string Name, string Description, int Tokens, double Kiln, double LlamaCpp, Roofline Roof, double[] KilnRuns, double[] LlamaRuns);
 
     public static int Run(ComparisonOptions options, TextWriter output, TextWriter log)
@@ -49,9 +52,14 @@ public static class Compare
         var info = ModelInfo.From(file);
         log.WriteLine($"compare: {Path.GetFileName(options.ModelPath)}: {info.Summary}; {options.Threads} threads, {options.Runs} runs after a warm-up{(options.Quick ? ", QUICK sizes" : "")}");
 
-        log.WriteLine("compare: measuring read bandwidth (1 GiB) and fp32 FMA peak...");
+        log.WriteLine("compare: measuring read bandwidth (1 GiB), fp32 FMA peak and int8 block-dot peak...");
         double bandwidth = MachineLimits.ReadBandwidth(options.Threads);
-        double peakFlops = MachineLimits.PeakFp32Flops(options.Threads);
+        double fp32Peak = MachineLimits.PeakFp32Flops(options.Threads);
+        double int8Peak = MachineLimits.PeakInt8BlockMacs(options.Threads);
+        // Quantized files multiply in int8: their compute roof is the int8 block-dot rate (2 ops per multiply-add).
+        var peak = info.IsQuantized && int8Peak > 0
+            ? new ComputePeak(2 * int8Peak, "INT8", fp32Peak, int8Peak)
+            : new ComputePeak(fp32Peak, "FLOP", fp32Peak, int8Peak);
 
         log.WriteLine("compare: loading Kiln (Llama.Load + Compile; untimed)...");
         var loadClock = Stopwatch.StartNew();
@@ -77,10 +85,10 @@ public static class Compare
         {
             var workload = name switch
             {
-                "prefill_128" => Prefill(kiln, weights, options.Threads, RandomTokens(sizes.Prompt), info, bandwidth, peakFlops),
-                "decode_128" => Decode(kiln, weights, options.Threads, RandomTokens(sizes.Prompt), sizes.Decode, info, bandwidth, peakFlops),
+                "prefill_128" => Prefill(kiln, weights, options.Threads, RandomTokens(sizes.Prompt), info, bandwidth, peak),
+                "decode_128" => Decode(kiln, weights, options.Threads, RandomTokens(sizes.Prompt), sizes.Decode, info, bandwidth, peak),
                 _ => Batched(kiln, weights, options.Threads, int.Parse(name["batched_decode_".Length..], CultureInfo.InvariantCulture),
-                    sizes.BatchedPrompt, sizes.BatchedDecode, RandomTokens, info, bandwidth, peakFlops, name),
+                    sizes.BatchedPrompt, sizes.BatchedDecode, RandomTokens, info, bandwidth, peak, name),
             };
             using var resources = workload.Resources;
             log.WriteLine($"compare: {name}: {workload.Description}; warm-up...");
@@ -99,7 +107,7 @@ public static class Compare
             results.Add(new Result(name, workload.Description, workload.TokensPerRun, Median(kilnRuns), Median(llamaRuns), workload.Roof, kilnRuns, llamaRuns));
         }
 
-        WriteTable(output, options, kiln, info, bandwidth, peakFlops, results, agreement);
+        WriteTable(output, options, kiln, info, bandwidth, peak, results, agreement);
         if (options.JsonPath is not null) WriteJson(options.JsonPath, results);
         return 0;
     }
@@ -122,7 +130,7 @@ public static class Compare
         return line;
     }
 
-    private static Workload Prefill(KilnSession kiln, LLama.LLamaWeights weights, int threads, int[] prompt, ModelInfo info, double bandwidth, double peakFlops)
+    private static Workload Prefill(KilnSession kiln, LLama.LLamaWeights weights, int threads, int[] prompt, ModelInfo info, double bandwidth, ComputePeak peak)
     {
         int context = prompt.Length + 8;
         var kilnContext = kiln.CreateContext(slots: 1, maxContext: context);
@@ -145,11 +153,11 @@ public static class Compare
         }
         // One pass over the weights serves the whole prompt; attention is causal over the prompt itself.
         double flops = prompt.Length * info.MatmulFlopsPerToken + info.AttentionFlops(1) * prompt.Length * (prompt.Length + 1) / 2.0;
-        var roof = Roof(prompt.Length, info.WeightBytes, flops, bandwidth, peakFlops);
+        var roof = Roof(prompt.Length, info.WeightBytes, flops, bandwidth, peak);
         return new Workload("prefill_128", prompt.Length, $"one {prompt.Length}-token prompt in one step", roof, KilnRun, LlamaRun, llama);
     }
 
-    private static Workload Decode(KilnSession kiln, LLama.LLamaWeights weights, int threads, int[] prompt, int count, ModelInfo info, double bandwidth, double peakFlops)
+    private static Workload Decode(KilnSession kiln, LLama.LLamaWeights weights, int threads, int[] prompt, int count, ModelInfo info, double bandwidth, ComputePeak peak)
     {
         int context = prompt.Length + count + 8;
         var kilnContext = kiln.CreateContext(slots: 1, maxContext: context);
@@ -186,12 +194,12 @@ public static class Compare
             return Stopwatch.GetElapsedTime(start).TotalSeconds;
         }
         double averageContext = prompt.Length + (count + 1) / 2.0;
-        var roof = Roof(1, info.WeightBytes + info.KvBytesPerToken(averageContext), info.MatmulFlopsPerToken + info.AttentionFlops(averageContext), bandwidth, peakFlops);
+        var roof = Roof(1, info.WeightBytes + info.KvBytesPerToken(averageContext), info.MatmulFlopsPerToken + info.AttentionFlops(averageContext), bandwidth, peak);
         return new Workload("decode_128", count, $"{count} greedy tokens, one at a time, after a {prompt.Length}-token prompt", roof, KilnRun, LlamaRun, llama);
     }
 
     private static Workload Batched(KilnSession kiln, LLama.LLamaWeights weights, int threads, int sequences, int promptLength, int steps,
-        Func<int, int[]> randomTokens, ModelInfo info, double bandwidth, double peakFlops, string name)
+        Func<int, int[]> randomTokens, ModelInfo info, double bandwidth, ComputePeak peak, string name)
     {
         if (sequences < 1 || sequences > kiln.Plan.MaxTokensPerStep) throw new ArgumentException($"{name}: 1 to {kiln.Plan.MaxTokensPerStep} sequences");
         var prompts = new int[sequences][];
@@ -238,15 +246,15 @@ public static class Compare
         }
         double averageContext = promptLength + (steps + 1) / 2.0;
         var roof = Roof(sequences, info.WeightBytes + sequences * info.KvBytesPerToken(averageContext),
-            sequences * (info.MatmulFlopsPerToken + info.AttentionFlops(averageContext)), bandwidth, peakFlops);
+            sequences * (info.MatmulFlopsPerToken + info.AttentionFlops(averageContext)), bandwidth, peak);
         return new Workload(name, sequences * steps, $"{sequences} sequences × {steps} greedy steps together after {promptLength}-token prompts", roof, KilnRun, LlamaRun, llama);
     }
 
     /// <summary>The attainable rate for a pass producing <paramref name="tokens"/> tokens: the slower of moving its bytes and doing its FLOPs.</summary>
-    private static Roofline Roof(int tokens, double bytes, double flops, double bandwidth, double peakFlops)
+    private static Roofline Roof(int tokens, double bytes, double flops, double bandwidth, ComputePeak peak)
     {
-        double memorySeconds = bytes / bandwidth, computeSeconds = flops / peakFlops;
-        return new Roofline(tokens / Math.Max(memorySeconds, computeSeconds), memorySeconds >= computeSeconds ? "BW" : "FLOP");
+        double memorySeconds = bytes / bandwidth, computeSeconds = flops / peak.OpsPerSecond;
+        return new Roofline(tokens / Math.Max(memorySeconds, computeSeconds), memorySeconds >= computeSeconds ? "BW" : peak.Bound);
     }
 
     private static string LoadAverage()
@@ -278,12 +286,12 @@ public static class Compare
         return sorted.Length % 2 == 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
     }
 
-    private static void WriteTable(TextWriter output, ComparisonOptions options, KilnSession kiln, ModelInfo info, double bandwidth, double peakFlops, List<Result> results, string agreement)
+    private static void WriteTable(TextWriter output, ComparisonOptions options, KilnSession kiln, ModelInfo info, double bandwidth, ComputePeak peak, List<Result> results, string agreement)
     {
         var c = CultureInfo.InvariantCulture;
         output.WriteLine($"model: {options.ModelPath} ({info.Summary})");
         output.WriteLine(string.Create(c, $"threads: {options.Threads} (Kiln's worker pool; llama.cpp Threads/BatchThreads); KV cache: Kiln {kiln.KvStorage}, llama.cpp F16; runs: {options.Runs} measured after 1 warm-up, alternating kiln/llama.cpp with a 200 ms pause before each; medians{(options.Quick ? "; QUICK sizes (workload names kept, token counts below)" : "")}"));
-        output.WriteLine(string.Create(c, $"machine: read bandwidth {bandwidth / 1e9:F1} GB/s, fp32 FMA peak {peakFlops / 1e9:F0} GFLOP/s ({options.Threads} threads, measured now, best of 8 and 5); {Environment.ProcessorCount} logical CPUs, load average {LoadAverage()} at the end"));
+        output.WriteLine(string.Create(c, $"machine: read bandwidth {bandwidth / 1e9:F1} GB/s, fp32 FMA peak {peak.Fp32Flops / 1e9:F0} GFLOP/s, int8 block-dot peak {peak.Int8Macs / 1e9:F0} GMAC/s ({options.Threads} threads, measured now, best of 8, 5 and 5); {Environment.ProcessorCount} logical CPUs, load average {LoadAverage()} at the end"));
         output.WriteLine();
         output.WriteLine(string.Create(c, $"{"workload",-18} {"tokens",6} {"kiln tok/s",11} {"llama.cpp tok/s",16} {"kiln/llama",10} {"roofline tok/s",17} {"kiln %roof",10} {"llama %roof",11}"));
         output.WriteLine(new string('-', 18 + 6 + 11 + 16 + 10 + 17 + 10 + 11 + 7));
@@ -294,13 +302,15 @@ public static class Compare
         }
         output.WriteLine(agreement);
         output.WriteLine();
-        output.WriteLine(string.Create(c, $"roofline: tok/s = tokens per pass / max(bytes / bandwidth, FLOPs / fp32 peak); (BW) or (FLOP) says which bound."));
+        output.WriteLine(string.Create(c, $"roofline: tok/s = tokens per pass / max(bytes / bandwidth, FLOPs / compute peak); (BW), (FLOP) or (INT8) says which bound."));
+        output.WriteLine("  compute peak: fp32 FMA for F32 files; for Q8_0/Q4_0 files 2 × the int8 block-dot rate (per 32-element block: nibble unpack,");
+        output.WriteLine("  vpmaddubsw + vpmaddwd, int→float, FMA with the scales, all in registers): what an int8 kernel can reach here without VNNI.");
         output.WriteLine(string.Create(c, $"  bytes: the file's matmul weights once per pass ({info.WeightBytes / 1e6:F1} MB, incl. the output matrix, as stored: {info.WeightFormats})"));
         output.WriteLine("         + each decoded token's KV-cache reads at 2 bytes/element (F16, llama.cpp's default), at the run's mean context.");
         output.WriteLine(string.Create(c, $"  FLOPs: 2 × {info.MatmulParameters / 1e6:F1} M matmul parameters per token + attention (4 × layers × q width × context)."));
         output.WriteLine("  decode_128 is bandwidth-bound (one pass per token); prefill_128 (one pass for the whole prompt) and batched_decode_N");
-        output.WriteLine("  (one pass per step of N tokens) take whichever bound is slower. The FLOP peak is fp32 FMA: int8 dot-product kernels");
-        output.WriteLine("  (llama.cpp's Q8_0/Q4_0 paths) can run above it, so %roof over 100 is possible there.");
+        output.WriteLine("  (one pass per step of N tokens) take whichever bound is slower. llama.cpp's AVX-512 build may use instructions");
+        output.WriteLine("  .NET does not offer, so its %roof can pass 100.");
         output.WriteLine(string.Create(c, $"kiln: the generated, compiled plan (fused kernels over one arena, Compile(new PlanOptions(max tokens per step, {kiln.Threads}))),"));
         output.WriteLine(string.Create(c, $"      run on its worker pool of {kiln.Threads} threads (the caller + {kiln.Threads - 1}), the same count as llama.cpp's; weights packed at load"));
         output.WriteLine("      four rows interleaved in the file's own format (F32 → F32; Q8_0 → Q8_0×4; Q4_0 → Q4_0×4); for Q8_0/Q4_0 each matmul's");
@@ -331,6 +341,9 @@ public static class Compare
 /// <summary>What the roofline needs from a model file: matmul weight bytes and parameters, attention sizes.</summary>
 public sealed record ModelInfo(string Summary, double WeightBytes, double MatmulParameters, int Layers, int QDim, int KvDim, string WeightFormats)
 {
+    /// <summary>Whether the matmul weights are Q8_0 or Q4_0 (multiplied in int8), not F32.</summary>
+    public bool IsQuantized => WeightFormats.Contains("Q8_0", StringComparison.Ordinal) || WeightFormats.Contains("Q4_0", StringComparison.Ordinal);
+
     public double MatmulFlopsPerToken => 2 * MatmulParameters;
 
     /// <summary>QKᵀ and attention·V for one token over <paramref name="context"/> positions, every layer.</summary>

@@ -2,12 +2,14 @@ using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Kiln.Bench;
 
 /// <summary>
 /// The machine's measured limits with a given thread count: streaming read bandwidth over a buffer far larger
-/// than the last-level cache, and fp32 FMA throughput. Each is the best of a few repetitions (a peak, as STREAM reports).
+/// than the last-level cache, fp32 FMA throughput, and the int8 block-dot rate quantized matmuls are built from. Each
+/// is the best of a few repetitions (a peak, as STREAM reports).
 /// </summary>
 public static unsafe class MachineLimits
 {
@@ -54,6 +56,25 @@ public static unsafe class MachineLimits
             double seconds = RunOnThreads(threads, t => Sink[t * 16] = FmaChains(Iterations));
             long lanes = Vector512.IsHardwareAccelerated ? 16 : 8;
             best = Math.Max(best, threads * Iterations * 12 * lanes * 2.0 / seconds);
+        }
+        return best;
+    }
+
+    /// <summary>
+    /// Peak int8 multiply-adds per second of the Q4_0 × Q8 block dot, in registers (no memory traffic): per 32-element
+    /// block and row, unpack the nibbles, vpmaddubsw + vpmaddwd, convert to float and FMA with the block's scale — the
+    /// instructions every Q8_0/Q4_0 matmul kernel needs per block without VNNI (.NET 10 has no 512-bit VNNI class).
+    /// An upper bound for int8 GEMM speed here; 0 without AVX-512BW.
+    /// </summary>
+    public static double PeakInt8BlockMacs(int threads, int repetitions = 5)
+    {
+        if (!Avx512BW.IsSupported) return 0;
+        const long Iterations = 10_000_000;
+        double best = 0;
+        for (int r = 0; r < repetitions; r++)
+        {
+            double seconds = RunOnThreads(threads, t => Sink[t * 16] = Int8BlockDots(Iterations));
+            best = Math.Max(best, threads * Iterations * 8 * 64.0 / seconds);
         }
         return best;
     }
@@ -107,6 +128,41 @@ public static unsafe class MachineLimits
             return Vector256.Sum(a + b + c + d);
         }
     }
+
+    // Eight independent block dots per round (2 × 32 elements each): as many live accumulators as a 4-row ×
+    // 2-token register tile keeps.
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static double Int8BlockDots(long iterations)
+    {
+        var packed = Vector512.Create((byte)0x5A);
+        var ones = Vector512.Create((short)1);
+        var low = Vector512.Create((byte)0x0F);
+        Vector512<sbyte> x0 = Vector512.Create((sbyte)1), x1 = Vector512.Create((sbyte)2);
+        var scale = Vector512.Create(0.5f);
+        Vector512<float> f0 = default, f1 = default, f2 = default, f3 = default, f4 = default, f5 = default, f6 = default, f7 = default;
+        for (long i = 0; i < iterations; i++)
+        {
+            var q0 = packed & low;
+            var q1 = (packed.AsUInt16() >>> 4).AsByte() & low;
+            var flipped = packed ^ low;
+            var q2 = flipped & low;
+            var q3 = (flipped.AsUInt16() >>> 4).AsByte() & low;
+            f0 = Vector512.FusedMultiplyAdd(BlockDot(q0, x0, ones), scale, f0);
+            f1 = Vector512.FusedMultiplyAdd(BlockDot(q1, x0, ones), scale, f1);
+            f2 = Vector512.FusedMultiplyAdd(BlockDot(q0, x1, ones), scale, f2);
+            f3 = Vector512.FusedMultiplyAdd(BlockDot(q1, x1, ones), scale, f3);
+            f4 = Vector512.FusedMultiplyAdd(BlockDot(q2, x0, ones), scale, f4);
+            f5 = Vector512.FusedMultiplyAdd(BlockDot(q3, x0, ones), scale, f5);
+            f6 = Vector512.FusedMultiplyAdd(BlockDot(q2, x1, ones), scale, f6);
+            f7 = Vector512.FusedMultiplyAdd(BlockDot(q3, x1, ones), scale, f7);
+            packed += Vector512<byte>.One; // new quants each round, so nothing is hoisted
+        }
+        return Vector512.Sum(f0 + f1 + f2 + f3 + f4 + f5 + f6 + f7);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> BlockDot(Vector512<byte> quants, Vector512<sbyte> activations, Vector512<short> ones) =>
+        Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(quants, activations), ones));
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static double FmaChains(long iterations)
