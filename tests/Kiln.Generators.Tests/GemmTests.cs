@@ -101,7 +101,7 @@ public sealed class GemmTests
         foreach (var (first, end) in new[] { (0, 1), (1, 4), (4, 5), (5, 11) })
             Gemm.Run(packed, input, first, end, ref collect);
         Assert.Equal(whole, parts);
-        Assert.All(collect.Calls, calls => Assert.Equal(1, calls)); // every (group, token) exactly once
+        Assert.All(collect.Calls!, calls => Assert.Equal(1, calls)); // every (group, token) exactly once
     }
 
     [Theory]

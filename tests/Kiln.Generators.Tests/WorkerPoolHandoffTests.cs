@@ -29,7 +29,7 @@ public sealed class WorkerPoolHandoffTests
     }
 
     [Fact]
-    public void ManyShortRunsNeverLoseAWakeUp()
+    public async Task ManyShortRunsNeverLoseAWakeUp()
     {
         const int Runs = 100_000;
         var counts = new int[2];
@@ -39,7 +39,9 @@ public sealed class WorkerPoolHandoffTests
             for (int run = 0; run < Runs; run++)
                 pool.Run(2, 1, new Touch { Counts = counts, Delay = run * 7919 % 300 });
         }, TaskCreationOptions.LongRunning);
-        Assert.True(runner.Wait(TimeSpan.FromSeconds(120)), "a run never returned: the caller missed its workers' last wake-up");
+        var finished = await Task.WhenAny(runner, Task.Delay(TimeSpan.FromSeconds(120)));
+        Assert.True(finished == runner, "a run never returned: the caller missed its workers' last wake-up");
+        await runner; // surfaces a failed run's exception
         Assert.All(counts, c => Assert.Equal(Runs, c));
     }
 }
