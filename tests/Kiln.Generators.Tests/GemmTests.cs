@@ -260,6 +260,32 @@ public sealed class GemmTests
         }
     }
 
+    [Theory]
+    [InlineData(64, 1, 4, 1, 33)]   // the vector rows, MHA, a partial block of positions
+    [InlineData(64, 4, 6, 2, 13)]   // GQA over a chunk of the KV heads
+    [InlineData(40, 1, 3, 1, 9)]    // the per-head path
+    public void HalfRowsGiveWhatTheirWidenedFloatsGive(int headDim, int kvOffset, int heads, int group, int positions)
+    {
+        int stride = (kvOffset + heads / group) * headDim;
+        var random = new Random(headDim * 5 + heads);
+        Half[] Halves(int n) => Enumerable.Range(0, n).Select(_ => (Half)(random.NextDouble() * 2 - 1)).ToArray();
+        float[] queries = Enumerable.Range(0, heads * headDim).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
+        Half[] keys = Halves(positions * stride), values = Halves(positions * stride);
+        float[] keyFloats = keys.Select(h => (float)h).ToArray(), valueFloats = values.Select(h => (float)h).ToArray();
+        int scoreStride = positions + 3, first = 2; // scores land mid-row, as for a sequence's second block
+        var expectedScores = new float[heads * scoreStride];
+        var scores = new float[heads * scoreStride];
+        VectorMath.AttentionScores(queries, heads, headDim, group, keyFloats.AsSpan(kvOffset * headDim), stride, positions, 0.125f, expectedScores, scoreStride, first);
+        VectorMath.AttentionScores(queries, heads, headDim, group, keys.AsSpan(kvOffset * headDim), stride, positions, 0.125f, scores, scoreStride, first);
+        var expectedOutput = Enumerable.Repeat(0.5f, heads * headDim).ToArray(); // accumulated into
+        var output = (float[])expectedOutput.Clone();
+        VectorMath.AttentionValues(expectedScores, scoreStride, first, heads, headDim, group, valueFloats.AsSpan(kvOffset * headDim), stride, positions, expectedOutput);
+        VectorMath.AttentionValues(expectedScores, scoreStride, first, heads, headDim, group, values.AsSpan(kvOffset * headDim), stride, positions, output);
+        bool vectorRows = headDim % 16 == 0; // the same kernel over either element type: bit for bit
+        for (int i = 0; i < scores.Length; i++) Assert.Equal(expectedScores[i], scores[i], vectorRows ? 0 : 1e-5);
+        for (int i = 0; i < output.Length; i++) Assert.Equal(expectedOutput[i], output[i], vectorRows ? 0 : 1e-5);
+    }
+
     [Fact]
     public void EpilogueHelpersMatchTheEagerExpressions()
     {

@@ -316,11 +316,13 @@ internal static partial class PlanEmitter
                 w.Line("var gather = Gather.Slice(chunk * GatherStride, GatherStride);");
                 w.Line("var positions = Context.Positions;");
                 w.Line("int group = Heads / KvHeads, blockSize = Cache.BlockSize;");
+                w.Line("bool halves = Cache.Storage == global::Kiln.KvStorage.F16;");
                 using (w.Block("for (int item = start; item < end; item++)"))
                 {
                     w.Line("int t = item / PerToken, kv0 = item % PerToken * KvPerItem, kv1 = global::System.Math.Min(KvHeads, kv0 + KvPerItem);");
                     w.Line("int rows = positions[t] + 1, heads = (kv1 - kv0) * group, at = t * QCols + kv0 * group * HeadDim;");
-                    w.Line("// Only this item's KV heads are read (and, for F16 or int8 storage, dequantized).");
+                    w.Line("// Only this item's KV heads are read: F16 rows in place (widened in registers), int8 ones dequantized into scratch.");
+                    w.Line("int columns = (kv1 - kv0) * HeadDim;");
                     w.Line("var blocks = Context.BlockTable(Context.SequenceOf(t)); // a contiguous cache: one block per sequence");
                     w.Line("var query = Q.Slice(at, heads * HeadDim);");
                     w.Line("var output = Output.Slice(at, heads * HeadDim);");
@@ -328,16 +330,20 @@ internal static partial class PlanEmitter
                     using (w.Block("for (int b = 0, first = 0; first < rows; b++, first += blockSize)"))
                     {
                         w.Line("int count = global::System.Math.Min(blockSize, rows - first);");
-                        w.Line($"var keys = {MatMul}.KvBlocks.Keys(Cache, Layer, blocks[b], count, kv0 * HeadDim, (kv1 - kv0) * HeadDim, gather);");
-                        w.Line($"{VectorMath}.AttentionScores(query, heads, HeadDim, group, keys, KvCols, count, Scale, weights, rows, first);");
+                        w.Line("if (halves)");
+                        w.Line($"    {VectorMath}.AttentionScores(query, heads, HeadDim, group, {MatMul}.KvBlocks.HalfKeys(Cache, Layer, blocks[b], count, kv0 * HeadDim, columns), KvCols, count, Scale, weights, rows, first);");
+                        w.Line("else");
+                        w.Line($"    {VectorMath}.AttentionScores(query, heads, HeadDim, group, {MatMul}.KvBlocks.Keys(Cache, Layer, blocks[b], count, kv0 * HeadDim, columns, gather), KvCols, count, Scale, weights, rows, first);");
                     }
                     w.Line($"for (int h = 0; h < heads; h++) {VectorMath}.Softmax(weights.Slice(h * rows, rows));");
                     w.Line("output.Clear();");
                     using (w.Block("for (int b = 0, first = 0; first < rows; b++, first += blockSize)"))
                     {
                         w.Line("int count = global::System.Math.Min(blockSize, rows - first);");
-                        w.Line($"var values = {MatMul}.KvBlocks.Values(Cache, Layer, blocks[b], count, kv0 * HeadDim, (kv1 - kv0) * HeadDim, gather);");
-                        w.Line($"{VectorMath}.AttentionValues(weights, rows, first, heads, HeadDim, group, values, KvCols, count, output);");
+                        w.Line("if (halves)");
+                        w.Line($"    {VectorMath}.AttentionValues(weights, rows, first, heads, HeadDim, group, {MatMul}.KvBlocks.HalfValues(Cache, Layer, blocks[b], count, kv0 * HeadDim, columns), KvCols, count, output);");
+                        w.Line("else");
+                        w.Line($"    {VectorMath}.AttentionValues(weights, rows, first, heads, HeadDim, group, {MatMul}.KvBlocks.Values(Cache, Layer, blocks[b], count, kv0 * HeadDim, columns, gather), KvCols, count, output);");
                     }
                 }
             }

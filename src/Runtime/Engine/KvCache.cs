@@ -166,6 +166,12 @@ public sealed class KvCache
     /// <summary>Values of every row of one block, [BlockSize, KvDim] in place (F32 only).</summary>
     public Span<float> ValueBlock(int layer, int block) => BlockRows(_values, layer, block);
 
+    /// <summary>F16 storage: keys of every row of one block, [BlockSize, KvDim] halves in place.</summary>
+    internal ReadOnlySpan<Half> HalfKeyBlock(int layer, int block) => BlockRows(_halfKeys, layer, block);
+
+    /// <summary>F16 storage: values of every row of one block, [BlockSize, KvDim] halves in place.</summary>
+    internal ReadOnlySpan<Half> HalfValueBlock(int layer, int block) => BlockRows(_halfValues, layer, block);
+
     /// <summary>Stores a token's keys in <paramref name="row"/>, converting to the cache's storage.</summary>
     public void WriteKey(int layer, int row, ReadOnlySpan<float> keys) => Write(_keys, _halfKeys, _byteKeys, _keyScales, layer, row, keys);
 
@@ -236,7 +242,7 @@ public sealed class KvCache
         return LayerOf(storage, layer).AsSpan(slot * BlockSize * KvDim, BlockSize * KvDim);
     }
 
-    private Span<float> BlockRows(float[][]? storage, int layer, int block)
+    private Span<T> BlockRows<T>(T[][]? storage, int layer, int block)
     {
         if ((uint)block >= (uint)BlockCount)
             throw new ArgumentOutOfRangeException(nameof(block), $"KV cache has {BlockCount} blocks; asked for block {block}.");

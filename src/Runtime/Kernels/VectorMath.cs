@@ -441,7 +441,7 @@ public static class VectorMath
         CheckRows(keys.Length, stride, positions, heads / group * headDim);
         if (Vector512.IsHardwareAccelerated && headDim % 16 == 0)
         {
-            AttentionScoresRows(queries, heads, headDim, group, keys, stride, positions, scale, scores, scoreStride, firstPosition);
+            AttentionScoresRows<float, FloatRow>(queries, heads, headDim, group, keys, stride, positions, scale, scores, scoreStride, firstPosition);
             return;
         }
         for (int h = 0; h < heads; h++)
@@ -461,7 +461,7 @@ public static class VectorMath
         CheckRows(values.Length, stride, positions, heads / group * headDim);
         if (Vector512.IsHardwareAccelerated && headDim % 16 == 0)
         {
-            AttentionValuesRows(weights, scoreStride, firstPosition, heads, headDim, group, values, stride, positions, output);
+            AttentionValuesRows<float, FloatRow>(weights, scoreStride, firstPosition, heads, headDim, group, values, stride, positions, output);
             return;
         }
         for (int h = 0; h < heads; h++)
@@ -473,6 +473,78 @@ public static class VectorMath
         }
     }
 
+    /// <summary>
+    /// <see cref="AttentionScores(ReadOnlySpan{float}, int, int, int, ReadOnlySpan{float}, int, int, float, Span{float}, int, int)"/>
+    /// over keys stored as halves (an F16 KV cache), widened in registers as they are read.
+    /// </summary>
+    public static void AttentionScores(ReadOnlySpan<float> queries, int heads, int headDim, int group, ReadOnlySpan<Half> keys,
+        int stride, int positions, float scale, Span<float> scores, int scoreStride, int firstPosition)
+    {
+        CheckHeads(queries.Length, heads, headDim, group, scores.Length, scoreStride, firstPosition, positions);
+        CheckRows(keys.Length, stride, positions, heads / group * headDim);
+        if (Vector512.IsHardwareAccelerated && headDim % 16 == 0)
+        {
+            AttentionScoresRows<Half, HalfRow>(queries, heads, headDim, group, keys, stride, positions, scale, scores, scoreStride, firstPosition);
+            return;
+        }
+        for (int h = 0; h < heads; h++)
+        {
+            var query = queries.Slice(h * headDim, headDim);
+            for (int p = 0; p < positions; p++)
+            {
+                var key = keys.Slice(p * stride + h / group * headDim, headDim);
+                float sum = 0;
+                for (int i = 0; i < headDim; i++) sum += query[i] * (float)key[i];
+                scores[h * scoreStride + firstPosition + p] = sum * scale;
+            }
+        }
+    }
+
+    /// <summary>
+    /// <see cref="AttentionValues(ReadOnlySpan{float}, int, int, int, int, int, ReadOnlySpan{float}, int, int, Span{float})"/>
+    /// over values stored as halves (an F16 KV cache), widened in registers as they are read.
+    /// </summary>
+    public static void AttentionValues(ReadOnlySpan<float> weights, int scoreStride, int firstPosition, int heads, int headDim, int group,
+        ReadOnlySpan<Half> values, int stride, int positions, Span<float> output)
+    {
+        CheckHeads(output.Length, heads, headDim, group, weights.Length, scoreStride, firstPosition, positions);
+        CheckRows(values.Length, stride, positions, heads / group * headDim);
+        if (Vector512.IsHardwareAccelerated && headDim % 16 == 0)
+        {
+            AttentionValuesRows<Half, HalfRow>(weights, scoreStride, firstPosition, heads, headDim, group, values, stride, positions, output);
+            return;
+        }
+        for (int h = 0; h < heads; h++)
+        {
+            var result = output.Slice(h * headDim, headDim);
+            for (int p = 0; p < positions; p++)
+            {
+                var value = values.Slice(p * stride + h / group * headDim, headDim);
+                float weight = weights[h * scoreStride + firstPosition + p];
+                for (int i = 0; i < headDim; i++) result[i] += weight * (float)value[i];
+            }
+        }
+    }
+
+    /// <summary>How the attention row kernels load 16 elements of a cached row as floats: in place, or widened from halves.</summary>
+    private interface IKvRow<T> where T : unmanaged
+    {
+        static abstract Vector512<float> Load(ref T row, int index);
+    }
+
+    private readonly struct FloatRow : IKvRow<float>
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load(ref float row, int index) => Vector512.LoadUnsafe(ref row, (nuint)index);
+    }
+
+    private readonly struct HalfRow : IKvRow<Half>
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load(ref Half row, int index) =>
+            Quantized.Fp16.ToSingle(Vector512.WidenLower(Vector256.LoadUnsafe(ref Unsafe.As<Half, ushort>(ref row), (nuint)index).ToVector512Unsafe()));
+    }
+
     private static void CheckHeads(int vectors, int heads, int headDim, int group, int scores, int scoreStride, int firstPosition, int positions)
     {
         if (heads <= 0 || headDim <= 0 || group <= 0 || heads % group != 0 || vectors < heads * headDim || positions < 0
@@ -482,34 +554,35 @@ public static class VectorMath
 
     // Positions four at a time, every head: rows p..p+3 are read once, in order, for all heads.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void AttentionScoresRows(ReadOnlySpan<float> queries, int heads, int headDim, int group, ReadOnlySpan<float> keys,
+    private static void AttentionScoresRows<T, TRow>(ReadOnlySpan<float> queries, int heads, int headDim, int group, ReadOnlySpan<T> keys,
         int stride, int positions, float scale, Span<float> scores, int scoreStride, int firstPosition)
+        where T : unmanaged where TRow : IKvRow<T>
     {
         ref float q = ref MemoryMarshal.GetReference(queries);
-        ref float k = ref MemoryMarshal.GetReference(keys);
+        ref T k = ref MemoryMarshal.GetReference(keys);
         ref float s = ref Unsafe.Add(ref MemoryMarshal.GetReference(scores), firstPosition);
-        int width = heads / group * headDim, lines = (width * sizeof(float) + 63) / 64;
+        int width = heads / group * headDim, lines = (width * Unsafe.SizeOf<T>() + 63) / 64;
         int p = 0;
         for (; p + 4 <= positions; p += 4)
         {
             // Rows with gaps between them (a chunk of the heads) defeat the hardware prefetcher; whole rows stream.
             if (width < stride && p + PrefetchDistance + 4 <= positions) PrefetchRows(ref Unsafe.Add(ref k, (p + PrefetchDistance) * stride), stride, lines);
-            ref float k0 = ref Unsafe.Add(ref k, p * stride);
+            ref T k0 = ref Unsafe.Add(ref k, p * stride);
             for (int h = 0; h < heads; h++)
             {
                 ref float qh = ref Unsafe.Add(ref q, h * headDim);
-                ref float r0 = ref Unsafe.Add(ref k0, h / group * headDim);
-                ref float r1 = ref Unsafe.Add(ref r0, stride);
-                ref float r2 = ref Unsafe.Add(ref r1, stride);
-                ref float r3 = ref Unsafe.Add(ref r2, stride);
+                ref T r0 = ref Unsafe.Add(ref k0, h / group * headDim);
+                ref T r1 = ref Unsafe.Add(ref r0, stride);
+                ref T r2 = ref Unsafe.Add(ref r1, stride);
+                ref T r3 = ref Unsafe.Add(ref r2, stride);
                 Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
                 for (int i = 0; i < headDim; i += 16)
                 {
                     var v = Vector512.LoadUnsafe(ref qh, (nuint)i);
-                    a0 = Vector512.FusedMultiplyAdd(v, Vector512.LoadUnsafe(ref r0, (nuint)i), a0);
-                    a1 = Vector512.FusedMultiplyAdd(v, Vector512.LoadUnsafe(ref r1, (nuint)i), a1);
-                    a2 = Vector512.FusedMultiplyAdd(v, Vector512.LoadUnsafe(ref r2, (nuint)i), a2);
-                    a3 = Vector512.FusedMultiplyAdd(v, Vector512.LoadUnsafe(ref r3, (nuint)i), a3);
+                    a0 = Vector512.FusedMultiplyAdd(v, TRow.Load(ref r0, i), a0);
+                    a1 = Vector512.FusedMultiplyAdd(v, TRow.Load(ref r1, i), a1);
+                    a2 = Vector512.FusedMultiplyAdd(v, TRow.Load(ref r2, i), a2);
+                    a3 = Vector512.FusedMultiplyAdd(v, TRow.Load(ref r3, i), a3);
                 }
                 Vector256<float> h0 = a0.GetLower() + a0.GetUpper(), h1 = a1.GetLower() + a1.GetUpper();
                 Vector256<float> h2 = a2.GetLower() + a2.GetUpper(), h3 = a3.GetLower() + a3.GetUpper();
@@ -519,14 +592,14 @@ public static class VectorMath
         }
         for (; p < positions; p++)
         {
-            ref float k0 = ref Unsafe.Add(ref k, p * stride);
+            ref T k0 = ref Unsafe.Add(ref k, p * stride);
             for (int h = 0; h < heads; h++)
             {
                 ref float qh = ref Unsafe.Add(ref q, h * headDim);
-                ref float r0 = ref Unsafe.Add(ref k0, h / group * headDim);
+                ref T r0 = ref Unsafe.Add(ref k0, h / group * headDim);
                 Vector512<float> a0 = default;
                 for (int i = 0; i < headDim; i += 16)
-                    a0 = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref qh, (nuint)i), Vector512.LoadUnsafe(ref r0, (nuint)i), a0);
+                    a0 = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref qh, (nuint)i), TRow.Load(ref r0, i), a0);
                 Unsafe.Add(ref s, h * scoreStride + p) = Vector512.Sum(a0) * scale;
             }
         }
@@ -534,22 +607,23 @@ public static class VectorMath
 
     // Positions four at a time, every head: each head's output (in L1) takes four rows' worth per load and store.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void AttentionValuesRows(ReadOnlySpan<float> weights, int scoreStride, int firstPosition, int heads, int headDim, int group,
-        ReadOnlySpan<float> values, int stride, int positions, Span<float> output)
+    private static void AttentionValuesRows<T, TRow>(ReadOnlySpan<float> weights, int scoreStride, int firstPosition, int heads, int headDim, int group,
+        ReadOnlySpan<T> values, int stride, int positions, Span<float> output)
+        where T : unmanaged where TRow : IKvRow<T>
     {
         ref float w = ref Unsafe.Add(ref MemoryMarshal.GetReference(weights), firstPosition);
-        ref float v = ref MemoryMarshal.GetReference(values);
+        ref T v = ref MemoryMarshal.GetReference(values);
         ref float o = ref MemoryMarshal.GetReference(output);
-        int width = heads / group * headDim, lines = (width * sizeof(float) + 63) / 64;
+        int width = heads / group * headDim, lines = (width * Unsafe.SizeOf<T>() + 63) / 64;
         for (int p = 0; p < positions; p += 4)
         {
             int count = Math.Min(4, positions - p);
             if (width < stride && p + 2 * PrefetchDistance + 4 <= positions) PrefetchRows(ref Unsafe.Add(ref v, (p + 2 * PrefetchDistance) * stride), stride, lines);
-            ref float v0 = ref Unsafe.Add(ref v, p * stride);
+            ref T v0 = ref Unsafe.Add(ref v, p * stride);
             for (int h = 0; h < heads; h++)
             {
                 ref float oh = ref Unsafe.Add(ref o, h * headDim);
-                ref float r0 = ref Unsafe.Add(ref v0, h / group * headDim);
+                ref T r0 = ref Unsafe.Add(ref v0, h / group * headDim);
                 ref float wh = ref Unsafe.Add(ref w, h * scoreStride + p);
                 var s0 = Vector512.Create(wh);
                 var s1 = count > 1 ? Vector512.Create(Unsafe.Add(ref wh, 1)) : default;
@@ -558,10 +632,10 @@ public static class VectorMath
                 for (int i = 0; i < headDim; i += 16)
                 {
                     var acc = Vector512.LoadUnsafe(ref oh, (nuint)i);
-                    acc = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref r0, (nuint)i), s0, acc);
-                    if (count > 1) acc = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref Unsafe.Add(ref r0, stride), (nuint)i), s1, acc);
-                    if (count > 2) acc = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref Unsafe.Add(ref r0, 2 * stride), (nuint)i), s2, acc);
-                    if (count > 3) acc = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref Unsafe.Add(ref r0, 3 * stride), (nuint)i), s3, acc);
+                    acc = Vector512.FusedMultiplyAdd(TRow.Load(ref r0, i), s0, acc);
+                    if (count > 1) acc = Vector512.FusedMultiplyAdd(TRow.Load(ref Unsafe.Add(ref r0, stride), i), s1, acc);
+                    if (count > 2) acc = Vector512.FusedMultiplyAdd(TRow.Load(ref Unsafe.Add(ref r0, 2 * stride), i), s2, acc);
+                    if (count > 3) acc = Vector512.FusedMultiplyAdd(TRow.Load(ref Unsafe.Add(ref r0, 3 * stride), i), s3, acc);
                     acc.StoreUnsafe(ref oh, (nuint)i);
                 }
             }
@@ -571,13 +645,13 @@ public static class VectorMath
     /// <summary>Rows ahead that the attention loops prefetch (scores; the weighted sum, with less work per row, twice as far).</summary>
     private const int PrefetchDistance = 16;
 
-    /// <summary>Prefetches the first <paramref name="lines"/> cache lines of 4 rows <paramref name="stride"/> floats apart (prefetches never fault).</summary>
+    /// <summary>Prefetches the first <paramref name="lines"/> cache lines of 4 rows <paramref name="stride"/> elements apart (prefetches never fault).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe void PrefetchRows(ref float first, int stride, int lines)
+    private static unsafe void PrefetchRows<T>(ref T first, int stride, int lines) where T : unmanaged
     {
         if (!Sse.IsSupported) return;
         byte* row = (byte*)Unsafe.AsPointer(ref first);
-        for (int r = 0; r < 4; r++, row += (long)stride * sizeof(float))
+        for (int r = 0; r < 4; r++, row += (long)stride * sizeof(T))
             for (int line = 0; line < lines; line++) Sse.Prefetch0(row + line * 64);
     }
 

@@ -719,11 +719,13 @@ namespace Kiln.Models
                     var gather = Gather.Slice(chunk * GatherStride, GatherStride);
                     var positions = Context.Positions;
                     int group = Heads / KvHeads, blockSize = Cache.BlockSize;
+                    bool halves = Cache.Storage == global::Kiln.KvStorage.F16;
                     for (int item = start; item < end; item++)
                     {
                         int t = item / PerToken, kv0 = item % PerToken * KvPerItem, kv1 = global::System.Math.Min(KvHeads, kv0 + KvPerItem);
                         int rows = positions[t] + 1, heads = (kv1 - kv0) * group, at = t * QCols + kv0 * group * HeadDim;
-                        // Only this item's KV heads are read (and, for F16 or int8 storage, dequantized).
+                        // Only this item's KV heads are read: F16 rows in place (widened in registers), int8 ones dequantized into scratch.
+                        int columns = (kv1 - kv0) * HeadDim;
                         var blocks = Context.BlockTable(Context.SequenceOf(t)); // a contiguous cache: one block per sequence
                         var query = Q.Slice(at, heads * HeadDim);
                         var output = Output.Slice(at, heads * HeadDim);
@@ -731,16 +733,20 @@ namespace Kiln.Models
                         for (int b = 0, first = 0; first < rows; b++, first += blockSize)
                         {
                             int count = global::System.Math.Min(blockSize, rows - first);
-                            var keys = global::Kiln.Kernels.MatMul.KvBlocks.Keys(Cache, Layer, blocks[b], count, kv0 * HeadDim, (kv1 - kv0) * HeadDim, gather);
-                            global::Kiln.Kernels.VectorMath.AttentionScores(query, heads, HeadDim, group, keys, KvCols, count, Scale, weights, rows, first);
+                            if (halves)
+                                global::Kiln.Kernels.VectorMath.AttentionScores(query, heads, HeadDim, group, global::Kiln.Kernels.MatMul.KvBlocks.HalfKeys(Cache, Layer, blocks[b], count, kv0 * HeadDim, columns), KvCols, count, Scale, weights, rows, first);
+                            else
+                                global::Kiln.Kernels.VectorMath.AttentionScores(query, heads, HeadDim, group, global::Kiln.Kernels.MatMul.KvBlocks.Keys(Cache, Layer, blocks[b], count, kv0 * HeadDim, columns, gather), KvCols, count, Scale, weights, rows, first);
                         }
                         for (int h = 0; h < heads; h++) global::Kiln.Kernels.VectorMath.Softmax(weights.Slice(h * rows, rows));
                         output.Clear();
                         for (int b = 0, first = 0; first < rows; b++, first += blockSize)
                         {
                             int count = global::System.Math.Min(blockSize, rows - first);
-                            var values = global::Kiln.Kernels.MatMul.KvBlocks.Values(Cache, Layer, blocks[b], count, kv0 * HeadDim, (kv1 - kv0) * HeadDim, gather);
-                            global::Kiln.Kernels.VectorMath.AttentionValues(weights, rows, first, heads, HeadDim, group, values, KvCols, count, output);
+                            if (halves)
+                                global::Kiln.Kernels.VectorMath.AttentionValues(weights, rows, first, heads, HeadDim, group, global::Kiln.Kernels.MatMul.KvBlocks.HalfValues(Cache, Layer, blocks[b], count, kv0 * HeadDim, columns), KvCols, count, output);
+                            else
+                                global::Kiln.Kernels.VectorMath.AttentionValues(weights, rows, first, heads, HeadDim, group, global::Kiln.Kernels.MatMul.KvBlocks.Values(Cache, Layer, blocks[b], count, kv0 * HeadDim, columns, gather), KvCols, count, output);
                         }
                     }
                 }
