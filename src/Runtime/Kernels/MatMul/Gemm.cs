@@ -62,7 +62,7 @@ public static unsafe class Gemm
         where TEpilogue : struct, ITileEpilogue
     {
         Check(weights, PackedFormat.Q8_0, input, firstGroup, endGroup, quantized: true);
-        if (IsAccelerated) QuantizedKernels.Run<QuantizedKernels.Q8Blocks, TEpilogue>(weights, input, firstGroup, endGroup, ref epilogue);
+        if (IsAccelerated) QuantizedTiles.Run<QuantizedKernels.Tiles<QuantizedKernels.Q8Blocks>, TEpilogue>(weights, input, firstGroup, endGroup, ref epilogue);
         else Reference.Run(weights, input, firstGroup, endGroup, ref epilogue);
     }
 
@@ -71,7 +71,7 @@ public static unsafe class Gemm
         where TEpilogue : struct, ITileEpilogue
     {
         Check(weights, PackedFormat.Q4_0, input, firstGroup, endGroup, quantized: true);
-        if (Q4Kernels.IsSupported) Q4Kernels.Run(weights, input, firstGroup, endGroup, ref epilogue);
+        if (Q4Kernels.IsSupported) QuantizedTiles.Run<Q4Kernels.Tiles, TEpilogue>(weights, input, firstGroup, endGroup, ref epilogue);
         else Reference.Run(weights, input, firstGroup, endGroup, ref epilogue);
     }
 
@@ -116,6 +116,83 @@ internal readonly struct One : ICount { public static int Value => 1; }
 internal readonly struct Two : ICount { public static int Value => 2; }
 internal readonly struct Three : ICount { public static int Value => 3; }
 internal readonly struct Four : ICount { public static int Value => 4; }
+
+/// <summary>
+/// A quantized layout's register tile: <typeparamref name="TGroups"/> (1–2) groups of 4 rows × <typeparamref name="TTokens"/>
+/// (1–4) tokens of Q8 activations, one 256-bit accumulator per token and group.
+/// </summary>
+internal unsafe interface IQuantizedTile
+{
+    static abstract void Tile<TGroups, TTokens, TEpilogue>(byte* group, long groupBytes, int blocks, byte* x, int stride,
+        int row, int t0, bool prefetch, ref TEpilogue epilogue)
+        where TGroups : ICount where TTokens : ICount where TEpilogue : struct, ITileEpilogue;
+}
+
+/// <summary>What every quantized layout's kernel shares around its tile: the walk over token tiles and group pairs, and the tile's store.</summary>
+internal static unsafe class QuantizedTiles
+{
+    // The kernels are JIT-compiled optimized from their first call: a tier-0 tile (not inlined) runs ~20× slower, and
+    // the rarer instantiations (an odd group at a range's end) would otherwise stay there for many calls.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Run<TTile, TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, ref TEpilogue epilogue)
+        where TTile : IQuantizedTile where TEpilogue : struct, ITileEpilogue
+    {
+        byte* data = weights.Data;
+        long groupBytes = weights.GroupBytes;
+        int blocks = weights.Blocks, stride = input.QuantStride, tokens = input.Tokens;
+        for (int t0 = 0; t0 < tokens; t0 += 4)
+        {
+            byte* x = input.Quants + (long)t0 * stride;
+            switch (Math.Min(4, tokens - t0))
+            {
+                case 4: Groups<TTile, Four, TEpilogue>(data, groupBytes, blocks, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
+                case 3: Groups<TTile, Three, TEpilogue>(data, groupBytes, blocks, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
+                case 2: Groups<TTile, Two, TEpilogue>(data, groupBytes, blocks, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
+                default: Groups<TTile, One, TEpilogue>(data, groupBytes, blocks, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
+            }
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Groups<TTile, TTokens, TEpilogue>(byte* data, long groupBytes, int blocks, byte* x, int stride, int t0,
+        int firstGroup, int endGroup, ref TEpilogue epilogue)
+        where TTile : IQuantizedTile where TTokens : ICount where TEpilogue : struct, ITileEpilogue
+    {
+        // The first token tile meets the range's weights in memory: it prefetches the next tile's as it goes.
+        bool prefetch = TTokens.Value == 1 || t0 == 0;
+        int g = firstGroup;
+        for (; g + 2 <= endGroup; g += 2)
+            TTile.Tile<Two, TTokens, TEpilogue>(data + g * groupBytes, groupBytes, blocks, x, stride, g * 4, t0, prefetch, ref epilogue);
+        if (g < endGroup)
+            TTile.Tile<One, TTokens, TEpilogue>(data + g * groupBytes, groupBytes, blocks, x, stride, g * 4, t0, prefetch, ref epilogue);
+    }
+
+    /// <summary>Hands the tile's sums to the epilogue: accumulator aTG (token T, group G) folds to rows row + 4G, token t0 + T.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Store<TGroups, TTokens, TEpilogue>(ref TEpilogue epilogue, int row, int t0,
+        in Vector256<float> a00, in Vector256<float> a01, in Vector256<float> a10, in Vector256<float> a11,
+        in Vector256<float> a20, in Vector256<float> a21, in Vector256<float> a30, in Vector256<float> a31)
+        where TGroups : ICount where TTokens : ICount where TEpilogue : struct, ITileEpilogue
+    {
+        epilogue.Store(row, t0, a00.GetLower() + a00.GetUpper());
+        if (TGroups.Value > 1) epilogue.Store(row + 4, t0, a01.GetLower() + a01.GetUpper());
+        if (TTokens.Value > 1)
+        {
+            epilogue.Store(row, t0 + 1, a10.GetLower() + a10.GetUpper());
+            if (TGroups.Value > 1) epilogue.Store(row + 4, t0 + 1, a11.GetLower() + a11.GetUpper());
+        }
+        if (TTokens.Value > 2)
+        {
+            epilogue.Store(row, t0 + 2, a20.GetLower() + a20.GetUpper());
+            if (TGroups.Value > 1) epilogue.Store(row + 4, t0 + 2, a21.GetLower() + a21.GetUpper());
+        }
+        if (TTokens.Value > 3)
+        {
+            epilogue.Store(row, t0 + 3, a30.GetLower() + a30.GetUpper());
+            if (TGroups.Value > 1) epilogue.Store(row + 4, t0 + 3, a31.GetLower() + a31.GetUpper());
+        }
+    }
+}
 
 /// <summary>The oracle: each (row, token) as a plain loop, block by block as the format defines it.</summary>
 internal static unsafe class Reference
@@ -256,47 +333,21 @@ internal static unsafe class QuantizedKernels
         }
     }
 
-    // The kernels are JIT-compiled optimized from their first call: a tier-0 tile (not inlined) runs ~20× slower, and
-    // the rarer instantiations (an odd group at a range's end) would otherwise stay there for many calls.
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Run<TBlocks, TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, ref TEpilogue epilogue)
-        where TBlocks : IBlocks where TEpilogue : struct, ITileEpilogue
+    /// <summary>The Q8_0 tile for <see cref="QuantizedTiles"/>, over a block layout.</summary>
+    internal readonly struct Tiles<TBlocks> : IQuantizedTile where TBlocks : IBlocks
     {
-        byte* data = weights.Data;
-        long groupBytes = weights.GroupBytes;
-        int blocks = weights.Blocks, stride = input.QuantStride, tokens = input.Tokens;
-        for (int t0 = 0; t0 < tokens; t0 += 4)
-        {
-            byte* x = input.Quants + (long)t0 * stride;
-            switch (Math.Min(4, tokens - t0))
-            {
-                case 4: Groups<TBlocks, Four, TEpilogue>(data, groupBytes, blocks, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
-                case 3: Groups<TBlocks, Three, TEpilogue>(data, groupBytes, blocks, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
-                case 2: Groups<TBlocks, Two, TEpilogue>(data, groupBytes, blocks, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
-                default: Groups<TBlocks, One, TEpilogue>(data, groupBytes, blocks, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
-            }
-        }
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Groups<TBlocks, TTokens, TEpilogue>(byte* data, long groupBytes, int blocks, byte* x, int stride, int t0,
-        int firstGroup, int endGroup, ref TEpilogue epilogue)
-        where TBlocks : IBlocks where TTokens : ICount where TEpilogue : struct, ITileEpilogue
-    {
-        // The first token tile meets the range's weights in memory: it prefetches the next tile's as it goes.
-        bool prefetch = TTokens.Value == 1 || t0 == 0;
-        int g = firstGroup;
-        for (; g + 2 <= endGroup; g += 2)
-            Tile<TBlocks, Two, TTokens, TEpilogue>(data + g * groupBytes, groupBytes, blocks, x, stride, g * 4, t0, prefetch, ref epilogue);
-        if (g < endGroup)
-            Tile<TBlocks, One, TTokens, TEpilogue>(data + g * groupBytes, groupBytes, blocks, x, stride, g * 4, t0, prefetch, ref epilogue);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Tile<TGroups, TTokens, TEpilogue>(byte* group, long groupBytes, int blocks, byte* x, int stride,
+            int row, int t0, bool prefetch, ref TEpilogue epilogue)
+            where TGroups : ICount where TTokens : ICount where TEpilogue : struct, ITileEpilogue =>
+            QuantizedKernels.Tile<TBlocks, TGroups, TTokens, TEpilogue>(group, groupBytes, blocks, x, stride, row, t0, prefetch, ref epilogue);
     }
 
     // TGroups (1-2) groups × TTokens (1-4) tokens. Per token and group, one 256-bit accumulator: lane L'·4 + r holds
     // row r's running sum over the elements of 128-bit lanes L' and L' + 2 of every block.
     [SkipLocalsInit]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile<TBlocks, TGroups, TTokens, TEpilogue>(byte* group, long groupBytes, int blocks, byte* x, int stride,
+    internal static void Tile<TBlocks, TGroups, TTokens, TEpilogue>(byte* group, long groupBytes, int blocks, byte* x, int stride,
         int row, int t0, bool prefetch, ref TEpilogue epilogue)
         where TBlocks : IBlocks where TGroups : ICount where TTokens : ICount where TEpilogue : struct, ITileEpilogue
     {
@@ -339,23 +390,7 @@ internal static unsafe class QuantizedKernels
             if (TTokens.Value > 3)
                 Token<TBlocks, TGroups>(ref a30, ref a31, w0, w1, s0, s1, d0, v0, v1, u0, u1, d1, xt + 3 * stride, (int*)(x + 3 * stride + offsetBytes) + b * 8, (float*)(x + 3 * stride + scaleBytes) + b);
         }
-        epilogue.Store(row, t0, a00.GetLower() + a00.GetUpper());
-        if (TGroups.Value > 1) epilogue.Store(row + 4, t0, a01.GetLower() + a01.GetUpper());
-        if (TTokens.Value > 1)
-        {
-            epilogue.Store(row, t0 + 1, a10.GetLower() + a10.GetUpper());
-            if (TGroups.Value > 1) epilogue.Store(row + 4, t0 + 1, a11.GetLower() + a11.GetUpper());
-        }
-        if (TTokens.Value > 2)
-        {
-            epilogue.Store(row, t0 + 2, a20.GetLower() + a20.GetUpper());
-            if (TGroups.Value > 1) epilogue.Store(row + 4, t0 + 2, a21.GetLower() + a21.GetUpper());
-        }
-        if (TTokens.Value > 3)
-        {
-            epilogue.Store(row, t0 + 3, a30.GetLower() + a30.GetUpper());
-            if (TGroups.Value > 1) epilogue.Store(row + 4, t0 + 3, a31.GetLower() + a31.GetUpper());
-        }
+        QuantizedTiles.Store<TGroups, TTokens, TEpilogue>(ref epilogue, row, t0, a00, a01, a10, a11, a20, a21, a30, a31);
     }
 
     // One token against one or two groups' block: the activations are loaded once for both.
@@ -394,37 +429,14 @@ internal static unsafe class Q4Kernels
     /// <summary>The Q4_0 kernels need only AVX2 and FMA (256-bit throughout), so they run where AVX-512 is missing too.</summary>
     public static bool IsSupported { get; } = Avx2.IsSupported && Fma.IsSupported;
 
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Run<TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, ref TEpilogue epilogue)
-        where TEpilogue : struct, ITileEpilogue
+    /// <summary>The Q4_0 tile for <see cref="QuantizedTiles"/>.</summary>
+    internal readonly struct Tiles : IQuantizedTile
     {
-        byte* data = weights.Data;
-        long groupBytes = weights.GroupBytes;
-        int blocks = weights.Blocks, stride = input.QuantStride, tokens = input.Tokens;
-        for (int t0 = 0; t0 < tokens; t0 += 4)
-        {
-            byte* x = input.Quants + (long)t0 * stride;
-            switch (Math.Min(4, tokens - t0))
-            {
-                case 4: Groups<Four, TEpilogue>(data, groupBytes, blocks, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
-                case 3: Groups<Three, TEpilogue>(data, groupBytes, blocks, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
-                case 2: Groups<Two, TEpilogue>(data, groupBytes, blocks, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
-                default: Groups<One, TEpilogue>(data, groupBytes, blocks, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
-            }
-        }
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Groups<TTokens, TEpilogue>(byte* data, long groupBytes, int blocks, byte* x, int stride, int t0,
-        int firstGroup, int endGroup, ref TEpilogue epilogue)
-        where TTokens : ICount where TEpilogue : struct, ITileEpilogue
-    {
-        bool prefetch = TTokens.Value == 1 || t0 == 0;
-        int g = firstGroup;
-        for (; g + 2 <= endGroup; g += 2)
-            Tile<Two, TTokens, TEpilogue>(data + g * groupBytes, groupBytes, blocks, x, stride, g * 4, t0, prefetch, ref epilogue);
-        if (g < endGroup)
-            Tile<One, TTokens, TEpilogue>(data + g * groupBytes, groupBytes, blocks, x, stride, g * 4, t0, prefetch, ref epilogue);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Tile<TGroups, TTokens, TEpilogue>(byte* group, long groupBytes, int blocks, byte* x, int stride,
+            int row, int t0, bool prefetch, ref TEpilogue epilogue)
+            where TGroups : ICount where TTokens : ICount where TEpilogue : struct, ITileEpilogue =>
+            Q4Kernels.Tile<TGroups, TTokens, TEpilogue>(group, groupBytes, blocks, x, stride, row, t0, prefetch, ref epilogue);
     }
 
     /// <summary>The unpacked nibbles of one group's block: low/high nibbles of 128-bit lanes 0–1 and 2–3.</summary>
@@ -455,7 +467,7 @@ internal static unsafe class Q4Kernels
 
     [SkipLocalsInit]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile<TGroups, TTokens, TEpilogue>(byte* group, long groupBytes, int blocks, byte* x, int stride,
+    internal static void Tile<TGroups, TTokens, TEpilogue>(byte* group, long groupBytes, int blocks, byte* x, int stride,
         int row, int t0, bool prefetch, ref TEpilogue epilogue)
         where TGroups : ICount where TTokens : ICount where TEpilogue : struct, ITileEpilogue
     {
@@ -492,23 +504,7 @@ internal static unsafe class Q4Kernels
             if (TTokens.Value > 2) Token<TGroups>(ref a20, ref a21, in w0, in w1, d0, d1, xb + 2 * stride, (int*)((byte*)ob + 2 * stride), (float*)((byte*)sb + 2 * stride));
             if (TTokens.Value > 3) Token<TGroups>(ref a30, ref a31, in w0, in w1, d0, d1, xb + 3 * stride, (int*)((byte*)ob + 3 * stride), (float*)((byte*)sb + 3 * stride));
         }
-        epilogue.Store(row, t0, a00.GetLower() + a00.GetUpper());
-        if (TGroups.Value > 1) epilogue.Store(row + 4, t0, a01.GetLower() + a01.GetUpper());
-        if (TTokens.Value > 1)
-        {
-            epilogue.Store(row, t0 + 1, a10.GetLower() + a10.GetUpper());
-            if (TGroups.Value > 1) epilogue.Store(row + 4, t0 + 1, a11.GetLower() + a11.GetUpper());
-        }
-        if (TTokens.Value > 2)
-        {
-            epilogue.Store(row, t0 + 2, a20.GetLower() + a20.GetUpper());
-            if (TGroups.Value > 1) epilogue.Store(row + 4, t0 + 2, a21.GetLower() + a21.GetUpper());
-        }
-        if (TTokens.Value > 3)
-        {
-            epilogue.Store(row, t0 + 3, a30.GetLower() + a30.GetUpper());
-            if (TGroups.Value > 1) epilogue.Store(row + 4, t0 + 3, a31.GetLower() + a31.GetUpper());
-        }
+        QuantizedTiles.Store<TGroups, TTokens, TEpilogue>(ref epilogue, row, t0, a00, a01, a10, a11, a20, a21, a30, a31);
     }
 
     // One token against one or two groups' block: its four activation loads serve both.

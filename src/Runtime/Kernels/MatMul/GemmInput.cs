@@ -264,7 +264,7 @@ public sealed unsafe class GemmScratch : IDisposable
         quarter = Vector128.Max(quarter, Vector128.Shuffle(quarter, Vector128.Create(2, 3, 0, 1)));
         float d = MathF.Max(quarter.GetElement(0), quarter.GetElement(1)) / 127f;
         var inverse = Vector512.Create(d != 0 ? 1f / d : 0f);
-        Vector512<int> qLow = RoundHalfAwayFromZero(low * inverse), qHigh = RoundHalfAwayFromZero(high * inverse);
+        Vector512<int> qLow = Q8Row.RoundHalfAwayFromZero(low * inverse), qHigh = Q8Row.RoundHalfAwayFromZero(high * inverse);
         Vector128<sbyte> bytesLow = Avx512F.ConvertToVector128SByte(qLow), bytesHigh = Avx512F.ConvertToVector128SByte(qHigh);
         var spread0 = Vector512.Create(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
         Avx512F.PermuteVar16x32(bytesLow.AsInt32().ToVector256Unsafe().ToVector512Unsafe(), spread0).Store((int*)quants);
@@ -277,15 +277,5 @@ public sealed unsafe class GemmScratch : IDisposable
         Vector256<int> h = Avx2.HorizontalAdd(u, u);
         h = Avx2.HorizontalAdd(h, h); // [Σu0..3 ×4 | Σu4..7 ×4]
         (h * 8).Store(offsets);
-    }
-
-    // C's roundf: halves go away from zero (the vector round instructions tie to even); x − trunc(x) is exact.
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<int> RoundHalfAwayFromZero(Vector512<float> x)
-    {
-        Vector512<float> truncated = Vector512.Truncate(x);
-        Vector512<float> awayStep = Vector512.GreaterThanOrEqual(Vector512.Abs(x - truncated), Vector512.Create(0.5f))
-            & Vector512.CopySign(Vector512<float>.One, x);
-        return Vector512.ConvertToInt32(truncated + awayStep);
     }
 }

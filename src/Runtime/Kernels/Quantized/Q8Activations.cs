@@ -213,9 +213,9 @@ public readonly ref struct Q8Row
     }
 
     // C's roundf: halves go away from zero, which the vector round instructions (ties to even) do not do.
-    // x − trunc(x) is exact for every float, so the tie test is exact too.
+    // x − trunc(x) is exact for every float, so the tie test is exact too. Shared with the GEMM's activation packing.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<int> RoundHalfAwayFromZero(Vector512<float> x)
+    internal static Vector512<int> RoundHalfAwayFromZero(Vector512<float> x)
     {
         Vector512<float> truncated = Vector512.Truncate(x);
         Vector512<float> awayStep = Vector512.GreaterThanOrEqual(Vector512.Abs(x - truncated), Vector512.Create(0.5f))
@@ -224,7 +224,7 @@ public readonly ref struct Q8Row
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> RoundHalfAwayFromZero(Vector256<float> x)
+    internal static Vector256<int> RoundHalfAwayFromZero(Vector256<float> x)
     {
         Vector256<float> truncated = Vector256.Truncate(x);
         Vector256<float> awayStep = Vector256.GreaterThanOrEqual(Vector256.Abs(x - truncated), Vector256.Create(0.5f))
