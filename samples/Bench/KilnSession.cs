@@ -6,18 +6,10 @@ namespace Kiln.Bench;
 /// <summary>
 /// Kiln on one model file: the generated Llama binder, one compiled plan on a worker pool of exactly the bench's
 /// thread count, and a logits buffer. KV caches are paged with a fixed block table per slot, in the storage chosen
-/// here: F32 (read in place; compare's default) or F16 (llama.cpp's default), which today's generated attention widens
-/// block by block into scratch before reading.
+/// here: F32 (compare's default) or F16 (llama.cpp's default); the generated attention reads both in place.
 /// </summary>
 public sealed class KilnSession : IDisposable
 {
-    /// <summary>
-    /// Rows per KV block in a storage that the attention kernels widen into scratch first (F16, Int8): 64 rows of
-    /// KvDim floats stay in L2 between the widening and the reads. F32 is read in place, so one block per sequence
-    /// (fewest kernel calls; measured fastest for decode on the 110m model: 16-row blocks cost 15%).
-    /// </summary>
-    public const int WidenedBlockSize = 64;
-
     private readonly float[] _logits;
 
     public KilnSession(ModelFile file, int maxTokensPerStep, int threads, KvStorage kvStorage = KvStorage.F32)
@@ -28,9 +20,6 @@ public sealed class KilnSession : IDisposable
         Threads = threads;
         KvStorage = kvStorage;
         _logits = new float[(long)Plan.VocabSize * maxTokensPerStep];
-        var geometry = Model.CreateKvCache(slots: 1, maxContext: 1);
-        Layers = geometry.Layers;
-        KvDim = geometry.KvDim;
     }
 
     public Llama Model { get; }
@@ -41,26 +30,19 @@ public sealed class KilnSession : IDisposable
 
     public KvStorage KvStorage { get; }
 
-    public int Layers { get; }
-
-    public int KvDim { get; }
-
     public int VocabSize => Plan.VocabSize;
-
-    /// <summary>Rows per block of a cache for sequences of up to <paramref name="maxContext"/> positions.</summary>
-    public int BlockSize(int maxContext) => KvStorage == KvStorage.F32 ? (maxContext + 15) / 16 * 16 : WidenedBlockSize;
 
     /// <summary>
     /// A context over a paged cache of <paramref name="slots"/> sequences of up to <paramref name="maxContext"/>
-    /// positions: slot s owns blocks [s·B, (s+1)·B) (B = blocks per sequence), fixed for the session, so a step names
-    /// a sequence by slot (<see cref="KilnContext.SetSequence"/>, <see cref="KilnContext.Add"/>).
+    /// positions: slot s owns block s, one block per sequence (fewest kernel calls; measured fastest for decode on the
+    /// 110m model: 16-row blocks cost 15%), so a step names a sequence by slot (<see cref="KilnContext.SetSequence"/>,
+    /// <see cref="KilnContext.Add"/>).
     /// </summary>
     public KilnContext CreateContext(int slots, int maxContext)
     {
-        int blockSize = BlockSize(maxContext);
-        int blocksPerSequence = (maxContext + blockSize - 1) / blockSize;
-        var cache = KvCache.Paged(Layers, slots * blocksPerSequence, blockSize, KvDim, KvStorage, headDim: 0, maxContext: blocksPerSequence * blockSize);
-        return new KilnContext(new AttentionContext(cache, Plan.MaxTokensPerStep), blocksPerSequence);
+        int blockSize = (maxContext + 15) / 16 * 16;
+        var cache = Model.KvShape.CreatePaged(slots, blockSize, KvStorage, maxContext: blockSize);
+        return new KilnContext(new AttentionContext(cache, Plan.MaxTokensPerStep));
     }
 
     /// <summary>Runs one step; returns the logits of the context's output rows, [OutputCount × Vocab].</summary>
@@ -76,22 +58,19 @@ public sealed class KilnSession : IDisposable
     public void Dispose() => (Plan as IDisposable)?.Dispose();
 }
 
-/// <summary>An <see cref="AttentionContext"/> over a paged cache where each slot owns a fixed run of blocks.</summary>
+/// <summary>An <see cref="AttentionContext"/> over a paged cache where slot s owns block s, a whole sequence.</summary>
 public sealed class KilnContext
 {
     private readonly int[] _blockIds;
 
-    public KilnContext(AttentionContext attention, int blocksPerSequence)
+    public KilnContext(AttentionContext attention)
     {
         Attention = attention;
-        BlocksPerSequence = blocksPerSequence;
         _blockIds = new int[attention.Cache.BlockCount];
         for (int i = 0; i < _blockIds.Length; i++) _blockIds[i] = i;
     }
 
     public AttentionContext Attention { get; }
-
-    public int BlocksPerSequence { get; }
 
     public KvCache Cache => Attention.Cache;
 
@@ -108,7 +87,7 @@ public sealed class KilnContext
     public void Add(int slot, int startPosition, int count, bool wantLogits) =>
         Attention.AddChunk(BlockTable(slot), startPosition, count, wantLogits);
 
-    private ReadOnlySpan<int> BlockTable(int slot) => _blockIds.AsSpan(slot * BlocksPerSequence, BlocksPerSequence);
+    private ReadOnlySpan<int> BlockTable(int slot) => _blockIds.AsSpan(slot, 1);
 }
 
 public static class Greedy

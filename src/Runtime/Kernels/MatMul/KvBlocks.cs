@@ -31,11 +31,14 @@ public static class KvBlocks
         return cache.HalfValueBlock(layer, block).Slice(firstColumn, length);
     }
 
-    /// <summary>Floats of scratch one chunk of attention work needs for <paramref name="cache"/> (0 when rows are read in place).</summary>
+    /// <summary>
+    /// Floats of scratch one chunk of attention work needs for <paramref name="cache"/>: a block's rows for int8, which
+    /// is dequantized through <see cref="Keys"/>/<see cref="Values"/>; 0 for F32 and F16, which the kernels read in place.
+    /// </summary>
     public static int ScratchFloats(KvCache cache)
     {
         ArgumentNullException.ThrowIfNull(cache);
-        return cache.Storage == KvStorage.F32 ? 0 : checked(cache.BlockSize * cache.KvDim);
+        return cache.Storage == KvStorage.Int8 ? checked(cache.BlockSize * cache.KvDim) : 0;
     }
 
     private static int CheckHalf(KvCache cache, int block, int rows, int firstColumn, int columns)
