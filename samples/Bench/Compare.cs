@@ -55,7 +55,7 @@ public static class Compare
         log.WriteLine("compare: measuring read bandwidth (1 GiB), fp32 FMA peak and int8 block-dot peak...");
         double bandwidth = MachineLimits.ReadBandwidth(options.Threads);
         double fp32Peak = MachineLimits.PeakFp32Flops(options.Threads);
-        double int8Peak = MachineLimits.PeakInt8BlockMacs(options.Threads);
+        double int8Peak = MachineLimits.PeakInt8BlockMacs(options.Threads, nibbles: info.WeightFormats.Contains("Q4_0", StringComparison.Ordinal));
         // Quantized files multiply in int8: their compute roof is the int8 block-dot rate (2 ops per multiply-add).
         var peak = info.IsQuantized && int8Peak > 0
             ? new ComputePeak(2 * int8Peak, "INT8", fp32Peak, int8Peak)
@@ -291,7 +291,7 @@ public static class Compare
         var c = CultureInfo.InvariantCulture;
         output.WriteLine($"model: {options.ModelPath} ({info.Summary})");
         output.WriteLine(string.Create(c, $"threads: {options.Threads} (Kiln's worker pool; llama.cpp Threads/BatchThreads); KV cache: Kiln {kiln.KvStorage}, llama.cpp F16; runs: {options.Runs} measured after 1 warm-up, alternating kiln/llama.cpp with a 200 ms pause before each; medians{(options.Quick ? "; QUICK sizes (workload names kept, token counts below)" : "")}"));
-        output.WriteLine(string.Create(c, $"machine: read bandwidth {bandwidth / 1e9:F1} GB/s, fp32 FMA peak {peak.Fp32Flops / 1e9:F0} GFLOP/s, int8 block-dot peak {peak.Int8Macs / 1e9:F0} GMAC/s ({options.Threads} threads, measured now, best of 8, 5 and 5); {Environment.ProcessorCount} logical CPUs, load average {LoadAverage()} at the end"));
+        output.WriteLine(string.Create(c, $"machine: read bandwidth {bandwidth / 1e9:F1} GB/s, fp32 FMA peak {peak.Fp32Flops / 1e9:F0} GFLOP/s, int8 block-dot peak {peak.Int8Macs / 1e9:F0} GMAC/s ({(info.WeightFormats.Contains("Q4_0", StringComparison.Ordinal) ? "Q4_0" : "Q8_0")} form) ({options.Threads} threads, measured now, best of 8, 5 and 5); {Environment.ProcessorCount} logical CPUs, load average {LoadAverage()} at the end"));
         output.WriteLine();
         output.WriteLine(string.Create(c, $"{"workload",-18} {"tokens",6} {"kiln tok/s",11} {"llama.cpp tok/s",16} {"kiln/llama",10} {"roofline tok/s",17} {"kiln %roof",10} {"llama %roof",11}"));
         output.WriteLine(new string('-', 18 + 6 + 11 + 16 + 10 + 17 + 10 + 11 + 7));
@@ -303,8 +303,9 @@ public static class Compare
         output.WriteLine(agreement);
         output.WriteLine();
         output.WriteLine(string.Create(c, $"roofline: tok/s = tokens per pass / max(bytes / bandwidth, FLOPs / compute peak); (BW), (FLOP) or (INT8) says which bound."));
-        output.WriteLine("  compute peak: fp32 FMA for F32 files; for Q8_0/Q4_0 files 2 × the int8 block-dot rate (per 32-element block: nibble unpack,");
-        output.WriteLine("  vpmaddubsw + vpmaddwd, int→float, FMA with the scales, all in registers): what an int8 kernel can reach here without VNNI.");
+        output.WriteLine("  compute peak: fp32 FMA for F32 files; for Q8_0/Q4_0 files 2 × the int8 block-dot rate, in registers, in the cheapest form");
+        output.WriteLine("  Kiln's kernels use for that format (Q4_0: nibble unpack, two vpmaddubsw summed in int16, one vpmaddwd; Q8_0: |w| against");
+        output.WriteLine("  sign-adjusted activations, each vpmaddubsw widened alone; then int→float and FMA with the scales): the int8 ceiling without VNNI.");
         output.WriteLine(string.Create(c, $"  bytes: the file's matmul weights once per pass ({info.WeightBytes / 1e6:F1} MB, incl. the output matrix, as stored: {info.WeightFormats})"));
         output.WriteLine("         + each decoded token's KV-cache reads at 2 bytes/element (F16, llama.cpp's default), at the run's mean context.");
         output.WriteLine(string.Create(c, $"  FLOPs: 2 × {info.MatmulParameters / 1e6:F1} M matmul parameters per token + attention (4 × layers × q width × context)."));

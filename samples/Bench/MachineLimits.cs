@@ -61,20 +61,21 @@ public static unsafe class MachineLimits
     }
 
     /// <summary>
-    /// Peak int8 multiply-adds per second of the Q4_0 × Q8 block dot, in registers (no memory traffic): per 32-element
-    /// block and row, unpack the nibbles, vpmaddubsw + vpmaddwd, convert to float and FMA with the block's scale — the
-    /// instructions every Q8_0/Q4_0 matmul kernel needs per block without VNNI (.NET 10 has no 512-bit VNNI class).
-    /// An upper bound for int8 GEMM speed here; 0 without AVX-512BW.
+    /// Peak int8 multiply-adds per second of a quantized block dot against Q8 activations, in registers (no memory
+    /// traffic), in the cheapest form Kiln's kernels use for that weight format without VNNI (.NET 10 has no 512-bit
+    /// VNNI class): for Q4_0 nibbles, two vpmaddubsw products summed in int16 (nibbles cannot saturate) then one
+    /// vpmaddwd; for Q8_0 bytes, |w| against sign-adjusted activations, each vpmaddubsw widened alone. Both then
+    /// convert to float and FMA with the block's scale. An upper bound for that format's GEMM here; 0 without AVX-512BW.
     /// </summary>
-    public static double PeakInt8BlockMacs(int threads, int repetitions = 5)
+    public static double PeakInt8BlockMacs(int threads, bool nibbles, int repetitions = 5)
     {
         if (!Avx512BW.IsSupported) return 0;
         const long Iterations = 10_000_000;
         double best = 0;
         for (int r = 0; r < repetitions; r++)
         {
-            double seconds = RunOnThreads(threads, t => Sink[t * 16] = Int8BlockDots(Iterations));
-            best = Math.Max(best, threads * Iterations * 8 * 64.0 / seconds);
+            double seconds = RunOnThreads(threads, t => Sink[t * 16] = nibbles ? NibbleBlockDots(Iterations) : ByteBlockDots(Iterations));
+            best = Math.Max(best, threads * Iterations * 8 * 128.0 / seconds);
         }
         return best;
     }
@@ -129,40 +130,71 @@ public static unsafe class MachineLimits
         }
     }
 
-    // Eight independent block dots per round (2 × 32 elements each): as many live accumulators as a 4-row ×
-    // 2-token register tile keeps.
+    // Eight independent accumulators (a 4-row × 2-token register tile's worth), 128 multiply-adds each per round.
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private static double Int8BlockDots(long iterations)
+    private static double NibbleBlockDots(long iterations)
     {
         var packed = Vector512.Create((byte)0x5A);
-        var ones = Vector512.Create((short)1);
         var low = Vector512.Create((byte)0x0F);
         Vector512<sbyte> x0 = Vector512.Create((sbyte)1), x1 = Vector512.Create((sbyte)2);
         var scale = Vector512.Create(0.5f);
         Vector512<float> f0 = default, f1 = default, f2 = default, f3 = default, f4 = default, f5 = default, f6 = default, f7 = default;
         for (long i = 0; i < iterations; i++)
         {
-            var q0 = packed & low;
-            var q1 = (packed.AsUInt16() >>> 4).AsByte() & low;
             var flipped = packed ^ low;
-            var q2 = flipped & low;
-            var q3 = (flipped.AsUInt16() >>> 4).AsByte() & low;
-            f0 = Vector512.FusedMultiplyAdd(BlockDot(q0, x0, ones), scale, f0);
-            f1 = Vector512.FusedMultiplyAdd(BlockDot(q1, x0, ones), scale, f1);
-            f2 = Vector512.FusedMultiplyAdd(BlockDot(q0, x1, ones), scale, f2);
-            f3 = Vector512.FusedMultiplyAdd(BlockDot(q1, x1, ones), scale, f3);
-            f4 = Vector512.FusedMultiplyAdd(BlockDot(q2, x0, ones), scale, f4);
-            f5 = Vector512.FusedMultiplyAdd(BlockDot(q3, x0, ones), scale, f5);
-            f6 = Vector512.FusedMultiplyAdd(BlockDot(q2, x1, ones), scale, f6);
-            f7 = Vector512.FusedMultiplyAdd(BlockDot(q3, x1, ones), scale, f7);
+            Vector512<byte> q0 = packed & low, q1 = (packed.AsUInt16() >>> 4).AsByte() & low;
+            Vector512<byte> q2 = flipped & low, q3 = (flipped.AsUInt16() >>> 4).AsByte() & low;
+            f0 = Vector512.FusedMultiplyAdd(NibbleDot(q0, q1, x0, x1), scale, f0);
+            f1 = Vector512.FusedMultiplyAdd(NibbleDot(q0, q1, x1, x0), scale, f1);
+            f2 = Vector512.FusedMultiplyAdd(NibbleDot(q2, q3, x0, x1), scale, f2);
+            f3 = Vector512.FusedMultiplyAdd(NibbleDot(q2, q3, x1, x0), scale, f3);
+            f4 = Vector512.FusedMultiplyAdd(NibbleDot(q1, q0, x0, x1), scale, f4);
+            f5 = Vector512.FusedMultiplyAdd(NibbleDot(q1, q0, x1, x0), scale, f5);
+            f6 = Vector512.FusedMultiplyAdd(NibbleDot(q3, q2, x0, x1), scale, f6);
+            f7 = Vector512.FusedMultiplyAdd(NibbleDot(q3, q2, x1, x0), scale, f7);
             packed += Vector512<byte>.One; // new quants each round, so nothing is hoisted
         }
         return Vector512.Sum(f0 + f1 + f2 + f3 + f4 + f5 + f6 + f7);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> BlockDot(Vector512<byte> quants, Vector512<sbyte> activations, Vector512<short> ones) =>
-        Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(quants, activations), ones));
+    private static Vector512<float> NibbleDot(Vector512<byte> q0, Vector512<byte> q1, Vector512<sbyte> x0, Vector512<sbyte> x1) =>
+        Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(
+            Avx512BW.MultiplyAddAdjacent(q0, x0) + Avx512BW.MultiplyAddAdjacent(q1, x1), Vector512<short>.One));
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static double ByteBlockDots(long iterations)
+    {
+        var packed = Vector512.Create((sbyte)-37);
+        Vector512<sbyte> x0 = Vector512.Create((sbyte)1), x1 = Vector512.Create((sbyte)2);
+        var scale = Vector512.Create(0.5f);
+        Vector512<float> f0 = default, f1 = default, f2 = default, f3 = default, f4 = default, f5 = default, f6 = default, f7 = default;
+        for (long i = 0; i < iterations; i++)
+        {
+            Vector512<sbyte> w0 = packed, w1 = packed ^ Vector512.Create((sbyte)0x55);
+            f0 = Vector512.FusedMultiplyAdd(ByteDot(w0, w1, x0, x1), scale, f0);
+            f1 = Vector512.FusedMultiplyAdd(ByteDot(w0, w1, x1, x0), scale, f1);
+            f2 = Vector512.FusedMultiplyAdd(ByteDot(w1, w0, x0, x1), scale, f2);
+            f3 = Vector512.FusedMultiplyAdd(ByteDot(w1, w0, x1, x0), scale, f3);
+            f4 = Vector512.FusedMultiplyAdd(ByteDot(w0, w0, x0, x1), scale, f4);
+            f5 = Vector512.FusedMultiplyAdd(ByteDot(w1, w1, x1, x0), scale, f5);
+            f6 = Vector512.FusedMultiplyAdd(ByteDot(w0, w1, x0, x0), scale, f6);
+            f7 = Vector512.FusedMultiplyAdd(ByteDot(w1, w0, x1, x1), scale, f7);
+            packed += Vector512<sbyte>.One;
+        }
+        return Vector512.Sum(f0 + f1 + f2 + f3 + f4 + f5 + f6 + f7);
+    }
+
+    // Q8_0's form: |w|·(x·sign w), each product pair-summed to int16 and widened alone (two would overflow int16).
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> ByteDot(Vector512<sbyte> w0, Vector512<sbyte> w1, Vector512<sbyte> x0, Vector512<sbyte> x1)
+    {
+        Vector512<sbyte> s0 = Vector512.ConditionalSelect(Vector512.LessThan(w0, Vector512<sbyte>.Zero), Vector512<sbyte>.Zero - x0, x0);
+        Vector512<sbyte> s1 = Vector512.ConditionalSelect(Vector512.LessThan(w1, Vector512<sbyte>.Zero), Vector512<sbyte>.Zero - x1, x1);
+        var ones = Vector512<short>.One;
+        return Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(Avx512BW.Abs(w0), s0), ones)
+            + Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(Avx512BW.Abs(w1), s1), ones));
+    }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static double FmaChains(long iterations)
