@@ -314,7 +314,7 @@ public static class Compare
         output.WriteLine("  .NET does not offer, so its %roof can pass 100.");
         output.WriteLine(string.Create(c, $"kiln: the generated, compiled plan (fused kernels over one arena, Compile(new PlanOptions(max tokens per step, {kiln.Threads}))),"));
         output.WriteLine(string.Create(c, $"      run on its worker pool of {kiln.Threads} threads (the caller + {kiln.Threads - 1}), the same count as llama.cpp's; weights packed at load"));
-        output.WriteLine("      four rows interleaved in the file's own format (F32 → F32; Q8_0 → Q8_0×4; Q4_0 → Q4_0×4); for Q8_0/Q4_0 each matmul's");
+        output.WriteLine("      four rows (Q4_0: eight) interleaved in the file's own format (F32 → F32; Q8_0 → Q8_0×4; Q4_0 → Q4_0×8); for Q8_0/Q4_0 each matmul's");
         output.WriteLine("      input is quantized once to Q8 blocks (float scales) and dotted in int8 (AVX-512BW vpmaddubsw + vpmaddwd; no VNNI in .NET 10).");
         output.WriteLine(string.Create(c, $"      KV cache: paged, {kiln.KvStorage}, one block per sequence (AttentionContext.AddChunk), read in place;"));
         output.WriteLine("      llama.cpp's is F16, its default" + (kiln.KvStorage == KvStorage.F16 ? ": the same bytes per cached element." : ": Kiln reads twice its bytes per cached element."));

@@ -61,21 +61,23 @@ public static unsafe class MachineLimits
     }
 
     /// <summary>
-    /// Peak int8 multiply-adds per second of a quantized block dot against Q8 activations, in registers (no memory
-    /// traffic), in the cheapest form Kiln's kernels use for that weight format without VNNI (.NET 10 has no 512-bit
-    /// VNNI class): for Q4_0 nibbles, two vpmaddubsw products summed in int16 (nibbles cannot saturate) then one
-    /// vpmaddwd; for Q8_0 bytes, |w| against sign-adjusted activations, each vpmaddubsw widened alone. Both then
-    /// convert to float and FMA with the block's scale. An upper bound for that format's GEMM here; 0 without AVX-512BW.
+    /// Peak int8 multiply-adds per second of a quantized block dot against Q8 activations, on L1-resident data (no
+    /// memory traffic), in the cheapest form Kiln's kernels use for that weight format without VNNI (.NET 10 has no
+    /// 512-bit VNNI class): for Q4_0 nibbles, an 8-row strip's eight vpmaddubsw against broadcast activations summed
+    /// in int16 (nibbles cannot saturate), one vpmaddwd, the offset, convert and scale FMA per 256 multiply-adds; for
+    /// Q8_0 bytes, |w| against sign-adjusted activations, each vpmaddubsw widened alone, then convert and FMA. An upper
+    /// bound for that format's GEMM here; 0 without AVX-512BW.
     /// </summary>
     public static double PeakInt8BlockMacs(int threads, bool nibbles, int repetitions = 5)
     {
         if (!Avx512BW.IsSupported) return 0;
-        const long Iterations = 10_000_000;
+        const long Iterations = 5_000_000;
         double best = 0;
         for (int r = 0; r < repetitions; r++)
         {
-            double seconds = RunOnThreads(threads, t => Sink[t * 16] = nibbles ? NibbleBlockDots(Iterations) : ByteBlockDots(Iterations));
-            best = Math.Max(best, threads * Iterations * 8 * 128.0 / seconds);
+            // Both rounds are 8 × 256 multiply-adds: 8 tokens × one 8-row strip, or 8 accumulators × two 4-row blocks.
+            double seconds = RunOnThreads(threads, t => Sink[t * 16] = nibbles ? NibbleBlockDots(Iterations) : ByteBlockDots(2 * Iterations));
+            best = Math.Max(best, threads * Iterations * 8 * 256.0 / seconds);
         }
         return best;
     }
@@ -130,37 +132,53 @@ public static unsafe class MachineLimits
         }
     }
 
-    // Eight independent accumulators (a 4-row × 2-token register tile's worth), 128 multiply-adds each per round.
+    // An 8-token × 8-row register tile (the Q4_0 kernel's): per round, one strip block unpacked, then per token eight
+    // broadcast loads of 4 activations and 256 multiply-adds. Two activation sets alternate so no load is hoisted.
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static double NibbleBlockDots(long iterations)
     {
-        var packed = Vector512.Create((byte)0x5A);
-        var low = Vector512.Create((byte)0x0F);
-        Vector512<sbyte> x0 = Vector512.Create((sbyte)1), x1 = Vector512.Create((sbyte)2);
-        var scale = Vector512.Create(0.5f);
-        Vector512<float> f0 = default, f1 = default, f2 = default, f3 = default, f4 = default, f5 = default, f6 = default, f7 = default;
+        const int TokenInts = 10; // 8 ints of quants, an offset, a scale
+        int* activations = stackalloc int[2 * 8 * TokenInts];
+        for (int i = 0; i < 2 * 8 * TokenInts; i++) activations[i] = i % TokenInts == 9 ? BitConverter.SingleToInt32Bits(0.5f) : 0x01020304 + i;
+        var packed = Vector256.Create((byte)0x5A);
+        var low = Vector256.Create((byte)0x0F);
+        var scales = Vector256.Create(0.25f);
+        Vector256<float> f0 = default, f1 = default, f2 = default, f3 = default, f4 = default, f5 = default, f6 = default, f7 = default;
         for (long i = 0; i < iterations; i++)
         {
-            var flipped = packed ^ low;
-            Vector512<byte> q0 = packed & low, q1 = (packed.AsUInt16() >>> 4).AsByte() & low;
-            Vector512<byte> q2 = flipped & low, q3 = (flipped.AsUInt16() >>> 4).AsByte() & low;
-            f0 = Vector512.FusedMultiplyAdd(NibbleDot(q0, q1, x0, x1), scale, f0);
-            f1 = Vector512.FusedMultiplyAdd(NibbleDot(q0, q1, x1, x0), scale, f1);
-            f2 = Vector512.FusedMultiplyAdd(NibbleDot(q2, q3, x0, x1), scale, f2);
-            f3 = Vector512.FusedMultiplyAdd(NibbleDot(q2, q3, x1, x0), scale, f3);
-            f4 = Vector512.FusedMultiplyAdd(NibbleDot(q1, q0, x0, x1), scale, f4);
-            f5 = Vector512.FusedMultiplyAdd(NibbleDot(q1, q0, x1, x0), scale, f5);
-            f6 = Vector512.FusedMultiplyAdd(NibbleDot(q3, q2, x0, x1), scale, f6);
-            f7 = Vector512.FusedMultiplyAdd(NibbleDot(q3, q2, x1, x0), scale, f7);
-            packed += Vector512<byte>.One; // new quants each round, so nothing is hoisted
+            Vector256<byte> v0 = packed, v1 = packed ^ low, v2 = packed + low, v3 = packed - low;
+            var n = new StripNibbles(v0, v1, v2, v3, low);
+            int* a = activations + (i & 1) * 8 * TokenInts;
+            f0 = StripToken(f0, in n, scales, a);
+            f1 = StripToken(f1, in n, scales, a + TokenInts);
+            f2 = StripToken(f2, in n, scales, a + 2 * TokenInts);
+            f3 = StripToken(f3, in n, scales, a + 3 * TokenInts);
+            f4 = StripToken(f4, in n, scales, a + 4 * TokenInts);
+            f5 = StripToken(f5, in n, scales, a + 5 * TokenInts);
+            f6 = StripToken(f6, in n, scales, a + 6 * TokenInts);
+            f7 = StripToken(f7, in n, scales, a + 7 * TokenInts);
+            packed += Vector256<byte>.One; // new quants each round, so nothing is hoisted
         }
-        return Vector512.Sum(f0 + f1 + f2 + f3 + f4 + f5 + f6 + f7);
+        return Vector256.Sum(f0 + f1 + f2 + f3 + f4 + f5 + f6 + f7);
+    }
+
+    private readonly struct StripNibbles(Vector256<byte> v0, Vector256<byte> v1, Vector256<byte> v2, Vector256<byte> v3, Vector256<byte> low)
+    {
+        public readonly Vector256<byte> L0 = v0 & low, L1 = v1 & low, L2 = v2 & low, L3 = v3 & low;
+        public readonly Vector256<byte> H0 = (v0.AsUInt16() >>> 4).AsByte() & low, H1 = (v1.AsUInt16() >>> 4).AsByte() & low;
+        public readonly Vector256<byte> H2 = (v2.AsUInt16() >>> 4).AsByte() & low, H3 = (v3.AsUInt16() >>> 4).AsByte() & low;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> NibbleDot(Vector512<byte> q0, Vector512<byte> q1, Vector512<sbyte> x0, Vector512<sbyte> x1) =>
-        Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(
-            Avx512BW.MultiplyAddAdjacent(q0, x0) + Avx512BW.MultiplyAddAdjacent(q1, x1), Vector512<short>.One));
+    private static Vector256<float> StripToken(Vector256<float> accumulator, in StripNibbles n, Vector256<float> scales, int* a)
+    {
+        Vector256<short> sums = Avx2.MultiplyAddAdjacent(n.L0, Vector256.Create(a[0]).AsSByte()) + Avx2.MultiplyAddAdjacent(n.L1, Vector256.Create(a[1]).AsSByte())
+            + (Avx2.MultiplyAddAdjacent(n.L2, Vector256.Create(a[2]).AsSByte()) + Avx2.MultiplyAddAdjacent(n.L3, Vector256.Create(a[3]).AsSByte()))
+            + (Avx2.MultiplyAddAdjacent(n.H0, Vector256.Create(a[4]).AsSByte()) + Avx2.MultiplyAddAdjacent(n.H1, Vector256.Create(a[5]).AsSByte())
+            + (Avx2.MultiplyAddAdjacent(n.H2, Vector256.Create(a[6]).AsSByte()) + Avx2.MultiplyAddAdjacent(n.H3, Vector256.Create(a[7]).AsSByte())));
+        Vector256<int> dots = Avx2.MultiplyAddAdjacent(sums, Vector256<short>.One) - Vector256.Create(a[8]);
+        return Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(dots), scales * Vector256.Create(*(float*)(a + 9)), accumulator);
+    }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static double ByteBlockDots(long iterations)

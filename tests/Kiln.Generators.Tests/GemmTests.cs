@@ -20,7 +20,7 @@ public sealed class GemmTests
     {
         var data = new TheoryData<PackedFormat, int, int, int>();
         foreach (var format in new[] { PackedFormat.F32, PackedFormat.BF16, PackedFormat.Q8_0, PackedFormat.Q4_0 })
-            foreach (var (rows, k, tokens) in new[] { (4, 32, 1), (13, 64, 3), (32, 96, 5), (8, 256, 8), (7, 128, 2) })
+            foreach (var (rows, k, tokens) in new[] { (4, 32, 1), (13, 64, 3), (32, 96, 5), (8, 256, 8), (7, 128, 2), (12, 64, 13) })
                 data.Add(format, rows, k, tokens);
         data.Add(PackedFormat.F32, 6, 40, 3);  // K not a multiple of 16: the float kernels' scalar tail
         data.Add(PackedFormat.BF16, 5, 24, 4);

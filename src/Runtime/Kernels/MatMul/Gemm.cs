@@ -8,8 +8,8 @@ namespace Kiln.Kernels.MatMul;
 /// The matmul kernels of compiled plans: y[t, r] = Σ_k W[r, k]·x[t, k] over a range of 4-row groups of a
 /// <see cref="PackedMatrix"/> and every token of a <see cref="GemmInput"/>, each finished 4-row × 1-token tile handed
 /// to the plan's epilogue. One entry per layout; a work item of the plan's worker pool calls one with its range of
-/// groups. Inside, tokens go in tiles of up to 4 and groups in pairs, so each weight block is read once per tile
-/// of 4 tokens × 8 rows, and the activations of a token tile are reused by every group of the range.
+/// groups. Inside, tokens go in tiles (of up to 4, or 8 for Q4_0) and rows in tiles of 8 (two groups), so each weight
+/// block is read once per token tile, and the activations of a token tile are reused by every group of the range.
 /// <para>
 /// Every token's sums are computed by the same operations in the same order whatever its tile and whatever the
 /// range, so results do not depend on how the groups were split over threads. Each layout has a SIMD path (AVX-512;
@@ -36,7 +36,9 @@ public static unsafe class Gemm
         // One group at one token is ~K·4 multiply-adds; keep an item above ~16K of them.
         long work = (long)weights.K * 4 * Math.Max(1, tokens);
         int minimum = (int)Math.Clamp(16384 / Math.Max(1, work), 1, 64);
-        return Math.Clamp(Math.Max(perThread, minimum), 1, tokens >= 16 ? 8 : groups);
+        int chunk = Math.Clamp(Math.Max(perThread, minimum), 1, tokens >= 16 ? 8 : groups);
+        // Q4_0 stores groups in pairs: an even chunk never splits a strip between two items.
+        return weights.StripRows == 8 ? Math.Min(groups, (chunk + 1) & ~1) : chunk;
     }
 
     /// <summary>F32x4 groups against float32 activations.</summary>
@@ -71,7 +73,7 @@ public static unsafe class Gemm
         where TEpilogue : struct, ITileEpilogue
     {
         Check(weights, PackedFormat.Q4_0, input, firstGroup, endGroup, quantized: true);
-        if (Q4Kernels.IsSupported) QuantizedTiles.Run<Q4Kernels.Tiles, TEpilogue>(weights, input, firstGroup, endGroup, ref epilogue);
+        if (Q4Kernels.IsSupported) Q4Kernels.Run(weights, input, firstGroup, endGroup, ref epilogue);
         else Reference.Run(weights, input, firstGroup, endGroup, ref epilogue);
     }
 
@@ -116,6 +118,10 @@ internal readonly struct One : ICount { public static int Value => 1; }
 internal readonly struct Two : ICount { public static int Value => 2; }
 internal readonly struct Three : ICount { public static int Value => 3; }
 internal readonly struct Four : ICount { public static int Value => 4; }
+internal readonly struct Five : ICount { public static int Value => 5; }
+internal readonly struct Six : ICount { public static int Value => 6; }
+internal readonly struct Seven : ICount { public static int Value => 7; }
+internal readonly struct Eight : ICount { public static int Value => 8; }
 
 /// <summary>
 /// A quantized layout's register tile: <typeparamref name="TGroups"/> (1–2) groups of 4 rows × <typeparamref name="TTokens"/>
@@ -128,7 +134,7 @@ internal unsafe interface IQuantizedTile
         where TGroups : ICount where TTokens : ICount where TEpilogue : struct, ITileEpilogue;
 }
 
-/// <summary>What every quantized layout's kernel shares around its tile: the walk over token tiles and group pairs, and the tile's store.</summary>
+/// <summary>The walk of Q8_0's kernel around its tile: token tiles, group pairs, and the tile's store.</summary>
 internal static unsafe class QuantizedTiles
 {
     // The kernels are JIT-compiled optimized from their first call: a tier-0 tile (not inlined) runs ~20× slower, and
@@ -138,7 +144,7 @@ internal static unsafe class QuantizedTiles
         where TTile : IQuantizedTile where TEpilogue : struct, ITileEpilogue
     {
         byte* data = weights.Data;
-        long groupBytes = weights.GroupBytes;
+        long groupBytes = weights.StripBytes;
         int blocks = weights.Blocks, stride = input.QuantStride, tokens = input.Tokens;
         for (int t0 = 0; t0 < tokens; t0 += 4)
         {
@@ -203,30 +209,31 @@ internal static unsafe class Reference
         float* sums = stackalloc float[4];
         for (int g = firstGroup; g < endGroup; g++)
         {
-            byte* group = weights.Data + g * weights.GroupBytes;
+            byte* strip = weights.Data + g * 4 / weights.StripRows * weights.StripBytes;
+            int first = g * 4 % weights.StripRows; // the group's first row within its strip
             for (int t = 0; t < input.Tokens; t++)
             {
-                for (int r = 0; r < 4; r++) sums[r] = Row(weights, group, r, input, t);
+                for (int r = 0; r < 4; r++) sums[r] = Row(weights, strip, first + r, input, t);
                 epilogue.Store(g * 4, t, Vector128.Load(sums));
             }
         }
     }
 
-    private static float Row(PackedMatrix weights, byte* group, int r, in GemmInput input, int t)
+    private static float Row(PackedMatrix weights, byte* strip, int r, in GemmInput input, int t)
     {
         int k = weights.K;
         switch (weights.Format)
         {
             case PackedFormat.F32:
             {
-                float* w = (float*)group, x = input.Floats + (long)t * input.FloatStride;
+                float* w = (float*)strip, x = input.Floats + (long)t * input.FloatStride;
                 float sum = 0;
                 for (int i = 0; i < k; i++) sum += w[weights.FloatIndex(r, i)] * x[i];
                 return sum;
             }
             case PackedFormat.BF16:
             {
-                ushort* w = (ushort*)group;
+                ushort* w = (ushort*)strip;
                 float* x = input.Floats + (long)t * input.FloatStride;
                 float sum = 0;
                 for (int i = 0; i < k; i++) sum += BitConverter.UInt32BitsToSingle((uint)w[weights.FloatIndex(r, i)] << 16) * x[i];
@@ -234,27 +241,21 @@ internal static unsafe class Reference
             }
             default:
             {
+                // Activations as GemmScratch lays them out: spread (Q8_0, row 0's copy) or compact (Q4_0).
                 bool q4 = weights.Format == PackedFormat.Q4_0;
-                int blocks = weights.Blocks, blockBytes = q4 ? PackedMatrix.Q4BlockBytes : PackedMatrix.Q8BlockBytes;
-                ushort* weightScales = (ushort*)(group + (long)blocks * blockBytes);
+                int blocks = weights.Blocks;
                 byte* x = input.Quants + (long)t * input.QuantStride;
-                float* activationScales = (float*)(x + blocks * 160);
+                float* activationScales = (float*)(x + blocks * (q4 ? 36 : 128));
                 float sum = 0;
                 for (int b = 0; b < blocks; b++)
                 {
-                    byte* w = group + (long)b * blockBytes;
-                    sbyte* a = (sbyte*)(x + b * 128);
                     int dot = 0;
                     for (int e = 0; e < 32; e++)
                     {
-                        int lane = (e % 16) / 4, j = e % 4, half = e / 16;
-                        int activation = a[half * 64 + lane * 16 + j]; // row 0's copy of the spread activations
-                        int weight = q4
-                            ? (half == 0 ? w[lane * 16 + r * 4 + j] & 0x0F : w[lane * 16 + r * 4 + j] >> 4) - 8
-                            : (sbyte)w[half * 64 + lane * 16 + r * 4 + j];
-                        dot += weight * activation;
+                        int activation = q4 ? (sbyte)x[b * 32 + e] : (sbyte)x[b * 128 + e / 16 * 64 + (e % 16) / 4 * 16 + e % 4];
+                        dot += (q4 ? PackedMatrix.Q4Quant(strip, b, r, e) : PackedMatrix.Q8Quant(strip, b, r, e)) * activation;
                     }
-                    sum += Kiln.Kernels.Quantized.Fp16.ToSingle(weightScales[b * 4 + r]) * activationScales[b] * dot;
+                    sum += Kiln.Kernels.Quantized.Fp16.ToSingle(weights.ScaleBits(strip, b, r)) * activationScales[b] * dot;
                 }
                 return sum;
             }
@@ -279,12 +280,20 @@ internal static unsafe class ScaleTable
         Vector128<float> scales = ((top >> 3) & Vector128.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector128.Create(5.192296858534828E+33f);
         return Vector256.Create(scales, scales);
     }
+
+    /// <summary>The eight fp16 scales at <paramref name="halves"/> (rows 0..7 of a Q4_0 strip's block) as floats, as <see cref="Load"/> widens them.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Load8(byte* halves)
+    {
+        Vector256<int> top = Avx2.ConvertToVector256Int32((ushort*)halves) << 16;
+        return ((top >> 3) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector256.Create(5.192296858534828E+33f);
+    }
 }
 
 /// <summary>The AVX-512 kernels of the Q8_0 layout: 4 or 8 rows × up to 4 tokens per tile (Q4_0 has its own, <see cref="Q4Kernels"/>).</summary>
 internal static unsafe class QuantizedKernels
 {
-    /// <summary>How a layout turns a block of a group into int32 sums (Q8_0 today; an operator struct so a layout with an offset can join).</summary>
+    /// <summary>How a layout turns a block of a group into int32 sums (Q8_0's; an operator struct so another byte layout can join).</summary>
     internal interface IBlocks
     {
         static abstract int BlockBytes { get; }
@@ -298,17 +307,12 @@ internal static unsafe class QuantizedKernels
         /// </summary>
         static abstract Vector256<int> Dot(Vector512<byte> first, Vector512<byte> second, Vector512<sbyte> firstSigns, Vector512<sbyte> secondSigns,
             Vector512<sbyte> x0, Vector512<sbyte> x1);
-
-        /// <summary>Whether the folded sums take the activation offsets off (Q4_0's −8).</summary>
-        static abstract bool Offset { get; }
     }
 
     /// <summary>Q8_0: |w| on the unsigned side of vpmaddubsw, the activations negated where w &lt; 0.</summary>
     internal readonly struct Q8Blocks : IBlocks
     {
         public static int BlockBytes => PackedMatrix.Q8BlockBytes;
-
-        public static bool Offset => false;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static void Load(byte* quants, out Vector512<byte> first, out Vector512<byte> second, out Vector512<sbyte> firstSigns, out Vector512<sbyte> secondSigns)
@@ -354,8 +358,8 @@ internal static unsafe class QuantizedKernels
         int quantBytes = blocks * TBlocks.BlockBytes;
         byte* q0 = group, q1 = group + groupBytes;
         byte* d0Table = q0 + quantBytes, d1Table = q1 + quantBytes; // 4 fp16 scales per block
-        // Token t: quants at x + t·stride, offsets after the quants, scales after the offsets.
-        int offsetBytes = blocks * 128, scaleBytes = blocks * 160;
+        // Token t: quants at x + t·stride, scales after the quants.
+        int scaleBytes = blocks * 128;
         Vector256<float> a00 = default, a01 = default, a10 = default, a11 = default;
         Vector256<float> a20 = default, a21 = default, a30 = default, a31 = default;
         // The next tile's weights stream from memory while this one computes: one line ahead per line consumed.
@@ -382,13 +386,13 @@ internal static unsafe class QuantizedKernels
             }
 
             byte* xt = x + b * 128;
-            Token<TBlocks, TGroups>(ref a00, ref a01, w0, w1, s0, s1, d0, v0, v1, u0, u1, d1, xt, (int*)(x + offsetBytes) + b * 8, (float*)(x + scaleBytes) + b);
+            Token<TBlocks, TGroups>(ref a00, ref a01, w0, w1, s0, s1, d0, v0, v1, u0, u1, d1, xt, (float*)(x + scaleBytes) + b);
             if (TTokens.Value > 1)
-                Token<TBlocks, TGroups>(ref a10, ref a11, w0, w1, s0, s1, d0, v0, v1, u0, u1, d1, xt + stride, (int*)(x + stride + offsetBytes) + b * 8, (float*)(x + stride + scaleBytes) + b);
+                Token<TBlocks, TGroups>(ref a10, ref a11, w0, w1, s0, s1, d0, v0, v1, u0, u1, d1, xt + stride, (float*)(x + stride + scaleBytes) + b);
             if (TTokens.Value > 2)
-                Token<TBlocks, TGroups>(ref a20, ref a21, w0, w1, s0, s1, d0, v0, v1, u0, u1, d1, xt + 2 * stride, (int*)(x + 2 * stride + offsetBytes) + b * 8, (float*)(x + 2 * stride + scaleBytes) + b);
+                Token<TBlocks, TGroups>(ref a20, ref a21, w0, w1, s0, s1, d0, v0, v1, u0, u1, d1, xt + 2 * stride, (float*)(x + 2 * stride + scaleBytes) + b);
             if (TTokens.Value > 3)
-                Token<TBlocks, TGroups>(ref a30, ref a31, w0, w1, s0, s1, d0, v0, v1, u0, u1, d1, xt + 3 * stride, (int*)(x + 3 * stride + offsetBytes) + b * 8, (float*)(x + 3 * stride + scaleBytes) + b);
+                Token<TBlocks, TGroups>(ref a30, ref a31, w0, w1, s0, s1, d0, v0, v1, u0, u1, d1, xt + 3 * stride, (float*)(x + 3 * stride + scaleBytes) + b);
         }
         QuantizedTiles.Store<TGroups, TTokens, TEpilogue>(ref epilogue, row, t0, a00, a01, a10, a11, a20, a21, a30, a31);
     }
@@ -398,86 +402,124 @@ internal static unsafe class QuantizedKernels
     private static void Token<TBlocks, TGroups>(ref Vector256<float> acc0, ref Vector256<float> acc1,
         Vector512<byte> w0, Vector512<byte> w1, Vector512<sbyte> s0, Vector512<sbyte> s1, Vector256<float> d0,
         Vector512<byte> v0, Vector512<byte> v1, Vector512<sbyte> u0, Vector512<sbyte> u1, Vector256<float> d1,
-        byte* quants, int* offsets, float* scale)
+        byte* quants, float* scale)
         where TBlocks : IBlocks where TGroups : ICount
     {
         Vector512<sbyte> x0 = Vector512.Load((sbyte*)quants), x1 = Vector512.Load((sbyte*)quants + 64);
         Vector256<float> da = Vector256.Create(*scale);
-        Vector256<int> offset = TBlocks.Offset ? Vector256.Load(offsets) : default;
-        acc0 = Accumulate<TBlocks>(acc0, TBlocks.Dot(w0, w1, s0, s1, x0, x1), offset, d0 * da);
-        if (TGroups.Value > 1) acc1 = Accumulate<TBlocks>(acc1, TBlocks.Dot(v0, v1, u0, u1, x0, x1), offset, d1 * da);
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Accumulate<TBlocks>(Vector256<float> accumulator, Vector256<int> folded, Vector256<int> offset, Vector256<float> scale)
-        where TBlocks : IBlocks
-    {
-        if (TBlocks.Offset) folded -= offset;
-        return Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(folded), scale, accumulator);
+        acc0 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(TBlocks.Dot(w0, w1, s0, s1, x0, x1)), d0 * da, acc0);
+        if (TGroups.Value > 1)
+            acc1 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(TBlocks.Dot(v0, v1, u0, u1, x0, x1)), d1 * da, acc1);
     }
 }
 
 /// <summary>
-/// The Q4_0 kernels: 4 or 8 rows × up to 4 tokens per tile, on 256-bit vectors for the integer work. Each block of a
-/// group is two 256-bit loads of nibbles (128-bit lanes 0–1 and 2–3); with the low and high nibbles that makes four
-/// vpmaddubsw against the token's four 256-bit activation loads, whose int16 sums (≤ 4·2·15·127) add without
-/// saturating, and one vpmaddwd widens them: the same int32 sums as folding the 512-bit products, in fewer
-/// operations (Zen 4 runs 512-bit multiplies as two halves anyway).
+/// The Q4_0 kernels: one strip of 8 rows (two groups) × up to 8 tokens per tile, 256-bit throughout, so they need
+/// only AVX2. A strip's block is four 32-byte vectors of nibbles; its low and high nibbles make eight vpmaddubsw,
+/// each against one broadcast of 4 activations to all 8 rows. Their int16 sums (≤ 8·2·15·127 = 30480) add without
+/// saturating, and one vpmaddwd leaves one complete int32 sum per row: per 256 multiply-adds, 8 vpmaddubsw, 7 adds
+/// and one each of vpmaddwd, offset, convert, scale and FMA. (A 4-row tile pays that tail per 128, with every lane a
+/// partial sum to fold at the end: a quarter more work.)
 /// </summary>
 internal static unsafe class Q4Kernels
 {
     /// <summary>The Q4_0 kernels need only AVX2 and FMA (256-bit throughout), so they run where AVX-512 is missing too.</summary>
     public static bool IsSupported { get; } = Avx2.IsSupported && Fma.IsSupported;
 
-    /// <summary>The Q4_0 tile for <see cref="QuantizedTiles"/>.</summary>
-    internal readonly struct Tiles : IQuantizedTile
+    // Which halves of a strip's tile go to the epilogue: both, or the one group of a range that starts or ends mid-strip.
+    private const int Lower = 1, Upper = 2, Both = 3;
+
+    // Compiled optimized from the first call, as QuantizedTiles.Run (a tier-0 tile runs ~20× slower).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Run<TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, ref TEpilogue epilogue)
+        where TEpilogue : struct, ITileEpilogue
     {
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static void Tile<TGroups, TTokens, TEpilogue>(byte* group, long groupBytes, int blocks, byte* x, int stride,
-            int row, int t0, bool prefetch, ref TEpilogue epilogue)
-            where TGroups : ICount where TTokens : ICount where TEpilogue : struct, ITileEpilogue =>
-            Q4Kernels.Tile<TGroups, TTokens, TEpilogue>(group, groupBytes, blocks, x, stride, row, t0, prefetch, ref epilogue);
+        int tokens = input.Tokens, stride = input.QuantStride;
+        for (int t0 = 0; t0 < tokens; t0 += 8)
+        {
+            byte* x = input.Quants + (long)t0 * stride;
+            switch (Math.Min(8, tokens - t0))
+            {
+                case 8: Strips<Eight, TEpilogue>(weights, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
+                case 7: Strips<Seven, TEpilogue>(weights, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
+                case 6: Strips<Six, TEpilogue>(weights, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
+                case 5: Strips<Five, TEpilogue>(weights, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
+                case 4: Strips<Four, TEpilogue>(weights, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
+                case 3: Strips<Three, TEpilogue>(weights, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
+                case 2: Strips<Two, TEpilogue>(weights, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
+                default: Strips<One, TEpilogue>(weights, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
+            }
+        }
     }
 
-    /// <summary>The unpacked nibbles of one group's block: low/high nibbles of 128-bit lanes 0–1 and 2–3.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Strips<TTokens, TEpilogue>(PackedMatrix weights, byte* x, int stride, int t0, int firstGroup, int endGroup, ref TEpilogue epilogue)
+        where TTokens : ICount where TEpilogue : struct, ITileEpilogue
+    {
+        byte* data = weights.Data;
+        long stripBytes = weights.StripBytes;
+        int blocks = weights.Blocks, g = firstGroup;
+        // The first token tile meets the range's weights in memory: it prefetches the next strip's as it goes.
+        bool prefetch = TTokens.Value == 1 || t0 == 0;
+        if ((g & 1) != 0 && g < endGroup)
+        {
+            Tile<TTokens, TEpilogue>(data + (g >> 1) * stripBytes, stripBytes, blocks, x, stride, (g - 1) * 4, t0, prefetch, Upper, ref epilogue);
+            g++;
+        }
+        for (; g + 2 <= endGroup; g += 2)
+            Tile<TTokens, TEpilogue>(data + (g >> 1) * stripBytes, stripBytes, blocks, x, stride, g * 4, t0, prefetch, Both, ref epilogue);
+        if (g < endGroup)
+            Tile<TTokens, TEpilogue>(data + (g >> 1) * stripBytes, stripBytes, blocks, x, stride, g * 4, t0, prefetch, Lower, ref epilogue);
+    }
+
+    /// <summary>The unpacked nibbles of one strip's block: vector j's low nibbles (elements 4j..4j+3 of 8 rows) and high ones (16 + the same).</summary>
     private struct Nibbles
     {
-        public Vector256<byte> Low01, High01, Low23, High23;
+        public Vector256<byte> Low0, Low1, Low2, Low3, High0, High1, High2, High3;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public Nibbles(byte* quants)
         {
             var mask = Vector256.Create((byte)0x0F);
-            Vector256<byte> lanes01 = Vector256.Load(quants), lanes23 = Vector256.Load(quants + 32);
-            Low01 = lanes01 & mask;
-            High01 = (lanes01.AsUInt16() >>> 4).AsByte() & mask;
-            Low23 = lanes23 & mask;
-            High23 = (lanes23.AsUInt16() >>> 4).AsByte() & mask;
+            Vector256<byte> v0 = Vector256.Load(quants), v1 = Vector256.Load(quants + 32);
+            Vector256<byte> v2 = Vector256.Load(quants + 64), v3 = Vector256.Load(quants + 96);
+            Low0 = v0 & mask;
+            Low1 = v1 & mask;
+            Low2 = v2 & mask;
+            Low3 = v3 & mask;
+            High0 = (v0.AsUInt16() >>> 4).AsByte() & mask;
+            High1 = (v1.AsUInt16() >>> 4).AsByte() & mask;
+            High2 = (v2.AsUInt16() >>> 4).AsByte() & mask;
+            High3 = (v3.AsUInt16() >>> 4).AsByte() & mask;
         }
 
-        /// <summary>Σ n·a per int32 lane (lane L'·4 + r: row r over lanes L' and L' + 2, both halves), offset not yet taken.</summary>
+        /// <summary>Σ n·a of each of the 8 rows (offset not yet taken), a = one token's 32 compact quants.</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public readonly Vector256<int> Dot(Vector256<sbyte> a01, Vector256<sbyte> a23, Vector256<sbyte> b01, Vector256<sbyte> b23)
+        public readonly Vector256<int> Dot(int* a)
         {
-            Vector256<short> pairs = Avx2.MultiplyAddAdjacent(Low01, a01) + Avx2.MultiplyAddAdjacent(Low23, a23)
-                + (Avx2.MultiplyAddAdjacent(High01, b01) + Avx2.MultiplyAddAdjacent(High23, b23));
-            return Avx2.MultiplyAddAdjacent(pairs, Vector256<short>.One);
+            // Vector256.Create from memory is one broadcast load (vpbroadcastd): no shuffle on the vector pipes.
+            Vector256<short> low = Avx2.MultiplyAddAdjacent(Low0, Vector256.Create(a[0]).AsSByte()) + Avx2.MultiplyAddAdjacent(Low1, Vector256.Create(a[1]).AsSByte())
+                + (Avx2.MultiplyAddAdjacent(Low2, Vector256.Create(a[2]).AsSByte()) + Avx2.MultiplyAddAdjacent(Low3, Vector256.Create(a[3]).AsSByte()));
+            Vector256<short> high = Avx2.MultiplyAddAdjacent(High0, Vector256.Create(a[4]).AsSByte()) + Avx2.MultiplyAddAdjacent(High1, Vector256.Create(a[5]).AsSByte())
+                + (Avx2.MultiplyAddAdjacent(High2, Vector256.Create(a[6]).AsSByte()) + Avx2.MultiplyAddAdjacent(High3, Vector256.Create(a[7]).AsSByte()));
+            return Avx2.MultiplyAddAdjacent(low + high, Vector256<short>.One);
         }
     }
 
+    // TTokens (1-8) tokens × one strip; accumulator aT holds token t0 + T's running sums of the strip's 8 rows.
     [SkipLocalsInit]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void Tile<TGroups, TTokens, TEpilogue>(byte* group, long groupBytes, int blocks, byte* x, int stride,
-        int row, int t0, bool prefetch, ref TEpilogue epilogue)
-        where TGroups : ICount where TTokens : ICount where TEpilogue : struct, ITileEpilogue
+    private static void Tile<TTokens, TEpilogue>(byte* strip, long stripBytes, int blocks, byte* x, int stride,
+        int row, int t0, bool prefetch, int halves, ref TEpilogue epilogue)
+        where TTokens : ICount where TEpilogue : struct, ITileEpilogue
     {
-        int quantBytes = blocks * PackedMatrix.Q4BlockBytes, offsetBytes = blocks * 128, scaleBytes = blocks * 160;
-        byte* q0 = group, q1 = group + groupBytes;
-        byte* d0Table = q0 + quantBytes, d1Table = q1 + quantBytes; // 4 fp16 scales per block
-        byte* ahead = group + TGroups.Value * groupBytes;
-        long aheadStep = TGroups.Value * groupBytes / blocks;
-        Vector256<float> a00 = default, a01 = default, a10 = default, a11 = default;
-        Vector256<float> a20 = default, a21 = default, a30 = default, a31 = default;
+        byte* scales = strip + blocks * PackedMatrix.Q4BlockBytes; // 8 fp16 per block
+        // Token t: 32 quants per block at x + t·stride, then one int32 offset per block, then one float scale per block.
+        int offsetBytes = blocks * 32, scaleBytes = blocks * 36;
+        // The next strip streams from memory while this one computes: one line ahead per line consumed.
+        byte* ahead = strip + stripBytes;
+        long aheadStep = stripBytes / blocks;
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
         for (int b = 0; b < blocks; b++)
         {
             if (prefetch)
@@ -487,38 +529,43 @@ internal static unsafe class Q4Kernels
                 Sse.Prefetch0(line + 64);
                 Sse.Prefetch0(line + 128);
             }
-            var w0 = new Nibbles(q0 + b * PackedMatrix.Q4BlockBytes);
-            Vector256<float> d0 = ScaleTable.Load(d0Table + b * 8);
-            Nibbles w1 = default;
-            Vector256<float> d1 = default;
-            if (TGroups.Value > 1)
-            {
-                w1 = new Nibbles(q1 + b * PackedMatrix.Q4BlockBytes);
-                d1 = ScaleTable.Load(d1Table + b * 8);
-            }
-            byte* xb = x + b * 128;
-            int* ob = (int*)(x + offsetBytes) + b * 8;
+            var w = new Nibbles(strip + b * PackedMatrix.Q4BlockBytes);
+            Vector256<float> d = ScaleTable.Load8(scales + b * 16);
+            byte* xb = x + b * 32;
+            int* ob = (int*)(x + offsetBytes) + b;
             float* sb = (float*)(x + scaleBytes) + b;
-            Token<TGroups>(ref a00, ref a01, in w0, in w1, d0, d1, xb, ob, sb);
-            if (TTokens.Value > 1) Token<TGroups>(ref a10, ref a11, in w0, in w1, d0, d1, xb + stride, (int*)((byte*)ob + stride), (float*)((byte*)sb + stride));
-            if (TTokens.Value > 2) Token<TGroups>(ref a20, ref a21, in w0, in w1, d0, d1, xb + 2 * stride, (int*)((byte*)ob + 2 * stride), (float*)((byte*)sb + 2 * stride));
-            if (TTokens.Value > 3) Token<TGroups>(ref a30, ref a31, in w0, in w1, d0, d1, xb + 3 * stride, (int*)((byte*)ob + 3 * stride), (float*)((byte*)sb + 3 * stride));
+            a0 = Token(a0, in w, d, xb, ob, sb);
+            if (TTokens.Value > 1) a1 = Token(a1, in w, d, xb + stride, (int*)((byte*)ob + stride), (float*)((byte*)sb + stride));
+            if (TTokens.Value > 2) a2 = Token(a2, in w, d, xb + 2 * stride, (int*)((byte*)ob + 2 * stride), (float*)((byte*)sb + 2 * stride));
+            if (TTokens.Value > 3) a3 = Token(a3, in w, d, xb + 3 * stride, (int*)((byte*)ob + 3 * stride), (float*)((byte*)sb + 3 * stride));
+            if (TTokens.Value > 4) a4 = Token(a4, in w, d, xb + 4 * stride, (int*)((byte*)ob + 4 * stride), (float*)((byte*)sb + 4 * stride));
+            if (TTokens.Value > 5) a5 = Token(a5, in w, d, xb + 5 * stride, (int*)((byte*)ob + 5 * stride), (float*)((byte*)sb + 5 * stride));
+            if (TTokens.Value > 6) a6 = Token(a6, in w, d, xb + 6 * stride, (int*)((byte*)ob + 6 * stride), (float*)((byte*)sb + 6 * stride));
+            if (TTokens.Value > 7) a7 = Token(a7, in w, d, xb + 7 * stride, (int*)((byte*)ob + 7 * stride), (float*)((byte*)sb + 7 * stride));
         }
-        QuantizedTiles.Store<TGroups, TTokens, TEpilogue>(ref epilogue, row, t0, a00, a01, a10, a11, a20, a21, a30, a31);
+        Store(ref epilogue, row, t0, halves, a0);
+        if (TTokens.Value > 1) Store(ref epilogue, row, t0 + 1, halves, a1);
+        if (TTokens.Value > 2) Store(ref epilogue, row, t0 + 2, halves, a2);
+        if (TTokens.Value > 3) Store(ref epilogue, row, t0 + 3, halves, a3);
+        if (TTokens.Value > 4) Store(ref epilogue, row, t0 + 4, halves, a4);
+        if (TTokens.Value > 5) Store(ref epilogue, row, t0 + 5, halves, a5);
+        if (TTokens.Value > 6) Store(ref epilogue, row, t0 + 6, halves, a6);
+        if (TTokens.Value > 7) Store(ref epilogue, row, t0 + 7, halves, a7);
     }
 
-    // One token against one or two groups' block: its four activation loads serve both.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Token<TGroups>(ref Vector256<float> acc0, ref Vector256<float> acc1, in Nibbles w0, in Nibbles w1,
-        Vector256<float> d0, Vector256<float> d1, byte* quants, int* offsets, float* scale) where TGroups : ICount
+    private static Vector256<float> Token(Vector256<float> accumulator, in Nibbles w, Vector256<float> d, byte* quants, int* offset, float* scale)
     {
-        Vector256<sbyte> a01 = Vector256.Load((sbyte*)quants), a23 = Vector256.Load((sbyte*)quants + 32);
-        Vector256<sbyte> b01 = Vector256.Load((sbyte*)quants + 64), b23 = Vector256.Load((sbyte*)quants + 96);
-        Vector256<int> offset = Vector256.Load(offsets);
-        Vector256<float> da = Vector256.Create(*scale);
-        acc0 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(w0.Dot(a01, a23, b01, b23) - offset), d0 * da, acc0);
-        if (TGroups.Value > 1)
-            acc1 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(w1.Dot(a01, a23, b01, b23) - offset), d1 * da, acc1);
+        Vector256<int> dots = w.Dot((int*)quants) - Vector256.Create(*offset);
+        return Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(dots), d * Vector256.Create(*scale), accumulator);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Store<TEpilogue>(ref TEpilogue epilogue, int row, int token, int halves, Vector256<float> sums)
+        where TEpilogue : struct, ITileEpilogue
+    {
+        if ((halves & Lower) != 0) epilogue.Store(row, token, sums.GetLower());
+        if ((halves & Upper) != 0) epilogue.Store(row + 4, token, sums.GetUpper());
     }
 }
 
@@ -569,7 +616,7 @@ internal static unsafe class FloatKernels
             int count = Math.Min(4, tokens - t0);
             for (int g = firstGroup; g < endGroup; g++)
             {
-                byte* group = weights.Data + g * weights.GroupBytes;
+                byte* group = weights.Data + g * weights.StripBytes;
                 switch (count)
                 {
                     case 4: Tile<TRows, Four, TEpilogue>(group, k, x, stride, g * 4, t0, ref epilogue); break;

@@ -44,12 +44,15 @@ public readonly unsafe struct GemmInput
 /// straight into the float rows (F32/BF16 layouts) or quantized straight into Q8 activations (Q8_0/Q4_0 layouts)
 /// in the same pass — a norm weight cannot fold into quantized columns without requantizing them.
 /// <para>
-/// Q8 activations of one token: K/32 blocks of 128 bytes of quants, K/32 × 8 int32 offsets, K/32 float scales.
-/// A block's quants q (d = max|x|/127, q = round(x/d) halves away from zero, as GGML's quantize_row_q8_0 but with d
-/// kept in float32) are stored spread to match the packed weights (<see cref="PackedMatrix"/>): in its first 64
-/// bytes 128-bit lane L repeats q[4L..4L+3] four times (once per row), in its second 64 bytes q[16+4L..16+4L+3]. The
-/// offsets are 8·Σq over the elements each int32 lane of a Q4_0 kernel covers, so that Σ(n − 8)·q = Σn·q − offset.
+/// A block's quants q: d = max|x|/127, q = round(x/d) halves away from zero, as GGML's quantize_row_q8_0 but with d
+/// kept in float32. Each layout stores them as its kernel reads them (<see cref="PackedMatrix"/>), per token:
 /// </para>
+/// <list type="bullet">
+/// <item>Q8_0, spread: K/32 blocks of 128 bytes of quants, K/32 float scales. In a block's first 64 bytes 128-bit
+/// lane L repeats q[4L..4L+3] four times (once per row of a group), in its second 64 bytes q[16+4L..16+4L+3].</item>
+/// <item>Q4_0, compact: K/32 blocks of the 32 quants as they are (the kernel broadcasts 4 at a time to 8 rows),
+/// K/32 int32 offsets 8·Σq, so that Σ(n − 8)·q = Σn·q − offset, then K/32 float scales.</item>
+/// </list>
 /// </summary>
 public sealed unsafe class GemmScratch : IDisposable
 {
@@ -65,15 +68,19 @@ public sealed unsafe class GemmScratch : IDisposable
         MaxK = maxK;
         _floatStride = (maxK + 15) & ~15;
         _floatBytes = (long)maxTokens * _floatStride * sizeof(float);
-        _memory = new NativeBlock(_floatBytes + (long)maxTokens * QuantStride(maxK / 32 * 32));
+        _memory = new NativeBlock(_floatBytes + (long)maxTokens * Math.Max(QuantStride(PackedFormat.Q8_0, maxK / 32 * 32), QuantStride(PackedFormat.Q4_0, maxK / 32 * 32)));
     }
 
     public int MaxTokens { get; }
 
     public int MaxK { get; }
 
-    /// <summary>Bytes of one token's Q8 activations for rows of <paramref name="k"/> elements (a multiple of 64).</summary>
-    public static int QuantStride(int k) => ((k / 32) * (128 + 32 + 4) + 63) & ~63;
+    /// <summary>Bytes of one token's Q8 activations for <paramref name="format"/>'s kernel, rows of <paramref name="k"/> elements (a multiple of 64).</summary>
+    public static int QuantStride(PackedFormat format, int k) =>
+        ((k / 32) * (format == PackedFormat.Q4_0 ? Q4ActivationBlockBytes : Q8ActivationBlockBytes) + 63) & ~63;
+
+    // Per block of 32: spread quants + scale (Q8_0); quants + offset + scale (Q4_0).
+    internal const int Q8ActivationBlockBytes = 128 + sizeof(float), Q4ActivationBlockBytes = 32 + sizeof(int) + sizeof(float);
 
     /// <summary>
     /// Prepares <paramref name="tokens"/> rows of <paramref name="x"/> (token t at <c>t·xStride</c>, K elements) for a
@@ -106,13 +113,13 @@ public sealed unsafe class GemmScratch : IDisposable
             Floats = (float*)_memory.Pointer,
             FloatStride = _floatStride,
             Quants = quantized ? quants : null,
-            QuantStride = QuantStride(k),
-            Offsets = format == PackedFormat.Q4_0,
+            QuantStride = QuantStride(format, k),
+            Compact = format == PackedFormat.Q4_0,
         };
         if (tokens >= 8 && pool.ThreadCount > 1) pool.Run(tokens, Math.Max(1, tokens / (4 * pool.ThreadCount)), work);
         else if (tokens > 0) work.Execute(0, tokens);
         return quantized
-            ? new GemmInput(tokens, k, null, 0, quants, QuantStride(k))
+            ? new GemmInput(tokens, k, null, 0, quants, QuantStride(format, k))
             : new GemmInput(tokens, k, (float*)_memory.Pointer, _floatStride, null, 0);
     }
 
@@ -128,7 +135,7 @@ public sealed unsafe class GemmScratch : IDisposable
         public int FloatStride;
         public byte* Quants;
         public int QuantStride;
-        public bool Offsets;
+        public bool Compact;
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public void Execute(int start, int end)
@@ -142,7 +149,9 @@ public sealed unsafe class GemmScratch : IDisposable
                     Normalize(source, floats, K, Norm, Eps);
                     source = floats;
                 }
-                if (Quants is not null) Quantize(source, Quants + (long)t * QuantStride, K, Offsets);
+                if (Quants is null) continue;
+                if (Compact) QuantizeCompact(source, Quants + (long)t * QuantStride, K);
+                else QuantizeSpread(source, Quants + (long)t * QuantStride, K);
             }
         }
     }
@@ -195,37 +204,77 @@ public sealed unsafe class GemmScratch : IDisposable
         return sum;
     }
 
-    /// <summary>Quantizes one token's K values into its Q8 activations (layout in the class summary).</summary>
+    /// <summary>Quantizes one token's K values into Q8_0's spread activations (layout in the class summary).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void Quantize(float* x, byte* destination, int k, bool offsets)
+    internal static void QuantizeSpread(float* x, byte* destination, int k)
     {
         int blocks = k / 32;
-        byte* quants = destination;
-        int* offsetTable = (int*)(destination + blocks * 128);
-        float* scales = (float*)(destination + blocks * 160);
-        if (Vector512.IsHardwareAccelerated && Avx512BW.IsSupported)
-        {
-            for (int b = 0; b < blocks; b++)
-                QuantizeBlock512(x + b * 32, quants + b * 128, offsetTable + b * 8, scales + b, offsets);
-            return;
-        }
+        float* scales = (float*)(destination + blocks * 128);
         sbyte* q = stackalloc sbyte[32];
         for (int b = 0; b < blocks; b++)
         {
-            float* v = x + b * 32;
-            float absMax = 0;
-            for (int i = 0; i < 32; i++) absMax = MathF.Max(absMax, MathF.Abs(v[i]));
-            float d = absMax / 127f, inverse = d != 0 ? 1f / d : 0f;
-            for (int i = 0; i < 32; i++) q[i] = (sbyte)MathF.Round(v[i] * inverse, MidpointRounding.AwayFromZero);
-            Spread(q, quants + b * 128);
-            if (offsets) Offsets(q, offsetTable + b * 8);
-            scales[b] = d;
+            scales[b] = QuantizeBlock(x + b * 32, q);
+            Spread(q, destination + b * 128);
         }
     }
 
+    /// <summary>Quantizes one token's K values into Q4_0's compact activations (layout in the class summary).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void QuantizeCompact(float* x, byte* destination, int k)
+    {
+        int blocks = k / 32;
+        int* offsets = (int*)(destination + blocks * 32);
+        float* scales = (float*)(destination + blocks * 36);
+        for (int b = 0; b < blocks; b++)
+        {
+            sbyte* q = (sbyte*)destination + b * 32;
+            scales[b] = QuantizeBlock(x + b * 32, q);
+            offsets[b] = 8 * Sum(q);
+        }
+    }
+
+    /// <summary>One block's 32 quants into <paramref name="q"/>; returns its scale d.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float QuantizeBlock(float* values, sbyte* q)
+    {
+        if (Vector512.IsHardwareAccelerated && Avx512BW.IsSupported)
+        {
+            Vector512<float> low = Vector512.Load(values), high = Vector512.Load(values + 16);
+            Vector512<float> magnitudes = Vector512.Max(Vector512.Abs(low), Vector512.Abs(high));
+            Vector256<float> folded = Vector256.Max(magnitudes.GetLower(), magnitudes.GetUpper());
+            Vector128<float> quarter = Vector128.Max(folded.GetLower(), folded.GetUpper());
+            quarter = Vector128.Max(quarter, Vector128.Shuffle(quarter, Vector128.Create(2, 3, 0, 1)));
+            float scale = MathF.Max(quarter.GetElement(0), quarter.GetElement(1)) / 127f;
+            var inverse = Vector512.Create(scale != 0 ? 1f / scale : 0f);
+            Avx512F.ConvertToVector128SByte(Q8Row.RoundHalfAwayFromZero(low * inverse)).Store(q);
+            Avx512F.ConvertToVector128SByte(Q8Row.RoundHalfAwayFromZero(high * inverse)).Store(q + 16);
+            return scale;
+        }
+        float absMax = 0;
+        for (int i = 0; i < 32; i++) absMax = MathF.Max(absMax, MathF.Abs(values[i]));
+        float d = absMax / 127f, reciprocal = d != 0 ? 1f / d : 0f;
+        for (int i = 0; i < 32; i++) q[i] = (sbyte)MathF.Round(values[i] * reciprocal, MidpointRounding.AwayFromZero);
+        return d;
+    }
+
+    private static int Sum(sbyte* q)
+    {
+        int sum = 0;
+        for (int i = 0; i < 32; i++) sum += q[i];
+        return sum;
+    }
+
     /// <summary>The spread layout of one block's 32 quants: 128 bytes (see the class summary).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static void Spread(sbyte* q, byte* destination)
     {
+        if (Avx512F.IsSupported)
+        {
+            var spread = Vector512.Create(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+            Avx512F.PermuteVar16x32(Vector128.Load((int*)q).ToVector256Unsafe().ToVector512Unsafe(), spread).Store((int*)destination);
+            Avx512F.PermuteVar16x32(Vector128.Load((int*)(q + 16)).ToVector256Unsafe().ToVector512Unsafe(), spread).Store((int*)(destination + 64));
+            return;
+        }
         for (int lane = 0; lane < 4; lane++)
         {
             for (int row = 0; row < 4; row++)
@@ -237,45 +286,5 @@ public sealed unsafe class GemmScratch : IDisposable
                 }
             }
         }
-    }
-
-    /// <summary>
-    /// The Q4_0 offsets of one block: int32 lane L'·4 + r of the kernel's folded sums covers elements 4L'..+3,
-    /// 4L'+8..+3 and the same +16 (L' = 0, 1), for every row r; its offset is 8 times their sum.
-    /// </summary>
-    internal static void Offsets(sbyte* q, int* destination)
-    {
-        for (int half = 0; half < 2; half++)
-        {
-            int sum = 0;
-            for (int j = 0; j < 4; j++)
-                sum += q[4 * half + j] + q[4 * half + 8 + j] + q[16 + 4 * half + j] + q[24 + 4 * half + j];
-            for (int row = 0; row < 4; row++) destination[half * 4 + row] = 8 * sum;
-        }
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void QuantizeBlock512(float* values, byte* quants, int* offsets, float* scale, bool withOffsets)
-    {
-        Vector512<float> low = Vector512.Load(values), high = Vector512.Load(values + 16);
-        Vector512<float> magnitudes = Vector512.Max(Vector512.Abs(low), Vector512.Abs(high));
-        Vector256<float> folded = Vector256.Max(magnitudes.GetLower(), magnitudes.GetUpper());
-        Vector128<float> quarter = Vector128.Max(folded.GetLower(), folded.GetUpper());
-        quarter = Vector128.Max(quarter, Vector128.Shuffle(quarter, Vector128.Create(2, 3, 0, 1)));
-        float d = MathF.Max(quarter.GetElement(0), quarter.GetElement(1)) / 127f;
-        var inverse = Vector512.Create(d != 0 ? 1f / d : 0f);
-        Vector512<int> qLow = Q8Row.RoundHalfAwayFromZero(low * inverse), qHigh = Q8Row.RoundHalfAwayFromZero(high * inverse);
-        Vector128<sbyte> bytesLow = Avx512F.ConvertToVector128SByte(qLow), bytesHigh = Avx512F.ConvertToVector128SByte(qHigh);
-        var spread0 = Vector512.Create(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-        Avx512F.PermuteVar16x32(bytesLow.AsInt32().ToVector256Unsafe().ToVector512Unsafe(), spread0).Store((int*)quants);
-        Avx512F.PermuteVar16x32(bytesHigh.AsInt32().ToVector256Unsafe().ToVector512Unsafe(), spread0).Store((int*)(quants + 64));
-        *scale = d;
-        if (!withOffsets) return;
-        // u[i] = q[i] + q[16+i] + q[8+i] + q[24+i] for i < 8; lane L' of the offsets sums u[4L'..4L'+3].
-        Vector512<int> pairs = qLow + qHigh;
-        Vector256<int> u = pairs.GetLower() + pairs.GetUpper();
-        Vector256<int> h = Avx2.HorizontalAdd(u, u);
-        h = Avx2.HorizontalAdd(h, h); // [Σu0..3 ×4 | Σu4..7 ×4]
-        (h * 8).Store(offsets);
     }
 }

@@ -75,7 +75,7 @@ public static class WeightLayouts
         PackedFormat.F32 => "F32x4 chunked",
         PackedFormat.BF16 => "BF16x4 chunked",
         PackedFormat.Q8_0 => "Q8_0x4 interleaved",
-        PackedFormat.Q4_0 => "Q4_0x4 interleaved",
+        PackedFormat.Q4_0 => "Q4_0x8 interleaved",
         _ => format.ToString(),
     };
 
@@ -115,27 +115,31 @@ public static class WeightLayouts
 }
 
 /// <summary>
-/// The weights of one (fused) matmul, packed for the tile kernels of <see cref="Gemm"/> in groups of 4 rows. A matmul
+/// The weights of one (fused) matmul, packed for the tile kernels of <see cref="Gemm"/>. Work is split in groups of 4
+/// rows; memory holds strips of <see cref="StripRows"/> rows (4, or 8 for Q4_0: two groups stored together). A matmul
 /// of several weights stacks them as segments, each starting at a multiple of 4 rows (padding rows are zero), so no
 /// group straddles two epilogues. Native, 64-byte aligned memory: it never moves.
 /// <list type="bullet">
 /// <item>F32 / BF16: per group, K/16 chunks of 16 elements of row 0, 1, 2, 3 in turn, then the last K mod 16 elements
 /// of each row: the tile kernel reads a group front to back, one stream (four rows read side by side as four
 /// streams 4K apart lose a third of the bandwidth here).</item>
-/// <item>Q8_0 / Q4_0: per group, K/32 blocks of quants, then K/32 × 4 fp16 scales (the rows' stored scales, as
-/// they are), the group padded to 64 bytes. In a block, 128-bit lane L of each 64-byte vector holds 4 bytes of row
-/// 0, then of row 1, 2, 3: Q8_0's first vector holds elements 4L..4L+3 of each row, its second elements
-/// 16+4L..16+4L+3; Q4_0's one vector holds the rows' stored bytes 4L..4L+3, whose low nibbles are elements
-/// 4L..4L+3 and high nibbles elements 16+4L..16+4L+3. One multiply-add then leaves each int32 lane with one row's
-/// partial sum, so a row's scale applies lane by lane and 4 rows reduce together at the end.</item>
+/// <item>Q8_0: per group, K/32 blocks of quants, then K/32 × 4 fp16 scales (the rows' stored scales, as they are),
+/// the group padded to 64 bytes. In a block, 128-bit lane L of each 64-byte vector holds 4 bytes of row 0, then of
+/// row 1, 2, 3: the first vector holds elements 4L..4L+3 of each row, the second elements 16+4L..16+4L+3. One
+/// multiply-add then leaves each int32 lane with one row's partial sum, so a row's scale applies lane by lane and 4
+/// rows reduce together at the end.</item>
+/// <item>Q4_0: per strip of 8 rows, K/32 blocks of 128 bytes, then K/32 × 8 fp16 scales, padded to 64 bytes. In a
+/// block, 32-byte vector j holds the stored bytes 4j..4j+3 of row 0, then of rows 1..7: their low nibbles are
+/// elements 4j..4j+3, their high nibbles elements 16+4j..16+4j+3. Against one broadcast of 4 activations, a
+/// multiply-add covers 8 rows at once and the int32 sums come out one per row, complete: no lanes to fold.</item>
 /// </list>
 /// A weight stored in the packed format is copied from its stored blocks (bit-identical quants and scales); any other
 /// is converted once here: rounded to BF16, or quantized with GGML's reference quantizer.
 /// </summary>
 public sealed unsafe class PackedMatrix : IDisposable
 {
-    /// <summary>Bytes of one packed block (32 elements × 4 rows) of quants.</summary>
-    internal const int Q8BlockBytes = 128, Q4BlockBytes = 64;
+    /// <summary>Bytes of one packed block of quants: 32 elements × 4 rows (Q8_0), × 8 rows (Q4_0).</summary>
+    internal const int Q8BlockBytes = 128, Q4BlockBytes = 128;
 
     private readonly NativeBlock _memory;
     private readonly List<string> _sources = new();
@@ -152,15 +156,16 @@ public sealed unsafe class PackedMatrix : IDisposable
         Rows = rows;
         K = k;
         Blocks = WeightLayouts.IsQuantized(format) ? k / 32 : 0;
-        GroupBytes = format switch
+        StripRows = format == PackedFormat.Q4_0 ? 8 : 4;
+        StripBytes = format switch
         {
             PackedFormat.F32 => 4L * k * sizeof(float),
             PackedFormat.BF16 => 4L * k * sizeof(ushort),
-            PackedFormat.Q8_0 => RoundUp(Blocks * (Q8BlockBytes + 8L), 64),
-            PackedFormat.Q4_0 => RoundUp(Blocks * (Q4BlockBytes + 8L), 64),
+            PackedFormat.Q8_0 => RoundUp(Blocks * (Q8BlockBytes + 4L * sizeof(ushort)), 64),
+            PackedFormat.Q4_0 => RoundUp(Blocks * (Q4BlockBytes + 8L * sizeof(ushort)), 64),
             _ => throw new ArgumentOutOfRangeException(nameof(format), format, "Not a packed format."),
         };
-        _memory = new NativeBlock(checked(GroupBytes * Groups));
+        _memory = new NativeBlock(checked(StripBytes * Strips));
     }
 
     public PackedFormat Format { get; }
@@ -176,13 +181,19 @@ public sealed unsafe class PackedMatrix : IDisposable
     /// <summary>Blocks of 32 per row (quantized formats; 0 otherwise).</summary>
     public int Blocks { get; }
 
-    /// <summary>Bytes from one group to the next.</summary>
-    public long GroupBytes { get; }
+    /// <summary>Rows stored together: 4, or 8 for Q4_0 (whose last strip is half padding when the groups are odd).</summary>
+    public int StripRows { get; }
+
+    /// <summary>Strips of <see cref="StripRows"/> rows in memory.</summary>
+    public int Strips => (Rows + StripRows - 1) / StripRows;
+
+    /// <summary>Bytes from one strip to the next.</summary>
+    public long StripBytes { get; }
 
     /// <summary>Bytes of packed weights.</summary>
-    public long ByteCount => GroupBytes * Groups;
+    public long ByteCount => StripBytes * Strips;
 
-    /// <summary>The first group.</summary>
+    /// <summary>The first strip.</summary>
     public byte* Data => _memory.Pointer;
 
     /// <summary>Where each packed weight came from ("Wq: stored Q4_0 blocks"), for the plan's report.</summary>
@@ -225,8 +236,8 @@ public sealed unsafe class PackedMatrix : IDisposable
     {
         ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual((uint)row, (uint)Rows, nameof(row));
         if (destination.Length != K) throw new ArgumentException($"A row holds {K} values, not {destination.Length}.", nameof(destination));
-        byte* group = Data + row / 4 * GroupBytes;
-        int r = row % 4;
+        byte* group = Data + row / StripRows * StripBytes;
+        int r = row % StripRows;
         switch (Format)
         {
             case PackedFormat.F32:
@@ -235,28 +246,44 @@ public sealed unsafe class PackedMatrix : IDisposable
             case PackedFormat.BF16:
                 for (int i = 0; i < K; i++) destination[i] = BitConverter.UInt32BitsToSingle((uint)((ushort*)group)[FloatIndex(r, i)] << 16);
                 break;
-            default:
+            case PackedFormat.Q8_0:
             {
-                bool q4 = Format == PackedFormat.Q4_0;
-                int blockBytes = q4 ? Q4BlockBytes : Q8BlockBytes;
-                ushort* scales = (ushort*)(group + (long)Blocks * blockBytes);
+                ushort* scales = (ushort*)(group + (long)Blocks * Q8BlockBytes);
                 for (int b = 0; b < Blocks; b++)
                 {
-                    byte* quants = group + (long)b * blockBytes;
                     float scale = Fp16.ToSingle(scales[b * 4 + r]);
-                    for (int e = 0; e < 32; e++)
-                    {
-                        int lane = (e % 16) / 4, j = e % 4, half = e / 16;
-                        int q = q4
-                            ? (half == 0 ? quants[lane * 16 + r * 4 + j] & 0x0F : quants[lane * 16 + r * 4 + j] >> 4) - 8
-                            : (sbyte)quants[half * 64 + lane * 16 + r * 4 + j];
-                        destination[b * 32 + e] = q * scale;
-                    }
+                    for (int e = 0; e < 32; e++) destination[b * 32 + e] = Q8Quant(group, b, r, e) * scale;
+                }
+                break;
+            }
+            default:
+            {
+                ushort* scales = (ushort*)(group + (long)Blocks * Q4BlockBytes);
+                for (int b = 0; b < Blocks; b++)
+                {
+                    float scale = Fp16.ToSingle(scales[b * 8 + r]);
+                    for (int e = 0; e < 32; e++) destination[b * 32 + e] = Q4Quant(group, b, r, e) * scale;
                 }
                 break;
             }
         }
     }
+
+    /// <summary>Element <paramref name="e"/> of block <paramref name="b"/> of row <paramref name="r"/> of a Q8_0 group, as stored.</summary>
+    internal static int Q8Quant(byte* group, int b, int r, int e) =>
+        (sbyte)group[(long)b * Q8BlockBytes + e / 16 * 64 + (e % 16) / 4 * 16 + r * 4 + e % 4];
+
+    /// <summary>Element <paramref name="e"/> of block <paramref name="b"/> of row <paramref name="r"/> of a Q4_0 strip: its nibble − 8.</summary>
+    internal static int Q4Quant(byte* strip, int b, int r, int e)
+    {
+        byte packed = strip[(long)b * Q4BlockBytes + (e % 16) / 4 * 32 + r * 4 + e % 4];
+        return (e < 16 ? packed & 0x0F : packed >> 4) - 8;
+    }
+
+    /// <summary>The fp16 scale bits of block <paramref name="b"/> of row <paramref name="r"/> in its group (Q8_0) or strip (Q4_0).</summary>
+    internal ushort ScaleBits(byte* strip, int b, int r) => Format == PackedFormat.Q4_0
+        ? ((ushort*)(strip + (long)Blocks * Q4BlockBytes))[b * 8 + r]
+        : ((ushort*)(strip + (long)Blocks * Q8BlockBytes))[b * 4 + r];
 
     /// <summary>Where element <paramref name="i"/> of row <paramref name="r"/> sits in a float layout's group, in elements.</summary>
     internal int FloatIndex(int r, int i)
@@ -296,8 +323,8 @@ public sealed unsafe class PackedMatrix : IDisposable
     /// <summary>Writes one row, given in the packed format's plain encoding (floats, bf16 bits or GGML blocks).</summary>
     private void PackRow(int row, ReadOnlySpan<byte> encoded)
     {
-        byte* group = Data + row / 4 * GroupBytes;
-        int r = row % 4;
+        byte* group = Data + row / StripRows * StripBytes;
+        int r = row % StripRows;
         switch (Format)
         {
             case PackedFormat.F32:
@@ -337,11 +364,11 @@ public sealed unsafe class PackedMatrix : IDisposable
                 for (int b = 0; b < Blocks; b++)
                 {
                     var block = encoded.Slice(b * 18, 18);
-                    scales[b * 4 + r] = BinaryPrimitives.ReadUInt16LittleEndian(block);
+                    scales[b * 8 + r] = BinaryPrimitives.ReadUInt16LittleEndian(block);
                     byte* quants = group + (long)b * Q4BlockBytes;
-                    for (int lane = 0; lane < 4; lane++)
-                        for (int j = 0; j < 4; j++)
-                            quants[lane * 16 + r * 4 + j] = block[2 + 4 * lane + j];
+                    for (int j = 0; j < 4; j++)
+                        for (int e = 0; e < 4; e++)
+                            quants[j * 32 + r * 4 + e] = block[2 + 4 * j + e];
                 }
                 break;
             }
