@@ -207,7 +207,7 @@ public sealed class SyntheticDifferentialTests : IDisposable
         string report = plan.FusionReport;
         Assert.Contains("Layouts chosen for this model file:", report);
         // attn_q/k are Q4_0 and attn_v Q8_0: the fused matmul takes the more precise Q8_0 for all three.
-        Assert.Contains("_wqWkWv[layer] (layers 0-1): Q8_0x4 interleaved", report);
+        Assert.Contains("_wqWkWv[layer] (layers 0-1): Q8_0x8 interleaved", report);
         Assert.Contains("Wq: Q4_0 dequantized, requantized", report);
         Assert.Contains("Wv: stored Q8_0 copied", report);
         // Q6_K and Q4_K have no kernel: dequantized and requantized to Q8_0.

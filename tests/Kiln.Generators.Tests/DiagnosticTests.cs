@@ -185,7 +185,7 @@ public sealed class DiagnosticTests
         Assert.Empty(run.CompilationErrors);
         string text = Assert.Single(run.Sources).SourceText.ToString();
         Assert.Contains("W → _w [Hidden, Dim], one segment: Q4_0x8 interleaved, as [Quantize(WeightFormat.Q4_0)] on the weight asks", text);
-        Assert.Contains("W2 → _w2 [Dim, Hidden], one segment: Q8_0x4 interleaved, as [Quantize(WeightFormat.Q8_0)] on Tiny asks", text);
+        Assert.Contains("W2 → _w2 [Dim, Hidden], one segment: Q8_0x8 interleaved, as [Quantize(WeightFormat.Q8_0)] on Tiny asks", text);
         Assert.Contains("global::Kiln.Kernels.MatMul.Gemm.Q4_0(Weights, Input, first, end, ref epilogue); // [Quantize(Q4_0)]: the one kernel needed", text);
         Assert.DoesNotContain("switch (Weights.Format)", text); // explicit formats emit only their own kernel
     }

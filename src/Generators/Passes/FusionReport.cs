@@ -73,12 +73,11 @@ internal static class FusionReport
 
     private const string AsStoredRule =
         "F32 and F16 → F32x4 (F16 widened exactly); BF16 → BF16x4 (widened exactly in the kernel); "
-        + "Q8_0 → Q8_0x4 interleaved (the file's quants and fp16 scales copied); Q4_0 → Q4_0x8 interleaved (the file's nibbles and fp16 scales copied); "
-        + "any other type (Q4_K, Q6_K, …) → Q8_0x4 (dequantized, requantized); weights of different types in one matmul → the most precise "
+        + "Q8_0 → Q8_0x8 interleaved (the file's quants and fp16 scales copied); Q4_0 → Q4_0x8 interleaved (the file's nibbles and fp16 scales copied); "
+        + "any other type (Q4_K, Q6_K, …) → Q8_0x8 (dequantized, requantized); weights of different types in one matmul → the most precise "
         + "of their layouts. Work goes in groups of 4 rows and every tile reads each weight once for several tokens: F32x4/BF16x4 hold 16-element "
-        + "chunks of the 4 rows in turn (the kernel streams a group front to back); Q8_0x4 interleaves the rows 4 bytes at a time "
-        + "(one multiply-add leaves each row's partial sum in its own lane); Q4_0x8 stores two groups together, 8 rows 4 bytes at a time "
-        + "(one multiply-add against 4 broadcast activations covers all 8 rows, each row's sum complete in its own lane)";
+        + "chunks of the 4 rows in turn (the kernel streams a group front to back); Q8_0x8/Q4_0x8 store two groups together, 8 rows 4 bytes "
+        + "at a time (one multiply-add against 4 broadcast activations covers all 8 rows, each row's sum complete in its own lane)";
 
     /// <summary>The layout rule for a matmul's weights, and why.</summary>
     private static string Rule(string format, Syntax.ModelInfo model)
@@ -89,7 +88,7 @@ internal static class FusionReport
             "AsStored" => "as stored (the rule above)",
             "F32" => $"F32x4, as {why} asks (any stored type dequantized)",
             "BF16" => $"BF16x4, as {why} asks (stored BF16 copied, anything else rounded to nearest even)",
-            "Q8_0" => $"Q8_0x4 interleaved, as {why} asks (stored Q8_0 blocks copied, anything else quantized once by GGML's reference quantizer); 4 rows per group so a tile reads each block once for 4 tokens",
+            "Q8_0" => $"Q8_0x8 interleaved, as {why} asks (stored Q8_0 blocks copied, anything else quantized once by GGML's reference quantizer); 8 rows per strip so a tile reads each block once for 8 tokens",
             _ => $"Q4_0x8 interleaved, as {why} asks (stored Q4_0 blocks copied, anything else quantized once by GGML's reference quantizer); 8 rows per strip so a tile reads each block once for 8 tokens",
         };
     }

@@ -44,15 +44,11 @@ public readonly unsafe struct GemmInput
 /// straight into the float rows (F32/BF16 layouts) or quantized straight into Q8 activations (Q8_0/Q4_0 layouts)
 /// in the same pass — a norm weight cannot fold into quantized columns without requantizing them.
 /// <para>
-/// A block's quants q: d = max|x|/127, q = round(x/d) halves away from zero, as GGML's quantize_row_q8_0 but with d
-/// kept in float32. Each layout stores them as its kernel reads them (<see cref="PackedMatrix"/>), per token:
+/// Q8 activations of one token, for both quantized layouts: K/32 blocks of 32 quants as they are (the kernels
+/// broadcast 4 at a time to the 8 rows of a strip), K/32 int32 offsets 8·Σq (Q4_0 stores n = w + 8, and
+/// Σ(n − 8)·q = Σn·q − offset), then K/32 float scales. A block's quants: d = max|x|/127, q = round(x/d) halves away
+/// from zero, as GGML's quantize_row_q8_0 but with d kept in float32.
 /// </para>
-/// <list type="bullet">
-/// <item>Q8_0, spread: K/32 blocks of 128 bytes of quants, K/32 float scales. In a block's first 64 bytes 128-bit
-/// lane L repeats q[4L..4L+3] four times (once per row of a group), in its second 64 bytes q[16+4L..16+4L+3].</item>
-/// <item>Q4_0, compact: K/32 blocks of the 32 quants as they are (the kernel broadcasts 4 at a time to 8 rows),
-/// K/32 int32 offsets 8·Σq, so that Σ(n − 8)·q = Σn·q − offset, then K/32 float scales.</item>
-/// </list>
 /// </summary>
 public sealed unsafe class GemmScratch : IDisposable
 {
@@ -68,19 +64,15 @@ public sealed unsafe class GemmScratch : IDisposable
         MaxK = maxK;
         _floatStride = (maxK + 15) & ~15;
         _floatBytes = (long)maxTokens * _floatStride * sizeof(float);
-        _memory = new NativeBlock(_floatBytes + (long)maxTokens * Math.Max(QuantStride(PackedFormat.Q8_0, maxK / 32 * 32), QuantStride(PackedFormat.Q4_0, maxK / 32 * 32)));
+        _memory = new NativeBlock(_floatBytes + (long)maxTokens * QuantStride(maxK / 32 * 32));
     }
 
     public int MaxTokens { get; }
 
     public int MaxK { get; }
 
-    /// <summary>Bytes of one token's Q8 activations for <paramref name="format"/>'s kernel, rows of <paramref name="k"/> elements (a multiple of 64).</summary>
-    public static int QuantStride(PackedFormat format, int k) =>
-        ((k / 32) * (format == PackedFormat.Q4_0 ? Q4ActivationBlockBytes : Q8ActivationBlockBytes) + 63) & ~63;
-
-    // Per block of 32: spread quants + scale (Q8_0); quants + offset + scale (Q4_0).
-    internal const int Q8ActivationBlockBytes = 128 + sizeof(float), Q4ActivationBlockBytes = 32 + sizeof(int) + sizeof(float);
+    /// <summary>Bytes of one token's Q8 activations for rows of <paramref name="k"/> elements (a multiple of 64).</summary>
+    public static int QuantStride(int k) => ((k / 32) * (32 + sizeof(int) + sizeof(float)) + 63) & ~63;
 
     /// <summary>
     /// Prepares <paramref name="tokens"/> rows of <paramref name="x"/> (token t at <c>t·xStride</c>, K elements) for a
@@ -113,13 +105,12 @@ public sealed unsafe class GemmScratch : IDisposable
             Floats = (float*)_memory.Pointer,
             FloatStride = _floatStride,
             Quants = quantized ? quants : null,
-            QuantStride = QuantStride(format, k),
-            Compact = format == PackedFormat.Q4_0,
+            QuantStride = QuantStride(k),
         };
         if (tokens >= 8 && pool.ThreadCount > 1) pool.Run(tokens, Math.Max(1, tokens / (4 * pool.ThreadCount)), work);
         else if (tokens > 0) work.Execute(0, tokens);
         return quantized
-            ? new GemmInput(tokens, k, null, 0, quants, QuantStride(format, k))
+            ? new GemmInput(tokens, k, null, 0, quants, QuantStride(k))
             : new GemmInput(tokens, k, (float*)_memory.Pointer, _floatStride, null, 0);
     }
 
@@ -135,7 +126,6 @@ public sealed unsafe class GemmScratch : IDisposable
         public int FloatStride;
         public byte* Quants;
         public int QuantStride;
-        public bool Compact;
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public void Execute(int start, int end)
@@ -149,9 +139,7 @@ public sealed unsafe class GemmScratch : IDisposable
                     Normalize(source, floats, K, Norm, Eps);
                     source = floats;
                 }
-                if (Quants is null) continue;
-                if (Compact) QuantizeCompact(source, Quants + (long)t * QuantStride, K);
-                else QuantizeSpread(source, Quants + (long)t * QuantStride, K);
+                if (Quants is not null) Quantize(source, Quants + (long)t * QuantStride, K);
             }
         }
     }
@@ -204,23 +192,9 @@ public sealed unsafe class GemmScratch : IDisposable
         return sum;
     }
 
-    /// <summary>Quantizes one token's K values into Q8_0's spread activations (layout in the class summary).</summary>
+    /// <summary>Quantizes one token's K values into its Q8 activations (layout in the class summary).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void QuantizeSpread(float* x, byte* destination, int k)
-    {
-        int blocks = k / 32;
-        float* scales = (float*)(destination + blocks * 128);
-        sbyte* q = stackalloc sbyte[32];
-        for (int b = 0; b < blocks; b++)
-        {
-            scales[b] = QuantizeBlock(x + b * 32, q);
-            Spread(q, destination + b * 128);
-        }
-    }
-
-    /// <summary>Quantizes one token's K values into Q4_0's compact activations (layout in the class summary).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void QuantizeCompact(float* x, byte* destination, int k)
+    internal static void Quantize(float* x, byte* destination, int k)
     {
         int blocks = k / 32;
         int* offsets = (int*)(destination + blocks * 32);
@@ -262,29 +236,5 @@ public sealed unsafe class GemmScratch : IDisposable
         int sum = 0;
         for (int i = 0; i < 32; i++) sum += q[i];
         return sum;
-    }
-
-    /// <summary>The spread layout of one block's 32 quants: 128 bytes (see the class summary).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static void Spread(sbyte* q, byte* destination)
-    {
-        if (Avx512F.IsSupported)
-        {
-            var spread = Vector512.Create(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-            Avx512F.PermuteVar16x32(Vector128.Load((int*)q).ToVector256Unsafe().ToVector512Unsafe(), spread).Store((int*)destination);
-            Avx512F.PermuteVar16x32(Vector128.Load((int*)(q + 16)).ToVector256Unsafe().ToVector512Unsafe(), spread).Store((int*)(destination + 64));
-            return;
-        }
-        for (int lane = 0; lane < 4; lane++)
-        {
-            for (int row = 0; row < 4; row++)
-            {
-                for (int j = 0; j < 4; j++)
-                {
-                    destination[lane * 16 + row * 4 + j] = (byte)q[4 * lane + j];
-                    destination[64 + lane * 16 + row * 4 + j] = (byte)q[16 + 4 * lane + j];
-                }
-            }
-        }
     }
 }

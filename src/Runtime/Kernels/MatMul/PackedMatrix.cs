@@ -74,7 +74,7 @@ public static class WeightLayouts
     {
         PackedFormat.F32 => "F32x4 chunked",
         PackedFormat.BF16 => "BF16x4 chunked",
-        PackedFormat.Q8_0 => "Q8_0x4 interleaved",
+        PackedFormat.Q8_0 => "Q8_0x8 interleaved",
         PackedFormat.Q4_0 => "Q4_0x8 interleaved",
         _ => format.ToString(),
     };
@@ -116,30 +116,27 @@ public static class WeightLayouts
 
 /// <summary>
 /// The weights of one (fused) matmul, packed for the tile kernels of <see cref="Gemm"/>. Work is split in groups of 4
-/// rows; memory holds strips of <see cref="StripRows"/> rows (4, or 8 for Q4_0: two groups stored together). A matmul
-/// of several weights stacks them as segments, each starting at a multiple of 4 rows (padding rows are zero), so no
-/// group straddles two epilogues. Native, 64-byte aligned memory: it never moves.
+/// rows; memory holds strips of <see cref="StripRows"/> rows (4 for the float layouts, 8 for the quantized ones: two
+/// groups stored together). A matmul of several weights stacks them as segments, each starting at a multiple of 4 rows
+/// (padding rows are zero), so no group straddles two epilogues. Native, 64-byte aligned memory: it never moves.
 /// <list type="bullet">
 /// <item>F32 / BF16: per group, K/16 chunks of 16 elements of row 0, 1, 2, 3 in turn, then the last K mod 16 elements
 /// of each row: the tile kernel reads a group front to back, one stream (four rows read side by side as four
 /// streams 4K apart lose a third of the bandwidth here).</item>
-/// <item>Q8_0: per group, K/32 blocks of quants, then K/32 × 4 fp16 scales (the rows' stored scales, as they are),
-/// the group padded to 64 bytes. In a block, 128-bit lane L of each 64-byte vector holds 4 bytes of row 0, then of
-/// row 1, 2, 3: the first vector holds elements 4L..4L+3 of each row, the second elements 16+4L..16+4L+3. One
-/// multiply-add then leaves each int32 lane with one row's partial sum, so a row's scale applies lane by lane and 4
-/// rows reduce together at the end.</item>
-/// <item>Q4_0: per strip of 8 rows, K/32 blocks of 128 bytes, then K/32 × 8 fp16 scales, padded to 64 bytes. In a
-/// block, 32-byte vector j holds the stored bytes 4j..4j+3 of row 0, then of rows 1..7: their low nibbles are
-/// elements 4j..4j+3, their high nibbles elements 16+4j..16+4j+3. Against one broadcast of 4 activations, a
-/// multiply-add covers 8 rows at once and the int32 sums come out one per row, complete: no lanes to fold.</item>
+/// <item>Q8_0 / Q4_0: per strip of 8 rows, K/32 blocks of quants, then K/32 × 8 fp16 scales (the rows' stored scales,
+/// as they are), the strip padded to 64 bytes. In a block, 32-byte vector j holds 4 stored bytes of row 0, then of
+/// rows 1..7: Q8_0's vector j (of 8) elements 4j..4j+3; Q4_0's vector j (of 4) the bytes 4j..4j+3, whose low
+/// nibbles are elements 4j..4j+3 and high nibbles elements 16+4j..16+4j+3. Against one broadcast of 4 activations, a
+/// multiply-add covers 8 rows at once and the int32 sums come out one per row, complete: no lanes to fold (the
+/// last strip is half padding when the groups are odd).</item>
 /// </list>
 /// A weight stored in the packed format is copied from its stored blocks (bit-identical quants and scales); any other
 /// is converted once here: rounded to BF16, or quantized with GGML's reference quantizer.
 /// </summary>
 public sealed unsafe class PackedMatrix : IDisposable
 {
-    /// <summary>Bytes of one packed block of quants: 32 elements × 4 rows (Q8_0), × 8 rows (Q4_0).</summary>
-    internal const int Q8BlockBytes = 128, Q4BlockBytes = 128;
+    /// <summary>Bytes of one packed block of quants: 32 elements × 8 rows.</summary>
+    internal const int Q8BlockBytes = 256, Q4BlockBytes = 128;
 
     private readonly NativeBlock _memory;
     private readonly List<string> _sources = new();
@@ -156,12 +153,12 @@ public sealed unsafe class PackedMatrix : IDisposable
         Rows = rows;
         K = k;
         Blocks = WeightLayouts.IsQuantized(format) ? k / 32 : 0;
-        StripRows = format == PackedFormat.Q4_0 ? 8 : 4;
+        StripRows = WeightLayouts.IsQuantized(format) ? 8 : 4;
         StripBytes = format switch
         {
             PackedFormat.F32 => 4L * k * sizeof(float),
             PackedFormat.BF16 => 4L * k * sizeof(ushort),
-            PackedFormat.Q8_0 => RoundUp(Blocks * (Q8BlockBytes + 4L * sizeof(ushort)), 64),
+            PackedFormat.Q8_0 => RoundUp(Blocks * (Q8BlockBytes + 8L * sizeof(ushort)), 64),
             PackedFormat.Q4_0 => RoundUp(Blocks * (Q4BlockBytes + 8L * sizeof(ushort)), 64),
             _ => throw new ArgumentOutOfRangeException(nameof(format), format, "Not a packed format."),
         };
@@ -181,7 +178,7 @@ public sealed unsafe class PackedMatrix : IDisposable
     /// <summary>Blocks of 32 per row (quantized formats; 0 otherwise).</summary>
     public int Blocks { get; }
 
-    /// <summary>Rows stored together: 4, or 8 for Q4_0 (whose last strip is half padding when the groups are odd).</summary>
+    /// <summary>Rows stored together: 4, or 8 for the quantized layouts (whose last strip is half padding when the groups are odd).</summary>
     public int StripRows { get; }
 
     /// <summary>Strips of <see cref="StripRows"/> rows in memory.</summary>
@@ -248,20 +245,18 @@ public sealed unsafe class PackedMatrix : IDisposable
                 break;
             case PackedFormat.Q8_0:
             {
-                ushort* scales = (ushort*)(group + (long)Blocks * Q8BlockBytes);
                 for (int b = 0; b < Blocks; b++)
                 {
-                    float scale = Fp16.ToSingle(scales[b * 4 + r]);
+                    float scale = Fp16.ToSingle(ScaleBits(group, b, r));
                     for (int e = 0; e < 32; e++) destination[b * 32 + e] = Q8Quant(group, b, r, e) * scale;
                 }
                 break;
             }
             default:
             {
-                ushort* scales = (ushort*)(group + (long)Blocks * Q4BlockBytes);
                 for (int b = 0; b < Blocks; b++)
                 {
-                    float scale = Fp16.ToSingle(scales[b * 8 + r]);
+                    float scale = Fp16.ToSingle(ScaleBits(group, b, r));
                     for (int e = 0; e < 32; e++) destination[b * 32 + e] = Q4Quant(group, b, r, e) * scale;
                 }
                 break;
@@ -269,9 +264,9 @@ public sealed unsafe class PackedMatrix : IDisposable
         }
     }
 
-    /// <summary>Element <paramref name="e"/> of block <paramref name="b"/> of row <paramref name="r"/> of a Q8_0 group, as stored.</summary>
-    internal static int Q8Quant(byte* group, int b, int r, int e) =>
-        (sbyte)group[(long)b * Q8BlockBytes + e / 16 * 64 + (e % 16) / 4 * 16 + r * 4 + e % 4];
+    /// <summary>Element <paramref name="e"/> of block <paramref name="b"/> of row <paramref name="r"/> of a Q8_0 strip, as stored.</summary>
+    internal static int Q8Quant(byte* strip, int b, int r, int e) =>
+        (sbyte)strip[(long)b * Q8BlockBytes + e / 4 * 32 + r * 4 + e % 4];
 
     /// <summary>Element <paramref name="e"/> of block <paramref name="b"/> of row <paramref name="r"/> of a Q4_0 strip: its nibble − 8.</summary>
     internal static int Q4Quant(byte* strip, int b, int r, int e)
@@ -280,10 +275,9 @@ public sealed unsafe class PackedMatrix : IDisposable
         return (e < 16 ? packed & 0x0F : packed >> 4) - 8;
     }
 
-    /// <summary>The fp16 scale bits of block <paramref name="b"/> of row <paramref name="r"/> in its group (Q8_0) or strip (Q4_0).</summary>
-    internal ushort ScaleBits(byte* strip, int b, int r) => Format == PackedFormat.Q4_0
-        ? ((ushort*)(strip + (long)Blocks * Q4BlockBytes))[b * 8 + r]
-        : ((ushort*)(strip + (long)Blocks * Q8BlockBytes))[b * 4 + r];
+    /// <summary>The fp16 scale bits of block <paramref name="b"/> of row <paramref name="r"/> in its strip (quantized layouts).</summary>
+    internal ushort ScaleBits(byte* strip, int b, int r) =>
+        ((ushort*)(strip + (long)Blocks * (Format == PackedFormat.Q4_0 ? Q4BlockBytes : Q8BlockBytes)))[b * 8 + r];
 
     /// <summary>Where element <paramref name="i"/> of row <paramref name="r"/> sits in a float layout's group, in elements.</summary>
     internal int FloatIndex(int r, int i)
@@ -345,16 +339,11 @@ public sealed unsafe class PackedMatrix : IDisposable
                 for (int b = 0; b < Blocks; b++)
                 {
                     var block = encoded.Slice(b * 34, 34);
-                    scales[b * 4 + r] = BinaryPrimitives.ReadUInt16LittleEndian(block);
+                    scales[b * 8 + r] = BinaryPrimitives.ReadUInt16LittleEndian(block);
                     byte* quants = group + (long)b * Q8BlockBytes;
-                    for (int lane = 0; lane < 4; lane++)
-                    {
-                        for (int j = 0; j < 4; j++)
-                        {
-                            quants[lane * 16 + r * 4 + j] = block[2 + 4 * lane + j];
-                            quants[64 + lane * 16 + r * 4 + j] = block[2 + 16 + 4 * lane + j];
-                        }
-                    }
+                    for (int j = 0; j < 8; j++)
+                        for (int e = 0; e < 4; e++)
+                            quants[j * 32 + r * 4 + e] = block[2 + 4 * j + e];
                 }
                 break;
             }
