@@ -65,18 +65,18 @@ public static unsafe class MachineLimits
     /// memory traffic), in the cheapest form Kiln's kernels use for that weight format without VNNI (.NET 10 has no
     /// 512-bit VNNI class): for Q4_0 nibbles, an 8-row strip's eight vpmaddubsw against broadcast activations summed
     /// in int16 (nibbles cannot saturate), one vpmaddwd, the offset, convert and scale FMA per 256 multiply-adds; for
-    /// Q8_0 bytes, |w| against sign-adjusted activations, each vpmaddubsw widened alone, then convert and FMA. An upper
-    /// bound for that format's GEMM here; 0 without AVX-512BW.
+    /// Q8_0 bytes, |w| against activations signed by w, each vpmaddubsw widened alone, then convert and FMA. An upper
+    /// bound for that format's GEMM here; 0 without AVX2.
     /// </summary>
     public static double PeakInt8BlockMacs(int threads, bool nibbles, int repetitions = 5)
     {
-        if (!Avx512BW.IsSupported) return 0;
+        if (!Avx2.IsSupported || !Fma.IsSupported) return 0;
         const long Iterations = 5_000_000;
         double best = 0;
         for (int r = 0; r < repetitions; r++)
         {
-            // Both rounds are 8 × 256 multiply-adds: 8 tokens × one 8-row strip, or 8 accumulators × two 4-row blocks.
-            double seconds = RunOnThreads(threads, t => Sink[t * 16] = nibbles ? NibbleBlockDots(Iterations) : ByteBlockDots(2 * Iterations));
+            // A round is 8 tokens × one 8-row strip block: 8 × 256 multiply-adds.
+            double seconds = RunOnThreads(threads, t => Sink[t * 16] = nibbles ? NibbleBlockDots(Iterations) : ByteBlockDots(Iterations));
             best = Math.Max(best, threads * Iterations * 8 * 256.0 / seconds);
         }
         return best;
@@ -180,39 +180,53 @@ public static unsafe class MachineLimits
         return Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(dots), scales * Vector256.Create(*(float*)(a + 9)), accumulator);
     }
 
+    // The same 8-token × 8-row tile in Q8_0's form: per token, eight broadcasts signed by the weights, eight
+    // vpmaddubsw of |w| each widened alone (two byte products can overflow int16), 256 multiply-adds.
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static double ByteBlockDots(long iterations)
     {
-        var packed = Vector512.Create((sbyte)-37);
-        Vector512<sbyte> x0 = Vector512.Create((sbyte)1), x1 = Vector512.Create((sbyte)2);
-        var scale = Vector512.Create(0.5f);
-        Vector512<float> f0 = default, f1 = default, f2 = default, f3 = default, f4 = default, f5 = default, f6 = default, f7 = default;
+        const int TokenInts = 10;
+        int* activations = stackalloc int[2 * 8 * TokenInts];
+        for (int i = 0; i < 2 * 8 * TokenInts; i++) activations[i] = i % TokenInts == 9 ? BitConverter.SingleToInt32Bits(0.5f) : 0x01020304 + i;
+        var packed = Vector256.Create((sbyte)-37);
+        var flip = Vector256.Create((sbyte)0x55);
+        var scales = Vector256.Create(0.25f);
+        Vector256<float> f0 = default, f1 = default, f2 = default, f3 = default, f4 = default, f5 = default, f6 = default, f7 = default;
         for (long i = 0; i < iterations; i++)
         {
-            Vector512<sbyte> w0 = packed, w1 = packed ^ Vector512.Create((sbyte)0x55);
-            f0 = Vector512.FusedMultiplyAdd(ByteDot(w0, w1, x0, x1), scale, f0);
-            f1 = Vector512.FusedMultiplyAdd(ByteDot(w0, w1, x1, x0), scale, f1);
-            f2 = Vector512.FusedMultiplyAdd(ByteDot(w1, w0, x0, x1), scale, f2);
-            f3 = Vector512.FusedMultiplyAdd(ByteDot(w1, w0, x1, x0), scale, f3);
-            f4 = Vector512.FusedMultiplyAdd(ByteDot(w0, w0, x0, x1), scale, f4);
-            f5 = Vector512.FusedMultiplyAdd(ByteDot(w1, w1, x1, x0), scale, f5);
-            f6 = Vector512.FusedMultiplyAdd(ByteDot(w0, w1, x0, x0), scale, f6);
-            f7 = Vector512.FusedMultiplyAdd(ByteDot(w1, w0, x1, x1), scale, f7);
-            packed += Vector512<sbyte>.One;
+            var w = new StripBytes(packed, packed ^ flip, packed + flip, packed - flip);
+            int* a = activations + (i & 1) * 8 * TokenInts;
+            f0 = ByteStripToken(f0, in w, scales, a);
+            f1 = ByteStripToken(f1, in w, scales, a + TokenInts);
+            f2 = ByteStripToken(f2, in w, scales, a + 2 * TokenInts);
+            f3 = ByteStripToken(f3, in w, scales, a + 3 * TokenInts);
+            f4 = ByteStripToken(f4, in w, scales, a + 4 * TokenInts);
+            f5 = ByteStripToken(f5, in w, scales, a + 5 * TokenInts);
+            f6 = ByteStripToken(f6, in w, scales, a + 6 * TokenInts);
+            f7 = ByteStripToken(f7, in w, scales, a + 7 * TokenInts);
+            packed += Vector256<sbyte>.One;
         }
-        return Vector512.Sum(f0 + f1 + f2 + f3 + f4 + f5 + f6 + f7);
+        return Vector256.Sum(f0 + f1 + f2 + f3 + f4 + f5 + f6 + f7);
     }
 
-    // Q8_0's form: |w|·(x·sign w), each product pair-summed to int16 and widened alone (two would overflow int16).
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> ByteDot(Vector512<sbyte> w0, Vector512<sbyte> w1, Vector512<sbyte> x0, Vector512<sbyte> x1)
+    // Eight weight vectors of a Q8_0 strip block (four distinct ones, each used twice) and their magnitudes.
+    private readonly struct StripBytes(Vector256<sbyte> w0, Vector256<sbyte> w1, Vector256<sbyte> w2, Vector256<sbyte> w3)
     {
-        Vector512<sbyte> s0 = Vector512.ConditionalSelect(Vector512.LessThan(w0, Vector512<sbyte>.Zero), Vector512<sbyte>.Zero - x0, x0);
-        Vector512<sbyte> s1 = Vector512.ConditionalSelect(Vector512.LessThan(w1, Vector512<sbyte>.Zero), Vector512<sbyte>.Zero - x1, x1);
-        var ones = Vector512<short>.One;
-        return Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(Avx512BW.Abs(w0), s0), ones)
-            + Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(Avx512BW.Abs(w1), s1), ones));
+        public readonly Vector256<sbyte> W0 = w0, W1 = w1, W2 = w2, W3 = w3;
+        public readonly Vector256<byte> M0 = Avx2.Abs(w0), M1 = Avx2.Abs(w1), M2 = Avx2.Abs(w2), M3 = Avx2.Abs(w3);
     }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> ByteStripToken(Vector256<float> accumulator, in StripBytes w, Vector256<float> scales, int* a)
+    {
+        Vector256<int> dots = (SignedProducts(w.M0, w.W0, a[0]) + SignedProducts(w.M1, w.W1, a[1])) + (SignedProducts(w.M2, w.W2, a[2]) + SignedProducts(w.M3, w.W3, a[3]))
+            + ((SignedProducts(w.M0, w.W0, a[4]) + SignedProducts(w.M1, w.W1, a[5])) + (SignedProducts(w.M2, w.W2, a[6]) + SignedProducts(w.M3, w.W3, a[7])));
+        return Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(dots), scales * Vector256.Create(*(float*)(a + 9)), accumulator);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> SignedProducts(Vector256<byte> magnitudes, Vector256<sbyte> weights, int activations) =>
+        Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(magnitudes, Avx2.Sign(Vector256.Create(activations).AsSByte(), weights)), Vector256<short>.One);
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static double FmaChains(long iterations)
