@@ -147,35 +147,32 @@ public static unsafe class MachineLimits
         for (long i = 0; i < iterations; i++)
         {
             Vector256<byte> v0 = packed, v1 = packed ^ low, v2 = packed + low, v3 = packed - low;
-            var n = new StripNibbles(v0, v1, v2, v3, low);
+            // Plain locals, not a struct: the JIT keeps them in registers (a struct of 8 vectors goes through the stack).
+            Vector256<byte> l0 = v0 & low, l1 = v1 & low, l2 = v2 & low, l3 = v3 & low;
+            Vector256<byte> h0 = (v0.AsUInt16() >>> 4).AsByte() & low, h1 = (v1.AsUInt16() >>> 4).AsByte() & low;
+            Vector256<byte> h2 = (v2.AsUInt16() >>> 4).AsByte() & low, h3 = (v3.AsUInt16() >>> 4).AsByte() & low;
             int* a = activations + (i & 1) * 8 * TokenInts;
-            f0 = StripToken(f0, in n, scales, a);
-            f1 = StripToken(f1, in n, scales, a + TokenInts);
-            f2 = StripToken(f2, in n, scales, a + 2 * TokenInts);
-            f3 = StripToken(f3, in n, scales, a + 3 * TokenInts);
-            f4 = StripToken(f4, in n, scales, a + 4 * TokenInts);
-            f5 = StripToken(f5, in n, scales, a + 5 * TokenInts);
-            f6 = StripToken(f6, in n, scales, a + 6 * TokenInts);
-            f7 = StripToken(f7, in n, scales, a + 7 * TokenInts);
+            f0 = StripToken(f0, l0, l1, l2, l3, h0, h1, h2, h3, scales, a);
+            f1 = StripToken(f1, l0, l1, l2, l3, h0, h1, h2, h3, scales, a + TokenInts);
+            f2 = StripToken(f2, l0, l1, l2, l3, h0, h1, h2, h3, scales, a + 2 * TokenInts);
+            f3 = StripToken(f3, l0, l1, l2, l3, h0, h1, h2, h3, scales, a + 3 * TokenInts);
+            f4 = StripToken(f4, l0, l1, l2, l3, h0, h1, h2, h3, scales, a + 4 * TokenInts);
+            f5 = StripToken(f5, l0, l1, l2, l3, h0, h1, h2, h3, scales, a + 5 * TokenInts);
+            f6 = StripToken(f6, l0, l1, l2, l3, h0, h1, h2, h3, scales, a + 6 * TokenInts);
+            f7 = StripToken(f7, l0, l1, l2, l3, h0, h1, h2, h3, scales, a + 7 * TokenInts);
             packed += Vector256<byte>.One; // new quants each round, so nothing is hoisted
         }
         return Vector256.Sum(f0 + f1 + f2 + f3 + f4 + f5 + f6 + f7);
     }
 
-    private readonly struct StripNibbles(Vector256<byte> v0, Vector256<byte> v1, Vector256<byte> v2, Vector256<byte> v3, Vector256<byte> low)
-    {
-        public readonly Vector256<byte> L0 = v0 & low, L1 = v1 & low, L2 = v2 & low, L3 = v3 & low;
-        public readonly Vector256<byte> H0 = (v0.AsUInt16() >>> 4).AsByte() & low, H1 = (v1.AsUInt16() >>> 4).AsByte() & low;
-        public readonly Vector256<byte> H2 = (v2.AsUInt16() >>> 4).AsByte() & low, H3 = (v3.AsUInt16() >>> 4).AsByte() & low;
-    }
-
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> StripToken(Vector256<float> accumulator, in StripNibbles n, Vector256<float> scales, int* a)
+    private static Vector256<float> StripToken(Vector256<float> accumulator, Vector256<byte> l0, Vector256<byte> l1, Vector256<byte> l2, Vector256<byte> l3,
+        Vector256<byte> h0, Vector256<byte> h1, Vector256<byte> h2, Vector256<byte> h3, Vector256<float> scales, int* a)
     {
-        Vector256<short> sums = Avx2.MultiplyAddAdjacent(n.L0, Vector256.Create(a[0]).AsSByte()) + Avx2.MultiplyAddAdjacent(n.L1, Vector256.Create(a[1]).AsSByte())
-            + (Avx2.MultiplyAddAdjacent(n.L2, Vector256.Create(a[2]).AsSByte()) + Avx2.MultiplyAddAdjacent(n.L3, Vector256.Create(a[3]).AsSByte()))
-            + (Avx2.MultiplyAddAdjacent(n.H0, Vector256.Create(a[4]).AsSByte()) + Avx2.MultiplyAddAdjacent(n.H1, Vector256.Create(a[5]).AsSByte())
-            + (Avx2.MultiplyAddAdjacent(n.H2, Vector256.Create(a[6]).AsSByte()) + Avx2.MultiplyAddAdjacent(n.H3, Vector256.Create(a[7]).AsSByte())));
+        Vector256<short> sums = Avx2.MultiplyAddAdjacent(l0, Vector256.Create(a[0]).AsSByte()) + Avx2.MultiplyAddAdjacent(l1, Vector256.Create(a[1]).AsSByte())
+            + (Avx2.MultiplyAddAdjacent(l2, Vector256.Create(a[2]).AsSByte()) + Avx2.MultiplyAddAdjacent(l3, Vector256.Create(a[3]).AsSByte()))
+            + (Avx2.MultiplyAddAdjacent(h0, Vector256.Create(a[4]).AsSByte()) + Avx2.MultiplyAddAdjacent(h1, Vector256.Create(a[5]).AsSByte())
+            + (Avx2.MultiplyAddAdjacent(h2, Vector256.Create(a[6]).AsSByte()) + Avx2.MultiplyAddAdjacent(h3, Vector256.Create(a[7]).AsSByte())));
         Vector256<int> dots = Avx2.MultiplyAddAdjacent(sums, Vector256<short>.One) - Vector256.Create(a[8]);
         return Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(dots), scales * Vector256.Create(*(float*)(a + 9)), accumulator);
     }
@@ -194,33 +191,29 @@ public static unsafe class MachineLimits
         Vector256<float> f0 = default, f1 = default, f2 = default, f3 = default, f4 = default, f5 = default, f6 = default, f7 = default;
         for (long i = 0; i < iterations; i++)
         {
-            var w = new StripBytes(packed, packed ^ flip, packed + flip, packed - flip);
+            // Four distinct weight vectors, each used twice, and their magnitudes, as plain locals (kept in registers).
+            Vector256<sbyte> w0 = packed, w1 = packed ^ flip, w2 = packed + flip, w3 = packed - flip;
+            Vector256<byte> m0 = Avx2.Abs(w0), m1 = Avx2.Abs(w1), m2 = Avx2.Abs(w2), m3 = Avx2.Abs(w3);
             int* a = activations + (i & 1) * 8 * TokenInts;
-            f0 = ByteStripToken(f0, in w, scales, a);
-            f1 = ByteStripToken(f1, in w, scales, a + TokenInts);
-            f2 = ByteStripToken(f2, in w, scales, a + 2 * TokenInts);
-            f3 = ByteStripToken(f3, in w, scales, a + 3 * TokenInts);
-            f4 = ByteStripToken(f4, in w, scales, a + 4 * TokenInts);
-            f5 = ByteStripToken(f5, in w, scales, a + 5 * TokenInts);
-            f6 = ByteStripToken(f6, in w, scales, a + 6 * TokenInts);
-            f7 = ByteStripToken(f7, in w, scales, a + 7 * TokenInts);
+            f0 = ByteStripToken(f0, m0, m1, m2, m3, w0, w1, w2, w3, scales, a);
+            f1 = ByteStripToken(f1, m0, m1, m2, m3, w0, w1, w2, w3, scales, a + TokenInts);
+            f2 = ByteStripToken(f2, m0, m1, m2, m3, w0, w1, w2, w3, scales, a + 2 * TokenInts);
+            f3 = ByteStripToken(f3, m0, m1, m2, m3, w0, w1, w2, w3, scales, a + 3 * TokenInts);
+            f4 = ByteStripToken(f4, m0, m1, m2, m3, w0, w1, w2, w3, scales, a + 4 * TokenInts);
+            f5 = ByteStripToken(f5, m0, m1, m2, m3, w0, w1, w2, w3, scales, a + 5 * TokenInts);
+            f6 = ByteStripToken(f6, m0, m1, m2, m3, w0, w1, w2, w3, scales, a + 6 * TokenInts);
+            f7 = ByteStripToken(f7, m0, m1, m2, m3, w0, w1, w2, w3, scales, a + 7 * TokenInts);
             packed += Vector256<sbyte>.One;
         }
         return Vector256.Sum(f0 + f1 + f2 + f3 + f4 + f5 + f6 + f7);
     }
 
-    // Eight weight vectors of a Q8_0 strip block (four distinct ones, each used twice) and their magnitudes.
-    private readonly struct StripBytes(Vector256<sbyte> w0, Vector256<sbyte> w1, Vector256<sbyte> w2, Vector256<sbyte> w3)
-    {
-        public readonly Vector256<sbyte> W0 = w0, W1 = w1, W2 = w2, W3 = w3;
-        public readonly Vector256<byte> M0 = Avx2.Abs(w0), M1 = Avx2.Abs(w1), M2 = Avx2.Abs(w2), M3 = Avx2.Abs(w3);
-    }
-
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> ByteStripToken(Vector256<float> accumulator, in StripBytes w, Vector256<float> scales, int* a)
+    private static Vector256<float> ByteStripToken(Vector256<float> accumulator, Vector256<byte> m0, Vector256<byte> m1, Vector256<byte> m2, Vector256<byte> m3,
+        Vector256<sbyte> w0, Vector256<sbyte> w1, Vector256<sbyte> w2, Vector256<sbyte> w3, Vector256<float> scales, int* a)
     {
-        Vector256<int> dots = (SignedProducts(w.M0, w.W0, a[0]) + SignedProducts(w.M1, w.W1, a[1])) + (SignedProducts(w.M2, w.W2, a[2]) + SignedProducts(w.M3, w.W3, a[3]))
-            + ((SignedProducts(w.M0, w.W0, a[4]) + SignedProducts(w.M1, w.W1, a[5])) + (SignedProducts(w.M2, w.W2, a[6]) + SignedProducts(w.M3, w.W3, a[7])));
+        Vector256<int> dots = (SignedProducts(m0, w0, a[0]) + SignedProducts(m1, w1, a[1])) + (SignedProducts(m2, w2, a[2]) + SignedProducts(m3, w3, a[3]))
+            + ((SignedProducts(m0, w0, a[4]) + SignedProducts(m1, w1, a[5])) + (SignedProducts(m2, w2, a[6]) + SignedProducts(m3, w3, a[7])));
         return Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(dots), scales * Vector256.Create(*(float*)(a + 9)), accumulator);
     }
 

@@ -61,13 +61,13 @@ internal static class FusionReport
         }
         yield return "Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;";
         yield return "  for Q8_0/Q4_0, Q8 activations (per 32 values a float scale d = max|x|/127 and int8 q = round(x/d), GGML's rule),";
-        yield return "  spread to match the packed weights' lanes. A fused RMSNorm computes 1/rms per token once and writes or quantizes";
+        yield return "  with 8·Σq per block for Q4_0's −8 (the kernels broadcast 4 quants at a time to 8 rows). A fused RMSNorm computes 1/rms per token once and writes or quantizes";
         yield return "  x·(1/rms)·g in the same pass (g cannot fold into quantized columns without requantizing them, and folding it into";
         yield return "  float columns would change their rounding: the packed weights stay exactly as stored).";
         if (plan.RopeTables.Count > 0) yield return "Rope: cos/sin per token and pair computed once per step in double (as the eager op), shared by every layer.";
         if (plan.Kernels.OfType<AttentionKernel>().Any()) yield return "Attention scratch: per chunk of work items, every head's scores over the KV cache's MaxContext (and one block's rows when the cache stores F16 or int8), grown when a larger cache is first seen.";
-        yield return "Threads: one worker pool (PlanOptions.Threads). A matmul splits its 4-row groups over the threads, each tile of 4 or 8 rows × 4";
-        yield return "  tokens going through its epilogue while in registers; attention splits (token, KV-head chunk) items. Every output is computed";
+        yield return "Threads: one worker pool (PlanOptions.Threads). A matmul splits its 4-row groups over the threads, each tile (4 rows × 4 tokens";
+        yield return "  for F32/BF16, 8 rows × 8 tokens for Q8_0/Q4_0) going through its epilogue while in registers; attention splits (token, KV-head chunk) items. Every output is computed";
         yield return "  by one thread in a fixed order, so results do not depend on the thread count.";
     }
 
