@@ -5,20 +5,23 @@ using Kiln.Bench;
 // Kiln's benchmark tool: synthetic Llama files with real shapes, and Kiln vs llama.cpp side by side on them.
 //   make-model --shape {15m|110m} --format {f32|q8_0|q4_0} --out FILE [--seed N]
 //   compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads a,b] [--quick] [--seed N]
+//   kernels --threads N [--formats q4_0,q8_0,f32] [--tokens 1,32,128]
 return BenchCli.Run(args);
 
 internal static class BenchCli
 {
     private const string Usage =
         "usage: bench make-model --shape {15m|110m} --format {f32|q8_0|q4_0} --out FILE [--seed N]\n" +
-        "       bench compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads " + "prefill_128,decode_128,batched_decode_8,batched_decode_32] [--quick] [--seed N] [--kv f32|f16]";
+        "       bench compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads " + "prefill_128,decode_128,batched_decode_8,batched_decode_32] [--quick] [--seed N] [--kv f32|f16]\n" +
+        "       bench kernels --threads N [--formats q4_0,q8_0,f32] [--tokens 1,32,128]\n" +
+        "       bench serve --model FILE --threads N [--json OUT] [--quick]";
 
     public static int Run(string[] args)
     {
         if (args.Length > 0 && args[0] == "serve") return ServeCommand.Run(args.AsSpan(1)); // the batching engine's benchmark (Serve*.cs)
         try
         {
-            if (args.Length == 0) throw new UsageException("missing command: make-model or compare (--help for usage)");
+            if (args.Length == 0) throw new UsageException("missing command: make-model, compare, kernels or serve (--help for usage)");
             if (args[0] is "-h" or "--help" or "help")
             {
                 Console.WriteLine(Usage);
@@ -28,9 +31,15 @@ internal static class BenchCli
             {
                 "make-model" => ["shape", "format", "out", "seed"],
                 "compare" => ["model", "threads", "runs", "json", "workloads", "quick", "seed", "kv"],
-                _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model or compare)"),
+                "kernels" => ["threads", "formats", "tokens"],
+                _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model, compare, kernels or serve)"),
             });
-            return args[0] == "make-model" ? MakeModel(options) : CompareCommand(options);
+            return args[0] switch
+            {
+                "make-model" => MakeModel(options),
+                "kernels" => Kernels(options),
+                _ => CompareCommand(options),
+            };
         }
         catch (UsageException e)
         {
@@ -95,6 +104,25 @@ internal static class BenchCli
             var other => throw new UsageException($"--kv must be f32 or f16, not '{other}'"),
         };
         return Compare.Run(new ComparisonOptions(model, threads, runs, json, workloads, quick, seed) { KvStorage = kv }, Console.Out, Console.Error);
+    }
+
+    private static int Kernels(Dictionary<string, string> options)
+    {
+        int threads = Int(options, "threads", -1, min: 1, max: 64);
+        if (threads < 0) throw new UsageException("--threads is required");
+        var formats = options.GetValueOrDefault("formats", "q4_0,q8_0,f32").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            .Select(f => f.ToLowerInvariant() switch
+            {
+                "q4_0" => Kiln.Kernels.MatMul.PackedFormat.Q4_0,
+                "q8_0" => Kiln.Kernels.MatMul.PackedFormat.Q8_0,
+                "f32" => Kiln.Kernels.MatMul.PackedFormat.F32,
+                _ => throw new UsageException($"--formats: unknown format '{f}' (expected some of q4_0,q8_0,f32)"),
+            }).ToArray();
+        var tokens = options.GetValueOrDefault("tokens", "1,32,128").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            .Select(t => int.TryParse(t, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) && n is >= 1 and <= 4096
+                ? n : throw new UsageException($"--tokens: '{t}' is not a token count from 1 to 4096")).ToArray();
+        if (formats.Length == 0 || tokens.Length == 0) throw new UsageException("--formats and --tokens need at least one value");
+        return KernelsCommand.Run(threads, formats, tokens, Console.Out, Console.Error);
     }
 
     private static Dictionary<string, string> ParseOptions(ReadOnlySpan<string> args, string[] known)
