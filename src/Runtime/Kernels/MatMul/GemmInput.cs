@@ -231,8 +231,15 @@ public sealed unsafe class GemmScratch : IDisposable
         return d;
     }
 
+    // Σq of one block's 32 quants: |Σ| ≤ 32·127 fits the int16 lanes it is widened to.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static int Sum(sbyte* q)
     {
+        if (Vector256.IsHardwareAccelerated)
+        {
+            (Vector256<short> low, Vector256<short> high) = Vector256.Widen(Vector256.Load(q));
+            return Vector256.Sum(low + high);
+        }
         int sum = 0;
         for (int i = 0; i < 32; i++) sum += q[i];
         return sum;
