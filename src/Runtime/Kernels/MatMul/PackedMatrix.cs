@@ -69,7 +69,7 @@ public static class WeightLayouts
         };
     }
 
-    /// <summary>The layout's name in reports: "F32x4 chunked", "Q4_0x4 interleaved", ...</summary>
+    /// <summary>The layout's name in reports: "F32x4 chunked", "Q4_0x8 interleaved", ...</summary>
     public static string Describe(PackedFormat format) => format switch
     {
         PackedFormat.F32 => "F32x4 chunked",
