@@ -53,6 +53,8 @@ public static class Compare
 
     private sealed record Result(string Name, string Description, int Tokens, double Kiln, double LlamaCpp, PassWork Work, double[] KilnRuns, double[] LlamaRuns);
 
+    private const int WarmUpRuns = 3;
+
     public static int Run(ComparisonOptions options, TextWriter output, TextWriter log)
     {
         var sizes = options.Quick ? Sizes.Quick : Sizes.Full;
@@ -61,7 +63,7 @@ public static class Compare
 
         using var file = ModelFile.Open(options.ModelPath);
         var info = ModelInfo.From(file);
-        log.WriteLine($"compare: {Path.GetFileName(options.ModelPath)}: {info.Summary}; {options.Threads} threads, {options.Runs} runs after a warm-up{(options.Quick ? ", QUICK sizes" : "")}");
+        log.WriteLine($"compare: {Path.GetFileName(options.ModelPath)}: {info.Summary}; {options.Threads} threads, {options.Runs} runs after {WarmUpRuns} warm-up runs{(options.Quick ? ", QUICK sizes" : "")}");
 
         log.WriteLine("compare: measuring read bandwidth (1 GiB), fp32 FMA peak and int8 block-dot peak (again after the runs; the best counts)...");
         bool nibbles = info.WeightFormats.Contains("Q4_0", StringComparison.Ordinal);
@@ -99,9 +101,14 @@ public static class Compare
                     sizes.BatchedPrompt, sizes.BatchedDecode, RandomTokens, info, name),
             };
             using var resources = workload.Resources;
-            log.WriteLine($"compare: {name}: {workload.Description}; warm-up...");
-            workload.RunKiln();
-            workload.RunLlamaCpp();
+            log.WriteLine($"compare: {name}: {workload.Description}; {WarmUpRuns} warm-up runs each...");
+            // Several, not one: .NET compiles the plan's less frequent paths (one call per layer) at tier 0 first and
+            // recompiles them in the background over the first few steps, which also takes a core from the run.
+            for (int run = 0; run < WarmUpRuns; run++)
+            {
+                workload.RunKiln();
+                workload.RunLlamaCpp();
+            }
             var kilnRuns = new double[options.Runs];
             var llamaRuns = new double[options.Runs];
             for (int run = 0; run < options.Runs; run++)
@@ -300,7 +307,7 @@ public static class Compare
     {
         var c = CultureInfo.InvariantCulture;
         output.WriteLine($"model: {options.ModelPath} ({info.Summary})");
-        output.WriteLine(string.Create(c, $"threads: {options.Threads} (Kiln's worker pool; llama.cpp Threads/BatchThreads); KV cache: Kiln {kiln.KvStorage}, llama.cpp F16; runs: {options.Runs} measured after 1 warm-up, alternating kiln/llama.cpp with a 200 ms pause before each; medians{(options.Quick ? "; QUICK sizes (workload names kept, token counts below)" : "")}"));
+        output.WriteLine(string.Create(c, $"threads: {options.Threads} (Kiln's worker pool; llama.cpp Threads/BatchThreads); KV cache: Kiln {kiln.KvStorage}, llama.cpp F16; runs: {options.Runs} measured after {WarmUpRuns} warm-up runs each, alternating kiln/llama.cpp with a 200 ms pause before each; medians{(options.Quick ? "; QUICK sizes (workload names kept, token counts below)" : "")}"));
         output.WriteLine(string.Create(c, $"machine: read bandwidth {bandwidth / 1e9:F1} GB/s, fp32 FMA peak {peak.Fp32Flops / 1e9:F0} GFLOP/s, int8 block-dot peak {peak.Int8Macs / 1e9:F0} GMAC/s ({(info.WeightFormats.Contains("Q4_0", StringComparison.Ordinal) ? "Q4_0" : "Q8_0")} form) ({options.Threads} threads, best of 8, 5 and 5 before the runs and as many after); {Environment.ProcessorCount} logical CPUs, load average {LoadAverage()} at the end"));
         output.WriteLine();
         output.WriteLine(string.Create(c, $"{"workload",-18} {"tokens",6} {"kiln tok/s",11} {"llama.cpp tok/s",16} {"kiln/llama",10} {"roofline tok/s",17} {"kiln %roof",10} {"llama %roof",11}"));
