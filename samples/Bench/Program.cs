@@ -12,7 +12,7 @@ internal static class BenchCli
 {
     private const string Usage =
         "usage: bench make-model --shape {15m|110m} --format {f32|q8_0|q4_0} --out FILE [--seed N]\n" +
-        "       bench compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads " + "prefill_128,decode_128,batched_decode_8,batched_decode_32] [--quick] [--seed N] [--kv f32|f16]\n" +
+        "       bench compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads " + "prefill_128,decode_128,batched_decode_8,batched_decode_32] [--quick] [--seed N] [--kv f16|f32]\n" +
         "       bench kernels --threads N [--formats q4_0,q8_0,f32] [--tokens 1,32,128]\n" +
         "       bench serve --model FILE --threads N [--json OUT] [--quick]";
 
@@ -97,7 +97,7 @@ internal static class BenchCli
         if (workloads.Length == 0) throw new UsageException("--workloads: empty list");
         string? json = options.GetValueOrDefault("json");
         int seed = Int(options, "seed", 1234, min: int.MinValue);
-        var kv = options.GetValueOrDefault("kv", "f32").ToLowerInvariant() switch
+        var kv = options.GetValueOrDefault("kv", "f16").ToLowerInvariant() switch
         {
             "f32" => Kiln.KvStorage.F32,
             "f16" => Kiln.KvStorage.F16,
