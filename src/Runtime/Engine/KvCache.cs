@@ -178,9 +178,17 @@ public sealed class KvCache
     public void WriteValue(int layer, int row, ReadOnlySpan<float> values) => Write(_values, _halfValues, _byteValues, _valueScales, layer, row, values);
 
     /// <summary>Reads a row's keys back as floats (exact for F32; dequantized otherwise).</summary>
-    public void ReadKey(int layer, int row, Span<float> destination) => ReadKey(layer, row, 0, WholeRow(destination));
+    public void ReadKey(int layer, int row, Span<float> destination)
+    {
+        CheckWholeRow(destination.Length);
+        ReadKey(layer, row, 0, destination);
+    }
 
-    public void ReadValue(int layer, int row, Span<float> destination) => ReadValue(layer, row, 0, WholeRow(destination));
+    public void ReadValue(int layer, int row, Span<float> destination)
+    {
+        CheckWholeRow(destination.Length);
+        ReadValue(layer, row, 0, destination);
+    }
 
     /// <summary>
     /// Reads keys <paramref name="firstColumn"/>.. of a row (as many as <paramref name="destination"/> holds) as floats:
@@ -267,7 +275,8 @@ public sealed class KvCache
 
     private void Write(float[][]? floats, Half[][]? halves, sbyte[][]? bytes, float[][]? scales, int layer, int row, ReadOnlySpan<float> source)
     {
-        CheckRowAccess(layer, row, source.Length);
+        CheckRow(layer, row);
+        CheckWholeRow(source.Length);
         int offset = row * KvDim;
         if (floats is not null)
         {
@@ -297,8 +306,7 @@ public sealed class KvCache
 
     private void Read(float[][]? floats, Half[][]? halves, sbyte[][]? bytes, float[][]? scales, int layer, int row, int firstColumn, Span<float> destination)
     {
-        if ((uint)layer >= (uint)Layers || (uint)row >= (uint)RowCount)
-            throw new ArgumentOutOfRangeException(nameof(row), $"KV cache has {Layers} layers and {RowCount} rows; asked for layer {layer}, row {row}.");
+        CheckRow(layer, row);
         if ((uint)firstColumn > (uint)KvDim || destination.Length > KvDim - firstColumn)
             throw new ArgumentOutOfRangeException(nameof(firstColumn), $"A KV row holds {KvDim} elements; asked for {destination.Length} from column {firstColumn}.");
         int offset = row * KvDim + firstColumn;
@@ -318,13 +326,14 @@ public sealed class KvCache
         }
     }
 
-    private Span<float> WholeRow(Span<float> destination) =>
-        destination.Length == KvDim ? destination : throw new ArgumentException($"A KV row holds {KvDim} elements; got a span of {destination.Length}.", nameof(destination));
-
-    private void CheckRowAccess(int layer, int row, int length)
+    private void CheckRow(int layer, int row)
     {
         if ((uint)layer >= (uint)Layers || (uint)row >= (uint)RowCount)
             throw new ArgumentOutOfRangeException(nameof(row), $"KV cache has {Layers} layers and {RowCount} rows; asked for layer {layer}, row {row}.");
+    }
+
+    private void CheckWholeRow(int length)
+    {
         if (length != KvDim)
             throw new ArgumentException($"A KV row holds {KvDim} elements; got a span of {length}.");
     }

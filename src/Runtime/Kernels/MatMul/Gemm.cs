@@ -133,7 +133,7 @@ internal static unsafe class Reference
         float* sums = stackalloc float[4];
         for (int g = firstGroup; g < endGroup; g++)
         {
-            byte* strip = weights.Data + g * 4 / weights.StripRows * weights.StripBytes;
+            byte* strip = weights.StripOf(g * 4);
             int first = g * 4 % weights.StripRows; // the group's first row within its strip
             for (int t = 0; t < input.Tokens; t++)
             {
@@ -165,18 +165,14 @@ internal static unsafe class Reference
             }
             default:
             {
-                bool q4 = weights.Format == PackedFormat.Q4_0;
                 int blocks = weights.Blocks;
                 byte* x = input.Quants + (long)t * input.QuantStride;
-                float* activationScales = (float*)(x + blocks * 36);
+                float* activationScales = (float*)(x + GemmScratch.ScalesAt(blocks));
                 float sum = 0;
                 for (int b = 0; b < blocks; b++)
                 {
                     int dot = 0;
-                    for (int e = 0; e < 32; e++)
-                    {
-                        dot += (q4 ? PackedMatrix.Q4Quant(strip, b, r, e) : PackedMatrix.Q8Quant(strip, b, r, e)) * (sbyte)x[b * 32 + e];
-                    }
+                    for (int e = 0; e < 32; e++) dot += weights.Quant(strip, b, r, e) * (sbyte)x[b * 32 + e];
                     sum += Kiln.Kernels.Quantized.Fp16.ToSingle(weights.ScaleBits(strip, b, r)) * activationScales[b] * dot;
                 }
                 return sum;

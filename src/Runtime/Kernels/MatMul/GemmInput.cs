@@ -74,6 +74,12 @@ public sealed unsafe class GemmScratch : IDisposable
     /// <summary>Bytes of one token's Q8 activations for rows of <paramref name="k"/> elements (a multiple of 64).</summary>
     public static int QuantStride(int k) => ((k / 32) * (32 + sizeof(int) + sizeof(float)) + 63) & ~63;
 
+    /// <summary>Where a token's offsets start in its Q8 activations of <paramref name="blocks"/> blocks (bytes).</summary>
+    internal static int OffsetsAt(int blocks) => blocks * 32;
+
+    /// <summary>Where a token's scales start in its Q8 activations of <paramref name="blocks"/> blocks (bytes).</summary>
+    internal static int ScalesAt(int blocks) => blocks * (32 + sizeof(int));
+
     /// <summary>
     /// Prepares <paramref name="tokens"/> rows of <paramref name="x"/> (token t at <c>t·xStride</c>, K elements) for a
     /// matmul in <paramref name="format"/>, normalized first when <paramref name="norm"/> is given.
@@ -197,8 +203,8 @@ public sealed unsafe class GemmScratch : IDisposable
     internal static void Quantize(float* x, byte* destination, int k)
     {
         int blocks = k / 32;
-        int* offsets = (int*)(destination + blocks * 32);
-        float* scales = (float*)(destination + blocks * 36);
+        int* offsets = (int*)(destination + OffsetsAt(blocks));
+        float* scales = (float*)(destination + ScalesAt(blocks));
         for (int b = 0; b < blocks; b++)
         {
             sbyte* q = (sbyte*)destination + b * 32;

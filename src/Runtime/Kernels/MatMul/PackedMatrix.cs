@@ -233,7 +233,7 @@ public sealed unsafe class PackedMatrix : IDisposable
     {
         ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual((uint)row, (uint)Rows, nameof(row));
         if (destination.Length != K) throw new ArgumentException($"A row holds {K} values, not {destination.Length}.", nameof(destination));
-        byte* group = Data + row / StripRows * StripBytes;
+        byte* group = StripOf(row);
         int r = row % StripRows;
         switch (Format)
         {
@@ -243,34 +243,26 @@ public sealed unsafe class PackedMatrix : IDisposable
             case PackedFormat.BF16:
                 for (int i = 0; i < K; i++) destination[i] = BitConverter.UInt32BitsToSingle((uint)((ushort*)group)[FloatIndex(r, i)] << 16);
                 break;
-            case PackedFormat.Q8_0:
-            {
-                for (int b = 0; b < Blocks; b++)
-                {
-                    float scale = Fp16.ToSingle(ScaleBits(group, b, r));
-                    for (int e = 0; e < 32; e++) destination[b * 32 + e] = Q8Quant(group, b, r, e) * scale;
-                }
-                break;
-            }
             default:
-            {
                 for (int b = 0; b < Blocks; b++)
                 {
                     float scale = Fp16.ToSingle(ScaleBits(group, b, r));
-                    for (int e = 0; e < 32; e++) destination[b * 32 + e] = Q4Quant(group, b, r, e) * scale;
+                    for (int e = 0; e < 32; e++) destination[b * 32 + e] = Quant(group, b, r, e) * scale;
                 }
                 break;
-            }
         }
     }
 
-    /// <summary>Element <paramref name="e"/> of block <paramref name="b"/> of row <paramref name="r"/> of a Q8_0 strip, as stored.</summary>
-    internal static int Q8Quant(byte* strip, int b, int r, int e) =>
-        (sbyte)strip[(long)b * Q8BlockBytes + e / 4 * 32 + r * 4 + e % 4];
+    /// <summary>The strip that holds <paramref name="row"/> (its row within: <c>row % StripRows</c>).</summary>
+    internal byte* StripOf(int row) => Data + (long)(row / StripRows) * StripBytes;
 
-    /// <summary>Element <paramref name="e"/> of block <paramref name="b"/> of row <paramref name="r"/> of a Q4_0 strip: its nibble − 8.</summary>
-    internal static int Q4Quant(byte* strip, int b, int r, int e)
+    /// <summary>
+    /// The quant of element <paramref name="e"/> of block <paramref name="b"/> of row <paramref name="r"/> in its strip
+    /// (quantized layouts): Q8_0's byte as stored, Q4_0's nibble − 8.
+    /// </summary>
+    internal int Quant(byte* strip, int b, int r, int e)
     {
+        if (Format == PackedFormat.Q8_0) return (sbyte)strip[(long)b * Q8BlockBytes + e / 4 * 32 + r * 4 + e % 4];
         byte packed = strip[(long)b * Q4BlockBytes + (e % 16) / 4 * 32 + r * 4 + e % 4];
         return (e < 16 ? packed & 0x0F : packed >> 4) - 8;
     }
@@ -317,7 +309,7 @@ public sealed unsafe class PackedMatrix : IDisposable
     /// <summary>Writes one row, given in the packed format's plain encoding (floats, bf16 bits or GGML blocks).</summary>
     private void PackRow(int row, ReadOnlySpan<byte> encoded)
     {
-        byte* group = Data + row / StripRows * StripBytes;
+        byte* group = StripOf(row);
         int r = row % StripRows;
         switch (Format)
         {

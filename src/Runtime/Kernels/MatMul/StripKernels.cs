@@ -92,7 +92,7 @@ internal static unsafe class StripKernels
     {
         byte* scales = strip + (long)blocks * TBlock.BlockBytes; // 8 fp16 per block
         // Token t: 32 quants per block at x + t·stride, then one int32 offset per block, then one float scale per block.
-        int offsetBytes = blocks * 32, scaleBytes = blocks * 36;
+        int offsetBytes = GemmScratch.OffsetsAt(blocks), scaleBytes = GemmScratch.ScalesAt(blocks);
         // The next strip streams from memory while this one computes: one line ahead per line consumed.
         byte* ahead = strip + stripBytes;
         long aheadStep = stripBytes / blocks;
