@@ -47,7 +47,18 @@ public static class Compare
     private sealed record Roofline(double TokensPerSecond, string Bound);
 
     /// <summary>The compute roof a file's matmuls run under (ops/s, and its label in the table), with both measured peaks for the header.</summary>
-    private sealed record ComputePeak(double OpsPerSecond, string Bound, double Fp32Flops, double Int8Macs);
+    private sealed record ComputePeak(double OpsPerSecond, string Bound, double Fp32Flops, double Int8Macs, string Int8Form);
+
+    /// <summary>The machine's limits at the bench's thread count; int8 in the weight format's form (Q4_0 nibbles or Q8_0 bytes).</summary>
+    private sealed record MachineReading(double Bandwidth, double Fp32Peak, double Int8Peak)
+    {
+        public static MachineReading Measure(int threads, bool nibbles) =>
+            new(MachineLimits.ReadBandwidth(threads), MachineLimits.PeakFp32Flops(threads), MachineLimits.PeakInt8BlockMacs(threads, nibbles));
+
+        /// <summary>Each limit the higher of two readings: a peak is the best seen.</summary>
+        public MachineReading Best(MachineReading other) =>
+            new(Math.Max(Bandwidth, other.Bandwidth), Math.Max(Fp32Peak, other.Fp32Peak), Math.Max(Int8Peak, other.Int8Peak));
+    }
 
     private sealed record Result(string Name, string Description, int Tokens, double Kiln, double LlamaCpp, PassWork Work, double[] KilnRuns, double[] LlamaRuns);
 
@@ -65,9 +76,7 @@ public static class Compare
 
         log.WriteLine("compare: measuring read bandwidth (1 GiB), fp32 FMA peak and int8 block-dot peak (again after the runs; the best counts)...");
         bool nibbles = info.WeightFormats.Contains("Q4_0", StringComparison.Ordinal);
-        double bandwidth = MachineLimits.ReadBandwidth(options.Threads);
-        double fp32Peak = MachineLimits.PeakFp32Flops(options.Threads);
-        double int8Peak = MachineLimits.PeakInt8BlockMacs(options.Threads, nibbles);
+        var before = MachineReading.Measure(options.Threads, nibbles);
 
         log.WriteLine("compare: loading Kiln (Llama.Load + Compile; untimed)...");
         var loadClock = Stopwatch.StartNew();
@@ -121,15 +130,14 @@ public static class Compare
         }
 
         // This host's speed drifts with its neighbours: a peak is the best seen, before or after the runs.
-        bandwidth = Math.Max(bandwidth, MachineLimits.ReadBandwidth(options.Threads));
-        fp32Peak = Math.Max(fp32Peak, MachineLimits.PeakFp32Flops(options.Threads));
-        int8Peak = Math.Max(int8Peak, MachineLimits.PeakInt8BlockMacs(options.Threads, nibbles));
+        var limits = before.Best(MachineReading.Measure(options.Threads, nibbles));
+        string int8Form = nibbles ? "Q4_0" : "Q8_0";
         // Quantized files multiply in int8: their compute roof is the int8 block-dot rate (2 ops per multiply-add).
-        var peak = info.IsQuantized && int8Peak > 0
-            ? new ComputePeak(2 * int8Peak, "INT8", fp32Peak, int8Peak)
-            : new ComputePeak(fp32Peak, "FLOP", fp32Peak, int8Peak);
+        var peak = info.IsQuantized && limits.Int8Peak > 0
+            ? new ComputePeak(2 * limits.Int8Peak, "INT8", limits.Fp32Peak, limits.Int8Peak, int8Form)
+            : new ComputePeak(limits.Fp32Peak, "FLOP", limits.Fp32Peak, limits.Int8Peak, int8Form);
 
-        WriteTable(output, options, kiln, info, bandwidth, peak, results, agreement);
+        WriteTable(output, options, kiln, info, limits.Bandwidth, peak, results, agreement);
         if (options.JsonPath is not null) WriteJson(options.JsonPath, results);
         return 0;
     }
@@ -306,7 +314,7 @@ public static class Compare
         var c = CultureInfo.InvariantCulture;
         output.WriteLine($"model: {options.ModelPath} ({info.Summary})");
         output.WriteLine(string.Create(c, $"threads: {options.Threads} (Kiln's worker pool; llama.cpp Threads/BatchThreads); KV cache: Kiln {kiln.KvStorage}, llama.cpp F16; runs: {options.Runs} measured after {WarmUpRuns} warm-up runs each, alternating kiln/llama.cpp with a 200 ms pause before each; medians{(options.Quick ? "; QUICK sizes (workload names kept, token counts below)" : "")}"));
-        output.WriteLine(string.Create(c, $"machine: read bandwidth {bandwidth / 1e9:F1} GB/s, fp32 FMA peak {peak.Fp32Flops / 1e9:F0} GFLOP/s, int8 block-dot peak {peak.Int8Macs / 1e9:F0} GMAC/s ({(info.WeightFormats.Contains("Q4_0", StringComparison.Ordinal) ? "Q4_0" : "Q8_0")} form) ({options.Threads} threads, best of 8, 5 and 5 before the runs and as many after); {Environment.ProcessorCount} logical CPUs, load average {LoadAverage()} at the end"));
+        output.WriteLine(string.Create(c, $"machine: read bandwidth {bandwidth / 1e9:F1} GB/s, fp32 FMA peak {peak.Fp32Flops / 1e9:F0} GFLOP/s, int8 block-dot peak {peak.Int8Macs / 1e9:F0} GMAC/s ({peak.Int8Form} form) ({options.Threads} threads, best of 8, 5 and 5 before the runs and as many after); {Environment.ProcessorCount} logical CPUs, load average {LoadAverage()} at the end"));
         output.WriteLine();
         output.WriteLine(string.Create(c, $"{"workload",-18} {"tokens",6} {"kiln tok/s",11} {"llama.cpp tok/s",16} {"kiln/llama",10} {"roofline tok/s",17} {"kiln %roof",10} {"llama %roof",11}"));
         output.WriteLine(new string('-', 18 + 6 + 11 + 16 + 10 + 17 + 10 + 11 + 7));

@@ -6,7 +6,7 @@ namespace Kiln.Bench;
 /// <summary>
 /// Kiln on one model file: the generated Llama binder, one compiled plan on a worker pool of exactly the bench's
 /// thread count, and a logits buffer. KV caches are paged with a fixed block table per slot, in the storage chosen
-/// here: F32 (compare's default) or F16 (llama.cpp's default); the generated attention reads both in place.
+/// here: F16 (llama.cpp's default and compare's) or F32; the generated attention reads both in place.
 /// </summary>
 public sealed class KilnSession : IDisposable
 {
