@@ -10,6 +10,12 @@ namespace Kiln
 
         /// <summary>The architecture name the model file must declare (GGUF <c>general.architecture</c>), e.g. "llama".</summary>
         public string Architecture { get; }
+
+        /// <summary>
+        /// The tokenizer the model was trained with, as GGUF names it in <c>tokenizer.ggml.model</c> ("llama" for
+        /// SentencePiece, "gpt2" for byte-level BPE). When set, a file that states another is rejected at load.
+        /// </summary>
+        public string? Tokenizer { get; set; }
     }
 
     /// <summary>

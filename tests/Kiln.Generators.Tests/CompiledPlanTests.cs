@@ -141,10 +141,10 @@ public sealed class CompiledPlanTests
         foreach (var expected in new[]
         {
             "RmsNorm(Norm1) fused",                        // norm → q/k/v matmul input
-            "rope(·) epilogue",                            // rope on q and k
-            "h2 += · (residual add epilogue, in place)",   // h += Linear(att, O); h is a kernel local, so the buffer is h2
-            "rmsnorm: m ← RmsNorm(h2, Norm2)",              // m is also added later: the norm cannot fold
-            "silu(gate)·up epilogue",                      // the same weight twice still pairs
+            "rope([Q]) epilogue",                          // rope on q and k
+            "h2 ← h2 + [O] epilogue (in place)",           // h += Linear(att, O); h is a kernel local, so the buffer is h2
+            "elementwise: m ← rmsnorm(h2, Norm2)",          // m is also added later: the norm cannot fold
+            "silu([Up])·[Up] epilogue",                    // the same weight twice still pairs
         })
         {
             Assert.True(report.Contains(expected), $"missing \"{expected}\" in:\n{report}");

@@ -73,11 +73,12 @@ public sealed class DiagnosticTests
 
     [Theory]
     [InlineData("while (Dim > 100) { }", "while")]
-    [InlineData("if (Dim > 0) { x = x + x; }", "if")]
+    [InlineData("switch (Dim) { default: break; }", "switch")]
     [InlineData("foreach (var i in new int[0]) { }", "foreach")]
     [InlineData("try { } finally { }", "try")]
     [InlineData("Func<Tensor> f = () => x;", "Func<Tensor> f")]
-    [InlineData("x = x + Ops.Silu(Dim > 0 ? x : x);", "Dim > 0 ? x : x")]
+    [InlineData("x = x + Ops.Silu(x switch { _ => x });", "x switch")]
+    [InlineData("do { } while (Dim > 100);", "do")]
     public void Kln0001UnsupportedConstruct(string body, string located) =>
         AssertSingle(Model(body: body), "KLN0001", located);
 
@@ -196,7 +197,7 @@ public sealed class DiagnosticTests
         // A graph whose result refers to a value that does not exist: the planner throws inside, and must report instead.
         var location = new LocationInfo("Tiny.cs", 0, 4, 0, 0, 0, 4);
         var model = new ModelInfo("Test", "Tiny", "public", "tiny", default, default, default, default, default, default, "Forward", default, location);
-        var graph = new Graph(model, EquatableArray<Node>.Empty, EquatableArray.Create(new RegionInfo(0, false, "", "", "")), Result: 7);
+        var graph = new Graph(model, EquatableArray<Node>.Empty, EquatableArray.Create(new RegionInfo(0, false, "", "", "")), EquatableArray<GuardInfo>.Empty, Result: 7);
         var result = Planner.Build(new GraphResult("Tiny.g.cs", graph, EquatableArray<DiagnosticInfo>.Empty), CancellationToken.None);
 
         Assert.Null(result.Plan);

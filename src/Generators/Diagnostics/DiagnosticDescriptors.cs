@@ -57,6 +57,11 @@ internal static class DiagnosticDescriptors
         "[Quantize] on '{0}': {1}",
         Category, DiagnosticSeverity.Error, isEnabledByDefault: true);
 
+    public static readonly DiagnosticDescriptor SharedCacheLayer = new(
+        "KLN0011", "Two attentions write one layer of the KV cache",
+        "Two Ops.Attention calls that can run in the same step write KV-cache layer '{0}'; give each attention its own layer index (the second would overwrite the first's keys and values)",
+        Category, DiagnosticSeverity.Error, isEnabledByDefault: true);
+
     public static DiagnosticDescriptor ById(string id) => id switch
     {
         "KLN0001" => UnsupportedConstruct,
@@ -68,6 +73,7 @@ internal static class DiagnosticDescriptors
         "KLN0007" => MalformedModel,
         "KLN0008" => InvalidLayers,
         "KLN0010" => InvalidQuantize,
+        "KLN0011" => SharedCacheLayer,
         _ => InternalError,
     };
 }

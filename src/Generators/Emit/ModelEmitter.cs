@@ -24,7 +24,7 @@ internal static class ModelEmitter
             w.Line();
         }
 
-        EmitLoad(w, model);
+        EmitLoad(w, plan);
 
         w.Line("/// <summary>Logits per output row: the last dimension of the forward result.</summary>");
         w.Line($"public int VocabSize => {Names.DimCode(plan.VocabDim, "this")};");
@@ -51,8 +51,9 @@ internal static class ModelEmitter
         EmitHelpers(w);
     }
 
-    private static void EmitLoad(CodeWriter w, ModelInfo model)
+    private static void EmitLoad(CodeWriter w, Plan plan)
     {
+        var model = plan.Model;
         w.Line($"/// <summary>Binds a model file: architecture \"{model.Architecture}\", hyperparameters, then every weight with its declared shape checked.</summary>");
         using (w.Block($"public static {model.ClassName} Load({File} file)"))
         {
@@ -111,9 +112,40 @@ internal static class ModelEmitter
             w.Close();
             using (w.Block("catch (global::System.ArithmeticException e)"))
                 w.Line($"throw new {LoadException}(file.Path, \"hyperparameters\", null, $\"a derived dimension cannot be computed from them ({{e.Message}}).\", e);");
+            w.Line();
+            EmitDefinitionChecks(w, plan);
             w.Line("return model;");
         }
         w.Line();
+    }
+
+    /// <summary>What the file states that changes the math is read by this definition, or agrees with its forward.</summary>
+    private static void EmitDefinitionChecks(CodeWriter w, Plan plan)
+    {
+        var model = plan.Model;
+        const string Checks = "global::Kiln.Loading.DefinitionChecks";
+        w.Line("// What the file states that changes the math must be read by this definition, or agree with what its forward uses.");
+        var bound = new System.Collections.Generic.HashSet<string>(model.Hypers.Select(h => h.Key));
+        string name = Names.Literal(model.ClassName);
+        var rope = plan.RopeTables.FirstOrDefault();
+        var attention = plan.Kernels.OfType<AttentionKernel>().FirstOrDefault();
+        foreach (string suffix in new[]
+        {
+            "attention.sliding_window", "attn_logit_softcapping", "final_logit_softcapping", "attention.layer_norm_rms_epsilon",
+            "attention.layer_norm_epsilon", "rope.freq_base", "rope.dimension_count", "attention.key_length", "attention.value_length", "expert_count",
+        })
+        {
+            string key = model.Architecture + "." + suffix;
+            if (bound.Contains(key)) continue;
+            if (suffix == "rope.dimension_count" && rope is not null)
+                w.Line($"{Checks}.RequireAgrees(file, {Names.Literal(key)}, {rope.Rotary("model")}, {name}, \"its rope's rotary dimensions\");");
+            else if (suffix is "attention.key_length" or "attention.value_length" && attention is not null)
+                w.Line($"{Checks}.RequireAgrees(file, {Names.Literal(key)}, model.KvShape.HeadDim, {name}, \"its attention's head dimension\");");
+            else
+                w.Line($"{Checks}.RequireRead(file, {Names.Literal(key)}, {name});");
+        }
+        w.Line($"{Checks}.RejectRopeScaling(file, {Names.Literal(model.Architecture)}, {name});");
+        if (model.Tokenizer.Length > 0) w.Line($"{Checks}.RequireTokenizer(file, {Names.Literal(model.Tokenizer)}, {name});");
     }
 
     private static void EmitWeight(CodeWriter w, ModelInfo model, WeightInfo weight, string target, string prefix, System.Collections.Generic.HashSet<string> bound)

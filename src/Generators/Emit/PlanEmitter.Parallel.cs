@@ -6,15 +6,20 @@ using Kiln.Generators.Passes;
 namespace Kiln.Generators.Emit;
 
 /// <summary>
-/// The parallel kernels: a matmul prepares its input once and runs a work struct over 4-row groups whose tiles go
-/// straight through the segment's epilogue struct; attention runs a work struct over (token, KV head) items.
+/// The parallel kernels: a matmul prepares its input once (through a generated row source when a chain fused into
+/// it) and runs a work struct over 4-row groups whose tiles go straight through each segment's generated epilogue;
+/// an elementwise kernel runs a generated work struct over rows; attention fills the runtime's paged kernel.
 /// </summary>
 internal static partial class PlanEmitter
 {
+    private const string Lanes = "global::Kiln.Kernels.Elementwise.Lanes";
     private static readonly string[] WorkMembers = { "Weights", "Input", "Execute", "Run", "BindOutput" };
 
-    private static string Work(Plan plan, Kernel kernel) =>
-        (kernel is AttentionKernel ? "Attention" : "MatMul") + Number(plan, kernel) + "Work";
+    private static string MatMulWork(Plan plan, MatMulKernel matmul) => "MatMul" + Number(plan, matmul) + "Work";
+
+    private static string MatMulInput(Plan plan, MatMulKernel matmul) => "MatMul" + Number(plan, matmul) + "Input";
+
+    private static string ElementwiseWork(Plan plan, ElementwiseKernel kernel) => "Elementwise" + Number(plan, kernel) + "Work";
 
     private static string Epilogue(Plan plan, MatMulKernel matmul, Segment segment) =>
         "MatMul" + Number(plan, matmul) + Pascal(Buffer(plan, segment.Output));
@@ -37,19 +42,31 @@ internal static partial class PlanEmitter
         return buffer.Slot < 0 ? "default" : $"_arena.View({OffsetField(buffer)}, {Names.Dim(buffer.Rows)} * {Names.DimField(buffer.Cols)})";
     }
 
+    private static string Initializer(IEnumerable<string> fields) => "{ " + string.Join(", ", fields) + " }";
+
     private static void EmitMatMul(CodeWriter w, Plan plan, MatMulKernel m, string layer)
     {
-        var input = BufferOf(plan, m.Input);
         string inDim = Names.DimField(m.InDim);
-        string rows = Names.Dim(input.Rows);
-        string norm = m.NormWeight.Length > 0 ? Names.Weight(m.NormWeight, "_model", layer) + ".Data" : "null";
-        string eps = m.NormEps is null ? "0f" : Names.Scalar(m.NormEps, "_model");
+        string rows = Names.Dim(m.Rows);
+        string normKind = m.Norm is null ? "None" : m.Norm.Kind;
+        string norm = m.Norm is null ? "null" : Names.Weight(m.Norm.Weight, "_model", layer) + ".Data";
+        string bias = m.Norm is null || m.Norm.Bias.Length == 0 ? "null" : Names.Weight(m.Norm.Bias, "_model", layer) + ".Data";
+        string eps = m.Norm is null ? "0f" : $"(float)({Names.Scalar(m.Norm.Eps, "_model")})";
         w.Line($"var weights = {m.Packed}{(m.LayersMember.Length > 0 ? $"[{layer}]" : "")};");
-        w.Line(m.NormWeight.Length > 0
-            ? $"// The input once for every weight: 1/rms per token, x·(1/rms)·{Short(m.NormWeight)} written (float layouts) or quantized straight to Q8."
-            : "// The input once for every weight: quantized to Q8 for the quantized layouts, read as it is by the float ones.");
-        w.Line($"var input = _inputs.Prepare(weights.Format, {View(plan, m.Input)}, {inDim}, {rows}, {inDim}, {norm}, {eps}, _pool);");
-        w.Line($"var work = new {Work(plan, m)}");
+        string prepared = m.Norm is null ? "" : $", {(m.Norm.Kind == "Rms" ? "RMS" : "layer")}-normalized by {Short(m.Norm.Weight)}";
+        if (m.InputProgram is null)
+        {
+            w.Line($"// The input once for every weight{prepared}: quantized to Q8 for the quantized layouts, read as it is by the float ones.");
+            w.Line($"var input = _inputs.Prepare(weights.Format, {View(plan, m.Input)}, {Names.DimField(BufferOf(plan, m.Input).Cols)}, {rows}, {inDim}, {MatMul}.InputNorm.{normKind}, {norm}, {bias}, {eps}, _pool);");
+        }
+        else
+        {
+            var code = new ProgramCode(plan, m.InputProgram);
+            w.Line($"// The input once for every weight: {Passes.FusionReport.Resolve(m.InputProgram.Description, plan)} computed per row{prepared}, then quantized or read as floats.");
+            w.Line($"var source = new {MatMulInput(plan, m)} {Initializer(code.Initializers(layer, v => View(plan, v)))};");
+            w.Line($"var input = _inputs.Prepare(weights.Format, source, {rows}, {inDim}, {MatMul}.InputNorm.{normKind}, {norm}, {bias}, {eps}, _pool);");
+        }
+        w.Line($"var work = new {MatMulWork(plan, m)}");
         w.Line("{");
         w.Line("    Weights = weights,");
         w.Line("    Input = input,");
@@ -58,23 +75,20 @@ internal static partial class PlanEmitter
         for (int i = 0; i < m.Segments.Count; i++)
         {
             var segment = m.Segments[i];
+            var code = new ProgramCode(plan, segment.Epilogue);
             var fields = new List<string>
             {
                 $"Output = {View(plan, segment.Output)}",
                 $"Cols = {Names.DimField(segment.OutDim)}",
                 $"FirstRow = {RowStart(m, i)}",
             };
-            switch (segment.Kind)
+            fields.AddRange(code.Initializers(layer, v => View(plan, v)));
+            if (segment.Rope >= 0)
             {
-                case SegmentKind.Residual:
-                    fields.Add($"Residual = {View(plan, segment.Residual)}");
-                    break;
-                case SegmentKind.Rope:
-                    string r = segment.RopeTable.ToString();
-                    fields.Add($"Cos = _rope{r}Cos, Sin = _rope{r}Sin, Cosines = _rope{r}Cosines, SignedSines = _rope{r}SignedSines, Half = _rope{r}Half, HeadDim = _rope{r}HeadDim");
-                    break;
+                string r = segment.Rope.ToString();
+                fields.Add($"Cos = _rope{r}Cos, Sin = _rope{r}Sin, Cosines = _rope{r}Cosines, SignedSines = _rope{r}SignedSines, Half = _rope{r}Half, HeadDim = _rope{r}HeadDim");
             }
-            w.Line($"    {EpilogueField(plan, segment)} = new {Epilogue(plan, m, segment)} {{ {string.Join(", ", fields)} }},");
+            w.Line($"    {EpilogueField(plan, segment)} = new {Epilogue(plan, m, segment)} {Initializer(fields)},");
         }
         w.Line("};");
         string chunk = $"{MatMul}.Gemm.ChunkSize(weights, {rows}, _pool.ThreadCount)";
@@ -89,7 +103,25 @@ internal static partial class PlanEmitter
         }
     }
 
-    private static void EmitAttention(CodeWriter w, Plan plan, AttentionKernel a, string layer)
+    private static void EmitElementwise(CodeWriter w, Plan plan, ElementwiseKernel e, string layer)
+    {
+        var code = new ProgramCode(plan, e.Program);
+        var output = BufferOf(plan, e.Output);
+        string rows = Names.Dim(e.Program.Rows), cols = Names.DimField(e.Program.Cols);
+        var fields = new List<string> { $"Output = {View(plan, e.Output)}" };
+        fields.AddRange(code.Initializers(layer, v => View(plan, v)));
+        if (e.Program.Rope >= 0)
+        {
+            var table = plan.RopeTables[e.Program.Rope];
+            string r = table.Index.ToString();
+            fields.Add($"Cos = _rope{r}Cos, Sin = _rope{r}Sin, Half = _rope{r}Half, Rotary = _rope{r}Rotary");
+            fields.Add(table.NeoX ? $"CosHalf = _rope{r}CosHalf, SinHalf = _rope{r}SinHalf" : $"Cosines = _rope{r}Cosines, SignedSines = _rope{r}SignedSines");
+        }
+        w.Line($"// {output.Name} ← {Passes.FusionReport.Resolve(e.Program.Description, plan)}: each row by one work item, the widest vectors first.");
+        w.Line($"_pool.Run({rows}, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize({rows}, {cols}, _pool.ThreadCount), new {ElementwiseWork(plan, e)} {Initializer(fields)});");
+    }
+
+    private static void EmitAttention(CodeWriter w, Plan plan, AttentionKernel a)
     {
         string k = Buffer(plan, a.K), v = Buffer(plan, a.V);
         string qCols = Names.DimField(BufferOf(plan, a.Q).Cols);
@@ -104,13 +136,13 @@ internal static partial class PlanEmitter
             w.Line($"cache.WriteKey({cacheLayer}, row, {k}.Slice(t * {kvCols}, {kvCols}));");
             w.Line($"cache.WriteValue({cacheLayer}, row, {v}.Slice(t * {kvCols}, {kvCols}));");
         }
+        string scale = a.Scale.Constant is "0" ? $"(float)(1.0 / global::System.Math.Sqrt({qCols} / heads))" : $"(float)({Names.Scalar(a.Scale, "_model")})";
+        if (a.Scale.Constant is not "0" && a.Scale.IsFixed is false)
+            scale = $"{scale} is var s && s != 0f ? s : (float)(1.0 / global::System.Math.Sqrt({qCols} / heads))";
+        string options = $"new {Attention}.AttentionOptions({scale}, {Names.Scalar(a.Window, "_model")}, (float)({Names.Scalar(a.SoftCap, "_model")}), {Names.Scalar(a.Causal, "_model")})";
         w.Line("// Items: each token's KV heads in a few chunks (so one token's heads still spread over the threads); a chunk reads its");
         w.Line("// rows of the cache once, in order, for all its heads.");
-        w.Line("int perToken = global::System.Math.Clamp((2 * _pool.ThreadCount + T - 1) / T, 1, kvHeads);");
-        w.Line("int kvPerItem = (kvHeads + perToken - 1) / perToken;");
-        w.Line("perToken = (kvHeads + kvPerItem - 1) / kvPerItem;");
-        w.Line("int items = T * perToken, chunk = (items + AttentionChunks - 1) / AttentionChunks;");
-        w.Line($"_pool.Run(items, chunk, new {Work(plan, a)}");
+        w.Line($"var paged = new {Attention}.PagedAttention");
         w.Line("{");
         w.Line($"    Q = {View(plan, a.Q)},");
         w.Line($"    Output = {View(plan, a.Output)},");
@@ -118,9 +150,6 @@ internal static partial class PlanEmitter
         w.Line("    ScoresStride = _scoresPerChunk,");
         w.Line("    Gather = _gather,");
         w.Line("    GatherStride = _gatherFloats,");
-        w.Line("    ChunkSize = chunk,");
-        w.Line("    PerToken = perToken,");
-        w.Line("    KvPerItem = kvPerItem,");
         w.Line("    Cache = cache,");
         w.Line("    Context = context,");
         w.Line($"    Layer = {cacheLayer},");
@@ -129,16 +158,16 @@ internal static partial class PlanEmitter
         w.Line($"    HeadDim = {qCols} / heads,");
         w.Line($"    QCols = {qCols},");
         w.Line($"    KvCols = {kvCols},");
-        w.Line($"    Scale = (float)(1.0 / global::System.Math.Sqrt({qCols} / heads)),");
-        w.Line("});");
+        w.Line($"    Options = {options},");
+        w.Line("};");
+        w.Line("int items = paged.Plan(T, _pool.ThreadCount);");
+        w.Line("_pool.Run(items, paged.ChunkSize, paged);");
     }
 
     private static void EmitWorkStructs(CodeWriter w, Plan plan)
     {
         if (plan.Kernels.OfType<AttentionKernel>().Any())
         {
-            w.Line($"private const int AttentionChunks = {AttentionChunks};");
-            w.Line();
             w.Line("/// <summary>Attention scratch for <paramref name=\"cache\"/>: per chunk of work items, every head's scores over its MaxContext and one block's rows.</summary>");
             using (w.Block("private void GrowScores(global::Kiln.KvCache cache)"))
             {
@@ -148,25 +177,25 @@ internal static partial class PlanEmitter
                 w.Line("_scoresMemory?.Dispose();");
                 w.Line("_scoresContext = global::System.Math.Max(_scoresContext, cache.MaxContext);");
                 w.Line($"_gatherFloats = global::System.Math.Max(_gatherFloats, {MatMul}.KvBlocks.ScratchFloats(cache));");
-                w.Line($"_scoresPerChunk = checked(_scoresContext * {most});");
-                w.Line($"_scoresMemory = new {MatMul}.NativeBlock(((long)_scoresPerChunk + _gatherFloats) * AttentionChunks * sizeof(float));");
-                w.Line("_scores = _scoresMemory.Floats(0, AttentionChunks * _scoresPerChunk);");
-                w.Line("_gather = _scoresMemory.Floats((long)AttentionChunks * _scoresPerChunk * sizeof(float), AttentionChunks * _gatherFloats);");
+                w.Line($"_scoresPerChunk = {Attention}.PagedAttention.ScoresPerChunk(_scoresContext, {most});");
+                w.Line($"const int chunks = {Attention}.PagedAttention.MaxChunks;");
+                w.Line($"_scoresMemory = new {MatMul}.NativeBlock(((long)_scoresPerChunk + _gatherFloats) * chunks * sizeof(float));");
+                w.Line("_scores = _scoresMemory.Floats(0, chunks * _scoresPerChunk);");
+                w.Line("_gather = _scoresMemory.Floats((long)chunks * _scoresPerChunk * sizeof(float), chunks * _gatherFloats);");
             }
             w.Line();
         }
-        var seen = new HashSet<string>();
         foreach (var kernel in plan.Kernels)
         {
-            if (!seen.Add(Work(plan, kernel))) continue;
             switch (kernel)
             {
                 case MatMulKernel m:
                     EmitMatMulWork(w, plan, m);
+                    if (m.InputProgram is not null) EmitInputSource(w, plan, m);
                     foreach (var segment in m.Segments) EmitEpilogue(w, plan, m, segment);
                     break;
-                case AttentionKernel a:
-                    EmitAttentionWork(w, plan, a);
+                case ElementwiseKernel e:
+                    EmitElementwiseWork(w, plan, e);
                     break;
             }
         }
@@ -178,7 +207,7 @@ internal static partial class PlanEmitter
         bool logits = m.Segments.Any(s => WritesLogits(plan, s));
         w.Line($"/// <summary>[{n}] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>");
         string interfaces = $"global::Kiln.Threading.IParallelWork{(logits ? $", {MatMul}.IOutputWork" : "")}";
-        using (w.Block($"private struct {Work(plan, m)} : {interfaces}"))
+        using (w.Block($"private struct {MatMulWork(plan, m)} : {interfaces}"))
         {
             w.Line($"public {MatMul}.PackedMatrix Weights;");
             w.Line($"public {MatMul}.GemmInput Input;");
@@ -227,23 +256,190 @@ internal static partial class PlanEmitter
         w.Line();
     }
 
+    /// <summary>The rows a matmul reads when a chain fused into its preparation: the program, written into the scratch row.</summary>
+    private static void EmitInputSource(CodeWriter w, Plan plan, MatMulKernel m)
+    {
+        var code = new ProgramCode(plan, m.InputProgram!);
+        w.Line($"/// <summary>[{Number(plan, m)}] The matmul's input rows: {Passes.FusionReport.Resolve(m.InputProgram!.Description, plan)}, computed into the preparation's scratch.</summary>");
+        using (w.Block($"private struct {MatMulInput(plan, m)} : {MatMul}.IRowSource"))
+        {
+            code.Fields(w);
+            w.Line();
+            using (w.Block($"public void Row(int t, {MatMul}.FloatBuffer destination)"))
+            {
+                code.RowSetup(w, "t");
+                w.Line("int c = 0;");
+                ColumnLoops(w, code, "destination.Length", (width, column) =>
+                {
+                    string value = code.Body(w, width, column, column, "e");
+                    w.Line(ProgramCode.Store(width, "destination", column, value));
+                });
+            }
+        }
+        w.Line();
+    }
+
+    /// <summary>Loops c from its current value to <paramref name="end"/>: Vector512 while 16 fit, Vector256 while 8 fit, then one at a time.</summary>
+    private static void ColumnLoops(CodeWriter w, ProgramCode code, string end, System.Action<int, string> body, string column = "c", string offset = "")
+    {
+        string at = offset.Length == 0 ? column : $"{offset} + {column}";
+        using (w.Block($"if ({Lanes}.Use512)"))
+        using (w.Block($"for (; {column} + 16 <= {end}; {column} += 16)"))
+            body(16, at);
+        using (w.Block($"if ({Lanes}.Use256)"))
+        using (w.Block($"for (; {column} + 8 <= {end}; {column} += 8)"))
+            body(8, at);
+        using (w.Block($"for (; {column} < {end}; {column}++)"))
+            body(1, at);
+    }
+
+    private static void EmitElementwiseWork(CodeWriter w, Plan plan, ElementwiseKernel e)
+    {
+        var program = e.Program;
+        var code = new ProgramCode(plan, program);
+        var table = program.Rope >= 0 ? plan.RopeTables[program.Rope] : null;
+        w.Line($"/// <summary>[{Number(plan, e)}] {Buffer(plan, e.Output)} ← {Passes.FusionReport.Resolve(program.Description, plan)}, row by row.</summary>");
+        using (w.Block($"private struct {ElementwiseWork(plan, e)} : global::Kiln.Threading.IParallelWork"))
+        {
+            w.Line($"public {MatMul}.FloatBuffer Output;");
+            code.Fields(w);
+            if (table is not null)
+            {
+                w.Line("public double[] Cos, Sin;");
+                w.Line(table.NeoX ? "public float[] CosHalf, SinHalf;" : "public float[] Cosines, SignedSines;");
+                w.Line("public int Half, Rotary;");
+            }
+            w.Line();
+            w.Line("[global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]");
+            using (w.Block("public void Execute(int start, int end)"))
+            {
+                string cols = ProgramCode.DimRef(program.Cols);
+                using (w.Block("for (int t = start; t < end; t++)"))
+                {
+                    w.Line($"int o = t * {cols};");
+                    code.RowSetup(w, "t");
+                    if (program.Group.Length == 0)
+                    {
+                        w.Line("int c = 0;");
+                        ColumnLoops(w, code, cols, (width, column) =>
+                        {
+                            string value = code.Body(w, width, column, column, "e");
+                            w.Line(ProgramCode.Store(width, "Output", $"o + {column}", value));
+                        });
+                    }
+                    else
+                    {
+                        string group = ProgramCode.DimRef(program.Group);
+                        using (w.Block($"for (int g = 0; g < {cols}; g += {group})"))
+                        {
+                            code.GroupSetup(w, "g");
+                            if (table is null) PlainHead(w, code, group);
+                            else if (table.NeoX) NeoXHead(w, code, group);
+                            else AdjacentHead(w, code, group);
+                        }
+                    }
+                }
+            }
+        }
+        w.Line();
+    }
+
+    /// <summary>One head, no rope: every column of it.</summary>
+    private static void PlainHead(CodeWriter w, ProgramCode code, string group)
+    {
+        w.Line("int j = 0;");
+        ColumnLoops(w, code, group, (width, column) =>
+        {
+            string value = code.Body(w, width, $"g + {column}", column, "e");
+            w.Line(ProgramCode.Store(width, "Output", $"o + g + {column}", value));
+        }, "j");
+    }
+
+    /// <summary>
+    /// One head, NeoX rope: pair j is columns j and j + Half; both are computed, turned by the pair's angle and
+    /// stored; the columns past the rotary ones pass through.
+    /// </summary>
+    private static void NeoXHead(CodeWriter w, ProgramCode code, string group)
+    {
+        w.Line("int j = 0;");
+        ColumnLoops(w, code, "Half", (width, column) =>
+        {
+            string a = code.Body(w, width, $"g + {column}", column, "a");
+            string b = code.Body(w, width, $"g + {column} + Half", $"{column} + Half", "b");
+            string at = $"t * Half + {column}";
+            string cos = width == 1 ? "(float)Cos[" + at + "]" : $"{ProgramCode.Vector(width)}.LoadUnsafe(ref CosHalf[{at}])";
+            string sin = width == 1 ? "(float)Sin[" + at + "]" : $"{ProgramCode.Vector(width)}.LoadUnsafe(ref SinHalf[{at}])";
+            if (width == 1)
+            {
+                w.Line($"double cos = Cos[{at}], sin = Sin[{at}];");
+                w.Line($"Output[o + g + {column}] = (float)({a} * cos - {b} * sin);");
+                w.Line($"Output[o + g + {column} + Half] = (float)({a} * sin + {b} * cos);");
+            }
+            else
+            {
+                w.Line($"var cos = {cos};");
+                w.Line($"var sin = {sin};");
+                w.Line(ProgramCode.Store(width, "Output", $"o + g + {column}", $"{a} * cos - {b} * sin"));
+                w.Line(ProgramCode.Store(width, "Output", $"o + g + {column} + Half", $"{a} * sin + {b} * cos"));
+            }
+        }, "j");
+        PassThrough(w, code, group);
+    }
+
+    /// <summary>One head, rope on adjacent pairs: vectors turn two-element pairs with a lane swap; the scalar tail pair by pair.</summary>
+    private static void AdjacentHead(CodeWriter w, ProgramCode code, string group)
+    {
+        w.Line("int j = 0;");
+        foreach (int width in new[] { 16, 8 })
+        {
+            string swap = "global::System.Runtime.Intrinsics." + (width == 16 ? "Vector512" : "Vector256") + ".Create(" + string.Join(", ", Enumerable.Range(0, width).Select(i => (i ^ 1).ToString())) + ")";
+            using (w.Block($"if ({Lanes}.Use{(width == 16 ? 512 : 256)})"))
+            using (w.Block($"for (; j + {width} <= Rotary; j += {width})"))
+            {
+                string v = code.Body(w, width, "g + j", "j", "e");
+                string at = "t * Rotary + j";
+                w.Line($"var turned = {v} * {ProgramCode.Vector(width)}.LoadUnsafe(ref Cosines[{at}]) + {ProgramCode.Vector(width)}.Shuffle({v}, {swap}) * {ProgramCode.Vector(width)}.LoadUnsafe(ref SignedSines[{at}]);");
+                w.Line(ProgramCode.Store(width, "Output", "o + g + j", "turned"));
+            }
+        }
+        using (w.Block("for (; j < Rotary; j += 2)"))
+        {
+            string a = code.Body(w, 1, "g + j", "j", "a");
+            string b = code.Body(w, 1, "g + j + 1", "j + 1", "b");
+            w.Line("double cos = Cos[t * Half + j / 2], sin = Sin[t * Half + j / 2];");
+            w.Line($"Output[o + g + j] = (float)({a} * cos - {b} * sin);");
+            w.Line($"Output[o + g + j + 1] = (float)({a} * sin + {b} * cos);");
+        }
+        PassThrough(w, code, group);
+    }
+
+    /// <summary>The columns of a head past its rotary ones, unturned.</summary>
+    private static void PassThrough(CodeWriter w, ProgramCode code, string group)
+    {
+        w.Line("j = Rotary;");
+        ColumnLoops(w, code, group, (width, column) =>
+        {
+            string value = code.Body(w, width, $"g + {column}", column, "p");
+            w.Line(ProgramCode.Store(width, "Output", $"o + g + {column}", value));
+        }, "j");
+    }
+
     private static void EmitEpilogue(CodeWriter w, Plan plan, MatMulKernel m, Segment segment)
     {
+        var code = new ProgramCode(plan, segment.Epilogue);
         string output = Buffer(plan, segment.Output);
-        string summary = segment.Kind switch
-        {
-            SegmentKind.Rope => $"{output} ← rope(·): each adjacent row pair rotated by the token's position (cos/sin from the step's table).",
-            SegmentKind.Residual => $"{output} ← {Buffer(plan, segment.Residual)} + ·: the residual add.",
-            SegmentKind.SwiGlu => $"{output} ← silu(gate)·up: rows interleaved gate, up, so each adjacent pair yields one output.",
-            _ => $"{output} ← ·: the sums stored as they are.",
-        };
+        string summary = segment.IsPair
+            ? $"{output} ← {Passes.FusionReport.Resolve(segment.Epilogue.Description, plan)}: rows interleaved, so each adjacent pair of sums yields one output."
+            : segment.Rope >= 0
+                ? $"{output} ← {Passes.FusionReport.Resolve(segment.Epilogue.Description, plan)}, then each adjacent pair rotated by the token's position (cos/sin from the step's table)."
+                : $"{output} ← {Passes.FusionReport.Resolve(segment.Epilogue.Description, plan)}.";
         w.Line($"/// <summary>[{Number(plan, m)}] {summary}</summary>");
         using (w.Block($"private struct {Epilogue(plan, m, segment)} : {MatMul}.ITileEpilogue"))
         {
             w.Line($"public {MatMul}.FloatBuffer Output;");
-            if (segment.Kind == SegmentKind.Residual) w.Line($"public {MatMul}.FloatBuffer Residual;");
             w.Line("public int Cols, FirstRow;");
-            if (segment.Kind == SegmentKind.Rope)
+            code.Fields(w);
+            if (segment.Rope >= 0)
             {
                 w.Line("public double[] Cos, Sin;");
                 w.Line("public float[] Cosines, SignedSines;");
@@ -253,101 +449,70 @@ internal static partial class PlanEmitter
             w.Line("[global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel");
             using (w.Block("public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)"))
             {
-                switch (segment.Kind)
-                {
-                    case SegmentKind.Plain:
-                        w.Line("int o = row - FirstRow, at = token * Cols + o;");
-                        w.Line("if (o + 4 <= Cols) Output.Store4(at, sums);");
-                        w.Line("else for (int i = 0; o + i < Cols; i++) Output[at + i] = sums[i];");
-                        break;
-                    case SegmentKind.Residual:
-                        w.Line("int o = row - FirstRow, at = token * Cols + o;");
-                        w.Line("if (o + 4 <= Cols) Output.Store4(at, Residual.Load4(at) + sums);");
-                        w.Line("else for (int i = 0; o + i < Cols; i++) Output[at + i] = Residual[at + i] + sums[i];");
-                        break;
-                    case SegmentKind.Rope:
-                        w.Line("int o = row - FirstRow;");
-                        using (w.Block("if (o + 4 <= Cols && HeadDim % 4 == 0) // both pairs in one head: rotate them together"))
-                        {
-                            w.Line("int angle = token * HeadDim + o % HeadDim;");
-                            w.Line($"Output.Store4(token * Cols + o, {VectorMath}.RotatePairs(sums,");
-                            w.Line("    global::System.Runtime.Intrinsics.Vector128.LoadUnsafe(ref Cosines[angle]),");
-                            w.Line("    global::System.Runtime.Intrinsics.Vector128.LoadUnsafe(ref SignedSines[angle])));");
-                            w.Line("return;");
-                        }
-                        using (w.Block("for (int i = 0; i < 4 && o + i < Cols; i += 2)"))
-                        {
-                            w.Line("int c = o + i, pair = (c % HeadDim) / 2;");
-                            w.Line("double cos = Cos[token * Half + pair], sin = Sin[token * Half + pair];");
-                            w.Line("float a = sums[i], b = sums[i + 1];");
-                            w.Line("Output[token * Cols + c] = (float)(a * cos - b * sin);");
-                            w.Line("Output[token * Cols + c + 1] = (float)(a * sin + b * cos);");
-                        }
-                        break;
-                    case SegmentKind.SwiGlu:
-                        w.Line("int o = (row - FirstRow) / 2, at = token * Cols + o;");
-                        w.Line($"var products = {VectorMath}.SiluGatePairs(sums); // [silu(gate₀)·up₀, silu(gate₁)·up₁, ·, ·]");
-                        w.Line("Output[at] = products[0];");
-                        w.Line("if (o + 1 < Cols) Output[at + 1] = products[1];");
-                        break;
-                }
+                code.RowSetup(w, "token");
+                if (segment.IsPair) PairStore(w, code);
+                else if (segment.Rope >= 0) RopeStore(w, code);
+                else PlainStore(w, code);
             }
         }
         w.Line();
     }
 
-    private static void EmitAttentionWork(CodeWriter w, Plan plan, AttentionKernel a)
+    /// <summary>Four consecutive outputs: the program at Vector128, or lane by lane at the end of the rows.</summary>
+    private static void PlainStore(CodeWriter w, ProgramCode code)
     {
-        w.Line($"/// <summary>[{Number(plan, a)}] Causal GQA attention, one (token, chunk of KV heads) per item: every query head of the chunk over the same cached rows, block by block of the token's sequence.</summary>");
-        using (w.Block($"private struct {Work(plan, a)} : global::Kiln.Threading.IParallelWork"))
+        w.Line("int o = row - FirstRow, at = token * Cols + o;");
+        using (w.Block("if (o + 4 <= Cols)"))
         {
-            w.Line($"public {MatMul}.FloatBuffer Q, Output, Scores, Gather;");
-            w.Line("public global::Kiln.KvCache Cache;");
-            w.Line("public global::Kiln.AttentionContext Context;");
-            w.Line("public int ScoresStride, GatherStride, ChunkSize, PerToken, KvPerItem, Layer, Heads, KvHeads, HeadDim, QCols, KvCols;");
-            w.Line("public float Scale;");
-            w.Line();
-            w.Line("[global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]");
-            using (w.Block("public void Execute(int start, int end)"))
-            {
-                w.Line("// Items come in chunks of ChunkSize from a multiple of it: the chunk's own scratch.");
-                w.Line("int chunk = start / ChunkSize;");
-                w.Line("var scores = Scores.Slice(chunk * ScoresStride, ScoresStride);");
-                w.Line("var gather = Gather.Slice(chunk * GatherStride, GatherStride);");
-                w.Line("var positions = Context.Positions;");
-                w.Line("int group = Heads / KvHeads, blockSize = Cache.BlockSize;");
-                w.Line("bool halves = Cache.Storage == global::Kiln.KvStorage.F16;");
-                using (w.Block("for (int item = start; item < end; item++)"))
-                {
-                    w.Line("int t = item / PerToken, kv0 = item % PerToken * KvPerItem, kv1 = global::System.Math.Min(KvHeads, kv0 + KvPerItem);");
-                    w.Line("int rows = positions[t] + 1, heads = (kv1 - kv0) * group, at = t * QCols + kv0 * group * HeadDim;");
-                    w.Line("// Only this item's KV heads are read: F16 rows in place (widened in registers), int8 ones dequantized into scratch.");
-                    w.Line("int columns = (kv1 - kv0) * HeadDim;");
-                    w.Line("var blocks = Context.BlockTable(Context.SequenceOf(t)); // a contiguous cache: one block per sequence");
-                    w.Line("var query = Q.Slice(at, heads * HeadDim);");
-                    w.Line("var output = Output.Slice(at, heads * HeadDim);");
-                    w.Line("var weights = scores.Slice(0, heads * rows);");
-                    using (w.Block("for (int b = 0, first = 0; first < rows; b++, first += blockSize)"))
-                    {
-                        w.Line("int count = global::System.Math.Min(blockSize, rows - first);");
-                        w.Line("if (halves)");
-                        w.Line($"    {VectorMath}.AttentionScores(query, heads, HeadDim, group, {MatMul}.KvBlocks.HalfKeys(Cache, Layer, blocks[b], count, kv0 * HeadDim, columns), KvCols, count, Scale, weights, rows, first);");
-                        w.Line("else");
-                        w.Line($"    {VectorMath}.AttentionScores(query, heads, HeadDim, group, {MatMul}.KvBlocks.Keys(Cache, Layer, blocks[b], count, kv0 * HeadDim, columns, gather), KvCols, count, Scale, weights, rows, first);");
-                    }
-                    w.Line($"for (int h = 0; h < heads; h++) {VectorMath}.Softmax(weights.Slice(h * rows, rows));");
-                    w.Line("output.Clear();");
-                    using (w.Block("for (int b = 0, first = 0; first < rows; b++, first += blockSize)"))
-                    {
-                        w.Line("int count = global::System.Math.Min(blockSize, rows - first);");
-                        w.Line("if (halves)");
-                        w.Line($"    {VectorMath}.AttentionValues(weights, rows, first, heads, HeadDim, group, {MatMul}.KvBlocks.HalfValues(Cache, Layer, blocks[b], count, kv0 * HeadDim, columns), KvCols, count, output);");
-                        w.Line("else");
-                        w.Line($"    {VectorMath}.AttentionValues(weights, rows, first, heads, HeadDim, group, {MatMul}.KvBlocks.Values(Cache, Layer, blocks[b], count, kv0 * HeadDim, columns, gather), KvCols, count, output);");
-                    }
-                }
-            }
+            string value = code.Body(w, 4, "o", "o", "e", new[] { "sums" });
+            w.Line(ProgramCode.Store(4, "Output", "at", value));
+            w.Line("return;");
         }
-        w.Line();
+        using (w.Block("for (int i = 0; o + i < Cols; i++)"))
+        {
+            string value = code.Body(w, 1, "o + i", "o + i", "e", new[] { "sums[i]" });
+            w.Line($"Output[at + i] = {value};");
+        }
+    }
+
+    /// <summary>An interleaved pair [a₀, b₀, a₁, b₁]: two outputs from the two sums of each.</summary>
+    private static void PairStore(CodeWriter w, ProgramCode code)
+    {
+        w.Line("int o = (row - FirstRow) / 2, at = token * Cols + o;");
+        w.Line($"var first = {ProgramCode.Vector(4)}.Shuffle(sums, {ProgramCode.Vector(4)}.Create(0, 2, 0, 2)); // a₀, a₁");
+        w.Line($"var second = {ProgramCode.Vector(4)}.Shuffle(sums, {ProgramCode.Vector(4)}.Create(1, 3, 1, 3)); // b₀, b₁");
+        using (w.Block("if (o + 2 <= Cols)"))
+        {
+            string value = code.Body(w, 4, "o", "o", "e", new[] { "first", "second" }, pairLanes: true);
+            w.Line($"Output[at] = {value}[0];");
+            w.Line($"Output[at + 1] = {value}[1];");
+            w.Line("return;");
+        }
+        string last = code.Body(w, 1, "o", "o", "l", new[] { "first[0]", "second[0]" });
+        w.Line($"Output[at] = {last};");
+    }
+
+    /// <summary>The program, then rotary embedding of adjacent pairs (both pairs of the tile in one head when the head allows).</summary>
+    private static void RopeStore(CodeWriter w, ProgramCode code)
+    {
+        w.Line("int o = row - FirstRow;");
+        using (w.Block("if (o + 4 <= Cols && HeadDim % 4 == 0) // both pairs in one head: rotate them together"))
+        {
+            string value = code.Body(w, 4, "o", "o", "e", new[] { "sums" });
+            w.Line("int angle = token * HeadDim + o % HeadDim;");
+            w.Line($"Output.Store4(token * Cols + o, global::Kiln.Kernels.VectorMath.RotatePairs({value},");
+            w.Line("    global::System.Runtime.Intrinsics.Vector128.LoadUnsafe(ref Cosines[angle]),");
+            w.Line("    global::System.Runtime.Intrinsics.Vector128.LoadUnsafe(ref SignedSines[angle])));");
+            w.Line("return;");
+        }
+        using (w.Block("for (int i = 0; i < 4 && o + i < Cols; i += 2)"))
+        {
+            string a = code.Body(w, 1, "o + i", "o + i", "a", new[] { "sums[i]" });
+            string b = code.Body(w, 1, "o + i + 1", "o + i + 1", "b", new[] { "sums[i + 1]" });
+            w.Line("int c = o + i, pair = (c % HeadDim) / 2;");
+            w.Line("double cos = Cos[token * Half + pair], sin = Sin[token * Half + pair];");
+            w.Line($"Output[token * Cols + c] = (float)({a} * cos - {b} * sin);");
+            w.Line($"Output[token * Cols + c + 1] = (float)({a} * sin + {b} * cos);");
+        }
     }
 }

@@ -1,3 +1,4 @@
+using System.Collections.Generic;
 using System.Linq;
 using Kiln.Generators.Ir;
 using Kiln.Generators.Passes;
@@ -32,39 +33,24 @@ internal static partial class PlanEmitter
                 w.Line("if (_scoresContext < cache.MaxContext || _gatherFloats < global::Kiln.Kernels.MatMul.KvBlocks.ScratchFloats(cache)) GrowScores(cache); // once per larger cache, never per step");
             }
             w.Line("global::System.ReadOnlySpan<int> positions = context.Positions;");
-            w.Line("global::System.ReadOnlySpan<int> outputRows = context.OutputRows;");
             w.Line();
+            EmitGatherChecks(w, plan);
             w.Line("// Activations: views of the arena.");
             foreach (var buffer in plan.Buffers.Where(b => b.Slot >= 0))
                 w.Line($"global::System.Span<float> {buffer.Name} = _arena.Slice({OffsetField(buffer)}, {Names.Dim(buffer.Rows)} * {Names.DimField(buffer.Cols)});");
             w.Line();
-
-            foreach (var table in plan.RopeTables)
-            {
-                string i = table.Index.ToString();
-                w.Line($"// Rope table {i}: angle = position · base^(-2·pair/headDim), in double like the eager op; shared by every layer.");
-                using (w.Block("for (int t = 0; t < T; t++)"))
-                {
-                    using (w.Block($"for (int pair = 0; pair < _rope{i}Half; pair++)"))
-                    {
-                        w.Line($"double angle = positions[t] * _rope{i}InverseFrequency[pair];");
-                        w.Line("double cos = global::System.Math.Cos(angle), sin = global::System.Math.Sin(angle);");
-                        w.Line($"_rope{i}Cos[t * _rope{i}Half + pair] = cos;");
-                        w.Line($"_rope{i}Sin[t * _rope{i}Half + pair] = sin;");
-                        w.Line($"int at = t * _rope{i}HeadDim + 2 * pair; // float copies laid out for two pairs at once: cos, cos and −sin, sin");
-                        w.Line($"_rope{i}Cosines[at] = _rope{i}Cosines[at + 1] = (float)cos;");
-                        w.Line($"_rope{i}SignedSines[at] = -(float)sin;");
-                        w.Line($"_rope{i}SignedSines[at + 1] = (float)sin;");
-                    }
-                }
-                w.Line();
-            }
+            foreach (var table in plan.RopeTables) EmitRopeTable(w, table);
 
             int region = 0;
-            int number = 1;
             bool open = false;
+            int guard = -1;
             foreach (var kernel in plan.Kernels)
             {
+                if (kernel.Region != region || kernel.Guard != guard)
+                {
+                    if (guard >= 0) w.Close();
+                    guard = -1;
+                }
                 if (kernel.Region != region)
                 {
                     if (open)
@@ -81,10 +67,90 @@ internal static partial class PlanEmitter
                         open = true;
                     }
                 }
-                EmitKernel(w, plan, kernel, number++);
+                if (kernel.Guard != guard)
+                {
+                    guard = kernel.Guard;
+                    w.Open($"if ({Condition(plan, guard)}) // the forward method's branch");
+                }
+                EmitKernel(w, plan, kernel, Number(plan, kernel));
             }
+            if (guard >= 0) w.Close();
             if (open) w.Close();
         }
+    }
+
+    /// <summary>The C# condition under which code of <paramref name="guard"/> runs: its branch and every branch around it.</summary>
+    private static string Condition(Plan plan, int guard)
+    {
+        var parts = new List<string>();
+        for (int g = guard; g >= 0; g = plan.Guards[g].Parent)
+        {
+            var info = plan.Guards[g];
+            string condition = Names.Scalar(info.Condition, "_model");
+            parts.Insert(0, info.Polarity ? condition : $"!{condition}");
+        }
+        return string.Join(" && ", parts);
+    }
+
+    /// <summary>Token ids and positions are checked once per step, before any loop gathers table rows by them.</summary>
+    private static void EmitGatherChecks(CodeWriter w, Plan plan)
+    {
+        var programs = Programs(plan).Select(p => p.Program).ToList();
+        var tokenTables = programs.SelectMany(p => p.Elems).Where(e => e.Kind == ElemKind.Gather && e.Map == RowMap.Tokens).Select(e => e.Weight).Distinct().ToList();
+        var positionTables = programs.SelectMany(p => p.Elems).Where(e => e.Kind == ElemKind.Gather && e.Map == RowMap.Positions).Select(e => e.Weight).Distinct().ToList();
+        if (tokenTables.Count > 0)
+        {
+            w.Line("// Token ids, checked against the vocabulary once, where the gathering loops read them.");
+            string rows = string.Join(", ", tokenTables.Select(t => Names.Weight(t, "_model", "0") + ".Rows"));
+            w.Line($"int vocabulary = {(tokenTables.Count == 1 ? rows : $"global::System.Math.Min({rows})")};");
+            using (w.Block("for (int t = 0; t < T; t++)"))
+            {
+                w.Line("int token = tokens[t];");
+                w.Line("if ((uint)token >= (uint)vocabulary)");
+                w.Line("    throw new global::System.ArgumentOutOfRangeException(nameof(tokens), $\"Token id {token} at position {t} is outside the vocabulary (0..{vocabulary - 1}).\");");
+                w.Line("_tokens[t] = token;");
+            }
+            w.Line();
+        }
+        foreach (var table in positionTables)
+        {
+            string rows = Names.Weight(table, "_model", "0") + ".Rows";
+            using (w.Block("for (int t = 0; t < T; t++)"))
+            {
+                w.Line($"if ((uint)positions[t] >= (uint){rows})");
+                w.Line($"    throw new global::System.ArgumentOutOfRangeException(nameof(context), $\"Position {{positions[t]}} of token {{t}} is beyond the {{{rows}}} positions the embedding table {Short(table)} holds.\");");
+            }
+            w.Line();
+        }
+    }
+
+    private static void EmitRopeTable(CodeWriter w, RopeTable table)
+    {
+        string i = table.Index.ToString();
+        w.Line($"// Rope table {i}: angle = position · base^(-2·pair/rotary), in double like the eager op; shared by every layer.");
+        using (w.Block("for (int t = 0; t < T; t++)"))
+        {
+            using (w.Block($"for (int pair = 0; pair < _rope{i}Half; pair++)"))
+            {
+                w.Line($"double angle = positions[t] * _rope{i}InverseFrequency[pair];");
+                w.Line("double cos = global::System.Math.Cos(angle), sin = global::System.Math.Sin(angle);");
+                w.Line($"_rope{i}Cos[t * _rope{i}Half + pair] = cos;");
+                w.Line($"_rope{i}Sin[t * _rope{i}Half + pair] = sin;");
+                if (table.NeoX)
+                {
+                    w.Line($"_rope{i}CosHalf[t * _rope{i}Half + pair] = (float)cos;");
+                    w.Line($"_rope{i}SinHalf[t * _rope{i}Half + pair] = (float)sin;");
+                }
+                else
+                {
+                    w.Line($"int at = t * _rope{i}Rotary + 2 * pair; // float copies laid out for two pairs at once: cos, cos and −sin, sin");
+                    w.Line($"_rope{i}Cosines[at] = _rope{i}Cosines[at + 1] = (float)cos;");
+                    w.Line($"_rope{i}SignedSines[at] = -(float)sin;");
+                    w.Line($"_rope{i}SignedSines[at + 1] = (float)sin;");
+                }
+            }
+        }
+        w.Line();
     }
 
     private static void EmitKernel(CodeWriter w, Plan plan, Kernel kernel, int number)
@@ -96,75 +162,26 @@ internal static partial class PlanEmitter
         {
             switch (kernel)
             {
-                case GatherKernel g:
-                {
-                    string output = Buffer(plan, g.Output);
-                    w.Line($"var table = {Names.Weight(g.Table, "_model", layer)};");
-                    w.Line("int cols = table.Cols;");
-                    using (w.Block("for (int t = 0; t < T; t++)"))
-                    {
-                        w.Line("int token = tokens[t];");
-                        w.Line("if ((uint)token >= (uint)table.Rows)");
-                        w.Line("    throw new global::System.ArgumentOutOfRangeException(nameof(tokens), $\"Token id {token} at position {t} is outside the vocabulary (0..{table.Rows - 1}).\");");
-                        w.Line($"table.Row(token).CopyTo({output}.Slice(t * cols, cols));");
-                    }
-                    break;
-                }
                 case MatMulKernel m:
                     EmitMatMul(w, plan, m, layer);
                     break;
                 case AttentionKernel a:
-                    EmitAttention(w, plan, a, layer);
+                    EmitAttention(w, plan, a);
                     break;
-                case SelectRowsKernel s:
-                {
-                    string cols = Names.DimField(plan.Buffers[plan.ValueBuffers[s.Input]].Cols);
-                    w.Line($"for (int i = 0; i < O; i++) {Buffer(plan, s.Input)}.Slice(outputRows[i] * {cols}, {cols}).CopyTo({Buffer(plan, s.Output)}.Slice(i * {cols}, {cols}));");
-                    break;
-                }
-                case RmsNormKernel r:
-                {
-                    var buffer = plan.Buffers[plan.ValueBuffers[r.Input]];
-                    string cols = Names.DimField(buffer.Cols);
-                    w.Line($"var weight = {Names.Weight(r.Weight, "_model", layer)}.Data;");
-                    using (w.Block($"for (int t = 0; t < {Names.Dim(buffer.Rows)}; t++)"))
-                    {
-                        w.Line($"var row = {buffer.Name}.Slice(t * {cols}, {cols});");
-                        w.Line($"var output = {Buffer(plan, r.Output)}.Slice(t * {cols}, {cols});");
-                        w.Line($"double scale = 1.0 / global::System.Math.Sqrt((double){VectorMath}.SumOfSquares(row) / {cols} + {Names.Scalar(r.Eps, "_model")});");
-                        w.Line($"for (int i = 0; i < {cols}; i++) output[i] = (float)(row[i] * scale * weight[i]);");
-                    }
-                    break;
-                }
-                case RopeKernel r:
-                {
-                    var buffer = plan.Buffers[plan.ValueBuffers[r.Input]];
-                    string cols = Names.DimField(buffer.Cols);
-                    string i = r.RopeTable.ToString();
-                    w.Line($"if ({cols} % _rope{i}HeadDim != 0) throw new global::System.InvalidOperationException(\"Rope: the head dimension does not divide the row length.\");");
-                    using (w.Block($"for (int t = 0; t < {Names.Dim(buffer.Rows)}; t++)"))
-                    {
-                        using (w.Block($"for (int c = 0; c < {cols}; c += 2)"))
-                        {
-                            w.Line($"int pair = (c % _rope{i}HeadDim) / 2;");
-                            w.Line($"double cos = _rope{i}Cos[t * _rope{i}Half + pair], sin = _rope{i}Sin[t * _rope{i}Half + pair];");
-                            w.Line($"float a = {buffer.Name}[t * {cols} + c], b = {buffer.Name}[t * {cols} + c + 1];");
-                            w.Line($"{Buffer(plan, r.Output)}[t * {cols} + c] = (float)(a * cos - b * sin);");
-                            w.Line($"{Buffer(plan, r.Output)}[t * {cols} + c + 1] = (float)(a * sin + b * cos);");
-                        }
-                    }
-                    break;
-                }
                 case ElementwiseKernel e:
+                    EmitElementwise(w, plan, e, layer);
+                    break;
+                case ConcatKernel c:
                 {
-                    string a = Buffer(plan, e.A), output = Buffer(plan, e.Output);
-                    string body = e.Op switch
+                    var a = BufferOf(plan, c.A);
+                    var b = BufferOf(plan, c.B);
+                    string output = Buffer(plan, c.Output);
+                    string colsA = Names.DimField(a.Cols), colsB = Names.DimField(b.Cols);
+                    using (w.Block($"for (int t = 0; t < {Names.Dim(a.Rows)}; t++)"))
                     {
-                        OpKind.Silu => $"{output}[i] = (float)({a}[i] / (1.0 + global::System.Math.Exp(-{a}[i])));",
-                        OpKind.Mul => $"{output}[i] = {a}[i] * {Buffer(plan, e.B)}[i];",
-                        _ => $"{output}[i] = {a}[i] + {Buffer(plan, e.B)}[i];",
-                    };
-                    w.Line($"for (int i = 0; i < {output}.Length; i++) {body}");
+                        w.Line($"{a.Name}.Slice(t * {colsA}, {colsA}).CopyTo({output}.Slice(t * ({colsA} + {colsB}), {colsA}));");
+                        w.Line($"{b.Name}.Slice(t * {colsB}, {colsB}).CopyTo({output}.Slice(t * ({colsA} + {colsB}) + {colsA}, {colsB}));");
+                    }
                     break;
                 }
                 case CopyKernel c:
@@ -173,5 +190,4 @@ internal static partial class PlanEmitter
             }
         }
     }
-
 }

@@ -7,28 +7,26 @@ namespace Kiln.Generators.Emit;
 
 /// <summary>
 /// Emits the nested CompiledPlan: dims as fields, weights packed at construction (layout per matmul and layer), one
-/// native arena, a worker pool, and Step running the fused kernels in order. Matmuls become a work struct per kernel
-/// that runs the runtime's tile kernels (Kiln.Kernels.MatMul.Gemm) over 4-row groups with an epilogue struct per
-/// segment; attention becomes a work struct over (token, KV head) items; the small kernels stay inline loops.
+/// native arena, a worker pool, and Step running the fused kernels in order. A matmul becomes a work struct over
+/// 4-row groups that runs the runtime's tile kernels (Kiln.Kernels.MatMul.Gemm) with a generated epilogue struct per
+/// segment (and a generated input struct when a chain fused into its preparation); every other elementwise loop is a
+/// generated work struct over rows; attention runs the runtime's paged kernel.
 /// </summary>
 internal static partial class PlanEmitter
 {
-    private const string VectorMath = "global::Kiln.Kernels.VectorMath";
     private const string MatMul = "global::Kiln.Kernels.MatMul";
     private const string Layouts = "global::Kiln.Kernels.MatMul.WeightLayouts";
     private const string Pool = "global::Kiln.Threading.WorkerPool";
-
-    /// <summary>Attention work items are cut into at most this many chunks (each owns one row of score scratch).</summary>
-    public const int AttentionChunks = 32;
+    private const string Attention = "global::Kiln.Kernels.Attention";
 
     /// <summary>Locals the emitted Step uses; arena buffers never take these names.</summary>
     public static readonly string[] ReservedNames =
     {
         "T", "O", "tokens", "context", "logits", "arena", "cache", "positions", "slots", "outputRows", "weights",
-        "t", "o", "j", "i", "p", "h", "c", "w0", "w1", "input", "a", "b", "cos", "sin", "pair", "heads", "kvHeads",
+        "t", "o", "j", "i", "p", "h", "c", "g", "w0", "w1", "input", "a", "b", "cos", "sin", "pair", "heads", "kvHeads",
         "headDim", "group", "scale", "keys", "values", "query", "kvOffset", "scores", "output", "position", "token", "table",
         "cols", "row", "model", "packed", "half", "angle", "residual", "layerCount", "source", "destination", "weight", "result", "offset",
-        "work", "items", "chunk", "format", "layouts", "threads", "options", Names.LayerIndex,
+        "work", "items", "chunk", "format", "layouts", "threads", "options", "paged", "rotary", "at", "sums", "vocabulary", Names.LayerIndex,
     };
 
     public static void Emit(CodeWriter w, Plan plan)
@@ -80,9 +78,17 @@ internal static partial class PlanEmitter
         throw new System.InvalidOperationException("A kernel that is not in the plan.");
     }
 
-    /// <summary>Rows a segment takes in the packed matrix (a SwiGLU pair interleaves two weights).</summary>
+    private static IEnumerable<ProgramCode> Programs(Plan plan) =>
+        plan.Kernels.SelectMany(k => k switch
+        {
+            MatMulKernel m => m.Segments.Select(s => s.Epilogue).Concat(m.InputProgram is null ? Enumerable.Empty<Program>() : new[] { m.InputProgram }),
+            ElementwiseKernel e => new[] { e.Program },
+            _ => Enumerable.Empty<Program>(),
+        }).Select(p => new ProgramCode(plan, p));
+
+    /// <summary>Rows a segment takes in the packed matrix (a pair interleaves two weights).</summary>
     private static string SegmentRows(Segment segment) =>
-        segment.Kind == SegmentKind.SwiGlu ? "2 * " + Names.DimField(segment.OutDim) : Names.DimField(segment.OutDim);
+        segment.IsPair ? "2 * " + Names.DimField(segment.OutDim) : Names.DimField(segment.OutDim);
 
     /// <summary>The field holding the first packed row of segment <paramref name="index"/> (≥ 1), or the matrix's row count.</summary>
     private static string StartField(MatMulKernel matmul, int index) =>
@@ -105,7 +111,7 @@ internal static partial class PlanEmitter
         foreach (var matmul in Distinct(plan.Kernels.OfType<MatMulKernel>()))
         {
             string type = matmul.LayersMember.Length > 0 ? $"{MatMul}.PackedMatrix[]" : $"{MatMul}.PackedMatrix";
-            string rows = string.Join(" + ", matmul.Segments.Select(s => s.Kind == SegmentKind.SwiGlu ? "2*" + s.OutDim : s.OutDim));
+            string rows = string.Join(" + ", matmul.Segments.Select(s => s.IsPair ? "2*" + s.OutDim : s.OutDim));
             string per = matmul.LayersMember.Length > 0 ? "per layer " : "";
             w.Line($"private readonly {type} {matmul.Packed}; // {per}[{rows}, {matmul.InDim}]");
             string starts = string.Join(", ", Enumerable.Range(1, matmul.Segments.Count).Select(i => StartField(matmul, i)));
@@ -113,15 +119,21 @@ internal static partial class PlanEmitter
         }
         foreach (var table in plan.RopeTables)
         {
+            string i = table.Index.ToString();
             w.Line();
-            w.Line($"// Rope table {table.Index}: head dim {table.HeadDim}, base {table.Base}; inverse frequency per pair, cos/sin per token and pair.");
-            w.Line($"private readonly int _rope{table.Index}HeadDim;");
-            w.Line($"private readonly int _rope{table.Index}Half;");
-            w.Line($"private readonly double[] _rope{table.Index}InverseFrequency;");
-            w.Line($"private readonly double[] _rope{table.Index}Cos;");
-            w.Line($"private readonly double[] _rope{table.Index}Sin;");
-            w.Line($"private readonly float[] _rope{table.Index}Cosines; // per token and element of a head: cos, cos per pair");
-            w.Line($"private readonly float[] _rope{table.Index}SignedSines; // per token and element of a head: −sin, sin per pair");
+            w.Line($"// Rope table {i}: head dim {table.HeadDim}, base {table.Base}, {(table.NeoX ? "NeoX halves" : "adjacent pairs")}{(table.RotaryDims is null ? "" : $", {table.RotaryDims} rotary dims")}:");
+            w.Line("// inverse frequency per pair; cos/sin per token and pair in double (scalar paths), and as floats laid out for the vector paths.");
+            w.Line($"private readonly int _rope{i}HeadDim, _rope{i}Rotary, _rope{i}Half;");
+            w.Line($"private readonly double[] _rope{i}InverseFrequency;");
+            w.Line($"private readonly double[] _rope{i}Cos, _rope{i}Sin;");
+            if (table.NeoX) w.Line($"private readonly float[] _rope{i}CosHalf, _rope{i}SinHalf; // per token and pair");
+            else w.Line($"private readonly float[] _rope{i}Cosines, _rope{i}SignedSines; // per token and rotary element: cos, cos and −sin, sin per pair");
+        }
+        if (Programs(plan).Any(p => p.UsesTokens))
+        {
+            w.Line();
+            w.Line("// This step's token ids, checked against the vocabulary, where the gathering loops can read them.");
+            w.Line("private readonly int[] _tokens;");
         }
         w.Line();
         w.Line("// The arena (native memory that never moves, so work items on every thread can hold views of it).");
@@ -134,8 +146,8 @@ internal static partial class PlanEmitter
         if (plan.Kernels.OfType<AttentionKernel>().Any())
         {
             w.Line();
-            w.Line($"// Attention scratch per chunk of work items ({AttentionChunks} at most): every head's row of scores over the KV cache's MaxContext,");
-            w.Line("// and room to read one block's rows when the cache does not store floats; grown when a larger cache is first seen.");
+            w.Line($"// Attention scratch per chunk of work items ({Attention}.PagedAttention.MaxChunks at most): every head's row of scores over");
+            w.Line("// the KV cache's MaxContext, and room to read one block's rows when the cache stores int8; grown when a larger cache is first seen.");
             w.Line($"private {MatMul}.NativeBlock? _scoresMemory;");
             w.Line($"private {MatMul}.FloatBuffer _scores, _gather;");
             w.Line("private int _scoresContext, _scoresPerChunk, _gatherFloats;");
@@ -169,17 +181,27 @@ internal static partial class PlanEmitter
             {
                 string i = table.Index.ToString();
                 w.Line($"_rope{i}HeadDim = {Names.Scalar(table.HeadDim, "model")};");
-                w.Line($"if (_rope{i}HeadDim <= 0 || _rope{i}HeadDim % 2 != 0)");
-                w.Line($"    throw new global::System.InvalidOperationException($\"Rope: head dimension {{_rope{i}HeadDim}} must be positive and even.\");");
-                w.Line($"_rope{i}Half = _rope{i}HeadDim / 2;");
+                w.Line($"_rope{i}Rotary = {table.Rotary("model")};");
+                w.Line($"if (_rope{i}HeadDim <= 0 || _rope{i}Rotary <= 0 || _rope{i}Rotary % 2 != 0 || _rope{i}Rotary > _rope{i}HeadDim)");
+                w.Line($"    throw new global::System.InvalidOperationException($\"Rope: {{_rope{i}Rotary}} rotary dimensions must be even, positive and at most the head dimension {{_rope{i}HeadDim}}.\");");
+                w.Line($"_rope{i}Half = _rope{i}Rotary / 2;");
                 w.Line($"_rope{i}InverseFrequency = new double[_rope{i}Half];");
-                w.Line($"for (int pair = 0; pair < _rope{i}Half; pair++) _rope{i}InverseFrequency[pair] = global::System.Math.Pow({Names.Scalar(table.Base, "model")}, -2.0 * pair / _rope{i}HeadDim);");
+                w.Line($"for (int pair = 0; pair < _rope{i}Half; pair++) _rope{i}InverseFrequency[pair] = global::System.Math.Pow({Names.Scalar(table.Base, "model")}, -2.0 * pair / _rope{i}Rotary);");
                 w.Line($"_rope{i}Cos = new double[maxTokensPerStep * _rope{i}Half];");
                 w.Line($"_rope{i}Sin = new double[maxTokensPerStep * _rope{i}Half];");
-                w.Line($"_rope{i}Cosines = new float[maxTokensPerStep * _rope{i}HeadDim];");
-                w.Line($"_rope{i}SignedSines = new float[maxTokensPerStep * _rope{i}HeadDim];");
+                if (table.NeoX)
+                {
+                    w.Line($"_rope{i}CosHalf = new float[maxTokensPerStep * _rope{i}Half];");
+                    w.Line($"_rope{i}SinHalf = new float[maxTokensPerStep * _rope{i}Half];");
+                }
+                else
+                {
+                    w.Line($"_rope{i}Cosines = new float[maxTokensPerStep * _rope{i}Rotary];");
+                    w.Line($"_rope{i}SignedSines = new float[maxTokensPerStep * _rope{i}Rotary];");
+                }
                 w.Line();
             }
+            if (Programs(plan).Any(p => p.UsesTokens)) w.Line("_tokens = new int[maxTokensPerStep];");
 
             w.Line("// Arena slots (buffers whose live ranges do not overlap share a slot).");
             w.Line("int offset = 0;");
@@ -215,14 +237,16 @@ internal static partial class PlanEmitter
             w.Line($"    throw new global::System.InvalidOperationException($\"Attention: {{{heads}}} heads over {{{kvHeads}}} KV heads do not fit q rows of {{{qCols}}} and k rows of {{{Names.DimField(plan.KvDim)}}}.\");");
             w.Line();
         }
-        foreach (var matmul in plan.Kernels.OfType<MatMulKernel>())
+        // Per-head work (rope, head norms) needs whole heads in every row it runs over.
+        var checks = new HashSet<(string Cols, string Group)>();
+        foreach (var program in Programs(plan).Select(p => p.Program).Where(p => p.Group.Length > 0)) checks.Add((program.Cols, program.Group));
+        foreach (var table in plan.RopeTables)
+            foreach (var segment in plan.Kernels.OfType<MatMulKernel>().SelectMany(m => m.Segments).Where(s => s.Rope == table.Index))
+                checks.Add((segment.OutDim, table.HeadDim.AsDim() ?? ""));
+        foreach (var (cols, group) in checks.Where(c => c.Group.Length > 0))
         {
-            foreach (var segment in matmul.Segments.Where(s => s.Kind == SegmentKind.Rope))
-            {
-                string headDim = Names.Scalar(plan.RopeTables[segment.RopeTable].HeadDim, "model");
-                w.Line($"if ({Names.DimField(segment.OutDim)} % {headDim} != 0 || {headDim} % 2 != 0)");
-                w.Line($"    throw new global::System.InvalidOperationException($\"Rope: head dimension {{{headDim}}} must be even and divide the row length {{{Names.DimField(segment.OutDim)}}}.\");");
-            }
+            w.Line($"if ({Names.DimField(group)} <= 0 || {Names.DimField(cols)} % {Names.DimField(group)} != 0)");
+            w.Line($"    throw new global::System.InvalidOperationException($\"Rows of {cols} = {{{Names.DimField(cols)}}} are not whole heads of {group} = {{{Names.DimField(group)}}}.\");");
         }
     }
 
@@ -233,7 +257,7 @@ internal static partial class PlanEmitter
         {
             bool perLayer = matmul.LayersMember.Length > 0;
             string count = perLayer ? model.Layers.First(l => l.Member == matmul.LayersMember).CountMember : "";
-            var weights = matmul.Segments.SelectMany(s => s.Weights).Distinct().ToList();
+            var weights = matmul.Segments.SelectMany(s => s.Weights).Select(x => x.Key).Distinct().ToList();
             w.Line($"// {string.Join(", ", weights)}: {FormatComment(matmul.Format)}");
             string rowOffset = "0";
             for (int i = 0; i < matmul.Segments.Count; i++)
@@ -254,10 +278,13 @@ internal static partial class PlanEmitter
             {
                 var segment = matmul.Segments[i];
                 string at = RowStart(matmul, i);
-                if (segment.Kind == SegmentKind.SwiGlu)
-                    w.Line($"{target}.PackInterleaved({at}, {Names.Weight(segment.Weights[0], "model", "layer")}, {Names.Weight(segment.Weights[1], "model", "layer")}, {Names.Literal(Short(segment.Weights[0]))}, {Names.Literal(Short(segment.Weights[1]))});");
+                string rows = Names.DimField(segment.OutDim);
+                string Part(WeightSlice slice) =>
+                    $"{Names.Weight(slice.Key, "model", "layer")}, {(slice.RowStart.Length == 0 ? "0" : Names.DimField(slice.RowStart))}";
+                if (segment.IsPair)
+                    w.Line($"{target}.PackInterleaved({at}, {Part(segment.Weights[0])}, {Part(segment.Weights[1])}, {rows}, {Names.Literal(Short(segment.Weights[0].Key))}, {Names.Literal(Short(segment.Weights[1].Key))});");
                 else
-                    w.Line($"{target}.Pack({at}, {Names.Weight(segment.Weights[0], "model", "layer")}, {Names.Literal(Short(segment.Weights[0]))});");
+                    w.Line($"{target}.Pack({at}, {Part(segment.Weights[0])}, {rows}, {Names.Literal(Short(segment.Weights[0].Key))});");
             }
             if (perLayer)
             {

@@ -10,7 +10,8 @@ namespace Kiln.Generators.Ir;
 
 /// <summary>
 /// Builds the SSA graph from the extracted forward body: every assignment makes a new value, the layer loop becomes a
-/// region with phis for the locals it reassigns, and each op's shape rule runs as it is added (symbolic shape inference).
+/// region with phis for the locals it reassigns, each if/else a pair of guards with a merge for every local a branch
+/// reassigns, and each op's shape rule runs as it is added (symbolic shape inference).
 /// </summary>
 internal sealed class GraphBuilder
 {
@@ -18,10 +19,13 @@ internal sealed class GraphBuilder
     private readonly CancellationToken _cancellationToken;
     private readonly List<Node> _nodes = new();
     private readonly List<RegionInfo> _regions = new();
-    private readonly Dictionary<string, int> _locals = new();
+    private readonly List<GuardInfo> _guards = new();
+    private Dictionary<string, int> _locals = new();
     private readonly Dictionary<string, int> _weights = new();
     private readonly List<DiagnosticInfo> _diagnostics = new();
     private int _region;
+    private int _guard = -1;
+    private int _ifStatements;
 
     private GraphBuilder(ModelInfo model, CancellationToken cancellationToken)
     {
@@ -62,8 +66,9 @@ internal sealed class GraphBuilder
             else Statement(statement);
         }
         CheckQuantizedWeights();
+        CheckCacheLayers();
         if (result < 0) return null;
-        return new Graph(_model, _nodes.ToEquatableArray(), _regions.ToEquatableArray(), result);
+        return new Graph(_model, _nodes.ToEquatableArray(), _regions.ToEquatableArray(), _guards.ToEquatableArray(), result);
     }
 
     /// <summary>A [Quantize] on a weight is a layout for Linear weights: the weight must be used, and only as one.</summary>
@@ -76,11 +81,28 @@ internal sealed class GraphBuilder
                 Report(DiagnosticDescriptors.InvalidQuantize, weight.FormatLocation, weight.Member, "the weight is not used in the [Forward] method");
                 continue;
             }
-            var other = _nodes.FirstOrDefault(n => n.Inputs.Contains(id) && !(n.Op == OpKind.Linear && n.Inputs[1] == id && n.Inputs[0] != id));
+            var other = _nodes.FirstOrDefault(n => n.Inputs.Contains(id) && !(n.Op == OpKind.Linear && n.Inputs[1] == id && n.Inputs[0] != id && (n.Inputs.Count < 3 || n.Inputs[2] != id)));
             if (other is not null)
                 Report(DiagnosticDescriptors.InvalidQuantize, weight.FormatLocation, weight.Member,
                     $"it is not only the weight of Ops.Linear (it is read by Ops.{other.Op}); [Quantize] chooses the layout of Linear weights");
         }
+    }
+
+    /// <summary>Each attention writes its layer of the KV cache: two that can run in one step must not name the same layer.</summary>
+    private void CheckCacheLayers()
+    {
+        var attentions = _nodes.Where(n => n.Op == OpKind.Attention).ToList();
+        for (int i = 0; i < attentions.Count; i++)
+            for (int j = 0; j < i; j++)
+            {
+                Node a = attentions[i], b = attentions[j];
+                bool sameLayer = a.Region == b.Region && a.Scalars[0].Equals(b.Scalars[0]);
+                if (sameLayer && !Graph.Exclusive(_guards, a.Guard, b.Guard))
+                {
+                    Report(DiagnosticDescriptors.SharedCacheLayer, a.Location, a.Scalars[0].ToString());
+                    return;
+                }
+            }
     }
 
     private int ReturnValue(StmtInfo statement)
@@ -88,6 +110,11 @@ internal sealed class GraphBuilder
         int value = Value(statement.Value!, ParamKind.Activation);
         if (value >= 0 && _nodes[value].Shape.Rank != 2 && _nodes[value].Shape.IsKnown)
             Report(DiagnosticDescriptors.ShapeMismatch, statement.Value!.Location, "return", $"the forward result must be [rows, vocab] logits, got {_nodes[value].Shape}");
+        if (value >= 0 && _nodes[value].Op == OpKind.Weight)
+        {
+            Report(DiagnosticDescriptors.TypeMismatch, statement.Value!.Location, $"the forward result is the weight '{_nodes[value].Name}'; return a computed tensor");
+            return -1;
+        }
         return value;
     }
 
@@ -110,6 +137,20 @@ internal sealed class GraphBuilder
             case StmtKind.LayerLoop:
                 Loop(statement);
                 break;
+            case StmtKind.If:
+                If(statement);
+                break;
+        }
+    }
+
+    /// <summary>Locals a statement list assigns, in order, branches included.</summary>
+    private static IEnumerable<string> Assigned(IEnumerable<StmtInfo> statements)
+    {
+        foreach (var statement in statements)
+        {
+            if (statement.Kind == StmtKind.Assign) yield return statement.Target;
+            else if (statement.Kind == StmtKind.If)
+                foreach (var target in Assigned(statement.Body).Concat(Assigned(statement.Else))) yield return target;
         }
     }
 
@@ -120,7 +161,7 @@ internal sealed class GraphBuilder
 
         // Locals assigned in the body that exist before it are loop-carried: one phi each.
         var phis = new List<(string Local, int Phi)>();
-        foreach (var target in loop.Body.Where(s => s.Kind == StmtKind.Assign).Select(s => s.Target).Distinct())
+        foreach (var target in Assigned(loop.Body).Distinct())
         {
             if (!_locals.TryGetValue(target, out int before)) continue;
             if (_nodes[before].Op == OpKind.Weight)
@@ -129,7 +170,7 @@ internal sealed class GraphBuilder
                     "loop-carried locals must be activations");
                 continue;
             }
-            int phi = Add(OpKind.Phi, new[] { before, before }, Array.Empty<ScalarArg>(), _nodes[before].Shape, target, loop.Location);
+            int phi = Add(OpKind.Phi, new[] { before, before }, Array.Empty<ScalarExpr>(), _nodes[before].Shape, target, loop.Location);
             _locals[target] = phi;
             phis.Add((target, phi));
         }
@@ -151,6 +192,74 @@ internal sealed class GraphBuilder
         _regions.Add(new RegionInfo(_region, false, "", "", ""));
     }
 
+    /// <summary>
+    /// if (c) { A } else { B }: A's nodes under a guard (c, true), B's under (c, false); each local either branch
+    /// reassigns gets a merge of its two branch values. A condition C# knows when the generator runs picks its branch here.
+    /// </summary>
+    private void If(StmtInfo statement)
+    {
+        var condition = statement.Condition!;
+        if (condition.Constant is "true" or "false")
+        {
+            foreach (var inner in condition.Constant == "true" ? statement.Body : statement.Else) Statement(inner);
+            return;
+        }
+        Branches(condition, statement.Location,
+            () => { foreach (var inner in statement.Body) Statement(inner); },
+            () => { foreach (var inner in statement.Else) Statement(inner); });
+    }
+
+    /// <summary>Runs two branches under their guards and merges the locals they leave different.</summary>
+    private void Branches(ScalarExpr condition, LocationInfo? location, Action then, Action otherwise)
+    {
+        int parent = _guard, statement = _ifStatements++;
+        int thenGuard = AddGuard(parent, statement, condition, true), elseGuard = AddGuard(parent, statement, condition, false);
+        var before = new Dictionary<string, int>(_locals);
+
+        _guard = thenGuard;
+        then();
+        var afterThen = _locals;
+
+        _locals = new Dictionary<string, int>(before);
+        _guard = elseGuard;
+        otherwise();
+        var afterElse = _locals;
+
+        _guard = parent;
+        _locals = new Dictionary<string, int>(before);
+        foreach (var local in afterThen.Keys.Union(afterElse.Keys))
+        {
+            // A local declared inside a branch ends with it; one assigned in either branch merges.
+            if (!before.ContainsKey(local) && !(afterThen.ContainsKey(local) && afterElse.ContainsKey(local))) continue;
+            int a = afterThen.TryGetValue(local, out int x) ? x : before[local];
+            int b = afterElse.TryGetValue(local, out int y) ? y : before[local];
+            if (a == b)
+            {
+                _locals[local] = a;
+                continue;
+            }
+            if (_nodes[a].Shape.IsKnown && _nodes[b].Shape.IsKnown && !_nodes[a].Shape.Equals(_nodes[b].Shape))
+            {
+                Report(DiagnosticDescriptors.ShapeMismatch, location, $"'{local}' after the if", $"one branch leaves it {_nodes[a].Shape}, the other {_nodes[b].Shape}");
+                continue;
+            }
+            if (_nodes[a].Op == OpKind.Weight || _nodes[b].Op == OpKind.Weight)
+            {
+                Report(DiagnosticDescriptors.UnsupportedConstruct, location, $"Assigning a weight to '{local}' in a branch", "branch-assigned locals must be activations");
+                continue;
+            }
+            int merge = Add(OpKind.Merge, new[] { a, b }, new[] { condition }, _nodes[a].Shape, local, location);
+            _nodes[merge] = _nodes[merge] with { Branch = thenGuard };
+            _locals[local] = merge;
+        }
+    }
+
+    private int AddGuard(int parent, int statement, ScalarExpr condition, bool polarity)
+    {
+        _guards.Add(new GuardInfo(_guards.Count, parent, statement, condition, polarity));
+        return _guards.Count - 1;
+    }
+
     /// <summary>Evaluates an expression to a value id (-1 after a reported error or an unknown local).</summary>
     private int Value(ExprInfo expression, ParamKind expected)
     {
@@ -162,6 +271,8 @@ internal sealed class GraphBuilder
                 return WeightValue(expression);
             case ExprKind.Op:
                 return Op(expression);
+            case ExprKind.Conditional:
+                return Conditional(expression);
             default:
                 Report(DiagnosticDescriptors.TypeMismatch, expression.Location,
                     $"'{expression.Name}' is {Describe(expression.Kind)} where {Describe(expected)} is expected");
@@ -169,12 +280,41 @@ internal sealed class GraphBuilder
         }
     }
 
+    /// <summary>c ? a : b over tensors: each side under its guard, then their merge.</summary>
+    private int Conditional(ExprInfo expression)
+    {
+        var condition = expression.Scalar!;
+        if (condition.Constant is "true" or "false") return Value(expression.Args[condition.Constant == "true" ? 0 : 1], ParamKind.Activation);
+        int a = -1, b = -1, thenGuard = _guards.Count;
+        Branches(condition, expression.Location,
+            () => a = Value(expression.Args[0], ParamKind.Activation),
+            () => b = Value(expression.Args[1], ParamKind.Activation));
+        if (a < 0 || b < 0) return -1;
+        if (_nodes[a].Shape.IsKnown && _nodes[b].Shape.IsKnown && !_nodes[a].Shape.Equals(_nodes[b].Shape))
+        {
+            Report(DiagnosticDescriptors.ShapeMismatch, expression.Location, "c ? a : b", $"the two sides differ in shape, {_nodes[a].Shape} and {_nodes[b].Shape}");
+            return -1;
+        }
+        if (_nodes[a].Op == OpKind.Weight || _nodes[b].Op == OpKind.Weight)
+        {
+            Report(DiagnosticDescriptors.TypeMismatch, expression.Location, "c ? a : b chooses between computed tensors, not weights");
+            return -1;
+        }
+        int merge = Add(OpKind.Merge, new[] { a, b }, new[] { condition }, _nodes[a].Shape, "", expression.Location);
+        _nodes[merge] = _nodes[merge] with { Branch = thenGuard };
+        return merge;
+    }
+
     private int WeightValue(ExprInfo expression)
     {
         if (_weights.TryGetValue(expression.Name, out int id)) return id;
         var weight = _model.Weights.FirstOrDefault(w => w.Key == expression.Name);
         if (weight is null) return -1;
-        id = Add(OpKind.Weight, Array.Empty<int>(), Array.Empty<ScalarArg>(), new Shape(weight.Dims), weight.Key, expression.Location);
+        // Weights are storage outside any branch: bound once, read wherever they are used.
+        int guard = _guard;
+        _guard = -1;
+        id = Add(OpKind.Weight, Array.Empty<int>(), Array.Empty<ScalarExpr>(), new Shape(weight.Dims), weight.Key, expression.Location);
+        _guard = guard;
         _weights[expression.Name] = id;
         return id;
     }
@@ -183,46 +323,51 @@ internal sealed class GraphBuilder
     {
         if (!OpTable.TryGet(call.Name, out var op))
         {
-            Report(DiagnosticDescriptors.UnknownOp, call.Location, "Ops." + call.Name, OpTable.Names);
+            Report(DiagnosticDescriptors.UnknownOp, call.Location, call.Name, OpTable.Names);
             return -1;
         }
         if (call.Args.Count != op.Parameters.Length)
         {
-            Report(DiagnosticDescriptors.UnknownOp, call.Location, $"Ops.{call.Name} with {call.Args.Count} arguments", OpTable.Names);
+            Report(DiagnosticDescriptors.UnknownOp, call.Location, $"Ops.{op.Name} with {call.Args.Count} arguments", OpTable.Names);
             return -1;
         }
 
         var inputs = new List<int>();
-        var scalars = new List<ScalarArg>();
+        var scalars = new List<ScalarExpr>();
         bool ok = true;
         for (int i = 0; i < op.Parameters.Length; i++)
         {
             var parameter = op.Parameters[i];
             var arg = call.Args[i];
-            switch (parameter)
+            switch (parameter.Kind)
             {
                 case ParamKind.Activation:
                 case ParamKind.Weight:
+                case ParamKind.Tensor:
                 {
-                    if (arg.Kind is not (ExprKind.Local or ExprKind.Weight or ExprKind.Op))
+                    if (arg.Kind is not (ExprKind.Local or ExprKind.Weight or ExprKind.Op or ExprKind.Conditional))
                     {
-                        Report(DiagnosticDescriptors.TypeMismatch, arg.Location, $"'{arg.Name}' is {Describe(arg.Kind)} where {Describe(parameter)} is expected");
+                        Report(DiagnosticDescriptors.TypeMismatch, arg.Location, $"'{arg.Name}' is {Describe(arg.Kind)} where {Describe(parameter.Kind)} is expected");
                         ok = false;
                         break;
                     }
-                    int value = Value(arg, parameter);
+                    int value = Value(arg, parameter.Kind);
                     if (value < 0)
                     {
                         ok = false;
                         break;
                     }
                     bool isWeight = _nodes[value].Op == OpKind.Weight;
-                    if (isWeight != (parameter == ParamKind.Weight))
+                    string? problem = parameter.Kind switch
                     {
-                        Report(DiagnosticDescriptors.TypeMismatch, arg.Location,
-                            isWeight
-                                ? $"Ops.{op.Name} argument {i + 1} is the weight '{_nodes[value].Name}' where an activation (a computed tensor) is expected"
-                                : $"Ops.{op.Name} argument {i + 1} is an activation where a [Weight] member is expected");
+                        ParamKind.Activation when isWeight => $"Ops.{op.Name} argument '{parameter.Name}' is the weight '{_nodes[value].Name}' where an activation (a computed tensor) is expected",
+                        ParamKind.Weight when !isWeight => $"Ops.{op.Name} argument '{parameter.Name}' is an activation where a [Weight] member is expected",
+                        ParamKind.Tensor when isWeight && _nodes[value].Shape.Rank != 1 => $"Ops.{op.Name} argument '{parameter.Name}' is the weight matrix '{_nodes[value].Name}' {_nodes[value].Shape}; elementwise ops take activations and row vectors",
+                        _ => null,
+                    };
+                    if (problem is not null)
+                    {
+                        Report(DiagnosticDescriptors.TypeMismatch, arg.Location, problem);
                         ok = false;
                         break;
                     }
@@ -232,36 +377,45 @@ internal sealed class GraphBuilder
                 case ParamKind.Tokens:
                 case ParamKind.Context:
                 {
-                    var kind = parameter == ParamKind.Tokens ? ExprKind.Tokens : ExprKind.Context;
+                    var kind = parameter.Kind == ParamKind.Tokens ? ExprKind.Tokens : ExprKind.Context;
                     if (arg.Kind != kind)
                     {
-                        Report(DiagnosticDescriptors.TypeMismatch, arg.Location, $"Ops.{op.Name} argument {i + 1} must be the forward method's {Describe(parameter)}");
+                        Report(DiagnosticDescriptors.TypeMismatch, arg.Location, $"Ops.{op.Name} argument '{parameter.Name}' must be the forward method's {Describe(parameter.Kind)}");
                         ok = false;
                     }
                     break;
                 }
                 default:
                 {
-                    if (arg.Kind is not (ExprKind.ScalarMember or ExprKind.ScalarLiteral or ExprKind.LayerIndex)
-                        || (parameter == ParamKind.Int && arg.Kind == ExprKind.ScalarMember && !_model.IntMembers.Contains(arg.Name)))
+                    string? problem = ScalarProblem(op, parameter, arg);
+                    if (problem is not null)
                     {
-                        Report(DiagnosticDescriptors.TypeMismatch, arg.Location,
-                            $"Ops.{op.Name} argument {i + 1} is {Describe(arg.Kind)} where {Describe(parameter)} is expected");
+                        Report(DiagnosticDescriptors.TypeMismatch, arg.Location, problem);
                         ok = false;
                         break;
                     }
-                    scalars.Add(new ScalarArg(arg.Kind, arg.Name));
+                    scalars.Add(arg.Scalar!);
                     break;
                 }
             }
         }
         if (!ok) return -1;
+        if (op.Parameters.All(p => !p.IsTensor || p.Kind == ParamKind.Tensor) && inputs.Count > 0 && inputs.All(i => _nodes[i].Op == OpKind.Weight))
+        {
+            Report(DiagnosticDescriptors.TypeMismatch, call.Location, $"Ops.{op.Name} of weights alone; an elementwise op needs an activation");
+            return -1;
+        }
+        if (op.Kind == OpKind.Rope && scalars.Any(s => s.UsesLayer))
+        {
+            Report(DiagnosticDescriptors.TypeMismatch, call.Location, "Ops.Rope's head dimension, base and rotary dimensions must be the same in every layer (the plan computes its angles once per step)");
+            return -1;
+        }
 
         var shapes = inputs.Select(i => _nodes[i].Shape).ToArray();
         Shape shape;
         if (shapes.All(s => s.IsKnown))
         {
-            var result = op.Shape(shapes);
+            var result = op.Shape(shapes, scalars);
             if (result.Error is not null)
             {
                 var location = result.Operand >= 0 ? ArgLocation(call, op, result.Operand) : call.Location;
@@ -274,7 +428,26 @@ internal sealed class GraphBuilder
         {
             shape = Shape.Of(Shape.Unknown);
         }
-        return Add(op.Kind, inputs.ToArray(), scalars.ToArray(), shape, "", call.Location);
+        return Add(op.Kind, inputs.ToArray(), scalars.ToArray(), shape, "", call.Location, op.ScalarFirst);
+    }
+
+    /// <summary>Why a scalar argument does not fit its parameter, or null when it does.</summary>
+    private static string? ScalarProblem(OpDefinition op, OpParameter parameter, ExprInfo arg)
+    {
+        if (arg.Kind != ExprKind.Scalar || arg.Scalar is null)
+            return $"Ops.{op.Name} argument '{parameter.Name}' is {Describe(arg.Kind)} where {Describe(parameter.Kind)} is expected";
+        var scalar = arg.Scalar;
+        bool fits = parameter.Kind switch
+        {
+            ParamKind.Int => scalar.IsInteger,
+            ParamKind.Float => scalar.IsInteger || scalar.Type is "float" or "double",
+            ParamKind.Bool => scalar.Type == "bool",
+            _ => scalar.Type == "global::Kiln.RopeStyle",
+        };
+        if (!fits) return $"Ops.{op.Name} argument '{parameter.Name}' is {scalar.Type} '{scalar}' where {Describe(parameter.Kind)} is expected";
+        if (parameter.Kind == ParamKind.Style && scalar.Constant is null)
+            return $"Ops.{op.Name} argument '{parameter.Name}' ('{scalar}') must be a RopeStyle constant: the style decides the kernel when the generator runs";
+        return null;
     }
 
     /// <summary>The location of the n-th tensor argument of a call.</summary>
@@ -283,16 +456,16 @@ internal sealed class GraphBuilder
         int seen = 0;
         for (int i = 0; i < op.Parameters.Length; i++)
         {
-            if (op.Parameters[i] is not (ParamKind.Activation or ParamKind.Weight)) continue;
+            if (!op.Parameters[i].IsTensor) continue;
             if (seen++ == operand) return call.Args[i].Location;
         }
         return call.Location;
     }
 
-    private int Add(OpKind op, int[] inputs, ScalarArg[] scalars, Shape shape, string name, LocationInfo? location)
+    private int Add(OpKind op, int[] inputs, ScalarExpr[] scalars, Shape shape, string name, LocationInfo? location, bool scalarFirst = false)
     {
         int id = _nodes.Count;
-        _nodes.Add(new Node(id, op, inputs.ToEquatableArray(), scalars.ToEquatableArray(), shape, _region, name, location));
+        _nodes.Add(new Node(id, op, inputs.ToEquatableArray(), scalars.ToEquatableArray(), shape, _region, name, location, _guard, scalarFirst));
         return id;
     }
 
@@ -303,19 +476,21 @@ internal sealed class GraphBuilder
     {
         ExprKind.Tokens => "the token span",
         ExprKind.Context => "the attention context",
-        ExprKind.ScalarMember or ExprKind.ScalarLiteral => "a scalar",
-        ExprKind.LayerIndex => "the layer index (a scalar)",
-        ExprKind.Weight => "a weight tensor",
+        ExprKind.Scalar => "a scalar",
+        ExprKind.Weight => "a weight",
         _ => "a tensor",
     };
 
     private static string Describe(ParamKind kind) => kind switch
     {
-        ParamKind.Activation => "a tensor",
-        ParamKind.Weight => "a [Weight] tensor",
+        ParamKind.Activation => "an activation tensor",
+        ParamKind.Weight => "a [Weight] member",
+        ParamKind.Tensor => "a tensor (an activation or a row-vector weight)",
         ParamKind.Tokens => "token span",
         ParamKind.Context => "attention context",
-        ParamKind.Int => "an int scalar",
-        _ => "a float scalar",
+        ParamKind.Int => "an int (a literal, an int member, the layer index, or arithmetic on them)",
+        ParamKind.Float => "a number (a literal, a numeric member, or arithmetic on them)",
+        ParamKind.Bool => "a bool",
+        _ => "a RopeStyle constant",
     };
 }

@@ -1,5 +1,6 @@
 using System.Collections.Generic;
 using System.Linq;
+using Kiln.Generators.Syntax;
 
 namespace Kiln.Generators.Ir;
 
@@ -10,61 +11,114 @@ internal enum ParamKind
     Activation,
     /// <summary>A [Weight] member.</summary>
     Weight,
+    /// <summary>Either: an activation, or a [Weight] row vector broadcast over the rows (a bias).</summary>
+    Tensor,
     /// <summary>The forward method's token span.</summary>
     Tokens,
     /// <summary>The forward method's attention context.</summary>
     Context,
-    /// <summary>An int scalar: hyper, derived member, literal or the layer index.</summary>
+    /// <summary>An int scalar: literal, member, the layer index, or arithmetic on them.</summary>
     Int,
-    /// <summary>A float scalar: hyper, derived member or literal.</summary>
+    /// <summary>A float scalar.</summary>
     Float,
+    /// <summary>A bool scalar.</summary>
+    Bool,
+    /// <summary>A <c>Kiln.RopeStyle</c>, fixed when the generator runs (it decides the kernel).</summary>
+    Style,
 }
 
 /// <summary>How an op is lowered; the passes pattern-match on these, never on method names.</summary>
 internal enum OpKind
 {
     Weight,
+    /// <summary>A layer-loop-carried value: Inputs [before the loop, end of the body].</summary>
     Phi,
+    /// <summary>The value of a local after an if/else: Inputs [from the then branch, from the else branch].</summary>
+    Merge,
     Embedding,
+    PositionEmbedding,
+    SelectRows,
     RmsNorm,
+    HeadRmsNorm,
+    LayerNorm,
     Linear,
     Rope,
     Attention,
+    Slice,
+    Concat,
+    // Elementwise, unary.
     Silu,
-    Mul,
+    Gelu,
+    GeluErf,
+    Relu,
+    Sigmoid,
+    Tanh,
+    Exp,
+    Softplus,
+    Neg,
+    SoftCap,
+    // Elementwise, binary: two tensors (one may be a row vector), or a tensor and a scalar (either side).
     Add,
-    SelectRows,
+    Sub,
+    Mul,
+    Div,
+}
+
+/// <summary>One parameter of an op: its C# name (as Kiln.Ops declares it) and what it must be.</summary>
+internal readonly struct OpParameter
+{
+    public OpParameter(string name, ParamKind kind)
+    {
+        Name = name;
+        Kind = kind;
+    }
+
+    public string Name { get; }
+
+    public ParamKind Kind { get; }
+
+    public bool IsTensor => Kind is ParamKind.Activation or ParamKind.Weight or ParamKind.Tensor;
+
+    public bool IsScalar => Kind is ParamKind.Int or ParamKind.Float or ParamKind.Bool or ParamKind.Style;
 }
 
 /// <summary>
-/// One Kiln op: its Kiln.Ops method name, parameter kinds, shape rule and lowering. The shape rule gets the shapes of
-/// the tensor arguments (activations and weights, in order) and returns the result shape or an error naming both shapes.
+/// One Kiln op overload: its Kiln.Ops method name, parameters, shape rule and meaning. <see cref="Key"/> is its
+/// signature ("LayerNorm(Tensor,Tensor,Tensor,float)"), how the extractor names the overload a call bound to.
+/// The shape rule gets the shapes of the tensor arguments and the scalar arguments, each in order.
 /// </summary>
 internal sealed class OpDefinition
 {
-    public OpDefinition(string name, OpKind kind, ParamKind[] parameters, ShapeRule shape, string lowering)
+    public OpDefinition(string name, OpKind kind, OpParameter[] parameters, ShapeRule shape, string semantics, bool scalarFirst = false)
     {
         Name = name;
         Kind = kind;
         Parameters = parameters;
         Shape = shape;
-        Lowering = lowering;
+        Semantics = semantics;
+        ScalarFirst = scalarFirst;
+        Key = OpTable.Signature(name, parameters.Select(p => OpTable.TypeName(p.Kind)));
     }
 
     public string Name { get; }
 
+    public string Key { get; }
+
     public OpKind Kind { get; }
 
-    public ParamKind[] Parameters { get; }
+    public OpParameter[] Parameters { get; }
 
     public ShapeRule Shape { get; }
 
-    /// <summary>One line for the fusion report: what the op becomes when nothing fuses it.</summary>
-    public string Lowering { get; }
+    /// <summary>One line: what the op computes (the op table in the README says the same).</summary>
+    public string Semantics { get; }
+
+    /// <summary>A binary op whose scalar comes first (<c>s − x</c>, <c>s / x</c>).</summary>
+    public bool ScalarFirst { get; }
 }
 
 /// <summary>Result shape from operand shapes, or an error message (and which tensor operand it is about).</summary>
-internal delegate ShapeResult ShapeRule(IReadOnlyList<Shape> operands);
+internal delegate ShapeResult ShapeRule(IReadOnlyList<Shape> tensors, IReadOnlyList<ScalarExpr> scalars);
 
 internal readonly struct ShapeResult
 {
@@ -87,58 +141,135 @@ internal readonly struct ShapeResult
     public static ShapeResult Fail(string error, int operand = -1) => new(null, error, operand);
 }
 
-/// <summary>The op table: Kiln.Ops method name (and tensor operators) → definition.</summary>
+/// <summary>The op table: every Kiln.Ops overload (and tensor operator) a [Forward] method may call, by signature.</summary>
 internal static class OpTable
 {
-    private static readonly Dictionary<string, OpDefinition> Ops = new[]
+    private static OpParameter P(string name, ParamKind kind) => new(name, kind);
+
+    private static readonly OpParameter X = P("x", ParamKind.Activation);
+    private static readonly OpParameter Context = P("context", ParamKind.Context);
+
+    private static readonly OpDefinition[] Definitions =
     {
-        new OpDefinition("Embedding", OpKind.Embedding, new[] { ParamKind.Weight, ParamKind.Tokens }, EmbeddingShape,
-            "gather rows of the table for each token"),
-        new OpDefinition("RmsNorm", OpKind.RmsNorm, new[] { ParamKind.Activation, ParamKind.Weight, ParamKind.Float }, RmsNormShape,
-            "row-wise RMS normalization"),
-        new OpDefinition("Linear", OpKind.Linear, new[] { ParamKind.Activation, ParamKind.Weight }, LinearShape,
-            "matmul x·Wᵀ, weight rows outer and tokens inner"),
-        new OpDefinition("Rope", OpKind.Rope, new[] { ParamKind.Activation, ParamKind.Context, ParamKind.Int, ParamKind.Float }, SameAsFirst,
-            "rotary embedding on adjacent pairs"),
-        new OpDefinition("Attention", OpKind.Attention,
-            new[] { ParamKind.Activation, ParamKind.Activation, ParamKind.Activation, ParamKind.Context, ParamKind.Int, ParamKind.Int, ParamKind.Int },
-            AttentionShape, "KV-cache write, then causal GQA attention (dot, softmax, scale-add)"),
-        new OpDefinition("Silu", OpKind.Silu, new[] { ParamKind.Activation }, SameAsFirst, "elementwise x·sigmoid(x)"),
-        new OpDefinition("Mul", OpKind.Mul, new[] { ParamKind.Activation, ParamKind.Activation }, SameShapes, "elementwise product"),
-        new OpDefinition("Add", OpKind.Add, new[] { ParamKind.Activation, ParamKind.Activation }, SameShapes, "elementwise sum"),
-        new OpDefinition("SelectRows", OpKind.SelectRows, new[] { ParamKind.Activation, ParamKind.Context }, SelectRowsShape,
-            "gather the rows whose logits the step wants"),
-    }.ToDictionary(op => op.Name);
+        new("Embedding", OpKind.Embedding, new[] { P("table", ParamKind.Weight), P("tokens", ParamKind.Tokens) }, GatherShape,
+            "row tokens[t] of the table, for each token"),
+        new("PositionEmbedding", OpKind.PositionEmbedding, new[] { P("table", ParamKind.Weight), Context }, GatherShape,
+            "row positions[t] of the table, for each token"),
+        new("SelectRows", OpKind.SelectRows, new[] { X, Context }, SelectRowsShape,
+            "the rows whose logits the step wants"),
+        new("RmsNorm", OpKind.RmsNorm, new[] { X, P("weight", ParamKind.Weight), P("eps", ParamKind.Float) }, NormShape,
+            "x / sqrt(mean(x²) + eps) · weight, per row"),
+        new("HeadRmsNorm", OpKind.HeadRmsNorm, new[] { X, P("weight", ParamKind.Weight), P("eps", ParamKind.Float) }, HeadNormShape,
+            "RMSNorm of each head (groups of weight's length) on its own, · weight"),
+        new("LayerNorm", OpKind.LayerNorm, new[] { X, P("weight", ParamKind.Weight), P("eps", ParamKind.Float) }, NormShape,
+            "(x − mean) / sqrt(var + eps) · weight, per row"),
+        new("LayerNorm", OpKind.LayerNorm, new[] { X, P("weight", ParamKind.Weight), P("bias", ParamKind.Weight), P("eps", ParamKind.Float) }, NormShape,
+            "(x − mean) / sqrt(var + eps) · weight + bias, per row"),
+        new("Linear", OpKind.Linear, new[] { X, P("weight", ParamKind.Weight) }, LinearShape,
+            "x · weightᵀ"),
+        new("Linear", OpKind.Linear, new[] { X, P("weight", ParamKind.Weight), P("bias", ParamKind.Weight) }, LinearShape,
+            "x · weightᵀ + bias"),
+        new("Rope", OpKind.Rope, new[] { X, Context, P("headDim", ParamKind.Int), P("freqBase", ParamKind.Float) }, SameAsFirst,
+            "rotary embedding of adjacent pairs at each token's position"),
+        new("Rope", OpKind.Rope, new[] { X, Context, P("headDim", ParamKind.Int), P("freqBase", ParamKind.Float), P("style", ParamKind.Style), P("rotaryDims", ParamKind.Int) }, SameAsFirst,
+            "rotary embedding (adjacent pairs or NeoX halves, of the first rotaryDims of each head) at each token's position"),
+        new("Attention", OpKind.Attention, new[]
+            {
+                P("q", ParamKind.Activation), P("k", ParamKind.Activation), P("v", ParamKind.Activation), Context, P("layer", ParamKind.Int),
+                P("heads", ParamKind.Int), P("kvHeads", ParamKind.Int), P("scale", ParamKind.Float), P("window", ParamKind.Int),
+                P("softCap", ParamKind.Float), P("causal", ParamKind.Bool),
+            },
+            AttentionShape, "KV-cache write, then GQA attention (causal or not, windowed, scaled, soft-capped)"),
+        new("Slice", OpKind.Slice, new[] { X, P("start", ParamKind.Int), P("length", ParamKind.Int) }, SliceShape,
+            "columns [start, start + length) of each row"),
+        new("Concat", OpKind.Concat, new[] { P("a", ParamKind.Activation), P("b", ParamKind.Activation) }, ConcatShape,
+            "rows of a and b side by side"),
+        new("Silu", OpKind.Silu, new[] { X }, SameAsFirst, "x · sigmoid(x)"),
+        new("Gelu", OpKind.Gelu, new[] { X }, SameAsFirst, "0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))"),
+        new("GeluErf", OpKind.GeluErf, new[] { X }, SameAsFirst, "0.5·x·(1 + erf(x/√2))"),
+        new("Relu", OpKind.Relu, new[] { X }, SameAsFirst, "max(x, 0)"),
+        new("Sigmoid", OpKind.Sigmoid, new[] { X }, SameAsFirst, "1 / (1 + e^−x)"),
+        new("Tanh", OpKind.Tanh, new[] { X }, SameAsFirst, "tanh x"),
+        new("Exp", OpKind.Exp, new[] { X }, SameAsFirst, "e^x"),
+        new("Softplus", OpKind.Softplus, new[] { X }, SameAsFirst, "log(1 + e^x)"),
+        new("Neg", OpKind.Neg, new[] { X }, SameAsFirst, "−x"),
+        new("SoftCap", OpKind.SoftCap, new[] { X, P("cap", ParamKind.Float) }, SameAsFirst, "cap · tanh(x / cap)"),
+        new("Add", OpKind.Add, new[] { P("a", ParamKind.Tensor), P("b", ParamKind.Tensor) }, BroadcastShape, "a + b (a row vector broadcasts)"),
+        new("Sub", OpKind.Sub, new[] { P("a", ParamKind.Tensor), P("b", ParamKind.Tensor) }, BroadcastShape, "a − b (a row vector broadcasts)"),
+        new("Mul", OpKind.Mul, new[] { P("a", ParamKind.Tensor), P("b", ParamKind.Tensor) }, BroadcastShape, "a · b (a row vector broadcasts)"),
+        new("Div", OpKind.Div, new[] { P("a", ParamKind.Tensor), P("b", ParamKind.Tensor) }, BroadcastShape, "a / b (a row vector broadcasts)"),
+        new("Add", OpKind.Add, new[] { P("a", ParamKind.Activation), P("b", ParamKind.Float) }, SameAsFirst, "a + s"),
+        new("Sub", OpKind.Sub, new[] { P("a", ParamKind.Activation), P("b", ParamKind.Float) }, SameAsFirst, "a − s"),
+        new("Sub", OpKind.Sub, new[] { P("a", ParamKind.Float), P("b", ParamKind.Activation) }, SameAsFirst, "s − b", scalarFirst: true),
+        new("Mul", OpKind.Mul, new[] { P("a", ParamKind.Activation), P("b", ParamKind.Float) }, SameAsFirst, "a · s"),
+        new("Div", OpKind.Div, new[] { P("a", ParamKind.Activation), P("b", ParamKind.Float) }, SameAsFirst, "a / s"),
+        new("Div", OpKind.Div, new[] { P("a", ParamKind.Float), P("b", ParamKind.Activation) }, SameAsFirst, "s / b", scalarFirst: true),
+    };
 
-    public static bool TryGet(string name, out OpDefinition op) => Ops.TryGetValue(name, out op!);
+    private static readonly Dictionary<string, OpDefinition> ByKey = Definitions.ToDictionary(d => d.Key);
 
-    public static OpDefinition Get(OpKind kind) => Ops.Values.First(op => op.Kind == kind);
+    /// <summary>The definition for a signature key, as <see cref="Signature"/> builds it from the bound method.</summary>
+    public static bool TryGet(string key, out OpDefinition op) => ByKey.TryGetValue(key, out op!);
+
+    /// <summary>True when Kiln.Ops has a method of this name in the table (whatever its overload).</summary>
+    public static bool HasName(string name) => Definitions.Any(d => d.Name == name);
+
+    /// <summary>Every overload, in the table's order (documentation, tests).</summary>
+    public static IReadOnlyList<OpDefinition> All => Definitions;
 
     /// <summary>The names a [Forward] method may call, for the unknown-op message.</summary>
-    public static string Names => string.Join(", ", Ops.Keys.Select(name => "Ops." + name));
+    public static string Names => string.Join(", ", Definitions.Select(d => "Ops." + d.Name).Distinct());
 
-    private static ShapeResult EmbeddingShape(IReadOnlyList<Shape> s)
+    public static string Signature(string name, IEnumerable<string> parameterTypes) => name + "(" + string.Join(",", parameterTypes) + ")";
+
+    /// <summary>The type name a parameter kind has in a signature key.</summary>
+    public static string TypeName(ParamKind kind) => kind switch
     {
-        if (s[0].Rank != 2) return ShapeResult.Fail($"the embedding table must be [Vocab, Dim], got {s[0]}", 0);
+        ParamKind.Activation or ParamKind.Weight or ParamKind.Tensor => "Tensor",
+        ParamKind.Tokens => "tokens",
+        ParamKind.Context => "context",
+        ParamKind.Int => "int",
+        ParamKind.Float => "float",
+        ParamKind.Bool => "bool",
+        _ => "RopeStyle",
+    };
+
+    private static ShapeResult GatherShape(IReadOnlyList<Shape> s, IReadOnlyList<ScalarExpr> _)
+    {
+        if (s[0].Rank != 2) return ShapeResult.Fail($"the table must be [Rows, Dim], got {s[0]}", 0);
         return ShapeResult.Ok(Shape.Of(Shape.Tokens, s[0].Cols));
     }
 
-    private static ShapeResult RmsNormShape(IReadOnlyList<Shape> s)
+    private static ShapeResult SelectRowsShape(IReadOnlyList<Shape> s, IReadOnlyList<ScalarExpr> _)
     {
-        if (s[1].Rank != 1) return ShapeResult.Fail($"the norm weight must be a vector, got {s[1]}", 1);
-        if (s[0].Cols != s[1].Cols) return ShapeResult.Fail($"norm weight {s[1]} does not match rows of {s[0]}", 1);
+        if (s[0].Rank != 2 || s[0].Dims[0] != Shape.Tokens) return ShapeResult.Fail($"expected one row per token [T, features], got {s[0]}", 0);
+        return ShapeResult.Ok(Shape.Of(Shape.Outputs, s[0].Cols));
+    }
+
+    private static ShapeResult NormShape(IReadOnlyList<Shape> s, IReadOnlyList<ScalarExpr> _)
+    {
+        for (int i = 1; i < s.Count; i++)
+        {
+            if (s[i].Rank != 1) return ShapeResult.Fail($"the norm's {(i == 1 ? "weight" : "bias")} must be a vector, got {s[i]}", i);
+            if (s[0].Cols != s[i].Cols) return ShapeResult.Fail($"norm {(i == 1 ? "weight" : "bias")} {s[i]} does not match rows of {s[0]}", i);
+        }
         return ShapeResult.Ok(s[0]);
     }
 
-    private static ShapeResult LinearShape(IReadOnlyList<Shape> s)
+    private static ShapeResult HeadNormShape(IReadOnlyList<Shape> s, IReadOnlyList<ScalarExpr> _) =>
+        s[1].Rank != 1 ? ShapeResult.Fail($"the norm weight must be a vector of the head dimension, got {s[1]}", 1) : ShapeResult.Ok(s[0]);
+
+    private static ShapeResult LinearShape(IReadOnlyList<Shape> s, IReadOnlyList<ScalarExpr> _)
     {
         if (s[1].Rank != 2) return ShapeResult.Fail($"the weight must be [Out, In], got {s[1]}", 1);
         if (s[0].Rank != 2) return ShapeResult.Fail($"the input must be [Rows, In], got {s[0]}", 0);
         if (s[0].Cols != s[1].Cols) return ShapeResult.Fail($"input {s[0]} and weight {s[1]} differ in the inner dimension ({s[0].Cols} vs {s[1].Cols})", 1);
+        if (s.Count > 2 && (s[2].Rank != 1 || s[2].Cols != s[1].Dims[0]))
+            return ShapeResult.Fail($"the bias must be a vector of the {s[1].Dims[0]} outputs, got {s[2]}", 2);
         return ShapeResult.Ok(Shape.Of(s[0].Dims[0], s[1].Dims[0]));
     }
 
-    private static ShapeResult AttentionShape(IReadOnlyList<Shape> s)
+    private static ShapeResult AttentionShape(IReadOnlyList<Shape> s, IReadOnlyList<ScalarExpr> _)
     {
         if (!s[1].Equals(s[2])) return ShapeResult.Fail($"k {s[1]} and v {s[2]} differ", 2);
         if (s[0].Rank != 2 || s[1].Rank != 2) return ShapeResult.Fail($"q {s[0]} and k {s[1]} must be [T, features]", 0);
@@ -146,14 +277,29 @@ internal static class OpTable
         return ShapeResult.Ok(s[0]);
     }
 
-    private static ShapeResult SameAsFirst(IReadOnlyList<Shape> s) => ShapeResult.Ok(s[0]);
-
-    private static ShapeResult SameShapes(IReadOnlyList<Shape> s) =>
-        s[0].Equals(s[1]) ? ShapeResult.Ok(s[0]) : ShapeResult.Fail($"operands differ in shape, {s[0]} and {s[1]}", 1);
-
-    private static ShapeResult SelectRowsShape(IReadOnlyList<Shape> s)
+    private static ShapeResult SliceShape(IReadOnlyList<Shape> s, IReadOnlyList<ScalarExpr> scalars)
     {
-        if (s[0].Rank != 2 || s[0].Dims[0] != Shape.Tokens) return ShapeResult.Fail($"expected one row per token [T, features], got {s[0]}", 0);
-        return ShapeResult.Ok(Shape.Of(Shape.Outputs, s[0].Cols));
+        if (s[0].Rank != 2) return ShapeResult.Fail($"the input must be [Rows, Cols], got {s[0]}", 0);
+        string? start = scalars[0].AsDim(), length = scalars[1].AsDim();
+        if (start is null || length is null)
+            return ShapeResult.Fail($"the slice's start ({scalars[0]}) and length ({scalars[1]}) must be fixed by the model's int members and literals (+ − * /), not change per layer");
+        if (length == "0") return ShapeResult.Fail("the slice is empty");
+        return ShapeResult.Ok(Shape.Of(s[0].Dims[0], length));
+    }
+
+    private static ShapeResult ConcatShape(IReadOnlyList<Shape> s, IReadOnlyList<ScalarExpr> _)
+    {
+        if (s[0].Rank != 2 || s[1].Rank != 2 || s[0].Dims[0] != s[1].Dims[0]) return ShapeResult.Fail($"{s[0]} and {s[1]} must be [Rows, ·] with the same rows", 1);
+        return ShapeResult.Ok(Shape.Of(s[0].Dims[0], s[0].Cols + "+" + s[1].Cols));
+    }
+
+    private static ShapeResult SameAsFirst(IReadOnlyList<Shape> s, IReadOnlyList<ScalarExpr> _) => ShapeResult.Ok(s[0]);
+
+    private static ShapeResult BroadcastShape(IReadOnlyList<Shape> s, IReadOnlyList<ScalarExpr> _)
+    {
+        if (s[0].Equals(s[1])) return ShapeResult.Ok(s[0]);
+        if (s[1].Rank == 1 && s[0].Rank == 2 && s[1].Cols == s[0].Cols) return ShapeResult.Ok(s[0]);
+        if (s[0].Rank == 1 && s[1].Rank == 2 && s[0].Cols == s[1].Cols) return ShapeResult.Ok(s[1]);
+        return ShapeResult.Fail($"operands differ in shape, {s[0]} and {s[1]} (a row vector broadcasts when its length is the rows' length)", 1);
     }
 }

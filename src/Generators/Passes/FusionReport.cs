@@ -11,7 +11,6 @@ internal static class FusionReport
     {
         var model = plan.Model;
         string Name(int value) => plan.ValueBuffers[value] < 0 ? "?" : plan.Buffers[plan.ValueBuffers[value]].Name;
-        static string Short(string weight) => weight.Substring(weight.LastIndexOf('.') + 1);
 
         yield return $"Kiln fusion report for {model.ClassName} (architecture \"{model.Architecture}\"), CPU kernels on a worker pool.";
         yield return "Kernels, in step order:";
@@ -27,31 +26,36 @@ internal static class FusionReport
                 if (info.IsLoop) yield return $"  for each of the {info.CountMember} layers ({info.LayersMember}[{info.LoopVariable}]):";
             }
             string indent = plan.Regions[region].IsLoop ? "    " : "  ";
-            yield return indent + $"[{number++}] " + Describe(kernel, plan, graph, Name, Short);
+            string guard = kernel.Guard >= 0 ? $" (only when {GuardText(plan, kernel.Guard)})" : "";
+            yield return indent + $"[{number++}] " + Describe(kernel, plan, Name) + guard;
         }
         if (plan.Regions[region].IsLoop) yield return "  end of layer loop";
+
+        var unfused = plan.Kernels.OfType<ElementwiseKernel>().ToList();
+        yield return unfused.Count == 0
+            ? "Elementwise ops: every one fused into a matmul's input preparation or tile epilogue."
+            : $"Elementwise ops: {unfused.Count} loop(s) of their own ({string.Join("; ", unfused.Select(e => Name(e.Output) + ": " + WhyStandalone(e, graph)))}), each a parallel vector loop over rows; the rest fused.";
 
         yield return "Weight layouts (packed once when the plan is compiled, in groups of 4 rows; a segment whose rows are not a multiple of 4 is padded with zero rows):";
         if (plan.Kernels.OfType<MatMulKernel>().Any(m => m.Format == "AsStored"))
             yield return "  rule \"as stored\" (a weight without [Quantize]), chosen per matrix when the plan is compiled, from the file's types: " + AsStoredRule + ".";
         foreach (var matmul in plan.Kernels.OfType<MatMulKernel>().GroupBy(m => m.Packed).Select(g => g.First()))
         {
-            var weights = matmul.Segments.SelectMany(s => s.Weights).Distinct().Select(Short).ToList();
-            bool interleaved = matmul.Segments.Any(s => s.Kind == SegmentKind.SwiGlu);
-            string rows = string.Join("+", matmul.Segments.Select(s => s.Kind == SegmentKind.SwiGlu ? "2*" + s.OutDim : s.OutDim));
+            var weights = matmul.Segments.SelectMany(s => s.Weights).Select(w => WeightText(w)).Distinct().ToList();
+            bool interleaved = matmul.Segments.Any(s => s.IsPair);
+            string rows = string.Join("+", matmul.Segments.Select(s => s.IsPair ? "2*" + s.OutDim : s.OutDim));
             string where = matmul.LayersMember.Length > 0 ? $"{matmul.Packed}[{plan.Regions[matmul.Region].LoopVariable}]" : matmul.Packed;
             string shape = interleaved
-                ? (matmul.Segments.Count > 1 ? "segments stacked, gate/up rows interleaved" : "gate/up rows interleaved (gate₀, up₀, gate₁, up₁, …)")
+                ? (matmul.Segments.Count > 1 ? "segments stacked, pair rows interleaved" : "pair rows interleaved (a₀, b₀, a₁, b₁, …)")
                 : matmul.Segments.Count > 1 ? "segments stacked" : "one segment";
             var why = new List<string>();
             if (matmul.Segments.Count > 1) why.Add("one horizontal matmul prepares its input once and reads it for all of them");
-            if (interleaved) why.Add("each adjacent row pair yields silu(gate)·up in the epilogue");
+            if (interleaved) why.Add("each adjacent row pair meets in one tile, so the epilogue combines both sums");
+            if (matmul.Segments.Any(s => s.Weights.Any(w => w.RowStart.Length > 0))) why.Add("a fused weight is split by rows when packed (its slices cost nothing at run time)");
             yield return $"  {string.Join(", ", weights)} → {where} [{rows}, {matmul.InDim}], {shape}: {Rule(matmul.Format, model)}{(why.Count > 0 ? "; " + string.Join("; ", why) : "")}.";
         }
-        foreach (var gather in plan.Kernels.OfType<GatherKernel>().Select(g => g.Table).Distinct())
-            yield return $"  {Short(gather)} → as loaded (row-major): the embedding gathers whole rows.";
-        foreach (var norm in plan.Kernels.OfType<RmsNormKernel>().Select(n => n.Weight).Distinct())
-            yield return $"  {Short(norm)} → as loaded: a standalone RMSNorm (not every consumer is a Linear).";
+        foreach (var table in plan.Kernels.SelectMany(Programs).SelectMany(p => p.Elems).Where(e => e.Kind == ElemKind.Gather).Select(e => e.Weight).Distinct())
+            yield return $"  {Short(table)} → as loaded (row-major): gathered whole rows, by {(plan.Kernels.SelectMany(Programs).SelectMany(p => p.Elems).Any(e => e.Weight == table && e.Map == RowMap.Positions) ? "position" : "token")}.";
 
         yield return "Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):";
         for (int slot = 0; slot < plan.SlotCount; slot++)
@@ -61,15 +65,64 @@ internal static class FusionReport
         }
         yield return "Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;";
         yield return "  for Q8_0/Q4_0, Q8 activations (per 32 values a float scale d = max|x|/127 and int8 q = round(x/d), GGML's rule),";
-        yield return "  with 8·Σq per block for Q4_0's −8 (the kernels broadcast 4 quants at a time to 8 rows). A fused RMSNorm computes 1/rms per token once and writes or quantizes";
-        yield return "  x·(1/rms)·g in the same pass (g cannot fold into quantized columns without requantizing them, and folding it into";
-        yield return "  float columns would change their rounding: the packed weights stay exactly as stored).";
+        yield return "  with 8·Σq per block for Q4_0's −8 (the kernels broadcast 4 quants at a time to 8 rows). A fused norm computes its statistics per token once";
+        yield return "  (in double) and writes or quantizes the normalized row in the same pass (its weight cannot fold into quantized columns";
+        yield return "  without requantizing them, and folding it into float columns would change their rounding: the packed weights stay exactly as stored).";
+        yield return "Loop bodies (epilogues, input chains, elementwise loops) are generated from the forward method's ops at every width:";
+        yield return "  Vector512, Vector256, Vector128 (tiles) and scalar; activations are composed from e^x, tanh, erf and ln (Kiln.Kernels.Elementwise.Lanes).";
         if (plan.RopeTables.Count > 0) yield return "Rope: cos/sin per token and pair computed once per step in double (as the eager op), shared by every layer.";
-        if (plan.Kernels.OfType<AttentionKernel>().Any()) yield return "Attention scratch: per chunk of work items, every head's scores over the KV cache's MaxContext (and one block's rows when the cache stores F16 or int8), grown when a larger cache is first seen.";
+        if (plan.Kernels.OfType<AttentionKernel>().Any()) yield return "Attention scratch: per chunk of work items, every head's scores over the KV cache's MaxContext (and one block's rows when the cache stores int8), grown when a larger cache is first seen.";
         yield return "Threads: one worker pool (PlanOptions.Threads). A matmul splits its 4-row groups over the threads, each tile (4 rows × 4 tokens";
-        yield return "  for F32/BF16, 8 rows × 8 tokens for Q8_0/Q4_0) going through its epilogue while in registers; attention splits (token, KV-head chunk) items. Every output is computed";
-        yield return "  by one thread in a fixed order, so results do not depend on the thread count.";
+        yield return "  for F32/BF16, 8 rows × 8 tokens for Q8_0/Q4_0) going through its epilogue while in registers; attention splits (token, KV-head chunk) items;";
+        yield return "  elementwise loops split rows. Every output is computed by one thread in a fixed order, so results do not depend on the thread count.";
     }
+
+    /// <summary>A program's description with its stored values named by their buffers.</summary>
+    public static string Resolve(string description, Plan plan) =>
+        System.Text.RegularExpressions.Regex.Replace(description, "⟨(\\d+)⟩", match =>
+        {
+            int value = int.Parse(match.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+            return value < plan.ValueBuffers.Count && plan.ValueBuffers[value] >= 0 ? plan.Buffers[plan.ValueBuffers[value]].Name : "?";
+        });
+
+    private static IEnumerable<Program> Programs(Kernel kernel) => kernel switch
+    {
+        MatMulKernel m => m.Segments.Select(s => s.Epilogue).Concat(m.InputProgram is null ? Enumerable.Empty<Program>() : new[] { m.InputProgram }),
+        ElementwiseKernel e => new[] { e.Program },
+        _ => Enumerable.Empty<Program>(),
+    };
+
+    private static string GuardText(Plan plan, int guard)
+    {
+        var parts = new List<string>();
+        for (int g = guard; g >= 0; g = plan.Guards[g].Parent)
+            parts.Insert(0, (plan.Guards[g].Polarity ? "" : "!") + "(" + plan.Guards[g].Condition + ")");
+        return string.Join(" && ", parts);
+    }
+
+    /// <summary>Why a root became its own loop rather than part of a matmul: what reads it, or what it needs.</summary>
+    private static string WhyStandalone(ElementwiseKernel kernel, Graph graph)
+    {
+        var program = kernel.Program;
+        if (program.Rope >= 0) return "a rotary embedding that no matmul tile can end (NeoX halves, partial rotary, or after per-head statistics)";
+        if (program.HasStats) return "a norm whose readers are not all matmuls (its statistics need the whole row first)";
+        var readers = graph.Nodes.Where(n => n.Inputs.Contains(kernel.Output)).ToList();
+        if (readers.Count > 1) return $"read by {readers.Count} ops, so stored once";
+        if (kernel.Output == graph.Result) return "the forward's result";
+        return readers.Count == 1 ? readers[0].Op switch
+        {
+            OpKind.Phi => "carried into the layer loop",
+            OpKind.Merge => "merged after an if",
+            OpKind.Attention => "read by attention",
+            OpKind.Linear => "read by matmuls of different layouts",
+            _ => "no matmul output of its own to end",
+        } : "no matmul output of its own to end";
+    }
+
+    private static string WeightText(WeightSlice weight) =>
+        weight.RowStart.Length == 0 ? Short(weight.Key) : $"{Short(weight.Key)}[{weight.RowStart}..]";
+
+    private static string Short(string weight) => weight.Substring(weight.LastIndexOf('.') + 1);
 
     private const string AsStoredRule =
         "F32 and F16 → F32x4 (F16 widened exactly); BF16 → BF16x4 (widened exactly in the kernel); "
@@ -93,39 +146,40 @@ internal static class FusionReport
         };
     }
 
-    private static string Describe(Kernel kernel, Plan plan, Graph graph, System.Func<int, string> name, System.Func<string, string> shortName)
+    private static string Describe(Kernel kernel, Plan plan, System.Func<int, string> name)
     {
         switch (kernel)
         {
-            case GatherKernel g:
-                return $"gather: {name(g.Output)} ← Embedding({shortName(g.Table)}), one table row per token";
             case MatMulKernel m:
             {
-                string weights = string.Join("|", m.Segments.Select(s => s.Kind == SegmentKind.SwiGlu
-                    ? $"{shortName(s.Weights[0])}⋈{shortName(s.Weights[1])}" : shortName(s.Weights[0])));
-                string norm = m.NormWeight.Length > 0 ? $" with RmsNorm({shortName(m.NormWeight)}) fused into the input preparation (1/rms per token once, x·(1/rms)·g quantized or written in one pass)" : "";
-                var outputs = m.Segments.Select(s => s.Kind switch
+                string weights = string.Join("|", m.Segments.Select(s => s.IsPair
+                    ? $"{WeightText(s.Weights[0])}⋈{WeightText(s.Weights[1])}" : WeightText(s.Weights[0])));
+                string input = m.InputProgram is null ? name(m.Input) : $"({Resolve(m.InputProgram.Description, plan)})";
+                string norm = m.Norm is null ? "" : $" with {(m.Norm.Kind == "Rms" ? "RmsNorm" : "LayerNorm")}({Short(m.Norm.Weight)}{(m.Norm.Bias.Length > 0 ? ", " + Short(m.Norm.Bias) : "")}) fused into the input preparation";
+                string chain = m.InputProgram is null ? "" : " (the input chain computed per row while preparing)";
+                var outputs = m.Segments.Select(s =>
                 {
-                    SegmentKind.Rope => $"{name(s.Output)} ← rope(·) epilogue",
-                    SegmentKind.Residual => name(s.Output) == name(s.Residual)
-                        ? $"{name(s.Output)} += · (residual add epilogue, in place)"
-                        : $"{name(s.Output)} ← {name(s.Residual)} + · (residual add epilogue)",
-                    SegmentKind.SwiGlu => $"{name(s.Output)} ← silu(gate)·up epilogue",
-                    _ => name(s.Output),
+                    string what = s.Epilogue.Description.Length == 0 ? "" : $" ← {Resolve(s.Epilogue.Description, plan)}";
+                    string rope = "";
+                    bool inPlace = s.Epilogue.Elems.Any(e => e.Kind == ElemKind.Load && name(e.Value) == name(s.Output));
+                    return $"{name(s.Output)}{what}{rope}{(what.Length > 0 || rope.Length > 0 ? " epilogue" : "")}{(inPlace ? " (in place)" : "")}";
                 });
-                return $"matmul: {name(m.Input)}·[{weights}]ᵀ{norm} → {string.Join(", ", outputs)}";
+                return $"matmul: {input}·[{weights}]ᵀ{norm}{chain} → {string.Join(", ", outputs)}";
             }
             case AttentionKernel a:
-                return $"attention: {name(a.Output)} ← Attention({name(a.Q)}, {name(a.K)}, {name(a.V)}): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)";
-            case SelectRowsKernel s:
-                return $"select rows: {name(s.Output)} ← the rows of {name(s.Input)} whose logits are wanted";
-            case RmsNormKernel r:
-                return $"rmsnorm: {name(r.Output)} ← RmsNorm({name(r.Input)}, {shortName(r.Weight)})";
-            case RopeKernel r:
-                return $"rope: {name(r.Output)} ← Rope({name(r.Input)})";
+            {
+                var options = new List<string>();
+                if (a.Causal.Constant != "true") options.Add(a.Causal.Constant == "false" ? "bidirectional" : $"causal when {a.Causal}");
+                if (a.Window.Constant != "0") options.Add($"sliding window {a.Window}");
+                if (a.SoftCap.Constant != "0") options.Add($"scores soft-capped at {a.SoftCap}");
+                if (a.Scale.Constant != "0") options.Add($"scale {a.Scale}");
+                string causal = a.Causal.Constant == "true" ? "causal " : "";
+                return $"attention: {name(a.Output)} ← Attention({name(a.Q)}, {name(a.K)}, {name(a.V)}): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then {causal}GQA{(options.Count > 0 ? " (" + string.Join(", ", options) + ")" : "")} in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)";
+            }
             case ElementwiseKernel e:
-                return e.B < 0 ? $"{e.Op.ToString().ToLowerInvariant()}: {name(e.Output)} ← {e.Op}({name(e.A)})"
-                    : $"{e.Op.ToString().ToLowerInvariant()}: {name(e.Output)} ← {e.Op}({name(e.A)}, {name(e.B)})";
+                return $"elementwise: {name(e.Output)} ← {Resolve(e.Program.Description, plan)}, one parallel vector loop";
+            case ConcatKernel c:
+                return $"concat: {name(c.Output)} ← [{name(c.A)} | {name(c.B)}]";
             case CopyKernel c:
                 return $"copy: {name(c.Destination)} ← {name(c.Source)}";
             default:

@@ -6,114 +6,196 @@ using Kiln.Generators.Syntax;
 
 namespace Kiln.Generators.Passes;
 
-/// <summary>A fused kernel of the plan. Reads and Writes are SSA value ids (the arena planner's liveness input).</summary>
-internal abstract record Kernel(int Region)
+// ---- Elementwise programs: the loop bodies the generator writes ------------------------------------------------------
+
+internal enum ElemKind
+{
+    /// <summary>Value <see cref="Elem.Value"/> at the program's row (through <see cref="Elem.Map"/>) and column + <see cref="Elem.Offset"/>.</summary>
+    Load,
+    /// <summary>A matmul's sum for this column: accumulator <see cref="Elem.A"/> (1: a pair's second weight). Epilogues only.</summary>
+    Accumulator,
+    /// <summary>Row-vector weight <see cref="Elem.Weight"/> at the column + Offset (per head: at the column within the head).</summary>
+    Vector,
+    /// <summary>Row tokens[t] or positions[t] (<see cref="Elem.Map"/>) of table <see cref="Elem.Weight"/>, at the column.</summary>
+    Gather,
+    /// <summary>Scalar <see cref="Elem.Scalar"/>, the same in every lane.</summary>
+    Scalar,
+    /// <summary>Statistic <see cref="Elem.A"/> of the row (or head): Op "Scale" (1/rms or 1/σ) or "Mean".</summary>
+    Stat,
+    /// <summary>A primitive of one argument: Op "Neg", "Exp", "Log", "Tanh", "Erf", "Abs".</summary>
+    Unary,
+    /// <summary>A primitive of two: Op "Add", "Sub", "Mul", "Div", "Max".</summary>
+    Binary,
+}
+
+/// <summary>Which row of a loaded value a program's row t reads.</summary>
+internal enum RowMap
+{
+    /// <summary>Row t itself.</summary>
+    Same,
+    /// <summary>Row outputRows[t] (a SelectRows that fused).</summary>
+    Selected,
+    /// <summary>Gathers: table row tokens[t].</summary>
+    Tokens,
+    /// <summary>Gathers: table row positions[t].</summary>
+    Positions,
+}
+
+/// <summary>One node of an elementwise program; arguments are indices of earlier elements.</summary>
+internal sealed record Elem(ElemKind Kind, string Op = "", int A = -1, int B = -1, int Value = -1, string Weight = "", string Offset = "",
+    RowMap Map = RowMap.Same, ScalarExpr? Scalar = null, bool PerHead = false);
+
+/// <summary>
+/// A reduction a norm needs before its elementwise part: Σx² ("Rms") or mean and variance ("Moments") of value
+/// <see cref="Value"/>'s row (through <see cref="Map"/>, columns from <see cref="Offset"/>), over the whole row
+/// (<see cref="Group"/> "") or per head of Group columns.
+/// </summary>
+internal sealed record RowStat(string Kind, int Value, RowMap Map, string Offset, string Group, ScalarExpr Eps);
+
+/// <summary>Per-step cos/sin tables for one rotary embedding: its rotary dims, base, and pair layout (computed in double, like the eager op).</summary>
+internal sealed record RopeTable(int Index, ScalarExpr HeadDim, ScalarExpr Base, ScalarExpr? RotaryDims, bool NeoX)
+{
+    /// <summary>The rotated dimensions per head: rotaryDims, or the whole head when it is 0 or absent.</summary>
+    public string Rotary(string instance) => RotaryDims is null || RotaryDims.Constant == "0"
+        ? HeadDim.Render(instance, "0")
+        : $"({RotaryDims.Render(instance, "0")} == 0 ? {HeadDim.Render(instance, "0")} : {RotaryDims.Render(instance, "0")})";
+}
+
+/// <summary>
+/// The loop body of a fused kernel: elementwise work composed from primitives (the generator expands SiLU, GELU, …
+/// into them), computing one value per (row, column) of <see cref="Rows"/> × <see cref="Cols"/>. A program may read
+/// row statistics (norms) and end in a rotary embedding (<see cref="Rope"/>, which reads each pair's partner column).
+/// <see cref="Group"/> is the head size when statistics or rope work per head ("" otherwise). <see cref="Description"/>
+/// is what it computes, in the forward method's terms.
+/// </summary>
+internal sealed record Program(
+    EquatableArray<Elem> Elems,
+    int Root,
+    EquatableArray<RowStat> Stats,
+    int Rope,
+    string Rows,
+    string Cols,
+    string Group,
+    string Description)
+{
+    public bool HasStats => Stats.Count > 0;
+
+    /// <summary>Values read at the program's rows (for liveness).</summary>
+    public EquatableArray<int> Loads => Elems.Where(e => e.Kind == ElemKind.Load).Select(e => e.Value)
+        .Concat(Stats.Select(s => s.Value)).Distinct().ToEquatableArray();
+
+    /// <summary>
+    /// True when the program reads <paramref name="value"/> only at the row and column it writes (so it may write in
+    /// place): no offset, no row map, no rope partner, no statistics over it.
+    /// </summary>
+    public bool ReadsOnlyInPlace(int value) =>
+        Rope < 0 && !Stats.Any(s => s.Value == value)
+        && Elems.Where(e => e.Kind == ElemKind.Load && e.Value == value).All(e => e.Offset.Length == 0 && e.Map == RowMap.Same);
+}
+
+// ---- Kernels ---------------------------------------------------------------------------------------------------------
+
+/// <summary>
+/// A fused kernel of the plan. Reads and Writes are SSA value ids (the arena planner's liveness input).
+/// <see cref="Guard"/> is the if-branch it runs under (-1: always); <see cref="Anchor"/> orders kernels in a region.
+/// </summary>
+internal abstract record Kernel(int Region, int Guard, int Anchor)
 {
     public abstract EquatableArray<int> Reads { get; }
 
     public abstract EquatableArray<int> Writes { get; }
 
-    /// <summary>True when this kernel reads <paramref name="value"/> only elementwise at the position it writes (a residual).</summary>
-    public virtual bool ReadsOnlyAsResidual(int value) => false;
+    /// <summary>True when this kernel may write <paramref name="output"/> over <paramref name="value"/> (it reads it only where it writes).</summary>
+    public virtual bool CanWriteInPlace(int value, int output) => false;
 }
 
-/// <summary>Embedding: rows of a weight table gathered per token.</summary>
-internal sealed record GatherKernel(int Region, string Table, int Output) : Kernel(Region)
-{
-    public override EquatableArray<int> Reads => EquatableArray<int>.Empty;
-
-    public override EquatableArray<int> Writes => EquatableArray.Create(Output);
-}
-
-internal enum SegmentKind
-{
-    /// <summary>output = acc</summary>
-    Plain,
-    /// <summary>adjacent output pairs rotated by the token's position</summary>
-    Rope,
-    /// <summary>output = residual + acc (in place when the planner coalesces them)</summary>
-    Residual,
-    /// <summary>two interleaved weights; output = silu(acc₀)·acc₁</summary>
-    SwiGlu,
-}
-
-/// <summary>A row range of a packed matrix and its epilogue. OutDim counts outputs (a SwiGLU segment has 2·OutDim rows).</summary>
-internal sealed record Segment(SegmentKind Kind, EquatableArray<string> Weights, string OutDim, int Output, int Residual, int RopeTable, string Description);
+/// <summary>A weight's rows [RowStart, RowStart + rows) — the whole weight, or one part of a fused QKV or gate/up matrix.</summary>
+internal sealed record WeightSlice(string Key, string RowStart);
 
 /// <summary>
-/// A horizontal matmul: several Linears sharing one input and layout, their weights packed into one matrix (segments
-/// stacked, each padded to 4-row groups; gate/up interleaved), an optional RMSNorm fused into the input preparation
-/// (1/rms per token once, x·(1/rms)·g written or quantized in one pass) and one epilogue per segment.
+/// A row range of a packed matrix and its epilogue. <see cref="Weights"/> is one weight, or two whose rows are
+/// interleaved (a pair: each adjacent row pair yields one output from both sums, e.g. silu(gate)·up). OutDim counts
+/// outputs. The epilogue program reads the accumulator(s) and writes <see cref="Output"/>; a rotary embedding of
+/// adjacent pairs may end it (<see cref="Rope"/> ≥ 0: the rope table).
+/// </summary>
+internal sealed record Segment(EquatableArray<WeightSlice> Weights, string OutDim, int Output, Program Epilogue, int Rope)
+{
+    public bool IsPair => Weights.Count == 2;
+}
+
+/// <summary>How a matmul's input preparation normalizes each row (folded from an RmsNorm or LayerNorm whose only readers are this matmul's Linears).</summary>
+internal sealed record NormSpec(string Kind, string Weight, string Bias, ScalarExpr Eps);
+
+/// <summary>
+/// A horizontal matmul: several Linears sharing one input and layout, their weights packed into one matrix
+/// (segments stacked, each padded to 4-row groups; pairs interleaved). The input is value <see cref="Input"/>'s rows,
+/// or computed per row by <see cref="InputProgram"/> (a fused elementwise chain, gathered rows); then normalized by
+/// <see cref="Norm"/> once for every weight; then each segment's epilogue runs on its tiles.
 /// <see cref="Format"/> is the WeightFormat member name the weights ask for ("AsStored": chosen per file).
 /// </summary>
 internal sealed record MatMulKernel(
     int Region,
+    int Guard,
+    int Anchor,
     int Input,
+    Program? InputProgram,
+    NormSpec? Norm,
     string InDim,
+    string Rows,
     string Packed,
     string LayersMember,
-    string NormWeight,
-    ScalarArg? NormEps,
     EquatableArray<Segment> Segments,
-    string Format = "AsStored") : Kernel(Region)
+    string Format = "AsStored") : Kernel(Region, Guard, Anchor)
 {
     public override EquatableArray<int> Reads =>
-        new[] { Input }.Concat(Segments.Where(s => s.Residual >= 0).Select(s => s.Residual)).ToEquatableArray();
+        (InputProgram is null ? new[] { Input } : InputProgram.Loads.ToArray())
+            .Concat(Segments.SelectMany(s => s.Epilogue.Loads)).Distinct().ToEquatableArray();
 
     public override EquatableArray<int> Writes => Segments.Select(s => s.Output).ToEquatableArray();
 
-    public override bool ReadsOnlyAsResidual(int value) => value != Input && Segments.Any(s => s.Residual == value);
+    public override bool CanWriteInPlace(int value, int output) =>
+        value != Input && (InputProgram is null || !InputProgram.Loads.Contains(value))
+        && Segments.Where(s => s.Output == output).All(s => s.Rope < 0 && s.Epilogue.ReadsOnlyInPlace(value))
+        && Segments.Where(s => s.Output != output).All(s => !s.Epilogue.Loads.Contains(value));
 }
 
-/// <summary>KV-cache write of k and v, then causal GQA attention per token and head.</summary>
-internal sealed record AttentionKernel(int Region, int Q, int K, int V, int Output, ScalarArg Layer, ScalarArg Heads, ScalarArg KvHeads) : Kernel(Region)
+/// <summary>A standalone fused loop: <see cref="Program"/> over every (row, column), on the worker pool, writing <see cref="Output"/>.</summary>
+internal sealed record ElementwiseKernel(int Region, int Guard, int Anchor, int Output, Program Program) : Kernel(Region, Guard, Anchor)
+{
+    public override EquatableArray<int> Reads => Program.Loads;
+
+    public override EquatableArray<int> Writes => EquatableArray.Create(Output);
+
+    public override bool CanWriteInPlace(int value, int output) => output == Output && Program.ReadsOnlyInPlace(value);
+}
+
+/// <summary>
+/// KV-cache write of k and v, then GQA attention per token and head. Options are the forward's scalars (null: the
+/// op's default): Scale (0 → 1/√HeadDim), Window, SoftCap, Causal.
+/// </summary>
+internal sealed record AttentionKernel(int Region, int Guard, int Anchor, int Q, int K, int V, int Output, ScalarExpr Layer, ScalarExpr Heads, ScalarExpr KvHeads,
+    ScalarExpr Scale, ScalarExpr Window, ScalarExpr SoftCap, ScalarExpr Causal) : Kernel(Region, Guard, Anchor)
 {
     public override EquatableArray<int> Reads => EquatableArray.Create(Q, K, V);
 
     public override EquatableArray<int> Writes => EquatableArray.Create(Output);
 }
 
-internal sealed record SelectRowsKernel(int Region, int Input, int Output) : Kernel(Region)
+/// <summary>Columns of a and b side by side (Ops.Concat): two row copies.</summary>
+internal sealed record ConcatKernel(int Region, int Guard, int Anchor, int A, int B, int Output) : Kernel(Region, Guard, Anchor)
 {
-    public override EquatableArray<int> Reads => EquatableArray.Create(Input);
+    public override EquatableArray<int> Reads => EquatableArray.Create(A, B);
 
     public override EquatableArray<int> Writes => EquatableArray.Create(Output);
 }
 
-/// <summary>An RMSNorm that could not fold into a matmul (a consumer other than Linear).</summary>
-internal sealed record RmsNormKernel(int Region, int Input, string Weight, ScalarArg Eps, int Output) : Kernel(Region)
-{
-    public override EquatableArray<int> Reads => EquatableArray.Create(Input);
-
-    public override EquatableArray<int> Writes => EquatableArray.Create(Output);
-}
-
-/// <summary>A rotary embedding that could not become a matmul epilogue.</summary>
-internal sealed record RopeKernel(int Region, int Input, int RopeTable, int Output) : Kernel(Region)
-{
-    public override EquatableArray<int> Reads => EquatableArray.Create(Input);
-
-    public override EquatableArray<int> Writes => EquatableArray.Create(Output);
-}
-
-/// <summary>Silu, Mul or Add that no matmul epilogue absorbed.</summary>
-internal sealed record ElementwiseKernel(int Region, OpKind Op, int A, int B, int Output) : Kernel(Region)
-{
-    public override EquatableArray<int> Reads => B < 0 ? EquatableArray.Create(A) : EquatableArray.Create(A, B);
-
-    public override EquatableArray<int> Writes => EquatableArray.Create(Output);
-}
-
-/// <summary>A buffer-to-buffer copy the planner inserts where a loop-carried value cannot share its buffer.</summary>
-internal sealed record CopyKernel(int Region, int Source, int Destination) : Kernel(Region)
+/// <summary>A buffer-to-buffer copy the planner inserts where a loop-carried or merged value cannot share its buffer.</summary>
+internal sealed record CopyKernel(int Region, int Guard, int Anchor, int Source, int Destination) : Kernel(Region, Guard, Anchor)
 {
     public override EquatableArray<int> Reads => EquatableArray.Create(Source);
 
     public override EquatableArray<int> Writes => EquatableArray.Create(Destination);
 }
-
-/// <summary>Per-step cos/sin table for one (headDim, base) pair, computed in double like the eager op.</summary>
-internal sealed record RopeTable(int Index, ScalarArg HeadDim, ScalarArg Base);
 
 /// <summary>An arena buffer (one storage class of values). Slot -1 is the caller's logits span.</summary>
 internal sealed record Buffer(int Index, string Name, string Rows, string Cols, int Slot);
@@ -122,6 +204,7 @@ internal sealed record Buffer(int Index, string Name, string Rows, string Cols, 
 internal sealed record Plan(
     ModelInfo Model,
     EquatableArray<RegionInfo> Regions,
+    EquatableArray<GuardInfo> Guards,
     EquatableArray<Kernel> Kernels,
     EquatableArray<Buffer> Buffers,
     EquatableArray<int> ValueBuffers,

@@ -22,8 +22,7 @@ internal sealed partial class Planner
             var first = _graph[members.Min()];
             bool isLogits = Find(_logits) == members.Key;
             string? local = members.Select(m => _graph[m].Name).FirstOrDefault(n => n.Length > 0 && !n.Contains('.'));
-            string name = isLogits ? "logits"
-                : Unique(names, local ?? DefaultName(members.Min()));
+            string name = isLogits ? "logits" : Unique(names, local ?? DefaultName(members.Min()));
             int index = buffers.Count;
             buffers.Add(new Buffer(index, name, first.Shape.Rows, first.Shape.Cols, isLogits ? -1 : 0));
             foreach (int member in members) valueBuffers[member] = index;
@@ -83,30 +82,63 @@ internal sealed partial class Planner
         string kvLayers = attention is null || !_graph.Regions[attention.Region].IsLoop ? "1" : _graph.Regions[attention.Region].CountMember;
         var result0 = _graph[_graph.Result];
 
+        var plan = new Plan(model, _graph.Regions, _graph.Guards, _kernels.ToEquatableArray(), buffers.ToEquatableArray(), valueBuffers.ToEquatableArray(),
+            slotEnds.Count, ropeTables.ToEquatableArray(), EquatableArray<string>.Empty, result0.Shape.Rows, result0.Shape.Cols, kvDim, kvLayers,
+            EquatableArray<string>.Empty);
+        plan = plan with { Dims = Dims(plan).ToEquatableArray() };
+        return plan with { Report = FusionReport.Lines(plan, _graph).ToEquatableArray() };
+    }
+
+    /// <summary>Every dimension the emitted plan names (each becomes a field fixed when the model is bound).</summary>
+    private static List<string> Dims(Plan plan)
+    {
         var dims = new List<string>();
         void Dim(string d)
         {
-            if (d != Shape.Tokens && d != Shape.Outputs && d != "1" && !dims.Contains(d)) dims.Add(d);
+            if (d.Length > 0 && d != Shape.Tokens && d != Shape.Outputs && d != "1" && d != "0" && !dims.Contains(d)) dims.Add(d);
         }
-        foreach (var buffer in buffers) Dim(buffer.Cols);
-        foreach (var kernel in _kernels.OfType<MatMulKernel>())
+        void ProgramDims(Program program)
         {
-            Dim(kernel.InDim);
-            foreach (var segment in kernel.Segments) Dim(segment.OutDim);
+            Dim(program.Cols);
+            Dim(program.Group);
+            foreach (var elem in program.Elems) Dim(elem.Offset);
+            foreach (var stat in program.Stats)
+            {
+                Dim(stat.Offset);
+                Dim(stat.Group);
+                Dim(plan.Buffers[plan.ValueBuffers[stat.Value]].Cols);
+            }
+            foreach (var elem in program.Elems.Where(e => e.Kind == ElemKind.Load)) Dim(plan.Buffers[plan.ValueBuffers[elem.Value]].Cols);
         }
-        foreach (var weight in model.Weights) foreach (var d in weight.Dims) Dim(d);
-        Dim(result0.Shape.Cols);
-        if (attention is not null) Dim(kvDim);
-
-        var plan = new Plan(model, _graph.Regions, _kernels.ToEquatableArray(), buffers.ToEquatableArray(), valueBuffers.ToEquatableArray(),
-            slotEnds.Count, ropeTables.ToEquatableArray(), dims.ToEquatableArray(), result0.Shape.Rows, result0.Shape.Cols, kvDim, kvLayers,
-            EquatableArray<string>.Empty);
-        return plan with { Report = FusionReport.Lines(plan, _graph).ToEquatableArray() };
+        foreach (var buffer in plan.Buffers) Dim(buffer.Cols);
+        foreach (var kernel in plan.Kernels)
+        {
+            switch (kernel)
+            {
+                case MatMulKernel m:
+                    Dim(m.InDim);
+                    if (m.InputProgram is not null) ProgramDims(m.InputProgram);
+                    foreach (var segment in m.Segments)
+                    {
+                        Dim(segment.OutDim);
+                        foreach (var weight in segment.Weights) Dim(weight.RowStart);
+                        ProgramDims(segment.Epilogue);
+                    }
+                    break;
+                case ElementwiseKernel e:
+                    ProgramDims(e.Program);
+                    break;
+            }
+        }
+        foreach (var weight in plan.Model.Weights) foreach (var d in weight.Dims) Dim(d);
+        Dim(plan.VocabDim);
+        Dim(plan.KvDim);
+        return dims;
     }
 
     private string DefaultName(int value) => _graph[value].Op switch
     {
-        OpKind.Mul when _kernels.OfType<MatMulKernel>().Any(k => k.Segments.Any(s => s.Kind == SegmentKind.SwiGlu && s.Output == value)) => "swiglu",
+        OpKind.Mul when _kernels.OfType<MatMulKernel>().Any(k => k.Segments.Any(s => s.IsPair && s.Output == value)) => "glu",
         OpKind.SelectRows => "rows",
         var op => op.ToString().ToLowerInvariant(),
     };

@@ -9,8 +9,9 @@ using Kiln.Generators.Ir;
 namespace Kiln.Generators.Passes;
 
 /// <summary>
-/// Runs the passes over a graph: fusion (kernels), then storage planning — loop-carried values and in-place residual
-/// epilogues share a buffer when liveness allows (a copy otherwise), and buffers share arena slots when their live
+/// Runs the passes over a graph: fusion (kernels), then storage planning — loop-carried and branch-merged values
+/// share a buffer with what feeds them when liveness allows (a copy otherwise), kernels write their output over an
+/// input they read only where they write (residual adds, in place), and buffers share arena slots when their live
 /// ranges do not overlap.
 /// </summary>
 internal sealed partial class Planner
@@ -21,7 +22,6 @@ internal sealed partial class Planner
     private readonly int[] _occupant;
     private readonly int _logits;
     private List<Kernel> _kernels = new();
-    private int[] _position = Array.Empty<int>();
 
     private Planner(Graph graph, CancellationToken cancellationToken)
     {
@@ -53,61 +53,74 @@ internal sealed partial class Planner
 
     private Plan Run()
     {
+        if ((uint)_graph.Result >= (uint)_graph.Nodes.Count)
+            throw new InvalidOperationException($"The forward result is value {_graph.Result}, which the graph does not have.");
         var fusion = new Fusion(_graph);
         _kernels = fusion.Run();
         _cancellationToken.ThrowIfCancellationRequested();
 
         var phis = _graph.Nodes.Where(n => n.Op == OpKind.Phi).ToList();
-        Positions();
+        var merges = _graph.Nodes.Where(n => n.Op == OpKind.Merge).ToList();
+        Order();
 
         // Loop entry: the value before the loop becomes the phi's buffer unless it is still read once the loop starts.
         foreach (var phi in phis)
         {
             int init = phi.Inputs[0];
-            bool readLater = Reads(init).Any(r => _kernels[r.Kernel].Region >= phi.Region);
-            if (readLater || !HasStorage(init)) _kernels.Add(new CopyKernel(phi.Region - 1, init, phi.Id));
+            bool readLater = Reads(init).Any(r => r.Kernel.Region >= phi.Region);
+            if (readLater || !HasStorage(init) || _occupant[Find(init)] != init) _kernels.Add(new CopyKernel(phi.Region - 1, -1, int.MaxValue, init, phi.Id));
             else Union(init, phi.Id);
         }
-        Positions();
+        Order();
 
-        // Residual epilogues write in place when the residual is dead after the matmul.
-        for (int k = 0; k < _kernels.Count; k++)
+        // In place: a kernel writes its output over a value it reads only where it writes, when nothing reads that value later.
+        foreach (var kernel in _kernels.ToList())
+            foreach (int output in kernel.Writes)
+                foreach (int value in kernel.Reads)
+                    if (kernel.CanWriteInPlace(value, output)) TryInPlace(kernel, value, output, phis);
+
+        // After an if: each branch's value becomes the merge's buffer when it lives only in its branch; else a copy, in the branch.
+        foreach (var merge in merges)
         {
-            if (_kernels[k] is not MatMulKernel matmul) continue;
-            foreach (var segment in matmul.Segments.Where(s => s.Kind == SegmentKind.Residual))
-                TryInPlace(k, segment.Residual, segment.Output, phis);
+            for (int side = 0; side < 2; side++)
+            {
+                int value = merge.Inputs[side], guard = merge.Branch + side;
+                if (Find(value) == Find(merge.Id)) continue;
+                bool own = HasStorage(value) && _graph[value].Guard == guard && _occupant[Find(value)] == value && _occupant[Find(merge.Id)] == merge.Id
+                           && Reads(value).All(r => r.Kernel.Guard >= 0 && _graph.Within(r.Kernel.Guard, guard) && r.Kernel.Anchor < merge.Id);
+                if (own) Union(value, merge.Id);
+                else _kernels.Add(new CopyKernel(merge.Region, guard, merge.Id, value, merge.Id));
+            }
         }
+        Order();
 
         // Loop back edge: the body's last value must sit in the phi's buffer.
         foreach (var phi in phis)
         {
             int back = phi.Inputs[1];
-            if (back != phi.Id && Find(back) != Find(phi.Id)) _kernels.Add(new CopyKernel(phi.Region, back, phi.Id));
+            if (back != phi.Id && Find(back) != Find(phi.Id)) _kernels.Add(new CopyKernel(phi.Region, -1, int.MaxValue, back, phi.Id));
         }
 
         // The result goes straight into the caller's logits when nothing else shares its buffer.
         int result = _graph.Result;
-        bool direct = _graph[result].Op != OpKind.Phi && _kernels.Any(k => k.Writes.Contains(result))
+        bool direct = _graph[result].Op is not (OpKind.Phi or OpKind.Merge) && _kernels.Any(k => k.Writes.Contains(result) && k.Guard < 0)
             && Enumerable.Range(0, _graph.Nodes.Count).All(v => v == result || Find(v) != Find(result));
         if (direct) Union(_logits, result);
-        else _kernels.Add(new CopyKernel(_regionCount - 1, result, _logits));
-        Positions();
+        else _kernels.Add(new CopyKernel(_graph.Regions.Count - 1, -1, int.MaxValue, result, _logits));
+        Order();
         _cancellationToken.ThrowIfCancellationRequested();
 
         return Assemble(fusion.RopeTables);
     }
 
-    private int _regionCount => _graph.Regions.Count;
+    private bool HasStorage(int value) => _kernels.Any(k => k.Writes.Contains(value)) || _graph[value].Op is OpKind.Phi or OpKind.Merge;
 
-    private bool HasStorage(int value) => _kernels.Any(k => k.Writes.Contains(value)) || _graph[value].Op == OpKind.Phi;
-
-    /// <summary>Orders kernels by region (copies last in theirs) and numbers them.</summary>
-    private void Positions()
-    {
-        _kernels = _kernels.Select((k, i) => (k, i)).OrderBy(p => p.k.Region).ThenBy(p => p.k is CopyKernel ? 1 : 0).ThenBy(p => p.i)
+    /// <summary>Orders kernels by region, then anchor (copies last among equal anchors).</summary>
+    private void Order() =>
+        _kernels = _kernels.Select((k, i) => (k, i)).OrderBy(p => p.k.Region).ThenBy(p => p.k.Anchor).ThenBy(p => p.k is CopyKernel ? 1 : 0).ThenBy(p => p.i)
             .Select(p => p.k).ToList();
-        _position = Enumerable.Range(0, _kernels.Count).ToArray();
-    }
+
+    private int Position(Kernel kernel) => _kernels.IndexOf(kernel);
 
     private (int Start, int End) LoopSpan(int region)
     {
@@ -118,7 +131,7 @@ internal sealed partial class Planner
     }
 
     /// <summary>Every kernel read of a value: the kernel and the effective position (a read inside a loop of a value from outside it lasts to the loop's end).</summary>
-    private IEnumerable<(int Kernel, int Position, int Value)> Reads(int value)
+    private IEnumerable<(Kernel Kernel, int Position)> Reads(int value)
     {
         int defined = value < _graph.Nodes.Count ? _graph[value].Region : -1;
         for (int k = 0; k < _kernels.Count; k++)
@@ -127,25 +140,30 @@ internal sealed partial class Planner
             int region = _kernels[k].Region;
             int position = k;
             if (region != defined && _graph.Regions[region].IsLoop) position = LoopSpan(region).End;
-            yield return (k, position, value);
+            yield return (_kernels[k], position);
         }
     }
 
-    private void TryInPlace(int kernel, int residual, int output, List<Ir.Node> phis)
+    private void TryInPlace(Kernel kernel, int input, int output, List<Node> phis)
     {
-        if (output == _graph.Result || _occupant[Find(residual)] != residual || _kernels[kernel].Reads.Contains(output)) return;
-        var asPhi = phis.FirstOrDefault(p => p.Id == residual);
-        foreach (var read in Reads(residual))
+        if (output == _graph.Result || Find(input) == Find(output) || _occupant[Find(input)] != input || _occupant[Find(output)] != output) return;
+        // The output joins the input's buffer only while it has none of its own (an output written over one input cannot take another's).
+        if (!HasStorage(input) || Enumerable.Range(0, _graph.Nodes.Count + 1).Any(v => v != output && Find(v) == Find(output))) return;
+        // A kernel in a branch may write over a value from outside it only when that value is not read after the branch.
+        int position = Position(kernel);
+        var asPhi = phis.FirstOrDefault(p => p.Id == input);
+        foreach (var read in Reads(input))
         {
             // A phi read after its loop reads the loop's final state, which the back edge restores into the same buffer.
-            if (asPhi is not null && _kernels[read.Kernel].Region > asPhi.Region) continue;
-            if (read.Position < kernel) continue;
-            if (read.Position == kernel && read.Kernel == kernel && _kernels[kernel].ReadsOnlyAsResidual(residual)) continue;
+            if (asPhi is not null && read.Kernel.Region > asPhi.Region) continue;
+            if (read.Position < position) continue;
+            if (ReferenceEquals(read.Kernel, kernel)) continue;
             return;
         }
-        // The loop back edge reads the body's last value at the end of the loop: it must stay intact.
-        if (phis.Any(p => p.Inputs[1] == residual && p.Id != residual)) return;
-        Union(residual, output);
+        // The loop back edge reads the body's last value at the end of the loop: it must stay intact; so must a merge's input.
+        if (phis.Any(p => p.Inputs[1] == input && p.Id != input)) return;
+        if (_graph.Nodes.Any(n => n.Op == OpKind.Merge && n.Inputs.Contains(input))) return;
+        Union(input, output);
     }
 
     private int Find(int value)

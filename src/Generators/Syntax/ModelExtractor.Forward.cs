@@ -1,5 +1,6 @@
 using System.Collections.Generic;
 using System.Collections.Immutable;
+using System.Globalization;
 using System.Linq;
 using Kiln.Generators.Diagnostics;
 using Kiln.Generators.Helpers;
@@ -7,11 +8,24 @@ using Kiln.Generators.Ir;
 using Microsoft.CodeAnalysis;
 using Microsoft.CodeAnalysis.CSharp;
 using Microsoft.CodeAnalysis.CSharp.Syntax;
+using Microsoft.CodeAnalysis.Operations;
 
 namespace Kiln.Generators.Syntax;
 
 internal static partial class ModelExtractor
 {
+    private const string RopeStyleType = "Kiln.RopeStyle";
+
+    /// <summary>Tensor operators → the op they are (Kiln.Tensor's operators call these Ops methods).</summary>
+    private static readonly Dictionary<string, string> TensorOperators = new()
+    {
+        ["op_Addition"] = "Add",
+        ["op_Subtraction"] = "Sub",
+        ["op_Multiply"] = "Mul",
+        ["op_Division"] = "Div",
+        ["op_UnaryNegation"] = "Neg",
+    };
+
     private sealed partial class Extraction
     {
         private SemanticModel _forwardModel = null!;
@@ -19,6 +33,7 @@ internal static partial class ModelExtractor
         private IParameterSymbol? _context;
         private ILocalSymbol? _loopVariable;
         private readonly Dictionary<ILocalSymbol, string> _blockAliases = new(SymbolEqualityComparer.Default);
+        private readonly Dictionary<ILocalSymbol, ScalarExpr> _scalarLocals = new(SymbolEqualityComparer.Default);
 
         private static readonly EquatableArray<ExprInfo> NoArgs = EquatableArray<ExprInfo>.Empty;
         private static readonly EquatableArray<StmtInfo> NoBody = EquatableArray<StmtInfo>.Empty;
@@ -89,14 +104,15 @@ internal static partial class ModelExtractor
             return statements.ToImmutableArray();
         }
 
-        private List<StmtInfo> Statements(SyntaxList<StatementSyntax> statements, bool topLevel)
+        private List<StmtInfo> Statements(IEnumerable<StatementSyntax> statements, bool topLevel)
         {
             var result = new List<StmtInfo>();
-            for (int i = 0; i < statements.Count; i++)
+            var list = statements.ToList();
+            for (int i = 0; i < list.Count; i++)
             {
                 _cancellationToken.ThrowIfCancellationRequested();
-                var statement = statements[i];
-                bool last = i == statements.Count - 1;
+                var statement = list[i];
+                bool last = i == list.Count - 1;
                 switch (statement)
                 {
                     case EmptyStatementSyntax:
@@ -111,7 +127,10 @@ internal static partial class ModelExtractor
                         if (LayerLoop(loop) is { } region) result.Add(region);
                         break;
                     case ForStatementSyntax loop:
-                        Unsupported(loop, "A nested 'for' loop", "only one level of layer loop is compiled");
+                        Unsupported(loop, "A nested 'for' loop", "only one level of layer loop is compiled, and not inside an 'if'");
+                        break;
+                    case IfStatementSyntax branch:
+                        if (If(branch) is { } conditional) result.Add(conditional);
                         break;
                     case ReturnStatementSyntax { Expression: { } value } ret when topLevel && last:
                         if (Expression(value) is { } returned)
@@ -121,7 +140,7 @@ internal static partial class ModelExtractor
                         Unsupported(ret, "This 'return'", "the forward method returns once, as its last statement");
                         break;
                     default:
-                        Unsupported(statement, ConstructName(statement), "a forward method is straight-line tensor code with one layer loop");
+                        Unsupported(statement, ConstructName(statement), "a forward method is straight-line tensor code with one layer loop and 'if' branches on scalars");
                         break;
                 }
             }
@@ -133,8 +152,8 @@ internal static partial class ModelExtractor
             SyntaxKind.WhileStatement => "A 'while' loop",
             SyntaxKind.DoStatement => "A 'do' loop",
             SyntaxKind.ForEachStatement => "A 'foreach' loop",
-            SyntaxKind.IfStatement => "An 'if' statement",
             SyntaxKind.SwitchStatement => "A 'switch' statement",
+            SyntaxKind.SwitchExpression => "A 'switch' expression",
             SyntaxKind.TryStatement => "A 'try' statement",
             SyntaxKind.ThrowStatement => "A 'throw' statement",
             SyntaxKind.GotoStatement => "A 'goto' statement",
@@ -148,9 +167,8 @@ internal static partial class ModelExtractor
             SyntaxKind.YieldReturnStatement => "'yield return'",
             SyntaxKind.SimpleLambdaExpression or SyntaxKind.ParenthesizedLambdaExpression or SyntaxKind.AnonymousMethodExpression => "A lambda",
             SyntaxKind.AwaitExpression => "'await'",
-            SyntaxKind.ConditionalExpression => "A conditional expression",
             SyntaxKind.ObjectCreationExpression or SyntaxKind.ImplicitObjectCreationExpression => "Object creation",
-            SyntaxKind.CastExpression => "A cast",
+            SyntaxKind.ElementAccessExpression => "Indexing",
             _ => "'" + node.Kind() + "'",
         };
 
@@ -159,10 +177,9 @@ internal static partial class ModelExtractor
 
         private StmtInfo? LocalDeclaration(LocalDeclarationStatementSyntax local)
         {
-            if (local.IsConst || local.UsingKeyword != default || local.Declaration.Variables.Count != 1
-                || local.Declaration.Variables[0].Initializer is null)
+            if (local.UsingKeyword != default || local.Declaration.Variables.Count != 1 || local.Declaration.Variables[0].Initializer is null)
             {
-                Unsupported(local, "This declaration", "declare one tensor local with an initializer: 'var x = ...;'");
+                Unsupported(local, "This declaration", "declare one local with an initializer: 'var x = ...;'");
                 return null;
             }
             var variable = local.Declaration.Variables[0];
@@ -175,13 +192,19 @@ internal static partial class ModelExtractor
                 if (symbol is not null) _blockAliases[symbol] = layersMember;
                 return null;
             }
-            if (symbol is null || !IsTensor(symbol.Type))
+            // A scalar local (float scale = 1f / MathF.Sqrt(HeadDim);) names an expression: every use reads it.
+            if (symbol is not null && ScalarTypeName(symbol.Type) is not null)
             {
-                Unsupported(local, $"A local of type {symbol?.Type.ToDisplayString() ?? "?"}", "forward locals hold tensors (scalars come from hyperparameters and members)");
+                if (Scalar(initializer) is { } value) _scalarLocals[symbol] = value;
                 return null;
             }
-            var value = Expression(initializer);
-            return value is null ? null : new StmtInfo(StmtKind.Assign, variable.Identifier.ValueText, value, NoBody, "", "", "", LocationInfo.From(local));
+            if (symbol is null || !IsTensor(symbol.Type) || local.IsConst)
+            {
+                Unsupported(local, $"A local of type {symbol?.Type.ToDisplayString() ?? "?"}", "forward locals hold tensors, or scalars (numbers and bools) fixed once declared");
+                return null;
+            }
+            var tensor = Expression(initializer);
+            return tensor is null ? null : new StmtInfo(StmtKind.Assign, variable.Identifier.ValueText, tensor, NoBody, "", "", "", LocationInfo.From(local));
         }
 
         private StmtInfo? Assignment(ExpressionStatementSyntax statement)
@@ -194,26 +217,32 @@ internal static partial class ModelExtractor
                     UnknownOp(invocation);
                     return null;
                 }
+                if (statement.Expression is AssignmentExpressionSyntax { Left: IdentifierNameSyntax scalarName }
+                    && _forwardModel.GetSymbolInfo(scalarName, _cancellationToken).Symbol is ILocalSymbol scalar && _scalarLocals.ContainsKey(scalar))
+                {
+                    Unsupported(statement, $"Assigning the scalar local '{scalar.Name}'", "a scalar local is fixed by its declaration; declare another");
+                    return null;
+                }
                 Unsupported(statement, "This statement", "only tensor local assignments ('x = ...;', 'x += ...;') are compiled");
                 return null;
             }
-            var value = Expression(assignment.Right);
-            if (value is null) return null;
             var location = LocationInfo.From(statement);
             string name = target.Identifier.ValueText;
-            var current = new ExprInfo(ExprKind.Local, name, NoArgs, LocationInfo.From(target));
-            switch (assignment.Kind())
+            if (assignment.IsKind(SyntaxKind.SimpleAssignmentExpression))
             {
-                case SyntaxKind.SimpleAssignmentExpression:
-                    return new StmtInfo(StmtKind.Assign, name, value, NoBody, "", "", "", location);
-                case SyntaxKind.AddAssignmentExpression:
-                    return new StmtInfo(StmtKind.Assign, name, new ExprInfo(ExprKind.Op, "Add", EquatableArray.Create(current, value), LocationInfo.From(assignment)), NoBody, "", "", "", location);
-                case SyntaxKind.MultiplyAssignmentExpression:
-                    return new StmtInfo(StmtKind.Assign, name, new ExprInfo(ExprKind.Op, "Mul", EquatableArray.Create(current, value), LocationInfo.From(assignment)), NoBody, "", "", "", location);
-                default:
-                    Unsupported(assignment, $"'{assignment.OperatorToken.ValueText}'", "tensors support =, += and *=");
-                    return null;
+                var value = Expression(assignment.Right);
+                return value is null ? null : new StmtInfo(StmtKind.Assign, name, value, NoBody, "", "", "", location);
             }
+            // x op= e is x = x op e, through the operator the compound assignment bound to.
+            if (_forwardModel.GetSymbolInfo(assignment, _cancellationToken).Symbol is IMethodSymbol method
+                && TensorOperators.TryGetValue(method.Name, out string? op))
+            {
+                var current = new ExprInfo(ExprKind.Local, name, NoArgs, LocationInfo.From(target));
+                var combined = Operator(op, method, current, assignment.Right, LocationInfo.From(assignment));
+                return combined is null ? null : new StmtInfo(StmtKind.Assign, name, combined, NoBody, "", "", "", location);
+            }
+            Unsupported(assignment, $"'{assignment.OperatorToken.ValueText}'", "tensors support =, +=, -=, *= and /=");
+            return null;
         }
 
         /// <summary>for (int layer = 0; layer &lt; Count; layer++) { ... } where Count is a [Layers] count hyperparameter.</summary>
@@ -242,10 +271,29 @@ internal static partial class ModelExtractor
             }
 
             _loopVariable = variable;
-            var body = loop.Statement is BlockSyntax block ? Statements(block.Statements, topLevel: false) : Statements(SyntaxFactory.SingletonList(loop.Statement), topLevel: false);
+            var body = Statements(Body(loop.Statement), topLevel: false);
             _loopVariable = null;
             return new StmtInfo(StmtKind.LayerLoop, "", null, body.ToEquatableArray(), variable.Name, layers.Member, layers.CountMember, LocationInfo.From(loop.ForKeyword));
         }
+
+        /// <summary>if (condition) { ... } else { ... } on a scalar condition: both branches compiled, one run per step (or per layer).</summary>
+        private StmtInfo? If(IfStatementSyntax branch)
+        {
+            var condition = Scalar(branch.Condition);
+            if (condition is null) return null;
+            if (condition.Type != "bool")
+            {
+                Unsupported(branch.Condition, "This condition", "an 'if' condition is a bool");
+                return null;
+            }
+            var then = Statements(Body(branch.Statement), topLevel: false);
+            var otherwise = branch.Else is null ? new List<StmtInfo>() : Statements(Body(branch.Else.Statement), topLevel: false);
+            return new StmtInfo(StmtKind.If, "", null, then.ToEquatableArray(), "", "", "", LocationInfo.From(branch.IfKeyword),
+                condition, otherwise.ToEquatableArray());
+        }
+
+        private static IEnumerable<StatementSyntax> Body(StatementSyntax statement) =>
+            statement is BlockSyntax block ? block.Statements : new[] { statement };
 
         private static bool IsName(ExpressionSyntax expression, ILocalSymbol? variable) =>
             variable is not null && expression is IdentifierNameSyntax name && name.Identifier.ValueText == variable.Name;
@@ -268,14 +316,33 @@ internal static partial class ModelExtractor
         private bool IsKilnOp(InvocationExpressionSyntax invocation)
         {
             var method = _forwardModel.GetSymbolInfo(invocation, _cancellationToken).Symbol as IMethodSymbol;
-            return method is not null && FullName(method.ContainingType) == "Kiln.Ops" && OpTable.TryGet(method.Name, out _);
+            return method is not null && FullName(method.ContainingType) == "Kiln.Ops" && OpTable.TryGet(SignatureOf(method.Name, method), out _);
+        }
+
+        private static string SignatureOf(string name, IMethodSymbol method) =>
+            OpTable.Signature(name, method.Parameters.Select(p => TypeKey(p.Type)));
+
+        /// <summary>A parameter type as an op signature names it ("Tensor", "int", "tokens", …).</summary>
+        private static string TypeKey(ITypeSymbol type)
+        {
+            if (IsTensor(type)) return "Tensor";
+            if (FullName(type) == ContextType) return "context";
+            if (FullName(type) == RopeStyleType) return "RopeStyle";
+            if (type is INamedTypeSymbol { Name: "ReadOnlySpan", TypeArguments.Length: 1 } span && span.TypeArguments[0].SpecialType == SpecialType.System_Int32) return "tokens";
+            return type.SpecialType switch
+            {
+                SpecialType.System_Int32 => "int",
+                SpecialType.System_Single => "float",
+                SpecialType.System_Boolean => "bool",
+                _ => type.ToDisplayString(),
+            };
         }
 
         private void UnknownOp(InvocationExpressionSyntax invocation)
         {
             var info = _forwardModel.GetSymbolInfo(invocation, _cancellationToken);
             var method = (info.Symbol ?? info.CandidateSymbols.FirstOrDefault()) as IMethodSymbol;
-            if (info.Symbol is null && method is not null && FullName(method.ContainingType) == "Kiln.Ops" && OpTable.TryGet(method.Name, out _))
+            if (info.Symbol is null && method is not null && FullName(method.ContainingType) == "Kiln.Ops" && OpTable.HasName(method.Name))
             {
                 // A known op whose arguments do not bind (the C# compiler reports which).
                 Report(DiagnosticDescriptors.TypeMismatch, LocationInfo.From(invocation),
@@ -286,6 +353,7 @@ internal static partial class ModelExtractor
             Report(DiagnosticDescriptors.UnknownOp, LocationInfo.From(invocation), name, OpTable.Names);
         }
 
+        /// <summary>A tensor-valued expression: an op call, an operator, a local, a weight, or a tensor 'c ? a : b'.</summary>
         private ExprInfo? Expression(ExpressionSyntax expression)
         {
             _cancellationToken.ThrowIfCancellationRequested();
@@ -296,50 +364,30 @@ internal static partial class ModelExtractor
                     return Expression(parenthesized.Expression);
 
                 case InvocationExpressionSyntax invocation:
+                    return Invocation(invocation);
+
+                case BinaryExpressionSyntax binary when _forwardModel.GetSymbolInfo(binary, _cancellationToken).Symbol is IMethodSymbol method
+                                                         && IsTensor(method.ContainingType) && TensorOperators.TryGetValue(method.Name, out string? op):
                 {
-                    if (!IsKilnOp(invocation))
-                    {
-                        UnknownOp(invocation);
-                        return null;
-                    }
-                    var method = (IMethodSymbol)_forwardModel.GetSymbolInfo(invocation, _cancellationToken).Symbol!;
-                    var args = new List<ExprInfo>();
-                    bool ok = true;
-                    foreach (var argument in invocation.ArgumentList.Arguments)
-                    {
-                        if (argument.NameColon is not null || !argument.RefKindKeyword.IsKind(SyntaxKind.None))
-                        {
-                            Unsupported(argument, "A named or ref argument", "pass op arguments by position");
-                            ok = false;
-                            continue;
-                        }
-                        var value = Expression(argument.Expression);
-                        if (value is null) ok = false;
-                        else args.Add(value);
-                    }
-                    return ok ? new ExprInfo(ExprKind.Op, method.Name, args.ToEquatableArray(), location) : null;
+                    var left = Argument(binary.Left);
+                    return left is null ? null : Operator(op, method, left, binary.Right, location);
                 }
 
-                case BinaryExpressionSyntax binary when binary.IsKind(SyntaxKind.AddExpression) || binary.IsKind(SyntaxKind.MultiplyExpression):
+                case PrefixUnaryExpressionSyntax { RawKind: (int)SyntaxKind.UnaryMinusExpression } negation
+                    when _forwardModel.GetSymbolInfo(negation, _cancellationToken).Symbol is IMethodSymbol { Name: "op_UnaryNegation" } method && IsTensor(method.ContainingType):
                 {
-                    var method = _forwardModel.GetSymbolInfo(binary, _cancellationToken).Symbol as IMethodSymbol;
-                    if (method is null || !IsTensor(method.ContainingType))
-                    {
-                        Unsupported(binary, "Scalar arithmetic", "compute it in a derived member (e.g. 'public int QDim => Heads * HeadDim;') and pass the member");
-                        return null;
-                    }
-                    var left = Expression(binary.Left);
-                    var right = Expression(binary.Right);
-                    if (left is null || right is null) return null;
-                    return new ExprInfo(ExprKind.Op, binary.IsKind(SyntaxKind.AddExpression) ? "Add" : "Mul", EquatableArray.Create(left, right), location);
+                    var operand = Expression(negation.Operand);
+                    return operand is null ? null : new ExprInfo(ExprKind.Op, OpTable.Signature("Neg", new[] { "Tensor" }), EquatableArray.Create(operand), location);
                 }
 
-                case LiteralExpressionSyntax literal when literal.IsKind(SyntaxKind.NumericLiteralExpression):
-                    return new ExprInfo(ExprKind.ScalarLiteral, literal.Token.Text, NoArgs, location);
-
-                case PrefixUnaryExpressionSyntax { RawKind: (int)SyntaxKind.UnaryMinusExpression, Operand: LiteralExpressionSyntax negated }
-                    when negated.IsKind(SyntaxKind.NumericLiteralExpression):
-                    return new ExprInfo(ExprKind.ScalarLiteral, "-" + negated.Token.Text, NoArgs, location);
+                case ConditionalExpressionSyntax conditional when IsTensor(_forwardModel.GetTypeInfo(conditional, _cancellationToken).Type):
+                {
+                    var condition = Scalar(conditional.Condition);
+                    var whenTrue = Expression(conditional.WhenTrue);
+                    var whenFalse = Expression(conditional.WhenFalse);
+                    if (condition is null || whenTrue is null || whenFalse is null) return null;
+                    return new ExprInfo(ExprKind.Conditional, "", EquatableArray.Create(whenTrue, whenFalse), location, condition);
+                }
 
                 case IdentifierNameSyntax identifier:
                     return Name(identifier, location);
@@ -347,10 +395,101 @@ internal static partial class ModelExtractor
                 case MemberAccessExpressionSyntax member when member.IsKind(SyntaxKind.SimpleMemberAccessExpression):
                     return MemberAccess(member, location);
 
+                case BinaryExpressionSyntax or PrefixUnaryExpressionSyntax or LiteralExpressionSyntax or CastExpressionSyntax
+                    when !IsTensor(_forwardModel.GetTypeInfo(expression, _cancellationToken).Type):
+                    Unsupported(expression, "A scalar", "a tensor is expected here (an op call, a tensor local or a weight)");
+                    return null;
+
                 default:
-                    Unsupported(expression, ConstructName(expression), "a forward method is made of Kiln.Ops calls, tensor + and *, locals, weights and scalar members");
+                    Unsupported(expression, ConstructName(expression), "a forward method is made of Kiln.Ops calls, tensor arithmetic, locals, weights and scalar members");
                     return null;
             }
+        }
+
+        /// <summary>An operand that may be a tensor or a scalar (a tensor operator's other side).</summary>
+        private ExprInfo? Argument(ExpressionSyntax expression)
+        {
+            if (IsTensor(_forwardModel.GetTypeInfo(expression, _cancellationToken).Type)) return Expression(expression);
+            var scalar = Scalar(expression);
+            return scalar is null ? null : new ExprInfo(ExprKind.Scalar, scalar.ToString(), NoArgs, LocationInfo.From(expression), scalar);
+        }
+
+        /// <summary>
+        /// A tensor operator as its op: a + s and s + a both become Add(Tensor, float) (so do *), while s − a and s / a
+        /// keep their order as Sub(float, Tensor) and Div(float, Tensor).
+        /// </summary>
+        private ExprInfo? Operator(string op, IMethodSymbol method, ExprInfo left, ExpressionSyntax rightSyntax, LocationInfo? location)
+        {
+            var right = Argument(rightSyntax);
+            if (right is null) return null;
+            var types = method.Parameters.Select(p => TypeKey(p.Type)).ToArray();
+            if (types.Length == 2 && types[0] != "Tensor" && types[1] == "Tensor" && op is "Add" or "Mul")
+            {
+                (left, right) = (right, left);
+                types = new[] { types[1], types[0] };
+            }
+            string key = OpTable.Signature(op, types);
+            if (!OpTable.TryGet(key, out _))
+            {
+                Report(DiagnosticDescriptors.UnknownOp, location, $"the tensor operator {op}({string.Join(", ", types)})", OpTable.Names);
+                return null;
+            }
+            return new ExprInfo(ExprKind.Op, key, EquatableArray.Create(left, right), location);
+        }
+
+        /// <summary>An Ops call: each parameter's argument in order, named ones placed and omitted ones at their defaults.</summary>
+        private ExprInfo? Invocation(InvocationExpressionSyntax invocation)
+        {
+            if (!IsKilnOp(invocation) || _forwardModel.GetOperation(invocation, _cancellationToken) is not IInvocationOperation operation)
+            {
+                UnknownOp(invocation);
+                return null;
+            }
+            var method = operation.TargetMethod;
+            OpTable.TryGet(SignatureOf(method.Name, method), out var op);
+            var args = new List<ExprInfo>();
+            bool ok = true;
+            for (int i = 0; i < method.Parameters.Length; i++)
+            {
+                var parameter = method.Parameters[i];
+                var argument = operation.Arguments.FirstOrDefault(a => SymbolEqualityComparer.Default.Equals(a.Parameter, parameter));
+                if (argument is null || argument.ArgumentKind == ArgumentKind.DefaultValue)
+                {
+                    if (!parameter.HasExplicitDefaultValue)
+                    {
+                        Unsupported(invocation, $"The argument '{parameter.Name}'", "give every op argument");
+                        ok = false;
+                        continue;
+                    }
+                    var fallback = DefaultValue(parameter);
+                    args.Add(new ExprInfo(ExprKind.Scalar, fallback.ToString(), NoArgs, LocationInfo.From(invocation), fallback));
+                    continue;
+                }
+                if (argument.Syntax is ArgumentSyntax { RefKindKeyword.RawKind: not (int)SyntaxKind.None } reference)
+                {
+                    Unsupported(reference, "A ref argument", "pass op arguments by value");
+                    ok = false;
+                    continue;
+                }
+                var syntax = argument.Syntax is ArgumentSyntax explicitArgument ? explicitArgument.Expression : (ExpressionSyntax)argument.Value.Syntax;
+                var value = op.Parameters[i].IsScalar ? ScalarArgument(syntax) : Expression(syntax);
+                if (value is null) ok = false;
+                else args.Add(value);
+            }
+            return ok ? new ExprInfo(ExprKind.Op, op.Key, args.ToEquatableArray(), LocationInfo.From(invocation)) : null;
+        }
+
+        private ExprInfo? ScalarArgument(ExpressionSyntax syntax)
+        {
+            var scalar = Scalar(syntax);
+            return scalar is null ? null : new ExprInfo(ExprKind.Scalar, scalar.ToString(), NoArgs, LocationInfo.From(syntax), scalar);
+        }
+
+        /// <summary>An omitted optional parameter's default, as a literal of its type.</summary>
+        private static ScalarExpr DefaultValue(IParameterSymbol parameter)
+        {
+            string type = ScalarTypeName(parameter.Type) ?? parameter.Type.ToDisplayString();
+            return Constant(parameter.ExplicitDefaultValue, parameter.Type, type);
         }
 
         private ExprInfo? Name(IdentifierNameSyntax identifier, LocationInfo? location)
@@ -358,8 +497,6 @@ internal static partial class ModelExtractor
             var symbol = _forwardModel.GetSymbolInfo(identifier, _cancellationToken).Symbol;
             switch (symbol)
             {
-                case ILocalSymbol local when SymbolEqualityComparer.Default.Equals(local, _loopVariable):
-                    return new ExprInfo(ExprKind.LayerIndex, local.Name, NoArgs, location);
                 case ILocalSymbol local when _blockAliases.ContainsKey(local):
                     Unsupported(identifier, $"Using the layer '{local.Name}' as a value", "read its weights: '" + local.Name + ".Weight'");
                     return null;
@@ -408,10 +545,155 @@ internal static partial class ModelExtractor
                 Report(DiagnosticDescriptors.UndeclaredWeight, location, member.Name);
                 return null;
             }
-            if (type is not null && NumericKeyword(type) is not null && SymbolEqualityComparer.Default.Equals(member.ContainingType, _type))
-                return new ExprInfo(ExprKind.ScalarMember, member.Name, NoArgs, location);
+            if (type is not null && ScalarTypeName(type) is { } scalarType && SymbolEqualityComparer.Default.Equals(member.ContainingType, _type))
+                return new ExprInfo(ExprKind.Scalar, member.Name, NoArgs, location, ScalarExpr.Member(member.Name, scalarType));
             Unsupported(node, $"The member '{member.Name}' of type {type?.ToDisplayString() ?? "?"}", "a forward method reads weights and numeric hyperparameters");
             return null;
         }
+
+        // ---- Scalars ------------------------------------------------------------------------------------------------
+
+        /// <summary>"int", "long", "float", "double", "bool", or an enum's full name; null for anything else.</summary>
+        private static string? ScalarTypeName(ITypeSymbol? type)
+        {
+            if (type is null) return null;
+            if (type.TypeKind == TypeKind.Enum) return "global::" + FullName(type);
+            return type.SpecialType switch
+            {
+                SpecialType.System_Int32 => "int",
+                SpecialType.System_Int64 => "long",
+                SpecialType.System_Single => "float",
+                SpecialType.System_Double => "double",
+                SpecialType.System_Boolean => "bool",
+                _ => null,
+            };
+        }
+
+        /// <summary>
+        /// A scalar expression over literals, the model's numeric members, the layer index, scalar locals, arithmetic,
+        /// comparisons, ?:, casts and System.Math/MathF calls; anything else is reported and gives null.
+        /// </summary>
+        private ScalarExpr? Scalar(ExpressionSyntax expression)
+        {
+            _cancellationToken.ThrowIfCancellationRequested();
+            var type = _forwardModel.GetTypeInfo(expression, _cancellationToken).Type;
+            string? typeName = ScalarTypeName(type);
+            if (typeName is null)
+            {
+                Unsupported(expression, $"'{expression}' of type {type?.ToDisplayString() ?? "?"}", "a scalar here is a number or a bool");
+                return null;
+            }
+            var constant = _forwardModel.GetConstantValue(expression, _cancellationToken);
+            switch (expression)
+            {
+                case ParenthesizedExpressionSyntax parenthesized:
+                    return Scalar(parenthesized.Expression);
+
+                case LiteralExpressionSyntax literal:
+                    return ScalarExpr.Literal(literal.Token.Text, typeName, constant.HasValue ? Format(constant.Value) : null);
+
+                case IdentifierNameSyntax identifier:
+                {
+                    var symbol = _forwardModel.GetSymbolInfo(identifier, _cancellationToken).Symbol;
+                    if (symbol is ILocalSymbol local && SymbolEqualityComparer.Default.Equals(local, _loopVariable)) return ScalarExpr.Layer;
+                    if (symbol is ILocalSymbol scalarLocal && _scalarLocals.TryGetValue(scalarLocal, out var named)) return named;
+                    if (symbol is IFieldSymbol or IPropertySymbol && SymbolEqualityComparer.Default.Equals(symbol.ContainingType, _type) && !symbol.IsStatic)
+                        return ScalarExpr.Member(symbol.Name, typeName);
+                    if (constant.HasValue) return Constant(constant.Value, type!, typeName);
+                    Unsupported(identifier, $"'{identifier.Identifier.ValueText}'", "a scalar reads literals, the model's numeric members, the layer index and scalar locals");
+                    return null;
+                }
+
+                case MemberAccessExpressionSyntax access:
+                {
+                    var symbol = _forwardModel.GetSymbolInfo(access, _cancellationToken).Symbol;
+                    if (access.Expression is ThisExpressionSyntax && symbol is IFieldSymbol or IPropertySymbol && !symbol.IsStatic)
+                        return ScalarExpr.Member(symbol.Name, typeName);
+                    if (constant.HasValue) return Constant(constant.Value, type!, typeName);
+                    if (symbol is { IsStatic: true } && symbol.ContainingType is { } owner && IsMath(owner))
+                        return ScalarExpr.Literal("global::" + FullName(owner) + "." + symbol.Name, typeName);
+                    Unsupported(access, $"'{access}'", "a scalar reads literals, the model's numeric members, the layer index and scalar locals");
+                    return null;
+                }
+
+                case PrefixUnaryExpressionSyntax unary when unary.Kind() is SyntaxKind.UnaryMinusExpression or SyntaxKind.UnaryPlusExpression or SyntaxKind.LogicalNotExpression:
+                {
+                    var operand = Scalar(unary.Operand);
+                    return operand is null ? null : new ScalarExpr(ScalarKind.Unary, unary.OperatorToken.Text, EquatableArray.Create(operand), typeName, constant.HasValue ? Format(constant.Value) : null);
+                }
+
+                case BinaryExpressionSyntax binary:
+                {
+                    var left = Scalar(binary.Left);
+                    var right = Scalar(binary.Right);
+                    if (left is null || right is null) return null;
+                    return new ScalarExpr(ScalarKind.Binary, binary.OperatorToken.Text, EquatableArray.Create(left, right), typeName, constant.HasValue ? Format(constant.Value) : null);
+                }
+
+                case ConditionalExpressionSyntax conditional:
+                {
+                    var condition = Scalar(conditional.Condition);
+                    var whenTrue = Scalar(conditional.WhenTrue);
+                    var whenFalse = Scalar(conditional.WhenFalse);
+                    if (condition is null || whenTrue is null || whenFalse is null) return null;
+                    return new ScalarExpr(ScalarKind.Conditional, "?:", EquatableArray.Create(condition, whenTrue, whenFalse), typeName, constant.HasValue ? Format(constant.Value) : null);
+                }
+
+                case CastExpressionSyntax cast:
+                {
+                    var operand = Scalar(cast.Expression);
+                    return operand is null ? null : new ScalarExpr(ScalarKind.Cast, typeName, EquatableArray.Create(operand), typeName, constant.HasValue ? Format(constant.Value) : null);
+                }
+
+                case InvocationExpressionSyntax call when _forwardModel.GetSymbolInfo(call, _cancellationToken).Symbol is IMethodSymbol { IsStatic: true } method
+                                                          && IsMath(method.ContainingType):
+                {
+                    var args = new List<ScalarExpr>();
+                    foreach (var argument in call.ArgumentList.Arguments)
+                    {
+                        var value = Scalar(argument.Expression);
+                        if (value is null) return null;
+                        args.Add(value);
+                    }
+                    return new ScalarExpr(ScalarKind.Call, "global::" + FullName(method.ContainingType) + "." + method.Name, args.ToEquatableArray(), typeName);
+                }
+
+                default:
+                    Unsupported(expression, ConstructName(expression), "a scalar is made of literals, numeric members, the layer index, arithmetic, comparisons, ?:, casts and Math/MathF calls");
+                    return null;
+            }
+        }
+
+        private static bool IsMath(ITypeSymbol type) => FullName(type) is "System.Math" or "System.MathF";
+
+        /// <summary>A compile-time constant as a C# literal of its type (an enum member by its qualified name).</summary>
+        private static ScalarExpr Constant(object? value, ITypeSymbol type, string typeName)
+        {
+            if (type.TypeKind == TypeKind.Enum && type is INamedTypeSymbol enumType)
+            {
+                var member = enumType.GetMembers().OfType<IFieldSymbol>().FirstOrDefault(f => f.HasConstantValue && Equals(f.ConstantValue, value));
+                string text = member is null ? $"(({typeName}){Format(value)})" : typeName + "." + member.Name;
+                return ScalarExpr.Literal(text, typeName, Format(value));
+            }
+            string literal = value switch
+            {
+                float f => float.IsNaN(f) ? "float.NaN" : float.IsInfinity(f) ? (f > 0 ? "float.PositiveInfinity" : "float.NegativeInfinity") : f.ToString("R", CultureInfo.InvariantCulture) + "f",
+                double d => double.IsNaN(d) ? "double.NaN" : double.IsInfinity(d) ? (d > 0 ? "double.PositiveInfinity" : "double.NegativeInfinity") : d.ToString("R", CultureInfo.InvariantCulture) + "d",
+                bool b => b ? "true" : "false",
+                long l => l.ToString(CultureInfo.InvariantCulture) + "L",
+                null => "default",
+                _ => System.Convert.ToString(value, CultureInfo.InvariantCulture) ?? "default",
+            };
+            return ScalarExpr.Literal(literal, typeName, Format(value));
+        }
+
+        private static string? Format(object? value) => value switch
+        {
+            null => null,
+            bool b => b ? "true" : "false",
+            float f => f.ToString("R", CultureInfo.InvariantCulture),
+            double d => d.ToString("R", CultureInfo.InvariantCulture),
+            _ => System.Convert.ToString(value, CultureInfo.InvariantCulture),
+        };
     }
 }

@@ -144,6 +144,9 @@ internal static partial class ModelExtractor
                 : "";
             if (architecture.Length == 0)
                 Report(DiagnosticDescriptors.MalformedModel, classLocation, _type.Name, "[Model] needs a non-empty architecture name");
+            string tokenizer = _attributes.Length > 0
+                ? _attributes[0].NamedArguments.FirstOrDefault(a => a.Key == "Tokenizer").Value.Value as string ?? ""
+                : "";
 
             string defaultFormat = ReadFormat(_type) ?? "";
             CollectMembers(_type, owner: "", architecture);
@@ -169,7 +172,8 @@ internal static partial class ModelExtractor
                 forward?.Name ?? "",
                 body.ToEquatableArray(),
                 classLocation,
-                defaultFormat);
+                defaultFormat,
+                tokenizer);
         }
 
         /// <summary>

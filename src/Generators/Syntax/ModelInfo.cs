@@ -7,7 +7,10 @@ namespace Kiln.Generators.Syntax;
 /// Everything the generator needs from one [Model] class, as plain equatable data (no symbols, no syntax nodes),
 /// so an edit elsewhere in the compilation leaves the pipeline cached.
 /// </summary>
-/// <remarks><see cref="DefaultFormat"/>: the WeightFormat member name of the class's [Quantize], "" without one.</remarks>
+/// <remarks>
+/// <see cref="DefaultFormat"/>: the WeightFormat member name of the class's [Quantize], "" without one.
+/// <see cref="Tokenizer"/>: the tokenizer.ggml.model the [Model] attribute expects, "" when it names none.
+/// </remarks>
 internal sealed record ModelInfo(
     string Namespace,
     string ClassName,
@@ -22,7 +25,8 @@ internal sealed record ModelInfo(
     string ForwardName,
     EquatableArray<StmtInfo> Forward,
     LocationInfo? Location,
-    string DefaultFormat = "")
+    string DefaultFormat = "",
+    string Tokenizer = "")
 {
     public string FullName => Namespace.Length == 0 ? ClassName : Namespace + "." + ClassName;
 }
@@ -53,6 +57,9 @@ internal enum StmtKind
     /// <summary><c>for (int layer = 0; layer &lt; Count; layer++) { ... }</c> over a [Layers] member: a repeated region.</summary>
     LayerLoop,
 
+    /// <summary><c>if (condition) { Body } else { Else }</c> on a scalar condition (the layer index, hyperparameters).</summary>
+    If,
+
     /// <summary><c>return e;</c></summary>
     Return,
 }
@@ -65,28 +72,31 @@ internal sealed record StmtInfo(
     string LoopVariable,
     string LayersMember,
     string CountMember,
-    LocationInfo? Location);
+    LocationInfo? Location,
+    ScalarExpr? Condition = null,
+    EquatableArray<StmtInfo> Else = default);
 
 internal enum ExprKind
 {
-    /// <summary>A call into the op table (Kiln.Ops.Name or a tensor operator); <see cref="ExprInfo.Args"/> in order.</summary>
+    /// <summary>
+    /// A call into the op table (a Kiln.Ops method or a tensor operator); <see cref="ExprInfo.Name"/> is the op's
+    /// signature key (<see cref="Ir.OpTable"/>), <see cref="ExprInfo.Args"/> one per parameter, defaults filled in.
+    /// </summary>
     Op,
     Local,
     /// <summary>A [Weight] member; <see cref="ExprInfo.Name"/> is <see cref="WeightInfo.Key"/>.</summary>
     Weight,
-    /// <summary>The forward method's token span parameter.</summary>
+    /// <summary>The forward method's token span.</summary>
     Tokens,
-    /// <summary>The forward method's attention context parameter.</summary>
+    /// <summary>The forward method's attention context.</summary>
     Context,
-    /// <summary>A numeric member of the model (hyper or derived); Name is the member.</summary>
-    ScalarMember,
-    /// <summary>A numeric literal; Name is its source text.</summary>
-    ScalarLiteral,
-    /// <summary>The layer loop's index variable.</summary>
-    LayerIndex,
+    /// <summary>A scalar: literal, member, the layer index, or arithmetic on them (<see cref="ExprInfo.Scalar"/>).</summary>
+    Scalar,
+    /// <summary><c>condition ? a : b</c> over tensors: <see cref="ExprInfo.Scalar"/> the condition, Args [a, b].</summary>
+    Conditional,
 }
 
-internal sealed record ExprInfo(ExprKind Kind, string Name, EquatableArray<ExprInfo> Args, LocationInfo? Location);
+internal sealed record ExprInfo(ExprKind Kind, string Name, EquatableArray<ExprInfo> Args, LocationInfo? Location, ScalarExpr? Scalar = null);
 
 /// <summary>The transform's output: the model (null when extraction failed outright) and what was found wrong.</summary>
 internal sealed record ExtractionResult(string HintName, ModelInfo? Model, EquatableArray<DiagnosticInfo> Diagnostics);

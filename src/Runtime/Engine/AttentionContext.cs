@@ -94,6 +94,14 @@ public sealed class AttentionContext
     /// <summary>The sequence that token <paramref name="token"/> belongs to.</summary>
     public int SequenceOf(int token) => _sequences[token];
 
+    /// <summary>The latest position any token of sequence <paramref name="sequence"/> holds in this step (what a non-causal query sees up to).</summary>
+    public int LastPosition(int sequence)
+    {
+        int last = -1;
+        for (int t = _queryIndptr[sequence]; t < _queryIndptr[sequence + 1]; t++) last = Math.Max(last, _positions[t]);
+        return last;
+    }
+
     /// <summary>The block table of sequence <paramref name="sequence"/>: block i holds its positions i·B .. i·B+B-1.</summary>
     public ReadOnlySpan<int> BlockTable(int sequence) =>
         _blockIds.AsSpan(_blockIndptr[sequence], _blockIndptr[sequence + 1] - _blockIndptr[sequence]);

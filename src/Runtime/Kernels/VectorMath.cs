@@ -234,40 +234,6 @@ public static class VectorMath
     // ---- Matmul epilogues on one tile (4 rows of one token) -------------------------------------------------------
 
     /// <summary>
-    /// SwiGLU on an interleaved tile [g₀, u₀, g₁, u₁]: [silu(g₀)·u₀, silu(g₁)·u₁, …] in the first two lanes, with
-    /// silu(g) = g / (1 + e^−g) in float32 (the eager op rounds the same expression from double).
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector128<float> SiluGatePairs(Vector128<float> pairs)
-    {
-        Vector128<float> gates = Vector128.Shuffle(pairs, Vector128.Create(0, 2, 0, 2));
-        Vector128<float> ups = Vector128.Shuffle(pairs, Vector128.Create(1, 3, 1, 3));
-        return gates / (Vector128<float>.One + Exp(-gates)) * ups;
-    }
-
-    /// <summary>
-    /// e^x lane by lane, inlined where it is used (Vector128.Exp is a call): x = n·ln2 + r with |r| ≤ ln2/2, e^r by a
-    /// degree-6 Taylor polynomial (relative error below 2e-7 on that range), 2^n put into the exponent. Inputs are
-    /// clamped to ±87 (e^87 is near float.MaxValue; below −87 the result is ~0, as the exact one rounds).
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector128<float> Exp(Vector128<float> x)
-    {
-        x = Vector128.Min(Vector128.Max(x, Vector128.Create(-87f)), Vector128.Create(87f));
-        Vector128<float> n = Vector128.Round(x * Vector128.Create(1.44269504f));
-        Vector128<float> r = Vector128.FusedMultiplyAdd(n, Vector128.Create(-0.693145752f), x);   // ln2, high part
-        r = Vector128.FusedMultiplyAdd(n, Vector128.Create(-1.42860677e-6f), r);                  // ln2, low part
-        Vector128<float> p = Vector128.Create(1f / 720);
-        p = Vector128.FusedMultiplyAdd(p, r, Vector128.Create(1f / 120));
-        p = Vector128.FusedMultiplyAdd(p, r, Vector128.Create(1f / 24));
-        p = Vector128.FusedMultiplyAdd(p, r, Vector128.Create(1f / 6));
-        p = Vector128.FusedMultiplyAdd(p, r, Vector128.Create(0.5f));
-        p = Vector128.FusedMultiplyAdd(p, r, Vector128<float>.One);
-        p = Vector128.FusedMultiplyAdd(p, r, Vector128<float>.One);
-        return (p.AsInt32() + (Vector128.ConvertToInt32(n) << 23)).AsSingle();
-    }
-
-    /// <summary>
     /// Rotary embedding of two adjacent pairs [a₀, b₀, a₁, b₁] given [cos₀, cos₀, cos₁, cos₁] and [−sin₀, sin₀, −sin₁, sin₁]:
     /// [a₀cos₀ − b₀sin₀, a₀sin₀ + b₀cos₀, …].
     /// </summary>

@@ -3,10 +3,13 @@ namespace Kiln;
 /// <summary>
 /// The ops a [Forward] method is written in. These are the REFERENCE semantics: simple, obviously correct loops
 /// (double accumulators) that the generator's fused kernels are tested against. Every op allocates its result;
-/// speed is the compiled plan's job.
+/// speed is the compiled plan's job. Activations are [rows, features] tensors; "a row vector" is a rank-1 tensor of
+/// one row's length (a bias or a norm weight), broadcast over the rows.
 /// </summary>
 public static class Ops
 {
+    // ---- Gathers -------------------------------------------------------------------------------------------------
+
     /// <summary>Gathers rows of <paramref name="table"/> [Vocab, Dim] for each token: [T, Dim].</summary>
     public static Tensor Embedding(Tensor table, ReadOnlySpan<int> tokens)
     {
@@ -22,25 +25,114 @@ public static class Ops
         return result;
     }
 
-    /// <summary>Per row: x / sqrt(mean(x²) + eps) * weight.</summary>
-    public static Tensor RmsNorm(Tensor x, Tensor weight, float eps)
+    /// <summary>
+    /// Learned absolute position embeddings (GPT-2): for each token of the step, the row of <paramref name="table"/>
+    /// [Positions, Dim] at the token's position in its sequence: [T, Dim].
+    /// </summary>
+    public static Tensor PositionEmbedding(Tensor table, AttentionContext context)
     {
-        RequireCols(x, weight.Cols, nameof(RmsNorm));
-        var result = Tensor.Zeros(x.Shape);
-        for (int r = 0; r < x.Rows; r++)
+        ArgumentNullException.ThrowIfNull(context);
+        var positions = context.Positions;
+        var result = Tensor.Zeros(positions.Length, table.Cols);
+        for (int t = 0; t < positions.Length; t++)
         {
-            var row = x.Row(r);
-            double sumSquares = 0;
-            foreach (float v in row) sumSquares += (double)v * v;
-            double scale = 1.0 / Math.Sqrt(sumSquares / row.Length + eps);
-            var output = result.Row(r);
-            for (int i = 0; i < row.Length; i++) output[i] = (float)(row[i] * scale * weight.Data[i]);
+            int position = positions[t];
+            if ((uint)position >= (uint)table.Rows)
+                throw new ArgumentOutOfRangeException(nameof(context), $"Position {position} of token {t} is beyond the {table.Rows} positions the embedding table holds.");
+            table.Row(position).CopyTo(result.Row(t));
         }
         return result;
     }
 
+    /// <summary>The rows of x whose logits the step wants (<see cref="AttentionContext.OutputRows"/>), in that order.</summary>
+    public static Tensor SelectRows(Tensor x, AttentionContext context)
+    {
+        var rows = context.OutputRows;
+        var result = Tensor.Zeros(rows.Length, x.Cols);
+        for (int i = 0; i < rows.Length; i++) x.Row(rows[i]).CopyTo(result.Row(i));
+        return result;
+    }
+
+    // ---- Norms ---------------------------------------------------------------------------------------------------
+
+    /// <summary>Per row: x / sqrt(mean(x²) + eps) * weight.</summary>
+    public static Tensor RmsNorm(Tensor x, Tensor weight, float eps)
+    {
+        RequireVector(weight, x.Cols, nameof(RmsNorm));
+        return GroupRmsNorm(x, weight, eps);
+    }
+
+    /// <summary>
+    /// RMSNorm of each head on its own (Qwen3's q/k norm): the row is cut into groups of weight.Length (the head
+    /// dimension), each normalized by its own RMS and multiplied by the same weight.
+    /// </summary>
+    public static Tensor HeadRmsNorm(Tensor x, Tensor weight, float eps)
+    {
+        if (weight.Rank != 1 || weight.Cols == 0 || x.Cols % weight.Cols != 0)
+            throw new ArgumentException($"{nameof(HeadRmsNorm)}: the weight {weight} must be a vector whose length (the head dimension) divides the row length of {x}.");
+        return GroupRmsNorm(x, weight, eps);
+    }
+
+    /// <summary>Per row: (x − mean) / sqrt(variance + eps) * weight, variance over the row (biased, as in LayerNorm).</summary>
+    public static Tensor LayerNorm(Tensor x, Tensor weight, float eps) => LayerNormCore(x, weight, null, eps);
+
+    /// <summary>Per row: (x − mean) / sqrt(variance + eps) * weight + bias.</summary>
+    public static Tensor LayerNorm(Tensor x, Tensor weight, Tensor bias, float eps) => LayerNormCore(x, weight, bias, eps);
+
+    private static Tensor GroupRmsNorm(Tensor x, Tensor weight, float eps)
+    {
+        int group = weight.Cols;
+        var result = Tensor.Zeros(x.Shape);
+        for (int r = 0; r < x.Rows; r++)
+        {
+            var row = x.Row(r);
+            var output = result.Row(r);
+            for (int start = 0; start < row.Length; start += group)
+            {
+                double sumSquares = 0;
+                for (int i = 0; i < group; i++) sumSquares += (double)row[start + i] * row[start + i];
+                double scale = 1.0 / Math.Sqrt(sumSquares / group + eps);
+                for (int i = 0; i < group; i++) output[start + i] = (float)(row[start + i] * scale * weight.Data[i]);
+            }
+        }
+        return result;
+    }
+
+    private static Tensor LayerNormCore(Tensor x, Tensor weight, Tensor? bias, float eps)
+    {
+        RequireVector(weight, x.Cols, nameof(LayerNorm));
+        if (bias is not null) RequireVector(bias, x.Cols, nameof(LayerNorm));
+        var result = Tensor.Zeros(x.Shape);
+        for (int r = 0; r < x.Rows; r++)
+        {
+            var row = x.Row(r);
+            double mean = 0;
+            foreach (float v in row) mean += v;
+            mean /= row.Length;
+            double variance = 0;
+            foreach (float v in row) variance += (v - mean) * (v - mean);
+            variance /= row.Length;
+            double scale = 1.0 / Math.Sqrt(variance + eps);
+            var output = result.Row(r);
+            for (int i = 0; i < row.Length; i++)
+                output[i] = (float)((row[i] - mean) * scale * weight.Data[i] + (bias is null ? 0.0 : bias.Data[i]));
+        }
+        return result;
+    }
+
+    // ---- Matmul --------------------------------------------------------------------------------------------------
+
     /// <summary>x [T, In] times the transpose of weight [Out, In]: [T, Out] (a linear layer without bias).</summary>
-    public static Tensor Linear(Tensor x, Tensor weight)
+    public static Tensor Linear(Tensor x, Tensor weight) => LinearCore(x, weight, null);
+
+    /// <summary>x [T, In] times the transpose of weight [Out, In], plus bias [Out] on every row: [T, Out].</summary>
+    public static Tensor Linear(Tensor x, Tensor weight, Tensor bias)
+    {
+        RequireVector(bias, weight.Rows, nameof(Linear));
+        return LinearCore(x, weight, bias);
+    }
+
+    private static Tensor LinearCore(Tensor x, Tensor weight, Tensor? bias)
     {
         RequireCols(x, weight.Cols, nameof(Linear));
         int outputs = weight.Rows;
@@ -54,50 +146,82 @@ public static class Ops
                 var w = weight.Row(o);
                 double sum = 0;
                 for (int i = 0; i < input.Length; i++) sum += (double)input[i] * w[i];
-                output[o] = (float)sum;
+                output[o] = (float)(bias is null ? sum : (float)sum + bias.Data[o]);
             }
         }
         return result;
     }
+
+    // ---- Position encoding and attention -------------------------------------------------------------------------
 
     /// <summary>
     /// Rotary position embedding on adjacent pairs (x[2i], x[2i+1]) of each head, at each token's position:
     /// angle = position · freqBase^(-2i/headDim).
     /// </summary>
-    public static Tensor Rope(Tensor x, AttentionContext context, int headDim, float freqBase)
+    public static Tensor Rope(Tensor x, AttentionContext context, int headDim, float freqBase) =>
+        Rope(x, context, headDim, freqBase, RopeStyle.Adjacent, 0);
+
+    /// <summary>
+    /// Rotary position embedding of each head of <paramref name="headDim"/> at each token's position. The first
+    /// <paramref name="rotaryDims"/> elements of a head rotate (all of them when 0); the rest pass through. Pair i
+    /// (i &lt; rotaryDims/2) turns by angle = position · freqBase^(-2i/rotaryDims); <paramref name="style"/> says which
+    /// elements form it: <see cref="RopeStyle.Adjacent"/> (x[2i], x[2i+1]) or <see cref="RopeStyle.NeoX"/>
+    /// (x[i], x[i + rotaryDims/2]).
+    /// </summary>
+    public static Tensor Rope(Tensor x, AttentionContext context, int headDim, float freqBase, RopeStyle style, int rotaryDims = 0)
     {
-        if (headDim <= 0 || headDim % 2 != 0 || x.Cols % headDim != 0)
-            throw new ArgumentException($"Rope: head dimension {headDim} must be even and divide the row length {x.Cols}.");
+        ArgumentNullException.ThrowIfNull(context);
+        int rotary = rotaryDims == 0 ? headDim : rotaryDims;
+        if (headDim <= 0 || x.Cols % headDim != 0 || rotary <= 0 || rotary % 2 != 0 || rotary > headDim)
+            throw new ArgumentException($"Rope: head dimension {headDim} must divide the row length {x.Cols}, and the rotary dimensions {rotary} must be even and at most the head dimension.");
+        if (style is not (RopeStyle.Adjacent or RopeStyle.NeoX))
+            throw new ArgumentOutOfRangeException(nameof(style), $"Rope: unknown style {style}.");
         RequireRows(x, context.TokenCount, nameof(Rope));
-        var result = Tensor.Zeros(x.Shape);
+        int half = rotary / 2;
+        var result = new Tensor((float[])x.Data.Clone(), (int[])x.Shape.Clone());
         for (int t = 0; t < x.Rows; t++)
         {
             int position = context.Positions[t];
             var input = x.Row(t);
             var output = result.Row(t);
-            for (int c = 0; c < input.Length; c += 2)
+            for (int head = 0; head < input.Length; head += headDim)
             {
-                int pair = (c % headDim) / 2;
-                double angle = position * Math.Pow(freqBase, -2.0 * pair / headDim);
-                double cos = Math.Cos(angle), sin = Math.Sin(angle);
-                output[c] = (float)(input[c] * cos - input[c + 1] * sin);
-                output[c + 1] = (float)(input[c] * sin + input[c + 1] * cos);
+                for (int pair = 0; pair < half; pair++)
+                {
+                    double angle = position * Math.Pow(freqBase, -2.0 * pair / rotary);
+                    double cos = Math.Cos(angle), sin = Math.Sin(angle);
+                    int first = head + (style == RopeStyle.Adjacent ? 2 * pair : pair);
+                    int second = first + (style == RopeStyle.Adjacent ? 1 : half);
+                    output[first] = (float)(input[first] * cos - input[second] * sin);
+                    output[second] = (float)(input[first] * sin + input[second] * cos);
+                }
             }
         }
         return result;
     }
 
     /// <summary>
-    /// Causal grouped-query attention over the KV cache. First stores this step's k and v rows in layer
+    /// Grouped-query attention over the KV cache. First stores this step's k and v rows in layer
     /// <paramref name="layer"/> of the cache, each at its token's row (<see cref="AttentionContext.KvRow(int)"/>), then
-    /// each query attends to positions 0..its own of its sequence, found through the sequence's block table, so one
+    /// each query attends to the positions of its sequence it may see, found through the sequence's block table, so one
     /// definition serves the contiguous and the paged layout. q [T, Heads·HeadDim], k and v [T, KvHeads·HeadDim];
     /// result [T, Heads·HeadDim]. Keys and values are read back as the cache stores them (exact for F32).
     /// </summary>
-    public static Tensor Attention(Tensor q, Tensor k, Tensor v, AttentionContext context, int layer, int heads, int kvHeads)
+    /// <param name="scale">Multiplies q·k before the softmax; 0 means 1/√HeadDim.</param>
+    /// <param name="window">A sliding window: a query at position p sees positions p − window + 1 .. p; 0 means no window.</param>
+    /// <param name="softCap">Soft-caps each scaled score s to softCap·tanh(s/softCap) (Gemma-2); 0 means none.</param>
+    /// <param name="causal">
+    /// True: a query sees positions up to its own. False: it sees every position its sequence has written so far,
+    /// later tokens of this step included.
+    /// </param>
+    public static Tensor Attention(Tensor q, Tensor k, Tensor v, AttentionContext context, int layer, int heads, int kvHeads,
+        float scale = 0f, int window = 0, float softCap = 0f, bool causal = true)
     {
+        ArgumentNullException.ThrowIfNull(context);
         if (heads <= 0 || kvHeads <= 0 || heads % kvHeads != 0 || q.Cols % heads != 0)
             throw new ArgumentException($"Attention: {heads} heads over {kvHeads} KV heads do not fit a query row of {q.Cols}.");
+        if (window < 0) throw new ArgumentOutOfRangeException(nameof(window), $"Attention: a sliding window of {window} positions.");
+        if (softCap < 0 || float.IsNaN(softCap)) throw new ArgumentOutOfRangeException(nameof(softCap), $"Attention: a soft cap of {softCap}.");
         int headDim = q.Cols / heads;
         int kvDim = kvHeads * headDim;
         RequireCols(k, kvDim, nameof(Attention));
@@ -117,7 +241,7 @@ public static class Ops
 
         var result = Tensor.Zeros(q.Rows, q.Cols);
         int group = heads / kvHeads;
-        double scale = 1.0 / Math.Sqrt(headDim);
+        double scoreScale = scale == 0f ? 1.0 / Math.Sqrt(headDim) : scale;
         int longest = 0;
         foreach (int position in context.Positions) longest = Math.Max(longest, position + 1);
         // The token's sequence gathered row by row, [positions, kvDim], as the cache holds it.
@@ -126,8 +250,9 @@ public static class Ops
         var scores = new double[longest];
         for (int t = 0; t < q.Rows; t++)
         {
-            int position = context.Positions[t];
-            for (int p = 0; p <= position; p++)
+            int last = causal ? context.Positions[t] : context.LastPosition(context.SequenceOf(t));
+            int first = window > 0 ? Math.Max(0, context.Positions[t] - window + 1) : 0;
+            for (int p = first; p <= last; p++)
             {
                 int row = context.KvRow(t, p);
                 cache.ReadKey(layer, row, keys.AsSpan(p * kvDim, kvDim));
@@ -138,16 +263,18 @@ public static class Ops
                 var query = q.Row(t).Slice(h * headDim, headDim);
                 int kvOffset = (h / group) * headDim;
                 double max = double.NegativeInfinity;
-                for (int p = 0; p <= position; p++)
+                for (int p = first; p <= last; p++)
                 {
                     var key = keys.AsSpan(p * kvDim + kvOffset, headDim);
                     double dot = 0;
                     for (int i = 0; i < headDim; i++) dot += (double)query[i] * key[i];
-                    scores[p] = dot * scale;
-                    max = Math.Max(max, scores[p]);
+                    double score = dot * scoreScale;
+                    if (softCap > 0) score = softCap * Math.Tanh(score / softCap);
+                    scores[p] = score;
+                    max = Math.Max(max, score);
                 }
                 double sum = 0;
-                for (int p = 0; p <= position; p++)
+                for (int p = first; p <= last; p++)
                 {
                     scores[p] = Math.Exp(scores[p] - max);
                     sum += scores[p];
@@ -156,7 +283,7 @@ public static class Ops
                 for (int i = 0; i < headDim; i++)
                 {
                     double acc = 0;
-                    for (int p = 0; p <= position; p++) acc += scores[p] * values[p * kvDim + kvOffset + i];
+                    for (int p = first; p <= last; p++) acc += scores[p] * values[p * kvDim + kvOffset + i];
                     output[i] = (float)(acc / sum);
                 }
             }
@@ -164,37 +291,129 @@ public static class Ops
         return result;
     }
 
-    /// <summary>x · sigmoid(x), elementwise.</summary>
-    public static Tensor Silu(Tensor x)
+    // ---- Activations (elementwise; computed in double, rounded once) ----------------------------------------------
+
+    /// <summary>x · sigmoid(x).</summary>
+    public static Tensor Silu(Tensor x) => Map(x, v => v / (1.0 + Math.Exp(-v)));
+
+    /// <summary>GELU, tanh approximation (GPT-2, Gemma): 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).</summary>
+    public static Tensor Gelu(Tensor x) => Map(x, v => 0.5 * v * (1.0 + Math.Tanh(Math.Sqrt(2.0 / Math.PI) * (v + 0.044715 * v * v * v))));
+
+    /// <summary>GELU, exact: 0.5·x·(1 + erf(x/√2)).</summary>
+    public static Tensor GeluErf(Tensor x) => Map(x, v => 0.5 * v * (1.0 + ErrorFunction.Erf(v / Math.Sqrt(2.0))));
+
+    /// <summary>max(x, 0).</summary>
+    public static Tensor Relu(Tensor x) => Map(x, v => Math.Max(v, 0.0));
+
+    /// <summary>1 / (1 + e^−x).</summary>
+    public static Tensor Sigmoid(Tensor x) => Map(x, v => 1.0 / (1.0 + Math.Exp(-v)));
+
+    public static Tensor Tanh(Tensor x) => Map(x, Math.Tanh);
+
+    public static Tensor Exp(Tensor x) => Map(x, Math.Exp);
+
+    /// <summary>log(1 + e^x).</summary>
+    public static Tensor Softplus(Tensor x) => Map(x, v => Math.Max(v, 0.0) + Math.Log(1.0 + Math.Exp(-Math.Abs(v))));
+
+    /// <summary>cap · tanh(x / cap): squashes values smoothly into (−cap, cap) (Gemma-2's logit soft-capping).</summary>
+    public static Tensor SoftCap(Tensor x, float cap)
+    {
+        if (!(cap > 0)) throw new ArgumentOutOfRangeException(nameof(cap), $"SoftCap: the cap must be positive, not {cap}.");
+        return Map(x, v => cap * Math.Tanh(v / cap));
+    }
+
+    public static Tensor Neg(Tensor x) => Map(x, v => -v);
+
+    // ---- Arithmetic (elementwise, float32 like the compiled kernels' epilogues) ----------------------------------
+    // a and b have one shape, or one is a row vector of the other's row length (a bias), broadcast over its rows.
+
+    public static Tensor Add(Tensor a, Tensor b) => Zip(a, b, static (x, y) => x + y, nameof(Add));
+
+    public static Tensor Sub(Tensor a, Tensor b) => Zip(a, b, static (x, y) => x - y, nameof(Sub));
+
+    public static Tensor Mul(Tensor a, Tensor b) => Zip(a, b, static (x, y) => x * y, nameof(Mul));
+
+    public static Tensor Div(Tensor a, Tensor b) => Zip(a, b, static (x, y) => x / y, nameof(Div));
+
+    public static Tensor Add(Tensor a, float b) => MapFloat(a, x => x + b);
+
+    public static Tensor Sub(Tensor a, float b) => MapFloat(a, x => x - b);
+
+    public static Tensor Sub(float a, Tensor b) => MapFloat(b, x => a - x);
+
+    public static Tensor Mul(Tensor a, float b) => MapFloat(a, x => x * b);
+
+    public static Tensor Div(Tensor a, float b) => MapFloat(a, x => x / b);
+
+    public static Tensor Div(float a, Tensor b) => MapFloat(b, x => a / x);
+
+    // ---- Slicing -------------------------------------------------------------------------------------------------
+
+    /// <summary>Columns [start, start + length) of every row: a part of a fused QKV or gate/up projection.</summary>
+    public static Tensor Slice(Tensor x, int start, int length)
+    {
+        if (start < 0 || length <= 0 || start + length > x.Cols)
+            throw new ArgumentException($"Slice: columns [{start}, {start}+{length}) are not within rows of {x.Cols}.");
+        var result = Tensor.Zeros(x.Rows, length);
+        for (int r = 0; r < x.Rows; r++) x.Row(r).Slice(start, length).CopyTo(result.Row(r));
+        return result;
+    }
+
+    /// <summary>Rows of a followed by rows of b, side by side: [T, a.Cols + b.Cols].</summary>
+    public static Tensor Concat(Tensor a, Tensor b)
+    {
+        RequireRows(b, a.Rows, nameof(Concat));
+        var result = Tensor.Zeros(a.Rows, a.Cols + b.Cols);
+        for (int r = 0; r < a.Rows; r++)
+        {
+            a.Row(r).CopyTo(result.Row(r));
+            b.Row(r).CopyTo(result.Row(r).Slice(a.Cols));
+        }
+        return result;
+    }
+
+    // ---- Helpers -------------------------------------------------------------------------------------------------
+
+    private static Tensor Map(Tensor x, Func<double, double> f)
     {
         var result = Tensor.Zeros(x.Shape);
-        for (int i = 0; i < x.Data.Length; i++) result.Data[i] = (float)(x.Data[i] / (1.0 + Math.Exp(-x.Data[i])));
+        for (int i = 0; i < x.Data.Length; i++) result.Data[i] = (float)f(x.Data[i]);
         return result;
     }
 
-    public static Tensor Mul(Tensor a, Tensor b)
+    private static Tensor MapFloat(Tensor x, Func<float, float> f)
     {
-        RequireSameShape(a, b, nameof(Mul));
-        var result = Tensor.Zeros(a.Shape);
-        for (int i = 0; i < a.Data.Length; i++) result.Data[i] = a.Data[i] * b.Data[i];
+        var result = Tensor.Zeros(x.Shape);
+        for (int i = 0; i < x.Data.Length; i++) result.Data[i] = f(x.Data[i]);
         return result;
     }
 
-    public static Tensor Add(Tensor a, Tensor b)
+    private static Tensor Zip(Tensor a, Tensor b, Func<float, float, float> f, string op)
     {
-        RequireSameShape(a, b, nameof(Add));
-        var result = Tensor.Zeros(a.Shape);
-        for (int i = 0; i < a.Data.Length; i++) result.Data[i] = a.Data[i] + b.Data[i];
-        return result;
+        if (a.Shape.AsSpan().SequenceEqual(b.Shape))
+        {
+            var result = Tensor.Zeros(a.Shape);
+            for (int i = 0; i < a.Data.Length; i++) result.Data[i] = f(a.Data[i], b.Data[i]);
+            return result;
+        }
+        if (b.Rank == 1 && b.Cols == a.Cols)
+        {
+            var result = Tensor.Zeros(a.Shape);
+            for (int i = 0; i < a.Data.Length; i++) result.Data[i] = f(a.Data[i], b.Data[i % a.Cols]);
+            return result;
+        }
+        if (a.Rank == 1 && a.Cols == b.Cols)
+        {
+            var result = Tensor.Zeros(b.Shape);
+            for (int i = 0; i < b.Data.Length; i++) result.Data[i] = f(a.Data[i % b.Cols], b.Data[i]);
+            return result;
+        }
+        throw new ArgumentException($"{op}: {a} and {b} neither have one shape nor is one a row vector of the other's {a.Cols} columns.");
     }
 
-    /// <summary>The rows of x whose logits the step wants (<see cref="AttentionContext.OutputRows"/>), in that order.</summary>
-    public static Tensor SelectRows(Tensor x, AttentionContext context)
+    private static void RequireVector(Tensor vector, int length, string op)
     {
-        var rows = context.OutputRows;
-        var result = Tensor.Zeros(rows.Length, x.Cols);
-        for (int i = 0; i < rows.Length; i++) x.Row(rows[i]).CopyTo(result.Row(i));
-        return result;
+        if (vector.Rank != 1 || vector.Cols != length) throw new ArgumentException($"{op}: expected a vector of {length} elements, got {vector}.");
     }
 
     private static void RequireCols(Tensor x, int cols, string op)
@@ -206,9 +425,14 @@ public static class Ops
     {
         if (x.Rows != rows) throw new ArgumentException($"{op}: expected {rows} rows (one per token in the step), got {x}.");
     }
+}
 
-    private static void RequireSameShape(Tensor a, Tensor b, string op)
-    {
-        if (!a.Shape.AsSpan().SequenceEqual(b.Shape)) throw new ArgumentException($"{op}: shapes differ, {a} and {b}.");
-    }
+/// <summary>Which elements of a head a rotary embedding turns together.</summary>
+public enum RopeStyle
+{
+    /// <summary>Adjacent pairs (x[2i], x[2i+1]): GGML's "normal" rope (Llama files, whose q/k rows are permuted for it).</summary>
+    Adjacent = 0,
+
+    /// <summary>The two halves (x[i], x[i + d/2]): GPT-NeoX's rope, as Qwen, Gemma and Phi-3 files need it.</summary>
+    NeoX = 2,
 }

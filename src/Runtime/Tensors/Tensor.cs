@@ -54,9 +54,32 @@ public sealed class Tensor
 
     public float this[int row, int col] => Data[row * Cols + col];
 
+    // Elementwise arithmetic: the same ops as Ops.Add/Sub/Mul/Div (a row vector broadcasts over the rows).
     public static Tensor operator +(Tensor a, Tensor b) => Ops.Add(a, b);
 
+    public static Tensor operator -(Tensor a, Tensor b) => Ops.Sub(a, b);
+
     public static Tensor operator *(Tensor a, Tensor b) => Ops.Mul(a, b);
+
+    public static Tensor operator /(Tensor a, Tensor b) => Ops.Div(a, b);
+
+    public static Tensor operator +(Tensor a, float b) => Ops.Add(a, b);
+
+    public static Tensor operator +(float a, Tensor b) => Ops.Add(b, a);
+
+    public static Tensor operator -(Tensor a, float b) => Ops.Sub(a, b);
+
+    public static Tensor operator -(float a, Tensor b) => Ops.Sub(a, b);
+
+    public static Tensor operator *(Tensor a, float b) => Ops.Mul(a, b);
+
+    public static Tensor operator *(float a, Tensor b) => Ops.Mul(b, a);
+
+    public static Tensor operator /(Tensor a, float b) => Ops.Div(a, b);
+
+    public static Tensor operator /(float a, Tensor b) => Ops.Div(a, b);
+
+    public static Tensor operator -(Tensor a) => Ops.Neg(a);
 
     public override string ToString() => $"Tensor[{string.Join(", ", Shape)}]";
 }

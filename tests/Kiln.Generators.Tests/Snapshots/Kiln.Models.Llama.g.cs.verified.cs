@@ -1,39 +1,41 @@
 // Kiln fusion report for Llama (architecture "llama"), CPU kernels on a worker pool.
 // Kernels, in step order:
-//   [1] gather: x ← Embedding(TokenEmbedding), one table row per token
+//   [1] elementwise: x ← TokenEmbedding[tokens], one parallel vector loop
 //   for each of the LayerCount layers (Layers[layer]):
-//     [2] matmul: x·[Wq|Wk|Wv]ᵀ with RmsNorm(AttnNorm) fused into the input preparation (1/rms per token once, x·(1/rms)·g quantized or written in one pass) → q ← rope(·) epilogue, k ← rope(·) epilogue, v
+//     [2] matmul: x·[Wq|Wk|Wv]ᵀ with RmsNorm(AttnNorm) fused into the input preparation → q ← rope([Wq]) epilogue, k ← rope([Wk]) epilogue, v
 //     [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)
-//     [4] matmul: attention·[Wo]ᵀ → x += · (residual add epilogue, in place)
-//     [5] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation (1/rms per token once, x·(1/rms)·g quantized or written in one pass) → swiglu ← silu(gate)·up epilogue
-//     [6] matmul: swiglu·[Down]ᵀ → x += · (residual add epilogue, in place)
+//     [4] matmul: attention·[Wo]ᵀ → x ← x + [Wo] epilogue (in place)
+//     [5] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation → glu ← silu([Gate])·[Up] epilogue
+//     [6] matmul: glu·[Down]ᵀ → x ← x + [Down] epilogue (in place)
 //   end of layer loop
-//   [7] select rows: x2 ← the rows of x whose logits are wanted
-//   [8] matmul: x2·[Output]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (1/rms per token once, x·(1/rms)·g quantized or written in one pass) → logits
+//   [7] matmul: (rows(x))·[Output]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (the input chain computed per row while preparing) → logits
+// Elementwise ops: 1 loop(s) of their own (x: carried into the layer loop), each a parallel vector loop over rows; the rest fused.
 // Weight layouts (packed once when the plan is compiled, in groups of 4 rows; a segment whose rows are not a multiple of 4 is padded with zero rows):
 //   rule "as stored" (a weight without [Quantize]), chosen per matrix when the plan is compiled, from the file's types: F32 and F16 → F32x4 (F16 widened exactly); BF16 → BF16x4 (widened exactly in the kernel); Q8_0 → Q8_0x8 interleaved (the file's quants and fp16 scales copied); Q4_0 → Q4_0x8 interleaved (the file's nibbles and fp16 scales copied); any other type (Q4_K, Q6_K, …) → Q8_0x8 (dequantized, requantized); weights of different types in one matmul → the most precise of their layouts. Work goes in groups of 4 rows and every tile reads each weight once for several tokens: F32x4/BF16x4 hold 16-element chunks of the 4 rows in turn (the kernel streams a group front to back); Q8_0x8/Q4_0x8 store two groups together, 8 rows 4 bytes at a time (one multiply-add against 4 broadcast activations covers all 8 rows, each row's sum complete in its own lane).
 //   Wq, Wk, Wv → _wqWkWv[layer] [QDim+KvDim+KvDim, Dim], segments stacked: as stored (the rule above); one horizontal matmul prepares its input once and reads it for all of them.
 //   Wo → _wo[layer] [Dim, QDim], one segment: as stored (the rule above).
-//   Gate, Up → _gateUp[layer] [2*Hidden, Dim], gate/up rows interleaved (gate₀, up₀, gate₁, up₁, …): as stored (the rule above); each adjacent row pair yields silu(gate)·up in the epilogue.
+//   Gate, Up → _gateUp[layer] [2*Hidden, Dim], pair rows interleaved (a₀, b₀, a₁, b₁, …): as stored (the rule above); each adjacent row pair meets in one tile, so the epilogue combines both sums.
 //   Down → _down[layer] [Dim, Hidden], one segment: as stored (the rule above).
 //   Output → _output [Vocab, Dim], one segment: as stored (the rule above).
-//   TokenEmbedding → as loaded (row-major): the embedding gathers whole rows.
+//   TokenEmbedding → as loaded (row-major): gathered whole rows, by token.
 // Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):
 //   slot 0: x [T, Dim]
-//   slot 1: q [T, QDim], swiglu [T, Hidden], x2 [O, Dim]
+//   slot 1: q [T, QDim], glu [T, Hidden]
 //   slot 2: k [T, KvDim]
 //   slot 3: v [T, KvDim]
 //   slot 4: attention [T, QDim]
 // Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;
 //   for Q8_0/Q4_0, Q8 activations (per 32 values a float scale d = max|x|/127 and int8 q = round(x/d), GGML's rule),
-//   with 8·Σq per block for Q4_0's −8 (the kernels broadcast 4 quants at a time to 8 rows). A fused RMSNorm computes 1/rms per token once and writes or quantizes
-//   x·(1/rms)·g in the same pass (g cannot fold into quantized columns without requantizing them, and folding it into
-//   float columns would change their rounding: the packed weights stay exactly as stored).
+//   with 8·Σq per block for Q4_0's −8 (the kernels broadcast 4 quants at a time to 8 rows). A fused norm computes its statistics per token once
+//   (in double) and writes or quantizes the normalized row in the same pass (its weight cannot fold into quantized columns
+//   without requantizing them, and folding it into float columns would change their rounding: the packed weights stay exactly as stored).
+// Loop bodies (epilogues, input chains, elementwise loops) are generated from the forward method's ops at every width:
+//   Vector512, Vector256, Vector128 (tiles) and scalar; activations are composed from e^x, tanh, erf and ln (Kiln.Kernels.Elementwise.Lanes).
 // Rope: cos/sin per token and pair computed once per step in double (as the eager op), shared by every layer.
-// Attention scratch: per chunk of work items, every head's scores over the KV cache's MaxContext (and one block's rows when the cache stores F16 or int8), grown when a larger cache is first seen.
+// Attention scratch: per chunk of work items, every head's scores over the KV cache's MaxContext (and one block's rows when the cache stores int8), grown when a larger cache is first seen.
 // Threads: one worker pool (PlanOptions.Threads). A matmul splits its 4-row groups over the threads, each tile (4 rows × 4 tokens
-//   for F32/BF16, 8 rows × 8 tokens for Q8_0/Q4_0) going through its epilogue while in registers; attention splits (token, KV-head chunk) items. Every output is computed
-//   by one thread in a fixed order, so results do not depend on the thread count.
+//   for F32/BF16, 8 rows × 8 tokens for Q8_0/Q4_0) going through its epilogue while in registers; attention splits (token, KV-head chunk) items;
+//   elementwise loops split rows. Every output is computed by one thread in a fixed order, so results do not depend on the thread count.
 // <auto-generated/> by Kiln.Generators from the [Model] class Kiln.Models.Llama.
 #nullable enable
 #pragma warning disable CS1591, CS0162
@@ -126,6 +128,17 @@ namespace Kiln.Models
             {
                 throw new global::Kiln.Loading.ModelLoadException(file.Path, "hyperparameters", null, $"a derived dimension cannot be computed from them ({e.Message}).", e);
             }
+
+            // What the file states that changes the math must be read by this definition, or agree with what its forward uses.
+            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "llama.attention.sliding_window", "Llama");
+            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "llama.attn_logit_softcapping", "Llama");
+            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "llama.final_logit_softcapping", "Llama");
+            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "llama.attention.layer_norm_epsilon", "Llama");
+            global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "llama.rope.dimension_count", model.HeadDim, "Llama", "its rope's rotary dimensions");
+            global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "llama.attention.key_length", model.KvShape.HeadDim, "Llama", "its attention's head dimension");
+            global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "llama.attention.value_length", model.KvShape.HeadDim, "Llama", "its attention's head dimension");
+            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "llama.expert_count", "Llama");
+            global::Kiln.Loading.DefinitionChecks.RejectRopeScaling(file, "llama", "Llama");
             return model;
         }
 
@@ -178,40 +191,42 @@ namespace Kiln.Models
             public const string Report =
                 "Kiln fusion report for Llama (architecture \"llama\"), CPU kernels on a worker pool.\n" +
                 "Kernels, in step order:\n" +
-                "  [1] gather: x ← Embedding(TokenEmbedding), one table row per token\n" +
+                "  [1] elementwise: x ← TokenEmbedding[tokens], one parallel vector loop\n" +
                 "  for each of the LayerCount layers (Layers[layer]):\n" +
-                "    [2] matmul: x·[Wq|Wk|Wv]ᵀ with RmsNorm(AttnNorm) fused into the input preparation (1/rms per token once, x·(1/rms)·g quantized or written in one pass) → q ← rope(·) epilogue, k ← rope(·) epilogue, v\n" +
+                "    [2] matmul: x·[Wq|Wk|Wv]ᵀ with RmsNorm(AttnNorm) fused into the input preparation → q ← rope([Wq]) epilogue, k ← rope([Wk]) epilogue, v\n" +
                 "    [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)\n" +
-                "    [4] matmul: attention·[Wo]ᵀ → x += · (residual add epilogue, in place)\n" +
-                "    [5] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation (1/rms per token once, x·(1/rms)·g quantized or written in one pass) → swiglu ← silu(gate)·up epilogue\n" +
-                "    [6] matmul: swiglu·[Down]ᵀ → x += · (residual add epilogue, in place)\n" +
+                "    [4] matmul: attention·[Wo]ᵀ → x ← x + [Wo] epilogue (in place)\n" +
+                "    [5] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation → glu ← silu([Gate])·[Up] epilogue\n" +
+                "    [6] matmul: glu·[Down]ᵀ → x ← x + [Down] epilogue (in place)\n" +
                 "  end of layer loop\n" +
-                "  [7] select rows: x2 ← the rows of x whose logits are wanted\n" +
-                "  [8] matmul: x2·[Output]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (1/rms per token once, x·(1/rms)·g quantized or written in one pass) → logits\n" +
+                "  [7] matmul: (rows(x))·[Output]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (the input chain computed per row while preparing) → logits\n" +
+                "Elementwise ops: 1 loop(s) of their own (x: carried into the layer loop), each a parallel vector loop over rows; the rest fused.\n" +
                 "Weight layouts (packed once when the plan is compiled, in groups of 4 rows; a segment whose rows are not a multiple of 4 is padded with zero rows):\n" +
                 "  rule \"as stored\" (a weight without [Quantize]), chosen per matrix when the plan is compiled, from the file's types: F32 and F16 → F32x4 (F16 widened exactly); BF16 → BF16x4 (widened exactly in the kernel); Q8_0 → Q8_0x8 interleaved (the file's quants and fp16 scales copied); Q4_0 → Q4_0x8 interleaved (the file's nibbles and fp16 scales copied); any other type (Q4_K, Q6_K, …) → Q8_0x8 (dequantized, requantized); weights of different types in one matmul → the most precise of their layouts. Work goes in groups of 4 rows and every tile reads each weight once for several tokens: F32x4/BF16x4 hold 16-element chunks of the 4 rows in turn (the kernel streams a group front to back); Q8_0x8/Q4_0x8 store two groups together, 8 rows 4 bytes at a time (one multiply-add against 4 broadcast activations covers all 8 rows, each row's sum complete in its own lane).\n" +
                 "  Wq, Wk, Wv → _wqWkWv[layer] [QDim+KvDim+KvDim, Dim], segments stacked: as stored (the rule above); one horizontal matmul prepares its input once and reads it for all of them.\n" +
                 "  Wo → _wo[layer] [Dim, QDim], one segment: as stored (the rule above).\n" +
-                "  Gate, Up → _gateUp[layer] [2*Hidden, Dim], gate/up rows interleaved (gate₀, up₀, gate₁, up₁, …): as stored (the rule above); each adjacent row pair yields silu(gate)·up in the epilogue.\n" +
+                "  Gate, Up → _gateUp[layer] [2*Hidden, Dim], pair rows interleaved (a₀, b₀, a₁, b₁, …): as stored (the rule above); each adjacent row pair meets in one tile, so the epilogue combines both sums.\n" +
                 "  Down → _down[layer] [Dim, Hidden], one segment: as stored (the rule above).\n" +
                 "  Output → _output [Vocab, Dim], one segment: as stored (the rule above).\n" +
-                "  TokenEmbedding → as loaded (row-major): the embedding gathers whole rows.\n" +
+                "  TokenEmbedding → as loaded (row-major): gathered whole rows, by token.\n" +
                 "Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):\n" +
                 "  slot 0: x [T, Dim]\n" +
-                "  slot 1: q [T, QDim], swiglu [T, Hidden], x2 [O, Dim]\n" +
+                "  slot 1: q [T, QDim], glu [T, Hidden]\n" +
                 "  slot 2: k [T, KvDim]\n" +
                 "  slot 3: v [T, KvDim]\n" +
                 "  slot 4: attention [T, QDim]\n" +
                 "Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;\n" +
                 "  for Q8_0/Q4_0, Q8 activations (per 32 values a float scale d = max|x|/127 and int8 q = round(x/d), GGML's rule),\n" +
-                "  with 8·Σq per block for Q4_0's −8 (the kernels broadcast 4 quants at a time to 8 rows). A fused RMSNorm computes 1/rms per token once and writes or quantizes\n" +
-                "  x·(1/rms)·g in the same pass (g cannot fold into quantized columns without requantizing them, and folding it into\n" +
-                "  float columns would change their rounding: the packed weights stay exactly as stored).\n" +
+                "  with 8·Σq per block for Q4_0's −8 (the kernels broadcast 4 quants at a time to 8 rows). A fused norm computes its statistics per token once\n" +
+                "  (in double) and writes or quantizes the normalized row in the same pass (its weight cannot fold into quantized columns\n" +
+                "  without requantizing them, and folding it into float columns would change their rounding: the packed weights stay exactly as stored).\n" +
+                "Loop bodies (epilogues, input chains, elementwise loops) are generated from the forward method's ops at every width:\n" +
+                "  Vector512, Vector256, Vector128 (tiles) and scalar; activations are composed from e^x, tanh, erf and ln (Kiln.Kernels.Elementwise.Lanes).\n" +
                 "Rope: cos/sin per token and pair computed once per step in double (as the eager op), shared by every layer.\n" +
-                "Attention scratch: per chunk of work items, every head's scores over the KV cache's MaxContext (and one block's rows when the cache stores F16 or int8), grown when a larger cache is first seen.\n" +
+                "Attention scratch: per chunk of work items, every head's scores over the KV cache's MaxContext (and one block's rows when the cache stores int8), grown when a larger cache is first seen.\n" +
                 "Threads: one worker pool (PlanOptions.Threads). A matmul splits its 4-row groups over the threads, each tile (4 rows × 4 tokens\n" +
-                "  for F32/BF16, 8 rows × 8 tokens for Q8_0/Q4_0) going through its epilogue while in registers; attention splits (token, KV-head chunk) items. Every output is computed\n" +
-                "  by one thread in a fixed order, so results do not depend on the thread count.\n";
+                "  for F32/BF16, 8 rows × 8 tokens for Q8_0/Q4_0) going through its epilogue while in registers; attention splits (token, KV-head chunk) items;\n" +
+                "  elementwise loops split rows. Every output is computed by one thread in a fixed order, so results do not depend on the thread count.\n";
 
             private readonly Llama _model;
             private readonly global::Kiln.Threading.WorkerPool _pool;
@@ -224,6 +239,7 @@ namespace Kiln.Models
             private readonly int _KvDim;
             private readonly int _Hidden;
             private readonly int _Vocab;
+            private readonly int _HeadDim;
 
             // Weights in the kernels' layouts: one packed matrix per matmul (and layer), segments on 4-row boundaries.
             private readonly global::Kiln.Kernels.MatMul.PackedMatrix[] _wqWkWv; // per layer [QDim + KvDim + KvDim, Dim]
@@ -237,14 +253,15 @@ namespace Kiln.Models
             private readonly global::Kiln.Kernels.MatMul.PackedMatrix _output; // [Vocab, Dim]
             private readonly int _outputRows; // first packed row of each later segment, then the padded row count
 
-            // Rope table 0: head dim HeadDim, base RopeBase; inverse frequency per pair, cos/sin per token and pair.
-            private readonly int _rope0HeadDim;
-            private readonly int _rope0Half;
+            // Rope table 0: head dim HeadDim, base RopeBase, adjacent pairs:
+            // inverse frequency per pair; cos/sin per token and pair in double (scalar paths), and as floats laid out for the vector paths.
+            private readonly int _rope0HeadDim, _rope0Rotary, _rope0Half;
             private readonly double[] _rope0InverseFrequency;
-            private readonly double[] _rope0Cos;
-            private readonly double[] _rope0Sin;
-            private readonly float[] _rope0Cosines; // per token and element of a head: cos, cos per pair
-            private readonly float[] _rope0SignedSines; // per token and element of a head: −sin, sin per pair
+            private readonly double[] _rope0Cos, _rope0Sin;
+            private readonly float[] _rope0Cosines, _rope0SignedSines; // per token and rotary element: cos, cos and −sin, sin per pair
+
+            // This step's token ids, checked against the vocabulary, where the gathering loops can read them.
+            private readonly int[] _tokens;
 
             // The arena (native memory that never moves, so work items on every thread can hold views of it).
             private readonly global::Kiln.Kernels.MatMul.NativeBlock _arenaMemory;
@@ -254,14 +271,13 @@ namespace Kiln.Models
             private readonly int _kOffset;
             private readonly int _vOffset;
             private readonly int _attentionOffset;
-            private readonly int _swigluOffset;
-            private readonly int _x2Offset;
+            private readonly int _gluOffset;
 
             // Matmul inputs, prepared once per matmul for all its weights (normalized, quantized to Q8 for the quantized layouts).
             private readonly global::Kiln.Kernels.MatMul.GemmScratch _inputs;
 
-            // Attention scratch per chunk of work items (32 at most): every head's row of scores over the KV cache's MaxContext,
-            // and room to read one block's rows when the cache does not store floats; grown when a larger cache is first seen.
+            // Attention scratch per chunk of work items (global::Kiln.Kernels.Attention.PagedAttention.MaxChunks at most): every head's row of scores over
+            // the KV cache's MaxContext, and room to read one block's rows when the cache stores int8; grown when a larger cache is first seen.
             private global::Kiln.Kernels.MatMul.NativeBlock? _scoresMemory;
             private global::Kiln.Kernels.MatMul.FloatBuffer _scores, _gather;
             private int _scoresContext, _scoresPerChunk, _gatherFloats;
@@ -279,14 +295,15 @@ namespace Kiln.Models
                 _KvDim = model.KvDim;
                 _Hidden = model.Hidden;
                 _Vocab = model.Vocab;
+                _HeadDim = model.HeadDim;
 
                 if (model.Heads <= 0 || model.KvHeadCount <= 0 || model.Heads % model.KvHeadCount != 0 || _QDim % model.Heads != 0 || _QDim / model.Heads * model.KvHeadCount != _KvDim)
                     throw new global::System.InvalidOperationException($"Attention: {model.Heads} heads over {model.KvHeadCount} KV heads do not fit q rows of {_QDim} and k rows of {_KvDim}.");
 
-                if (_QDim % model.HeadDim != 0 || model.HeadDim % 2 != 0)
-                    throw new global::System.InvalidOperationException($"Rope: head dimension {model.HeadDim} must be even and divide the row length {_QDim}.");
-                if (_KvDim % model.HeadDim != 0 || model.HeadDim % 2 != 0)
-                    throw new global::System.InvalidOperationException($"Rope: head dimension {model.HeadDim} must be even and divide the row length {_KvDim}.");
+                if (_HeadDim <= 0 || _QDim % _HeadDim != 0)
+                    throw new global::System.InvalidOperationException($"Rows of QDim = {_QDim} are not whole heads of HeadDim = {_HeadDim}.");
+                if (_HeadDim <= 0 || _KvDim % _HeadDim != 0)
+                    throw new global::System.InvalidOperationException($"Rows of KvDim = {_KvDim} are not whole heads of HeadDim = {_HeadDim}.");
                 var layouts = new global::System.Text.StringBuilder(Report).Append("Layouts chosen for this model file:\n");
                 // Layers.Wq, Layers.Wk, Layers.Wv: layout as stored, chosen per matrix from the file's types
                 _wqWkWvStart1 = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_QDim);
@@ -296,9 +313,9 @@ namespace Kiln.Models
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
                     var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].Wq, model.Layers[layer].Wk, model.Layers[layer].Wv), _wqWkWvRows, _Dim);
-                    packed.Pack(0, model.Layers[layer].Wq, "Wq");
-                    packed.Pack(_wqWkWvStart1, model.Layers[layer].Wk, "Wk");
-                    packed.Pack(_wqWkWvStart2, model.Layers[layer].Wv, "Wv");
+                    packed.Pack(0, model.Layers[layer].Wq, 0, _QDim, "Wq");
+                    packed.Pack(_wqWkWvStart1, model.Layers[layer].Wk, 0, _KvDim, "Wk");
+                    packed.Pack(_wqWkWvStart2, model.Layers[layer].Wv, 0, _KvDim, "Wv");
                     _wqWkWv[layer] = packed;
                 }
                 layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_wqWkWv[layer]", _wqWkWv));
@@ -309,7 +326,7 @@ namespace Kiln.Models
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
                     var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].Wo), _woRows, _QDim);
-                    packed.Pack(0, model.Layers[layer].Wo, "Wo");
+                    packed.Pack(0, model.Layers[layer].Wo, 0, _Dim, "Wo");
                     _wo[layer] = packed;
                 }
                 layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_wo[layer]", _wo));
@@ -320,7 +337,7 @@ namespace Kiln.Models
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
                     var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].Gate, model.Layers[layer].Up), _gateUpRows, _Dim);
-                    packed.PackInterleaved(0, model.Layers[layer].Gate, model.Layers[layer].Up, "Gate", "Up");
+                    packed.PackInterleaved(0, model.Layers[layer].Gate, 0, model.Layers[layer].Up, 0, _Hidden, "Gate", "Up");
                     _gateUp[layer] = packed;
                 }
                 layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_gateUp[layer]", _gateUp));
@@ -331,7 +348,7 @@ namespace Kiln.Models
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
                     var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].Down), _downRows, _Hidden);
-                    packed.Pack(0, model.Layers[layer].Down, "Down");
+                    packed.Pack(0, model.Layers[layer].Down, 0, _Dim, "Down");
                     _down[layer] = packed;
                 }
                 layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_down[layer]", _down));
@@ -339,29 +356,30 @@ namespace Kiln.Models
                 // Output: layout as stored, chosen per matrix from the file's types
                 _outputRows = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Vocab);
                 var packed_output = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Output), _outputRows, _Dim);
-                packed_output.Pack(0, model.Output, "Output");
+                packed_output.Pack(0, model.Output, 0, _Vocab, "Output");
                 _output = packed_output;
                 layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_output", _output));
 
                 _rope0HeadDim = model.HeadDim;
-                if (_rope0HeadDim <= 0 || _rope0HeadDim % 2 != 0)
-                    throw new global::System.InvalidOperationException($"Rope: head dimension {_rope0HeadDim} must be positive and even.");
-                _rope0Half = _rope0HeadDim / 2;
+                _rope0Rotary = model.HeadDim;
+                if (_rope0HeadDim <= 0 || _rope0Rotary <= 0 || _rope0Rotary % 2 != 0 || _rope0Rotary > _rope0HeadDim)
+                    throw new global::System.InvalidOperationException($"Rope: {_rope0Rotary} rotary dimensions must be even, positive and at most the head dimension {_rope0HeadDim}.");
+                _rope0Half = _rope0Rotary / 2;
                 _rope0InverseFrequency = new double[_rope0Half];
-                for (int pair = 0; pair < _rope0Half; pair++) _rope0InverseFrequency[pair] = global::System.Math.Pow(model.RopeBase, -2.0 * pair / _rope0HeadDim);
+                for (int pair = 0; pair < _rope0Half; pair++) _rope0InverseFrequency[pair] = global::System.Math.Pow(model.RopeBase, -2.0 * pair / _rope0Rotary);
                 _rope0Cos = new double[maxTokensPerStep * _rope0Half];
                 _rope0Sin = new double[maxTokensPerStep * _rope0Half];
-                _rope0Cosines = new float[maxTokensPerStep * _rope0HeadDim];
-                _rope0SignedSines = new float[maxTokensPerStep * _rope0HeadDim];
+                _rope0Cosines = new float[maxTokensPerStep * _rope0Rotary];
+                _rope0SignedSines = new float[maxTokensPerStep * _rope0Rotary];
 
+                _tokens = new int[maxTokensPerStep];
                 // Arena slots (buffers whose live ranges do not overlap share a slot).
                 int offset = 0;
                 _xOffset = offset; // x [T, Dim]
                 offset += (maxTokensPerStep * _Dim + 15) & ~15; // each slot starts on a 64-byte boundary
                 _qOffset = offset; // q [T, QDim]
-                _swigluOffset = offset; // swiglu [T, Hidden]
-                _x2Offset = offset; // x2 [O, Dim]
-                offset += (maxTokensPerStep * global::System.Math.Max(global::System.Math.Max(_QDim, _Hidden), _Dim) + 15) & ~15; // each slot starts on a 64-byte boundary
+                _gluOffset = offset; // glu [T, Hidden]
+                offset += (maxTokensPerStep * global::System.Math.Max(_QDim, _Hidden) + 15) & ~15; // each slot starts on a 64-byte boundary
                 _kOffset = offset; // k [T, KvDim]
                 offset += (maxTokensPerStep * _KvDim + 15) & ~15; // each slot starts on a 64-byte boundary
                 _vOffset = offset; // v [T, KvDim]
@@ -403,7 +421,16 @@ namespace Kiln.Models
                     throw new global::System.ArgumentException($"The KV cache holds {cache.Layers} layers of rows of {cache.KvDim}; this model needs {_model.LayerCount} of {_KvDim} (use CreateKvCache).", nameof(context));
                 if (_scoresContext < cache.MaxContext || _gatherFloats < global::Kiln.Kernels.MatMul.KvBlocks.ScratchFloats(cache)) GrowScores(cache); // once per larger cache, never per step
                 global::System.ReadOnlySpan<int> positions = context.Positions;
-                global::System.ReadOnlySpan<int> outputRows = context.OutputRows;
+
+                // Token ids, checked against the vocabulary once, where the gathering loops read them.
+                int vocabulary = _model.TokenEmbedding.Rows;
+                for (int t = 0; t < T; t++)
+                {
+                    int token = tokens[t];
+                    if ((uint)token >= (uint)vocabulary)
+                        throw new global::System.ArgumentOutOfRangeException(nameof(tokens), $"Token id {token} at position {t} is outside the vocabulary (0..{vocabulary - 1}).");
+                    _tokens[t] = token;
+                }
 
                 // Activations: views of the arena.
                 global::System.Span<float> x = _arena.Slice(_xOffset, T * _Dim);
@@ -411,10 +438,9 @@ namespace Kiln.Models
                 global::System.Span<float> k = _arena.Slice(_kOffset, T * _KvDim);
                 global::System.Span<float> v = _arena.Slice(_vOffset, T * _KvDim);
                 global::System.Span<float> attention = _arena.Slice(_attentionOffset, T * _QDim);
-                global::System.Span<float> swiglu = _arena.Slice(_swigluOffset, T * _Hidden);
-                global::System.Span<float> x2 = _arena.Slice(_x2Offset, O * _Dim);
+                global::System.Span<float> glu = _arena.Slice(_gluOffset, T * _Hidden);
 
-                // Rope table 0: angle = position · base^(-2·pair/headDim), in double like the eager op; shared by every layer.
+                // Rope table 0: angle = position · base^(-2·pair/rotary), in double like the eager op; shared by every layer.
                 for (int t = 0; t < T; t++)
                 {
                     for (int pair = 0; pair < _rope0Half; pair++)
@@ -423,41 +449,34 @@ namespace Kiln.Models
                         double cos = global::System.Math.Cos(angle), sin = global::System.Math.Sin(angle);
                         _rope0Cos[t * _rope0Half + pair] = cos;
                         _rope0Sin[t * _rope0Half + pair] = sin;
-                        int at = t * _rope0HeadDim + 2 * pair; // float copies laid out for two pairs at once: cos, cos and −sin, sin
+                        int at = t * _rope0Rotary + 2 * pair; // float copies laid out for two pairs at once: cos, cos and −sin, sin
                         _rope0Cosines[at] = _rope0Cosines[at + 1] = (float)cos;
                         _rope0SignedSines[at] = -(float)sin;
                         _rope0SignedSines[at + 1] = (float)sin;
                     }
                 }
 
-                // [1] gather: x ← Embedding(TokenEmbedding), one table row per token
+                // [1] elementwise: x ← TokenEmbedding[tokens], one parallel vector loop
                 {
-                    var table = _model.TokenEmbedding;
-                    int cols = table.Cols;
-                    for (int t = 0; t < T; t++)
-                    {
-                        int token = tokens[t];
-                        if ((uint)token >= (uint)table.Rows)
-                            throw new global::System.ArgumentOutOfRangeException(nameof(tokens), $"Token id {token} at position {t} is outside the vocabulary (0..{table.Rows - 1}).");
-                        table.Row(token).CopyTo(x.Slice(t * cols, cols));
-                    }
+                    // x ← TokenEmbedding[tokens]: each row by one work item, the widest vectors first.
+                    _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise1Work { Output = _arena.View(_xOffset, T * _Dim), G0 = _model.TokenEmbedding.Data, G0Cols = _model.TokenEmbedding.Cols, Dim_Dim = _Dim, Tokens = _tokens });
                 }
                 for (int layer = 0; layer < _model.LayerCount; layer++) // Layers[layer]
                 {
-                    // [2] matmul: x·[Wq|Wk|Wv]ᵀ with RmsNorm(AttnNorm) fused into the input preparation (1/rms per token once, x·(1/rms)·g quantized or written in one pass) → q ← rope(·) epilogue, k ← rope(·) epilogue, v
+                    // [2] matmul: x·[Wq|Wk|Wv]ᵀ with RmsNorm(AttnNorm) fused into the input preparation → q ← rope([Wq]) epilogue, k ← rope([Wk]) epilogue, v
                     {
                         var weights = _wqWkWv[layer];
-                        // The input once for every weight: 1/rms per token, x·(1/rms)·AttnNorm written (float layouts) or quantized straight to Q8.
-                        var input = _inputs.Prepare(weights.Format, _arena.View(_xOffset, T * _Dim), _Dim, T, _Dim, _model.Layers[layer].AttnNorm.Data, _model.Eps, _pool);
+                        // The input once for every weight, RMS-normalized by AttnNorm: quantized to Q8 for the quantized layouts, read as it is by the float ones.
+                        var input = _inputs.Prepare(weights.Format, _arena.View(_xOffset, T * _Dim), _Dim, T, _Dim, global::Kiln.Kernels.MatMul.InputNorm.Rms, _model.Layers[layer].AttnNorm.Data, null, (float)(_model.Eps), _pool);
                         var work = new MatMul2Work
                         {
                             Weights = weights,
                             Input = input,
                             End0 = _wqWkWvStart1 / 4,
                             End1 = _wqWkWvStart2 / 4,
-                            Q = new MatMul2Q { Output = _arena.View(_qOffset, T * _QDim), Cols = _QDim, FirstRow = 0, Cos = _rope0Cos, Sin = _rope0Sin, Cosines = _rope0Cosines, SignedSines = _rope0SignedSines, Half = _rope0Half, HeadDim = _rope0HeadDim },
-                            K = new MatMul2K { Output = _arena.View(_kOffset, T * _KvDim), Cols = _KvDim, FirstRow = _wqWkWvStart1, Cos = _rope0Cos, Sin = _rope0Sin, Cosines = _rope0Cosines, SignedSines = _rope0SignedSines, Half = _rope0Half, HeadDim = _rope0HeadDim },
-                            V = new MatMul2V { Output = _arena.View(_vOffset, T * _KvDim), Cols = _KvDim, FirstRow = _wqWkWvStart2 },
+                            Q = new MatMul2Q { Output = _arena.View(_qOffset, T * _QDim), Cols = _QDim, FirstRow = 0, Dim_QDim = _QDim, Dim_HeadDim = _HeadDim, Cos = _rope0Cos, Sin = _rope0Sin, Cosines = _rope0Cosines, SignedSines = _rope0SignedSines, Half = _rope0Half, HeadDim = _rope0HeadDim },
+                            K = new MatMul2K { Output = _arena.View(_kOffset, T * _KvDim), Cols = _KvDim, FirstRow = _wqWkWvStart1, Dim_KvDim = _KvDim, Dim_HeadDim = _HeadDim, Cos = _rope0Cos, Sin = _rope0Sin, Cosines = _rope0Cosines, SignedSines = _rope0SignedSines, Half = _rope0Half, HeadDim = _rope0HeadDim },
+                            V = new MatMul2V { Output = _arena.View(_vOffset, T * _KvDim), Cols = _KvDim, FirstRow = _wqWkWvStart2, Dim_KvDim = _KvDim },
                         };
                         _pool.Run(weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, T, _pool.ThreadCount), work);
                     }
@@ -474,11 +493,7 @@ namespace Kiln.Models
                         }
                         // Items: each token's KV heads in a few chunks (so one token's heads still spread over the threads); a chunk reads its
                         // rows of the cache once, in order, for all its heads.
-                        int perToken = global::System.Math.Clamp((2 * _pool.ThreadCount + T - 1) / T, 1, kvHeads);
-                        int kvPerItem = (kvHeads + perToken - 1) / perToken;
-                        perToken = (kvHeads + kvPerItem - 1) / kvPerItem;
-                        int items = T * perToken, chunk = (items + AttentionChunks - 1) / AttentionChunks;
-                        _pool.Run(items, chunk, new Attention3Work
+                        var paged = new global::Kiln.Kernels.Attention.PagedAttention
                         {
                             Q = _arena.View(_qOffset, T * _QDim),
                             Output = _arena.View(_attentionOffset, T * _QDim),
@@ -486,9 +501,6 @@ namespace Kiln.Models
                             ScoresStride = _scoresPerChunk,
                             Gather = _gather,
                             GatherStride = _gatherFloats,
-                            ChunkSize = chunk,
-                            PerToken = perToken,
-                            KvPerItem = kvPerItem,
                             Cache = cache,
                             Context = context,
                             Layer = layer,
@@ -497,64 +509,63 @@ namespace Kiln.Models
                             HeadDim = _QDim / heads,
                             QCols = _QDim,
                             KvCols = _KvDim,
-                            Scale = (float)(1.0 / global::System.Math.Sqrt(_QDim / heads)),
-                        });
+                            Options = new global::Kiln.Kernels.Attention.AttentionOptions((float)(1.0 / global::System.Math.Sqrt(_QDim / heads)), 0, (float)(0f), true),
+                        };
+                        int items = paged.Plan(T, _pool.ThreadCount);
+                        _pool.Run(items, paged.ChunkSize, paged);
                     }
-                    // [4] matmul: attention·[Wo]ᵀ → x += · (residual add epilogue, in place)
+                    // [4] matmul: attention·[Wo]ᵀ → x ← x + [Wo] epilogue (in place)
                     {
                         var weights = _wo[layer];
                         // The input once for every weight: quantized to Q8 for the quantized layouts, read as it is by the float ones.
-                        var input = _inputs.Prepare(weights.Format, _arena.View(_attentionOffset, T * _QDim), _QDim, T, _QDim, null, 0f, _pool);
+                        var input = _inputs.Prepare(weights.Format, _arena.View(_attentionOffset, T * _QDim), _QDim, T, _QDim, global::Kiln.Kernels.MatMul.InputNorm.None, null, null, 0f, _pool);
                         var work = new MatMul4Work
                         {
                             Weights = weights,
                             Input = input,
-                            X = new MatMul4X { Output = _arena.View(_xOffset, T * _Dim), Cols = _Dim, FirstRow = 0, Residual = _arena.View(_xOffset, T * _Dim) },
+                            X = new MatMul4X { Output = _arena.View(_xOffset, T * _Dim), Cols = _Dim, FirstRow = 0, In0 = _arena.View(_xOffset, T * _Dim), In0Cols = _Dim, Dim_Dim = _Dim },
                         };
                         _pool.Run(weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, T, _pool.ThreadCount), work);
                     }
-                    // [5] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation (1/rms per token once, x·(1/rms)·g quantized or written in one pass) → swiglu ← silu(gate)·up epilogue
+                    // [5] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation → glu ← silu([Gate])·[Up] epilogue
                     {
                         var weights = _gateUp[layer];
-                        // The input once for every weight: 1/rms per token, x·(1/rms)·FfnNorm written (float layouts) or quantized straight to Q8.
-                        var input = _inputs.Prepare(weights.Format, _arena.View(_xOffset, T * _Dim), _Dim, T, _Dim, _model.Layers[layer].FfnNorm.Data, _model.Eps, _pool);
+                        // The input once for every weight, RMS-normalized by FfnNorm: quantized to Q8 for the quantized layouts, read as it is by the float ones.
+                        var input = _inputs.Prepare(weights.Format, _arena.View(_xOffset, T * _Dim), _Dim, T, _Dim, global::Kiln.Kernels.MatMul.InputNorm.Rms, _model.Layers[layer].FfnNorm.Data, null, (float)(_model.Eps), _pool);
                         var work = new MatMul5Work
                         {
                             Weights = weights,
                             Input = input,
-                            Swiglu = new MatMul5Swiglu { Output = _arena.View(_swigluOffset, T * _Hidden), Cols = _Hidden, FirstRow = 0 },
+                            Glu = new MatMul5Glu { Output = _arena.View(_gluOffset, T * _Hidden), Cols = _Hidden, FirstRow = 0, Dim_Hidden = _Hidden },
                         };
                         _pool.Run(weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, T, _pool.ThreadCount), work);
                     }
-                    // [6] matmul: swiglu·[Down]ᵀ → x += · (residual add epilogue, in place)
+                    // [6] matmul: glu·[Down]ᵀ → x ← x + [Down] epilogue (in place)
                     {
                         var weights = _down[layer];
                         // The input once for every weight: quantized to Q8 for the quantized layouts, read as it is by the float ones.
-                        var input = _inputs.Prepare(weights.Format, _arena.View(_swigluOffset, T * _Hidden), _Hidden, T, _Hidden, null, 0f, _pool);
+                        var input = _inputs.Prepare(weights.Format, _arena.View(_gluOffset, T * _Hidden), _Hidden, T, _Hidden, global::Kiln.Kernels.MatMul.InputNorm.None, null, null, 0f, _pool);
                         var work = new MatMul6Work
                         {
                             Weights = weights,
                             Input = input,
-                            X = new MatMul6X { Output = _arena.View(_xOffset, T * _Dim), Cols = _Dim, FirstRow = 0, Residual = _arena.View(_xOffset, T * _Dim) },
+                            X = new MatMul6X { Output = _arena.View(_xOffset, T * _Dim), Cols = _Dim, FirstRow = 0, In0 = _arena.View(_xOffset, T * _Dim), In0Cols = _Dim, Dim_Dim = _Dim },
                         };
                         _pool.Run(weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, T, _pool.ThreadCount), work);
                     }
                 }
 
-                // [7] select rows: x2 ← the rows of x whose logits are wanted
-                {
-                    for (int i = 0; i < O; i++) x.Slice(outputRows[i] * _Dim, _Dim).CopyTo(x2.Slice(i * _Dim, _Dim));
-                }
-                // [8] matmul: x2·[Output]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (1/rms per token once, x·(1/rms)·g quantized or written in one pass) → logits
+                // [7] matmul: (rows(x))·[Output]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (the input chain computed per row while preparing) → logits
                 {
                     var weights = _output;
-                    // The input once for every weight: 1/rms per token, x·(1/rms)·OutputNorm written (float layouts) or quantized straight to Q8.
-                    var input = _inputs.Prepare(weights.Format, _arena.View(_x2Offset, O * _Dim), _Dim, O, _Dim, _model.OutputNorm.Data, _model.Eps, _pool);
-                    var work = new MatMul8Work
+                    // The input once for every weight: rows(x) computed per row, RMS-normalized by OutputNorm, then quantized or read as floats.
+                    var source = new MatMul7Input { In0 = _arena.View(_xOffset, T * _Dim), In0Cols = _Dim, Dim_Dim = _Dim, Context = context };
+                    var input = _inputs.Prepare(weights.Format, source, O, _Dim, global::Kiln.Kernels.MatMul.InputNorm.Rms, _model.OutputNorm.Data, null, (float)(_model.Eps), _pool);
+                    var work = new MatMul7Work
                     {
                         Weights = weights,
                         Input = input,
-                        Logits = new MatMul8Logits { Output = default, Cols = _Vocab, FirstRow = 0 },
+                        Logits = new MatMul7Logits { Output = default, Cols = _Vocab, FirstRow = 0, Dim_Vocab = _Vocab },
                     };
                     // The epilogue writes the caller's logits directly: pinned for the run.
                     global::Kiln.Kernels.MatMul.PinnedOutput.Run(_pool, logits, weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, O, _pool.ThreadCount), work);
@@ -576,18 +587,58 @@ namespace Kiln.Models
                 _output.Dispose();
             }
 
-            private const int AttentionChunks = 32;
-
             /// <summary>Attention scratch for <paramref name="cache"/>: per chunk of work items, every head's scores over its MaxContext and one block's rows.</summary>
             private void GrowScores(global::Kiln.KvCache cache)
             {
                 _scoresMemory?.Dispose();
                 _scoresContext = global::System.Math.Max(_scoresContext, cache.MaxContext);
                 _gatherFloats = global::System.Math.Max(_gatherFloats, global::Kiln.Kernels.MatMul.KvBlocks.ScratchFloats(cache));
-                _scoresPerChunk = checked(_scoresContext * _model.Heads);
-                _scoresMemory = new global::Kiln.Kernels.MatMul.NativeBlock(((long)_scoresPerChunk + _gatherFloats) * AttentionChunks * sizeof(float));
-                _scores = _scoresMemory.Floats(0, AttentionChunks * _scoresPerChunk);
-                _gather = _scoresMemory.Floats((long)AttentionChunks * _scoresPerChunk * sizeof(float), AttentionChunks * _gatherFloats);
+                _scoresPerChunk = global::Kiln.Kernels.Attention.PagedAttention.ScoresPerChunk(_scoresContext, _model.Heads);
+                const int chunks = global::Kiln.Kernels.Attention.PagedAttention.MaxChunks;
+                _scoresMemory = new global::Kiln.Kernels.MatMul.NativeBlock(((long)_scoresPerChunk + _gatherFloats) * chunks * sizeof(float));
+                _scores = _scoresMemory.Floats(0, chunks * _scoresPerChunk);
+                _gather = _scoresMemory.Floats((long)chunks * _scoresPerChunk * sizeof(float), chunks * _gatherFloats);
+            }
+
+            /// <summary>[1] x ← TokenEmbedding[tokens], row by row.</summary>
+            private struct Elementwise1Work : global::Kiln.Threading.IParallelWork
+            {
+                public global::Kiln.Kernels.MatMul.FloatBuffer Output;
+                public float[] G0; public int G0Cols; // TokenEmbedding
+                public int Dim_Dim;
+                public int[] Tokens;
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+                public void Execute(int start, int end)
+                {
+                    for (int t = start; t < end; t++)
+                    {
+                        int o = t * Dim_Dim;
+                        int g0 = Tokens[t] * G0Cols;
+                        int c = 0;
+                        if (global::Kiln.Kernels.Elementwise.Lanes.Use512)
+                        {
+                            for (; c + 16 <= Dim_Dim; c += 16)
+                            {
+                                var e0 = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref G0[g0 + c]);
+                                Output.Store16(o + c, e0);
+                            }
+                        }
+                        if (global::Kiln.Kernels.Elementwise.Lanes.Use256)
+                        {
+                            for (; c + 8 <= Dim_Dim; c += 8)
+                            {
+                                var e0 = global::System.Runtime.Intrinsics.Vector256.LoadUnsafe(ref G0[g0 + c]);
+                                Output.Store8(o + c, e0);
+                            }
+                        }
+                        for (; c < Dim_Dim; c++)
+                        {
+                            var e0 = G0[g0 + c];
+                            Output[o + c] = e0;
+                        }
+                    }
+                }
             }
 
             /// <summary>[2] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
@@ -622,11 +673,13 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[2] q ← rope(·): each adjacent row pair rotated by the token's position (cos/sin from the step's table).</summary>
+            /// <summary>[2] q ← rope([Wq]), then each adjacent pair rotated by the token's position (cos/sin from the step's table).</summary>
             private struct MatMul2Q : global::Kiln.Kernels.MatMul.ITileEpilogue
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
                 public int Cols, FirstRow;
+                public int Dim_QDim;
+                public int Dim_HeadDim;
                 public double[] Cos, Sin;
                 public float[] Cosines, SignedSines;
                 public int Half, HeadDim;
@@ -637,28 +690,32 @@ namespace Kiln.Models
                     int o = row - FirstRow;
                     if (o + 4 <= Cols && HeadDim % 4 == 0) // both pairs in one head: rotate them together
                     {
+                        var e0 = sums;
                         int angle = token * HeadDim + o % HeadDim;
-                        Output.Store4(token * Cols + o, global::Kiln.Kernels.VectorMath.RotatePairs(sums,
+                        Output.Store4(token * Cols + o, global::Kiln.Kernels.VectorMath.RotatePairs(e0,
                             global::System.Runtime.Intrinsics.Vector128.LoadUnsafe(ref Cosines[angle]),
                             global::System.Runtime.Intrinsics.Vector128.LoadUnsafe(ref SignedSines[angle])));
                         return;
                     }
                     for (int i = 0; i < 4 && o + i < Cols; i += 2)
                     {
+                        var a0 = sums[i];
+                        var b0 = sums[i + 1];
                         int c = o + i, pair = (c % HeadDim) / 2;
                         double cos = Cos[token * Half + pair], sin = Sin[token * Half + pair];
-                        float a = sums[i], b = sums[i + 1];
-                        Output[token * Cols + c] = (float)(a * cos - b * sin);
-                        Output[token * Cols + c + 1] = (float)(a * sin + b * cos);
+                        Output[token * Cols + c] = (float)(a0 * cos - b0 * sin);
+                        Output[token * Cols + c + 1] = (float)(a0 * sin + b0 * cos);
                     }
                 }
             }
 
-            /// <summary>[2] k ← rope(·): each adjacent row pair rotated by the token's position (cos/sin from the step's table).</summary>
+            /// <summary>[2] k ← rope([Wk]), then each adjacent pair rotated by the token's position (cos/sin from the step's table).</summary>
             private struct MatMul2K : global::Kiln.Kernels.MatMul.ITileEpilogue
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
                 public int Cols, FirstRow;
+                public int Dim_KvDim;
+                public int Dim_HeadDim;
                 public double[] Cos, Sin;
                 public float[] Cosines, SignedSines;
                 public int Half, HeadDim;
@@ -669,85 +726,46 @@ namespace Kiln.Models
                     int o = row - FirstRow;
                     if (o + 4 <= Cols && HeadDim % 4 == 0) // both pairs in one head: rotate them together
                     {
+                        var e0 = sums;
                         int angle = token * HeadDim + o % HeadDim;
-                        Output.Store4(token * Cols + o, global::Kiln.Kernels.VectorMath.RotatePairs(sums,
+                        Output.Store4(token * Cols + o, global::Kiln.Kernels.VectorMath.RotatePairs(e0,
                             global::System.Runtime.Intrinsics.Vector128.LoadUnsafe(ref Cosines[angle]),
                             global::System.Runtime.Intrinsics.Vector128.LoadUnsafe(ref SignedSines[angle])));
                         return;
                     }
                     for (int i = 0; i < 4 && o + i < Cols; i += 2)
                     {
+                        var a0 = sums[i];
+                        var b0 = sums[i + 1];
                         int c = o + i, pair = (c % HeadDim) / 2;
                         double cos = Cos[token * Half + pair], sin = Sin[token * Half + pair];
-                        float a = sums[i], b = sums[i + 1];
-                        Output[token * Cols + c] = (float)(a * cos - b * sin);
-                        Output[token * Cols + c + 1] = (float)(a * sin + b * cos);
+                        Output[token * Cols + c] = (float)(a0 * cos - b0 * sin);
+                        Output[token * Cols + c + 1] = (float)(a0 * sin + b0 * cos);
                     }
                 }
             }
 
-            /// <summary>[2] v ← ·: the sums stored as they are.</summary>
+            /// <summary>[2] v ← .</summary>
             private struct MatMul2V : global::Kiln.Kernels.MatMul.ITileEpilogue
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
                 public int Cols, FirstRow;
+                public int Dim_KvDim;
 
                 [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
                 public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
                 {
                     int o = row - FirstRow, at = token * Cols + o;
-                    if (o + 4 <= Cols) Output.Store4(at, sums);
-                    else for (int i = 0; o + i < Cols; i++) Output[at + i] = sums[i];
-                }
-            }
-
-            /// <summary>[3] Causal GQA attention, one (token, chunk of KV heads) per item: every query head of the chunk over the same cached rows, block by block of the token's sequence.</summary>
-            private struct Attention3Work : global::Kiln.Threading.IParallelWork
-            {
-                public global::Kiln.Kernels.MatMul.FloatBuffer Q, Output, Scores, Gather;
-                public global::Kiln.KvCache Cache;
-                public global::Kiln.AttentionContext Context;
-                public int ScoresStride, GatherStride, ChunkSize, PerToken, KvPerItem, Layer, Heads, KvHeads, HeadDim, QCols, KvCols;
-                public float Scale;
-
-                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
-                public void Execute(int start, int end)
-                {
-                    // Items come in chunks of ChunkSize from a multiple of it: the chunk's own scratch.
-                    int chunk = start / ChunkSize;
-                    var scores = Scores.Slice(chunk * ScoresStride, ScoresStride);
-                    var gather = Gather.Slice(chunk * GatherStride, GatherStride);
-                    var positions = Context.Positions;
-                    int group = Heads / KvHeads, blockSize = Cache.BlockSize;
-                    bool halves = Cache.Storage == global::Kiln.KvStorage.F16;
-                    for (int item = start; item < end; item++)
+                    if (o + 4 <= Cols)
                     {
-                        int t = item / PerToken, kv0 = item % PerToken * KvPerItem, kv1 = global::System.Math.Min(KvHeads, kv0 + KvPerItem);
-                        int rows = positions[t] + 1, heads = (kv1 - kv0) * group, at = t * QCols + kv0 * group * HeadDim;
-                        // Only this item's KV heads are read: F16 rows in place (widened in registers), int8 ones dequantized into scratch.
-                        int columns = (kv1 - kv0) * HeadDim;
-                        var blocks = Context.BlockTable(Context.SequenceOf(t)); // a contiguous cache: one block per sequence
-                        var query = Q.Slice(at, heads * HeadDim);
-                        var output = Output.Slice(at, heads * HeadDim);
-                        var weights = scores.Slice(0, heads * rows);
-                        for (int b = 0, first = 0; first < rows; b++, first += blockSize)
-                        {
-                            int count = global::System.Math.Min(blockSize, rows - first);
-                            if (halves)
-                                global::Kiln.Kernels.VectorMath.AttentionScores(query, heads, HeadDim, group, global::Kiln.Kernels.MatMul.KvBlocks.HalfKeys(Cache, Layer, blocks[b], count, kv0 * HeadDim, columns), KvCols, count, Scale, weights, rows, first);
-                            else
-                                global::Kiln.Kernels.VectorMath.AttentionScores(query, heads, HeadDim, group, global::Kiln.Kernels.MatMul.KvBlocks.Keys(Cache, Layer, blocks[b], count, kv0 * HeadDim, columns, gather), KvCols, count, Scale, weights, rows, first);
-                        }
-                        for (int h = 0; h < heads; h++) global::Kiln.Kernels.VectorMath.Softmax(weights.Slice(h * rows, rows));
-                        output.Clear();
-                        for (int b = 0, first = 0; first < rows; b++, first += blockSize)
-                        {
-                            int count = global::System.Math.Min(blockSize, rows - first);
-                            if (halves)
-                                global::Kiln.Kernels.VectorMath.AttentionValues(weights, rows, first, heads, HeadDim, group, global::Kiln.Kernels.MatMul.KvBlocks.HalfValues(Cache, Layer, blocks[b], count, kv0 * HeadDim, columns), KvCols, count, output);
-                            else
-                                global::Kiln.Kernels.VectorMath.AttentionValues(weights, rows, first, heads, HeadDim, group, global::Kiln.Kernels.MatMul.KvBlocks.Values(Cache, Layer, blocks[b], count, kv0 * HeadDim, columns, gather), KvCols, count, output);
-                        }
+                        var e0 = sums;
+                        Output.Store4(at, e0);
+                        return;
+                    }
+                    for (int i = 0; o + i < Cols; i++)
+                    {
+                        var e0 = sums[i];
+                        Output[at + i] = e0;
                     }
                 }
             }
@@ -778,19 +796,34 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[4] x ← x + ·: the residual add.</summary>
+            /// <summary>[4] x ← x + [Wo].</summary>
             private struct MatMul4X : global::Kiln.Kernels.MatMul.ITileEpilogue
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
-                public global::Kiln.Kernels.MatMul.FloatBuffer Residual;
                 public int Cols, FirstRow;
+                public global::Kiln.Kernels.MatMul.FloatBuffer In0; public int In0Cols; // x
+                public int Dim_Dim;
 
                 [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
                 public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
                 {
+                    int in0 = token * In0Cols;
                     int o = row - FirstRow, at = token * Cols + o;
-                    if (o + 4 <= Cols) Output.Store4(at, Residual.Load4(at) + sums);
-                    else for (int i = 0; o + i < Cols; i++) Output[at + i] = Residual[at + i] + sums[i];
+                    if (o + 4 <= Cols)
+                    {
+                        var e0 = In0.Load4(in0 + o);
+                        var e1 = sums;
+                        var e2 = e0 + e1;
+                        Output.Store4(at, e2);
+                        return;
+                    }
+                    for (int i = 0; o + i < Cols; i++)
+                    {
+                        var e0 = In0[in0 + o + i];
+                        var e1 = sums[i];
+                        var e2 = e0 + e1;
+                        Output[at + i] = e2;
+                    }
                 }
             }
 
@@ -799,11 +832,11 @@ namespace Kiln.Models
             {
                 public global::Kiln.Kernels.MatMul.PackedMatrix Weights;
                 public global::Kiln.Kernels.MatMul.GemmInput Input;
-                public MatMul5Swiglu Swiglu;
+                public MatMul5Glu Glu;
 
                 public void Execute(int start, int end)
                 {
-                    Run(start, end, ref Swiglu);
+                    Run(start, end, ref Glu);
                 }
 
                 private void Run<TEpilogue>(int first, int end, ref TEpilogue epilogue) where TEpilogue : struct, global::Kiln.Kernels.MatMul.ITileEpilogue
@@ -820,19 +853,42 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[5] swiglu ← silu(gate)·up: rows interleaved gate, up, so each adjacent pair yields one output.</summary>
-            private struct MatMul5Swiglu : global::Kiln.Kernels.MatMul.ITileEpilogue
+            /// <summary>[5] glu ← silu([Gate])·[Up]: rows interleaved, so each adjacent pair of sums yields one output.</summary>
+            private struct MatMul5Glu : global::Kiln.Kernels.MatMul.ITileEpilogue
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
                 public int Cols, FirstRow;
+                public int Dim_Hidden;
 
                 [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
                 public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
                 {
                     int o = (row - FirstRow) / 2, at = token * Cols + o;
-                    var products = global::Kiln.Kernels.VectorMath.SiluGatePairs(sums); // [silu(gate₀)·up₀, silu(gate₁)·up₁, ·, ·]
-                    Output[at] = products[0];
-                    if (o + 1 < Cols) Output[at + 1] = products[1];
+                    var first = global::System.Runtime.Intrinsics.Vector128.Shuffle(sums, global::System.Runtime.Intrinsics.Vector128.Create(0, 2, 0, 2)); // a₀, a₁
+                    var second = global::System.Runtime.Intrinsics.Vector128.Shuffle(sums, global::System.Runtime.Intrinsics.Vector128.Create(1, 3, 1, 3)); // b₀, b₁
+                    if (o + 2 <= Cols)
+                    {
+                        var e0 = first;
+                        var e1 = global::System.Runtime.Intrinsics.Vector128.Create(1f);
+                        var e2 = -e0;
+                        var e3 = global::Kiln.Kernels.Elementwise.Lanes.Exp(e2);
+                        var e4 = e1 + e3;
+                        var e5 = e0 / e4;
+                        var e6 = second;
+                        var e7 = e5 * e6;
+                        Output[at] = e7[0];
+                        Output[at + 1] = e7[1];
+                        return;
+                    }
+                    var l0 = first[0];
+                    var l1 = 1f;
+                    var l2 = -l0;
+                    var l3 = global::Kiln.Kernels.Elementwise.Lanes.Exp(l2);
+                    var l4 = l1 + l3;
+                    var l5 = l0 / l4;
+                    var l6 = second[0];
+                    var l7 = l5 * l6;
+                    Output[at] = l7;
                 }
             }
 
@@ -862,28 +918,43 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[6] x ← x + ·: the residual add.</summary>
+            /// <summary>[6] x ← x + [Down].</summary>
             private struct MatMul6X : global::Kiln.Kernels.MatMul.ITileEpilogue
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
-                public global::Kiln.Kernels.MatMul.FloatBuffer Residual;
                 public int Cols, FirstRow;
+                public global::Kiln.Kernels.MatMul.FloatBuffer In0; public int In0Cols; // x
+                public int Dim_Dim;
 
                 [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
                 public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
                 {
+                    int in0 = token * In0Cols;
                     int o = row - FirstRow, at = token * Cols + o;
-                    if (o + 4 <= Cols) Output.Store4(at, Residual.Load4(at) + sums);
-                    else for (int i = 0; o + i < Cols; i++) Output[at + i] = Residual[at + i] + sums[i];
+                    if (o + 4 <= Cols)
+                    {
+                        var e0 = In0.Load4(in0 + o);
+                        var e1 = sums;
+                        var e2 = e0 + e1;
+                        Output.Store4(at, e2);
+                        return;
+                    }
+                    for (int i = 0; o + i < Cols; i++)
+                    {
+                        var e0 = In0[in0 + o + i];
+                        var e1 = sums[i];
+                        var e2 = e0 + e1;
+                        Output[at + i] = e2;
+                    }
                 }
             }
 
-            /// <summary>[8] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
-            private struct MatMul8Work : global::Kiln.Threading.IParallelWork, global::Kiln.Kernels.MatMul.IOutputWork
+            /// <summary>[7] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
+            private struct MatMul7Work : global::Kiln.Threading.IParallelWork, global::Kiln.Kernels.MatMul.IOutputWork
             {
                 public global::Kiln.Kernels.MatMul.PackedMatrix Weights;
                 public global::Kiln.Kernels.MatMul.GemmInput Input;
-                public MatMul8Logits Logits;
+                public MatMul7Logits Logits;
 
                 public void Execute(int start, int end)
                 {
@@ -906,18 +977,63 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[8] logits ← ·: the sums stored as they are.</summary>
-            private struct MatMul8Logits : global::Kiln.Kernels.MatMul.ITileEpilogue
+            /// <summary>[7] The matmul's input rows: rows(x), computed into the preparation's scratch.</summary>
+            private struct MatMul7Input : global::Kiln.Kernels.MatMul.IRowSource
+            {
+                public global::Kiln.Kernels.MatMul.FloatBuffer In0; public int In0Cols; // x at the wanted rows
+                public int Dim_Dim;
+                public global::Kiln.AttentionContext Context;
+
+                public void Row(int t, global::Kiln.Kernels.MatMul.FloatBuffer destination)
+                {
+                    int in0 = Context.OutputRows[t] * In0Cols;
+                    int c = 0;
+                    if (global::Kiln.Kernels.Elementwise.Lanes.Use512)
+                    {
+                        for (; c + 16 <= destination.Length; c += 16)
+                        {
+                            var e0 = In0.Load16(in0 + c);
+                            destination.Store16(c, e0);
+                        }
+                    }
+                    if (global::Kiln.Kernels.Elementwise.Lanes.Use256)
+                    {
+                        for (; c + 8 <= destination.Length; c += 8)
+                        {
+                            var e0 = In0.Load8(in0 + c);
+                            destination.Store8(c, e0);
+                        }
+                    }
+                    for (; c < destination.Length; c++)
+                    {
+                        var e0 = In0[in0 + c];
+                        destination[c] = e0;
+                    }
+                }
+            }
+
+            /// <summary>[7] logits ← .</summary>
+            private struct MatMul7Logits : global::Kiln.Kernels.MatMul.ITileEpilogue
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
                 public int Cols, FirstRow;
+                public int Dim_Vocab;
 
                 [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
                 public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
                 {
                     int o = row - FirstRow, at = token * Cols + o;
-                    if (o + 4 <= Cols) Output.Store4(at, sums);
-                    else for (int i = 0; o + i < Cols; i++) Output[at + i] = sums[i];
+                    if (o + 4 <= Cols)
+                    {
+                        var e0 = sums;
+                        Output.Store4(at, e0);
+                        return;
+                    }
+                    for (int i = 0; o + i < Cols; i++)
+                    {
+                        var e0 = sums[i];
+                        Output[at + i] = e0;
+                    }
                 }
             }
 

@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
+using Kiln.Kernels.Elementwise;
 using Kiln.Kernels.Quantized;
 using Kiln.Threading;
 
@@ -82,31 +83,50 @@ public sealed unsafe class GemmScratch : IDisposable
 
     /// <summary>
     /// Prepares <paramref name="tokens"/> rows of <paramref name="x"/> (token t at <c>t·xStride</c>, K elements) for a
-    /// matmul in <paramref name="format"/>, normalized first when <paramref name="norm"/> is given.
+    /// matmul in <paramref name="format"/>, RMS-normalized first when <paramref name="norm"/> is given.
     /// Splits the tokens over <paramref name="pool"/> when there are enough of them.
+    /// </summary>
+    public GemmInput Prepare(PackedFormat format, FloatBuffer x, int xStride, int tokens, int k, float[]? norm, float eps, WorkerPool pool) =>
+        Prepare(format, x, xStride, tokens, k, norm is null ? InputNorm.None : InputNorm.Rms, norm, null, eps, pool);
+
+    /// <summary>
+    /// Prepares <paramref name="tokens"/> rows of <paramref name="x"/> (token t at <c>t·xStride</c>, K elements) for a
+    /// matmul in <paramref name="format"/>, normalized first as <paramref name="norm"/> says (with its
+    /// <paramref name="weight"/>, and <paramref name="bias"/> for a LayerNorm that has one).
     /// </summary>
     // Hot from a plan's first step: compiled optimized at once (tier-0 vector code is many times slower).
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public GemmInput Prepare(PackedFormat format, FloatBuffer x, int xStride, int tokens, int k, float[]? norm, float eps, WorkerPool pool)
+    public GemmInput Prepare(PackedFormat format, FloatBuffer x, int xStride, int tokens, int k, InputNorm norm, float[]? weight, float[]? bias, float eps, WorkerPool pool)
     {
-        if ((uint)tokens > (uint)MaxTokens || k <= 0 || k > MaxK)
-            throw new ArgumentOutOfRangeException(nameof(tokens), $"{tokens} tokens of {k} exceed the scratch's {MaxTokens} of {MaxK}.");
         if (tokens > 0 && (long)(tokens - 1) * xStride + k > x.Length)
             throw new ArgumentOutOfRangeException(nameof(x), $"{tokens} rows of {k} at stride {xStride} do not fit a buffer of {x.Length}.");
-        if (norm is not null && norm.Length != k)
-            throw new ArgumentException($"A norm weight of {norm.Length} does not match rows of {k}.", nameof(norm));
-        bool quantized = WeightLayouts.IsQuantized(format);
-        if (quantized && k % 32 != 0) throw new ArgumentException($"Q8 activations need rows of a multiple of 32, not {k}.", nameof(k));
-        if (!quantized && norm is null)
-            return new GemmInput(tokens, k, x.Pointer, xStride, null, 0); // the kernel reads x itself
-
-        byte* quants = _memory.Pointer + _floatBytes;
-        var work = new PrepareWork
+        if (!WeightLayouts.IsQuantized(format) && norm == InputNorm.None)
         {
-            X = x.Pointer,
-            XStride = xStride,
+            Check(format, tokens, k, norm, weight, bias);
+            return new GemmInput(tokens, k, x.Pointer, xStride, null, 0); // the kernel reads x itself
+        }
+        return Prepare(format, new StridedRows(x.Pointer, xStride), tokens, k, norm, weight, bias, eps, pool);
+    }
+
+    /// <summary>
+    /// Prepares a matmul input whose rows a generated <paramref name="source"/> computes (a fused elementwise chain, or
+    /// rows gathered by a row map): each row is written into the float scratch, normalized there as
+    /// <paramref name="norm"/> says, then quantized for the quantized layouts.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public GemmInput Prepare<TSource>(PackedFormat format, TSource source, int tokens, int k, InputNorm norm, float[]? weight, float[]? bias, float eps, WorkerPool pool)
+        where TSource : struct, IRowSource
+    {
+        Check(format, tokens, k, norm, weight, bias);
+        bool quantized = WeightLayouts.IsQuantized(format);
+        byte* quants = _memory.Pointer + _floatBytes;
+        var work = new PrepareWork<TSource>
+        {
+            Source = source,
             K = k,
             Norm = norm,
+            Weight = weight,
+            Bias = bias,
             Eps = eps,
             Floats = (float*)_memory.Pointer,
             FloatStride = _floatStride,
@@ -120,13 +140,33 @@ public sealed unsafe class GemmScratch : IDisposable
             : new GemmInput(tokens, k, (float*)_memory.Pointer, _floatStride, null, 0);
     }
 
+    private void Check(PackedFormat format, int tokens, int k, InputNorm norm, float[]? weight, float[]? bias)
+    {
+        if ((uint)tokens > (uint)MaxTokens || k <= 0 || k > MaxK)
+            throw new ArgumentOutOfRangeException(nameof(tokens), $"{tokens} tokens of {k} exceed the scratch's {MaxTokens} of {MaxK}.");
+        if (norm != InputNorm.None && (weight is null || weight.Length != k))
+            throw new ArgumentException($"A {norm} norm needs a weight of {k}, not {weight?.Length.ToString() ?? "none"}.", nameof(weight));
+        if (bias is not null && (norm != InputNorm.Layer || bias.Length != k))
+            throw new ArgumentException($"A norm bias of {bias.Length} goes with a LayerNorm over rows of {k}.", nameof(bias));
+        if (WeightLayouts.IsQuantized(format) && k % 32 != 0) throw new ArgumentException($"Q8 activations need rows of a multiple of 32, not {k}.", nameof(k));
+    }
+
     public void Dispose() => _memory.Dispose();
 
-    private struct PrepareWork : IParallelWork
+    /// <summary>Rows of a buffer as they are (token t at <c>t·Stride</c>): read in place, never copied.</summary>
+    private readonly struct StridedRows(float* rows, int stride) : IRowSource
     {
-        public float* X;
-        public int XStride, K;
-        public float[]? Norm;
+        public float* RowAt(int token) => rows + (long)token * stride;
+
+        public void Row(int token, FloatBuffer destination) => new ReadOnlySpan<float>(RowAt(token), destination.Length).CopyTo(destination.Span);
+    }
+
+    private struct PrepareWork<TSource> : IParallelWork where TSource : struct, IRowSource
+    {
+        public TSource Source;
+        public int K;
+        public InputNorm Norm;
+        public float[]? Weight, Bias;
         public float Eps;
         public float* Floats;
         public int FloatStride;
@@ -138,26 +178,30 @@ public sealed unsafe class GemmScratch : IDisposable
         {
             for (int t = start; t < end; t++)
             {
-                float* source = X + (long)t * XStride;
                 float* floats = Floats + (long)t * FloatStride;
-                if (Norm is not null)
+                float* row;
+                if (typeof(TSource) == typeof(StridedRows)) row = Unsafe.As<TSource, StridedRows>(ref Source).RowAt(t); // folded by the JIT: no copy
+                else
                 {
-                    Normalize(source, floats, K, Norm, Eps);
-                    source = floats;
+                    Source.Row(t, new FloatBuffer(floats, K));
+                    row = floats;
                 }
-                if (Quants is not null) Quantize(source, Quants + (long)t * QuantStride, K);
+                if (Norm == InputNorm.Rms) Normalize(row, floats, K, Weight!, Eps);
+                else if (Norm == InputNorm.Layer) NormalizeLayer(row, floats, K, Weight!, Bias, Eps);
+                if (Norm != InputNorm.None) row = floats;
+                if (Quants is not null) Quantize(row, Quants + (long)t * QuantStride, K);
             }
         }
     }
 
     /// <summary>
     /// y = x·(1/rms)·g with 1/rms = 1/sqrt(Σx²/K + eps) in double and each product rounded as the eager RmsNorm
-    /// rounds it: (float)(x·scale·g) in double.
+    /// rounds it: (float)(x·scale·g) in double. <paramref name="y"/> may be <paramref name="x"/>.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void Normalize(float* x, float* y, int k, float[] g, float eps)
     {
-        double scale = 1.0 / Math.Sqrt(SumOfSquares(x, k) / k + eps);
+        double scale = 1.0 / Math.Sqrt(RowStatistics.SumOfSquares(x, k) / k + eps);
         fixed (float* weight = g)
         {
             int i = 0;
@@ -176,26 +220,33 @@ public sealed unsafe class GemmScratch : IDisposable
         }
     }
 
-    /// <summary>Σx² accumulated in double.</summary>
+    /// <summary>
+    /// y = (x − mean)·(1/σ)·g + b with mean and variance in double and each element rounded once, as the eager
+    /// LayerNorm rounds it. <paramref name="y"/> may be <paramref name="x"/>.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static double SumOfSquares(float* x, int k)
+    internal static void NormalizeLayer(float* x, float* y, int k, float[] g, float[]? b, float eps)
     {
-        int i = 0;
-        double sum = 0;
-        if (Vector512.IsHardwareAccelerated)
+        RowStatistics.Moments(x, k, out double mean, out double variance);
+        double scale = 1.0 / Math.Sqrt(variance + eps);
+        fixed (float* weight = g)
+        fixed (float* bias = b)
         {
-            Vector512<double> a0 = default, a1 = default;
-            for (; i + 16 <= k; i += 16)
+            int i = 0;
+            if (Vector512.IsHardwareAccelerated)
             {
-                Vector512<float> v = Vector512.Load(x + i);
-                Vector512<double> lo = Vector512.WidenLower(v), hi = Vector512.WidenUpper(v);
-                a0 = Vector512.FusedMultiplyAdd(lo, lo, a0);
-                a1 = Vector512.FusedMultiplyAdd(hi, hi, a1);
+                Vector512<double> m = Vector512.Create(mean), s = Vector512.Create(scale);
+                for (; i + 16 <= k; i += 16)
+                {
+                    Vector512<float> v = Vector512.Load(x + i), w = Vector512.Load(weight + i);
+                    Vector512<float> c = bias is null ? Vector512<float>.Zero : Vector512.Load(bias + i);
+                    Vector512<double> lo = (Vector512.WidenLower(v) - m) * s * Vector512.WidenLower(w) + Vector512.WidenLower(c);
+                    Vector512<double> hi = (Vector512.WidenUpper(v) - m) * s * Vector512.WidenUpper(w) + Vector512.WidenUpper(c);
+                    Vector512.Narrow(lo, hi).Store(y + i);
+                }
             }
-            sum = Vector512.Sum(a0 + a1);
+            for (; i < k; i++) y[i] = (float)((x[i] - mean) * scale * weight[i] + (bias is null ? 0.0 : bias[i]));
         }
-        for (; i < k; i++) sum += (double)x[i] * x[i];
-        return sum;
     }
 
     /// <summary>Quantizes one token's K values into its Q8 activations (layout in the class summary).</summary>
@@ -250,4 +301,26 @@ public sealed unsafe class GemmScratch : IDisposable
         for (int i = 0; i < 32; i++) sum += q[i];
         return sum;
     }
+}
+
+/// <summary>The norm a matmul's input preparation applies to each row before the weights read it.</summary>
+public enum InputNorm
+{
+    None,
+
+    /// <summary>x·(1/rms)·g.</summary>
+    Rms,
+
+    /// <summary>(x − mean)·(1/σ)·g (+ b).</summary>
+    Layer,
+}
+
+/// <summary>
+/// Where a matmul's input rows come from when they are not a buffer's rows as they are: the generated plan implements
+/// it for an elementwise chain fused into the input preparation (or rows gathered by a row map), writing token t's K
+/// floats into <c>destination</c>, which the preparation then normalizes and quantizes in place.
+/// </summary>
+public interface IRowSource
+{
+    void Row(int token, FloatBuffer destination);
 }

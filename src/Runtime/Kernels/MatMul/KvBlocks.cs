@@ -9,26 +9,26 @@ namespace Kiln.Kernels.MatMul;
 /// </summary>
 public static class KvBlocks
 {
-    /// <summary>Keys <paramref name="firstColumn"/>..+<paramref name="columns"/> of the first <paramref name="rows"/> rows of <paramref name="block"/> in <paramref name="layer"/>.</summary>
-    public static ReadOnlySpan<float> Keys(KvCache cache, int layer, int block, int rows, int firstColumn, int columns, Span<float> scratch) =>
-        Read(cache, layer, block, rows, firstColumn, columns, scratch, keys: true);
+    /// <summary>Keys <paramref name="firstColumn"/>..+<paramref name="columns"/> of rows <paramref name="firstRow"/>..+<paramref name="rows"/> of <paramref name="block"/> in <paramref name="layer"/>.</summary>
+    public static ReadOnlySpan<float> Keys(KvCache cache, int layer, int block, int firstRow, int rows, int firstColumn, int columns, Span<float> scratch) =>
+        Read(cache, layer, block, firstRow, rows, firstColumn, columns, scratch, keys: true);
 
-    /// <summary>Values <paramref name="firstColumn"/>..+<paramref name="columns"/> of the first <paramref name="rows"/> rows of <paramref name="block"/> in <paramref name="layer"/>.</summary>
-    public static ReadOnlySpan<float> Values(KvCache cache, int layer, int block, int rows, int firstColumn, int columns, Span<float> scratch) =>
-        Read(cache, layer, block, rows, firstColumn, columns, scratch, keys: false);
+    /// <summary>Values <paramref name="firstColumn"/>..+<paramref name="columns"/> of rows <paramref name="firstRow"/>..+<paramref name="rows"/> of <paramref name="block"/> in <paramref name="layer"/>.</summary>
+    public static ReadOnlySpan<float> Values(KvCache cache, int layer, int block, int firstRow, int rows, int firstColumn, int columns, Span<float> scratch) =>
+        Read(cache, layer, block, firstRow, rows, firstColumn, columns, scratch, keys: false);
 
-    /// <summary>F16 storage: keys <paramref name="firstColumn"/>..+<paramref name="columns"/> of the first <paramref name="rows"/> rows of <paramref name="block"/>, as stored (halves in place).</summary>
-    public static ReadOnlySpan<Half> HalfKeys(KvCache cache, int layer, int block, int rows, int firstColumn, int columns)
+    /// <summary>F16 storage: keys <paramref name="firstColumn"/>..+<paramref name="columns"/> of rows <paramref name="firstRow"/>..+<paramref name="rows"/> of <paramref name="block"/>, as stored (halves in place).</summary>
+    public static ReadOnlySpan<Half> HalfKeys(KvCache cache, int layer, int block, int firstRow, int rows, int firstColumn, int columns)
     {
-        int length = CheckHalf(cache, block, rows, firstColumn, columns);
-        return cache.HalfKeyBlock(layer, block).Slice(firstColumn, length);
+        int length = CheckHalf(cache, block, firstRow, rows, firstColumn, columns);
+        return cache.HalfKeyBlock(layer, block).Slice(firstRow * cache.KvDim + firstColumn, length);
     }
 
-    /// <summary>F16 storage: values <paramref name="firstColumn"/>..+<paramref name="columns"/> of the first <paramref name="rows"/> rows of <paramref name="block"/>, as stored (halves in place).</summary>
-    public static ReadOnlySpan<Half> HalfValues(KvCache cache, int layer, int block, int rows, int firstColumn, int columns)
+    /// <summary>F16 storage: values <paramref name="firstColumn"/>..+<paramref name="columns"/> of rows <paramref name="firstRow"/>..+<paramref name="rows"/> of <paramref name="block"/>, as stored (halves in place).</summary>
+    public static ReadOnlySpan<Half> HalfValues(KvCache cache, int layer, int block, int firstRow, int rows, int firstColumn, int columns)
     {
-        int length = CheckHalf(cache, block, rows, firstColumn, columns);
-        return cache.HalfValueBlock(layer, block).Slice(firstColumn, length);
+        int length = CheckHalf(cache, block, firstRow, rows, firstColumn, columns);
+        return cache.HalfValueBlock(layer, block).Slice(firstRow * cache.KvDim + firstColumn, length);
     }
 
     /// <summary>
@@ -41,32 +41,32 @@ public static class KvBlocks
         return cache.Storage == KvStorage.Int8 ? checked(cache.BlockSize * cache.KvDim) : 0;
     }
 
-    private static int CheckHalf(KvCache cache, int block, int rows, int firstColumn, int columns)
+    private static int CheckHalf(KvCache cache, int block, int firstRow, int rows, int firstColumn, int columns)
     {
         ArgumentNullException.ThrowIfNull(cache);
         if (cache.Storage != KvStorage.F16) throw new InvalidOperationException($"This KV cache stores {cache.Storage}, not F16.");
-        return Check(cache, block, rows, firstColumn, columns);
+        return Check(cache, block, firstRow, rows, firstColumn, columns);
     }
 
     /// <summary>Validates a block read; returns the span length it covers: (rows − 1) whole rows and the columns of the last.</summary>
-    private static int Check(KvCache cache, int block, int rows, int firstColumn, int columns)
+    private static int Check(KvCache cache, int block, int firstRow, int rows, int firstColumn, int columns)
     {
         int kvDim = cache.KvDim;
-        if ((uint)block >= (uint)cache.BlockCount || rows < 1 || rows > cache.BlockSize)
-            throw new ArgumentOutOfRangeException(nameof(block), $"KV cache has {cache.BlockCount} blocks of {cache.BlockSize} rows; asked for {rows} rows of block {block}.");
+        if ((uint)block >= (uint)cache.BlockCount || firstRow < 0 || rows < 1 || rows > cache.BlockSize - firstRow)
+            throw new ArgumentOutOfRangeException(nameof(block), $"KV cache has {cache.BlockCount} blocks of {cache.BlockSize} rows; asked for rows {firstRow}..+{rows} of block {block}.");
         if (firstColumn < 0 || columns < 1 || columns > kvDim - firstColumn)
             throw new ArgumentOutOfRangeException(nameof(columns), $"A KV row holds {kvDim} elements; asked for {columns} from column {firstColumn}.");
         return (rows - 1) * kvDim + columns;
     }
 
-    private static ReadOnlySpan<float> Read(KvCache cache, int layer, int block, int rows, int firstColumn, int columns, Span<float> scratch, bool keys)
+    private static ReadOnlySpan<float> Read(KvCache cache, int layer, int block, int firstRow, int rows, int firstColumn, int columns, Span<float> scratch, bool keys)
     {
         ArgumentNullException.ThrowIfNull(cache);
-        int kvDim = cache.KvDim, length = Check(cache, block, rows, firstColumn, columns);
+        int kvDim = cache.KvDim, length = Check(cache, block, firstRow, rows, firstColumn, columns);
         if (cache.Storage == KvStorage.F32)
-            return (keys ? cache.KeyBlock(layer, block) : cache.ValueBlock(layer, block)).Slice(firstColumn, length);
+            return (keys ? cache.KeyBlock(layer, block) : cache.ValueBlock(layer, block)).Slice(firstRow * kvDim + firstColumn, length);
 
-        int first = block * cache.BlockSize;
+        int first = block * cache.BlockSize + firstRow;
         for (int r = 0; r < rows; r++)
         {
             var destination = scratch.Slice(r * kvDim, columns);

@@ -54,6 +54,38 @@ public readonly unsafe struct FloatBuffer
         return new FloatBuffer(_data + start, length);
     }
 
+    /// <summary>Sixteen consecutive elements from <paramref name="index"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public Vector512<float> Load16(int index)
+    {
+        Debug.Assert((uint)index <= (uint)(Length - 16));
+        return Vector512.Load(_data + index);
+    }
+
+    /// <summary>Eight consecutive elements from <paramref name="index"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public Vector256<float> Load8(int index)
+    {
+        Debug.Assert((uint)index <= (uint)(Length - 8));
+        return Vector256.Load(_data + index);
+    }
+
+    /// <summary>Stores sixteen consecutive elements from <paramref name="index"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Store16(int index, Vector512<float> value)
+    {
+        Debug.Assert((uint)index <= (uint)(Length - 16));
+        value.Store(_data + index);
+    }
+
+    /// <summary>Stores eight consecutive elements from <paramref name="index"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Store8(int index, Vector256<float> value)
+    {
+        Debug.Assert((uint)index <= (uint)(Length - 8));
+        value.Store(_data + index);
+    }
+
     /// <summary>Four consecutive elements from <paramref name="index"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public Vector128<float> Load4(int index)

@@ -200,32 +200,58 @@ public sealed unsafe class PackedMatrix : IDisposable
     public string Describe() => $"{WeightLayouts.Describe(Format)} [{Rows}, {K}] ({string.Join("; ", _sources)})";
 
     /// <summary>Packs <paramref name="weight"/> [Out, K] into rows from <paramref name="rowOffset"/> (a multiple of 4).</summary>
-    public void Pack(int rowOffset, Tensor weight, string name = "")
+    public void Pack(int rowOffset, Tensor weight, string name = "") => Pack(rowOffset, weight, 0, weight?.Rows ?? 0, name);
+
+    /// <summary>
+    /// Packs rows [<paramref name="firstRow"/>, +<paramref name="rows"/>) of <paramref name="weight"/> — one part of a
+    /// fused QKV or gate/up projection — into rows from <paramref name="rowOffset"/> (a multiple of 4).
+    /// </summary>
+    public void Pack(int rowOffset, Tensor weight, int firstRow, int rows, string name = "")
     {
-        Check(rowOffset, weight, weight.Rows);
+        Check(rowOffset, weight, rows);
+        CheckRows(weight, firstRow, rows);
         var row = new RowSource(this, weight);
-        for (int o = 0; o < weight.Rows; o++) PackRow(rowOffset + o, row.Get(o));
+        for (int o = 0; o < rows; o++) PackRow(rowOffset + o, row.Get(firstRow + o));
         Note(name, weight);
     }
 
     /// <summary>
     /// Interleaves two [Out, K] weights row by row (first₀, second₀, first₁, second₁, …) from <paramref name="rowOffset"/>:
-    /// a gate/up pair then meets in the same group, and the epilogue turns each adjacent pair into silu(gate)·up.
+    /// a gate/up pair then meets in the same group, and the epilogue turns each adjacent pair into one output (silu(gate)·up).
     /// </summary>
     public void PackInterleaved(int rowOffset, Tensor first, Tensor second, string firstName = "", string secondName = "")
     {
         if (first.Rows != second.Rows || first.Cols != second.Cols)
             throw new ArgumentException($"Interleaved weights differ in shape: {first} and {second}.");
-        Check(rowOffset, first, 2 * first.Rows);
+        PackInterleaved(rowOffset, first, 0, second, 0, first.Rows, firstName, secondName);
+    }
+
+    /// <summary>
+    /// Interleaves rows [<paramref name="firstStart"/>, +<paramref name="rows"/>) of <paramref name="first"/> with rows
+    /// [<paramref name="secondStart"/>, +<paramref name="rows"/>) of <paramref name="second"/> (the two may be one fused
+    /// gate/up weight) from <paramref name="rowOffset"/>.
+    /// </summary>
+    public void PackInterleaved(int rowOffset, Tensor first, int firstStart, Tensor second, int secondStart, int rows, string firstName = "", string secondName = "")
+    {
+        Check(rowOffset, first, 2 * rows);
+        Check(rowOffset, second, 2 * rows);
+        CheckRows(first, firstStart, rows);
+        CheckRows(second, secondStart, rows);
         var a = new RowSource(this, first);
         var b = new RowSource(this, second);
-        for (int o = 0; o < first.Rows; o++)
+        for (int o = 0; o < rows; o++)
         {
-            PackRow(rowOffset + 2 * o, a.Get(o));
-            PackRow(rowOffset + 2 * o + 1, b.Get(o));
+            PackRow(rowOffset + 2 * o, a.Get(firstStart + o));
+            PackRow(rowOffset + 2 * o + 1, b.Get(secondStart + o));
         }
         Note(firstName, first);
         Note(secondName, second);
+    }
+
+    private static void CheckRows(Tensor weight, int firstRow, int rows)
+    {
+        if (firstRow < 0 || rows < 0 || rows > weight.Rows - firstRow)
+            throw new ArgumentOutOfRangeException(nameof(rows), $"Rows [{firstRow}, {firstRow}+{rows}) are not within the {weight.Rows} rows of {weight}.");
     }
 
     /// <summary>The float values packed row <paramref name="row"/> stands for (tests, debugging): w = d·q as the kernels see it.</summary>

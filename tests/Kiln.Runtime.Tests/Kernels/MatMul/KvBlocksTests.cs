@@ -26,23 +26,29 @@ public sealed class KvBlocksTests
 
         var scratch = new float[BlockSize * KvDim + 1]; // Keys/Values dequantize F16 too when asked
         var expected = new float[KvDim];
-        // The whole row, and one work item's heads (columns 8..24: heads 1 and 2 of 8 wide).
+        // The whole row, and one work item's heads (columns 8..24: heads 1 and 2 of 8 wide); from a block's first row, and
+        // from a later one (a sliding window's first visible position).
         foreach (var (firstColumn, columns) in new[] { (0, KvDim), (8, 16) })
-            for (int layer = 0; layer < Layers; layer++)
-                for (int block = 0; block < Blocks; block++)
-                {
-                    int rows = block == 1 ? BlockSize - 2 : BlockSize; // a partial block, as the last one of a sequence
-                    var keys = KvBlocks.Keys(cache, layer, block, rows, firstColumn, columns, scratch).ToArray();
-                    var values = KvBlocks.Values(cache, layer, block, rows, firstColumn, columns, scratch).ToArray();
-                    Assert.Equal((rows - 1) * KvDim + columns, keys.Length);
-                    for (int r = 0; r < rows; r++)
+            foreach (int firstRow in new[] { 0, 2 })
+                for (int layer = 0; layer < Layers; layer++)
+                    for (int block = 0; block < Blocks; block++)
                     {
-                        cache.ReadKey(layer, block * BlockSize + r, expected);
-                        Assert.Equal(expected.AsSpan(firstColumn, columns).ToArray(), keys.AsSpan(r * KvDim, columns).ToArray());
-                        cache.ReadValue(layer, block * BlockSize + r, expected);
-                        Assert.Equal(expected.AsSpan(firstColumn, columns).ToArray(), values.AsSpan(r * KvDim, columns).ToArray());
+                        int rows = (block == 1 ? BlockSize - 2 : BlockSize) - firstRow; // a partial block, as the last one of a sequence
+                        var keys = KvBlocks.Keys(cache, layer, block, firstRow, rows, firstColumn, columns, scratch).ToArray();
+                        var values = KvBlocks.Values(cache, layer, block, firstRow, rows, firstColumn, columns, scratch).ToArray();
+                        float[]? halfKeys = storage == KvStorage.F16
+                            ? Array.ConvertAll(KvBlocks.HalfKeys(cache, layer, block, firstRow, rows, firstColumn, columns).ToArray(), h => (float)h)
+                            : null;
+                        Assert.Equal((rows - 1) * KvDim + columns, keys.Length);
+                        for (int r = 0; r < rows; r++)
+                        {
+                            cache.ReadKey(layer, block * BlockSize + firstRow + r, expected);
+                            Assert.Equal(expected.AsSpan(firstColumn, columns).ToArray(), keys.AsSpan(r * KvDim, columns).ToArray());
+                            if (halfKeys is not null) Assert.Equal(expected.AsSpan(firstColumn, columns).ToArray(), halfKeys.AsSpan(r * KvDim, columns).ToArray());
+                            cache.ReadValue(layer, block * BlockSize + firstRow + r, expected);
+                            Assert.Equal(expected.AsSpan(firstColumn, columns).ToArray(), values.AsSpan(r * KvDim, columns).ToArray());
+                        }
                     }
-                }
     }
 
     [Theory]
@@ -69,8 +75,9 @@ public sealed class KvBlocksTests
         var cache = KvCache.Paged(1, 2, 4, 16, KvStorage.F16);
         Assert.Equal(0, KvBlocks.ScratchFloats(cache)); // read in place by the kernels
         var scratch = new float[4 * 16];
-        Assert.Throws<ArgumentOutOfRangeException>(() => KvBlocks.Keys(cache, 0, 2, 4, 0, 16, scratch).Length);
-        Assert.Throws<ArgumentOutOfRangeException>(() => KvBlocks.Values(cache, 0, 0, 5, 0, 16, scratch).Length);
-        Assert.Throws<ArgumentOutOfRangeException>(() => KvBlocks.Values(cache, 0, 0, 4, 8, 9, scratch).Length);
+        Assert.Throws<ArgumentOutOfRangeException>(() => KvBlocks.Keys(cache, 0, 2, 0, 4, 0, 16, scratch).Length);
+        Assert.Throws<ArgumentOutOfRangeException>(() => KvBlocks.Values(cache, 0, 0, 0, 5, 0, 16, scratch).Length);
+        Assert.Throws<ArgumentOutOfRangeException>(() => KvBlocks.Values(cache, 0, 0, 0, 4, 8, 9, scratch).Length);
+        Assert.Throws<ArgumentOutOfRangeException>(() => KvBlocks.HalfKeys(cache, 0, 0, 2, 3, 0, 16).Length); // rows 2..4 of a 4-row block
     }
 }

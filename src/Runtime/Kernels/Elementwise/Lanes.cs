@@ -1,0 +1,231 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace Kiln.Kernels.Elementwise;
+
+/// <summary>
+/// The math primitives the generator composes elementwise kernels from, one overload per width (Vector512,
+/// Vector256, Vector128 and float), so a fused loop body renders the same at every width: e^x, ln x, tanh and erf.
+/// Activations are not here — GELU, SiLU, sigmoid, softplus and soft-capping are built from these by the generator
+/// (Kiln.Generators' elementwise emitter), so a new activation never needs a new runtime routine.
+/// <para>
+/// e^x is a polynomial inlined into the loop (the BCL's vector Exp is a call); tanh and erf go through double, where
+/// 1 − 2/(e^2x + 1) and the erfc approximation below keep float32 accuracy without a cancellation near zero.
+/// </para>
+/// </summary>
+public static class Lanes
+{
+    /// <summary>The widest vector path generated loops take: 512, 256 or 1 (scalar). Tests lower it to force a path.</summary>
+    public static int Widest { get; private set; } = Vector512.IsHardwareAccelerated ? 512 : Vector256.IsHardwareAccelerated ? 256 : 1;
+
+    /// <summary>True when generated loops take their Vector512 path.</summary>
+    public static bool Use512
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => Widest >= 512;
+    }
+
+    /// <summary>True when generated loops take their Vector256 path (for what the 512-bit one left, or all of it).</summary>
+    public static bool Use256
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => Widest >= 256;
+    }
+
+    /// <summary>
+    /// Forces generated loops onto <paramref name="width"/> (512, 256 or 1) until the returned scope is disposed;
+    /// a width this machine cannot run is refused. For tests.
+    /// </summary>
+    public static IDisposable Force(int width)
+    {
+        bool supported = width switch
+        {
+            512 => Vector512.IsHardwareAccelerated,
+            256 => Vector256.IsHardwareAccelerated,
+            1 => true,
+            _ => throw new ArgumentOutOfRangeException(nameof(width), width, "A lane width is 512, 256 or 1."),
+        };
+        if (!supported) throw new PlatformNotSupportedException($"This machine has no accelerated {width}-bit vectors.");
+        int previous = Widest;
+        Widest = width;
+        return new Restore(previous);
+    }
+
+    private sealed class Restore(int previous) : IDisposable
+    {
+        public void Dispose() => Widest = previous;
+    }
+
+    // ---- e^x: x = n·ln2 + r, |r| ≤ ln2/2, e^r by a degree-6 polynomial (relative error < 2e-7), 2^n into the exponent.
+    // Inputs are clamped to ±87: e^87 is near float.MaxValue, and below −87 the exact result rounds to ~0 anyway.
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Exp(Vector512<float> x)
+    {
+        x = Vector512.Min(Vector512.Max(x, Vector512.Create(-87f)), Vector512.Create(87f));
+        Vector512<float> n = Vector512.Round(x * Vector512.Create(1.44269504f));
+        Vector512<float> r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-0.693145752f), x);
+        r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-1.42860677e-6f), r);
+        Vector512<float> p = Vector512.Create(1f / 720);
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(1f / 120));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(1f / 24));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(1f / 6));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(0.5f));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512<float>.One);
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512<float>.One);
+        return (p.AsInt32() + (Vector512.ConvertToInt32(n) << 23)).AsSingle();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Exp(Vector256<float> x)
+    {
+        x = Vector256.Min(Vector256.Max(x, Vector256.Create(-87f)), Vector256.Create(87f));
+        Vector256<float> n = Vector256.Round(x * Vector256.Create(1.44269504f));
+        Vector256<float> r = Vector256.FusedMultiplyAdd(n, Vector256.Create(-0.693145752f), x);
+        r = Vector256.FusedMultiplyAdd(n, Vector256.Create(-1.42860677e-6f), r);
+        Vector256<float> p = Vector256.Create(1f / 720);
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(1f / 120));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(1f / 24));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(1f / 6));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(0.5f));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256<float>.One);
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256<float>.One);
+        return (p.AsInt32() + (Vector256.ConvertToInt32(n) << 23)).AsSingle();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector128<float> Exp(Vector128<float> x)
+    {
+        x = Vector128.Min(Vector128.Max(x, Vector128.Create(-87f)), Vector128.Create(87f));
+        Vector128<float> n = Vector128.Round(x * Vector128.Create(1.44269504f));
+        Vector128<float> r = Vector128.FusedMultiplyAdd(n, Vector128.Create(-0.693145752f), x);
+        r = Vector128.FusedMultiplyAdd(n, Vector128.Create(-1.42860677e-6f), r);
+        Vector128<float> p = Vector128.Create(1f / 720);
+        p = Vector128.FusedMultiplyAdd(p, r, Vector128.Create(1f / 120));
+        p = Vector128.FusedMultiplyAdd(p, r, Vector128.Create(1f / 24));
+        p = Vector128.FusedMultiplyAdd(p, r, Vector128.Create(1f / 6));
+        p = Vector128.FusedMultiplyAdd(p, r, Vector128.Create(0.5f));
+        p = Vector128.FusedMultiplyAdd(p, r, Vector128<float>.One);
+        p = Vector128.FusedMultiplyAdd(p, r, Vector128<float>.One);
+        return (p.AsInt32() + (Vector128.ConvertToInt32(n) << 23)).AsSingle();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Exp(float x) => MathF.Exp(x);
+
+    // ---- ln x (softplus): the BCL's, accurate to an ulp at every width.
+
+    public static Vector512<float> Log(Vector512<float> x) => Vector512.Log(x);
+
+    public static Vector256<float> Log(Vector256<float> x) => Vector256.Log(x);
+
+    public static Vector128<float> Log(Vector128<float> x) => Vector128.Log(x);
+
+    public static float Log(float x) => MathF.Log(x);
+
+    // ---- tanh: 1 − 2/(e^(2|x|) + 1) in double, the sign put back (no cancellation near 0; ±1 past |x| ≈ 9).
+
+    public static Vector512<float> Tanh(Vector512<float> x) =>
+        Vector512.Narrow(Tanh(Vector512.WidenLower(x)), Tanh(Vector512.WidenUpper(x)));
+
+    public static Vector256<float> Tanh(Vector256<float> x) =>
+        Vector256.Narrow(Tanh(Vector256.WidenLower(x)), Tanh(Vector256.WidenUpper(x)));
+
+    public static Vector128<float> Tanh(Vector128<float> x) =>
+        Vector128.Narrow(Tanh(Vector128.WidenLower(x)), Tanh(Vector128.WidenUpper(x)));
+
+    public static float Tanh(float x) => (float)Math.Tanh(x);
+
+    private static Vector512<double> Tanh(Vector512<double> x)
+    {
+        Vector512<double> e = Vector512.Exp(Vector512.Abs(x) * 2.0);
+        return Vector512.CopySign(Vector512<double>.One - Vector512.Create(2.0) / (e + Vector512<double>.One), x);
+    }
+
+    private static Vector256<double> Tanh(Vector256<double> x)
+    {
+        Vector256<double> e = Vector256.Exp(Vector256.Abs(x) * 2.0);
+        return Vector256.CopySign(Vector256<double>.One - Vector256.Create(2.0) / (e + Vector256<double>.One), x);
+    }
+
+    private static Vector128<double> Tanh(Vector128<double> x)
+    {
+        Vector128<double> e = Vector128.Exp(Vector128.Abs(x) * 2.0);
+        return Vector128.CopySign(Vector128<double>.One - Vector128.Create(2.0) / (e + Vector128<double>.One), x);
+    }
+
+    // ---- erf = 1 − erfc, with erfc(|x|) = t·e^(−x² + P(t)), t = 1/(1 + |x|/2), a Chebyshev-fitted P of degree 9
+    // (fractional error below 1.2e-7 everywhere), evaluated in double; the sign put back.
+
+    public static Vector512<float> Erf(Vector512<float> x) =>
+        Vector512.Narrow(Erf(Vector512.WidenLower(x)), Erf(Vector512.WidenUpper(x)));
+
+    public static Vector256<float> Erf(Vector256<float> x) =>
+        Vector256.Narrow(Erf(Vector256.WidenLower(x)), Erf(Vector256.WidenUpper(x)));
+
+    public static Vector128<float> Erf(Vector128<float> x) =>
+        Vector128.Narrow(Erf(Vector128.WidenLower(x)), Erf(Vector128.WidenUpper(x)));
+
+    public static float Erf(float x)
+    {
+        double a = Math.Abs((double)x), t = 1.0 / (1.0 + 0.5 * a);
+        double erfc = t * Math.Exp(-a * a + ErfcPolynomial(t));
+        return (float)Math.CopySign(1.0 - erfc, x);
+    }
+
+    private static Vector512<double> Erf(Vector512<double> x)
+    {
+        Vector512<double> a = Vector512.Abs(x), t = Vector512<double>.One / (Vector512<double>.One + a * 0.5);
+        Vector512<double> erfc = t * Vector512.Exp(-(a * a) + ErfcPolynomial(t));
+        return Vector512.CopySign(Vector512<double>.One - erfc, x);
+    }
+
+    private static Vector256<double> Erf(Vector256<double> x)
+    {
+        Vector256<double> a = Vector256.Abs(x), t = Vector256<double>.One / (Vector256<double>.One + a * 0.5);
+        Vector256<double> erfc = t * Vector256.Exp(-(a * a) + ErfcPolynomial(t));
+        return Vector256.CopySign(Vector256<double>.One - erfc, x);
+    }
+
+    private static Vector128<double> Erf(Vector128<double> x)
+    {
+        Vector128<double> a = Vector128.Abs(x), t = Vector128<double>.One / (Vector128<double>.One + a * 0.5);
+        Vector128<double> erfc = t * Vector128.Exp(-(a * a) + ErfcPolynomial(t));
+        return Vector128.CopySign(Vector128<double>.One - erfc, x);
+    }
+
+    // The exponent's polynomial in t, Horner form; one copy of the coefficients for every width.
+    private static readonly double[] ErfcCoefficients =
+    [
+        -1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
+        0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277,
+    ];
+
+    private static double ErfcPolynomial(double t)
+    {
+        double p = ErfcCoefficients[^1];
+        for (int i = ErfcCoefficients.Length - 2; i >= 0; i--) p = p * t + ErfcCoefficients[i];
+        return p;
+    }
+
+    private static Vector512<double> ErfcPolynomial(Vector512<double> t)
+    {
+        Vector512<double> p = Vector512.Create(ErfcCoefficients[^1]);
+        for (int i = ErfcCoefficients.Length - 2; i >= 0; i--) p = Vector512.FusedMultiplyAdd(p, t, Vector512.Create(ErfcCoefficients[i]));
+        return p;
+    }
+
+    private static Vector256<double> ErfcPolynomial(Vector256<double> t)
+    {
+        Vector256<double> p = Vector256.Create(ErfcCoefficients[^1]);
+        for (int i = ErfcCoefficients.Length - 2; i >= 0; i--) p = Vector256.FusedMultiplyAdd(p, t, Vector256.Create(ErfcCoefficients[i]));
+        return p;
+    }
+
+    private static Vector128<double> ErfcPolynomial(Vector128<double> t)
+    {
+        Vector128<double> p = Vector128.Create(ErfcCoefficients[^1]);
+        for (int i = ErfcCoefficients.Length - 2; i >= 0; i--) p = Vector128.FusedMultiplyAdd(p, t, Vector128.Create(ErfcCoefficients[i]));
+        return p;
+    }
+}

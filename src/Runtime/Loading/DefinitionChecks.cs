@@ -1,0 +1,48 @@
+using System.Globalization;
+
+namespace Kiln.Loading;
+
+/// <summary>
+/// What a model file states against what the model definition does, checked when the generated Load binds a file:
+/// a statement that changes the math (a sliding window, a soft cap, a norm's epsilon, a rope base or width, rope
+/// scaling, a tokenizer) must be read by the definition, or agree with it — never silently ignored.
+/// </summary>
+public static class DefinitionChecks
+{
+    /// <summary>Throws when <paramref name="file"/> states <paramref name="key"/>, which <paramref name="model"/> does not read.</summary>
+    public static void RequireRead(ModelFile file, string key, string model)
+    {
+        ArgumentNullException.ThrowIfNull(file);
+        if (!file.Metadata.TryGetValue(key, out var value)) return;
+        if (key.EndsWith(".expert_count", StringComparison.Ordinal) && value.TryGetInt64(out long experts) && experts == 0) return;
+        throw new ModelLoadException(file.Path, key, null,
+            $"the file states {key} = {value}, but {model} does not read it, so its forward would compute without it; bind it with [Hyper(\"{key}\")] and use it, or load the file with a definition that does.");
+    }
+
+    /// <summary>Throws when <paramref name="file"/> states <paramref name="key"/> with another value than the forward's <paramref name="used"/>.</summary>
+    public static void RequireAgrees(ModelFile file, string key, long used, string model, string what)
+    {
+        ArgumentNullException.ThrowIfNull(file);
+        if (!file.TryGetInt(key, out long stated) || stated == used) return;
+        throw new ModelLoadException(file.Path, key, null,
+            $"the file states {key} = {stated.ToString(CultureInfo.InvariantCulture)}, but {model}'s forward uses {used.ToString(CultureInfo.InvariantCulture)} ({what}).");
+    }
+
+    /// <summary>Throws when the file asks for rope scaling (linear, YaRN, …), which no definition applies yet.</summary>
+    public static void RejectRopeScaling(ModelFile file, string architecture, string model)
+    {
+        ArgumentNullException.ThrowIfNull(file);
+        string key = architecture + ".rope.scaling.type";
+        if (file.TryGetString(key, out string type) && type.Length > 0 && type != "none")
+            throw new ModelLoadException(file.Path, key, null, $"the file asks for {type} rope scaling, which {model}'s forward does not apply.");
+    }
+
+    /// <summary>Throws when the file's tokenizer.ggml.model is not <paramref name="expected"/>, the tokenizer the definition was written for.</summary>
+    public static void RequireTokenizer(ModelFile file, string expected, string model)
+    {
+        ArgumentNullException.ThrowIfNull(file);
+        const string key = "tokenizer.ggml.model";
+        if (file.TryGetString(key, out string stated) && stated != expected)
+            throw new ModelLoadException(file.Path, key, null, $"the file's tokenizer is \"{stated}\", but {model} is defined for \"{expected}\".");
+    }
+}
