@@ -1,6 +1,7 @@
 using System.Reflection;
 using System.Runtime.InteropServices;
 using Kiln.Loading;
+using Kiln.Testing;
 
 namespace Kiln.Generators.Tests;
 
@@ -216,55 +217,5 @@ public sealed class CompiledPlanTests
 
         Assert.Throws<ArgumentException>(() => plan.Step(new[] { 1, 2 }, compiled, logits));
         Assert.Throws<ArgumentException>(() => plan.Step(new[] { 1 }, compiled, new float[vocab - 1]));
-    }
-
-    /// <summary>An F32 model file in memory.</summary>
-    private sealed class MemoryModelFile : ModelFile
-    {
-        private readonly Dictionary<string, TensorInfo> _tensors = new();
-        private readonly Dictionary<string, float[]> _data = new();
-        private readonly Dictionary<string, MetadataValue> _metadata = new();
-        private readonly Random _random;
-
-        public MemoryModelFile(string architecture, int seed) : base("memory://" + architecture)
-        {
-            Architecture = architecture;
-            _random = new Random(seed);
-        }
-
-        public override string Architecture { get; }
-
-        public override IReadOnlyDictionary<string, TensorInfo> Tensors => _tensors;
-
-        public override IReadOnlyDictionary<string, MetadataValue> Metadata => _metadata;
-
-        public override ReadOnlySpan<byte> GetTensorBytes(TensorInfo tensor) => MemoryMarshal.AsBytes(_data[tensor.Name].AsSpan());
-
-        public MemoryModelFile Int(string key, int value)
-        {
-            _metadata[key] = new MetadataValue((uint)value);
-            return this;
-        }
-
-        public MemoryModelFile Float(string key, double value)
-        {
-            _metadata[key] = new MetadataValue((float)value);
-            return this;
-        }
-
-        public MemoryModelFile Random(string name, int rows, int cols) => Add(name, new[] { rows, cols }, () => (float)(_random.NextDouble() * 2 - 1) * 0.3f);
-
-        /// <summary>A norm weight around 1, so the fold into the matmul columns is visible.</summary>
-        public MemoryModelFile Norm(string name, int length) => Add(name, new[] { length }, () => 0.5f + (float)_random.NextDouble());
-
-        private MemoryModelFile Add(string name, int[] shape, Func<float> next)
-        {
-            int count = shape.Aggregate(1, (a, b) => a * b);
-            var data = new float[count];
-            for (int i = 0; i < count; i++) data[i] = next();
-            _data[name] = data;
-            _tensors[name] = new TensorInfo(name, GgmlType.F32, shape.Reverse().Select(d => (long)d).ToArray(), 0, count * 4L);
-            return this;
-        }
     }
 }

@@ -3,7 +3,7 @@ using Microsoft.CodeAnalysis;
 namespace Kiln.Generators.Tests;
 
 /// <summary>
-/// The generated source for the real samples/Models/Llama.cs, compared with the stored Snapshots/&lt;HintName&gt;.verified.cs.
+/// The generated source for each model definition of samples/Models, compared with the stored Snapshots/&lt;HintName&gt;.verified.cs.
 /// A mismatch writes &lt;HintName&gt;.received.cs beside it and fails; a missing snapshot fails too (and outside CI is created
 /// for review).
 /// </summary>
@@ -11,28 +11,35 @@ public sealed class SnapshotTests
 {
     private static string SnapshotDirectory => Path.Combine(CSharpGeneratorTest<KilnGenerator>.RepoRoot, "tests", "Kiln.Generators.Tests", "Snapshots");
 
-    internal static CSharpGeneratorTest<KilnGenerator>.Run GenerateLlama()
+    /// <summary>Every model definition the samples ship (each file one [Model] class).</summary>
+    public static TheoryData<string> Models => new() { "Llama", "Gpt2", "Qwen2", "Qwen3", "Gemma2", "Phi3" };
+
+    internal static CSharpGeneratorTest<KilnGenerator>.Run Generate(string model)
     {
-        string path = Path.Combine(CSharpGeneratorTest<KilnGenerator>.RepoRoot, "samples", "Models", "Llama.cs");
+        string path = Path.Combine(CSharpGeneratorTest<KilnGenerator>.RepoRoot, "samples", "Models", model + ".cs");
         var compilation = CSharpGeneratorTest<KilnGenerator>.CreateCompilation((path, File.ReadAllText(path)));
         return CSharpGeneratorTest<KilnGenerator>.RunGenerator(compilation);
     }
 
-    [Fact]
-    public void LlamaGeneratesCompilableCodeThatStartsWithTheFusionReport()
+    internal static CSharpGeneratorTest<KilnGenerator>.Run GenerateLlama() => Generate("Llama");
+
+    [Theory]
+    [MemberData(nameof(Models))]
+    public void ModelGeneratesCompilableCodeThatStartsWithTheFusionReport(string model)
     {
-        var run = GenerateLlama();
+        var run = Generate(model);
         Assert.Empty(run.GeneratorDiagnostics);
         var source = Assert.Single(run.Sources);
-        Assert.Equal("Kiln.Models.Llama.g.cs", source.HintName);
-        Assert.StartsWith("// Kiln fusion report for Llama", source.SourceText.ToString());
+        Assert.Equal($"Kiln.Models.{model}.g.cs", source.HintName);
+        Assert.StartsWith($"// Kiln fusion report for {model}", source.SourceText.ToString());
         Assert.Empty(run.CompilationErrors);
     }
 
-    [Fact]
-    public void LlamaMatchesTheVerifiedSnapshots()
+    [Theory]
+    [MemberData(nameof(Models))]
+    public void ModelMatchesTheVerifiedSnapshots(string model)
     {
-        var run = GenerateLlama();
+        var run = Generate(model);
         Assert.NotEmpty(run.Sources);
         var problems = new List<string>();
         foreach (var source in run.Sources)

@@ -76,12 +76,14 @@ internal static class ModelEmitter
                     _ => local,
                 };
                 w.Line($"if (file.{read}({Names.Literal(hyper.Key)}, out {type} {local})) model.{hyper.Member} = {convert};");
+                // Present but unreadable (a string, an array) is the file's error, never a silent default.
+                w.Line($"else if (file.Metadata.ContainsKey({Names.Literal(hyper.Key)})) throw new {LoadException}(file.Path, {Names.Literal(hyper.Key)}, null, $\"is {{file.Metadata[{Names.Literal(hyper.Key)}]}}, not {(integer ? "an integer" : "a number")}.\");");
                 if (hyper.Required)
-                    w.Line($"else throw new {LoadException}(file.Path, {Names.Literal(hyper.Key)}, null, \"required hyperparameter is missing or not a number.\");");
+                    w.Line($"else throw new {LoadException}(file.Path, {Names.Literal(hyper.Key)}, null, \"required hyperparameter is missing.\");");
             }
             w.Line();
 
-            var bound = new System.Collections.Generic.HashSet<string>();
+            var boundKeys = new System.Collections.Generic.HashSet<string>();
             if (model.FreeDims.Count > 0)
             {
                 w.Line("// Free shape symbols are bound by the first weight that declares them.");
@@ -89,11 +91,13 @@ internal static class ModelEmitter
                 w.Line();
             }
 
+            w.Line("// Every tensor the file holds must be bound: one this definition does not read would be silently ignored.");
+            w.Line("var bound = new global::System.Collections.Generic.HashSet<string>();");
             w.Line("// Weights, shapes checked against the declared dimensions. Derived dimensions are evaluated here, so a");
             w.Line("// hyperparameter that breaks their arithmetic (a zero head count, say) is reported as the file's fault.");
             w.Open("try");
             foreach (var weight in model.Weights.Where(x => x.Owner.Length == 0))
-                EmitWeight(w, model, weight, "model", "", bound);
+                EmitWeight(w, model, weight, "model", "", boundKeys);
 
             foreach (var layers in model.Layers)
             {
@@ -105,14 +109,14 @@ internal static class ModelEmitter
                     w.Line($"string prefix = string.Format(global::System.Globalization.CultureInfo.InvariantCulture, {Names.Literal(layers.Prefix)}, layer);");
                     w.Line($"var block = new {layers.ClassName}();");
                     foreach (var weight in model.Weights.Where(x => x.Owner == layers.Member))
-                        EmitWeight(w, model, weight, "block", "prefix + ", bound);
+                        EmitWeight(w, model, weight, "block", "prefix + ", boundKeys);
                     w.Line($"model.{layers.Member}[layer] = block;");
                 }
             }
             w.Close();
             using (w.Block("catch (global::System.ArithmeticException e)"))
                 w.Line($"throw new {LoadException}(file.Path, \"hyperparameters\", null, $\"a derived dimension cannot be computed from them ({{e.Message}}).\", e);");
-            w.Line();
+            w.Line($"global::Kiln.Loading.DefinitionChecks.RequireAllBound(file, bound, {Names.Literal(model.ClassName)});");
             EmitDefinitionChecks(w, plan);
             w.Line("return model;");
         }
@@ -131,8 +135,9 @@ internal static class ModelEmitter
         var attention = plan.Kernels.OfType<AttentionKernel>().FirstOrDefault();
         foreach (string suffix in new[]
         {
-            "attention.sliding_window", "attn_logit_softcapping", "final_logit_softcapping", "attention.layer_norm_rms_epsilon",
-            "attention.layer_norm_epsilon", "rope.freq_base", "rope.dimension_count", "attention.key_length", "attention.value_length", "expert_count",
+            "attention.sliding_window", "attention.sliding_window_pattern", "attn_logit_softcapping", "final_logit_softcapping",
+            "attention.layer_norm_rms_epsilon", "attention.layer_norm_epsilon", "rope.freq_base", "rope.freq_base_swa", "rope.dimension_count",
+            "attention.key_length", "attention.value_length", "expert_count",
         })
         {
             string key = model.Architecture + "." + suffix;
@@ -152,12 +157,12 @@ internal static class ModelEmitter
     {
         string name = prefix + Names.Literal(weight.Name);
         string load;
-        if (weight.TiedTo is null) load = $"file.LoadTensor({name})";
+        if (weight.TiedTo is null) load = $"KilnLoad(file, {name}, bound)";
         else
         {
             var tied = model.Weights.FirstOrDefault(x => x.Owner == weight.Owner && x.Name == weight.TiedTo && bound.Contains(x.Key));
-            string fallback = tied is not null ? $"{target}.{tied.Member}" : $"file.LoadTensor({prefix}{Names.Literal(weight.TiedTo)})";
-            load = $"file.Tensors.ContainsKey({name}) ? file.LoadTensor({name}) : {fallback}";
+            string fallback = tied is not null ? $"{target}.{tied.Member}" : $"KilnLoad(file, {prefix}{Names.Literal(weight.TiedTo)}, bound)";
+            load = $"file.Tensors.ContainsKey({name}) ? KilnLoad(file, {name}, bound) : {fallback}";
         }
         string declared = "[" + string.Join(", ", weight.Dims) + "]";
         w.Line($"{target}.{weight.Member} = {load};");
@@ -177,6 +182,12 @@ internal static class ModelEmitter
 
     private static void EmitHelpers(CodeWriter w)
     {
+        using (w.Block($"private static {Tensor} KilnLoad({File} file, string name, global::System.Collections.Generic.HashSet<string> bound)"))
+        {
+            w.Line("bound.Add(name);");
+            w.Line("return file.LoadTensor(name);");
+        }
+        w.Line();
         using (w.Block($"private static int KilnToInt({File} file, string key, long value)"))
         {
             w.Line("if (value < int.MinValue || value > int.MaxValue)");

@@ -177,13 +177,20 @@ internal static partial class ModelExtractor
 
         private StmtInfo? LocalDeclaration(LocalDeclarationStatementSyntax local)
         {
-            if (local.UsingKeyword != default || local.Declaration.Variables.Count != 1 || local.Declaration.Variables[0].Initializer is null)
+            if (local.UsingKeyword != default || local.Declaration.Variables.Count != 1)
             {
-                Unsupported(local, "This declaration", "declare one local with an initializer: 'var x = ...;'");
+                Unsupported(local, "This declaration", "declare one local at a time: 'var x = ...;'");
                 return null;
             }
             var variable = local.Declaration.Variables[0];
             var symbol = _forwardModel.GetDeclaredSymbol(variable, _cancellationToken) as ILocalSymbol;
+            if (variable.Initializer is null)
+            {
+                // 'Tensor x;' names a tensor the branches of an if assign (C# checks it is assigned before it is read).
+                if (symbol is null || !IsTensor(symbol.Type) || local.IsConst)
+                    Unsupported(local, "This declaration", "a local without an initializer is a tensor that an if/else assigns: 'Tensor x;'");
+                return null;
+            }
             var initializer = variable.Initializer!.Value;
 
             // var block = Layers[layer]; binds the layer's weights under another name.

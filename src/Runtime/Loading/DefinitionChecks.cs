@@ -28,6 +28,19 @@ public static class DefinitionChecks
             $"the file states {key} = {stated.ToString(CultureInfo.InvariantCulture)}, but {model}'s forward uses {used.ToString(CultureInfo.InvariantCulture)} ({what}).");
     }
 
+    /// <summary>Throws when <paramref name="file"/> holds a tensor the definition did not bind (<paramref name="bound"/>): its forward would ignore it.</summary>
+    public static void RequireAllBound(ModelFile file, IReadOnlySet<string> bound, string model)
+    {
+        ArgumentNullException.ThrowIfNull(file);
+        ArgumentNullException.ThrowIfNull(bound);
+        foreach (var name in file.Tensors.Keys)
+        {
+            if (bound.Contains(name)) continue;
+            throw new ModelLoadException(file.Path, $"tensor '{name}'", file.Tensors[name].Offset,
+                $"{model} does not read this tensor, so its forward would compute without it ({file.Tensors.Count - bound.Count} of the file's {file.Tensors.Count} tensors are not bound); a definition must account for every tensor.");
+        }
+    }
+
     /// <summary>Throws when the file asks for rope scaling (linear, YaRN, …), which no definition applies yet.</summary>
     public static void RejectRopeScaling(ModelFile file, string architecture, string model)
     {

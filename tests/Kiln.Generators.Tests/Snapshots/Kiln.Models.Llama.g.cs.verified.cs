@@ -57,33 +57,43 @@ namespace Kiln.Models
 
             // Hyperparameters: an absent key keeps the member's initializer unless it is required.
             if (file.TryGetInt("llama.embedding_length", out long dimValue)) model.Dim = KilnToInt(file, "llama.embedding_length", dimValue);
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.embedding_length", null, "required hyperparameter is missing or not a number.");
+            else if (file.Metadata.ContainsKey("llama.embedding_length")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.embedding_length", null, $"is {file.Metadata["llama.embedding_length"]}, not an integer.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.embedding_length", null, "required hyperparameter is missing.");
             if (file.TryGetInt("llama.feed_forward_length", out long hiddenValue)) model.Hidden = KilnToInt(file, "llama.feed_forward_length", hiddenValue);
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.feed_forward_length", null, "required hyperparameter is missing or not a number.");
+            else if (file.Metadata.ContainsKey("llama.feed_forward_length")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.feed_forward_length", null, $"is {file.Metadata["llama.feed_forward_length"]}, not an integer.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.feed_forward_length", null, "required hyperparameter is missing.");
             if (file.TryGetInt("llama.block_count", out long layerCountValue)) model.LayerCount = KilnToInt(file, "llama.block_count", layerCountValue);
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.block_count", null, "required hyperparameter is missing or not a number.");
+            else if (file.Metadata.ContainsKey("llama.block_count")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.block_count", null, $"is {file.Metadata["llama.block_count"]}, not an integer.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.block_count", null, "required hyperparameter is missing.");
             if (file.TryGetInt("llama.attention.head_count", out long headsValue)) model.Heads = KilnToInt(file, "llama.attention.head_count", headsValue);
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.attention.head_count", null, "required hyperparameter is missing or not a number.");
+            else if (file.Metadata.ContainsKey("llama.attention.head_count")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.attention.head_count", null, $"is {file.Metadata["llama.attention.head_count"]}, not an integer.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.attention.head_count", null, "required hyperparameter is missing.");
             if (file.TryGetInt("llama.attention.head_count_kv", out long kvHeadsValue)) model.KvHeads = KilnToInt(file, "llama.attention.head_count_kv", kvHeadsValue);
+            else if (file.Metadata.ContainsKey("llama.attention.head_count_kv")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.attention.head_count_kv", null, $"is {file.Metadata["llama.attention.head_count_kv"]}, not an integer.");
             if (file.TryGetFloat("llama.attention.layer_norm_rms_epsilon", out double epsValue)) model.Eps = (float)epsValue;
+            else if (file.Metadata.ContainsKey("llama.attention.layer_norm_rms_epsilon")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.attention.layer_norm_rms_epsilon", null, $"is {file.Metadata["llama.attention.layer_norm_rms_epsilon"]}, not a number.");
             if (file.TryGetFloat("llama.rope.freq_base", out double ropeBaseValue)) model.RopeBase = (float)ropeBaseValue;
+            else if (file.Metadata.ContainsKey("llama.rope.freq_base")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.rope.freq_base", null, $"is {file.Metadata["llama.rope.freq_base"]}, not a number.");
             if (file.TryGetInt("llama.context_length", out long contextValue)) model.Context = KilnToInt(file, "llama.context_length", contextValue);
+            else if (file.Metadata.ContainsKey("llama.context_length")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.context_length", null, $"is {file.Metadata["llama.context_length"]}, not an integer.");
 
             // Free shape symbols are bound by the first weight that declares them.
             bool vocabBound = false;
 
+            // Every tensor the file holds must be bound: one this definition does not read would be silently ignored.
+            var bound = new global::System.Collections.Generic.HashSet<string>();
             // Weights, shapes checked against the declared dimensions. Derived dimensions are evaluated here, so a
             // hyperparameter that breaks their arithmetic (a zero head count, say) is reported as the file's fault.
             try
             {
-                model.TokenEmbedding = file.LoadTensor("token_embd.weight");
+                model.TokenEmbedding = KilnLoad(file, "token_embd.weight", bound);
                 KilnCheckRank(file, "token_embd.weight", model.TokenEmbedding, "[Vocab, Dim]", 2);
                 if (!vocabBound) { model.Vocab = model.TokenEmbedding.Shape[0]; vocabBound = true; }
                 KilnCheckShape(file, "token_embd.weight", model.TokenEmbedding, "[Vocab, Dim]", model.Vocab, model.Dim);
-                model.OutputNorm = file.LoadTensor("output_norm.weight");
+                model.OutputNorm = KilnLoad(file, "output_norm.weight", bound);
                 KilnCheckRank(file, "output_norm.weight", model.OutputNorm, "[Dim]", 1);
                 KilnCheckShape(file, "output_norm.weight", model.OutputNorm, "[Dim]", model.Dim);
-                model.Output = file.Tensors.ContainsKey("output.weight") ? file.LoadTensor("output.weight") : model.TokenEmbedding;
+                model.Output = file.Tensors.ContainsKey("output.weight") ? KilnLoad(file, "output.weight", bound) : model.TokenEmbedding;
                 KilnCheckRank(file, "output.weight", model.Output, "[Vocab, Dim]", 2);
                 if (!vocabBound) { model.Vocab = model.Output.Shape[0]; vocabBound = true; }
                 KilnCheckShape(file, "output.weight", model.Output, "[Vocab, Dim]", model.Vocab, model.Dim);
@@ -94,31 +104,31 @@ namespace Kiln.Models
                 {
                     string prefix = string.Format(global::System.Globalization.CultureInfo.InvariantCulture, "blk.{0}.", layer);
                     var block = new Block();
-                    block.AttnNorm = file.LoadTensor(prefix + "attn_norm.weight");
+                    block.AttnNorm = KilnLoad(file, prefix + "attn_norm.weight", bound);
                     KilnCheckRank(file, prefix + "attn_norm.weight", block.AttnNorm, "[Dim]", 1);
                     KilnCheckShape(file, prefix + "attn_norm.weight", block.AttnNorm, "[Dim]", model.Dim);
-                    block.Wq = file.LoadTensor(prefix + "attn_q.weight");
+                    block.Wq = KilnLoad(file, prefix + "attn_q.weight", bound);
                     KilnCheckRank(file, prefix + "attn_q.weight", block.Wq, "[QDim, Dim]", 2);
                     KilnCheckShape(file, prefix + "attn_q.weight", block.Wq, "[QDim, Dim]", model.QDim, model.Dim);
-                    block.Wk = file.LoadTensor(prefix + "attn_k.weight");
+                    block.Wk = KilnLoad(file, prefix + "attn_k.weight", bound);
                     KilnCheckRank(file, prefix + "attn_k.weight", block.Wk, "[KvDim, Dim]", 2);
                     KilnCheckShape(file, prefix + "attn_k.weight", block.Wk, "[KvDim, Dim]", model.KvDim, model.Dim);
-                    block.Wv = file.LoadTensor(prefix + "attn_v.weight");
+                    block.Wv = KilnLoad(file, prefix + "attn_v.weight", bound);
                     KilnCheckRank(file, prefix + "attn_v.weight", block.Wv, "[KvDim, Dim]", 2);
                     KilnCheckShape(file, prefix + "attn_v.weight", block.Wv, "[KvDim, Dim]", model.KvDim, model.Dim);
-                    block.Wo = file.LoadTensor(prefix + "attn_output.weight");
+                    block.Wo = KilnLoad(file, prefix + "attn_output.weight", bound);
                     KilnCheckRank(file, prefix + "attn_output.weight", block.Wo, "[Dim, QDim]", 2);
                     KilnCheckShape(file, prefix + "attn_output.weight", block.Wo, "[Dim, QDim]", model.Dim, model.QDim);
-                    block.FfnNorm = file.LoadTensor(prefix + "ffn_norm.weight");
+                    block.FfnNorm = KilnLoad(file, prefix + "ffn_norm.weight", bound);
                     KilnCheckRank(file, prefix + "ffn_norm.weight", block.FfnNorm, "[Dim]", 1);
                     KilnCheckShape(file, prefix + "ffn_norm.weight", block.FfnNorm, "[Dim]", model.Dim);
-                    block.Gate = file.LoadTensor(prefix + "ffn_gate.weight");
+                    block.Gate = KilnLoad(file, prefix + "ffn_gate.weight", bound);
                     KilnCheckRank(file, prefix + "ffn_gate.weight", block.Gate, "[Hidden, Dim]", 2);
                     KilnCheckShape(file, prefix + "ffn_gate.weight", block.Gate, "[Hidden, Dim]", model.Hidden, model.Dim);
-                    block.Up = file.LoadTensor(prefix + "ffn_up.weight");
+                    block.Up = KilnLoad(file, prefix + "ffn_up.weight", bound);
                     KilnCheckRank(file, prefix + "ffn_up.weight", block.Up, "[Hidden, Dim]", 2);
                     KilnCheckShape(file, prefix + "ffn_up.weight", block.Up, "[Hidden, Dim]", model.Hidden, model.Dim);
-                    block.Down = file.LoadTensor(prefix + "ffn_down.weight");
+                    block.Down = KilnLoad(file, prefix + "ffn_down.weight", bound);
                     KilnCheckRank(file, prefix + "ffn_down.weight", block.Down, "[Dim, Hidden]", 2);
                     KilnCheckShape(file, prefix + "ffn_down.weight", block.Down, "[Dim, Hidden]", model.Dim, model.Hidden);
                     model.Layers[layer] = block;
@@ -128,12 +138,14 @@ namespace Kiln.Models
             {
                 throw new global::Kiln.Loading.ModelLoadException(file.Path, "hyperparameters", null, $"a derived dimension cannot be computed from them ({e.Message}).", e);
             }
-
+            global::Kiln.Loading.DefinitionChecks.RequireAllBound(file, bound, "Llama");
             // What the file states that changes the math must be read by this definition, or agree with what its forward uses.
             global::Kiln.Loading.DefinitionChecks.RequireRead(file, "llama.attention.sliding_window", "Llama");
+            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "llama.attention.sliding_window_pattern", "Llama");
             global::Kiln.Loading.DefinitionChecks.RequireRead(file, "llama.attn_logit_softcapping", "Llama");
             global::Kiln.Loading.DefinitionChecks.RequireRead(file, "llama.final_logit_softcapping", "Llama");
             global::Kiln.Loading.DefinitionChecks.RequireRead(file, "llama.attention.layer_norm_epsilon", "Llama");
+            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "llama.rope.freq_base_swa", "Llama");
             global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "llama.rope.dimension_count", model.HeadDim, "Llama", "its rope's rotary dimensions");
             global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "llama.attention.key_length", model.KvShape.HeadDim, "Llama", "its attention's head dimension");
             global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "llama.attention.value_length", model.KvShape.HeadDim, "Llama", "its attention's head dimension");
@@ -158,6 +170,12 @@ namespace Kiln.Models
 
         /// <summary>Packs the bound weights into the kernel layouts, allocates the arena and starts the worker pool as <paramref name="options"/> say.</summary>
         public global::Kiln.ICompiledPlan Compile(global::Kiln.PlanOptions options) => new CompiledPlan(this, options);
+
+        private static global::Kiln.Tensor KilnLoad(global::Kiln.Loading.ModelFile file, string name, global::System.Collections.Generic.HashSet<string> bound)
+        {
+            bound.Add(name);
+            return file.LoadTensor(name);
+        }
 
         private static int KilnToInt(global::Kiln.Loading.ModelFile file, string key, long value)
         {

@@ -1,0 +1,1391 @@
+// Kiln fusion report for Gemma2 (architecture "gemma2"), CPU kernels on a worker pool.
+// Kernels, in step order:
+//   [1] elementwise: x ← TokenEmbedding[tokens]·global::System.MathF.Sqrt(Dim), one parallel vector loop
+//   for each of the LayerCount layers (Layers[layer]):
+//     [2] matmul: x·[Wq|Wk|Wv]ᵀ with RmsNorm(AttnNorm) fused into the input preparation → linear, linear2, v
+//     [3] elementwise: q ← rope_neox(linear), one parallel vector loop
+//     [4] elementwise: k ← rope_neox(linear2), one parallel vector loop
+//     [5] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA (sliding window (((WindowPeriod == 0) || ((layer % WindowPeriod) < (WindowPeriod - 1))) ? Window : 0), scores soft-capped at AttentionCap, scale QueryScale) in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)
+//     [6] matmul: attention·[Wo]ᵀ → linear3
+//     [7] elementwise: x ← x + rmsnorm(linear3, PostAttnNorm), one parallel vector loop
+//     [8] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation → glu ← gelu([Gate])·[Up] epilogue
+//     [9] matmul: glu·[Down]ᵀ → mlp
+//     [10] elementwise: x ← x + rmsnorm(mlp, PostFfnNorm), one parallel vector loop
+//   end of layer loop
+//   [11] matmul: (rows(x))·[TokenEmbedding]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (the input chain computed per row while preparing) → logits ← softcap([TokenEmbedding], FinalCap) epilogue
+// Elementwise ops: 5 loop(s) of their own (x: carried into the layer loop; q: a rotary embedding that no matmul tile can end (NeoX halves, partial rotary, or after per-head statistics); k: a rotary embedding that no matmul tile can end (NeoX halves, partial rotary, or after per-head statistics); x: a norm whose readers are not all matmuls (its statistics need the whole row first); x: a norm whose readers are not all matmuls (its statistics need the whole row first)), each a parallel vector loop over rows; the rest fused.
+// Weight layouts (packed once when the plan is compiled, in groups of 4 rows; a segment whose rows are not a multiple of 4 is padded with zero rows):
+//   rule "as stored" (a weight without [Quantize]), chosen per matrix when the plan is compiled, from the file's types: F32 and F16 → F32x4 (F16 widened exactly); BF16 → BF16x4 (widened exactly in the kernel); Q8_0 → Q8_0x8 interleaved (the file's quants and fp16 scales copied); Q4_0 → Q4_0x8 interleaved (the file's nibbles and fp16 scales copied); any other type (Q4_K, Q6_K, …) → Q8_0x8 (dequantized, requantized); weights of different types in one matmul → the most precise of their layouts. Work goes in groups of 4 rows and every tile reads each weight once for several tokens: F32x4/BF16x4 hold 16-element chunks of the 4 rows in turn (the kernel streams a group front to back); Q8_0x8/Q4_0x8 store two groups together, 8 rows 4 bytes at a time (one multiply-add against 4 broadcast activations covers all 8 rows, each row's sum complete in its own lane).
+//   Wq, Wk, Wv → _wqWkWv[layer] [QDim+KvDim+KvDim, Dim], segments stacked: as stored (the rule above); one horizontal matmul prepares its input once and reads it for all of them.
+//   Wo → _wo[layer] [Dim, QDim], one segment: as stored (the rule above).
+//   Gate, Up → _gateUp[layer] [2*Hidden, Dim], pair rows interleaved (a₀, b₀, a₁, b₁, …): as stored (the rule above); each adjacent row pair meets in one tile, so the epilogue combines both sums.
+//   Down → _down[layer] [Dim, Hidden], one segment: as stored (the rule above).
+//   TokenEmbedding → _tokenEmbedding [Vocab, Dim], one segment: as stored (the rule above).
+//   TokenEmbedding → as loaded (row-major): gathered whole rows, by token.
+// Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):
+//   slot 0: x [T, Dim]
+//   slot 1: linear [T, QDim], k [T, KvDim], linear3 [T, Dim], glu [T, Hidden]
+//   slot 2: linear2 [T, KvDim], attention [T, QDim], mlp [T, Dim]
+//   slot 3: v [T, KvDim]
+//   slot 4: q [T, QDim]
+// Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;
+//   for Q8_0/Q4_0, Q8 activations (per 32 values a float scale d = max|x|/127 and int8 q = round(x/d), GGML's rule),
+//   with 8·Σq per block for Q4_0's −8 (the kernels broadcast 4 quants at a time to 8 rows). A fused norm computes its statistics per token once
+//   (in double) and writes or quantizes the normalized row in the same pass (its weight cannot fold into quantized columns
+//   without requantizing them, and folding it into float columns would change their rounding: the packed weights stay exactly as stored).
+// Loop bodies (epilogues, input chains, elementwise loops) are generated from the forward method's ops at every width:
+//   Vector512, Vector256, Vector128 (tiles) and scalar; activations are composed from e^x, tanh, erf and ln (Kiln.Kernels.Elementwise.Lanes).
+// Rope: cos/sin per token and pair computed once per step in double (as the eager op), shared by every layer.
+// Attention scratch: per chunk of work items, every head's scores over the KV cache's MaxContext (and one block's rows when the cache stores int8), grown when a larger cache is first seen.
+// Threads: one worker pool (PlanOptions.Threads). A matmul splits its 4-row groups over the threads, each tile (4 rows × 4 tokens
+//   for F32/BF16, 8 rows × 8 tokens for Q8_0/Q4_0) going through its epilogue while in registers; attention splits (token, KV-head chunk) items;
+//   elementwise loops split rows. Every output is computed by one thread in a fixed order, so results do not depend on the thread count.
+// <auto-generated/> by Kiln.Generators from the [Model] class Kiln.Models.Gemma2.
+#nullable enable
+#pragma warning disable CS1591, CS0162
+
+namespace Kiln.Models
+{
+    partial class Gemma2 : global::Kiln.IKilnModel
+    {
+        /// <summary>Shape symbol "Vocab": bound at load from the first weight that declares it, checked on every other.</summary>
+        public int Vocab { get; private set; }
+
+        /// <summary>Binds a model file: architecture "gemma2", hyperparameters, then every weight with its declared shape checked.</summary>
+        public static Gemma2 Load(global::Kiln.Loading.ModelFile file)
+        {
+            if (file is null) throw new global::System.ArgumentNullException(nameof(file));
+            if (file.Architecture != "gemma2")
+                throw new global::Kiln.Loading.ModelLoadException(file.Path, "general.architecture", null, $"expected \"gemma2\" for Gemma2, found \"{file.Architecture}\".");
+            var model = new Gemma2();
+
+            // Hyperparameters: an absent key keeps the member's initializer unless it is required.
+            if (file.TryGetInt("gemma2.embedding_length", out long dimValue)) model.Dim = KilnToInt(file, "gemma2.embedding_length", dimValue);
+            else if (file.Metadata.ContainsKey("gemma2.embedding_length")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.embedding_length", null, $"is {file.Metadata["gemma2.embedding_length"]}, not an integer.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.embedding_length", null, "required hyperparameter is missing.");
+            if (file.TryGetInt("gemma2.feed_forward_length", out long hiddenValue)) model.Hidden = KilnToInt(file, "gemma2.feed_forward_length", hiddenValue);
+            else if (file.Metadata.ContainsKey("gemma2.feed_forward_length")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.feed_forward_length", null, $"is {file.Metadata["gemma2.feed_forward_length"]}, not an integer.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.feed_forward_length", null, "required hyperparameter is missing.");
+            if (file.TryGetInt("gemma2.block_count", out long layerCountValue)) model.LayerCount = KilnToInt(file, "gemma2.block_count", layerCountValue);
+            else if (file.Metadata.ContainsKey("gemma2.block_count")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.block_count", null, $"is {file.Metadata["gemma2.block_count"]}, not an integer.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.block_count", null, "required hyperparameter is missing.");
+            if (file.TryGetInt("gemma2.attention.head_count", out long headsValue)) model.Heads = KilnToInt(file, "gemma2.attention.head_count", headsValue);
+            else if (file.Metadata.ContainsKey("gemma2.attention.head_count")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.attention.head_count", null, $"is {file.Metadata["gemma2.attention.head_count"]}, not an integer.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.attention.head_count", null, "required hyperparameter is missing.");
+            if (file.TryGetInt("gemma2.attention.head_count_kv", out long kvHeadsValue)) model.KvHeads = KilnToInt(file, "gemma2.attention.head_count_kv", kvHeadsValue);
+            else if (file.Metadata.ContainsKey("gemma2.attention.head_count_kv")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.attention.head_count_kv", null, $"is {file.Metadata["gemma2.attention.head_count_kv"]}, not an integer.");
+            if (file.TryGetInt("gemma2.attention.key_length", out long keyLengthValue)) model.KeyLength = KilnToInt(file, "gemma2.attention.key_length", keyLengthValue);
+            else if (file.Metadata.ContainsKey("gemma2.attention.key_length")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.attention.key_length", null, $"is {file.Metadata["gemma2.attention.key_length"]}, not an integer.");
+            if (file.TryGetFloat("gemma2.attention.layer_norm_rms_epsilon", out double epsValue)) model.Eps = (float)epsValue;
+            else if (file.Metadata.ContainsKey("gemma2.attention.layer_norm_rms_epsilon")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.attention.layer_norm_rms_epsilon", null, $"is {file.Metadata["gemma2.attention.layer_norm_rms_epsilon"]}, not a number.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.attention.layer_norm_rms_epsilon", null, "required hyperparameter is missing.");
+            if (file.TryGetFloat("gemma2.rope.freq_base", out double ropeBaseValue)) model.RopeBase = (float)ropeBaseValue;
+            else if (file.Metadata.ContainsKey("gemma2.rope.freq_base")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.rope.freq_base", null, $"is {file.Metadata["gemma2.rope.freq_base"]}, not a number.");
+            if (file.TryGetInt("gemma2.attention.sliding_window", out long windowValue)) model.Window = KilnToInt(file, "gemma2.attention.sliding_window", windowValue);
+            else if (file.Metadata.ContainsKey("gemma2.attention.sliding_window")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.attention.sliding_window", null, $"is {file.Metadata["gemma2.attention.sliding_window"]}, not an integer.");
+            if (file.TryGetInt("gemma2.attention.sliding_window_pattern", out long windowPeriodValue)) model.WindowPeriod = KilnToInt(file, "gemma2.attention.sliding_window_pattern", windowPeriodValue);
+            else if (file.Metadata.ContainsKey("gemma2.attention.sliding_window_pattern")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.attention.sliding_window_pattern", null, $"is {file.Metadata["gemma2.attention.sliding_window_pattern"]}, not an integer.");
+            if (file.TryGetFloat("gemma2.attn_logit_softcapping", out double attentionCapValue)) model.AttentionCap = (float)attentionCapValue;
+            else if (file.Metadata.ContainsKey("gemma2.attn_logit_softcapping")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.attn_logit_softcapping", null, $"is {file.Metadata["gemma2.attn_logit_softcapping"]}, not a number.");
+            if (file.TryGetFloat("gemma2.final_logit_softcapping", out double finalCapValue)) model.FinalCap = (float)finalCapValue;
+            else if (file.Metadata.ContainsKey("gemma2.final_logit_softcapping")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.final_logit_softcapping", null, $"is {file.Metadata["gemma2.final_logit_softcapping"]}, not a number.");
+            if (file.TryGetInt("gemma2.context_length", out long contextValue)) model.Context = KilnToInt(file, "gemma2.context_length", contextValue);
+            else if (file.Metadata.ContainsKey("gemma2.context_length")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.context_length", null, $"is {file.Metadata["gemma2.context_length"]}, not an integer.");
+
+            // Free shape symbols are bound by the first weight that declares them.
+            bool vocabBound = false;
+
+            // Every tensor the file holds must be bound: one this definition does not read would be silently ignored.
+            var bound = new global::System.Collections.Generic.HashSet<string>();
+            // Weights, shapes checked against the declared dimensions. Derived dimensions are evaluated here, so a
+            // hyperparameter that breaks their arithmetic (a zero head count, say) is reported as the file's fault.
+            try
+            {
+                model.TokenEmbedding = KilnLoad(file, "token_embd.weight", bound);
+                KilnCheckRank(file, "token_embd.weight", model.TokenEmbedding, "[Vocab, Dim]", 2);
+                if (!vocabBound) { model.Vocab = model.TokenEmbedding.Shape[0]; vocabBound = true; }
+                KilnCheckShape(file, "token_embd.weight", model.TokenEmbedding, "[Vocab, Dim]", model.Vocab, model.Dim);
+                model.OutputNorm = KilnLoad(file, "output_norm.weight", bound);
+                KilnCheckRank(file, "output_norm.weight", model.OutputNorm, "[Dim]", 1);
+                KilnCheckShape(file, "output_norm.weight", model.OutputNorm, "[Dim]", model.Dim);
+
+                if (model.LayerCount < 0) throw new global::Kiln.Loading.ModelLoadException(file.Path, "LayerCount", null, $"negative layer count {model.LayerCount}.");
+                model.Layers = new Block[model.LayerCount];
+                for (int layer = 0; layer < model.LayerCount; layer++)
+                {
+                    string prefix = string.Format(global::System.Globalization.CultureInfo.InvariantCulture, "blk.{0}.", layer);
+                    var block = new Block();
+                    block.AttnNorm = KilnLoad(file, prefix + "attn_norm.weight", bound);
+                    KilnCheckRank(file, prefix + "attn_norm.weight", block.AttnNorm, "[Dim]", 1);
+                    KilnCheckShape(file, prefix + "attn_norm.weight", block.AttnNorm, "[Dim]", model.Dim);
+                    block.Wq = KilnLoad(file, prefix + "attn_q.weight", bound);
+                    KilnCheckRank(file, prefix + "attn_q.weight", block.Wq, "[QDim, Dim]", 2);
+                    KilnCheckShape(file, prefix + "attn_q.weight", block.Wq, "[QDim, Dim]", model.QDim, model.Dim);
+                    block.Wk = KilnLoad(file, prefix + "attn_k.weight", bound);
+                    KilnCheckRank(file, prefix + "attn_k.weight", block.Wk, "[KvDim, Dim]", 2);
+                    KilnCheckShape(file, prefix + "attn_k.weight", block.Wk, "[KvDim, Dim]", model.KvDim, model.Dim);
+                    block.Wv = KilnLoad(file, prefix + "attn_v.weight", bound);
+                    KilnCheckRank(file, prefix + "attn_v.weight", block.Wv, "[KvDim, Dim]", 2);
+                    KilnCheckShape(file, prefix + "attn_v.weight", block.Wv, "[KvDim, Dim]", model.KvDim, model.Dim);
+                    block.Wo = KilnLoad(file, prefix + "attn_output.weight", bound);
+                    KilnCheckRank(file, prefix + "attn_output.weight", block.Wo, "[Dim, QDim]", 2);
+                    KilnCheckShape(file, prefix + "attn_output.weight", block.Wo, "[Dim, QDim]", model.Dim, model.QDim);
+                    block.PostAttnNorm = KilnLoad(file, prefix + "post_attention_norm.weight", bound);
+                    KilnCheckRank(file, prefix + "post_attention_norm.weight", block.PostAttnNorm, "[Dim]", 1);
+                    KilnCheckShape(file, prefix + "post_attention_norm.weight", block.PostAttnNorm, "[Dim]", model.Dim);
+                    block.FfnNorm = KilnLoad(file, prefix + "ffn_norm.weight", bound);
+                    KilnCheckRank(file, prefix + "ffn_norm.weight", block.FfnNorm, "[Dim]", 1);
+                    KilnCheckShape(file, prefix + "ffn_norm.weight", block.FfnNorm, "[Dim]", model.Dim);
+                    block.Gate = KilnLoad(file, prefix + "ffn_gate.weight", bound);
+                    KilnCheckRank(file, prefix + "ffn_gate.weight", block.Gate, "[Hidden, Dim]", 2);
+                    KilnCheckShape(file, prefix + "ffn_gate.weight", block.Gate, "[Hidden, Dim]", model.Hidden, model.Dim);
+                    block.Up = KilnLoad(file, prefix + "ffn_up.weight", bound);
+                    KilnCheckRank(file, prefix + "ffn_up.weight", block.Up, "[Hidden, Dim]", 2);
+                    KilnCheckShape(file, prefix + "ffn_up.weight", block.Up, "[Hidden, Dim]", model.Hidden, model.Dim);
+                    block.Down = KilnLoad(file, prefix + "ffn_down.weight", bound);
+                    KilnCheckRank(file, prefix + "ffn_down.weight", block.Down, "[Dim, Hidden]", 2);
+                    KilnCheckShape(file, prefix + "ffn_down.weight", block.Down, "[Dim, Hidden]", model.Dim, model.Hidden);
+                    block.PostFfnNorm = KilnLoad(file, prefix + "post_ffw_norm.weight", bound);
+                    KilnCheckRank(file, prefix + "post_ffw_norm.weight", block.PostFfnNorm, "[Dim]", 1);
+                    KilnCheckShape(file, prefix + "post_ffw_norm.weight", block.PostFfnNorm, "[Dim]", model.Dim);
+                    model.Layers[layer] = block;
+                }
+            }
+            catch (global::System.ArithmeticException e)
+            {
+                throw new global::Kiln.Loading.ModelLoadException(file.Path, "hyperparameters", null, $"a derived dimension cannot be computed from them ({e.Message}).", e);
+            }
+            global::Kiln.Loading.DefinitionChecks.RequireAllBound(file, bound, "Gemma2");
+            // What the file states that changes the math must be read by this definition, or agree with what its forward uses.
+            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "gemma2.attention.layer_norm_epsilon", "Gemma2");
+            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "gemma2.rope.freq_base_swa", "Gemma2");
+            global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "gemma2.rope.dimension_count", model.HeadDim, "Gemma2", "its rope's rotary dimensions");
+            global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "gemma2.attention.value_length", model.KvShape.HeadDim, "Gemma2", "its attention's head dimension");
+            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "gemma2.expert_count", "Gemma2");
+            global::Kiln.Loading.DefinitionChecks.RejectRopeScaling(file, "gemma2", "Gemma2");
+            global::Kiln.Loading.DefinitionChecks.RequireTokenizer(file, "llama", "Gemma2");
+            return model;
+        }
+
+        /// <summary>Logits per output row: the last dimension of the forward result.</summary>
+        public int VocabSize => this.Vocab;
+
+        /// <summary>The KV cache's geometry: one layer per attention layer, rows of the attention's k width, its head dimension.</summary>
+        public global::Kiln.KvCacheShape KvShape => new global::Kiln.KvCacheShape(this.LayerCount, this.KvDim, this.KvDim / this.KvHeadCount);
+
+        /// <summary>A contiguous KV cache of <paramref name="slots"/> sequences of up to <paramref name="maxContext"/> positions.</summary>
+        public global::Kiln.KvCache CreateKvCache(int slots, int maxContext) => KvShape.CreateContiguous(slots, maxContext);
+
+        global::Kiln.Tensor global::Kiln.IKilnModel.ForwardEager(global::System.ReadOnlySpan<int> tokens, global::Kiln.AttentionContext context) => Forward(tokens, context);
+
+        /// <summary>Packs the bound weights into the kernel layouts and allocates the arena for steps of up to <paramref name="maxTokensPerStep"/> tokens, on every processor.</summary>
+        public global::Kiln.ICompiledPlan Compile(int maxTokensPerStep) => new CompiledPlan(this, new global::Kiln.PlanOptions(maxTokensPerStep));
+
+        /// <summary>Packs the bound weights into the kernel layouts, allocates the arena and starts the worker pool as <paramref name="options"/> say.</summary>
+        public global::Kiln.ICompiledPlan Compile(global::Kiln.PlanOptions options) => new CompiledPlan(this, options);
+
+        private static global::Kiln.Tensor KilnLoad(global::Kiln.Loading.ModelFile file, string name, global::System.Collections.Generic.HashSet<string> bound)
+        {
+            bound.Add(name);
+            return file.LoadTensor(name);
+        }
+
+        private static int KilnToInt(global::Kiln.Loading.ModelFile file, string key, long value)
+        {
+            if (value < int.MinValue || value > int.MaxValue)
+                throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"value {value} does not fit a 32-bit integer.");
+            return (int)value;
+        }
+
+        private static void KilnCheckRank(global::Kiln.Loading.ModelFile file, string name, global::Kiln.Tensor tensor, string declared, int rank)
+        {
+            if (tensor.Rank != rank)
+                throw new global::Kiln.Loading.ModelLoadException(file.Path, $"tensor '{name}'", null, $"expected shape {declared}, found [{string.Join(", ", tensor.Shape)}].");
+        }
+
+        private static void KilnCheckShape(global::Kiln.Loading.ModelFile file, string name, global::Kiln.Tensor tensor, string declared, params int[] expected)
+        {
+            for (int i = 0; i < expected.Length; i++)
+            {
+                if (tensor.Shape[i] != expected[i])
+                    throw new global::Kiln.Loading.ModelLoadException(file.Path, $"tensor '{name}'", null, $"expected shape {declared} = [{string.Join(", ", expected)}], found [{string.Join(", ", tensor.Shape)}].");
+            }
+        }
+
+        /// <summary>
+        /// Gemma2 compiled into fused CPU kernels over one native arena, run on the plan's worker pool (see the fusion
+        /// report at the top of this file). A step allocates nothing once the attention scratch fits the KV cache in use.
+        /// </summary>
+        public sealed class CompiledPlan : global::Kiln.ICompiledPlan
+        {
+            /// <summary>The fusion report: which ops became which kernel, which layout each weight got, and why.</summary>
+            public const string Report =
+                "Kiln fusion report for Gemma2 (architecture \"gemma2\"), CPU kernels on a worker pool.\n" +
+                "Kernels, in step order:\n" +
+                "  [1] elementwise: x ← TokenEmbedding[tokens]·global::System.MathF.Sqrt(Dim), one parallel vector loop\n" +
+                "  for each of the LayerCount layers (Layers[layer]):\n" +
+                "    [2] matmul: x·[Wq|Wk|Wv]ᵀ with RmsNorm(AttnNorm) fused into the input preparation → linear, linear2, v\n" +
+                "    [3] elementwise: q ← rope_neox(linear), one parallel vector loop\n" +
+                "    [4] elementwise: k ← rope_neox(linear2), one parallel vector loop\n" +
+                "    [5] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA (sliding window (((WindowPeriod == 0) || ((layer % WindowPeriod) < (WindowPeriod - 1))) ? Window : 0), scores soft-capped at AttentionCap, scale QueryScale) in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)\n" +
+                "    [6] matmul: attention·[Wo]ᵀ → linear3\n" +
+                "    [7] elementwise: x ← x + rmsnorm(linear3, PostAttnNorm), one parallel vector loop\n" +
+                "    [8] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation → glu ← gelu([Gate])·[Up] epilogue\n" +
+                "    [9] matmul: glu·[Down]ᵀ → mlp\n" +
+                "    [10] elementwise: x ← x + rmsnorm(mlp, PostFfnNorm), one parallel vector loop\n" +
+                "  end of layer loop\n" +
+                "  [11] matmul: (rows(x))·[TokenEmbedding]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (the input chain computed per row while preparing) → logits ← softcap([TokenEmbedding], FinalCap) epilogue\n" +
+                "Elementwise ops: 5 loop(s) of their own (x: carried into the layer loop; q: a rotary embedding that no matmul tile can end (NeoX halves, partial rotary, or after per-head statistics); k: a rotary embedding that no matmul tile can end (NeoX halves, partial rotary, or after per-head statistics); x: a norm whose readers are not all matmuls (its statistics need the whole row first); x: a norm whose readers are not all matmuls (its statistics need the whole row first)), each a parallel vector loop over rows; the rest fused.\n" +
+                "Weight layouts (packed once when the plan is compiled, in groups of 4 rows; a segment whose rows are not a multiple of 4 is padded with zero rows):\n" +
+                "  rule \"as stored\" (a weight without [Quantize]), chosen per matrix when the plan is compiled, from the file's types: F32 and F16 → F32x4 (F16 widened exactly); BF16 → BF16x4 (widened exactly in the kernel); Q8_0 → Q8_0x8 interleaved (the file's quants and fp16 scales copied); Q4_0 → Q4_0x8 interleaved (the file's nibbles and fp16 scales copied); any other type (Q4_K, Q6_K, …) → Q8_0x8 (dequantized, requantized); weights of different types in one matmul → the most precise of their layouts. Work goes in groups of 4 rows and every tile reads each weight once for several tokens: F32x4/BF16x4 hold 16-element chunks of the 4 rows in turn (the kernel streams a group front to back); Q8_0x8/Q4_0x8 store two groups together, 8 rows 4 bytes at a time (one multiply-add against 4 broadcast activations covers all 8 rows, each row's sum complete in its own lane).\n" +
+                "  Wq, Wk, Wv → _wqWkWv[layer] [QDim+KvDim+KvDim, Dim], segments stacked: as stored (the rule above); one horizontal matmul prepares its input once and reads it for all of them.\n" +
+                "  Wo → _wo[layer] [Dim, QDim], one segment: as stored (the rule above).\n" +
+                "  Gate, Up → _gateUp[layer] [2*Hidden, Dim], pair rows interleaved (a₀, b₀, a₁, b₁, …): as stored (the rule above); each adjacent row pair meets in one tile, so the epilogue combines both sums.\n" +
+                "  Down → _down[layer] [Dim, Hidden], one segment: as stored (the rule above).\n" +
+                "  TokenEmbedding → _tokenEmbedding [Vocab, Dim], one segment: as stored (the rule above).\n" +
+                "  TokenEmbedding → as loaded (row-major): gathered whole rows, by token.\n" +
+                "Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):\n" +
+                "  slot 0: x [T, Dim]\n" +
+                "  slot 1: linear [T, QDim], k [T, KvDim], linear3 [T, Dim], glu [T, Hidden]\n" +
+                "  slot 2: linear2 [T, KvDim], attention [T, QDim], mlp [T, Dim]\n" +
+                "  slot 3: v [T, KvDim]\n" +
+                "  slot 4: q [T, QDim]\n" +
+                "Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;\n" +
+                "  for Q8_0/Q4_0, Q8 activations (per 32 values a float scale d = max|x|/127 and int8 q = round(x/d), GGML's rule),\n" +
+                "  with 8·Σq per block for Q4_0's −8 (the kernels broadcast 4 quants at a time to 8 rows). A fused norm computes its statistics per token once\n" +
+                "  (in double) and writes or quantizes the normalized row in the same pass (its weight cannot fold into quantized columns\n" +
+                "  without requantizing them, and folding it into float columns would change their rounding: the packed weights stay exactly as stored).\n" +
+                "Loop bodies (epilogues, input chains, elementwise loops) are generated from the forward method's ops at every width:\n" +
+                "  Vector512, Vector256, Vector128 (tiles) and scalar; activations are composed from e^x, tanh, erf and ln (Kiln.Kernels.Elementwise.Lanes).\n" +
+                "Rope: cos/sin per token and pair computed once per step in double (as the eager op), shared by every layer.\n" +
+                "Attention scratch: per chunk of work items, every head's scores over the KV cache's MaxContext (and one block's rows when the cache stores int8), grown when a larger cache is first seen.\n" +
+                "Threads: one worker pool (PlanOptions.Threads). A matmul splits its 4-row groups over the threads, each tile (4 rows × 4 tokens\n" +
+                "  for F32/BF16, 8 rows × 8 tokens for Q8_0/Q4_0) going through its epilogue while in registers; attention splits (token, KV-head chunk) items;\n" +
+                "  elementwise loops split rows. Every output is computed by one thread in a fixed order, so results do not depend on the thread count.\n";
+
+            private readonly Gemma2 _model;
+            private readonly global::Kiln.Threading.WorkerPool _pool;
+            private readonly string _report;
+            private bool _disposed;
+
+            // Dimensions, fixed when the model was bound.
+            private readonly int _Dim;
+            private readonly int _QDim;
+            private readonly int _KvDim;
+            private readonly int _Hidden;
+            private readonly int _Vocab;
+            private readonly int _HeadDim;
+
+            // Weights in the kernels' layouts: one packed matrix per matmul (and layer), segments on 4-row boundaries.
+            private readonly global::Kiln.Kernels.MatMul.PackedMatrix[] _wqWkWv; // per layer [QDim + KvDim + KvDim, Dim]
+            private readonly int _wqWkWvStart1, _wqWkWvStart2, _wqWkWvRows; // first packed row of each later segment, then the padded row count
+            private readonly global::Kiln.Kernels.MatMul.PackedMatrix[] _wo; // per layer [Dim, QDim]
+            private readonly int _woRows; // first packed row of each later segment, then the padded row count
+            private readonly global::Kiln.Kernels.MatMul.PackedMatrix[] _gateUp; // per layer [2*Hidden, Dim]
+            private readonly int _gateUpRows; // first packed row of each later segment, then the padded row count
+            private readonly global::Kiln.Kernels.MatMul.PackedMatrix[] _down; // per layer [Dim, Hidden]
+            private readonly int _downRows; // first packed row of each later segment, then the padded row count
+            private readonly global::Kiln.Kernels.MatMul.PackedMatrix _tokenEmbedding; // [Vocab, Dim]
+            private readonly int _tokenEmbeddingRows; // first packed row of each later segment, then the padded row count
+
+            // Rope table 0: head dim HeadDim, base RopeBase, NeoX halves:
+            // inverse frequency per pair; cos/sin per token and pair in double (scalar paths), and as floats laid out for the vector paths.
+            private readonly int _rope0HeadDim, _rope0Rotary, _rope0Half;
+            private readonly double[] _rope0InverseFrequency;
+            private readonly double[] _rope0Cos, _rope0Sin;
+            private readonly float[] _rope0CosHalf, _rope0SinHalf; // per token and pair
+
+            // This step's token ids, checked against the vocabulary, where the gathering loops can read them.
+            private readonly int[] _tokens;
+
+            // The arena (native memory that never moves, so work items on every thread can hold views of it).
+            private readonly global::Kiln.Kernels.MatMul.NativeBlock _arenaMemory;
+            private readonly global::Kiln.Kernels.MatMul.FloatBuffer _arena;
+            private readonly int _xOffset;
+            private readonly int _linearOffset;
+            private readonly int _qOffset;
+            private readonly int _linear2Offset;
+            private readonly int _kOffset;
+            private readonly int _vOffset;
+            private readonly int _attentionOffset;
+            private readonly int _linear3Offset;
+            private readonly int _gluOffset;
+            private readonly int _mlpOffset;
+
+            // Matmul inputs, prepared once per matmul for all its weights (normalized, quantized to Q8 for the quantized layouts).
+            private readonly global::Kiln.Kernels.MatMul.GemmScratch _inputs;
+
+            // Attention scratch per chunk of work items (global::Kiln.Kernels.Attention.PagedAttention.MaxChunks at most): every head's row of scores over
+            // the KV cache's MaxContext, and room to read one block's rows when the cache stores int8; grown when a larger cache is first seen.
+            private global::Kiln.Kernels.MatMul.NativeBlock? _scoresMemory;
+            private global::Kiln.Kernels.MatMul.FloatBuffer _scores, _gather;
+            private int _scoresContext, _scoresPerChunk, _gatherFloats;
+
+            public CompiledPlan(Gemma2 model, global::Kiln.PlanOptions options)
+            {
+                if (model is null) throw new global::System.ArgumentNullException(nameof(model));
+                if (options is null) throw new global::System.ArgumentNullException(nameof(options));
+                options.Validate();
+                int maxTokensPerStep = options.MaxTokensPerStep;
+                _model = model;
+                MaxTokensPerStep = maxTokensPerStep;
+                _Dim = model.Dim;
+                _QDim = model.QDim;
+                _KvDim = model.KvDim;
+                _Hidden = model.Hidden;
+                _Vocab = model.Vocab;
+                _HeadDim = model.HeadDim;
+
+                if (model.Heads <= 0 || model.KvHeadCount <= 0 || model.Heads % model.KvHeadCount != 0 || _QDim % model.Heads != 0 || _QDim / model.Heads * model.KvHeadCount != _KvDim)
+                    throw new global::System.InvalidOperationException($"Attention: {model.Heads} heads over {model.KvHeadCount} KV heads do not fit q rows of {_QDim} and k rows of {_KvDim}.");
+
+                if (_HeadDim <= 0 || _QDim % _HeadDim != 0)
+                    throw new global::System.InvalidOperationException($"Rows of QDim = {_QDim} are not whole heads of HeadDim = {_HeadDim}.");
+                if (_HeadDim <= 0 || _KvDim % _HeadDim != 0)
+                    throw new global::System.InvalidOperationException($"Rows of KvDim = {_KvDim} are not whole heads of HeadDim = {_HeadDim}.");
+                var layouts = new global::System.Text.StringBuilder(Report).Append("Layouts chosen for this model file:\n");
+                // Layers.Wq, Layers.Wk, Layers.Wv: layout as stored, chosen per matrix from the file's types
+                _wqWkWvStart1 = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_QDim);
+                _wqWkWvStart2 = _wqWkWvStart1 + global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_KvDim);
+                _wqWkWvRows = _wqWkWvStart2 + global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_KvDim);
+                _wqWkWv = new global::Kiln.Kernels.MatMul.PackedMatrix[model.LayerCount];
+                for (int layer = 0; layer < model.LayerCount; layer++)
+                {
+                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].Wq, model.Layers[layer].Wk, model.Layers[layer].Wv), _wqWkWvRows, _Dim);
+                    packed.Pack(0, model.Layers[layer].Wq, 0, _QDim, "Wq");
+                    packed.Pack(_wqWkWvStart1, model.Layers[layer].Wk, 0, _KvDim, "Wk");
+                    packed.Pack(_wqWkWvStart2, model.Layers[layer].Wv, 0, _KvDim, "Wv");
+                    _wqWkWv[layer] = packed;
+                }
+                layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_wqWkWv[layer]", _wqWkWv));
+
+                // Layers.Wo: layout as stored, chosen per matrix from the file's types
+                _woRows = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Dim);
+                _wo = new global::Kiln.Kernels.MatMul.PackedMatrix[model.LayerCount];
+                for (int layer = 0; layer < model.LayerCount; layer++)
+                {
+                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].Wo), _woRows, _QDim);
+                    packed.Pack(0, model.Layers[layer].Wo, 0, _Dim, "Wo");
+                    _wo[layer] = packed;
+                }
+                layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_wo[layer]", _wo));
+
+                // Layers.Gate, Layers.Up: layout as stored, chosen per matrix from the file's types
+                _gateUpRows = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(2 * _Hidden);
+                _gateUp = new global::Kiln.Kernels.MatMul.PackedMatrix[model.LayerCount];
+                for (int layer = 0; layer < model.LayerCount; layer++)
+                {
+                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].Gate, model.Layers[layer].Up), _gateUpRows, _Dim);
+                    packed.PackInterleaved(0, model.Layers[layer].Gate, 0, model.Layers[layer].Up, 0, _Hidden, "Gate", "Up");
+                    _gateUp[layer] = packed;
+                }
+                layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_gateUp[layer]", _gateUp));
+
+                // Layers.Down: layout as stored, chosen per matrix from the file's types
+                _downRows = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Dim);
+                _down = new global::Kiln.Kernels.MatMul.PackedMatrix[model.LayerCount];
+                for (int layer = 0; layer < model.LayerCount; layer++)
+                {
+                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].Down), _downRows, _Hidden);
+                    packed.Pack(0, model.Layers[layer].Down, 0, _Dim, "Down");
+                    _down[layer] = packed;
+                }
+                layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_down[layer]", _down));
+
+                // TokenEmbedding: layout as stored, chosen per matrix from the file's types
+                _tokenEmbeddingRows = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Vocab);
+                var packed_tokenEmbedding = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.TokenEmbedding), _tokenEmbeddingRows, _Dim);
+                packed_tokenEmbedding.Pack(0, model.TokenEmbedding, 0, _Vocab, "TokenEmbedding");
+                _tokenEmbedding = packed_tokenEmbedding;
+                layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_tokenEmbedding", _tokenEmbedding));
+
+                _rope0HeadDim = model.HeadDim;
+                _rope0Rotary = model.HeadDim;
+                if (_rope0HeadDim <= 0 || _rope0Rotary <= 0 || _rope0Rotary % 2 != 0 || _rope0Rotary > _rope0HeadDim)
+                    throw new global::System.InvalidOperationException($"Rope: {_rope0Rotary} rotary dimensions must be even, positive and at most the head dimension {_rope0HeadDim}.");
+                _rope0Half = _rope0Rotary / 2;
+                _rope0InverseFrequency = new double[_rope0Half];
+                for (int pair = 0; pair < _rope0Half; pair++) _rope0InverseFrequency[pair] = global::System.Math.Pow(model.RopeBase, -2.0 * pair / _rope0Rotary);
+                _rope0Cos = new double[maxTokensPerStep * _rope0Half];
+                _rope0Sin = new double[maxTokensPerStep * _rope0Half];
+                _rope0CosHalf = new float[maxTokensPerStep * _rope0Half];
+                _rope0SinHalf = new float[maxTokensPerStep * _rope0Half];
+
+                _tokens = new int[maxTokensPerStep];
+                // Arena slots (buffers whose live ranges do not overlap share a slot).
+                int offset = 0;
+                _xOffset = offset; // x [T, Dim]
+                offset += (maxTokensPerStep * _Dim + 15) & ~15; // each slot starts on a 64-byte boundary
+                _linearOffset = offset; // linear [T, QDim]
+                _kOffset = offset; // k [T, KvDim]
+                _linear3Offset = offset; // linear3 [T, Dim]
+                _gluOffset = offset; // glu [T, Hidden]
+                offset += (maxTokensPerStep * global::System.Math.Max(global::System.Math.Max(global::System.Math.Max(_QDim, _KvDim), _Dim), _Hidden) + 15) & ~15; // each slot starts on a 64-byte boundary
+                _linear2Offset = offset; // linear2 [T, KvDim]
+                _attentionOffset = offset; // attention [T, QDim]
+                _mlpOffset = offset; // mlp [T, Dim]
+                offset += (maxTokensPerStep * global::System.Math.Max(global::System.Math.Max(_KvDim, _QDim), _Dim) + 15) & ~15; // each slot starts on a 64-byte boundary
+                _vOffset = offset; // v [T, KvDim]
+                offset += (maxTokensPerStep * _KvDim + 15) & ~15; // each slot starts on a 64-byte boundary
+                _qOffset = offset; // q [T, QDim]
+                offset += (maxTokensPerStep * _QDim + 15) & ~15; // each slot starts on a 64-byte boundary
+                _arenaMemory = new global::Kiln.Kernels.MatMul.NativeBlock((long)offset * sizeof(float));
+                _arena = _arenaMemory.Floats(0, offset);
+                _inputs = new global::Kiln.Kernels.MatMul.GemmScratch(maxTokensPerStep, global::System.Math.Max(global::System.Math.Max(_Dim, _QDim), _Hidden));
+                _pool = new global::Kiln.Threading.WorkerPool(options.ResolvedThreads);
+                _report = layouts.ToString();
+            }
+
+            public int MaxTokensPerStep { get; }
+
+            public int VocabSize => _Vocab;
+
+            /// <summary>The fusion report, then the layout each packed weight got from this model file.</summary>
+            public string FusionReport => _report;
+
+            /// <summary>Threads in the plan's worker pool, the caller of Step included.</summary>
+            public int Threads => _pool.ThreadCount;
+
+            /// <summary>Runs one step: [context.OutputCount, VocabSize] logits for the wanted rows. Allocates nothing.</summary>
+            public void Step(global::System.ReadOnlySpan<int> tokens, global::Kiln.AttentionContext context, global::System.Span<float> logits)
+            {
+                global::System.ObjectDisposedException.ThrowIf(_disposed, this);
+                if (context is null) throw new global::System.ArgumentNullException(nameof(context));
+                int T = tokens.Length;
+                if (T != context.TokenCount)
+                    throw new global::System.ArgumentException($"The step has {T} tokens but its context describes {context.TokenCount}.", nameof(tokens));
+                if (T > MaxTokensPerStep)
+                    throw new global::System.ArgumentException($"The step has {T} tokens; this plan was compiled for at most {MaxTokensPerStep}.", nameof(tokens));
+                int O = context.OutputCount;
+                if (logits.Length < O * _Vocab)
+                    throw new global::System.ArgumentException($"logits holds {logits.Length} floats; the step needs {O} rows of {_Vocab}.", nameof(logits));
+                var cache = context.Cache;
+                if (cache.KvDim != _KvDim || cache.Layers < _model.LayerCount)
+                    throw new global::System.ArgumentException($"The KV cache holds {cache.Layers} layers of rows of {cache.KvDim}; this model needs {_model.LayerCount} of {_KvDim} (use CreateKvCache).", nameof(context));
+                if (_scoresContext < cache.MaxContext || _gatherFloats < global::Kiln.Kernels.MatMul.KvBlocks.ScratchFloats(cache)) GrowScores(cache); // once per larger cache, never per step
+                global::System.ReadOnlySpan<int> positions = context.Positions;
+
+                // Token ids, checked against the vocabulary once, where the gathering loops read them.
+                int vocabulary = _model.TokenEmbedding.Rows;
+                for (int t = 0; t < T; t++)
+                {
+                    int token = tokens[t];
+                    if ((uint)token >= (uint)vocabulary)
+                        throw new global::System.ArgumentOutOfRangeException(nameof(tokens), $"Token id {token} at position {t} is outside the vocabulary (0..{vocabulary - 1}).");
+                    _tokens[t] = token;
+                }
+
+                // Activations: views of the arena.
+                global::System.Span<float> x = _arena.Slice(_xOffset, T * _Dim);
+                global::System.Span<float> linear = _arena.Slice(_linearOffset, T * _QDim);
+                global::System.Span<float> q = _arena.Slice(_qOffset, T * _QDim);
+                global::System.Span<float> linear2 = _arena.Slice(_linear2Offset, T * _KvDim);
+                global::System.Span<float> k = _arena.Slice(_kOffset, T * _KvDim);
+                global::System.Span<float> v = _arena.Slice(_vOffset, T * _KvDim);
+                global::System.Span<float> attention = _arena.Slice(_attentionOffset, T * _QDim);
+                global::System.Span<float> linear3 = _arena.Slice(_linear3Offset, T * _Dim);
+                global::System.Span<float> glu = _arena.Slice(_gluOffset, T * _Hidden);
+                global::System.Span<float> mlp = _arena.Slice(_mlpOffset, T * _Dim);
+
+                // Rope table 0: angle = position · base^(-2·pair/rotary), in double like the eager op; shared by every layer.
+                for (int t = 0; t < T; t++)
+                {
+                    for (int pair = 0; pair < _rope0Half; pair++)
+                    {
+                        double angle = positions[t] * _rope0InverseFrequency[pair];
+                        double cos = global::System.Math.Cos(angle), sin = global::System.Math.Sin(angle);
+                        _rope0Cos[t * _rope0Half + pair] = cos;
+                        _rope0Sin[t * _rope0Half + pair] = sin;
+                        _rope0CosHalf[t * _rope0Half + pair] = (float)cos;
+                        _rope0SinHalf[t * _rope0Half + pair] = (float)sin;
+                    }
+                }
+
+                // [1] elementwise: x ← TokenEmbedding[tokens]·global::System.MathF.Sqrt(Dim), one parallel vector loop
+                {
+                    // x ← TokenEmbedding[tokens]·global::System.MathF.Sqrt(Dim): each row by one work item, the widest vectors first.
+                    _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise1Work { Output = _arena.View(_xOffset, T * _Dim), G0 = _model.TokenEmbedding.Data, G0Cols = _model.TokenEmbedding.Cols, S0 = (float)(global::System.MathF.Sqrt(_model.Dim)), Dim_Dim = _Dim, Tokens = _tokens });
+                }
+                for (int layer = 0; layer < _model.LayerCount; layer++) // Layers[layer]
+                {
+                    // [2] matmul: x·[Wq|Wk|Wv]ᵀ with RmsNorm(AttnNorm) fused into the input preparation → linear, linear2, v
+                    {
+                        var weights = _wqWkWv[layer];
+                        // The input once for every weight, RMS-normalized by AttnNorm: quantized to Q8 for the quantized layouts, read as it is by the float ones.
+                        var input = _inputs.Prepare(weights.Format, _arena.View(_xOffset, T * _Dim), _Dim, T, _Dim, global::Kiln.Kernels.MatMul.InputNorm.Rms, _model.Layers[layer].AttnNorm.Data, null, (float)(_model.Eps), _pool);
+                        var work = new MatMul2Work
+                        {
+                            Weights = weights,
+                            Input = input,
+                            End0 = _wqWkWvStart1 / 4,
+                            End1 = _wqWkWvStart2 / 4,
+                            Linear = new MatMul2Linear { Output = _arena.View(_linearOffset, T * _QDim), Cols = _QDim, FirstRow = 0, Dim_QDim = _QDim },
+                            Linear2 = new MatMul2Linear2 { Output = _arena.View(_linear2Offset, T * _KvDim), Cols = _KvDim, FirstRow = _wqWkWvStart1, Dim_KvDim = _KvDim },
+                            V = new MatMul2V { Output = _arena.View(_vOffset, T * _KvDim), Cols = _KvDim, FirstRow = _wqWkWvStart2, Dim_KvDim = _KvDim },
+                        };
+                        _pool.Run(weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, T, _pool.ThreadCount), work);
+                    }
+                    // [3] elementwise: q ← rope_neox(linear), one parallel vector loop
+                    {
+                        // q ← rope_neox(linear): each row by one work item, the widest vectors first.
+                        _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _QDim, _pool.ThreadCount), new Elementwise3Work { Output = _arena.View(_qOffset, T * _QDim), In0 = _arena.View(_linearOffset, T * _QDim), In0Cols = _QDim, Dim_QDim = _QDim, Dim_HeadDim = _HeadDim, Cos = _rope0Cos, Sin = _rope0Sin, Half = _rope0Half, Rotary = _rope0Rotary, CosHalf = _rope0CosHalf, SinHalf = _rope0SinHalf });
+                    }
+                    // [4] elementwise: k ← rope_neox(linear2), one parallel vector loop
+                    {
+                        // k ← rope_neox(linear2): each row by one work item, the widest vectors first.
+                        _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _KvDim, _pool.ThreadCount), new Elementwise4Work { Output = _arena.View(_kOffset, T * _KvDim), In0 = _arena.View(_linear2Offset, T * _KvDim), In0Cols = _KvDim, Dim_KvDim = _KvDim, Dim_HeadDim = _HeadDim, Cos = _rope0Cos, Sin = _rope0Sin, Half = _rope0Half, Rotary = _rope0Rotary, CosHalf = _rope0CosHalf, SinHalf = _rope0SinHalf });
+                    }
+                    // [5] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA (sliding window (((WindowPeriod == 0) || ((layer % WindowPeriod) < (WindowPeriod - 1))) ? Window : 0), scores soft-capped at AttentionCap, scale QueryScale) in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)
+                    {
+                        int heads = _model.Heads, kvHeads = _model.KvHeadCount;
+                        // This step's k and v rows go to the cache first (at each token's row of its sequence's blocks, in the cache's
+                        // storage): a token attends to itself and to earlier tokens of the step.
+                        for (int t = 0; t < T; t++)
+                        {
+                            int row = context.KvRow(t);
+                            cache.WriteKey(layer, row, k.Slice(t * _KvDim, _KvDim));
+                            cache.WriteValue(layer, row, v.Slice(t * _KvDim, _KvDim));
+                        }
+                        // Items: each token's KV heads in a few chunks (so one token's heads still spread over the threads); a chunk reads its
+                        // rows of the cache once, in order, for all its heads.
+                        var paged = new global::Kiln.Kernels.Attention.PagedAttention
+                        {
+                            Q = _arena.View(_qOffset, T * _QDim),
+                            Output = _arena.View(_attentionOffset, T * _QDim),
+                            Scores = _scores,
+                            ScoresStride = _scoresPerChunk,
+                            Gather = _gather,
+                            GatherStride = _gatherFloats,
+                            Cache = cache,
+                            Context = context,
+                            Layer = layer,
+                            Heads = heads,
+                            KvHeads = kvHeads,
+                            HeadDim = _QDim / heads,
+                            QCols = _QDim,
+                            KvCols = _KvDim,
+                            Options = new global::Kiln.Kernels.Attention.AttentionOptions((float)(_model.QueryScale) is var s && s != 0f ? s : (float)(1.0 / global::System.Math.Sqrt(_QDim / heads)), (((_model.WindowPeriod == 0) || ((layer % _model.WindowPeriod) < (_model.WindowPeriod - 1))) ? _model.Window : 0), (float)(_model.AttentionCap), true),
+                        };
+                        int items = paged.Plan(T, _pool.ThreadCount);
+                        _pool.Run(items, paged.ChunkSize, paged);
+                    }
+                    // [6] matmul: attention·[Wo]ᵀ → linear3
+                    {
+                        var weights = _wo[layer];
+                        // The input once for every weight: quantized to Q8 for the quantized layouts, read as it is by the float ones.
+                        var input = _inputs.Prepare(weights.Format, _arena.View(_attentionOffset, T * _QDim), _QDim, T, _QDim, global::Kiln.Kernels.MatMul.InputNorm.None, null, null, 0f, _pool);
+                        var work = new MatMul6Work
+                        {
+                            Weights = weights,
+                            Input = input,
+                            Linear3 = new MatMul6Linear3 { Output = _arena.View(_linear3Offset, T * _Dim), Cols = _Dim, FirstRow = 0, Dim_Dim = _Dim },
+                        };
+                        _pool.Run(weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, T, _pool.ThreadCount), work);
+                    }
+                    // [7] elementwise: x ← x + rmsnorm(linear3, PostAttnNorm), one parallel vector loop
+                    {
+                        // x ← x + rmsnorm(linear3, PostAttnNorm): each row by one work item, the widest vectors first.
+                        _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise7Work { Output = _arena.View(_xOffset, T * _Dim), In0 = _arena.View(_xOffset, T * _Dim), In0Cols = _Dim, In1 = _arena.View(_linear3Offset, T * _Dim), In1Cols = _Dim, W0 = _model.Layers[layer].PostAttnNorm.Data, E0 = (float)(_model.Eps), Dim_Dim = _Dim });
+                    }
+                    // [8] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation → glu ← gelu([Gate])·[Up] epilogue
+                    {
+                        var weights = _gateUp[layer];
+                        // The input once for every weight, RMS-normalized by FfnNorm: quantized to Q8 for the quantized layouts, read as it is by the float ones.
+                        var input = _inputs.Prepare(weights.Format, _arena.View(_xOffset, T * _Dim), _Dim, T, _Dim, global::Kiln.Kernels.MatMul.InputNorm.Rms, _model.Layers[layer].FfnNorm.Data, null, (float)(_model.Eps), _pool);
+                        var work = new MatMul8Work
+                        {
+                            Weights = weights,
+                            Input = input,
+                            Glu = new MatMul8Glu { Output = _arena.View(_gluOffset, T * _Hidden), Cols = _Hidden, FirstRow = 0, Dim_Hidden = _Hidden },
+                        };
+                        _pool.Run(weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, T, _pool.ThreadCount), work);
+                    }
+                    // [9] matmul: glu·[Down]ᵀ → mlp
+                    {
+                        var weights = _down[layer];
+                        // The input once for every weight: quantized to Q8 for the quantized layouts, read as it is by the float ones.
+                        var input = _inputs.Prepare(weights.Format, _arena.View(_gluOffset, T * _Hidden), _Hidden, T, _Hidden, global::Kiln.Kernels.MatMul.InputNorm.None, null, null, 0f, _pool);
+                        var work = new MatMul9Work
+                        {
+                            Weights = weights,
+                            Input = input,
+                            Mlp = new MatMul9Mlp { Output = _arena.View(_mlpOffset, T * _Dim), Cols = _Dim, FirstRow = 0, Dim_Dim = _Dim },
+                        };
+                        _pool.Run(weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, T, _pool.ThreadCount), work);
+                    }
+                    // [10] elementwise: x ← x + rmsnorm(mlp, PostFfnNorm), one parallel vector loop
+                    {
+                        // x ← x + rmsnorm(mlp, PostFfnNorm): each row by one work item, the widest vectors first.
+                        _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise10Work { Output = _arena.View(_xOffset, T * _Dim), In0 = _arena.View(_xOffset, T * _Dim), In0Cols = _Dim, In1 = _arena.View(_mlpOffset, T * _Dim), In1Cols = _Dim, W0 = _model.Layers[layer].PostFfnNorm.Data, E0 = (float)(_model.Eps), Dim_Dim = _Dim });
+                    }
+                }
+
+                // [11] matmul: (rows(x))·[TokenEmbedding]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (the input chain computed per row while preparing) → logits ← softcap([TokenEmbedding], FinalCap) epilogue
+                {
+                    var weights = _tokenEmbedding;
+                    // The input once for every weight: rows(x) computed per row, RMS-normalized by OutputNorm, then quantized or read as floats.
+                    var source = new MatMul11Input { In0 = _arena.View(_xOffset, T * _Dim), In0Cols = _Dim, Dim_Dim = _Dim, Context = context };
+                    var input = _inputs.Prepare(weights.Format, source, O, _Dim, global::Kiln.Kernels.MatMul.InputNorm.Rms, _model.OutputNorm.Data, null, (float)(_model.Eps), _pool);
+                    var work = new MatMul11Work
+                    {
+                        Weights = weights,
+                        Input = input,
+                        Logits = new MatMul11Logits { Output = default, Cols = _Vocab, FirstRow = 0, S0 = (float)(_model.FinalCap), Dim_Vocab = _Vocab },
+                    };
+                    // The epilogue writes the caller's logits directly: pinned for the run.
+                    global::Kiln.Kernels.MatMul.PinnedOutput.Run(_pool, logits, weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, O, _pool.ThreadCount), work);
+                }
+            }
+            /// <summary>Stops the worker pool and frees the arena, the scratch and the packed weights. Steps after this throw.</summary>
+            public void Dispose()
+            {
+                if (_disposed) return;
+                _disposed = true;
+                _pool.Dispose();
+                _inputs.Dispose();
+                _arenaMemory.Dispose();
+                _scoresMemory?.Dispose();
+                foreach (var packed in _wqWkWv) packed.Dispose();
+                foreach (var packed in _wo) packed.Dispose();
+                foreach (var packed in _gateUp) packed.Dispose();
+                foreach (var packed in _down) packed.Dispose();
+                _tokenEmbedding.Dispose();
+            }
+
+            /// <summary>Attention scratch for <paramref name="cache"/>: per chunk of work items, every head's scores over its MaxContext and one block's rows.</summary>
+            private void GrowScores(global::Kiln.KvCache cache)
+            {
+                _scoresMemory?.Dispose();
+                _scoresContext = global::System.Math.Max(_scoresContext, cache.MaxContext);
+                _gatherFloats = global::System.Math.Max(_gatherFloats, global::Kiln.Kernels.MatMul.KvBlocks.ScratchFloats(cache));
+                _scoresPerChunk = global::Kiln.Kernels.Attention.PagedAttention.ScoresPerChunk(_scoresContext, _model.Heads);
+                const int chunks = global::Kiln.Kernels.Attention.PagedAttention.MaxChunks;
+                _scoresMemory = new global::Kiln.Kernels.MatMul.NativeBlock(((long)_scoresPerChunk + _gatherFloats) * chunks * sizeof(float));
+                _scores = _scoresMemory.Floats(0, chunks * _scoresPerChunk);
+                _gather = _scoresMemory.Floats((long)chunks * _scoresPerChunk * sizeof(float), chunks * _gatherFloats);
+            }
+
+            /// <summary>[1] x ← TokenEmbedding[tokens]·global::System.MathF.Sqrt(Dim), row by row.</summary>
+            private struct Elementwise1Work : global::Kiln.Threading.IParallelWork
+            {
+                public global::Kiln.Kernels.MatMul.FloatBuffer Output;
+                public float[] G0; public int G0Cols; // TokenEmbedding
+                public float S0; // global::System.MathF.Sqrt(Dim)
+                public int Dim_Dim;
+                public int[] Tokens;
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+                public void Execute(int start, int end)
+                {
+                    for (int t = start; t < end; t++)
+                    {
+                        int o = t * Dim_Dim;
+                        int g0 = Tokens[t] * G0Cols;
+                        int c = 0;
+                        if (global::Kiln.Kernels.Elementwise.Lanes.Use512)
+                        {
+                            for (; c + 16 <= Dim_Dim; c += 16)
+                            {
+                                var e0 = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref G0[g0 + c]);
+                                var e1 = global::System.Runtime.Intrinsics.Vector512.Create(S0);
+                                var e2 = e0 * e1;
+                                Output.Store16(o + c, e2);
+                            }
+                        }
+                        if (global::Kiln.Kernels.Elementwise.Lanes.Use256)
+                        {
+                            for (; c + 8 <= Dim_Dim; c += 8)
+                            {
+                                var e0 = global::System.Runtime.Intrinsics.Vector256.LoadUnsafe(ref G0[g0 + c]);
+                                var e1 = global::System.Runtime.Intrinsics.Vector256.Create(S0);
+                                var e2 = e0 * e1;
+                                Output.Store8(o + c, e2);
+                            }
+                        }
+                        for (; c < Dim_Dim; c++)
+                        {
+                            var e0 = G0[g0 + c];
+                            var e1 = S0;
+                            var e2 = e0 * e1;
+                            Output[o + c] = e2;
+                        }
+                    }
+                }
+            }
+
+            /// <summary>[2] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
+            private struct MatMul2Work : global::Kiln.Threading.IParallelWork
+            {
+                public global::Kiln.Kernels.MatMul.PackedMatrix Weights;
+                public global::Kiln.Kernels.MatMul.GemmInput Input;
+                public int End0; // the group where segment 0 (linear) ends
+                public int End1; // the group where segment 1 (linear2) ends
+                public MatMul2Linear Linear;
+                public MatMul2Linear2 Linear2;
+                public MatMul2V V;
+
+                public void Execute(int start, int end)
+                {
+                    if (start < End0) Run(start, global::System.Math.Min(end, End0), ref Linear);
+                    if (start < End1 && end > End0) Run(global::System.Math.Max(start, End0), global::System.Math.Min(end, End1), ref Linear2);
+                    if (end > End1) Run(global::System.Math.Max(start, End1), end, ref V);
+                }
+
+                private void Run<TEpilogue>(int first, int end, ref TEpilogue epilogue) where TEpilogue : struct, global::Kiln.Kernels.MatMul.ITileEpilogue
+                {
+                    // The layout was chosen from the file's types when the plan was compiled: each has its kernel.
+                    switch (Weights.Format)
+                    {
+                        case global::Kiln.Kernels.MatMul.PackedFormat.F32: global::Kiln.Kernels.MatMul.Gemm.F32(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.BF16: global::Kiln.Kernels.MatMul.Gemm.BF16(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q8_0: global::Kiln.Kernels.MatMul.Gemm.Q8_0(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q4_0: global::Kiln.Kernels.MatMul.Gemm.Q4_0(Weights, Input, first, end, ref epilogue); break;
+                        default: throw new global::System.InvalidOperationException($"No kernel for the {Weights.Format} layout.");
+                    }
+                }
+            }
+
+            /// <summary>[2] linear ← .</summary>
+            private struct MatMul2Linear : global::Kiln.Kernels.MatMul.ITileEpilogue
+            {
+                public global::Kiln.Kernels.MatMul.FloatBuffer Output;
+                public int Cols, FirstRow;
+                public int Dim_QDim;
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
+                {
+                    int o = row - FirstRow, at = token * Cols + o;
+                    if (o + 4 <= Cols)
+                    {
+                        var e0 = sums;
+                        Output.Store4(at, e0);
+                        return;
+                    }
+                    for (int i = 0; o + i < Cols; i++)
+                    {
+                        var e0 = sums[i];
+                        Output[at + i] = e0;
+                    }
+                }
+            }
+
+            /// <summary>[2] linear2 ← .</summary>
+            private struct MatMul2Linear2 : global::Kiln.Kernels.MatMul.ITileEpilogue
+            {
+                public global::Kiln.Kernels.MatMul.FloatBuffer Output;
+                public int Cols, FirstRow;
+                public int Dim_KvDim;
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
+                {
+                    int o = row - FirstRow, at = token * Cols + o;
+                    if (o + 4 <= Cols)
+                    {
+                        var e0 = sums;
+                        Output.Store4(at, e0);
+                        return;
+                    }
+                    for (int i = 0; o + i < Cols; i++)
+                    {
+                        var e0 = sums[i];
+                        Output[at + i] = e0;
+                    }
+                }
+            }
+
+            /// <summary>[2] v ← .</summary>
+            private struct MatMul2V : global::Kiln.Kernels.MatMul.ITileEpilogue
+            {
+                public global::Kiln.Kernels.MatMul.FloatBuffer Output;
+                public int Cols, FirstRow;
+                public int Dim_KvDim;
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
+                {
+                    int o = row - FirstRow, at = token * Cols + o;
+                    if (o + 4 <= Cols)
+                    {
+                        var e0 = sums;
+                        Output.Store4(at, e0);
+                        return;
+                    }
+                    for (int i = 0; o + i < Cols; i++)
+                    {
+                        var e0 = sums[i];
+                        Output[at + i] = e0;
+                    }
+                }
+            }
+
+            /// <summary>[3] q ← rope_neox(linear), row by row.</summary>
+            private struct Elementwise3Work : global::Kiln.Threading.IParallelWork
+            {
+                public global::Kiln.Kernels.MatMul.FloatBuffer Output;
+                public global::Kiln.Kernels.MatMul.FloatBuffer In0; public int In0Cols; // linear
+                public int Dim_QDim;
+                public int Dim_HeadDim;
+                public double[] Cos, Sin;
+                public float[] CosHalf, SinHalf;
+                public int Half, Rotary;
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+                public void Execute(int start, int end)
+                {
+                    for (int t = start; t < end; t++)
+                    {
+                        int o = t * Dim_QDim;
+                        int in0 = t * In0Cols;
+                        for (int g = 0; g < Dim_QDim; g += Dim_HeadDim)
+                        {
+                            int j = 0;
+                            if (global::Kiln.Kernels.Elementwise.Lanes.Use512)
+                            {
+                                for (; j + 16 <= Half; j += 16)
+                                {
+                                    var a0 = In0.Load16(in0 + g + j);
+                                    var b0 = In0.Load16(in0 + g + j + Half);
+                                    var cos = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref CosHalf[t * Half + j]);
+                                    var sin = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref SinHalf[t * Half + j]);
+                                    Output.Store16(o + g + j, a0 * cos - b0 * sin);
+                                    Output.Store16(o + g + j + Half, a0 * sin + b0 * cos);
+                                }
+                            }
+                            if (global::Kiln.Kernels.Elementwise.Lanes.Use256)
+                            {
+                                for (; j + 8 <= Half; j += 8)
+                                {
+                                    var a0 = In0.Load8(in0 + g + j);
+                                    var b0 = In0.Load8(in0 + g + j + Half);
+                                    var cos = global::System.Runtime.Intrinsics.Vector256.LoadUnsafe(ref CosHalf[t * Half + j]);
+                                    var sin = global::System.Runtime.Intrinsics.Vector256.LoadUnsafe(ref SinHalf[t * Half + j]);
+                                    Output.Store8(o + g + j, a0 * cos - b0 * sin);
+                                    Output.Store8(o + g + j + Half, a0 * sin + b0 * cos);
+                                }
+                            }
+                            for (; j < Half; j++)
+                            {
+                                var a0 = In0[in0 + g + j];
+                                var b0 = In0[in0 + g + j + Half];
+                                double cos = Cos[t * Half + j], sin = Sin[t * Half + j];
+                                Output[o + g + j] = (float)(a0 * cos - b0 * sin);
+                                Output[o + g + j + Half] = (float)(a0 * sin + b0 * cos);
+                            }
+                            j = Rotary;
+                            if (global::Kiln.Kernels.Elementwise.Lanes.Use512)
+                            {
+                                for (; j + 16 <= Dim_HeadDim; j += 16)
+                                {
+                                    var p0 = In0.Load16(in0 + g + j);
+                                    Output.Store16(o + g + j, p0);
+                                }
+                            }
+                            if (global::Kiln.Kernels.Elementwise.Lanes.Use256)
+                            {
+                                for (; j + 8 <= Dim_HeadDim; j += 8)
+                                {
+                                    var p0 = In0.Load8(in0 + g + j);
+                                    Output.Store8(o + g + j, p0);
+                                }
+                            }
+                            for (; j < Dim_HeadDim; j++)
+                            {
+                                var p0 = In0[in0 + g + j];
+                                Output[o + g + j] = p0;
+                            }
+                        }
+                    }
+                }
+            }
+
+            /// <summary>[4] k ← rope_neox(linear2), row by row.</summary>
+            private struct Elementwise4Work : global::Kiln.Threading.IParallelWork
+            {
+                public global::Kiln.Kernels.MatMul.FloatBuffer Output;
+                public global::Kiln.Kernels.MatMul.FloatBuffer In0; public int In0Cols; // linear2
+                public int Dim_KvDim;
+                public int Dim_HeadDim;
+                public double[] Cos, Sin;
+                public float[] CosHalf, SinHalf;
+                public int Half, Rotary;
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+                public void Execute(int start, int end)
+                {
+                    for (int t = start; t < end; t++)
+                    {
+                        int o = t * Dim_KvDim;
+                        int in0 = t * In0Cols;
+                        for (int g = 0; g < Dim_KvDim; g += Dim_HeadDim)
+                        {
+                            int j = 0;
+                            if (global::Kiln.Kernels.Elementwise.Lanes.Use512)
+                            {
+                                for (; j + 16 <= Half; j += 16)
+                                {
+                                    var a0 = In0.Load16(in0 + g + j);
+                                    var b0 = In0.Load16(in0 + g + j + Half);
+                                    var cos = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref CosHalf[t * Half + j]);
+                                    var sin = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref SinHalf[t * Half + j]);
+                                    Output.Store16(o + g + j, a0 * cos - b0 * sin);
+                                    Output.Store16(o + g + j + Half, a0 * sin + b0 * cos);
+                                }
+                            }
+                            if (global::Kiln.Kernels.Elementwise.Lanes.Use256)
+                            {
+                                for (; j + 8 <= Half; j += 8)
+                                {
+                                    var a0 = In0.Load8(in0 + g + j);
+                                    var b0 = In0.Load8(in0 + g + j + Half);
+                                    var cos = global::System.Runtime.Intrinsics.Vector256.LoadUnsafe(ref CosHalf[t * Half + j]);
+                                    var sin = global::System.Runtime.Intrinsics.Vector256.LoadUnsafe(ref SinHalf[t * Half + j]);
+                                    Output.Store8(o + g + j, a0 * cos - b0 * sin);
+                                    Output.Store8(o + g + j + Half, a0 * sin + b0 * cos);
+                                }
+                            }
+                            for (; j < Half; j++)
+                            {
+                                var a0 = In0[in0 + g + j];
+                                var b0 = In0[in0 + g + j + Half];
+                                double cos = Cos[t * Half + j], sin = Sin[t * Half + j];
+                                Output[o + g + j] = (float)(a0 * cos - b0 * sin);
+                                Output[o + g + j + Half] = (float)(a0 * sin + b0 * cos);
+                            }
+                            j = Rotary;
+                            if (global::Kiln.Kernels.Elementwise.Lanes.Use512)
+                            {
+                                for (; j + 16 <= Dim_HeadDim; j += 16)
+                                {
+                                    var p0 = In0.Load16(in0 + g + j);
+                                    Output.Store16(o + g + j, p0);
+                                }
+                            }
+                            if (global::Kiln.Kernels.Elementwise.Lanes.Use256)
+                            {
+                                for (; j + 8 <= Dim_HeadDim; j += 8)
+                                {
+                                    var p0 = In0.Load8(in0 + g + j);
+                                    Output.Store8(o + g + j, p0);
+                                }
+                            }
+                            for (; j < Dim_HeadDim; j++)
+                            {
+                                var p0 = In0[in0 + g + j];
+                                Output[o + g + j] = p0;
+                            }
+                        }
+                    }
+                }
+            }
+
+            /// <summary>[6] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
+            private struct MatMul6Work : global::Kiln.Threading.IParallelWork
+            {
+                public global::Kiln.Kernels.MatMul.PackedMatrix Weights;
+                public global::Kiln.Kernels.MatMul.GemmInput Input;
+                public MatMul6Linear3 Linear3;
+
+                public void Execute(int start, int end)
+                {
+                    Run(start, end, ref Linear3);
+                }
+
+                private void Run<TEpilogue>(int first, int end, ref TEpilogue epilogue) where TEpilogue : struct, global::Kiln.Kernels.MatMul.ITileEpilogue
+                {
+                    // The layout was chosen from the file's types when the plan was compiled: each has its kernel.
+                    switch (Weights.Format)
+                    {
+                        case global::Kiln.Kernels.MatMul.PackedFormat.F32: global::Kiln.Kernels.MatMul.Gemm.F32(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.BF16: global::Kiln.Kernels.MatMul.Gemm.BF16(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q8_0: global::Kiln.Kernels.MatMul.Gemm.Q8_0(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q4_0: global::Kiln.Kernels.MatMul.Gemm.Q4_0(Weights, Input, first, end, ref epilogue); break;
+                        default: throw new global::System.InvalidOperationException($"No kernel for the {Weights.Format} layout.");
+                    }
+                }
+            }
+
+            /// <summary>[6] linear3 ← .</summary>
+            private struct MatMul6Linear3 : global::Kiln.Kernels.MatMul.ITileEpilogue
+            {
+                public global::Kiln.Kernels.MatMul.FloatBuffer Output;
+                public int Cols, FirstRow;
+                public int Dim_Dim;
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
+                {
+                    int o = row - FirstRow, at = token * Cols + o;
+                    if (o + 4 <= Cols)
+                    {
+                        var e0 = sums;
+                        Output.Store4(at, e0);
+                        return;
+                    }
+                    for (int i = 0; o + i < Cols; i++)
+                    {
+                        var e0 = sums[i];
+                        Output[at + i] = e0;
+                    }
+                }
+            }
+
+            /// <summary>[7] x ← x + rmsnorm(linear3, PostAttnNorm), row by row.</summary>
+            private struct Elementwise7Work : global::Kiln.Threading.IParallelWork
+            {
+                public global::Kiln.Kernels.MatMul.FloatBuffer Output;
+                public global::Kiln.Kernels.MatMul.FloatBuffer In0; public int In0Cols; // x
+                public global::Kiln.Kernels.MatMul.FloatBuffer In1; public int In1Cols; // linear3
+                public float[] W0; // PostAttnNorm
+                public float E0; // eps of Rms statistic 0
+                public int Dim_Dim;
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+                public void Execute(int start, int end)
+                {
+                    for (int t = start; t < end; t++)
+                    {
+                        int o = t * Dim_Dim;
+                        int in0 = t * In0Cols;
+                        int in1 = t * In1Cols;
+                        float scale0 = (float)(1.0 / global::System.Math.Sqrt(global::Kiln.Kernels.Elementwise.RowStatistics.SumOfSquares(In1, in1, In1Cols) / In1Cols + E0));
+                        int c = 0;
+                        if (global::Kiln.Kernels.Elementwise.Lanes.Use512)
+                        {
+                            for (; c + 16 <= Dim_Dim; c += 16)
+                            {
+                                var e0 = In0.Load16(in0 + c);
+                                var e1 = In1.Load16(in1 + c);
+                                var e2 = global::System.Runtime.Intrinsics.Vector512.Create(scale0);
+                                var e3 = e1 * e2;
+                                var e4 = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref W0[c]);
+                                var e5 = e3 * e4;
+                                var e6 = e0 + e5;
+                                Output.Store16(o + c, e6);
+                            }
+                        }
+                        if (global::Kiln.Kernels.Elementwise.Lanes.Use256)
+                        {
+                            for (; c + 8 <= Dim_Dim; c += 8)
+                            {
+                                var e0 = In0.Load8(in0 + c);
+                                var e1 = In1.Load8(in1 + c);
+                                var e2 = global::System.Runtime.Intrinsics.Vector256.Create(scale0);
+                                var e3 = e1 * e2;
+                                var e4 = global::System.Runtime.Intrinsics.Vector256.LoadUnsafe(ref W0[c]);
+                                var e5 = e3 * e4;
+                                var e6 = e0 + e5;
+                                Output.Store8(o + c, e6);
+                            }
+                        }
+                        for (; c < Dim_Dim; c++)
+                        {
+                            var e0 = In0[in0 + c];
+                            var e1 = In1[in1 + c];
+                            var e2 = scale0;
+                            var e3 = e1 * e2;
+                            var e4 = W0[c];
+                            var e5 = e3 * e4;
+                            var e6 = e0 + e5;
+                            Output[o + c] = e6;
+                        }
+                    }
+                }
+            }
+
+            /// <summary>[8] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
+            private struct MatMul8Work : global::Kiln.Threading.IParallelWork
+            {
+                public global::Kiln.Kernels.MatMul.PackedMatrix Weights;
+                public global::Kiln.Kernels.MatMul.GemmInput Input;
+                public MatMul8Glu Glu;
+
+                public void Execute(int start, int end)
+                {
+                    Run(start, end, ref Glu);
+                }
+
+                private void Run<TEpilogue>(int first, int end, ref TEpilogue epilogue) where TEpilogue : struct, global::Kiln.Kernels.MatMul.ITileEpilogue
+                {
+                    // The layout was chosen from the file's types when the plan was compiled: each has its kernel.
+                    switch (Weights.Format)
+                    {
+                        case global::Kiln.Kernels.MatMul.PackedFormat.F32: global::Kiln.Kernels.MatMul.Gemm.F32(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.BF16: global::Kiln.Kernels.MatMul.Gemm.BF16(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q8_0: global::Kiln.Kernels.MatMul.Gemm.Q8_0(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q4_0: global::Kiln.Kernels.MatMul.Gemm.Q4_0(Weights, Input, first, end, ref epilogue); break;
+                        default: throw new global::System.InvalidOperationException($"No kernel for the {Weights.Format} layout.");
+                    }
+                }
+            }
+
+            /// <summary>[8] glu ← gelu([Gate])·[Up]: rows interleaved, so each adjacent pair of sums yields one output.</summary>
+            private struct MatMul8Glu : global::Kiln.Kernels.MatMul.ITileEpilogue
+            {
+                public global::Kiln.Kernels.MatMul.FloatBuffer Output;
+                public int Cols, FirstRow;
+                public int Dim_Hidden;
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
+                {
+                    int o = (row - FirstRow) / 2, at = token * Cols + o;
+                    var first = global::System.Runtime.Intrinsics.Vector128.Shuffle(sums, global::System.Runtime.Intrinsics.Vector128.Create(0, 2, 0, 2)); // a₀, a₁
+                    var second = global::System.Runtime.Intrinsics.Vector128.Shuffle(sums, global::System.Runtime.Intrinsics.Vector128.Create(1, 3, 1, 3)); // b₀, b₁
+                    if (o + 2 <= Cols)
+                    {
+                        var e0 = first;
+                        var e1 = e0 * e0;
+                        var e2 = e1 * e0;
+                        var e3 = global::System.Runtime.Intrinsics.Vector128.Create(0.7978845608028654f);
+                        var e4 = global::System.Runtime.Intrinsics.Vector128.Create(0.044715f);
+                        var e5 = e4 * e2;
+                        var e6 = e0 + e5;
+                        var e7 = e3 * e6;
+                        var e8 = global::System.Runtime.Intrinsics.Vector128.Create(0.5f);
+                        var e9 = e8 * e0;
+                        var e10 = global::System.Runtime.Intrinsics.Vector128.Create(1f);
+                        var e11 = global::Kiln.Kernels.Elementwise.Lanes.Tanh(e7);
+                        var e12 = e10 + e11;
+                        var e13 = e9 * e12;
+                        var e14 = second;
+                        var e15 = e13 * e14;
+                        Output[at] = e15[0];
+                        Output[at + 1] = e15[1];
+                        return;
+                    }
+                    var l0 = first[0];
+                    var l1 = l0 * l0;
+                    var l2 = l1 * l0;
+                    var l3 = 0.7978845608028654f;
+                    var l4 = 0.044715f;
+                    var l5 = l4 * l2;
+                    var l6 = l0 + l5;
+                    var l7 = l3 * l6;
+                    var l8 = 0.5f;
+                    var l9 = l8 * l0;
+                    var l10 = 1f;
+                    var l11 = global::Kiln.Kernels.Elementwise.Lanes.Tanh(l7);
+                    var l12 = l10 + l11;
+                    var l13 = l9 * l12;
+                    var l14 = second[0];
+                    var l15 = l13 * l14;
+                    Output[at] = l15;
+                }
+            }
+
+            /// <summary>[9] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
+            private struct MatMul9Work : global::Kiln.Threading.IParallelWork
+            {
+                public global::Kiln.Kernels.MatMul.PackedMatrix Weights;
+                public global::Kiln.Kernels.MatMul.GemmInput Input;
+                public MatMul9Mlp Mlp;
+
+                public void Execute(int start, int end)
+                {
+                    Run(start, end, ref Mlp);
+                }
+
+                private void Run<TEpilogue>(int first, int end, ref TEpilogue epilogue) where TEpilogue : struct, global::Kiln.Kernels.MatMul.ITileEpilogue
+                {
+                    // The layout was chosen from the file's types when the plan was compiled: each has its kernel.
+                    switch (Weights.Format)
+                    {
+                        case global::Kiln.Kernels.MatMul.PackedFormat.F32: global::Kiln.Kernels.MatMul.Gemm.F32(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.BF16: global::Kiln.Kernels.MatMul.Gemm.BF16(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q8_0: global::Kiln.Kernels.MatMul.Gemm.Q8_0(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q4_0: global::Kiln.Kernels.MatMul.Gemm.Q4_0(Weights, Input, first, end, ref epilogue); break;
+                        default: throw new global::System.InvalidOperationException($"No kernel for the {Weights.Format} layout.");
+                    }
+                }
+            }
+
+            /// <summary>[9] mlp ← .</summary>
+            private struct MatMul9Mlp : global::Kiln.Kernels.MatMul.ITileEpilogue
+            {
+                public global::Kiln.Kernels.MatMul.FloatBuffer Output;
+                public int Cols, FirstRow;
+                public int Dim_Dim;
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
+                {
+                    int o = row - FirstRow, at = token * Cols + o;
+                    if (o + 4 <= Cols)
+                    {
+                        var e0 = sums;
+                        Output.Store4(at, e0);
+                        return;
+                    }
+                    for (int i = 0; o + i < Cols; i++)
+                    {
+                        var e0 = sums[i];
+                        Output[at + i] = e0;
+                    }
+                }
+            }
+
+            /// <summary>[10] x ← x + rmsnorm(mlp, PostFfnNorm), row by row.</summary>
+            private struct Elementwise10Work : global::Kiln.Threading.IParallelWork
+            {
+                public global::Kiln.Kernels.MatMul.FloatBuffer Output;
+                public global::Kiln.Kernels.MatMul.FloatBuffer In0; public int In0Cols; // x
+                public global::Kiln.Kernels.MatMul.FloatBuffer In1; public int In1Cols; // mlp
+                public float[] W0; // PostFfnNorm
+                public float E0; // eps of Rms statistic 0
+                public int Dim_Dim;
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+                public void Execute(int start, int end)
+                {
+                    for (int t = start; t < end; t++)
+                    {
+                        int o = t * Dim_Dim;
+                        int in0 = t * In0Cols;
+                        int in1 = t * In1Cols;
+                        float scale0 = (float)(1.0 / global::System.Math.Sqrt(global::Kiln.Kernels.Elementwise.RowStatistics.SumOfSquares(In1, in1, In1Cols) / In1Cols + E0));
+                        int c = 0;
+                        if (global::Kiln.Kernels.Elementwise.Lanes.Use512)
+                        {
+                            for (; c + 16 <= Dim_Dim; c += 16)
+                            {
+                                var e0 = In0.Load16(in0 + c);
+                                var e1 = In1.Load16(in1 + c);
+                                var e2 = global::System.Runtime.Intrinsics.Vector512.Create(scale0);
+                                var e3 = e1 * e2;
+                                var e4 = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref W0[c]);
+                                var e5 = e3 * e4;
+                                var e6 = e0 + e5;
+                                Output.Store16(o + c, e6);
+                            }
+                        }
+                        if (global::Kiln.Kernels.Elementwise.Lanes.Use256)
+                        {
+                            for (; c + 8 <= Dim_Dim; c += 8)
+                            {
+                                var e0 = In0.Load8(in0 + c);
+                                var e1 = In1.Load8(in1 + c);
+                                var e2 = global::System.Runtime.Intrinsics.Vector256.Create(scale0);
+                                var e3 = e1 * e2;
+                                var e4 = global::System.Runtime.Intrinsics.Vector256.LoadUnsafe(ref W0[c]);
+                                var e5 = e3 * e4;
+                                var e6 = e0 + e5;
+                                Output.Store8(o + c, e6);
+                            }
+                        }
+                        for (; c < Dim_Dim; c++)
+                        {
+                            var e0 = In0[in0 + c];
+                            var e1 = In1[in1 + c];
+                            var e2 = scale0;
+                            var e3 = e1 * e2;
+                            var e4 = W0[c];
+                            var e5 = e3 * e4;
+                            var e6 = e0 + e5;
+                            Output[o + c] = e6;
+                        }
+                    }
+                }
+            }
+
+            /// <summary>[11] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
+            private struct MatMul11Work : global::Kiln.Threading.IParallelWork, global::Kiln.Kernels.MatMul.IOutputWork
+            {
+                public global::Kiln.Kernels.MatMul.PackedMatrix Weights;
+                public global::Kiln.Kernels.MatMul.GemmInput Input;
+                public MatMul11Logits Logits;
+
+                public void Execute(int start, int end)
+                {
+                    Run(start, end, ref Logits);
+                }
+
+                public void BindOutput(global::Kiln.Kernels.MatMul.FloatBuffer output) => Logits.Output = output;
+
+                private void Run<TEpilogue>(int first, int end, ref TEpilogue epilogue) where TEpilogue : struct, global::Kiln.Kernels.MatMul.ITileEpilogue
+                {
+                    // The layout was chosen from the file's types when the plan was compiled: each has its kernel.
+                    switch (Weights.Format)
+                    {
+                        case global::Kiln.Kernels.MatMul.PackedFormat.F32: global::Kiln.Kernels.MatMul.Gemm.F32(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.BF16: global::Kiln.Kernels.MatMul.Gemm.BF16(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q8_0: global::Kiln.Kernels.MatMul.Gemm.Q8_0(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q4_0: global::Kiln.Kernels.MatMul.Gemm.Q4_0(Weights, Input, first, end, ref epilogue); break;
+                        default: throw new global::System.InvalidOperationException($"No kernel for the {Weights.Format} layout.");
+                    }
+                }
+            }
+
+            /// <summary>[11] The matmul's input rows: rows(x), computed into the preparation's scratch.</summary>
+            private struct MatMul11Input : global::Kiln.Kernels.MatMul.IRowSource
+            {
+                public global::Kiln.Kernels.MatMul.FloatBuffer In0; public int In0Cols; // x at the wanted rows
+                public int Dim_Dim;
+                public global::Kiln.AttentionContext Context;
+
+                public void Row(int t, global::Kiln.Kernels.MatMul.FloatBuffer destination)
+                {
+                    int in0 = Context.OutputRows[t] * In0Cols;
+                    int c = 0;
+                    if (global::Kiln.Kernels.Elementwise.Lanes.Use512)
+                    {
+                        for (; c + 16 <= destination.Length; c += 16)
+                        {
+                            var e0 = In0.Load16(in0 + c);
+                            destination.Store16(c, e0);
+                        }
+                    }
+                    if (global::Kiln.Kernels.Elementwise.Lanes.Use256)
+                    {
+                        for (; c + 8 <= destination.Length; c += 8)
+                        {
+                            var e0 = In0.Load8(in0 + c);
+                            destination.Store8(c, e0);
+                        }
+                    }
+                    for (; c < destination.Length; c++)
+                    {
+                        var e0 = In0[in0 + c];
+                        destination[c] = e0;
+                    }
+                }
+            }
+
+            /// <summary>[11] logits ← softcap([TokenEmbedding], FinalCap).</summary>
+            private struct MatMul11Logits : global::Kiln.Kernels.MatMul.ITileEpilogue
+            {
+                public global::Kiln.Kernels.MatMul.FloatBuffer Output;
+                public int Cols, FirstRow;
+                public float S0; // FinalCap
+                public int Dim_Vocab;
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
+                {
+                    int o = row - FirstRow, at = token * Cols + o;
+                    if (o + 4 <= Cols)
+                    {
+                        var e0 = sums;
+                        var e1 = global::System.Runtime.Intrinsics.Vector128.Create(S0);
+                        var e2 = e0 / e1;
+                        var e3 = global::Kiln.Kernels.Elementwise.Lanes.Tanh(e2);
+                        var e4 = e1 * e3;
+                        Output.Store4(at, e4);
+                        return;
+                    }
+                    for (int i = 0; o + i < Cols; i++)
+                    {
+                        var e0 = sums[i];
+                        var e1 = S0;
+                        var e2 = e0 / e1;
+                        var e3 = global::Kiln.Kernels.Elementwise.Lanes.Tanh(e2);
+                        var e4 = e1 * e3;
+                        Output[at + i] = e4;
+                    }
+                }
+            }
+
+        }
+    }
+}
