@@ -14,6 +14,7 @@ internal static class BenchCli
     private const string Usage =
         "usage: bench make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3] --shape {15m|110m|tiny} --format {f32|f16|q8_0|q4_0} --out FILE [--seed N]\n" +
         "       bench compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads " + "prefill_128,decode_128,batched_decode_8,batched_decode_32] [--quick] [--seed N] [--kv f16|f32]\n" +
+        "       bench agree --model FILE [--positions 64] [--threads N] [--json OUT]\n" +
         "       bench kernels --threads N [--formats q4_0,q8_0,f32] [--tokens 1,32,128]\n" +
         "       bench serve --model FILE --threads N [--json OUT] [--quick]";
 
@@ -22,7 +23,7 @@ internal static class BenchCli
         if (args.Length > 0 && args[0] == "serve") return ServeCommand.Run(args.AsSpan(1)); // the batching engine's benchmark (Serve*.cs)
         try
         {
-            if (args.Length == 0) throw new UsageException("missing command: make-model, compare, kernels or serve (--help for usage)");
+            if (args.Length == 0) throw new UsageException("missing command: make-model, compare, agree, kernels or serve (--help for usage)");
             if (args[0] is "-h" or "--help" or "help")
             {
                 Console.WriteLine(Usage);
@@ -32,12 +33,14 @@ internal static class BenchCli
             {
                 "make-model" => ["arch", "shape", "format", "out", "seed"],
                 "compare" => ["model", "threads", "runs", "json", "workloads", "quick", "seed", "kv"],
+                "agree" => ["model", "positions", "threads", "json"],
                 "kernels" => ["threads", "formats", "tokens"],
-                _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model, compare, kernels or serve)"),
+                _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model, compare, agree, kernels or serve)"),
             });
             return args[0] switch
             {
                 "make-model" => MakeModel(options),
+                "agree" => Agree(options),
                 "kernels" => Kernels(options),
                 _ => CompareCommand(options),
             };
@@ -109,6 +112,24 @@ internal static class BenchCli
             var other => throw new UsageException($"--kv must be f32 or f16, not '{other}'"),
         };
         return Compare.Run(new ComparisonOptions(model, threads, runs, json, workloads, quick, seed) { KvStorage = kv }, Console.Out, Console.Error);
+    }
+
+    private static int Agree(Dictionary<string, string> options)
+    {
+        string model = Required(options, "model");
+        if (!File.Exists(model)) throw new UsageException($"--model: file '{model}' not found");
+        int positions = Int(options, "positions", 64, min: 1, max: 4096);
+        int threads = Int(options, "threads", Math.Min(Environment.ProcessorCount, 4), min: 1, max: 64);
+        string? json = options.GetValueOrDefault("json");
+        Console.Error.WriteLine($"agree: {Path.GetFileName(model)}: {positions} positions teacher-forced in one batch, {threads} threads (llama.cpp: F32 KV cache, no flash attention)...");
+        var result = Agreement.Run(model, positions, threads);
+        Console.WriteLine(result.Describe());
+        if (json is not null)
+        {
+            File.WriteAllText(json, result.ToJson());
+            Console.Error.WriteLine($"agree: wrote {json}");
+        }
+        return 0;
     }
 
     private static int Kernels(Dictionary<string, string> options)

@@ -213,12 +213,15 @@ public sealed class Gemma2Synthetic : SyntheticArchitecture
 
 /// <summary>
 /// Phi-3: fused QKV, fused gate|up ([2·ffn × dim], gate first), half-split rope over the whole head, untied output.
-/// Writes Phi-3-mini's sliding_window of 2047, which llama.cpp reads and then switches off (full attention).
+/// Writes Phi-3-mini's sliding_window of 2047, which llama.cpp reads and then switches off (full attention), and
+/// Phi-3's added chat tokens: llama.cpp looks &lt;|endoftext|&gt; up by text in any file whose general.name contains
+/// "phi3" and fails the load without it.
 /// </summary>
 public sealed class Phi3Synthetic : SyntheticArchitecture
 {
     public override string Name => "phi3";
-    public override SyntheticVocabulary Vocabulary { get; } = SyntheticVocabulary.SentencePiece(addBos: false);
+    public override SyntheticVocabulary Vocabulary { get; } = SyntheticVocabulary.SentencePiece(addBos: false, addSpacePrefix: true,
+        "<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>");
     public override SyntheticShape Tiny { get; } = new("tiny", Dim: 64, Hidden: 160, Layers: 2, Heads: 4, KvHeads: 4, Vocab: 320, TiedOutput: false, ContextLength: 256);
     public override SyntheticShape Small { get; } = new("15m", 288, 768, 6, 6, 6, 32000, TiedOutput: false, ContextLength: 4096);
     public override SyntheticShape Base { get; } = new("110m", 768, 2048, 12, 12, 12, 32000, TiedOutput: false, ContextLength: 4096);

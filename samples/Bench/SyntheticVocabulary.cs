@@ -11,8 +11,12 @@ public abstract record SyntheticVocabulary(bool AddBos)
     /// <summary>GGUF token types (llama_token_type).</summary>
     public const int Normal = 1, Unknown = 2, Control = 3, Byte = 6;
 
-    /// <summary>A SentencePiece vocabulary ("llama" tokenizer model): &lt;unk&gt;, &lt;s&gt;, &lt;/s&gt;, 256 byte tokens, then pieces.</summary>
-    public static SyntheticVocabulary SentencePiece(bool addBos, bool addSpacePrefix = true) => new SentencePieceVocabulary(addBos, addSpacePrefix);
+    /// <summary>
+    /// A SentencePiece vocabulary ("llama" tokenizer model): &lt;unk&gt;, &lt;s&gt;, &lt;/s&gt;, 256 byte tokens, then pieces,
+    /// and <paramref name="specials"/> (control tokens) in the last ids.
+    /// </summary>
+    public static SyntheticVocabulary SentencePiece(bool addBos, bool addSpacePrefix = true, params string[] specials) =>
+        new SentencePieceVocabulary(addBos, addSpacePrefix, specials);
 
     /// <summary>A byte-level BPE vocabulary ("gpt2" tokenizer model) with pre-tokenizer <paramref name="pre"/> and <paramref name="specials"/> at its end.</summary>
     public static SyntheticVocabulary ByteLevelBpe(string pre, params string[] specials) => new ByteLevelBpeVocabulary(pre, specials);
@@ -21,11 +25,19 @@ public abstract record SyntheticVocabulary(bool AddBos)
 }
 
 /// <summary>The vocabulary today's synthetic Llama files carry, unchanged.</summary>
-public sealed record SentencePieceVocabulary(bool AddBos, bool AddSpacePrefix) : SyntheticVocabulary(AddBos)
+public sealed record SentencePieceVocabulary(bool AddBos, bool AddSpacePrefix, string[] Specials) : SyntheticVocabulary(AddBos)
 {
     public override void Write(GgufWriter writer, int size)
     {
         var (tokens, scores, types) = Build(size);
+        for (int i = 0; i < Specials.Length; i++)
+        {
+            int id = size - Specials.Length + i;
+            if (id < 259 || Array.IndexOf(tokens, Specials[i]) >= 0) throw new ArgumentException($"special token '{Specials[i]}' does not fit a {size}-token vocabulary");
+            tokens[id] = Specials[i];
+            scores[id] = 0;
+            types[id] = Control;
+        }
         writer.AddMetadata("tokenizer.ggml.model", "llama");
         writer.AddMetadata("tokenizer.ggml.tokens", tokens);
         writer.AddMetadata("tokenizer.ggml.scores", scores);
