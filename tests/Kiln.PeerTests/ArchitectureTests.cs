@@ -111,6 +111,42 @@ public sealed class ArchitectureTests(ITestOutputHelper output)
         }
     }
 
+    /// <summary>
+    /// The byte-level BPE vocabulary at the 15m/110m size: unique tokens, GPT-2's 256 byte characters first, every
+    /// merge "a b" joining two earlier tokens into the token it names, only byte characters outside the specials
+    /// (llama.cpp decodes every non-control token through that alphabet), specials last and of control type.
+    /// </summary>
+    [Fact]
+    public void ByteLevelBpeVocabularyIsConsistent()
+    {
+        string[] specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+        var (tokens, types, merges) = ByteLevelBpeVocabulary.Build(32000, specials);
+        var alphabet = ByteLevelBpeVocabulary.ByteAlphabet();
+        var id = new Dictionary<string, int>(StringComparer.Ordinal);
+        for (int i = 0; i < tokens.Length; i++) Assert.True(id.TryAdd(tokens[i], i), $"token '{tokens[i]}' repeats");
+
+        Assert.Equal(256, alphabet.Select(a => a.Byte).Distinct().Count());
+        Assert.Equal("!", tokens[0]);
+        Assert.Equal("\u0120", tokens[alphabet.ToList().FindIndex(a => a.Byte == (byte)' ')]); // 'Ġ'
+        var byteChars = alphabet.Select(a => a.Char).ToHashSet();
+        Assert.Equal(32000 - 256 - specials.Length, merges.Length);
+        for (int m = 0; m < merges.Length; m++)
+        {
+            int merged = 256 + m;
+            string[] parts = merges[m].Split(' ');
+            Assert.Equal(2, parts.Length);
+            Assert.True(id[parts[0]] < merged && id[parts[1]] < merged, $"merge {m} '{merges[m]}' uses a later token");
+            Assert.Equal(parts[0] + parts[1], tokens[merged]);
+            Assert.All(tokens[merged], c => Assert.Contains(c, byteChars));
+        }
+        for (int i = 0; i < specials.Length; i++)
+        {
+            Assert.Equal(specials[i], tokens[32000 - specials.Length + i]);
+            Assert.Equal(SyntheticVocabulary.Control, types[32000 - specials.Length + i]);
+        }
+        Assert.All(types.Take(32000 - specials.Length), t => Assert.Equal(SyntheticVocabulary.Normal, t));
+    }
+
     public static TheoryData<string, string> EveryArchitectureAndFormat()
     {
         var data = new TheoryData<string, string>();
