@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text.Json;
+using System.Text.Json.Serialization;
 using Kiln.Loading;
 using LLama;
 
@@ -44,7 +45,7 @@ public sealed record AgreementResult(
         ["add_bos"] = AddBos,
         ["tokens"] = Tokens,
         ["max_abs_dlogit_per_position"] = MaxAbsDiff,
-    }, new JsonSerializerOptions { WriteIndented = true });
+    }, new JsonSerializerOptions { WriteIndented = true, NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals }); // a NaN logit reads as Infinity
 }
 
 public static class Agreement
@@ -57,12 +58,12 @@ public static class Agreement
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(positions);
         using var file = ModelFile.Open(path);
+        using var kiln = new KilnSession(file, maxTokensPerStep: positions, threads); // first: an architecture Kiln lacks fails fast
         using var weights = LlamaCpp.LoadWeights(path, threads);
         var vocab = weights.Vocab;
         int bos = vocab.ShouldAddBOS && vocab.BOS is { } token ? (int)token : -1;
         int[] tokens = TokenSequence(file, vocab.Count, positions, bos);
         float[] llama = LlamaCppLogits(weights, tokens, threads);
-        using var kiln = new KilnSession(file, maxTokensPerStep: positions, threads);
         float[] ours = KilnLogits(kiln, tokens);
         return Compare(file.Architecture, tokens, bos >= 0, ours, llama, vocab.Count);
     }

@@ -90,7 +90,7 @@ public static class SyntheticModel
         var builder = new SyntheticModelBuilder(architecture, shape, format, seed, scales ?? new Scales(), progress);
         var writer = builder.Writer;
         writer.AddMetadata("general.architecture", architecture.Name);
-        string prefix = architecture.Name == "llama" ? "" : architecture.Name + "-";
+        string prefix = architecture.Name == "llama" ? "" : architecture.Name + "-"; // llama keeps its old name, and so its bytes
         writer.AddMetadata("general.name", $"kiln-synthetic-{prefix}{shape.Name}-{format.ToString().ToLowerInvariant()}");
         writer.AddMetadata("general.alignment", (uint)writer.Alignment);
         writer.AddMetadata("general.file_type", FileType(format));

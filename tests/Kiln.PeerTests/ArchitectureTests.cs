@@ -68,8 +68,8 @@ public sealed class ArchitectureTests(ITestOutputHelper output)
         int n = vocab.Count;
         for (int p = 0; p < Positions; p++)
         {
-            var row = logits.AsSpan(p * n, n);
-            float spread = row.ToArray().Max() - row.ToArray().Min();
+            var row = logits.AsSpan(p * n, n).ToArray();
+            float spread = row.Max() - row.Min();
             Assert.True(spread > 0.5f, $"position {p}: logits spread only {spread} (all equal?)");
         }
         double positionDifference = 0;
