@@ -78,7 +78,7 @@ public static class Compare
         bool nibbles = info.WeightFormats.Contains("Q4_0", StringComparison.Ordinal);
         var before = MachineReading.Measure(options.Threads, nibbles);
 
-        log.WriteLine("compare: loading Kiln (Llama.Load + Compile; untimed)...");
+        log.WriteLine("compare: loading Kiln (ModelCatalog.Load + Compile; untimed)...");
         var loadClock = Stopwatch.StartNew();
         using var kiln = new KilnSession(file, maxTokensPerStep: Math.Max(sizes.Prompt, maxBatch), options.Threads, options.KvStorage);
         log.WriteLine($"compare: Kiln ready in {loadClock.Elapsed.TotalSeconds:F1} s; loading llama.cpp (untimed)...");

@@ -4,7 +4,7 @@ using Kiln.Models;
 namespace Kiln.Bench;
 
 /// <summary>
-/// Kiln on one model file: the generated Llama binder, one compiled plan on a worker pool of exactly the bench's
+/// Kiln on one model file: its architecture's generated binder (<see cref="ModelCatalog"/>), one compiled plan on a worker pool of exactly the bench's
 /// thread count, and a logits buffer. KV caches are paged with a fixed block table per slot, in the storage chosen
 /// here: F16 (llama.cpp's default and compare's) or F32; the generated attention reads both in place.
 /// </summary>
@@ -15,14 +15,14 @@ public sealed class KilnSession : IDisposable
     public KilnSession(ModelFile file, int maxTokensPerStep, int threads, KvStorage kvStorage = KvStorage.F32)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(threads);
-        Model = Llama.Load(file);
+        Model = ModelCatalog.Load(file);
         Plan = Model.Compile(new PlanOptions(maxTokensPerStep, threads));
         Threads = threads;
         KvStorage = kvStorage;
         _logits = new float[(long)Plan.VocabSize * maxTokensPerStep];
     }
 
-    public Llama Model { get; }
+    public IKilnModel Model { get; }
 
     public ICompiledPlan Plan { get; }
 

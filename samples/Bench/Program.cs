@@ -2,17 +2,19 @@ using System.Diagnostics;
 using System.Globalization;
 using Kiln.Bench;
 
-// Kiln's benchmark tool: synthetic Llama files with real shapes, and Kiln vs llama.cpp side by side on them.
-//   make-model --shape {15m|110m} --format {f32|q8_0|q4_0} --out FILE [--seed N]
+// Kiln's benchmark tool: synthetic model files with real shapes, and Kiln vs llama.cpp side by side on them.
+//   make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3] --shape {15m|110m} --format {f32|f16|q8_0|q4_0} --out FILE [--seed N]
 //   compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads a,b] [--quick] [--seed N]
+//   agree --model FILE [--positions 64] [--threads N] [--json OUT]
 //   kernels --threads N [--formats q4_0,q8_0,f32] [--tokens 1,32,128]
 return BenchCli.Run(args);
 
 internal static class BenchCli
 {
     private const string Usage =
-        "usage: bench make-model --shape {15m|110m} --format {f32|q8_0|q4_0} --out FILE [--seed N]\n" +
+        "usage: bench make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3] --shape {15m|110m|tiny} --format {f32|f16|q8_0|q4_0} --out FILE [--seed N]\n" +
         "       bench compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads " + "prefill_128,decode_128,batched_decode_8,batched_decode_32] [--quick] [--seed N] [--kv f16|f32]\n" +
+        "       bench agree --model FILE [--positions 64] [--threads N] [--json OUT]\n" +
         "       bench kernels --threads N [--formats q4_0,q8_0,f32] [--tokens 1,32,128]\n" +
         "       bench serve --model FILE --threads N [--json OUT] [--quick]";
 
@@ -21,7 +23,7 @@ internal static class BenchCli
         if (args.Length > 0 && args[0] == "serve") return ServeCommand.Run(args.AsSpan(1)); // the batching engine's benchmark (Serve*.cs)
         try
         {
-            if (args.Length == 0) throw new UsageException("missing command: make-model, compare, kernels or serve (--help for usage)");
+            if (args.Length == 0) throw new UsageException("missing command: make-model, compare, agree, kernels or serve (--help for usage)");
             if (args[0] is "-h" or "--help" or "help")
             {
                 Console.WriteLine(Usage);
@@ -29,14 +31,16 @@ internal static class BenchCli
             }
             var options = ParseOptions(args.AsSpan(1), args[0] switch
             {
-                "make-model" => ["shape", "format", "out", "seed"],
+                "make-model" => ["arch", "shape", "format", "out", "seed"],
                 "compare" => ["model", "threads", "runs", "json", "workloads", "quick", "seed", "kv"],
+                "agree" => ["model", "positions", "threads", "json"],
                 "kernels" => ["threads", "formats", "tokens"],
-                _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model, compare, kernels or serve)"),
+                _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model, compare, agree, kernels or serve)"),
             });
             return args[0] switch
             {
                 "make-model" => MakeModel(options),
+                "agree" => Agree(options),
                 "kernels" => Kernels(options),
                 _ => CompareCommand(options),
             };
@@ -55,12 +59,15 @@ internal static class BenchCli
 
     private static int MakeModel(Dictionary<string, string> options)
     {
-        var shape = SyntheticLlamaShape.FromName(Required(options, "shape"))
-                    ?? throw new UsageException($"--shape must be 15m or 110m, not '{options["shape"]}'");
+        string archName = options.GetValueOrDefault("arch", "llama");
+        var architecture = SyntheticModel.FindArchitecture(archName)
+                           ?? throw new UsageException($"--arch must be one of {string.Join(", ", SyntheticModel.ArchitectureNames)}, not '{archName}'");
+        var shape = architecture.Shape(Required(options, "shape"))
+                    ?? throw new UsageException($"--shape must be 15m, 110m or tiny, not '{options["shape"]}'");
         string formatText = Required(options, "format");
-        if (formatText.ToLowerInvariant() is not ("f32" or "q8_0" or "q4_0"))
-            throw new UsageException($"--format must be f32, q8_0 or q4_0, not '{formatText}'");
-        var format = SyntheticLlama.ParseFormat(formatText);
+        if (formatText.ToLowerInvariant() is not ("f32" or "f16" or "q8_0" or "q4_0"))
+            throw new UsageException($"--format must be f32, f16, q8_0 or q4_0, not '{formatText}'");
+        var format = SyntheticModel.ParseFormat(formatText);
         string path = Required(options, "out");
         int seed = Int(options, "seed", 1, min: int.MinValue);
         string? directory = Path.GetDirectoryName(Path.GetFullPath(path));
@@ -68,15 +75,16 @@ internal static class BenchCli
 
         var clock = Stopwatch.StartNew();
         bool interactive = !Console.IsErrorRedirected;
-        SyntheticLlama.Write(path, shape, format, seed, progress: line =>
+        string label = $"{architecture.Name} {shape.Name} {formatText}";
+        SyntheticModel.Write(path, architecture, shape, format, seed, progress: line =>
         {
-            if (interactive) Console.Error.Write($"\rmake-model {shape.Name} {formatText}: {line,-60}");
-            else Console.Error.WriteLine($"make-model {shape.Name} {formatText}: {line}");
+            if (interactive) Console.Error.Write($"\rmake-model {label}: {line,-60}");
+            else Console.Error.WriteLine($"make-model {label}: {line}");
         });
         if (interactive) Console.Error.WriteLine();
         long bytes = new FileInfo(path).Length;
         Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"make-model: wrote {path}: {shape.Name} (dim {shape.Dim}, ffn {shape.Hidden}, {shape.Layers} layers, {shape.Heads} heads, vocab {shape.Vocab}, {(shape.TiedOutput ? "tied" : "untied")} output), {formatText}, seed {seed}, {bytes / 1e6:F1} MB in {clock.Elapsed.TotalSeconds:F1} s"));
+            $"make-model: wrote {path}: {architecture.Name} {shape.Describe()}, {formatText}, seed {seed}, {bytes / 1e6:F1} MB in {clock.Elapsed.TotalSeconds:F1} s"));
         return 0;
     }
 
@@ -104,6 +112,24 @@ internal static class BenchCli
             var other => throw new UsageException($"--kv must be f32 or f16, not '{other}'"),
         };
         return Compare.Run(new ComparisonOptions(model, threads, runs, json, workloads, quick, seed) { KvStorage = kv }, Console.Out, Console.Error);
+    }
+
+    private static int Agree(Dictionary<string, string> options)
+    {
+        string model = Required(options, "model");
+        if (!File.Exists(model)) throw new UsageException($"--model: file '{model}' not found");
+        int positions = Int(options, "positions", 64, min: 1, max: 4096);
+        int threads = Int(options, "threads", Math.Min(Environment.ProcessorCount, 4), min: 1, max: 64);
+        string? json = options.GetValueOrDefault("json");
+        Console.Error.WriteLine($"agree: {Path.GetFileName(model)}: {positions} positions teacher-forced in one batch, {threads} threads (llama.cpp: F32 KV cache, no flash attention)...");
+        var result = Agreement.Run(model, positions, threads);
+        Console.WriteLine(result.Describe());
+        if (json is not null)
+        {
+            File.WriteAllText(json, result.ToJson());
+            Console.Error.WriteLine($"agree: wrote {json}");
+        }
+        return 0;
     }
 
     private static int Kernels(Dictionary<string, string> options)

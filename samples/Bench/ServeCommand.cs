@@ -86,16 +86,17 @@ public static class ServeCommand
         if (options.TokenBudget > 0) sizes = sizes with { TokenBudget = options.TokenBudget };
         if (sizes.TokenBudget < options.Batch) throw new ArgumentException($"--budget ({sizes.TokenBudget}) must be at least --batch ({options.Batch}): every running request decodes each step");
         using var file = ModelFile.Open(options.ModelPath);
-        var model = Llama.Load(file);
+        var model = ModelCatalog.Load(file);
         var tokenizer = KilnTokenizer.FromModelFile(file);
         Func<int, ICompiledPlan> compile = options.Eager
             ? tokens => new EagerPlan(model, tokens)
             : tokens => model.Compile(new PlanOptions(tokens, options.Threads));
-        log.WriteLine($"serve: {Path.GetFileName(options.ModelPath)}: dim {model.Dim}, {model.LayerCount} layers, vocab {model.VocabSize}, context {model.Context}; " +
+        // The context the model was trained for, as llama.cpp reads it ({arch}.context_length; 2048 when absent).
+        int context = file.TryGetInt($"{file.Architecture}.context_length", out long trained) && trained > 0 ? (int)Math.Min(trained, int.MaxValue) : 2048;
+        log.WriteLine($"serve: {Path.GetFileName(options.ModelPath)}: {file.Architecture}, {model.KvShape.Layers} layers, vocab {model.VocabSize}, context {context}; " +
                       $"{(options.Eager ? "EAGER reference plan" : "compiled plan")}, {options.Threads} threads{(options.Quick ? ", QUICK sizes" : "")}");
 
         // Lengths fit the model's context: a prompt and its output together at most.
-        int context = model.Context;
         var prompts = sizes.Prompts with { Max = Math.Min(sizes.Prompts.Max, context / 2) };
         var outputs = sizes.Outputs with { Max = Math.Min(sizes.Outputs.Max, context / 2 - 1) };
         int maxSequence = prompts.Max + outputs.Max;

@@ -2,7 +2,6 @@ using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Diagnostics.Metrics;
 using Kiln.Engine.Serving;
-using Kiln.Models;
 using Kiln.Tokenization;
 
 namespace Kiln.Bench;
@@ -40,7 +39,7 @@ public static class ServeRunners
     /// "Kiln.Engine" histograms (recorded on the engine loop when a token is produced), so the callers' thread hops
     /// are not in them; KV utilization is sampled from the engine's statistics while requests are in flight.
     /// </summary>
-    public static async Task<ServeResult> RunEngine(string name, Llama model, KilnTokenizer tokenizer, Func<int, ICompiledPlan> compile, EngineOptions options, ServeRequest[] workload)
+    public static async Task<ServeResult> RunEngine(string name, IKilnModel model, KilnTokenizer tokenizer, Func<int, ICompiledPlan> compile, EngineOptions options, ServeRequest[] workload)
     {
         using var latencies = new LatencyRecorder();
         await using var engine = new KilnEngine(model, compile, tokenizer, options);
@@ -73,7 +72,7 @@ public static class ServeRunners
     /// prefix cache on, the first request computes the prefix and the rest hit it; with it off, every one misses.
     /// Returns the median time to first token over the requests after the first.
     /// </summary>
-    public static async Task<double> RunPrefix(Llama model, KilnTokenizer tokenizer, Func<int, ICompiledPlan> compile, EngineOptions options, ServeRequest[] workload)
+    public static async Task<double> RunPrefix(IKilnModel model, KilnTokenizer tokenizer, Func<int, ICompiledPlan> compile, EngineOptions options, ServeRequest[] workload)
     {
         using var latencies = new LatencyRecorder();
         await using var engine = new KilnEngine(model, compile, tokenizer, options);
@@ -95,7 +94,7 @@ public static class ServeRunners
     /// output is done, finished sequences still computing. Pad tokens sit after a shorter prompt (the work equals
     /// left padding under a mask; the outputs of padded rows are not used).
     /// </summary>
-    public static ServeResult RunStaticPadded(string name, Llama model, ICompiledPlan plan, ServeRequest[] workload, int batchSize, int maxContext)
+    public static ServeResult RunStaticPadded(string name, IKilnModel model, ICompiledPlan plan, ServeRequest[] workload, int batchSize, int maxContext)
     {
         var context = new AttentionContext(model.CreateKvCache(batchSize, maxContext), plan.MaxTokensPerStep);
         var tokens = new int[plan.MaxTokensPerStep];

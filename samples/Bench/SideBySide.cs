@@ -80,7 +80,7 @@ public static class SideBySide
             diffs[step] = worst;
             kilnTokens[step] = Greedy.ArgMax(kilnLogits);
             llamaTokens[step] = Greedy.ArgMax(llamaLogits);
-            gaps[step] = TopGap(kilnLogits);
+            gaps[step] = Agreement.TopGap(kilnLogits);
             if (kilnTokens[step] != llamaTokens[step] && agreed < 0) agreed = step;
             if (step == steps - 1) break;
 
@@ -92,16 +92,5 @@ public static class SideBySide
             llama.Decode();
         }
         return new SideBySideResult(kilnTokens, llamaTokens, diffs, gaps, agreed < 0 ? steps : agreed);
-    }
-
-    private static double TopGap(ReadOnlySpan<float> logits)
-    {
-        float first = float.NegativeInfinity, second = float.NegativeInfinity;
-        foreach (float v in logits)
-        {
-            if (v > first) { second = first; first = v; }
-            else if (v > second) second = v;
-        }
-        return first - second;
     }
 }

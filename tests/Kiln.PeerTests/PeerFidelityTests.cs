@@ -13,7 +13,7 @@ namespace Kiln.PeerTests;
 public sealed class PeerFidelityTests(ITestOutputHelper output)
 {
     /// <summary>dim 64, ffn 160, 2 layers, 4 heads over 2 KV heads (GQA), 320 unique tokens, untied output.</summary>
-    private static readonly SyntheticLlamaShape Tiny = new("tiny", Dim: 64, Hidden: 160, Layers: 2, Heads: 4, KvHeads: 2, Vocab: 320, TiedOutput: false, ContextLength: 256);
+    private static readonly SyntheticShape Tiny = new("tiny", Dim: 64, Hidden: 160, Layers: 2, Heads: 4, KvHeads: 2, Vocab: 320, TiedOutput: false, ContextLength: 256);
 
     /// <summary>
     /// Seed and scales chosen (from a scan of 80 seeds) so the 32-step greedy path of both formats varies (no short
@@ -23,7 +23,7 @@ public sealed class PeerFidelityTests(ITestOutputHelper output)
     /// Kiln does not yet) well inside the tolerance.
     /// </summary>
     private const int Seed = 38;
-    private static readonly SyntheticLlama.Scales TinyScales = new(LinearGain: 0.5f, LogitScale: 1f);
+    private static readonly SyntheticModel.Scales TinyScales = new(LinearGain: 0.5f, LogitScale: 1f);
     private static readonly int[] TinyPrompt = [1, 300, 301, 310, 290];
 
     [Theory]
@@ -35,7 +35,7 @@ public sealed class PeerFidelityTests(ITestOutputHelper output)
         try
         {
             string path = Path.Combine(directory, $"tiny-{format}.gguf");
-            SyntheticLlama.Write(path, Tiny, SyntheticLlama.ParseFormat(format), Seed, TinyScales);
+            SyntheticModel.Write(path, Tiny, SyntheticModel.ParseFormat(format), Seed, TinyScales);
 
             var result = SideBySide.Run(path, TinyPrompt, steps: 32);
             output.WriteLine($"synthetic {format} (seed {Seed}), prompt [{string.Join(", ", TinyPrompt)}], 32 greedy steps: {result.Describe()}");
@@ -73,7 +73,7 @@ public sealed class PeerFidelityTests(ITestOutputHelper output)
     [Fact]
     public void SyntheticVocabularyIsUniqueAndLlamaCppAcceptsIt()
     {
-        var (tokens, _, types) = SyntheticLlama.BuildVocabulary(32000);
+        var (tokens, _, types) = SentencePieceVocabulary.Build(32000);
         Assert.Equal(tokens.Length, tokens.Distinct(StringComparer.Ordinal).Count());
         Assert.Equal(256, types.Count(t => t == 6));
         Assert.Equal("<0x0A>", tokens[3 + '\n']);
@@ -82,9 +82,9 @@ public sealed class PeerFidelityTests(ITestOutputHelper output)
         try
         {
             // The 15m shape's metadata and vocabulary on a model too small to matter: llama.cpp must load it.
-            var shape = new SyntheticLlamaShape("vocab", 32, 64, 1, 2, 2, 32000, TiedOutput: true);
+            var shape = new SyntheticShape("vocab", 32, 64, 1, 2, 2, 32000, TiedOutput: true);
             string path = Path.Combine(directory, "vocab.gguf");
-            SyntheticLlama.Write(path, shape, GgmlType.Q8_0, seed: 1);
+            SyntheticModel.Write(path, shape, GgmlType.Q8_0, seed: 1);
             using var weights = LlamaCpp.LoadWeights(path, SideBySide.Threads);
             Assert.Equal(32000, weights.Vocab.Count);
             using var file = ModelFile.Open(path);

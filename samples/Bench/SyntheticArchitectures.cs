@@ -1,0 +1,260 @@
+namespace Kiln.Bench;
+
+// One description per architecture: what llama.cpp's loader for it reads (see /work/notes/arch-facts.md and the
+// bench README), sized like stories15M / stories110M, shaped like the family. Tiny shapes are the tests'.
+
+/// <summary>Llama: RMSNorm, adjacent-pair rope, GQA, SwiGLU. Today's synthetic files, byte for byte (norms exactly 1).</summary>
+public sealed class LlamaSynthetic : SyntheticArchitecture
+{
+    public override string Name => "llama";
+    public override SyntheticVocabulary Vocabulary { get; } = SyntheticVocabulary.SentencePiece(addBos: true);
+    public override float NormJitter => 0;
+    public override SyntheticShape Tiny { get; } = new("tiny", Dim: 64, Hidden: 160, Layers: 2, Heads: 4, KvHeads: 2, Vocab: 320, TiedOutput: false, ContextLength: 256);
+    public override SyntheticShape Small { get; } = new("15m", 288, 768, 6, 6, 6, 32000, TiedOutput: true);
+    public override SyntheticShape Base { get; } = new("110m", 768, 2048, 12, 12, 12, 32000, TiedOutput: false);
+
+    protected internal override void AddHyperparameters(SyntheticModelBuilder model)
+    {
+        model.Hyper("rope.dimension_count", (uint)model.Shape.HeadDim);
+        model.Hyper("rope.freq_base", 10000f);
+        model.Hyper("attention.layer_norm_rms_epsilon", 1e-5f);
+    }
+
+    protected internal override void AddTensors(SyntheticModelBuilder model)
+    {
+        var s = model.Shape;
+        model.TokenEmbedding(s.TiedOutput);
+        for (int layer = 0; layer < s.Layers; layer++)
+        {
+            string p = $"blk.{layer}.";
+            model.Norm(p + "attn_norm.weight", s.Dim);
+            model.Attention(p);
+            model.Norm(p + "ffn_norm.weight", s.Dim);
+            model.GatedFfn(p);
+        }
+        model.OutputHead();
+    }
+}
+
+/// <summary>
+/// GPT-2: LayerNorm with biases, learned position embeddings, fused QKV with bias, GELU MLP with biases, no rope.
+/// Byte-level BPE with &lt;|endoftext|&gt; last, as GPT-2's vocabulary has it.
+/// </summary>
+public sealed class Gpt2Synthetic : SyntheticArchitecture
+{
+    private const float BiasStd = 0.1f;
+
+    public override string Name => "gpt2";
+    public override SyntheticVocabulary Vocabulary { get; } = SyntheticVocabulary.ByteLevelBpe("gpt-2", "<|endoftext|>");
+    public override SyntheticShape Tiny { get; } = new("tiny", Dim: 64, Hidden: 256, Layers: 2, Heads: 4, KvHeads: 4, Vocab: 320, TiedOutput: false, ContextLength: 256);
+    public override SyntheticShape Small { get; } = new("15m", 288, 1152, 6, 6, 6, 32000, TiedOutput: true, ContextLength: 1024);
+    public override SyntheticShape Base { get; } = new("110m", 768, 3072, 12, 12, 12, 32000, TiedOutput: false, ContextLength: 1024);
+
+    public override void Validate(SyntheticShape shape)
+    {
+        base.Validate(shape);
+        if (shape.KvHeads != shape.Heads || shape.KeyLength != 0)
+            throw new ArgumentException("gpt2: multi-head attention over dim / heads only (no GQA, no key_length)");
+    }
+
+    protected internal override void AddHyperparameters(SyntheticModelBuilder model) =>
+        model.Hyper("attention.layer_norm_epsilon", 1e-5f);
+
+    protected internal override void AddTensors(SyntheticModelBuilder model)
+    {
+        var s = model.Shape;
+        model.TokenEmbedding(s.TiedOutput);
+        model.Matrix("position_embd.weight", s.Dim, s.ContextLength, 0.1f);
+        for (int layer = 0; layer < s.Layers; layer++)
+        {
+            string p = $"blk.{layer}.";
+            LayerNorm(model, p + "attn_norm");
+            model.Linear(p + "attn_qkv.weight", s.Dim, 3 * s.Dim);
+            model.Bias(p + "attn_qkv.bias", 3 * s.Dim, BiasStd);
+            model.Linear(p + "attn_output.weight", s.Dim, s.Dim);
+            model.Bias(p + "attn_output.bias", s.Dim, BiasStd);
+            LayerNorm(model, p + "ffn_norm");
+            model.Linear(p + "ffn_up.weight", s.Dim, s.Hidden);
+            model.Bias(p + "ffn_up.bias", s.Hidden, BiasStd);
+            model.Linear(p + "ffn_down.weight", s.Hidden, s.Dim);
+            model.Bias(p + "ffn_down.bias", s.Dim, BiasStd);
+        }
+        LayerNorm(model, "output_norm");
+        if (!s.TiedOutput) model.Matrix("output.weight", s.Dim, s.Vocab, model.LogitStd);
+    }
+
+    private static void LayerNorm(SyntheticModelBuilder model, string name)
+    {
+        model.Norm(name + ".weight", model.Shape.Dim);
+        model.Bias(name + ".bias", model.Shape.Dim, BiasStd);
+    }
+}
+
+/// <summary>Qwen2: Llama's block with Q/K/V biases (large, as trained Qwen2 has), half-split rope at base 1e6, GQA.</summary>
+public sealed class Qwen2Synthetic : SyntheticArchitecture
+{
+    public override string Name => "qwen2";
+    public override SyntheticVocabulary Vocabulary { get; } = SyntheticVocabulary.ByteLevelBpe("qwen2", "<|endoftext|>", "<|im_start|>", "<|im_end|>");
+    public override SyntheticShape Tiny { get; } = new("tiny", Dim: 64, Hidden: 160, Layers: 2, Heads: 4, KvHeads: 2, Vocab: 320, TiedOutput: true, ContextLength: 256);
+    public override SyntheticShape Small { get; } = new("15m", 288, 768, 6, 6, 2, 32000, TiedOutput: true);
+    public override SyntheticShape Base { get; } = new("110m", 768, 2048, 12, 12, 2, 32000, TiedOutput: false);
+
+    public override void Validate(SyntheticShape shape)
+    {
+        base.Validate(shape);
+        if (shape.KeyLength != 0) throw new ArgumentException("qwen2: the head width is dim / heads (no key_length)");
+    }
+
+    protected internal override void AddHyperparameters(SyntheticModelBuilder model)
+    {
+        model.Hyper("rope.freq_base", 1000000f);
+        model.Hyper("attention.layer_norm_rms_epsilon", 1e-6f);
+    }
+
+    protected internal override void AddTensors(SyntheticModelBuilder model)
+    {
+        var s = model.Shape;
+        model.TokenEmbedding(s.TiedOutput);
+        for (int layer = 0; layer < s.Layers; layer++)
+        {
+            string p = $"blk.{layer}.";
+            model.Norm(p + "attn_norm.weight", s.Dim);
+            model.Attention(p, qkvBiasStd: 0.5f);
+            model.Norm(p + "ffn_norm.weight", s.Dim);
+            model.GatedFfn(p);
+        }
+        model.OutputHead();
+    }
+}
+
+/// <summary>Qwen3: no biases, per-head RMSNorm of Q and K before rope, head width from key_length (Q wider than dim).</summary>
+public sealed class Qwen3Synthetic : SyntheticArchitecture
+{
+    public override string Name => "qwen3";
+    public override SyntheticVocabulary Vocabulary { get; } = SyntheticVocabulary.ByteLevelBpe("qwen2", "<|endoftext|>", "<|im_start|>", "<|im_end|>");
+    public override SyntheticShape Tiny { get; } = new("tiny", Dim: 64, Hidden: 160, Layers: 2, Heads: 4, KvHeads: 2, Vocab: 320, TiedOutput: true, ContextLength: 256, KeyLength: 32);
+    public override SyntheticShape Small { get; } = new("15m", 288, 768, 6, 6, 2, 32000, TiedOutput: true, KeyLength: 64);
+    public override SyntheticShape Base { get; } = new("110m", 768, 2048, 12, 8, 4, 32000, TiedOutput: false, KeyLength: 128);
+
+    protected internal override void AddHyperparameters(SyntheticModelBuilder model)
+    {
+        model.Hyper("attention.key_length", (uint)model.Shape.HeadDim);
+        model.Hyper("attention.value_length", (uint)model.Shape.HeadDim);
+        model.Hyper("rope.freq_base", 1000000f);
+        model.Hyper("attention.layer_norm_rms_epsilon", 1e-6f);
+    }
+
+    protected internal override void AddTensors(SyntheticModelBuilder model)
+    {
+        var s = model.Shape;
+        model.TokenEmbedding(s.TiedOutput);
+        for (int layer = 0; layer < s.Layers; layer++)
+        {
+            string p = $"blk.{layer}.";
+            model.Norm(p + "attn_norm.weight", s.Dim);
+            model.Attention(p);
+            model.Norm(p + "attn_q_norm.weight", s.HeadDim);
+            model.Norm(p + "attn_k_norm.weight", s.HeadDim);
+            model.Norm(p + "ffn_norm.weight", s.Dim);
+            model.GatedFfn(p);
+        }
+        model.OutputHead();
+    }
+}
+
+/// <summary>
+/// Gemma-2: embedding × √dim, pre- and post-norms around attention and FFN, GeGLU, alternating sliding-window
+/// (even layers) and global layers, attention and final soft-caps at the family's 50 and 30, always-tied output.
+/// The window (32, 8 in the tiny shape) is smaller than the positions tests use, so the mask is exercised; Q and K
+/// are drawn at gain 2.5 so attention scores reach the range where the 50 cap bites (as trained Gemma's do).
+/// </summary>
+public sealed class Gemma2Synthetic : SyntheticArchitecture
+{
+    public override string Name => "gemma2";
+    public override SyntheticVocabulary Vocabulary { get; } = SyntheticVocabulary.SentencePiece(addBos: true, addSpacePrefix: false);
+    public override SyntheticShape Tiny { get; } = new("tiny", Dim: 64, Hidden: 160, Layers: 2, Heads: 4, KvHeads: 2, Vocab: 320, TiedOutput: true, ContextLength: 256, KeyLength: 32, SlidingWindow: 8);
+    public override SyntheticShape Small { get; } = new("15m", 288, 768, 6, 4, 2, 32000, TiedOutput: true, ContextLength: 8192, KeyLength: 96, SlidingWindow: 32);
+    public override SyntheticShape Base { get; } = new("110m", 768, 2048, 12, 8, 4, 32000, TiedOutput: true, ContextLength: 8192, KeyLength: 128, SlidingWindow: 32);
+
+    public override void Validate(SyntheticShape shape)
+    {
+        base.Validate(shape);
+        if (!shape.TiedOutput) throw new ArgumentException("gemma2: llama.cpp always ties the output to token_embd; an output.weight fails its load");
+        if (shape.SlidingWindow <= 0) throw new ArgumentException("gemma2: a sliding window is required");
+    }
+
+    protected internal override void AddHyperparameters(SyntheticModelBuilder model)
+    {
+        model.Hyper("attention.key_length", (uint)model.Shape.HeadDim);
+        model.Hyper("attention.value_length", (uint)model.Shape.HeadDim);
+        model.Hyper("attention.layer_norm_rms_epsilon", 1e-6f);
+        model.Hyper("attention.sliding_window", (uint)model.Shape.SlidingWindow);
+        model.Hyper("attn_logit_softcapping", 50f);
+        model.Hyper("final_logit_softcapping", 30f);
+    }
+
+    protected internal override void AddTensors(SyntheticModelBuilder model)
+    {
+        var s = model.Shape;
+        model.TokenEmbedding(tied: true);
+        for (int layer = 0; layer < s.Layers; layer++)
+        {
+            string p = $"blk.{layer}.";
+            model.Norm(p + "attn_norm.weight", s.Dim);
+            model.Attention(p, qkGain: 2.5f);
+            model.Norm(p + "post_attention_norm.weight", s.Dim);
+            model.Norm(p + "ffn_norm.weight", s.Dim);
+            model.GatedFfn(p);
+            model.Norm(p + "post_ffw_norm.weight", s.Dim);
+        }
+        model.Norm("output_norm.weight", s.Dim);
+    }
+}
+
+/// <summary>
+/// Phi-3: fused QKV, fused gate|up ([2·ffn × dim], gate first), half-split rope over the whole head, untied output.
+/// Writes Phi-3-mini's sliding_window of 2047, which llama.cpp reads and then switches off (full attention), and
+/// Phi-3's added chat tokens: llama.cpp looks &lt;|endoftext|&gt; up by text in any file whose general.name contains
+/// "phi3" and fails the load without it.
+/// </summary>
+public sealed class Phi3Synthetic : SyntheticArchitecture
+{
+    public override string Name => "phi3";
+    public override SyntheticVocabulary Vocabulary { get; } = SyntheticVocabulary.SentencePiece(addBos: false, addSpacePrefix: true,
+        "<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>");
+    public override SyntheticShape Tiny { get; } = new("tiny", Dim: 64, Hidden: 160, Layers: 2, Heads: 4, KvHeads: 4, Vocab: 320, TiedOutput: false, ContextLength: 256);
+    public override SyntheticShape Small { get; } = new("15m", 288, 768, 6, 6, 6, 32000, TiedOutput: false, ContextLength: 4096);
+    public override SyntheticShape Base { get; } = new("110m", 768, 2048, 12, 12, 12, 32000, TiedOutput: false, ContextLength: 4096);
+
+    public override void Validate(SyntheticShape shape)
+    {
+        base.Validate(shape);
+        if (shape.KeyLength != 0) throw new ArgumentException("phi3: the head width is dim / heads (no key_length)");
+    }
+
+    protected internal override void AddHyperparameters(SyntheticModelBuilder model)
+    {
+        model.Hyper("rope.dimension_count", (uint)model.Shape.HeadDim);
+        model.Hyper("rope.freq_base", 10000f);
+        model.Hyper("rope.scaling.original_context_length", (uint)model.Shape.ContextLength);
+        model.Hyper("attention.layer_norm_rms_epsilon", 1e-5f);
+        model.Hyper("attention.sliding_window", 2047u);
+    }
+
+    protected internal override void AddTensors(SyntheticModelBuilder model)
+    {
+        var s = model.Shape;
+        model.TokenEmbedding(s.TiedOutput);
+        for (int layer = 0; layer < s.Layers; layer++)
+        {
+            string p = $"blk.{layer}.";
+            model.Norm(p + "attn_norm.weight", s.Dim);
+            model.Linear(p + "attn_qkv.weight", s.Dim, s.QDim + 2 * s.KvDim);
+            model.Linear(p + "attn_output.weight", s.QDim, s.Dim);
+            model.Norm(p + "ffn_norm.weight", s.Dim);
+            model.Linear(p + "ffn_up.weight", s.Dim, 2 * s.Hidden);
+            model.Linear(p + "ffn_down.weight", s.Hidden, s.Dim);
+        }
+        model.OutputHead();
+    }
+}
