@@ -11,6 +11,11 @@ public static class ModelCatalog
     private static readonly (string Architecture, Func<ModelFile, IKilnModel> Load)[] Loaders =
     [
         ("llama", file => Llama.Load(file)),
+        ("gpt2", file => Gpt2.Load(file)),
+        ("qwen2", file => Qwen2.Load(file)),
+        ("qwen3", file => Qwen3.Load(file)),
+        ("gemma2", file => Gemma2.Load(file)),
+        ("phi3", file => Phi3.Load(file)),
     ];
 
     /// <summary>The architectures <see cref="Load"/> accepts.</summary>

@@ -25,6 +25,21 @@ public sealed class ArchitectureTests(ITestOutputHelper output)
     [InlineData("llama", "f32", 1e-2)]
     [InlineData("llama", "f16", 1e-2)]
     [InlineData("llama", "q8_0", 5e-2)]
+    [InlineData("gpt2", "f32", 1e-2)]
+    [InlineData("gpt2", "f16", 1e-2)]
+    [InlineData("gpt2", "q8_0", 5e-2)]
+    [InlineData("qwen2", "f32", 1e-2)]
+    [InlineData("qwen2", "f16", 1e-2)]
+    [InlineData("qwen2", "q8_0", 5e-2)]
+    [InlineData("qwen3", "f32", 1e-2)]
+    [InlineData("qwen3", "f16", 1e-2)]
+    [InlineData("qwen3", "q8_0", 5e-2)]
+    [InlineData("gemma2", "f32", 1e-2)]
+    [InlineData("gemma2", "f16", 1e-2)]
+    [InlineData("gemma2", "q8_0", 5e-2)]
+    [InlineData("phi3", "f32", 1e-2)]
+    [InlineData("phi3", "f16", 1e-2)]
+    [InlineData("phi3", "q8_0", 5e-2)]
     public void KilnAgreesWithLlamaCppAtEveryPosition(string architecture, string format, double tolerance)
     {
         using var file = new TemporaryModel(architecture, format, format == "q8_0" ? QuantizedScales : null);
