@@ -104,6 +104,26 @@ public class Gpt2TokenizerTests
     }
 
     [Fact]
+    public void StreamingOrdinaryTokensAllocatesNothing()
+    {
+        var tokenizer = Gpt2.Value;
+        int[] ids = tokenizer.Encode("The quick brown fox jumps over the lazy dog.\nIt said: don't, 42 times!", addBos: false);
+        var decoder = tokenizer.CreateStreamingDecoder();
+        foreach (int id in ids) decoder.Append(id);
+
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        int length = 0;
+        for (int round = 0; round < 100; round++)
+        {
+            foreach (int id in ids) length += decoder.Append(id).Length;
+        }
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+
+        Assert.True(length > 0);
+        Assert.Equal(0, allocated);
+    }
+
+    [Fact]
     public void AnUnfinishedCharacterBecomesAReplacementCharacter()
     {
         var tokenizer = Gpt2.Value;
