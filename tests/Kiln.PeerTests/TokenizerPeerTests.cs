@@ -75,6 +75,63 @@ public sealed class TokenizerPeerTests(ITestOutputHelper output)
         });
     }
 
+    /// <summary>
+    /// Where a character class ends is where a pre-tokenizer cuts, and only a merge across the cut shows it: each of
+    /// these characters (whitespace or not, and letters, digits and punctuation beyond U+FFFF, which .NET's regular
+    /// expressions see as two surrogates) gets merges with the space before and after it, with itself and with the
+    /// letters around it, so a piece boundary that differs from llama.cpp's changes the ids.
+    /// </summary>
+    [Theory]
+    [InlineData("gpt-2")]
+    [InlineData("qwen2")]
+    [InlineData("llama-bpe")]
+    [InlineData("default")]
+    public void PieceBoundariesMatchLlamaCpp(string pre)
+    {
+        string[] characters = ["\t", "\v", "\f", "\r", "\u001C", "\u001F", "\u0085", "\u00A0", "\u1680", "\u2000", "\u2028", "\u202F",
+            "\u3000", "\u200B", "𝐀", "𠮷", "𝟏", "𐄀", "😀", "\U000E0041"];
+        string space = ByteLevelAlphabet.ToChar((byte)' ').ToString();
+        var tokens = new List<string>();
+        var merges = new List<string>();
+        for (int value = 0; value < 256; value++) tokens.Add(ByteLevelAlphabet.ToChar((byte)value).ToString());
+        void Merge(string left, string right)
+        {
+            if (tokens.Contains(left + right)) return;
+            merges.Add($"{left} {right}");
+            tokens.Add(left + right);
+        }
+        foreach (string character in characters)
+        {
+            string spelled = ByteLevelAlphabet.Encode(Encoding.UTF8.GetBytes(character));
+            for (int length = 2; length <= spelled.Length; length++) Merge(spelled[..(length - 1)], spelled[(length - 1)..length]);
+            Merge(space, spelled);
+            Merge(spelled, space);
+            Merge(spelled, spelled);
+            Merge("a", spelled);
+            Merge(spelled, "b");
+        }
+        tokens.Add("<|endoftext|>");
+        int[] types = [.. Enumerable.Repeat((int)TokenType.Normal, tokens.Count - 1), (int)TokenType.Control];
+
+        WithFile(writer => writer
+            .AddMetadata("tokenizer.ggml.model", "gpt2")
+            .AddMetadata("tokenizer.ggml.pre", pre)
+            .AddMetadata("tokenizer.ggml.tokens", tokens.ToArray())
+            .AddMetadata("tokenizer.ggml.token_type", types)
+            .AddMetadata("tokenizer.ggml.merges", merges.ToArray())
+            .AddMetadata("tokenizer.ggml.bos_token_id", (uint)(tokens.Count - 1))
+            .AddMetadata("tokenizer.ggml.eos_token_id", (uint)(tokens.Count - 1)), (kiln, llama) =>
+        {
+            var problems = new List<string>();
+            foreach (string c in characters)
+            {
+                foreach (string text in (string[])[$"a{c}b", $"a {c}b", $"a{c} b", $"a {c} b", $"{c}{c}x", $"x {c}{c}", $"{c} \n{c}1 2", $"{c}", $"1{c}{c}{c}{c}2"])
+                    CompareEncoding(kiln, llama, text, addBos: false, parseSpecial: false, problems);
+            }
+            Report($"piece boundaries, pre '{pre}'", problems);
+        });
+    }
+
     [Theory]
     [InlineData("stories260K.gguf")]
     [InlineData("llama-2-tiny-random.gguf")]

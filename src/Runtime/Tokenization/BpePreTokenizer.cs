@@ -1,3 +1,7 @@
+using System.Buffers;
+using System.Diagnostics.CodeAnalysis;
+using System.Globalization;
+using System.Text;
 using System.Text.RegularExpressions;
 
 namespace Kiln.Tokenization;
@@ -10,28 +14,32 @@ namespace Kiln.Tokenization;
 /// </summary>
 internal sealed partial class BpePreTokenizer
 {
-    // llama.cpp's whitespace is Python's str.isspace(), which counts the separators U+001C..U+001F that .NET's \s leaves out.
-    private const string Space = @"\s\x1C-\x1F";
+    // Verbatim from llama.cpp, whose \s and \S agree with .NET's (U+001C..U+001F, U+0085, U+200B: Kiln.PeerTests).
+    private const string Gpt2Pattern = @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 
-    private const string Gpt2Pattern =
-        @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^" + Space + @"\p{L}\p{N}]+|[" + Space + @"]+(?![^" + Space + "])";
-
-    // Llama 3's pattern with (?i:...) spelled out; Qwen2 differs only in taking digits one at a time.
+    // Llama 3's pattern with (?i:...) spelled out, as llama.cpp adapts it; Qwen2 differs only in taking digits one at a time.
     private const string Llama3Pattern =
-        @"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^" + Space + @"\p{L}\p{N}]+[\r\n]*|[" + Space + @"]*[\r\n]+|[" + Space + @"]+(?![^" + Space + @"])|[" + Space + "]+";
+        @"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
     private const string Qwen2Pattern =
-        @"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^" + Space + @"\p{L}\p{N}]+[\r\n]*|[" + Space + @"]*[\r\n]+|[" + Space + @"]+(?![^" + Space + @"])|[" + Space + "]+";
+        @"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
     private const string PunctuationRunPattern = @"[\p{P}\$\+<=>\^~\|]+";
     private const string NumberPattern = @"\p{N}+";
     private const string ThreeDigitsPattern = "[0-9][0-9][0-9]";
 
+    // .NET's regular expressions see a character beyond U+FFFF as two surrogates of no category; llama.cpp sees one
+    // code point of its own category. Such a character is matched as one stand-in of its class, so that \p{L},
+    // \p{N}, \p{P} and counts like \p{N}{1,3} work on code points there too.
+    private const char LetterStandIn = '\u00AA';      // ª, Lo
+    private const char NumberStandIn = '\u0660';      // Arabic-Indic zero, Nd, outside [0-9]
+    private const char PunctuationStandIn = '\u00A1'; // ¡, Po
+    private const char OtherStandIn = '\u00A9';       // ©, So: symbols, marks, private use
+
     private readonly Regex[] _stages;
 
-    private BpePreTokenizer(string name, Regex[] stages, bool ignoresMerges, bool addsBos)
+    private BpePreTokenizer(Regex[] stages, bool ignoresMerges, bool addsBos)
     {
-        Name = name;
         _stages = stages;
         IgnoresMerges = ignoresMerges;
         AddsBos = addsBos;
@@ -44,8 +52,6 @@ internal sealed partial class BpePreTokenizer
     public static IReadOnlyList<string> KnownNames { get; } =
         ["gpt-2", "qwen2", "llama-bpe", "llama3", "llama-v3", "smaug-bpe", "dbrx", DefaultName];
 
-    public string Name { get; }
-
     /// <summary>
     /// Whether a piece that is itself a vocabulary entry becomes that token without merging (llama.cpp's
     /// ignore_merges, set for Llama 3, whose merges do not reach every entry).
@@ -55,22 +61,53 @@ internal sealed partial class BpePreTokenizer
     /// <summary>Whether the model wants BOS when tokenizer.ggml.add_bos_token does not say (llama.cpp: Llama 3 does).</summary>
     public bool AddsBos { get; }
 
-    public static bool TryGet(string name, out BpePreTokenizer preTokenizer)
+    public static bool TryGet(string name, [NotNullWhen(true)] out BpePreTokenizer? preTokenizer)
     {
         preTokenizer = name switch
         {
-            "gpt-2" => new(name, [Gpt2Words()], ignoresMerges: false, addsBos: false),
-            "qwen2" => new(name, [Qwen2Words()], ignoresMerges: false, addsBos: false),
-            "llama-bpe" or "llama3" or "llama-v3" => new(name, [Llama3Words()], ignoresMerges: true, addsBos: true),
-            "smaug-bpe" or "dbrx" => new(name, [Llama3Words()], ignoresMerges: false, addsBos: false),
-            DefaultName => new(name, [PunctuationRuns(), Gpt2Words(), Numbers(), ThreeDigits()], ignoresMerges: false, addsBos: false),
-            _ => null!,
+            "gpt-2" => new([Gpt2Words()], ignoresMerges: false, addsBos: false),
+            "qwen2" => new([Qwen2Words()], ignoresMerges: false, addsBos: false),
+            "llama-bpe" or "llama3" or "llama-v3" => new([Llama3Words()], ignoresMerges: true, addsBos: true),
+            "smaug-bpe" or "dbrx" => new([Llama3Words()], ignoresMerges: false, addsBos: false),
+            DefaultName => new([PunctuationRuns(), Gpt2Words(), Numbers(), ThreeDigits()], ignoresMerges: false, addsBos: false),
+            _ => null,
         };
         return preTokenizer is not null;
     }
 
     /// <summary>Replaces <paramref name="pieces"/> with the pieces of <paramref name="text"/>, in order.</summary>
     public void Split(ReadOnlySpan<char> text, List<Range> pieces)
+    {
+        if (!text.ContainsAnyInRange('\uD800', '\uDFFF'))
+        {
+            SplitCodePoints(text, pieces);
+            return;
+        }
+
+        // One stand-in per code point, and where each code point starts in the text (plus the text's end).
+        var standIns = new char[text.Length];
+        var starts = new int[text.Length + 1];
+        int count = 0;
+        for (int i = 0; i < text.Length; count++)
+        {
+            starts[count] = i;
+            if (Rune.DecodeFromUtf16(text[i..], out Rune rune, out int used) == OperationStatus.Done && used == 2)
+                standIns[count] = StandInFor(Rune.GetUnicodeCategory(rune));
+            else
+                standIns[count] = text[i]; // a character of the BMP, or a lone surrogate, which no UTF-8 can hold anyway
+            i += used;
+        }
+        starts[count] = text.Length;
+
+        SplitCodePoints(standIns.AsSpan(0, count), pieces);
+        for (int p = 0; p < pieces.Count; p++)
+        {
+            (int start, int length) = pieces[p].GetOffsetAndLength(count);
+            pieces[p] = starts[start]..starts[start + length];
+        }
+    }
+
+    private void SplitCodePoints(ReadOnlySpan<char> text, List<Range> pieces)
     {
         pieces.Clear();
         if (text.IsEmpty) return;
@@ -98,6 +135,17 @@ internal sealed partial class BpePreTokenizer
             pieces.AddRange(refined);
         }
     }
+
+    private static char StandInFor(UnicodeCategory category) => category switch
+    {
+        UnicodeCategory.UppercaseLetter or UnicodeCategory.LowercaseLetter or UnicodeCategory.TitlecaseLetter
+            or UnicodeCategory.ModifierLetter or UnicodeCategory.OtherLetter => LetterStandIn,
+        UnicodeCategory.DecimalDigitNumber or UnicodeCategory.LetterNumber or UnicodeCategory.OtherNumber => NumberStandIn,
+        UnicodeCategory.ConnectorPunctuation or UnicodeCategory.DashPunctuation or UnicodeCategory.OpenPunctuation
+            or UnicodeCategory.ClosePunctuation or UnicodeCategory.InitialQuotePunctuation
+            or UnicodeCategory.FinalQuotePunctuation or UnicodeCategory.OtherPunctuation => PunctuationStandIn,
+        _ => OtherStandIn,
+    };
 
     [GeneratedRegex(Gpt2Pattern, RegexOptions.ExplicitCapture | RegexOptions.CultureInvariant)]
     private static partial Regex Gpt2Words();

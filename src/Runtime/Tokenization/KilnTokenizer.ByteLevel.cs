@@ -1,4 +1,5 @@
 using System.Text;
+using System.Text.Unicode;
 using Kiln.Loading;
 using Microsoft.ML.Tokenizers;
 
@@ -26,7 +27,7 @@ public sealed partial class KilnTokenizer
         string preName = file.Metadata.ContainsKey(PreTokenizerKey)
             ? ReadMetadata<string>(file, PreTokenizerKey, "a string", ByteLevelNeeds)
             : BpePreTokenizer.DefaultName;
-        if (!BpePreTokenizer.TryGet(preName, out BpePreTokenizer preTokenizer))
+        if (!BpePreTokenizer.TryGet(preName, out BpePreTokenizer? preTokenizer))
         {
             throw new ModelLoadException(file.Path, PreTokenizerKey, null,
                 $"pre-tokenizer '{preName}' is not supported; Kiln knows {string.Join(", ", BpePreTokenizer.KnownNames.Select(name => $"'{name}'"))}.");
@@ -39,14 +40,13 @@ public sealed partial class KilnTokenizer
 
         Dictionary<string, int> idOfToken = IndexTokens(tokens, source);
         TokenType[] types = ReadTypes(tokens, rawTypes, source);
-        CheckSpecialId(bosId, BosKey, tokens.Length, source);
-        CheckSpecialId(eosId, EosKey, tokens.Length, source);
-        if (unknownId != NoToken) CheckSpecialId(unknownId, UnknownKey, tokens.Length, source);
+        CheckSpecialId(bosId, source.Bos, tokens.Length, source);
+        CheckSpecialId(eosId, source.Eos, tokens.Length, source);
+        if (unknownId != NoToken) CheckSpecialId(unknownId, source.Unknown, tokens.Length, source);
 
         var displayText = new string[tokens.Length];
         var pieceBytes = new byte[]?[tokens.Length];
         var vocabulary = new Dictionary<string, int>(tokens.Length, StringComparer.Ordinal);
-        var strictUtf8 = new UTF8Encoding(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
         for (int id = 0; id < tokens.Length; id++)
         {
             string token = tokens[id];
@@ -55,11 +55,12 @@ public sealed partial class KilnTokenizer
                 case TokenType.Normal:
                     if (!ByteLevelAlphabet.TryDecode(token, out byte[] bytes, out int bad))
                     {
-                        throw source.Problem(TokensKey,
+                        throw source.Problem(source.Tokens,
                             $"entry {id} ('{token}') is a normal token but its character {bad} (U+{(int)token[bad]:X4}) is not one of the 256 that spell bytes.");
                     }
                     vocabulary.Add(token, id);
-                    if (TryDecodeWhole(strictUtf8, bytes, out string text)) displayText[id] = text;
+                    // Most pieces are whole UTF-8; the rest hold part of a character and wait for their neighbours.
+                    if (Utf8.IsValid(bytes)) displayText[id] = Encoding.UTF8.GetString(bytes);
                     else (displayText[id], pieceBytes[id]) = ("", bytes);
                     break;
                 case TokenType.UserDefined or TokenType.Unknown:
@@ -69,7 +70,7 @@ public sealed partial class KilnTokenizer
                     displayText[id] = "";
                     break;
                 default:
-                    throw source.Problem(TypesKey,
+                    throw source.Problem(source.Types,
                         $"entry {id} ('{token}') has type 6 (byte); <0xNN> byte tokens belong to SentencePiece vocabularies, byte-level ones spell bytes as characters.");
             }
         }
@@ -85,20 +86,6 @@ public sealed partial class KilnTokenizer
             bosId, eosId, unknownId, addBos, addsSpacePrefix: false, specialTokensStripFollowingSpace: IsPhi3(file));
     }
 
-    private static bool TryDecodeWhole(UTF8Encoding strictUtf8, byte[] bytes, out string text)
-    {
-        try
-        {
-            text = strictUtf8.GetString(bytes);
-            return true;
-        }
-        catch (DecoderFallbackException)
-        {
-            text = "";
-            return false;
-        }
-    }
-
     /// <summary>
     /// The library drops a byte it has no token for, silently; every byte that UTF-8 text can hold must be one.
     /// </summary>
@@ -110,7 +97,7 @@ public sealed partial class KilnTokenizer
             string spelling = ByteLevelAlphabet.ToChar((byte)value).ToString();
             if (!vocabulary.ContainsKey(spelling))
             {
-                throw source.Problem(TokensKey,
+                throw source.Problem(source.Tokens,
                     $"has no normal token for byte 0x{value:X2} ('{spelling}'); a byte-level vocabulary spells every byte as a token of its own.");
             }
         }

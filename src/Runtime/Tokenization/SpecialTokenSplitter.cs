@@ -31,8 +31,6 @@ internal sealed class SpecialTokenSplitter
             .ThenBy(token => token.Id)];
     }
 
-    public int Count => _tokens.Length;
-
     /// <summary>Replaces <paramref name="fragments"/> with the raw runs and special tokens of <paramref name="text"/>.</summary>
     public void Split(string text, List<TextFragment> fragments)
     {

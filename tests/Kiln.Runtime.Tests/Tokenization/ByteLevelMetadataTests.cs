@@ -39,6 +39,11 @@ public class ByteLevelMetadataTests
         { "gpt-2", "tail  ", ["tail", "  "] },
         { "default", "a+b=c 123456", ["a", "+", "b", "=", "c", " ", "123", "456"] },
         { "gpt-2", "😀 ok", ["😀", " ok"] },
+        // Beyond U+FFFF classes and counts go by code point, as in llama.cpp, not by UTF-16 surrogate.
+        { "qwen2", "吉𠮷野家", ["吉𠮷野家"] },
+        { "qwen2", "𝟏𝟐", ["𝟏", "𝟐"] },
+        { "llama-bpe", "x𝟏𝟐𝟑𝟒", ["x", "𝟏𝟐𝟑", "𝟒"] },
+        { "gpt-2", "a😀b 𝐀𝐁", ["a", "😀", "b", " 𝐀𝐁"] },
     };
 
     [Theory]
