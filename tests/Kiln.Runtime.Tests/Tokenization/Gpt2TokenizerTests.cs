@@ -14,8 +14,8 @@ public class Gpt2TokenizerTests
 
     private static readonly Lazy<Tokenizer> Tiktoken = new(() => TiktokenTokenizer.CreateForModel("gpt2"));
 
-    public static TheoryData<string> Texts => new()
-    {
+    private static readonly string[] SampleTexts =
+    [
         "Hello world",
         "The quick brown fox jumps over the lazy dog.",
         "don't, I'll, we've, she's, they're, I'm, he'd",
@@ -30,7 +30,9 @@ public class Gpt2TokenizerTests
         " ",
         "\n\n",
         "x",
-    };
+    ];
+
+    public static TheoryData<string> Texts => [.. SampleTexts];
 
     [Fact]
     public void ReadsTheVocabulary()
@@ -63,6 +65,21 @@ public class Gpt2TokenizerTests
 
         Assert.Equal(text, tokenizer.Decode(tokenizer.Encode(text, addBos: false)));
         Assert.Equal(text, tokenizer.Decode(tokenizer.Encode(text, addBos: true)));
+    }
+
+    [Fact]
+    public void EncodesFromManyThreadsAtOnce()
+    {
+        var tokenizer = Gpt2.Value;
+        // Fresh words in every text, so that threads fill the library's word cache while others read it.
+        string[] texts = [.. Enumerable.Range(0, 256).Select(i => $"{SampleTexts[i % SampleTexts.Length]} word{i}x{i * 7} 😀{i}")];
+        int[][] expected = [.. texts.Select(text => Tiktoken.Value.EncodeToIds(text).ToArray())];
+
+        var actual = new int[texts.Length][];
+        Parallel.For(0, texts.Length, new ParallelOptions { MaxDegreeOfParallelism = 4 },
+            i => actual[i] = tokenizer.Encode(texts[i], addBos: false));
+
+        for (int i = 0; i < texts.Length; i++) Assert.Equal(expected[i], actual[i]);
     }
 
     [Fact]
