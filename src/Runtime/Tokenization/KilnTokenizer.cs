@@ -1,61 +1,75 @@
-using System.Globalization;
 using System.Text;
 using Kiln.Loading;
-using Microsoft.ML.Tokenizers;
 
 namespace Kiln.Tokenization;
 
+/// <summary>The two tokenizer families of GGUF files that Kiln reads, told apart by tokenizer.ggml.model.</summary>
+public enum TokenizerKind
+{
+    /// <summary>"llama": SentencePiece BPE with byte fallback (Llama 1/2, Mistral, Gemma, Phi-3).</summary>
+    SentencePiece,
+
+    /// <summary>"gpt2": byte-level BPE with merges and a pre-tokenizer (GPT-2, Qwen2, Qwen3, Llama 3).</summary>
+    ByteLevelBpe,
+}
+
 /// <summary>
-/// The SentencePiece BPE tokenizer of a Llama-family model (GGUF tokenizer.ggml.model "llama", or a llama2.c
-/// tokenizer.bin presented with the same keys). Encoding is Microsoft.ML.Tokenizers' SentencePiece BPE, fed a
-/// ModelProto built from the model file's vocabulary; decoding follows llama2.c's run.c. Immutable and safe to
-/// share between threads; each output stream needs its own <see cref="TokenTextDecoder"/>.
+/// The tokenizer of a model file, built from its tokenizer.ggml.* metadata: SentencePiece BPE for
+/// tokenizer.ggml.model "llama" (or a llama2.c tokenizer.bin presented with the same keys), byte-level BPE for
+/// "gpt2". Encoding is Microsoft.ML.Tokenizers' (its SentencePiece BPE fed a ModelProto built from the vocabulary,
+/// its byte-level BPE fed the vocabulary and merges), around the steps llama.cpp takes itself: special tokens
+/// found whole first, the pre-tokenizer that tokenizer.ggml.pre names. Immutable and safe to share between
+/// threads; each output stream needs its own <see cref="TokenTextDecoder"/>.
 /// </summary>
-public sealed class KilnTokenizer
+public sealed partial class KilnTokenizer
 {
     private const string ModelKey = "tokenizer.ggml.model";
     private const string TokensKey = "tokenizer.ggml.tokens";
-    private const string ScoresKey = "tokenizer.ggml.scores";
     private const string TypesKey = "tokenizer.ggml.token_type";
     private const string BosKey = "tokenizer.ggml.bos_token_id";
     private const string EosKey = "tokenizer.ggml.eos_token_id";
     private const string UnknownKey = "tokenizer.ggml.unknown_token_id";
     private const string AddBosKey = "tokenizer.ggml.add_bos_token";
-    private const string SentencePieceModelName = "llama";
+    private const string NameKey = "general.name";
 
-    private const char EscapedSpace = '\u2581'; // '▁', SentencePiece's stand-in for a space inside pieces
-    private const int NotAByte = -1;
+    /// <summary>What <see cref="UnknownId"/> is when the vocabulary has no unknown token.</summary>
+    public const int NoToken = -1;
 
-    private readonly Tokenizer _encoder;
+    private readonly ITextEncoder _encoder;
     private readonly string[] _tokens;
     private readonly TokenType[] _types;
 
-    // What each token prints as, precomputed so that streaming decoding allocates nothing per token.
+    // What each token prints as, precomputed so that streaming decoding allocates nothing per token: finished
+    // text, or the bytes of a piece of a character that must wait for the bytes completing it.
     private readonly string[] _displayText;
-    private readonly short[] _byteValue;
+    private readonly byte[]?[] _pieceBytes;
 
-    private KilnTokenizer(Tokenizer encoder, string[] tokens, TokenType[] types, short[] byteValue,
-        int bosId, int eosId, int unknownId, bool addBosToken)
+    // Special tokens found whole in the text: user-defined ones always, control and unknown ones when asked.
+    private readonly SpecialTokenSplitter _userDefinedTokens;
+    private readonly SpecialTokenSplitter _allSpecialTokens;
+
+    private KilnTokenizer(TokenizerKind kind, ITextEncoder encoder, string[] tokens, TokenType[] types,
+        string[] displayText, byte[]?[] pieceBytes, int bosId, int eosId, int unknownId, bool addBosToken,
+        bool addsSpacePrefix, bool specialTokensStripFollowingSpace)
     {
+        Kind = kind;
         _encoder = encoder;
         _tokens = tokens;
         _types = types;
-        _byteValue = byteValue;
+        _displayText = displayText;
+        _pieceBytes = pieceBytes;
         BosId = bosId;
         EosId = eosId;
         UnknownId = unknownId;
         AddBosToken = addBosToken;
+        DropsSpaceAfterBos = addsSpacePrefix;
+        foreach (byte[]? bytes in pieceBytes) MaxPieceBytes = Math.Max(MaxPieceBytes, bytes?.Length ?? 0);
 
-        _displayText = new string[tokens.Length];
-        for (int id = 0; id < tokens.Length; id++)
-        {
-            _displayText[id] = types[id] switch
-            {
-                TokenType.Control or TokenType.Unused or TokenType.Byte => "",
-                _ => tokens[id].Replace(EscapedSpace, ' '),
-            };
-        }
+        _userDefinedTokens = new SpecialTokenSplitter(SpecialTokens(tokens, types, specialTokensStripFollowingSpace, parsed: false));
+        _allSpecialTokens = new SpecialTokenSplitter(SpecialTokens(tokens, types, specialTokensStripFollowingSpace, parsed: true));
     }
+
+    public TokenizerKind Kind { get; }
 
     public int VocabSize => _tokens.Length;
 
@@ -63,76 +77,61 @@ public sealed class KilnTokenizer
 
     public int EosId { get; }
 
+    /// <summary>The unknown token, or <see cref="NoToken"/> where the vocabulary names none (byte-level BPE needs none).</summary>
     public int UnknownId { get; }
 
     /// <summary>
-    /// Whether the model expects a prompt to start with BOS (tokenizer.ggml.add_bos_token; true when absent, as
-    /// for every Llama). Pass it to <see cref="Encode"/> when the model file should decide.
+    /// Whether the model expects a prompt to start with BOS (tokenizer.ggml.add_bos_token; when absent, true for
+    /// SentencePiece and false for byte-level BPE except Llama 3's, as llama.cpp assumes). Pass it to
+    /// <see cref="Encode"/> when the model file should decide.
     /// </summary>
     public bool AddBosToken { get; }
 
     /// <summary>Builds the tokenizer from a model file's tokenizer.ggml.* metadata.</summary>
-    /// <exception cref="ModelLoadException">A key is missing, has the wrong type, or disagrees with another.</exception>
+    /// <exception cref="ModelLoadException">
+    /// A key is missing, has the wrong type or an unsupported value, or disagrees with another.
+    /// </exception>
     public static KilnTokenizer FromModelFile(ModelFile file)
     {
         ArgumentNullException.ThrowIfNull(file);
-        var source = VocabularySource.ForModelFile(file.Path);
-
-        string model = ReadMetadata<string>(file, ModelKey, "a string");
-        if (model != SentencePieceModelName)
+        string model = ReadMetadata<string>(file, ModelKey, "a string", "every tokenizer");
+        return model switch
         {
-            throw source.Problem(ModelKey,
-                $"tokenizer model '{model}' is not supported; Kiln reads only '{SentencePieceModelName}' (SentencePiece BPE).");
-        }
-
-        string[] tokens = ReadMetadata<string[]>(file, TokensKey, "an array of strings");
-        float[] scores = ReadMetadata<float[]>(file, ScoresKey, "an array of float32");
-        int[] types = ReadMetadata<int[]>(file, TypesKey, "an array of int32");
-        int bosId = ReadTokenId(file, BosKey);
-        int eosId = ReadTokenId(file, EosKey);
-        int unknownId = file.Metadata.ContainsKey(UnknownKey)
-            ? ReadTokenId(file, UnknownKey)
-            : FindUnknownToken(file.Path, types);
-        bool addBos = !file.Metadata.ContainsKey(AddBosKey) || ReadMetadata<bool>(file, AddBosKey, "a bool");
-
-        return Create(tokens, scores, types, bosId, eosId, unknownId, addBos, source);
+            SentencePieceModelName => FromSentencePieceFile(file),
+            ByteLevelModelName => FromByteLevelFile(file),
+            _ => throw new ModelLoadException(file.Path, ModelKey, null,
+                $"tokenizer model '{model}' is not supported; Kiln reads '{SentencePieceModelName}' (SentencePiece BPE) and '{ByteLevelModelName}' (byte-level BPE)."),
+        };
     }
 
     /// <summary>
-    /// Builds the tokenizer from a vocabulary in SentencePiece form: pieces with '▁' for spaces, byte tokens
-    /// spelled &lt;0xNN&gt;, and types as in <see cref="TokenType"/>.
+    /// The token ids of <paramref name="text"/>, after BOS when <paramref name="addBos"/>. User-defined tokens
+    /// spelled in the text always become their ids; control tokens (and the unknown token) do only when
+    /// <paramref name="parseSpecial"/>, as with llama.cpp's parse_special: by default "&lt;|im_start|&gt;" in a
+    /// prompt is text, which keeps user input from forging a chat template's markers.
     /// </summary>
-    /// <exception cref="ArgumentException">The vocabulary is inconsistent.</exception>
-    public static KilnTokenizer FromVocabulary(IReadOnlyList<string> tokens, IReadOnlyList<float> scores,
-        IReadOnlyList<int> types, int bos, int eos, int unk)
-    {
-        ArgumentNullException.ThrowIfNull(tokens);
-        ArgumentNullException.ThrowIfNull(scores);
-        ArgumentNullException.ThrowIfNull(types);
-        return Create(tokens, scores, types, bos, eos, unk, addBosToken: true, VocabularySource.Arguments);
-    }
-
-    /// <summary>The token ids of <paramref name="text"/>, after BOS when <paramref name="addBos"/>.</summary>
-    public int[] Encode(string text, bool addBos = true)
+    public int[] Encode(string text, bool addBos = true, bool parseSpecial = false)
     {
         ArgumentNullException.ThrowIfNull(text);
-        // Empty text gets no dummy-prefix piece (llama2.c does the same), so it is BOS alone.
-        IReadOnlyList<int> pieces = text.Length == 0
-            ? []
-            : _encoder.EncodeToIds(text, considerPreTokenization: true, considerNormalization: true);
+        var ids = new List<int>(text.Length / 3 + 2);
+        if (addBos) ids.Add(BosId);
 
-        int offset = addBos ? 1 : 0;
-        var ids = new int[pieces.Count + offset];
-        if (addBos) ids[0] = BosId;
-        for (int i = 0; i < pieces.Count; i++) ids[offset + i] = pieces[i];
-        return ids;
+        var fragments = new List<TextFragment>();
+        (parseSpecial ? _allSpecialTokens : _userDefinedTokens).Split(text, fragments);
+        foreach (TextFragment fragment in fragments)
+        {
+            if (fragment.IsToken) ids.Add(fragment.TokenId);
+            else _encoder.Encode(text.AsSpan(fragment.Start, fragment.Length), ids);
+        }
+        return [.. ids];
     }
 
     /// <summary>
-    /// The text of <paramref name="ids"/>, decoded like llama2.c's run.c: '▁' is a space, the leading space of
-    /// the piece right after BOS is dropped, &lt;0xNN&gt; tokens are raw UTF-8 bytes, control and unused tokens
-    /// print nothing, the unknown token prints its piece ("&lt;unk&gt;"). Bytes that do not form valid UTF-8
-    /// become U+FFFD. Same result as streaming the ids through a <see cref="TokenTextDecoder"/> and flushing it.
+    /// The text of <paramref name="ids"/>. Control and unused tokens print nothing; user-defined and unknown tokens
+    /// print their text. SentencePiece pieces print '▁' as a space (the dummy-prefix space of the piece right after
+    /// BOS is dropped, as llama2.c's run.c does) and &lt;0xNN&gt; tokens as raw bytes; byte-level pieces print the
+    /// bytes their characters stand for. Bytes that do not form valid UTF-8 become U+FFFD. Same result as
+    /// streaming the ids through a <see cref="TokenTextDecoder"/> and flushing it.
     /// </summary>
     public string Decode(ReadOnlySpan<int> ids)
     {
@@ -150,15 +149,25 @@ public sealed class KilnTokenizer
     /// </summary>
     public TokenTextDecoder CreateStreamingDecoder(int previousId = -1) => new(this, previousId);
 
-    /// <summary>The vocabulary entry of <paramref name="id"/> as stored (with '▁', &lt;0xNN&gt;, &lt;s&gt;...).</summary>
+    /// <summary>The vocabulary entry of <paramref name="id"/> as stored ('▁the', 'Ġthe', &lt;0xNN&gt;, &lt;s&gt;...).</summary>
     public string GetToken(int id) => _tokens[CheckId(id)];
 
     public TokenType GetTokenType(int id) => _types[CheckId(id)];
 
+    /// <summary>Whether the piece right after BOS loses its leading space when decoded (SentencePiece's dummy prefix).</summary>
+    internal bool DropsSpaceAfterBos { get; }
+
+    /// <summary>The longest byte sequence <see cref="PieceBytesOf"/> returns.</summary>
+    internal int MaxPieceBytes { get; }
+
+    /// <summary>The finished text of <paramref name="id"/>; "" when it prints nothing or has <see cref="PieceBytesOf"/>.</summary>
     internal string DisplayTextOf(int id) => _displayText[CheckId(id)];
 
-    /// <summary>The byte a &lt;0xNN&gt; token stands for, or -1 for any other token.</summary>
-    internal int ByteValueOf(int id) => _byteValue[CheckId(id)];
+    /// <summary>
+    /// The bytes of a token that is not whole UTF-8 on its own (a &lt;0xNN&gt; token, a byte-level piece of a
+    /// character), to be joined with its neighbours'; null for any other token.
+    /// </summary>
+    internal byte[]? PieceBytesOf(int id) => _pieceBytes[CheckId(id)];
 
     private int CheckId(int id)
     {
@@ -167,123 +176,31 @@ public sealed class KilnTokenizer
         return id;
     }
 
-    private static KilnTokenizer Create(IReadOnlyList<string> tokens, IReadOnlyList<float> scores, IReadOnlyList<int> types,
-        int bosId, int eosId, int unknownId, bool addBosToken, VocabularySource source)
-    {
-        int count = tokens.Count;
-        if (count == 0) throw source.Problem(source.Tokens, "is empty.");
-        if (scores.Count != count)
-            throw source.Problem(source.Scores, $"has {scores.Count} entries but {source.Tokens} has {count}.");
-        if (types.Count != count)
-            throw source.Problem(source.Types, $"has {types.Count} entries but {source.Tokens} has {count}.");
-        CheckSpecialId(bosId, source.Bos, count, source);
-        CheckSpecialId(eosId, source.Eos, count, source);
-        CheckSpecialId(unknownId, source.Unknown, count, source);
-
-        var pieces = new string[count];
-        var pieceScores = new float[count];
-        var pieceTypes = new TokenType[count];
-        var byteValue = new short[count];
-        var firstIdOfPiece = new Dictionary<string, int>(count, StringComparer.Ordinal);
-        int byteTokenCount = 0;
-        bool anyEscapedSpace = false;
-        int firstPieceWithRawSpace = -1;
-
-        for (int id = 0; id < count; id++)
-        {
-            string piece = tokens[id];
-            if (string.IsNullOrEmpty(piece))
-                throw source.Problem(source.Tokens, $"entry {id} is empty; every SentencePiece piece has text.");
-            if (!firstIdOfPiece.TryAdd(piece, id))
-                throw source.Problem(source.Tokens, $"'{piece}' appears twice, at ids {firstIdOfPiece[piece]} and {id}.");
-
-            float score = scores[id];
-            if (float.IsNaN(score)) throw source.Problem(source.Scores, $"entry {id} ('{piece}') is NaN.");
-
-            int type = types[id];
-            if (type < (int)TokenType.Normal || type > (int)TokenType.Byte)
-            {
-                throw source.Problem(source.Types,
-                    $"entry {id} ('{piece}') is {type}; token types run from 1 (normal) to 6 (byte).");
-            }
-
-            byteValue[id] = NotAByte;
-            if ((TokenType)type == TokenType.Byte)
-            {
-                if (!TryParseByteToken(piece, out byte value))
-                    throw source.Problem(source.Tokens, $"entry {id} ('{piece}') has type 6 (byte) but is not spelled <0xNN>.");
-                byteValue[id] = value;
-                byteTokenCount++;
-            }
-
-            anyEscapedSpace |= piece.Contains(EscapedSpace);
-            if (firstPieceWithRawSpace < 0 && (TokenType)type == TokenType.Normal && piece.Contains(' '))
-                firstPieceWithRawSpace = id;
-
-            pieces[id] = piece;
-            pieceScores[id] = score;
-            pieceTypes[id] = (TokenType)type;
-        }
-
-        // llama2.c's tokenizer.bin spells spaces as ' '; such a vocabulary would never match the escaped text.
-        if (!anyEscapedSpace && firstPieceWithRawSpace >= 0)
-        {
-            throw source.Problem(source.Tokens,
-                $"entry {firstPieceWithRawSpace} ('{pieces[firstPieceWithRawSpace]}') holds a plain space and no piece uses " +
-                "'▁' (U+2581); SentencePiece vocabularies spell spaces as '▁' (convert a llama2.c tokenizer.bin first).");
-        }
-
-        if (pieceTypes[unknownId] != TokenType.Unknown)
-        {
-            throw source.Problem(source.Unknown,
-                $"token {unknownId} ('{pieces[unknownId]}') has type {(int)pieceTypes[unknownId]}, not 2 (unknown).");
-        }
-
-        bool byteFallback = byteTokenCount > 0;
-        if (byteFallback) CheckByteTokensAreContiguous(pieces, byteValue, byteTokenCount, source);
-
-        byte[] modelProto = SentencePieceModelProto.Build(pieces, pieceScores, pieceTypes, unknownId, bosId, eosId, byteFallback);
-        Tokenizer encoder = LlamaTokenizer.Create(new MemoryStream(modelProto, writable: false),
-            addBeginOfSentence: false, addEndOfSentence: false, specialTokens: UserDefinedTokens(pieces, pieceTypes));
-        return new KilnTokenizer(encoder, pieces, pieceTypes, byteValue, bosId, eosId, unknownId, addBosToken);
-    }
-
     /// <summary>
-    /// Byte fallback encodes byte b as the id of &lt;0x00&gt; plus b, so the 256 byte tokens must sit in order at
-    /// consecutive ids, as SentencePiece's trainer lays them out.
+    /// The tokens llama.cpp finds whole in text (its cache_special_tokens): user-defined ones always, control and
+    /// unknown ones only when parsing special tokens. Phi-3's strip the whitespace after them, except &lt;unk&gt;,
+    /// &lt;s&gt; and &lt;|endoftext|&gt;.
     /// </summary>
-    private static void CheckByteTokensAreContiguous(string[] pieces, short[] byteValue, int byteTokenCount, VocabularySource source)
+    private static IEnumerable<(string Text, int Id, bool StripsFollowingSpace)> SpecialTokens(
+        string[] tokens, TokenType[] types, bool stripFollowingSpace, bool parsed)
     {
-        int firstByteId = Array.IndexOf(byteValue, (short)0);
-        bool contiguous = byteTokenCount == 256 && firstByteId >= 0 && firstByteId + 256 <= pieces.Length;
-        for (int b = 0; contiguous && b < 256; b++) contiguous = byteValue[firstByteId + b] == b;
-        if (!contiguous)
+        for (int id = 0; id < tokens.Length; id++)
         {
-            throw source.Problem(source.Types,
-                $"has {byteTokenCount} byte tokens; byte fallback needs all 256, <0x00> to <0xFF> in order at consecutive ids.");
+            bool special = types[id] == TokenType.UserDefined
+                || parsed && types[id] is TokenType.Control or TokenType.Unknown;
+            if (!special) continue;
+            bool strips = stripFollowingSpace && tokens[id] is not ("<unk>" or "<s>" or "<|endoftext|>");
+            yield return (tokens[id], id, strips);
         }
     }
 
     /// <summary>
-    /// SentencePiece matches user-defined pieces whole before merging; the library does the same for the
-    /// special tokens it is given.
+    /// Whether llama.cpp gives this model's special tokens the RSTRIP attribute: it does for Phi-3, recognised by
+    /// "phi-3" or "phi3" in general.name (the vocabulary itself cannot tell).
     /// </summary>
-    private static Dictionary<string, int>? UserDefinedTokens(string[] pieces, TokenType[] types)
-    {
-        Dictionary<string, int>? userDefined = null;
-        for (int id = 0; id < pieces.Length; id++)
-        {
-            if (types[id] == TokenType.UserDefined) (userDefined ??= new(StringComparer.Ordinal))[pieces[id]] = id;
-        }
-        return userDefined;
-    }
-
-    private static bool TryParseByteToken(string piece, out byte value)
-    {
-        value = 0;
-        return piece.Length == 6 && piece.StartsWith("<0x", StringComparison.Ordinal) && piece[5] == '>'
-            && byte.TryParse(piece.AsSpan(3, 2), NumberStyles.AllowHexSpecifier, CultureInfo.InvariantCulture, out value);
-    }
+    private static bool IsPhi3(ModelFile file) =>
+        file.TryGetString(NameKey, out string name)
+        && (name.Contains("phi-3", StringComparison.OrdinalIgnoreCase) || name.Contains("phi3", StringComparison.OrdinalIgnoreCase));
 
     private static void CheckSpecialId(int id, string field, int vocabSize, VocabularySource source)
     {
@@ -291,19 +208,27 @@ public sealed class KilnTokenizer
             throw source.Problem(field, $"is {id}, outside the vocabulary of {vocabSize} tokens.");
     }
 
-    private static T ReadMetadata<T>(ModelFile file, string key, string expected)
+    private static T ReadMetadata<T>(ModelFile file, string key, string expected, string neededBy)
     {
         if (!file.Metadata.TryGetValue(key, out var entry))
-            throw new ModelLoadException(file.Path, key, null, "is missing; a SentencePiece tokenizer needs it.");
+            throw new ModelLoadException(file.Path, key, null, $"is missing; {neededBy} needs it.");
         if (entry.Value is not T value)
             throw new ModelLoadException(file.Path, key, null, $"should be {expected}, but is {entry}.");
         return value;
     }
 
-    private static int ReadTokenId(ModelFile file, string key)
+    private static bool ReadFlag(ModelFile file, string key, bool whenAbsent)
+    {
+        if (!file.Metadata.TryGetValue(key, out var entry)) return whenAbsent;
+        return entry.Value is bool value
+            ? value
+            : throw new ModelLoadException(file.Path, key, null, $"should be a bool, but is {entry}.");
+    }
+
+    private static int ReadTokenId(ModelFile file, string key, string neededBy)
     {
         if (!file.Metadata.TryGetValue(key, out var entry))
-            throw new ModelLoadException(file.Path, key, null, "is missing; a SentencePiece tokenizer needs it.");
+            throw new ModelLoadException(file.Path, key, null, $"is missing; {neededBy} needs it.");
         if (!entry.TryGetInt64(out long id))
             throw new ModelLoadException(file.Path, key, null, $"should be an integer token id, but is {entry}.");
         // Whether the id lies inside the vocabulary is checked with the rest of it.
@@ -312,13 +237,44 @@ public sealed class KilnTokenizer
         return (int)id;
     }
 
-    /// <summary>Files converted without an unknown_token_id still mark the token by its type.</summary>
-    private static int FindUnknownToken(string path, int[] types)
+    /// <summary>Turns a vocabulary's raw type numbers into <see cref="TokenType"/>, naming the first bad one.</summary>
+    private static TokenType[] ReadTypes(IReadOnlyList<string> tokens, IReadOnlyList<int> types, VocabularySource source)
     {
-        int id = Array.IndexOf(types, (int)TokenType.Unknown);
-        if (id < 0)
-            throw new ModelLoadException(path, UnknownKey, null, "is missing, and no token has type 2 (unknown) to stand in.");
-        return id;
+        if (types.Count != tokens.Count)
+            throw source.Problem(source.Types, $"has {types.Count} entries but {source.Tokens} has {tokens.Count}.");
+        var result = new TokenType[types.Count];
+        for (int id = 0; id < result.Length; id++)
+        {
+            int type = types[id];
+            if (type < (int)TokenType.Normal || type > (int)TokenType.Byte)
+            {
+                throw source.Problem(source.Types,
+                    $"entry {id} ('{tokens[id]}') is {type}; token types run from 1 (normal) to 6 (byte).");
+            }
+            result[id] = (TokenType)type;
+        }
+        return result;
+    }
+
+    /// <summary>Checks that every entry has text and none appears twice (llama.cpp refuses such a vocabulary).</summary>
+    private static Dictionary<string, int> IndexTokens(IReadOnlyList<string> tokens, VocabularySource source)
+    {
+        if (tokens.Count == 0) throw source.Problem(source.Tokens, "is empty.");
+        var idOfToken = new Dictionary<string, int>(tokens.Count, StringComparer.Ordinal);
+        for (int id = 0; id < tokens.Count; id++)
+        {
+            string token = tokens[id];
+            if (string.IsNullOrEmpty(token)) throw source.Problem(source.Tokens, $"entry {id} is empty; every token has text.");
+            if (!idOfToken.TryAdd(token, id))
+                throw source.Problem(source.Tokens, $"'{token}' appears twice, at ids {idOfToken[token]} and {id}.");
+        }
+        return idOfToken;
+    }
+
+    /// <summary>The one step that differs between the kinds: a run of ordinary text to ids, appended.</summary>
+    private interface ITextEncoder
+    {
+        void Encode(ReadOnlySpan<char> text, List<int> ids);
     }
 
     /// <summary>

@@ -39,11 +39,12 @@ internal static class SentencePieceModelProto
 
     /// <summary>
     /// The serialized ModelProto of a BPE model whose pieces are merged by score, with the normalization
-    /// llama2.c and llama.cpp apply to Llama vocabularies: a dummy '▁' before the text, every space escaped
-    /// to '▁', and whitespace otherwise kept as it is.
+    /// llama2.c and llama.cpp apply to Llama vocabularies: a dummy '▁' before the text when
+    /// <paramref name="addDummyPrefix"/> (Gemma's files turn it off), every space escaped to '▁', and whitespace
+    /// otherwise kept as it is.
     /// </summary>
     public static byte[] Build(IReadOnlyList<string> pieces, IReadOnlyList<float> scores, IReadOnlyList<TokenType> types,
-        int unknownId, int bosId, int eosId, bool byteFallback)
+        int unknownId, int bosId, int eosId, bool byteFallback, bool addDummyPrefix)
     {
         var model = new ProtobufWriter();
         var message = new ProtobufWriter();
@@ -73,7 +74,7 @@ internal static class SentencePieceModelProto
 
         message.Clear();
         message.WriteString(NormalizerNameField, "identity");
-        message.WriteBool(AddDummyPrefixField, true);
+        message.WriteBool(AddDummyPrefixField, addDummyPrefix);
         // Written explicitly: the proto's default is true, which would collapse "a  b" to "a b".
         message.WriteBool(RemoveExtraWhitespacesField, false);
         message.WriteBool(EscapeWhitespacesField, true);

@@ -3,11 +3,11 @@ using System.Text;
 namespace Kiln.Tokenization;
 
 /// <summary>
-/// Turns token ids into text one at a time, as they are generated, decoding like llama2.c's run.c (see
-/// <see cref="KilnTokenizer.Decode"/>). A character the vocabulary lacks arrives as several &lt;0xNN&gt; byte
-/// tokens; its text comes out with the token that completes it, and the tokens before that return "".
-/// Ordinary tokens return the tokenizer's cached strings, so the common path allocates nothing.
-/// One decoder per output stream; not thread-safe.
+/// Turns token ids into text one at a time, as they are generated (see <see cref="KilnTokenizer.Decode"/>).
+/// A character can arrive split over several tokens: SentencePiece &lt;0xNN&gt; byte tokens, or byte-level pieces
+/// that end inside a character's UTF-8 bytes. Its text comes out with the token that completes it, and the tokens
+/// before that return only what they finished. Ordinary tokens return the tokenizer's cached strings, so the
+/// common path allocates nothing. One decoder per output stream; not thread-safe.
 /// </summary>
 public sealed class TokenTextDecoder
 {
@@ -18,8 +18,8 @@ public sealed class TokenTextDecoder
     // Holds the bytes of an unfinished UTF-8 sequence between calls; invalid bytes become U+FFFD.
     private readonly Decoder _utf8 = new UTF8Encoding(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: false).GetDecoder();
 
-    // One byte, or a flush of at most three pending bytes, yields only a few chars.
-    private readonly char[] _chars = new char[8];
+    // A piece's bytes and at most three pending ones yield at most one char per byte.
+    private readonly char[] _chars;
 
     private int _previousId;
 
@@ -30,24 +30,21 @@ public sealed class TokenTextDecoder
         ArgumentNullException.ThrowIfNull(tokenizer);
         _tokenizer = tokenizer;
         _previousId = previousId;
+        _chars = new char[tokenizer.MaxPieceBytes + 4];
     }
 
     /// <summary>The text that <paramref name="id"/> adds to the output; "" when it adds nothing yet.</summary>
     public string Append(int id)
     {
-        int byteValue = _tokenizer.ByteValueOf(id);
+        byte[]? bytes = _tokenizer.PieceBytesOf(id);
         bool followsBos = _previousId == _tokenizer.BosId;
         _previousId = id;
 
-        if (byteValue >= 0)
-        {
-            byte value = (byte)byteValue;
-            return CharsToText(_utf8.GetChars(new ReadOnlySpan<byte>(in value), _chars, flush: false));
-        }
+        if (bytes is not null) return CharsToText(_utf8.GetChars(bytes, _chars, flush: false));
 
         string text = _tokenizer.DisplayTextOf(id);
         // SentencePiece puts a dummy space before the first word; run.c drops it from the piece after BOS.
-        if (followsBos && text.StartsWith(' ')) text = text[1..];
+        if (followsBos && _tokenizer.DropsSpaceAfterBos && text.StartsWith(' ')) text = text[1..];
 
         // Any other token ends a byte sequence, finished or not.
         string unfinished = Flush();

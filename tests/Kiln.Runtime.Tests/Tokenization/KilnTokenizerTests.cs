@@ -121,8 +121,20 @@ public class KilnTokenizerTests
 
         int[] ids = tokenizer.Encode("a<tag>b");
 
-        Assert.Equal([1, 3, 5, 4], ids);
-        Assert.Equal("a<tag>b", tokenizer.Decode(ids));
+        // As llama.cpp (checked in Kiln.PeerTests): the text after a special token starts with its own dummy space.
+        Assert.Equal([1, 3, 5, 11, 4], ids);
+        Assert.Equal("a<tag> b", tokenizer.Decode(ids));
+    }
+
+    [Fact]
+    public void ControlTokensInTextAreParsedOnlyWhenAsked()
+    {
+        var tokenizer = Llama2.Value;
+        int[] hi = tokenizer.Encode("hi", addBos: false); // ▁hi
+
+        Assert.Equal([tokenizer.BosId, tokenizer.BosId, .. hi, tokenizer.EosId], tokenizer.Encode("<s>hi</s>", parseSpecial: true));
+        Assert.Equal([tokenizer.UnknownId], tokenizer.Encode("<unk>", addBos: false, parseSpecial: true));
+        Assert.Equal("<s>hi</s>", tokenizer.Decode(tokenizer.Encode("<s>hi</s>")));
     }
 
     [Fact]

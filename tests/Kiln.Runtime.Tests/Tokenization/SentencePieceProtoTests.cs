@@ -19,7 +19,8 @@ public class SentencePieceProtoTests
 
     // No leading, trailing or doubled spaces: tok512.model was trained with remove_extra_whitespaces, which
     // collapses them, while Kiln keeps them as llama2.c and llama.cpp do (see KeepsRunsOfSpaces). No single
-    // characters either: with that option on, Microsoft.ML.Tokenizers 2.0.1 encodes one-character text to nothing.
+    // characters either: with that option on, Microsoft.ML.Tokenizers (2.0.1, still 3.0.0) encodes one-character
+    // text to nothing.
     [Theory]
     [InlineData("Once upon a time")]
     [InlineData("Hello world")]

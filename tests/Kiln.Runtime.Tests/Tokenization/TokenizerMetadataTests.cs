@@ -6,7 +6,7 @@ namespace Kiln.Runtime.Tests.Tokenization;
 /// <summary>Missing or inconsistent tokenizer metadata is reported, naming the file and the key.</summary>
 public class TokenizerMetadataTests
 {
-    private const string FakePath = "fake.gguf";
+    private const string FakePath = MetadataOnlyFile.FakePath;
 
     [Fact]
     public void AValidVocabularyLoads()
@@ -34,6 +34,43 @@ public class TokenizerMetadataTests
         metadata["tokenizer.ggml.add_bos_token"] = false;
 
         Assert.False(KilnTokenizer.FromModelFile(new MetadataOnlyFile(metadata)).AddBosToken);
+    }
+
+    [Fact]
+    public void WithoutASpacePrefixTextGetsNoDummySpace()
+    {
+        // Gemma's files set add_space_prefix to false; Llama's leave it out.
+        var metadata = ValidMetadata();
+        metadata["tokenizer.ggml.tokens"] = new[] { "<unk>", "<s>", "</s>", "▁a", "b", "▁ab", "a", "ab" };
+        metadata["tokenizer.ggml.scores"] = new float[] { 0, 0, 0, -1, -2, -3, -4, -5 };
+        metadata["tokenizer.ggml.token_type"] = new[] { 2, 3, 3, 1, 1, 1, 1, 1 };
+        var withPrefix = KilnTokenizer.FromModelFile(new MetadataOnlyFile(metadata));
+        metadata["tokenizer.ggml.add_space_prefix"] = false;
+        var withoutPrefix = KilnTokenizer.FromModelFile(new MetadataOnlyFile(metadata));
+
+        Assert.Equal([1, 5, 3], withPrefix.Encode("ab a"));
+        Assert.Equal([1, 7, 3], withoutPrefix.Encode("ab a"));
+        Assert.Equal("ab a", withoutPrefix.Decode([1, 7, 3]));
+        // Only a dummy space is dropped after BOS; without one, a leading space is the text's own.
+        Assert.Equal("a", withPrefix.Decode([1, 3]));
+        Assert.Equal(" a", withoutPrefix.Decode([1, 3]));
+    }
+
+    [Theory]
+    [InlineData("Phi-3-mini-4k-instruct", new[] { 1, 6, 3 })] // llama.cpp strips the whitespace after Phi-3's special tokens
+    [InlineData("phi3 medium", new[] { 1, 6, 3 })]
+    [InlineData("Llama-2-7b", new[] { 1, 6, 7, 8, 9 })]       // anyone else's stays: "▁\na"
+    public void Phi3SpecialTokensEatTheWhitespaceAfterThem(string name, int[] expected)
+    {
+        var metadata = ValidMetadata();
+        metadata["general.name"] = name;
+        metadata["tokenizer.ggml.tokens"] = new[] { "<unk>", "<s>", "</s>", "▁a", "b", "▁ab", "<|user|>", "▁", "\n", "a" };
+        metadata["tokenizer.ggml.scores"] = new float[] { 0, 0, 0, -1, -2, -3, 0, -4, -5, -6 };
+        metadata["tokenizer.ggml.token_type"] = new[] { 2, 3, 3, 1, 1, 1, 4, 1, 1, 1 };
+
+        var tokenizer = KilnTokenizer.FromModelFile(new MetadataOnlyFile(metadata));
+
+        Assert.Equal(expected, tokenizer.Encode("<|user|>\na"));
     }
 
     [Fact]
@@ -67,12 +104,12 @@ public class TokenizerMetadataTests
     public void AnUnsupportedTokenizerModelIsNamed()
     {
         var metadata = ValidMetadata();
-        metadata["tokenizer.ggml.model"] = "gpt2";
+        metadata["tokenizer.ggml.model"] = "t5";
 
         var error = Load(metadata);
 
         Assert.Equal("tokenizer.ggml.model", error.Field);
-        Assert.Contains("'gpt2' is not supported", error.Message);
+        Assert.Contains("'t5' is not supported", error.Message);
     }
 
     /// <summary>The key given a bad value, the value, the key the problem is reported on, and the problem.</summary>
@@ -145,16 +182,4 @@ public class TokenizerMetadataTests
         ["tokenizer.ggml.eos_token_id"] = 2u,
         ["tokenizer.ggml.unknown_token_id"] = 0u,
     };
-
-    private sealed class MetadataOnlyFile(Dictionary<string, object> metadata) : ModelFile(FakePath)
-    {
-        public override string Architecture => "llama";
-
-        public override IReadOnlyDictionary<string, TensorInfo> Tensors { get; } = new Dictionary<string, TensorInfo>();
-
-        public override IReadOnlyDictionary<string, MetadataValue> Metadata { get; } =
-            metadata.ToDictionary(entry => entry.Key, entry => new MetadataValue(entry.Value));
-
-        public override ReadOnlySpan<byte> GetTensorBytes(TensorInfo tensor) => throw new NotSupportedException();
-    }
 }

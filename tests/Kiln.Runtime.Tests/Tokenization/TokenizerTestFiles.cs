@@ -39,4 +39,35 @@ internal static class TokenizerTestFiles
 
     /// <summary>The tok512 vocabulary as the llama2.c model file presents it, read from tok512.bin.</summary>
     public static KilnTokenizer Tok512FromLlama2cFile() => FromModelFile("stories260K.bin", "tok512.bin");
+
+    /// <summary>The tokenizer of the GGUF file <paramref name="writer"/> writes (to a temporary file, deleted after).</summary>
+    public static KilnTokenizer FromGguf(GgufWriter writer)
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"kiln-tokenizer-{Guid.NewGuid():N}.gguf");
+        try
+        {
+            writer.Write(path);
+            using var file = ModelFile.Open(path);
+            return KilnTokenizer.FromModelFile(file);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+}
+
+/// <summary>A model file that is only metadata, for tokenizer tests that need no tensors and no file on disk.</summary>
+internal sealed class MetadataOnlyFile(Dictionary<string, object> metadata) : ModelFile(FakePath)
+{
+    public const string FakePath = "fake.gguf";
+
+    public override string Architecture => "llama";
+
+    public override IReadOnlyDictionary<string, TensorInfo> Tensors { get; } = new Dictionary<string, TensorInfo>();
+
+    public override IReadOnlyDictionary<string, MetadataValue> Metadata { get; } =
+        metadata.ToDictionary(entry => entry.Key, entry => new MetadataValue(entry.Value));
+
+    public override ReadOnlySpan<byte> GetTensorBytes(TensorInfo tensor) => throw new NotSupportedException();
 }

@@ -120,11 +120,14 @@ public sealed partial class KilnEngine : IAsyncDisposable
     /// <summary>Tokens computed per step at most (grown to a whole prompt when chunked prefill is off).</summary>
     public int TokenBudget => _scheduler.Options.TokenBudget;
 
-    /// <summary>Encodes <paramref name="prompt"/> (with BOS, as the tokenizer's model expects) and generates from it; see the id overload.</summary>
+    /// <summary>
+    /// Encodes <paramref name="prompt"/> (after BOS when the model file asks for it, <see cref="KilnTokenizer.AddBosToken"/>)
+    /// and generates from it; see the id overload.
+    /// </summary>
     public IAsyncEnumerable<GenerationUpdate> GenerateAsync(string prompt, GenerationOptions? options = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(prompt);
-        return GenerateAsync(_tokenizer.Encode(prompt), options, cancellationToken);
+        return GenerateAsync(_tokenizer.Encode(prompt, _tokenizer.AddBosToken), options, cancellationToken);
     }
 
     /// <summary>
