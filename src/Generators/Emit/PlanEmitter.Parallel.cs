@@ -86,7 +86,7 @@ internal static partial class PlanEmitter
             if (segment.Rope >= 0)
             {
                 string r = segment.Rope.ToString();
-                fields.Add($"Cos = _rope{r}Cos, Sin = _rope{r}Sin, Cosines = _rope{r}Cosines, SignedSines = _rope{r}SignedSines, Half = _rope{r}Half, HeadDim = _rope{r}HeadDim");
+                fields.Add($"Cos = _rope{r}Cos, Sin = _rope{r}Sin, Cosines = _rope{r}Cosines, SignedSines = _rope{r}SignedSines, Half = _rope{r}Half, HeadDim = _rope{r}HeadDim, Rotary = _rope{r}Rotary");
             }
             w.Line($"    {EpilogueField(plan, segment)} = new {Epilogue(plan, m, segment)} {Initializer(fields)},");
         }
@@ -443,7 +443,7 @@ internal static partial class PlanEmitter
             {
                 w.Line("public double[] Cos, Sin;");
                 w.Line("public float[] Cosines, SignedSines;");
-                w.Line("public int Half, HeadDim;");
+                w.Line("public int Half, HeadDim, Rotary;");
             }
             w.Line();
             w.Line("[global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel");
@@ -451,7 +451,7 @@ internal static partial class PlanEmitter
             {
                 code.RowSetup(w, "token");
                 if (segment.IsPair) PairStore(w, code);
-                else if (segment.Rope >= 0) RopeStore(w, code);
+                else if (segment.Rope >= 0) RopeStore(w, code, plan.RopeTables[segment.Rope].NeoX);
                 else PlainStore(w, code);
             }
         }
@@ -492,27 +492,54 @@ internal static partial class PlanEmitter
         w.Line($"Output[at] = {last};");
     }
 
-    /// <summary>The program, then rotary embedding of adjacent pairs (both pairs of the tile in one head when the head allows).</summary>
-    private static void RopeStore(CodeWriter w, ProgramCode code)
+    /// <summary>
+    /// The program, then the rotary embedding. The tile's packed rows hold two whole pairs (adjacent pairs as they
+    /// are; NeoX halves because the rows were packed pair by pair, <see cref="Kiln.Kernels.MatMul.RopeLayout"/>), so
+    /// both turn at once when the tile lies inside one head's rotary part; otherwise pair by pair, and columns past the
+    /// rotary ones pass through.
+    /// </summary>
+    private static void RopeStore(CodeWriter w, ProgramCode code, bool neoX)
     {
-        w.Line("int o = row - FirstRow;");
-        using (w.Block("if (o + 4 <= Cols && HeadDim % 4 == 0) // both pairs in one head: rotate them together"))
+        System.Func<string, string>? map = neoX ? c => $"{MatMul}.RopeLayout.NeoXColumn({c}, HeadDim, Rotary)" : null;
+        w.Line("int o = row - FirstRow, at = token * Cols, head = o - o % HeadDim, q = o - head;");
+        using (w.Block("if (o + 4 <= Cols && HeadDim % 4 == 0 && q + 4 <= Rotary) // two whole pairs of one head: turn them together"))
         {
-            string value = code.Body(w, 4, "o", "o", "e", new[] { "sums" });
-            w.Line("int angle = token * HeadDim + o % HeadDim;");
-            w.Line($"Output.Store4(token * Cols + o, global::Kiln.Kernels.VectorMath.RotatePairs({value},");
-            w.Line("    global::System.Runtime.Intrinsics.Vector128.LoadUnsafe(ref Cosines[angle]),");
-            w.Line("    global::System.Runtime.Intrinsics.Vector128.LoadUnsafe(ref SignedSines[angle])));");
+            string value = code.Body(w, 4, "o", "o", "e", new[] { "sums" }, vectorColumn: map);
+            w.Line($"var turned = global::Kiln.Kernels.VectorMath.RotatePairs({value},");
+            w.Line("    global::System.Runtime.Intrinsics.Vector128.LoadUnsafe(ref Cosines[token * Rotary + q]),");
+            w.Line("    global::System.Runtime.Intrinsics.Vector128.LoadUnsafe(ref SignedSines[token * Rotary + q]));");
+            if (neoX)
+            {
+                w.Line("int first = at + head + q / 2; // pairs (q/2, q/2 + Half) and (q/2 + 1, q/2 + 1 + Half)");
+                w.Line("Output[first] = turned[0];");
+                w.Line("Output[first + Half] = turned[1];");
+                w.Line("Output[first + 1] = turned[2];");
+                w.Line("Output[first + 1 + Half] = turned[3];");
+            }
+            else
+            {
+                w.Line("Output.Store4(at + o, turned);");
+            }
             w.Line("return;");
         }
         using (w.Block("for (int i = 0; i < 4 && o + i < Cols; i += 2)"))
         {
-            string a = code.Body(w, 1, "o + i", "o + i", "a", new[] { "sums[i]" });
-            string b = code.Body(w, 1, "o + i + 1", "o + i + 1", "b", new[] { "sums[i + 1]" });
-            w.Line("int c = o + i, pair = (c % HeadDim) / 2;");
-            w.Line("double cos = Cos[token * Half + pair], sin = Sin[token * Half + pair];");
-            w.Line($"Output[token * Cols + c] = (float)({a} * cos - {b} * sin);");
-            w.Line($"Output[token * Cols + c + 1] = (float)({a} * sin + {b} * cos);");
+            string a = code.Body(w, 1, "o + i", "o + i", "a", new[] { "sums[i]" }, vectorColumn: map);
+            string b = code.Body(w, 1, "o + i + 1", "o + i + 1", "b", new[] { "sums[i + 1]" }, vectorColumn: map);
+            w.Line("int c = o + i, start = c - c % HeadDim, within = c - start;");
+            using (w.Block("if (within < Rotary)"))
+            {
+                w.Line("int pair = within / 2;");
+                w.Line($"int first = {(neoX ? "at + start + pair, second = first + Half" : "at + c, second = first + 1")};");
+                w.Line("double cos = Cos[token * Half + pair], sin = Sin[token * Half + pair];");
+                w.Line($"Output[first] = (float)({a} * cos - {b} * sin);");
+                w.Line($"Output[second] = (float)({a} * sin + {b} * cos);");
+            }
+            using (w.Block("else"))
+            {
+                w.Line($"Output[at + c] = {a};");
+                w.Line($"Output[at + c + 1] = {b};");
+            }
         }
     }
 }

@@ -141,13 +141,10 @@ internal static partial class PlanEmitter
                     w.Line($"_rope{i}CosHalf[t * _rope{i}Half + pair] = (float)cos;");
                     w.Line($"_rope{i}SinHalf[t * _rope{i}Half + pair] = (float)sin;");
                 }
-                else
-                {
-                    w.Line($"int at = t * _rope{i}Rotary + 2 * pair; // float copies laid out for two pairs at once: cos, cos and −sin, sin");
-                    w.Line($"_rope{i}Cosines[at] = _rope{i}Cosines[at + 1] = (float)cos;");
-                    w.Line($"_rope{i}SignedSines[at] = -(float)sin;");
-                    w.Line($"_rope{i}SignedSines[at + 1] = (float)sin;");
-                }
+                w.Line($"int at = t * _rope{i}Rotary + 2 * pair; // float copies laid out for two adjacent pairs at once: cos, cos and −sin, sin");
+                w.Line($"_rope{i}Cosines[at] = _rope{i}Cosines[at + 1] = (float)cos;");
+                w.Line($"_rope{i}SignedSines[at] = -(float)sin;");
+                w.Line($"_rope{i}SignedSines[at + 1] = (float)sin;");
             }
         }
         w.Line();

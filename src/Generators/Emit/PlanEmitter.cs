@@ -127,7 +127,7 @@ internal static partial class PlanEmitter
             w.Line($"private readonly double[] _rope{i}InverseFrequency;");
             w.Line($"private readonly double[] _rope{i}Cos, _rope{i}Sin;");
             if (table.NeoX) w.Line($"private readonly float[] _rope{i}CosHalf, _rope{i}SinHalf; // per token and pair");
-            else w.Line($"private readonly float[] _rope{i}Cosines, _rope{i}SignedSines; // per token and rotary element: cos, cos and −sin, sin per pair");
+            w.Line($"private readonly float[] _rope{i}Cosines, _rope{i}SignedSines; // per token and rotary element: cos, cos and −sin, sin per adjacent pair");
         }
         if (Programs(plan).Any(p => p.UsesTokens))
         {
@@ -174,8 +174,6 @@ internal static partial class PlanEmitter
             w.Line();
 
             EmitValidation(w, plan);
-            w.Line("var layouts = new global::System.Text.StringBuilder(Report).Append(\"Layouts chosen for this model file:\\n\");");
-            EmitPacking(w, plan);
 
             foreach (var table in plan.RopeTables)
             {
@@ -194,14 +192,13 @@ internal static partial class PlanEmitter
                     w.Line($"_rope{i}CosHalf = new float[maxTokensPerStep * _rope{i}Half];");
                     w.Line($"_rope{i}SinHalf = new float[maxTokensPerStep * _rope{i}Half];");
                 }
-                else
-                {
-                    w.Line($"_rope{i}Cosines = new float[maxTokensPerStep * _rope{i}Rotary];");
-                    w.Line($"_rope{i}SignedSines = new float[maxTokensPerStep * _rope{i}Rotary];");
-                }
+                w.Line($"_rope{i}Cosines = new float[maxTokensPerStep * _rope{i}Rotary];");
+                w.Line($"_rope{i}SignedSines = new float[maxTokensPerStep * _rope{i}Rotary];");
                 w.Line();
             }
             if (Programs(plan).Any(p => p.UsesTokens)) w.Line("_tokens = new int[maxTokensPerStep];");
+            w.Line("var layouts = new global::System.Text.StringBuilder(Report).Append(\"Layouts chosen for this model file:\\n\");");
+            EmitPacking(w, plan);
 
             w.Line("// Arena slots (buffers whose live ranges do not overlap share a slot).");
             w.Line("int offset = 0;");
@@ -283,6 +280,11 @@ internal static partial class PlanEmitter
                     $"{Names.Weight(slice.Key, "model", "layer")}, {(slice.RowStart.Length == 0 ? "0" : Names.DimField(slice.RowStart))}";
                 if (segment.IsPair)
                     w.Line($"{target}.PackInterleaved({at}, {Part(segment.Weights[0])}, {Part(segment.Weights[1])}, {rows}, {Names.Literal(Short(segment.Weights[0].Key))}, {Names.Literal(Short(segment.Weights[1].Key))});");
+                else if (segment.Rope >= 0 && plan.RopeTables[segment.Rope].NeoX)
+                {
+                    string r = segment.Rope.ToString();
+                    w.Line($"{target}.Pack({at}, {Part(segment.Weights[0])}, {rows}, {MatMul}.RopeLayout.NeoXOrder({rows}, _rope{r}HeadDim, _rope{r}Rotary), {Names.Literal(Short(segment.Weights[0].Key) + " (rows paired for NeoX rope)")});");
+                }
                 else
                     w.Line($"{target}.Pack({at}, {Part(segment.Weights[0])}, {rows}, {Names.Literal(Short(segment.Weights[0].Key))});");
             }

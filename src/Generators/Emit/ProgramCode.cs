@@ -160,7 +160,8 @@ internal sealed class ProgramCode
     /// <paramref name="column"/> (<paramref name="inHead"/>: the same column within its head, for per-head weights);
     /// returns the root's local. <paramref name="accumulators"/> names the epilogue's sums.
     /// </summary>
-    public string Body(CodeWriter w, int width, string column, string inHead, string prefix, string[]? accumulators = null, bool pairLanes = false)
+    public string Body(CodeWriter w, int width, string column, string inHead, string prefix, string[]? accumulators = null, bool pairLanes = false,
+        System.Func<string, string>? vectorColumn = null)
     {
         var names = new string[Program.Elems.Count];
         for (int i = 0; i < Program.Elems.Count; i++)
@@ -172,6 +173,7 @@ internal sealed class ProgramCode
             {
                 ElemKind.Load => LoadExpression(width, LoadField(elem.Value, elem.Map), $"{LoadBase(elem.Value, elem.Map)} + {Index(column, elem.Offset)}", pairLanes),
                 ElemKind.Accumulator => accumulators![elem.A],
+                ElemKind.Vector when vectorColumn is not null => MappedLoad(width, "W" + _vectors.IndexOf(elem.Weight), column, elem.Offset, vectorColumn),
                 ElemKind.Vector => ArrayLoad(width, "W" + _vectors.IndexOf(elem.Weight), Index(elem.PerHead ? inHead : column, elem.Offset), pairLanes),
                 ElemKind.Gather => ArrayLoad(width, "G" + _tables.IndexOf(elem.Weight), $"g{_tables.IndexOf(elem.Weight)} + {Index(column, elem.Offset)}", pairLanes),
                 ElemKind.Scalar => Broadcast(width, elem.Scalar!.IsFixed ? Fixed(elem.Scalar) : "S" + _scalars.IndexOf(elem.Scalar!)),
@@ -209,6 +211,13 @@ internal sealed class ProgramCode
         4 => $"{buffer}.Load4({index})",
         _ => $"{buffer}[{index}]",
     };
+
+    /// <summary>A vector read lane by lane through a column map (rows packed in another order than the columns they fill).</summary>
+    private static string MappedLoad(int width, string array, string column, string offset, System.Func<string, string> map)
+    {
+        string Lane(int i) => $"{array}[{Index(map(i == 0 ? column : $"{column} + {i}"), offset)}]";
+        return width == 1 ? Lane(0) : $"{Vector(width)}.Create({string.Join(", ", Enumerable.Range(0, width).Select(Lane))})";
+    }
 
     private static string ArrayLoad(int width, string array, string index, bool pairLanes) =>
         pairLanes ? $"{Vector(4)}.Create({array}[{index}], {array}[{index} + 1], 0f, 0f)"

@@ -204,7 +204,11 @@ internal sealed class Fusion
         var reads = program.Elems.Where(e => e.Kind == ElemKind.Load && _outputs.ContainsKey(e.Value)).Select(e => _outputs[e.Value]).Distinct().ToList();
         if (reads.Count is 0 or > 2 || program.HasStats) return null;
         if (program.Elems.Any(e => e.Kind == ElemKind.Load && _outputs.ContainsKey(e.Value) && (e.Offset.Length > 0 || e.Map != RowMap.Same))) return null;
-        if (program.Rope >= 0 && (reads.Count != 1 || _ropeTables[program.Rope].NeoX || _ropeTables[program.Rope].RotaryDims is { Constant: not "0" })) return null;
+        // A rope ends a tile only over one output; for NeoX halves the rows are packed pair by pair, so the tile may read
+        // nothing at a column of its own but the sums and vectors (which are read through the same order).
+        if (program.Rope >= 0 && (reads.Count != 1
+            || _ropeTables[program.Rope].NeoX && program.Elems.Any(e => e.Kind is ElemKind.Load or ElemKind.Gather && !_outputs.ContainsKey(e.Value))))
+            return null;
         var first = reads[0];
         foreach (var read in reads)
         {

@@ -206,12 +206,25 @@ public sealed unsafe class PackedMatrix : IDisposable
     /// Packs rows [<paramref name="firstRow"/>, +<paramref name="rows"/>) of <paramref name="weight"/> — one part of a
     /// fused QKV or gate/up projection — into rows from <paramref name="rowOffset"/> (a multiple of 4).
     /// </summary>
-    public void Pack(int rowOffset, Tensor weight, int firstRow, int rows, string name = "")
+    public void Pack(int rowOffset, Tensor weight, int firstRow, int rows, string name = "") => Pack(rowOffset, weight, firstRow, rows, null, name);
+
+    /// <summary>
+    /// As <see cref="Pack(int, Tensor, int, int, string)"/>, packed row i taking weight row firstRow + order[i] (a
+    /// permutation of the part's rows, e.g. <see cref="RopeLayout.NeoXOrder"/>).
+    /// </summary>
+    public void Pack(int rowOffset, Tensor weight, int firstRow, int rows, int[]? order, string name = "")
     {
         Check(rowOffset, weight, rows);
         CheckRows(weight, firstRow, rows);
+        if (order is not null && order.Length != rows)
+            throw new ArgumentException($"An order of {order.Length} rows for a part of {rows}.", nameof(order));
         var row = new RowSource(this, weight);
-        for (int o = 0; o < rows; o++) PackRow(rowOffset + o, row.Get(firstRow + o));
+        for (int o = 0; o < rows; o++)
+        {
+            int source = order is null ? o : order[o];
+            if ((uint)source >= (uint)rows) throw new ArgumentOutOfRangeException(nameof(order), $"Row {source} is outside the part's {rows} rows.");
+            PackRow(rowOffset + o, row.Get(firstRow + source));
+        }
         Note(name, weight);
     }
 
