@@ -208,8 +208,13 @@ public sealed class SchedulerPropertyTests
                     Assert.Equal(alone.Generated, request.GeneratedTokens.ToArray());
                     Assert.Equal(alone.Reason, request.FinishReason);
                     break;
-                case FinishReason.Cancelled or FinishReason.Error:
-                    Assert.Equal(request.FinishReason == FinishReason.Error ? CancelKind.Fail : specs[i].Cancel, specs[i].Cancel);
+                case FinishReason.Cancelled:
+                    Assert.True(specs[i].Cancel is CancelKind.BeforeSchedule or CancelKind.DuringStep, $"{request} was cancelled, but its spec says {specs[i].Cancel}");
+                    Assert.Equal(alone.Generated[..request.NumGeneratedTokens], request.GeneratedTokens.ToArray());
+                    break;
+                case FinishReason.Error:
+                    Assert.Equal(CancelKind.Fail, specs[i].Cancel);
+                    Assert.Equal("injected failure", request.ErrorMessage);
                     Assert.Equal(alone.Generated[..request.NumGeneratedTokens], request.GeneratedTokens.ToArray());
                     break;
                 default:
