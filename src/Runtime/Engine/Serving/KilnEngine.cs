@@ -61,6 +61,7 @@ public sealed partial class KilnEngine : IAsyncDisposable
         _tokenizer = tokenizer;
 
         var shape = model.KvShape;
+        KvCache.EnsureMemory(options.KvCacheBytes, $"KvCacheBytes ({options.KvCacheBytes})", "a smaller KvCacheBytes");
         long bytesPerBlock = shape.BytesPerBlock(options.BlockSize, options.KvStorage);
         long blockCount = options.KvCacheBytes / bytesPerBlock;
         if (blockCount < 1)
