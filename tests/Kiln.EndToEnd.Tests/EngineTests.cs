@@ -30,7 +30,7 @@ public sealed class EngineTests
         await using var engine = new KilnEngine(model, tokens => model.Compile(new PlanOptions(tokens)), tokenizer,
             new EngineOptions { KvCacheBytes = 256 << 20, TokenBudget = 256, MaxRunningRequests = 32, KvStorage = KvStorage.F16 });
         var options = new GenerationOptions { MaxTokens = 128, Temperature = 0.8f, TopP = 0.95f, Seed = 42, StopStrings = ["\n\n"] };
-        await foreach (var update in engine.GenerateAsync("Once upon a time", options, cancellationToken))
+        await foreach (var update in engine.GenerateAsync("Once upon a time", options, cancellationToken).Patiently())
         {
             console.Write(update.Text);
             if (update.IsFinal) console.WriteLine($"\n[{update.FinishReason}, {update.Usage!.Value.CompletionTokens} tokens]");
@@ -130,7 +130,7 @@ public sealed class EngineTests
     {
         await using var engine = CreatePacedEngine(Small());
         int seen = 0;
-        await foreach (var update in engine.GenerateAsync(Stories.PromptIds, new GenerationOptions { MaxTokens = 200, IgnoreEndOfSequence = true }))
+        await foreach (var update in engine.GenerateAsync(Stories.PromptIds, new GenerationOptions { MaxTokens = 200, IgnoreEndOfSequence = true }).Patiently())
         {
             if (++seen == 2) break;
         }
@@ -144,12 +144,12 @@ public sealed class EngineTests
         var engine = CreatePacedEngine(Small(maxRunning: 2));
         var options = new GenerationOptions { MaxTokens = 200, IgnoreEndOfSequence = true };
         var first = engine.GenerateAsync(Stories.PromptIds, options).GetAsyncEnumerator();
-        Assert.True(await first.MoveNextAsync()); // running
+        Assert.True(await first.MoveNextAsync().AsTask().WaitAsync(Patience)); // running
         var queued = Enumerable.Range(0, 3).Select(_ => Collect(engine.GenerateAsync(Stories.PromptIds, options))).ToArray();
 
-        await engine.DisposeAsync();
+        await engine.DisposeAsync().AsTask().WaitAsync(Patience);
         GenerationUpdate last = first.Current;
-        while (await first.MoveNextAsync()) last = first.Current;
+        while (await first.MoveNextAsync().AsTask().WaitAsync(Patience)) last = first.Current;
         Assert.Equal(FinishReason.Cancelled, last.FinishReason);
         Assert.Contains("disposed", last.ErrorMessage);
         foreach (var outcome in await Task.WhenAll(queued))
@@ -158,7 +158,7 @@ public sealed class EngineTests
             Assert.Contains("disposed", outcome.Final.ErrorMessage);
         }
         Assert.Throws<ObjectDisposedException>(() => engine.GenerateAsync("Lily"));
-        await engine.DisposeAsync(); // twice is fine
+        await engine.DisposeAsync().AsTask().WaitAsync(Patience); // twice is fine
     }
 
     [Fact]
@@ -171,6 +171,10 @@ public sealed class EngineTests
         Assert.Throws<ArgumentException>(() => engine.GenerateAsync(Array.Empty<int>()));
         Assert.Throws<ArgumentOutOfRangeException>(() => engine.GenerateAsync([1, 100_000]));
         Assert.Throws<ArgumentOutOfRangeException>(() => engine.GenerateAsync("Lily", new GenerationOptions { MaxTokens = 0 }));
+
+        // More KV memory than any machine has is refused when the engine is made, not when it is first touched.
+        var tooMuch = Assert.Throws<InsufficientMemoryException>(() => CreateEngine(Small() with { KvCacheBytes = 1L << 60 }));
+        Assert.Contains("KvCacheBytes", tooMuch.Message);
 
         // The KV memory, not the context, is the limit: 2 blocks of 4 tokens.
         long twoBlocks = 2 * KvCache.BytesPerBlock(Model.LayerCount, 4, Model.KvDim);
@@ -301,7 +305,7 @@ public sealed class EngineTests
         var tokens = new List<int>[3];
         var finals = new GenerationUpdate[3];
         for (int i = 0; i < 3; i++) tokens[i] = [];
-        await foreach (var update in engine.GenerateAsync(prompt, options))
+        await foreach (var update in engine.GenerateAsync(prompt, options).Patiently())
         {
             Assert.Equal(default, finals[update.Index]); // nothing after a sample's final update
             if (update.IsFinal) finals[update.Index] = update;
@@ -333,7 +337,7 @@ public sealed class EngineTests
         using var cancel = new CancellationTokenSource();
         var reasons = new Dictionary<int, FinishReason>();
         int seen = 0;
-        await foreach (var update in engine.GenerateAsync(Stories.PromptIds, new GenerationOptions { MaxTokens = 200, N = 4, IgnoreEndOfSequence = true }, cancel.Token))
+        await foreach (var update in engine.GenerateAsync(Stories.PromptIds, new GenerationOptions { MaxTokens = 200, N = 4, IgnoreEndOfSequence = true }, cancel.Token).Patiently())
         {
             if (++seen == 3) cancel.Cancel();
             if (update.IsFinal) reasons.Add(update.Index, update.FinishReason);
@@ -400,6 +404,110 @@ public sealed class EngineTests
         var outcomes = await Task.WhenAll(Enumerable.Range(0, 16).Select(_ => Task.Run(() => Collect(engine.GenerateAsync(Stories.PromptIds, new GenerationOptions { MaxTokens = 8 })))));
         Assert.All(outcomes, o => Assert.Equal(expected, o.Tokens));
         await WaitUntilIdle(engine);
+    }
+
+    [Fact]
+    public async Task InvalidOptionsFailAtOnceNamingTheOption()
+    {
+        await using var engine = CreateEngine(Small());
+        var cases = new (GenerationOptions Options, string Name)[]
+        {
+            (new() { Temperature = float.NaN }, "Temperature"),
+            (new() { Temperature = float.PositiveInfinity }, "Temperature"),
+            (new() { Temperature = -0.5f }, "Temperature"),
+            (new() { TopP = float.NaN }, "TopP"),
+            (new() { TopP = 0 }, "TopP"),
+            (new() { N = 0 }, "N"),
+            (new() { N = GenerationOptions.MaxSamples + 1 }, "N"),
+            (new() { Priority = (RequestPriority)7 }, "Priority"),
+            (new() { StopTokens = [Model.VocabSize] }, "StopTokens"),
+            (new() { StopTokens = [-1] }, "StopTokens"),
+            (new() { StopStrings = [""] }, "StopStrings"),
+            (new() { MaxTokens = -3 }, "MaxTokens"),
+            (new() { MaxTokens = 0 }, "MaxTokens"),
+        };
+        foreach (var (options, name) in cases)
+        {
+            var error = Assert.ThrowsAny<ArgumentException>(() => engine.GenerateAsync(Stories.PromptIds, options));
+            Assert.Equal(name, error.ParamName);
+        }
+        // Nothing was queued, and the engine still serves.
+        Assert.Equal(0, engine.GetStatistics().WaitingRequests);
+        var outcome = await Collect(engine.GenerateAsync(Stories.PromptIds, new GenerationOptions { MaxTokens = 4 }));
+        Assert.Equal(Stories.GeneratedIds[..4], outcome.Tokens);
+    }
+
+    [Fact]
+    public async Task APlanThatThrowsEndsEveryOpenRequestWithItsErrorAndFaultsTheEngine()
+    {
+        FailingPlan? plan = null;
+        var engine = new KilnEngine(Model, tokens => plan = new FailingPlan(new EagerPlan(Model, tokens), failAtStep: 3), Tokenizer, Small(maxRunning: 2));
+        var options = new GenerationOptions { MaxTokens = 50, IgnoreEndOfSequence = true };
+        // The first step waits until all five are queued: then two run and three wait in the scheduler when step 3 throws,
+        // and a sixth, submitted during that step, is still in the engine's queue.
+        var queued = Enumerable.Range(0, 5).Select(_ => Collect(engine.GenerateAsync(Stories.PromptIds, options))).ToList();
+        var lastQueued = new TaskCompletionSource<Task<Outcome>>(TaskCreationOptions.RunContinuationsAsynchronously);
+        plan!.BeforeFailing = () => lastQueued.SetResult(Collect(engine.GenerateAsync(Stories.PromptIds, options)));
+        plan.FirstStepGate.Set();
+        queued.Add(await lastQueued.Task.WaitAsync(Patience));
+
+        var outcomes = await Task.WhenAll(queued);
+        foreach (var outcome in outcomes)
+        {
+            Assert.Equal(1, outcome.FinalCount);
+            Assert.Equal(FinishReason.Error, outcome.Final.FinishReason);
+            Assert.Contains(FailingPlan.Message, outcome.Final.ErrorMessage);
+        }
+        Assert.Equal(2, outcomes.Count(o => o.Tokens.Length > 0)); // the two that ran streamed their first tokens
+
+        var faulted = Assert.Throws<EngineFaultedException>(() => engine.GenerateAsync(Stories.PromptIds, options));
+        Assert.Same(plan.Thrown, faulted.InnerException);
+        Assert.Contains(FailingPlan.Message, faulted.Message);
+        await engine.DisposeAsync().AsTask().WaitAsync(Patience);
+        Assert.True(plan.Disposed);
+        Assert.Throws<EngineFaultedException>(() => engine.GenerateAsync(Stories.PromptIds, options));
+    }
+
+    /// <summary>
+    /// Runs its plan, holding the first step until <see cref="FirstStepGate"/> opens, and throws at step
+    /// <c>failAtStep</c> (after calling <see cref="BeforeFailing"/>, on the engine loop's thread).
+    /// </summary>
+    private sealed class FailingPlan(ICompiledPlan inner, int failAtStep) : ICompiledPlan
+    {
+        public const string Message = "injected plan failure";
+
+        private int _steps;
+
+        public ManualResetEventSlim FirstStepGate { get; } = new();
+
+        public Action? BeforeFailing { get; set; }
+
+        public Exception? Thrown { get; private set; }
+
+        public bool Disposed { get; private set; }
+
+        public int MaxTokensPerStep => inner.MaxTokensPerStep;
+
+        public int VocabSize => inner.VocabSize;
+
+        public string FusionReport => inner.FusionReport;
+
+        public void Step(ReadOnlySpan<int> tokens, AttentionContext context, Span<float> logits)
+        {
+            if (_steps == 0 && !FirstStepGate.Wait(Patience)) throw new TimeoutException("The test never opened the first step.");
+            if (_steps++ == failAtStep)
+            {
+                BeforeFailing?.Invoke();
+                throw Thrown = new InvalidOperationException(Message);
+            }
+            inner.Step(tokens, context, logits);
+        }
+
+        public void Dispose()
+        {
+            Disposed = true;
+            inner.Dispose();
+        }
     }
 
     /// <summary>Meters scoped to this factory, as dependency injection hands them out.</summary>
