@@ -113,11 +113,17 @@ public sealed class EngineTests
     [Fact]
     public async Task CancellingMidStreamEndsTheRequestAndFreesItsBlocks()
     {
-        await using var engine = CreatePacedEngine(Small());
+        var (engine, plan) = CreateHeldEngine(Small(), holdFromStep: 5);
+        await using var disposeEngine = engine;
         using var cancel = new CancellationTokenSource();
         var outcome = await Collect(
             engine.GenerateAsync(Stories.PromptIds, new GenerationOptions { MaxTokens = 200, IgnoreEndOfSequence = true }, cancel.Token),
-            afterToken: count => { if (count == 3) cancel.Cancel(); });
+            afterToken: count =>
+            {
+                if (count != 3) return;
+                cancel.Cancel();
+                plan.Release();
+            });
 
         Assert.Equal(FinishReason.Cancelled, outcome.Final.FinishReason);
         Assert.InRange(outcome.Tokens.Length, 3, 199);
@@ -128,12 +134,14 @@ public sealed class EngineTests
     [Fact]
     public async Task LeavingTheStreamEarlyCancelsTheRequest()
     {
-        await using var engine = CreatePacedEngine(Small());
+        var (engine, plan) = CreateHeldEngine(Small(), holdFromStep: 5);
+        await using var disposeEngine = engine;
         int seen = 0;
         await foreach (var update in engine.GenerateAsync(Stories.PromptIds, new GenerationOptions { MaxTokens = 200, IgnoreEndOfSequence = true }).Patiently())
         {
             if (++seen == 2) break;
         }
+        plan.Release(); // leaving the loop has cancelled the request already
         var idle = await WaitUntilIdle(engine);
         Assert.True(idle.GeneratedTokens < 200, $"the abandoned request ran on: {idle}");
     }
@@ -141,13 +149,15 @@ public sealed class EngineTests
     [Fact]
     public async Task DisposingTheEngineEndsEveryOpenRequestWithAReason()
     {
-        var engine = CreatePacedEngine(Small(maxRunning: 2));
+        var (engine, plan) = CreateHeldEngine(Small(maxRunning: 2), holdFromStep: 3);
         var options = new GenerationOptions { MaxTokens = 200, IgnoreEndOfSequence = true };
         var first = engine.GenerateAsync(Stories.PromptIds, options).GetAsyncEnumerator();
         Assert.True(await first.MoveNextAsync().AsTask().WaitAsync(Patience)); // running
         var queued = Enumerable.Range(0, 3).Select(_ => Collect(engine.GenerateAsync(Stories.PromptIds, options))).ToArray();
 
-        await engine.DisposeAsync().AsTask().WaitAsync(Patience);
+        var disposal = engine.DisposeAsync().AsTask(); // waits for the held step
+        plan.Release();
+        await disposal.WaitAsync(Patience);
         GenerationUpdate last = first.Current;
         while (await first.MoveNextAsync().AsTask().WaitAsync(Patience)) last = first.Current;
         Assert.Equal(FinishReason.Cancelled, last.FinishReason);
@@ -333,13 +343,18 @@ public sealed class EngineTests
     [Fact]
     public async Task CancellingAnNSampleRequestEndsEverySample()
     {
-        await using var engine = CreatePacedEngine(Small(maxRunning: 2));
+        var (engine, plan) = CreateHeldEngine(Small(maxRunning: 2), holdFromStep: 3);
+        await using var disposeEngine = engine;
         using var cancel = new CancellationTokenSource();
         var reasons = new Dictionary<int, FinishReason>();
         int seen = 0;
         await foreach (var update in engine.GenerateAsync(Stories.PromptIds, new GenerationOptions { MaxTokens = 200, N = 4, IgnoreEndOfSequence = true }, cancel.Token).Patiently())
         {
-            if (++seen == 3) cancel.Cancel();
+            if (++seen == 3)
+            {
+                cancel.Cancel();
+                plan.Release();
+            }
             if (update.IsFinal) reasons.Add(update.Index, update.FinishReason);
         }
         Assert.Equal(4, reasons.Count);
@@ -529,24 +544,33 @@ public sealed class EngineTests
     }
 
     /// <summary>
-    /// Paced steps, for tests that need a request still running when the reader's cancel (or a disposal) arrives,
-    /// even on a loaded machine.
+    /// An engine whose plan holds its steps from <paramref name="holdFromStep"/> on until the test releases it: a request
+    /// is still running when the test's cancel (or disposal) is sent, however loaded the machine.
     /// </summary>
-    private static KilnEngine CreatePacedEngine(EngineOptions options) =>
-        new(Model, tokens => new PacedPlan(new EagerPlan(Model, tokens)), Tokenizer, options);
-
-    /// <summary>A plan that takes at least a few milliseconds per step, so timing-sensitive tests don't race the engine.</summary>
-    private sealed class PacedPlan(ICompiledPlan inner) : ICompiledPlan
+    private static (KilnEngine Engine, HeldPlan Plan) CreateHeldEngine(EngineOptions options, int holdFromStep)
     {
+        HeldPlan? plan = null;
+        var engine = new KilnEngine(Model, tokens => plan = new HeldPlan(new EagerPlan(Model, tokens), holdFromStep), Tokenizer, options);
+        return (engine, plan!);
+    }
+
+    /// <summary>Runs its plan; step <c>holdFromStep</c> and later wait for <see cref="Release"/> (failing the engine after <see cref="Patience"/>).</summary>
+    private sealed class HeldPlan(ICompiledPlan inner, int holdFromStep) : ICompiledPlan
+    {
+        private readonly ManualResetEventSlim _released = new();
+        private int _steps;
+
         public int MaxTokensPerStep => inner.MaxTokensPerStep;
 
         public int VocabSize => inner.VocabSize;
 
         public string FusionReport => inner.FusionReport;
 
+        public void Release() => _released.Set();
+
         public void Step(ReadOnlySpan<int> tokens, AttentionContext context, Span<float> logits)
         {
-            Thread.Sleep(5);
+            if (_steps++ >= holdFromStep && !_released.Wait(Patience)) throw new TimeoutException("The test never released the held step.");
             inner.Step(tokens, context, logits);
         }
 
