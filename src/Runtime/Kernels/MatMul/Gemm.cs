@@ -21,7 +21,6 @@ namespace Kiln.Kernels.MatMul;
 /// </summary>
 public static unsafe class Gemm
 {
-
     /// <summary>
     /// Groups per work item for a pool of <paramref name="threads"/>: about eight items per thread so fast threads
     /// take more, never so small that claiming an item costs more than computing it.

@@ -40,7 +40,7 @@ public static class KernelPaths
         IsSupported(KernelPath.Avx2) ? KernelPath.Avx2 :
         KernelPath.Scalar;
 
-    // Written only by Force; every kernel call reads it once (never per element).
+    // Written only by Force; kernels read it once per call (input quantization once per block), never per element.
     private static KernelPath s_active = Best;
 
     /// <summary>
