@@ -53,6 +53,11 @@ public static class StoriesDemo
             log.WriteLine($"stories: cannot use the model: {e.Message}");
             return ExitFailed;
         }
+        catch (InsufficientMemoryException e)
+        {
+            log.WriteLine($"stories: {e.Message}");
+            return ExitFailed;
+        }
     }
 
     private static int Generate(StoriesOptions options, TextWriter output, TextWriter log)
@@ -64,31 +69,35 @@ public static class StoriesDemo
         double loadMs = clock.Elapsed.TotalMilliseconds;
 
         clock.Restart();
-        ICompiledPlan plan = options.Eager ? new EagerPlan(model, MaxTokensPerStep) : model.Compile(MaxTokensPerStep);
+        using ICompiledPlan plan = options.Eager ? new EagerPlan(model, MaxTokensPerStep) : model.Compile(MaxTokensPerStep);
         log.WriteLine($"stories: {Path.GetFileName(options.ModelPath)}: llama, dim {model.Dim}, {model.LayerCount} layers, " +
                       $"{model.Heads} heads ({model.KvHeadCount} KV), vocab {model.VocabSize}; loaded in {loadMs:F0} ms, " +
                       $"{(options.Eager ? "eager reference" : "compiled plan")} ready in {clock.Elapsed.TotalMilliseconds:F0} ms");
         if (options.Report) log.WriteLine(plan.FusionReport);
 
-        var generator = new TokenGenerator(model, plan, maxContext: Math.Max(1, model.Context));
-        var sampling = new SamplingOptions { Temperature = options.Temperature, TopP = options.TopP, Seed = options.Seed };
-        if (options.Prompt is { } prompt)
+        string[] prompts = options.Prompt is { } prompt ? [prompt] : StockPrompts;
+        int[][] promptIds = Array.ConvertAll(prompts, p => tokenizer.Encode(p));
+        int context = Math.Max(1, model.Context), longest = promptIds.Max(ids => ids.Length);
+        if (longest >= context)
         {
-            var speed = Continue(prompt, generator, tokenizer, sampling, options.MaxTokens, output);
-            if (speed is null)
-            {
-                log.WriteLine($"stories: the prompt does not fit the model's context of {generator.MaxContext} tokens.");
-                return ExitFailed;
-            }
-            log.WriteLine($"stories: {speed}");
+            log.WriteLine($"stories: the prompt has {longest} tokens, which leaves no room to generate in the model's context of {context} tokens.");
+            return ExitFailed;
+        }
+        // The KV cache holds what this run generates (the longest prompt and max tokens), not the whole context the file
+        // declares, which may be far beyond this machine's memory.
+        var generator = new TokenGenerator(model, plan, maxContext: (int)Math.Min(context, (long)longest + options.MaxTokens));
+        var sampling = new SamplingOptions { Temperature = options.Temperature, TopP = options.TopP, Seed = options.Seed };
+        if (options.Prompt is not null)
+        {
+            log.WriteLine($"stories: {Continue(prompts[0], promptIds[0], generator, tokenizer, sampling, options.MaxTokens, output)}");
             return ExitOk;
         }
 
         int totalTokens = 0;
         double totalSeconds = 0;
-        foreach (string stock in StockPrompts)
+        for (int i = 0; i < prompts.Length; i++)
         {
-            var speed = Continue(stock, generator, tokenizer, sampling, options.MaxTokens, output)!;
+            var speed = Continue(prompts[i], promptIds[i], generator, tokenizer, sampling, options.MaxTokens, output);
             output.WriteLine();
             log.WriteLine($"stories: {speed}");
             totalTokens += speed.Tokens;
@@ -98,11 +107,9 @@ public static class StoriesDemo
         return ExitOk;
     }
 
-    /// <summary>Writes the prompt, then each new token's text as it comes. Null when the prompt is longer than the context.</summary>
-    private static Speed? Continue(string prompt, TokenGenerator generator, KilnTokenizer tokenizer, SamplingOptions sampling, int maxTokens, TextWriter output)
+    /// <summary>Writes the prompt, then each new token's text as it comes.</summary>
+    private static Speed Continue(string prompt, int[] ids, TokenGenerator generator, KilnTokenizer tokenizer, SamplingOptions sampling, int maxTokens, TextWriter output)
     {
-        int[] ids = tokenizer.Encode(prompt);
-        if (ids.Length >= generator.MaxContext) return null;
         output.Write(prompt);
         var decoder = tokenizer.CreateStreamingDecoder(ids[^1]);
         var clock = Stopwatch.StartNew();

@@ -1,7 +1,7 @@
-using System.Runtime.Intrinsics;
-using Kiln.Kernels.Elementwise;
+using Kiln.Kernels.Quantized;
 using Kiln.Models;
 using Kiln.Testing;
+using Kiln.Tests;
 using Xunit.Abstractions;
 
 namespace Kiln.EndToEnd.Tests;
@@ -9,9 +9,10 @@ namespace Kiln.EndToEnd.Tests;
 /// <summary>
 /// Each decoder family of samples/Models compiled by the generator against its own eager forward, on seeded F32
 /// weights with small real-shaped dimensions: a prefill longer than Gemma-2's and Phi-3's windows, decode steps, then
-/// two sequences in one step. Every generated loop runs at each lane width in turn (Vector512, Vector256, scalar);
-/// a width this machine cannot run is reported skipped.
+/// two sequences in one step. Every kernel path is forced in turn (the generated loops' Vector512, Vector256 and
+/// scalar code, and the runtime kernels'); a path this machine cannot run is reported skipped.
 /// </summary>
+[Collection(KernelPathCollection.Name)]
 public sealed class DecoderFamilyTests(ITestOutputHelper output)
 {
     private const int Heads = 2, KvHeads = 1, Layers = 3, Vocab = 37, Context = 64;
@@ -22,23 +23,23 @@ public sealed class DecoderFamilyTests(ITestOutputHelper output)
     /// 96 hidden units; and heads of 54 (27 pairs: a Vector512 step, a Vector256 step and a scalar tail in the row
     /// loops; the epilogues pair by pair) in rows of 108 with 76.
     /// </summary>
-    public static TheoryData<string, int, int> Cases()
+    public static TheoryData<string, int, KernelPath> Cases()
     {
-        var cases = new TheoryData<string, int, int>();
+        var cases = new TheoryData<string, int, KernelPath>();
         foreach (string family in new[] { "gpt2", "qwen2", "qwen3", "gemma2", "phi3" })
             foreach (int headDim in new[] { 64, 54 })
-                foreach (int width in new[] { 512, 256, 1 })
-                    cases.Add(family, headDim, width);
+                foreach (var path in KernelPathCases.AllPaths)
+                    cases.Add(family, headDim, path);
         return cases;
     }
 
     [SkippableTheory]
     [MemberData(nameof(Cases))]
-    public void CompiledPlanMatchesEagerForward(string family, int headDim, int width)
+    public void CompiledPlanMatchesEagerForward(string family, int headDim, KernelPath path)
     {
-        bool supported = width switch { 512 => Vector512.IsHardwareAccelerated, 256 => Vector256.IsHardwareAccelerated, _ => true };
-        Skip.IfNot(supported, $"this machine has no accelerated {width}-bit vectors");
-        var file = File(family, headDim, seed: family.Length * 100 + headDim + width);
+        // Generated loops have no AVX-VNNI form (no int8 work): that path runs their AVX2 code.
+        using var forced = KernelPathCases.Force(path, "A plan's generated loops", KernelPathCases.NoVnniForm);
+        var file = File(family, headDim, seed: family.Length * 100 + headDim + (int)path);
         IKilnModel model = family switch
         {
             "gpt2" => Gpt2.Load(file),
@@ -47,9 +48,8 @@ public sealed class DecoderFamilyTests(ITestOutputHelper output)
             "gemma2" => Gemma2.Load(file),
             _ => Phi3.Load(file),
         };
-        using var forced = Lanes.Force(width);
         using var plan = model.Compile(new PlanOptions(MaxTokens, Threads: 2));
-        output.WriteLine($"{family}, heads of {headDim}, seed {file.Seed}, lanes {width}");
+        output.WriteLine($"{family}, heads of {headDim}, seed {file.Seed}, path {path}");
         var run = new Differential(model, plan, output);
 
         // A prefill of 12 (past the windows of 3 and 5), every row wanted; then decodes; then two sequences at once.

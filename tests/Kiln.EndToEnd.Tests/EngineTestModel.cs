@@ -64,7 +64,21 @@ internal static class EngineTestModel
     /// <summary>Everything one request streamed.</summary>
     public sealed record Outcome(int[] Tokens, string Text, float?[] Logprobs, GenerationUpdate Final, int FinalCount);
 
-    public static async Task<Outcome> Collect(IAsyncEnumerable<GenerationUpdate> updates, Action<int>? afterToken = null)
+    /// <summary>How long an engine test waits for any one thing (a stream, a disposal) before failing instead of hanging.</summary>
+    public static readonly TimeSpan Patience = TimeSpan.FromSeconds(60);
+
+    /// <summary>The stream, each of whose items must come within <see cref="Patience"/>.</summary>
+    public static async IAsyncEnumerable<T> Patiently<T>(this IAsyncEnumerable<T> source)
+    {
+        await using var items = source.GetAsyncEnumerator();
+        while (await items.MoveNextAsync().AsTask().WaitAsync(Patience)) yield return items.Current;
+    }
+
+    /// <summary>Everything <paramref name="updates"/> streams, within <see cref="Patience"/>.</summary>
+    public static Task<Outcome> Collect(IAsyncEnumerable<GenerationUpdate> updates, Action<int>? afterToken = null) =>
+        CollectAll(updates, afterToken).WaitAsync(Patience);
+
+    private static async Task<Outcome> CollectAll(IAsyncEnumerable<GenerationUpdate> updates, Action<int>? afterToken)
     {
         var tokens = new List<int>();
         var logprobs = new List<float?>();

@@ -30,7 +30,7 @@ public sealed class EngineTests
         await using var engine = new KilnEngine(model, tokens => model.Compile(new PlanOptions(tokens)), tokenizer,
             new EngineOptions { KvCacheBytes = 256 << 20, TokenBudget = 256, MaxRunningRequests = 32, KvStorage = KvStorage.F16 });
         var options = new GenerationOptions { MaxTokens = 128, Temperature = 0.8f, TopP = 0.95f, Seed = 42, StopStrings = ["\n\n"] };
-        await foreach (var update in engine.GenerateAsync("Once upon a time", options, cancellationToken))
+        await foreach (var update in engine.GenerateAsync("Once upon a time", options, cancellationToken).Patiently())
         {
             console.Write(update.Text);
             if (update.IsFinal) console.WriteLine($"\n[{update.FinishReason}, {update.Usage!.Value.CompletionTokens} tokens]");
@@ -113,11 +113,17 @@ public sealed class EngineTests
     [Fact]
     public async Task CancellingMidStreamEndsTheRequestAndFreesItsBlocks()
     {
-        await using var engine = CreatePacedEngine(Small());
+        var (engine, plan) = CreateHeldEngine(Small(), holdFromStep: 5);
+        await using var disposeEngine = engine;
         using var cancel = new CancellationTokenSource();
         var outcome = await Collect(
             engine.GenerateAsync(Stories.PromptIds, new GenerationOptions { MaxTokens = 200, IgnoreEndOfSequence = true }, cancel.Token),
-            afterToken: count => { if (count == 3) cancel.Cancel(); });
+            afterToken: count =>
+            {
+                if (count != 3) return;
+                cancel.Cancel();
+                plan.Release();
+            });
 
         Assert.Equal(FinishReason.Cancelled, outcome.Final.FinishReason);
         Assert.InRange(outcome.Tokens.Length, 3, 199);
@@ -128,12 +134,14 @@ public sealed class EngineTests
     [Fact]
     public async Task LeavingTheStreamEarlyCancelsTheRequest()
     {
-        await using var engine = CreatePacedEngine(Small());
+        var (engine, plan) = CreateHeldEngine(Small(), holdFromStep: 5);
+        await using var disposeEngine = engine;
         int seen = 0;
-        await foreach (var update in engine.GenerateAsync(Stories.PromptIds, new GenerationOptions { MaxTokens = 200, IgnoreEndOfSequence = true }))
+        await foreach (var update in engine.GenerateAsync(Stories.PromptIds, new GenerationOptions { MaxTokens = 200, IgnoreEndOfSequence = true }).Patiently())
         {
             if (++seen == 2) break;
         }
+        plan.Release(); // leaving the loop has cancelled the request already
         var idle = await WaitUntilIdle(engine);
         Assert.True(idle.GeneratedTokens < 200, $"the abandoned request ran on: {idle}");
     }
@@ -141,15 +149,17 @@ public sealed class EngineTests
     [Fact]
     public async Task DisposingTheEngineEndsEveryOpenRequestWithAReason()
     {
-        var engine = CreatePacedEngine(Small(maxRunning: 2));
+        var (engine, plan) = CreateHeldEngine(Small(maxRunning: 2), holdFromStep: 3);
         var options = new GenerationOptions { MaxTokens = 200, IgnoreEndOfSequence = true };
         var first = engine.GenerateAsync(Stories.PromptIds, options).GetAsyncEnumerator();
-        Assert.True(await first.MoveNextAsync()); // running
+        Assert.True(await first.MoveNextAsync().AsTask().WaitAsync(Patience)); // running
         var queued = Enumerable.Range(0, 3).Select(_ => Collect(engine.GenerateAsync(Stories.PromptIds, options))).ToArray();
 
-        await engine.DisposeAsync();
+        var disposal = engine.DisposeAsync().AsTask(); // waits for the held step
+        plan.Release();
+        await disposal.WaitAsync(Patience);
         GenerationUpdate last = first.Current;
-        while (await first.MoveNextAsync()) last = first.Current;
+        while (await first.MoveNextAsync().AsTask().WaitAsync(Patience)) last = first.Current;
         Assert.Equal(FinishReason.Cancelled, last.FinishReason);
         Assert.Contains("disposed", last.ErrorMessage);
         foreach (var outcome in await Task.WhenAll(queued))
@@ -158,7 +168,7 @@ public sealed class EngineTests
             Assert.Contains("disposed", outcome.Final.ErrorMessage);
         }
         Assert.Throws<ObjectDisposedException>(() => engine.GenerateAsync("Lily"));
-        await engine.DisposeAsync(); // twice is fine
+        await engine.DisposeAsync().AsTask().WaitAsync(Patience); // twice is fine
     }
 
     [Fact]
@@ -171,6 +181,10 @@ public sealed class EngineTests
         Assert.Throws<ArgumentException>(() => engine.GenerateAsync(Array.Empty<int>()));
         Assert.Throws<ArgumentOutOfRangeException>(() => engine.GenerateAsync([1, 100_000]));
         Assert.Throws<ArgumentOutOfRangeException>(() => engine.GenerateAsync("Lily", new GenerationOptions { MaxTokens = 0 }));
+
+        // More KV memory than any machine has is refused when the engine is made, not when it is first touched.
+        var tooMuch = Assert.Throws<InsufficientMemoryException>(() => CreateEngine(Small() with { KvCacheBytes = 1L << 60 }));
+        Assert.Contains("KvCacheBytes", tooMuch.Message);
 
         // The KV memory, not the context, is the limit: 2 blocks of 4 tokens.
         long twoBlocks = 2 * KvCache.BytesPerBlock(Model.LayerCount, 4, Model.KvDim);
@@ -301,7 +315,7 @@ public sealed class EngineTests
         var tokens = new List<int>[3];
         var finals = new GenerationUpdate[3];
         for (int i = 0; i < 3; i++) tokens[i] = [];
-        await foreach (var update in engine.GenerateAsync(prompt, options))
+        await foreach (var update in engine.GenerateAsync(prompt, options).Patiently())
         {
             Assert.Equal(default, finals[update.Index]); // nothing after a sample's final update
             if (update.IsFinal) finals[update.Index] = update;
@@ -329,13 +343,18 @@ public sealed class EngineTests
     [Fact]
     public async Task CancellingAnNSampleRequestEndsEverySample()
     {
-        await using var engine = CreatePacedEngine(Small(maxRunning: 2));
+        var (engine, plan) = CreateHeldEngine(Small(maxRunning: 2), holdFromStep: 3);
+        await using var disposeEngine = engine;
         using var cancel = new CancellationTokenSource();
         var reasons = new Dictionary<int, FinishReason>();
         int seen = 0;
-        await foreach (var update in engine.GenerateAsync(Stories.PromptIds, new GenerationOptions { MaxTokens = 200, N = 4, IgnoreEndOfSequence = true }, cancel.Token))
+        await foreach (var update in engine.GenerateAsync(Stories.PromptIds, new GenerationOptions { MaxTokens = 200, N = 4, IgnoreEndOfSequence = true }, cancel.Token).Patiently())
         {
-            if (++seen == 3) cancel.Cancel();
+            if (++seen == 3)
+            {
+                cancel.Cancel();
+                plan.Release();
+            }
             if (update.IsFinal) reasons.Add(update.Index, update.FinishReason);
         }
         Assert.Equal(4, reasons.Count);
@@ -402,6 +421,110 @@ public sealed class EngineTests
         await WaitUntilIdle(engine);
     }
 
+    [Fact]
+    public async Task InvalidOptionsFailAtOnceNamingTheOption()
+    {
+        await using var engine = CreateEngine(Small());
+        var cases = new (GenerationOptions Options, string Name)[]
+        {
+            (new() { Temperature = float.NaN }, "Temperature"),
+            (new() { Temperature = float.PositiveInfinity }, "Temperature"),
+            (new() { Temperature = -0.5f }, "Temperature"),
+            (new() { TopP = float.NaN }, "TopP"),
+            (new() { TopP = 0 }, "TopP"),
+            (new() { N = 0 }, "N"),
+            (new() { N = GenerationOptions.MaxSamples + 1 }, "N"),
+            (new() { Priority = (RequestPriority)7 }, "Priority"),
+            (new() { StopTokens = [Model.VocabSize] }, "StopTokens"),
+            (new() { StopTokens = [-1] }, "StopTokens"),
+            (new() { StopStrings = [""] }, "StopStrings"),
+            (new() { MaxTokens = -3 }, "MaxTokens"),
+            (new() { MaxTokens = 0 }, "MaxTokens"),
+        };
+        foreach (var (options, name) in cases)
+        {
+            var error = Assert.ThrowsAny<ArgumentException>(() => engine.GenerateAsync(Stories.PromptIds, options));
+            Assert.Equal(name, error.ParamName);
+        }
+        // Nothing was queued, and the engine still serves.
+        Assert.Equal(0, engine.GetStatistics().WaitingRequests);
+        var outcome = await Collect(engine.GenerateAsync(Stories.PromptIds, new GenerationOptions { MaxTokens = 4 }));
+        Assert.Equal(Stories.GeneratedIds[..4], outcome.Tokens);
+    }
+
+    [Fact]
+    public async Task APlanThatThrowsEndsEveryOpenRequestWithItsErrorAndFaultsTheEngine()
+    {
+        FailingPlan? plan = null;
+        var engine = new KilnEngine(Model, tokens => plan = new FailingPlan(new EagerPlan(Model, tokens), failAtStep: 3), Tokenizer, Small(maxRunning: 2));
+        var options = new GenerationOptions { MaxTokens = 50, IgnoreEndOfSequence = true };
+        // The first step waits until all five are queued: then two run and three wait in the scheduler when step 3 throws,
+        // and a sixth, submitted during that step, is still in the engine's queue.
+        var queued = Enumerable.Range(0, 5).Select(_ => Collect(engine.GenerateAsync(Stories.PromptIds, options))).ToList();
+        var lastQueued = new TaskCompletionSource<Task<Outcome>>(TaskCreationOptions.RunContinuationsAsynchronously);
+        plan!.BeforeFailing = () => lastQueued.SetResult(Collect(engine.GenerateAsync(Stories.PromptIds, options)));
+        plan.FirstStepGate.Set();
+        queued.Add(await lastQueued.Task.WaitAsync(Patience));
+
+        var outcomes = await Task.WhenAll(queued);
+        foreach (var outcome in outcomes)
+        {
+            Assert.Equal(1, outcome.FinalCount);
+            Assert.Equal(FinishReason.Error, outcome.Final.FinishReason);
+            Assert.Contains(FailingPlan.Message, outcome.Final.ErrorMessage);
+        }
+        Assert.Equal(2, outcomes.Count(o => o.Tokens.Length > 0)); // the two that ran streamed their first tokens
+
+        var faulted = Assert.Throws<EngineFaultedException>(() => engine.GenerateAsync(Stories.PromptIds, options));
+        Assert.Same(plan.Thrown, faulted.InnerException);
+        Assert.Contains(FailingPlan.Message, faulted.Message);
+        await engine.DisposeAsync().AsTask().WaitAsync(Patience);
+        Assert.True(plan.Disposed);
+        Assert.Throws<EngineFaultedException>(() => engine.GenerateAsync(Stories.PromptIds, options));
+    }
+
+    /// <summary>
+    /// Runs its plan, holding the first step until <see cref="FirstStepGate"/> opens, and throws at step
+    /// <c>failAtStep</c> (after calling <see cref="BeforeFailing"/>, on the engine loop's thread).
+    /// </summary>
+    private sealed class FailingPlan(ICompiledPlan inner, int failAtStep) : ICompiledPlan
+    {
+        public const string Message = "injected plan failure";
+
+        private int _steps;
+
+        public ManualResetEventSlim FirstStepGate { get; } = new();
+
+        public Action? BeforeFailing { get; set; }
+
+        public Exception? Thrown { get; private set; }
+
+        public bool Disposed { get; private set; }
+
+        public int MaxTokensPerStep => inner.MaxTokensPerStep;
+
+        public int VocabSize => inner.VocabSize;
+
+        public string FusionReport => inner.FusionReport;
+
+        public void Step(ReadOnlySpan<int> tokens, AttentionContext context, Span<float> logits)
+        {
+            if (_steps == 0 && !FirstStepGate.Wait(Patience)) throw new TimeoutException("The test never opened the first step.");
+            if (_steps++ == failAtStep)
+            {
+                BeforeFailing?.Invoke();
+                throw Thrown = new InvalidOperationException(Message);
+            }
+            inner.Step(tokens, context, logits);
+        }
+
+        public void Dispose()
+        {
+            Disposed = true;
+            inner.Dispose();
+        }
+    }
+
     /// <summary>Meters scoped to this factory, as dependency injection hands them out.</summary>
     private sealed class ScopedMeterFactory : IMeterFactory
     {
@@ -421,24 +544,33 @@ public sealed class EngineTests
     }
 
     /// <summary>
-    /// Paced steps, for tests that need a request still running when the reader's cancel (or a disposal) arrives,
-    /// even on a loaded machine.
+    /// An engine whose plan holds its steps from <paramref name="holdFromStep"/> on until the test releases it: a request
+    /// is still running when the test's cancel (or disposal) is sent, however loaded the machine.
     /// </summary>
-    private static KilnEngine CreatePacedEngine(EngineOptions options) =>
-        new(Model, tokens => new PacedPlan(new EagerPlan(Model, tokens)), Tokenizer, options);
-
-    /// <summary>A plan that takes at least a few milliseconds per step, so timing-sensitive tests don't race the engine.</summary>
-    private sealed class PacedPlan(ICompiledPlan inner) : ICompiledPlan
+    private static (KilnEngine Engine, HeldPlan Plan) CreateHeldEngine(EngineOptions options, int holdFromStep)
     {
+        HeldPlan? plan = null;
+        var engine = new KilnEngine(Model, tokens => plan = new HeldPlan(new EagerPlan(Model, tokens), holdFromStep), Tokenizer, options);
+        return (engine, plan!);
+    }
+
+    /// <summary>Runs its plan; step <c>holdFromStep</c> and later wait for <see cref="Release"/> (failing the engine after <see cref="Patience"/>).</summary>
+    private sealed class HeldPlan(ICompiledPlan inner, int holdFromStep) : ICompiledPlan
+    {
+        private readonly ManualResetEventSlim _released = new();
+        private int _steps;
+
         public int MaxTokensPerStep => inner.MaxTokensPerStep;
 
         public int VocabSize => inner.VocabSize;
 
         public string FusionReport => inner.FusionReport;
 
+        public void Release() => _released.Set();
+
         public void Step(ReadOnlySpan<int> tokens, AttentionContext context, Span<float> logits)
         {
-            Thread.Sleep(5);
+            if (_steps++ >= holdFromStep && !_released.Wait(Patience)) throw new TimeoutException("The test never released the held step.");
             inner.Step(tokens, context, logits);
         }
 

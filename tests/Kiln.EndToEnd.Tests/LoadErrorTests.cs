@@ -6,19 +6,6 @@ namespace Kiln.EndToEnd.Tests;
 /// <summary>A file whose hyperparameters don't fit the definition fails at load with the typed error, never an arithmetic crash.</summary>
 public sealed class LoadErrorTests
 {
-    private static string WriteStoriesWith(string key, object value)
-    {
-        using var source = ModelFile.Open(StoriesReference.ModelPath("stories260K.gguf"));
-        var writer = new GgufWriter();
-        foreach (var (name, entry) in source.Metadata)
-            writer.AddMetadata(name, name == key ? value : entry.Value);
-        foreach (var (name, info) in source.Tensors)
-            writer.AddEncodedTensor(name, info.Type, source.GetTensorBytes(info), info.Dimensions);
-        string path = Path.Combine(Path.GetTempPath(), $"kiln-load-{Guid.NewGuid():N}.gguf");
-        writer.Write(path);
-        return path;
-    }
-
     [Theory]
     [InlineData("llama.attention.head_count", 0u, "hyperparameters")]
     [InlineData("llama.attention.head_count", 3u, "attn_q.weight")]
@@ -27,7 +14,7 @@ public sealed class LoadErrorTests
     [InlineData("general.architecture", "gpt2", "general.architecture")]
     public void BadHyperparametersGiveModelLoadException(string key, object value, string named)
     {
-        string path = WriteStoriesWith(key, value);
+        string path = StoriesReference.WriteModelWith(key, value);
         try
         {
             using var file = ModelFile.Open(path);
@@ -44,7 +31,7 @@ public sealed class LoadErrorTests
     [Fact]
     public void AMissingRequiredHyperparameterIsNamed()
     {
-        string path = WriteStoriesWith("llama.block_count", "five");
+        string path = StoriesReference.WriteModelWith("llama.block_count", "five");
         try
         {
             using var file = ModelFile.Open(path);

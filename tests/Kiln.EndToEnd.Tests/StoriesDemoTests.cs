@@ -53,6 +53,10 @@ public sealed class StoriesDemoTests
     [InlineData("--max-tokens", "zero")]
     [InlineData("--temperature", "-1")]
     [InlineData("--top-p", "1.5")]
+    [InlineData("--max-tokens", "-5")]
+    [InlineData("--temperature", "NaN")]
+    [InlineData("--temperature", "Infinity")]
+    [InlineData("--top-p", "NaN")]
     [InlineData("--bogus")]
     [InlineData("--prompt")]
     public void BadArgumentsGiveOneLineAndExitCodeTwo(params string[] args)
@@ -61,6 +65,42 @@ public sealed class StoriesDemoTests
         Assert.Equal(StoriesDemo.ExitBadArguments, exitCode);
         Assert.Equal("", output);
         Assert.Single(log.TrimEnd('\n').Split('\n'));
+    }
+
+    [Fact]
+    public void APromptLongerThanTheContextGivesOneLineAndExitCodeOne()
+    {
+        string prompt = string.Join(" ", Enumerable.Repeat("Once upon a time", 200)); // some 800 tokens; the context holds 512
+        var (exitCode, output, log) = Run("--prompt", prompt);
+        Assert.Equal(StoriesDemo.ExitFailed, exitCode);
+        Assert.Equal("", output);
+        string last = log.TrimEnd('\n').Split('\n')[^1];
+        Assert.Matches(@"^stories: the prompt has \d+ tokens, which leaves no room to generate in the model's context of 512 tokens\.$", last);
+    }
+
+    [Fact]
+    public void AContextLengthBeyondTheMachinesMemoryIsNotAllocated()
+    {
+        // A file declaring 2^31 − 1 positions: a KV cache that long would take terabytes.
+        string path = StoriesReference.WriteModelWith("llama.context_length", (uint)int.MaxValue);
+        try
+        {
+            // The demo's cache holds what it generates, so the file runs as the original does.
+            var (exitCode, output, _) = Run("--model", path, "--prompt", "Once upon a time");
+            Assert.Equal(StoriesDemo.ExitOk, exitCode);
+            Assert.Equal(StoriesReference.Load().Text + "\n", output);
+
+            // Asked to generate that much, it says why it cannot before allocating anything.
+            (exitCode, output, string log) = Run("--model", path, "--prompt", "Once upon a time", "--max-tokens", "2000000000");
+            Assert.Equal(StoriesDemo.ExitFailed, exitCode);
+            Assert.Equal("", output);
+            string last = log.TrimEnd('\n').Split('\n')[^1];
+            Assert.Matches(@"^stories: A KV cache of 5 layers × \d+ positions × 32 \(F32\) needs [\d.]+ GiB, more than the [\d.]+ GiB of memory this machine has; use a shorter context or fewer slots\.$", last);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
     }
 
     [Fact]

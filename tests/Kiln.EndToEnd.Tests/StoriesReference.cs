@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.RegularExpressions;
+using Kiln.Loading;
 
 namespace Kiln.EndToEnd.Tests;
 
@@ -7,6 +8,20 @@ namespace Kiln.EndToEnd.Tests;
 internal sealed partial class StoriesReference
 {
     public static string ModelPath(string name) => Path.Combine(AppContext.BaseDirectory, "models", name);
+
+    /// <summary>A temporary copy of stories260K.gguf with metadata <paramref name="key"/> set to <paramref name="value"/>; the caller deletes it.</summary>
+    public static string WriteModelWith(string key, object value)
+    {
+        using var source = ModelFile.Open(ModelPath("stories260K.gguf"));
+        var writer = new GgufWriter();
+        foreach (var (name, entry) in source.Metadata)
+            writer.AddMetadata(name, name == key ? value : entry.Value);
+        foreach (var (name, info) in source.Tensors)
+            writer.AddEncodedTensor(name, info.Type, source.GetTensorBytes(info), info.Dimensions);
+        string path = Path.Combine(Path.GetTempPath(), $"kiln-{Guid.NewGuid():N}.gguf");
+        writer.Write(path);
+        return path;
+    }
 
     public static StoriesReference Load()
     {

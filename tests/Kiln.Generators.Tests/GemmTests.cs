@@ -5,60 +5,82 @@ using Kiln.Kernels.MatMul;
 using Kiln.Kernels.Quantized;
 using Kiln.Loading;
 using Kiln.Threading;
+using Kiln.Tests;
 
 namespace Kiln.Generators.Tests;
 
 /// <summary>
 /// The runtime pieces the generated plans call: packing (stored bytes copied, everything else converted), input
-/// preparation (norm, Q8 quantization) and the tile kernels, each against an independent reference — the per-format
-/// dots of Kiln.Kernels.Quantized on the same Q8 activations, or float64 loops — on shapes with partial groups and
-/// odd token counts. Also: a run split into ranges gives the same bits as one run (thread-count independence).
+/// preparation (norm, Q8 quantization) and the tile kernels, on each kernel path in turn, each against an independent
+/// reference — the per-format dots of Kiln.Kernels.Quantized on the same Q8 activations, or float64 loops — and the
+/// scalar kernels, on shapes with partial groups and odd token counts. Also: a run split into ranges gives the same
+/// bits as one run (thread-count independence).
 /// </summary>
+[Collection(KernelPathCollection.Name)]
 public sealed class GemmTests
 {
-    public static TheoryData<PackedFormat, int, int, int> Shapes()
+    private static readonly PackedFormat[] Formats = [PackedFormat.F32, PackedFormat.BF16, PackedFormat.Q8_0, PackedFormat.Q4_0];
+
+    public static TheoryData<PackedFormat, KernelPath> FormatsOnPaths() => On(Formats);
+
+    public static TheoryData<PackedFormat, KernelPath> QuantizedOnPaths() => On([PackedFormat.Q4_0, PackedFormat.Q8_0]);
+
+    public static TheoryData<PackedFormat, KernelPath> SomeOnPaths() => On([PackedFormat.Q4_0, PackedFormat.Q8_0, PackedFormat.F32]);
+
+    public static TheoryData<KernelPath> Paths => KernelPathCases.All;
+
+    private static TheoryData<PackedFormat, KernelPath> On(PackedFormat[] formats)
     {
-        var data = new TheoryData<PackedFormat, int, int, int>();
-        foreach (var format in new[] { PackedFormat.F32, PackedFormat.BF16, PackedFormat.Q8_0, PackedFormat.Q4_0 })
-            foreach (var (rows, k, tokens) in new[] { (4, 32, 1), (13, 64, 3), (32, 96, 5), (8, 256, 8), (7, 128, 2), (12, 64, 13) })
-                data.Add(format, rows, k, tokens);
-        data.Add(PackedFormat.F32, 6, 40, 3);  // K not a multiple of 16: the float kernels' scalar tail
-        data.Add(PackedFormat.BF16, 5, 24, 4);
+        var data = new TheoryData<PackedFormat, KernelPath>();
+        foreach (var format in formats)
+            foreach (var path in KernelPathCases.AllPaths)
+                data.Add(format, path);
         return data;
     }
 
-    [Theory]
-    [MemberData(nameof(Shapes))]
-    public void KernelsMatchTheReferenceDots(PackedFormat format, int rows, int k, int tokens)
-    {
-        var weights = Matrix(rows, k, seed: rows * 31 + k);
-        var x = Matrix(tokens, k, seed: tokens + 7);
-        var tensor = Stored(format, weights, rows, k);
-        using var packed = new PackedMatrix(format, WeightLayouts.PadRows(rows), k);
-        packed.Pack(0, tensor);
-        using var pool = new WorkerPool(1);
-        using var scratch = new GemmScratch(tokens, k);
-        using var memory = new NativeBlock(x.Length * sizeof(float));
-        var buffer = memory.Floats(0, x.Length);
-        x.CopyTo(buffer.Span);
-        var input = scratch.Prepare(format, buffer, k, tokens, k, norm: null, eps: 0, pool);
+    /// <summary>
+    /// Forces <paramref name="path"/> for the <paramref name="format"/> GEMM and its input preparation: the float layouts
+    /// have an AVX-512 form only; the quantized ones an AVX2 form (their strips, which AVX-512 runs too, with its own
+    /// activation quantization).
+    /// </summary>
+    private static KernelPaths.ForcedPath Force(PackedFormat format, KernelPath path) =>
+        KernelPathCases.Force(path, $"The {format} GEMM", WeightLayouts.IsQuantized(format)
+            ? KernelPathCases.NoVnniForm
+            : [KernelPath.Scalar, KernelPath.Avx512BW]);
 
-        var expected = Expected(format, tensor, rows, k, x, tokens);
-        var fast = Run(packed, input, rows, tokens, scalar: false);
-        var scalar = Run(packed, input, rows, tokens, scalar: true);
-        double scale = expected.Max(Math.Abs) + 1e-30;
-        for (int i = 0; i < expected.Length; i++)
+    [SkippableTheory]
+    [MemberData(nameof(FormatsOnPaths))]
+    public void KernelsMatchTheReferenceDots(PackedFormat format, KernelPath path)
+    {
+        using var forced = Force(format, path);
+        var shapes = new List<(int Rows, int K, int Tokens)> { (4, 32, 1), (13, 64, 3), (32, 96, 5), (8, 256, 8), (7, 128, 2), (12, 64, 13) };
+        if (!WeightLayouts.IsQuantized(format)) shapes.AddRange([(6, 40, 3), (5, 24, 4)]); // K not a multiple of 16: the float kernels' scalar tail
+        foreach (var (rows, k, tokens) in shapes)
         {
-            Assert.True(Math.Abs(fast[i] - expected[i]) <= 2e-5 * scale, $"{format} [{rows}×{k}]·{tokens}: y[{i}] = {fast[i]}, reference {expected[i]}");
-            Assert.True(Math.Abs(scalar[i] - expected[i]) <= 2e-5 * scale, $"{format} scalar: y[{i}] = {scalar[i]}, reference {expected[i]}");
+            var weights = Matrix(rows, k, seed: rows * 31 + k);
+            var x = Matrix(tokens, k, seed: tokens + 7);
+            var tensor = Stored(format, weights, rows, k);
+            using var packed = new PackedMatrix(format, WeightLayouts.PadRows(rows), k);
+            packed.Pack(0, tensor);
+
+            var expected = Expected(format, tensor, rows, k, x, tokens);
+            var actual = Prepare(packed, rows, x, tokens, norm: null);
+            float[] scalar;
+            using (KernelPaths.Force(KernelPath.Scalar)) scalar = Prepare(packed, rows, x, tokens, norm: null);
+            double scale = expected.Max(Math.Abs) + 1e-30;
+            for (int i = 0; i < expected.Length; i++)
+            {
+                Assert.True(Math.Abs(actual[i] - expected[i]) <= 2e-5 * scale, $"{format} {path} [{rows}×{k}]·{tokens}: y[{i}] = {actual[i]}, reference {expected[i]}");
+                Assert.True(Math.Abs(actual[i] - scalar[i]) <= 2e-5 * scale, $"{format} {path} [{rows}×{k}]·{tokens}: y[{i}] = {actual[i]}, scalar kernel {scalar[i]}");
+            }
         }
     }
 
-    [Theory]
-    [InlineData(PackedFormat.Q4_0)]
-    [InlineData(PackedFormat.Q8_0)]
-    public void TinyWeightsWithSubnormalFp16ScalesStayExact(PackedFormat format)
+    [SkippableTheory]
+    [MemberData(nameof(QuantizedOnPaths))]
+    public void TinyWeightsWithSubnormalFp16ScalesStayExact(PackedFormat format, KernelPath path)
     {
+        using var forced = Force(format, path);
         const int rows = 8, k = 64, tokens = 2;
         // Weights near 1e-4: their block scales are fp16 subnormals (below 6.1e-5), which the kernels widen themselves.
         var weights = Matrix(rows, k, seed: 21).Select(v => v * 1e-4f).ToArray();
@@ -66,25 +88,19 @@ public sealed class GemmTests
         var tensor = Stored(format, weights, rows, k);
         using var packed = new PackedMatrix(format, rows, k);
         packed.Pack(0, tensor);
-        using var pool = new WorkerPool(1);
-        using var scratch = new GemmScratch(tokens, k);
-        using var memory = new NativeBlock(x.Length * sizeof(float));
-        x.CopyTo(memory.Floats(0, x.Length).Span);
-        var input = scratch.Prepare(format, memory.Floats(0, x.Length), k, tokens, k, null, 0, pool);
         var expected = Expected(format, tensor, rows, k, x, tokens);
-        var actual = Run(packed, input, rows, tokens, scalar: false);
+        var actual = Prepare(packed, rows, x, tokens, norm: null);
         double scale = expected.Max(Math.Abs);
         Assert.True(scale > 0);
         for (int i = 0; i < expected.Length; i++)
             Assert.True(Math.Abs(actual[i] - expected[i]) <= 2e-5 * scale, $"y[{i}] = {actual[i]}, reference {expected[i]}");
     }
 
-    [Theory]
-    [InlineData(PackedFormat.Q4_0)]
-    [InlineData(PackedFormat.Q8_0)]
-    [InlineData(PackedFormat.F32)]
-    public void ASplitRunGivesTheSameBitsAsOneRun(PackedFormat format)
+    [SkippableTheory]
+    [MemberData(nameof(SomeOnPaths))]
+    public void ASplitRunGivesTheSameBitsAsOneRun(PackedFormat format, KernelPath path)
     {
+        using var forced = Force(format, path);
         const int rows = 44, k = 64, tokens = 7;
         var tensor = Stored(format, Matrix(rows, k, 3), rows, k);
         using var packed = new PackedMatrix(format, rows, k);
@@ -95,7 +111,7 @@ public sealed class GemmTests
         Matrix(tokens, k, 4).CopyTo(memory.Floats(0, tokens * k).Span);
         var input = scratch.Prepare(format, memory.Floats(0, tokens * k), k, tokens, k, null, 0, pool);
 
-        var whole = Run(packed, input, rows, tokens, scalar: false);
+        var whole = Run(packed, input, rows, tokens);
         var parts = new float[tokens * rows];
         var collect = new Collect { Y = parts, Stride = rows, Calls = new int[packed.Groups * tokens] };
         foreach (var (first, end) in new[] { (0, 1), (1, 4), (4, 5), (5, 11) })
@@ -104,28 +120,22 @@ public sealed class GemmTests
         Assert.All(collect.Calls!, calls => Assert.Equal(1, calls)); // every (group, token) exactly once
     }
 
-    [Theory]
-    [InlineData(PackedFormat.Q8_0)]
-    [InlineData(PackedFormat.Q4_0)]
-    [InlineData(PackedFormat.F32)]
-    public void PreparationFusesTheRmsNormAsTheEagerOpComputesIt(PackedFormat format)
+    [SkippableTheory]
+    [MemberData(nameof(SomeOnPaths))]
+    public void PreparationFusesTheRmsNormAsTheEagerOpComputesIt(PackedFormat format, KernelPath path)
     {
+        using var forced = Force(format, path);
         const int rows = 8, k = 64, tokens = 3;
         var tensor = Stored(format, Matrix(rows, k, 5), rows, k);
         using var packed = new PackedMatrix(format, rows, k);
         packed.Pack(0, tensor);
         var x = Matrix(tokens, k, 6);
         var g = Enumerable.Range(0, k).Select(i => 0.5f + i / (float)k).ToArray();
-        using var pool = new WorkerPool(2);
-        using var scratch = new GemmScratch(tokens, k);
-        using var memory = new NativeBlock(x.Length * sizeof(float));
-        x.CopyTo(memory.Floats(0, x.Length).Span);
-        var input = scratch.Prepare(format, memory.Floats(0, x.Length), k, tokens, k, g, 1e-5f, pool);
 
         // The eager op's normalized rows, then the same matmul on them.
         var normalized = Ops.RmsNorm(new Tensor(x, tokens, k), new Tensor(g, k), 1e-5f).Data;
         var expected = Expected(format, tensor, rows, k, normalized, tokens);
-        var actual = Run(packed, input, rows, tokens, scalar: false);
+        var actual = Prepare(packed, rows, x, tokens, g, threads: 2);
         double scale = expected.Max(Math.Abs);
         for (int i = 0; i < expected.Length; i++)
             Assert.True(Math.Abs(actual[i] - expected[i]) <= 2e-5 * scale, $"y[{i}] = {actual[i]}, reference {expected[i]}");
@@ -195,95 +205,110 @@ public sealed class GemmTests
         Assert.Equal(PackedFormat.Q4_0, WeightLayouts.Resolve(WeightFormat.Q4_0, Of(GgmlType.F32)));
     }
 
-    [Theory]
-    [InlineData(64, 1)]
-    [InlineData(64, 37)]
-    [InlineData(40, 9)]
-    [InlineData(8, 5)]
-    public void AttentionRowsMatchTheirDefinition(int headDim, int positions)
+    [SkippableTheory]
+    [MemberData(nameof(Paths))]
+    public void AttentionRowsMatchTheirDefinition(KernelPath path)
     {
-        const int stride = 96;
-        var random = new Random(headDim + positions);
-        float[] query = Enumerable.Range(0, headDim).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
-        float[] rows = Enumerable.Range(0, positions * stride).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
-        var scores = new float[positions];
-        VectorMath.AttentionScores(query, rows, stride, 0.25f, scores);
-        for (int p = 0; p < positions; p++)
+        using var forced = KernelPathCases.Force(path, "Attention over F32 rows", KernelPathCases.NoVnniForm);
+        foreach (var (headDim, positions) in new[] { (64, 1), (64, 37), (40, 9), (8, 5) })
         {
-            double dot = 0;
-            for (int i = 0; i < headDim; i++) dot += (double)query[i] * rows[p * stride + i];
-            Assert.Equal(dot * 0.25, scores[p], 1e-5);
-        }
-        var result = Enumerable.Repeat(float.NaN, headDim).ToArray(); // overwritten, not accumulated into
-        VectorMath.WeightedSum(rows, stride, scores, result);
-        for (int i = 0; i < headDim; i++)
-        {
-            double sum = 0;
-            for (int p = 0; p < positions; p++) sum += (double)scores[p] * rows[p * stride + i];
-            Assert.Equal(sum, result[i], 1e-5);
-        }
-    }
-
-    [Theory]
-    [InlineData(64, 1, 4, 1, 33)]   // every head of a token, MHA, a partial block of positions
-    [InlineData(64, 4, 6, 2, 13)]   // GQA (two query heads per KV head), a chunk of 3 of 4 KV heads
-    [InlineData(16, 2, 2, 1, 1)]    // one position
-    [InlineData(40, 1, 3, 1, 9)]    // a head size the vector rows do not cover: the per-head path
-    public void MultiHeadAttentionMatchesTheDefinition(int headDim, int kvOffset, int heads, int group, int positions)
-    {
-        int kvHeadsInRow = kvOffset + heads / group, stride = kvHeadsInRow * headDim;
-        var random = new Random(headDim * 7 + heads);
-        float[] Values(int n) => Enumerable.Range(0, n).Select(_ => (float)random.NextDouble() * 2 - 1).ToArray();
-        float[] queries = Values(heads * headDim), keys = Values(positions * stride), values = Values(positions * stride);
-        var scores = new float[heads * positions];
-        var output = new float[heads * headDim];
-        const float scale = 0.125f;
-        VectorMath.Attention(queries, heads, headDim, group, keys.AsSpan(kvOffset * headDim), values.AsSpan(kvOffset * headDim), stride,
-            positions, scale, scores, output);
-        for (int h = 0; h < heads; h++)
-        {
-            int kv = (kvOffset + h / group) * headDim;
-            var weights = new double[positions];
+            const int stride = 96;
+            var random = new Random(headDim + positions);
+            float[] query = Enumerable.Range(0, headDim).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
+            float[] rows = Enumerable.Range(0, positions * stride).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
+            var scores = new float[positions];
+            VectorMath.AttentionScores(query, rows, stride, 0.25f, scores);
             for (int p = 0; p < positions; p++)
             {
                 double dot = 0;
-                for (int i = 0; i < headDim; i++) dot += (double)queries[h * headDim + i] * keys[p * stride + kv + i];
-                weights[p] = dot * scale;
+                for (int i = 0; i < headDim; i++) dot += (double)query[i] * rows[p * stride + i];
+                Assert.Equal(dot * 0.25, scores[p], 1e-5);
             }
-            double max = weights.Max(), sum = weights.Sum(x => Math.Exp(x - max));
+            var result = Enumerable.Repeat(float.NaN, headDim).ToArray(); // overwritten, not accumulated into
+            VectorMath.WeightedSum(rows, stride, scores, result);
             for (int i = 0; i < headDim; i++)
             {
-                double expected = 0;
-                for (int p = 0; p < positions; p++) expected += Math.Exp(weights[p] - max) / sum * values[p * stride + kv + i];
-                Assert.Equal(expected, output[h * headDim + i], 1e-5);
+                double sum = 0;
+                for (int p = 0; p < positions; p++) sum += (double)scores[p] * rows[p * stride + i];
+                Assert.Equal(sum, result[i], 1e-5);
             }
         }
     }
 
-    [Theory]
-    [InlineData(64, 1, 4, 1, 33)]   // the vector rows, MHA, a partial block of positions
-    [InlineData(64, 4, 6, 2, 13)]   // GQA over a chunk of the KV heads
-    [InlineData(40, 1, 3, 1, 9)]    // the per-head path
-    public void HalfRowsGiveWhatTheirWidenedFloatsGive(int headDim, int kvOffset, int heads, int group, int positions)
+    /// <summary>Head size, first KV head in the row, query heads, query heads per KV head, positions.</summary>
+    private static readonly (int HeadDim, int KvOffset, int Heads, int Group, int Positions)[] HeadShapes =
+    [
+        (64, 1, 4, 1, 33),   // every head of a token, MHA, a partial block of positions
+        (64, 4, 6, 2, 13),   // GQA (two query heads per KV head), a chunk of 3 of 4 KV heads
+        (16, 2, 2, 1, 1),    // one position
+        (40, 1, 3, 1, 9),    // a head size the vector rows do not cover: the per-head path
+    ];
+
+    [SkippableTheory]
+    [MemberData(nameof(Paths))]
+    public void MultiHeadAttentionMatchesTheDefinition(KernelPath path)
     {
-        int stride = (kvOffset + heads / group) * headDim;
-        var random = new Random(headDim * 5 + heads);
-        Half[] Halves(int n) => Enumerable.Range(0, n).Select(_ => (Half)(random.NextDouble() * 2 - 1)).ToArray();
-        float[] queries = Enumerable.Range(0, heads * headDim).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
-        Half[] keys = Halves(positions * stride), values = Halves(positions * stride);
-        float[] keyFloats = keys.Select(h => (float)h).ToArray(), valueFloats = values.Select(h => (float)h).ToArray();
-        int scoreStride = positions + 3, first = 2; // scores land mid-row, as for a sequence's second block
-        var expectedScores = new float[heads * scoreStride];
-        var scores = new float[heads * scoreStride];
-        VectorMath.AttentionScores(queries, heads, headDim, group, keyFloats.AsSpan(kvOffset * headDim), stride, positions, 0.125f, expectedScores, scoreStride, first);
-        VectorMath.AttentionScores(queries, heads, headDim, group, keys.AsSpan(kvOffset * headDim), stride, positions, 0.125f, scores, scoreStride, first);
-        var expectedOutput = Enumerable.Repeat(0.5f, heads * headDim).ToArray(); // accumulated into
-        var output = (float[])expectedOutput.Clone();
-        VectorMath.AttentionValues(expectedScores, scoreStride, first, heads, headDim, group, valueFloats.AsSpan(kvOffset * headDim), stride, positions, expectedOutput);
-        VectorMath.AttentionValues(expectedScores, scoreStride, first, heads, headDim, group, values.AsSpan(kvOffset * headDim), stride, positions, output);
-        bool vectorRows = headDim % 16 == 0; // the same kernel over either element type: bit for bit
-        for (int i = 0; i < scores.Length; i++) Assert.Equal(expectedScores[i], scores[i], vectorRows ? 0 : 1e-5);
-        for (int i = 0; i < output.Length; i++) Assert.Equal(expectedOutput[i], output[i], vectorRows ? 0 : 1e-5);
+        using var forced = KernelPathCases.Force(path, "Multi-head attention over F32 rows", KernelPathCases.NoVnniForm);
+        foreach (var (headDim, kvOffset, heads, group, positions) in HeadShapes)
+        {
+            int kvHeadsInRow = kvOffset + heads / group, stride = kvHeadsInRow * headDim;
+            var random = new Random(headDim * 7 + heads);
+            float[] Values(int n) => Enumerable.Range(0, n).Select(_ => (float)random.NextDouble() * 2 - 1).ToArray();
+            float[] queries = Values(heads * headDim), keys = Values(positions * stride), values = Values(positions * stride);
+            var scores = new float[heads * positions];
+            var output = new float[heads * headDim];
+            const float scale = 0.125f;
+            VectorMath.Attention(queries, heads, headDim, group, keys.AsSpan(kvOffset * headDim), values.AsSpan(kvOffset * headDim), stride,
+                positions, scale, scores, output);
+            for (int h = 0; h < heads; h++)
+            {
+                int kv = (kvOffset + h / group) * headDim;
+                var weights = new double[positions];
+                for (int p = 0; p < positions; p++)
+                {
+                    double dot = 0;
+                    for (int i = 0; i < headDim; i++) dot += (double)queries[h * headDim + i] * keys[p * stride + kv + i];
+                    weights[p] = dot * scale;
+                }
+                double max = weights.Max(), sum = weights.Sum(x => Math.Exp(x - max));
+                for (int i = 0; i < headDim; i++)
+                {
+                    double expected = 0;
+                    for (int p = 0; p < positions; p++) expected += Math.Exp(weights[p] - max) / sum * values[p * stride + kv + i];
+                    Assert.Equal(expected, output[h * headDim + i], 1e-5);
+                }
+            }
+        }
+    }
+
+    [SkippableTheory]
+    [MemberData(nameof(Paths))]
+    public void HalfRowsGiveWhatTheirWidenedFloatsGive(KernelPath path)
+    {
+        // The F16 rows have no 256-bit form: AVX2 widens them one at a time, as the scalar path does.
+        using var forced = KernelPathCases.Force(path, "Attention over F16 rows", [KernelPath.Scalar, KernelPath.Avx512BW]);
+        foreach (var (headDim, kvOffset, heads, group, positions) in HeadShapes)
+        {
+            int stride = (kvOffset + heads / group) * headDim;
+            var random = new Random(headDim * 5 + heads);
+            Half[] Halves(int n) => Enumerable.Range(0, n).Select(_ => (Half)(random.NextDouble() * 2 - 1)).ToArray();
+            float[] queries = Enumerable.Range(0, heads * headDim).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
+            Half[] keys = Halves(positions * stride), values = Halves(positions * stride);
+            float[] keyFloats = keys.Select(h => (float)h).ToArray(), valueFloats = values.Select(h => (float)h).ToArray();
+            int scoreStride = positions + 3, first = 2; // scores land mid-row, as for a sequence's second block
+            var expectedScores = new float[heads * scoreStride];
+            var scores = new float[heads * scoreStride];
+            VectorMath.AttentionScores(queries, heads, headDim, group, keyFloats.AsSpan(kvOffset * headDim), stride, positions, 0.125f, expectedScores, scoreStride, first);
+            VectorMath.AttentionScores(queries, heads, headDim, group, keys.AsSpan(kvOffset * headDim), stride, positions, 0.125f, scores, scoreStride, first);
+            var expectedOutput = Enumerable.Repeat(0.5f, heads * headDim).ToArray(); // accumulated into
+            var output = (float[])expectedOutput.Clone();
+            VectorMath.AttentionValues(expectedScores, scoreStride, first, heads, headDim, group, valueFloats.AsSpan(kvOffset * headDim), stride, positions, expectedOutput);
+            VectorMath.AttentionValues(expectedScores, scoreStride, first, heads, headDim, group, values.AsSpan(kvOffset * headDim), stride, positions, output);
+            // The same kernel over either element type gives the same bits: the vector rows, or the scalar loops.
+            bool sameKernel = path == KernelPath.Scalar || headDim % 16 == 0;
+            for (int i = 0; i < scores.Length; i++) Assert.Equal(expectedScores[i], scores[i], sameKernel ? 0 : 1e-5);
+            for (int i = 0; i < output.Length; i++) Assert.Equal(expectedOutput[i], output[i], sameKernel ? 0 : 1e-5);
+        }
     }
 
     [Fact]
@@ -311,12 +336,28 @@ public sealed class GemmTests
         }
     }
 
-    private static float[] Run(PackedMatrix packed, GemmInput input, int rows, int tokens, bool scalar)
+    private static float[] Run(PackedMatrix packed, GemmInput input, int rows, int tokens)
     {
         var y = new float[tokens * rows];
         var collect = new Collect { Y = y, Stride = rows };
-        Gemm.Run(packed, input, 0, packed.Groups, ref collect, scalar);
+        Gemm.Run(packed, input, 0, packed.Groups, ref collect);
         return y;
+    }
+
+    /// <summary>
+    /// Prepares <paramref name="x"/> (normalized by <paramref name="norm"/> when given) for <paramref name="packed"/>'s
+    /// layout and runs the GEMM on the active path: y [tokens, rows], the padding rows left out.
+    /// </summary>
+    private static float[] Prepare(PackedMatrix packed, int rows, float[] x, int tokens, float[]? norm, int threads = 1)
+    {
+        int k = packed.K;
+        using var pool = new WorkerPool(threads);
+        using var scratch = new GemmScratch(tokens, k);
+        using var memory = new NativeBlock(x.Length * sizeof(float));
+        var buffer = memory.Floats(0, x.Length);
+        x.CopyTo(buffer.Span);
+        var input = scratch.Prepare(packed.Format, buffer, k, tokens, k, norm, 1e-5f, pool);
+        return Run(packed, input, rows, tokens);
     }
 
     /// <summary>A tensor of <paramref name="values"/> stored in the format's own type (the plan's usual case).</summary>

@@ -1,14 +1,20 @@
 using Kiln.Kernels;
+using Kiln.Kernels.Quantized;
+using Kiln.Tests;
 
 namespace Kiln.Generators.Tests;
 
 /// <summary>
-/// Every building block the generated kernels call: the Vector512 and Vector256 paths against the scalar path (the
-/// oracle), on odd lengths so that the remainder loops run. Each path is called directly, whatever the machine picks.
+/// Every building block the generated kernels call, through the entry point they call, on each kernel path in turn
+/// (Vector512, Vector256, scalar), against float64 and the scalar path (the oracle), on odd lengths so that the
+/// remainder loops run. AVX-VNNI has no float work and runs the Vector256 code.
 /// </summary>
+[Collection(KernelPathCollection.Name)]
 public sealed class VectorMathTests
 {
-    public static TheoryData<int> Lengths => new() { 0, 1, 7, 15, 16, 17, 33, 100, 1000 };
+    private static readonly int[] Lengths = [0, 1, 7, 15, 16, 17, 33, 100, 1000];
+
+    public static TheoryData<KernelPath> Paths => KernelPathCases.All;
 
     private static float[] Random(int length, int seed, float scale = 1f)
     {
@@ -19,82 +25,92 @@ public sealed class VectorMathTests
     }
 
     /// <summary>Close within float rounding of a length-n reduction: relative to the sum of magnitudes.</summary>
-    private static void AssertClose(double expected, double actual, double magnitude, string path)
+    private static void AssertClose(double expected, double actual, double magnitude, string what)
     {
         double tolerance = 1e-6 * Math.Max(1, magnitude);
-        Assert.True(Math.Abs(expected - actual) <= tolerance, $"{path}: expected {expected}, got {actual} (tolerance {tolerance})");
+        Assert.True(Math.Abs(expected - actual) <= tolerance, $"{what}: expected {expected}, got {actual} (tolerance {tolerance})");
     }
 
-    [Theory]
-    [MemberData(nameof(Lengths))]
-    public void Dot(int length)
+    [SkippableTheory]
+    [MemberData(nameof(Paths))]
+    public void Dot(KernelPath path)
     {
-        var a = Random(length, 1);
-        var b = Random(length, 2);
-        double magnitude = a.Zip(b, (x, y) => Math.Abs((double)x * y)).Sum();
-        float expected = VectorMath.DotScalar(a, b);
-        AssertClose(expected, VectorMath.DotVector512(a, b), magnitude, "Vector512");
-        AssertClose(expected, VectorMath.DotVector256(a, b), magnitude, "Vector256");
-        AssertClose(expected, VectorMath.Dot(a, b), magnitude, "dispatch");
-    }
-
-    [Theory]
-    [MemberData(nameof(Lengths))]
-    public void SumOfSquares(int length)
-    {
-        var x = Random(length, 3);
-        double magnitude = x.Sum(v => (double)v * v);
-        float expected = VectorMath.SumOfSquaresScalar(x);
-        AssertClose(expected, VectorMath.SumOfSquaresVector512(x), magnitude, "Vector512");
-        AssertClose(expected, VectorMath.SumOfSquaresVector256(x), magnitude, "Vector256");
-        AssertClose(expected, VectorMath.SumOfSquares(x), magnitude, "dispatch");
-    }
-
-    [Theory]
-    [MemberData(nameof(Lengths))]
-    public void ScaleAdd(int length)
-    {
-        var source = Random(length, 4);
-        var start = Random(length, 5);
-        var expected = (float[])start.Clone();
-        VectorMath.ScaleAddScalar(expected, source, 0.37f);
-        foreach (var (name, path) in new (string, Action<float[]>)[]
+        using var forced = KernelPathCases.Force(path, "VectorMath.Dot", KernelPathCases.NoVnniForm);
+        foreach (int length in Lengths)
         {
-            ("Vector512", d => VectorMath.ScaleAddVector512(d, source, 0.37f)),
-            ("Vector256", d => VectorMath.ScaleAddVector256(d, source, 0.37f)),
-            ("dispatch", d => VectorMath.ScaleAdd(d, source, 0.37f)),
-        })
-        {
-            var actual = (float[])start.Clone();
-            path(actual);
-            for (int i = 0; i < length; i++) AssertClose(expected[i], actual[i], 1, $"{name}[{i}]");
+            var a = Random(length, 1);
+            var b = Random(length, 2);
+            double magnitude = a.Zip(b, (x, y) => Math.Abs((double)x * y)).Sum();
+            double exact = a.Zip(b, (x, y) => (double)x * y).Sum();
+            float actual = VectorMath.Dot(a, b);
+            AssertClose(exact, actual, magnitude, $"{path}, length {length}, float64");
+            AssertClose(VectorMath.DotScalar(a, b), actual, magnitude, $"{path}, length {length}, scalar");
         }
     }
 
-    [Theory]
-    [MemberData(nameof(Lengths))]
-    public void Softmax(int length)
+    [SkippableTheory]
+    [MemberData(nameof(Paths))]
+    public void SumOfSquares(KernelPath path)
     {
-        var start = Random(length, 6, scale: 20f);
-        var expected = (float[])start.Clone();
-        VectorMath.SoftmaxScalar(expected);
-        if (length > 0) AssertClose(1.0, expected.Sum(v => (double)v), length, "scalar sums to one");
-        foreach (var (name, path) in new (string, Action<float[]>)[]
+        using var forced = KernelPathCases.Force(path, "VectorMath.SumOfSquares", KernelPathCases.NoVnniForm);
+        foreach (int length in Lengths)
         {
-            ("Vector512", d => VectorMath.SoftmaxVector512(d)),
-            ("Vector256", d => VectorMath.SoftmaxVector256(d)),
-            ("dispatch", d => VectorMath.Softmax(d)),
-        })
-        {
-            var actual = (float[])start.Clone();
-            path(actual);
-            for (int i = 0; i < length; i++) AssertClose(expected[i], actual[i], 1, $"{name}[{i}]");
+            var x = Random(length, 3);
+            double exact = x.Sum(v => (double)v * v);
+            float actual = VectorMath.SumOfSquares(x);
+            AssertClose(exact, actual, exact, $"{path}, length {length}, float64");
+            AssertClose(VectorMath.SumOfSquaresScalar(x), actual, exact, $"{path}, length {length}, scalar");
         }
     }
 
-    [Fact]
-    public void SoftmaxOfEqualLargeScoresIsUniform()
+    [SkippableTheory]
+    [MemberData(nameof(Paths))]
+    public void ScaleAdd(KernelPath path)
     {
+        using var forced = KernelPathCases.Force(path, "VectorMath.ScaleAdd", KernelPathCases.NoVnniForm);
+        foreach (int length in Lengths)
+        {
+            var source = Random(length, 4);
+            var start = Random(length, 5);
+            var scalar = (float[])start.Clone();
+            VectorMath.ScaleAddScalar(scalar, source, 0.37f);
+            var actual = (float[])start.Clone();
+            VectorMath.ScaleAdd(actual, source, 0.37f);
+            for (int i = 0; i < length; i++)
+            {
+                AssertClose(start[i] + 0.37 * source[i], actual[i], 1, $"{path}, length {length}, [{i}] float64");
+                AssertClose(scalar[i], actual[i], 1, $"{path}, length {length}, [{i}] scalar");
+            }
+        }
+    }
+
+    [SkippableTheory]
+    [MemberData(nameof(Paths))]
+    public void Softmax(KernelPath path)
+    {
+        using var forced = KernelPathCases.Force(path, "VectorMath.Softmax", KernelPathCases.NoVnniForm);
+        foreach (int length in Lengths)
+        {
+            var start = Random(length, 6, scale: 20f);
+            double max = length > 0 ? start.Max() : 0, sum = start.Sum(v => Math.Exp(v - max));
+            var scalar = (float[])start.Clone();
+            VectorMath.SoftmaxScalar(scalar);
+            var actual = (float[])start.Clone();
+            VectorMath.Softmax(actual);
+            if (length > 0) AssertClose(1.0, actual.Sum(v => (double)v), length, $"{path}, length {length}: sums to one");
+            for (int i = 0; i < length; i++)
+            {
+                AssertClose(Math.Exp(start[i] - max) / sum, actual[i], 1, $"{path}, length {length}, [{i}] float64");
+                AssertClose(scalar[i], actual[i], 1, $"{path}, length {length}, [{i}] scalar");
+            }
+        }
+    }
+
+    [SkippableTheory]
+    [MemberData(nameof(Paths))]
+    public void SoftmaxOfEqualLargeScoresIsUniform(KernelPath path)
+    {
+        using var forced = KernelPathCases.Force(path, "VectorMath.Softmax", KernelPathCases.NoVnniForm);
         var scores = Enumerable.Repeat(1e4f, 33).ToArray();
         VectorMath.Softmax(scores);
         Assert.All(scores, s => Assert.Equal(1f / 33, s, 1e-6f));

@@ -42,6 +42,7 @@ public sealed class KvCache
     private readonly float[][]? _valueScales;
 
     /// <summary>A contiguous cache: <paramref name="slots"/> sequences of up to <paramref name="maxContext"/> positions each.</summary>
+    /// <exception cref="InsufficientMemoryException">It would take more memory than the machine has (nothing is allocated).</exception>
     public KvCache(int layers, int slots, int maxContext, int kvDim)
         : this(layers, blockCount: slots, blockSize: maxContext, kvDim, KvStorage.F32, scaleGroupSize: kvDim, isPaged: false)
     {
@@ -55,6 +56,8 @@ public sealed class KvCache
         if (scaleGroupSize <= 0 || kvDim % scaleGroupSize != 0)
             throw new ArgumentOutOfRangeException(nameof(scaleGroupSize), $"The int8 scale group ({scaleGroupSize}, the head dimension) must divide the row of {kvDim}.");
         long rows = (long)blockCount * blockSize;
+        EnsureMemory((double)BytesPerBlock(layers, 1, kvDim, storage, scaleGroupSize) * rows,
+            $"A KV cache of {layers} layers × {rows} positions × {kvDim} ({storage})", isPaged ? "fewer blocks" : "a shorter context or fewer slots");
         if (rows * kvDim > Array.MaxLength)
             throw new ArgumentOutOfRangeException(isPaged ? nameof(blockCount) : nameof(blockSize), $"A KV cache layer of {blockCount}×{blockSize} rows of {kvDim} exceeds one array; use fewer {(isPaged ? "blocks" : "slots or a shorter context")}.");
 
@@ -95,6 +98,7 @@ public sealed class KvCache
     /// other storages ignore it. <paramref name="maxContext"/> is the longest sequence it serves (0: every row), which
     /// sizes the kernels' per-query score rows.
     /// </summary>
+    /// <exception cref="InsufficientMemoryException">It would take more memory than the machine has (nothing is allocated).</exception>
     public static KvCache Paged(int layers, int blockCount, int blockSize, int kvDim, KvStorage storage = KvStorage.F32, int headDim = 0, int maxContext = 0) =>
         new(layers, blockCount, blockSize, kvDim, storage, headDim > 0 ? headDim : kvDim, isPaged: true, maxContext);
 
@@ -109,6 +113,19 @@ public sealed class KvCache
             KvStorage.Int8 => elements + 2L * layers * blockSize * (kvDim / (headDim > 0 ? headDim : kvDim)) * sizeof(float),
             _ => throw new ArgumentOutOfRangeException(nameof(storage), storage, "Unknown KV storage."),
         };
+    }
+
+    /// <summary>
+    /// Throws <see cref="InsufficientMemoryException"/>, before anything is allocated, when <paramref name="bytes"/> of
+    /// KV memory exceed all the memory this process may use (the machine's, or its container's limit): a clear error
+    /// instead of an out-of-memory crash halfway through, for a context length or memory budget that cannot fit.
+    /// </summary>
+    internal static void EnsureMemory(double bytes, string what, string remedy)
+    {
+        long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        if (bytes > available)
+            throw new InsufficientMemoryException(
+                $"{what} needs {bytes / (1 << 30):0.##} GiB, more than the {available / (double)(1 << 30):0.##} GiB of memory this machine has; use {remedy}.");
     }
 
     public int Layers { get; }

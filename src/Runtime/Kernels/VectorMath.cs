@@ -2,13 +2,14 @@ using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
+using Kiln.Kernels.Quantized;
 
 namespace Kiln.Kernels;
 
 /// <summary>
 /// The small float32 building blocks the generated kernels call: dot product, sum of squares, scale-add and softmax.
 /// Each has a Vector512 path, a Vector256 path and a scalar path (the oracle in the op tests); the entry point picks the
-/// widest accelerated one. Each path is public so tests can compare them on the same machine.
+/// one <see cref="KernelPaths.Active"/> names (AVX-512; AVX2 or AVX-VNNI; scalar).
 /// </summary>
 public static class VectorMath
 {
@@ -16,8 +17,8 @@ public static class VectorMath
 
     public static float Dot(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
     {
-        if (Vector512.IsHardwareAccelerated) return DotVector512(a, b);
-        if (Vector256.IsHardwareAccelerated) return DotVector256(a, b);
+        if (KernelPaths.Uses512Bits) return DotVector512(a, b);
+        if (KernelPaths.UsesVectors) return DotVector256(a, b);
         return DotScalar(a, b);
     }
 
@@ -83,8 +84,8 @@ public static class VectorMath
 
     public static float SumOfSquares(ReadOnlySpan<float> x)
     {
-        if (Vector512.IsHardwareAccelerated) return SumOfSquaresVector512(x);
-        if (Vector256.IsHardwareAccelerated) return SumOfSquaresVector256(x);
+        if (KernelPaths.Uses512Bits) return SumOfSquaresVector512(x);
+        if (KernelPaths.UsesVectors) return SumOfSquaresVector256(x);
         return SumOfSquaresScalar(x);
     }
 
@@ -102,8 +103,8 @@ public static class VectorMath
 
     public static void ScaleAdd(Span<float> destination, ReadOnlySpan<float> source, float scale)
     {
-        if (Vector512.IsHardwareAccelerated) ScaleAddVector512(destination, source, scale);
-        else if (Vector256.IsHardwareAccelerated) ScaleAddVector256(destination, source, scale);
+        if (KernelPaths.Uses512Bits) ScaleAddVector512(destination, source, scale);
+        else if (KernelPaths.UsesVectors) ScaleAddVector256(destination, source, scale);
         else ScaleAddScalar(destination, source, scale);
     }
 
@@ -147,8 +148,8 @@ public static class VectorMath
 
     public static void Softmax(Span<float> x)
     {
-        if (Vector512.IsHardwareAccelerated) SoftmaxVector512(x);
-        else if (Vector256.IsHardwareAccelerated) SoftmaxVector256(x);
+        if (KernelPaths.Uses512Bits) SoftmaxVector512(x);
+        else if (KernelPaths.UsesVectors) SoftmaxVector256(x);
         else SoftmaxScalar(x);
     }
 
@@ -251,7 +252,7 @@ public static class VectorMath
     {
         int d = query.Length, n = scores.Length;
         CheckRows(keys.Length, stride, n, d);
-        if (Vector512.IsHardwareAccelerated && d >= 16) AttentionScoresVector512(query, keys, stride, scale, scores);
+        if (KernelPaths.Uses512Bits && d >= 16) AttentionScoresVector512(query, keys, stride, scale, scores);
         else
             for (int p = 0; p < n; p++) scores[p] = Dot(query, keys.Slice(p * stride, d)) * scale;
     }
@@ -321,7 +322,7 @@ public static class VectorMath
     {
         int d = result.Length, n = weights.Length;
         CheckRows(values.Length, stride, n, d);
-        if (Vector512.IsHardwareAccelerated) WeightedSumVector512(values, stride, weights, result);
+        if (KernelPaths.Uses512Bits) WeightedSumVector512(values, stride, weights, result);
         else
         {
             result.Clear();
@@ -405,7 +406,7 @@ public static class VectorMath
     {
         CheckHeads(queries.Length, heads, headDim, group, scores.Length, scoreStride, firstPosition, positions);
         CheckRows(keys.Length, stride, positions, heads / group * headDim);
-        if (Vector512.IsHardwareAccelerated && headDim % 16 == 0)
+        if (KernelPaths.Uses512Bits && headDim % 16 == 0)
         {
             AttentionScoresRows<float, FloatRow>(queries, heads, headDim, group, keys, stride, positions, scale, scores, scoreStride, firstPosition);
             return;
@@ -425,7 +426,7 @@ public static class VectorMath
     {
         CheckHeads(output.Length, heads, headDim, group, weights.Length, scoreStride, firstPosition, positions);
         CheckRows(values.Length, stride, positions, heads / group * headDim);
-        if (Vector512.IsHardwareAccelerated && headDim % 16 == 0)
+        if (KernelPaths.Uses512Bits && headDim % 16 == 0)
         {
             AttentionValuesRows<float, FloatRow>(weights, scoreStride, firstPosition, heads, headDim, group, values, stride, positions, output);
             return;
@@ -448,7 +449,7 @@ public static class VectorMath
     {
         CheckHeads(queries.Length, heads, headDim, group, scores.Length, scoreStride, firstPosition, positions);
         CheckRows(keys.Length, stride, positions, heads / group * headDim);
-        if (Vector512.IsHardwareAccelerated && headDim % 16 == 0)
+        if (KernelPaths.Uses512Bits && headDim % 16 == 0)
         {
             AttentionScoresRows<Half, HalfRow>(queries, heads, headDim, group, keys, stride, positions, scale, scores, scoreStride, firstPosition);
             return;
@@ -475,7 +476,7 @@ public static class VectorMath
     {
         CheckHeads(output.Length, heads, headDim, group, weights.Length, scoreStride, firstPosition, positions);
         CheckRows(values.Length, stride, positions, heads / group * headDim);
-        if (Vector512.IsHardwareAccelerated && headDim % 16 == 0)
+        if (KernelPaths.Uses512Bits && headDim % 16 == 0)
         {
             AttentionValuesRows<Half, HalfRow>(weights, scoreStride, firstPosition, heads, headDim, group, values, stride, positions, output);
             return;

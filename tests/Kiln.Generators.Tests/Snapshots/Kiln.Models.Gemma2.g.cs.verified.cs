@@ -2,18 +2,16 @@
 // Kernels, in step order:
 //   [1] elementwise: x ← TokenEmbedding[tokens]·global::System.MathF.Sqrt(Dim), one parallel vector loop
 //   for each of the LayerCount layers (Layers[layer]):
-//     [2] matmul: x·[Wq|Wk|Wv]ᵀ with RmsNorm(AttnNorm) fused into the input preparation → linear, linear2, v
-//     [3] elementwise: q ← rope_neox(linear), one parallel vector loop
-//     [4] elementwise: k ← rope_neox(linear2), one parallel vector loop
-//     [5] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA (sliding window (((WindowPeriod == 0) || ((layer % WindowPeriod) < (WindowPeriod - 1))) ? Window : 0), scores soft-capped at AttentionCap, scale QueryScale) in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)
-//     [6] matmul: attention·[Wo]ᵀ → linear3
-//     [7] elementwise: x ← x + rmsnorm(linear3, PostAttnNorm), one parallel vector loop
-//     [8] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation → glu ← gelu([Gate])·[Up] epilogue
-//     [9] matmul: glu·[Down]ᵀ → mlp
-//     [10] elementwise: x ← x + rmsnorm(mlp, PostFfnNorm), one parallel vector loop
+//     [2] matmul: x·[Wq|Wk|Wv]ᵀ with RmsNorm(AttnNorm) fused into the input preparation → q ← rope_neox([Wq]) epilogue, k ← rope_neox([Wk]) epilogue, v
+//     [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA (sliding window (((WindowPeriod == 0) || ((layer % WindowPeriod) < (WindowPeriod - 1))) ? Window : 0), scores soft-capped at AttentionCap, scale QueryScale) in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)
+//     [4] matmul: attention·[Wo]ᵀ → linear
+//     [5] elementwise: x ← x + rmsnorm(linear, PostAttnNorm), one parallel vector loop
+//     [6] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation → glu ← gelu([Gate])·[Up] epilogue
+//     [7] matmul: glu·[Down]ᵀ → mlp
+//     [8] elementwise: x ← x + rmsnorm(mlp, PostFfnNorm), one parallel vector loop
 //   end of layer loop
-//   [11] matmul: (rows(x))·[TokenEmbedding]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (the input chain computed per row while preparing) → logits ← softcap([TokenEmbedding], FinalCap) epilogue
-// Elementwise ops: 5 loop(s) of their own (x: carried into the layer loop; q: a rotary embedding that no matmul tile can end (NeoX halves, partial rotary, or after per-head statistics); k: a rotary embedding that no matmul tile can end (NeoX halves, partial rotary, or after per-head statistics); x: a norm whose readers are not all matmuls (its statistics need the whole row first); x: a norm whose readers are not all matmuls (its statistics need the whole row first)), each a parallel vector loop over rows; the rest fused.
+//   [9] matmul: (rows(x))·[TokenEmbedding]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (the input chain computed per row while preparing) → logits ← softcap([TokenEmbedding], FinalCap) epilogue
+// Elementwise ops: 3 loop(s) of their own (x: carried into the layer loop; x: a norm whose readers are not all matmuls (its statistics need the whole row first); x: a norm whose readers are not all matmuls (its statistics need the whole row first)), each a parallel vector loop over rows; the rest fused.
 // Weight layouts (packed once when the plan is compiled, in groups of 4 rows; a segment whose rows are not a multiple of 4 is padded with zero rows):
 //   rule "as stored" (a weight without [Quantize]), chosen per matrix when the plan is compiled, from the file's types: F32 and F16 → F32x4 (F16 widened exactly); BF16 → BF16x4 (widened exactly in the kernel); Q8_0 → Q8_0x8 interleaved (the file's quants and fp16 scales copied); Q4_0 → Q4_0x8 interleaved (the file's nibbles and fp16 scales copied); any other type (Q4_K, Q6_K, …) → Q8_0x8 (dequantized, requantized); weights of different types in one matmul → the most precise of their layouts. Work goes in groups of 4 rows and every tile reads each weight once for several tokens: F32x4/BF16x4 hold 16-element chunks of the 4 rows in turn (the kernel streams a group front to back); Q8_0x8/Q4_0x8 store two groups together, 8 rows 4 bytes at a time (one multiply-add against 4 broadcast activations covers all 8 rows, each row's sum complete in its own lane).
 //   Wq, Wk, Wv → _wqWkWv[layer] [QDim+KvDim+KvDim, Dim], segments stacked: as stored (the rule above); one horizontal matmul prepares its input once and reads it for all of them.
@@ -24,10 +22,10 @@
 //   TokenEmbedding → as loaded (row-major): gathered whole rows, by token.
 // Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):
 //   slot 0: x [T, Dim]
-//   slot 1: linear [T, QDim], k [T, KvDim], linear3 [T, Dim], glu [T, Hidden]
-//   slot 2: linear2 [T, KvDim], attention [T, QDim], mlp [T, Dim]
+//   slot 1: q [T, QDim], linear [T, Dim], glu [T, Hidden]
+//   slot 2: k [T, KvDim], mlp [T, Dim]
 //   slot 3: v [T, KvDim]
-//   slot 4: q [T, QDim]
+//   slot 4: attention [T, QDim]
 // Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;
 //   for Q8_0/Q4_0, Q8 activations (per 32 values a float scale d = max|x|/127 and int8 q = round(x/d), GGML's rule),
 //   with 8·Σq per block for Q4_0's −8 (the kernels broadcast 4 quants at a time to 8 rows). A fused norm computes its statistics per token once
@@ -224,18 +222,16 @@ namespace Kiln.Models
                 "Kernels, in step order:\n" +
                 "  [1] elementwise: x ← TokenEmbedding[tokens]·global::System.MathF.Sqrt(Dim), one parallel vector loop\n" +
                 "  for each of the LayerCount layers (Layers[layer]):\n" +
-                "    [2] matmul: x·[Wq|Wk|Wv]ᵀ with RmsNorm(AttnNorm) fused into the input preparation → linear, linear2, v\n" +
-                "    [3] elementwise: q ← rope_neox(linear), one parallel vector loop\n" +
-                "    [4] elementwise: k ← rope_neox(linear2), one parallel vector loop\n" +
-                "    [5] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA (sliding window (((WindowPeriod == 0) || ((layer % WindowPeriod) < (WindowPeriod - 1))) ? Window : 0), scores soft-capped at AttentionCap, scale QueryScale) in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)\n" +
-                "    [6] matmul: attention·[Wo]ᵀ → linear3\n" +
-                "    [7] elementwise: x ← x + rmsnorm(linear3, PostAttnNorm), one parallel vector loop\n" +
-                "    [8] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation → glu ← gelu([Gate])·[Up] epilogue\n" +
-                "    [9] matmul: glu·[Down]ᵀ → mlp\n" +
-                "    [10] elementwise: x ← x + rmsnorm(mlp, PostFfnNorm), one parallel vector loop\n" +
+                "    [2] matmul: x·[Wq|Wk|Wv]ᵀ with RmsNorm(AttnNorm) fused into the input preparation → q ← rope_neox([Wq]) epilogue, k ← rope_neox([Wk]) epilogue, v\n" +
+                "    [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA (sliding window (((WindowPeriod == 0) || ((layer % WindowPeriod) < (WindowPeriod - 1))) ? Window : 0), scores soft-capped at AttentionCap, scale QueryScale) in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)\n" +
+                "    [4] matmul: attention·[Wo]ᵀ → linear\n" +
+                "    [5] elementwise: x ← x + rmsnorm(linear, PostAttnNorm), one parallel vector loop\n" +
+                "    [6] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation → glu ← gelu([Gate])·[Up] epilogue\n" +
+                "    [7] matmul: glu·[Down]ᵀ → mlp\n" +
+                "    [8] elementwise: x ← x + rmsnorm(mlp, PostFfnNorm), one parallel vector loop\n" +
                 "  end of layer loop\n" +
-                "  [11] matmul: (rows(x))·[TokenEmbedding]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (the input chain computed per row while preparing) → logits ← softcap([TokenEmbedding], FinalCap) epilogue\n" +
-                "Elementwise ops: 5 loop(s) of their own (x: carried into the layer loop; q: a rotary embedding that no matmul tile can end (NeoX halves, partial rotary, or after per-head statistics); k: a rotary embedding that no matmul tile can end (NeoX halves, partial rotary, or after per-head statistics); x: a norm whose readers are not all matmuls (its statistics need the whole row first); x: a norm whose readers are not all matmuls (its statistics need the whole row first)), each a parallel vector loop over rows; the rest fused.\n" +
+                "  [9] matmul: (rows(x))·[TokenEmbedding]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (the input chain computed per row while preparing) → logits ← softcap([TokenEmbedding], FinalCap) epilogue\n" +
+                "Elementwise ops: 3 loop(s) of their own (x: carried into the layer loop; x: a norm whose readers are not all matmuls (its statistics need the whole row first); x: a norm whose readers are not all matmuls (its statistics need the whole row first)), each a parallel vector loop over rows; the rest fused.\n" +
                 "Weight layouts (packed once when the plan is compiled, in groups of 4 rows; a segment whose rows are not a multiple of 4 is padded with zero rows):\n" +
                 "  rule \"as stored\" (a weight without [Quantize]), chosen per matrix when the plan is compiled, from the file's types: F32 and F16 → F32x4 (F16 widened exactly); BF16 → BF16x4 (widened exactly in the kernel); Q8_0 → Q8_0x8 interleaved (the file's quants and fp16 scales copied); Q4_0 → Q4_0x8 interleaved (the file's nibbles and fp16 scales copied); any other type (Q4_K, Q6_K, …) → Q8_0x8 (dequantized, requantized); weights of different types in one matmul → the most precise of their layouts. Work goes in groups of 4 rows and every tile reads each weight once for several tokens: F32x4/BF16x4 hold 16-element chunks of the 4 rows in turn (the kernel streams a group front to back); Q8_0x8/Q4_0x8 store two groups together, 8 rows 4 bytes at a time (one multiply-add against 4 broadcast activations covers all 8 rows, each row's sum complete in its own lane).\n" +
                 "  Wq, Wk, Wv → _wqWkWv[layer] [QDim+KvDim+KvDim, Dim], segments stacked: as stored (the rule above); one horizontal matmul prepares its input once and reads it for all of them.\n" +
@@ -246,10 +242,10 @@ namespace Kiln.Models
                 "  TokenEmbedding → as loaded (row-major): gathered whole rows, by token.\n" +
                 "Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):\n" +
                 "  slot 0: x [T, Dim]\n" +
-                "  slot 1: linear [T, QDim], k [T, KvDim], linear3 [T, Dim], glu [T, Hidden]\n" +
-                "  slot 2: linear2 [T, KvDim], attention [T, QDim], mlp [T, Dim]\n" +
+                "  slot 1: q [T, QDim], linear [T, Dim], glu [T, Hidden]\n" +
+                "  slot 2: k [T, KvDim], mlp [T, Dim]\n" +
                 "  slot 3: v [T, KvDim]\n" +
-                "  slot 4: q [T, QDim]\n" +
+                "  slot 4: attention [T, QDim]\n" +
                 "Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;\n" +
                 "  for Q8_0/Q4_0, Q8 activations (per 32 values a float scale d = max|x|/127 and int8 q = round(x/d), GGML's rule),\n" +
                 "  with 8·Σq per block for Q4_0's −8 (the kernels broadcast 4 quants at a time to 8 rows). A fused norm computes its statistics per token once\n" +
@@ -294,6 +290,7 @@ namespace Kiln.Models
             private readonly double[] _rope0InverseFrequency;
             private readonly double[] _rope0Cos, _rope0Sin;
             private readonly float[] _rope0CosHalf, _rope0SinHalf; // per token and pair
+            private readonly float[] _rope0Cosines, _rope0SignedSines; // per token and rotary element: cos, cos and −sin, sin per adjacent pair
 
             // This step's token ids, checked against the vocabulary, where the gathering loops can read them.
             private readonly int[] _tokens;
@@ -302,13 +299,11 @@ namespace Kiln.Models
             private readonly global::Kiln.Kernels.MatMul.NativeBlock _arenaMemory;
             private readonly global::Kiln.Kernels.MatMul.FloatBuffer _arena;
             private readonly int _xOffset;
-            private readonly int _linearOffset;
             private readonly int _qOffset;
-            private readonly int _linear2Offset;
             private readonly int _kOffset;
             private readonly int _vOffset;
             private readonly int _attentionOffset;
-            private readonly int _linear3Offset;
+            private readonly int _linearOffset;
             private readonly int _gluOffset;
             private readonly int _mlpOffset;
 
@@ -343,6 +338,21 @@ namespace Kiln.Models
                     throw new global::System.InvalidOperationException($"Rows of QDim = {_QDim} are not whole heads of HeadDim = {_HeadDim}.");
                 if (_HeadDim <= 0 || _KvDim % _HeadDim != 0)
                     throw new global::System.InvalidOperationException($"Rows of KvDim = {_KvDim} are not whole heads of HeadDim = {_HeadDim}.");
+                _rope0HeadDim = model.HeadDim;
+                _rope0Rotary = model.HeadDim;
+                if (_rope0HeadDim <= 0 || _rope0Rotary <= 0 || _rope0Rotary % 2 != 0 || _rope0Rotary > _rope0HeadDim)
+                    throw new global::System.InvalidOperationException($"Rope: {_rope0Rotary} rotary dimensions must be even, positive and at most the head dimension {_rope0HeadDim}.");
+                _rope0Half = _rope0Rotary / 2;
+                _rope0InverseFrequency = new double[_rope0Half];
+                for (int pair = 0; pair < _rope0Half; pair++) _rope0InverseFrequency[pair] = global::System.Math.Pow(model.RopeBase, -2.0 * pair / _rope0Rotary);
+                _rope0Cos = new double[maxTokensPerStep * _rope0Half];
+                _rope0Sin = new double[maxTokensPerStep * _rope0Half];
+                _rope0CosHalf = new float[maxTokensPerStep * _rope0Half];
+                _rope0SinHalf = new float[maxTokensPerStep * _rope0Half];
+                _rope0Cosines = new float[maxTokensPerStep * _rope0Rotary];
+                _rope0SignedSines = new float[maxTokensPerStep * _rope0Rotary];
+
+                _tokens = new int[maxTokensPerStep];
                 var layouts = new global::System.Text.StringBuilder(Report).Append("Layouts chosen for this model file:\n");
                 // Layers.Wq, Layers.Wk, Layers.Wv: layout as stored, chosen per matrix from the file's types
                 _wqWkWvStart1 = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_QDim);
@@ -352,8 +362,8 @@ namespace Kiln.Models
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
                     var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].Wq, model.Layers[layer].Wk, model.Layers[layer].Wv), _wqWkWvRows, _Dim);
-                    packed.Pack(0, model.Layers[layer].Wq, 0, _QDim, "Wq");
-                    packed.Pack(_wqWkWvStart1, model.Layers[layer].Wk, 0, _KvDim, "Wk");
+                    packed.Pack(0, model.Layers[layer].Wq, 0, _QDim, global::Kiln.Kernels.MatMul.RopeLayout.NeoXOrder(_QDim, _rope0HeadDim, _rope0Rotary), "Wq (rows paired for NeoX rope)");
+                    packed.Pack(_wqWkWvStart1, model.Layers[layer].Wk, 0, _KvDim, global::Kiln.Kernels.MatMul.RopeLayout.NeoXOrder(_KvDim, _rope0HeadDim, _rope0Rotary), "Wk (rows paired for NeoX rope)");
                     packed.Pack(_wqWkWvStart2, model.Layers[layer].Wv, 0, _KvDim, "Wv");
                     _wqWkWv[layer] = packed;
                 }
@@ -399,35 +409,20 @@ namespace Kiln.Models
                 _tokenEmbedding = packed_tokenEmbedding;
                 layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_tokenEmbedding", _tokenEmbedding));
 
-                _rope0HeadDim = model.HeadDim;
-                _rope0Rotary = model.HeadDim;
-                if (_rope0HeadDim <= 0 || _rope0Rotary <= 0 || _rope0Rotary % 2 != 0 || _rope0Rotary > _rope0HeadDim)
-                    throw new global::System.InvalidOperationException($"Rope: {_rope0Rotary} rotary dimensions must be even, positive and at most the head dimension {_rope0HeadDim}.");
-                _rope0Half = _rope0Rotary / 2;
-                _rope0InverseFrequency = new double[_rope0Half];
-                for (int pair = 0; pair < _rope0Half; pair++) _rope0InverseFrequency[pair] = global::System.Math.Pow(model.RopeBase, -2.0 * pair / _rope0Rotary);
-                _rope0Cos = new double[maxTokensPerStep * _rope0Half];
-                _rope0Sin = new double[maxTokensPerStep * _rope0Half];
-                _rope0CosHalf = new float[maxTokensPerStep * _rope0Half];
-                _rope0SinHalf = new float[maxTokensPerStep * _rope0Half];
-
-                _tokens = new int[maxTokensPerStep];
                 // Arena slots (buffers whose live ranges do not overlap share a slot).
                 int offset = 0;
                 _xOffset = offset; // x [T, Dim]
                 offset += (maxTokensPerStep * _Dim + 15) & ~15; // each slot starts on a 64-byte boundary
-                _linearOffset = offset; // linear [T, QDim]
-                _kOffset = offset; // k [T, KvDim]
-                _linear3Offset = offset; // linear3 [T, Dim]
+                _qOffset = offset; // q [T, QDim]
+                _linearOffset = offset; // linear [T, Dim]
                 _gluOffset = offset; // glu [T, Hidden]
-                offset += (maxTokensPerStep * global::System.Math.Max(global::System.Math.Max(global::System.Math.Max(_QDim, _KvDim), _Dim), _Hidden) + 15) & ~15; // each slot starts on a 64-byte boundary
-                _linear2Offset = offset; // linear2 [T, KvDim]
-                _attentionOffset = offset; // attention [T, QDim]
+                offset += (maxTokensPerStep * global::System.Math.Max(global::System.Math.Max(_QDim, _Dim), _Hidden) + 15) & ~15; // each slot starts on a 64-byte boundary
+                _kOffset = offset; // k [T, KvDim]
                 _mlpOffset = offset; // mlp [T, Dim]
-                offset += (maxTokensPerStep * global::System.Math.Max(global::System.Math.Max(_KvDim, _QDim), _Dim) + 15) & ~15; // each slot starts on a 64-byte boundary
+                offset += (maxTokensPerStep * global::System.Math.Max(_KvDim, _Dim) + 15) & ~15; // each slot starts on a 64-byte boundary
                 _vOffset = offset; // v [T, KvDim]
                 offset += (maxTokensPerStep * _KvDim + 15) & ~15; // each slot starts on a 64-byte boundary
-                _qOffset = offset; // q [T, QDim]
+                _attentionOffset = offset; // attention [T, QDim]
                 offset += (maxTokensPerStep * _QDim + 15) & ~15; // each slot starts on a 64-byte boundary
                 _arenaMemory = new global::Kiln.Kernels.MatMul.NativeBlock((long)offset * sizeof(float));
                 _arena = _arenaMemory.Floats(0, offset);
@@ -477,13 +472,11 @@ namespace Kiln.Models
 
                 // Activations: views of the arena.
                 global::System.Span<float> x = _arena.Slice(_xOffset, T * _Dim);
-                global::System.Span<float> linear = _arena.Slice(_linearOffset, T * _QDim);
                 global::System.Span<float> q = _arena.Slice(_qOffset, T * _QDim);
-                global::System.Span<float> linear2 = _arena.Slice(_linear2Offset, T * _KvDim);
                 global::System.Span<float> k = _arena.Slice(_kOffset, T * _KvDim);
                 global::System.Span<float> v = _arena.Slice(_vOffset, T * _KvDim);
                 global::System.Span<float> attention = _arena.Slice(_attentionOffset, T * _QDim);
-                global::System.Span<float> linear3 = _arena.Slice(_linear3Offset, T * _Dim);
+                global::System.Span<float> linear = _arena.Slice(_linearOffset, T * _Dim);
                 global::System.Span<float> glu = _arena.Slice(_gluOffset, T * _Hidden);
                 global::System.Span<float> mlp = _arena.Slice(_mlpOffset, T * _Dim);
 
@@ -498,6 +491,10 @@ namespace Kiln.Models
                         _rope0Sin[t * _rope0Half + pair] = sin;
                         _rope0CosHalf[t * _rope0Half + pair] = (float)cos;
                         _rope0SinHalf[t * _rope0Half + pair] = (float)sin;
+                        int at = t * _rope0Rotary + 2 * pair; // float copies laid out for two adjacent pairs at once: cos, cos and −sin, sin
+                        _rope0Cosines[at] = _rope0Cosines[at + 1] = (float)cos;
+                        _rope0SignedSines[at] = -(float)sin;
+                        _rope0SignedSines[at + 1] = (float)sin;
                     }
                 }
 
@@ -508,7 +505,7 @@ namespace Kiln.Models
                 }
                 for (int layer = 0; layer < _model.LayerCount; layer++) // Layers[layer]
                 {
-                    // [2] matmul: x·[Wq|Wk|Wv]ᵀ with RmsNorm(AttnNorm) fused into the input preparation → linear, linear2, v
+                    // [2] matmul: x·[Wq|Wk|Wv]ᵀ with RmsNorm(AttnNorm) fused into the input preparation → q ← rope_neox([Wq]) epilogue, k ← rope_neox([Wk]) epilogue, v
                     {
                         var weights = _wqWkWv[layer];
                         // The input once for every weight, RMS-normalized by AttnNorm: quantized to Q8 for the quantized layouts, read as it is by the float ones.
@@ -519,23 +516,13 @@ namespace Kiln.Models
                             Input = input,
                             End0 = _wqWkWvStart1 / 4,
                             End1 = _wqWkWvStart2 / 4,
-                            Linear = new MatMul2Linear { Output = _arena.View(_linearOffset, T * _QDim), Cols = _QDim, FirstRow = 0, Dim_QDim = _QDim },
-                            Linear2 = new MatMul2Linear2 { Output = _arena.View(_linear2Offset, T * _KvDim), Cols = _KvDim, FirstRow = _wqWkWvStart1, Dim_KvDim = _KvDim },
+                            Q = new MatMul2Q { Output = _arena.View(_qOffset, T * _QDim), Cols = _QDim, FirstRow = 0, Dim_QDim = _QDim, Dim_HeadDim = _HeadDim, Cos = _rope0Cos, Sin = _rope0Sin, Cosines = _rope0Cosines, SignedSines = _rope0SignedSines, Half = _rope0Half, HeadDim = _rope0HeadDim, Rotary = _rope0Rotary },
+                            K = new MatMul2K { Output = _arena.View(_kOffset, T * _KvDim), Cols = _KvDim, FirstRow = _wqWkWvStart1, Dim_KvDim = _KvDim, Dim_HeadDim = _HeadDim, Cos = _rope0Cos, Sin = _rope0Sin, Cosines = _rope0Cosines, SignedSines = _rope0SignedSines, Half = _rope0Half, HeadDim = _rope0HeadDim, Rotary = _rope0Rotary },
                             V = new MatMul2V { Output = _arena.View(_vOffset, T * _KvDim), Cols = _KvDim, FirstRow = _wqWkWvStart2, Dim_KvDim = _KvDim },
                         };
                         _pool.Run(weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, T, _pool.ThreadCount), work);
                     }
-                    // [3] elementwise: q ← rope_neox(linear), one parallel vector loop
-                    {
-                        // q ← rope_neox(linear): each row by one work item, the widest vectors first.
-                        _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _QDim, _pool.ThreadCount), new Elementwise3Work { Output = _arena.View(_qOffset, T * _QDim), In0 = _arena.View(_linearOffset, T * _QDim), In0Cols = _QDim, Dim_QDim = _QDim, Dim_HeadDim = _HeadDim, Cos = _rope0Cos, Sin = _rope0Sin, Half = _rope0Half, Rotary = _rope0Rotary, CosHalf = _rope0CosHalf, SinHalf = _rope0SinHalf });
-                    }
-                    // [4] elementwise: k ← rope_neox(linear2), one parallel vector loop
-                    {
-                        // k ← rope_neox(linear2): each row by one work item, the widest vectors first.
-                        _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _KvDim, _pool.ThreadCount), new Elementwise4Work { Output = _arena.View(_kOffset, T * _KvDim), In0 = _arena.View(_linear2Offset, T * _KvDim), In0Cols = _KvDim, Dim_KvDim = _KvDim, Dim_HeadDim = _HeadDim, Cos = _rope0Cos, Sin = _rope0Sin, Half = _rope0Half, Rotary = _rope0Rotary, CosHalf = _rope0CosHalf, SinHalf = _rope0SinHalf });
-                    }
-                    // [5] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA (sliding window (((WindowPeriod == 0) || ((layer % WindowPeriod) < (WindowPeriod - 1))) ? Window : 0), scores soft-capped at AttentionCap, scale QueryScale) in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)
+                    // [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA (sliding window (((WindowPeriod == 0) || ((layer % WindowPeriod) < (WindowPeriod - 1))) ? Window : 0), scores soft-capped at AttentionCap, scale QueryScale) in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)
                     {
                         int heads = _model.Heads, kvHeads = _model.KvHeadCount;
                         // This step's k and v rows go to the cache first (at each token's row of its sequence's blocks, in the cache's
@@ -569,68 +556,68 @@ namespace Kiln.Models
                         int items = paged.Plan(T, _pool.ThreadCount);
                         _pool.Run(items, paged.ChunkSize, paged);
                     }
-                    // [6] matmul: attention·[Wo]ᵀ → linear3
+                    // [4] matmul: attention·[Wo]ᵀ → linear
                     {
                         var weights = _wo[layer];
                         // The input once for every weight: quantized to Q8 for the quantized layouts, read as it is by the float ones.
                         var input = _inputs.Prepare(weights.Format, _arena.View(_attentionOffset, T * _QDim), _QDim, T, _QDim, global::Kiln.Kernels.MatMul.InputNorm.None, null, null, 0f, _pool);
-                        var work = new MatMul6Work
+                        var work = new MatMul4Work
                         {
                             Weights = weights,
                             Input = input,
-                            Linear3 = new MatMul6Linear3 { Output = _arena.View(_linear3Offset, T * _Dim), Cols = _Dim, FirstRow = 0, Dim_Dim = _Dim },
+                            Linear = new MatMul4Linear { Output = _arena.View(_linearOffset, T * _Dim), Cols = _Dim, FirstRow = 0, Dim_Dim = _Dim },
                         };
                         _pool.Run(weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, T, _pool.ThreadCount), work);
                     }
-                    // [7] elementwise: x ← x + rmsnorm(linear3, PostAttnNorm), one parallel vector loop
+                    // [5] elementwise: x ← x + rmsnorm(linear, PostAttnNorm), one parallel vector loop
                     {
-                        // x ← x + rmsnorm(linear3, PostAttnNorm): each row by one work item, the widest vectors first.
-                        _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise7Work { Output = _arena.View(_xOffset, T * _Dim), In0 = _arena.View(_xOffset, T * _Dim), In0Cols = _Dim, In1 = _arena.View(_linear3Offset, T * _Dim), In1Cols = _Dim, W0 = _model.Layers[layer].PostAttnNorm.Data, E0 = (float)(_model.Eps), Dim_Dim = _Dim });
+                        // x ← x + rmsnorm(linear, PostAttnNorm): each row by one work item, the widest vectors first.
+                        _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise5Work { Output = _arena.View(_xOffset, T * _Dim), In0 = _arena.View(_xOffset, T * _Dim), In0Cols = _Dim, In1 = _arena.View(_linearOffset, T * _Dim), In1Cols = _Dim, W0 = _model.Layers[layer].PostAttnNorm.Data, E0 = (float)(_model.Eps), Dim_Dim = _Dim });
                     }
-                    // [8] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation → glu ← gelu([Gate])·[Up] epilogue
+                    // [6] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation → glu ← gelu([Gate])·[Up] epilogue
                     {
                         var weights = _gateUp[layer];
                         // The input once for every weight, RMS-normalized by FfnNorm: quantized to Q8 for the quantized layouts, read as it is by the float ones.
                         var input = _inputs.Prepare(weights.Format, _arena.View(_xOffset, T * _Dim), _Dim, T, _Dim, global::Kiln.Kernels.MatMul.InputNorm.Rms, _model.Layers[layer].FfnNorm.Data, null, (float)(_model.Eps), _pool);
-                        var work = new MatMul8Work
+                        var work = new MatMul6Work
                         {
                             Weights = weights,
                             Input = input,
-                            Glu = new MatMul8Glu { Output = _arena.View(_gluOffset, T * _Hidden), Cols = _Hidden, FirstRow = 0, Dim_Hidden = _Hidden },
+                            Glu = new MatMul6Glu { Output = _arena.View(_gluOffset, T * _Hidden), Cols = _Hidden, FirstRow = 0, Dim_Hidden = _Hidden },
                         };
                         _pool.Run(weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, T, _pool.ThreadCount), work);
                     }
-                    // [9] matmul: glu·[Down]ᵀ → mlp
+                    // [7] matmul: glu·[Down]ᵀ → mlp
                     {
                         var weights = _down[layer];
                         // The input once for every weight: quantized to Q8 for the quantized layouts, read as it is by the float ones.
                         var input = _inputs.Prepare(weights.Format, _arena.View(_gluOffset, T * _Hidden), _Hidden, T, _Hidden, global::Kiln.Kernels.MatMul.InputNorm.None, null, null, 0f, _pool);
-                        var work = new MatMul9Work
+                        var work = new MatMul7Work
                         {
                             Weights = weights,
                             Input = input,
-                            Mlp = new MatMul9Mlp { Output = _arena.View(_mlpOffset, T * _Dim), Cols = _Dim, FirstRow = 0, Dim_Dim = _Dim },
+                            Mlp = new MatMul7Mlp { Output = _arena.View(_mlpOffset, T * _Dim), Cols = _Dim, FirstRow = 0, Dim_Dim = _Dim },
                         };
                         _pool.Run(weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, T, _pool.ThreadCount), work);
                     }
-                    // [10] elementwise: x ← x + rmsnorm(mlp, PostFfnNorm), one parallel vector loop
+                    // [8] elementwise: x ← x + rmsnorm(mlp, PostFfnNorm), one parallel vector loop
                     {
                         // x ← x + rmsnorm(mlp, PostFfnNorm): each row by one work item, the widest vectors first.
-                        _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise10Work { Output = _arena.View(_xOffset, T * _Dim), In0 = _arena.View(_xOffset, T * _Dim), In0Cols = _Dim, In1 = _arena.View(_mlpOffset, T * _Dim), In1Cols = _Dim, W0 = _model.Layers[layer].PostFfnNorm.Data, E0 = (float)(_model.Eps), Dim_Dim = _Dim });
+                        _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise8Work { Output = _arena.View(_xOffset, T * _Dim), In0 = _arena.View(_xOffset, T * _Dim), In0Cols = _Dim, In1 = _arena.View(_mlpOffset, T * _Dim), In1Cols = _Dim, W0 = _model.Layers[layer].PostFfnNorm.Data, E0 = (float)(_model.Eps), Dim_Dim = _Dim });
                     }
                 }
 
-                // [11] matmul: (rows(x))·[TokenEmbedding]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (the input chain computed per row while preparing) → logits ← softcap([TokenEmbedding], FinalCap) epilogue
+                // [9] matmul: (rows(x))·[TokenEmbedding]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (the input chain computed per row while preparing) → logits ← softcap([TokenEmbedding], FinalCap) epilogue
                 {
                     var weights = _tokenEmbedding;
                     // The input once for every weight: rows(x) computed per row, RMS-normalized by OutputNorm, then quantized or read as floats.
-                    var source = new MatMul11Input { In0 = _arena.View(_xOffset, T * _Dim), In0Cols = _Dim, Dim_Dim = _Dim, Context = context };
+                    var source = new MatMul9Input { In0 = _arena.View(_xOffset, T * _Dim), In0Cols = _Dim, Dim_Dim = _Dim, Context = context };
                     var input = _inputs.Prepare(weights.Format, source, O, _Dim, global::Kiln.Kernels.MatMul.InputNorm.Rms, _model.OutputNorm.Data, null, (float)(_model.Eps), _pool);
-                    var work = new MatMul11Work
+                    var work = new MatMul9Work
                     {
                         Weights = weights,
                         Input = input,
-                        Logits = new MatMul11Logits { Output = default, Cols = _Vocab, FirstRow = 0, S0 = (float)(_model.FinalCap), Dim_Vocab = _Vocab },
+                        Logits = new MatMul9Logits { Output = default, Cols = _Vocab, FirstRow = 0, S0 = (float)(_model.FinalCap), Dim_Vocab = _Vocab },
                     };
                     // The epilogue writes the caller's logits directly: pinned for the run.
                     global::Kiln.Kernels.MatMul.PinnedOutput.Run(_pool, logits, weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, O, _pool.ThreadCount), work);
@@ -718,16 +705,16 @@ namespace Kiln.Models
             {
                 public global::Kiln.Kernels.MatMul.PackedMatrix Weights;
                 public global::Kiln.Kernels.MatMul.GemmInput Input;
-                public int End0; // the group where segment 0 (linear) ends
-                public int End1; // the group where segment 1 (linear2) ends
-                public MatMul2Linear Linear;
-                public MatMul2Linear2 Linear2;
+                public int End0; // the group where segment 0 (q) ends
+                public int End1; // the group where segment 1 (k) ends
+                public MatMul2Q Q;
+                public MatMul2K K;
                 public MatMul2V V;
 
                 public void Execute(int start, int end)
                 {
-                    if (start < End0) Run(start, global::System.Math.Min(end, End0), ref Linear);
-                    if (start < End1 && end > End0) Run(global::System.Math.Max(start, End0), global::System.Math.Min(end, End1), ref Linear2);
+                    if (start < End0) Run(start, global::System.Math.Min(end, End0), ref Q);
+                    if (start < End1 && end > End0) Run(global::System.Math.Max(start, End0), global::System.Math.Min(end, End1), ref K);
                     if (end > End1) Run(global::System.Math.Max(start, End1), end, ref V);
                 }
 
@@ -745,52 +732,102 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[2] linear ← .</summary>
-            private struct MatMul2Linear : global::Kiln.Kernels.MatMul.ITileEpilogue
+            /// <summary>[2] q ← rope_neox([Wq]), then each adjacent pair rotated by the token's position (cos/sin from the step's table).</summary>
+            private struct MatMul2Q : global::Kiln.Kernels.MatMul.ITileEpilogue
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
                 public int Cols, FirstRow;
                 public int Dim_QDim;
+                public int Dim_HeadDim;
+                public double[] Cos, Sin;
+                public float[] Cosines, SignedSines;
+                public int Half, HeadDim, Rotary;
 
                 [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
                 public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
                 {
-                    int o = row - FirstRow, at = token * Cols + o;
-                    if (o + 4 <= Cols)
+                    int o = row - FirstRow, at = token * Cols, head = o - o % HeadDim, q = o - head;
+                    if (o + 4 <= Cols && HeadDim % 4 == 0 && q + 4 <= Rotary) // two whole pairs of one head: turn them together
                     {
                         var e0 = sums;
-                        Output.Store4(at, e0);
+                        var turned = global::Kiln.Kernels.VectorMath.RotatePairs(e0,
+                            global::System.Runtime.Intrinsics.Vector128.LoadUnsafe(ref Cosines[token * Rotary + q]),
+                            global::System.Runtime.Intrinsics.Vector128.LoadUnsafe(ref SignedSines[token * Rotary + q]));
+                        int first = at + head + q / 2; // pairs (q/2, q/2 + Half) and (q/2 + 1, q/2 + 1 + Half)
+                        Output[first] = turned[0];
+                        Output[first + Half] = turned[1];
+                        Output[first + 1] = turned[2];
+                        Output[first + 1 + Half] = turned[3];
                         return;
                     }
-                    for (int i = 0; o + i < Cols; i++)
+                    for (int i = 0; i < 4 && o + i < Cols; i += 2)
                     {
-                        var e0 = sums[i];
-                        Output[at + i] = e0;
+                        var a0 = sums[i];
+                        var b0 = sums[i + 1];
+                        int c = o + i, start = c - c % HeadDim, within = c - start;
+                        if (within < Rotary)
+                        {
+                            int pair = within / 2;
+                            int first = at + start + pair, second = first + Half;
+                            double cos = Cos[token * Half + pair], sin = Sin[token * Half + pair];
+                            Output[first] = (float)(a0 * cos - b0 * sin);
+                            Output[second] = (float)(a0 * sin + b0 * cos);
+                        }
+                        else
+                        {
+                            Output[at + c] = a0;
+                            Output[at + c + 1] = b0;
+                        }
                     }
                 }
             }
 
-            /// <summary>[2] linear2 ← .</summary>
-            private struct MatMul2Linear2 : global::Kiln.Kernels.MatMul.ITileEpilogue
+            /// <summary>[2] k ← rope_neox([Wk]), then each adjacent pair rotated by the token's position (cos/sin from the step's table).</summary>
+            private struct MatMul2K : global::Kiln.Kernels.MatMul.ITileEpilogue
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
                 public int Cols, FirstRow;
                 public int Dim_KvDim;
+                public int Dim_HeadDim;
+                public double[] Cos, Sin;
+                public float[] Cosines, SignedSines;
+                public int Half, HeadDim, Rotary;
 
                 [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
                 public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
                 {
-                    int o = row - FirstRow, at = token * Cols + o;
-                    if (o + 4 <= Cols)
+                    int o = row - FirstRow, at = token * Cols, head = o - o % HeadDim, q = o - head;
+                    if (o + 4 <= Cols && HeadDim % 4 == 0 && q + 4 <= Rotary) // two whole pairs of one head: turn them together
                     {
                         var e0 = sums;
-                        Output.Store4(at, e0);
+                        var turned = global::Kiln.Kernels.VectorMath.RotatePairs(e0,
+                            global::System.Runtime.Intrinsics.Vector128.LoadUnsafe(ref Cosines[token * Rotary + q]),
+                            global::System.Runtime.Intrinsics.Vector128.LoadUnsafe(ref SignedSines[token * Rotary + q]));
+                        int first = at + head + q / 2; // pairs (q/2, q/2 + Half) and (q/2 + 1, q/2 + 1 + Half)
+                        Output[first] = turned[0];
+                        Output[first + Half] = turned[1];
+                        Output[first + 1] = turned[2];
+                        Output[first + 1 + Half] = turned[3];
                         return;
                     }
-                    for (int i = 0; o + i < Cols; i++)
+                    for (int i = 0; i < 4 && o + i < Cols; i += 2)
                     {
-                        var e0 = sums[i];
-                        Output[at + i] = e0;
+                        var a0 = sums[i];
+                        var b0 = sums[i + 1];
+                        int c = o + i, start = c - c % HeadDim, within = c - start;
+                        if (within < Rotary)
+                        {
+                            int pair = within / 2;
+                            int first = at + start + pair, second = first + Half;
+                            double cos = Cos[token * Half + pair], sin = Sin[token * Half + pair];
+                            Output[first] = (float)(a0 * cos - b0 * sin);
+                            Output[second] = (float)(a0 * sin + b0 * cos);
+                        }
+                        else
+                        {
+                            Output[at + c] = a0;
+                            Output[at + c + 1] = b0;
+                        }
                     }
                 }
             }
@@ -820,176 +857,16 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[3] q ← rope_neox(linear), row by row.</summary>
-            private struct Elementwise3Work : global::Kiln.Threading.IParallelWork
-            {
-                public global::Kiln.Kernels.MatMul.FloatBuffer Output;
-                public global::Kiln.Kernels.MatMul.FloatBuffer In0; public int In0Cols; // linear
-                public int Dim_QDim;
-                public int Dim_HeadDim;
-                public double[] Cos, Sin;
-                public float[] CosHalf, SinHalf;
-                public int Half, Rotary;
-
-                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
-                public void Execute(int start, int end)
-                {
-                    for (int t = start; t < end; t++)
-                    {
-                        int o = t * Dim_QDim;
-                        int in0 = t * In0Cols;
-                        for (int g = 0; g < Dim_QDim; g += Dim_HeadDim)
-                        {
-                            int j = 0;
-                            if (global::Kiln.Kernels.Elementwise.Lanes.Use512)
-                            {
-                                for (; j + 16 <= Half; j += 16)
-                                {
-                                    var a0 = In0.Load16(in0 + g + j);
-                                    var b0 = In0.Load16(in0 + g + j + Half);
-                                    var cos = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref CosHalf[t * Half + j]);
-                                    var sin = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref SinHalf[t * Half + j]);
-                                    Output.Store16(o + g + j, a0 * cos - b0 * sin);
-                                    Output.Store16(o + g + j + Half, a0 * sin + b0 * cos);
-                                }
-                            }
-                            if (global::Kiln.Kernels.Elementwise.Lanes.Use256)
-                            {
-                                for (; j + 8 <= Half; j += 8)
-                                {
-                                    var a0 = In0.Load8(in0 + g + j);
-                                    var b0 = In0.Load8(in0 + g + j + Half);
-                                    var cos = global::System.Runtime.Intrinsics.Vector256.LoadUnsafe(ref CosHalf[t * Half + j]);
-                                    var sin = global::System.Runtime.Intrinsics.Vector256.LoadUnsafe(ref SinHalf[t * Half + j]);
-                                    Output.Store8(o + g + j, a0 * cos - b0 * sin);
-                                    Output.Store8(o + g + j + Half, a0 * sin + b0 * cos);
-                                }
-                            }
-                            for (; j < Half; j++)
-                            {
-                                var a0 = In0[in0 + g + j];
-                                var b0 = In0[in0 + g + j + Half];
-                                double cos = Cos[t * Half + j], sin = Sin[t * Half + j];
-                                Output[o + g + j] = (float)(a0 * cos - b0 * sin);
-                                Output[o + g + j + Half] = (float)(a0 * sin + b0 * cos);
-                            }
-                            j = Rotary;
-                            if (global::Kiln.Kernels.Elementwise.Lanes.Use512)
-                            {
-                                for (; j + 16 <= Dim_HeadDim; j += 16)
-                                {
-                                    var p0 = In0.Load16(in0 + g + j);
-                                    Output.Store16(o + g + j, p0);
-                                }
-                            }
-                            if (global::Kiln.Kernels.Elementwise.Lanes.Use256)
-                            {
-                                for (; j + 8 <= Dim_HeadDim; j += 8)
-                                {
-                                    var p0 = In0.Load8(in0 + g + j);
-                                    Output.Store8(o + g + j, p0);
-                                }
-                            }
-                            for (; j < Dim_HeadDim; j++)
-                            {
-                                var p0 = In0[in0 + g + j];
-                                Output[o + g + j] = p0;
-                            }
-                        }
-                    }
-                }
-            }
-
-            /// <summary>[4] k ← rope_neox(linear2), row by row.</summary>
-            private struct Elementwise4Work : global::Kiln.Threading.IParallelWork
-            {
-                public global::Kiln.Kernels.MatMul.FloatBuffer Output;
-                public global::Kiln.Kernels.MatMul.FloatBuffer In0; public int In0Cols; // linear2
-                public int Dim_KvDim;
-                public int Dim_HeadDim;
-                public double[] Cos, Sin;
-                public float[] CosHalf, SinHalf;
-                public int Half, Rotary;
-
-                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
-                public void Execute(int start, int end)
-                {
-                    for (int t = start; t < end; t++)
-                    {
-                        int o = t * Dim_KvDim;
-                        int in0 = t * In0Cols;
-                        for (int g = 0; g < Dim_KvDim; g += Dim_HeadDim)
-                        {
-                            int j = 0;
-                            if (global::Kiln.Kernels.Elementwise.Lanes.Use512)
-                            {
-                                for (; j + 16 <= Half; j += 16)
-                                {
-                                    var a0 = In0.Load16(in0 + g + j);
-                                    var b0 = In0.Load16(in0 + g + j + Half);
-                                    var cos = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref CosHalf[t * Half + j]);
-                                    var sin = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref SinHalf[t * Half + j]);
-                                    Output.Store16(o + g + j, a0 * cos - b0 * sin);
-                                    Output.Store16(o + g + j + Half, a0 * sin + b0 * cos);
-                                }
-                            }
-                            if (global::Kiln.Kernels.Elementwise.Lanes.Use256)
-                            {
-                                for (; j + 8 <= Half; j += 8)
-                                {
-                                    var a0 = In0.Load8(in0 + g + j);
-                                    var b0 = In0.Load8(in0 + g + j + Half);
-                                    var cos = global::System.Runtime.Intrinsics.Vector256.LoadUnsafe(ref CosHalf[t * Half + j]);
-                                    var sin = global::System.Runtime.Intrinsics.Vector256.LoadUnsafe(ref SinHalf[t * Half + j]);
-                                    Output.Store8(o + g + j, a0 * cos - b0 * sin);
-                                    Output.Store8(o + g + j + Half, a0 * sin + b0 * cos);
-                                }
-                            }
-                            for (; j < Half; j++)
-                            {
-                                var a0 = In0[in0 + g + j];
-                                var b0 = In0[in0 + g + j + Half];
-                                double cos = Cos[t * Half + j], sin = Sin[t * Half + j];
-                                Output[o + g + j] = (float)(a0 * cos - b0 * sin);
-                                Output[o + g + j + Half] = (float)(a0 * sin + b0 * cos);
-                            }
-                            j = Rotary;
-                            if (global::Kiln.Kernels.Elementwise.Lanes.Use512)
-                            {
-                                for (; j + 16 <= Dim_HeadDim; j += 16)
-                                {
-                                    var p0 = In0.Load16(in0 + g + j);
-                                    Output.Store16(o + g + j, p0);
-                                }
-                            }
-                            if (global::Kiln.Kernels.Elementwise.Lanes.Use256)
-                            {
-                                for (; j + 8 <= Dim_HeadDim; j += 8)
-                                {
-                                    var p0 = In0.Load8(in0 + g + j);
-                                    Output.Store8(o + g + j, p0);
-                                }
-                            }
-                            for (; j < Dim_HeadDim; j++)
-                            {
-                                var p0 = In0[in0 + g + j];
-                                Output[o + g + j] = p0;
-                            }
-                        }
-                    }
-                }
-            }
-
-            /// <summary>[6] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
-            private struct MatMul6Work : global::Kiln.Threading.IParallelWork
+            /// <summary>[4] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
+            private struct MatMul4Work : global::Kiln.Threading.IParallelWork
             {
                 public global::Kiln.Kernels.MatMul.PackedMatrix Weights;
                 public global::Kiln.Kernels.MatMul.GemmInput Input;
-                public MatMul6Linear3 Linear3;
+                public MatMul4Linear Linear;
 
                 public void Execute(int start, int end)
                 {
-                    Run(start, end, ref Linear3);
+                    Run(start, end, ref Linear);
                 }
 
                 private void Run<TEpilogue>(int first, int end, ref TEpilogue epilogue) where TEpilogue : struct, global::Kiln.Kernels.MatMul.ITileEpilogue
@@ -1006,8 +883,8 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[6] linear3 ← .</summary>
-            private struct MatMul6Linear3 : global::Kiln.Kernels.MatMul.ITileEpilogue
+            /// <summary>[4] linear ← .</summary>
+            private struct MatMul4Linear : global::Kiln.Kernels.MatMul.ITileEpilogue
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
                 public int Cols, FirstRow;
@@ -1031,12 +908,12 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[7] x ← x + rmsnorm(linear3, PostAttnNorm), row by row.</summary>
-            private struct Elementwise7Work : global::Kiln.Threading.IParallelWork
+            /// <summary>[5] x ← x + rmsnorm(linear, PostAttnNorm), row by row.</summary>
+            private struct Elementwise5Work : global::Kiln.Threading.IParallelWork
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
                 public global::Kiln.Kernels.MatMul.FloatBuffer In0; public int In0Cols; // x
-                public global::Kiln.Kernels.MatMul.FloatBuffer In1; public int In1Cols; // linear3
+                public global::Kiln.Kernels.MatMul.FloatBuffer In1; public int In1Cols; // linear
                 public float[] W0; // PostAttnNorm
                 public float E0; // eps of Rms statistic 0
                 public int Dim_Dim;
@@ -1094,12 +971,12 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[8] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
-            private struct MatMul8Work : global::Kiln.Threading.IParallelWork
+            /// <summary>[6] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
+            private struct MatMul6Work : global::Kiln.Threading.IParallelWork
             {
                 public global::Kiln.Kernels.MatMul.PackedMatrix Weights;
                 public global::Kiln.Kernels.MatMul.GemmInput Input;
-                public MatMul8Glu Glu;
+                public MatMul6Glu Glu;
 
                 public void Execute(int start, int end)
                 {
@@ -1120,8 +997,8 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[8] glu ← gelu([Gate])·[Up]: rows interleaved, so each adjacent pair of sums yields one output.</summary>
-            private struct MatMul8Glu : global::Kiln.Kernels.MatMul.ITileEpilogue
+            /// <summary>[6] glu ← gelu([Gate])·[Up]: rows interleaved, so each adjacent pair of sums yields one output.</summary>
+            private struct MatMul6Glu : global::Kiln.Kernels.MatMul.ITileEpilogue
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
                 public int Cols, FirstRow;
@@ -1175,12 +1052,12 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[9] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
-            private struct MatMul9Work : global::Kiln.Threading.IParallelWork
+            /// <summary>[7] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
+            private struct MatMul7Work : global::Kiln.Threading.IParallelWork
             {
                 public global::Kiln.Kernels.MatMul.PackedMatrix Weights;
                 public global::Kiln.Kernels.MatMul.GemmInput Input;
-                public MatMul9Mlp Mlp;
+                public MatMul7Mlp Mlp;
 
                 public void Execute(int start, int end)
                 {
@@ -1201,8 +1078,8 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[9] mlp ← .</summary>
-            private struct MatMul9Mlp : global::Kiln.Kernels.MatMul.ITileEpilogue
+            /// <summary>[7] mlp ← .</summary>
+            private struct MatMul7Mlp : global::Kiln.Kernels.MatMul.ITileEpilogue
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
                 public int Cols, FirstRow;
@@ -1226,8 +1103,8 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[10] x ← x + rmsnorm(mlp, PostFfnNorm), row by row.</summary>
-            private struct Elementwise10Work : global::Kiln.Threading.IParallelWork
+            /// <summary>[8] x ← x + rmsnorm(mlp, PostFfnNorm), row by row.</summary>
+            private struct Elementwise8Work : global::Kiln.Threading.IParallelWork
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
                 public global::Kiln.Kernels.MatMul.FloatBuffer In0; public int In0Cols; // x
@@ -1289,12 +1166,12 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[11] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
-            private struct MatMul11Work : global::Kiln.Threading.IParallelWork, global::Kiln.Kernels.MatMul.IOutputWork
+            /// <summary>[9] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
+            private struct MatMul9Work : global::Kiln.Threading.IParallelWork, global::Kiln.Kernels.MatMul.IOutputWork
             {
                 public global::Kiln.Kernels.MatMul.PackedMatrix Weights;
                 public global::Kiln.Kernels.MatMul.GemmInput Input;
-                public MatMul11Logits Logits;
+                public MatMul9Logits Logits;
 
                 public void Execute(int start, int end)
                 {
@@ -1317,8 +1194,8 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[11] The matmul's input rows: rows(x), computed into the preparation's scratch.</summary>
-            private struct MatMul11Input : global::Kiln.Kernels.MatMul.IRowSource
+            /// <summary>[9] The matmul's input rows: rows(x), computed into the preparation's scratch.</summary>
+            private struct MatMul9Input : global::Kiln.Kernels.MatMul.IRowSource
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer In0; public int In0Cols; // x at the wanted rows
                 public int Dim_Dim;
@@ -1352,8 +1229,8 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[11] logits ← softcap([TokenEmbedding], FinalCap).</summary>
-            private struct MatMul11Logits : global::Kiln.Kernels.MatMul.ITileEpilogue
+            /// <summary>[9] logits ← softcap([TokenEmbedding], FinalCap).</summary>
+            private struct MatMul9Logits : global::Kiln.Kernels.MatMul.ITileEpilogue
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
                 public int Cols, FirstRow;

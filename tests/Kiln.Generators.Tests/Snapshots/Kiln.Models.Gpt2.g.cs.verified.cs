@@ -325,6 +325,7 @@ namespace Kiln.Models
                 if (model.Heads <= 0 || model.Heads <= 0 || model.Heads % model.Heads != 0 || _Dim % model.Heads != 0 || _Dim / model.Heads * model.Heads != _Dim)
                     throw new global::System.InvalidOperationException($"Attention: {model.Heads} heads over {model.Heads} KV heads do not fit q rows of {_Dim} and k rows of {_Dim}.");
 
+                _tokens = new int[maxTokensPerStep];
                 var layouts = new global::System.Text.StringBuilder(Report).Append("Layouts chosen for this model file:\n");
                 // Layers.Wqkv: layout as stored, chosen per matrix from the file's types
                 _wqkvStart1 = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Dim);
@@ -381,7 +382,6 @@ namespace Kiln.Models
                 _output = packed_output;
                 layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_output", _output));
 
-                _tokens = new int[maxTokensPerStep];
                 // Arena slots (buffers whose live ranges do not overlap share a slot).
                 int offset = 0;
                 _xOffset = offset; // x [T, Dim]

@@ -276,7 +276,7 @@ namespace Kiln.Models
             private readonly int _rope0HeadDim, _rope0Rotary, _rope0Half;
             private readonly double[] _rope0InverseFrequency;
             private readonly double[] _rope0Cos, _rope0Sin;
-            private readonly float[] _rope0Cosines, _rope0SignedSines; // per token and rotary element: cos, cos and −sin, sin per pair
+            private readonly float[] _rope0Cosines, _rope0SignedSines; // per token and rotary element: cos, cos and −sin, sin per adjacent pair
 
             // This step's token ids, checked against the vocabulary, where the gathering loops can read them.
             private readonly int[] _tokens;
@@ -322,6 +322,19 @@ namespace Kiln.Models
                     throw new global::System.InvalidOperationException($"Rows of QDim = {_QDim} are not whole heads of HeadDim = {_HeadDim}.");
                 if (_HeadDim <= 0 || _KvDim % _HeadDim != 0)
                     throw new global::System.InvalidOperationException($"Rows of KvDim = {_KvDim} are not whole heads of HeadDim = {_HeadDim}.");
+                _rope0HeadDim = model.HeadDim;
+                _rope0Rotary = model.HeadDim;
+                if (_rope0HeadDim <= 0 || _rope0Rotary <= 0 || _rope0Rotary % 2 != 0 || _rope0Rotary > _rope0HeadDim)
+                    throw new global::System.InvalidOperationException($"Rope: {_rope0Rotary} rotary dimensions must be even, positive and at most the head dimension {_rope0HeadDim}.");
+                _rope0Half = _rope0Rotary / 2;
+                _rope0InverseFrequency = new double[_rope0Half];
+                for (int pair = 0; pair < _rope0Half; pair++) _rope0InverseFrequency[pair] = global::System.Math.Pow(model.RopeBase, -2.0 * pair / _rope0Rotary);
+                _rope0Cos = new double[maxTokensPerStep * _rope0Half];
+                _rope0Sin = new double[maxTokensPerStep * _rope0Half];
+                _rope0Cosines = new float[maxTokensPerStep * _rope0Rotary];
+                _rope0SignedSines = new float[maxTokensPerStep * _rope0Rotary];
+
+                _tokens = new int[maxTokensPerStep];
                 var layouts = new global::System.Text.StringBuilder(Report).Append("Layouts chosen for this model file:\n");
                 // Layers.Wq, Layers.Wk, Layers.Wv: layout as stored, chosen per matrix from the file's types
                 _wqWkWvStart1 = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_QDim);
@@ -378,19 +391,6 @@ namespace Kiln.Models
                 _output = packed_output;
                 layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_output", _output));
 
-                _rope0HeadDim = model.HeadDim;
-                _rope0Rotary = model.HeadDim;
-                if (_rope0HeadDim <= 0 || _rope0Rotary <= 0 || _rope0Rotary % 2 != 0 || _rope0Rotary > _rope0HeadDim)
-                    throw new global::System.InvalidOperationException($"Rope: {_rope0Rotary} rotary dimensions must be even, positive and at most the head dimension {_rope0HeadDim}.");
-                _rope0Half = _rope0Rotary / 2;
-                _rope0InverseFrequency = new double[_rope0Half];
-                for (int pair = 0; pair < _rope0Half; pair++) _rope0InverseFrequency[pair] = global::System.Math.Pow(model.RopeBase, -2.0 * pair / _rope0Rotary);
-                _rope0Cos = new double[maxTokensPerStep * _rope0Half];
-                _rope0Sin = new double[maxTokensPerStep * _rope0Half];
-                _rope0Cosines = new float[maxTokensPerStep * _rope0Rotary];
-                _rope0SignedSines = new float[maxTokensPerStep * _rope0Rotary];
-
-                _tokens = new int[maxTokensPerStep];
                 // Arena slots (buffers whose live ranges do not overlap share a slot).
                 int offset = 0;
                 _xOffset = offset; // x [T, Dim]
@@ -467,7 +467,7 @@ namespace Kiln.Models
                         double cos = global::System.Math.Cos(angle), sin = global::System.Math.Sin(angle);
                         _rope0Cos[t * _rope0Half + pair] = cos;
                         _rope0Sin[t * _rope0Half + pair] = sin;
-                        int at = t * _rope0Rotary + 2 * pair; // float copies laid out for two pairs at once: cos, cos and −sin, sin
+                        int at = t * _rope0Rotary + 2 * pair; // float copies laid out for two adjacent pairs at once: cos, cos and −sin, sin
                         _rope0Cosines[at] = _rope0Cosines[at + 1] = (float)cos;
                         _rope0SignedSines[at] = -(float)sin;
                         _rope0SignedSines[at + 1] = (float)sin;
@@ -492,8 +492,8 @@ namespace Kiln.Models
                             Input = input,
                             End0 = _wqWkWvStart1 / 4,
                             End1 = _wqWkWvStart2 / 4,
-                            Q = new MatMul2Q { Output = _arena.View(_qOffset, T * _QDim), Cols = _QDim, FirstRow = 0, Dim_QDim = _QDim, Dim_HeadDim = _HeadDim, Cos = _rope0Cos, Sin = _rope0Sin, Cosines = _rope0Cosines, SignedSines = _rope0SignedSines, Half = _rope0Half, HeadDim = _rope0HeadDim },
-                            K = new MatMul2K { Output = _arena.View(_kOffset, T * _KvDim), Cols = _KvDim, FirstRow = _wqWkWvStart1, Dim_KvDim = _KvDim, Dim_HeadDim = _HeadDim, Cos = _rope0Cos, Sin = _rope0Sin, Cosines = _rope0Cosines, SignedSines = _rope0SignedSines, Half = _rope0Half, HeadDim = _rope0HeadDim },
+                            Q = new MatMul2Q { Output = _arena.View(_qOffset, T * _QDim), Cols = _QDim, FirstRow = 0, Dim_QDim = _QDim, Dim_HeadDim = _HeadDim, Cos = _rope0Cos, Sin = _rope0Sin, Cosines = _rope0Cosines, SignedSines = _rope0SignedSines, Half = _rope0Half, HeadDim = _rope0HeadDim, Rotary = _rope0Rotary },
+                            K = new MatMul2K { Output = _arena.View(_kOffset, T * _KvDim), Cols = _KvDim, FirstRow = _wqWkWvStart1, Dim_KvDim = _KvDim, Dim_HeadDim = _HeadDim, Cos = _rope0Cos, Sin = _rope0Sin, Cosines = _rope0Cosines, SignedSines = _rope0SignedSines, Half = _rope0Half, HeadDim = _rope0HeadDim, Rotary = _rope0Rotary },
                             V = new MatMul2V { Output = _arena.View(_vOffset, T * _KvDim), Cols = _KvDim, FirstRow = _wqWkWvStart2, Dim_KvDim = _KvDim },
                         };
                         _pool.Run(weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, T, _pool.ThreadCount), work);
@@ -700,29 +700,39 @@ namespace Kiln.Models
                 public int Dim_HeadDim;
                 public double[] Cos, Sin;
                 public float[] Cosines, SignedSines;
-                public int Half, HeadDim;
+                public int Half, HeadDim, Rotary;
 
                 [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
                 public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
                 {
-                    int o = row - FirstRow;
-                    if (o + 4 <= Cols && HeadDim % 4 == 0) // both pairs in one head: rotate them together
+                    int o = row - FirstRow, at = token * Cols, head = o - o % HeadDim, q = o - head;
+                    if (o + 4 <= Cols && HeadDim % 4 == 0 && q + 4 <= Rotary) // two whole pairs of one head: turn them together
                     {
                         var e0 = sums;
-                        int angle = token * HeadDim + o % HeadDim;
-                        Output.Store4(token * Cols + o, global::Kiln.Kernels.VectorMath.RotatePairs(e0,
-                            global::System.Runtime.Intrinsics.Vector128.LoadUnsafe(ref Cosines[angle]),
-                            global::System.Runtime.Intrinsics.Vector128.LoadUnsafe(ref SignedSines[angle])));
+                        var turned = global::Kiln.Kernels.VectorMath.RotatePairs(e0,
+                            global::System.Runtime.Intrinsics.Vector128.LoadUnsafe(ref Cosines[token * Rotary + q]),
+                            global::System.Runtime.Intrinsics.Vector128.LoadUnsafe(ref SignedSines[token * Rotary + q]));
+                        Output.Store4(at + o, turned);
                         return;
                     }
                     for (int i = 0; i < 4 && o + i < Cols; i += 2)
                     {
                         var a0 = sums[i];
                         var b0 = sums[i + 1];
-                        int c = o + i, pair = (c % HeadDim) / 2;
-                        double cos = Cos[token * Half + pair], sin = Sin[token * Half + pair];
-                        Output[token * Cols + c] = (float)(a0 * cos - b0 * sin);
-                        Output[token * Cols + c + 1] = (float)(a0 * sin + b0 * cos);
+                        int c = o + i, start = c - c % HeadDim, within = c - start;
+                        if (within < Rotary)
+                        {
+                            int pair = within / 2;
+                            int first = at + c, second = first + 1;
+                            double cos = Cos[token * Half + pair], sin = Sin[token * Half + pair];
+                            Output[first] = (float)(a0 * cos - b0 * sin);
+                            Output[second] = (float)(a0 * sin + b0 * cos);
+                        }
+                        else
+                        {
+                            Output[at + c] = a0;
+                            Output[at + c + 1] = b0;
+                        }
                     }
                 }
             }
@@ -736,29 +746,39 @@ namespace Kiln.Models
                 public int Dim_HeadDim;
                 public double[] Cos, Sin;
                 public float[] Cosines, SignedSines;
-                public int Half, HeadDim;
+                public int Half, HeadDim, Rotary;
 
                 [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
                 public void Store(int row, int token, global::System.Runtime.Intrinsics.Vector128<float> sums)
                 {
-                    int o = row - FirstRow;
-                    if (o + 4 <= Cols && HeadDim % 4 == 0) // both pairs in one head: rotate them together
+                    int o = row - FirstRow, at = token * Cols, head = o - o % HeadDim, q = o - head;
+                    if (o + 4 <= Cols && HeadDim % 4 == 0 && q + 4 <= Rotary) // two whole pairs of one head: turn them together
                     {
                         var e0 = sums;
-                        int angle = token * HeadDim + o % HeadDim;
-                        Output.Store4(token * Cols + o, global::Kiln.Kernels.VectorMath.RotatePairs(e0,
-                            global::System.Runtime.Intrinsics.Vector128.LoadUnsafe(ref Cosines[angle]),
-                            global::System.Runtime.Intrinsics.Vector128.LoadUnsafe(ref SignedSines[angle])));
+                        var turned = global::Kiln.Kernels.VectorMath.RotatePairs(e0,
+                            global::System.Runtime.Intrinsics.Vector128.LoadUnsafe(ref Cosines[token * Rotary + q]),
+                            global::System.Runtime.Intrinsics.Vector128.LoadUnsafe(ref SignedSines[token * Rotary + q]));
+                        Output.Store4(at + o, turned);
                         return;
                     }
                     for (int i = 0; i < 4 && o + i < Cols; i += 2)
                     {
                         var a0 = sums[i];
                         var b0 = sums[i + 1];
-                        int c = o + i, pair = (c % HeadDim) / 2;
-                        double cos = Cos[token * Half + pair], sin = Sin[token * Half + pair];
-                        Output[token * Cols + c] = (float)(a0 * cos - b0 * sin);
-                        Output[token * Cols + c + 1] = (float)(a0 * sin + b0 * cos);
+                        int c = o + i, start = c - c % HeadDim, within = c - start;
+                        if (within < Rotary)
+                        {
+                            int pair = within / 2;
+                            int first = at + c, second = first + 1;
+                            double cos = Cos[token * Half + pair], sin = Sin[token * Half + pair];
+                            Output[first] = (float)(a0 * cos - b0 * sin);
+                            Output[second] = (float)(a0 * sin + b0 * cos);
+                        }
+                        else
+                        {
+                            Output[at + c] = a0;
+                            Output[at + c + 1] = b0;
+                        }
                     }
                 }
             }

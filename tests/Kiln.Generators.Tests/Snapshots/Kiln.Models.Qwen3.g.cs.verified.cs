@@ -290,6 +290,7 @@ namespace Kiln.Models
             private readonly double[] _rope0InverseFrequency;
             private readonly double[] _rope0Cos, _rope0Sin;
             private readonly float[] _rope0CosHalf, _rope0SinHalf; // per token and pair
+            private readonly float[] _rope0Cosines, _rope0SignedSines; // per token and rotary element: cos, cos and −sin, sin per adjacent pair
 
             // This step's token ids, checked against the vocabulary, where the gathering loops can read them.
             private readonly int[] _tokens;
@@ -337,6 +338,21 @@ namespace Kiln.Models
                     throw new global::System.InvalidOperationException($"Rows of QDim = {_QDim} are not whole heads of HeadDim = {_HeadDim}.");
                 if (_HeadDim <= 0 || _KvDim % _HeadDim != 0)
                     throw new global::System.InvalidOperationException($"Rows of KvDim = {_KvDim} are not whole heads of HeadDim = {_HeadDim}.");
+                _rope0HeadDim = model.HeadDim;
+                _rope0Rotary = model.HeadDim;
+                if (_rope0HeadDim <= 0 || _rope0Rotary <= 0 || _rope0Rotary % 2 != 0 || _rope0Rotary > _rope0HeadDim)
+                    throw new global::System.InvalidOperationException($"Rope: {_rope0Rotary} rotary dimensions must be even, positive and at most the head dimension {_rope0HeadDim}.");
+                _rope0Half = _rope0Rotary / 2;
+                _rope0InverseFrequency = new double[_rope0Half];
+                for (int pair = 0; pair < _rope0Half; pair++) _rope0InverseFrequency[pair] = global::System.Math.Pow(model.RopeBase, -2.0 * pair / _rope0Rotary);
+                _rope0Cos = new double[maxTokensPerStep * _rope0Half];
+                _rope0Sin = new double[maxTokensPerStep * _rope0Half];
+                _rope0CosHalf = new float[maxTokensPerStep * _rope0Half];
+                _rope0SinHalf = new float[maxTokensPerStep * _rope0Half];
+                _rope0Cosines = new float[maxTokensPerStep * _rope0Rotary];
+                _rope0SignedSines = new float[maxTokensPerStep * _rope0Rotary];
+
+                _tokens = new int[maxTokensPerStep];
                 var layouts = new global::System.Text.StringBuilder(Report).Append("Layouts chosen for this model file:\n");
                 // Layers.Wq, Layers.Wk, Layers.Wv: layout as stored, chosen per matrix from the file's types
                 _wqWkWvStart1 = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_QDim);
@@ -393,19 +409,6 @@ namespace Kiln.Models
                 _output = packed_output;
                 layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_output", _output));
 
-                _rope0HeadDim = model.HeadDim;
-                _rope0Rotary = model.HeadDim;
-                if (_rope0HeadDim <= 0 || _rope0Rotary <= 0 || _rope0Rotary % 2 != 0 || _rope0Rotary > _rope0HeadDim)
-                    throw new global::System.InvalidOperationException($"Rope: {_rope0Rotary} rotary dimensions must be even, positive and at most the head dimension {_rope0HeadDim}.");
-                _rope0Half = _rope0Rotary / 2;
-                _rope0InverseFrequency = new double[_rope0Half];
-                for (int pair = 0; pair < _rope0Half; pair++) _rope0InverseFrequency[pair] = global::System.Math.Pow(model.RopeBase, -2.0 * pair / _rope0Rotary);
-                _rope0Cos = new double[maxTokensPerStep * _rope0Half];
-                _rope0Sin = new double[maxTokensPerStep * _rope0Half];
-                _rope0CosHalf = new float[maxTokensPerStep * _rope0Half];
-                _rope0SinHalf = new float[maxTokensPerStep * _rope0Half];
-
-                _tokens = new int[maxTokensPerStep];
                 // Arena slots (buffers whose live ranges do not overlap share a slot).
                 int offset = 0;
                 _xOffset = offset; // x [T, Dim]
@@ -488,6 +491,10 @@ namespace Kiln.Models
                         _rope0Sin[t * _rope0Half + pair] = sin;
                         _rope0CosHalf[t * _rope0Half + pair] = (float)cos;
                         _rope0SinHalf[t * _rope0Half + pair] = (float)sin;
+                        int at = t * _rope0Rotary + 2 * pair; // float copies laid out for two adjacent pairs at once: cos, cos and −sin, sin
+                        _rope0Cosines[at] = _rope0Cosines[at + 1] = (float)cos;
+                        _rope0SignedSines[at] = -(float)sin;
+                        _rope0SignedSines[at + 1] = (float)sin;
                     }
                 }
 

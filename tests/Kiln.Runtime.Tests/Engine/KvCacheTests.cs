@@ -54,6 +54,18 @@ public sealed class KvCacheTests
         Assert.Throws<ArgumentOutOfRangeException>(() => KvCache.Paged(1, 2, 2, kvDim: 6, KvStorage.Int8, headDim: 4));
     }
 
+    [Fact]
+    public void ACacheLargerThanTheMachineIsRefusedBeforeAnythingIsAllocated()
+    {
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        // 1000 layers × 10^6 positions × 1024 floats, keys and values: 8 TB.
+        var error = Assert.Throws<InsufficientMemoryException>(() => new KvCache(layers: 1000, slots: 1, maxContext: 1_000_000, kvDim: 1024));
+        Assert.Contains("1000 layers × 1000000 positions × 1024 (F32)", error.Message);
+        Assert.Contains("GiB of memory this machine has", error.Message);
+        Assert.Throws<InsufficientMemoryException>(() => KvCache.Paged(layers: 1000, blockCount: 100_000, blockSize: 16, kvDim: 1024, KvStorage.Int8, headDim: 64));
+        Assert.True(GC.GetAllocatedBytesForCurrentThread() - before < 1 << 20, "the refused caches allocated");
+    }
+
     [Theory]
     [InlineData(KvStorage.F32, 0)]
     [InlineData(KvStorage.F16, 1e-3)]
@@ -71,16 +83,21 @@ public sealed class KvCacheTests
             cache.WriteKey(1, row, written);
             cache.WriteValue(1, row, written);
             cache.ReadKey(1, row, read);
-            for (int i = 0; i < 8; i++)
-            {
-                double headMax = i < 4 ? 3 : 0.03;
-                Assert.True(Math.Abs(read[i] - written[i]) <= relativeTolerance * headMax, $"{storage} row {row} element {i}: wrote {written[i]}, read {read[i]}");
-            }
+            AssertWithinPrecision("key", row);
             cache.ReadValue(1, row, read);
-            Assert.Equal(relativeTolerance == 0 ? written : read, read);
+            AssertWithinPrecision("value", row);
         }
         if (storage != KvStorage.F32)
             Assert.Throws<InvalidOperationException>(() => cache.KeyRow(0, 0).Length);
+
+        void AssertWithinPrecision(string kind, int row)
+        {
+            for (int i = 0; i < 8; i++)
+            {
+                double headMax = i < 4 ? 3 : 0.03;
+                Assert.True(Math.Abs(read[i] - written[i]) <= relativeTolerance * headMax, $"{storage} {kind} row {row} element {i}: wrote {written[i]}, read {read[i]}");
+            }
+        }
     }
 
     [Theory]

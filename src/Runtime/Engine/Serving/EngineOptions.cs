@@ -8,7 +8,10 @@ public sealed record EngineOptions
     /// <summary>Token positions per KV block: the unit of allocation and of prefix caching.</summary>
     public int BlockSize { get; init; } = 16;
 
-    /// <summary>Memory for keys and values, all layers; divided by the bytes of one block it gives the block count.</summary>
+    /// <summary>
+    /// Memory for keys and values, all layers; divided by the bytes of one block it gives the block count. More than the
+    /// machine has is refused when the engine is made (<see cref="InsufficientMemoryException"/>).
+    /// </summary>
     public long KvCacheBytes { get; init; } = 64L << 20;
 
     /// <summary>

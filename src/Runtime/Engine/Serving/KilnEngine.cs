@@ -17,6 +17,13 @@ namespace Kiln.Engine.Serving;
 /// streamed updates' text for tokens whose text is not cached by the tokenizer; every buffer is sized when the engine
 /// or the request is made. Outputs do not depend on what else is in the batch: the plan computes each token's row on
 /// its own, so a request's greedy tokens are those it would generate alone.
+/// <para>
+/// An exception inside the loop (the plan's step, a sampler) faults the engine for good, since the KV cache and the
+/// plan may be left half-updated: every open request, running, waiting or still queued, ends with
+/// <see cref="FinishReason.Error"/> and an error message naming the exception, and every later
+/// <see cref="GenerateAsync(int[], GenerationOptions?, CancellationToken)"/> throws <see cref="EngineFaultedException"/>
+/// holding it. Dispose a faulted engine and make a new one.
+/// </para>
 /// </remarks>
 public sealed partial class KilnEngine : IAsyncDisposable
 {
@@ -61,6 +68,7 @@ public sealed partial class KilnEngine : IAsyncDisposable
         _tokenizer = tokenizer;
 
         var shape = model.KvShape;
+        KvCache.EnsureMemory(options.KvCacheBytes, $"KvCacheBytes ({options.KvCacheBytes})", "a smaller KvCacheBytes");
         long bytesPerBlock = shape.BytesPerBlock(options.BlockSize, options.KvStorage);
         long blockCount = options.KvCacheBytes / bytesPerBlock;
         if (blockCount < 1)
@@ -137,7 +145,7 @@ public sealed partial class KilnEngine : IAsyncDisposable
     /// the request: its KV blocks are freed by the next step and the stream ends with
     /// <see cref="FinishReason.Cancelled"/>. Throws at once, before anything streams, for a request that could never
     /// run (empty prompt, unknown token, a prompt that leaves no room to generate in the max context or the whole KV
-    /// memory) and after disposal.
+    /// memory) and after disposal (<see cref="ObjectDisposedException"/>) or a fault (<see cref="EngineFaultedException"/>).
     /// </summary>
     public IAsyncEnumerable<GenerationUpdate> GenerateAsync(int[] promptIds, GenerationOptions? options = null, CancellationToken cancellationToken = default)
     {
@@ -227,7 +235,7 @@ public sealed partial class KilnEngine : IAsyncDisposable
 
     private void ThrowIfUnavailable(bool orDisposed = false)
     {
-        if (_fault is { } fault) throw new InvalidOperationException($"The engine stopped after an error: {fault.Message}", fault);
+        if (_fault is { } fault) throw new EngineFaultedException(fault);
         if (orDisposed || Volatile.Read(ref _disposed) != 0) throw new ObjectDisposedException(nameof(KilnEngine));
     }
 

@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using Kiln.Kernels.Quantized;
 
 namespace Kiln.Kernels.Elementwise;
 
@@ -15,45 +16,21 @@ namespace Kiln.Kernels.Elementwise;
 /// </summary>
 public static class Lanes
 {
-    /// <summary>The widest vector path generated loops take: 512, 256 or 1 (scalar). Tests lower it to force a path.</summary>
-    public static int Widest { get; private set; } = Vector512.IsHardwareAccelerated ? 512 : Vector256.IsHardwareAccelerated ? 256 : 1;
-
-    /// <summary>True when generated loops take their Vector512 path.</summary>
+    /// <summary>
+    /// True when generated loops take their Vector512 path: the active kernel path (<see cref="KernelPaths.Active"/>)
+    /// is AVX-512. Read once per loop, never per element.
+    /// </summary>
     public static bool Use512
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        get => Widest >= 512;
+        get => KernelPaths.Uses512Bits;
     }
 
-    /// <summary>True when generated loops take their Vector256 path (for what the 512-bit one left, or all of it).</summary>
+    /// <summary>True when generated loops take their Vector256 path (for what the 512-bit one left, or all of it): any vector path.</summary>
     public static bool Use256
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        get => Widest >= 256;
-    }
-
-    /// <summary>
-    /// Forces generated loops onto <paramref name="width"/> (512, 256 or 1) until the returned scope is disposed;
-    /// a width this machine cannot run is refused. For tests.
-    /// </summary>
-    public static IDisposable Force(int width)
-    {
-        bool supported = width switch
-        {
-            512 => Vector512.IsHardwareAccelerated,
-            256 => Vector256.IsHardwareAccelerated,
-            1 => true,
-            _ => throw new ArgumentOutOfRangeException(nameof(width), width, "A lane width is 512, 256 or 1."),
-        };
-        if (!supported) throw new PlatformNotSupportedException($"This machine has no accelerated {width}-bit vectors.");
-        int previous = Widest;
-        Widest = width;
-        return new Restore(previous);
-    }
-
-    private sealed class Restore(int previous) : IDisposable
-    {
-        public void Dispose() => Widest = previous;
+        get => KernelPaths.UsesVectors;
     }
 
     // ---- e^x: x = n·ln2 + r, |r| ≤ ln2/2, e^r by a degree-6 polynomial (relative error < 2e-7), 2^n into the exponent.

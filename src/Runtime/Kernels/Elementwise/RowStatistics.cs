@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using Kiln.Kernels.Quantized;
 
 namespace Kiln.Kernels.Elementwise;
 
@@ -30,7 +31,7 @@ public static unsafe class RowStatistics
     {
         int i = 0;
         double sum = 0;
-        if (Vector512.IsHardwareAccelerated)
+        if (KernelPaths.Uses512Bits)
         {
             Vector512<double> a0 = default, a1 = default;
             for (; i + 16 <= count; i += 16)
@@ -51,7 +52,7 @@ public static unsafe class RowStatistics
     {
         int i = 0;
         double sum = 0;
-        if (Vector512.IsHardwareAccelerated)
+        if (KernelPaths.Uses512Bits)
         {
             Vector512<double> a = default;
             for (; i + 16 <= count; i += 16)
@@ -66,7 +67,7 @@ public static unsafe class RowStatistics
 
         i = 0;
         double squares = 0;
-        if (Vector512.IsHardwareAccelerated)
+        if (KernelPaths.Uses512Bits)
         {
             Vector512<double> m = Vector512.Create(mean), a0 = default, a1 = default;
             for (; i + 16 <= count; i += 16)

@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
+using Kiln.Kernels.Quantized;
 
 namespace Kiln.Kernels.MatMul;
 
@@ -13,16 +14,13 @@ namespace Kiln.Kernels.MatMul;
 /// a token tile are reused by every group of the range.
 /// <para>
 /// Every token's sums are computed by the same operations in the same order whatever its tile and whatever the
-/// range, so results do not depend on how the groups were split over threads. Each layout has a SIMD path (AVX-512
-/// for the float layouts; AVX2 for the quantized ones) and a scalar one (used where the SIMD path cannot run, and the
-/// oracle in tests).
+/// range, so results do not depend on how the groups were split over threads. Each layout has a SIMD form (AVX-512
+/// for the float layouts; AVX2 for the quantized ones, which every wider path runs too) and a scalar one, the oracle;
+/// <see cref="KernelPaths.Active"/> picks between them once per call.
 /// </para>
 /// </summary>
 public static unsafe class Gemm
 {
-    /// <summary>True when the float layouts' AVX-512 kernels run here (otherwise the scalar ones do; the quantized ones need only AVX2).</summary>
-    public static bool IsAccelerated { get; } = Avx512BW.IsSupported && Avx512F.VL.IsSupported && Vector512.IsHardwareAccelerated;
-
     /// <summary>
     /// Groups per work item for a pool of <paramref name="threads"/>: about eight items per thread so fast threads
     /// take more, never so small that claiming an item costs more than computing it.
@@ -47,7 +45,7 @@ public static unsafe class Gemm
         where TEpilogue : struct, ITileEpilogue
     {
         Check(weights, PackedFormat.F32, input, firstGroup, endGroup, quantized: false);
-        if (IsAccelerated) FloatKernels.Run<FloatKernels.F32Rows, TEpilogue>(weights, input, firstGroup, endGroup, ref epilogue);
+        if (KernelPaths.Uses512Bits) FloatKernels.Run<FloatKernels.F32Rows, TEpilogue>(weights, input, firstGroup, endGroup, ref epilogue);
         else Reference.Run(weights, input, firstGroup, endGroup, ref epilogue);
     }
 
@@ -56,7 +54,7 @@ public static unsafe class Gemm
         where TEpilogue : struct, ITileEpilogue
     {
         Check(weights, PackedFormat.BF16, input, firstGroup, endGroup, quantized: false);
-        if (IsAccelerated) FloatKernels.Run<FloatKernels.BF16Rows, TEpilogue>(weights, input, firstGroup, endGroup, ref epilogue);
+        if (KernelPaths.Uses512Bits) FloatKernels.Run<FloatKernels.BF16Rows, TEpilogue>(weights, input, firstGroup, endGroup, ref epilogue);
         else Reference.Run(weights, input, firstGroup, endGroup, ref epilogue);
     }
 
@@ -65,7 +63,7 @@ public static unsafe class Gemm
         where TEpilogue : struct, ITileEpilogue
     {
         Check(weights, PackedFormat.Q8_0, input, firstGroup, endGroup, quantized: true);
-        if (StripKernels.IsSupported) StripKernels.Run<StripKernels.Q8Block, TEpilogue>(weights, input, firstGroup, endGroup, ref epilogue);
+        if (KernelPaths.UsesVectors) StripKernels.Run<StripKernels.Q8Block, TEpilogue>(weights, input, firstGroup, endGroup, ref epilogue);
         else Reference.Run(weights, input, firstGroup, endGroup, ref epilogue);
     }
 
@@ -74,20 +72,15 @@ public static unsafe class Gemm
         where TEpilogue : struct, ITileEpilogue
     {
         Check(weights, PackedFormat.Q4_0, input, firstGroup, endGroup, quantized: true);
-        if (StripKernels.IsSupported) StripKernels.Run<StripKernels.Q4Block, TEpilogue>(weights, input, firstGroup, endGroup, ref epilogue);
+        if (KernelPaths.UsesVectors) StripKernels.Run<StripKernels.Q4Block, TEpilogue>(weights, input, firstGroup, endGroup, ref epilogue);
         else Reference.Run(weights, input, firstGroup, endGroup, ref epilogue);
     }
 
-    /// <summary>Any layout, by <see cref="PackedMatrix.Format"/>; the scalar kernels when <paramref name="scalar"/> (tests).</summary>
-    public static void Run<TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, ref TEpilogue epilogue, bool scalar = false)
+    /// <summary>Any layout, by <see cref="PackedMatrix.Format"/>.</summary>
+    public static void Run<TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, ref TEpilogue epilogue)
         where TEpilogue : struct, ITileEpilogue
     {
-        if (scalar)
-        {
-            Check(weights, weights.Format, input, firstGroup, endGroup, WeightLayouts.IsQuantized(weights.Format));
-            Reference.Run(weights, input, firstGroup, endGroup, ref epilogue);
-            return;
-        }
+        ArgumentNullException.ThrowIfNull(weights);
         switch (weights.Format)
         {
             case PackedFormat.F32: F32(weights, input, firstGroup, endGroup, ref epilogue); break;

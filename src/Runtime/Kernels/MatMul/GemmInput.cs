@@ -205,7 +205,7 @@ public sealed unsafe class GemmScratch : IDisposable
         fixed (float* weight = g)
         {
             int i = 0;
-            if (Vector512.IsHardwareAccelerated)
+            if (KernelPaths.Uses512Bits)
             {
                 var s = Vector512.Create(scale);
                 for (; i + 16 <= k; i += 16)
@@ -233,7 +233,7 @@ public sealed unsafe class GemmScratch : IDisposable
         fixed (float* bias = b)
         {
             int i = 0;
-            if (Vector512.IsHardwareAccelerated)
+            if (KernelPaths.Uses512Bits)
             {
                 Vector512<double> m = Vector512.Create(mean), s = Vector512.Create(scale);
                 for (; i + 16 <= k; i += 16)
@@ -268,7 +268,7 @@ public sealed unsafe class GemmScratch : IDisposable
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static float QuantizeBlock(float* values, sbyte* q)
     {
-        if (Vector512.IsHardwareAccelerated && Avx512BW.IsSupported)
+        if (KernelPaths.Uses512Bits)
         {
             Vector512<float> low = Vector512.Load(values), high = Vector512.Load(values + 16);
             Vector512<float> magnitudes = Vector512.Max(Vector512.Abs(low), Vector512.Abs(high));
@@ -292,7 +292,7 @@ public sealed unsafe class GemmScratch : IDisposable
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static int Sum(sbyte* q)
     {
-        if (Vector256.IsHardwareAccelerated)
+        if (KernelPaths.UsesVectors)
         {
             (Vector256<short> low, Vector256<short> high) = Vector256.Widen(Vector256.Load(q));
             return Vector256.Sum(low + high);

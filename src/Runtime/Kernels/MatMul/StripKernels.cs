@@ -33,9 +33,6 @@ internal unsafe interface IStripBlock<TSelf> where TSelf : struct, IStripBlock<T
 /// </summary>
 internal static unsafe class StripKernels
 {
-    /// <summary>The quantized kernels need only AVX2 and FMA, so they run where AVX-512 is missing too.</summary>
-    public static bool IsSupported { get; } = Avx2.IsSupported && Fma.IsSupported;
-
     // Which halves of a strip's tile go to the epilogue: both, or the one group of a range that starts or ends mid-strip.
     private const int Lower = 1, Upper = 2, Both = 3;
 

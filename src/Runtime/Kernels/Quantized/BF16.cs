@@ -56,8 +56,8 @@ public readonly struct BF16 : IFloatFormat
     public static float Dot(ReadOnlySpan<byte> row, ReadOnlySpan<float> activations, KernelPath path) =>
         Dot(MemoryMarshal.Cast<byte, ushort>(row), activations, path);
 
-    /// <summary>Σ row[i]·x[i], row as bfloat16 bits, on the best path.</summary>
-    public static float Dot(ReadOnlySpan<ushort> row, ReadOnlySpan<float> activations) => Dot(row, activations, KernelPaths.Best);
+    /// <summary>Σ row[i]·x[i], row as bfloat16 bits, on the active path.</summary>
+    public static float Dot(ReadOnlySpan<ushort> row, ReadOnlySpan<float> activations) => Dot(row, activations, KernelPaths.Active);
 
     /// <summary>Σ row[i]·x[i], row as bfloat16 bits, on <paramref name="path"/>.</summary>
     public static float Dot(ReadOnlySpan<ushort> row, ReadOnlySpan<float> activations, KernelPath path)

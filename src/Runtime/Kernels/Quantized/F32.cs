@@ -37,8 +37,8 @@ public readonly struct F32 : IFloatFormat
     public static float Dot(ReadOnlySpan<byte> row, ReadOnlySpan<float> activations, KernelPath path) =>
         Dot(MemoryMarshal.Cast<byte, float>(row), activations, path);
 
-    /// <summary>Σ row[i]·x[i] on the best path.</summary>
-    public static float Dot(ReadOnlySpan<float> row, ReadOnlySpan<float> activations) => Dot(row, activations, KernelPaths.Best);
+    /// <summary>Σ row[i]·x[i] on the active path.</summary>
+    public static float Dot(ReadOnlySpan<float> row, ReadOnlySpan<float> activations) => Dot(row, activations, KernelPaths.Active);
 
     /// <summary>Σ row[i]·x[i] on <paramref name="path"/>.</summary>
     public static float Dot(ReadOnlySpan<float> row, ReadOnlySpan<float> activations, KernelPath path)

@@ -67,7 +67,7 @@ public static class Fp16
 
     /// <summary>
     /// Widens <paramref name="source"/> into <paramref name="destination"/> (same length), exactly as <c>(float)Half</c>
-    /// element by element, 32 halves per step where Vector512 is accelerated: how an F16 KV cache is read.
+    /// element by element, 32 halves per step on the AVX-512 path (<see cref="KernelPaths.Active"/>): how an F16 KV cache is read.
     /// </summary>
     public static void ToSingle(ReadOnlySpan<Half> source, Span<float> destination)
     {
@@ -76,7 +76,7 @@ public static class Fp16
         ref ushort from = ref MemoryMarshal.GetReference(bits);
         ref float to = ref MemoryMarshal.GetReference(destination);
         int i = 0, length = bits.Length;
-        if (Vector512.IsHardwareAccelerated)
+        if (KernelPaths.Uses512Bits)
         {
             for (; i <= length - 32; i += 32)
             {
@@ -85,7 +85,7 @@ public static class Fp16
                 ToSingle(upper).StoreUnsafe(ref to, (nuint)(i + 16));
             }
         }
-        else if (Vector256.IsHardwareAccelerated)
+        else if (KernelPaths.UsesVectors)
         {
             for (; i <= length - 16; i += 16)
             {

@@ -61,10 +61,10 @@ public static class Interleaved
         }
     }
 
-    /// <summary>y[t, r] = Σ_k W[r, k]·x[t, k] for every row of a packed [rows, K] matrix and every token, on the best path; y is [tokens, rows].</summary>
+    /// <summary>y[t, r] = Σ_k W[r, k]·x[t, k] for every row of a packed [rows, K] matrix and every token, on the active path; y is [tokens, rows].</summary>
     public static void Multiply<TFormat>(ReadOnlySpan<byte> packed, int rows, Q8Activations activations, Span<float> y)
         where TFormat : IInterleavedFormat =>
-        Multiply<TFormat>(packed, rows, activations, y, rows, 0, GroupCount(rows), KernelPaths.Best);
+        Multiply<TFormat>(packed, rows, activations, y, rows, 0, GroupCount(rows), KernelPaths.Active);
 
     /// <summary>
     /// y[t·yStride + r] for the rows of groups [<paramref name="firstGroup"/>, + <paramref name="groupCount"/>) of a

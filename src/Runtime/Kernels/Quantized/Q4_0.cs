@@ -76,8 +76,8 @@ public readonly struct Q4_0 : IQuantizedFormat
         }
     }
 
-    /// <summary>The dot of a Q4_0 row with quantized activations on the best path.</summary>
-    public static float Dot(ReadOnlySpan<byte> row, Q8Row activations) => Dot(row, activations, KernelPaths.Best);
+    /// <summary>The dot of a Q4_0 row with quantized activations on the active path.</summary>
+    public static float Dot(ReadOnlySpan<byte> row, Q8Row activations) => Dot(row, activations, KernelPaths.Active);
 
     /// <inheritdoc/>
     public static float Dot(ReadOnlySpan<byte> row, Q8Row activations, KernelPath path)

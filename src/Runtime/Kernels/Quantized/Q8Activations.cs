@@ -41,9 +41,9 @@ public readonly ref struct Q8Activations
     public static int ScratchBytes(int tokens, int k) =>
         checked(tokens * (k + Blocks.Count(k) * sizeof(float)));
 
-    /// <summary>Quantizes <paramref name="x"/>, [tokens, K] row-major, into <paramref name="scratch"/> on the best path.</summary>
+    /// <summary>Quantizes <paramref name="x"/>, [tokens, K] row-major, into <paramref name="scratch"/> on the active path.</summary>
     public static Q8Activations Quantize(ReadOnlySpan<float> x, int tokens, int k, Span<byte> scratch) =>
-        Quantize(x, tokens, k, scratch, KernelPaths.Best);
+        Quantize(x, tokens, k, scratch, KernelPaths.Active);
 
     /// <summary>Quantizes <paramref name="x"/>, [tokens, K] row-major, into <paramref name="scratch"/> on <paramref name="path"/>.</summary>
     public static Q8Activations Quantize(ReadOnlySpan<float> x, int tokens, int k, Span<byte> scratch, KernelPath path)

@@ -1,6 +1,7 @@
 using CsCheck;
 using Kiln.Engine.Paging;
 using Kiln.Engine.Scheduling;
+using Kiln.Tests;
 
 namespace Kiln.Runtime.Tests.Engine.Scheduling;
 
@@ -55,16 +56,17 @@ public sealed class SchedulerPropertyTests
     [Fact]
     public void RandomSchedulesKeepEveryPromise()
     {
-        Gen.Select(GenConfig, GenRequest.Array[1, 16]).Sample((config, specs) => RunScenario(config, specs), iter: 2000);
-        Assert.True(Interlocked.Read(ref s_prefixHitTokens) > 0);
-        Assert.True(Interlocked.Read(ref s_blockCopies) > 0, "no fork ever copied a shared block");
+        long hitsBefore = Interlocked.Read(ref s_prefixHitTokens), copiesBefore = Interlocked.Read(ref s_blockCopies);
+        SeededCases.Check(Gen.Select(GenConfig, GenRequest.Array[1, 16]), seed: 2000, count: 2000, c => RunScenario(c.Item1, c.Item2));
+        Assert.True(Interlocked.Read(ref s_prefixHitTokens) > hitsBefore, "the prefix cache never hit");
+        Assert.True(Interlocked.Read(ref s_blockCopies) > copiesBefore, "no fork ever copied a shared block");
     }
 
     [Fact]
     public void RandomSchedulesKeepEveryPromiseUnderATinyBlockBudget()
     {
         long before = Interlocked.Read(ref s_preemptions);
-        Gen.Select(GenTinyConfig, GenRequest.Array[2, 16]).Sample((config, specs) => RunScenario(config, specs), iter: 1000);
+        SeededCases.Check(Gen.Select(GenTinyConfig, GenRequest.Array[2, 16]), seed: 1000, count: 1000, c => RunScenario(c.Item1, c.Item2));
         Assert.True(Interlocked.Read(ref s_preemptions) > before, "the tiny pools never forced a preemption");
     }
 
@@ -208,8 +210,13 @@ public sealed class SchedulerPropertyTests
                     Assert.Equal(alone.Generated, request.GeneratedTokens.ToArray());
                     Assert.Equal(alone.Reason, request.FinishReason);
                     break;
-                case FinishReason.Cancelled or FinishReason.Error:
-                    Assert.Equal(request.FinishReason == FinishReason.Error ? CancelKind.Fail : specs[i].Cancel, specs[i].Cancel);
+                case FinishReason.Cancelled:
+                    Assert.True(specs[i].Cancel is CancelKind.BeforeSchedule or CancelKind.DuringStep, $"{request} was cancelled, but its spec says {specs[i].Cancel}");
+                    Assert.Equal(alone.Generated[..request.NumGeneratedTokens], request.GeneratedTokens.ToArray());
+                    break;
+                case FinishReason.Error:
+                    Assert.Equal(CancelKind.Fail, specs[i].Cancel);
+                    Assert.Equal("injected failure", request.ErrorMessage);
                     Assert.Equal(alone.Generated[..request.NumGeneratedTokens], request.GeneratedTokens.ToArray());
                     break;
                 default:

@@ -5,6 +5,9 @@ namespace Kiln.Runtime.Tests.Engine.Serving;
 
 public sealed class UpdateStreamTests
 {
+    /// <summary>How long a read may wait before the test fails instead of hanging.</summary>
+    private static readonly TimeSpan Patience = TimeSpan.FromSeconds(60);
+
     [Fact]
     public async Task AReaderSeesEveryUpdateInOrderWhateverTheTiming()
     {
@@ -28,7 +31,7 @@ public sealed class UpdateStreamTests
 
             var seen = new List<int>();
             bool final = false;
-            while (await stream.WaitToReadAsync())
+            while (await stream.WaitToReadAsync().AsTask().WaitAsync(Patience))
             {
                 while (stream.TryRead(out var update))
                 {
@@ -37,8 +40,8 @@ public sealed class UpdateStreamTests
                 }
             }
             writer.Join();
-            Assert.Equal(Enumerable.Range(0, Count), seen);
-            Assert.True(final);
+            Assert.True(seen.SequenceEqual(Enumerable.Range(0, Count)), $"round {round} (its seed): read [{string.Join(", ", seen)}]");
+            Assert.True(final, $"round {round} (its seed): no final update");
         }
     }
 
@@ -49,10 +52,10 @@ public sealed class UpdateStreamTests
         stream.Write(new GenerationUpdate(7, "x"));
         Assert.Throws<InvalidOperationException>(() => stream.Write(new GenerationUpdate(8, "y")));
         stream.Complete();
-        Assert.True(await stream.WaitToReadAsync());
+        Assert.True(await stream.WaitToReadAsync().AsTask().WaitAsync(Patience));
         Assert.True(stream.TryRead(out var update));
         Assert.Equal(7, update.TokenId);
-        Assert.False(await stream.WaitToReadAsync());
+        Assert.False(await stream.WaitToReadAsync().AsTask().WaitAsync(Patience));
         Assert.False(stream.TryRead(out _));
     }
 }

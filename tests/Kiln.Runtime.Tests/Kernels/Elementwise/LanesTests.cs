@@ -1,6 +1,8 @@
 using System.Runtime.Intrinsics;
 using Kiln.Kernels.Elementwise;
 using Kiln.Kernels.MatMul;
+using Kiln.Kernels.Quantized;
+using Kiln.Tests;
 using Xunit.Abstractions;
 
 namespace Kiln.Runtime.Tests.Kernels.Elementwise;
@@ -9,6 +11,7 @@ namespace Kiln.Runtime.Tests.Kernels.Elementwise;
 /// The primitives generated loops are composed from, at every width, against double-precision references; and the
 /// row statistics against the eager norms' own sums.
 /// </summary>
+[Collection(KernelPathCollection.Name)]
 public sealed class LanesTests(ITestOutputHelper output)
 {
     private static readonly double[] Points = MakePoints();
@@ -22,6 +25,10 @@ public sealed class LanesTests(ITestOutputHelper output)
     }
 
     public static TheoryData<int> Widths => new() { 16, 8, 4, 1 };
+
+    private static void SkipUnlessAccelerated(int width) =>
+        Skip.IfNot(width switch { 16 => Vector512.IsHardwareAccelerated, 8 => Vector256.IsHardwareAccelerated, 4 => Vector128.IsHardwareAccelerated, _ => true },
+            $"This machine does not accelerate {width * 32}-bit vectors, so no path runs that width here.");
 
     /// <summary>Applies the width's overload lane by lane (a vector filled with one point in every lane, then each lane checked).</summary>
     private static float[] Apply(int width, float x, Func<Vector512<float>, Vector512<float>> v512, Func<Vector256<float>, Vector256<float>> v256,
@@ -58,50 +65,52 @@ public sealed class LanesTests(ITestOutputHelper output)
         output.WriteLine($"{name}, width {width}: worst error {worst:P0} of the bound");
     }
 
-    [Theory]
+    [SkippableTheory]
     [MemberData(nameof(Widths))]
-    public void ExpIsWithinTwoMillionthsRelative(int width) =>
+    public void ExpIsWithinTwoMillionthsRelative(int width)
+    {
+        SkipUnlessAccelerated(width);
         Check("exp", width, x => Math.Exp(Math.Clamp(x, -87, 87)), 3e-7, 1e-38, Lanes.Exp, Lanes.Exp, Lanes.Exp, Lanes.Exp, x => Math.Abs(x) <= 87);
+    }
 
-    [Theory]
+    [SkippableTheory]
     [MemberData(nameof(Widths))]
-    public void TanhIsExactToFloatRoundingEvenNearZero(int width) =>
+    public void TanhIsExactToFloatRoundingEvenNearZero(int width)
+    {
+        SkipUnlessAccelerated(width);
         Check("tanh", width, Math.Tanh, 1.2e-7, 1e-30, Lanes.Tanh, Lanes.Tanh, Lanes.Tanh, Lanes.Tanh);
+    }
 
-    [Theory]
+    [SkippableTheory]
     [MemberData(nameof(Widths))]
-    public void ErfIsWithinItsApproximationBound(int width) =>
+    public void ErfIsWithinItsApproximationBound(int width)
+    {
+        SkipUnlessAccelerated(width);
         Check("erf", width, x => ErfReference(x), 0, 2.5e-7, Lanes.Erf, Lanes.Erf, Lanes.Erf, Lanes.Erf);
+    }
 
-    [Theory]
+    [SkippableTheory]
     [MemberData(nameof(Widths))]
-    public void LogIsExactToAnUlp(int width) =>
+    public void LogIsExactToAnUlp(int width)
+    {
+        SkipUnlessAccelerated(width);
         Check("log", width, Math.Log, 2.4e-7, 1e-30, Lanes.Log, Lanes.Log, Lanes.Log, Lanes.Log, x => x > 0);
+    }
 
     /// <summary>erf from the eager reference's own double implementation (a series and a continued fraction).</summary>
     private static double ErfReference(double x) => ErrorFunction.Erf(x);
 
-    [Theory]
-    [InlineData(512)]
-    [InlineData(256)]
-    [InlineData(1)]
-    public void ForcingAWidthIsReportedAndUndone(int width)
+    [SkippableTheory]
+    [MemberData(nameof(KernelPathCases.All), MemberType = typeof(KernelPathCases))]
+    public void GeneratedLoopsTakeTheActivePathsWidth(KernelPath path)
     {
-        bool supported = width switch { 512 => Vector512.IsHardwareAccelerated, 256 => Vector256.IsHardwareAccelerated, _ => true };
-        if (!supported)
+        KernelPathCases.SkipUnlessSupported(path);
+        using (KernelPaths.Force(path))
         {
-            Assert.Throws<PlatformNotSupportedException>(() => Lanes.Force(width));
-            output.WriteLine($"width {width}: not accelerated on this machine, and forcing it is refused");
-            return;
+            Assert.Equal(path == KernelPath.Avx512BW, Lanes.Use512);
+            Assert.Equal(path != KernelPath.Scalar, Lanes.Use256);
         }
-        int before = Lanes.Widest;
-        using (Lanes.Force(width))
-        {
-            Assert.Equal(width, Lanes.Widest);
-            Assert.Equal(width >= 512, Lanes.Use512);
-            Assert.Equal(width >= 256, Lanes.Use256);
-        }
-        Assert.Equal(before, Lanes.Widest);
+        Assert.Equal(KernelPaths.Best == KernelPath.Avx512BW, Lanes.Use512);
     }
 
     [Fact]

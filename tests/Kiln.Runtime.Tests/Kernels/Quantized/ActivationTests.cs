@@ -1,39 +1,41 @@
 using System.Runtime.InteropServices;
 using Kiln.Kernels.Quantized;
+using Kiln.Tests;
 using static Kiln.Runtime.Tests.Kernels.Quantized.QuantTestData;
 
 namespace Kiln.Runtime.Tests.Kernels.Quantized;
 
-/// <summary>Quantizing a matmul's input once into Q8 blocks: same bits on every path, and the same quants as Q8_0's reference quantizer.</summary>
+/// <summary>
+/// Quantizing a matmul's input once into Q8 blocks, on each kernel path in turn: the scalar bits on every path, and
+/// the same quants as Q8_0's reference quantizer.
+/// </summary>
+[Collection(KernelPathCollection.Name)]
 public sealed class ActivationTests
 {
-    public static TheoryData<KernelPath> Paths => new(AllPaths);
+    private const string Kernel = "Q8 activation quantization";
 
-    [Theory]
+    public static TheoryData<KernelPath> Paths => KernelPathCases.All;
+
+    [SkippableTheory]
     [MemberData(nameof(Paths))]
     public void EveryPathProducesTheScalarBits(KernelPath path)
     {
+        using var forced = KernelPathCases.Force(path, Kernel, KernelPathCases.NoVnniForm);
         const int tokens = 5, k = 4096;
         var x = Matrix(tokens, k, seed: 21);
         x[7] = 127f; x[8] = -63.5f; x[9] = 0.5f; x[10] = -0.5f;   // a block of exact halves, d = 1
 
         var expected = Q8Activations.Quantize(x, tokens, k, new byte[Q8Activations.ScratchBytes(tokens, k)], KernelPath.Scalar);
-        var scratch = new byte[Q8Activations.ScratchBytes(tokens, k)];
-        if (!KernelPaths.IsSupported(path))
-        {
-            Assert.Throws<PlatformNotSupportedException>(() => { Q8Activations.Quantize(x, tokens, k, scratch, path); });
-            return;
-        }
-        var actual = Q8Activations.Quantize(x, tokens, k, scratch, path);
-        Assert.True(expected.Quants.SequenceEqual(actual.Quants));
-        Assert.True(expected.Scales.SequenceEqual(actual.Scales));
+        var actual = Q8Activations.Quantize(x, tokens, k, new byte[Q8Activations.ScratchBytes(tokens, k)]); // the forced path
+        Assert.True(expected.Quants.SequenceEqual(actual.Quants), $"{path}: quants differ from the scalar ones");
+        Assert.True(expected.Scales.SequenceEqual(actual.Scales), $"{path}: scales differ from the scalar ones");
     }
 
-    [Theory]
+    [SkippableTheory]
     [MemberData(nameof(Paths))]
     public void QuantsMatchQ8_0(KernelPath path)
     {
-        if (!KernelPaths.IsSupported(path)) return; // covered by EveryPathProducesTheScalarBits
+        using var forced = KernelPathCases.Force(path, Kernel, KernelPathCases.NoVnniForm);
         foreach (int k in Ks)
         {
             var x = Matrix(1, k, seed: 22 + k);
@@ -43,24 +45,22 @@ public sealed class ActivationTests
             for (int block = 0; block < k / 32; block++)
             {
                 var weights = MemoryMarshal.Cast<byte, sbyte>(q8.AsSpan(block * 34 + 2, 32));
-                Assert.True(weights.SequenceEqual(row.Quants.Slice(block * 32, 32)), $"K {k}, block {block}");
+                Assert.True(weights.SequenceEqual(row.Quants.Slice(block * 32, 32)), $"{path} K {k}, block {block}");
                 Assert.Equal(BitConverter.ToUInt16(q8, block * 34), Fp16.FromSingle(row.Scales[block]));
             }
         }
     }
 
-    [Fact]
-    public void HandMadeBlockRoundsHalvesAwayFromZero()
+    [SkippableTheory]
+    [MemberData(nameof(Paths))]
+    public void HandMadeBlockRoundsHalvesAwayFromZero(KernelPath path)
     {
+        using var forced = KernelPathCases.Force(path, Kernel, KernelPathCases.NoVnniForm);
         var x = new float[32];
         (x[0], x[1], x[2], x[3], x[4]) = (127f, -63.5f, 0.5f, -0.5f, 2.5f);
-        foreach (var path in AllPaths)
-        {
-            if (!KernelPaths.IsSupported(path)) continue;
-            var row = Q8Activations.Quantize(x, 1, 32, new byte[Q8Activations.ScratchBytes(1, 32)], path)[0];
-            Assert.Equal([127, -64, 1, -1, 3], row.Quants[..5].ToArray());
-            Assert.Equal(1f, row.Scales[0]);
-        }
+        var row = Q8Activations.Quantize(x, 1, 32, new byte[Q8Activations.ScratchBytes(1, 32)], path)[0];
+        Assert.Equal([127, -64, 1, -1, 3], row.Quants[..5].ToArray());
+        Assert.Equal(1f, row.Scales[0]);
     }
 
     [Fact]

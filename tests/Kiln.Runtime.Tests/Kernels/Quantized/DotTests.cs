@@ -1,38 +1,58 @@
 using Kiln.Kernels.Quantized;
+using Kiln.Tests;
 using static Kiln.Runtime.Tests.Kernels.Quantized.QuantTestData;
 
 namespace Kiln.Runtime.Tests.Kernels.Quantized;
 
 /// <summary>
-/// Row·activation dots: every format on every path against the scalar path and against float64 arithmetic on
-/// the dequantized values, over odd shapes, by ggml's normalized error.
+/// Row·activation dots: every format on each kernel path in turn against the scalar path and against float64
+/// arithmetic on the dequantized values, over odd shapes, by ggml's normalized error.
 /// </summary>
+[Collection(KernelPathCollection.Name)]
 public sealed class DotTests
 {
     // Float32 sums of up to 4096 products: observed NMSE ≤ 2e-11 on every path; one wrong block or lane is > 1e-3.
     private const double Tolerance = 1e-9;
 
-    public static TheoryData<KernelPath> Paths => new(AllPaths);
+    public static TheoryData<KernelPath> Paths => KernelPathCases.All;
 
-    [Theory]
+    [SkippableTheory]
     [MemberData(nameof(Paths))]
-    public void Q8_0MatchesScalarAndFloat64(KernelPath path) => CheckQuantized<Q8_0>(path);
-
-    [Theory]
-    [MemberData(nameof(Paths))]
-    public void Q4_0MatchesScalarAndFloat64(KernelPath path) => CheckQuantized<Q4_0>(path);
-
-    [Theory]
-    [MemberData(nameof(Paths))]
-    public void F32MatchesScalarAndFloat64(KernelPath path) => CheckFloat<F32>(path);
-
-    [Theory]
-    [MemberData(nameof(Paths))]
-    public void BF16MatchesScalarAndFloat64(KernelPath path) => CheckFloat<BF16>(path);
-
-    [Fact]
-    public void HandMadeBlocksDotExactly()
+    public void Q8_0MatchesScalarAndFloat64(KernelPath path)
     {
+        using var forced = KernelPathCases.Force(path, "The Q8_0 dot", KernelPathCases.AllPaths);
+        CheckQuantized<Q8_0>(path);
+    }
+
+    [SkippableTheory]
+    [MemberData(nameof(Paths))]
+    public void Q4_0MatchesScalarAndFloat64(KernelPath path)
+    {
+        using var forced = KernelPathCases.Force(path, "The Q4_0 dot", KernelPathCases.AllPaths);
+        CheckQuantized<Q4_0>(path);
+    }
+
+    [SkippableTheory]
+    [MemberData(nameof(Paths))]
+    public void F32MatchesScalarAndFloat64(KernelPath path)
+    {
+        using var forced = KernelPathCases.Force(path, "The F32 dot", KernelPathCases.NoVnniForm);
+        CheckFloat<F32>(path);
+    }
+
+    [SkippableTheory]
+    [MemberData(nameof(Paths))]
+    public void BF16MatchesScalarAndFloat64(KernelPath path)
+    {
+        using var forced = KernelPathCases.Force(path, "The BF16 dot", KernelPathCases.NoVnniForm);
+        CheckFloat<BF16>(path);
+    }
+
+    [SkippableTheory]
+    [MemberData(nameof(Paths))]
+    public void HandMadeBlocksDotExactly(KernelPath path)
+    {
+        using var forced = KernelPathCases.Force(path, "The int8 dots", KernelPathCases.AllPaths);
         // Q8_0 weights d = 1: [127, −64, 1, −1, 3, 0…]; activations d = 1: the same values.
         var x = new float[32];
         (x[0], x[1], x[2], x[3], x[4]) = (127f, -63.5f, 0.5f, -0.5f, 2.5f);
@@ -40,37 +60,45 @@ public sealed class DotTests
         Q8_0.QuantizeRow(x, q8);
         var q4 = new byte[18];
         Q4_0.QuantizeRow([-8f, 3f, .. new float[30]], q4); // d = 1: weights [−8, 3, 0…]
+        var activations = Q8Activations.Quantize(x, 1, 32, new byte[Q8Activations.ScratchBytes(1, 32)]);
+        Assert.Equal(127f * 127 + 64 * 64 + 1 + 1 + 9, Q8_0.Dot(q8, activations[0])); // the forced path
+        Assert.Equal(-8f * 127 + 3 * -64, Q4_0.Dot(q4, activations[0]));
+    }
+
+    [SkippableTheory]
+    [InlineData(KernelPath.Avx2)]
+    [InlineData(KernelPath.AvxVnni)]
+    [InlineData(KernelPath.Avx512BW)]
+    public void AMissingPathIsRefused(KernelPath path)
+    {
+        Skip.If(KernelPaths.IsSupported(path), $"This machine has {KernelPathCases.Instructions(path)}: refusing the {path} path is checked on machines without them.");
         var scratch = new byte[Q8Activations.ScratchBytes(1, 32)];
-        foreach (var path in AllPaths)
-        {
-            if (!KernelPaths.IsSupported(path)) continue;
-            var activations = Q8Activations.Quantize(x, 1, 32, scratch, path);
-            Assert.Equal(127f * 127 + 64 * 64 + 1 + 1 + 9, Q8_0.Dot(q8, activations[0], path));
-            Assert.Equal(-8f * 127 + 3 * -64, Q4_0.Dot(q4, activations[0], path));
-        }
+        Q8Activations Zeros() => Q8Activations.Quantize(new float[32], 1, 32, scratch, KernelPath.Scalar);
+        Assert.Throws<PlatformNotSupportedException>(() => Q8_0.Dot(new byte[34], Zeros()[0], path));
+        Assert.Throws<PlatformNotSupportedException>(() => Q4_0.Dot(new byte[18], Zeros()[0], path));
+        Assert.Throws<PlatformNotSupportedException>(() => F32.Dot(new float[32], new float[32], path));
+        Assert.Throws<PlatformNotSupportedException>(() => BF16.Dot(new ushort[32], new float[32], path));
+        Assert.Throws<PlatformNotSupportedException>(() => { Q8Activations.Quantize(new float[32], 1, 32, scratch, path); });
+        Assert.Throws<PlatformNotSupportedException>(() =>
+            Interleaved.Multiply<Q4_0x4>(new byte[Interleaved.ByteCount<Q4_0x4>(4, 32)], 4, Zeros(), new float[4], 4, 0, 1, path));
+        Assert.Throws<PlatformNotSupportedException>(() => KernelPaths.Force(path));
+        Assert.Equal(KernelPaths.Best, KernelPaths.Active);
     }
 
     [Fact]
-    public void UnsupportedOrUnknownPathsThrow()
+    public void UnknownPathsAreRefusedAndTheBestPathRuns()
     {
         var scratch = new byte[Q8Activations.ScratchBytes(1, 32)];
-        var row = new byte[34];
-        foreach (var path in AllPaths)
-            if (!KernelPaths.IsSupported(path))
-                Assert.Throws<PlatformNotSupportedException>(() => Q8_0.Dot(row, Q8Activations.Quantize(new float[32], 1, 32, scratch)[0], path));
-        Assert.Throws<ArgumentOutOfRangeException>(() => Q8_0.Dot(row, Q8Activations.Quantize(new float[32], 1, 32, scratch)[0], (KernelPath)42));
+        Assert.Throws<ArgumentOutOfRangeException>(() => Q8_0.Dot(new byte[34], Q8Activations.Quantize(new float[32], 1, 32, scratch)[0], (KernelPath)42));
+        Assert.Throws<ArgumentOutOfRangeException>(() => KernelPaths.Force((KernelPath)42));
         Assert.True(KernelPaths.IsSupported(KernelPaths.Best));
+        Assert.Equal(KernelPaths.Best, KernelPaths.Active); // no test left a forced path behind
+        using (KernelPaths.Force(KernelPath.Scalar)) Assert.Equal(KernelPath.Scalar, KernelPaths.Active);
+        Assert.Equal(KernelPaths.Best, KernelPaths.Active);
     }
 
     private static void CheckQuantized<TFormat>(KernelPath path) where TFormat : IQuantizedFormat
     {
-        if (!KernelPaths.IsSupported(path))
-        {
-            var scratch = new byte[Q8Activations.ScratchBytes(1, 32)];
-            Assert.Throws<PlatformNotSupportedException>(() =>
-                TFormat.Dot(new byte[TFormat.RowBytes(32)], Q8Activations.Quantize(new float[32], 1, 32, scratch)[0], path));
-            return;
-        }
         foreach (int k in Ks)
             foreach (int rows in RowCounts)
                 foreach (int tokens in TokenCounts)
@@ -99,11 +127,6 @@ public sealed class DotTests
 
     private static void CheckFloat<TFormat>(KernelPath path) where TFormat : IFloatFormat
     {
-        if (!KernelPaths.IsSupported(path))
-        {
-            Assert.Throws<PlatformNotSupportedException>(() => TFormat.Dot(new byte[TFormat.RowBytes(32)], new float[32], path));
-            return;
-        }
         // Float formats take any K: the SIMD paths' remainder loops get their own shapes.
         foreach (int k in (int[])[1, 7, 17, 33, .. Ks, 100, 4097])
             foreach (int rows in RowCounts)

@@ -1,11 +1,15 @@
 using System.Runtime.Intrinsics;
 using Kiln.Kernels.Quantized;
+using Kiln.Tests;
 
 namespace Kiln.Runtime.Tests.Kernels.Quantized;
 
-/// <summary>The kernels' bit-moving fp16 widening equals the BCL conversion on all 65536 halves.</summary>
+/// <summary>The kernels' bit-moving fp16 widening equals the BCL conversion on all 65536 halves, on each kernel path.</summary>
+[Collection(KernelPathCollection.Name)]
 public sealed class Fp16Tests
 {
+    public static TheoryData<KernelPath> Paths => KernelPathCases.All;
+
     [Fact]
     public void EveryHalfWidensExactly()
     {
@@ -21,9 +25,11 @@ public sealed class Fp16Tests
         }
     }
 
-    [Fact]
-    public void SpansOfEveryHalfWidenExactly()
+    [SkippableTheory]
+    [MemberData(nameof(Paths))]
+    public void SpansOfEveryHalfWidenExactly(KernelPath path)
     {
+        using var forced = KernelPathCases.Force(path, "Widening an F16 span", KernelPathCases.NoVnniForm);
         // 65536 halves plus a tail that is not a whole vector, from an odd offset: the vector loop and the scalar tail.
         var halves = new Half[65536 + 37];
         for (int i = 0; i < halves.Length; i++) halves[i] = BitConverter.UInt16BitsToHalf((ushort)(i * 40503));

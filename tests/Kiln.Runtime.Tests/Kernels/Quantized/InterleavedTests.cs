@@ -1,31 +1,42 @@
 using Kiln.Kernels.Quantized;
+using Kiln.Tests;
 using static Kiln.Runtime.Tests.Kernels.Quantized.QuantTestData;
 
 namespace Kiln.Runtime.Tests.Kernels.Quantized;
 
 /// <summary>
-/// Repacked 4-row groups and their GEMM tiles: the scalar tile equals the plain scalar dot bit for bit (same
-/// arithmetic, new layout), and every SIMD tile matches it and float64 on odd row and token counts.
+/// Repacked 4-row groups and their GEMM tiles, on each kernel path in turn: the scalar tile equals the plain scalar
+/// dot bit for bit (same arithmetic, new layout), and every SIMD tile matches it and float64 on odd row and token
+/// counts.
 /// </summary>
+[Collection(KernelPathCollection.Name)]
 public sealed class InterleavedTests
 {
     private const double Tolerance = 1e-9; // as DotTests: observed ≤ 2e-12
 
-    public static TheoryData<KernelPath> Paths => new(AllPaths);
+    public static TheoryData<KernelPath> Paths => KernelPathCases.All;
 
-    [Theory]
+    [SkippableTheory]
     [MemberData(nameof(Paths))]
-    public void Q8_0x4TilesMatchTheRowDots(KernelPath path) => CheckTiles<Q8_0, Q8_0x4>(path);
+    public void Q8_0x4TilesMatchTheRowDots(KernelPath path)
+    {
+        using var forced = KernelPathCases.Force(path, "The Q8_0x4 tile", KernelPathCases.AllPaths);
+        CheckTiles<Q8_0, Q8_0x4>(path);
+    }
 
-    [Theory]
+    [SkippableTheory]
     [MemberData(nameof(Paths))]
-    public void Q4_0x4TilesMatchTheRowDots(KernelPath path) => CheckTiles<Q4_0, Q4_0x4>(path);
+    public void Q4_0x4TilesMatchTheRowDots(KernelPath path)
+    {
+        using var forced = KernelPathCases.Force(path, "The Q4_0x4 tile", KernelPathCases.AllPaths);
+        CheckTiles<Q4_0, Q4_0x4>(path);
+    }
 
-    [Theory]
+    [SkippableTheory]
     [MemberData(nameof(Paths))]
     public void A_RangeOfGroupsWritesOnlyItsRowsAtTheGivenStride(KernelPath path)
     {
-        if (!KernelPaths.IsSupported(path)) return; // CheckTiles covers the refusal
+        using var forced = KernelPathCases.Force(path, "The Q4_0x4 tile", KernelPathCases.AllPaths);
         const int rows = 17, tokens = 5, k = 96, stride = 21;
         var encoded = Encode<Q4_0>(Matrix(rows, k, seed: 51), rows, k);
         var packed = new byte[Interleaved.ByteCount<Q4_0x4>(rows, k)];
@@ -74,14 +85,6 @@ public sealed class InterleavedTests
 
     private static void CheckTiles<TRow, TPacked>(KernelPath path) where TRow : IQuantizedFormat where TPacked : IInterleavedFormat
     {
-        if (!KernelPaths.IsSupported(path))
-        {
-            var packed = new byte[Interleaved.ByteCount<TPacked>(4, 32)];
-            var scratch = new byte[Q8Activations.ScratchBytes(1, 32)];
-            Assert.Throws<PlatformNotSupportedException>(() =>
-                Interleaved.Multiply<TPacked>(packed, 4, Q8Activations.Quantize(new float[32], 1, 32, scratch), new float[4], 4, 0, 1, path));
-            return;
-        }
         foreach (int k in Ks)
             foreach (int rows in RowCounts)
                 foreach (int tokens in TokenCounts)

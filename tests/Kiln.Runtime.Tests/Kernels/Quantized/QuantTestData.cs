@@ -9,8 +9,6 @@ internal static class QuantTestData
     public static readonly int[] RowCounts = [1, 3, 4, 5, 17];
     public static readonly int[] TokenCounts = [1, 2, 3, 5, 8];
 
-    public static readonly KernelPath[] AllPaths = [KernelPath.Scalar, KernelPath.Avx2, KernelPath.AvxVnni, KernelPath.Avx512BW];
-
     /// <summary>
     /// Roughly normal values with per-block magnitudes spread over four decades, one all-zero block (scale 0) and
     /// an outlier now and then — the cases a quantizer gets wrong.
