@@ -259,7 +259,7 @@ public sealed unsafe class GemmScratch : IDisposable
         for (int b = 0; b < blocks; b++)
         {
             sbyte* q = (sbyte*)destination + b * 32;
-            scales[b] = QuantizeBlock(x + b * 32, q);
+            scales[b] = (float)(Half)QuantizeBlock(x + b * 32, q); // stored as GGML stores it, in fp16: llama.cpp computes with the same d
             offsets[b] = 8 * Sum(q);
         }
     }
