@@ -156,7 +156,7 @@ public static class Compare
         if (result.AgreedSteps < Steps)
             line += string.Create(CultureInfo.InvariantCulture, $" (first difference at Kiln top-2 gap {result.KilnTopGap[result.AgreedSteps]:G3})");
         if (!info.WeightFormats.Contains("F32", StringComparison.Ordinal) || info.WeightFormats.Contains(','))
-            line += "\n  quantized weights: both engines quantize activations to Q8 blocks (llama.cpp with fp16 scales, Kiln float), so logits differ by ~1% of their spread and near-ties can flip";
+            line += "\n  quantized weights: both engines quantize activations to Q8 blocks alike (fp16 scales), but the greedy path runs on an F16 KV cache in Kiln and F32 in llama.cpp, so near-ties can flip";
         return line;
     }
 
@@ -340,7 +340,7 @@ public static class Compare
         output.WriteLine(string.Create(c, $"kiln: the generated, compiled plan (fused kernels over one arena, Compile(new PlanOptions(max tokens per step, {kiln.Threads}))),"));
         output.WriteLine(string.Create(c, $"      run on its worker pool of {kiln.Threads} threads (the caller + {kiln.Threads - 1}), the same count as llama.cpp's; weights packed at load"));
         output.WriteLine("      in the file's own format, F32 four rows interleaved, Q8_0/Q4_0 eight (Q8_0×8, Q4_0×8); for Q8_0/Q4_0 each matmul's input is");
-        output.WriteLine("      quantized once to Q8 blocks (float scales) and dotted in int8 (256-bit vpmaddubsw + vpmaddwd against broadcast activations; no VNNI in .NET 10).");
+        output.WriteLine("      quantized once to Q8 blocks (fp16 scales, as GGML's) and dotted in int8 (256-bit vpmaddubsw + vpmaddwd against broadcast activations; no VNNI in .NET 10).");
         output.WriteLine(string.Create(c, $"      KV cache: paged, {kiln.KvStorage}, one block per sequence (AttentionContext.AddChunk), read in place;"));
         output.WriteLine("      llama.cpp's is F16, its default" + (kiln.KvStorage == KvStorage.F16 ? ": the same bytes per cached element." : ": Kiln reads twice its bytes per cached element."));
         output.WriteLine("noise: on a busy machine (load average above the thread count) llama.cpp's spinning thread barriers suffer most;");

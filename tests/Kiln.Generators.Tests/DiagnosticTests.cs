@@ -120,8 +120,9 @@ public sealed class DiagnosticTests
         AssertSingle(Model(members: "public Tensor Bias = null!;", body: "x = x + Bias;"), "KLN0005", "Bias");
 
     [Theory]
-    [InlineData("Dim+1")]
+    [InlineData("Dim+")]
     [InlineData("Dim*Unknown")]
+    [InlineData("Dim+Unknown")]
     [InlineData("Dim*")]
     public void Kln0006InvalidShapeExpression(string dim) =>
         AssertSingle(Model(members: $"[Weight(\"w\", \"{dim}\")] public Tensor W = null!;"), "KLN0006", $"\"{dim}\"");
@@ -213,11 +214,72 @@ public sealed class DiagnosticTests
     public void EveryDescriptorIsListedInTheReleaseTable()
     {
         string table = File.ReadAllText(Path.Combine(CSharpGeneratorTest<KilnGenerator>.RepoRoot, "src", "Generators", "AnalyzerReleases.Unshipped.md"));
-        foreach (string id in Enumerable.Range(1, 10).Select(i => $"KLN{i:0000}"))
+        foreach (string id in Enumerable.Range(1, 11).Select(i => $"KLN{i:0000}"))
         {
             Assert.Equal(id, id == "KLN0009" ? DiagnosticDescriptors.InternalError.Id : DiagnosticDescriptors.ById(id).Id);
             Assert.Equal(DiagnosticSeverity.Error, DiagnosticDescriptors.ById(id).DefaultSeverity);
             Assert.Contains(id + " |", table);
         }
+    }
+
+    [Fact]
+    public void Kln0011TwoAttentionsWritingOneCacheLayer()
+    {
+        var diagnostic = AssertSingle(Model(
+                members: "[Weight(\"q\", \"Dim\", \"Dim\")] public Tensor Q = null!;",
+                body: "var a = Ops.Attention(Ops.Linear(x, Q), x, x, context, 0, 2, 2); x = x + Ops.Attention(a, x, x, context, 0, 2, 2);"),
+            "KLN0011", "Ops.Attention(a");
+        Assert.Contains("layer '0'", diagnostic.GetMessage());
+    }
+
+    [Fact]
+    public void AttentionsInTheTwoBranchesOfAnIfMayShareALayer()
+    {
+        var (run, _) = Generate(Model(body: "Tensor a; if (Dim > 4) a = Ops.Attention(x, x, x, context, 0, 2, 2); else a = Ops.Attention(x, x, x, context, 0, 2, 2, window: 3); x = x + a;"));
+        Assert.Empty(run.GeneratorDiagnostics);
+        Assert.Empty(run.CompilationErrors);
+    }
+
+    [Fact]
+    public void Kln0004RopeStyleThatIsNotAConstant() =>
+        AssertSingle(Model(body: "RopeStyle style = Dim > 4 ? RopeStyle.NeoX : RopeStyle.Adjacent; x = Ops.Rope(x, context, 4, 10000f, style, 0);"),
+            "KLN0004", "style");
+
+    [Fact]
+    public void Kln0004RopeThatChangesPerLayer() =>
+        AssertSingle(Model(members: "[Hyper(\"{arch}.layers\")] public int Count = 2; [Layers(\"blk.{0}.\", nameof(Count))] public Block[] Blocks = null!; public partial class Block { }",
+                body: "for (int layer = 0; layer < Count; layer++) { x = Ops.Rope(x, context, 4, 100f * (layer + 1)); }"),
+            "KLN0004", "Ops.Rope(x, context, 4, 100f * (layer + 1))");
+
+    [Fact]
+    public void Kln0003SliceWhoseLengthChangesPerLayer() =>
+        AssertSingle(Model(members: "[Hyper(\"{arch}.layers\")] public int Count = 2; [Layers(\"blk.{0}.\", nameof(Count))] public Block[] Blocks = null!; public partial class Block { }",
+                body: "for (int layer = 0; layer < Count; layer++) { x = x + Ops.Slice(Ops.Concat(x, x), layer, Dim); }"),
+            "KLN0003", "Ops.Slice(Ops.Concat(x, x), layer, Dim)");
+
+    [Fact]
+    public void Kln0003BranchesThatLeaveALocalInDifferentShapes() =>
+        AssertSingle(Model(body: "var y = x; if (Dim > 4) y = Ops.Slice(x, 0, 2); x = x + Ops.Silu(x);"),
+            "KLN0003", "if");
+
+    [Fact]
+    public void Kln0001AssigningAScalarLocal() =>
+        AssertSingle(Model(body: "float scale = 2f; scale = 3f; x = x * scale;"), "KLN0001", "scale = 3f;");
+
+    [Fact]
+    public void Kln0004ArithmeticOnWeightsAlone() =>
+        AssertSingle(Model(body: "x = x + Ops.Silu(x) * (Norm + Norm);"), "KLN0004", "Norm + Norm");
+
+    [Fact]
+    public void ScalarArithmeticBranchesAndRowVectorsCompile()
+    {
+        var (run, _) = Generate(Model(
+            members: "[Hyper(\"{arch}.scale\")] public float Scale = 2f; [Weight(\"bias\", \"Dim\")] public Tensor Bias = null!;",
+            body: "float half = Scale / 2f; x = (x * MathF.Sqrt(Dim) + Bias) / half - 1f; x = Dim > 8 ? Ops.Tanh(x) : -x;"));
+        Assert.Empty(run.GeneratorDiagnostics);
+        Assert.Empty(run.CompilationErrors);
+        string source = Assert.Single(run.Sources).SourceText.ToString();
+        Assert.Contains("only when Dim > 8", source);    // each side of the ?: runs under its branch
+        Assert.Contains("Lanes.Tanh(", source);           // composed into a generated loop, not a runtime routine
     }
 }

@@ -519,10 +519,12 @@ internal sealed class Fusion
         /// <summary>The computation in the forward method's terms, for the fusion report: "silu(gate)·up", "x + rmsnorm(o)".</summary>
         private string Describe(Node node, int depth)
         {
+            // An inlined operand that is itself arithmetic is parenthesized, so "a − (b − c)" reads as it computes.
             string Arg(int i) => Graph[node.Inputs[i]] is var input && (input.Op == OpKind.Weight || !_fusion._inlined[input.Id] || _fusion._outputs.ContainsKey(input.Id) || depth > 6)
                 ? Name(input)
-                : Describe(input, depth + 1);
-            string scalar = node.Scalars.Count > 0 ? node.Scalars[0].ToString() : "";
+                : input.Op is OpKind.Add or OpKind.Sub or OpKind.Mul or OpKind.Div ? $"({Describe(input, depth + 1)})" : Describe(input, depth + 1);
+            // A scalar operand keeps its parentheses: it sits inside a larger expression.
+            string scalar = node.Scalars.Count > 0 ? node.Scalars[0].Render("", "layer").Replace("global::System.", "") : "";
             return node.Op switch
             {
                 OpKind.Embedding => $"{Short(Graph[node.Inputs[0]].Name)}[tokens]",

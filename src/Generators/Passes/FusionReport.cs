@@ -31,10 +31,11 @@ internal static class FusionReport
         }
         if (plan.Regions[region].IsLoop) yield return "  end of layer loop";
 
-        var unfused = plan.Kernels.OfType<ElementwiseKernel>().ToList();
-        yield return unfused.Count == 0
+        var loops = plan.Kernels.OfType<ElementwiseKernel>().ToList();
+        yield return loops.Count == 0
             ? "Elementwise ops: every one fused into a matmul's input preparation or tile epilogue."
-            : $"Elementwise ops: {unfused.Count} loop(s) of their own ({string.Join("; ", unfused.Select(e => Name(e.Output) + ": " + WhyStandalone(e, graph)))}), each a parallel vector loop over rows; the rest fused.";
+            : $"Elementwise ops: every one fused — into a matmul's input preparation or tile epilogue, or into one of {loops.Count} row loop(s) " +
+              $"(parallel, vectorized) that stand where no matmul can take them: {string.Join("; ", loops.Select(e => Name(e.Output) + ", " + WhyStandalone(e, graph)))}.";
 
         yield return "Weight layouts (packed once when the plan is compiled, in groups of 4 rows; a segment whose rows are not a multiple of 4 is padded with zero rows):";
         if (plan.Kernels.OfType<MatMulKernel>().Any(m => m.Format == "AsStored"))
@@ -64,7 +65,7 @@ internal static class FusionReport
             yield return $"  slot {slot}: {string.Join(", ", members)}";
         }
         yield return "Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;";
-        yield return "  for Q8_0/Q4_0, Q8 activations (per 32 values a float scale d = max|x|/127 and int8 q = round(x/d), GGML's rule),";
+        yield return "  for Q8_0/Q4_0, Q8 activations (per 32 values a scale d = max|x|/127, kept in fp16, and int8 q = round(x/d): GGML's rule),";
         yield return "  with 8·Σq per block for Q4_0's −8 (the kernels broadcast 4 quants at a time to 8 rows). A fused norm computes its statistics per token once";
         yield return "  (in double) and writes or quantizes the normalized row in the same pass (its weight cannot fold into quantized columns";
         yield return "  without requantizing them, and folding it into float columns would change their rounding: the packed weights stay exactly as stored).";
@@ -96,7 +97,7 @@ internal static class FusionReport
     {
         var parts = new List<string>();
         for (int g = guard; g >= 0; g = plan.Guards[g].Parent)
-            parts.Insert(0, (plan.Guards[g].Polarity ? "" : "!") + "(" + plan.Guards[g].Condition + ")");
+            parts.Insert(0, plan.Guards[g].Polarity ? plan.Guards[g].Condition.ToString() : $"!({plan.Guards[g].Condition})");
         return string.Join(" && ", parts);
     }
 

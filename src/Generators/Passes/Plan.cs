@@ -153,8 +153,10 @@ internal sealed record MatMulKernel(
 
     public override EquatableArray<int> Writes => Segments.Select(s => s.Output).ToEquatableArray();
 
+    // A plain input may be read by the tiles themselves (float layouts read it in place), so it is never written over;
+    // an input program's rows are computed into the preparation's scratch before any tile runs.
     public override bool CanWriteInPlace(int value, int output) =>
-        value != Input && (InputProgram is null || !InputProgram.Loads.Contains(value))
+        (InputProgram is not null || value != Input)
         && Segments.Where(s => s.Output == output).All(s => s.Rope < 0 && s.Epilogue.ReadsOnlyInPlace(value))
         && Segments.Where(s => s.Output != output).All(s => !s.Epilogue.Loads.Contains(value));
 }

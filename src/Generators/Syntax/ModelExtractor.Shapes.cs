@@ -12,8 +12,8 @@ internal static partial class ModelExtractor
     {
         /// <summary>
         /// Canonicalizes every [Weight] dimension. A dimension is an int member (hyper or derived), a positive literal,
-        /// a product of those ("Heads*HeadDim"), or — as a whole dimension only — a free symbol that is not a member
-        /// (e.g. "Vocab"), bound at load from the first weight that uses it.
+        /// a sum of products of those ("Heads*HeadDim", "Dim+2*KvDim"), or — as a whole dimension only — a free symbol
+        /// that is not a member (e.g. "Vocab"), bound at load from the first weight that uses it.
         /// </summary>
         private void ValidateShapes()
         {
@@ -37,24 +37,29 @@ internal static partial class ModelExtractor
         {
             canonical = new string(text.Where(c => !char.IsWhiteSpace(c)).ToArray());
             if (canonical.Length == 0) return "the dimension is empty";
-            var factors = canonical.Split('*');
-            foreach (var factor in factors)
+            var terms = canonical.Split('+');
+            foreach (var term in terms)
             {
-                if (factor.Length == 0) return "'*' needs a factor on both sides";
-                if (char.IsDigit(factor[0]))
+                if (term.Length == 0) return "'+' needs a term on both sides";
+                var factors = term.Split('*');
+                foreach (var factor in factors)
                 {
-                    if (!factor.All(char.IsDigit) || !int.TryParse(factor, out int value) || value <= 0)
-                        return $"'{factor}' is not a positive integer";
-                    continue;
+                    if (factor.Length == 0) return "'*' needs a factor on both sides";
+                    if (char.IsDigit(factor[0]))
+                    {
+                        if (!factor.All(char.IsDigit) || !int.TryParse(factor, out int value) || value <= 0)
+                            return $"'{factor}' is not a positive integer";
+                        continue;
+                    }
+                    if (!(char.IsLetter(factor[0]) || factor[0] == '_') || !factor.All(c => char.IsLetterOrDigit(c) || c == '_'))
+                        return $"'{factor}' is not an identifier, a positive integer, or a sum of products of them ('A*B', 'A+B')";
+                    if (_intMembers.Contains(factor)) continue;
+                    if (_floatMembers.Contains(factor) || _type.GetMembers(factor).Length > 0)
+                        return $"'{factor}' is a member of {_type.Name} but not an int hyperparameter or int property";
+                    if (factors.Length > 1 || terms.Length > 1)
+                        return $"'{factor}' is not an int member of {_type.Name}; only a whole dimension can be a free symbol";
+                    if (!_freeDims.Contains(factor)) _freeDims.Add(factor);
                 }
-                if (!(char.IsLetter(factor[0]) || factor[0] == '_') || !factor.All(c => char.IsLetterOrDigit(c) || c == '_'))
-                    return $"'{factor}' is not an identifier, a positive integer or a product of them joined by '*'";
-                if (_intMembers.Contains(factor)) continue;
-                if (_floatMembers.Contains(factor) || _type.GetMembers(factor).Length > 0)
-                    return $"'{factor}' is a member of {_type.Name} but not an int hyperparameter or int property";
-                if (factors.Length > 1)
-                    return $"'{factor}' is not an int member of {_type.Name}; only a whole dimension can be a free symbol";
-                if (!_freeDims.Contains(factor)) _freeDims.Add(factor);
             }
             return null;
         }

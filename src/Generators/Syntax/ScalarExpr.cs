@@ -135,6 +135,11 @@ internal sealed record ScalarExpr(ScalarKind Kind, string Text, EquatableArray<S
         }
     }
 
-    /// <summary>As the user wrote it, near enough: members by name (for reports and messages).</summary>
-    public override string ToString() => Render("", "layer");
+    /// <summary>As the user wrote it, near enough: members by name, Math calls by their class (for reports and messages).</summary>
+    public override string ToString()
+    {
+        string text = Render("", "layer").Replace("global::System.", "");
+        // The outermost parentheses the rendering puts around every operator add nothing to a whole expression.
+        return Kind is ScalarKind.Binary or ScalarKind.Conditional && text.StartsWith("(") && text.EndsWith(")") ? text.Substring(1, text.Length - 2) : text;
+    }
 }

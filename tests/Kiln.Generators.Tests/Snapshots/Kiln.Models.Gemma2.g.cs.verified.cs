@@ -1,9 +1,9 @@
 // Kiln fusion report for Gemma2 (architecture "gemma2"), CPU kernels on a worker pool.
 // Kernels, in step order:
-//   [1] elementwise: x ← TokenEmbedding[tokens]·global::System.MathF.Sqrt(Dim), one parallel vector loop
+//   [1] elementwise: x ← TokenEmbedding[tokens]·MathF.Sqrt(Dim), one parallel vector loop
 //   for each of the LayerCount layers (Layers[layer]):
 //     [2] matmul: x·[Wq|Wk|Wv]ᵀ with RmsNorm(AttnNorm) fused into the input preparation → q ← rope_neox([Wq]) epilogue, k ← rope_neox([Wk]) epilogue, v
-//     [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA (sliding window (((WindowPeriod == 0) || ((layer % WindowPeriod) < (WindowPeriod - 1))) ? Window : 0), scores soft-capped at AttentionCap, scale QueryScale) in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)
+//     [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA (sliding window ((WindowPeriod == 0) || ((layer % WindowPeriod) < (WindowPeriod - 1))) ? Window : 0, scores soft-capped at AttentionCap, scale QueryScale) in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)
 //     [4] matmul: attention·[Wo]ᵀ → linear
 //     [5] elementwise: x ← x + rmsnorm(linear, PostAttnNorm), one parallel vector loop
 //     [6] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation → glu ← gelu([Gate])·[Up] epilogue
@@ -11,7 +11,7 @@
 //     [8] elementwise: x ← x + rmsnorm(mlp, PostFfnNorm), one parallel vector loop
 //   end of layer loop
 //   [9] matmul: (rows(x))·[TokenEmbedding]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (the input chain computed per row while preparing) → logits ← softcap([TokenEmbedding], FinalCap) epilogue
-// Elementwise ops: 3 loop(s) of their own (x: carried into the layer loop; x: a norm whose readers are not all matmuls (its statistics need the whole row first); x: a norm whose readers are not all matmuls (its statistics need the whole row first)), each a parallel vector loop over rows; the rest fused.
+// Elementwise ops: every one fused — into a matmul's input preparation or tile epilogue, or into one of 3 row loop(s) (parallel, vectorized) that stand where no matmul can take them: x, carried into the layer loop; x, a norm whose readers are not all matmuls (its statistics need the whole row first); x, a norm whose readers are not all matmuls (its statistics need the whole row first).
 // Weight layouts (packed once when the plan is compiled, in groups of 4 rows; a segment whose rows are not a multiple of 4 is padded with zero rows):
 //   rule "as stored" (a weight without [Quantize]), chosen per matrix when the plan is compiled, from the file's types: F32 and F16 → F32x4 (F16 widened exactly); BF16 → BF16x4 (widened exactly in the kernel); Q8_0 → Q8_0x8 interleaved (the file's quants and fp16 scales copied); Q4_0 → Q4_0x8 interleaved (the file's nibbles and fp16 scales copied); any other type (Q4_K, Q6_K, …) → Q8_0x8 (dequantized, requantized); weights of different types in one matmul → the most precise of their layouts. Work goes in groups of 4 rows and every tile reads each weight once for several tokens: F32x4/BF16x4 hold 16-element chunks of the 4 rows in turn (the kernel streams a group front to back); Q8_0x8/Q4_0x8 store two groups together, 8 rows 4 bytes at a time (one multiply-add against 4 broadcast activations covers all 8 rows, each row's sum complete in its own lane).
 //   Wq, Wk, Wv → _wqWkWv[layer] [QDim+KvDim+KvDim, Dim], segments stacked: as stored (the rule above); one horizontal matmul prepares its input once and reads it for all of them.
@@ -27,7 +27,7 @@
 //   slot 3: v [T, KvDim]
 //   slot 4: attention [T, QDim]
 // Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;
-//   for Q8_0/Q4_0, Q8 activations (per 32 values a float scale d = max|x|/127 and int8 q = round(x/d), GGML's rule),
+//   for Q8_0/Q4_0, Q8 activations (per 32 values a scale d = max|x|/127, kept in fp16, and int8 q = round(x/d): GGML's rule),
 //   with 8·Σq per block for Q4_0's −8 (the kernels broadcast 4 quants at a time to 8 rows). A fused norm computes its statistics per token once
 //   (in double) and writes or quantizes the normalized row in the same pass (its weight cannot fold into quantized columns
 //   without requantizing them, and folding it into float columns would change their rounding: the packed weights stay exactly as stored).
@@ -220,10 +220,10 @@ namespace Kiln.Models
             public const string Report =
                 "Kiln fusion report for Gemma2 (architecture \"gemma2\"), CPU kernels on a worker pool.\n" +
                 "Kernels, in step order:\n" +
-                "  [1] elementwise: x ← TokenEmbedding[tokens]·global::System.MathF.Sqrt(Dim), one parallel vector loop\n" +
+                "  [1] elementwise: x ← TokenEmbedding[tokens]·MathF.Sqrt(Dim), one parallel vector loop\n" +
                 "  for each of the LayerCount layers (Layers[layer]):\n" +
                 "    [2] matmul: x·[Wq|Wk|Wv]ᵀ with RmsNorm(AttnNorm) fused into the input preparation → q ← rope_neox([Wq]) epilogue, k ← rope_neox([Wk]) epilogue, v\n" +
-                "    [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA (sliding window (((WindowPeriod == 0) || ((layer % WindowPeriod) < (WindowPeriod - 1))) ? Window : 0), scores soft-capped at AttentionCap, scale QueryScale) in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)\n" +
+                "    [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA (sliding window ((WindowPeriod == 0) || ((layer % WindowPeriod) < (WindowPeriod - 1))) ? Window : 0, scores soft-capped at AttentionCap, scale QueryScale) in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)\n" +
                 "    [4] matmul: attention·[Wo]ᵀ → linear\n" +
                 "    [5] elementwise: x ← x + rmsnorm(linear, PostAttnNorm), one parallel vector loop\n" +
                 "    [6] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation → glu ← gelu([Gate])·[Up] epilogue\n" +
@@ -231,7 +231,7 @@ namespace Kiln.Models
                 "    [8] elementwise: x ← x + rmsnorm(mlp, PostFfnNorm), one parallel vector loop\n" +
                 "  end of layer loop\n" +
                 "  [9] matmul: (rows(x))·[TokenEmbedding]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (the input chain computed per row while preparing) → logits ← softcap([TokenEmbedding], FinalCap) epilogue\n" +
-                "Elementwise ops: 3 loop(s) of their own (x: carried into the layer loop; x: a norm whose readers are not all matmuls (its statistics need the whole row first); x: a norm whose readers are not all matmuls (its statistics need the whole row first)), each a parallel vector loop over rows; the rest fused.\n" +
+                "Elementwise ops: every one fused — into a matmul's input preparation or tile epilogue, or into one of 3 row loop(s) (parallel, vectorized) that stand where no matmul can take them: x, carried into the layer loop; x, a norm whose readers are not all matmuls (its statistics need the whole row first); x, a norm whose readers are not all matmuls (its statistics need the whole row first).\n" +
                 "Weight layouts (packed once when the plan is compiled, in groups of 4 rows; a segment whose rows are not a multiple of 4 is padded with zero rows):\n" +
                 "  rule \"as stored\" (a weight without [Quantize]), chosen per matrix when the plan is compiled, from the file's types: F32 and F16 → F32x4 (F16 widened exactly); BF16 → BF16x4 (widened exactly in the kernel); Q8_0 → Q8_0x8 interleaved (the file's quants and fp16 scales copied); Q4_0 → Q4_0x8 interleaved (the file's nibbles and fp16 scales copied); any other type (Q4_K, Q6_K, …) → Q8_0x8 (dequantized, requantized); weights of different types in one matmul → the most precise of their layouts. Work goes in groups of 4 rows and every tile reads each weight once for several tokens: F32x4/BF16x4 hold 16-element chunks of the 4 rows in turn (the kernel streams a group front to back); Q8_0x8/Q4_0x8 store two groups together, 8 rows 4 bytes at a time (one multiply-add against 4 broadcast activations covers all 8 rows, each row's sum complete in its own lane).\n" +
                 "  Wq, Wk, Wv → _wqWkWv[layer] [QDim+KvDim+KvDim, Dim], segments stacked: as stored (the rule above); one horizontal matmul prepares its input once and reads it for all of them.\n" +
@@ -247,7 +247,7 @@ namespace Kiln.Models
                 "  slot 3: v [T, KvDim]\n" +
                 "  slot 4: attention [T, QDim]\n" +
                 "Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;\n" +
-                "  for Q8_0/Q4_0, Q8 activations (per 32 values a float scale d = max|x|/127 and int8 q = round(x/d), GGML's rule),\n" +
+                "  for Q8_0/Q4_0, Q8 activations (per 32 values a scale d = max|x|/127, kept in fp16, and int8 q = round(x/d): GGML's rule),\n" +
                 "  with 8·Σq per block for Q4_0's −8 (the kernels broadcast 4 quants at a time to 8 rows). A fused norm computes its statistics per token once\n" +
                 "  (in double) and writes or quantizes the normalized row in the same pass (its weight cannot fold into quantized columns\n" +
                 "  without requantizing them, and folding it into float columns would change their rounding: the packed weights stay exactly as stored).\n" +
@@ -498,9 +498,9 @@ namespace Kiln.Models
                     }
                 }
 
-                // [1] elementwise: x ← TokenEmbedding[tokens]·global::System.MathF.Sqrt(Dim), one parallel vector loop
+                // [1] elementwise: x ← TokenEmbedding[tokens]·MathF.Sqrt(Dim), one parallel vector loop
                 {
-                    // x ← TokenEmbedding[tokens]·global::System.MathF.Sqrt(Dim): each row by one work item, the widest vectors first.
+                    // x ← TokenEmbedding[tokens]·MathF.Sqrt(Dim): each row by one work item, the widest vectors first.
                     _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise1Work { Output = _arena.View(_xOffset, T * _Dim), G0 = _model.TokenEmbedding.Data, G0Cols = _model.TokenEmbedding.Cols, S0 = (float)(global::System.MathF.Sqrt(_model.Dim)), Dim_Dim = _Dim, Tokens = _tokens });
                 }
                 for (int layer = 0; layer < _model.LayerCount; layer++) // Layers[layer]
@@ -522,7 +522,7 @@ namespace Kiln.Models
                         };
                         _pool.Run(weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, T, _pool.ThreadCount), work);
                     }
-                    // [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA (sliding window (((WindowPeriod == 0) || ((layer % WindowPeriod) < (WindowPeriod - 1))) ? Window : 0), scores soft-capped at AttentionCap, scale QueryScale) in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)
+                    // [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA (sliding window ((WindowPeriod == 0) || ((layer % WindowPeriod) < (WindowPeriod - 1))) ? Window : 0, scores soft-capped at AttentionCap, scale QueryScale) in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)
                     {
                         int heads = _model.Heads, kvHeads = _model.KvHeadCount;
                         // This step's k and v rows go to the cache first (at each token's row of its sequence's blocks, in the cache's
@@ -652,12 +652,12 @@ namespace Kiln.Models
                 _gather = _scoresMemory.Floats((long)chunks * _scoresPerChunk * sizeof(float), chunks * _gatherFloats);
             }
 
-            /// <summary>[1] x ← TokenEmbedding[tokens]·global::System.MathF.Sqrt(Dim), row by row.</summary>
+            /// <summary>[1] x ← TokenEmbedding[tokens]·MathF.Sqrt(Dim), row by row.</summary>
             private struct Elementwise1Work : global::Kiln.Threading.IParallelWork
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
                 public float[] G0; public int G0Cols; // TokenEmbedding
-                public float S0; // global::System.MathF.Sqrt(Dim)
+                public float S0; // MathF.Sqrt(Dim)
                 public int Dim_Dim;
                 public int[] Tokens;
 

@@ -9,7 +9,7 @@
 //     [6] matmul: glu·[Down]ᵀ → x ← x + [Down] epilogue (in place)
 //   end of layer loop
 //   [7] matmul: (rows(x))·[Output]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (the input chain computed per row while preparing) → logits
-// Elementwise ops: 1 loop(s) of their own (x: carried into the layer loop), each a parallel vector loop over rows; the rest fused.
+// Elementwise ops: every one fused — into a matmul's input preparation or tile epilogue, or into one of 1 row loop(s) (parallel, vectorized) that stand where no matmul can take them: x, carried into the layer loop.
 // Weight layouts (packed once when the plan is compiled, in groups of 4 rows; a segment whose rows are not a multiple of 4 is padded with zero rows):
 //   rule "as stored" (a weight without [Quantize]), chosen per matrix when the plan is compiled, from the file's types: F32 and F16 → F32x4 (F16 widened exactly); BF16 → BF16x4 (widened exactly in the kernel); Q8_0 → Q8_0x8 interleaved (the file's quants and fp16 scales copied); Q4_0 → Q4_0x8 interleaved (the file's nibbles and fp16 scales copied); any other type (Q4_K, Q6_K, …) → Q8_0x8 (dequantized, requantized); weights of different types in one matmul → the most precise of their layouts. Work goes in groups of 4 rows and every tile reads each weight once for several tokens: F32x4/BF16x4 hold 16-element chunks of the 4 rows in turn (the kernel streams a group front to back); Q8_0x8/Q4_0x8 store two groups together, 8 rows 4 bytes at a time (one multiply-add against 4 broadcast activations covers all 8 rows, each row's sum complete in its own lane).
 //   Wq, Wk, Wv → _wqWkWv[layer] [Dim+KvDim+KvDim, Dim], segments stacked: as stored (the rule above); one horizontal matmul prepares its input once and reads it for all of them.
@@ -25,7 +25,7 @@
 //   slot 3: v [T, KvDim]
 //   slot 4: attention [T, Dim]
 // Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;
-//   for Q8_0/Q4_0, Q8 activations (per 32 values a float scale d = max|x|/127 and int8 q = round(x/d), GGML's rule),
+//   for Q8_0/Q4_0, Q8 activations (per 32 values a scale d = max|x|/127, kept in fp16, and int8 q = round(x/d): GGML's rule),
 //   with 8·Σq per block for Q4_0's −8 (the kernels broadcast 4 quants at a time to 8 rows). A fused norm computes its statistics per token once
 //   (in double) and writes or quantizes the normalized row in the same pass (its weight cannot fold into quantized columns
 //   without requantizing them, and folding it into float columns would change their rounding: the packed weights stay exactly as stored).
@@ -229,7 +229,7 @@ namespace Kiln.Models
                 "    [6] matmul: glu·[Down]ᵀ → x ← x + [Down] epilogue (in place)\n" +
                 "  end of layer loop\n" +
                 "  [7] matmul: (rows(x))·[Output]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (the input chain computed per row while preparing) → logits\n" +
-                "Elementwise ops: 1 loop(s) of their own (x: carried into the layer loop), each a parallel vector loop over rows; the rest fused.\n" +
+                "Elementwise ops: every one fused — into a matmul's input preparation or tile epilogue, or into one of 1 row loop(s) (parallel, vectorized) that stand where no matmul can take them: x, carried into the layer loop.\n" +
                 "Weight layouts (packed once when the plan is compiled, in groups of 4 rows; a segment whose rows are not a multiple of 4 is padded with zero rows):\n" +
                 "  rule \"as stored\" (a weight without [Quantize]), chosen per matrix when the plan is compiled, from the file's types: F32 and F16 → F32x4 (F16 widened exactly); BF16 → BF16x4 (widened exactly in the kernel); Q8_0 → Q8_0x8 interleaved (the file's quants and fp16 scales copied); Q4_0 → Q4_0x8 interleaved (the file's nibbles and fp16 scales copied); any other type (Q4_K, Q6_K, …) → Q8_0x8 (dequantized, requantized); weights of different types in one matmul → the most precise of their layouts. Work goes in groups of 4 rows and every tile reads each weight once for several tokens: F32x4/BF16x4 hold 16-element chunks of the 4 rows in turn (the kernel streams a group front to back); Q8_0x8/Q4_0x8 store two groups together, 8 rows 4 bytes at a time (one multiply-add against 4 broadcast activations covers all 8 rows, each row's sum complete in its own lane).\n" +
                 "  Wq, Wk, Wv → _wqWkWv[layer] [Dim+KvDim+KvDim, Dim], segments stacked: as stored (the rule above); one horizontal matmul prepares its input once and reads it for all of them.\n" +
@@ -245,7 +245,7 @@ namespace Kiln.Models
                 "  slot 3: v [T, KvDim]\n" +
                 "  slot 4: attention [T, Dim]\n" +
                 "Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;\n" +
-                "  for Q8_0/Q4_0, Q8 activations (per 32 values a float scale d = max|x|/127 and int8 q = round(x/d), GGML's rule),\n" +
+                "  for Q8_0/Q4_0, Q8 activations (per 32 values a scale d = max|x|/127, kept in fp16, and int8 q = round(x/d): GGML's rule),\n" +
                 "  with 8·Σq per block for Q4_0's −8 (the kernels broadcast 4 quants at a time to 8 rows). A fused norm computes its statistics per token once\n" +
                 "  (in double) and writes or quantizes the normalized row in the same pass (its weight cannot fold into quantized columns\n" +
                 "  without requantizing them, and folding it into float columns would change their rounding: the packed weights stay exactly as stored).\n" +

@@ -48,7 +48,7 @@ public readonly unsafe struct GemmInput
 /// Q8 activations of one token, for both quantized layouts: K/32 blocks of 32 quants as they are (the kernels
 /// broadcast 4 at a time to the 8 rows of a strip), K/32 int32 offsets 8·Σq (Q4_0 stores n = w + 8, and
 /// Σ(n − 8)·q = Σn·q − offset), then K/32 float scales. A block's quants: d = max|x|/127, q = round(x/d) halves away
-/// from zero, as GGML's quantize_row_q8_0 but with d kept in float32.
+/// from zero, and d rounded to fp16 — GGML's quantize_row_q8_0 exactly, so llama.cpp and Kiln dot the same numbers.
 /// </para>
 /// </summary>
 public sealed unsafe class GemmScratch : IDisposable

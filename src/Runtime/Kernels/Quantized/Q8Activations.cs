@@ -8,8 +8,8 @@ namespace Kiln.Kernels.Quantized;
 /// <summary>
 /// The float input of one matmul, quantized ONCE into Q8 blocks that every weight row then dots against (ggml
 /// quantizes <c>src1</c> to <c>vec_dot_type</c> into the plan's work buffer the same way). Per token: K int8
-/// values and, per block of 32, a float scale d (value ≈ d·q). The quants match <see cref="Q8_0.QuantizeRow"/> bit
-/// for bit; only the scale stays float32 instead of fp16. A view over caller-provided scratch: nothing allocates.
+/// values and, per block of 32, a scale d (value ≈ d·q). Quants and scales match <see cref="Q8_0.QuantizeRow"/> bit
+/// for bit: d is rounded to fp16 as GGML stores it, then held as a float. A view over caller-provided scratch: nothing allocates.
 /// </summary>
 public readonly ref struct Q8Activations
 {
@@ -156,7 +156,7 @@ public readonly ref struct Q8Row
             float inverse = scale != 0 ? 1f / scale : 0f;
             for (int i = 0; i < Blocks.Size; i++)
                 quants[block * Blocks.Size + i] = (sbyte)MathF.Round(values[i] * inverse, MidpointRounding.AwayFromZero);
-            scales[block] = scale;
+            scales[block] = (float)(Half)scale; // kept as GGML keeps it
         }
     }
 
@@ -176,7 +176,7 @@ public readonly ref struct Q8Row
                 Vector512<int> qLow = RoundHalfAwayFromZero(low * inverse), qHigh = RoundHalfAwayFromZero(high * inverse);
                 Avx512F.ConvertToVector128SByte(qLow).Store(q + block * Blocks.Size);
                 Avx512F.ConvertToVector128SByte(qHigh).Store(q + block * Blocks.Size + 16);
-                scales[block] = scale;
+                scales[block] = (float)(Half)scale; // kept as GGML keeps it
             }
         }
     }
@@ -200,7 +200,7 @@ public readonly ref struct Q8Row
                 // Narrow keeps element order (the JIT fixes up vpackssdw's lane interleave); |q| ≤ 127 so nothing saturates.
                 Vector256<sbyte> packed = Vector256.Narrow(Vector256.Narrow(q0, q1), Vector256.Narrow(q2, q3));
                 packed.Store(q + block * Blocks.Size);
-                scales[block] = scale;
+                scales[block] = (float)(Half)scale; // kept as GGML keeps it
             }
         }
     }
