@@ -12,7 +12,7 @@ return BenchCli.Run(args);
 internal static class BenchCli
 {
     private const string Usage =
-        "usage: bench make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3] --shape {15m|110m|tiny} --format {f32|f16|q8_0|q4_0} --out FILE [--seed N]\n" +
+        "usage: bench make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3] --shape {15m|110m|tiny} --format {f32|f16|q8_0|q4_0} --out FILE [--seed N] [--logit-scale X]\n" +
         "       bench compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads " + "prefill_128,decode_128,batched_decode_8,batched_decode_32] [--quick] [--seed N] [--kv f16|f32]\n" +
         "       bench agree --model FILE [--positions 64] [--threads N] [--json OUT]\n" +
         "       bench kernels --threads N [--formats q4_0,q8_0,f32] [--tokens 1,32,128]\n" +
@@ -31,7 +31,7 @@ internal static class BenchCli
             }
             var options = ParseOptions(args.AsSpan(1), args[0] switch
             {
-                "make-model" => ["arch", "shape", "format", "out", "seed"],
+                "make-model" => ["arch", "shape", "format", "out", "seed", "logit-scale"],
                 "compare" => ["model", "threads", "runs", "json", "workloads", "quick", "seed", "kv"],
                 "agree" => ["model", "positions", "threads", "json"],
                 "kernels" => ["threads", "formats", "tokens"],
@@ -72,11 +72,20 @@ internal static class BenchCli
         int seed = Int(options, "seed", 1, min: int.MinValue);
         string? directory = Path.GetDirectoryName(Path.GetFullPath(path));
         if (directory is not null && !Directory.Exists(directory)) throw new UsageException($"--out: directory '{directory}' does not exist");
+        // The output's weight scale sets the logits' spread (3 by default; 1 gives unit-size logits, as peer checks of
+        // quantized files want: activation-quantization noise grows with the logits).
+        var scales = new SyntheticModel.Scales();
+        if (options.TryGetValue("logit-scale", out string? scaleText))
+        {
+            if (!float.TryParse(scaleText, NumberStyles.Float, CultureInfo.InvariantCulture, out float logitScale) || !(logitScale > 0) || float.IsInfinity(logitScale))
+                throw new UsageException($"--logit-scale must be a positive number, not '{scaleText}'");
+            scales = scales with { LogitScale = logitScale };
+        }
 
         var clock = Stopwatch.StartNew();
         bool interactive = !Console.IsErrorRedirected;
         string label = $"{architecture.Name} {shape.Name} {formatText}";
-        SyntheticModel.Write(path, architecture, shape, format, seed, progress: line =>
+        SyntheticModel.Write(path, architecture, shape, format, seed, scales, progress: line =>
         {
             if (interactive) Console.Error.Write($"\rmake-model {label}: {line,-60}");
             else Console.Error.WriteLine($"make-model {label}: {line}");
