@@ -197,7 +197,7 @@ public sealed class DiagnosticTests
     {
         // A graph whose result refers to a value that does not exist: the planner throws inside, and must report instead.
         var location = new LocationInfo("Tiny.cs", 0, 4, 0, 0, 0, 4);
-        var model = new ModelInfo("Test", "Tiny", "public", "tiny", default, default, default, default, default, default, "Forward", default, location);
+        var model = new ModelInfo("Test", "Tiny", "public", "tiny", default, default, default, default, default, "Forward", default, location);
         var graph = new Graph(model, EquatableArray<Node>.Empty, EquatableArray.Create(new RegionInfo(0, false, "", "", "")), EquatableArray<GuardInfo>.Empty, Result: 7);
         var result = Planner.Build(new GraphResult("Tiny.g.cs", graph, EquatableArray<DiagnosticInfo>.Empty), CancellationToken.None);
 

@@ -165,7 +165,6 @@ internal static partial class ModelExtractor
                 architecture,
                 _hypers.ToEquatableArray(),
                 _intMembers.ToEquatableArray(),
-                _floatMembers.ToEquatableArray(),
                 _weights.ToEquatableArray(),
                 _layers.ToEquatableArray(),
                 _freeDims.ToEquatableArray(),

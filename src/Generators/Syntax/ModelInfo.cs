@@ -18,7 +18,6 @@ internal sealed record ModelInfo(
     string Architecture,
     EquatableArray<HyperInfo> Hypers,
     EquatableArray<string> IntMembers,
-    EquatableArray<string> FloatMembers,
     EquatableArray<WeightInfo> Weights,
     EquatableArray<LayersInfo> Layers,
     EquatableArray<string> FreeDims,
