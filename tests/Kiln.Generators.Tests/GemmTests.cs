@@ -198,9 +198,8 @@ public sealed class GemmTests
         Assert.Equal(PackedFormat.BF16, WeightLayouts.Resolve(WeightFormat.AsStored, Of(GgmlType.BF16)));
         Assert.Equal(PackedFormat.Q8_0, WeightLayouts.Resolve(WeightFormat.AsStored, Of(GgmlType.Q8_0)));
         Assert.Equal(PackedFormat.Q4_0, WeightLayouts.Resolve(WeightFormat.AsStored, Of(GgmlType.Q4_0)));
-        Assert.Equal(PackedFormat.Q8_0, WeightLayouts.Resolve(WeightFormat.AsStored, Of(GgmlType.Q4_K)));
-        Assert.Equal(PackedFormat.Q8_0, WeightLayouts.Resolve(WeightFormat.AsStored, Of(GgmlType.Q6_K)));
-        Assert.Equal(PackedFormat.Q8_0, WeightLayouts.Resolve(WeightFormat.AsStored, Of(GgmlType.Q4_0), Of(GgmlType.Q6_K)));
+        Assert.Equal(PackedFormat.Q8_0, WeightLayouts.Resolve(WeightFormat.AsStored, Of(GgmlType.Q2_K))); // no kernel of its own
+        Assert.Equal(PackedFormat.Q8_0, WeightLayouts.Resolve(WeightFormat.AsStored, Of(GgmlType.Q4_0), Of(GgmlType.Q8_0)));
         Assert.Equal(PackedFormat.BF16, WeightLayouts.Resolve(WeightFormat.AsStored, Of(GgmlType.Q4_0), Of(GgmlType.BF16)));
         Assert.Equal(PackedFormat.Q4_0, WeightLayouts.Resolve(WeightFormat.Q4_0, Of(GgmlType.F32)));
     }
