@@ -8,14 +8,15 @@ namespace Kiln.Bench;
 /// (<c>llama_tensor_get_type</c> in src/llama-quant.cpp) for a dense, non-Falcon model without an imatrix:
 /// <list type="bullet">
 /// <item>the output matrix — output.weight, or token_embd.weight when the output is tied to it — is Q6_K;</item>
-/// <item>Q4_K_M and Q5_K_M give attn_v.weight and ffn_down.weight Q6_K in the layers <see cref="UseMoreBits"/>
-/// picks (the first and last eighth, and every third between), and a fused attn_qkv.weight Q5_K (Q4_K_M) or Q6_K
-/// (Q5_K_M);</item>
+/// <item>Q4_K_M and Q5_K_M give attn_v.weight (or a fused attn_qkv.weight, which llama.cpp counts as one) and
+/// ffn_down.weight Q6_K in the layers <see cref="UseMoreBits"/> picks (the first and last eighth, and every third
+/// between);</item>
 /// <item>position embeddings stay as they are (F32 here); norms and biases are never quantized;</item>
 /// <item>every other matrix takes the mix's base type: Q4_K, Q5_K or Q6_K.</item>
 /// </list>
 /// llama.cpp falls back to other types for rows that are not whole 256-value super-blocks; these files require
-/// whole super-blocks instead (<see cref="BlockElements"/>).
+/// whole super-blocks instead (<see cref="BlockElements"/>). tests/Kiln.PeerTests checks these rules against the
+/// quantizer of the llama.cpp in LLamaSharp 0.30.0, tensor by tensor.
 /// </summary>
 public sealed record SyntheticFormat(string Name, GgmlType Base, uint FileType, bool IsMix)
 {
@@ -54,12 +55,9 @@ public sealed record SyntheticFormat(string Name, GgmlType Base, uint FileType, 
         if (name == "position_embd.weight") return GgmlType.F32;
         if (name == "output.weight" || (shape.TiedOutput && name == "token_embd.weight")) return GgmlType.Q6_K;
         bool mediumMix = Base is GgmlType.Q4_K or GgmlType.Q5_K;
-        if (mediumMix && (name.EndsWith(".attn_v.weight", StringComparison.Ordinal) || name.EndsWith(".ffn_down.weight", StringComparison.Ordinal))
-            && UseMoreBits(LayerOf(name), shape.Layers))
-            return GgmlType.Q6_K;
-        if (mediumMix && name.EndsWith(".attn_qkv.weight", StringComparison.Ordinal))
-            return Base == GgmlType.Q4_K ? GgmlType.Q5_K : GgmlType.Q6_K;
-        return Base;
+        bool sensitive = name.EndsWith(".attn_v.weight", StringComparison.Ordinal) || name.EndsWith(".attn_qkv.weight", StringComparison.Ordinal)
+                         || name.EndsWith(".ffn_down.weight", StringComparison.Ordinal);
+        return mediumMix && sensitive && UseMoreBits(LayerOf(name), shape.Layers) ? GgmlType.Q6_K : Base;
     }
 
     /// <summary>llama.cpp's use_more_bits: the first and last eighth of the layers, and every third one between.</summary>
