@@ -7,6 +7,7 @@ using Kiln.Bench;
 //   compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads a,b] [--quick] [--seed N]
 //   agree --model FILE [--positions 64] [--threads N] [--json OUT]
 //   kernels --threads N [--formats q4_0,q8_0,f32,q4_k,q5_k,q6_k] [--tokens 1,32,128]
+//   memory --model FILE [--json OUT] [--tokens 128] [--threads N]
 return BenchCli.Run(args);
 
 internal static class BenchCli
@@ -16,14 +17,15 @@ internal static class BenchCli
         "       bench compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads " + "prefill_128,decode_128,batched_decode_8,batched_decode_32] [--quick] [--seed N] [--kv f16|f32]\n" +
         "       bench agree --model FILE [--positions 64] [--threads N] [--json OUT]\n" +
         "       bench kernels --threads N [--formats q4_0,q8_0,f32,q4_k,q5_k,q6_k] [--tokens 1,32,128]\n" +
-        "       bench serve --model FILE --threads N [--json OUT] [--quick]";
+        "       bench serve --model FILE --threads N [--json OUT] [--quick]\n" +
+        "       bench memory --model FILE [--json OUT] [--tokens 128] [--threads N]";
 
     public static int Run(string[] args)
     {
         if (args.Length > 0 && args[0] == "serve") return ServeCommand.Run(args.AsSpan(1)); // the batching engine's benchmark (Serve*.cs)
         try
         {
-            if (args.Length == 0) throw new UsageException("missing command: make-model, compare, agree, kernels or serve (--help for usage)");
+            if (args.Length == 0) throw new UsageException("missing command: make-model, compare, agree, kernels, memory or serve (--help for usage)");
             if (args[0] is "-h" or "--help" or "help")
             {
                 Console.WriteLine(Usage);
@@ -35,13 +37,15 @@ internal static class BenchCli
                 "compare" => ["model", "threads", "runs", "json", "workloads", "quick", "seed", "kv"],
                 "agree" => ["model", "positions", "threads", "json"],
                 "kernels" => ["threads", "formats", "tokens"],
-                _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model, compare, agree, kernels or serve)"),
+                "memory" => ["model", "json", "tokens", "threads"],
+                _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model, compare, agree, kernels, memory or serve)"),
             });
             return args[0] switch
             {
                 "make-model" => MakeModel(options),
                 "agree" => Agree(options),
                 "kernels" => Kernels(options),
+                "memory" => Memory(options),
                 _ => CompareCommand(options),
             };
         }
@@ -138,6 +142,15 @@ internal static class BenchCli
             Console.Error.WriteLine($"agree: wrote {json}");
         }
         return 0;
+    }
+
+    private static int Memory(Dictionary<string, string> options)
+    {
+        string model = Required(options, "model");
+        if (!File.Exists(model)) throw new UsageException($"--model: file '{model}' not found");
+        int tokens = Int(options, "tokens", 128, min: 1, max: 4096);
+        int threads = Int(options, "threads", Math.Min(Environment.ProcessorCount, 4), min: 1, max: 64);
+        return MemoryCommand.Run(model, tokens, threads, options.GetValueOrDefault("json"), Console.Out, Console.Error);
     }
 
     private static int Kernels(Dictionary<string, string> options)

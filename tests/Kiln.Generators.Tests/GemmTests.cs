@@ -386,7 +386,7 @@ public sealed class GemmTests
             for (int t = 0; t < tokens; t++)
                 for (int r = 0; r < rows; r++)
                 {
-                    var row = weights.Stored!.Bytes.AsSpan(r * rowBytes, rowBytes);
+                    var row = weights.Stored!.Bytes.Slice(r * rowBytes, rowBytes);
                     y[t * rows + r] = format == PackedFormat.Q8_0
                         ? Kiln.Kernels.Quantized.Q8_0.Dot(row, activations[t], KernelPath.Scalar)
                         : Kiln.Kernels.Quantized.Q4_0.Dot(row, activations[t], KernelPath.Scalar);

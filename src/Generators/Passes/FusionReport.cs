@@ -56,7 +56,7 @@ internal static class FusionReport
             yield return $"  {string.Join(", ", weights)} → {where} [{rows}, {matmul.InDim}], {shape}: {Rule(matmul.Format, model)}{(why.Count > 0 ? "; " + string.Join("; ", why) : "")}.";
         }
         foreach (var table in plan.Kernels.SelectMany(Programs).SelectMany(p => p.Elems).Where(e => e.Kind == ElemKind.Gather).Select(e => e.Weight).Distinct())
-            yield return $"  {Short(table)} → as loaded (row-major): gathered whole rows, by {(plan.Kernels.SelectMany(Programs).SelectMany(p => p.Elems).Any(e => e.Weight == table && e.Map == RowMap.Positions) ? "position" : "token")}.";
+            yield return $"  {Short(table)} → as stored in the file (memory-mapped): each gathered row decoded by itself, by {(plan.Kernels.SelectMany(Programs).SelectMany(p => p.Elems).Any(e => e.Weight == table && e.Map == RowMap.Positions) ? "position" : "token")}.";
 
         yield return "Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):";
         for (int slot = 0; slot < plan.SlotCount; slot++)

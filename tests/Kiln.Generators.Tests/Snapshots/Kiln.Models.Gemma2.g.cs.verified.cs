@@ -19,7 +19,7 @@
 //   Gate, Up → _gateUp[layer] [2*Hidden, Dim], pair rows interleaved (a₀, b₀, a₁, b₁, …): as stored (the rule above); each adjacent row pair meets in one tile, so the epilogue combines both sums.
 //   Down → _down[layer] [Dim, Hidden], one segment: as stored (the rule above).
 //   TokenEmbedding → _tokenEmbedding [Vocab, Dim], one segment: as stored (the rule above).
-//   TokenEmbedding → as loaded (row-major): gathered whole rows, by token.
+//   TokenEmbedding → as stored in the file (memory-mapped): each gathered row decoded by itself, by token.
 // Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):
 //   slot 0: x [T, Dim]
 //   slot 1: q [T, QDim], linear [T, Dim], glu [T, Hidden]
@@ -241,7 +241,7 @@ namespace Kiln.Models
                 "  Gate, Up → _gateUp[layer] [2*Hidden, Dim], pair rows interleaved (a₀, b₀, a₁, b₁, …): as stored (the rule above); each adjacent row pair meets in one tile, so the epilogue combines both sums.\n" +
                 "  Down → _down[layer] [Dim, Hidden], one segment: as stored (the rule above).\n" +
                 "  TokenEmbedding → _tokenEmbedding [Vocab, Dim], one segment: as stored (the rule above).\n" +
-                "  TokenEmbedding → as loaded (row-major): gathered whole rows, by token.\n" +
+                "  TokenEmbedding → as stored in the file (memory-mapped): each gathered row decoded by itself, by token.\n" +
                 "Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):\n" +
                 "  slot 0: x [T, Dim]\n" +
                 "  slot 1: q [T, QDim], linear [T, Dim], glu [T, Hidden]\n" +
@@ -298,6 +298,9 @@ namespace Kiln.Models
 
             // This step's token ids, checked against the vocabulary, where the gathering loops can read them.
             private readonly int[] _tokens;
+
+            // Gathered tables, as the file stores them: each row a step needs is decoded into its token's slot (the table is never widened whole).
+            private readonly global::Kiln.Kernels.Elementwise.GatherTable _table0; // TokenEmbedding
 
             // The arena (native memory that never moves, so work items on every thread can hold views of it).
             private readonly global::Kiln.Kernels.MatMul.NativeBlock _arenaMemory;
@@ -357,6 +360,7 @@ namespace Kiln.Models
                 _rope0SignedSines = new float[maxTokensPerStep * _rope0Rotary];
 
                 _tokens = new int[maxTokensPerStep];
+                _table0 = new global::Kiln.Kernels.Elementwise.GatherTable(model.TokenEmbedding, maxTokensPerStep);
                 var layouts = new global::System.Text.StringBuilder(Report).Append("Layouts chosen for this model file:\n");
                 // Layers.Wq, Layers.Wk, Layers.Wv: layout as stored, chosen per matrix from the file's types
                 _wqWkWvStart1 = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_QDim);
@@ -505,7 +509,7 @@ namespace Kiln.Models
                 // [1] elementwise: x ← TokenEmbedding[tokens]·MathF.Sqrt(Dim), one parallel vector loop
                 {
                     // x ← TokenEmbedding[tokens]·MathF.Sqrt(Dim): each row by one work item, the widest vectors first.
-                    _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise1Work { Output = _arena.View(_xOffset, T * _Dim), G0 = _model.TokenEmbedding.Data, G0Cols = _model.TokenEmbedding.Cols, S0 = (float)(global::System.MathF.Sqrt(_model.Dim)), Dim_Dim = _Dim, Tokens = _tokens });
+                    _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise1Work { Output = _arena.View(_xOffset, T * _Dim), G0 = _table0, S0 = (float)(global::System.MathF.Sqrt(_model.Dim)), Dim_Dim = _Dim, Tokens = _tokens });
                 }
                 for (int layer = 0; layer < _model.LayerCount; layer++) // Layers[layer]
                 {
@@ -627,7 +631,7 @@ namespace Kiln.Models
                     global::Kiln.Kernels.MatMul.PinnedOutput.Run(_pool, logits, weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, O, _pool.ThreadCount), work);
                 }
             }
-            /// <summary>Stops the worker pool and frees the arena, the scratch and the packed weights. Steps after this throw.</summary>
+            /// <summary>Stops the worker pool and frees the arena, the scratch, the gather slots and the packed weights. Steps after this throw.</summary>
             public void Dispose()
             {
                 if (_disposed) return;
@@ -636,6 +640,7 @@ namespace Kiln.Models
                 _inputs.Dispose();
                 _arenaMemory.Dispose();
                 _scoresMemory?.Dispose();
+                _table0.Dispose();
                 foreach (var packed in _wqWkWv) packed.Dispose();
                 foreach (var packed in _wo) packed.Dispose();
                 foreach (var packed in _gateUp) packed.Dispose();
@@ -660,7 +665,7 @@ namespace Kiln.Models
             private struct Elementwise1Work : global::Kiln.Threading.IParallelWork
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
-                public float[] G0; public int G0Cols; // TokenEmbedding
+                public global::Kiln.Kernels.Elementwise.GatherTable G0; // TokenEmbedding, rows read from the stored format
                 public float S0; // MathF.Sqrt(Dim)
                 public int Dim_Dim;
                 public int[] Tokens;
@@ -671,13 +676,13 @@ namespace Kiln.Models
                     for (int t = start; t < end; t++)
                     {
                         int o = t * Dim_Dim;
-                        int g0 = Tokens[t] * G0Cols;
+                        var g0 = G0.Row(Tokens[t], t); // the row, decoded into this token's slot
                         int c = 0;
                         if (global::Kiln.Kernels.Elementwise.Lanes.Use512)
                         {
                             for (; c + 16 <= Dim_Dim; c += 16)
                             {
-                                var e0 = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref G0[g0 + c]);
+                                var e0 = g0.Load16(c);
                                 var e1 = global::System.Runtime.Intrinsics.Vector512.Create(S0);
                                 var e2 = e0 * e1;
                                 Output.Store16(o + c, e2);
@@ -687,7 +692,7 @@ namespace Kiln.Models
                         {
                             for (; c + 8 <= Dim_Dim; c += 8)
                             {
-                                var e0 = global::System.Runtime.Intrinsics.Vector256.LoadUnsafe(ref G0[g0 + c]);
+                                var e0 = g0.Load8(c);
                                 var e1 = global::System.Runtime.Intrinsics.Vector256.Create(S0);
                                 var e2 = e0 * e1;
                                 Output.Store8(o + c, e2);
@@ -695,7 +700,7 @@ namespace Kiln.Models
                         }
                         for (; c < Dim_Dim; c++)
                         {
-                            var e0 = G0[g0 + c];
+                            var e0 = g0[c];
                             var e1 = S0;
                             var e2 = e0 * e1;
                             Output[o + c] = e2;

@@ -17,8 +17,8 @@
 //   Up → _up[layer] [Hidden, Dim], one segment: as stored (the rule above).
 //   Down → _down[layer] [Dim, Hidden], one segment: as stored (the rule above).
 //   Output → _output [Vocab, Dim], one segment: as stored (the rule above).
-//   TokenEmbedding → as loaded (row-major): gathered whole rows, by token.
-//   Positions → as loaded (row-major): gathered whole rows, by position.
+//   TokenEmbedding → as stored in the file (memory-mapped): each gathered row decoded by itself, by token.
+//   Positions → as stored in the file (memory-mapped): each gathered row decoded by itself, by position.
 // Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):
 //   slot 0: x [T, Dim]
 //   slot 1: q [T, Dim], gelu [T, Hidden]
@@ -242,8 +242,8 @@ namespace Kiln.Models
                 "  Up → _up[layer] [Hidden, Dim], one segment: as stored (the rule above).\n" +
                 "  Down → _down[layer] [Dim, Hidden], one segment: as stored (the rule above).\n" +
                 "  Output → _output [Vocab, Dim], one segment: as stored (the rule above).\n" +
-                "  TokenEmbedding → as loaded (row-major): gathered whole rows, by token.\n" +
-                "  Positions → as loaded (row-major): gathered whole rows, by position.\n" +
+                "  TokenEmbedding → as stored in the file (memory-mapped): each gathered row decoded by itself, by token.\n" +
+                "  Positions → as stored in the file (memory-mapped): each gathered row decoded by itself, by position.\n" +
                 "Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):\n" +
                 "  slot 0: x [T, Dim]\n" +
                 "  slot 1: q [T, Dim], gelu [T, Hidden]\n" +
@@ -292,6 +292,10 @@ namespace Kiln.Models
             // This step's token ids, checked against the vocabulary, where the gathering loops can read them.
             private readonly int[] _tokens;
 
+            // Gathered tables, as the file stores them: each row a step needs is decoded into its token's slot (the table is never widened whole).
+            private readonly global::Kiln.Kernels.Elementwise.GatherTable _table0; // TokenEmbedding
+            private readonly global::Kiln.Kernels.Elementwise.GatherTable _table1; // Positions
+
             // The arena (native memory that never moves, so work items on every thread can hold views of it).
             private readonly global::Kiln.Kernels.MatMul.NativeBlock _arenaMemory;
             private readonly global::Kiln.Kernels.MatMul.FloatBuffer _arena;
@@ -330,6 +334,8 @@ namespace Kiln.Models
                     throw new global::System.InvalidOperationException($"Attention: {model.Heads} heads over {model.Heads} KV heads do not fit q rows of {_Dim} and k rows of {_Dim}.");
 
                 _tokens = new int[maxTokensPerStep];
+                _table0 = new global::Kiln.Kernels.Elementwise.GatherTable(model.TokenEmbedding, maxTokensPerStep);
+                _table1 = new global::Kiln.Kernels.Elementwise.GatherTable(model.Positions, maxTokensPerStep);
                 var layouts = new global::System.Text.StringBuilder(Report).Append("Layouts chosen for this model file:\n");
                 // Layers.Wqkv: layout as stored, chosen per matrix from the file's types
                 _wqkvStart1 = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Dim);
@@ -462,7 +468,7 @@ namespace Kiln.Models
                 // [1] elementwise: x ← TokenEmbedding[tokens] + Positions[positions], one parallel vector loop
                 {
                     // x ← TokenEmbedding[tokens] + Positions[positions]: each row by one work item, the widest vectors first.
-                    _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise1Work { Output = _arena.View(_xOffset, T * _Dim), G0 = _model.TokenEmbedding.Data, G0Cols = _model.TokenEmbedding.Cols, G1 = _model.Positions.Data, G1Cols = _model.Positions.Cols, Dim_Dim = _Dim, Tokens = _tokens, Context = context });
+                    _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise1Work { Output = _arena.View(_xOffset, T * _Dim), G0 = _table0, G1 = _table1, Dim_Dim = _Dim, Tokens = _tokens, Context = context });
                 }
                 for (int layer = 0; layer < _model.LayerCount; layer++) // Layers[layer]
                 {
@@ -574,7 +580,7 @@ namespace Kiln.Models
                     global::Kiln.Kernels.MatMul.PinnedOutput.Run(_pool, logits, weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, O, _pool.ThreadCount), work);
                 }
             }
-            /// <summary>Stops the worker pool and frees the arena, the scratch and the packed weights. Steps after this throw.</summary>
+            /// <summary>Stops the worker pool and frees the arena, the scratch, the gather slots and the packed weights. Steps after this throw.</summary>
             public void Dispose()
             {
                 if (_disposed) return;
@@ -583,6 +589,8 @@ namespace Kiln.Models
                 _inputs.Dispose();
                 _arenaMemory.Dispose();
                 _scoresMemory?.Dispose();
+                _table0.Dispose();
+                _table1.Dispose();
                 foreach (var packed in _wqkv) packed.Dispose();
                 foreach (var packed in _wo) packed.Dispose();
                 foreach (var packed in _up) packed.Dispose();
@@ -607,8 +615,8 @@ namespace Kiln.Models
             private struct Elementwise1Work : global::Kiln.Threading.IParallelWork
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
-                public float[] G0; public int G0Cols; // TokenEmbedding
-                public float[] G1; public int G1Cols; // Positions
+                public global::Kiln.Kernels.Elementwise.GatherTable G0; // TokenEmbedding, rows read from the stored format
+                public global::Kiln.Kernels.Elementwise.GatherTable G1; // Positions, rows read from the stored format
                 public int Dim_Dim;
                 public int[] Tokens;
                 public global::Kiln.AttentionContext Context;
@@ -619,15 +627,15 @@ namespace Kiln.Models
                     for (int t = start; t < end; t++)
                     {
                         int o = t * Dim_Dim;
-                        int g0 = Tokens[t] * G0Cols;
-                        int g1 = Context.Positions[t] * G1Cols;
+                        var g0 = G0.Row(Tokens[t], t); // the row, decoded into this token's slot
+                        var g1 = G1.Row(Context.Positions[t], t); // the row, decoded into this token's slot
                         int c = 0;
                         if (global::Kiln.Kernels.Elementwise.Lanes.Use512)
                         {
                             for (; c + 16 <= Dim_Dim; c += 16)
                             {
-                                var e0 = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref G0[g0 + c]);
-                                var e1 = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref G1[g1 + c]);
+                                var e0 = g0.Load16(c);
+                                var e1 = g1.Load16(c);
                                 var e2 = e0 + e1;
                                 Output.Store16(o + c, e2);
                             }
@@ -636,16 +644,16 @@ namespace Kiln.Models
                         {
                             for (; c + 8 <= Dim_Dim; c += 8)
                             {
-                                var e0 = global::System.Runtime.Intrinsics.Vector256.LoadUnsafe(ref G0[g0 + c]);
-                                var e1 = global::System.Runtime.Intrinsics.Vector256.LoadUnsafe(ref G1[g1 + c]);
+                                var e0 = g0.Load8(c);
+                                var e1 = g1.Load8(c);
                                 var e2 = e0 + e1;
                                 Output.Store8(o + c, e2);
                             }
                         }
                         for (; c < Dim_Dim; c++)
                         {
-                            var e0 = G0[g0 + c];
-                            var e1 = G1[g1 + c];
+                            var e0 = g0[c];
+                            var e1 = g1[c];
                             var e2 = e0 + e1;
                             Output[o + c] = e2;
                         }

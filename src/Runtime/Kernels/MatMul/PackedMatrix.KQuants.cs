@@ -185,13 +185,15 @@ internal static unsafe class KStrip
     /// <summary>Where value <paramref name="i"/> (0..31) of a unit goes among its 32 bytes per row: 4v + e.</summary>
     public static int Slot(int i) => i < 16 ? 4 * (i >> 1) + (i & 1) : 4 * ((i - 16) >> 1) + 2 + (i & 1);
 
+    private static readonly byte[] Slots = Enumerable.Range(0, 32).Select(i => (byte)Slot(i)).ToArray();
+
     /// <summary>Writes row <paramref name="r"/> of a strip super-block from one stored block in integer form.</summary>
     public static void Write(byte* s, PackedFormat format, int r, KQuantBlock block)
     {
         for (int u = 0; u < Units; u++)
             for (int i = 0; i < 32; i++)
             {
-                int q = block.Quants[32 * u + i], slot = Slot(i), v = slot >> 2, e = slot & 3, at = r * 4 + e;
+                int q = block.Quants[32 * u + i], slot = Slots[i], v = slot >> 2, e = slot & 3, at = r * 4 + e;
                 byte* nibble = s + u * UnitBytes + (v & 3) * 32 + at;
                 *nibble = v < 4 ? (byte)((*nibble & 0xF0) | (q & 0x0F)) : (byte)((*nibble & 0x0F) | ((q & 0x0F) << 4));
                 if (format == PackedFormat.Q5_K)

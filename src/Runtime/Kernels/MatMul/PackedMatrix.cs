@@ -266,15 +266,18 @@ public sealed unsafe partial class PackedMatrix : IDisposable
         CheckRows(weight, firstRow, rows);
         if (order is not null && order.Length != rows)
             throw new ArgumentException($"An order of {order.Length} rows for a part of {rows}.", nameof(order));
+        if (order is not null)
+            foreach (int source in order)
+                if ((uint)source >= (uint)rows) throw new ArgumentOutOfRangeException(nameof(order), $"Row {source} is outside the part's {rows} rows.");
         var format = WeightLayouts.IsKQuant(Format) ? SegmentFormat(weight, weight) : Format;
-        var target = new RowTarget(this, rowOffset, rows, format);
-        var row = new RowSource(weight, format);
-        for (int o = 0; o < rows; o++)
+        var segment = WeightLayouts.IsKQuant(format) ? AddSegment(rowOffset, rows, format) : null;
+        ForRowRanges(rows, (start, end) =>
         {
-            int source = order is null ? o : order[o];
-            if ((uint)source >= (uint)rows) throw new ArgumentOutOfRangeException(nameof(order), $"Row {source} is outside the part's {rows} rows.");
-            target.Write(rowOffset + o, row.Get(firstRow + source));
-        }
+            var target = new RowTarget(this, segment);
+            var row = new RowSource(weight, format);
+            for (int o = start; o < end; o++) target.Write(rowOffset + o, row.Get(firstRow + (order is null ? o : order[o])));
+        });
+        weight.Stored?.ReleasePages(firstRow, rows, K); // packed: the mapped bytes need not stay in memory
         Note(name, weight, format);
     }
 
@@ -302,16 +305,38 @@ public sealed unsafe partial class PackedMatrix : IDisposable
         CheckRows(second, secondStart, rows);
         // The pair shares its groups, so one layout serves both rows of each.
         var format = WeightLayouts.IsKQuant(Format) ? SegmentFormat(first, second) : Format;
-        var target = new RowTarget(this, rowOffset, 2 * rows, format);
-        var a = new RowSource(first, format);
-        var b = new RowSource(second, format);
-        for (int o = 0; o < rows; o++)
+        var segment = WeightLayouts.IsKQuant(format) ? AddSegment(rowOffset, 2 * rows, format) : null;
+        ForRowRanges(rows, (start, end) =>
         {
-            target.Write(rowOffset + 2 * o, a.Get(firstStart + o));
-            target.Write(rowOffset + 2 * o + 1, b.Get(secondStart + o));
-        }
+            var target = new RowTarget(this, segment);
+            var a = new RowSource(first, format);
+            var b = new RowSource(second, format);
+            for (int o = start; o < end; o++)
+            {
+                target.Write(rowOffset + 2 * o, a.Get(firstStart + o));
+                target.Write(rowOffset + 2 * o + 1, b.Get(secondStart + o));
+            }
+        });
+        first.Stored?.ReleasePages(firstStart, rows, K);
+        second.Stored?.ReleasePages(secondStart, rows, K);
         Note(firstName, first, format);
         Note(secondName, second, format);
+    }
+
+    /// <summary>
+    /// Runs <paramref name="pack"/> over ranges of [0, <paramref name="rows"/>), on the thread pool when the weight is
+    /// large: every packed row owns its bytes (its 4 bytes of each strip vector, its scales), so ranges never share one.
+    /// </summary>
+    private void ForRowRanges(int rows, Action<int, int> pack)
+    {
+        const long ValuesPerRange = 1 << 20;
+        int ranges = (int)Math.Clamp((long)rows * K / ValuesPerRange, 1, rows);
+        if (ranges == 1 || Environment.ProcessorCount == 1)
+        {
+            pack(0, rows);
+            return;
+        }
+        Parallel.For(0, ranges, i => pack((int)((long)rows * i / ranges), (int)((long)rows * (i + 1) / ranges)));
     }
 
     private static void CheckRows(Tensor weight, int firstRow, int rows)
@@ -392,11 +417,12 @@ public sealed unsafe partial class PackedMatrix : IDisposable
 
     private void Note(string name, Tensor weight, PackedFormat format)
     {
-        string source = weight.Stored?.Type is { } stored && Matches(format, stored)
-            ? $"stored {stored} copied"
-            : weight.Stored?.Type is { } other
-                ? (WeightLayouts.IsQuantized(format) ? $"{other} dequantized, requantized{(format != Format ? $" to {format}" : "")}" : $"{other} converted")
-                : format == PackedFormat.F32 ? "F32 copied" : $"F32 converted{(format != Format ? $" to {format}" : "")}";
+        string to = format != Format ? $" to {format}" : "";
+        string source = weight.Stored?.Type is { } stored
+            ? Matches(format, stored)
+                ? stored == GgmlType.F32 ? "F32 copied" : $"stored {stored} copied"
+                : WeightLayouts.IsQuantized(format) ? $"{stored} dequantized, requantized{to}" : $"{stored} converted"
+            : format == PackedFormat.F32 ? "F32 copied" : $"F32 converted{to}";
         string line = name.Length > 0 ? $"{name}: {source}" : source;
         if (!_sources.Contains(line)) _sources.Add(line);
     }
@@ -404,7 +430,7 @@ public sealed unsafe partial class PackedMatrix : IDisposable
     /// <summary>True when rows stored as <paramref name="stored"/> are copied into <paramref name="format"/> as they are.</summary>
     private static bool Matches(PackedFormat format, GgmlType stored) => (format, stored) switch
     {
-        (PackedFormat.BF16, GgmlType.BF16) or (PackedFormat.Q8_0, GgmlType.Q8_0) or (PackedFormat.Q4_0, GgmlType.Q4_0) => true,
+        (PackedFormat.F32, GgmlType.F32) or (PackedFormat.BF16, GgmlType.BF16) or (PackedFormat.Q8_0, GgmlType.Q8_0) or (PackedFormat.Q4_0, GgmlType.Q4_0) => true,
         (PackedFormat.Q4_K, GgmlType.Q4_K) or (PackedFormat.Q5_K, GgmlType.Q5_K) or (PackedFormat.Q6_K, GgmlType.Q6_K) => true,
         _ => false,
     };
@@ -461,21 +487,18 @@ public sealed unsafe partial class PackedMatrix : IDisposable
 
     private static long RoundUp(long value, long multiple) => (value + multiple - 1) / multiple * multiple;
 
-    /// <summary>Where the rows of one Pack call go: the matrix's strips, or a K-quant segment made for them.</summary>
+    /// <summary>Where the rows of one Pack call go: the matrix's strips, or the K-quant segment made for them.</summary>
     private readonly struct RowTarget
     {
         private readonly PackedMatrix _matrix;
         private readonly KSegment? _segment;
         private readonly KQuantBlock? _block;
 
-        public RowTarget(PackedMatrix matrix, int rowOffset, int rows, PackedFormat format)
+        public RowTarget(PackedMatrix matrix, KSegment? segment)
         {
             _matrix = matrix;
-            if (WeightLayouts.IsKQuant(format))
-            {
-                _segment = matrix.AddSegment(rowOffset, rows, format);
-                _block = new KQuantBlock();
-            }
+            _segment = segment;
+            _block = segment is null ? null : new KQuantBlock();
         }
 
         public void Write(int row, ReadOnlySpan<byte> encoded)
@@ -485,22 +508,24 @@ public sealed unsafe partial class PackedMatrix : IDisposable
         }
     }
 
-    /// <summary>A weight's rows in a packed format's plain encoding: its stored bytes when they match, else converted.</summary>
+    /// <summary>
+    /// A weight's rows in a packed format's plain encoding: its stored bytes when they match (read from the file's
+    /// mapping, a row at a time), else one row decoded to float32 and converted.
+    /// </summary>
     private readonly ref struct RowSource
     {
         private readonly Tensor _weight;
         private readonly PackedFormat _format;
-        private readonly ReadOnlySpan<byte> _stored;
         private readonly bool _copies;
         private readonly byte[] _converted;
-        private readonly int _rowBytes;
+        private readonly float[] _values;
 
         public RowSource(Tensor weight, PackedFormat format)
         {
             _weight = weight;
             _format = format;
             int k = weight.Cols;
-            _rowBytes = format switch
+            int rowBytes = format switch
             {
                 PackedFormat.F32 => k * sizeof(float),
                 PackedFormat.BF16 => k * sizeof(ushort),
@@ -509,21 +534,21 @@ public sealed unsafe partial class PackedMatrix : IDisposable
                 _ => (int)GgmlTypeTraits.Of(WeightLayouts.KType(format)).ByteCount(k),
             };
             _copies = weight.Stored is { } stored && Matches(format, stored.Type);
-            _stored = _copies ? weight.Stored!.Bytes : default;
-            _converted = new byte[_rowBytes];
+            _converted = _copies ? Array.Empty<byte>() : new byte[rowBytes];
+            _values = _copies ? Array.Empty<float>() : new float[k];
         }
 
         public ReadOnlySpan<byte> Get(int row)
         {
-            if (_copies) return _stored.Slice(row * _rowBytes, _rowBytes);
-            var values = _weight.Row(row);
+            if (_copies) return _weight.Stored!.RowBytes(row, 1, _weight.Cols);
+            _weight.ReadRow(row, _values);
             switch (_format)
             {
-                case PackedFormat.F32: return MemoryMarshal.AsBytes(values);
-                case PackedFormat.BF16: Kiln.Kernels.Quantized.BF16.QuantizeRow(values, _converted); break;
-                case PackedFormat.Q8_0: Q8_0.QuantizeRow(values, _converted); break;
-                case PackedFormat.Q4_0: Kiln.Kernels.Quantized.Q4_0.QuantizeRow(values, _converted); break;
-                default: Quantize.FromFloat32(WeightLayouts.KType(_format), values, _converted); break;
+                case PackedFormat.F32: return MemoryMarshal.AsBytes(_values.AsSpan());
+                case PackedFormat.BF16: Kiln.Kernels.Quantized.BF16.QuantizeRow(_values, _converted); break;
+                case PackedFormat.Q8_0: Q8_0.QuantizeRow(_values, _converted); break;
+                case PackedFormat.Q4_0: Kiln.Kernels.Quantized.Q4_0.QuantizeRow(_values, _converted); break;
+                default: Quantize.FromFloat32(WeightLayouts.KType(_format), _values, _converted); break;
             }
             return _converted;
         }
