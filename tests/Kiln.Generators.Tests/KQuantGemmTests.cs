@@ -150,7 +150,8 @@ public sealed class KQuantGemmTests(ITestOutputHelper output)
     public void KernelsMatchDequantizedWeightsAndTheScalarKernel(PackedFormat format, KernelPath path)
     {
         using var forced = Force(path);
-        foreach (var (rows, k, tokens) in new[] { (4, 256, 1), (13, 512, 3), (8, 256, 8), (7, 768, 2), (12, 256, 13), (20, 512, 9) })
+        // One token on 9 and 4 groups: the AVX-512 decode tile's pairs of strips, with a strip and a half left over.
+        foreach (var (rows, k, tokens) in new[] { (4, 256, 1), (36, 512, 1), (16, 768, 1), (13, 512, 3), (8, 256, 8), (7, 768, 2), (12, 256, 13), (20, 512, 9) })
         {
             var type = WeightLayouts.KType(format);
             var tensor = Stored(type, Matrix(rows, k, rows * 31 + k), rows, k, out var weights);
@@ -174,7 +175,7 @@ public sealed class KQuantGemmTests(ITestOutputHelper output)
     public void MixedSegmentsKeepTheirTypesAndASplitRunGivesTheSameBits(KernelPath path)
     {
         using var forced = Force(path);
-        const int k = 512, tokens = 5;
+        const int k = 512;
         // Segments of 12 (3 groups: the next starts mid-strip), 20 and 8 rows, then 8 rows nobody packs.
         var q = Stored(GgmlType.Q4_K, Matrix(12, k, 1), 12, k, out var qValues);
         var kv = Stored(GgmlType.Q6_K, Matrix(20, k, 2), 20, k, out var kvValues);
@@ -193,23 +194,26 @@ public sealed class KQuantGemmTests(ITestOutputHelper output)
         qValues.CopyTo(weights, 0);
         kvValues.CopyTo(weights, 12 * k);
         vValues.CopyTo(weights, 32 * k);
-        var x = Matrix(tokens, k, 4);
-        var (whole, expected) = Run(packed, 48, x, tokens, weights);
-        double scale = expected.Max(Math.Abs);
-        for (int i = 0; i < expected.Length; i++)
-            Assert.True(Math.Abs(whole[i] - expected[i]) <= 5e-5 * scale, $"y[{i}] = {whole[i]}, reference {expected[i]}");
+        foreach (int tokens in new[] { 1, 5 }) // one token: the AVX-512 path's pairs of strips, where a range has them
+        {
+            var x = Matrix(tokens, k, 4);
+            var (whole, expected) = Run(packed, 48, x, tokens, weights);
+            double scale = expected.Max(Math.Abs);
+            for (int i = 0; i < expected.Length; i++)
+                Assert.True(Math.Abs(whole[i] - expected[i]) <= 5e-5 * scale, $"{tokens} tokens: y[{i}] = {whole[i]}, reference {expected[i]}");
 
-        using var pool = new WorkerPool(1);
-        using var scratch = new GemmScratch(tokens, k);
-        using var memory = new NativeBlock(tokens * k * sizeof(float));
-        x.CopyTo(memory.Floats(0, tokens * k).Span);
-        var input = scratch.Prepare(PackedFormat.Q6_K, memory.Floats(0, tokens * k), k, tokens, k, null, 0, pool);
-        var parts = new float[tokens * 48];
-        var collect = new Collect { Y = parts, Stride = 48, Calls = new int[packed.Groups * tokens] };
-        foreach (var (first, end) in new[] { (0, 1), (1, 4), (4, 5), (5, 9), (9, 12) })
-            Gemm.Run(packed, input, first, end, ref collect);
-        Assert.Equal(whole, parts);
-        Assert.All(collect.Calls!, calls => Assert.Equal(1, calls)); // every (group, token) exactly once, the unpacked ones too
+            using var pool = new WorkerPool(1);
+            using var scratch = new GemmScratch(tokens, k);
+            using var memory = new NativeBlock(tokens * k * sizeof(float));
+            x.CopyTo(memory.Floats(0, tokens * k).Span);
+            var input = scratch.Prepare(PackedFormat.Q6_K, memory.Floats(0, tokens * k), k, tokens, k, null, 0, pool);
+            var parts = new float[tokens * 48];
+            var collect = new Collect { Y = parts, Stride = 48, Calls = new int[packed.Groups * tokens] };
+            foreach (var (first, end) in new[] { (0, 1), (1, 4), (4, 5), (5, 9), (9, 12) })
+                Gemm.Run(packed, input, first, end, ref collect);
+            Assert.Equal(whole, parts);
+            Assert.All(collect.Calls!, calls => Assert.Equal(1, calls)); // every (group, token) exactly once, the unpacked ones too
+        }
     }
 
     [Fact]

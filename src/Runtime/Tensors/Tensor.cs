@@ -47,7 +47,7 @@ public sealed class Tensor
         {
             if (_data is not null) return _data;
             var values = new float[Stored!.ElementCount];
-            Stored.Decode(0, Rows, Cols, values);
+            if (values.Length > 0) Stored.Decode(0, values.Length / Cols, Cols, values); // every row of every outer index
             return Interlocked.CompareExchange(ref _data, values, null) ?? values;
         }
     }

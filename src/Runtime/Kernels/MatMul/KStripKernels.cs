@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
+using Kiln.Kernels.Quantized;
 
 namespace Kiln.Kernels.MatMul;
 
@@ -30,11 +31,14 @@ internal unsafe interface IKStripUnit<TSelf> where TSelf : struct, IKStripUnit<T
     /// time, as broadcasts); Q6_K takes its −32 off through the unit's two sums of 16 at <paramref name="sums16"/>.
     /// </summary>
     Vector256<int> Dot(int* activations, int* sums16);
+
+    /// <summary>As <see cref="Dot"/> for unit <paramref name="unit"/> of two strips' super-blocks at once (AVX-512): 16 rows, one token.</summary>
+    static abstract Vector512<int> DotPair(byte* first, byte* second, int unit, int* activations, int* sums16);
 }
 
 /// <summary>
-/// The K-quant kernels: one strip of 8 rows (two groups) × up to 8 tokens per tile, 256-bit throughout (AVX2), over
-/// one segment of a <see cref="PackedMatrix"/>. Per super-block and token, the units' int32 sums Σ sc·Σq·a collect
+/// The K-quant kernels: one strip of 8 rows (two groups) × up to 8 tokens per tile, 256-bit (AVX2), over one segment
+/// of a <see cref="PackedMatrix"/>; a single token (decode) on the AVX-512 path takes two strips per 512-bit tile. Per super-block and token, the units' int32 sums Σ sc·Σq·a collect
 /// in registers; then one conversion, d·d_a and an FMA, and for Q4_K/Q5_K the mins' Σ m·(sum of 32) times dmin·d_a
 /// taken off. Within a unit the int16 pair sums of vpmaddubsw stay below 2^15 — Q4_K's 16 products per lane
 /// (≤ 16·15·127), Q5_K's 8 (≤ 8·31·127), Q6_K's 4 (≤ 4·63·127) — before one vpmaddwd applies each row's scales.
@@ -78,6 +82,10 @@ internal static unsafe class KStripKernels
             Tile<TUnit, TTokens, TEpilogue>(segment.StripOfGroup(g), stripBytes, superBlocks, x, stride, (g - 1) * 4, t0, prefetch, Upper, ref epilogue);
             g++;
         }
+        // One token (decode) is bound by unpacking the weights: with AVX-512, two strips (16 rows) per instruction.
+        if (TTokens.Value == 1 && KernelPaths.Uses512Bits)
+            for (; g + 4 <= endGroup; g += 4)
+                PairTile<TUnit, TEpilogue>(segment.StripOfGroup(g), stripBytes, superBlocks, x, g * 4, t0, ref epilogue);
         for (; g + 2 <= endGroup; g += 2)
             Tile<TUnit, TTokens, TEpilogue>(segment.StripOfGroup(g), stripBytes, superBlocks, x, stride, g * 4, t0, prefetch, Both, ref epilogue);
         if (g < endGroup)
@@ -142,6 +150,75 @@ internal static unsafe class KStripKernels
         if (TTokens.Value > 6) Store(ref epilogue, row, t0 + 6, halves, a6);
         if (TTokens.Value > 7) Store(ref epilogue, row, t0 + 7, halves, a7);
     }
+
+    // One token × two consecutive strips (16 rows): every 512-bit vector holds a strip's 256-bit vector in each half,
+    // so one instruction serves both and the token's activations are broadcast once for 16 rows.
+    [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void PairTile<TUnit, TEpilogue>(byte* strip, long stripBytes, int superBlocks, byte* x, int row, int token, ref TEpilogue epilogue)
+        where TUnit : struct, IKStripUnit<TUnit> where TEpilogue : struct, ITileEpilogue
+    {
+        float* scales = (float*)(x + GemmScratch.SuperScalesAt(superBlocks));
+        byte* sums32 = x + GemmScratch.Sums32At(superBlocks);
+        int* sums16 = (int*)(x + GemmScratch.Sums16At(superBlocks));
+        Vector512<float> sum = default;
+        for (int b = 0; b < superBlocks; b++)
+        {
+            byte* s = strip + (long)b * TUnit.SuperBytes, t = s + stripBytes;
+            byte* ahead = s + 2 * stripBytes; // the next pair streams in while this one computes
+            for (int l = 0; l < 2 * TUnit.SuperBytes; l += 64) Sse.Prefetch0(ahead + (l < TUnit.SuperBytes ? l : stripBytes + l - TUnit.SuperBytes));
+            Vector512<int> dots = default;
+            for (int u = 0; u < KStrip.Units; u++)
+                dots += TUnit.DotPair(s, t, u, (int*)(x + b * KStrip.SuperBlockValues + u * 32), sums16 + b * 8 + u);
+            var activationScale = Vector512.Create(scales[b]);
+            sum = Vector512.FusedMultiplyAdd(Vector512.ConvertToSingle(dots), Scales(s + TUnit.DAt, t + TUnit.DAt) * activationScale, sum);
+            if (TUnit.HasMins)
+            {
+                byte* m0 = s + TUnit.MinsAt, m1 = t + TUnit.MinsAt;
+                int* pairs = (int*)(sums32 + b * 16);
+                Vector512<int> offsets = Avx512BW.MultiplyAddAdjacent(Widen(m0, m1), Vector512.Create(pairs[0]).AsInt16())
+                    + Avx512BW.MultiplyAddAdjacent(Widen(m0 + 16, m1 + 16), Vector512.Create(pairs[1]).AsInt16())
+                    + (Avx512BW.MultiplyAddAdjacent(Widen(m0 + 32, m1 + 32), Vector512.Create(pairs[2]).AsInt16())
+                    + Avx512BW.MultiplyAddAdjacent(Widen(m0 + 48, m1 + 48), Vector512.Create(pairs[3]).AsInt16()));
+                sum = Vector512.FusedMultiplyAdd(Vector512.ConvertToSingle(offsets), -(Scales(s + TUnit.DAt + 16, t + TUnit.DAt + 16) * activationScale), sum);
+            }
+        }
+        epilogue.Store(row, token, sum.GetLower().GetLower());
+        epilogue.Store(row + 4, token, sum.GetLower().GetUpper());
+        epilogue.Store(row + 8, token, sum.GetUpper().GetLower());
+        epilogue.Store(row + 12, token, sum.GetUpper().GetUpper());
+    }
+
+    /// <summary>Two strips' 8 fp16 scales (rows 0..7 of each) as 16 floats, as <see cref="StripKernels.Scales"/> widens them.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Scales(byte* first, byte* second)
+    {
+        Vector512<int> top = Vector512.Create(Avx2.ConvertToVector256Int32((ushort*)first), Avx2.ConvertToVector256Int32((ushort*)second)) << 16;
+        return ((top >> 3) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector512.Create(5.192296858534828E+33f);
+    }
+
+    /// <summary>16 bytes of each strip as 32 int16.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<short> Widen(byte* first, byte* second) =>
+        Avx512BW.ConvertToVector512Int16(Vector256.Create(Vector128.Load(first), Vector128.Load(second)));
+
+    /// <summary>Two strips' 32-byte vectors at the same place, one per half.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<byte> Pair(byte* first, byte* second) => Vector512.Create(Vector256.Load(first), Vector256.Load(second));
+
+    /// <summary>Two strips' 8 per-row bytes as int16 pairs [s, s] per row, 16 rows.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<short> RowPairs(byte* first, byte* second)
+    {
+        Vector512<int> widened = Avx512F.ConvertToVector512Int32(Vector128.Create(*(ulong*)first, *(ulong*)second).AsByte());
+        return (widened | (widened << 16)).AsInt16();
+    }
+
+    /// <summary>Σ over 4 vectors of quants against broadcasts of 4 activations each, in int16, 16 rows.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<short> Products(Vector512<byte> w0, Vector512<byte> w1, Vector512<byte> w2, Vector512<byte> w3, int* a) =>
+        Avx512BW.MultiplyAddAdjacent(w0, Vector512.Create(a[0]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(w1, Vector512.Create(a[1]).AsSByte())
+        + (Avx512BW.MultiplyAddAdjacent(w2, Vector512.Create(a[2]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(w3, Vector512.Create(a[3]).AsSByte()));
 
     /// <summary>One token's super-block into its running sums: + d·d_a·Σ, and − dmin·d_a·Σ m·(sum of 32) where there are mins.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -218,6 +295,18 @@ internal static unsafe class KStripKernels
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public readonly Vector256<int> Dot(int* a, int* sums16) =>
             Avx2.MultiplyAddAdjacent(Products(_low0, _low1, _low2, _low3, a) + Products(_high0, _high1, _high2, _high3, a + 4), _scale);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<int> DotPair(byte* first, byte* second, int unit, int* a, int* sums16)
+        {
+            var mask = Vector512.Create((byte)0x0F);
+            byte* p = first + unit * KStrip.UnitBytes, q = second + unit * KStrip.UnitBytes;
+            Vector512<byte> v0 = Pair(p, q), v1 = Pair(p + 32, q + 32), v2 = Pair(p + 64, q + 64), v3 = Pair(p + 96, q + 96);
+            Vector512<short> low = Products(v0 & mask, v1 & mask, v2 & mask, v3 & mask, a);
+            Vector512<short> high = Products((v0.AsUInt16() >>> 4).AsByte() & mask, (v1.AsUInt16() >>> 4).AsByte() & mask,
+                (v2.AsUInt16() >>> 4).AsByte() & mask, (v3.AsUInt16() >>> 4).AsByte() & mask, a + 4);
+            return Avx512BW.MultiplyAddAdjacent(low + high, RowPairs(first + 1024 + unit * 8, second + 1024 + unit * 8));
+        }
     }
 
     /// <summary>Q5_K: as Q4_K with each vector's fifth bit put back from the unit's 32 bytes of them; 8 products per lane in int16.</summary>
@@ -260,6 +349,22 @@ internal static unsafe class KStripKernels
         public readonly Vector256<int> Dot(int* a, int* sums16) =>
             Avx2.MultiplyAddAdjacent(Products(_low0, _low1, _low2, _low3, a), _scale)
             + Avx2.MultiplyAddAdjacent(Products(_high0, _high1, _high2, _high3, a + 4), _scale);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<int> DotPair(byte* first, byte* second, int unit, int* a, int* sums16)
+        {
+            var mask = Vector512.Create((byte)0x0F);
+            var bit = Vector512.Create((byte)0x10);
+            byte* p = first + unit * KStrip.UnitBytes, q = second + unit * KStrip.UnitBytes;
+            Vector512<byte> v0 = Pair(p, q), v1 = Pair(p + 32, q + 32), v2 = Pair(p + 64, q + 64), v3 = Pair(p + 96, q + 96);
+            Vector512<ushort> high = Pair(first + KStrip.NibbleBytes + unit * 32, second + KStrip.NibbleBytes + unit * 32).AsUInt16();
+            Vector512<short> scale = RowPairs(first + 1280 + unit * 8, second + 1280 + unit * 8);
+            Vector512<short> low = Products((v0 & mask) | ((high << 4).AsByte() & bit), (v1 & mask) | ((high << 3).AsByte() & bit),
+                (v2 & mask) | ((high << 2).AsByte() & bit), (v3 & mask) | ((high << 1).AsByte() & bit), a);
+            Vector512<short> upper = Products(((v0.AsUInt16() >>> 4).AsByte() & mask) | (high.AsByte() & bit), ((v1.AsUInt16() >>> 4).AsByte() & mask) | ((high >>> 1).AsByte() & bit),
+                ((v2.AsUInt16() >>> 4).AsByte() & mask) | ((high >>> 2).AsByte() & bit), ((v3.AsUInt16() >>> 4).AsByte() & mask) | ((high >>> 3).AsByte() & bit), a + 4);
+            return Avx512BW.MultiplyAddAdjacent(low, scale) + Avx512BW.MultiplyAddAdjacent(upper, scale);
+        }
     }
 
     /// <summary>
@@ -313,6 +418,29 @@ internal static unsafe class KStripKernels
             Vector256<int> dot = (Avx2.MultiplyAddAdjacent(p0, _scale) + Avx2.MultiplyAddAdjacent(p1, _scale))
                 + (Avx2.MultiplyAddAdjacent(p2, _scale) + Avx2.MultiplyAddAdjacent(p3, _scale));
             return dot - (Avx2.MultiplyAddAdjacent(_scale, Vector256.Create(*sums16).AsInt16()) << 5);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<int> DotPair(byte* first, byte* second, int unit, int* a, int* sums16)
+        {
+            var mask = Vector512.Create((byte)0x0F);
+            var bits = Vector512.Create((byte)0x30);
+            byte* p = first + unit * KStrip.UnitBytes, q = second + unit * KStrip.UnitBytes;
+            Vector512<byte> v0 = Pair(p, q), v1 = Pair(p + 32, q + 32), v2 = Pair(p + 64, q + 64), v3 = Pair(p + 96, q + 96);
+            byte* top0 = first + KStrip.NibbleBytes + unit * 64, top1 = second + KStrip.NibbleBytes + unit * 64;
+            Vector512<ushort> low = Pair(top0, top1).AsUInt16(), high = Pair(top0 + 32, top1 + 32).AsUInt16();
+            Vector512<short> scale = Avx512BW.ConvertToVector512Int16(Vector256.Create(Vector128.Load((sbyte*)first + 1536 + unit * 16), Vector128.Load((sbyte*)second + 1536 + unit * 16)));
+            Vector512<short> p0 = Avx512BW.MultiplyAddAdjacent((v0 & mask) | ((low << 4).AsByte() & bits), Vector512.Create(a[0]).AsSByte())
+                + Avx512BW.MultiplyAddAdjacent((v1 & mask) | ((low << 2).AsByte() & bits), Vector512.Create(a[1]).AsSByte());
+            Vector512<short> p1 = Avx512BW.MultiplyAddAdjacent((v2 & mask) | (low.AsByte() & bits), Vector512.Create(a[2]).AsSByte())
+                + Avx512BW.MultiplyAddAdjacent((v3 & mask) | ((low >>> 2).AsByte() & bits), Vector512.Create(a[3]).AsSByte());
+            Vector512<short> p2 = Avx512BW.MultiplyAddAdjacent(((v0.AsUInt16() >>> 4).AsByte() & mask) | ((high << 4).AsByte() & bits), Vector512.Create(a[4]).AsSByte())
+                + Avx512BW.MultiplyAddAdjacent(((v1.AsUInt16() >>> 4).AsByte() & mask) | ((high << 2).AsByte() & bits), Vector512.Create(a[5]).AsSByte());
+            Vector512<short> p3 = Avx512BW.MultiplyAddAdjacent(((v2.AsUInt16() >>> 4).AsByte() & mask) | (high.AsByte() & bits), Vector512.Create(a[6]).AsSByte())
+                + Avx512BW.MultiplyAddAdjacent(((v3.AsUInt16() >>> 4).AsByte() & mask) | ((high >>> 2).AsByte() & bits), Vector512.Create(a[7]).AsSByte());
+            Vector512<int> dot = (Avx512BW.MultiplyAddAdjacent(p0, scale) + Avx512BW.MultiplyAddAdjacent(p1, scale))
+                + (Avx512BW.MultiplyAddAdjacent(p2, scale) + Avx512BW.MultiplyAddAdjacent(p3, scale));
+            return dot - (Avx512BW.MultiplyAddAdjacent(scale, Vector512.Create(*sums16).AsInt16()) << 5);
         }
     }
 }
