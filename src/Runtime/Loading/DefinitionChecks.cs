@@ -69,7 +69,7 @@ public static class DefinitionChecks
         {
             const string Prefix = "rope_scaling.";
             bool stated = false;
-            foreach (var key in file.Metadata.Keys) stated |= key.StartsWith(Prefix, StringComparison.Ordinal);
+            foreach (var key in file.Metadata.Keys) stated |= key == "rope_scaling" || key.StartsWith(Prefix, StringComparison.Ordinal);
             if (!stated) return;
             string kind = file.TryGetString(Prefix + "rope_type", out string ropeType) ? ropeType
                 : file.TryGetString(Prefix + "type", out string type) ? type : "unnamed";

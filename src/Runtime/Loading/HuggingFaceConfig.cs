@@ -94,7 +94,7 @@ internal static class HuggingFaceConfig
         JsonValueKind.String => value.Text,
         JsonValueKind.True => true,
         JsonValueKind.False => false,
-        JsonValueKind.Number => value.Integer is long integer ? integer : value.Number,
+        JsonValueKind.Number => value.Integer is long integer ? (object)integer : value.Number, // boxed as it is: a long stays a long
         _ => null,
     };
 
