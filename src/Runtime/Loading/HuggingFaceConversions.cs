@@ -78,7 +78,8 @@ public static class HuggingFaceConversions
 
     /// <summary>
     /// A norm weight stored as its offset from one (Gemma's RMSNorm scales by 1 + w) as the scale itself, added in
-    /// float32 as llama.cpp's converter adds it. The sum has no stored form; plans use the float values.
+    /// float32 as transformers computes it (and llama.cpp's converter, after widening BF16 to float32, writes it). The
+    /// sum has no stored form; plans use the float values.
     /// </summary>
     public static Tensor AddOne(ModelFile file, string name, Tensor tensor)
     {
