@@ -148,6 +148,71 @@ public sealed class DiagnosticTests
     public void Kln0008CountNotAnIntHyper() =>
         AssertSingle(Model(members: "[Layers(\"blk.{0}.\", \"Missing\")] public Block[] Blocks = null!; public partial class Block { }"), "KLN0008", "Block[]");
 
+    /// <summary>The template with Hugging Face names on its required hyperparameter and its three weights.</summary>
+    private static string HuggingFaceModel(string members = "") => Model(members)
+        .Replace("[Hyper(\"{arch}.dim\", Required = true)]", "[Hyper(\"{arch}.dim\", Required = true, HuggingFace = \"hidden_size\")]")
+        .Replace("[Weight(\"embd\", \"Vocab\", \"Dim\")]", "[Weight(\"embd\", \"Vocab\", \"Dim\", HuggingFace = \"embed.weight\")]")
+        .Replace("[Weight(\"norm\", \"Dim\")]", "[Weight(\"norm\", \"Dim\", HuggingFace = \"norm.weight\", FromHuggingFace = HuggingFaceConversion.AddOne)]")
+        .Replace("[Weight(\"out\", \"Vocab\", \"Dim\")]", "[Weight(\"out\", \"Vocab\", \"Dim\", HuggingFace = \"lm_head.weight\")]");
+
+    [Fact]
+    public void HuggingFaceNamesOnEveryWeightAreValidAndBindEitherNaming()
+    {
+        var (run, _) = Generate(HuggingFaceModel("[Hyper(HuggingFace = \"extra\")] public int Extra = 3;"));
+        Assert.Empty(run.GeneratorDiagnostics);
+        Assert.Empty(run.CompilationErrors);
+        string text = Assert.Single(run.Sources).SourceText.ToString();
+        Assert.Contains("name = huggingFace ? \"norm.weight\" : \"norm\";", text);
+        Assert.Contains("if (huggingFace) model.Norm = global::Kiln.Loading.HuggingFaceConversions.AddOne(file, name, model.Norm);", text);
+        Assert.Contains("key = huggingFace ? \"hidden_size\" : \"tiny.dim\";", text);
+    }
+
+    [Fact]
+    public void OnlyGgufNamesRejectAHuggingFaceFileAtLoad()
+    {
+        var (run, _) = Generate(Model());
+        string text = Assert.Single(run.Sources).SourceText.ToString();
+        Assert.Contains("if (file.Naming != global::Kiln.Loading.ModelNaming.Gguf)", text);
+        Assert.DoesNotContain("huggingFace", text);
+    }
+
+    [Fact]
+    public void Kln0007AWeightWithoutAHuggingFaceNameBesideOthersWithOne() =>
+        AssertSingle(HuggingFaceModel().Replace(", HuggingFace = \"lm_head.weight\"", ""), "KLN0007", "Weight(\"out\"");
+
+    [Fact]
+    public void Kln0007ARequiredHyperWithoutAHuggingFaceKey() =>
+        AssertSingle(HuggingFaceModel().Replace(", HuggingFace = \"hidden_size\"", ""), "KLN0007", "int");
+
+    [Fact]
+    public void Kln0007AHyperWithNoKeyAtAll() =>
+        AssertSingle(Model(members: "[Hyper] public int Extra;"), "KLN0007", "int");
+
+    [Theory]
+    [InlineData("FromHuggingFace = HuggingFaceConversion.RopeHalvesToPairs", "needs HeadSize")]
+    [InlineData("FromHuggingFace = HuggingFaceConversion.RopeHalvesToPairs, HeadSize = \"Vocab\"", "'Vocab' is not an int member")]
+    [InlineData("HeadSize = \"Dim\"", "only FromHuggingFace = HuggingFaceConversion.RopeHalvesToPairs reads")]
+    public void Kln0007AMalformedConversion(string arguments, string message)
+    {
+        var diagnostic = AssertSingle(HuggingFaceModel().Replace("HuggingFace = \"lm_head.weight\"", "HuggingFace = \"lm_head.weight\", " + arguments),
+            "KLN0007", "Weight(\"out\"");
+        Assert.Contains(message, diagnostic.GetMessage());
+    }
+
+    [Fact]
+    public void Kln0007AConversionWithoutAName() =>
+        AssertSingle(Model().Replace("[Weight(\"norm\", \"Dim\")]", "[Weight(\"norm\", \"Dim\", FromHuggingFace = HuggingFaceConversion.AddOne)]"), "KLN0007", "Weight(\"norm\"");
+
+    [Fact]
+    public void Kln0008LayersWithoutTheHuggingFacePrefix() =>
+        AssertSingle(HuggingFaceModel("[Layers(\"blk.{0}.\", nameof(Count))] public Block[] Blocks = null!; [Hyper(\"{arch}.count\")] public int Count = 1; " +
+            "public partial class Block { [Weight(\"w\", \"Dim\", HuggingFace = \"w\")] public Tensor W = null!; }"), "KLN0008", "Block[]");
+
+    [Fact]
+    public void Kln0008AHuggingFacePrefixWithoutTheLayerIndex() =>
+        AssertSingle(Model(members: "[Layers(\"blk.{0}.\", nameof(Count), HuggingFace = \"layers.\")] public Block[] Blocks = null!; [Hyper(\"{arch}.count\")] public int Count = 1; public partial class Block { }"),
+            "KLN0008", "Block[]");
+
     [Fact]
     public void Kln0010QuantizeOnAMemberThatIsNotAWeight() =>
         AssertSingle(Model(members: "[Quantize(WeightFormat.Q8_0)] [Hyper(\"{arch}.extra\")] public int Extra;"), "KLN0010", "Quantize(WeightFormat.Q8_0)");
