@@ -92,6 +92,8 @@ public sealed class KilnChatClient : IChatClient
 
         await foreach (var update in _engine.GenerateAsync(prompt, generation, cancellationToken).ConfigureAwait(false))
         {
+            // Tokens generated before the cancel reached the engine are still queued; the caller wants none of them.
+            cancellationToken.ThrowIfCancellationRequested();
             if (!update.IsFinal)
             {
                 if (update.Text.Length == 0) continue; // a character or a possible stop sequence still incomplete
