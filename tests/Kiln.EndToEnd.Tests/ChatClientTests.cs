@@ -1,5 +1,6 @@
 using Kiln.Chat;
 using Kiln.Engine.Serving;
+using Kiln.Loading;
 using Microsoft.Extensions.AI;
 using static Kiln.EndToEnd.Tests.EngineTestModel;
 using AIChatMessage = Microsoft.Extensions.AI.ChatMessage;
@@ -35,6 +36,26 @@ public sealed class ChatClientTests
         var updates = new List<ChatResponseUpdate>();
         await foreach (var update in client.GetStreamingResponseAsync(messages, options).Patiently()) updates.Add(update);
         return (string.Concat(updates.Select(update => update.Text)), updates);
+    }
+
+    [Fact]
+    public async Task TheReadmeChatExampleRuns()
+    {
+        // The README's chat code ("Using it from code"), with its console output captured.
+        using var file = ModelFile.Open(StoriesReference.ModelPath("stories260K.gguf"));
+        var model = Model;
+        var tokenizer = Tokenizer;
+        var console = new StringWriter();
+
+        var template = ChatTemplate.FromModelFile(file, tokenizer);
+        string prompt = template.Render([new("system", "You are terse."), new("user", "Hello")]); // ends with the reply's start
+        await using var engine = new KilnEngine(model, tokens => model.Compile(new PlanOptions(tokens)), tokenizer);
+        IChatClient chat = new KilnChatClient(engine, template, "stories260K");
+        var reply = await chat.GetResponseAsync("Tell me a story.", new ChatOptions { MaxOutputTokens = 64 }).WaitAsync(Patience);
+        console.WriteLine($"{reply.Text} [{reply.FinishReason}, {reply.Usage!.OutputTokenCount} tokens]");
+
+        Assert.Equal("System: You are terse.\n\nUser: Hello\n\nAssistant:", prompt);
+        Assert.Matches(@"^[\s\S]+ \[(length|stop), \d+ tokens\]\r?\n$", console.ToString());
     }
 
     [Fact]

@@ -150,7 +150,7 @@ internal sealed class Lexer
         {
             _position++;
         }
-        _lineStarting = _position > start ? _source[_position - 1] == '\n' : false;
+        _lineStarting = _position > start && _source[_position - 1] == '\n';
     }
 
     private void SkipComment(int tagStart)

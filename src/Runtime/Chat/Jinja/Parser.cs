@@ -21,8 +21,7 @@ internal sealed class Parser
     public static IReadOnlyList<Node> Parse(string source)
     {
         var parser = new Parser(Lexer.Tokenize(source));
-        var body = parser.ParseStatements([]);
-        return body;
+        return parser.ParseStatements([]);
     }
 
     private Token Current => _tokens[_next];

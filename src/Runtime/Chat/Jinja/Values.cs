@@ -120,8 +120,6 @@ internal sealed record GlobalFunction(string Name);
 /// <summary>The arguments of a call: positional, then keyword.</summary>
 internal readonly record struct CallArguments(List<object?> Positional, List<KeyValuePair<string, object?>> Keywords)
 {
-    public static CallArguments Of(params object?[] positional) => new([.. positional], []);
-
     public int Count => Positional.Count;
 
     /// <summary>The argument at <paramref name="position"/> or named <paramref name="name"/>; <paramref name="fallback"/> when absent.</summary>
