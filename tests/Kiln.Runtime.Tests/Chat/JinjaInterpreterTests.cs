@@ -60,6 +60,8 @@ public class JinjaInterpreterTests
 
     [Theory]
     [InlineData("{% set x = 1 %}{% for i in range(2) %}{% set x = 5 %}{% endfor %}{{ x }}", "1")]             // a loop's set stays in the loop
+    [InlineData("{% set x = 1 %}{% for i in range(3) %}{% set x = x + 10 %}{{ x }},{% endfor %}{{ x }}", "11,11,11,1")] // ...and in its iteration
+    [InlineData("{% for i in range(3) %}{% if i == 0 %}{% set y = 5 %}{% endif %}{{ y }},{% endfor %}", "5,,,")]
     [InlineData("{% set ns = namespace(n=0) %}{% for i in range(4) %}{% set ns.n = ns.n + i %}{% endfor %}{{ ns.n }}", "6")]
     [InlineData("{% if true %}{% set y = 2 %}{% endif %}{{ y }}", "2")]                                         // an if's does not
     [InlineData("{% set a, b = [1, 2] %}{{ b }}{{ a }}", "21")]
@@ -71,6 +73,7 @@ public class JinjaInterpreterTests
     [Theory]
     [InlineData("{{ 1 }}|{{ 1.5 }}|{{ 2.0 }}|{{ 1e20 }}|{{ 1e-5 }}|{{ 0.1 + 0.2 }}|{{ 1_000 }}", "1|1.5|2.0|1e+20|1e-05|0.30000000000000004|1000")]
     [InlineData("{{ true }}|{{ False }}|{{ none }}|{{ nothing }}|{{ [1, 'a', none] }}|{{ {'k': 'v'} }}|{{ (1, 2)[1] }}", "True|False|None|None|[1, 'a', None]|{'k': 'v'}|2")]
+    [InlineData("{{ (1, 2) }}|{{ (1,) }}|{{ () }}|{{ {'a': 1}.items() | list }}|{{ (1, 2) == [1, 2] }}|{{ (1, 2) + (3,) }}|{{ (1, 2, 3)[1:] }}", "(1, 2)|(1,)|()|[('a', 1)]|False|(1, 2, 3)|(2, 3)")]
     [InlineData("{{ 'it\\'s' }}|{{ [\"it's\"] }}|{{ 'a\\tb\\u00e9\\x41' }}|{{ \"x\" 'y' }}", "it's|[\"it's\"]|a\tbéA|xy")]
     [InlineData("{{ 7 / 2 }}|{{ 4 / 2 }}|{{ 7 // 2 }}|{{ -7 // 2 }}|{{ -7 % 3 }}|{{ 7.5 % 2 }}|{{ 2 ** 10 }}|{{ -2 ** 2 }}", "3.5|2.0|3|-4|2|1.5|1024|4")]
     [InlineData("{{ 1 + 2 * 3 }}|{{ (1 + 2) * 3 }}|{{ (1 + 2) ~ 'a' }}|{{ 'ab' * 2 }}|{{ [1] + [2] }}|{{ -3 + 1 }}", "7|9|3a|abab|[1, 2]|-2")]

@@ -109,7 +109,12 @@ internal static class Builtins
         }
         var result = new List<object?>();
         for (long i = first; by > 0 ? i < last : i > last; i += by) result.Add(items[(int)i]);
-        return owner is string ? string.Concat(result.Select(c => (string)c!)) : result;
+        return owner switch
+        {
+            string => string.Concat(result.Select(c => (string)c!)),
+            PyTuple => new PyTuple(result),
+            _ => result,
+        };
 
         static long Clamp(long index, int count, long low, long high)
         {
@@ -137,8 +142,8 @@ internal static class Builtins
         {
             case "+" when left is string a && right is string b:
                 return a + b;
-            case "+" when left is List<object?> a && right is List<object?> b:
-                return new List<object?>([.. a, .. b]);
+            case "+" when left is List<object?> a && right is List<object?> b && (a is PyTuple) == (b is PyTuple):
+                return a is PyTuple ? new PyTuple([.. a, .. b]) : new List<object?>([.. a, .. b]);
             case "*" when left is string s && Py.AsInteger(right) is long times:
                 return Repeat(s, times);
             case "*" when right is string s && Py.AsInteger(left) is long times:
@@ -374,7 +379,7 @@ internal static class Builtins
         }
     }
 
-    private static List<object?> Items(JinjaDict dict) => dict.Keys.Select(key => (object?)new List<object?> { key, dict[key] }).ToList();
+    private static List<object?> Items(JinjaDict dict) => dict.Keys.Select(key => (object?)new PyTuple { key, dict[key] }).ToList();
 
     private static object? CallStringMethod(string s, string name, CallArguments arguments)
     {

@@ -49,7 +49,8 @@ internal sealed record Constant(object? Value, int Line, int Column) : Expressio
 
 internal sealed record Variable(string Name, int Line, int Column) : Expression(Line, Column);
 
-internal sealed record ListLiteral(IReadOnlyList<Expression> Items, int Line, int Column) : Expression(Line, Column);
+/// <summary><c>[a, b]</c>, or a tuple: <c>(a, b)</c>, <c>a, b</c>.</summary>
+internal sealed record ListLiteral(IReadOnlyList<Expression> Items, bool IsTuple, int Line, int Column) : Expression(Line, Column);
 
 internal sealed record DictLiteral(IReadOnlyList<(Expression Key, Expression Value)> Entries, int Line, int Column) : Expression(Line, Column);
 

@@ -248,7 +248,7 @@ internal sealed class Parser
             if (EndsTuple(Current)) break;
             items.Add(ParseExpression(withConditional));
         }
-        return new ListLiteral(items, first.Line, first.Column);
+        return new ListLiteral(items, IsTuple: true, first.Line, first.Column);
     }
 
     private static bool EndsTuple(Token token) =>
@@ -417,7 +417,7 @@ internal sealed class Parser
                 if (Current.IsOperator(")"))
                 {
                     Advance();
-                    return new ListLiteral([], token.Line, token.Column);
+                    return new ListLiteral([], IsTuple: true, token.Line, token.Column);
                 }
                 var inner = ParseTuple(withConditional: true);
                 ExpectOperator(")");
@@ -431,7 +431,7 @@ internal sealed class Parser
                     items.Add(ParseExpression(withConditional: true));
                 }
                 Advance();
-                return new ListLiteral(items, token.Line, token.Column);
+                return new ListLiteral(items, IsTuple: false, token.Line, token.Column);
             case TokenKind.Operator when token.Text == "{":
                 var entries = new List<(Expression, Expression)>();
                 while (!Current.IsOperator("}"))

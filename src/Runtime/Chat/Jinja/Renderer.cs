@@ -4,8 +4,8 @@ namespace Kiln.Chat.Jinja;
 
 /// <summary>
 /// Variables by name, with the scope they were made in as parent: the environment's globals, the render's variables,
-/// then one scope per for loop and macro call. A for loop's <c>set</c> stays inside the loop, as in Jinja (which is
-/// why templates carry state out of loops in a namespace).
+/// then one scope per iteration of a for loop and per macro call. A loop's <c>set</c> lasts for its iteration only,
+/// as in Jinja (which is why templates carry state across iterations and out of loops in a namespace).
 /// </summary>
 internal sealed class Scope
 {
@@ -156,14 +156,15 @@ internal sealed class Renderer
             return;
         }
 
-        var loopScope = new Scope(scope);
         var state = new LoopState(items);
-        loopScope.Set("loop", state);
         for (int i = 0; i < items.Count; i++)
         {
+            // Each iteration starts afresh from the enclosing scope: what one set, the next does not see.
+            var iterationScope = new Scope(scope);
+            iterationScope.Set("loop", state);
             state.Index0 = i;
-            Assign(loop.Target, items[i], loopScope);
-            if (Execute(loop.Body, loopScope) == Flow.Break) break;
+            Assign(loop.Target, items[i], iterationScope);
+            if (Execute(loop.Body, iterationScope) == Flow.Break) break;
         }
     }
 
@@ -245,7 +246,7 @@ internal sealed class Renderer
             case Variable variable:
                 return scope.TryGet(variable.Name, out object? value) ? value : Undefined.Variable(variable.Name);
             case ListLiteral list:
-                var items = new List<object?>(list.Items.Count);
+                var items = list.IsTuple ? new PyTuple() : new List<object?>(list.Items.Count);
                 foreach (var item in list.Items) items.Add(Evaluate(item, scope));
                 return items;
             case DictLiteral literal:

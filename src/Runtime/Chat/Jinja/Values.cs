@@ -27,6 +27,18 @@ internal sealed class Undefined
     public static Undefined Item(object? owner, object? key) => new($"'{Py.ObjectTypeRepr(owner)}' has no item {Py.Repr(key)}");
 }
 
+/// <summary>A Python tuple: a list that prints in parentheses and never equals a list.</summary>
+internal sealed class PyTuple : List<object?>
+{
+    public PyTuple()
+    {
+    }
+
+    public PyTuple(IEnumerable<object?> items) : base(items)
+    {
+    }
+}
+
 /// <summary>A Python dict: insertion-ordered, keys compared as Python compares them (1 == 1.0 == True).</summary>
 internal sealed class JinjaDict
 {
@@ -195,6 +207,7 @@ internal static class Py
         long => "int",
         double => "float",
         string => "str",
+        PyTuple => "tuple",
         List<object?> => "list",
         JinjaDict => "dict",
         Namespace => "Namespace",
@@ -234,13 +247,14 @@ internal static class Py
             case double d: text.Append(FormatFloat(d)); break;
             case string s: AppendStringRepr(text, s); break;
             case List<object?> list:
-                text.Append('[');
+                bool tuple = list is PyTuple;
+                text.Append(tuple ? '(' : '[');
                 for (int i = 0; i < list.Count; i++)
                 {
                     if (i > 0) text.Append(", ");
                     AppendRepr(text, list[i]);
                 }
-                text.Append(']');
+                text.Append(tuple ? list.Count == 1 ? ",)" : ")" : "]");
                 break;
             case JinjaDict dict:
                 text.Append('{');
@@ -354,7 +368,7 @@ internal static class Py
         {
             case string s: return right is string t && string.Equals(s, t, StringComparison.Ordinal);
             case List<object?> list:
-                if (right is not List<object?> other || other.Count != list.Count) return false;
+                if (right is not List<object?> other || other.Count != list.Count || (list is PyTuple) != (other is PyTuple)) return false;
                 for (int i = 0; i < list.Count; i++)
                 {
                     if (!AreEqual(list[i], other[i])) return false;
