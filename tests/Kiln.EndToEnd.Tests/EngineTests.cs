@@ -542,38 +542,4 @@ public sealed class EngineTests
             lock (_meters) _meters.ForEach(m => m.Dispose());
         }
     }
-
-    /// <summary>
-    /// An engine whose plan holds its steps from <paramref name="holdFromStep"/> on until the test releases it: a request
-    /// is still running when the test's cancel (or disposal) is sent, however loaded the machine.
-    /// </summary>
-    private static (KilnEngine Engine, HeldPlan Plan) CreateHeldEngine(EngineOptions options, int holdFromStep)
-    {
-        HeldPlan? plan = null;
-        var engine = new KilnEngine(Model, tokens => plan = new HeldPlan(new EagerPlan(Model, tokens), holdFromStep), Tokenizer, options);
-        return (engine, plan!);
-    }
-
-    /// <summary>Runs its plan; step <c>holdFromStep</c> and later wait for <see cref="Release"/> (failing the engine after <see cref="Patience"/>).</summary>
-    private sealed class HeldPlan(ICompiledPlan inner, int holdFromStep) : ICompiledPlan
-    {
-        private readonly ManualResetEventSlim _released = new();
-        private int _steps;
-
-        public int MaxTokensPerStep => inner.MaxTokensPerStep;
-
-        public int VocabSize => inner.VocabSize;
-
-        public string FusionReport => inner.FusionReport;
-
-        public void Release() => _released.Set();
-
-        public void Step(ReadOnlySpan<int> tokens, AttentionContext context, Span<float> logits)
-        {
-            if (_steps++ >= holdFromStep && !_released.Wait(Patience)) throw new TimeoutException("The test never released the held step.");
-            inner.Step(tokens, context, logits);
-        }
-
-        public void Dispose() => inner.Dispose();
-    }
 }
