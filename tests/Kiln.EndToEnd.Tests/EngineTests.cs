@@ -1,6 +1,7 @@
 using System.Diagnostics.Metrics;
 using Kiln.Engine.Scheduling;
 using Kiln.Engine.Serving;
+using Kiln.Testing;
 using static Kiln.EndToEnd.Tests.EngineTestModel;
 
 namespace Kiln.EndToEnd.Tests;
@@ -534,6 +535,7 @@ public sealed class EngineTests
         // The first step waits until all five are queued: then two run and three wait in the scheduler when step 3 throws,
         // and a sixth, submitted during that step, is still in the engine's queue.
         var queued = Enumerable.Range(0, 5).Select(_ => Collect(engine.GenerateAsync(Stories.PromptIds, options))).ToList();
+        Assert.False(engine.IsFaulted);
         var lastQueued = new TaskCompletionSource<Task<Outcome>>(TaskCreationOptions.RunContinuationsAsynchronously);
         plan!.BeforeFailing = () => lastQueued.SetResult(Collect(engine.GenerateAsync(Stories.PromptIds, options)));
         plan.FirstStepGate.Set();
@@ -548,6 +550,7 @@ public sealed class EngineTests
         }
         Assert.Equal(2, outcomes.Count(o => o.Tokens.Length > 0)); // the two that ran streamed their first tokens
 
+        Assert.True(engine.IsFaulted);
         var faulted = Assert.Throws<EngineFaultedException>(() => engine.GenerateAsync(Stories.PromptIds, options));
         Assert.Same(plan.Thrown, faulted.InnerException);
         Assert.Contains(FailingPlan.Message, faulted.Message);
@@ -623,30 +626,7 @@ public sealed class EngineTests
     private static (KilnEngine Engine, HeldPlan Plan) CreateHeldEngine(EngineOptions options, int holdFromStep)
     {
         HeldPlan? plan = null;
-        var engine = new KilnEngine(Model, tokens => plan = new HeldPlan(new EagerPlan(Model, tokens), holdFromStep), Tokenizer, options);
+        var engine = new KilnEngine(Model, tokens => plan = new HeldPlan(new EagerPlan(Model, tokens), holdFromStep, Patience), Tokenizer, options);
         return (engine, plan!);
-    }
-
-    /// <summary>Runs its plan; step <c>holdFromStep</c> and later wait for <see cref="Release"/> (failing the engine after <see cref="Patience"/>).</summary>
-    private sealed class HeldPlan(ICompiledPlan inner, int holdFromStep) : ICompiledPlan
-    {
-        private readonly ManualResetEventSlim _released = new();
-        private int _steps;
-
-        public int MaxTokensPerStep => inner.MaxTokensPerStep;
-
-        public int VocabSize => inner.VocabSize;
-
-        public string FusionReport => inner.FusionReport;
-
-        public void Release() => _released.Set();
-
-        public void Step(ReadOnlySpan<int> tokens, AttentionContext context, Span<float> logits)
-        {
-            if (_steps++ >= holdFromStep && !_released.Wait(Patience)) throw new TimeoutException("The test never released the held step.");
-            inner.Step(tokens, context, logits);
-        }
-
-        public void Dispose() => inner.Dispose();
     }
 }
