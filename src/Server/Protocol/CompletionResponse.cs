@@ -99,7 +99,9 @@ internal sealed class CompletionResponse
         var aborted = context.RequestAborted;
         response.ContentType = "text/event-stream";
         response.Headers.CacheControl = "no-cache";
+        // Headers go out now: the client knows the engine took the request even while it waits for a slot.
         await response.StartAsync(aborted).ConfigureAwait(false);
+        await response.Body.FlushAsync(aborted).ConfigureAwait(false);
 
         // A chat stream opens every choice with the assistant's role, as OpenAI's does.
         if (IsChat)
