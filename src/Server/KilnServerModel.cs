@@ -1,3 +1,4 @@
+using Kiln.Chat;
 using Kiln.Engine.Serving;
 using Kiln.Loading;
 using Kiln.Models;
@@ -7,7 +8,7 @@ namespace Kiln.Server;
 
 /// <summary>
 /// The one model a server hosts: the engine that runs it, its tokenizer, the id clients name it by, and what a chat
-/// needs (the end-of-turn tokens that close an assistant's reply). Disposing it disposes the engine.
+/// needs (its chat template, the end-of-turn tokens that close an assistant's reply). Disposing it disposes the engine.
 /// </summary>
 public sealed class KilnServerModel : IAsyncDisposable
 {
@@ -17,8 +18,12 @@ public sealed class KilnServerModel : IAsyncDisposable
     // Each token's own text, decoded when a logprobs response first names it.
     private readonly string?[] _tokenText;
 
-    /// <summary>Serves <paramref name="engine"/> (whose tokenizer is <paramref name="tokenizer"/>) under <paramref name="id"/>; takes ownership of the engine.</summary>
-    public KilnServerModel(string id, KilnEngine engine, KilnTokenizer tokenizer)
+    /// <summary>
+    /// Serves <paramref name="engine"/> (whose tokenizer is <paramref name="tokenizer"/>) under <paramref name="id"/>,
+    /// rendering chats with <paramref name="chatTemplate"/> (<see cref="ChatTemplate.Fallback"/> when null); takes
+    /// ownership of the engine.
+    /// </summary>
+    public KilnServerModel(string id, KilnEngine engine, KilnTokenizer tokenizer, ChatTemplate? chatTemplate = null)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(id);
         ArgumentNullException.ThrowIfNull(engine);
@@ -28,6 +33,7 @@ public sealed class KilnServerModel : IAsyncDisposable
         Id = id;
         Engine = engine;
         Tokenizer = tokenizer;
+        ChatTemplate = chatTemplate ?? ChatTemplate.Fallback;
         _tokenText = new string?[tokenizer.VocabSize];
 
         var endOfTurn = new List<int>();
@@ -39,18 +45,20 @@ public sealed class KilnServerModel : IAsyncDisposable
     }
 
     /// <summary>
-    /// Loads a model file through <see cref="ModelCatalog"/> (its architecture picks the definition) and starts an
-    /// engine on its compiled plan. The id is <paramref name="id"/>, or the file's name without its extension.
+    /// Loads a model file through <see cref="ModelCatalog"/> (its architecture picks the definition), with its chat
+    /// template (tokenizer.chat_template, or the fallback format), and starts an engine on its compiled plan. The id
+    /// is <paramref name="id"/>, or the file's name without its extension.
     /// </summary>
-    /// <exception cref="ModelLoadException">The file cannot be read or no definition fits it.</exception>
+    /// <exception cref="ModelLoadException">The file cannot be read, no definition fits it, or its chat template does not parse.</exception>
     public static KilnServerModel Load(string path, EngineOptions? engineOptions = null, string? id = null)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(path);
         using var file = ModelFile.Open(path);
         var model = ModelCatalog.Load(file);
         var tokenizer = KilnTokenizer.FromModelFile(file);
+        var template = ChatTemplate.FromModelFile(file, tokenizer);
         var engine = new KilnEngine(model, tokens => model.Compile(new PlanOptions(tokens)), tokenizer, engineOptions);
-        return new KilnServerModel(id ?? Path.GetFileNameWithoutExtension(path), engine, tokenizer);
+        return new KilnServerModel(id ?? Path.GetFileNameWithoutExtension(path), engine, tokenizer, template);
     }
 
     /// <summary>The name clients give as "model", and /v1/models lists.</summary>
@@ -59,6 +67,9 @@ public sealed class KilnServerModel : IAsyncDisposable
     public KilnEngine Engine { get; }
 
     public KilnTokenizer Tokenizer { get; }
+
+    /// <summary>How a conversation becomes the prompt text (the model file's template, or <see cref="ChatTemplate.Fallback"/>).</summary>
+    public ChatTemplate ChatTemplate { get; }
 
     /// <summary>When the model was loaded, as /v1/models reports it ("created").</summary>
     public DateTimeOffset Created { get; } = DateTimeOffset.UtcNow;

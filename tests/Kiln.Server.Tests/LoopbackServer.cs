@@ -23,7 +23,11 @@ internal sealed class LoopbackServer : IAsyncDisposable
         Model = model;
         Address = address;
         Http = new HttpClient { BaseAddress = address, Timeout = TimeSpan.FromSeconds(60) };
+        // A client that stops reading a stream closes its connection at once, rather than draining what is left.
+        _openAiHttp = new HttpClient(new SocketsHttpHandler { MaxResponseDrainSize = 0 }) { Timeout = TimeSpan.FromSeconds(60) };
     }
+
+    private readonly HttpClient _openAiHttp;
 
     public WebApplication App { get; }
 
@@ -64,7 +68,7 @@ internal sealed class LoopbackServer : IAsyncDisposable
     {
         Endpoint = new Uri(Address, "v1"),
         RetryPolicy = new ClientRetryPolicy(maxRetries: 0),
-        NetworkTimeout = TimeSpan.FromSeconds(60),
+        Transport = new HttpClientPipelineTransport(_openAiHttp),
     });
 
     /// <summary>Waits for the engine to publish an idle pool: nothing running or waiting, every KV block free.</summary>
@@ -83,6 +87,7 @@ internal sealed class LoopbackServer : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         Http.Dispose();
+        _openAiHttp.Dispose();
         await App.StopAsync();
         await App.DisposeAsync();
         await Model.DisposeAsync();

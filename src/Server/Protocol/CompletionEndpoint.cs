@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Kiln.Chat;
 using Kiln.Engine.Serving;
 using Microsoft.AspNetCore.Http;
 
@@ -11,6 +12,9 @@ namespace Kiln.Server.Protocol;
 /// </summary>
 internal sealed class CompletionEndpoint(KilnServerModel model, ApiKind kind)
 {
+    // The fallback chat format marks a user's turn with "User:": a model continuing the text would write the next one.
+    private static readonly string[] FallbackStops = ["\nUser:"];
+
     public async Task HandleAsync(HttpContext context)
     {
         CompletionRequest request;
@@ -27,7 +31,9 @@ internal sealed class CompletionEndpoint(KilnServerModel model, ApiKind kind)
                     $"This model's context holds {model.Engine.MaxContext} tokens; the {PromptParam} take {prompt.Length}, leaving no room to generate.",
                     PromptParam, "context_length_exceeded");
             }
-            var options = request.ToGenerationOptions(prompt.Length, model.Engine.MaxContext, kind == ApiKind.Chat ? model.EndOfTurnTokens : null);
+            var options = kind == ApiKind.Chat
+                ? request.ToGenerationOptions(prompt.Length, model.Engine.MaxContext, model.EndOfTurnTokens, model.ChatTemplate.IsFallback ? FallbackStops : null)
+                : request.ToGenerationOptions(prompt.Length, model.Engine.MaxContext);
             updates = model.Engine.GenerateAsync(prompt, options, context.RequestAborted);
         }
         catch (Exception e) when (Translate(e) is { } error)
@@ -61,8 +67,31 @@ internal sealed class CompletionEndpoint(KilnServerModel model, ApiKind kind)
         return ids;
     }
 
-    private int[] EncodeChat(IReadOnlyList<InputMessage> messages) =>
-        throw new OpenAiException(StatusCodes.Status501NotImplemented, "Chat completions need the model's chat template, which this build does not read yet.", "messages", type: "server_error");
+    /// <summary>
+    /// The conversation rendered by the model's chat template and encoded with its special tokens (the template's
+    /// markers are control tokens), after BOS unless the template wrote it already.
+    /// </summary>
+    private int[] EncodeChat(IReadOnlyList<ChatMessage> messages)
+    {
+        string prompt;
+        try
+        {
+            prompt = model.ChatTemplate.Render(messages, addGenerationPrompt: true);
+        }
+        catch (ChatTemplateException e) when (e.IsRaisedByTemplate)
+        {
+            // The template refused the conversation (roles out of order, say): the request's fault, not the server's.
+            throw OpenAiException.BadRequest($"The model's chat template refused the messages: {e.Message}", "messages");
+        }
+        catch (ChatTemplateException e)
+        {
+            throw new OpenAiException(StatusCodes.Status500InternalServerError, $"The model's chat template failed: {e.Message}", type: "server_error");
+        }
+        var tokenizer = model.Tokenizer;
+        string bos = (uint)tokenizer.BosId < (uint)tokenizer.VocabSize ? tokenizer.GetToken(tokenizer.BosId) : "";
+        bool addBos = tokenizer.AddBosToken && !(bos.Length > 0 && prompt.StartsWith(bos, StringComparison.Ordinal));
+        return tokenizer.Encode(prompt, addBos, parseSpecial: true);
+    }
 
     /// <summary>The OpenAI error for what went wrong before anything was streamed; null for a bug, left to the host.</summary>
     private OpenAiException? Translate(Exception e) => e switch

@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json;
+using Kiln.Chat;
 using Kiln.Engine.Serving;
 
 namespace Kiln.Server.Protocol;
@@ -13,9 +14,6 @@ internal enum ApiKind
     /// <summary>POST /v1/chat/completions: messages, rendered through the model's chat template.</summary>
     Chat,
 }
-
-/// <summary>A chat message as the request gave it: its role and its text.</summary>
-internal readonly record struct InputMessage(string Role, string Content);
 
 /// <summary>
 /// A completions or chat-completions request body, read and checked field by field. Sampling fields follow OpenAI's
@@ -45,7 +43,7 @@ internal sealed class CompletionRequest
     public int[]? PromptIds { get; init; }
 
     /// <summary>Chat: the conversation so far.</summary>
-    public IReadOnlyList<InputMessage> Messages { get; init; } = [];
+    public IReadOnlyList<ChatMessage> Messages { get; init; } = [];
 
     /// <summary>Tokens to generate at most; null for the endpoint's default.</summary>
     public int? MaxTokens { get; init; }
@@ -78,8 +76,11 @@ internal sealed class CompletionRequest
 
     public string? User { get; init; }
 
-    /// <summary>The engine's options for this request, stopping also at <paramref name="stopTokens"/> (a chat's end-of-turn tokens).</summary>
-    public GenerationOptions ToGenerationOptions(int promptLength, int maxContext, IReadOnlyList<int>? stopTokens) => new()
+    /// <summary>
+    /// The engine's options for this request, stopping also at <paramref name="stopTokens"/> and
+    /// <paramref name="extraStops"/> (what ends a chat's turn).
+    /// </summary>
+    public GenerationOptions ToGenerationOptions(int promptLength, int maxContext, IReadOnlyList<int>? stopTokens = null, IReadOnlyList<string>? extraStops = null) => new()
     {
         MaxTokens = MaxTokens ?? (Kind == ApiKind.Completions ? CompletionsDefaultMaxTokens : Math.Max(1, maxContext - promptLength)),
         Temperature = Temperature,
@@ -89,7 +90,7 @@ internal sealed class CompletionRequest
         RepetitionPenalty = RepetitionPenalty,
         Seed = Seed,
         N = N,
-        StopStrings = Stop.Count > 0 ? Stop : null,
+        StopStrings = extraStops is { Count: > 0 } ? [.. Stop, .. extraStops] : Stop.Count > 0 ? Stop : null,
         StopTokens = stopTokens is { Count: > 0 } ? stopTokens : null,
         Logprobs = Logprobs,
         TopLogprobs = TopLogprobs,
@@ -129,7 +130,7 @@ internal sealed class CompletionRequest
 
         string? promptText = null;
         int[]? promptIds = null;
-        IReadOnlyList<InputMessage> messages = [];
+        IReadOnlyList<ChatMessage> messages = [];
         if (kind == ApiKind.Chat) messages = ReadMessages(fields);
         else ReadPrompt(fields, out promptText, out promptIds);
 
@@ -189,11 +190,11 @@ internal sealed class CompletionRequest
         throw fields.Wrong("prompt", "a non-empty string or array of token ids", prompt);
     }
 
-    private static IReadOnlyList<InputMessage> ReadMessages(JsonFields fields)
+    private static IReadOnlyList<ChatMessage> ReadMessages(JsonFields fields)
     {
         if (!fields.TryGet("messages", out var messages) || messages.ValueKind != JsonValueKind.Array || messages.GetArrayLength() == 0)
             throw OpenAiException.BadRequest("'messages' must be a non-empty array of messages.", "messages");
-        var result = new List<InputMessage>(messages.GetArrayLength());
+        var result = new List<ChatMessage>(messages.GetArrayLength());
         foreach (var element in messages.EnumerateArray())
         {
             string path = $"messages[{result.Count}]";
@@ -203,7 +204,8 @@ internal sealed class CompletionRequest
                 throw OpenAiException.BadRequest($"'{path}.role' must be one of {string.Join(", ", ChatRoles)}; got \"{role}\".", $"{path}.role");
             if (message.TryGet("tool_calls", out _) || message.TryGet("function_call", out _))
                 throw OpenAiException.BadRequest($"'{path}' carries tool calls; this server does not support tools.", $"{path}.tool_calls");
-            result.Add(new InputMessage(role, ReadContent(message, path)));
+            // OpenAI's newer name for the system role; chat templates know "system".
+            result.Add(new ChatMessage(role == "developer" ? "system" : role, ReadContent(message, path)));
         }
         return result;
     }
