@@ -618,15 +618,4 @@ public sealed class EngineTests
             lock (_meters) _meters.ForEach(m => m.Dispose());
         }
     }
-
-    /// <summary>
-    /// An engine whose plan holds its steps from <paramref name="holdFromStep"/> on until the test releases it: a request
-    /// is still running when the test's cancel (or disposal) is sent, however loaded the machine.
-    /// </summary>
-    private static (KilnEngine Engine, HeldPlan Plan) CreateHeldEngine(EngineOptions options, int holdFromStep)
-    {
-        HeldPlan? plan = null;
-        var engine = new KilnEngine(Model, tokens => plan = new HeldPlan(new EagerPlan(Model, tokens), holdFromStep, Patience), Tokenizer, options);
-        return (engine, plan!);
-    }
 }

@@ -767,7 +767,8 @@ internal static class Builtins
         double number = Py.ToDouble(value), scale = Math.Pow(10, precision);
         return method switch
         {
-            "common" => Math.Round(number, Math.Clamp(precision, 0, 15), MidpointRounding.AwayFromZero),
+            // Jinja's "common" is Python's round(): halves go to the even neighbour.
+            "common" => Math.Round(number, Math.Clamp(precision, 0, 15), MidpointRounding.ToEven),
             "ceil" => Math.Ceiling(number * scale) / scale,
             "floor" => Math.Floor(number * scale) / scale,
             _ => throw new TemplateRuntimeException("round filter: method must be 'common', 'ceil' or 'floor'"),

@@ -137,7 +137,7 @@ internal sealed class Renderer
 
     private void RunLoop(ForStatement loop, Scope scope)
     {
-        var source = Py.Iterate(Evaluate(loop.Iterable, scope));
+        var source = Iterate(loop.Iterable, scope);
         IReadOnlyList<object?> items = source;
         if (loop.Filter is not null)
         {
@@ -167,7 +167,38 @@ internal sealed class Renderer
         }
     }
 
+    private IReadOnlyList<object?> Iterate(Expression iterable, Scope scope)
+    {
+        object? value = Evaluate(iterable, scope);
+        try
+        {
+            return Py.Iterate(value);
+        }
+        catch (TemplateRuntimeException error)
+        {
+            Locate(error, iterable);
+            throw;
+        }
+    }
+
     private void Assign(AssignTarget target, object? value, Scope scope)
+    {
+        try
+        {
+            AssignCore(target, value, scope);
+        }
+        catch (TemplateRuntimeException error)
+        {
+            if (error.Line == 0)
+            {
+                error.Line = target.Line;
+                error.Column = target.Column;
+            }
+            throw;
+        }
+    }
+
+    private static void AssignCore(AssignTarget target, object? value, Scope scope)
     {
         switch (target)
         {
