@@ -149,7 +149,7 @@ public static class KilnServer
     private static Task WriteJson(HttpResponse response, Action<Utf8JsonWriter> writeFields)
     {
         var buffer = new System.Buffers.ArrayBufferWriter<byte>(256);
-        using (var json = new Utf8JsonWriter(buffer))
+        using (var json = new Utf8JsonWriter(buffer, JsonOutput.Options))
         {
             json.WriteStartObject();
             writeFields(json);

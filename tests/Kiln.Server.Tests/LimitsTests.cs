@@ -105,12 +105,14 @@ public sealed class LimitsTests
     public async Task AnUnknownModelIs404()
     {
         await using var server = await LoopbackServer.StartAsync();
-        using var response = await server.Http.PostJsonAsync("v1/completions", """{"model": "gpt-4o", "prompt": "Lily"}""");
+        using var response = await server.Http.PostJsonAsync("v1/completions", """{"model": "gpt-4o's <große>", "prompt": "Lily"}""");
         var (status, error) = await ServerEvents.ReadErrorAsync(response);
         Assert.Equal(404, status);
         Assert.Equal("model", error.GetProperty("param").GetString());
         Assert.Equal("model_not_found", error.GetProperty("code").GetString());
-        Assert.Contains("gpt-4o", error.GetProperty("message").GetString());
+        Assert.Contains("gpt-4o's <große>", error.GetProperty("message").GetString());
+        // Bodies are JSON for programs, not HTML: text is written as it is, not \u-escaped.
+        Assert.Contains("gpt-4o's <große>", await response.Content.ReadAsStringAsync());
     }
 
     [Fact]

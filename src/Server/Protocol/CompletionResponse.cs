@@ -31,7 +31,7 @@ internal sealed class CompletionResponse
         _model = model;
         _request = request;
         _id = (request.Kind == ApiKind.Chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
-        _json = new Utf8JsonWriter(_buffer);
+        _json = new Utf8JsonWriter(_buffer, JsonOutput.Options);
         _choices = new Choice[request.N];
         for (int i = 0; i < _choices.Length; i++) _choices[i] = new Choice();
     }

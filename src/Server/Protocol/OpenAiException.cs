@@ -37,7 +37,7 @@ internal sealed class OpenAiException(int status, string message, string? param 
     public byte[] ToJson()
     {
         var buffer = new System.Buffers.ArrayBufferWriter<byte>(256);
-        using (var json = new Utf8JsonWriter(buffer))
+        using (var json = new Utf8JsonWriter(buffer, JsonOutput.Options))
         {
             json.WriteStartObject();
             WriteErrorObject(json);
