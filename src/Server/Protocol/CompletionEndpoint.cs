@@ -36,7 +36,7 @@ internal sealed class CompletionEndpoint(KilnServerModel model, ApiKind kind)
                 : request.ToGenerationOptions(prompt.Length, model.Engine.MaxContext);
             updates = model.Engine.GenerateAsync(prompt, options, context.RequestAborted);
         }
-        catch (Exception e) when (Translate(e) is { } error)
+        catch (Exception e) when (Translate(e, context) is { } error)
         {
             if (!context.RequestAborted.IsCancellationRequested) await error.WriteAsync(context.Response).ConfigureAwait(false);
             return;
@@ -94,7 +94,7 @@ internal sealed class CompletionEndpoint(KilnServerModel model, ApiKind kind)
     }
 
     /// <summary>The OpenAI error for what went wrong before anything was streamed; null for a bug, left to the host.</summary>
-    private OpenAiException? Translate(Exception e) => e switch
+    private OpenAiException? Translate(Exception e, HttpContext context) => e switch
     {
         OpenAiException error => error,
         JsonException json => OpenAiException.BadRequest($"The request body is not valid JSON: {json.Message}"),
@@ -110,7 +110,8 @@ internal sealed class CompletionEndpoint(KilnServerModel model, ApiKind kind)
             "N" => "n",
             _ => null,
         }),
-        OperationCanceledException => new OpenAiException(499, "The client closed the request.", type: "client_closed_request"),
+        // The client left while its body was read: nothing is written back, but the request ends here, not in the host.
+        OperationCanceledException when context.RequestAborted.IsCancellationRequested => new OpenAiException(499, "The client closed the request.", type: "client_closed_request"),
         _ => null,
     };
 }

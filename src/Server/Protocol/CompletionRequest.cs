@@ -74,6 +74,7 @@ internal sealed class CompletionRequest
     /// <summary>Alternatives reported per token: chat's top_logprobs, or the completions endpoint's logprobs count.</summary>
     public int TopLogprobs { get; init; }
 
+    /// <summary>The end user's id, which OpenAI keeps for abuse monitoring; read and checked, it changes no output.</summary>
     public string? User { get; init; }
 
     /// <summary>
