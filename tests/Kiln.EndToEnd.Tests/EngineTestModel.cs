@@ -3,6 +3,7 @@ using Kiln.Engine.Scheduling;
 using Kiln.Engine.Serving;
 using Kiln.Loading;
 using Kiln.Models;
+using Kiln.Testing;
 using Kiln.Tokenization;
 
 namespace Kiln.EndToEnd.Tests;
@@ -122,30 +123,7 @@ internal static class EngineTestModel
     public static (KilnEngine Engine, HeldPlan Plan) CreateHeldEngine(EngineOptions options, int holdFromStep)
     {
         HeldPlan? plan = null;
-        var engine = new KilnEngine(Model, tokens => plan = new HeldPlan(new EagerPlan(Model, tokens), holdFromStep), Tokenizer, options);
+        var engine = new KilnEngine(Model, tokens => plan = new HeldPlan(new EagerPlan(Model, tokens), holdFromStep, Patience), Tokenizer, options);
         return (engine, plan!);
     }
-}
-
-/// <summary>Runs its plan; step <c>holdFromStep</c> and later wait for <see cref="Release"/> (failing the engine after <see cref="EngineTestModel.Patience"/>).</summary>
-internal sealed class HeldPlan(ICompiledPlan inner, int holdFromStep) : ICompiledPlan
-{
-    private readonly ManualResetEventSlim _released = new();
-    private int _steps;
-
-    public int MaxTokensPerStep => inner.MaxTokensPerStep;
-
-    public int VocabSize => inner.VocabSize;
-
-    public string FusionReport => inner.FusionReport;
-
-    public void Release() => _released.Set();
-
-    public void Step(ReadOnlySpan<int> tokens, AttentionContext context, Span<float> logits)
-    {
-        if (_steps++ >= holdFromStep && !_released.Wait(EngineTestModel.Patience)) throw new TimeoutException("The test never released the held step.");
-        inner.Step(tokens, context, logits);
-    }
-
-    public void Dispose() => inner.Dispose();
 }
