@@ -117,6 +117,9 @@ public sealed partial class KilnEngine : IAsyncDisposable
 
     public EngineOptions Options { get; }
 
+    /// <summary>The tokenizer the engine encodes string prompts and decodes generated text with.</summary>
+    public KilnTokenizer Tokenizer => _tokenizer;
+
     /// <summary>The paged KV storage (its block geometry is the scheduler's block pool's).</summary>
     public KvCache Cache { get; }
 
