@@ -14,10 +14,12 @@ internal static class KilnCommandLine
         new("Kiln: run ML models compiled to fused CPU kernels, from a GGUF or llama2.c file.")
         {
             RunCommand.Create(console),
+            ChatCommand.Create(console),
+            ServeCommand.Create(console),
             InspectCommand.Create(console),
         };
 
-    public static async Task<int> RunAsync(string[] args, CliConsole console)
+    public static async Task<int> RunAsync(string[] args, CliConsole console, CancellationToken cancellationToken = default)
     {
         var parse = Create(console).Parse(args);
         if (parse.Errors.Count > 0)
@@ -35,7 +37,11 @@ internal static class KilnCommandLine
                 Output = console.Out,
                 Error = console.Error,
                 EnableDefaultExceptionHandler = false,
-            });
+            }, cancellationToken);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            return ExitCodes.Ok; // the host that called stopped it on purpose
         }
         catch (OperationCanceledException)
         {

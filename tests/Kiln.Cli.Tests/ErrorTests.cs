@@ -72,6 +72,9 @@ public sealed class ErrorTests
         { ["frobnicate"], "unknown command or argument 'frobnicate'." },
         { ["inspect"], "Required argument 'FILE' missing for command: 'inspect'." },
         { [], "Required command was not provided." },
+        { ["serve", "--model", Stories, "--port", "70000"], "--port takes a port number from 0 to 65535; got '70000'." },
+        { ["serve", "--model", Stories, "--max-queue", "0"], "--max-queue takes a whole number, 1 or more; got '0'." },
+        { ["chat", "--model", Stories, "--max-tokens", "x"], "--max-tokens takes a whole number, 1 or more; got 'x'." },
     };
 
     [Theory]
@@ -91,7 +94,7 @@ public sealed class ErrorTests
         var run = await CliRun.Of(["--help"]);
 
         Assert.Equal(ExitCodes.Ok, run.ExitCode);
-        foreach (string command in new[] { "run", "inspect" })
+        foreach (string command in new[] { "run", "chat", "serve", "inspect" })
             Assert.Matches($@"(?m)^\s+{command}\s", run.Out);
     }
 }

@@ -15,8 +15,8 @@ public static class Dotnet
         public override string ToString() => $"{Command}\nexit {ExitCode} after {Elapsed.TotalSeconds:F0} s\n--- stdout:\n{Out}\n--- stderr:\n{Error}";
     }
 
-    /// <summary>The repository this test was built from: the folder above it that holds Compiler.sln.</summary>
-    public static string RepositoryRoot { get; } = FindRepositoryRoot();
+    /// <summary>The repository this test was built from.</summary>
+    public static string RepositoryRoot => Kiln.Tests.Repository.Root;
 
     /// <summary>The packages folder restores on this machine use (dependencies come from it, not the network).</summary>
     public static string MachinePackagesFolder =>
@@ -81,12 +81,5 @@ public static class Dotnet
         }
         process.WaitForExit(); // drains the output readers
         return new Result(command, process.ExitCode, output.ToString(), error.ToString(), clock.Elapsed);
-    }
-
-    private static string FindRepositoryRoot()
-    {
-        for (var folder = new DirectoryInfo(AppContext.BaseDirectory); folder is not null; folder = folder.Parent)
-            if (File.Exists(Path.Combine(folder.FullName, "Compiler.sln"))) return folder.FullName;
-        throw new InvalidOperationException($"No Compiler.sln above {AppContext.BaseDirectory}.");
     }
 }

@@ -42,18 +42,8 @@ internal static class RunCommand
         // The KV cache holds this run (prompt and max tokens, within the trained context), not the whole context a
         // file may declare, which can be far beyond the machine's memory.
         int maxContext = (int)Math.Min(context, (long)promptIds.Length + generation.MaxTokens);
-        var shape = loaded.Model.KvShape;
-        const int blockSize = 16;
-        long blocks = (maxContext + blockSize - 1) / blockSize;
-        var options = new EngineOptions
-        {
-            BlockSize = blockSize,
-            KvCacheBytes = Math.Max(1, blocks * shape.BytesPerBlock(blockSize)),
-            MaxContext = Math.Max(2, maxContext),
-            TokenBudget = Math.Clamp(promptIds.Length, 1, MaxTokensPerStep),
-            MaxRunningRequests = 1,
-            PrefixCaching = false,
-        };
+        var options = EngineSizing.ForContext(loaded.Model, maxContext, tokenBudget: Math.Clamp(promptIds.Length, 1, MaxTokensPerStep), maxRunningRequests: 1)
+            with { PrefixCaching = false };
         await using var engine = loaded.CreateEngine(options, phases);
 
         var clock = Stopwatch.StartNew();
