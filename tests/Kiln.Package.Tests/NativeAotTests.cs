@@ -8,7 +8,8 @@ namespace Kiln.Package.Tests;
 /// kiln published with NativeAOT for x86-64-v3 (the CLI's default instruction set: any AVX2 machine): the publish
 /// raises no trimming or AOT warning, and the native binary writes the text the managed CLI writes, and its errors.
 /// </summary>
-public sealed class NativeAotTests(ITestOutputHelper log)
+[Collection(ReleaseBuilds.Name)]
+public sealed class NativeAotTests(PackedFeed feed, ITestOutputHelper log)
 {
     private static readonly TimeSpan PublishLimit = TimeSpan.FromMinutes(8), RunLimit = TimeSpan.FromMinutes(1);
 
@@ -19,7 +20,8 @@ public sealed class NativeAotTests(ITestOutputHelper log)
         string output = work.Combine("native");
         var publish = Dotnet.Run(Dotnet.RepositoryRoot, PublishLimit,
             "publish", Path.Combine("src", "Cli", "Kiln.Cli.csproj"), "-c", "Release", "-r", "linux-x64",
-            "-p:PublishAot=true", "-p:IlcInstructionSet=x86-64-v3", "-o", output, "--artifacts-path", work.Combine("artifacts"), "--disable-build-servers");
+            "-p:PublishAot=true", "-p:IlcInstructionSet=x86-64-v3", "-o", output,
+            "--artifacts-path", feed.Artifacts, $"-p:Version={feed.Version}", "--disable-build-servers");
         Assert.True(publish.ExitCode == 0, publish.ToString());
         Assert.DoesNotMatch(@"warning (IL\d{4}|CS\d{4}|NETSDK\d{4})", publish.Out);
         string binary = Path.Combine(output, "kiln");

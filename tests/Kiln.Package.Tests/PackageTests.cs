@@ -9,7 +9,8 @@ namespace Kiln.Package.Tests;
 /// The Kiln package as a user meets it: what it holds, a fresh console project that adds it, defines its own [Model]
 /// class and runs the README's program on stories260K, and the kiln tool installed from the same feed.
 /// </summary>
-public sealed partial class PackageTests(PackedFeed feed, ITestOutputHelper log) : IClassFixture<PackedFeed>
+[Collection(ReleaseBuilds.Name)]
+public sealed partial class PackageTests(PackedFeed feed, ITestOutputHelper log)
 {
     private static readonly TimeSpan BuildLimit = TimeSpan.FromMinutes(4);
 
