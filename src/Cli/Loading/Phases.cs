@@ -21,7 +21,9 @@ internal sealed class Phases(CliConsole console)
         {
             result = console.ErrorConsole.Progress()
                 .AutoClear(true)
-                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new SpinnerColumn())
+                .Columns(total > 0
+                    ? [new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new SpinnerColumn()]
+                    : [new TaskDescriptionColumn(), new ProgressBarColumn(), new ElapsedTimeColumn(), new SpinnerColumn()])
                 .Start(context =>
                 {
                     var task = context.AddTask(description, maxValue: Math.Max(total, 1));
