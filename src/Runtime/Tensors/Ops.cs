@@ -207,6 +207,13 @@ public static class Ops
     /// definition serves the contiguous and the paged layout. q [T, Heads·HeadDim], k and v [T, KvHeads·HeadDim];
     /// result [T, Heads·HeadDim]. Keys and values are read back as the cache stores them (exact for F32).
     /// </summary>
+    /// <param name="q">Queries, [T, heads·HeadDim].</param>
+    /// <param name="k">This step's keys, [T, kvHeads·HeadDim].</param>
+    /// <param name="v">This step's values, [T, kvHeads·HeadDim].</param>
+    /// <param name="context">The step's positions, sequences and KV cache.</param>
+    /// <param name="layer">The cache layer k and v are written to and read from.</param>
+    /// <param name="heads">Query heads.</param>
+    /// <param name="kvHeads">Key/value heads; each serves heads / kvHeads query heads.</param>
     /// <param name="scale">Multiplies q·k before the softmax; 0 means 1/√HeadDim.</param>
     /// <param name="window">A sliding window: a query at position p sees positions p − window + 1 .. p; 0 means no window.</param>
     /// <param name="softCap">Soft-caps each scaled score s to softCap·tanh(s/softCap) (Gemma-2); 0 means none.</param>

@@ -1,0 +1,69 @@
+using System.Net;
+using System.Net.Http.Headers;
+using System.Net.Http.Json;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using Kiln.EndToEnd.Tests;
+
+namespace Kiln.Cli.Tests;
+
+/// <summary>kiln serve over loopback: the server's greedy text is kiln run's, and the API key guards /v1.</summary>
+public sealed partial class ServeCommandTests
+{
+    private static readonly string Stories = StoriesReference.ModelPath("stories260K.gguf");
+    private static readonly TimeSpan Limit = TimeSpan.FromSeconds(60);
+
+    [Fact]
+    public async Task The_servers_greedy_completion_is_kiln_runs_text()
+    {
+        var output = new StringWriter();
+        var errorText = new StringWriter();
+        var error = TextWriter.Synchronized(errorText); // written by the server's threads, read by the test's
+        string ErrorSoFar() { lock (error) return errorText.ToString(); }
+        var console = new CliConsole(TextReader.Null, TextWriter.Synchronized(output), error, outputIsTerminal: false, errorIsTerminal: false);
+        using var stop = new CancellationTokenSource();
+        var serving = KilnCommandLine.RunAsync(["serve", "--model", Stories, "--port", "0", "--api-key", "sesame", "--max-queue", "8"], console, stop.Token);
+        try
+        {
+            Uri api = await ListeningAddress(ErrorSoFar, serving);
+            using var http = new HttpClient { BaseAddress = api, Timeout = Limit };
+
+            using (var anonymous = await http.GetAsync("models"))
+                Assert.Equal(HttpStatusCode.Unauthorized, anonymous.StatusCode);
+
+            http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", "sesame");
+            using var response = await http.PostAsJsonAsync("completions", new { model = "stories260K", prompt = "Once upon a time", max_tokens = 16, temperature = 0 });
+            Assert.True(response.IsSuccessStatusCode, await response.Content.ReadAsStringAsync());
+            using var body = JsonDocument.Parse(await response.Content.ReadAsStringAsync());
+            string served = body.RootElement.GetProperty("choices")[0].GetProperty("text").GetString()!;
+
+            var run = await CliRun.Of(["run", "--model", Stories, "--prompt", "Once upon a time", "--max-tokens", "16", "--temperature", "0"]);
+            Assert.True(run.ExitCode == 0, run.ToString());
+            Assert.Equal(run.Out, "Once upon a time" + served + Environment.NewLine);
+        }
+        finally
+        {
+            stop.Cancel();
+        }
+        Assert.Equal(ExitCodes.Ok, await serving.WaitAsync(Limit));
+        Assert.DoesNotContain("kiln: error", ErrorSoFar(), StringComparison.Ordinal);
+    }
+
+    /// <summary>The base address of the API, from the line kiln prints once the server listens.</summary>
+    private static async Task<Uri> ListeningAddress(Func<string> error, Task<int> serving)
+    {
+        var deadline = DateTime.UtcNow + Limit;
+        while (DateTime.UtcNow < deadline)
+        {
+            var match = ServingLine().Match(error());
+            if (match.Success) return new Uri(match.Groups["url"].Value + "/");
+            if (serving.IsCompleted) Assert.Fail($"kiln serve ended with {await serving}:\n{error()}");
+            await Task.Delay(50);
+        }
+        Assert.Fail($"kiln serve printed no address within {Limit.TotalSeconds} s:\n{error()}");
+        return null!;
+    }
+
+    [GeneratedRegex(@"kiln: serving stories260K at (?<url>http://127\.0\.0\.1:\d+/v1) \(Ctrl\+C stops\)")]
+    private static partial Regex ServingLine();
+}
