@@ -16,6 +16,7 @@ public static class ModelCatalog
         ("qwen3", file => Qwen3.Load(file)),
         ("gemma2", file => Gemma2.Load(file)),
         ("phi3", file => Phi3.Load(file)),
+        ("bert", file => Bert.Load(file)),
     ];
 
     /// <summary>The architectures <see cref="Load"/> accepts.</summary>
