@@ -89,15 +89,20 @@ public sealed class MiniLmPeerTests(ITestOutputHelper output)
         Assert.Equal(tokens, string.Join(" ", ids.Select(id => vocabulary[id])));
     }
 
-    /// <summary>sentence-transformers' pipeline on ONNX Runtime: batches of 32 padded to their longest, mean over the mask, L2 norm.</summary>
-    private static List<float[]> OnnxRuntimeEmbeddings(string modelPath, List<int[]> ids)
+    /// <summary>
+    /// sentence-transformers' pipeline on ONNX Runtime: sentences sorted by length (as it sorts them) in batches of 32
+    /// padded to their longest, mean over the mask, L2 norm; returned in the input's order.
+    /// </summary>
+    private static float[][] OnnxRuntimeEmbeddings(string modelPath, List<int[]> ids)
     {
         using var options = new SessionOptions { IntraOpNumThreads = 2, GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
         using var session = new InferenceSession(modelPath, options);
-        var result = new List<float[]>();
+        var order = Enumerable.Range(0, ids.Count).OrderBy(i => ids[i].Length).ToArray();
+        var result = new float[ids.Count][];
         for (int first = 0; first < ids.Count; first += 32)
         {
-            var batch = ids.Skip(first).Take(32).ToList();
+            var members = order.Skip(first).Take(32).ToArray();
+            var batch = members.Select(i => ids[i]).ToList();
             int length = batch.Max(b => b.Length);
             var input = new DenseTensor<long>([batch.Count, length]);
             var mask = new DenseTensor<long>([batch.Count, length]);
@@ -120,7 +125,7 @@ public sealed class MiniLmPeerTests(ITestOutputHelper output)
                 for (int t = 0; t < batch[b].Length; t++)
                     for (int c = 0; c < dim; c++) pooled[c] += hidden[b, t, c];
                 double norm = Math.Sqrt(pooled.Sum(v => v * v));
-                result.Add(pooled.Select(v => (float)(v / norm)).ToArray());
+                result[members[b]] = pooled.Select(v => (float)(v / norm)).ToArray();
             }
         }
         return result;
