@@ -16,6 +16,7 @@ public static class ModelCatalog
         ("qwen3", nameof(Qwen3), file => Qwen3.Load(file)),
         ("gemma2", nameof(Gemma2), file => Gemma2.Load(file)),
         ("phi3", nameof(Phi3), file => Phi3.Load(file)),
+        ("bert", nameof(Bert), file => Bert.Load(file)),
     ];
 
     /// <summary>The architectures <see cref="Load"/> accepts.</summary>
