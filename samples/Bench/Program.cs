@@ -8,6 +8,7 @@ using Kiln.Bench;
 //   agree --model FILE [--positions 64] [--threads N] [--json OUT]
 //   kernels --threads N [--formats q4_0,q8_0,f32,q4_k,q5_k,q6_k] [--tokens 1,32,128]
 //   memory --model FILE [--json OUT] [--tokens 128] [--threads N]
+//   embed-compare --threads N [--runs 5] [--json OUT] [--seed N]
 return BenchCli.Run(args);
 
 internal static class BenchCli
@@ -18,14 +19,15 @@ internal static class BenchCli
         "       bench agree --model FILE [--positions 64] [--threads N] [--json OUT]\n" +
         "       bench kernels --threads N [--formats q4_0,q8_0,f32,q4_k,q5_k,q6_k] [--tokens 1,32,128]\n" +
         "       bench serve --model FILE --threads N [--json OUT] [--quick]\n" +
-        "       bench memory --model FILE [--json OUT] [--tokens 128] [--threads N]";
+        "       bench memory --model FILE [--json OUT] [--tokens 128] [--threads N]\n" +
+        "       bench embed-compare --threads N [--runs 5] [--json OUT] [--seed N]";
 
     public static int Run(string[] args)
     {
         if (args.Length > 0 && args[0] == "serve") return ServeCommand.Run(args.AsSpan(1)); // the batching engine's benchmark (Serve*.cs)
         try
         {
-            if (args.Length == 0) throw new UsageException("missing command: make-model, compare, agree, kernels, memory or serve (--help for usage)");
+            if (args.Length == 0) throw new UsageException("missing command: make-model, compare, agree, kernels, memory, embed-compare or serve (--help for usage)");
             if (args[0] is "-h" or "--help" or "help")
             {
                 Console.WriteLine(Usage);
@@ -38,7 +40,8 @@ internal static class BenchCli
                 "agree" => ["model", "positions", "threads", "json"],
                 "kernels" => ["threads", "formats", "tokens"],
                 "memory" => ["model", "json", "tokens", "threads"],
-                _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model, compare, agree, kernels, memory or serve)"),
+                "embed-compare" => ["threads", "runs", "json", "seed"],
+                _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model, compare, agree, kernels, memory, embed-compare or serve)"),
             });
             return args[0] switch
             {
@@ -46,6 +49,8 @@ internal static class BenchCli
                 "agree" => Agree(options),
                 "kernels" => Kernels(options),
                 "memory" => Memory(options),
+                "embed-compare" => EmbedCompare.Run(Int(options, "threads", -1, min: 1, max: 64) is int threads and > 0 ? threads : throw new UsageException("--threads is required"),
+                    Int(options, "runs", 5, min: 1, max: 100), options.GetValueOrDefault("json"), Int(options, "seed", 1234, min: int.MinValue), Console.Out, Console.Error),
                 _ => CompareCommand(options),
             };
         }

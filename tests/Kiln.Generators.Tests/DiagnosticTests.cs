@@ -148,6 +148,71 @@ public sealed class DiagnosticTests
     public void Kln0008CountNotAnIntHyper() =>
         AssertSingle(Model(members: "[Layers(\"blk.{0}.\", \"Missing\")] public Block[] Blocks = null!; public partial class Block { }"), "KLN0008", "Block[]");
 
+    /// <summary>The template with Hugging Face names on its required hyperparameter and its three weights.</summary>
+    private static string HuggingFaceModel(string members = "") => Model(members)
+        .Replace("[Hyper(\"{arch}.dim\", Required = true)]", "[Hyper(\"{arch}.dim\", Required = true, HuggingFace = \"hidden_size\")]")
+        .Replace("[Weight(\"embd\", \"Vocab\", \"Dim\")]", "[Weight(\"embd\", \"Vocab\", \"Dim\", HuggingFace = \"embed.weight\")]")
+        .Replace("[Weight(\"norm\", \"Dim\")]", "[Weight(\"norm\", \"Dim\", HuggingFace = \"norm.weight\", FromHuggingFace = HuggingFaceConversion.AddOne)]")
+        .Replace("[Weight(\"out\", \"Vocab\", \"Dim\")]", "[Weight(\"out\", \"Vocab\", \"Dim\", HuggingFace = \"lm_head.weight\")]");
+
+    [Fact]
+    public void HuggingFaceNamesOnEveryWeightAreValidAndBindEitherNaming()
+    {
+        var (run, _) = Generate(HuggingFaceModel("[Hyper(HuggingFace = \"extra\")] public int Extra = 3;"));
+        Assert.Empty(run.GeneratorDiagnostics);
+        Assert.Empty(run.CompilationErrors);
+        string text = Assert.Single(run.Sources).SourceText.ToString();
+        Assert.Contains("name = huggingFace ? \"norm.weight\" : \"norm\";", text);
+        Assert.Contains("if (huggingFace) model.Norm = global::Kiln.Loading.HuggingFaceConversions.AddOne(file, name, model.Norm);", text);
+        Assert.Contains("key = huggingFace ? \"hidden_size\" : \"tiny.dim\";", text);
+    }
+
+    [Fact]
+    public void OnlyGgufNamesRejectAHuggingFaceFileAtLoad()
+    {
+        var (run, _) = Generate(Model());
+        string text = Assert.Single(run.Sources).SourceText.ToString();
+        Assert.Contains("if (file.Naming != global::Kiln.Loading.ModelNaming.Gguf)", text);
+        Assert.DoesNotContain("huggingFace", text);
+    }
+
+    [Fact]
+    public void Kln0007AWeightWithoutAHuggingFaceNameBesideOthersWithOne() =>
+        AssertSingle(HuggingFaceModel().Replace(", HuggingFace = \"lm_head.weight\"", ""), "KLN0007", "Weight(\"out\"");
+
+    [Fact]
+    public void Kln0007ARequiredHyperWithoutAHuggingFaceKey() =>
+        AssertSingle(HuggingFaceModel().Replace(", HuggingFace = \"hidden_size\"", ""), "KLN0007", "int");
+
+    [Fact]
+    public void Kln0007AHyperWithNoKeyAtAll() =>
+        AssertSingle(Model(members: "[Hyper] public int Extra;"), "KLN0007", "int");
+
+    [Theory]
+    [InlineData("FromHuggingFace = HuggingFaceConversion.RopeHalvesToPairs", "needs HeadSize")]
+    [InlineData("FromHuggingFace = HuggingFaceConversion.RopeHalvesToPairs, HeadSize = \"Vocab\"", "'Vocab' is not an int member")]
+    [InlineData("HeadSize = \"Dim\"", "only FromHuggingFace = HuggingFaceConversion.RopeHalvesToPairs reads")]
+    public void Kln0007AMalformedConversion(string arguments, string message)
+    {
+        var diagnostic = AssertSingle(HuggingFaceModel().Replace("HuggingFace = \"lm_head.weight\"", "HuggingFace = \"lm_head.weight\", " + arguments),
+            "KLN0007", "Weight(\"out\"");
+        Assert.Contains(message, diagnostic.GetMessage());
+    }
+
+    [Fact]
+    public void Kln0007AConversionWithoutAName() =>
+        AssertSingle(Model().Replace("[Weight(\"norm\", \"Dim\")]", "[Weight(\"norm\", \"Dim\", FromHuggingFace = HuggingFaceConversion.AddOne)]"), "KLN0007", "Weight(\"norm\"");
+
+    [Fact]
+    public void Kln0008LayersWithoutTheHuggingFacePrefix() =>
+        AssertSingle(HuggingFaceModel("[Layers(\"blk.{0}.\", nameof(Count))] public Block[] Blocks = null!; [Hyper(\"{arch}.count\")] public int Count = 1; " +
+            "public partial class Block { [Weight(\"w\", \"Dim\", HuggingFace = \"w\")] public Tensor W = null!; }"), "KLN0008", "Block[]");
+
+    [Fact]
+    public void Kln0008AHuggingFacePrefixWithoutTheLayerIndex() =>
+        AssertSingle(Model(members: "[Layers(\"blk.{0}.\", nameof(Count), HuggingFace = \"layers.\")] public Block[] Blocks = null!; [Hyper(\"{arch}.count\")] public int Count = 1; public partial class Block { }"),
+            "KLN0008", "Block[]");
+
     [Fact]
     public void Kln0010QuantizeOnAMemberThatIsNotAWeight() =>
         AssertSingle(Model(members: "[Quantize(WeightFormat.Q8_0)] [Hyper(\"{arch}.extra\")] public int Extra;"), "KLN0010", "Quantize(WeightFormat.Q8_0)");
@@ -230,6 +295,56 @@ public sealed class DiagnosticTests
                 body: "var a = Ops.Attention(Ops.Linear(x, Q), x, x, context, 0, 2, 2); x = x + Ops.Attention(a, x, x, context, 0, 2, 2);"),
             "KLN0011", "Ops.Attention(a");
         Assert.Contains("layer '0'", diagnostic.GetMessage());
+    }
+
+    private static string Encoder(string body, string result = "Ops.L2Normalize(Ops.Pool(x, context, Pooling.Mean), 1e-12f)") => $$"""
+        using System;
+        using Kiln;
+
+        namespace Test;
+
+        [Model("tiny", Kind = ModelKind.Encoder)]
+        public partial class Tiny
+        {
+            [Hyper("{arch}.dim", Required = true)] public int Dim;
+            [Weight("embd", "Vocab", "Dim")] public Tensor Embedding = null!;
+            [Weight("types", "TypeCount", "Dim")] public Tensor Types = null!;
+            [Weight("q", "Dim", "Dim")] public Tensor Q = null!;
+
+            [Forward]
+            public Tensor Forward(ReadOnlySpan<int> tokens, AttentionContext context)
+            {
+                var x = Ops.Embedding(Embedding, tokens) + Ops.TokenTypeEmbedding(Types, context);
+                {{body}}
+                return {{result}};
+            }
+        }
+        """;
+
+    [Fact]
+    public void Kln0012EncoderAttentionThatDoesNotStateCausality() =>
+        AssertSingle(Encoder("x = x + Ops.Attention(Ops.Linear(x, Q), x, x, context, 0, 2, 2);"), "KLN0012", "Ops.Attention(Ops.Linear");
+
+    [Fact]
+    public void Kln0013SelectRowsInAnEncoder() =>
+        AssertSingle(Encoder("", result: "Ops.SelectRows(x, context)"), "KLN0013", "Ops.SelectRows");
+
+    [Fact]
+    public void Kln0003PoolingPooledRows() =>
+        AssertSingle(Encoder("", result: "Ops.Pool(Ops.Pool(x, context, Pooling.Cls), context, Pooling.Mean)"), "KLN0003", "Ops.Pool(x");
+
+    [Fact]
+    public void EncoderThatStatesCausalityCompilesAndSaysWhatItIs()
+    {
+        var (run, _) = Generate(Encoder("x = x + Ops.Attention(Ops.Linear(x, Q), x, x, context, 0, 2, 2, causal: false); x = x + Ops.Attention(x, x, x, context, 0, 2, 2, causal: true);"));
+        Assert.Empty(run.GeneratorDiagnostics); // two attentions on "layer" 0: an encoder writes no cache
+        Assert.Empty(run.CompilationErrors);
+        string source = Assert.Single(run.Sources).SourceText.ToString();
+        Assert.Contains("Kind: encoder (no KV cache)", source);
+        Assert.Contains("the result is one row of Dim per sequence", source);
+        Assert.Contains("bidirectional GQA within each sequence", source);
+        Assert.Contains("causal GQA within each sequence", source);
+        Assert.Contains("each gathered row decoded by itself, by token type", source);
     }
 
     [Fact]

@@ -13,6 +13,7 @@ internal static class ModelEmitter
     private const string File = "global::Kiln.Loading.ModelFile";
     private const string LoadException = "global::Kiln.Loading.ModelLoadException";
     private const string Tensor = "global::Kiln.Tensor";
+    private const string Naming = "global::Kiln.Loading.ModelNaming";
 
     public static void Emit(CodeWriter w, Plan plan)
     {
@@ -26,7 +27,9 @@ internal static class ModelEmitter
 
         EmitLoad(w, plan);
 
-        w.Line("/// <summary>Logits per output row: the last dimension of the forward result.</summary>");
+        w.Line(model.Encoder
+            ? "/// <summary>Values per output row (an embedding's width, or logits): the last dimension of the forward result.</summary>"
+            : "/// <summary>Logits per output row: the last dimension of the forward result.</summary>");
         w.Line($"public int VocabSize => {Names.DimCode(plan.VocabDim, "this")};");
         w.Line();
         string kvLayers = plan.KvLayers == "1" ? "1" : "this." + plan.KvLayers;
@@ -34,11 +37,22 @@ internal static class ModelEmitter
         // The first attention shapes the cache (as in the planner); its KV head count gives the head dimension.
         var attention = plan.Kernels.OfType<AttentionKernel>().FirstOrDefault();
         string headDim = attention is null ? "0" : $"{kvDim} / {Names.Scalar(attention.KvHeads, "this")}";
-        w.Line("/// <summary>The KV cache's geometry: one layer per attention layer, rows of the attention's k width, its head dimension.</summary>");
-        w.Line($"public global::Kiln.KvCacheShape KvShape => new global::Kiln.KvCacheShape({kvLayers}, {kvDim}, {headDim});");
-        w.Line();
-        w.Line("/// <summary>A contiguous KV cache of <paramref name=\"slots\"/> sequences of up to <paramref name=\"maxContext\"/> positions.</summary>");
-        w.Line("public global::Kiln.KvCache CreateKvCache(int slots, int maxContext) => KvShape.CreateContiguous(slots, maxContext);");
+        if (model.Encoder)
+        {
+            w.Line("/// <summary>None: an encoder keeps no KV cache (a step holds whole sequences).</summary>");
+            w.Line("public global::Kiln.KvCacheShape KvShape => default;");
+            w.Line();
+            w.Line("/// <summary>Throws: an encoder keeps no KV cache; its steps take a context without one (new AttentionContext(capacity)).</summary>");
+            w.Line($"public global::Kiln.KvCache CreateKvCache(int slots, int maxContext) => throw new global::System.NotSupportedException(\"{model.ClassName} is an encoder: it keeps no KV cache; fill a new AttentionContext(capacity) with AddSequence.\");");
+        }
+        else
+        {
+            w.Line("/// <summary>The KV cache's geometry: one layer per attention layer, rows of the attention's k width, its head dimension.</summary>");
+            w.Line($"public global::Kiln.KvCacheShape KvShape => new global::Kiln.KvCacheShape({kvLayers}, {kvDim}, {headDim});");
+            w.Line();
+            w.Line("/// <summary>A contiguous KV cache of <paramref name=\"slots\"/> sequences of up to <paramref name=\"maxContext\"/> positions.</summary>");
+            w.Line("public global::Kiln.KvCache CreateKvCache(int slots, int maxContext) => KvShape.CreateContiguous(slots, maxContext);");
+        }
         w.Line();
         w.Line($"{Tensor} global::Kiln.IKilnModel.ForwardEager(global::System.ReadOnlySpan<int> tokens, global::Kiln.AttentionContext context) => {model.ForwardName}(tokens, context);");
         w.Line();
@@ -54,33 +68,29 @@ internal static class ModelEmitter
     private static void EmitLoad(CodeWriter w, Plan plan)
     {
         var model = plan.Model;
+        bool huggingFace = model.Weights.Any(x => x.HuggingFaceName.Length > 0);
         w.Line($"/// <summary>Binds a model file: architecture \"{model.Architecture}\", hyperparameters, then every weight with its declared shape checked.</summary>");
         using (w.Block($"public static {model.ClassName} Load({File} file)"))
         {
             w.Line("if (file is null) throw new global::System.ArgumentNullException(nameof(file));");
             w.Line($"if (file.Architecture != {Names.Literal(model.Architecture)})");
             w.Line($"    throw new {LoadException}(file.Path, \"general.architecture\", null, $\"expected \\\"{model.Architecture}\\\" for {model.ClassName}, found \\\"{{file.Architecture}}\\\".\");");
+            if (huggingFace)
+            {
+                w.Line("// The file names its keys and tensors as GGUF does, or as a Hugging Face checkpoint does; each [Hyper], [Weight]");
+                w.Line("// and [Layers] declares both.");
+                w.Line($"bool huggingFace = file.Naming == {Naming}.HuggingFace;");
+            }
+            else
+            {
+                w.Line($"if (file.Naming != {Naming}.Gguf)");
+                w.Line($"    throw new {LoadException}(file.Path, \"tensor names\", null, $\"{{file.Naming}} names: {model.ClassName} declares only GGUF names (a [Weight] names its Hugging Face tensor with HuggingFace = \\\"...\\\").\");");
+            }
             w.Line($"var model = new {model.ClassName}();");
             w.Line();
             w.Line("// Hyperparameters: an absent key keeps the member's initializer unless it is required.");
-            foreach (var hyper in model.Hypers)
-            {
-                bool integer = hyper.Type is "int" or "long";
-                string read = integer ? "TryGetInt" : "TryGetFloat";
-                string type = integer ? "long" : "double";
-                string local = Local(hyper.Member) + "Value";
-                string convert = hyper.Type switch
-                {
-                    "int" => $"KilnToInt(file, {Names.Literal(hyper.Key)}, {local})",
-                    "float" => $"(float){local}",
-                    _ => local,
-                };
-                w.Line($"if (file.{read}({Names.Literal(hyper.Key)}, out {type} {local})) model.{hyper.Member} = {convert};");
-                // Present but unreadable (a string, an array) is the file's error, never a silent default.
-                w.Line($"else if (file.Metadata.ContainsKey({Names.Literal(hyper.Key)})) throw new {LoadException}(file.Path, {Names.Literal(hyper.Key)}, null, $\"is {{file.Metadata[{Names.Literal(hyper.Key)}]}}, not {(integer ? "an integer" : "a number")}.\");");
-                if (hyper.Required)
-                    w.Line($"else throw new {LoadException}(file.Path, {Names.Literal(hyper.Key)}, null, \"required hyperparameter is missing.\");");
-            }
+            w.Line("string key;");
+            foreach (var hyper in model.Hypers) EmitHyper(w, hyper, huggingFace);
             w.Line();
 
             var boundKeys = new System.Collections.Generic.HashSet<string>();
@@ -95,9 +105,10 @@ internal static class ModelEmitter
             w.Line("var bound = new global::System.Collections.Generic.HashSet<string>();");
             w.Line("// Weights, shapes checked against the declared dimensions. Derived dimensions are evaluated here, so a");
             w.Line("// hyperparameter that breaks their arithmetic (a zero head count, say) is reported as the file's fault.");
+            w.Line("string name;");
             w.Open("try");
             foreach (var weight in model.Weights.Where(x => x.Owner.Length == 0))
-                EmitWeight(w, model, weight, "model", "", boundKeys);
+                EmitWeight(w, model, weight, "model", "", huggingFace, boundKeys);
 
             foreach (var layers in model.Layers)
             {
@@ -106,10 +117,13 @@ internal static class ModelEmitter
                 w.Line($"model.{layers.Member} = new {layers.ClassName}[model.{layers.CountMember}];");
                 using (w.Block($"for (int layer = 0; layer < model.{layers.CountMember}; layer++)"))
                 {
-                    w.Line($"string prefix = string.Format(global::System.Globalization.CultureInfo.InvariantCulture, {Names.Literal(layers.Prefix)}, layer);");
+                    string format = huggingFace
+                        ? $"huggingFace ? {Names.Literal(layers.HuggingFacePrefix)} : {Names.Literal(layers.Prefix)}"
+                        : Names.Literal(layers.Prefix);
+                    w.Line($"string prefix = string.Format(global::System.Globalization.CultureInfo.InvariantCulture, {format}, layer);");
                     w.Line($"var block = new {layers.ClassName}();");
                     foreach (var weight in model.Weights.Where(x => x.Owner == layers.Member))
-                        EmitWeight(w, model, weight, "block", "prefix + ", boundKeys);
+                        EmitWeight(w, model, weight, "block", "prefix + ", huggingFace, boundKeys);
                     w.Line($"model.{layers.Member}[layer] = block;");
                 }
             }
@@ -117,65 +131,165 @@ internal static class ModelEmitter
             using (w.Block("catch (global::System.ArithmeticException e)"))
                 w.Line($"throw new {LoadException}(file.Path, \"hyperparameters\", null, $\"a derived dimension cannot be computed from them ({{e.Message}}).\", e);");
             w.Line($"global::Kiln.Loading.DefinitionChecks.RequireAllBound(file, bound, {Names.Literal(model.ClassName)});");
-            EmitDefinitionChecks(w, plan);
+            EmitDefinitionChecks(w, plan, huggingFace);
             w.Line("return model;");
         }
         w.Line();
     }
 
+    /// <summary>
+    /// One hyperparameter: read by its key in the file's naming, converted to the member's type; present but not a
+    /// number (a string, an array) is the file's error, never a silent default. A key only one naming has is read
+    /// only from files of that naming.
+    /// </summary>
+    private static void EmitHyper(CodeWriter w, HyperInfo hyper, bool huggingFace)
+    {
+        if (!huggingFace && hyper.Key.Length == 0) return; // only a Hugging Face config states it, and this definition binds none
+        bool integer = hyper.Type is "int" or "long";
+        string read = integer ? "TryGetInt" : "TryGetFloat";
+        string type = integer ? "long" : "double";
+        string local = Local(hyper.Member) + "Value";
+        string convert = hyper.Type switch
+        {
+            "int" => $"KilnToInt(file, key, {local})",
+            "float" => $"(float){local}",
+            _ => local,
+        };
+        string? only = !huggingFace ? null
+            : hyper.HuggingFaceKey.Length == 0 ? "!huggingFace"
+            : hyper.Key.Length == 0 ? "huggingFace"
+            : null;
+        if (only is not null) w.Open($"if ({only})");
+        w.Line(!huggingFace || hyper.HuggingFaceKey.Length == 0 ? $"key = {Names.Literal(hyper.Key)};"
+            : hyper.Key.Length == 0 ? $"key = {Names.Literal(hyper.HuggingFaceKey)};"
+            : $"key = huggingFace ? {Names.Literal(hyper.HuggingFaceKey)} : {Names.Literal(hyper.Key)};");
+        w.Line($"if (file.{read}(key, out {type} {local})) model.{hyper.Member} = {convert};");
+        w.Line($"else if (file.Metadata.ContainsKey(key)) throw new {LoadException}(file.Path, key, null, $\"is {{file.Metadata[key]}}, not {(integer ? "an integer" : "a number")}.\");");
+        if (hyper.Required)
+            w.Line($"else throw new {LoadException}(file.Path, key, null, \"required hyperparameter is missing.\");");
+        if (only is not null) w.Close();
+    }
+
+    /// <summary>
+    /// The keys that change the math, each as GGUF names it (after "{arch}.") and as a Hugging Face config does ("" where
+    /// that naming has none): a file stating one the definition does not read is rejected, or, for a width the forward
+    /// fixes, must agree with it.
+    /// </summary>
+    private static readonly (string Gguf, string HuggingFace)[] MathKeys =
+    {
+        ("attention.sliding_window", "sliding_window"),
+        ("attention.sliding_window_pattern", "sliding_window_pattern"),
+        ("attn_logit_softcapping", "attn_logit_softcapping"),
+        ("final_logit_softcapping", "final_logit_softcapping"),
+        ("attention.layer_norm_rms_epsilon", "rms_norm_eps"),
+        ("attention.layer_norm_epsilon", "layer_norm_epsilon"),
+        ("rope.freq_base", "rope_theta"),
+        ("rope.freq_base_swa", "rope_local_base_freq"),
+        ("rope.dimension_count", "partial_rotary_factor"),
+        ("attention.key_length", "head_dim"),
+        ("attention.value_length", ""),
+        ("expert_count", "num_local_experts"),
+        ("", "num_experts"),
+        ("", "query_pre_attn_scalar"),
+        ("", "layer_types"),
+    };
+
     /// <summary>What the file states that changes the math is read by this definition, or agrees with its forward.</summary>
-    private static void EmitDefinitionChecks(CodeWriter w, Plan plan)
+    private static void EmitDefinitionChecks(CodeWriter w, Plan plan, bool huggingFace)
     {
         var model = plan.Model;
-        const string Checks = "global::Kiln.Loading.DefinitionChecks";
         w.Line("// What the file states that changes the math must be read by this definition, or agree with what its forward uses.");
-        var bound = new System.Collections.Generic.HashSet<string>(model.Hypers.Select(h => h.Key));
-        string name = Names.Literal(model.ClassName);
-        var rope = plan.RopeTables.FirstOrDefault();
-        var attention = plan.Kernels.OfType<AttentionKernel>().FirstOrDefault();
-        foreach (string suffix in new[]
+        if (!huggingFace)
         {
-            "attention.sliding_window", "attention.sliding_window_pattern", "attn_logit_softcapping", "final_logit_softcapping",
-            "attention.layer_norm_rms_epsilon", "attention.layer_norm_epsilon", "rope.freq_base", "rope.freq_base_swa", "rope.dimension_count",
-            "attention.key_length", "attention.value_length", "expert_count",
-        })
-        {
-            string key = model.Architecture + "." + suffix;
-            if (bound.Contains(key)) continue;
-            if (suffix == "rope.dimension_count" && rope is not null)
-                w.Line($"{Checks}.RequireAgrees(file, {Names.Literal(key)}, {rope.Rotary("model")}, {name}, \"its rope's rotary dimensions\");");
-            else if (suffix is "attention.key_length" or "attention.value_length" && attention is not null)
-                w.Line($"{Checks}.RequireAgrees(file, {Names.Literal(key)}, model.KvShape.HeadDim, {name}, \"its attention's head dimension\");");
-            else
-                w.Line($"{Checks}.RequireRead(file, {Names.Literal(key)}, {name});");
+            EmitChecks(w, plan, huggingFace: false);
         }
+        else
+        {
+            using (w.Block("if (huggingFace)")) EmitChecks(w, plan, huggingFace: true);
+            using (w.Block("else")) EmitChecks(w, plan, huggingFace: false);
+        }
+        const string Checks = "global::Kiln.Loading.DefinitionChecks";
+        string name = Names.Literal(model.ClassName);
         w.Line($"{Checks}.RejectRopeScaling(file, {Names.Literal(model.Architecture)}, {name});");
         if (model.Tokenizer.Length > 0) w.Line($"{Checks}.RequireTokenizer(file, {Names.Literal(model.Tokenizer)}, {name});");
     }
 
-    private static void EmitWeight(CodeWriter w, ModelInfo model, WeightInfo weight, string target, string prefix, System.Collections.Generic.HashSet<string> bound)
+    private static void EmitChecks(CodeWriter w, Plan plan, bool huggingFace)
     {
-        string name = prefix + Names.Literal(weight.Name);
+        var model = plan.Model;
+        const string Checks = "global::Kiln.Loading.DefinitionChecks";
+        var bound = new System.Collections.Generic.HashSet<string>(model.Hypers.Select(h => huggingFace ? h.HuggingFaceKey : h.Key));
+        string name = Names.Literal(model.ClassName);
+        var rope = plan.RopeTables.FirstOrDefault();
+        var attention = plan.Kernels.OfType<AttentionKernel>().FirstOrDefault();
+        foreach (var (gguf, hf) in MathKeys)
+        {
+            string key = huggingFace ? hf : gguf.Length == 0 ? "" : model.Architecture + "." + gguf;
+            if (key.Length == 0 || bound.Contains(key)) continue;
+            if (gguf == "rope.dimension_count" && rope is not null)
+            {
+                w.Line(huggingFace
+                    ? $"{Checks}.RequireRotaryFactorAgrees(file, {Names.Literal(key)}, {rope.Rotary("model")}, {rope.HeadDim.Render("model", "0")}, {name});"
+                    : $"{Checks}.RequireAgrees(file, {Names.Literal(key)}, {rope.Rotary("model")}, {name}, \"its rope's rotary dimensions\");");
+            }
+            else if (gguf is "attention.key_length" or "attention.value_length" && attention is not null)
+            {
+                w.Line($"{Checks}.RequireAgrees(file, {Names.Literal(key)}, model.KvShape.HeadDim, {name}, \"its attention's head dimension\");");
+            }
+            else
+            {
+                w.Line($"{Checks}.RequireRead(file, {Names.Literal(key)}, {name});");
+            }
+        }
+    }
+
+    /// <summary>
+    /// One weight: its name in the file's naming, loaded (or its tie), converted when the definition declares how a
+    /// Hugging Face checkpoint stores it, then its rank and every dimension checked.
+    /// </summary>
+    private static void EmitWeight(CodeWriter w, ModelInfo model, WeightInfo weight, string target, string prefix, bool huggingFace,
+        System.Collections.Generic.HashSet<string> bound)
+    {
+        w.Line($"name = {prefix}{NameCode(weight, huggingFace, inParentheses: prefix.Length > 0)};");
         string load;
-        if (weight.TiedTo is null) load = $"KilnLoad(file, {name}, bound)";
+        if (weight.TiedTo is null) load = "KilnLoad(file, name, bound)";
         else
         {
-            var tied = model.Weights.FirstOrDefault(x => x.Owner == weight.Owner && x.Name == weight.TiedTo && bound.Contains(x.Key));
-            string fallback = tied is not null ? $"{target}.{tied.Member}" : $"KilnLoad(file, {prefix}{Names.Literal(weight.TiedTo)}, bound)";
-            load = $"file.Tensors.ContainsKey({name}) ? KilnLoad(file, {name}, bound) : {fallback}";
+            var tied = model.Weights.FirstOrDefault(x => x.Owner == weight.Owner && x.Name == weight.TiedTo);
+            string fallback;
+            if (tied is not null && bound.Contains(tied.Key)) fallback = $"{target}.{tied.Member}";
+            else if (tied is not null) fallback = $"KilnLoad(file, {prefix}{NameCode(tied, huggingFace, inParentheses: prefix.Length > 0)}, bound)";
+            else fallback = $"KilnLoad(file, {prefix}{Names.Literal(weight.TiedTo)}, bound)";
+            load = $"file.Tensors.ContainsKey(name) ? KilnLoad(file, name, bound) : {fallback}";
+        }
+        string member = $"{target}.{weight.Member}";
+        w.Line($"{member} = {load};");
+        if (huggingFace && weight.Conversion.Length > 0)
+        {
+            string convert = $"global::Kiln.Loading.HuggingFaceConversions.{weight.Conversion}(file, name, {member}"
+                + (weight.HeadSize.Length > 0 ? $", {Names.DimCode(weight.HeadSize, "model")})" : ")");
+            string when = weight.TiedTo is null ? "huggingFace" : "huggingFace && file.Tensors.ContainsKey(name)";
+            w.Line($"if ({when}) {member} = {convert};");
         }
         string declared = "[" + string.Join(", ", weight.Dims) + "]";
-        w.Line($"{target}.{weight.Member} = {load};");
-        w.Line($"KilnCheckRank(file, {name}, {target}.{weight.Member}, {Names.Literal(declared)}, {weight.Dims.Count});");
+        w.Line($"KilnCheckRank(file, name, {member}, {Names.Literal(declared)}, {weight.Dims.Count});");
         for (int d = 0; d < weight.Dims.Count; d++)
         {
             string dim = weight.Dims[d];
             if (!model.FreeDims.Contains(dim)) continue;
-            w.Line($"if (!{Local(dim)}Bound) {{ model.{dim} = {target}.{weight.Member}.Shape[{d}]; {Local(dim)}Bound = true; }}");
+            w.Line($"if (!{Local(dim)}Bound) {{ model.{dim} = {member}.Shape[{d}]; {Local(dim)}Bound = true; }}");
         }
         string expected = string.Join(", ", weight.Dims.Select(d => Names.DimCode(d, "model")));
-        w.Line($"KilnCheckShape(file, {name}, {target}.{weight.Member}, {Names.Literal(declared)}, {expected});");
+        w.Line($"KilnCheckShape(file, name, {member}, {Names.Literal(declared)}, {expected});");
         bound.Add(weight.Key);
+    }
+
+    /// <summary>A weight's name in the file's naming: the GGUF literal, or a choice between it and the Hugging Face one.</summary>
+    private static string NameCode(WeightInfo weight, bool huggingFace, bool inParentheses)
+    {
+        if (!huggingFace) return Names.Literal(weight.Name);
+        string choice = $"huggingFace ? {Names.Literal(weight.HuggingFaceName)} : {Names.Literal(weight.Name)}";
+        return inParentheses ? "(" + choice + ")" : choice;
     }
 
     private static string Local(string member) => char.ToLowerInvariant(member[0]) + member.Substring(1);

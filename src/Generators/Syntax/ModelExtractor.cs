@@ -26,6 +26,10 @@ internal static partial class ModelExtractor
 
     /// <summary>Kiln.WeightFormat's members by value (the attribute argument arrives as its underlying int).</summary>
     private static readonly string[] WeightFormats = { "AsStored", "F32", "BF16", "Q8_0", "Q4_0" };
+
+    /// <summary>Kiln.HuggingFaceConversion's members by value; "None" (0) is kept as "".</summary>
+    private static readonly string[] HuggingFaceConversions = { "", "RopeHalvesToPairs", "Transpose", "AddOne" };
+    private const string RopeHalvesToPairs = "RopeHalvesToPairs";
     private const string TensorType = "Kiln.Tensor";
     private const string ContextType = "Kiln.AttentionContext";
 
@@ -81,6 +85,10 @@ internal static partial class ModelExtractor
     private static AttributeData? FindAttribute(ISymbol symbol, string name) =>
         symbol.GetAttributes().FirstOrDefault(a => a.AttributeClass is not null && FullName(a.AttributeClass) == name);
 
+    /// <summary>A named string argument of an attribute ("" when absent).</summary>
+    private static string NamedString(AttributeData attribute, string name) =>
+        attribute.NamedArguments.FirstOrDefault(a => a.Key == name).Value.Value as string ?? "";
+
     /// <summary>The syntax of a member's declared type (for locations), or its declaration.</summary>
     private static SyntaxNode? MemberTypeSyntax(ISymbol member)
     {
@@ -113,6 +121,7 @@ internal static partial class ModelExtractor
         private readonly List<string> _freeDims = new();
         private readonly Dictionary<ISymbol, string> _weightKeys = new(SymbolEqualityComparer.Default);
         private readonly Dictionary<string, INamedTypeSymbol> _layerTypes = new();
+        private bool _encoder;
 
         public Extraction(INamedTypeSymbol type, ClassDeclarationSyntax declaration, SemanticModel semanticModel,
             ImmutableArray<AttributeData> attributes, CancellationToken cancellationToken)
@@ -148,11 +157,13 @@ internal static partial class ModelExtractor
                 ? _attributes[0].NamedArguments.FirstOrDefault(a => a.Key == "Tokenizer").Value.Value as string ?? ""
                 : "";
 
+            _encoder = _attributes.Length > 0 && _attributes[0].NamedArguments.FirstOrDefault(a => a.Key == "Kind").Value.Value is 1;
             string defaultFormat = ReadFormat(_type) ?? "";
             CollectMembers(_type, owner: "", architecture);
             _cancellationToken.ThrowIfCancellationRequested();
             ValidateLayers();
             ValidateShapes();
+            ValidateHuggingFaceNames();
             _cancellationToken.ThrowIfCancellationRequested();
 
             var forward = FindForward();
@@ -172,7 +183,8 @@ internal static partial class ModelExtractor
                 body.ToEquatableArray(),
                 classLocation,
                 defaultFormat,
-                tokenizer);
+                tokenizer,
+                _encoder);
         }
 
         /// <summary>
@@ -230,7 +242,11 @@ internal static partial class ModelExtractor
                     {
                         string key = (hyper.ConstructorArguments.FirstOrDefault().Value as string ?? "").Replace("{arch}", architecture);
                         bool required = hyper.NamedArguments.Any(a => a.Key == "Required" && a.Value.Value is true);
-                        _hypers.Add(new HyperInfo(member.Name, key, required, keyword));
+                        string huggingFace = NamedString(hyper, "HuggingFace");
+                        if (key.Length == 0 && huggingFace.Length == 0)
+                            Report(DiagnosticDescriptors.MalformedModel, LocationInfo.From(MemberTypeSyntax(member)), _type.Name,
+                                $"[Hyper] '{member.Name}' names no key: give its GGUF key, or HuggingFace = \"...\" for one only a Hugging Face config states");
+                        _hypers.Add(new HyperInfo(member.Name, key, required, keyword, huggingFace));
                         (keyword is "int" or "long" ? _intMembers : _floatMembers).Add(member.Name);
                     }
                     continue;
@@ -249,8 +265,12 @@ internal static partial class ModelExtractor
                         ? weight.ConstructorArguments[1].Values.Select(v => v.Value as string ?? "").ToArray()
                         : Array.Empty<string>();
                     string? tiedTo = weight.NamedArguments.FirstOrDefault(a => a.Key == "TiedTo").Value.Value as string;
+                    var conversion = weight.NamedArguments.FirstOrDefault(a => a.Key == "FromHuggingFace").Value.Value;
                     var info = new WeightInfo(owner, member.Name, name, dims.ToEquatableArray(), tiedTo,
-                        format ?? "", format is null ? null : QuantizeLocation(quantize!));
+                        format ?? "", format is null ? null : QuantizeLocation(quantize!),
+                        NamedString(weight, "HuggingFace"),
+                        conversion is int index && index > 0 && index < HuggingFaceConversions.Length ? HuggingFaceConversions[index] : "",
+                        NamedString(weight, "HeadSize"));
                     _weights.Add(info);
                     _weightKeys[member] = info.Key;
                     continue;
@@ -298,7 +318,13 @@ internal static partial class ModelExtractor
             if (FindAttribute(element, QuantizeAttribute) is { } quantize)
                 Report(DiagnosticDescriptors.InvalidQuantize, QuantizeLocation(quantize), element.Name,
                     "a layer class cannot carry it; put [Quantize] on the [Model] class (the default for every Linear weight) or on a [Weight] member");
-            _layers.Add(new LayersInfo(member.Name, element.Name, prefix, count));
+            string huggingFace = NamedString(attribute, "HuggingFace");
+            if (huggingFace.Length > 0 && !huggingFace.Contains("{0}"))
+            {
+                Report(DiagnosticDescriptors.InvalidLayers, location, member.Name, $"the HuggingFace prefix \"{huggingFace}\" must contain {{0}} for the layer index");
+                return;
+            }
+            _layers.Add(new LayersInfo(member.Name, element.Name, prefix, count, huggingFace));
             _layerTypes[member.Name] = element;
             CollectMembers(element, member.Name, architecture);
         }

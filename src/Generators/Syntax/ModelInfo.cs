@@ -10,6 +10,7 @@ namespace Kiln.Generators.Syntax;
 /// <remarks>
 /// <see cref="DefaultFormat"/>: the WeightFormat member name of the class's [Quantize], "" without one.
 /// <see cref="Tokenizer"/>: the tokenizer.ggml.model the [Model] attribute expects, "" when it names none.
+/// <see cref="Encoder"/>: the [Model] says Kind = ModelKind.Encoder (no KV cache; whole sequences per step).
 /// </remarks>
 internal sealed record ModelInfo(
     string Namespace,
@@ -25,28 +26,37 @@ internal sealed record ModelInfo(
     EquatableArray<StmtInfo> Forward,
     LocationInfo? Location,
     string DefaultFormat = "",
-    string Tokenizer = "")
+    string Tokenizer = "",
+    bool Encoder = false)
 {
     public string FullName => Namespace.Length == 0 ? ClassName : Namespace + "." + ClassName;
 }
 
-/// <summary>A [Hyper] member: metadata key ("{arch}" already replaced), whether required, and its C# type keyword.</summary>
-internal sealed record HyperInfo(string Member, string Key, bool Required, string Type);
+/// <summary>
+/// A [Hyper] member: GGUF metadata key ("{arch}" already replaced; "" when only a Hugging Face config states it),
+/// whether required, its C# type keyword, and its Hugging Face config key ("" when it has none).
+/// </summary>
+internal sealed record HyperInfo(string Member, string Key, bool Required, string Type, string HuggingFaceKey = "");
 
 /// <summary>
 /// A [Weight] member. <see cref="Owner"/> is "" for a model-level weight or the [Layers] member for a block weight
 /// (whose file name is prefixed per layer). Dims are canonical shape expressions: "Dim", "Heads*HeadDim", "64".
 /// <see cref="Format"/> is the WeightFormat member name of its own [Quantize] ("" when it has none), located at
-/// <see cref="FormatLocation"/>.
+/// <see cref="FormatLocation"/>. <see cref="HuggingFaceName"/> is its name in a Hugging Face checkpoint ("" when it
+/// declares none), <see cref="Conversion"/> the HuggingFaceConversion member applied to it there ("" for none) and
+/// <see cref="HeadSize"/> that conversion's canonical head dimension ("" when it takes none).
 /// </summary>
 internal sealed record WeightInfo(string Owner, string Member, string Name, EquatableArray<string> Dims, string? TiedTo,
-    string Format = "", LocationInfo? FormatLocation = null)
+    string Format = "", LocationInfo? FormatLocation = null, string HuggingFaceName = "", string Conversion = "", string HeadSize = "")
 {
     public string Key => Owner.Length == 0 ? Member : Owner + "." + Member;
 }
 
-/// <summary>A [Layers] member: an array of the nested class <see cref="ClassName"/>, <see cref="CountMember"/> long.</summary>
-internal sealed record LayersInfo(string Member, string ClassName, string Prefix, string CountMember);
+/// <summary>
+/// A [Layers] member: an array of the nested class <see cref="ClassName"/>, <see cref="CountMember"/> long, whose
+/// weights' names start with <see cref="Prefix"/> (GGUF) or <see cref="HuggingFacePrefix"/> ("" when it has none).
+/// </summary>
+internal sealed record LayersInfo(string Member, string ClassName, string Prefix, string CountMember, string HuggingFacePrefix = "");
 
 internal enum StmtKind
 {

@@ -14,7 +14,7 @@ public static class DefinitionChecks
     {
         ArgumentNullException.ThrowIfNull(file);
         if (!file.Metadata.TryGetValue(key, out var value)) return;
-        if (key.EndsWith(".expert_count", StringComparison.Ordinal) && value.TryGetInt64(out long experts) && experts == 0) return;
+        if (IsExpertCount(key) && value.TryGetInt64(out long experts) && experts == 0) return; // no mixture: nothing stated
         throw new ModelLoadException(file.Path, key, null,
             $"the file states {key} = {value}, but {model} does not read it, so its forward would compute without it; bind it with [Hyper(\"{key}\")] and use it, or load the file with a definition that does.");
     }
@@ -41,13 +41,45 @@ public static class DefinitionChecks
         }
     }
 
-    /// <summary>Throws when the file asks for rope scaling (linear, YaRN, …), which no definition applies yet.</summary>
+    private static bool IsExpertCount(string key) =>
+        key.EndsWith(".expert_count", StringComparison.Ordinal) || key is "num_local_experts" or "num_experts";
+
+    /// <summary>
+    /// Throws when the file's rotary fraction (a Hugging Face config's partial_rotary_factor: the share of each head
+    /// the rope turns) gives other rotary dimensions than the forward's <paramref name="rotary"/> of <paramref name="headDim"/>.
+    /// </summary>
+    public static void RequireRotaryFactorAgrees(ModelFile file, string key, int rotary, int headDim, string model)
+    {
+        ArgumentNullException.ThrowIfNull(file);
+        if (!file.TryGetFloat(key, out double factor)) return;
+        long stated = (long)(factor * headDim); // as transformers computes it
+        if (stated == rotary) return;
+        throw new ModelLoadException(file.Path, key, null,
+            $"the file states {key} = {factor.ToString(CultureInfo.InvariantCulture)}, {stated.ToString(CultureInfo.InvariantCulture)} of each head's {headDim} dimensions, but {model}'s rope turns {rotary.ToString(CultureInfo.InvariantCulture)}.");
+    }
+
+    /// <summary>
+    /// Throws when the file asks for rope scaling (linear, YaRN, Llama 3's, …), which no definition applies yet: GGUF's
+    /// {arch}.rope.scaling.type other than "none", or a Hugging Face config's rope_scaling other than "default".
+    /// </summary>
     public static void RejectRopeScaling(ModelFile file, string architecture, string model)
     {
         ArgumentNullException.ThrowIfNull(file);
-        string key = architecture + ".rope.scaling.type";
-        if (file.TryGetString(key, out string type) && type.Length > 0 && type != "none")
-            throw new ModelLoadException(file.Path, key, null, $"the file asks for {type} rope scaling, which {model}'s forward does not apply.");
+        if (file.Naming == ModelNaming.HuggingFace)
+        {
+            const string Prefix = "rope_scaling.";
+            bool stated = false;
+            foreach (var key in file.Metadata.Keys) stated |= key == "rope_scaling" || key.StartsWith(Prefix, StringComparison.Ordinal);
+            if (!stated) return;
+            string kind = file.TryGetString(Prefix + "rope_type", out string ropeType) ? ropeType
+                : file.TryGetString(Prefix + "type", out string type) ? type : "unnamed";
+            if (kind != "default")
+                throw new ModelLoadException(file.Path, "rope_scaling", null, $"the config asks for {kind} rope scaling, which {model}'s forward does not apply.");
+            return;
+        }
+        string scalingKey = architecture + ".rope.scaling.type";
+        if (file.TryGetString(scalingKey, out string scaling) && scaling.Length > 0 && scaling != "none")
+            throw new ModelLoadException(file.Path, scalingKey, null, $"the file asks for {scaling} rope scaling, which {model}'s forward does not apply.");
     }
 
     /// <summary>Throws when the file's tokenizer.ggml.model is not <paramref name="expected"/>, the tokenizer the definition was written for.</summary>

@@ -1,17 +1,32 @@
 namespace Kiln.Loading;
 
+/// <summary>Which names a model file gives its tensors and metadata keys.</summary>
+public enum ModelNaming
+{
+    /// <summary>llama.cpp's: "blk.0.attn_q.weight", "llama.embedding_length" (GGUF; llama.c checkpoints are given them).</summary>
+    Gguf,
+
+    /// <summary>Hugging Face's: "model.layers.0.self_attn.q_proj.weight", config.json's "hidden_size" (safetensors).</summary>
+    HuggingFace,
+}
+
 /// <summary>
-/// A model file opened for binding: metadata (GGUF keys; other formats synthesize the same keys) and named
-/// tensors. The generated binder of every [Model] reads hyperparameters with TryGet* and weights with LoadTensor.
+/// A model file opened for binding: metadata and named tensors, in one of two namings (<see cref="Naming"/>): GGUF's
+/// keys and tensor names (llama2.c checkpoints synthesize them), or a Hugging Face checkpoint's. The generated binder
+/// of every [Model] reads hyperparameters with TryGet* and weights with LoadTensor, by the names its definition
+/// declares for that naming.
 /// </summary>
 public abstract class ModelFile : IDisposable
 {
     protected ModelFile(string path) => Path = path;
 
-    /// <summary>The file this was read from (named in every error).</summary>
+    /// <summary>The file (or checkpoint directory) this was read from (named in every error).</summary>
     public string Path { get; }
 
-    /// <summary>The architecture name (GGUF general.architecture), e.g. "llama".</summary>
+    /// <summary>The names its tensors and metadata keys use.</summary>
+    public virtual ModelNaming Naming => ModelNaming.Gguf;
+
+    /// <summary>Kiln's architecture name (GGUF general.architecture), e.g. "llama".</summary>
     public abstract string Architecture { get; }
 
     public abstract IReadOnlyDictionary<string, TensorInfo> Tensors { get; }
@@ -84,20 +99,24 @@ public abstract class ModelFile : IDisposable
     }
 
     /// <summary>
-    /// Opens a model file by its content: GGUF when it starts with the "GGUF" magic, otherwise a llama2.c
-    /// checkpoint (whose tokenizer is <paramref name="tokenizerPath"/>, or found beside it). A missing or malformed
-    /// file is a <see cref="ModelLoadException"/> naming the path.
+    /// Opens a model by its content: an .onnx file is an ONNX export's weights (<see cref="OnnxModel"/>); a directory, a .json file or a file that begins like a safetensors header is a
+    /// Hugging Face checkpoint (<see cref="SafetensorsModel"/>); GGUF when it starts with the "GGUF" magic; otherwise a
+    /// llama2.c checkpoint (whose tokenizer is <paramref name="tokenizerPath"/>, or found beside it). A missing or
+    /// malformed file is a <see cref="ModelLoadException"/> naming the path.
     /// </summary>
     public static ModelFile Open(string path, string? tokenizerPath = null)
     {
         ArgumentNullException.ThrowIfNull(path);
-        Span<byte> magic = stackalloc byte[4];
+        if (Directory.Exists(path) || path.EndsWith(".json", StringComparison.OrdinalIgnoreCase)) return new SafetensorsModel(path);
+        if (path.EndsWith(".onnx", StringComparison.OrdinalIgnoreCase)) return new OnnxModel(path);
+        Span<byte> start = stackalloc byte[SafetensorsModel.SniffBytes];
         int read;
         using (var stream = MappedFile.OpenRead(path))
-            read = stream.ReadAtLeast(magic, magic.Length, throwOnEndOfStream: false);
-        return read == magic.Length && magic.SequenceEqual(GgufFile.Magic)
-            ? new GgufFile(path)
-            : new Llama2cFile(path, tokenizerPath);
+            read = stream.ReadAtLeast(start, start.Length, throwOnEndOfStream: false);
+        if (read >= 4 && start[..4].SequenceEqual(GgufFile.Magic)) return new GgufFile(path);
+        if (SafetensorsModel.LooksLikeSafetensors(start[..read]) || path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
+            return new SafetensorsModel(path);
+        return new Llama2cFile(path, tokenizerPath);
     }
 
     public virtual void Dispose() => GC.SuppressFinalize(this);

@@ -57,40 +57,63 @@ namespace Kiln.Models
             if (file is null) throw new global::System.ArgumentNullException(nameof(file));
             if (file.Architecture != "gemma2")
                 throw new global::Kiln.Loading.ModelLoadException(file.Path, "general.architecture", null, $"expected \"gemma2\" for Gemma2, found \"{file.Architecture}\".");
+            // The file names its keys and tensors as GGUF does, or as a Hugging Face checkpoint does; each [Hyper], [Weight]
+            // and [Layers] declares both.
+            bool huggingFace = file.Naming == global::Kiln.Loading.ModelNaming.HuggingFace;
             var model = new Gemma2();
 
             // Hyperparameters: an absent key keeps the member's initializer unless it is required.
-            if (file.TryGetInt("gemma2.embedding_length", out long dimValue)) model.Dim = KilnToInt(file, "gemma2.embedding_length", dimValue);
-            else if (file.Metadata.ContainsKey("gemma2.embedding_length")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.embedding_length", null, $"is {file.Metadata["gemma2.embedding_length"]}, not an integer.");
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.embedding_length", null, "required hyperparameter is missing.");
-            if (file.TryGetInt("gemma2.feed_forward_length", out long hiddenValue)) model.Hidden = KilnToInt(file, "gemma2.feed_forward_length", hiddenValue);
-            else if (file.Metadata.ContainsKey("gemma2.feed_forward_length")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.feed_forward_length", null, $"is {file.Metadata["gemma2.feed_forward_length"]}, not an integer.");
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.feed_forward_length", null, "required hyperparameter is missing.");
-            if (file.TryGetInt("gemma2.block_count", out long layerCountValue)) model.LayerCount = KilnToInt(file, "gemma2.block_count", layerCountValue);
-            else if (file.Metadata.ContainsKey("gemma2.block_count")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.block_count", null, $"is {file.Metadata["gemma2.block_count"]}, not an integer.");
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.block_count", null, "required hyperparameter is missing.");
-            if (file.TryGetInt("gemma2.attention.head_count", out long headsValue)) model.Heads = KilnToInt(file, "gemma2.attention.head_count", headsValue);
-            else if (file.Metadata.ContainsKey("gemma2.attention.head_count")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.attention.head_count", null, $"is {file.Metadata["gemma2.attention.head_count"]}, not an integer.");
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.attention.head_count", null, "required hyperparameter is missing.");
-            if (file.TryGetInt("gemma2.attention.head_count_kv", out long kvHeadsValue)) model.KvHeads = KilnToInt(file, "gemma2.attention.head_count_kv", kvHeadsValue);
-            else if (file.Metadata.ContainsKey("gemma2.attention.head_count_kv")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.attention.head_count_kv", null, $"is {file.Metadata["gemma2.attention.head_count_kv"]}, not an integer.");
-            if (file.TryGetInt("gemma2.attention.key_length", out long keyLengthValue)) model.KeyLength = KilnToInt(file, "gemma2.attention.key_length", keyLengthValue);
-            else if (file.Metadata.ContainsKey("gemma2.attention.key_length")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.attention.key_length", null, $"is {file.Metadata["gemma2.attention.key_length"]}, not an integer.");
-            if (file.TryGetFloat("gemma2.attention.layer_norm_rms_epsilon", out double epsValue)) model.Eps = (float)epsValue;
-            else if (file.Metadata.ContainsKey("gemma2.attention.layer_norm_rms_epsilon")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.attention.layer_norm_rms_epsilon", null, $"is {file.Metadata["gemma2.attention.layer_norm_rms_epsilon"]}, not a number.");
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.attention.layer_norm_rms_epsilon", null, "required hyperparameter is missing.");
-            if (file.TryGetFloat("gemma2.rope.freq_base", out double ropeBaseValue)) model.RopeBase = (float)ropeBaseValue;
-            else if (file.Metadata.ContainsKey("gemma2.rope.freq_base")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.rope.freq_base", null, $"is {file.Metadata["gemma2.rope.freq_base"]}, not a number.");
-            if (file.TryGetInt("gemma2.attention.sliding_window", out long windowValue)) model.Window = KilnToInt(file, "gemma2.attention.sliding_window", windowValue);
-            else if (file.Metadata.ContainsKey("gemma2.attention.sliding_window")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.attention.sliding_window", null, $"is {file.Metadata["gemma2.attention.sliding_window"]}, not an integer.");
-            if (file.TryGetInt("gemma2.attention.sliding_window_pattern", out long windowPeriodValue)) model.WindowPeriod = KilnToInt(file, "gemma2.attention.sliding_window_pattern", windowPeriodValue);
-            else if (file.Metadata.ContainsKey("gemma2.attention.sliding_window_pattern")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.attention.sliding_window_pattern", null, $"is {file.Metadata["gemma2.attention.sliding_window_pattern"]}, not an integer.");
-            if (file.TryGetFloat("gemma2.attn_logit_softcapping", out double attentionCapValue)) model.AttentionCap = (float)attentionCapValue;
-            else if (file.Metadata.ContainsKey("gemma2.attn_logit_softcapping")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.attn_logit_softcapping", null, $"is {file.Metadata["gemma2.attn_logit_softcapping"]}, not a number.");
-            if (file.TryGetFloat("gemma2.final_logit_softcapping", out double finalCapValue)) model.FinalCap = (float)finalCapValue;
-            else if (file.Metadata.ContainsKey("gemma2.final_logit_softcapping")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.final_logit_softcapping", null, $"is {file.Metadata["gemma2.final_logit_softcapping"]}, not a number.");
-            if (file.TryGetInt("gemma2.context_length", out long contextValue)) model.Context = KilnToInt(file, "gemma2.context_length", contextValue);
-            else if (file.Metadata.ContainsKey("gemma2.context_length")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gemma2.context_length", null, $"is {file.Metadata["gemma2.context_length"]}, not an integer.");
+            string key;
+            key = huggingFace ? "hidden_size" : "gemma2.embedding_length";
+            if (file.TryGetInt(key, out long dimValue)) model.Dim = KilnToInt(file, key, dimValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, "required hyperparameter is missing.");
+            key = huggingFace ? "intermediate_size" : "gemma2.feed_forward_length";
+            if (file.TryGetInt(key, out long hiddenValue)) model.Hidden = KilnToInt(file, key, hiddenValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, "required hyperparameter is missing.");
+            key = huggingFace ? "num_hidden_layers" : "gemma2.block_count";
+            if (file.TryGetInt(key, out long layerCountValue)) model.LayerCount = KilnToInt(file, key, layerCountValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, "required hyperparameter is missing.");
+            key = huggingFace ? "num_attention_heads" : "gemma2.attention.head_count";
+            if (file.TryGetInt(key, out long headsValue)) model.Heads = KilnToInt(file, key, headsValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, "required hyperparameter is missing.");
+            key = huggingFace ? "num_key_value_heads" : "gemma2.attention.head_count_kv";
+            if (file.TryGetInt(key, out long kvHeadsValue)) model.KvHeads = KilnToInt(file, key, kvHeadsValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            key = huggingFace ? "head_dim" : "gemma2.attention.key_length";
+            if (file.TryGetInt(key, out long keyLengthValue)) model.KeyLength = KilnToInt(file, key, keyLengthValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            key = huggingFace ? "rms_norm_eps" : "gemma2.attention.layer_norm_rms_epsilon";
+            if (file.TryGetFloat(key, out double epsValue)) model.Eps = (float)epsValue;
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not a number.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, "required hyperparameter is missing.");
+            key = huggingFace ? "rope_theta" : "gemma2.rope.freq_base";
+            if (file.TryGetFloat(key, out double ropeBaseValue)) model.RopeBase = (float)ropeBaseValue;
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not a number.");
+            key = huggingFace ? "sliding_window" : "gemma2.attention.sliding_window";
+            if (file.TryGetInt(key, out long windowValue)) model.Window = KilnToInt(file, key, windowValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            key = huggingFace ? "sliding_window_pattern" : "gemma2.attention.sliding_window_pattern";
+            if (file.TryGetInt(key, out long windowPeriodValue)) model.WindowPeriod = KilnToInt(file, key, windowPeriodValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            key = huggingFace ? "attn_logit_softcapping" : "gemma2.attn_logit_softcapping";
+            if (file.TryGetFloat(key, out double attentionCapValue)) model.AttentionCap = (float)attentionCapValue;
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not a number.");
+            key = huggingFace ? "final_logit_softcapping" : "gemma2.final_logit_softcapping";
+            if (file.TryGetFloat(key, out double finalCapValue)) model.FinalCap = (float)finalCapValue;
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not a number.");
+            key = huggingFace ? "max_position_embeddings" : "gemma2.context_length";
+            if (file.TryGetInt(key, out long contextValue)) model.Context = KilnToInt(file, key, contextValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            if (huggingFace)
+            {
+                key = "query_pre_attn_scalar";
+                if (file.TryGetInt(key, out long queryPreAttnScalarValue)) model.QueryPreAttnScalar = KilnToInt(file, key, queryPreAttnScalarValue);
+                else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            }
 
             // Free shape symbols are bound by the first weight that declares them.
             bool vocabBound = false;
@@ -99,55 +122,74 @@ namespace Kiln.Models
             var bound = new global::System.Collections.Generic.HashSet<string>();
             // Weights, shapes checked against the declared dimensions. Derived dimensions are evaluated here, so a
             // hyperparameter that breaks their arithmetic (a zero head count, say) is reported as the file's fault.
+            string name;
             try
             {
-                model.TokenEmbedding = KilnLoad(file, "token_embd.weight", bound);
-                KilnCheckRank(file, "token_embd.weight", model.TokenEmbedding, "[Vocab, Dim]", 2);
+                name = huggingFace ? "model.embed_tokens.weight" : "token_embd.weight";
+                model.TokenEmbedding = KilnLoad(file, name, bound);
+                KilnCheckRank(file, name, model.TokenEmbedding, "[Vocab, Dim]", 2);
                 if (!vocabBound) { model.Vocab = model.TokenEmbedding.Shape[0]; vocabBound = true; }
-                KilnCheckShape(file, "token_embd.weight", model.TokenEmbedding, "[Vocab, Dim]", model.Vocab, model.Dim);
-                model.OutputNorm = KilnLoad(file, "output_norm.weight", bound);
-                KilnCheckRank(file, "output_norm.weight", model.OutputNorm, "[Dim]", 1);
-                KilnCheckShape(file, "output_norm.weight", model.OutputNorm, "[Dim]", model.Dim);
+                KilnCheckShape(file, name, model.TokenEmbedding, "[Vocab, Dim]", model.Vocab, model.Dim);
+                name = huggingFace ? "model.norm.weight" : "output_norm.weight";
+                model.OutputNorm = KilnLoad(file, name, bound);
+                if (huggingFace) model.OutputNorm = global::Kiln.Loading.HuggingFaceConversions.AddOne(file, name, model.OutputNorm);
+                KilnCheckRank(file, name, model.OutputNorm, "[Dim]", 1);
+                KilnCheckShape(file, name, model.OutputNorm, "[Dim]", model.Dim);
 
                 if (model.LayerCount < 0) throw new global::Kiln.Loading.ModelLoadException(file.Path, "LayerCount", null, $"negative layer count {model.LayerCount}.");
                 model.Layers = new Block[model.LayerCount];
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
-                    string prefix = string.Format(global::System.Globalization.CultureInfo.InvariantCulture, "blk.{0}.", layer);
+                    string prefix = string.Format(global::System.Globalization.CultureInfo.InvariantCulture, huggingFace ? "model.layers.{0}." : "blk.{0}.", layer);
                     var block = new Block();
-                    block.AttnNorm = KilnLoad(file, prefix + "attn_norm.weight", bound);
-                    KilnCheckRank(file, prefix + "attn_norm.weight", block.AttnNorm, "[Dim]", 1);
-                    KilnCheckShape(file, prefix + "attn_norm.weight", block.AttnNorm, "[Dim]", model.Dim);
-                    block.Wq = KilnLoad(file, prefix + "attn_q.weight", bound);
-                    KilnCheckRank(file, prefix + "attn_q.weight", block.Wq, "[QDim, Dim]", 2);
-                    KilnCheckShape(file, prefix + "attn_q.weight", block.Wq, "[QDim, Dim]", model.QDim, model.Dim);
-                    block.Wk = KilnLoad(file, prefix + "attn_k.weight", bound);
-                    KilnCheckRank(file, prefix + "attn_k.weight", block.Wk, "[KvDim, Dim]", 2);
-                    KilnCheckShape(file, prefix + "attn_k.weight", block.Wk, "[KvDim, Dim]", model.KvDim, model.Dim);
-                    block.Wv = KilnLoad(file, prefix + "attn_v.weight", bound);
-                    KilnCheckRank(file, prefix + "attn_v.weight", block.Wv, "[KvDim, Dim]", 2);
-                    KilnCheckShape(file, prefix + "attn_v.weight", block.Wv, "[KvDim, Dim]", model.KvDim, model.Dim);
-                    block.Wo = KilnLoad(file, prefix + "attn_output.weight", bound);
-                    KilnCheckRank(file, prefix + "attn_output.weight", block.Wo, "[Dim, QDim]", 2);
-                    KilnCheckShape(file, prefix + "attn_output.weight", block.Wo, "[Dim, QDim]", model.Dim, model.QDim);
-                    block.PostAttnNorm = KilnLoad(file, prefix + "post_attention_norm.weight", bound);
-                    KilnCheckRank(file, prefix + "post_attention_norm.weight", block.PostAttnNorm, "[Dim]", 1);
-                    KilnCheckShape(file, prefix + "post_attention_norm.weight", block.PostAttnNorm, "[Dim]", model.Dim);
-                    block.FfnNorm = KilnLoad(file, prefix + "ffn_norm.weight", bound);
-                    KilnCheckRank(file, prefix + "ffn_norm.weight", block.FfnNorm, "[Dim]", 1);
-                    KilnCheckShape(file, prefix + "ffn_norm.weight", block.FfnNorm, "[Dim]", model.Dim);
-                    block.Gate = KilnLoad(file, prefix + "ffn_gate.weight", bound);
-                    KilnCheckRank(file, prefix + "ffn_gate.weight", block.Gate, "[Hidden, Dim]", 2);
-                    KilnCheckShape(file, prefix + "ffn_gate.weight", block.Gate, "[Hidden, Dim]", model.Hidden, model.Dim);
-                    block.Up = KilnLoad(file, prefix + "ffn_up.weight", bound);
-                    KilnCheckRank(file, prefix + "ffn_up.weight", block.Up, "[Hidden, Dim]", 2);
-                    KilnCheckShape(file, prefix + "ffn_up.weight", block.Up, "[Hidden, Dim]", model.Hidden, model.Dim);
-                    block.Down = KilnLoad(file, prefix + "ffn_down.weight", bound);
-                    KilnCheckRank(file, prefix + "ffn_down.weight", block.Down, "[Dim, Hidden]", 2);
-                    KilnCheckShape(file, prefix + "ffn_down.weight", block.Down, "[Dim, Hidden]", model.Dim, model.Hidden);
-                    block.PostFfnNorm = KilnLoad(file, prefix + "post_ffw_norm.weight", bound);
-                    KilnCheckRank(file, prefix + "post_ffw_norm.weight", block.PostFfnNorm, "[Dim]", 1);
-                    KilnCheckShape(file, prefix + "post_ffw_norm.weight", block.PostFfnNorm, "[Dim]", model.Dim);
+                    name = prefix + (huggingFace ? "input_layernorm.weight" : "attn_norm.weight");
+                    block.AttnNorm = KilnLoad(file, name, bound);
+                    if (huggingFace) block.AttnNorm = global::Kiln.Loading.HuggingFaceConversions.AddOne(file, name, block.AttnNorm);
+                    KilnCheckRank(file, name, block.AttnNorm, "[Dim]", 1);
+                    KilnCheckShape(file, name, block.AttnNorm, "[Dim]", model.Dim);
+                    name = prefix + (huggingFace ? "self_attn.q_proj.weight" : "attn_q.weight");
+                    block.Wq = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.Wq, "[QDim, Dim]", 2);
+                    KilnCheckShape(file, name, block.Wq, "[QDim, Dim]", model.QDim, model.Dim);
+                    name = prefix + (huggingFace ? "self_attn.k_proj.weight" : "attn_k.weight");
+                    block.Wk = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.Wk, "[KvDim, Dim]", 2);
+                    KilnCheckShape(file, name, block.Wk, "[KvDim, Dim]", model.KvDim, model.Dim);
+                    name = prefix + (huggingFace ? "self_attn.v_proj.weight" : "attn_v.weight");
+                    block.Wv = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.Wv, "[KvDim, Dim]", 2);
+                    KilnCheckShape(file, name, block.Wv, "[KvDim, Dim]", model.KvDim, model.Dim);
+                    name = prefix + (huggingFace ? "self_attn.o_proj.weight" : "attn_output.weight");
+                    block.Wo = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.Wo, "[Dim, QDim]", 2);
+                    KilnCheckShape(file, name, block.Wo, "[Dim, QDim]", model.Dim, model.QDim);
+                    name = prefix + (huggingFace ? "post_attention_layernorm.weight" : "post_attention_norm.weight");
+                    block.PostAttnNorm = KilnLoad(file, name, bound);
+                    if (huggingFace) block.PostAttnNorm = global::Kiln.Loading.HuggingFaceConversions.AddOne(file, name, block.PostAttnNorm);
+                    KilnCheckRank(file, name, block.PostAttnNorm, "[Dim]", 1);
+                    KilnCheckShape(file, name, block.PostAttnNorm, "[Dim]", model.Dim);
+                    name = prefix + (huggingFace ? "pre_feedforward_layernorm.weight" : "ffn_norm.weight");
+                    block.FfnNorm = KilnLoad(file, name, bound);
+                    if (huggingFace) block.FfnNorm = global::Kiln.Loading.HuggingFaceConversions.AddOne(file, name, block.FfnNorm);
+                    KilnCheckRank(file, name, block.FfnNorm, "[Dim]", 1);
+                    KilnCheckShape(file, name, block.FfnNorm, "[Dim]", model.Dim);
+                    name = prefix + (huggingFace ? "mlp.gate_proj.weight" : "ffn_gate.weight");
+                    block.Gate = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.Gate, "[Hidden, Dim]", 2);
+                    KilnCheckShape(file, name, block.Gate, "[Hidden, Dim]", model.Hidden, model.Dim);
+                    name = prefix + (huggingFace ? "mlp.up_proj.weight" : "ffn_up.weight");
+                    block.Up = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.Up, "[Hidden, Dim]", 2);
+                    KilnCheckShape(file, name, block.Up, "[Hidden, Dim]", model.Hidden, model.Dim);
+                    name = prefix + (huggingFace ? "mlp.down_proj.weight" : "ffn_down.weight");
+                    block.Down = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.Down, "[Dim, Hidden]", 2);
+                    KilnCheckShape(file, name, block.Down, "[Dim, Hidden]", model.Dim, model.Hidden);
+                    name = prefix + (huggingFace ? "post_feedforward_layernorm.weight" : "post_ffw_norm.weight");
+                    block.PostFfnNorm = KilnLoad(file, name, bound);
+                    if (huggingFace) block.PostFfnNorm = global::Kiln.Loading.HuggingFaceConversions.AddOne(file, name, block.PostFfnNorm);
+                    KilnCheckRank(file, name, block.PostFfnNorm, "[Dim]", 1);
+                    KilnCheckShape(file, name, block.PostFfnNorm, "[Dim]", model.Dim);
                     model.Layers[layer] = block;
                 }
             }
@@ -157,11 +199,23 @@ namespace Kiln.Models
             }
             global::Kiln.Loading.DefinitionChecks.RequireAllBound(file, bound, "Gemma2");
             // What the file states that changes the math must be read by this definition, or agree with what its forward uses.
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "gemma2.attention.layer_norm_epsilon", "Gemma2");
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "gemma2.rope.freq_base_swa", "Gemma2");
-            global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "gemma2.rope.dimension_count", model.HeadDim, "Gemma2", "its rope's rotary dimensions");
-            global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "gemma2.attention.value_length", model.KvShape.HeadDim, "Gemma2", "its attention's head dimension");
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "gemma2.expert_count", "Gemma2");
+            if (huggingFace)
+            {
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "layer_norm_epsilon", "Gemma2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "rope_local_base_freq", "Gemma2");
+                global::Kiln.Loading.DefinitionChecks.RequireRotaryFactorAgrees(file, "partial_rotary_factor", model.HeadDim, model.HeadDim, "Gemma2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "num_local_experts", "Gemma2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "num_experts", "Gemma2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "layer_types", "Gemma2");
+            }
+            else
+            {
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "gemma2.attention.layer_norm_epsilon", "Gemma2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "gemma2.rope.freq_base_swa", "Gemma2");
+                global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "gemma2.rope.dimension_count", model.HeadDim, "Gemma2", "its rope's rotary dimensions");
+                global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "gemma2.attention.value_length", model.KvShape.HeadDim, "Gemma2", "its attention's head dimension");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "gemma2.expert_count", "Gemma2");
+            }
             global::Kiln.Loading.DefinitionChecks.RejectRopeScaling(file, "gemma2", "Gemma2");
             global::Kiln.Loading.DefinitionChecks.RequireTokenizer(file, "llama", "Gemma2");
             return model;

@@ -55,26 +55,35 @@ namespace Kiln.Models
             if (file is null) throw new global::System.ArgumentNullException(nameof(file));
             if (file.Architecture != "gpt2")
                 throw new global::Kiln.Loading.ModelLoadException(file.Path, "general.architecture", null, $"expected \"gpt2\" for Gpt2, found \"{file.Architecture}\".");
+            // The file names its keys and tensors as GGUF does, or as a Hugging Face checkpoint does; each [Hyper], [Weight]
+            // and [Layers] declares both.
+            bool huggingFace = file.Naming == global::Kiln.Loading.ModelNaming.HuggingFace;
             var model = new Gpt2();
 
             // Hyperparameters: an absent key keeps the member's initializer unless it is required.
-            if (file.TryGetInt("gpt2.embedding_length", out long dimValue)) model.Dim = KilnToInt(file, "gpt2.embedding_length", dimValue);
-            else if (file.Metadata.ContainsKey("gpt2.embedding_length")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gpt2.embedding_length", null, $"is {file.Metadata["gpt2.embedding_length"]}, not an integer.");
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "gpt2.embedding_length", null, "required hyperparameter is missing.");
-            if (file.TryGetInt("gpt2.feed_forward_length", out long hiddenValue)) model.Hidden = KilnToInt(file, "gpt2.feed_forward_length", hiddenValue);
-            else if (file.Metadata.ContainsKey("gpt2.feed_forward_length")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gpt2.feed_forward_length", null, $"is {file.Metadata["gpt2.feed_forward_length"]}, not an integer.");
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "gpt2.feed_forward_length", null, "required hyperparameter is missing.");
-            if (file.TryGetInt("gpt2.block_count", out long layerCountValue)) model.LayerCount = KilnToInt(file, "gpt2.block_count", layerCountValue);
-            else if (file.Metadata.ContainsKey("gpt2.block_count")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gpt2.block_count", null, $"is {file.Metadata["gpt2.block_count"]}, not an integer.");
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "gpt2.block_count", null, "required hyperparameter is missing.");
-            if (file.TryGetInt("gpt2.attention.head_count", out long headsValue)) model.Heads = KilnToInt(file, "gpt2.attention.head_count", headsValue);
-            else if (file.Metadata.ContainsKey("gpt2.attention.head_count")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gpt2.attention.head_count", null, $"is {file.Metadata["gpt2.attention.head_count"]}, not an integer.");
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "gpt2.attention.head_count", null, "required hyperparameter is missing.");
-            if (file.TryGetFloat("gpt2.attention.layer_norm_epsilon", out double epsValue)) model.Eps = (float)epsValue;
-            else if (file.Metadata.ContainsKey("gpt2.attention.layer_norm_epsilon")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gpt2.attention.layer_norm_epsilon", null, $"is {file.Metadata["gpt2.attention.layer_norm_epsilon"]}, not a number.");
-            if (file.TryGetInt("gpt2.context_length", out long contextValue)) model.Context = KilnToInt(file, "gpt2.context_length", contextValue);
-            else if (file.Metadata.ContainsKey("gpt2.context_length")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "gpt2.context_length", null, $"is {file.Metadata["gpt2.context_length"]}, not an integer.");
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "gpt2.context_length", null, "required hyperparameter is missing.");
+            string key;
+            key = huggingFace ? "n_embd" : "gpt2.embedding_length";
+            if (file.TryGetInt(key, out long dimValue)) model.Dim = KilnToInt(file, key, dimValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, "required hyperparameter is missing.");
+            key = huggingFace ? "n_inner" : "gpt2.feed_forward_length";
+            if (file.TryGetInt(key, out long innerValue)) model.Inner = KilnToInt(file, key, innerValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            key = huggingFace ? "n_layer" : "gpt2.block_count";
+            if (file.TryGetInt(key, out long layerCountValue)) model.LayerCount = KilnToInt(file, key, layerCountValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, "required hyperparameter is missing.");
+            key = huggingFace ? "n_head" : "gpt2.attention.head_count";
+            if (file.TryGetInt(key, out long headsValue)) model.Heads = KilnToInt(file, key, headsValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, "required hyperparameter is missing.");
+            key = huggingFace ? "layer_norm_epsilon" : "gpt2.attention.layer_norm_epsilon";
+            if (file.TryGetFloat(key, out double epsValue)) model.Eps = (float)epsValue;
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not a number.");
+            key = huggingFace ? "n_positions" : "gpt2.context_length";
+            if (file.TryGetInt(key, out long contextValue)) model.Context = KilnToInt(file, key, contextValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, "required hyperparameter is missing.");
 
             // Free shape symbols are bound by the first weight that declares them.
             bool vocabBound = false;
@@ -83,68 +92,90 @@ namespace Kiln.Models
             var bound = new global::System.Collections.Generic.HashSet<string>();
             // Weights, shapes checked against the declared dimensions. Derived dimensions are evaluated here, so a
             // hyperparameter that breaks their arithmetic (a zero head count, say) is reported as the file's fault.
+            string name;
             try
             {
-                model.TokenEmbedding = KilnLoad(file, "token_embd.weight", bound);
-                KilnCheckRank(file, "token_embd.weight", model.TokenEmbedding, "[Vocab, Dim]", 2);
+                name = huggingFace ? "wte.weight" : "token_embd.weight";
+                model.TokenEmbedding = KilnLoad(file, name, bound);
+                KilnCheckRank(file, name, model.TokenEmbedding, "[Vocab, Dim]", 2);
                 if (!vocabBound) { model.Vocab = model.TokenEmbedding.Shape[0]; vocabBound = true; }
-                KilnCheckShape(file, "token_embd.weight", model.TokenEmbedding, "[Vocab, Dim]", model.Vocab, model.Dim);
-                model.Positions = KilnLoad(file, "position_embd.weight", bound);
-                KilnCheckRank(file, "position_embd.weight", model.Positions, "[Context, Dim]", 2);
-                KilnCheckShape(file, "position_embd.weight", model.Positions, "[Context, Dim]", model.Context, model.Dim);
-                model.OutputNorm = KilnLoad(file, "output_norm.weight", bound);
-                KilnCheckRank(file, "output_norm.weight", model.OutputNorm, "[Dim]", 1);
-                KilnCheckShape(file, "output_norm.weight", model.OutputNorm, "[Dim]", model.Dim);
-                model.OutputNormBias = KilnLoad(file, "output_norm.bias", bound);
-                KilnCheckRank(file, "output_norm.bias", model.OutputNormBias, "[Dim]", 1);
-                KilnCheckShape(file, "output_norm.bias", model.OutputNormBias, "[Dim]", model.Dim);
-                model.Output = file.Tensors.ContainsKey("output.weight") ? KilnLoad(file, "output.weight", bound) : model.TokenEmbedding;
-                KilnCheckRank(file, "output.weight", model.Output, "[Vocab, Dim]", 2);
+                KilnCheckShape(file, name, model.TokenEmbedding, "[Vocab, Dim]", model.Vocab, model.Dim);
+                name = huggingFace ? "wpe.weight" : "position_embd.weight";
+                model.Positions = KilnLoad(file, name, bound);
+                KilnCheckRank(file, name, model.Positions, "[Context, Dim]", 2);
+                KilnCheckShape(file, name, model.Positions, "[Context, Dim]", model.Context, model.Dim);
+                name = huggingFace ? "ln_f.weight" : "output_norm.weight";
+                model.OutputNorm = KilnLoad(file, name, bound);
+                KilnCheckRank(file, name, model.OutputNorm, "[Dim]", 1);
+                KilnCheckShape(file, name, model.OutputNorm, "[Dim]", model.Dim);
+                name = huggingFace ? "ln_f.bias" : "output_norm.bias";
+                model.OutputNormBias = KilnLoad(file, name, bound);
+                KilnCheckRank(file, name, model.OutputNormBias, "[Dim]", 1);
+                KilnCheckShape(file, name, model.OutputNormBias, "[Dim]", model.Dim);
+                name = huggingFace ? "lm_head.weight" : "output.weight";
+                model.Output = file.Tensors.ContainsKey(name) ? KilnLoad(file, name, bound) : model.TokenEmbedding;
+                KilnCheckRank(file, name, model.Output, "[Vocab, Dim]", 2);
                 if (!vocabBound) { model.Vocab = model.Output.Shape[0]; vocabBound = true; }
-                KilnCheckShape(file, "output.weight", model.Output, "[Vocab, Dim]", model.Vocab, model.Dim);
+                KilnCheckShape(file, name, model.Output, "[Vocab, Dim]", model.Vocab, model.Dim);
 
                 if (model.LayerCount < 0) throw new global::Kiln.Loading.ModelLoadException(file.Path, "LayerCount", null, $"negative layer count {model.LayerCount}.");
                 model.Layers = new Block[model.LayerCount];
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
-                    string prefix = string.Format(global::System.Globalization.CultureInfo.InvariantCulture, "blk.{0}.", layer);
+                    string prefix = string.Format(global::System.Globalization.CultureInfo.InvariantCulture, huggingFace ? "h.{0}." : "blk.{0}.", layer);
                     var block = new Block();
-                    block.AttnNorm = KilnLoad(file, prefix + "attn_norm.weight", bound);
-                    KilnCheckRank(file, prefix + "attn_norm.weight", block.AttnNorm, "[Dim]", 1);
-                    KilnCheckShape(file, prefix + "attn_norm.weight", block.AttnNorm, "[Dim]", model.Dim);
-                    block.AttnNormBias = KilnLoad(file, prefix + "attn_norm.bias", bound);
-                    KilnCheckRank(file, prefix + "attn_norm.bias", block.AttnNormBias, "[Dim]", 1);
-                    KilnCheckShape(file, prefix + "attn_norm.bias", block.AttnNormBias, "[Dim]", model.Dim);
-                    block.Wqkv = KilnLoad(file, prefix + "attn_qkv.weight", bound);
-                    KilnCheckRank(file, prefix + "attn_qkv.weight", block.Wqkv, "[3*Dim, Dim]", 2);
-                    KilnCheckShape(file, prefix + "attn_qkv.weight", block.Wqkv, "[3*Dim, Dim]", 3 * model.Dim, model.Dim);
-                    block.Bqkv = KilnLoad(file, prefix + "attn_qkv.bias", bound);
-                    KilnCheckRank(file, prefix + "attn_qkv.bias", block.Bqkv, "[3*Dim]", 1);
-                    KilnCheckShape(file, prefix + "attn_qkv.bias", block.Bqkv, "[3*Dim]", 3 * model.Dim);
-                    block.Wo = KilnLoad(file, prefix + "attn_output.weight", bound);
-                    KilnCheckRank(file, prefix + "attn_output.weight", block.Wo, "[Dim, Dim]", 2);
-                    KilnCheckShape(file, prefix + "attn_output.weight", block.Wo, "[Dim, Dim]", model.Dim, model.Dim);
-                    block.Bo = KilnLoad(file, prefix + "attn_output.bias", bound);
-                    KilnCheckRank(file, prefix + "attn_output.bias", block.Bo, "[Dim]", 1);
-                    KilnCheckShape(file, prefix + "attn_output.bias", block.Bo, "[Dim]", model.Dim);
-                    block.FfnNorm = KilnLoad(file, prefix + "ffn_norm.weight", bound);
-                    KilnCheckRank(file, prefix + "ffn_norm.weight", block.FfnNorm, "[Dim]", 1);
-                    KilnCheckShape(file, prefix + "ffn_norm.weight", block.FfnNorm, "[Dim]", model.Dim);
-                    block.FfnNormBias = KilnLoad(file, prefix + "ffn_norm.bias", bound);
-                    KilnCheckRank(file, prefix + "ffn_norm.bias", block.FfnNormBias, "[Dim]", 1);
-                    KilnCheckShape(file, prefix + "ffn_norm.bias", block.FfnNormBias, "[Dim]", model.Dim);
-                    block.Up = KilnLoad(file, prefix + "ffn_up.weight", bound);
-                    KilnCheckRank(file, prefix + "ffn_up.weight", block.Up, "[Hidden, Dim]", 2);
-                    KilnCheckShape(file, prefix + "ffn_up.weight", block.Up, "[Hidden, Dim]", model.Hidden, model.Dim);
-                    block.UpBias = KilnLoad(file, prefix + "ffn_up.bias", bound);
-                    KilnCheckRank(file, prefix + "ffn_up.bias", block.UpBias, "[Hidden]", 1);
-                    KilnCheckShape(file, prefix + "ffn_up.bias", block.UpBias, "[Hidden]", model.Hidden);
-                    block.Down = KilnLoad(file, prefix + "ffn_down.weight", bound);
-                    KilnCheckRank(file, prefix + "ffn_down.weight", block.Down, "[Dim, Hidden]", 2);
-                    KilnCheckShape(file, prefix + "ffn_down.weight", block.Down, "[Dim, Hidden]", model.Dim, model.Hidden);
-                    block.DownBias = KilnLoad(file, prefix + "ffn_down.bias", bound);
-                    KilnCheckRank(file, prefix + "ffn_down.bias", block.DownBias, "[Dim]", 1);
-                    KilnCheckShape(file, prefix + "ffn_down.bias", block.DownBias, "[Dim]", model.Dim);
+                    name = prefix + (huggingFace ? "ln_1.weight" : "attn_norm.weight");
+                    block.AttnNorm = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.AttnNorm, "[Dim]", 1);
+                    KilnCheckShape(file, name, block.AttnNorm, "[Dim]", model.Dim);
+                    name = prefix + (huggingFace ? "ln_1.bias" : "attn_norm.bias");
+                    block.AttnNormBias = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.AttnNormBias, "[Dim]", 1);
+                    KilnCheckShape(file, name, block.AttnNormBias, "[Dim]", model.Dim);
+                    name = prefix + (huggingFace ? "attn.c_attn.weight" : "attn_qkv.weight");
+                    block.Wqkv = KilnLoad(file, name, bound);
+                    if (huggingFace) block.Wqkv = global::Kiln.Loading.HuggingFaceConversions.Transpose(file, name, block.Wqkv);
+                    KilnCheckRank(file, name, block.Wqkv, "[3*Dim, Dim]", 2);
+                    KilnCheckShape(file, name, block.Wqkv, "[3*Dim, Dim]", 3 * model.Dim, model.Dim);
+                    name = prefix + (huggingFace ? "attn.c_attn.bias" : "attn_qkv.bias");
+                    block.Bqkv = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.Bqkv, "[3*Dim]", 1);
+                    KilnCheckShape(file, name, block.Bqkv, "[3*Dim]", 3 * model.Dim);
+                    name = prefix + (huggingFace ? "attn.c_proj.weight" : "attn_output.weight");
+                    block.Wo = KilnLoad(file, name, bound);
+                    if (huggingFace) block.Wo = global::Kiln.Loading.HuggingFaceConversions.Transpose(file, name, block.Wo);
+                    KilnCheckRank(file, name, block.Wo, "[Dim, Dim]", 2);
+                    KilnCheckShape(file, name, block.Wo, "[Dim, Dim]", model.Dim, model.Dim);
+                    name = prefix + (huggingFace ? "attn.c_proj.bias" : "attn_output.bias");
+                    block.Bo = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.Bo, "[Dim]", 1);
+                    KilnCheckShape(file, name, block.Bo, "[Dim]", model.Dim);
+                    name = prefix + (huggingFace ? "ln_2.weight" : "ffn_norm.weight");
+                    block.FfnNorm = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.FfnNorm, "[Dim]", 1);
+                    KilnCheckShape(file, name, block.FfnNorm, "[Dim]", model.Dim);
+                    name = prefix + (huggingFace ? "ln_2.bias" : "ffn_norm.bias");
+                    block.FfnNormBias = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.FfnNormBias, "[Dim]", 1);
+                    KilnCheckShape(file, name, block.FfnNormBias, "[Dim]", model.Dim);
+                    name = prefix + (huggingFace ? "mlp.c_fc.weight" : "ffn_up.weight");
+                    block.Up = KilnLoad(file, name, bound);
+                    if (huggingFace) block.Up = global::Kiln.Loading.HuggingFaceConversions.Transpose(file, name, block.Up);
+                    KilnCheckRank(file, name, block.Up, "[Hidden, Dim]", 2);
+                    KilnCheckShape(file, name, block.Up, "[Hidden, Dim]", model.Hidden, model.Dim);
+                    name = prefix + (huggingFace ? "mlp.c_fc.bias" : "ffn_up.bias");
+                    block.UpBias = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.UpBias, "[Hidden]", 1);
+                    KilnCheckShape(file, name, block.UpBias, "[Hidden]", model.Hidden);
+                    name = prefix + (huggingFace ? "mlp.c_proj.weight" : "ffn_down.weight");
+                    block.Down = KilnLoad(file, name, bound);
+                    if (huggingFace) block.Down = global::Kiln.Loading.HuggingFaceConversions.Transpose(file, name, block.Down);
+                    KilnCheckRank(file, name, block.Down, "[Dim, Hidden]", 2);
+                    KilnCheckShape(file, name, block.Down, "[Dim, Hidden]", model.Dim, model.Hidden);
+                    name = prefix + (huggingFace ? "mlp.c_proj.bias" : "ffn_down.bias");
+                    block.DownBias = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.DownBias, "[Dim]", 1);
+                    KilnCheckShape(file, name, block.DownBias, "[Dim]", model.Dim);
                     model.Layers[layer] = block;
                 }
             }
@@ -154,17 +185,36 @@ namespace Kiln.Models
             }
             global::Kiln.Loading.DefinitionChecks.RequireAllBound(file, bound, "Gpt2");
             // What the file states that changes the math must be read by this definition, or agree with what its forward uses.
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "gpt2.attention.sliding_window", "Gpt2");
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "gpt2.attention.sliding_window_pattern", "Gpt2");
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "gpt2.attn_logit_softcapping", "Gpt2");
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "gpt2.final_logit_softcapping", "Gpt2");
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "gpt2.attention.layer_norm_rms_epsilon", "Gpt2");
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "gpt2.rope.freq_base", "Gpt2");
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "gpt2.rope.freq_base_swa", "Gpt2");
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "gpt2.rope.dimension_count", "Gpt2");
-            global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "gpt2.attention.key_length", model.KvShape.HeadDim, "Gpt2", "its attention's head dimension");
-            global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "gpt2.attention.value_length", model.KvShape.HeadDim, "Gpt2", "its attention's head dimension");
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "gpt2.expert_count", "Gpt2");
+            if (huggingFace)
+            {
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "sliding_window", "Gpt2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "sliding_window_pattern", "Gpt2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "attn_logit_softcapping", "Gpt2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "final_logit_softcapping", "Gpt2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "rms_norm_eps", "Gpt2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "rope_theta", "Gpt2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "rope_local_base_freq", "Gpt2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "partial_rotary_factor", "Gpt2");
+                global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "head_dim", model.KvShape.HeadDim, "Gpt2", "its attention's head dimension");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "num_local_experts", "Gpt2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "num_experts", "Gpt2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "query_pre_attn_scalar", "Gpt2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "layer_types", "Gpt2");
+            }
+            else
+            {
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "gpt2.attention.sliding_window", "Gpt2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "gpt2.attention.sliding_window_pattern", "Gpt2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "gpt2.attn_logit_softcapping", "Gpt2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "gpt2.final_logit_softcapping", "Gpt2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "gpt2.attention.layer_norm_rms_epsilon", "Gpt2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "gpt2.rope.freq_base", "Gpt2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "gpt2.rope.freq_base_swa", "Gpt2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "gpt2.rope.dimension_count", "Gpt2");
+                global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "gpt2.attention.key_length", model.KvShape.HeadDim, "Gpt2", "its attention's head dimension");
+                global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "gpt2.attention.value_length", model.KvShape.HeadDim, "Gpt2", "its attention's head dimension");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "gpt2.expert_count", "Gpt2");
+            }
             global::Kiln.Loading.DefinitionChecks.RejectRopeScaling(file, "gpt2", "Gpt2");
             global::Kiln.Loading.DefinitionChecks.RequireTokenizer(file, "gpt2", "Gpt2");
             return model;

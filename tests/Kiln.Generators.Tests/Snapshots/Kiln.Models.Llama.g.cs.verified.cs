@@ -55,29 +55,41 @@ namespace Kiln.Models
             if (file is null) throw new global::System.ArgumentNullException(nameof(file));
             if (file.Architecture != "llama")
                 throw new global::Kiln.Loading.ModelLoadException(file.Path, "general.architecture", null, $"expected \"llama\" for Llama, found \"{file.Architecture}\".");
+            // The file names its keys and tensors as GGUF does, or as a Hugging Face checkpoint does; each [Hyper], [Weight]
+            // and [Layers] declares both.
+            bool huggingFace = file.Naming == global::Kiln.Loading.ModelNaming.HuggingFace;
             var model = new Llama();
 
             // Hyperparameters: an absent key keeps the member's initializer unless it is required.
-            if (file.TryGetInt("llama.embedding_length", out long dimValue)) model.Dim = KilnToInt(file, "llama.embedding_length", dimValue);
-            else if (file.Metadata.ContainsKey("llama.embedding_length")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.embedding_length", null, $"is {file.Metadata["llama.embedding_length"]}, not an integer.");
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.embedding_length", null, "required hyperparameter is missing.");
-            if (file.TryGetInt("llama.feed_forward_length", out long hiddenValue)) model.Hidden = KilnToInt(file, "llama.feed_forward_length", hiddenValue);
-            else if (file.Metadata.ContainsKey("llama.feed_forward_length")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.feed_forward_length", null, $"is {file.Metadata["llama.feed_forward_length"]}, not an integer.");
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.feed_forward_length", null, "required hyperparameter is missing.");
-            if (file.TryGetInt("llama.block_count", out long layerCountValue)) model.LayerCount = KilnToInt(file, "llama.block_count", layerCountValue);
-            else if (file.Metadata.ContainsKey("llama.block_count")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.block_count", null, $"is {file.Metadata["llama.block_count"]}, not an integer.");
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.block_count", null, "required hyperparameter is missing.");
-            if (file.TryGetInt("llama.attention.head_count", out long headsValue)) model.Heads = KilnToInt(file, "llama.attention.head_count", headsValue);
-            else if (file.Metadata.ContainsKey("llama.attention.head_count")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.attention.head_count", null, $"is {file.Metadata["llama.attention.head_count"]}, not an integer.");
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.attention.head_count", null, "required hyperparameter is missing.");
-            if (file.TryGetInt("llama.attention.head_count_kv", out long kvHeadsValue)) model.KvHeads = KilnToInt(file, "llama.attention.head_count_kv", kvHeadsValue);
-            else if (file.Metadata.ContainsKey("llama.attention.head_count_kv")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.attention.head_count_kv", null, $"is {file.Metadata["llama.attention.head_count_kv"]}, not an integer.");
-            if (file.TryGetFloat("llama.attention.layer_norm_rms_epsilon", out double epsValue)) model.Eps = (float)epsValue;
-            else if (file.Metadata.ContainsKey("llama.attention.layer_norm_rms_epsilon")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.attention.layer_norm_rms_epsilon", null, $"is {file.Metadata["llama.attention.layer_norm_rms_epsilon"]}, not a number.");
-            if (file.TryGetFloat("llama.rope.freq_base", out double ropeBaseValue)) model.RopeBase = (float)ropeBaseValue;
-            else if (file.Metadata.ContainsKey("llama.rope.freq_base")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.rope.freq_base", null, $"is {file.Metadata["llama.rope.freq_base"]}, not a number.");
-            if (file.TryGetInt("llama.context_length", out long contextValue)) model.Context = KilnToInt(file, "llama.context_length", contextValue);
-            else if (file.Metadata.ContainsKey("llama.context_length")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "llama.context_length", null, $"is {file.Metadata["llama.context_length"]}, not an integer.");
+            string key;
+            key = huggingFace ? "hidden_size" : "llama.embedding_length";
+            if (file.TryGetInt(key, out long dimValue)) model.Dim = KilnToInt(file, key, dimValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, "required hyperparameter is missing.");
+            key = huggingFace ? "intermediate_size" : "llama.feed_forward_length";
+            if (file.TryGetInt(key, out long hiddenValue)) model.Hidden = KilnToInt(file, key, hiddenValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, "required hyperparameter is missing.");
+            key = huggingFace ? "num_hidden_layers" : "llama.block_count";
+            if (file.TryGetInt(key, out long layerCountValue)) model.LayerCount = KilnToInt(file, key, layerCountValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, "required hyperparameter is missing.");
+            key = huggingFace ? "num_attention_heads" : "llama.attention.head_count";
+            if (file.TryGetInt(key, out long headsValue)) model.Heads = KilnToInt(file, key, headsValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, "required hyperparameter is missing.");
+            key = huggingFace ? "num_key_value_heads" : "llama.attention.head_count_kv";
+            if (file.TryGetInt(key, out long kvHeadsValue)) model.KvHeads = KilnToInt(file, key, kvHeadsValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            key = huggingFace ? "rms_norm_eps" : "llama.attention.layer_norm_rms_epsilon";
+            if (file.TryGetFloat(key, out double epsValue)) model.Eps = (float)epsValue;
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not a number.");
+            key = huggingFace ? "rope_theta" : "llama.rope.freq_base";
+            if (file.TryGetFloat(key, out double ropeBaseValue)) model.RopeBase = (float)ropeBaseValue;
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not a number.");
+            key = huggingFace ? "max_position_embeddings" : "llama.context_length";
+            if (file.TryGetInt(key, out long contextValue)) model.Context = KilnToInt(file, key, contextValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
 
             // Free shape symbols are bound by the first weight that declares them.
             bool vocabBound = false;
@@ -86,53 +98,68 @@ namespace Kiln.Models
             var bound = new global::System.Collections.Generic.HashSet<string>();
             // Weights, shapes checked against the declared dimensions. Derived dimensions are evaluated here, so a
             // hyperparameter that breaks their arithmetic (a zero head count, say) is reported as the file's fault.
+            string name;
             try
             {
-                model.TokenEmbedding = KilnLoad(file, "token_embd.weight", bound);
-                KilnCheckRank(file, "token_embd.weight", model.TokenEmbedding, "[Vocab, Dim]", 2);
+                name = huggingFace ? "model.embed_tokens.weight" : "token_embd.weight";
+                model.TokenEmbedding = KilnLoad(file, name, bound);
+                KilnCheckRank(file, name, model.TokenEmbedding, "[Vocab, Dim]", 2);
                 if (!vocabBound) { model.Vocab = model.TokenEmbedding.Shape[0]; vocabBound = true; }
-                KilnCheckShape(file, "token_embd.weight", model.TokenEmbedding, "[Vocab, Dim]", model.Vocab, model.Dim);
-                model.OutputNorm = KilnLoad(file, "output_norm.weight", bound);
-                KilnCheckRank(file, "output_norm.weight", model.OutputNorm, "[Dim]", 1);
-                KilnCheckShape(file, "output_norm.weight", model.OutputNorm, "[Dim]", model.Dim);
-                model.Output = file.Tensors.ContainsKey("output.weight") ? KilnLoad(file, "output.weight", bound) : model.TokenEmbedding;
-                KilnCheckRank(file, "output.weight", model.Output, "[Vocab, Dim]", 2);
+                KilnCheckShape(file, name, model.TokenEmbedding, "[Vocab, Dim]", model.Vocab, model.Dim);
+                name = huggingFace ? "model.norm.weight" : "output_norm.weight";
+                model.OutputNorm = KilnLoad(file, name, bound);
+                KilnCheckRank(file, name, model.OutputNorm, "[Dim]", 1);
+                KilnCheckShape(file, name, model.OutputNorm, "[Dim]", model.Dim);
+                name = huggingFace ? "lm_head.weight" : "output.weight";
+                model.Output = file.Tensors.ContainsKey(name) ? KilnLoad(file, name, bound) : model.TokenEmbedding;
+                KilnCheckRank(file, name, model.Output, "[Vocab, Dim]", 2);
                 if (!vocabBound) { model.Vocab = model.Output.Shape[0]; vocabBound = true; }
-                KilnCheckShape(file, "output.weight", model.Output, "[Vocab, Dim]", model.Vocab, model.Dim);
+                KilnCheckShape(file, name, model.Output, "[Vocab, Dim]", model.Vocab, model.Dim);
 
                 if (model.LayerCount < 0) throw new global::Kiln.Loading.ModelLoadException(file.Path, "LayerCount", null, $"negative layer count {model.LayerCount}.");
                 model.Layers = new Block[model.LayerCount];
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
-                    string prefix = string.Format(global::System.Globalization.CultureInfo.InvariantCulture, "blk.{0}.", layer);
+                    string prefix = string.Format(global::System.Globalization.CultureInfo.InvariantCulture, huggingFace ? "model.layers.{0}." : "blk.{0}.", layer);
                     var block = new Block();
-                    block.AttnNorm = KilnLoad(file, prefix + "attn_norm.weight", bound);
-                    KilnCheckRank(file, prefix + "attn_norm.weight", block.AttnNorm, "[Dim]", 1);
-                    KilnCheckShape(file, prefix + "attn_norm.weight", block.AttnNorm, "[Dim]", model.Dim);
-                    block.Wq = KilnLoad(file, prefix + "attn_q.weight", bound);
-                    KilnCheckRank(file, prefix + "attn_q.weight", block.Wq, "[QDim, Dim]", 2);
-                    KilnCheckShape(file, prefix + "attn_q.weight", block.Wq, "[QDim, Dim]", model.QDim, model.Dim);
-                    block.Wk = KilnLoad(file, prefix + "attn_k.weight", bound);
-                    KilnCheckRank(file, prefix + "attn_k.weight", block.Wk, "[KvDim, Dim]", 2);
-                    KilnCheckShape(file, prefix + "attn_k.weight", block.Wk, "[KvDim, Dim]", model.KvDim, model.Dim);
-                    block.Wv = KilnLoad(file, prefix + "attn_v.weight", bound);
-                    KilnCheckRank(file, prefix + "attn_v.weight", block.Wv, "[KvDim, Dim]", 2);
-                    KilnCheckShape(file, prefix + "attn_v.weight", block.Wv, "[KvDim, Dim]", model.KvDim, model.Dim);
-                    block.Wo = KilnLoad(file, prefix + "attn_output.weight", bound);
-                    KilnCheckRank(file, prefix + "attn_output.weight", block.Wo, "[Dim, QDim]", 2);
-                    KilnCheckShape(file, prefix + "attn_output.weight", block.Wo, "[Dim, QDim]", model.Dim, model.QDim);
-                    block.FfnNorm = KilnLoad(file, prefix + "ffn_norm.weight", bound);
-                    KilnCheckRank(file, prefix + "ffn_norm.weight", block.FfnNorm, "[Dim]", 1);
-                    KilnCheckShape(file, prefix + "ffn_norm.weight", block.FfnNorm, "[Dim]", model.Dim);
-                    block.Gate = KilnLoad(file, prefix + "ffn_gate.weight", bound);
-                    KilnCheckRank(file, prefix + "ffn_gate.weight", block.Gate, "[Hidden, Dim]", 2);
-                    KilnCheckShape(file, prefix + "ffn_gate.weight", block.Gate, "[Hidden, Dim]", model.Hidden, model.Dim);
-                    block.Up = KilnLoad(file, prefix + "ffn_up.weight", bound);
-                    KilnCheckRank(file, prefix + "ffn_up.weight", block.Up, "[Hidden, Dim]", 2);
-                    KilnCheckShape(file, prefix + "ffn_up.weight", block.Up, "[Hidden, Dim]", model.Hidden, model.Dim);
-                    block.Down = KilnLoad(file, prefix + "ffn_down.weight", bound);
-                    KilnCheckRank(file, prefix + "ffn_down.weight", block.Down, "[Dim, Hidden]", 2);
-                    KilnCheckShape(file, prefix + "ffn_down.weight", block.Down, "[Dim, Hidden]", model.Dim, model.Hidden);
+                    name = prefix + (huggingFace ? "input_layernorm.weight" : "attn_norm.weight");
+                    block.AttnNorm = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.AttnNorm, "[Dim]", 1);
+                    KilnCheckShape(file, name, block.AttnNorm, "[Dim]", model.Dim);
+                    name = prefix + (huggingFace ? "self_attn.q_proj.weight" : "attn_q.weight");
+                    block.Wq = KilnLoad(file, name, bound);
+                    if (huggingFace) block.Wq = global::Kiln.Loading.HuggingFaceConversions.RopeHalvesToPairs(file, name, block.Wq, model.HeadDim);
+                    KilnCheckRank(file, name, block.Wq, "[QDim, Dim]", 2);
+                    KilnCheckShape(file, name, block.Wq, "[QDim, Dim]", model.QDim, model.Dim);
+                    name = prefix + (huggingFace ? "self_attn.k_proj.weight" : "attn_k.weight");
+                    block.Wk = KilnLoad(file, name, bound);
+                    if (huggingFace) block.Wk = global::Kiln.Loading.HuggingFaceConversions.RopeHalvesToPairs(file, name, block.Wk, model.HeadDim);
+                    KilnCheckRank(file, name, block.Wk, "[KvDim, Dim]", 2);
+                    KilnCheckShape(file, name, block.Wk, "[KvDim, Dim]", model.KvDim, model.Dim);
+                    name = prefix + (huggingFace ? "self_attn.v_proj.weight" : "attn_v.weight");
+                    block.Wv = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.Wv, "[KvDim, Dim]", 2);
+                    KilnCheckShape(file, name, block.Wv, "[KvDim, Dim]", model.KvDim, model.Dim);
+                    name = prefix + (huggingFace ? "self_attn.o_proj.weight" : "attn_output.weight");
+                    block.Wo = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.Wo, "[Dim, QDim]", 2);
+                    KilnCheckShape(file, name, block.Wo, "[Dim, QDim]", model.Dim, model.QDim);
+                    name = prefix + (huggingFace ? "post_attention_layernorm.weight" : "ffn_norm.weight");
+                    block.FfnNorm = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.FfnNorm, "[Dim]", 1);
+                    KilnCheckShape(file, name, block.FfnNorm, "[Dim]", model.Dim);
+                    name = prefix + (huggingFace ? "mlp.gate_proj.weight" : "ffn_gate.weight");
+                    block.Gate = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.Gate, "[Hidden, Dim]", 2);
+                    KilnCheckShape(file, name, block.Gate, "[Hidden, Dim]", model.Hidden, model.Dim);
+                    name = prefix + (huggingFace ? "mlp.up_proj.weight" : "ffn_up.weight");
+                    block.Up = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.Up, "[Hidden, Dim]", 2);
+                    KilnCheckShape(file, name, block.Up, "[Hidden, Dim]", model.Hidden, model.Dim);
+                    name = prefix + (huggingFace ? "mlp.down_proj.weight" : "ffn_down.weight");
+                    block.Down = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.Down, "[Dim, Hidden]", 2);
+                    KilnCheckShape(file, name, block.Down, "[Dim, Hidden]", model.Dim, model.Hidden);
                     model.Layers[layer] = block;
                 }
             }
@@ -142,16 +169,34 @@ namespace Kiln.Models
             }
             global::Kiln.Loading.DefinitionChecks.RequireAllBound(file, bound, "Llama");
             // What the file states that changes the math must be read by this definition, or agree with what its forward uses.
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "llama.attention.sliding_window", "Llama");
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "llama.attention.sliding_window_pattern", "Llama");
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "llama.attn_logit_softcapping", "Llama");
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "llama.final_logit_softcapping", "Llama");
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "llama.attention.layer_norm_epsilon", "Llama");
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "llama.rope.freq_base_swa", "Llama");
-            global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "llama.rope.dimension_count", model.HeadDim, "Llama", "its rope's rotary dimensions");
-            global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "llama.attention.key_length", model.KvShape.HeadDim, "Llama", "its attention's head dimension");
-            global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "llama.attention.value_length", model.KvShape.HeadDim, "Llama", "its attention's head dimension");
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "llama.expert_count", "Llama");
+            if (huggingFace)
+            {
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "sliding_window", "Llama");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "sliding_window_pattern", "Llama");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "attn_logit_softcapping", "Llama");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "final_logit_softcapping", "Llama");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "layer_norm_epsilon", "Llama");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "rope_local_base_freq", "Llama");
+                global::Kiln.Loading.DefinitionChecks.RequireRotaryFactorAgrees(file, "partial_rotary_factor", model.HeadDim, model.HeadDim, "Llama");
+                global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "head_dim", model.KvShape.HeadDim, "Llama", "its attention's head dimension");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "num_local_experts", "Llama");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "num_experts", "Llama");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "query_pre_attn_scalar", "Llama");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "layer_types", "Llama");
+            }
+            else
+            {
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "llama.attention.sliding_window", "Llama");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "llama.attention.sliding_window_pattern", "Llama");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "llama.attn_logit_softcapping", "Llama");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "llama.final_logit_softcapping", "Llama");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "llama.attention.layer_norm_epsilon", "Llama");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "llama.rope.freq_base_swa", "Llama");
+                global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "llama.rope.dimension_count", model.HeadDim, "Llama", "its rope's rotary dimensions");
+                global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "llama.attention.key_length", model.KvShape.HeadDim, "Llama", "its attention's head dimension");
+                global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "llama.attention.value_length", model.KvShape.HeadDim, "Llama", "its attention's head dimension");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "llama.expert_count", "Llama");
+            }
             global::Kiln.Loading.DefinitionChecks.RejectRopeScaling(file, "llama", "Llama");
             return model;
         }

@@ -55,34 +55,57 @@ namespace Kiln.Models
             if (file is null) throw new global::System.ArgumentNullException(nameof(file));
             if (file.Architecture != "phi3")
                 throw new global::Kiln.Loading.ModelLoadException(file.Path, "general.architecture", null, $"expected \"phi3\" for Phi3, found \"{file.Architecture}\".");
+            // The file names its keys and tensors as GGUF does, or as a Hugging Face checkpoint does; each [Hyper], [Weight]
+            // and [Layers] declares both.
+            bool huggingFace = file.Naming == global::Kiln.Loading.ModelNaming.HuggingFace;
             var model = new Phi3();
 
             // Hyperparameters: an absent key keeps the member's initializer unless it is required.
-            if (file.TryGetInt("phi3.embedding_length", out long dimValue)) model.Dim = KilnToInt(file, "phi3.embedding_length", dimValue);
-            else if (file.Metadata.ContainsKey("phi3.embedding_length")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "phi3.embedding_length", null, $"is {file.Metadata["phi3.embedding_length"]}, not an integer.");
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "phi3.embedding_length", null, "required hyperparameter is missing.");
-            if (file.TryGetInt("phi3.feed_forward_length", out long hiddenValue)) model.Hidden = KilnToInt(file, "phi3.feed_forward_length", hiddenValue);
-            else if (file.Metadata.ContainsKey("phi3.feed_forward_length")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "phi3.feed_forward_length", null, $"is {file.Metadata["phi3.feed_forward_length"]}, not an integer.");
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "phi3.feed_forward_length", null, "required hyperparameter is missing.");
-            if (file.TryGetInt("phi3.block_count", out long layerCountValue)) model.LayerCount = KilnToInt(file, "phi3.block_count", layerCountValue);
-            else if (file.Metadata.ContainsKey("phi3.block_count")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "phi3.block_count", null, $"is {file.Metadata["phi3.block_count"]}, not an integer.");
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "phi3.block_count", null, "required hyperparameter is missing.");
-            if (file.TryGetInt("phi3.attention.head_count", out long headsValue)) model.Heads = KilnToInt(file, "phi3.attention.head_count", headsValue);
-            else if (file.Metadata.ContainsKey("phi3.attention.head_count")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "phi3.attention.head_count", null, $"is {file.Metadata["phi3.attention.head_count"]}, not an integer.");
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "phi3.attention.head_count", null, "required hyperparameter is missing.");
-            if (file.TryGetInt("phi3.attention.head_count_kv", out long kvHeadsValue)) model.KvHeads = KilnToInt(file, "phi3.attention.head_count_kv", kvHeadsValue);
-            else if (file.Metadata.ContainsKey("phi3.attention.head_count_kv")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "phi3.attention.head_count_kv", null, $"is {file.Metadata["phi3.attention.head_count_kv"]}, not an integer.");
-            if (file.TryGetFloat("phi3.attention.layer_norm_rms_epsilon", out double epsValue)) model.Eps = (float)epsValue;
-            else if (file.Metadata.ContainsKey("phi3.attention.layer_norm_rms_epsilon")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "phi3.attention.layer_norm_rms_epsilon", null, $"is {file.Metadata["phi3.attention.layer_norm_rms_epsilon"]}, not a number.");
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "phi3.attention.layer_norm_rms_epsilon", null, "required hyperparameter is missing.");
-            if (file.TryGetFloat("phi3.rope.freq_base", out double ropeBaseValue)) model.RopeBase = (float)ropeBaseValue;
-            else if (file.Metadata.ContainsKey("phi3.rope.freq_base")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "phi3.rope.freq_base", null, $"is {file.Metadata["phi3.rope.freq_base"]}, not a number.");
-            if (file.TryGetInt("phi3.rope.dimension_count", out long ropeDimsValue)) model.RopeDims = KilnToInt(file, "phi3.rope.dimension_count", ropeDimsValue);
-            else if (file.Metadata.ContainsKey("phi3.rope.dimension_count")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "phi3.rope.dimension_count", null, $"is {file.Metadata["phi3.rope.dimension_count"]}, not an integer.");
-            if (file.TryGetInt("phi3.attention.sliding_window", out long windowValue)) model.Window = KilnToInt(file, "phi3.attention.sliding_window", windowValue);
-            else if (file.Metadata.ContainsKey("phi3.attention.sliding_window")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "phi3.attention.sliding_window", null, $"is {file.Metadata["phi3.attention.sliding_window"]}, not an integer.");
-            if (file.TryGetInt("phi3.context_length", out long contextValue)) model.Context = KilnToInt(file, "phi3.context_length", contextValue);
-            else if (file.Metadata.ContainsKey("phi3.context_length")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "phi3.context_length", null, $"is {file.Metadata["phi3.context_length"]}, not an integer.");
+            string key;
+            key = huggingFace ? "hidden_size" : "phi3.embedding_length";
+            if (file.TryGetInt(key, out long dimValue)) model.Dim = KilnToInt(file, key, dimValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, "required hyperparameter is missing.");
+            key = huggingFace ? "intermediate_size" : "phi3.feed_forward_length";
+            if (file.TryGetInt(key, out long hiddenValue)) model.Hidden = KilnToInt(file, key, hiddenValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, "required hyperparameter is missing.");
+            key = huggingFace ? "num_hidden_layers" : "phi3.block_count";
+            if (file.TryGetInt(key, out long layerCountValue)) model.LayerCount = KilnToInt(file, key, layerCountValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, "required hyperparameter is missing.");
+            key = huggingFace ? "num_attention_heads" : "phi3.attention.head_count";
+            if (file.TryGetInt(key, out long headsValue)) model.Heads = KilnToInt(file, key, headsValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, "required hyperparameter is missing.");
+            key = huggingFace ? "num_key_value_heads" : "phi3.attention.head_count_kv";
+            if (file.TryGetInt(key, out long kvHeadsValue)) model.KvHeads = KilnToInt(file, key, kvHeadsValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            key = huggingFace ? "rms_norm_eps" : "phi3.attention.layer_norm_rms_epsilon";
+            if (file.TryGetFloat(key, out double epsValue)) model.Eps = (float)epsValue;
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not a number.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, "required hyperparameter is missing.");
+            key = huggingFace ? "rope_theta" : "phi3.rope.freq_base";
+            if (file.TryGetFloat(key, out double ropeBaseValue)) model.RopeBase = (float)ropeBaseValue;
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not a number.");
+            if (!huggingFace)
+            {
+                key = "phi3.rope.dimension_count";
+                if (file.TryGetInt(key, out long ropeDimsValue)) model.RopeDims = KilnToInt(file, key, ropeDimsValue);
+                else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            }
+            if (huggingFace)
+            {
+                key = "partial_rotary_factor";
+                if (file.TryGetFloat(key, out double rotaryFractionValue)) model.RotaryFraction = rotaryFractionValue;
+                else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not a number.");
+            }
+            key = huggingFace ? "sliding_window" : "phi3.attention.sliding_window";
+            if (file.TryGetInt(key, out long windowValue)) model.Window = KilnToInt(file, key, windowValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            key = huggingFace ? "max_position_embeddings" : "phi3.context_length";
+            if (file.TryGetInt(key, out long contextValue)) model.Context = KilnToInt(file, key, contextValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
 
             // Free shape symbols are bound by the first weight that declares them.
             bool vocabBound = false;
@@ -91,44 +114,54 @@ namespace Kiln.Models
             var bound = new global::System.Collections.Generic.HashSet<string>();
             // Weights, shapes checked against the declared dimensions. Derived dimensions are evaluated here, so a
             // hyperparameter that breaks their arithmetic (a zero head count, say) is reported as the file's fault.
+            string name;
             try
             {
-                model.TokenEmbedding = KilnLoad(file, "token_embd.weight", bound);
-                KilnCheckRank(file, "token_embd.weight", model.TokenEmbedding, "[Vocab, Dim]", 2);
+                name = huggingFace ? "model.embed_tokens.weight" : "token_embd.weight";
+                model.TokenEmbedding = KilnLoad(file, name, bound);
+                KilnCheckRank(file, name, model.TokenEmbedding, "[Vocab, Dim]", 2);
                 if (!vocabBound) { model.Vocab = model.TokenEmbedding.Shape[0]; vocabBound = true; }
-                KilnCheckShape(file, "token_embd.weight", model.TokenEmbedding, "[Vocab, Dim]", model.Vocab, model.Dim);
-                model.OutputNorm = KilnLoad(file, "output_norm.weight", bound);
-                KilnCheckRank(file, "output_norm.weight", model.OutputNorm, "[Dim]", 1);
-                KilnCheckShape(file, "output_norm.weight", model.OutputNorm, "[Dim]", model.Dim);
-                model.Output = file.Tensors.ContainsKey("output.weight") ? KilnLoad(file, "output.weight", bound) : model.TokenEmbedding;
-                KilnCheckRank(file, "output.weight", model.Output, "[Vocab, Dim]", 2);
+                KilnCheckShape(file, name, model.TokenEmbedding, "[Vocab, Dim]", model.Vocab, model.Dim);
+                name = huggingFace ? "model.norm.weight" : "output_norm.weight";
+                model.OutputNorm = KilnLoad(file, name, bound);
+                KilnCheckRank(file, name, model.OutputNorm, "[Dim]", 1);
+                KilnCheckShape(file, name, model.OutputNorm, "[Dim]", model.Dim);
+                name = huggingFace ? "lm_head.weight" : "output.weight";
+                model.Output = file.Tensors.ContainsKey(name) ? KilnLoad(file, name, bound) : model.TokenEmbedding;
+                KilnCheckRank(file, name, model.Output, "[Vocab, Dim]", 2);
                 if (!vocabBound) { model.Vocab = model.Output.Shape[0]; vocabBound = true; }
-                KilnCheckShape(file, "output.weight", model.Output, "[Vocab, Dim]", model.Vocab, model.Dim);
+                KilnCheckShape(file, name, model.Output, "[Vocab, Dim]", model.Vocab, model.Dim);
 
                 if (model.LayerCount < 0) throw new global::Kiln.Loading.ModelLoadException(file.Path, "LayerCount", null, $"negative layer count {model.LayerCount}.");
                 model.Layers = new Block[model.LayerCount];
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
-                    string prefix = string.Format(global::System.Globalization.CultureInfo.InvariantCulture, "blk.{0}.", layer);
+                    string prefix = string.Format(global::System.Globalization.CultureInfo.InvariantCulture, huggingFace ? "model.layers.{0}." : "blk.{0}.", layer);
                     var block = new Block();
-                    block.AttnNorm = KilnLoad(file, prefix + "attn_norm.weight", bound);
-                    KilnCheckRank(file, prefix + "attn_norm.weight", block.AttnNorm, "[Dim]", 1);
-                    KilnCheckShape(file, prefix + "attn_norm.weight", block.AttnNorm, "[Dim]", model.Dim);
-                    block.Wqkv = KilnLoad(file, prefix + "attn_qkv.weight", bound);
-                    KilnCheckRank(file, prefix + "attn_qkv.weight", block.Wqkv, "[QkvDim, Dim]", 2);
-                    KilnCheckShape(file, prefix + "attn_qkv.weight", block.Wqkv, "[QkvDim, Dim]", model.QkvDim, model.Dim);
-                    block.Wo = KilnLoad(file, prefix + "attn_output.weight", bound);
-                    KilnCheckRank(file, prefix + "attn_output.weight", block.Wo, "[Dim, Dim]", 2);
-                    KilnCheckShape(file, prefix + "attn_output.weight", block.Wo, "[Dim, Dim]", model.Dim, model.Dim);
-                    block.FfnNorm = KilnLoad(file, prefix + "ffn_norm.weight", bound);
-                    KilnCheckRank(file, prefix + "ffn_norm.weight", block.FfnNorm, "[Dim]", 1);
-                    KilnCheckShape(file, prefix + "ffn_norm.weight", block.FfnNorm, "[Dim]", model.Dim);
-                    block.GateUp = KilnLoad(file, prefix + "ffn_up.weight", bound);
-                    KilnCheckRank(file, prefix + "ffn_up.weight", block.GateUp, "[2*Hidden, Dim]", 2);
-                    KilnCheckShape(file, prefix + "ffn_up.weight", block.GateUp, "[2*Hidden, Dim]", 2 * model.Hidden, model.Dim);
-                    block.Down = KilnLoad(file, prefix + "ffn_down.weight", bound);
-                    KilnCheckRank(file, prefix + "ffn_down.weight", block.Down, "[Dim, Hidden]", 2);
-                    KilnCheckShape(file, prefix + "ffn_down.weight", block.Down, "[Dim, Hidden]", model.Dim, model.Hidden);
+                    name = prefix + (huggingFace ? "input_layernorm.weight" : "attn_norm.weight");
+                    block.AttnNorm = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.AttnNorm, "[Dim]", 1);
+                    KilnCheckShape(file, name, block.AttnNorm, "[Dim]", model.Dim);
+                    name = prefix + (huggingFace ? "self_attn.qkv_proj.weight" : "attn_qkv.weight");
+                    block.Wqkv = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.Wqkv, "[QkvDim, Dim]", 2);
+                    KilnCheckShape(file, name, block.Wqkv, "[QkvDim, Dim]", model.QkvDim, model.Dim);
+                    name = prefix + (huggingFace ? "self_attn.o_proj.weight" : "attn_output.weight");
+                    block.Wo = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.Wo, "[Dim, Dim]", 2);
+                    KilnCheckShape(file, name, block.Wo, "[Dim, Dim]", model.Dim, model.Dim);
+                    name = prefix + (huggingFace ? "post_attention_layernorm.weight" : "ffn_norm.weight");
+                    block.FfnNorm = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.FfnNorm, "[Dim]", 1);
+                    KilnCheckShape(file, name, block.FfnNorm, "[Dim]", model.Dim);
+                    name = prefix + (huggingFace ? "mlp.gate_up_proj.weight" : "ffn_up.weight");
+                    block.GateUp = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.GateUp, "[2*Hidden, Dim]", 2);
+                    KilnCheckShape(file, name, block.GateUp, "[2*Hidden, Dim]", 2 * model.Hidden, model.Dim);
+                    name = prefix + (huggingFace ? "mlp.down_proj.weight" : "ffn_down.weight");
+                    block.Down = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.Down, "[Dim, Hidden]", 2);
+                    KilnCheckShape(file, name, block.Down, "[Dim, Hidden]", model.Dim, model.Hidden);
                     model.Layers[layer] = block;
                 }
             }
@@ -138,14 +171,30 @@ namespace Kiln.Models
             }
             global::Kiln.Loading.DefinitionChecks.RequireAllBound(file, bound, "Phi3");
             // What the file states that changes the math must be read by this definition, or agree with what its forward uses.
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "phi3.attention.sliding_window_pattern", "Phi3");
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "phi3.attn_logit_softcapping", "Phi3");
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "phi3.final_logit_softcapping", "Phi3");
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "phi3.attention.layer_norm_epsilon", "Phi3");
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "phi3.rope.freq_base_swa", "Phi3");
-            global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "phi3.attention.key_length", model.KvShape.HeadDim, "Phi3", "its attention's head dimension");
-            global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "phi3.attention.value_length", model.KvShape.HeadDim, "Phi3", "its attention's head dimension");
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "phi3.expert_count", "Phi3");
+            if (huggingFace)
+            {
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "sliding_window_pattern", "Phi3");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "attn_logit_softcapping", "Phi3");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "final_logit_softcapping", "Phi3");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "layer_norm_epsilon", "Phi3");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "rope_local_base_freq", "Phi3");
+                global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "head_dim", model.KvShape.HeadDim, "Phi3", "its attention's head dimension");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "num_local_experts", "Phi3");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "num_experts", "Phi3");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "query_pre_attn_scalar", "Phi3");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "layer_types", "Phi3");
+            }
+            else
+            {
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "phi3.attention.sliding_window_pattern", "Phi3");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "phi3.attn_logit_softcapping", "Phi3");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "phi3.final_logit_softcapping", "Phi3");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "phi3.attention.layer_norm_epsilon", "Phi3");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "phi3.rope.freq_base_swa", "Phi3");
+                global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "phi3.attention.key_length", model.KvShape.HeadDim, "Phi3", "its attention's head dimension");
+                global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "phi3.attention.value_length", model.KvShape.HeadDim, "Phi3", "its attention's head dimension");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "phi3.expert_count", "Phi3");
+            }
             global::Kiln.Loading.DefinitionChecks.RejectRopeScaling(file, "phi3", "Phi3");
             global::Kiln.Loading.DefinitionChecks.RequireTokenizer(file, "llama", "Phi3");
             return model;
@@ -272,7 +321,7 @@ namespace Kiln.Models
             private readonly global::Kiln.Kernels.MatMul.PackedMatrix _output; // [Vocab, Dim]
             private readonly int _outputRows; // first packed row of each later segment, then the padded row count
 
-            // Rope table 0: head dim HeadDim, base RopeBase, NeoX halves, RopeDims rotary dims:
+            // Rope table 0: head dim HeadDim, base RopeBase, NeoX halves, RotaryDims rotary dims:
             // inverse frequency per pair; cos/sin per token and pair in double (scalar paths), and as floats laid out for the vector paths.
             private readonly int _rope0HeadDim, _rope0Rotary, _rope0Half;
             private readonly double[] _rope0InverseFrequency;
@@ -330,7 +379,7 @@ namespace Kiln.Models
                 if (_HeadDim <= 0 || _KvDim % _HeadDim != 0)
                     throw new global::System.InvalidOperationException($"Rows of KvDim = {_KvDim} are not whole heads of HeadDim = {_HeadDim}.");
                 _rope0HeadDim = model.HeadDim;
-                _rope0Rotary = (model.RopeDims == 0 ? model.HeadDim : model.RopeDims);
+                _rope0Rotary = (model.RotaryDims == 0 ? model.HeadDim : model.RotaryDims);
                 if (_rope0HeadDim <= 0 || _rope0Rotary <= 0 || _rope0Rotary % 2 != 0 || _rope0Rotary > _rope0HeadDim)
                     throw new global::System.InvalidOperationException($"Rope: {_rope0Rotary} rotary dimensions must be even, positive and at most the head dimension {_rope0HeadDim}.");
                 _rope0Half = _rope0Rotary / 2;

@@ -55,30 +55,42 @@ namespace Kiln.Models
             if (file is null) throw new global::System.ArgumentNullException(nameof(file));
             if (file.Architecture != "qwen2")
                 throw new global::Kiln.Loading.ModelLoadException(file.Path, "general.architecture", null, $"expected \"qwen2\" for Qwen2, found \"{file.Architecture}\".");
+            // The file names its keys and tensors as GGUF does, or as a Hugging Face checkpoint does; each [Hyper], [Weight]
+            // and [Layers] declares both.
+            bool huggingFace = file.Naming == global::Kiln.Loading.ModelNaming.HuggingFace;
             var model = new Qwen2();
 
             // Hyperparameters: an absent key keeps the member's initializer unless it is required.
-            if (file.TryGetInt("qwen2.embedding_length", out long dimValue)) model.Dim = KilnToInt(file, "qwen2.embedding_length", dimValue);
-            else if (file.Metadata.ContainsKey("qwen2.embedding_length")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "qwen2.embedding_length", null, $"is {file.Metadata["qwen2.embedding_length"]}, not an integer.");
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "qwen2.embedding_length", null, "required hyperparameter is missing.");
-            if (file.TryGetInt("qwen2.feed_forward_length", out long hiddenValue)) model.Hidden = KilnToInt(file, "qwen2.feed_forward_length", hiddenValue);
-            else if (file.Metadata.ContainsKey("qwen2.feed_forward_length")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "qwen2.feed_forward_length", null, $"is {file.Metadata["qwen2.feed_forward_length"]}, not an integer.");
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "qwen2.feed_forward_length", null, "required hyperparameter is missing.");
-            if (file.TryGetInt("qwen2.block_count", out long layerCountValue)) model.LayerCount = KilnToInt(file, "qwen2.block_count", layerCountValue);
-            else if (file.Metadata.ContainsKey("qwen2.block_count")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "qwen2.block_count", null, $"is {file.Metadata["qwen2.block_count"]}, not an integer.");
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "qwen2.block_count", null, "required hyperparameter is missing.");
-            if (file.TryGetInt("qwen2.attention.head_count", out long headsValue)) model.Heads = KilnToInt(file, "qwen2.attention.head_count", headsValue);
-            else if (file.Metadata.ContainsKey("qwen2.attention.head_count")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "qwen2.attention.head_count", null, $"is {file.Metadata["qwen2.attention.head_count"]}, not an integer.");
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "qwen2.attention.head_count", null, "required hyperparameter is missing.");
-            if (file.TryGetInt("qwen2.attention.head_count_kv", out long kvHeadsValue)) model.KvHeads = KilnToInt(file, "qwen2.attention.head_count_kv", kvHeadsValue);
-            else if (file.Metadata.ContainsKey("qwen2.attention.head_count_kv")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "qwen2.attention.head_count_kv", null, $"is {file.Metadata["qwen2.attention.head_count_kv"]}, not an integer.");
-            if (file.TryGetFloat("qwen2.attention.layer_norm_rms_epsilon", out double epsValue)) model.Eps = (float)epsValue;
-            else if (file.Metadata.ContainsKey("qwen2.attention.layer_norm_rms_epsilon")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "qwen2.attention.layer_norm_rms_epsilon", null, $"is {file.Metadata["qwen2.attention.layer_norm_rms_epsilon"]}, not a number.");
-            else throw new global::Kiln.Loading.ModelLoadException(file.Path, "qwen2.attention.layer_norm_rms_epsilon", null, "required hyperparameter is missing.");
-            if (file.TryGetFloat("qwen2.rope.freq_base", out double ropeBaseValue)) model.RopeBase = (float)ropeBaseValue;
-            else if (file.Metadata.ContainsKey("qwen2.rope.freq_base")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "qwen2.rope.freq_base", null, $"is {file.Metadata["qwen2.rope.freq_base"]}, not a number.");
-            if (file.TryGetInt("qwen2.context_length", out long contextValue)) model.Context = KilnToInt(file, "qwen2.context_length", contextValue);
-            else if (file.Metadata.ContainsKey("qwen2.context_length")) throw new global::Kiln.Loading.ModelLoadException(file.Path, "qwen2.context_length", null, $"is {file.Metadata["qwen2.context_length"]}, not an integer.");
+            string key;
+            key = huggingFace ? "hidden_size" : "qwen2.embedding_length";
+            if (file.TryGetInt(key, out long dimValue)) model.Dim = KilnToInt(file, key, dimValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, "required hyperparameter is missing.");
+            key = huggingFace ? "intermediate_size" : "qwen2.feed_forward_length";
+            if (file.TryGetInt(key, out long hiddenValue)) model.Hidden = KilnToInt(file, key, hiddenValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, "required hyperparameter is missing.");
+            key = huggingFace ? "num_hidden_layers" : "qwen2.block_count";
+            if (file.TryGetInt(key, out long layerCountValue)) model.LayerCount = KilnToInt(file, key, layerCountValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, "required hyperparameter is missing.");
+            key = huggingFace ? "num_attention_heads" : "qwen2.attention.head_count";
+            if (file.TryGetInt(key, out long headsValue)) model.Heads = KilnToInt(file, key, headsValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, "required hyperparameter is missing.");
+            key = huggingFace ? "num_key_value_heads" : "qwen2.attention.head_count_kv";
+            if (file.TryGetInt(key, out long kvHeadsValue)) model.KvHeads = KilnToInt(file, key, kvHeadsValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
+            key = huggingFace ? "rms_norm_eps" : "qwen2.attention.layer_norm_rms_epsilon";
+            if (file.TryGetFloat(key, out double epsValue)) model.Eps = (float)epsValue;
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not a number.");
+            else throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, "required hyperparameter is missing.");
+            key = huggingFace ? "rope_theta" : "qwen2.rope.freq_base";
+            if (file.TryGetFloat(key, out double ropeBaseValue)) model.RopeBase = (float)ropeBaseValue;
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not a number.");
+            key = huggingFace ? "max_position_embeddings" : "qwen2.context_length";
+            if (file.TryGetInt(key, out long contextValue)) model.Context = KilnToInt(file, key, contextValue);
+            else if (file.Metadata.ContainsKey(key)) throw new global::Kiln.Loading.ModelLoadException(file.Path, key, null, $"is {file.Metadata[key]}, not an integer.");
 
             // Free shape symbols are bound by the first weight that declares them.
             bool vocabBound = false;
@@ -87,62 +99,78 @@ namespace Kiln.Models
             var bound = new global::System.Collections.Generic.HashSet<string>();
             // Weights, shapes checked against the declared dimensions. Derived dimensions are evaluated here, so a
             // hyperparameter that breaks their arithmetic (a zero head count, say) is reported as the file's fault.
+            string name;
             try
             {
-                model.TokenEmbedding = KilnLoad(file, "token_embd.weight", bound);
-                KilnCheckRank(file, "token_embd.weight", model.TokenEmbedding, "[Vocab, Dim]", 2);
+                name = huggingFace ? "model.embed_tokens.weight" : "token_embd.weight";
+                model.TokenEmbedding = KilnLoad(file, name, bound);
+                KilnCheckRank(file, name, model.TokenEmbedding, "[Vocab, Dim]", 2);
                 if (!vocabBound) { model.Vocab = model.TokenEmbedding.Shape[0]; vocabBound = true; }
-                KilnCheckShape(file, "token_embd.weight", model.TokenEmbedding, "[Vocab, Dim]", model.Vocab, model.Dim);
-                model.OutputNorm = KilnLoad(file, "output_norm.weight", bound);
-                KilnCheckRank(file, "output_norm.weight", model.OutputNorm, "[Dim]", 1);
-                KilnCheckShape(file, "output_norm.weight", model.OutputNorm, "[Dim]", model.Dim);
-                model.Output = file.Tensors.ContainsKey("output.weight") ? KilnLoad(file, "output.weight", bound) : model.TokenEmbedding;
-                KilnCheckRank(file, "output.weight", model.Output, "[Vocab, Dim]", 2);
+                KilnCheckShape(file, name, model.TokenEmbedding, "[Vocab, Dim]", model.Vocab, model.Dim);
+                name = huggingFace ? "model.norm.weight" : "output_norm.weight";
+                model.OutputNorm = KilnLoad(file, name, bound);
+                KilnCheckRank(file, name, model.OutputNorm, "[Dim]", 1);
+                KilnCheckShape(file, name, model.OutputNorm, "[Dim]", model.Dim);
+                name = huggingFace ? "lm_head.weight" : "output.weight";
+                model.Output = file.Tensors.ContainsKey(name) ? KilnLoad(file, name, bound) : model.TokenEmbedding;
+                KilnCheckRank(file, name, model.Output, "[Vocab, Dim]", 2);
                 if (!vocabBound) { model.Vocab = model.Output.Shape[0]; vocabBound = true; }
-                KilnCheckShape(file, "output.weight", model.Output, "[Vocab, Dim]", model.Vocab, model.Dim);
+                KilnCheckShape(file, name, model.Output, "[Vocab, Dim]", model.Vocab, model.Dim);
 
                 if (model.LayerCount < 0) throw new global::Kiln.Loading.ModelLoadException(file.Path, "LayerCount", null, $"negative layer count {model.LayerCount}.");
                 model.Layers = new Block[model.LayerCount];
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
-                    string prefix = string.Format(global::System.Globalization.CultureInfo.InvariantCulture, "blk.{0}.", layer);
+                    string prefix = string.Format(global::System.Globalization.CultureInfo.InvariantCulture, huggingFace ? "model.layers.{0}." : "blk.{0}.", layer);
                     var block = new Block();
-                    block.AttnNorm = KilnLoad(file, prefix + "attn_norm.weight", bound);
-                    KilnCheckRank(file, prefix + "attn_norm.weight", block.AttnNorm, "[Dim]", 1);
-                    KilnCheckShape(file, prefix + "attn_norm.weight", block.AttnNorm, "[Dim]", model.Dim);
-                    block.Wq = KilnLoad(file, prefix + "attn_q.weight", bound);
-                    KilnCheckRank(file, prefix + "attn_q.weight", block.Wq, "[Dim, Dim]", 2);
-                    KilnCheckShape(file, prefix + "attn_q.weight", block.Wq, "[Dim, Dim]", model.Dim, model.Dim);
-                    block.Bq = KilnLoad(file, prefix + "attn_q.bias", bound);
-                    KilnCheckRank(file, prefix + "attn_q.bias", block.Bq, "[Dim]", 1);
-                    KilnCheckShape(file, prefix + "attn_q.bias", block.Bq, "[Dim]", model.Dim);
-                    block.Wk = KilnLoad(file, prefix + "attn_k.weight", bound);
-                    KilnCheckRank(file, prefix + "attn_k.weight", block.Wk, "[KvDim, Dim]", 2);
-                    KilnCheckShape(file, prefix + "attn_k.weight", block.Wk, "[KvDim, Dim]", model.KvDim, model.Dim);
-                    block.Bk = KilnLoad(file, prefix + "attn_k.bias", bound);
-                    KilnCheckRank(file, prefix + "attn_k.bias", block.Bk, "[KvDim]", 1);
-                    KilnCheckShape(file, prefix + "attn_k.bias", block.Bk, "[KvDim]", model.KvDim);
-                    block.Wv = KilnLoad(file, prefix + "attn_v.weight", bound);
-                    KilnCheckRank(file, prefix + "attn_v.weight", block.Wv, "[KvDim, Dim]", 2);
-                    KilnCheckShape(file, prefix + "attn_v.weight", block.Wv, "[KvDim, Dim]", model.KvDim, model.Dim);
-                    block.Bv = KilnLoad(file, prefix + "attn_v.bias", bound);
-                    KilnCheckRank(file, prefix + "attn_v.bias", block.Bv, "[KvDim]", 1);
-                    KilnCheckShape(file, prefix + "attn_v.bias", block.Bv, "[KvDim]", model.KvDim);
-                    block.Wo = KilnLoad(file, prefix + "attn_output.weight", bound);
-                    KilnCheckRank(file, prefix + "attn_output.weight", block.Wo, "[Dim, Dim]", 2);
-                    KilnCheckShape(file, prefix + "attn_output.weight", block.Wo, "[Dim, Dim]", model.Dim, model.Dim);
-                    block.FfnNorm = KilnLoad(file, prefix + "ffn_norm.weight", bound);
-                    KilnCheckRank(file, prefix + "ffn_norm.weight", block.FfnNorm, "[Dim]", 1);
-                    KilnCheckShape(file, prefix + "ffn_norm.weight", block.FfnNorm, "[Dim]", model.Dim);
-                    block.Gate = KilnLoad(file, prefix + "ffn_gate.weight", bound);
-                    KilnCheckRank(file, prefix + "ffn_gate.weight", block.Gate, "[Hidden, Dim]", 2);
-                    KilnCheckShape(file, prefix + "ffn_gate.weight", block.Gate, "[Hidden, Dim]", model.Hidden, model.Dim);
-                    block.Up = KilnLoad(file, prefix + "ffn_up.weight", bound);
-                    KilnCheckRank(file, prefix + "ffn_up.weight", block.Up, "[Hidden, Dim]", 2);
-                    KilnCheckShape(file, prefix + "ffn_up.weight", block.Up, "[Hidden, Dim]", model.Hidden, model.Dim);
-                    block.Down = KilnLoad(file, prefix + "ffn_down.weight", bound);
-                    KilnCheckRank(file, prefix + "ffn_down.weight", block.Down, "[Dim, Hidden]", 2);
-                    KilnCheckShape(file, prefix + "ffn_down.weight", block.Down, "[Dim, Hidden]", model.Dim, model.Hidden);
+                    name = prefix + (huggingFace ? "input_layernorm.weight" : "attn_norm.weight");
+                    block.AttnNorm = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.AttnNorm, "[Dim]", 1);
+                    KilnCheckShape(file, name, block.AttnNorm, "[Dim]", model.Dim);
+                    name = prefix + (huggingFace ? "self_attn.q_proj.weight" : "attn_q.weight");
+                    block.Wq = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.Wq, "[Dim, Dim]", 2);
+                    KilnCheckShape(file, name, block.Wq, "[Dim, Dim]", model.Dim, model.Dim);
+                    name = prefix + (huggingFace ? "self_attn.q_proj.bias" : "attn_q.bias");
+                    block.Bq = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.Bq, "[Dim]", 1);
+                    KilnCheckShape(file, name, block.Bq, "[Dim]", model.Dim);
+                    name = prefix + (huggingFace ? "self_attn.k_proj.weight" : "attn_k.weight");
+                    block.Wk = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.Wk, "[KvDim, Dim]", 2);
+                    KilnCheckShape(file, name, block.Wk, "[KvDim, Dim]", model.KvDim, model.Dim);
+                    name = prefix + (huggingFace ? "self_attn.k_proj.bias" : "attn_k.bias");
+                    block.Bk = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.Bk, "[KvDim]", 1);
+                    KilnCheckShape(file, name, block.Bk, "[KvDim]", model.KvDim);
+                    name = prefix + (huggingFace ? "self_attn.v_proj.weight" : "attn_v.weight");
+                    block.Wv = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.Wv, "[KvDim, Dim]", 2);
+                    KilnCheckShape(file, name, block.Wv, "[KvDim, Dim]", model.KvDim, model.Dim);
+                    name = prefix + (huggingFace ? "self_attn.v_proj.bias" : "attn_v.bias");
+                    block.Bv = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.Bv, "[KvDim]", 1);
+                    KilnCheckShape(file, name, block.Bv, "[KvDim]", model.KvDim);
+                    name = prefix + (huggingFace ? "self_attn.o_proj.weight" : "attn_output.weight");
+                    block.Wo = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.Wo, "[Dim, Dim]", 2);
+                    KilnCheckShape(file, name, block.Wo, "[Dim, Dim]", model.Dim, model.Dim);
+                    name = prefix + (huggingFace ? "post_attention_layernorm.weight" : "ffn_norm.weight");
+                    block.FfnNorm = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.FfnNorm, "[Dim]", 1);
+                    KilnCheckShape(file, name, block.FfnNorm, "[Dim]", model.Dim);
+                    name = prefix + (huggingFace ? "mlp.gate_proj.weight" : "ffn_gate.weight");
+                    block.Gate = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.Gate, "[Hidden, Dim]", 2);
+                    KilnCheckShape(file, name, block.Gate, "[Hidden, Dim]", model.Hidden, model.Dim);
+                    name = prefix + (huggingFace ? "mlp.up_proj.weight" : "ffn_up.weight");
+                    block.Up = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.Up, "[Hidden, Dim]", 2);
+                    KilnCheckShape(file, name, block.Up, "[Hidden, Dim]", model.Hidden, model.Dim);
+                    name = prefix + (huggingFace ? "mlp.down_proj.weight" : "ffn_down.weight");
+                    block.Down = KilnLoad(file, name, bound);
+                    KilnCheckRank(file, name, block.Down, "[Dim, Hidden]", 2);
+                    KilnCheckShape(file, name, block.Down, "[Dim, Hidden]", model.Dim, model.Hidden);
                     model.Layers[layer] = block;
                 }
             }
@@ -152,16 +180,34 @@ namespace Kiln.Models
             }
             global::Kiln.Loading.DefinitionChecks.RequireAllBound(file, bound, "Qwen2");
             // What the file states that changes the math must be read by this definition, or agree with what its forward uses.
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "qwen2.attention.sliding_window", "Qwen2");
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "qwen2.attention.sliding_window_pattern", "Qwen2");
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "qwen2.attn_logit_softcapping", "Qwen2");
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "qwen2.final_logit_softcapping", "Qwen2");
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "qwen2.attention.layer_norm_epsilon", "Qwen2");
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "qwen2.rope.freq_base_swa", "Qwen2");
-            global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "qwen2.rope.dimension_count", model.HeadDim, "Qwen2", "its rope's rotary dimensions");
-            global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "qwen2.attention.key_length", model.KvShape.HeadDim, "Qwen2", "its attention's head dimension");
-            global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "qwen2.attention.value_length", model.KvShape.HeadDim, "Qwen2", "its attention's head dimension");
-            global::Kiln.Loading.DefinitionChecks.RequireRead(file, "qwen2.expert_count", "Qwen2");
+            if (huggingFace)
+            {
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "sliding_window", "Qwen2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "sliding_window_pattern", "Qwen2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "attn_logit_softcapping", "Qwen2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "final_logit_softcapping", "Qwen2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "layer_norm_epsilon", "Qwen2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "rope_local_base_freq", "Qwen2");
+                global::Kiln.Loading.DefinitionChecks.RequireRotaryFactorAgrees(file, "partial_rotary_factor", model.HeadDim, model.HeadDim, "Qwen2");
+                global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "head_dim", model.KvShape.HeadDim, "Qwen2", "its attention's head dimension");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "num_local_experts", "Qwen2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "num_experts", "Qwen2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "query_pre_attn_scalar", "Qwen2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "layer_types", "Qwen2");
+            }
+            else
+            {
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "qwen2.attention.sliding_window", "Qwen2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "qwen2.attention.sliding_window_pattern", "Qwen2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "qwen2.attn_logit_softcapping", "Qwen2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "qwen2.final_logit_softcapping", "Qwen2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "qwen2.attention.layer_norm_epsilon", "Qwen2");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "qwen2.rope.freq_base_swa", "Qwen2");
+                global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "qwen2.rope.dimension_count", model.HeadDim, "Qwen2", "its rope's rotary dimensions");
+                global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "qwen2.attention.key_length", model.KvShape.HeadDim, "Qwen2", "its attention's head dimension");
+                global::Kiln.Loading.DefinitionChecks.RequireAgrees(file, "qwen2.attention.value_length", model.KvShape.HeadDim, "Qwen2", "its attention's head dimension");
+                global::Kiln.Loading.DefinitionChecks.RequireRead(file, "qwen2.expert_count", "Qwen2");
+            }
             global::Kiln.Loading.DefinitionChecks.RejectRopeScaling(file, "qwen2", "Qwen2");
             global::Kiln.Loading.DefinitionChecks.RequireTokenizer(file, "gpt2", "Qwen2");
             return model;
