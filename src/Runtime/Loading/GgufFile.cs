@@ -68,7 +68,7 @@ public sealed unsafe class GgufFile : ModelFile
 
     public override ReadOnlySpan<byte> GetTensorBytes(TensorInfo tensor) => _file.TensorBytes(Path, tensor);
 
-    internal override MappedFile? Mapping => _file;
+    internal override MappedFile? MappingOf(TensorInfo tensor) => _file;
 
     public override void Dispose()
     {

@@ -36,8 +36,11 @@ public abstract class ModelFile : IDisposable
     /// <summary>The raw bytes of a tensor, in its stored format.</summary>
     public abstract ReadOnlySpan<byte> GetTensorBytes(TensorInfo tensor);
 
-    /// <summary>The mapping <see cref="GetTensorBytes"/> reads from, which bound weights may keep; null when the bytes are not mapped (they are then copied).</summary>
-    internal virtual MappedFile? Mapping => null;
+    /// <summary>
+    /// The mapping <see cref="GetTensorBytes"/> reads <paramref name="tensor"/> from (its offset counted in it), which
+    /// bound weights may keep; null when the bytes are not mapped (they are then copied).
+    /// </summary>
+    internal virtual MappedFile? MappingOf(TensorInfo tensor) => null;
 
     public bool TryGetInt(string key, out long value)
     {
@@ -92,7 +95,7 @@ public abstract class ModelFile : IDisposable
             return new Tensor(data, shape);
         }
         long storedBytes = GgmlTypeTraits.Of(info.Type).ByteCount(elements);
-        var stored = Mapping is { } mapping
+        var stored = MappingOf(info) is { } mapping
             ? new StoredTensor(info.Type, mapping, info.Offset, storedBytes, elements)
             : new StoredTensor(info.Type, GetTensorBytes(info)[..checked((int)storedBytes)].ToArray());
         return new Tensor(stored, shape);
