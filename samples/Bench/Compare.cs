@@ -138,7 +138,12 @@ public static class Compare
             : new ComputePeak(limits.Fp32Peak, "FLOP", limits.Fp32Peak, limits.Int8Peak, int8Form);
 
         WriteTable(output, options, kiln, info, limits.Bandwidth, peak, results, agreement);
-        if (options.JsonPath is not null) WriteJson(options.JsonPath, results, limits.Bandwidth, peak);
+        if (options.JsonPath is not null)
+            WriteJson(options.JsonPath, results.Select(r =>
+            {
+                var roof = r.Work.Roof(limits.Bandwidth, peak);
+                return new WorkloadFigures(r.Name, r.Kiln, r.LlamaCpp, roof.TokensPerSecond, roof.Bound);
+            }));
         return 0;
     }
 
@@ -348,26 +353,28 @@ public static class Compare
         output.WriteLine("       per-run figures are on stderr.");
     }
 
+    /// <summary>One workload's medians (tok/s) and its roof (tok/s, and the bound that sets it: BW, INT8 or FLOP).</summary>
+    public sealed record WorkloadFigures(string Name, double Kiln, double LlamaCpp, double Roof, string Bound);
+
     /// <summary>
-    /// Per workload: both engines' tok/s and their ratio, the roof in tok/s with the bound that sets it (BW, INT8 or
-    /// FLOP) and each engine's percentage of it, as the table prints them.
+    /// The JSON --json writes: per workload, both engines' tok/s and their ratio, the roof with its bound, and each
+    /// engine's percentage of it, as the table prints them.
     /// </summary>
-    private static void WriteJson(string path, List<Result> results, double bandwidth, ComputePeak peak)
+    public static void WriteJson(string path, IEnumerable<WorkloadFigures> workloads)
     {
         using var stream = File.Create(path);
         using var json = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true });
         json.WriteStartObject();
-        foreach (var r in results)
+        foreach (var w in workloads)
         {
-            var roof = r.Work.Roof(bandwidth, peak);
-            json.WriteStartObject(r.Name);
-            json.WriteNumber("kiln", Math.Round(r.Kiln, 3));
-            json.WriteNumber("llamacpp", Math.Round(r.LlamaCpp, 3));
-            json.WriteNumber("ratio", Math.Round(r.Kiln / r.LlamaCpp, 4));
-            json.WriteNumber("roof", Math.Round(roof.TokensPerSecond, 3));
-            json.WriteString("bound", roof.Bound);
-            json.WriteNumber("kiln_pct_roof", Math.Round(100 * r.Kiln / roof.TokensPerSecond, 2));
-            json.WriteNumber("llamacpp_pct_roof", Math.Round(100 * r.LlamaCpp / roof.TokensPerSecond, 2));
+            json.WriteStartObject(w.Name);
+            json.WriteNumber("kiln", Math.Round(w.Kiln, 3));
+            json.WriteNumber("llamacpp", Math.Round(w.LlamaCpp, 3));
+            json.WriteNumber("ratio", Math.Round(w.Kiln / w.LlamaCpp, 4));
+            json.WriteNumber("roof", Math.Round(w.Roof, 3));
+            json.WriteString("bound", w.Bound);
+            json.WriteNumber("kiln_pct_roof", Math.Round(100 * w.Kiln / w.Roof, 2));
+            json.WriteNumber("llamacpp_pct_roof", Math.Round(100 * w.LlamaCpp / w.Roof, 2));
             json.WriteEndObject();
         }
         json.WriteEndObject();
