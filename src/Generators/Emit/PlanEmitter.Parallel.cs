@@ -136,10 +136,7 @@ internal static partial class PlanEmitter
             w.Line($"cache.WriteKey({cacheLayer}, row, {k}.Slice(t * {kvCols}, {kvCols}));");
             w.Line($"cache.WriteValue({cacheLayer}, row, {v}.Slice(t * {kvCols}, {kvCols}));");
         }
-        string scale = a.Scale.Constant is "0" ? $"(float)(1.0 / global::System.Math.Sqrt({qCols} / heads))" : $"(float)({Names.Scalar(a.Scale, "_model")})";
-        if (a.Scale.Constant is not "0" && a.Scale.IsFixed is false)
-            scale = $"{scale} is var s && s != 0f ? s : (float)(1.0 / global::System.Math.Sqrt({qCols} / heads))";
-        string options = $"new {Attention}.AttentionOptions({scale}, {Names.Scalar(a.Window, "_model")}, (float)({Names.Scalar(a.SoftCap, "_model")}), {Names.Scalar(a.Causal, "_model")})";
+        string options = AttentionOptions(a, qCols);
         w.Line("// Items: each token's KV heads in a few chunks (so one token's heads still spread over the threads); a chunk reads its");
         w.Line("// rows of the cache once, in order, for all its heads.");
         w.Line($"var paged = new {Attention}.PagedAttention");
@@ -162,6 +159,15 @@ internal static partial class PlanEmitter
         w.Line("};");
         w.Line("int items = paged.Plan(T, _pool.ThreadCount);");
         w.Line("_pool.Run(items, paged.ChunkSize, paged);");
+    }
+
+    /// <summary>The attention call's options as C# (Ops.Attention's scale 0 resolved to 1/√HeadDim); <c>heads</c> is a local of the call site.</summary>
+    internal static string AttentionOptions(AttentionKernel a, string qCols)
+    {
+        string scale = a.Scale.Constant is "0" ? $"(float)(1.0 / global::System.Math.Sqrt({qCols} / heads))" : $"(float)({Names.Scalar(a.Scale, "_model")})";
+        if (a.Scale.Constant is not "0" && a.Scale.IsFixed is false)
+            scale = $"{scale} is var s && s != 0f ? s : (float)(1.0 / global::System.Math.Sqrt({qCols} / heads))";
+        return $"new {Attention}.AttentionOptions({scale}, {Names.Scalar(a.Window, "_model")}, (float)({Names.Scalar(a.SoftCap, "_model")}), {Names.Scalar(a.Causal, "_model")})";
     }
 
     private static void EmitWorkStructs(CodeWriter w, Plan plan)
