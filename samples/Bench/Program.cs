@@ -12,15 +12,18 @@ return BenchCli.Run(args);
 internal static class BenchCli
 {
     private const string Usage =
-        "usage: bench make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3] --shape {15m|110m|tiny} --format {f32|f16|q8_0|q4_0} --out FILE [--seed N] [--logit-scale X]\n" +
+        "usage: bench make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3] --shape {15m|110m|1.1b|tiny} --format {f32|f16|q8_0|q4_0} --out FILE [--seed N] [--logit-scale X]\n" +
         "       bench compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads " + "prefill_128,decode_128,batched_decode_8,batched_decode_32] [--quick] [--seed N] [--kv f16|f32]\n" +
         "       bench agree --model FILE [--positions 64] [--threads N] [--json OUT]\n" +
         "       bench kernels --threads N [--formats q4_0,q8_0,f32] [--tokens 1,32,128]\n" +
-        "       bench serve --model FILE --threads N [--json OUT] [--quick]";
+        "       bench serve --model FILE --threads N [--json OUT] [--quick]\n" +
+        "       bench gpu-agree --accelerator cpu|cuda --model FILE --json OUT [--positions 32]\n" +
+        "       bench gpu-compare --model FILE --json OUT [--torch torch_llama.json] [--runs 5]";
 
     public static int Run(string[] args)
     {
         if (args.Length > 0 && args[0] == "serve") return ServeCommand.Run(args.AsSpan(1)); // the batching engine's benchmark (Serve*.cs)
+        if (args.Length > 0 && args[0] is "gpu-agree" or "gpu-compare") return GpuCommands.Run(args); // the GPU plan (GpuCommands.cs)
         try
         {
             if (args.Length == 0) throw new UsageException("missing command: make-model, compare, agree, kernels or serve (--help for usage)");
@@ -63,7 +66,7 @@ internal static class BenchCli
         var architecture = SyntheticModel.FindArchitecture(archName)
                            ?? throw new UsageException($"--arch must be one of {string.Join(", ", SyntheticModel.ArchitectureNames)}, not '{archName}'");
         var shape = architecture.Shape(Required(options, "shape"))
-                    ?? throw new UsageException($"--shape must be 15m, 110m or tiny, not '{options["shape"]}'");
+                    ?? throw new UsageException($"--shape must be 15m, 110m, 1.1b (llama) or tiny, not '{options["shape"]}'");
         string formatText = Required(options, "format");
         if (formatText.ToLowerInvariant() is not ("f32" or "f16" or "q8_0" or "q4_0"))
             throw new UsageException($"--format must be f32, f16, q8_0 or q4_0, not '{formatText}'");

@@ -132,11 +132,15 @@ public abstract class SyntheticArchitecture
     /// <summary>Standard deviation of norm weights around 1 (0: exactly 1). Random weights catch a norm whose weight is ignored.</summary>
     public virtual float NormJitter => 0.1f;
 
+    /// <summary>Sized like TinyLlama-1.1B (dim 2048, 22 layers, 32 heads over 4 KV heads), where the family has such a shape; null otherwise.</summary>
+    public virtual SyntheticShape? Large => null;
+
     public SyntheticShape? Shape(string name) => name.ToLowerInvariant() switch
     {
         "tiny" => Tiny,
         "15m" => Small,
         "110m" => Base,
+        "1.1b" => Large,
         _ => null,
     };
 

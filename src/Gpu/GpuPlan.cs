@@ -171,6 +171,20 @@ public abstract class GpuPlan : ICompiledPlan, IKvCacheProvider
 
     // ---- What generated plans build with -------------------------------------------------------------------------
 
+    /// <summary>Counts a packed matrix into <see cref="WeightBytes"/> and <see cref="MatMulParameters"/>.</summary>
+    protected void Track(GpuMatrix matrix)
+    {
+        ArgumentNullException.ThrowIfNull(matrix);
+        WeightBytes += matrix.ByteCount;
+        MatMulParameters += (long)matrix.Rows * matrix.K;
+    }
+
+    /// <summary>Bytes of matmul weights in device memory: what one decode step must read at least.</summary>
+    public long WeightBytes { get; private set; }
+
+    /// <summary>Weights of every matmul (padding included): a token costs twice as many FLOPs.</summary>
+    public long MatMulParameters { get; private set; }
+
     /// <summary>A float tensor (a norm's weight, a bias, an embedding table) in device memory, uploaded once.</summary>
     protected ArrayView<float> Device(Tensor tensor)
     {

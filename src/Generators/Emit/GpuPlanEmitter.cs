@@ -258,6 +258,7 @@ internal static class GpuPlanEmitter
                 w.Line($"packed.SetNormSums({Names.Weight(norm.Weight, "model", "layer")}, {bias});");
             }
             w.Line("packed.Upload();");
+            w.Line("Track(packed);");
             if (perLayer)
             {
                 w.Line($"{matmul.Packed}[layer] = packed;");
