@@ -7,6 +7,9 @@ using Kiln.Bench;
 //   compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads a,b] [--quick] [--seed N]
 //   agree --model FILE [--positions 64] [--threads N] [--json OUT]
 //   kernels --threads N [--formats q4_0,q8_0,f32] [--tokens 1,32,128]
+//   embed-compare --threads N [--runs 5] [--json OUT] [--seed N]
+//   gpu-agree --accelerator cpu|cuda --model FILE --json OUT [--positions 32]
+//   gpu-compare --model FILE --json OUT [--torch torch_llama.json] [--runs 5]
 return BenchCli.Run(args);
 
 internal static class BenchCli
@@ -17,6 +20,7 @@ internal static class BenchCli
         "       bench agree --model FILE [--positions 64] [--threads N] [--json OUT]\n" +
         "       bench kernels --threads N [--formats q4_0,q8_0,f32] [--tokens 1,32,128]\n" +
         "       bench serve --model FILE --threads N [--json OUT] [--quick]\n" +
+        "       bench embed-compare --threads N [--runs 5] [--json OUT] [--seed N]\n" +
         "       bench gpu-agree --accelerator cpu|cuda --model FILE --json OUT [--positions 32]\n" +
         "       bench gpu-compare --model FILE --json OUT [--torch torch_llama.json] [--runs 5]";
 
@@ -26,7 +30,7 @@ internal static class BenchCli
         if (args.Length > 0 && args[0] is "gpu-agree" or "gpu-compare") return GpuCommands.Run(args); // the GPU plan (GpuCommands.cs)
         try
         {
-            if (args.Length == 0) throw new UsageException("missing command: make-model, compare, agree, kernels or serve (--help for usage)");
+            if (args.Length == 0) throw new UsageException("missing command: make-model, compare, agree, kernels, embed-compare, serve, gpu-agree or gpu-compare (--help for usage)");
             if (args[0] is "-h" or "--help" or "help")
             {
                 Console.WriteLine(Usage);
@@ -38,13 +42,16 @@ internal static class BenchCli
                 "compare" => ["model", "threads", "runs", "json", "workloads", "quick", "seed", "kv"],
                 "agree" => ["model", "positions", "threads", "json"],
                 "kernels" => ["threads", "formats", "tokens"],
-                _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model, compare, agree, kernels or serve)"),
+                "embed-compare" => ["threads", "runs", "json", "seed"],
+                _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model, compare, agree, kernels, embed-compare or serve)"),
             });
             return args[0] switch
             {
                 "make-model" => MakeModel(options),
                 "agree" => Agree(options),
                 "kernels" => Kernels(options),
+                "embed-compare" => EmbedCompare.Run(Int(options, "threads", -1, min: 1, max: 64) is int threads and > 0 ? threads : throw new UsageException("--threads is required"),
+                    Int(options, "runs", 5, min: 1, max: 100), options.GetValueOrDefault("json"), Int(options, "seed", 1234, min: int.MinValue), Console.Out, Console.Error),
                 _ => CompareCommand(options),
             };
         }

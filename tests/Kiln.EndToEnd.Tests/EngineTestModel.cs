@@ -3,6 +3,7 @@ using Kiln.Engine.Scheduling;
 using Kiln.Engine.Serving;
 using Kiln.Loading;
 using Kiln.Models;
+using Kiln.Testing;
 using Kiln.Tokenization;
 
 namespace Kiln.EndToEnd.Tests;
@@ -113,5 +114,16 @@ internal static class EngineTestModel
             if (DateTime.UtcNow > deadline) Assert.Fail($"The engine never went idle: {statistics}");
             await Task.Delay(5);
         }
+    }
+
+    /// <summary>
+    /// An engine whose plan holds its steps from <paramref name="holdFromStep"/> on until the test releases it: a request
+    /// is still running when the test's cancel (or disposal) is sent, however loaded the machine.
+    /// </summary>
+    public static (KilnEngine Engine, HeldPlan Plan) CreateHeldEngine(EngineOptions options, int holdFromStep)
+    {
+        HeldPlan? plan = null;
+        var engine = new KilnEngine(Model, tokens => plan = new HeldPlan(new EagerPlan(Model, tokens), holdFromStep, Patience), Tokenizer, options);
+        return (engine, plan!);
     }
 }

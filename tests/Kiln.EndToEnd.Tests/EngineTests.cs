@@ -1,6 +1,7 @@
 using System.Diagnostics.Metrics;
 using Kiln.Engine.Scheduling;
 using Kiln.Engine.Serving;
+using Kiln.Testing;
 using static Kiln.EndToEnd.Tests.EngineTestModel;
 
 namespace Kiln.EndToEnd.Tests;
@@ -226,7 +227,8 @@ public sealed class EngineTests
     {
         // Room for about two sequences: the others wait, and running ones get preempted and recompute.
         long bytes = 14 * KvCache.BytesPerBlock(Model.LayerCount, 4, Model.KvDim);
-        await using var engine = CreateEngine(Small(tokenBudget: 16, maxRunning: 6) with { KvCacheBytes = bytes, MaxContext = 56 }, kind);
+        // No waiting room beyond the six running slots: preempted requests wait all the same, and none is dropped.
+        await using var engine = CreateEngine(Small(tokenBudget: 16, maxRunning: 6) with { KvCacheBytes = bytes, MaxContext = 56, MaxQueuedRequests = 0 }, kind);
         string[] prompts = ["Once upon a time", "Lily", "The cat sat on the", "One day, a big dog", "Tom", "The sun"];
         var outcomes = await Task.WhenAll(prompts.Select(p => Collect(engine.GenerateAsync(p, new GenerationOptions { MaxTokens = 36 }))));
         var statistics = await WaitUntilIdle(engine);
@@ -341,6 +343,75 @@ public sealed class EngineTests
     }
 
     [Fact]
+    public async Task AFullQueueRefusesAtOnceAndEveryAcceptedRequestStillFinishes()
+    {
+        // Two run and two wait; the held plan keeps them all open while the engine is asked for more.
+        var (engine, plan) = CreateHeldEngine(Small(maxRunning: 2) with { MaxQueuedRequests = 2 }, holdFromStep: 1);
+        await using var disposeEngine = engine;
+        var options = new GenerationOptions { MaxTokens = 12, IgnoreEndOfSequence = true };
+        var accepted = Enumerable.Range(0, 4).Select(_ => Collect(engine.GenerateAsync(Stories.PromptIds, options))).ToArray();
+
+        var refused = Assert.Throws<EngineOverloadedException>(() => engine.GenerateAsync(Stories.PromptIds, options));
+        Assert.Equal(4, refused.OpenSamples);
+        Assert.Equal(4, refused.Capacity);
+        Assert.Equal(TimeSpan.FromSeconds(1), refused.RetryAfter); // no sample has finished yet to measure the pace by
+        Assert.Throws<EngineOverloadedException>(() => engine.GenerateAsync("Lily", options with { N = 2 }));
+        // More samples than the engine ever holds could never be accepted: that is a bad request, not an overload.
+        var never = Assert.Throws<ArgumentOutOfRangeException>(() => engine.GenerateAsync("Lily", options with { N = 5 }));
+        Assert.Equal("N", never.ParamName);
+
+        plan.Release();
+        foreach (var outcome in await Task.WhenAll(accepted))
+        {
+            Assert.Equal(FinishReason.Length, outcome.Final.FinishReason);
+            Assert.Equal(Reference(Stories.PromptIds, 12, stopAtEndOfSequence: false), outcome.Tokens);
+        }
+        await WaitUntilIdle(engine);
+        // Every accepted sample was given back: a request filling the whole engine is taken again.
+        var finals = new List<GenerationUpdate>();
+        await foreach (var update in engine.GenerateAsync(Stories.PromptIds, options with { N = 4 }).Patiently())
+        {
+            if (update.IsFinal) finals.Add(update);
+        }
+        Assert.Equal(4, finals.Count);
+        Assert.All(finals, f => Assert.Equal(FinishReason.Length, f.FinishReason));
+    }
+
+    [Fact]
+    public async Task TopLogprobsListTheMostLikelyTokensOfEachPosition()
+    {
+        await using var engine = CreateEngine(Small());
+        var greedy = new GenerationOptions { MaxTokens = 16, Logprobs = true, TopLogprobs = 4, IgnoreEndOfSequence = true };
+        var sampled = greedy with { Temperature = 1.5f, Seed = 5, N = 3 };
+        foreach (var options in new[] { greedy, sampled })
+        {
+            // Kept to the end, so a position's alternatives are seen after every later one was written.
+            var updates = new List<GenerationUpdate>();
+            await foreach (var update in engine.GenerateAsync(Stories.PromptIds, options).Patiently()) updates.Add(update);
+
+            var tokens = updates.Where(u => !u.IsFinal).ToList();
+            Assert.Equal(16 * options.N, tokens.Count);
+            foreach (var update in tokens)
+            {
+                var top = update.TopLogprobs.ToArray();
+                Assert.Equal(4, top.Length);
+                Assert.Equal(top.Select(t => t.Logprob).OrderDescending(), top.Select(t => t.Logprob));
+                Assert.All(top, t => Assert.InRange(t.Logprob, float.NegativeInfinity, 0f));
+                Assert.True(update.Logprob <= top[0].Logprob);
+                // The chosen token, where it is among the alternatives, carries the same logprob there.
+                foreach (var entry in top.Where(t => t.TokenId == update.TokenId)) Assert.Equal(update.Logprob, entry.Logprob);
+                if (options.Temperature == 0) Assert.Equal(update.TokenId, top[0].TokenId);
+            }
+            if (options.Temperature == 0) Assert.Equal(Reference(Stories.PromptIds, 16, stopAtEndOfSequence: false), tokens.Select(u => u.TokenId));
+            else Assert.Contains(tokens, u => u.TokenId != u.TopLogprobs.Span[0].TokenId); // sampling strays from the top
+            Assert.All(updates.Where(u => u.IsFinal), u => Assert.True(u.TopLogprobs.IsEmpty));
+        }
+        var without = await engine.GenerateAsync(Stories.PromptIds, greedy with { TopLogprobs = 0 }).Patiently().FirstAsync();
+        Assert.True(without.TopLogprobs.IsEmpty);
+        await WaitUntilIdle(engine);
+    }
+
+    [Fact]
     public async Task CancellingAnNSampleRequestEndsEverySample()
     {
         var (engine, plan) = CreateHeldEngine(Small(maxRunning: 2), holdFromStep: 3);
@@ -440,6 +511,9 @@ public sealed class EngineTests
             (new() { StopStrings = [""] }, "StopStrings"),
             (new() { MaxTokens = -3 }, "MaxTokens"),
             (new() { MaxTokens = 0 }, "MaxTokens"),
+            (new() { Logprobs = true, TopLogprobs = -1 }, "TopLogprobs"),
+            (new() { Logprobs = true, TopLogprobs = GenerationOptions.MaxTopLogprobs + 1 }, "TopLogprobs"),
+            (new() { TopLogprobs = 2 }, "TopLogprobs"),
         };
         foreach (var (options, name) in cases)
         {
@@ -461,6 +535,7 @@ public sealed class EngineTests
         // The first step waits until all five are queued: then two run and three wait in the scheduler when step 3 throws,
         // and a sixth, submitted during that step, is still in the engine's queue.
         var queued = Enumerable.Range(0, 5).Select(_ => Collect(engine.GenerateAsync(Stories.PromptIds, options))).ToList();
+        Assert.False(engine.IsFaulted);
         var lastQueued = new TaskCompletionSource<Task<Outcome>>(TaskCreationOptions.RunContinuationsAsynchronously);
         plan!.BeforeFailing = () => lastQueued.SetResult(Collect(engine.GenerateAsync(Stories.PromptIds, options)));
         plan.FirstStepGate.Set();
@@ -475,6 +550,7 @@ public sealed class EngineTests
         }
         Assert.Equal(2, outcomes.Count(o => o.Tokens.Length > 0)); // the two that ran streamed their first tokens
 
+        Assert.True(engine.IsFaulted);
         var faulted = Assert.Throws<EngineFaultedException>(() => engine.GenerateAsync(Stories.PromptIds, options));
         Assert.Same(plan.Thrown, faulted.InnerException);
         Assert.Contains(FailingPlan.Message, faulted.Message);
@@ -541,39 +617,5 @@ public sealed class EngineTests
         {
             lock (_meters) _meters.ForEach(m => m.Dispose());
         }
-    }
-
-    /// <summary>
-    /// An engine whose plan holds its steps from <paramref name="holdFromStep"/> on until the test releases it: a request
-    /// is still running when the test's cancel (or disposal) is sent, however loaded the machine.
-    /// </summary>
-    private static (KilnEngine Engine, HeldPlan Plan) CreateHeldEngine(EngineOptions options, int holdFromStep)
-    {
-        HeldPlan? plan = null;
-        var engine = new KilnEngine(Model, tokens => plan = new HeldPlan(new EagerPlan(Model, tokens), holdFromStep), Tokenizer, options);
-        return (engine, plan!);
-    }
-
-    /// <summary>Runs its plan; step <c>holdFromStep</c> and later wait for <see cref="Release"/> (failing the engine after <see cref="Patience"/>).</summary>
-    private sealed class HeldPlan(ICompiledPlan inner, int holdFromStep) : ICompiledPlan
-    {
-        private readonly ManualResetEventSlim _released = new();
-        private int _steps;
-
-        public int MaxTokensPerStep => inner.MaxTokensPerStep;
-
-        public int VocabSize => inner.VocabSize;
-
-        public string FusionReport => inner.FusionReport;
-
-        public void Release() => _released.Set();
-
-        public void Step(ReadOnlySpan<int> tokens, AttentionContext context, Span<float> logits)
-        {
-            if (_steps++ >= holdFromStep && !_released.Wait(Patience)) throw new TimeoutException("The test never released the held step.");
-            inner.Step(tokens, context, logits);
-        }
-
-        public void Dispose() => inner.Dispose();
     }
 }

@@ -108,8 +108,8 @@ public sealed class KvCache
     /// <summary>
     /// A cache whose rows live in <paramref name="blockStore"/>'s memory (a GPU plan's device pool), not in this
     /// process: it keeps the geometry the engine and the attention context work with, holds no rows itself (row
-    /// accessors throw), and hands block copies (copy-on-write) to the store. <paramref name="slots"/> &gt; 0 makes
-    /// it contiguous (one block of <paramref name="blockSize"/> rows per slot), 0 paged.
+    /// accessors throw), and hands block copies (copy-on-write) to the store. <paramref name="paged"/> false makes it
+    /// contiguous (each of the <paramref name="blockCount"/> blocks one sequence's <paramref name="blockSize"/> rows).
     /// </summary>
     public static KvCache External(int layers, int blockCount, int blockSize, int kvDim, KvStorage storage, int headDim, int maxContext, bool paged, IKvBlockStore blockStore)
     {
@@ -177,10 +177,10 @@ public sealed class KvCache
     /// </summary>
     public int MaxContext { get; }
 
-    /// <summary>Keys of one row, in place (F32 storage only; others go through <see cref="ReadKey"/>/<see cref="WriteKey"/>).</summary>
+    /// <summary>Keys of one row, in place (F32 storage only; others go through <see cref="ReadKey(int, int, Span{float})"/>/<see cref="WriteKey"/>).</summary>
     public Span<float> KeyRow(int layer, int row) => Floats(_keys, layer, row);
 
-    /// <summary>Values of one row, in place (F32 storage only; others go through <see cref="ReadValue"/>/<see cref="WriteValue"/>).</summary>
+    /// <summary>Values of one row, in place (F32 storage only; others go through <see cref="ReadValue(int, int, Span{float})"/>/<see cref="WriteValue"/>).</summary>
     public Span<float> ValueRow(int layer, int row) => Floats(_values, layer, row);
 
     /// <summary>

@@ -41,6 +41,9 @@ public sealed record SamplingOptions
     }
 }
 
+/// <summary>A token and its log-probability under the model (a log-softmax of the raw logits).</summary>
+public readonly record struct TokenLogprob(int TokenId, float Logprob);
+
 /// <summary>
 /// Picks tokens from logits. Owns its scratch buffers (sized for one vocabulary) and a seeded generator, so a
 /// call allocates nothing and a run is reproducible.
@@ -125,14 +128,35 @@ public sealed class Sampler
     /// The log-probability of <paramref name="token"/> under the model's own distribution: a log-softmax of the raw
     /// logits, before temperature, penalties and cutoffs (what an API reports as the chosen token's logprob).
     /// </summary>
-    public static float LogProbability(ReadOnlySpan<float> logits, int token)
+    public static float LogProbability(ReadOnlySpan<float> logits, int token) => LogProbabilities(logits, token, []);
+
+    /// <summary>
+    /// The log-probability of <paramref name="token"/>, as <see cref="LogProbability"/> gives it, and the
+    /// <c>top.Length</c> most likely tokens with theirs in <paramref name="top"/>, most likely first (of equal logits,
+    /// the lower id first). One pass over the logits after their maximum; allocates nothing.
+    /// </summary>
+    public static float LogProbabilities(ReadOnlySpan<float> logits, int token, Span<TokenLogprob> top)
     {
         if ((uint)token >= (uint)logits.Length)
             throw new ArgumentOutOfRangeException(nameof(token), $"Token {token} is outside the {logits.Length} logits.");
+        if (top.Length > logits.Length)
+            throw new ArgumentException($"Asked for the top {top.Length} of {logits.Length} logits.", nameof(top));
         float max = logits[ArgMax(logits)];
         double sum = 0;
-        foreach (float logit in logits) sum += Math.Exp(logit - max);
-        return (float)(logits[token] - max - Math.Log(sum));
+        int kept = 0;
+        for (int id = 0; id < logits.Length; id++)
+        {
+            float logit = logits[id];
+            sum += Math.Exp(logit - max);
+            // Insertion into the few kept so far, by logit; a later equal logit never displaces an earlier one.
+            if (top.Length == 0 || (kept == top.Length && !(logit > top[kept - 1].Logprob))) continue;
+            int at = kept < top.Length ? kept++ : kept - 1;
+            for (; at > 0 && logit > top[at - 1].Logprob; at--) top[at] = top[at - 1];
+            top[at] = new TokenLogprob(id, logit);
+        }
+        double logSum = Math.Log(sum);
+        for (int i = 0; i < top.Length; i++) top[i] = top[i] with { Logprob = (float)(top[i].Logprob - max - logSum) };
+        return (float)(logits[token] - max - logSum);
     }
 
     private ReadOnlySpan<float> Penalize(ReadOnlySpan<float> logits, ReadOnlySpan<int> previousTokens)

@@ -1,3 +1,6 @@
+using CsCheck;
+using Kiln.Tests;
+
 namespace Kiln.Runtime.Tests.Engine;
 
 public sealed class SamplerTests
@@ -95,6 +98,35 @@ public sealed class SamplerTests
         for (int token = 0; token < Logits.Length; token++)
             Assert.Equal(Math.Log(Math.Exp(Logits[token]) / total), Sampler.LogProbability(Logits, token), 5);
         Assert.Throws<ArgumentOutOfRangeException>(() => Sampler.LogProbability(Logits, 5));
+    }
+
+    [Fact]
+    public void TopLogProbabilitiesAreTheMostLikelyTokensInOrderWithTheirLogSoftmax()
+    {
+        var top = new TokenLogprob[3];
+        float chosen = Sampler.LogProbabilities(Logits, 4, top);
+
+        Assert.Equal(Sampler.LogProbability(Logits, 4), chosen); // the same number, bit for bit
+        Assert.Equal([1, 3, 0], top.Select(t => t.TokenId));
+        foreach (var entry in top) Assert.Equal(Sampler.LogProbability(Logits, entry.TokenId), entry.Logprob);
+        Assert.Throws<ArgumentException>(() => Sampler.LogProbabilities(Logits, 0, new TokenLogprob[6]));
+        Assert.Throws<ArgumentOutOfRangeException>(() => Sampler.LogProbabilities(Logits, -1, top));
+    }
+
+    [Fact]
+    public void TopLogProbabilitiesMatchASortOfTheWholeVocabulary()
+    {
+        // Logits drawn from few values, so ties are common: of equal logits the lower id comes first.
+        var gen = Gen.Select(Gen.Int[0, 6].Array[1, 300], Gen.Int[0, 25], (levels, k) => (Logits: levels.Select(l => l * 0.75f - 2f).ToArray(), K: k));
+        SeededCases.Check(gen, seed: 77, count: 500, c =>
+        {
+            int k = Math.Min(c.K, c.Logits.Length);
+            var top = new TokenLogprob[k];
+            Sampler.LogProbabilities(c.Logits, c.Logits.Length - 1, top);
+            var expected = Enumerable.Range(0, c.Logits.Length).OrderByDescending(id => c.Logits[id]).ThenBy(id => id).Take(k).ToArray();
+            Assert.Equal(expected, top.Select(t => t.TokenId));
+            foreach (var entry in top) Assert.Equal(Sampler.LogProbability(c.Logits, entry.TokenId), entry.Logprob);
+        });
     }
 
     [Fact]

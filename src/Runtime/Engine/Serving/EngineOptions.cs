@@ -23,6 +23,15 @@ public sealed record EngineOptions
     /// <summary>Requests decoding at once; the rest wait. At most <see cref="TokenBudget"/>.</summary>
     public int MaxRunningRequests { get; init; } = 32;
 
+    /// <summary>
+    /// Samples that may wait for a running slot beyond the <see cref="MaxRunningRequests"/> that run: the engine holds
+    /// at most the sum open (a request of <see cref="GenerationOptions.N"/> samples counts N), and one more is refused
+    /// at once with <see cref="EngineOverloadedException"/>. What was accepted is never dropped, preempted requests
+    /// included. Bounded by default because each open sample holds vocabulary-sized sampler buffers, so an unbounded
+    /// queue would turn overload into memory exhaustion; 0 takes only what can run.
+    /// </summary>
+    public int MaxQueuedRequests { get; init; } = 1024;
+
     /// <summary>Tokens one request may hold, prompt and generated together (also capped by the KV memory).</summary>
     public int MaxContext { get; init; } = 2048;
 
@@ -50,6 +59,7 @@ public sealed record EngineOptions
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(MaxRunningRequests, nameof(MaxRunningRequests));
         if (MaxRunningRequests > TokenBudget)
             throw new ArgumentOutOfRangeException(nameof(MaxRunningRequests), $"MaxRunningRequests ({MaxRunningRequests}) exceeds TokenBudget ({TokenBudget}): every running request must fit a step.");
+        ArgumentOutOfRangeException.ThrowIfNegative(MaxQueuedRequests, nameof(MaxQueuedRequests));
         ArgumentOutOfRangeException.ThrowIfLessThan(MaxContext, 2, nameof(MaxContext));
         if (!Enum.IsDefined(KvStorage)) throw new ArgumentOutOfRangeException(nameof(KvStorage), KvStorage, "Unknown KV storage.");
     }

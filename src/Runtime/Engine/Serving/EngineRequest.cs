@@ -22,9 +22,10 @@ internal sealed class RequestGroup
         if (!options.IgnoreEndOfSequence && (uint)tokenizer.EosId < (uint)vocabSize) stopTokens.Add(tokenizer.EosId);
         StopTokenIds = stopTokens.Count > 0 ? [.. stopTokens] : null;
         // Per sample, a token per update up to the max tokens or the context's end, then its final update.
-        Updates = new UpdateStream(options.N * (Math.Min(options.MaxTokens, maxContext - prompt.Length) + 1));
+        int maxGenerated = Math.Min(options.MaxTokens, maxContext - prompt.Length);
+        Updates = new UpdateStream(options.N * (maxGenerated + 1));
         Samples = new EngineRequest[options.N];
-        for (int i = 0; i < Samples.Length; i++) Samples[i] = new EngineRequest(this, i, vocabSize, tokenizer);
+        for (int i = 0; i < Samples.Length; i++) Samples[i] = new EngineRequest(this, i, vocabSize, tokenizer, maxGenerated);
         OpenSamples = Samples.Length;
     }
 
@@ -68,7 +69,11 @@ internal sealed class RequestGroup
 /// <summary>One sample of a <see cref="RequestGroup"/>: its own sampler, text decoder, stop-string filter and progress.</summary>
 internal sealed class EngineRequest
 {
-    public EngineRequest(RequestGroup group, int index, int vocabSize, KilnTokenizer tokenizer)
+    // With top logprobs, each token's alternatives, sized for the most tokens the sample can generate, so the loop
+    // fills slices in place and every streamed update keeps its own.
+    private readonly TokenLogprob[]? _topLogprobs;
+
+    public EngineRequest(RequestGroup group, int index, int vocabSize, KilnTokenizer tokenizer, int maxGenerated)
     {
         Group = group;
         Index = index;
@@ -76,6 +81,7 @@ internal sealed class EngineRequest
         Sampler = new Sampler(options.ToSamplingOptions(sample: index), vocabSize);
         Decoder = tokenizer.CreateStreamingDecoder(previousId: group.Prompt[^1]);
         StopStrings = options.StopStrings is { Count: > 0 } stops ? new StopStringFilter(stops) : null;
+        if (options.TopLogprobs > 0) _topLogprobs = new TokenLogprob[maxGenerated * options.TopLogprobs];
     }
 
     public RequestGroup Group { get; }
@@ -103,7 +109,25 @@ internal sealed class EngineRequest
     /// <summary>Prompt tokens the prefix cache supplied at the first admission; -1 until then.</summary>
     public int CachedPromptTokens { get; set; } = -1;
 
-    public float PendingLogprob { get; set; }
+    /// <summary>The logprob of the token sampled last, not yet streamed (NaN unless asked for).</summary>
+    public float PendingLogprob { get; private set; }
+
+    /// <summary>The alternatives at the position of the token sampled last (empty unless asked for).</summary>
+    public ReadOnlyMemory<TokenLogprob> PendingTopLogprobs =>
+        _topLogprobs is null ? default : _topLogprobs.AsMemory(EmittedTokens * Options.TopLogprobs, Options.TopLogprobs);
+
+    /// <summary>Records what the request asked to learn about <paramref name="token"/>, just sampled from <paramref name="logits"/>.</summary>
+    public void RecordLogprobs(ReadOnlySpan<float> logits, int token)
+    {
+        if (!Options.Logprobs)
+        {
+            PendingLogprob = float.NaN;
+            return;
+        }
+        // The slot of the next token streamed: a sampled stop token, never streamed, leaves it to be written again.
+        var top = _topLogprobs is null ? [] : _topLogprobs.AsSpan(EmittedTokens * Options.TopLogprobs, Options.TopLogprobs);
+        PendingLogprob = Sampler.LogProbabilities(logits, token, top);
+    }
 
     public bool Completed { get; set; }
 }

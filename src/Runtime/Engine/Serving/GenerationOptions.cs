@@ -49,6 +49,12 @@ public sealed record GenerationOptions
     /// <summary>Report each token's log-probability (<see cref="GenerationUpdate.Logprob"/>).</summary>
     public bool Logprobs { get; init; }
 
+    /// <summary>
+    /// With <see cref="Logprobs"/>, also report this many of the most likely tokens at each position, with their
+    /// log-probabilities (<see cref="GenerationUpdate.TopLogprobs"/>); at most <see cref="MaxTopLogprobs"/>.
+    /// </summary>
+    public int TopLogprobs { get; init; }
+
     /// <summary>Interactive requests are admitted, and keep their KV blocks, before batch ones.</summary>
     public RequestPriority Priority { get; init; } = RequestPriority.Interactive;
 
@@ -56,6 +62,9 @@ public sealed record GenerationOptions
 
     /// <summary>The most samples one request may ask for.</summary>
     public const int MaxSamples = 64;
+
+    /// <summary>The most alternatives <see cref="TopLogprobs"/> may ask for at each position.</summary>
+    public const int MaxTopLogprobs = 20;
 
     internal SamplingOptions ToSamplingOptions(int sample = 0) => new()
     {
@@ -73,6 +82,10 @@ public sealed record GenerationOptions
         if (N is < 1 or > MaxSamples) throw new ArgumentOutOfRangeException(nameof(N), N, $"N must be from 1 to {MaxSamples}.");
         ToSamplingOptions().Validate();
         if (!Enum.IsDefined(Priority)) throw new ArgumentOutOfRangeException(nameof(Priority), Priority, "Unknown priority.");
+        if (TopLogprobs < 0 || TopLogprobs > Math.Min(MaxTopLogprobs, vocabSize))
+            throw new ArgumentOutOfRangeException(nameof(TopLogprobs), TopLogprobs, $"TopLogprobs must be from 0 to {Math.Min(MaxTopLogprobs, vocabSize)}.");
+        if (TopLogprobs > 0 && !Logprobs)
+            throw new ArgumentException("TopLogprobs reports alternatives to each token's logprob, so it needs Logprobs on.", nameof(TopLogprobs));
         if (StopTokens is not null)
         {
             foreach (int token in StopTokens)
@@ -118,4 +131,10 @@ public readonly record struct GenerationUpdate(
     int Index = 0)
 {
     public bool IsFinal => FinishReason != FinishReason.None;
+
+    /// <summary>
+    /// The <see cref="GenerationOptions.TopLogprobs"/> most likely tokens at this position and their log-probabilities,
+    /// most likely first (the generated token among them only if it is one of them); empty unless asked for.
+    /// </summary>
+    public ReadOnlyMemory<TokenLogprob> TopLogprobs { get; init; }
 }

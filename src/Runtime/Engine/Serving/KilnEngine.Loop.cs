@@ -22,6 +22,7 @@ public sealed partial class KilnEngine
     private long _generatedTokens;
     private long _blockCopies;
     private int _peakUsedBlocks;
+    private long _lastCompletionTimestamp; // 0 after an idle spell, so the pace is measured only while busy
 
     private void RunLoop()
     {
@@ -29,9 +30,14 @@ public sealed partial class KilnEngine
         {
             while (TakeCommands())
             {
-                if (_scheduler.UnfinishedCount > 0) RunStep();
+                if (_scheduler.UnfinishedCount > 0)
+                {
+                    RunStep();
+                    continue;
+                }
                 // Idle: block until a command arrives; false once the inbox is closed and empty.
-                else if (!_inbox.Reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult()) break;
+                _lastCompletionTimestamp = 0;
+                if (!_inbox.Reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult()) break;
             }
             EndEverything(FinishReason.Cancelled, DisposedMessage);
         }
@@ -118,7 +124,7 @@ public sealed partial class KilnEngine
         {
             var sample = group.Samples[i];
             int token = sample.Sampler.Sample(logits, scheduled.Tokens);
-            sample.PendingLogprob = group.Options.Logprobs ? Sampler.LogProbability(logits, token) : float.NaN;
+            sample.RecordLogprobs(logits, token);
             var fork = _scheduler.Fork(scheduled, token, parameters);
             sample.Scheduled = fork;
             // A running fork shares the whole prompt; one left waiting at the running cap finds it at admission.
@@ -200,7 +206,7 @@ public sealed partial class KilnEngine
             var request = _stepRequests[s];
             var logits = _logits.AsSpan(row * VocabSize, VocabSize);
             int token = request.Sampler.Sample(logits, chunks[s].Request.Tokens);
-            request.PendingLogprob = request.Options.Logprobs ? Sampler.LogProbability(logits, token) : float.NaN;
+            request.RecordLogprobs(logits, token);
             _sampled[row++] = token;
             if (!request.Group.SiblingsAdmitted) ForkSiblings(request, chunks[s].Request, logits);
         }
@@ -237,14 +243,15 @@ public sealed partial class KilnEngine
         if (request.EmittedTokens == 0) _metrics.TimeToFirstToken.Record(Stopwatch.GetElapsedTime(request.Group.ArrivalTimestamp, now).TotalMilliseconds);
         else _metrics.TimeBetweenTokens.Record(Stopwatch.GetElapsedTime(request.LastTokenTimestamp, now).TotalMilliseconds);
         request.LastTokenTimestamp = now;
+        float? logprob = request.Options.Logprobs ? request.PendingLogprob : null;
+        var topLogprobs = request.PendingTopLogprobs; // this token's slot, before the count moves on
         request.EmittedTokens++;
         _generatedTokens++;
         _metrics.GeneratedTokens.Add(1);
 
         string text = request.Decoder.Append(token);
         if (request.StopStrings is { } stops) text = stops.Push(text);
-        float? logprob = request.Options.Logprobs ? request.PendingLogprob : null;
-        request.Group.Updates.Write(new GenerationUpdate(token, text, logprob, Index: request.Index));
+        request.Group.Updates.Write(new GenerationUpdate(token, text, logprob, Index: request.Index) { TopLogprobs = topLogprobs });
         if (request.StopStrings is { Stopped: true }) Complete(request, FinishReason.Stop, errorMessage: null, request.EmittedTokens);
     }
 
@@ -275,7 +282,22 @@ public sealed partial class KilnEngine
             group.CallerCancellation.Unregister();
             group.Updates.Complete();
         }
+        Interlocked.Decrement(ref _openSamples);
+        MeasureCompletionPace();
         _metrics.FinishedRequests.Add(1, new KeyValuePair<string, object?>("reason", ReasonTag(reason)));
+    }
+
+    /// <summary>Smooths the interval between finished samples while busy: the pace at which room opens for waiting requests.</summary>
+    private void MeasureCompletionPace()
+    {
+        long now = Stopwatch.GetTimestamp();
+        if (_lastCompletionTimestamp != 0)
+        {
+            double interval = Stopwatch.GetElapsedTime(_lastCompletionTimestamp, now).TotalSeconds;
+            double smoothed = Volatile.Read(ref _secondsBetweenCompletions);
+            Volatile.Write(ref _secondsBetweenCompletions, smoothed == 0 ? interval : 0.8 * smoothed + 0.2 * interval);
+        }
+        _lastCompletionTimestamp = now;
     }
 
     /// <summary>Ends every open request, and every one still queued, when the loop stops.</summary>

@@ -39,6 +39,9 @@ public sealed partial class KilnEngine : IAsyncDisposable
     private readonly TaskCompletionSource _loopEnded = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly EngineMetrics _metrics;
     private readonly bool _ownsPlan;
+    private readonly int _sampleCapacity; // MaxRunningRequests + MaxQueuedRequests, capped at int.MaxValue
+    private int _openSamples; // accepted and not yet ended; reserved by callers, given back by the loop
+    private double _secondsBetweenCompletions; // published by the loop for the overload hint; 0 until measured
     private int _disposed;
     private volatile Exception? _fault;
 
@@ -66,6 +69,7 @@ public sealed partial class KilnEngine : IAsyncDisposable
         options.Validate();
         Options = options;
         _tokenizer = tokenizer;
+        _sampleCapacity = (int)Math.Min(int.MaxValue, (long)options.MaxRunningRequests + options.MaxQueuedRequests);
 
         var shape = model.KvShape;
         KvCache.EnsureMemory(options.KvCacheBytes, $"KvCacheBytes ({options.KvCacheBytes})", "a smaller KvCacheBytes");
@@ -129,6 +133,9 @@ public sealed partial class KilnEngine : IAsyncDisposable
 
     public EngineOptions Options { get; }
 
+    /// <summary>The tokenizer the engine encodes string prompts and decodes generated text with.</summary>
+    public KilnTokenizer Tokenizer => _tokenizer;
+
     /// <summary>The paged KV storage (its block geometry is the scheduler's block pool's).</summary>
     public KvCache Cache { get; }
 
@@ -139,6 +146,9 @@ public sealed partial class KilnEngine : IAsyncDisposable
 
     /// <summary>Tokens computed per step at most (grown to a whole prompt when chunked prefill is off).</summary>
     public int TokenBudget => _scheduler.Options.TokenBudget;
+
+    /// <summary>Whether the engine stopped after an unexpected error and takes no more requests (see <see cref="EngineFaultedException"/>).</summary>
+    public bool IsFaulted => _fault is not null;
 
     /// <summary>
     /// Encodes <paramref name="prompt"/> (after BOS when the model file asks for it, <see cref="KilnTokenizer.AddBosToken"/>)
@@ -157,7 +167,10 @@ public sealed partial class KilnEngine : IAsyncDisposable
     /// the request: its KV blocks are freed by the next step and the stream ends with
     /// <see cref="FinishReason.Cancelled"/>. Throws at once, before anything streams, for a request that could never
     /// run (empty prompt, unknown token, a prompt that leaves no room to generate in the max context or the whole KV
-    /// memory) and after disposal (<see cref="ObjectDisposedException"/>) or a fault (<see cref="EngineFaultedException"/>).
+    /// memory, more samples than the engine holds) and after disposal (<see cref="ObjectDisposedException"/>) or a
+    /// fault (<see cref="EngineFaultedException"/>). Throws <see cref="EngineOverloadedException"/> at once, queueing
+    /// nothing, when the engine already holds as many samples as <see cref="EngineOptions.MaxRunningRequests"/> +
+    /// <see cref="EngineOptions.MaxQueuedRequests"/> allow.
     /// </summary>
     public IAsyncEnumerable<GenerationUpdate> GenerateAsync(int[] promptIds, GenerationOptions? options = null, CancellationToken cancellationToken = default)
     {
@@ -179,6 +192,10 @@ public sealed partial class KilnEngine : IAsyncDisposable
             throw new ArgumentException($"The prompt has {promptIds.Length} tokens; with one token to generate that exceeds {limit}, so the request could never run.", nameof(promptIds));
         }
 
+        if (options.N > _sampleCapacity)
+            throw new ArgumentOutOfRangeException(nameof(options.N), options.N, $"N asks for more samples than the engine holds open ({_sampleCapacity}: MaxRunningRequests + MaxQueuedRequests), so the request could never be accepted.");
+
+        ReserveSamples(options.N);
         var request = new RequestGroup(this, (int[])promptIds.Clone(), options, VocabSize, MaxContext, _tokenizer);
         // Registered before the request is queued, so the loop that ends it always finds the registration to drop;
         // a cancel that beats the request into the queue is caught when the loop adds it.
@@ -187,9 +204,29 @@ public sealed partial class KilnEngine : IAsyncDisposable
         if (!_inbox.Writer.TryWrite(new EngineCommand(CommandKind.Add, request)))
         {
             request.CallerCancellation.Dispose();
+            Interlocked.Add(ref _openSamples, -options.N);
             ThrowIfUnavailable(orDisposed: true);
         }
         return ReadUpdates(request);
+    }
+
+    /// <summary>Counts <paramref name="samples"/> more as open, or refuses them when that would pass the engine's capacity.</summary>
+    private void ReserveSamples(int samples)
+    {
+        int open = Volatile.Read(ref _openSamples);
+        while (true)
+        {
+            if (open + samples > _sampleCapacity)
+            {
+                // The last samples' pace says when room for this many should come.
+                double interval = Volatile.Read(ref _secondsBetweenCompletions);
+                var retryAfter = interval > 0 ? TimeSpan.FromSeconds(interval * (open + samples - _sampleCapacity)) : TimeSpan.FromSeconds(1);
+                throw new EngineOverloadedException(open, _sampleCapacity, retryAfter);
+            }
+            int seen = Interlocked.CompareExchange(ref _openSamples, open + samples, open);
+            if (seen == open) return;
+            open = seen;
+        }
     }
 
     /// <summary>The engine's counters and gauges as of its latest step; safe from any thread.</summary>

@@ -1,0 +1,84 @@
+using Kiln.Chat;
+using Kiln.Engine.Serving;
+using Kiln.Loading;
+using Kiln.Models;
+using Kiln.Tokenization;
+
+namespace Kiln.Server;
+
+/// <summary>
+/// The one model a server hosts: the engine that runs it, its tokenizer, the id clients name it by, and what a chat
+/// needs (its chat template, the end-of-turn tokens that close an assistant's reply). Disposing it disposes the engine.
+/// </summary>
+public sealed class KilnServerModel : IAsyncDisposable
+{
+    /// <summary>Tokens that end a turn in the chat formats of the families Kiln runs (ChatML, Llama 3, Gemma, Phi-3).</summary>
+    private static readonly string[] EndOfTurnTokenTexts = ["<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"];
+
+    // Each token's own text, decoded when a logprobs response first names it.
+    private readonly string?[] _tokenText;
+
+    /// <summary>
+    /// Serves <paramref name="engine"/> (whose tokenizer is <paramref name="tokenizer"/>) under <paramref name="id"/>,
+    /// rendering chats with <paramref name="chatTemplate"/> (<see cref="ChatTemplate.Fallback"/> when null); takes
+    /// ownership of the engine.
+    /// </summary>
+    public KilnServerModel(string id, KilnEngine engine, KilnTokenizer tokenizer, ChatTemplate? chatTemplate = null)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(id);
+        ArgumentNullException.ThrowIfNull(engine);
+        ArgumentNullException.ThrowIfNull(tokenizer);
+        if (tokenizer.VocabSize != engine.VocabSize)
+            throw new ArgumentException($"The tokenizer has {tokenizer.VocabSize} tokens; the engine's model has {engine.VocabSize}.", nameof(tokenizer));
+        Id = id;
+        Engine = engine;
+        Tokenizer = tokenizer;
+        ChatTemplate = chatTemplate ?? ChatTemplate.Fallback;
+        _tokenText = new string?[tokenizer.VocabSize];
+
+        var endOfTurn = new List<int>();
+        for (int token = 0; token < tokenizer.VocabSize; token++)
+        {
+            if (Array.IndexOf(EndOfTurnTokenTexts, tokenizer.GetToken(token)) >= 0 && token != tokenizer.EosId) endOfTurn.Add(token);
+        }
+        EndOfTurnTokens = endOfTurn;
+    }
+
+    /// <summary>
+    /// Loads a model file through <see cref="ModelCatalog"/> (its architecture picks the definition), with its chat
+    /// template (tokenizer.chat_template, or the fallback format), and starts an engine on its compiled plan. The id
+    /// is <paramref name="id"/>, or the file's name without its extension.
+    /// </summary>
+    /// <exception cref="ModelLoadException">The file cannot be read, no definition fits it, or its chat template does not parse.</exception>
+    public static KilnServerModel Load(string path, EngineOptions? engineOptions = null, string? id = null)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(path);
+        using var file = ModelFile.Open(path);
+        var model = ModelCatalog.Load(file);
+        var tokenizer = KilnTokenizer.FromModelFile(file);
+        var template = ChatTemplate.FromModelFile(file, tokenizer);
+        var engine = new KilnEngine(model, tokens => model.Compile(new PlanOptions(tokens)), tokenizer, engineOptions);
+        return new KilnServerModel(id ?? Path.GetFileNameWithoutExtension(path), engine, tokenizer, template);
+    }
+
+    /// <summary>The name clients give as "model", and /v1/models lists.</summary>
+    public string Id { get; }
+
+    public KilnEngine Engine { get; }
+
+    public KilnTokenizer Tokenizer { get; }
+
+    /// <summary>How a conversation becomes the prompt text (the model file's template, or <see cref="ChatTemplate.Fallback"/>).</summary>
+    public ChatTemplate ChatTemplate { get; }
+
+    /// <summary>When the model was loaded, as /v1/models reports it ("created").</summary>
+    public DateTimeOffset Created { get; } = DateTimeOffset.UtcNow;
+
+    /// <summary>Tokens of the vocabulary that end an assistant's turn besides EOS (&lt;|im_end|&gt;, &lt;|eot_id|&gt;, &lt;end_of_turn&gt;, &lt;|end|&gt;): a chat stops at them.</summary>
+    public IReadOnlyList<int> EndOfTurnTokens { get; }
+
+    /// <summary>The text of one token on its own, as logprobs report it (a piece of a character reads U+FFFD).</summary>
+    internal string TokenText(int token) => _tokenText[token] ??= Tokenizer.Decode([token]);
+
+    public ValueTask DisposeAsync() => Engine.DisposeAsync();
+}
