@@ -114,6 +114,11 @@ device() {
         tr -d '\n' <"$f" | tr -s ' '
         echo
     done
+    # Non-zero when any part failed, ran out of time or was skipped.
+    local part
+    for part in "${status[@]}"; do
+        [ "${part##*=}" = 0 ] || exit 1
+    done
 }
 
 case "${1:-}" in
