@@ -9,6 +9,8 @@ using Kiln.Bench;
 //   kernels --threads N [--formats q4_0,q8_0,f32,q4_k,q5_k,q6_k] [--tokens 1,32,128]
 //   memory --model FILE [--json OUT] [--tokens 128] [--threads N]
 //   embed-compare --threads N [--runs 5] [--json OUT] [--seed N]
+//   gpu-agree --accelerator cpu|cuda --model FILE --json OUT [--positions 32]
+//   gpu-compare --model FILE --json OUT [--torch torch_llama.json] [--runs 5]
 return BenchCli.Run(args);
 
 internal static class BenchCli
@@ -20,14 +22,17 @@ internal static class BenchCli
         "       bench kernels --threads N [--formats q4_0,q8_0,f32,q4_k,q5_k,q6_k] [--tokens 1,32,128]\n" +
         "       bench serve --model FILE --threads N [--json OUT] [--quick]\n" +
         "       bench memory --model FILE [--json OUT] [--tokens 128] [--threads N]\n" +
-        "       bench embed-compare --threads N [--runs 5] [--json OUT] [--seed N]";
+        "       bench embed-compare --threads N [--runs 5] [--json OUT] [--seed N]\n" +
+        "       bench gpu-agree --accelerator cpu|cuda --model FILE --json OUT [--positions 32]\n" +
+        "       bench gpu-compare --model FILE --json OUT [--torch torch_llama.json] [--runs 5]";
 
     public static int Run(string[] args)
     {
         if (args.Length > 0 && args[0] == "serve") return ServeCommand.Run(args.AsSpan(1)); // the batching engine's benchmark (Serve*.cs)
+        if (args.Length > 0 && args[0] is "gpu-agree" or "gpu-compare") return GpuCommands.Run(args); // the GPU plan (GpuCommands.cs)
         try
         {
-            if (args.Length == 0) throw new UsageException("missing command: make-model, compare, agree, kernels, memory, embed-compare or serve (--help for usage)");
+            if (args.Length == 0) throw new UsageException("missing command: make-model, compare, agree, kernels, memory, embed-compare, serve, gpu-agree or gpu-compare (--help for usage)");
             if (args[0] is "-h" or "--help" or "help")
             {
                 Console.WriteLine(Usage);

@@ -123,7 +123,7 @@ public abstract class SyntheticArchitecture
         "tiny" => Tiny,
         "15m" => Small,
         "110m" => Base,
-        "1b" => OneB,
+        "1b" or "1.1b" => OneB,
         _ => null,
     };
 

@@ -33,6 +33,32 @@ public sealed partial class KilnGenerator
         }
     }
 
+    /// <summary>The GPU plan's source, {Model}.Gpu.g.cs (nothing when the model has errors).</summary>
+    internal static GeneratedSource EmitGpuSource(PlanResult result, CancellationToken cancellationToken)
+    {
+        string hintName = result.HintName.EndsWith(".g.cs", StringComparison.Ordinal)
+            ? result.HintName.Substring(0, result.HintName.Length - ".g.cs".Length) + ".Gpu.g.cs"
+            : result.HintName + ".Gpu";
+        // An encoder has no GPU plan (and so no CompileGpu): its CPU plan is unaffected by Kiln.Gpu being referenced.
+        if (result.Plan is null || result.Diagnostics.Count > 0 || result.Plan.Model.Encoder)
+            return new GeneratedSource(hintName, "", EquatableArray<DiagnosticInfo>.Empty);
+        try
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            return new GeneratedSource(hintName, GpuPlanEmitter.Render(result.Plan), EquatableArray<DiagnosticInfo>.Empty);
+        }
+        catch (OperationCanceledException)
+        {
+            throw;
+        }
+        catch (Exception e)
+        {
+            var diagnostic = DiagnosticInfo.Create(DiagnosticDescriptors.InternalError, result.Plan.Model.Location, result.Plan.Model.ClassName,
+                "GPU plan: " + e.GetType().Name + ": " + e.Message);
+            return new GeneratedSource(hintName, "", EquatableArray.Create(diagnostic));
+        }
+    }
+
     internal static string Render(Plan plan)
     {
         var model = plan.Model;

@@ -23,6 +23,8 @@ public sealed partial class KilnGenerator : IIncrementalGenerator
         public const string Plan = "Kiln.Plan";
         public const string Diagnostics = "Kiln.Diagnostics";
         public const string Source = "Kiln.Source";
+        public const string Gpu = "Kiln.Gpu";
+        public const string GpuSource = "Kiln.GpuSource";
     }
 
     public void Initialize(IncrementalGeneratorInitializationContext context)
@@ -50,6 +52,16 @@ public sealed partial class KilnGenerator : IIncrementalGenerator
             .Select(static (plan, cancellationToken) => EmitSource(plan, cancellationToken))
             .WithTrackingName(Steps.Source);
 
+        // The GPU plan only where the compilation references Kiln.Gpu (and so ILGPU): the CPU path never sees either.
+        var gpu = context.CompilationProvider
+            .Select(static (compilation, _) => compilation.GetTypeByMetadataName(Emit.GpuPlanEmitter.MarkerType) is not null)
+            .WithTrackingName(Steps.Gpu);
+
+        var gpuSources = plans
+            .Combine(gpu)
+            .Select(static (input, cancellationToken) => input.Right ? EmitGpuSource(input.Left, cancellationToken) : null)
+            .WithTrackingName(Steps.GpuSource);
+
         context.RegisterSourceOutput(diagnostics, static (output, items) =>
         {
             foreach (var diagnostic in items) output.ReportDiagnostic(diagnostic.ToDiagnostic());
@@ -57,6 +69,13 @@ public sealed partial class KilnGenerator : IIncrementalGenerator
 
         context.RegisterSourceOutput(sources, static (output, source) =>
         {
+            if (source.Text.Length > 0) output.AddSource(source.HintName, source.Text);
+            foreach (var diagnostic in source.Diagnostics) output.ReportDiagnostic(diagnostic.ToDiagnostic());
+        });
+
+        context.RegisterSourceOutput(gpuSources, static (output, source) =>
+        {
+            if (source is null) return;
             if (source.Text.Length > 0) output.AddSource(source.HintName, source.Text);
             foreach (var diagnostic in source.Diagnostics) output.ReportDiagnostic(diagnostic.ToDiagnostic());
         });

@@ -136,10 +136,7 @@ internal static partial class PlanEmitter
             w.Line($"cache.WriteKey({cacheLayer}, row, {k}.Slice(t * {kvCols}, {kvCols}));");
             w.Line($"cache.WriteValue({cacheLayer}, row, {v}.Slice(t * {kvCols}, {kvCols}));");
         }
-        string scale = a.Scale.Constant is "0" ? $"(float)(1.0 / global::System.Math.Sqrt({qCols} / heads))" : $"(float)({Names.Scalar(a.Scale, "_model")})";
-        if (a.Scale.Constant is not "0" && a.Scale.IsFixed is false)
-            scale = $"{scale} is var s && s != 0f ? s : (float)(1.0 / global::System.Math.Sqrt({qCols} / heads))";
-        string options = $"new {Attention}.AttentionOptions({scale}, {Names.Scalar(a.Window, "_model")}, (float)({Names.Scalar(a.SoftCap, "_model")}), {Names.Scalar(a.Causal, "_model")})";
+        string options = AttentionOptions(a, qCols);
         w.Line("// Items: each token's KV heads in a few chunks (so one token's heads still spread over the threads); a chunk reads its");
         w.Line("// rows of the cache once, in order, for all its heads.");
         w.Line($"var paged = new {Attention}.PagedAttention");
@@ -164,16 +161,22 @@ internal static partial class PlanEmitter
         w.Line("_pool.Run(items, paged.ChunkSize, paged);");
     }
 
+    /// <summary>The attention call's options as C# (Ops.Attention's scale 0 resolved to 1/√HeadDim); <c>heads</c> is a local of the call site.</summary>
+    internal static string AttentionOptions(AttentionKernel a, string qCols)
+    {
+        string scale = a.Scale.Constant is "0" ? $"(float)(1.0 / global::System.Math.Sqrt({qCols} / heads))" : $"(float)({Names.Scalar(a.Scale, "_model")})";
+        if (a.Scale.Constant is not "0" && a.Scale.IsFixed is false)
+            scale = $"{scale} is var s && s != 0f ? s : (float)(1.0 / global::System.Math.Sqrt({qCols} / heads))";
+        return $"new {Attention}.AttentionOptions({scale}, {Names.Scalar(a.Window, "_model")}, (float)({Names.Scalar(a.SoftCap, "_model")}), {Names.Scalar(a.Causal, "_model")})";
+    }
+
     /// <summary>An encoder's attention: no cache to write; each query reads its own sequence's k and v rows in the step.</summary>
     private static void EmitStepAttention(CodeWriter w, Plan plan, AttentionKernel a)
     {
         string qCols = Names.DimField(BufferOf(plan, a.Q).Cols);
         string kvCols = Names.DimField(BufferOf(plan, a.K).Cols);
         w.Line($"int heads = {Names.Scalar(a.Heads, "_model")}, kvHeads = {Names.Scalar(a.KvHeads, "_model")};");
-        string scale = a.Scale.Constant is "0" ? $"(float)(1.0 / global::System.Math.Sqrt({qCols} / heads))" : $"(float)({Names.Scalar(a.Scale, "_model")})";
-        if (a.Scale.Constant is not "0" && a.Scale.IsFixed is false)
-            scale = $"{scale} is var s && s != 0f ? s : (float)(1.0 / global::System.Math.Sqrt({qCols} / heads))";
-        string options = $"new {Attention}.AttentionOptions({scale}, {Names.Scalar(a.Window, "_model")}, (float)({Names.Scalar(a.SoftCap, "_model")}), {Names.Scalar(a.Causal, "_model")})";
+        string options = AttentionOptions(a, qCols);
         w.Line("// No KV cache: k and v are read in place from this step's rows, each query over its own sequence's tokens;");
         w.Line("// items are each token's KV heads in a few chunks, as for a decoder's attention.");
         w.Line($"var step = new {Attention}.StepAttention");

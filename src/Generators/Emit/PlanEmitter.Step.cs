@@ -90,7 +90,7 @@ internal static partial class PlanEmitter
         plan.ResultRows == Shape.Sequences || plan.Buffers.Any(b => b.Rows == Shape.Sequences);
 
     /// <summary>The C# condition under which code of <paramref name="guard"/> runs: its branch and every branch around it.</summary>
-    private static string Condition(Plan plan, int guard)
+    internal static string Condition(Plan plan, int guard)
     {
         var parts = new List<string>();
         for (int g = guard; g >= 0; g = plan.Guards[g].Parent)

@@ -61,24 +61,24 @@ internal static partial class PlanEmitter
         }
     }
 
-    private static string Buffer(Plan plan, int value) => plan.Buffers[plan.ValueBuffers[value]].Name;
+    internal static string Buffer(Plan plan, int value) => plan.Buffers[plan.ValueBuffers[value]].Name;
 
-    private static Buffer BufferOf(Plan plan, int value) => plan.Buffers[plan.ValueBuffers[value]];
+    internal static Buffer BufferOf(Plan plan, int value) => plan.Buffers[plan.ValueBuffers[value]];
 
-    private static string OffsetField(Buffer buffer) => "_" + buffer.Name + "Offset";
+    internal static string OffsetField(Buffer buffer) => "_" + buffer.Name + "Offset";
 
-    private static string LoopVariable(Plan plan, int region) =>
+    internal static string LoopVariable(Plan plan, int region) =>
         plan.Regions[region].IsLoop ? Names.LayerIndex : "0";
 
     /// <summary>The kernel's number in the report (and in the names of its structs).</summary>
-    private static int Number(Plan plan, Kernel kernel)
+    internal static int Number(Plan plan, Kernel kernel)
     {
         for (int i = 0; i < plan.Kernels.Count; i++)
             if (ReferenceEquals(plan.Kernels[i], kernel)) return i + 1;
         throw new System.InvalidOperationException("A kernel that is not in the plan.");
     }
 
-    private static IEnumerable<ProgramCode> Programs(Plan plan) =>
+    internal static IEnumerable<ProgramCode> Programs(Plan plan) =>
         plan.Kernels.SelectMany(k => k switch
         {
             MatMulKernel m => m.Segments.Select(s => s.Epilogue).Concat(m.InputProgram is null ? Enumerable.Empty<Program>() : new[] { m.InputProgram }),
@@ -87,14 +87,14 @@ internal static partial class PlanEmitter
         }).Select(p => new ProgramCode(plan, p));
 
     /// <summary>Rows a segment takes in the packed matrix (a pair interleaves two weights).</summary>
-    private static string SegmentRows(Segment segment) =>
+    internal static string SegmentRows(Segment segment) =>
         segment.IsPair ? "2 * " + Names.DimField(segment.OutDim) : Names.DimField(segment.OutDim);
 
     /// <summary>The field holding the first packed row of segment <paramref name="index"/> (≥ 1), or the matrix's row count.</summary>
-    private static string StartField(MatMulKernel matmul, int index) =>
+    internal static string StartField(MatMulKernel matmul, int index) =>
         index == matmul.Segments.Count ? matmul.Packed + "Rows" : matmul.Packed + "Start" + index;
 
-    private static string RowStart(MatMulKernel matmul, int index) => index == 0 ? "0" : StartField(matmul, index);
+    internal static string RowStart(MatMulKernel matmul, int index) => index == 0 ? "0" : StartField(matmul, index);
 
     private static void EmitFields(CodeWriter w, Plan plan)
     {
@@ -173,7 +173,7 @@ internal static partial class PlanEmitter
     }
 
     /// <summary>One packing per packed field (a field is shared when two kernels pack the same way).</summary>
-    private static IEnumerable<MatMulKernel> Distinct(IEnumerable<MatMulKernel> kernels) =>
+    internal static IEnumerable<MatMulKernel> Distinct(IEnumerable<MatMulKernel> kernels) =>
         kernels.GroupBy(k => k.Packed).Select(g => g.First());
 
     private static void EmitConstructor(CodeWriter w, Plan plan)
@@ -263,7 +263,7 @@ internal static partial class PlanEmitter
         w.Line();
     }
 
-    private static void EmitValidation(CodeWriter w, Plan plan)
+    internal static void EmitValidation(CodeWriter w, Plan plan)
     {
         foreach (var attention in plan.Kernels.OfType<AttentionKernel>().Take(1))
         {
@@ -342,7 +342,7 @@ internal static partial class PlanEmitter
         }
     }
 
-    private static string FormatComment(string format) => format == "AsStored"
+    internal static string FormatComment(string format) => format == "AsStored"
         ? "layout as stored, chosen per matrix from the file's types"
         : $"layout {format}, as [Quantize] asks";
 
@@ -369,5 +369,5 @@ internal static partial class PlanEmitter
         w.Line();
     }
 
-    private static string Short(string weight) => weight.Substring(weight.LastIndexOf('.') + 1);
+    internal static string Short(string weight) => weight.Substring(weight.LastIndexOf('.') + 1);
 }

@@ -23,10 +23,16 @@ internal sealed class ProgramCode
     private readonly List<string> _tables = new();
     private readonly List<ScalarExpr> _scalars = new();
     private readonly List<string> _dims = new();
+    private readonly string? _scalarMath;
 
-    public ProgramCode(Plan plan, Program program)
+    /// <summary>
+    /// <paramref name="scalarMath"/> names the class whose static methods compute the scalar (width 1) primitives
+    /// (Exp, Log, Tanh, Erf, Abs, Max): null for the CPU plan's Lanes and MathF; the GPU plan's kernels pass theirs.
+    /// </summary>
+    public ProgramCode(Plan plan, Program program, string? scalarMath = null)
     {
         _plan = plan;
+        _scalarMath = scalarMath;
         Program = program;
         foreach (var elem in program.Elems)
         {
@@ -57,6 +63,21 @@ internal sealed class ProgramCode
     }
 
     public Program Program { get; }
+
+    /// <summary>Values read (with their row maps), in field order: In0, In1, ….</summary>
+    public IReadOnlyList<(int Value, RowMap Map)> Loads => _loads;
+
+    /// <summary>Row-vector weights read, in field order: W0, W1, ….</summary>
+    public IReadOnlyList<string> Vectors => _vectors;
+
+    /// <summary>Tables gathered from, in field order: G0, G1, ….</summary>
+    public IReadOnlyList<string> Tables => _tables;
+
+    /// <summary>Scalars the model supplies, in field order: S0, S1, ….</summary>
+    public IReadOnlyList<ScalarExpr> Scalars => _scalars;
+
+    /// <summary>Symbolic dims the body reads, each as a field <see cref="DimRef"/>.</summary>
+    public IReadOnlyList<string> Dims => _dims;
 
     public bool UsesTokens => Program.Elems.Any(e => e.Kind == ElemKind.Gather && e.Map == RowMap.Tokens);
 
@@ -198,7 +219,9 @@ internal sealed class ProgramCode
                 ElemKind.Gather => LoadExpression(width, "g" + _tables.IndexOf(elem.Weight), Index(column, elem.Offset), pairLanes),
                 ElemKind.Scalar => Broadcast(width, elem.Scalar!.IsFixed ? Fixed(elem.Scalar) : "S" + _scalars.IndexOf(elem.Scalar!)),
                 ElemKind.Stat => Broadcast(width, (elem.Op == "Mean" ? "mean" : "scale") + elem.A),
+                ElemKind.Unary when width == 1 && _scalarMath is not null && elem.Op != "Neg" => $"{_scalarMath}.{elem.Op}({names[elem.A]})",
                 ElemKind.Unary => Unary(width, elem.Op, names[elem.A]),
+                ElemKind.Binary when width == 1 && _scalarMath is not null && elem.Op == "Max" => $"{_scalarMath}.Max({names[elem.A]}, {names[elem.B]})",
                 _ => Binary(width, elem.Op, names[elem.A], names[elem.B]),
             };
             w.Line($"var {name} = {value};");

@@ -48,7 +48,8 @@ public sealed class KvCache
     {
     }
 
-    private KvCache(int layers, int blockCount, int blockSize, int kvDim, KvStorage storage, int scaleGroupSize, bool isPaged, int maxContext = 0)
+    private KvCache(int layers, int blockCount, int blockSize, int kvDim, KvStorage storage, int scaleGroupSize, bool isPaged, int maxContext = 0,
+        IKvBlockStore? blockStore = null)
     {
         if (layers <= 0 || blockCount <= 0 || blockSize <= 0 || kvDim <= 0)
             throw new ArgumentOutOfRangeException(nameof(layers), $"KV cache dimensions must be positive: layers {layers}, {(isPaged ? "blocks" : "slots")} {blockCount}, {(isPaged ? "block size" : "context")} {blockSize}, kvDim {kvDim}.");
@@ -56,9 +57,9 @@ public sealed class KvCache
         if (scaleGroupSize <= 0 || kvDim % scaleGroupSize != 0)
             throw new ArgumentOutOfRangeException(nameof(scaleGroupSize), $"The int8 scale group ({scaleGroupSize}, the head dimension) must divide the row of {kvDim}.");
         long rows = (long)blockCount * blockSize;
-        EnsureMemory((double)BytesPerBlock(layers, 1, kvDim, storage, scaleGroupSize) * rows,
+        if (blockStore is null) EnsureMemory((double)BytesPerBlock(layers, 1, kvDim, storage, scaleGroupSize) * rows,
             $"A KV cache of {layers} layers × {rows} positions × {kvDim} ({storage})", isPaged ? "fewer blocks" : "a shorter context or fewer slots");
-        if (rows * kvDim > Array.MaxLength)
+        if (blockStore is null && rows * kvDim > Array.MaxLength)
             throw new ArgumentOutOfRangeException(isPaged ? nameof(blockCount) : nameof(blockSize), $"A KV cache layer of {blockCount}×{blockSize} rows of {kvDim} exceeds one array; use fewer {(isPaged ? "blocks" : "slots or a shorter context")}.");
 
         Layers = layers;
@@ -68,10 +69,12 @@ public sealed class KvCache
         Storage = storage;
         IsPaged = isPaged;
         ScaleGroupSize = scaleGroupSize;
-        RowCount = (int)rows;
+        RowCount = checked((int)rows);
+        BlockStore = blockStore;
         if (maxContext < 0 || maxContext > RowCount)
             throw new ArgumentOutOfRangeException(nameof(maxContext), $"A sequence's max context ({maxContext}) must be positive and at most the cache's {RowCount} rows.");
         MaxContext = !isPaged ? blockSize : maxContext > 0 ? maxContext : RowCount;
+        if (blockStore is not null) return; // the rows live where the store keeps them
         int length = RowCount * kvDim;
         switch (storage)
         {
@@ -102,6 +105,18 @@ public sealed class KvCache
     public static KvCache Paged(int layers, int blockCount, int blockSize, int kvDim, KvStorage storage = KvStorage.F32, int headDim = 0, int maxContext = 0) =>
         new(layers, blockCount, blockSize, kvDim, storage, headDim > 0 ? headDim : kvDim, isPaged: true, maxContext);
 
+    /// <summary>
+    /// A cache whose rows live in <paramref name="blockStore"/>'s memory (a GPU plan's device pool), not in this
+    /// process: it keeps the geometry the engine and the attention context work with, holds no rows itself (row
+    /// accessors throw), and hands block copies (copy-on-write) to the store. <paramref name="paged"/> false makes it
+    /// contiguous (each of the <paramref name="blockCount"/> blocks one sequence's <paramref name="blockSize"/> rows).
+    /// </summary>
+    public static KvCache External(int layers, int blockCount, int blockSize, int kvDim, KvStorage storage, int headDim, int maxContext, bool paged, IKvBlockStore blockStore)
+    {
+        ArgumentNullException.ThrowIfNull(blockStore);
+        return new(layers, blockCount, blockSize, kvDim, storage, headDim > 0 ? headDim : kvDim, paged, paged ? maxContext : 0, blockStore);
+    }
+
     /// <summary>Bytes one block takes over all layers, keys and values (and int8 scales): how a memory budget becomes a block count.</summary>
     public static long BytesPerBlock(int layers, int blockSize, int kvDim, KvStorage storage = KvStorage.F32, int headDim = 0)
     {
@@ -129,6 +144,9 @@ public sealed class KvCache
     }
 
     public int Layers { get; }
+
+    /// <summary>Where the rows live when not in this process (<see cref="External"/>); null for a cache that holds its own rows.</summary>
+    public IKvBlockStore? BlockStore { get; }
 
     public int KvDim { get; }
 
@@ -222,6 +240,11 @@ public sealed class KvCache
     {
         if ((uint)sourceBlock >= (uint)BlockCount || (uint)destinationBlock >= (uint)BlockCount)
             throw new ArgumentOutOfRangeException(nameof(sourceBlock), $"The KV cache has {BlockCount} blocks; asked to copy block {sourceBlock} into {destinationBlock}.");
+        if (BlockStore is not null)
+        {
+            BlockStore.CopyBlock(sourceBlock, destinationBlock);
+            return;
+        }
         int length = BlockSize * KvDim;
         for (int layer = 0; layer < Layers; layer++)
         {
@@ -250,7 +273,7 @@ public sealed class KvCache
     public Span<float> Values(int layer, int slot) => SlotRows(_values, layer, slot);
 
     public override string ToString() =>
-        $"KvCache({(IsPaged ? $"paged, {BlockCount} blocks of {BlockSize}" : $"contiguous, {Slots} slots of {MaxContext}")}, {Layers} layers, rows of {KvDim}, {Storage})";
+        $"KvCache({(BlockStore is not null ? $"in {BlockStore}, " : "")}{(IsPaged ? $"paged, {BlockCount} blocks of {BlockSize}" : $"contiguous, {Slots} slots of {MaxContext}")}, {Layers} layers, rows of {KvDim}, {Storage})";
 
     private int SlotRow(int layer, int slot, int position)
     {
@@ -283,6 +306,8 @@ public sealed class KvCache
 
     private T[] LayerOf<T>(T[][]? storage, int layer)
     {
+        if (BlockStore is not null)
+            throw new InvalidOperationException($"This KV cache's rows live in {BlockStore}, not in this process: only the plan that made it reads and writes them.");
         if (storage is null)
             throw new InvalidOperationException($"This KV cache stores {Storage}: rows are not floats in place; use ReadKey/ReadValue and WriteKey/WriteValue.");
         if ((uint)layer >= (uint)Layers)
@@ -345,6 +370,8 @@ public sealed class KvCache
 
     private void CheckRow(int layer, int row)
     {
+        if (BlockStore is not null)
+            throw new InvalidOperationException($"This KV cache's rows live in {BlockStore}, not in this process: only the plan that made it reads and writes them.");
         if ((uint)layer >= (uint)Layers || (uint)row >= (uint)RowCount)
             throw new ArgumentOutOfRangeException(nameof(row), $"KV cache has {Layers} layers and {RowCount} rows; asked for layer {layer}, row {row}.");
     }
@@ -366,4 +393,14 @@ public sealed class KvCache
         for (int layer = 0; layer < layers; layer++) result[layer] = new T[length];
         return result;
     }
+}
+
+/// <summary>
+/// Keeps a <see cref="KvCache"/>'s rows outside the process (a GPU plan's device memory): the cache forwards the one
+/// row operation its owner (the engine) does itself, copying a block for copy-on-write.
+/// </summary>
+public interface IKvBlockStore
+{
+    /// <summary>Copies every layer's keys and values of one block into another.</summary>
+    void CopyBlock(int sourceBlock, int destinationBlock);
 }

@@ -83,3 +83,17 @@ public interface ICompiledPlan : IDisposable
     /// </summary>
     void Step(ReadOnlySpan<int> tokens, AttentionContext context, Span<float> logits);
 }
+
+/// <summary>
+/// A plan that keeps keys and values in its own memory (a GPU plan: the block pool lives in device memory). Whoever
+/// drives it (<see cref="TokenGenerator"/>, the engine) asks it for the cache, which then holds no rows on the host
+/// (<see cref="KvCache.External"/>); a step with a cache the plan did not make is refused.
+/// </summary>
+public interface IKvCacheProvider
+{
+    /// <summary>A contiguous cache: <paramref name="slots"/> sequences of up to <paramref name="maxContext"/> positions.</summary>
+    KvCache CreateKvCache(int slots, int maxContext);
+
+    /// <summary>A paged cache of <paramref name="blockCount"/> blocks of <paramref name="blockSize"/> positions (sequences of up to <paramref name="maxContext"/>).</summary>
+    KvCache CreatePagedKvCache(int blockCount, int blockSize, KvStorage storage, int maxContext);
+}

@@ -16,7 +16,9 @@ public sealed class TokenGenerator
         ArgumentNullException.ThrowIfNull(plan);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxContext);
         _plan = plan;
-        _context = new AttentionContext(model.CreateKvCache(slots: 1, maxContext), plan.MaxTokensPerStep);
+        // A plan that keeps its cache in its own memory (a GPU plan) makes it; otherwise the model's host cache.
+        var cache = plan is IKvCacheProvider provider ? provider.CreateKvCache(slots: 1, maxContext) : model.CreateKvCache(slots: 1, maxContext);
+        _context = new AttentionContext(cache, plan.MaxTokensPerStep);
         _logits = new float[plan.VocabSize];
     }
 

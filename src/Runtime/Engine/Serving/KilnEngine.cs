@@ -80,7 +80,6 @@ public sealed partial class KilnEngine : IAsyncDisposable
         blockCount = Math.Min(blockCount, Array.MaxLength / ((long)options.BlockSize * shape.KvDim));
         var pool = new BlockPool((int)blockCount, options.BlockSize);
         int maxContext = Math.Min(options.MaxContext, pool.TokenCapacity);
-        Cache = shape.CreatePaged(pool.BlockCount, options.BlockSize, options.KvStorage, maxContext);
 
         // Without chunking, a step must hold a whole longest prompt (a preempted request recomputes all its tokens).
         int tokenBudget = options.ChunkedPrefill ? options.TokenBudget : Math.Max(options.TokenBudget, maxContext + options.MaxRunningRequests);
@@ -104,6 +103,19 @@ public sealed partial class KilnEngine : IAsyncDisposable
             throw new ArgumentException(planProblem, nameof(compilePlan));
         }
         VocabSize = _plan.VocabSize;
+        // A plan that keeps the block pool in its own memory (a GPU plan) makes the cache: it mirrors the pool's block
+        // ids and holds no rows here. Any other plan reads and writes a host cache.
+        try
+        {
+            Cache = _plan is IKvCacheProvider provider
+                ? provider.CreatePagedKvCache(pool.BlockCount, options.BlockSize, options.KvStorage, maxContext)
+                : shape.CreatePaged(pool.BlockCount, options.BlockSize, options.KvStorage, maxContext);
+        }
+        catch
+        {
+            if (ownsPlan) _plan.Dispose();
+            throw;
+        }
 
         int maxChunks = options.MaxRunningRequests;
         _context = new AttentionContext(Cache, tokenBudget, maxBlockIds: maxChunks * pool.BlocksFor(_scheduler.MaxContext));
