@@ -247,24 +247,26 @@ public sealed class GpuMatrix : IDisposable
     {
         long at = (long)packed * K;
         var values = weight.Row(row);
-        var stored = weight.Stored is { } s && Matches(s.Type) ? s.Bytes : null;
+        // The file's own bytes of this row when the device format is the stored one (read from the mapping, no copy).
+        bool asStored = weight.Stored is { } s && Matches(s.Type);
+        var stored = asStored ? weight.Stored!.RowBytes(row, 1, K) : default;
         switch (Format)
         {
             case GpuFormat.F32:
                 values.CopyTo(_floats.AsSpan((int)at, K));
                 break;
             case GpuFormat.F16:
-                if (stored is not null) MemoryMarshal.Cast<byte, ushort>(stored.AsSpan(row * K * 2, K * 2)).CopyTo(_halves.AsSpan((int)at, K));
+                if (asStored) MemoryMarshal.Cast<byte, ushort>(stored).CopyTo(_halves.AsSpan((int)at, K));
                 else for (int i = 0; i < K; i++) _halves![at + i] = BitConverter.HalfToUInt16Bits((System.Half)values[i]);
                 break;
             case GpuFormat.BF16:
-                if (stored is not null) MemoryMarshal.Cast<byte, ushort>(stored.AsSpan(row * K * 2, K * 2)).CopyTo(_halves.AsSpan((int)at, K));
+                if (asStored) MemoryMarshal.Cast<byte, ushort>(stored).CopyTo(_halves.AsSpan((int)at, K));
                 else Kiln.Kernels.Quantized.BF16.QuantizeRow(values, MemoryMarshal.AsBytes(_halves.AsSpan((int)at, K)));
                 break;
             case GpuFormat.Q8_0:
             {
                 int rowBytes = Kiln.Kernels.Quantized.Q8_0.RowBytes(K);
-                var blocks = stored is not null ? stored.AsSpan(row * rowBytes, rowBytes) : Encode(values, rowBytes, quantize: true);
+                var blocks = asStored ? stored : Encode(values, rowBytes, quantize: true);
                 for (int b = 0; b < K / 32; b++)
                 {
                     var block = blocks.Slice(b * 34, 34);
@@ -276,7 +278,7 @@ public sealed class GpuMatrix : IDisposable
             default:
             {
                 int rowBytes = Kiln.Kernels.Quantized.Q4_0.RowBytes(K);
-                var blocks = stored is not null ? stored.AsSpan(row * rowBytes, rowBytes) : Encode(values, rowBytes, quantize: false);
+                var blocks = asStored ? stored : Encode(values, rowBytes, quantize: false);
                 for (int b = 0; b < K / 32; b++)
                 {
                     var block = blocks.Slice(b * 18, 18);
