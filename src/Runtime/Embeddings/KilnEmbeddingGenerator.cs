@@ -65,6 +65,9 @@ public sealed class KilnEmbeddingGenerator : IEmbeddingGenerator<string, Embeddi
     /// <summary>The tokenizer inputs go through.</summary>
     public BertWordPiece Tokenizer => _tokenizer;
 
+    /// <summary>Token ids <see cref="EmbedAsync"/> accepts are below this: the tokenizer's vocabulary.</summary>
+    public int VocabularySize => _tokenizer.VocabularySize;
+
     /// <summary>
     /// Embeds <paramref name="values"/>, in order. Usage counts the tokens embedded (after any cut), [CLS] and [SEP]
     /// included. Cancelling drops this call's sequences that have not run yet; other calls are not affected.
@@ -85,24 +88,7 @@ public sealed class KilnEmbeddingGenerator : IEmbeddingGenerator<string, Embeddi
             sequences.Add(ids);
             tokens += ids.Length;
         }
-        cancellationToken.ThrowIfCancellationRequested();
-
-        float[][] vectors = [];
-        if (sequences.Count > 0)
-        {
-            var call = new Call(sequences);
-            bool startRunner;
-            lock (_gate)
-            {
-                ObjectDisposedException.ThrowIf(_disposed, this);
-                _arrived.Enqueue(call);
-                startRunner = !_running;
-                _running = true;
-            }
-            if (startRunner) ThreadPool.UnsafeQueueUserWorkItem(static generator => generator.Run(), this, preferLocal: false);
-            using (cancellationToken.Register(static state => ((Call)state!).Cancel(), call))
-                vectors = await call.Completion.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
-        }
+        var vectors = await EmbedAsync(sequences, cancellationToken).ConfigureAwait(false);
 
         var now = DateTimeOffset.UtcNow;
         var embeddings = new List<Embedding<float>>(vectors.Length);
@@ -111,6 +97,46 @@ public sealed class KilnEmbeddingGenerator : IEmbeddingGenerator<string, Embeddi
         {
             Usage = new UsageDetails { InputTokenCount = tokens, TotalTokenCount = tokens },
         };
+    }
+
+    /// <summary>
+    /// Embeds sequences of token ids as they are: each is one sequence of the model's vocabulary ([CLS] and [SEP]
+    /// included where the model expects them, as <see cref="BertWordPiece.Encode"/> writes them), of 1 to
+    /// <see cref="MaxSequenceTokens"/> ids, each below <see cref="VocabularySize"/>. Returns one vector per sequence,
+    /// in order, packed into steps as <see cref="GenerateAsync"/> packs texts.
+    /// </summary>
+    /// <exception cref="ArgumentException">A sequence is empty, too long, or holds an id outside the vocabulary.</exception>
+    public async Task<float[][]> EmbedAsync(IReadOnlyList<int[]> sequences, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(sequences);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        int vocabulary = VocabularySize;
+        for (int s = 0; s < sequences.Count; s++)
+        {
+            int[] ids = sequences[s] ?? throw new ArgumentNullException(nameof(sequences), $"Sequence {s} is null.");
+            if (ids.Length == 0 || ids.Length > _maxSequenceTokens)
+                throw new ArgumentException($"Sequence {s} has {ids.Length} tokens; this model embeds 1 to {_maxSequenceTokens}.", nameof(sequences));
+            foreach (int id in ids)
+            {
+                if ((uint)id >= (uint)vocabulary)
+                    throw new ArgumentException($"Sequence {s} holds the token id {id}; the vocabulary's ids are 0 to {vocabulary - 1}.", nameof(sequences));
+            }
+        }
+        cancellationToken.ThrowIfCancellationRequested();
+        if (sequences.Count == 0) return [];
+
+        var call = new Call(sequences);
+        bool startRunner;
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            _arrived.Enqueue(call);
+            startRunner = !_running;
+            _running = true;
+        }
+        if (startRunner) ThreadPool.UnsafeQueueUserWorkItem(static generator => generator.Run(), this, preferLocal: false);
+        using (cancellationToken.Register(static state => ((Call)state!).Cancel(), call))
+            return await call.Completion.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -204,13 +230,13 @@ public sealed class KilnEmbeddingGenerator : IEmbeddingGenerator<string, Embeddi
     }
 
     /// <summary>One GenerateAsync call: its sequences, the next one to run, and its vectors as steps deliver them.</summary>
-    private sealed class Call(List<int[]> sequences)
+    private sealed class Call(IReadOnlyList<int[]> sequences)
     {
         private readonly float[][] _vectors = new float[sequences.Count][];
         private int _delivered;
         private volatile bool _cancelled;
 
-        public List<int[]> Sequences { get; } = sequences;
+        public IReadOnlyList<int[]> Sequences { get; } = sequences;
 
         /// <summary>The next sequence to pack (the runner's alone).</summary>
         public int Next { get; set; }

@@ -24,7 +24,11 @@ public sealed class BertWordPiece
 
     private readonly BertTokenizer _tokenizer;
 
-    private BertWordPiece(BertTokenizer tokenizer) => _tokenizer = tokenizer;
+    private BertWordPiece(BertTokenizer tokenizer, int vocabularySize)
+    {
+        _tokenizer = tokenizer;
+        VocabularySize = vocabularySize;
+    }
 
     /// <summary>The tokenizer of the vocabulary file <paramref name="vocabPath"/> (one token per line, its line number its id).</summary>
     public static BertWordPiece FromVocabulary(string vocabPath)
@@ -40,7 +44,13 @@ public sealed class BertWordPiece
         ArgumentNullException.ThrowIfNull(vocabulary);
         // Words arrive split and normalized (BasicTokens): the tokenizer only looks them up.
         var options = new BertOptions { ApplyBasicTokenization = false, LowerCaseBeforeTokenization = false, SplitOnSpecialTokens = true };
-        return new BertWordPiece(BertTokenizer.Create(vocabulary, options));
+        // Read whole to count its lines: the tokenizer keeps its vocabulary to itself, and ids are line numbers.
+        var text = new MemoryStream();
+        vocabulary.CopyTo(text);
+        var bytes = text.GetBuffer().AsSpan(0, (int)text.Length);
+        int lines = bytes.Count((byte)'\n') + (bytes.Length > 0 && bytes[^1] != (byte)'\n' ? 1 : 0);
+        text.Position = 0;
+        return new BertWordPiece(BertTokenizer.Create(text, options), lines);
     }
 
     /// <summary>
@@ -124,6 +134,9 @@ public sealed class BertWordPiece
     public BertTokenizer Tokenizer => _tokenizer;
 
     public int ClassificationTokenId => _tokenizer.ClassificationTokenId;
+
+    /// <summary>Tokens in the vocabulary (its lines): every id is below it.</summary>
+    public int VocabularySize { get; }
 
     public int SeparatorTokenId => _tokenizer.SeparatorTokenId;
 
