@@ -160,3 +160,126 @@ public static class Agreement
         return (double)first - second;
     }
 }
+
+/// <summary>
+/// An encoder's agreement: the pooled, L2-normalized embedding of each sequence from Kiln and from llama.cpp (its
+/// pooled embedding, normalized here: llama.cpp leaves that to the caller), compared value by value and by cosine.
+/// </summary>
+public sealed record EmbeddingAgreementResult(string Architecture, string Pooling, int[][] Sequences, double[] MaxAbsDiff, double[] Cosine)
+{
+    public double WorstDiff => MaxAbsDiff.Max();
+
+    public double LowestCosine => Cosine.Min();
+
+    public string Summary() => string.Create(CultureInfo.InvariantCulture,
+        $"{Architecture} ({Pooling} pooling, L2-normalized): {Sequences.Length} sequences of {string.Join("/", Sequences.Select(s => s.Length))} tokens in one batch: " +
+        $"max |Δ| {WorstDiff:G3} (sequence {Array.IndexOf(MaxAbsDiff, WorstDiff)}), lowest cosine {LowestCosine:F8} (sequence {Array.IndexOf(Cosine, LowestCosine)})");
+
+    public string Describe() =>
+        Summary() + "\n" +
+        $"  max |Δ| per sequence: {string.Join(" ", MaxAbsDiff.Select(d => d.ToString("G2", CultureInfo.InvariantCulture)))}\n" +
+        $"  cosine per sequence: {string.Join(" ", Cosine.Select(c => c.ToString("F8", CultureInfo.InvariantCulture)))}";
+
+    public string ToJson() => JsonSerializer.Serialize(new Dictionary<string, object>
+    {
+        ["architecture"] = Architecture,
+        ["pooling"] = Pooling,
+        ["sequence_lengths"] = Sequences.Select(s => s.Length).ToArray(),
+        ["max_abs_diff"] = WorstDiff,
+        ["lowest_cosine"] = LowestCosine,
+        ["max_abs_diff_per_sequence"] = MaxAbsDiff,
+        ["cosine_per_sequence"] = Cosine,
+        ["sequences"] = Sequences,
+    }, new JsonSerializerOptions { WriteIndented = true, NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals });
+}
+
+public static class EmbeddingAgreement
+{
+    /// <summary>
+    /// Loads both engines on the encoder <paramref name="path"/> and embeds four sequences packed in one batch:
+    /// [CLS], ordinary tokens, [SEP], of <paramref name="positions"/> tokens, half that, 5 and 2 (the file's pooling).
+    /// </summary>
+    public static EmbeddingAgreementResult Run(string path, int positions, int threads)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(positions, 2);
+        using var file = ModelFile.Open(path);
+        int[] lengths = [positions, Math.Max(2, positions / 2), Math.Min(5, positions), 2];
+        int total = lengths.Sum();
+        // First: a file Kiln cannot bind or tokenize fails fast. Every sequence fits one step.
+        using var kiln = Kiln.Models.ModelCatalog.CreateEmbeddingGenerator(file, Path.GetFileNameWithoutExtension(path), new PlanOptions(total, threads), maxSequenceTokens: positions);
+        int cls = kiln.Tokenizer.ClassificationTokenId, sep = kiln.Tokenizer.SeparatorTokenId;
+        int[] stream = Agreement.TokenSequence(file, kiln.VocabularySize, total, bos: -1);
+        var sequences = new int[lengths.Length][];
+        for (int s = 0, at = 0; s < lengths.Length; at += lengths[s], s++)
+            sequences[s] = [cls, .. stream.AsSpan(at, lengths[s] - 2), sep];
+        float[][] ours = kiln.EmbedAsync(sequences).GetAwaiter().GetResult();
+
+        using var weights = LlamaCpp.LoadWeights(path, threads);
+        float[][] theirs = LlamaCppEmbeddings(weights, sequences, threads);
+        var diffs = new double[sequences.Length];
+        var cosines = new double[sequences.Length];
+        for (int s = 0; s < sequences.Length; s++)
+        {
+            if (ours[s].Length != theirs[s].Length)
+                throw new InvalidOperationException($"Kiln's embeddings have {ours[s].Length} values, llama.cpp's {theirs[s].Length}");
+            double dot = 0, norm = 0, worst = 0;
+            for (int i = 0; i < ours[s].Length; i++)
+            {
+                dot += (double)ours[s][i] * theirs[s][i];
+                norm += (double)theirs[s][i] * theirs[s][i];
+            }
+            double scale = 1 / Math.Sqrt(norm);
+            for (int i = 0; i < ours[s].Length; i++)
+            {
+                double d = Math.Abs(ours[s][i] - theirs[s][i] * scale);
+                if (double.IsNaN(d) || d > worst) worst = double.IsNaN(d) ? double.PositiveInfinity : d;
+            }
+            diffs[s] = worst;
+            cosines[s] = dot * scale; // Kiln's is unit length already
+        }
+        string pooling = file.TryGetInt($"{file.Architecture}.pooling_type", out long type) ? type switch { 1 => "mean", 2 => "CLS", 3 => "last-token", _ => $"type {type}" } : "mean";
+        return new EmbeddingAgreementResult(file.Architecture, pooling, sequences, diffs, cosines);
+    }
+
+    /// <summary>llama.cpp's pooled embedding of each sequence, all in one encoder batch (the model's own pooling), as it returns them: not normalized.</summary>
+    public static float[][] LlamaCppEmbeddings(LLamaWeights weights, int[][] sequences, int threads)
+    {
+        int total = sequences.Sum(s => s.Length);
+        uint cells = (uint)((total + 255) / 256 * 256);
+        var parameters = new LLama.Common.ModelParams(string.Empty)
+        {
+            ContextSize = cells,
+            SeqMax = (uint)sequences.Length,
+            BatchSize = cells,
+            UBatchSize = cells, // an encoder's batch runs in one micro-batch
+            Threads = threads,
+            BatchThreads = threads,
+            GpuLayerCount = 0,
+            Embeddings = true,
+            PoolingType = LLama.Native.LLamaPoolingType.Unspecified, // the file's pooling_type
+        };
+        LLamaContext context;
+        try
+        {
+            context = weights.CreateContext(parameters);
+        }
+        catch (Exception e)
+        {
+            throw new InvalidOperationException($"llama.cpp could not create an embeddings context: {e.Message}; llama.cpp said: {LlamaCpp.LastErrors()}", e);
+        }
+        using (context)
+        {
+            var batch = new LLama.Native.LLamaBatch();
+            for (int s = 0; s < sequences.Length; s++)
+                for (int p = 0; p < sequences[s].Length; p++)
+                    batch.Add(sequences[s][p], p, (LLama.Native.LLamaSeqId)s, logits: true);
+            var result = context.NativeHandle.Encode(batch);
+            if ((int)result != 0)
+                throw new InvalidOperationException($"llama_encode returned {result} for {sequences.Length} sequences of {total} tokens; llama.cpp said: {LlamaCpp.LastErrors()}");
+            var embeddings = new float[sequences.Length][];
+            for (int s = 0; s < sequences.Length; s++)
+                embeddings[s] = context.NativeHandle.GetEmbeddingsSeq((LLama.Native.LLamaSeqId)s).ToArray();
+            return embeddings;
+        }
+    }
+}

@@ -3,7 +3,7 @@ using System.Globalization;
 using Kiln.Bench;
 
 // Kiln's benchmark tool: synthetic model files with real shapes, and Kiln vs llama.cpp side by side on them.
-//   make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3] --shape {15m|110m|1b} --format {f32|f16|q8_0|q4_0|q4_k_m|q5_k_m|q6_k} --out FILE [--seed N]
+//   make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3|bert] --shape {15m|110m|1b} --format {f32|f16|q8_0|q4_0|q4_k_m|q5_k_m|q6_k} --out FILE [--seed N]
 //   compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads a,b] [--quick] [--seed N]
 //   agree --model FILE [--positions 64] [--threads N] [--json OUT]
 //   kernels --threads N [--formats q4_0,q8_0,f32,q4_k,q5_k,q6_k] [--tokens 1,32,128]
@@ -16,7 +16,7 @@ return BenchCli.Run(args);
 internal static class BenchCli
 {
     private const string Usage =
-        "usage: bench make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3] --shape {15m|110m|1b|tiny} --format {f32|f16|q8_0|q4_0|q4_k_m|q5_k_m|q6_k} --out FILE [--seed N] [--logit-scale X]\n" +
+        "usage: bench make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3|bert] --shape {15m|110m|1b|tiny} --format {f32|f16|q8_0|q4_0|q4_k_m|q5_k_m|q6_k} --out FILE [--seed N] [--logit-scale X]\n" +
         "       bench compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads " + "prefill_128,decode_128,batched_decode_8,batched_decode_32] [--quick] [--seed N] [--kv f16|f32]\n" +
         "       bench agree --model FILE [--positions 64] [--threads N] [--json OUT]\n" +
         "       bench kernels --threads N [--formats q4_0,q8_0,f32,q4_k,q5_k,q6_k] [--tokens 1,32,128]\n" +
@@ -143,12 +143,26 @@ internal static class BenchCli
         int positions = Int(options, "positions", 64, min: 1, max: 4096);
         int threads = Int(options, "threads", Math.Min(Environment.ProcessorCount, 4), min: 1, max: 64);
         string? json = options.GetValueOrDefault("json");
-        Console.Error.WriteLine($"agree: {Path.GetFileName(model)}: {positions} positions teacher-forced in one batch, {threads} threads (llama.cpp: F32 KV cache, no flash attention)...");
-        var result = Agreement.Run(model, positions, threads);
-        Console.WriteLine(result.Describe());
+        bool encoder;
+        using (var file = Kiln.Loading.ModelFile.Open(model)) encoder = Kiln.Models.ModelCatalog.KindOf(file) == Kiln.ModelKind.Encoder;
+        string description, resultJson;
+        if (encoder)
+        {
+            // An encoder has no logits: its pooled embeddings are compared instead.
+            Console.Error.WriteLine($"agree: {Path.GetFileName(model)}: an encoder: pooled embeddings of 4 sequences (longest {positions} tokens) in one batch, {threads} threads...");
+            var result = EmbeddingAgreement.Run(model, positions, threads);
+            (description, resultJson) = (result.Describe(), result.ToJson());
+        }
+        else
+        {
+            Console.Error.WriteLine($"agree: {Path.GetFileName(model)}: {positions} positions teacher-forced in one batch, {threads} threads (llama.cpp: F32 KV cache, no flash attention)...");
+            var result = Agreement.Run(model, positions, threads);
+            (description, resultJson) = (result.Describe(), result.ToJson());
+        }
+        Console.WriteLine(description);
         if (json is not null)
         {
-            File.WriteAllText(json, result.ToJson());
+            File.WriteAllText(json, resultJson);
             Console.Error.WriteLine($"agree: wrote {json}");
         }
         return 0;

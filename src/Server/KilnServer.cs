@@ -16,9 +16,10 @@ using OpenTelemetry.Metrics;
 namespace Kiln.Server;
 
 /// <summary>
-/// An OpenAI-compatible HTTP server over a <see cref="KilnEngine"/>: <c>GET /v1/models</c>,
-/// <c>POST /v1/completions</c> and <c>POST /v1/chat/completions</c> (whole or streamed as server-sent events),
-/// <c>GET /health</c>, and <c>GET /metrics</c> in Prometheus text from the engine's "Kiln.Engine" meter.
+/// An OpenAI-compatible HTTP server over one model: <c>GET /v1/models</c>; for a decoder, run by a
+/// <see cref="KilnEngine"/>, <c>POST /v1/completions</c> and <c>POST /v1/chat/completions</c> (whole or streamed as
+/// server-sent events); for an encoder, <c>POST /v1/embeddings</c>; <c>GET /health</c>, and <c>GET /metrics</c> in
+/// Prometheus text from the engine's "Kiln.Engine" meter. Each kind answers the other's endpoints 400.
 /// </summary>
 /// <example>
 /// One line for a command-line host: <c>await KilnServer.RunAsync("model.gguf", new KilnServerOptions { Port = 8080 }, cancellationToken);</c>
@@ -108,7 +109,8 @@ public static class KilnServer
                 : CompletionEndpoint.ModelNotFound((string?)context.Request.RouteValues["id"] ?? "").WriteAsync(context.Response)));
         endpoints.MapPost("/v1/completions", Protected(new CompletionEndpoint(model, ApiKind.Completions).HandleAsync));
         endpoints.MapPost("/v1/chat/completions", Protected(new CompletionEndpoint(model, ApiKind.Chat).HandleAsync));
-        endpoints.MapGet("/health", context => model.Engine.IsFaulted
+        endpoints.MapPost("/v1/embeddings", Protected(new EmbeddingsEndpoint(model).HandleAsync));
+        endpoints.MapGet("/health", context => !model.IsEncoder && model.Engine.IsFaulted
             ? new OpenAiException(StatusCodes.Status503ServiceUnavailable, "The engine stopped after an error and takes no more requests.", type: "server_error").WriteAsync(context.Response)
             : WriteJson(context.Response, json => json.WriteString("status", "ok")));
         endpoints.MapPrometheusScrapingEndpoint("/metrics");
@@ -143,7 +145,7 @@ public static class KilnServer
         json.WriteString("object", "model");
         json.WriteNumber("created", model.Created.ToUnixTimeSeconds());
         json.WriteString("owned_by", "kiln");
-        json.WriteNumber("max_model_len", model.Engine.MaxContext);
+        json.WriteNumber("max_model_len", model.MaxSequenceTokens);
     }
 
     private static Task WriteJson(HttpResponse response, Action<Utf8JsonWriter> writeFields)

@@ -102,6 +102,50 @@ public sealed partial class ServeCommandTests
     }
 
     /// <summary>The base address of the API, from the line kiln prints once the server listens.</summary>
+    [Fact]
+    public async Task An_encoder_file_is_served_as_embeddings()
+    {
+        // all-MiniLM-L6-v2's model.onnx as its package ships it, with vocab.txt and sentence_bert_config.json beside it.
+        var (model, _) = Kiln.Models.MiniLm.Files();
+        var errorText = new StringWriter();
+        var error = TextWriter.Synchronized(errorText);
+        string ErrorSoFar() { lock (error) return errorText.ToString(); }
+        var console = new CliConsole(TextReader.Null, TextWriter.Null, error, outputIsTerminal: false, errorIsTerminal: false);
+        using var stop = new CancellationTokenSource();
+        var serving = KilnCommandLine.RunAsync(["serve", "--model", model, "--port", "0"], console, stop.Token);
+        try
+        {
+            Uri api = await ListeningAddress(ErrorSoFar, serving, "model");
+            Assert.Contains("384 values per embedding, texts of up to 256 tokens", ErrorSoFar(), StringComparison.Ordinal);
+            using var http = new HttpClient { BaseAddress = api, Timeout = Limit };
+            string[] input = ["A man is eating food.", "Café NAÏVE résumé"];
+            using var response = await http.PostAsJsonAsync("embeddings", new { model = "model", input });
+            Assert.True(response.IsSuccessStatusCode, await response.Content.ReadAsStringAsync());
+            using var body = JsonDocument.Parse(await response.Content.ReadAsStringAsync());
+
+            using var generator = Kiln.Models.MiniLm.CreateEmbeddingGenerator(threads: 2);
+            var expected = await generator.GenerateAsync(input);
+            for (int i = 0; i < input.Length; i++)
+            {
+                float[] served = [.. body.RootElement.GetProperty("data")[i].GetProperty("embedding").EnumerateArray().Select(v => v.GetSingle())];
+                float[] reference = expected[i].Vector.ToArray();
+                Assert.Equal(reference.Length, served.Length);
+                double dot = 0;
+                for (int d = 0; d < served.Length; d++) dot += (double)served[d] * reference[d];
+                Assert.True(dot >= 0.99999, $"input {i}: cosine {dot} with the generator's (both L2-normalized)"); // threads may sum in another order
+            }
+
+            using var completion = await http.PostAsJsonAsync("completions", new { prompt = "Once upon a time" });
+            Assert.Equal(HttpStatusCode.BadRequest, completion.StatusCode);
+        }
+        finally
+        {
+            stop.Cancel();
+        }
+        Assert.Equal(ExitCodes.Ok, await serving.WaitAsync(Limit));
+        Assert.DoesNotContain("kiln: error", ErrorSoFar(), StringComparison.Ordinal);
+    }
+
     private static async Task<Uri> ListeningAddress(Func<string> error, Task<int> serving, string modelId = "stories260K")
     {
         var deadline = DateTime.UtcNow + Limit;

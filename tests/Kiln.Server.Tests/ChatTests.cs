@@ -239,7 +239,7 @@ public sealed class ChatTests
             await using var server = await LoopbackServer.StartAsync(KilnServerModel.Load(path, options.Engine), options);
             Assert.Equal([reply[stopAt]], server.Model.EndOfTurnTokens);
             Assert.False(server.Model.ChatTemplate.IsFallback);
-            var served = server.Model.Tokenizer;
+            var served = server.Model.Tokenizer!;
             Assert.True(prompt.SequenceEqual(served.Encode(rendered, served.AddBosToken, parseSpecial: true)), "renaming the token changed how the prompt encodes");
 
             var chat = server.OpenAI().GetChatClient(Path.GetFileNameWithoutExtension(path));

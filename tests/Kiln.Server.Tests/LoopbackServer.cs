@@ -33,7 +33,8 @@ internal sealed class LoopbackServer : IAsyncDisposable
 
     public KilnServerModel Model { get; }
 
-    public KilnEngine Engine => Model.Engine;
+    /// <summary>The engine of a decoder's server.</summary>
+    public KilnEngine Engine => Model.Engine ?? throw new InvalidOperationException($"{Model.Id} is an encoder: it has no engine.");
 
     /// <summary>The server's root, e.g. http://127.0.0.1:41234/.</summary>
     public Uri Address { get; }

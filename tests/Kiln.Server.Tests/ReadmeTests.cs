@@ -30,7 +30,7 @@ public sealed class ReadmeTests
     public async Task TheCurlExampleGetsAChatCompletion()
     {
         await using var server = await LoopbackServer.StartAsync();
-        string command = Block("bash", "curl ").Replace("\\\n", " ").Trim();
+        string command = Block("bash", "curl -s http://127.0.0.1:8080/v1/chat/completions").Replace("\\\n", " ").Trim();
         string address = server.Address.ToString().TrimEnd('/');
 
         string output;

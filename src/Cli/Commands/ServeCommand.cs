@@ -3,6 +3,8 @@ using System.Diagnostics.Metrics;
 using Kiln.Chat;
 using Kiln.Cli.Loading;
 using Kiln.Engine.Serving;
+using Kiln.Loading;
+using Kiln.Models;
 using Kiln.Server;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
@@ -12,7 +14,9 @@ namespace Kiln.Cli.Commands;
 
 /// <summary>
 /// kiln serve: the OpenAI-compatible server of <see cref="KilnServer"/> over one model file, until Ctrl+C. The model
-/// is loaded with the CLI's progress display; the address is printed once the server listens.
+/// is loaded with the CLI's progress display; the address is printed once the server listens. A decoder answers
+/// completions and chats; an encoder (a BERT GGUF or ONNX export, e.g. all-MiniLM-L6-v2's model.onnx with its
+/// vocab.txt beside it) answers /v1/embeddings.
 /// </summary>
 internal static class ServeCommand
 {
@@ -53,7 +57,7 @@ internal static class ServeCommand
             Description = $"Memory for the KV cache, in MiB (default: room for {DefaultFullContexts} sequences of the whole context; past it the engine preempts and recomputes).",
             CustomParser = result => CommonOptions.Parse<int?>(result, "a whole number of MiB, 1 or more", (string text, out int? value) => TryParseAtLeast(text, 1, out value)),
         };
-        var command = new Command("serve", "Serve a model over an OpenAI-compatible HTTP API (completions and chat completions).")
+        var command = new Command("serve", "Serve a model over an OpenAI-compatible HTTP API (completions and chat completions; embeddings for an encoder).")
         {
             model, host, port, apiKey, maxQueue, context, parallel, kvCache,
         };
@@ -99,19 +103,48 @@ internal static class ServeCommand
         var app = KilnServer.CreateBuilder(options).Build();
         await using (app)
         {
-            // The engine reports on the app's meters, which /metrics exports.
             var phases = new Phases(console);
+            if (IsEncoder(path))
+            {
+                string id = options.ModelId ?? Path.GetFileNameWithoutExtension(path);
+                await using var encoder = phases.Run($"binding and compiling {Path.GetFileName(path)}", 0,
+                    _ => KilnServerModel.Load(path, id: id),
+                    model => $"{model.Embeddings!.Dimensions} values per embedding, texts of up to {model.Embeddings.MaxSequenceTokens} tokens");
+                return await ServeUntilStoppedAsync(console, app, encoder, options, cancellation);
+            }
+
+            // The engine reports on the app's meters, which /metrics exports.
             using var loaded = LoadedModel.Load(path, phases);
             var engineOptions = SizeEngine(loaded, options.Engine, sizing) with { MeterFactory = app.Services.GetRequiredService<IMeterFactory>() };
             var template = ChatTemplate.FromModelFile(loaded.File, loaded.Tokenizer);
             var engine = loaded.CreateEngine(engineOptions, phases);
             await using var served = new KilnServerModel(options.ModelId ?? Path.GetFileNameWithoutExtension(path), engine, loaded.Tokenizer, template);
-            app.MapKilnEndpoints(served, options);
-            await app.StartAsync(cancellation);
-            foreach (string url in app.Urls)
-                console.Error.WriteLine($"kiln: serving {served.Id} at {url}/v1 (Ctrl+C stops)");
-            await app.WaitForShutdownAsync(cancellation);
+            return await ServeUntilStoppedAsync(console, app, served, options, cancellation);
         }
+    }
+
+    private static async Task<int> ServeUntilStoppedAsync(CliConsole console, WebApplication app, KilnServerModel served, KilnServerOptions options, CancellationToken cancellation)
+    {
+        app.MapKilnEndpoints(served, options);
+        await app.StartAsync(cancellation);
+        foreach (string url in app.Urls)
+            console.Error.WriteLine($"kiln: serving {served.Id} at {url}/v1 (Ctrl+C stops)");
+        await app.WaitForShutdownAsync(cancellation);
         return ExitCodes.Ok;
+    }
+
+    /// <summary>Whether the file binds to an encoder; a file that cannot be read or bound is left to the decoder path to report.</summary>
+    private static bool IsEncoder(string path)
+    {
+        if (!File.Exists(path) && !Directory.Exists(path)) return false;
+        try
+        {
+            using var file = ModelFile.Open(path);
+            return ModelCatalog.KindOf(file) == ModelKind.Encoder;
+        }
+        catch (ModelLoadException)
+        {
+            return false;
+        }
     }
 }

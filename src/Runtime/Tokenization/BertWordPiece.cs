@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text;
+using Kiln.Loading;
 using Microsoft.ML.Tokenizers;
 
 namespace Kiln.Tokenization;
@@ -23,7 +24,11 @@ public sealed class BertWordPiece
 
     private readonly BertTokenizer _tokenizer;
 
-    private BertWordPiece(BertTokenizer tokenizer) => _tokenizer = tokenizer;
+    private BertWordPiece(BertTokenizer tokenizer, int vocabularySize)
+    {
+        _tokenizer = tokenizer;
+        VocabularySize = vocabularySize;
+    }
 
     /// <summary>The tokenizer of the vocabulary file <paramref name="vocabPath"/> (one token per line, its line number its id).</summary>
     public static BertWordPiece FromVocabulary(string vocabPath)
@@ -39,13 +44,99 @@ public sealed class BertWordPiece
         ArgumentNullException.ThrowIfNull(vocabulary);
         // Words arrive split and normalized (BasicTokens): the tokenizer only looks them up.
         var options = new BertOptions { ApplyBasicTokenization = false, LowerCaseBeforeTokenization = false, SplitOnSpecialTokens = true };
-        return new BertWordPiece(BertTokenizer.Create(vocabulary, options));
+        // Read whole to count its lines: the tokenizer keeps its vocabulary to itself, and ids are line numbers.
+        var text = new MemoryStream();
+        vocabulary.CopyTo(text);
+        var bytes = text.GetBuffer().AsSpan(0, (int)text.Length);
+        int lines = bytes.Count((byte)'\n') + (bytes.Length > 0 && bytes[^1] != (byte)'\n' ? 1 : 0);
+        text.Position = 0;
+        return new BertWordPiece(BertTokenizer.Create(text, options), lines);
+    }
+
+    /// <summary>
+    /// The tokenizer of a BERT model file: a GGUF's own vocabulary (<c>tokenizer.ggml.model</c> "bert"), or the vocab.txt
+    /// beside an ONNX export or in a Hugging Face checkpoint's directory. llama.cpp's converter respells WordPiece: a
+    /// word-initial piece gains a leading '▁', a continuation loses its "##", control tokens ([CLS], [SEP], …) stay as
+    /// they are; this undoes it, so the ids are the file's. Special ids the file states must be where this tokenizer
+    /// finds those tokens.
+    /// </summary>
+    /// <exception cref="ModelLoadException">No vocabulary, another tokenizer, a token that cannot be a line of
+    /// vocab.txt, a repeated token, or a stated special id that disagrees with the vocabulary.</exception>
+    public static BertWordPiece FromModelFile(ModelFile file)
+    {
+        ArgumentNullException.ThrowIfNull(file);
+        if (!file.Metadata.ContainsKey(GgufTokensKey)) return FromVocabularyBeside(file);
+        if (!file.TryGetString(GgufModelKey, out string model) || model != "bert")
+            throw new ModelLoadException(file.Path, GgufModelKey, null, $"is {(file.Metadata.TryGetValue(GgufModelKey, out var stated) ? stated.ToString() : "missing")}; a WordPiece vocabulary is \"bert\".");
+        if (file.Metadata[GgufTokensKey].Value is not string[] tokens || tokens.Length == 0)
+            throw new ModelLoadException(file.Path, GgufTokensKey, null, "should be a non-empty array of strings.");
+        int[]? types = file.Metadata.TryGetValue(GgufTypesKey, out var typeEntry) ? typeEntry.Value as int[] : null;
+        if (types is not null && types.Length != tokens.Length)
+            throw new ModelLoadException(file.Path, GgufTypesKey, null, $"has {types.Length} entries for {tokens.Length} tokens.");
+
+        var vocabulary = new StringBuilder(tokens.Length * 8);
+        var seen = new Dictionary<string, int>(tokens.Length, StringComparer.Ordinal);
+        for (int id = 0; id < tokens.Length; id++)
+        {
+            string token = WordPieceSpelling(tokens[id], types is not null && types[id] == (int)TokenType.Control);
+            if (token.Length == 0 || token.AsSpan().IndexOfAny('\n', '\r') >= 0)
+                throw new ModelLoadException(file.Path, $"{GgufTokensKey}[{id}]", null, $"\"{tokens[id]}\" cannot be a WordPiece token.");
+            if (!seen.TryAdd(token, id))
+                throw new ModelLoadException(file.Path, $"{GgufTokensKey}[{id}]", null, $"\"{tokens[id]}\" spells the WordPiece token \"{token}\" of id {seen[token]} again.");
+            vocabulary.Append(token).Append('\n');
+        }
+        BertWordPiece tokenizer;
+        try
+        {
+            tokenizer = FromVocabulary(new MemoryStream(Encoding.UTF8.GetBytes(vocabulary.ToString())));
+        }
+        catch (Exception e) when (e is ArgumentException or InvalidOperationException or FormatException)
+        {
+            throw new ModelLoadException(file.Path, GgufTokensKey, null, $"is not a WordPiece vocabulary: {e.Message}", e);
+        }
+        var bert = tokenizer._tokenizer;
+        CheckSpecialId(file, "cls_token_id", bert.ClassificationTokenId, "[CLS]");
+        CheckSpecialId(file, "seperator_token_id", bert.SeparatorTokenId, "[SEP]"); // llama.cpp's spelling of the key
+        CheckSpecialId(file, "unknown_token_id", bert.UnknownTokenId, "[UNK]");
+        CheckSpecialId(file, "padding_token_id", bert.PaddingTokenId, "[PAD]");
+        CheckSpecialId(file, "mask_token_id", bert.MaskingTokenId, "[MASK]");
+        return tokenizer;
+    }
+
+    private const string GgufModelKey = "tokenizer.ggml.model", GgufTokensKey = "tokenizer.ggml.tokens", GgufTypesKey = "tokenizer.ggml.token_type";
+
+    /// <summary>A GGUF token as vocab.txt spells it: '▁' + word start → the word start; a control token as it is; else a continuation, "##" + it.</summary>
+    private static string WordPieceSpelling(string token, bool control) =>
+        control ? token
+        : token.StartsWith('\u2581') ? token[1..]
+        // Older converters kept every bracketed token ([CLS], [unused0]) as it was, whatever its type.
+        : token.Length > 2 && token[0] == '[' && token[^1] == ']' ? token
+        : "##" + token;
+
+    private static void CheckSpecialId(ModelFile file, string name, int id, string token)
+    {
+        string key = "tokenizer.ggml." + name;
+        if (file.Metadata.TryGetValue(key, out var stated) && (!stated.TryGetInt64(out long value) || value != id))
+            throw new ModelLoadException(file.Path, key, null, $"is {stated}, but the vocabulary has {token} at {id}.");
+    }
+
+    /// <summary>vocab.txt beside the model file (or in the checkpoint directory the file is).</summary>
+    private static BertWordPiece FromVocabularyBeside(ModelFile file)
+    {
+        string directory = Directory.Exists(file.Path) ? file.Path : Path.GetDirectoryName(Path.GetFullPath(file.Path))!;
+        string path = Path.Combine(directory, "vocab.txt");
+        if (!File.Exists(path))
+            throw new ModelLoadException(file.Path, "vocab.txt", null, $"the file has no vocabulary of its own, and there is no vocab.txt beside it ({path}) for the WordPiece tokenizer.");
+        return FromVocabulary(path);
     }
 
     /// <summary>The underlying Microsoft.ML.Tokenizers tokenizer (WordPiece over words already split).</summary>
     public BertTokenizer Tokenizer => _tokenizer;
 
     public int ClassificationTokenId => _tokenizer.ClassificationTokenId;
+
+    /// <summary>Tokens in the vocabulary (its lines): every id is below it.</summary>
+    public int VocabularySize { get; }
 
     public int SeparatorTokenId => _tokenizer.SeparatorTokenId;
 

@@ -24,6 +24,7 @@ internal sealed class CompletionEndpoint(KilnServerModel model, ApiKind kind)
             using var body = await JsonDocument.ParseAsync(context.Request.Body, cancellationToken: context.RequestAborted).ConfigureAwait(false);
             request = CompletionRequest.Parse(body.RootElement, kind);
             if (request.Model is { } name && name != model.Id) throw ModelNotFound(name);
+            if (model.IsEncoder) throw NotADecoder(model.Id);
             int[] prompt = kind == ApiKind.Chat ? EncodeChat(request.Messages) : EncodePrompt(request);
             if (prompt.Length + 1 > model.Engine.MaxContext)
             {
@@ -56,13 +57,18 @@ internal sealed class CompletionEndpoint(KilnServerModel model, ApiKind kind)
 
     private string PromptParam => kind == ApiKind.Chat ? "messages" : "prompt";
 
+    /// <summary>The error an encoder answers: it embeds text and generates none.</summary>
+    public static OpenAiException NotADecoder(string id) => OpenAiException.BadRequest(
+        $"The model '{id}' is an encoder: it embeds text (POST /v1/embeddings) and does not generate it.", "model", "model_not_supported");
+
     public static OpenAiException ModelNotFound(string name) =>
         new(StatusCodes.Status404NotFound, $"The model '{name}' does not exist; this server hosts one model, listed at /v1/models.", "model", "model_not_found");
 
     /// <summary>The completions prompt's ids: given, or the text encoded as the engine encodes a string prompt (after BOS when the model asks for it).</summary>
     private int[] EncodePrompt(CompletionRequest request)
     {
-        int[] ids = request.PromptIds ?? model.Tokenizer.Encode(request.PromptText!, model.Tokenizer.AddBosToken);
+        var tokenizer = model.Tokenizer!; // HandleAsync turned encoders away
+        int[] ids = request.PromptIds ?? tokenizer.Encode(request.PromptText!, tokenizer.AddBosToken);
         if (ids.Length == 0) throw OpenAiException.BadRequest("The prompt is empty: there is nothing to continue.", "prompt");
         return ids;
     }
@@ -87,7 +93,7 @@ internal sealed class CompletionEndpoint(KilnServerModel model, ApiKind kind)
         {
             throw new OpenAiException(StatusCodes.Status500InternalServerError, $"The model's chat template failed: {e.Message}", type: "server_error");
         }
-        var tokenizer = model.Tokenizer;
+        var tokenizer = model.Tokenizer!; // HandleAsync turned encoders away
         string bos = (uint)tokenizer.BosId < (uint)tokenizer.VocabSize ? tokenizer.GetToken(tokenizer.BosId) : "";
         bool addBos = tokenizer.AddBosToken && !(bos.Length > 0 && prompt.StartsWith(bos, StringComparison.Ordinal));
         return tokenizer.Encode(prompt, addBos, parseSpecial: true);
