@@ -17,6 +17,7 @@ public static class ModelCatalog
         ("gemma2", nameof(Gemma2), file => Gemma2.Load(file)),
         ("phi3", nameof(Phi3), file => Phi3.Load(file)),
         ("bert", nameof(Bert), file => Bert.Load(file)),
+        ("lstm", nameof(Lstm), file => Lstm.Load(file)),
     ];
 
     /// <summary>The architectures <see cref="Load"/> accepts.</summary>
