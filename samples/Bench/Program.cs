@@ -3,7 +3,7 @@ using System.Globalization;
 using Kiln.Bench;
 
 // Kiln's benchmark tool: synthetic model files with real shapes, and Kiln vs llama.cpp side by side on them.
-//   make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3] --shape {15m|110m} --format {f32|f16|q8_0|q4_0} --out FILE [--seed N]
+//   make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3|lstm] --shape {15m|110m} --format {f32|f16|q8_0|q4_0} --out FILE [--seed N]
 //   compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads a,b] [--quick] [--seed N]
 //   agree --model FILE [--positions 64] [--threads N] [--json OUT]
 //   kernels --threads N [--formats q4_0,q8_0,f32] [--tokens 1,32,128]
@@ -13,7 +13,7 @@ return BenchCli.Run(args);
 internal static class BenchCli
 {
     private const string Usage =
-        "usage: bench make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3] --shape {15m|110m|tiny} --format {f32|f16|q8_0|q4_0} --out FILE [--seed N] [--logit-scale X]\n" +
+        "usage: bench make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3|lstm] --shape {15m|110m|tiny} --format {f32|f16|q8_0|q4_0} --out FILE [--seed N] [--logit-scale X]\n" +
         "       bench compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads " + "prefill_128,decode_128,batched_decode_8,batched_decode_32] [--quick] [--seed N] [--kv f16|f32]\n" +
         "       bench agree --model FILE [--positions 64] [--threads N] [--json OUT]\n" +
         "       bench kernels --threads N [--formats q4_0,q8_0,f32] [--tokens 1,32,128]\n" +
@@ -23,6 +23,7 @@ internal static class BenchCli
     public static int Run(string[] args)
     {
         if (args.Length > 0 && args[0] == "serve") return ServeCommand.Run(args.AsSpan(1)); // the batching engine's benchmark (Serve*.cs)
+        if (args.Length > 0 && args[0] == "rnn-serve") return RnnServeCommand.Run(args.AsSpan(1)); // continuous batching of an LSTM (E-BATCH)
         try
         {
             if (args.Length == 0) throw new UsageException("missing command: make-model, compare, agree, kernels or serve (--help for usage)");

@@ -36,7 +36,7 @@ public static class SyntheticModel
 
     /// <summary>Every architecture, by its general.architecture name.</summary>
     public static IReadOnlyList<SyntheticArchitecture> Architectures { get; } =
-        [new LlamaSynthetic(), new Gpt2Synthetic(), new Qwen2Synthetic(), new Qwen3Synthetic(), new Gemma2Synthetic(), new Phi3Synthetic()];
+        [new LlamaSynthetic(), new Gpt2Synthetic(), new Qwen2Synthetic(), new Qwen3Synthetic(), new Gemma2Synthetic(), new Phi3Synthetic(), new LstmSynthetic()];
 
     public static IEnumerable<string> ArchitectureNames => Architectures.Select(a => a.Name);
 
