@@ -67,7 +67,7 @@ internal static class BenchCli
     {
         string archName = options.GetValueOrDefault("arch", "llama");
         var architecture = SyntheticModel.FindArchitecture(archName)
-                           ?? throw new UsageException($"--arch must be one of {string.Join(", ", SyntheticModel.ArchitectureNames)}, not '{archName}'");
+                           ?? throw new UsageException($"--arch must be one of {string.Join(", ", SyntheticModel.AllArchitectureNames)}, not '{archName}'");
         var shape = architecture.Shape(Required(options, "shape"))
                     ?? throw new UsageException($"--shape must be 15m, 110m or tiny, not '{options["shape"]}'");
         string formatText = Required(options, "format");
