@@ -70,4 +70,23 @@ public sealed class RecurrentEngineTests(ITestOutputHelper output)
         Assert.Equal(0, statistics.StateSlotsUsed);
         Assert.Equal(0, statistics.KvBlocksUsed);
     }
+
+    [Fact]
+    public async Task ParallelSamplesContinueFromTheirParentsStateSlot()
+    {
+        var model = Lstm.Load(LstmTests.File(seed: 22, vocab: Tokenizer.VocabSize));
+        using var plan = model.Compile(new PlanOptions(32, Threads: 2));
+        await using var engine = new KilnEngine(model, plan, Tokenizer, new EngineOptions { MaxRunningRequests = 4, TokenBudget = 16, MaxContext = 64 });
+        int[] prompt = [1, 40, 41, 42, 43, 44, 45];
+        var samples = new List<int>[3];
+        for (int i = 0; i < 3; i++) samples[i] = [];
+        await foreach (var update in engine.GenerateAsync(prompt, new GenerationOptions { MaxTokens = 12, N = 3, IgnoreEndOfSequence = true }).Patiently())
+        {
+            if (!update.IsFinal) samples[update.Index].Add(update.TokenId);
+        }
+        int[] alone = RecurrentStatePropertyTests.AloneWith(plan, model, prompt, 12);
+        // Greedy samples are one sequence: each fork copied the prompt's state, then ran on a slot of its own.
+        for (int i = 0; i < 3; i++) Assert.Equal(alone, samples[i]);
+        Assert.Equal(0, (await WaitUntilIdle(engine)).StateSlotsUsed);
+    }
 }
