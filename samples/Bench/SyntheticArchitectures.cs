@@ -322,3 +322,38 @@ public sealed class BertSynthetic : SyntheticArchitecture
         model.Bias(name + ".bias", model.Shape.Dim, BiasStd);
     }
 }
+
+/// <summary>
+/// A token-level LSTM language model (samples/Models/Lstm.cs): embedding, LSTM layers of the embedding's width
+/// (input and recurrent matrices [4·dim, dim], one bias b_ih + b_hh, gates [i, f, g, o]), a linear head with bias.
+/// Kiln's own tensor names (llama.cpp has no LSTM); the attention head counts the common keys write are unused.
+/// </summary>
+public sealed class LstmSynthetic : SyntheticArchitecture
+{
+    public override string Name => "lstm";
+    public override SyntheticVocabulary Vocabulary { get; } = SyntheticVocabulary.SentencePiece(addBos: true);
+    public override SyntheticShape Tiny { get; } = new("tiny", Dim: 64, Hidden: 64, Layers: 2, Heads: 1, KvHeads: 1, Vocab: 320, TiedOutput: false, ContextLength: 256);
+    public override SyntheticShape Small { get; } = new("15m", 512, 512, 2, 1, 1, 8192, TiedOutput: false, ContextLength: 1024);
+    public override SyntheticShape Base { get; } = new("110m", 1024, 1024, 4, 1, 1, 32000, TiedOutput: false, ContextLength: 1024);
+
+    public override IEnumerable<int> MatrixRowLengths(SyntheticShape shape) => [shape.Dim];
+
+    protected internal override void AddHyperparameters(SyntheticModelBuilder model)
+    {
+    }
+
+    protected internal override void AddTensors(SyntheticModelBuilder model)
+    {
+        var s = model.Shape;
+        model.TokenEmbedding(tied: false);
+        for (int layer = 0; layer < s.Layers; layer++)
+        {
+            string p = $"blk.{layer}.";
+            model.Linear(p + "lstm_ih.weight", s.Dim, 4 * s.Dim);
+            model.Bias(p + "lstm.bias", 4 * s.Dim, 0.1f);
+            model.Linear(p + "lstm_hh.weight", s.Dim, 4 * s.Dim);
+        }
+        model.Matrix("output.weight", s.Dim, s.Vocab, model.LogitStd);
+        model.Bias("output.bias", s.Vocab, 0.1f);
+    }
+}

@@ -34,17 +34,23 @@ public static class SyntheticModel
     /// <summary>Weight scales. Linear weights are N(0, Gain/√fanIn); the output (or tied embedding) is N(0, LogitScale/√dim).</summary>
     public sealed record Scales(float LinearGain = 1f, float LogitScale = 3f, float EmbeddingStd = 1f);
 
-    /// <summary>Every architecture, by its general.architecture name.</summary>
+    /// <summary>Every architecture llama.cpp also runs (the peer checks' list), by its general.architecture name.</summary>
     public static IReadOnlyList<SyntheticArchitecture> Architectures { get; } =
         [new LlamaSynthetic(), new Gpt2Synthetic(), new Qwen2Synthetic(), new Qwen3Synthetic(), new Gemma2Synthetic(), new Phi3Synthetic(), new BertSynthetic()];
 
+    /// <summary>Architectures only Kiln runs (no llama.cpp peer): checked against references of their own.</summary>
+    public static IReadOnlyList<SyntheticArchitecture> KilnOnlyArchitectures { get; } = [new LstmSynthetic()];
+
     public static IEnumerable<string> ArchitectureNames => Architectures.Select(a => a.Name);
 
+    /// <summary>Every name make-model writes: the peers' and Kiln's own.</summary>
+    public static IEnumerable<string> AllArchitectureNames => Architectures.Concat(KilnOnlyArchitectures).Select(a => a.Name);
+
     public static SyntheticArchitecture? FindArchitecture(string name) =>
-        Architectures.FirstOrDefault(a => a.Name.Equals(name, StringComparison.OrdinalIgnoreCase));
+        Architectures.Concat(KilnOnlyArchitectures).FirstOrDefault(a => a.Name.Equals(name, StringComparison.OrdinalIgnoreCase));
 
     public static SyntheticArchitecture Architecture(string name) =>
-        FindArchitecture(name) ?? throw new ArgumentException($"unknown architecture '{name}' (expected one of {string.Join(", ", ArchitectureNames)})");
+        FindArchitecture(name) ?? throw new ArgumentException($"unknown architecture '{name}' (expected one of {string.Join(", ", AllArchitectureNames)})");
 
     public static SyntheticFormat ParseFormat(string text) => SyntheticFormat.Parse(text);
 

@@ -21,6 +21,7 @@ public static class ModelCatalog
         ("gemma2", typeof(Gemma2), file => Gemma2.Load(file)),
         ("phi3", typeof(Phi3), file => Phi3.Load(file)),
         ("bert", typeof(Bert), file => Bert.Load(file)),
+        ("lstm", typeof(Lstm), file => Lstm.Load(file)),
     ];
 
     /// <summary>The architectures <see cref="Load"/> accepts.</summary>

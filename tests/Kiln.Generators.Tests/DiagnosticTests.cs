@@ -99,6 +99,23 @@ public sealed class DiagnosticTests
     }
 
     [Fact]
+    public void Kln0003LstmWhoseRecurrentWeightIsNotFourGatesOfTheHiddenSize()
+    {
+        var diagnostic = AssertSingle(Model(
+                members: "[Weight(\"ih\", \"4*Dim\", \"Dim\")] public Tensor Ih = null!; [Weight(\"hh\", \"3*Dim\", \"Dim\")] public Tensor Hh = null!;",
+                body: "x = Ops.Lstm(Ops.Linear(x, Ih), Hh, context, 0);"),
+            "KLN0003", "Hh");
+        Assert.Contains("[4*Dim, Dim]", diagnostic.GetMessage());
+    }
+
+    [Fact]
+    public void Kln0003LstmGatesOfAnotherWidth() =>
+        AssertSingle(Model(
+                members: "[Weight(\"ih\", \"Hidden\", \"Dim\")] public Tensor Ih = null!; [Weight(\"hh\", \"4*Dim\", \"Dim\")] public Tensor Hh = null!;",
+                body: "x = Ops.Lstm(Ops.Linear(x, Ih), Hh, context, 0);"),
+            "KLN0003", "Ops.Linear(x, Ih)");
+
+    [Fact]
     public void Kln0003AddOfDifferentShapes() =>
         AssertSingle(Model(members: "[Weight(\"w\", \"Hidden\", \"Dim\")] public Tensor W = null!;", body: "x = x + Ops.Linear(x, W);"),
             "KLN0003", "Ops.Linear(x, W)");

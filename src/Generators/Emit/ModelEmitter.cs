@@ -1,3 +1,4 @@
+using System.Collections.Generic;
 using System.Linq;
 using Kiln.Generators.Passes;
 using Kiln.Generators.Syntax;
@@ -37,7 +38,16 @@ internal static class ModelEmitter
         // The first attention shapes the cache (as in the planner); its KV head count gives the head dimension.
         var attention = plan.Kernels.OfType<AttentionKernel>().FirstOrDefault();
         string headDim = attention is null ? "0" : $"{kvDim} / {Names.Scalar(attention.KvHeads, "this")}";
-        if (model.Encoder)
+        var lstms = plan.Kernels.OfType<LstmKernel>().ToList();
+        if (lstms.Count > 0 && attention is null)
+        {
+            w.Line("/// <summary>None: the model has no attention layers; each sequence's memory is its recurrent state (StateShape).</summary>");
+            w.Line("public global::Kiln.KvCacheShape KvShape => default;");
+            w.Line();
+            w.Line("/// <summary>Throws: the model has no attention layers, so no KV cache; create its recurrent state with StateShape.CreateCache.</summary>");
+            w.Line($"public global::Kiln.KvCache CreateKvCache(int slots, int maxContext) => throw new global::System.NotSupportedException(\"{model.ClassName} has no attention layers: it keeps no KV cache; create its recurrent state with StateShape.CreateCache(slots).\");");
+        }
+        else if (model.Encoder)
         {
             w.Line("/// <summary>None: an encoder keeps no KV cache (a step holds whole sequences).</summary>");
             w.Line("public global::Kiln.KvCacheShape KvShape => default;");
@@ -53,6 +63,7 @@ internal static class ModelEmitter
             w.Line("/// <summary>A contiguous KV cache of <paramref name=\"slots\"/> sequences of up to <paramref name=\"maxContext\"/> positions.</summary>");
             w.Line("public global::Kiln.KvCache CreateKvCache(int slots, int maxContext) => KvShape.CreateContiguous(slots, maxContext);");
         }
+        if (lstms.Count > 0) EmitStateShape(w, plan, lstms);
         w.Line();
         w.Line($"{Tensor} global::Kiln.IKilnModel.ForwardEager(global::System.ReadOnlySpan<int> tokens, global::Kiln.AttentionContext context) => {model.ForwardName}(tokens, context);");
         w.Line();
@@ -63,6 +74,29 @@ internal static class ModelEmitter
         w.Line("public global::Kiln.ICompiledPlan Compile(global::Kiln.PlanOptions options) => new CompiledPlan(this, options);");
         w.Line();
         EmitHelpers(w);
+    }
+
+    /// <summary>Each LSTM layer keeps its h and c, one row of its hidden size each, per sequence.</summary>
+    private static void EmitStateShape(CodeWriter w, Plan plan, List<LstmKernel> lstms)
+    {
+        w.Line();
+        w.Line("/// <summary>The recurrent state per sequence: every LSTM layer's hidden and cell rows, float32.</summary>");
+        w.Line("public global::Kiln.RecurrentStateShape StateShape");
+        w.Open("");
+        w.Open("get");
+        w.Line("var tensors = new global::System.Collections.Generic.List<global::Kiln.StateTensorShape>();");
+        foreach (var lstm in lstms)
+        {
+            var region = plan.Regions[lstm.Region];
+            string layer = Names.Scalar(lstm.Layer, "this"), hidden = Names.DimCode(lstm.Hidden, "this");
+            if (region.IsLoop) w.Open($"for (int {Names.LayerIndex} = 0; {Names.LayerIndex} < this.{region.CountMember}; {Names.LayerIndex}++)");
+            w.Line($"tensors.Add(new global::Kiln.StateTensorShape(global::Kiln.Ops.LstmHidden, {layer}, 1, {hidden}));");
+            w.Line($"tensors.Add(new global::Kiln.StateTensorShape(global::Kiln.Ops.LstmCell, {layer}, 1, {hidden}));");
+            if (region.IsLoop) w.Close();
+        }
+        w.Line("return new global::Kiln.RecurrentStateShape(tensors);");
+        w.Close();
+        w.Close();
     }
 
     private static void EmitLoad(CodeWriter w, Plan plan)

@@ -30,7 +30,12 @@ internal static partial class PlanEmitter
                 w.Line("if (context.HasCache)");
                 w.Line("    throw new global::System.ArgumentException(\"An encoder's step holds whole sequences and has no KV cache: fill a new AttentionContext(capacity) with AddSequence.\", nameof(context));");
             }
-            else w.Line("var cache = context.Cache;");
+            else if (attention || !plan.Kernels.OfType<LstmKernel>().Any()) w.Line("var cache = context.Cache;");
+            if (plan.Kernels.OfType<LstmKernel>().Any())
+            {
+                w.Line("// Recurrent layers read and write each sequence's state slot.");
+                w.Line("var state = context.State;");
+            }
             if (attention && !plan.Model.Encoder)
             {
                 string layers = plan.KvLayers == "1" ? "1" : "_model." + plan.KvLayers;
@@ -200,6 +205,24 @@ internal static partial class PlanEmitter
                 case ElementwiseKernel e:
                     EmitElementwise(w, plan, e, layer);
                     break;
+                case LstmKernel l:
+                {
+                    string layerIndex = Names.Scalar(l.Layer, "_model");
+                    w.Line($"var lstm = new {R}.LstmRecurrence");
+                    w.Line("{");
+                    w.Line($"    Gates = {View(plan, l.Gates)},");
+                    w.Line($"    Output = {View(plan, l.Output)},");
+                    w.Line($"    Recurrent = {Names.Weight(l.Recurrent, "_model", layer)}.Data,");
+                    w.Line($"    Hidden = {Names.DimField(l.Hidden)},");
+                    w.Line("    Context = context,");
+                    w.Line($"    HiddenTensor = state.Require({layerIndex}, global::Kiln.Ops.LstmHidden),");
+                    w.Line($"    CellTensor = state.Require({layerIndex}, global::Kiln.Ops.LstmCell),");
+                    w.Line("    Scratch = _recurrentScratch,");
+                    w.Line("};");
+                    w.Line("// One item per sequence: each runs its own tokens in order.");
+                    w.Line("_pool.Run(context.SequenceCount, 1, lstm);");
+                    break;
+                }
                 case ConcatKernel c:
                 {
                     var a = BufferOf(plan, c.A);

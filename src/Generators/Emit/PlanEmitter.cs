@@ -18,6 +18,7 @@ internal static partial class PlanEmitter
     private const string Layouts = "global::Kiln.Kernels.MatMul.WeightLayouts";
     private const string Pool = "global::Kiln.Threading.WorkerPool";
     private const string Attention = "global::Kiln.Kernels.Attention";
+    private const string R = "global::Kiln.Kernels.Recurrent";
 
     /// <summary>Locals the emitted Step uses; arena buffers never take these names.</summary>
     public static readonly string[] ReservedNames =
@@ -169,6 +170,13 @@ internal static partial class PlanEmitter
             w.Line($"private {MatMul}.FloatBuffer _scores, _gather;");
             w.Line("private int _scoresContext, _scoresPerChunk, _gatherFloats;");
         }
+        if (plan.Kernels.OfType<LstmKernel>().Any())
+        {
+            w.Line();
+            w.Line("// Recurrence scratch: per sequence of a step (at most one per token), its starting h and c and its gate pre-activations.");
+            w.Line($"private readonly {MatMul}.NativeBlock _recurrentMemory;");
+            w.Line($"private readonly {MatMul}.FloatBuffer _recurrentScratch;");
+        }
         w.Line();
     }
 
@@ -256,6 +264,15 @@ internal static partial class PlanEmitter
                 w.Line($"_scoresPerChunk = {Attention}.StepAttention.ScoresPerChunk(maxTokensPerStep, {most});");
                 w.Line($"_scoresMemory = new {MatMul}.NativeBlock((long)_scoresPerChunk * {Attention}.StepAttention.MaxChunks * sizeof(float));");
                 w.Line($"_scores = _scoresMemory.Floats(0, _scoresPerChunk * {Attention}.StepAttention.MaxChunks);");
+            }
+            var lstms = plan.Kernels.OfType<LstmKernel>().Select(k => Names.DimField(k.Hidden)).Distinct().ToList();
+            if (lstms.Count > 0)
+            {
+                string widestHidden = lstms[0];
+                for (int k = 1; k < lstms.Count; k++) widestHidden = $"global::System.Math.Max({widestHidden}, {lstms[k]})";
+                w.Line($"long recurrentFloats = {R}.LstmRecurrence.ScratchFloats(maxTokensPerStep, {widestHidden});");
+                w.Line($"_recurrentMemory = new {MatMul}.NativeBlock(recurrentFloats * sizeof(float));");
+                w.Line("_recurrentScratch = _recurrentMemory.Floats(0, checked((int)recurrentFloats));");
             }
             w.Line($"_pool = new {Pool}(options.ResolvedThreads);");
             w.Line("_report = layouts.ToString();");
@@ -357,6 +374,7 @@ internal static partial class PlanEmitter
             w.Line("_inputs.Dispose();");
             w.Line("_arenaMemory.Dispose();");
             if (plan.Kernels.OfType<AttentionKernel>().Any()) w.Line("_scoresMemory?.Dispose();");
+            if (plan.Kernels.OfType<LstmKernel>().Any()) w.Line("_recurrentMemory.Dispose();");
             var tables = ProgramCode.GatheredTables(plan);
             for (int i = 0; i < tables.Count; i++)
                 w.Line(tables[i].Contains('.') ? $"foreach (var table in {ProgramCode.TableField(i)}) table.Dispose();" : $"{ProgramCode.TableField(i)}.Dispose();");

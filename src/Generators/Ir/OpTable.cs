@@ -50,6 +50,8 @@ internal enum OpKind
     Linear,
     Rope,
     Attention,
+    /// <summary>An LSTM layer's recurrence over each sequence of the step, from and back to its state slot.</summary>
+    Lstm,
     Slice,
     Concat,
     // Elementwise, unary.
@@ -192,6 +194,8 @@ internal static class OpTable
                 P("softCap", ParamKind.Float), P("causal", ParamKind.Bool),
             },
             AttentionShape, "KV-cache write, then GQA attention (causal or not, windowed, scaled, soft-capped)"),
+        new("Lstm", OpKind.Lstm, new[] { P("gates", ParamKind.Activation), P("recurrent", ParamKind.Weight), Context, P("layer", ParamKind.Int) }, LstmShape,
+            "LSTM recurrence per sequence, in order from its state slot: z = gates + recurrent·h → [i, f, g, o]; c = σf·c + σi·tanh g; h = σo·tanh c"),
         new("Slice", OpKind.Slice, new[] { X, P("start", ParamKind.Int), P("length", ParamKind.Int) }, SliceShape,
             "columns [start, start + length) of each row"),
         new("Concat", OpKind.Concat, new[] { P("a", ParamKind.Activation), P("b", ParamKind.Activation) }, ConcatShape,
@@ -294,6 +298,15 @@ internal static class OpTable
         if (s[0].Rank != 2 || s[1].Rank != 2) return ShapeResult.Fail($"q {s[0]} and k {s[1]} must be [T, features]", 0);
         if (s[0].Dims[0] != s[1].Dims[0]) return ShapeResult.Fail($"q {s[0]} and k {s[1]} differ in rows", 1);
         return ShapeResult.Ok(s[0]);
+    }
+
+    private static ShapeResult LstmShape(IReadOnlyList<Shape> s, IReadOnlyList<ScalarExpr> _)
+    {
+        if (s[1].Rank != 2) return ShapeResult.Fail($"the recurrent weight must be [4*Hidden, Hidden], got {s[1]}", 1);
+        if (s[1].Dims[0] != "4*" + s[1].Cols) return ShapeResult.Fail($"the recurrent weight must be [4*{s[1].Cols}, {s[1].Cols}] (four gates of the hidden size), got {s[1]}", 1);
+        if (s[0].Rank != 2 || s[0].Dims[0] != Shape.Tokens) return ShapeResult.Fail($"the gates must be one row per token [T, 4*Hidden], got {s[0]}", 0);
+        if (s[0].Cols != s[1].Dims[0]) return ShapeResult.Fail($"gates {s[0]} and the recurrent weight {s[1]} differ in the gate dimension", 0);
+        return ShapeResult.Ok(Shape.Of(Shape.Tokens, s[1].Cols));
     }
 
     private static ShapeResult SliceShape(IReadOnlyList<Shape> s, IReadOnlyList<ScalarExpr> scalars)

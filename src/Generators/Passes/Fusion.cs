@@ -84,6 +84,8 @@ internal sealed class Fusion
             if (node.Op == OpKind.Attention)
                 _kernels.Add(new AttentionKernel(node.Region, node.Guard, node.Id, node.Inputs[0], node.Inputs[1], node.Inputs[2], node.Id,
                     node.Scalars[0], node.Scalars[1], node.Scalars[2], node.Scalars[3], node.Scalars[4], node.Scalars[5], node.Scalars[6]));
+            else if (node.Op == OpKind.Lstm)
+                _kernels.Add(new LstmKernel(node.Region, node.Guard, node.Id, node.Inputs[0], node.Id, _graph[node.Inputs[1]].Name, node.Shape.Cols, node.Scalars[0]));
             else if (node.Op == OpKind.Concat)
                 _kernels.Add(new ConcatKernel(node.Region, node.Guard, node.Id, node.Inputs[0], node.Inputs[1], node.Id));
             else if (node.Op == OpKind.Pool && _uses[node.Id].Count > 0)
@@ -92,8 +94,8 @@ internal sealed class Fusion
         return _kernels.OrderBy(k => _graph.Regions[k.Region].Index).ThenBy(k => k.Anchor).ToList();
     }
 
-    /// <summary>Ops whose values a kernel computes (weights, phis and merges are storage; Linear, Attention, Concat and Pool kernels of their own).</summary>
-    private static bool IsComputed(OpKind op) => op is not (OpKind.Weight or OpKind.Phi or OpKind.Merge or OpKind.Linear or OpKind.Attention or OpKind.Concat or OpKind.Pool);
+    /// <summary>Ops whose values a kernel computes (weights, phis and merges are storage; Linear, Attention, Lstm, Concat and Pool kernels of their own).</summary>
+    private static bool IsComputed(OpKind op) => op is not (OpKind.Weight or OpKind.Phi or OpKind.Merge or OpKind.Linear or OpKind.Attention or OpKind.Lstm or OpKind.Concat or OpKind.Pool);
 
     private static bool IsNorm(OpKind op) => op is OpKind.RmsNorm or OpKind.LayerNorm or OpKind.HeadRmsNorm or OpKind.L2Normalize;
 

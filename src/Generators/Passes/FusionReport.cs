@@ -78,6 +78,7 @@ internal static class FusionReport
         if (plan.RopeTables.Count > 0) yield return "Rope: cos/sin per token and pair computed once per step in double (as the eager op), shared by every layer.";
         if (plan.Kernels.OfType<AttentionKernel>().Any() && model.Encoder) yield return "Attention scratch: per chunk of work items, every head's scores over the longest sequence a step can hold (its whole step), allocated with the plan.";
         else if (plan.Kernels.OfType<AttentionKernel>().Any()) yield return "Attention scratch: per chunk of work items, every head's scores over the KV cache's MaxContext (and one block's rows when the cache stores int8), grown when a larger cache is first seen.";
+        if (plan.Kernels.OfType<LstmKernel>().Any()) yield return "Recurrent state: per sequence, each LSTM layer's h and c in the context's state slot (float32 unless the state says F16); scratch for each sequence's starting state and gates, allocated with the plan.";
         yield return "Threads: one worker pool (PlanOptions.Threads). A matmul splits its 4-row groups over the threads, each tile (4 rows × 4 tokens";
         yield return "  for F32/BF16, 8 rows × 8 tokens for the quantized layouts) going through its epilogue while in registers; attention splits (token, KV-head chunk) items;";
         yield return "  elementwise loops split rows. Every output is computed by one thread in a fixed order, so results do not depend on the thread count.";
@@ -135,6 +136,7 @@ internal static class FusionReport
             OpKind.Phi => "carried into the layer loop",
             OpKind.Merge => "merged after an if",
             OpKind.Attention => "read by attention",
+            OpKind.Lstm => "read by the LSTM recurrence",
             OpKind.Pool => "read by the pooling",
             OpKind.Linear => "read by matmuls of different layouts",
             _ => "no matmul output of its own to end",
@@ -211,6 +213,8 @@ internal static class FusionReport
                 string causal = a.Causal.Constant == "true" ? "causal " : "";
                 return $"attention: {name(a.Output)} ← Attention({name(a.Q)}, {name(a.K)}, {name(a.V)}): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then {causal}GQA{(options.Count > 0 ? " (" + string.Join(", ", options) + ")" : "")} in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)";
             }
+            case LstmKernel l:
+                return $"lstm: {name(l.Output)} ← Lstm({name(l.Gates)}, {Short(l.Recurrent)}): per sequence of the step, its tokens in order from its state slot (zeros at position 0), each a matrix–vector product with {Short(l.Recurrent)} (float32) and the cell update; h and c of the last token back to the slot; in parallel over sequences";
             case ElementwiseKernel e:
                 return $"elementwise: {name(e.Output)} ← {Resolve(e.Program.Description, plan)}, one parallel vector loop";
             case ConcatKernel c:

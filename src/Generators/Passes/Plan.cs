@@ -185,6 +185,17 @@ internal sealed record AttentionKernel(int Region, int Guard, int Anchor, int Q,
     public override EquatableArray<int> Writes => EquatableArray.Create(Output);
 }
 
+/// <summary>
+/// An LSTM layer's recurrence (Ops.Lstm): per sequence of the step, its tokens in order from its state slot, the
+/// recurrent weight <see cref="Recurrent"/> (a weight key) read as float32, <see cref="Hidden"/> the hidden size.
+/// </summary>
+internal sealed record LstmKernel(int Region, int Guard, int Anchor, int Gates, int Output, string Recurrent, string Hidden, ScalarExpr Layer) : Kernel(Region, Guard, Anchor)
+{
+    public override EquatableArray<int> Reads => EquatableArray.Create(Gates);
+
+    public override EquatableArray<int> Writes => EquatableArray.Create(Output);
+}
+
 /// <summary>One row per sequence of the step from its tokens' rows (Ops.Pool): <see cref="Pooling"/> is the Kiln.Pooling member's value.</summary>
 internal sealed record PoolKernel(int Region, int Guard, int Anchor, int Input, int Output, string Pooling) : Kernel(Region, Guard, Anchor)
 {

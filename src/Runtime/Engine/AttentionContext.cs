@@ -13,7 +13,7 @@ namespace Kiln;
 /// sequences, packed one after another, and attention reads the step's own keys and values of each sequence.
 /// Every token also carries a token type (BERT's segment id; 0 unless given).
 /// Two ways to fill a decoder's, one meaning: <see cref="Add"/> names a token's cache slot, which is a one-block table (the
-/// contiguous layout, where block id = slot); <see cref="AddChunk"/> hands over a sequence's whole block table (the
+/// contiguous layout, where block id = slot); <see cref="AddChunk(ReadOnlySpan{int}, int, int, bool)"/> hands over a sequence's whole block table (the
 /// paged layout). Kernels read rows through <see cref="KvRow(int, int)"/>, which serves both.
 /// </remarks>
 public sealed class AttentionContext
@@ -26,7 +26,9 @@ public sealed class AttentionContext
     private readonly int[] _queryIndptr;
     private readonly int[] _blockIds;
     private readonly int[] _tokenTypes;
+    private readonly int[] _stateSlots;
     private readonly KvCache? _cache;
+    private readonly RecurrentStateCache? _state;
     private readonly int _blockSize;
 
     // The sequence Add last extended: consecutive Adds to the same slot are one sequence, like a chunk.
@@ -44,6 +46,15 @@ public sealed class AttentionContext
     /// <paramref name="maxBlockIds"/> entries together (the sum of the step's sequences' block counts).
     /// </summary>
     public AttentionContext(KvCache cache, int capacity, int maxBlockIds)
+        : this(cache, capacity, maxBlockIds, state: null)
+    {
+    }
+
+    /// <summary>
+    /// A hybrid model's context: attention layers read <paramref name="cache"/> through block tables as above, and
+    /// recurrent layers each sequence's slot of <paramref name="state"/> (given with <see cref="AddChunk(ReadOnlySpan{int}, int, int, bool, int)"/>).
+    /// </summary>
+    public AttentionContext(KvCache cache, int capacity, int maxBlockIds, RecurrentStateCache? state)
     {
         ArgumentNullException.ThrowIfNull(cache);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(capacity);
@@ -58,6 +69,20 @@ public sealed class AttentionContext
         _queryIndptr = new int[capacity + 1];
         _blockIds = new int[maxBlockIds];
         _tokenTypes = new int[capacity];
+        _stateSlots = new int[capacity];
+        _state = state;
+    }
+
+    /// <summary>
+    /// A context for a model whose only memory is recurrent state (no attention layers, so no KV cache): steps of up
+    /// to <paramref name="capacity"/> tokens, each sequence reading and writing its slot of <paramref name="state"/>.
+    /// Fill it with <see cref="Add"/> (the slot is the state slot) or <see cref="AddRecurrentChunk"/>.
+    /// </summary>
+    public AttentionContext(RecurrentStateCache state, int capacity)
+        : this(capacity)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        _state = state;
     }
 
     /// <summary>
@@ -75,6 +100,7 @@ public sealed class AttentionContext
         _queryIndptr = new int[capacity + 1];
         _blockIds = [];
         _tokenTypes = new int[capacity];
+        _stateSlots = new int[capacity];
     }
 
     /// <summary>The KV cache the step's attention writes and reads. A context without one (an encoder's) throws.</summary>
@@ -82,6 +108,18 @@ public sealed class AttentionContext
 
     /// <summary>False for an encoder's context: attention stays within each sequence of the step, which holds it whole.</summary>
     public bool HasCache => _cache is not null;
+
+    /// <summary>The recurrent state the step's recurrent layers read and write; a context without one throws.</summary>
+    public RecurrentStateCache State => _state ?? throw new InvalidOperationException("This context has no recurrent state: create it with the model's StateShape.CreateCache(slots) for a recurrent or hybrid model.");
+
+    /// <summary>True when the step's sequences carry recurrent state slots.</summary>
+    public bool HasState => _state is not null;
+
+    /// <summary>
+    /// The state slot of sequence <paramref name="sequence"/>: a recurrent layer starts from it unless the sequence's
+    /// first token in the step is at position 0 (then from zeros), and leaves its state after the last token there.
+    /// </summary>
+    public int StateSlot(int sequence) => _stateSlots[sequence];
 
     public int Capacity => _positions.Length;
 
@@ -164,6 +202,11 @@ public sealed class AttentionContext
     /// </summary>
     public void Add(int position, int slot, bool wantLogits)
     {
+        if (_cache is null && _state is not null)
+        {
+            AddStateOnly(position, slot, wantLogits);
+            return;
+        }
         var cache = Cache;
         if (TokenCount == Capacity)
             throw new InvalidOperationException($"The step already holds {Capacity} tokens, its capacity.");
@@ -178,6 +221,8 @@ public sealed class AttentionContext
                 throw new InvalidOperationException($"The step's block tables already hold {_blockIds.Length} block ids, their capacity.");
             _blockIds[start] = slot;
             StartSequence(blocks: 1);
+            // A contiguous cache's slot is the sequence's: a hybrid's state lives in the same-numbered state slot.
+            if (_state is not null) SetStateSlot(slot);
             _lastAddedSlot = slot;
         }
         AppendToken(position, slot, wantLogits);
@@ -190,7 +235,14 @@ public sealed class AttentionContext
     /// with <paramref name="wantLogits"/> the last token's logits are wanted. Earlier positions were written by
     /// earlier steps (or a shared, cached prefix) into the same blocks.
     /// </summary>
-    public void AddChunk(ReadOnlySpan<int> blockTable, int startPosition, int count, bool wantLogits)
+    public void AddChunk(ReadOnlySpan<int> blockTable, int startPosition, int count, bool wantLogits) =>
+        AddChunk(blockTable, startPosition, count, wantLogits, stateSlot: -1);
+
+    /// <summary>
+    /// <see cref="AddChunk(ReadOnlySpan{int}, int, int, bool)"/> for a hybrid model: the sequence's recurrent layers
+    /// also read and write state slot <paramref name="stateSlot"/> (-1 when the context has no recurrent state).
+    /// </summary>
+    public void AddChunk(ReadOnlySpan<int> blockTable, int startPosition, int count, bool wantLogits, int stateSlot)
     {
         var cache = Cache;
         ArgumentOutOfRangeException.ThrowIfNegative(startPosition);
@@ -209,13 +261,38 @@ public sealed class AttentionContext
             if ((uint)blockId >= (uint)cache.BlockCount)
                 throw new ArgumentOutOfRangeException(nameof(blockTable), $"Block {blockId} is outside the KV cache's {cache.BlockCount} blocks.");
         }
+        CheckStateSlot(stateSlot);
         blocks.CopyTo(_blockIds.AsSpan(start));
         StartSequence(blocksNeeded);
+        _stateSlots[SequenceCount - 1] = stateSlot;
         // A one-block sequence still has a slot (its block); later Adds must not extend it.
         _lastAddedSlot = -1;
         int slot = blocksNeeded == 1 ? blocks[0] : -1;
         if (blocksNeeded > 1) _multiBlockSequences++;
         for (int i = 0; i < count; i++) AppendToken(startPosition + i, slot, wantLogits && i == count - 1);
+        _queryIndptr[SequenceCount] = TokenCount;
+    }
+
+    /// <summary>
+    /// Adds a sequence's next <paramref name="count"/> tokens, at positions <paramref name="startPosition"/>.., to the
+    /// step of a model without attention layers (a context with recurrent state and no KV cache); they continue the
+    /// state in slot <paramref name="stateSlot"/> (from zeros when <paramref name="startPosition"/> is 0). With
+    /// <paramref name="wantLogits"/> the last token's logits are wanted.
+    /// </summary>
+    public void AddRecurrentChunk(int stateSlot, int startPosition, int count, bool wantLogits)
+    {
+        if (_cache is not null || _state is null)
+            throw new InvalidOperationException("AddRecurrentChunk fills the context of a model without attention layers (recurrent state, no KV cache); a hybrid's sequence goes in with AddChunk and its state slot.");
+        ArgumentOutOfRangeException.ThrowIfNegative(startPosition);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(count);
+        if (TokenCount + count > Capacity)
+            throw new InvalidOperationException($"The step holds {TokenCount} tokens; {count} more exceed its capacity of {Capacity}.");
+        if ((uint)stateSlot >= (uint)_state.Slots)
+            throw new ArgumentOutOfRangeException(nameof(stateSlot), $"State slot {stateSlot} is outside the recurrent state's {_state.Slots} slots.");
+        StartSequence(blocks: 0);
+        _stateSlots[SequenceCount - 1] = stateSlot;
+        _lastAddedSlot = -1;
+        for (int i = 0; i < count; i++) AppendToken(startPosition + i, stateSlot, wantLogits && i == count - 1);
         _queryIndptr[SequenceCount] = TokenCount;
     }
 
@@ -235,6 +312,7 @@ public sealed class AttentionContext
             throw new ArgumentException($"{tokenTypes.Length} token types for a sequence of {count} tokens.", nameof(tokenTypes));
         int first = TokenCount;
         StartSequence(blocks: 0);
+        _stateSlots[SequenceCount - 1] = -1;
         for (int i = 0; i < count; i++) AppendToken(i, -1, wantLogits: false);
         if (tokenTypes.IsEmpty) _tokenTypes.AsSpan(first, count).Clear();
         else tokenTypes.CopyTo(_tokenTypes.AsSpan(first, count));
@@ -246,6 +324,39 @@ public sealed class AttentionContext
     {
         Clear();
         for (int i = 0; i < count; i++) Add(startPosition + i, slot, i == count - 1);
+    }
+
+    /// <summary>Add for a context with recurrent state only: consecutive tokens of one state slot are one sequence.</summary>
+    private void AddStateOnly(int position, int slot, bool wantLogits)
+    {
+        if (TokenCount == Capacity)
+            throw new InvalidOperationException($"The step already holds {Capacity} tokens, its capacity.");
+        ArgumentOutOfRangeException.ThrowIfNegative(position);
+        if (slot != _lastAddedSlot)
+        {
+            StartSequence(blocks: 0);
+            SetStateSlot(slot);
+            _lastAddedSlot = slot;
+        }
+        AppendToken(position, slot, wantLogits);
+        _queryIndptr[SequenceCount] = TokenCount;
+    }
+
+    private void SetStateSlot(int slot)
+    {
+        CheckStateSlot(slot);
+        _stateSlots[SequenceCount - 1] = slot;
+    }
+
+    private void CheckStateSlot(int slot)
+    {
+        if (_state is null)
+        {
+            if (slot != -1) throw new InvalidOperationException($"State slot {slot} given, but this context has no recurrent state.");
+            return;
+        }
+        if ((uint)slot >= (uint)_state.Slots)
+            throw new ArgumentOutOfRangeException(nameof(slot), $"State slot {slot} is outside the recurrent state's {_state.Slots} slots.");
     }
 
     private void StartSequence(int blocks)

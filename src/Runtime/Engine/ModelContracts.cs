@@ -12,6 +12,13 @@ public interface IKilnModel
     /// <summary>The geometry every KV cache for this model has, contiguous or paged.</summary>
     KvCacheShape KvShape { get; }
 
+    /// <summary>
+    /// What each sequence keeps for the model's recurrent layers (LSTM, GRU, SSM), beside or instead of KV rows:
+    /// <see cref="RecurrentStateShape.None"/> for a model of attention layers only. Its KV shape has no layers when it
+    /// has no attention.
+    /// </summary>
+    RecurrentStateShape StateShape => RecurrentStateShape.None;
+
     /// <summary>A contiguous cache shaped for this model's attention layers: <paramref name="slots"/> sequences of up to <paramref name="maxContext"/> positions.</summary>
     KvCache CreateKvCache(int slots, int maxContext);
 

@@ -482,6 +482,73 @@ public static class Ops
         return result;
     }
 
+    /// <summary>The names of an LSTM layer's state tensors in <see cref="RecurrentStateShape"/>: its hidden and cell rows.</summary>
+    public const string LstmHidden = "lstm.h", LstmCell = "lstm.c";
+
+    /// <summary>
+    /// An LSTM layer's recurrence over each sequence of the step, in order: for token t with input gates
+    /// <paramref name="gates"/>[t] (x·W_ihᵀ + biases, computed for every token at once beforehand), the gate
+    /// pre-activations are z = gates[t] + recurrent · h, split in four [i, f, g, o] (PyTorch's order); then
+    /// c = σ(f)·c + σ(i)·tanh(g) and h = σ(o)·tanh(c), and row t of the result is h: [T, H].
+    /// </summary>
+    /// <param name="gates">[T, 4H]: each token's input contribution to the gates.</param>
+    /// <param name="recurrent">The recurrent weight W_hh, [4H, H].</param>
+    /// <param name="context">The step's sequences and their state slots: a sequence whose first token here is at position 0 starts from h = c = 0, any other from its slot, and its slot keeps h and c after its last token.</param>
+    /// <param name="layer">Whose state tensors (<see cref="LstmHidden"/>, <see cref="LstmCell"/>) the layer reads and writes.</param>
+    public static Tensor Lstm(Tensor gates, Tensor recurrent, AttentionContext context, int layer)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        int hidden = recurrent.Cols;
+        if (recurrent.Rank != 2 || recurrent.Rows != 4 * hidden)
+            throw new ArgumentException($"Lstm: the recurrent weight must be [4H, H], got [{string.Join(", ", recurrent.Shape)}].");
+        RequireCols(gates, 4 * hidden, nameof(Lstm));
+        RequireRows(gates, context.TokenCount, nameof(Lstm));
+        var state = context.State;
+        int hTensor = state.Require(layer, LstmHidden), cTensor = state.Require(layer, LstmCell);
+
+        var result = Tensor.Zeros(gates.Rows, hidden);
+        var h = new float[hidden];
+        var c = new float[hidden];
+        var z = new double[4 * hidden];
+        var starts = context.QueryIndptr;
+        for (int s = 0; s < context.SequenceCount; s++)
+        {
+            int first = starts[s], end = starts[s + 1], slot = context.StateSlot(s);
+            if (context.Positions[first] == 0)
+            {
+                Array.Clear(h);
+                Array.Clear(c);
+            }
+            else
+            {
+                state.Read(hTensor, slot, h);
+                state.Read(cTensor, slot, c);
+            }
+            for (int t = first; t < end; t++)
+            {
+                for (int r = 0; r < 4 * hidden; r++)
+                {
+                    double sum = gates[t, r];
+                    for (int k = 0; k < hidden; k++) sum += (double)recurrent[r, k] * h[k];
+                    z[r] = sum;
+                }
+                for (int j = 0; j < hidden; j++)
+                {
+                    double input = Logistic(z[j]), forget = Logistic(z[hidden + j]);
+                    double candidate = Math.Tanh(z[2 * hidden + j]), output = Logistic(z[3 * hidden + j]);
+                    c[j] = (float)(forget * c[j] + input * candidate);
+                    h[j] = (float)(output * Math.Tanh(c[j]));
+                }
+                h.CopyTo(result.Row(t));
+            }
+            state.Write(hTensor, slot, h);
+            state.Write(cTensor, slot, c);
+        }
+        return result;
+    }
+
+    private static double Logistic(double x) => 1.0 / (1.0 + Math.Exp(-x));
+
     /// <summary>Rows of a followed by rows of b, side by side: [T, a.Cols + b.Cols].</summary>
     public static Tensor Concat(Tensor a, Tensor b)
     {

@@ -1,4 +1,5 @@
 using Kiln.Engine.Paging;
+using Kiln.Engine.State;
 
 namespace Kiln.Engine.Scheduling;
 
@@ -12,6 +13,14 @@ namespace Kiln.Engine.Scheduling;
 /// it generated. <see cref="Fork"/> starts more samples of a prompt on the prompt's blocks (copy-on-write).
 /// With <see cref="SchedulerOptions.ChunkedPrefill"/> off it is the pre-Sarathi baseline instead: whole prompts
 /// first, decodes only in steps that admit no prompt.
+/// <para>
+/// A model with recurrent layers adds a <see cref="StateSlotPool"/>: every running request also holds one state
+/// slot, taken at admission (a request waits while none is free) and given back the moment it finishes, is
+/// cancelled or preempted, so the next waiting request takes it in the same schedule (E-BATCH). Preemption stays
+/// recompute: the state is a function of the tokens, a preempted request recomputes it from its first token, exactly,
+/// and swapping it to host memory would only pay off for state far larger than the tokens that rebuild it. The
+/// prefix cache is not consulted then: a cached prefix holds attention rows but not the recurrent state after it.
+/// </para>
 /// </summary>
 /// <remarks>
 /// Single-threaded by design: the engine loop owns the scheduler and is the only caller of every member. Other
@@ -22,6 +31,7 @@ namespace Kiln.Engine.Scheduling;
 public sealed class ContinuousBatchScheduler
 {
     private readonly BlockPool _pool;
+    private readonly StateSlotPool? _stateSlots;
     private readonly SchedulerOptions _options;
     private readonly int _maxBlocksPerSequence;
 
@@ -41,6 +51,12 @@ public sealed class ContinuousBatchScheduler
     private long _nextId;
 
     public ContinuousBatchScheduler(BlockPool pool, SchedulerOptions options)
+        : this(pool, options, stateSlots: null)
+    {
+    }
+
+    /// <summary>A scheduler whose running requests also hold a recurrent state slot each from <paramref name="stateSlots"/> (null: a model without recurrent layers).</summary>
+    public ContinuousBatchScheduler(BlockPool pool, SchedulerOptions options, StateSlotPool? stateSlots)
     {
         ArgumentNullException.ThrowIfNull(pool);
         ArgumentNullException.ThrowIfNull(options);
@@ -51,6 +67,7 @@ public sealed class ContinuousBatchScheduler
         ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxContext, 2, nameof(options.MaxContext));
 
         _pool = pool;
+        _stateSlots = stateSlots;
         _options = options;
         // A sequence alone must always fit the pool, or preempting everyone else could still not make room for it.
         MaxContext = Math.Min(options.MaxContext, pool.TokenCapacity);
@@ -66,6 +83,9 @@ public sealed class ContinuousBatchScheduler
     }
 
     public BlockPool Pool => _pool;
+
+    /// <summary>The recurrent state slots running requests hold; null for a model without recurrent layers.</summary>
+    public StateSlotPool? StateSlots => _stateSlots;
 
     public SchedulerOptions Options => _options;
 
@@ -177,7 +197,7 @@ public sealed class ContinuousBatchScheduler
             var reason = Accept(request, token);
             if (reason == FinishReason.None) continue;
 
-            _pool.Free(request.Blocks);
+            ReleaseMemory(request);
             Finish(request, reason);
             _finishedByStep[_finishedByStepCount++] = request;
         }
@@ -214,11 +234,12 @@ public sealed class ContinuousBatchScheduler
         }
 
         Track(fork);
-        if (_runningCount == _running.Length)
+        if (_runningCount == _running.Length || (_stateSlots is not null && (fork.StateSlot = _stateSlots.Allocate()) < 0))
         {
             WaitingQueueOf(fork).PushBack(fork);
             return fork;
         }
+        // A fork with a state slot continues from its parent's state: the caller copies the slot once the step is computed.
         _pool.Fork(parent.Blocks, fork.Blocks);
         // The step in flight computes the prompt's last tokens into the blocks both now hold.
         fork.NumComputedTokens = parent.NumTokens;
@@ -339,6 +360,8 @@ public sealed class ContinuousBatchScheduler
             // The last token is computed even when cached: its logits give the next token. A blocked head
             // re-hashes its prompt each step; that is microseconds against the step it waits on.
             var cacheable = request.Tokens[..^1];
+            // A recurrent model computes every token: no state is cached for a prefix (see the class remarks).
+            if (_stateSlots is not null) cacheable = default;
             int cachedBlocks = _pool.PeekCachedPrefix(cacheable, request.Blocks.CacheKey, out int blocksToRevive);
             int cachedTokens = cachedBlocks * _pool.BlockSize;
             int count = Math.Min(request.NumTokens - cachedTokens, budget);
@@ -346,8 +369,10 @@ public sealed class ContinuousBatchScheduler
             int newBlocks = _pool.BlocksFor(cachedTokens + count) - cachedBlocks;
             // First come first served: no one behind it may take the blocks it is waiting for.
             if (newBlocks > _pool.FreeBlockCount - blocksToRevive) break;
+            if (_stateSlots is { FreeCount: 0 }) break;
 
             queue.PopFront();
+            if (_stateSlots is not null) request.StateSlot = _stateSlots.Allocate();
             int found = _pool.FindCachedPrefix(cacheable, request.Blocks);
             if (found != cachedTokens || !_pool.AllocateForSequence(request.Blocks, cachedTokens + count))
                 throw new InvalidOperationException($"The block pool changed between checking and admitting {request}.");
@@ -380,9 +405,18 @@ public sealed class ContinuousBatchScheduler
         _runningCount++;
     }
 
-    private void Preempt(GenerationRequest request)
+    /// <summary>Gives back what a running request holds: its KV blocks and its state slot.</summary>
+    private void ReleaseMemory(GenerationRequest request)
     {
         _pool.Free(request.Blocks);
+        if (request.StateSlot < 0) return;
+        _stateSlots!.Free(request.StateSlot);
+        request.StateSlot = -1;
+    }
+
+    private void Preempt(GenerationRequest request)
+    {
+        ReleaseMemory(request);
         request.NumComputedTokens = 0;
         request.NumCachedTokens = 0;
         request.Status = RequestStatus.Waiting;
@@ -407,7 +441,7 @@ public sealed class ContinuousBatchScheduler
         for (int i = 0; i < _pendingFinishes.Count; i++)
         {
             var request = _pendingFinishes[i];
-            if (request.Status == RequestStatus.Running) _pool.Free(request.Blocks); // leaves the ranking in the compaction below
+            if (request.Status == RequestStatus.Running) ReleaseMemory(request); // leaves the ranking in the compaction below
             else WaitingQueueOf(request).Remove(request);
             Finish(request, request.PendingFinish);
             _step.AddFinished(request);

@@ -47,6 +47,12 @@ public sealed class GenerationRequest
     /// <summary>Times the request lost its blocks to a higher-ranked one.</summary>
     public int PreemptionCount { get; internal set; }
 
+    /// <summary>
+    /// The recurrent state slot it holds while running (a model with recurrent layers), -1 otherwise: taken at
+    /// admission, given back when it finishes, is cancelled or preempted.
+    /// </summary>
+    public int StateSlot { get; internal set; } = -1;
+
     public RequestStatus Status { get; internal set; }
 
     public FinishReason FinishReason { get; internal set; }

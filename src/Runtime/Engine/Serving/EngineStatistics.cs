@@ -29,6 +29,12 @@ public readonly record struct EngineStatistics(
     /// <summary>Token positions per KV block.</summary>
     public int BlockSize { get; init; }
 
+    /// <summary>Recurrent state slots (one per running request of a model with recurrent layers; 0 without).</summary>
+    public int StateSlotsTotal { get; init; }
+
+    /// <summary>State slots running requests hold now.</summary>
+    public int StateSlotsUsed { get; init; }
+
     /// <summary>Prompt tokens the prefix cache supplied over those looked up (0 before any lookup).</summary>
     public double PrefixCacheHitRate => PrefixQueryTokens == 0 ? 0 : (double)PrefixHitTokens / PrefixQueryTokens;
 }

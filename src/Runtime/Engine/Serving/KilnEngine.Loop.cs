@@ -127,6 +127,8 @@ public sealed partial class KilnEngine
             sample.RecordLogprobs(logits, token);
             var fork = _scheduler.Fork(scheduled, token, parameters);
             sample.Scheduled = fork;
+            // The step has computed the prompt: a running fork continues from the state it left in the parent's slot.
+            if (fork.StateSlot >= 0) _state!.CopySlot(scheduled.StateSlot, fork.StateSlot);
             // A running fork shares the whole prompt; one left waiting at the running cap finds it at admission.
             sample.CachedPromptTokens = fork.Status == RequestStatus.Running ? fork.NumCachedTokens : -1;
             if (fork.Status != RequestStatus.Finished) _active.Add(fork.Id, sample);
@@ -159,7 +161,11 @@ public sealed partial class KilnEngine
             return;
         }
 
-        foreach (var copy in batch.Copies) Cache.CopyBlock(copy.SourceBlockId, copy.DestinationBlockId);
+        // A model without attention layers has no KV rows to copy; its blocks only count positions.
+        if (_kv is not null)
+        {
+            foreach (var copy in batch.Copies) _kv.CopyBlock(copy.SourceBlockId, copy.DestinationBlockId);
+        }
         _blockCopies += batch.Copies.Length;
         int tokenCount = FillStep(batch);
         _plan.Step(_stepTokens.AsSpan(0, tokenCount), _context, _logits.AsSpan(0, batch.LogitsCount * VocabSize));
@@ -174,7 +180,7 @@ public sealed partial class KilnEngine
         PublishStatistics();
     }
 
-    /// <summary>Flattens the chunks into the step's tokens and their attention context (paged block tables); returns the token count.</summary>
+    /// <summary>Flattens the chunks into the step's tokens and their context (paged block tables, state slots); returns the token count.</summary>
     private int FillStep(ScheduledBatch batch)
     {
         _context.Clear();
@@ -189,8 +195,13 @@ public sealed partial class KilnEngine
             if (request.CachedPromptTokens < 0) request.CachedPromptTokens = chunk.Request.NumCachedTokens;
             chunk.Request.Tokens.Slice(chunk.Start, chunk.Count).CopyTo(_stepTokens.AsSpan(tokenCount));
             tokenCount += chunk.Count;
+            if (_kv is null)
+            {
+                _context.AddRecurrentChunk(chunk.Request.StateSlot, chunk.Start, chunk.Count, chunk.NeedsLogits);
+                continue;
+            }
             var blockIds = tables.BlockIds[tables.Indptr[s]..tables.Indptr[s + 1]];
-            _context.AddChunk(blockIds, chunk.Start, chunk.Count, chunk.NeedsLogits);
+            _context.AddChunk(blockIds, chunk.Start, chunk.Count, chunk.NeedsLogits, chunk.Request.StateSlot);
         }
         return tokenCount;
     }
@@ -344,7 +355,13 @@ public sealed partial class KilnEngine
             GeneratedTokens: _generatedTokens,
             Preemptions: _scheduler.PreemptionCount,
             PrefixQueryTokens: pool.PrefixQueryTokens,
-            PrefixHitTokens: pool.PrefixHitTokens) { BlockSize = pool.BlockSize, KvBlockCopies = _blockCopies });
+            PrefixHitTokens: pool.PrefixHitTokens)
+        {
+            BlockSize = pool.BlockSize,
+            KvBlockCopies = _blockCopies,
+            StateSlotsTotal = _scheduler.StateSlots?.SlotCount ?? 0,
+            StateSlotsUsed = _scheduler.StateSlots?.UsedCount ?? 0,
+        });
     }
 
     private static string ReasonTag(FinishReason reason) => reason switch

@@ -2,6 +2,7 @@ using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using Kiln.Engine.Paging;
 using Kiln.Engine.Scheduling;
+using Kiln.Engine.State;
 using Kiln.Tokenization;
 
 namespace Kiln.Engine.Serving;
@@ -39,6 +40,8 @@ public sealed partial class KilnEngine : IAsyncDisposable
     private readonly TaskCompletionSource _loopEnded = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly EngineMetrics _metrics;
     private readonly bool _ownsPlan;
+    private readonly KvCache? _kv; // null for a model without attention layers
+    private readonly RecurrentStateCache? _state; // null for a model without recurrent layers
     private readonly int _sampleCapacity; // MaxRunningRequests + MaxQueuedRequests, capped at int.MaxValue
     private int _openSamples; // accepted and not yet ended; reserved by callers, given back by the loop
     private double _secondsBetweenCompletions; // published by the loop for the overload hint; 0 until measured
@@ -72,14 +75,33 @@ public sealed partial class KilnEngine : IAsyncDisposable
         _sampleCapacity = (int)Math.Min(int.MaxValue, (long)options.MaxRunningRequests + options.MaxQueuedRequests);
 
         var shape = model.KvShape;
-        KvCache.EnsureMemory(options.KvCacheBytes, $"KvCacheBytes ({options.KvCacheBytes})", "a smaller KvCacheBytes");
-        long bytesPerBlock = shape.BytesPerBlock(options.BlockSize, options.KvStorage);
-        long blockCount = options.KvCacheBytes / bytesPerBlock;
-        if (blockCount < 1)
-            throw new ArgumentOutOfRangeException(nameof(options), $"KvCacheBytes ({options.KvCacheBytes}) does not hold one KV block of {options.BlockSize} tokens ({bytesPerBlock} bytes for this model).");
-        blockCount = Math.Min(blockCount, Array.MaxLength / ((long)options.BlockSize * shape.KvDim));
-        var pool = new BlockPool((int)blockCount, options.BlockSize);
-        int maxContext = Math.Min(options.MaxContext, pool.TokenCapacity);
+        var stateShape = model.StateShape ?? RecurrentStateShape.None;
+        if (shape.Layers == 0 && stateShape.IsEmpty)
+            throw new ArgumentException("The model keeps neither a KV cache nor recurrent state (an encoder): it has nothing to generate with; embed with it instead.", nameof(model));
+        BlockPool pool;
+        int maxContext;
+        if (shape.Layers > 0)
+        {
+            KvCache.EnsureMemory(options.KvCacheBytes, $"KvCacheBytes ({options.KvCacheBytes})", "a smaller KvCacheBytes");
+            long bytesPerBlock = shape.BytesPerBlock(options.BlockSize, options.KvStorage);
+            long blockCount = options.KvCacheBytes / bytesPerBlock;
+            if (blockCount < 1)
+                throw new ArgumentOutOfRangeException(nameof(options), $"KvCacheBytes ({options.KvCacheBytes}) does not hold one KV block of {options.BlockSize} tokens ({bytesPerBlock} bytes for this model).");
+            blockCount = Math.Min(blockCount, Array.MaxLength / ((long)options.BlockSize * shape.KvDim));
+            pool = new BlockPool((int)blockCount, options.BlockSize);
+            maxContext = Math.Min(options.MaxContext, pool.TokenCapacity);
+        }
+        else
+        {
+            // Recurrent layers only: the blocks store nothing and just count positions, as many as every running
+            // request at the max context holds, so blocks never run out and never preempt.
+            long blocks = (long)options.MaxRunningRequests * ((options.MaxContext + options.BlockSize - 1) / options.BlockSize);
+            pool = new BlockPool((int)Math.Min(blocks, int.MaxValue / options.BlockSize), options.BlockSize);
+            maxContext = Math.Min(options.MaxContext, pool.TokenCapacity);
+        }
+        // One state slot per running request: a request that is admitted always finds one.
+        var stateSlots = stateShape.IsEmpty ? null : new StateSlotPool(options.MaxRunningRequests);
+        _state = stateShape.IsEmpty ? null : stateShape.CreateCache(options.MaxRunningRequests);
 
         // Without chunking, a step must hold a whole longest prompt (a preempted request recomputes all its tokens).
         int tokenBudget = options.ChunkedPrefill ? options.TokenBudget : Math.Max(options.TokenBudget, maxContext + options.MaxRunningRequests);
@@ -89,7 +111,7 @@ public sealed partial class KilnEngine : IAsyncDisposable
             MaxRunningRequests = options.MaxRunningRequests,
             MaxContext = maxContext,
             ChunkedPrefill = options.ChunkedPrefill,
-        });
+        }, stateSlots);
 
         _plan = compilePlan(tokenBudget) ?? throw new ArgumentException("The plan factory returned null.", nameof(compilePlan));
         _ownsPlan = ownsPlan;
@@ -107,9 +129,10 @@ public sealed partial class KilnEngine : IAsyncDisposable
         // ids and holds no rows here. Any other plan reads and writes a host cache.
         try
         {
-            Cache = _plan is IKvCacheProvider provider
-                ? provider.CreatePagedKvCache(pool.BlockCount, options.BlockSize, options.KvStorage, maxContext)
-                : shape.CreatePaged(pool.BlockCount, options.BlockSize, options.KvStorage, maxContext);
+            if (shape.Layers > 0)
+                _kv = _plan is IKvCacheProvider provider
+                    ? provider.CreatePagedKvCache(pool.BlockCount, options.BlockSize, options.KvStorage, maxContext)
+                    : shape.CreatePaged(pool.BlockCount, options.BlockSize, options.KvStorage, maxContext);
         }
         catch
         {
@@ -118,7 +141,9 @@ public sealed partial class KilnEngine : IAsyncDisposable
         }
 
         int maxChunks = options.MaxRunningRequests;
-        _context = new AttentionContext(Cache, tokenBudget, maxBlockIds: maxChunks * pool.BlocksFor(_scheduler.MaxContext));
+        _context = _kv is null
+            ? new AttentionContext(_state!, tokenBudget)
+            : new AttentionContext(_kv, tokenBudget, maxBlockIds: maxChunks * pool.BlocksFor(_scheduler.MaxContext), _state);
         _stepTokens = new int[tokenBudget];
         _logits = new float[(long)maxChunks * VocabSize];
         _sampled = new int[maxChunks];
@@ -136,8 +161,14 @@ public sealed partial class KilnEngine : IAsyncDisposable
     /// <summary>The tokenizer the engine encodes string prompts and decodes generated text with.</summary>
     public KilnTokenizer Tokenizer => _tokenizer;
 
-    /// <summary>The paged KV storage (its block geometry is the scheduler's block pool's).</summary>
-    public KvCache Cache { get; }
+    /// <summary>The paged KV storage (its block geometry is the scheduler's block pool's); throws for a model without attention layers.</summary>
+    public KvCache Cache => _kv ?? throw new InvalidOperationException("This model has no attention layers, so the engine keeps no KV cache: its sequences' memory is their recurrent state (State).");
+
+    /// <summary>Whether the model has attention layers, whose keys and values <see cref="Cache"/> holds.</summary>
+    public bool HasKvCache => _kv is not null;
+
+    /// <summary>The recurrent state of the running requests, one slot each; throws for a model without recurrent layers.</summary>
+    public RecurrentStateCache State => _state ?? throw new InvalidOperationException("This model has no recurrent layers, so the engine keeps no recurrent state.");
 
     public int VocabSize { get; }
 

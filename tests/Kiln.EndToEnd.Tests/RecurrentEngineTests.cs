@@ -1,0 +1,92 @@
+using Kiln.Engine.Scheduling;
+using Kiln.Engine.Serving;
+using Kiln.Models;
+using Kiln.Tests;
+using Xunit.Abstractions;
+using static Kiln.EndToEnd.Tests.EngineTestModel;
+
+namespace Kiln.EndToEnd.Tests;
+
+/// <summary>
+/// The engine serving a model without attention layers: the LSTM holds no KV cache, one state slot per running
+/// request. Requests of mixed lengths (more than the running cap, so freed slots are refilled), some cancelled
+/// mid-stream, each stream the greedy tokens the request generates alone, and the slots are all free at the end.
+/// </summary>
+public sealed class RecurrentEngineTests(ITestOutputHelper output)
+{
+    [Fact]
+    public async Task AnLstmServesMixedLengthsWithCancelsAsEachRequestAlone()
+    {
+        ulong seed = SeededCases.Resolve(16);
+        output.WriteLine($"seed {seed}");
+        var random = new Random((int)(seed % int.MaxValue));
+        var model = Lstm.Load(LstmTests.File(seed: 21, vocab: Tokenizer.VocabSize));
+        using var plan = model.Compile(new PlanOptions(64, Threads: 2));
+        var options = new EngineOptions { MaxRunningRequests = 3, TokenBudget = 16, MaxContext = 96, PrefixCaching = true };
+        await using var engine = new KilnEngine(model, plan, Tokenizer, options);
+        Assert.False(engine.HasKvCache);
+        Assert.Throws<InvalidOperationException>(() => engine.Cache);
+
+        const int count = 10;
+        var prompts = new int[count][];
+        var maxTokens = new int[count];
+        var cancelAfter = new int[count];
+        for (int i = 0; i < count; i++)
+        {
+            // Shared stems: a recurrent model must not take another request's (or its own earlier) prefix from a cache.
+            prompts[i] = Enumerable.Range(0, random.Next(1, 30)).Select(t => t < 6 ? 7 + t : random.Next(3, Tokenizer.VocabSize)).ToArray();
+            maxTokens[i] = random.Next(1, 24);
+            cancelAfter[i] = random.Next(4) == 0 ? random.Next(1, 4) : -1;
+        }
+
+        var tasks = new Task<Outcome>[count];
+        var cancels = new CancellationTokenSource[count];
+        for (int i = 0; i < count; i++)
+        {
+            int index = i;
+            cancels[i] = new CancellationTokenSource();
+            var generation = new GenerationOptions { MaxTokens = maxTokens[i], IgnoreEndOfSequence = true };
+            tasks[i] = Collect(engine.GenerateAsync(prompts[i], generation, cancels[i].Token), afterToken: emitted =>
+            {
+                if (emitted == cancelAfter[index]) cancels[index].Cancel();
+            });
+        }
+        var outcomes = await Task.WhenAll(tasks);
+
+        int cancelled = 0;
+        for (int i = 0; i < count; i++)
+        {
+            int[] alone = RecurrentStatePropertyTests.AloneWith(plan, model, prompts[i], maxTokens[i]);
+            if (outcomes[i].Final.FinishReason == FinishReason.Cancelled)
+            {
+                cancelled++;
+                Assert.True(alone.AsSpan().StartsWith(outcomes[i].Tokens), $"seed {seed}, request {i}: cancelled output is not a prefix of its run alone");
+            }
+            else Assert.Equal(alone, outcomes[i].Tokens);
+        }
+        var statistics = await WaitUntilIdle(engine);
+        output.WriteLine($"{count} requests, {cancelled} cancelled; {statistics.Steps} steps, {statistics.StateSlotsTotal} state slots");
+        Assert.Equal(3, statistics.StateSlotsTotal);
+        Assert.Equal(0, statistics.StateSlotsUsed);
+        Assert.Equal(0, statistics.KvBlocksUsed);
+    }
+
+    [Fact]
+    public async Task ParallelSamplesContinueFromTheirParentsStateSlot()
+    {
+        var model = Lstm.Load(LstmTests.File(seed: 22, vocab: Tokenizer.VocabSize));
+        using var plan = model.Compile(new PlanOptions(32, Threads: 2));
+        await using var engine = new KilnEngine(model, plan, Tokenizer, new EngineOptions { MaxRunningRequests = 4, TokenBudget = 16, MaxContext = 64 });
+        int[] prompt = [1, 40, 41, 42, 43, 44, 45];
+        var samples = new List<int>[3];
+        for (int i = 0; i < 3; i++) samples[i] = [];
+        await foreach (var update in engine.GenerateAsync(prompt, new GenerationOptions { MaxTokens = 12, N = 3, IgnoreEndOfSequence = true }).Patiently())
+        {
+            if (!update.IsFinal) samples[update.Index].Add(update.TokenId);
+        }
+        int[] alone = RecurrentStatePropertyTests.AloneWith(plan, model, prompt, 12);
+        // Greedy samples are one sequence: each fork copied the prompt's state, then ran on a slot of its own.
+        for (int i = 0; i < 3; i++) Assert.Equal(alone, samples[i]);
+        Assert.Equal(0, (await WaitUntilIdle(engine)).StateSlotsUsed);
+    }
+}
