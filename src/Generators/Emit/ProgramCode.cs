@@ -216,7 +216,7 @@ internal sealed class ProgramCode
                 ElemKind.Accumulator => accumulators![elem.A],
                 ElemKind.Vector when vectorColumn is not null => MappedLoad(width, "W" + _vectors.IndexOf(elem.Weight), column, elem.Offset, vectorColumn),
                 ElemKind.Vector => ArrayLoad(width, "W" + _vectors.IndexOf(elem.Weight), Index(elem.PerHead ? inHead : column, elem.Offset), pairLanes),
-                ElemKind.Gather => LoadExpression(width, "g" + _tables.IndexOf(elem.Weight), Index(column, elem.Offset), pairLanes),
+                ElemKind.Gather => GatherExpression(width, _tables.IndexOf(elem.Weight), Index(column, elem.Offset), pairLanes),
                 ElemKind.Scalar => Broadcast(width, elem.Scalar!.IsFixed ? Fixed(elem.Scalar) : "S" + _scalars.IndexOf(elem.Scalar!)),
                 ElemKind.Stat => Broadcast(width, (elem.Op == "Mean" ? "mean" : "scale") + elem.A),
                 ElemKind.Unary when width == 1 && _scalarMath is not null && elem.Op != "Neg" => $"{_scalarMath}.{elem.Op}({names[elem.A]})",
@@ -246,6 +246,14 @@ internal sealed class ProgramCode
     };
 
     /// <summary>Reads <paramref name="width"/> floats of a FloatBuffer (two valid lanes of four for a pair epilogue).</summary>
+    /// <summary>
+    /// An element of gathered table <paramref name="table"/>: the CPU plan's g<i>i</i> is the token's row (decoded from the
+    /// stored format into a slot); a GPU kernel's g<i>i</i> is the row's offset into the device table G<i>i</i>.
+    /// </summary>
+    private string GatherExpression(int width, int table, string index, bool pairLanes) => _scalarMath is null
+        ? LoadExpression(width, "g" + table, index, pairLanes)
+        : LoadExpression(width, "G" + table, $"g{table} + {index}", pairLanes);
+
     public static string LoadExpression(int width, string buffer, string index, bool pairLanes = false) => width switch
     {
         _ when pairLanes => $"{Vector(4)}.Create({buffer}[{index}], {buffer}[{index} + 1], 0f, 0f)",
