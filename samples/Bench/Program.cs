@@ -7,6 +7,7 @@ using Kiln.Bench;
 //   compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads a,b] [--quick] [--seed N]
 //   agree --model FILE [--positions 64] [--threads N] [--json OUT]
 //   kernels --threads N [--formats q4_0,q8_0,f32] [--tokens 1,32,128]
+//   embed-compare --threads N [--runs 5] [--json OUT] [--seed N]
 return BenchCli.Run(args);
 
 internal static class BenchCli
@@ -16,7 +17,8 @@ internal static class BenchCli
         "       bench compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads " + "prefill_128,decode_128,batched_decode_8,batched_decode_32] [--quick] [--seed N] [--kv f16|f32]\n" +
         "       bench agree --model FILE [--positions 64] [--threads N] [--json OUT]\n" +
         "       bench kernels --threads N [--formats q4_0,q8_0,f32] [--tokens 1,32,128]\n" +
-        "       bench serve --model FILE --threads N [--json OUT] [--quick]";
+        "       bench serve --model FILE --threads N [--json OUT] [--quick]\n" +
+        "       bench embed-compare --threads N [--runs 5] [--json OUT] [--seed N]";
 
     public static int Run(string[] args)
     {
@@ -35,13 +37,16 @@ internal static class BenchCli
                 "compare" => ["model", "threads", "runs", "json", "workloads", "quick", "seed", "kv"],
                 "agree" => ["model", "positions", "threads", "json"],
                 "kernels" => ["threads", "formats", "tokens"],
-                _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model, compare, agree, kernels or serve)"),
+                "embed-compare" => ["threads", "runs", "json", "seed"],
+                _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model, compare, agree, kernels, embed-compare or serve)"),
             });
             return args[0] switch
             {
                 "make-model" => MakeModel(options),
                 "agree" => Agree(options),
                 "kernels" => Kernels(options),
+                "embed-compare" => EmbedCompare.Run(Int(options, "threads", -1, min: 1, max: 64) is int threads and > 0 ? threads : throw new UsageException("--threads is required"),
+                    Int(options, "runs", 5, min: 1, max: 100), options.GetValueOrDefault("json"), Int(options, "seed", 1234, min: int.MinValue), Console.Out, Console.Error),
                 _ => CompareCommand(options),
             };
         }

@@ -16,6 +16,28 @@ namespace Kiln
         /// SentencePiece, "gpt2" for byte-level BPE). When set, a file that states another is rejected at load.
         /// </summary>
         public string? Tokenizer { get; set; }
+
+        /// <summary>
+        /// What kind of model the forward computes: a <see cref="ModelKind.Decoder"/> (a KV cache, the default) or an
+        /// <see cref="ModelKind.Encoder"/> (no cache: each step holds whole sequences).
+        /// </summary>
+        public ModelKind Kind { get; set; }
+    }
+
+    /// <summary>The kinds of model a definition can be; the kind decides what a step and its attention are.</summary>
+    public enum ModelKind
+    {
+        /// <summary>
+        /// Sequences grow over steps: attention writes each step's keys and values into a (paged) KV cache and reads
+        /// them back in later steps.
+        /// </summary>
+        Decoder = 0,
+
+        /// <summary>
+        /// No KV cache: a step holds whole sequences, packed one after another without padding, and attention reads the
+        /// step's own keys and values, confined to each sequence. Every Ops.Attention states <c>causal</c>.
+        /// </summary>
+        Encoder = 1,
     }
 
     /// <summary>

@@ -297,6 +297,56 @@ public sealed class DiagnosticTests
         Assert.Contains("layer '0'", diagnostic.GetMessage());
     }
 
+    private static string Encoder(string body, string result = "Ops.L2Normalize(Ops.Pool(x, context, Pooling.Mean), 1e-12f)") => $$"""
+        using System;
+        using Kiln;
+
+        namespace Test;
+
+        [Model("tiny", Kind = ModelKind.Encoder)]
+        public partial class Tiny
+        {
+            [Hyper("{arch}.dim", Required = true)] public int Dim;
+            [Weight("embd", "Vocab", "Dim")] public Tensor Embedding = null!;
+            [Weight("types", "TypeCount", "Dim")] public Tensor Types = null!;
+            [Weight("q", "Dim", "Dim")] public Tensor Q = null!;
+
+            [Forward]
+            public Tensor Forward(ReadOnlySpan<int> tokens, AttentionContext context)
+            {
+                var x = Ops.Embedding(Embedding, tokens) + Ops.TokenTypeEmbedding(Types, context);
+                {{body}}
+                return {{result}};
+            }
+        }
+        """;
+
+    [Fact]
+    public void Kln0012EncoderAttentionThatDoesNotStateCausality() =>
+        AssertSingle(Encoder("x = x + Ops.Attention(Ops.Linear(x, Q), x, x, context, 0, 2, 2);"), "KLN0012", "Ops.Attention(Ops.Linear");
+
+    [Fact]
+    public void Kln0013SelectRowsInAnEncoder() =>
+        AssertSingle(Encoder("", result: "Ops.SelectRows(x, context)"), "KLN0013", "Ops.SelectRows");
+
+    [Fact]
+    public void Kln0003PoolingPooledRows() =>
+        AssertSingle(Encoder("", result: "Ops.Pool(Ops.Pool(x, context, Pooling.Cls), context, Pooling.Mean)"), "KLN0003", "Ops.Pool(x");
+
+    [Fact]
+    public void EncoderThatStatesCausalityCompilesAndSaysWhatItIs()
+    {
+        var (run, _) = Generate(Encoder("x = x + Ops.Attention(Ops.Linear(x, Q), x, x, context, 0, 2, 2, causal: false); x = x + Ops.Attention(x, x, x, context, 0, 2, 2, causal: true);"));
+        Assert.Empty(run.GeneratorDiagnostics); // two attentions on "layer" 0: an encoder writes no cache
+        Assert.Empty(run.CompilationErrors);
+        string source = Assert.Single(run.Sources).SourceText.ToString();
+        Assert.Contains("Kind: encoder (no KV cache)", source);
+        Assert.Contains("the result is one row of Dim per sequence", source);
+        Assert.Contains("bidirectional GQA within each sequence", source);
+        Assert.Contains("causal GQA within each sequence", source);
+        Assert.Contains("gathered whole rows, by token type", source);
+    }
+
     [Fact]
     public void AttentionsInTheTwoBranchesOfAnIfMayShareALayer()
     {

@@ -12,7 +12,7 @@ public sealed class SnapshotTests
     private static string SnapshotDirectory => Path.Combine(CSharpGeneratorTest<KilnGenerator>.RepoRoot, "tests", "Kiln.Generators.Tests", "Snapshots");
 
     /// <summary>Every model definition the samples ship (each file one [Model] class).</summary>
-    public static TheoryData<string> Models => new() { "Llama", "Gpt2", "Qwen2", "Qwen3", "Gemma2", "Phi3" };
+    public static TheoryData<string> Models => new() { "Llama", "Gpt2", "Qwen2", "Qwen3", "Gemma2", "Phi3", "Bert" };
 
     internal static CSharpGeneratorTest<KilnGenerator>.Run Generate(string model)
     {

@@ -62,6 +62,16 @@ internal static class DiagnosticDescriptors
         "Two Ops.Attention calls that can run in the same step write KV-cache layer '{0}'; give each attention its own layer index (the second would overwrite the first's keys and values)",
         Category, DiagnosticSeverity.Error, isEnabledByDefault: true);
 
+    public static readonly DiagnosticDescriptor EncoderAttentionCausality = new(
+        "KLN0012", "An encoder's attention must state its causality",
+        "Ops.Attention in an encoder ([Model(Kind = ModelKind.Encoder)]) must say causal: false (each token sees its whole sequence, as BERT) or causal: true; the default is a decoder's, which an encoder would take silently",
+        Category, DiagnosticSeverity.Error, isEnabledByDefault: true);
+
+    public static readonly DiagnosticDescriptor ModelKindMismatch = new(
+        "KLN0013", "Op not available to this kind of model",
+        "{0}",
+        Category, DiagnosticSeverity.Error, isEnabledByDefault: true);
+
     public static DiagnosticDescriptor ById(string id) => id switch
     {
         "KLN0001" => UnsupportedConstruct,
@@ -74,6 +84,8 @@ internal static class DiagnosticDescriptors
         "KLN0008" => InvalidLayers,
         "KLN0010" => InvalidQuantize,
         "KLN0011" => SharedCacheLayer,
+        "KLN0012" => EncoderAttentionCausality,
+        "KLN0013" => ModelKindMismatch,
         _ => InternalError,
     };
 }

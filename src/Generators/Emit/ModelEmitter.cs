@@ -27,7 +27,9 @@ internal static class ModelEmitter
 
         EmitLoad(w, plan);
 
-        w.Line("/// <summary>Logits per output row: the last dimension of the forward result.</summary>");
+        w.Line(model.Encoder
+            ? "/// <summary>Values per output row (an embedding's width, or logits): the last dimension of the forward result.</summary>"
+            : "/// <summary>Logits per output row: the last dimension of the forward result.</summary>");
         w.Line($"public int VocabSize => {Names.DimCode(plan.VocabDim, "this")};");
         w.Line();
         string kvLayers = plan.KvLayers == "1" ? "1" : "this." + plan.KvLayers;
@@ -35,11 +37,22 @@ internal static class ModelEmitter
         // The first attention shapes the cache (as in the planner); its KV head count gives the head dimension.
         var attention = plan.Kernels.OfType<AttentionKernel>().FirstOrDefault();
         string headDim = attention is null ? "0" : $"{kvDim} / {Names.Scalar(attention.KvHeads, "this")}";
-        w.Line("/// <summary>The KV cache's geometry: one layer per attention layer, rows of the attention's k width, its head dimension.</summary>");
-        w.Line($"public global::Kiln.KvCacheShape KvShape => new global::Kiln.KvCacheShape({kvLayers}, {kvDim}, {headDim});");
-        w.Line();
-        w.Line("/// <summary>A contiguous KV cache of <paramref name=\"slots\"/> sequences of up to <paramref name=\"maxContext\"/> positions.</summary>");
-        w.Line("public global::Kiln.KvCache CreateKvCache(int slots, int maxContext) => KvShape.CreateContiguous(slots, maxContext);");
+        if (model.Encoder)
+        {
+            w.Line("/// <summary>None: an encoder keeps no KV cache (a step holds whole sequences).</summary>");
+            w.Line("public global::Kiln.KvCacheShape KvShape => default;");
+            w.Line();
+            w.Line("/// <summary>Throws: an encoder keeps no KV cache; its steps take a context without one (new AttentionContext(capacity)).</summary>");
+            w.Line($"public global::Kiln.KvCache CreateKvCache(int slots, int maxContext) => throw new global::System.NotSupportedException(\"{model.ClassName} is an encoder: it keeps no KV cache; fill a new AttentionContext(capacity) with AddSequence.\");");
+        }
+        else
+        {
+            w.Line("/// <summary>The KV cache's geometry: one layer per attention layer, rows of the attention's k width, its head dimension.</summary>");
+            w.Line($"public global::Kiln.KvCacheShape KvShape => new global::Kiln.KvCacheShape({kvLayers}, {kvDim}, {headDim});");
+            w.Line();
+            w.Line("/// <summary>A contiguous KV cache of <paramref name=\"slots\"/> sequences of up to <paramref name=\"maxContext\"/> positions.</summary>");
+            w.Line("public global::Kiln.KvCache CreateKvCache(int slots, int maxContext) => KvShape.CreateContiguous(slots, maxContext);");
+        }
         w.Line();
         w.Line($"{Tensor} global::Kiln.IKilnModel.ForwardEager(global::System.ReadOnlySpan<int> tokens, global::Kiln.AttentionContext context) => {model.ForwardName}(tokens, context);");
         w.Line();

@@ -35,11 +35,12 @@ internal static class Names
     public static string DimField(string dim) =>
         "_" + dim.Replace("*", "_x_").Replace("+", "_p_").Replace("-", "_m_").Replace("/", "_d_").Replace("(", "").Replace(")", "");
 
-    /// <summary>A dim inside Step: T and O are the step's row counts, literals stay literals, the rest are plan fields.</summary>
+    /// <summary>A dim inside Step: T, O and S are the step's row counts, literals stay literals, the rest are plan fields.</summary>
     public static string Dim(string dim) => dim switch
     {
         Shape.Tokens => "T",
         Shape.Outputs => "O",
+        Shape.Sequences => "S",
         _ when dim.All(char.IsDigit) => dim,
         _ => DimField(dim),
     };

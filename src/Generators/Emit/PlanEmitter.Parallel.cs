@@ -164,9 +164,41 @@ internal static partial class PlanEmitter
         w.Line("_pool.Run(items, paged.ChunkSize, paged);");
     }
 
+    /// <summary>An encoder's attention: no cache to write; each query reads its own sequence's k and v rows in the step.</summary>
+    private static void EmitStepAttention(CodeWriter w, Plan plan, AttentionKernel a)
+    {
+        string qCols = Names.DimField(BufferOf(plan, a.Q).Cols);
+        string kvCols = Names.DimField(BufferOf(plan, a.K).Cols);
+        w.Line($"int heads = {Names.Scalar(a.Heads, "_model")}, kvHeads = {Names.Scalar(a.KvHeads, "_model")};");
+        string scale = a.Scale.Constant is "0" ? $"(float)(1.0 / global::System.Math.Sqrt({qCols} / heads))" : $"(float)({Names.Scalar(a.Scale, "_model")})";
+        if (a.Scale.Constant is not "0" && a.Scale.IsFixed is false)
+            scale = $"{scale} is var s && s != 0f ? s : (float)(1.0 / global::System.Math.Sqrt({qCols} / heads))";
+        string options = $"new {Attention}.AttentionOptions({scale}, {Names.Scalar(a.Window, "_model")}, (float)({Names.Scalar(a.SoftCap, "_model")}), {Names.Scalar(a.Causal, "_model")})";
+        w.Line("// No KV cache: k and v are read in place from this step's rows, each query over its own sequence's tokens;");
+        w.Line("// items are each token's KV heads in a few chunks, as for a decoder's attention.");
+        w.Line($"var step = new {Attention}.StepAttention");
+        w.Line("{");
+        w.Line($"    Q = {View(plan, a.Q)},");
+        w.Line($"    K = {View(plan, a.K)},");
+        w.Line($"    V = {View(plan, a.V)},");
+        w.Line($"    Output = {View(plan, a.Output)},");
+        w.Line("    Scores = _scores,");
+        w.Line("    ScoresStride = _scoresPerChunk,");
+        w.Line("    Context = context,");
+        w.Line("    Heads = heads,");
+        w.Line("    KvHeads = kvHeads,");
+        w.Line($"    HeadDim = {qCols} / heads,");
+        w.Line($"    QCols = {qCols},");
+        w.Line($"    KvCols = {kvCols},");
+        w.Line($"    Options = {options},");
+        w.Line("};");
+        w.Line("int items = step.Plan(T, _pool.ThreadCount);");
+        w.Line("_pool.Run(items, step.ChunkSize, step);");
+    }
+
     private static void EmitWorkStructs(CodeWriter w, Plan plan)
     {
-        if (plan.Kernels.OfType<AttentionKernel>().Any())
+        if (plan.Kernels.OfType<AttentionKernel>().Any() && !plan.Model.Encoder)
         {
             w.Line("/// <summary>Attention scratch for <paramref name=\"cache\"/>: per chunk of work items, every head's scores over its MaxContext and one block's rows.</summary>");
             using (w.Block("private void GrowScores(global::Kiln.KvCache cache)"))

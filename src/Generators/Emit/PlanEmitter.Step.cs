@@ -20,12 +20,18 @@ internal static partial class PlanEmitter
             w.Line("if (T > MaxTokensPerStep)");
             w.Line("    throw new global::System.ArgumentException($\"The step has {T} tokens; this plan was compiled for at most {MaxTokensPerStep}.\", nameof(tokens));");
             w.Line("int O = context.OutputCount;");
+            if (UsesSequences(plan)) w.Line("int S = context.SequenceCount;");
             string resultRows = Names.Dim(plan.ResultRows);
             w.Line($"if (logits.Length < {resultRows} * {Names.DimField(plan.VocabDim)})");
             w.Line($"    throw new global::System.ArgumentException($\"logits holds {{logits.Length}} floats; the step needs {{{resultRows}}} rows of {{{Names.DimField(plan.VocabDim)}}}.\", nameof(logits));");
-            w.Line("var cache = context.Cache;");
             bool attention = plan.Kernels.OfType<AttentionKernel>().Any();
-            if (attention)
+            if (plan.Model.Encoder)
+            {
+                w.Line("if (context.HasCache)");
+                w.Line("    throw new global::System.ArgumentException(\"An encoder's step holds whole sequences and has no KV cache: fill a new AttentionContext(capacity) with AddSequence.\", nameof(context));");
+            }
+            else w.Line("var cache = context.Cache;");
+            if (attention && !plan.Model.Encoder)
             {
                 string layers = plan.KvLayers == "1" ? "1" : "_model." + plan.KvLayers;
                 w.Line($"if (cache.KvDim != {Names.DimField(plan.KvDim)} || cache.Layers < {layers})");
@@ -79,6 +85,10 @@ internal static partial class PlanEmitter
         }
     }
 
+    /// <summary>True when the plan has a value of one row per sequence (a pooling).</summary>
+    private static bool UsesSequences(Plan plan) =>
+        plan.ResultRows == Shape.Sequences || plan.Buffers.Any(b => b.Rows == Shape.Sequences);
+
     /// <summary>The C# condition under which code of <paramref name="guard"/> runs: its branch and every branch around it.</summary>
     private static string Condition(Plan plan, int guard)
     {
@@ -98,6 +108,7 @@ internal static partial class PlanEmitter
         var programs = Programs(plan).Select(p => p.Program).ToList();
         var tokenTables = programs.SelectMany(p => p.Elems).Where(e => e.Kind == ElemKind.Gather && e.Map == RowMap.Tokens).Select(e => e.Weight).Distinct().ToList();
         var positionTables = programs.SelectMany(p => p.Elems).Where(e => e.Kind == ElemKind.Gather && e.Map == RowMap.Positions).Select(e => e.Weight).Distinct().ToList();
+        var typeTables = programs.SelectMany(p => p.Elems).Where(e => e.Kind == ElemKind.Gather && e.Map == RowMap.TokenTypes).Select(e => e.Weight).Distinct().ToList();
         if (tokenTables.Count > 0)
         {
             w.Line("// Token ids, checked against the vocabulary once, where the gathering loops read them.");
@@ -119,6 +130,17 @@ internal static partial class PlanEmitter
             {
                 w.Line($"if ((uint)positions[t] >= (uint){rows})");
                 w.Line($"    throw new global::System.ArgumentOutOfRangeException(nameof(context), $\"Position {{positions[t]}} of token {{t}} is beyond the {{{rows}}} positions the embedding table {Short(table)} holds.\");");
+            }
+            w.Line();
+        }
+        if (typeTables.Count > 0) w.Line("global::System.ReadOnlySpan<int> tokenTypes = context.TokenTypes;");
+        foreach (var table in typeTables)
+        {
+            string rows = Names.Weight(table, "_model", "0") + ".Rows";
+            using (w.Block("for (int t = 0; t < T; t++)"))
+            {
+                w.Line($"if ((uint)tokenTypes[t] >= (uint){rows})");
+                w.Line($"    throw new global::System.ArgumentOutOfRangeException(nameof(context), $\"Token type {{tokenTypes[t]}} of token {{t}} is beyond the {{{rows}}} types the embedding table {Short(table)} holds.\");");
             }
             w.Line();
         }
@@ -162,9 +184,19 @@ internal static partial class PlanEmitter
                 case MatMulKernel m:
                     EmitMatMul(w, plan, m, layer);
                     break;
+                case AttentionKernel a when plan.Model.Encoder:
+                    EmitStepAttention(w, plan, a);
+                    break;
                 case AttentionKernel a:
                     EmitAttention(w, plan, a);
                     break;
+                case PoolKernel p:
+                {
+                    var input = BufferOf(plan, p.Input);
+                    w.Line($"var pooling = new global::Kiln.Kernels.Elementwise.SequencePooling {{ Input = {View(plan, p.Input)}, Output = {View(plan, p.Output)}, Cols = {Names.DimField(input.Cols)}, Context = context, Pooling = global::Kiln.Pooling.{p.Mode} }};");
+                    w.Line("_pool.Run(S, global::System.Math.Max(1, S / (4 * _pool.ThreadCount)), pooling);");
+                    break;
+                }
                 case ElementwiseKernel e:
                     EmitElementwise(w, plan, e, layer);
                     break;

@@ -22,7 +22,7 @@ internal static partial class PlanEmitter
     /// <summary>Locals the emitted Step uses; arena buffers never take these names.</summary>
     public static readonly string[] ReservedNames =
     {
-        "T", "O", "tokens", "context", "logits", "arena", "cache", "positions", "slots", "outputRows", "weights",
+        "T", "O", "S", "tokens", "tokenTypes", "pooling", "step", "context", "logits", "arena", "cache", "positions", "slots", "outputRows", "weights",
         "t", "o", "j", "i", "p", "h", "c", "g", "w0", "w1", "input", "a", "b", "cos", "sin", "pair", "heads", "kvHeads",
         "headDim", "group", "scale", "keys", "values", "query", "kvOffset", "scores", "output", "position", "token", "table",
         "cols", "row", "model", "packed", "half", "angle", "residual", "layerCount", "source", "destination", "weight", "result", "offset",
@@ -143,7 +143,16 @@ internal static partial class PlanEmitter
         w.Line();
         w.Line("// Matmul inputs, prepared once per matmul for all its weights (normalized, quantized to Q8 for the quantized layouts).");
         w.Line($"private readonly {MatMul}.GemmScratch _inputs;");
-        if (plan.Kernels.OfType<AttentionKernel>().Any())
+        if (plan.Model.Encoder && plan.Kernels.OfType<AttentionKernel>().Any())
+        {
+            w.Line();
+            w.Line($"// Attention scratch per chunk of work items ({Attention}.StepAttention.MaxChunks at most): every head's row of scores over");
+            w.Line("// the longest sequence a step can hold (its whole step).");
+            w.Line($"private readonly {MatMul}.NativeBlock _scoresMemory;");
+            w.Line($"private readonly {MatMul}.FloatBuffer _scores;");
+            w.Line("private readonly int _scoresPerChunk;");
+        }
+        else if (plan.Kernels.OfType<AttentionKernel>().Any())
         {
             w.Line();
             w.Line($"// Attention scratch per chunk of work items ({Attention}.PagedAttention.MaxChunks at most): every head's row of scores over");
@@ -217,6 +226,15 @@ internal static partial class PlanEmitter
             string widest = inputs.Count == 0 ? "1" : inputs[0];
             for (int k = 1; k < inputs.Count; k++) widest = $"global::System.Math.Max({widest}, {inputs[k]})";
             w.Line($"_inputs = new {MatMul}.GemmScratch(maxTokensPerStep, {widest});");
+            if (plan.Model.Encoder && plan.Kernels.OfType<AttentionKernel>().Any())
+            {
+                var heads = plan.Kernels.OfType<AttentionKernel>().Select(k => Names.Scalar(k.Heads, "model")).Distinct().ToList();
+                string most = heads[0];
+                for (int i = 1; i < heads.Count; i++) most = $"global::System.Math.Max({most}, {heads[i]})";
+                w.Line($"_scoresPerChunk = {Attention}.StepAttention.ScoresPerChunk(maxTokensPerStep, {most});");
+                w.Line($"_scoresMemory = new {MatMul}.NativeBlock((long)_scoresPerChunk * {Attention}.StepAttention.MaxChunks * sizeof(float));");
+                w.Line($"_scores = _scoresMemory.Floats(0, _scoresPerChunk * {Attention}.StepAttention.MaxChunks);");
+            }
             w.Line($"_pool = new {Pool}(options.ResolvedThreads);");
             w.Line("_report = layouts.ToString();");
         }

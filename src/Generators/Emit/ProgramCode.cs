@@ -60,7 +60,7 @@ internal sealed class ProgramCode
 
     public bool UsesTokens => Program.Elems.Any(e => e.Kind == ElemKind.Gather && e.Map == RowMap.Tokens);
 
-    public bool UsesContext => Program.Elems.Any(e => e.Map is RowMap.Selected or RowMap.Positions) || Program.Stats.Any(s => s.Map == RowMap.Selected);
+    public bool UsesContext => Program.Elems.Any(e => e.Map is RowMap.Selected or RowMap.Positions or RowMap.TokenTypes) || Program.Stats.Any(s => s.Map == RowMap.Selected);
 
     private void Dim(string dim)
     {
@@ -124,8 +124,14 @@ internal sealed class ProgramCode
         }
         for (int i = 0; i < _tables.Count; i++)
         {
-            bool tokens = Program.Elems.Any(e => e.Kind == ElemKind.Gather && e.Weight == _tables[i] && e.Map == RowMap.Tokens);
-            w.Line($"int g{i} = {(tokens ? $"Tokens[{row}]" : $"Context.Positions[{row}]")} * G{i}Cols;");
+            var map = Program.Elems.First(e => e.Kind == ElemKind.Gather && e.Weight == _tables[i]).Map;
+            string index = map switch
+            {
+                RowMap.Tokens => $"Tokens[{row}]",
+                RowMap.TokenTypes => $"Context.TokenTypes[{row}]",
+                _ => $"Context.Positions[{row}]",
+            };
+            w.Line($"int g{i} = {index} * G{i}Cols;");
         }
         for (int i = 0; i < Program.Stats.Count; i++)
             if (Program.Stats[i].Group.Length == 0) Statistic(w, i, $"{LoadBase(Program.Stats[i].Value, Program.Stats[i].Map)}", $"In{_loads.IndexOf((Program.Stats[i].Value, Program.Stats[i].Map))}Cols");
@@ -142,7 +148,11 @@ internal sealed class ProgramCode
     {
         var stat = Program.Stats[i];
         string buffer = LoadField(stat.Value, stat.Map);
-        if (stat.Kind == "Rms")
+        if (stat.Kind == "L2")
+        {
+            w.Line($"float scale{i} = (float)(1.0 / global::System.Math.Max(global::System.Math.Sqrt({Statistics}.SumOfSquares({buffer}, {start}, {count})), E{i}));");
+        }
+        else if (stat.Kind == "Rms")
         {
             w.Line($"float scale{i} = (float)(1.0 / global::System.Math.Sqrt({Statistics}.SumOfSquares({buffer}, {start}, {count}) / {count} + E{i}));");
         }

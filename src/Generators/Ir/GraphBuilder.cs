@@ -66,7 +66,7 @@ internal sealed class GraphBuilder
             else Statement(statement);
         }
         CheckQuantizedWeights();
-        CheckCacheLayers();
+        if (!_model.Encoder) CheckCacheLayers(); // an encoder's attentions write no cache
         if (result < 0) return null;
         return new Graph(_model, _nodes.ToEquatableArray(), _regions.ToEquatableArray(), _guards.ToEquatableArray(), result);
     }
@@ -405,6 +405,12 @@ internal sealed class GraphBuilder
             Report(DiagnosticDescriptors.TypeMismatch, call.Location, $"Ops.{op.Name} of weights alone; an elementwise op needs an activation");
             return -1;
         }
+        if (op.Kind == OpKind.SelectRows && _model.Encoder)
+        {
+            Report(DiagnosticDescriptors.ModelKindMismatch, call.Location,
+                "Ops.SelectRows in an encoder: an encoder's step has no wanted rows (they are a decoder's next-token logits); return every token's rows [T, ·] or pool them per sequence with Ops.Pool");
+            return -1;
+        }
         if (op.Kind == OpKind.Rope && scalars.Any(s => s.UsesLayer))
         {
             Report(DiagnosticDescriptors.TypeMismatch, call.Location, "Ops.Rope's head dimension, base and rotary dimensions must be the same in every layer (the plan computes its angles once per step)");
@@ -442,11 +448,14 @@ internal sealed class GraphBuilder
             ParamKind.Int => scalar.IsInteger,
             ParamKind.Float => scalar.IsInteger || scalar.Type is "float" or "double",
             ParamKind.Bool => scalar.Type == "bool",
+            ParamKind.Pooling => scalar.Type == "global::Kiln.Pooling",
             _ => scalar.Type == "global::Kiln.RopeStyle",
         };
         if (!fits) return $"Ops.{op.Name} argument '{parameter.Name}' is {scalar.Type} '{scalar}' where {Describe(parameter.Kind)} is expected";
         if (parameter.Kind == ParamKind.Style && scalar.Constant is null)
             return $"Ops.{op.Name} argument '{parameter.Name}' ('{scalar}') must be a RopeStyle constant: the style decides the kernel when the generator runs";
+        if (parameter.Kind == ParamKind.Pooling && (scalar.Constant is not ("0" or "1" or "2")))
+            return $"Ops.{op.Name} argument '{parameter.Name}' ('{scalar}') must be a Pooling member (Mean, Cls, LastToken): the pooling decides the kernel when the generator runs";
         return null;
     }
 
@@ -491,6 +500,7 @@ internal sealed class GraphBuilder
         ParamKind.Int => "an int (a literal, an int member, the layer index, or arithmetic on them)",
         ParamKind.Float => "a number (a literal, a numeric member, or arithmetic on them)",
         ParamKind.Bool => "a bool",
+        ParamKind.Pooling => "a Pooling constant",
         _ => "a RopeStyle constant",
     };
 }

@@ -25,6 +25,8 @@ internal enum ParamKind
     Bool,
     /// <summary>A <c>Kiln.RopeStyle</c>, fixed when the generator runs (it decides the kernel).</summary>
     Style,
+    /// <summary>A <c>Kiln.Pooling</c>, fixed when the generator runs (it decides the kernel).</summary>
+    Pooling,
 }
 
 /// <summary>How an op is lowered; the passes pattern-match on these, never on method names.</summary>
@@ -37,7 +39,11 @@ internal enum OpKind
     Merge,
     Embedding,
     PositionEmbedding,
+    TokenTypeEmbedding,
     SelectRows,
+    /// <summary>One row per sequence of the step (mean, first or last of its tokens' rows): [T, D] → [S, D].</summary>
+    Pool,
+    L2Normalize,
     RmsNorm,
     HeadRmsNorm,
     LayerNorm,
@@ -79,7 +85,7 @@ internal readonly struct OpParameter
 
     public bool IsTensor => Kind is ParamKind.Activation or ParamKind.Weight or ParamKind.Tensor;
 
-    public bool IsScalar => Kind is ParamKind.Int or ParamKind.Float or ParamKind.Bool or ParamKind.Style;
+    public bool IsScalar => Kind is ParamKind.Int or ParamKind.Float or ParamKind.Bool or ParamKind.Style or ParamKind.Pooling;
 }
 
 /// <summary>
@@ -155,8 +161,14 @@ internal static class OpTable
             "row tokens[t] of the table, for each token"),
         new("PositionEmbedding", OpKind.PositionEmbedding, new[] { P("table", ParamKind.Weight), Context }, GatherShape,
             "row positions[t] of the table, for each token"),
+        new("TokenTypeEmbedding", OpKind.TokenTypeEmbedding, new[] { P("table", ParamKind.Weight), Context }, GatherShape,
+            "row tokenTypes[t] of the table, for each token"),
         new("SelectRows", OpKind.SelectRows, new[] { X, Context }, SelectRowsShape,
             "the rows whose logits the step wants"),
+        new("Pool", OpKind.Pool, new[] { X, Context, P("pooling", ParamKind.Pooling) }, PoolShape,
+            "one row per sequence: the mean, first or last of its tokens' rows"),
+        new("L2Normalize", OpKind.L2Normalize, new[] { X, P("eps", ParamKind.Float) }, SameAsFirst,
+            "x / max(‖x‖₂, eps), per row"),
         new("RmsNorm", OpKind.RmsNorm, new[] { X, P("weight", ParamKind.Weight), P("eps", ParamKind.Float) }, NormShape,
             "x / sqrt(mean(x²) + eps) · weight, per row"),
         new("HeadRmsNorm", OpKind.HeadRmsNorm, new[] { X, P("weight", ParamKind.Weight), P("eps", ParamKind.Float) }, HeadNormShape,
@@ -231,6 +243,7 @@ internal static class OpTable
         ParamKind.Int => "int",
         ParamKind.Float => "float",
         ParamKind.Bool => "bool",
+        ParamKind.Pooling => "Pooling",
         _ => "RopeStyle",
     };
 
@@ -244,6 +257,12 @@ internal static class OpTable
     {
         if (s[0].Rank != 2 || s[0].Dims[0] != Shape.Tokens) return ShapeResult.Fail($"expected one row per token [T, features], got {s[0]}", 0);
         return ShapeResult.Ok(Shape.Of(Shape.Outputs, s[0].Cols));
+    }
+
+    private static ShapeResult PoolShape(IReadOnlyList<Shape> s, IReadOnlyList<ScalarExpr> _)
+    {
+        if (s[0].Rank != 2 || s[0].Dims[0] != Shape.Tokens) return ShapeResult.Fail($"pooling reads one row per token [T, features], got {s[0]}", 0);
+        return ShapeResult.Ok(Shape.Of(Shape.Sequences, s[0].Cols));
     }
 
     private static ShapeResult NormShape(IReadOnlyList<Shape> s, IReadOnlyList<ScalarExpr> _)

@@ -86,14 +86,16 @@ internal sealed class Fusion
                     node.Scalars[0], node.Scalars[1], node.Scalars[2], node.Scalars[3], node.Scalars[4], node.Scalars[5], node.Scalars[6]));
             else if (node.Op == OpKind.Concat)
                 _kernels.Add(new ConcatKernel(node.Region, node.Guard, node.Id, node.Inputs[0], node.Inputs[1], node.Id));
+            else if (node.Op == OpKind.Pool && _uses[node.Id].Count > 0)
+                _kernels.Add(new PoolKernel(node.Region, node.Guard, node.Id, node.Inputs[0], node.Id, node.Scalars[0].Constant ?? "0"));
         }
         return _kernels.OrderBy(k => _graph.Regions[k.Region].Index).ThenBy(k => k.Anchor).ToList();
     }
 
-    /// <summary>Ops whose values a kernel computes (weights, phis and merges are storage; Linear, Attention and Concat kernels of their own).</summary>
-    private static bool IsComputed(OpKind op) => op is not (OpKind.Weight or OpKind.Phi or OpKind.Merge or OpKind.Linear or OpKind.Attention or OpKind.Concat);
+    /// <summary>Ops whose values a kernel computes (weights, phis and merges are storage; Linear, Attention, Concat and Pool kernels of their own).</summary>
+    private static bool IsComputed(OpKind op) => op is not (OpKind.Weight or OpKind.Phi or OpKind.Merge or OpKind.Linear or OpKind.Attention or OpKind.Concat or OpKind.Pool);
 
-    private static bool IsNorm(OpKind op) => op is OpKind.RmsNorm or OpKind.LayerNorm or OpKind.HeadRmsNorm;
+    private static bool IsNorm(OpKind op) => op is OpKind.RmsNorm or OpKind.LayerNorm or OpKind.HeadRmsNorm or OpKind.L2Normalize;
 
     private void FindLinearOutputs()
     {
@@ -167,7 +169,7 @@ internal sealed class Fusion
             bool inline = reader.Op switch
             {
                 OpKind.RmsNorm or OpKind.LayerNorm => _foldedNorms.Contains(reader.Id) && reader.Inputs[0] == id && Elementwise(node),
-                OpKind.HeadRmsNorm or OpKind.SelectRows => false,
+                OpKind.HeadRmsNorm or OpKind.SelectRows or OpKind.L2Normalize => false,
                 _ => IsComputed(reader.Op) && !_outputs.ContainsKey(reader.Id),
             };
             // Inside a folded norm's input preparation only element-by-element work fits (the norm's statistics come after it).
@@ -419,10 +421,12 @@ internal sealed class Fusion
             {
                 OpKind.Embedding => Add(new Elem(ElemKind.Gather, Weight: Graph[node.Inputs[0]].Name, Offset: offset, Map: RowMap.Tokens)),
                 OpKind.PositionEmbedding => Add(new Elem(ElemKind.Gather, Weight: Graph[node.Inputs[0]].Name, Offset: offset, Map: RowMap.Positions)),
+                OpKind.TokenTypeEmbedding => Add(new Elem(ElemKind.Gather, Weight: Graph[node.Inputs[0]].Name, Offset: offset, Map: RowMap.TokenTypes)),
                 OpKind.SelectRows => Load(node.Inputs[0], offset, RowMap.Selected),
                 OpKind.Slice => Value(node.Inputs[0], Sum(offset, node.Scalars[0].AsDim()!)),
                 OpKind.RmsNorm or OpKind.HeadRmsNorm => Norm(node, offset, layer: false),
                 OpKind.LayerNorm => Norm(node, offset, layer: true),
+                OpKind.L2Normalize => L2(node, offset),
                 OpKind.Silu => Silu(Value(node.Inputs[0], offset)),
                 OpKind.Sigmoid => Sigmoid(Value(node.Inputs[0], offset)),
                 OpKind.Gelu => Gelu(Value(node.Inputs[0], offset)),
@@ -471,6 +475,15 @@ internal sealed class Fusion
             return node.Inputs.Count > 2
                 ? Binary("Add", weighted, Add(new Elem(ElemKind.Vector, Weight: Graph[node.Inputs[2]].Name, Offset: offset)))
                 : weighted;
+        }
+
+        /// <summary>x · 1/max(‖x‖₂, eps): the row's Σx² first (a statistic, in double), then a scale per element.</summary>
+        private int L2(Node node, string offset)
+        {
+            int input = node.Inputs[0];
+            int stat = _stats.Count;
+            _stats.Add(new RowStat("L2", input, RowMap.Same, offset, "", node.Scalars[0]));
+            return Binary("Mul", Load(input, offset, RowMap.Same), Add(new Elem(ElemKind.Stat, "Scale", A: stat)));
         }
 
         // Activations, composed from primitives: the one place each is defined for the compiled kernels.
@@ -529,6 +542,8 @@ internal sealed class Fusion
             {
                 OpKind.Embedding => $"{Short(Graph[node.Inputs[0]].Name)}[tokens]",
                 OpKind.PositionEmbedding => $"{Short(Graph[node.Inputs[0]].Name)}[positions]",
+                OpKind.TokenTypeEmbedding => $"{Short(Graph[node.Inputs[0]].Name)}[token types]",
+                OpKind.L2Normalize => $"l2normalize({Arg(0)})",
                 OpKind.SelectRows => $"rows({Arg(0)})",
                 OpKind.Slice => $"{Arg(0)}[:, {node.Scalars[0]}..+{node.Scalars[1]}]",
                 OpKind.RmsNorm => $"rmsnorm({Arg(0)}, {Short(Graph[node.Inputs[1]].Name)})",

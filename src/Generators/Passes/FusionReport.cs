@@ -13,6 +13,8 @@ internal static class FusionReport
         string Name(int value) => plan.ValueBuffers[value] < 0 ? "?" : plan.Buffers[plan.ValueBuffers[value]].Name;
 
         yield return $"Kiln fusion report for {model.ClassName} (architecture \"{model.Architecture}\"), CPU kernels on a worker pool.";
+        if (model.Encoder)
+            yield return $"Kind: encoder (no KV cache): a step holds whole sequences packed one after another, no padding; attention reads each sequence's own k/v rows of the step; the result is {ResultText(plan)}.";
         yield return "Kernels, in step order:";
         int region = 0;
         int number = 1;
@@ -56,7 +58,7 @@ internal static class FusionReport
             yield return $"  {string.Join(", ", weights)} → {where} [{rows}, {matmul.InDim}], {shape}: {Rule(matmul.Format, model)}{(why.Count > 0 ? "; " + string.Join("; ", why) : "")}.";
         }
         foreach (var table in plan.Kernels.SelectMany(Programs).SelectMany(p => p.Elems).Where(e => e.Kind == ElemKind.Gather).Select(e => e.Weight).Distinct())
-            yield return $"  {Short(table)} → as loaded (row-major): gathered whole rows, by {(plan.Kernels.SelectMany(Programs).SelectMany(p => p.Elems).Any(e => e.Weight == table && e.Map == RowMap.Positions) ? "position" : "token")}.";
+            yield return $"  {Short(table)} → as loaded (row-major): gathered whole rows, by {GatherKey(plan.Kernels.SelectMany(Programs).SelectMany(p => p.Elems).First(e => e.Kind == ElemKind.Gather && e.Weight == table).Map)}.";
 
         yield return "Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):";
         for (int slot = 0; slot < plan.SlotCount; slot++)
@@ -72,11 +74,20 @@ internal static class FusionReport
         yield return "Loop bodies (epilogues, input chains, elementwise loops) are generated from the forward method's ops at every width:";
         yield return "  Vector512, Vector256, Vector128 (tiles) and scalar; activations are composed from e^x, tanh, erf and ln (Kiln.Kernels.Elementwise.Lanes).";
         if (plan.RopeTables.Count > 0) yield return "Rope: cos/sin per token and pair computed once per step in double (as the eager op), shared by every layer.";
-        if (plan.Kernels.OfType<AttentionKernel>().Any()) yield return "Attention scratch: per chunk of work items, every head's scores over the KV cache's MaxContext (and one block's rows when the cache stores int8), grown when a larger cache is first seen.";
+        if (plan.Kernels.OfType<AttentionKernel>().Any() && model.Encoder) yield return "Attention scratch: per chunk of work items, every head's scores over the longest sequence a step can hold (its whole step), allocated with the plan.";
+        else if (plan.Kernels.OfType<AttentionKernel>().Any()) yield return "Attention scratch: per chunk of work items, every head's scores over the KV cache's MaxContext (and one block's rows when the cache stores int8), grown when a larger cache is first seen.";
         yield return "Threads: one worker pool (PlanOptions.Threads). A matmul splits its 4-row groups over the threads, each tile (4 rows × 4 tokens";
         yield return "  for F32/BF16, 8 rows × 8 tokens for Q8_0/Q4_0) going through its epilogue while in registers; attention splits (token, KV-head chunk) items;";
         yield return "  elementwise loops split rows. Every output is computed by one thread in a fixed order, so results do not depend on the thread count.";
     }
+
+    /// <summary>What an encoder's step returns, by the rows of its result.</summary>
+    private static string ResultText(Plan plan) => plan.ResultRows switch
+    {
+        Shape.Sequences => $"one row of {plan.VocabDim} per sequence",
+        Shape.Tokens => $"every token's row of {plan.VocabDim} (hidden states)",
+        _ => $"rows of {plan.VocabDim}",
+    };
 
     /// <summary>A program's description with its stored values named by their buffers.</summary>
     public static string Resolve(string description, Plan plan) =>
@@ -85,6 +96,13 @@ internal static class FusionReport
             int value = int.Parse(match.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
             return value < plan.ValueBuffers.Count && plan.ValueBuffers[value] >= 0 ? plan.Buffers[plan.ValueBuffers[value]].Name : "?";
         });
+
+    private static string GatherKey(RowMap map) => map switch
+    {
+        RowMap.Positions => "position",
+        RowMap.TokenTypes => "token type",
+        _ => "token",
+    };
 
     private static IEnumerable<Program> Programs(Kernel kernel) => kernel switch
     {
@@ -115,6 +133,7 @@ internal static class FusionReport
             OpKind.Phi => "carried into the layer loop",
             OpKind.Merge => "merged after an if",
             OpKind.Attention => "read by attention",
+            OpKind.Pool => "read by the pooling",
             OpKind.Linear => "read by matmuls of different layouts",
             _ => "no matmul output of its own to end",
         } : "no matmul output of its own to end";
@@ -167,6 +186,17 @@ internal static class FusionReport
                 });
                 return $"matmul: {input}·[{weights}]ᵀ{norm}{chain} → {string.Join(", ", outputs)}";
             }
+            case AttentionKernel a when plan.Model.Encoder:
+            {
+                string causal = a.Causal.Constant switch { "false" => "bidirectional", "true" => "causal", _ => $"causal when {a.Causal}" };
+                var options = new List<string>();
+                if (a.Window.Constant != "0") options.Add($"sliding window {a.Window}");
+                if (a.SoftCap.Constant != "0") options.Add($"scores soft-capped at {a.SoftCap}");
+                if (a.Scale.Constant != "0") options.Add($"scale {a.Scale}");
+                return $"attention: {name(a.Output)} ← Attention({name(a.Q)}, {name(a.K)}, {name(a.V)}): no KV cache; {causal} GQA within each sequence of the step{(options.Count > 0 ? " (" + string.Join(", ", options) + ")" : "")}, k/v read in place from the step's rows, in parallel over (token, chunk of KV heads) items (dots, softmax, weighted sum)";
+            }
+            case PoolKernel p:
+                return $"pool: {name(p.Output)} ← {(p.Mode == "Mean" ? "the mean of" : p.Mode == "Cls" ? "the first of" : "the last of")} each sequence's rows of {name(p.Input)}{(p.Mode == "Mean" ? " (summed in double)" : "")}, in parallel over sequences";
             case AttentionKernel a:
             {
                 var options = new List<string>();

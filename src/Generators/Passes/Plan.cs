@@ -39,6 +39,8 @@ internal enum RowMap
     Tokens,
     /// <summary>Gathers: table row positions[t].</summary>
     Positions,
+    /// <summary>Gathers: table row tokenTypes[t].</summary>
+    TokenTypes,
 }
 
 /// <summary>One node of an elementwise program; arguments are indices of earlier elements.</summary>
@@ -46,7 +48,7 @@ internal sealed record Elem(ElemKind Kind, string Op = "", int A = -1, int B = -
     RowMap Map = RowMap.Same, ScalarExpr? Scalar = null, bool PerHead = false);
 
 /// <summary>
-/// A reduction a norm needs before its elementwise part: Σx² ("Rms") or mean and variance ("Moments") of value
+/// A reduction a norm needs before its elementwise part: Σx² ("Rms", and "L2" for an L2 normalization) or mean and variance ("Moments") of value
 /// <see cref="Value"/>'s row (through <see cref="Map"/>, columns from <see cref="Offset"/>), over the whole row
 /// (<see cref="Group"/> "") or per head of Group columns.
 /// </summary>
@@ -181,6 +183,17 @@ internal sealed record AttentionKernel(int Region, int Guard, int Anchor, int Q,
     public override EquatableArray<int> Reads => EquatableArray.Create(Q, K, V);
 
     public override EquatableArray<int> Writes => EquatableArray.Create(Output);
+}
+
+/// <summary>One row per sequence of the step from its tokens' rows (Ops.Pool): <see cref="Pooling"/> is the Kiln.Pooling member's value.</summary>
+internal sealed record PoolKernel(int Region, int Guard, int Anchor, int Input, int Output, string Pooling) : Kernel(Region, Guard, Anchor)
+{
+    public override EquatableArray<int> Reads => EquatableArray.Create(Input);
+
+    public override EquatableArray<int> Writes => EquatableArray.Create(Output);
+
+    /// <summary>The Kiln.Pooling member the kernel computes.</summary>
+    public string Mode => Pooling switch { "1" => "Cls", "2" => "LastToken", _ => "Mean" };
 }
 
 /// <summary>Columns of a and b side by side (Ops.Concat): two row copies.</summary>

@@ -140,6 +140,8 @@ internal sealed partial class Planner
     {
         OpKind.Mul when _kernels.OfType<MatMulKernel>().Any(k => k.Segments.Any(s => s.IsPair && s.Output == value)) => "glu",
         OpKind.SelectRows => "rows",
+        OpKind.Pool => "pooled",
+        OpKind.L2Normalize => "normalized",
         var op => op.ToString().ToLowerInvariant(),
     };
 

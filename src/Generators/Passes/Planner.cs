@@ -101,9 +101,10 @@ internal sealed partial class Planner
             if (back != phi.Id && Find(back) != Find(phi.Id)) _kernels.Add(new CopyKernel(phi.Region, -1, int.MaxValue, back, phi.Id));
         }
 
-        // The result goes straight into the caller's logits when nothing else shares its buffer.
+        // The result goes straight into the caller's logits when a matmul's epilogue writes it (pinned for the run) and
+        // nothing else shares its buffer; any other kernel writes the arena and a copy follows.
         int result = _graph.Result;
-        bool direct = _graph[result].Op is not (OpKind.Phi or OpKind.Merge) && _kernels.Any(k => k.Writes.Contains(result) && k.Guard < 0)
+        bool direct = _graph[result].Op is not (OpKind.Phi or OpKind.Merge) && _kernels.Any(k => k.Writes.Contains(result) && k.Guard < 0 && k is MatMulKernel)
             && Enumerable.Range(0, _graph.Nodes.Count).All(v => v == result || Find(v) != Find(result));
         if (direct) Union(_logits, result);
         else _kernels.Add(new CopyKernel(_graph.Regions.Count - 1, -1, int.MaxValue, result, _logits));

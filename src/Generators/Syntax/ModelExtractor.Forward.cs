@@ -15,6 +15,7 @@ namespace Kiln.Generators.Syntax;
 internal static partial class ModelExtractor
 {
     private const string RopeStyleType = "Kiln.RopeStyle";
+    private const string PoolingType = "Kiln.Pooling";
 
     /// <summary>Tensor operators → the op they are (Kiln.Tensor's operators call these Ops methods).</summary>
     private static readonly Dictionary<string, string> TensorOperators = new()
@@ -335,6 +336,7 @@ internal static partial class ModelExtractor
             if (IsTensor(type)) return "Tensor";
             if (FullName(type) == ContextType) return "context";
             if (FullName(type) == RopeStyleType) return "RopeStyle";
+            if (FullName(type) == PoolingType) return "Pooling";
             if (type is INamedTypeSymbol { Name: "ReadOnlySpan", TypeArguments.Length: 1 } span && span.TypeArguments[0].SpecialType == SpecialType.System_Int32) return "tokens";
             return type.SpecialType switch
             {
@@ -462,6 +464,13 @@ internal static partial class ModelExtractor
                 var argument = operation.Arguments.FirstOrDefault(a => SymbolEqualityComparer.Default.Equals(a.Parameter, parameter));
                 if (argument is null || argument.ArgumentKind == ArgumentKind.DefaultValue)
                 {
+                    // An encoder's attention has no cache to tell its causality by: it must say which it is.
+                    if (_encoder && op.Kind == OpKind.Attention && parameter.Name == "causal")
+                    {
+                        Report(DiagnosticDescriptors.EncoderAttentionCausality, LocationInfo.From(invocation));
+                        ok = false;
+                        continue;
+                    }
                     if (!parameter.HasExplicitDefaultValue)
                     {
                         Unsupported(invocation, $"The argument '{parameter.Name}'", "give every op argument");

@@ -121,6 +121,7 @@ internal static partial class ModelExtractor
         private readonly List<string> _freeDims = new();
         private readonly Dictionary<ISymbol, string> _weightKeys = new(SymbolEqualityComparer.Default);
         private readonly Dictionary<string, INamedTypeSymbol> _layerTypes = new();
+        private bool _encoder;
 
         public Extraction(INamedTypeSymbol type, ClassDeclarationSyntax declaration, SemanticModel semanticModel,
             ImmutableArray<AttributeData> attributes, CancellationToken cancellationToken)
@@ -156,6 +157,7 @@ internal static partial class ModelExtractor
                 ? _attributes[0].NamedArguments.FirstOrDefault(a => a.Key == "Tokenizer").Value.Value as string ?? ""
                 : "";
 
+            _encoder = _attributes.Length > 0 && _attributes[0].NamedArguments.FirstOrDefault(a => a.Key == "Kind").Value.Value is 1;
             string defaultFormat = ReadFormat(_type) ?? "";
             CollectMembers(_type, owner: "", architecture);
             _cancellationToken.ThrowIfCancellationRequested();
@@ -181,7 +183,8 @@ internal static partial class ModelExtractor
                 body.ToEquatableArray(),
                 classLocation,
                 defaultFormat,
-                tokenizer);
+                tokenizer,
+                _encoder);
         }
 
         /// <summary>

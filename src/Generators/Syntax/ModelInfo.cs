@@ -10,6 +10,7 @@ namespace Kiln.Generators.Syntax;
 /// <remarks>
 /// <see cref="DefaultFormat"/>: the WeightFormat member name of the class's [Quantize], "" without one.
 /// <see cref="Tokenizer"/>: the tokenizer.ggml.model the [Model] attribute expects, "" when it names none.
+/// <see cref="Encoder"/>: the [Model] says Kind = ModelKind.Encoder (no KV cache; whole sequences per step).
 /// </remarks>
 internal sealed record ModelInfo(
     string Namespace,
@@ -25,7 +26,8 @@ internal sealed record ModelInfo(
     EquatableArray<StmtInfo> Forward,
     LocationInfo? Location,
     string DefaultFormat = "",
-    string Tokenizer = "")
+    string Tokenizer = "",
+    bool Encoder = false)
 {
     public string FullName => Namespace.Length == 0 ? ClassName : Namespace + "." + ClassName;
 }

@@ -9,7 +9,10 @@ namespace Kiln;
 /// Buffers are allocated once with a capacity; a step refills them without allocating.
 /// </summary>
 /// <remarks>
-/// Two ways to fill it, one meaning: <see cref="Add"/> names a token's cache slot, which is a one-block table (the
+/// An encoder's context has no cache (<see cref="HasCache"/> is false): <see cref="AddSequence"/> adds whole
+/// sequences, packed one after another, and attention reads the step's own keys and values of each sequence.
+/// Every token also carries a token type (BERT's segment id; 0 unless given).
+/// Two ways to fill a decoder's, one meaning: <see cref="Add"/> names a token's cache slot, which is a one-block table (the
 /// contiguous layout, where block id = slot); <see cref="AddChunk"/> hands over a sequence's whole block table (the
 /// paged layout). Kernels read rows through <see cref="KvRow(int, int)"/>, which serves both.
 /// </remarks>
@@ -22,6 +25,8 @@ public sealed class AttentionContext
     private readonly int[] _blockIndptr;
     private readonly int[] _queryIndptr;
     private readonly int[] _blockIds;
+    private readonly int[] _tokenTypes;
+    private readonly KvCache? _cache;
     private readonly int _blockSize;
 
     // The sequence Add last extended: consecutive Adds to the same slot are one sequence, like a chunk.
@@ -43,7 +48,7 @@ public sealed class AttentionContext
         ArgumentNullException.ThrowIfNull(cache);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(capacity);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxBlockIds);
-        Cache = cache;
+        _cache = cache;
         _blockSize = cache.BlockSize;
         _positions = new int[capacity];
         _sequences = new int[capacity];
@@ -52,9 +57,31 @@ public sealed class AttentionContext
         _blockIndptr = new int[capacity + 1];
         _queryIndptr = new int[capacity + 1];
         _blockIds = new int[maxBlockIds];
+        _tokenTypes = new int[capacity];
     }
 
-    public KvCache Cache { get; }
+    /// <summary>
+    /// A context without a KV cache, for an encoder's steps of up to <paramref name="capacity"/> tokens (and so
+    /// sequences): each sequence is added whole with <see cref="AddSequence"/>.
+    /// </summary>
+    public AttentionContext(int capacity)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(capacity);
+        _positions = new int[capacity];
+        _sequences = new int[capacity];
+        _slots = new int[capacity];
+        _outputRows = new int[capacity];
+        _blockIndptr = new int[capacity + 1];
+        _queryIndptr = new int[capacity + 1];
+        _blockIds = [];
+        _tokenTypes = new int[capacity];
+    }
+
+    /// <summary>The KV cache the step's attention writes and reads. A context without one (an encoder's) throws.</summary>
+    public KvCache Cache => _cache ?? throw new InvalidOperationException("This context has no KV cache: it is an encoder's, whose attention reads the step's own keys and values.");
+
+    /// <summary>False for an encoder's context: attention stays within each sequence of the step, which holds it whole.</summary>
+    public bool HasCache => _cache is not null;
 
     public int Capacity => _positions.Length;
 
@@ -67,6 +94,9 @@ public sealed class AttentionContext
 
     /// <summary>Per token, its position in its sequence.</summary>
     public ReadOnlySpan<int> Positions => _positions.AsSpan(0, TokenCount);
+
+    /// <summary>Per token, its token type (segment id: which of a pair of texts it belongs to); 0 unless <see cref="AddSequence"/> gave them.</summary>
+    public ReadOnlySpan<int> TokenTypes => _tokenTypes.AsSpan(0, TokenCount);
 
     /// <summary>Per token, the index of its sequence in this step (0..SequenceCount-1).</summary>
     public ReadOnlySpan<int> Sequences => _sequences.AsSpan(0, TokenCount);
@@ -134,12 +164,13 @@ public sealed class AttentionContext
     /// </summary>
     public void Add(int position, int slot, bool wantLogits)
     {
+        var cache = Cache;
         if (TokenCount == Capacity)
             throw new InvalidOperationException($"The step already holds {Capacity} tokens, its capacity.");
         if ((uint)position >= (uint)_blockSize)
-            throw new ArgumentOutOfRangeException(nameof(position), $"Position {position} is beyond the KV cache's {(Cache.IsPaged ? "block size" : "context")} of {_blockSize}.");
-        if ((uint)slot >= (uint)Cache.Slots)
-            throw new ArgumentOutOfRangeException(nameof(slot), $"Slot {slot} is outside the KV cache's {Cache.Slots} slots.");
+            throw new ArgumentOutOfRangeException(nameof(position), $"Position {position} is beyond the KV cache's {(cache.IsPaged ? "block size" : "context")} of {_blockSize}.");
+        if ((uint)slot >= (uint)cache.Slots)
+            throw new ArgumentOutOfRangeException(nameof(slot), $"Slot {slot} is outside the KV cache's {cache.Slots} slots.");
         if (slot != _lastAddedSlot)
         {
             int start = _blockIndptr[SequenceCount];
@@ -161,6 +192,7 @@ public sealed class AttentionContext
     /// </summary>
     public void AddChunk(ReadOnlySpan<int> blockTable, int startPosition, int count, bool wantLogits)
     {
+        var cache = Cache;
         ArgumentOutOfRangeException.ThrowIfNegative(startPosition);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(count);
         if (TokenCount + count > Capacity)
@@ -174,8 +206,8 @@ public sealed class AttentionContext
         var blocks = blockTable[..blocksNeeded];
         foreach (int blockId in blocks)
         {
-            if ((uint)blockId >= (uint)Cache.BlockCount)
-                throw new ArgumentOutOfRangeException(nameof(blockTable), $"Block {blockId} is outside the KV cache's {Cache.BlockCount} blocks.");
+            if ((uint)blockId >= (uint)cache.BlockCount)
+                throw new ArgumentOutOfRangeException(nameof(blockTable), $"Block {blockId} is outside the KV cache's {cache.BlockCount} blocks.");
         }
         blocks.CopyTo(_blockIds.AsSpan(start));
         StartSequence(blocksNeeded);
@@ -184,6 +216,28 @@ public sealed class AttentionContext
         int slot = blocksNeeded == 1 ? blocks[0] : -1;
         if (blocksNeeded > 1) _multiBlockSequences++;
         for (int i = 0; i < count; i++) AppendToken(startPosition + i, slot, wantLogits && i == count - 1);
+        _queryIndptr[SequenceCount] = TokenCount;
+    }
+
+    /// <summary>
+    /// Adds a whole sequence of <paramref name="count"/> tokens at positions 0..count−1 to an encoder's step (a context
+    /// without a KV cache), with their <paramref name="tokenTypes"/> (all 0 when empty). Its attention sees exactly
+    /// these tokens.
+    /// </summary>
+    public void AddSequence(int count, ReadOnlySpan<int> tokenTypes = default)
+    {
+        if (HasCache)
+            throw new InvalidOperationException("AddSequence fills an encoder's context (one without a KV cache); a decoder's sequence goes in with Add or AddChunk.");
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(count);
+        if (TokenCount + count > Capacity)
+            throw new InvalidOperationException($"The step holds {TokenCount} tokens; {count} more exceed its capacity of {Capacity}.");
+        if (!tokenTypes.IsEmpty && tokenTypes.Length != count)
+            throw new ArgumentException($"{tokenTypes.Length} token types for a sequence of {count} tokens.", nameof(tokenTypes));
+        int first = TokenCount;
+        StartSequence(blocks: 0);
+        for (int i = 0; i < count; i++) AppendToken(i, -1, wantLogits: false);
+        if (tokenTypes.IsEmpty) _tokenTypes.AsSpan(first, count).Clear();
+        else tokenTypes.CopyTo(_tokenTypes.AsSpan(first, count));
         _queryIndptr[SequenceCount] = TokenCount;
     }
 
@@ -207,6 +261,7 @@ public sealed class AttentionContext
         _positions[TokenCount] = position;
         _sequences[TokenCount] = SequenceCount - 1;
         _slots[TokenCount] = slot;
+        _tokenTypes[TokenCount] = 0;
         TokenCount++;
     }
 

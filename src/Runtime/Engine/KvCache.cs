@@ -159,10 +159,10 @@ public sealed class KvCache
     /// </summary>
     public int MaxContext { get; }
 
-    /// <summary>Keys of one row, in place (F32 storage only; others go through <see cref="ReadKey"/>/<see cref="WriteKey"/>).</summary>
+    /// <summary>Keys of one row, in place (F32 storage only; others go through <see cref="ReadKey(int, int, Span{float})"/>/<see cref="WriteKey"/>).</summary>
     public Span<float> KeyRow(int layer, int row) => Floats(_keys, layer, row);
 
-    /// <summary>Values of one row, in place (F32 storage only; others go through <see cref="ReadValue"/>/<see cref="WriteValue"/>).</summary>
+    /// <summary>Values of one row, in place (F32 storage only; others go through <see cref="ReadValue(int, int, Span{float})"/>/<see cref="WriteValue"/>).</summary>
     public Span<float> ValueRow(int layer, int row) => Floats(_values, layer, row);
 
     /// <summary>

@@ -385,7 +385,7 @@ public static class VectorMath
     /// <see cref="AttentionScores(ReadOnlySpan{float}, ReadOnlySpan{float}, int, float, Span{float})"/>,
     /// <see cref="Softmax"/> and <see cref="WeightedSum"/> head by head. A cache in blocks runs the two phases block by
     /// block instead (<see cref="AttentionScores(ReadOnlySpan{float}, int, int, int, ReadOnlySpan{float}, int, int, float, Span{float}, int, int)"/>,
-    /// <see cref="AttentionValues"/>).
+    /// <see cref="AttentionValues(ReadOnlySpan{float}, int, int, int, int, int, ReadOnlySpan{float}, int, int, Span{float})"/>).
     /// </summary>
     public static void Attention(ReadOnlySpan<float> queries, int heads, int headDim, int group, ReadOnlySpan<float> keys,
         ReadOnlySpan<float> values, int stride, int positions, float scale, Span<float> scores, Span<float> output)

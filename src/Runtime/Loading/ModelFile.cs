@@ -91,7 +91,7 @@ public abstract class ModelFile : IDisposable
     }
 
     /// <summary>
-    /// Opens a model by its content: a directory, a .json file or a file that begins like a safetensors header is a
+    /// Opens a model by its content: an .onnx file is an ONNX export's weights (<see cref="OnnxModel"/>); a directory, a .json file or a file that begins like a safetensors header is a
     /// Hugging Face checkpoint (<see cref="SafetensorsModel"/>); GGUF when it starts with the "GGUF" magic; otherwise a
     /// llama2.c checkpoint (whose tokenizer is <paramref name="tokenizerPath"/>, or found beside it). A missing or
     /// malformed file is a <see cref="ModelLoadException"/> naming the path.
@@ -100,6 +100,7 @@ public abstract class ModelFile : IDisposable
     {
         ArgumentNullException.ThrowIfNull(path);
         if (Directory.Exists(path) || path.EndsWith(".json", StringComparison.OrdinalIgnoreCase)) return new SafetensorsModel(path);
+        if (path.EndsWith(".onnx", StringComparison.OrdinalIgnoreCase)) return new OnnxModel(path);
         Span<byte> start = stackalloc byte[SafetensorsModel.SniffBytes];
         int read;
         using (var stream = MappedFile.OpenRead(path))

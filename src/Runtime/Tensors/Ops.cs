@@ -44,6 +44,25 @@ public static class Ops
         return result;
     }
 
+    /// <summary>
+    /// Token-type (segment) embeddings (BERT): for each token of the step, the row of <paramref name="table"/>
+    /// [Types, Dim] at its <see cref="AttentionContext.TokenTypes"/>: [T, Dim].
+    /// </summary>
+    public static Tensor TokenTypeEmbedding(Tensor table, AttentionContext context)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        var types = context.TokenTypes;
+        var result = Tensor.Zeros(types.Length, table.Cols);
+        for (int t = 0; t < types.Length; t++)
+        {
+            int type = types[t];
+            if ((uint)type >= (uint)table.Rows)
+                throw new ArgumentOutOfRangeException(nameof(context), $"Token type {type} of token {t} is beyond the {table.Rows} types the embedding table holds.");
+            table.Row(type).CopyTo(result.Row(t));
+        }
+        return result;
+    }
+
     /// <summary>The rows of x whose logits the step wants (<see cref="AttentionContext.OutputRows"/>), in that order.</summary>
     public static Tensor SelectRows(Tensor x, AttentionContext context)
     {
@@ -53,7 +72,54 @@ public static class Ops
         return result;
     }
 
+    /// <summary>
+    /// One row per sequence of the step from its tokens' rows of x [T, D]: their mean, the first (BERT's [CLS]) or the
+    /// last (a decoder's summary token): [S, D], in sequence order.
+    /// </summary>
+    public static Tensor Pool(Tensor x, AttentionContext context, Pooling pooling)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        if (pooling is not (Pooling.Mean or Pooling.Cls or Pooling.LastToken))
+            throw new ArgumentOutOfRangeException(nameof(pooling), $"Pool: unknown pooling {pooling}.");
+        RequireRows(x, context.TokenCount, nameof(Pool));
+        var starts = context.QueryIndptr;
+        var result = Tensor.Zeros(context.SequenceCount, x.Cols);
+        for (int s = 0; s < context.SequenceCount; s++)
+        {
+            int first = starts[s], end = starts[s + 1];
+            var output = result.Row(s);
+            if (pooling == Pooling.Cls) x.Row(first).CopyTo(output);
+            else if (pooling == Pooling.LastToken) x.Row(end - 1).CopyTo(output);
+            else
+            {
+                for (int c = 0; c < x.Cols; c++)
+                {
+                    double sum = 0;
+                    for (int t = first; t < end; t++) sum += x[t, c];
+                    output[c] = (float)(sum / (end - first));
+                }
+            }
+        }
+        return result;
+    }
+
     // ---- Norms ---------------------------------------------------------------------------------------------------
+
+    /// <summary>Per row: x / max(‖x‖₂, eps) (sentence-transformers' Normalize; eps keeps a zero row zero).</summary>
+    public static Tensor L2Normalize(Tensor x, float eps = 1e-12f)
+    {
+        var result = Tensor.Zeros(x.Shape);
+        for (int r = 0; r < x.Rows; r++)
+        {
+            var row = x.Row(r);
+            double sumSquares = 0;
+            foreach (float v in row) sumSquares += (double)v * v;
+            double scale = 1.0 / Math.Max(Math.Sqrt(sumSquares), eps);
+            var output = result.Row(r);
+            for (int i = 0; i < row.Length; i++) output[i] = (float)(row[i] * scale);
+        }
+        return result;
+    }
 
     /// <summary>Per row: x / sqrt(mean(x²) + eps) * weight.</summary>
     public static Tensor RmsNorm(Tensor x, Tensor weight, float eps)
@@ -206,7 +272,16 @@ public static class Ops
     /// each query attends to the positions of its sequence it may see, found through the sequence's block table, so one
     /// definition serves the contiguous and the paged layout. q [T, Heads·HeadDim], k and v [T, KvHeads·HeadDim];
     /// result [T, Heads·HeadDim]. Keys and values are read back as the cache stores them (exact for F32).
+    /// A context without a cache (an encoder's, whose steps hold whole sequences) writes nothing: a query attends to
+    /// the k and v rows of its own sequence in this step, all of them or (causal) those up to its own position.
     /// </summary>
+    /// <param name="q">Queries, [T, heads·HeadDim].</param>
+    /// <param name="k">This step's keys, [T, kvHeads·HeadDim].</param>
+    /// <param name="v">This step's values, [T, kvHeads·HeadDim].</param>
+    /// <param name="context">The step's positions, sequences and KV cache.</param>
+    /// <param name="layer">The cache layer k and v are written to and read from.</param>
+    /// <param name="heads">Query heads.</param>
+    /// <param name="kvHeads">Key/value heads; each serves heads / kvHeads query heads.</param>
     /// <param name="scale">Multiplies q·k before the softmax; 0 means 1/√HeadDim.</param>
     /// <param name="window">A sliding window: a query at position p sees positions p − window + 1 .. p; 0 means no window.</param>
     /// <param name="softCap">Soft-caps each scaled score s to softCap·tanh(s/softCap) (Gemma-2); 0 means none.</param>
@@ -227,6 +302,7 @@ public static class Ops
         RequireCols(k, kvDim, nameof(Attention));
         RequireCols(v, kvDim, nameof(Attention));
         RequireRows(q, context.TokenCount, nameof(Attention));
+        if (!context.HasCache) return StepAttention(q, k, v, context, heads, kvHeads, scale, window, softCap, causal);
         var cache = context.Cache;
         if (cache.KvDim != kvDim)
             throw new ArgumentException($"Attention: the KV cache holds rows of {cache.KvDim} but k has {kvDim}.");
@@ -284,6 +360,53 @@ public static class Ops
                 {
                     double acc = 0;
                     for (int p = first; p <= last; p++) acc += scores[p] * values[p * kvDim + kvOffset + i];
+                    output[i] = (float)(acc / sum);
+                }
+            }
+        }
+        return result;
+    }
+
+    /// <summary>Attention over the step's own rows (no cache): each query sees its sequence's tokens, as the cached form would.</summary>
+    private static Tensor StepAttention(Tensor q, Tensor k, Tensor v, AttentionContext context, int heads, int kvHeads,
+        float scale, int window, float softCap, bool causal)
+    {
+        int headDim = q.Cols / heads, group = heads / kvHeads;
+        double scoreScale = scale == 0f ? 1.0 / Math.Sqrt(headDim) : scale;
+        var result = Tensor.Zeros(q.Rows, q.Cols);
+        var starts = context.QueryIndptr;
+        for (int t = 0; t < q.Rows; t++)
+        {
+            int first = starts[context.SequenceOf(t)], position = context.Positions[t];
+            int last = causal ? first + position : starts[context.SequenceOf(t) + 1] - 1;
+            if (window > 0) first = Math.Max(first, first + position - window + 1);
+            var scores = new double[last - first + 1];
+            for (int h = 0; h < heads; h++)
+            {
+                var query = q.Row(t).Slice(h * headDim, headDim);
+                int kvOffset = (h / group) * headDim;
+                double max = double.NegativeInfinity;
+                for (int u = first; u <= last; u++)
+                {
+                    var key = k.Row(u).Slice(kvOffset, headDim);
+                    double dot = 0;
+                    for (int i = 0; i < headDim; i++) dot += (double)query[i] * key[i];
+                    double score = dot * scoreScale;
+                    if (softCap > 0) score = softCap * Math.Tanh(score / softCap);
+                    scores[u - first] = score;
+                    max = Math.Max(max, score);
+                }
+                double sum = 0;
+                for (int u = 0; u < scores.Length; u++)
+                {
+                    scores[u] = Math.Exp(scores[u] - max);
+                    sum += scores[u];
+                }
+                var output = result.Row(t).Slice(h * headDim, headDim);
+                for (int i = 0; i < headDim; i++)
+                {
+                    double acc = 0;
+                    for (int u = first; u <= last; u++) acc += scores[u - first] * v[u, kvOffset + i];
                     output[i] = (float)(acc / sum);
                 }
             }
@@ -425,6 +548,19 @@ public static class Ops
     {
         if (x.Rows != rows) throw new ArgumentException($"{op}: expected {rows} rows (one per token in the step), got {x}.");
     }
+}
+
+/// <summary>How <see cref="Ops.Pool"/> makes one row of a sequence's token rows.</summary>
+public enum Pooling
+{
+    /// <summary>The mean of every token's row (sentence-transformers' mean pooling).</summary>
+    Mean = 0,
+
+    /// <summary>The first token's row (BERT's [CLS]).</summary>
+    Cls = 1,
+
+    /// <summary>The last token's row (decoder-based embedders).</summary>
+    LastToken = 2,
 }
 
 /// <summary>Which elements of a head a rotary embedding turns together.</summary>

@@ -14,8 +14,13 @@ internal sealed record Print(Expression Value, int Line, int Column) : Node(Line
 internal sealed record IfStatement(IReadOnlyList<(Expression Condition, IReadOnlyList<Node> Body)> Branches, IReadOnlyList<Node> Otherwise, int Line, int Column)
     : Node(Line, Column);
 
+/// <param name="Target">The loop variable, or names to unpack each item into.</param>
+/// <param name="Iterable">What is iterated.</param>
 /// <param name="Filter">The <c>if</c> after the iterable: items it rejects are not iterated (nor counted by loop.length).</param>
+/// <param name="Body">Rendered once per item.</param>
 /// <param name="Otherwise">The <c>else</c> body, rendered when nothing was iterated.</param>
+/// <param name="Line">Where the <c>for</c> tag starts: line.</param>
+/// <param name="Column">Where the <c>for</c> tag starts: column.</param>
 internal sealed record ForStatement(AssignTarget Target, Expression Iterable, Expression? Filter, IReadOnlyList<Node> Body, IReadOnlyList<Node> Otherwise, int Line, int Column)
     : Node(Line, Column);
 
