@@ -4,9 +4,10 @@ using Kiln.Tokenization;
 namespace Kiln.Fuzz;
 
 /// <summary>
-/// The parsers fuzzed, one entry each. The runtime reads no protobuf: a SentencePiece vocabulary comes from a GGUF's
-/// (or llama2.c's) arrays and is written as a ModelProto in memory for Microsoft.ML.Tokenizers, so the tokenizer's
-/// target is the GGUF tokenizer metadata that builds it.
+/// The parsers fuzzed, one entry each. The runtime's one protobuf reader is ONNX's (ProtobufReader under OnnxModel); a
+/// SentencePiece vocabulary is not read from a tokenizer.model but comes from a GGUF's (or llama2.c's) arrays and is
+/// written as a ModelProto in memory for Microsoft.ML.Tokenizers, so the tokenizer's target is the GGUF tokenizer
+/// metadata that builds it.
 /// </summary>
 public static class FuzzTargets
 {
@@ -19,6 +20,7 @@ public static class FuzzTargets
         new("config", SafetensorsModel.ConfigFileName, path => UseAll(new SafetensorsModel(path)), Seeds.Configs,
             new Dictionary<string, byte[]> { [SafetensorsModel.SingleFileName] = Seeds.SmallSafetensors }),
         new("tokenizer", "tokenizer.gguf", UseTokenizer, Seeds.Tokenizers),
+        new("onnx", "model.onnx", path => UseAll(new OnnxModel(path)), Seeds.Onnx),
     ];
 
     public static FuzzTarget Find(string name) =>

@@ -83,6 +83,11 @@ internal static class Seeds
         ["byte-level.gguf"] = ToBytes(ByteLevel()),
     };
 
+    public static IReadOnlyDictionary<string, byte[]> Onnx() => new Dictionary<string, byte[]>
+    {
+        ["bert.onnx"] = OnnxBert(),
+    };
+
     /// <summary>The config the safetensors target's inputs are read with.</summary>
     public static byte[] LlamaConfig { get; } = Utf8("""
         {"architectures": ["LlamaForCausalLM"], "hidden_size": 4, "intermediate_size": 8, "num_attention_heads": 2,
@@ -195,6 +200,94 @@ internal static class Seeds
             .AddMetadata("tokenizer.ggml.merges", merges)
             .AddMetadata("tokenizer.ggml.bos_token_id", (uint)(tokens.Count - 1))
             .AddMetadata("tokenizer.ggml.eos_token_id", (uint)(tokens.Count - 1));
+    }
+
+    /// <summary>
+    /// A BertModel-shaped ONNX graph, as torch.onnx exports one, in miniature: named embeddings, matmul weights named
+    /// only by an exporter's number and recovered from the bias they are added to, the key reshaped to heads by a
+    /// Concat of int64 constants, and a LayerNorm's epsilon added before a square root.
+    /// </summary>
+    private static byte[] OnnxBert()
+    {
+        var graph = new Protobuf();
+        graph.Message(5, Initializer("embeddings.word_embeddings.weight", [5, 4]));
+        graph.Message(5, Initializer("embeddings.position_embeddings.weight", [4, 4]));
+        graph.Message(5, Initializer("embeddings.token_type_embeddings.weight", [2, 4]));
+        graph.Message(5, Initializer("encoder.layer.0.intermediate.dense.weight", [6, 4]));
+        graph.Message(5, Initializer("encoder.layer.0.attention.self.query.bias", [4]));
+        graph.Message(5, Initializer("encoder.layer.0.attention.self.key.bias", [4]));
+        graph.Message(5, Initializer("7", [4, 4]));
+        graph.Message(5, Initializer("8", [4, 4]));
+        graph.Message(1, Node("Constant", [], "eps", ConstantValue(new Protobuf().Varint(2, 1).Bytes(9, BitConverter.GetBytes(1e-12f)))));
+        graph.Message(1, Node("Add", ["embeddings.word_embeddings.weight", "eps"], "v"));
+        graph.Message(1, Node("Sqrt", ["v"], "s"));
+        graph.Message(1, Node("MatMul", ["s", "7"], "mq"));
+        graph.Message(1, Node("Add", ["encoder.layer.0.attention.self.query.bias", "mq"], "q"));
+        graph.Message(1, Node("MatMul", ["s", "8"], "mk"));
+        graph.Message(1, Node("Add", ["encoder.layer.0.attention.self.key.bias", "mk"], "k"));
+        foreach (var (name, value) in (ReadOnlySpan<(string, long)>)[("b", 1), ("t", 5), ("heads", 2), ("size", 2)])
+            graph.Message(1, Node("Constant", [], name, ConstantValue(new Protobuf().Varint(2, 7).Message(7, new Protobuf().Varint(value)))));
+        graph.Message(1, Node("Concat", ["b", "t", "heads", "size"], "shape"));
+        graph.Message(1, Node("Reshape", ["k", "shape"], "heads_k"));
+        graph.Message(1, Node("Sum", ["q", "heads_k", "embeddings.position_embeddings.weight", "embeddings.token_type_embeddings.weight",
+            "encoder.layer.0.intermediate.dense.weight"], "out"));
+        graph.Message(12, new Protobuf().String(1, "out"));
+        return new Protobuf().Varint(1, 7).Message(7, graph).ToArray();
+
+        static Protobuf Initializer(string name, int[] dims)
+        {
+            var packed = new Protobuf();
+            foreach (int d in dims) packed.Varint(d);
+            int count = dims.Aggregate(1, (a, b) => a * b);
+            var data = new byte[count * 4];
+            for (int i = 0; i < count; i++) BinaryPrimitives.WriteSingleLittleEndian(data.AsSpan(i * 4), i * 0.5f - 1);
+            return new Protobuf().Message(1, packed).Varint(2, 1).String(8, name).Bytes(9, data);
+        }
+
+        static Protobuf Node(string op, string[] inputs, string output, Protobuf? attribute = null)
+        {
+            var node = new Protobuf();
+            foreach (string input in inputs) node.String(1, input);
+            node.String(2, output).String(4, op);
+            if (attribute is not null) node.Message(5, attribute);
+            return node;
+        }
+
+        static Protobuf ConstantValue(Protobuf tensor) => new Protobuf().String(1, "value").Message(5, tensor);
+    }
+
+    /// <summary>Protocol-buffer wire format, written field by field.</summary>
+    private sealed class Protobuf
+    {
+        private readonly List<byte> _bytes = [];
+
+        public Protobuf Varint(long value)
+        {
+            for (ulong v = unchecked((ulong)value); ; v >>= 7)
+            {
+                if (v < 0x80)
+                {
+                    _bytes.Add((byte)v);
+                    return this;
+                }
+                _bytes.Add((byte)(v | 0x80));
+            }
+        }
+
+        public Protobuf Varint(int field, long value) => Varint(field << 3).Varint(value);
+
+        public Protobuf Bytes(int field, byte[] bytes)
+        {
+            Varint(field << 3 | 2).Varint(bytes.Length);
+            _bytes.AddRange(bytes);
+            return this;
+        }
+
+        public Protobuf String(int field, string text) => Bytes(field, Encoding.UTF8.GetBytes(text));
+
+        public Protobuf Message(int field, Protobuf message) => Bytes(field, message.ToArray());
+
+        public byte[] ToArray() => [.. _bytes];
     }
 
     /// <summary>GPT-2's byte alphabet: printable Latin-1 bytes stand for themselves, the rest for U+0100 onwards in order.</summary>
