@@ -8,6 +8,7 @@ using Kiln.Bench;
 //   agree --model FILE [--positions 64] [--threads N] [--json OUT]
 //   kernels --threads N [--formats q4_0,q8_0,f32] [--tokens 1,32,128]
 //   embed-compare --threads N [--runs 5] [--json OUT] [--seed N]
+//   soak --model FILE [--requests 10000] [--concurrency 64] [--cancel-fraction 0.2] [--url http://127.0.0.1:PORT] [--json OUT]
 return BenchCli.Run(args);
 
 internal static class BenchCli
@@ -18,14 +19,16 @@ internal static class BenchCli
         "       bench agree --model FILE [--positions 64] [--threads N] [--json OUT]\n" +
         "       bench kernels --threads N [--formats q4_0,q8_0,f32] [--tokens 1,32,128]\n" +
         "       bench serve --model FILE --threads N [--json OUT] [--quick]\n" +
-        "       bench embed-compare --threads N [--runs 5] [--json OUT] [--seed N]";
+        "       bench embed-compare --threads N [--runs 5] [--json OUT] [--seed N]\n" +
+        "       bench soak --model FILE [--requests 10000] [--concurrency 64] [--cancel-fraction 0.2] [--url http://127.0.0.1:PORT] [--json OUT]";
 
     public static int Run(string[] args)
     {
         if (args.Length > 0 && args[0] == "serve") return ServeCommand.Run(args.AsSpan(1)); // the batching engine's benchmark (Serve*.cs)
+        if (args.Length > 0 && args[0] == "soak") return SoakCommand.Run(args.AsSpan(1)); // load with faults, engine or HTTP (Soak*.cs)
         try
         {
-            if (args.Length == 0) throw new UsageException("missing command: make-model, compare, agree, kernels or serve (--help for usage)");
+            if (args.Length == 0) throw new UsageException("missing command: make-model, compare, agree, kernels, serve, embed-compare or soak (--help for usage)");
             if (args[0] is "-h" or "--help" or "help")
             {
                 Console.WriteLine(Usage);
