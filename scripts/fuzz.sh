@@ -49,7 +49,8 @@ case "$1" in
         target=$2
         out=tests/Kiln.Fuzz/Corpus/$target
         rm -rf "$out" "$root/$target/cmin"
-        nice -n 19 afl-cmin -i "$root/$target/findings/default/queue" -o "$root/$target/cmin" -t 5000 -m none -- dotnet "$bin/Kiln.Fuzz.dll" afl "$target"
+        # afl-cmin wants the program by its path.
+        nice -n 19 afl-cmin -i "$root/$target/findings/default/queue" -o "$root/$target/cmin" -t 5000 -m none -- "$(command -v dotnet)" "$bin/Kiln.Fuzz.dll" afl "$target"
         mkdir -p "$out"
         n=0
         for file in "$root/$target/cmin"/*; do cp "$file" "$out/$(printf '%04d' $n)"; n=$((n + 1)); done
