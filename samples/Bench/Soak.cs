@@ -96,6 +96,9 @@ public interface ISoakClient
 
     /// <summary>The serving process's resident set, in MiB, measured as alike as the surface allows (after a GC in process).</summary>
     Task<double> ResidentMegabytesAsync(CancellationToken cancellationToken);
+
+    /// <summary>Where the serving process's memory is, as far as the surface tells (managed heap, threads, ...), for the log.</summary>
+    Task<string> MemoryDetailAsync(CancellationToken cancellationToken);
 }
 
 /// <summary>The soak's result, with the key names; <see cref="Problems"/> lists the first failures.</summary>
@@ -231,6 +234,7 @@ public static class Soak
         int leakedAfterWarmUp = await client.HeldBlocksWhenIdleAsync(cancellationToken);
         if (leakedAfterWarmUp != 0) problems.Add($"warm-up: {leakedAfterWarmUp} KV blocks held at idle");
         double rssStart = await client.ResidentMegabytesAsync(cancellationToken);
+        log.WriteLine($"soak: after warm-up: {await client.MemoryDetailAsync(cancellationToken)}");
 
         var requests = Workload(options.Requests, options.Seed, vocabSize, options, http);
         log.WriteLine(string.Create(CultureInfo.InvariantCulture,
@@ -241,6 +245,7 @@ public static class Soak
         double seconds = clock.Elapsed.TotalSeconds;
         int leaked = await client.HeldBlocksWhenIdleAsync(cancellationToken);
         double rssEnd = await client.ResidentMegabytesAsync(cancellationToken);
+        log.WriteLine($"soak: at the end: {await client.MemoryDetailAsync(cancellationToken)}");
         log.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"soak: done in {seconds:F1} s; {leaked} KV blocks held at idle; RSS {rssEnd:F1} MB. Running each completed request alone ({references.Count} at a time, each on its own surface)..."));
 

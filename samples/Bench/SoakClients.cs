@@ -86,12 +86,25 @@ public sealed class EngineSoakClient(KilnEngine engine) : ISoakClient
 
     public Task<double> ResidentMegabytesAsync(CancellationToken cancellationToken) => Task.FromResult(ResidentMegabytesAfterGc());
 
-    /// <summary>This process's RSS after a full compacting collection, so that garbage not yet collected does not count.</summary>
+    public Task<string> MemoryDetailAsync(CancellationToken cancellationToken)
+    {
+        var gc = GC.GetGCMemoryInfo(GCKind.Any);
+        using var process = System.Diagnostics.Process.GetCurrentProcess();
+        return Task.FromResult(string.Create(CultureInfo.InvariantCulture,
+            $"managed heap {gc.HeapSizeBytes / 1048576.0:F1} MB (GC committed {gc.TotalCommittedBytes / 1048576.0:F1} MB), {process.Threads.Count} threads " +
+            $"({ThreadPool.ThreadCount} in the pool), {System.Runtime.JitInfo.GetCompiledMethodCount()} methods compiled ({System.Runtime.JitInfo.GetCompiledILBytes() / 1024} KB of IL)"));
+    }
+
+    /// <summary>
+    /// This process's RSS after an aggressive full collection, so that neither garbage nor the free memory the GC keeps
+    /// committed for later counts: a soak of 2,000 requests grew the committed GC memory by 5.6 MB where the live heap
+    /// grew by 1 MB, which a forced collection left in the RSS.
+    /// </summary>
     public static double ResidentMegabytesAfterGc()
     {
         GC.Collect(GC.MaxGeneration, GCCollectionMode.Forced, blocking: true, compacting: true);
         GC.WaitForPendingFinalizers();
-        GC.Collect(GC.MaxGeneration, GCCollectionMode.Forced, blocking: true, compacting: true);
+        GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
         return Environment.WorkingSet / (1024.0 * 1024.0);
     }
 }
@@ -293,6 +306,18 @@ public sealed class HttpSoakClient : ISoakClient, IDisposable
         return metrics.TryGetValue("dotnet_process_memory_working_set_bytes", out double bytes)
             ? bytes / (1024.0 * 1024.0)
             : throw new InvalidOperationException("the server's /metrics has no dotnet_process_memory_working_set_bytes (the System.Runtime meter).");
+    }
+
+    public async Task<string> MemoryDetailAsync(CancellationToken cancellationToken)
+    {
+        var metrics = await MetricsAsync(cancellationToken);
+        var detail = new StringBuilder();
+        foreach (string name in (ReadOnlySpan<string>)["dotnet_gc_last_collection_heap_size_bytes", "dotnet_gc_last_collection_memory_committed_size_bytes",
+                     "dotnet_thread_pool_thread_count", "dotnet_jit_compiled_methods"])
+        {
+            if (metrics.TryGetValue(name, out double value)) detail.Append(CultureInfo.InvariantCulture, $"{(detail.Length == 0 ? "" : ", ")}{name} {value:0.#}");
+        }
+        return detail.Length == 0 ? "no runtime metrics at /metrics" : detail.ToString();
     }
 
     /// <summary>The server's Prometheus text: each sample's metric name (unit suffixes dropped) and value; the first of a name wins.</summary>
