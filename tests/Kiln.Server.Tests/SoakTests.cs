@@ -11,6 +11,12 @@ namespace Kiln.Server.Tests;
 /// No request fails, no KV block is held at idle, and every completed request generates what it generates alone
 /// (seeded sampling, so temperature above 0 too). RSS is printed, not judged: the test host runs other tests beside it.
 /// </summary>
+/// <remarks>
+/// Alone in its collection: every server's OpenTelemetry listener sees every engine's meter in the process (they share
+/// the meter name), and in the full suite, with other tests' servers starting and stopping beside it, the loopback
+/// server's /metrics once lacked kiln_engine_kv_blocks_used after the soak.
+/// </remarks>
+[Collection(nameof(SoakTests))]
 public sealed class SoakTests(ITestOutputHelper output)
 {
     /// <summary>Shorter requests than the bench's (at most 24 new tokens) so that both soaks take about a minute on a 2-core machine.</summary>
@@ -67,3 +73,7 @@ public sealed class SoakTests(ITestOutputHelper output)
         public override void WriteLine(string? value) => output.WriteLine(value ?? "");
     }
 }
+
+/// <summary>Runs <see cref="SoakTests"/> with no other test class beside it.</summary>
+[CollectionDefinition(nameof(SoakTests), DisableParallelization = true)]
+public sealed class SoakTestsCollection;
