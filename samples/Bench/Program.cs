@@ -11,6 +11,8 @@ using Kiln.Bench;
 //   embed-compare --threads N [--runs 5] [--json OUT] [--seed N]
 //   gpu-agree --accelerator cpu|cuda --model FILE --json OUT [--positions 32]
 //   gpu-compare --model FILE --json OUT [--torch torch_llama.json] [--runs 5]
+//   rnn-serve [--json OUT]
+//   soak --model FILE [--requests 10000] [--concurrency 64] [--cancel-fraction 0.2] [--url http://127.0.0.1:PORT] [--json OUT]
 return BenchCli.Run(args);
 
 internal static class BenchCli
@@ -24,16 +26,19 @@ internal static class BenchCli
         "       bench memory --model FILE [--json OUT] [--tokens 128] [--threads N]\n" +
         "       bench embed-compare --threads N [--runs 5] [--json OUT] [--seed N]\n" +
         "       bench gpu-agree --accelerator cpu|cuda --model FILE --json OUT [--positions 32]\n" +
-        "       bench gpu-compare --model FILE --json OUT [--torch torch_llama.json] [--runs 5]";
+        "       bench gpu-compare --model FILE --json OUT [--torch torch_llama.json] [--runs 5]\n" +
+        "       bench rnn-serve [--json OUT]\n" +
+        "       bench soak --model FILE [--requests 10000] [--concurrency 64] [--cancel-fraction 0.2] [--url http://127.0.0.1:PORT] [--json OUT]";
 
     public static int Run(string[] args)
     {
         if (args.Length > 0 && args[0] == "serve") return ServeCommand.Run(args.AsSpan(1)); // the batching engine's benchmark (Serve*.cs)
         if (args.Length > 0 && args[0] is "gpu-agree" or "gpu-compare") return GpuCommands.Run(args); // the GPU plan (GpuCommands.cs)
         if (args.Length > 0 && args[0] == "rnn-serve") return RnnServeCommand.Run(args.AsSpan(1)); // continuous batching of an LSTM (E-BATCH)
+        if (args.Length > 0 && args[0] == "soak") return SoakCommand.Run(args.AsSpan(1)); // load with faults, engine or HTTP (Soak*.cs)
         try
         {
-            if (args.Length == 0) throw new UsageException("missing command: make-model, compare, agree, kernels, memory, embed-compare, serve, rnn-serve, gpu-agree or gpu-compare (--help for usage)");
+            if (args.Length == 0) throw new UsageException("missing command: make-model, compare, agree, kernels, memory, embed-compare, serve, rnn-serve, soak, gpu-agree or gpu-compare (--help for usage)");
             if (args[0] is "-h" or "--help" or "help")
             {
                 Console.WriteLine(Usage);

@@ -70,11 +70,14 @@ public static class KilnServer
         return builder;
     }
 
-    /// <summary>Registers what the endpoints need: the Prometheus exporter of the engine's meter (and ASP.NET Core's own HTTP meters).</summary>
+    /// <summary>
+    /// Registers what the endpoints need: the Prometheus exporter of the engine's meter, ASP.NET Core's own HTTP meters,
+    /// and the runtime's (working set, GC heap), so that a soak or an operator can watch memory over time.
+    /// </summary>
     public static IServiceCollection AddKilnServer(this IServiceCollection services)
     {
         services.AddOpenTelemetry().WithMetrics(metrics => metrics
-            .AddMeter(KilnEngine.MeterName, "Microsoft.AspNetCore.Hosting", "Microsoft.AspNetCore.Server.Kestrel")
+            .AddMeter(KilnEngine.MeterName, "Microsoft.AspNetCore.Hosting", "Microsoft.AspNetCore.Server.Kestrel", "System.Runtime")
             // Every scrape sees the engine as it is now.
             .AddPrometheusExporter(exporter => exporter.ScrapeResponseCacheDurationMilliseconds = 0));
         return services;

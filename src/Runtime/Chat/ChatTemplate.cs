@@ -74,7 +74,7 @@ public sealed class ChatTemplate
         ArgumentNullException.ThrowIfNull(file);
         if (!file.Metadata.TryGetValue(MetadataKey, out var entry)) return Fallback;
         if (entry.Value is not string source)
-            throw new ModelLoadException(file.Path, MetadataKey, null, $"should be a string, but is {entry}.");
+            throw new ModelLoadException(file.Path, MetadataKey, entry.Offset, $"should be a string, but is {entry}.");
         if (source.Length == 0) return Fallback;
 
         string bos = tokenizer is not null ? TokenText(tokenizer, tokenizer.BosId) : TokenText(file, "tokenizer.ggml.bos_token_id");
@@ -85,7 +85,7 @@ public sealed class ChatTemplate
         }
         catch (ChatTemplateException error)
         {
-            throw new ModelLoadException(file.Path, MetadataKey, null, $"the chat template does not parse: {error.Message}", error);
+            throw new ModelLoadException(file.Path, MetadataKey, entry.Offset, $"the chat template does not parse: {error.Message}", error);
         }
     }
 

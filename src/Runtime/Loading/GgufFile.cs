@@ -124,7 +124,7 @@ public sealed unsafe class GgufFile : ModelFile
             else if (key == "general.architecture" && value is not string)
                 throw reader.Error(label, typeAt, $"expected a string but found {type}.");
 
-            metadata.Add(key, new MetadataValue(value));
+            metadata.Add(key, new MetadataValue(value) { Offset = typeAt });
         }
         return metadata;
     }

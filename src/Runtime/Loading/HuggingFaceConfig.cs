@@ -83,8 +83,8 @@ internal static class HuggingFaceConfig
             string key = prefix + member.Name;
             var item = member.Value;
             if (item.Kind == JsonValueKind.Object) Flatten(item, key + ".", metadata);
-            else if (Scalar(item) is { } scalar) metadata[key] = new MetadataValue(scalar);
-            else if (item.Kind == JsonValueKind.Array) metadata[key] = new MetadataValue(ArrayOf(item));
+            else if (Scalar(item) is { } scalar) metadata[key] = new MetadataValue(scalar) { Offset = item.Offset };
+            else if (item.Kind == JsonValueKind.Array) metadata[key] = new MetadataValue(ArrayOf(item)) { Offset = item.Offset };
         }
     }
 
@@ -131,6 +131,6 @@ internal static class HuggingFaceConfig
             if (types[layer] != (layer % period < period - 1 ? Sliding : Full)) return;
         if (metadata.TryGetValue("sliding_window_pattern", out var stated) && !(stated.TryGetInt64(out long p) && p == period)) return;
         metadata.Remove(Key);
-        metadata["sliding_window_pattern"] = new MetadataValue((long)period);
+        metadata["sliding_window_pattern"] = new MetadataValue((long)period) { Offset = value.Offset };
     }
 }

@@ -8,6 +8,12 @@ public sealed class MetadataValue
     /// <summary>The boxed value: an integer type, float, double, bool, string, or an array of one of them.</summary>
     public object Value { get; }
 
+    /// <summary>
+    /// Where the value starts in the file it was read from, so that a problem found in it later (a tokenizer's
+    /// vocabulary, a chat template) names the byte; null for a value Kiln derived rather than read.
+    /// </summary>
+    public long? Offset { get; init; }
+
     public bool TryGetInt64(out long value)
     {
         switch (Value)

@@ -32,6 +32,7 @@ public sealed class OnnxModel : ModelFile
     private readonly Dictionary<string, MetadataValue> _metadata = new(StringComparer.Ordinal);
     private readonly Dictionary<string, string> _storedName = new(StringComparer.Ordinal); // presented name → initializer name
     private readonly Dictionary<string, Initializer> _initializers = new(StringComparer.Ordinal);
+    private long _graphOffset; // where GraphProto starts: named by problems of the graph as a whole
 
     /// <summary>One initializer as the file stores it: dims outermost first, element type, where its raw bytes are.</summary>
     private sealed record Initializer(string Name, long[] Dims, int DataType, long DataOffset, long DataLength, long EntryOffset, ulong ScalarBits);
@@ -91,7 +92,7 @@ public sealed class OnnxModel : ModelFile
 
     // ---- The protobuf messages (onnx.proto3): ModelProto → GraphProto → NodeProto, TensorProto, ValueInfoProto ----
 
-    private (List<Node> Nodes, List<Initializer> Initializers, List<string> Outputs) ReadGraph()
+    private (List<Node> Nodes, List<Initializer> Initializers, List<(string Name, long Offset)> Outputs) ReadGraph()
     {
         if (_file.Length > int.MaxValue)
             throw new ModelLoadException(Path, "file", null, $"{_file.Length} bytes: ONNX files over 2 GiB keep their weights as external data, which is not supported.");
@@ -110,11 +111,12 @@ public sealed class OnnxModel : ModelFile
             }
             else model.Skip(wire, $"ModelProto field {field}");
         }
-        if (!found) throw new ModelLoadException(Path, "ModelProto.graph", null, "the file holds no graph (is it an ONNX model?).");
+        if (!found) throw new ModelLoadException(Path, "ModelProto.graph", 0, "the file holds no graph (is it an ONNX model?).");
+        _graphOffset = graph.Offset;
 
         var nodes = new List<Node>();
         var initializers = new List<Initializer>();
-        var outputs = new List<string>();
+        var outputs = new List<(string, long)>();
         var reader = new ProtobufReader(graph.Bytes, Path, graph.Offset);
         while (!reader.AtEnd)
         {
@@ -132,7 +134,7 @@ public sealed class OnnxModel : ModelFile
                     break;
                 case 12:
                     reader.Expect(wire, ProtobufReader.LengthDelimited, $"graph.output[{outputs.Count}]", at);
-                    outputs.Add(ReadValueName(reader.ReadBytes($"graph.output[{outputs.Count}]"), $"graph.output[{outputs.Count}]"));
+                    outputs.Add((ReadValueName(reader.ReadBytes($"graph.output[{outputs.Count}]"), $"graph.output[{outputs.Count}]"), at));
                     break;
                 default:
                     reader.Skip(wire, $"GraphProto field {field}");
@@ -306,7 +308,7 @@ public sealed class OnnxModel : ModelFile
 
     // ---- Weights and their names ----------------------------------------------------------------------------------
 
-    private void Bind(List<Node> nodes, List<Initializer> initializers, List<string> outputs)
+    private void Bind(List<Node> nodes, List<Initializer> initializers, List<(string Name, long Offset)> outputs)
     {
         foreach (var initializer in initializers)
         {
@@ -314,8 +316,8 @@ public sealed class OnnxModel : ModelFile
             if (!_initializers.TryAdd(initializer.Name, initializer))
                 throw new ModelLoadException(Path, $"graph.initializer '{initializer.Name}'", initializer.EntryOffset, "a second initializer of this name.");
         }
-        if (outputs.Count == 0) throw new ModelLoadException(Path, "graph.output", null, "the graph declares no output.");
-        Output = outputs[0];
+        if (outputs.Count == 0) throw new ModelLoadException(Path, "graph.output", _graphOffset, "the graph declares no output.");
+        Output = outputs[0].Name;
 
         // What the first output depends on: walk the graph back from it.
         var producer = new Dictionary<string, Node>(StringComparer.Ordinal);
@@ -369,7 +371,7 @@ public sealed class OnnxModel : ModelFile
             _tensors[name] = new TensorInfo(name, GgmlType.F32, dims, initializer.DataOffset, initializer.DataLength);
             _storedName[name] = initializer.Name;
         }
-        if (_tensors.Count == 0) throw new ModelLoadException(Path, $"graph.output '{Output}'", null, "no float weight feeds the graph's output.");
+        if (_tensors.Count == 0) throw new ModelLoadException(Path, $"graph.output '{Output}'", outputs[0].Offset, "no float weight feeds the graph's output.");
     }
 
     private static bool IsUnnamed(string name) => name.Length > 0 && name.All(char.IsAsciiDigit);
@@ -381,9 +383,17 @@ public sealed class OnnxModel : ModelFile
     {
         const string Words = "embeddings.word_embeddings.weight";
         if (!_tensors.ContainsKey(Words) || !_tensors.ContainsKey("encoder.layer.0.attention.self.query.weight"))
-            throw new ModelLoadException(Path, "graph.initializer", null,
+            throw new ModelLoadException(Path, "graph.initializer", _graphOffset,
                 $"the weights name no architecture Kiln reads from ONNX (a BertModel export has {Words} and encoder.layer.N.attention.self.query.weight).");
-        long Rows(string name, int axis) => _tensors.TryGetValue(name, out var t) ? t.Dimensions[^(axis + 1)] : throw new ModelLoadException(Path, $"graph.initializer '{name}'", null, "missing from the BertModel export.");
+        long Rows(string name, int axis)
+        {
+            if (!_tensors.TryGetValue(name, out var tensor))
+                throw new ModelLoadException(Path, $"graph.initializer '{name}'", _graphOffset, "missing from the BertModel export.");
+            if (tensor.Dimensions.Length != 2)
+                throw new ModelLoadException(Path, $"graph.initializer '{name}'", _initializers[_storedName[name]].EntryOffset,
+                    $"dims [{string.Join(", ", tensor.Dimensions.Reverse())}]; a BertModel export stores it as a matrix.");
+            return tensor.Dimensions[^(axis + 1)];
+        }
         _metadata["architectures"] = new MetadataValue(new[] { "BertModel" });
         _metadata["vocab_size"] = new MetadataValue(Rows(Words, 0));
         _metadata["hidden_size"] = new MetadataValue(Rows(Words, 1));
@@ -397,7 +407,7 @@ public sealed class OnnxModel : ModelFile
         // Heads: the key projection (MatMul + Add of its bias) is reshaped to [batch, sequence, heads, head size].
         var byOutput = new Dictionary<string, Node>(StringComparer.Ordinal);
         foreach (var node in nodes) foreach (var output in node.Outputs) byOutput[output] = node;
-        var keyAdd = nodes.FirstOrDefault(n => n.OpType == "Add" && n.Inputs.Contains("encoder.layer.0.attention.self.key.bias"));
+        var keyAdd = nodes.FirstOrDefault(n => n.OpType == "Add" && n.Outputs.Length == 1 && n.Inputs.Contains("encoder.layer.0.attention.self.key.bias"));
         var reshape = keyAdd is null ? null : nodes.FirstOrDefault(n => n.OpType == "Reshape" && n.Inputs.Length == 2 && n.Inputs[0] == keyAdd.Outputs[0]);
         if (reshape is not null && byOutput.TryGetValue(reshape.Inputs[1], out var shape) && shape.OpType == "Concat" && shape.Inputs.Length == 4
             && Int64Scalar(shape.Inputs[2], byOutput) is long heads && Int64Scalar(shape.Inputs[3], byOutput) is long headSize)

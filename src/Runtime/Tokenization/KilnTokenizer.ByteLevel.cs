@@ -18,7 +18,7 @@ public sealed partial class KilnTokenizer
 
     private static KilnTokenizer FromByteLevelFile(ModelFile file)
     {
-        var source = VocabularySource.ForModelFile(file.Path);
+        var source = VocabularySource.ForModelFile(file);
         string[] tokens = ReadMetadata<string[]>(file, TokensKey, "an array of strings", ByteLevelNeeds);
         int[] rawTypes = ReadMetadata<int[]>(file, TypesKey, "an array of int32", ByteLevelNeeds);
         string[] merges = ReadMetadata<string[]>(file, MergesKey, "an array of strings", ByteLevelNeeds);
@@ -29,7 +29,7 @@ public sealed partial class KilnTokenizer
             : BpePreTokenizer.DefaultName;
         if (!BpePreTokenizer.TryGet(preName, out BpePreTokenizer? preTokenizer))
         {
-            throw new ModelLoadException(file.Path, PreTokenizerKey, null,
+            throw new ModelLoadException(file.Path, PreTokenizerKey, file.Metadata[PreTokenizerKey].Offset,
                 $"pre-tokenizer '{preName}' is not supported; Kiln knows {string.Join(", ", BpePreTokenizer.KnownNames.Select(name => $"'{name}'"))}.");
         }
 

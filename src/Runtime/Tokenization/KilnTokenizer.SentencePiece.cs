@@ -44,7 +44,7 @@ public sealed partial class KilnTokenizer
         bool addSpacePrefix = ReadFlag(file, AddSpacePrefixKey, whenAbsent: true);
 
         return CreateSentencePiece(tokens, scores, types, bosId, eosId, unknownId, addBos, addSpacePrefix, IsPhi3(file),
-            VocabularySource.ForModelFile(file.Path));
+            VocabularySource.ForModelFile(file));
     }
 
     private static KilnTokenizer CreateSentencePiece(IReadOnlyList<string> tokens, IReadOnlyList<float> scores,

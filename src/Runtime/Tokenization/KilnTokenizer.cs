@@ -99,7 +99,7 @@ public sealed partial class KilnTokenizer
         {
             SentencePieceModelName => FromSentencePieceFile(file),
             ByteLevelModelName => FromByteLevelFile(file),
-            _ => throw new ModelLoadException(file.Path, ModelKey, null,
+            _ => throw new ModelLoadException(file.Path, ModelKey, file.Metadata[ModelKey].Offset,
                 $"tokenizer model '{model}' is not supported; Kiln reads '{SentencePieceModelName}' (SentencePiece BPE) and '{ByteLevelModelName}' (byte-level BPE)."),
         };
     }
@@ -213,7 +213,7 @@ public sealed partial class KilnTokenizer
         if (!file.Metadata.TryGetValue(key, out var entry))
             throw new ModelLoadException(file.Path, key, null, $"is missing; {neededBy} needs it.");
         if (entry.Value is not T value)
-            throw new ModelLoadException(file.Path, key, null, $"should be {expected}, but is {entry}.");
+            throw new ModelLoadException(file.Path, key, entry.Offset, $"should be {expected}, but is {entry}.");
         return value;
     }
 
@@ -222,7 +222,7 @@ public sealed partial class KilnTokenizer
         if (!file.Metadata.TryGetValue(key, out var entry)) return whenAbsent;
         return entry.Value is bool value
             ? value
-            : throw new ModelLoadException(file.Path, key, null, $"should be a bool, but is {entry}.");
+            : throw new ModelLoadException(file.Path, key, entry.Offset, $"should be a bool, but is {entry}.");
     }
 
     private static int ReadTokenId(ModelFile file, string key, string neededBy)
@@ -230,10 +230,10 @@ public sealed partial class KilnTokenizer
         if (!file.Metadata.TryGetValue(key, out var entry))
             throw new ModelLoadException(file.Path, key, null, $"is missing; {neededBy} needs it.");
         if (!entry.TryGetInt64(out long id))
-            throw new ModelLoadException(file.Path, key, null, $"should be an integer token id, but is {entry}.");
+            throw new ModelLoadException(file.Path, key, entry.Offset, $"should be an integer token id, but is {entry}.");
         // Whether the id lies inside the vocabulary is checked with the rest of it.
         if (id is < int.MinValue or > int.MaxValue)
-            throw new ModelLoadException(file.Path, key, null, $"is {id}, far outside any vocabulary.");
+            throw new ModelLoadException(file.Path, key, entry.Offset, $"is {id}, far outside any vocabulary.");
         return (int)id;
     }
 
@@ -278,18 +278,20 @@ public sealed partial class KilnTokenizer
     }
 
     /// <summary>
-    /// Where a vocabulary came from, so that a problem names what the caller passed: GGUF keys and a
-    /// <see cref="ModelLoadException"/> for a model file, parameter names and an <see cref="ArgumentException"/>
-    /// for <see cref="FromVocabulary"/>.
+    /// Where a vocabulary came from, so that a problem names what the caller passed: GGUF keys (and where their values
+    /// are) and a <see cref="ModelLoadException"/> for a model file, parameter names and an
+    /// <see cref="ArgumentException"/> for <see cref="FromVocabulary"/>.
     /// </summary>
-    private sealed record VocabularySource(string? Path, string Tokens, string Scores, string Types, string Bos, string Eos, string Unknown)
+    private sealed record VocabularySource(ModelFile? File, string Tokens, string Scores, string Types, string Bos, string Eos, string Unknown)
     {
         public static readonly VocabularySource Arguments = new(null, "tokens", "scores", "types", "bos", "eos", "unk");
 
-        public static VocabularySource ForModelFile(string path) =>
-            new(path, TokensKey, ScoresKey, TypesKey, BosKey, EosKey, UnknownKey);
+        public static VocabularySource ForModelFile(ModelFile file) =>
+            new(file, TokensKey, ScoresKey, TypesKey, BosKey, EosKey, UnknownKey);
 
         public Exception Problem(string field, string problem) =>
-            Path is null ? new ArgumentException(problem, field) : new ModelLoadException(Path, field, null, problem);
+            File is null
+                ? new ArgumentException(problem, field)
+                : new ModelLoadException(File.Path, field, File.Metadata.TryGetValue(field, out var entry) ? entry.Offset : null, problem);
     }
 }

@@ -63,6 +63,82 @@ public sealed class OnnxModelTests(ITestOutputHelper output)
         }
     }
 
+    // Found by fuzzing (tests/Kiln.Fuzz, onnx target): an exception other than ModelLoadException, or a rejection
+    // without a byte offset.
+
+    [Fact]
+    public void AnAddOfTheKeyBiasWithoutOutputsIsNotMistakenForTheKeyProjection()
+    {
+        // Was an IndexOutOfRangeException looking for the key's Reshape after an Add that has no output.
+        string path = Write(Model(graph =>
+        {
+            var node = new List<byte>();
+            Bytes(node, 1, Encoding.UTF8.GetBytes("encoder.layer.0.attention.self.key.bias"));
+            Bytes(node, 4, Encoding.UTF8.GetBytes("Add"));
+            Bytes(graph, 1, node.ToArray());
+        }));
+        using var file = new OnnxModel(path);
+        Assert.False(file.Metadata.ContainsKey("num_attention_heads"));
+    }
+
+    [Fact]
+    public void AnEmbeddingThatIsNotAMatrixIsNamedWithItsOffset()
+    {
+        // Was an IndexOutOfRangeException reading a one-dimensional embedding's second extent.
+        var graph = new List<byte>();
+        byte[] words = Tensor("embeddings.word_embeddings.weight", [10]);
+        Bytes(graph, 5, words);
+        Bytes(graph, 5, Tensor("encoder.layer.0.attention.self.query.weight", [2, 2]));
+        var (bytes, graphAt) = ModelOf(graph, "embeddings.word_embeddings.weight", "encoder.layer.0.attention.self.query.weight");
+        var error = Assert.Throws<ModelLoadException>(() => new OnnxModel(Write(bytes)));
+        Assert.Equal("graph.initializer 'embeddings.word_embeddings.weight'", error.Field);
+        Assert.True(words.Length < 128);
+        Assert.Equal(graphAt + 2, error.Offset); // the initializer's message, after its key and one-byte length
+    }
+
+    [Fact]
+    public void WholeGraphProblemsNameTheGraphsOffset()
+    {
+        // Each was a rejection with no offset: a missing BertModel weight, no output, no graph at all.
+        var graph = new List<byte>();
+        Bytes(graph, 5, Tensor("embeddings.word_embeddings.weight", [5, 2]));
+        Bytes(graph, 5, Tensor("encoder.layer.0.attention.self.query.weight", [2, 2]));
+        var (bytes, graphAt) = ModelOf(graph, "embeddings.word_embeddings.weight", "encoder.layer.0.attention.self.query.weight");
+        var missing = Assert.Throws<ModelLoadException>(() => new OnnxModel(Write(bytes)));
+        Assert.Equal("graph.initializer 'embeddings.position_embeddings.weight'", missing.Field);
+        Assert.Equal(graphAt, missing.Offset);
+
+        (bytes, graphAt) = ModelOf(graph);
+        var noOutput = Assert.Throws<ModelLoadException>(() => new OnnxModel(Write(bytes)));
+        Assert.Equal(("graph.output", (long?)graphAt), (noOutput.Field, noOutput.Offset));
+
+        var noGraph = Assert.Throws<ModelLoadException>(() => new OnnxModel(Write([0x08, 7])));
+        Assert.Equal(("ModelProto.graph", 0L), (noGraph.Field, noGraph.Offset));
+    }
+
+    /// <summary>
+    /// ModelProto { graph } of <paramref name="graph"/>'s initializers, with one Sum node of <paramref name="summed"/>
+    /// as its output; and where the graph's message starts (it ends the file).
+    /// </summary>
+    private static (byte[] Bytes, long GraphOffset) ModelOf(List<byte> graph, params string[] summed)
+    {
+        var body = new List<byte>(graph);
+        if (summed.Length > 0)
+        {
+            var node = new List<byte>();
+            foreach (var input in summed) Bytes(node, 1, Encoding.UTF8.GetBytes(input));
+            Bytes(node, 2, "out"u8.ToArray());
+            Bytes(node, 4, "Sum"u8.ToArray());
+            Bytes(body, 1, node.ToArray());
+            var output = new List<byte>();
+            Bytes(output, 1, "out"u8.ToArray());
+            Bytes(body, 12, output.ToArray());
+        }
+        var model = new List<byte>();
+        Bytes(model, 7, body.ToArray());
+        return (model.ToArray(), model.Count - body.Count);
+    }
+
     private static string Write(byte[] bytes)
     {
         string path = Path.Combine(Path.GetTempPath(), $"kiln-onnx-{Environment.ProcessId}.onnx");
@@ -71,7 +147,7 @@ public sealed class OnnxModelTests(ITestOutputHelper output)
     }
 
     /// <summary>ModelProto { ir_version, graph { nodes, initializers, output } }, as torch.onnx writes them.</summary>
-    private static byte[] Model()
+    private static byte[] Model(Action<List<byte>>? addToGraph = null)
     {
         var graph = new List<byte>();
         void Node(string op, string[] inputs, string output, byte[]? constant = null)
@@ -103,6 +179,7 @@ public sealed class OnnxModelTests(ITestOutputHelper output)
         Node("Add", ["encoder.layer.0.attention.self.query.bias", "m"], "q");
         Node("Sum", ["q", "embeddings.position_embeddings.weight", "embeddings.token_type_embeddings.weight", "encoder.layer.0.intermediate.dense.weight"], "out");
         Node("Add", ["out", "pooler.dense.bias"], "pooled");
+        addToGraph?.Invoke(graph);
         var output = new List<byte>();
         Bytes(output, 1, Encoding.UTF8.GetBytes("out"));
         Bytes(graph, 12, output.ToArray());
