@@ -214,7 +214,7 @@ public sealed class SyntheticDifferentialTests : IDisposable
         Assert.Contains("Down: Q6_K dequantized, requantized", report);
         Assert.Contains("Down: Q4_K dequantized, requantized", report);
         Assert.Contains("Gate: stored Q4_0 copied", report);
-        Assert.Contains("_output: F32x4 chunked", report);
+        Assert.Contains("_output: F32x16 panels", report);
     }
 
     [Theory]

@@ -39,14 +39,14 @@ public sealed class GemmTests
     }
 
     /// <summary>
-    /// Forces <paramref name="path"/> for the <paramref name="format"/> GEMM and its input preparation: the float layouts
-    /// have an AVX-512 form only; the quantized ones an AVX2 form (their strips, which AVX-512 runs too, with its own
-    /// activation quantization).
+    /// Forces <paramref name="path"/> for the <paramref name="format"/> GEMM and its input preparation: F32 has AVX2 and
+    /// AVX-512 forms (its panel tiles); BF16 an AVX-512 form only; the quantized ones an AVX2 form (their strips, which
+    /// AVX-512 runs too, with its own activation quantization).
     /// </summary>
     private static KernelPaths.ForcedPath Force(PackedFormat format, KernelPath path) =>
-        KernelPathCases.Force(path, $"The {format} GEMM", WeightLayouts.IsQuantized(format)
-            ? KernelPathCases.NoVnniForm
-            : [KernelPath.Scalar, KernelPath.Avx512BW]);
+        KernelPathCases.Force(path, $"The {format} GEMM", format == PackedFormat.BF16
+            ? [KernelPath.Scalar, KernelPath.Avx512BW]
+            : KernelPathCases.NoVnniForm);
 
     [SkippableTheory]
     [MemberData(nameof(FormatsOnPaths))]
@@ -55,6 +55,7 @@ public sealed class GemmTests
         using var forced = Force(format, path);
         var shapes = new List<(int Rows, int K, int Tokens)> { (4, 32, 1), (13, 64, 3), (32, 96, 5), (8, 256, 8), (7, 128, 2), (12, 64, 13) };
         if (!WeightLayouts.IsQuantized(format)) shapes.AddRange([(6, 40, 3), (5, 24, 4)]); // K not a multiple of 16: the float kernels' scalar tail
+        if (format == PackedFormat.F32) shapes.AddRange([(72, 48, 14), (40, 17, 6)]); // F32: tiles of 4 panels and 6 tokens, then a partial panel and a token tail
         foreach (var (rows, k, tokens) in shapes)
         {
             var weights = Matrix(rows, k, seed: rows * 31 + k);
