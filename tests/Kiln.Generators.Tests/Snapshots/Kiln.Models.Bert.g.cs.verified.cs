@@ -904,6 +904,27 @@ namespace Kiln.Models
                         Output[at + i] = e2;
                     }
                 }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    int o = row - FirstRow;
+                    if (o + 16 <= Cols)
+                    {
+                        int at = token * Cols + o;
+                        var e0 = sums;
+                        var e1 = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref W0[o]);
+                        var e2 = e0 + e1;
+                        Output.Store16(at, e2);
+                        return;
+                    }
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
+                }
             }
 
             /// <summary>[3] k ← [Wk] + Bk.</summary>
@@ -934,6 +955,27 @@ namespace Kiln.Models
                         Output[at + i] = e2;
                     }
                 }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    int o = row - FirstRow;
+                    if (o + 16 <= Cols)
+                    {
+                        int at = token * Cols + o;
+                        var e0 = sums;
+                        var e1 = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref W0[o]);
+                        var e2 = e0 + e1;
+                        Output.Store16(at, e2);
+                        return;
+                    }
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
+                }
             }
 
             /// <summary>[3] v ← [Wv] + Bv.</summary>
@@ -963,6 +1005,27 @@ namespace Kiln.Models
                         var e2 = e0 + e1;
                         Output[at + i] = e2;
                     }
+                }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    int o = row - FirstRow;
+                    if (o + 16 <= Cols)
+                    {
+                        int at = token * Cols + o;
+                        var e0 = sums;
+                        var e1 = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref W0[o]);
+                        var e2 = e0 + e1;
+                        Output.Store16(at, e2);
+                        return;
+                    }
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
                 }
             }
 
@@ -1025,6 +1088,30 @@ namespace Kiln.Models
                         var e4 = e0 + e3;
                         Output[at + i] = e4;
                     }
+                }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    int o = row - FirstRow;
+                    if (o + 16 <= Cols)
+                    {
+                        int in0 = token * In0Cols;
+                        int at = token * Cols + o;
+                        var e0 = In0.Load16(in0 + o);
+                        var e1 = sums;
+                        var e2 = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref W0[o]);
+                        var e3 = e1 + e2;
+                        var e4 = e0 + e3;
+                        Output.Store16(at, e4);
+                        return;
+                    }
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
                 }
             }
 
@@ -1167,6 +1254,35 @@ namespace Kiln.Models
                         Output[at + i] = e10;
                     }
                 }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    int o = row - FirstRow;
+                    if (o + 16 <= Cols)
+                    {
+                        int at = token * Cols + o;
+                        var e0 = sums;
+                        var e1 = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref W0[o]);
+                        var e2 = e0 + e1;
+                        var e3 = global::System.Runtime.Intrinsics.Vector512.Create(0.5f);
+                        var e4 = e3 * e2;
+                        var e5 = global::System.Runtime.Intrinsics.Vector512.Create(1f);
+                        var e6 = global::System.Runtime.Intrinsics.Vector512.Create(0.7071067811865476f);
+                        var e7 = e2 * e6;
+                        var e8 = global::Kiln.Kernels.Elementwise.Lanes.Erf(e7);
+                        var e9 = e5 + e8;
+                        var e10 = e4 * e9;
+                        Output.Store16(at, e10);
+                        return;
+                    }
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
+                }
             }
 
             /// <summary>[8] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
@@ -1228,6 +1344,30 @@ namespace Kiln.Models
                         var e4 = e0 + e3;
                         Output[at + i] = e4;
                     }
+                }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    int o = row - FirstRow;
+                    if (o + 16 <= Cols)
+                    {
+                        int in0 = token * In0Cols;
+                        int at = token * Cols + o;
+                        var e0 = In0.Load16(in0 + o);
+                        var e1 = sums;
+                        var e2 = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref W0[o]);
+                        var e3 = e1 + e2;
+                        var e4 = e0 + e3;
+                        Output.Store16(at, e4);
+                        return;
+                    }
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
                 }
             }
 

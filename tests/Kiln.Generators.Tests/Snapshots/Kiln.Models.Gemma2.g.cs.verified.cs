@@ -834,6 +834,17 @@ namespace Kiln.Models
                         }
                     }
                 }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
+                }
             }
 
             /// <summary>[2] k ← rope_neox([Wk]), then each adjacent pair rotated by the token's position (cos/sin from the step's table).</summary>
@@ -884,6 +895,17 @@ namespace Kiln.Models
                         }
                     }
                 }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
+                }
             }
 
             /// <summary>[2] v ← .</summary>
@@ -908,6 +930,25 @@ namespace Kiln.Models
                         var e0 = sums[i];
                         Output[at + i] = e0;
                     }
+                }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    int o = row - FirstRow;
+                    if (o + 16 <= Cols)
+                    {
+                        int at = token * Cols + o;
+                        var e0 = sums;
+                        Output.Store16(at, e0);
+                        return;
+                    }
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
                 }
             }
 
@@ -959,6 +1000,25 @@ namespace Kiln.Models
                         var e0 = sums[i];
                         Output[at + i] = e0;
                     }
+                }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    int o = row - FirstRow;
+                    if (o + 16 <= Cols)
+                    {
+                        int at = token * Cols + o;
+                        var e0 = sums;
+                        Output.Store16(at, e0);
+                        return;
+                    }
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
                 }
             }
 
@@ -1104,6 +1164,17 @@ namespace Kiln.Models
                     var l15 = l13 * l14;
                     Output[at] = l15;
                 }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
+                }
             }
 
             /// <summary>[7] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
@@ -1154,6 +1225,25 @@ namespace Kiln.Models
                         var e0 = sums[i];
                         Output[at + i] = e0;
                     }
+                }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    int o = row - FirstRow;
+                    if (o + 16 <= Cols)
+                    {
+                        int at = token * Cols + o;
+                        var e0 = sums;
+                        Output.Store16(at, e0);
+                        return;
+                    }
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
                 }
             }
 
@@ -1314,6 +1404,29 @@ namespace Kiln.Models
                         var e4 = e1 * e3;
                         Output[at + i] = e4;
                     }
+                }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    int o = row - FirstRow;
+                    if (o + 16 <= Cols)
+                    {
+                        int at = token * Cols + o;
+                        var e0 = sums;
+                        var e1 = global::System.Runtime.Intrinsics.Vector512.Create(S0);
+                        var e2 = e0 / e1;
+                        var e3 = global::Kiln.Kernels.Elementwise.Lanes.Tanh(e2);
+                        var e4 = e1 * e3;
+                        Output.Store16(at, e4);
+                        return;
+                    }
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
                 }
             }
 

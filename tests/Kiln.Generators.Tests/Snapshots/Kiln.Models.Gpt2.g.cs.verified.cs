@@ -759,6 +759,27 @@ namespace Kiln.Models
                         Output[at + i] = e2;
                     }
                 }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    int o = row - FirstRow;
+                    if (o + 16 <= Cols)
+                    {
+                        int at = token * Cols + o;
+                        var e0 = sums;
+                        var e1 = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref W0[o]);
+                        var e2 = e0 + e1;
+                        Output.Store16(at, e2);
+                        return;
+                    }
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
+                }
             }
 
             /// <summary>[2] k ← [Wqkv] + Bqkv.</summary>
@@ -788,6 +809,27 @@ namespace Kiln.Models
                         var e2 = e0 + e1;
                         Output[at + i] = e2;
                     }
+                }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    int o = row - FirstRow;
+                    if (o + 16 <= Cols)
+                    {
+                        int at = token * Cols + o;
+                        var e0 = sums;
+                        var e1 = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref W0[o + Dim_Dim]);
+                        var e2 = e0 + e1;
+                        Output.Store16(at, e2);
+                        return;
+                    }
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
                 }
             }
 
@@ -819,6 +861,27 @@ namespace Kiln.Models
                         var e2 = e0 + e1;
                         Output[at + i] = e2;
                     }
+                }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    int o = row - FirstRow;
+                    if (o + 16 <= Cols)
+                    {
+                        int at = token * Cols + o;
+                        var e0 = sums;
+                        var e1 = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref W0[o + Dim_2_x_Dim]);
+                        var e2 = e0 + e1;
+                        Output.Store16(at, e2);
+                        return;
+                    }
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
                 }
             }
 
@@ -881,6 +944,30 @@ namespace Kiln.Models
                         var e4 = e0 + e3;
                         Output[at + i] = e4;
                     }
+                }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    int o = row - FirstRow;
+                    if (o + 16 <= Cols)
+                    {
+                        int in0 = token * In0Cols;
+                        int at = token * Cols + o;
+                        var e0 = In0.Load16(in0 + o);
+                        var e1 = sums;
+                        var e2 = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref W0[o]);
+                        var e3 = e1 + e2;
+                        var e4 = e0 + e3;
+                        Output.Store16(at, e4);
+                        return;
+                    }
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
                 }
             }
 
@@ -964,6 +1051,40 @@ namespace Kiln.Models
                         Output[at + i] = e15;
                     }
                 }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    int o = row - FirstRow;
+                    if (o + 16 <= Cols)
+                    {
+                        int at = token * Cols + o;
+                        var e0 = sums;
+                        var e1 = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref W0[o]);
+                        var e2 = e0 + e1;
+                        var e3 = e2 * e2;
+                        var e4 = e3 * e2;
+                        var e5 = global::System.Runtime.Intrinsics.Vector512.Create(0.7978845608028654f);
+                        var e6 = global::System.Runtime.Intrinsics.Vector512.Create(0.044715f);
+                        var e7 = e6 * e4;
+                        var e8 = e2 + e7;
+                        var e9 = e5 * e8;
+                        var e10 = global::System.Runtime.Intrinsics.Vector512.Create(0.5f);
+                        var e11 = e10 * e2;
+                        var e12 = global::System.Runtime.Intrinsics.Vector512.Create(1f);
+                        var e13 = global::Kiln.Kernels.Elementwise.Lanes.Tanh(e9);
+                        var e14 = e12 + e13;
+                        var e15 = e11 * e14;
+                        Output.Store16(at, e15);
+                        return;
+                    }
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
+                }
             }
 
             /// <summary>[6] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
@@ -1025,6 +1146,30 @@ namespace Kiln.Models
                         var e4 = e0 + e3;
                         Output[at + i] = e4;
                     }
+                }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    int o = row - FirstRow;
+                    if (o + 16 <= Cols)
+                    {
+                        int in0 = token * In0Cols;
+                        int at = token * Cols + o;
+                        var e0 = In0.Load16(in0 + o);
+                        var e1 = sums;
+                        var e2 = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref W0[o]);
+                        var e3 = e1 + e2;
+                        var e4 = e0 + e3;
+                        Output.Store16(at, e4);
+                        return;
+                    }
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
                 }
             }
 
@@ -1113,6 +1258,25 @@ namespace Kiln.Models
                         var e0 = sums[i];
                         Output[at + i] = e0;
                     }
+                }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    int o = row - FirstRow;
+                    if (o + 16 <= Cols)
+                    {
+                        int at = token * Cols + o;
+                        var e0 = sums;
+                        Output.Store16(at, e0);
+                        return;
+                    }
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
                 }
             }
 

@@ -792,6 +792,17 @@ namespace Kiln.Models
                         }
                     }
                 }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
+                }
             }
 
             /// <summary>[2] k ← rope_neox([Wqkv]), then each adjacent pair rotated by the token's position (cos/sin from the step's table).</summary>
@@ -842,6 +853,17 @@ namespace Kiln.Models
                         }
                     }
                 }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
+                }
             }
 
             /// <summary>[2] v ← .</summary>
@@ -866,6 +888,25 @@ namespace Kiln.Models
                         var e0 = sums[i];
                         Output[at + i] = e0;
                     }
+                }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    int o = row - FirstRow;
+                    if (o + 16 <= Cols)
+                    {
+                        int at = token * Cols + o;
+                        var e0 = sums;
+                        Output.Store16(at, e0);
+                        return;
+                    }
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
                 }
             }
 
@@ -923,6 +964,28 @@ namespace Kiln.Models
                         var e2 = e0 + e1;
                         Output[at + i] = e2;
                     }
+                }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    int o = row - FirstRow;
+                    if (o + 16 <= Cols)
+                    {
+                        int in0 = token * In0Cols;
+                        int at = token * Cols + o;
+                        var e0 = In0.Load16(in0 + o);
+                        var e1 = sums;
+                        var e2 = e0 + e1;
+                        Output.Store16(at, e2);
+                        return;
+                    }
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
                 }
             }
 
@@ -989,6 +1052,17 @@ namespace Kiln.Models
                     var l7 = l5 * l6;
                     Output[at] = l7;
                 }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
+                }
             }
 
             /// <summary>[6] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
@@ -1045,6 +1119,28 @@ namespace Kiln.Models
                         var e2 = e0 + e1;
                         Output[at + i] = e2;
                     }
+                }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    int o = row - FirstRow;
+                    if (o + 16 <= Cols)
+                    {
+                        int in0 = token * In0Cols;
+                        int at = token * Cols + o;
+                        var e0 = In0.Load16(in0 + o);
+                        var e1 = sums;
+                        var e2 = e0 + e1;
+                        Output.Store16(at, e2);
+                        return;
+                    }
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
                 }
             }
 
@@ -1133,6 +1229,25 @@ namespace Kiln.Models
                         var e0 = sums[i];
                         Output[at + i] = e0;
                     }
+                }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    int o = row - FirstRow;
+                    if (o + 16 <= Cols)
+                    {
+                        int at = token * Cols + o;
+                        var e0 = sums;
+                        Output.Store16(at, e0);
+                        return;
+                    }
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
                 }
             }
 

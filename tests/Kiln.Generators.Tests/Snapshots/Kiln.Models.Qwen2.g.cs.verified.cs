@@ -806,6 +806,17 @@ namespace Kiln.Models
                         }
                     }
                 }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
+                }
             }
 
             /// <summary>[2] k ← rope_neox([Wk]), then each adjacent pair rotated by the token's position (cos/sin from the step's table).</summary>
@@ -863,6 +874,17 @@ namespace Kiln.Models
                         }
                     }
                 }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
+                }
             }
 
             /// <summary>[2] v ← [Wv] + Bv.</summary>
@@ -892,6 +914,27 @@ namespace Kiln.Models
                         var e2 = e0 + e1;
                         Output[at + i] = e2;
                     }
+                }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    int o = row - FirstRow;
+                    if (o + 16 <= Cols)
+                    {
+                        int at = token * Cols + o;
+                        var e0 = sums;
+                        var e1 = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref W0[o]);
+                        var e2 = e0 + e1;
+                        Output.Store16(at, e2);
+                        return;
+                    }
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
                 }
             }
 
@@ -949,6 +992,28 @@ namespace Kiln.Models
                         var e2 = e0 + e1;
                         Output[at + i] = e2;
                     }
+                }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    int o = row - FirstRow;
+                    if (o + 16 <= Cols)
+                    {
+                        int in0 = token * In0Cols;
+                        int at = token * Cols + o;
+                        var e0 = In0.Load16(in0 + o);
+                        var e1 = sums;
+                        var e2 = e0 + e1;
+                        Output.Store16(at, e2);
+                        return;
+                    }
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
                 }
             }
 
@@ -1015,6 +1080,17 @@ namespace Kiln.Models
                     var l7 = l5 * l6;
                     Output[at] = l7;
                 }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
+                }
             }
 
             /// <summary>[6] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
@@ -1071,6 +1147,28 @@ namespace Kiln.Models
                         var e2 = e0 + e1;
                         Output[at + i] = e2;
                     }
+                }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    int o = row - FirstRow;
+                    if (o + 16 <= Cols)
+                    {
+                        int in0 = token * In0Cols;
+                        int at = token * Cols + o;
+                        var e0 = In0.Load16(in0 + o);
+                        var e1 = sums;
+                        var e2 = e0 + e1;
+                        Output.Store16(at, e2);
+                        return;
+                    }
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
                 }
             }
 
@@ -1159,6 +1257,25 @@ namespace Kiln.Models
                         var e0 = sums[i];
                         Output[at + i] = e0;
                     }
+                }
+
+                [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
+                public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)
+                {
+                    int o = row - FirstRow;
+                    if (o + 16 <= Cols)
+                    {
+                        int at = token * Cols + o;
+                        var e0 = sums;
+                        Output.Store16(at, e0);
+                        return;
+                    }
+                    var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);
+                    var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);
+                    Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));
+                    Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));
+                    Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));
+                    Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));
                 }
             }
 

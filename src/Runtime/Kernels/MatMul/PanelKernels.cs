@@ -195,10 +195,7 @@ internal static unsafe class PanelKernels
     {
         if (row >= range.FirstRow && row + PanelRows <= range.EndRow)
         {
-            epilogue.Store(row, token, sums.GetLower().GetLower());
-            epilogue.Store(row + 4, token, sums.GetLower().GetUpper());
-            epilogue.Store(row + 8, token, sums.GetUpper().GetLower());
-            epilogue.Store(row + 12, token, sums.GetUpper().GetUpper());
+            epilogue.Store16(row, token, sums);
             return;
         }
         Store(ref epilogue, range, row, token, sums.GetLower());
