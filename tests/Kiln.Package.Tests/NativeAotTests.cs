@@ -41,7 +41,7 @@ public sealed class NativeAotTests(PackedFeed feed, ITestOutputHelper log)
         {
             var error = Dotnet.Exec(binary, work.Path, RunLimit, "inspect", unknown);
             Assert.Equal(ExitCodes.Failed, error.ExitCode);
-            Assert.Equal($"kiln: error: {unknown}: general.architecture: \"mamba\" has no Kiln model definition; supported: llama, gpt2, qwen2, qwen3, gemma2, phi3.{Environment.NewLine}", error.Error);
+            Assert.Equal($"kiln: error: {unknown}: general.architecture: \"mamba\" has no Kiln model definition; supported: {string.Join(", ", Kiln.Models.ModelCatalog.Architectures)}.{Environment.NewLine}", error.Error);
         }
         finally
         {
