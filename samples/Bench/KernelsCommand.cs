@@ -116,5 +116,7 @@ internal static class KernelsCommand
         public int Rows;
 
         public void Store(int row, int token, Vector128<float> sums) => Output.Store4(token * Rows + row, sums);
+
+        public void Store16(int row, int token, Vector512<float> sums) => Output.Store16(token * Rows + row, sums);
     }
 }

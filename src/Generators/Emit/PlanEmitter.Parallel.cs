@@ -490,8 +490,34 @@ internal static partial class PlanEmitter
                 else if (segment.Rope >= 0) RopeStore(w, code, plan.RopeTables[segment.Rope].NeoX);
                 else PlainStore(w, code);
             }
+            w.Line();
+            w.Line("[global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel");
+            using (w.Block("public void Store16(int row, int token, global::System.Runtime.Intrinsics.Vector512<float> sums)"))
+            {
+                if (!segment.IsPair && segment.Rope < 0) PlainStore16(w, code);
+                w.Line("var low = global::System.Runtime.Intrinsics.Vector512.GetLower(sums);");
+                w.Line("var high = global::System.Runtime.Intrinsics.Vector512.GetUpper(sums);");
+                w.Line("Store(row, token, global::System.Runtime.Intrinsics.Vector256.GetLower(low));");
+                w.Line("Store(row + 4, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(low));");
+                w.Line("Store(row + 8, token, global::System.Runtime.Intrinsics.Vector256.GetLower(high));");
+                w.Line("Store(row + 12, token, global::System.Runtime.Intrinsics.Vector256.GetUpper(high));");
+            }
         }
         w.Line();
+    }
+
+    /// <summary>Sixteen consecutive outputs at once, the program at Vector512, when they all lie inside the rows (else four groups).</summary>
+    private static void PlainStore16(CodeWriter w, ProgramCode code)
+    {
+        w.Line("int o = row - FirstRow;");
+        using (w.Block("if (o + 16 <= Cols)"))
+        {
+            code.RowSetup(w, "token");
+            w.Line("int at = token * Cols + o;");
+            string value = code.Body(w, 16, "o", "o", "e", new[] { "sums" });
+            w.Line(ProgramCode.Store(16, "Output", "at", value));
+            w.Line("return;");
+        }
     }
 
     /// <summary>Four consecutive outputs: the program at Vector128, or lane by lane at the end of the rows.</summary>

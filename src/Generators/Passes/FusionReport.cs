@@ -79,8 +79,8 @@ internal static class FusionReport
         if (plan.Kernels.OfType<AttentionKernel>().Any() && model.Encoder) yield return "Attention scratch: per chunk of work items, every head's scores over the longest sequence a step can hold (its whole step), allocated with the plan.";
         else if (plan.Kernels.OfType<AttentionKernel>().Any()) yield return "Attention scratch: per chunk of work items, every head's scores over the KV cache's MaxContext (and one block's rows when the cache stores int8), grown when a larger cache is first seen.";
         if (plan.Kernels.OfType<LstmKernel>().Any()) yield return "Recurrent state: per sequence, each LSTM layer's h and c in the context's state slot (float32 unless the state says F16); scratch for each sequence's starting state and gates, allocated with the plan.";
-        yield return "Threads: one worker pool (PlanOptions.Threads). A matmul splits its 4-row groups over the threads, each tile (4 rows × 4 tokens";
-        yield return "  for F32/BF16, 8 rows × 8 tokens for the quantized layouts) going through its epilogue while in registers; attention splits (token, KV-head chunk) items;";
+        yield return "Threads: one worker pool (PlanOptions.Threads). A matmul splits its 4-row groups over the threads, each tile (64 rows × 6 tokens";
+        yield return "  for F32, 4 rows × 4 tokens for BF16, 8 rows × 8 tokens for the quantized layouts) going through its epilogue while in registers; attention splits (token, KV-head chunk) items;";
         yield return "  elementwise loops split rows. Every output is computed by one thread in a fixed order, so results do not depend on the thread count.";
     }
 
@@ -149,14 +149,15 @@ internal static class FusionReport
     private static string Short(string weight) => weight.Substring(weight.LastIndexOf('.') + 1);
 
     private const string AsStoredRule =
-        "F32 and F16 → F32x4 (F16 widened exactly); BF16 → BF16x4 (widened exactly in the kernel); "
+        "F32 and F16 → F32x16 panels (F16 widened exactly); BF16 → BF16x4 (widened exactly in the kernel); "
         + "Q8_0 → Q8_0x8 interleaved (the file's quants and fp16 scales copied); Q4_0 → Q4_0x8 interleaved (the file's nibbles and fp16 scales copied); "
         + "Q6_K, Q5_K, Q4_K → Q6_Kx8, Q5_Kx8, Q4_Kx8 interleaved (the file's quants, scales, mins and fp16 super-block scales copied); "
         + "any other type (Q5_0, Q2_K, …) → Q8_0x8 (dequantized, requantized); weights of different types in one matmul → the most precise "
         + "of their layouts, except that K-quants of different types keep their own, one segment each. Work goes in groups of 4 rows and every "
-        + "tile reads each weight once for several tokens: F32x4/BF16x4 hold 16-element chunks of the 4 rows in turn (the kernel streams a group "
-        + "front to back); the quantized layouts store two groups together, 8 rows 4 bytes at a time (one multiply-add against 4 broadcast "
-        + "activations covers all 8 rows, each row's sum complete in its own lane)";
+        + "tile reads each weight once for several tokens: F32x16 holds panels of 16 rows, element k of the 16 side by side (outer products: "
+        + "one load of 16 rows times one broadcast activation, no reductions); BF16x4 holds 16-element chunks of the 4 rows in turn (the kernel "
+        + "streams a group front to back); the quantized layouts store two groups together, 8 rows 4 bytes at a time (one multiply-add against "
+        + "4 broadcast activations covers all 8 rows, each row's sum complete in its own lane)";
 
     /// <summary>The layout rule for a matmul's weights, and why.</summary>
     private static string Rule(string format, Syntax.ModelInfo model)
@@ -165,7 +166,7 @@ internal static class FusionReport
         return format switch
         {
             "AsStored" => "as stored (the rule above)",
-            "F32" => $"F32x4, as {why} asks (any stored type dequantized)",
+            "F32" => $"F32x16 panels, as {why} asks (any stored type dequantized)",
             "BF16" => $"BF16x4, as {why} asks (stored BF16 copied, anything else rounded to nearest even)",
             "Q8_0" => $"Q8_0x8 interleaved, as {why} asks (stored Q8_0 blocks copied, anything else quantized once by GGML's reference quantizer); 8 rows per strip so a tile reads each block once for 8 tokens",
             _ => $"Q4_0x8 interleaved, as {why} asks (stored Q4_0 blocks copied, anything else quantized once by GGML's reference quantizer); 8 rows per strip so a tile reads each block once for 8 tokens",

@@ -9,14 +9,15 @@ namespace Kiln.Kernels.MatMul;
 /// The matmul kernels of compiled plans: y[t, r] = Σ_k W[r, k]·x[t, k] over a range of 4-row groups of a
 /// <see cref="PackedMatrix"/> and every token of a <see cref="GemmInput"/>, each finished 4-row × 1-token tile handed
 /// to the plan's epilogue. One entry per layout; a work item of the plan's worker pool calls one with its range of
-/// groups. Inside, tokens go in tiles (of up to 4 for the float layouts, 8 for the quantized ones, whose tiles are
-/// 8-row strips: <see cref="StripKernels"/>), so each weight block is read once per token tile, and the activations of
-/// a token tile are reused by every group of the range.
+/// groups. Inside, tokens go in tiles (F32: up to 6 tokens × 64 rows, outer products over panels of 16 rows,
+/// <see cref="PanelKernels"/>; BF16: 4 × 4; the quantized layouts: 8 tokens × 8-row strips, <see cref="StripKernels"/>),
+/// so each weight block is read once per token tile, and the activations of a token tile are reused by every group
+/// of the range.
 /// <para>
 /// Every token's sums are computed by the same operations in the same order whatever its tile and whatever the
-/// range, so results do not depend on how the groups were split over threads. Each layout has a SIMD form (AVX-512
-/// for the float layouts; AVX2 for the quantized ones, which every wider path runs too) and a scalar one, the oracle;
-/// <see cref="KernelPaths.Active"/> picks between them once per call.
+/// range, so results do not depend on how the groups were split over threads. Each layout has a SIMD form (F32:
+/// AVX-512 and AVX2; BF16: AVX-512; the quantized ones AVX2, which every wider path runs too) and a scalar one, the
+/// oracle; <see cref="KernelPaths.Active"/> picks between them once per call.
 /// </para>
 /// </summary>
 public static unsafe class Gemm
@@ -29,23 +30,33 @@ public static unsafe class Gemm
     {
         ArgumentNullException.ThrowIfNull(weights);
         int groups = weights.Groups;
+        // F32 is stored in panels of 4 groups: items of whole panels, and with many tokens up to 4 of them (the widest
+        // tile), about four items per thread.
+        if (weights.Format == PackedFormat.F32 && tokens >= 16)
+            return Math.Min(groups, Math.Clamp((groups / (4 * Math.Max(1, threads)) + 3) & ~3, 4, 16));
+        int chunk;
         // Many tokens: 8 groups per item keep a tile's weights in L1 across every token tile, whatever the threads.
-        if (threads <= 1) return tokens >= 16 ? Math.Min(8, groups) : groups;
-        int perThread = (groups + 8 * threads - 1) / (8 * threads);
-        // One group at one token is ~K·4 multiply-adds; keep an item above ~16K of them.
-        long work = (long)weights.K * 4 * Math.Max(1, tokens);
-        int minimum = (int)Math.Clamp(16384 / Math.Max(1, work), 1, 64);
-        int chunk = Math.Clamp(Math.Max(perThread, minimum), 1, tokens >= 16 ? 8 : groups);
-        // Quantized layouts store groups in pairs: an even chunk never splits a strip between two items.
-        return weights.StripRows == 8 ? Math.Min(groups, (chunk + 1) & ~1) : chunk;
+        if (threads <= 1) chunk = tokens >= 16 ? Math.Min(8, groups) : groups;
+        else
+        {
+            int perThread = (groups + 8 * threads - 1) / (8 * threads);
+            // One group at one token is ~K·4 multiply-adds; keep an item above ~16K of them.
+            long work = (long)weights.K * 4 * Math.Max(1, tokens);
+            int minimum = (int)Math.Clamp(16384 / Math.Max(1, work), 1, 64);
+            chunk = Math.Clamp(Math.Max(perThread, minimum), 1, tokens >= 16 ? 8 : groups);
+        }
+        // Whole strips per item (quantized layouts: pairs of groups; F32: panels of four), so no strip is split between two.
+        int strip = weights.StripRows / 4;
+        return Math.Min(groups, (chunk + strip - 1) / strip * strip);
     }
 
-    /// <summary>F32x4 groups against float32 activations.</summary>
+    /// <summary>F32 panels of 16 rows against float32 activations (<see cref="PanelKernels"/>).</summary>
     public static void F32<TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, ref TEpilogue epilogue)
         where TEpilogue : struct, ITileEpilogue
     {
         Check(weights, PackedFormat.F32, input, firstGroup, endGroup, quantized: false);
-        if (KernelPaths.Uses512Bits) FloatKernels.Run<FloatKernels.F32Rows, TEpilogue>(weights, input, firstGroup, endGroup, ref epilogue);
+        if (KernelPaths.Uses512Bits) PanelKernels.Run512(weights, input, firstGroup, endGroup, ref epilogue);
+        else if (KernelPaths.UsesVectors) PanelKernels.Run256(weights, input, firstGroup, endGroup, ref epilogue);
         else Reference.Run(weights, input, firstGroup, endGroup, ref epilogue);
     }
 
@@ -259,7 +270,7 @@ internal static unsafe class Reference
     }
 }
 
-/// <summary>The AVX-512 kernels of the float layouts: 4 rows × up to 4 tokens per tile, 16 lanes of K per step.</summary>
+/// <summary>The AVX-512 kernel of the BF16 layout: 4 rows × up to 4 tokens per tile, 16 lanes of K per step.</summary>
 internal static unsafe class FloatKernels
 {
     internal interface IRows
@@ -270,17 +281,6 @@ internal static unsafe class FloatKernels
         static abstract Vector512<float> Load(byte* row, int index);
 
         static abstract float Scalar(byte* row, int index);
-    }
-
-    internal readonly struct F32Rows : IRows
-    {
-        public static int ElementBytes => sizeof(float);
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<float> Load(byte* row, int index) => Vector512.Load((float*)row + index);
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static float Scalar(byte* row, int index) => ((float*)row)[index];
     }
 
     internal readonly struct BF16Rows : IRows

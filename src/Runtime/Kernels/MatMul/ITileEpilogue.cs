@@ -15,4 +15,12 @@ public interface ITileEpilogue
     /// once per run, in no promised order, possibly on any thread.
     /// </summary>
     void Store(int row, int token, Vector128<float> sums);
+
+    /// <summary>
+    /// Takes the sums of packed rows [<paramref name="row"/>, <paramref name="row"/> + 16) (<paramref name="row"/> a
+    /// multiple of 4) for token <paramref name="token"/>: four groups at once, as the F32 panel kernel computes them,
+    /// so the epilogue runs at Vector512 (it may hand them to <see cref="Store"/> group by group). It stands for those
+    /// four groups' calls of <see cref="Store"/>.
+    /// </summary>
+    void Store16(int row, int token, Vector512<float> sums);
 }

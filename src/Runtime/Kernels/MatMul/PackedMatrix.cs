@@ -11,10 +11,10 @@ namespace Kiln.Kernels.MatMul;
 /// </summary>
 public enum PackedFormat
 {
-    /// <summary>float32 weights, 16-element chunks of a group's 4 rows in turn (<see cref="PackedMatrix"/>).</summary>
+    /// <summary>float32 weights in panels of 16 rows, element k of the 16 rows side by side (<see cref="PackedMatrix"/>).</summary>
     F32,
 
-    /// <summary>bfloat16 weights, laid out as <see cref="F32"/>.</summary>
+    /// <summary>bfloat16 weights, 16-element chunks of a group's 4 rows in turn (<see cref="PackedMatrix"/>).</summary>
     BF16,
 
     /// <summary>GGML Q8_0 quants and scales, four rows interleaved per group (<see cref="PackedMatrix"/> has the byte layout).</summary>
@@ -86,10 +86,10 @@ public static class WeightLayouts
         };
     }
 
-    /// <summary>The layout's name in reports: "F32x4 chunked", "Q4_0x8 interleaved", ...</summary>
+    /// <summary>The layout's name in reports: "F32x16 panels", "Q4_0x8 interleaved", ...</summary>
     public static string Describe(PackedFormat format) => format switch
     {
-        PackedFormat.F32 => "F32x4 chunked",
+        PackedFormat.F32 => "F32x16 panels",
         PackedFormat.BF16 => "BF16x4 chunked",
         PackedFormat.Q8_0 => "Q8_0x8 interleaved",
         PackedFormat.Q4_0 => "Q4_0x8 interleaved",
@@ -148,11 +148,14 @@ public static class WeightLayouts
 
 /// <summary>
 /// The weights of one (fused) matmul, packed for the tile kernels of <see cref="Gemm"/>. Work is split in groups of 4
-/// rows; memory holds strips of <see cref="StripRows"/> rows (4 for the float layouts, 8 for the quantized ones: two
-/// groups stored together). A matmul of several weights stacks them as segments, each starting at a multiple of 4 rows
-/// (padding rows are zero), so no group straddles two epilogues. Native, 64-byte aligned memory: it never moves.
+/// rows; memory holds strips of <see cref="StripRows"/> rows (16 for F32: four groups; 4 for BF16; 8 for the quantized
+/// ones: two groups stored together). A matmul of several weights stacks them as segments, each starting at a multiple
+/// of 4 rows (padding rows are zero), so no group straddles two epilogues. Native, 64-byte aligned memory: it never moves.
 /// <list type="bullet">
-/// <item>F32 / BF16: per group, K/16 chunks of 16 elements of row 0, 1, 2, 3 in turn, then the last K mod 16 elements
+/// <item>F32: per panel of 16 rows, element k of rows 0..15 side by side, for k = 0..K−1 (k-major): one vector load is
+/// element k of 16 rows, which the outer-product kernel multiplies by a token's broadcast element k, so sums need no
+/// horizontal reduction and any K works (the last panel is partly padding when the groups are not a multiple of 4).</item>
+/// <item>BF16: per group, K/16 chunks of 16 elements of row 0, 1, 2, 3 in turn, then the last K mod 16 elements
 /// of each row: the tile kernel reads a group front to back, one stream (four rows read side by side as four
 /// streams 4K apart lose a third of the bandwidth here).</item>
 /// <item>Q8_0 / Q4_0: per strip of 8 rows, K/32 blocks of quants, then K/32 × 8 fp16 scales (the rows' stored scales,
@@ -190,10 +193,10 @@ public sealed unsafe partial class PackedMatrix : IDisposable
         Rows = rows;
         K = k;
         Blocks = WeightLayouts.IsQuantized(format) ? k / 32 : 0;
-        StripRows = WeightLayouts.IsQuantized(format) ? 8 : 4;
+        StripRows = format == PackedFormat.F32 ? PanelKernels.PanelRows : WeightLayouts.IsQuantized(format) ? 8 : 4;
         StripBytes = format switch
         {
-            PackedFormat.F32 => 4L * k * sizeof(float),
+            PackedFormat.F32 => (long)PanelKernels.PanelRows * k * sizeof(float),
             PackedFormat.BF16 => 4L * k * sizeof(ushort),
             PackedFormat.Q8_0 => RoundUp(Blocks * (Q8BlockBytes + 8L * sizeof(ushort)), 64),
             PackedFormat.Q4_0 => RoundUp(Blocks * (Q4BlockBytes + 8L * sizeof(ushort)), 64),
@@ -217,7 +220,10 @@ public sealed unsafe partial class PackedMatrix : IDisposable
     /// <summary>Blocks of 32 per row (quantized formats; 0 otherwise).</summary>
     public int Blocks { get; }
 
-    /// <summary>Rows stored together: 4, or 8 for the quantized layouts (whose last strip is half padding when the groups are odd).</summary>
+    /// <summary>
+    /// Rows stored together: 16 for F32, 4 for BF16, 8 for the quantized layouts (a last strip is partly padding when
+    /// the groups do not fill it).
+    /// </summary>
     public int StripRows { get; }
 
     /// <summary>Strips of <see cref="StripRows"/> rows in memory.</summary>
@@ -393,9 +399,10 @@ public sealed unsafe partial class PackedMatrix : IDisposable
     internal ushort ScaleBits(byte* strip, int b, int r) =>
         ((ushort*)(strip + (long)Blocks * (Format == PackedFormat.Q4_0 ? Q4BlockBytes : Q8BlockBytes)))[b * 8 + r];
 
-    /// <summary>Where element <paramref name="i"/> of row <paramref name="r"/> sits in a float layout's group, in elements.</summary>
+    /// <summary>Where element <paramref name="i"/> of row <paramref name="r"/> sits in a float layout's strip, in elements.</summary>
     internal int FloatIndex(int r, int i)
     {
+        if (Format == PackedFormat.F32) return i * PanelKernels.PanelRows + r;
         int full = K & ~15;
         return i < full ? (i >> 4) * 64 + r * 16 + (i & 15) : full * 4 + r * (K - full) + (i - full);
     }

@@ -46,8 +46,8 @@ public static class KernelPaths
 
     /// <summary>
     /// The path the kernels that choose their own take: <see cref="Best"/>, unless a test forced another. A kernel
-    /// without a form of its own for it runs its next narrower one (no GEMM has an AVX-VNNI form; the float GEMMs
-    /// have no AVX2 one).
+    /// without a form of its own for it runs its next narrower one (no GEMM has an AVX-VNNI form; the BF16 GEMM
+    /// has no AVX2 one).
     /// </summary>
     public static KernelPath Active => s_active;
 
