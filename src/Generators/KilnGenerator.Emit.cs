@@ -39,8 +39,8 @@ public sealed partial class KilnGenerator
         string hintName = result.HintName.EndsWith(".g.cs", StringComparison.Ordinal)
             ? result.HintName.Substring(0, result.HintName.Length - ".g.cs".Length) + ".Gpu.g.cs"
             : result.HintName + ".Gpu";
-        // An encoder has no GPU plan (and so no CompileGpu): its CPU plan is unaffected by Kiln.Gpu being referenced.
-        if (result.Plan is null || result.Diagnostics.Count > 0 || result.Plan.Model.Encoder)
+        // An encoder or a recurrent model has no GPU plan (and so no CompileGpu): its CPU plan is unaffected by Kiln.Gpu being referenced.
+        if (result.Plan is null || result.Diagnostics.Count > 0 || !GpuPlanEmitter.HasGpuPlan(result.Plan))
             return new GeneratedSource(hintName, "", EquatableArray<DiagnosticInfo>.Empty);
         try
         {

@@ -265,6 +265,15 @@ public sealed class KQuantGemmTests(ITestOutputHelper output)
             for (int i = 0; i < 4 && row + i < Stride; i++) Y[token * Stride + row + i] = sums[i];
             if (Calls is not null) Calls[token * (Calls.Length / (Y.Length / Stride)) + row / 4]++;
         }
+
+        // Only the F32 panel kernel hands over 16 rows; K-quant tiles never call it.
+        public void Store16(int row, int token, Vector512<float> sums)
+        {
+            Store(row, token, sums.GetLower().GetLower());
+            Store(row + 4, token, sums.GetLower().GetUpper());
+            Store(row + 8, token, sums.GetUpper().GetLower());
+            Store(row + 12, token, sums.GetUpper().GetUpper());
+        }
     }
 
     /// <summary>

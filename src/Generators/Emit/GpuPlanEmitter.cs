@@ -28,6 +28,9 @@ internal static class GpuPlanEmitter
     /// <summary>The metadata name whose presence in a compilation turns GPU emission on.</summary>
     public const string MarkerType = "Kiln.Gpu.GpuPlan";
 
+    /// <summary>Whether a GPU plan is made for this model at all: encoders and recurrent models are served on the CPU only.</summary>
+    public static bool HasGpuPlan(Plan plan) => !plan.Model.Encoder && !plan.Kernels.OfType<LstmKernel>().Any();
+
     /// <summary>
     /// Why the GPU plan cannot run this model, or null when it can. Encoders are not served on the GPU (no engine drives
     /// their packed steps there), and these decoder ops have no GPU kernel yet: each would otherwise be dropped silently.
@@ -35,6 +38,7 @@ internal static class GpuPlanEmitter
     public static string? Unsupported(Plan plan)
     {
         if (plan.Model.Encoder) return "encoders ([Model(Kind = ModelKind.Encoder)]) have no GPU plan";
+        if (plan.Kernels.OfType<LstmKernel>().Any()) return "recurrent layers (Ops.Lstm) have no GPU kernel";
         if (plan.Kernels.Any(k => k is not (MatMulKernel or AttentionKernel or ElementwiseKernel or ConcatKernel or CopyKernel)))
             return "Ops.Pool has no GPU kernel";
         var programs = plan.Kernels.OfType<ElementwiseKernel>().Select(e => e.Program)
