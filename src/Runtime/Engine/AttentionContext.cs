@@ -16,7 +16,7 @@ namespace Kiln;
 /// contiguous layout, where block id = slot); <see cref="AddChunk"/> hands over a sequence's whole block table (the
 /// paged layout). Kernels read rows through <see cref="KvRow(int, int)"/>, which serves both.
 /// </remarks>
-public sealed class AttentionContext
+public sealed partial class AttentionContext
 {
     private readonly int[] _positions;
     private readonly int[] _sequences;
@@ -58,6 +58,7 @@ public sealed class AttentionContext
         _queryIndptr = new int[capacity + 1];
         _blockIds = new int[maxBlockIds];
         _tokenTypes = new int[capacity];
+        AllocateSharedPrefixes(capacity);
     }
 
     /// <summary>
@@ -75,6 +76,7 @@ public sealed class AttentionContext
         _queryIndptr = new int[capacity + 1];
         _blockIds = [];
         _tokenTypes = new int[capacity];
+        AllocateSharedPrefixes(capacity);
     }
 
     /// <summary>The KV cache the step's attention writes and reads. A context without one (an encoder's) throws.</summary>
@@ -151,6 +153,7 @@ public sealed class AttentionContext
 
     public void Clear()
     {
+        ClearSharedPrefixes();
         TokenCount = 0;
         OutputCount = 0;
         SequenceCount = 0;
@@ -263,6 +266,7 @@ public sealed class AttentionContext
         _slots[TokenCount] = slot;
         _tokenTypes[TokenCount] = 0;
         TokenCount++;
+        _ungroupedTokenCount = -1;
     }
 
     private static int DefaultBlockIds(KvCache cache, int capacity)

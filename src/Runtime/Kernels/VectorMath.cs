@@ -144,23 +144,58 @@ public static class VectorMath
         for (int i = 0; i < n; i++) destination[i] += scale * source[i];
     }
 
-    // ---- Softmax in place: x[i] = exp(x[i] - max) / Σ exp(x[j] - max) ------------------------------------------
+    // ---- Scale in place: x[i] *= scale ---------------------------------------------------------------------------
 
-    public static void Softmax(Span<float> x)
+    public static void Scale(Span<float> x, float scale)
     {
-        if (KernelPaths.Uses512Bits) SoftmaxVector512(x);
-        else if (KernelPaths.UsesVectors) SoftmaxVector256(x);
-        else SoftmaxScalar(x);
+        if (KernelPaths.Uses512Bits) ScaleVector512(x, scale);
+        else if (KernelPaths.UsesVectors) ScaleVector256(x, scale);
+        else ScaleScalar(x, scale);
+    }
+
+    public static void ScaleVector512(Span<float> x, float scale)
+    {
+        ref float p = ref MemoryMarshal.GetReference(x);
+        var s = Vector512.Create(scale);
+        int i = 0;
+        for (; i <= x.Length - Vector512<float>.Count; i += Vector512<float>.Count)
+            (Vector512.LoadUnsafe(ref p, (nuint)i) * s).StoreUnsafe(ref p, (nuint)i);
+        for (; i < x.Length; i++) Unsafe.Add(ref p, i) *= scale;
+    }
+
+    public static void ScaleVector256(Span<float> x, float scale)
+    {
+        ref float p = ref MemoryMarshal.GetReference(x);
+        var s = Vector256.Create(scale);
+        int i = 0;
+        for (; i <= x.Length - Vector256<float>.Count; i += Vector256<float>.Count)
+            (Vector256.LoadUnsafe(ref p, (nuint)i) * s).StoreUnsafe(ref p, (nuint)i);
+        for (; i < x.Length; i++) Unsafe.Add(ref p, i) *= scale;
+    }
+
+    public static void ScaleScalar(Span<float> x, float scale)
+    {
+        for (int i = 0; i < x.Length; i++) x[i] *= scale;
+    }
+
+    // ---- ExpSum in place: x[i] = exp(x[i] - max), returning Σ and max: a softmax before its division -------------
+    // Attention over a prefix and a suffix keeps the parts' (max, Σ) and merges them by log-sum-exp.
+
+    /// <summary>x[i] ← e^(x[i] − max x), returning Σ of the results; <paramref name="max"/> gets max x (−∞ when empty).</summary>
+    public static float ExpSum(Span<float> x, out float max)
+    {
+        if (KernelPaths.Uses512Bits) return ExpSumVector512(x, out max);
+        if (KernelPaths.UsesVectors) return ExpSumVector256(x, out max);
+        return ExpSumScalar(x, out max);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void SoftmaxVector512(Span<float> x)
+    public static float ExpSumVector512(Span<float> x, out float max)
     {
         int n = x.Length;
-        if (n == 0) return;
         ref float p = ref MemoryMarshal.GetReference(x);
         int i = 0;
-        float max = float.NegativeInfinity;
+        max = float.NegativeInfinity;
         if (n >= Vector512<float>.Count)
         {
             var vmax = Vector512.LoadUnsafe(ref p);
@@ -180,21 +215,16 @@ public static class VectorMath
         }
         float sum = Vector512.Sum(vsum);
         for (; i < n; i++) sum += Unsafe.Add(ref p, i) = MathF.Exp(Unsafe.Add(ref p, i) - max);
-
-        var inv = Vector512.Create(1f / sum);
-        for (i = 0; i <= n - Vector512<float>.Count; i += Vector512<float>.Count)
-            (Vector512.LoadUnsafe(ref p, (nuint)i) * inv).StoreUnsafe(ref p, (nuint)i);
-        for (; i < n; i++) Unsafe.Add(ref p, i) *= 1f / sum;
+        return sum;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void SoftmaxVector256(Span<float> x)
+    public static float ExpSumVector256(Span<float> x, out float max)
     {
         int n = x.Length;
-        if (n == 0) return;
         ref float p = ref MemoryMarshal.GetReference(x);
         int i = 0;
-        float max = float.NegativeInfinity;
+        max = float.NegativeInfinity;
         if (n >= Vector256<float>.Count)
         {
             var vmax = Vector256.LoadUnsafe(ref p);
@@ -214,22 +244,40 @@ public static class VectorMath
         }
         float sum = Vector256.Sum(vsum);
         for (; i < n; i++) sum += Unsafe.Add(ref p, i) = MathF.Exp(Unsafe.Add(ref p, i) - max);
+        return sum;
+    }
 
-        var inv = Vector256.Create(1f / sum);
-        for (i = 0; i <= n - Vector256<float>.Count; i += Vector256<float>.Count)
-            (Vector256.LoadUnsafe(ref p, (nuint)i) * inv).StoreUnsafe(ref p, (nuint)i);
-        for (; i < n; i++) Unsafe.Add(ref p, i) *= 1f / sum;
+    public static float ExpSumScalar(Span<float> x, out float max)
+    {
+        max = float.NegativeInfinity;
+        foreach (float v in x) max = MathF.Max(max, v);
+        float sum = 0;
+        for (int i = 0; i < x.Length; i++) sum += x[i] = MathF.Exp(x[i] - max);
+        return sum;
+    }
+
+    // ---- Softmax in place: x[i] = exp(x[i] - max) / Σ exp(x[j] - max) ------------------------------------------
+
+    public static void Softmax(Span<float> x)
+    {
+        if (KernelPaths.Uses512Bits) SoftmaxVector512(x);
+        else if (KernelPaths.UsesVectors) SoftmaxVector256(x);
+        else SoftmaxScalar(x);
+    }
+
+    public static void SoftmaxVector512(Span<float> x)
+    {
+        if (x.Length > 0) ScaleVector512(x, 1f / ExpSumVector512(x, out _));
+    }
+
+    public static void SoftmaxVector256(Span<float> x)
+    {
+        if (x.Length > 0) ScaleVector256(x, 1f / ExpSumVector256(x, out _));
     }
 
     public static void SoftmaxScalar(Span<float> x)
     {
-        if (x.Length == 0) return;
-        float max = float.NegativeInfinity;
-        foreach (float v in x) max = MathF.Max(max, v);
-        float sum = 0;
-        for (int i = 0; i < x.Length; i++) sum += x[i] = MathF.Exp(x[i] - max);
-        float inv = 1f / sum;
-        for (int i = 0; i < x.Length; i++) x[i] *= inv;
+        if (x.Length > 0) ScaleScalar(x, 1f / ExpSumScalar(x, out _));
     }
 
     // ---- Matmul epilogues on one tile (4 rows of one token) -------------------------------------------------------

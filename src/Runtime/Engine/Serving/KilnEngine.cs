@@ -90,6 +90,7 @@ public sealed partial class KilnEngine : IAsyncDisposable
             MaxRunningRequests = options.MaxRunningRequests,
             MaxContext = maxContext,
             ChunkedPrefill = options.ChunkedPrefill,
+            SharedPrefixAttention = options.SharedPrefixAttention,
         });
 
         _plan = compilePlan(tokenBudget) ?? throw new ArgumentException("The plan factory returned null.", nameof(compilePlan));
