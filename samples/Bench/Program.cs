@@ -8,6 +8,7 @@ using Kiln.Bench;
 //   agree --model FILE [--positions 64] [--threads N] [--json OUT]
 //   kernels --threads N [--formats q4_0,q8_0,f32] [--tokens 1,32,128]
 //   embed-compare --threads N [--runs 5] [--json OUT] [--seed N]
+//   shared-prefix --model FILE [--prefix 1024] [--seqs 32] [--suffix 64] [--threads N] [--runs 5] [--json OUT] [--kv f16|f32|int8]
 return BenchCli.Run(args);
 
 internal static class BenchCli
@@ -18,7 +19,8 @@ internal static class BenchCli
         "       bench agree --model FILE [--positions 64] [--threads N] [--json OUT]\n" +
         "       bench kernels --threads N [--formats q4_0,q8_0,f32] [--tokens 1,32,128]\n" +
         "       bench serve --model FILE --threads N [--json OUT] [--quick]\n" +
-        "       bench embed-compare --threads N [--runs 5] [--json OUT] [--seed N]";
+        "       bench embed-compare --threads N [--runs 5] [--json OUT] [--seed N]\n" +
+        "       bench shared-prefix --model FILE [--prefix 1024] [--seqs 32] [--suffix 64] [--threads N] [--runs 5] [--json OUT] [--kv f16|f32|int8]";
 
     public static int Run(string[] args)
     {
@@ -38,7 +40,8 @@ internal static class BenchCli
                 "agree" => ["model", "positions", "threads", "json"],
                 "kernels" => ["threads", "formats", "tokens"],
                 "embed-compare" => ["threads", "runs", "json", "seed"],
-                _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model, compare, agree, kernels, embed-compare or serve)"),
+                "shared-prefix" => ["model", "prefix", "seqs", "suffix", "threads", "runs", "json", "kv"],
+                _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model, compare, agree, kernels, embed-compare, shared-prefix or serve)"),
             });
             return args[0] switch
             {
@@ -47,6 +50,15 @@ internal static class BenchCli
                 "kernels" => Kernels(options),
                 "embed-compare" => EmbedCompare.Run(Int(options, "threads", -1, min: 1, max: 64) is int threads and > 0 ? threads : throw new UsageException("--threads is required"),
                     Int(options, "runs", 5, min: 1, max: 100), options.GetValueOrDefault("json"), Int(options, "seed", 1234, min: int.MinValue), Console.Out, Console.Error),
+                "shared-prefix" => SharedPrefixCommand.Run(Required(options, "model"), Int(options, "prefix", 1024, min: 16), Int(options, "seqs", 32, min: 2, max: 256),
+                    Int(options, "suffix", 64, min: 0), Int(options, "threads", Environment.ProcessorCount, min: 1, max: 64), Int(options, "runs", 5, min: 1, max: 100),
+                    options.GetValueOrDefault("json"), options.GetValueOrDefault("kv", "f16").ToLowerInvariant() switch
+                    {
+                        "f16" => Kiln.KvStorage.F16,
+                        "f32" => Kiln.KvStorage.F32,
+                        "int8" => Kiln.KvStorage.Int8,
+                        string other => throw new UsageException($"--kv must be f16, f32 or int8, not '{other}'"),
+                    }, Console.Out),
                 _ => CompareCommand(options),
             };
         }

@@ -39,6 +39,23 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void AGroupTooLargeForTheScratchIsTakenInBatches()
+    {
+        // Scratch rows of 48 positions per head: a batch holds 2 of the 6 sequences' tokens over the 32-position prefix.
+        using var step = new Step(new Random(Seed), blockSize: 4, heads: 2, kvHeads: 2, headDim: 16, KvStorage.F16, softCap: 0, causal: true,
+            groupSizes: [6], prefixBlocks: [8], loneSequences: 1, maxContext: 48, wholePrefix: true);
+        output.WriteLine($"seed {Seed}: {step}");
+        var context = step.Context(groups: true);
+        var attention = step.Kernel(context, new AttentionOptions(0.25f));
+        int items = attention.Plan(context.TokenCount, threads: 2);
+        Assert.True(items - context.UngroupedTokens.Length * attention.PerToken >= 3 * 2, $"{items} items: the group was not split into batches");
+        var perSequence = step.Attend(groups: false);
+        var shared = step.Attend(groups: true);
+        for (int j = 0; j < shared.Length; j++)
+            Assert.True(Math.Abs(shared[j] - perSequence[j]) <= 5e-5 * Math.Max(1, Math.Abs(perSequence[j])), $"output {j} is {shared[j]} shared, {perSequence[j]} per sequence");
+    }
+
+    [Fact]
     public void AGroupHasItemsOfItsOwnAndAWindowKeepsThePerSequencePath()
     {
         using var step = new Step(new Random(Seed), blockSize: 4, heads: 4, kvHeads: 2, headDim: 16, KvStorage.F32, softCap: 0, causal: true,
@@ -90,7 +107,7 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
         private readonly string _description;
 
         public Step(Random random, int blockSize, int heads, int kvHeads, int headDim, KvStorage storage, float softCap, bool causal,
-            int[] groupSizes, int[] prefixBlocks, int loneSequences)
+            int[] groupSizes, int[] prefixBlocks, int loneSequences, int maxContext = 256, bool wholePrefix = false)
         {
             BlockSize = blockSize;
             Heads = heads;
@@ -99,7 +116,7 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
             Storage = storage;
             SoftCap = softCap;
             Causal = causal;
-            Cache = KvCache.Paged(layers: 1, blockCount: 512, blockSize, kvHeads * headDim, storage, headDim, maxContext: 256);
+            Cache = KvCache.Paged(layers: 1, blockCount: 512, blockSize, kvHeads * headDim, storage, headDim, maxContext);
             int nextBlock = 0;
             int[] NewBlocks(int count)
             {
@@ -117,7 +134,7 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
                     members[m] = AddSequence(random, prefix, prefixBlocks[g] * blockSize + random.Next(0, 2 * blockSize + 1), NewBlocks);
                 }
                 // A fork's members may share more than the group names; the kernel must read the rest per sequence.
-                _groups.Add((members, random.Next(1, prefixBlocks[g] + 1)));
+                _groups.Add((members, wholePrefix ? prefixBlocks[g] : random.Next(1, prefixBlocks[g] + 1)));
             }
             for (int s = 0; s < loneSequences; s++) AddSequence(random, [], random.Next(0, 3 * blockSize), NewBlocks);
             int tokens = _sequences.Sum(s => s.Count);
@@ -139,7 +156,7 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
         {
             int[] blockSizes = [1, 2, 3, 4, 16];
             (int Heads, int KvHeads)[] shapes = [(4, 2), (2, 2), (4, 1), (3, 3)];
-            int[] headDims = [4, 16, 32];
+            int[] headDims = [4, 16, 32, 64, 128];
             var shape = shapes[random.Next(shapes.Length)];
             int groups = random.Next(1, 3);
             return new Step(random, blockSizes[random.Next(blockSizes.Length)], shape.Heads, shape.KvHeads, headDims[random.Next(headDims.Length)],

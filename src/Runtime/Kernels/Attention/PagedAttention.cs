@@ -73,9 +73,9 @@ public struct PagedAttention : IParallelWork
             int prefix = Context.SharedPrefixLength(g), longestSuffix = 0;
             foreach (int sequence in Context.SharedPrefixSequences(g))
                 longestSuffix = Math.Max(longestSuffix, Context.LastPosition(sequence) + 1 - prefix);
-            // Per batch token and head: its prefix row and 2 statistics; later one token's suffix rows follow the statistics.
-            batch = Math.Min(batch, ScoresStride / (group * (prefix + 2)));
-            batch = Math.Min(batch, (ScoresStride - group * longestSuffix) / (2 * group));
+            // Per batch token and head: 2 statistics, its query and output rows, its prefix scores (later one token's suffix scores).
+            batch = Math.Min(batch, ScoresStride / (group * (prefix + 2 + 2 * HeadDim)));
+            batch = Math.Min(batch, (ScoresStride - group * longestSuffix) / (2 * group * (1 + HeadDim)));
         }
         if (batch < 1) return;
         _groupBatch = Math.Min(batch, mostTokens);
@@ -142,10 +142,11 @@ public struct PagedAttention : IParallelWork
 
     /// <summary>
     /// One sharing-group item: a batch of the group's tokens and one KV head. The prefix part reads each shared block
-    /// once for the whole batch (queries × prefix-keys tiles), and keeps each score row's max and sum of exponentials;
-    /// the output then holds the prefix's unnormalized weighted values. Each token's suffix part is scored on its own,
-    /// and the two are merged exactly: with m = max(m_prefix, m_suffix), the parts are weighted e^(m_part − m) and the
-    /// sum divided by their weighted sums of exponentials (log-sum-exp).
+    /// once for the whole batch, as queries × prefix-keys tiles (<see cref="VectorMath.AttentionScoresTile{T}"/>, the
+    /// rows loaded once for every query), and keeps each score row's max and sum of exponentials; the accumulators then
+    /// hold the prefix's unnormalized weighted values. Each token's suffix part is scored on its own, and the two are
+    /// merged exactly: with m = max(m_prefix, m_suffix), the parts are weighted e^(m_part − m) and the sum divided by
+    /// their weighted sums of exponentials (log-sum-exp).
     /// </summary>
     private readonly void SharedPrefixItem(int item, Span<float> scratch, Span<float> gather)
     {
@@ -159,25 +160,24 @@ public struct PagedAttention : IParallelWork
         var groupTokens = Context.SharedPrefixTokens(g);
         var tokens = groupTokens.Slice(first, Math.Min(_groupBatch, groupTokens.Length - first));
         int group = Heads / KvHeads, blockSize = Cache.BlockSize, prefix = Context.SharedPrefixLength(g);
-        int rows = tokens.Length * group, column = kv * HeadDim;
+        int rows = tokens.Length * group, column = kv * HeadDim, width = group * HeadDim;
         bool halves = Cache.Storage == KvStorage.F16;
         var prefixBlocks = Context.BlockTable(Context.SharedPrefixSequences(g)[0]);
-        var statistics = scratch[..(2 * rows)]; // per (token, head) row: max, then Σ e^(s − max)
-        var rowScratch = scratch[(2 * rows)..]; // the prefix's score rows, later one token's suffix rows
+        // Scratch: per (token, head) row its max and Σ e^(s − max), its query, its output accumulator; then score rows.
+        var statistics = scratch[..(2 * rows)];
+        var queries = scratch.Slice(2 * rows, rows * HeadDim);
+        var sums = scratch.Slice(2 * rows + rows * HeadDim, rows * HeadDim);
+        var rowScratch = scratch[(2 * rows + 2 * rows * HeadDim)..]; // the prefix's score rows, later one token's suffix rows
         var weights = rowScratch[..(rows * prefix)];
+        for (int i = 0; i < tokens.Length; i++) Q.Slice(tokens[i] * QCols + column * group, width).CopyTo(queries.Slice(i * width, width));
+        sums.Clear();
 
-        // Prefix scores: block by block, every batch token against the block's keys while they sit in L1.
         for (int b = 0; b * blockSize < prefix; b++)
         {
-            var halfKeys = halves ? KvBlocks.HalfKeys(Cache, Layer, prefixBlocks[b], 0, blockSize, column, HeadDim) : default;
-            var keys = halves ? default : KvBlocks.Keys(Cache, Layer, prefixBlocks[b], 0, blockSize, column, HeadDim, gather);
-            for (int i = 0; i < tokens.Length; i++)
-            {
-                var query = Q.Slice(tokens[i] * QCols + column * group, group * HeadDim);
-                var rowScores = weights.Slice(i * group * prefix, group * prefix);
-                if (halves) VectorMath.AttentionScores(query, group, HeadDim, group, halfKeys, KvCols, blockSize, Options.Scale, rowScores, prefix, b * blockSize);
-                else VectorMath.AttentionScores(query, group, HeadDim, group, keys, KvCols, blockSize, Options.Scale, rowScores, prefix, b * blockSize);
-            }
+            if (halves)
+                VectorMath.AttentionScoresTile(queries, rows, HeadDim, KvBlocks.HalfKeys(Cache, Layer, prefixBlocks[b], 0, blockSize, column, HeadDim), KvCols, blockSize, Options.Scale, weights, prefix, b * blockSize);
+            else
+                VectorMath.AttentionScoresTile(queries, rows, HeadDim, KvBlocks.Keys(Cache, Layer, prefixBlocks[b], 0, blockSize, column, HeadDim, gather), KvCols, blockSize, Options.Scale, weights, prefix, b * blockSize);
         }
         if (Options.SoftCap > 0) SoftCap(weights, Options.SoftCap);
         for (int r = 0; r < rows; r++)
@@ -185,18 +185,12 @@ public struct PagedAttention : IParallelWork
             statistics[2 * r + 1] = VectorMath.ExpSum(weights.Slice(r * prefix, prefix), out float max);
             statistics[2 * r] = max;
         }
-        for (int i = 0; i < tokens.Length; i++) Output.Slice(tokens[i] * QCols + column * group, group * HeadDim).Clear();
         for (int b = 0; b * blockSize < prefix; b++)
         {
-            var halfValues = halves ? KvBlocks.HalfValues(Cache, Layer, prefixBlocks[b], 0, blockSize, column, HeadDim) : default;
-            var values = halves ? default : KvBlocks.Values(Cache, Layer, prefixBlocks[b], 0, blockSize, column, HeadDim, gather);
-            for (int i = 0; i < tokens.Length; i++)
-            {
-                var output = Output.Slice(tokens[i] * QCols + column * group, group * HeadDim);
-                var rowWeights = weights.Slice(i * group * prefix, group * prefix);
-                if (halves) VectorMath.AttentionValues(rowWeights, prefix, b * blockSize, group, HeadDim, group, halfValues, KvCols, blockSize, output);
-                else VectorMath.AttentionValues(rowWeights, prefix, b * blockSize, group, HeadDim, group, values, KvCols, blockSize, output);
-            }
+            if (halves)
+                VectorMath.AttentionValuesTile(weights, prefix, b * blockSize, rows, HeadDim, KvBlocks.HalfValues(Cache, Layer, prefixBlocks[b], 0, blockSize, column, HeadDim), KvCols, blockSize, sums);
+            else
+                VectorMath.AttentionValuesTile(weights, prefix, b * blockSize, rows, HeadDim, KvBlocks.Values(Cache, Layer, prefixBlocks[b], 0, blockSize, column, HeadDim, gather), KvCols, blockSize, sums);
         }
 
         // Suffix part, token by token, in the scratch the prefix rows are done with; then the merge.
@@ -206,8 +200,8 @@ public struct PagedAttention : IParallelWork
             int t = tokens[i], sequence = Context.SequenceOf(t);
             int last = Options.Causal ? positions[t] : Context.LastPosition(sequence), length = last - prefix + 1;
             var blocks = Context.BlockTable(sequence);
-            var query = Q.Slice(t * QCols + column * group, group * HeadDim);
-            var output = Output.Slice(t * QCols + column * group, group * HeadDim);
+            var query = queries.Slice(i * width, width);
+            var output = sums.Slice(i * width, width);
             var suffix = rowScratch[..(group * length)];
             for (int position = prefix; position <= last;)
             {
@@ -238,7 +232,12 @@ public struct PagedAttention : IParallelWork
                     VectorMath.AttentionValues(suffix, length, position - prefix, group, HeadDim, group, KvBlocks.Values(Cache, Layer, blocks[b], offset, count, column, HeadDim, gather), KvCols, count, output);
                 position += count;
             }
-            for (int h = 0; h < group; h++) VectorMath.Scale(output.Slice(h * HeadDim, HeadDim), 1f / statistics[2 * (i * group + h) + 1]);
+            var result = Output.Slice(t * QCols + column * group, width);
+            for (int h = 0; h < group; h++)
+            {
+                float inverse = 1f / statistics[2 * (i * group + h) + 1];
+                for (int d = 0; d < HeadDim; d++) result[h * HeadDim + d] = output[h * HeadDim + d] * inverse;
+            }
         }
     }
 
