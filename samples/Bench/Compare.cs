@@ -75,7 +75,7 @@ public static class Compare
         log.WriteLine($"compare: {Path.GetFileName(options.ModelPath)}: {info.Summary}; {options.Threads} threads, {options.Runs} runs after {WarmUpRuns} warm-up runs{(options.Quick ? ", QUICK sizes" : "")}");
 
         log.WriteLine("compare: measuring read bandwidth (1 GiB), fp32 FMA peak and int8 block-dot peak (again after the runs; the best counts)...");
-        bool nibbles = info.WeightFormats.Contains("Q4_0", StringComparison.Ordinal);
+        bool nibbles = info.UnpacksNibbles;
         var before = MachineReading.Measure(options.Threads, nibbles);
 
         log.WriteLine("compare: loading Kiln (ModelCatalog.Load + Compile; untimed)...");
@@ -131,14 +131,19 @@ public static class Compare
 
         // This host's speed drifts with its neighbours: a peak is the best seen, before or after the runs.
         var limits = before.Best(MachineReading.Measure(options.Threads, nibbles));
-        string int8Form = nibbles ? "Q4_0" : "Q8_0";
+        string int8Form = nibbles ? "Q4_0, nibbles unpacked" : "Q8_0";
         // Quantized files multiply in int8: their compute roof is the int8 block-dot rate (2 ops per multiply-add).
         var peak = info.IsQuantized && limits.Int8Peak > 0
             ? new ComputePeak(2 * limits.Int8Peak, "INT8", limits.Fp32Peak, limits.Int8Peak, int8Form)
             : new ComputePeak(limits.Fp32Peak, "FLOP", limits.Fp32Peak, limits.Int8Peak, int8Form);
 
         WriteTable(output, options, kiln, info, limits.Bandwidth, peak, results, agreement);
-        if (options.JsonPath is not null) WriteJson(options.JsonPath, results);
+        if (options.JsonPath is not null)
+            WriteJson(options.JsonPath, results.Select(r =>
+            {
+                var roof = r.Work.Roof(limits.Bandwidth, peak);
+                return new WorkloadFigures(r.Name, r.Kiln, r.LlamaCpp, roof.TokensPerSecond, roof.Bound);
+            }));
         return 0;
     }
 
@@ -327,10 +332,10 @@ public static class Compare
         output.WriteLine(agreement);
         output.WriteLine();
         output.WriteLine(string.Create(c, $"roofline: tok/s = tokens per pass / max(bytes / bandwidth, FLOPs / compute peak); (BW), (FLOP) or (INT8) says which bound."));
-        output.WriteLine("  compute peak: fp32 FMA for F32 files; for Q8_0/Q4_0 files 2 × the int8 block-dot rate, on L1 data, in the cheapest form");
+        output.WriteLine("  compute peak: fp32 FMA for F32 files; for quantized files 2 × the int8 block-dot rate, on L1 data, in the cheapest form");
         output.WriteLine("  Kiln's kernels use for that format (Q4_0: an 8-row strip's nibbles, eight vpmaddubsw against broadcast activations summed in");
         output.WriteLine("  int16, one vpmaddwd; Q8_0: |w| against activations signed by w, each vpmaddubsw widened alone; then int→float and FMA with");
-        output.WriteLine("  the scales): the int8 ceiling without VNNI.");
+        output.WriteLine("  the scales): the int8 ceiling without VNNI. K-quant files (Q4_K/Q5_K/Q6_K) take the Q4_0 form: their quants are unpacked too.");
         output.WriteLine(string.Create(c, $"  bytes: the file's matmul weights once per pass ({info.WeightBytes / 1e6:F1} MB, incl. the output matrix, as stored: {info.WeightFormats})"));
         output.WriteLine("         + each decoded token's KV-cache reads at 2 bytes/element (F16, llama.cpp's default), at the run's mean context.");
         output.WriteLine(string.Create(c, $"  FLOPs: 2 × {info.MatmulParameters / 1e6:F1} M matmul parameters per token + attention (4 × layers × q width × context)."));
@@ -339,25 +344,37 @@ public static class Compare
         output.WriteLine("  .NET does not offer, so its %roof can pass 100.");
         output.WriteLine(string.Create(c, $"kiln: the generated, compiled plan (fused kernels over one arena, Compile(new PlanOptions(max tokens per step, {kiln.Threads}))),"));
         output.WriteLine(string.Create(c, $"      run on its worker pool of {kiln.Threads} threads (the caller + {kiln.Threads - 1}), the same count as llama.cpp's; weights packed at load"));
-        output.WriteLine("      in the file's own format, F32 four rows interleaved, Q8_0/Q4_0 eight (Q8_0×8, Q4_0×8); for Q8_0/Q4_0 each matmul's input is");
-        output.WriteLine("      quantized once to Q8 blocks (fp16 scales, as GGML's) and dotted in int8 (256-bit vpmaddubsw + vpmaddwd against broadcast activations; no VNNI in .NET 10).");
+        output.WriteLine("      in the file's own format, F32 four rows interleaved, the quantized ones eight (Q8_0×8, Q4_0×8, Q4_K/Q5_K/Q6_K×8); each quantized matmul's input");
+        output.WriteLine("      is quantized once (Q8 blocks with fp16 scales; Q8_K super-blocks for the K-quants, as GGML's) and dotted in int8 (256-bit");
+        output.WriteLine("      vpmaddubsw + vpmaddwd against broadcast activations; no VNNI in .NET 10).");
         output.WriteLine(string.Create(c, $"      KV cache: paged, {kiln.KvStorage}, one block per sequence (AttentionContext.AddChunk), read in place;"));
         output.WriteLine("      llama.cpp's is F16, its default" + (kiln.KvStorage == KvStorage.F16 ? ": the same bytes per cached element." : ": Kiln reads twice its bytes per cached element."));
         output.WriteLine("noise: on a busy machine (load average above the thread count) llama.cpp's spinning thread barriers suffer most;");
         output.WriteLine("       per-run figures are on stderr.");
     }
 
-    private static void WriteJson(string path, List<Result> results)
+    /// <summary>One workload's medians (tok/s) and its roof (tok/s, and the bound that sets it: BW, INT8 or FLOP).</summary>
+    public sealed record WorkloadFigures(string Name, double Kiln, double LlamaCpp, double Roof, string Bound);
+
+    /// <summary>
+    /// The JSON --json writes: per workload, both engines' tok/s and their ratio, the roof with its bound, and each
+    /// engine's percentage of it, as the table prints them.
+    /// </summary>
+    public static void WriteJson(string path, IEnumerable<WorkloadFigures> workloads)
     {
         using var stream = File.Create(path);
         using var json = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true });
         json.WriteStartObject();
-        foreach (var r in results)
+        foreach (var w in workloads)
         {
-            json.WriteStartObject(r.Name);
-            json.WriteNumber("kiln", Math.Round(r.Kiln, 3));
-            json.WriteNumber("llamacpp", Math.Round(r.LlamaCpp, 3));
-            json.WriteNumber("ratio", Math.Round(r.Kiln / r.LlamaCpp, 4));
+            json.WriteStartObject(w.Name);
+            json.WriteNumber("kiln", Math.Round(w.Kiln, 3));
+            json.WriteNumber("llamacpp", Math.Round(w.LlamaCpp, 3));
+            json.WriteNumber("ratio", Math.Round(w.Kiln / w.LlamaCpp, 4));
+            json.WriteNumber("roof", Math.Round(w.Roof, 3));
+            json.WriteString("bound", w.Bound);
+            json.WriteNumber("kiln_pct_roof", Math.Round(100 * w.Kiln / w.Roof, 2));
+            json.WriteNumber("llamacpp_pct_roof", Math.Round(100 * w.LlamaCpp / w.Roof, 2));
             json.WriteEndObject();
         }
         json.WriteEndObject();
@@ -365,10 +382,9 @@ public static class Compare
 }
 
 /// <summary>What the roofline needs from a model file: matmul weight bytes and parameters, attention sizes.</summary>
-public sealed record ModelInfo(string Summary, double WeightBytes, double MatmulParameters, int Layers, int QDim, int KvDim, string WeightFormats)
+public sealed record ModelInfo(string Summary, double WeightBytes, double MatmulParameters, int Layers, int QDim, int KvDim, string WeightFormats,
+    bool IsQuantized = false, bool UnpacksNibbles = false)
 {
-    /// <summary>Whether the matmul weights are Q8_0 or Q4_0 (multiplied in int8), not F32.</summary>
-    public bool IsQuantized => WeightFormats.Contains("Q8_0", StringComparison.Ordinal) || WeightFormats.Contains("Q4_0", StringComparison.Ordinal);
 
     public double MatmulFlopsPerToken => 2 * MatmulParameters;
 
@@ -387,6 +403,7 @@ public sealed record ModelInfo(string Summary, double WeightBytes, double Matmul
         int headDim = dim / heads;
 
         double bytes = 0, parameters = 0;
+        bool quantized = false, nibbles = false;
         var formats = new SortedDictionary<string, int>(StringComparer.Ordinal);
         bool hasOutput = file.Tensors.ContainsKey("output.weight");
         foreach (var tensor in file.Tensors.Values)
@@ -398,11 +415,14 @@ public sealed record ModelInfo(string Summary, double WeightBytes, double Matmul
             parameters += tensor.ElementCount;
             string type = tensor.Type.ToString();
             formats[type] = formats.GetValueOrDefault(type) + 1;
+            // Quantized weights multiply in int8 (activations quantized to Q8 blocks); all but Q8_0 unpack sub-byte quants first.
+            quantized |= GgmlTypeTraits.Of(tensor.Type).IsQuantized;
+            nibbles |= GgmlTypeTraits.Of(tensor.Type).IsQuantized && tensor.Type != GgmlType.Q8_0;
         }
         var vocab = file.Tensors.TryGetValue("token_embd.weight", out var embedding) ? embedding.Dimensions[^1] : 0;
         string summary = string.Create(CultureInfo.InvariantCulture,
             $"{arch}, dim {dim}, {layers} layers, {heads}/{kvHeads} heads, vocab {vocab}, {parameters / 1e6:F1} M matmul parameters, {string.Join("+", formats.Keys)}");
         return new ModelInfo(summary, bytes, parameters, layers, heads * headDim, kvHeads * headDim,
-            string.Join(", ", formats.Select(f => $"{f.Value}×{f.Key}")));
+            string.Join(", ", formats.Select(f => $"{f.Value}×{f.Key}")), quantized, nibbles);
     }
 }

@@ -10,8 +10,9 @@ namespace Kiln.Bench;
 /// The matmul kernels alone, the profile behind compare's figures: each of the 110m model's matmul shapes (fused
 /// QKV, output projection, fused gate/up, down, vocabulary) in each packed format, at a few token counts, on Kiln's
 /// worker pool exactly as a plan splits it (Gemm.ChunkSize items), timed best of 5 and set against the same-threads
-/// compute roof of compare (the int8 block-dot rate for Q8_0/Q4_0, fp32 FMA for F32). Weights are random, quantized
-/// by the packer; results are stored and summed so no work can be skipped.
+/// compute roof of compare (the int8 block-dot rate for Q8_0 and, with nibbles to unpack, for Q4_0 and the K-quants;
+/// fp32 FMA for F32). Weights are random, quantized by the packer; results are stored and summed so no work can be
+/// skipped.
 /// </summary>
 internal static class KernelsCommand
 {
@@ -30,8 +31,8 @@ internal static class KernelsCommand
             log.WriteLine($"kernels: measuring the {format} roof...");
             double roof = format switch
             {
-                PackedFormat.Q4_0 => MachineLimits.PeakInt8BlockMacs(threads, nibbles: true),
                 PackedFormat.Q8_0 => MachineLimits.PeakInt8BlockMacs(threads, nibbles: false),
+                _ when WeightLayouts.IsQuantized(format) => MachineLimits.PeakInt8BlockMacs(threads, nibbles: true),
                 _ => MachineLimits.PeakFp32Flops(threads) / 2,
             };
             string roofName = WeightLayouts.IsQuantized(format) ? "int8 block-dot" : "fp32 FMA";

@@ -46,6 +46,19 @@ public static class LlamaCpp
     }
 
     /// <summary>
+    /// llama.cpp's own quantizer (llama_model_quantize): <paramref name="source"/> (F32 or F16) into
+    /// <paramref name="destination"/> as <paramref name="fileType"/> ("Q4_K_M", "Q5_K_M", "Q6_K", …), the output matrix
+    /// included, with llama.cpp's per-tensor rules and fallbacks.
+    /// </summary>
+    public static void Quantize(string source, string destination, string fileType, int threads)
+    {
+        Configure();
+        NativeApi.llama_empty_call(); // loads the native library before the quantizer's first call
+        if (!LLamaQuantizer.Quantize(source, destination, fileType, threads, allowRequantize: true, quantizeOutputTensor: true))
+            throw new InvalidOperationException($"llama.cpp could not quantize '{source}' to {fileType}: {LastErrors()}");
+    }
+
+    /// <summary>
     /// Loads the weights; a native library that cannot load becomes one clear <see cref="InvalidOperationException"/>.
     /// </summary>
     public static LLamaWeights LoadWeights(string path, int threads)

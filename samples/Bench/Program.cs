@@ -3,10 +3,11 @@ using System.Globalization;
 using Kiln.Bench;
 
 // Kiln's benchmark tool: synthetic model files with real shapes, and Kiln vs llama.cpp side by side on them.
-//   make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3] --shape {15m|110m} --format {f32|f16|q8_0|q4_0} --out FILE [--seed N]
+//   make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3] --shape {15m|110m|1b} --format {f32|f16|q8_0|q4_0|q4_k_m|q5_k_m|q6_k} --out FILE [--seed N]
 //   compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads a,b] [--quick] [--seed N]
 //   agree --model FILE [--positions 64] [--threads N] [--json OUT]
-//   kernels --threads N [--formats q4_0,q8_0,f32] [--tokens 1,32,128]
+//   kernels --threads N [--formats q4_0,q8_0,f32,q4_k,q5_k,q6_k] [--tokens 1,32,128]
+//   memory --model FILE [--json OUT] [--tokens 128] [--threads N]
 //   embed-compare --threads N [--runs 5] [--json OUT] [--seed N]
 //   shared-prefix --model FILE [--prefix 1024] [--seqs 32] [--suffix 64] [--threads N] [--runs 5] [--json OUT] [--kv f16|f32|int8]
 return BenchCli.Run(args);
@@ -14,11 +15,12 @@ return BenchCli.Run(args);
 internal static class BenchCli
 {
     private const string Usage =
-        "usage: bench make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3] --shape {15m|110m|tiny} --format {f32|f16|q8_0|q4_0} --out FILE [--seed N] [--logit-scale X]\n" +
+        "usage: bench make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3] --shape {15m|110m|1b|tiny} --format {f32|f16|q8_0|q4_0|q4_k_m|q5_k_m|q6_k} --out FILE [--seed N] [--logit-scale X]\n" +
         "       bench compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads " + "prefill_128,decode_128,batched_decode_8,batched_decode_32] [--quick] [--seed N] [--kv f16|f32]\n" +
         "       bench agree --model FILE [--positions 64] [--threads N] [--json OUT]\n" +
-        "       bench kernels --threads N [--formats q4_0,q8_0,f32] [--tokens 1,32,128]\n" +
+        "       bench kernels --threads N [--formats q4_0,q8_0,f32,q4_k,q5_k,q6_k] [--tokens 1,32,128]\n" +
         "       bench serve --model FILE --threads N [--json OUT] [--quick]\n" +
+        "       bench memory --model FILE [--json OUT] [--tokens 128] [--threads N]\n" +
         "       bench embed-compare --threads N [--runs 5] [--json OUT] [--seed N]\n" +
         "       bench shared-prefix --model FILE [--prefix 1024] [--seqs 32] [--suffix 64] [--threads N] [--runs 5] [--json OUT] [--kv f16|f32|int8]";
 
@@ -27,7 +29,7 @@ internal static class BenchCli
         if (args.Length > 0 && args[0] == "serve") return ServeCommand.Run(args.AsSpan(1)); // the batching engine's benchmark (Serve*.cs)
         try
         {
-            if (args.Length == 0) throw new UsageException("missing command: make-model, compare, agree, kernels or serve (--help for usage)");
+            if (args.Length == 0) throw new UsageException("missing command: make-model, compare, agree, kernels, memory, embed-compare or serve (--help for usage)");
             if (args[0] is "-h" or "--help" or "help")
             {
                 Console.WriteLine(Usage);
@@ -39,15 +41,17 @@ internal static class BenchCli
                 "compare" => ["model", "threads", "runs", "json", "workloads", "quick", "seed", "kv"],
                 "agree" => ["model", "positions", "threads", "json"],
                 "kernels" => ["threads", "formats", "tokens"],
+                "memory" => ["model", "json", "tokens", "threads"],
                 "embed-compare" => ["threads", "runs", "json", "seed"],
                 "shared-prefix" => ["model", "prefix", "seqs", "suffix", "threads", "runs", "json", "kv"],
-                _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model, compare, agree, kernels, embed-compare, shared-prefix or serve)"),
+                _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model, compare, agree, kernels, memory, embed-compare, shared-prefix or serve)"),
             });
             return args[0] switch
             {
                 "make-model" => MakeModel(options),
                 "agree" => Agree(options),
                 "kernels" => Kernels(options),
+                "memory" => Memory(options),
                 "embed-compare" => EmbedCompare.Run(Int(options, "threads", -1, min: 1, max: 64) is int threads and > 0 ? threads : throw new UsageException("--threads is required"),
                     Int(options, "runs", 5, min: 1, max: 100), options.GetValueOrDefault("json"), Int(options, "seed", 1234, min: int.MinValue), Console.Out, Console.Error),
                 "shared-prefix" => SharedPrefixCommand.Run(Required(options, "model"), Int(options, "prefix", 1024, min: 16), Int(options, "seqs", 32, min: 2, max: 256),
@@ -80,11 +84,10 @@ internal static class BenchCli
         var architecture = SyntheticModel.FindArchitecture(archName)
                            ?? throw new UsageException($"--arch must be one of {string.Join(", ", SyntheticModel.ArchitectureNames)}, not '{archName}'");
         var shape = architecture.Shape(Required(options, "shape"))
-                    ?? throw new UsageException($"--shape must be 15m, 110m or tiny, not '{options["shape"]}'");
+                    ?? throw new UsageException($"--shape must be 15m, 110m, tiny{(architecture.OneB is null ? "" : " or 1b")} for {architecture.Name}, not '{options["shape"]}'");
         string formatText = Required(options, "format");
-        if (formatText.ToLowerInvariant() is not ("f32" or "f16" or "q8_0" or "q4_0"))
-            throw new UsageException($"--format must be f32, f16, q8_0 or q4_0, not '{formatText}'");
-        var format = SyntheticModel.ParseFormat(formatText);
+        var format = SyntheticFormat.TryParse(formatText)
+                     ?? throw new UsageException($"--format must be one of {string.Join(", ", SyntheticFormat.Names)}, not '{formatText}'");
         string path = Required(options, "out");
         int seed = Int(options, "seed", 1, min: int.MinValue);
         string? directory = Path.GetDirectoryName(Path.GetFullPath(path));
@@ -158,6 +161,15 @@ internal static class BenchCli
         return 0;
     }
 
+    private static int Memory(Dictionary<string, string> options)
+    {
+        string model = Required(options, "model");
+        if (!File.Exists(model)) throw new UsageException($"--model: file '{model}' not found");
+        int tokens = Int(options, "tokens", 128, min: 1, max: 4096);
+        int threads = Int(options, "threads", Math.Min(Environment.ProcessorCount, 4), min: 1, max: 64);
+        return MemoryCommand.Run(model, tokens, threads, options.GetValueOrDefault("json"), Console.Out, Console.Error);
+    }
+
     private static int Kernels(Dictionary<string, string> options)
     {
         int threads = Int(options, "threads", -1, min: 1, max: 64);
@@ -168,7 +180,10 @@ internal static class BenchCli
                 "q4_0" => Kiln.Kernels.MatMul.PackedFormat.Q4_0,
                 "q8_0" => Kiln.Kernels.MatMul.PackedFormat.Q8_0,
                 "f32" => Kiln.Kernels.MatMul.PackedFormat.F32,
-                _ => throw new UsageException($"--formats: unknown format '{f}' (expected some of q4_0,q8_0,f32)"),
+                "q4_k" => Kiln.Kernels.MatMul.PackedFormat.Q4_K,
+                "q5_k" => Kiln.Kernels.MatMul.PackedFormat.Q5_K,
+                "q6_k" => Kiln.Kernels.MatMul.PackedFormat.Q6_K,
+                _ => throw new UsageException($"--formats: unknown format '{f}' (expected some of q4_0,q8_0,f32,q4_k,q5_k,q6_k)"),
             }).ToArray();
         var tokens = options.GetValueOrDefault("tokens", "1,32,128").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
             .Select(t => int.TryParse(t, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) && n is >= 1 and <= 4096

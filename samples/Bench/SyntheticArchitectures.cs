@@ -12,6 +12,7 @@ public sealed class LlamaSynthetic : SyntheticArchitecture
     public override SyntheticShape Tiny { get; } = new("tiny", Dim: 64, Hidden: 160, Layers: 2, Heads: 4, KvHeads: 2, Vocab: 320, TiedOutput: false, ContextLength: 256);
     public override SyntheticShape Small { get; } = new("15m", 288, 768, 6, 6, 6, 32000, TiedOutput: true);
     public override SyntheticShape Base { get; } = new("110m", 768, 2048, 12, 12, 12, 32000, TiedOutput: false);
+    public override SyntheticShape OneB { get; } = new("1b", 2048, 5632, 22, 32, 4, 32000, TiedOutput: false); // TinyLlama-1.1B's shape
 
     protected internal override void AddHyperparameters(SyntheticModelBuilder model)
     {

@@ -46,27 +46,10 @@ public static class SyntheticModel
     public static SyntheticArchitecture Architecture(string name) =>
         FindArchitecture(name) ?? throw new ArgumentException($"unknown architecture '{name}' (expected one of {string.Join(", ", ArchitectureNames)})");
 
-    public static GgmlType ParseFormat(string text) => text.ToLowerInvariant() switch
-    {
-        "f32" => GgmlType.F32,
-        "f16" => GgmlType.F16,
-        "q8_0" => GgmlType.Q8_0,
-        "q4_0" => GgmlType.Q4_0,
-        _ => throw new ArgumentException($"unknown format '{text}' (expected f32, f16, q8_0 or q4_0)"),
-    };
-
-    /// <summary>GGUF general.file_type (llama_ftype) for a file whose 2-D weights are all <paramref name="format"/>.</summary>
-    public static uint FileType(GgmlType format) => format switch
-    {
-        GgmlType.F32 => 0,  // LLAMA_FTYPE_ALL_F32
-        GgmlType.F16 => 1,  // LLAMA_FTYPE_MOSTLY_F16
-        GgmlType.Q4_0 => 2, // LLAMA_FTYPE_MOSTLY_Q4_0
-        GgmlType.Q8_0 => 7, // LLAMA_FTYPE_MOSTLY_Q8_0
-        _ => throw new ArgumentException($"no file type for {format}"),
-    };
+    public static SyntheticFormat ParseFormat(string text) => SyntheticFormat.Parse(text);
 
     /// <summary>Writes the model to <paramref name="path"/>. <paramref name="progress"/> gets one line per tensor.</summary>
-    public static void Write(string path, SyntheticArchitecture architecture, SyntheticShape shape, GgmlType format, int seed,
+    public static void Write(string path, SyntheticArchitecture architecture, SyntheticShape shape, SyntheticFormat format, int seed,
         Scales? scales = null, Action<string>? progress = null)
     {
         var writer = Build(architecture, shape, format, seed, scales, progress);
@@ -75,14 +58,14 @@ public static class SyntheticModel
     }
 
     /// <summary>Writes a Llama (today's synthetic files, byte for byte).</summary>
-    public static void Write(string path, SyntheticShape shape, GgmlType format, int seed, Scales? scales = null, Action<string>? progress = null) =>
+    public static void Write(string path, SyntheticShape shape, SyntheticFormat format, int seed, Scales? scales = null, Action<string>? progress = null) =>
         Write(path, Architecture("llama"), shape, format, seed, scales, progress);
 
-    public static GgufWriter Build(SyntheticArchitecture architecture, SyntheticShape shape, GgmlType format, int seed,
+    public static GgufWriter Build(SyntheticArchitecture architecture, SyntheticShape shape, SyntheticFormat format, int seed,
         Scales? scales = null, Action<string>? progress = null)
     {
         architecture.Validate(shape);
-        int block = format switch { GgmlType.Q8_0 or GgmlType.Q4_0 => 32, _ => 1 };
+        int block = format.BlockElements;
         foreach (int inner in architecture.MatrixRowLengths(shape))
             if (inner % block != 0)
                 throw new ArgumentException($"{architecture.Name} {shape.Name}: a matrix row of {inner} values is not a multiple of {format}'s {block}-value blocks");
@@ -91,9 +74,9 @@ public static class SyntheticModel
         var writer = builder.Writer;
         writer.AddMetadata("general.architecture", architecture.Name);
         string prefix = architecture.Name == "llama" ? "" : architecture.Name + "-"; // llama keeps its old name, and so its bytes
-        writer.AddMetadata("general.name", $"kiln-synthetic-{prefix}{shape.Name}-{format.ToString().ToLowerInvariant()}");
+        writer.AddMetadata("general.name", $"kiln-synthetic-{prefix}{shape.Name}-{format.Name}");
         writer.AddMetadata("general.alignment", (uint)writer.Alignment);
-        writer.AddMetadata("general.file_type", FileType(format));
+        writer.AddMetadata("general.file_type", format.FileType);
         builder.Hyper("context_length", (uint)shape.ContextLength);
         builder.Hyper("embedding_length", (uint)shape.Dim);
         builder.Hyper("feed_forward_length", (uint)shape.Hidden);
@@ -132,11 +115,15 @@ public abstract class SyntheticArchitecture
     /// <summary>Standard deviation of norm weights around 1 (0: exactly 1). Random weights catch a norm whose weight is ignored.</summary>
     public virtual float NormJitter => 0.1f;
 
+    /// <summary>Sized like TinyLlama-1.1B (dim 2048, 22 layers, GQA 32/4), for the families that have it; null otherwise.</summary>
+    public virtual SyntheticShape? OneB => null;
+
     public SyntheticShape? Shape(string name) => name.ToLowerInvariant() switch
     {
         "tiny" => Tiny,
         "15m" => Small,
         "110m" => Base,
+        "1b" => OneB,
         _ => null,
     };
 
@@ -157,7 +144,7 @@ public abstract class SyntheticArchitecture
 
 /// <summary>
 /// The shared pieces an architecture's file is made of: its metadata keys and seeded tensors. Matrices are stored
-/// in the file's format, norms and biases in F32 (as llama.cpp's converters write them). Draw order is the order of
+/// in the file's format (per tensor for llama.cpp's K-quant mixes), norms and biases in F32 (as llama.cpp's converters write them). Draw order is the order of
 /// the calls, so a description fixes its file for a seed.
 /// </summary>
 public sealed class SyntheticModelBuilder
@@ -168,7 +155,7 @@ public sealed class SyntheticModelBuilder
     private readonly Action<string>? _progress;
     private int _tensors;
 
-    internal SyntheticModelBuilder(SyntheticArchitecture architecture, SyntheticShape shape, GgmlType format, int seed,
+    internal SyntheticModelBuilder(SyntheticArchitecture architecture, SyntheticShape shape, SyntheticFormat format, int seed,
         SyntheticModel.Scales scales, Action<string>? progress)
     {
         _architecture = architecture;
@@ -183,7 +170,7 @@ public sealed class SyntheticModelBuilder
 
     public SyntheticShape Shape { get; }
 
-    public GgmlType Format { get; }
+    public SyntheticFormat Format { get; }
 
     /// <summary>N(0, LogitScale/√dim): the output matrix, or a tied embedding that doubles as it.</summary>
     public float LogitStd => _scales.LogitScale / MathF.Sqrt(Shape.Dim);
@@ -191,8 +178,8 @@ public sealed class SyntheticModelBuilder
     /// <summary>Adds <c>{arch}.{key}</c>.</summary>
     public void Hyper(string key, object value) => Writer.AddMetadata($"{_architecture.Name}.{key}", value);
 
-    /// <summary>A [<paramref name="rows"/> × <paramref name="inner"/>] matrix (ne = {inner, rows}) in the file's format, N(0, std).</summary>
-    public void Matrix(string name, int inner, int rows, float std) => Add(name, Format, std, mean: 0, inner, rows);
+    /// <summary>A [<paramref name="rows"/> × <paramref name="inner"/>] matrix (ne = {inner, rows}) in the type the file's format gives it, N(0, std).</summary>
+    public void Matrix(string name, int inner, int rows, float std) => Add(name, Format.TypeOf(name, Shape), std, mean: 0, inner, rows);
 
     /// <summary>A linear layer from <paramref name="inner"/> to <paramref name="rows"/>: N(0, gain·LinearGain/√inner).</summary>
     public void Linear(string name, int inner, int rows, float gain = 1f) => Matrix(name, inner, rows, gain * _scales.LinearGain / MathF.Sqrt(inner));

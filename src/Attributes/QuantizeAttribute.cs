@@ -6,9 +6,9 @@ namespace Kiln
     public enum WeightFormat
     {
         /// <summary>
-        /// The model file's own format where a kernel exists for it (F32, BF16, Q8_0, Q4_0); F16 becomes F32 (exactly),
-        /// and every other stored format (Q4_K, Q6_K, ...) is dequantized and requantized to Q8_0. Chosen per weight
-        /// when the plan is compiled, from the stored type.
+        /// The model file's own format where a kernel exists for it (F32, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K); F16
+        /// becomes F32 (exactly), and every other stored format (Q5_0, Q2_K, ...) is dequantized and requantized to
+        /// Q8_0. Chosen per weight when the plan is compiled, from the stored type.
         /// </summary>
         AsStored,
 

@@ -109,13 +109,13 @@ public sealed class DifferentialTests
 
 /// <summary>
 /// The generated plan of samples/Models/Llama.cs on synthetic GGUF files in every stored format a layout exists for
-/// (F32, BF16, Q8_0, Q4_0) and one with K-quants and mixed types (repacked to Q8_0): against the eager forward on
+/// (F32, BF16, Q8_0, Q4_0) and one with K-quants and mixed types: against the eager forward on
 /// the same weights, thread count against thread count, and warm steps against the allocator.
 /// </summary>
 /// <remarks>
 /// Tolerances. F32 and BF16 layouts multiply float32 activations: 1e-4 absolute, as for the real files above. The
 /// quantized layouts dot against Q8 activations (each block of 32 rounded to 8 bits: relative error up to 1/254 per
-/// value: 1.5 to 2% on these logits after two layers, measured; requantizing Q4_0/Q6_K/Q4_K weights to Q8_0 adds a
+/// value: 1.5 to 2% on these logits after two layers, measured; Q8_K's blocks of 256 and requantizing Q4_0 weights to Q8_0 add a
 /// little), so their logits are compared by normalized error ‖compiled − eager‖ / ‖eager‖ ≤ 4e-2 per step; the compiled greedy token must be the eager one on at least 30 of 32
 /// decode steps, and on every step a token whose eager logit is within 4 RMS differences of the best (a flip only
 /// where the eager top two are closer than the quantization noise). A wrong kernel misses all of these by far.
@@ -206,15 +206,17 @@ public sealed class SyntheticDifferentialTests : IDisposable
         using var plan = model.Compile(new PlanOptions(4, Threads: 1));
         string report = plan.FusionReport;
         Assert.Contains("Layouts chosen for this model file:", report);
-        // attn_q/k are Q4_0 and attn_v Q8_0: the fused matmul takes the more precise Q8_0 for all three.
-        Assert.Contains("_wqWkWv[layer] (layers 0-1): Q8_0x8 interleaved", report);
+        // Layer 0: attn_q/k Q4_K and attn_v Q6_K dot the same Q8_K activations: each keeps its type, one segment each.
+        Assert.Contains("_wqWkWv[layer] (layer 0): K-quants x8 interleaved (Q4_K, Q6_K per segment) [512, 256] (Wq: stored Q4_K copied; Wk: stored Q4_K copied; Wv: stored Q6_K copied)", report);
+        // Layer 1: attn_q/k Q4_0 and attn_v Q8_0: the fused matmul takes the more precise Q8_0 for all three.
+        Assert.Contains("_wqWkWv[layer] (layer 1): Q8_0x8 interleaved", report);
         Assert.Contains("Wq: Q4_0 dequantized, requantized", report);
         Assert.Contains("Wv: stored Q8_0 copied", report);
-        // Q6_K and Q4_K have no kernel: dequantized and requantized to Q8_0.
-        Assert.Contains("Down: Q6_K dequantized, requantized", report);
-        Assert.Contains("Down: Q4_K dequantized, requantized", report);
-        Assert.Contains("Gate: stored Q4_0 copied", report);
-        Assert.Contains("_output: F32x4 chunked", report);
+        Assert.Contains("_wo[layer] (layers 0-1): Q5_Kx8 interleaved", report);
+        Assert.Contains("_gateUp[layer] (layers 0-1): Q4_Kx8 interleaved [512, 256] (Gate: stored Q4_K copied; Up: stored Q4_K copied)", report);
+        Assert.Contains("_down[layer] (layer 0): Q6_Kx8 interleaved [256, 256] (Down: stored Q6_K copied)", report);
+        Assert.Contains("_down[layer] (layer 1): Q4_Kx8 interleaved [256, 256] (Down: stored Q4_K copied)", report);
+        Assert.Contains("_output: Q6_Kx8 interleaved", report);
     }
 
     [Theory]
@@ -299,16 +301,19 @@ public sealed class SyntheticDifferentialTests : IDisposable
 
     /// <summary>
     /// A llama GGUF with seeded Gaussian weights scaled to keep activations near unit RMS and logits spread (std ≈ 3).
-    /// "KQuants": attn_q/k and ffn_gate/up Q4_0, attn_v and attn_output Q8_0, ffn_down Q6_K (layer 0) and Q4_K
-    /// (layer 1) built block by block, output F32 and the embedding Q8_0.
+    /// "KQuants" (dim 256, so every matrix can be a K-quant): layer 0's attn_q/k Q4_K and attn_v Q6_K (one fused
+    /// matmul of two K types), layer 1's attn_q/k Q4_0 and attn_v Q8_0 (the more precise Q8_0 serves all three),
+    /// attn_output Q5_K, ffn_gate/up Q4_K, ffn_down Q6_K (layer 0) and Q4_K (layer 1) built block by block, the
+    /// embedding Q4_K and the output Q6_K. (A weight converted to a K-quant adds that quantization's whole error to the
+    /// comparison with the eager forward, which reads the stored values: GemmTests check conversions on their own.)
     /// </summary>
     private string Write(string format)
     {
         string path = Path.Combine(_directory, format + ".gguf");
         if (File.Exists(path)) return path;
         bool kQuants = format == "KQuants";
-        int hidden = kQuants ? 256 : 96; // K-quant rows are 256 long
-        GgmlType Type(string tensor) => format switch
+        int dim = kQuants ? 256 : Dim, hidden = kQuants ? 256 : 96; // K-quant rows are 256 long
+        GgmlType Type(string tensor, int layer) => format switch
         {
             "F32" => GgmlType.F32,
             "BF16" => GgmlType.BF16,
@@ -316,9 +321,11 @@ public sealed class SyntheticDifferentialTests : IDisposable
             "Q4_0" => GgmlType.Q4_0,
             _ => tensor switch
             {
-                "attn_q" or "attn_k" or "ffn_gate" or "ffn_up" => GgmlType.Q4_0,
-                "output" => GgmlType.F32,
-                _ => GgmlType.Q8_0,
+                "attn_q" or "attn_k" => layer == 0 ? GgmlType.Q4_K : GgmlType.Q4_0,
+                "attn_v" => layer == 0 ? GgmlType.Q6_K : GgmlType.Q8_0,
+                "attn_output" => GgmlType.Q5_K,
+                "ffn_gate" or "ffn_up" or "token_embd" => GgmlType.Q4_K,
+                _ => GgmlType.Q6_K, // output
             },
         };
 
@@ -333,41 +340,41 @@ public sealed class SyntheticDifferentialTests : IDisposable
             }
             return values;
         }
-        float[] Norm() => Enumerable.Range(0, Dim).Select(_ => 0.8f + 0.4f * (float)random.NextDouble()).ToArray();
+        float[] Norm() => Enumerable.Range(0, dim).Select(_ => 0.8f + 0.4f * (float)random.NextDouble()).ToArray();
 
         var writer = new GgufWriter();
         writer.AddMetadata("general.architecture", "llama");
-        writer.AddMetadata("llama.embedding_length", (uint)Dim);
+        writer.AddMetadata("llama.embedding_length", (uint)dim);
         writer.AddMetadata("llama.feed_forward_length", (uint)hidden);
         writer.AddMetadata("llama.block_count", (uint)Layers);
         writer.AddMetadata("llama.attention.head_count", (uint)Heads);
         writer.AddMetadata("llama.attention.head_count_kv", (uint)KvHeads);
         writer.AddMetadata("llama.attention.layer_norm_rms_epsilon", 1e-5f);
         writer.AddMetadata("llama.rope.freq_base", 10000f);
-        int kvDim = Dim / Heads * KvHeads;
-        void Linear(string name, string kind, int rows, int cols) =>
-            writer.AddTensor(name, Type(kind), Gaussian(rows * cols, 1 / Math.Sqrt(cols)), cols, rows);
+        int kvDim = dim / Heads * KvHeads;
+        void Linear(string name, string kind, int layer, int rows, int cols) =>
+            writer.AddTensor(name, Type(kind, layer), Gaussian(rows * cols, 1 / Math.Sqrt(cols)), cols, rows);
 
-        writer.AddTensor("token_embd.weight", Type("token_embd"), Gaussian(Vocab * Dim, 1), Dim, Vocab);
+        writer.AddTensor("token_embd.weight", Type("token_embd", 0), Gaussian(Vocab * dim, 1), dim, Vocab);
         for (int layer = 0; layer < Layers; layer++)
         {
             string p = $"blk.{layer}.";
-            writer.AddTensor(p + "attn_norm.weight", GgmlType.F32, Norm(), Dim);
-            Linear(p + "attn_q.weight", "attn_q", Dim, Dim);
-            Linear(p + "attn_k.weight", "attn_k", kvDim, Dim);
-            Linear(p + "attn_v.weight", "attn_v", kvDim, Dim);
-            Linear(p + "attn_output.weight", "attn_output", Dim, Dim);
-            writer.AddTensor(p + "ffn_norm.weight", GgmlType.F32, Norm(), Dim);
-            Linear(p + "ffn_gate.weight", "ffn_gate", hidden, Dim);
-            Linear(p + "ffn_up.weight", "ffn_up", hidden, Dim);
+            writer.AddTensor(p + "attn_norm.weight", GgmlType.F32, Norm(), dim);
+            Linear(p + "attn_q.weight", "attn_q", layer, dim, dim);
+            Linear(p + "attn_k.weight", "attn_k", layer, kvDim, dim);
+            Linear(p + "attn_v.weight", "attn_v", layer, kvDim, dim);
+            Linear(p + "attn_output.weight", "attn_output", layer, dim, dim);
+            writer.AddTensor(p + "ffn_norm.weight", GgmlType.F32, Norm(), dim);
+            Linear(p + "ffn_gate.weight", "ffn_gate", layer, hidden, dim);
+            Linear(p + "ffn_up.weight", "ffn_up", layer, hidden, dim);
             if (kQuants)
                 writer.AddEncodedTensor(p + "ffn_down.weight", layer == 0 ? GgmlType.Q6_K : GgmlType.Q4_K,
-                    layer == 0 ? Q6K(Dim * hidden / 256, random) : Q4K(Dim * hidden / 256, random), hidden, Dim);
+                    layer == 0 ? Q6K(dim * hidden / 256, random) : Q4K(dim * hidden / 256, random), hidden, dim);
             else
-                Linear(p + "ffn_down.weight", "ffn_down", Dim, hidden);
+                Linear(p + "ffn_down.weight", "ffn_down", layer, dim, hidden);
         }
-        writer.AddTensor("output_norm.weight", GgmlType.F32, Norm(), Dim);
-        writer.AddTensor("output.weight", Type("output"), Gaussian(Vocab * Dim, 3 / Math.Sqrt(Dim)), Dim, Vocab);
+        writer.AddTensor("output_norm.weight", GgmlType.F32, Norm(), dim);
+        writer.AddTensor("output.weight", Type("output", 0), Gaussian(Vocab * dim, 3 / Math.Sqrt(dim)), dim, Vocab);
         writer.Write(path);
         return path;
     }

@@ -70,6 +70,27 @@ public sealed class SafetensorsFamilyTests(ITestOutputHelper output) : IDisposab
     }
 
     /// <summary>
+    /// A checkpoint's matrices stay as stored, as a GGUF file's do: bound over each shard's mapping, q and k reordered
+    /// by moving their stored rows, packed by a compiled plan; none is ever widened to float32 whole.
+    /// </summary>
+    [Fact]
+    public void CheckpointMatricesStayInTheirStoredFormat()
+    {
+        var checkpoint = Create("llama", seed: 11, GgmlType.BF16);
+        string directory = Path.Combine(_scratch.FullName, "stored");
+        checkpoint.WriteHuggingFace(directory, shards: 2);
+        using var file = ModelFile.Open(directory);
+        var model = Llama.Load(file);
+        var matrices = new List<Tensor> { model.TokenEmbedding, model.Output };
+        foreach (var block in model.Layers) matrices.AddRange([block.Wq, block.Wk, block.Wv, block.Wo, block.Gate, block.Up, block.Down]);
+        Assert.All(matrices, weight => Assert.Equal(GgmlType.BF16, weight.Stored?.Type));
+        Assert.All(matrices, weight => Assert.False(weight.HasFloatData, $"{weight} was decoded to float32 when loaded"));
+
+        Assert.Contains(Logits(model), v => v != 0);
+        Assert.All(matrices, weight => Assert.False(weight.HasFloatData, $"{weight} was decoded to float32 whole"));
+    }
+
+    /// <summary>
     /// The row reordering checked against the rope it stands for, not against a second copy of llama.cpp's permute:
     /// Llama on a Hugging Face checkpoint (q/k reordered, adjacent-pair rope) computes what a NeoX rope on the
     /// checkpoint's own rows computes — Qwen2's definition, given the same weights and zero q/k/v biases.

@@ -344,7 +344,7 @@ public sealed class DiagnosticTests
         Assert.Contains("the result is one row of Dim per sequence", source);
         Assert.Contains("bidirectional GQA within each sequence", source);
         Assert.Contains("causal GQA within each sequence", source);
-        Assert.Contains("gathered whole rows, by token type", source);
+        Assert.Contains("each gathered row decoded by itself, by token type", source);
     }
 
     [Fact]

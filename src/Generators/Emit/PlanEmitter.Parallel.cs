@@ -276,6 +276,7 @@ internal static partial class PlanEmitter
                     {
                         foreach (var format in new[] { "F32", "BF16", "Q8_0", "Q4_0" })
                             w.Line($"case {MatMul}.PackedFormat.{format}: {MatMul}.Gemm.{format}(Weights, Input, first, end, ref epilogue); break;");
+                        w.Line($"case {MatMul}.PackedFormat.Q4_K: case {MatMul}.PackedFormat.Q5_K: case {MatMul}.PackedFormat.Q6_K: {MatMul}.Gemm.KQuants(Weights, Input, first, end, ref epilogue); break; // each segment in its own K type");
                         w.Line($"default: throw new global::System.InvalidOperationException($\"No kernel for the {{Weights.Format}} layout.\");");
                     }
                 }

@@ -135,6 +135,14 @@ internal static partial class PlanEmitter
             w.Line("// This step's token ids, checked against the vocabulary, where the gathering loops can read them.");
             w.Line("private readonly int[] _tokens;");
         }
+        var tables = ProgramCode.GatheredTables(plan);
+        if (tables.Count > 0)
+        {
+            w.Line();
+            w.Line("// Gathered tables, as the file stores them: each row a step needs is decoded into its token's slot (the table is never widened whole).");
+            for (int i = 0; i < tables.Count; i++)
+                w.Line($"private readonly global::Kiln.Kernels.Elementwise.GatherTable{(tables[i].Contains('.') ? "[]" : "")} {ProgramCode.TableField(i)}; // {Short(tables[i])}");
+        }
         w.Line();
         w.Line("// The arena (native memory that never moves, so work items on every thread can hold views of it).");
         w.Line($"private readonly {MatMul}.NativeBlock _arenaMemory;");
@@ -206,6 +214,20 @@ internal static partial class PlanEmitter
                 w.Line();
             }
             if (Programs(plan).Any(p => p.UsesTokens)) w.Line("_tokens = new int[maxTokensPerStep];");
+            var tables = ProgramCode.GatheredTables(plan);
+            for (int i = 0; i < tables.Count; i++)
+            {
+                string field = ProgramCode.TableField(i), table = "global::Kiln.Kernels.Elementwise.GatherTable";
+                int dot = tables[i].IndexOf('.');
+                if (dot < 0)
+                {
+                    w.Line($"{field} = new {table}({Names.Weight(tables[i], "model", "")}, maxTokensPerStep);");
+                    continue;
+                }
+                string count = model.Layers.First(l => l.Member == tables[i].Substring(0, dot)).CountMember;
+                w.Line($"{field} = new {table}[model.{count}];");
+                w.Line($"for (int layer = 0; layer < model.{count}; layer++) {field}[layer] = new {table}({Names.Weight(tables[i], "model", "layer")}, maxTokensPerStep);");
+            }
             w.Line("var layouts = new global::System.Text.StringBuilder(Report).Append(\"Layouts chosen for this model file:\\n\");");
             EmitPacking(w, plan);
 
@@ -326,7 +348,7 @@ internal static partial class PlanEmitter
 
     private static void EmitDispose(CodeWriter w, Plan plan)
     {
-        w.Line("/// <summary>Stops the worker pool and frees the arena, the scratch and the packed weights. Steps after this throw.</summary>");
+        w.Line("/// <summary>Stops the worker pool and frees the arena, the scratch, the gather slots and the packed weights. Steps after this throw.</summary>");
         using (w.Block("public void Dispose()"))
         {
             w.Line("if (_disposed) return;");
@@ -335,6 +357,9 @@ internal static partial class PlanEmitter
             w.Line("_inputs.Dispose();");
             w.Line("_arenaMemory.Dispose();");
             if (plan.Kernels.OfType<AttentionKernel>().Any()) w.Line("_scoresMemory?.Dispose();");
+            var tables = ProgramCode.GatheredTables(plan);
+            for (int i = 0; i < tables.Count; i++)
+                w.Line(tables[i].Contains('.') ? $"foreach (var table in {ProgramCode.TableField(i)}) table.Dispose();" : $"{ProgramCode.TableField(i)}.Dispose();");
             foreach (var matmul in Distinct(plan.Kernels.OfType<MatMulKernel>()))
             {
                 if (matmul.LayersMember.Length > 0) w.Line($"foreach (var packed in {matmul.Packed}) packed.Dispose();");

@@ -83,7 +83,7 @@ internal sealed class ProgramCode
         for (int i = 0; i < _loads.Count; i++)
             w.Line($"public global::Kiln.Kernels.MatMul.FloatBuffer In{i}; public int In{i}Cols; // {BufferOf(_loads[i].Value).Name}{(_loads[i].Map == RowMap.Selected ? " at the wanted rows" : "")}");
         for (int i = 0; i < _vectors.Count; i++) w.Line($"public float[] W{i}; // {Short(_vectors[i])}");
-        for (int i = 0; i < _tables.Count; i++) w.Line($"public float[] G{i}; public int G{i}Cols; // {Short(_tables[i])}");
+        for (int i = 0; i < _tables.Count; i++) w.Line($"public global::Kiln.Kernels.Elementwise.GatherTable G{i}; // {Short(_tables[i])}, rows read from the stored format");
         for (int i = 0; i < _scalars.Count; i++) w.Line($"public float S{i}; // {_scalars[i]}");
         for (int i = 0; i < Program.Stats.Count; i++) w.Line($"public float E{i}; // eps of {Program.Stats[i].Kind} statistic {i}");
         foreach (var dim in _dims) w.Line($"public int {DimRef(dim)};");
@@ -100,17 +100,27 @@ internal sealed class ProgramCode
             yield return $"In{i}Cols = {Names.DimField(BufferOf(_loads[i].Value).Cols)}";
         }
         for (int i = 0; i < _vectors.Count; i++) yield return $"W{i} = {Names.Weight(_vectors[i], "_model", layer)}.Data";
+        var gathered = GatheredTables(_plan);
         for (int i = 0; i < _tables.Count; i++)
-        {
-            yield return $"G{i} = {Names.Weight(_tables[i], "_model", layer)}.Data";
-            yield return $"G{i}Cols = {Names.Weight(_tables[i], "_model", layer)}.Cols";
-        }
+            yield return $"G{i} = {TableField(gathered.IndexOf(_tables[i]))}{(_tables[i].Contains('.') ? $"[{layer}]" : "")}";
         for (int i = 0; i < _scalars.Count; i++) yield return $"S{i} = (float)({Names.Scalar(_scalars[i], "_model")})";
         for (int i = 0; i < Program.Stats.Count; i++) yield return $"E{i} = (float)({Names.Scalar(Program.Stats[i].Eps, "_model")})";
         foreach (var dim in _dims) yield return $"{DimRef(dim)} = {Names.DimField(dim)}";
         if (UsesTokens) yield return "Tokens = _tokens";
         if (UsesContext) yield return "Context = context";
     }
+
+    /// <summary>Every table the plan's programs gather rows of, in kernel order: the plan holds one GatherTable per entry (per layer for a layer's weight).</summary>
+    public static List<string> GatheredTables(Plan plan) =>
+        plan.Kernels.SelectMany(k => k switch
+        {
+            MatMulKernel m => m.Segments.Select(s => s.Epilogue).Concat(m.InputProgram is null ? Enumerable.Empty<Program>() : new[] { m.InputProgram }),
+            ElementwiseKernel e => new[] { e.Program },
+            _ => Enumerable.Empty<Program>(),
+        }).SelectMany(p => p.Elems).Where(e => e.Kind == ElemKind.Gather).Select(e => e.Weight).Distinct().ToList();
+
+    /// <summary>The plan's field holding gathered table <paramref name="index"/> (of <see cref="GatheredTables"/>).</summary>
+    public static string TableField(int index) => "_table" + index;
 
     // ---- Per row and per head ----------------------------------------------------------------------------------
 
@@ -131,7 +141,7 @@ internal sealed class ProgramCode
                 RowMap.TokenTypes => $"Context.TokenTypes[{row}]",
                 _ => $"Context.Positions[{row}]",
             };
-            w.Line($"int g{i} = {index} * G{i}Cols;");
+            w.Line($"var g{i} = G{i}.Row({index}, {row}); // the row, decoded into this token's slot");
         }
         for (int i = 0; i < Program.Stats.Count; i++)
             if (Program.Stats[i].Group.Length == 0) Statistic(w, i, $"{LoadBase(Program.Stats[i].Value, Program.Stats[i].Map)}", $"In{_loads.IndexOf((Program.Stats[i].Value, Program.Stats[i].Map))}Cols");
@@ -185,7 +195,7 @@ internal sealed class ProgramCode
                 ElemKind.Accumulator => accumulators![elem.A],
                 ElemKind.Vector when vectorColumn is not null => MappedLoad(width, "W" + _vectors.IndexOf(elem.Weight), column, elem.Offset, vectorColumn),
                 ElemKind.Vector => ArrayLoad(width, "W" + _vectors.IndexOf(elem.Weight), Index(elem.PerHead ? inHead : column, elem.Offset), pairLanes),
-                ElemKind.Gather => ArrayLoad(width, "G" + _tables.IndexOf(elem.Weight), $"g{_tables.IndexOf(elem.Weight)} + {Index(column, elem.Offset)}", pairLanes),
+                ElemKind.Gather => LoadExpression(width, "g" + _tables.IndexOf(elem.Weight), Index(column, elem.Offset), pairLanes),
                 ElemKind.Scalar => Broadcast(width, elem.Scalar!.IsFixed ? Fixed(elem.Scalar) : "S" + _scalars.IndexOf(elem.Scalar!)),
                 ElemKind.Stat => Broadcast(width, (elem.Op == "Mean" ? "mean" : "scale") + elem.A),
                 ElemKind.Unary => Unary(width, elem.Op, names[elem.A]),

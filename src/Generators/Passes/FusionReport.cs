@@ -58,7 +58,7 @@ internal static class FusionReport
             yield return $"  {string.Join(", ", weights)} → {where} [{rows}, {matmul.InDim}], {shape}: {Rule(matmul.Format, model)}{(why.Count > 0 ? "; " + string.Join("; ", why) : "")}.";
         }
         foreach (var table in plan.Kernels.SelectMany(Programs).SelectMany(p => p.Elems).Where(e => e.Kind == ElemKind.Gather).Select(e => e.Weight).Distinct())
-            yield return $"  {Short(table)} → as loaded (row-major): gathered whole rows, by {GatherKey(plan.Kernels.SelectMany(Programs).SelectMany(p => p.Elems).First(e => e.Kind == ElemKind.Gather && e.Weight == table).Map)}.";
+            yield return $"  {Short(table)} → as stored in the file (memory-mapped): each gathered row decoded by itself, by {GatherKey(plan.Kernels.SelectMany(Programs).SelectMany(p => p.Elems).First(e => e.Kind == ElemKind.Gather && e.Weight == table).Map)}.";
 
         yield return "Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):";
         for (int slot = 0; slot < plan.SlotCount; slot++)
@@ -68,7 +68,9 @@ internal static class FusionReport
         }
         yield return "Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;";
         yield return "  for Q8_0/Q4_0, Q8 activations (per 32 values a scale d = max|x|/127, kept in fp16, and int8 q = round(x/d): GGML's rule),";
-        yield return "  with 8·Σq per block for Q4_0's −8 (the kernels broadcast 4 quants at a time to 8 rows). A fused norm computes its statistics per token once";
+        yield return "  with 8·Σq per block for Q4_0's −8 (the kernels broadcast 4 quants at a time to 8 rows); for the K-quants, Q8_K activations (per 256 values";
+        yield return "  iscale = −127 / the value of largest magnitude, q = round(iscale·x) to nearest even, d = 1/iscale in float: GGML's rule, with sums of 16";
+        yield return "  and 32 quants for the mins and Q6_K's −32). A fused norm computes its statistics per token once";
         yield return "  (in double) and writes or quantizes the normalized row in the same pass (its weight cannot fold into quantized columns";
         yield return "  without requantizing them, and folding it into float columns would change their rounding: the packed weights stay exactly as stored).";
         yield return "Loop bodies (epilogues, input chains, elementwise loops) are generated from the forward method's ops at every width:";
@@ -77,7 +79,7 @@ internal static class FusionReport
         if (plan.Kernels.OfType<AttentionKernel>().Any() && model.Encoder) yield return "Attention scratch: per chunk of work items, every head's scores over the longest sequence a step can hold (its whole step), allocated with the plan.";
         else if (plan.Kernels.OfType<AttentionKernel>().Any()) yield return "Attention scratch: per chunk of work items, every head's scores over the KV cache's MaxContext (and one block's rows when the cache stores int8), grown when a larger cache is first seen.";
         yield return "Threads: one worker pool (PlanOptions.Threads). A matmul splits its 4-row groups over the threads, each tile (4 rows × 4 tokens";
-        yield return "  for F32/BF16, 8 rows × 8 tokens for Q8_0/Q4_0) going through its epilogue while in registers; attention splits (token, KV-head chunk) items;";
+        yield return "  for F32/BF16, 8 rows × 8 tokens for the quantized layouts) going through its epilogue while in registers; attention splits (token, KV-head chunk) items;";
         yield return "  elementwise loops split rows. Every output is computed by one thread in a fixed order, so results do not depend on the thread count.";
     }
 
@@ -147,10 +149,12 @@ internal static class FusionReport
     private const string AsStoredRule =
         "F32 and F16 → F32x4 (F16 widened exactly); BF16 → BF16x4 (widened exactly in the kernel); "
         + "Q8_0 → Q8_0x8 interleaved (the file's quants and fp16 scales copied); Q4_0 → Q4_0x8 interleaved (the file's nibbles and fp16 scales copied); "
-        + "any other type (Q4_K, Q6_K, …) → Q8_0x8 (dequantized, requantized); weights of different types in one matmul → the most precise "
-        + "of their layouts. Work goes in groups of 4 rows and every tile reads each weight once for several tokens: F32x4/BF16x4 hold 16-element "
-        + "chunks of the 4 rows in turn (the kernel streams a group front to back); Q8_0x8/Q4_0x8 store two groups together, 8 rows 4 bytes "
-        + "at a time (one multiply-add against 4 broadcast activations covers all 8 rows, each row's sum complete in its own lane)";
+        + "Q6_K, Q5_K, Q4_K → Q6_Kx8, Q5_Kx8, Q4_Kx8 interleaved (the file's quants, scales, mins and fp16 super-block scales copied); "
+        + "any other type (Q5_0, Q2_K, …) → Q8_0x8 (dequantized, requantized); weights of different types in one matmul → the most precise "
+        + "of their layouts, except that K-quants of different types keep their own, one segment each. Work goes in groups of 4 rows and every "
+        + "tile reads each weight once for several tokens: F32x4/BF16x4 hold 16-element chunks of the 4 rows in turn (the kernel streams a group "
+        + "front to back); the quantized layouts store two groups together, 8 rows 4 bytes at a time (one multiply-add against 4 broadcast "
+        + "activations covers all 8 rows, each row's sum complete in its own lane)";
 
     /// <summary>The layout rule for a matmul's weights, and why.</summary>
     private static string Rule(string format, Syntax.ModelInfo model)

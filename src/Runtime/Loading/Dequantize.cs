@@ -13,7 +13,8 @@ public static class Dequantize
     /// <summary>True when <see cref="ToFloat32"/> can convert <paramref name="type"/>.</summary>
     public static bool IsSupported(GgmlType type) => type is
         GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or
-        GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_K or GgmlType.Q6_K;
+        GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q5_0 or GgmlType.Q5_1 or
+        GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K;
 
     /// <summary>
     /// Decodes <paramref name="destination"/>.Length values (a whole number of blocks) from the start of
@@ -38,7 +39,10 @@ public static class Dequantize
             case GgmlType.BF16: FromBFloat16(source, destination); break;
             case GgmlType.Q8_0: FromQ8_0(source, destination); break;
             case GgmlType.Q4_0: FromQ4_0(source, destination); break;
+            case GgmlType.Q5_0: FromQ5(source, destination, withMin: false); break;
+            case GgmlType.Q5_1: FromQ5(source, destination, withMin: true); break;
             case GgmlType.Q4_K: FromQ4_K(source, destination); break;
+            case GgmlType.Q5_K: FromQ5_K(source, destination); break;
             case GgmlType.Q6_K: FromQ6_K(source, destination); break;
         }
     }
@@ -85,6 +89,38 @@ public static class Dequantize
         }
     }
 
+    // block_q5_0: fp16 d, 4 bytes of fifth bits, 16 bytes of nibbles; x = (q − 16)·d. block_q5_1: fp16 d, fp16 m,
+    // then the same; x = q·d + m. Byte j holds element j (low nibble) and j+16 (high); bit j of the fifth bits is
+    // element j's, bit j+16 element j+16's.
+    private static void FromQ5(ReadOnlySpan<byte> source, Span<float> destination, bool withMin)
+    {
+        int blockBytes = withMin ? 24 : 22, head = withMin ? 4 : 2;
+        for (int block = 0; block < destination.Length / 32; block++)
+        {
+            var bytes = source.Slice(block * blockBytes, blockBytes);
+            float scale = ReadHalf(bytes);
+            float min = withMin ? ReadHalf(bytes[2..]) : 0f;
+            uint high = BinaryPrimitives.ReadUInt32LittleEndian(bytes[head..]);
+            var packed = bytes.Slice(head + 4, 16);
+            var output = destination.Slice(block * 32, 32);
+            for (int j = 0; j < 16; j++)
+            {
+                int low = (packed[j] & 0x0F) | (int)((high >> j) & 1) << 4;
+                int upper = (packed[j] >> 4) | (int)((high >> (j + 16)) & 1) << 4;
+                if (withMin)
+                {
+                    output[j] = low * scale + min;
+                    output[j + 16] = upper * scale + min;
+                }
+                else
+                {
+                    output[j] = (low - 16) * scale;
+                    output[j + 16] = (upper - 16) * scale;
+                }
+            }
+        }
+    }
+
     // block_q4_K: fp16 d, fp16 dmin, 12 bytes of 6-bit (scale, min) pairs for 8 sub-blocks of 32, 128 bytes of
     // nibbles. Each 32-byte run of nibbles holds two sub-blocks: low nibbles first, then high. x = d·sc·q − dmin·m.
     private static void FromQ4_K(ReadOnlySpan<byte> source, Span<float> destination)
@@ -100,8 +136,8 @@ public static class Dequantize
             var output = destination.Slice(block * 256, 256);
             for (int pair = 0; pair < 4; pair++)
             {
-                ScaleAndMinK4(2 * pair, scales, out int lowScale, out int lowMin);
-                ScaleAndMinK4(2 * pair + 1, scales, out int highScale, out int highMin);
+                KQuantBlock.ScaleAndMin(2 * pair, scales, out int lowScale, out int lowMin);
+                KQuantBlock.ScaleAndMin(2 * pair + 1, scales, out int highScale, out int highMin);
                 float d1 = scale * lowScale, m1 = minScale * lowMin;
                 float d2 = scale * highScale, m2 = minScale * highMin;
                 var q = nibbles.Slice(32 * pair, 32);
@@ -115,22 +151,34 @@ public static class Dequantize
         }
     }
 
-    /// <summary>
-    /// Unpacks sub-block <paramref name="j"/>'s 6-bit scale and min from the 12-byte K-quant scale field: sub-blocks
-    /// 0–3 are the low 6 bits of bytes j and j+4; sub-blocks 4–7 take their low 4 bits from byte j+4 and their top
-    /// 2 bits from the spare top bits of bytes j−4 (scale) and j (min).
-    /// </summary>
-    internal static void ScaleAndMinK4(int j, ReadOnlySpan<byte> scales, out int scale, out int min)
+    // block_q5_K: as block_q4_K with 32 bytes of fifth bits between the scales and the nibbles (KQuantBlock).
+    // x = d·sc·q − dmin·m with q in 0..31.
+    private static void FromQ5_K(ReadOnlySpan<byte> source, Span<float> destination)
     {
-        if (j < 4)
+        const int BlockBytes = 176;
+        for (int block = 0; block < destination.Length / 256; block++)
         {
-            scale = scales[j] & 63;
-            min = scales[j + 4] & 63;
-        }
-        else
-        {
-            scale = (scales[j + 4] & 0x0F) | ((scales[j - 4] >> 6) << 4);
-            min = (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4);
+            var bytes = source.Slice(block * BlockBytes, BlockBytes);
+            float scale = ReadHalf(bytes);
+            float minScale = ReadHalf(bytes[2..]);
+            var scales = bytes.Slice(4, 12);
+            var high = bytes.Slice(16, 32);
+            var nibbles = bytes.Slice(48, 128);
+            var output = destination.Slice(block * 256, 256);
+            for (int pair = 0; pair < 4; pair++)
+            {
+                KQuantBlock.ScaleAndMin(2 * pair, scales, out int lowScale, out int lowMin);
+                KQuantBlock.ScaleAndMin(2 * pair + 1, scales, out int highScale, out int highMin);
+                float d1 = scale * lowScale, m1 = minScale * lowMin;
+                float d2 = scale * highScale, m2 = minScale * highMin;
+                var q = nibbles.Slice(32 * pair, 32);
+                var y = output.Slice(64 * pair, 64);
+                for (int l = 0; l < 32; l++)
+                {
+                    y[l] = d1 * ((q[l] & 0x0F) + ((high[l] >> (2 * pair)) & 1) * 16) - m1;
+                    y[l + 32] = d2 * ((q[l] >> 4) + ((high[l] >> (2 * pair + 1)) & 1) * 16) - m2;
+                }
+            }
         }
     }
 

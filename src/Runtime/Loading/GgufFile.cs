@@ -68,6 +68,8 @@ public sealed unsafe class GgufFile : ModelFile
 
     public override ReadOnlySpan<byte> GetTensorBytes(TensorInfo tensor) => _file.TensorBytes(Path, tensor);
 
+    internal override MappedFile? MappingOf(TensorInfo tensor) => _file;
+
     public override void Dispose()
     {
         _file.Dispose();

@@ -26,27 +26,26 @@ public static class HuggingFaceConversions
 
         int rowLength = tensor.Rank == 1 ? 1 : tensor.Cols;
         int half = headSize / 2;
-        var data = new float[tensor.Data.Length];
-        byte[]? stored = null;
-        int storedRow = 0;
+        StoredTensor? stored = null;
         if (tensor.Stored is { } source)
         {
-            storedRow = (int)GgmlTypeTraits.Of(source.Type).ByteCount(rowLength);
-            stored = new byte[source.Bytes.Length];
+            // Whole rows move, so the stored bytes reorder as they are, whatever the format.
+            int storedRow = checked((int)GgmlTypeTraits.Of(source.Type).ByteCount(rowLength));
+            var bytes = new byte[source.ByteCount];
+            var from = source.Bytes;
+            for (int head = 0; head < rows; head += headSize)
+                for (int i = 0; i < half; i++)
+                    for (int s = 0; s < 2; s++)
+                        from.Slice((head + s * half + i) * storedRow, storedRow).CopyTo(bytes.AsSpan((head + 2 * i + s) * storedRow, storedRow));
+            stored = new StoredTensor(source.Type, bytes);
+            if (!tensor.HasFloatData) return new Tensor(stored, (int[])tensor.Shape.Clone()); // no float32 copy made for it
         }
+        var data = new float[tensor.Data.Length];
         for (int head = 0; head < rows; head += headSize)
-        {
             for (int i = 0; i < half; i++)
-            {
                 for (int s = 0; s < 2; s++)
-                {
-                    int from = head + s * half + i, to = head + 2 * i + s;
-                    Array.Copy(tensor.Data, (long)from * rowLength, data, (long)to * rowLength, rowLength);
-                    if (stored is not null) Array.Copy(tensor.Stored!.Bytes, (long)from * storedRow, stored, (long)to * storedRow, storedRow);
-                }
-            }
-        }
-        return new Tensor(data, (int[])tensor.Shape.Clone()) { Stored = stored is null ? null : new StoredTensor(tensor.Stored!.Type, stored) };
+                    Array.Copy(tensor.Data, (long)(head + s * half + i) * rowLength, data, (long)(head + 2 * i + s) * rowLength, rowLength);
+        return new Tensor(data, (int[])tensor.Shape.Clone()) { Stored = stored };
     }
 
     /// <summary>A matrix stored [in, out] (GPT-2's Conv1D) as [out, in], the layout of a Linear weight.</summary>
@@ -57,22 +56,24 @@ public static class HuggingFaceConversions
         if (tensor.Rank != 2)
             throw Error(file, name, $"has shape [{string.Join(", ", tensor.Shape)}]; only a matrix transposes.");
         int rows = tensor.Shape[0], cols = tensor.Shape[1];
-        var data = new float[tensor.Data.Length];
-        for (int r = 0; r < rows; r++)
-            for (int c = 0; c < cols; c++)
-                data[(long)c * rows + r] = tensor.Data[(long)r * cols + c];
 
         // Element-wise formats transpose byte for byte; a block format cannot, and is packed from the float values.
         StoredTensor? stored = null;
         if (tensor.Stored is { } source && !GgmlTypeTraits.Of(source.Type).IsQuantized)
         {
             int size = GgmlTypeTraits.Of(source.Type).BlockBytes;
-            var bytes = new byte[source.Bytes.Length];
+            var bytes = new byte[source.ByteCount];
+            var from = source.Bytes;
             for (int r = 0; r < rows; r++)
                 for (int c = 0; c < cols; c++)
-                    Array.Copy(source.Bytes, ((long)r * cols + c) * size, bytes, ((long)c * rows + r) * size, size);
+                    from.Slice((r * cols + c) * size, size).CopyTo(bytes.AsSpan((c * rows + r) * size, size));
             stored = new StoredTensor(source.Type, bytes);
+            if (!tensor.HasFloatData) return new Tensor(stored, cols, rows); // no float32 copy made for it
         }
+        var data = new float[tensor.Data.Length];
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++)
+                data[(long)c * rows + r] = tensor.Data[(long)r * cols + c];
         return new Tensor(data, cols, rows) { Stored = stored };
     }
 

@@ -59,6 +59,8 @@ public sealed class Llama2cFile : ModelFile
 
     public override ReadOnlySpan<byte> GetTensorBytes(TensorInfo tensor) => _file.TensorBytes(Path, tensor);
 
+    internal override MappedFile? MappingOf(TensorInfo tensor) => _file;
+
     public override void Dispose()
     {
         _file.Dispose();

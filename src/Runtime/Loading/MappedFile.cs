@@ -1,17 +1,24 @@
 using System.IO.MemoryMappedFiles;
+using System.Runtime.InteropServices;
 
 namespace Kiln.Loading;
 
 /// <summary>
 /// A whole file mapped read-only into memory, addressed by 64-bit offsets. Tensor bytes are handed out as spans
 /// over the mapping, so weights are paged in by the OS on first touch and never copied by the loader.
+/// <para>
+/// Tensors bound from the file (<see cref="StoredTensor"/>) hold the mapping too (<see cref="Lend"/>): once one has,
+/// disposing the file only stops new reads through it, and the mapping goes when the last of them is collected
+/// (the finalizer). <see cref="ReleasePages"/> drops a range's resident pages (they come back on the next touch),
+/// so weights a plan has packed stop counting in the process's memory.
+/// </para>
 /// </summary>
 internal sealed unsafe class MappedFile : IDisposable
 {
     private readonly MemoryMappedFile? _map;
     private readonly MemoryMappedViewAccessor? _view;
     private byte* _start;
-    private bool _disposed;
+    private bool _disposed, _lent, _unmapped;
 
     private MappedFile(MemoryMappedFile? map, MemoryMappedViewAccessor? view, byte* start, long length)
     {
@@ -78,6 +85,30 @@ internal sealed unsafe class MappedFile : IDisposable
         }
     }
 
+    /// <summary>
+    /// Marks the mapping as held by tensors: from now on it outlives <see cref="Dispose"/>, until nothing refers to it.
+    /// Returns the first byte.
+    /// </summary>
+    public byte* Lend()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        _lent = true;
+        return _start;
+    }
+
+    /// <summary>
+    /// Drops the resident pages of bytes [<paramref name="offset"/>, +<paramref name="length"/>) from this process
+    /// (Linux: madvise MADV_DONTNEED on the read-only mapping; the bytes stay valid and are read again from the page
+    /// cache or the file on the next touch). Elsewhere, or when the call fails, the pages simply stay.
+    /// </summary>
+    public void ReleasePages(long offset, long length)
+    {
+        if (_unmapped || _start == null || length <= 0 || !PageAdvice.Available) return;
+        long page = Environment.SystemPageSize;
+        long first = (offset & ~(page - 1)), end = Math.Min(Length, (offset + length + page - 1) & ~(page - 1));
+        if (end > first) PageAdvice.DontNeed(_start + first, (nuint)(end - first));
+    }
+
     /// <summary>Bytes [offset, offset + length) of the file; the caller has checked the range.</summary>
     public ReadOnlySpan<byte> Slice(long offset, int length)
     {
@@ -96,10 +127,22 @@ internal sealed unsafe class MappedFile : IDisposable
         return Slice(tensor.Offset, (int)tensor.ByteLength);
     }
 
+    /// <summary>Closes the file for reads through it; the mapping itself goes now, or — when tensors hold it — once they are collected.</summary>
     public void Dispose()
     {
         if (_disposed) return;
         _disposed = true;
+        if (_lent) return; // the finalizer unmaps once no tensor refers to the mapping
+        Unmap();
+        GC.SuppressFinalize(this);
+    }
+
+    ~MappedFile() => Unmap();
+
+    private void Unmap()
+    {
+        if (_unmapped) return;
+        _unmapped = true;
         if (_view is not null && _start != null)
         {
             _start = null;
@@ -107,5 +150,25 @@ internal sealed unsafe class MappedFile : IDisposable
         }
         _view?.Dispose();
         _map?.Dispose();
+    }
+
+    /// <summary>madvise(MADV_DONTNEED) from the C library, found once; absent off Linux.</summary>
+    private static class PageAdvice
+    {
+        private const int DontNeedAdvice = 4; // MADV_DONTNEED on Linux
+        private static readonly delegate* unmanaged<void*, nuint, int, int> Madvise = Find();
+
+        public static bool Available => Madvise != null;
+
+        public static void DontNeed(void* start, nuint length) => Madvise(start, length, DontNeedAdvice);
+
+        private static delegate* unmanaged<void*, nuint, int, int> Find()
+        {
+            if (!OperatingSystem.IsLinux()) return null;
+            foreach (string name in new[] { "libc.so.6", "libc" })
+                if (NativeLibrary.TryLoad(name, out nint library) && NativeLibrary.TryGetExport(library, "madvise", out nint export))
+                    return (delegate* unmanaged<void*, nuint, int, int>)export;
+            return null;
+        }
     }
 }

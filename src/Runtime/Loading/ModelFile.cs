@@ -36,6 +36,12 @@ public abstract class ModelFile : IDisposable
     /// <summary>The raw bytes of a tensor, in its stored format.</summary>
     public abstract ReadOnlySpan<byte> GetTensorBytes(TensorInfo tensor);
 
+    /// <summary>
+    /// The mapping <see cref="GetTensorBytes"/> reads <paramref name="tensor"/> from (its offset counted in it), which
+    /// bound weights may keep; null when the bytes are not mapped (they are then copied).
+    /// </summary>
+    internal virtual MappedFile? MappingOf(TensorInfo tensor) => null;
+
     public bool TryGetInt(string key, out long value)
     {
         if (Metadata.TryGetValue(key, out var entry) && entry.TryGetInt64(out value)) return true;
@@ -58,10 +64,11 @@ public abstract class ModelFile : IDisposable
     }
 
     /// <summary>
-    /// A tensor dequantized to float32, row-major, with the file's dimensions reversed (GGUF ne = [in, out]
-    /// becomes shape [out, in]). A tensor stored in another format than float32 also keeps a copy of its stored
-    /// bytes in <see cref="Tensor.Stored"/>, for compiled plans that pack from them. Throws
-    /// <see cref="ModelLoadException"/> when absent, stored in a format without a decoder, or too large for one float array.
+    /// A tensor, row-major, with the file's dimensions reversed (GGUF ne = [in, out] becomes shape [out, in]). A vector
+    /// (norm weights, biases) is decoded to float32 at once; a matrix stays in its stored format over the file's
+    /// memory mapping (<see cref="Tensor.Stored"/>, which keeps the mapping alive after the file is disposed): read by
+    /// rows when used, packed from its bytes by compiled plans, never copied to float32 whole. Throws
+    /// <see cref="ModelLoadException"/> when absent or stored in a format without a decoder.
     /// </summary>
     public Tensor LoadTensor(string name)
     {
@@ -70,8 +77,6 @@ public abstract class ModelFile : IDisposable
         if (!Dequantize.IsSupported(info.Type))
             throw new ModelLoadException(Path, $"tensor '{name}' type", info.Offset, $"{info.Type} tensors cannot be dequantized yet.");
         long elements = info.ElementCount;
-        if (elements > Array.MaxLength)
-            throw new ModelLoadException(Path, $"tensor '{name}'", info.Offset, $"{elements} elements do not fit in one float32 array.");
 
         var shape = new int[info.Dimensions.Length];
         for (int i = 0; i < shape.Length; i++)
@@ -81,13 +86,19 @@ public abstract class ModelFile : IDisposable
                 throw new ModelLoadException(Path, $"tensor '{name}'", info.Offset, $"dimension {extent} does not fit a tensor shape.");
             shape[i] = (int)extent;
         }
-        var data = new float[elements];
-        var bytes = GetTensorBytes(info);
-        Dequantize.ToFloat32(info.Type, bytes, data);
-        if (info.Type == GgmlType.F32) return new Tensor(data, shape);
+        if (shape.Length <= 1)
+        {
+            if (elements > Array.MaxLength)
+                throw new ModelLoadException(Path, $"tensor '{name}'", info.Offset, $"{elements} elements do not fit in one float32 array.");
+            var data = new float[elements];
+            Dequantize.ToFloat32(info.Type, GetTensorBytes(info), data);
+            return new Tensor(data, shape);
+        }
         long storedBytes = GgmlTypeTraits.Of(info.Type).ByteCount(elements);
-        if (storedBytes > Array.MaxLength) return new Tensor(data, shape); // beyond one array: plans convert from Data
-        return new Tensor(data, shape) { Stored = new StoredTensor(info.Type, bytes[..(int)storedBytes].ToArray()) };
+        var stored = MappingOf(info) is { } mapping
+            ? new StoredTensor(info.Type, mapping, info.Offset, storedBytes, elements)
+            : new StoredTensor(info.Type, GetTensorBytes(info)[..checked((int)storedBytes)].ToArray());
+        return new Tensor(stored, shape);
     }
 
     /// <summary>

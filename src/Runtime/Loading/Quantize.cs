@@ -5,14 +5,17 @@ using System.Runtime.InteropServices;
 namespace Kiln.Loading;
 
 /// <summary>
-/// Converts float32 values to a stored GGML format: the counterpart of <see cref="Dequantize"/>. The block
-/// quantizers are GGML's reference (round-to-nearest) ones, so files written here decode the same everywhere.
+/// Converts float32 values to a stored GGML format: the counterpart of <see cref="Dequantize"/>. The 32-value block
+/// quantizers are GGML's reference (round-to-nearest) ones; the K-quants are Kiln's own fit of each format's
+/// definition (<see cref="KQuantBlock"/>). Any encoding of a format decodes the same everywhere, so files written
+/// here read the same in every runtime.
 /// </summary>
 public static class Quantize
 {
     /// <summary>True when <see cref="FromFloat32"/> can produce <paramref name="type"/>.</summary>
     public static bool IsSupported(GgmlType type) => type is
-        GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0 or GgmlType.Q4_0;
+        GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0 or GgmlType.Q4_0 or
+        GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K;
 
     /// <summary>
     /// Encodes <paramref name="source"/> (a whole number of blocks) into the first
@@ -36,6 +39,8 @@ public static class Quantize
             case GgmlType.BF16: ToBFloat16(source, destination); break;
             case GgmlType.Q8_0: ToQ8_0(source, destination); break;
             case GgmlType.Q4_0: ToQ4_0(source, destination); break;
+            case GgmlType.Q6_K: ToQ6_K(source, destination); break;
+            default: ToAffineK(type, source, destination); break; // Q4_K, Q5_K
         }
     }
 
@@ -100,5 +105,142 @@ public static class Quantize
                 packed[j] = (byte)(low | (high << 4));
             }
         }
+    }
+
+    /// <summary>
+    /// Q4_K and Q5_K: each sub-block of 32 gets an affine fit x ≈ s·q − m (q in 0..15 or 0..31, m ≥ 0) refined by
+    /// least squares; the eight scales and mins then become 6-bit multiples of the super-block's fp16 d and dmin
+    /// (the largest of each over 63), and every quant is chosen again against the scale and min the file will hold.
+    /// </summary>
+    private static void ToAffineK(GgmlType type, ReadOnlySpan<float> source, Span<byte> destination)
+    {
+        int maxQuant = KQuantBlock.MaxQuant(type), blockBytes = GgmlTypeTraits.Of(type).BlockBytes;
+        var block = new KQuantBlock();
+        Span<float> scales = stackalloc float[8], mins = stackalloc float[8];
+        for (int b = 0; b < source.Length / KQuantBlock.Values; b++)
+        {
+            var x = source.Slice(b * KQuantBlock.Values, KQuantBlock.Values);
+            float largestScale = 0, largestMin = 0;
+            for (int j = 0; j < 8; j++)
+            {
+                FitAffine(x.Slice(32 * j, 32), maxQuant, out scales[j], out mins[j]);
+                largestScale = MathF.Max(largestScale, scales[j]);
+                largestMin = MathF.Max(largestMin, mins[j]);
+            }
+            block.D = BitConverter.HalfToUInt16Bits((Half)(largestScale / 63));
+            block.DMin = BitConverter.HalfToUInt16Bits((Half)(largestMin / 63));
+            float d = (float)BitConverter.UInt16BitsToHalf(block.D), dMin = (float)BitConverter.UInt16BitsToHalf(block.DMin);
+            for (int j = 0; j < 8; j++)
+            {
+                block.Scales[j] = d > 0 ? Math.Clamp((int)MathF.Round(scales[j] / d), 0, 63) : 0;
+                block.Mins[j] = dMin > 0 ? Math.Clamp((int)MathF.Round(mins[j] / dMin), 0, 63) : 0;
+                float step = d * block.Scales[j], offset = dMin * block.Mins[j];
+                for (int i = 0; i < 32; i++)
+                    block.Quants[32 * j + i] = step > 0 ? (byte)Math.Clamp((int)MathF.Round((x[32 * j + i] + offset) / step), 0, maxQuant) : (byte)0;
+            }
+            block.Write(type, destination.Slice(b * blockBytes, blockBytes));
+        }
+    }
+
+    /// <summary>x ≈ scale·q − min with q in 0..<paramref name="maxQuant"/> and min ≥ 0: the range's fit, then a few least-squares rounds.</summary>
+    private static void FitAffine(ReadOnlySpan<float> x, int maxQuant, out float scale, out float min)
+    {
+        float low = MathF.Min(0, TensorPrimitives.Min(x)), high = TensorPrimitives.Max(x);
+        if (high <= low)
+        {
+            scale = 0;
+            min = -low;
+            return;
+        }
+        float offset = low; // x ≈ scale·q + offset, offset ≤ 0
+        scale = (high - low) / maxQuant;
+        for (int round = 0; round < 4; round++)
+        {
+            double sumQ = 0, sumQQ = 0, sumX = 0, sumQX = 0;
+            foreach (float value in x)
+            {
+                int q = Math.Clamp((int)MathF.Round((value - offset) / scale), 0, maxQuant);
+                sumQ += q;
+                sumQQ += q * q;
+                sumX += value;
+                sumQX += q * value;
+            }
+            double n = x.Length, determinant = n * sumQQ - sumQ * sumQ;
+            if (determinant <= 0) break;
+            double fittedScale = (n * sumQX - sumQ * sumX) / determinant;
+            double fittedOffset = (sumX - fittedScale * sumQ) / n;
+            if (fittedOffset > 0) // the format's min only subtracts: refit the scale alone
+            {
+                fittedOffset = 0;
+                fittedScale = sumQX / sumQQ;
+            }
+            if (!(fittedScale > 0)) break;
+            scale = (float)fittedScale;
+            offset = (float)fittedOffset;
+        }
+        min = -offset;
+    }
+
+    /// <summary>
+    /// Q6_K: each sub-block of 16 gets a symmetric fit x ≈ s·l (l in −32..31, its value of largest magnitude at −32),
+    /// the best of a few nearby scales by least squares; the sixteen scales then become int8 multiples of the
+    /// super-block's fp16 d, and every quant is chosen again against them.
+    /// </summary>
+    private static void ToQ6_K(ReadOnlySpan<float> source, Span<byte> destination)
+    {
+        const int BlockBytes = 210;
+        var block = new KQuantBlock();
+        Span<float> scales = stackalloc float[16];
+        for (int b = 0; b < source.Length / KQuantBlock.Values; b++)
+        {
+            var x = source.Slice(b * KQuantBlock.Values, KQuantBlock.Values);
+            float extreme = 0;
+            for (int j = 0; j < 16; j++)
+            {
+                scales[j] = FitSymmetric(x.Slice(16 * j, 16));
+                if (MathF.Abs(scales[j]) > MathF.Abs(extreme)) extreme = scales[j];
+            }
+            block.D = BitConverter.HalfToUInt16Bits((Half)(extreme / -128));
+            float d = (float)BitConverter.UInt16BitsToHalf(block.D);
+            for (int j = 0; j < 16; j++)
+            {
+                block.Scales[j] = d != 0 ? Math.Clamp((int)MathF.Round(scales[j] / d), -128, 127) : 0;
+                float step = d * block.Scales[j];
+                for (int i = 0; i < 16; i++)
+                    block.Quants[16 * j + i] = (byte)(32 + (step != 0 ? Math.Clamp((int)MathF.Round(x[16 * j + i] / step), -32, 31) : 0));
+            }
+            block.Write(GgmlType.Q6_K, destination.Slice(b * BlockBytes, BlockBytes));
+        }
+    }
+
+    /// <summary>The scale s of x ≈ s·l, l in −32..31: candidates near "the extreme value at −32", each refit by least squares; the best kept.</summary>
+    private static float FitSymmetric(ReadOnlySpan<float> x)
+    {
+        float extreme = 0;
+        foreach (float value in x)
+            if (MathF.Abs(value) > MathF.Abs(extreme)) extreme = value;
+        if (extreme == 0) return 0;
+        float best = 0;
+        double bestError = double.MaxValue;
+        for (int step = -4; step <= 4; step++)
+        {
+            float inverse = -(32 + 0.25f * step) / extreme;
+            double sumLX = 0, sumLL = 0, sumXX = 0;
+            foreach (float value in x)
+            {
+                int l = Math.Clamp((int)MathF.Round(value * inverse), -32, 31);
+                sumLX += l * value;
+                sumLL += l * l;
+                sumXX += value * value;
+            }
+            if (sumLL == 0) continue;
+            double error = sumXX - sumLX * sumLX / sumLL;
+            if (error < bestError)
+            {
+                bestError = error;
+                best = (float)(sumLX / sumLL);
+            }
+        }
+        return best;
     }
 }

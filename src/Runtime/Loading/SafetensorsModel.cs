@@ -96,6 +96,8 @@ public sealed class SafetensorsModel : ModelFile
         return _shards[shard].TensorBytes(_shardPaths[shard], tensor);
     }
 
+    internal override MappedFile? MappingOf(TensorInfo tensor) => _shards[_shardOf[tensor.Name]];
+
     public override void Dispose()
     {
         foreach (var shard in _shards) shard?.Dispose();

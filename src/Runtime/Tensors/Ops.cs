@@ -20,7 +20,7 @@ public static class Ops
             int token = tokens[t];
             if ((uint)token >= (uint)table.Rows)
                 throw new ArgumentOutOfRangeException(nameof(tokens), $"Token id {token} at position {t} is outside the vocabulary (0..{table.Rows - 1}).");
-            table.Row(token).CopyTo(result.Row(t));
+            table.ReadRow(token, result.Row(t)); // a weight bound from a file is decoded a row at a time
         }
         return result;
     }
@@ -39,7 +39,7 @@ public static class Ops
             int position = positions[t];
             if ((uint)position >= (uint)table.Rows)
                 throw new ArgumentOutOfRangeException(nameof(context), $"Position {position} of token {t} is beyond the {table.Rows} positions the embedding table holds.");
-            table.Row(position).CopyTo(result.Row(t));
+            table.ReadRow(position, result.Row(t));
         }
         return result;
     }
@@ -58,7 +58,7 @@ public static class Ops
             int type = types[t];
             if ((uint)type >= (uint)table.Rows)
                 throw new ArgumentOutOfRangeException(nameof(context), $"Token type {type} of token {t} is beyond the {table.Rows} types the embedding table holds.");
-            table.Row(type).CopyTo(result.Row(t));
+            table.ReadRow(type, result.Row(t));
         }
         return result;
     }
@@ -203,16 +203,16 @@ public static class Ops
         RequireCols(x, weight.Cols, nameof(Linear));
         int outputs = weight.Rows;
         var result = Tensor.Zeros(x.Rows, outputs);
-        for (int r = 0; r < x.Rows; r++)
+        var w = new float[weight.Cols]; // one weight row at a time: a weight bound from a file is never decoded whole
+        for (int o = 0; o < outputs; o++)
         {
-            var input = x.Row(r);
-            var output = result.Row(r);
-            for (int o = 0; o < outputs; o++)
+            weight.ReadRow(o, w);
+            for (int r = 0; r < x.Rows; r++)
             {
-                var w = weight.Row(o);
+                var input = x.Row(r);
                 double sum = 0;
                 for (int i = 0; i < input.Length; i++) sum += (double)input[i] * w[i];
-                output[o] = (float)(bias is null ? sum : (float)sum + bias.Data[o]);
+                result.Data[r * outputs + o] = (float)(bias is null ? sum : (float)sum + bias.Data[o]);
             }
         }
         return result;

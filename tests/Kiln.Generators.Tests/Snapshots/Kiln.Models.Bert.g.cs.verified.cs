@@ -20,14 +20,14 @@
 //   [15] copy: logits ← normalized
 // Elementwise ops: every one fused — into a matmul's input preparation or tile epilogue, or into one of 5 row loop(s) (parallel, vectorized) that stand where no matmul can take them: x, no matmul output of its own to end; x2, a norm whose readers are not all matmuls (its statistics need the whole row first); h2, a norm whose readers are not all matmuls (its statistics need the whole row first); x3, a norm whose readers are not all matmuls (its statistics need the whole row first); normalized, a norm whose readers are not all matmuls (its statistics need the whole row first).
 // Weight layouts (packed once when the plan is compiled, in groups of 4 rows; a segment whose rows are not a multiple of 4 is padded with zero rows):
-//   rule "as stored" (a weight without [Quantize]), chosen per matrix when the plan is compiled, from the file's types: F32 and F16 → F32x4 (F16 widened exactly); BF16 → BF16x4 (widened exactly in the kernel); Q8_0 → Q8_0x8 interleaved (the file's quants and fp16 scales copied); Q4_0 → Q4_0x8 interleaved (the file's nibbles and fp16 scales copied); any other type (Q4_K, Q6_K, …) → Q8_0x8 (dequantized, requantized); weights of different types in one matmul → the most precise of their layouts. Work goes in groups of 4 rows and every tile reads each weight once for several tokens: F32x4/BF16x4 hold 16-element chunks of the 4 rows in turn (the kernel streams a group front to back); Q8_0x8/Q4_0x8 store two groups together, 8 rows 4 bytes at a time (one multiply-add against 4 broadcast activations covers all 8 rows, each row's sum complete in its own lane).
+//   rule "as stored" (a weight without [Quantize]), chosen per matrix when the plan is compiled, from the file's types: F32 and F16 → F32x4 (F16 widened exactly); BF16 → BF16x4 (widened exactly in the kernel); Q8_0 → Q8_0x8 interleaved (the file's quants and fp16 scales copied); Q4_0 → Q4_0x8 interleaved (the file's nibbles and fp16 scales copied); Q6_K, Q5_K, Q4_K → Q6_Kx8, Q5_Kx8, Q4_Kx8 interleaved (the file's quants, scales, mins and fp16 super-block scales copied); any other type (Q5_0, Q2_K, …) → Q8_0x8 (dequantized, requantized); weights of different types in one matmul → the most precise of their layouts, except that K-quants of different types keep their own, one segment each. Work goes in groups of 4 rows and every tile reads each weight once for several tokens: F32x4/BF16x4 hold 16-element chunks of the 4 rows in turn (the kernel streams a group front to back); the quantized layouts store two groups together, 8 rows 4 bytes at a time (one multiply-add against 4 broadcast activations covers all 8 rows, each row's sum complete in its own lane).
 //   Wq, Wk, Wv → _wqWkWv[layer] [Dim+Dim+Dim, Dim], segments stacked: as stored (the rule above); one horizontal matmul prepares its input once and reads it for all of them.
 //   Wo → _wo[layer] [Dim, Dim], one segment: as stored (the rule above).
 //   Up → _up[layer] [Hidden, Dim], one segment: as stored (the rule above).
 //   Down → _down[layer] [Dim, Hidden], one segment: as stored (the rule above).
-//   TokenEmbedding → as loaded (row-major): gathered whole rows, by token.
-//   TokenTypes → as loaded (row-major): gathered whole rows, by token type.
-//   Positions → as loaded (row-major): gathered whole rows, by position.
+//   TokenEmbedding → as stored in the file (memory-mapped): each gathered row decoded by itself, by token.
+//   TokenTypes → as stored in the file (memory-mapped): each gathered row decoded by itself, by token type.
+//   Positions → as stored in the file (memory-mapped): each gathered row decoded by itself, by position.
 // Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):
 //   slot 0: x [T, Dim], q [T, Dim], h2 [T, Dim], pooled [S, Dim]
 //   slot 1: x2 [T, Dim], normalized [S, Dim]
@@ -36,14 +36,16 @@
 //   slot 4: attention [T, Dim]
 // Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;
 //   for Q8_0/Q4_0, Q8 activations (per 32 values a scale d = max|x|/127, kept in fp16, and int8 q = round(x/d): GGML's rule),
-//   with 8·Σq per block for Q4_0's −8 (the kernels broadcast 4 quants at a time to 8 rows). A fused norm computes its statistics per token once
+//   with 8·Σq per block for Q4_0's −8 (the kernels broadcast 4 quants at a time to 8 rows); for the K-quants, Q8_K activations (per 256 values
+//   iscale = −127 / the value of largest magnitude, q = round(iscale·x) to nearest even, d = 1/iscale in float: GGML's rule, with sums of 16
+//   and 32 quants for the mins and Q6_K's −32). A fused norm computes its statistics per token once
 //   (in double) and writes or quantizes the normalized row in the same pass (its weight cannot fold into quantized columns
 //   without requantizing them, and folding it into float columns would change their rounding: the packed weights stay exactly as stored).
 // Loop bodies (epilogues, input chains, elementwise loops) are generated from the forward method's ops at every width:
 //   Vector512, Vector256, Vector128 (tiles) and scalar; activations are composed from e^x, tanh, erf and ln (Kiln.Kernels.Elementwise.Lanes).
 // Attention scratch: per chunk of work items, every head's scores over the longest sequence a step can hold (its whole step), allocated with the plan.
 // Threads: one worker pool (PlanOptions.Threads). A matmul splits its 4-row groups over the threads, each tile (4 rows × 4 tokens
-//   for F32/BF16, 8 rows × 8 tokens for Q8_0/Q4_0) going through its epilogue while in registers; attention splits (token, KV-head chunk) items;
+//   for F32/BF16, 8 rows × 8 tokens for the quantized layouts) going through its epilogue while in registers; attention splits (token, KV-head chunk) items;
 //   elementwise loops split rows. Every output is computed by one thread in a fixed order, so results do not depend on the thread count.
 // <auto-generated/> by Kiln.Generators from the [Model] class Kiln.Models.Bert.
 #nullable enable
@@ -326,14 +328,14 @@ namespace Kiln.Models
                 "  [15] copy: logits ← normalized\n" +
                 "Elementwise ops: every one fused — into a matmul's input preparation or tile epilogue, or into one of 5 row loop(s) (parallel, vectorized) that stand where no matmul can take them: x, no matmul output of its own to end; x2, a norm whose readers are not all matmuls (its statistics need the whole row first); h2, a norm whose readers are not all matmuls (its statistics need the whole row first); x3, a norm whose readers are not all matmuls (its statistics need the whole row first); normalized, a norm whose readers are not all matmuls (its statistics need the whole row first).\n" +
                 "Weight layouts (packed once when the plan is compiled, in groups of 4 rows; a segment whose rows are not a multiple of 4 is padded with zero rows):\n" +
-                "  rule \"as stored\" (a weight without [Quantize]), chosen per matrix when the plan is compiled, from the file's types: F32 and F16 → F32x4 (F16 widened exactly); BF16 → BF16x4 (widened exactly in the kernel); Q8_0 → Q8_0x8 interleaved (the file's quants and fp16 scales copied); Q4_0 → Q4_0x8 interleaved (the file's nibbles and fp16 scales copied); any other type (Q4_K, Q6_K, …) → Q8_0x8 (dequantized, requantized); weights of different types in one matmul → the most precise of their layouts. Work goes in groups of 4 rows and every tile reads each weight once for several tokens: F32x4/BF16x4 hold 16-element chunks of the 4 rows in turn (the kernel streams a group front to back); Q8_0x8/Q4_0x8 store two groups together, 8 rows 4 bytes at a time (one multiply-add against 4 broadcast activations covers all 8 rows, each row's sum complete in its own lane).\n" +
+                "  rule \"as stored\" (a weight without [Quantize]), chosen per matrix when the plan is compiled, from the file's types: F32 and F16 → F32x4 (F16 widened exactly); BF16 → BF16x4 (widened exactly in the kernel); Q8_0 → Q8_0x8 interleaved (the file's quants and fp16 scales copied); Q4_0 → Q4_0x8 interleaved (the file's nibbles and fp16 scales copied); Q6_K, Q5_K, Q4_K → Q6_Kx8, Q5_Kx8, Q4_Kx8 interleaved (the file's quants, scales, mins and fp16 super-block scales copied); any other type (Q5_0, Q2_K, …) → Q8_0x8 (dequantized, requantized); weights of different types in one matmul → the most precise of their layouts, except that K-quants of different types keep their own, one segment each. Work goes in groups of 4 rows and every tile reads each weight once for several tokens: F32x4/BF16x4 hold 16-element chunks of the 4 rows in turn (the kernel streams a group front to back); the quantized layouts store two groups together, 8 rows 4 bytes at a time (one multiply-add against 4 broadcast activations covers all 8 rows, each row's sum complete in its own lane).\n" +
                 "  Wq, Wk, Wv → _wqWkWv[layer] [Dim+Dim+Dim, Dim], segments stacked: as stored (the rule above); one horizontal matmul prepares its input once and reads it for all of them.\n" +
                 "  Wo → _wo[layer] [Dim, Dim], one segment: as stored (the rule above).\n" +
                 "  Up → _up[layer] [Hidden, Dim], one segment: as stored (the rule above).\n" +
                 "  Down → _down[layer] [Dim, Hidden], one segment: as stored (the rule above).\n" +
-                "  TokenEmbedding → as loaded (row-major): gathered whole rows, by token.\n" +
-                "  TokenTypes → as loaded (row-major): gathered whole rows, by token type.\n" +
-                "  Positions → as loaded (row-major): gathered whole rows, by position.\n" +
+                "  TokenEmbedding → as stored in the file (memory-mapped): each gathered row decoded by itself, by token.\n" +
+                "  TokenTypes → as stored in the file (memory-mapped): each gathered row decoded by itself, by token type.\n" +
+                "  Positions → as stored in the file (memory-mapped): each gathered row decoded by itself, by position.\n" +
                 "Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):\n" +
                 "  slot 0: x [T, Dim], q [T, Dim], h2 [T, Dim], pooled [S, Dim]\n" +
                 "  slot 1: x2 [T, Dim], normalized [S, Dim]\n" +
@@ -342,14 +344,16 @@ namespace Kiln.Models
                 "  slot 4: attention [T, Dim]\n" +
                 "Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;\n" +
                 "  for Q8_0/Q4_0, Q8 activations (per 32 values a scale d = max|x|/127, kept in fp16, and int8 q = round(x/d): GGML's rule),\n" +
-                "  with 8·Σq per block for Q4_0's −8 (the kernels broadcast 4 quants at a time to 8 rows). A fused norm computes its statistics per token once\n" +
+                "  with 8·Σq per block for Q4_0's −8 (the kernels broadcast 4 quants at a time to 8 rows); for the K-quants, Q8_K activations (per 256 values\n" +
+                "  iscale = −127 / the value of largest magnitude, q = round(iscale·x) to nearest even, d = 1/iscale in float: GGML's rule, with sums of 16\n" +
+                "  and 32 quants for the mins and Q6_K's −32). A fused norm computes its statistics per token once\n" +
                 "  (in double) and writes or quantizes the normalized row in the same pass (its weight cannot fold into quantized columns\n" +
                 "  without requantizing them, and folding it into float columns would change their rounding: the packed weights stay exactly as stored).\n" +
                 "Loop bodies (epilogues, input chains, elementwise loops) are generated from the forward method's ops at every width:\n" +
                 "  Vector512, Vector256, Vector128 (tiles) and scalar; activations are composed from e^x, tanh, erf and ln (Kiln.Kernels.Elementwise.Lanes).\n" +
                 "Attention scratch: per chunk of work items, every head's scores over the longest sequence a step can hold (its whole step), allocated with the plan.\n" +
                 "Threads: one worker pool (PlanOptions.Threads). A matmul splits its 4-row groups over the threads, each tile (4 rows × 4 tokens\n" +
-                "  for F32/BF16, 8 rows × 8 tokens for Q8_0/Q4_0) going through its epilogue while in registers; attention splits (token, KV-head chunk) items;\n" +
+                "  for F32/BF16, 8 rows × 8 tokens for the quantized layouts) going through its epilogue while in registers; attention splits (token, KV-head chunk) items;\n" +
                 "  elementwise loops split rows. Every output is computed by one thread in a fixed order, so results do not depend on the thread count.\n";
 
             private readonly Bert _model;
@@ -376,6 +380,11 @@ namespace Kiln.Models
 
             // This step's token ids, checked against the vocabulary, where the gathering loops can read them.
             private readonly int[] _tokens;
+
+            // Gathered tables, as the file stores them: each row a step needs is decoded into its token's slot (the table is never widened whole).
+            private readonly global::Kiln.Kernels.Elementwise.GatherTable _table0; // TokenEmbedding
+            private readonly global::Kiln.Kernels.Elementwise.GatherTable _table1; // TokenTypes
+            private readonly global::Kiln.Kernels.Elementwise.GatherTable _table2; // Positions
 
             // The arena (native memory that never moves, so work items on every thread can hold views of it).
             private readonly global::Kiln.Kernels.MatMul.NativeBlock _arenaMemory;
@@ -419,6 +428,9 @@ namespace Kiln.Models
                     throw new global::System.InvalidOperationException($"Attention: {model.Heads} heads over {model.Heads} KV heads do not fit q rows of {_Dim} and k rows of {_Dim}.");
 
                 _tokens = new int[maxTokensPerStep];
+                _table0 = new global::Kiln.Kernels.Elementwise.GatherTable(model.TokenEmbedding, maxTokensPerStep);
+                _table1 = new global::Kiln.Kernels.Elementwise.GatherTable(model.TokenTypes, maxTokensPerStep);
+                _table2 = new global::Kiln.Kernels.Elementwise.GatherTable(model.Positions, maxTokensPerStep);
                 var layouts = new global::System.Text.StringBuilder(Report).Append("Layouts chosen for this model file:\n");
                 // Layers.Wq, Layers.Wk, Layers.Wv: layout as stored, chosen per matrix from the file's types
                 _wqWkWvStart1 = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Dim);
@@ -563,7 +575,7 @@ namespace Kiln.Models
                 // [1] elementwise: x ← (TokenEmbedding[tokens] + TokenTypes[token types]) + Positions[positions], one parallel vector loop
                 {
                     // x ← (TokenEmbedding[tokens] + TokenTypes[token types]) + Positions[positions]: each row by one work item, the widest vectors first.
-                    _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise1Work { Output = _arena.View(_xOffset, T * _Dim), G0 = _model.TokenEmbedding.Data, G0Cols = _model.TokenEmbedding.Cols, G1 = _model.TokenTypes.Data, G1Cols = _model.TokenTypes.Cols, G2 = _model.Positions.Data, G2Cols = _model.Positions.Cols, Dim_Dim = _Dim, Tokens = _tokens, Context = context });
+                    _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise1Work { Output = _arena.View(_xOffset, T * _Dim), G0 = _table0, G1 = _table1, G2 = _table2, Dim_Dim = _Dim, Tokens = _tokens, Context = context });
                 }
                 // [2] elementwise: x2 ← layernorm(x, EmbeddingNorm), one parallel vector loop
                 {
@@ -702,7 +714,7 @@ namespace Kiln.Models
                     normalized.CopyTo(logits);
                 }
             }
-            /// <summary>Stops the worker pool and frees the arena, the scratch and the packed weights. Steps after this throw.</summary>
+            /// <summary>Stops the worker pool and frees the arena, the scratch, the gather slots and the packed weights. Steps after this throw.</summary>
             public void Dispose()
             {
                 if (_disposed) return;
@@ -711,6 +723,9 @@ namespace Kiln.Models
                 _inputs.Dispose();
                 _arenaMemory.Dispose();
                 _scoresMemory?.Dispose();
+                _table0.Dispose();
+                _table1.Dispose();
+                _table2.Dispose();
                 foreach (var packed in _wqWkWv) packed.Dispose();
                 foreach (var packed in _wo) packed.Dispose();
                 foreach (var packed in _up) packed.Dispose();
@@ -721,9 +736,9 @@ namespace Kiln.Models
             private struct Elementwise1Work : global::Kiln.Threading.IParallelWork
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
-                public float[] G0; public int G0Cols; // TokenEmbedding
-                public float[] G1; public int G1Cols; // TokenTypes
-                public float[] G2; public int G2Cols; // Positions
+                public global::Kiln.Kernels.Elementwise.GatherTable G0; // TokenEmbedding, rows read from the stored format
+                public global::Kiln.Kernels.Elementwise.GatherTable G1; // TokenTypes, rows read from the stored format
+                public global::Kiln.Kernels.Elementwise.GatherTable G2; // Positions, rows read from the stored format
                 public int Dim_Dim;
                 public int[] Tokens;
                 public global::Kiln.AttentionContext Context;
@@ -734,18 +749,18 @@ namespace Kiln.Models
                     for (int t = start; t < end; t++)
                     {
                         int o = t * Dim_Dim;
-                        int g0 = Tokens[t] * G0Cols;
-                        int g1 = Context.TokenTypes[t] * G1Cols;
-                        int g2 = Context.Positions[t] * G2Cols;
+                        var g0 = G0.Row(Tokens[t], t); // the row, decoded into this token's slot
+                        var g1 = G1.Row(Context.TokenTypes[t], t); // the row, decoded into this token's slot
+                        var g2 = G2.Row(Context.Positions[t], t); // the row, decoded into this token's slot
                         int c = 0;
                         if (global::Kiln.Kernels.Elementwise.Lanes.Use512)
                         {
                             for (; c + 16 <= Dim_Dim; c += 16)
                             {
-                                var e0 = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref G0[g0 + c]);
-                                var e1 = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref G1[g1 + c]);
+                                var e0 = g0.Load16(c);
+                                var e1 = g1.Load16(c);
                                 var e2 = e0 + e1;
-                                var e3 = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref G2[g2 + c]);
+                                var e3 = g2.Load16(c);
                                 var e4 = e2 + e3;
                                 Output.Store16(o + c, e4);
                             }
@@ -754,20 +769,20 @@ namespace Kiln.Models
                         {
                             for (; c + 8 <= Dim_Dim; c += 8)
                             {
-                                var e0 = global::System.Runtime.Intrinsics.Vector256.LoadUnsafe(ref G0[g0 + c]);
-                                var e1 = global::System.Runtime.Intrinsics.Vector256.LoadUnsafe(ref G1[g1 + c]);
+                                var e0 = g0.Load8(c);
+                                var e1 = g1.Load8(c);
                                 var e2 = e0 + e1;
-                                var e3 = global::System.Runtime.Intrinsics.Vector256.LoadUnsafe(ref G2[g2 + c]);
+                                var e3 = g2.Load8(c);
                                 var e4 = e2 + e3;
                                 Output.Store8(o + c, e4);
                             }
                         }
                         for (; c < Dim_Dim; c++)
                         {
-                            var e0 = G0[g0 + c];
-                            var e1 = G1[g1 + c];
+                            var e0 = g0[c];
+                            var e1 = g1[c];
                             var e2 = e0 + e1;
-                            var e3 = G2[g2 + c];
+                            var e3 = g2[c];
                             var e4 = e2 + e3;
                             Output[o + c] = e4;
                         }
@@ -871,6 +886,7 @@ namespace Kiln.Models
                         case global::Kiln.Kernels.MatMul.PackedFormat.BF16: global::Kiln.Kernels.MatMul.Gemm.BF16(Weights, Input, first, end, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.Q8_0: global::Kiln.Kernels.MatMul.Gemm.Q8_0(Weights, Input, first, end, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.Q4_0: global::Kiln.Kernels.MatMul.Gemm.Q4_0(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q4_K: case global::Kiln.Kernels.MatMul.PackedFormat.Q5_K: case global::Kiln.Kernels.MatMul.PackedFormat.Q6_K: global::Kiln.Kernels.MatMul.Gemm.KQuants(Weights, Input, first, end, ref epilogue); break; // each segment in its own K type
                         default: throw new global::System.InvalidOperationException($"No kernel for the {Weights.Format} layout.");
                     }
                 }
@@ -987,6 +1003,7 @@ namespace Kiln.Models
                         case global::Kiln.Kernels.MatMul.PackedFormat.BF16: global::Kiln.Kernels.MatMul.Gemm.BF16(Weights, Input, first, end, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.Q8_0: global::Kiln.Kernels.MatMul.Gemm.Q8_0(Weights, Input, first, end, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.Q4_0: global::Kiln.Kernels.MatMul.Gemm.Q4_0(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q4_K: case global::Kiln.Kernels.MatMul.PackedFormat.Q5_K: case global::Kiln.Kernels.MatMul.PackedFormat.Q6_K: global::Kiln.Kernels.MatMul.Gemm.KQuants(Weights, Input, first, end, ref epilogue); break; // each segment in its own K type
                         default: throw new global::System.InvalidOperationException($"No kernel for the {Weights.Format} layout.");
                     }
                 }
@@ -1118,6 +1135,7 @@ namespace Kiln.Models
                         case global::Kiln.Kernels.MatMul.PackedFormat.BF16: global::Kiln.Kernels.MatMul.Gemm.BF16(Weights, Input, first, end, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.Q8_0: global::Kiln.Kernels.MatMul.Gemm.Q8_0(Weights, Input, first, end, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.Q4_0: global::Kiln.Kernels.MatMul.Gemm.Q4_0(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q4_K: case global::Kiln.Kernels.MatMul.PackedFormat.Q5_K: case global::Kiln.Kernels.MatMul.PackedFormat.Q6_K: global::Kiln.Kernels.MatMul.Gemm.KQuants(Weights, Input, first, end, ref epilogue); break; // each segment in its own K type
                         default: throw new global::System.InvalidOperationException($"No kernel for the {Weights.Format} layout.");
                     }
                 }
@@ -1190,6 +1208,7 @@ namespace Kiln.Models
                         case global::Kiln.Kernels.MatMul.PackedFormat.BF16: global::Kiln.Kernels.MatMul.Gemm.BF16(Weights, Input, first, end, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.Q8_0: global::Kiln.Kernels.MatMul.Gemm.Q8_0(Weights, Input, first, end, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.Q4_0: global::Kiln.Kernels.MatMul.Gemm.Q4_0(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q4_K: case global::Kiln.Kernels.MatMul.PackedFormat.Q5_K: case global::Kiln.Kernels.MatMul.PackedFormat.Q6_K: global::Kiln.Kernels.MatMul.Gemm.KQuants(Weights, Input, first, end, ref epilogue); break; // each segment in its own K type
                         default: throw new global::System.InvalidOperationException($"No kernel for the {Weights.Format} layout.");
                     }
                 }

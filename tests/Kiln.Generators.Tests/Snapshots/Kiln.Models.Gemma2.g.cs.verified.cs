@@ -13,13 +13,13 @@
 //   [9] matmul: (rows(x))·[TokenEmbedding]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (the input chain computed per row while preparing) → logits ← softcap([TokenEmbedding], FinalCap) epilogue
 // Elementwise ops: every one fused — into a matmul's input preparation or tile epilogue, or into one of 3 row loop(s) (parallel, vectorized) that stand where no matmul can take them: x, carried into the layer loop; x, a norm whose readers are not all matmuls (its statistics need the whole row first); x, a norm whose readers are not all matmuls (its statistics need the whole row first).
 // Weight layouts (packed once when the plan is compiled, in groups of 4 rows; a segment whose rows are not a multiple of 4 is padded with zero rows):
-//   rule "as stored" (a weight without [Quantize]), chosen per matrix when the plan is compiled, from the file's types: F32 and F16 → F32x4 (F16 widened exactly); BF16 → BF16x4 (widened exactly in the kernel); Q8_0 → Q8_0x8 interleaved (the file's quants and fp16 scales copied); Q4_0 → Q4_0x8 interleaved (the file's nibbles and fp16 scales copied); any other type (Q4_K, Q6_K, …) → Q8_0x8 (dequantized, requantized); weights of different types in one matmul → the most precise of their layouts. Work goes in groups of 4 rows and every tile reads each weight once for several tokens: F32x4/BF16x4 hold 16-element chunks of the 4 rows in turn (the kernel streams a group front to back); Q8_0x8/Q4_0x8 store two groups together, 8 rows 4 bytes at a time (one multiply-add against 4 broadcast activations covers all 8 rows, each row's sum complete in its own lane).
+//   rule "as stored" (a weight without [Quantize]), chosen per matrix when the plan is compiled, from the file's types: F32 and F16 → F32x4 (F16 widened exactly); BF16 → BF16x4 (widened exactly in the kernel); Q8_0 → Q8_0x8 interleaved (the file's quants and fp16 scales copied); Q4_0 → Q4_0x8 interleaved (the file's nibbles and fp16 scales copied); Q6_K, Q5_K, Q4_K → Q6_Kx8, Q5_Kx8, Q4_Kx8 interleaved (the file's quants, scales, mins and fp16 super-block scales copied); any other type (Q5_0, Q2_K, …) → Q8_0x8 (dequantized, requantized); weights of different types in one matmul → the most precise of their layouts, except that K-quants of different types keep their own, one segment each. Work goes in groups of 4 rows and every tile reads each weight once for several tokens: F32x4/BF16x4 hold 16-element chunks of the 4 rows in turn (the kernel streams a group front to back); the quantized layouts store two groups together, 8 rows 4 bytes at a time (one multiply-add against 4 broadcast activations covers all 8 rows, each row's sum complete in its own lane).
 //   Wq, Wk, Wv → _wqWkWv[layer] [QDim+KvDim+KvDim, Dim], segments stacked: as stored (the rule above); one horizontal matmul prepares its input once and reads it for all of them.
 //   Wo → _wo[layer] [Dim, QDim], one segment: as stored (the rule above).
 //   Gate, Up → _gateUp[layer] [2*Hidden, Dim], pair rows interleaved (a₀, b₀, a₁, b₁, …): as stored (the rule above); each adjacent row pair meets in one tile, so the epilogue combines both sums.
 //   Down → _down[layer] [Dim, Hidden], one segment: as stored (the rule above).
 //   TokenEmbedding → _tokenEmbedding [Vocab, Dim], one segment: as stored (the rule above).
-//   TokenEmbedding → as loaded (row-major): gathered whole rows, by token.
+//   TokenEmbedding → as stored in the file (memory-mapped): each gathered row decoded by itself, by token.
 // Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):
 //   slot 0: x [T, Dim]
 //   slot 1: q [T, QDim], linear [T, Dim], glu [T, Hidden]
@@ -28,7 +28,9 @@
 //   slot 4: attention [T, QDim]
 // Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;
 //   for Q8_0/Q4_0, Q8 activations (per 32 values a scale d = max|x|/127, kept in fp16, and int8 q = round(x/d): GGML's rule),
-//   with 8·Σq per block for Q4_0's −8 (the kernels broadcast 4 quants at a time to 8 rows). A fused norm computes its statistics per token once
+//   with 8·Σq per block for Q4_0's −8 (the kernels broadcast 4 quants at a time to 8 rows); for the K-quants, Q8_K activations (per 256 values
+//   iscale = −127 / the value of largest magnitude, q = round(iscale·x) to nearest even, d = 1/iscale in float: GGML's rule, with sums of 16
+//   and 32 quants for the mins and Q6_K's −32). A fused norm computes its statistics per token once
 //   (in double) and writes or quantizes the normalized row in the same pass (its weight cannot fold into quantized columns
 //   without requantizing them, and folding it into float columns would change their rounding: the packed weights stay exactly as stored).
 // Loop bodies (epilogues, input chains, elementwise loops) are generated from the forward method's ops at every width:
@@ -36,7 +38,7 @@
 // Rope: cos/sin per token and pair computed once per step in double (as the eager op), shared by every layer.
 // Attention scratch: per chunk of work items, every head's scores over the KV cache's MaxContext (and one block's rows when the cache stores int8), grown when a larger cache is first seen.
 // Threads: one worker pool (PlanOptions.Threads). A matmul splits its 4-row groups over the threads, each tile (4 rows × 4 tokens
-//   for F32/BF16, 8 rows × 8 tokens for Q8_0/Q4_0) going through its epilogue while in registers; attention splits (token, KV-head chunk) items;
+//   for F32/BF16, 8 rows × 8 tokens for the quantized layouts) going through its epilogue while in registers; attention splits (token, KV-head chunk) items;
 //   elementwise loops split rows. Every output is computed by one thread in a fixed order, so results do not depend on the thread count.
 // <auto-generated/> by Kiln.Generators from the [Model] class Kiln.Models.Gemma2.
 #nullable enable
@@ -287,13 +289,13 @@ namespace Kiln.Models
                 "  [9] matmul: (rows(x))·[TokenEmbedding]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (the input chain computed per row while preparing) → logits ← softcap([TokenEmbedding], FinalCap) epilogue\n" +
                 "Elementwise ops: every one fused — into a matmul's input preparation or tile epilogue, or into one of 3 row loop(s) (parallel, vectorized) that stand where no matmul can take them: x, carried into the layer loop; x, a norm whose readers are not all matmuls (its statistics need the whole row first); x, a norm whose readers are not all matmuls (its statistics need the whole row first).\n" +
                 "Weight layouts (packed once when the plan is compiled, in groups of 4 rows; a segment whose rows are not a multiple of 4 is padded with zero rows):\n" +
-                "  rule \"as stored\" (a weight without [Quantize]), chosen per matrix when the plan is compiled, from the file's types: F32 and F16 → F32x4 (F16 widened exactly); BF16 → BF16x4 (widened exactly in the kernel); Q8_0 → Q8_0x8 interleaved (the file's quants and fp16 scales copied); Q4_0 → Q4_0x8 interleaved (the file's nibbles and fp16 scales copied); any other type (Q4_K, Q6_K, …) → Q8_0x8 (dequantized, requantized); weights of different types in one matmul → the most precise of their layouts. Work goes in groups of 4 rows and every tile reads each weight once for several tokens: F32x4/BF16x4 hold 16-element chunks of the 4 rows in turn (the kernel streams a group front to back); Q8_0x8/Q4_0x8 store two groups together, 8 rows 4 bytes at a time (one multiply-add against 4 broadcast activations covers all 8 rows, each row's sum complete in its own lane).\n" +
+                "  rule \"as stored\" (a weight without [Quantize]), chosen per matrix when the plan is compiled, from the file's types: F32 and F16 → F32x4 (F16 widened exactly); BF16 → BF16x4 (widened exactly in the kernel); Q8_0 → Q8_0x8 interleaved (the file's quants and fp16 scales copied); Q4_0 → Q4_0x8 interleaved (the file's nibbles and fp16 scales copied); Q6_K, Q5_K, Q4_K → Q6_Kx8, Q5_Kx8, Q4_Kx8 interleaved (the file's quants, scales, mins and fp16 super-block scales copied); any other type (Q5_0, Q2_K, …) → Q8_0x8 (dequantized, requantized); weights of different types in one matmul → the most precise of their layouts, except that K-quants of different types keep their own, one segment each. Work goes in groups of 4 rows and every tile reads each weight once for several tokens: F32x4/BF16x4 hold 16-element chunks of the 4 rows in turn (the kernel streams a group front to back); the quantized layouts store two groups together, 8 rows 4 bytes at a time (one multiply-add against 4 broadcast activations covers all 8 rows, each row's sum complete in its own lane).\n" +
                 "  Wq, Wk, Wv → _wqWkWv[layer] [QDim+KvDim+KvDim, Dim], segments stacked: as stored (the rule above); one horizontal matmul prepares its input once and reads it for all of them.\n" +
                 "  Wo → _wo[layer] [Dim, QDim], one segment: as stored (the rule above).\n" +
                 "  Gate, Up → _gateUp[layer] [2*Hidden, Dim], pair rows interleaved (a₀, b₀, a₁, b₁, …): as stored (the rule above); each adjacent row pair meets in one tile, so the epilogue combines both sums.\n" +
                 "  Down → _down[layer] [Dim, Hidden], one segment: as stored (the rule above).\n" +
                 "  TokenEmbedding → _tokenEmbedding [Vocab, Dim], one segment: as stored (the rule above).\n" +
-                "  TokenEmbedding → as loaded (row-major): gathered whole rows, by token.\n" +
+                "  TokenEmbedding → as stored in the file (memory-mapped): each gathered row decoded by itself, by token.\n" +
                 "Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):\n" +
                 "  slot 0: x [T, Dim]\n" +
                 "  slot 1: q [T, QDim], linear [T, Dim], glu [T, Hidden]\n" +
@@ -302,7 +304,9 @@ namespace Kiln.Models
                 "  slot 4: attention [T, QDim]\n" +
                 "Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;\n" +
                 "  for Q8_0/Q4_0, Q8 activations (per 32 values a scale d = max|x|/127, kept in fp16, and int8 q = round(x/d): GGML's rule),\n" +
-                "  with 8·Σq per block for Q4_0's −8 (the kernels broadcast 4 quants at a time to 8 rows). A fused norm computes its statistics per token once\n" +
+                "  with 8·Σq per block for Q4_0's −8 (the kernels broadcast 4 quants at a time to 8 rows); for the K-quants, Q8_K activations (per 256 values\n" +
+                "  iscale = −127 / the value of largest magnitude, q = round(iscale·x) to nearest even, d = 1/iscale in float: GGML's rule, with sums of 16\n" +
+                "  and 32 quants for the mins and Q6_K's −32). A fused norm computes its statistics per token once\n" +
                 "  (in double) and writes or quantizes the normalized row in the same pass (its weight cannot fold into quantized columns\n" +
                 "  without requantizing them, and folding it into float columns would change their rounding: the packed weights stay exactly as stored).\n" +
                 "Loop bodies (epilogues, input chains, elementwise loops) are generated from the forward method's ops at every width:\n" +
@@ -310,7 +314,7 @@ namespace Kiln.Models
                 "Rope: cos/sin per token and pair computed once per step in double (as the eager op), shared by every layer.\n" +
                 "Attention scratch: per chunk of work items, every head's scores over the KV cache's MaxContext (and one block's rows when the cache stores int8), grown when a larger cache is first seen.\n" +
                 "Threads: one worker pool (PlanOptions.Threads). A matmul splits its 4-row groups over the threads, each tile (4 rows × 4 tokens\n" +
-                "  for F32/BF16, 8 rows × 8 tokens for Q8_0/Q4_0) going through its epilogue while in registers; attention splits (token, KV-head chunk) items;\n" +
+                "  for F32/BF16, 8 rows × 8 tokens for the quantized layouts) going through its epilogue while in registers; attention splits (token, KV-head chunk) items;\n" +
                 "  elementwise loops split rows. Every output is computed by one thread in a fixed order, so results do not depend on the thread count.\n";
 
             private readonly Gemma2 _model;
@@ -348,6 +352,9 @@ namespace Kiln.Models
 
             // This step's token ids, checked against the vocabulary, where the gathering loops can read them.
             private readonly int[] _tokens;
+
+            // Gathered tables, as the file stores them: each row a step needs is decoded into its token's slot (the table is never widened whole).
+            private readonly global::Kiln.Kernels.Elementwise.GatherTable _table0; // TokenEmbedding
 
             // The arena (native memory that never moves, so work items on every thread can hold views of it).
             private readonly global::Kiln.Kernels.MatMul.NativeBlock _arenaMemory;
@@ -407,6 +414,7 @@ namespace Kiln.Models
                 _rope0SignedSines = new float[maxTokensPerStep * _rope0Rotary];
 
                 _tokens = new int[maxTokensPerStep];
+                _table0 = new global::Kiln.Kernels.Elementwise.GatherTable(model.TokenEmbedding, maxTokensPerStep);
                 var layouts = new global::System.Text.StringBuilder(Report).Append("Layouts chosen for this model file:\n");
                 // Layers.Wq, Layers.Wk, Layers.Wv: layout as stored, chosen per matrix from the file's types
                 _wqWkWvStart1 = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_QDim);
@@ -555,7 +563,7 @@ namespace Kiln.Models
                 // [1] elementwise: x ← TokenEmbedding[tokens]·MathF.Sqrt(Dim), one parallel vector loop
                 {
                     // x ← TokenEmbedding[tokens]·MathF.Sqrt(Dim): each row by one work item, the widest vectors first.
-                    _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise1Work { Output = _arena.View(_xOffset, T * _Dim), G0 = _model.TokenEmbedding.Data, G0Cols = _model.TokenEmbedding.Cols, S0 = (float)(global::System.MathF.Sqrt(_model.Dim)), Dim_Dim = _Dim, Tokens = _tokens });
+                    _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise1Work { Output = _arena.View(_xOffset, T * _Dim), G0 = _table0, S0 = (float)(global::System.MathF.Sqrt(_model.Dim)), Dim_Dim = _Dim, Tokens = _tokens });
                 }
                 for (int layer = 0; layer < _model.LayerCount; layer++) // Layers[layer]
                 {
@@ -677,7 +685,7 @@ namespace Kiln.Models
                     global::Kiln.Kernels.MatMul.PinnedOutput.Run(_pool, logits, weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, O, _pool.ThreadCount), work);
                 }
             }
-            /// <summary>Stops the worker pool and frees the arena, the scratch and the packed weights. Steps after this throw.</summary>
+            /// <summary>Stops the worker pool and frees the arena, the scratch, the gather slots and the packed weights. Steps after this throw.</summary>
             public void Dispose()
             {
                 if (_disposed) return;
@@ -686,6 +694,7 @@ namespace Kiln.Models
                 _inputs.Dispose();
                 _arenaMemory.Dispose();
                 _scoresMemory?.Dispose();
+                _table0.Dispose();
                 foreach (var packed in _wqWkWv) packed.Dispose();
                 foreach (var packed in _wo) packed.Dispose();
                 foreach (var packed in _gateUp) packed.Dispose();
@@ -710,7 +719,7 @@ namespace Kiln.Models
             private struct Elementwise1Work : global::Kiln.Threading.IParallelWork
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
-                public float[] G0; public int G0Cols; // TokenEmbedding
+                public global::Kiln.Kernels.Elementwise.GatherTable G0; // TokenEmbedding, rows read from the stored format
                 public float S0; // MathF.Sqrt(Dim)
                 public int Dim_Dim;
                 public int[] Tokens;
@@ -721,13 +730,13 @@ namespace Kiln.Models
                     for (int t = start; t < end; t++)
                     {
                         int o = t * Dim_Dim;
-                        int g0 = Tokens[t] * G0Cols;
+                        var g0 = G0.Row(Tokens[t], t); // the row, decoded into this token's slot
                         int c = 0;
                         if (global::Kiln.Kernels.Elementwise.Lanes.Use512)
                         {
                             for (; c + 16 <= Dim_Dim; c += 16)
                             {
-                                var e0 = global::System.Runtime.Intrinsics.Vector512.LoadUnsafe(ref G0[g0 + c]);
+                                var e0 = g0.Load16(c);
                                 var e1 = global::System.Runtime.Intrinsics.Vector512.Create(S0);
                                 var e2 = e0 * e1;
                                 Output.Store16(o + c, e2);
@@ -737,7 +746,7 @@ namespace Kiln.Models
                         {
                             for (; c + 8 <= Dim_Dim; c += 8)
                             {
-                                var e0 = global::System.Runtime.Intrinsics.Vector256.LoadUnsafe(ref G0[g0 + c]);
+                                var e0 = g0.Load8(c);
                                 var e1 = global::System.Runtime.Intrinsics.Vector256.Create(S0);
                                 var e2 = e0 * e1;
                                 Output.Store8(o + c, e2);
@@ -745,7 +754,7 @@ namespace Kiln.Models
                         }
                         for (; c < Dim_Dim; c++)
                         {
-                            var e0 = G0[g0 + c];
+                            var e0 = g0[c];
                             var e1 = S0;
                             var e2 = e0 * e1;
                             Output[o + c] = e2;
@@ -781,6 +790,7 @@ namespace Kiln.Models
                         case global::Kiln.Kernels.MatMul.PackedFormat.BF16: global::Kiln.Kernels.MatMul.Gemm.BF16(Weights, Input, first, end, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.Q8_0: global::Kiln.Kernels.MatMul.Gemm.Q8_0(Weights, Input, first, end, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.Q4_0: global::Kiln.Kernels.MatMul.Gemm.Q4_0(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q4_K: case global::Kiln.Kernels.MatMul.PackedFormat.Q5_K: case global::Kiln.Kernels.MatMul.PackedFormat.Q6_K: global::Kiln.Kernels.MatMul.Gemm.KQuants(Weights, Input, first, end, ref epilogue); break; // each segment in its own K type
                         default: throw new global::System.InvalidOperationException($"No kernel for the {Weights.Format} layout.");
                     }
                 }
@@ -932,6 +942,7 @@ namespace Kiln.Models
                         case global::Kiln.Kernels.MatMul.PackedFormat.BF16: global::Kiln.Kernels.MatMul.Gemm.BF16(Weights, Input, first, end, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.Q8_0: global::Kiln.Kernels.MatMul.Gemm.Q8_0(Weights, Input, first, end, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.Q4_0: global::Kiln.Kernels.MatMul.Gemm.Q4_0(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q4_K: case global::Kiln.Kernels.MatMul.PackedFormat.Q5_K: case global::Kiln.Kernels.MatMul.PackedFormat.Q6_K: global::Kiln.Kernels.MatMul.Gemm.KQuants(Weights, Input, first, end, ref epilogue); break; // each segment in its own K type
                         default: throw new global::System.InvalidOperationException($"No kernel for the {Weights.Format} layout.");
                     }
                 }
@@ -1046,6 +1057,7 @@ namespace Kiln.Models
                         case global::Kiln.Kernels.MatMul.PackedFormat.BF16: global::Kiln.Kernels.MatMul.Gemm.BF16(Weights, Input, first, end, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.Q8_0: global::Kiln.Kernels.MatMul.Gemm.Q8_0(Weights, Input, first, end, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.Q4_0: global::Kiln.Kernels.MatMul.Gemm.Q4_0(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q4_K: case global::Kiln.Kernels.MatMul.PackedFormat.Q5_K: case global::Kiln.Kernels.MatMul.PackedFormat.Q6_K: global::Kiln.Kernels.MatMul.Gemm.KQuants(Weights, Input, first, end, ref epilogue); break; // each segment in its own K type
                         default: throw new global::System.InvalidOperationException($"No kernel for the {Weights.Format} layout.");
                     }
                 }
@@ -1127,6 +1139,7 @@ namespace Kiln.Models
                         case global::Kiln.Kernels.MatMul.PackedFormat.BF16: global::Kiln.Kernels.MatMul.Gemm.BF16(Weights, Input, first, end, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.Q8_0: global::Kiln.Kernels.MatMul.Gemm.Q8_0(Weights, Input, first, end, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.Q4_0: global::Kiln.Kernels.MatMul.Gemm.Q4_0(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q4_K: case global::Kiln.Kernels.MatMul.PackedFormat.Q5_K: case global::Kiln.Kernels.MatMul.PackedFormat.Q6_K: global::Kiln.Kernels.MatMul.Gemm.KQuants(Weights, Input, first, end, ref epilogue); break; // each segment in its own K type
                         default: throw new global::System.InvalidOperationException($"No kernel for the {Weights.Format} layout.");
                     }
                 }
@@ -1243,6 +1256,7 @@ namespace Kiln.Models
                         case global::Kiln.Kernels.MatMul.PackedFormat.BF16: global::Kiln.Kernels.MatMul.Gemm.BF16(Weights, Input, first, end, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.Q8_0: global::Kiln.Kernels.MatMul.Gemm.Q8_0(Weights, Input, first, end, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.Q4_0: global::Kiln.Kernels.MatMul.Gemm.Q4_0(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.Q4_K: case global::Kiln.Kernels.MatMul.PackedFormat.Q5_K: case global::Kiln.Kernels.MatMul.PackedFormat.Q6_K: global::Kiln.Kernels.MatMul.Gemm.KQuants(Weights, Input, first, end, ref epilogue); break; // each segment in its own K type
                         default: throw new global::System.InvalidOperationException($"No kernel for the {Weights.Format} layout.");
                     }
                 }

@@ -125,20 +125,20 @@ public sealed class GgufWriterTests : IDisposable
     {
         var q4k = new byte[144];
         q4k[0] = 0x00; q4k[1] = 0x3C; // d = 1.0 (fp16)
-        var q5k = new byte[176];
+        var iq4 = new byte[136];
         string path = _scratch.PathOf("encoded.gguf");
         new GgufWriter()
             .AddEncodedTensor("k4", GgmlType.Q4_K, q4k, 256)
-            .AddEncodedTensor("k5", GgmlType.Q5_K, q5k, 256)
+            .AddEncodedTensor("iq4", GgmlType.IQ4_XS, iq4, 256)
             .Write(path);
 
         using var file = new GgufFile(path);
 
         Assert.True(file.GetTensorBytes(file.Tensors["k4"]).SequenceEqual(q4k));
         Assert.Equal(256, file.LoadTensor("k4").Data.Length);
-        var error = Assert.Throws<ModelLoadException>(() => file.LoadTensor("k5"));
-        Assert.Contains("Q5_K", error.Message);
-        Assert.Contains("'k5'", error.Message);
+        var error = Assert.Throws<ModelLoadException>(() => file.LoadTensor("iq4"));
+        Assert.Contains("IQ4_XS", error.Message);
+        Assert.Contains("'iq4'", error.Message);
     }
 
     [Fact]
@@ -152,7 +152,7 @@ public sealed class GgufWriterTests : IDisposable
         Assert.Throws<ArgumentException>(() => writer.AddMetadata("general.alignment", 64u));
         Assert.Throws<ArgumentException>(() => writer.AddTensor("q", GgmlType.Q8_0, new float[48], 48));       // rows not whole blocks
         Assert.Throws<ArgumentException>(() => writer.AddTensor("q", GgmlType.F32, new float[6], 2, 2));       // 4 ≠ 6 values
-        Assert.Throws<ArgumentException>(() => writer.AddTensor("q", GgmlType.Q4_K, new float[256], 256));     // no encoder
+        Assert.Throws<ArgumentException>(() => writer.AddTensor("q", GgmlType.Q2_K, new float[256], 256));     // no encoder
         Assert.Throws<ArgumentException>(() => writer.AddTensor(new string('x', 64), GgmlType.F32, new float[1], 1));
         Assert.Throws<ArgumentException>(() => writer.AddTensor("q", GgmlType.F32, new float[1], 1, 1, 1, 1, 1));
         writer.AddTensor("q", GgmlType.F32, new float[4], 2, 2);

@@ -51,6 +51,51 @@ public sealed class QuantizationTests
     }
 
     [Fact]
+    public void Q5_0_and_Q5_1_take_each_fifth_bit_from_the_32_bit_field()
+    {
+        // Element j (of 32) holds q = j: low nibble in byte j mod 16 (low half first), fifth bit in bit j of the field.
+        var q5_0 = new byte[22];
+        var q5_1 = new byte[24];
+        BinaryPrimitives.WriteHalfLittleEndian(q5_0, (Half)0.5f);
+        BinaryPrimitives.WriteHalfLittleEndian(q5_1, (Half)0.25f);
+        BinaryPrimitives.WriteHalfLittleEndian(q5_1.AsSpan(2), (Half)(-2f));
+        uint high = 0;
+        for (int j = 0; j < 32; j++) if ((j & 16) != 0) high |= 1u << j;
+        BinaryPrimitives.WriteUInt32LittleEndian(q5_0.AsSpan(2), high);
+        BinaryPrimitives.WriteUInt32LittleEndian(q5_1.AsSpan(4), high);
+        for (int j = 0; j < 16; j++)
+        {
+            q5_0[6 + j] = (byte)(j | ((j + 16) & 15) << 4);
+            q5_1[8 + j] = (byte)(j | ((j + 16) & 15) << 4);
+        }
+
+        var values = new float[32];
+        Dequantize.ToFloat32(GgmlType.Q5_0, q5_0, values);
+        for (int j = 0; j < 32; j++) Assert.Equal((j - 16) * 0.5f, values[j]);
+        Dequantize.ToFloat32(GgmlType.Q5_1, q5_1, values);
+        for (int j = 0; j < 32; j++) Assert.Equal(j * 0.25f - 2f, values[j]);
+    }
+
+    [Fact]
+    public void Q5_K_takes_each_fifth_bit_from_the_bit_of_its_sub_block()
+    {
+        // Every sub-block j has scale j + 1, min 0, and its value l holds q = l (0..31).
+        var block = new byte[176];
+        BinaryPrimitives.WriteHalfLittleEndian(block, (Half)1f);
+        for (int j = 0; j < 4; j++) block[4 + j] = (byte)(j + 1);                       // scales 1-4
+        for (int j = 4; j < 8; j++) block[4 + j + 4] = (byte)((j + 1) & 0x0F);          // scales 5-8, low bits
+        for (int l = 0; l < 32; l++)
+        {
+            if ((l & 16) != 0) block[16 + l] = 0xFF;                                     // every sub-block's fifth bit
+            for (int c = 0; c < 4; c++) block[48 + 32 * c + l] = (byte)((l & 15) | (l & 15) << 4);
+        }
+
+        var values = new float[256];
+        Dequantize.ToFloat32(GgmlType.Q5_K, block, values);
+        for (int i = 0; i < 256; i++) Assert.Equal((i / 32 + 1) * (float)(i % 32), values[i]);
+    }
+
+    [Fact]
     public void Q4_0_dequantizes_low_nibbles_first_then_high_nibbles()
     {
         var block = new byte[18];
@@ -203,7 +248,7 @@ public sealed class QuantizationTests
         Assert.Throws<ArgumentException>(() => Dequantize.ToFloat32(GgmlType.Q8_0, new byte[34], new float[31]));
         Assert.Throws<ArgumentException>(() => Dequantize.ToFloat32(GgmlType.Q8_0, new byte[33], new float[32]));
         Assert.Throws<ArgumentException>(() => Quantize.FromFloat32(GgmlType.Q4_0, new float[32], new byte[17]));
-        Assert.Throws<NotSupportedException>(() => Dequantize.ToFloat32(GgmlType.Q5_1, new byte[24], new float[32]));
-        Assert.Throws<NotSupportedException>(() => Quantize.FromFloat32(GgmlType.Q4_K, new float[256], new byte[144]));
+        Assert.Throws<NotSupportedException>(() => Dequantize.ToFloat32(GgmlType.IQ4_XS, new byte[136], new float[256]));
+        Assert.Throws<NotSupportedException>(() => Quantize.FromFloat32(GgmlType.Q2_K, new float[256], new byte[84]));
     }
 }

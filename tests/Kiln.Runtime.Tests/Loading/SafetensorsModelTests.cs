@@ -125,9 +125,11 @@ public sealed class SafetensorsModelTests : IDisposable
     }
 
     [Fact]
-    public void Sixteen_bit_tensors_keep_their_stored_bytes()
+    public void Sixteen_bit_matrices_keep_their_stored_bytes()
     {
-        var writer = new SafetensorsWriter().Add("h", [1.5f, -2], [2], GgmlType.F16).Add("b", [0.25f, 3], [2], GgmlType.BF16);
+        // A matrix stays in its stored format (plans pack it as stored); a vector is decoded to float32 at once.
+        var writer = new SafetensorsWriter().Add("h", [1.5f, -2], [1, 2], GgmlType.F16).Add("b", [0.25f, 3], [1, 2], GgmlType.BF16)
+            .Add("v", [0.5f, 7], [2], GgmlType.BF16);
         using var file = new SafetensorsModel(Checkpoint("{\"architectures\": [\"LlamaForCausalLM\"]}", writer));
         var half = file.LoadTensor("h");
         var brain = file.LoadTensor("b");
@@ -136,6 +138,9 @@ public sealed class SafetensorsModelTests : IDisposable
         Assert.Equal([0.25f, 3], brain.Data);
         Assert.Equal(GgmlType.BF16, brain.Stored!.Type);
         Assert.Equal(file.GetTensorBytes(file.Tensors["b"]).ToArray(), brain.Stored.Bytes);
+        var vector = file.LoadTensor("v");
+        Assert.Equal([0.5f, 7], vector.Data);
+        Assert.Null(vector.Stored);
     }
 
     private static Tensor Rows(int rows, int cols, GgmlType stored = GgmlType.F32)

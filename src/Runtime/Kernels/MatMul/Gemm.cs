@@ -76,6 +76,34 @@ public static unsafe class Gemm
         else Reference.Run(weights, input, firstGroup, endGroup, ref epilogue);
     }
 
+    /// <summary>
+    /// K-quant groups (Q4_K, Q5_K, Q6_K) against Q8_K activations: each segment of the range by the kernel of its own
+    /// type (a mixed fused matrix keeps every weight as stored); groups no weight was packed into give zeros.
+    /// </summary>
+    public static void KQuants<TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, ref TEpilogue epilogue)
+        where TEpilogue : struct, ITileEpilogue
+    {
+        ArgumentNullException.ThrowIfNull(weights);
+        if (!WeightLayouts.IsKQuant(weights.Format)) throw new ArgumentException($"A {weights.Format} matrix given to the K-quant kernels.", nameof(weights));
+        Check(weights, weights.Format, input, firstGroup, endGroup, quantized: true);
+        var segments = weights.Segments;
+        int g = firstGroup;
+        for (int i = 0; i < segments.Count && g < endGroup; i++)
+        {
+            var segment = segments[i];
+            if (segment.EndGroup <= g) continue;
+            if (segment.FirstGroup >= endGroup) break;
+            if (segment.FirstGroup > g) Zeros(input, g, segment.FirstGroup, ref epilogue);
+            int first = Math.Max(g, segment.FirstGroup), end = Math.Min(endGroup, segment.EndGroup);
+            if (!KernelPaths.UsesVectors) Reference.RunK(segment, weights.K, input, first, end, ref epilogue);
+            else if (segment.Format == PackedFormat.Q4_K) KStripKernels.Run<KStripKernels.Q4KUnit, TEpilogue>(segment, weights.K, input, first, end, ref epilogue);
+            else if (segment.Format == PackedFormat.Q5_K) KStripKernels.Run<KStripKernels.Q5KUnit, TEpilogue>(segment, weights.K, input, first, end, ref epilogue);
+            else KStripKernels.Run<KStripKernels.Q6KUnit, TEpilogue>(segment, weights.K, input, first, end, ref epilogue);
+            g = end;
+        }
+        if (g < endGroup) Zeros(input, g, endGroup, ref epilogue);
+    }
+
     /// <summary>Any layout, by <see cref="PackedMatrix.Format"/>.</summary>
     public static void Run<TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, ref TEpilogue epilogue)
         where TEpilogue : struct, ITileEpilogue
@@ -86,8 +114,16 @@ public static unsafe class Gemm
             case PackedFormat.F32: F32(weights, input, firstGroup, endGroup, ref epilogue); break;
             case PackedFormat.BF16: BF16(weights, input, firstGroup, endGroup, ref epilogue); break;
             case PackedFormat.Q8_0: Q8_0(weights, input, firstGroup, endGroup, ref epilogue); break;
-            default: Q4_0(weights, input, firstGroup, endGroup, ref epilogue); break;
+            case PackedFormat.Q4_0: Q4_0(weights, input, firstGroup, endGroup, ref epilogue); break;
+            default: KQuants(weights, input, firstGroup, endGroup, ref epilogue); break;
         }
+    }
+
+    /// <summary>Zero sums for groups that hold no weight (a K-quant matrix's unpacked rows), so every tile still reaches the epilogue.</summary>
+    private static void Zeros<TEpilogue>(in GemmInput input, int firstGroup, int endGroup, ref TEpilogue epilogue) where TEpilogue : struct, ITileEpilogue
+    {
+        for (int g = firstGroup; g < endGroup; g++)
+            for (int t = 0; t < input.Tokens; t++) epilogue.Store(g * 4, t, Vector128<float>.Zero);
     }
 
     private static void Check(PackedMatrix weights, PackedFormat format, in GemmInput input, int firstGroup, int endGroup, bool quantized)
@@ -95,7 +131,7 @@ public static unsafe class Gemm
         ArgumentNullException.ThrowIfNull(weights);
         if (weights.Format != format) throw new ArgumentException($"A {weights.Format} matrix given to the {format} kernel.", nameof(weights));
         if (input.K != weights.K) throw new ArgumentException($"Input rows of {input.K} for weights of {weights.K}.", nameof(input));
-        if (quantized ? input.Quants is null : input.Floats is null)
+        if (quantized ? input.Quants is null || input.SuperBlocks != WeightLayouts.IsKQuant(format) : input.Floats is null)
             throw new ArgumentException($"The input was not prepared for the {format} layout.", nameof(input));
         if ((uint)firstGroup > (uint)endGroup || endGroup > weights.Groups)
             throw new ArgumentOutOfRangeException(nameof(endGroup), $"Groups [{firstGroup}, {endGroup}) are not within {weights.Groups}.");
@@ -134,6 +170,55 @@ internal static unsafe class Reference
                 epilogue.Store(g * 4, t, Vector128.Load(sums));
             }
         }
+    }
+
+    /// <summary>K-quant groups [firstGroup, endGroup) of one segment: per sub-block Σ q·a in integers, scaled as the format defines.</summary>
+    public static void RunK<TEpilogue>(KSegment segment, int k, in GemmInput input, int firstGroup, int endGroup, ref TEpilogue epilogue)
+        where TEpilogue : struct, ITileEpilogue
+    {
+        float* sums = stackalloc float[4];
+        for (int g = firstGroup; g < endGroup; g++)
+            for (int t = 0; t < input.Tokens; t++)
+            {
+                for (int r = 0; r < 4; r++) sums[r] = RowK(segment, k, g * 4 + r, input, t);
+                epilogue.Store(g * 4, t, Vector128.Load(sums));
+            }
+    }
+
+    private static float RowK(KSegment segment, int k, int row, in GemmInput input, int t)
+    {
+        var format = segment.Format;
+        bool six = format == PackedFormat.Q6_K;
+        int superBlocks = k / KStrip.SuperBlockValues, r = segment.RowInStrip(row), length = six ? 16 : 32;
+        byte* strip = segment.StripOf(row);
+        byte* x = input.Quants + (long)t * input.QuantStride;
+        float* activationScales = (float*)(x + GemmScratch.SuperScalesAt(superBlocks));
+        float sum = 0;
+        for (int b = 0; b < superBlocks; b++)
+        {
+            byte* s = strip + (long)b * KStrip.SuperBytes(format);
+            int scaled = 0, offsets = 0;
+            for (int j = 0; j < KStrip.SuperBlockValues / length; j++)
+            {
+                int dot = 0, activations = 0;
+                for (int i = j * length; i < (j + 1) * length; i++)
+                {
+                    int a = (sbyte)x[b * KStrip.SuperBlockValues + i / 32 * 32 + KStrip.Slot(i % 32)];
+                    dot += KStrip.Quant(s, format, r, i) * a;
+                    activations += a;
+                }
+                if (six) scaled += KStrip.Scale(s, format, r, j) * (dot - 32 * activations);
+                else
+                {
+                    scaled += KStrip.Scale(s, format, r, j) * dot;
+                    offsets += KStrip.Min(s, format, r, j) * activations;
+                }
+            }
+            float d = Kiln.Kernels.Quantized.Fp16.ToSingle(KStrip.D(s, format, r)) * activationScales[b];
+            sum += d * scaled;
+            if (!six) sum -= Kiln.Kernels.Quantized.Fp16.ToSingle(KStrip.DMin(s, format, r)) * activationScales[b] * offsets;
+        }
+        return sum;
     }
 
     private static float Row(PackedMatrix weights, byte* strip, int r, in GemmInput input, int t)

@@ -1,3 +1,4 @@
+using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -9,12 +10,13 @@ namespace Kiln.Kernels.MatMul;
 
 /// <summary>
 /// A matmul's input as its kernel reads it, prepared once per matmul and shared by every weight fused into it:
-/// float32 rows for the F32/BF16 layouts, or Q8 activations for Q8_0/Q4_0 (see <see cref="GemmScratch"/>).
-/// A plain value over the plan's native memory, so a parallel work struct can carry it.
+/// float32 rows for the F32/BF16 layouts, Q8 activations in blocks of 32 for Q8_0/Q4_0, or in Q8_K super-blocks for
+/// the K-quants (see <see cref="GemmScratch"/>). A plain value over the plan's native memory, so a parallel work
+/// struct can carry it.
 /// </summary>
 public readonly unsafe struct GemmInput
 {
-    public GemmInput(int tokens, int k, float* floats, int floatStride, byte* quants, int quantStride)
+    public GemmInput(int tokens, int k, float* floats, int floatStride, byte* quants, int quantStride, bool superBlocks = false)
     {
         Tokens = tokens;
         K = k;
@@ -22,6 +24,7 @@ public readonly unsafe struct GemmInput
         FloatStride = floatStride;
         Quants = quants;
         QuantStride = quantStride;
+        SuperBlocks = superBlocks;
     }
 
     public int Tokens { get; }
@@ -37,6 +40,12 @@ public readonly unsafe struct GemmInput
     public byte* Quants { get; }
 
     public int QuantStride { get; }
+
+    /// <summary>True when <see cref="Quants"/> holds Q8_K super-blocks (the K-quants' input), false for blocks of 32.</summary>
+    public bool SuperBlocks { get; }
+
+    /// <summary>Token <paramref name="token"/>'s Q8 activations (tests, debugging).</summary>
+    internal ReadOnlySpan<byte> QuantsOf(int token) => new(Quants + (long)token * QuantStride, QuantStride);
 }
 
 /// <summary>
@@ -45,10 +54,17 @@ public readonly unsafe struct GemmInput
 /// straight into the float rows (F32/BF16 layouts) or quantized straight into Q8 activations (Q8_0/Q4_0 layouts)
 /// in the same pass — a norm weight cannot fold into quantized columns without requantizing them.
 /// <para>
-/// Q8 activations of one token, for both quantized layouts: K/32 blocks of 32 quants as they are (the kernels
+/// Q8 activations of one token, for Q8_0 and Q4_0: K/32 blocks of 32 quants as they are (the kernels
 /// broadcast 4 at a time to the 8 rows of a strip), K/32 int32 offsets 8·Σq (Q4_0 stores n = w + 8, and
 /// Σ(n − 8)·q = Σn·q − offset), then K/32 float scales. A block's quants: d = max|x|/127, q = round(x/d) halves away
 /// from zero, and d rounded to fp16 — GGML's quantize_row_q8_0 exactly, so llama.cpp and Kiln dot the same numbers.
+/// </para>
+/// <para>
+/// Q8_K activations of one token, for the K-quants: K bytes of quants, each unit of 32 in <see cref="KStrip.Slot"/>
+/// order (as the weights are packed), then per super-block of 256 its float scale, its 8 sums of 32 quants and its
+/// 16 sums of 16 (int16, in natural order: the mins and Q6_K's −32 come off through them). A super-block's quants:
+/// the value of largest magnitude (the first, on a tie) maps to −127, iscale = −127/it, q = min(127, round(iscale·x))
+/// to nearest even, d = 1/iscale in float — GGML's quantize_row_q8_K, which llama.cpp's CPU backend runs.
 /// </para>
 /// </summary>
 public sealed unsafe class GemmScratch : IDisposable
@@ -65,7 +81,7 @@ public sealed unsafe class GemmScratch : IDisposable
         MaxK = maxK;
         _floatStride = (maxK + 15) & ~15;
         _floatBytes = (long)maxTokens * _floatStride * sizeof(float);
-        _memory = new NativeBlock(_floatBytes + (long)maxTokens * QuantStride(maxK / 32 * 32));
+        _memory = new NativeBlock(_floatBytes + (long)maxTokens * Math.Max(QuantStride(maxK / 32 * 32), SuperBlockStride(maxK / KStrip.SuperBlockValues * KStrip.SuperBlockValues)));
     }
 
     public int MaxTokens { get; }
@@ -80,6 +96,18 @@ public sealed unsafe class GemmScratch : IDisposable
 
     /// <summary>Where a token's scales start in its Q8 activations of <paramref name="blocks"/> blocks (bytes).</summary>
     internal static int ScalesAt(int blocks) => blocks * (32 + sizeof(int));
+
+    /// <summary>Bytes of one token's Q8_K activations for rows of <paramref name="k"/> elements (a multiple of 64).</summary>
+    public static int SuperBlockStride(int k) => (k + k / KStrip.SuperBlockValues * (sizeof(float) + 8 * sizeof(short) + 16 * sizeof(short)) + 63) & ~63;
+
+    /// <summary>Where a token's super-block scales start in its Q8_K activations of <paramref name="superBlocks"/> super-blocks (bytes).</summary>
+    internal static int SuperScalesAt(int superBlocks) => superBlocks * KStrip.SuperBlockValues;
+
+    /// <summary>Where a token's sums of 32 start (8 int16 per super-block).</summary>
+    internal static int Sums32At(int superBlocks) => superBlocks * (KStrip.SuperBlockValues + sizeof(float));
+
+    /// <summary>Where a token's sums of 16 start (16 int16 per super-block).</summary>
+    internal static int Sums16At(int superBlocks) => superBlocks * (KStrip.SuperBlockValues + sizeof(float) + 8 * sizeof(short));
 
     /// <summary>
     /// Prepares <paramref name="tokens"/> rows of <paramref name="x"/> (token t at <c>t·xStride</c>, K elements) for a
@@ -118,7 +146,8 @@ public sealed unsafe class GemmScratch : IDisposable
         where TSource : struct, IRowSource
     {
         Check(format, tokens, k, norm, weight, bias);
-        bool quantized = WeightLayouts.IsQuantized(format);
+        bool quantized = WeightLayouts.IsQuantized(format), superBlocks = WeightLayouts.IsKQuant(format);
+        int quantStride = superBlocks ? SuperBlockStride(k) : QuantStride(k);
         byte* quants = _memory.Pointer + _floatBytes;
         var work = new PrepareWork<TSource>
         {
@@ -131,12 +160,13 @@ public sealed unsafe class GemmScratch : IDisposable
             Floats = (float*)_memory.Pointer,
             FloatStride = _floatStride,
             Quants = quantized ? quants : null,
-            QuantStride = QuantStride(k),
+            QuantStride = quantStride,
+            SuperBlocks = superBlocks,
         };
         if (tokens >= 8 && pool.ThreadCount > 1) pool.Run(tokens, Math.Max(1, tokens / (4 * pool.ThreadCount)), work);
         else if (tokens > 0) work.Execute(0, tokens);
         return quantized
-            ? new GemmInput(tokens, k, null, 0, quants, QuantStride(k))
+            ? new GemmInput(tokens, k, null, 0, quants, quantStride, superBlocks)
             : new GemmInput(tokens, k, (float*)_memory.Pointer, _floatStride, null, 0);
     }
 
@@ -149,6 +179,8 @@ public sealed unsafe class GemmScratch : IDisposable
         if (bias is not null && (norm != InputNorm.Layer || bias.Length != k))
             throw new ArgumentException($"A norm bias of {bias.Length} goes with a LayerNorm over rows of {k}.", nameof(bias));
         if (WeightLayouts.IsQuantized(format) && k % 32 != 0) throw new ArgumentException($"Q8 activations need rows of a multiple of 32, not {k}.", nameof(k));
+        if (WeightLayouts.IsKQuant(format) && k % KStrip.SuperBlockValues != 0)
+            throw new ArgumentException($"Q8_K activations need rows of a multiple of {KStrip.SuperBlockValues}, not {k}.", nameof(k));
     }
 
     public void Dispose() => _memory.Dispose();
@@ -172,6 +204,7 @@ public sealed unsafe class GemmScratch : IDisposable
         public int FloatStride;
         public byte* Quants;
         public int QuantStride;
+        public bool SuperBlocks;
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public void Execute(int start, int end)
@@ -189,7 +222,8 @@ public sealed unsafe class GemmScratch : IDisposable
                 if (Norm == InputNorm.Rms) Normalize(row, floats, K, Weight!, Eps);
                 else if (Norm == InputNorm.Layer) NormalizeLayer(row, floats, K, Weight!, Bias, Eps);
                 if (Norm != InputNorm.None) row = floats;
-                if (Quants is not null) Quantize(row, Quants + (long)t * QuantStride, K);
+                if (SuperBlocks) QuantizeSuperBlocks(row, Quants + (long)t * QuantStride, K);
+                else if (Quants is not null) Quantize(row, Quants + (long)t * QuantStride, K);
             }
         }
     }
@@ -300,6 +334,107 @@ public sealed unsafe class GemmScratch : IDisposable
         int sum = 0;
         for (int i = 0; i < 32; i++) sum += q[i];
         return sum;
+    }
+
+    /// <summary>As <see cref="QuantizeSuperBlocks(float*, byte*, int)"/>, from and to managed memory (tests).</summary>
+    internal static void QuantizeSuperBlocks(ReadOnlySpan<float> x, Span<byte> destination)
+    {
+        if (x.Length % KStrip.SuperBlockValues != 0 || destination.Length < SuperBlockStride(x.Length))
+            throw new ArgumentException($"{x.Length} values do not fit whole super-blocks in {destination.Length} bytes.", nameof(destination));
+        fixed (float* values = x)
+        fixed (byte* bytes = destination)
+            QuantizeSuperBlocks(values, bytes, x.Length);
+    }
+
+    /// <summary>Quantizes one token's K values into its Q8_K activations (layout in the class summary).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void QuantizeSuperBlocks(float* x, byte* destination, int k)
+    {
+        int superBlocks = k / KStrip.SuperBlockValues;
+        float* scales = (float*)(destination + SuperScalesAt(superBlocks));
+        short* sums32 = (short*)(destination + Sums32At(superBlocks));
+        short* sums16 = (short*)(destination + Sums16At(superBlocks));
+        for (int b = 0; b < superBlocks; b++)
+            scales[b] = QuantizeSuperBlock(x + b * KStrip.SuperBlockValues, (sbyte*)destination + b * KStrip.SuperBlockValues, sums32 + 8 * b, sums16 + 16 * b);
+    }
+
+    /// <summary>One super-block of 256 values into its quants (in slot order) and sums; returns its scale d.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float QuantizeSuperBlock(float* values, sbyte* q, short* sums32, short* sums16)
+    {
+        // The value of largest magnitude, the first one on a tie: its sign decides the scale's.
+        float extreme;
+        if (KernelPaths.Uses512Bits)
+        {
+            var largest = Vector512<float>.Zero;
+            for (int i = 0; i < KStrip.SuperBlockValues; i += 16) largest = Vector512.Max(largest, Vector512.Abs(Vector512.Load(values + i)));
+            float magnitude = MaxOf(Vector256.Max(largest.GetLower(), largest.GetUpper()));
+            int at = 0;
+            var target = Vector512.Create(magnitude);
+            while (Vector512.Equals(Vector512.Abs(Vector512.Load(values + at)), target) == Vector512<float>.Zero) at += 16;
+            at += BitOperations.TrailingZeroCount(Vector512.Equals(Vector512.Abs(Vector512.Load(values + at)), target).ExtractMostSignificantBits());
+            extreme = magnitude == 0 ? 0 : values[at];
+        }
+        else
+        {
+            float magnitude = 0;
+            extreme = 0;
+            for (int i = 0; i < KStrip.SuperBlockValues; i++)
+            {
+                if (MathF.Abs(values[i]) > magnitude)
+                {
+                    magnitude = MathF.Abs(values[i]);
+                    extreme = values[i];
+                }
+            }
+        }
+        if (extreme == 0)
+        {
+            new Span<byte>(q, KStrip.SuperBlockValues).Clear();
+            new Span<short>(sums32, 8).Clear();
+            new Span<short>(sums16, 16).Clear();
+            return 0;
+        }
+        float iscale = -127f / extreme;
+        for (int unit = 0; unit < KStrip.Units; unit++)
+        {
+            float* x = values + 32 * unit;
+            sbyte* destination = q + 32 * unit;
+            int sumA = 0, sumB = 0;
+            if (KernelPaths.Uses512Bits)
+            {
+                // Rounded to nearest even (vcvtps2dq), as GGML's nearest_int; then A's and B's pairs interleaved (slot order).
+                var scale = Vector512.Create(iscale);
+                Vector512<int> a = Vector512.Min(Avx512F.ConvertToVector512Int32(Vector512.Load(x) * scale), Vector512.Create(127));
+                Vector512<int> b = Vector512.Min(Avx512F.ConvertToVector512Int32(Vector512.Load(x + 16) * scale), Vector512.Create(127));
+                sumA = Vector512.Sum(a);
+                sumB = Vector512.Sum(b);
+                Vector128<short> first = Avx512F.ConvertToVector128SByte(a).AsInt16(), second = Avx512F.ConvertToVector128SByte(b).AsInt16();
+                Sse2.UnpackLow(first, second).AsSByte().Store(destination);
+                Sse2.UnpackHigh(first, second).AsSByte().Store(destination + 16);
+            }
+            else
+            {
+                for (int i = 0; i < 32; i++)
+                {
+                    int value = Math.Min(127, (int)MathF.Round(iscale * x[i], MidpointRounding.ToEven));
+                    destination[KStrip.Slot(i)] = (sbyte)value;
+                    if (i < 16) sumA += value;
+                    else sumB += value;
+                }
+            }
+            sums16[2 * unit] = (short)sumA;
+            sums16[2 * unit + 1] = (short)sumB;
+            sums32[unit] = (short)(sumA + sumB);
+        }
+        return 1 / iscale;
+    }
+
+    private static float MaxOf(Vector256<float> values)
+    {
+        Vector128<float> half = Vector128.Max(values.GetLower(), values.GetUpper());
+        half = Vector128.Max(half, Vector128.Shuffle(half, Vector128.Create(2, 3, 0, 1)));
+        return MathF.Max(half.GetElement(0), half.GetElement(1));
     }
 }
 

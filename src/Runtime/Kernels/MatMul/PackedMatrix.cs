@@ -5,7 +5,10 @@ using Kiln.Loading;
 
 namespace Kiln.Kernels.MatMul;
 
-/// <summary>The layouts a compiled plan's matmul weights take; every one groups rows by four (<see cref="PackedMatrix"/>).</summary>
+/// <summary>
+/// The layouts a compiled plan's matmul weights take, from the most precise to the least (<see cref="WeightLayouts.Resolve"/>
+/// relies on the order); every one groups rows by four (<see cref="PackedMatrix"/>).
+/// </summary>
 public enum PackedFormat
 {
     /// <summary>float32 weights, 16-element chunks of a group's 4 rows in turn (<see cref="PackedMatrix"/>).</summary>
@@ -16,6 +19,15 @@ public enum PackedFormat
 
     /// <summary>GGML Q8_0 quants and scales, four rows interleaved per group (<see cref="PackedMatrix"/> has the byte layout).</summary>
     Q8_0,
+
+    /// <summary>GGML Q6_K quants, int8 scales per 16 and fp16 super-block scales, eight rows interleaved per strip.</summary>
+    Q6_K,
+
+    /// <summary>GGML Q5_K quants, 6-bit scales and mins per 32 and fp16 super-block scales, eight rows interleaved per strip.</summary>
+    Q5_K,
+
+    /// <summary>GGML Q4_K quants, 6-bit scales and mins per 32 and fp16 super-block scales, eight rows interleaved per strip.</summary>
+    Q4_K,
 
     /// <summary>GGML Q4_0 nibbles and scales, four rows interleaved per group.</summary>
     Q4_0,
@@ -29,9 +41,11 @@ public static class WeightLayouts
 {
     /// <summary>
     /// The layout of one fused matmul's weights. An explicit format wins. <see cref="WeightFormat.AsStored"/> maps each
-    /// weight's stored type (F32 and F16 → F32, BF16 → BF16, Q8_0 → Q8_0, Q4_0 → Q4_0, anything else → Q8_0); when the
-    /// weights of one fused matmul disagree, the most precise of their layouts (F32, BF16, Q8_0, Q4_0 in that order)
-    /// serves them all, so no weight loses precision to its neighbour.
+    /// weight's stored type (F32 and F16 → F32, BF16 → BF16, Q8_0 → Q8_0, Q6_K, Q5_K, Q4_K → themselves, Q4_0 → Q4_0,
+    /// anything else → Q8_0); when the weights of one fused matmul disagree, the most precise of their layouts (in
+    /// <see cref="PackedFormat"/>'s order) serves them all, so no weight loses precision to its neighbour — except
+    /// that K-quants of different types stay as stored, each in its own segment (<see cref="PackedMatrix"/>): they
+    /// dot the same Q8_K activations.
     /// </summary>
     public static PackedFormat Resolve(WeightFormat requested, params Tensor[] weights)
     {
@@ -65,6 +79,9 @@ public static class WeightLayouts
             GgmlType.BF16 => PackedFormat.BF16,
             GgmlType.Q8_0 => PackedFormat.Q8_0,
             GgmlType.Q4_0 => PackedFormat.Q4_0,
+            GgmlType.Q4_K => PackedFormat.Q4_K,
+            GgmlType.Q5_K => PackedFormat.Q5_K,
+            GgmlType.Q6_K => PackedFormat.Q6_K,
             _ => PackedFormat.Q8_0,
         };
     }
@@ -76,11 +93,26 @@ public static class WeightLayouts
         PackedFormat.BF16 => "BF16x4 chunked",
         PackedFormat.Q8_0 => "Q8_0x8 interleaved",
         PackedFormat.Q4_0 => "Q4_0x8 interleaved",
+        PackedFormat.Q4_K => "Q4_Kx8 interleaved",
+        PackedFormat.Q5_K => "Q5_Kx8 interleaved",
+        PackedFormat.Q6_K => "Q6_Kx8 interleaved",
         _ => format.ToString(),
     };
 
-    /// <summary>True for the formats whose kernels read Q8 activations.</summary>
-    public static bool IsQuantized(PackedFormat format) => format is PackedFormat.Q8_0 or PackedFormat.Q4_0;
+    /// <summary>True for the formats whose kernels read Q8 activations (Q8_0-style blocks of 32, or Q8_K super-blocks for the K-quants).</summary>
+    public static bool IsQuantized(PackedFormat format) => format is PackedFormat.Q8_0 or PackedFormat.Q4_0 || IsKQuant(format);
+
+    /// <summary>True for the K-quant layouts, whose kernels read Q8_K activations (<see cref="GemmScratch"/>).</summary>
+    public static bool IsKQuant(PackedFormat format) => format is PackedFormat.Q4_K or PackedFormat.Q5_K or PackedFormat.Q6_K;
+
+    /// <summary>The GGML type a K-quant layout packs (and the layout of a K-quant type).</summary>
+    internal static GgmlType KType(PackedFormat format) => format switch
+    {
+        PackedFormat.Q4_K => GgmlType.Q4_K,
+        PackedFormat.Q5_K => GgmlType.Q5_K,
+        PackedFormat.Q6_K => GgmlType.Q6_K,
+        _ => throw new ArgumentOutOfRangeException(nameof(format), format, "Not a K-quant layout."),
+    };
 
     /// <summary>One report line for a packed matrix: "  field: layout [rows, k] (sources)".</summary>
     public static string Summarize(string field, PackedMatrix matrix)
@@ -129,16 +161,20 @@ public static class WeightLayouts
 /// nibbles are elements 4j..4j+3 and high nibbles elements 16+4j..16+4j+3. Against one broadcast of 4 activations, a
 /// multiply-add covers 8 rows at once and the int32 sums come out one per row, complete: no lanes to fold (the
 /// last strip is half padding when the groups are odd).</item>
+/// <item>Q4_K / Q5_K / Q6_K: the same 8-row strips, in super-blocks of 256 values (<see cref="KStrip"/> has the
+/// bytes). Each packed weight is a segment of its own, with its own memory and its own K type (a fused Q/K/V of
+/// Q4_K, Q4_K and Q6_K keeps all three as stored), its strips counted from the segment's first group.</item>
 /// </list>
 /// A weight stored in the packed format is copied from its stored blocks (bit-identical quants and scales); any other
-/// is converted once here: rounded to BF16, or quantized with GGML's reference quantizer.
+/// is converted once here: rounded to BF16, or quantized (GGML's reference quantizer for Q8_0/Q4_0, Kiln's for the
+/// K-quants).
 /// </summary>
-public sealed unsafe class PackedMatrix : IDisposable
+public sealed unsafe partial class PackedMatrix : IDisposable
 {
     /// <summary>Bytes of one packed block of quants: 32 elements × 8 rows.</summary>
     internal const int Q8BlockBytes = 256, Q4BlockBytes = 128;
 
-    private readonly NativeBlock _memory;
+    private readonly NativeBlock? _memory; // null for the K-quants, whose segments hold their own
     private readonly List<string> _sources = new();
 
     /// <summary>An all-zero matrix of <paramref name="rows"/> (a multiple of 4) rows of <paramref name="k"/> elements.</summary>
@@ -147,8 +183,9 @@ public sealed unsafe class PackedMatrix : IDisposable
         if (rows <= 0 || rows % Interleaved.RowsPerGroup != 0)
             throw new ArgumentOutOfRangeException(nameof(rows), rows, "A packed matrix holds a positive whole number of 4-row groups.");
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(k);
-        if (WeightLayouts.IsQuantized(format) && k % 32 != 0)
-            throw new InvalidOperationException($"A {format} layout needs rows whose length is a multiple of 32; these rows hold {k} elements.");
+        int block = WeightLayouts.IsKQuant(format) ? KStrip.SuperBlockValues : 32;
+        if (WeightLayouts.IsQuantized(format) && k % block != 0)
+            throw new InvalidOperationException($"A {format} layout needs rows whose length is a multiple of {block}; these rows hold {k} elements.");
         Format = format;
         Rows = rows;
         K = k;
@@ -160,11 +197,13 @@ public sealed unsafe class PackedMatrix : IDisposable
             PackedFormat.BF16 => 4L * k * sizeof(ushort),
             PackedFormat.Q8_0 => RoundUp(Blocks * (Q8BlockBytes + 8L * sizeof(ushort)), 64),
             PackedFormat.Q4_0 => RoundUp(Blocks * (Q4BlockBytes + 8L * sizeof(ushort)), 64),
+            PackedFormat.Q4_K or PackedFormat.Q5_K or PackedFormat.Q6_K => KStrip.StripBytes(format, k),
             _ => throw new ArgumentOutOfRangeException(nameof(format), format, "Not a packed format."),
         };
-        _memory = new NativeBlock(checked(StripBytes * Strips));
+        if (!WeightLayouts.IsKQuant(format)) _memory = new NativeBlock(checked(StripBytes * Strips));
     }
 
+    /// <summary>The layout; for the K-quants, the most precise of the segments' types (each keeps its own, <see cref="SegmentFormats"/>).</summary>
     public PackedFormat Format { get; }
 
     /// <summary>Rows, padding included (a multiple of 4).</summary>
@@ -184,20 +223,29 @@ public sealed unsafe class PackedMatrix : IDisposable
     /// <summary>Strips of <see cref="StripRows"/> rows in memory.</summary>
     public int Strips => (Rows + StripRows - 1) / StripRows;
 
-    /// <summary>Bytes from one strip to the next.</summary>
+    /// <summary>Bytes from one strip to the next (for the K-quants, in a segment of <see cref="Format"/>).</summary>
     public long StripBytes { get; }
 
     /// <summary>Bytes of packed weights.</summary>
-    public long ByteCount => StripBytes * Strips;
+    public long ByteCount
+    {
+        get
+        {
+            if (_memory is not null) return StripBytes * Strips;
+            long bytes = 0;
+            foreach (var segment in _segments) bytes += segment.Memory.Bytes;
+            return bytes;
+        }
+    }
 
-    /// <summary>The first strip.</summary>
-    public byte* Data => _memory.Pointer;
+    /// <summary>The first strip (every layout but the K-quants, whose strips lie in their segments).</summary>
+    public byte* Data => _memory is not null ? _memory.Pointer : throw new InvalidOperationException($"A {Format} matrix keeps its strips per segment.");
 
     /// <summary>Where each packed weight came from ("Wq: stored Q4_0 blocks"), for the plan's report.</summary>
     public IReadOnlyList<string> Sources => _sources;
 
     /// <summary>One line for reports: the layout and where its weights came from.</summary>
-    public string Describe() => $"{WeightLayouts.Describe(Format)} [{Rows}, {K}] ({string.Join("; ", _sources)})";
+    public string Describe() => $"{DescribeLayout()} [{Rows}, {K}] ({string.Join("; ", _sources)})";
 
     /// <summary>Packs <paramref name="weight"/> [Out, K] into rows from <paramref name="rowOffset"/> (a multiple of 4).</summary>
     public void Pack(int rowOffset, Tensor weight, string name = "") => Pack(rowOffset, weight, 0, weight?.Rows ?? 0, name);
@@ -218,14 +266,19 @@ public sealed unsafe class PackedMatrix : IDisposable
         CheckRows(weight, firstRow, rows);
         if (order is not null && order.Length != rows)
             throw new ArgumentException($"An order of {order.Length} rows for a part of {rows}.", nameof(order));
-        var row = new RowSource(this, weight);
-        for (int o = 0; o < rows; o++)
+        if (order is not null)
+            foreach (int source in order)
+                if ((uint)source >= (uint)rows) throw new ArgumentOutOfRangeException(nameof(order), $"Row {source} is outside the part's {rows} rows.");
+        var format = WeightLayouts.IsKQuant(Format) ? SegmentFormat(weight, weight) : Format;
+        var segment = WeightLayouts.IsKQuant(format) ? AddSegment(rowOffset, rows, format) : null;
+        ForRowRanges(rows, (start, end) =>
         {
-            int source = order is null ? o : order[o];
-            if ((uint)source >= (uint)rows) throw new ArgumentOutOfRangeException(nameof(order), $"Row {source} is outside the part's {rows} rows.");
-            PackRow(rowOffset + o, row.Get(firstRow + source));
-        }
-        Note(name, weight);
+            var target = new RowTarget(this, segment);
+            var row = new RowSource(weight, format);
+            for (int o = start; o < end; o++) target.Write(rowOffset + o, row.Get(firstRow + (order is null ? o : order[o])));
+        });
+        weight.Stored?.ReleasePages(firstRow, rows, K); // packed: the mapped bytes need not stay in memory
+        Note(name, weight, format);
     }
 
     /// <summary>
@@ -250,15 +303,40 @@ public sealed unsafe class PackedMatrix : IDisposable
         Check(rowOffset, second, 2 * rows);
         CheckRows(first, firstStart, rows);
         CheckRows(second, secondStart, rows);
-        var a = new RowSource(this, first);
-        var b = new RowSource(this, second);
-        for (int o = 0; o < rows; o++)
+        // The pair shares its groups, so one layout serves both rows of each.
+        var format = WeightLayouts.IsKQuant(Format) ? SegmentFormat(first, second) : Format;
+        var segment = WeightLayouts.IsKQuant(format) ? AddSegment(rowOffset, 2 * rows, format) : null;
+        ForRowRanges(rows, (start, end) =>
         {
-            PackRow(rowOffset + 2 * o, a.Get(firstStart + o));
-            PackRow(rowOffset + 2 * o + 1, b.Get(secondStart + o));
+            var target = new RowTarget(this, segment);
+            var a = new RowSource(first, format);
+            var b = new RowSource(second, format);
+            for (int o = start; o < end; o++)
+            {
+                target.Write(rowOffset + 2 * o, a.Get(firstStart + o));
+                target.Write(rowOffset + 2 * o + 1, b.Get(secondStart + o));
+            }
+        });
+        first.Stored?.ReleasePages(firstStart, rows, K);
+        second.Stored?.ReleasePages(secondStart, rows, K);
+        Note(firstName, first, format);
+        Note(secondName, second, format);
+    }
+
+    /// <summary>
+    /// Runs <paramref name="pack"/> over ranges of [0, <paramref name="rows"/>), on the thread pool when the weight is
+    /// large: every packed row owns its bytes (its 4 bytes of each strip vector, its scales), so ranges never share one.
+    /// </summary>
+    private void ForRowRanges(int rows, Action<int, int> pack)
+    {
+        const long ValuesPerRange = 1 << 20;
+        int ranges = (int)Math.Clamp((long)rows * K / ValuesPerRange, 1, rows);
+        if (ranges == 1 || Environment.ProcessorCount == 1)
+        {
+            pack(0, rows);
+            return;
         }
-        Note(firstName, first);
-        Note(secondName, second);
+        Parallel.For(0, ranges, i => pack((int)((long)rows * i / ranges), (int)((long)rows * (i + 1) / ranges)));
     }
 
     private static void CheckRows(Tensor weight, int firstRow, int rows)
@@ -272,6 +350,11 @@ public sealed unsafe class PackedMatrix : IDisposable
     {
         ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual((uint)row, (uint)Rows, nameof(row));
         if (destination.Length != K) throw new ArgumentException($"A row holds {K} values, not {destination.Length}.", nameof(destination));
+        if (WeightLayouts.IsKQuant(Format))
+        {
+            DequantizeKRow(row, destination);
+            return;
+        }
         byte* group = StripOf(row);
         int r = row % StripRows;
         switch (Format)
@@ -292,12 +375,12 @@ public sealed unsafe class PackedMatrix : IDisposable
         }
     }
 
-    /// <summary>The strip that holds <paramref name="row"/> (its row within: <c>row % StripRows</c>).</summary>
+    /// <summary>The strip that holds <paramref name="row"/> (its row within: <c>row % StripRows</c>; not the K-quants).</summary>
     internal byte* StripOf(int row) => Data + (long)(row / StripRows) * StripBytes;
 
     /// <summary>
     /// The quant of element <paramref name="e"/> of block <paramref name="b"/> of row <paramref name="r"/> in its strip
-    /// (quantized layouts): Q8_0's byte as stored, Q4_0's nibble − 8.
+    /// (Q8_0, Q4_0): Q8_0's byte as stored, Q4_0's nibble − 8.
     /// </summary>
     internal int Quant(byte* strip, int b, int r, int e)
     {
@@ -306,7 +389,7 @@ public sealed unsafe class PackedMatrix : IDisposable
         return (e < 16 ? packed & 0x0F : packed >> 4) - 8;
     }
 
-    /// <summary>The fp16 scale bits of block <paramref name="b"/> of row <paramref name="r"/> in its strip (quantized layouts).</summary>
+    /// <summary>The fp16 scale bits of block <paramref name="b"/> of row <paramref name="r"/> in its strip (Q8_0, Q4_0).</summary>
     internal ushort ScaleBits(byte* strip, int b, int r) =>
         ((ushort*)(strip + (long)Blocks * (Format == PackedFormat.Q4_0 ? Q4BlockBytes : Q8BlockBytes)))[b * 8 + r];
 
@@ -317,7 +400,11 @@ public sealed unsafe class PackedMatrix : IDisposable
         return i < full ? (i >> 4) * 64 + r * 16 + (i & 15) : full * 4 + r * (K - full) + (i - full);
     }
 
-    public void Dispose() => _memory.Dispose();
+    public void Dispose()
+    {
+        _memory?.Dispose();
+        foreach (var segment in _segments) segment.Memory.Dispose();
+    }
 
     private void Check(int rowOffset, Tensor weight, int rows)
     {
@@ -328,24 +415,27 @@ public sealed unsafe class PackedMatrix : IDisposable
             throw new ArgumentOutOfRangeException(nameof(rowOffset), $"{rows} rows at {rowOffset} do not fit {Rows} packed rows on a 4-row boundary.");
     }
 
-    private void Note(string name, Tensor weight)
+    private void Note(string name, Tensor weight, PackedFormat format)
     {
-        string source = weight.Stored?.Type is { } stored && Matches(stored)
-            ? $"stored {stored} copied"
-            : weight.Stored?.Type is { } other
-                ? (WeightLayouts.IsQuantized(Format) ? $"{other} dequantized, requantized" : $"{other} converted")
-                : Format == PackedFormat.F32 ? "F32 copied" : "F32 converted";
+        string to = format != Format ? $" to {format}" : "";
+        string source = weight.Stored?.Type is { } stored
+            ? Matches(format, stored)
+                ? stored == GgmlType.F32 ? "F32 copied" : $"stored {stored} copied"
+                : WeightLayouts.IsQuantized(format) ? $"{stored} dequantized, requantized{to}" : $"{stored} converted"
+            : format == PackedFormat.F32 ? "F32 copied" : $"F32 converted{to}";
         string line = name.Length > 0 ? $"{name}: {source}" : source;
         if (!_sources.Contains(line)) _sources.Add(line);
     }
 
-    private bool Matches(GgmlType stored) => (Format, stored) switch
+    /// <summary>True when rows stored as <paramref name="stored"/> are copied into <paramref name="format"/> as they are.</summary>
+    private static bool Matches(PackedFormat format, GgmlType stored) => (format, stored) switch
     {
-        (PackedFormat.BF16, GgmlType.BF16) or (PackedFormat.Q8_0, GgmlType.Q8_0) or (PackedFormat.Q4_0, GgmlType.Q4_0) => true,
+        (PackedFormat.F32, GgmlType.F32) or (PackedFormat.BF16, GgmlType.BF16) or (PackedFormat.Q8_0, GgmlType.Q8_0) or (PackedFormat.Q4_0, GgmlType.Q4_0) => true,
+        (PackedFormat.Q4_K, GgmlType.Q4_K) or (PackedFormat.Q5_K, GgmlType.Q5_K) or (PackedFormat.Q6_K, GgmlType.Q6_K) => true,
         _ => false,
     };
 
-    /// <summary>Writes one row, given in the packed format's plain encoding (floats, bf16 bits or GGML blocks).</summary>
+    /// <summary>Writes one row of Q8_0/Q4_0/F32/BF16, given in the packed format's plain encoding (floats, bf16 bits or GGML blocks).</summary>
     private void PackRow(int row, ReadOnlySpan<byte> encoded)
     {
         byte* group = StripOf(row);
@@ -397,41 +487,68 @@ public sealed unsafe class PackedMatrix : IDisposable
 
     private static long RoundUp(long value, long multiple) => (value + multiple - 1) / multiple * multiple;
 
-    /// <summary>A weight's rows in the packed format's plain encoding: its stored bytes when they match, else converted.</summary>
+    /// <summary>Where the rows of one Pack call go: the matrix's strips, or the K-quant segment made for them.</summary>
+    private readonly struct RowTarget
+    {
+        private readonly PackedMatrix _matrix;
+        private readonly KSegment? _segment;
+        private readonly KQuantBlock? _block;
+
+        public RowTarget(PackedMatrix matrix, KSegment? segment)
+        {
+            _matrix = matrix;
+            _segment = segment;
+            _block = segment is null ? null : new KQuantBlock();
+        }
+
+        public void Write(int row, ReadOnlySpan<byte> encoded)
+        {
+            if (_segment is null) _matrix.PackRow(row, encoded);
+            else _segment.PackRow(row, encoded, _block!);
+        }
+    }
+
+    /// <summary>
+    /// A weight's rows in a packed format's plain encoding: its stored bytes when they match (read from the file's
+    /// mapping, a row at a time), else one row decoded to float32 and converted.
+    /// </summary>
     private readonly ref struct RowSource
     {
         private readonly Tensor _weight;
         private readonly PackedFormat _format;
-        private readonly byte[]? _stored;
+        private readonly bool _copies;
         private readonly byte[] _converted;
-        private readonly int _rowBytes;
+        private readonly float[] _values;
 
-        public RowSource(PackedMatrix matrix, Tensor weight)
+        public RowSource(Tensor weight, PackedFormat format)
         {
             _weight = weight;
-            _format = matrix.Format;
+            _format = format;
             int k = weight.Cols;
-            _rowBytes = _format switch
+            int rowBytes = format switch
             {
                 PackedFormat.F32 => k * sizeof(float),
                 PackedFormat.BF16 => k * sizeof(ushort),
                 PackedFormat.Q8_0 => Q8_0.RowBytes(k),
-                _ => Kiln.Kernels.Quantized.Q4_0.RowBytes(k),
+                PackedFormat.Q4_0 => Kiln.Kernels.Quantized.Q4_0.RowBytes(k),
+                _ => (int)GgmlTypeTraits.Of(WeightLayouts.KType(format)).ByteCount(k),
             };
-            _stored = weight.Stored is { } stored && matrix.Matches(stored.Type) ? stored.Bytes : null;
-            _converted = new byte[_rowBytes];
+            _copies = weight.Stored is { } stored && Matches(format, stored.Type);
+            _converted = _copies ? Array.Empty<byte>() : new byte[rowBytes];
+            _values = _copies ? Array.Empty<float>() : new float[k];
         }
 
         public ReadOnlySpan<byte> Get(int row)
         {
-            if (_stored is not null) return _stored.AsSpan(row * _rowBytes, _rowBytes);
-            var values = _weight.Row(row);
+            if (_copies) return _weight.Stored!.RowBytes(row, 1, _weight.Cols);
+            _weight.ReadRow(row, _values);
             switch (_format)
             {
-                case PackedFormat.F32: return MemoryMarshal.AsBytes(values);
-                case PackedFormat.BF16: Kiln.Kernels.Quantized.BF16.QuantizeRow(values, _converted); break;
-                case PackedFormat.Q8_0: Q8_0.QuantizeRow(values, _converted); break;
-                default: Kiln.Kernels.Quantized.Q4_0.QuantizeRow(values, _converted); break;
+                case PackedFormat.F32: return MemoryMarshal.AsBytes(_values.AsSpan());
+                case PackedFormat.BF16: Kiln.Kernels.Quantized.BF16.QuantizeRow(_values, _converted); break;
+                case PackedFormat.Q8_0: Q8_0.QuantizeRow(_values, _converted); break;
+                case PackedFormat.Q4_0: Kiln.Kernels.Quantized.Q4_0.QuantizeRow(_values, _converted); break;
+                default: Quantize.FromFloat32(WeightLayouts.KType(_format), _values, _converted); break;
             }
             return _converted;
         }

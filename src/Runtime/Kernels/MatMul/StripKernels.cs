@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
+using Kiln.Kernels.Quantized;
 
 namespace Kiln.Kernels.MatMul;
 
@@ -22,11 +23,14 @@ internal unsafe interface IStripBlock<TSelf> where TSelf : struct, IStripBlock<T
     /// shifted (Q4_0's n − 8).
     /// </summary>
     Vector256<int> Dot(int* activations, int* offset);
+
+    /// <summary>As <see cref="Dot"/> for the block at the same place of two strips at once (AVX-512): 16 rows, one token.</summary>
+    static abstract Vector512<int> DotPair(byte* first, byte* second, int* activations, int* offset);
 }
 
 /// <summary>
-/// The quantized kernels: one strip of 8 rows (two groups) × up to 8 tokens per tile, 256-bit throughout, so they
-/// need only AVX2. Every multiply-add takes one broadcast of 4 activations against 4 bytes of each of the 8 rows,
+/// The quantized kernels: one strip of 8 rows (two groups) × up to 8 tokens per tile, 256-bit, so they need only
+/// AVX2; a single token (decode) on the AVX-512 path takes two strips per 512-bit tile. Every multiply-add takes one broadcast of 4 activations against 4 bytes of each of the 8 rows,
 /// so the int32 sums come out one per row, complete, and the tail (offset, convert, scale, FMA) is paid once per
 /// 8 rows and block. Per 256 multiply-adds: Q4_0 8 vpmaddubsw summed in int16 (nibbles cannot saturate: ≤ 8·2·15·127
 /// = 30480) and one vpmaddwd; Q8_0 8 vpsignb, 8 vpmaddubsw and 8 vpmaddwd (two byte products would overflow int16).
@@ -74,6 +78,10 @@ internal static unsafe class StripKernels
             Tile<TBlock, TTokens, TEpilogue>(data + (g >> 1) * stripBytes, stripBytes, blocks, x, stride, (g - 1) * 4, t0, prefetch, Upper, ref epilogue);
             g++;
         }
+        // One token (decode) is bound by unpacking the weights: with AVX-512, two strips (16 rows) per instruction.
+        if (TTokens.Value == 1 && KernelPaths.Uses512Bits)
+            for (; g + 4 <= endGroup; g += 4)
+                PairTile<TBlock, TEpilogue>(data + (g >> 1) * stripBytes, stripBytes, blocks, x, g * 4, t0, ref epilogue);
         for (; g + 2 <= endGroup; g += 2)
             Tile<TBlock, TTokens, TEpilogue>(data + (g >> 1) * stripBytes, stripBytes, blocks, x, stride, g * 4, t0, prefetch, Both, ref epilogue);
         if (g < endGroup)
@@ -124,6 +132,41 @@ internal static unsafe class StripKernels
         if (TTokens.Value > 6) Store(ref epilogue, row, t0 + 6, halves, a6);
         if (TTokens.Value > 7) Store(ref epilogue, row, t0 + 7, halves, a7);
     }
+
+    // One token × two consecutive strips (16 rows): each 512-bit vector holds a strip's 256-bit vector in each half.
+    [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void PairTile<TBlock, TEpilogue>(byte* strip, long stripBytes, int blocks, byte* x, int row, int token, ref TEpilogue epilogue)
+        where TBlock : struct, IStripBlock<TBlock> where TEpilogue : struct, ITileEpilogue
+    {
+        byte* second = strip + stripBytes;
+        long scalesAt = (long)blocks * TBlock.BlockBytes;
+        int* offsets = (int*)(x + GemmScratch.OffsetsAt(blocks));
+        float* activationScales = (float*)(x + GemmScratch.ScalesAt(blocks));
+        byte* ahead = strip + 2 * stripBytes; // the next pair streams in while this one computes
+        long aheadStep = stripBytes / blocks;
+        Vector512<float> sum = default;
+        for (int b = 0; b < blocks; b++)
+        {
+            byte* line = ahead + b * aheadStep;
+            for (int l = 0; l < TBlock.BlockBytes + 64; l += 64)
+            {
+                Sse.Prefetch0(line + l);
+                Sse.Prefetch0(line + stripBytes + l);
+            }
+            Vector512<int> dots = TBlock.DotPair(strip + (long)b * TBlock.BlockBytes, second + (long)b * TBlock.BlockBytes, (int*)(x + b * 32), offsets + b);
+            Vector512<float> d = Vector512.Create(Scales(strip + scalesAt + b * 16), Scales(second + scalesAt + b * 16));
+            sum = Vector512.FusedMultiplyAdd(Vector512.ConvertToSingle(dots), d * Vector512.Create(activationScales[b]), sum);
+        }
+        epilogue.Store(row, token, sum.GetLower().GetLower());
+        epilogue.Store(row + 4, token, sum.GetLower().GetUpper());
+        epilogue.Store(row + 8, token, sum.GetUpper().GetLower());
+        epilogue.Store(row + 12, token, sum.GetUpper().GetUpper());
+    }
+
+    /// <summary>Two strips' 32-byte vectors at the same place, one per half.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<byte> Pair(byte* first, byte* second) => Vector512.Create(Vector256.Load(first), Vector256.Load(second));
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> Token<TBlock>(Vector256<float> accumulator, in TBlock w, Vector256<float> d, byte* quants, int* offset, float* scale)
@@ -186,6 +229,20 @@ internal static unsafe class StripKernels
                 + (Avx2.MultiplyAddAdjacent(_high2, Vector256.Create(a[6]).AsSByte()) + Avx2.MultiplyAddAdjacent(_high3, Vector256.Create(a[7]).AsSByte()));
             return Avx2.MultiplyAddAdjacent(low + high, Vector256<short>.One) - Vector256.Create(*offset);
         }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<int> DotPair(byte* first, byte* second, int* a, int* offset)
+        {
+            var mask = Vector512.Create((byte)0x0F);
+            Vector512<byte> v0 = Pair(first, second), v1 = Pair(first + 32, second + 32), v2 = Pair(first + 64, second + 64), v3 = Pair(first + 96, second + 96);
+            Vector512<short> low = Avx512BW.MultiplyAddAdjacent(v0 & mask, Vector512.Create(a[0]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(v1 & mask, Vector512.Create(a[1]).AsSByte())
+                + (Avx512BW.MultiplyAddAdjacent(v2 & mask, Vector512.Create(a[2]).AsSByte()) + Avx512BW.MultiplyAddAdjacent(v3 & mask, Vector512.Create(a[3]).AsSByte()));
+            Vector512<short> high = Avx512BW.MultiplyAddAdjacent((v0.AsUInt16() >>> 4).AsByte() & mask, Vector512.Create(a[4]).AsSByte())
+                + Avx512BW.MultiplyAddAdjacent((v1.AsUInt16() >>> 4).AsByte() & mask, Vector512.Create(a[5]).AsSByte())
+                + (Avx512BW.MultiplyAddAdjacent((v2.AsUInt16() >>> 4).AsByte() & mask, Vector512.Create(a[6]).AsSByte())
+                + Avx512BW.MultiplyAddAdjacent((v3.AsUInt16() >>> 4).AsByte() & mask, Vector512.Create(a[7]).AsSByte()));
+            return Avx512BW.MultiplyAddAdjacent(low + high, Vector512<short>.One) - Vector512.Create(*offset);
+        }
     }
 
     /// <summary>Q8_0: vector j holds elements 4j..4j+3 of the 8 rows; |w| on vpmaddubsw's unsigned side, the activations take w's sign.</summary>
@@ -224,6 +281,21 @@ internal static unsafe class StripKernels
         public readonly Vector256<int> Dot(int* a, int* offset) =>
             (Products(_m0, _w0, a[0]) + Products(_m1, _w1, a[1])) + (Products(_m2, _w2, a[2]) + Products(_m3, _w3, a[3]))
             + ((Products(_m4, _w4, a[4]) + Products(_m5, _w5, a[5])) + (Products(_m6, _w6, a[6]) + Products(_m7, _w7, a[7])));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<int> DotPair(byte* first, byte* second, int* a, int* offset) =>
+            (Products(Pair(first, second), a[0]) + Products(Pair(first + 32, second + 32), a[1]))
+            + (Products(Pair(first + 64, second + 64), a[2]) + Products(Pair(first + 96, second + 96), a[3]))
+            + ((Products(Pair(first + 128, second + 128), a[4]) + Products(Pair(first + 160, second + 160), a[5]))
+            + (Products(Pair(first + 192, second + 192), a[6]) + Products(Pair(first + 224, second + 224), a[7])));
+
+        // AVX-512 has no vpsignb: the activations take w's sign through a mask (Int8.ApplySign).
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private static Vector512<int> Products(Vector512<byte> weights, int activations)
+        {
+            Vector512<sbyte> w = weights.AsSByte();
+            return Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(Avx512BW.Abs(w), Int8.ApplySign(Vector512.Create(activations).AsSByte(), w)), Vector512<short>.One);
+        }
 
         // |w|·(a·sign w) pair sums stay within ±2·127·127, but two of them can overflow int16, so each widens alone.
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
