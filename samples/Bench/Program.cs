@@ -13,6 +13,7 @@ using Kiln.Bench;
 //   gpu-compare --model FILE --json OUT [--torch torch_llama.json] [--runs 5]
 //   rnn-serve [--json OUT]
 //   soak --model FILE [--requests 10000] [--concurrency 64] [--cancel-fraction 0.2] [--url http://127.0.0.1:PORT] [--json OUT]
+//   shared-prefix --model FILE [--prefix 1024] [--seqs 32] [--suffix 64] [--threads N] [--runs 5] [--json OUT] [--kv f16|f32|int8]
 return BenchCli.Run(args);
 
 internal static class BenchCli
@@ -28,7 +29,8 @@ internal static class BenchCli
         "       bench gpu-agree --accelerator cpu|cuda --model FILE --json OUT [--positions 32]\n" +
         "       bench gpu-compare --model FILE --json OUT [--torch torch_llama.json] [--runs 5]\n" +
         "       bench rnn-serve [--json OUT]\n" +
-        "       bench soak --model FILE [--requests 10000] [--concurrency 64] [--cancel-fraction 0.2] [--url http://127.0.0.1:PORT] [--json OUT]";
+        "       bench soak --model FILE [--requests 10000] [--concurrency 64] [--cancel-fraction 0.2] [--url http://127.0.0.1:PORT] [--json OUT]\n" +
+        "       bench shared-prefix --model FILE [--prefix 1024] [--seqs 32] [--suffix 64] [--threads N] [--runs 5] [--json OUT] [--kv f16|f32|int8]";
 
     public static int Run(string[] args)
     {
@@ -52,7 +54,8 @@ internal static class BenchCli
                 "kernels" => ["threads", "formats", "tokens"],
                 "memory" => ["model", "json", "tokens", "threads"],
                 "embed-compare" => ["threads", "runs", "json", "seed"],
-                _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model, compare, agree, kernels, memory, embed-compare or serve)"),
+                "shared-prefix" => ["model", "prefix", "seqs", "suffix", "threads", "runs", "json", "kv"],
+                _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model, compare, agree, kernels, memory, embed-compare, shared-prefix or serve)"),
             });
             return args[0] switch
             {
@@ -62,6 +65,15 @@ internal static class BenchCli
                 "memory" => Memory(options),
                 "embed-compare" => EmbedCompare.Run(Int(options, "threads", -1, min: 1, max: 64) is int threads and > 0 ? threads : throw new UsageException("--threads is required"),
                     Int(options, "runs", 5, min: 1, max: 100), options.GetValueOrDefault("json"), Int(options, "seed", 1234, min: int.MinValue), Console.Out, Console.Error),
+                "shared-prefix" => SharedPrefixCommand.Run(Required(options, "model"), Int(options, "prefix", 1024, min: 16), Int(options, "seqs", 32, min: 2, max: 256),
+                    Int(options, "suffix", 64, min: 0), Int(options, "threads", Environment.ProcessorCount, min: 1, max: 64), Int(options, "runs", 5, min: 1, max: 100),
+                    options.GetValueOrDefault("json"), options.GetValueOrDefault("kv", "f16").ToLowerInvariant() switch
+                    {
+                        "f16" => Kiln.KvStorage.F16,
+                        "f32" => Kiln.KvStorage.F32,
+                        "int8" => Kiln.KvStorage.Int8,
+                        string other => throw new UsageException($"--kv must be f16, f32 or int8, not '{other}'"),
+                    }, Console.Out),
                 _ => CompareCommand(options),
             };
         }

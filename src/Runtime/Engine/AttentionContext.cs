@@ -16,7 +16,7 @@ namespace Kiln;
 /// contiguous layout, where block id = slot); <see cref="AddChunk(ReadOnlySpan{int}, int, int, bool)"/> hands over a sequence's whole block table (the
 /// paged layout). Kernels read rows through <see cref="KvRow(int, int)"/>, which serves both.
 /// </remarks>
-public sealed class AttentionContext
+public sealed partial class AttentionContext
 {
     private readonly int[] _positions;
     private readonly int[] _sequences;
@@ -71,6 +71,7 @@ public sealed class AttentionContext
         _tokenTypes = new int[capacity];
         _stateSlots = new int[capacity];
         _state = state;
+        AllocateSharedPrefixes(capacity);
     }
 
     /// <summary>
@@ -101,6 +102,7 @@ public sealed class AttentionContext
         _blockIds = [];
         _tokenTypes = new int[capacity];
         _stateSlots = new int[capacity];
+        AllocateSharedPrefixes(capacity);
     }
 
     /// <summary>The KV cache the step's attention writes and reads. A context without one (an encoder's) throws.</summary>
@@ -189,6 +191,7 @@ public sealed class AttentionContext
 
     public void Clear()
     {
+        ClearSharedPrefixes();
         TokenCount = 0;
         OutputCount = 0;
         SequenceCount = 0;
@@ -374,6 +377,7 @@ public sealed class AttentionContext
         _slots[TokenCount] = slot;
         _tokenTypes[TokenCount] = 0;
         TokenCount++;
+        _ungroupedTokenCount = -1;
     }
 
     private static int DefaultBlockIds(KvCache cache, int capacity)

@@ -144,23 +144,58 @@ public static class VectorMath
         for (int i = 0; i < n; i++) destination[i] += scale * source[i];
     }
 
-    // ---- Softmax in place: x[i] = exp(x[i] - max) / Σ exp(x[j] - max) ------------------------------------------
+    // ---- Scale in place: x[i] *= scale ---------------------------------------------------------------------------
 
-    public static void Softmax(Span<float> x)
+    public static void Scale(Span<float> x, float scale)
     {
-        if (KernelPaths.Uses512Bits) SoftmaxVector512(x);
-        else if (KernelPaths.UsesVectors) SoftmaxVector256(x);
-        else SoftmaxScalar(x);
+        if (KernelPaths.Uses512Bits) ScaleVector512(x, scale);
+        else if (KernelPaths.UsesVectors) ScaleVector256(x, scale);
+        else ScaleScalar(x, scale);
+    }
+
+    public static void ScaleVector512(Span<float> x, float scale)
+    {
+        ref float p = ref MemoryMarshal.GetReference(x);
+        var s = Vector512.Create(scale);
+        int i = 0;
+        for (; i <= x.Length - Vector512<float>.Count; i += Vector512<float>.Count)
+            (Vector512.LoadUnsafe(ref p, (nuint)i) * s).StoreUnsafe(ref p, (nuint)i);
+        for (; i < x.Length; i++) Unsafe.Add(ref p, i) *= scale;
+    }
+
+    public static void ScaleVector256(Span<float> x, float scale)
+    {
+        ref float p = ref MemoryMarshal.GetReference(x);
+        var s = Vector256.Create(scale);
+        int i = 0;
+        for (; i <= x.Length - Vector256<float>.Count; i += Vector256<float>.Count)
+            (Vector256.LoadUnsafe(ref p, (nuint)i) * s).StoreUnsafe(ref p, (nuint)i);
+        for (; i < x.Length; i++) Unsafe.Add(ref p, i) *= scale;
+    }
+
+    public static void ScaleScalar(Span<float> x, float scale)
+    {
+        for (int i = 0; i < x.Length; i++) x[i] *= scale;
+    }
+
+    // ---- ExpSum in place: x[i] = exp(x[i] - max), returning Σ and max: a softmax before its division -------------
+    // Attention over a prefix and a suffix keeps the parts' (max, Σ) and merges them by log-sum-exp.
+
+    /// <summary>x[i] ← e^(x[i] − max x), returning Σ of the results; <paramref name="max"/> gets max x (−∞ when empty).</summary>
+    public static float ExpSum(Span<float> x, out float max)
+    {
+        if (KernelPaths.Uses512Bits) return ExpSumVector512(x, out max);
+        if (KernelPaths.UsesVectors) return ExpSumVector256(x, out max);
+        return ExpSumScalar(x, out max);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void SoftmaxVector512(Span<float> x)
+    public static float ExpSumVector512(Span<float> x, out float max)
     {
         int n = x.Length;
-        if (n == 0) return;
         ref float p = ref MemoryMarshal.GetReference(x);
         int i = 0;
-        float max = float.NegativeInfinity;
+        max = float.NegativeInfinity;
         if (n >= Vector512<float>.Count)
         {
             var vmax = Vector512.LoadUnsafe(ref p);
@@ -180,21 +215,16 @@ public static class VectorMath
         }
         float sum = Vector512.Sum(vsum);
         for (; i < n; i++) sum += Unsafe.Add(ref p, i) = MathF.Exp(Unsafe.Add(ref p, i) - max);
-
-        var inv = Vector512.Create(1f / sum);
-        for (i = 0; i <= n - Vector512<float>.Count; i += Vector512<float>.Count)
-            (Vector512.LoadUnsafe(ref p, (nuint)i) * inv).StoreUnsafe(ref p, (nuint)i);
-        for (; i < n; i++) Unsafe.Add(ref p, i) *= 1f / sum;
+        return sum;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void SoftmaxVector256(Span<float> x)
+    public static float ExpSumVector256(Span<float> x, out float max)
     {
         int n = x.Length;
-        if (n == 0) return;
         ref float p = ref MemoryMarshal.GetReference(x);
         int i = 0;
-        float max = float.NegativeInfinity;
+        max = float.NegativeInfinity;
         if (n >= Vector256<float>.Count)
         {
             var vmax = Vector256.LoadUnsafe(ref p);
@@ -214,22 +244,40 @@ public static class VectorMath
         }
         float sum = Vector256.Sum(vsum);
         for (; i < n; i++) sum += Unsafe.Add(ref p, i) = MathF.Exp(Unsafe.Add(ref p, i) - max);
+        return sum;
+    }
 
-        var inv = Vector256.Create(1f / sum);
-        for (i = 0; i <= n - Vector256<float>.Count; i += Vector256<float>.Count)
-            (Vector256.LoadUnsafe(ref p, (nuint)i) * inv).StoreUnsafe(ref p, (nuint)i);
-        for (; i < n; i++) Unsafe.Add(ref p, i) *= 1f / sum;
+    public static float ExpSumScalar(Span<float> x, out float max)
+    {
+        max = float.NegativeInfinity;
+        foreach (float v in x) max = MathF.Max(max, v);
+        float sum = 0;
+        for (int i = 0; i < x.Length; i++) sum += x[i] = MathF.Exp(x[i] - max);
+        return sum;
+    }
+
+    // ---- Softmax in place: x[i] = exp(x[i] - max) / Σ exp(x[j] - max) ------------------------------------------
+
+    public static void Softmax(Span<float> x)
+    {
+        if (KernelPaths.Uses512Bits) SoftmaxVector512(x);
+        else if (KernelPaths.UsesVectors) SoftmaxVector256(x);
+        else SoftmaxScalar(x);
+    }
+
+    public static void SoftmaxVector512(Span<float> x)
+    {
+        if (x.Length > 0) ScaleVector512(x, 1f / ExpSumVector512(x, out _));
+    }
+
+    public static void SoftmaxVector256(Span<float> x)
+    {
+        if (x.Length > 0) ScaleVector256(x, 1f / ExpSumVector256(x, out _));
     }
 
     public static void SoftmaxScalar(Span<float> x)
     {
-        if (x.Length == 0) return;
-        float max = float.NegativeInfinity;
-        foreach (float v in x) max = MathF.Max(max, v);
-        float sum = 0;
-        for (int i = 0; i < x.Length; i++) sum += x[i] = MathF.Exp(x[i] - max);
-        float inv = 1f / sum;
-        for (int i = 0; i < x.Length; i++) x[i] *= inv;
+        if (x.Length > 0) ScaleScalar(x, 1f / ExpSumScalar(x, out _));
     }
 
     // ---- Matmul epilogues on one tile (4 rows of one token) -------------------------------------------------------
@@ -605,6 +653,168 @@ public static class VectorMath
                     if (count > 3) acc = Vector512.FusedMultiplyAdd(TRow.Load(ref Unsafe.Add(ref r0, 3 * stride), i), s3, acc);
                     acc.StoreUnsafe(ref oh, (nuint)i);
                 }
+            }
+        }
+    }
+
+    // ---- Many queries against one tile of cached rows (shared-prefix attention's queries × prefix-keys tiles) --------
+
+    /// <summary>
+    /// Scores of <paramref name="count"/> query rows (each <paramref name="headDim"/> floats, one after another) against
+    /// <paramref name="positions"/> cached rows of one KV head: scores[q·<paramref name="scoreStride"/> +
+    /// <paramref name="firstPosition"/> + p] = scale · q · k_p. The rows are loaded (and halves widened) once for every
+    /// query: a small GEMM, where per-query attention reloads them per query.
+    /// </summary>
+    public static void AttentionScoresTile<T>(ReadOnlySpan<float> queries, int count, int headDim, ReadOnlySpan<T> keys, int stride, int positions,
+        float scale, Span<float> scores, int scoreStride, int firstPosition) where T : unmanaged
+    {
+        CheckHeads(queries.Length, count, headDim, 1, scores.Length, scoreStride, firstPosition, positions);
+        if (typeof(T) != typeof(float) && typeof(T) != typeof(Half)) throw new NotSupportedException($"Cached rows of {typeof(T).Name}.");
+        if (count > 0) CheckRows(keys.Length, stride, positions, headDim);
+        if (KernelPaths.Uses512Bits && headDim % 64 == 0)
+        {
+            if (typeof(T) == typeof(float))
+                ScoresTile<float, FloatRow>(queries, count, headDim, MemoryMarshal.Cast<T, float>(keys), stride, positions, scale, scores, scoreStride, firstPosition);
+            else
+                ScoresTile<Half, HalfRow>(queries, count, headDim, MemoryMarshal.Cast<T, Half>(keys), stride, positions, scale, scores, scoreStride, firstPosition);
+            return;
+        }
+        for (int q = 0; q < count; q++)
+        {
+            var query = queries.Slice(q * headDim, headDim);
+            if (typeof(T) == typeof(float))
+                AttentionScores(query, 1, headDim, 1, MemoryMarshal.Cast<T, float>(keys), stride, positions, scale, scores[(q * scoreStride)..], scoreStride, firstPosition);
+            else
+                AttentionScores(query, 1, headDim, 1, MemoryMarshal.Cast<T, Half>(keys), stride, positions, scale, scores[(q * scoreStride)..], scoreStride, firstPosition);
+        }
+    }
+
+    /// <summary>
+    /// Adds the weighted values of <paramref name="positions"/> cached rows of one KV head to <paramref name="count"/>
+    /// outputs (each <paramref name="headDim"/> floats, one after another): output_q += Σ_p
+    /// weights[q·<paramref name="scoreStride"/> + <paramref name="firstPosition"/> + p] · v_p, the rows loaded once for every query.
+    /// </summary>
+    public static void AttentionValuesTile<T>(ReadOnlySpan<float> weights, int scoreStride, int firstPosition, int count, int headDim,
+        ReadOnlySpan<T> values, int stride, int positions, Span<float> output) where T : unmanaged
+    {
+        CheckHeads(output.Length, count, headDim, 1, weights.Length, scoreStride, firstPosition, positions);
+        if (typeof(T) != typeof(float) && typeof(T) != typeof(Half)) throw new NotSupportedException($"Cached rows of {typeof(T).Name}.");
+        if (count > 0) CheckRows(values.Length, stride, positions, headDim);
+        if (KernelPaths.Uses512Bits && headDim % 64 == 0)
+        {
+            if (typeof(T) == typeof(float))
+                ValuesTile<float, FloatRow>(weights, scoreStride, firstPosition, count, headDim, MemoryMarshal.Cast<T, float>(values), stride, positions, output);
+            else
+                ValuesTile<Half, HalfRow>(weights, scoreStride, firstPosition, count, headDim, MemoryMarshal.Cast<T, Half>(values), stride, positions, output);
+            return;
+        }
+        for (int q = 0; q < count; q++)
+        {
+            var result = output.Slice(q * headDim, headDim);
+            if (typeof(T) == typeof(float))
+                AttentionValues(weights[(q * scoreStride)..], scoreStride, firstPosition, 1, headDim, 1, MemoryMarshal.Cast<T, float>(values), stride, positions, result);
+            else
+                AttentionValues(weights[(q * scoreStride)..], scoreStride, firstPosition, 1, headDim, 1, MemoryMarshal.Cast<T, Half>(values), stride, positions, result);
+        }
+    }
+
+    // Four rows × 64 columns of keys held in 16 registers while every query takes its four dots from them.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void ScoresTile<T, TRow>(ReadOnlySpan<float> queries, int count, int headDim, ReadOnlySpan<T> keys, int stride, int positions,
+        float scale, Span<float> scores, int scoreStride, int firstPosition) where T : unmanaged where TRow : IKvRow<T>
+    {
+        ref float q0 = ref MemoryMarshal.GetReference(queries);
+        ref T k = ref MemoryMarshal.GetReference(keys);
+        ref float s = ref Unsafe.Add(ref MemoryMarshal.GetReference(scores), firstPosition);
+        int p = 0;
+        for (; p + 4 <= positions; p += 4)
+        {
+            for (int c = 0; c < headDim; c += 64)
+            {
+                ref T r0 = ref Unsafe.Add(ref k, p * stride + c);
+                ref T r1 = ref Unsafe.Add(ref r0, stride);
+                ref T r2 = ref Unsafe.Add(ref r1, stride);
+                ref T r3 = ref Unsafe.Add(ref r2, stride);
+                Vector512<float> k00 = TRow.Load(ref r0, 0), k01 = TRow.Load(ref r0, 16), k02 = TRow.Load(ref r0, 32), k03 = TRow.Load(ref r0, 48);
+                Vector512<float> k10 = TRow.Load(ref r1, 0), k11 = TRow.Load(ref r1, 16), k12 = TRow.Load(ref r1, 32), k13 = TRow.Load(ref r1, 48);
+                Vector512<float> k20 = TRow.Load(ref r2, 0), k21 = TRow.Load(ref r2, 16), k22 = TRow.Load(ref r2, 32), k23 = TRow.Load(ref r2, 48);
+                Vector512<float> k30 = TRow.Load(ref r3, 0), k31 = TRow.Load(ref r3, 16), k32 = TRow.Load(ref r3, 32), k33 = TRow.Load(ref r3, 48);
+                for (int q = 0; q < count; q++)
+                {
+                    ref float qc = ref Unsafe.Add(ref q0, q * headDim + c);
+                    Vector512<float> v0 = Vector512.LoadUnsafe(ref qc), v1 = Vector512.LoadUnsafe(ref qc, (nuint)16);
+                    Vector512<float> v2 = Vector512.LoadUnsafe(ref qc, (nuint)32), v3 = Vector512.LoadUnsafe(ref qc, (nuint)48);
+                    var a0 = Vector512.FusedMultiplyAdd(v3, k03, Vector512.FusedMultiplyAdd(v2, k02, Vector512.FusedMultiplyAdd(v1, k01, v0 * k00)));
+                    var a1 = Vector512.FusedMultiplyAdd(v3, k13, Vector512.FusedMultiplyAdd(v2, k12, Vector512.FusedMultiplyAdd(v1, k11, v0 * k10)));
+                    var a2 = Vector512.FusedMultiplyAdd(v3, k23, Vector512.FusedMultiplyAdd(v2, k22, Vector512.FusedMultiplyAdd(v1, k21, v0 * k20)));
+                    var a3 = Vector512.FusedMultiplyAdd(v3, k33, Vector512.FusedMultiplyAdd(v2, k32, Vector512.FusedMultiplyAdd(v1, k31, v0 * k30)));
+                    Vector256<float> h0 = a0.GetLower() + a0.GetUpper(), h1 = a1.GetLower() + a1.GetUpper();
+                    Vector256<float> h2 = a2.GetLower() + a2.GetUpper(), h3 = a3.GetLower() + a3.GetUpper();
+                    Vector256<float> sums = Avx.HorizontalAdd(Avx.HorizontalAdd(h0, h1), Avx.HorizontalAdd(h2, h3));
+                    var dots = (sums.GetLower() + sums.GetUpper()) * scale;
+                    ref float target = ref Unsafe.Add(ref s, q * scoreStride + p);
+                    if (c > 0) dots += Vector128.LoadUnsafe(ref target);
+                    dots.StoreUnsafe(ref target);
+                }
+            }
+        }
+        for (; p < positions; p++)
+        {
+            ref T r0 = ref Unsafe.Add(ref k, p * stride);
+            for (int q = 0; q < count; q++)
+            {
+                ref float qh = ref Unsafe.Add(ref q0, q * headDim);
+                Vector512<float> a0 = default;
+                for (int i = 0; i < headDim; i += 16)
+                    a0 = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref qh, (nuint)i), TRow.Load(ref r0, i), a0);
+                Unsafe.Add(ref s, q * scoreStride + p) = Vector512.Sum(a0) * scale;
+            }
+        }
+    }
+
+    // Four rows × 64 columns of values held in 16 registers while every query's output takes its four weighted rows.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void ValuesTile<T, TRow>(ReadOnlySpan<float> weights, int scoreStride, int firstPosition, int count, int headDim,
+        ReadOnlySpan<T> values, int stride, int positions, Span<float> output) where T : unmanaged where TRow : IKvRow<T>
+    {
+        ref float w = ref Unsafe.Add(ref MemoryMarshal.GetReference(weights), firstPosition);
+        ref T v = ref MemoryMarshal.GetReference(values);
+        ref float o = ref MemoryMarshal.GetReference(output);
+        int p = 0;
+        for (; p + 4 <= positions; p += 4)
+        {
+            for (int c = 0; c < headDim; c += 64)
+            {
+                ref T r0 = ref Unsafe.Add(ref v, p * stride + c);
+                ref T r1 = ref Unsafe.Add(ref r0, stride);
+                ref T r2 = ref Unsafe.Add(ref r1, stride);
+                ref T r3 = ref Unsafe.Add(ref r2, stride);
+                Vector512<float> v00 = TRow.Load(ref r0, 0), v01 = TRow.Load(ref r0, 16), v02 = TRow.Load(ref r0, 32), v03 = TRow.Load(ref r0, 48);
+                Vector512<float> v10 = TRow.Load(ref r1, 0), v11 = TRow.Load(ref r1, 16), v12 = TRow.Load(ref r1, 32), v13 = TRow.Load(ref r1, 48);
+                Vector512<float> v20 = TRow.Load(ref r2, 0), v21 = TRow.Load(ref r2, 16), v22 = TRow.Load(ref r2, 32), v23 = TRow.Load(ref r2, 48);
+                Vector512<float> v30 = TRow.Load(ref r3, 0), v31 = TRow.Load(ref r3, 16), v32 = TRow.Load(ref r3, 32), v33 = TRow.Load(ref r3, 48);
+                for (int q = 0; q < count; q++)
+                {
+                    ref float wq = ref Unsafe.Add(ref w, q * scoreStride + p);
+                    Vector512<float> s0 = Vector512.Create(wq), s1 = Vector512.Create(Unsafe.Add(ref wq, 1));
+                    Vector512<float> s2 = Vector512.Create(Unsafe.Add(ref wq, 2)), s3 = Vector512.Create(Unsafe.Add(ref wq, 3));
+                    ref float oc = ref Unsafe.Add(ref o, q * headDim + c);
+                    Vector512.FusedMultiplyAdd(v30, s3, Vector512.FusedMultiplyAdd(v20, s2, Vector512.FusedMultiplyAdd(v10, s1, Vector512.FusedMultiplyAdd(v00, s0, Vector512.LoadUnsafe(ref oc))))).StoreUnsafe(ref oc);
+                    Vector512.FusedMultiplyAdd(v31, s3, Vector512.FusedMultiplyAdd(v21, s2, Vector512.FusedMultiplyAdd(v11, s1, Vector512.FusedMultiplyAdd(v01, s0, Vector512.LoadUnsafe(ref oc, (nuint)16))))).StoreUnsafe(ref oc, (nuint)16);
+                    Vector512.FusedMultiplyAdd(v32, s3, Vector512.FusedMultiplyAdd(v22, s2, Vector512.FusedMultiplyAdd(v12, s1, Vector512.FusedMultiplyAdd(v02, s0, Vector512.LoadUnsafe(ref oc, (nuint)32))))).StoreUnsafe(ref oc, (nuint)32);
+                    Vector512.FusedMultiplyAdd(v33, s3, Vector512.FusedMultiplyAdd(v23, s2, Vector512.FusedMultiplyAdd(v13, s1, Vector512.FusedMultiplyAdd(v03, s0, Vector512.LoadUnsafe(ref oc, (nuint)48))))).StoreUnsafe(ref oc, (nuint)48);
+                }
+            }
+        }
+        for (; p < positions; p++)
+        {
+            ref T r0 = ref Unsafe.Add(ref v, p * stride);
+            for (int q = 0; q < count; q++)
+            {
+                var weight = Vector512.Create(Unsafe.Add(ref w, q * scoreStride + p));
+                ref float oq = ref Unsafe.Add(ref o, q * headDim);
+                for (int i = 0; i < headDim; i += 16)
+                    Vector512.FusedMultiplyAdd(TRow.Load(ref r0, i), weight, Vector512.LoadUnsafe(ref oq, (nuint)i)).StoreUnsafe(ref oq, (nuint)i);
             }
         }
     }

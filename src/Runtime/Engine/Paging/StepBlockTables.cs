@@ -5,6 +5,8 @@ namespace Kiln.Engine.Paging;
 /// <c>QueryIndptr[i]..QueryIndptr[i+1]</c> of the step's flattened tokens, its KV lives in blocks
 /// <c>BlockIds[Indptr[i]..Indptr[i+1]]</c>, and the last of those holds <c>LastBlockLengths[i]</c> valid positions.
 /// Buffers are sized once; <see cref="Clear"/> and <see cref="Add"/> refill them each step without allocating.
+/// It also carries the step's sharing groups (<see cref="FindSharedPrefixes"/>): sequences whose tables begin with the
+/// same physical blocks, so attention reads that prefix once for all of them without searching for it.
 /// </summary>
 public sealed class StepBlockTables
 {
@@ -12,6 +14,10 @@ public sealed class StepBlockTables
     private readonly int[] _indptr;
     private readonly int[] _blockIds;
     private readonly int[] _lastBlockLengths;
+    private readonly int[] _groupIndptr;
+    private readonly int[] _groupSequences;
+    private readonly int[] _groupPrefixBlocks;
+    private readonly bool[] _grouped;
 
     public StepBlockTables(int maxSequences, int maxBlockIds, int blockSize)
     {
@@ -23,6 +29,11 @@ public sealed class StepBlockTables
         _indptr = new int[maxSequences + 1];
         _blockIds = new int[maxBlockIds];
         _lastBlockLengths = new int[maxSequences];
+        // A group holds two or more sequences, so there are at most maxSequences / 2 of them.
+        _groupIndptr = new int[maxSequences / 2 + 1];
+        _groupSequences = new int[maxSequences];
+        _groupPrefixBlocks = new int[maxSequences / 2];
+        _grouped = new bool[maxSequences];
     }
 
     public int BlockSize { get; }
@@ -44,9 +55,20 @@ public sealed class StepBlockTables
     public int KvLength(int sequence) =>
         (_indptr[sequence + 1] - _indptr[sequence] - 1) * BlockSize + _lastBlockLengths[sequence];
 
+    /// <summary>Sharing groups found by <see cref="FindSharedPrefixes"/> for this step; 0 before it runs.</summary>
+    public int SharedPrefixCount { get; private set; }
+
+    /// <summary>The sequences of sharing group <paramref name="group"/>, ascending.</summary>
+    public ReadOnlySpan<int> SharedPrefixSequences(int group) =>
+        _groupSequences.AsSpan(_groupIndptr[group], _groupIndptr[group + 1] - _groupIndptr[group]);
+
+    /// <summary>Blocks at the head of every table of group <paramref name="group"/> that they all hold, whole and before any of their new tokens.</summary>
+    public int SharedPrefixBlocks(int group) => _groupPrefixBlocks[group];
+
     public void Clear()
     {
         SequenceCount = 0;
+        SharedPrefixCount = 0;
         _queryIndptr[0] = 0;
         _indptr[0] = 0;
     }
@@ -76,5 +98,47 @@ public sealed class StepBlockTables
         _queryIndptr[SequenceCount + 1] = _queryIndptr[SequenceCount] + queryLength;
         _indptr[SequenceCount + 1] = start + blocks;
         SequenceCount++;
+    }
+
+    /// <summary>
+    /// Groups the step's sequences by shared prefix: two or more sequences whose tables begin with the same physical
+    /// block (one <paramref name="pool"/> counts more than one holder of) form a group, sharing the leading blocks they
+    /// all hold in common, counting only whole blocks before every member's first new token. Called once all sequences
+    /// are added; a sequence joins at most one group (the first whose leading block it holds).
+    /// </summary>
+    public void FindSharedPrefixes(BlockPool pool)
+    {
+        ArgumentNullException.ThrowIfNull(pool);
+        SharedPrefixCount = 0;
+        _groupIndptr[0] = 0;
+        Array.Clear(_grouped, 0, SequenceCount);
+        for (int s = 0; s < SequenceCount; s++)
+        {
+            int leaderBlocks = WrittenBlocks(s);
+            if (_grouped[s] || leaderBlocks == 0 || pool.GetBlock(_blockIds[_indptr[s]]).RefCount < 2) continue;
+            int start = _groupIndptr[SharedPrefixCount], members = 1, shared = leaderBlocks;
+            _groupSequences[start] = s;
+            var leader = _blockIds.AsSpan(_indptr[s], leaderBlocks);
+            for (int other = s + 1; other < SequenceCount; other++)
+            {
+                if (_grouped[other] || _blockIds[_indptr[other]] != leader[0]) continue;
+                var table = _blockIds.AsSpan(_indptr[other], Math.Min(WrittenBlocks(other), shared));
+                if (table.IsEmpty) continue;
+                shared = Math.Min(shared, table.CommonPrefixLength(leader));
+                _groupSequences[start + members++] = other;
+            }
+            if (members < 2) continue;
+            for (int m = start; m < start + members; m++) _grouped[_groupSequences[m]] = true;
+            _groupPrefixBlocks[SharedPrefixCount] = shared;
+            SharedPrefixCount++;
+            _groupIndptr[SharedPrefixCount] = start + members;
+        }
+    }
+
+    /// <summary>Whole blocks of sequence <paramref name="sequence"/> before its first new token: KV written by earlier steps.</summary>
+    private int WrittenBlocks(int sequence)
+    {
+        int firstNew = KvLength(sequence) - (_queryIndptr[sequence + 1] - _queryIndptr[sequence]);
+        return firstNew / BlockSize;
     }
 }

@@ -163,6 +163,7 @@ public sealed class ContinuousBatchScheduler
             ScheduleRunning(ref budget);
         }
 
+        if (_options.SharedPrefixAttention) _step.BlockTables.FindSharedPrefixes(_pool);
         _stepInFlight = !_step.IsEmpty;
         return _step;
     }

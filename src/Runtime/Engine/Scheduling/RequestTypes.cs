@@ -63,4 +63,10 @@ public sealed record SchedulerOptions
     /// computes whole prompts only, and running decodes wait for it; the budget must then hold the longest prompt.
     /// </summary>
     public bool ChunkedPrefill { get; init; } = true;
+
+    /// <summary>
+    /// On (the default): each step's block tables name their sharing groups (sequences whose tables begin with the
+    /// same blocks; <see cref="Paging.StepBlockTables.FindSharedPrefixes"/>), so attention reads such a prefix once.
+    /// </summary>
+    public bool SharedPrefixAttention { get; init; } = true;
 }

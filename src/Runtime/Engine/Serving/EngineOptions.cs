@@ -45,6 +45,14 @@ public sealed record EngineOptions
     /// </summary>
     public bool ChunkedPrefill { get; init; } = true;
 
+    /// <summary>
+    /// Sequences of a step that share prefix blocks (forks, a common system prompt found in the prefix cache) attend to
+    /// that prefix together: its keys and values are read once for all their queries, then merged with each
+    /// sequence's own suffix by log-sum-exp. Off, each sequence reads the prefix on its own; the results agree within
+    /// float rounding.
+    /// </summary>
+    public bool SharedPrefixAttention { get; init; } = true;
+
     /// <summary>How keys and values are stored (F16 and Int8 trade precision for room; Int8 keeps one scale per token and head).</summary>
     public KvStorage KvStorage { get; init; } = KvStorage.F32;
 

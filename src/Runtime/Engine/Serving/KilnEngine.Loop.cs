@@ -203,6 +203,9 @@ public sealed partial class KilnEngine
             var blockIds = tables.BlockIds[tables.Indptr[s]..tables.Indptr[s + 1]];
             _context.AddChunk(blockIds, chunk.Start, chunk.Count, chunk.NeedsLogits, chunk.Request.StateSlot);
         }
+        // Empty unless EngineOptions.SharedPrefixAttention: the scheduler then found which sequences share prefix blocks.
+        for (int g = 0; g < tables.SharedPrefixCount; g++)
+            _context.AddSharedPrefix(tables.SharedPrefixSequences(g), tables.SharedPrefixBlocks(g));
         return tokenCount;
     }
 

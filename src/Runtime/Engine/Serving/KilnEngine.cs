@@ -111,6 +111,7 @@ public sealed partial class KilnEngine : IAsyncDisposable
             MaxRunningRequests = options.MaxRunningRequests,
             MaxContext = maxContext,
             ChunkedPrefill = options.ChunkedPrefill,
+            SharedPrefixAttention = options.SharedPrefixAttention && shape.Layers > 0, // sharing groups are of KV blocks
         }, stateSlots);
 
         _plan = compilePlan(tokenBudget) ?? throw new ArgumentException("The plan factory returned null.", nameof(compilePlan));

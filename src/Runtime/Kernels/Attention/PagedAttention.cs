@@ -38,16 +38,50 @@ public struct PagedAttention : IParallelWork
     /// <summary>
     /// Items for <paramref name="tokens"/> tokens on <paramref name="threads"/> threads: each token's KV heads in a few
     /// chunks, so that one token's heads still spread over the threads (decode); sets <see cref="PerToken"/>,
-    /// <see cref="KvPerItem"/> and <see cref="ChunkSize"/>, and returns the item count.
+    /// <see cref="KvPerItem"/> and <see cref="ChunkSize"/>, and returns the item count. When the context names sharing
+    /// groups (and no window hides part of a prefix), each group adds items of its own: a batch of its tokens and one
+    /// KV head, reading the shared prefix once for the whole batch; the group's tokens get no per-token items.
     /// </summary>
     public int Plan(int tokens, int threads)
     {
-        int perToken = Math.Clamp((2 * threads + tokens - 1) / Math.Max(tokens, 1), 1, KvHeads);
+        _groupItems = 0;
+        _groupBatch = 0;
+        if (Context.SharedPrefixCount > 0 && Options.Window == 0) PlanSharedPrefixes();
+        int independent = _groupItems > 0 ? Context.UngroupedTokens.Length : tokens;
+        int perToken = Math.Clamp((2 * threads + independent - 1) / Math.Max(independent, 1), 1, KvHeads);
         KvPerItem = (KvHeads + perToken - 1) / perToken;
         PerToken = (KvHeads + KvPerItem - 1) / KvPerItem;
-        int items = tokens * PerToken;
+        _independentItems = independent * PerToken;
+        int items = _independentItems + _groupItems;
         ChunkSize = Math.Max(1, (items + MaxChunks - 1) / MaxChunks);
         return items;
+    }
+
+    // Items past _independentItems are sharing groups' (batch of tokens, KV head) items; 0 when none.
+    private int _independentItems, _groupItems, _groupBatch;
+
+    /// <summary>
+    /// The batch of group tokens one item takes: as many as the score scratch holds (every batch token's heads over
+    /// the prefix, plus their max and sum, and later one token's suffix). No groups when a single token does not fit.
+    /// </summary>
+    private void PlanSharedPrefixes()
+    {
+        int group = Heads / KvHeads, mostTokens = 0, batch = int.MaxValue, items = 0;
+        for (int g = 0; g < Context.SharedPrefixCount; g++)
+        {
+            mostTokens = Math.Max(mostTokens, Context.SharedPrefixTokens(g).Length);
+            int prefix = Context.SharedPrefixLength(g), longestSuffix = 0;
+            foreach (int sequence in Context.SharedPrefixSequences(g))
+                longestSuffix = Math.Max(longestSuffix, Context.LastPosition(sequence) + 1 - prefix);
+            // Per batch token and head: 2 statistics, its query and output rows, its prefix scores (later one token's suffix scores).
+            batch = Math.Min(batch, ScoresStride / (group * (prefix + 2 + 2 * HeadDim)));
+            batch = Math.Min(batch, (ScoresStride - group * longestSuffix) / (2 * group * (1 + HeadDim)));
+        }
+        if (batch < 1) return;
+        _groupBatch = Math.Min(batch, mostTokens);
+        for (int g = 0; g < Context.SharedPrefixCount; g++)
+            items += (Context.SharedPrefixTokens(g).Length + _groupBatch - 1) / _groupBatch * KvHeads;
+        _groupItems = items;
     }
 
     /// <summary>Floats of score scratch one chunk needs: every query head's row over <paramref name="maxContext"/> positions.</summary>
@@ -63,9 +97,15 @@ public struct PagedAttention : IParallelWork
         var positions = Context.Positions;
         int group = Heads / KvHeads, blockSize = Cache.BlockSize;
         bool halves = Cache.Storage == KvStorage.F16;
+        var independentTokens = _groupItems > 0 ? Context.UngroupedTokens : default;
         for (int item = start; item < end; item++)
         {
-            int t = item / PerToken, kv0 = item % PerToken * KvPerItem, kv1 = Math.Min(KvHeads, kv0 + KvPerItem);
+            if (item >= _independentItems)
+            {
+                SharedPrefixItem(item - _independentItems, scores, gather);
+                continue;
+            }
+            int t = _groupItems > 0 ? independentTokens[item / PerToken] : item / PerToken, kv0 = item % PerToken * KvPerItem, kv1 = Math.Min(KvHeads, kv0 + KvPerItem);
             int sequence = Context.SequenceOf(t);
             int last = Options.Causal ? positions[t] : Context.LastPosition(sequence);
             int first = Options.Window > 0 ? Math.Max(0, positions[t] - Options.Window + 1) : 0;
@@ -96,6 +136,107 @@ public struct PagedAttention : IParallelWork
                 else
                     VectorMath.AttentionValues(weights, rows, position - first, heads, HeadDim, group, KvBlocks.Values(Cache, Layer, blocks[b], offset, count, kv0 * HeadDim, columns, gather), KvCols, count, output);
                 position += count;
+            }
+        }
+    }
+
+    /// <summary>
+    /// One sharing-group item: a batch of the group's tokens and one KV head. The prefix part reads each shared block
+    /// once for the whole batch, as queries × prefix-keys tiles (<see cref="VectorMath.AttentionScoresTile{T}"/>, the
+    /// rows loaded once for every query), and keeps each score row's max and sum of exponentials; the accumulators then
+    /// hold the prefix's unnormalized weighted values. Each token's suffix part is scored on its own, and the two are
+    /// merged exactly: with m = max(m_prefix, m_suffix), the parts are weighted e^(m_part − m) and the sum divided by
+    /// their weighted sums of exponentials (log-sum-exp).
+    /// </summary>
+    private readonly void SharedPrefixItem(int item, Span<float> scratch, Span<float> gather)
+    {
+        int g = 0, batches;
+        while (item >= (batches = (Context.SharedPrefixTokens(g).Length + _groupBatch - 1) / _groupBatch) * KvHeads)
+        {
+            item -= batches * KvHeads;
+            g++;
+        }
+        int kv = item % KvHeads, first = item / KvHeads * _groupBatch;
+        var groupTokens = Context.SharedPrefixTokens(g);
+        var tokens = groupTokens.Slice(first, Math.Min(_groupBatch, groupTokens.Length - first));
+        int group = Heads / KvHeads, blockSize = Cache.BlockSize, prefix = Context.SharedPrefixLength(g);
+        int rows = tokens.Length * group, column = kv * HeadDim, width = group * HeadDim;
+        bool halves = Cache.Storage == KvStorage.F16;
+        var prefixBlocks = Context.BlockTable(Context.SharedPrefixSequences(g)[0]);
+        // Scratch: per (token, head) row its max and Σ e^(s − max), its query, its output accumulator; then score rows.
+        var statistics = scratch[..(2 * rows)];
+        var queries = scratch.Slice(2 * rows, rows * HeadDim);
+        var sums = scratch.Slice(2 * rows + rows * HeadDim, rows * HeadDim);
+        var rowScratch = scratch[(2 * rows + 2 * rows * HeadDim)..]; // the prefix's score rows, later one token's suffix rows
+        var weights = rowScratch[..(rows * prefix)];
+        for (int i = 0; i < tokens.Length; i++) Q.Slice(tokens[i] * QCols + column * group, width).CopyTo(queries.Slice(i * width, width));
+        sums.Clear();
+
+        for (int b = 0; b * blockSize < prefix; b++)
+        {
+            if (halves)
+                VectorMath.AttentionScoresTile(queries, rows, HeadDim, KvBlocks.HalfKeys(Cache, Layer, prefixBlocks[b], 0, blockSize, column, HeadDim), KvCols, blockSize, Options.Scale, weights, prefix, b * blockSize);
+            else
+                VectorMath.AttentionScoresTile(queries, rows, HeadDim, KvBlocks.Keys(Cache, Layer, prefixBlocks[b], 0, blockSize, column, HeadDim, gather), KvCols, blockSize, Options.Scale, weights, prefix, b * blockSize);
+        }
+        if (Options.SoftCap > 0) SoftCap(weights, Options.SoftCap);
+        for (int r = 0; r < rows; r++)
+        {
+            statistics[2 * r + 1] = VectorMath.ExpSum(weights.Slice(r * prefix, prefix), out float max);
+            statistics[2 * r] = max;
+        }
+        for (int b = 0; b * blockSize < prefix; b++)
+        {
+            if (halves)
+                VectorMath.AttentionValuesTile(weights, prefix, b * blockSize, rows, HeadDim, KvBlocks.HalfValues(Cache, Layer, prefixBlocks[b], 0, blockSize, column, HeadDim), KvCols, blockSize, sums);
+            else
+                VectorMath.AttentionValuesTile(weights, prefix, b * blockSize, rows, HeadDim, KvBlocks.Values(Cache, Layer, prefixBlocks[b], 0, blockSize, column, HeadDim, gather), KvCols, blockSize, sums);
+        }
+
+        // Suffix part, token by token, in the scratch the prefix rows are done with; then the merge.
+        var positions = Context.Positions;
+        for (int i = 0; i < tokens.Length; i++)
+        {
+            int t = tokens[i], sequence = Context.SequenceOf(t);
+            int last = Options.Causal ? positions[t] : Context.LastPosition(sequence), length = last - prefix + 1;
+            var blocks = Context.BlockTable(sequence);
+            var query = queries.Slice(i * width, width);
+            var output = sums.Slice(i * width, width);
+            var suffix = rowScratch[..(group * length)];
+            for (int position = prefix; position <= last;)
+            {
+                int b = position / blockSize, offset = position % blockSize, count = Math.Min(blockSize - offset, last - position + 1);
+                if (halves)
+                    VectorMath.AttentionScores(query, group, HeadDim, group, KvBlocks.HalfKeys(Cache, Layer, blocks[b], offset, count, column, HeadDim), KvCols, count, Options.Scale, suffix, length, position - prefix);
+                else
+                    VectorMath.AttentionScores(query, group, HeadDim, group, KvBlocks.Keys(Cache, Layer, blocks[b], offset, count, column, HeadDim, gather), KvCols, count, Options.Scale, suffix, length, position - prefix);
+                position += count;
+            }
+            if (Options.SoftCap > 0) SoftCap(suffix, Options.SoftCap);
+            for (int h = 0; h < group; h++)
+            {
+                int r = i * group + h;
+                float suffixSum = VectorMath.ExpSum(suffix.Slice(h * length, length), out float suffixMax);
+                float prefixMax = statistics[2 * r], max = MathF.Max(prefixMax, suffixMax);
+                float prefixWeight = MathF.Exp(prefixMax - max), suffixWeight = MathF.Exp(suffixMax - max);
+                VectorMath.Scale(output.Slice(h * HeadDim, HeadDim), prefixWeight);
+                VectorMath.Scale(suffix.Slice(h * length, length), suffixWeight);
+                statistics[2 * r + 1] = statistics[2 * r + 1] * prefixWeight + suffixSum * suffixWeight;
+            }
+            for (int position = prefix; position <= last;)
+            {
+                int b = position / blockSize, offset = position % blockSize, count = Math.Min(blockSize - offset, last - position + 1);
+                if (halves)
+                    VectorMath.AttentionValues(suffix, length, position - prefix, group, HeadDim, group, KvBlocks.HalfValues(Cache, Layer, blocks[b], offset, count, column, HeadDim), KvCols, count, output);
+                else
+                    VectorMath.AttentionValues(suffix, length, position - prefix, group, HeadDim, group, KvBlocks.Values(Cache, Layer, blocks[b], offset, count, column, HeadDim, gather), KvCols, count, output);
+                position += count;
+            }
+            var result = Output.Slice(t * QCols + column * group, width);
+            for (int h = 0; h < group; h++)
+            {
+                float inverse = 1f / statistics[2 * (i * group + h) + 1];
+                for (int d = 0; d < HeadDim; d++) result[h * HeadDim + d] = output[h * HeadDim + d] * inverse;
             }
         }
     }

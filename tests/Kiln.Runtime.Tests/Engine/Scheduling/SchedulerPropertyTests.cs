@@ -52,14 +52,16 @@ public sealed class SchedulerPropertyTests
     private static long s_preemptions;
     private static long s_prefixHitTokens;
     private static long s_blockCopies;
+    private static long s_sharingGroups;
 
     [Fact]
     public void RandomSchedulesKeepEveryPromise()
     {
-        long hitsBefore = Interlocked.Read(ref s_prefixHitTokens), copiesBefore = Interlocked.Read(ref s_blockCopies);
+        long hitsBefore = Interlocked.Read(ref s_prefixHitTokens), copiesBefore = Interlocked.Read(ref s_blockCopies), groupsBefore = Interlocked.Read(ref s_sharingGroups);
         SeededCases.Check(Gen.Select(GenConfig, GenRequest.Array[1, 16]), seed: 2000, count: 2000, c => RunScenario(c.Item1, c.Item2));
         Assert.True(Interlocked.Read(ref s_prefixHitTokens) > hitsBefore, "the prefix cache never hit");
         Assert.True(Interlocked.Read(ref s_blockCopies) > copiesBefore, "no fork ever copied a shared block");
+        Assert.True(Interlocked.Read(ref s_sharingGroups) > groupsBefore, "no step ever had sequences sharing prefix blocks");
     }
 
     [Fact]
@@ -176,6 +178,7 @@ public sealed class SchedulerPropertyTests
             var batch = scheduler.Schedule();
             Ended(batch.Finished);
             CheckBatch(config, scheduler, batch);
+            CheckSharingGroups(batch);
             Interlocked.Add(ref s_blockCopies, batch.Copies.Length);
             if (!batch.IsEmpty)
             {
@@ -244,6 +247,44 @@ public sealed class SchedulerPropertyTests
         if (spec.MaxNew == 1 || prompt.Length + 1 == maxContext) return ([firstToken], FinishReason.Length);
         var (rest, reason) = FakePagedModel.Reference([.. prompt, firstToken], spec.MaxNew - 1, stops, maxContext);
         return ([firstToken, .. rest], reason);
+    }
+
+    /// <summary>
+    /// The step's sharing groups (forks, prompts served from the prefix cache, preempted requests resuming from it):
+    /// each has two or more sequences whose tables begin with its prefix blocks, all written before their new tokens;
+    /// it shares every such block they have in common; and any two ungrouped-apart sequences share no written block.
+    /// </summary>
+    private static void CheckSharingGroups(ScheduledBatch batch)
+    {
+        var tables = batch.BlockTables;
+        var groupOf = new int[tables.SequenceCount];
+        Array.Fill(groupOf, -1);
+        int Written(int s) => (tables.KvLength(s) - (tables.QueryIndptr[s + 1] - tables.QueryIndptr[s])) / tables.BlockSize;
+        ReadOnlySpan<int> Table(int s) => tables.BlockIds[tables.Indptr[s]..tables.Indptr[s + 1]];
+        for (int g = 0; g < tables.SharedPrefixCount; g++)
+        {
+            var members = tables.SharedPrefixSequences(g).ToArray();
+            int prefix = tables.SharedPrefixBlocks(g);
+            Assert.True(members.Length >= 2 && prefix >= 1, $"group {g}: {members.Length} sequences sharing {prefix} blocks");
+            int common = int.MaxValue;
+            foreach (int s in members)
+            {
+                Assert.Equal(-1, groupOf[s]);
+                groupOf[s] = g;
+                Assert.True(prefix <= Written(s), $"sequence {s} has new tokens inside the group's {prefix} shared blocks");
+                Assert.Equal(Table(members[0])[..prefix].ToArray(), Table(s)[..prefix].ToArray());
+                common = Math.Min(common, Math.Min(Written(s), Table(s)[..Written(s)].CommonPrefixLength(Table(members[0])[..Written(members[0])])));
+            }
+            Assert.Equal(common, prefix);
+        }
+        for (int a = 0; a < tables.SequenceCount; a++)
+            for (int b = a + 1; b < tables.SequenceCount; b++)
+            {
+                if (groupOf[a] >= 0 && groupOf[a] == groupOf[b]) continue;
+                bool shareWritten = Written(a) > 0 && Written(b) > 0 && Table(a)[0] == Table(b)[0];
+                Assert.False(shareWritten, $"sequences {a} and {b} begin with the same written block {Table(a)[0]} but are not grouped together");
+            }
+        Interlocked.Add(ref s_sharingGroups, tables.SharedPrefixCount);
     }
 
     private static void CheckBatch(Config config, ContinuousBatchScheduler scheduler, ScheduledBatch batch)

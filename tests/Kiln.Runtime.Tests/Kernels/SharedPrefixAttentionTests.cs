@@ -1,0 +1,241 @@
+using Kiln.Kernels.Attention;
+using Kiln.Kernels.MatMul;
+using Kiln.Kernels.Quantized;
+using Kiln.Tests;
+using Xunit.Abstractions;
+
+namespace Kiln.Runtime.Tests.Kernels;
+
+/// <summary>
+/// Shared-prefix attention against the per-sequence path: the same step, with its sharing groups named and without,
+/// gives the same outputs within float rounding (the prefix's softmax and the suffix's are merged by log-sum-exp, so
+/// sums come in another order). Random seeded steps mix groups, ungrouped sequences, chunks of several tokens, every KV
+/// storage, GQA, soft caps and non-causal attention, on each kernel path.
+/// </summary>
+[Collection(KernelPathCollection.Name)]
+public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
+{
+    public static TheoryData<KernelPath> Paths => KernelPathCases.All;
+
+    private const int Seed = 1507, Cases = 60;
+
+    [SkippableTheory]
+    [MemberData(nameof(Paths))]
+    public void SharedPrefixAttentionEqualsPerSequenceAttention(KernelPath path)
+    {
+        using var forced = KernelPathCases.Force(path, "Shared-prefix attention", KernelPathCases.NoVnniForm);
+        output.WriteLine($"seed {Seed} ({Cases} cases)");
+        for (int i = 0; i < Cases; i++)
+        {
+            var random = new Random(Seed + i);
+            var step = Step.Draw(random);
+            var perSequence = step.Attend(groups: false);
+            var shared = step.Attend(groups: true);
+            double tolerance = step.Storage == KvStorage.F32 ? 2e-5 : 5e-5;
+            for (int j = 0; j < shared.Length; j++)
+                Assert.True(Math.Abs(shared[j] - perSequence[j]) <= tolerance * Math.Max(1, Math.Abs(perSequence[j])),
+                    $"seed {Seed + i}, {step}: output {j} is {shared[j]} shared, {perSequence[j]} per sequence");
+        }
+    }
+
+    [Fact]
+    public void AGroupTooLargeForTheScratchIsTakenInBatches()
+    {
+        // Scratch rows of 48 positions per head: a batch holds 2 of the 6 sequences' tokens over the 32-position prefix.
+        using var step = new Step(new Random(Seed), blockSize: 4, heads: 2, kvHeads: 2, headDim: 16, KvStorage.F16, softCap: 0, causal: true,
+            groupSizes: [6], prefixBlocks: [8], loneSequences: 1, maxContext: 48, wholePrefix: true);
+        output.WriteLine($"seed {Seed}: {step}");
+        var context = step.Context(groups: true);
+        var attention = step.Kernel(context, new AttentionOptions(0.25f));
+        int items = attention.Plan(context.TokenCount, threads: 2);
+        Assert.True(items - context.UngroupedTokens.Length * attention.PerToken >= 3 * 2, $"{items} items: the group was not split into batches");
+        var perSequence = step.Attend(groups: false);
+        var shared = step.Attend(groups: true);
+        for (int j = 0; j < shared.Length; j++)
+            Assert.True(Math.Abs(shared[j] - perSequence[j]) <= 5e-5 * Math.Max(1, Math.Abs(perSequence[j])), $"output {j} is {shared[j]} shared, {perSequence[j]} per sequence");
+    }
+
+    [Fact]
+    public void AGroupHasItemsOfItsOwnAndAWindowKeepsThePerSequencePath()
+    {
+        using var step = new Step(new Random(Seed), blockSize: 4, heads: 4, kvHeads: 2, headDim: 16, KvStorage.F32, softCap: 0, causal: true,
+            groupSizes: [3], prefixBlocks: [2], loneSequences: 1);
+        var context = step.Context(groups: true);
+        var attention = step.Kernel(context, new AttentionOptions(0.25f));
+        int items = attention.Plan(context.TokenCount, threads: 2);
+        // The lone sequence's tokens keep per-token items; the group's tokens share one batch per KV head.
+        Assert.Equal(context.UngroupedTokens.Length * attention.PerToken + 2, items);
+        var windowed = step.Kernel(context, new AttentionOptions(0.25f, Window: 5));
+        int windowedItems = windowed.Plan(context.TokenCount, threads: 2);
+        Assert.Equal(context.TokenCount * windowed.PerToken, windowedItems);
+    }
+
+    [Fact]
+    public void AddSharedPrefixRejectsWhatIsNotShared()
+    {
+        var cache = KvCache.Paged(layers: 1, blockCount: 8, blockSize: 2, kvDim: 4);
+        var context = new AttentionContext(cache, capacity: 8, maxBlockIds: 16);
+        context.AddChunk([0, 1, 2], startPosition: 4, count: 1, wantLogits: true);
+        context.AddChunk([0, 3, 5], startPosition: 4, count: 1, wantLogits: true);
+        context.AddChunk([0, 1, 4], startPosition: 3, count: 2, wantLogits: true);
+        Assert.Contains("at least two", Assert.Throws<ArgumentException>(() => context.AddSharedPrefix([0], prefixBlocks: 1)).Message);
+        Assert.Contains("named twice", Assert.Throws<ArgumentException>(() => context.AddSharedPrefix([0, 0], prefixBlocks: 1)).Message);
+        Assert.Contains("does not begin with the same 2", Assert.Throws<ArgumentException>(() => context.AddSharedPrefix([0, 1], prefixBlocks: 2)).Message);
+        Assert.Contains("position 3, inside the 4 shared positions", Assert.Throws<ArgumentException>(() => context.AddSharedPrefix([0, 2], prefixBlocks: 2)).Message);
+        Assert.Equal(0, context.SharedPrefixCount);
+        context.AddSharedPrefix([0, 1], prefixBlocks: 1);
+        Assert.Contains("already in a sharing group", Assert.Throws<ArgumentException>(() => context.AddSharedPrefix([1, 2], prefixBlocks: 1)).Message);
+        Assert.Equal(2, context.SharedPrefixLength(0));
+        Assert.Equal([2, 3], context.UngroupedTokens.ToArray());
+        context.Clear();
+        Assert.Equal(0, context.SharedPrefixCount);
+        context.AddChunk([0, 1, 2], startPosition: 4, count: 1, wantLogits: true);
+        context.AddChunk([0, 1, 4], startPosition: 4, count: 1, wantLogits: true);
+        context.AddSharedPrefix([0, 1], prefixBlocks: 2);
+        Assert.Equal(0, context.UngroupedTokens.Length);
+    }
+
+    /// <summary>
+    /// One step over a paged cache: sharing groups (sequences whose tables begin with the same blocks, then blocks of
+    /// their own) and lone sequences, each with some KV written by earlier steps and a chunk of new tokens.
+    /// </summary>
+    private sealed class Step : IDisposable
+    {
+        private readonly List<(int[] Table, int Written, int Count)> _sequences = [];
+        private readonly List<(int[] Sequences, int PrefixBlocks)> _groups = [];
+        private readonly float[] _queries;
+        private readonly string _description;
+
+        public Step(Random random, int blockSize, int heads, int kvHeads, int headDim, KvStorage storage, float softCap, bool causal,
+            int[] groupSizes, int[] prefixBlocks, int loneSequences, int maxContext = 256, bool wholePrefix = false)
+        {
+            BlockSize = blockSize;
+            Heads = heads;
+            KvHeads = kvHeads;
+            HeadDim = headDim;
+            Storage = storage;
+            SoftCap = softCap;
+            Causal = causal;
+            Cache = KvCache.Paged(layers: 1, blockCount: 512, blockSize, kvHeads * headDim, storage, headDim, maxContext);
+            int nextBlock = 0;
+            int[] NewBlocks(int count)
+            {
+                var ids = Enumerable.Range(nextBlock, count).ToArray();
+                nextBlock += count;
+                return ids;
+            }
+            for (int g = 0; g < groupSizes.Length; g++)
+            {
+                var prefix = NewBlocks(prefixBlocks[g]);
+                WriteRows(random, prefix, 0, prefixBlocks[g] * blockSize);
+                var members = new int[groupSizes[g]];
+                for (int m = 0; m < members.Length; m++)
+                {
+                    members[m] = AddSequence(random, prefix, prefixBlocks[g] * blockSize + random.Next(0, 2 * blockSize + 1), NewBlocks);
+                }
+                // A fork's members may share more than the group names; the kernel must read the rest per sequence.
+                _groups.Add((members, wholePrefix ? prefixBlocks[g] : random.Next(1, prefixBlocks[g] + 1)));
+            }
+            for (int s = 0; s < loneSequences; s++) AddSequence(random, [], random.Next(0, 3 * blockSize), NewBlocks);
+            int tokens = _sequences.Sum(s => s.Count);
+            _queries = new float[tokens * heads * headDim];
+            for (int i = 0; i < _queries.Length; i++) _queries[i] = (float)(random.NextDouble() * 2 - 1);
+            _description = $"block {blockSize}, {heads}/{kvHeads} heads of {headDim}, {storage}, cap {softCap}, causal {causal}, groups [{string.Join("; ", _groups.Select(g => $"{string.Join(",", g.Sequences)} over {g.PrefixBlocks}"))}], sequences [{string.Join("; ", _sequences.Select(s => $"{s.Written}+{s.Count}"))}]";
+        }
+
+        public int BlockSize { get; }
+        public int Heads { get; }
+        public int KvHeads { get; }
+        public int HeadDim { get; }
+        public KvStorage Storage { get; }
+        public float SoftCap { get; }
+        public bool Causal { get; }
+        public KvCache Cache { get; }
+
+        public static Step Draw(Random random)
+        {
+            int[] blockSizes = [1, 2, 3, 4, 16];
+            (int Heads, int KvHeads)[] shapes = [(4, 2), (2, 2), (4, 1), (3, 3)];
+            int[] headDims = [4, 16, 32, 64, 128];
+            var shape = shapes[random.Next(shapes.Length)];
+            int groups = random.Next(1, 3);
+            return new Step(random, blockSizes[random.Next(blockSizes.Length)], shape.Heads, shape.KvHeads, headDims[random.Next(headDims.Length)],
+                (KvStorage)new[] { KvStorage.F32, KvStorage.F16, KvStorage.Int8 }[random.Next(3)], random.Next(4) == 0 ? 3f : 0f, random.Next(4) != 0,
+                Enumerable.Range(0, groups).Select(_ => random.Next(2, 5)).ToArray(), Enumerable.Range(0, groups).Select(_ => random.Next(1, 4)).ToArray(),
+                random.Next(0, 3));
+        }
+
+        public override string ToString() => _description;
+
+        /// <summary>The step's context, with its sharing groups named or not.</summary>
+        public AttentionContext Context(bool groups)
+        {
+            var context = new AttentionContext(Cache, capacity: 64, maxBlockIds: 1024);
+            foreach (var (table, written, count) in _sequences) context.AddChunk(table, written, count, wantLogits: true);
+            if (groups)
+                foreach (var (sequences, prefixBlocks) in _groups) context.AddSharedPrefix(sequences, prefixBlocks);
+            return context;
+        }
+
+        public PagedAttention Kernel(AttentionContext context, AttentionOptions options)
+        {
+            int tokens = context.TokenCount, qCols = Heads * HeadDim;
+            int scoresStride = PagedAttention.ScoresPerChunk(Cache.MaxContext, Heads), gatherStride = KvBlocks.ScratchFloats(Cache);
+            long floats = 2L * tokens * qCols + (long)PagedAttention.MaxChunks * (scoresStride + gatherStride);
+            _memory?.Dispose();
+            _memory = new NativeBlock(floats * sizeof(float));
+            var q = _memory.Floats(0, tokens * qCols);
+            _queries.CopyTo(q.Span);
+            long at = (long)tokens * qCols * sizeof(float);
+            var output = _memory.Floats(at, tokens * qCols);
+            at += (long)tokens * qCols * sizeof(float);
+            var scores = _memory.Floats(at, PagedAttention.MaxChunks * scoresStride);
+            at += (long)PagedAttention.MaxChunks * scoresStride * sizeof(float);
+            return new PagedAttention
+            {
+                Q = q, Output = output, Scores = scores, ScoresStride = scoresStride,
+                Gather = _memory.Floats(at, PagedAttention.MaxChunks * gatherStride), GatherStride = gatherStride,
+                Cache = Cache, Context = context, Layer = 0, Heads = Heads, KvHeads = KvHeads, HeadDim = HeadDim, QCols = qCols,
+                KvCols = KvHeads * HeadDim, Options = options,
+            };
+        }
+
+        private NativeBlock? _memory;
+
+        /// <summary>Runs the kernel chunk by chunk on this thread and returns every token's output row.</summary>
+        public float[] Attend(bool groups)
+        {
+            var context = Context(groups);
+            var attention = Kernel(context, new AttentionOptions(1f / MathF.Sqrt(HeadDim), SoftCap: SoftCap, Causal: Causal));
+            int items = attention.Plan(context.TokenCount, threads: 2);
+            for (int start = 0; start < items; start += attention.ChunkSize)
+                attention.Execute(start, Math.Min(items, start + attention.ChunkSize));
+            return attention.Output.Span.ToArray();
+        }
+
+        public void Dispose() => _memory?.Dispose();
+
+        private int AddSequence(Random random, int[] prefix, int written, Func<int, int[]> newBlocks)
+        {
+            int count = random.Next(1, 4), total = written + count;
+            int own = (total + BlockSize - 1) / BlockSize - prefix.Length;
+            var table = prefix.Concat(newBlocks(own)).ToArray();
+            WriteRows(random, table, prefix.Length * BlockSize, total);
+            _sequences.Add((table, written, count));
+            return _sequences.Count - 1;
+        }
+
+        private void WriteRows(Random random, int[] table, int from, int to)
+        {
+            var row = new float[Cache.KvDim];
+            for (int position = from; position < to; position++)
+            {
+                int cacheRow = table[position / BlockSize] * BlockSize + position % BlockSize;
+                for (int i = 0; i < row.Length; i++) row[i] = (float)(random.NextDouble() * 2 - 1);
+                Cache.WriteKey(0, cacheRow, row);
+                for (int i = 0; i < row.Length; i++) row[i] = (float)(random.NextDouble() * 2 - 1);
+                Cache.WriteValue(0, cacheRow, row);
+            }
+        }
+    }
+}
