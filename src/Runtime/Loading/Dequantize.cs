@@ -41,8 +41,8 @@ public static class Dequantize
             case GgmlType.Q4_0: FromQ4_0(source, destination); break;
             case GgmlType.Q5_0: FromQ5(source, destination, withMin: false); break;
             case GgmlType.Q5_1: FromQ5(source, destination, withMin: true); break;
-            case GgmlType.Q4_K: FromQ4_K(source, destination); break;
-            case GgmlType.Q5_K: FromQ5_K(source, destination); break;
+            case GgmlType.Q4_K: FromQ4OrQ5_K(source, destination, fifthBits: false); break;
+            case GgmlType.Q5_K: FromQ4OrQ5_K(source, destination, fifthBits: true); break;
             case GgmlType.Q6_K: FromQ6_K(source, destination); break;
         }
     }
@@ -123,16 +123,18 @@ public static class Dequantize
 
     // block_q4_K: fp16 d, fp16 dmin, 12 bytes of 6-bit (scale, min) pairs for 8 sub-blocks of 32, 128 bytes of
     // nibbles. Each 32-byte run of nibbles holds two sub-blocks: low nibbles first, then high. x = d·sc·q − dmin·m.
-    private static void FromQ4_K(ReadOnlySpan<byte> source, Span<float> destination)
+    // block_q5_K is the same with 32 bytes of fifth bits between the scales and the nibbles (KQuantBlock): q in 0..31.
+    private static void FromQ4OrQ5_K(ReadOnlySpan<byte> source, Span<float> destination, bool fifthBits)
     {
-        const int BlockBytes = 144;
+        int blockBytes = fifthBits ? 176 : 144, nibblesAt = fifthBits ? 48 : 16;
         for (int block = 0; block < destination.Length / 256; block++)
         {
-            var bytes = source.Slice(block * BlockBytes, BlockBytes);
+            var bytes = source.Slice(block * blockBytes, blockBytes);
             float scale = ReadHalf(bytes);
             float minScale = ReadHalf(bytes[2..]);
             var scales = bytes.Slice(4, 12);
-            var nibbles = bytes.Slice(16, 128);
+            var high = fifthBits ? bytes.Slice(16, 32) : default;
+            var nibbles = bytes.Slice(nibblesAt, 128);
             var output = destination.Slice(block * 256, 256);
             for (int pair = 0; pair < 4; pair++)
             {
@@ -144,39 +146,10 @@ public static class Dequantize
                 var y = output.Slice(64 * pair, 64);
                 for (int l = 0; l < 32; l++)
                 {
-                    y[l] = d1 * (q[l] & 0x0F) - m1;
-                    y[l + 32] = d2 * (q[l] >> 4) - m2;
-                }
-            }
-        }
-    }
-
-    // block_q5_K: as block_q4_K with 32 bytes of fifth bits between the scales and the nibbles (KQuantBlock).
-    // x = d·sc·q − dmin·m with q in 0..31.
-    private static void FromQ5_K(ReadOnlySpan<byte> source, Span<float> destination)
-    {
-        const int BlockBytes = 176;
-        for (int block = 0; block < destination.Length / 256; block++)
-        {
-            var bytes = source.Slice(block * BlockBytes, BlockBytes);
-            float scale = ReadHalf(bytes);
-            float minScale = ReadHalf(bytes[2..]);
-            var scales = bytes.Slice(4, 12);
-            var high = bytes.Slice(16, 32);
-            var nibbles = bytes.Slice(48, 128);
-            var output = destination.Slice(block * 256, 256);
-            for (int pair = 0; pair < 4; pair++)
-            {
-                KQuantBlock.ScaleAndMin(2 * pair, scales, out int lowScale, out int lowMin);
-                KQuantBlock.ScaleAndMin(2 * pair + 1, scales, out int highScale, out int highMin);
-                float d1 = scale * lowScale, m1 = minScale * lowMin;
-                float d2 = scale * highScale, m2 = minScale * highMin;
-                var q = nibbles.Slice(32 * pair, 32);
-                var y = output.Slice(64 * pair, 64);
-                for (int l = 0; l < 32; l++)
-                {
-                    y[l] = d1 * ((q[l] & 0x0F) + ((high[l] >> (2 * pair)) & 1) * 16) - m1;
-                    y[l + 32] = d2 * ((q[l] >> 4) + ((high[l] >> (2 * pair + 1)) & 1) * 16) - m2;
+                    int fifthLow = fifthBits ? ((high[l] >> (2 * pair)) & 1) * 16 : 0;
+                    int fifthHigh = fifthBits ? ((high[l] >> (2 * pair + 1)) & 1) * 16 : 0;
+                    y[l] = d1 * ((q[l] & 0x0F) + fifthLow) - m1;
+                    y[l + 32] = d2 * ((q[l] >> 4) + fifthHigh) - m2;
                 }
             }
         }
