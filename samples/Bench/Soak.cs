@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.Text;
 using System.Text.Json;
 using Kiln.Engine.Scheduling;
 using Kiln.Engine.Serving;
@@ -28,8 +29,11 @@ public sealed record SoakOptions(int Requests, int Concurrency, double CancelFra
         init => field = value >= 3 ? value : throw new ArgumentOutOfRangeException(nameof(MaxNewTokens), value, "a soak's requests need room for 3 new tokens at least");
     } = 96;
 
-    /// <summary>Warm-up requests: their RSS is the baseline the end is compared with.</summary>
+    /// <summary>Requests of one warm-up round; rounds repeat until the serving process stops compiling (see <see cref="Soak"/>).</summary>
     public int WarmUpRequests => Math.Clamp(Requests / 10, 32, 500);
+
+    /// <summary>The most warm-up rounds; the RSS after the last one is the baseline the end is compared with.</summary>
+    public int MaxWarmUpRounds { get; init; } = 8;
 }
 
 /// <summary>How a soak client misbehaves, if at all, once it has seen <see cref="SoakRequest.FaultAfter"/> tokens.</summary>
@@ -99,6 +103,9 @@ public interface ISoakClient
 
     /// <summary>Where the serving process's memory is, as far as the surface tells (managed heap, threads, ...), for the log.</summary>
     Task<string> MemoryDetailAsync(CancellationToken cancellationToken);
+
+    /// <summary>Methods the serving process's JIT has compiled so far (tiered re-compilations included), or null if it does not say.</summary>
+    Task<long?> CompiledMethodsAsync(CancellationToken cancellationToken);
 }
 
 /// <summary>The soak's result, with the key names; <see cref="Problems"/> lists the first failures.</summary>
@@ -222,26 +229,34 @@ public static class Soak
     /// each running one request at a time (alone means nothing else in flight on that surface, so a reference may be
     /// <paramref name="client"/> itself, or separate engines checking side by side). Progress goes to <paramref name="log"/>.
     /// </summary>
+    /// <remarks>
+    /// The RSS baseline is the serving process at rest after the warm-up, and the end is measured the same way, so what
+    /// differs is what serving 10,000 requests left behind. Two things that are not the server's are kept out of it:
+    /// the driver's own records (in process they share the heap; the requests are drawn and a fixed-size slot for each
+    /// one's end is allocated before the baseline, and outputs are written to a temporary file, not kept), and the JIT's
+    /// tiered re-compilation of hot methods, which goes on for a while after their first calls (see
+    /// <see cref="WarmUpAsync"/>).
+    /// </remarks>
     public static async Task<SoakReport> RunAsync(ISoakClient client, IReadOnlyList<ISoakClient> references, int vocabSize, SoakOptions options, bool http,
         TextWriter log, CancellationToken cancellationToken = default)
     {
         if (references.Count == 0) throw new ArgumentException("the soak needs a reference to run requests alone on", nameof(references));
         var problems = new List<string>();
-        var warmUp = Workload(options.WarmUpRequests, options.Seed + 1, vocabSize, options, http);
-        log.WriteLine($"soak: warm-up: {warmUp.Length} requests, {options.Concurrency} clients...");
-        var warmUpOutcomes = await RunAllAsync(client, warmUp, options, cancellationToken);
-        Note(problems, warmUp, warmUpOutcomes, "warm-up");
+        var requests = Workload(options.Requests, options.Seed, vocabSize, options, http);
+        var ends = new SoakEnd[requests.Length];
+        using var outputs = new SoakOutputFile();
+
+        await WarmUpAsync(client, outputs, vocabSize, options, http, problems, log, cancellationToken);
         int leakedAfterWarmUp = await client.HeldBlocksWhenIdleAsync(cancellationToken);
         if (leakedAfterWarmUp != 0) problems.Add($"warm-up: {leakedAfterWarmUp} KV blocks held at idle");
         double rssStart = await client.ResidentMegabytesAsync(cancellationToken);
         log.WriteLine($"soak: after warm-up: {await client.MemoryDetailAsync(cancellationToken)}");
 
-        var requests = Workload(options.Requests, options.Seed, vocabSize, options, http);
         log.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"soak: {requests.Length} requests, {options.Concurrency} clients, seed {options.Seed}: {requests.Count(r => r.Fault == SoakFault.Cancel)} cancel, " +
             $"{requests.Count(r => r.Fault == SoakFault.Stall)} stall, {requests.Count(r => r.Fault == SoakFault.Abandon)} abandon; RSS after warm-up {rssStart:F1} MB"));
         var clock = Stopwatch.StartNew();
-        var outcomes = await RunAllAsync(client, requests, options, cancellationToken, done => log.WriteLine($"soak: {done}/{requests.Length} done, {clock.Elapsed.TotalSeconds:F0} s"));
+        await RunAllAsync(client, outputs, requests, ends, options, cancellationToken, done => log.WriteLine($"soak: {done}/{requests.Length} done, {clock.Elapsed.TotalSeconds:F0} s"));
         double seconds = clock.Elapsed.TotalSeconds;
         int leaked = await client.HeldBlocksWhenIdleAsync(cancellationToken);
         double rssEnd = await client.ResidentMegabytesAsync(cancellationToken);
@@ -251,7 +266,7 @@ public static class Soak
 
         // The oracle: the same request alone, its client well-behaved. Reference k checks every k-th completed request.
         var aloneClock = Stopwatch.StartNew();
-        int[] completed = [.. Enumerable.Range(0, requests.Length).Where(i => outcomes[i].Kind == SoakOutcomeKind.Completed)];
+        int[] completed = [.. Enumerable.Range(0, requests.Length).Where(i => ends[i].Kind == SoakOutcomeKind.Completed)];
         int checkedAlone = 0;
         await Task.WhenAll(references.Select(async (reference, k) =>
         {
@@ -260,37 +275,60 @@ public static class Soak
                 int i = completed[position];
                 var alone = await RunOneAsync(reference, requests[i], faults: false, options, cancellationToken);
                 if (alone.Kind != SoakOutcomeKind.Completed)
-                    outcomes[i] = SoakOutcome.Failed($"alone it did not complete: {alone.Problem ?? alone.Kind.ToString()}");
-                else if (alone.Output != outcomes[i].Output)
-                    outcomes[i] = SoakOutcome.Failed($"its output differs from the request run alone:\n  soak:  {Clip(outcomes[i].Output)}\n  alone: {Clip(alone.Output)}");
+                    ends[i] = SoakEnd.Failed($"alone it did not complete: {alone.Problem ?? alone.Kind.ToString()}");
+                else if (outputs.Read(ends[i].Output) is var soaked && alone.Output != soaked)
+                    ends[i] = SoakEnd.Failed($"its output differs from the request run alone:\n  soak:  {Clip(soaked)}\n  alone: {Clip(alone.Output)}");
                 int now = Interlocked.Increment(ref checkedAlone);
                 if (now % 1000 == 0) log.WriteLine($"soak: {now} checked alone, {aloneClock.Elapsed.TotalSeconds:F0} s");
             }
         }));
         log.WriteLine($"soak: {checkedAlone} completed requests checked alone in {aloneClock.Elapsed.TotalSeconds:F1} s");
-        Note(problems, requests, outcomes, "soak");
+        Note(problems, requests, ends, "soak");
 
         return new SoakReport(requests.Length,
-            outcomes.Count(o => o.Kind == SoakOutcomeKind.Completed),
-            outcomes.Count(o => o.Kind == SoakOutcomeKind.Cancelled),
-            outcomes.Count(o => o.Kind == SoakOutcomeKind.Failed),
+            ends.Count(e => e.Kind == SoakOutcomeKind.Completed),
+            ends.Count(e => e.Kind == SoakOutcomeKind.Cancelled),
+            ends.Count(e => e.Kind == SoakOutcomeKind.Failed),
             leaked, rssStart, rssEnd, seconds, problems);
     }
 
-    private static async Task<SoakOutcome[]> RunAllAsync(ISoakClient client, SoakRequest[] requests, SoakOptions options,
+    /// <summary>
+    /// Warm-up rounds of <see cref="SoakOptions.WarmUpRequests"/> fresh requests until one leaves the serving process's
+    /// count of compiled methods nearly where it was (at most 1 % or 10 more): tiered compilation re-compiles hot
+    /// methods for a while after their first calls, and a round takes a second or two, so one round ends long before
+    /// the code does. At most <see cref="SoakOptions.MaxWarmUpRounds"/>; one where the surface does not say.
+    /// </summary>
+    private static async Task WarmUpAsync(ISoakClient client, SoakOutputFile outputs, int vocabSize, SoakOptions options, bool http, List<string> problems, TextWriter log,
+        CancellationToken cancellationToken)
+    {
+        long? before = await client.CompiledMethodsAsync(cancellationToken);
+        for (int round = 1; ; round++)
+        {
+            var warmUp = Workload(options.WarmUpRequests, options.Seed + round, vocabSize, options, http);
+            var ends = new SoakEnd[warmUp.Length];
+            await RunAllAsync(client, outputs, warmUp, ends, options, cancellationToken);
+            Note(problems, warmUp, ends, $"warm-up round {round}");
+            long? after = await client.CompiledMethodsAsync(cancellationToken);
+            string compiled = after is { } all && before is { } earlier ? $"; {all - earlier} more methods compiled, {all} in all" : "";
+            log.WriteLine($"soak: warm-up round {round}: {warmUp.Length} requests, {options.Concurrency} clients{compiled}");
+            if (after is null || before is null || round >= options.MaxWarmUpRounds || after - before <= Math.Max(10, after.Value / 100)) return;
+            before = after;
+        }
+    }
+
+    private static async Task RunAllAsync(ISoakClient client, SoakOutputFile outputs, SoakRequest[] requests, SoakEnd[] ends, SoakOptions options,
         CancellationToken cancellationToken, Action<int>? progress = null)
     {
-        var outcomes = new SoakOutcome[requests.Length];
         int done = 0;
         await Parallel.ForEachAsync(Enumerable.Range(0, requests.Length),
             new ParallelOptions { MaxDegreeOfParallelism = options.Concurrency, CancellationToken = cancellationToken },
             async (i, token) =>
             {
-                outcomes[i] = await RunOneAsync(client, requests[i], faults: true, options, token);
+                var outcome = await RunOneAsync(client, requests[i], faults: true, options, token);
+                ends[i] = new SoakEnd(outcome.Kind, outcome.Kind == SoakOutcomeKind.Completed ? outputs.Write(outcome.Output) : default, outcome.Problem);
                 int now = Interlocked.Increment(ref done);
                 if (now % 1000 == 0) progress?.Invoke(now);
             });
-        return outcomes;
     }
 
     private static async Task<SoakOutcome> RunOneAsync(ISoakClient client, SoakRequest request, bool faults, SoakOptions options, CancellationToken cancellationToken)
@@ -311,12 +349,51 @@ public static class Soak
         }
     }
 
-    private static void Note(List<string> problems, SoakRequest[] requests, SoakOutcome[] outcomes, string phase)
+    private static void Note(List<string> problems, SoakRequest[] requests, SoakEnd[] ends, string phase)
     {
-        for (int i = 0; i < outcomes.Length && problems.Count < 20; i++)
+        for (int i = 0; i < ends.Length && problems.Count < 20; i++)
         {
-            if (outcomes[i].Kind == SoakOutcomeKind.Failed) problems.Add($"{phase} request {requests[i]}: {outcomes[i].Problem}");
+            if (ends[i].Kind == SoakOutcomeKind.Failed) problems.Add($"{phase} request {requests[i]}: {ends[i].Problem}");
         }
+    }
+
+    /// <summary>What the soak keeps of a request's end: its kind, where its output is in the <see cref="SoakOutputFile"/>, and a failure's reason.</summary>
+    private readonly record struct SoakEnd(SoakOutcomeKind Kind, (long Offset, int Length) Output, string? Problem)
+    {
+        public static SoakEnd Failed(string problem) => new(SoakOutcomeKind.Failed, default, problem);
+    }
+
+    /// <summary>
+    /// The outputs of completed requests, in a temporary file (deleted when disposed) rather than in memory: through the
+    /// engine API the driver shares the process whose RSS is judged, and 8,000 outputs would be a few MB of it.
+    /// </summary>
+    private sealed class SoakOutputFile : IDisposable
+    {
+        private readonly FileStream _file = new(Path.Combine(Path.GetTempPath(), $"kiln-soak-{Guid.NewGuid():N}.txt"), FileMode.CreateNew,
+            FileAccess.ReadWrite, FileShare.None, bufferSize: 1, FileOptions.DeleteOnClose);
+        private readonly Lock _gate = new();
+        private long _end;
+
+        public (long Offset, int Length) Write(string output)
+        {
+            byte[] bytes = Encoding.UTF8.GetBytes(output);
+            lock (_gate)
+            {
+                long offset = _end;
+                RandomAccess.Write(_file.SafeFileHandle, bytes, offset);
+                _end += bytes.Length;
+                return (offset, bytes.Length);
+            }
+        }
+
+        public string Read((long Offset, int Length) output)
+        {
+            byte[] bytes = new byte[output.Length];
+            int read = RandomAccess.Read(_file.SafeFileHandle, bytes, output.Offset);
+            return read == bytes.Length ? Encoding.UTF8.GetString(bytes) : throw new IOException($"the soak's output file ended at {output.Offset + read}, short of a {output.Length}-byte output");
+        }
+
+        public void Dispose() => _file.Dispose();
     }
 
     private static string Clip(string text) => text.Length <= 400 ? text : text[..400] + "…";

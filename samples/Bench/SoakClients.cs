@@ -86,6 +86,8 @@ public sealed class EngineSoakClient(KilnEngine engine) : ISoakClient
 
     public Task<double> ResidentMegabytesAsync(CancellationToken cancellationToken) => Task.FromResult(ResidentMegabytesAfterGc());
 
+    public Task<long?> CompiledMethodsAsync(CancellationToken cancellationToken) => Task.FromResult<long?>(System.Runtime.JitInfo.GetCompiledMethodCount());
+
     public Task<string> MemoryDetailAsync(CancellationToken cancellationToken)
     {
         var gc = GC.GetGCMemoryInfo(GCKind.Any);
@@ -306,6 +308,12 @@ public sealed class HttpSoakClient : ISoakClient, IDisposable
         return metrics.TryGetValue("dotnet_process_memory_working_set_bytes", out double bytes)
             ? bytes / (1024.0 * 1024.0)
             : throw new InvalidOperationException("the server's /metrics has no dotnet_process_memory_working_set_bytes (the System.Runtime meter).");
+    }
+
+    public async Task<long?> CompiledMethodsAsync(CancellationToken cancellationToken)
+    {
+        var metrics = await MetricsAsync(cancellationToken);
+        return metrics.TryGetValue("dotnet_jit_compiled_methods", out double count) ? (long)count : null;
     }
 
     public async Task<string> MemoryDetailAsync(CancellationToken cancellationToken)
