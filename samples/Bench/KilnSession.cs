@@ -40,6 +40,9 @@ public sealed class KilnSession : IDisposable
     /// </summary>
     public KilnContext CreateContext(int slots, int maxContext)
     {
+        // A model without attention layers (LSTM, Mamba) keeps only its recurrent state: one state slot per sequence.
+        if (Model.KvShape.Layers == 0 && !Model.StateShape.IsEmpty)
+            return new KilnContext(new AttentionContext(Model.StateShape.CreateCache(slots), Plan.MaxTokensPerStep));
         int blockSize = (maxContext + 15) / 16 * 16;
         var cache = Model.KvShape.CreatePaged(slots, blockSize, KvStorage, maxContext: blockSize);
         return new KilnContext(new AttentionContext(cache, Plan.MaxTokensPerStep));
@@ -66,7 +69,7 @@ public sealed class KilnContext
     public KilnContext(AttentionContext attention)
     {
         Attention = attention;
-        _blockIds = new int[attention.Cache.BlockCount];
+        _blockIds = new int[attention.HasCache ? attention.Cache.BlockCount : 0];
         for (int i = 0; i < _blockIds.Length; i++) _blockIds[i] = i;
     }
 
@@ -80,12 +83,15 @@ public sealed class KilnContext
     public void SetSequence(int slot, int startPosition, int count)
     {
         Attention.Clear();
-        Attention.AddChunk(BlockTable(slot), startPosition, count, wantLogits: true);
+        Add(slot, startPosition, count, wantLogits: true);
     }
 
     /// <summary>Adds <paramref name="count"/> consecutive tokens of slot <paramref name="slot"/>'s sequence to the step.</summary>
-    public void Add(int slot, int startPosition, int count, bool wantLogits) =>
-        Attention.AddChunk(BlockTable(slot), startPosition, count, wantLogits);
+    public void Add(int slot, int startPosition, int count, bool wantLogits)
+    {
+        if (Attention.HasCache) Attention.AddChunk(BlockTable(slot), startPosition, count, wantLogits);
+        else Attention.AddRecurrentChunk(slot, startPosition, count, wantLogits);
+    }
 
     private ReadOnlySpan<int> BlockTable(int slot) => _blockIds.AsSpan(slot, 1);
 }

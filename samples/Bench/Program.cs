@@ -3,7 +3,7 @@ using System.Globalization;
 using Kiln.Bench;
 
 // Kiln's benchmark tool: synthetic model files with real shapes, and Kiln vs llama.cpp side by side on them.
-//   make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3|bert|lstm] --shape {15m|110m|1b} --format {f32|f16|q8_0|q4_0|q4_k_m|q5_k_m|q6_k} --out FILE [--seed N]
+//   make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3|bert|lstm|mamba] --shape {15m|110m|1b} --format {f32|f16|q8_0|q4_0|q4_k_m|q5_k_m|q6_k} --out FILE [--seed N]
 //   compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads a,b] [--quick] [--seed N]
 //   agree --model FILE [--positions 64] [--threads N] [--json OUT]
 //   kernels --threads N [--formats q4_0,q8_0,f32,q4_k,q5_k,q6_k] [--tokens 1,32,128]
@@ -19,7 +19,7 @@ return BenchCli.Run(args);
 internal static class BenchCli
 {
     private const string Usage =
-        "usage: bench make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3|bert|lstm] --shape {15m|110m|1b|tiny} --format {f32|f16|q8_0|q4_0|q4_k_m|q5_k_m|q6_k} --out FILE [--seed N] [--logit-scale X]\n" +
+        "usage: bench make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3|bert|lstm|mamba] --shape {15m|110m|1b|tiny} --format {f32|f16|q8_0|q4_0|q4_k_m|q5_k_m|q6_k} --out FILE [--seed N] [--logit-scale X]\n" +
         "       bench compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads " + "prefill_128,decode_128,batched_decode_8,batched_decode_32] [--quick] [--seed N] [--kv f16|f32]\n" +
         "       bench agree --model FILE [--positions 64] [--threads N] [--json OUT]\n" +
         "       bench kernels --threads N [--formats q4_0,q8_0,f32,q4_k,q5_k,q6_k] [--tokens 1,32,128]\n" +

@@ -357,3 +357,60 @@ public sealed class LstmSynthetic : SyntheticArchitecture
         model.Bias("output.bias", s.Vocab, 0.1f);
     }
 }
+
+/// <summary>
+/// Mamba-1 (llama.cpp's <c>mamba</c>; samples/Models/Mamba.cs): RMSNorm, in-projection to x and z (the shape's
+/// Hidden is d_inner), a causal conv of width 4, x-projection to the time-step rank and B, C (d_state 16), the
+/// time step's projection with bias, the selective scan, the out-projection. As Mamba initializes them: A = −(1…16)
+/// per channel (ssm_a stores −exp(A_log)), softplus(dt bias) near 0.02–0.1, D near 1. The convolution and A are F32
+/// in every format (ggml_ssm_conv and ggml_ssm_scan read F32). The time-step rank is d_model/16 rounded up, as
+/// Mamba's default, except the tiny shape's 32, so its Q8_0 file has whole blocks.
+/// </summary>
+public sealed class MambaSynthetic : SyntheticArchitecture
+{
+    public const int StateSize = 16, ConvKernel = 4;
+
+    public override string Name => "mamba";
+    public override SyntheticVocabulary Vocabulary { get; } = SyntheticVocabulary.SentencePiece(addBos: true);
+    public override SyntheticShape Tiny { get; } = new("tiny", Dim: 64, Hidden: 128, Layers: 2, Heads: 1, KvHeads: 1, Vocab: 320, TiedOutput: false, ContextLength: 256);
+    public override SyntheticShape Small { get; } = new("15m", 288, 576, 6, 1, 1, 32000, TiedOutput: true);
+    public override SyntheticShape Base { get; } = new("110m", 768, 1536, 24, 1, 1, 32000, TiedOutput: true); // mamba-130m's shape
+
+    /// <summary>The time-step rank of <paramref name="shape"/>.</summary>
+    public static int DtRank(SyntheticShape shape) => shape.Name == "tiny" ? 32 : (shape.Dim + 15) / 16;
+
+    public override IEnumerable<int> MatrixRowLengths(SyntheticShape shape) => [shape.Dim, shape.Hidden, DtRank(shape)];
+
+    protected internal override void AddHyperparameters(SyntheticModelBuilder model)
+    {
+        model.Hyper("ssm.conv_kernel", (uint)ConvKernel);
+        model.Hyper("ssm.inner_size", (uint)model.Shape.Hidden);
+        model.Hyper("ssm.state_size", (uint)StateSize);
+        model.Hyper("ssm.time_step_rank", (uint)DtRank(model.Shape));
+        model.Hyper("attention.layer_norm_rms_epsilon", 1e-5f);
+    }
+
+    protected internal override void AddTensors(SyntheticModelBuilder model)
+    {
+        var s = model.Shape;
+        int inner = s.Hidden, rank = DtRank(s);
+        var a = new float[inner * StateSize];
+        for (int i = 0; i < a.Length; i++) a[i] = -(i % StateSize + 1);
+        model.TokenEmbedding(s.TiedOutput);
+        for (int layer = 0; layer < s.Layers; layer++)
+        {
+            string p = $"blk.{layer}.";
+            model.Norm(p + "attn_norm.weight", s.Dim);
+            model.Linear(p + "ssm_in.weight", s.Dim, 2 * inner);
+            model.F32Tensor(p + "ssm_conv1d.weight", 1f / MathF.Sqrt(ConvKernel), 0, ConvKernel, inner);
+            model.Bias(p + "ssm_conv1d.bias", inner, 0.1f);
+            model.Linear(p + "ssm_x.weight", inner, rank + 2 * StateSize);
+            model.Linear(p + "ssm_dt.weight", rank, inner, 0.1f);
+            model.F32Tensor(p + "ssm_dt.bias", 0.5f, -3.5f, inner);
+            model.F32Values(p + "ssm_a", a, StateSize, inner);
+            model.F32Tensor(p + "ssm_d", 0.1f, 1f, inner);
+            model.Linear(p + "ssm_out.weight", inner, s.Dim);
+        }
+        model.OutputHead();
+    }
+}

@@ -36,7 +36,7 @@ public static class SyntheticModel
 
     /// <summary>Every architecture llama.cpp also runs (the peer checks' list), by its general.architecture name.</summary>
     public static IReadOnlyList<SyntheticArchitecture> Architectures { get; } =
-        [new LlamaSynthetic(), new Gpt2Synthetic(), new Qwen2Synthetic(), new Qwen3Synthetic(), new Gemma2Synthetic(), new Phi3Synthetic(), new BertSynthetic()];
+        [new LlamaSynthetic(), new Gpt2Synthetic(), new Qwen2Synthetic(), new Qwen3Synthetic(), new Gemma2Synthetic(), new Phi3Synthetic(), new BertSynthetic(), new MambaSynthetic()];
 
     /// <summary>Architectures only Kiln runs (no llama.cpp peer): checked against references of their own.</summary>
     public static IReadOnlyList<SyntheticArchitecture> KilnOnlyArchitectures { get; } = [new LstmSynthetic()];
@@ -198,6 +198,16 @@ public sealed class SyntheticModelBuilder
 
     /// <summary>A norm weight: 1, or N(1, jitter) for architectures that draw them.</summary>
     public void Norm(string name, int length) => Add(name, GgmlType.F32, _architecture.NormJitter, mean: 1, length);
+
+    /// <summary>A tensor kept in F32 whatever the file's format, N(mean, std): ne = {inner} or {inner, outer}.</summary>
+    public void F32Tensor(string name, float std, float mean, long inner, long outer = 0) => Add(name, GgmlType.F32, std, mean, inner, outer);
+
+    /// <summary>An F32 tensor of exactly <paramref name="values"/> (ne = {inner, outer}), drawing nothing.</summary>
+    public void F32Values(string name, float[] values, long inner, long outer)
+    {
+        Writer.AddTensor(name, GgmlType.F32, values, inner, outer);
+        _progress?.Invoke($"[{++_tensors,3}] {name} F32 [{inner}, {outer}]");
+    }
 
     /// <summary>A bias, F32 N(0, std).</summary>
     public void Bias(string name, int length, float std) => Add(name, GgmlType.F32, std, mean: 0, length);

@@ -22,6 +22,7 @@ public static class ModelCatalog
         ("phi3", typeof(Phi3), file => Phi3.Load(file)),
         ("bert", typeof(Bert), file => Bert.Load(file)),
         ("lstm", typeof(Lstm), file => Lstm.Load(file)),
+        ("mamba", typeof(Mamba), file => Mamba.Load(file)),
     ];
 
     /// <summary>The architectures <see cref="Load"/> accepts.</summary>

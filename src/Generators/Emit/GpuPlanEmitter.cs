@@ -29,7 +29,7 @@ internal static class GpuPlanEmitter
     public const string MarkerType = "Kiln.Gpu.GpuPlan";
 
     /// <summary>Whether a GPU plan is made for this model at all: encoders and recurrent models are served on the CPU only.</summary>
-    public static bool HasGpuPlan(Plan plan) => !plan.Model.Encoder && !plan.Kernels.OfType<LstmKernel>().Any();
+    public static bool HasGpuPlan(Plan plan) => !plan.Model.Encoder && !plan.HasRecurrentLayers();
 
     /// <summary>
     /// Why the GPU plan cannot run this model, or null when it can. Encoders are not served on the GPU (no engine drives
@@ -38,7 +38,7 @@ internal static class GpuPlanEmitter
     public static string? Unsupported(Plan plan)
     {
         if (plan.Model.Encoder) return "encoders ([Model(Kind = ModelKind.Encoder)]) have no GPU plan";
-        if (plan.Kernels.OfType<LstmKernel>().Any()) return "recurrent layers (Ops.Lstm) have no GPU kernel";
+        if (plan.HasRecurrentLayers()) return "recurrent layers (Ops.Lstm, Ops.CausalConv1d, Ops.SelectiveScan) have no GPU kernel";
         if (plan.Kernels.Any(k => k is not (MatMulKernel or AttentionKernel or ElementwiseKernel or ConcatKernel or CopyKernel)))
             return "Ops.Pool has no GPU kernel";
         var programs = plan.Kernels.OfType<ElementwiseKernel>().Select(e => e.Program)

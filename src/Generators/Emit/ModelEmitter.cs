@@ -38,8 +38,7 @@ internal static class ModelEmitter
         // The first attention shapes the cache (as in the planner); its KV head count gives the head dimension.
         var attention = plan.Kernels.OfType<AttentionKernel>().FirstOrDefault();
         string headDim = attention is null ? "0" : $"{kvDim} / {Names.Scalar(attention.KvHeads, "this")}";
-        var lstms = plan.Kernels.OfType<LstmKernel>().ToList();
-        if (lstms.Count > 0 && attention is null)
+        if (plan.HasRecurrentLayers() && attention is null)
         {
             w.Line("/// <summary>None: the model has no attention layers; each sequence's memory is its recurrent state (StateShape).</summary>");
             w.Line("public global::Kiln.KvCacheShape KvShape => default;");
@@ -63,7 +62,7 @@ internal static class ModelEmitter
             w.Line("/// <summary>A contiguous KV cache of <paramref name=\"slots\"/> sequences of up to <paramref name=\"maxContext\"/> positions.</summary>");
             w.Line("public global::Kiln.KvCache CreateKvCache(int slots, int maxContext) => KvShape.CreateContiguous(slots, maxContext);");
         }
-        if (lstms.Count > 0) EmitStateShape(w, plan, lstms);
+        if (plan.HasRecurrentLayers()) EmitStateShape(w, plan);
         w.Line();
         w.Line($"{Tensor} global::Kiln.IKilnModel.ForwardEager(global::System.ReadOnlySpan<int> tokens, global::Kiln.AttentionContext context) => {model.ForwardName}(tokens, context);");
         w.Line();
@@ -76,22 +75,45 @@ internal static class ModelEmitter
         EmitHelpers(w);
     }
 
-    /// <summary>Each LSTM layer keeps its h and c, one row of its hidden size each, per sequence.</summary>
-    private static void EmitStateShape(CodeWriter w, Plan plan, List<LstmKernel> lstms)
+    /// <summary>
+    /// Per sequence: each LSTM layer's h and c, one row of its hidden size each; each Mamba convolution's last K − 1
+    /// inputs per channel; each selective scan's state per channel.
+    /// </summary>
+    private static void EmitStateShape(CodeWriter w, Plan plan)
     {
         w.Line();
-        w.Line("/// <summary>The recurrent state per sequence: every LSTM layer's hidden and cell rows, float32.</summary>");
+        w.Line("/// <summary>The recurrent state per sequence: every recurrent layer's tensors (LSTM h and c; Mamba's convolution inputs and scan state), float32.</summary>");
         w.Line("public global::Kiln.RecurrentStateShape StateShape");
         w.Open("");
         w.Open("get");
         w.Line("var tensors = new global::System.Collections.Generic.List<global::Kiln.StateTensorShape>();");
-        foreach (var lstm in lstms)
+        foreach (var kernel in plan.Kernels)
         {
-            var region = plan.Regions[lstm.Region];
-            string layer = Names.Scalar(lstm.Layer, "this"), hidden = Names.DimCode(lstm.Hidden, "this");
+            ScalarExpr layerExpr;
+            (string Name, string Rows, string Cols)[] lines;
+            switch (kernel)
+            {
+                case LstmKernel lstm:
+                    layerExpr = lstm.Layer;
+                    string hidden = Names.DimCode(lstm.Hidden, "this");
+                    lines = new[] { ("LstmHidden", "1", hidden), ("LstmCell", "1", hidden) };
+                    break;
+                case CausalConvKernel conv:
+                    layerExpr = conv.Layer;
+                    lines = new[] { ("ConvState", Names.DimCode(conv.Channels, "this"), $"{Names.DimCode(conv.Width, "this")} - 1") };
+                    break;
+                case SelectiveScanKernel scan:
+                    layerExpr = scan.Layer;
+                    lines = new[] { ("ScanState", Names.DimCode(scan.Channels, "this"), Names.DimCode(scan.StateSize, "this")) };
+                    break;
+                default:
+                    continue;
+            }
+            var region = plan.Regions[kernel.Region];
+            string layer = Names.Scalar(layerExpr, "this");
             if (region.IsLoop) w.Open($"for (int {Names.LayerIndex} = 0; {Names.LayerIndex} < this.{region.CountMember}; {Names.LayerIndex}++)");
-            w.Line($"tensors.Add(new global::Kiln.StateTensorShape(global::Kiln.Ops.LstmHidden, {layer}, 1, {hidden}));");
-            w.Line($"tensors.Add(new global::Kiln.StateTensorShape(global::Kiln.Ops.LstmCell, {layer}, 1, {hidden}));");
+            foreach (var (name, rows, cols) in lines)
+                w.Line($"tensors.Add(new global::Kiln.StateTensorShape(global::Kiln.Ops.{name}, {layer}, {rows}, {cols}));");
             if (region.IsLoop) w.Close();
         }
         w.Line("return new global::Kiln.RecurrentStateShape(tensors);");

@@ -30,8 +30,8 @@ internal static partial class PlanEmitter
                 w.Line("if (context.HasCache)");
                 w.Line("    throw new global::System.ArgumentException(\"An encoder's step holds whole sequences and has no KV cache: fill a new AttentionContext(capacity) with AddSequence.\", nameof(context));");
             }
-            else if (attention || !plan.Kernels.OfType<LstmKernel>().Any()) w.Line("var cache = context.Cache;");
-            if (plan.Kernels.OfType<LstmKernel>().Any())
+            else if (attention || !plan.HasRecurrentLayers()) w.Line("var cache = context.Cache;");
+            if (plan.HasRecurrentLayers())
             {
                 w.Line("// Recurrent layers read and write each sequence's state slot.");
                 w.Line("var state = context.State;");
@@ -221,6 +221,47 @@ internal static partial class PlanEmitter
                     w.Line("};");
                     w.Line("// One item per sequence: each runs its own tokens in order.");
                     w.Line("_pool.Run(context.SequenceCount, 1, lstm);");
+                    break;
+                }
+                case CausalConvKernel conv:
+                {
+                    string layerIndex = Names.Scalar(conv.Layer, "_model");
+                    string channels = Names.DimField(conv.Channels);
+                    w.Line($"var convolution = new {R}.CausalConvolution");
+                    w.Line("{");
+                    w.Line($"    Input = {View(plan, conv.Input)},");
+                    w.Line($"    Output = {View(plan, conv.Output)},");
+                    w.Line($"    Weight = {Names.Weight(conv.Weight, "_model", layer)}.Data,");
+                    w.Line($"    Channels = {channels},");
+                    w.Line($"    Width = {Names.DimField(conv.Width)},");
+                    w.Line("    Context = context,");
+                    w.Line($"    StateTensor = state.Require({layerIndex}, global::Kiln.Ops.ConvState),");
+                    w.Line("};");
+                    w.Line("// One item per (sequence, block of channels): each runs the sequence's tokens in order.");
+                    w.Line($"_pool.Run({R}.MambaWork.Items(context.SequenceCount, {channels}), 1, convolution);");
+                    break;
+                }
+                case SelectiveScanKernel scan:
+                {
+                    string layerIndex = Names.Scalar(scan.Layer, "_model");
+                    string channels = Names.DimField(scan.Channels);
+                    w.Line($"var scan = new {R}.SelectiveScanRecurrence");
+                    w.Line("{");
+                    w.Line($"    X = {View(plan, scan.X)},");
+                    w.Line($"    Dt = {View(plan, scan.Dt)},");
+                    w.Line($"    B = {View(plan, scan.B)},");
+                    w.Line($"    C = {View(plan, scan.C)},");
+                    w.Line($"    Z = {View(plan, scan.Z)},");
+                    w.Line($"    Output = {View(plan, scan.Output)},");
+                    w.Line($"    A = {Names.Weight(scan.A, "_model", layer)}.Data,");
+                    w.Line($"    D = {Names.Weight(scan.D, "_model", layer)}.Data,");
+                    w.Line($"    Channels = {channels},");
+                    w.Line($"    StateSize = {Names.DimField(scan.StateSize)},");
+                    w.Line("    Context = context,");
+                    w.Line($"    StateTensor = state.Require({layerIndex}, global::Kiln.Ops.ScanState),");
+                    w.Line("};");
+                    w.Line("// One item per (sequence, block of channels): each carries its channels' state through the sequence's tokens in order.");
+                    w.Line($"_pool.Run({R}.MambaWork.Items(context.SequenceCount, {channels}), 1, scan);");
                     break;
                 }
                 case ConcatKernel c:

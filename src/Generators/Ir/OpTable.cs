@@ -52,6 +52,10 @@ internal enum OpKind
     Attention,
     /// <summary>An LSTM layer's recurrence over each sequence of the step, from and back to its state slot.</summary>
     Lstm,
+    /// <summary>A causal depthwise convolution over each sequence of the step, carrying its last inputs in the state slot.</summary>
+    CausalConv1d,
+    /// <summary>Mamba-1's selective scan over each sequence of the step, from and back to its state slot.</summary>
+    SelectiveScan,
     Slice,
     Concat,
     // Elementwise, unary.
@@ -196,6 +200,14 @@ internal static class OpTable
             AttentionShape, "KV-cache write, then GQA attention (causal or not, windowed, scaled, soft-capped)"),
         new("Lstm", OpKind.Lstm, new[] { P("gates", ParamKind.Activation), P("recurrent", ParamKind.Weight), Context, P("layer", ParamKind.Int) }, LstmShape,
             "LSTM recurrence per sequence, in order from its state slot: z = gates + recurrent·h → [i, f, g, o]; c = σf·c + σi·tanh g; h = σo·tanh c"),
+        new("CausalConv1d", OpKind.CausalConv1d, new[] { X, P("weight", ParamKind.Weight), Context, P("layer", ParamKind.Int) }, CausalConvShape,
+            "causal depthwise convolution per sequence, in order, from the last K − 1 inputs in its state slot: y[t, c] = Σₖ weight[c, k]·x[t − K + 1 + k, c]"),
+        new("SelectiveScan", OpKind.SelectiveScan, new[]
+            {
+                X, P("dt", ParamKind.Activation), P("a", ParamKind.Weight), P("b", ParamKind.Activation), P("c", ParamKind.Activation),
+                P("d", ParamKind.Weight), P("z", ParamKind.Activation), Context, P("layer", ParamKind.Int),
+            },
+            SelectiveScanShape, "Mamba-1 selective scan per sequence, in order, from its state slot: Δ = softplus dt; h = e^(Δa)·h + Δb·x; y = (c·h + d·x)·SiLU z"),
         new("Slice", OpKind.Slice, new[] { X, P("start", ParamKind.Int), P("length", ParamKind.Int) }, SliceShape,
             "columns [start, start + length) of each row"),
         new("Concat", OpKind.Concat, new[] { P("a", ParamKind.Activation), P("b", ParamKind.Activation) }, ConcatShape,
@@ -307,6 +319,30 @@ internal static class OpTable
         if (s[0].Rank != 2 || s[0].Dims[0] != Shape.Tokens) return ShapeResult.Fail($"the gates must be one row per token [T, 4*Hidden], got {s[0]}", 0);
         if (s[0].Cols != s[1].Dims[0]) return ShapeResult.Fail($"gates {s[0]} and the recurrent weight {s[1]} differ in the gate dimension", 0);
         return ShapeResult.Ok(Shape.Of(Shape.Tokens, s[1].Cols));
+    }
+
+    private static ShapeResult CausalConvShape(IReadOnlyList<Shape> s, IReadOnlyList<ScalarExpr> _)
+    {
+        if (s[1].Rank != 2) return ShapeResult.Fail($"the weight must be [Channels, K] (each channel's kernel), got {s[1]}", 1);
+        if (s[0].Rank != 2 || s[0].Dims[0] != Shape.Tokens) return ShapeResult.Fail($"the input must be one row per token [T, Channels], got {s[0]}", 0);
+        if (s[0].Cols != s[1].Dims[0]) return ShapeResult.Fail($"input {s[0]} and weight {s[1]} differ in the channels", 1);
+        return ShapeResult.Ok(s[0]);
+    }
+
+    private static ShapeResult SelectiveScanShape(IReadOnlyList<Shape> s, IReadOnlyList<ScalarExpr> _)
+    {
+        // x, dt, a, b, c, d, z
+        if (s[0].Rank != 2 || s[0].Dims[0] != Shape.Tokens) return ShapeResult.Fail($"x must be one row per token [T, Channels], got {s[0]}", 0);
+        if (s[2].Rank != 2) return ShapeResult.Fail($"a must be [Channels, State], got {s[2]}", 2);
+        string channels = s[2].Dims[0], state = s[2].Cols;
+        if (s[0].Cols != channels) return ShapeResult.Fail($"x {s[0]} and a {s[2]} differ in the channels", 0);
+        foreach (int i in new[] { 1, 6 })
+            if (!s[i].Equals(s[0])) return ShapeResult.Fail($"{(i == 1 ? "dt" : "z")} {s[i]} must have x's shape {s[0]}", i);
+        foreach (int i in new[] { 3, 4 })
+            if (s[i].Rank != 2 || s[i].Dims[0] != Shape.Tokens || s[i].Cols != state)
+                return ShapeResult.Fail($"{(i == 3 ? "b" : "c")} must be one row of the state size per token [T, {state}], got {s[i]}", i);
+        if (s[5].Rank != 1 || s[5].Cols != channels) return ShapeResult.Fail($"d must be a vector of the {channels} channels, got {s[5]}", 5);
+        return ShapeResult.Ok(s[0]);
     }
 
     private static ShapeResult SliceShape(IReadOnlyList<Shape> s, IReadOnlyList<ScalarExpr> scalars)

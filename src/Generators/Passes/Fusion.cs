@@ -86,6 +86,17 @@ internal sealed class Fusion
                     node.Scalars[0], node.Scalars[1], node.Scalars[2], node.Scalars[3], node.Scalars[4], node.Scalars[5], node.Scalars[6]));
             else if (node.Op == OpKind.Lstm)
                 _kernels.Add(new LstmKernel(node.Region, node.Guard, node.Id, node.Inputs[0], node.Id, _graph[node.Inputs[1]].Name, node.Shape.Cols, node.Scalars[0]));
+            else if (node.Op == OpKind.CausalConv1d)
+            {
+                var weight = _graph[node.Inputs[1]];
+                _kernels.Add(new CausalConvKernel(node.Region, node.Guard, node.Id, node.Inputs[0], node.Id, weight.Name, weight.Shape.Dims[0], weight.Shape.Cols, node.Scalars[0]));
+            }
+            else if (node.Op == OpKind.SelectiveScan)
+            {
+                var a = _graph[node.Inputs[2]];
+                _kernels.Add(new SelectiveScanKernel(node.Region, node.Guard, node.Id, node.Inputs[0], node.Inputs[1], node.Inputs[3], node.Inputs[4], node.Inputs[6], node.Id,
+                    a.Name, _graph[node.Inputs[5]].Name, a.Shape.Dims[0], a.Shape.Cols, node.Scalars[0]));
+            }
             else if (node.Op == OpKind.Concat)
                 _kernels.Add(new ConcatKernel(node.Region, node.Guard, node.Id, node.Inputs[0], node.Inputs[1], node.Id));
             else if (node.Op == OpKind.Pool && _uses[node.Id].Count > 0)
@@ -94,8 +105,9 @@ internal sealed class Fusion
         return _kernels.OrderBy(k => _graph.Regions[k.Region].Index).ThenBy(k => k.Anchor).ToList();
     }
 
-    /// <summary>Ops whose values a kernel computes (weights, phis and merges are storage; Linear, Attention, Lstm, Concat and Pool kernels of their own).</summary>
-    private static bool IsComputed(OpKind op) => op is not (OpKind.Weight or OpKind.Phi or OpKind.Merge or OpKind.Linear or OpKind.Attention or OpKind.Lstm or OpKind.Concat or OpKind.Pool);
+    /// <summary>Ops whose values a kernel computes (weights, phis and merges are storage; Linear, Attention, the recurrences, Concat and Pool kernels of their own).</summary>
+    private static bool IsComputed(OpKind op) => op is not (OpKind.Weight or OpKind.Phi or OpKind.Merge or OpKind.Linear or OpKind.Attention or OpKind.Lstm
+        or OpKind.CausalConv1d or OpKind.SelectiveScan or OpKind.Concat or OpKind.Pool);
 
     private static bool IsNorm(OpKind op) => op is OpKind.RmsNorm or OpKind.LayerNorm or OpKind.HeadRmsNorm or OpKind.L2Normalize;
 

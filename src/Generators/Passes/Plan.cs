@@ -196,6 +196,29 @@ internal sealed record LstmKernel(int Region, int Guard, int Anchor, int Gates, 
     public override EquatableArray<int> Writes => EquatableArray.Create(Output);
 }
 
+/// <summary>
+/// A causal depthwise convolution (Ops.CausalConv1d): per (sequence, block of channels), its tokens in order from the
+/// carried inputs in its state slot; <see cref="Weight"/> (a weight key) read as float32, [Channels, Width].
+/// </summary>
+internal sealed record CausalConvKernel(int Region, int Guard, int Anchor, int Input, int Output, string Weight, string Channels, string Width, ScalarExpr Layer) : Kernel(Region, Guard, Anchor)
+{
+    public override EquatableArray<int> Reads => EquatableArray.Create(Input);
+
+    public override EquatableArray<int> Writes => EquatableArray.Create(Output);
+}
+
+/// <summary>
+/// Mamba-1's selective scan (Ops.SelectiveScan): per (sequence, block of channels), its tokens in order from its
+/// state slot; <see cref="A"/> and <see cref="D"/> are weight keys read as float32.
+/// </summary>
+internal sealed record SelectiveScanKernel(int Region, int Guard, int Anchor, int X, int Dt, int B, int C, int Z, int Output, string A, string D,
+    string Channels, string StateSize, ScalarExpr Layer) : Kernel(Region, Guard, Anchor)
+{
+    public override EquatableArray<int> Reads => EquatableArray.Create(X, Dt, B, C, Z);
+
+    public override EquatableArray<int> Writes => EquatableArray.Create(Output);
+}
+
 /// <summary>One row per sequence of the step from its tokens' rows (Ops.Pool): <see cref="Pooling"/> is the Kiln.Pooling member's value.</summary>
 internal sealed record PoolKernel(int Region, int Guard, int Anchor, int Input, int Output, string Pooling) : Kernel(Region, Guard, Anchor)
 {
@@ -242,5 +265,11 @@ internal sealed record Plan(
     string KvDim,
     string KvLayers,
     EquatableArray<string> Report);
+
+internal static class PlanFacts
+{
+    /// <summary>Whether the plan has recurrent layers (LSTM, Mamba's convolution or scan): they read and write each sequence's state slot.</summary>
+    public static bool HasRecurrentLayers(this Plan plan) => plan.Kernels.Any(k => k is LstmKernel or CausalConvKernel or SelectiveScanKernel);
+}
 
 internal sealed record PlanResult(string HintName, Plan? Plan, EquatableArray<DiagnosticInfo> Diagnostics);

@@ -549,6 +549,122 @@ public static class Ops
 
     private static double Logistic(double x) => 1.0 / (1.0 + Math.Exp(-x));
 
+    /// <summary>
+    /// The names of a Mamba layer's state tensors in <see cref="RecurrentStateShape"/>: its convolution's last
+    /// d_conv − 1 inputs per channel ([channels, d_conv − 1]) and its scan's state ([channels, d_state]).
+    /// </summary>
+    public const string ConvState = "ssm.conv", ScanState = "ssm.scan";
+
+    /// <summary>
+    /// A causal depthwise convolution over each sequence of the step, in order: channel c of token t is
+    /// Σₖ weight[c, k] · x[t − (K − 1) + k, c] for a kernel of width K, where inputs before the step's first token of
+    /// the sequence come from its state slot (zeros at position 0), and the slot keeps the last K − 1 inputs. No bias
+    /// (llama.cpp's ggml_ssm_conv; Mamba adds its bias after).
+    /// </summary>
+    /// <param name="x">[T, channels].</param>
+    /// <param name="weight">[channels, K]: each channel's kernel, oldest input first (llama.cpp's ssm_conv1d).</param>
+    /// <param name="context">The step's sequences and their state slots.</param>
+    /// <param name="layer">Whose <see cref="ConvState"/> the op reads and writes.</param>
+    public static Tensor CausalConv1d(Tensor x, Tensor weight, AttentionContext context, int layer)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        if (weight.Rank != 2 || weight.Cols < 2)
+            throw new ArgumentException($"CausalConv1d: the weight must be [channels, K ≥ 2], got [{string.Join(", ", weight.Shape)}].");
+        int channels = weight.Rows, width = weight.Cols, taps = width - 1;
+        RequireCols(x, channels, nameof(CausalConv1d));
+        RequireRows(x, context.TokenCount, nameof(CausalConv1d));
+        var state = context.State;
+        int tensor = state.Require(layer, ConvState);
+
+        var result = Tensor.Zeros(x.Rows, channels);
+        var carried = new float[channels * taps];
+        var starts = context.QueryIndptr;
+        for (int s = 0; s < context.SequenceCount; s++)
+        {
+            int first = starts[s], end = starts[s + 1], slot = context.StateSlot(s);
+            if (context.Positions[first] == 0) Array.Clear(carried);
+            else state.Read(tensor, slot, carried);
+            // Input j of the sequence's window: carried taps for j < 0, the step's tokens after.
+            double Input(int c, int j) => j < 0 ? carried[c * taps + taps + j] : x[first + j, c];
+            for (int t = first; t < end; t++)
+            {
+                for (int c = 0; c < channels; c++)
+                {
+                    double sum = 0;
+                    for (int k = 0; k < width; k++) sum += (double)weight[c, k] * Input(c, t - first - taps + k);
+                    result.Data[t * channels + c] = (float)sum;
+                }
+            }
+            var next = new float[channels * taps];
+            for (int c = 0; c < channels; c++)
+                for (int j = 0; j < taps; j++) next[c * taps + j] = (float)Input(c, end - first - taps + j);
+            state.Write(tensor, slot, next);
+        }
+        return result;
+    }
+
+    /// <summary>
+    /// Mamba-1's selective scan over each sequence of the step, in order, per channel c and state index n: with
+    /// Δ = softplus(dt[t, c]) (dt as is above 20, as llama.cpp), h[c, n] = exp(Δ·a[c, n])·h[c, n] + Δ·b[t, n]·x[t, c];
+    /// then y = Σₙ c[t, n]·h[c, n] + d[c]·x[t, c], gated: row t of the result is y · SiLU(z[t, c]). h starts from the
+    /// sequence's state slot (zeros at position 0), and the slot keeps h after its last token.
+    /// </summary>
+    /// <param name="x">[T, channels]: the convolved, activated input.</param>
+    /// <param name="dt">[T, channels]: the time step before softplus (its projection and bias applied).</param>
+    /// <param name="a">[channels, N]: the state matrix, negative (llama.cpp's ssm_a = −exp(A_log)).</param>
+    /// <param name="b">[T, N]: each token's input matrix.</param>
+    /// <param name="c">[T, N]: each token's readout.</param>
+    /// <param name="d">[channels]: the skip.</param>
+    /// <param name="z">[T, channels]: the gate.</param>
+    /// <param name="context">The step's sequences and their state slots.</param>
+    /// <param name="layer">Whose <see cref="ScanState"/> the op reads and writes.</param>
+    public static Tensor SelectiveScan(Tensor x, Tensor dt, Tensor a, Tensor b, Tensor c, Tensor d, Tensor z, AttentionContext context, int layer)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        if (a.Rank != 2) throw new ArgumentException($"SelectiveScan: a must be [channels, N], got [{string.Join(", ", a.Shape)}].");
+        int channels = a.Rows, n = a.Cols;
+        foreach (var (tensor, name) in (ReadOnlySpan<(Tensor, string)>)[(x, "x"), (dt, "dt"), (z, "z")])
+        {
+            RequireCols(tensor, channels, $"{nameof(SelectiveScan)} ({name})");
+            RequireRows(tensor, context.TokenCount, $"{nameof(SelectiveScan)} ({name})");
+        }
+        RequireCols(b, n, $"{nameof(SelectiveScan)} (b)");
+        RequireRows(b, context.TokenCount, $"{nameof(SelectiveScan)} (b)");
+        RequireCols(c, n, $"{nameof(SelectiveScan)} (c)");
+        RequireRows(c, context.TokenCount, $"{nameof(SelectiveScan)} (c)");
+        if (d.Data.Length != channels) throw new ArgumentException($"SelectiveScan: d must be a vector of the {channels} channels, got [{string.Join(", ", d.Shape)}].");
+        var state = context.State;
+        int stateTensor = state.Require(layer, ScanState);
+
+        var result = Tensor.Zeros(x.Rows, channels);
+        var h = new float[channels * n];
+        var starts = context.QueryIndptr;
+        for (int s = 0; s < context.SequenceCount; s++)
+        {
+            int first = starts[s], end = starts[s + 1], slot = context.StateSlot(s);
+            if (context.Positions[first] == 0) Array.Clear(h);
+            else state.Read(stateTensor, slot, h);
+            for (int t = first; t < end; t++)
+            {
+                for (int ch = 0; ch < channels; ch++)
+                {
+                    double raw = dt[t, ch], delta = raw > 20 ? raw : Math.Log(1 + Math.Exp(raw)), input = x[t, ch];
+                    double y = 0;
+                    for (int i = 0; i < n; i++)
+                    {
+                        double next = Math.Exp(delta * a[ch, i]) * h[ch * n + i] + delta * b[t, i] * input;
+                        h[ch * n + i] = (float)next;
+                        y += next * c[t, i];
+                    }
+                    double gate = z[t, ch];
+                    result.Data[t * channels + ch] = (float)((y + (double)d.Data[ch] * input) * gate / (1 + Math.Exp(-gate)));
+                }
+            }
+            state.Write(stateTensor, slot, h);
+        }
+        return result;
+    }
+
     /// <summary>Rows of a followed by rows of b, side by side: [T, a.Cols + b.Cols].</summary>
     public static Tensor Concat(Tensor a, Tensor b)
     {

@@ -153,6 +153,34 @@ public sealed class RecurrentStateCache
         }
     }
 
+    /// <summary>
+    /// Copies values [<paramref name="offset"/>, offset + destination.Length) of slot <paramref name="slot"/> of
+    /// tensor <paramref name="tensor"/> into <paramref name="destination"/> as float32: a kernel's share of the
+    /// state (a block of channels), so work items over one sequence need not copy the whole slot.
+    /// </summary>
+    public void ReadRange(int tensor, int slot, int offset, Span<float> destination)
+    {
+        int length = Length(tensor, slot, offset, destination.Length);
+        if (_floats[tensor] is { } floats) floats.AsSpan(slot * length + offset, destination.Length).CopyTo(destination);
+        else
+        {
+            var halves = _halves[tensor].AsSpan(slot * length + offset, destination.Length);
+            for (int i = 0; i < halves.Length; i++) destination[i] = (float)halves[i];
+        }
+    }
+
+    /// <summary>Stores <paramref name="source"/> as values [<paramref name="offset"/>, offset + source.Length) of slot <paramref name="slot"/> of tensor <paramref name="tensor"/>.</summary>
+    public void WriteRange(int tensor, int slot, int offset, ReadOnlySpan<float> source)
+    {
+        int length = Length(tensor, slot, offset, source.Length);
+        if (_floats[tensor] is { } floats) source.CopyTo(floats.AsSpan(slot * length + offset, source.Length));
+        else
+        {
+            var halves = _halves[tensor].AsSpan(slot * length + offset, source.Length);
+            for (int i = 0; i < halves.Length; i++) halves[i] = (Half)source[i];
+        }
+    }
+
     /// <summary>Gives slot <paramref name="destination"/> the state of slot <paramref name="source"/>, every tensor (a forked sequence continues from its parent's state).</summary>
     public void CopySlot(int source, int destination)
     {
@@ -165,6 +193,15 @@ public sealed class RecurrentStateCache
             if (_floats[i] is { } floats) floats.AsSpan(source * length, length).CopyTo(floats.AsSpan(destination * length, length));
             else _halves[i].AsSpan(source * length, length).CopyTo(_halves[i].AsSpan(destination * length, length));
         }
+    }
+
+    private int Length(int tensor, int slot, int offset, int count)
+    {
+        if ((uint)tensor >= (uint)_floats.Length) throw new ArgumentOutOfRangeException(nameof(tensor), $"State tensor {tensor} is outside the {_floats.Length} declared.");
+        int length = Length(tensor, slot, Shape.Tensors[tensor].Length);
+        if (offset < 0 || count < 0 || offset + count > length)
+            throw new ArgumentOutOfRangeException(nameof(offset), $"Values [{offset}, {offset + count}) are outside state tensor '{Shape.Tensors[tensor].Name}', which holds {length} per sequence.");
+        return length;
     }
 
     private int Length(int tensor, int slot, int given)
