@@ -71,6 +71,41 @@ public sealed class RecurrentEngineTests(ITestOutputHelper output)
         Assert.Equal(0, statistics.KvBlocksUsed);
     }
 
+    /// <summary>
+    /// Mamba: requests of mixed lengths batched together (more than the running cap, chunked prefills beside decodes),
+    /// each stream the greedy tokens the request generates alone; every state slot free at the end.
+    /// </summary>
+    [Fact]
+    public async Task MambaServesMixedLengthsAsEachRequestAlone()
+    {
+        ulong seed = SeededCases.Resolve(17);
+        output.WriteLine($"seed {seed}");
+        var random = new Random((int)(seed % int.MaxValue));
+        var model = Mamba.Load(MambaTests.File(seed: 23, vocab: Tokenizer.VocabSize));
+        using var plan = model.Compile(new PlanOptions(64, Threads: 2));
+        var options = new EngineOptions { MaxRunningRequests = 3, TokenBudget = 16, MaxContext = 96 };
+        await using var engine = new KilnEngine(model, plan, Tokenizer, options);
+        Assert.False(engine.HasKvCache);
+
+        const int count = 8;
+        var prompts = new int[count][];
+        var maxTokens = new int[count];
+        var tasks = new Task<Outcome>[count];
+        for (int i = 0; i < count; i++)
+        {
+            prompts[i] = Enumerable.Range(0, random.Next(1, 40)).Select(_ => random.Next(3, Tokenizer.VocabSize)).ToArray();
+            maxTokens[i] = random.Next(1, 20);
+            tasks[i] = Collect(engine.GenerateAsync(prompts[i], new GenerationOptions { MaxTokens = maxTokens[i], IgnoreEndOfSequence = true }));
+        }
+        var outcomes = await Task.WhenAll(tasks);
+        for (int i = 0; i < count; i++)
+            Assert.Equal(RecurrentStatePropertyTests.AloneWith(plan, model, prompts[i], maxTokens[i]), outcomes[i].Tokens);
+        var statistics = await WaitUntilIdle(engine);
+        output.WriteLine($"{count} requests of prompts {string.Join(", ", prompts.Select(p => p.Length))}; {statistics.Steps} steps");
+        Assert.True(statistics.Steps < prompts.Sum(p => p.Length) + maxTokens.Sum(), "the requests were not batched together");
+        Assert.Equal(0, statistics.StateSlotsUsed);
+    }
+
     [Fact]
     public async Task ParallelSamplesContinueFromTheirParentsStateSlot()
     {

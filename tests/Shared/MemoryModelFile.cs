@@ -57,6 +57,10 @@ public sealed class MemoryModelFile : ModelFile
     public MemoryModelFile Vector(string name, int length, float scale = 0.2f) =>
         Add(name, new[] { length }, () => (float)(_random.NextDouble() * 2 - 1) * scale);
 
+    /// <summary>A tensor of <paramref name="shape"/> (rows first) of uniform values in [<paramref name="low"/>, <paramref name="high"/>).</summary>
+    public MemoryModelFile Uniform(string name, int[] shape, float low, float high) =>
+        Add(name, shape, () => low + (float)_random.NextDouble() * (high - low));
+
     /// <summary>A norm weight around 1.</summary>
     public MemoryModelFile Norm(string name, int length) => Add(name, new[] { length }, () => 0.5f + (float)_random.NextDouble());
 
