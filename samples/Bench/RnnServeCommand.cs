@@ -20,7 +20,7 @@ public static class RnnServeCommand
 {
     public const string Usage =
         "usage: bench rnn-serve [--model FILE] [--threads N] [--json OUT] [--seed N] [--batch N] [--requests N] [--load X] [--quick]\n" +
-        "  --model: an lstm GGUF (default: make-model --arch lstm --shape 15m --format f32, written to a temporary file)\n" +
+        "  --model: a recurrent GGUF, lstm or mamba (default: make-model --arch lstm --shape 15m --format f32, written to a temporary file)\n" +
         "  --batch: running requests of the engine and the static batch size (default 16)\n" +
         "  --load: offered load over the engine's measured capacity, in percent (default 100: saturated, where throughput is capacity)";
 

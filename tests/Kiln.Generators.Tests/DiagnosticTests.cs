@@ -116,6 +116,26 @@ public sealed class DiagnosticTests
             "KLN0003", "Ops.Linear(x, Ih)");
 
     [Fact]
+    public void Kln0003CausalConvolutionWhoseKernelsAreNotOnePerChannel()
+    {
+        var diagnostic = AssertSingle(Model(
+                members: "[Weight(\"conv\", \"Hidden\", \"Dim\")] public Tensor Conv = null!;",
+                body: "x = Ops.CausalConv1d(x, Conv, context, 0);"),
+            "KLN0003", "Conv");
+        Assert.Contains("channels", diagnostic.GetMessage());
+    }
+
+    [Fact]
+    public void Kln0003SelectiveScanWhoseInputMatrixIsNotOfTheStateSize()
+    {
+        var diagnostic = AssertSingle(Model(
+                members: "[Weight(\"a\", \"Dim\", \"Hidden\")] public Tensor A = null!; [Weight(\"d\", \"Dim\")] public Tensor D = null!;",
+                body: "x = Ops.SelectiveScan(x, x, A, Ops.Silu(x), x, D, x, context, 0);"),
+            "KLN0003", "Ops.Silu(x)");
+        Assert.Contains("[T, Hidden]", diagnostic.GetMessage());
+    }
+
+    [Fact]
     public void Kln0003AddOfDifferentShapes() =>
         AssertSingle(Model(members: "[Weight(\"w\", \"Hidden\", \"Dim\")] public Tensor W = null!;", body: "x = x + Ops.Linear(x, W);"),
             "KLN0003", "Ops.Linear(x, W)");

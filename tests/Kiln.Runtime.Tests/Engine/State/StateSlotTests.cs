@@ -50,6 +50,28 @@ public sealed class StateSlotTests
         Assert.Contains("'x' for layer 0", Assert.Throws<InvalidOperationException>(() => cache.Require(0, "x")).Message);
     }
 
+    /// <summary>A kernel's share of a slot (a block of channels): only those values move, in the tensor's storage.</summary>
+    [Fact]
+    public void ARangeOfASlotIsReadAndWrittenAlone()
+    {
+        var cache = Shape.CreateCache(2);
+        cache.Write(1, 0, [1f, 2f, 3f, 4f]);
+        cache.WriteRange(1, 0, 1, [0.1f, 1f / 3]);
+        var c = new float[4];
+        cache.Read(1, 0, c);
+        Assert.Equal([1f, (float)(Half)0.1f, (float)(Half)(1f / 3), 4f], c);
+        var part = new float[2];
+        cache.ReadRange(1, 0, 2, part);
+        Assert.Equal([(float)(Half)(1f / 3), 4f], part);
+        cache.WriteRange(0, 1, 2, [9f]);
+        var h = new float[3];
+        cache.Read(0, 1, h);
+        Assert.Equal([0f, 0f, 9f], h);
+        Assert.Throws<ArgumentOutOfRangeException>(() => cache.ReadRange(1, 0, 3, part));
+        Assert.Throws<ArgumentOutOfRangeException>(() => cache.WriteRange(0, 0, -1, [1f]));
+        Assert.Throws<ArgumentOutOfRangeException>(() => cache.ReadRange(2, 0, 0, part));
+    }
+
     [Fact]
     public void AShapeRefusesDuplicateAndEmptyTensors()
     {
