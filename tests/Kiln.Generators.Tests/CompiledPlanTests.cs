@@ -70,6 +70,87 @@ public sealed class CompiledPlanTests
         }
         """;
 
+    /// <summary>A token-level GRU language model: Ops.Gru's path through the generator (op table, shape rule, kernel, state).</summary>
+    private const string GruModel = """
+        using Kiln;
+
+        namespace Recurrent;
+
+        [Model("gru")]
+        public partial class GruLm
+        {
+            [Hyper("{arch}.dim", Required = true)] public int Dim;
+            [Hyper("{arch}.layers", Required = true)] public int Depth;
+
+            [Weight("embed", "Words", "Dim")] public Tensor Embed = null!;
+            [Weight("head", "Words", "Dim")] public Tensor Head = null!;
+            [Layers("layer{0}/", nameof(Depth))] public Layer[] Stack = null!;
+
+            public partial class Layer
+            {
+                [Weight("ih", "3*Dim", "Dim")] public Tensor Input = null!;
+                [Weight("ih_bias", "3*Dim")] public Tensor InputBias = null!;
+                [Weight("hh", "3*Dim", "Dim")] public Tensor Recurrent = null!;
+                [Weight("hh_bias", "3*Dim")] public Tensor RecurrentBias = null!;
+            }
+
+            [Forward]
+            public Tensor Run(ReadOnlySpan<int> tokens, AttentionContext context)
+            {
+                var x = Ops.Embedding(Embed, tokens);
+                for (int i = 0; i < Depth; i++)
+                    x = Ops.Gru(Ops.Linear(x, Stack[i].Input, Stack[i].InputBias), Stack[i].Recurrent, Stack[i].RecurrentBias, context, i);
+                return Ops.Linear(Ops.SelectRows(x, context), Head);
+            }
+        }
+        """;
+
+    private static readonly Lazy<Assembly> GruAssembly = new(() => Compile(("Gru.cs", GruModel)));
+
+    /// <summary>
+    /// The GRU's compiled plan against its eager forward: sequences of different lengths packed in one step, each in
+    /// its own state slot, then continued (a chunk mid-sequence reads its slot); the state declared per layer.
+    /// </summary>
+    [Fact]
+    public void GruPlanMatchesEagerOverPackedSequencesAndDeclaresItsState()
+    {
+        const int dim = 24, depth = 2, words = 31;
+        var file = new MemoryModelFile("gru", seed: 9);
+        file.Int("gru.dim", dim).Int("gru.layers", depth).Random("embed", words, dim, 1f).Random("head", words, dim);
+        for (int l = 0; l < depth; l++)
+            file.Random($"layer{l}/ih", 3 * dim, dim, 0.4f).Vector($"layer{l}/ih_bias", 3 * dim, 0.3f)
+                .Random($"layer{l}/hh", 3 * dim, dim, 0.4f).Vector($"layer{l}/hh_bias", 3 * dim, 0.3f);
+        var model = Load(GruAssembly.Value, "Recurrent.GruLm", file);
+        var shape = model.StateShape;
+        Assert.Equal(depth, shape.Tensors.Length);
+        for (int l = 0; l < depth; l++) Assert.Equal(new StateTensorShape(Ops.GruHidden, l, 1, dim), shape.Tensors[shape.IndexOf(l, Ops.GruHidden)]);
+
+        using var plan = model.Compile(new PlanOptions(32, Threads: 2));
+        Assert.Contains("gru:", plan.FusionReport);
+        var eager = new AttentionContext(shape.CreateCache(3), 32);
+        var compiled = new AttentionContext(shape.CreateCache(3), 32);
+        var random = new Random(9);
+        (int Slot, int Start, int Count)[][] steps = [[(0, 0, 6), (1, 0, 1), (2, 0, 9)], [(2, 9, 1), (0, 6, 4)], [(1, 1, 7), (0, 10, 1)]];
+        double worst = 0;
+        foreach (var step in steps)
+        {
+            eager.Clear();
+            compiled.Clear();
+            var tokens = new List<int>();
+            foreach (var (slot, start, count) in step)
+            {
+                for (int i = 0; i < count; i++) tokens.Add(random.Next(words));
+                eager.AddRecurrentChunk(slot, start, count, wantLogits: true);
+                compiled.AddRecurrentChunk(slot, start, count, wantLogits: true);
+            }
+            var expected = model.ForwardEager(tokens.ToArray(), eager).Data;
+            var logits = new float[step.Length * words];
+            plan.Step(tokens.ToArray(), compiled, logits);
+            for (int i = 0; i < logits.Length; i++) worst = Math.Max(worst, Math.Abs(logits[i] - expected[i]));
+        }
+        Assert.True(worst <= Tolerance, $"the GRU plan differs from its eager forward by {worst:E2}");
+    }
+
     private static readonly Lazy<Assembly> LlamaAssembly = new(() => Compile(
         (Path.Combine(CSharpGeneratorTest<KilnGenerator>.RepoRoot, "samples", "Models", "Llama.cs"), null)));
 

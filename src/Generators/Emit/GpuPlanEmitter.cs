@@ -38,7 +38,7 @@ internal static class GpuPlanEmitter
     public static string? Unsupported(Plan plan)
     {
         if (plan.Model.Encoder) return "encoders ([Model(Kind = ModelKind.Encoder)]) have no GPU plan";
-        if (plan.HasRecurrentLayers()) return "recurrent layers (Ops.Lstm, Ops.CausalConv1d, Ops.SelectiveScan) have no GPU kernel";
+        if (plan.HasRecurrentLayers()) return "recurrent layers (Ops.Lstm, Ops.Gru, Ops.CausalConv1d, Ops.SelectiveScan) have no GPU kernel";
         if (plan.Kernels.Any(k => k is not (MatMulKernel or AttentionKernel or ElementwiseKernel or ConcatKernel or CopyKernel)))
             return "Ops.Pool has no GPU kernel";
         var programs = plan.Kernels.OfType<ElementwiseKernel>().Select(e => e.Program)

@@ -76,13 +76,13 @@ internal static class ModelEmitter
     }
 
     /// <summary>
-    /// Per sequence: each LSTM layer's h and c, one row of its hidden size each; each Mamba convolution's last K − 1
+    /// Per sequence: each LSTM layer's h and c, one row of its hidden size each; each GRU layer's h; each Mamba convolution's last K − 1
     /// inputs per channel; each selective scan's state per channel.
     /// </summary>
     private static void EmitStateShape(CodeWriter w, Plan plan)
     {
         w.Line();
-        w.Line("/// <summary>The recurrent state per sequence: every recurrent layer's tensors (LSTM h and c; Mamba's convolution inputs and scan state), float32.</summary>");
+        w.Line("/// <summary>The recurrent state per sequence: every recurrent layer's tensors (LSTM h and c; GRU h; Mamba's convolution inputs and scan state), float32.</summary>");
         w.Line("public global::Kiln.RecurrentStateShape StateShape");
         w.Open("");
         w.Open("get");
@@ -97,6 +97,10 @@ internal static class ModelEmitter
                     layerExpr = lstm.Layer;
                     string hidden = Names.DimCode(lstm.Hidden, "this");
                     lines = new[] { ("LstmHidden", "1", hidden), ("LstmCell", "1", hidden) };
+                    break;
+                case GruKernel gru:
+                    layerExpr = gru.Layer;
+                    lines = new[] { ("GruHidden", "1", Names.DimCode(gru.Hidden, "this")) };
                     break;
                 case CausalConvKernel conv:
                     layerExpr = conv.Layer;

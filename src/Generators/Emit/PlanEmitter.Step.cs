@@ -223,6 +223,23 @@ internal static partial class PlanEmitter
                     w.Line("_pool.Run(context.SequenceCount, 1, lstm);");
                     break;
                 }
+                case GruKernel g:
+                {
+                    string layerIndex = Names.Scalar(g.Layer, "_model");
+                    w.Line($"var gru = new {R}.GruRecurrence");
+                    w.Line("{");
+                    w.Line($"    Gates = {View(plan, g.Gates)},");
+                    w.Line($"    Output = {View(plan, g.Output)},");
+                    w.Line($"    Recurrent = {Names.Weight(g.Recurrent, "_model", layer)}.Data,");
+                    w.Line($"    RecurrentBias = {Names.Weight(g.RecurrentBias, "_model", layer)}.Data,");
+                    w.Line($"    Hidden = {Names.DimField(g.Hidden)},");
+                    w.Line("    Context = context,");
+                    w.Line($"    HiddenTensor = state.Require({layerIndex}, global::Kiln.Ops.GruHidden),");
+                    w.Line("};");
+                    w.Line("// One item per sequence: each runs its own tokens in order.");
+                    w.Line("_pool.Run(context.SequenceCount, 1, gru);");
+                    break;
+                }
                 case CausalConvKernel conv:
                 {
                     string layerIndex = Names.Scalar(conv.Layer, "_model");

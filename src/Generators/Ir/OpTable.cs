@@ -52,6 +52,8 @@ internal enum OpKind
     Attention,
     /// <summary>An LSTM layer's recurrence over each sequence of the step, from and back to its state slot.</summary>
     Lstm,
+    /// <summary>A GRU layer's recurrence over each sequence of the step, from and back to its state slot.</summary>
+    Gru,
     /// <summary>A causal depthwise convolution over each sequence of the step, carrying its last inputs in the state slot.</summary>
     CausalConv1d,
     /// <summary>Mamba-1's selective scan over each sequence of the step, from and back to its state slot.</summary>
@@ -200,6 +202,8 @@ internal static class OpTable
             AttentionShape, "KV-cache write, then GQA attention (causal or not, windowed, scaled, soft-capped)"),
         new("Lstm", OpKind.Lstm, new[] { P("gates", ParamKind.Activation), P("recurrent", ParamKind.Weight), Context, P("layer", ParamKind.Int) }, LstmShape,
             "LSTM recurrence per sequence, in order from its state slot: z = gates + recurrent·h → [i, f, g, o]; c = σf·c + σi·tanh g; h = σo·tanh c"),
+        new("Gru", OpKind.Gru, new[] { P("gates", ParamKind.Activation), P("recurrent", ParamKind.Weight), P("recurrentBias", ParamKind.Weight), Context, P("layer", ParamKind.Int) }, GruShape,
+            "GRU recurrence per sequence, in order from its state slot: u = recurrent·h + b → [r, z, n]; r = σ(gates_r + u_r), z = σ(gates_z + u_z), n = tanh(gates_n + r·u_n); h = (1 − z)·n + z·h"),
         new("CausalConv1d", OpKind.CausalConv1d, new[] { X, P("weight", ParamKind.Weight), Context, P("layer", ParamKind.Int) }, CausalConvShape,
             "causal depthwise convolution per sequence, in order, from the last K − 1 inputs in its state slot: y[t, c] = Σₖ weight[c, k]·x[t − K + 1 + k, c]"),
         new("SelectiveScan", OpKind.SelectiveScan, new[]
@@ -317,6 +321,16 @@ internal static class OpTable
         if (s[1].Rank != 2) return ShapeResult.Fail($"the recurrent weight must be [4*Hidden, Hidden], got {s[1]}", 1);
         if (s[1].Dims[0] != "4*" + s[1].Cols) return ShapeResult.Fail($"the recurrent weight must be [4*{s[1].Cols}, {s[1].Cols}] (four gates of the hidden size), got {s[1]}", 1);
         if (s[0].Rank != 2 || s[0].Dims[0] != Shape.Tokens) return ShapeResult.Fail($"the gates must be one row per token [T, 4*Hidden], got {s[0]}", 0);
+        if (s[0].Cols != s[1].Dims[0]) return ShapeResult.Fail($"gates {s[0]} and the recurrent weight {s[1]} differ in the gate dimension", 0);
+        return ShapeResult.Ok(Shape.Of(Shape.Tokens, s[1].Cols));
+    }
+
+    private static ShapeResult GruShape(IReadOnlyList<Shape> s, IReadOnlyList<ScalarExpr> _)
+    {
+        if (s[1].Rank != 2) return ShapeResult.Fail($"the recurrent weight must be [3*Hidden, Hidden], got {s[1]}", 1);
+        if (s[1].Dims[0] != "3*" + s[1].Cols) return ShapeResult.Fail($"the recurrent weight must be [3*{s[1].Cols}, {s[1].Cols}] (three gates of the hidden size), got {s[1]}", 1);
+        if (s[2].Rank != 1 || s[2].Cols != s[1].Dims[0]) return ShapeResult.Fail($"the recurrent bias must be a vector of the {s[1].Dims[0]} gate rows, got {s[2]}", 2);
+        if (s[0].Rank != 2 || s[0].Dims[0] != Shape.Tokens) return ShapeResult.Fail($"the gates must be one row per token [T, 3*Hidden], got {s[0]}", 0);
         if (s[0].Cols != s[1].Dims[0]) return ShapeResult.Fail($"gates {s[0]} and the recurrent weight {s[1]} differ in the gate dimension", 0);
         return ShapeResult.Ok(Shape.Of(Shape.Tokens, s[1].Cols));
     }

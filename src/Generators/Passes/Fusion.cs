@@ -86,6 +86,8 @@ internal sealed class Fusion
                     node.Scalars[0], node.Scalars[1], node.Scalars[2], node.Scalars[3], node.Scalars[4], node.Scalars[5], node.Scalars[6]));
             else if (node.Op == OpKind.Lstm)
                 _kernels.Add(new LstmKernel(node.Region, node.Guard, node.Id, node.Inputs[0], node.Id, _graph[node.Inputs[1]].Name, node.Shape.Cols, node.Scalars[0]));
+            else if (node.Op == OpKind.Gru)
+                _kernels.Add(new GruKernel(node.Region, node.Guard, node.Id, node.Inputs[0], node.Id, _graph[node.Inputs[1]].Name, _graph[node.Inputs[2]].Name, node.Shape.Cols, node.Scalars[0]));
             else if (node.Op == OpKind.CausalConv1d)
             {
                 var weight = _graph[node.Inputs[1]];
@@ -107,7 +109,7 @@ internal sealed class Fusion
 
     /// <summary>Ops whose values a kernel computes (weights, phis and merges are storage; Linear, Attention, the recurrences, Concat and Pool kernels of their own).</summary>
     private static bool IsComputed(OpKind op) => op is not (OpKind.Weight or OpKind.Phi or OpKind.Merge or OpKind.Linear or OpKind.Attention or OpKind.Lstm
-        or OpKind.CausalConv1d or OpKind.SelectiveScan or OpKind.Concat or OpKind.Pool);
+        or OpKind.Gru or OpKind.CausalConv1d or OpKind.SelectiveScan or OpKind.Concat or OpKind.Pool);
 
     private static bool IsNorm(OpKind op) => op is OpKind.RmsNorm or OpKind.LayerNorm or OpKind.HeadRmsNorm or OpKind.L2Normalize;
 

@@ -79,6 +79,7 @@ internal static class FusionReport
         if (plan.Kernels.OfType<AttentionKernel>().Any() && model.Encoder) yield return "Attention scratch: per chunk of work items, every head's scores over the longest sequence a step can hold (its whole step), allocated with the plan.";
         else if (plan.Kernels.OfType<AttentionKernel>().Any()) yield return "Attention scratch: per chunk of work items, every head's scores over the KV cache's MaxContext (and one block's rows when the cache stores int8), grown when a larger cache is first seen.";
         if (plan.Kernels.OfType<LstmKernel>().Any()) yield return "Recurrent state: per sequence, each LSTM layer's h and c in the context's state slot (float32 unless the state says F16); scratch for each sequence's starting state and gates, allocated with the plan.";
+        if (plan.Kernels.OfType<GruKernel>().Any()) yield return "Recurrent state: per sequence, each GRU layer's h in the context's state slot (float32 unless the state says F16); each sequence's starting h and recurrent pre-activations on its worker's stack.";
         if (plan.Kernels.Any(k => k is CausalConvKernel or SelectiveScanKernel)) yield return "Recurrent state: per sequence, each Mamba layer's last K − 1 convolution inputs and scan state per channel in the context's state slot (float32 unless the state says F16); each work item keeps its block of channels' state on the stack.";
         yield return "Threads: one worker pool (PlanOptions.Threads). A matmul splits its 4-row groups over the threads, each tile (64 rows × 6 tokens";
         yield return "  for F32, 4 rows × 4 tokens for BF16, 8 rows × 8 tokens for the quantized layouts) going through its epilogue while in registers; attention splits (token, KV-head chunk) items;";
@@ -138,6 +139,7 @@ internal static class FusionReport
             OpKind.Merge => "merged after an if",
             OpKind.Attention => "read by attention",
             OpKind.Lstm => "read by the LSTM recurrence",
+            OpKind.Gru => "read by the GRU recurrence",
             OpKind.CausalConv1d => "read by the causal convolution",
             OpKind.SelectiveScan => "read by the selective scan",
             OpKind.Pool => "read by the pooling",
@@ -219,6 +221,8 @@ internal static class FusionReport
             }
             case LstmKernel l:
                 return $"lstm: {name(l.Output)} ← Lstm({name(l.Gates)}, {Short(l.Recurrent)}): per sequence of the step, its tokens in order from its state slot (zeros at position 0), each a matrix–vector product with {Short(l.Recurrent)} (float32) and the cell update; h and c of the last token back to the slot; in parallel over sequences";
+            case GruKernel g:
+                return $"gru: {name(g.Output)} ← Gru({name(g.Gates)}, {Short(g.Recurrent)}, {Short(g.RecurrentBias)}): per sequence of the step, its tokens in order from its state slot (zeros at position 0), each a matrix–vector product with {Short(g.Recurrent)} (float32) and the gate update; h of the last token back to the slot; in parallel over sequences";
             case CausalConvKernel conv:
                 return $"causal conv: {name(conv.Output)} ← CausalConv1d({name(conv.Input)}, {Short(conv.Weight)}): per (sequence, block of 16 channels), its tokens in order from the last K − 1 inputs in its state slot (zeros at position 0), a dot with each channel's kernel ({Short(conv.Weight)}, float32); the last K − 1 inputs back to the slot";
             case SelectiveScanKernel scan:

@@ -197,6 +197,17 @@ internal sealed record LstmKernel(int Region, int Guard, int Anchor, int Gates, 
 }
 
 /// <summary>
+/// A GRU layer's recurrence (Ops.Gru): per sequence of the step, its tokens in order from its state slot; the
+/// recurrent weight and bias (weight keys) read as float32, <see cref="Hidden"/> the hidden size.
+/// </summary>
+internal sealed record GruKernel(int Region, int Guard, int Anchor, int Gates, int Output, string Recurrent, string RecurrentBias, string Hidden, ScalarExpr Layer) : Kernel(Region, Guard, Anchor)
+{
+    public override EquatableArray<int> Reads => EquatableArray.Create(Gates);
+
+    public override EquatableArray<int> Writes => EquatableArray.Create(Output);
+}
+
+/// <summary>
 /// A causal depthwise convolution (Ops.CausalConv1d): per (sequence, block of channels), its tokens in order from the
 /// carried inputs in its state slot; <see cref="Weight"/> (a weight key) read as float32, [Channels, Width].
 /// </summary>
@@ -268,8 +279,8 @@ internal sealed record Plan(
 
 internal static class PlanFacts
 {
-    /// <summary>Whether the plan has recurrent layers (LSTM, Mamba's convolution or scan): they read and write each sequence's state slot.</summary>
-    public static bool HasRecurrentLayers(this Plan plan) => plan.Kernels.Any(k => k is LstmKernel or CausalConvKernel or SelectiveScanKernel);
+    /// <summary>Whether the plan has recurrent layers (LSTM, GRU, Mamba's convolution or scan): they read and write each sequence's state slot.</summary>
+    public static bool HasRecurrentLayers(this Plan plan) => plan.Kernels.Any(k => k is LstmKernel or GruKernel or CausalConvKernel or SelectiveScanKernel);
 }
 
 internal sealed record PlanResult(string HintName, Plan? Plan, EquatableArray<DiagnosticInfo> Diagnostics);

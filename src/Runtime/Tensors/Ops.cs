@@ -549,6 +549,64 @@ public static class Ops
 
     private static double Logistic(double x) => 1.0 / (1.0 + Math.Exp(-x));
 
+    /// <summary>The name of a GRU layer's state tensor in <see cref="RecurrentStateShape"/>: its hidden row.</summary>
+    public const string GruHidden = "gru.h";
+
+    /// <summary>
+    /// A GRU layer's recurrence over each sequence of the step, in order (PyTorch's GRU): for token t with input
+    /// gates <paramref name="gates"/>[t] (x·W_ihᵀ + b_ih, computed for every token at once beforehand) split
+    /// [r, z, n], and u = recurrent · h + <paramref name="recurrentBias"/> split alike: r = σ(gates_r + u_r),
+    /// z = σ(gates_z + u_z), n = tanh(gates_n + r·u_n), h = (1 − z)·n + z·h; row t of the result is h: [T, H].
+    /// The recurrent bias stays apart because r scales its n part.
+    /// </summary>
+    /// <param name="gates">[T, 3H]: each token's input contribution to the gates.</param>
+    /// <param name="recurrent">W_hh, [3H, H].</param>
+    /// <param name="recurrentBias">b_hh, [3H].</param>
+    /// <param name="context">The step's sequences and their state slots: a sequence whose first token here is at position 0 starts from h = 0, any other from its slot, and its slot keeps h after its last token.</param>
+    /// <param name="layer">Whose <see cref="GruHidden"/> the layer reads and writes.</param>
+    public static Tensor Gru(Tensor gates, Tensor recurrent, Tensor recurrentBias, AttentionContext context, int layer)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        int hidden = recurrent.Cols;
+        if (recurrent.Rank != 2 || recurrent.Rows != 3 * hidden)
+            throw new ArgumentException($"Gru: the recurrent weight must be [3H, H], got [{string.Join(", ", recurrent.Shape)}].");
+        if (recurrentBias.Data.Length != 3 * hidden)
+            throw new ArgumentException($"Gru: the recurrent bias must be a vector of 3H = {3 * hidden}, got [{string.Join(", ", recurrentBias.Shape)}].");
+        RequireCols(gates, 3 * hidden, nameof(Gru));
+        RequireRows(gates, context.TokenCount, nameof(Gru));
+        var state = context.State;
+        int hTensor = state.Require(layer, GruHidden);
+
+        var result = Tensor.Zeros(gates.Rows, hidden);
+        var h = new float[hidden];
+        var u = new double[3 * hidden];
+        var starts = context.QueryIndptr;
+        for (int s = 0; s < context.SequenceCount; s++)
+        {
+            int first = starts[s], end = starts[s + 1], slot = context.StateSlot(s);
+            if (context.Positions[first] == 0) Array.Clear(h);
+            else state.Read(hTensor, slot, h);
+            for (int t = first; t < end; t++)
+            {
+                for (int r = 0; r < 3 * hidden; r++)
+                {
+                    double sum = recurrentBias.Data[r];
+                    for (int k = 0; k < hidden; k++) sum += (double)recurrent[r, k] * h[k];
+                    u[r] = sum;
+                }
+                for (int j = 0; j < hidden; j++)
+                {
+                    double reset = Logistic(gates[t, j] + u[j]), update = Logistic(gates[t, hidden + j] + u[hidden + j]);
+                    double candidate = Math.Tanh(gates[t, 2 * hidden + j] + reset * u[2 * hidden + j]);
+                    h[j] = (float)((1 - update) * candidate + update * h[j]);
+                }
+                h.CopyTo(result.Row(t));
+            }
+            state.Write(hTensor, slot, h);
+        }
+        return result;
+    }
+
     /// <summary>
     /// The names of a Mamba layer's state tensors in <see cref="RecurrentStateShape"/>: its convolution's last
     /// d_conv − 1 inputs per channel ([channels, d_conv − 1]) and its scan's state ([channels, d_state]).
