@@ -116,6 +116,16 @@ public sealed class DiagnosticTests
             "KLN0003", "Ops.Linear(x, Ih)");
 
     [Fact]
+    public void Kln0003GruWhoseRecurrentBiasIsNotThreeGatesOfTheHiddenSize()
+    {
+        var diagnostic = AssertSingle(Model(
+                members: "[Weight(\"ih\", \"3*Dim\", \"Dim\")] public Tensor Ih = null!; [Weight(\"hh\", \"3*Dim\", \"Dim\")] public Tensor Hh = null!; [Weight(\"bh\", \"Dim\")] public Tensor Bh = null!;",
+                body: "x = Ops.Gru(Ops.Linear(x, Ih), Hh, Bh, context, 0);"),
+            "KLN0003", "Bh");
+        Assert.Contains("3*Dim", diagnostic.GetMessage());
+    }
+
+    [Fact]
     public void Kln0003CausalConvolutionWhoseKernelsAreNotOnePerChannel()
     {
         var diagnostic = AssertSingle(Model(
