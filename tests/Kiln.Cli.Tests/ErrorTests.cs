@@ -12,14 +12,14 @@ public sealed class ErrorTests
     [InlineData("inspect")]
     public async Task An_architecture_without_a_definition_is_named(string command)
     {
-        string path = StoriesReference.WriteModelWith("general.architecture", "mamba");
+        string path = StoriesReference.WriteModelWith("general.architecture", "rwkv6");
         try
         {
             var run = await CliRun.Of(command == "run" ? ["run", "--model", path, "--prompt", "Once"] : ["inspect", path]);
 
             Assert.Equal(ExitCodes.Failed, run.ExitCode);
             string error = Assert.Single(run.ErrorLines);
-            Assert.Equal($"kiln: error: {path}: general.architecture: \"mamba\" has no Kiln model definition; supported: {string.Join(", ", Kiln.Models.ModelCatalog.Architectures)}.", error);
+            Assert.Equal($"kiln: error: {path}: general.architecture: \"rwkv6\" has no Kiln model definition; supported: {string.Join(", ", Kiln.Models.ModelCatalog.Architectures)}.", error);
             if (command == "inspect") Assert.Contains("token_embd.weight", run.Out, StringComparison.Ordinal); // shown before the verdict
             else Assert.Equal("", run.Out);
         }

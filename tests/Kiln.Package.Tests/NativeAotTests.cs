@@ -36,12 +36,12 @@ public sealed class NativeAotTests(PackedFeed feed, ITestOutputHelper log)
         Assert.Equal(managed.Out, native.Out);
         Assert.StartsWith("Once upon a time, there was a little girl", native.Out, StringComparison.Ordinal);
 
-        string unknown = StoriesReference.WriteModelWith("general.architecture", "mamba");
+        string unknown = StoriesReference.WriteModelWith("general.architecture", "rwkv6");
         try
         {
             var error = Dotnet.Exec(binary, work.Path, RunLimit, "inspect", unknown);
             Assert.Equal(ExitCodes.Failed, error.ExitCode);
-            Assert.Equal($"kiln: error: {unknown}: general.architecture: \"mamba\" has no Kiln model definition; supported: {string.Join(", ", Kiln.Models.ModelCatalog.Architectures)}.{Environment.NewLine}", error.Error);
+            Assert.Equal($"kiln: error: {unknown}: general.architecture: \"rwkv6\" has no Kiln model definition; supported: {string.Join(", ", Kiln.Models.ModelCatalog.Architectures)}.{Environment.NewLine}", error.Error);
         }
         finally
         {
