@@ -6,7 +6,7 @@ using Kiln.Loading;
 namespace Kiln.Kernels.MatMul;
 
 /// <summary>
-/// The layouts a compiled plan's matmul weights take, from the most precise to the least (<see cref="WeightLayouts.Resolve"/>
+/// The layouts a compiled plan's matmul weights take, from the most precise to the least (<see cref="WeightLayouts.Resolve(WeightFormat, Tensor[])"/>
 /// relies on the order); every one groups rows by four (<see cref="PackedMatrix"/>).
 /// </summary>
 public enum PackedFormat
@@ -67,6 +67,23 @@ public static class WeightLayouts
             if (format < chosen) chosen = format; // the enum is ordered from most to least precise
         }
         return chosen;
+    }
+
+    /// <summary>
+    /// The layout of one fused matmul whose weights are packed <paramref name="sparsity"/>: Q8_0 when sparse (the sparse
+    /// layouts hold Q8_0 blocks), else as <see cref="Resolve(WeightFormat, Tensor[])"/>.
+    /// </summary>
+    public static PackedFormat Resolve(WeightFormat requested, SparsePattern sparsity, params Tensor[] weights) =>
+        sparsity == SparsePattern.None ? Resolve(requested, weights) : PackedFormat.Q8_0;
+
+    /// <summary>
+    /// The sparse pattern of one fused matmul: <see cref="PlanOptions.Sparsity"/> when set and the weights' layout can
+    /// hold it (Q8_0, or chosen from the file), else what the definition's [Sparse] <paramref name="declared"/>.
+    /// </summary>
+    public static SparsePattern Sparsity(SparsePattern declared, WeightFormat requested, PlanOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        return options.Sparsity is { } chosen && requested is WeightFormat.AsStored or WeightFormat.Q8_0 ? chosen : declared;
     }
 
     /// <summary>The layout <see cref="WeightFormat.AsStored"/> gives one weight.</summary>
