@@ -220,6 +220,59 @@ public sealed class EngineTests
         }
     }
 
+    [Fact]
+    public async Task SharedPrefixAttentionOnOrOffGivesTheSameGreedyTokens()
+    {
+        // A system prompt of whole blocks, cached by a first request; then requests that start with it decode together,
+        // their tables beginning with the same physical blocks: a sharing group, whose prefix the compiled plan's
+        // attention reads once for all of them when SharedPrefixAttention is on.
+        int[] system = Tokenizer.Encode("Once upon a time, there was a little girl named Lily. She loved to play outside in the sun with her friends every day.");
+        string[] questions = [" Lily", " One day,", " The cat", " Her mom said", " They went to the park and", " Tom"];
+        var prompts = questions.Select(q => (int[])[.. system, .. Tokenizer.Encode(q)[1..]]).ToArray(); // without the question's BOS
+        var options = new GenerationOptions { MaxTokens = 24, IgnoreEndOfSequence = true };
+        var tokens = new Dictionary<bool, int[][]>();
+        foreach (bool shared in new[] { true, false })
+        {
+            var plans = new List<GroupCountingPlan>();
+            await using var engine = new KilnEngine(Model, t =>
+            {
+                var plan = new GroupCountingPlan(CreatePlan(PlanKind.Compiled, t));
+                lock (plans) plans.Add(plan);
+                return plan;
+            }, Tokenizer, Small(tokenBudget: 32, maxRunning: 8) with { SharedPrefixAttention = shared });
+            await Collect(engine.GenerateAsync(system, new GenerationOptions { MaxTokens = 1 })); // the prefix, cached
+            var outcomes = await Task.WhenAll(prompts.Select(p => Collect(engine.GenerateAsync(p, options))));
+            tokens[shared] = outcomes.Select(o => o.Tokens).ToArray();
+            int grouped = plans.Sum(p => p.StepsWithGroups);
+            if (shared) Assert.True(grouped > 0, "no step carried a sharing group: the shared-prefix path never ran");
+            else Assert.Equal(0, grouped);
+            Assert.True((await WaitUntilIdle(engine)).PrefixHitTokens > 0);
+        }
+        for (int i = 0; i < prompts.Length; i++)
+            Assert.True(tokens[true][i].SequenceEqual(tokens[false][i]),
+                $"request {i}: shared-prefix attention gave [{string.Join(", ", tokens[true][i])}], per-sequence [{string.Join(", ", tokens[false][i])}]");
+    }
+
+    /// <summary>A plan that counts the steps whose context carries sharing groups (the shared-prefix attention's input).</summary>
+    private sealed class GroupCountingPlan(ICompiledPlan inner) : ICompiledPlan
+    {
+        public int StepsWithGroups { get; private set; }
+
+        public int MaxTokensPerStep => inner.MaxTokensPerStep;
+
+        public int VocabSize => inner.VocabSize;
+
+        public string FusionReport => inner.FusionReport;
+
+        public void Step(ReadOnlySpan<int> tokens, AttentionContext context, Span<float> logits)
+        {
+            if (context.SharedPrefixCount > 0) StepsWithGroups++;
+            inner.Step(tokens, context, logits);
+        }
+
+        public void Dispose() => inner.Dispose();
+    }
+
     [Theory]
     [InlineData(PlanKind.Eager)]
     [InlineData(PlanKind.Compiled)]
