@@ -3,7 +3,8 @@ using System.Globalization;
 using Kiln.Bench;
 
 // Kiln's benchmark tool: synthetic model files with real shapes, and Kiln vs llama.cpp side by side on them.
-//   make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3|bert|lstm|mamba] --shape {15m|110m|1b} --format {f32|f16|q8_0|q4_0|q4_k_m|q5_k_m|q6_k} --out FILE [--seed N]
+//   make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3|bert|lstm|mamba] --shape {15m|110m|1b} --format {f32|f16|q8_0|q4_0|q4_k_m|q5_k_m|q6_k} --out FILE [--seed N] [--sparsity 2:4|block:Z]
+//   sparse --model FILE [--threads N] [--runs 5] [--json OUT]
 //   compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads a,b] [--quick] [--seed N]
 //   agree --model FILE [--positions 64] [--threads N] [--json OUT]
 //   kernels --threads N [--formats q4_0,q8_0,f32,q4_k,q5_k,q6_k] [--tokens 1,32,128]
@@ -19,7 +20,8 @@ return BenchCli.Run(args);
 internal static class BenchCli
 {
     private const string Usage =
-        "usage: bench make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3|bert|lstm|mamba] --shape {15m|110m|1b|tiny} --format {f32|f16|q8_0|q4_0|q4_k_m|q5_k_m|q6_k} --out FILE [--seed N] [--logit-scale X]\n" +
+        "usage: bench make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3|bert|lstm|mamba] --shape {15m|110m|1b|tiny} --format {f32|f16|q8_0|q4_0|q4_k_m|q5_k_m|q6_k} --out FILE [--seed N] [--logit-scale X] [--sparsity 2:4|block:Z]\n" +
+        "       bench sparse --model FILE [--threads N] [--runs 5] [--json OUT]\n" +
         "       bench compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads " + "prefill_128,decode_128,batched_decode_8,batched_decode_32] [--quick] [--seed N] [--kv f16|f32]\n" +
         "       bench agree --model FILE [--positions 64] [--threads N] [--json OUT]\n" +
         "       bench kernels --threads N [--formats q4_0,q8_0,f32,q4_k,q5_k,q6_k] [--tokens 1,32,128]\n" +
@@ -48,7 +50,8 @@ internal static class BenchCli
             }
             var options = ParseOptions(args.AsSpan(1), args[0] switch
             {
-                "make-model" => ["arch", "shape", "format", "out", "seed", "logit-scale"],
+                "make-model" => ["arch", "shape", "format", "out", "seed", "logit-scale", "sparsity"],
+                "sparse" => ["model", "threads", "runs", "json"],
                 "compare" => ["model", "threads", "runs", "json", "workloads", "quick", "seed", "kv"],
                 "agree" => ["model", "positions", "threads", "json"],
                 "kernels" => ["threads", "formats", "tokens"],
@@ -60,6 +63,7 @@ internal static class BenchCli
             return args[0] switch
             {
                 "make-model" => MakeModel(options),
+                "sparse" => SparseCommand(options),
                 "agree" => Agree(options),
                 "kernels" => Kernels(options),
                 "memory" => Memory(options),
@@ -113,10 +117,17 @@ internal static class BenchCli
             scales = scales with { LogitScale = logitScale };
         }
 
+        SyntheticModel.Pruning? pruning = null;
+        if (options.TryGetValue("sparsity", out string? sparsityText))
+        {
+            pruning = SyntheticModel.Pruning.Parse(sparsityText) ?? throw new UsageException($"--sparsity must be 2:4 or block:Z (Z the fraction of zero 8×32 tiles, in [0, 1)), not '{sparsityText}'");
+            if (format.IsMix) throw new UsageException($"--sparsity needs a format whose blocks keep exact zeros (f32, f16, q8_0 or q4_0), not {format.Name}");
+        }
+
         var clock = Stopwatch.StartNew();
         bool interactive = !Console.IsErrorRedirected;
-        string label = $"{architecture.Name} {shape.Name} {formatText}";
-        SyntheticModel.Write(path, architecture, shape, format, seed, scales, progress: line =>
+        string label = $"{architecture.Name} {shape.Name} {formatText}{(pruning is null ? "" : " " + sparsityText)}";
+        SyntheticModel.Write(path, architecture, shape, format, seed, scales, pruning: pruning, progress: line =>
         {
             if (interactive) Console.Error.Write($"\rmake-model {label}: {line,-60}");
             else Console.Error.WriteLine($"make-model {label}: {line}");
@@ -124,7 +135,7 @@ internal static class BenchCli
         if (interactive) Console.Error.WriteLine();
         long bytes = new FileInfo(path).Length;
         Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"make-model: wrote {path}: {architecture.Name} {shape.Describe()}, {formatText}, seed {seed}, {bytes / 1e6:F1} MB in {clock.Elapsed.TotalSeconds:F1} s"));
+            $"make-model: wrote {path}: {architecture.Name} {shape.Describe()}, {formatText}{(pruning is null ? "" : $", pruned {sparsityText}")}, seed {seed}, {bytes / 1e6:F1} MB in {clock.Elapsed.TotalSeconds:F1} s"));
         return 0;
     }
 
@@ -184,6 +195,15 @@ internal static class BenchCli
             Console.Error.WriteLine($"agree: wrote {json}");
         }
         return 0;
+    }
+
+    private static int SparseCommand(Dictionary<string, string> options)
+    {
+        string model = Required(options, "model");
+        if (!File.Exists(model)) throw new UsageException($"--model: file '{model}' not found");
+        int threads = Int(options, "threads", Environment.ProcessorCount, min: 1, max: 64);
+        int runs = Int(options, "runs", 5, min: 1, max: 100);
+        return SparseBench.Run(model, threads, runs, options.GetValueOrDefault("json"), Console.Out, Console.Error);
     }
 
     private static int Memory(Dictionary<string, string> options)

@@ -8,34 +8,40 @@ using Kiln.Tokenization;
 namespace Kiln.Bench;
 
 /// <summary>What <c>bench serve</c> was asked for.</summary>
-public sealed record ServeOptions(string ModelPath, int Threads, string? JsonPath, bool Quick, int Seed, int Batch, bool Eager, double Load = 0.9, int TokenBudget = 0);
+public sealed record ServeOptions(string ModelPath, int Threads, string? JsonPath, bool Quick, int Seed, int Batch, bool Eager, double Load = 0.9, int TokenBudget = 0,
+    bool SharedPromptOnly = false);
 
 /// <summary>
 /// <c>bench serve</c>: the batching engine under a seeded workload (Poisson arrivals, long-tailed prompt and output
 /// lengths), replayed against (a) the engine, (b) static batching with padding over the same plan, (c) the engine
 /// with chunked prefill off (prefill first: steps that admit prompts compute them whole and the running decodes wait);
-/// then a shared-system-prompt workload with the prefix cache on and off.
+/// then a shared-system-prompt workload with the prefix cache on and off; then requests that all share a long system
+/// prompt decoding together, with shared-prefix attention on and off.
 /// </summary>
 public static class ServeCommand
 {
     public const string Usage =
-        "usage: bench serve --model FILE --threads N [--json OUT] [--quick] [--seed N] [--batch N] [--load X] [--budget N] [--eager]\n" +
+        "usage: bench serve --model FILE --threads N [--json OUT] [--quick] [--seed N] [--batch N] [--load X] [--budget N] [--eager] [--shared-prompt-only]\n" +
         "  --batch: running requests of the engine and the static batch size (default 16)\n" +
         "  --load: offered load over the engine's measured capacity, in percent (default 90: busy, not saturated)\n" +
         "  --budget: tokens per engine step with chunked prefill (default 64, quick 32): the time-between-tokens bound\n" +
-        "  --eager: the eager reference plan instead of the compiled one (slow; for checking the harness)";
+        "  --eager: the eager reference plan instead of the compiled one (slow; for checking the harness)\n" +
+        "  --shared-prompt-only: only the shared-system-prompt workload (shared-prefix attention on and off)";
 
     /// <summary>
     /// The workload's shape. Full: chat-like, long-tailed prompts and outputs long enough that many requests decode at
     /// once, the regime where how a prefill shares steps with decodes decides the time between tokens. The token
     /// budget is what a step may cost: on two cores a 64-token step takes about as long as a few decode steps, and
     /// steps of 64 tokens or more cost about the same per token, so chunking at 64 bounds the time between tokens
-    /// without giving up throughput.
+    /// without giving up throughput. The shared-system-prompt workload: rounds of a batch of requests that share a
+    /// <see cref="SharedPromptLength"/>-token prompt, each with a 16-token question, generating
+    /// <see cref="SharedOutput"/> tokens together.
     /// </summary>
-    private sealed record Sizes(int Requests, LengthDistribution Prompts, LengthDistribution Outputs, int TokenBudget, int PrefixRequests, int PrefixLength)
+    private sealed record Sizes(int Requests, LengthDistribution Prompts, LengthDistribution Outputs, int TokenBudget, int PrefixRequests, int PrefixLength,
+        int SharedPromptLength, int SharedOutput, int SharedRounds)
     {
-        public static Sizes Full { get; } = new(80, new(256, 0.8, 16, 1024), new(128, 0.8, 8, 512), 64, 6, 1024);
-        public static Sizes Quick { get; } = new(24, new(48, 0.8, 4, 256), new(32, 0.8, 4, 96), 32, 3, 256);
+        public static Sizes Full { get; } = new(80, new(256, 0.8, 16, 1024), new(128, 0.8, 8, 512), 64, 6, 1024, 1024, 64, 3);
+        public static Sizes Quick { get; } = new(24, new(48, 0.8, 4, 256), new(32, 0.8, 4, 96), 32, 3, 256, 256, 16, 2);
     }
 
     /// <summary>Tokens per step of static batching's padded prefill.</summary>
@@ -50,8 +56,8 @@ public static class ServeCommand
             for (int i = 0; i < args.Length; i++)
             {
                 string name = args[i].StartsWith("--", StringComparison.Ordinal) ? args[i][2..] : throw new ArgumentException($"unexpected argument '{args[i]}'");
-                string value = name is "quick" or "eager" ? "true" : i + 1 < args.Length ? args[++i] : throw new ArgumentException($"--{name} needs a value");
-                if (name is not ("model" or "threads" or "json" or "quick" or "seed" or "batch" or "load" or "budget" or "eager")) throw new ArgumentException($"unknown option --{name}");
+                string value = name is "quick" or "eager" or "shared-prompt-only" ? "true" : i + 1 < args.Length ? args[++i] : throw new ArgumentException($"--{name} needs a value");
+                if (name is not ("model" or "threads" or "json" or "quick" or "seed" or "batch" or "load" or "budget" or "eager" or "shared-prompt-only")) throw new ArgumentException($"unknown option --{name}");
                 if (!values.TryAdd(name, value)) throw new ArgumentException($"--{name} given twice");
             }
             int Number(string name, int fallback, int min, int max)
@@ -65,7 +71,8 @@ public static class ServeCommand
             int threads = Number("threads", -1, 1, 64);
             if (threads < 0) throw new ArgumentException("--threads is required");
             var options = new ServeOptions(model, threads, values.GetValueOrDefault("json"), values.ContainsKey("quick"), Number("seed", 1234, int.MinValue, int.MaxValue),
-                Number("batch", 16, 1, 256), values.ContainsKey("eager"), Number("load", 90, 1, 1000) / 100.0, Number("budget", 0, 1, 65536));
+                Number("batch", 16, 1, 256), values.ContainsKey("eager"), Number("load", 90, 1, 1000) / 100.0, Number("budget", 0, 1, 65536),
+                values.ContainsKey("shared-prompt-only"));
             return RunAsync(options, Console.Out, Console.Error).GetAwaiter().GetResult();
         }
         catch (ArgumentException e) when (e is not ArgumentOutOfRangeException)
@@ -111,6 +118,13 @@ public static class ServeCommand
             MaxRunningRequests = options.Batch,
             MaxContext = maxSequence,
         };
+        if (options.SharedPromptOnly)
+        {
+            var (on, off) = await RunSharedPrompt(model, tokenizer, compile, engineOptions, sizes, context, options, log);
+            PrintSharedPrompt(output, on, off, sizes, context, options);
+            if (options.JsonPath is not null) WriteJson(options.JsonPath, [on, off], null);
+            return 0;
+        }
 
         // Calibration: the engine's capacity measured, not modelled: a pilot of the same lengths (another seed), all
         // arriving at once. The arrival rate is a fraction of it (by default busy but not saturated, where latency
@@ -139,10 +153,61 @@ public static class ServeCommand
         log.WriteLine($"serve: shared {prefixLength}-token system prompt, {prefixWorkload.Length} requests one at a time, prefix cache on then off...");
         double hitMs = await ServeRunners.RunPrefix(model, tokenizer, compile, prefixOptions, prefixWorkload);
         double missMs = await ServeRunners.RunPrefix(model, tokenizer, compile, prefixOptions with { PrefixCaching = false }, prefixWorkload);
+        var (sharedOn, sharedOff) = await RunSharedPrompt(model, tokenizer, compile, engineOptions, sizes, context, options, log);
 
         Print(output, results, hitMs, missMs, prefixLength, options);
-        if (options.JsonPath is not null) WriteJson(options.JsonPath, results, hitMs, missMs);
+        PrintSharedPrompt(output, sharedOn, sharedOff, sizes, context, options);
+        if (options.JsonPath is not null) WriteJson(options.JsonPath, [.. results, sharedOn, sharedOff], (hitMs, missMs));
         return 0;
+    }
+
+    /// <summary>
+    /// Rounds of a batch of requests sharing one long system prompt (cached once), on two engines alike but for
+    /// EngineOptions.SharedPrefixAttention, alternating (<see cref="ServeRunners.RunSharedPrompt"/>). KV memory: the
+    /// prompt's blocks once, each request's own blocks twice over, so nothing is preempted.
+    /// </summary>
+    private static async Task<(ServeResult On, ServeResult Off)> RunSharedPrompt(IKilnModel model, KilnTokenizer tokenizer, Func<int, ICompiledPlan> compile,
+        EngineOptions engineOptions, Sizes sizes, int context, ServeOptions options, TextWriter log)
+    {
+        const int Question = 16;
+        int length = SharedPromptLength(sizes, context);
+        int rounds = sizes.SharedRounds;
+        var workload = ServeWorkload.SharedPrefix(rounds * options.Batch, length, Question, sizes.SharedOutput, model.VocabSize, options.Seed + 3);
+        int ownBlocks = (Question + sizes.SharedOutput + 15) / 16 + 1;
+        long blocks = (length + 15) / 16 + 2L * (options.Batch + 2) * ownBlocks;
+        var sharedOptions = engineOptions with
+        {
+            MaxContext = length + Question + sizes.SharedOutput + 16,
+            KvCacheBytes = blocks * model.KvShape.BytesPerBlock(16),
+        };
+        log.WriteLine($"serve: shared {length}-token system prompt, {rounds} rounds of {options.Batch} requests at once × {sizes.SharedOutput} tokens, shared-prefix attention on and off alternating...");
+        return await ServeRunners.RunSharedPrompt(model, tokenizer, compile, sharedOptions, workload[0].Prompt[..length], workload, options.Batch);
+    }
+
+    private static int SharedPromptLength(Sizes sizes, int context) => Math.Min(sizes.SharedPromptLength, context - sizes.SharedOutput - 48);
+
+    private static void PrintSharedPrompt(TextWriter output, ServeResult on, ServeResult off, Sizes sizes, int context, ServeOptions options)
+    {
+        var c = CultureInfo.InvariantCulture;
+        output.WriteLine();
+        output.WriteLine(string.Create(c, $"shared system prompt ({SharedPromptLength(sizes, context)} tokens; {sizes.SharedRounds} rounds of {options.Batch} requests at once, a 16-token question and {sizes.SharedOutput} tokens each; alternating):"));
+        output.WriteLine("| shared-prefix attention | tok/s | TTFT p50 ms | TBT p50 ms | TBT p99 ms | preemptions |");
+        output.WriteLine("|---|---|---|---|---|---|");
+        foreach (var (label, r) in new[] { ("on", on), ("off", off) })
+            output.WriteLine(string.Create(c, $"| {label} | {r.TokensPerSecond:F1} | {r.TtftP50:F1} | {r.TbtP50:F2} | {r.TbtP99:F2} | {r.Preemptions} |"));
+        output.WriteLine(string.Create(c, $"on/off: throughput {on.TokensPerSecond / off.TokensPerSecond:F2}×, TBT p50 {off.TbtP50 / on.TbtP50:F2}× shorter, p99 {off.TbtP99 / on.TbtP99:F2}× shorter; load average {LoadAverage()}"));
+    }
+
+    private static string LoadAverage()
+    {
+        try
+        {
+            return File.Exists("/proc/loadavg") ? string.Join(" ", File.ReadAllText("/proc/loadavg").Split(' ').Take(3)) : "n/a";
+        }
+        catch (IOException)
+        {
+            return "n/a";
+        }
     }
 
     private static void Print(TextWriter output, List<ServeResult> results, double hitMs, double missMs, int prefixLength, ServeOptions options)
@@ -167,7 +232,7 @@ public static class ServeCommand
         output.WriteLine($"KV util: engine = KV positions held / positions of the blocks in use; static = real tokens / padded batch rows. {options.Threads} threads; timings on a shared machine are noisy.");
     }
 
-    private static void WriteJson(string path, List<ServeResult> results, double hitMs, double missMs)
+    private static void WriteJson(string path, IEnumerable<ServeResult> results, (double HitMs, double MissMs)? prefix)
     {
         using var stream = File.Create(path);
         using var json = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true });
@@ -182,10 +247,13 @@ public static class ServeCommand
             json.WriteNumber("tbt_p99_ms", Math.Round(r.TbtP99, 3));
             json.WriteEndObject();
         }
-        json.WriteStartObject("prefix_cache");
-        json.WriteNumber("ttft_hit_ms", Math.Round(hitMs, 3));
-        json.WriteNumber("ttft_miss_ms", Math.Round(missMs, 3));
-        json.WriteEndObject();
+        if (prefix is { } cache)
+        {
+            json.WriteStartObject("prefix_cache");
+            json.WriteNumber("ttft_hit_ms", Math.Round(cache.HitMs, 3));
+            json.WriteNumber("ttft_miss_ms", Math.Round(cache.MissMs, 3));
+            json.WriteEndObject();
+        }
         json.WriteEndObject();
     }
 }

@@ -88,6 +88,64 @@ public static class ServeRunners
     }
 
     /// <summary>
+    /// Requests that all begin with one long <paramref name="systemPrompt"/>, decoding together, replayed on two engines
+    /// that differ only in <see cref="EngineOptions.SharedPrefixAttention"/>: round by round (<paramref name="batch"/>
+    /// requests submitted at once), alternating which engine goes first, so a neighbour's burst on a shared machine
+    /// falls on both alike. Each engine first computes the system prompt once (prefix caching on), so every request's
+    /// block table begins with the same cached blocks: the sharing the shared-prefix kernel reads once per step. A
+    /// warm-up pair sharing the prompt compiles the grouped path before the timing. Latencies and throughput are over
+    /// all rounds of each engine.
+    /// </summary>
+    public static async Task<(ServeResult On, ServeResult Off)> RunSharedPrompt(IKilnModel model, KilnTokenizer tokenizer, Func<int, ICompiledPlan> compile,
+        EngineOptions options, int[] systemPrompt, ServeRequest[] workload, int batch)
+    {
+        using var latencies = new LatencyRecorder();
+        await using var on = new KilnEngine(model, compile, tokenizer, options with { PrefixCaching = true, SharedPrefixAttention = true });
+        await using var off = new KilnEngine(model, compile, tokenizer, options with { PrefixCaching = true, SharedPrefixAttention = false });
+        KilnEngine[] engines = [on, off];
+        var warmUp = new GenerationOptions { MaxTokens = 4, IgnoreEndOfSequence = true };
+        foreach (var engine in engines)
+        {
+            await Drain(engine.GenerateAsync(systemPrompt, new GenerationOptions { MaxTokens = 1, IgnoreEndOfSequence = true }));
+            await Task.WhenAll(Drain(engine.GenerateAsync([.. systemPrompt, systemPrompt[^1]], warmUp)), Drain(engine.GenerateAsync([.. systemPrompt, systemPrompt[^2]], warmUp)));
+        }
+        var ttft = new[] { new List<double>(), new List<double>() };
+        var tbt = new[] { new List<double>(), new List<double>() };
+        var seconds = new double[2];
+        var generated = new long[2];
+        var preemptions = new long[2];
+        int rounds = workload.Length / batch;
+        for (int round = 0; round < rounds; round++)
+        {
+            var requests = workload.AsMemory(round * batch, batch);
+            for (int turn = 0; turn < 2; turn++)
+            {
+                int which = (round + turn) % 2;
+                var engine = engines[which];
+                var before = engine.GetStatistics();
+                latencies.Clear();
+                var clock = Stopwatch.StartNew();
+                var runs = new Task[batch];
+                for (int i = 0; i < batch; i++)
+                {
+                    var request = requests.Span[i];
+                    runs[i] = Drain(engine.GenerateAsync(request.Prompt, new GenerationOptions { MaxTokens = request.OutputTokens, IgnoreEndOfSequence = true }));
+                }
+                await Task.WhenAll(runs);
+                seconds[which] += clock.Elapsed.TotalSeconds;
+                var after = engine.GetStatistics();
+                generated[which] += after.GeneratedTokens - before.GeneratedTokens;
+                preemptions[which] += after.Preemptions - before.Preemptions;
+                ttft[which].AddRange(latencies.TimeToFirstToken);
+                tbt[which].AddRange(latencies.TimeBetweenTokens);
+            }
+        }
+        ServeResult Result(string name, int which) =>
+            new(name, rounds * batch, generated[which], seconds[which], [.. ttft[which]], [.. tbt[which]], double.NaN, preemptions[which]);
+        return (Result("shared_prompt_on", 0), Result("shared_prompt_off", 1));
+    }
+
+    /// <summary>
     /// Static batching with padding, on the calling thread over the same plan: whenever the previous batch is done,
     /// up to <paramref name="batchSize"/> requests that have arrived form a batch (or the next one to arrive, alone,
     /// if none is waiting); every prompt is padded to the batch's longest, and the batch decodes until its longest

@@ -34,6 +34,24 @@ public static class SyntheticModel
     /// <summary>Weight scales. Linear weights are N(0, Gain/√fanIn); the output (or tied embedding) is N(0, LogitScale/√dim).</summary>
     public sealed record Scales(float LinearGain = 1f, float LogitScale = 3f, float EmbeddingStd = 1f);
 
+    /// <summary>
+    /// Magnitude pruning of every matrix a plan packs (the Linear weights and the output, or the tied embedding):
+    /// <paramref name="Pattern"/> with, for blocks, <paramref name="KeepFraction"/> of the 8×32 tiles kept.
+    /// </summary>
+    public sealed record Pruning(SparsePattern Pattern, double KeepFraction = 1)
+    {
+        /// <summary>"2:4" or "block:Z" (Z: the fraction of zero tiles, in [0, 1)).</summary>
+        public static Pruning? Parse(string text)
+        {
+            if (text == "2:4") return new Pruning(SparsePattern.TwoFour);
+            if (text.StartsWith("block:", StringComparison.Ordinal)
+                && double.TryParse(text.AsSpan(6), System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double zeros)
+                && zeros is >= 0 and < 1)
+                return new Pruning(SparsePattern.Blocks, 1 - zeros);
+            return null;
+        }
+    }
+
     /// <summary>Every architecture llama.cpp also runs (the peer checks' list), by its general.architecture name.</summary>
     public static IReadOnlyList<SyntheticArchitecture> Architectures { get; } =
         [new LlamaSynthetic(), new Gpt2Synthetic(), new Qwen2Synthetic(), new Qwen3Synthetic(), new Gemma2Synthetic(), new Phi3Synthetic(), new BertSynthetic(), new MambaSynthetic()];
@@ -56,9 +74,9 @@ public static class SyntheticModel
 
     /// <summary>Writes the model to <paramref name="path"/>. <paramref name="progress"/> gets one line per tensor.</summary>
     public static void Write(string path, SyntheticArchitecture architecture, SyntheticShape shape, SyntheticFormat format, int seed,
-        Scales? scales = null, Action<string>? progress = null)
+        Scales? scales = null, Action<string>? progress = null, Pruning? pruning = null)
     {
-        var writer = Build(architecture, shape, format, seed, scales, progress);
+        var writer = Build(architecture, shape, format, seed, scales, progress, pruning);
         progress?.Invoke($"writing {path}");
         writer.Write(path);
     }
@@ -68,7 +86,7 @@ public static class SyntheticModel
         Write(path, Architecture("llama"), shape, format, seed, scales, progress);
 
     public static GgufWriter Build(SyntheticArchitecture architecture, SyntheticShape shape, SyntheticFormat format, int seed,
-        Scales? scales = null, Action<string>? progress = null)
+        Scales? scales = null, Action<string>? progress = null, Pruning? pruning = null)
     {
         architecture.Validate(shape);
         int block = format.BlockElements;
@@ -76,7 +94,9 @@ public static class SyntheticModel
             if (inner % block != 0)
                 throw new ArgumentException($"{architecture.Name} {shape.Name}: a matrix row of {inner} values is not a multiple of {format}'s {block}-value blocks");
 
-        var builder = new SyntheticModelBuilder(architecture, shape, format, seed, scales ?? new Scales(), progress);
+        if (pruning is not null && format.IsMix)
+            throw new ArgumentException($"a sparse file needs a format whose blocks keep exact zeros (f32, f16, q8_0, q4_0): {format.Name}'s K-quant mins do not");
+        var builder = new SyntheticModelBuilder(architecture, shape, format, seed, scales ?? new Scales(), progress, pruning);
         var writer = builder.Writer;
         writer.AddMetadata("general.architecture", architecture.Name);
         string prefix = architecture.Name == "llama" ? "" : architecture.Name + "-"; // llama keeps its old name, and so its bytes
@@ -162,11 +182,13 @@ public sealed class SyntheticModelBuilder
     private readonly SyntheticModel.Scales _scales;
     private readonly Gaussian _random;
     private readonly Action<string>? _progress;
+    private readonly SyntheticModel.Pruning? _pruning;
     private int _tensors;
 
     internal SyntheticModelBuilder(SyntheticArchitecture architecture, SyntheticShape shape, SyntheticFormat format, int seed,
-        SyntheticModel.Scales scales, Action<string>? progress)
+        SyntheticModel.Scales scales, Action<string>? progress, SyntheticModel.Pruning? pruning = null)
     {
+        _pruning = pruning;
         _architecture = architecture;
         Shape = shape;
         Format = format;
@@ -193,8 +215,16 @@ public sealed class SyntheticModelBuilder
     /// <summary>A matrix kept in F32 whatever the file's format (one llama.cpp reads other than through a matmul or row lookup).</summary>
     public void F32Matrix(string name, int inner, int rows, float std) => Add(name, GgmlType.F32, std, mean: 0, inner, rows);
 
+    /// <summary>A matrix a plan packs as a Linear weight: as <see cref="Matrix"/>, then pruned when the file is sparse.</summary>
+    public void PackedMatrix(string name, int inner, int rows, float std)
+    {
+        var values = Draw(std, mean: 0, (long)inner * rows);
+        if (_pruning is { } p) values = SparseWeights.Prune(new Tensor(values, rows, inner), p.Pattern, p.KeepFraction).Data;
+        Put(name, Format.TypeOf(name, Shape), values, inner, rows);
+    }
+
     /// <summary>A linear layer from <paramref name="inner"/> to <paramref name="rows"/>: N(0, gain·LinearGain/√inner).</summary>
-    public void Linear(string name, int inner, int rows, float gain = 1f) => Matrix(name, inner, rows, gain * _scales.LinearGain / MathF.Sqrt(inner));
+    public void Linear(string name, int inner, int rows, float gain = 1f) => PackedMatrix(name, inner, rows, gain * _scales.LinearGain / MathF.Sqrt(inner));
 
     /// <summary>A norm weight: 1, or N(1, jitter) for architectures that draw them.</summary>
     public void Norm(string name, int length) => Add(name, GgmlType.F32, _architecture.NormJitter, mean: 1, length);
@@ -213,13 +243,17 @@ public sealed class SyntheticModelBuilder
     public void Bias(string name, int length, float std) => Add(name, GgmlType.F32, std, mean: 0, length);
 
     /// <summary>token_embd: the output's scale when tied (it doubles as the output matrix), else the embedding scale.</summary>
-    public void TokenEmbedding(bool tied) => Matrix("token_embd.weight", Shape.Dim, Shape.Vocab, tied ? LogitStd : _scales.EmbeddingStd);
+    public void TokenEmbedding(bool tied)
+    {
+        if (tied) PackedMatrix("token_embd.weight", Shape.Dim, Shape.Vocab, LogitStd);
+        else Matrix("token_embd.weight", Shape.Dim, Shape.Vocab, _scales.EmbeddingStd);
+    }
 
     /// <summary>output_norm, then output.weight unless the shape ties the output to the embedding.</summary>
     public void OutputHead()
     {
         Norm("output_norm.weight", Shape.Dim);
-        if (!Shape.TiedOutput) Matrix("output.weight", Shape.Dim, Shape.Vocab, LogitStd);
+        if (!Shape.TiedOutput) PackedMatrix("output.weight", Shape.Dim, Shape.Vocab, LogitStd);
     }
 
     /// <summary>Separate Q, K, V and output projections (Q and K at <paramref name="qkGain"/>), optional Q/K/V biases.</summary>
@@ -237,17 +271,37 @@ public sealed class SyntheticModelBuilder
     /// <summary>The gated FFN's three matrices: gate and up [Hidden × Dim], down [Dim × Hidden].</summary>
     public void GatedFfn(string prefix)
     {
-        Linear(prefix + "ffn_gate.weight", Shape.Dim, Shape.Hidden);
-        Linear(prefix + "ffn_up.weight", Shape.Dim, Shape.Hidden);
+        if (_pruning is { Pattern: SparsePattern.Blocks } blocks)
+        {
+            // The plan interleaves gate and up row by row: one mask for both keeps its packed blocks whole.
+            float std = _scales.LinearGain / MathF.Sqrt(Shape.Dim);
+            var gate = new Tensor(Draw(std, 0, (long)Shape.Dim * Shape.Hidden), Shape.Hidden, Shape.Dim);
+            var up = new Tensor(Draw(std, 0, (long)Shape.Dim * Shape.Hidden), Shape.Hidden, Shape.Dim);
+            var pruned = SparseWeights.PruneBlocksTogether(blocks.KeepFraction, gate, up);
+            Put(prefix + "ffn_gate.weight", Format.TypeOf(prefix + "ffn_gate.weight", Shape), pruned[0].Data, Shape.Dim, Shape.Hidden);
+            Put(prefix + "ffn_up.weight", Format.TypeOf(prefix + "ffn_up.weight", Shape), pruned[1].Data, Shape.Dim, Shape.Hidden);
+        }
+        else
+        {
+            Linear(prefix + "ffn_gate.weight", Shape.Dim, Shape.Hidden);
+            Linear(prefix + "ffn_up.weight", Shape.Dim, Shape.Hidden);
+        }
         Linear(prefix + "ffn_down.weight", Shape.Hidden, Shape.Dim);
     }
 
-    private void Add(string name, GgmlType type, float std, float mean, long inner, long outer = 0)
+    private void Add(string name, GgmlType type, float std, float mean, long inner, long outer = 0) =>
+        Put(name, type, Draw(std, mean, outer == 0 ? inner : inner * outer), inner, outer);
+
+    private float[] Draw(float std, float mean, long count)
     {
-        long count = outer == 0 ? inner : inner * outer;
         var values = new float[count];
         if (std == 0) Array.Fill(values, mean);
         else _random.Fill(values, std, mean);
+        return values;
+    }
+
+    private void Put(string name, GgmlType type, float[] values, long inner, long outer = 0)
+    {
         if (outer == 0) Writer.AddTensor(name, type, values, inner);
         else Writer.AddTensor(name, type, values, inner, outer);
         _progress?.Invoke($"[{++_tensors,3}] {name} {type} [{inner}{(outer == 0 ? "" : $", {outer}")}]");

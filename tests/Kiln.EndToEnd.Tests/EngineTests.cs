@@ -220,6 +220,95 @@ public sealed class EngineTests
         }
     }
 
+    /// <summary>How the sequences of <see cref="SharedPrefixAttentionOnOrOffGivesTheSameGreedyTokens"/> come to share blocks.</summary>
+    public enum Sharing
+    {
+        /// <summary>Requests that begin with a system prompt a first request cached.</summary>
+        CachedSystemPrompt,
+
+        /// <summary>N samples of one prompt: forks holding its blocks, the partly filled last one copied on write.</summary>
+        ForkedSamples,
+
+        /// <summary>As <see cref="CachedSystemPrompt"/> in too little KV memory: sequences are preempted and recompute.</summary>
+        Preempted,
+    }
+
+    [Theory]
+    [InlineData(Sharing.CachedSystemPrompt)]
+    [InlineData(Sharing.ForkedSamples)]
+    [InlineData(Sharing.Preempted)]
+    public async Task SharedPrefixAttentionOnOrOffGivesTheSameGreedyTokens(Sharing sharing)
+    {
+        // Sequences whose tables begin with the same physical blocks decode together: a sharing group, whose prefix the
+        // compiled plan's attention reads once for all of them when SharedPrefixAttention is on.
+        int[] system = Tokenizer.Encode("Once upon a time, there was a little girl named Lily. She loved to play outside in the sun with her friends every day.");
+        string[] questions = [" Lily", " One day,", " The cat", " Her mom said", " They went to the park and", " Tom"];
+        var prompts = questions.Select(q => (int[])[.. system, .. Tokenizer.Encode(q)[1..]]).ToArray(); // without the question's BOS
+        var options = new GenerationOptions { MaxTokens = 24, IgnoreEndOfSequence = true };
+        var engineOptions = Small(tokenBudget: 32, maxRunning: 8);
+        if (sharing == Sharing.Preempted)
+            engineOptions = engineOptions with { KvCacheBytes = 26 * KvCache.BytesPerBlock(Model.LayerCount, 4, Model.KvDim), MaxContext = 72 };
+        var tokens = new Dictionary<bool, int[][]>();
+        foreach (bool shared in new[] { true, false })
+        {
+            var plans = new List<GroupCountingPlan>();
+            await using var engine = new KilnEngine(Model, t =>
+            {
+                var plan = new GroupCountingPlan(CreatePlan(PlanKind.Compiled, t));
+                lock (plans) plans.Add(plan);
+                return plan;
+            }, Tokenizer, engineOptions with { SharedPrefixAttention = shared });
+            if (sharing == Sharing.ForkedSamples)
+            {
+                Assert.NotEqual(0, system.Length % 4); // the prompt ends inside a block, which the samples share until they write
+                var samples = new List<int>[4];
+                for (int i = 0; i < samples.Length; i++) samples[i] = [];
+                await foreach (var update in engine.GenerateAsync(system, options with { N = samples.Length }).Patiently())
+                    if (!update.IsFinal) samples[update.Index].Add(update.TokenId);
+                tokens[shared] = samples.Select(t => t.ToArray()).ToArray();
+                Assert.True((await WaitUntilIdle(engine)).KvBlockCopies > 0);
+            }
+            else
+            {
+                await Collect(engine.GenerateAsync(system, new GenerationOptions { MaxTokens = 1 })); // the prefix, cached
+                var outcomes = await Task.WhenAll(prompts.Select(p => Collect(engine.GenerateAsync(p, options))));
+                tokens[shared] = outcomes.Select(o => o.Tokens).ToArray();
+                var statistics = await WaitUntilIdle(engine);
+                Assert.True(statistics.PrefixHitTokens > 0);
+                if (sharing == Sharing.Preempted) Assert.True(statistics.Preemptions > 0, $"nothing was preempted: {statistics}");
+            }
+            int grouped = plans.Sum(p => p.StepsWithGroups);
+            if (shared) Assert.True(grouped > 0, "no step carried a sharing group: the shared-prefix path never ran");
+            else Assert.Equal(0, grouped);
+        }
+        for (int i = 0; i < tokens[true].Length; i++)
+        {
+            Assert.Equal(24, tokens[true][i].Length);
+            Assert.True(tokens[true][i].SequenceEqual(tokens[false][i]),
+                $"{sharing} sequence {i}: shared-prefix attention gave [{string.Join(", ", tokens[true][i])}], per-sequence [{string.Join(", ", tokens[false][i])}]");
+        }
+    }
+
+    /// <summary>A plan that counts the steps whose context carries sharing groups (the shared-prefix attention's input).</summary>
+    private sealed class GroupCountingPlan(ICompiledPlan inner) : ICompiledPlan
+    {
+        public int StepsWithGroups { get; private set; }
+
+        public int MaxTokensPerStep => inner.MaxTokensPerStep;
+
+        public int VocabSize => inner.VocabSize;
+
+        public string FusionReport => inner.FusionReport;
+
+        public void Step(ReadOnlySpan<int> tokens, AttentionContext context, Span<float> logits)
+        {
+            if (context.SharedPrefixCount > 0) StepsWithGroups++;
+            inner.Step(tokens, context, logits);
+        }
+
+        public void Dispose() => inner.Dispose();
+    }
+
     [Theory]
     [InlineData(PlanKind.Eager)]
     [InlineData(PlanKind.Compiled)]

@@ -289,6 +289,22 @@ public sealed class DiagnosticTests
         AssertSingle(Model().Replace("[Weight(\"out\"", "[Quantize((WeightFormat)42)] [Weight(\"out\""), "KLN0010", "Quantize((WeightFormat)42)");
 
     [Fact]
+    public void Kln0014SparseOnAMemberThatIsNotAWeight() =>
+        AssertSingle(Model(members: "[Sparse(SparsePattern.TwoFour)] [Hyper(\"{arch}.extra\")] public int Extra;"), "KLN0014", "Sparse(SparsePattern.TwoFour)");
+
+    [Fact]
+    public void Kln0014SparseOnANormWeight() =>
+        AssertSingle(Model().Replace("[Weight(\"norm\"", "[Sparse(SparsePattern.Blocks)] [Weight(\"norm\""), "KLN0014", "Sparse(SparsePattern.Blocks)");
+
+    [Fact]
+    public void Kln0014BlockPruningWithoutAKeepFraction() =>
+        AssertSingle(Model().Replace("[Weight(\"out\"", "[Sparse(SparsePattern.Blocks, Prune = true)] [Weight(\"out\""), "KLN0014", "Sparse(SparsePattern.Blocks, Prune = true)");
+
+    [Fact]
+    public void Kln0014SparseOnAWeightQuantizedToAnotherFormat() =>
+        AssertSingle(Model().Replace("[Weight(\"out\"", "[Quantize(WeightFormat.F32)] [Sparse(SparsePattern.TwoFour)] [Weight(\"out\""), "KLN0014", "Sparse(SparsePattern.TwoFour)");
+
+    [Fact]
     public void QuantizeOnTheClassAndOnALinearWeightIsValidAndReported()
     {
         string source = Model(members: "[Quantize(WeightFormat.Q4_0)] [Weight(\"w\", \"Hidden\", \"Dim\")] public Tensor W = null!; [Weight(\"w2\", \"Dim\", \"Hidden\")] public Tensor W2 = null!;",
@@ -326,7 +342,7 @@ public sealed class DiagnosticTests
     public void EveryDescriptorIsListedInTheReleaseTable()
     {
         string table = File.ReadAllText(Path.Combine(CSharpGeneratorTest<KilnGenerator>.RepoRoot, "src", "Generators", "AnalyzerReleases.Unshipped.md"));
-        foreach (string id in Enumerable.Range(1, 11).Select(i => $"KLN{i:0000}"))
+        foreach (string id in Enumerable.Range(1, 14).Select(i => $"KLN{i:0000}"))
         {
             Assert.Equal(id, id == "KLN0009" ? DiagnosticDescriptors.InternalError.Id : DiagnosticDescriptors.ById(id).Id);
             Assert.Equal(DiagnosticSeverity.Error, DiagnosticDescriptors.ById(id).DefaultSeverity);

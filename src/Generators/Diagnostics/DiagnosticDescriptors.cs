@@ -72,6 +72,11 @@ internal static class DiagnosticDescriptors
         "{0}",
         Category, DiagnosticSeverity.Error, isEnabledByDefault: true);
 
+    public static readonly DiagnosticDescriptor InvalidSparse = new(
+        "KLN0014", "Invalid [Sparse]",
+        "[Sparse] on '{0}': {1}",
+        Category, DiagnosticSeverity.Error, isEnabledByDefault: true);
+
     public static DiagnosticDescriptor ById(string id) => id switch
     {
         "KLN0001" => UnsupportedConstruct,
@@ -86,6 +91,7 @@ internal static class DiagnosticDescriptors
         "KLN0011" => SharedCacheLayer,
         "KLN0012" => EncoderAttentionCausality,
         "KLN0013" => ModelKindMismatch,
+        "KLN0014" => InvalidSparse,
         _ => InternalError,
     };
 }

@@ -154,6 +154,7 @@ internal static class ModelEmitter
             w.Line();
 
             var boundKeys = new System.Collections.Generic.HashSet<string>();
+            var sparse = SparseLinearWeights(plan);
             if (model.FreeDims.Count > 0)
             {
                 w.Line("// Free shape symbols are bound by the first weight that declares them.");
@@ -168,7 +169,7 @@ internal static class ModelEmitter
             w.Line("string name;");
             w.Open("try");
             foreach (var weight in model.Weights.Where(x => x.Owner.Length == 0))
-                EmitWeight(w, model, weight, "model", "", huggingFace, boundKeys);
+                EmitWeight(w, model, weight, "model", "", huggingFace, boundKeys, sparse);
 
             foreach (var layers in model.Layers)
             {
@@ -183,7 +184,7 @@ internal static class ModelEmitter
                     w.Line($"string prefix = string.Format(global::System.Globalization.CultureInfo.InvariantCulture, {format}, layer);");
                     w.Line($"var block = new {layers.ClassName}();");
                     foreach (var weight in model.Weights.Where(x => x.Owner == layers.Member))
-                        EmitWeight(w, model, weight, "block", "prefix + ", huggingFace, boundKeys);
+                        EmitWeight(w, model, weight, "block", "prefix + ", huggingFace, boundKeys, sparse);
                     w.Line($"model.{layers.Member}[layer] = block;");
                 }
             }
@@ -303,12 +304,26 @@ internal static class ModelEmitter
         }
     }
 
+    /// <summary>The [Sparse] (the weight's own, else the model's) of each weight a sparse matmul packs.</summary>
+    private static System.Collections.Generic.Dictionary<string, SparseInfo> SparseLinearWeights(Plan plan)
+    {
+        var sparse = new System.Collections.Generic.Dictionary<string, SparseInfo>();
+        foreach (var matmul in plan.Kernels.OfType<MatMulKernel>().Where(m => m.Sparsity != "None"))
+            foreach (var weight in matmul.Segments.SelectMany(s => s.Weights))
+            {
+                var info = plan.Model.Weights.FirstOrDefault(x => x.Key == weight.Key)?.Sparse ?? plan.Model.DefaultSparse;
+                if (info is not null) sparse[weight.Key] = info;
+            }
+        return sparse;
+    }
+
     /// <summary>
     /// One weight: its name in the file's naming, loaded (or its tie), converted when the definition declares how a
-    /// Hugging Face checkpoint stores it, then its rank and every dimension checked.
+    /// Hugging Face checkpoint stores it, then its rank and every dimension checked, and a sparse Linear weight's
+    /// pattern checked (or pruned into it).
     /// </summary>
     private static void EmitWeight(CodeWriter w, ModelInfo model, WeightInfo weight, string target, string prefix, bool huggingFace,
-        System.Collections.Generic.HashSet<string> bound)
+        System.Collections.Generic.HashSet<string> bound, System.Collections.Generic.Dictionary<string, SparseInfo> sparse)
     {
         w.Line($"name = {prefix}{NameCode(weight, huggingFace, inParentheses: prefix.Length > 0)};");
         string load;
@@ -341,6 +356,15 @@ internal static class ModelEmitter
         }
         string expected = string.Join(", ", weight.Dims.Select(d => Names.DimCode(d, "model")));
         w.Line($"KilnCheckShape(file, name, {member}, {Names.Literal(declared)}, {expected});");
+        if (sparse.TryGetValue(weight.Key, out var pattern))
+        {
+            // [Sparse]: the eager forward and the plan compute with the same zeros, checked or pruned here.
+            string value = $"global::Kiln.SparsePattern.{pattern.Pattern}";
+            if (pattern.Prune)
+                w.Line($"{member} = global::Kiln.Loading.SparseWeights.Prune({member}, {value}, {pattern.KeepFraction.ToString("R", System.Globalization.CultureInfo.InvariantCulture)});");
+            else
+                w.Line($"global::Kiln.Loading.SparseWeights.Check(file.Path, name, {member}, {value});");
+        }
         bound.Add(weight.Key);
     }
 

@@ -312,7 +312,7 @@ internal static partial class PlanEmitter
             bool perLayer = matmul.LayersMember.Length > 0;
             string count = perLayer ? model.Layers.First(l => l.Member == matmul.LayersMember).CountMember : "";
             var weights = matmul.Segments.SelectMany(s => s.Weights).Select(x => x.Key).Distinct().ToList();
-            w.Line($"// {string.Join(", ", weights)}: {FormatComment(matmul.Format)}");
+            w.Line($"// {string.Join(", ", weights)}: {FormatComment(matmul.Format)}{(matmul.Sparsity == "None" ? "" : $", {matmul.Sparsity} sparse as [Sparse] asks")}");
             string rowOffset = "0";
             for (int i = 0; i < matmul.Segments.Count; i++)
             {
@@ -320,6 +320,8 @@ internal static partial class PlanEmitter
                 w.Line($"{StartField(matmul, i + 1)} = {(i == 0 ? $"{Layouts}.PadRows({SegmentRows(matmul.Segments[i])})" : next)};");
                 rowOffset = StartField(matmul, i + 1);
             }
+            string sparsity = "sparsity" + matmul.Packed;
+            w.Line($"var {sparsity} = {Layouts}.Sparsity(global::Kiln.SparsePattern.{matmul.Sparsity}, global::Kiln.WeightFormat.{matmul.Format}, options);");
             if (perLayer)
             {
                 w.Line($"{matmul.Packed} = new {MatMul}.PackedMatrix[model.{count}];");
@@ -327,7 +329,7 @@ internal static partial class PlanEmitter
             }
             string target = perLayer ? "packed" : "packed" + matmul.Packed;
             string arguments = string.Join(", ", weights.Select(x => Names.Weight(x, "model", "layer")));
-            w.Line($"var {target} = new {MatMul}.PackedMatrix({Layouts}.Resolve(global::Kiln.WeightFormat.{matmul.Format}, {arguments}), {StartField(matmul, matmul.Segments.Count)}, {Names.DimField(matmul.InDim)});");
+            w.Line($"var {target} = new {MatMul}.PackedMatrix({Layouts}.Resolve(global::Kiln.WeightFormat.{matmul.Format}, {sparsity}, {arguments}), {StartField(matmul, matmul.Segments.Count)}, {Names.DimField(matmul.InDim)}, {sparsity});");
             for (int i = 0; i < matmul.Segments.Count; i++)
             {
                 var segment = matmul.Segments[i];
@@ -345,6 +347,7 @@ internal static partial class PlanEmitter
                 else
                     w.Line($"{target}.Pack({at}, {Part(segment.Weights[0])}, {rows}, {Names.Literal(Short(segment.Weights[0].Key))});");
             }
+            w.Line($"{target}.FinishPacking();");
             if (perLayer)
             {
                 w.Line($"{matmul.Packed}[layer] = packed;");

@@ -71,9 +71,27 @@ internal sealed class GraphBuilder
         return new Graph(_model, _nodes.ToEquatableArray(), _regions.ToEquatableArray(), _guards.ToEquatableArray(), result);
     }
 
-    /// <summary>A [Quantize] on a weight is a layout for Linear weights: the weight must be used, and only as one.</summary>
+    /// <summary>A [Quantize] or [Sparse] on a weight is a layout for Linear weights: the weight must be used, and only as one.</summary>
     private void CheckQuantizedWeights()
     {
+        if (_model.DefaultSparse is { Pattern: not "None" } classSparse && _model.DefaultFormat is "F32" or "BF16" or "Q4_0")
+            Report(DiagnosticDescriptors.InvalidSparse, classSparse.Location, _model.ClassName,
+                $"the sparse layouts hold Q8_0 blocks, and [Quantize(WeightFormat.{_model.DefaultFormat})] asks for another format");
+        foreach (var weight in _model.Weights.Where(w => w.Sparse is { Pattern: not "None" } && (w.Format.Length > 0 ? w.Format : _model.DefaultFormat) is "F32" or "BF16" or "Q4_0"))
+            Report(DiagnosticDescriptors.InvalidSparse, weight.Sparse!.Location, weight.Member,
+                $"the sparse layouts hold Q8_0 blocks, and [Quantize(WeightFormat.{(weight.Format.Length > 0 ? weight.Format : _model.DefaultFormat)})] asks for another format");
+        foreach (var weight in _model.Weights.Where(w => w.Sparse is not null))
+        {
+            if (!_weights.TryGetValue(weight.Key, out int id))
+            {
+                Report(DiagnosticDescriptors.InvalidSparse, weight.Sparse!.Location, weight.Member, "the weight is not used in the [Forward] method");
+                continue;
+            }
+            var other = _nodes.FirstOrDefault(n => n.Inputs.Contains(id) && !(n.Op == OpKind.Linear && n.Inputs[1] == id && n.Inputs[0] != id && (n.Inputs.Count < 3 || n.Inputs[2] != id)));
+            if (other is not null)
+                Report(DiagnosticDescriptors.InvalidSparse, weight.Sparse!.Location, weight.Member,
+                    $"it is not only the weight of Ops.Linear (it is read by Ops.{other.Op}); [Sparse] chooses the layout of Linear weights");
+        }
         foreach (var weight in _model.Weights.Where(w => w.Format.Length > 0))
         {
             if (!_weights.TryGetValue(weight.Key, out int id))

@@ -36,7 +36,7 @@ internal sealed class Fusion
     private readonly HashSet<int> _foldedNorms = new();
 
     /// <summary>A matmul output: value <see cref="Value"/> (the Linear, or a Slice of it), rows of a weight, its bias.</summary>
-    private sealed record LinearOutput(int Value, Node Linear, WeightSlice Weight, string Bias, string OutDim, string Format);
+    private sealed record LinearOutput(int Value, Node Linear, WeightSlice Weight, string Bias, string OutDim, string Format, string Sparsity);
 
     public Fusion(Graph graph)
     {
@@ -119,12 +119,12 @@ internal sealed class Fusion
         {
             string weight = _graph[linear.Inputs[1]].Name;
             string bias = linear.Inputs.Count > 2 ? _graph[linear.Inputs[2]].Name : "";
-            string format = FormatOf(weight);
+            string format = FormatOf(weight), sparsity = SparsityOf(weight);
             var uses = _uses[linear.Id];
             bool sliced = uses.Count > 0 && uses.All(u => u >= 0 && _graph[u].Op == OpKind.Slice && _graph[u].Region == linear.Region && _graph[u].Guard == linear.Guard);
             if (!sliced)
             {
-                _outputs[linear.Id] = new LinearOutput(linear.Id, linear, new WeightSlice(weight, ""), bias, linear.Shape.Cols, format);
+                _outputs[linear.Id] = new LinearOutput(linear.Id, linear, new WeightSlice(weight, ""), bias, linear.Shape.Cols, format, sparsity);
                 continue;
             }
             _covered[linear.Id] = true;
@@ -132,7 +132,7 @@ internal sealed class Fusion
             {
                 var slice = _graph[use];
                 string start = slice.Scalars[0].AsDim()!, rows = slice.Shape.Cols;
-                _outputs[use] = new LinearOutput(use, linear, new WeightSlice(weight, start == "0" ? "" : start), bias, rows, format);
+                _outputs[use] = new LinearOutput(use, linear, new WeightSlice(weight, start == "0" ? "" : start), bias, rows, format, sparsity);
             }
         }
     }
@@ -143,6 +143,13 @@ internal sealed class Fusion
         var weight = _graph.Model.Weights.FirstOrDefault(w => w.Key == weightKey);
         if (weight is not null && weight.Format.Length > 0) return weight.Format;
         return _graph.Model.DefaultFormat.Length > 0 ? _graph.Model.DefaultFormat : "AsStored";
+    }
+
+    /// <summary>The sparse pattern a Linear's weight asks for: its own [Sparse], else the model's, else None (dense).</summary>
+    private string SparsityOf(string weightKey)
+    {
+        var weight = _graph.Model.Weights.FirstOrDefault(w => w.Key == weightKey);
+        return weight?.Sparse?.Pattern ?? _graph.Model.DefaultSparse?.Pattern ?? "None";
     }
 
     /// <summary>Norms (RMS or layer, not per head) read only by matmul outputs of their branch: applied by the matmul's input preparation.</summary>
@@ -255,8 +262,9 @@ internal sealed class Fusion
         return true;
     }
 
-    private (int Input, int Region, int Guard, string Format) GroupKey(LinearOutput output) =>
-        (output.Linear.Inputs[0], output.Linear.Region, output.Linear.Guard, output.Format);
+    // Weights fuse only when they ask for one layout: one packed matrix has one format and one sparse pattern.
+    private (int Input, int Region, int Guard, string Format, string Sparsity) GroupKey(LinearOutput output) =>
+        (output.Linear.Inputs[0], output.Linear.Region, output.Linear.Guard, output.Format, output.Sparsity);
 
     /// <summary>The first Linear node of the matmul an output belongs to (outputs of later kernels come after it).</summary>
     private int GroupStart(LinearOutput output) =>
@@ -334,7 +342,7 @@ internal sealed class Fusion
             string name = field;
             for (int i = 2; !_packedNames.Add(name); i++) name = field + i;
             _kernels.Add(new MatMulKernel(key.Region, key.Guard, anchor, input, inputProgram, norm, _graph[outputs[0].Linear.Inputs[1]].Shape.Cols,
-                outputs[0].Linear.Shape.Rows, name, layers, segments.ToEquatableArray(), key.Format));
+                outputs[0].Linear.Shape.Rows, name, layers, segments.ToEquatableArray(), key.Format, key.Sparsity));
         }
     }
 

@@ -56,7 +56,10 @@ internal static class FusionReport
             if (interleaved) why.Add("each adjacent row pair meets in one tile, so the epilogue combines both sums");
             if (matmul.Segments.Any(s => s.Weights.Any(w => w.RowStart.Length > 0))) why.Add("a fused weight is split by rows when packed (its slices cost nothing at run time)");
             yield return $"  {string.Join(", ", weights)} → {where} [{rows}, {matmul.InDim}], {shape}: {Rule(matmul.Format, model)}{(why.Count > 0 ? "; " + string.Join("; ", why) : "")}.";
+            if (matmul.Sparsity != "None") yield return "    then " + SparseRule(matmul, model) + ".";
         }
+        if (plan.Kernels.OfType<MatMulKernel>().Any(m => m.Format is "AsStored" or "Q8_0"))
+            yield return "  PlanOptions.Sparsity, when set, packs every matrix laid out as stored or Q8_0 in that sparse pattern instead (None: dense), for one plan.";
         foreach (var table in plan.Kernels.SelectMany(Programs).SelectMany(p => p.Elems).Where(e => e.Kind == ElemKind.Gather).Select(e => e.Weight).Distinct())
             yield return $"  {Short(table)} → as stored in the file (memory-mapped): each gathered row decoded by itself, by {GatherKey(plan.Kernels.SelectMany(Programs).SelectMany(p => p.Elems).First(e => e.Kind == ElemKind.Gather && e.Weight == table).Map)}.";
 
@@ -163,6 +166,21 @@ internal static class FusionReport
         + "one load of 16 rows times one broadcast activation, no reductions); BF16x4 holds 16-element chunks of the 4 rows in turn (the kernel "
         + "streams a group front to back); the quantized layouts store two groups together, 8 rows 4 bytes at a time (one multiply-add against "
         + "4 broadcast activations covers all 8 rows, each row's sum complete in its own lane)";
+
+    /// <summary>The sparse layout a matmul's weights get on top of their format, and why.</summary>
+    private static string SparseRule(MatMulKernel matmul, Syntax.ModelInfo model)
+    {
+        var own = matmul.Segments.SelectMany(s => s.Weights).Select(w => model.Weights.FirstOrDefault(x => x.Key == w.Key)?.Sparse).FirstOrDefault(s => s is not null);
+        var sparse = own ?? model.DefaultSparse!;
+        string why = own is null ? $"[Sparse(SparsePattern.{sparse.Pattern})] on {model.ClassName}" : $"[Sparse(SparsePattern.{sparse.Pattern})] on the weight";
+        string load = sparse.Prune
+            ? sparse.Pattern == "TwoFour" ? "magnitude-pruned at load (the 2 smallest of every 4 zeroed)" : $"magnitude-pruned at load (the 8×32 tiles of smallest norm zeroed, {sparse.KeepFraction.ToString("0.###", System.Globalization.CultureInfo.InvariantCulture)} kept)"
+            : sparse.Pattern == "TwoFour" ? "checked at load (a row with 3 or 4 nonzero values in a group of 4 is a ModelLoadException naming it)" : "exact for any weight";
+        string layout = sparse.Pattern == "TwoFour"
+            ? "2:4 sparse Q8_0: per row and block of 32, the 2 kept of every 4 quants with 2-bit positions (65% of the dense bytes, half the multiply-adds; a vpshufb gathers each value's activation)"
+            : "block-sparse Q8_0: only the 8×32 strip blocks holding a nonzero stored, CSR per 8-row strip (zero blocks cost neither bytes nor multiply-adds)";
+        return $"{layout}, as {why} asks; {load}";
+    }
 
     /// <summary>The layout rule for a matmul's weights, and why.</summary>
     private static string Rule(string format, Syntax.ModelInfo model)

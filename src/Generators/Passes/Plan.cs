@@ -133,7 +133,8 @@ internal sealed record NormSpec(string Kind, string Weight, string Bias, ScalarE
 /// (segments stacked, each padded to 4-row groups; pairs interleaved). The input is value <see cref="Input"/>'s rows,
 /// or computed per row by <see cref="InputProgram"/> (a fused elementwise chain, gathered rows); then normalized by
 /// <see cref="Norm"/> once for every weight; then each segment's epilogue runs on its tiles.
-/// <see cref="Format"/> is the WeightFormat member name the weights ask for ("AsStored": chosen per file).
+/// <see cref="Format"/> is the WeightFormat member name the weights ask for ("AsStored": chosen per file);
+/// <see cref="Sparsity"/> the SparsePattern member name ("None": dense), which PlanOptions.Sparsity can override.
 /// </summary>
 internal sealed record MatMulKernel(
     int Region,
@@ -147,7 +148,8 @@ internal sealed record MatMulKernel(
     string Packed,
     string LayersMember,
     EquatableArray<Segment> Segments,
-    string Format = "AsStored") : Kernel(Region, Guard, Anchor)
+    string Format = "AsStored",
+    string Sparsity = "None") : Kernel(Region, Guard, Anchor)
 {
     public override EquatableArray<int> Reads =>
         (InputProgram is null ? new[] { Input } : InputProgram.Loads.ToArray())

@@ -23,6 +23,10 @@ internal static partial class ModelExtractor
     private const string LayersAttribute = "Kiln.LayersAttribute";
     private const string ForwardAttribute = "Kiln.ForwardAttribute";
     private const string QuantizeAttribute = "Kiln.QuantizeAttribute";
+    private const string SparseAttribute = "Kiln.SparseAttribute";
+
+    /// <summary>Kiln.SparsePattern's members by value.</summary>
+    private static readonly string[] SparsePatterns = { "None", "TwoFour", "Blocks" };
 
     /// <summary>Kiln.WeightFormat's members by value (the attribute argument arrives as its underlying int).</summary>
     private static readonly string[] WeightFormats = { "AsStored", "F32", "BF16", "Q8_0", "Q4_0" };
@@ -159,6 +163,7 @@ internal static partial class ModelExtractor
 
             _encoder = _attributes.Length > 0 && _attributes[0].NamedArguments.FirstOrDefault(a => a.Key == "Kind").Value.Value is 1;
             string defaultFormat = ReadFormat(_type) ?? "";
+            var defaultSparse = ReadSparse(_type);
             CollectMembers(_type, owner: "", architecture);
             _cancellationToken.ThrowIfCancellationRequested();
             ValidateLayers();
@@ -184,7 +189,8 @@ internal static partial class ModelExtractor
                 classLocation,
                 defaultFormat,
                 tokenizer,
-                _encoder);
+                _encoder,
+                defaultSparse);
         }
 
         /// <summary>
@@ -199,6 +205,30 @@ internal static partial class ModelExtractor
             Report(DiagnosticDescriptors.InvalidQuantize, QuantizeLocation(attribute), symbol.Name,
                 $"{value ?? "the argument"} is not a WeightFormat ({string.Join(", ", WeightFormats)})");
             return null;
+        }
+
+        /// <summary>
+        /// <paramref name="symbol"/>'s [Sparse], or null without one (or with an invalid one, which is reported): a
+        /// pattern, and a keep fraction in (0, 1] when block pruning is asked for.
+        /// </summary>
+        private SparseInfo? ReadSparse(ISymbol symbol)
+        {
+            if (FindAttribute(symbol, SparseAttribute) is not { } attribute) return null;
+            var location = QuantizeLocation(attribute);
+            var value = attribute.ConstructorArguments.FirstOrDefault().Value;
+            if (value is not int index || index < 0 || index >= SparsePatterns.Length)
+            {
+                Report(DiagnosticDescriptors.InvalidSparse, location, symbol.Name, $"{value ?? "the argument"} is not a SparsePattern ({string.Join(", ", SparsePatterns)})");
+                return null;
+            }
+            bool prune = attribute.NamedArguments.Any(a => a.Key == "Prune" && a.Value.Value is true);
+            double keep = attribute.NamedArguments.FirstOrDefault(a => a.Key == "KeepFraction").Value.Value is double k ? k : 0;
+            if (prune && SparsePatterns[index] == "Blocks" && !(keep > 0 && keep <= 1))
+            {
+                Report(DiagnosticDescriptors.InvalidSparse, location, symbol.Name, $"pruning blocks needs KeepFraction, the fraction of 8×32 tiles kept, in (0, 1]; it is {keep}");
+                return null;
+            }
+            return new SparseInfo(SparsePatterns[index], prune, keep, location);
         }
 
         private LocationInfo? QuantizeLocation(AttributeData attribute) =>
@@ -223,6 +253,16 @@ internal static partial class ModelExtractor
                             "it is not a [Weight]; [Quantize] chooses the layout of a Linear weight, on a [Weight] member or on the [Model] class");
                     else
                         format = ReadFormat(member);
+                }
+
+                SparseInfo? sparse = null;
+                if (FindAttribute(member, SparseAttribute) is { } sparseAttribute)
+                {
+                    if (FindAttribute(member, WeightAttribute) is null)
+                        Report(DiagnosticDescriptors.InvalidSparse, QuantizeLocation(sparseAttribute), member.Name,
+                            "it is not a [Weight]; [Sparse] chooses the layout of a Linear weight, on a [Weight] member or on the [Model] class");
+                    else
+                        sparse = ReadSparse(member);
                 }
 
                 if (FindAttribute(member, HyperAttribute) is { } hyper)
@@ -270,7 +310,7 @@ internal static partial class ModelExtractor
                         format ?? "", format is null ? null : QuantizeLocation(quantize!),
                         NamedString(weight, "HuggingFace"),
                         conversion is int index && index > 0 && index < HuggingFaceConversions.Length ? HuggingFaceConversions[index] : "",
-                        NamedString(weight, "HeadSize"));
+                        NamedString(weight, "HeadSize"), sparse);
                     _weights.Add(info);
                     _weightKeys[member] = info.Key;
                     continue;
@@ -315,6 +355,9 @@ internal static partial class ModelExtractor
                 Report(DiagnosticDescriptors.InvalidLayers, location, member.Name, $"the prefix \"{prefix}\" must contain {{0}} for the layer index");
                 return;
             }
+            if (FindAttribute(element, SparseAttribute) is { } sparseOnLayer)
+                Report(DiagnosticDescriptors.InvalidSparse, QuantizeLocation(sparseOnLayer), element.Name,
+                    "a layer class cannot carry it; put [Sparse] on the [Model] class (the default for every Linear weight) or on a [Weight] member");
             if (FindAttribute(element, QuantizeAttribute) is { } quantize)
                 Report(DiagnosticDescriptors.InvalidQuantize, QuantizeLocation(quantize), element.Name,
                     "a layer class cannot carry it; put [Quantize] on the [Model] class (the default for every Linear weight) or on a [Weight] member");

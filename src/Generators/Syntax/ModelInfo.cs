@@ -11,6 +11,7 @@ namespace Kiln.Generators.Syntax;
 /// <see cref="DefaultFormat"/>: the WeightFormat member name of the class's [Quantize], "" without one.
 /// <see cref="Tokenizer"/>: the tokenizer.ggml.model the [Model] attribute expects, "" when it names none.
 /// <see cref="Encoder"/>: the [Model] says Kind = ModelKind.Encoder (no KV cache; whole sequences per step).
+/// <see cref="DefaultSparse"/>: the class's [Sparse], null without one.
 /// </remarks>
 internal sealed record ModelInfo(
     string Namespace,
@@ -27,7 +28,8 @@ internal sealed record ModelInfo(
     LocationInfo? Location,
     string DefaultFormat = "",
     string Tokenizer = "",
-    bool Encoder = false)
+    bool Encoder = false,
+    SparseInfo? DefaultSparse = null)
 {
     public string FullName => Namespace.Length == 0 ? ClassName : Namespace + "." + ClassName;
 }
@@ -47,10 +49,18 @@ internal sealed record HyperInfo(string Member, string Key, bool Required, strin
 /// <see cref="HeadSize"/> that conversion's canonical head dimension ("" when it takes none).
 /// </summary>
 internal sealed record WeightInfo(string Owner, string Member, string Name, EquatableArray<string> Dims, string? TiedTo,
-    string Format = "", LocationInfo? FormatLocation = null, string HuggingFaceName = "", string Conversion = "", string HeadSize = "")
+    string Format = "", LocationInfo? FormatLocation = null, string HuggingFaceName = "", string Conversion = "", string HeadSize = "",
+    SparseInfo? Sparse = null)
 {
     public string Key => Owner.Length == 0 ? Member : Owner + "." + Member;
 }
+
+/// <summary>
+/// A [Sparse] attribute: <see cref="Pattern"/> is the SparsePattern member name ("None", "TwoFour", "Blocks"); with
+/// <see cref="Prune"/> the weight is magnitude-pruned at load, keeping <see cref="KeepFraction"/> of its tiles
+/// (blocks); <see cref="Location"/> is the attribute's, for diagnostics.
+/// </summary>
+internal sealed record SparseInfo(string Pattern, bool Prune, double KeepFraction, LocationInfo? Location);
 
 /// <summary>
 /// A [Layers] member: an array of the nested class <see cref="ClassName"/>, <see cref="CountMember"/> long, whose

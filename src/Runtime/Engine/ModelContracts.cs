@@ -60,6 +60,14 @@ public readonly record struct KvCacheShape(int Layers, int KvDim, int HeadDim)
 /// </summary>
 public sealed record PlanOptions(int MaxTokensPerStep, int Threads = 0)
 {
+    /// <summary>
+    /// The sparse layout of every Linear weight whose layout is Q8_0 or chosen from the file (<see cref="WeightFormat.AsStored"/>),
+    /// whatever its [Sparse] says: <see cref="SparsePattern.None"/> packs them dense (the twin a sparse plan is compared
+    /// with). Null: each weight as its definition asks. Weights are not checked or pruned for it: a 2:4 plan over a
+    /// weight that is not 2:4 throws when it is compiled.
+    /// </summary>
+    public SparsePattern? Sparsity { get; init; }
+
     /// <summary>The thread count a plan uses: <see cref="Threads"/>, or every processor when it is 0.</summary>
     public int ResolvedThreads => Threads > 0 ? Threads : Environment.ProcessorCount;
 

@@ -25,6 +25,7 @@
 //   Wo → _wo[layer] [Dim, Dim], one segment: as stored (the rule above).
 //   Up → _up[layer] [Hidden, Dim], one segment: as stored (the rule above).
 //   Down → _down[layer] [Dim, Hidden], one segment: as stored (the rule above).
+//   PlanOptions.Sparsity, when set, packs every matrix laid out as stored or Q8_0 in that sparse pattern instead (None: dense), for one plan.
 //   TokenEmbedding → as stored in the file (memory-mapped): each gathered row decoded by itself, by token.
 //   TokenTypes → as stored in the file (memory-mapped): each gathered row decoded by itself, by token type.
 //   Positions → as stored in the file (memory-mapped): each gathered row decoded by itself, by position.
@@ -333,6 +334,7 @@ namespace Kiln.Models
                 "  Wo → _wo[layer] [Dim, Dim], one segment: as stored (the rule above).\n" +
                 "  Up → _up[layer] [Hidden, Dim], one segment: as stored (the rule above).\n" +
                 "  Down → _down[layer] [Dim, Hidden], one segment: as stored (the rule above).\n" +
+                "  PlanOptions.Sparsity, when set, packs every matrix laid out as stored or Q8_0 in that sparse pattern instead (None: dense), for one plan.\n" +
                 "  TokenEmbedding → as stored in the file (memory-mapped): each gathered row decoded by itself, by token.\n" +
                 "  TokenTypes → as stored in the file (memory-mapped): each gathered row decoded by itself, by token type.\n" +
                 "  Positions → as stored in the file (memory-mapped): each gathered row decoded by itself, by position.\n" +
@@ -436,46 +438,54 @@ namespace Kiln.Models
                 _wqWkWvStart1 = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Dim);
                 _wqWkWvStart2 = _wqWkWvStart1 + global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Dim);
                 _wqWkWvRows = _wqWkWvStart2 + global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Dim);
+                var sparsity_wqWkWv = global::Kiln.Kernels.MatMul.WeightLayouts.Sparsity(global::Kiln.SparsePattern.None, global::Kiln.WeightFormat.AsStored, options);
                 _wqWkWv = new global::Kiln.Kernels.MatMul.PackedMatrix[model.LayerCount];
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
-                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].Wq, model.Layers[layer].Wk, model.Layers[layer].Wv), _wqWkWvRows, _Dim);
+                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, sparsity_wqWkWv, model.Layers[layer].Wq, model.Layers[layer].Wk, model.Layers[layer].Wv), _wqWkWvRows, _Dim, sparsity_wqWkWv);
                     packed.Pack(0, model.Layers[layer].Wq, 0, _Dim, "Wq");
                     packed.Pack(_wqWkWvStart1, model.Layers[layer].Wk, 0, _Dim, "Wk");
                     packed.Pack(_wqWkWvStart2, model.Layers[layer].Wv, 0, _Dim, "Wv");
+                    packed.FinishPacking();
                     _wqWkWv[layer] = packed;
                 }
                 layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_wqWkWv[layer]", _wqWkWv));
 
                 // Layers.Wo: layout as stored, chosen per matrix from the file's types
                 _woRows = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Dim);
+                var sparsity_wo = global::Kiln.Kernels.MatMul.WeightLayouts.Sparsity(global::Kiln.SparsePattern.None, global::Kiln.WeightFormat.AsStored, options);
                 _wo = new global::Kiln.Kernels.MatMul.PackedMatrix[model.LayerCount];
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
-                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].Wo), _woRows, _Dim);
+                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, sparsity_wo, model.Layers[layer].Wo), _woRows, _Dim, sparsity_wo);
                     packed.Pack(0, model.Layers[layer].Wo, 0, _Dim, "Wo");
+                    packed.FinishPacking();
                     _wo[layer] = packed;
                 }
                 layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_wo[layer]", _wo));
 
                 // Layers.Up: layout as stored, chosen per matrix from the file's types
                 _upRows = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Hidden);
+                var sparsity_up = global::Kiln.Kernels.MatMul.WeightLayouts.Sparsity(global::Kiln.SparsePattern.None, global::Kiln.WeightFormat.AsStored, options);
                 _up = new global::Kiln.Kernels.MatMul.PackedMatrix[model.LayerCount];
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
-                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].Up), _upRows, _Dim);
+                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, sparsity_up, model.Layers[layer].Up), _upRows, _Dim, sparsity_up);
                     packed.Pack(0, model.Layers[layer].Up, 0, _Hidden, "Up");
+                    packed.FinishPacking();
                     _up[layer] = packed;
                 }
                 layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_up[layer]", _up));
 
                 // Layers.Down: layout as stored, chosen per matrix from the file's types
                 _downRows = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Dim);
+                var sparsity_down = global::Kiln.Kernels.MatMul.WeightLayouts.Sparsity(global::Kiln.SparsePattern.None, global::Kiln.WeightFormat.AsStored, options);
                 _down = new global::Kiln.Kernels.MatMul.PackedMatrix[model.LayerCount];
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
-                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].Down), _downRows, _Hidden);
+                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, sparsity_down, model.Layers[layer].Down), _downRows, _Hidden, sparsity_down);
                     packed.Pack(0, model.Layers[layer].Down, 0, _Dim, "Down");
+                    packed.FinishPacking();
                     _down[layer] = packed;
                 }
                 layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_down[layer]", _down));

@@ -17,6 +17,7 @@
 //   Up → _up[layer] [Hidden, Dim], one segment: as stored (the rule above).
 //   Down → _down[layer] [Dim, Hidden], one segment: as stored (the rule above).
 //   Output → _output [Vocab, Dim], one segment: as stored (the rule above).
+//   PlanOptions.Sparsity, when set, packs every matrix laid out as stored or Q8_0 in that sparse pattern instead (None: dense), for one plan.
 //   TokenEmbedding → as stored in the file (memory-mapped): each gathered row decoded by itself, by token.
 //   Positions → as stored in the file (memory-mapped): each gathered row decoded by itself, by position.
 // Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):
@@ -292,6 +293,7 @@ namespace Kiln.Models
                 "  Up → _up[layer] [Hidden, Dim], one segment: as stored (the rule above).\n" +
                 "  Down → _down[layer] [Dim, Hidden], one segment: as stored (the rule above).\n" +
                 "  Output → _output [Vocab, Dim], one segment: as stored (the rule above).\n" +
+                "  PlanOptions.Sparsity, when set, packs every matrix laid out as stored or Q8_0 in that sparse pattern instead (None: dense), for one plan.\n" +
                 "  TokenEmbedding → as stored in the file (memory-mapped): each gathered row decoded by itself, by token.\n" +
                 "  Positions → as stored in the file (memory-mapped): each gathered row decoded by itself, by position.\n" +
                 "Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):\n" +
@@ -391,54 +393,64 @@ namespace Kiln.Models
                 _wqkvStart1 = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Dim);
                 _wqkvStart2 = _wqkvStart1 + global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Dim);
                 _wqkvRows = _wqkvStart2 + global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Dim);
+                var sparsity_wqkv = global::Kiln.Kernels.MatMul.WeightLayouts.Sparsity(global::Kiln.SparsePattern.None, global::Kiln.WeightFormat.AsStored, options);
                 _wqkv = new global::Kiln.Kernels.MatMul.PackedMatrix[model.LayerCount];
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
-                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].Wqkv), _wqkvRows, _Dim);
+                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, sparsity_wqkv, model.Layers[layer].Wqkv), _wqkvRows, _Dim, sparsity_wqkv);
                     packed.Pack(0, model.Layers[layer].Wqkv, 0, _Dim, "Wqkv");
                     packed.Pack(_wqkvStart1, model.Layers[layer].Wqkv, _Dim, _Dim, "Wqkv");
                     packed.Pack(_wqkvStart2, model.Layers[layer].Wqkv, _2_x_Dim, _Dim, "Wqkv");
+                    packed.FinishPacking();
                     _wqkv[layer] = packed;
                 }
                 layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_wqkv[layer]", _wqkv));
 
                 // Layers.Wo: layout as stored, chosen per matrix from the file's types
                 _woRows = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Dim);
+                var sparsity_wo = global::Kiln.Kernels.MatMul.WeightLayouts.Sparsity(global::Kiln.SparsePattern.None, global::Kiln.WeightFormat.AsStored, options);
                 _wo = new global::Kiln.Kernels.MatMul.PackedMatrix[model.LayerCount];
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
-                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].Wo), _woRows, _Dim);
+                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, sparsity_wo, model.Layers[layer].Wo), _woRows, _Dim, sparsity_wo);
                     packed.Pack(0, model.Layers[layer].Wo, 0, _Dim, "Wo");
+                    packed.FinishPacking();
                     _wo[layer] = packed;
                 }
                 layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_wo[layer]", _wo));
 
                 // Layers.Up: layout as stored, chosen per matrix from the file's types
                 _upRows = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Hidden);
+                var sparsity_up = global::Kiln.Kernels.MatMul.WeightLayouts.Sparsity(global::Kiln.SparsePattern.None, global::Kiln.WeightFormat.AsStored, options);
                 _up = new global::Kiln.Kernels.MatMul.PackedMatrix[model.LayerCount];
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
-                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].Up), _upRows, _Dim);
+                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, sparsity_up, model.Layers[layer].Up), _upRows, _Dim, sparsity_up);
                     packed.Pack(0, model.Layers[layer].Up, 0, _Hidden, "Up");
+                    packed.FinishPacking();
                     _up[layer] = packed;
                 }
                 layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_up[layer]", _up));
 
                 // Layers.Down: layout as stored, chosen per matrix from the file's types
                 _downRows = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Dim);
+                var sparsity_down = global::Kiln.Kernels.MatMul.WeightLayouts.Sparsity(global::Kiln.SparsePattern.None, global::Kiln.WeightFormat.AsStored, options);
                 _down = new global::Kiln.Kernels.MatMul.PackedMatrix[model.LayerCount];
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
-                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].Down), _downRows, _Hidden);
+                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, sparsity_down, model.Layers[layer].Down), _downRows, _Hidden, sparsity_down);
                     packed.Pack(0, model.Layers[layer].Down, 0, _Dim, "Down");
+                    packed.FinishPacking();
                     _down[layer] = packed;
                 }
                 layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_down[layer]", _down));
 
                 // Output: layout as stored, chosen per matrix from the file's types
                 _outputRows = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Vocab);
-                var packed_output = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Output), _outputRows, _Dim);
+                var sparsity_output = global::Kiln.Kernels.MatMul.WeightLayouts.Sparsity(global::Kiln.SparsePattern.None, global::Kiln.WeightFormat.AsStored, options);
+                var packed_output = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, sparsity_output, model.Output), _outputRows, _Dim, sparsity_output);
                 packed_output.Pack(0, model.Output, 0, _Vocab, "Output");
+                packed_output.FinishPacking();
                 _output = packed_output;
                 layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_output", _output));
 

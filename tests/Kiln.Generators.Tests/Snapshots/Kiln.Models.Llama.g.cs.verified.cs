@@ -17,6 +17,7 @@
 //   Gate, Up → _gateUp[layer] [2*Hidden, Dim], pair rows interleaved (a₀, b₀, a₁, b₁, …): as stored (the rule above); each adjacent row pair meets in one tile, so the epilogue combines both sums.
 //   Down → _down[layer] [Dim, Hidden], one segment: as stored (the rule above).
 //   Output → _output [Vocab, Dim], one segment: as stored (the rule above).
+//   PlanOptions.Sparsity, when set, packs every matrix laid out as stored or Q8_0 in that sparse pattern instead (None: dense), for one plan.
 //   TokenEmbedding → as stored in the file (memory-mapped): each gathered row decoded by itself, by token.
 // Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):
 //   slot 0: x [T, Dim]
@@ -273,6 +274,7 @@ namespace Kiln.Models
                 "  Gate, Up → _gateUp[layer] [2*Hidden, Dim], pair rows interleaved (a₀, b₀, a₁, b₁, …): as stored (the rule above); each adjacent row pair meets in one tile, so the epilogue combines both sums.\n" +
                 "  Down → _down[layer] [Dim, Hidden], one segment: as stored (the rule above).\n" +
                 "  Output → _output [Vocab, Dim], one segment: as stored (the rule above).\n" +
+                "  PlanOptions.Sparsity, when set, packs every matrix laid out as stored or Q8_0 in that sparse pattern instead (None: dense), for one plan.\n" +
                 "  TokenEmbedding → as stored in the file (memory-mapped): each gathered row decoded by itself, by token.\n" +
                 "Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):\n" +
                 "  slot 0: x [T, Dim]\n" +
@@ -393,54 +395,64 @@ namespace Kiln.Models
                 _wqWkWvStart1 = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_QDim);
                 _wqWkWvStart2 = _wqWkWvStart1 + global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_KvDim);
                 _wqWkWvRows = _wqWkWvStart2 + global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_KvDim);
+                var sparsity_wqWkWv = global::Kiln.Kernels.MatMul.WeightLayouts.Sparsity(global::Kiln.SparsePattern.None, global::Kiln.WeightFormat.AsStored, options);
                 _wqWkWv = new global::Kiln.Kernels.MatMul.PackedMatrix[model.LayerCount];
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
-                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].Wq, model.Layers[layer].Wk, model.Layers[layer].Wv), _wqWkWvRows, _Dim);
+                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, sparsity_wqWkWv, model.Layers[layer].Wq, model.Layers[layer].Wk, model.Layers[layer].Wv), _wqWkWvRows, _Dim, sparsity_wqWkWv);
                     packed.Pack(0, model.Layers[layer].Wq, 0, _QDim, "Wq");
                     packed.Pack(_wqWkWvStart1, model.Layers[layer].Wk, 0, _KvDim, "Wk");
                     packed.Pack(_wqWkWvStart2, model.Layers[layer].Wv, 0, _KvDim, "Wv");
+                    packed.FinishPacking();
                     _wqWkWv[layer] = packed;
                 }
                 layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_wqWkWv[layer]", _wqWkWv));
 
                 // Layers.Wo: layout as stored, chosen per matrix from the file's types
                 _woRows = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Dim);
+                var sparsity_wo = global::Kiln.Kernels.MatMul.WeightLayouts.Sparsity(global::Kiln.SparsePattern.None, global::Kiln.WeightFormat.AsStored, options);
                 _wo = new global::Kiln.Kernels.MatMul.PackedMatrix[model.LayerCount];
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
-                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].Wo), _woRows, _QDim);
+                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, sparsity_wo, model.Layers[layer].Wo), _woRows, _QDim, sparsity_wo);
                     packed.Pack(0, model.Layers[layer].Wo, 0, _Dim, "Wo");
+                    packed.FinishPacking();
                     _wo[layer] = packed;
                 }
                 layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_wo[layer]", _wo));
 
                 // Layers.Gate, Layers.Up: layout as stored, chosen per matrix from the file's types
                 _gateUpRows = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(2 * _Hidden);
+                var sparsity_gateUp = global::Kiln.Kernels.MatMul.WeightLayouts.Sparsity(global::Kiln.SparsePattern.None, global::Kiln.WeightFormat.AsStored, options);
                 _gateUp = new global::Kiln.Kernels.MatMul.PackedMatrix[model.LayerCount];
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
-                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].Gate, model.Layers[layer].Up), _gateUpRows, _Dim);
+                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, sparsity_gateUp, model.Layers[layer].Gate, model.Layers[layer].Up), _gateUpRows, _Dim, sparsity_gateUp);
                     packed.PackInterleaved(0, model.Layers[layer].Gate, 0, model.Layers[layer].Up, 0, _Hidden, "Gate", "Up");
+                    packed.FinishPacking();
                     _gateUp[layer] = packed;
                 }
                 layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_gateUp[layer]", _gateUp));
 
                 // Layers.Down: layout as stored, chosen per matrix from the file's types
                 _downRows = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Dim);
+                var sparsity_down = global::Kiln.Kernels.MatMul.WeightLayouts.Sparsity(global::Kiln.SparsePattern.None, global::Kiln.WeightFormat.AsStored, options);
                 _down = new global::Kiln.Kernels.MatMul.PackedMatrix[model.LayerCount];
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
-                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].Down), _downRows, _Hidden);
+                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, sparsity_down, model.Layers[layer].Down), _downRows, _Hidden, sparsity_down);
                     packed.Pack(0, model.Layers[layer].Down, 0, _Dim, "Down");
+                    packed.FinishPacking();
                     _down[layer] = packed;
                 }
                 layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_down[layer]", _down));
 
                 // Output: layout as stored, chosen per matrix from the file's types
                 _outputRows = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Vocab);
-                var packed_output = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Output), _outputRows, _Dim);
+                var sparsity_output = global::Kiln.Kernels.MatMul.WeightLayouts.Sparsity(global::Kiln.SparsePattern.None, global::Kiln.WeightFormat.AsStored, options);
+                var packed_output = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, sparsity_output, model.Output), _outputRows, _Dim, sparsity_output);
                 packed_output.Pack(0, model.Output, 0, _Vocab, "Output");
+                packed_output.FinishPacking();
                 _output = packed_output;
                 layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_output", _output));
 

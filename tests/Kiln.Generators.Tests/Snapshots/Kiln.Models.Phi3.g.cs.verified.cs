@@ -17,6 +17,7 @@
 //   GateUp, GateUp[Hidden..] → _gateUp[layer] [2*Hidden, Dim], pair rows interleaved (a₀, b₀, a₁, b₁, …): as stored (the rule above); each adjacent row pair meets in one tile, so the epilogue combines both sums; a fused weight is split by rows when packed (its slices cost nothing at run time).
 //   Down → _down[layer] [Dim, Hidden], one segment: as stored (the rule above).
 //   Output → _output [Vocab, Dim], one segment: as stored (the rule above).
+//   PlanOptions.Sparsity, when set, packs every matrix laid out as stored or Q8_0 in that sparse pattern instead (None: dense), for one plan.
 //   TokenEmbedding → as stored in the file (memory-mapped): each gathered row decoded by itself, by token.
 // Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):
 //   slot 0: x [T, Dim]
@@ -272,6 +273,7 @@ namespace Kiln.Models
                 "  GateUp, GateUp[Hidden..] → _gateUp[layer] [2*Hidden, Dim], pair rows interleaved (a₀, b₀, a₁, b₁, …): as stored (the rule above); each adjacent row pair meets in one tile, so the epilogue combines both sums; a fused weight is split by rows when packed (its slices cost nothing at run time).\n" +
                 "  Down → _down[layer] [Dim, Hidden], one segment: as stored (the rule above).\n" +
                 "  Output → _output [Vocab, Dim], one segment: as stored (the rule above).\n" +
+                "  PlanOptions.Sparsity, when set, packs every matrix laid out as stored or Q8_0 in that sparse pattern instead (None: dense), for one plan.\n" +
                 "  TokenEmbedding → as stored in the file (memory-mapped): each gathered row decoded by itself, by token.\n" +
                 "Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):\n" +
                 "  slot 0: x [T, Dim]\n" +
@@ -399,54 +401,64 @@ namespace Kiln.Models
                 _wqkvStart1 = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Dim);
                 _wqkvStart2 = _wqkvStart1 + global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_KvDim);
                 _wqkvRows = _wqkvStart2 + global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_KvDim);
+                var sparsity_wqkv = global::Kiln.Kernels.MatMul.WeightLayouts.Sparsity(global::Kiln.SparsePattern.None, global::Kiln.WeightFormat.AsStored, options);
                 _wqkv = new global::Kiln.Kernels.MatMul.PackedMatrix[model.LayerCount];
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
-                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].Wqkv), _wqkvRows, _Dim);
+                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, sparsity_wqkv, model.Layers[layer].Wqkv), _wqkvRows, _Dim, sparsity_wqkv);
                     packed.Pack(0, model.Layers[layer].Wqkv, 0, _Dim, global::Kiln.Kernels.MatMul.RopeLayout.NeoXOrder(_Dim, _rope0HeadDim, _rope0Rotary), "Wqkv (rows paired for NeoX rope)");
                     packed.Pack(_wqkvStart1, model.Layers[layer].Wqkv, _Dim, _KvDim, global::Kiln.Kernels.MatMul.RopeLayout.NeoXOrder(_KvDim, _rope0HeadDim, _rope0Rotary), "Wqkv (rows paired for NeoX rope)");
                     packed.Pack(_wqkvStart2, model.Layers[layer].Wqkv, _Dim_p_KvDim, _KvDim, "Wqkv");
+                    packed.FinishPacking();
                     _wqkv[layer] = packed;
                 }
                 layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_wqkv[layer]", _wqkv));
 
                 // Layers.Wo: layout as stored, chosen per matrix from the file's types
                 _woRows = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Dim);
+                var sparsity_wo = global::Kiln.Kernels.MatMul.WeightLayouts.Sparsity(global::Kiln.SparsePattern.None, global::Kiln.WeightFormat.AsStored, options);
                 _wo = new global::Kiln.Kernels.MatMul.PackedMatrix[model.LayerCount];
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
-                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].Wo), _woRows, _Dim);
+                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, sparsity_wo, model.Layers[layer].Wo), _woRows, _Dim, sparsity_wo);
                     packed.Pack(0, model.Layers[layer].Wo, 0, _Dim, "Wo");
+                    packed.FinishPacking();
                     _wo[layer] = packed;
                 }
                 layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_wo[layer]", _wo));
 
                 // Layers.GateUp: layout as stored, chosen per matrix from the file's types
                 _gateUpRows = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(2 * _Hidden);
+                var sparsity_gateUp = global::Kiln.Kernels.MatMul.WeightLayouts.Sparsity(global::Kiln.SparsePattern.None, global::Kiln.WeightFormat.AsStored, options);
                 _gateUp = new global::Kiln.Kernels.MatMul.PackedMatrix[model.LayerCount];
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
-                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].GateUp), _gateUpRows, _Dim);
+                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, sparsity_gateUp, model.Layers[layer].GateUp), _gateUpRows, _Dim, sparsity_gateUp);
                     packed.PackInterleaved(0, model.Layers[layer].GateUp, 0, model.Layers[layer].GateUp, _Hidden, _Hidden, "GateUp", "GateUp");
+                    packed.FinishPacking();
                     _gateUp[layer] = packed;
                 }
                 layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_gateUp[layer]", _gateUp));
 
                 // Layers.Down: layout as stored, chosen per matrix from the file's types
                 _downRows = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Dim);
+                var sparsity_down = global::Kiln.Kernels.MatMul.WeightLayouts.Sparsity(global::Kiln.SparsePattern.None, global::Kiln.WeightFormat.AsStored, options);
                 _down = new global::Kiln.Kernels.MatMul.PackedMatrix[model.LayerCount];
                 for (int layer = 0; layer < model.LayerCount; layer++)
                 {
-                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Layers[layer].Down), _downRows, _Hidden);
+                    var packed = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, sparsity_down, model.Layers[layer].Down), _downRows, _Hidden, sparsity_down);
                     packed.Pack(0, model.Layers[layer].Down, 0, _Dim, "Down");
+                    packed.FinishPacking();
                     _down[layer] = packed;
                 }
                 layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_down[layer]", _down));
 
                 // Output: layout as stored, chosen per matrix from the file's types
                 _outputRows = global::Kiln.Kernels.MatMul.WeightLayouts.PadRows(_Vocab);
-                var packed_output = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, model.Output), _outputRows, _Dim);
+                var sparsity_output = global::Kiln.Kernels.MatMul.WeightLayouts.Sparsity(global::Kiln.SparsePattern.None, global::Kiln.WeightFormat.AsStored, options);
+                var packed_output = new global::Kiln.Kernels.MatMul.PackedMatrix(global::Kiln.Kernels.MatMul.WeightLayouts.Resolve(global::Kiln.WeightFormat.AsStored, sparsity_output, model.Output), _outputRows, _Dim, sparsity_output);
                 packed_output.Pack(0, model.Output, 0, _Vocab, "Output");
+                packed_output.FinishPacking();
                 _output = packed_output;
                 layouts.Append(global::Kiln.Kernels.MatMul.WeightLayouts.Summarize("_output", _output));
 

@@ -74,7 +74,14 @@ public static unsafe class Gemm
         where TEpilogue : struct, ITileEpilogue
     {
         Check(weights, PackedFormat.Q8_0, input, firstGroup, endGroup, quantized: true);
-        if (KernelPaths.UsesVectors) StripKernels.Run<StripKernels.Q8Block, TEpilogue>(weights, input, firstGroup, endGroup, ref epilogue);
+        if (weights.Sparsity != SparsePattern.None)
+        {
+            if (!weights.IsCompacted) throw new InvalidOperationException("A sparse matrix is read after FinishPacking has built its layout.");
+            if (!KernelPaths.UsesVectors) Reference.Run(weights, input, firstGroup, endGroup, ref epilogue);
+            else if (weights.Sparsity == SparsePattern.TwoFour) SparseKernels.Run<SparseKernels.TwoFourBlock, TEpilogue>(weights, input, firstGroup, endGroup, ref epilogue);
+            else SparseKernels.Run<SparseKernels.DenseBlock, TEpilogue>(weights, input, firstGroup, endGroup, ref epilogue);
+        }
+        else if (KernelPaths.UsesVectors) StripKernels.Run<StripKernels.Q8Block, TEpilogue>(weights, input, firstGroup, endGroup, ref epilogue);
         else Reference.Run(weights, input, firstGroup, endGroup, ref epilogue);
     }
 
@@ -173,11 +180,11 @@ internal static unsafe class Reference
         float* sums = stackalloc float[4];
         for (int g = firstGroup; g < endGroup; g++)
         {
-            byte* strip = weights.StripOf(g * 4);
+            byte* strip = weights.IsCompacted ? null : weights.StripOf(g * 4);
             int first = g * 4 % weights.StripRows; // the group's first row within its strip
             for (int t = 0; t < input.Tokens; t++)
             {
-                for (int r = 0; r < 4; r++) sums[r] = Row(weights, strip, first + r, input, t);
+                for (int r = 0; r < 4; r++) sums[r] = weights.IsCompacted ? SparseRow(weights, g * 4 + r, input, t) : Row(weights, strip, first + r, input, t);
                 epilogue.Store(g * 4, t, Vector128.Load(sums));
             }
         }
@@ -228,6 +235,22 @@ internal static unsafe class Reference
             float d = Kiln.Kernels.Quantized.Fp16.ToSingle(KStrip.D(s, format, r)) * activationScales[b];
             sum += d * scaled;
             if (!six) sum -= Kiln.Kernels.Quantized.Fp16.ToSingle(KStrip.DMin(s, format, r)) * activationScales[b] * offsets;
+        }
+        return sum;
+    }
+
+    /// <summary>A row of a sparse layout, read element by element through its own definition (<see cref="PackedMatrix.SparseQuant"/>).</summary>
+    private static float SparseRow(PackedMatrix weights, int row, in GemmInput input, int t)
+    {
+        int blocks = weights.Blocks;
+        byte* x = input.Quants + (long)t * input.QuantStride;
+        float* activationScales = (float*)(x + GemmScratch.ScalesAt(blocks));
+        float sum = 0;
+        for (int b = 0; b < blocks; b++)
+        {
+            int dot = 0;
+            for (int e = 0; e < 32; e++) dot += weights.SparseQuant(row, b, e) * (sbyte)x[b * 32 + e];
+            sum += Kiln.Kernels.Quantized.Fp16.ToSingle(weights.SparseScaleBits(row, b)) * activationScales[b] * dot;
         }
         return sum;
     }

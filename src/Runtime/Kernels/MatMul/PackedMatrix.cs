@@ -6,7 +6,7 @@ using Kiln.Loading;
 namespace Kiln.Kernels.MatMul;
 
 /// <summary>
-/// The layouts a compiled plan's matmul weights take, from the most precise to the least (<see cref="WeightLayouts.Resolve"/>
+/// The layouts a compiled plan's matmul weights take, from the most precise to the least (<see cref="WeightLayouts.Resolve(WeightFormat, Tensor[])"/>
 /// relies on the order); every one groups rows by four (<see cref="PackedMatrix"/>).
 /// </summary>
 public enum PackedFormat
@@ -67,6 +67,23 @@ public static class WeightLayouts
             if (format < chosen) chosen = format; // the enum is ordered from most to least precise
         }
         return chosen;
+    }
+
+    /// <summary>
+    /// The layout of one fused matmul whose weights are packed <paramref name="sparsity"/>: Q8_0 when sparse (the sparse
+    /// layouts hold Q8_0 blocks), else as <see cref="Resolve(WeightFormat, Tensor[])"/>.
+    /// </summary>
+    public static PackedFormat Resolve(WeightFormat requested, SparsePattern sparsity, params Tensor[] weights) =>
+        sparsity == SparsePattern.None ? Resolve(requested, weights) : PackedFormat.Q8_0;
+
+    /// <summary>
+    /// The sparse pattern of one fused matmul: <see cref="PlanOptions.Sparsity"/> when set and the weights' layout can
+    /// hold it (Q8_0, or chosen from the file), else what the definition's [Sparse] <paramref name="declared"/>.
+    /// </summary>
+    public static SparsePattern Sparsity(SparsePattern declared, WeightFormat requested, PlanOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        return options.Sparsity is { } chosen && requested is WeightFormat.AsStored or WeightFormat.Q8_0 ? chosen : declared;
     }
 
     /// <summary>The layout <see cref="WeightFormat.AsStored"/> gives one weight.</summary>
@@ -180,9 +197,16 @@ public sealed unsafe partial class PackedMatrix : IDisposable
     private readonly NativeBlock? _memory; // null for the K-quants, whose segments hold their own
     private readonly List<string> _sources = new();
 
-    /// <summary>An all-zero matrix of <paramref name="rows"/> (a multiple of 4) rows of <paramref name="k"/> elements.</summary>
-    public PackedMatrix(PackedFormat format, int rows, int k)
+    /// <summary>
+    /// An all-zero matrix of <paramref name="rows"/> (a multiple of 4) rows of <paramref name="k"/> elements, dense or
+    /// in a <paramref name="sparsity"/> layout (Q8_0 only; built from the packed rows by <see cref="FinishPacking"/>).
+    /// </summary>
+    public PackedMatrix(PackedFormat format, int rows, int k, SparsePattern sparsity = SparsePattern.None)
     {
+        if (sparsity != SparsePattern.None && format != PackedFormat.Q8_0)
+            throw new ArgumentException($"The sparse layouts hold Q8_0 blocks, not {format} (WeightLayouts.Resolve chooses Q8_0 for a sparse weight).", nameof(sparsity));
+        if (!Enum.IsDefined(sparsity)) throw new ArgumentOutOfRangeException(nameof(sparsity), sparsity, "Not a sparse pattern.");
+        Sparsity = sparsity;
         if (rows <= 0 || rows % Interleaved.RowsPerGroup != 0)
             throw new ArgumentOutOfRangeException(nameof(rows), rows, "A packed matrix holds a positive whole number of 4-row groups.");
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(k);
@@ -204,6 +228,7 @@ public sealed unsafe partial class PackedMatrix : IDisposable
             _ => throw new ArgumentOutOfRangeException(nameof(format), format, "Not a packed format."),
         };
         if (!WeightLayouts.IsKQuant(format)) _memory = new NativeBlock(checked(StripBytes * Strips));
+        if (sparsity != SparsePattern.None) _rowSources = new (string, int)[rows];
     }
 
     /// <summary>The layout; for the K-quants, the most precise of the segments' types (each keeps its own, <see cref="SegmentFormats"/>).</summary>
@@ -237,6 +262,7 @@ public sealed unsafe partial class PackedMatrix : IDisposable
     {
         get
         {
+            if (IsCompacted) return SparseByteCount;
             if (_memory is not null) return StripBytes * Strips;
             long bytes = 0;
             foreach (var segment in _segments) bytes += segment.Memory.Bytes;
@@ -251,7 +277,7 @@ public sealed unsafe partial class PackedMatrix : IDisposable
     public IReadOnlyList<string> Sources => _sources;
 
     /// <summary>One line for reports: the layout and where its weights came from.</summary>
-    public string Describe() => $"{DescribeLayout()} [{Rows}, {K}] ({string.Join("; ", _sources)})";
+    public string Describe() => $"{DescribeLayout()}{DescribeSparsity()} [{Rows}, {K}] ({string.Join("; ", _sources)})";
 
     /// <summary>Packs <paramref name="weight"/> [Out, K] into rows from <paramref name="rowOffset"/> (a multiple of 4).</summary>
     public void Pack(int rowOffset, Tensor weight, string name = "") => Pack(rowOffset, weight, 0, weight?.Rows ?? 0, name);
@@ -281,7 +307,12 @@ public sealed unsafe partial class PackedMatrix : IDisposable
         {
             var target = new RowTarget(this, segment);
             var row = new RowSource(weight, format);
-            for (int o = start; o < end; o++) target.Write(rowOffset + o, row.Get(firstRow + (order is null ? o : order[o])));
+            for (int o = start; o < end; o++)
+            {
+                int source = firstRow + (order is null ? o : order[o]);
+                target.Write(rowOffset + o, row.Get(source));
+                NoteRow(rowOffset + o, name, source);
+            }
         });
         weight.Stored?.ReleasePages(firstRow, rows, K); // packed: the mapped bytes need not stay in memory
         Note(name, weight, format);
@@ -321,6 +352,8 @@ public sealed unsafe partial class PackedMatrix : IDisposable
             {
                 target.Write(rowOffset + 2 * o, a.Get(firstStart + o));
                 target.Write(rowOffset + 2 * o + 1, b.Get(secondStart + o));
+                NoteRow(rowOffset + 2 * o, firstName, firstStart + o);
+                NoteRow(rowOffset + 2 * o + 1, secondName, secondStart + o);
             }
         });
         first.Stored?.ReleasePages(firstStart, rows, K);
@@ -356,6 +389,15 @@ public sealed unsafe partial class PackedMatrix : IDisposable
     {
         ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual((uint)row, (uint)Rows, nameof(row));
         if (destination.Length != K) throw new ArgumentException($"A row holds {K} values, not {destination.Length}.", nameof(destination));
+        if (IsCompacted)
+        {
+            for (int b = 0; b < Blocks; b++)
+            {
+                float scale = Fp16.ToSingle(SparseScaleBits(row, b));
+                for (int e = 0; e < 32; e++) destination[b * 32 + e] = SparseQuant(row, b, e) * scale;
+            }
+            return;
+        }
         if (WeightLayouts.IsKQuant(Format))
         {
             DequantizeKRow(row, destination);
@@ -410,12 +452,14 @@ public sealed unsafe partial class PackedMatrix : IDisposable
     public void Dispose()
     {
         _memory?.Dispose();
+        _sparse?.Dispose();
         foreach (var segment in _segments) segment.Memory.Dispose();
     }
 
     private void Check(int rowOffset, Tensor weight, int rows)
     {
         ArgumentNullException.ThrowIfNull(weight);
+        if (IsCompacted) throw new InvalidOperationException("The matrix is in its sparse layout already: pack every weight before FinishPacking.");
         if (weight.Rank != 2 || weight.Cols != K)
             throw new ArgumentException($"A weight of shape {weight} does not have rows of {K} elements.", nameof(weight));
         if (rowOffset < 0 || rowOffset % Interleaved.RowsPerGroup != 0 || rowOffset + rows > Rows)

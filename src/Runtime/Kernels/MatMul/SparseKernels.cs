@@ -1,0 +1,187 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace Kiln.Kernels.MatMul;
+
+/// <summary>How one kept strip block of a sparse layout (<see cref="PackedMatrix.FinishPacking"/>) meets one token's 32 Q8 activations.</summary>
+internal unsafe interface ISparseBlock<TSelf> where TSelf : struct, ISparseBlock<TSelf>
+{
+    /// <summary>Bytes of one kept block, its 8 fp16 scales last.</summary>
+    static abstract int BlockBytes { get; }
+
+    /// <summary>Unpacks the block at <paramref name="block"/> once, for every token of a tile.</summary>
+    static abstract TSelf Load(byte* block);
+
+    /// <summary>The strip's 8 rows' int32 dots with the 32 quants at <paramref name="activations"/>.</summary>
+    Vector256<int> Dot(byte* activations);
+}
+
+/// <summary>
+/// The sparse Q8_0 kernels: the dense strip kernels' tile (8 rows × up to 8 tokens, AVX2, one scale FMA per row and
+/// block) walking only a strip's kept blocks, each with its column, so a skipped block costs neither bytes nor
+/// multiply-adds. One code serves decode (a GEMV: a tile of one token) and prefill or batched steps (an SpMM: each
+/// kept block unpacked once per tile of 8 tokens). Every row's sums take the same operations in the same order as the
+/// dense kernel's on the same weights with their zeros (a skipped block adds nothing; a 2:4 block's int32 dot equals
+/// the dense one): the tests ask for the same bits.
+/// </summary>
+internal static unsafe class SparseKernels
+{
+    private const int Lower = 1, Upper = 2, Both = 3;
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Run<TBlock, TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, ref TEpilogue epilogue)
+        where TBlock : struct, ISparseBlock<TBlock> where TEpilogue : struct, ITileEpilogue
+    {
+        int tokens = input.Tokens, stride = input.QuantStride;
+        for (int t0 = 0; t0 < tokens; t0 += 8)
+        {
+            byte* x = input.Quants + (long)t0 * stride;
+            switch (Math.Min(8, tokens - t0))
+            {
+                case 8: Strips<TBlock, Eight, TEpilogue>(weights, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
+                case 7: Strips<TBlock, Seven, TEpilogue>(weights, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
+                case 6: Strips<TBlock, Six, TEpilogue>(weights, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
+                case 5: Strips<TBlock, Five, TEpilogue>(weights, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
+                case 4: Strips<TBlock, Four, TEpilogue>(weights, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
+                case 3: Strips<TBlock, Three, TEpilogue>(weights, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
+                case 2: Strips<TBlock, Two, TEpilogue>(weights, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
+                default: Strips<TBlock, One, TEpilogue>(weights, x, stride, t0, firstGroup, endGroup, ref epilogue); break;
+            }
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Strips<TBlock, TTokens, TEpilogue>(PackedMatrix weights, byte* x, int stride, int t0, int firstGroup, int endGroup, ref TEpilogue epilogue)
+        where TBlock : struct, ISparseBlock<TBlock> where TTokens : ICount where TEpilogue : struct, ITileEpilogue
+    {
+        int g = firstGroup, scaleBytes = GemmScratch.ScalesAt(weights.Blocks);
+        if ((g & 1) != 0 && g < endGroup)
+        {
+            Tile<TBlock, TTokens, TEpilogue>(weights, g >> 1, x, stride, scaleBytes, (g - 1) * 4, t0, Upper, ref epilogue);
+            g++;
+        }
+        for (; g + 2 <= endGroup; g += 2)
+            Tile<TBlock, TTokens, TEpilogue>(weights, g >> 1, x, stride, scaleBytes, g * 4, t0, Both, ref epilogue);
+        if (g < endGroup)
+            Tile<TBlock, TTokens, TEpilogue>(weights, g >> 1, x, stride, scaleBytes, g * 4, t0, Lower, ref epilogue);
+    }
+
+    // TTokens (1-8) tokens × one strip's kept blocks; accumulator aT holds token t0 + T's sums of the strip's 8 rows.
+    [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Tile<TBlock, TTokens, TEpilogue>(PackedMatrix weights, int strip, byte* x, int stride, int scaleBytes,
+        int row, int t0, int halves, ref TEpilogue epilogue)
+        where TBlock : struct, ISparseBlock<TBlock> where TTokens : ICount where TEpilogue : struct, ITileEpilogue
+    {
+        byte* block = weights.StripBlocks(strip);
+        int* columns = weights.Columns;
+        int end = weights.StripEnd(strip);
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+        for (int i = weights.StripStart(strip); i < end; i++, block += TBlock.BlockBytes)
+        {
+            // The kept blocks are one stream: a line ahead per line consumed keeps it coming while the tile computes.
+            for (int l = 0; l < TBlock.BlockBytes; l += 64) Sse.Prefetch0(block + 4 * TBlock.BlockBytes + l);
+            var w = TBlock.Load(block);
+            Vector256<float> d = StripKernels.Scales(block + TBlock.BlockBytes - 16);
+            int b = columns[i];
+            byte* xb = x + b * 32;
+            float* sb = (float*)(x + scaleBytes) + b;
+            a0 = Token(a0, in w, d, xb, sb);
+            if (TTokens.Value > 1) a1 = Token(a1, in w, d, xb + stride, (float*)((byte*)sb + stride));
+            if (TTokens.Value > 2) a2 = Token(a2, in w, d, xb + 2 * stride, (float*)((byte*)sb + 2 * stride));
+            if (TTokens.Value > 3) a3 = Token(a3, in w, d, xb + 3 * stride, (float*)((byte*)sb + 3 * stride));
+            if (TTokens.Value > 4) a4 = Token(a4, in w, d, xb + 4 * stride, (float*)((byte*)sb + 4 * stride));
+            if (TTokens.Value > 5) a5 = Token(a5, in w, d, xb + 5 * stride, (float*)((byte*)sb + 5 * stride));
+            if (TTokens.Value > 6) a6 = Token(a6, in w, d, xb + 6 * stride, (float*)((byte*)sb + 6 * stride));
+            if (TTokens.Value > 7) a7 = Token(a7, in w, d, xb + 7 * stride, (float*)((byte*)sb + 7 * stride));
+        }
+        Store(ref epilogue, row, t0, halves, a0);
+        if (TTokens.Value > 1) Store(ref epilogue, row, t0 + 1, halves, a1);
+        if (TTokens.Value > 2) Store(ref epilogue, row, t0 + 2, halves, a2);
+        if (TTokens.Value > 3) Store(ref epilogue, row, t0 + 3, halves, a3);
+        if (TTokens.Value > 4) Store(ref epilogue, row, t0 + 4, halves, a4);
+        if (TTokens.Value > 5) Store(ref epilogue, row, t0 + 5, halves, a5);
+        if (TTokens.Value > 6) Store(ref epilogue, row, t0 + 6, halves, a6);
+        if (TTokens.Value > 7) Store(ref epilogue, row, t0 + 7, halves, a7);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Token<TBlock>(Vector256<float> accumulator, in TBlock w, Vector256<float> d, byte* quants, float* scale)
+        where TBlock : struct, ISparseBlock<TBlock> =>
+        Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(w.Dot(quants)), d * Vector256.Create(*scale), accumulator);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Store<TEpilogue>(ref TEpilogue epilogue, int row, int token, int halves, Vector256<float> sums)
+        where TEpilogue : struct, ITileEpilogue
+    {
+        if ((halves & Lower) != 0) epilogue.Store(row, token, sums.GetLower());
+        if ((halves & Upper) != 0) epilogue.Store(row + 4, token, sums.GetUpper());
+    }
+
+    /// <summary>A kept block of the block-sparse layout: the dense strip block, dotted as the dense kernel dots it.</summary>
+    internal struct DenseBlock : ISparseBlock<DenseBlock>
+    {
+        private StripKernels.Q8Block _block;
+
+        public static int BlockBytes => PackedMatrix.DenseBlockBytes;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static DenseBlock Load(byte* block) => new() { _block = StripKernels.Q8Block.Load(block) };
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public readonly Vector256<int> Dot(byte* activations) => _block.Dot((int*)activations, null);
+    }
+
+    /// <summary>
+    /// A 2:4 block: value vector p holds rows 2p and 2p + 1 (<see cref="PackedMatrix"/>'s sparse layout); its vpshufb
+    /// control, built once per block from the 2-bit positions, gathers each kept value's activation within its lane
+    /// (lane 0 from elements 0..15, lane 1 from 16..31). Half the multiply-adds of a dense block: per token 4 vpshufb,
+    /// 4 vpsignb, 4 vpmaddubsw, 4 vpmaddwd, then two horizontal adds and a lane swap leave one sum per row.
+    /// </summary>
+    internal struct TwoFourBlock : ISparseBlock<TwoFourBlock>
+    {
+        private Vector256<sbyte> _w0, _w1, _w2, _w3;
+        private Vector256<byte> _m0, _m1, _m2, _m3, _c0, _c1, _c2, _c3;
+
+        public static int BlockBytes => PackedMatrix.TwoFourBlockBytes;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static TwoFourBlock Load(byte* block)
+        {
+            TwoFourBlock b;
+            b._w0 = Vector256.Load((sbyte*)block);
+            b._w1 = Vector256.Load((sbyte*)block + 32);
+            b._w2 = Vector256.Load((sbyte*)block + 64);
+            b._w3 = Vector256.Load((sbyte*)block + 96);
+            b._m0 = Avx2.Abs(b._w0);
+            b._m1 = Avx2.Abs(b._w1);
+            b._m2 = Avx2.Abs(b._w2);
+            b._m3 = Avx2.Abs(b._w3);
+            // Byte i of a lane is value 2g or 2g + 1 of group g = (i mod 8) / 2: its activation is at 4g + position.
+            var groupStart = Vector256.Create((byte)0, 0, 4, 4, 8, 8, 12, 12, 0, 0, 4, 4, 8, 8, 12, 12, 0, 0, 4, 4, 8, 8, 12, 12, 0, 0, 4, 4, 8, 8, 12, 12);
+            var three = Vector256.Create((byte)3);
+            Vector256<ushort> positions = Vector256.Load((ushort*)(block + 128));
+            b._c0 = (positions.AsByte() & three) | groupStart;
+            b._c1 = ((positions >>> 2).AsByte() & three) | groupStart;
+            b._c2 = ((positions >>> 4).AsByte() & three) | groupStart;
+            b._c3 = ((positions >>> 6).AsByte() & three) | groupStart;
+            return b;
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public readonly Vector256<int> Dot(byte* activations)
+        {
+            Vector256<sbyte> a = Vector256.Load((sbyte*)activations);
+            Vector256<int> p0 = Products(_m0, _w0, Avx2.Shuffle(a, _c0.AsSByte())), p1 = Products(_m1, _w1, Avx2.Shuffle(a, _c1.AsSByte()));
+            Vector256<int> p2 = Products(_m2, _w2, Avx2.Shuffle(a, _c2.AsSByte())), p3 = Products(_m3, _w3, Avx2.Shuffle(a, _c3.AsSByte()));
+            // Per lane p holds [row 2p: 2 partial sums, row 2p + 1: 2]; the adds leave rows 0..3 (and 4..7) per lane, then the lanes fold.
+            Vector256<int> low = Avx2.HorizontalAdd(p0, p1), high = Avx2.HorizontalAdd(p2, p3);
+            return Avx2.Permute2x128(low, high, 0x20) + Avx2.Permute2x128(low, high, 0x31);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private static Vector256<int> Products(Vector256<byte> magnitudes, Vector256<sbyte> weights, Vector256<sbyte> activations) =>
+            Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(magnitudes, Avx2.Sign(activations, weights)), Vector256<short>.One);
+    }
+}
