@@ -6,6 +6,7 @@ using Kiln.Bench;
 //   make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3|bert|lstm] --shape {15m|110m|1b} --format {f32|f16|q8_0|q4_0|q4_k_m|q5_k_m|q6_k} --out FILE [--seed N]
 //   compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads a,b] [--quick] [--seed N]
 //   agree --model FILE [--positions 64] [--threads N] [--json OUT]
+//   profile --model FILE --workload prefill_128|decode_128|batched_decode_8|batched_decode_32|all [--threads N] [--runs 5] [--json OUT]
 //   kernels --threads N [--formats q4_0,q8_0,f32,q4_k,q5_k,q6_k] [--tokens 1,32,128]
 //   memory --model FILE [--json OUT] [--tokens 128] [--threads N]
 //   embed-compare --threads N [--runs 5] [--json OUT] [--seed N]
@@ -22,6 +23,7 @@ internal static class BenchCli
         "usage: bench make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3|bert|lstm] --shape {15m|110m|1b|tiny} --format {f32|f16|q8_0|q4_0|q4_k_m|q5_k_m|q6_k} --out FILE [--seed N] [--logit-scale X]\n" +
         "       bench compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads " + "prefill_128,decode_128,batched_decode_8,batched_decode_32] [--quick] [--seed N] [--kv f16|f32]\n" +
         "       bench agree --model FILE [--positions 64] [--threads N] [--json OUT]\n" +
+        "       bench profile --model FILE --workload prefill_128|decode_128|batched_decode_8|batched_decode_32|all [--threads N] [--runs 5] [--json OUT]\n" +
         "       bench kernels --threads N [--formats q4_0,q8_0,f32,q4_k,q5_k,q6_k] [--tokens 1,32,128]\n" +
         "       bench serve --model FILE --threads N [--json OUT] [--quick]\n" +
         "       bench memory --model FILE [--json OUT] [--tokens 128] [--threads N]\n" +
@@ -40,7 +42,7 @@ internal static class BenchCli
         if (args.Length > 0 && args[0] == "soak") return SoakCommand.Run(args.AsSpan(1)); // load with faults, engine or HTTP (Soak*.cs)
         try
         {
-            if (args.Length == 0) throw new UsageException("missing command: make-model, compare, agree, kernels, memory, embed-compare, serve, rnn-serve, soak, gpu-agree or gpu-compare (--help for usage)");
+            if (args.Length == 0) throw new UsageException("missing command: make-model, compare, agree, profile, kernels, memory, embed-compare, serve, rnn-serve, soak, gpu-agree or gpu-compare (--help for usage)");
             if (args[0] is "-h" or "--help" or "help")
             {
                 Console.WriteLine(Usage);
@@ -51,16 +53,18 @@ internal static class BenchCli
                 "make-model" => ["arch", "shape", "format", "out", "seed", "logit-scale"],
                 "compare" => ["model", "threads", "runs", "json", "workloads", "quick", "seed", "kv"],
                 "agree" => ["model", "positions", "threads", "json"],
+                "profile" => ["model", "workload", "threads", "runs", "json"],
                 "kernels" => ["threads", "formats", "tokens"],
                 "memory" => ["model", "json", "tokens", "threads"],
                 "embed-compare" => ["threads", "runs", "json", "seed"],
                 "shared-prefix" => ["model", "prefix", "seqs", "suffix", "threads", "runs", "json", "kv"],
-                _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model, compare, agree, kernels, memory, embed-compare, shared-prefix or serve)"),
+                _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model, compare, agree, profile, kernels, memory, embed-compare, shared-prefix or serve)"),
             });
             return args[0] switch
             {
                 "make-model" => MakeModel(options),
                 "agree" => Agree(options),
+                "profile" => Profile(options),
                 "kernels" => Kernels(options),
                 "memory" => Memory(options),
                 "embed-compare" => EmbedCompare.Run(Int(options, "threads", -1, min: 1, max: 64) is int threads and > 0 ? threads : throw new UsageException("--threads is required"),
@@ -152,6 +156,18 @@ internal static class BenchCli
             var other => throw new UsageException($"--kv must be f32 or f16, not '{other}'"),
         };
         return Compare.Run(new ComparisonOptions(model, threads, runs, json, workloads, quick, seed) { KvStorage = kv }, Console.Out, Console.Error);
+    }
+
+    private static int Profile(Dictionary<string, string> options)
+    {
+        string model = Required(options, "model");
+        if (!File.Exists(model)) throw new UsageException($"--model: file '{model}' not found");
+        string workload = Required(options, "workload");
+        string[] workloads = workload == "all" ? ComparisonOptions.AllWorkloads
+            : ComparisonOptions.AllWorkloads.Contains(workload) ? [workload]
+            : throw new UsageException($"--workload must be one of {string.Join(", ", ComparisonOptions.AllWorkloads)} or all, not '{workload}'");
+        return ProfileCommand.Run(model, workloads, Int(options, "threads", 2, min: 1, max: 64), Int(options, "runs", 5, min: 1, max: 1000),
+            options.GetValueOrDefault("json"), Console.Out, Console.Error);
     }
 
     private static int Agree(Dictionary<string, string> options)

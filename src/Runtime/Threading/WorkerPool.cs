@@ -41,6 +41,7 @@ public sealed unsafe class WorkerPool : IDisposable
     private void* _work;
     private int _itemCount, _chunkSize, _chunkCount;
     private Exception? _failure;
+    private StepProfiler? _profiler; // the caller's, handed to the workers with the run; null when off
 
     // Each counter on its own cache line: every claim hits _nextChunk, idle workers poll _generation.
     private PaddedInt _nextChunk, _generation, _pending;
@@ -57,7 +58,8 @@ public sealed unsafe class WorkerPool : IDisposable
         _workers = new Thread[threadCount - 1];
         for (int i = 0; i < _workers.Length; i++)
         {
-            _workers[i] = new Thread(WorkerLoop) { IsBackground = true, Name = $"Kiln worker {i + 1}" };
+            int index = i + 1;
+            _workers[i] = new Thread(() => WorkerLoop(index)) { IsBackground = true, Name = $"Kiln worker {index}" };
             _workers[i].Start();
         }
     }
@@ -82,11 +84,21 @@ public sealed unsafe class WorkerPool : IDisposable
         if (itemCount == 0) return;
 
         int chunkCount = (int)(((long)itemCount + chunkSize - 1) / chunkSize);
+        var profiler = StepProfiler.Current;
+        if (profiler is not null && profiler.ThreadCount < ThreadCount)
+            throw new InvalidOperationException($"The attached StepProfiler counts {profiler.ThreadCount} threads; this pool runs {ThreadCount}.");
+        long runStart = profiler is null ? 0 : Stopwatch.GetTimestamp();
         if (chunkCount == 1 || _workers.Length == 0)
         {
             // Nothing to share: waking the workers would cost more than the work.
             for (int start = 0; start < itemCount; start += chunkSize)
                 work.Execute(start, (int)Math.Min((long)start + chunkSize, itemCount));
+            if (profiler is not null)
+            {
+                long ticks = Stopwatch.GetTimestamp() - runStart;
+                profiler.AddBusy(0, ticks);
+                profiler.AddRun(ticks);
+            }
             return;
         }
 
@@ -103,14 +115,17 @@ public sealed unsafe class WorkerPool : IDisposable
             _chunkSize = chunkSize;
             _chunkCount = chunkCount;
             _failure = null;
+            _profiler = profiler;
             _nextChunk.Value = 0;
             _pending.Value = _workers.Length;
             Volatile.Write(ref _generation.Value, generation);
             _start[generation & 1].Set();
 
             RunChunks<TWork>(this);
+            if (profiler is not null) profiler.AddBusy(0, Stopwatch.GetTimestamp() - runStart);
             WaitForWorkers();
             _work = null;
+            if (profiler is not null) profiler.AddRun(Stopwatch.GetTimestamp() - runStart);
 
             if (_failure is { } failure)
             {
@@ -162,14 +177,18 @@ public sealed unsafe class WorkerPool : IDisposable
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private void WorkerLoop()
+    private void WorkerLoop(int index)
     {
         int seen = 0;
         while (true)
         {
             seen = WaitForRun(seen);
             if (_disposed) return;
+            var profiler = _profiler;
+            long start = profiler is null ? 0 : Stopwatch.GetTimestamp();
             _runChunks(this);
+            // Recorded before the decrement: once the caller sees _pending reach 0 the run's figures are complete.
+            if (profiler is not null) profiler.AddBusy(index, Stopwatch.GetTimestamp() - start);
             if (Interlocked.Decrement(ref _pending.Value) == 0) _done.Set();
         }
     }
