@@ -182,13 +182,15 @@ public static class ProfileCommand
     }
 
     /// <summary>One part's figures per step (milliseconds; bytes and multiply-adds per step; roof ms 0 where compare's roofline counts nothing).</summary>
-    private sealed record PartFigures(string Name, string Kind, double Ms, double RunsPerStep, double[] IdleMs, double Bytes, double Macs, double RoofMs, string Bound)
+    private sealed record PartFigures(string Name, string Kind, double Ms, double RunsPerStep, double[] IdleMs, double[] HandoffMs, double[] BarrierMs,
+        double Bytes, double Macs, double RoofMs, string Bound)
     {
         public double GapMs => Ms - RoofMs;
     }
 
     private sealed record WorkloadReport(ProfiledWorkload Workload, double TokensPerSecond, double PlainTokensPerSecond, Compare.Roofline Roof,
-        double StepMs, double RoofStepMs, double PlanMs, List<PartFigures> Parts, double[] BusyMs, double[] IdleInRunsMs, double[] IdleOutsideMs, double Bandwidth, double OpsPerSecond);
+        double StepMs, double RoofStepMs, double PlanMs, List<PartFigures> Parts, double[] BusyMs, double[] HandoffMs, double[] BarrierMs, double[] IdleOutsideMs,
+        double Bandwidth, double OpsPerSecond);
 
     private static WorkloadReport Analyse(ProfiledWorkload w, StepClock profiled, StepClock plain, ModelFile file, ModelInfo info, double bandwidth, Compare.ComputePeak peak)
     {
@@ -204,6 +206,8 @@ public static class ProfileCommand
         {
             double ms = PerStep(part.WallTicks);
             var idle = Enumerable.Range(0, profiler.ThreadCount).Select(t => PerStep(part.IdleTicks(t))).ToArray();
+            var handoff = Enumerable.Range(0, profiler.ThreadCount).Select(t => PerStep(part.HandoffTicks[t])).ToArray();
+            var barrier = Enumerable.Range(0, profiler.ThreadCount).Select(t => PerStep(part.BarrierTicks(t))).ToArray();
             double runs = (double)part.Runs / steps;
             string kind;
             double bytes = 0, macs = 0, roof = 0;
@@ -230,25 +234,27 @@ public static class ProfileCommand
                 roof = RoofMs(bytes, macs);
                 bound = BoundOf(bytes, macs);
             }
-            parts.Add(new PartFigures(part.Name, kind, ms, runs, idle, bytes, macs, roof, bound));
+            parts.Add(new PartFigures(part.Name, kind, ms, runs, idle, handoff, barrier, bytes, macs, roof, bound));
         }
         double planMs = PerStep(profiler.StepTicks);
         double stepMs = PerStep(profiled.LoopTicks);
         // The bench's share of the timed loop: the Step call around the plan's own parts, the argmax, the context setup.
-        parts.Add(new PartFigures("plan call (arguments checked)", "step setup", PerStep(profiled.StepTicks) - planMs, 0, [], 0, 0, 0, ""));
-        if (profiled.ArgMaxTicks > 0) parts.Add(new PartFigures("argmax over logits (bench)", "sampling", PerStep(profiled.ArgMaxTicks), 0, [], 0, 0, 0, ""));
+        parts.Add(new PartFigures("plan call (arguments checked)", "step setup", PerStep(profiled.StepTicks) - planMs, 0, [], [], [], 0, 0, 0, ""));
+        if (profiled.ArgMaxTicks > 0) parts.Add(new PartFigures("argmax over logits (bench)", "sampling", PerStep(profiled.ArgMaxTicks), 0, [], [], [], 0, 0, 0, ""));
         double setup = stepMs - PerStep(profiled.StepTicks) - PerStep(profiled.ArgMaxTicks);
-        if (setup > 0) parts.Add(new PartFigures("context setup (bench)", "bench", setup, 0, [], 0, 0, 0, ""));
+        if (setup > 0) parts.Add(new PartFigures("context setup (bench)", "bench", setup, 0, [], [], [], 0, 0, 0, ""));
 
         var busy = new double[profiler.ThreadCount];
-        var idleInRuns = new double[profiler.ThreadCount];
+        var handoffs = new double[profiler.ThreadCount];
+        var barriers = new double[profiler.ThreadCount];
         var idleOutside = new double[profiler.ThreadCount];
         for (int t = 0; t < profiler.ThreadCount; t++)
         {
             foreach (var part in profiler.Parts)
             {
                 busy[t] += PerStep(part.BusyTicks[t]);
-                idleInRuns[t] += PerStep(part.IdleTicks(t));
+                handoffs[t] += PerStep(part.HandoffTicks[t]);
+                barriers[t] += PerStep(part.BarrierTicks(t));
             }
             idleOutside[t] = PerStep(profiler.OutsideRunIdleTicks[t]);
         }
@@ -256,7 +262,7 @@ public static class ProfileCommand
         double tokensPerSecond = w.TokensPerRun * (double)profiled.Steps / w.StepsPerRun / (profiled.LoopTicks / (double)Stopwatch.Frequency);
         double plainTokensPerSecond = w.TokensPerRun * (double)plain.Steps / w.StepsPerRun / (plain.LoopTicks / (double)Stopwatch.Frequency);
         double roofStepMs = 1000.0 * w.Pass.Tokens / roofline.TokensPerSecond;
-        return new WorkloadReport(w, tokensPerSecond, plainTokensPerSecond, roofline, stepMs, roofStepMs, planMs, parts, busy, idleInRuns, idleOutside, bandwidth, peak.OpsPerSecond);
+        return new WorkloadReport(w, tokensPerSecond, plainTokensPerSecond, roofline, stepMs, roofStepMs, planMs, parts, busy, handoffs, barriers, idleOutside, bandwidth, peak.OpsPerSecond);
     }
 
     /// <summary>The stored bytes and parameters of one packed matmul's tensors over every layer (the Llama plan's names).</summary>
@@ -287,23 +293,25 @@ public static class ProfileCommand
         o.WriteLine($"== {w.Name}: {w.Description}");
         o.WriteLine(string.Create(c, $"kiln {r.TokensPerSecond:F1} tok/s profiled ({r.PlainTokensPerSecond:F1} unprofiled); roof {r.Roof.TokensPerSecond:F0} tok/s ({r.Roof.Bound}); {100 * r.TokensPerSecond / r.Roof.TokensPerSecond:F1}% of roof ({100 * r.PlainTokensPerSecond / r.Roof.TokensPerSecond:F1}% unprofiled)"));
         o.WriteLine(string.Create(c, $"per step ({w.RowsPerStep} rows, {w.OutputsPerStep} logits rows): {r.StepMs:F3} ms measured, {r.RoofStepMs:F3} ms at the roof; the plan's own parts {r.PlanMs:F3} ms"));
-        string idleHeader = string.Join("", Enumerable.Range(0, threads).Select(t => $"{"idle t" + t,9}"));
+        // Per thread: its handoff (waiting for a run to reach it) and barrier (waiting for the others) inside the part's runs.
+        string idleHeader = string.Join("", Enumerable.Range(0, threads).Select(t => $"{"hand t" + t,8}{"barr t" + t,8}"));
         o.WriteLine(string.Create(c, $"{"part",-30} {"kind",-13} {"ms/step",8} {"%step",6} {"runs",5}{idleHeader} {"MB",8} {"MMAC",9} {"GB/s",7} {"GMAC/s",7} {"roof ms",8} {"%roof",6} {"gap ms",8}"));
         foreach (var p in r.Parts)
         {
-            string idle = string.Join("", Enumerable.Range(0, threads).Select(t => p.IdleMs.Length > t ? p.IdleMs[t].ToString("F3", c).PadLeft(9) : "        -"));
+            string idle = string.Join("", Enumerable.Range(0, threads).Select(t => p.IdleMs.Length > t
+                ? p.HandoffMs[t].ToString("F3", c).PadLeft(8) + p.BarrierMs[t].ToString("F3", c).PadLeft(8) : "       -       -"));
             bool costed = p.RoofMs > 0;
             o.WriteLine(string.Create(c,
                 $"{p.Name,-30} {p.Kind,-13} {p.Ms,8:F3} {100 * p.Ms / r.StepMs,5:F1}% {p.RunsPerStep,5:F1}{idle} {(costed ? (p.Bytes / 1e6).ToString("F2", c) : "-"),8} {(costed ? (p.Macs / 1e6).ToString("F1", c) : "-"),9} {(costed ? (p.Bytes / 1e6 / p.Ms).ToString("F1", c) : "-"),7} {(costed ? (p.Macs / 1e6 / p.Ms).ToString("F1", c) : "-"),7} {(costed ? p.RoofMs.ToString("F3", c) + p.Bound[0] : "-"),8} {(costed ? (100 * p.RoofMs / p.Ms).ToString("F0", c) + "%" : "-"),6} {p.GapMs,8:F3}"));
         }
-        o.WriteLine(string.Create(c, $"pool, per thread (t0 the caller): busy in runs {Join(r.BusyMs)} ms/step; waiting inside runs (handoff + barrier) {Join(r.IdleInRunsMs)}; waiting outside runs (caller working alone) {Join(r.IdleOutsideMs)}; {r.Parts.Sum(p => p.RunsPerStep):F1} runs/step"));
+        o.WriteLine(string.Create(c, $"pool, per thread (t0 the caller): busy in runs {Join(r.BusyMs)} ms/step; handoff {Join(r.HandoffMs)}; barrier {Join(r.BarrierMs)}; waiting outside runs (caller working alone) {Join(r.IdleOutsideMs)}; {r.Parts.Sum(p => p.RunsPerStep):F1} runs/step"));
         double gap = r.StepMs - r.RoofStepMs;
         o.WriteLine(string.Create(c, $"gap to roof: {r.StepMs:F3} ms measured − {r.RoofStepMs:F3} ms roof = {gap:F3} ms/step; by part (measured − the part's own roof), largest first:"));
         foreach (var p in r.Parts.OrderByDescending(p => p.GapMs))
         {
             if (Math.Abs(p.GapMs) < 0.0005 * r.StepMs) continue;
             string idleNote = p.IdleMs.Length > 0 && p.IdleMs.Max() > 0.0005
-                ? string.Create(c, $" (threads waiting inside its runs: {Join(p.IdleMs)} ms)") : "";
+                ? string.Create(c, $" (inside its runs, handoff {Join(p.HandoffMs)} ms, barrier {Join(p.BarrierMs)} ms)") : "";
             o.WriteLine(string.Create(c, $"  {p.Name,-30} {p.GapMs,8:F3} ms  {100 * p.GapMs / gap,5:F1}%{idleNote}"));
         }
         double overlap = r.Parts.Sum(p => p.RoofMs) - r.RoofStepMs;
@@ -318,7 +326,8 @@ public static class ProfileCommand
         o.WriteLine("parts: the generated Step marks each part it enters (StepProfiler): 'input X' prepares matmul X's input once (fused norm, Q8 quantization),");
         o.WriteLine("  'matmul X' runs its tiles and fused epilogues (X the packed weights: wqWkWv, wo, gateUp, down, output), 'kv write' stores this step's");
         o.WriteLine("  K/V rows, 'attention' the paged attention; the bench adds the plan call's argument checks, the argmax over each logits row and the");
-        o.WriteLine("  context setup between steps. ms/step is wall time; idle tN is thread N's wait inside that part's pool runs (run wall − its work).");
+        o.WriteLine("  context setup between steps. ms/step is wall time; inside the part's pool runs, hand tN is thread N's handoff (from the run's start to");
+        o.WriteLine("  its first chunk: noticing the run, or waking up after its 250 µs spin) and barr tN its wait at the end for the other threads.");
         o.WriteLine("roofs: a matmul's is the slower of its stored weight bytes at the run's bandwidth and 2 × its multiply-adds at the compute peak;");
         o.WriteLine("  attention's its F16 KV bytes and QKᵀ + AV ops as compare counts them; other parts have none in compare's roofline (all their time is gap).");
     }
@@ -359,9 +368,9 @@ public static class ProfileCommand
                 json.WriteString("kind", p.Kind);
                 json.WriteNumber("ms_per_step", Math.Round(p.Ms, 4));
                 json.WriteNumber("runs_per_step", Math.Round(p.RunsPerStep, 2));
-                json.WriteStartArray("idle_ms_per_thread");
-                foreach (double idle in p.IdleMs) json.WriteNumberValue(Math.Round(idle, 4));
-                json.WriteEndArray();
+                WriteArray(json, "idle_ms_per_thread", p.IdleMs);
+                WriteArray(json, "handoff_ms_per_thread", p.HandoffMs);
+                WriteArray(json, "barrier_ms_per_thread", p.BarrierMs);
                 if (p.RoofMs > 0)
                 {
                     json.WriteNumber("bytes", p.Bytes);
@@ -378,7 +387,8 @@ public static class ProfileCommand
             json.WriteEndArray();
             json.WriteStartObject("pool");
             WriteArray(json, "busy_ms_per_thread", r.BusyMs);
-            WriteArray(json, "idle_in_runs_ms_per_thread", r.IdleInRunsMs);
+            WriteArray(json, "handoff_ms_per_thread", r.HandoffMs);
+            WriteArray(json, "barrier_ms_per_thread", r.BarrierMs);
             WriteArray(json, "idle_outside_runs_ms_per_thread", r.IdleOutsideMs);
             json.WriteNumber("runs_per_step", Math.Round(r.Parts.Sum(p => p.RunsPerStep), 2));
             json.WriteEndObject();

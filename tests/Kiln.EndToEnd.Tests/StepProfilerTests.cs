@@ -69,8 +69,12 @@ public sealed class StepProfilerTests(ITestOutputHelper output)
         foreach (string matmul in new[] { "matmul wqWkWv", "matmul wo", "matmul gateUp", "matmul down" })
             Assert.Equal(25 * layers, parts.Single(p => p.Name == matmul).Runs);
         foreach (var part in parts)
+        {
+            Assert.Equal(0, part.HandoffTicks[0]); // the caller starts its chunks as it publishes the run
             for (int t = 0; t < profiler.ThreadCount; t++)
-                Assert.True(part.BusyTicks[t] <= part.RunTicks, $"{part.Name}: thread {t} busy {part.BusyTicks[t]} ticks in runs of {part.RunTicks}");
+                Assert.True(part.BusyTicks[t] + part.HandoffTicks[t] <= part.RunTicks,
+                    $"{part.Name}: thread {t} busy {part.BusyTicks[t]} ticks after a handoff of {part.HandoffTicks[t]}, in runs of {part.RunTicks}");
+        }
         Assert.True(parts.Sum(p => p.BusyTicks[0]) > 0, "the caller worked in no run");
     }
 

@@ -25,6 +25,7 @@ public sealed class StepProfiler
     private readonly long[] _runWall = new long[MaxParts];
     private readonly int[] _runs = new int[MaxParts];
     private readonly long[] _busy; // [part × thread]
+    private readonly long[] _handoff; // [part × thread]: run start to the thread's first chunk
     private readonly long[] _runWallThisStep = new long[MaxParts];
     private int _partCount;
     private int _part = -1;
@@ -36,6 +37,7 @@ public sealed class StepProfiler
         ArgumentOutOfRangeException.ThrowIfLessThan(threadCount, 1);
         ThreadCount = threadCount;
         _busy = new long[MaxParts * threadCount];
+        _handoff = new long[MaxParts * threadCount];
     }
 
     /// <summary>The profiler attached to the calling thread, or null (profiling off).</summary>
@@ -65,6 +67,7 @@ public sealed class StepProfiler
         Array.Clear(_runWall);
         Array.Clear(_runs);
         Array.Clear(_busy);
+        Array.Clear(_handoff);
         Array.Clear(_runWallThisStep);
         Steps = 0;
         StepTicks = 0;
@@ -108,21 +111,33 @@ public sealed class StepProfiler
         Array.Clear(_runWallThisStep);
     }
 
-    /// <summary>Called by the pool after a run of the current part: its wall time, start to the last thread done.</summary>
-    internal void AddRun(long ticks)
+    // When the run in flight started: written by the caller before the run is published, read by the workers after.
+    private long _runStart;
+
+    /// <summary>Called by the pool as a run of the current part starts (before the workers see it); returns the timestamp.</summary>
+    internal long StartRun() => _runStart = Stopwatch.GetTimestamp();
+
+    /// <summary>Called by the pool after a run of the current part, when the last thread is done.</summary>
+    internal void EndRun()
     {
+        long ticks = Stopwatch.GetTimestamp() - _runStart;
         if (_part < 0) return;
         _runWall[_part] += ticks;
         _runWallThisStep[_part] += ticks;
         _runs[_part]++;
     }
 
-    /// <summary>Called by each thread of a run (0 the caller, i the i-th worker) with the ticks it spent in its chunks.</summary>
-    internal void AddBusy(int thread, long ticks)
+    /// <summary>
+    /// Called by each thread of a run (0 the caller, i the i-th worker) as it leaves its chunk loop, with the timestamp it
+    /// entered it: the time before is its handoff (a worker waking or noticing the run), the time inside its work.
+    /// </summary>
+    internal void AddWork(int thread, long entered)
     {
+        long now = Stopwatch.GetTimestamp();
         int part = Volatile.Read(ref _part);
         if (part < 0) return;
-        _busy[part * ThreadCount + thread] += ticks;
+        _handoff[part * ThreadCount + thread] += Math.Max(0, entered - _runStart);
+        _busy[part * ThreadCount + thread] += now - entered;
     }
 
     /// <summary>Every part seen, in the order first entered, with its totals over the completed steps.</summary>
@@ -132,7 +147,8 @@ public sealed class StepProfiler
         {
             var parts = new StepPart[_partCount];
             for (int p = 0; p < _partCount; p++)
-                parts[p] = new StepPart(_names[p], _wall[p], _runs[p], _runWall[p], _busy.AsSpan(p * ThreadCount, ThreadCount).ToArray());
+                parts[p] = new StepPart(_names[p], _wall[p], _runs[p], _runWall[p], _busy.AsSpan(p * ThreadCount, ThreadCount).ToArray(),
+                    _handoff.AsSpan(p * ThreadCount, ThreadCount).ToArray());
             return parts;
         }
     }
@@ -155,11 +171,15 @@ public sealed class StepProfiler
 
 /// <summary>
 /// One part of a step, summed over the profiled steps (Stopwatch ticks): its wall time, the pool runs it made and
-/// their wall time, and per thread (0 the caller) the time spent working in those runs; a run's wall time less a
-/// thread's work is that thread's wait at the run's handoff and barrier.
+/// their wall time, and per thread (0 the caller) the time spent working in those runs and the time before it started
+/// (the handoff: a worker noticing the run or waking up for it; the caller's is 0, publishing the run counts as its
+/// work); the rest of a run's wall time is the thread's wait at the barrier for the others to finish.
 /// </summary>
-public sealed record StepPart(string Name, long WallTicks, int Runs, long RunTicks, long[] BusyTicks)
+public sealed record StepPart(string Name, long WallTicks, int Runs, long RunTicks, long[] BusyTicks, long[] HandoffTicks)
 {
     /// <summary>Ticks thread <paramref name="thread"/> waited inside this part's runs (handoff and barrier).</summary>
     public long IdleTicks(int thread) => Math.Max(0, RunTicks - BusyTicks[thread]);
+
+    /// <summary>Ticks thread <paramref name="thread"/> waited at the end of this part's runs for the others.</summary>
+    public long BarrierTicks(int thread) => Math.Max(0, RunTicks - BusyTicks[thread] - HandoffTicks[thread]);
 }

@@ -87,7 +87,7 @@ public sealed unsafe class WorkerPool : IDisposable
         var profiler = StepProfiler.Current;
         if (profiler is not null && profiler.ThreadCount < ThreadCount)
             throw new InvalidOperationException($"The attached StepProfiler counts {profiler.ThreadCount} threads; this pool runs {ThreadCount}.");
-        long runStart = profiler is null ? 0 : Stopwatch.GetTimestamp();
+        long runStart = profiler?.StartRun() ?? 0;
         if (chunkCount == 1 || _workers.Length == 0)
         {
             // Nothing to share: waking the workers would cost more than the work.
@@ -95,9 +95,8 @@ public sealed unsafe class WorkerPool : IDisposable
                 work.Execute(start, (int)Math.Min((long)start + chunkSize, itemCount));
             if (profiler is not null)
             {
-                long ticks = Stopwatch.GetTimestamp() - runStart;
-                profiler.AddBusy(0, ticks);
-                profiler.AddRun(ticks);
+                profiler.AddWork(0, runStart);
+                profiler.EndRun();
             }
             return;
         }
@@ -122,10 +121,10 @@ public sealed unsafe class WorkerPool : IDisposable
             _start[generation & 1].Set();
 
             RunChunks<TWork>(this);
-            if (profiler is not null) profiler.AddBusy(0, Stopwatch.GetTimestamp() - runStart);
+            profiler?.AddWork(0, runStart);
             WaitForWorkers();
             _work = null;
-            if (profiler is not null) profiler.AddRun(Stopwatch.GetTimestamp() - runStart);
+            profiler?.EndRun();
 
             if (_failure is { } failure)
             {
@@ -188,7 +187,7 @@ public sealed unsafe class WorkerPool : IDisposable
             long start = profiler is null ? 0 : Stopwatch.GetTimestamp();
             _runChunks(this);
             // Recorded before the decrement: once the caller sees _pending reach 0 the run's figures are complete.
-            if (profiler is not null) profiler.AddBusy(index, Stopwatch.GetTimestamp() - start);
+            profiler?.AddWork(index, start);
             if (Interlocked.Decrement(ref _pending.Value) == 0) _done.Set();
         }
     }
