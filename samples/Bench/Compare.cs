@@ -24,7 +24,7 @@ public sealed record ComparisonOptions(string ModelPath, int Threads, int Runs, 
 public static class Compare
 {
     /// <summary>Sizes of one run; --quick shrinks them (the workload names stay).</summary>
-    private sealed record Sizes(int Prompt, int Decode, int BatchedPrompt, int BatchedDecode)
+    internal sealed record Sizes(int Prompt, int Decode, int BatchedPrompt, int BatchedDecode)
     {
         public static Sizes Full { get; } = new(128, 128, 16, 128);
         public static Sizes Quick { get; } = new(32, 16, 8, 8);
@@ -34,7 +34,7 @@ public static class Compare
     private sealed record Workload(string Name, int TokensPerRun, string Description, PassWork Work, Func<double> RunKiln, Func<double> RunLlamaCpp, IDisposable? Resources);
 
     /// <summary>What one pass of a workload moves and computes: its roofline, once the machine's limits are known.</summary>
-    private sealed record PassWork(int Tokens, double Bytes, double Flops)
+    internal sealed record PassWork(int Tokens, double Bytes, double Flops)
     {
         /// <summary>The attainable rate: the slower of moving the pass's bytes and doing its FLOPs.</summary>
         public Roofline Roof(double bandwidth, ComputePeak peak)
@@ -44,13 +44,13 @@ public static class Compare
         }
     }
 
-    private sealed record Roofline(double TokensPerSecond, string Bound);
+    internal sealed record Roofline(double TokensPerSecond, string Bound);
 
     /// <summary>The compute roof a file's matmuls run under (ops/s, and its label in the table), with both measured peaks for the header.</summary>
-    private sealed record ComputePeak(double OpsPerSecond, string Bound, double Fp32Flops, double Int8Macs, string Int8Form);
+    internal sealed record ComputePeak(double OpsPerSecond, string Bound, double Fp32Flops, double Int8Macs, string Int8Form);
 
     /// <summary>The machine's limits at the bench's thread count; int8 in the weight format's form (Q4_0 nibbles or Q8_0 bytes).</summary>
-    private sealed record MachineReading(double Bandwidth, double Fp32Peak, double Int8Peak)
+    internal sealed record MachineReading(double Bandwidth, double Fp32Peak, double Int8Peak)
     {
         public static MachineReading Measure(int threads, bool nibbles) =>
             new(MachineLimits.ReadBandwidth(threads), MachineLimits.PeakFp32Flops(threads), MachineLimits.PeakInt8BlockMacs(threads, nibbles));
@@ -62,7 +62,7 @@ public static class Compare
 
     private sealed record Result(string Name, string Description, int Tokens, double Kiln, double LlamaCpp, PassWork Work, double[] KilnRuns, double[] LlamaRuns);
 
-    private const int WarmUpRuns = 3;
+    internal const int WarmUpRuns = 3;
 
     public static int Run(ComparisonOptions options, TextWriter output, TextWriter log)
     {
@@ -131,11 +131,7 @@ public static class Compare
 
         // This host's speed drifts with its neighbours: a peak is the best seen, before or after the runs.
         var limits = before.Best(MachineReading.Measure(options.Threads, nibbles));
-        string int8Form = nibbles ? "Q4_0, nibbles unpacked" : "Q8_0";
-        // Quantized files multiply in int8: their compute roof is the int8 block-dot rate (2 ops per multiply-add).
-        var peak = info.IsQuantized && limits.Int8Peak > 0
-            ? new ComputePeak(2 * limits.Int8Peak, "INT8", limits.Fp32Peak, limits.Int8Peak, int8Form)
-            : new ComputePeak(limits.Fp32Peak, "FLOP", limits.Fp32Peak, limits.Int8Peak, int8Form);
+        var peak = PeakFor(info, limits);
 
         WriteTable(output, options, kiln, info, limits.Bandwidth, peak, results, agreement);
         if (options.JsonPath is not null)
@@ -165,6 +161,35 @@ public static class Compare
         return line;
     }
 
+    /// <summary>The compute roof a file's matmuls run under, from the machine's measured limits.</summary>
+    internal static ComputePeak PeakFor(ModelInfo info, MachineReading limits)
+    {
+        string int8Form = info.UnpacksNibbles ? "Q4_0, nibbles unpacked" : "Q8_0";
+        // Quantized files multiply in int8: their compute roof is the int8 block-dot rate (2 ops per multiply-add).
+        return info.IsQuantized && limits.Int8Peak > 0
+            ? new ComputePeak(2 * limits.Int8Peak, "INT8", limits.Fp32Peak, limits.Int8Peak, int8Form)
+            : new ComputePeak(limits.Fp32Peak, "FLOP", limits.Fp32Peak, limits.Int8Peak, int8Form);
+    }
+
+    /// <summary>prefill_128's pass: one pass over the weights serves the whole prompt; attention is causal over the prompt itself.</summary>
+    internal static PassWork PrefillWork(ModelInfo info, int promptLength) =>
+        new(promptLength, info.WeightBytes, promptLength * info.MatmulFlopsPerToken + info.AttentionFlops(1) * promptLength * (promptLength + 1) / 2.0);
+
+    /// <summary>decode_128's pass: one token, the weights once and its KV rows at the run's mean context.</summary>
+    internal static PassWork DecodeWork(ModelInfo info, int promptLength, int count)
+    {
+        double averageContext = promptLength + (count + 1) / 2.0;
+        return new PassWork(1, info.WeightBytes + info.KvBytesPerToken(averageContext), info.MatmulFlopsPerToken + info.AttentionFlops(averageContext));
+    }
+
+    /// <summary>batched_decode_N's pass: one step of N tokens, the weights once and every sequence's KV rows at the run's mean context.</summary>
+    internal static PassWork BatchedWork(ModelInfo info, int sequences, int promptLength, int steps)
+    {
+        double averageContext = promptLength + (steps + 1) / 2.0;
+        return new PassWork(sequences, info.WeightBytes + sequences * info.KvBytesPerToken(averageContext),
+            sequences * (info.MatmulFlopsPerToken + info.AttentionFlops(averageContext)));
+    }
+
     private static Workload Prefill(KilnSession kiln, LLama.LLamaWeights weights, int threads, int[] prompt, ModelInfo info)
     {
         int context = prompt.Length + 8;
@@ -186,9 +211,7 @@ public static class Compare
             llama.Decode();
             return Stopwatch.GetElapsedTime(start).TotalSeconds;
         }
-        // One pass over the weights serves the whole prompt; attention is causal over the prompt itself.
-        double flops = prompt.Length * info.MatmulFlopsPerToken + info.AttentionFlops(1) * prompt.Length * (prompt.Length + 1) / 2.0;
-        var roof = new PassWork(prompt.Length, info.WeightBytes, flops);
+        var roof = PrefillWork(info, prompt.Length);
         return new Workload("prefill_128", prompt.Length, $"one {prompt.Length}-token prompt in one step", roof, KilnRun, LlamaRun, llama);
     }
 
@@ -228,8 +251,7 @@ public static class Compare
             }
             return Stopwatch.GetElapsedTime(start).TotalSeconds;
         }
-        double averageContext = prompt.Length + (count + 1) / 2.0;
-        var roof = new PassWork(1, info.WeightBytes + info.KvBytesPerToken(averageContext), info.MatmulFlopsPerToken + info.AttentionFlops(averageContext));
+        var roof = DecodeWork(info, prompt.Length, count);
         return new Workload("decode_128", count, $"{count} greedy tokens, one at a time, after a {prompt.Length}-token prompt", roof, KilnRun, LlamaRun, llama);
     }
 
@@ -279,13 +301,11 @@ public static class Compare
             }
             return Stopwatch.GetElapsedTime(start).TotalSeconds;
         }
-        double averageContext = promptLength + (steps + 1) / 2.0;
-        var roof = new PassWork(sequences, info.WeightBytes + sequences * info.KvBytesPerToken(averageContext),
-            sequences * (info.MatmulFlopsPerToken + info.AttentionFlops(averageContext)));
+        var roof = BatchedWork(info, sequences, promptLength, steps);
         return new Workload(name, sequences * steps, $"{sequences} sequences × {steps} greedy steps together after {promptLength}-token prompts", roof, KilnRun, LlamaRun, llama);
     }
 
-    private static string LoadAverage()
+    internal static string LoadAverage()
     {
         try
         {

@@ -7,6 +7,7 @@ using Kiln.Bench;
 //   sparse --model FILE [--threads N] [--runs 5] [--json OUT]
 //   compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads a,b] [--quick] [--seed N]
 //   agree --model FILE [--positions 64] [--threads N] [--json OUT]
+//   profile --model FILE --workload prefill_128|decode_128|batched_decode_8|batched_decode_32|all [--threads N] [--runs 5] [--json OUT]
 //   kernels --threads N [--formats q4_0,q8_0,f32,q4_k,q5_k,q6_k] [--tokens 1,32,128]
 //   memory --model FILE [--json OUT] [--tokens 128] [--threads N]
 //   embed-compare --threads N [--runs 5] [--json OUT] [--seed N]
@@ -24,6 +25,7 @@ internal static class BenchCli
         "       bench sparse --model FILE [--threads N] [--runs 5] [--json OUT]\n" +
         "       bench compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads " + "prefill_128,decode_128,batched_decode_8,batched_decode_32] [--quick] [--seed N] [--kv f16|f32]\n" +
         "       bench agree --model FILE [--positions 64] [--threads N] [--json OUT]\n" +
+        "       bench profile --model FILE --workload prefill_128|decode_128|batched_decode_8|batched_decode_32|all [--threads N] [--runs 5] [--json OUT]\n" +
         "       bench kernels --threads N [--formats q4_0,q8_0,f32,q4_k,q5_k,q6_k] [--tokens 1,32,128]\n" +
         "       bench serve --model FILE --threads N [--json OUT] [--quick]\n" +
         "       bench memory --model FILE [--json OUT] [--tokens 128] [--threads N]\n" +
@@ -42,7 +44,7 @@ internal static class BenchCli
         if (args.Length > 0 && args[0] == "soak") return SoakCommand.Run(args.AsSpan(1)); // load with faults, engine or HTTP (Soak*.cs)
         try
         {
-            if (args.Length == 0) throw new UsageException("missing command: make-model, compare, agree, kernels, memory, embed-compare, serve, rnn-serve, soak, gpu-agree or gpu-compare (--help for usage)");
+            if (args.Length == 0) throw new UsageException("missing command: make-model, compare, agree, profile, kernels, memory, embed-compare, serve, rnn-serve, soak, gpu-agree or gpu-compare (--help for usage)");
             if (args[0] is "-h" or "--help" or "help")
             {
                 Console.WriteLine(Usage);
@@ -54,17 +56,19 @@ internal static class BenchCli
                 "sparse" => ["model", "threads", "runs", "json"],
                 "compare" => ["model", "threads", "runs", "json", "workloads", "quick", "seed", "kv"],
                 "agree" => ["model", "positions", "threads", "json"],
+                "profile" => ["model", "workload", "threads", "runs", "json"],
                 "kernels" => ["threads", "formats", "tokens"],
                 "memory" => ["model", "json", "tokens", "threads"],
                 "embed-compare" => ["threads", "runs", "json", "seed"],
                 "shared-prefix" => ["model", "prefix", "seqs", "suffix", "threads", "runs", "json", "kv"],
-                _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model, compare, agree, kernels, memory, embed-compare, shared-prefix or serve)"),
+                _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model, compare, agree, profile, kernels, memory, embed-compare, shared-prefix or serve)"),
             });
             return args[0] switch
             {
                 "make-model" => MakeModel(options),
                 "sparse" => SparseCommand(options),
                 "agree" => Agree(options),
+                "profile" => Profile(options),
                 "kernels" => Kernels(options),
                 "memory" => Memory(options),
                 "embed-compare" => EmbedCompare.Run(Int(options, "threads", -1, min: 1, max: 64) is int threads and > 0 ? threads : throw new UsageException("--threads is required"),
@@ -163,6 +167,18 @@ internal static class BenchCli
             var other => throw new UsageException($"--kv must be f32 or f16, not '{other}'"),
         };
         return Compare.Run(new ComparisonOptions(model, threads, runs, json, workloads, quick, seed) { KvStorage = kv }, Console.Out, Console.Error);
+    }
+
+    private static int Profile(Dictionary<string, string> options)
+    {
+        string model = Required(options, "model");
+        if (!File.Exists(model)) throw new UsageException($"--model: file '{model}' not found");
+        string workload = Required(options, "workload");
+        string[] workloads = workload == "all" ? ComparisonOptions.AllWorkloads
+            : ComparisonOptions.AllWorkloads.Contains(workload) ? [workload]
+            : throw new UsageException($"--workload must be one of {string.Join(", ", ComparisonOptions.AllWorkloads)} or all, not '{workload}'");
+        return ProfileCommand.Run(model, workloads, Int(options, "threads", 2, min: 1, max: 64), Int(options, "runs", 5, min: 1, max: 1000),
+            options.GetValueOrDefault("json"), Console.Out, Console.Error);
     }
 
     private static int Agree(Dictionary<string, string> options)

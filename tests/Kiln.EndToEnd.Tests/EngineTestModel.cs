@@ -38,7 +38,10 @@ internal static class EngineTestModel
 
     public static ICompiledPlan CreatePlan(PlanKind kind, int maxTokensPerStep) => kind == PlanKind.Eager
         ? new EagerPlan(Model, maxTokensPerStep)
-        : Model.Compile(new PlanOptions(maxTokensPerStep, Threads: 2));
+        : Model.Compile(new PlanOptions(maxTokensPerStep, Threads: CompiledThreads));
+
+    /// <summary>Threads of a compiled plan's worker pool, the caller included.</summary>
+    public const int CompiledThreads = 2;
 
     public static KilnEngine CreateEngine(EngineOptions options, PlanKind kind = PlanKind.Eager) =>
         new(Model, tokens => CreatePlan(kind, tokens), Tokenizer, options);

@@ -52,6 +52,7 @@ internal static partial class PlanEmitter
         string norm = m.Norm is null ? "null" : Names.Weight(m.Norm.Weight, "_model", layer) + ".Data";
         string bias = m.Norm is null || m.Norm.Bias.Length == 0 ? "null" : Names.Weight(m.Norm.Bias, "_model", layer) + ".Data";
         string eps = m.Norm is null ? "0f" : $"(float)({Names.Scalar(m.Norm.Eps, "_model")})";
+        EmitMark(w, "input " + ProfileName(m));
         w.Line($"var weights = {m.Packed}{(m.LayersMember.Length > 0 ? $"[{layer}]" : "")};");
         string prepared = m.Norm is null ? "" : $", {(m.Norm.Kind == "Rms" ? "RMS" : "layer")}-normalized by {Short(m.Norm.Weight)}";
         if (m.InputProgram is null)
@@ -66,6 +67,7 @@ internal static partial class PlanEmitter
             w.Line($"var source = new {MatMulInput(plan, m)} {Initializer(code.Initializers(layer, v => View(plan, v)))};");
             w.Line($"var input = _inputs.Prepare(weights.Format, source, {rows}, {inDim}, {MatMul}.InputNorm.{normKind}, {norm}, {bias}, {eps}, _pool);");
         }
+        EmitMark(w, "matmul " + ProfileName(m));
         w.Line($"var work = new {MatMulWork(plan, m)}");
         w.Line("{");
         w.Line("    Weights = weights,");
@@ -117,6 +119,7 @@ internal static partial class PlanEmitter
             fields.Add($"Cos = _rope{r}Cos, Sin = _rope{r}Sin, Half = _rope{r}Half, Rotary = _rope{r}Rotary");
             fields.Add(table.NeoX ? $"CosHalf = _rope{r}CosHalf, SinHalf = _rope{r}SinHalf" : $"Cosines = _rope{r}Cosines, SignedSines = _rope{r}SignedSines");
         }
+        EmitMark(w, "elementwise " + output.Name);
         w.Line($"// {output.Name} ← {Passes.FusionReport.Resolve(e.Program.Description, plan)}: each row by one work item, the widest vectors first.");
         w.Line($"_pool.Run({rows}, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize({rows}, {cols}, _pool.ThreadCount), new {ElementwiseWork(plan, e)} {Initializer(fields)});");
     }
@@ -127,6 +130,7 @@ internal static partial class PlanEmitter
         string qCols = Names.DimField(BufferOf(plan, a.Q).Cols);
         string kvCols = Names.DimField(BufferOf(plan, a.K).Cols);
         string cacheLayer = Names.Scalar(a.Layer, "_model");
+        EmitMark(w, "kv write");
         w.Line($"int heads = {Names.Scalar(a.Heads, "_model")}, kvHeads = {Names.Scalar(a.KvHeads, "_model")};");
         w.Line("// This step's k and v rows go to the cache first (at each token's row of its sequence's blocks, in the cache's");
         w.Line("// storage): a token attends to itself and to earlier tokens of the step.");
@@ -157,6 +161,7 @@ internal static partial class PlanEmitter
         w.Line($"    KvCols = {kvCols},");
         w.Line($"    Options = {options},");
         w.Line("};");
+        EmitMark(w, "attention");
         w.Line("int items = paged.Plan(T, _pool.ThreadCount);");
         w.Line("_pool.Run(items, paged.ChunkSize, paged);");
     }
@@ -175,6 +180,7 @@ internal static partial class PlanEmitter
     {
         string qCols = Names.DimField(BufferOf(plan, a.Q).Cols);
         string kvCols = Names.DimField(BufferOf(plan, a.K).Cols);
+        EmitMark(w, "attention");
         w.Line($"int heads = {Names.Scalar(a.Heads, "_model")}, kvHeads = {Names.Scalar(a.KvHeads, "_model")};");
         string options = AttentionOptions(a, qCols);
         w.Line("// No KV cache: k and v are read in place from this step's rows, each query over its own sequence's tokens;");

@@ -43,6 +43,8 @@ internal static partial class PlanEmitter
                 w.Line($"    throw new global::System.ArgumentException($\"The KV cache holds {{cache.Layers}} layers of rows of {{cache.KvDim}}; this model needs {{{layers}}} of {{{Names.DimField(plan.KvDim)}}} (use CreateKvCache).\", nameof(context));");
                 w.Line("if (_scoresContext < cache.MaxContext || _gatherFloats < global::Kiln.Kernels.MatMul.KvBlocks.ScratchFloats(cache)) GrowScores(cache); // once per larger cache, never per step");
             }
+            w.Line($"var stepProfiler = {Profiler}.Current; // null unless the caller attached a profiler: then each part below is timed");
+            w.Line("stepProfiler?.BeginStep();");
             w.Line("global::System.ReadOnlySpan<int> positions = context.Positions;");
             w.Line();
             EmitGatherChecks(w, plan);
@@ -50,6 +52,7 @@ internal static partial class PlanEmitter
             foreach (var buffer in plan.Buffers.Where(b => b.Slot >= 0))
                 w.Line($"global::System.Span<float> {buffer.Name} = _arena.Slice({OffsetField(buffer)}, {Names.Dim(buffer.Rows)} * {Names.DimField(buffer.Cols)});");
             w.Line();
+            if (plan.RopeTables.Count > 0) w.Line("stepProfiler?.Mark(\"rope tables\");");
             foreach (var table in plan.RopeTables) EmitRopeTable(w, table);
 
             int region = 0;
@@ -87,8 +90,17 @@ internal static partial class PlanEmitter
             }
             if (guard >= 0) w.Close();
             if (open) w.Close();
+            w.Line("stepProfiler?.EndStep();");
         }
     }
+
+    private const string Profiler = "global::Kiln.Threading.StepProfiler";
+
+    /// <summary>The profiler's mark for the part of the step that starts here (one null check when profiling is off).</summary>
+    private static void EmitMark(CodeWriter w, string part) => w.Line($"stepProfiler?.Mark(\"{part}\");");
+
+    /// <summary>A matmul's name in a profile: its packed weights' field (wqWkWv, gateUp, output).</summary>
+    private static string ProfileName(MatMulKernel m) => m.Packed.TrimStart('_');
 
     /// <summary>True when the plan has a value of one row per sequence (a pooling).</summary>
     private static bool UsesSequences(Plan plan) =>
@@ -197,6 +209,7 @@ internal static partial class PlanEmitter
                     break;
                 case PoolKernel p:
                 {
+                    EmitMark(w, "pooling");
                     var input = BufferOf(plan, p.Input);
                     w.Line($"var pooling = new global::Kiln.Kernels.Elementwise.SequencePooling {{ Input = {View(plan, p.Input)}, Output = {View(plan, p.Output)}, Cols = {Names.DimField(input.Cols)}, Context = context, Pooling = global::Kiln.Pooling.{p.Mode} }};");
                     w.Line("_pool.Run(S, global::System.Math.Max(1, S / (4 * _pool.ThreadCount)), pooling);");
@@ -207,6 +220,7 @@ internal static partial class PlanEmitter
                     break;
                 case LstmKernel l:
                 {
+                    EmitMark(w, "lstm");
                     string layerIndex = Names.Scalar(l.Layer, "_model");
                     w.Line($"var lstm = new {R}.LstmRecurrence");
                     w.Line("{");
@@ -283,6 +297,7 @@ internal static partial class PlanEmitter
                 }
                 case ConcatKernel c:
                 {
+                    EmitMark(w, "concat");
                     var a = BufferOf(plan, c.A);
                     var b = BufferOf(plan, c.B);
                     string output = Buffer(plan, c.Output);
@@ -295,6 +310,7 @@ internal static partial class PlanEmitter
                     break;
                 }
                 case CopyKernel c:
+                    EmitMark(w, "copy");
                     w.Line($"{Buffer(plan, c.Source)}.CopyTo({Buffer(plan, c.Destination)});");
                     break;
             }

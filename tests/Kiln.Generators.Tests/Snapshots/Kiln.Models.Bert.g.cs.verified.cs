@@ -544,6 +544,8 @@ namespace Kiln.Models
                     throw new global::System.ArgumentException($"logits holds {logits.Length} floats; the step needs {S} rows of {_Dim}.", nameof(logits));
                 if (context.HasCache)
                     throw new global::System.ArgumentException("An encoder's step holds whole sequences and has no KV cache: fill a new AttentionContext(capacity) with AddSequence.", nameof(context));
+                var stepProfiler = global::Kiln.Threading.StepProfiler.Current; // null unless the caller attached a profiler: then each part below is timed
+                stepProfiler?.BeginStep();
                 global::System.ReadOnlySpan<int> positions = context.Positions;
 
                 // Token ids, checked against the vocabulary once, where the gathering loops read them.
@@ -584,11 +586,13 @@ namespace Kiln.Models
 
                 // [1] elementwise: x ← (TokenEmbedding[tokens] + TokenTypes[token types]) + Positions[positions], one parallel vector loop
                 {
+                    stepProfiler?.Mark("elementwise x");
                     // x ← (TokenEmbedding[tokens] + TokenTypes[token types]) + Positions[positions]: each row by one work item, the widest vectors first.
                     _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise1Work { Output = _arena.View(_xOffset, T * _Dim), G0 = _table0, G1 = _table1, G2 = _table2, Dim_Dim = _Dim, Tokens = _tokens, Context = context });
                 }
                 // [2] elementwise: x2 ← layernorm(x, EmbeddingNorm), one parallel vector loop
                 {
+                    stepProfiler?.Mark("elementwise x2");
                     // x2 ← layernorm(x, EmbeddingNorm): each row by one work item, the widest vectors first.
                     _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise2Work { Output = _arena.View(_x2Offset, T * _Dim), In0 = _arena.View(_xOffset, T * _Dim), In0Cols = _Dim, W0 = _model.EmbeddingNorm.Data, W1 = _model.EmbeddingNormBias.Data, E0 = (float)(_model.Eps), Dim_Dim = _Dim });
                 }
@@ -596,9 +600,11 @@ namespace Kiln.Models
                 {
                     // [3] matmul: x2·[Wq|Wk|Wv]ᵀ → q ← [Wq] + Bq epilogue, k ← [Wk] + Bk epilogue, v ← [Wv] + Bv epilogue
                     {
+                        stepProfiler?.Mark("input wqWkWv");
                         var weights = _wqWkWv[layer];
                         // The input once for every weight: quantized to Q8 for the quantized layouts, read as it is by the float ones.
                         var input = _inputs.Prepare(weights.Format, _arena.View(_x2Offset, T * _Dim), _Dim, T, _Dim, global::Kiln.Kernels.MatMul.InputNorm.None, null, null, 0f, _pool);
+                        stepProfiler?.Mark("matmul wqWkWv");
                         var work = new MatMul3Work
                         {
                             Weights = weights,
@@ -613,6 +619,7 @@ namespace Kiln.Models
                     }
                     // [4] attention: attention ← Attention(q, k, v): no KV cache; bidirectional GQA within each sequence of the step, k/v read in place from the step's rows, in parallel over (token, chunk of KV heads) items (dots, softmax, weighted sum)
                     {
+                        stepProfiler?.Mark("attention");
                         int heads = _model.Heads, kvHeads = _model.Heads;
                         // No KV cache: k and v are read in place from this step's rows, each query over its own sequence's tokens;
                         // items are each token's KV heads in a few chunks, as for a decoder's attention.
@@ -637,9 +644,11 @@ namespace Kiln.Models
                     }
                     // [5] matmul: attention·[Wo]ᵀ → x2 ← x2 + [Wo] epilogue (in place)
                     {
+                        stepProfiler?.Mark("input wo");
                         var weights = _wo[layer];
                         // The input once for every weight: quantized to Q8 for the quantized layouts, read as it is by the float ones.
                         var input = _inputs.Prepare(weights.Format, _arena.View(_attentionOffset, T * _Dim), _Dim, T, _Dim, global::Kiln.Kernels.MatMul.InputNorm.None, null, null, 0f, _pool);
+                        stepProfiler?.Mark("matmul wo");
                         var work = new MatMul5Work
                         {
                             Weights = weights,
@@ -650,14 +659,17 @@ namespace Kiln.Models
                     }
                     // [6] elementwise: h2 ← layernorm(x2, AttnNorm), one parallel vector loop
                     {
+                        stepProfiler?.Mark("elementwise h2");
                         // h2 ← layernorm(x2, AttnNorm): each row by one work item, the widest vectors first.
                         _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise6Work { Output = _arena.View(_h2Offset, T * _Dim), In0 = _arena.View(_x2Offset, T * _Dim), In0Cols = _Dim, W0 = _model.Layers[layer].AttnNorm.Data, W1 = _model.Layers[layer].AttnNormBias.Data, E0 = (float)(_model.Eps), Dim_Dim = _Dim });
                     }
                     // [7] matmul: h2·[Up]ᵀ → up ← geluerf([Up]) epilogue
                     {
+                        stepProfiler?.Mark("input up");
                         var weights = _up[layer];
                         // The input once for every weight: quantized to Q8 for the quantized layouts, read as it is by the float ones.
                         var input = _inputs.Prepare(weights.Format, _arena.View(_h2Offset, T * _Dim), _Dim, T, _Dim, global::Kiln.Kernels.MatMul.InputNorm.None, null, null, 0f, _pool);
+                        stepProfiler?.Mark("matmul up");
                         var work = new MatMul7Work
                         {
                             Weights = weights,
@@ -668,9 +680,11 @@ namespace Kiln.Models
                     }
                     // [8] matmul: up·[Down]ᵀ → h2 ← h2 + [Down] epilogue (in place)
                     {
+                        stepProfiler?.Mark("input down");
                         var weights = _down[layer];
                         // The input once for every weight: quantized to Q8 for the quantized layouts, read as it is by the float ones.
                         var input = _inputs.Prepare(weights.Format, _arena.View(_upOffset, T * _Hidden), _Hidden, T, _Hidden, global::Kiln.Kernels.MatMul.InputNorm.None, null, null, 0f, _pool);
+                        stepProfiler?.Mark("matmul down");
                         var work = new MatMul8Work
                         {
                             Weights = weights,
@@ -681,11 +695,13 @@ namespace Kiln.Models
                     }
                     // [9] elementwise: x3 ← layernorm(h2, OutputNorm), one parallel vector loop
                     {
+                        stepProfiler?.Mark("elementwise x3");
                         // x3 ← layernorm(h2, OutputNorm): each row by one work item, the widest vectors first.
                         _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise9Work { Output = _arena.View(_x3Offset, T * _Dim), In0 = _arena.View(_h2Offset, T * _Dim), In0Cols = _Dim, W0 = _model.Layers[layer].OutputNorm.Data, W1 = _model.Layers[layer].OutputNormBias.Data, E0 = (float)(_model.Eps), Dim_Dim = _Dim });
                     }
                     // [10] copy: x2 ← x3
                     {
+                        stepProfiler?.Mark("copy");
                         x3.CopyTo(x2);
                     }
                 }
@@ -694,6 +710,7 @@ namespace Kiln.Models
                 {
                     // [11] pool: pooled ← the first of each sequence's rows of x2, in parallel over sequences (only when PoolingType == 2)
                     {
+                        stepProfiler?.Mark("pooling");
                         var pooling = new global::Kiln.Kernels.Elementwise.SequencePooling { Input = _arena.View(_x2Offset, T * _Dim), Output = _arena.View(_pooledOffset, S * _Dim), Cols = _Dim, Context = context, Pooling = global::Kiln.Pooling.Cls };
                         _pool.Run(S, global::System.Math.Max(1, S / (4 * _pool.ThreadCount)), pooling);
                     }
@@ -702,6 +719,7 @@ namespace Kiln.Models
                 {
                     // [12] pool: pooled ← the last of each sequence's rows of x2, in parallel over sequences (only when !(PoolingType == 2) && PoolingType == 3)
                     {
+                        stepProfiler?.Mark("pooling");
                         var pooling = new global::Kiln.Kernels.Elementwise.SequencePooling { Input = _arena.View(_x2Offset, T * _Dim), Output = _arena.View(_pooledOffset, S * _Dim), Cols = _Dim, Context = context, Pooling = global::Kiln.Pooling.LastToken };
                         _pool.Run(S, global::System.Math.Max(1, S / (4 * _pool.ThreadCount)), pooling);
                     }
@@ -710,19 +728,23 @@ namespace Kiln.Models
                 {
                     // [13] pool: pooled ← the mean of each sequence's rows of x2 (summed in double), in parallel over sequences (only when !(PoolingType == 2) && !(PoolingType == 3))
                     {
+                        stepProfiler?.Mark("pooling");
                         var pooling = new global::Kiln.Kernels.Elementwise.SequencePooling { Input = _arena.View(_x2Offset, T * _Dim), Output = _arena.View(_pooledOffset, S * _Dim), Cols = _Dim, Context = context, Pooling = global::Kiln.Pooling.Mean };
                         _pool.Run(S, global::System.Math.Max(1, S / (4 * _pool.ThreadCount)), pooling);
                     }
                 }
                 // [14] elementwise: normalized ← l2normalize(pooled), one parallel vector loop
                 {
+                    stepProfiler?.Mark("elementwise normalized");
                     // normalized ← l2normalize(pooled): each row by one work item, the widest vectors first.
                     _pool.Run(S, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(S, _Dim, _pool.ThreadCount), new Elementwise14Work { Output = _arena.View(_normalizedOffset, S * _Dim), In0 = _arena.View(_pooledOffset, S * _Dim), In0Cols = _Dim, E0 = (float)(1e-12f), Dim_Dim = _Dim });
                 }
                 // [15] copy: logits ← normalized
                 {
+                    stepProfiler?.Mark("copy");
                     normalized.CopyTo(logits);
                 }
+                stepProfiler?.EndStep();
             }
             /// <summary>Stops the worker pool and frees the arena, the scratch, the gather slots and the packed weights. Steps after this throw.</summary>
             public void Dispose()

@@ -501,6 +501,8 @@ namespace Kiln.Models
                 if (cache.KvDim != _Dim || cache.Layers < _model.LayerCount)
                     throw new global::System.ArgumentException($"The KV cache holds {cache.Layers} layers of rows of {cache.KvDim}; this model needs {_model.LayerCount} of {_Dim} (use CreateKvCache).", nameof(context));
                 if (_scoresContext < cache.MaxContext || _gatherFloats < global::Kiln.Kernels.MatMul.KvBlocks.ScratchFloats(cache)) GrowScores(cache); // once per larger cache, never per step
+                var stepProfiler = global::Kiln.Threading.StepProfiler.Current; // null unless the caller attached a profiler: then each part below is timed
+                stepProfiler?.BeginStep();
                 global::System.ReadOnlySpan<int> positions = context.Positions;
 
                 // Token ids, checked against the vocabulary once, where the gathering loops read them.
@@ -529,6 +531,7 @@ namespace Kiln.Models
 
                 // [1] elementwise: x ← TokenEmbedding[tokens] + Positions[positions], one parallel vector loop
                 {
+                    stepProfiler?.Mark("elementwise x");
                     // x ← TokenEmbedding[tokens] + Positions[positions]: each row by one work item, the widest vectors first.
                     _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise1Work { Output = _arena.View(_xOffset, T * _Dim), G0 = _table0, G1 = _table1, Dim_Dim = _Dim, Tokens = _tokens, Context = context });
                 }
@@ -536,9 +539,11 @@ namespace Kiln.Models
                 {
                     // [2] matmul: x·[Wqkv|Wqkv[Dim..]|Wqkv[2*Dim..]]ᵀ with LayerNorm(AttnNorm, AttnNormBias) fused into the input preparation → q ← [Wqkv] + Bqkv epilogue, k ← [Wqkv] + Bqkv epilogue, v ← [Wqkv] + Bqkv epilogue
                     {
+                        stepProfiler?.Mark("input wqkv");
                         var weights = _wqkv[layer];
                         // The input once for every weight, layer-normalized by AttnNorm: quantized to Q8 for the quantized layouts, read as it is by the float ones.
                         var input = _inputs.Prepare(weights.Format, _arena.View(_xOffset, T * _Dim), _Dim, T, _Dim, global::Kiln.Kernels.MatMul.InputNorm.Layer, _model.Layers[layer].AttnNorm.Data, _model.Layers[layer].AttnNormBias.Data, (float)(_model.Eps), _pool);
+                        stepProfiler?.Mark("matmul wqkv");
                         var work = new MatMul2Work
                         {
                             Weights = weights,
@@ -553,6 +558,7 @@ namespace Kiln.Models
                     }
                     // [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)
                     {
+                        stepProfiler?.Mark("kv write");
                         int heads = _model.Heads, kvHeads = _model.Heads;
                         // This step's k and v rows go to the cache first (at each token's row of its sequence's blocks, in the cache's
                         // storage): a token attends to itself and to earlier tokens of the step.
@@ -582,14 +588,17 @@ namespace Kiln.Models
                             KvCols = _Dim,
                             Options = new global::Kiln.Kernels.Attention.AttentionOptions((float)(1.0 / global::System.Math.Sqrt(_Dim / heads)), 0, (float)(0f), true),
                         };
+                        stepProfiler?.Mark("attention");
                         int items = paged.Plan(T, _pool.ThreadCount);
                         _pool.Run(items, paged.ChunkSize, paged);
                     }
                     // [4] matmul: attention·[Wo]ᵀ → x ← x + [Wo] epilogue (in place)
                     {
+                        stepProfiler?.Mark("input wo");
                         var weights = _wo[layer];
                         // The input once for every weight: quantized to Q8 for the quantized layouts, read as it is by the float ones.
                         var input = _inputs.Prepare(weights.Format, _arena.View(_attentionOffset, T * _Dim), _Dim, T, _Dim, global::Kiln.Kernels.MatMul.InputNorm.None, null, null, 0f, _pool);
+                        stepProfiler?.Mark("matmul wo");
                         var work = new MatMul4Work
                         {
                             Weights = weights,
@@ -600,9 +609,11 @@ namespace Kiln.Models
                     }
                     // [5] matmul: x·[Up]ᵀ with LayerNorm(FfnNorm, FfnNormBias) fused into the input preparation → gelu ← gelu([Up]) epilogue
                     {
+                        stepProfiler?.Mark("input up");
                         var weights = _up[layer];
                         // The input once for every weight, layer-normalized by FfnNorm: quantized to Q8 for the quantized layouts, read as it is by the float ones.
                         var input = _inputs.Prepare(weights.Format, _arena.View(_xOffset, T * _Dim), _Dim, T, _Dim, global::Kiln.Kernels.MatMul.InputNorm.Layer, _model.Layers[layer].FfnNorm.Data, _model.Layers[layer].FfnNormBias.Data, (float)(_model.Eps), _pool);
+                        stepProfiler?.Mark("matmul up");
                         var work = new MatMul5Work
                         {
                             Weights = weights,
@@ -613,9 +624,11 @@ namespace Kiln.Models
                     }
                     // [6] matmul: gelu·[Down]ᵀ → x ← x + [Down] epilogue (in place)
                     {
+                        stepProfiler?.Mark("input down");
                         var weights = _down[layer];
                         // The input once for every weight: quantized to Q8 for the quantized layouts, read as it is by the float ones.
                         var input = _inputs.Prepare(weights.Format, _arena.View(_geluOffset, T * _Hidden), _Hidden, T, _Hidden, global::Kiln.Kernels.MatMul.InputNorm.None, null, null, 0f, _pool);
+                        stepProfiler?.Mark("matmul down");
                         var work = new MatMul6Work
                         {
                             Weights = weights,
@@ -628,10 +641,12 @@ namespace Kiln.Models
 
                 // [7] matmul: (rows(x))·[Output]ᵀ with LayerNorm(OutputNorm, OutputNormBias) fused into the input preparation (the input chain computed per row while preparing) → logits
                 {
+                    stepProfiler?.Mark("input output");
                     var weights = _output;
                     // The input once for every weight: rows(x) computed per row, layer-normalized by OutputNorm, then quantized or read as floats.
                     var source = new MatMul7Input { In0 = _arena.View(_xOffset, T * _Dim), In0Cols = _Dim, Dim_Dim = _Dim, Context = context };
                     var input = _inputs.Prepare(weights.Format, source, O, _Dim, global::Kiln.Kernels.MatMul.InputNorm.Layer, _model.OutputNorm.Data, _model.OutputNormBias.Data, (float)(_model.Eps), _pool);
+                    stepProfiler?.Mark("matmul output");
                     var work = new MatMul7Work
                     {
                         Weights = weights,
@@ -641,6 +656,7 @@ namespace Kiln.Models
                     // The epilogue writes the caller's logits directly: pinned for the run.
                     global::Kiln.Kernels.MatMul.PinnedOutput.Run(_pool, logits, weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, O, _pool.ThreadCount), work);
                 }
+                stepProfiler?.EndStep();
             }
             /// <summary>Stops the worker pool and frees the arena, the scratch, the gather slots and the packed weights. Steps after this throw.</summary>
             public void Dispose()

@@ -516,6 +516,8 @@ namespace Kiln.Models
                 if (cache.KvDim != _KvDim || cache.Layers < _model.LayerCount)
                     throw new global::System.ArgumentException($"The KV cache holds {cache.Layers} layers of rows of {cache.KvDim}; this model needs {_model.LayerCount} of {_KvDim} (use CreateKvCache).", nameof(context));
                 if (_scoresContext < cache.MaxContext || _gatherFloats < global::Kiln.Kernels.MatMul.KvBlocks.ScratchFloats(cache)) GrowScores(cache); // once per larger cache, never per step
+                var stepProfiler = global::Kiln.Threading.StepProfiler.Current; // null unless the caller attached a profiler: then each part below is timed
+                stepProfiler?.BeginStep();
                 global::System.ReadOnlySpan<int> positions = context.Positions;
 
                 // Token ids, checked against the vocabulary once, where the gathering loops read them.
@@ -536,6 +538,7 @@ namespace Kiln.Models
                 global::System.Span<float> attention = _arena.Slice(_attentionOffset, T * _Dim);
                 global::System.Span<float> glu = _arena.Slice(_gluOffset, T * _Hidden);
 
+                stepProfiler?.Mark("rope tables");
                 // Rope table 0: angle = position · base^(-2·pair/rotary), in double like the eager op; shared by every layer.
                 for (int t = 0; t < T; t++)
                 {
@@ -556,6 +559,7 @@ namespace Kiln.Models
 
                 // [1] elementwise: x ← TokenEmbedding[tokens], one parallel vector loop
                 {
+                    stepProfiler?.Mark("elementwise x");
                     // x ← TokenEmbedding[tokens]: each row by one work item, the widest vectors first.
                     _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise1Work { Output = _arena.View(_xOffset, T * _Dim), G0 = _table0, Dim_Dim = _Dim, Tokens = _tokens });
                 }
@@ -563,9 +567,11 @@ namespace Kiln.Models
                 {
                     // [2] matmul: x·[Wq|Wk|Wv]ᵀ with RmsNorm(AttnNorm) fused into the input preparation → q ← rope_neox([Wq]) epilogue, k ← rope_neox([Wk]) epilogue, v ← [Wv] + Bv epilogue
                     {
+                        stepProfiler?.Mark("input wqWkWv");
                         var weights = _wqWkWv[layer];
                         // The input once for every weight, RMS-normalized by AttnNorm: quantized to Q8 for the quantized layouts, read as it is by the float ones.
                         var input = _inputs.Prepare(weights.Format, _arena.View(_xOffset, T * _Dim), _Dim, T, _Dim, global::Kiln.Kernels.MatMul.InputNorm.Rms, _model.Layers[layer].AttnNorm.Data, null, (float)(_model.Eps), _pool);
+                        stepProfiler?.Mark("matmul wqWkWv");
                         var work = new MatMul2Work
                         {
                             Weights = weights,
@@ -580,6 +586,7 @@ namespace Kiln.Models
                     }
                     // [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)
                     {
+                        stepProfiler?.Mark("kv write");
                         int heads = _model.Heads, kvHeads = _model.KvHeadCount;
                         // This step's k and v rows go to the cache first (at each token's row of its sequence's blocks, in the cache's
                         // storage): a token attends to itself and to earlier tokens of the step.
@@ -609,14 +616,17 @@ namespace Kiln.Models
                             KvCols = _KvDim,
                             Options = new global::Kiln.Kernels.Attention.AttentionOptions((float)(1.0 / global::System.Math.Sqrt(_Dim / heads)), 0, (float)(0f), true),
                         };
+                        stepProfiler?.Mark("attention");
                         int items = paged.Plan(T, _pool.ThreadCount);
                         _pool.Run(items, paged.ChunkSize, paged);
                     }
                     // [4] matmul: attention·[Wo]ᵀ → x ← x + [Wo] epilogue (in place)
                     {
+                        stepProfiler?.Mark("input wo");
                         var weights = _wo[layer];
                         // The input once for every weight: quantized to Q8 for the quantized layouts, read as it is by the float ones.
                         var input = _inputs.Prepare(weights.Format, _arena.View(_attentionOffset, T * _Dim), _Dim, T, _Dim, global::Kiln.Kernels.MatMul.InputNorm.None, null, null, 0f, _pool);
+                        stepProfiler?.Mark("matmul wo");
                         var work = new MatMul4Work
                         {
                             Weights = weights,
@@ -627,9 +637,11 @@ namespace Kiln.Models
                     }
                     // [5] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation → glu ← silu([Gate])·[Up] epilogue
                     {
+                        stepProfiler?.Mark("input gateUp");
                         var weights = _gateUp[layer];
                         // The input once for every weight, RMS-normalized by FfnNorm: quantized to Q8 for the quantized layouts, read as it is by the float ones.
                         var input = _inputs.Prepare(weights.Format, _arena.View(_xOffset, T * _Dim), _Dim, T, _Dim, global::Kiln.Kernels.MatMul.InputNorm.Rms, _model.Layers[layer].FfnNorm.Data, null, (float)(_model.Eps), _pool);
+                        stepProfiler?.Mark("matmul gateUp");
                         var work = new MatMul5Work
                         {
                             Weights = weights,
@@ -640,9 +652,11 @@ namespace Kiln.Models
                     }
                     // [6] matmul: glu·[Down]ᵀ → x ← x + [Down] epilogue (in place)
                     {
+                        stepProfiler?.Mark("input down");
                         var weights = _down[layer];
                         // The input once for every weight: quantized to Q8 for the quantized layouts, read as it is by the float ones.
                         var input = _inputs.Prepare(weights.Format, _arena.View(_gluOffset, T * _Hidden), _Hidden, T, _Hidden, global::Kiln.Kernels.MatMul.InputNorm.None, null, null, 0f, _pool);
+                        stepProfiler?.Mark("matmul down");
                         var work = new MatMul6Work
                         {
                             Weights = weights,
@@ -655,10 +669,12 @@ namespace Kiln.Models
 
                 // [7] matmul: (rows(x))·[Output]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (the input chain computed per row while preparing) → logits
                 {
+                    stepProfiler?.Mark("input output");
                     var weights = _output;
                     // The input once for every weight: rows(x) computed per row, RMS-normalized by OutputNorm, then quantized or read as floats.
                     var source = new MatMul7Input { In0 = _arena.View(_xOffset, T * _Dim), In0Cols = _Dim, Dim_Dim = _Dim, Context = context };
                     var input = _inputs.Prepare(weights.Format, source, O, _Dim, global::Kiln.Kernels.MatMul.InputNorm.Rms, _model.OutputNorm.Data, null, (float)(_model.Eps), _pool);
+                    stepProfiler?.Mark("matmul output");
                     var work = new MatMul7Work
                     {
                         Weights = weights,
@@ -668,6 +684,7 @@ namespace Kiln.Models
                     // The epilogue writes the caller's logits directly: pinned for the run.
                     global::Kiln.Kernels.MatMul.PinnedOutput.Run(_pool, logits, weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, O, _pool.ThreadCount), work);
                 }
+                stepProfiler?.EndStep();
             }
             /// <summary>Stops the worker pool and frees the arena, the scratch, the gather slots and the packed weights. Steps after this throw.</summary>
             public void Dispose()
