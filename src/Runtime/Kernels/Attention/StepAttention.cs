@@ -144,42 +144,9 @@ public struct StepAttention : IParallelWork
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private readonly unsafe void BlockScores(float* queries, int count, float* keysT, int padded, float* scores)
     {
-        // Rows past count repeat the last query: their sums are computed and never stored.
-        float* q0 = queries, q1 = count > 1 ? queries + QCols : q0, q2 = count > 2 ? queries + 2 * QCols : q1, q3 = count > 3 ? queries + 3 * QCols : q2;
         var scale = Vector512.Create(Options.Scale);
         for (int j = 0; j < padded; j += 32)
-        {
-            bool two = j + 16 < padded;
-            Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
-            Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default;
-            float* column = keysT + j;
-            for (int d = 0; d < HeadDim; d++, column += padded)
-            {
-                var x = Vector512.Load(column);
-                var y = two ? Vector512.Load(column + 16) : default;
-                var v0 = Vector512.Create(q0[d]);
-                var v1 = Vector512.Create(q1[d]);
-                var v2 = Vector512.Create(q2[d]);
-                var v3 = Vector512.Create(q3[d]);
-                a0 = Vector512.FusedMultiplyAdd(x, v0, a0);
-                a1 = Vector512.FusedMultiplyAdd(x, v1, a1);
-                a2 = Vector512.FusedMultiplyAdd(x, v2, a2);
-                a3 = Vector512.FusedMultiplyAdd(x, v3, a3);
-                b0 = Vector512.FusedMultiplyAdd(y, v0, b0);
-                b1 = Vector512.FusedMultiplyAdd(y, v1, b1);
-                b2 = Vector512.FusedMultiplyAdd(y, v2, b2);
-                b3 = Vector512.FusedMultiplyAdd(y, v3, b3);
-            }
-            (a0 * scale).Store(scores + j);
-            if (count > 1) (a1 * scale).Store(scores + padded + j);
-            if (count > 2) (a2 * scale).Store(scores + 2 * padded + j);
-            if (count > 3) (a3 * scale).Store(scores + 3 * padded + j);
-            if (!two) continue;
-            (b0 * scale).Store(scores + j + 16);
-            if (count > 1) (b1 * scale).Store(scores + padded + j + 16);
-            if (count > 2) (b2 * scale).Store(scores + 2 * padded + j + 16);
-            if (count > 3) (b3 * scale).Store(scores + 3 * padded + j + 16);
-        }
+            OuterProductTile(queries, QCols, count, keysT + j, padded, HeadDim, two: j + 16 < padded, scale, scores + j, padded);
     }
 
     /// <summary>
@@ -189,40 +156,51 @@ public struct StepAttention : IParallelWork
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private readonly unsafe void BlockValues(float* weights, int padded, int count, int length, float* values, float* output)
     {
-        float* w0 = weights, w1 = count > 1 ? weights + padded : w0, w2 = count > 2 ? weights + 2 * padded : w1, w3 = count > 3 ? weights + 3 * padded : w2;
         for (int c = 0; c < HeadDim; c += 32)
+            OuterProductTile(weights, padded, count, values + c, KvCols, length, two: c + 16 < HeadDim, Vector512<float>.One, output + c, QCols);
+    }
+
+    /// <summary>
+    /// The one tile both products are made of: for each of <paramref name="count"/> (1–4) rows r of
+    /// <paramref name="left"/> (<paramref name="leftStride"/> apart), Σ_i left_r[i] · right[i], over
+    /// <paramref name="depth"/> rows of <paramref name="right"/> (<paramref name="rightStride"/> apart) 16 or 32
+    /// (<paramref name="two"/>) wide, times <paramref name="scale"/>, into rows of <paramref name="output"/>
+    /// (<paramref name="outputStride"/> apart). Rows past count repeat the last one: computed, never stored.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void OuterProductTile(float* left, int leftStride, int count, float* right, int rightStride, int depth, bool two,
+        Vector512<float> scale, float* output, int outputStride)
+    {
+        float* l0 = left, l1 = count > 1 ? left + leftStride : l0, l2 = count > 2 ? left + 2 * leftStride : l1, l3 = count > 3 ? left + 3 * leftStride : l2;
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default;
+        float* row = right;
+        for (int i = 0; i < depth; i++, row += rightStride)
         {
-            bool two = c + 16 < HeadDim;
-            Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
-            Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default;
-            float* row = values + c;
-            for (int j = 0; j < length; j++, row += KvCols)
-            {
-                var x = Vector512.Load(row);
-                var y = two ? Vector512.Load(row + 16) : default;
-                var v0 = Vector512.Create(w0[j]);
-                var v1 = Vector512.Create(w1[j]);
-                var v2 = Vector512.Create(w2[j]);
-                var v3 = Vector512.Create(w3[j]);
-                a0 = Vector512.FusedMultiplyAdd(x, v0, a0);
-                a1 = Vector512.FusedMultiplyAdd(x, v1, a1);
-                a2 = Vector512.FusedMultiplyAdd(x, v2, a2);
-                a3 = Vector512.FusedMultiplyAdd(x, v3, a3);
-                b0 = Vector512.FusedMultiplyAdd(y, v0, b0);
-                b1 = Vector512.FusedMultiplyAdd(y, v1, b1);
-                b2 = Vector512.FusedMultiplyAdd(y, v2, b2);
-                b3 = Vector512.FusedMultiplyAdd(y, v3, b3);
-            }
-            a0.Store(output + c);
-            if (count > 1) a1.Store(output + QCols + c);
-            if (count > 2) a2.Store(output + 2 * QCols + c);
-            if (count > 3) a3.Store(output + 3 * QCols + c);
-            if (!two) continue;
-            b0.Store(output + c + 16);
-            if (count > 1) b1.Store(output + QCols + c + 16);
-            if (count > 2) b2.Store(output + 2 * QCols + c + 16);
-            if (count > 3) b3.Store(output + 3 * QCols + c + 16);
+            var x = Vector512.Load(row);
+            var y = two ? Vector512.Load(row + 16) : default;
+            var v0 = Vector512.Create(l0[i]);
+            var v1 = Vector512.Create(l1[i]);
+            var v2 = Vector512.Create(l2[i]);
+            var v3 = Vector512.Create(l3[i]);
+            a0 = Vector512.FusedMultiplyAdd(x, v0, a0);
+            a1 = Vector512.FusedMultiplyAdd(x, v1, a1);
+            a2 = Vector512.FusedMultiplyAdd(x, v2, a2);
+            a3 = Vector512.FusedMultiplyAdd(x, v3, a3);
+            b0 = Vector512.FusedMultiplyAdd(y, v0, b0);
+            b1 = Vector512.FusedMultiplyAdd(y, v1, b1);
+            b2 = Vector512.FusedMultiplyAdd(y, v2, b2);
+            b3 = Vector512.FusedMultiplyAdd(y, v3, b3);
         }
+        (a0 * scale).Store(output);
+        if (count > 1) (a1 * scale).Store(output + outputStride);
+        if (count > 2) (a2 * scale).Store(output + 2 * outputStride);
+        if (count > 3) (a3 * scale).Store(output + 3 * outputStride);
+        if (!two) return;
+        (b0 * scale).Store(output + 16);
+        if (count > 1) (b1 * scale).Store(output + outputStride + 16);
+        if (count > 2) (b2 * scale).Store(output + 2 * outputStride + 16);
+        if (count > 3) (b3 * scale).Store(output + 3 * outputStride + 16);
     }
 
     /// <summary>A sequence longer than the scratch holds transposed: each of its queries over KV head <paramref name="kv"/> as the token items do.</summary>
