@@ -207,7 +207,7 @@ public static class ProfileCommand
             double ms = PerStep(part.WallTicks);
             var idle = Enumerable.Range(0, profiler.ThreadCount).Select(t => PerStep(part.IdleTicks(t))).ToArray();
             var handoff = Enumerable.Range(0, profiler.ThreadCount).Select(t => PerStep(part.HandoffTicks[t])).ToArray();
-            var barrier = Enumerable.Range(0, profiler.ThreadCount).Select(t => PerStep(part.BarrierTicks[t])).ToArray();
+            var barrier = Enumerable.Range(0, profiler.ThreadCount).Select(t => PerStep(part.BarrierTicks(t))).ToArray();
             double runs = (double)part.Runs / steps;
             string kind;
             double bytes = 0, macs = 0, roof = 0;
@@ -254,7 +254,7 @@ public static class ProfileCommand
             {
                 busy[t] += PerStep(part.BusyTicks[t]);
                 handoffs[t] += PerStep(part.HandoffTicks[t]);
-                barriers[t] += PerStep(part.BarrierTicks[t]);
+                barriers[t] += PerStep(part.BarrierTicks(t));
             }
             idleOutside[t] = PerStep(profiler.OutsideRunIdleTicks[t]);
         }

@@ -25,9 +25,7 @@ public sealed class StepProfiler
     private readonly long[] _runWall = new long[MaxParts];
     private readonly int[] _runs = new int[MaxParts];
     private readonly long[] _busy; // [part × thread]
-    private readonly long[] _handoff; // [part × thread]: run start to the thread's first chunk, or the whole run if it never joined
-    private readonly long[] _barrier; // [part × thread]: the thread's last chunk to the run's end
-    private readonly long[] _workEnd; // per thread, when it left the run in flight; 0: it has not joined it
+    private readonly long[] _handoff; // [part × thread]: run start to the thread's first chunk
     private readonly long[] _runWallThisStep = new long[MaxParts];
     private int _partCount;
     private int _part = -1;
@@ -40,8 +38,6 @@ public sealed class StepProfiler
         ThreadCount = threadCount;
         _busy = new long[MaxParts * threadCount];
         _handoff = new long[MaxParts * threadCount];
-        _barrier = new long[MaxParts * threadCount];
-        _workEnd = new long[threadCount];
     }
 
     /// <summary>The profiler attached to the calling thread, or null (profiling off).</summary>
@@ -72,7 +68,6 @@ public sealed class StepProfiler
         Array.Clear(_runs);
         Array.Clear(_busy);
         Array.Clear(_handoff);
-        Array.Clear(_barrier);
         Array.Clear(_runWallThisStep);
         Steps = 0;
         StepTicks = 0;
@@ -122,24 +117,14 @@ public sealed class StepProfiler
     /// <summary>Called by the pool as a run of the current part starts (before the workers see it); returns the timestamp.</summary>
     internal long StartRun() => _runStart = Stopwatch.GetTimestamp();
 
-    /// <summary>Called by the pool after a run of the current part, when every thread that joined it is done.</summary>
+    /// <summary>Called by the pool after a run of the current part, when the last thread is done.</summary>
     internal void EndRun()
     {
-        long end = Stopwatch.GetTimestamp(), ticks = end - _runStart;
-        int part = _part;
-        if (part >= 0)
-        {
-            _runWall[part] += ticks;
-            _runWallThisStep[part] += ticks;
-            _runs[part]++;
-            // A thread that worked waited from its last chunk to the end; one the run never reached waited all of it.
-            for (int t = 0; t < ThreadCount; t++)
-            {
-                if (_workEnd[t] != 0) _barrier[part * ThreadCount + t] += end - _workEnd[t];
-                else _handoff[part * ThreadCount + t] += ticks;
-            }
-        }
-        Array.Clear(_workEnd);
+        long ticks = Stopwatch.GetTimestamp() - _runStart;
+        if (_part < 0) return;
+        _runWall[_part] += ticks;
+        _runWallThisStep[_part] += ticks;
+        _runs[_part]++;
     }
 
     /// <summary>
@@ -149,7 +134,6 @@ public sealed class StepProfiler
     internal void AddWork(int thread, long entered)
     {
         long now = Stopwatch.GetTimestamp();
-        _workEnd[thread] = now;
         int part = Volatile.Read(ref _part);
         if (part < 0) return;
         _handoff[part * ThreadCount + thread] += Math.Max(0, entered - _runStart);
@@ -164,7 +148,7 @@ public sealed class StepProfiler
             var parts = new StepPart[_partCount];
             for (int p = 0; p < _partCount; p++)
                 parts[p] = new StepPart(_names[p], _wall[p], _runs[p], _runWall[p], _busy.AsSpan(p * ThreadCount, ThreadCount).ToArray(),
-                    _handoff.AsSpan(p * ThreadCount, ThreadCount).ToArray(), _barrier.AsSpan(p * ThreadCount, ThreadCount).ToArray());
+                    _handoff.AsSpan(p * ThreadCount, ThreadCount).ToArray());
             return parts;
         }
     }
@@ -187,12 +171,15 @@ public sealed class StepProfiler
 
 /// <summary>
 /// One part of a step, summed over the profiled steps (Stopwatch ticks): its wall time, the pool runs it made and
-/// their wall time, and per thread (0 the caller) three shares of those runs that add up to their wall time: the
-/// handoff before it started (a worker noticing the run or waking up for it, or the whole run when it never got there;
-/// the caller's is 0, publishing the run counts as its work), its work, and its wait at the barrier for the others.
+/// their wall time, and per thread (0 the caller) the time spent working in those runs and the time before it started
+/// (the handoff: a worker noticing the run or waking up for it; the caller's is 0, publishing the run counts as its
+/// work); the rest of a run's wall time is the thread's wait at the barrier for the others to finish.
 /// </summary>
-public sealed record StepPart(string Name, long WallTicks, int Runs, long RunTicks, long[] BusyTicks, long[] HandoffTicks, long[] BarrierTicks)
+public sealed record StepPart(string Name, long WallTicks, int Runs, long RunTicks, long[] BusyTicks, long[] HandoffTicks)
 {
     /// <summary>Ticks thread <paramref name="thread"/> waited inside this part's runs (handoff and barrier).</summary>
-    public long IdleTicks(int thread) => HandoffTicks[thread] + BarrierTicks[thread];
+    public long IdleTicks(int thread) => Math.Max(0, RunTicks - BusyTicks[thread]);
+
+    /// <summary>Ticks thread <paramref name="thread"/> waited at the end of this part's runs for the others.</summary>
+    public long BarrierTicks(int thread) => Math.Max(0, RunTicks - BusyTicks[thread] - HandoffTicks[thread]);
 }

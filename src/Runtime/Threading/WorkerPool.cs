@@ -11,9 +11,7 @@ namespace Kiln.Threading;
 /// <see cref="Run{TWork}"/> are cut into chunks that every thread, the caller included, claims through one
 /// interlocked counter until none are left, so fast threads take more chunks (work stealing by chunk).
 /// Threads that wait (workers between runs, the caller for the last chunks) spin for a fixed time (runs come back to
-/// back, one per kernel) and then sleep on an event. Once every chunk is claimed the caller closes the run and waits
-/// only for the workers that joined it: a worker still waking up (or descheduled on a busy machine) when the caller
-/// has done all the work costs the run nothing, and skips it.
+/// back, one per kernel) and then sleep on an event.
 /// A run takes no lock and allocates nothing.
 /// </summary>
 /// <remarks>One run at a time: <see cref="Run{TWork}"/> is not reentrant and not for concurrent callers.</remarks>
@@ -29,13 +27,12 @@ public sealed unsafe class WorkerPool : IDisposable
 
     private readonly Thread[] _workers;
 
-    // A worker waiting for run g sleeps on _start[g & 1]. Run g resets the other gate, the one run g − 1 used. A
-    // worker still asleep on it (run g − 1 finished without it) sleeps on until run g + 1 sets that gate again: it
-    // misses run g, which never waits for a worker that did not join, and no worker ever acts on a stale signal
-    // (it joins whatever run is open, reading that run's fields).
+    // A worker waiting for run g sleeps on _start[g & 1]. Run g resets the other gate, the one run g − 1 used;
+    // every worker has already woken from it (run g − 1 could not finish otherwise), so no wake-up is ever lost
+    // and no worker ever sees a stale signal.
     private readonly Gate[] _start = [new(), new()];
 
-    // Wakes a caller that stopped spinning on _finished. Only a hint: the caller re-checks _finished, so a Set that a
+    // Wakes a caller that stopped spinning on _pending. Only a hint: the caller re-checks _pending, so a Set that a
     // slow worker makes after the run it belongs to has ended costs one spurious wake-up, never an early return.
     private readonly Gate _done = new();
 
@@ -46,11 +43,8 @@ public sealed unsafe class WorkerPool : IDisposable
     private Exception? _failure;
     private StepProfiler? _profiler; // the caller's, handed to the workers with the run; null when off
 
-    // Each counter on its own cache line: every claim hits _nextChunk, idle workers poll _generation. _joined counts
-    // the workers that entered the run in flight, until the caller closes it (ClosedRun), _finished those done with it.
-    private PaddedInt _nextChunk, _generation, _joined, _finished;
-
-    private const int ClosedRun = 1 << 30;
+    // Each counter on its own cache line: every claim hits _nextChunk, idle workers poll _generation.
+    private PaddedInt _nextChunk, _generation, _pending;
     private int _running;
     private volatile bool _disposed;
 
@@ -113,9 +107,7 @@ public sealed unsafe class WorkerPool : IDisposable
         {
             int generation = _generation.Value + 1;
             _start[(generation + 1) & 1].Reset();
-            // The work struct stays on this frame until every worker that joined has checked out, so they may read it
-            // through a pointer. The run's fields are written while the last run is still closed (a worker late for
-            // it skips), and opened by the reset of _joined after them: a worker that joins reads this run's fields.
+            // The work struct stays on this frame until every worker has checked out, so they may read it through a pointer.
             _work = Unsafe.AsPointer(ref work);
             _runChunks = &RunChunks<TWork>;
             _itemCount = itemCount;
@@ -124,15 +116,13 @@ public sealed unsafe class WorkerPool : IDisposable
             _failure = null;
             _profiler = profiler;
             _nextChunk.Value = 0;
-            _finished.Value = 0;
-            Volatile.Write(ref _joined.Value, 0);
+            _pending.Value = _workers.Length;
             Volatile.Write(ref _generation.Value, generation);
             _start[generation & 1].Set();
 
             RunChunks<TWork>(this);
             profiler?.AddWork(0, runStart);
-            // Every chunk is claimed: close the run, then wait for the chunks the workers that joined are still on.
-            WaitForWorkers(Interlocked.Or(ref _joined.Value, ClosedRun));
+            WaitForWorkers();
             _work = null;
             profiler?.EndRun();
 
@@ -174,10 +164,10 @@ public sealed unsafe class WorkerPool : IDisposable
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private void WaitForWorkers(int joined)
+    private void WaitForWorkers()
     {
         var spin = new TimedSpin(SpinTicks);
-        while (Volatile.Read(ref _finished.Value) != joined)
+        while (Volatile.Read(ref _pending.Value) != 0)
         {
             if (spin.Next()) continue;
             _done.Wait();
@@ -193,15 +183,12 @@ public sealed unsafe class WorkerPool : IDisposable
         {
             seen = WaitForRun(seen);
             if (_disposed) return;
-            // Too late: the caller closed the run (every chunk done or claimed) and no longer waits for this thread.
-            if ((Interlocked.Increment(ref _joined.Value) & ClosedRun) != 0) continue;
             var profiler = _profiler;
             long start = profiler is null ? 0 : Stopwatch.GetTimestamp();
             _runChunks(this);
-            // Recorded before the count: once the caller sees every joined worker finished the run's figures are complete.
+            // Recorded before the decrement: once the caller sees _pending reach 0 the run's figures are complete.
             profiler?.AddWork(index, start);
-            Interlocked.Increment(ref _finished.Value);
-            _done.Set();
+            if (Interlocked.Decrement(ref _pending.Value) == 0) _done.Set();
         }
     }
 
@@ -278,9 +265,9 @@ public sealed unsafe class WorkerPool : IDisposable
         }
 
         // A full fence after the store: a waiter resets the gate and then re-checks its condition (the caller of Run
-        // re-reads _finished). Without it the x86 store buffer lets that read pass the reset, so a worker's
-        // count-then-Set can fall between them, the reset lands after the Set, and the caller sleeps forever
-        // with every worker already finished (a lost wake-up seen about once in 10^6 runs).
+        // re-reads _pending). Without it the x86 store buffer lets that read pass the reset, so a worker's
+        // decrement-then-Set can fall between them, the reset lands after the Set, and the caller sleeps forever
+        // with _pending already 0 (a lost wake-up seen about once in 10^6 runs).
         public void Reset()
         {
             _isSet = false;

@@ -79,37 +79,6 @@ public sealed class WorkerPoolTests
         }
     }
 
-    /// <summary>
-    /// The caller closes a run once every chunk is claimed and waits only for the workers that joined it, so a worker
-    /// waking late (asleep after its spin, or descheduled) skips that run or joins the next one. Runs after pauses
-    /// longer than the spin, tiny ones the caller may finish alone and larger ones, in a seeded mix: every item of every
-    /// run is visited exactly once and the visits of one run never leak into the next.
-    /// </summary>
-    [Theory]
-    [InlineData(2)]
-    [InlineData(3)]
-    public void WorkersThatWakeLateNeverTouchARunTheyMissed(int threads)
-    {
-        const int Seed = 20261205;
-        var random = new Random(Seed);
-        using var pool = new WorkerPool(threads);
-        for (int run = 0; run < 300; run++)
-        {
-            if (random.Next(3) == 0) Thread.Sleep(1); // past the 250 µs spin: the workers block and wake late
-            int items = random.Next(2, 64), chunk = random.Next(1, 4);
-            var visits = new int[items];
-            pool.Run(items, chunk, new CountVisits(visits, chunk));
-            int[] snapshot = (int[])visits.Clone();
-            Assert.True(snapshot.All(v => v == 1), $"seed {Seed}, run {run}: visits {string.Join(",", snapshot)}");
-            // A worker still in this run after it returned would add visits now.
-            if (run % 50 == 0)
-            {
-                Thread.Sleep(2);
-                Assert.Equal(snapshot, visits);
-            }
-        }
-    }
-
     [Fact]
     public void ChunksAreSharedBetweenThreads()
     {
