@@ -117,7 +117,7 @@ public sealed class GemmTests
 
             var whole = Run(packed, input, rows, tokens);
             var parts = new float[tokens * rows];
-            var collect = new Collect { Y = parts, Stride = rows, Calls = new int[packed.Groups * tokens] };
+            var collect = new CollectingEpilogue { Y = parts, Stride = rows, Calls = new int[packed.Groups * tokens] };
             foreach (var (first, end) in new[] { (0, 1), (1, 4), (4, 5), (5, 11) })
                 Gemm.Run(packed, input, first, end, ref collect);
             Assert.Equal(whole, parts);
@@ -326,33 +326,10 @@ public sealed class GemmTests
         Assert.Equal(-3.25 * 0.6 + 0.75 * -0.8, rotated[3], 1e-6);
     }
 
-    /// <summary>Collects each tile into y [tokens, stride] and counts the calls per (group, token).</summary>
-    private struct Collect : ITileEpilogue
-    {
-        public float[] Y;
-        public int Stride;
-        public int[]? Calls;
-
-        public void Store(int row, int token, Vector128<float> sums)
-        {
-            for (int i = 0; i < 4 && row + i < Stride; i++) Y[token * Stride + row + i] = sums[i];
-            if (Calls is not null) Calls[token * (Calls.Length / (Y.Length / Stride)) + row / 4]++;
-        }
-
-        // Four groups at once: each counted as its own call, so a group handed over twice still shows.
-        public void Store16(int row, int token, Vector512<float> sums)
-        {
-            Store(row, token, sums.GetLower().GetLower());
-            Store(row + 4, token, sums.GetLower().GetUpper());
-            Store(row + 8, token, sums.GetUpper().GetLower());
-            Store(row + 12, token, sums.GetUpper().GetUpper());
-        }
-    }
-
     private static float[] Run(PackedMatrix packed, GemmInput input, int rows, int tokens)
     {
         var y = new float[tokens * rows];
-        var collect = new Collect { Y = y, Stride = rows };
+        var collect = new CollectingEpilogue { Y = y, Stride = rows };
         Gemm.Run(packed, input, 0, packed.Groups, ref collect);
         return y;
     }

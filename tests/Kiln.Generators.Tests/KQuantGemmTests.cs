@@ -208,7 +208,7 @@ public sealed class KQuantGemmTests(ITestOutputHelper output)
             x.CopyTo(memory.Floats(0, tokens * k).Span);
             var input = scratch.Prepare(PackedFormat.Q6_K, memory.Floats(0, tokens * k), k, tokens, k, null, 0, pool);
             var parts = new float[tokens * 48];
-            var collect = new Collect { Y = parts, Stride = 48, Calls = new int[packed.Groups * tokens] };
+            var collect = new CollectingEpilogue { Y = parts, Stride = 48, Calls = new int[packed.Groups * tokens] };
             foreach (var (first, end) in new[] { (0, 1), (1, 4), (4, 5), (5, 9), (9, 12) })
                 Gemm.Run(packed, input, first, end, ref collect);
             Assert.Equal(whole, parts);
@@ -253,29 +253,6 @@ public sealed class KQuantGemmTests(ITestOutputHelper output)
         Assert.True(Math.Sqrt(error / power) < 0.03, $"gate requantized to Q6_K: relative RMS error {Math.Sqrt(error / power):F4}");
     }
 
-    /// <summary>Collects each tile into y [tokens, stride] and counts the calls per (group, token).</summary>
-    private struct Collect : ITileEpilogue
-    {
-        public float[] Y;
-        public int Stride;
-        public int[]? Calls;
-
-        public void Store(int row, int token, Vector128<float> sums)
-        {
-            for (int i = 0; i < 4 && row + i < Stride; i++) Y[token * Stride + row + i] = sums[i];
-            if (Calls is not null) Calls[token * (Calls.Length / (Y.Length / Stride)) + row / 4]++;
-        }
-
-        // Only the F32 panel kernel hands over 16 rows; K-quant tiles never call it.
-        public void Store16(int row, int token, Vector512<float> sums)
-        {
-            Store(row, token, sums.GetLower().GetLower());
-            Store(row + 4, token, sums.GetLower().GetUpper());
-            Store(row + 8, token, sums.GetUpper().GetLower());
-            Store(row + 12, token, sums.GetUpper().GetUpper());
-        }
-    }
-
     /// <summary>
     /// Prepares <paramref name="x"/> as Q8_K on the active path and runs the GEMM: y [tokens, rows]; and the reference,
     /// <paramref name="weights"/> (GGML's dequantized values) dotted in float64 with the activations' d·q.
@@ -289,7 +266,7 @@ public sealed class KQuantGemmTests(ITestOutputHelper output)
         x.CopyTo(memory.Floats(0, x.Length).Span);
         var input = scratch.Prepare(packed.Format, memory.Floats(0, x.Length), k, tokens, k, null, 0, pool);
         var y = new float[tokens * rows];
-        var collect = new Collect { Y = y, Stride = rows };
+        var collect = new CollectingEpilogue { Y = y, Stride = rows };
         Gemm.Run(packed, input, 0, packed.Groups, ref collect);
 
         var expected = new double[tokens * rows];

@@ -76,10 +76,10 @@ public sealed class SparseGemmTests
         Values(tokens * k, 7).CopyTo(memory.Floats(0, tokens * k).Span);
         var input = scratch.Prepare(PackedFormat.Q8_0, memory.Floats(0, tokens * k), k, tokens, k, null, 0, pool);
         var whole = new float[tokens * rows];
-        var one = new Collect { Y = whole, Stride = rows, Calls = new int[packed.Groups * tokens] };
+        var one = new CollectingEpilogue { Y = whole, Stride = rows, Calls = new int[packed.Groups * tokens] };
         Gemm.Run(packed, input, 0, packed.Groups, ref one);
         var parts = new float[tokens * rows];
-        var collect = new Collect { Y = parts, Stride = rows, Calls = new int[packed.Groups * tokens] };
+        var collect = new CollectingEpilogue { Y = parts, Stride = rows, Calls = new int[packed.Groups * tokens] };
         foreach (var (first, end) in new[] { (0, 1), (1, 4), (4, 5), (5, 11) })
             Gemm.Run(packed, input, first, end, ref collect);
         Assert.Equal(whole, parts);
@@ -251,7 +251,7 @@ public sealed class SparseGemmTests
         x.CopyTo(buffer.Span);
         var input = scratch.Prepare(packed.Format, buffer, k, tokens, k, null, 0, pool);
         var y = new float[tokens * rows];
-        var collect = new Collect { Y = y, Stride = rows };
+        var collect = new CollectingEpilogue { Y = y, Stride = rows };
         Gemm.Run(packed, input, 0, packed.Groups, ref collect);
         return y;
     }
@@ -269,25 +269,4 @@ public sealed class SparseGemmTests
         return y;
     }
 
-    private struct Collect : ITileEpilogue
-    {
-        public float[] Y;
-        public int Stride;
-        public int[]? Calls;
-
-        public void Store(int row, int token, Vector128<float> sums)
-        {
-            for (int i = 0; i < 4 && row + i < Stride; i++) Y[token * Stride + row + i] = sums[i];
-            if (Calls is not null) Calls[token * (Calls.Length / (Y.Length / Stride)) + row / 4]++;
-        }
-
-        // Only the F32 panels hand over 16 rows at once; as four groups, each counted.
-        public void Store16(int row, int token, Vector512<float> sums)
-        {
-            Store(row, token, sums.GetLower().GetLower());
-            Store(row + 4, token, sums.GetLower().GetUpper());
-            Store(row + 8, token, sums.GetUpper().GetLower());
-            Store(row + 12, token, sums.GetUpper().GetUpper());
-        }
-    }
 }
