@@ -171,7 +171,7 @@ internal static unsafe class KStripKernels
             for (int u = 0; u < KStrip.Units; u++)
                 dots += TUnit.DotPair(s, t, u, (int*)(x + b * KStrip.SuperBlockValues + u * 32), sums16 + b * 8 + u);
             var activationScale = Vector512.Create(scales[b]);
-            sum = Vector512.FusedMultiplyAdd(Vector512.ConvertToSingle(dots), Scales(s + TUnit.DAt, t + TUnit.DAt) * activationScale, sum);
+            sum = Vector512.FusedMultiplyAdd(Vector512.ConvertToSingle(dots), StripKernels.Scales(s + TUnit.DAt, t + TUnit.DAt) * activationScale, sum);
             if (TUnit.HasMins)
             {
                 byte* m0 = s + TUnit.MinsAt, m1 = t + TUnit.MinsAt;
@@ -180,7 +180,7 @@ internal static unsafe class KStripKernels
                     + Avx512BW.MultiplyAddAdjacent(Widen(m0 + 16, m1 + 16), Vector512.Create(pairs[1]).AsInt16())
                     + (Avx512BW.MultiplyAddAdjacent(Widen(m0 + 32, m1 + 32), Vector512.Create(pairs[2]).AsInt16())
                     + Avx512BW.MultiplyAddAdjacent(Widen(m0 + 48, m1 + 48), Vector512.Create(pairs[3]).AsInt16()));
-                sum = Vector512.FusedMultiplyAdd(Vector512.ConvertToSingle(offsets), -(Scales(s + TUnit.DAt + 16, t + TUnit.DAt + 16) * activationScale), sum);
+                sum = Vector512.FusedMultiplyAdd(Vector512.ConvertToSingle(offsets), -(StripKernels.Scales(s + TUnit.DAt + 16, t + TUnit.DAt + 16) * activationScale), sum);
             }
         }
         epilogue.Store(row, token, sum.GetLower().GetLower());
@@ -189,22 +189,11 @@ internal static unsafe class KStripKernels
         epilogue.Store(row + 12, token, sum.GetUpper().GetUpper());
     }
 
-    /// <summary>Two strips' 8 fp16 scales (rows 0..7 of each) as 16 floats, as <see cref="StripKernels.Scales"/> widens them.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> Scales(byte* first, byte* second)
-    {
-        Vector512<int> top = Vector512.Create(Avx2.ConvertToVector256Int32((ushort*)first), Avx2.ConvertToVector256Int32((ushort*)second)) << 16;
-        return ((top >> 3) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector512.Create(5.192296858534828E+33f);
-    }
 
     /// <summary>16 bytes of each strip as 32 int16.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector512<short> Widen(byte* first, byte* second) =>
         Avx512BW.ConvertToVector512Int16(Vector256.Create(Vector128.Load(first), Vector128.Load(second)));
-
-    /// <summary>Two strips' 32-byte vectors at the same place, one per half.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<byte> Pair(byte* first, byte* second) => Vector512.Create(Vector256.Load(first), Vector256.Load(second));
 
     /// <summary>Two strips' 8 per-row bytes as int16 pairs [s, s] per row, 16 rows.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -301,7 +290,7 @@ internal static unsafe class KStripKernels
         {
             var mask = Vector512.Create((byte)0x0F);
             byte* p = first + unit * KStrip.UnitBytes, q = second + unit * KStrip.UnitBytes;
-            Vector512<byte> v0 = Pair(p, q), v1 = Pair(p + 32, q + 32), v2 = Pair(p + 64, q + 64), v3 = Pair(p + 96, q + 96);
+            Vector512<byte> v0 = StripKernels.Pair(p, q), v1 = StripKernels.Pair(p + 32, q + 32), v2 = StripKernels.Pair(p + 64, q + 64), v3 = StripKernels.Pair(p + 96, q + 96);
             Vector512<short> low = Products(v0 & mask, v1 & mask, v2 & mask, v3 & mask, a);
             Vector512<short> high = Products((v0.AsUInt16() >>> 4).AsByte() & mask, (v1.AsUInt16() >>> 4).AsByte() & mask,
                 (v2.AsUInt16() >>> 4).AsByte() & mask, (v3.AsUInt16() >>> 4).AsByte() & mask, a + 4);
@@ -356,8 +345,8 @@ internal static unsafe class KStripKernels
             var mask = Vector512.Create((byte)0x0F);
             var bit = Vector512.Create((byte)0x10);
             byte* p = first + unit * KStrip.UnitBytes, q = second + unit * KStrip.UnitBytes;
-            Vector512<byte> v0 = Pair(p, q), v1 = Pair(p + 32, q + 32), v2 = Pair(p + 64, q + 64), v3 = Pair(p + 96, q + 96);
-            Vector512<ushort> high = Pair(first + KStrip.NibbleBytes + unit * 32, second + KStrip.NibbleBytes + unit * 32).AsUInt16();
+            Vector512<byte> v0 = StripKernels.Pair(p, q), v1 = StripKernels.Pair(p + 32, q + 32), v2 = StripKernels.Pair(p + 64, q + 64), v3 = StripKernels.Pair(p + 96, q + 96);
+            Vector512<ushort> high = StripKernels.Pair(first + KStrip.NibbleBytes + unit * 32, second + KStrip.NibbleBytes + unit * 32).AsUInt16();
             Vector512<short> scale = RowPairs(first + 1280 + unit * 8, second + 1280 + unit * 8);
             Vector512<short> low = Products((v0 & mask) | ((high << 4).AsByte() & bit), (v1 & mask) | ((high << 3).AsByte() & bit),
                 (v2 & mask) | ((high << 2).AsByte() & bit), (v3 & mask) | ((high << 1).AsByte() & bit), a);
@@ -426,9 +415,9 @@ internal static unsafe class KStripKernels
             var mask = Vector512.Create((byte)0x0F);
             var bits = Vector512.Create((byte)0x30);
             byte* p = first + unit * KStrip.UnitBytes, q = second + unit * KStrip.UnitBytes;
-            Vector512<byte> v0 = Pair(p, q), v1 = Pair(p + 32, q + 32), v2 = Pair(p + 64, q + 64), v3 = Pair(p + 96, q + 96);
+            Vector512<byte> v0 = StripKernels.Pair(p, q), v1 = StripKernels.Pair(p + 32, q + 32), v2 = StripKernels.Pair(p + 64, q + 64), v3 = StripKernels.Pair(p + 96, q + 96);
             byte* top0 = first + KStrip.NibbleBytes + unit * 64, top1 = second + KStrip.NibbleBytes + unit * 64;
-            Vector512<ushort> low = Pair(top0, top1).AsUInt16(), high = Pair(top0 + 32, top1 + 32).AsUInt16();
+            Vector512<ushort> low = StripKernels.Pair(top0, top1).AsUInt16(), high = StripKernels.Pair(top0 + 32, top1 + 32).AsUInt16();
             Vector512<short> scale = Avx512BW.ConvertToVector512Int16(Vector256.Create(Vector128.Load((sbyte*)first + 1536 + unit * 16), Vector128.Load((sbyte*)second + 1536 + unit * 16)));
             Vector512<short> p0 = Avx512BW.MultiplyAddAdjacent((v0 & mask) | ((low << 4).AsByte() & bits), Vector512.Create(a[0]).AsSByte())
                 + Avx512BW.MultiplyAddAdjacent((v1 & mask) | ((low << 2).AsByte() & bits), Vector512.Create(a[1]).AsSByte());

@@ -155,7 +155,7 @@ internal static unsafe class StripKernels
                 Sse.Prefetch0(line + stripBytes + l);
             }
             Vector512<int> dots = TBlock.DotPair(strip + (long)b * TBlock.BlockBytes, second + (long)b * TBlock.BlockBytes, (int*)(x + b * 32), offsets + b);
-            Vector512<float> d = Vector512.Create(Scales(strip + scalesAt + b * 16), Scales(second + scalesAt + b * 16));
+            Vector512<float> d = Scales(strip + scalesAt + b * 16, second + scalesAt + b * 16);
             sum = Vector512.FusedMultiplyAdd(Vector512.ConvertToSingle(dots), d * Vector512.Create(activationScales[b]), sum);
         }
         epilogue.Store(row, token, sum.GetLower().GetLower());
@@ -165,8 +165,19 @@ internal static unsafe class StripKernels
     }
 
     /// <summary>Two strips' 32-byte vectors at the same place, one per half.</summary>
+    /// <remarks>A load and an insert from memory: Vector512.Create of two halves goes through the stack in the JIT's code.</remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<byte> Pair(byte* first, byte* second) => Vector512.Create(Vector256.Load(first), Vector256.Load(second));
+    internal static Vector512<byte> Pair(byte* first, byte* second) =>
+        Avx512F.InsertVector256(Vector256.Load(first).ToVector512Unsafe(), Vector256.Load(second), 1);
+
+    /// <summary>Two strips' 8 fp16 scales (rows 0..7 of each) as 16 floats, widened as <see cref="Scales(byte*)"/> does.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<float> Scales(byte* first, byte* second)
+    {
+        Vector256<ushort> halves = Avx2.InsertVector128(Vector128.Load((ushort*)first).ToVector256Unsafe(), Vector128.Load((ushort*)second), 1);
+        Vector512<int> top = Avx512F.ConvertToVector512Int32(halves) << 16;
+        return ((top >> 3) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector512.Create(5.192296858534828E+33f);
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> Token<TBlock>(Vector256<float> accumulator, in TBlock w, Vector256<float> d, byte* quants, int* offset, float* scale)
@@ -291,11 +302,8 @@ internal static unsafe class StripKernels
 
         // AVX-512 has no vpsignb: the activations take w's sign through a mask (Int8.ApplySign).
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        private static Vector512<int> Products(Vector512<byte> weights, int activations)
-        {
-            Vector512<sbyte> w = weights.AsSByte();
-            return Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(Avx512BW.Abs(w), Int8.ApplySign(Vector512.Create(activations).AsSByte(), w)), Vector512<short>.One);
-        }
+        private static Vector512<int> Products(Vector512<byte> weights, int activations) =>
+            Int8.SignedDot(weights.AsSByte(), Vector512.Create(activations).AsSByte());
 
         // |w|·(a·sign w) pair sums stay within ±2·127·127, but two of them can overflow int16, so each widens alone.
         [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -64,6 +64,11 @@ internal static class Int8
     public static Vector512<int> Dot(Vector512<byte> unsigned, Vector512<sbyte> signed) =>
         Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(unsigned, signed), Vector512.Create((short)1));
 
+    /// <summary>64 signed×signed byte products summed in fours into 16 int32 lanes: |w|·(a·sign w), as <see cref="Dot"/> takes them.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<int> SignedDot(Vector512<sbyte> weights, Vector512<sbyte> activations) =>
+        Dot(Avx512BW.Abs(weights), ApplySign(activations, weights));
+
     /// <inheritdoc cref="MaddubsDot.PrepareMinusEight"/>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<short> PrepareMinusEight(Vector512<sbyte> activations) =>
