@@ -184,18 +184,35 @@ public static class VectorMath
     /// <summary>x[i] ← e^(x[i] − max x), returning Σ of the results; <paramref name="max"/> gets max x (−∞ when empty).</summary>
     public static float ExpSum(Span<float> x, out float max)
     {
-        if (KernelPaths.Uses512Bits) return ExpSumVector512(x, out max);
-        if (KernelPaths.UsesVectors) return ExpSumVector256(x, out max);
-        return ExpSumScalar(x, out max);
+        max = Max(x);
+        return ExpSum(x, max);
+    }
+
+    /// <summary>
+    /// x[i] ← e^(x[i] − <paramref name="max"/>), returning Σ of the results: against a running max (attention over
+    /// key tiles keeps one per row), or the row's own (<see cref="ExpSum(Span{float}, out float)"/>).
+    /// </summary>
+    public static float ExpSum(Span<float> x, float max)
+    {
+        if (KernelPaths.Uses512Bits) return ExpSumVector512(x, max);
+        if (KernelPaths.UsesVectors) return ExpSumVector256(x, max);
+        return ExpSumScalar(x, max);
+    }
+
+    /// <summary>max x (−∞ when empty).</summary>
+    public static float Max(ReadOnlySpan<float> x)
+    {
+        if (KernelPaths.Uses512Bits) return MaxVector512(x);
+        if (KernelPaths.UsesVectors) return MaxVector256(x);
+        return MaxScalar(x);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static float ExpSumVector512(Span<float> x, out float max)
+    public static float MaxVector512(ReadOnlySpan<float> x)
     {
-        int n = x.Length;
+        int n = x.Length, i = 0;
         ref float p = ref MemoryMarshal.GetReference(x);
-        int i = 0;
-        max = float.NegativeInfinity;
+        float max = float.NegativeInfinity;
         if (n >= Vector512<float>.Count)
         {
             var vmax = Vector512.LoadUnsafe(ref p);
@@ -204,10 +221,17 @@ public static class VectorMath
             max = HorizontalMax(vmax.GetLower().GetLower(), vmax.GetLower().GetUpper(), vmax.GetUpper().GetLower(), vmax.GetUpper().GetUpper());
         }
         for (; i < n; i++) max = MathF.Max(max, Unsafe.Add(ref p, i));
+        return max;
+    }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static float ExpSumVector512(Span<float> x, float max)
+    {
+        int n = x.Length, i = 0;
+        ref float p = ref MemoryMarshal.GetReference(x);
         var m = Vector512.Create(max);
         var vsum = Vector512<float>.Zero;
-        for (i = 0; i <= n - Vector512<float>.Count; i += Vector512<float>.Count)
+        for (; i <= n - Vector512<float>.Count; i += Vector512<float>.Count)
         {
             var e = Vector512.Exp(Vector512.LoadUnsafe(ref p, (nuint)i) - m);
             e.StoreUnsafe(ref p, (nuint)i);
@@ -219,12 +243,11 @@ public static class VectorMath
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static float ExpSumVector256(Span<float> x, out float max)
+    public static float MaxVector256(ReadOnlySpan<float> x)
     {
-        int n = x.Length;
+        int n = x.Length, i = 0;
         ref float p = ref MemoryMarshal.GetReference(x);
-        int i = 0;
-        max = float.NegativeInfinity;
+        float max = float.NegativeInfinity;
         if (n >= Vector256<float>.Count)
         {
             var vmax = Vector256.LoadUnsafe(ref p);
@@ -233,10 +256,17 @@ public static class VectorMath
             max = HorizontalMax(vmax.GetLower(), vmax.GetUpper(), vmax.GetLower(), vmax.GetUpper());
         }
         for (; i < n; i++) max = MathF.Max(max, Unsafe.Add(ref p, i));
+        return max;
+    }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static float ExpSumVector256(Span<float> x, float max)
+    {
+        int n = x.Length, i = 0;
+        ref float p = ref MemoryMarshal.GetReference(x);
         var m = Vector256.Create(max);
         var vsum = Vector256<float>.Zero;
-        for (i = 0; i <= n - Vector256<float>.Count; i += Vector256<float>.Count)
+        for (; i <= n - Vector256<float>.Count; i += Vector256<float>.Count)
         {
             var e = Vector256.Exp(Vector256.LoadUnsafe(ref p, (nuint)i) - m);
             e.StoreUnsafe(ref p, (nuint)i);
@@ -247,10 +277,15 @@ public static class VectorMath
         return sum;
     }
 
-    public static float ExpSumScalar(Span<float> x, out float max)
+    public static float MaxScalar(ReadOnlySpan<float> x)
     {
-        max = float.NegativeInfinity;
+        float max = float.NegativeInfinity;
         foreach (float v in x) max = MathF.Max(max, v);
+        return max;
+    }
+
+    public static float ExpSumScalar(Span<float> x, float max)
+    {
         float sum = 0;
         for (int i = 0; i < x.Length; i++) sum += x[i] = MathF.Exp(x[i] - max);
         return sum;
@@ -267,17 +302,17 @@ public static class VectorMath
 
     public static void SoftmaxVector512(Span<float> x)
     {
-        if (x.Length > 0) ScaleVector512(x, 1f / ExpSumVector512(x, out _));
+        if (x.Length > 0) ScaleVector512(x, 1f / ExpSumVector512(x, MaxVector512(x)));
     }
 
     public static void SoftmaxVector256(Span<float> x)
     {
-        if (x.Length > 0) ScaleVector256(x, 1f / ExpSumVector256(x, out _));
+        if (x.Length > 0) ScaleVector256(x, 1f / ExpSumVector256(x, MaxVector256(x)));
     }
 
     public static void SoftmaxScalar(Span<float> x)
     {
-        if (x.Length > 0) ScaleScalar(x, 1f / ExpSumScalar(x, out _));
+        if (x.Length > 0) ScaleScalar(x, 1f / ExpSumScalar(x, MaxScalar(x)));
     }
 
     // ---- Matmul epilogues on one tile (4 rows of one token) -------------------------------------------------------

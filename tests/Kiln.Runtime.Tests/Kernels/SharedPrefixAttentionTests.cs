@@ -41,14 +41,16 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
     [Fact]
     public void AGroupTooLargeForTheScratchIsTakenInBatches()
     {
-        // Scratch rows of 48 positions per head: a batch holds 2 of the 6 sequences' tokens over the 32-position prefix.
+        // Scratch rows of 48 positions per head (96 floats per chunk): a batch holds one token (its statistics, query
+        // and output rows and a tile of 32 prefix scores), so each of the 2 KV-head chunks takes the tokens one by one.
         using var step = new Step(new Random(Seed), blockSize: 4, heads: 2, kvHeads: 2, headDim: 16, KvStorage.F16, softCap: 0, causal: true,
             groupSizes: [6], prefixBlocks: [8], loneSequences: 1, maxContext: 48, wholePrefix: true);
         output.WriteLine($"seed {Seed}: {step}");
         var context = step.Context(groups: true);
         var attention = step.Kernel(context, new AttentionOptions(0.25f));
         int items = attention.Plan(context.TokenCount, threads: 2);
-        Assert.True(items - context.UngroupedTokens.Length * attention.PerToken >= 3 * 2, $"{items} items: the group was not split into batches");
+        int groupTokens = context.SharedPrefixTokens(0).Length;
+        Assert.Equal(groupTokens * 2, items - context.UngroupedTokens.Length * attention.PerToken); // the group was split into batches
         var perSequence = step.Attend(groups: false);
         var shared = step.Attend(groups: true);
         for (int j = 0; j < shared.Length; j++)
@@ -63,8 +65,14 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
         var context = step.Context(groups: true);
         var attention = step.Kernel(context, new AttentionOptions(0.25f));
         int items = attention.Plan(context.TokenCount, threads: 2);
-        // The lone sequence's tokens keep per-token items; the group's tokens share one batch per KV head.
+        // The lone sequence's tokens keep per-token items; the group's tokens share one batch per chunk of KV heads,
+        // as many chunks as threads (at most one per KV head): each chunk's prefix rows are read once per step.
         Assert.Equal(context.UngroupedTokens.Length * attention.PerToken + 2, items);
+        foreach (var (threads, chunks) in new[] { (1, 1), (8, 2) })
+        {
+            int planned = attention.Plan(context.TokenCount, threads);
+            Assert.Equal(context.UngroupedTokens.Length * attention.PerToken + chunks, planned);
+        }
         var windowed = step.Kernel(context, new AttentionOptions(0.25f, Window: 5));
         int windowedItems = windowed.Plan(context.TokenCount, threads: 2);
         Assert.Equal(context.TokenCount * windowed.PerToken, windowedItems);

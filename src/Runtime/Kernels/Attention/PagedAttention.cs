@@ -39,14 +39,15 @@ public struct PagedAttention : IParallelWork
     /// Items for <paramref name="tokens"/> tokens on <paramref name="threads"/> threads: each token's KV heads in a few
     /// chunks, so that one token's heads still spread over the threads (decode); sets <see cref="PerToken"/>,
     /// <see cref="KvPerItem"/> and <see cref="ChunkSize"/>, and returns the item count. When the context names sharing
-    /// groups (and no window hides part of a prefix), each group adds items of its own: a batch of its tokens and one
-    /// KV head, reading the shared prefix once for the whole batch; the group's tokens get no per-token items.
+    /// groups (and no window hides part of a prefix), each group adds items of its own: a batch of its tokens (all of
+    /// them when the scratch holds them) and a chunk of KV heads, reading the shared prefix once for the whole batch;
+    /// the group's tokens get no per-token items.
     /// </summary>
     public int Plan(int tokens, int threads)
     {
         _groupItems = 0;
         _groupBatch = 0;
-        if (Context.SharedPrefixCount > 0 && Options.Window == 0) PlanSharedPrefixes();
+        if (Context.SharedPrefixCount > 0 && Options.Window == 0) PlanSharedPrefixes(threads);
         int independent = _groupItems > 0 ? Context.UngroupedTokens.Length : tokens;
         int perToken = Math.Clamp((2 * threads + independent - 1) / Math.Max(independent, 1), 1, KvHeads);
         KvPerItem = (KvHeads + perToken - 1) / perToken;
@@ -57,30 +58,41 @@ public struct PagedAttention : IParallelWork
         return items;
     }
 
-    // Items past _independentItems are sharing groups' (batch of tokens, KV head) items; 0 when none.
-    private int _independentItems, _groupItems, _groupBatch;
+    // Items past _independentItems are sharing groups' (batch of tokens, chunk of _groupKvPerItem KV heads) items; 0
+    // when none. A group item scores _groupTileKeys prefix positions at a time.
+    private int _independentItems, _groupItems, _groupBatch, _groupKvPerItem, _groupKvChunks, _groupTileKeys;
+
+    /// <summary>Prefix positions a group item scores at once: 64, whole blocks, at most the shortest prefix.</summary>
+    private const int PrefixTileKeys = 64;
 
     /// <summary>
-    /// The batch of group tokens one item takes: as many as the score scratch holds (every batch token's heads over
-    /// the prefix, plus their max and sum, and later one token's suffix). No groups when a single token does not fit.
+    /// Group items: the KV heads in as many chunks as there are threads (each chunk's prefix rows are then read once
+    /// per step), and every token of a group in one batch when the score scratch holds it (per batch token and head:
+    /// the prefix's max and sum; per token of one KV head: its query and output rows and a tile of prefix scores;
+    /// later one token's suffix scores), else in smaller batches. No groups when a single token does not fit.
     /// </summary>
-    private void PlanSharedPrefixes()
+    private void PlanSharedPrefixes(int threads)
     {
-        int group = Heads / KvHeads, mostTokens = 0, batch = int.MaxValue, items = 0;
+        int group = Heads / KvHeads, blockSize = Cache.BlockSize, mostTokens = 0, shortestPrefix = int.MaxValue, longestSuffix = 0, items = 0;
         for (int g = 0; g < Context.SharedPrefixCount; g++)
         {
             mostTokens = Math.Max(mostTokens, Context.SharedPrefixTokens(g).Length);
-            int prefix = Context.SharedPrefixLength(g), longestSuffix = 0;
+            int prefix = Context.SharedPrefixLength(g);
+            shortestPrefix = Math.Min(shortestPrefix, prefix);
             foreach (int sequence in Context.SharedPrefixSequences(g))
                 longestSuffix = Math.Max(longestSuffix, Context.LastPosition(sequence) + 1 - prefix);
-            // Per batch token and head: 2 statistics, its query and output rows, its prefix scores (later one token's suffix scores).
-            batch = Math.Min(batch, ScoresStride / (group * (prefix + 2 + 2 * HeadDim)));
-            batch = Math.Min(batch, (ScoresStride - group * longestSuffix) / (2 * group * (1 + HeadDim)));
         }
+        int kvPerItem = (KvHeads + Math.Min(KvHeads, threads) - 1) / Math.Min(KvHeads, threads), heads = kvPerItem * group;
+        int tileKeys = Math.Min(shortestPrefix, Math.Max(1, PrefixTileKeys / blockSize) * blockSize);
+        int batch = Math.Min((ScoresStride - heads * longestSuffix) / (2 * heads), ScoresStride / (2 * heads + group * (2 * HeadDim + tileKeys)));
+        if (batch < 1 && tileKeys > blockSize) batch = Math.Min((ScoresStride - heads * longestSuffix) / (2 * heads), ScoresStride / (2 * heads + group * (2 * HeadDim + (tileKeys = blockSize))));
         if (batch < 1) return;
         _groupBatch = Math.Min(batch, mostTokens);
+        _groupKvPerItem = kvPerItem;
+        _groupKvChunks = (KvHeads + kvPerItem - 1) / kvPerItem;
+        _groupTileKeys = tileKeys;
         for (int g = 0; g < Context.SharedPrefixCount; g++)
-            items += (Context.SharedPrefixTokens(g).Length + _groupBatch - 1) / _groupBatch * KvHeads;
+            items += (Context.SharedPrefixTokens(g).Length + _groupBatch - 1) / _groupBatch * _groupKvChunks;
         _groupItems = items;
     }
 
@@ -141,103 +153,127 @@ public struct PagedAttention : IParallelWork
     }
 
     /// <summary>
-    /// One sharing-group item: a batch of the group's tokens and one KV head. The prefix part reads each shared block
-    /// once for the whole batch, as queries × prefix-keys tiles (<see cref="VectorMath.AttentionScoresTile{T}"/>, the
-    /// rows loaded once for every query), and keeps each score row's max and sum of exponentials; the accumulators then
-    /// hold the prefix's unnormalized weighted values. Each token's suffix part is scored on its own, and the two are
-    /// merged exactly: with m = max(m_prefix, m_suffix), the parts are weighted e^(m_part − m) and the sum divided by
-    /// their weighted sums of exponentials (log-sum-exp).
+    /// One sharing-group item: a batch of the group's tokens and a chunk of KV heads. The prefix part, KV head by KV
+    /// head, reads each shared block once for the whole batch, a tile of <see cref="_groupTileKeys"/> positions at a
+    /// time: queries × keys scores (<see cref="VectorMath.AttentionScoresTile{T}"/>, the rows loaded once for every
+    /// query), then per score row its running max and sum of exponentials (a new max rescales what the row has
+    /// summed), then the tile's weighted values into the row's accumulator (online softmax, as FlashAttention keeps
+    /// it); the accumulators go to the output rows, unnormalized. The suffix part is per token, every head of the chunk
+    /// over the same rows (read once, as the per-sequence path reads them), and the two are merged exactly: with
+    /// m = max(m_prefix, m_suffix), the parts are weighted e^(m_part − m) and the sum divided by their weighted sums
+    /// of exponentials (log-sum-exp).
     /// </summary>
     private readonly void SharedPrefixItem(int item, Span<float> scratch, Span<float> gather)
     {
         int g = 0, batches;
-        while (item >= (batches = (Context.SharedPrefixTokens(g).Length + _groupBatch - 1) / _groupBatch) * KvHeads)
+        while (item >= (batches = (Context.SharedPrefixTokens(g).Length + _groupBatch - 1) / _groupBatch) * _groupKvChunks)
         {
-            item -= batches * KvHeads;
+            item -= batches * _groupKvChunks;
             g++;
         }
-        int kv = item % KvHeads, first = item / KvHeads * _groupBatch;
+        int kv0 = item % _groupKvChunks * _groupKvPerItem, kv1 = Math.Min(KvHeads, kv0 + _groupKvPerItem), first = item / _groupKvChunks * _groupBatch;
         var groupTokens = Context.SharedPrefixTokens(g);
         var tokens = groupTokens.Slice(first, Math.Min(_groupBatch, groupTokens.Length - first));
-        int group = Heads / KvHeads, blockSize = Cache.BlockSize, prefix = Context.SharedPrefixLength(g);
-        int rows = tokens.Length * group, column = kv * HeadDim, width = group * HeadDim;
+        int group = Heads / KvHeads, blockSize = Cache.BlockSize, prefix = Context.SharedPrefixLength(g), tileKeys = _groupTileKeys;
+        int heads = (kv1 - kv0) * group, rows = tokens.Length * group, width = group * HeadDim;
         bool halves = Cache.Storage == KvStorage.F16;
         var prefixBlocks = Context.BlockTable(Context.SharedPrefixSequences(g)[0]);
-        // Scratch: per (token, head) row its max and Σ e^(s − max), its query, its output accumulator; then score rows.
-        var statistics = scratch[..(2 * rows)];
-        var queries = scratch.Slice(2 * rows, rows * HeadDim);
-        var sums = scratch.Slice(2 * rows + rows * HeadDim, rows * HeadDim);
-        var rowScratch = scratch[(2 * rows + 2 * rows * HeadDim)..]; // the prefix's score rows, later one token's suffix rows
-        var weights = rowScratch[..(rows * prefix)];
-        for (int i = 0; i < tokens.Length; i++) Q.Slice(tokens[i] * QCols + column * group, width).CopyTo(queries.Slice(i * width, width));
-        sums.Clear();
+        // Scratch: per (token, head of the chunk) the prefix's max and Σ e^(s − max); then one KV head's query rows,
+        // output accumulators and a tile of score rows; later one token's suffix score rows.
+        var statistics = scratch[..(2 * tokens.Length * heads)];
+        var work = scratch[(2 * tokens.Length * heads)..];
+        var queries = work[..(rows * HeadDim)];
+        var sums = work.Slice(rows * HeadDim, rows * HeadDim);
+        var tile = work.Slice(2 * rows * HeadDim, rows * tileKeys);
 
-        for (int b = 0; b * blockSize < prefix; b++)
+        for (int kv = kv0; kv < kv1; kv++)
         {
-            if (halves)
-                VectorMath.AttentionScoresTile(queries, rows, HeadDim, KvBlocks.HalfKeys(Cache, Layer, prefixBlocks[b], 0, blockSize, column, HeadDim), KvCols, blockSize, Options.Scale, weights, prefix, b * blockSize);
-            else
-                VectorMath.AttentionScoresTile(queries, rows, HeadDim, KvBlocks.Keys(Cache, Layer, prefixBlocks[b], 0, blockSize, column, HeadDim, gather), KvCols, blockSize, Options.Scale, weights, prefix, b * blockSize);
-        }
-        if (Options.SoftCap > 0) SoftCap(weights, Options.SoftCap);
-        for (int r = 0; r < rows; r++)
-        {
-            statistics[2 * r + 1] = VectorMath.ExpSum(weights.Slice(r * prefix, prefix), out float max);
-            statistics[2 * r] = max;
-        }
-        for (int b = 0; b * blockSize < prefix; b++)
-        {
-            if (halves)
-                VectorMath.AttentionValuesTile(weights, prefix, b * blockSize, rows, HeadDim, KvBlocks.HalfValues(Cache, Layer, prefixBlocks[b], 0, blockSize, column, HeadDim), KvCols, blockSize, sums);
-            else
-                VectorMath.AttentionValuesTile(weights, prefix, b * blockSize, rows, HeadDim, KvBlocks.Values(Cache, Layer, prefixBlocks[b], 0, blockSize, column, HeadDim, gather), KvCols, blockSize, sums);
+            int column = kv * HeadDim, statisticsAt = (kv - kv0) * group; // row r's: 2·((r / group)·heads + statisticsAt + r % group)
+            for (int i = 0; i < tokens.Length; i++) Q.Slice(tokens[i] * QCols + column * group, width).CopyTo(queries.Slice(i * width, width));
+            sums.Clear();
+            for (int r = 0; r < rows; r++)
+            {
+                int at = 2 * (r / group * heads + statisticsAt + r % group);
+                statistics[at] = float.NegativeInfinity;
+                statistics[at + 1] = 0;
+            }
+            for (int p0 = 0; p0 < prefix; p0 += tileKeys)
+            {
+                int keys = Math.Min(tileKeys, prefix - p0); // whole blocks: the tile and the prefix are
+                for (int p = p0; p < p0 + keys; p += blockSize)
+                {
+                    if (halves)
+                        VectorMath.AttentionScoresTile(queries, rows, HeadDim, KvBlocks.HalfKeys(Cache, Layer, prefixBlocks[p / blockSize], 0, blockSize, column, HeadDim), KvCols, blockSize, Options.Scale, tile, tileKeys, p - p0);
+                    else
+                        VectorMath.AttentionScoresTile(queries, rows, HeadDim, KvBlocks.Keys(Cache, Layer, prefixBlocks[p / blockSize], 0, blockSize, column, HeadDim, gather), KvCols, blockSize, Options.Scale, tile, tileKeys, p - p0);
+                }
+                for (int r = 0; r < rows; r++)
+                {
+                    var scores = tile.Slice(r * tileKeys, keys);
+                    if (Options.SoftCap > 0) SoftCap(scores, Options.SoftCap);
+                    int at = 2 * (r / group * heads + statisticsAt + r % group);
+                    float runningMax = statistics[at], max = MathF.Max(runningMax, VectorMath.Max(scores));
+                    if (max > runningMax && runningMax > float.NegativeInfinity)
+                    {
+                        float rescale = MathF.Exp(runningMax - max);
+                        VectorMath.Scale(sums.Slice(r * HeadDim, HeadDim), rescale);
+                        statistics[at + 1] *= rescale;
+                    }
+                    statistics[at] = max;
+                    statistics[at + 1] += VectorMath.ExpSum(scores, max);
+                }
+                for (int p = p0; p < p0 + keys; p += blockSize)
+                {
+                    if (halves)
+                        VectorMath.AttentionValuesTile(tile, tileKeys, p - p0, rows, HeadDim, KvBlocks.HalfValues(Cache, Layer, prefixBlocks[p / blockSize], 0, blockSize, column, HeadDim), KvCols, blockSize, sums);
+                    else
+                        VectorMath.AttentionValuesTile(tile, tileKeys, p - p0, rows, HeadDim, KvBlocks.Values(Cache, Layer, prefixBlocks[p / blockSize], 0, blockSize, column, HeadDim, gather), KvCols, blockSize, sums);
+                }
+            }
+            for (int i = 0; i < tokens.Length; i++) sums.Slice(i * width, width).CopyTo(Output.Slice(tokens[i] * QCols + column * group, width));
         }
 
-        // Suffix part, token by token, in the scratch the prefix rows are done with; then the merge.
+        // Suffix part, token by token over every head of the chunk, in the scratch the prefix is done with; then the merge.
         var positions = Context.Positions;
+        int columns = (kv1 - kv0) * HeadDim;
         for (int i = 0; i < tokens.Length; i++)
         {
             int t = tokens[i], sequence = Context.SequenceOf(t);
             int last = Options.Causal ? positions[t] : Context.LastPosition(sequence), length = last - prefix + 1;
             var blocks = Context.BlockTable(sequence);
-            var query = queries.Slice(i * width, width);
-            var output = sums.Slice(i * width, width);
-            var suffix = rowScratch[..(group * length)];
+            var query = Q.Slice(t * QCols + kv0 * group * HeadDim, heads * HeadDim);
+            var output = Output.Slice(t * QCols + kv0 * group * HeadDim, heads * HeadDim);
+            var suffix = work[..(heads * length)];
             for (int position = prefix; position <= last;)
             {
                 int b = position / blockSize, offset = position % blockSize, count = Math.Min(blockSize - offset, last - position + 1);
                 if (halves)
-                    VectorMath.AttentionScores(query, group, HeadDim, group, KvBlocks.HalfKeys(Cache, Layer, blocks[b], offset, count, column, HeadDim), KvCols, count, Options.Scale, suffix, length, position - prefix);
+                    VectorMath.AttentionScores(query, heads, HeadDim, group, KvBlocks.HalfKeys(Cache, Layer, blocks[b], offset, count, kv0 * HeadDim, columns), KvCols, count, Options.Scale, suffix, length, position - prefix);
                 else
-                    VectorMath.AttentionScores(query, group, HeadDim, group, KvBlocks.Keys(Cache, Layer, blocks[b], offset, count, column, HeadDim, gather), KvCols, count, Options.Scale, suffix, length, position - prefix);
+                    VectorMath.AttentionScores(query, heads, HeadDim, group, KvBlocks.Keys(Cache, Layer, blocks[b], offset, count, kv0 * HeadDim, columns, gather), KvCols, count, Options.Scale, suffix, length, position - prefix);
                 position += count;
             }
             if (Options.SoftCap > 0) SoftCap(suffix, Options.SoftCap);
-            for (int h = 0; h < group; h++)
+            var tokenStatistics = statistics.Slice(2 * i * heads, 2 * heads);
+            for (int h = 0; h < heads; h++)
             {
-                int r = i * group + h;
                 float suffixSum = VectorMath.ExpSum(suffix.Slice(h * length, length), out float suffixMax);
-                float prefixMax = statistics[2 * r], max = MathF.Max(prefixMax, suffixMax);
+                float prefixMax = tokenStatistics[2 * h], max = MathF.Max(prefixMax, suffixMax);
                 float prefixWeight = MathF.Exp(prefixMax - max), suffixWeight = MathF.Exp(suffixMax - max);
                 VectorMath.Scale(output.Slice(h * HeadDim, HeadDim), prefixWeight);
                 VectorMath.Scale(suffix.Slice(h * length, length), suffixWeight);
-                statistics[2 * r + 1] = statistics[2 * r + 1] * prefixWeight + suffixSum * suffixWeight;
+                tokenStatistics[2 * h + 1] = tokenStatistics[2 * h + 1] * prefixWeight + suffixSum * suffixWeight;
             }
             for (int position = prefix; position <= last;)
             {
                 int b = position / blockSize, offset = position % blockSize, count = Math.Min(blockSize - offset, last - position + 1);
                 if (halves)
-                    VectorMath.AttentionValues(suffix, length, position - prefix, group, HeadDim, group, KvBlocks.HalfValues(Cache, Layer, blocks[b], offset, count, column, HeadDim), KvCols, count, output);
+                    VectorMath.AttentionValues(suffix, length, position - prefix, heads, HeadDim, group, KvBlocks.HalfValues(Cache, Layer, blocks[b], offset, count, kv0 * HeadDim, columns), KvCols, count, output);
                 else
-                    VectorMath.AttentionValues(suffix, length, position - prefix, group, HeadDim, group, KvBlocks.Values(Cache, Layer, blocks[b], offset, count, column, HeadDim, gather), KvCols, count, output);
+                    VectorMath.AttentionValues(suffix, length, position - prefix, heads, HeadDim, group, KvBlocks.Values(Cache, Layer, blocks[b], offset, count, kv0 * HeadDim, columns, gather), KvCols, count, output);
                 position += count;
             }
-            var result = Output.Slice(t * QCols + column * group, width);
-            for (int h = 0; h < group; h++)
-            {
-                float inverse = 1f / statistics[2 * (i * group + h) + 1];
-                for (int d = 0; d < HeadDim; d++) result[h * HeadDim + d] = output[h * HeadDim + d] * inverse;
-            }
+            for (int h = 0; h < heads; h++) VectorMath.Scale(output.Slice(h * HeadDim, HeadDim), 1f / tokenStatistics[2 * h + 1]);
         }
     }
 
