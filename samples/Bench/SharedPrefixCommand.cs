@@ -114,12 +114,26 @@ public static class SharedPrefixCommand
         }
 
         double attentionShared = Median(attentionMs[1]), attentionPerSequence = Median(attentionMs[0]);
+        // The roofline of each path: the KV bytes it reads per step (shared: the prefix once, since the group items
+        // split the KV heads between them, and each sequence's own rows; per sequence: every sequence its whole
+        // context) against the read bandwidth, and the attention FLOPs (q·k and the weighted values, 4·HeadDim per
+        // query head and position, alike for both) against the fp32 FMA peak, both measured now with the same threads.
+        double bandwidth = MachineLimits.ReadBandwidth(threads), flopPeak = MachineLimits.PeakFp32Flops(threads);
+        long bytesPerPosition = KvCache.BytesPerBlock(cache.Layers, 1, cache.KvDim, storage, cache.KvDim / kvHeads);
+        int contextLength = prefix + suffix + 1;
+        double bytesShared = (double)bytesPerPosition * (prefix + (long)sequences * (suffix + 1));
+        double bytesPerSequence = (double)bytesPerPosition * sequences * contextLength;
+        double flops = 4.0 * (cache.KvDim / kvHeads) * heads * contextLength * sequences * cache.Layers;
+        double roofMsShared = 1e3 * Math.Max(bytesShared / bandwidth, flops / flopPeak), roofMsPerSequence = 1e3 * Math.Max(bytesPerSequence / bandwidth, flops / flopPeak);
+        string Bound(double bytes) => bytes / bandwidth >= flops / flopPeak ? "bandwidth" : "FLOP";
         double stepShared = sequences / Median(stepSeconds[1]), stepPerSequence = sequences / Median(stepSeconds[0]);
         string load = File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Trim() : "unknown";
         output.WriteLine($"shared-prefix: {Path.GetFileName(modelPath)}, {sequences} sequences sharing {prefix} tokens, {suffix} of their own; {threads} threads, {storage} KV, medians of {runs} runs of {RepeatsPerRun}");
         output.WriteLine($"  attention per step (all layers): shared {attentionShared:F2} ms, per sequence {attentionPerSequence:F2} ms, ratio {attentionPerSequence / attentionShared:F2}x");
         output.WriteLine($"  attention CPU time (all threads, spins included; less sensitive to a busy machine): shared {Median(attentionCpuMs[1]):F2} ms, per sequence {Median(attentionCpuMs[0]):F2} ms, ratio {Median(attentionCpuMs[0]) / Median(attentionCpuMs[1]):F2}x");
         output.WriteLine($"  whole decode step:               shared {stepShared:F1} tok/s, per sequence {stepPerSequence:F1} tok/s, ratio {stepShared / stepPerSequence:F2}x");
+        output.WriteLine($"  roofline: KV read per step shared {bytesShared / 1e6:F1} MB, per sequence {bytesPerSequence / 1e6:F1} MB; attention {flops / 1e9:F2} GFLOP; measured read bandwidth {bandwidth / 1e9:F1} GB/s, fp32 peak {flopPeak / 1e9:F0} GFLOP/s");
+        output.WriteLine($"            shared roof {roofMsShared:F2} ms ({Bound(bytesShared)}-bound), at {100 * roofMsShared / attentionShared:F0}% of it; per sequence roof {roofMsPerSequence:F2} ms ({Bound(bytesPerSequence)}-bound), at {100 * roofMsPerSequence / attentionPerSequence:F0}% of it; roofline ratio {roofMsPerSequence / roofMsShared:F2}x");
         output.WriteLine($"  largest difference shared vs per sequence: attention output (last layer) {largestAttentionDifference:G3}, logits {largestDifference:G3}; load average: {load}");
         if (jsonPath is not null)
         {
@@ -134,6 +148,11 @@ public static class SharedPrefixCommand
                 ["attention_cpu_ms_shared"] = Round(Median(attentionCpuMs[1])),
                 ["attention_cpu_ms_per_sequence"] = Round(Median(attentionCpuMs[0])),
                 ["prefix"] = prefix, ["seqs"] = sequences, ["suffix"] = suffix, ["threads"] = threads, ["runs"] = runs,
+                ["kv_bytes_shared"] = bytesShared, ["kv_bytes_per_sequence"] = bytesPerSequence, ["attention_gflop"] = Round(flops / 1e9),
+                ["read_bandwidth_gb_s"] = Round(bandwidth / 1e9), ["fp32_peak_gflop_s"] = Round(flopPeak / 1e9),
+                ["attention_roof_ms_shared"] = Round(roofMsShared), ["attention_roof_ms_per_sequence"] = Round(roofMsPerSequence),
+                ["attention_pct_of_roof_shared"] = Round(100 * roofMsShared / attentionShared), ["attention_pct_of_roof_per_sequence"] = Round(100 * roofMsPerSequence / attentionPerSequence),
+                ["attention_roofline_ratio"] = Round(roofMsPerSequence / roofMsShared),
                 ["kv_storage"] = storage.ToString(), ["largest_logit_difference"] = largestDifference, ["largest_attention_difference"] = largestAttentionDifference, ["load_average"] = load,
             };
             File.WriteAllText(jsonPath, JsonSerializer.Serialize(report, new JsonSerializerOptions { WriteIndented = true }) + "\n");
