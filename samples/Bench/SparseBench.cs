@@ -99,6 +99,7 @@ public static class SparseBench
         output.WriteLine($"model: {modelPath}; pattern {key}; {threads} threads; uptime: {Uptime()}");
         output.WriteLine(string.Create(c, $"machine: read bandwidth {bandwidth / 1e9:F1} GB/s, int8 block-dot peak {int8Peak / 1e9:F0} GMAC/s; packed dense matrices {denseBytes / 1e6:F0} MB, sparse {denseBytes * byteRatio / 1e6:F0} MB ({byteRatio:P0})"));
         var json = new Dictionary<string, double>();
+        var roofline = new Dictionary<string, double>();
         foreach (var workload in workloads)
         {
             bool batched = workload.Name == "batched32";
@@ -127,6 +128,9 @@ public static class SparseBench
             int tokensPerPass = workload.Name switch { "decode" => 1, "prefill" => Prompt, _ => Sequences };
             double Roof(double bytes, double macs) => tokensPerPass / Math.Max(bytes / bandwidth, macs * tokensPerPass / int8Peak);
             double denseRoof = Roof(denseBytes, macsPerToken), sparseRoof = Roof(denseBytes * byteRatio, macsPerToken * macRatio);
+            roofline[workload.Name + "_roofline_ratio"] = Math.Round(sparseRoof / denseRoof, 3);
+            roofline[workload.Name + "_dense_pct_of_roof"] = Math.Round(100 * denseMedian / denseRoof, 1);
+            roofline[workload.Name + "_sparse_pct_of_roof"] = Math.Round(100 * sparseMedian / sparseRoof, 1);
             output.WriteLine(string.Create(c,
                 $"{workload.Name,-10} dense {denseMedian,8:F1} tok/s ({denseMedian / denseRoof:P0} of its roof {denseRoof:F0})  sparse {sparseMedian,8:F1} tok/s ({sparseMedian / sparseRoof:P0} of its roof {sparseRoof:F0})  ratio {ratio:F2}  roofline ratio {sparseRoof / denseRoof:F2} ({(denseBytes / bandwidth >= macsPerToken * tokensPerPass / int8Peak ? "BW" : "int8")}-bound dense)"));
         }
@@ -135,7 +139,12 @@ public static class SparseBench
         {
             var document = new Dictionary<string, Dictionary<string, double>>
             {
-                [key] = new() { ["decode_ratio"] = json["decode_ratio"], ["prefill_ratio"] = json["prefill_ratio"], ["batched32_ratio"] = json["batched32_ratio"] },
+                // The three ratios first (the keys), then the roofline they are read against.
+                [key] = new(json.Concat(roofline))
+                {
+                    ["bytes_ratio"] = Math.Round(byteRatio, 3), ["dense_matrix_mb"] = Math.Round(denseBytes / 1e6, 1),
+                    ["read_bandwidth_gb_s"] = Math.Round(bandwidth / 1e9, 2), ["int8_peak_gmac_s"] = Math.Round(int8Peak / 1e9, 1),
+                },
             };
             File.WriteAllText(jsonPath, JsonSerializer.Serialize(document, new JsonSerializerOptions { WriteIndented = true }) + "\n");
             log.WriteLine($"sparse: wrote {jsonPath}");
