@@ -1,3 +1,4 @@
+using Kiln.Kernels;
 using Kiln.Kernels.Attention;
 using Kiln.Kernels.MatMul;
 using Kiln.Kernels.Quantized;
@@ -35,6 +36,39 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
             for (int j = 0; j < shared.Length; j++)
                 Assert.True(Math.Abs(shared[j] - perSequence[j]) <= tolerance * Math.Max(1, Math.Abs(perSequence[j])),
                     $"seed {Seed + i}, {step}: output {j} is {shared[j]} shared, {perSequence[j]} per sequence");
+        }
+    }
+
+    [SkippableTheory]
+    [MemberData(nameof(Paths))]
+    public void AQueriesByKeysTileGivesEachQuerysOwnScores(KernelPath path)
+    {
+        using var forced = KernelPathCases.Force(path, "Shared-prefix attention", KernelPathCases.NoVnniForm);
+        var random = new Random(Seed);
+        output.WriteLine($"seed {Seed}");
+        foreach (var (count, headDim, positions) in new[] { (8, 16, 16), (9, 64, 7), (33, 64, 16), (12, 128, 40), (5, 32, 16), (16, 48, 33) })
+        {
+            int stride = headDim + 16, scoreStride = positions + 3;
+            var queries = new float[count * headDim];
+            var keys = new float[positions * stride];
+            for (int i = 0; i < queries.Length; i++) queries[i] = (float)(random.NextDouble() * 2 - 1);
+            for (int i = 0; i < keys.Length; i++) keys[i] = (float)(random.NextDouble() * 2 - 1);
+            var halves = keys.Select(v => (Half)v).ToArray();
+            foreach (bool half in new[] { false, true })
+            {
+                var scores = new float[count * scoreStride];
+                if (half) VectorMath.AttentionScoresTile<Half>(queries, count, headDim, halves, stride, positions, 0.5f, scores, scoreStride, 2);
+                else VectorMath.AttentionScoresTile<float>(queries, count, headDim, keys, stride, positions, 0.5f, scores, scoreStride, 2);
+                for (int q = 0; q < count; q++)
+                    for (int p = 0; p < positions; p++)
+                    {
+                        double expected = 0;
+                        for (int d = 0; d < headDim; d++) expected += queries[q * headDim + d] * (half ? (float)halves[p * stride + d] : keys[p * stride + d]);
+                        expected *= 0.5;
+                        Assert.True(Math.Abs(scores[q * scoreStride + 2 + p] - expected) <= 1e-5 * headDim, $"{count}×{positions} of {headDim}, half {half}: score [{q}, {p}] is {scores[q * scoreStride + 2 + p]}, expected {expected}");
+                    }
+                Assert.All(Enumerable.Range(0, count), q => Assert.Equal(0f, scores[q * scoreStride])); // before firstPosition: untouched
+            }
         }
     }
 
