@@ -619,11 +619,13 @@ public static class VectorMath
         ref T k = ref MemoryMarshal.GetReference(keys);
         ref float s = ref Unsafe.Add(ref MemoryMarshal.GetReference(scores), firstPosition);
         int width = heads / group * headDim, lines = (width * Unsafe.SizeOf<T>() + 63) / 64;
+        for (int r = 0; r + 4 <= Math.Min(PrefetchDistance, positions); r += 4) PrefetchRows(ref Unsafe.Add(ref k, r * stride), stride, lines);
         int p = 0;
         for (; p + 4 <= positions; p += 4)
         {
-            // Rows with gaps between them (a chunk of the heads) defeat the hardware prefetcher; whole rows stream.
-            if (width < stride && p + PrefetchDistance + 4 <= positions) PrefetchRows(ref Unsafe.Add(ref k, (p + PrefetchDistance) * stride), stride, lines);
+            // Four rows read head by head (or a chunk of the heads, rows with gaps between them) lose the hardware
+            // prefetcher even when the rows are whole: fetch them PrefetchDistance rows ahead, the first ones before the loop.
+            if (p + PrefetchDistance + 4 <= positions) PrefetchRows(ref Unsafe.Add(ref k, (p + PrefetchDistance) * stride), stride, lines);
             ref T k0 = ref Unsafe.Add(ref k, p * stride);
             for (int h = 0; h < heads; h++)
             {
@@ -677,10 +679,11 @@ public static class VectorMath
         ref T v = ref MemoryMarshal.GetReference(values);
         ref float o = ref MemoryMarshal.GetReference(output);
         int width = heads / group * headDim, lines = (width * Unsafe.SizeOf<T>() + 63) / 64;
+        for (int r = 0; r + 4 <= Math.Min(2 * PrefetchDistance, positions); r += 4) PrefetchRows(ref Unsafe.Add(ref v, r * stride), stride, lines);
         for (int p = 0; p < positions; p += 4)
         {
             int count = Math.Min(4, positions - p);
-            if (width < stride && p + 2 * PrefetchDistance + 4 <= positions) PrefetchRows(ref Unsafe.Add(ref v, (p + 2 * PrefetchDistance) * stride), stride, lines);
+            if (p + 2 * PrefetchDistance + 4 <= positions) PrefetchRows(ref Unsafe.Add(ref v, (p + 2 * PrefetchDistance) * stride), stride, lines);
             ref T v0 = ref Unsafe.Add(ref v, p * stride);
             for (int h = 0; h < heads; h++)
             {
