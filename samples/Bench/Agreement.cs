@@ -142,7 +142,7 @@ public static class Agreement
             gaps[p] = TopGap(l);
             if (gaps[p] < MinTopGap) continue;
             compared++;
-            if (Greedy.ArgMax(k) == Greedy.ArgMax(l)) agree++;
+            if (Sampler.ArgMax(k) == Sampler.ArgMax(l)) agree++;
             else if (firstDifference < 0) firstDifference = p;
         }
         return new AgreementResult(architecture, tokens, addBos, diffs, gaps, agree, compared) { FirstArgmaxDifference = firstDifference };

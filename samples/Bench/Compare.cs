@@ -224,13 +224,13 @@ public static class Compare
         double KilnRun()
         {
             kilnContext.SetSequence(0, 0, prompt.Length);
-            int token = Greedy.ArgMax(kiln.Step(prompt, kilnContext));
+            int token = Sampler.ArgMax(kiln.Step(prompt, kilnContext));
             long start = Stopwatch.GetTimestamp();
             for (int i = 0; i < count; i++)
             {
                 one[0] = token;
                 kilnContext.SetSequence(0, prompt.Length + i, 1);
-                token = Greedy.ArgMax(kiln.Step(one, kilnContext));
+                token = Sampler.ArgMax(kiln.Step(one, kilnContext));
             }
             return Stopwatch.GetElapsedTime(start).TotalSeconds;
         }
@@ -240,14 +240,14 @@ public static class Compare
             llama.BeginBatch();
             int index = llama.AddSequence(prompt, 0, 0);
             llama.Decode();
-            int token = Greedy.ArgMax(llama.Logits(index));
+            int token = Sampler.ArgMax(llama.Logits(index));
             long start = Stopwatch.GetTimestamp();
             for (int i = 0; i < count; i++)
             {
                 llama.BeginBatch();
                 index = llama.Add(token, prompt.Length + i, 0, wantLogits: true);
                 llama.Decode();
-                token = Greedy.ArgMax(llama.Logits(index));
+                token = Sampler.ArgMax(llama.Logits(index));
             }
             return Stopwatch.GetElapsedTime(start).TotalSeconds;
         }
@@ -272,7 +272,7 @@ public static class Compare
             for (int s = 0; s < sequences; s++)
             {
                 kilnContext.SetSequence(s, 0, promptLength);
-                next[s] = Greedy.ArgMax(kiln.Step(prompts[s], kilnContext));
+                next[s] = Sampler.ArgMax(kiln.Step(prompts[s], kilnContext));
             }
             long start = Stopwatch.GetTimestamp();
             for (int step = 0; step < steps; step++)
@@ -280,7 +280,7 @@ public static class Compare
                 kilnContext.Clear();
                 for (int s = 0; s < sequences; s++) kilnContext.Add(s, promptLength + step, count: 1, wantLogits: true);
                 var logits = kiln.Step(next, kilnContext);
-                for (int s = 0; s < sequences; s++) next[s] = Greedy.ArgMax(kiln.Row(logits, s));
+                for (int s = 0; s < sequences; s++) next[s] = Sampler.ArgMax(kiln.Row(logits, s));
             }
             return Stopwatch.GetElapsedTime(start).TotalSeconds;
         }
@@ -290,14 +290,14 @@ public static class Compare
             llama.BeginBatch();
             for (int s = 0; s < sequences; s++) indices[s] = llama.AddSequence(prompts[s], 0, s);
             llama.Decode();
-            for (int s = 0; s < sequences; s++) next[s] = Greedy.ArgMax(llama.Logits(indices[s]));
+            for (int s = 0; s < sequences; s++) next[s] = Sampler.ArgMax(llama.Logits(indices[s]));
             long start = Stopwatch.GetTimestamp();
             for (int step = 0; step < steps; step++)
             {
                 llama.BeginBatch();
                 for (int s = 0; s < sequences; s++) indices[s] = llama.Add(next[s], promptLength + step, s, wantLogits: true);
                 llama.Decode();
-                for (int s = 0; s < sequences; s++) next[s] = Greedy.ArgMax(llama.Logits(indices[s]));
+                for (int s = 0; s < sequences; s++) next[s] = Sampler.ArgMax(llama.Logits(indices[s]));
             }
             return Stopwatch.GetElapsedTime(start).TotalSeconds;
         }

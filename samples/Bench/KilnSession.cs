@@ -95,16 +95,3 @@ public sealed class KilnContext
 
     private ReadOnlySpan<int> BlockTable(int slot) => _blockIds.AsSpan(slot, 1);
 }
-
-public static class Greedy
-{
-    /// <summary>The index of the largest value (the first on ties, as llama.cpp's greedy sampler).</summary>
-    public static int ArgMax(ReadOnlySpan<float> values)
-    {
-        int best = 0;
-        float bestValue = values[0];
-        for (int i = 1; i < values.Length; i++)
-            if (values[i] > bestValue) { bestValue = values[i]; best = i; }
-        return best;
-    }
-}

@@ -41,7 +41,7 @@ public static class ProfileCommand
         public int ArgMax(ReadOnlySpan<float> logits)
         {
             long start = Stopwatch.GetTimestamp();
-            int best = Greedy.ArgMax(logits);
+            int best = Sampler.ArgMax(logits);
             ArgMaxTicks += Stopwatch.GetTimestamp() - start;
             return best;
         }
@@ -136,7 +136,7 @@ public static class ProfileCommand
         void Run(StepClock clock)
         {
             context.SetSequence(0, 0, prompt.Length);
-            int token = Greedy.ArgMax(kiln.Step(prompt, context));
+            int token = Sampler.ArgMax(kiln.Step(prompt, context));
             long start = Stopwatch.GetTimestamp();
             for (int i = 0; i < count; i++)
             {
@@ -163,7 +163,7 @@ public static class ProfileCommand
             for (int s = 0; s < sequences; s++)
             {
                 context.SetSequence(s, 0, promptLength);
-                next[s] = Greedy.ArgMax(kiln.Step(prompts[s], context));
+                next[s] = Sampler.ArgMax(kiln.Step(prompts[s], context));
             }
             long start = Stopwatch.GetTimestamp();
             for (int step = 0; step < steps; step++)

@@ -218,7 +218,7 @@ public static class RnnServeCommand
                 double at = clock.Elapsed.TotalSeconds;
                 for (int s = 0; s < count; s++)
                 {
-                    last[s] = Greedy.ArgMax(logits.AsSpan(s * plan.VocabSize, plan.VocabSize));
+                    last[s] = Sampler.ArgMax(logits.AsSpan(s * plan.VocabSize, plan.VocabSize));
                     if (step == batch[s].OutputTokens - 1) latencies[batch[s].Index] = (at - batch[s].ArrivalSeconds) * 1000;
                 }
             }
@@ -239,7 +239,7 @@ public static class RnnServeCommand
         for (int i = 0; i < context.OutputCount; i++)
         {
             int slot = context.StateSlot(context.SequenceOf(context.OutputRows[i]));
-            if (slot < batchSize) last[slot] = Greedy.ArgMax(logits.AsSpan(i * plan.VocabSize, plan.VocabSize));
+            if (slot < batchSize) last[slot] = Sampler.ArgMax(logits.AsSpan(i * plan.VocabSize, plan.VocabSize));
         }
         context.Clear();
         filled = 0;
@@ -265,13 +265,13 @@ public static class RnnServeCommand
                 context.AddRecurrentChunk(0, start, count, wantLogits: start + count == prompt.Length);
                 plan.Step(prompt.AsSpan(start, count), context, logits.AsSpan(0, context.OutputCount * plan.VocabSize));
             }
-            int token = Greedy.ArgMax(logits);
+            int token = Sampler.ArgMax(logits);
             for (int step = 1; step < request.OutputTokens; step++)
             {
                 context.Clear();
                 context.AddRecurrentChunk(0, prompt.Length + step - 1, 1, wantLogits: true);
                 plan.Step([token], context, logits);
-                token = Greedy.ArgMax(logits);
+                token = Sampler.ArgMax(logits);
             }
             latencies[request.Index] = (clock.Elapsed.TotalSeconds - request.ArrivalSeconds) * 1000;
             generated += request.OutputTokens;

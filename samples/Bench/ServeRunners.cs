@@ -214,7 +214,7 @@ public static class ServeRunners
                     context.Add(longestPrompt + step - 1, s, wantLogits: true);
                 }
                 plan.Step(tokens.AsSpan(0, count), context, logits.AsSpan(0, count * plan.VocabSize));
-                for (int s = 0; s < count; s++) last[s] = Greedy.ArgMax(logits.AsSpan(s * plan.VocabSize, plan.VocabSize));
+                for (int s = 0; s < count; s++) last[s] = Sampler.ArgMax(logits.AsSpan(s * plan.VocabSize, plan.VocabSize));
                 long stepEnd = Stopwatch.GetTimestamp();
                 double stepMs = Stopwatch.GetElapsedTime(stepStart, stepEnd).TotalMilliseconds;
                 stepStart = stepEnd;
@@ -238,7 +238,7 @@ public static class ServeRunners
         for (int i = 0; i < context.OutputCount; i++)
         {
             int slot = context.Slots[context.OutputRows[i]];
-            last[slot] = Greedy.ArgMax(logits.AsSpan(i * plan.VocabSize, plan.VocabSize));
+            last[slot] = Sampler.ArgMax(logits.AsSpan(i * plan.VocabSize, plan.VocabSize));
         }
         context.Clear();
         filled = 0;

@@ -78,8 +78,8 @@ public static class SideBySide
             double worst = 0;
             for (int i = 0; i < kiln.VocabSize; i++) worst = Math.Max(worst, Math.Abs(kilnLogits[i] - llamaLogits[i]));
             diffs[step] = worst;
-            kilnTokens[step] = Greedy.ArgMax(kilnLogits);
-            llamaTokens[step] = Greedy.ArgMax(llamaLogits);
+            kilnTokens[step] = Sampler.ArgMax(kilnLogits);
+            llamaTokens[step] = Sampler.ArgMax(llamaLogits);
             gaps[step] = Agreement.TopGap(kilnLogits);
             if (kilnTokens[step] != llamaTokens[step] && agreed < 0) agreed = step;
             if (step == steps - 1) break;

@@ -315,6 +315,50 @@ public sealed class GemmTests
         }
     }
 
+    [SkippableTheory]
+    [MemberData(nameof(Paths))]
+    public void FiniteHalfRowsGiveTheExactWideningsBits(KernelPath path)
+    {
+        // Keys and values vouched finite are widened short of 2^112, which the query or the weight takes instead: the
+        // same bits as the exact widening for every finite half (subnormals, ±0, ±65504 among them), and the exact
+        // widening itself where a query or a weight of 2^16 or more would overflow when scaled.
+        using var forced = KernelPathCases.Force(path, "Attention over finite F16 rows", [KernelPath.Scalar, KernelPath.Avx512BW]);
+        const int Seed = 2205;
+        foreach (var (headDim, kvOffset, heads, group, positions) in HeadShapes)
+        {
+            int stride = (kvOffset + heads / group) * headDim;
+            var random = new Random(Seed + headDim * 5 + heads);
+            Half Draw() => random.Next(10) switch
+            {
+                0 => BitConverter.UInt16BitsToHalf((ushort)(random.Next(1, 0x400) | random.Next(2) << 15)), // subnormal
+                1 => random.Next(2) == 0 ? Half.MaxValue : Half.MinValue,
+                2 => BitConverter.UInt16BitsToHalf((ushort)(random.Next(2) << 15)),                         // ±0
+                _ => (Half)((random.NextDouble() * 2 - 1) * Math.Pow(2, random.Next(-20, 12))),
+            };
+            Half[] keys = Enumerable.Range(0, positions * stride).Select(_ => Draw()).ToArray();
+            Half[] values = Enumerable.Range(0, positions * stride).Select(_ => Draw()).ToArray();
+            int scoreStride = positions + 3, first = 2;
+            foreach (float largest in new[] { 1f, 60000f, 70000f })
+            {
+                float[] queries = Enumerable.Range(0, heads * headDim).Select(_ => (float)(random.NextDouble() * 2 - 1) * largest).ToArray();
+                var weights = Enumerable.Range(0, heads * scoreStride).Select(_ => (float)random.NextDouble() * largest).ToArray();
+                queries[^1] = -largest;
+                weights[(heads - 1) * scoreStride + first + positions - 1] = largest;
+                var expected = new float[heads * scoreStride];
+                var actual = new float[heads * scoreStride];
+                VectorMath.AttentionScores(queries, heads, headDim, group, keys.AsSpan(kvOffset * headDim), stride, positions, 0.125f, expected, scoreStride, first);
+                VectorMath.AttentionScores(queries, heads, headDim, group, keys.AsSpan(kvOffset * headDim), stride, positions, 0.125f, actual, scoreStride, first, finiteKeys: true);
+                Assert.Equal(expected, actual);
+                var expectedOutput = Enumerable.Repeat(0.5f, heads * headDim).ToArray();
+                var output = (float[])expectedOutput.Clone();
+                VectorMath.AttentionValues(weights, scoreStride, first, heads, headDim, group, values.AsSpan(kvOffset * headDim), stride, positions, expectedOutput);
+                VectorMath.AttentionValues(weights, scoreStride, first, heads, headDim, group, values.AsSpan(kvOffset * headDim), stride, positions, output, finiteValues: true);
+                Assert.True(expectedOutput.SequenceEqual(output), $"seed {Seed}, head {headDim}, {heads} heads, largest factor {largest}: weighted values differ");
+                Assert.All(output, x => Assert.True(float.IsFinite(x), $"seed {Seed}: a weighted value {x} overflowed"));
+            }
+        }
+    }
+
     [Fact]
     public void RotatePairsTurnsEachAdjacentPairByItsAngle()
     {

@@ -201,6 +201,13 @@ public sealed class KvCache
     /// <summary>Values of every row of one block, [BlockSize, KvDim] in place (F32 only).</summary>
     public Span<float> ValueBlock(int layer, int block) => BlockRows(_values, layer, block);
 
+    /// <summary>
+    /// F16 storage: true while every half written is finite (no value reached ±65520 or was NaN), so the attention
+    /// kernels may widen rows with the exponent rebias left out (it cannot turn a half's ±∞ or NaN into a float one).
+    /// A single non-finite write turns it off for good: those kernels then widen every half exactly.
+    /// </summary>
+    public bool HoldsOnlyFiniteHalves { get; private set; } = true;
+
     /// <summary>F16 storage: keys of every row of one block, [BlockSize, KvDim] halves in place.</summary>
     internal ReadOnlySpan<Half> HalfKeyBlock(int layer, int block) => BlockRows(_halfKeys, layer, block);
 
@@ -327,6 +334,8 @@ public sealed class KvCache
         else if (halves is not null)
         {
             TensorPrimitives.ConvertToHalf(source, halves[layer].AsSpan(offset, KvDim));
+            // 65520 is the smallest magnitude that rounds to a half's infinity; NaN fails the comparison too.
+            if (HoldsOnlyFiniteHalves && !(MathF.Abs(TensorPrimitives.MaxMagnitude(source)) < 65520f)) HoldsOnlyFiniteHalves = false;
         }
         else
         {

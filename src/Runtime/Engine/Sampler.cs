@@ -1,3 +1,5 @@
+using System.Numerics.Tensors;
+
 namespace Kiln;
 
 /// <summary>How the next token is chosen from a row of logits.</summary>
@@ -116,13 +118,12 @@ public sealed class Sampler
         return _order[kept - 1];
     }
 
-    public static int ArgMax(ReadOnlySpan<float> logits)
-    {
-        int best = 0;
-        for (int i = 1; i < logits.Length; i++)
-            if (logits[i] > logits[best]) best = i;
-        return best;
-    }
+    /// <summary>
+    /// The index of the largest logit, the first of equal ones (llama.cpp's greedy choice); vectorized, as greedy
+    /// decoding of 32 sequences over a 32000-token vocabulary spent about 8 % of a step in a scalar loop. A NaN logit
+    /// (a broken model's) is chosen; +0 counts as larger than −0. 0 for an empty row.
+    /// </summary>
+    public static int ArgMax(ReadOnlySpan<float> logits) => logits.IsEmpty ? 0 : TensorPrimitives.IndexOfMax(logits);
 
     /// <summary>
     /// The log-probability of <paramref name="token"/> under the model's own distribution: a log-softmax of the raw

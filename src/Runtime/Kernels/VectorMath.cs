@@ -1,3 +1,4 @@
+using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
@@ -525,16 +526,22 @@ public static class VectorMath
 
     /// <summary>
     /// <see cref="AttentionScores(ReadOnlySpan{float}, int, int, int, ReadOnlySpan{float}, int, int, float, Span{float}, int, int)"/>
-    /// over keys stored as halves (an F16 KV cache), widened in registers as they are read.
+    /// over keys stored as halves (an F16 KV cache), widened in registers as they are read. <paramref name="finiteKeys"/>:
+    /// the caller knows every key is finite (<see cref="KvCache.HoldsOnlyFiniteHalves"/>), so the AVX-512 path may widen
+    /// them unrebiased (<see cref="Fp16.ToSingleUnrebiased"/>) with the queries scaled by 2^112 — the same scores bit for
+    /// bit, in a third of the work; it does so when every query is below 2^16 in magnitude (the scaled ones stay finite).
     /// </summary>
     public static void AttentionScores(ReadOnlySpan<float> queries, int heads, int headDim, int group, ReadOnlySpan<Half> keys,
-        int stride, int positions, float scale, Span<float> scores, int scoreStride, int firstPosition)
+        int stride, int positions, float scale, Span<float> scores, int scoreStride, int firstPosition, bool finiteKeys = false)
     {
         CheckHeads(queries.Length, heads, headDim, group, scores.Length, scoreStride, firstPosition, positions);
         CheckRows(keys.Length, stride, positions, heads / group * headDim);
         if (KernelPaths.Uses512Bits && headDim % 16 == 0)
         {
-            AttentionScoresRows<Half, HalfRow>(queries, heads, headDim, group, keys, stride, positions, scale, scores, scoreStride, firstPosition);
+            if (finiteKeys && Rebiasable(queries[..(heads * headDim)], 1, headDim * heads, 0))
+                AttentionScoresRows<Half, UnrebiasedHalfRow>(queries, heads, headDim, group, keys, stride, positions, scale, scores, scoreStride, firstPosition);
+            else
+                AttentionScoresRows<Half, HalfRow>(queries, heads, headDim, group, keys, stride, positions, scale, scores, scoreStride, firstPosition);
             return;
         }
         for (int h = 0; h < heads; h++)
@@ -552,16 +559,21 @@ public static class VectorMath
 
     /// <summary>
     /// <see cref="AttentionValues(ReadOnlySpan{float}, int, int, int, int, int, ReadOnlySpan{float}, int, int, Span{float})"/>
-    /// over values stored as halves (an F16 KV cache), widened in registers as they are read.
+    /// over values stored as halves (an F16 KV cache), widened in registers as they are read. <paramref name="finiteValues"/>:
+    /// as the keys' flag of <see cref="AttentionScores(ReadOnlySpan{float}, int, int, int, ReadOnlySpan{Half}, int, int, float, Span{float}, int, int, bool)"/>,
+    /// with the weights scaled by 2^112 instead of the queries (when every weight is below 2^16 in magnitude, as softmax's are).
     /// </summary>
     public static void AttentionValues(ReadOnlySpan<float> weights, int scoreStride, int firstPosition, int heads, int headDim, int group,
-        ReadOnlySpan<Half> values, int stride, int positions, Span<float> output)
+        ReadOnlySpan<Half> values, int stride, int positions, Span<float> output, bool finiteValues = false)
     {
         CheckHeads(output.Length, heads, headDim, group, weights.Length, scoreStride, firstPosition, positions);
         CheckRows(values.Length, stride, positions, heads / group * headDim);
         if (KernelPaths.Uses512Bits && headDim % 16 == 0)
         {
-            AttentionValuesRows<Half, HalfRow>(weights, scoreStride, firstPosition, heads, headDim, group, values, stride, positions, output);
+            if (finiteValues && Rebiasable(weights, heads, positions, scoreStride, firstPosition))
+                AttentionValuesRows<Half, UnrebiasedHalfRow>(weights, scoreStride, firstPosition, heads, headDim, group, values, stride, positions, output);
+            else
+                AttentionValuesRows<Half, HalfRow>(weights, scoreStride, firstPosition, heads, headDim, group, values, stride, positions, output);
             return;
         }
         for (int h = 0; h < heads; h++)
@@ -576,16 +588,23 @@ public static class VectorMath
         }
     }
 
-    /// <summary>How the attention row kernels load 16 elements of a cached row as floats: in place, or widened from halves.</summary>
+    /// <summary>
+    /// How the attention row kernels load 16 elements of a cached row as floats: in place, widened from halves, or
+    /// widened short of the factor <see cref="Rebias"/>, which the kernels then fold into the query or the weight.
+    /// </summary>
     private interface IKvRow<T> where T : unmanaged
     {
         static abstract Vector512<float> Load(ref T row, int index);
+
+        static abstract float Rebias { get; }
     }
 
     private readonly struct FloatRow : IKvRow<float>
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<float> Load(ref float row, int index) => Vector512.LoadUnsafe(ref row, (nuint)index);
+
+        public static float Rebias => 1f;
     }
 
     private readonly struct HalfRow : IKvRow<Half>
@@ -593,6 +612,29 @@ public static class VectorMath
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<float> Load(ref Half row, int index) =>
             Quantized.Fp16.ToSingle(Vector512.WidenLower(Vector256.LoadUnsafe(ref Unsafe.As<Half, ushort>(ref row), (nuint)index).ToVector512Unsafe()));
+
+        public static float Rebias => 1f;
+    }
+
+    // Finite halves only (see Fp16.ToSingleUnrebiased): sign-extended, so the sign lands in the float's sign bit.
+    private readonly struct UnrebiasedHalfRow : IKvRow<Half>
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load(ref Half row, int index) =>
+            Quantized.Fp16.ToSingleUnrebiased(Vector512.WidenLower(Vector256.LoadUnsafe(ref Unsafe.As<Half, short>(ref row), (nuint)index).ToVector512Unsafe()));
+
+        public static float Rebias => Quantized.Fp16.Rebias;
+    }
+
+    /// <summary>
+    /// Whether <paramref name="rows"/> rows of <paramref name="length"/> factors (<paramref name="stride"/> apart, from
+    /// <paramref name="first"/>) stay finite times 2^112: every one below 2^16 in magnitude (NaN is not).
+    /// </summary>
+    private static bool Rebiasable(ReadOnlySpan<float> factors, int rows, int length, int stride, int first = 0)
+    {
+        for (int r = 0; r < rows; r++)
+            if (length > 0 && !(MathF.Abs(TensorPrimitives.MaxMagnitude(factors.Slice(r * stride + first, length))) < 65536f)) return false;
+        return true;
     }
 
     private static void CheckHeads(int vectors, int heads, int headDim, int group, int scores, int scoreStride, int firstPosition, int positions)
@@ -612,11 +654,13 @@ public static class VectorMath
         ref T k = ref MemoryMarshal.GetReference(keys);
         ref float s = ref Unsafe.Add(ref MemoryMarshal.GetReference(scores), firstPosition);
         int width = heads / group * headDim, lines = (width * Unsafe.SizeOf<T>() + 63) / 64;
+        for (int r = 0; r + 4 <= Math.Min(PrefetchDistance, positions); r += 4) PrefetchRows(ref Unsafe.Add(ref k, r * stride), stride, lines);
         int p = 0;
         for (; p + 4 <= positions; p += 4)
         {
-            // Rows with gaps between them (a chunk of the heads) defeat the hardware prefetcher; whole rows stream.
-            if (width < stride && p + PrefetchDistance + 4 <= positions) PrefetchRows(ref Unsafe.Add(ref k, (p + PrefetchDistance) * stride), stride, lines);
+            // Four rows read head by head (or a chunk of the heads, rows with gaps between them) lose the hardware
+            // prefetcher even when the rows are whole: fetch them PrefetchDistance rows ahead, the first ones before the loop.
+            if (p + PrefetchDistance + 4 <= positions) PrefetchRows(ref Unsafe.Add(ref k, (p + PrefetchDistance) * stride), stride, lines);
             ref T k0 = ref Unsafe.Add(ref k, p * stride);
             for (int h = 0; h < heads; h++)
             {
@@ -629,6 +673,7 @@ public static class VectorMath
                 for (int i = 0; i < headDim; i += 16)
                 {
                     var v = Vector512.LoadUnsafe(ref qh, (nuint)i);
+                    if (TRow.Rebias != 1f) v *= TRow.Rebias;
                     a0 = Vector512.FusedMultiplyAdd(v, TRow.Load(ref r0, i), a0);
                     a1 = Vector512.FusedMultiplyAdd(v, TRow.Load(ref r1, i), a1);
                     a2 = Vector512.FusedMultiplyAdd(v, TRow.Load(ref r2, i), a2);
@@ -649,7 +694,11 @@ public static class VectorMath
                 ref T r0 = ref Unsafe.Add(ref k0, h / group * headDim);
                 Vector512<float> a0 = default;
                 for (int i = 0; i < headDim; i += 16)
-                    a0 = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref qh, (nuint)i), TRow.Load(ref r0, i), a0);
+                {
+                    var v = Vector512.LoadUnsafe(ref qh, (nuint)i);
+                    if (TRow.Rebias != 1f) v *= TRow.Rebias;
+                    a0 = Vector512.FusedMultiplyAdd(v, TRow.Load(ref r0, i), a0);
+                }
                 Unsafe.Add(ref s, h * scoreStride + p) = Vector512.Sum(a0) * scale;
             }
         }
@@ -665,20 +714,21 @@ public static class VectorMath
         ref T v = ref MemoryMarshal.GetReference(values);
         ref float o = ref MemoryMarshal.GetReference(output);
         int width = heads / group * headDim, lines = (width * Unsafe.SizeOf<T>() + 63) / 64;
+        for (int r = 0; r + 4 <= Math.Min(2 * PrefetchDistance, positions); r += 4) PrefetchRows(ref Unsafe.Add(ref v, r * stride), stride, lines);
         for (int p = 0; p < positions; p += 4)
         {
             int count = Math.Min(4, positions - p);
-            if (width < stride && p + 2 * PrefetchDistance + 4 <= positions) PrefetchRows(ref Unsafe.Add(ref v, (p + 2 * PrefetchDistance) * stride), stride, lines);
+            if (p + 2 * PrefetchDistance + 4 <= positions) PrefetchRows(ref Unsafe.Add(ref v, (p + 2 * PrefetchDistance) * stride), stride, lines);
             ref T v0 = ref Unsafe.Add(ref v, p * stride);
             for (int h = 0; h < heads; h++)
             {
                 ref float oh = ref Unsafe.Add(ref o, h * headDim);
                 ref T r0 = ref Unsafe.Add(ref v0, h / group * headDim);
                 ref float wh = ref Unsafe.Add(ref w, h * scoreStride + p);
-                var s0 = Vector512.Create(wh);
-                var s1 = count > 1 ? Vector512.Create(Unsafe.Add(ref wh, 1)) : default;
-                var s2 = count > 2 ? Vector512.Create(Unsafe.Add(ref wh, 2)) : default;
-                var s3 = count > 3 ? Vector512.Create(Unsafe.Add(ref wh, 3)) : default;
+                var s0 = Vector512.Create(wh * TRow.Rebias);
+                var s1 = count > 1 ? Vector512.Create(Unsafe.Add(ref wh, 1) * TRow.Rebias) : default;
+                var s2 = count > 2 ? Vector512.Create(Unsafe.Add(ref wh, 2) * TRow.Rebias) : default;
+                var s3 = count > 3 ? Vector512.Create(Unsafe.Add(ref wh, 3) * TRow.Rebias) : default;
                 for (int i = 0; i < headDim; i += 16)
                 {
                     var acc = Vector512.LoadUnsafe(ref oh, (nuint)i);

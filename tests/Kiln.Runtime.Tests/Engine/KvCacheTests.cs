@@ -20,6 +20,40 @@ public sealed class KvCacheTests
     }
 
     [Fact]
+    public void AnF16CacheSaysWhileEveryHalfItHoldsIsFinite()
+    {
+        var cache = KvCache.Paged(layers: 2, blockCount: 2, blockSize: 2, kvDim: 4, KvStorage.F16);
+        Assert.True(cache.HoldsOnlyFiniteHalves);
+        cache.WriteKey(0, 0, [65504f, -65519f, 1e-8f, 0f]); // the largest half, the last value rounding to it, a subnormal's underflow
+        cache.WriteValue(1, 3, [-65504f, 2f, 3f, 4f]);
+        Assert.True(cache.HoldsOnlyFiniteHalves);
+        Assert.Equal(Half.MinValue, (Half)ReadKey(cache, 0, 0)[1]);
+        cache.WriteValue(1, 2, [1f, -65520f, 3f, 4f]); // rounds to −∞
+        Assert.False(cache.HoldsOnlyFiniteHalves);
+        Assert.Equal(float.NegativeInfinity, ReadValue(cache, 1, 2)[1]);
+        cache.WriteValue(1, 2, [1f, 2f, 3f, 4f]);
+        Assert.False(cache.HoldsOnlyFiniteHalves); // the rows may still hold it elsewhere: it stays off
+
+        var nan = KvCache.Paged(layers: 1, blockCount: 1, blockSize: 1, kvDim: 2, KvStorage.F16);
+        nan.WriteKey(0, 0, [float.NaN, 0f]);
+        Assert.False(nan.HoldsOnlyFiniteHalves);
+    }
+
+    private static float[] ReadKey(KvCache cache, int layer, int row)
+    {
+        var keys = new float[cache.KvDim];
+        cache.ReadKey(layer, row, keys);
+        return keys;
+    }
+
+    private static float[] ReadValue(KvCache cache, int layer, int row)
+    {
+        var values = new float[cache.KvDim];
+        cache.ReadValue(layer, row, values);
+        return values;
+    }
+
+    [Fact]
     public void APagedCacheHasNoSlotSpansAndSaysWhereToLook()
     {
         var cache = KvCache.Paged(layers: 1, blockCount: 6, blockSize: 4, kvDim: 2);

@@ -11,6 +11,20 @@ public sealed class SamplerTests
     public void GreedyPicksTheLargestLogit() => Assert.Equal(1, new Sampler(SamplingOptions.Greedy, 5).Sample(Logits));
 
     [Fact]
+    public void ArgMaxOverAVocabularyRowTakesTheFirstOfEqualLargest()
+    {
+        const int Seed = 32000;
+        var random = new Random(Seed);
+        var row = Enumerable.Range(0, 32000).Select(_ => (float)random.NextDouble() * 10 - 5).ToArray();
+        row[20001] = row[7777] = 6f;
+        Assert.Equal(7777, Sampler.ArgMax(row));
+        row[31999] = 7f; // the last element
+        Assert.Equal(31999, Sampler.ArgMax(row));
+        Assert.Equal(0, Sampler.ArgMax([3f, 3f, 3f]));
+        Assert.Equal(0, Sampler.ArgMax([]));
+    }
+
+    [Fact]
     public void TopKOneAndATinyTopPAreGreedy()
     {
         for (ulong seed = 0; seed < 20; seed++)

@@ -20,7 +20,8 @@ public readonly record struct AttentionOptions(float Scale, int Window = 0, floa
 /// <summary>
 /// Grouped-query attention over a paged KV cache, as a parallel work struct: one item is a token and a chunk of its
 /// KV heads; every query head of the chunk is scored against the same cached rows, read block by block through the
-/// sequence's block table once for all of them (F16 rows widened in registers, int8 ones dequantized into scratch),
+/// sequence's block table once for all of them (F16 rows widened in registers — short of the exponent rebias, folded
+/// into the query and the weights, while the cache holds only finite halves — int8 ones dequantized into scratch),
 /// then softmax and the weighted sum of values. A plan fills one per attention call and runs it on its pool; the
 /// rows it reads are the window the options leave visible.
 /// </summary>
@@ -108,7 +109,7 @@ public struct PagedAttention : IParallelWork
         var gather = Gather.Slice(chunk * GatherStride, GatherStride);
         var positions = Context.Positions;
         int group = Heads / KvHeads, blockSize = Cache.BlockSize;
-        bool halves = Cache.Storage == KvStorage.F16;
+        bool halves = Cache.Storage == KvStorage.F16, finite = Cache.HoldsOnlyFiniteHalves;
         var independentTokens = _groupItems > 0 ? Context.UngroupedTokens : default;
         for (int item = start; item < end; item++)
         {
@@ -132,7 +133,7 @@ public struct PagedAttention : IParallelWork
             {
                 int b = position / blockSize, offset = position % blockSize, count = Math.Min(blockSize - offset, last - position + 1);
                 if (halves)
-                    VectorMath.AttentionScores(query, heads, HeadDim, group, KvBlocks.HalfKeys(Cache, Layer, blocks[b], offset, count, kv0 * HeadDim, columns), KvCols, count, Options.Scale, weights, rows, position - first);
+                    VectorMath.AttentionScores(query, heads, HeadDim, group, KvBlocks.HalfKeys(Cache, Layer, blocks[b], offset, count, kv0 * HeadDim, columns), KvCols, count, Options.Scale, weights, rows, position - first, finite);
                 else
                     VectorMath.AttentionScores(query, heads, HeadDim, group, KvBlocks.Keys(Cache, Layer, blocks[b], offset, count, kv0 * HeadDim, columns, gather), KvCols, count, Options.Scale, weights, rows, position - first);
                 position += count;
@@ -144,7 +145,7 @@ public struct PagedAttention : IParallelWork
             {
                 int b = position / blockSize, offset = position % blockSize, count = Math.Min(blockSize - offset, last - position + 1);
                 if (halves)
-                    VectorMath.AttentionValues(weights, rows, position - first, heads, HeadDim, group, KvBlocks.HalfValues(Cache, Layer, blocks[b], offset, count, kv0 * HeadDim, columns), KvCols, count, output);
+                    VectorMath.AttentionValues(weights, rows, position - first, heads, HeadDim, group, KvBlocks.HalfValues(Cache, Layer, blocks[b], offset, count, kv0 * HeadDim, columns), KvCols, count, output, finite);
                 else
                     VectorMath.AttentionValues(weights, rows, position - first, heads, HeadDim, group, KvBlocks.Values(Cache, Layer, blocks[b], offset, count, kv0 * HeadDim, columns, gather), KvCols, count, output);
                 position += count;
@@ -176,7 +177,7 @@ public struct PagedAttention : IParallelWork
         var tokens = groupTokens.Slice(first, Math.Min(_groupBatch, groupTokens.Length - first));
         int group = Heads / KvHeads, blockSize = Cache.BlockSize, prefix = Context.SharedPrefixLength(g), tileKeys = _groupTileKeys;
         int heads = (kv1 - kv0) * group, rows = tokens.Length * group, width = group * HeadDim;
-        bool halves = Cache.Storage == KvStorage.F16;
+        bool halves = Cache.Storage == KvStorage.F16, finite = Cache.HoldsOnlyFiniteHalves;
         var prefixBlocks = Context.BlockTable(Context.SharedPrefixSequences(g)[0]);
         // Scratch: per (token, head of the chunk) the prefix's max and Σ e^(s − max); then one KV head's query rows,
         // output accumulators and a tile of score rows; later one token's suffix score rows.
@@ -248,7 +249,7 @@ public struct PagedAttention : IParallelWork
             {
                 int b = position / blockSize, offset = position % blockSize, count = Math.Min(blockSize - offset, last - position + 1);
                 if (halves)
-                    VectorMath.AttentionScores(query, heads, HeadDim, group, KvBlocks.HalfKeys(Cache, Layer, blocks[b], offset, count, kv0 * HeadDim, columns), KvCols, count, Options.Scale, suffix, length, position - prefix);
+                    VectorMath.AttentionScores(query, heads, HeadDim, group, KvBlocks.HalfKeys(Cache, Layer, blocks[b], offset, count, kv0 * HeadDim, columns), KvCols, count, Options.Scale, suffix, length, position - prefix, finite);
                 else
                     VectorMath.AttentionScores(query, heads, HeadDim, group, KvBlocks.Keys(Cache, Layer, blocks[b], offset, count, kv0 * HeadDim, columns, gather), KvCols, count, Options.Scale, suffix, length, position - prefix);
                 position += count;
@@ -268,7 +269,7 @@ public struct PagedAttention : IParallelWork
             {
                 int b = position / blockSize, offset = position % blockSize, count = Math.Min(blockSize - offset, last - position + 1);
                 if (halves)
-                    VectorMath.AttentionValues(suffix, length, position - prefix, heads, HeadDim, group, KvBlocks.HalfValues(Cache, Layer, blocks[b], offset, count, kv0 * HeadDim, columns), KvCols, count, output);
+                    VectorMath.AttentionValues(suffix, length, position - prefix, heads, HeadDim, group, KvBlocks.HalfValues(Cache, Layer, blocks[b], offset, count, kv0 * HeadDim, columns), KvCols, count, output, finite);
                 else
                     VectorMath.AttentionValues(suffix, length, position - prefix, heads, HeadDim, group, KvBlocks.Values(Cache, Layer, blocks[b], offset, count, kv0 * HeadDim, columns, gather), KvCols, count, output);
                 position += count;
