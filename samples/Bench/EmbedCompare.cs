@@ -65,7 +65,9 @@ public static class EmbedCompare
             var ortRuns = new double[runs];
             for (int r = 0; r < runs; r++)
             {
+                Compare.Settle();
                 kilnRuns[r] = Sentences / kiln.Time();
+                Compare.Settle();
                 ortRuns[r] = Sentences / ort.Time();
                 log.WriteLine($"embed-compare: {workload.Name} run {r + 1}/{runs}: kiln {kilnRuns[r]:F1}, ort {ortRuns[r]:F1} sentences/s");
             }
@@ -73,6 +75,12 @@ public static class EmbedCompare
             {
                 // Separate runs after the timed ones: the profiler's marks cost a little, so they never touch the medians.
                 var profiler = new StepProfiler(threads);
+                // One profiled step first, then cleared: the profiler's own first-use costs (its code compiled, the
+                // parts registered) would otherwise land in "step setup".
+                StepProfiler.Attach(profiler);
+                kiln.Time();
+                StepProfiler.Detach();
+                profiler.Reset();
                 long ticks = 0;
                 for (int r = 0; r < runs; r++)
                 {
