@@ -318,12 +318,13 @@ public static class Compare
     }
 
     /// <summary>
-    /// An untimed pause before every measured run: llama.cpp's CPU backend runs on libgomp, whose idle threads keep
+    /// An untimed pause before every measured run (embed-compare's too: ONNX Runtime's intra-op threads also spin
+    /// after a run): llama.cpp's CPU backend runs on libgomp, whose idle threads keep
     /// spinning for a while after a decode (GOMP_SPINCOUNT), and Kiln's workers spin 250 µs; without the pause the
     /// next engine's run starts on a 2-core machine that the other's threads still occupy (Kiln's prefill_128 measured
     /// ~1000 tok/s alternating against ~1500 alone).
     /// </summary>
-    private static void Settle() => Thread.Sleep(200);
+    internal static void Settle() => Thread.Sleep(200);
 
     private static int RoundUp(int value, int multiple) => (value + multiple - 1) / multiple * multiple;
 

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using Kiln.Models;
+using Kiln.Threading;
 using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
 
@@ -20,7 +21,7 @@ public static class EmbedCompare
 
     private sealed record Workload(string Name, string Description, int[][] Ids);
 
-    public static int Run(int threads, int runs, string? json, int seed, TextWriter output, TextWriter log)
+    public static int Run(int threads, int runs, string? json, int seed, TextWriter output, TextWriter log, bool profile = false)
     {
         var (modelPath, _) = MiniLm.Files();
         var random = new Random(seed);
@@ -48,6 +49,7 @@ public static class EmbedCompare
         double flopsPerToken = 2.0 * model.LayerCount * (4L * model.Dim * model.Dim + 2L * model.Dim * model.Hidden);
 
         var results = new List<(Workload Workload, double Kiln, double Ort, double Flops, double Agreement)>();
+        var profiles = new List<(Workload Workload, StepProfiler Profiler, double StepMs)>();
         foreach (var workload in workloads)
         {
             var kiln = new KilnRunner(plan, workload.Ids, model.Dim);
@@ -63,9 +65,30 @@ public static class EmbedCompare
             var ortRuns = new double[runs];
             for (int r = 0; r < runs; r++)
             {
+                Compare.Settle();
                 kilnRuns[r] = Sentences / kiln.Time();
+                Compare.Settle();
                 ortRuns[r] = Sentences / ort.Time();
                 log.WriteLine($"embed-compare: {workload.Name} run {r + 1}/{runs}: kiln {kilnRuns[r]:F1}, ort {ortRuns[r]:F1} sentences/s");
+            }
+            if (profile)
+            {
+                // Separate runs after the timed ones: the profiler's marks cost a little, so they never touch the medians.
+                var profiler = new StepProfiler(threads);
+                // One profiled step first, then cleared: the profiler's own first-use costs (its code compiled, the
+                // parts registered) would otherwise land in "step setup".
+                StepProfiler.Attach(profiler);
+                kiln.Time();
+                StepProfiler.Detach();
+                profiler.Reset();
+                long ticks = 0;
+                for (int r = 0; r < runs; r++)
+                {
+                    StepProfiler.Attach(profiler);
+                    ticks += (long)(kiln.Time() * Stopwatch.Frequency);
+                    StepProfiler.Detach();
+                }
+                profiles.Add((workload, profiler, 1000.0 * ticks / Stopwatch.Frequency / runs));
             }
             long tokens = workload.Ids.Sum(i => (long)i.Length);
             double attention = workload.Ids.Sum(i => 4.0 * i.Length * i.Length * model.Dim) * model.LayerCount;
@@ -82,6 +105,7 @@ public static class EmbedCompare
                 $"{workload.Name,-12} {kilnRate,12:F1} {ortRate,11:F1} {kilnRate / ortRate,6:F2}x {100 * kilnRate * perSentence / peak,11:F0}% {100 * ortRate * perSentence / peak,10:F0}%  {agreement,10:F7}"));
         }
         output.WriteLine("(% roof: the real tokens' matmul and attention FLOPs per second over the fp32 FMA peak; ONNX Runtime also computes its padding.)");
+        foreach (var (workload, profiler, stepMs) in profiles) WriteProfile(output, workload, profiler, stepMs, model, peak);
         if (json is not null)
         {
             using var stream = File.Create(json);
@@ -99,6 +123,44 @@ public static class EmbedCompare
             log.WriteLine($"embed-compare: wrote {json}");
         }
         return 0;
+    }
+
+    /// <summary>
+    /// Where one Kiln step's time goes, part by part as the generated plan marks them (all layers summed): wall ms per
+    /// step, its share, and for the matmuls and attention their useful GFLOP/s against the fp32 FMA peak of this run.
+    /// </summary>
+    private static void WriteProfile(TextWriter output, Workload workload, StepProfiler profiler, double stepMs, Bert model, double peak)
+    {
+        var c = CultureInfo.InvariantCulture;
+        long tokens = workload.Ids.Sum(i => (long)i.Length);
+        double attentionMacs = workload.Ids.Sum(i => 2.0 * i.Length * i.Length * model.Dim) * model.LayerCount;
+        double MatmulMacs(string packed) => tokens * model.LayerCount * (double)(packed switch
+        {
+            "wqWkWv" => 3L * model.Dim * model.Dim,
+            "wo" => (long)model.Dim * model.Dim,
+            "up" or "down" => (long)model.Dim * model.Hidden,
+            _ => 0,
+        });
+        double msPerTick = 1000.0 / Stopwatch.Frequency / profiler.Steps;
+        output.WriteLine();
+        output.WriteLine(string.Create(c, $"profile {workload.Name}: {tokens} tokens per step, {stepMs:F3} ms per profiled step ({profiler.Steps} steps); parts summed over {model.LayerCount} layers"));
+        // Per thread, inside the part's pool runs: waiting for its first chunk (handoff) and for the other threads (barrier).
+        string waitHeader = string.Join("", Enumerable.Range(0, profiler.ThreadCount).Select(t => $"{"hand t" + t,8}{"barr t" + t,8}"));
+        output.WriteLine($"{"part",-24} {"ms/step",8} {"%step",6} {"runs",5} {"GFLOP",8} {"GFLOP/s",8} {"% peak",7}{waitHeader}");
+        foreach (var part in profiler.Parts)
+        {
+            double ms = part.WallTicks * msPerTick;
+            double macs = part.Name.StartsWith("matmul ", StringComparison.Ordinal) ? MatmulMacs(part.Name["matmul ".Length..])
+                : part.Name == "attention" ? attentionMacs : 0;
+            string costed = macs > 0
+                ? string.Create(c, $"{2 * macs / 1e9,8:F3} {2 * macs / 1e6 / ms,8:F1} {100 * 2 * macs * 1e3 / ms / peak,6:F0}%")
+                : $"{"-",8} {"-",8} {"-",7}";
+            string waits = string.Join("", Enumerable.Range(0, profiler.ThreadCount).Select(t =>
+                string.Create(c, $"{part.HandoffTicks[t] * msPerTick,8:F3}{part.BarrierTicks(t) * msPerTick,8:F3}")));
+            output.WriteLine(string.Create(c, $"{part.Name,-24} {ms,8:F3} {100 * ms / stepMs,5:F1}% {(double)part.Runs / profiler.Steps,5:F0} {costed}{waits}"));
+        }
+        double inside = profiler.StepTicks * msPerTick;
+        output.WriteLine(string.Create(c, $"{"(outside the plan's parts)",-24} {stepMs - inside,8:F3} {100 * (stepMs - inside) / stepMs,5:F1}%"));
     }
 
     private static double Median(double[] values)

@@ -10,7 +10,7 @@ using Kiln.Bench;
 //   profile --model FILE --workload prefill_128|decode_128|batched_decode_8|batched_decode_32|all [--threads N] [--runs 5] [--json OUT]
 //   kernels --threads N [--formats q4_0,q8_0,f32,q4_k,q5_k,q6_k] [--tokens 1,32,128]
 //   memory --model FILE [--json OUT] [--tokens 128] [--threads N]
-//   embed-compare --threads N [--runs 5] [--json OUT] [--seed N]
+//   embed-compare --threads N [--runs 5] [--json OUT] [--seed N] [--profile]
 //   gpu-agree --accelerator cpu|cuda --model FILE --json OUT [--positions 32]
 //   gpu-compare --model FILE --json OUT [--torch torch_llama.json] [--runs 5]
 //   rnn-serve [--json OUT]
@@ -29,7 +29,7 @@ internal static class BenchCli
         "       bench kernels --threads N [--formats q4_0,q8_0,f32,q4_k,q5_k,q6_k] [--tokens 1,32,128]\n" +
         "       bench serve --model FILE --threads N [--json OUT] [--quick]\n" +
         "       bench memory --model FILE [--json OUT] [--tokens 128] [--threads N]\n" +
-        "       bench embed-compare --threads N [--runs 5] [--json OUT] [--seed N]\n" +
+        "       bench embed-compare --threads N [--runs 5] [--json OUT] [--seed N] [--profile]\n" +
         "       bench gpu-agree --accelerator cpu|cuda --model FILE --json OUT [--positions 32]\n" +
         "       bench gpu-compare --model FILE --json OUT [--torch torch_llama.json] [--runs 5]\n" +
         "       bench rnn-serve [--json OUT]\n" +
@@ -59,7 +59,7 @@ internal static class BenchCli
                 "profile" => ["model", "workload", "threads", "runs", "json"],
                 "kernels" => ["threads", "formats", "tokens"],
                 "memory" => ["model", "json", "tokens", "threads"],
-                "embed-compare" => ["threads", "runs", "json", "seed"],
+                "embed-compare" => ["threads", "runs", "json", "seed", "profile"],
                 "shared-prefix" => ["model", "prefix", "seqs", "suffix", "threads", "runs", "json", "kv"],
                 _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model, compare, agree, profile, kernels, memory, embed-compare, shared-prefix or serve)"),
             });
@@ -72,7 +72,8 @@ internal static class BenchCli
                 "kernels" => Kernels(options),
                 "memory" => Memory(options),
                 "embed-compare" => EmbedCompare.Run(Int(options, "threads", -1, min: 1, max: 64) is int threads and > 0 ? threads : throw new UsageException("--threads is required"),
-                    Int(options, "runs", 5, min: 1, max: 100), options.GetValueOrDefault("json"), Int(options, "seed", 1234, min: int.MinValue), Console.Out, Console.Error),
+                    Int(options, "runs", 5, min: 1, max: 100), options.GetValueOrDefault("json"), Int(options, "seed", 1234, min: int.MinValue), Console.Out, Console.Error,
+                    options.ContainsKey("profile")),
                 "shared-prefix" => SharedPrefixCommand.Run(Required(options, "model"), Int(options, "prefix", 1024, min: 16), Int(options, "seqs", 32, min: 2, max: 256),
                     Int(options, "suffix", 64, min: 0), Int(options, "threads", Environment.ProcessorCount, min: 1, max: 64), Int(options, "runs", 5, min: 1, max: 100),
                     options.GetValueOrDefault("json"), options.GetValueOrDefault("kv", "f16").ToLowerInvariant() switch
@@ -263,7 +264,7 @@ internal static class BenchCli
             string name = arg[2..], value;
             int equals = name.IndexOf('=');
             if (equals >= 0) { value = name[(equals + 1)..]; name = name[..equals]; }
-            else if (name == "quick") value = "true";
+            else if (name is "quick" or "profile") value = "true";
             else if (i + 1 < args.Length) value = args[++i];
             else throw new UsageException($"--{name} needs a value");
             if (!known.Contains(name)) throw new UsageException($"unknown option --{name}");

@@ -138,15 +138,38 @@ public static class Lanes
     // 1.2e-7) — erfc ≤ 0.16 there, so float's own error in P and e^x stays under 1e-7 of erf. The sign put back.
     // The scalar form (the reference path and loop tails) is the same erfc formula in double.
 
+    // The coefficients are written out as literals, Horner unrolled: read from static arrays in a loop, the chains cost
+    // array loads, bounds checks and loop control inside the GELU epilogue of every up projection's tile (kernels
+    // compiled with AggressiveOptimization see such arrays as ordinary memory). The series' are 2/√π·(−1)ⁿ/(n!·(2n + 1))
+    // and P's are ErfcCoefficients, each rounded to float (LanesTests checks both against those definitions).
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> Erf(Vector512<float> x)
     {
         Vector512<float> a = Vector512.Abs(x), square = x * x;
-        Vector512<float> series = Vector512.Create(ErfSeries[^1]);
-        for (int i = ErfSeries.Length - 2; i >= 0; i--) series = Vector512.FusedMultiplyAdd(series, square, Vector512.Create(ErfSeries[i]));
+        Vector512<float> series = Vector512.Create(-1.2290555e-09f);
+        series = Vector512.FusedMultiplyAdd(series, square, Vector512.Create(1.4807193e-08f));
+        series = Vector512.FusedMultiplyAdd(series, square, Vector512.Create(-1.6365844e-07f));
+        series = Vector512.FusedMultiplyAdd(series, square, Vector512.Create(1.6462114e-06f));
+        series = Vector512.FusedMultiplyAdd(series, square, Vector512.Create(-1.492565e-05f));
+        series = Vector512.FusedMultiplyAdd(series, square, Vector512.Create(0.000120553326f));
+        series = Vector512.FusedMultiplyAdd(series, square, Vector512.Create(-0.0008548327f));
+        series = Vector512.FusedMultiplyAdd(series, square, Vector512.Create(0.005223978f));
+        series = Vector512.FusedMultiplyAdd(series, square, Vector512.Create(-0.026866172f));
+        series = Vector512.FusedMultiplyAdd(series, square, Vector512.Create(0.11283792f));
+        series = Vector512.FusedMultiplyAdd(series, square, Vector512.Create(-0.37612638f));
+        series = Vector512.FusedMultiplyAdd(series, square, Vector512.Create(1.1283792f));
         Vector512<float> t = Vector512<float>.One / Vector512.FusedMultiplyAdd(a, Vector512.Create(0.5f), Vector512<float>.One);
-        Vector512<float> p = Vector512.Create(ErfcSingle[^1]);
-        for (int i = ErfcSingle.Length - 2; i >= 0; i--) p = Vector512.FusedMultiplyAdd(p, t, Vector512.Create(ErfcSingle[i]));
+        Vector512<float> p = Vector512.Create(0.17087276f);
+        p = Vector512.FusedMultiplyAdd(p, t, Vector512.Create(-0.82215226f));
+        p = Vector512.FusedMultiplyAdd(p, t, Vector512.Create(1.4885159f));
+        p = Vector512.FusedMultiplyAdd(p, t, Vector512.Create(-1.135204f));
+        p = Vector512.FusedMultiplyAdd(p, t, Vector512.Create(0.27886808f));
+        p = Vector512.FusedMultiplyAdd(p, t, Vector512.Create(-0.18628806f));
+        p = Vector512.FusedMultiplyAdd(p, t, Vector512.Create(0.09678418f));
+        p = Vector512.FusedMultiplyAdd(p, t, Vector512.Create(0.37409195f));
+        p = Vector512.FusedMultiplyAdd(p, t, Vector512.Create(1.0000237f));
+        p = Vector512.FusedMultiplyAdd(p, t, Vector512.Create(-1.2655122f));
         Vector512<float> tail = Vector512<float>.One - t * Exp(p - square);
         return Vector512.ConditionalSelect(Vector512.LessThan(a, Vector512<float>.One), x * series, Vector512.CopySign(tail, x));
     }
@@ -155,11 +178,29 @@ public static class Lanes
     public static Vector256<float> Erf(Vector256<float> x)
     {
         Vector256<float> a = Vector256.Abs(x), square = x * x;
-        Vector256<float> series = Vector256.Create(ErfSeries[^1]);
-        for (int i = ErfSeries.Length - 2; i >= 0; i--) series = Vector256.FusedMultiplyAdd(series, square, Vector256.Create(ErfSeries[i]));
+        Vector256<float> series = Vector256.Create(-1.2290555e-09f);
+        series = Vector256.FusedMultiplyAdd(series, square, Vector256.Create(1.4807193e-08f));
+        series = Vector256.FusedMultiplyAdd(series, square, Vector256.Create(-1.6365844e-07f));
+        series = Vector256.FusedMultiplyAdd(series, square, Vector256.Create(1.6462114e-06f));
+        series = Vector256.FusedMultiplyAdd(series, square, Vector256.Create(-1.492565e-05f));
+        series = Vector256.FusedMultiplyAdd(series, square, Vector256.Create(0.000120553326f));
+        series = Vector256.FusedMultiplyAdd(series, square, Vector256.Create(-0.0008548327f));
+        series = Vector256.FusedMultiplyAdd(series, square, Vector256.Create(0.005223978f));
+        series = Vector256.FusedMultiplyAdd(series, square, Vector256.Create(-0.026866172f));
+        series = Vector256.FusedMultiplyAdd(series, square, Vector256.Create(0.11283792f));
+        series = Vector256.FusedMultiplyAdd(series, square, Vector256.Create(-0.37612638f));
+        series = Vector256.FusedMultiplyAdd(series, square, Vector256.Create(1.1283792f));
         Vector256<float> t = Vector256<float>.One / Vector256.FusedMultiplyAdd(a, Vector256.Create(0.5f), Vector256<float>.One);
-        Vector256<float> p = Vector256.Create(ErfcSingle[^1]);
-        for (int i = ErfcSingle.Length - 2; i >= 0; i--) p = Vector256.FusedMultiplyAdd(p, t, Vector256.Create(ErfcSingle[i]));
+        Vector256<float> p = Vector256.Create(0.17087276f);
+        p = Vector256.FusedMultiplyAdd(p, t, Vector256.Create(-0.82215226f));
+        p = Vector256.FusedMultiplyAdd(p, t, Vector256.Create(1.4885159f));
+        p = Vector256.FusedMultiplyAdd(p, t, Vector256.Create(-1.135204f));
+        p = Vector256.FusedMultiplyAdd(p, t, Vector256.Create(0.27886808f));
+        p = Vector256.FusedMultiplyAdd(p, t, Vector256.Create(-0.18628806f));
+        p = Vector256.FusedMultiplyAdd(p, t, Vector256.Create(0.09678418f));
+        p = Vector256.FusedMultiplyAdd(p, t, Vector256.Create(0.37409195f));
+        p = Vector256.FusedMultiplyAdd(p, t, Vector256.Create(1.0000237f));
+        p = Vector256.FusedMultiplyAdd(p, t, Vector256.Create(-1.2655122f));
         Vector256<float> tail = Vector256<float>.One - t * Exp(p - square);
         return Vector256.ConditionalSelect(Vector256.LessThan(a, Vector256<float>.One), x * series, Vector256.CopySign(tail, x));
     }
@@ -168,11 +209,29 @@ public static class Lanes
     public static Vector128<float> Erf(Vector128<float> x)
     {
         Vector128<float> a = Vector128.Abs(x), square = x * x;
-        Vector128<float> series = Vector128.Create(ErfSeries[^1]);
-        for (int i = ErfSeries.Length - 2; i >= 0; i--) series = Vector128.FusedMultiplyAdd(series, square, Vector128.Create(ErfSeries[i]));
+        Vector128<float> series = Vector128.Create(-1.2290555e-09f);
+        series = Vector128.FusedMultiplyAdd(series, square, Vector128.Create(1.4807193e-08f));
+        series = Vector128.FusedMultiplyAdd(series, square, Vector128.Create(-1.6365844e-07f));
+        series = Vector128.FusedMultiplyAdd(series, square, Vector128.Create(1.6462114e-06f));
+        series = Vector128.FusedMultiplyAdd(series, square, Vector128.Create(-1.492565e-05f));
+        series = Vector128.FusedMultiplyAdd(series, square, Vector128.Create(0.000120553326f));
+        series = Vector128.FusedMultiplyAdd(series, square, Vector128.Create(-0.0008548327f));
+        series = Vector128.FusedMultiplyAdd(series, square, Vector128.Create(0.005223978f));
+        series = Vector128.FusedMultiplyAdd(series, square, Vector128.Create(-0.026866172f));
+        series = Vector128.FusedMultiplyAdd(series, square, Vector128.Create(0.11283792f));
+        series = Vector128.FusedMultiplyAdd(series, square, Vector128.Create(-0.37612638f));
+        series = Vector128.FusedMultiplyAdd(series, square, Vector128.Create(1.1283792f));
         Vector128<float> t = Vector128<float>.One / Vector128.FusedMultiplyAdd(a, Vector128.Create(0.5f), Vector128<float>.One);
-        Vector128<float> p = Vector128.Create(ErfcSingle[^1]);
-        for (int i = ErfcSingle.Length - 2; i >= 0; i--) p = Vector128.FusedMultiplyAdd(p, t, Vector128.Create(ErfcSingle[i]));
+        Vector128<float> p = Vector128.Create(0.17087276f);
+        p = Vector128.FusedMultiplyAdd(p, t, Vector128.Create(-0.82215226f));
+        p = Vector128.FusedMultiplyAdd(p, t, Vector128.Create(1.4885159f));
+        p = Vector128.FusedMultiplyAdd(p, t, Vector128.Create(-1.135204f));
+        p = Vector128.FusedMultiplyAdd(p, t, Vector128.Create(0.27886808f));
+        p = Vector128.FusedMultiplyAdd(p, t, Vector128.Create(-0.18628806f));
+        p = Vector128.FusedMultiplyAdd(p, t, Vector128.Create(0.09678418f));
+        p = Vector128.FusedMultiplyAdd(p, t, Vector128.Create(0.37409195f));
+        p = Vector128.FusedMultiplyAdd(p, t, Vector128.Create(1.0000237f));
+        p = Vector128.FusedMultiplyAdd(p, t, Vector128.Create(-1.2655122f));
         Vector128<float> tail = Vector128<float>.One - t * Exp(p - square);
         return Vector128.ConditionalSelect(Vector128.LessThan(a, Vector128<float>.One), x * series, Vector128.CopySign(tail, x));
     }
@@ -184,29 +243,12 @@ public static class Lanes
         return (float)Math.CopySign(1.0 - erfc, x);
     }
 
-    // erf's Maclaurin coefficients 2/√π·(−1)ⁿ/(n!·(2n + 1)), n = 0..11, rounded to float.
-    private static readonly float[] ErfSeries = MaclaurinErf(12);
-
-    private static float[] MaclaurinErf(int terms)
-    {
-        var coefficients = new float[terms];
-        double factorial = 1;
-        for (int n = 0; n < terms; n++)
-        {
-            if (n > 0) factorial *= n;
-            coefficients[n] = (float)(2 / Math.Sqrt(Math.PI) * (n % 2 == 0 ? 1 : -1) / (factorial * (2 * n + 1)));
-        }
-        return coefficients;
-    }
-
-    // The exponent's polynomial in t, Horner form; one copy of the coefficients for every width.
-    private static readonly double[] ErfcCoefficients =
+    // The exponent's polynomial in t, Horner form, in double for the scalar form (the vectors' literals are these rounded to float).
+    internal static readonly double[] ErfcCoefficients =
     [
         -1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
         0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277,
     ];
-
-    private static readonly float[] ErfcSingle = Array.ConvertAll(ErfcCoefficients, c => (float)c);
 
     private static double ErfcPolynomial(double t)
     {

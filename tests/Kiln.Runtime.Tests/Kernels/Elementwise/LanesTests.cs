@@ -97,6 +97,42 @@ public sealed class LanesTests(ITestOutputHelper output)
         Check("log", width, Math.Log, 2.4e-7, 1e-30, Lanes.Log, Lanes.Log, Lanes.Log, Lanes.Log, x => x > 0);
     }
 
+    public static TheoryData<int> VectorWidths => new() { 16, 8, 4 };
+
+    /// <summary>
+    /// The vectors' erf, whose coefficients are literals, equals bit for bit the same formula evaluated here from the
+    /// coefficients' definitions (2/√π·(−1)ⁿ/(n!·(2n + 1)) for the series, the scalar form's erfc polynomial rounded to
+    /// float): a mistyped coefficient, even one too small for the approximation bound to notice, fails here.
+    /// </summary>
+    [SkippableTheory]
+    [MemberData(nameof(VectorWidths))]
+    public void ErfVectorsUseTheDefinedCoefficients(int width)
+    {
+        SkipUnlessAccelerated(width);
+        var series = new float[12];
+        double factorial = 1;
+        for (int n = 0; n < series.Length; n++)
+        {
+            if (n > 0) factorial *= n;
+            series[n] = (float)(2 / Math.Sqrt(Math.PI) * (n % 2 == 0 ? 1 : -1) / (factorial * (2 * n + 1)));
+        }
+        float[] erfc = Array.ConvertAll(Lanes.ErfcCoefficients, c => (float)c);
+        foreach (double point in Points)
+        {
+            var x = Vector128.Create((float)point);
+            Vector128<float> a = Vector128.Abs(x), square = x * x;
+            Vector128<float> s = Vector128.Create(series[^1]);
+            for (int i = series.Length - 2; i >= 0; i--) s = Vector128.FusedMultiplyAdd(s, square, Vector128.Create(series[i]));
+            Vector128<float> t = Vector128<float>.One / Vector128.FusedMultiplyAdd(a, Vector128.Create(0.5f), Vector128<float>.One);
+            Vector128<float> p = Vector128.Create(erfc[^1]);
+            for (int i = erfc.Length - 2; i >= 0; i--) p = Vector128.FusedMultiplyAdd(p, t, Vector128.Create(erfc[i]));
+            Vector128<float> tail = Vector128<float>.One - t * Lanes.Exp(p - square);
+            float expected = Vector128.ConditionalSelect(Vector128.LessThan(a, Vector128<float>.One), x * s, Vector128.CopySign(tail, x)).ToScalar();
+            foreach (float lane in Apply(width, (float)point, Lanes.Erf, Lanes.Erf, Lanes.Erf, Lanes.Erf))
+                Assert.True(BitConverter.SingleToInt32Bits(lane) == BitConverter.SingleToInt32Bits(expected), $"erf({(float)point}) at width {width} = {lane}, the defined coefficients give {expected}");
+        }
+    }
+
     /// <summary>erf from the eager reference's own double implementation (a series and a continued fraction).</summary>
     private static double ErfReference(double x) => ErrorFunction.Erf(x);
 
