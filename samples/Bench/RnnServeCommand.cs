@@ -136,7 +136,7 @@ public static class RnnServeCommand
     private static async Task<Result> RunContinuous(string name, IKilnModel model, ICompiledPlan plan, KilnTokenizer tokenizer, EngineOptions options, ServeRequest[] workload)
     {
         await using var engine = new KilnEngine(model, plan, tokenizer, options);
-        await Drain(engine.GenerateAsync(workload[0].Prompt, new GenerationOptions { MaxTokens = 4, IgnoreEndOfSequence = true })); // warm-up
+        await ServeRunners.Drain(engine.GenerateAsync(workload[0].Prompt, new GenerationOptions { MaxTokens = 4, IgnoreEndOfSequence = true })); // warm-up
         var latencies = new double[workload.Length];
         var clock = Stopwatch.StartNew();
         var runs = new List<Task>(workload.Length);
@@ -146,7 +146,7 @@ public static class RnnServeCommand
             await SleepUntil(clock, request.ArrivalSeconds);
             runs.Add(Task.Run(async () =>
             {
-                int tokens = await Drain(engine.GenerateAsync(request.Prompt, new GenerationOptions { MaxTokens = request.OutputTokens, IgnoreEndOfSequence = true }));
+                int tokens = (await ServeRunners.Drain(engine.GenerateAsync(request.Prompt, new GenerationOptions { MaxTokens = request.OutputTokens, IgnoreEndOfSequence = true }))).Length;
                 latencies[request.Index] = (clock.Elapsed.TotalSeconds - request.ArrivalSeconds) * 1000;
                 Interlocked.Add(ref generated, tokens);
             }));
@@ -277,18 +277,6 @@ public static class RnnServeCommand
             generated += request.OutputTokens;
         }
         return new Result("sequential", generated, clock.Elapsed.TotalSeconds, latencies);
-    }
-
-    private static async Task<int> Drain(IAsyncEnumerable<GenerationUpdate> updates)
-    {
-        int tokens = 0;
-        await foreach (var update in updates.ConfigureAwait(false))
-        {
-            if (update.FinishReason is not (Kiln.Engine.Scheduling.FinishReason.None or Kiln.Engine.Scheduling.FinishReason.Length))
-                throw new InvalidOperationException($"a benchmark request ended with {update.FinishReason}: {update.ErrorMessage}");
-            if (!update.IsFinal) tokens++;
-        }
-        return tokens;
     }
 
     private static async Task SleepUntil(Stopwatch clock, double seconds)

@@ -100,7 +100,10 @@ public static class ServeCommand
             : tokens => model.Compile(new PlanOptions(tokens, options.Threads));
         // The context the model was trained for, as llama.cpp reads it ({arch}.context_length; 2048 when absent).
         int context = file.TryGetInt($"{file.Architecture}.context_length", out long trained) && trained > 0 ? (int)Math.Min(trained, int.MaxValue) : 2048;
-        log.WriteLine($"serve: {Path.GetFileName(options.ModelPath)}: {file.Architecture}, {model.KvShape.Layers} layers, vocab {model.VocabSize}, context {context}; " +
+        // A model without attention layers (a Mamba) has no KV cache: its sequences' memory is their state slots.
+        bool attention = model.KvShape.Layers > 0;
+        string state = model.StateShape.IsEmpty ? "" : $" ({model.StateShape})";
+        log.WriteLine($"serve: {Path.GetFileName(options.ModelPath)}: {file.Architecture}, {model.KvShape.Layers} attention layers{state}, vocab {model.VocabSize}, context {context}; " +
                       $"{(options.Eager ? "EAGER reference plan" : "compiled plan")}, {options.Threads} threads{(options.Quick ? ", QUICK sizes" : "")}");
 
         // Lengths fit the model's context: a prompt and its output together at most.
@@ -113,13 +116,14 @@ public static class ServeCommand
         var engineOptions = new EngineOptions
         {
             BlockSize = 16,
-            KvCacheBytes = kvBytes,
             TokenBudget = sizes.TokenBudget,
             MaxRunningRequests = options.Batch,
             MaxContext = maxSequence,
         };
+        if (attention) engineOptions = engineOptions with { KvCacheBytes = kvBytes };
         if (options.SharedPromptOnly)
         {
+            if (!attention) throw new ArgumentException($"--shared-prompt-only measures attention over a shared KV prefix; {Path.GetFileName(options.ModelPath)} ({file.Architecture}) has no attention layers");
             var (on, off) = await RunSharedPrompt(model, tokenizer, compile, engineOptions, sizes, context, options, log);
             PrintSharedPrompt(output, on, off, sizes, context, options);
             if (options.JsonPath is not null) WriteJson(options.JsonPath, [on, off], null);
@@ -140,6 +144,9 @@ public static class ServeCommand
         var results = new List<ServeResult>();
         log.WriteLine("serve: (a) continuous batching, chunked prefill...");
         results.Add(await ServeRunners.RunEngine("continuous", model, tokenizer, compile, engineOptions, workload));
+        using (var alonePlan = compile(sizes.TokenBudget))
+            ServeRunners.RequireEachEqualsItsRunAlone(model, alonePlan, workload, results[0], maxSequence);
+        log.WriteLine($"serve: every continuous-batching request's output equals its run alone ({workload.Length} requests)");
         log.WriteLine($"serve: (b) static batching with padding, batches of {options.Batch}...");
         // Its padded prefill has no decodes to hold back: big steps (per-token cost is flat from ~64 tokens up).
         using (var staticPlan = compile(Math.Max(StaticPrefillStep, options.Batch)))
@@ -147,6 +154,14 @@ public static class ServeCommand
         log.WriteLine("serve: (c) continuous batching, chunked prefill off (prefill first: whole prompts, decodes wait)...");
         results.Add(await ServeRunners.RunEngine("no_chunking", model, tokenizer, compile, engineOptions with { ChunkedPrefill = false }, workload));
 
+        if (!attention)
+        {
+            // Prefix caching and shared-prefix attention are about attention layers' KV: nothing to measure here.
+            log.WriteLine("serve: no attention layers: the prefix-cache and shared-system-prompt runs are skipped");
+            Print(output, results, null, 0, options);
+            if (options.JsonPath is not null) WriteJson(options.JsonPath, results, null);
+            return 0;
+        }
         int prefixLength = Math.Min(sizes.PrefixLength, context - 64);
         var prefixWorkload = ServeWorkload.SharedPrefix(sizes.PrefixRequests, prefixLength, suffixLength: 16, outputTokens: 8, model.VocabSize, options.Seed + 1);
         var prefixOptions = engineOptions with { MaxContext = prefixLength + 64, KvCacheBytes = Math.Max(kvBytes, 4L * ((prefixLength + 64 + 15) / 16) * model.KvShape.BytesPerBlock(16)) };
@@ -155,7 +170,7 @@ public static class ServeCommand
         double missMs = await ServeRunners.RunPrefix(model, tokenizer, compile, prefixOptions with { PrefixCaching = false }, prefixWorkload);
         var (sharedOn, sharedOff) = await RunSharedPrompt(model, tokenizer, compile, engineOptions, sizes, context, options, log);
 
-        Print(output, results, hitMs, missMs, prefixLength, options);
+        Print(output, results, (hitMs, missMs), prefixLength, options);
         PrintSharedPrompt(output, sharedOn, sharedOff, sizes, context, options);
         if (options.JsonPath is not null) WriteJson(options.JsonPath, [.. results, sharedOn, sharedOff], (hitMs, missMs));
         return 0;
@@ -210,7 +225,7 @@ public static class ServeCommand
         }
     }
 
-    private static void Print(TextWriter output, List<ServeResult> results, double hitMs, double missMs, int prefixLength, ServeOptions options)
+    private static void Print(TextWriter output, List<ServeResult> results, (double HitMs, double MissMs)? prefix, int prefixLength, ServeOptions options)
     {
         var c = CultureInfo.InvariantCulture;
         output.WriteLine();
@@ -221,14 +236,17 @@ public static class ServeCommand
             output.WriteLine(string.Create(c,
                 $"| {r.Name} | {r.RequestsPerSecond:F2} | {r.TokensPerSecond:F1} | {r.TtftP50:F1} | {r.TtftP99:F1} | {r.TbtP50:F2} | {r.TbtP99:F2} | {r.KvUtilization:P0} | {r.Preemptions} |"));
         }
-        output.WriteLine(string.Create(c, $"prefix cache ({prefixLength}-token shared prompt): TTFT hit {hitMs:F1} ms, miss {missMs:F1} ms"));
+        if (prefix is (double hitMs, double missMs))
+            output.WriteLine(string.Create(c, $"prefix cache ({prefixLength}-token shared prompt): TTFT hit {hitMs:F1} ms, miss {missMs:F1} ms"));
+        string prefixTarget = prefix is (double hit, double miss)
+            ? string.Create(c, $"prefix miss/hit TTFT {miss / hit:F1}× (≥ 5)") : "prefix cache n/a (no attention layers)";
         var continuous = results[0];
         var padded = results[1];
         var unchunked = results[2];
         output.WriteLine(string.Create(c, $"targets{(options.Quick ? " (judged on the full sizes; --quick is a smoke test with few, short requests)" : "")}: " +
             $"continuous/static throughput {continuous.TokensPerSecond / padded.TokensPerSecond:F2}× (≥ 2), " +
             $"no-chunking/chunked p99 TBT {unchunked.TbtP99 / continuous.TbtP99:F2}× (≥ 2; throughput chunked/no-chunking {continuous.TokensPerSecond / unchunked.TokensPerSecond:F2}×), " +
-            $"prefix miss/hit TTFT {missMs / hitMs:F1}× (≥ 5)"));
+            $"{prefixTarget}"));
         output.WriteLine($"KV util: engine = KV positions held / positions of the blocks in use; static = real tokens / padded batch rows. {options.Threads} threads; timings on a shared machine are noisy.");
     }
 

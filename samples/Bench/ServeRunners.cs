@@ -6,8 +6,9 @@ using Kiln.Tokenization;
 
 namespace Kiln.Bench;
 
-/// <summary>What one replay of a workload measured. Latencies in milliseconds.</summary>
-public sealed record ServeResult(string Name, int Requests, long GeneratedTokens, double Seconds, double[] TtftMs, double[] TbtMs, double KvUtilization, long Preemptions)
+/// <summary>What one replay of a workload measured. Latencies in milliseconds; <see cref="Outputs"/>: each request's tokens, where the replay keeps them.</summary>
+public sealed record ServeResult(string Name, int Requests, long GeneratedTokens, double Seconds, double[] TtftMs, double[] TbtMs, double KvUtilization, long Preemptions,
+    int[][]? Outputs = null)
 {
     public double RequestsPerSecond => Requests / Seconds;
 
@@ -51,20 +52,20 @@ public static class ServeRunners
         var clock = Stopwatch.StartNew();
         using var sampling = new CancellationTokenSource();
         var utilization = SampleUtilization(engine, sampling.Token);
-        var runs = new List<Task>(workload.Length);
+        var runs = new List<Task<int[]>>(workload.Length);
         foreach (var request in workload)
         {
             await SleepUntil(clock, request.ArrivalSeconds);
             runs.Add(Drain(engine.GenerateAsync(request.Prompt, new GenerationOptions { MaxTokens = request.OutputTokens, IgnoreEndOfSequence = true })));
         }
-        await Task.WhenAll(runs);
+        int[][] outputs = await Task.WhenAll(runs);
         double seconds = clock.Elapsed.TotalSeconds;
         sampling.Cancel();
         double kvUtilization = await utilization;
 
         var after = engine.GetStatistics();
         return new ServeResult(name, workload.Length, after.GeneratedTokens - before.GeneratedTokens, seconds,
-            latencies.TimeToFirstToken, latencies.TimeBetweenTokens, kvUtilization, after.Preemptions - before.Preemptions);
+            latencies.TimeToFirstToken, latencies.TimeBetweenTokens, kvUtilization, after.Preemptions - before.Preemptions, outputs);
     }
 
     /// <summary>
@@ -154,7 +155,7 @@ public static class ServeRunners
     /// </summary>
     public static ServeResult RunStaticPadded(string name, IKilnModel model, ICompiledPlan plan, ServeRequest[] workload, int batchSize, int maxContext)
     {
-        var context = new AttentionContext(model.CreateKvCache(batchSize, maxContext), plan.MaxTokensPerStep);
+        var context = AttentionContext.ForSlots(model, batchSize, maxContext, plan.MaxTokensPerStep);
         var tokens = new int[plan.MaxTokensPerStep];
         var logits = new float[batchSize * plan.VocabSize];
         var last = new int[batchSize];
@@ -245,12 +246,35 @@ public static class ServeRunners
         return 0;
     }
 
-    private static async Task Drain(IAsyncEnumerable<GenerationUpdate> updates)
+    /// <summary>A request's streamed tokens; a request that ends other than by its length is the benchmark's error.</summary>
+    internal static async Task<int[]> Drain(IAsyncEnumerable<GenerationUpdate> updates)
     {
+        var tokens = new List<int>();
         await foreach (var update in updates.ConfigureAwait(false))
         {
             if (update.FinishReason is not (Kiln.Engine.Scheduling.FinishReason.None or Kiln.Engine.Scheduling.FinishReason.Length))
                 throw new InvalidOperationException($"a benchmark request ended with {update.FinishReason}: {update.ErrorMessage}");
+            if (!update.IsFinal) tokens.Add(update.TokenId);
+        }
+        return tokens.ToArray();
+    }
+
+    /// <summary>
+    /// Every request's output from <paramref name="result"/> against the same request generated alone (greedy, one
+    /// sequence, <see cref="TokenGenerator"/> over <paramref name="plan"/>): batching must not change what a request
+    /// gets. Throws, naming the first request and token that differ.
+    /// </summary>
+    public static void RequireEachEqualsItsRunAlone(IKilnModel model, ICompiledPlan plan, ServeRequest[] workload, ServeResult result, int maxContext)
+    {
+        var outputs = result.Outputs ?? throw new ArgumentException($"the {result.Name} replay kept no outputs", nameof(result));
+        var generator = new TokenGenerator(model, plan, maxContext);
+        for (int i = 0; i < workload.Length; i++)
+        {
+            int[] alone = generator.Generate(workload[i].Prompt, workload[i].OutputTokens, SamplingOptions.Greedy).ToArray();
+            int differs = 0;
+            while (differs < Math.Min(alone.Length, outputs[i].Length) && alone[differs] == outputs[i][differs]) differs++;
+            if (differs < alone.Length || differs < outputs[i].Length)
+                throw new InvalidOperationException($"{result.Name}: request {i} (prompt of {workload[i].Prompt.Length} tokens) differs from its run alone at output token {differs} of {alone.Length}.");
         }
     }
 

@@ -393,23 +393,93 @@ public sealed class MambaSynthetic : SyntheticArchitecture
     protected internal override void AddTensors(SyntheticModelBuilder model)
     {
         var s = model.Shape;
-        int inner = s.Hidden, rank = DtRank(s);
-        var a = new float[inner * StateSize];
-        for (int i = 0; i < a.Length; i++) a[i] = -(i % StateSize + 1);
         model.TokenEmbedding(s.TiedOutput);
         for (int layer = 0; layer < s.Layers; layer++)
         {
             string p = $"blk.{layer}.";
             model.Norm(p + "attn_norm.weight", s.Dim);
-            model.Linear(p + "ssm_in.weight", s.Dim, 2 * inner);
-            model.F32Tensor(p + "ssm_conv1d.weight", 1f / MathF.Sqrt(ConvKernel), 0, ConvKernel, inner);
-            model.Bias(p + "ssm_conv1d.bias", inner, 0.1f);
-            model.Linear(p + "ssm_x.weight", inner, rank + 2 * StateSize);
-            model.Linear(p + "ssm_dt.weight", rank, inner, 0.1f);
-            model.F32Tensor(p + "ssm_dt.bias", 0.5f, -3.5f, inner);
-            model.F32Values(p + "ssm_a", a, StateSize, inner);
-            model.F32Tensor(p + "ssm_d", 0.1f, 1f, inner);
-            model.Linear(p + "ssm_out.weight", inner, s.Dim);
+            AddMixer(model, p, inner: s.Hidden, DtRank(s), normedDtBc: false);
+        }
+        model.OutputHead();
+    }
+
+    /// <summary>
+    /// One layer's Mamba mixer (after its input norm): in-projection, convolution, x- and time-step projections, A, D,
+    /// out-projection; with <paramref name="normedDtBc"/> also the RMS norms of the time step, B and C (Jamba's).
+    /// </summary>
+    internal static void AddMixer(SyntheticModelBuilder model, string p, int inner, int rank, bool normedDtBc)
+    {
+        var a = new float[inner * StateSize];
+        for (int i = 0; i < a.Length; i++) a[i] = -(i % StateSize + 1);
+        model.Linear(p + "ssm_in.weight", model.Shape.Dim, 2 * inner);
+        model.F32Tensor(p + "ssm_conv1d.weight", 1f / MathF.Sqrt(ConvKernel), 0, ConvKernel, inner);
+        model.Bias(p + "ssm_conv1d.bias", inner, 0.1f);
+        model.Linear(p + "ssm_x.weight", inner, rank + 2 * StateSize);
+        if (normedDtBc)
+        {
+            model.Norm(p + "ssm_dt_norm.weight", rank);
+            model.Norm(p + "ssm_b_norm.weight", StateSize);
+            model.Norm(p + "ssm_c_norm.weight", StateSize);
+        }
+        model.Linear(p + "ssm_dt.weight", rank, inner, 0.1f);
+        model.F32Tensor(p + "ssm_dt.bias", 0.5f, -3.5f, inner);
+        model.F32Values(p + "ssm_a", a, StateSize, inner);
+        model.F32Tensor(p + "ssm_d", 0.1f, 1f, inner);
+        model.Linear(p + "ssm_out.weight", inner, model.Shape.Dim);
+    }
+}
+
+/// <summary>
+/// Jamba (llama.cpp's <c>jamba</c>): every layer an RMSNorm, then either a Mamba mixer (d_inner = 2 × dim, as llama.cpp
+/// requires, with RMS norms on the time step, B and C) or attention without rope; then a residual, an RMSNorm and a
+/// dense SwiGLU FFN (no experts: llama.cpp's jamba takes a dense FFN when ffn_gate_inp is absent). Which layers attend
+/// is the file's per-layer attention.head_count_kv array (0: a Mamba layer), here every second layer from layer 1
+/// (Jamba's own rule, attn_layer_period 8 and offset 4, at a scale tiny files have).
+/// </summary>
+public sealed class JambaSynthetic : SyntheticArchitecture
+{
+    public const int AttentionPeriod = 2, AttentionOffset = 1;
+
+    public override string Name => "jamba";
+    public override SyntheticVocabulary Vocabulary { get; } = SyntheticVocabulary.SentencePiece(addBos: true);
+    public override SyntheticShape Tiny { get; } = new("tiny", Dim: 64, Hidden: 160, Layers: 2, Heads: 4, KvHeads: 2, Vocab: 320, TiedOutput: false, ContextLength: 256);
+    public override SyntheticShape Small { get; } = new("15m", 288, 768, 6, 6, 6, 32000, TiedOutput: true);
+    public override SyntheticShape Base { get; } = new("110m", 768, 2048, 12, 12, 12, 32000, TiedOutput: false);
+
+    /// <summary>Whether layer <paramref name="layer"/> attends (else it is a Mamba layer).</summary>
+    public static bool IsAttentionLayer(int layer) => layer % AttentionPeriod == AttentionOffset;
+
+    public override object HeadCountKv(SyntheticShape shape)
+    {
+        var counts = new uint[shape.Layers];
+        for (int layer = 0; layer < counts.Length; layer++) counts[layer] = IsAttentionLayer(layer) ? (uint)shape.KvHeads : 0;
+        return counts;
+    }
+
+    public override IEnumerable<int> MatrixRowLengths(SyntheticShape shape) =>
+        [.. base.MatrixRowLengths(shape), 2 * shape.Dim, MambaSynthetic.DtRank(shape)];
+
+    protected internal override void AddHyperparameters(SyntheticModelBuilder model)
+    {
+        model.Hyper("ssm.conv_kernel", (uint)MambaSynthetic.ConvKernel);
+        model.Hyper("ssm.inner_size", (uint)(2 * model.Shape.Dim));
+        model.Hyper("ssm.state_size", (uint)MambaSynthetic.StateSize);
+        model.Hyper("ssm.time_step_rank", (uint)MambaSynthetic.DtRank(model.Shape));
+        model.Hyper("attention.layer_norm_rms_epsilon", 1e-5f);
+    }
+
+    protected internal override void AddTensors(SyntheticModelBuilder model)
+    {
+        var s = model.Shape;
+        model.TokenEmbedding(s.TiedOutput);
+        for (int layer = 0; layer < s.Layers; layer++)
+        {
+            string p = $"blk.{layer}.";
+            model.Norm(p + "attn_norm.weight", s.Dim);
+            if (IsAttentionLayer(layer)) model.Attention(p);
+            else MambaSynthetic.AddMixer(model, p, inner: 2 * s.Dim, MambaSynthetic.DtRank(s), normedDtBc: true);
+            model.Norm(p + "ffn_norm.weight", s.Dim);
+            model.GatedFfn(p);
         }
         model.OutputHead();
     }

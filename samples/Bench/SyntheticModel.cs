@@ -54,7 +54,7 @@ public static class SyntheticModel
 
     /// <summary>Every architecture llama.cpp also runs (the peer checks' list), by its general.architecture name.</summary>
     public static IReadOnlyList<SyntheticArchitecture> Architectures { get; } =
-        [new LlamaSynthetic(), new Gpt2Synthetic(), new Qwen2Synthetic(), new Qwen3Synthetic(), new Gemma2Synthetic(), new Phi3Synthetic(), new BertSynthetic(), new MambaSynthetic()];
+        [new LlamaSynthetic(), new Gpt2Synthetic(), new Qwen2Synthetic(), new Qwen3Synthetic(), new Gemma2Synthetic(), new Phi3Synthetic(), new BertSynthetic(), new MambaSynthetic(), new JambaSynthetic()];
 
     /// <summary>Architectures only Kiln runs (no llama.cpp peer): checked against references of their own.</summary>
     public static IReadOnlyList<SyntheticArchitecture> KilnOnlyArchitectures { get; } = [new LstmSynthetic()];
@@ -108,7 +108,7 @@ public static class SyntheticModel
         builder.Hyper("feed_forward_length", (uint)shape.Hidden);
         builder.Hyper("block_count", (uint)shape.Layers);
         builder.Hyper("attention.head_count", (uint)shape.Heads);
-        builder.Hyper("attention.head_count_kv", (uint)shape.KvHeads);
+        builder.Hyper("attention.head_count_kv", architecture.HeadCountKv(shape));
         architecture.AddHyperparameters(builder);
         builder.Hyper("vocab_size", (uint)shape.Vocab);
         architecture.Vocabulary.Write(writer, shape.Vocab);
@@ -162,6 +162,9 @@ public abstract class SyntheticArchitecture
             || shape.KeyLength == 0 && shape.Dim % shape.Heads != 0)
             throw new ArgumentException($"{Name} {shape.Name}: heads {shape.Heads}/{shape.KvHeads} do not fit dim {shape.Dim}");
     }
+
+    /// <summary>{arch}.attention.head_count_kv: one count for every layer, or (a hybrid) an array with 0 for each layer without attention.</summary>
+    public virtual object HeadCountKv(SyntheticShape shape) => (uint)shape.KvHeads;
 
     /// <summary>The row lengths (ne0) of the file's quantizable matrices: each must be whole blocks.</summary>
     public virtual IEnumerable<int> MatrixRowLengths(SyntheticShape shape) => [shape.Dim, shape.Hidden, shape.QDim];

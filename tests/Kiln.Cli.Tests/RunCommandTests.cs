@@ -23,6 +23,35 @@ public sealed class RunCommandTests
         Assert.Contains(run.ErrorLines, line => line.StartsWith("kiln: 5 prompt + 64 generated tokens in ", StringComparison.Ordinal));
     }
 
+    /// <summary>
+    /// A model without attention layers (make-model's tiny Mamba, written here): run binds it, its sequence's memory a
+    /// state slot instead of a KV cache, and generates every token asked for; greedy, so a second run repeats it.
+    /// </summary>
+    [Fact]
+    public async Task A_mamba_file_runs_from_its_state_slot()
+    {
+        string directory = Directory.CreateTempSubdirectory("kiln-run-mamba-").FullName;
+        try
+        {
+            string path = Path.Combine(directory, "mamba-tiny.gguf");
+            var mamba = Kiln.Bench.SyntheticModel.Architecture("mamba");
+            Kiln.Bench.SyntheticModel.Write(path, mamba, mamba.Tiny, Kiln.Bench.SyntheticFormat.Parse("f32"), seed: 5);
+            string[] args = ["run", "--model", path, "--prompt", "Once upon a time", "--max-tokens", "12", "--temperature", "0"];
+            var run = await CliRun.Of(args);
+            var again = await CliRun.Of(args);
+
+            Assert.True(run.ExitCode == 0, run.ToString());
+            Assert.StartsWith("Once upon a time", run.Out, StringComparison.Ordinal);
+            Assert.Equal(run.Out, again.Out);
+            Assert.Contains(run.ErrorLines, line => line.StartsWith("kiln: binding mamba-tiny.gguf to Mamba (", StringComparison.Ordinal));
+            Assert.Contains(run.ErrorLines, line => line.Contains(" prompt + 12 generated tokens in ", StringComparison.Ordinal));
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
     [Fact]
     public async Task Sampling_with_a_seed_repeats_and_differs_from_greedy()
     {

@@ -106,6 +106,32 @@ public sealed class RecurrentEngineTests(ITestOutputHelper output)
         Assert.Equal(0, statistics.StateSlotsUsed);
     }
 
+    /// <summary>
+    /// TokenGenerator (what a single-sequence caller uses) on a Mamba, which has no KV cache: its prompt prefilled in
+    /// chunks of the plan's step, its state carried across them, equals the request run alone in one step; a second
+    /// call starts again from zeros (its first token is at position 0), so it repeats the first.
+    /// </summary>
+    [Fact]
+    public void TokenGeneratorRunsAMambaFromItsStateSlot()
+    {
+        ulong seed = SeededCases.Resolve(29);
+        output.WriteLine($"seed {seed}");
+        var random = new Random((int)(seed % int.MaxValue));
+        var model = Mamba.Load(MambaTests.File(seed: 31, vocab: Tokenizer.VocabSize));
+        using var wide = model.Compile(new PlanOptions(64, Threads: 2));
+        using var narrow = model.Compile(new PlanOptions(8, Threads: 2));
+        var generator = new TokenGenerator(model, narrow, maxContext: 96);
+        Assert.Equal(96, generator.MaxContext);
+
+        int[] prompt = Enumerable.Range(0, random.Next(20, 40)).Select(_ => random.Next(3, Tokenizer.VocabSize)).ToArray();
+        int[] alone = RecurrentStatePropertyTests.AloneWith(wide, model, prompt, 12);
+        int[] first = generator.Generate(prompt, 12, SamplingOptions.Greedy).ToArray();
+        int[] again = generator.Generate(prompt, 12, SamplingOptions.Greedy).ToArray();
+        output.WriteLine($"prompt of {prompt.Length} tokens in steps of 8: {string.Join(" ", first)}");
+        Assert.Equal(alone, first);
+        Assert.Equal(first, again);
+    }
+
     [Fact]
     public async Task ParallelSamplesContinueFromTheirParentsStateSlot()
     {

@@ -228,7 +228,7 @@ public sealed class ArchitectureTests(ITestOutputHelper output)
     private static int ExpectedRope(string architecture) => architecture switch
     {
         "llama" => 0,
-        "gpt2" or "mamba" => -1,
+        "gpt2" or "mamba" or "jamba" => -1, // jamba: attention without rope
         _ => 2, // qwen2, qwen3, gemma2, phi3
     };
 

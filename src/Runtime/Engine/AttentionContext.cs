@@ -75,6 +75,25 @@ public sealed partial class AttentionContext
     }
 
     /// <summary>
+    /// A context for steps of up to <paramref name="capacity"/> tokens over <paramref name="slots"/> sequences of
+    /// <paramref name="model"/>, each with memory of its own, shaped by the model: a contiguous KV cache slot of
+    /// <paramref name="maxContext"/> positions for its attention layers (<paramref name="cache"/> when given, e.g. a GPU
+    /// plan's own; else the model's host cache), a recurrent state slot for its recurrent layers (a hybrid has both, a
+    /// Mamba or an LSTM only the state, whose size does not grow with the context). Sequence i uses slot i of both.
+    /// </summary>
+    public static AttentionContext ForSlots(IKilnModel model, int slots, int maxContext, int capacity, KvCache? cache = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(slots);
+        var state = model.StateShape;
+        if (!state.IsEmpty && model.KvShape.Layers == 0) return new AttentionContext(state.CreateCache(slots), capacity);
+        cache ??= model.CreateKvCache(slots, maxContext);
+        return state.IsEmpty
+            ? new AttentionContext(cache, capacity)
+            : new AttentionContext(cache, capacity, DefaultBlockIds(cache, capacity), state.CreateCache(slots));
+    }
+
+    /// <summary>
     /// A context for a model whose only memory is recurrent state (no attention layers, so no KV cache): steps of up
     /// to <paramref name="capacity"/> tokens, each sequence reading and writing its slot of <paramref name="state"/>.
     /// Fill it with <see cref="Add"/> (the slot is the state slot) or <see cref="AddRecurrentChunk"/>.

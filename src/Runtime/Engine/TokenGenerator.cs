@@ -2,13 +2,15 @@ namespace Kiln;
 
 /// <summary>
 /// Generates one sequence with a plan: the prompt is prefilled in chunks of the plan's step size, then one token
-/// is decoded per step. Holds its own KV cache (one slot) and step buffers, reused across calls.
+/// is decoded per step. Holds its own memory for one sequence, reused across calls: a KV cache slot for the model's
+/// attention layers and a recurrent state slot for its recurrent ones (a Mamba has only the state, a hybrid both).
 /// </summary>
 public sealed class TokenGenerator
 {
     private readonly ICompiledPlan _plan;
     private readonly AttentionContext _context;
     private readonly float[] _logits;
+    private readonly int _maxContext;
 
     public TokenGenerator(IKilnModel model, ICompiledPlan plan, int maxContext)
     {
@@ -16,13 +18,14 @@ public sealed class TokenGenerator
         ArgumentNullException.ThrowIfNull(plan);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxContext);
         _plan = plan;
-        // A plan that keeps its cache in its own memory (a GPU plan) makes it; otherwise the model's host cache.
-        var cache = plan is IKvCacheProvider provider ? provider.CreateKvCache(slots: 1, maxContext) : model.CreateKvCache(slots: 1, maxContext);
-        _context = new AttentionContext(cache, plan.MaxTokensPerStep);
+        // A plan that keeps its KV cache in its own memory (a GPU plan) makes it; a model without attention has none.
+        var cache = plan is IKvCacheProvider provider && model.KvShape.Layers > 0 ? provider.CreateKvCache(slots: 1, maxContext) : null;
+        _context = AttentionContext.ForSlots(model, slots: 1, maxContext, plan.MaxTokensPerStep, cache);
+        _maxContext = _context.HasCache ? _context.Cache.MaxContext : maxContext;
         _logits = new float[plan.VocabSize];
     }
 
-    public int MaxContext => _context.Cache.MaxContext;
+    public int MaxContext => _maxContext;
 
     /// <summary>
     /// Yields up to <paramref name="maxNewTokens"/> tokens after <paramref name="prompt"/>; stops early at

@@ -80,3 +80,56 @@ public sealed class AttentionContextTests
         Assert.Throws<ArgumentOutOfRangeException>(() => new AttentionContext(new KvCache(1, 1, 1, 1), 4, maxBlockIds: 0));
     }
 }
+
+/// <summary>
+/// AttentionContext.ForSlots gives each kind of model the memory its layers need: attention only a KV slot, recurrent
+/// only a state slot (no KV cache at all), a hybrid both, sequence i in slot i of each.
+/// </summary>
+public sealed class AttentionContextForSlotsTests
+{
+    private static readonly RecurrentStateShape Scan = new([new StateTensorShape("scan", Layer: 0, Rows: 4, Cols: 2)]);
+
+    [Fact]
+    public void AnAttentionModelGetsAKvSlotPerSequenceAndNoState()
+    {
+        var context = AttentionContext.ForSlots(new MemoryShapeModel(new KvCacheShape(2, 8, 4), RecurrentStateShape.None), slots: 3, maxContext: 16, capacity: 8);
+        Assert.True(context.HasCache);
+        Assert.False(context.HasState);
+        Assert.Equal((2, 3, 16), (context.Cache.Layers, context.Cache.Slots, context.Cache.MaxContext));
+    }
+
+    [Fact]
+    public void ARecurrentModelGetsAStateSlotPerSequenceAndNoKvCache()
+    {
+        var context = AttentionContext.ForSlots(new MemoryShapeModel(default, Scan), slots: 3, maxContext: 16, capacity: 8);
+        Assert.False(context.HasCache);
+        Assert.True(context.HasState);
+        Assert.Equal(3, context.State.Slots);
+        context.Add(position: 5, slot: 2, wantLogits: true);
+        Assert.Equal(2, context.StateSlot(0));
+    }
+
+    [Fact]
+    public void AHybridGetsBothAndTheSequencesStateSlotIsItsKvSlot()
+    {
+        var context = AttentionContext.ForSlots(new MemoryShapeModel(new KvCacheShape(1, 8, 4), Scan), slots: 2, maxContext: 16, capacity: 8);
+        Assert.True(context.HasCache);
+        Assert.True(context.HasState);
+        Assert.Equal((2, 2), (context.Cache.Slots, context.State.Slots));
+        context.SetSequence(slot: 1, startPosition: 3, count: 2);
+        Assert.Equal(1, context.StateSlot(0));
+        Assert.Equal([1], context.BlockIds.ToArray());
+    }
+
+    /// <summary>A model that is only its memory shapes: ForSlots reads nothing else.</summary>
+    private sealed class MemoryShapeModel(KvCacheShape kv, RecurrentStateShape state) : IKilnModel
+    {
+        public int VocabSize => 1;
+        public KvCacheShape KvShape => kv;
+        public RecurrentStateShape StateShape => state;
+        public KvCache CreateKvCache(int slots, int maxContext) => kv.CreateContiguous(slots, maxContext);
+        public Tensor ForwardEager(ReadOnlySpan<int> tokens, AttentionContext context) => throw new NotSupportedException();
+        public ICompiledPlan Compile(int maxTokensPerStep) => throw new NotSupportedException();
+        public ICompiledPlan Compile(PlanOptions options) => throw new NotSupportedException();
+    }
+}
