@@ -40,12 +40,11 @@ public sealed class KilnSession : IDisposable
     /// </summary>
     public KilnContext CreateContext(int slots, int maxContext)
     {
-        // A model without attention layers (LSTM, Mamba) keeps only its recurrent state: one state slot per sequence.
-        if (Model.KvShape.Layers == 0 && !Model.StateShape.IsEmpty)
-            return new KilnContext(new AttentionContext(Model.StateShape.CreateCache(slots), Plan.MaxTokensPerStep));
+        // A model without attention layers (LSTM, Mamba) keeps only its recurrent state, one state slot per sequence; a
+        // hybrid (Jamba) both: slot s owns KV block s and state slot s.
         int blockSize = (maxContext + 15) / 16 * 16;
-        var cache = Model.KvShape.CreatePaged(slots, blockSize, KvStorage, maxContext: blockSize);
-        return new KilnContext(new AttentionContext(cache, Plan.MaxTokensPerStep));
+        var cache = Model.KvShape.Layers == 0 ? null : Model.KvShape.CreatePaged(slots, blockSize, KvStorage, maxContext: blockSize);
+        return new KilnContext(AttentionContext.ForSlots(Model, slots, blockSize, Plan.MaxTokensPerStep, cache));
     }
 
     /// <summary>Runs one step; returns the logits of the context's output rows, [OutputCount × Vocab].</summary>

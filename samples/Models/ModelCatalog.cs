@@ -23,6 +23,7 @@ public static class ModelCatalog
         ("bert", typeof(Bert), file => Bert.Load(file)),
         ("lstm", typeof(Lstm), file => Lstm.Load(file)),
         ("mamba", typeof(Mamba), file => Mamba.Load(file)),
+        ("jamba", typeof(Jamba), file => Jamba.Load(file)),
     ];
 
     /// <summary>The architectures <see cref="Load"/> accepts.</summary>

@@ -100,6 +100,13 @@ namespace Kiln
 
         /// <summary>For <see cref="HuggingFaceConversion.RopeHalvesToPairs"/>: the rows of one head, a dimension such as "HeadDim".</summary>
         public string? HeadSize { get; set; }
+
+        /// <summary>
+        /// A layer weight some layers lack (a hybrid's layer holds either its Mamba or its attention tensors): a layer
+        /// without it leaves the member null. Load throws, naming the tensor and the layer, when a layer that lacks it
+        /// takes a branch of the forward that reads it. Only inside a [Layers] class.
+        /// </summary>
+        public bool Optional { get; set; }
     }
 
     /// <summary>

@@ -33,6 +33,12 @@ internal static class ModelEmitter
             : "/// <summary>Logits per output row: the last dimension of the forward result.</summary>");
         w.Line($"public int VocabSize => {Names.DimCode(plan.VocabDim, "this")};");
         w.Line();
+        if (plan.KvLayers == Plan.CountedKvLayers)
+        {
+            w.Line("/// <summary>The KV cache's layers: those the file's layers attend with, counted at load.</summary>");
+            w.Line($"private int {Plan.CountedKvLayers};");
+            w.Line();
+        }
         string kvLayers = plan.KvLayers == "1" ? "1" : "this." + plan.KvLayers;
         string kvDim = Names.DimCode(plan.KvDim, "this");
         // The first attention shapes the cache (as in the planner); its KV head count gives the head dimension.
@@ -116,8 +122,11 @@ internal static class ModelEmitter
             var region = plan.Regions[kernel.Region];
             string layer = Names.Scalar(layerExpr, "this");
             if (region.IsLoop) w.Open($"for (int {Names.LayerIndex} = 0; {Names.LayerIndex} < this.{region.CountMember}; {Names.LayerIndex}++)");
+            // A hybrid keeps state only for the layers whose branch runs the recurrence.
+            if (kernel.Guard >= 0) w.Open($"if ({PlanEmitter.Condition(plan, kernel.Guard, "this")})");
             foreach (var (name, rows, cols) in lines)
                 w.Line($"tensors.Add(new global::Kiln.StateTensorShape(global::Kiln.Ops.{name}, {layer}, {rows}, {cols}));");
+            if (kernel.Guard >= 0) w.Close();
             if (region.IsLoop) w.Close();
         }
         w.Line("return new global::Kiln.RecurrentStateShape(tensors);");
@@ -150,7 +159,8 @@ internal static class ModelEmitter
             w.Line();
             w.Line("// Hyperparameters: an absent key keeps the member's initializer unless it is required.");
             w.Line("string key;");
-            foreach (var hyper in model.Hypers) EmitHyper(w, hyper, huggingFace);
+            foreach (var hyper in model.Hypers.Where(h => !h.PerLayer)) EmitHyper(w, hyper, huggingFace);
+            foreach (var hyper in model.Hypers.Where(h => h.PerLayer)) EmitPerLayerHyper(w, hyper, huggingFace);
             w.Line();
 
             var boundKeys = new System.Collections.Generic.HashSet<string>();
@@ -193,6 +203,8 @@ internal static class ModelEmitter
                 w.Line($"throw new {LoadException}(file.Path, \"hyperparameters\", null, $\"a derived dimension cannot be computed from them ({{e.Message}}).\", e);");
             w.Line($"global::Kiln.Loading.DefinitionChecks.RequireAllBound(file, bound, {Names.Literal(model.ClassName)});");
             EmitDefinitionChecks(w, plan, huggingFace);
+            EmitOptionalWeightChecks(w, plan, huggingFace);
+            if (plan.KvLayers == Plan.CountedKvLayers) EmitKvLayerCount(w, plan);
             w.Line("return model;");
         }
         w.Line();
@@ -229,6 +241,78 @@ internal static class ModelEmitter
         if (hyper.Required)
             w.Line($"else throw new {LoadException}(file.Path, key, null, \"required hyperparameter is missing.\");");
         if (only is not null) w.Close();
+    }
+
+    /// <summary>
+    /// An optional layer weight must be there in every layer that takes a branch reading it: the file's per-layer
+    /// values choose the branches, so this is known at load, and a missing tensor is named with its layer.
+    /// </summary>
+    private static void EmitOptionalWeightChecks(CodeWriter w, Plan plan, bool huggingFace)
+    {
+        foreach (var layers in plan.Model.Layers)
+        {
+            var uses = plan.OptionalWeights.Where(u => plan.Model.Weights.First(x => x.Key == u.Key).Owner == layers.Member).ToList();
+            if (uses.Count == 0) continue;
+            string prefix = huggingFace
+                ? $"huggingFace ? {Names.Literal(layers.HuggingFacePrefix)} : {Names.Literal(layers.Prefix)}"
+                : Names.Literal(layers.Prefix);
+            w.Line("// Optional layer weights: each must be there in every layer whose branch reads it.");
+            using (w.Block($"for (int {Names.LayerIndex} = 0; {Names.LayerIndex} < model.{layers.CountMember}; {Names.LayerIndex}++)"))
+            {
+                foreach (var use in uses)
+                {
+                    var weight = plan.Model.Weights.First(x => x.Key == use.Key);
+                    string condition = string.Join(" || ", use.Guards.Select(g => PlanEmitter.Condition(plan, g, "model")));
+                    string branches = string.Join(" or ", use.Guards.Select(g => g < 0 ? "every layer" : FusionReport.GuardText(plan, g)));
+                    using (w.Block($"if (model.{layers.Member}[{Names.LayerIndex}].{weight.Member} is null && ({condition}))"))
+                    {
+                        w.Line($"name = string.Format(global::System.Globalization.CultureInfo.InvariantCulture, {prefix}, {Names.LayerIndex}) + {NameCode(weight, huggingFace, inParentheses: true)};");
+                        w.Line($"throw new {LoadException}(file.Path, $\"tensor '{{name}}'\", null, $\"layer {{{Names.LayerIndex}}} lacks it, but takes the forward's branch that reads it (when {Escape(branches)}).\");");
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// The KV cache holds the layers the file's layers attend with: each attention that runs (its branch taken) names a
+    /// cache layer; the cache has one more than the largest. A negative one is the definition's mapping gone wrong.
+    /// </summary>
+    private static void EmitKvLayerCount(CodeWriter w, Plan plan)
+    {
+        w.Line("// The KV cache counts only the layers whose branch attends, each at the cache layer its attention names.");
+        w.Line("int kvLayers = 0;");
+        foreach (var attention in plan.Kernels.OfType<AttentionKernel>())
+        {
+            var region = plan.Regions[attention.Region];
+            if (region.IsLoop) w.Open($"for (int {Names.LayerIndex} = 0; {Names.LayerIndex} < model.{region.CountMember}; {Names.LayerIndex}++)");
+            using (w.Block($"if ({PlanEmitter.Condition(plan, attention.Guard, "model")})"))
+            {
+                w.Line($"int cacheLayer = {Names.Scalar(attention.Layer, "model")};");
+                w.Line("if (cacheLayer < 0)");
+                w.Line($"    throw new {LoadException}(file.Path, \"attention layers\", null, $\"{(region.IsLoop ? "layer {layer} " : "")}attends at cache layer {{cacheLayer}} ({Escape(attention.Layer.ToString())}); a cache layer is 0 or more.\");");
+                w.Line("kvLayers = global::System.Math.Max(kvLayers, cacheLayer + 1);");
+            }
+            if (region.IsLoop) w.Close();
+        }
+        w.Line($"model.{Plan.CountedKvLayers} = kvLayers;");
+    }
+
+    /// <summary>Text for inside an interpolated C# string literal.</summary>
+    private static string Escape(string text) => text.Replace("\\", "\\\\").Replace("\"", "\\\"").Replace("{", "{{").Replace("}", "}}");
+
+    /// <summary>
+    /// One per-layer hyperparameter (int[] or float[]), read once the layer count is known: an array of one value per
+    /// layer, or a scalar every layer shares; another length is the file's error, naming the key.
+    /// </summary>
+    private static void EmitPerLayerHyper(CodeWriter w, HyperInfo hyper, bool huggingFace)
+    {
+        if (!huggingFace && hyper.Key.Length == 0) return;
+        string key = !huggingFace || hyper.HuggingFaceKey.Length == 0 ? Names.Literal(hyper.Key)
+            : hyper.Key.Length == 0 ? Names.Literal(hyper.HuggingFaceKey)
+            : $"huggingFace ? {Names.Literal(hyper.HuggingFaceKey)} : {Names.Literal(hyper.Key)}";
+        string read = hyper.Type == "int[]" ? "ReadInts" : "ReadFloats";
+        w.Line($"model.{hyper.Member} = global::Kiln.Loading.PerLayerValues.{read}(file, {key}, global::System.Math.Max(0, model.{hyper.LayerCount}), model.{hyper.Member}, {(hyper.Required ? "true" : "false")});");
     }
 
     /// <summary>
@@ -326,6 +410,8 @@ internal static class ModelEmitter
         System.Collections.Generic.HashSet<string> bound, System.Collections.Generic.Dictionary<string, SparseInfo> sparse)
     {
         w.Line($"name = {prefix}{NameCode(weight, huggingFace, inParentheses: prefix.Length > 0)};");
+        // An optional weight absent from this layer stays null (checked against the branches the layer takes, below).
+        if (weight.Optional) w.Open("if (file.Tensors.ContainsKey(name))");
         string load;
         if (weight.TiedTo is null) load = "KilnLoad(file, name, bound)";
         else
@@ -365,6 +451,7 @@ internal static class ModelEmitter
             else
                 w.Line($"global::Kiln.Loading.SparseWeights.Check(file.Path, name, {member}, {value});");
         }
+        if (weight.Optional) w.Close();
         bound.Add(weight.Key);
     }
 

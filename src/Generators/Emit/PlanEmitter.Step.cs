@@ -107,13 +107,14 @@ internal static partial class PlanEmitter
         plan.ResultRows == Shape.Sequences || plan.Buffers.Any(b => b.Rows == Shape.Sequences);
 
     /// <summary>The C# condition under which code of <paramref name="guard"/> runs: its branch and every branch around it.</summary>
-    internal static string Condition(Plan plan, int guard)
+    internal static string Condition(Plan plan, int guard, string instance = "_model")
     {
+        if (guard < 0) return "true";
         var parts = new List<string>();
         for (int g = guard; g >= 0; g = plan.Guards[g].Parent)
         {
             var info = plan.Guards[g];
-            string condition = Names.Scalar(info.Condition, "_model");
+            string condition = Names.Scalar(info.Condition, instance);
             parts.Insert(0, info.Polarity ? condition : $"!{condition}");
         }
         return string.Join(" && ", parts);

@@ -326,6 +326,8 @@ internal static partial class PlanEmitter
             {
                 w.Line($"{matmul.Packed} = new {MatMul}.PackedMatrix[model.{count}];");
                 w.Open($"for (int layer = 0; layer < model.{count}; layer++)");
+                // A layer that takes the other branch never runs this matmul (and may lack its weights): nothing to pack.
+                if (matmul.Guard >= 0) w.Line($"if (!({Condition(plan, matmul.Guard, "model")})) continue;");
             }
             string target = perLayer ? "packed" : "packed" + matmul.Packed;
             string arguments = string.Join(", ", weights.Select(x => Names.Weight(x, "model", "layer")));
@@ -383,7 +385,7 @@ internal static partial class PlanEmitter
                 w.Line(tables[i].Contains('.') ? $"foreach (var table in {ProgramCode.TableField(i)}) table.Dispose();" : $"{ProgramCode.TableField(i)}.Dispose();");
             foreach (var matmul in Distinct(plan.Kernels.OfType<MatMulKernel>()))
             {
-                if (matmul.LayersMember.Length > 0) w.Line($"foreach (var packed in {matmul.Packed}) packed.Dispose();");
+                if (matmul.LayersMember.Length > 0) w.Line($"foreach (var packed in {matmul.Packed}) packed{(matmul.Guard >= 0 ? "?" : "")}.Dispose();");
                 else w.Line($"{matmul.Packed}.Dispose();");
             }
         }

@@ -435,6 +435,13 @@ internal sealed class GraphBuilder
             return -1;
         }
 
+        if (op.Kind == OpKind.Attention && (scalars[1].UsesLayer || scalars[2].UsesLayer))
+        {
+            Report(DiagnosticDescriptors.TypeMismatch, call.Location,
+                "Ops.Attention's heads and kvHeads must be the same in every layer (the plan sizes its attention once); a per-layer value belongs in the branch that chooses which layers attend");
+            return -1;
+        }
+
         var shapes = inputs.Select(i => _nodes[i].Shape).ToArray();
         Shape shape;
         if (shapes.All(s => s.IsKnown))

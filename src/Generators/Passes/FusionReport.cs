@@ -119,7 +119,7 @@ internal static class FusionReport
         _ => Enumerable.Empty<Program>(),
     };
 
-    private static string GuardText(Plan plan, int guard)
+    internal static string GuardText(Plan plan, int guard)
     {
         var parts = new List<string>();
         for (int g = guard; g >= 0; g = plan.Guards[g].Parent)

@@ -262,7 +262,17 @@ internal sealed record CopyKernel(int Region, int Guard, int Anchor, int Source,
 /// <summary>An arena buffer (one storage class of values). Slot -1 is the caller's logits span.</summary>
 internal sealed record Buffer(int Index, string Name, string Rows, string Cols, int Slot);
 
-/// <summary>The fused, planned model: what the emitters turn into source.</summary>
+/// <summary>
+/// An optional layer weight ([Weight(Optional = true)]) and the branches that read it: <see cref="Guards"/> holds the
+/// guard of every reader (-1: read unconditionally), so load can say which layer takes a branch without it.
+/// </summary>
+internal sealed record OptionalWeightUse(string Key, EquatableArray<int> Guards);
+
+/// <summary>
+/// The fused, planned model: what the emitters turn into source. <see cref="KvLayers"/> is the count member of the
+/// attention's layer loop, "1" outside one, or <see cref="Plan.CountedKvLayers"/> when attention runs only in some
+/// layers' branch or names its cache layer by an expression: then load counts the cache layers from the file.
+/// </summary>
 internal sealed record Plan(
     ModelInfo Model,
     EquatableArray<RegionInfo> Regions,
@@ -277,7 +287,12 @@ internal sealed record Plan(
     string VocabDim,
     string KvDim,
     string KvLayers,
-    EquatableArray<string> Report);
+    EquatableArray<string> Report,
+    EquatableArray<OptionalWeightUse> OptionalWeights = default)
+{
+    /// <summary>The generated model field load fills with the number of KV cache layers the file's layers attend with.</summary>
+    public const string CountedKvLayers = "KilnKvLayers";
+}
 
 internal static class PlanFacts
 {

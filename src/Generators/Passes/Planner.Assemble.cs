@@ -2,6 +2,7 @@ using System.Collections.Generic;
 using System.Linq;
 using Kiln.Generators.Helpers;
 using Kiln.Generators.Ir;
+using Kiln.Generators.Syntax;
 
 namespace Kiln.Generators.Passes;
 
@@ -79,14 +80,33 @@ internal sealed partial class Planner
         var model = _graph.Model;
         var attention = _graph.Nodes.FirstOrDefault(n => n.Op == OpKind.Attention);
         string kvDim = attention is null ? "1" : _graph[attention.Inputs[1]].Shape.Cols;
-        string kvLayers = attention is null || !_graph.Regions[attention.Region].IsLoop ? "1" : _graph.Regions[attention.Region].CountMember;
+        // A hybrid's attention runs in some layers' branch, and names a cache layer of its own: load counts them.
+        bool countedCache = !model.Encoder && _graph.Nodes.Any(n => n.Op == OpKind.Attention
+            && (n.Guard >= 0 || _graph.Regions[n.Region].IsLoop && n.Scalars[0].Kind != ScalarKind.Layer));
+        string kvLayers = attention is null ? "1"
+            : countedCache ? Plan.CountedKvLayers
+            : !_graph.Regions[attention.Region].IsLoop ? "1" : _graph.Regions[attention.Region].CountMember;
         var result0 = _graph[_graph.Result];
 
         var plan = new Plan(model, _graph.Regions, _graph.Guards, _kernels.ToEquatableArray(), buffers.ToEquatableArray(), valueBuffers.ToEquatableArray(),
             slotEnds.Count, ropeTables.ToEquatableArray(), EquatableArray<string>.Empty, result0.Shape.Rows, result0.Shape.Cols, kvDim, kvLayers,
-            EquatableArray<string>.Empty);
+            EquatableArray<string>.Empty, OptionalWeightUses());
         plan = plan with { Dims = Dims(plan).ToEquatableArray() };
         return plan with { Report = FusionReport.Lines(plan, _graph).ToEquatableArray() };
+    }
+
+    /// <summary>Each optional weight with the guards of the nodes that read it.</summary>
+    private EquatableArray<OptionalWeightUse> OptionalWeightUses()
+    {
+        var uses = new List<OptionalWeightUse>();
+        foreach (var weight in _graph.Model.Weights.Where(w => w.Optional))
+        {
+            var node = _graph.Nodes.FirstOrDefault(n => n.Op == OpKind.Weight && n.Name == weight.Key);
+            if (node is null) continue;
+            var guards = _graph.Nodes.Where(n => n.Inputs.Contains(node.Id)).Select(n => n.Guard).Distinct().OrderBy(g => g).ToEquatableArray();
+            uses.Add(new OptionalWeightUse(weight.Key, guards));
+        }
+        return uses.ToEquatableArray();
     }
 
     /// <summary>Every dimension the emitted plan names (each becomes a field fixed when the model is bound).</summary>

@@ -655,6 +655,27 @@ internal static partial class ModelExtractor
                     return new ScalarExpr(ScalarKind.Conditional, "?:", EquatableArray.Create(condition, whenTrue, whenFalse), typeName, constant.HasValue ? Format(constant.Value) : null);
                 }
 
+                case ElementAccessExpressionSyntax access when access.ArgumentList.Arguments.Count == 1:
+                {
+                    // A per-layer value: an element of the model's int[] or float[] member, indexed by a scalar (the layer).
+                    var symbol = _forwardModel.GetSymbolInfo(access.Expression, _cancellationToken).Symbol;
+                    bool member = symbol is IFieldSymbol or IPropertySymbol && !symbol.IsStatic && SymbolEqualityComparer.Default.Equals(symbol.ContainingType, _type)
+                        && access.Expression is IdentifierNameSyntax or MemberAccessExpressionSyntax { Expression: ThisExpressionSyntax };
+                    if (!member || MemberType(symbol!) is not IArrayTypeSymbol { Rank: 1 })
+                    {
+                        Unsupported(access, $"'{access}'", "an indexed scalar is an element of the model's own int[] or float[] member, such as a per-layer [Hyper] indexed by the layer");
+                        return null;
+                    }
+                    var index = Scalar(access.ArgumentList.Arguments[0].Expression);
+                    if (index is null) return null;
+                    if (!index.IsInteger)
+                    {
+                        Unsupported(access, $"'{access}'", "the index must be an int (the layer, or arithmetic on it)");
+                        return null;
+                    }
+                    return ScalarExpr.Element(symbol!.Name, index, typeName);
+                }
+
                 case CastExpressionSyntax cast:
                 {
                     var operand = Scalar(cast.Expression);

@@ -267,7 +267,10 @@ internal static partial class ModelExtractor
 
                 if (FindAttribute(member, HyperAttribute) is { } hyper)
                 {
-                    string? keyword = NumericKeyword(memberType);
+                    // int[] and float[]: one value per layer (a GGUF array, or a scalar every layer shares).
+                    string? keyword = memberType is IArrayTypeSymbol { Rank: 1 } array
+                        ? NumericKeyword(array.ElementType) is "int" or "float" ? NumericKeyword(array.ElementType) + "[]" : null
+                        : NumericKeyword(memberType);
                     if (owner.Length > 0)
                     {
                         Report(DiagnosticDescriptors.MalformedModel, LocationInfo.From(MemberTypeSyntax(member)), _type.Name,
@@ -276,7 +279,7 @@ internal static partial class ModelExtractor
                     else if (keyword is null)
                     {
                         Report(DiagnosticDescriptors.TypeMismatch, LocationInfo.From(MemberTypeSyntax(member)),
-                            $"[Hyper] member '{member.Name}' has type {memberType.ToDisplayString()}; a hyperparameter must be int, long, float or double");
+                            $"[Hyper] member '{member.Name}' has type {memberType.ToDisplayString()}; a hyperparameter must be int, long, float or double, or int[] or float[] for one value per layer");
                     }
                     else
                     {
@@ -287,7 +290,7 @@ internal static partial class ModelExtractor
                             Report(DiagnosticDescriptors.MalformedModel, LocationInfo.From(MemberTypeSyntax(member)), _type.Name,
                                 $"[Hyper] '{member.Name}' names no key: give its GGUF key, or HuggingFace = \"...\" for one only a Hugging Face config states");
                         _hypers.Add(new HyperInfo(member.Name, key, required, keyword, huggingFace));
-                        (keyword is "int" or "long" ? _intMembers : _floatMembers).Add(member.Name);
+                        if (!keyword.EndsWith("[]")) (keyword is "int" or "long" ? _intMembers : _floatMembers).Add(member.Name);
                     }
                     continue;
                 }
@@ -310,7 +313,20 @@ internal static partial class ModelExtractor
                         format ?? "", format is null ? null : QuantizeLocation(quantize!),
                         NamedString(weight, "HuggingFace"),
                         conversion is int index && index > 0 && index < HuggingFaceConversions.Length ? HuggingFaceConversions[index] : "",
-                        NamedString(weight, "HeadSize"), sparse);
+                        NamedString(weight, "HeadSize"), sparse,
+                        weight.NamedArguments.Any(a => a.Key == "Optional" && a.Value.Value is true));
+                    if (info.Optional && owner.Length == 0)
+                    {
+                        Report(DiagnosticDescriptors.MalformedModel, LocationInfo.From(MemberTypeSyntax(member)), _type.Name,
+                            $"[Weight] '{member.Name}' is Optional, which only a layer weight can be (one some layers lack); a model weight is always bound");
+                        info = info with { Optional = false };
+                    }
+                    if (info.Optional && info.TiedTo is not null)
+                    {
+                        Report(DiagnosticDescriptors.MalformedModel, LocationInfo.From(MemberTypeSyntax(member)), _type.Name,
+                            $"[Weight] '{member.Name}' is both Optional and TiedTo \"{info.TiedTo}\": an absent optional weight stays absent");
+                        info = info with { Optional = false };
+                    }
                     _weights.Add(info);
                     _weightKeys[member] = info.Key;
                     continue;
@@ -383,6 +399,19 @@ internal static partial class ModelExtractor
                         $"the count member '{layers.CountMember}' must be an int [Hyper]");
                     _layers.Remove(layers);
                 }
+            }
+            // A per-layer [Hyper] holds one value per layer of the model's one [Layers] member, checked at load.
+            for (int i = 0; i < _hypers.Count; i++)
+            {
+                if (!_hypers[i].PerLayer) continue;
+                if (_layers.Count == 1)
+                {
+                    _hypers[i] = _hypers[i] with { LayerCount = _layers[0].CountMember };
+                    continue;
+                }
+                var member = _type.GetMembers(_hypers[i].Member).FirstOrDefault();
+                Report(DiagnosticDescriptors.MalformedModel, member is null ? null : LocationInfo.From(MemberTypeSyntax(member)), _type.Name,
+                    $"[Hyper] '{_hypers[i].Member}' is {_hypers[i].Type}, one value per layer, so the model needs exactly one [Layers] member to count them (it has {_layers.Count})");
             }
         }
     }

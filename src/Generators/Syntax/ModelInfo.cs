@@ -36,9 +36,13 @@ internal sealed record ModelInfo(
 
 /// <summary>
 /// A [Hyper] member: GGUF metadata key ("{arch}" already replaced; "" when only a Hugging Face config states it),
-/// whether required, its C# type keyword, and its Hugging Face config key ("" when it has none).
+/// whether required, its C# type keyword ("int[]" and "float[]" hold one value per layer), and its Hugging Face config
+/// key ("" when it has none). <see cref="LayerCount"/> is the count member a per-layer value's length must equal.
 /// </summary>
-internal sealed record HyperInfo(string Member, string Key, bool Required, string Type, string HuggingFaceKey = "");
+internal sealed record HyperInfo(string Member, string Key, bool Required, string Type, string HuggingFaceKey = "", string LayerCount = "")
+{
+    public bool PerLayer => Type.EndsWith("[]");
+}
 
 /// <summary>
 /// A [Weight] member. <see cref="Owner"/> is "" for a model-level weight or the [Layers] member for a block weight
@@ -46,11 +50,12 @@ internal sealed record HyperInfo(string Member, string Key, bool Required, strin
 /// <see cref="Format"/> is the WeightFormat member name of its own [Quantize] ("" when it has none), located at
 /// <see cref="FormatLocation"/>. <see cref="HuggingFaceName"/> is its name in a Hugging Face checkpoint ("" when it
 /// declares none), <see cref="Conversion"/> the HuggingFaceConversion member applied to it there ("" for none) and
-/// <see cref="HeadSize"/> that conversion's canonical head dimension ("" when it takes none).
+/// <see cref="HeadSize"/> that conversion's canonical head dimension ("" when it takes none). An
+/// <see cref="Optional"/> layer weight may be absent from some layers (its member then stays null).
 /// </summary>
 internal sealed record WeightInfo(string Owner, string Member, string Name, EquatableArray<string> Dims, string? TiedTo,
     string Format = "", LocationInfo? FormatLocation = null, string HuggingFaceName = "", string Conversion = "", string HeadSize = "",
-    SparseInfo? Sparse = null)
+    SparseInfo? Sparse = null, bool Optional = false)
 {
     public string Key => Owner.Length == 0 ? Member : Owner + "." + Member;
 }

@@ -22,6 +22,8 @@ internal enum ScalarKind
     Call,
     /// <summary>A cast; Text is the target type keyword.</summary>
     Cast,
+    /// <summary>An element of a per-layer array member (<c>KvHeadsPerLayer[layer]</c>); Text is the member, the one argument the index.</summary>
+    Element,
 }
 
 /// <summary>
@@ -37,6 +39,8 @@ internal sealed record ScalarExpr(ScalarKind Kind, string Text, EquatableArray<S
 
     public static ScalarExpr Member(string name, string type) => new(ScalarKind.Member, name, EquatableArray<ScalarExpr>.Empty, type);
 
+    public static ScalarExpr Element(string member, ScalarExpr index, string type) => new(ScalarKind.Element, member, EquatableArray.Create(index), type);
+
     public static ScalarExpr Layer { get; } = new(ScalarKind.Layer, "layer", EquatableArray<ScalarExpr>.Empty, "int");
 
     public bool IsInteger => Type is "int" or "long";
@@ -45,7 +49,7 @@ internal sealed record ScalarExpr(ScalarKind Kind, string Text, EquatableArray<S
     public bool UsesLayer => Kind == ScalarKind.Layer || Args.Any(a => a.UsesLayer);
 
     /// <summary>True when it reads no model member and no layer index: fixed when the generator runs.</summary>
-    public bool IsFixed => Kind is not (ScalarKind.Member or ScalarKind.Layer) && Args.All(a => a.IsFixed);
+    public bool IsFixed => Kind is not (ScalarKind.Member or ScalarKind.Layer or ScalarKind.Element) && Args.All(a => a.IsFixed);
 
     /// <summary>As C# over <paramref name="instance"/>'s members ("model.Dim"; bare names when it is "") and the layer variable <paramref name="layer"/>.</summary>
     public string Render(string instance, string layer)
@@ -103,6 +107,12 @@ internal sealed record ScalarExpr(ScalarKind Kind, string Text, EquatableArray<S
                 text.Append("((").Append(Text).Append(')');
                 Args[0].Render(text, instance, layer);
                 text.Append(')');
+                break;
+            case ScalarKind.Element:
+                if (instance.Length > 0) text.Append(instance).Append('.');
+                text.Append(Text).Append('[');
+                Args[0].Render(text, instance, layer);
+                text.Append(']');
                 break;
         }
     }

@@ -138,16 +138,20 @@ public static class WeightLayouts
         return $"  {field}: {matrix.Describe()}\n";
     }
 
-    /// <summary>Report lines for one packed matrix per layer, consecutive layers with the same layout on one line.</summary>
-    public static string Summarize(string field, PackedMatrix[] layers)
+    /// <summary>
+    /// Report lines for one packed matrix per layer, consecutive layers with the same layout on one line; a null entry is
+    /// a layer whose branch of the forward does not run this matmul (a hybrid's other kind of layer).
+    /// </summary>
+    public static string Summarize(string field, PackedMatrix?[] layers)
     {
         ArgumentNullException.ThrowIfNull(layers);
+        static string Describe(PackedMatrix? matrix) => matrix?.Describe() ?? "none (the layer takes the other branch)";
         var text = new System.Text.StringBuilder();
         for (int first = 0; first < layers.Length;)
         {
-            string line = layers[first].Describe();
+            string line = Describe(layers[first]);
             int last = first;
-            while (last + 1 < layers.Length && layers[last + 1].Describe() == line) last++;
+            while (last + 1 < layers.Length && Describe(layers[last + 1]) == line) last++;
             string which = first == last ? $"layer {first}" : $"layers {first}-{last}";
             text.Append($"  {field} ({which}): {line}\n");
             first = last + 1;
