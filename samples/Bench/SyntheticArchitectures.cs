@@ -364,7 +364,7 @@ public sealed class LstmSynthetic : SyntheticArchitecture
 /// time step's projection with bias, the selective scan, the out-projection. As Mamba initializes them: A = −(1…16)
 /// per channel (ssm_a stores −exp(A_log)), softplus(dt bias) near 0.02–0.1, D near 1. The convolution and A are F32
 /// in every format (ggml_ssm_conv and ggml_ssm_scan read F32). The time-step rank is d_model/16 rounded up, as
-/// Mamba's default, except the tiny shape's 32, so its Q8_0 file has whole blocks.
+/// Mamba's default, except the tiny shape's 32; a rank that is not whole blocks of the format keeps ssm_dt.weight F32.
 /// </summary>
 public sealed class MambaSynthetic : SyntheticArchitecture
 {
@@ -379,7 +379,8 @@ public sealed class MambaSynthetic : SyntheticArchitecture
     /// <summary>The time-step rank of <paramref name="shape"/>.</summary>
     public static int DtRank(SyntheticShape shape) => shape.Name == "tiny" ? 32 : (shape.Dim + 15) / 16;
 
-    public override IEnumerable<int> MatrixRowLengths(SyntheticShape shape) => [shape.Dim, shape.Hidden, DtRank(shape)];
+    // The time-step projection's rows (DtRank) need not be whole blocks: such a matrix stays F32.
+    public override IEnumerable<int> MatrixRowLengths(SyntheticShape shape) => [shape.Dim, shape.Hidden];
 
     protected internal override void AddHyperparameters(SyntheticModelBuilder model)
     {
@@ -457,7 +458,7 @@ public sealed class JambaSynthetic : SyntheticArchitecture
     }
 
     public override IEnumerable<int> MatrixRowLengths(SyntheticShape shape) =>
-        [.. base.MatrixRowLengths(shape), 2 * shape.Dim, MambaSynthetic.DtRank(shape)];
+        [.. base.MatrixRowLengths(shape), 2 * shape.Dim];
 
     protected internal override void AddHyperparameters(SyntheticModelBuilder model)
     {

@@ -213,7 +213,13 @@ public sealed class SyntheticModelBuilder
     public void Hyper(string key, object value) => Writer.AddMetadata($"{_architecture.Name}.{key}", value);
 
     /// <summary>A [<paramref name="rows"/> × <paramref name="inner"/>] matrix (ne = {inner, rows}) in the type the file's format gives it, N(0, std).</summary>
-    public void Matrix(string name, int inner, int rows, float std) => Add(name, Format.TypeOf(name, Shape), std, mean: 0, inner, rows);
+    public void Matrix(string name, int inner, int rows, float std) => Add(name, TypeOf(name, inner), std, mean: 0, inner, rows);
+
+    /// <summary>
+    /// The format's type for a matrix, or F32 for one whose rows are not whole blocks of it (Mamba's time-step
+    /// projection, rank d_model/16): kept as llama.cpp's quantizer keeps tensors it cannot quantize, unquantized.
+    /// </summary>
+    private GgmlType TypeOf(string name, int inner) => inner % Format.BlockElements == 0 ? Format.TypeOf(name, Shape) : GgmlType.F32;
 
     /// <summary>A matrix kept in F32 whatever the file's format (one llama.cpp reads other than through a matmul or row lookup).</summary>
     public void F32Matrix(string name, int inner, int rows, float std) => Add(name, GgmlType.F32, std, mean: 0, inner, rows);
@@ -223,7 +229,7 @@ public sealed class SyntheticModelBuilder
     {
         var values = Draw(std, mean: 0, (long)inner * rows);
         if (_pruning is { } p) values = SparseWeights.Prune(new Tensor(values, rows, inner), p.Pattern, p.KeepFraction).Data;
-        Put(name, Format.TypeOf(name, Shape), values, inner, rows);
+        Put(name, TypeOf(name, inner), values, inner, rows);
     }
 
     /// <summary>A linear layer from <paramref name="inner"/> to <paramref name="rows"/>: N(0, gain·LinearGain/√inner).</summary>
