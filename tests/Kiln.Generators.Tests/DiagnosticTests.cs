@@ -448,6 +448,52 @@ public sealed class DiagnosticTests
     public void Kln0004ArithmeticOnWeightsAlone() =>
         AssertSingle(Model(body: "x = x + Ops.Silu(x) * (Norm + Norm);"), "KLN0004", "Norm + Norm");
 
+    // Per-layer hyperparameters and optional layer weights (a hybrid's per-layer choice).
+    private const string OneLayer = "[Hyper(\"{arch}.count\")] public int Count = 1; [Layers(\"blk.{0}.\", nameof(Count))] public Block[] Blocks = null!; ";
+
+    [Fact]
+    public void Kln0007APerLayerHyperWithoutLayersToCount() =>
+        AssertSingle(Model(members: "[Hyper(\"{arch}.per_layer\")] public int[] PerLayer = null!;"), "KLN0007", "int[]");
+
+    [Fact]
+    public void Kln0004APerLayerHyperOfAnotherElementType() =>
+        AssertSingle(Model(members: OneLayer + "[Hyper(\"{arch}.per_layer\")] public long[] PerLayer = null!; public partial class Block { }"), "KLN0004", "long[]");
+
+    [Fact]
+    public void Kln0007AnOptionalModelWeight() =>
+        AssertSingle(Model().Replace("[Weight(\"norm\", \"Dim\")]", "[Weight(\"norm\", \"Dim\", Optional = true)]"), "KLN0007", "Tensor");
+
+    [Fact]
+    public void Kln0007AnOptionalWeightWithATie() =>
+        AssertSingle(Model(members: OneLayer + "public partial class Block { [Weight(\"w\", \"Dim\", TiedTo = \"v\", Optional = true)] public Tensor W = null!; }"), "KLN0007", "Tensor");
+
+    [Fact]
+    public void Kln0001IndexingAnArrayThatIsNotAModelMember() =>
+        AssertSingle(Model(body: "x = x * new float[] { 2f }[0];"), "KLN0001", "new float[] { 2f }[0]");
+
+    [Fact]
+    public void Kln0004AttentionHeadsThatChangePerLayer() =>
+        AssertSingle(Model(
+            members: OneLayer + "[Hyper(\"{arch}.kv\")] public int[] KvHeads = null!; public partial class Block { }",
+            body: "for (int layer = 0; layer < Count; layer++) { x = x + Ops.Attention(x, x, x, context, layer, 2, KvHeads[layer]); }"),
+            "KLN0004", "Ops.Attention");
+
+    [Fact]
+    public void PerLayerChoicesAndOptionalWeightsCompile()
+    {
+        var (run, _) = Generate(Model(
+            members: OneLayer + "[Hyper(\"{arch}.kind\")] public int[] Kind = null!; [Hyper(\"{arch}.gain\")] public float[] Gain = { 1f };" +
+                     "public partial class Block { [Weight(\"w\", \"Dim\", \"Dim\", Optional = true)] public Tensor W = null!; }",
+            body: "for (int layer = 0; layer < Count; layer++) { if (Kind[layer] == 1) x = x + Ops.Linear(x, Blocks[layer].W) * Gain[layer]; }"));
+        Assert.Empty(run.GeneratorDiagnostics);
+        Assert.Empty(run.CompilationErrors);
+        string source = Assert.Single(run.Sources).SourceText.ToString();
+        Assert.Contains("(only when Kind[layer] == 1)", source); // the report shows each layer's choice
+        Assert.Contains("PerLayerValues.ReadInts(file, \"tiny.kind\"", source);
+        Assert.Contains("PerLayerValues.ReadFloats(file, \"tiny.gain\"", source);
+        Assert.Contains("lacks it, but takes the forward's branch that reads it", source);
+    }
+
     [Fact]
     public void ScalarArithmeticBranchesAndRowVectorsCompile()
     {

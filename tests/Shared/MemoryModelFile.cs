@@ -37,6 +37,13 @@ public sealed class MemoryModelFile : ModelFile
         return this;
     }
 
+    /// <summary>An array of integers (a GGUF INT32 array): one value per layer, as llama.cpp's jamba writes head_count_kv.</summary>
+    public MemoryModelFile Ints(string key, params int[] values)
+    {
+        _metadata[key] = new MetadataValue(values);
+        return this;
+    }
+
     public MemoryModelFile Float(string key, double value)
     {
         _metadata[key] = new MetadataValue((float)value);
