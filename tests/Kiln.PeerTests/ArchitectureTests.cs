@@ -45,6 +45,9 @@ public sealed class ArchitectureTests(ITestOutputHelper output)
     [InlineData("mamba", "f32", 1e-4)]
     [InlineData("mamba", "f16", 1e-2)]
     [InlineData("mamba", "q8_0", 5e-2)]
+    [InlineData("jamba", "f32", 1e-4)]
+    [InlineData("jamba", "f16", 1e-2)]
+    [InlineData("jamba", "q8_0", 5e-2)]
     public void KilnAgreesWithLlamaCppAtEveryPosition(string architecture, string format, double tolerance)
     {
         using var file = new TemporaryModel(architecture, format, format == "f32" ? null : QuantizedScales);
