@@ -102,13 +102,16 @@ public static class ServeCommand
         int context = file.TryGetInt($"{file.Architecture}.context_length", out long trained) && trained > 0 ? (int)Math.Min(trained, int.MaxValue) : 2048;
         // A model without attention layers (a Mamba) has no KV cache: its sequences' memory is their state slots.
         bool attention = model.KvShape.Layers > 0;
+        // A cached KV prefix can be reused only where no recurrent state must be computed over it (the scheduler turns
+        // prefix caching off for a model with state slots: a hybrid such as Jamba recomputes its Mamba layers' state).
+        bool reusesKv = attention && model.StateShape.IsEmpty;
         string state = model.StateShape.IsEmpty ? "" : $" ({model.StateShape})";
         log.WriteLine($"serve: {Path.GetFileName(options.ModelPath)}: {file.Architecture}, {model.KvShape.Layers} attention layers{state}, vocab {model.VocabSize}, context {context}; " +
                       $"{(options.Eager ? "EAGER reference plan" : "compiled plan")}, {options.Threads} threads{(options.Quick ? ", QUICK sizes" : "")}");
 
         // Lengths fit the model's context: a prompt and its output together at most.
-        var prompts = sizes.Prompts with { Max = Math.Min(sizes.Prompts.Max, context / 2) };
-        var outputs = sizes.Outputs with { Max = Math.Min(sizes.Outputs.Max, context / 2 - 1) };
+        var prompts = sizes.Prompts.AtMost(context / 2);
+        var outputs = sizes.Outputs.AtMost(context / 2 - 1);
         int maxSequence = prompts.Max + outputs.Max;
 
         // Every system gets the same KV memory: what static batching reserves, a batch of whole sequences.
@@ -123,7 +126,7 @@ public static class ServeCommand
         if (attention) engineOptions = engineOptions with { KvCacheBytes = kvBytes };
         if (options.SharedPromptOnly)
         {
-            if (!attention) throw new ArgumentException($"--shared-prompt-only measures attention over a shared KV prefix; {Path.GetFileName(options.ModelPath)} ({file.Architecture}) has no attention layers");
+            if (!reusesKv) throw new ArgumentException($"--shared-prompt-only measures attention over a shared KV prefix; {Path.GetFileName(options.ModelPath)} ({file.Architecture}) {(attention ? "keeps recurrent state, so no prefix is shared" : "has no attention layers")}");
             var (on, off) = await RunSharedPrompt(model, tokenizer, compile, engineOptions, sizes, context, options, log);
             PrintSharedPrompt(output, on, off, sizes, context, options);
             if (options.JsonPath is not null) WriteJson(options.JsonPath, [on, off], null);
@@ -154,10 +157,10 @@ public static class ServeCommand
         log.WriteLine("serve: (c) continuous batching, chunked prefill off (prefill first: whole prompts, decodes wait)...");
         results.Add(await ServeRunners.RunEngine("no_chunking", model, tokenizer, compile, engineOptions with { ChunkedPrefill = false }, workload));
 
-        if (!attention)
+        if (!reusesKv)
         {
-            // Prefix caching and shared-prefix attention are about attention layers' KV: nothing to measure here.
-            log.WriteLine("serve: no attention layers: the prefix-cache and shared-system-prompt runs are skipped");
+            // Prefix caching and shared-prefix attention are about reusing attention layers' KV: nothing to measure here.
+            log.WriteLine($"serve: {(attention ? "recurrent state (no prefix caching)" : "no attention layers")}: the prefix-cache and shared-system-prompt runs are skipped");
             Print(output, results, null, 0, options);
             if (options.JsonPath is not null) WriteJson(options.JsonPath, results, null);
             return 0;
@@ -239,7 +242,7 @@ public static class ServeCommand
         if (prefix is (double hitMs, double missMs))
             output.WriteLine(string.Create(c, $"prefix cache ({prefixLength}-token shared prompt): TTFT hit {hitMs:F1} ms, miss {missMs:F1} ms"));
         string prefixTarget = prefix is (double hit, double miss)
-            ? string.Create(c, $"prefix miss/hit TTFT {miss / hit:F1}× (≥ 5)") : "prefix cache n/a (no attention layers)";
+            ? string.Create(c, $"prefix miss/hit TTFT {miss / hit:F1}× (≥ 5)") : "prefix cache n/a (no KV prefix to reuse)";
         var continuous = results[0];
         var padded = results[1];
         var unchunked = results[2];

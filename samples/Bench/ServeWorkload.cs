@@ -13,6 +13,16 @@ public sealed record LengthDistribution(double Median, double Sigma, int Min, in
         return (int)Math.Clamp(Math.Round(Median * Math.Exp(Sigma * normal)), Min, Max);
     }
 
+    /// <summary>
+    /// The distribution cut at <paramref name="max"/>: its range, and its median and minimum with it, so that the lengths
+    /// drawn and the median reported agree (a median above the cut would be drawn as the cut itself).
+    /// </summary>
+    public LengthDistribution AtMost(int max)
+    {
+        int top = Math.Min(Max, max);
+        return this with { Max = top, Min = Math.Min(Min, top), Median = Math.Min(Median, top) };
+    }
+
     /// <summary>The mean of the clipped distribution, by sampling (for sizing the arrival rate).</summary>
     public double Mean(int seed)
     {
