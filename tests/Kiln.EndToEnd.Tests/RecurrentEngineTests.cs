@@ -107,6 +107,63 @@ public sealed class RecurrentEngineTests(ITestOutputHelper output)
     }
 
     /// <summary>
+    /// Jamba, a hybrid: each request holds paged KV blocks for the attention layers and a state slot for the Mamba
+    /// layers. KV memory for only a few sequences (so requests are preempted and recomputed), mixed lengths, some
+    /// cancelled mid-stream: each stream the greedy tokens the request generates alone (a cancelled one, a prefix),
+    /// and every block and slot free at the end.
+    /// </summary>
+    [Fact]
+    public async Task JambaServesMixedLengthsWithPreemptionAndCancelsAsEachRequestAlone()
+    {
+        ulong seed = SeededCases.Resolve(37);
+        output.WriteLine($"seed {seed}");
+        var random = new Random((int)(seed % int.MaxValue));
+        var model = Jamba.Load(JambaTests.File(seed: 25, vocab: Tokenizer.VocabSize));
+        using var plan = model.Compile(new PlanOptions(64, Threads: 2));
+        long blockBytes = model.KvShape.BytesPerBlock(16);
+        var options = new EngineOptions { MaxRunningRequests = 3, TokenBudget = 16, MaxContext = 64, KvCacheBytes = 5 * blockBytes };
+        await using var engine = new KilnEngine(model, plan, Tokenizer, options);
+        Assert.True(engine.HasKvCache);
+
+        const int count = 10;
+        var prompts = new int[count][];
+        var maxTokens = new int[count];
+        var cancelAfter = new int[count];
+        var tasks = new Task<Outcome>[count];
+        var cancels = new CancellationTokenSource[count];
+        for (int i = 0; i < count; i++)
+        {
+            int index = i;
+            prompts[i] = Enumerable.Range(0, random.Next(8, 40)).Select(_ => random.Next(3, Tokenizer.VocabSize)).ToArray();
+            maxTokens[i] = random.Next(8, 24);
+            cancelAfter[i] = random.Next(4) == 0 ? random.Next(1, 4) : -1;
+            cancels[i] = new CancellationTokenSource();
+            var generation = new GenerationOptions { MaxTokens = maxTokens[i], IgnoreEndOfSequence = true };
+            tasks[i] = Collect(engine.GenerateAsync(prompts[i], generation, cancels[i].Token), afterToken: emitted =>
+            {
+                if (emitted == cancelAfter[index]) cancels[index].Cancel();
+            });
+        }
+        var outcomes = await Task.WhenAll(tasks);
+        int cancelled = 0;
+        for (int i = 0; i < count; i++)
+        {
+            int[] alone = RecurrentStatePropertyTests.AloneWith(plan, model, prompts[i], maxTokens[i]);
+            if (outcomes[i].Final.FinishReason == FinishReason.Cancelled)
+            {
+                cancelled++;
+                Assert.True(alone.AsSpan().StartsWith(outcomes[i].Tokens), $"seed {seed}, request {i}: cancelled output is not a prefix of its run alone");
+            }
+            else Assert.Equal(alone, outcomes[i].Tokens);
+        }
+        var statistics = await WaitUntilIdle(engine);
+        output.WriteLine($"{count} requests, {cancelled} cancelled; {statistics.Steps} steps, {statistics.Preemptions} preemptions");
+        Assert.True(statistics.Preemptions > 0, "KV memory for a few sequences preempted no request");
+        Assert.Equal(0, statistics.StateSlotsUsed);
+        Assert.Equal(0, statistics.KvBlocksUsed);
+    }
+
+    /// <summary>
     /// TokenGenerator (what a single-sequence caller uses) on a Mamba, which has no KV cache: its prompt prefilled in
     /// chunks of the plan's step, its state carried across them, equals the request run alone in one step; a second
     /// call starts again from zeros (its first token is at position 0), so it repeats the first.
