@@ -164,6 +164,29 @@ public sealed class HybridLayerTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void AFileWhoseLayersAllTakeTheRecurrentBranchKeepsNoKvCache()
+    {
+        var model = Load(File(5, [0, 0, 0]));
+        Assert.Equal(default, model.KvShape);
+        Assert.Equal(3, model.StateShape.Tensors.Length);
+        using var plan = model.Compile(new PlanOptions(8, Threads: 2));
+        var eager = AttentionContext.ForSlots(model, 1, 16, 8);
+        var compiled = AttentionContext.ForSlots(model, 1, 16, 8);
+        Assert.False(compiled.HasCache);
+        int[] tokens = [3, 1, 4, 1, 5];
+        for (int p = 0; p < tokens.Length; p++)
+        {
+            eager.Add(p, 0, true);
+            compiled.Add(p, 0, true);
+        }
+        var expected = model.ForwardEager(tokens, eager).Data;
+        var logits = new float[tokens.Length * Words];
+        plan.Step(tokens, compiled, logits);
+        for (int i = 0; i < logits.Length; i++)
+            Assert.True(Math.Abs(expected[i] - logits[i]) <= 1e-4 + 1e-4 * Math.Abs(expected[i]), $"logit {i}: eager {expected[i]}, compiled {logits[i]}");
+    }
+
+    [Fact]
     public void AScalarIsEveryLayersValue()
     {
         var file = File(3, [2, 2, 2]);

@@ -63,7 +63,9 @@ internal static class ModelEmitter
         else
         {
             w.Line("/// <summary>The KV cache's geometry: one layer per attention layer, rows of the attention's k width, its head dimension.</summary>");
-            w.Line($"public global::Kiln.KvCacheShape KvShape => new global::Kiln.KvCacheShape({kvLayers}, {kvDim}, {headDim});");
+            w.Line(plan.KvLayers == Plan.CountedKvLayers
+                ? $"public global::Kiln.KvCacheShape KvShape => {kvLayers} == 0 ? default : new global::Kiln.KvCacheShape({kvLayers}, {kvDim}, {headDim});"
+                : $"public global::Kiln.KvCacheShape KvShape => new global::Kiln.KvCacheShape({kvLayers}, {kvDim}, {headDim});");
             w.Line();
             w.Line("/// <summary>A contiguous KV cache of <paramref name=\"slots\"/> sequences of up to <paramref name=\"maxContext\"/> positions.</summary>");
             w.Line("public global::Kiln.KvCache CreateKvCache(int slots, int maxContext) => KvShape.CreateContiguous(slots, maxContext);");

@@ -30,6 +30,9 @@ internal static partial class PlanEmitter
                 w.Line("if (context.HasCache)");
                 w.Line("    throw new global::System.ArgumentException(\"An encoder's step holds whole sequences and has no KV cache: fill a new AttentionContext(capacity) with AddSequence.\", nameof(context));");
             }
+            else if (plan.KvLayers == Plan.CountedKvLayers && plan.HasRecurrentLayers())
+                // A hybrid file whose layers all take the recurrent branch keeps no KV cache: its context has none.
+                w.Line($"var cache = _model.{Plan.CountedKvLayers} == 0 ? null! : context.Cache;");
             else if (attention || !plan.HasRecurrentLayers()) w.Line("var cache = context.Cache;");
             if (plan.HasRecurrentLayers())
             {
@@ -39,9 +42,12 @@ internal static partial class PlanEmitter
             if (attention && !plan.Model.Encoder)
             {
                 string layers = plan.KvLayers == "1" ? "1" : "_model." + plan.KvLayers;
+                bool counted = plan.KvLayers == Plan.CountedKvLayers;
+                if (counted) w.Open($"if ({layers} > 0)");
                 w.Line($"if (cache.KvDim != {Names.DimField(plan.KvDim)} || cache.Layers < {layers})");
                 w.Line($"    throw new global::System.ArgumentException($\"The KV cache holds {{cache.Layers}} layers of rows of {{cache.KvDim}}; this model needs {{{layers}}} of {{{Names.DimField(plan.KvDim)}}} (use CreateKvCache).\", nameof(context));");
                 w.Line("if (_scoresContext < cache.MaxContext || _gatherFloats < global::Kiln.Kernels.MatMul.KvBlocks.ScratchFloats(cache)) GrowScores(cache); // once per larger cache, never per step");
+                if (counted) w.Close();
             }
             w.Line($"var stepProfiler = {Profiler}.Current; // null unless the caller attached a profiler: then each part below is timed");
             w.Line("stepProfiler?.BeginStep();");

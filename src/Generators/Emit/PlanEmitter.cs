@@ -287,7 +287,9 @@ internal static partial class PlanEmitter
             string heads = Names.Scalar(attention.Heads, "model");
             string kvHeads = Names.Scalar(attention.KvHeads, "model");
             string qCols = Names.DimField(BufferOf(plan, attention.Q).Cols);
-            w.Line($"if ({heads} <= 0 || {kvHeads} <= 0 || {heads} % {kvHeads} != 0 || {qCols} % {heads} != 0 || {qCols} / {heads} * {kvHeads} != {Names.DimField(plan.KvDim)})");
+            // A file whose layers never take the attention's branch (a hybrid's all-recurrent file) sizes no attention.
+            string misfit = $"{heads} <= 0 || {kvHeads} <= 0 || {heads} % {kvHeads} != 0 || {qCols} % {heads} != 0 || {qCols} / {heads} * {kvHeads} != {Names.DimField(plan.KvDim)}";
+            w.Line(plan.KvLayers == Plan.CountedKvLayers ? $"if (model.{Plan.CountedKvLayers} > 0 && ({misfit}))" : $"if ({misfit})");
             w.Line($"    throw new global::System.InvalidOperationException($\"Attention: {{{heads}}} heads over {{{kvHeads}}} KV heads do not fit q rows of {{{qCols}}} and k rows of {{{Names.DimField(plan.KvDim)}}}.\");");
             w.Line();
         }
