@@ -9,6 +9,7 @@ using Kiln.Bench;
 //   agree --model FILE [--positions 64] [--threads N] [--json OUT]
 //   profile --model FILE --workload prefill_128|decode_128|batched_decode_8|batched_decode_32|all [--threads N] [--runs 5] [--json OUT]
 //   kernels --threads N [--formats q4_0,q8_0,f32,q4_k,q5_k,q6_k] [--tokens 1,32,128]
+//   attention --threads N [--contexts 128,512,2048] [--blocks 16,whole]
 //   memory --model FILE [--json OUT] [--tokens 128] [--threads N]
 //   embed-compare --threads N [--runs 5] [--json OUT] [--seed N] [--profile]
 //   gpu-agree --accelerator cpu|cuda --model FILE --json OUT [--positions 32]
@@ -27,6 +28,7 @@ internal static class BenchCli
         "       bench agree --model FILE [--positions 64] [--threads N] [--json OUT]\n" +
         "       bench profile --model FILE --workload prefill_128|decode_128|batched_decode_8|batched_decode_32|all [--threads N] [--runs 5] [--json OUT]\n" +
         "       bench kernels --threads N [--formats q4_0,q8_0,f32,q4_k,q5_k,q6_k] [--tokens 1,32,128]\n" +
+        "       bench attention --threads N [--contexts 128,512,2048] [--blocks 16,whole]\n" +
         "       bench serve --model FILE --threads N [--json OUT] [--quick]\n" +
         "       bench memory --model FILE [--json OUT] [--tokens 128] [--threads N]\n" +
         "       bench embed-compare --threads N [--runs 5] [--json OUT] [--seed N] [--profile]\n" +
@@ -44,7 +46,7 @@ internal static class BenchCli
         if (args.Length > 0 && args[0] == "soak") return SoakCommand.Run(args.AsSpan(1)); // load with faults, engine or HTTP (Soak*.cs)
         try
         {
-            if (args.Length == 0) throw new UsageException("missing command: make-model, compare, agree, profile, kernels, memory, embed-compare, serve, rnn-serve, soak, gpu-agree or gpu-compare (--help for usage)");
+            if (args.Length == 0) throw new UsageException("missing command: make-model, compare, agree, profile, kernels, attention, memory, embed-compare, serve, rnn-serve, soak, gpu-agree or gpu-compare (--help for usage)");
             if (args[0] is "-h" or "--help" or "help")
             {
                 Console.WriteLine(Usage);
@@ -58,10 +60,11 @@ internal static class BenchCli
                 "agree" => ["model", "positions", "threads", "json"],
                 "profile" => ["model", "workload", "threads", "runs", "json"],
                 "kernels" => ["threads", "formats", "tokens"],
+                "attention" => ["threads", "contexts", "blocks"],
                 "memory" => ["model", "json", "tokens", "threads"],
                 "embed-compare" => ["threads", "runs", "json", "seed", "profile"],
                 "shared-prefix" => ["model", "prefix", "seqs", "suffix", "threads", "runs", "json", "kv"],
-                _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model, compare, agree, profile, kernels, memory, embed-compare, shared-prefix or serve)"),
+                _ => throw new UsageException($"unknown command '{args[0]}' (expected make-model, compare, agree, profile, kernels, attention, memory, embed-compare, shared-prefix or serve)"),
             });
             return args[0] switch
             {
@@ -70,6 +73,7 @@ internal static class BenchCli
                 "agree" => Agree(options),
                 "profile" => Profile(options),
                 "kernels" => Kernels(options),
+                "attention" => Attention(options),
                 "memory" => Memory(options),
                 "embed-compare" => EmbedCompare.Run(Int(options, "threads", -1, min: 1, max: 64) is int threads and > 0 ? threads : throw new UsageException("--threads is required"),
                     Int(options, "runs", 5, min: 1, max: 100), options.GetValueOrDefault("json"), Int(options, "seed", 1234, min: int.MinValue), Console.Out, Console.Error,
@@ -252,6 +256,21 @@ internal static class BenchCli
                 ? n : throw new UsageException($"--tokens: '{t}' is not a token count from 1 to 4096")).ToArray();
         if (formats.Length == 0 || tokens.Length == 0) throw new UsageException("--formats and --tokens need at least one value");
         return KernelsCommand.Run(threads, formats, tokens, Console.Out, Console.Error);
+    }
+
+    private static int Attention(Dictionary<string, string> options)
+    {
+        int threads = Int(options, "threads", -1, min: 1, max: 64);
+        if (threads < 0) throw new UsageException("--threads is required");
+        var contexts = options.GetValueOrDefault("contexts", "128,512,2048").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            .Select(t => int.TryParse(t, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) && n is >= 1 and <= 32768
+                ? n : throw new UsageException($"--contexts: '{t}' is not a context length from 1 to 32768")).ToArray();
+        // 0 stands for "whole": one block per sequence.
+        var blocks = options.GetValueOrDefault("blocks", "16,whole").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            .Select(b => b == "whole" ? 0 : int.TryParse(b, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) && n is >= 1 and <= 4096
+                ? n : throw new UsageException($"--blocks: '{b}' is neither 'whole' nor a block size from 1 to 4096")).ToArray();
+        if (contexts.Length == 0 || blocks.Length == 0) throw new UsageException("--contexts and --blocks need at least one value");
+        return AttentionCommand.Run(threads, contexts, blocks, Console.Out);
     }
 
     private static Dictionary<string, string> ParseOptions(ReadOnlySpan<string> args, string[] known)

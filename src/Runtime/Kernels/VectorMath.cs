@@ -907,6 +907,29 @@ public static class VectorMath
     /// <summary>Rows ahead that the attention loops prefetch (scores; the weighted sum, with less work per row, twice as far).</summary>
     private const int PrefetchDistance = 16;
 
+    /// <summary>
+    /// Prefetches the first rows of the next block a paged walk reads (<paramref name="values"/>: as far as the
+    /// weighted sum looks ahead, else as far as the scores do), each row's first <paramref name="width"/> elements:
+    /// inside a block the row loops fetch ahead, but a block's first rows would otherwise be fetched only as it starts.
+    /// </summary>
+    public static void PrefetchNextBlock<T>(ReadOnlySpan<T> rows, int stride, int positions, int width, bool values) where T : unmanaged
+    {
+        int count = Math.Min(positions, values ? 2 * PrefetchDistance : PrefetchDistance), lines = (width * Unsafe.SizeOf<T>() + 63) / 64;
+        CheckRows(rows.Length, stride, count, width);
+        ref T first = ref MemoryMarshal.GetReference(rows);
+        int r = 0;
+        for (; r + 4 <= count; r += 4) PrefetchRows(ref Unsafe.Add(ref first, r * stride), stride, lines);
+        for (; r < count; r++) PrefetchRow(ref Unsafe.Add(ref first, r * stride), lines);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void PrefetchRow<T>(ref T row, int lines) where T : unmanaged
+    {
+        if (!Sse.IsSupported) return;
+        byte* start = (byte*)Unsafe.AsPointer(ref row);
+        for (int line = 0; line < lines; line++) Sse.Prefetch0(start + line * 64);
+    }
+
     /// <summary>Prefetches the first <paramref name="lines"/> cache lines of 4 rows <paramref name="stride"/> elements apart (prefetches never fault).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static unsafe void PrefetchRows<T>(ref T first, int stride, int lines) where T : unmanaged

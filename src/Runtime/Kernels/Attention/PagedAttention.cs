@@ -22,8 +22,8 @@ public readonly record struct AttentionOptions(float Scale, int Window = 0, floa
 /// KV heads; every query head of the chunk is scored against the same cached rows, read block by block through the
 /// sequence's block table once for all of them (F16 rows widened in registers — short of the exponent rebias, folded
 /// into the query and the weights, while the cache holds only finite halves — int8 ones dequantized into scratch),
-/// then softmax and the weighted sum of values. A plan fills one per attention call and runs it on its pool; the
-/// rows it reads are the window the options leave visible.
+/// then softmax and the weighted sum of values; F16 walks fetch each next block's rows while reading one. A plan fills
+/// one per attention call and runs it on its pool; the rows it reads are the window the options leave visible.
 /// </summary>
 public struct PagedAttention : IParallelWork
 {
@@ -132,6 +132,8 @@ public struct PagedAttention : IParallelWork
             for (int position = first; position <= last;)
             {
                 int b = position / blockSize, offset = position % blockSize, count = Math.Min(blockSize - offset, last - position + 1);
+                if (halves && position + count <= last)
+                    PrefetchNextBlock(blocks[b + 1], Math.Min(blockSize, last - position - count + 1), kv0 * HeadDim, columns, values: false);
                 if (halves)
                     VectorMath.AttentionScores(query, heads, HeadDim, group, KvBlocks.HalfKeys(Cache, Layer, blocks[b], offset, count, kv0 * HeadDim, columns), KvCols, count, Options.Scale, weights, rows, position - first, finite);
                 else
@@ -144,6 +146,8 @@ public struct PagedAttention : IParallelWork
             for (int position = first; position <= last;)
             {
                 int b = position / blockSize, offset = position % blockSize, count = Math.Min(blockSize - offset, last - position + 1);
+                if (halves && position + count <= last)
+                    PrefetchNextBlock(blocks[b + 1], Math.Min(blockSize, last - position - count + 1), kv0 * HeadDim, columns, values: true);
                 if (halves)
                     VectorMath.AttentionValues(weights, rows, position - first, heads, HeadDim, group, KvBlocks.HalfValues(Cache, Layer, blocks[b], offset, count, kv0 * HeadDim, columns), KvCols, count, output, finite);
                 else
@@ -277,6 +281,14 @@ public struct PagedAttention : IParallelWork
             for (int h = 0; h < heads; h++) VectorMath.Scale(output.Slice(h * HeadDim, HeadDim), 1f / tokenStatistics[2 * h + 1]);
         }
     }
+
+    /// <summary>
+    /// F16 rows of a per-sequence walk's next block, fetched a block ahead (a paged cache's blocks are apart, so the
+    /// hardware prefetcher cannot follow): its keys while the current block is scored, its values while weighed.
+    /// </summary>
+    private readonly void PrefetchNextBlock(int block, int rows, int firstColumn, int columns, bool values) =>
+        VectorMath.PrefetchNextBlock(values ? KvBlocks.HalfValues(Cache, Layer, block, 0, rows, firstColumn, columns) : KvBlocks.HalfKeys(Cache, Layer, block, 0, rows, firstColumn, columns),
+            KvCols, rows, columns, values);
 
     /// <summary>s ← cap·tanh(s/cap) over every score (Gemma-2's attention logit soft-capping).</summary>
     private static void SoftCap(Span<float> scores, float cap)
