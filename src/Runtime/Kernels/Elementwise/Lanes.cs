@@ -35,7 +35,8 @@ public static class Lanes
     }
 
     // ---- e^x: x = n·ln2 + r, |r| ≤ ln2/2, e^r by a degree-6 polynomial (relative error < 2e-7), 2^n into the exponent.
-    // Inputs are clamped to ±87: e^87 is near float.MaxValue, and below −87 the exact result rounds to ~0 anyway.
+    // Inputs are clamped to ±87: e^87 is near float.MaxValue, and below −87 the exact result rounds to ~0 anyway. So
+    // |n| ≤ 126 and the native conversion is exact: the saturating one costs three more instructions per vector.
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> Exp(Vector512<float> x)
@@ -51,7 +52,7 @@ public static class Lanes
         p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(0.5f));
         p = Vector512.FusedMultiplyAdd(p, r, Vector512<float>.One);
         p = Vector512.FusedMultiplyAdd(p, r, Vector512<float>.One);
-        return (p.AsInt32() + (Vector512.ConvertToInt32(n) << 23)).AsSingle();
+        return (p.AsInt32() + (Vector512.ConvertToInt32Native(n) << 23)).AsSingle();
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -68,7 +69,7 @@ public static class Lanes
         p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(0.5f));
         p = Vector256.FusedMultiplyAdd(p, r, Vector256<float>.One);
         p = Vector256.FusedMultiplyAdd(p, r, Vector256<float>.One);
-        return (p.AsInt32() + (Vector256.ConvertToInt32(n) << 23)).AsSingle();
+        return (p.AsInt32() + (Vector256.ConvertToInt32Native(n) << 23)).AsSingle();
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -85,7 +86,7 @@ public static class Lanes
         p = Vector128.FusedMultiplyAdd(p, r, Vector128.Create(0.5f));
         p = Vector128.FusedMultiplyAdd(p, r, Vector128<float>.One);
         p = Vector128.FusedMultiplyAdd(p, r, Vector128<float>.One);
-        return (p.AsInt32() + (Vector128.ConvertToInt32(n) << 23)).AsSingle();
+        return (p.AsInt32() + (Vector128.ConvertToInt32Native(n) << 23)).AsSingle();
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
