@@ -37,7 +37,8 @@ public sealed class StepAttentionTests(ITestOutputHelper output)
         }
         Check(new Random(Seed + 10), [9, 40, 3], 4, 2, 32, new AttentionOptions(0.25f, Causal: true), scoresPerChunk: 0);
         Check(new Random(Seed + 11), [9, 40, 3], 4, 2, 32, new AttentionOptions(0.25f, Window: 5, Causal: false), scoresPerChunk: 0);
-        // Scratch for (32 + 4) × 32 floats: the 40-token sequence's keys do not fit transposed, the others do.
+        // Scratch of 36 × 32 floats: the 40-token sequence's keys transposed beside a block of 8 queries' scores do not fit
+        // ((32 + 8) × 48), the others' do ((32 + 8) × 16).
         Check(new Random(Seed + 12), [9, 40, 3], 4, 2, 32, new AttentionOptions(0.25f, Causal: false), scoresPerChunk: 36 * 32);
     }
 
@@ -47,7 +48,7 @@ public sealed class StepAttentionTests(ITestOutputHelper output)
         var context = new AttentionContext(tokens);
         foreach (int length in lengths) context.AddSequence(length);
         float[] q = Draw(random, tokens * qCols), k = Draw(random, tokens * kvCols), v = Draw(random, tokens * kvCols);
-        if (scoresPerChunk == 0) scoresPerChunk = StepAttention.ScoresPerChunk(tokens, heads) + (headDim + 4) * ((tokens + 15) & ~15);
+        if (scoresPerChunk == 0) scoresPerChunk = StepAttention.ScoresPerChunk(tokens, heads) + (headDim + 8) * ((tokens + 15) & ~15);
         int floats = 3 * tokens * qCols + 2 * tokens * kvCols + scoresPerChunk * StepAttention.MaxChunks;
         using var memory = new NativeBlock((long)floats * sizeof(float));
         int at = 0;

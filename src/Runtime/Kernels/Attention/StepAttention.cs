@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using Kiln.Kernels.MatMul;
 using Kiln.Kernels.Quantized;
 using Kiln.Threading;
@@ -14,7 +15,7 @@ namespace Kiln.Kernels.Attention;
 /// <para>
 /// Bidirectional attention without a window on the AVX-512 path (an encoder's) goes by sequence instead: one item is a
 /// sequence and one KV head, computed as small GEMMs — the head's keys transposed once into scratch, then per block of
-/// 4 queries the scores as outer products over the head's dimensions (no horizontal sums), each row's softmax, and the
+/// 8 queries the scores as outer products over the head's dimensions (no horizontal sums), each row's softmax, and the
 /// weighted values with the block's outputs held in registers over every key. A sequence too long for its chunk's
 /// scratch runs query by query as above, in the same item.
 /// </para>
@@ -30,7 +31,7 @@ public struct StepAttention : IParallelWork
     public AttentionOptions Options;
 
     // Queries per block of the sequence form: the block's scores and outputs stay in registers.
-    private const int QueryBlock = 4;
+    private const int QueryBlock = 8;
 
     private bool _bySequence;
 
@@ -111,10 +112,9 @@ public struct StepAttention : IParallelWork
         {
             // The head's keys transposed, [HeadDim, padded]: element d of 16 keys side by side; the padding keys are zeros.
             float* k = K.Pointer + (long)first * KvCols + kv * HeadDim;
-            for (int j = 0; j < length; j++, k += KvCols)
-                for (int d = 0; d < HeadDim; d++) keysT[d * padded + j] = k[d];
-            for (int d = 0; d < HeadDim; d++)
-                for (int j = length; j < padded; j++) keysT[d * padded + j] = 0f;
+            for (int j = 0; j < padded; j += 16)
+                for (int d = 0; d < HeadDim; d += 16)
+                    Transpose16(k + (long)j * KvCols + d, KvCols, Math.Min(16, length - j), keysT + (long)d * padded + j, padded);
             float* scores = keysT + HeadDim * padded;
             float* values = V.Pointer + (long)first * KvCols + kv * HeadDim;
             for (int h = kv * group; h < (kv + 1) * group; h++)
@@ -126,10 +126,12 @@ public struct StepAttention : IParallelWork
                     BlockScores(queries, count, keysT, padded, scores);
                     for (int q = 0; q < count; q++)
                     {
-                        var row = new Span<float>(scores + q * padded, length);
                         if (Options.SoftCap > 0)
+                        {
+                            var row = new Span<float>(scores + q * padded, length);
                             for (int j = 0; j < row.Length; j++) row[j] = Options.SoftCap * Elementwise.Lanes.Tanh(row[j] / Options.SoftCap);
-                        VectorMath.Softmax(row);
+                        }
+                        Softmax(scores + q * padded, length);
                     }
                     BlockValues(scores, padded, count, length, values, Output.Pointer + (long)(first + i) * QCols + h * HeadDim);
                 }
@@ -138,8 +140,8 @@ public struct StepAttention : IParallelWork
     }
 
     /// <summary>
-    /// Scores of <paramref name="count"/> (1–4) queries against every key of the transposed head, scaled, into rows of
-    /// <paramref name="padded"/>: per 32 keys, 8 sums in registers over the head's dimensions.
+    /// Scores of <paramref name="count"/> (1–8) queries against every key of the transposed head, scaled, into rows of
+    /// <paramref name="padded"/>: per 32 keys, 16 sums in registers over the head's dimensions.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private readonly unsafe void BlockScores(float* queries, int count, float* keysT, int padded, float* scores)
@@ -150,8 +152,8 @@ public struct StepAttention : IParallelWork
     }
 
     /// <summary>
-    /// Outputs of <paramref name="count"/> (1–4) queries: Σ_j weight·v_j over the <paramref name="length"/> keys, 32
-    /// columns of the head at a time with the block's 8 sums in registers over every key.
+    /// Outputs of <paramref name="count"/> (1–8) queries: Σ_j weight·v_j over the <paramref name="length"/> keys, 32
+    /// columns of the head at a time with the block's 16 sums in registers over every key.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private readonly unsafe void BlockValues(float* weights, int padded, int count, int length, float* values, float* output)
@@ -161,46 +163,130 @@ public struct StepAttention : IParallelWork
     }
 
     /// <summary>
-    /// The one tile both products are made of: for each of <paramref name="count"/> (1–4) rows r of
+    /// The one tile both products are made of: for each of <paramref name="count"/> (1–8) rows r of
     /// <paramref name="left"/> (<paramref name="leftStride"/> apart), Σ_i left_r[i] · right[i], over
     /// <paramref name="depth"/> rows of <paramref name="right"/> (<paramref name="rightStride"/> apart) 16 or 32
     /// (<paramref name="two"/>) wide, times <paramref name="scale"/>, into rows of <paramref name="output"/>
-    /// (<paramref name="outputStride"/> apart). Rows past count repeat the last one: computed, never stored.
+    /// (<paramref name="outputStride"/> apart). Rows past count repeat the last one: computed, never stored. Per
+    /// element of the depth, 2 loads and 8 broadcasts feed 16 multiply-adds.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static unsafe void OuterProductTile(float* left, int leftStride, int count, float* right, int rightStride, int depth, bool two,
         Vector512<float> scale, float* output, int outputStride)
     {
-        float* l0 = left, l1 = count > 1 ? left + leftStride : l0, l2 = count > 2 ? left + 2 * leftStride : l1, l3 = count > 3 ? left + 3 * leftStride : l2;
-        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default;
+        float* l0 = left, l1 = count > 1 ? l0 + leftStride : l0, l2 = count > 2 ? l1 + leftStride : l1, l3 = count > 3 ? l2 + leftStride : l2;
+        float* l4 = count > 4 ? l3 + leftStride : l3, l5 = count > 5 ? l4 + leftStride : l4, l6 = count > 6 ? l5 + leftStride : l5, l7 = count > 7 ? l6 + leftStride : l6;
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+        Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default, b4 = default, b5 = default, b6 = default, b7 = default;
         float* row = right;
         for (int i = 0; i < depth; i++, row += rightStride)
         {
             var x = Vector512.Load(row);
             var y = two ? Vector512.Load(row + 16) : default;
-            var v0 = Vector512.Create(l0[i]);
-            var v1 = Vector512.Create(l1[i]);
-            var v2 = Vector512.Create(l2[i]);
-            var v3 = Vector512.Create(l3[i]);
-            a0 = Vector512.FusedMultiplyAdd(x, v0, a0);
-            a1 = Vector512.FusedMultiplyAdd(x, v1, a1);
-            a2 = Vector512.FusedMultiplyAdd(x, v2, a2);
-            a3 = Vector512.FusedMultiplyAdd(x, v3, a3);
-            b0 = Vector512.FusedMultiplyAdd(y, v0, b0);
-            b1 = Vector512.FusedMultiplyAdd(y, v1, b1);
-            b2 = Vector512.FusedMultiplyAdd(y, v2, b2);
-            b3 = Vector512.FusedMultiplyAdd(y, v3, b3);
+            var v = Vector512.Create(l0[i]);
+            a0 = Vector512.FusedMultiplyAdd(x, v, a0);
+            b0 = Vector512.FusedMultiplyAdd(y, v, b0);
+            v = Vector512.Create(l1[i]);
+            a1 = Vector512.FusedMultiplyAdd(x, v, a1);
+            b1 = Vector512.FusedMultiplyAdd(y, v, b1);
+            v = Vector512.Create(l2[i]);
+            a2 = Vector512.FusedMultiplyAdd(x, v, a2);
+            b2 = Vector512.FusedMultiplyAdd(y, v, b2);
+            v = Vector512.Create(l3[i]);
+            a3 = Vector512.FusedMultiplyAdd(x, v, a3);
+            b3 = Vector512.FusedMultiplyAdd(y, v, b3);
+            v = Vector512.Create(l4[i]);
+            a4 = Vector512.FusedMultiplyAdd(x, v, a4);
+            b4 = Vector512.FusedMultiplyAdd(y, v, b4);
+            v = Vector512.Create(l5[i]);
+            a5 = Vector512.FusedMultiplyAdd(x, v, a5);
+            b5 = Vector512.FusedMultiplyAdd(y, v, b5);
+            v = Vector512.Create(l6[i]);
+            a6 = Vector512.FusedMultiplyAdd(x, v, a6);
+            b6 = Vector512.FusedMultiplyAdd(y, v, b6);
+            v = Vector512.Create(l7[i]);
+            a7 = Vector512.FusedMultiplyAdd(x, v, a7);
+            b7 = Vector512.FusedMultiplyAdd(y, v, b7);
         }
-        (a0 * scale).Store(output);
-        if (count > 1) (a1 * scale).Store(output + outputStride);
-        if (count > 2) (a2 * scale).Store(output + 2 * outputStride);
-        if (count > 3) (a3 * scale).Store(output + 3 * outputStride);
-        if (!two) return;
-        (b0 * scale).Store(output + 16);
-        if (count > 1) (b1 * scale).Store(output + outputStride + 16);
-        if (count > 2) (b2 * scale).Store(output + 2 * outputStride + 16);
-        if (count > 3) (b3 * scale).Store(output + 3 * outputStride + 16);
+        StoreRow(a0, b0, two, scale, output);
+        if (count > 1) StoreRow(a1, b1, two, scale, output + outputStride);
+        if (count > 2) StoreRow(a2, b2, two, scale, output + 2 * outputStride);
+        if (count > 3) StoreRow(a3, b3, two, scale, output + 3 * outputStride);
+        if (count > 4) StoreRow(a4, b4, two, scale, output + 4 * outputStride);
+        if (count > 5) StoreRow(a5, b5, two, scale, output + 5 * outputStride);
+        if (count > 6) StoreRow(a6, b6, two, scale, output + 6 * outputStride);
+        if (count > 7) StoreRow(a7, b7, two, scale, output + 7 * outputStride);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void StoreRow(Vector512<float> first, Vector512<float> second, bool two, Vector512<float> scale, float* output)
+    {
+        (first * scale).Store(output);
+        if (two) (second * scale).Store(output + 16);
+    }
+
+    /// <summary>
+    /// Rows [0, <paramref name="rows"/>) of a 16 × 16 block (<paramref name="stride"/> apart; the rest read as zeros)
+    /// written transposed, 16 columns <paramref name="outputStride"/> apart: in registers, by interleaving 32-bit then
+    /// 64-bit elements within each 128-bit lane and then exchanging the lanes, instead of 256 scalar moves.
+    /// </summary>
+    [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static unsafe void Transpose16(float* input, int stride, int rows, float* output, int outputStride)
+    {
+        Vector512<float>* r = stackalloc Vector512<float>[16];
+        for (int i = 0; i < 16; i++) r[i] = i < rows ? Vector512.Load(input + (long)i * stride) : Vector512<float>.Zero;
+        // After the two interleaves, r[4g + c] holds, in 128-bit lane l, column 4l + c of rows 4g..4g + 3.
+        for (int i = 0; i < 16; i += 4)
+        {
+            Vector512<float> t0 = Avx512F.UnpackLow(r[i], r[i + 1]), t1 = Avx512F.UnpackHigh(r[i], r[i + 1]);
+            Vector512<float> t2 = Avx512F.UnpackLow(r[i + 2], r[i + 3]), t3 = Avx512F.UnpackHigh(r[i + 2], r[i + 3]);
+            r[i] = Avx512F.UnpackLow(t0.AsDouble(), t2.AsDouble()).AsSingle();
+            r[i + 1] = Avx512F.UnpackHigh(t0.AsDouble(), t2.AsDouble()).AsSingle();
+            r[i + 2] = Avx512F.UnpackLow(t1.AsDouble(), t3.AsDouble()).AsSingle();
+            r[i + 3] = Avx512F.UnpackHigh(t1.AsDouble(), t3.AsDouble()).AsSingle();
+        }
+        // Column 4l + c gathers lane l of r[c], r[4 + c], r[8 + c], r[12 + c]: even lanes (0x88) and odd lanes (0xDD) twice.
+        for (int c = 0; c < 4; c++)
+        {
+            Vector512<float> even0 = Avx512F.Shuffle4x128(r[c], r[4 + c], 0x88), odd0 = Avx512F.Shuffle4x128(r[c], r[4 + c], 0xDD);
+            Vector512<float> even1 = Avx512F.Shuffle4x128(r[8 + c], r[12 + c], 0x88), odd1 = Avx512F.Shuffle4x128(r[8 + c], r[12 + c], 0xDD);
+            Avx512F.Shuffle4x128(even0, even1, 0x88).Store(output + (long)c * outputStride);
+            Avx512F.Shuffle4x128(odd0, odd1, 0x88).Store(output + (long)(4 + c) * outputStride);
+            Avx512F.Shuffle4x128(even0, even1, 0xDD).Store(output + (long)(8 + c) * outputStride);
+            Avx512F.Shuffle4x128(odd0, odd1, 0xDD).Store(output + (long)(12 + c) * outputStride);
+        }
+    }
+
+    /// <summary>
+    /// One row's softmax in place over its first <paramref name="length"/> scores, 16 at a time with the row's last
+    /// vector masked (the rows are padded to 16): e^x inlined (<see cref="Elementwise.Lanes.Exp(Vector512{float})"/>),
+    /// where the shared row softmax makes four calls and one more per vector for the BCL's e^x.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void Softmax(float* row, int length)
+    {
+        var lanes = Vector512.Create(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        var negativeInfinity = Vector512.Create(float.NegativeInfinity);
+        var max = negativeInfinity;
+        for (int j = 0; j < length; j += 16)
+            max = Vector512.Max(max, Vector512.ConditionalSelect(Vector512.LessThan(lanes, Vector512.Create(length - j)).AsSingle(), Vector512.Load(row + j), negativeInfinity));
+        max = Vector512.Max(max, Avx512F.Shuffle4x128(max, max, 0x4E)); // each 128-bit lane against the one two away
+        max = Vector512.Max(max, Avx512F.Shuffle4x128(max, max, 0xB1)); // and its neighbour: every lane holds the 4 lanes' max
+        var quarter = max.GetLower().GetLower();
+        quarter = Vector128.Max(quarter, Vector128.Shuffle(quarter, Vector128.Create(2, 3, 0, 1)));
+        quarter = Vector128.Max(quarter, Vector128.Shuffle(quarter, Vector128.Create(1, 0, 3, 2)));
+        var rowMax = Vector512.Create(quarter.ToScalar());
+        var sum = Vector512<float>.Zero;
+        for (int j = 0; j < length; j += 16)
+        {
+            var e = Vector512.ConditionalSelect(Vector512.LessThan(lanes, Vector512.Create(length - j)).AsSingle(),
+                Elementwise.Lanes.Exp(Vector512.Load(row + j) - rowMax), Vector512<float>.Zero);
+            e.Store(row + j);
+            sum += e;
+        }
+        var scale = Vector512.Create(1f / Vector512.Sum(sum));
+        for (int j = 0; j < length; j += 16) (Vector512.Load(row + j) * scale).Store(row + j);
     }
 
     /// <summary>A sequence longer than the scratch holds transposed: each of its queries over KV head <paramref name="kv"/> as the token items do.</summary>

@@ -102,7 +102,8 @@ public sealed class LanesTests(ITestOutputHelper output)
     /// <summary>
     /// The vectors' erf, whose coefficients are literals, equals bit for bit the same formula evaluated here from the
     /// coefficients' definitions (2/√π·(−1)ⁿ/(n!·(2n + 1)) for the series, the scalar form's erfc polynomial rounded to
-    /// float): a mistyped coefficient, even one too small for the approximation bound to notice, fails here.
+    /// float) by the same Estrin scheme, |x| clamped to 4 for the erfc: a mistyped coefficient, even one too small for
+    /// the approximation bound to notice, fails here.
     /// </summary>
     [SkippableTheory]
     [MemberData(nameof(VectorWidths))]
@@ -120,17 +121,32 @@ public sealed class LanesTests(ITestOutputHelper output)
         foreach (double point in Points)
         {
             var x = Vector128.Create((float)point);
-            Vector128<float> a = Vector128.Abs(x), square = x * x;
-            Vector128<float> s = Vector128.Create(series[^1]);
-            for (int i = series.Length - 2; i >= 0; i--) s = Vector128.FusedMultiplyAdd(s, square, Vector128.Create(series[i]));
-            Vector128<float> t = Vector128<float>.One / Vector128.FusedMultiplyAdd(a, Vector128.Create(0.5f), Vector128<float>.One);
-            Vector128<float> p = Vector128.Create(erfc[^1]);
-            for (int i = erfc.Length - 2; i >= 0; i--) p = Vector128.FusedMultiplyAdd(p, t, Vector128.Create(erfc[i]));
-            Vector128<float> tail = Vector128<float>.One - t * Lanes.Exp(p - square);
+            Vector128<float> a = Vector128.Abs(x), clamped = Vector128.Min(a, Vector128.Create(4f));
+            Vector128<float> s = Estrin(series, x * x);
+            Vector128<float> t = Vector128<float>.One / Vector128.FusedMultiplyAdd(clamped, Vector128.Create(0.5f), Vector128<float>.One);
+            Vector128<float> p = Estrin(erfc, t);
+            Vector128<float> tail = Vector128<float>.One - t * Lanes.Exp(p - clamped * clamped);
             float expected = Vector128.ConditionalSelect(Vector128.LessThan(a, Vector128<float>.One), x * s, Vector128.CopySign(tail, x)).ToScalar();
             foreach (float lane in Apply(width, (float)point, Lanes.Erf, Lanes.Erf, Lanes.Erf, Lanes.Erf))
                 Assert.True(BitConverter.SingleToInt32Bits(lane) == BitConverter.SingleToInt32Bits(expected), $"erf({(float)point}) at width {width} = {lane}, the defined coefficients give {expected}");
         }
+    }
+
+    /// <summary>
+    /// Σ cᵢ·yⁱ by Estrin's scheme: adjacent pairs c₂ᵢ + c₂ᵢ₊₁·y, then adjacent pairs of those with y², y⁴, … (an odd
+    /// last term carried up unchanged) until one is left.
+    /// </summary>
+    private static Vector128<float> Estrin(float[] coefficients, Vector128<float> y)
+    {
+        var terms = Array.ConvertAll(coefficients, Vector128.Create);
+        for (Vector128<float> power = y; terms.Length > 1; power *= power)
+        {
+            var next = new Vector128<float>[(terms.Length + 1) / 2];
+            for (int i = 0; i < terms.Length / 2; i++) next[i] = Vector128.FusedMultiplyAdd(terms[2 * i + 1], power, terms[2 * i]);
+            if (terms.Length % 2 == 1) next[^1] = terms[^1];
+            terms = next;
+        }
+        return terms[0];
     }
 
     /// <summary>erf from the eager reference's own double implementation (a series and a continued fraction).</summary>
