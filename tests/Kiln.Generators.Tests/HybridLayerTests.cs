@@ -169,6 +169,8 @@ public sealed class HybridLayerTests(ITestOutputHelper output)
         var model = Load(File(5, [0, 0, 0]));
         Assert.Equal(default, model.KvShape);
         Assert.Equal(3, model.StateShape.Tensors.Length);
+        var noCache = Assert.Throws<NotSupportedException>(() => model.CreateKvCache(1, 16));
+        Assert.Contains("no attention layers", noCache.Message);
         using var plan = model.Compile(new PlanOptions(8, Threads: 2));
         var eager = AttentionContext.ForSlots(model, 1, 16, 8);
         var compiled = AttentionContext.ForSlots(model, 1, 16, 8);

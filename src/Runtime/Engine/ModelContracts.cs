@@ -43,11 +43,15 @@ public interface IKilnModel
 public readonly record struct KvCacheShape(int Layers, int KvDim, int HeadDim)
 {
     /// <summary>One block of <paramref name="slots"/> × <paramref name="maxContext"/> rows per slot, F32.</summary>
-    public KvCache CreateContiguous(int slots, int maxContext) => new(Layers, slots, maxContext, KvDim);
+    public KvCache CreateContiguous(int slots, int maxContext) => new(AttentionLayers(), slots, maxContext, KvDim);
 
     /// <summary>A paged cache for a block pool of <paramref name="blockCount"/> blocks of <paramref name="blockSize"/> positions.</summary>
     public KvCache CreatePaged(int blockCount, int blockSize, KvStorage storage = KvStorage.F32, int maxContext = 0) =>
-        KvCache.Paged(Layers, blockCount, blockSize, KvDim, storage, HeadDim, maxContext);
+        KvCache.Paged(AttentionLayers(), blockCount, blockSize, KvDim, storage, HeadDim, maxContext);
+
+    // A hybrid file whose layers all take the recurrent branch has the default shape: say so, not "layers 0".
+    private int AttentionLayers() => Layers > 0 ? Layers : throw new NotSupportedException(
+        "This model, as its file describes it, has no attention layers: it keeps no KV cache. Its memory is its recurrent state (StateShape.CreateCache), or use AttentionContext.ForSlots.");
 
     /// <summary>Bytes one block of <paramref name="blockSize"/> positions takes in <paramref name="storage"/>, all layers, keys and values.</summary>
     public long BytesPerBlock(int blockSize, KvStorage storage = KvStorage.F32) =>
