@@ -67,6 +67,39 @@ public sealed class EncoderTests(ITestOutputHelper output)
         output.WriteLine($"  {expected.Data.Length} values, worst {worst:P0} of the bound (1e-5 + 1e-4·|x|); every row of unit length");
     }
 
+    public static TheoryData<KernelPath> Paths => KernelPathCases.All;
+
+    /// <summary>
+    /// A step of 148 tokens: enough for the F32 matmuls to split their tokens into blocks as well as their rows
+    /// (GemmBlocks), so tiles of one matmul go through their epilogues in blocks of tokens on both threads.
+    /// </summary>
+    [SkippableTheory]
+    [MemberData(nameof(Paths))]
+    public void ALargeStepSplitByTokenBlocksMatchesEagerForward(KernelPath path)
+    {
+        using var forced = KernelPathCases.Force(path, "A plan's generated loops", KernelPathCases.NoVnniForm);
+        const int maxTokens = 160;
+        var file = File(32, seed: 4242, pooling: 1);
+        IKilnModel model = Bert.Load(file);
+        using var plan = model.Compile(new PlanOptions(maxTokens, Threads: 2));
+        int[] lengths = [40, 33, 1, 39, 35];
+        var (tokens, types) = Sequences(lengths);
+        output.WriteLine($"seed {file.Seed}, path {path}, {tokens.Length} tokens");
+        var eager = new AttentionContext(maxTokens);
+        var compiled = new AttentionContext(maxTokens);
+        Fill(eager, lengths, types);
+        Fill(compiled, lengths, types);
+        var expected = model.ForwardEager(tokens, eager);
+        var embeddings = new float[lengths.Length * model.VocabSize];
+        Array.Fill(embeddings, float.NaN);
+        plan.Step(tokens, compiled, embeddings);
+        for (int i = 0; i < expected.Data.Length; i++)
+        {
+            double error = Math.Abs(expected.Data[i] - embeddings[i]) / (1e-5 + 1e-4 * Math.Abs(expected.Data[i]));
+            Assert.True(error <= 1, $"element {i}: eager {expected.Data[i]}, compiled {embeddings[i]}");
+        }
+    }
+
     [Fact]
     public void SequencesPackedTogetherEmbedAsAlone()
     {

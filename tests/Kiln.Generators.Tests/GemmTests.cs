@@ -127,6 +127,56 @@ public sealed class GemmTests
 
     [SkippableTheory]
     [MemberData(nameof(SomeOnPaths))]
+    public void GemmBlocksCoverEveryTileOnceWithTheSameBitsAsOneRun(PackedFormat format, KernelPath path)
+    {
+        using var forced = Force(format, path);
+        // 50 groups: three whole 64-row tiles and a short one; 203 tokens: blocks of whole 6-token tiles and a tail.
+        const int rows = 200, k = 64, tokens = 203;
+        var tensor = Stored(format, Matrix(rows, k, 5), rows, k);
+        using var packed = new PackedMatrix(format, rows, k);
+        packed.Pack(0, tensor);
+        using var pool = new WorkerPool(1);
+        using var scratch = new GemmScratch(tokens, k);
+        using var memory = new NativeBlock(tokens * k * sizeof(float));
+        Matrix(tokens, k, 6).CopyTo(memory.Floats(0, tokens * k).Span);
+        var input = scratch.Prepare(format, memory.Floats(0, tokens * k), k, tokens, k, null, 0, pool);
+        var whole = Run(packed, input, rows, tokens);
+
+        var blocks = GemmBlocks.For(packed, tokens, threads: 2);
+        // Only F32 splits the tokens (its kernel alone takes a token range); the others keep Gemm.ChunkSize's rows.
+        if (format == PackedFormat.F32)
+        {
+            Assert.True(blocks.TokenBlocks > 1, $"{blocks.TokenBlocks} token blocks");
+            Assert.Equal(0, blocks.TokensPerBlock % 6);
+            Assert.Equal(16, blocks.GroupsPerBlock);
+        }
+        else
+        {
+            Assert.Equal(1, blocks.TokenBlocks);
+            Assert.Equal(Gemm.ChunkSize(packed, tokens, 2), blocks.GroupsPerBlock);
+        }
+        var parts = new float[tokens * rows];
+        var collect = new CollectingEpilogue { Y = parts, Stride = rows, Calls = new int[packed.Groups * tokens] };
+        for (int item = blocks.Count - 1; item >= 0; item--) // in reverse: the order items run in does not matter
+        {
+            blocks.Get(item, out int first, out int end, out int firstToken, out int endToken);
+            if (format == PackedFormat.F32) Gemm.F32(packed, input, first, end, firstToken, endToken, ref collect);
+            else
+            {
+                Assert.Equal((0, tokens), (firstToken, endToken));
+                Gemm.Run(packed, input, first, end, ref collect);
+            }
+        }
+        Assert.Equal(whole, parts);
+        Assert.All(collect.Calls!, calls => Assert.Equal(1, calls)); // every (group, token) exactly once
+        Assert.Throws<ArgumentOutOfRangeException>(() => blocks.Get(blocks.Count, out _, out _, out _, out _));
+        // One thread, or few tokens: rows only, every item all the tokens.
+        Assert.Equal(1, GemmBlocks.For(packed, tokens, threads: 1).TokenBlocks);
+        Assert.Equal(1, GemmBlocks.For(packed, 60, threads: 2).TokenBlocks);
+    }
+
+    [SkippableTheory]
+    [MemberData(nameof(SomeOnPaths))]
     public void PreparationFusesTheRmsNormAsTheEagerOpComputesIt(PackedFormat format, KernelPath path)
     {
         using var forced = Force(format, path);

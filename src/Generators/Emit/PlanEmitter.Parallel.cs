@@ -72,6 +72,7 @@ internal static partial class PlanEmitter
         w.Line("{");
         w.Line("    Weights = weights,");
         w.Line("    Input = input,");
+        w.Line($"    Blocks = {MatMul}.GemmBlocks.For(weights, {rows}, _pool.ThreadCount),");
         for (int i = 0; i + 1 < m.Segments.Count; i++)
             w.Line($"    End{i} = {StartField(m, i + 1)} / 4,");
         for (int i = 0; i < m.Segments.Count; i++)
@@ -93,15 +94,14 @@ internal static partial class PlanEmitter
             w.Line($"    {EpilogueField(plan, segment)} = new {Epilogue(plan, m, segment)} {Initializer(fields)},");
         }
         w.Line("};");
-        string chunk = $"{MatMul}.Gemm.ChunkSize(weights, {rows}, _pool.ThreadCount)";
         if (m.Segments.Any(s => WritesLogits(plan, s)))
         {
             w.Line("// The epilogue writes the caller's logits directly: pinned for the run.");
-            w.Line($"{MatMul}.PinnedOutput.Run(_pool, logits, weights.Groups, {chunk}, work);");
+            w.Line($"{MatMul}.PinnedOutput.Run(_pool, logits, work.Blocks.Count, 1, work);");
         }
         else
         {
-            w.Line($"_pool.Run(weights.Groups, {chunk}, work);");
+            w.Line("_pool.Run(work.Blocks.Count, 1, work);");
         }
     }
 
@@ -246,27 +246,30 @@ internal static partial class PlanEmitter
     {
         int n = Number(plan, m);
         bool logits = m.Segments.Any(s => WritesLogits(plan, s));
-        w.Line($"/// <summary>[{n}] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>");
+        w.Line($"/// <summary>[{n}] Blocks of 4-row groups of the packed weights × tokens: each tile through its segment's epilogue as soon as it is computed.</summary>");
         string interfaces = $"global::Kiln.Threading.IParallelWork{(logits ? $", {MatMul}.IOutputWork" : "")}";
         using (w.Block($"private struct {MatMulWork(plan, m)} : {interfaces}"))
         {
             w.Line($"public {MatMul}.PackedMatrix Weights;");
             w.Line($"public {MatMul}.GemmInput Input;");
+            w.Line($"public {MatMul}.GemmBlocks Blocks;");
             for (int i = 0; i + 1 < m.Segments.Count; i++)
                 w.Line($"public int End{i}; // the group where segment {i} ({Buffer(plan, m.Segments[i].Output)}) ends");
             foreach (var segment in m.Segments)
                 w.Line($"public {Epilogue(plan, m, segment)} {EpilogueField(plan, segment)};");
             w.Line();
             using (w.Block("public void Execute(int start, int end)"))
+            using (w.Block("for (int item = start; item < end; item++)"))
             {
+                w.Line("Blocks.Get(item, out int first, out int last, out int firstToken, out int endToken);");
                 int count = m.Segments.Count;
                 for (int i = 0; i < count; i++)
                 {
                     string field = EpilogueField(plan, m.Segments[i]);
-                    string first = i == 0 ? "start" : $"global::System.Math.Max(start, End{i - 1})";
-                    string last = i == count - 1 ? "end" : $"global::System.Math.Min(end, End{i})";
-                    string condition = count == 1 ? "" : i == 0 ? $"if (start < End0) " : i == count - 1 ? $"if (end > End{i - 1}) " : $"if (start < End{i} && end > End{i - 1}) ";
-                    w.Line($"{condition}Run({first}, {last}, ref {field});");
+                    string from = i == 0 ? "first" : $"global::System.Math.Max(first, End{i - 1})";
+                    string to = i == count - 1 ? "last" : $"global::System.Math.Min(last, End{i})";
+                    string condition = count == 1 ? "" : i == 0 ? $"if (first < End0) " : i == count - 1 ? $"if (last > End{i - 1}) " : $"if (first < End{i} && last > End{i - 1}) ";
+                    w.Line($"{condition}Run({from}, {to}, firstToken, endToken, ref {field});");
                 }
             }
             if (logits)
@@ -276,14 +279,16 @@ internal static partial class PlanEmitter
                 w.Line($"public void BindOutput({MatMul}.FloatBuffer output) => {EpilogueField(plan, segment)}.Output = output;");
             }
             w.Line();
-            using (w.Block($"private void Run<TEpilogue>(int first, int end, ref TEpilogue epilogue) where TEpilogue : struct, {MatMul}.ITileEpilogue"))
+            using (w.Block($"private void Run<TEpilogue>(int first, int end, int firstToken, int endToken, ref TEpilogue epilogue) where TEpilogue : struct, {MatMul}.ITileEpilogue"))
             {
                 if (m.Format == "AsStored")
                 {
-                    w.Line("// The layout was chosen from the file's types when the plan was compiled: each has its kernel.");
+                    w.Line("// The layout was chosen from the file's types when the plan was compiled: each has its kernel. Only F32's");
+                    w.Line("// blocks split the tokens (GemmBlocks); every other layout's item holds them all.");
                     using (w.Block("switch (Weights.Format)"))
                     {
-                        foreach (var format in new[] { "F32", "BF16", "Q8_0", "Q4_0" })
+                        w.Line($"case {MatMul}.PackedFormat.F32: {MatMul}.Gemm.F32(Weights, Input, first, end, firstToken, endToken, ref epilogue); break;");
+                        foreach (var format in new[] { "BF16", "Q8_0", "Q4_0" })
                             w.Line($"case {MatMul}.PackedFormat.{format}: {MatMul}.Gemm.{format}(Weights, Input, first, end, ref epilogue); break;");
                         w.Line($"case {MatMul}.PackedFormat.Q4_K: case {MatMul}.PackedFormat.Q5_K: case {MatMul}.PackedFormat.Q6_K: {MatMul}.Gemm.KQuants(Weights, Input, first, end, ref epilogue); break; // each segment in its own K type");
                         w.Line($"default: throw new global::System.InvalidOperationException($\"No kernel for the {{Weights.Format}} layout.\");");
@@ -291,7 +296,8 @@ internal static partial class PlanEmitter
                 }
                 else
                 {
-                    w.Line($"{MatMul}.Gemm.{m.Format}(Weights, Input, first, end, ref epilogue); // [Quantize({m.Format})]: the one kernel needed");
+                    string tokens = m.Format == "F32" ? "firstToken, endToken, " : ""; // only F32's blocks split the tokens (GemmBlocks)
+                    w.Line($"{MatMul}.Gemm.{m.Format}(Weights, Input, first, end, {tokens}ref epilogue); // [Quantize({m.Format})]: the one kernel needed");
                 }
             }
         }

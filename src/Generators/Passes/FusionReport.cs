@@ -85,7 +85,8 @@ internal static class FusionReport
         if (plan.Kernels.OfType<GruKernel>().Any()) yield return "Recurrent state: per sequence, each GRU layer's h in the context's state slot (float32 unless the state says F16); each sequence's starting h and recurrent pre-activations on its worker's stack.";
         if (plan.Kernels.Any(k => k is CausalConvKernel or SelectiveScanKernel)) yield return "Recurrent state: per sequence, each Mamba layer's last K − 1 convolution inputs and scan state per channel in the context's state slot (float32 unless the state says F16); each work item keeps its block of channels' state on the stack.";
         yield return "Threads: one worker pool (PlanOptions.Threads). A matmul splits its 4-row groups over the threads, each tile (64 rows × 6 tokens";
-        yield return "  for F32, 4 rows × 4 tokens for BF16, 8 rows × 8 tokens for the quantized layouts) going through its epilogue while in registers; attention splits (token, KV-head chunk) items;";
+        yield return "  for F32, 4 rows × 4 tokens for BF16, 8 rows × 8 tokens for the quantized layouts) going through its epilogue while in registers; F32 with many tokens";
+        yield return "  on several threads splits its tokens too, in items of 64 rows × a block of tokens (GemmBlocks); attention splits (token, KV-head chunk) items;";
         yield return "  elementwise loops split rows. Every output is computed by one thread in a fixed order, so results do not depend on the thread count.";
     }
 

@@ -94,11 +94,14 @@ internal sealed partial class Planner
         }
         Order();
 
-        // Loop back edge: the body's last value must sit in the phi's buffer.
+        // Loop back edge: the body's last value must sit in the phi's buffer. It is written there directly when that
+        // buffer's contents are dead by then (a post-norm block's final LayerNorm); else a copy ends the body.
         foreach (var phi in phis)
         {
             int back = phi.Inputs[1];
-            if (back != phi.Id && Find(back) != Find(phi.Id)) _kernels.Add(new CopyKernel(phi.Region, -1, int.MaxValue, back, phi.Id));
+            if (back == phi.Id || Find(back) == Find(phi.Id)) continue;
+            if (CanTakeLoopBuffer(phi, back)) Union(phi.Id, back);
+            else _kernels.Add(new CopyKernel(phi.Region, -1, int.MaxValue, back, phi.Id));
         }
 
         // The result goes straight into the caller's logits when a matmul's epilogue writes it (pinned for the run) and
@@ -165,6 +168,26 @@ internal sealed partial class Planner
         if (phis.Any(p => p.Inputs[1] == input && p.Id != input)) return;
         if (_graph.Nodes.Any(n => n.Op == OpKind.Merge && n.Inputs.Contains(input))) return;
         Union(input, output);
+    }
+
+    /// <summary>
+    /// Whether <paramref name="back"/>, the loop body's last value, may be written straight into <paramref name="phi"/>'s
+    /// buffer: it has no buffer of its own yet, its one writer is an unguarded kernel of the loop's body, nobody reads it
+    /// outside the loop, and the value the phi's buffer holds by then (the phi, or the last value written over it in
+    /// place) is written and read only before that kernel.
+    /// </summary>
+    private bool CanTakeLoopBuffer(Node phi, int back)
+    {
+        if (back >= _graph.Nodes.Count || _occupant[Find(back)] != back || _occupant[Find(phi.Id)] == back) return false;
+        if (Enumerable.Range(0, _graph.Nodes.Count + 1).Any(v => v != back && Find(v) == Find(back))) return false;
+        var writers = _kernels.Where(k => k.Writes.Contains(back)).ToList();
+        if (writers.Count != 1 || writers[0].Region != phi.Region || writers[0].Guard >= 0 || writers[0] is CopyKernel) return false;
+        int position = Position(writers[0]);
+        if (Reads(back).Any(read => read.Kernel.Region != phi.Region)) return false;
+        int held = _occupant[Find(phi.Id)];
+        if (held != phi.Id && _kernels.Any(k => k.Writes.Contains(held) && Position(k) >= position)) return false;
+        // A read of the phi after its loop reads the loop's final state: the last value, now in this very buffer.
+        return Reads(held).All(read => read.Position < position || (held == phi.Id && read.Kernel.Region > phi.Region));
     }
 
     private int Find(int value)

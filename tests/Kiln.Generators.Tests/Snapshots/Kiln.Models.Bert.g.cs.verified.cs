@@ -10,15 +10,14 @@
 //     [6] elementwise: h2 ← layernorm(x2, AttnNorm), one parallel vector loop
 //     [7] matmul: h2·[Up]ᵀ → up ← geluerf([Up]) epilogue
 //     [8] matmul: up·[Down]ᵀ → h2 ← h2 + [Down] epilogue (in place)
-//     [9] elementwise: x3 ← layernorm(h2, OutputNorm), one parallel vector loop
-//     [10] copy: x2 ← x3
+//     [9] elementwise: x2 ← layernorm(h2, OutputNorm), one parallel vector loop
 //   end of layer loop
-//   [11] pool: pooled ← the first of each sequence's rows of x2, in parallel over sequences (only when PoolingType == 2)
-//   [12] pool: pooled ← the last of each sequence's rows of x2, in parallel over sequences (only when !(PoolingType == 2) && PoolingType == 3)
-//   [13] pool: pooled ← the mean of each sequence's rows of x2 (summed in double), in parallel over sequences (only when !(PoolingType == 2) && !(PoolingType == 3))
-//   [14] elementwise: normalized ← l2normalize(pooled), one parallel vector loop
-//   [15] copy: logits ← normalized
-// Elementwise ops: every one fused — into a matmul's input preparation or tile epilogue, or into one of 5 row loop(s) (parallel, vectorized) that stand where no matmul can take them: x, no matmul output of its own to end; x2, a norm whose readers are not all matmuls (its statistics need the whole row first); h2, a norm whose readers are not all matmuls (its statistics need the whole row first); x3, a norm whose readers are not all matmuls (its statistics need the whole row first); normalized, a norm whose readers are not all matmuls (its statistics need the whole row first).
+//   [10] pool: pooled ← the first of each sequence's rows of x2, in parallel over sequences (only when PoolingType == 2)
+//   [11] pool: pooled ← the last of each sequence's rows of x2, in parallel over sequences (only when !(PoolingType == 2) && PoolingType == 3)
+//   [12] pool: pooled ← the mean of each sequence's rows of x2 (summed in double), in parallel over sequences (only when !(PoolingType == 2) && !(PoolingType == 3))
+//   [13] elementwise: normalized ← l2normalize(pooled), one parallel vector loop
+//   [14] copy: logits ← normalized
+// Elementwise ops: every one fused — into a matmul's input preparation or tile epilogue, or into one of 5 row loop(s) (parallel, vectorized) that stand where no matmul can take them: x, no matmul output of its own to end; x2, a norm whose readers are not all matmuls (its statistics need the whole row first); h2, a norm whose readers are not all matmuls (its statistics need the whole row first); x2, a norm whose readers are not all matmuls (its statistics need the whole row first); normalized, a norm whose readers are not all matmuls (its statistics need the whole row first).
 // Weight layouts (packed once when the plan is compiled, in groups of 4 rows; a segment whose rows are not a multiple of 4 is padded with zero rows):
 //   rule "as stored" (a weight without [Quantize]), chosen per matrix when the plan is compiled, from the file's types: F32 and F16 → F32x16 panels (F16 widened exactly); BF16 → BF16x4 (widened exactly in the kernel); Q8_0 → Q8_0x8 interleaved (the file's quants and fp16 scales copied); Q4_0 → Q4_0x8 interleaved (the file's nibbles and fp16 scales copied); Q6_K, Q5_K, Q4_K → Q6_Kx8, Q5_Kx8, Q4_Kx8 interleaved (the file's quants, scales, mins and fp16 super-block scales copied); any other type (Q5_0, Q2_K, …) → Q8_0x8 (dequantized, requantized); weights of different types in one matmul → the most precise of their layouts, except that K-quants of different types keep their own, one segment each. Work goes in groups of 4 rows and every tile reads each weight once for several tokens: F32x16 holds panels of 16 rows, element k of the 16 side by side (outer products: one load of 16 rows times one broadcast activation, no reductions); BF16x4 holds 16-element chunks of the 4 rows in turn (the kernel streams a group front to back); the quantized layouts store two groups together, 8 rows 4 bytes at a time (one multiply-add against 4 broadcast activations covers all 8 rows, each row's sum complete in its own lane).
 //   Wq, Wk, Wv → _wqWkWv[layer] [Dim+Dim+Dim, Dim], segments stacked: as stored (the rule above); one horizontal matmul prepares its input once and reads it for all of them.
@@ -32,7 +31,7 @@
 // Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):
 //   slot 0: x [T, Dim], q [T, Dim], h2 [T, Dim], pooled [S, Dim]
 //   slot 1: x2 [T, Dim], normalized [S, Dim]
-//   slot 2: k [T, Dim], up [T, Hidden], x3 [T, Dim]
+//   slot 2: k [T, Dim], up [T, Hidden]
 //   slot 3: v [T, Dim]
 //   slot 4: attention [T, Dim]
 // Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;
@@ -46,7 +45,8 @@
 //   Vector512, Vector256, Vector128 (tiles) and scalar; activations are composed from e^x, tanh, erf and ln (Kiln.Kernels.Elementwise.Lanes).
 // Attention scratch: per chunk of work items, every head's scores over the longest sequence a step can hold (its whole step), allocated with the plan.
 // Threads: one worker pool (PlanOptions.Threads). A matmul splits its 4-row groups over the threads, each tile (64 rows × 6 tokens
-//   for F32, 4 rows × 4 tokens for BF16, 8 rows × 8 tokens for the quantized layouts) going through its epilogue while in registers; attention splits (token, KV-head chunk) items;
+//   for F32, 4 rows × 4 tokens for BF16, 8 rows × 8 tokens for the quantized layouts) going through its epilogue while in registers; F32 with many tokens
+//   on several threads splits its tokens too, in items of 64 rows × a block of tokens (GemmBlocks); attention splits (token, KV-head chunk) items;
 //   elementwise loops split rows. Every output is computed by one thread in a fixed order, so results do not depend on the thread count.
 // <auto-generated/> by Kiln.Generators from the [Model] class Kiln.Models.Bert.
 #nullable enable
@@ -319,15 +319,14 @@ namespace Kiln.Models
                 "    [6] elementwise: h2 ← layernorm(x2, AttnNorm), one parallel vector loop\n" +
                 "    [7] matmul: h2·[Up]ᵀ → up ← geluerf([Up]) epilogue\n" +
                 "    [8] matmul: up·[Down]ᵀ → h2 ← h2 + [Down] epilogue (in place)\n" +
-                "    [9] elementwise: x3 ← layernorm(h2, OutputNorm), one parallel vector loop\n" +
-                "    [10] copy: x2 ← x3\n" +
+                "    [9] elementwise: x2 ← layernorm(h2, OutputNorm), one parallel vector loop\n" +
                 "  end of layer loop\n" +
-                "  [11] pool: pooled ← the first of each sequence's rows of x2, in parallel over sequences (only when PoolingType == 2)\n" +
-                "  [12] pool: pooled ← the last of each sequence's rows of x2, in parallel over sequences (only when !(PoolingType == 2) && PoolingType == 3)\n" +
-                "  [13] pool: pooled ← the mean of each sequence's rows of x2 (summed in double), in parallel over sequences (only when !(PoolingType == 2) && !(PoolingType == 3))\n" +
-                "  [14] elementwise: normalized ← l2normalize(pooled), one parallel vector loop\n" +
-                "  [15] copy: logits ← normalized\n" +
-                "Elementwise ops: every one fused — into a matmul's input preparation or tile epilogue, or into one of 5 row loop(s) (parallel, vectorized) that stand where no matmul can take them: x, no matmul output of its own to end; x2, a norm whose readers are not all matmuls (its statistics need the whole row first); h2, a norm whose readers are not all matmuls (its statistics need the whole row first); x3, a norm whose readers are not all matmuls (its statistics need the whole row first); normalized, a norm whose readers are not all matmuls (its statistics need the whole row first).\n" +
+                "  [10] pool: pooled ← the first of each sequence's rows of x2, in parallel over sequences (only when PoolingType == 2)\n" +
+                "  [11] pool: pooled ← the last of each sequence's rows of x2, in parallel over sequences (only when !(PoolingType == 2) && PoolingType == 3)\n" +
+                "  [12] pool: pooled ← the mean of each sequence's rows of x2 (summed in double), in parallel over sequences (only when !(PoolingType == 2) && !(PoolingType == 3))\n" +
+                "  [13] elementwise: normalized ← l2normalize(pooled), one parallel vector loop\n" +
+                "  [14] copy: logits ← normalized\n" +
+                "Elementwise ops: every one fused — into a matmul's input preparation or tile epilogue, or into one of 5 row loop(s) (parallel, vectorized) that stand where no matmul can take them: x, no matmul output of its own to end; x2, a norm whose readers are not all matmuls (its statistics need the whole row first); h2, a norm whose readers are not all matmuls (its statistics need the whole row first); x2, a norm whose readers are not all matmuls (its statistics need the whole row first); normalized, a norm whose readers are not all matmuls (its statistics need the whole row first).\n" +
                 "Weight layouts (packed once when the plan is compiled, in groups of 4 rows; a segment whose rows are not a multiple of 4 is padded with zero rows):\n" +
                 "  rule \"as stored\" (a weight without [Quantize]), chosen per matrix when the plan is compiled, from the file's types: F32 and F16 → F32x16 panels (F16 widened exactly); BF16 → BF16x4 (widened exactly in the kernel); Q8_0 → Q8_0x8 interleaved (the file's quants and fp16 scales copied); Q4_0 → Q4_0x8 interleaved (the file's nibbles and fp16 scales copied); Q6_K, Q5_K, Q4_K → Q6_Kx8, Q5_Kx8, Q4_Kx8 interleaved (the file's quants, scales, mins and fp16 super-block scales copied); any other type (Q5_0, Q2_K, …) → Q8_0x8 (dequantized, requantized); weights of different types in one matmul → the most precise of their layouts, except that K-quants of different types keep their own, one segment each. Work goes in groups of 4 rows and every tile reads each weight once for several tokens: F32x16 holds panels of 16 rows, element k of the 16 side by side (outer products: one load of 16 rows times one broadcast activation, no reductions); BF16x4 holds 16-element chunks of the 4 rows in turn (the kernel streams a group front to back); the quantized layouts store two groups together, 8 rows 4 bytes at a time (one multiply-add against 4 broadcast activations covers all 8 rows, each row's sum complete in its own lane).\n" +
                 "  Wq, Wk, Wv → _wqWkWv[layer] [Dim+Dim+Dim, Dim], segments stacked: as stored (the rule above); one horizontal matmul prepares its input once and reads it for all of them.\n" +
@@ -341,7 +340,7 @@ namespace Kiln.Models
                 "Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):\n" +
                 "  slot 0: x [T, Dim], q [T, Dim], h2 [T, Dim], pooled [S, Dim]\n" +
                 "  slot 1: x2 [T, Dim], normalized [S, Dim]\n" +
-                "  slot 2: k [T, Dim], up [T, Hidden], x3 [T, Dim]\n" +
+                "  slot 2: k [T, Dim], up [T, Hidden]\n" +
                 "  slot 3: v [T, Dim]\n" +
                 "  slot 4: attention [T, Dim]\n" +
                 "Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;\n" +
@@ -355,7 +354,8 @@ namespace Kiln.Models
                 "  Vector512, Vector256, Vector128 (tiles) and scalar; activations are composed from e^x, tanh, erf and ln (Kiln.Kernels.Elementwise.Lanes).\n" +
                 "Attention scratch: per chunk of work items, every head's scores over the longest sequence a step can hold (its whole step), allocated with the plan.\n" +
                 "Threads: one worker pool (PlanOptions.Threads). A matmul splits its 4-row groups over the threads, each tile (64 rows × 6 tokens\n" +
-                "  for F32, 4 rows × 4 tokens for BF16, 8 rows × 8 tokens for the quantized layouts) going through its epilogue while in registers; attention splits (token, KV-head chunk) items;\n" +
+                "  for F32, 4 rows × 4 tokens for BF16, 8 rows × 8 tokens for the quantized layouts) going through its epilogue while in registers; F32 with many tokens\n" +
+                "  on several threads splits its tokens too, in items of 64 rows × a block of tokens (GemmBlocks); attention splits (token, KV-head chunk) items;\n" +
                 "  elementwise loops split rows. Every output is computed by one thread in a fixed order, so results do not depend on the thread count.\n";
 
             private readonly Bert _model;
@@ -399,7 +399,6 @@ namespace Kiln.Models
             private readonly int _attentionOffset;
             private readonly int _h2Offset;
             private readonly int _upOffset;
-            private readonly int _x3Offset;
             private readonly int _pooledOffset;
             private readonly int _normalizedOffset;
 
@@ -502,7 +501,6 @@ namespace Kiln.Models
                 offset += (maxTokensPerStep * _Dim + 15) & ~15; // each slot starts on a 64-byte boundary
                 _kOffset = offset; // k [T, Dim]
                 _upOffset = offset; // up [T, Hidden]
-                _x3Offset = offset; // x3 [T, Dim]
                 offset += (maxTokensPerStep * global::System.Math.Max(_Dim, _Hidden) + 15) & ~15; // each slot starts on a 64-byte boundary
                 _vOffset = offset; // v [T, Dim]
                 offset += (maxTokensPerStep * _Dim + 15) & ~15; // each slot starts on a 64-byte boundary
@@ -580,7 +578,6 @@ namespace Kiln.Models
                 global::System.Span<float> attention = _arena.Slice(_attentionOffset, T * _Dim);
                 global::System.Span<float> h2 = _arena.Slice(_h2Offset, T * _Dim);
                 global::System.Span<float> up = _arena.Slice(_upOffset, T * _Hidden);
-                global::System.Span<float> x3 = _arena.Slice(_x3Offset, T * _Dim);
                 global::System.Span<float> pooled = _arena.Slice(_pooledOffset, S * _Dim);
                 global::System.Span<float> normalized = _arena.Slice(_normalizedOffset, S * _Dim);
 
@@ -609,13 +606,14 @@ namespace Kiln.Models
                         {
                             Weights = weights,
                             Input = input,
+                            Blocks = global::Kiln.Kernels.MatMul.GemmBlocks.For(weights, T, _pool.ThreadCount),
                             End0 = _wqWkWvStart1 / 4,
                             End1 = _wqWkWvStart2 / 4,
                             Q = new MatMul3Q { Output = _arena.View(_qOffset, T * _Dim), Cols = _Dim, FirstRow = 0, W0 = _model.Layers[layer].Bq.Data, Dim_Dim = _Dim },
                             K = new MatMul3K { Output = _arena.View(_kOffset, T * _Dim), Cols = _Dim, FirstRow = _wqWkWvStart1, W0 = _model.Layers[layer].Bk.Data, Dim_Dim = _Dim },
                             V = new MatMul3V { Output = _arena.View(_vOffset, T * _Dim), Cols = _Dim, FirstRow = _wqWkWvStart2, W0 = _model.Layers[layer].Bv.Data, Dim_Dim = _Dim },
                         };
-                        _pool.Run(weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, T, _pool.ThreadCount), work);
+                        _pool.Run(work.Blocks.Count, 1, work);
                     }
                     // [4] attention: attention ← Attention(q, k, v): no KV cache; bidirectional GQA within each sequence of the step, k/v read in place from the step's rows, in parallel over (token, chunk of KV heads) items (dots, softmax, weighted sum)
                     {
@@ -653,9 +651,10 @@ namespace Kiln.Models
                         {
                             Weights = weights,
                             Input = input,
+                            Blocks = global::Kiln.Kernels.MatMul.GemmBlocks.For(weights, T, _pool.ThreadCount),
                             X2 = new MatMul5X2 { Output = _arena.View(_x2Offset, T * _Dim), Cols = _Dim, FirstRow = 0, In0 = _arena.View(_x2Offset, T * _Dim), In0Cols = _Dim, W0 = _model.Layers[layer].Bo.Data, Dim_Dim = _Dim },
                         };
-                        _pool.Run(weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, T, _pool.ThreadCount), work);
+                        _pool.Run(work.Blocks.Count, 1, work);
                     }
                     // [6] elementwise: h2 ← layernorm(x2, AttnNorm), one parallel vector loop
                     {
@@ -674,9 +673,10 @@ namespace Kiln.Models
                         {
                             Weights = weights,
                             Input = input,
+                            Blocks = global::Kiln.Kernels.MatMul.GemmBlocks.For(weights, T, _pool.ThreadCount),
                             Up = new MatMul7Up { Output = _arena.View(_upOffset, T * _Hidden), Cols = _Hidden, FirstRow = 0, W0 = _model.Layers[layer].UpBias.Data, Dim_Hidden = _Hidden },
                         };
-                        _pool.Run(weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, T, _pool.ThreadCount), work);
+                        _pool.Run(work.Blocks.Count, 1, work);
                     }
                     // [8] matmul: up·[Down]ᵀ → h2 ← h2 + [Down] epilogue (in place)
                     {
@@ -689,26 +689,22 @@ namespace Kiln.Models
                         {
                             Weights = weights,
                             Input = input,
+                            Blocks = global::Kiln.Kernels.MatMul.GemmBlocks.For(weights, T, _pool.ThreadCount),
                             H2 = new MatMul8H2 { Output = _arena.View(_h2Offset, T * _Dim), Cols = _Dim, FirstRow = 0, In0 = _arena.View(_h2Offset, T * _Dim), In0Cols = _Dim, W0 = _model.Layers[layer].DownBias.Data, Dim_Dim = _Dim },
                         };
-                        _pool.Run(weights.Groups, global::Kiln.Kernels.MatMul.Gemm.ChunkSize(weights, T, _pool.ThreadCount), work);
+                        _pool.Run(work.Blocks.Count, 1, work);
                     }
-                    // [9] elementwise: x3 ← layernorm(h2, OutputNorm), one parallel vector loop
+                    // [9] elementwise: x2 ← layernorm(h2, OutputNorm), one parallel vector loop
                     {
-                        stepProfiler?.Mark("elementwise x3");
-                        // x3 ← layernorm(h2, OutputNorm): each row by one work item, the widest vectors first.
-                        _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise9Work { Output = _arena.View(_x3Offset, T * _Dim), In0 = _arena.View(_h2Offset, T * _Dim), In0Cols = _Dim, W0 = _model.Layers[layer].OutputNorm.Data, W1 = _model.Layers[layer].OutputNormBias.Data, E0 = (float)(_model.Eps), Dim_Dim = _Dim });
-                    }
-                    // [10] copy: x2 ← x3
-                    {
-                        stepProfiler?.Mark("copy");
-                        x3.CopyTo(x2);
+                        stepProfiler?.Mark("elementwise x2");
+                        // x2 ← layernorm(h2, OutputNorm): each row by one work item, the widest vectors first.
+                        _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise9Work { Output = _arena.View(_x2Offset, T * _Dim), In0 = _arena.View(_h2Offset, T * _Dim), In0Cols = _Dim, W0 = _model.Layers[layer].OutputNorm.Data, W1 = _model.Layers[layer].OutputNormBias.Data, E0 = (float)(_model.Eps), Dim_Dim = _Dim });
                     }
                 }
 
                 if ((_model.PoolingType == 2)) // the forward method's branch
                 {
-                    // [11] pool: pooled ← the first of each sequence's rows of x2, in parallel over sequences (only when PoolingType == 2)
+                    // [10] pool: pooled ← the first of each sequence's rows of x2, in parallel over sequences (only when PoolingType == 2)
                     {
                         stepProfiler?.Mark("pooling");
                         var pooling = new global::Kiln.Kernels.Elementwise.SequencePooling { Input = _arena.View(_x2Offset, T * _Dim), Output = _arena.View(_pooledOffset, S * _Dim), Cols = _Dim, Context = context, Pooling = global::Kiln.Pooling.Cls };
@@ -717,7 +713,7 @@ namespace Kiln.Models
                 }
                 if (!(_model.PoolingType == 2) && (_model.PoolingType == 3)) // the forward method's branch
                 {
-                    // [12] pool: pooled ← the last of each sequence's rows of x2, in parallel over sequences (only when !(PoolingType == 2) && PoolingType == 3)
+                    // [11] pool: pooled ← the last of each sequence's rows of x2, in parallel over sequences (only when !(PoolingType == 2) && PoolingType == 3)
                     {
                         stepProfiler?.Mark("pooling");
                         var pooling = new global::Kiln.Kernels.Elementwise.SequencePooling { Input = _arena.View(_x2Offset, T * _Dim), Output = _arena.View(_pooledOffset, S * _Dim), Cols = _Dim, Context = context, Pooling = global::Kiln.Pooling.LastToken };
@@ -726,20 +722,20 @@ namespace Kiln.Models
                 }
                 if (!(_model.PoolingType == 2) && !(_model.PoolingType == 3)) // the forward method's branch
                 {
-                    // [13] pool: pooled ← the mean of each sequence's rows of x2 (summed in double), in parallel over sequences (only when !(PoolingType == 2) && !(PoolingType == 3))
+                    // [12] pool: pooled ← the mean of each sequence's rows of x2 (summed in double), in parallel over sequences (only when !(PoolingType == 2) && !(PoolingType == 3))
                     {
                         stepProfiler?.Mark("pooling");
                         var pooling = new global::Kiln.Kernels.Elementwise.SequencePooling { Input = _arena.View(_x2Offset, T * _Dim), Output = _arena.View(_pooledOffset, S * _Dim), Cols = _Dim, Context = context, Pooling = global::Kiln.Pooling.Mean };
                         _pool.Run(S, global::System.Math.Max(1, S / (4 * _pool.ThreadCount)), pooling);
                     }
                 }
-                // [14] elementwise: normalized ← l2normalize(pooled), one parallel vector loop
+                // [13] elementwise: normalized ← l2normalize(pooled), one parallel vector loop
                 {
                     stepProfiler?.Mark("elementwise normalized");
                     // normalized ← l2normalize(pooled): each row by one work item, the widest vectors first.
-                    _pool.Run(S, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(S, _Dim, _pool.ThreadCount), new Elementwise14Work { Output = _arena.View(_normalizedOffset, S * _Dim), In0 = _arena.View(_pooledOffset, S * _Dim), In0Cols = _Dim, E0 = (float)(1e-12f), Dim_Dim = _Dim });
+                    _pool.Run(S, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(S, _Dim, _pool.ThreadCount), new Elementwise13Work { Output = _arena.View(_normalizedOffset, S * _Dim), In0 = _arena.View(_pooledOffset, S * _Dim), In0Cols = _Dim, E0 = (float)(1e-12f), Dim_Dim = _Dim });
                 }
-                // [15] copy: logits ← normalized
+                // [14] copy: logits ← normalized
                 {
                     stepProfiler?.Mark("copy");
                     normalized.CopyTo(logits);
@@ -891,11 +887,12 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[3] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
+            /// <summary>[3] Blocks of 4-row groups of the packed weights × tokens: each tile through its segment's epilogue as soon as it is computed.</summary>
             private struct MatMul3Work : global::Kiln.Threading.IParallelWork
             {
                 public global::Kiln.Kernels.MatMul.PackedMatrix Weights;
                 public global::Kiln.Kernels.MatMul.GemmInput Input;
+                public global::Kiln.Kernels.MatMul.GemmBlocks Blocks;
                 public int End0; // the group where segment 0 (q) ends
                 public int End1; // the group where segment 1 (k) ends
                 public MatMul3Q Q;
@@ -904,17 +901,22 @@ namespace Kiln.Models
 
                 public void Execute(int start, int end)
                 {
-                    if (start < End0) Run(start, global::System.Math.Min(end, End0), ref Q);
-                    if (start < End1 && end > End0) Run(global::System.Math.Max(start, End0), global::System.Math.Min(end, End1), ref K);
-                    if (end > End1) Run(global::System.Math.Max(start, End1), end, ref V);
+                    for (int item = start; item < end; item++)
+                    {
+                        Blocks.Get(item, out int first, out int last, out int firstToken, out int endToken);
+                        if (first < End0) Run(first, global::System.Math.Min(last, End0), firstToken, endToken, ref Q);
+                        if (first < End1 && last > End0) Run(global::System.Math.Max(first, End0), global::System.Math.Min(last, End1), firstToken, endToken, ref K);
+                        if (last > End1) Run(global::System.Math.Max(first, End1), last, firstToken, endToken, ref V);
+                    }
                 }
 
-                private void Run<TEpilogue>(int first, int end, ref TEpilogue epilogue) where TEpilogue : struct, global::Kiln.Kernels.MatMul.ITileEpilogue
+                private void Run<TEpilogue>(int first, int end, int firstToken, int endToken, ref TEpilogue epilogue) where TEpilogue : struct, global::Kiln.Kernels.MatMul.ITileEpilogue
                 {
-                    // The layout was chosen from the file's types when the plan was compiled: each has its kernel.
+                    // The layout was chosen from the file's types when the plan was compiled: each has its kernel. Only F32's
+                    // blocks split the tokens (GemmBlocks); every other layout's item holds them all.
                     switch (Weights.Format)
                     {
-                        case global::Kiln.Kernels.MatMul.PackedFormat.F32: global::Kiln.Kernels.MatMul.Gemm.F32(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.F32: global::Kiln.Kernels.MatMul.Gemm.F32(Weights, Input, first, end, firstToken, endToken, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.BF16: global::Kiln.Kernels.MatMul.Gemm.BF16(Weights, Input, first, end, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.Q8_0: global::Kiln.Kernels.MatMul.Gemm.Q8_0(Weights, Input, first, end, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.Q4_0: global::Kiln.Kernels.MatMul.Gemm.Q4_0(Weights, Input, first, end, ref epilogue); break;
@@ -1077,24 +1079,30 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[5] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
+            /// <summary>[5] Blocks of 4-row groups of the packed weights × tokens: each tile through its segment's epilogue as soon as it is computed.</summary>
             private struct MatMul5Work : global::Kiln.Threading.IParallelWork
             {
                 public global::Kiln.Kernels.MatMul.PackedMatrix Weights;
                 public global::Kiln.Kernels.MatMul.GemmInput Input;
+                public global::Kiln.Kernels.MatMul.GemmBlocks Blocks;
                 public MatMul5X2 X2;
 
                 public void Execute(int start, int end)
                 {
-                    Run(start, end, ref X2);
+                    for (int item = start; item < end; item++)
+                    {
+                        Blocks.Get(item, out int first, out int last, out int firstToken, out int endToken);
+                        Run(first, last, firstToken, endToken, ref X2);
+                    }
                 }
 
-                private void Run<TEpilogue>(int first, int end, ref TEpilogue epilogue) where TEpilogue : struct, global::Kiln.Kernels.MatMul.ITileEpilogue
+                private void Run<TEpilogue>(int first, int end, int firstToken, int endToken, ref TEpilogue epilogue) where TEpilogue : struct, global::Kiln.Kernels.MatMul.ITileEpilogue
                 {
-                    // The layout was chosen from the file's types when the plan was compiled: each has its kernel.
+                    // The layout was chosen from the file's types when the plan was compiled: each has its kernel. Only F32's
+                    // blocks split the tokens (GemmBlocks); every other layout's item holds them all.
                     switch (Weights.Format)
                     {
-                        case global::Kiln.Kernels.MatMul.PackedFormat.F32: global::Kiln.Kernels.MatMul.Gemm.F32(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.F32: global::Kiln.Kernels.MatMul.Gemm.F32(Weights, Input, first, end, firstToken, endToken, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.BF16: global::Kiln.Kernels.MatMul.Gemm.BF16(Weights, Input, first, end, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.Q8_0: global::Kiln.Kernels.MatMul.Gemm.Q8_0(Weights, Input, first, end, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.Q4_0: global::Kiln.Kernels.MatMul.Gemm.Q4_0(Weights, Input, first, end, ref epilogue); break;
@@ -1233,24 +1241,30 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[7] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
+            /// <summary>[7] Blocks of 4-row groups of the packed weights × tokens: each tile through its segment's epilogue as soon as it is computed.</summary>
             private struct MatMul7Work : global::Kiln.Threading.IParallelWork
             {
                 public global::Kiln.Kernels.MatMul.PackedMatrix Weights;
                 public global::Kiln.Kernels.MatMul.GemmInput Input;
+                public global::Kiln.Kernels.MatMul.GemmBlocks Blocks;
                 public MatMul7Up Up;
 
                 public void Execute(int start, int end)
                 {
-                    Run(start, end, ref Up);
+                    for (int item = start; item < end; item++)
+                    {
+                        Blocks.Get(item, out int first, out int last, out int firstToken, out int endToken);
+                        Run(first, last, firstToken, endToken, ref Up);
+                    }
                 }
 
-                private void Run<TEpilogue>(int first, int end, ref TEpilogue epilogue) where TEpilogue : struct, global::Kiln.Kernels.MatMul.ITileEpilogue
+                private void Run<TEpilogue>(int first, int end, int firstToken, int endToken, ref TEpilogue epilogue) where TEpilogue : struct, global::Kiln.Kernels.MatMul.ITileEpilogue
                 {
-                    // The layout was chosen from the file's types when the plan was compiled: each has its kernel.
+                    // The layout was chosen from the file's types when the plan was compiled: each has its kernel. Only F32's
+                    // blocks split the tokens (GemmBlocks); every other layout's item holds them all.
                     switch (Weights.Format)
                     {
-                        case global::Kiln.Kernels.MatMul.PackedFormat.F32: global::Kiln.Kernels.MatMul.Gemm.F32(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.F32: global::Kiln.Kernels.MatMul.Gemm.F32(Weights, Input, first, end, firstToken, endToken, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.BF16: global::Kiln.Kernels.MatMul.Gemm.BF16(Weights, Input, first, end, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.Q8_0: global::Kiln.Kernels.MatMul.Gemm.Q8_0(Weights, Input, first, end, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.Q4_0: global::Kiln.Kernels.MatMul.Gemm.Q4_0(Weights, Input, first, end, ref epilogue); break;
@@ -1335,24 +1349,30 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[8] A range of 4-row groups of the packed weights: each tile through its segment's epilogue as soon as it is computed.</summary>
+            /// <summary>[8] Blocks of 4-row groups of the packed weights × tokens: each tile through its segment's epilogue as soon as it is computed.</summary>
             private struct MatMul8Work : global::Kiln.Threading.IParallelWork
             {
                 public global::Kiln.Kernels.MatMul.PackedMatrix Weights;
                 public global::Kiln.Kernels.MatMul.GemmInput Input;
+                public global::Kiln.Kernels.MatMul.GemmBlocks Blocks;
                 public MatMul8H2 H2;
 
                 public void Execute(int start, int end)
                 {
-                    Run(start, end, ref H2);
+                    for (int item = start; item < end; item++)
+                    {
+                        Blocks.Get(item, out int first, out int last, out int firstToken, out int endToken);
+                        Run(first, last, firstToken, endToken, ref H2);
+                    }
                 }
 
-                private void Run<TEpilogue>(int first, int end, ref TEpilogue epilogue) where TEpilogue : struct, global::Kiln.Kernels.MatMul.ITileEpilogue
+                private void Run<TEpilogue>(int first, int end, int firstToken, int endToken, ref TEpilogue epilogue) where TEpilogue : struct, global::Kiln.Kernels.MatMul.ITileEpilogue
                 {
-                    // The layout was chosen from the file's types when the plan was compiled: each has its kernel.
+                    // The layout was chosen from the file's types when the plan was compiled: each has its kernel. Only F32's
+                    // blocks split the tokens (GemmBlocks); every other layout's item holds them all.
                     switch (Weights.Format)
                     {
-                        case global::Kiln.Kernels.MatMul.PackedFormat.F32: global::Kiln.Kernels.MatMul.Gemm.F32(Weights, Input, first, end, ref epilogue); break;
+                        case global::Kiln.Kernels.MatMul.PackedFormat.F32: global::Kiln.Kernels.MatMul.Gemm.F32(Weights, Input, first, end, firstToken, endToken, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.BF16: global::Kiln.Kernels.MatMul.Gemm.BF16(Weights, Input, first, end, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.Q8_0: global::Kiln.Kernels.MatMul.Gemm.Q8_0(Weights, Input, first, end, ref epilogue); break;
                         case global::Kiln.Kernels.MatMul.PackedFormat.Q4_0: global::Kiln.Kernels.MatMul.Gemm.Q4_0(Weights, Input, first, end, ref epilogue); break;
@@ -1422,7 +1442,7 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[9] x3 ← layernorm(h2, OutputNorm), row by row.</summary>
+            /// <summary>[9] x2 ← layernorm(h2, OutputNorm), row by row.</summary>
             private struct Elementwise9Work : global::Kiln.Threading.IParallelWork
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
@@ -1491,8 +1511,8 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[14] normalized ← l2normalize(pooled), row by row.</summary>
-            private struct Elementwise14Work : global::Kiln.Threading.IParallelWork
+            /// <summary>[13] normalized ← l2normalize(pooled), row by row.</summary>
+            private struct Elementwise13Work : global::Kiln.Threading.IParallelWork
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
                 public global::Kiln.Kernels.MatMul.FloatBuffer In0; public int In0Cols; // pooled

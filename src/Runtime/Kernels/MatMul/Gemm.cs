@@ -53,11 +53,22 @@ public static unsafe class Gemm
     /// <summary>F32 panels of 16 rows against float32 activations (<see cref="PanelKernels"/>).</summary>
     public static void F32<TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, ref TEpilogue epilogue)
         where TEpilogue : struct, ITileEpilogue
+        => F32(weights, input, firstGroup, endGroup, 0, input.Tokens, ref epilogue);
+
+    /// <summary>
+    /// As <see cref="F32{TEpilogue}(PackedMatrix, in GemmInput, int, int, ref TEpilogue)"/> for the input's tokens
+    /// [<paramref name="firstToken"/>, <paramref name="endToken"/>) only (a <see cref="GemmBlocks"/> work item): the
+    /// epilogue still gets each token's index in the whole input.
+    /// </summary>
+    public static void F32<TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, int firstToken, int endToken, ref TEpilogue epilogue)
+        where TEpilogue : struct, ITileEpilogue
     {
         Check(weights, PackedFormat.F32, input, firstGroup, endGroup, quantized: false);
-        if (KernelPaths.Uses512Bits) PanelKernels.Run512(weights, input, firstGroup, endGroup, ref epilogue);
-        else if (KernelPaths.UsesVectors) PanelKernels.Run256(weights, input, firstGroup, endGroup, ref epilogue);
-        else Reference.Run(weights, input, firstGroup, endGroup, ref epilogue);
+        if ((uint)firstToken > (uint)endToken || endToken > input.Tokens)
+            throw new ArgumentOutOfRangeException(nameof(endToken), $"Tokens [{firstToken}, {endToken}) are not within the input's {input.Tokens}.");
+        if (KernelPaths.Uses512Bits) PanelKernels.Run512(weights, input, firstGroup, endGroup, firstToken, endToken, ref epilogue);
+        else if (KernelPaths.UsesVectors) PanelKernels.Run256(weights, input, firstGroup, endGroup, firstToken, endToken, ref epilogue);
+        else Reference.Run(weights, input, firstGroup, endGroup, ref epilogue, firstToken, endToken);
     }
 
     /// <summary>BF16x4 groups against float32 activations (each weight widened exactly).</summary>
@@ -174,15 +185,17 @@ internal readonly struct Eight : ICount { public static int Value => 8; }
 /// <summary>The oracle: each (row, token) as a plain loop, block by block as the format defines it.</summary>
 internal static unsafe class Reference
 {
-    public static void Run<TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, ref TEpilogue epilogue)
+    public static void Run<TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, ref TEpilogue epilogue,
+        int firstToken = 0, int endToken = -1)
         where TEpilogue : struct, ITileEpilogue
     {
         float* sums = stackalloc float[4];
+        if (endToken < 0) endToken = input.Tokens;
         for (int g = firstGroup; g < endGroup; g++)
         {
             byte* strip = weights.IsCompacted ? null : weights.StripOf(g * 4);
             int first = g * 4 % weights.StripRows; // the group's first row within its strip
-            for (int t = 0; t < input.Tokens; t++)
+            for (int t = firstToken; t < endToken; t++)
             {
                 for (int r = 0; r < 4; r++) sums[r] = weights.IsCompacted ? SparseRow(weights, g * 4 + r, input, t) : Row(weights, strip, first + r, input, t);
                 epilogue.Store(g * 4, t, Vector128.Load(sums));

@@ -23,10 +23,10 @@ internal static unsafe class PanelKernels
     // Compiled optimized from the first call: a tier-0 tile runs many times slower, and its rarer shapes (a tail of
     // tokens, a range's last panels) would otherwise stay there for many calls.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Run512<TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, ref TEpilogue epilogue)
+    public static void Run512<TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, int firstToken, int endToken, ref TEpilogue epilogue)
         where TEpilogue : struct, ITileEpilogue
     {
-        var range = new Range(weights, input, firstGroup, endGroup);
+        var range = new Range(weights, input, firstGroup, endGroup, firstToken, endToken);
         for (int p = firstGroup / GroupsPerPanel; p < range.EndPanel; p += 4)
         {
             switch (Math.Min(4, range.EndPanel - p))
@@ -40,15 +40,15 @@ internal static unsafe class PanelKernels
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Run256<TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, ref TEpilogue epilogue)
+    public static void Run256<TEpilogue>(PackedMatrix weights, in GemmInput input, int firstGroup, int endGroup, int firstToken, int endToken, ref TEpilogue epilogue)
         where TEpilogue : struct, ITileEpilogue
     {
-        var range = new Range(weights, input, firstGroup, endGroup);
+        var range = new Range(weights, input, firstGroup, endGroup, firstToken, endToken);
         for (int p = firstGroup / GroupsPerPanel; p < range.EndPanel; p++)
         {
-            for (int t0 = 0; t0 < range.Tokens; t0 += 4)
+            for (int t0 = range.FirstToken; t0 < range.EndToken; t0 += 4)
             {
-                switch (Math.Min(4, range.Tokens - t0))
+                switch (Math.Min(4, range.EndToken - t0))
                 {
                     case 4: Tile256<Four, TEpilogue>(range, p, t0, ref epilogue); break;
                     case 3: Tile256<Three, TEpilogue>(range, p, t0, ref epilogue); break;
@@ -59,14 +59,14 @@ internal static unsafe class PanelKernels
         }
     }
 
-    /// <summary>What every tile of one call shares: the weights, the input and the rows the call owns.</summary>
-    private readonly struct Range(PackedMatrix weights, GemmInput input, int firstGroup, int endGroup)
+    /// <summary>What every tile of one call shares: the weights, the input, and the rows and tokens the call owns.</summary>
+    private readonly struct Range(PackedMatrix weights, GemmInput input, int firstGroup, int endGroup, int firstToken, int endToken)
     {
         public readonly float* Panels = (float*)weights.Data;
         public readonly long PanelFloats = weights.StripBytes / sizeof(float);
         public readonly int K = weights.K, EndPanel = (endGroup + GroupsPerPanel - 1) / GroupsPerPanel;
         public readonly float* X = input.Floats;
-        public readonly int Stride = input.FloatStride, Tokens = input.Tokens;
+        public readonly int Stride = input.FloatStride, FirstToken = firstToken, EndToken = endToken;
         // A panel at the range's edge is computed whole; only its groups inside the range reach the epilogue.
         public readonly int FirstRow = firstGroup * 4, EndRow = endGroup * 4;
     }
@@ -75,9 +75,9 @@ internal static unsafe class PanelKernels
     private static void Tokens512<TPanels, TEpilogue>(in Range range, int panel, ref TEpilogue epilogue)
         where TPanels : ICount where TEpilogue : struct, ITileEpilogue
     {
-        for (int t0 = 0; t0 < range.Tokens; t0 += 6)
+        for (int t0 = range.FirstToken; t0 < range.EndToken; t0 += 6)
         {
-            switch (Math.Min(6, range.Tokens - t0))
+            switch (Math.Min(6, range.EndToken - t0))
             {
                 case 6: Tile512<TPanels, Six, TEpilogue>(range, panel, t0, ref epilogue); break;
                 case 5: Tile512<TPanels, Five, TEpilogue>(range, panel, t0, ref epilogue); break;
