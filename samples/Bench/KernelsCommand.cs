@@ -16,7 +16,7 @@ namespace Kiln.Bench;
 /// </summary>
 internal static class KernelsCommand
 {
-    private static readonly (string Name, int Rows, int K)[] Shapes =
+    internal static readonly (string Name, int Rows, int K)[] Shapes =
     [
         ("wq|wk|wv", 3 * 768, 768), ("wo", 768, 768), ("gate|up", 2 * 2048, 768), ("down", 768, 2048), ("output", 32000, 768),
     ];
@@ -95,7 +95,7 @@ internal static class KernelsCommand
         return macsPerRun / best;
     }
 
-    private struct MatMulWork : IParallelWork
+    internal struct MatMulWork : IParallelWork
     {
         public PackedMatrix Weights;
         public GemmInput Input;

@@ -4,7 +4,7 @@ using Kiln.Bench;
 
 // Kiln's benchmark tool: synthetic model files with real shapes, and Kiln vs llama.cpp side by side on them.
 //   make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3|bert|lstm|mamba] --shape {15m|110m|1b} --format {f32|f16|q8_0|q4_0|q4_k_m|q5_k_m|q6_k} --out FILE [--seed N] [--sparsity 2:4|block:Z]
-//   sparse --model FILE [--threads N] [--runs 5] [--json OUT]
+//   sparse --model FILE [--threads N] [--runs 5] [--json OUT] | sparse --kernels [--threads N] [--runs 31]
 //   compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads a,b] [--quick] [--seed N]
 //   agree --model FILE [--positions 64] [--threads N] [--json OUT]
 //   profile --model FILE --workload prefill_128|decode_128|batched_decode_8|batched_decode_32|all [--threads N] [--runs 5] [--json OUT]
@@ -24,6 +24,7 @@ internal static class BenchCli
     private const string Usage =
         "usage: bench make-model [--arch llama|gpt2|qwen2|qwen3|gemma2|phi3|bert|lstm|mamba] --shape {15m|110m|1b|tiny} --format {f32|f16|q8_0|q4_0|q4_k_m|q5_k_m|q6_k} --out FILE [--seed N] [--logit-scale X] [--sparsity 2:4|block:Z]\n" +
         "       bench sparse --model FILE [--threads N] [--runs 5] [--json OUT]\n" +
+        "       bench sparse --kernels [--threads N] [--runs 31]\n" +
         "       bench compare --model FILE --threads N [--runs 5] [--json OUT] [--workloads " + "prefill_128,decode_128,batched_decode_8,batched_decode_32] [--quick] [--seed N] [--kv f16|f32]\n" +
         "       bench agree --model FILE [--positions 64] [--threads N] [--json OUT]\n" +
         "       bench profile --model FILE --workload prefill_128|decode_128|batched_decode_8|batched_decode_32|all [--threads N] [--runs 5] [--json OUT]\n" +
@@ -55,7 +56,7 @@ internal static class BenchCli
             var options = ParseOptions(args.AsSpan(1), args[0] switch
             {
                 "make-model" => ["arch", "shape", "format", "out", "seed", "logit-scale", "sparsity"],
-                "sparse" => ["model", "threads", "runs", "json"],
+                "sparse" => ["model", "threads", "runs", "json", "kernels"],
                 "compare" => ["model", "threads", "runs", "json", "workloads", "quick", "seed", "kv"],
                 "agree" => ["model", "positions", "threads", "json"],
                 "profile" => ["model", "workload", "threads", "runs", "json"],
@@ -220,6 +221,11 @@ internal static class BenchCli
 
     private static int SparseCommand(Dictionary<string, string> options)
     {
+        if (options.ContainsKey("kernels"))
+        {
+            if (options.ContainsKey("model") || options.ContainsKey("json")) throw new UsageException("sparse --kernels packs its own random weights: no --model or --json");
+            return SparseBench.RunKernels(Int(options, "threads", Environment.ProcessorCount, min: 1, max: 64), Int(options, "runs", 31, min: 1, max: 1000), Console.Out, Console.Error);
+        }
         string model = Required(options, "model");
         if (!File.Exists(model)) throw new UsageException($"--model: file '{model}' not found");
         int threads = Int(options, "threads", Environment.ProcessorCount, min: 1, max: 64);
@@ -283,7 +289,7 @@ internal static class BenchCli
             string name = arg[2..], value;
             int equals = name.IndexOf('=');
             if (equals >= 0) { value = name[(equals + 1)..]; name = name[..equals]; }
-            else if (name is "quick" or "profile") value = "true";
+            else if (name is "quick" or "profile" or "kernels") value = "true";
             else if (i + 1 < args.Length) value = args[++i];
             else throw new UsageException($"--{name} needs a value");
             if (!known.Contains(name)) throw new UsageException($"unknown option --{name}");

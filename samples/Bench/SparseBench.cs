@@ -1,8 +1,10 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
+using Kiln.Kernels.MatMul;
 using Kiln.Loading;
 using Kiln.Models;
+using Kiln.Threading;
 
 namespace Kiln.Bench;
 
@@ -150,6 +152,82 @@ public static class SparseBench
             log.WriteLine($"sparse: wrote {jsonPath}");
         }
         return 0;
+    }
+
+    /// <summary>
+    /// The 2:4 decode kernels alone (sparse --kernels), without a plan around them: every matrix of the 110m shape (12
+    /// layers of fused QKV, output projection, fused gate/up and down, then the vocabulary; 116 MB dense, more than the
+    /// caches), random weights magnitude-pruned 2:4 (seeded), packed dense and 2:4. One sweep is one decode token's
+    /// GEMVs on the worker pool, split as a plan splits them; sweeps alternate dense and sparse after 3 warm-up pairs.
+    /// The medians' ratio is read against the bytes' ratio: the roof when both layouts read memory at the same rate.
+    /// </summary>
+    public static int RunKernels(int threads, int runs, TextWriter output, TextWriter log)
+    {
+        var c = CultureInfo.InvariantCulture;
+        const int layers = 12, seed = 42;
+        log.WriteLine($"sparse --kernels: packing the 110m shapes dense and 2:4 (seed {seed})...");
+        var dense = new List<PackedMatrix>();
+        var sparse = new List<PackedMatrix>();
+        var random = new Random(seed);
+        var shapes = KernelsCommand.Shapes;
+        try
+        {
+            for (int i = 0; i < layers * (shapes.Length - 1) + 1; i++)
+            {
+                var (_, rows, k) = i < layers * (shapes.Length - 1) ? shapes[i % (shapes.Length - 1)] : shapes[^1];
+                var values = new float[(long)rows * k];
+                for (long e = 0; e < values.Length; e++) values[e] = (float)(random.NextDouble() - 0.5);
+                var pruned = SparseWeights.Prune(new Tensor(values, rows, k), SparsePattern.TwoFour);
+                var d = new PackedMatrix(PackedFormat.Q8_0, rows, k);
+                dense.Add(d);
+                d.Pack(0, pruned);
+                var s = new PackedMatrix(PackedFormat.Q8_0, rows, k, SparsePattern.TwoFour);
+                sparse.Add(s);
+                s.Pack(0, pruned);
+                s.FinishPacking();
+            }
+            int maxK = shapes.Max(shape => shape.K);
+            using var pool = new WorkerPool(threads);
+            using var memory = new NativeBlock((maxK + shapes.Max(shape => (long)shape.Rows)) * sizeof(float));
+            var x = memory.Floats(0, maxK);
+            for (int i = 0; i < maxK; i++) x[i] = (float)(random.NextDouble() - 0.5);
+            var scratches = new Dictionary<int, (GemmScratch Scratch, GemmInput Input)>();
+            foreach (int k in shapes.Select(shape => shape.K).Distinct())
+            {
+                var scratch = new GemmScratch(1, k);
+                scratches[k] = (scratch, scratch.Prepare(PackedFormat.Q8_0, memory.Floats(0, k), k, 1, k, null, 0, pool));
+            }
+            var y = memory.Floats((long)maxK * sizeof(float), shapes.Max(shape => shape.Rows));
+            double Sweep(List<PackedMatrix> matrices)
+            {
+                long start = Stopwatch.GetTimestamp();
+                foreach (var m in matrices)
+                    pool.Run(m.Groups, Gemm.ChunkSize(m, 1, threads), new KernelsCommand.MatMulWork { Weights = m, Input = scratches[m.K].Input, Output = y, Rows = m.Rows });
+                return Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+            }
+            for (int i = 0; i < 3; i++) { Sweep(dense); Sweep(sparse); }
+            var denseMs = new double[runs];
+            var sparseMs = new double[runs];
+            for (int run = 0; run < runs; run++)
+            {
+                // Alternate which goes first: a neighbour's burst on this shared machine then falls on both alike.
+                if (run % 2 == 0) { denseMs[run] = Sweep(dense); sparseMs[run] = Sweep(sparse); }
+                else { sparseMs[run] = Sweep(sparse); denseMs[run] = Sweep(dense); }
+            }
+            foreach (var (scratch, _) in scratches.Values) scratch.Dispose();
+            double denseBytes = dense.Sum(m => (double)m.ByteCount), sparseBytes = sparse.Sum(m => (double)m.ByteCount);
+            double denseMedian = Median(denseMs), sparseMedian = Median(sparseMs);
+            output.WriteLine($"sparse --kernels: 110m shapes, one decode token's GEMVs, {threads} threads, medians of {runs} alternating sweeps; uptime: {Uptime()}");
+            output.WriteLine(string.Create(c, $"dense  {denseMedian,7:F3} ms  {denseBytes / denseMedian / 1e6,5:F1} GB/s  ({denseBytes / 1e6:F0} MB)"));
+            output.WriteLine(string.Create(c, $"2:4    {sparseMedian,7:F3} ms  {sparseBytes / sparseMedian / 1e6,5:F1} GB/s  ({sparseBytes / 1e6:F0} MB)"));
+            output.WriteLine(string.Create(c, $"ratio {denseMedian / sparseMedian:F3} (bytes ratio {denseBytes / sparseBytes:F3}: the roof at equal GB/s); uptime at the end: {Uptime()}"));
+            return 0;
+        }
+        finally
+        {
+            foreach (var m in dense) m.Dispose();
+            foreach (var m in sparse) m.Dispose();
+        }
     }
 
     /// <summary>

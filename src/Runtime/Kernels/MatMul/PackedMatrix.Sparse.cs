@@ -12,10 +12,12 @@ namespace Kiln.Kernels.MatMul;
 /// and not read.</item>
 /// <item><see cref="SparsePattern.TwoFour"/>: every block is kept (an all-zero one skipped), each row's 16 kept quants
 /// (2 per group of 4) with their 2-bit positions: 128 bytes of values, 32 of positions, 16 of scales (176 bytes, 65%
-/// of the dense 272). Value vector p (of 4) holds rows 2p and 2p + 1: in its 128-bit lane l, bytes 0..7 are row 2p's
-/// kept values 8l..8l+7 and bytes 8..15 row 2p + 1's. Byte i of the positions holds, in bits 2p..2p+1, the position
-/// within its group of 4 of the value at byte i of vector p: one shift and mask gives vpshufb's control, which
-/// gathers each value's activation from the block's 32 (<see cref="SparseKernels"/>).</item>
+/// of the dense 272). Value vector v (of 4, 32 bytes each) holds kept values 4v..4v+3 of every row (elements
+/// 8v..8v+7): in its 128-bit lane h, bytes 4i..4i+3 are row 4h + i's, so a multiply-add that sums each 4 bytes gives
+/// one int32 per row, in row order, and the 4 vectors' dots add up to the block's without a horizontal add. Byte i
+/// of the positions holds, in bits 2v..2v+1, the position within its group of 4 of the value at byte i of vector v:
+/// one shift and mask gives vpshufb's control, which gathers each value's activation from the 16 of its half of the
+/// block (vectors 0 and 1 from elements 0..15, 2 and 3 from 16..31; <see cref="SparseKernels"/>).</item>
 /// </list>
 /// </summary>
 public sealed unsafe partial class PackedMatrix
@@ -129,7 +131,6 @@ public sealed unsafe partial class PackedMatrix
         byte* positions = block + 128;
         for (int r = 0; r < 8; r++)
         {
-            int p = r / 2, half = r % 2;
             for (int g = 0; g < 8; g++)
             {
                 int first = -1, second = -1;
@@ -141,12 +142,11 @@ public sealed unsafe partial class PackedMatrix
                 if (first < 0) { first = 0; second = 1; }
                 else if (second < 0) second = first == 3 ? 2 : first + 1;
                 if (second < first) (first, second) = (second, first);
-                for (int v = 0; v < 2; v++)
+                for (int slot = 0; slot < 2; slot++)
                 {
-                    int j = 2 * g + v, e = v == 0 ? first : second;
-                    int i = 16 * (j / 8) + j % 8 + 8 * half; // byte within value vector p
-                    block[32 * p + i] = (byte)(sbyte)Quant(strip, b, r, 4 * g + e);
-                    positions[i] |= (byte)(e << (2 * p));
+                    int j = 2 * g + slot, e = slot == 0 ? first : second, i = TwoFourValueByte(r, j);
+                    block[i] = (byte)(sbyte)Quant(strip, b, r, 4 * g + e);
+                    positions[i % 32] |= (byte)(e << (2 * (j / 4)));
                 }
             }
         }
@@ -159,14 +159,16 @@ public sealed unsafe partial class PackedMatrix
         if (block is null) return 0;
         int r = row % 8;
         if (Sparsity == SparsePattern.Blocks) return (sbyte)block[e / 4 * 32 + r * 4 + e % 4];
-        int p = r / 2, half = r % 2, g = e / 4;
-        for (int v = 0; v < 2; v++)
+        for (int slot = 0; slot < 2; slot++)
         {
-            int j = 2 * g + v, i = 16 * (j / 8) + j % 8 + 8 * half;
-            if (((block[128 + i] >> (2 * p)) & 3) == e % 4) return (sbyte)block[32 * p + i];
+            int j = 2 * (e / 4) + slot, i = TwoFourValueByte(r, j);
+            if (((block[128 + i % 32] >> (2 * (j / 4))) & 3) == e % 4) return (sbyte)block[i];
         }
         return 0;
     }
+
+    /// <summary>Where kept value <paramref name="j"/> (of 16) of strip row <paramref name="r"/> sits in a 2:4 block: vector j / 4, lane r / 4, int32 r mod 4, byte j mod 4.</summary>
+    private static int TwoFourValueByte(int r, int j) => 32 * (j / 4) + 16 * (r / 4) + 4 * (r % 4) + j % 4;
 
     /// <summary>The fp16 scale bits of block <paramref name="b"/> of <paramref name="row"/> in the sparse layout (0 where not stored).</summary>
     internal ushort SparseScaleBits(int row, int b)

@@ -23,7 +23,7 @@ internal unsafe interface ISparseBlock<TSelf> where TSelf : struct, ISparseBlock
 /// block) walking only a strip's kept blocks, each with its column, so a skipped block costs neither bytes nor
 /// multiply-adds. One code serves decode (a GEMV: a tile of one token) and prefill or batched steps (an SpMM: each
 /// kept block unpacked once per tile of 8 tokens); a 2:4 decode on the AVX-512 path dots each block in two 512-bit
-/// halves. Every row's sums take the same operations in the same order as the dense kernel's on the same weights with
+/// vectors. Every row's sums take the same operations in the same order as the dense kernel's on the same weights with
 /// their zeros (a skipped block adds nothing; a 2:4 block's int32 dot equals the dense one): the tests ask for the
 /// same bits.
 /// </summary>
@@ -112,6 +112,10 @@ internal static unsafe class SparseKernels
         if (TTokens.Value > 7) Store(ref epilogue, row, t0 + 7, halves, a7);
     }
 
+    // How far ahead the 2:4 decode prefetches its one stream: a block takes ~50 instructions, so Tile's 4 blocks (704
+    // bytes) left its loads waiting on memory; 16-32 blocks (~3-6 KB) measured alike, ~1.1x faster than 4 (110m shapes).
+    private const int PrefetchBlocks = 24;
+
     // One token × one strip of a 2:4 matrix (AVX-512). Not two strips per tile as the dense decode takes them: the
     // decode streams its weights from memory, and one stream of kept blocks per tile keeps closer to the bandwidth
     // than two (measured, single thread, 2:4 matrices of 37 MB: the pair tile ~40% slower than the AVX2 tile, this
@@ -129,7 +133,7 @@ internal static unsafe class SparseKernels
         Vector256<float> sum = default;
         for (int i = weights.StripStart(strip); i < end; i++, block += bytes)
         {
-            for (int l = 0; l < bytes; l += 64) Sse.Prefetch0(block + 4 * bytes + l); // one stream, as in Tile
+            for (int l = 0; l < bytes; l += 64) Sse.Prefetch0(block + PrefetchBlocks * bytes + l);
             int b = columns[i];
             Vector256<int> dots = TwoFourBlock.DotWide(block, x + b * 32);
             sum = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(dots), StripKernels.Scales(block + bytes - 16) * Vector256.Create(activationScales[b]), sum);
@@ -166,10 +170,11 @@ internal static unsafe class SparseKernels
     }
 
     /// <summary>
-    /// A 2:4 block: value vector p holds rows 2p and 2p + 1 (<see cref="PackedMatrix"/>'s sparse layout); its vpshufb
-    /// control, built once per block from the 2-bit positions, gathers each kept value's activation within its lane
-    /// (lane 0 from elements 0..15, lane 1 from 16..31). Half the multiply-adds of a dense block: per token 4 vpshufb,
-    /// 4 vpsignb, 4 vpmaddubsw, 4 vpmaddwd, then two horizontal adds and a lane swap leave one sum per row.
+    /// A 2:4 block: value vector v holds kept values 4v..4v+3 of the 8 rows, 4 bytes per row in row order
+    /// (<see cref="PackedMatrix"/>'s sparse layout); its vpshufb control, built once per block from the 2-bit
+    /// positions, gathers each kept value's activation from the 16 of its half of the block (broadcast to both lanes).
+    /// Half the multiply-adds of a dense block: per token 4 vpshufb, 4 vpsignb, 4 vpmaddubsw, 4 vpmaddwd and 3 adds,
+    /// each vector's int32 lanes already the 8 rows' partial sums.
     /// </summary>
     internal struct TwoFourBlock : ISparseBlock<TwoFourBlock>
     {
@@ -190,54 +195,50 @@ internal static unsafe class SparseKernels
             b._m1 = Avx2.Abs(b._w1);
             b._m2 = Avx2.Abs(b._w2);
             b._m3 = Avx2.Abs(b._w3);
-            // Byte i of a lane is value 2g or 2g + 1 of group g = (i mod 8) / 2: its activation is at 4g + position.
-            var groupStart = Vector256.Create((byte)0, 0, 4, 4, 8, 8, 12, 12, 0, 0, 4, 4, 8, 8, 12, 12, 0, 0, 4, 4, 8, 8, 12, 12, 0, 0, 4, 4, 8, 8, 12, 12);
             var three = Vector256.Create((byte)3);
             Vector256<ushort> positions = Vector256.Load((ushort*)(block + 128));
-            b._c0 = (positions.AsByte() & three) | groupStart;
-            b._c1 = ((positions >>> 2).AsByte() & three) | groupStart;
-            b._c2 = ((positions >>> 4).AsByte() & three) | groupStart;
-            b._c3 = ((positions >>> 6).AsByte() & three) | groupStart;
+            b._c0 = (positions.AsByte() & three) | GroupStarts(0);
+            b._c1 = ((positions >>> 2).AsByte() & three) | GroupStarts(8);
+            b._c2 = ((positions >>> 4).AsByte() & three) | GroupStarts(0);
+            b._c3 = ((positions >>> 6).AsByte() & three) | GroupStarts(8);
             return b;
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public readonly Vector256<int> Dot(byte* activations)
         {
-            Vector256<sbyte> a = Vector256.Load((sbyte*)activations);
-            Vector256<int> p0 = Products(_m0, _w0, Avx2.Shuffle(a, _c0.AsSByte())), p1 = Products(_m1, _w1, Avx2.Shuffle(a, _c1.AsSByte()));
-            Vector256<int> p2 = Products(_m2, _w2, Avx2.Shuffle(a, _c2.AsSByte())), p3 = Products(_m3, _w3, Avx2.Shuffle(a, _c3.AsSByte()));
-            // Per lane p holds [row 2p: 2 partial sums, row 2p + 1: 2]; the adds leave rows 0..3 (and 4..7) per lane, then the lanes fold.
-            Vector256<int> low = Avx2.HorizontalAdd(p0, p1), high = Avx2.HorizontalAdd(p2, p3);
-            return Avx2.Permute2x128(low, high, 0x20) + Avx2.Permute2x128(low, high, 0x31);
+            Vector256<sbyte> low = Avx2.BroadcastVector128ToVector256((sbyte*)activations), high = Avx2.BroadcastVector128ToVector256((sbyte*)activations + 16);
+            return (Products(_m0, _w0, Avx2.Shuffle(low, _c0.AsSByte())) + Products(_m1, _w1, Avx2.Shuffle(low, _c1.AsSByte())))
+                + (Products(_m2, _w2, Avx2.Shuffle(high, _c2.AsSByte())) + Products(_m3, _w3, Avx2.Shuffle(high, _c3.AsSByte())));
         }
 
         /// <summary>
-        /// As <see cref="Dot"/> on 512-bit vectors (AVX-512): value vectors 0 and 1 as one, 2 and 3 as another, each
-        /// 128-bit lane gathering from the same 16 activations as its 256-bit twin. AVX-512 has neither vpsignb nor
-        /// vphaddd: the activations take w's sign through a mask, two vshufps and an add stand for the horizontal add,
-        /// and one lane swap, an add and a vpermd put the 8 rows' sums in order.
+        /// As <see cref="Dot"/> on 512-bit vectors (AVX-512), loading the block itself: value vectors 0 and 1 as one
+        /// (elements 0..15), 2 and 3 as another (16..31). The positions come broadcast to both halves and shifted by 0
+        /// and 2 bits in one vpsrlvq (bits a shift brings in from the next byte are masked off). AVX-512 has no
+        /// vpsignb: the activations take w's sign through a mask. The two products add, and the halves fold: the 8
+        /// rows' sums.
         /// </summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<int> DotWide(byte* block, byte* activations)
         {
-            Vector512<sbyte> a = Avx512F.BroadcastVector256ToVector512((long*)activations).AsSByte();
-            var groupStart = Vector512.Create(0x0C0C_0808_0404_0000UL).AsByte();
+            Vector512<sbyte> low = Avx512F.BroadcastVector128ToVector512((int*)activations).AsSByte(), high = Avx512F.BroadcastVector128ToVector512((int*)(activations + 16)).AsSByte();
             var three = Vector512.Create((byte)3);
-            Vector256<ushort> positions = Vector256.Load((ushort*)(block + 128));
-            Vector512<ushort> first = Avx512F.InsertVector256(positions.ToVector512Unsafe(), positions >>> 2, 1);
-            Vector512<int> p01 = Int8.SignedDot(Vector512.Load((sbyte*)block), Avx512BW.Shuffle(a, ((first.AsByte() & three) | groupStart).AsSByte()));
-            Vector512<int> p23 = Int8.SignedDot(Vector512.Load((sbyte*)block + 64), Avx512BW.Shuffle(a, (((first >>> 4).AsByte() & three) | groupStart).AsSByte()));
-            // Lanes: rows 0, 1, 4, 5 of elements 0..15, of 16..31; rows 2, 3, 6, 7 of elements 0..15, of 16..31.
-            Vector512<int> h = HorizontalAdd(p01, p23);
-            h += Avx512F.Shuffle4x128(h, h, 0b10_11_00_01);
-            return Avx512F.PermuteVar16x32(h, Vector512.Create(0, 1, 8, 9, 2, 3, 10, 11, 0, 0, 0, 0, 0, 0, 0, 0)).GetLower();
+            // GroupStarts(0) then GroupStarts(8), spelled as one constant: the JIT builds Create(lower, upper) on the stack per block.
+            const ulong even = 0x0404_0000_0404_0000, odd = 0x0C0C_0808_0C0C_0808;
+            var groupStarts = Vector512.Create(even, even, even, even, odd, odd, odd, odd).AsByte();
+            // vbroadcasti32x8, not Avx512F's vbroadcasti64x4: .NET 10's JIT encodes the latter's [reg + disp8] with the
+            // wrong scale (disp 0x80 read as 0x100), and the positions sit at block + 128.
+            Vector512<ulong> positions = Avx512DQ.BroadcastVector256ToVector512((int*)(block + 128)).AsUInt64();
+            Vector512<ulong> first = Avx512F.ShiftRightLogicalVariable(positions, Vector512.Create(0UL, 0, 0, 0, 2, 2, 2, 2));
+            Vector512<int> sums = Int8.SignedDot(Vector512.Load((sbyte*)block), Avx512BW.Shuffle(low, ((first.AsByte() & three) | groupStarts).AsSByte()))
+                + Int8.SignedDot(Vector512.Load((sbyte*)block + 64), Avx512BW.Shuffle(high, (((first >>> 4).AsByte() & three) | groupStarts).AsSByte()));
+            return sums.GetLower() + sums.GetUpper();
         }
 
-        /// <summary>vphaddd per 128-bit lane: [a0 + a1, a2 + a3, b0 + b1, b2 + b3].</summary>
+        /// <summary>Where each value's group of 4 starts in its 16 activations: byte 4i + k of a lane takes kept value k of its row, in group k / 2 (+ 2 for an odd vector: <paramref name="odd"/> = 8).</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        private static Vector512<int> HorizontalAdd(Vector512<int> a, Vector512<int> b) =>
-            Avx512F.Shuffle(a.AsSingle(), b.AsSingle(), 0b10_00_10_00).AsInt32() + Avx512F.Shuffle(a.AsSingle(), b.AsSingle(), 0b11_01_11_01).AsInt32();
+        private static Vector256<byte> GroupStarts(byte odd) => Vector256.Create(0x0404_0000u + odd * 0x0101_0101u).AsByte();
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         private static Vector256<int> Products(Vector256<byte> magnitudes, Vector256<sbyte> weights, Vector256<sbyte> activations) =>
