@@ -41,6 +41,35 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
 
     [SkippableTheory]
     [MemberData(nameof(Paths))]
+    public void ALongPrefixSharedByManyTokensEqualsPerSequenceAttention(KernelPath path)
+    {
+        // 320 shared positions: five tiles of 64, so each query's running max grows from tile to tile and its
+        // accumulators are rescaled; 20 sequences of 1–3 tokens: more query rows than one 32-wide column of the
+        // tiles, with a 16-wide remainder; head sizes with a 16-wide half (48) and a single 16 (16); GQA. Scratch for
+        // every token in one batch (a context of 8192 positions).
+        using var forced = KernelPathCases.Force(path, "Shared-prefix attention", KernelPathCases.NoVnniForm);
+        output.WriteLine($"seed {Seed}");
+        int draw = 0;
+        foreach (var storage in new[] { KvStorage.F32, KvStorage.F16, KvStorage.Int8 })
+            foreach (var (heads, kvHeads, headDim, softCap) in new[] { (2, 2, 64, 0f), (4, 2, 48, 0f), (3, 3, 16, 3f) })
+            {
+                using var step = new Step(new Random(Seed + draw++), blockSize: 16, heads, kvHeads, headDim, storage, softCap, causal: true,
+                    groupSizes: [20], prefixBlocks: [20], loneSequences: 1, maxContext: 8192, wholePrefix: true);
+                var context = step.Context(groups: true);
+                var attention = step.Kernel(context, new AttentionOptions(0.25f));
+                attention.Plan(context.TokenCount, threads: 2);
+                Assert.Equal(path == KernelPath.Avx512BW, attention.PrefixAsTiles);
+                var perSequence = step.Attend(groups: false);
+                var shared = step.Attend(groups: true);
+                double tolerance = storage == KvStorage.F32 ? 2e-5 : 5e-5;
+                for (int j = 0; j < shared.Length; j++)
+                    Assert.True(Math.Abs(shared[j] - perSequence[j]) <= tolerance * Math.Max(1, Math.Abs(perSequence[j])),
+                        $"seed {Seed + draw - 1}, {step}: output {j} is {shared[j]} shared, {perSequence[j]} per sequence");
+            }
+    }
+
+    [SkippableTheory]
+    [MemberData(nameof(Paths))]
     public void AQueriesByKeysTileGivesEachQuerysOwnScores(KernelPath path)
     {
         using var forced = KernelPathCases.Force(path, "Shared-prefix attention", KernelPathCases.NoVnniForm);
