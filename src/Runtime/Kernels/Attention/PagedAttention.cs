@@ -241,6 +241,16 @@ public struct PagedAttention : IParallelWork
             var query = Q.Slice(t * QCols + kv0 * group * HeadDim, heads * HeadDim);
             var output = Output.Slice(t * QCols + kv0 * group * HeadDim, heads * HeadDim);
             var suffix = work[..(heads * length)];
+            if (halves)
+            {
+                // This token's first values, and the next token's first keys: blocks of their own, away from these.
+                PrefetchNextBlock(blocks[prefix / blockSize], Math.Min(blockSize, length), kv0 * HeadDim, columns, values: true);
+                if (i + 1 < tokens.Length)
+                {
+                    int next = Context.SequenceOf(tokens[i + 1]), nextLast = Options.Causal ? positions[tokens[i + 1]] : Context.LastPosition(next);
+                    PrefetchNextBlock(Context.BlockTable(next)[prefix / blockSize], Math.Min(blockSize, nextLast - prefix + 1), kv0 * HeadDim, columns, values: false);
+                }
+            }
             for (int position = prefix; position <= last;)
             {
                 int b = position / blockSize, offset = position % blockSize, count = Math.Min(blockSize - offset, last - position + 1);
@@ -298,30 +308,37 @@ public struct PagedAttention : IParallelWork
         var correction = work.Slice(HeadDim * padded + rows * HeadDim + 2 * padded, padded);
         var scoresT = work.Slice(HeadDim * padded + rows * HeadDim + 3 * padded, tileKeys * padded);
         var tileRows = work.Slice(HeadDim * padded + rows * HeadDim + 3 * padded + tileKeys * padded, tileKeys * HeadDim);
+        // Finite F16 rows are widened short of the exponent rebias (Fp16.ToSingleUnrebiased, 3 operations instead of
+        // 10), which goes into the queries (while each stays below 2^16, so times 2^112 is finite) and the weights.
+        if (Cache.Storage == KvStorage.F16) PrefetchTile(prefixBlocks, 0, Math.Min(tileKeys, prefix), column); // while the queries are transposed
+        bool unrebiased = Cache.Storage == KvStorage.F16 && Cache.HoldsOnlyFiniteHalves;
+        for (int i = 0; i < tokens.Length && unrebiased; i++)
+            unrebiased = VectorMath.Rebiasable(Q.Slice(tokens[i] * QCols + column * group, width), 1, width, width);
+        float queryFactor = unrebiased ? Fp16.Rebias : 1f;
         queriesT.Clear();
-        for (int i = 0; i < tokens.Length; i++)
-        {
-            var query = Q.Slice(tokens[i] * QCols + column * group, width);
-            for (int j = 0; j < group; j++)
-                for (int d = 0; d < HeadDim; d++) queriesT[d * padded + i * group + j] = query[j * HeadDim + d];
-        }
         sums.Clear();
         runningMax.Fill(float.NegativeInfinity);
         runningSum.Clear();
         var scale = Vector512.Create(Options.Scale);
         fixed (float* qT = queriesT, s = scoresT, k = tileRows, o = sums, max = runningMax, sum = runningSum, kept = correction)
         {
+            for (int i = 0; i < tokens.Length; i++)
+            {
+                float* query = Q.Pointer + (long)tokens[i] * QCols + column * group;
+                for (int j = 0; j < group; j++)
+                    for (int d = 0; d < HeadDim; d++) qT[d * padded + i * group + j] = query[j * HeadDim + d] * queryFactor;
+            }
             for (int p0 = 0; p0 < prefix; p0 += tileKeys)
             {
                 int keys = Math.Min(tileKeys, prefix - p0); // whole blocks: the tile and the prefix are
                 if (Cache.Storage == KvStorage.F16) PrefetchTile(prefixBlocks, p0 + keys, Math.Min(tileKeys, prefix - p0 - keys), column);
-                TileRows(keys: true, prefixBlocks, p0, keys, column, tileRows, gather);
+                TileRows(keys: true, prefixBlocks, p0, keys, column, tileRows, gather, unrebiased);
                 for (int key = 0; key < keys; key += 8)
                     for (int q = 0; q < padded; q += 32)
                         AttentionTiles.OuterProduct(k + key * HeadDim, HeadDim, 1, Math.Min(8, keys - key), qT + q, padded, HeadDim, two: q + 16 < padded, scale, s + key * padded + q, padded);
                 if (Options.SoftCap > 0) SoftCap(scoresT[..(keys * padded)], Options.SoftCap);
-                OnlineSoftmaxColumns(s, keys, padded, max, sum, kept);
-                TileRows(keys: false, prefixBlocks, p0, keys, column, tileRows, gather);
+                OnlineSoftmaxColumns(s, keys, padded, max, sum, kept, queryFactor);
+                TileRows(keys: false, prefixBlocks, p0, keys, column, tileRows, gather, unrebiased);
                 for (int q = 0; q < rows; q += 8)
                     for (int d = 0; d < HeadDim; d += 32)
                         AttentionTiles.OuterProduct(s + q, 1, padded, Math.Min(8, rows - q), k + d, HeadDim, keys, two: d + 16 < HeadDim, Vector512<float>.One, o + q * HeadDim + d, HeadDim, kept + q);
@@ -341,10 +358,12 @@ public struct PagedAttention : IParallelWork
     /// query, <paramref name="padded"/> wide), 16 columns a vector: the column's new max, its scores replaced by
     /// e^(s − max), its running sum corrected by e^(old max − max) and the tile's exponentials added; the correction
     /// is kept for the accumulators (0 on a column's first tile, which has nothing to correct: −∞ − −∞ would be NaN).
+    /// The weights are stored times <paramref name="weightFactor"/> (the rebias that unrebiased values leave out).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe void OnlineSoftmaxColumns(float* scoresT, int keys, int padded, float* runningMax, float* runningSum, float* correction)
+    private static unsafe void OnlineSoftmaxColumns(float* scoresT, int keys, int padded, float* runningMax, float* runningSum, float* correction, float weightFactor)
     {
+        var factor = Vector512.Create(weightFactor);
         var negativeInfinity = Vector512.Create(float.NegativeInfinity);
         for (int q = 0; q < padded; q += 16)
         {
@@ -355,7 +374,7 @@ public struct PagedAttention : IParallelWork
             for (int key = 0; key < keys; key++)
             {
                 var e = Lanes.Exp(Vector512.Load(scoresT + key * padded + q) - max);
-                e.Store(scoresT + key * padded + q);
+                (e * factor).Store(scoresT + key * padded + q);
                 sum += e;
             }
             var kept = Vector512.ConditionalSelect(Vector512.Equals(previous, negativeInfinity), Vector512<float>.Zero, Lanes.Exp(previous - max));
@@ -367,20 +386,29 @@ public struct PagedAttention : IParallelWork
 
     /// <summary>
     /// Prefix positions <paramref name="first"/>..+<paramref name="count"/> (whole blocks) of one KV head (its columns
-    /// from <paramref name="column"/>) as floats into <paramref name="tile"/>, HeadDim apart: F16 widened, int8
-    /// dequantized, F32 copied — once for every query of the batch, and contiguous across the prefix's blocks.
+    /// from <paramref name="column"/>) as floats into <paramref name="tile"/>, HeadDim apart: F16 widened in registers
+    /// (<paramref name="unrebiased"/>: short of the exponent rebias), int8 dequantized, F32 copied — once for every
+    /// query of the batch, and contiguous across the prefix's blocks.
     /// </summary>
-    private readonly void TileRows(bool keys, ReadOnlySpan<int> blocks, int first, int count, int column, Span<float> tile, Span<float> gather)
+    private readonly void TileRows(bool keys, ReadOnlySpan<int> blocks, int first, int count, int column, Span<float> tile, Span<float> gather, bool unrebiased)
     {
         int blockSize = Cache.BlockSize;
         for (int p = first; p < first + count; p += blockSize)
         {
             int block = blocks[p / blockSize], rows = Math.Min(blockSize, first + count - p);
-            var destination = tile[((p - first) * HeadDim)..];
+            var destination = tile.Slice((p - first) * HeadDim, rows * HeadDim);
             if (Cache.Storage == KvStorage.F16)
             {
                 var halves = keys ? KvBlocks.HalfKeys(Cache, Layer, block, 0, rows, column, HeadDim) : KvBlocks.HalfValues(Cache, Layer, block, 0, rows, column, HeadDim);
-                for (int r = 0; r < rows; r++) Fp16.ToSingle(halves.Slice(r * KvCols, HeadDim), destination.Slice(r * HeadDim, HeadDim));
+                ref short from = ref Unsafe.As<Half, short>(ref MemoryMarshal.GetReference(halves));
+                ref float to = ref MemoryMarshal.GetReference(destination);
+                for (int r = 0; r < rows; r++)
+                    for (int c = 0; c < HeadDim; c += 16)
+                    {
+                        // Sign-extended: ToSingle reads only the low 16 bits, ToSingleUnrebiased wants the sign copied up.
+                        var bits = Vector512.WidenLower(Vector256.LoadUnsafe(ref from, (nuint)(r * KvCols + c)).ToVector512Unsafe());
+                        (unrebiased ? Fp16.ToSingleUnrebiased(bits) : Fp16.ToSingle(bits.AsUInt32())).StoreUnsafe(ref to, (nuint)(r * HeadDim + c));
+                    }
             }
             else
             {
