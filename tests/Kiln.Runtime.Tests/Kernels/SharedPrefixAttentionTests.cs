@@ -120,6 +120,27 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
             Assert.True(Math.Abs(shared[j] - perSequence[j]) <= 5e-5 * Math.Max(1, Math.Abs(perSequence[j])), $"output {j} is {shared[j]} shared, {perSequence[j]} per sequence");
     }
 
+    [SkippableFact]
+    public void AGroupTooLargeForTheTilesScratchIsTakenInTiledBatches()
+    {
+        // 700 positions of 2 heads (1400 floats per chunk): the register tiles' scratch (a 32-position tile of
+        // transposed scores and widened rows, the queries transposed and padded to 16) holds 4 tokens of a KV head, not
+        // the 6–18 of the group, so each of the 2 KV-head chunks takes them in several batches, still as tiles.
+        using var forced = KernelPathCases.Force(KernelPath.Avx512BW, "Shared-prefix attention", KernelPathCases.NoVnniForm);
+        using var step = new Step(new Random(Seed), blockSize: 4, heads: 2, kvHeads: 2, headDim: 16, KvStorage.F16, softCap: 0, causal: true,
+            groupSizes: [6], prefixBlocks: [8], loneSequences: 1, maxContext: 700, wholePrefix: true);
+        output.WriteLine($"seed {Seed}: {step}");
+        var context = step.Context(groups: true);
+        var attention = step.Kernel(context, new AttentionOptions(0.25f));
+        int items = attention.Plan(context.TokenCount, threads: 2);
+        Assert.True(attention.PrefixAsTiles);
+        Assert.True(items - context.UngroupedTokens.Length * attention.PerToken > 2, $"{items} items: the group was not split into batches");
+        var perSequence = step.Attend(groups: false);
+        var shared = step.Attend(groups: true);
+        for (int j = 0; j < shared.Length; j++)
+            Assert.True(Math.Abs(shared[j] - perSequence[j]) <= 5e-5 * Math.Max(1, Math.Abs(perSequence[j])), $"output {j} is {shared[j]} shared, {perSequence[j]} per sequence");
+    }
+
     [Fact]
     public void AGroupHasItemsOfItsOwnAndAWindowKeepsThePerSequencePath()
     {
