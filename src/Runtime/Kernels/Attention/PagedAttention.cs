@@ -310,7 +310,8 @@ public struct PagedAttention : IParallelWork
         var tileRows = work.Slice(HeadDim * padded + rows * HeadDim + 3 * padded + tileKeys * padded, tileKeys * HeadDim);
         // Finite F16 rows are widened short of the exponent rebias (Fp16.ToSingleUnrebiased, 3 operations instead of
         // 10), which goes into the queries (while each stays below 2^16, so times 2^112 is finite) and the weights.
-        if (Cache.Storage == KvStorage.F16) PrefetchTile(prefixBlocks, 0, Math.Min(tileKeys, prefix), column); // while the queries are transposed
+        if (Cache.Storage == KvStorage.F16) // the first tile, while the queries are transposed
+            for (int p = 0; p < Math.Min(tileKeys, prefix); p += 8) PrefetchPrefixRows(prefixBlocks, p, Math.Min(8, Math.Min(tileKeys, prefix) - p), column);
         bool unrebiased = Cache.Storage == KvStorage.F16 && Cache.HoldsOnlyFiniteHalves;
         for (int i = 0; i < tokens.Length && unrebiased; i++)
             unrebiased = VectorMath.Rebiasable(Q.Slice(tokens[i] * QCols + column * group, width), 1, width, width);
@@ -331,11 +332,15 @@ public struct PagedAttention : IParallelWork
             for (int p0 = 0; p0 < prefix; p0 += tileKeys)
             {
                 int keys = Math.Min(tileKeys, prefix - p0); // whole blocks: the tile and the prefix are
-                if (Cache.Storage == KvStorage.F16) PrefetchTile(prefixBlocks, p0 + keys, Math.Min(tileKeys, prefix - p0 - keys), column);
+                int next = p0 + keys, nextKeys = Cache.Storage == KvStorage.F16 ? Math.Min(tileKeys, prefix - next) : 0;
                 TileRows(keys: true, prefixBlocks, p0, keys, column, tileRows, gather, unrebiased);
                 for (int key = 0; key < keys; key += 8)
+                {
+                    // The next tile's rows, 8 at a time between the products: a burst would only stall on full miss buffers.
+                    if (key < nextKeys) PrefetchPrefixRows(prefixBlocks, next + key, Math.Min(8, nextKeys - key), column);
                     for (int q = 0; q < padded; q += 32)
                         AttentionTiles.OuterProduct(k + key * HeadDim, HeadDim, 1, Math.Min(8, keys - key), qT + q, padded, HeadDim, two: q + 16 < padded, scale, s + key * padded + q, padded);
+                }
                 if (Options.SoftCap > 0) SoftCap(scoresT[..(keys * padded)], Options.SoftCap);
                 OnlineSoftmaxColumns(s, keys, padded, max, sum, kept, queryFactor);
                 TileRows(keys: false, prefixBlocks, p0, keys, column, tileRows, gather, unrebiased);
@@ -419,19 +424,15 @@ public struct PagedAttention : IParallelWork
     }
 
     /// <summary>
-    /// F16 rows of the next tile's blocks (<paramref name="count"/> positions from <paramref name="first"/>), keys and
-    /// values, fetched while this tile is computed: the prefix's blocks are apart and each row is read only in part,
-    /// so the hardware prefetcher does not run ahead of the tiles.
+    /// F16 keys and values of prefix positions <paramref name="first"/>..+<paramref name="count"/> (within one block's
+    /// rest) of one KV head, fetched ahead of their tile: the prefix's blocks are apart and each row is read only in
+    /// part, so the hardware prefetcher does not run ahead of the tiles.
     /// </summary>
-    private readonly void PrefetchTile(ReadOnlySpan<int> blocks, int first, int count, int column)
+    private readonly void PrefetchPrefixRows(ReadOnlySpan<int> blocks, int first, int count, int column)
     {
-        int blockSize = Cache.BlockSize;
-        for (int p = first; p < first + count; p += blockSize)
-        {
-            int rows = Math.Min(blockSize, first + count - p);
-            PrefetchNextBlock(blocks[p / blockSize], rows, column, HeadDim, values: false);
-            PrefetchNextBlock(blocks[p / blockSize], rows, column, HeadDim, values: true);
-        }
+        int blockSize = Cache.BlockSize, block = blocks[first / blockSize], offset = first % blockSize, rows = Math.Min(count, blockSize - offset);
+        VectorMath.PrefetchNextBlock(KvBlocks.HalfKeys(Cache, Layer, block, offset, rows, column, HeadDim), KvCols, rows, HeadDim, values: false);
+        VectorMath.PrefetchNextBlock(KvBlocks.HalfValues(Cache, Layer, block, offset, rows, column, HeadDim), KvCols, rows, HeadDim, values: true);
     }
 
     /// <summary>
