@@ -226,7 +226,7 @@ public struct PagedAttention : IParallelWork
         var work = scratch[(2 * tokens.Length * heads)..];
         for (int kv = kv0; kv < kv1; kv++)
         {
-            if (_groupTiled) PrefixTiles(tokens, kv, prefixBlocks, prefix, statistics, (kv - kv0) * group, heads, work, gather);
+            if (_groupTiled) PrefixTiles(tokens, kv, prefixBlocks, prefix, statistics, (kv - kv0) * group, heads, work, gather, first: kv == kv0, last: kv == kv1 - 1);
             else PrefixByRows(tokens, kv, prefixBlocks, prefix, statistics, (kv - kv0) * group, heads, work, gather);
         }
 
@@ -295,10 +295,12 @@ public struct PagedAttention : IParallelWork
     /// the keys are widened once into scratch and the scores computed transposed, a row per key and a column per
     /// query, so that each query's running max and sum are kept lane-wise, 16 queries a vector, with no horizontal
     /// max or sum (<see cref="OnlineSoftmaxColumns"/>); then the values widened into the same scratch and each
-    /// block of 8 queries' accumulators rescaled by its correction as the tile's weighted values are added.
+    /// block of 8 queries' accumulators rescaled by its correction as the tile's weighted values are added. Each tile's
+    /// successor is fetched while it is computed, across KV heads too: <paramref name="first"/> and
+    /// <paramref name="last"/> say whether this is the item's first KV head (no tile before fetched its first one) and last.
     /// </summary>
     private readonly unsafe void PrefixTiles(ReadOnlySpan<int> tokens, int kv, ReadOnlySpan<int> prefixBlocks, int prefix, Span<float> statistics, int statisticsAt,
-        int heads, Span<float> work, Span<float> gather)
+        int heads, Span<float> work, Span<float> gather, bool first, bool last)
     {
         int group = Heads / KvHeads, rows = tokens.Length * group, padded = (rows + 15) & ~15, tileKeys = _groupTileKeys, width = group * HeadDim, column = kv * HeadDim;
         var queriesT = work[..(HeadDim * padded)];
@@ -310,7 +312,7 @@ public struct PagedAttention : IParallelWork
         var tileRows = work.Slice(HeadDim * padded + rows * HeadDim + 3 * padded + tileKeys * padded, tileKeys * HeadDim);
         // Finite F16 rows are widened short of the exponent rebias (Fp16.ToSingleUnrebiased, 3 operations instead of
         // 10), which goes into the queries (while each stays below 2^16, so times 2^112 is finite) and the weights.
-        if (Cache.Storage == KvStorage.F16) // the first tile, while the queries are transposed
+        if (Cache.Storage == KvStorage.F16 && first) // the item's first tile, while the queries are transposed (later KV heads' come during the one before)
             for (int p = 0; p < Math.Min(tileKeys, prefix); p += 8) PrefetchPrefixRows(prefixBlocks, p, Math.Min(8, Math.Min(tileKeys, prefix) - p), column);
         bool unrebiased = Cache.Storage == KvStorage.F16 && Cache.HoldsOnlyFiniteHalves;
         for (int i = 0; i < tokens.Length && unrebiased; i++)
@@ -332,12 +334,14 @@ public struct PagedAttention : IParallelWork
             for (int p0 = 0; p0 < prefix; p0 += tileKeys)
             {
                 int keys = Math.Min(tileKeys, prefix - p0); // whole blocks: the tile and the prefix are
-                int next = p0 + keys, nextKeys = Cache.Storage == KvStorage.F16 ? Math.Min(tileKeys, prefix - next) : 0;
+                // The tile after this one: this KV head's next, or the next KV head's first.
+                int next = p0 + keys < prefix ? p0 + keys : 0, nextColumn = p0 + keys < prefix ? column : column + HeadDim;
+                int nextKeys = Cache.Storage == KvStorage.F16 && (p0 + keys < prefix || !last) ? Math.Min(tileKeys, prefix - next) : 0;
                 TileRows(keys: true, prefixBlocks, p0, keys, column, tileRows, gather, unrebiased);
                 for (int key = 0; key < keys; key += 8)
                 {
                     // The next tile's rows, 8 at a time between the products: a burst would only stall on full miss buffers.
-                    if (key < nextKeys) PrefetchPrefixRows(prefixBlocks, next + key, Math.Min(8, nextKeys - key), column);
+                    if (key < nextKeys) PrefetchPrefixRows(prefixBlocks, next + key, Math.Min(8, nextKeys - key), nextColumn);
                     for (int q = 0; q < padded; q += 32)
                         AttentionTiles.OuterProduct(k + key * HeadDim, HeadDim, 1, Math.Min(8, keys - key), qT + q, padded, HeadDim, two: q + 16 < padded, scale, s + key * padded + q, padded);
                 }
