@@ -30,12 +30,7 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
         {
             var random = new Random(Seed + i);
             var step = Step.Draw(random);
-            var perSequence = step.Attend(groups: false);
-            var shared = step.Attend(groups: true);
-            double tolerance = step.Storage == KvStorage.F32 ? 2e-5 : 5e-5;
-            for (int j = 0; j < shared.Length; j++)
-                Assert.True(Math.Abs(shared[j] - perSequence[j]) <= tolerance * Math.Max(1, Math.Abs(perSequence[j])),
-                    $"seed {Seed + i}, {step}: output {j} is {shared[j]} shared, {perSequence[j]} per sequence");
+            AssertSharedEqualsPerSequence(step, step.Storage == KvStorage.F32 ? 2e-5 : 5e-5, $"seed {Seed + i}, {step}");
         }
     }
 
@@ -59,12 +54,7 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
                 var attention = step.Kernel(context, new AttentionOptions(0.25f));
                 attention.Plan(context.TokenCount, threads: 2);
                 Assert.Equal(path == KernelPath.Avx512BW, attention.PrefixAsTiles);
-                var perSequence = step.Attend(groups: false);
-                var shared = step.Attend(groups: true);
-                double tolerance = storage == KvStorage.F32 ? 2e-5 : 5e-5;
-                for (int j = 0; j < shared.Length; j++)
-                    Assert.True(Math.Abs(shared[j] - perSequence[j]) <= tolerance * Math.Max(1, Math.Abs(perSequence[j])),
-                        $"seed {Seed + draw - 1}, {step}: output {j} is {shared[j]} shared, {perSequence[j]} per sequence");
+                AssertSharedEqualsPerSequence(step, storage == KvStorage.F32 ? 2e-5 : 5e-5, $"seed {Seed + draw - 1}, {step}");
             }
     }
 
@@ -114,10 +104,7 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
         int items = attention.Plan(context.TokenCount, threads: 2);
         int groupTokens = context.SharedPrefixTokens(0).Length;
         Assert.Equal(groupTokens * 2, items - context.UngroupedTokens.Length * attention.PerToken); // the group was split into batches
-        var perSequence = step.Attend(groups: false);
-        var shared = step.Attend(groups: true);
-        for (int j = 0; j < shared.Length; j++)
-            Assert.True(Math.Abs(shared[j] - perSequence[j]) <= 5e-5 * Math.Max(1, Math.Abs(perSequence[j])), $"output {j} is {shared[j]} shared, {perSequence[j]} per sequence");
+        AssertSharedEqualsPerSequence(step, 5e-5, $"seed {Seed}, {step}");
     }
 
     [SkippableFact]
@@ -135,10 +122,7 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
         int items = attention.Plan(context.TokenCount, threads: 2);
         Assert.True(attention.PrefixAsTiles);
         Assert.True(items - context.UngroupedTokens.Length * attention.PerToken > 2, $"{items} items: the group was not split into batches");
-        var perSequence = step.Attend(groups: false);
-        var shared = step.Attend(groups: true);
-        for (int j = 0; j < shared.Length; j++)
-            Assert.True(Math.Abs(shared[j] - perSequence[j]) <= 5e-5 * Math.Max(1, Math.Abs(perSequence[j])), $"output {j} is {shared[j]} shared, {perSequence[j]} per sequence");
+        AssertSharedEqualsPerSequence(step, 5e-5, $"seed {Seed}, {step}");
     }
 
     [Fact]
@@ -185,6 +169,16 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
         context.AddChunk([0, 1, 4], startPosition: 4, count: 1, wantLogits: true);
         context.AddSharedPrefix([0, 1], prefixBlocks: 2);
         Assert.Equal(0, context.UngroupedTokens.Length);
+    }
+
+    /// <summary>The step attended with its sharing groups named and without: the same outputs within <paramref name="tolerance"/> (relative past 1).</summary>
+    private static void AssertSharedEqualsPerSequence(Step step, double tolerance, string what)
+    {
+        var perSequence = step.Attend(groups: false);
+        var shared = step.Attend(groups: true);
+        for (int j = 0; j < shared.Length; j++)
+            Assert.True(Math.Abs(shared[j] - perSequence[j]) <= tolerance * Math.Max(1, Math.Abs(perSequence[j])),
+                $"{what}: output {j} is {shared[j]} shared, {perSequence[j]} per sequence");
     }
 
     /// <summary>
