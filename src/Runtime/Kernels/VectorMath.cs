@@ -630,7 +630,7 @@ public static class VectorMath
     /// Whether <paramref name="rows"/> rows of <paramref name="length"/> factors (<paramref name="stride"/> apart, from
     /// <paramref name="first"/>) stay finite times 2^112: every one below 2^16 in magnitude (NaN is not).
     /// </summary>
-    private static bool Rebiasable(ReadOnlySpan<float> factors, int rows, int length, int stride, int first = 0)
+    internal static bool Rebiasable(ReadOnlySpan<float> factors, int rows, int length, int stride, int first = 0)
     {
         for (int r = 0; r < rows; r++)
             if (length > 0 && !(MathF.Abs(TensorPrimitives.MaxMagnitude(factors.Slice(r * stride + first, length))) < 65536f)) return false;

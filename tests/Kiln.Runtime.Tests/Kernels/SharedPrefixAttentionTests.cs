@@ -30,13 +30,32 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
         {
             var random = new Random(Seed + i);
             var step = Step.Draw(random);
-            var perSequence = step.Attend(groups: false);
-            var shared = step.Attend(groups: true);
-            double tolerance = step.Storage == KvStorage.F32 ? 2e-5 : 5e-5;
-            for (int j = 0; j < shared.Length; j++)
-                Assert.True(Math.Abs(shared[j] - perSequence[j]) <= tolerance * Math.Max(1, Math.Abs(perSequence[j])),
-                    $"seed {Seed + i}, {step}: output {j} is {shared[j]} shared, {perSequence[j]} per sequence");
+            AssertSharedEqualsPerSequence(step, step.Storage == KvStorage.F32 ? 2e-5 : 5e-5, $"seed {Seed + i}, {step}");
         }
+    }
+
+    [SkippableTheory]
+    [MemberData(nameof(Paths))]
+    public void ALongPrefixSharedByManyTokensEqualsPerSequenceAttention(KernelPath path)
+    {
+        // 320 shared positions: five tiles of 64, so each query's running max grows from tile to tile and its
+        // accumulators are rescaled; 20 sequences of 1–3 tokens: more query rows than one 32-wide column of the
+        // tiles, with a 16-wide remainder; head sizes with a 16-wide half (48) and a single 16 (16); GQA. Scratch for
+        // every token in one batch (a context of 8192 positions).
+        using var forced = KernelPathCases.Force(path, "Shared-prefix attention", KernelPathCases.NoVnniForm);
+        output.WriteLine($"seed {Seed}");
+        int draw = 0;
+        foreach (var storage in new[] { KvStorage.F32, KvStorage.F16, KvStorage.Int8 })
+            foreach (var (heads, kvHeads, headDim, softCap) in new[] { (2, 2, 64, 0f), (4, 2, 48, 0f), (3, 3, 16, 3f) })
+            {
+                using var step = new Step(new Random(Seed + draw++), blockSize: 16, heads, kvHeads, headDim, storage, softCap, causal: true,
+                    groupSizes: [20], prefixBlocks: [20], loneSequences: 1, maxContext: 8192, wholePrefix: true);
+                var context = step.Context(groups: true);
+                var attention = step.Kernel(context, new AttentionOptions(0.25f));
+                attention.Plan(context.TokenCount, threads: 2);
+                Assert.Equal(path == KernelPath.Avx512BW, attention.PrefixAsTiles);
+                AssertSharedEqualsPerSequence(step, storage == KvStorage.F32 ? 2e-5 : 5e-5, $"seed {Seed + draw - 1}, {step}");
+            }
     }
 
     [SkippableTheory]
@@ -85,10 +104,25 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
         int items = attention.Plan(context.TokenCount, threads: 2);
         int groupTokens = context.SharedPrefixTokens(0).Length;
         Assert.Equal(groupTokens * 2, items - context.UngroupedTokens.Length * attention.PerToken); // the group was split into batches
-        var perSequence = step.Attend(groups: false);
-        var shared = step.Attend(groups: true);
-        for (int j = 0; j < shared.Length; j++)
-            Assert.True(Math.Abs(shared[j] - perSequence[j]) <= 5e-5 * Math.Max(1, Math.Abs(perSequence[j])), $"output {j} is {shared[j]} shared, {perSequence[j]} per sequence");
+        AssertSharedEqualsPerSequence(step, 5e-5, $"seed {Seed}, {step}");
+    }
+
+    [SkippableFact]
+    public void AGroupTooLargeForTheTilesScratchIsTakenInTiledBatches()
+    {
+        // 700 positions of 2 heads (1400 floats per chunk): the register tiles' scratch (a 32-position tile of
+        // transposed scores and widened rows, the queries transposed and padded to 16) holds 4 tokens of a KV head, not
+        // the 6–18 of the group, so each of the 2 KV-head chunks takes them in several batches, still as tiles.
+        using var forced = KernelPathCases.Force(KernelPath.Avx512BW, "Shared-prefix attention", KernelPathCases.NoVnniForm);
+        using var step = new Step(new Random(Seed), blockSize: 4, heads: 2, kvHeads: 2, headDim: 16, KvStorage.F16, softCap: 0, causal: true,
+            groupSizes: [6], prefixBlocks: [8], loneSequences: 1, maxContext: 700, wholePrefix: true);
+        output.WriteLine($"seed {Seed}: {step}");
+        var context = step.Context(groups: true);
+        var attention = step.Kernel(context, new AttentionOptions(0.25f));
+        int items = attention.Plan(context.TokenCount, threads: 2);
+        Assert.True(attention.PrefixAsTiles);
+        Assert.True(items - context.UngroupedTokens.Length * attention.PerToken > 2, $"{items} items: the group was not split into batches");
+        AssertSharedEqualsPerSequence(step, 5e-5, $"seed {Seed}, {step}");
     }
 
     [Fact]
@@ -135,6 +169,16 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
         context.AddChunk([0, 1, 4], startPosition: 4, count: 1, wantLogits: true);
         context.AddSharedPrefix([0, 1], prefixBlocks: 2);
         Assert.Equal(0, context.UngroupedTokens.Length);
+    }
+
+    /// <summary>The step attended with its sharing groups named and without: the same outputs within <paramref name="tolerance"/> (relative past 1).</summary>
+    private static void AssertSharedEqualsPerSequence(Step step, double tolerance, string what)
+    {
+        var perSequence = step.Attend(groups: false);
+        var shared = step.Attend(groups: true);
+        for (int j = 0; j < shared.Length; j++)
+            Assert.True(Math.Abs(shared[j] - perSequence[j]) <= tolerance * Math.Max(1, Math.Abs(perSequence[j])),
+                $"{what}: output {j} is {shared[j]} shared, {perSequence[j]} per sequence");
     }
 
     /// <summary>

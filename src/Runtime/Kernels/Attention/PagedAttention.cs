@@ -3,6 +3,7 @@ using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using Kiln.Kernels.Elementwise;
 using Kiln.Kernels.MatMul;
+using Kiln.Kernels.Quantized;
 using Kiln.Threading;
 
 namespace Kiln.Kernels.Attention;
@@ -60,17 +61,23 @@ public struct PagedAttention : IParallelWork
     }
 
     // Items past _independentItems are sharing groups' (batch of tokens, chunk of _groupKvPerItem KV heads) items; 0
-    // when none. A group item scores _groupTileKeys prefix positions at a time.
+    // when none. A group item scores _groupTileKeys prefix positions at a time, as register tiles when _groupTiled.
     private int _independentItems, _groupItems, _groupBatch, _groupKvPerItem, _groupKvChunks, _groupTileKeys;
+    private bool _groupTiled;
+
+    /// <summary>Whether the last <see cref="Plan"/> has sharing groups take their prefixes as register tiles (<see cref="PrefixTiles"/>).</summary>
+    internal readonly bool PrefixAsTiles => _groupItems > 0 && _groupTiled;
 
     /// <summary>Prefix positions a group item scores at once: 64, whole blocks, at most the shortest prefix.</summary>
     private const int PrefixTileKeys = 64;
 
     /// <summary>
     /// Group items: the KV heads in as many chunks as there are threads (each chunk's prefix rows are then read once
-    /// per step), and every token of a group in one batch when the score scratch holds it (per batch token and head:
-    /// the prefix's max and sum; per token of one KV head: its query and output rows and a tile of prefix scores;
-    /// later one token's suffix scores), else in smaller batches. No groups when a single token does not fit.
+    /// per step), and every token of a group in one batch when the score scratch holds it, else in smaller batches
+    /// (<see cref="TiledScratch"/> on the AVX-512 path, with a tile of a block when 64 positions do not fit; otherwise,
+    /// or when not even one token fits that way, per batch token and head the prefix's max and sum, per token of one
+    /// KV head its query and output rows and a tile of prefix scores); a batch token's suffix scores must fit beside
+    /// the statistics too. No groups when a single token does not fit.
     /// </summary>
     private void PlanSharedPrefixes(int threads)
     {
@@ -84,9 +91,20 @@ public struct PagedAttention : IParallelWork
                 longestSuffix = Math.Max(longestSuffix, Context.LastPosition(sequence) + 1 - prefix);
         }
         int kvPerItem = (KvHeads + Math.Min(KvHeads, threads) - 1) / Math.Min(KvHeads, threads), heads = kvPerItem * group;
-        int tileKeys = Math.Min(shortestPrefix, Math.Max(1, PrefixTileKeys / blockSize) * blockSize);
-        int batch = Math.Min((ScoresStride - heads * longestSuffix) / (2 * heads), ScoresStride / (2 * heads + group * (2 * HeadDim + tileKeys)));
-        if (batch < 1 && tileKeys > blockSize) batch = Math.Min((ScoresStride - heads * longestSuffix) / (2 * heads), ScoresStride / (2 * heads + group * (2 * HeadDim + (tileKeys = blockSize))));
+        int wholeTile = Math.Min(shortestPrefix, Math.Max(1, PrefixTileKeys / blockSize) * blockSize), tileKeys = wholeTile, batch = 0;
+        _groupTiled = KernelPaths.Uses512Bits && HeadDim % 16 == 0;
+        if (_groupTiled)
+        {
+            batch = TiledBatch(mostTokens, heads, longestSuffix, tileKeys);
+            if (batch < 1 && tileKeys > blockSize) batch = TiledBatch(mostTokens, heads, longestSuffix, tileKeys = blockSize);
+            _groupTiled = batch >= 1;
+        }
+        if (!_groupTiled)
+        {
+            tileKeys = wholeTile;
+            batch = Math.Min((ScoresStride - heads * longestSuffix) / (2 * heads), ScoresStride / (2 * heads + group * (2 * HeadDim + tileKeys)));
+            if (batch < 1 && tileKeys > blockSize) batch = Math.Min((ScoresStride - heads * longestSuffix) / (2 * heads), ScoresStride / (2 * heads + group * (2 * HeadDim + (tileKeys = blockSize))));
+        }
         if (batch < 1) return;
         _groupBatch = Math.Min(batch, mostTokens);
         _groupKvPerItem = kvPerItem;
@@ -95,6 +113,26 @@ public struct PagedAttention : IParallelWork
         for (int g = 0; g < Context.SharedPrefixCount; g++)
             items += (Context.SharedPrefixTokens(g).Length + _groupBatch - 1) / _groupBatch * _groupKvChunks;
         _groupItems = items;
+    }
+
+    /// <summary>The most tokens (up to <paramref name="mostTokens"/>) a tiled group item's scratch holds; 0 when not one.</summary>
+    private readonly int TiledBatch(int mostTokens, int heads, int longestSuffix, int tileKeys)
+    {
+        int batch = mostTokens;
+        while (batch > 0 && (TiledScratch(batch, heads, tileKeys) > ScoresStride || 2L * batch * heads + (long)heads * longestSuffix > ScoresStride)) batch--;
+        return batch;
+    }
+
+    /// <summary>
+    /// Floats of scratch a tiled group item of <paramref name="batch"/> tokens takes (see <see cref="PrefixTiles"/>):
+    /// per token and head of its chunk the prefix's max and sum; for one KV head at a time its query rows transposed
+    /// (padded to 16), their output accumulators, running max, sum and correction, and a tile of transposed scores
+    /// and of widened rows.
+    /// </summary>
+    private readonly long TiledScratch(int batch, int heads, int tileKeys)
+    {
+        long rows = (long)batch * (Heads / KvHeads), padded = (rows + 15) & ~15L;
+        return 2L * batch * heads + HeadDim * padded + rows * HeadDim + 3 * padded + tileKeys * (padded + HeadDim);
     }
 
     /// <summary>Floats of score scratch one chunk needs: every query head's row over <paramref name="maxContext"/> positions.</summary>
@@ -160,13 +198,12 @@ public struct PagedAttention : IParallelWork
     /// <summary>
     /// One sharing-group item: a batch of the group's tokens and a chunk of KV heads. The prefix part, KV head by KV
     /// head, reads each shared block once for the whole batch, a tile of <see cref="_groupTileKeys"/> positions at a
-    /// time: queries × keys scores (<see cref="VectorMath.AttentionScoresTile{T}"/>, the rows loaded once for every
-    /// query), then per score row its running max and sum of exponentials (a new max rescales what the row has
-    /// summed), then the tile's weighted values into the row's accumulator (online softmax, as FlashAttention keeps
-    /// it); the accumulators go to the output rows, unnormalized. The suffix part is per token, every head of the chunk
-    /// over the same rows (read once, as the per-sequence path reads them), and the two are merged exactly: with
-    /// m = max(m_prefix, m_suffix), the parts are weighted e^(m_part − m) and the sum divided by their weighted sums
-    /// of exponentials (log-sum-exp).
+    /// time, with a running max and sum per score row (online softmax, as FlashAttention keeps it): as register tiles
+    /// (<see cref="PrefixTiles"/>) on the AVX-512 path, else row by row (<see cref="PrefixByRows"/>); the accumulators
+    /// go to the output rows, unnormalized. The suffix part is per token, every head of the chunk over the same rows
+    /// (read once, as the per-sequence path reads them), and the two are merged exactly: with m = max(m_prefix,
+    /// m_suffix), the parts are weighted e^(m_part − m) and the sum divided by their weighted sums of exponentials
+    /// (log-sum-exp).
     /// </summary>
     private readonly void SharedPrefixItem(int item, Span<float> scratch, Span<float> gather)
     {
@@ -179,63 +216,18 @@ public struct PagedAttention : IParallelWork
         int kv0 = item % _groupKvChunks * _groupKvPerItem, kv1 = Math.Min(KvHeads, kv0 + _groupKvPerItem), first = item / _groupKvChunks * _groupBatch;
         var groupTokens = Context.SharedPrefixTokens(g);
         var tokens = groupTokens.Slice(first, Math.Min(_groupBatch, groupTokens.Length - first));
-        int group = Heads / KvHeads, blockSize = Cache.BlockSize, prefix = Context.SharedPrefixLength(g), tileKeys = _groupTileKeys;
-        int heads = (kv1 - kv0) * group, rows = tokens.Length * group, width = group * HeadDim;
+        int group = Heads / KvHeads, blockSize = Cache.BlockSize, prefix = Context.SharedPrefixLength(g), heads = (kv1 - kv0) * group;
         bool halves = Cache.Storage == KvStorage.F16, finite = Cache.HoldsOnlyFiniteHalves;
         var prefixBlocks = Context.BlockTable(Context.SharedPrefixSequences(g)[0]);
-        // Scratch: per (token, head of the chunk) the prefix's max and Σ e^(s − max); then one KV head's query rows,
-        // output accumulators and a tile of score rows; later one token's suffix score rows.
+        // Scratch: per (token, head of the chunk) the prefix's max and Σ e^(s − max), row r's of KV head kv at
+        // 2·((r / group)·heads + (kv − kv0)·group + r % group); then the prefix part's work for one KV head at a
+        // time; later one token's suffix score rows.
         var statistics = scratch[..(2 * tokens.Length * heads)];
         var work = scratch[(2 * tokens.Length * heads)..];
-        var queries = work[..(rows * HeadDim)];
-        var sums = work.Slice(rows * HeadDim, rows * HeadDim);
-        var tile = work.Slice(2 * rows * HeadDim, rows * tileKeys);
-
         for (int kv = kv0; kv < kv1; kv++)
         {
-            int column = kv * HeadDim, statisticsAt = (kv - kv0) * group; // row r's: 2·((r / group)·heads + statisticsAt + r % group)
-            for (int i = 0; i < tokens.Length; i++) Q.Slice(tokens[i] * QCols + column * group, width).CopyTo(queries.Slice(i * width, width));
-            sums.Clear();
-            for (int r = 0; r < rows; r++)
-            {
-                int at = 2 * (r / group * heads + statisticsAt + r % group);
-                statistics[at] = float.NegativeInfinity;
-                statistics[at + 1] = 0;
-            }
-            for (int p0 = 0; p0 < prefix; p0 += tileKeys)
-            {
-                int keys = Math.Min(tileKeys, prefix - p0); // whole blocks: the tile and the prefix are
-                for (int p = p0; p < p0 + keys; p += blockSize)
-                {
-                    if (halves)
-                        VectorMath.AttentionScoresTile(queries, rows, HeadDim, KvBlocks.HalfKeys(Cache, Layer, prefixBlocks[p / blockSize], 0, blockSize, column, HeadDim), KvCols, blockSize, Options.Scale, tile, tileKeys, p - p0);
-                    else
-                        VectorMath.AttentionScoresTile(queries, rows, HeadDim, KvBlocks.Keys(Cache, Layer, prefixBlocks[p / blockSize], 0, blockSize, column, HeadDim, gather), KvCols, blockSize, Options.Scale, tile, tileKeys, p - p0);
-                }
-                for (int r = 0; r < rows; r++)
-                {
-                    var scores = tile.Slice(r * tileKeys, keys);
-                    if (Options.SoftCap > 0) SoftCap(scores, Options.SoftCap);
-                    int at = 2 * (r / group * heads + statisticsAt + r % group);
-                    float runningMax = statistics[at], max = MathF.Max(runningMax, VectorMath.Max(scores));
-                    if (max > runningMax && runningMax > float.NegativeInfinity)
-                    {
-                        float rescale = MathF.Exp(runningMax - max);
-                        VectorMath.Scale(sums.Slice(r * HeadDim, HeadDim), rescale);
-                        statistics[at + 1] *= rescale;
-                    }
-                    statistics[at] = max;
-                    statistics[at + 1] += VectorMath.ExpSum(scores, max);
-                }
-                for (int p = p0; p < p0 + keys; p += blockSize)
-                {
-                    if (halves)
-                        VectorMath.AttentionValuesTile(tile, tileKeys, p - p0, rows, HeadDim, KvBlocks.HalfValues(Cache, Layer, prefixBlocks[p / blockSize], 0, blockSize, column, HeadDim), KvCols, blockSize, sums);
-                    else
-                        VectorMath.AttentionValuesTile(tile, tileKeys, p - p0, rows, HeadDim, KvBlocks.Values(Cache, Layer, prefixBlocks[p / blockSize], 0, blockSize, column, HeadDim, gather), KvCols, blockSize, sums);
-                }
-            }
-            for (int i = 0; i < tokens.Length; i++) sums.Slice(i * width, width).CopyTo(Output.Slice(tokens[i] * QCols + column * group, width));
+            if (_groupTiled) PrefixTiles(tokens, kv, prefixBlocks, prefix, statistics, (kv - kv0) * group, heads, work, gather, first: kv == kv0, last: kv == kv1 - 1);
+            else PrefixByRows(tokens, kv, prefixBlocks, prefix, statistics, (kv - kv0) * group, heads, work, gather);
         }
 
         // Suffix part, token by token over every head of the chunk, in the scratch the prefix is done with; then the merge.
@@ -249,9 +241,21 @@ public struct PagedAttention : IParallelWork
             var query = Q.Slice(t * QCols + kv0 * group * HeadDim, heads * HeadDim);
             var output = Output.Slice(t * QCols + kv0 * group * HeadDim, heads * HeadDim);
             var suffix = work[..(heads * length)];
+            if (halves)
+            {
+                // This token's first values, and the next token's first keys: blocks of their own, away from these.
+                PrefetchNextBlock(blocks[prefix / blockSize], Math.Min(blockSize, length), kv0 * HeadDim, columns, values: true);
+                if (i + 1 < tokens.Length)
+                {
+                    int next = Context.SequenceOf(tokens[i + 1]), nextLast = Options.Causal ? positions[tokens[i + 1]] : Context.LastPosition(next);
+                    PrefetchNextBlock(Context.BlockTable(next)[prefix / blockSize], Math.Min(blockSize, nextLast - prefix + 1), kv0 * HeadDim, columns, values: false);
+                }
+            }
             for (int position = prefix; position <= last;)
             {
                 int b = position / blockSize, offset = position % blockSize, count = Math.Min(blockSize - offset, last - position + 1);
+                if (halves && position + count <= last)
+                    PrefetchNextBlock(blocks[b + 1], Math.Min(blockSize, last - position - count + 1), kv0 * HeadDim, columns, values: false);
                 if (halves)
                     VectorMath.AttentionScores(query, heads, HeadDim, group, KvBlocks.HalfKeys(Cache, Layer, blocks[b], offset, count, kv0 * HeadDim, columns), KvCols, count, Options.Scale, suffix, length, position - prefix, finite);
                 else
@@ -272,6 +276,8 @@ public struct PagedAttention : IParallelWork
             for (int position = prefix; position <= last;)
             {
                 int b = position / blockSize, offset = position % blockSize, count = Math.Min(blockSize - offset, last - position + 1);
+                if (halves && position + count <= last)
+                    PrefetchNextBlock(blocks[b + 1], Math.Min(blockSize, last - position - count + 1), kv0 * HeadDim, columns, values: true);
                 if (halves)
                     VectorMath.AttentionValues(suffix, length, position - prefix, heads, HeadDim, group, KvBlocks.HalfValues(Cache, Layer, blocks[b], offset, count, kv0 * HeadDim, columns), KvCols, count, output, finite);
                 else
@@ -280,6 +286,216 @@ public struct PagedAttention : IParallelWork
             }
             for (int h = 0; h < heads; h++) VectorMath.Scale(output.Slice(h * HeadDim, HeadDim), 1f / tokenStatistics[2 * h + 1]);
         }
+    }
+
+    /// <summary>
+    /// The prefix part of a group item for KV head <paramref name="kv"/> on the AVX-512 path, as small GEMMs with no
+    /// horizontal sums (<see cref="AttentionTiles.OuterProduct"/>). The batch's query rows are transposed once into
+    /// scratch (element d of every row side by side, padded to 16 rows with zeros); then per tile of prefix positions
+    /// the keys are widened once into scratch and the scores computed transposed, a row per key and a column per
+    /// query, so that each query's running max and sum are kept lane-wise, 16 queries a vector, with no horizontal
+    /// max or sum (<see cref="OnlineSoftmaxColumns"/>); then the values widened into the same scratch and each
+    /// block of 8 queries' accumulators rescaled by its correction as the tile's weighted values are added. Each tile's
+    /// successor is fetched while it is computed, across KV heads too: <paramref name="first"/> and
+    /// <paramref name="last"/> say whether this is the item's first KV head (no tile before fetched its first one) and last.
+    /// </summary>
+    private readonly unsafe void PrefixTiles(ReadOnlySpan<int> tokens, int kv, ReadOnlySpan<int> prefixBlocks, int prefix, Span<float> statistics, int statisticsAt,
+        int heads, Span<float> work, Span<float> gather, bool first, bool last)
+    {
+        int group = Heads / KvHeads, rows = tokens.Length * group, padded = (rows + 15) & ~15, tileKeys = _groupTileKeys, width = group * HeadDim, column = kv * HeadDim;
+        var queriesT = work[..(HeadDim * padded)];
+        var sums = work.Slice(HeadDim * padded, rows * HeadDim);
+        var runningMax = work.Slice(HeadDim * padded + rows * HeadDim, padded);
+        var runningSum = work.Slice(HeadDim * padded + rows * HeadDim + padded, padded);
+        var correction = work.Slice(HeadDim * padded + rows * HeadDim + 2 * padded, padded);
+        var scoresT = work.Slice(HeadDim * padded + rows * HeadDim + 3 * padded, tileKeys * padded);
+        var tileRows = work.Slice(HeadDim * padded + rows * HeadDim + 3 * padded + tileKeys * padded, tileKeys * HeadDim);
+        // Finite F16 rows are widened short of the exponent rebias (Fp16.ToSingleUnrebiased, 3 operations instead of
+        // 10), which goes into the queries (while each stays below 2^16, so times 2^112 is finite) and the weights.
+        if (Cache.Storage == KvStorage.F16 && first) // the item's first tile, while the queries are transposed (later KV heads' come during the one before)
+            for (int p = 0; p < Math.Min(tileKeys, prefix); p += 8) PrefetchPrefixRows(prefixBlocks, p, Math.Min(8, Math.Min(tileKeys, prefix) - p), column);
+        bool unrebiased = Cache.Storage == KvStorage.F16 && Cache.HoldsOnlyFiniteHalves;
+        for (int i = 0; i < tokens.Length && unrebiased; i++)
+            unrebiased = VectorMath.Rebiasable(Q.Slice(tokens[i] * QCols + column * group, width), 1, width, width);
+        float queryFactor = unrebiased ? Fp16.Rebias : 1f;
+        queriesT.Clear();
+        sums.Clear();
+        runningMax.Fill(float.NegativeInfinity);
+        runningSum.Clear();
+        var scale = Vector512.Create(Options.Scale);
+        fixed (float* qT = queriesT, s = scoresT, k = tileRows, o = sums, max = runningMax, sum = runningSum, kept = correction)
+        {
+            for (int i = 0; i < tokens.Length; i++)
+            {
+                float* query = Q.Pointer + (long)tokens[i] * QCols + column * group;
+                for (int j = 0; j < group; j++)
+                    for (int d = 0; d < HeadDim; d++) qT[d * padded + i * group + j] = query[j * HeadDim + d] * queryFactor;
+            }
+            for (int p0 = 0; p0 < prefix; p0 += tileKeys)
+            {
+                int keys = Math.Min(tileKeys, prefix - p0); // whole blocks: the tile and the prefix are
+                // The tile after this one: this KV head's next, or the next KV head's first.
+                int next = p0 + keys < prefix ? p0 + keys : 0, nextColumn = p0 + keys < prefix ? column : column + HeadDim;
+                int nextKeys = Cache.Storage == KvStorage.F16 && (p0 + keys < prefix || !last) ? Math.Min(tileKeys, prefix - next) : 0;
+                TileRows(keys: true, prefixBlocks, p0, keys, column, tileRows, gather, unrebiased);
+                for (int key = 0; key < keys; key += 8)
+                {
+                    // The next tile's rows, 8 at a time between the products: a burst would only stall on full miss buffers.
+                    if (key < nextKeys) PrefetchPrefixRows(prefixBlocks, next + key, Math.Min(8, nextKeys - key), nextColumn);
+                    for (int q = 0; q < padded; q += 32)
+                        AttentionTiles.OuterProduct(k + key * HeadDim, HeadDim, 1, Math.Min(8, keys - key), qT + q, padded, HeadDim, two: q + 16 < padded, scale, s + key * padded + q, padded);
+                }
+                if (Options.SoftCap > 0) SoftCap(scoresT[..(keys * padded)], Options.SoftCap);
+                OnlineSoftmaxColumns(s, keys, padded, max, sum, kept, queryFactor);
+                TileRows(keys: false, prefixBlocks, p0, keys, column, tileRows, gather, unrebiased);
+                for (int q = 0; q < rows; q += 8)
+                    for (int d = 0; d < HeadDim; d += 32)
+                        AttentionTiles.OuterProduct(s + q, 1, padded, Math.Min(8, rows - q), k + d, HeadDim, keys, two: d + 16 < HeadDim, Vector512<float>.One, o + q * HeadDim + d, HeadDim, kept + q);
+            }
+        }
+        for (int r = 0; r < rows; r++)
+        {
+            int at = 2 * (r / group * heads + statisticsAt + r % group);
+            statistics[at] = runningMax[r];
+            statistics[at + 1] = runningSum[r];
+        }
+        for (int i = 0; i < tokens.Length; i++) sums.Slice(i * width, width).CopyTo(Output.Slice(tokens[i] * QCols + column * group, width));
+    }
+
+    /// <summary>
+    /// Each column's online softmax step over a tile of <paramref name="keys"/> rows of transposed scores (a column per
+    /// query, <paramref name="padded"/> wide), 16 columns a vector: the column's new max, its scores replaced by
+    /// e^(s − max), its running sum corrected by e^(old max − max) and the tile's exponentials added; the correction
+    /// is kept for the accumulators (0 on a column's first tile, which has nothing to correct: −∞ − −∞ would be NaN).
+    /// The weights are stored times <paramref name="weightFactor"/> (the rebias that unrebiased values leave out).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void OnlineSoftmaxColumns(float* scoresT, int keys, int padded, float* runningMax, float* runningSum, float* correction, float weightFactor)
+    {
+        var factor = Vector512.Create(weightFactor);
+        var negativeInfinity = Vector512.Create(float.NegativeInfinity);
+        for (int q = 0; q < padded; q += 16)
+        {
+            var previous = Vector512.Load(runningMax + q);
+            var max = previous;
+            for (int key = 0; key < keys; key++) max = Vector512.Max(max, Vector512.Load(scoresT + key * padded + q));
+            var sum = Vector512<float>.Zero;
+            for (int key = 0; key < keys; key++)
+            {
+                var e = Lanes.Exp(Vector512.Load(scoresT + key * padded + q) - max);
+                (e * factor).Store(scoresT + key * padded + q);
+                sum += e;
+            }
+            var kept = Vector512.ConditionalSelect(Vector512.Equals(previous, negativeInfinity), Vector512<float>.Zero, Lanes.Exp(previous - max));
+            kept.Store(correction + q);
+            Vector512.FusedMultiplyAdd(Vector512.Load(runningSum + q), kept, sum).Store(runningSum + q);
+            max.Store(runningMax + q);
+        }
+    }
+
+    /// <summary>
+    /// Prefix positions <paramref name="first"/>..+<paramref name="count"/> (whole blocks) of one KV head (its columns
+    /// from <paramref name="column"/>) as floats into <paramref name="tile"/>, HeadDim apart: F16 widened in registers
+    /// (<paramref name="unrebiased"/>: short of the exponent rebias), int8 dequantized, F32 copied — once for every
+    /// query of the batch, and contiguous across the prefix's blocks.
+    /// </summary>
+    private readonly void TileRows(bool keys, ReadOnlySpan<int> blocks, int first, int count, int column, Span<float> tile, Span<float> gather, bool unrebiased)
+    {
+        int blockSize = Cache.BlockSize;
+        for (int p = first; p < first + count; p += blockSize)
+        {
+            int block = blocks[p / blockSize], rows = Math.Min(blockSize, first + count - p);
+            var destination = tile.Slice((p - first) * HeadDim, rows * HeadDim);
+            if (Cache.Storage == KvStorage.F16)
+            {
+                var halves = keys ? KvBlocks.HalfKeys(Cache, Layer, block, 0, rows, column, HeadDim) : KvBlocks.HalfValues(Cache, Layer, block, 0, rows, column, HeadDim);
+                ref short from = ref Unsafe.As<Half, short>(ref MemoryMarshal.GetReference(halves));
+                ref float to = ref MemoryMarshal.GetReference(destination);
+                for (int r = 0; r < rows; r++)
+                    for (int c = 0; c < HeadDim; c += 16)
+                    {
+                        // Sign-extended: ToSingle reads only the low 16 bits, ToSingleUnrebiased wants the sign copied up.
+                        var bits = Vector512.WidenLower(Vector256.LoadUnsafe(ref from, (nuint)(r * KvCols + c)).ToVector512Unsafe());
+                        (unrebiased ? Fp16.ToSingleUnrebiased(bits) : Fp16.ToSingle(bits.AsUInt32())).StoreUnsafe(ref to, (nuint)(r * HeadDim + c));
+                    }
+            }
+            else
+            {
+                var floats = keys ? KvBlocks.Keys(Cache, Layer, block, 0, rows, column, HeadDim, gather) : KvBlocks.Values(Cache, Layer, block, 0, rows, column, HeadDim, gather);
+                for (int r = 0; r < rows; r++) floats.Slice(r * KvCols, HeadDim).CopyTo(destination.Slice(r * HeadDim, HeadDim));
+            }
+        }
+    }
+
+    /// <summary>
+    /// F16 keys and values of prefix positions <paramref name="first"/>..+<paramref name="count"/> (within one block's
+    /// rest) of one KV head, fetched ahead of their tile: the prefix's blocks are apart and each row is read only in
+    /// part, so the hardware prefetcher does not run ahead of the tiles.
+    /// </summary>
+    private readonly void PrefetchPrefixRows(ReadOnlySpan<int> blocks, int first, int count, int column)
+    {
+        int blockSize = Cache.BlockSize, block = blocks[first / blockSize], offset = first % blockSize, rows = Math.Min(count, blockSize - offset);
+        VectorMath.PrefetchNextBlock(KvBlocks.HalfKeys(Cache, Layer, block, offset, rows, column, HeadDim), KvCols, rows, HeadDim, values: false);
+        VectorMath.PrefetchNextBlock(KvBlocks.HalfValues(Cache, Layer, block, offset, rows, column, HeadDim), KvCols, rows, HeadDim, values: true);
+    }
+
+    /// <summary>
+    /// The prefix part of a group item for KV head <paramref name="kv"/> where <see cref="PrefixTiles"/> does not run
+    /// (no AVX-512, a head size not a multiple of 16, or too little scratch): a tile of <see cref="_groupTileKeys"/>
+    /// positions at a time, queries × keys scores (<see cref="VectorMath.AttentionScoresTile{T}"/>, the rows loaded
+    /// once for every query), then per score row its running max and sum of exponentials (a new max rescales what the
+    /// row has summed), then the tile's weighted values into the row's accumulator.
+    /// </summary>
+    private readonly void PrefixByRows(ReadOnlySpan<int> tokens, int kv, ReadOnlySpan<int> prefixBlocks, int prefix, Span<float> statistics, int statisticsAt,
+        int heads, Span<float> work, Span<float> gather)
+    {
+        int group = Heads / KvHeads, blockSize = Cache.BlockSize, tileKeys = _groupTileKeys, rows = tokens.Length * group, width = group * HeadDim, column = kv * HeadDim;
+        bool halves = Cache.Storage == KvStorage.F16;
+        var queries = work[..(rows * HeadDim)];
+        var sums = work.Slice(rows * HeadDim, rows * HeadDim);
+        var tile = work.Slice(2 * rows * HeadDim, rows * tileKeys);
+        for (int i = 0; i < tokens.Length; i++) Q.Slice(tokens[i] * QCols + column * group, width).CopyTo(queries.Slice(i * width, width));
+        sums.Clear();
+        for (int r = 0; r < rows; r++)
+        {
+            int at = 2 * (r / group * heads + statisticsAt + r % group);
+            statistics[at] = float.NegativeInfinity;
+            statistics[at + 1] = 0;
+        }
+        for (int p0 = 0; p0 < prefix; p0 += tileKeys)
+        {
+            int keys = Math.Min(tileKeys, prefix - p0); // whole blocks: the tile and the prefix are
+            for (int p = p0; p < p0 + keys; p += blockSize)
+            {
+                if (halves)
+                    VectorMath.AttentionScoresTile(queries, rows, HeadDim, KvBlocks.HalfKeys(Cache, Layer, prefixBlocks[p / blockSize], 0, blockSize, column, HeadDim), KvCols, blockSize, Options.Scale, tile, tileKeys, p - p0);
+                else
+                    VectorMath.AttentionScoresTile(queries, rows, HeadDim, KvBlocks.Keys(Cache, Layer, prefixBlocks[p / blockSize], 0, blockSize, column, HeadDim, gather), KvCols, blockSize, Options.Scale, tile, tileKeys, p - p0);
+            }
+            for (int r = 0; r < rows; r++)
+            {
+                var scores = tile.Slice(r * tileKeys, keys);
+                if (Options.SoftCap > 0) SoftCap(scores, Options.SoftCap);
+                int at = 2 * (r / group * heads + statisticsAt + r % group);
+                float runningMax = statistics[at], max = MathF.Max(runningMax, VectorMath.Max(scores));
+                if (max > runningMax && runningMax > float.NegativeInfinity)
+                {
+                    float rescale = MathF.Exp(runningMax - max);
+                    VectorMath.Scale(sums.Slice(r * HeadDim, HeadDim), rescale);
+                    statistics[at + 1] *= rescale;
+                }
+                statistics[at] = max;
+                statistics[at + 1] += VectorMath.ExpSum(scores, max);
+            }
+            for (int p = p0; p < p0 + keys; p += blockSize)
+            {
+                if (halves)
+                    VectorMath.AttentionValuesTile(tile, tileKeys, p - p0, rows, HeadDim, KvBlocks.HalfValues(Cache, Layer, prefixBlocks[p / blockSize], 0, blockSize, column, HeadDim), KvCols, blockSize, sums);
+                else
+                    VectorMath.AttentionValuesTile(tile, tileKeys, p - p0, rows, HeadDim, KvBlocks.Values(Cache, Layer, prefixBlocks[p / blockSize], 0, blockSize, column, HeadDim, gather), KvCols, blockSize, sums);
+            }
+        }
+        for (int i = 0; i < tokens.Length; i++) sums.Slice(i * width, width).CopyTo(Output.Slice(tokens[i] * QCols + column * group, width));
     }
 
     /// <summary>

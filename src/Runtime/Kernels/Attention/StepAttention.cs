@@ -148,7 +148,7 @@ public struct StepAttention : IParallelWork
     {
         var scale = Vector512.Create(Options.Scale);
         for (int j = 0; j < padded; j += 32)
-            OuterProductTile(queries, QCols, count, keysT + j, padded, HeadDim, two: j + 16 < padded, scale, scores + j, padded);
+            AttentionTiles.OuterProduct(queries, QCols, 1, count, keysT + j, padded, HeadDim, two: j + 16 < padded, scale, scores + j, padded);
     }
 
     /// <summary>
@@ -159,70 +159,7 @@ public struct StepAttention : IParallelWork
     private readonly unsafe void BlockValues(float* weights, int padded, int count, int length, float* values, float* output)
     {
         for (int c = 0; c < HeadDim; c += 32)
-            OuterProductTile(weights, padded, count, values + c, KvCols, length, two: c + 16 < HeadDim, Vector512<float>.One, output + c, QCols);
-    }
-
-    /// <summary>
-    /// The one tile both products are made of: for each of <paramref name="count"/> (1–8) rows r of
-    /// <paramref name="left"/> (<paramref name="leftStride"/> apart), Σ_i left_r[i] · right[i], over
-    /// <paramref name="depth"/> rows of <paramref name="right"/> (<paramref name="rightStride"/> apart) 16 or 32
-    /// (<paramref name="two"/>) wide, times <paramref name="scale"/>, into rows of <paramref name="output"/>
-    /// (<paramref name="outputStride"/> apart). Rows past count repeat the last one: computed, never stored. Per
-    /// element of the depth, 2 loads and 8 broadcasts feed 16 multiply-adds.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe void OuterProductTile(float* left, int leftStride, int count, float* right, int rightStride, int depth, bool two,
-        Vector512<float> scale, float* output, int outputStride)
-    {
-        float* l0 = left, l1 = count > 1 ? l0 + leftStride : l0, l2 = count > 2 ? l1 + leftStride : l1, l3 = count > 3 ? l2 + leftStride : l2;
-        float* l4 = count > 4 ? l3 + leftStride : l3, l5 = count > 5 ? l4 + leftStride : l4, l6 = count > 6 ? l5 + leftStride : l5, l7 = count > 7 ? l6 + leftStride : l6;
-        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
-        Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default, b4 = default, b5 = default, b6 = default, b7 = default;
-        float* row = right;
-        for (int i = 0; i < depth; i++, row += rightStride)
-        {
-            var x = Vector512.Load(row);
-            var y = two ? Vector512.Load(row + 16) : default;
-            var v = Vector512.Create(l0[i]);
-            a0 = Vector512.FusedMultiplyAdd(x, v, a0);
-            b0 = Vector512.FusedMultiplyAdd(y, v, b0);
-            v = Vector512.Create(l1[i]);
-            a1 = Vector512.FusedMultiplyAdd(x, v, a1);
-            b1 = Vector512.FusedMultiplyAdd(y, v, b1);
-            v = Vector512.Create(l2[i]);
-            a2 = Vector512.FusedMultiplyAdd(x, v, a2);
-            b2 = Vector512.FusedMultiplyAdd(y, v, b2);
-            v = Vector512.Create(l3[i]);
-            a3 = Vector512.FusedMultiplyAdd(x, v, a3);
-            b3 = Vector512.FusedMultiplyAdd(y, v, b3);
-            v = Vector512.Create(l4[i]);
-            a4 = Vector512.FusedMultiplyAdd(x, v, a4);
-            b4 = Vector512.FusedMultiplyAdd(y, v, b4);
-            v = Vector512.Create(l5[i]);
-            a5 = Vector512.FusedMultiplyAdd(x, v, a5);
-            b5 = Vector512.FusedMultiplyAdd(y, v, b5);
-            v = Vector512.Create(l6[i]);
-            a6 = Vector512.FusedMultiplyAdd(x, v, a6);
-            b6 = Vector512.FusedMultiplyAdd(y, v, b6);
-            v = Vector512.Create(l7[i]);
-            a7 = Vector512.FusedMultiplyAdd(x, v, a7);
-            b7 = Vector512.FusedMultiplyAdd(y, v, b7);
-        }
-        StoreRow(a0, b0, two, scale, output);
-        if (count > 1) StoreRow(a1, b1, two, scale, output + outputStride);
-        if (count > 2) StoreRow(a2, b2, two, scale, output + 2 * outputStride);
-        if (count > 3) StoreRow(a3, b3, two, scale, output + 3 * outputStride);
-        if (count > 4) StoreRow(a4, b4, two, scale, output + 4 * outputStride);
-        if (count > 5) StoreRow(a5, b5, two, scale, output + 5 * outputStride);
-        if (count > 6) StoreRow(a6, b6, two, scale, output + 6 * outputStride);
-        if (count > 7) StoreRow(a7, b7, two, scale, output + 7 * outputStride);
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe void StoreRow(Vector512<float> first, Vector512<float> second, bool two, Vector512<float> scale, float* output)
-    {
-        (first * scale).Store(output);
-        if (two) (second * scale).Store(output + 16);
+            AttentionTiles.OuterProduct(weights, padded, 1, count, values + c, KvCols, length, two: c + 16 < HeadDim, Vector512<float>.One, output + c, QCols);
     }
 
     /// <summary>

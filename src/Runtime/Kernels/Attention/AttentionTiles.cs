@@ -1,0 +1,83 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace Kiln.Kernels.Attention;
+
+/// <summary>
+/// The register tile attention's small GEMMs are made of on the AVX-512 path: an encoder's per-sequence attention
+/// (<see cref="StepAttention"/>) and shared-prefix attention's queries × prefix-keys tiles (<see cref="PagedAttention"/>)
+/// both compute scores and weighted values with it.
+/// </summary>
+internal static class AttentionTiles
+{
+    /// <summary>
+    /// For each of <paramref name="count"/> (1–8) rows r of <paramref name="left"/>, Σ_i left[r·<paramref name="leftStride"/>
+    /// + i·<paramref name="leftStep"/>] · right[i], over <paramref name="depth"/> rows of <paramref name="right"/>
+    /// (<paramref name="rightStride"/> apart) 16 or 32 (<paramref name="two"/>) wide, times <paramref name="scale"/>, into
+    /// rows of <paramref name="output"/> (<paramref name="outputStride"/> apart). With <paramref name="rescale"/>, each
+    /// output row is kept, times rescale[r] (an online softmax's correction when its running max grew), and the sums
+    /// added to it. Rows past count repeat the last one: computed, never stored. Per element of the depth, 2 loads and 8
+    /// broadcasts feed 16 multiply-adds, with no horizontal sums.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe void OuterProduct(float* left, int leftStride, int leftStep, int count, float* right, int rightStride, int depth, bool two,
+        Vector512<float> scale, float* output, int outputStride, float* rescale = null)
+    {
+        float* l0 = left, l1 = count > 1 ? l0 + leftStride : l0, l2 = count > 2 ? l1 + leftStride : l1, l3 = count > 3 ? l2 + leftStride : l2;
+        float* l4 = count > 4 ? l3 + leftStride : l3, l5 = count > 5 ? l4 + leftStride : l4, l6 = count > 6 ? l5 + leftStride : l5, l7 = count > 7 ? l6 + leftStride : l6;
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+        Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default, b4 = default, b5 = default, b6 = default, b7 = default;
+        float* row = right;
+        for (int i = 0, at = 0; i < depth; i++, at += leftStep, row += rightStride)
+        {
+            var x = Vector512.Load(row);
+            var y = two ? Vector512.Load(row + 16) : default;
+            var v = Vector512.Create(l0[at]);
+            a0 = Vector512.FusedMultiplyAdd(x, v, a0);
+            b0 = Vector512.FusedMultiplyAdd(y, v, b0);
+            v = Vector512.Create(l1[at]);
+            a1 = Vector512.FusedMultiplyAdd(x, v, a1);
+            b1 = Vector512.FusedMultiplyAdd(y, v, b1);
+            v = Vector512.Create(l2[at]);
+            a2 = Vector512.FusedMultiplyAdd(x, v, a2);
+            b2 = Vector512.FusedMultiplyAdd(y, v, b2);
+            v = Vector512.Create(l3[at]);
+            a3 = Vector512.FusedMultiplyAdd(x, v, a3);
+            b3 = Vector512.FusedMultiplyAdd(y, v, b3);
+            v = Vector512.Create(l4[at]);
+            a4 = Vector512.FusedMultiplyAdd(x, v, a4);
+            b4 = Vector512.FusedMultiplyAdd(y, v, b4);
+            v = Vector512.Create(l5[at]);
+            a5 = Vector512.FusedMultiplyAdd(x, v, a5);
+            b5 = Vector512.FusedMultiplyAdd(y, v, b5);
+            v = Vector512.Create(l6[at]);
+            a6 = Vector512.FusedMultiplyAdd(x, v, a6);
+            b6 = Vector512.FusedMultiplyAdd(y, v, b6);
+            v = Vector512.Create(l7[at]);
+            a7 = Vector512.FusedMultiplyAdd(x, v, a7);
+            b7 = Vector512.FusedMultiplyAdd(y, v, b7);
+        }
+        StoreRow(a0, b0, two, scale, output, rescale, 0);
+        if (count > 1) StoreRow(a1, b1, two, scale, output + outputStride, rescale, 1);
+        if (count > 2) StoreRow(a2, b2, two, scale, output + 2 * outputStride, rescale, 2);
+        if (count > 3) StoreRow(a3, b3, two, scale, output + 3 * outputStride, rescale, 3);
+        if (count > 4) StoreRow(a4, b4, two, scale, output + 4 * outputStride, rescale, 4);
+        if (count > 5) StoreRow(a5, b5, two, scale, output + 5 * outputStride, rescale, 5);
+        if (count > 6) StoreRow(a6, b6, two, scale, output + 6 * outputStride, rescale, 6);
+        if (count > 7) StoreRow(a7, b7, two, scale, output + 7 * outputStride, rescale, 7);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void StoreRow(Vector512<float> first, Vector512<float> second, bool two, Vector512<float> scale, float* output, float* rescale, int r)
+    {
+        if (rescale == null)
+        {
+            (first * scale).Store(output);
+            if (two) (second * scale).Store(output + 16);
+            return;
+        }
+        var kept = Vector512.Create(rescale[r]);
+        Vector512.FusedMultiplyAdd(Vector512.Load(output), kept, first * scale).Store(output);
+        if (two) Vector512.FusedMultiplyAdd(Vector512.Load(output + 16), kept, second * scale).Store(output + 16);
+    }
+}
