@@ -525,6 +525,7 @@ internal static partial class PlanEmitter
         using (w.Block("if (o + 16 <= Cols)"))
         {
             code.RowSetup(w, "token");
+            code.PrefetchNextTile(w, "token", "o");
             w.Line("int at = token * Cols + o;");
             string value = code.Body(w, 16, "o", "o", "e", new[] { "sums" });
             w.Line(ProgramCode.Store(16, "Output", "at", value));

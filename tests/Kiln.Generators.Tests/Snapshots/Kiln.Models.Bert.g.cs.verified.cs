@@ -1154,6 +1154,7 @@ namespace Kiln.Models
                     if (o + 16 <= Cols)
                     {
                         int in0 = token * In0Cols;
+                        In0.Prefetch((token + global::Kiln.Kernels.MatMul.Gemm.F32TileTokens) * In0Cols + o);
                         int at = token * Cols + o;
                         var e0 = In0.Load16(in0 + o);
                         var e1 = sums;
@@ -1424,6 +1425,7 @@ namespace Kiln.Models
                     if (o + 16 <= Cols)
                     {
                         int in0 = token * In0Cols;
+                        In0.Prefetch((token + global::Kiln.Kernels.MatMul.Gemm.F32TileTokens) * In0Cols + o);
                         int at = token * Cols + o;
                         var e0 = In0.Load16(in0 + o);
                         var e1 = sums;

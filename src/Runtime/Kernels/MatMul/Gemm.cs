@@ -23,6 +23,12 @@ namespace Kiln.Kernels.MatMul;
 public static unsafe class Gemm
 {
     /// <summary>
+    /// Tokens per tile of the F32 AVX-512 kernel, which runs a block's tiles token by token over the same rows: an
+    /// epilogue handed token t's sums may prefetch what it will read for token t + F32TileTokens, one tile ahead.
+    /// </summary>
+    public const int F32TileTokens = PanelKernels.TileTokens;
+
+    /// <summary>
     /// Groups per work item for a pool of <paramref name="threads"/>: about eight items per thread so fast threads
     /// take more, never so small that claiming an item costs more than computing it.
     /// </summary>

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Kiln.Kernels.MatMul;
 
@@ -84,6 +85,16 @@ public readonly unsafe struct FloatBuffer
     {
         Debug.Assert((uint)index <= (uint)(Length - 8));
         value.Store(_data + index);
+    }
+
+    /// <summary>
+    /// Asks for the cache line of element <paramref name="index"/> ahead of its use (a hint: an index past the end is
+    /// harmless, as a prefetch never faults).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Prefetch(int index)
+    {
+        if (Sse.IsSupported) Sse.Prefetch0(_data + index);
     }
 
     /// <summary>Four consecutive elements from <paramref name="index"/>.</summary>

@@ -18,6 +18,9 @@ internal static unsafe class PanelKernels
     /// <summary>Rows per panel: one 512-bit vector of sums per token.</summary>
     public const int PanelRows = 16;
 
+    /// <summary>Tokens per AVX-512 tile: 6 tokens × 4 panels of sums fill 24 of the 32 vector registers.</summary>
+    public const int TileTokens = 6;
+
     private const int GroupsPerPanel = PanelRows / 4;
 
     // Compiled optimized from the first call: a tier-0 tile runs many times slower, and its rarer shapes (a tail of
@@ -75,9 +78,9 @@ internal static unsafe class PanelKernels
     private static void Tokens512<TPanels, TEpilogue>(in Range range, int panel, ref TEpilogue epilogue)
         where TPanels : ICount where TEpilogue : struct, ITileEpilogue
     {
-        for (int t0 = range.FirstToken; t0 < range.EndToken; t0 += 6)
+        for (int t0 = range.FirstToken; t0 < range.EndToken; t0 += TileTokens)
         {
-            switch (Math.Min(6, range.EndToken - t0))
+            switch (Math.Min(TileTokens, range.EndToken - t0))
             {
                 case 6: Tile512<TPanels, Six, TEpilogue>(range, panel, t0, ref epilogue); break;
                 case 5: Tile512<TPanels, Five, TEpilogue>(range, panel, t0, ref epilogue); break;
