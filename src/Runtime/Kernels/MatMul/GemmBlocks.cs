@@ -15,8 +15,8 @@ public readonly struct GemmBlocks
     /// <summary>Items each thread gets about, when tokens are split too.</summary>
     public const int ItemsPerThread = 24;
 
-    // Tokens per block at least: 8 of the F32 kernel's 6-token tiles, so a block still reads each weight panel for many tokens.
-    private const int MinTokensPerBlock = 48;
+    // Tokens per block at least: 8 of the F32 kernel's tiles, so a block still reads each weight panel for many tokens.
+    private const int MinTokensPerBlock = 8 * PanelKernels.TileTokens;
 
     private readonly int _groups, _tokens;
 
@@ -58,8 +58,8 @@ public readonly struct GemmBlocks
         int groupsPerBlock = Math.Min(groups, tileGroups);
         int groupBlocks = (groups + groupsPerBlock - 1) / groupsPerBlock;
         int tokenBlocks = Math.Clamp((ItemsPerThread * threads + groupBlocks - 1) / groupBlocks, 1, tokens / MinTokensPerBlock);
-        // Whole 6-token tiles per block, so only the last block of tokens ends on a short tile.
-        int tokensPerBlock = ((tokens + tokenBlocks - 1) / tokenBlocks + 5) / 6 * 6;
+        // Whole tiles per block, so only the last block of tokens ends on a short tile.
+        int tokensPerBlock = ((tokens + tokenBlocks - 1) / tokenBlocks + PanelKernels.TileTokens - 1) / PanelKernels.TileTokens * PanelKernels.TileTokens;
         return new GemmBlocks(groups, tokens, groupsPerBlock, tokensPerBlock);
     }
 
