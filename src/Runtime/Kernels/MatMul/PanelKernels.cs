@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Kiln.Kernels.MatMul;
 
@@ -99,11 +100,31 @@ internal static unsafe class PanelKernels
         where TPanels : ICount where TTokens : ICount where TEpilogue : struct, ITileEpilogue
     {
         float* sums = stackalloc float[6 * 4 * PanelRows];
+        if (t0 + TileTokens < range.EndToken) PrefetchRowStarts(range.X + (long)(t0 + TileTokens) * range.Stride, range.Stride);
         Sums512<TPanels, TTokens>(range.Panels + panel * range.PanelFloats, range.PanelFloats, range.X + (long)t0 * range.Stride, range.Stride, range.K, sums);
         int row = panel * PanelRows;
         for (int t = 0; t < TTokens.Value; t++)
             for (int p = 0; p < TPanels.Value; p++)
                 Store(ref epilogue, range, row + p * PanelRows, t0 + t, Vector512.Load(sums + (4 * t + p) * PanelRows));
+    }
+
+    /// <summary>
+    /// The first 4 cache lines of each of the next tile's input rows, asked for before this tile's K loop: in a step
+    /// those rows were just written by another kernel, often on the other thread, and the hardware prefetcher only
+    /// picks a row up after its first misses, a real share of a short row (K = 384 is 24 lines). Measured in MiniLM's
+    /// step (5 alternating runs): every matmul 2–6 % faster.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void PrefetchRowStarts(float* row, int stride)
+    {
+        if (!Sse.IsSupported) return;
+        for (int t = 0; t < TileTokens; t++, row += stride)
+        {
+            Sse.Prefetch0(row);
+            Sse.Prefetch0(row + 16);
+            Sse.Prefetch0(row + 32);
+            Sse.Prefetch0(row + 48);
+        }
     }
 
     /// <summary>
