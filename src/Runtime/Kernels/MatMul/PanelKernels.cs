@@ -111,8 +111,8 @@ internal static unsafe class PanelKernels
     /// <summary>
     /// The first 4 cache lines of each of the next tile's input rows, asked for before this tile's K loop: in a step
     /// those rows were just written by another kernel, often on the other thread, and the hardware prefetcher only
-    /// picks a row up after its first misses, a real share of a short row (K = 384 is 24 lines). Measured in MiniLM's
-    /// step (5 alternating runs): every matmul 2–6 % faster.
+    /// picks a row up after its first misses, a real share of a short row (K = 384 is 24 lines). MiniLM's profiled step
+    /// went from 74.3 to 70.4 ms with it (medians of 5 alternating runs).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void PrefetchRowStarts(float* row, int stride)
