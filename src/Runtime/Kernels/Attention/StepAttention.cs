@@ -30,8 +30,8 @@ public struct StepAttention : IParallelWork
     public int ScoresStride, ChunkSize, PerToken, KvPerItem, Heads, KvHeads, HeadDim, QCols, KvCols;
     public AttentionOptions Options;
 
-    // Queries per block of the sequence form: the block's scores and outputs stay in registers.
-    private const int QueryBlock = 8;
+    // Queries per block of the sequence form: two vectors of 16, side by side in each row of the block's scratch.
+    private const int QueryBlock = 32;
 
     private bool _bySequence;
 
@@ -101,65 +101,110 @@ public struct StepAttention : IParallelWork
     private unsafe void SequenceHead(int sequence, int kv, Span<float> scratch)
     {
         var starts = Context.QueryIndptr;
-        int first = starts[sequence], length = starts[sequence + 1] - first, padded = (length + 15) & ~15;
+        int first = starts[sequence], length = starts[sequence + 1] - first;
         int group = Heads / KvHeads;
-        if ((long)(HeadDim + QueryBlock) * padded > scratch.Length)
+        if ((long)(HeadDim + length) * QueryBlock > scratch.Length)
         {
             QueryByQuery(first, length, kv, scratch);
             return;
         }
-        fixed (float* keysT = scratch)
+        fixed (float* queriesT = scratch)
         {
-            // The head's keys transposed, [HeadDim, padded]: element d of 16 keys side by side; the padding keys are zeros.
-            float* k = K.Pointer + (long)first * KvCols + kv * HeadDim;
-            for (int j = 0; j < padded; j += 16)
-                for (int d = 0; d < HeadDim; d += 16)
-                    Transpose16(k + (long)j * KvCols + d, KvCols, Math.Min(16, length - j), keysT + (long)d * padded + j, padded);
-            float* scores = keysT + HeadDim * padded;
+            // Per block of up to 32 queries: the block transposed, [HeadDim, 32], then its scores transposed, one row of
+            // the block's queries per key: the softmax runs down the columns, every lane a query of its own.
+            float* weightsT = queriesT + HeadDim * QueryBlock;
+            float* keys = K.Pointer + (long)first * KvCols + kv * HeadDim;
             float* values = V.Pointer + (long)first * KvCols + kv * HeadDim;
             for (int h = kv * group; h < (kv + 1) * group; h++)
             {
                 for (int i = 0; i < length; i += QueryBlock)
                 {
                     int count = Math.Min(QueryBlock, length - i);
+                    bool two = count > 16;
                     float* queries = Q.Pointer + (long)(first + i) * QCols + h * HeadDim;
-                    BlockScores(queries, count, keysT, padded, scores);
-                    for (int q = 0; q < count; q++)
+                    for (int half = 0; half < (two ? 32 : 16); half += 16)
+                        for (int d = 0; d < HeadDim; d += 16)
+                            Transpose16(queries + (long)half * QCols + d, QCols, Math.Min(16, count - half), queriesT + d * QueryBlock + half, QueryBlock);
+                    BlockScores(keys, length, queriesT, two, weightsT);
+                    if (Options.SoftCap > 0)
                     {
-                        if (Options.SoftCap > 0)
-                        {
-                            var row = new Span<float>(scores + q * padded, length);
-                            for (int j = 0; j < row.Length; j++) row[j] = Options.SoftCap * Elementwise.Lanes.Tanh(row[j] / Options.SoftCap);
-                        }
-                        Softmax(scores + q * padded, length);
+                        var capped = new Span<float>(weightsT, length * QueryBlock);
+                        for (int j = 0; j < capped.Length; j++) capped[j] = Options.SoftCap * Elementwise.Lanes.Tanh(capped[j] / Options.SoftCap);
                     }
-                    BlockValues(scores, padded, count, length, values, Output.Pointer + (long)(first + i) * QCols + h * HeadDim);
+                    ColumnSoftmax(weightsT, length, two);
+                    BlockValues(weightsT, count, length, values, Output.Pointer + (long)(first + i) * QCols + h * HeadDim);
                 }
             }
         }
     }
 
     /// <summary>
-    /// Scores of <paramref name="count"/> (1–8) queries against every key of the transposed head, scaled, into rows of
-    /// <paramref name="padded"/>: per 32 keys, 16 sums in registers over the head's dimensions.
+    /// Scores of every key against a block of 16 or 32 (<paramref name="two"/>) transposed queries, scaled, one row of
+    /// <see cref="QueryBlock"/> per key: per 8 keys, 16 sums in registers over the head's dimensions (8 keys × 32
+    /// queries), the keys read in place from the step's rows.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private readonly unsafe void BlockScores(float* queries, int count, float* keysT, int padded, float* scores)
+    private readonly unsafe void BlockScores(float* keys, int length, float* queriesT, bool two, float* weightsT)
     {
         var scale = Vector512.Create(Options.Scale);
-        for (int j = 0; j < padded; j += 32)
-            AttentionTiles.OuterProduct(queries, QCols, 1, count, keysT + j, padded, HeadDim, two: j + 16 < padded, scale, scores + j, padded);
+        for (int j = 0; j < length; j += 8)
+            AttentionTiles.OuterProduct(keys + (long)j * KvCols, KvCols, 1, Math.Min(8, length - j), queriesT, QueryBlock, HeadDim, two, scale,
+                weightsT + j * QueryBlock, QueryBlock);
     }
 
     /// <summary>
-    /// Outputs of <paramref name="count"/> (1–8) queries: Σ_j weight·v_j over the <paramref name="length"/> keys, 32
-    /// columns of the head at a time with the block's 16 sums in registers over every key.
+    /// Outputs of <paramref name="count"/> queries: Σ_j weight·v_j over the <paramref name="length"/> keys, per 8
+    /// queries and 32 columns of the head the 16 sums in registers over every key, each query's weights read down its
+    /// column of the transposed block.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private readonly unsafe void BlockValues(float* weights, int padded, int count, int length, float* values, float* output)
+    private readonly unsafe void BlockValues(float* weightsT, int count, int length, float* values, float* output)
     {
-        for (int c = 0; c < HeadDim; c += 32)
-            AttentionTiles.OuterProduct(weights, padded, 1, count, values + c, KvCols, length, two: c + 16 < HeadDim, Vector512<float>.One, output + c, QCols);
+        for (int q = 0; q < count; q += 8)
+            for (int c = 0; c < HeadDim; c += 32)
+                AttentionTiles.OuterProduct(weightsT + q, 1, QueryBlock, Math.Min(8, count - q), values + c, KvCols, length, two: c + 16 < HeadDim,
+                    Vector512<float>.One, output + (long)q * QCols + c, QCols);
+    }
+
+    /// <summary>
+    /// The softmax of each query's scores in place, for a block of 16 or 32 (<paramref name="two"/>) queries held
+    /// transposed (one row of <see cref="QueryBlock"/> per key, <paramref name="length"/> rows): the max, e^x and sum run
+    /// down the columns, 16 queries per vector, with no horizontal reductions and no masks; e^x inlined
+    /// (<see cref="Elementwise.Lanes.Exp(Vector512{float})"/>).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void ColumnSoftmax(float* weightsT, int length, bool two)
+    {
+        var max0 = Vector512.Create(float.NegativeInfinity);
+        var max1 = max0;
+        for (int j = 0; j < length; j++)
+        {
+            float* row = weightsT + j * QueryBlock;
+            max0 = Vector512.Max(max0, Vector512.Load(row));
+            if (two) max1 = Vector512.Max(max1, Vector512.Load(row + 16));
+        }
+        Vector512<float> sum0 = default, sum1 = default;
+        for (int j = 0; j < length; j++)
+        {
+            float* row = weightsT + j * QueryBlock;
+            var e0 = Elementwise.Lanes.Exp(Vector512.Load(row) - max0);
+            e0.Store(row);
+            sum0 += e0;
+            if (two)
+            {
+                var e1 = Elementwise.Lanes.Exp(Vector512.Load(row + 16) - max1);
+                e1.Store(row + 16);
+                sum1 += e1;
+            }
+        }
+        var scale0 = Vector512<float>.One / sum0;
+        var scale1 = two ? Vector512<float>.One / sum1 : default;
+        for (int j = 0; j < length; j++)
+        {
+            float* row = weightsT + j * QueryBlock;
+            (Vector512.Load(row) * scale0).Store(row);
+            if (two) (Vector512.Load(row + 16) * scale1).Store(row + 16);
+        }
     }
 
     /// <summary>
@@ -193,37 +238,6 @@ public struct StepAttention : IParallelWork
             Avx512F.Shuffle4x128(even0, even1, 0xDD).Store(output + (long)(8 + c) * outputStride);
             Avx512F.Shuffle4x128(odd0, odd1, 0xDD).Store(output + (long)(12 + c) * outputStride);
         }
-    }
-
-    /// <summary>
-    /// One row's softmax in place over its first <paramref name="length"/> scores, 16 at a time with the row's last
-    /// vector masked (the rows are padded to 16): e^x inlined (<see cref="Elementwise.Lanes.Exp(Vector512{float})"/>),
-    /// where the shared row softmax makes four calls and one more per vector for the BCL's e^x.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe void Softmax(float* row, int length)
-    {
-        var lanes = Vector512.Create(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        var negativeInfinity = Vector512.Create(float.NegativeInfinity);
-        var max = negativeInfinity;
-        for (int j = 0; j < length; j += 16)
-            max = Vector512.Max(max, Vector512.ConditionalSelect(Vector512.LessThan(lanes, Vector512.Create(length - j)).AsSingle(), Vector512.Load(row + j), negativeInfinity));
-        max = Vector512.Max(max, Avx512F.Shuffle4x128(max, max, 0x4E)); // each 128-bit lane against the one two away
-        max = Vector512.Max(max, Avx512F.Shuffle4x128(max, max, 0xB1)); // and its neighbour: every lane holds the 4 lanes' max
-        var quarter = max.GetLower().GetLower();
-        quarter = Vector128.Max(quarter, Vector128.Shuffle(quarter, Vector128.Create(2, 3, 0, 1)));
-        quarter = Vector128.Max(quarter, Vector128.Shuffle(quarter, Vector128.Create(1, 0, 3, 2)));
-        var rowMax = Vector512.Create(quarter.ToScalar());
-        var sum = Vector512<float>.Zero;
-        for (int j = 0; j < length; j += 16)
-        {
-            var e = Vector512.ConditionalSelect(Vector512.LessThan(lanes, Vector512.Create(length - j)).AsSingle(),
-                Elementwise.Lanes.Exp(Vector512.Load(row + j) - rowMax), Vector512<float>.Zero);
-            e.Store(row + j);
-            sum += e;
-        }
-        var scale = Vector512.Create(1f / Vector512.Sum(sum));
-        for (int j = 0; j < length; j += 16) (Vector512.Load(row + j) * scale).Store(row + j);
     }
 
     /// <summary>A sequence longer than the scratch holds transposed: each of its queries over KV head <paramref name="kv"/> as the token items do.</summary>
