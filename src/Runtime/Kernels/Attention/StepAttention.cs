@@ -14,10 +14,11 @@ namespace Kiln.Kernels.Attention;
 /// <see cref="PagedAttention"/>, and the same vector kernels score, soften and weigh; only where the rows come from differs.
 /// <para>
 /// Bidirectional attention without a window on the AVX-512 path (an encoder's) goes by sequence instead: one item is a
-/// sequence and one KV head, computed as small GEMMs — the head's keys transposed once into scratch, then per block of
-/// 8 queries the scores as outer products over the head's dimensions (no horizontal sums), each row's softmax, and the
-/// weighted values with the block's outputs held in registers over every key. A sequence too long for its chunk's
-/// scratch runs query by query as above, in the same item.
+/// sequence and one KV head, computed as small GEMMs — per block of up to 32 queries, the block transposed into scratch,
+/// its scores transposed (Sᵀ = K·Qᵀ, one row of 32 queries per key) as outer products over the head's dimensions, the
+/// softmax down the columns (16 queries per vector: no horizontal reductions, no masks), and the weighted values with
+/// 8 queries' outputs held in registers over every key. A sequence too long for its chunk's scratch runs query by query
+/// as above, in the same item.
 /// </para>
 /// </summary>
 public struct StepAttention : IParallelWork
