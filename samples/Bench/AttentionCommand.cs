@@ -86,4 +86,54 @@ internal static class AttentionCommand
         }
         return best;
     }
+
+    /// <summary>
+    /// An encoder's attention alone (<see cref="StepAttention"/>, bidirectional, no KV cache), on all-MiniLM-L6-v2's shape
+    /// (12 heads of 32): per shape, <c>sequences</c> packed sequences of <c>length</c> tokens in one step, q, k and v in
+    /// one row each per token as the step's buffers hold them. Median of 9 runs of 200 layers on Kiln's worker pool,
+    /// and its useful FLOP/s (4·length²·dim per sequence: scores and weighted values).
+    /// </summary>
+    public static int RunEncoder(int threads, (int Sequences, int Length)[] shapes, TextWriter output)
+    {
+        const int heads = 12, headDim = 32, dim = heads * headDim, layers = 200, runs = 9;
+        var c = CultureInfo.InvariantCulture;
+        using var pool = new WorkerPool(threads);
+        output.WriteLine(string.Create(c, $"attention: StepAttention encoder, MiniLM shape ({heads} heads of {headDim}), {threads} threads, median of {runs} × {layers} layers"));
+        output.WriteLine(string.Create(c, $"{"shape",10} {"ms/layer",9} {"GFLOP/s",8}"));
+        foreach (var (sequences, length) in shapes)
+        {
+            int tokens = sequences * length, scoresStride = StepAttention.ScoresPerChunk(tokens, heads);
+            var context = new AttentionContext(tokens);
+            for (int s = 0; s < sequences; s++) context.AddSequence(length);
+            using var memory = new NativeBlock((4L * tokens * dim + (long)StepAttention.MaxChunks * scoresStride) * sizeof(float));
+            FloatBuffer Slot(int index) => memory.Floats((long)index * tokens * dim * sizeof(float), tokens * dim);
+            var random = new Random(5);
+            for (int slot = 0; slot < 3; slot++)
+                for (int i = 0; i < tokens * dim; i++) Slot(slot).Span[i] = (float)(random.NextDouble() * 4 - 2);
+            var attention = new StepAttention
+            {
+                Q = Slot(0), K = Slot(1), V = Slot(2), Output = Slot(3),
+                Scores = memory.Floats(4L * tokens * dim * sizeof(float), StepAttention.MaxChunks * scoresStride), ScoresStride = scoresStride,
+                Context = context, Heads = heads, KvHeads = heads, HeadDim = headDim, QCols = dim, KvCols = dim,
+                Options = new AttentionOptions(1f / MathF.Sqrt(headDim), Causal: false),
+            };
+            var times = new double[runs];
+            for (int run = -1; run < runs; run++) // run −1 warms up
+            {
+                long start = Stopwatch.GetTimestamp();
+                for (int layer = 0; layer < layers; layer++)
+                {
+                    int items = attention.Plan(tokens, pool.ThreadCount);
+                    pool.Run(items, attention.ChunkSize, attention);
+                }
+                if (run >= 0) times[run] = Stopwatch.GetElapsedTime(start).TotalSeconds / layers;
+            }
+            Array.Sort(times);
+            double seconds = times[runs / 2], flops = 4.0 * length * length * dim * sequences;
+            output.WriteLine(string.Create(c, $"{sequences + "x" + length,10} {seconds * 1e3,9:F4} {flops / seconds / 1e9,8:F1}"));
+        }
+        output.WriteLine();
+        output.WriteLine("shape: sequences x tokens each, packed in one step; GFLOP/s: the scores' and weighted values' multiply-adds, 2 FLOPs each.");
+        return 0;
+    }
 }

@@ -9,7 +9,7 @@ using Kiln.Bench;
 //   agree --model FILE [--positions 64] [--threads N] [--json OUT]
 //   profile --model FILE --workload prefill_128|decode_128|batched_decode_8|batched_decode_32|all [--threads N] [--runs 5] [--json OUT]
 //   kernels --threads N [--formats q4_0,q8_0,f32,q4_k,q5_k,q6_k] [--tokens 1,32,128]
-//   attention --threads N [--contexts 128,512,2048] [--blocks 16,whole]
+//   attention --threads N [--contexts 128,512,2048] [--blocks 16,whole] [--encoder 32x32,8x256]
 //   memory --model FILE [--json OUT] [--tokens 128] [--threads N]
 //   embed-compare --threads N [--runs 5] [--json OUT] [--seed N] [--profile]
 //   gpu-agree --accelerator cpu|cuda --model FILE --json OUT [--positions 32]
@@ -29,7 +29,7 @@ internal static class BenchCli
         "       bench agree --model FILE [--positions 64] [--threads N] [--json OUT]\n" +
         "       bench profile --model FILE --workload prefill_128|decode_128|batched_decode_8|batched_decode_32|all [--threads N] [--runs 5] [--json OUT]\n" +
         "       bench kernels --threads N [--formats q4_0,q8_0,f32,q4_k,q5_k,q6_k] [--tokens 1,32,128]\n" +
-        "       bench attention --threads N [--contexts 128,512,2048] [--blocks 16,whole]\n" +
+        "       bench attention --threads N [--contexts 128,512,2048] [--blocks 16,whole] [--encoder 32x32,8x256]\n" +
         "       bench serve --model FILE --threads N [--json OUT] [--quick]\n" +
         "       bench memory --model FILE [--json OUT] [--tokens 128] [--threads N]\n" +
         "       bench embed-compare --threads N [--runs 5] [--json OUT] [--seed N] [--profile]\n" +
@@ -61,7 +61,7 @@ internal static class BenchCli
                 "agree" => ["model", "positions", "threads", "json"],
                 "profile" => ["model", "workload", "threads", "runs", "json"],
                 "kernels" => ["threads", "formats", "tokens"],
-                "attention" => ["threads", "contexts", "blocks"],
+                "attention" => ["threads", "contexts", "blocks", "encoder"],
                 "memory" => ["model", "json", "tokens", "threads"],
                 "embed-compare" => ["threads", "runs", "json", "seed", "profile"],
                 "shared-prefix" => ["model", "prefix", "seqs", "suffix", "threads", "runs", "json", "kv"],
@@ -276,6 +276,19 @@ internal static class BenchCli
             .Select(b => b == "whole" ? 0 : int.TryParse(b, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) && n is >= 1 and <= 4096
                 ? n : throw new UsageException($"--blocks: '{b}' is neither 'whole' nor a block size from 1 to 4096")).ToArray();
         if (contexts.Length == 0 || blocks.Length == 0) throw new UsageException("--contexts and --blocks need at least one value");
+        if (options.TryGetValue("encoder", out string? encoder))
+        {
+            // SEQUENCESxLENGTH, comma-separated: the encoder's attention instead of the decoder's.
+            var shapes = encoder.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(shape =>
+            {
+                var parts = shape.Split('x');
+                return parts.Length == 2 && int.TryParse(parts[0], NumberStyles.Integer, CultureInfo.InvariantCulture, out int sequences) && sequences is >= 1 and <= 1024
+                    && int.TryParse(parts[1], NumberStyles.Integer, CultureInfo.InvariantCulture, out int length) && length is >= 1 and <= 4096
+                    ? (sequences, length) : throw new UsageException($"--encoder: '{shape}' is not SEQUENCESxLENGTH (1–1024 sequences of 1–4096 tokens)");
+            }).ToArray();
+            if (shapes.Length == 0) throw new UsageException("--encoder needs at least one SEQUENCESxLENGTH");
+            return AttentionCommand.RunEncoder(threads, shapes, Console.Out);
+        }
         return AttentionCommand.Run(threads, contexts, blocks, Console.Out);
     }
 

@@ -11,8 +11,8 @@ namespace Kiln.Runtime.Tests.Kernels;
 /// An encoder's attention over packed sequences against a double-precision reference (each query over its own
 /// sequence's keys: scaled dots, soft cap, softmax, weighted values), on each kernel path: sequences of 1 to 70 tokens,
 /// GQA, head sizes that take the by-sequence GEMM form on AVX-512 (multiples of 16) and one that keeps the per-token
-/// form, soft caps, causal and windowed attention (per-token items), and a scratch too small to hold a sequence's keys
-/// transposed (that sequence query by query).
+/// form, MiniLM's 12 heads of 32 with query blocks of every width, soft caps, causal and windowed attention (per-token
+/// items), and a scratch too small to hold a block of queries transposed beside its scores (that sequence query by query).
 /// </summary>
 [Collection(KernelPathCollection.Name)]
 public sealed class StepAttentionTests(ITestOutputHelper output)
@@ -37,9 +37,12 @@ public sealed class StepAttentionTests(ITestOutputHelper output)
         }
         Check(new Random(Seed + 10), [9, 40, 3], 4, 2, 32, new AttentionOptions(0.25f, Causal: true), scoresPerChunk: 0);
         Check(new Random(Seed + 11), [9, 40, 3], 4, 2, 32, new AttentionOptions(0.25f, Window: 5, Causal: false), scoresPerChunk: 0);
-        // Scratch of 36 × 32 floats: the 40-token sequence's keys transposed beside a block of 8 queries' scores do not fit
-        // ((32 + 8) × 48), the others' do ((32 + 8) × 16).
-        Check(new Random(Seed + 12), [9, 40, 3], 4, 2, 32, new AttentionOptions(0.25f, Causal: false), scoresPerChunk: 36 * 32);
+        // Scratch of 41 × 32 floats: a block of 32 queries transposed beside its scores over the 40-token sequence's keys
+        // does not fit ((32 + 40) × 32), over the others' it does ((32 + 9) × 32 at most).
+        Check(new Random(Seed + 12), [9, 40, 3], 4, 2, 32, new AttentionOptions(0.25f, Causal: false), scoresPerChunk: 41 * 32);
+        // MiniLM's shape (12 heads of 32): query blocks of exactly 32, of 16, of 17 (a second vector of one query), and
+        // 32 then 1; and scores large enough that the softmax needs its max.
+        Check(new Random(Seed + 13), [32, 32, 16, 17, 33], 12, 12, 32, new AttentionOptions(0.5f, Causal: false), scoresPerChunk: 0);
     }
 
     private void Check(Random random, int[] lengths, int heads, int kvHeads, int headDim, AttentionOptions options, int scoresPerChunk)
@@ -48,7 +51,8 @@ public sealed class StepAttentionTests(ITestOutputHelper output)
         var context = new AttentionContext(tokens);
         foreach (int length in lengths) context.AddSequence(length);
         float[] q = Draw(random, tokens * qCols), k = Draw(random, tokens * kvCols), v = Draw(random, tokens * kvCols);
-        if (scoresPerChunk == 0) scoresPerChunk = StepAttention.ScoresPerChunk(tokens, heads) + (headDim + 8) * ((tokens + 15) & ~15);
+        // By default room for the by-sequence form's block of 32 queries transposed beside their scores over the longest sequence.
+        if (scoresPerChunk == 0) scoresPerChunk = StepAttention.ScoresPerChunk(tokens, heads) + (headDim + lengths.Max()) * 32;
         int floats = 3 * tokens * qCols + 2 * tokens * kvCols + scoresPerChunk * StepAttention.MaxChunks;
         using var memory = new NativeBlock((long)floats * sizeof(float));
         int at = 0;

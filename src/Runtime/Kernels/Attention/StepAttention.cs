@@ -14,10 +14,11 @@ namespace Kiln.Kernels.Attention;
 /// <see cref="PagedAttention"/>, and the same vector kernels score, soften and weigh; only where the rows come from differs.
 /// <para>
 /// Bidirectional attention without a window on the AVX-512 path (an encoder's) goes by sequence instead: one item is a
-/// sequence and one KV head, computed as small GEMMs — the head's keys transposed once into scratch, then per block of
-/// 8 queries the scores as outer products over the head's dimensions (no horizontal sums), each row's softmax, and the
-/// weighted values with the block's outputs held in registers over every key. A sequence too long for its chunk's
-/// scratch runs query by query as above, in the same item.
+/// sequence and one KV head, computed as small GEMMs — per block of up to 32 queries, the block transposed into scratch,
+/// its scores transposed (Sᵀ = K·Qᵀ, one row of 32 queries per key) as outer products over the head's dimensions, the
+/// softmax down the columns (16 queries per vector: no horizontal reductions, no masks), and the weighted values with
+/// 8 queries' outputs held in registers over every key. A sequence too long for its chunk's scratch runs query by query
+/// as above, in the same item.
 /// </para>
 /// </summary>
 public struct StepAttention : IParallelWork
@@ -30,8 +31,8 @@ public struct StepAttention : IParallelWork
     public int ScoresStride, ChunkSize, PerToken, KvPerItem, Heads, KvHeads, HeadDim, QCols, KvCols;
     public AttentionOptions Options;
 
-    // Queries per block of the sequence form: the block's scores and outputs stay in registers.
-    private const int QueryBlock = 8;
+    // Queries per block of the sequence form: two vectors of 16, side by side in each row of the block's scratch.
+    private const int QueryBlock = 32;
 
     private bool _bySequence;
 
@@ -101,129 +102,163 @@ public struct StepAttention : IParallelWork
     private unsafe void SequenceHead(int sequence, int kv, Span<float> scratch)
     {
         var starts = Context.QueryIndptr;
-        int first = starts[sequence], length = starts[sequence + 1] - first, padded = (length + 15) & ~15;
+        int first = starts[sequence], length = starts[sequence + 1] - first;
         int group = Heads / KvHeads;
-        if ((long)(HeadDim + QueryBlock) * padded > scratch.Length)
+        if ((long)(HeadDim + length) * QueryBlock > scratch.Length)
         {
             QueryByQuery(first, length, kv, scratch);
             return;
         }
-        fixed (float* keysT = scratch)
+        fixed (float* queriesT = scratch)
         {
-            // The head's keys transposed, [HeadDim, padded]: element d of 16 keys side by side; the padding keys are zeros.
-            float* k = K.Pointer + (long)first * KvCols + kv * HeadDim;
-            for (int j = 0; j < padded; j += 16)
-                for (int d = 0; d < HeadDim; d += 16)
-                    Transpose16(k + (long)j * KvCols + d, KvCols, Math.Min(16, length - j), keysT + (long)d * padded + j, padded);
-            float* scores = keysT + HeadDim * padded;
+            // Per block of up to 32 queries: the block transposed, [HeadDim, 32], then its scores transposed, one row of
+            // the block's queries per key: the softmax runs down the columns, every lane a query of its own.
+            float* weightsT = queriesT + HeadDim * QueryBlock;
+            float* keys = K.Pointer + (long)first * KvCols + kv * HeadDim;
             float* values = V.Pointer + (long)first * KvCols + kv * HeadDim;
             for (int h = kv * group; h < (kv + 1) * group; h++)
             {
                 for (int i = 0; i < length; i += QueryBlock)
                 {
                     int count = Math.Min(QueryBlock, length - i);
+                    bool two = count > 16;
                     float* queries = Q.Pointer + (long)(first + i) * QCols + h * HeadDim;
-                    BlockScores(queries, count, keysT, padded, scores);
-                    for (int q = 0; q < count; q++)
+                    for (int half = 0; half < (two ? 32 : 16); half += 16)
+                        for (int d = 0; d < HeadDim; d += 16)
+                            Transpose16(queries + (long)half * QCols + d, QCols, Math.Min(16, count - half), queriesT + d * QueryBlock + half, QueryBlock);
+                    BlockScores(keys, length, queriesT, two, weightsT);
+                    if (Options.SoftCap > 0)
                     {
-                        if (Options.SoftCap > 0)
-                        {
-                            var row = new Span<float>(scores + q * padded, length);
-                            for (int j = 0; j < row.Length; j++) row[j] = Options.SoftCap * Elementwise.Lanes.Tanh(row[j] / Options.SoftCap);
-                        }
-                        Softmax(scores + q * padded, length);
+                        var capped = new Span<float>(weightsT, length * QueryBlock);
+                        for (int j = 0; j < capped.Length; j++) capped[j] = Options.SoftCap * Elementwise.Lanes.Tanh(capped[j] / Options.SoftCap);
                     }
-                    BlockValues(scores, padded, count, length, values, Output.Pointer + (long)(first + i) * QCols + h * HeadDim);
+                    ColumnSoftmax(weightsT, length, two);
+                    BlockValues(weightsT, count, length, values, Output.Pointer + (long)(first + i) * QCols + h * HeadDim);
                 }
             }
         }
     }
 
     /// <summary>
-    /// Scores of <paramref name="count"/> (1–8) queries against every key of the transposed head, scaled, into rows of
-    /// <paramref name="padded"/>: per 32 keys, 16 sums in registers over the head's dimensions.
+    /// Scores of every key against a block of 16 or 32 (<paramref name="two"/>) transposed queries, scaled, one row of
+    /// <see cref="QueryBlock"/> per key: per 8 keys, 16 sums in registers over the head's dimensions (8 keys × 32
+    /// queries), the keys read in place from the step's rows.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private readonly unsafe void BlockScores(float* queries, int count, float* keysT, int padded, float* scores)
+    private readonly unsafe void BlockScores(float* keys, int length, float* queriesT, bool two, float* weightsT)
     {
         var scale = Vector512.Create(Options.Scale);
-        for (int j = 0; j < padded; j += 32)
-            AttentionTiles.OuterProduct(queries, QCols, 1, count, keysT + j, padded, HeadDim, two: j + 16 < padded, scale, scores + j, padded);
+        for (int j = 0; j < length; j += 8)
+            AttentionTiles.OuterProduct(keys + (long)j * KvCols, KvCols, 1, Math.Min(8, length - j), queriesT, QueryBlock, HeadDim, two, scale,
+                weightsT + j * QueryBlock, QueryBlock);
     }
 
     /// <summary>
-    /// Outputs of <paramref name="count"/> (1–8) queries: Σ_j weight·v_j over the <paramref name="length"/> keys, 32
-    /// columns of the head at a time with the block's 16 sums in registers over every key.
+    /// Outputs of <paramref name="count"/> queries: Σ_j weight·v_j over the <paramref name="length"/> keys, per 8
+    /// queries and 32 columns of the head the 16 sums in registers over every key, each query's weights read down its
+    /// column of the transposed block.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private readonly unsafe void BlockValues(float* weights, int padded, int count, int length, float* values, float* output)
+    private readonly unsafe void BlockValues(float* weightsT, int count, int length, float* values, float* output)
     {
-        for (int c = 0; c < HeadDim; c += 32)
-            AttentionTiles.OuterProduct(weights, padded, 1, count, values + c, KvCols, length, two: c + 16 < HeadDim, Vector512<float>.One, output + c, QCols);
+        for (int q = 0; q < count; q += 8)
+            for (int c = 0; c < HeadDim; c += 32)
+                AttentionTiles.OuterProduct(weightsT + q, 1, QueryBlock, Math.Min(8, count - q), values + c, KvCols, length, two: c + 16 < HeadDim,
+                    Vector512<float>.One, output + (long)q * QCols + c, QCols);
+    }
+
+    /// <summary>
+    /// The softmax of each query's scores in place, for a block of 16 or 32 (<paramref name="two"/>) queries held
+    /// transposed (one row of <see cref="QueryBlock"/> per key, <paramref name="length"/> rows): the max, e^x and sum run
+    /// down the columns, 16 queries per vector, with no horizontal reductions and no masks; e^x inlined
+    /// (<see cref="Elementwise.Lanes.Exp(Vector512{float})"/>).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void ColumnSoftmax(float* weightsT, int length, bool two)
+    {
+        var max0 = Vector512.Create(float.NegativeInfinity);
+        var max1 = max0;
+        for (int j = 0; j < length; j++)
+        {
+            float* row = weightsT + j * QueryBlock;
+            max0 = Vector512.Max(max0, Vector512.Load(row));
+            if (two) max1 = Vector512.Max(max1, Vector512.Load(row + 16));
+        }
+        Vector512<float> sum0 = default, sum1 = default;
+        for (int j = 0; j < length; j++)
+        {
+            float* row = weightsT + j * QueryBlock;
+            var e0 = Elementwise.Lanes.Exp(Vector512.Load(row) - max0);
+            e0.Store(row);
+            sum0 += e0;
+            if (two)
+            {
+                var e1 = Elementwise.Lanes.Exp(Vector512.Load(row + 16) - max1);
+                e1.Store(row + 16);
+                sum1 += e1;
+            }
+        }
+        var scale0 = Vector512<float>.One / sum0;
+        var scale1 = two ? Vector512<float>.One / sum1 : default;
+        for (int j = 0; j < length; j++)
+        {
+            float* row = weightsT + j * QueryBlock;
+            (Vector512.Load(row) * scale0).Store(row);
+            if (two) (Vector512.Load(row + 16) * scale1).Store(row + 16);
+        }
     }
 
     /// <summary>
     /// Rows [0, <paramref name="rows"/>) of a 16 × 16 block (<paramref name="stride"/> apart; the rest read as zeros)
     /// written transposed, 16 columns <paramref name="outputStride"/> apart: in registers, by interleaving 32-bit then
-    /// 64-bit elements within each 128-bit lane and then exchanging the lanes, instead of 256 scalar moves.
+    /// 64-bit elements within each 128-bit lane and then exchanging the lanes, instead of 256 scalar moves. The rows stay
+    /// in named registers: held in a stack array they made two round trips through memory (7% of MiniLM's attention).
     /// </summary>
-    [SkipLocalsInit]
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static unsafe void Transpose16(float* input, int stride, int rows, float* output, int outputStride)
     {
-        Vector512<float>* r = stackalloc Vector512<float>[16];
-        for (int i = 0; i < 16; i++) r[i] = i < rows ? Vector512.Load(input + (long)i * stride) : Vector512<float>.Zero;
-        // After the two interleaves, r[4g + c] holds, in 128-bit lane l, column 4l + c of rows 4g..4g + 3.
-        for (int i = 0; i < 16; i += 4)
-        {
-            Vector512<float> t0 = Avx512F.UnpackLow(r[i], r[i + 1]), t1 = Avx512F.UnpackHigh(r[i], r[i + 1]);
-            Vector512<float> t2 = Avx512F.UnpackLow(r[i + 2], r[i + 3]), t3 = Avx512F.UnpackHigh(r[i + 2], r[i + 3]);
-            r[i] = Avx512F.UnpackLow(t0.AsDouble(), t2.AsDouble()).AsSingle();
-            r[i + 1] = Avx512F.UnpackHigh(t0.AsDouble(), t2.AsDouble()).AsSingle();
-            r[i + 2] = Avx512F.UnpackLow(t1.AsDouble(), t3.AsDouble()).AsSingle();
-            r[i + 3] = Avx512F.UnpackHigh(t1.AsDouble(), t3.AsDouble()).AsSingle();
-        }
-        // Column 4l + c gathers lane l of r[c], r[4 + c], r[8 + c], r[12 + c]: even lanes (0x88) and odd lanes (0xDD) twice.
-        for (int c = 0; c < 4; c++)
-        {
-            Vector512<float> even0 = Avx512F.Shuffle4x128(r[c], r[4 + c], 0x88), odd0 = Avx512F.Shuffle4x128(r[c], r[4 + c], 0xDD);
-            Vector512<float> even1 = Avx512F.Shuffle4x128(r[8 + c], r[12 + c], 0x88), odd1 = Avx512F.Shuffle4x128(r[8 + c], r[12 + c], 0xDD);
-            Avx512F.Shuffle4x128(even0, even1, 0x88).Store(output + (long)c * outputStride);
-            Avx512F.Shuffle4x128(odd0, odd1, 0x88).Store(output + (long)(4 + c) * outputStride);
-            Avx512F.Shuffle4x128(even0, even1, 0xDD).Store(output + (long)(8 + c) * outputStride);
-            Avx512F.Shuffle4x128(odd0, odd1, 0xDD).Store(output + (long)(12 + c) * outputStride);
-        }
+        Vector512<float> r0 = Row(input, stride, rows, 0), r1 = Row(input, stride, rows, 1), r2 = Row(input, stride, rows, 2), r3 = Row(input, stride, rows, 3);
+        Vector512<float> r4 = Row(input, stride, rows, 4), r5 = Row(input, stride, rows, 5), r6 = Row(input, stride, rows, 6), r7 = Row(input, stride, rows, 7);
+        Vector512<float> r8 = Row(input, stride, rows, 8), r9 = Row(input, stride, rows, 9), r10 = Row(input, stride, rows, 10), r11 = Row(input, stride, rows, 11);
+        Vector512<float> r12 = Row(input, stride, rows, 12), r13 = Row(input, stride, rows, 13), r14 = Row(input, stride, rows, 14), r15 = Row(input, stride, rows, 15);
+        // After the two interleaves, r(4g + c) holds, in 128-bit lane l, column 4l + c of rows 4g..4g + 3.
+        Interleave(ref r0, ref r1, ref r2, ref r3);
+        Interleave(ref r4, ref r5, ref r6, ref r7);
+        Interleave(ref r8, ref r9, ref r10, ref r11);
+        Interleave(ref r12, ref r13, ref r14, ref r15);
+        // Column 4l + c gathers lane l of r(c), r(4 + c), r(8 + c), r(12 + c).
+        GatherLanes(r0, r4, r8, r12, output, outputStride);
+        GatherLanes(r1, r5, r9, r13, output + outputStride, outputStride);
+        GatherLanes(r2, r6, r10, r14, output + 2 * outputStride, outputStride);
+        GatherLanes(r3, r7, r11, r15, output + 3 * outputStride, outputStride);
     }
 
-    /// <summary>
-    /// One row's softmax in place over its first <paramref name="length"/> scores, 16 at a time with the row's last
-    /// vector masked (the rows are padded to 16): e^x inlined (<see cref="Elementwise.Lanes.Exp(Vector512{float})"/>),
-    /// where the shared row softmax makes four calls and one more per vector for the BCL's e^x.
-    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe void Softmax(float* row, int length)
+    private static unsafe Vector512<float> Row(float* input, int stride, int rows, int i) =>
+        i < rows ? Vector512.Load(input + (long)i * stride) : Vector512<float>.Zero;
+
+    /// <summary>Four rows interleaved by 32-bit then 64-bit elements, within each 128-bit lane.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Interleave(ref Vector512<float> a, ref Vector512<float> b, ref Vector512<float> c, ref Vector512<float> d)
     {
-        var lanes = Vector512.Create(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        var negativeInfinity = Vector512.Create(float.NegativeInfinity);
-        var max = negativeInfinity;
-        for (int j = 0; j < length; j += 16)
-            max = Vector512.Max(max, Vector512.ConditionalSelect(Vector512.LessThan(lanes, Vector512.Create(length - j)).AsSingle(), Vector512.Load(row + j), negativeInfinity));
-        max = Vector512.Max(max, Avx512F.Shuffle4x128(max, max, 0x4E)); // each 128-bit lane against the one two away
-        max = Vector512.Max(max, Avx512F.Shuffle4x128(max, max, 0xB1)); // and its neighbour: every lane holds the 4 lanes' max
-        var quarter = max.GetLower().GetLower();
-        quarter = Vector128.Max(quarter, Vector128.Shuffle(quarter, Vector128.Create(2, 3, 0, 1)));
-        quarter = Vector128.Max(quarter, Vector128.Shuffle(quarter, Vector128.Create(1, 0, 3, 2)));
-        var rowMax = Vector512.Create(quarter.ToScalar());
-        var sum = Vector512<float>.Zero;
-        for (int j = 0; j < length; j += 16)
-        {
-            var e = Vector512.ConditionalSelect(Vector512.LessThan(lanes, Vector512.Create(length - j)).AsSingle(),
-                Elementwise.Lanes.Exp(Vector512.Load(row + j) - rowMax), Vector512<float>.Zero);
-            e.Store(row + j);
-            sum += e;
-        }
-        var scale = Vector512.Create(1f / Vector512.Sum(sum));
-        for (int j = 0; j < length; j += 16) (Vector512.Load(row + j) * scale).Store(row + j);
+        Vector512<float> t0 = Avx512F.UnpackLow(a, b), t1 = Avx512F.UnpackHigh(a, b);
+        Vector512<float> t2 = Avx512F.UnpackLow(c, d), t3 = Avx512F.UnpackHigh(c, d);
+        a = Avx512F.UnpackLow(t0.AsDouble(), t2.AsDouble()).AsSingle();
+        b = Avx512F.UnpackHigh(t0.AsDouble(), t2.AsDouble()).AsSingle();
+        c = Avx512F.UnpackLow(t1.AsDouble(), t3.AsDouble()).AsSingle();
+        d = Avx512F.UnpackHigh(t1.AsDouble(), t3.AsDouble()).AsSingle();
+    }
+
+    /// <summary>Lane l of a, b, c and d side by side, for l = 0..3, stored at output rows 0, 4, 8 and 12: even lanes (0x88) and odd lanes (0xDD) twice.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void GatherLanes(Vector512<float> a, Vector512<float> b, Vector512<float> c, Vector512<float> d, float* output, int outputStride)
+    {
+        Vector512<float> even0 = Avx512F.Shuffle4x128(a, b, 0x88), odd0 = Avx512F.Shuffle4x128(a, b, 0xDD);
+        Vector512<float> even1 = Avx512F.Shuffle4x128(c, d, 0x88), odd1 = Avx512F.Shuffle4x128(c, d, 0xDD);
+        Avx512F.Shuffle4x128(even0, even1, 0x88).Store(output);
+        Avx512F.Shuffle4x128(odd0, odd1, 0x88).Store(output + (long)4 * outputStride);
+        Avx512F.Shuffle4x128(even0, even1, 0xDD).Store(output + (long)8 * outputStride);
+        Avx512F.Shuffle4x128(odd0, odd1, 0xDD).Store(output + (long)12 * outputStride);
     }
 
     /// <summary>A sequence longer than the scratch holds transposed: each of its queries over KV head <paramref name="kv"/> as the token items do.</summary>
