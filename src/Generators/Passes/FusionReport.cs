@@ -86,7 +86,7 @@ internal static class FusionReport
         if (plan.Kernels.Any(k => k is CausalConvKernel or SelectiveScanKernel)) yield return "Recurrent state: per sequence, each Mamba layer's last K − 1 convolution inputs and scan state per channel in the context's state slot (float32 unless the state says F16); each work item keeps its block of channels' state on the stack.";
         yield return "Threads: one worker pool (PlanOptions.Threads). A matmul splits its 4-row groups over the threads, each tile (64 rows × 6 tokens";
         yield return "  for F32, 4 rows × 4 tokens for BF16, 8 rows × 8 tokens for the quantized layouts) going through its epilogue while in registers; F32 with many tokens";
-        yield return "  on several threads splits its tokens too, in items of 64 rows × a block of tokens (GemmBlocks); attention splits (token, KV-head chunk) items;";
+        yield return "  on several threads splits its tokens too, in items of 64 rows × a block of tokens (GemmBlocks); attention splits (token, KV-head chunk) items" + (plan.Model.Encoder ? " or (sequence, KV head) items;" : ";");
         yield return "  elementwise loops split rows. Every output is computed by one thread in a fixed order, so results do not depend on the thread count.";
     }
 
@@ -151,6 +151,13 @@ internal static class FusionReport
             _ => "no matmul output of its own to end",
         } : "no matmul output of its own to end";
     }
+
+    // The runtime's choice (StepAttention.Plan): bidirectional attention without a window goes by sequence on the
+    // AVX-512 path when the head size is a multiple of 16; anything else, or another path, by token.
+    private static string EncoderAttentionItems(AttentionKernel attention) =>
+        attention.Causal.Constant == "false" && attention.Window.Constant == "0"
+            ? "(sequence, KV head) items on the AVX-512 path when the head size is a multiple of 16 (32-query blocks, the scores held transposed so each softmax runs down its column), else over (token, chunk of KV heads) items (dots, softmax, weighted sum)"
+            : "(token, chunk of KV heads) items (dots, softmax, weighted sum)";
 
     private static string WeightText(WeightSlice weight) =>
         weight.RowStart.Length == 0 ? Short(weight.Key) : $"{Short(weight.Key)}[{weight.RowStart}..]";
@@ -224,7 +231,7 @@ internal static class FusionReport
                 if (a.Window.Constant != "0") options.Add($"sliding window {a.Window}");
                 if (a.SoftCap.Constant != "0") options.Add($"scores soft-capped at {a.SoftCap}");
                 if (a.Scale.Constant != "0") options.Add($"scale {a.Scale}");
-                return $"attention: {name(a.Output)} ← Attention({name(a.Q)}, {name(a.K)}, {name(a.V)}): no KV cache; {causal} GQA within each sequence of the step{(options.Count > 0 ? " (" + string.Join(", ", options) + ")" : "")}, k/v read in place from the step's rows, in parallel over (token, chunk of KV heads) items (dots, softmax, weighted sum)";
+                return $"attention: {name(a.Output)} ← Attention({name(a.Q)}, {name(a.K)}, {name(a.V)}): no KV cache; {causal} GQA within each sequence of the step{(options.Count > 0 ? " (" + string.Join(", ", options) + ")" : "")}, k/v read in place from the step's rows, in parallel over {EncoderAttentionItems(a)}";
             }
             case PoolKernel p:
                 return $"pool: {name(p.Output)} ← {(p.Mode == "Mean" ? "the mean of" : p.Mode == "Cls" ? "the first of" : "the last of")} each sequence's rows of {name(p.Input)}{(p.Mode == "Mean" ? " (summed in double)" : "")}, in parallel over sequences";
