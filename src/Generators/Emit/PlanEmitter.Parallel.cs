@@ -184,7 +184,7 @@ internal static partial class PlanEmitter
         w.Line($"int heads = {Names.Scalar(a.Heads, "_model")}, kvHeads = {Names.Scalar(a.KvHeads, "_model")};");
         string options = AttentionOptions(a, qCols);
         w.Line("// No KV cache: k and v are read in place from this step's rows, each query over its own sequence's tokens;");
-        w.Line("// items are each token's KV heads in a few chunks, as for a decoder's attention.");
+        w.Line("// StepAttention.Plan picks the items: (sequence, KV head) for bidirectional attention on AVX-512, else each token's KV heads in a few chunks.");
         w.Line($"var step = new {Attention}.StepAttention");
         w.Line("{");
         w.Line($"    Q = {View(plan, a.Q)},");

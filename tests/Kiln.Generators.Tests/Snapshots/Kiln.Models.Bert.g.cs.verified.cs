@@ -620,7 +620,7 @@ namespace Kiln.Models
                         stepProfiler?.Mark("attention");
                         int heads = _model.Heads, kvHeads = _model.Heads;
                         // No KV cache: k and v are read in place from this step's rows, each query over its own sequence's tokens;
-                        // items are each token's KV heads in a few chunks, as for a decoder's attention.
+                        // StepAttention.Plan picks the items: (sequence, KV head) for bidirectional attention on AVX-512, else each token's KV heads in a few chunks.
                         var step = new global::Kiln.Kernels.Attention.StepAttention
                         {
                             Q = _arena.View(_qOffset, T * _Dim),
