@@ -102,8 +102,8 @@ public struct PagedAttention : IParallelWork
         if (!_groupTiled)
         {
             tileKeys = wholeTile;
-            batch = Math.Min((ScoresStride - heads * longestSuffix) / (2 * heads), ScoresStride / (2 * heads + group * (2 * HeadDim + tileKeys)));
-            if (batch < 1 && tileKeys > blockSize) batch = Math.Min((ScoresStride - heads * longestSuffix) / (2 * heads), ScoresStride / (2 * heads + group * (2 * HeadDim + (tileKeys = blockSize))));
+            batch = RowsBatch(heads, longestSuffix, tileKeys);
+            if (batch < 1 && tileKeys > blockSize) batch = RowsBatch(heads, longestSuffix, tileKeys = blockSize);
         }
         if (batch < 1) return;
         _groupBatch = Math.Min(batch, mostTokens);
@@ -114,6 +114,14 @@ public struct PagedAttention : IParallelWork
             items += (Context.SharedPrefixTokens(g).Length + _groupBatch - 1) / _groupBatch * _groupKvChunks;
         _groupItems = items;
     }
+
+    /// <summary>
+    /// The most tokens a row-by-row group item's scratch holds (<see cref="PrefixByRows"/>): per token and head the
+    /// prefix's max and sum beside its suffix scores, and per token of one KV head its query and output rows and a
+    /// tile of prefix scores; 0 when not one.
+    /// </summary>
+    private readonly int RowsBatch(int heads, int longestSuffix, int tileKeys) =>
+        Math.Min((ScoresStride - heads * longestSuffix) / (2 * heads), ScoresStride / (2 * heads + Heads / KvHeads * (2 * HeadDim + tileKeys)));
 
     /// <summary>The most tokens (up to <paramref name="mostTokens"/>) a tiled group item's scratch holds; 0 when not one.</summary>
     private readonly int TiledBatch(int mostTokens, int heads, int longestSuffix, int tileKeys)
@@ -289,6 +297,12 @@ public struct PagedAttention : IParallelWork
     }
 
     /// <summary>
+    /// Where score row <paramref name="r"/> (token r / group, query head r mod group) of the KV head whose rows start at
+    /// <paramref name="statisticsAt"/> of an item's <paramref name="heads"/> keeps its prefix max (and, next to it, its sum).
+    /// </summary>
+    private static int StatisticsIndex(int r, int group, int heads, int statisticsAt) => 2 * (r / group * heads + statisticsAt + r % group);
+
+    /// <summary>
     /// The prefix part of a group item for KV head <paramref name="kv"/> on the AVX-512 path, as small GEMMs with no
     /// horizontal sums (<see cref="AttentionTiles.OuterProduct"/>). The batch's query rows are transposed once into
     /// scratch (element d of every row side by side, padded to 16 rows with zeros); then per tile of prefix positions
@@ -355,7 +369,7 @@ public struct PagedAttention : IParallelWork
         }
         for (int r = 0; r < rows; r++)
         {
-            int at = 2 * (r / group * heads + statisticsAt + r % group);
+            int at = StatisticsIndex(r, group, heads, statisticsAt);
             statistics[at] = runningMax[r];
             statistics[at + 1] = runningSum[r];
         }
@@ -435,8 +449,8 @@ public struct PagedAttention : IParallelWork
     private readonly void PrefetchPrefixRows(ReadOnlySpan<int> blocks, int first, int count, int column)
     {
         int blockSize = Cache.BlockSize, block = blocks[first / blockSize], offset = first % blockSize, rows = Math.Min(count, blockSize - offset);
-        VectorMath.PrefetchNextBlock(KvBlocks.HalfKeys(Cache, Layer, block, offset, rows, column, HeadDim), KvCols, rows, HeadDim, values: false);
-        VectorMath.PrefetchNextBlock(KvBlocks.HalfValues(Cache, Layer, block, offset, rows, column, HeadDim), KvCols, rows, HeadDim, values: true);
+        PrefetchNextBlock(block, rows, column, HeadDim, values: false, offset);
+        PrefetchNextBlock(block, rows, column, HeadDim, values: true, offset);
     }
 
     /// <summary>
@@ -458,7 +472,7 @@ public struct PagedAttention : IParallelWork
         sums.Clear();
         for (int r = 0; r < rows; r++)
         {
-            int at = 2 * (r / group * heads + statisticsAt + r % group);
+            int at = StatisticsIndex(r, group, heads, statisticsAt);
             statistics[at] = float.NegativeInfinity;
             statistics[at + 1] = 0;
         }
@@ -476,7 +490,7 @@ public struct PagedAttention : IParallelWork
             {
                 var scores = tile.Slice(r * tileKeys, keys);
                 if (Options.SoftCap > 0) SoftCap(scores, Options.SoftCap);
-                int at = 2 * (r / group * heads + statisticsAt + r % group);
+                int at = StatisticsIndex(r, group, heads, statisticsAt);
                 float runningMax = statistics[at], max = MathF.Max(runningMax, VectorMath.Max(scores));
                 if (max > runningMax && runningMax > float.NegativeInfinity)
                 {
@@ -502,12 +516,12 @@ public struct PagedAttention : IParallelWork
     /// F16 rows of a per-sequence walk's next block, fetched a block ahead (a paged cache's blocks are apart, so the
     /// hardware prefetcher cannot follow): its keys while the current block is scored, its values while weighed.
     /// </summary>
-    private readonly void PrefetchNextBlock(int block, int rows, int firstColumn, int columns, bool values) =>
-        VectorMath.PrefetchNextBlock(values ? KvBlocks.HalfValues(Cache, Layer, block, 0, rows, firstColumn, columns) : KvBlocks.HalfKeys(Cache, Layer, block, 0, rows, firstColumn, columns),
+    private readonly void PrefetchNextBlock(int block, int rows, int firstColumn, int columns, bool values, int offset = 0) =>
+        VectorMath.PrefetchNextBlock(values ? KvBlocks.HalfValues(Cache, Layer, block, offset, rows, firstColumn, columns) : KvBlocks.HalfKeys(Cache, Layer, block, offset, rows, firstColumn, columns),
             KvCols, rows, columns, values);
 
-    /// <summary>s ← cap·tanh(s/cap) over every score (Gemma-2's attention logit soft-capping).</summary>
-    private static void SoftCap(Span<float> scores, float cap)
+    /// <summary>s ← cap·tanh(s/cap) over every score (Gemma-2's attention logit soft-capping); <see cref="StepAttention"/>'s too.</summary>
+    internal static void SoftCap(Span<float> scores, float cap)
     {
         float inverse = 1f / cap;
         int i = 0;

@@ -89,8 +89,7 @@ public struct StepAttention : IParallelWork
             var output = Output.Slice(at, heads * HeadDim);
             var weights = scores.Slice(0, heads * rows);
             VectorMath.AttentionScores(query, heads, HeadDim, group, K.Slice(first * KvCols + kv0 * HeadDim, span), KvCols, rows, Options.Scale, weights, rows, 0);
-            if (Options.SoftCap > 0)
-                for (int i = 0; i < weights.Length; i++) weights[i] = Options.SoftCap * Elementwise.Lanes.Tanh(weights[i] / Options.SoftCap);
+            if (Options.SoftCap > 0) PagedAttention.SoftCap(weights, Options.SoftCap);
             for (int h = 0; h < heads; h++) VectorMath.Softmax(weights.Slice(h * rows, rows));
             output.Clear();
             VectorMath.AttentionValues(weights, rows, 0, heads, HeadDim, group, V.Slice(first * KvCols + kv0 * HeadDim, span), KvCols, rows, output);
@@ -127,11 +126,7 @@ public struct StepAttention : IParallelWork
                         for (int d = 0; d < HeadDim; d += 16)
                             Transpose16(queries + (long)half * QCols + d, QCols, Math.Min(16, count - half), queriesT + d * QueryBlock + half, QueryBlock);
                     BlockScores(keys, length, queriesT, two, weightsT);
-                    if (Options.SoftCap > 0)
-                    {
-                        var capped = new Span<float>(weightsT, length * QueryBlock);
-                        for (int j = 0; j < capped.Length; j++) capped[j] = Options.SoftCap * Elementwise.Lanes.Tanh(capped[j] / Options.SoftCap);
-                    }
+                    if (Options.SoftCap > 0) PagedAttention.SoftCap(new Span<float>(weightsT, length * QueryBlock), Options.SoftCap);
                     ColumnSoftmax(weightsT, length, two);
                     BlockValues(weightsT, count, length, values, Output.Pointer + (long)(first + i) * QCols + h * HeadDim);
                 }
@@ -272,8 +267,7 @@ public struct StepAttention : IParallelWork
             var output = Output.Slice(at, group * HeadDim);
             var weights = scratch.Slice(0, group * length);
             VectorMath.AttentionScores(query, group, HeadDim, group, K.Slice(first * KvCols + kv * HeadDim, span), KvCols, length, Options.Scale, weights, length, 0);
-            if (Options.SoftCap > 0)
-                for (int i = 0; i < weights.Length; i++) weights[i] = Options.SoftCap * Elementwise.Lanes.Tanh(weights[i] / Options.SoftCap);
+            if (Options.SoftCap > 0) PagedAttention.SoftCap(weights, Options.SoftCap);
             for (int h = 0; h < group; h++) VectorMath.Softmax(weights.Slice(h * length, length));
             output.Clear();
             VectorMath.AttentionValues(weights, length, 0, group, HeadDim, group, V.Slice(first * KvCols + kv * HeadDim, span), KvCols, length, output);
