@@ -224,8 +224,9 @@ public sealed class CompiledPlanTests
         {
             "RmsNorm(Norm1) fused",                        // norm → q/k/v matmul input
             "rope([Q]) epilogue",                          // rope on q and k
-            "h2 ← h2 + [O] epilogue (in place)",           // h += Linear(att, O); h is a kernel local, so the buffer is h2
-            "elementwise: m ← rmsnorm(h2, Norm2)",          // m is also added later: the norm cannot fold
+            "h3 ← h2 + [O] epilogue",                      // h += Linear(att, O) into a buffer of its own, not over h2: an in-place residual slows the tiles
+            "h2 ← (h3 + [Down]) + m epilogue",             // the layer's last value straight into the loop's buffer, no copy after it
+            "elementwise: m ← rmsnorm(h3, Norm2)",          // m is also added later: the norm cannot fold
             "silu([Up])·[Up] epilogue",                    // the same weight twice still pairs
         })
         {

@@ -150,7 +150,7 @@ public sealed class TensorLanguageTests(ITestOutputHelper output)
             "(only when layer == 0)",                 // each side of the tensor ?:
             "x ← 1f − ((1f − (((x + relu(act)) − (softplus(y)·0.5f)) + (exp(neg(relu(y))) / 4f))) / (1f + (0f * Dim)))", // one loop
             "rope([Qkv]) epilogue",                 // partial rope of adjacent pairs ends the tile
-            "(gelu(x))·[B]ᵀ (the input chain computed per row while preparing) → x ← x + ([B] / (2f + Dim)) epilogue (in place)",
+            "(gelu(x))·[B]ᵀ (the input chain computed per row while preparing) → x2 ← x + ([B] / (2f + Dim)) epilogue",
             "logits ← [Head]·0.5f epilogue",        // the result's scale is the last matmul's epilogue
         })
         {

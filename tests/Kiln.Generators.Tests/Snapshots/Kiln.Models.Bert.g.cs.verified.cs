@@ -6,11 +6,11 @@
 //   for each of the LayerCount layers (Layers[layer]):
 //     [3] matmul: x2·[Wq|Wk|Wv]ᵀ → q ← [Wq] + Bq epilogue, k ← [Wk] + Bk epilogue, v ← [Wv] + Bv epilogue
 //     [4] attention: attention ← Attention(q, k, v): no KV cache; bidirectional GQA within each sequence of the step, k/v read in place from the step's rows, in parallel over (sequence, KV head) items on the AVX-512 path when the head size is a multiple of 16 (32-query blocks, the scores held transposed so each softmax runs down its column), else over (token, chunk of KV heads) items (dots, softmax, weighted sum)
-//     [5] matmul: attention·[Wo]ᵀ → x2 ← x2 + [Wo] epilogue (in place)
-//     [6] elementwise: h2 ← layernorm(x2, AttnNorm), one parallel vector loop
+//     [5] matmul: attention·[Wo]ᵀ → add ← x2 + [Wo] epilogue
+//     [6] elementwise: h2 ← layernorm(add, AttnNorm), one parallel vector loop
 //     [7] matmul: h2·[Up]ᵀ → up ← geluerf([Up]) epilogue
-//     [8] matmul: up·[Down]ᵀ → h2 ← h2 + [Down] epilogue (in place)
-//     [9] elementwise: x2 ← layernorm(h2, OutputNorm), one parallel vector loop
+//     [8] matmul: up·[Down]ᵀ → add2 ← h2 + [Down] epilogue
+//     [9] elementwise: x2 ← layernorm(add2, OutputNorm), one parallel vector loop
 //   end of layer loop
 //   [10] pool: pooled ← the first of each sequence's rows of x2, in parallel over sequences (only when PoolingType == 2)
 //   [11] pool: pooled ← the last of each sequence's rows of x2, in parallel over sequences (only when !(PoolingType == 2) && PoolingType == 3)
@@ -29,10 +29,10 @@
 //   TokenTypes → as stored in the file (memory-mapped): each gathered row decoded by itself, by token type.
 //   Positions → as stored in the file (memory-mapped): each gathered row decoded by itself, by position.
 // Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):
-//   slot 0: x [T, Dim], q [T, Dim], h2 [T, Dim], pooled [S, Dim]
+//   slot 0: x [T, Dim], q [T, Dim], add [T, Dim], up [T, Hidden], pooled [S, Dim]
 //   slot 1: x2 [T, Dim], normalized [S, Dim]
-//   slot 2: k [T, Dim], up [T, Hidden]
-//   slot 3: v [T, Dim]
+//   slot 2: k [T, Dim], h2 [T, Dim]
+//   slot 3: v [T, Dim], add2 [T, Dim]
 //   slot 4: attention [T, Dim]
 // Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;
 //   for Q8_0/Q4_0, Q8 activations (per 32 values a scale d = max|x|/127, kept in fp16, and int8 q = round(x/d): GGML's rule),
@@ -315,11 +315,11 @@ namespace Kiln.Models
                 "  for each of the LayerCount layers (Layers[layer]):\n" +
                 "    [3] matmul: x2·[Wq|Wk|Wv]ᵀ → q ← [Wq] + Bq epilogue, k ← [Wk] + Bk epilogue, v ← [Wv] + Bv epilogue\n" +
                 "    [4] attention: attention ← Attention(q, k, v): no KV cache; bidirectional GQA within each sequence of the step, k/v read in place from the step's rows, in parallel over (sequence, KV head) items on the AVX-512 path when the head size is a multiple of 16 (32-query blocks, the scores held transposed so each softmax runs down its column), else over (token, chunk of KV heads) items (dots, softmax, weighted sum)\n" +
-                "    [5] matmul: attention·[Wo]ᵀ → x2 ← x2 + [Wo] epilogue (in place)\n" +
-                "    [6] elementwise: h2 ← layernorm(x2, AttnNorm), one parallel vector loop\n" +
+                "    [5] matmul: attention·[Wo]ᵀ → add ← x2 + [Wo] epilogue\n" +
+                "    [6] elementwise: h2 ← layernorm(add, AttnNorm), one parallel vector loop\n" +
                 "    [7] matmul: h2·[Up]ᵀ → up ← geluerf([Up]) epilogue\n" +
-                "    [8] matmul: up·[Down]ᵀ → h2 ← h2 + [Down] epilogue (in place)\n" +
-                "    [9] elementwise: x2 ← layernorm(h2, OutputNorm), one parallel vector loop\n" +
+                "    [8] matmul: up·[Down]ᵀ → add2 ← h2 + [Down] epilogue\n" +
+                "    [9] elementwise: x2 ← layernorm(add2, OutputNorm), one parallel vector loop\n" +
                 "  end of layer loop\n" +
                 "  [10] pool: pooled ← the first of each sequence's rows of x2, in parallel over sequences (only when PoolingType == 2)\n" +
                 "  [11] pool: pooled ← the last of each sequence's rows of x2, in parallel over sequences (only when !(PoolingType == 2) && PoolingType == 3)\n" +
@@ -338,10 +338,10 @@ namespace Kiln.Models
                 "  TokenTypes → as stored in the file (memory-mapped): each gathered row decoded by itself, by token type.\n" +
                 "  Positions → as stored in the file (memory-mapped): each gathered row decoded by itself, by position.\n" +
                 "Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):\n" +
-                "  slot 0: x [T, Dim], q [T, Dim], h2 [T, Dim], pooled [S, Dim]\n" +
+                "  slot 0: x [T, Dim], q [T, Dim], add [T, Dim], up [T, Hidden], pooled [S, Dim]\n" +
                 "  slot 1: x2 [T, Dim], normalized [S, Dim]\n" +
-                "  slot 2: k [T, Dim], up [T, Hidden]\n" +
-                "  slot 3: v [T, Dim]\n" +
+                "  slot 2: k [T, Dim], h2 [T, Dim]\n" +
+                "  slot 3: v [T, Dim], add2 [T, Dim]\n" +
                 "  slot 4: attention [T, Dim]\n" +
                 "Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;\n" +
                 "  for Q8_0/Q4_0, Q8 activations (per 32 values a scale d = max|x|/127, kept in fp16, and int8 q = round(x/d): GGML's rule),\n" +
@@ -397,8 +397,10 @@ namespace Kiln.Models
             private readonly int _kOffset;
             private readonly int _vOffset;
             private readonly int _attentionOffset;
+            private readonly int _addOffset;
             private readonly int _h2Offset;
             private readonly int _upOffset;
+            private readonly int _add2Offset;
             private readonly int _pooledOffset;
             private readonly int _normalizedOffset;
 
@@ -493,16 +495,18 @@ namespace Kiln.Models
                 int offset = 0;
                 _xOffset = offset; // x [T, Dim]
                 _qOffset = offset; // q [T, Dim]
-                _h2Offset = offset; // h2 [T, Dim]
+                _addOffset = offset; // add [T, Dim]
+                _upOffset = offset; // up [T, Hidden]
                 _pooledOffset = offset; // pooled [S, Dim]
-                offset += (maxTokensPerStep * _Dim + 15) & ~15; // each slot starts on a 64-byte boundary
+                offset += (maxTokensPerStep * global::System.Math.Max(_Dim, _Hidden) + 15) & ~15; // each slot starts on a 64-byte boundary
                 _x2Offset = offset; // x2 [T, Dim]
                 _normalizedOffset = offset; // normalized [S, Dim]
                 offset += (maxTokensPerStep * _Dim + 15) & ~15; // each slot starts on a 64-byte boundary
                 _kOffset = offset; // k [T, Dim]
-                _upOffset = offset; // up [T, Hidden]
-                offset += (maxTokensPerStep * global::System.Math.Max(_Dim, _Hidden) + 15) & ~15; // each slot starts on a 64-byte boundary
+                _h2Offset = offset; // h2 [T, Dim]
+                offset += (maxTokensPerStep * _Dim + 15) & ~15; // each slot starts on a 64-byte boundary
                 _vOffset = offset; // v [T, Dim]
+                _add2Offset = offset; // add2 [T, Dim]
                 offset += (maxTokensPerStep * _Dim + 15) & ~15; // each slot starts on a 64-byte boundary
                 _attentionOffset = offset; // attention [T, Dim]
                 offset += (maxTokensPerStep * _Dim + 15) & ~15; // each slot starts on a 64-byte boundary
@@ -576,8 +580,10 @@ namespace Kiln.Models
                 global::System.Span<float> k = _arena.Slice(_kOffset, T * _Dim);
                 global::System.Span<float> v = _arena.Slice(_vOffset, T * _Dim);
                 global::System.Span<float> attention = _arena.Slice(_attentionOffset, T * _Dim);
+                global::System.Span<float> add = _arena.Slice(_addOffset, T * _Dim);
                 global::System.Span<float> h2 = _arena.Slice(_h2Offset, T * _Dim);
                 global::System.Span<float> up = _arena.Slice(_upOffset, T * _Hidden);
+                global::System.Span<float> add2 = _arena.Slice(_add2Offset, T * _Dim);
                 global::System.Span<float> pooled = _arena.Slice(_pooledOffset, S * _Dim);
                 global::System.Span<float> normalized = _arena.Slice(_normalizedOffset, S * _Dim);
 
@@ -640,7 +646,7 @@ namespace Kiln.Models
                         int items = step.Plan(T, _pool.ThreadCount);
                         _pool.Run(items, step.ChunkSize, step);
                     }
-                    // [5] matmul: attention·[Wo]ᵀ → x2 ← x2 + [Wo] epilogue (in place)
+                    // [5] matmul: attention·[Wo]ᵀ → add ← x2 + [Wo] epilogue
                     {
                         stepProfiler?.Mark("input wo");
                         var weights = _wo[layer];
@@ -652,15 +658,15 @@ namespace Kiln.Models
                             Weights = weights,
                             Input = input,
                             Blocks = global::Kiln.Kernels.MatMul.GemmBlocks.For(weights, T, _pool.ThreadCount),
-                            X2 = new MatMul5X2 { Output = _arena.View(_x2Offset, T * _Dim), Cols = _Dim, FirstRow = 0, In0 = _arena.View(_x2Offset, T * _Dim), In0Cols = _Dim, W0 = _model.Layers[layer].Bo.Data, Dim_Dim = _Dim },
+                            Add = new MatMul5Add { Output = _arena.View(_addOffset, T * _Dim), Cols = _Dim, FirstRow = 0, In0 = _arena.View(_x2Offset, T * _Dim), In0Cols = _Dim, W0 = _model.Layers[layer].Bo.Data, Dim_Dim = _Dim },
                         };
                         _pool.Run(work.Blocks.Count, 1, work);
                     }
-                    // [6] elementwise: h2 ← layernorm(x2, AttnNorm), one parallel vector loop
+                    // [6] elementwise: h2 ← layernorm(add, AttnNorm), one parallel vector loop
                     {
                         stepProfiler?.Mark("elementwise h2");
-                        // h2 ← layernorm(x2, AttnNorm): each row by one work item, the widest vectors first.
-                        _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise6Work { Output = _arena.View(_h2Offset, T * _Dim), In0 = _arena.View(_x2Offset, T * _Dim), In0Cols = _Dim, W0 = _model.Layers[layer].AttnNorm.Data, W1 = _model.Layers[layer].AttnNormBias.Data, E0 = (float)(_model.Eps), Dim_Dim = _Dim });
+                        // h2 ← layernorm(add, AttnNorm): each row by one work item, the widest vectors first.
+                        _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise6Work { Output = _arena.View(_h2Offset, T * _Dim), In0 = _arena.View(_addOffset, T * _Dim), In0Cols = _Dim, W0 = _model.Layers[layer].AttnNorm.Data, W1 = _model.Layers[layer].AttnNormBias.Data, E0 = (float)(_model.Eps), Dim_Dim = _Dim });
                     }
                     // [7] matmul: h2·[Up]ᵀ → up ← geluerf([Up]) epilogue
                     {
@@ -678,7 +684,7 @@ namespace Kiln.Models
                         };
                         _pool.Run(work.Blocks.Count, 1, work);
                     }
-                    // [8] matmul: up·[Down]ᵀ → h2 ← h2 + [Down] epilogue (in place)
+                    // [8] matmul: up·[Down]ᵀ → add2 ← h2 + [Down] epilogue
                     {
                         stepProfiler?.Mark("input down");
                         var weights = _down[layer];
@@ -690,15 +696,15 @@ namespace Kiln.Models
                             Weights = weights,
                             Input = input,
                             Blocks = global::Kiln.Kernels.MatMul.GemmBlocks.For(weights, T, _pool.ThreadCount),
-                            H2 = new MatMul8H2 { Output = _arena.View(_h2Offset, T * _Dim), Cols = _Dim, FirstRow = 0, In0 = _arena.View(_h2Offset, T * _Dim), In0Cols = _Dim, W0 = _model.Layers[layer].DownBias.Data, Dim_Dim = _Dim },
+                            Add2 = new MatMul8Add2 { Output = _arena.View(_add2Offset, T * _Dim), Cols = _Dim, FirstRow = 0, In0 = _arena.View(_h2Offset, T * _Dim), In0Cols = _Dim, W0 = _model.Layers[layer].DownBias.Data, Dim_Dim = _Dim },
                         };
                         _pool.Run(work.Blocks.Count, 1, work);
                     }
-                    // [9] elementwise: x2 ← layernorm(h2, OutputNorm), one parallel vector loop
+                    // [9] elementwise: x2 ← layernorm(add2, OutputNorm), one parallel vector loop
                     {
                         stepProfiler?.Mark("elementwise x2");
-                        // x2 ← layernorm(h2, OutputNorm): each row by one work item, the widest vectors first.
-                        _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise9Work { Output = _arena.View(_x2Offset, T * _Dim), In0 = _arena.View(_h2Offset, T * _Dim), In0Cols = _Dim, W0 = _model.Layers[layer].OutputNorm.Data, W1 = _model.Layers[layer].OutputNormBias.Data, E0 = (float)(_model.Eps), Dim_Dim = _Dim });
+                        // x2 ← layernorm(add2, OutputNorm): each row by one work item, the widest vectors first.
+                        _pool.Run(T, global::Kiln.Kernels.Elementwise.RowLoop.ChunkSize(T, _Dim, _pool.ThreadCount), new Elementwise9Work { Output = _arena.View(_x2Offset, T * _Dim), In0 = _arena.View(_add2Offset, T * _Dim), In0Cols = _Dim, W0 = _model.Layers[layer].OutputNorm.Data, W1 = _model.Layers[layer].OutputNormBias.Data, E0 = (float)(_model.Eps), Dim_Dim = _Dim });
                     }
                 }
 
@@ -1085,14 +1091,14 @@ namespace Kiln.Models
                 public global::Kiln.Kernels.MatMul.PackedMatrix Weights;
                 public global::Kiln.Kernels.MatMul.GemmInput Input;
                 public global::Kiln.Kernels.MatMul.GemmBlocks Blocks;
-                public MatMul5X2 X2;
+                public MatMul5Add Add;
 
                 public void Execute(int start, int end)
                 {
                     for (int item = start; item < end; item++)
                     {
                         Blocks.Get(item, out int first, out int last, out int firstToken, out int endToken);
-                        Run(first, last, firstToken, endToken, ref X2);
+                        Run(first, last, firstToken, endToken, ref Add);
                     }
                 }
 
@@ -1112,8 +1118,8 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[5] x2 ← x2 + [Wo].</summary>
-            private struct MatMul5X2 : global::Kiln.Kernels.MatMul.ITileEpilogue
+            /// <summary>[5] add ← x2 + [Wo].</summary>
+            private struct MatMul5Add : global::Kiln.Kernels.MatMul.ITileEpilogue
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
                 public int Cols, FirstRow;
@@ -1173,11 +1179,11 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[6] h2 ← layernorm(x2, AttnNorm), row by row.</summary>
+            /// <summary>[6] h2 ← layernorm(add, AttnNorm), row by row.</summary>
             private struct Elementwise6Work : global::Kiln.Threading.IParallelWork
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
-                public global::Kiln.Kernels.MatMul.FloatBuffer In0; public int In0Cols; // x2
+                public global::Kiln.Kernels.MatMul.FloatBuffer In0; public int In0Cols; // add
                 public float[] W0; // AttnNorm
                 public float[] W1; // AttnNormBias
                 public float E0; // eps of Moments statistic 0
@@ -1356,14 +1362,14 @@ namespace Kiln.Models
                 public global::Kiln.Kernels.MatMul.PackedMatrix Weights;
                 public global::Kiln.Kernels.MatMul.GemmInput Input;
                 public global::Kiln.Kernels.MatMul.GemmBlocks Blocks;
-                public MatMul8H2 H2;
+                public MatMul8Add2 Add2;
 
                 public void Execute(int start, int end)
                 {
                     for (int item = start; item < end; item++)
                     {
                         Blocks.Get(item, out int first, out int last, out int firstToken, out int endToken);
-                        Run(first, last, firstToken, endToken, ref H2);
+                        Run(first, last, firstToken, endToken, ref Add2);
                     }
                 }
 
@@ -1383,8 +1389,8 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[8] h2 ← h2 + [Down].</summary>
-            private struct MatMul8H2 : global::Kiln.Kernels.MatMul.ITileEpilogue
+            /// <summary>[8] add2 ← h2 + [Down].</summary>
+            private struct MatMul8Add2 : global::Kiln.Kernels.MatMul.ITileEpilogue
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
                 public int Cols, FirstRow;
@@ -1444,11 +1450,11 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[9] x2 ← layernorm(h2, OutputNorm), row by row.</summary>
+            /// <summary>[9] x2 ← layernorm(add2, OutputNorm), row by row.</summary>
             private struct Elementwise9Work : global::Kiln.Threading.IParallelWork
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
-                public global::Kiln.Kernels.MatMul.FloatBuffer In0; public int In0Cols; // h2
+                public global::Kiln.Kernels.MatMul.FloatBuffer In0; public int In0Cols; // add2
                 public float[] W0; // OutputNorm
                 public float[] W1; // OutputNormBias
                 public float E0; // eps of Moments statistic 0

@@ -4,9 +4,9 @@
 //   for each of the LayerCount layers (Layers[layer]):
 //     [2] matmul: x·[Wqkv|Wqkv[Dim..]|Wqkv[2*Dim..]]ᵀ with LayerNorm(AttnNorm, AttnNormBias) fused into the input preparation → q ← [Wqkv] + Bqkv epilogue, k ← [Wqkv] + Bqkv epilogue, v ← [Wqkv] + Bqkv epilogue
 //     [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)
-//     [4] matmul: attention·[Wo]ᵀ → x ← x + [Wo] epilogue (in place)
-//     [5] matmul: x·[Up]ᵀ with LayerNorm(FfnNorm, FfnNormBias) fused into the input preparation → gelu ← gelu([Up]) epilogue
-//     [6] matmul: gelu·[Down]ᵀ → x ← x + [Down] epilogue (in place)
+//     [4] matmul: attention·[Wo]ᵀ → x2 ← x + [Wo] epilogue
+//     [5] matmul: x2·[Up]ᵀ with LayerNorm(FfnNorm, FfnNormBias) fused into the input preparation → gelu ← gelu([Up]) epilogue
+//     [6] matmul: gelu·[Down]ᵀ → x ← x2 + [Down] epilogue
 //   end of layer loop
 //   [7] matmul: (rows(x))·[Output]ᵀ with LayerNorm(OutputNorm, OutputNormBias) fused into the input preparation (the input chain computed per row while preparing) → logits
 // Elementwise ops: every one fused — into a matmul's input preparation or tile epilogue, or into one of 1 row loop(s) (parallel, vectorized) that stand where no matmul can take them: x, carried into the layer loop.
@@ -22,8 +22,8 @@
 //   Positions → as stored in the file (memory-mapped): each gathered row decoded by itself, by position.
 // Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):
 //   slot 0: x [T, Dim]
-//   slot 1: q [T, Dim], gelu [T, Hidden]
-//   slot 2: k [T, Dim]
+//   slot 1: q [T, Dim], x2 [T, Dim]
+//   slot 2: k [T, Dim], gelu [T, Hidden]
 //   slot 3: v [T, Dim]
 //   slot 4: attention [T, Dim]
 // Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;
@@ -281,9 +281,9 @@ namespace Kiln.Models
                 "  for each of the LayerCount layers (Layers[layer]):\n" +
                 "    [2] matmul: x·[Wqkv|Wqkv[Dim..]|Wqkv[2*Dim..]]ᵀ with LayerNorm(AttnNorm, AttnNormBias) fused into the input preparation → q ← [Wqkv] + Bqkv epilogue, k ← [Wqkv] + Bqkv epilogue, v ← [Wqkv] + Bqkv epilogue\n" +
                 "    [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)\n" +
-                "    [4] matmul: attention·[Wo]ᵀ → x ← x + [Wo] epilogue (in place)\n" +
-                "    [5] matmul: x·[Up]ᵀ with LayerNorm(FfnNorm, FfnNormBias) fused into the input preparation → gelu ← gelu([Up]) epilogue\n" +
-                "    [6] matmul: gelu·[Down]ᵀ → x ← x + [Down] epilogue (in place)\n" +
+                "    [4] matmul: attention·[Wo]ᵀ → x2 ← x + [Wo] epilogue\n" +
+                "    [5] matmul: x2·[Up]ᵀ with LayerNorm(FfnNorm, FfnNormBias) fused into the input preparation → gelu ← gelu([Up]) epilogue\n" +
+                "    [6] matmul: gelu·[Down]ᵀ → x ← x2 + [Down] epilogue\n" +
                 "  end of layer loop\n" +
                 "  [7] matmul: (rows(x))·[Output]ᵀ with LayerNorm(OutputNorm, OutputNormBias) fused into the input preparation (the input chain computed per row while preparing) → logits\n" +
                 "Elementwise ops: every one fused — into a matmul's input preparation or tile epilogue, or into one of 1 row loop(s) (parallel, vectorized) that stand where no matmul can take them: x, carried into the layer loop.\n" +
@@ -299,8 +299,8 @@ namespace Kiln.Models
                 "  Positions → as stored in the file (memory-mapped): each gathered row decoded by itself, by position.\n" +
                 "Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):\n" +
                 "  slot 0: x [T, Dim]\n" +
-                "  slot 1: q [T, Dim], gelu [T, Hidden]\n" +
-                "  slot 2: k [T, Dim]\n" +
+                "  slot 1: q [T, Dim], x2 [T, Dim]\n" +
+                "  slot 2: k [T, Dim], gelu [T, Hidden]\n" +
                 "  slot 3: v [T, Dim]\n" +
                 "  slot 4: attention [T, Dim]\n" +
                 "Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;\n" +
@@ -358,6 +358,7 @@ namespace Kiln.Models
             private readonly int _kOffset;
             private readonly int _vOffset;
             private readonly int _attentionOffset;
+            private readonly int _x2Offset;
             private readonly int _geluOffset;
 
             // Matmul inputs, prepared once per matmul for all its weights (normalized, quantized to Q8 for the quantized layouts).
@@ -461,10 +462,11 @@ namespace Kiln.Models
                 _xOffset = offset; // x [T, Dim]
                 offset += (maxTokensPerStep * _Dim + 15) & ~15; // each slot starts on a 64-byte boundary
                 _qOffset = offset; // q [T, Dim]
+                _x2Offset = offset; // x2 [T, Dim]
+                offset += (maxTokensPerStep * _Dim + 15) & ~15; // each slot starts on a 64-byte boundary
+                _kOffset = offset; // k [T, Dim]
                 _geluOffset = offset; // gelu [T, Hidden]
                 offset += (maxTokensPerStep * global::System.Math.Max(_Dim, _Hidden) + 15) & ~15; // each slot starts on a 64-byte boundary
-                _kOffset = offset; // k [T, Dim]
-                offset += (maxTokensPerStep * _Dim + 15) & ~15; // each slot starts on a 64-byte boundary
                 _vOffset = offset; // v [T, Dim]
                 offset += (maxTokensPerStep * _Dim + 15) & ~15; // each slot starts on a 64-byte boundary
                 _attentionOffset = offset; // attention [T, Dim]
@@ -529,6 +531,7 @@ namespace Kiln.Models
                 global::System.Span<float> k = _arena.Slice(_kOffset, T * _Dim);
                 global::System.Span<float> v = _arena.Slice(_vOffset, T * _Dim);
                 global::System.Span<float> attention = _arena.Slice(_attentionOffset, T * _Dim);
+                global::System.Span<float> x2 = _arena.Slice(_x2Offset, T * _Dim);
                 global::System.Span<float> gelu = _arena.Slice(_geluOffset, T * _Hidden);
 
                 // [1] elementwise: x ← TokenEmbedding[tokens] + Positions[positions], one parallel vector loop
@@ -595,7 +598,7 @@ namespace Kiln.Models
                         int items = paged.Plan(T, _pool.ThreadCount);
                         _pool.Run(items, paged.ChunkSize, paged);
                     }
-                    // [4] matmul: attention·[Wo]ᵀ → x ← x + [Wo] epilogue (in place)
+                    // [4] matmul: attention·[Wo]ᵀ → x2 ← x + [Wo] epilogue
                     {
                         stepProfiler?.Mark("input wo");
                         var weights = _wo[layer];
@@ -607,16 +610,16 @@ namespace Kiln.Models
                             Weights = weights,
                             Input = input,
                             Blocks = global::Kiln.Kernels.MatMul.GemmBlocks.For(weights, T, _pool.ThreadCount),
-                            X = new MatMul4X { Output = _arena.View(_xOffset, T * _Dim), Cols = _Dim, FirstRow = 0, In0 = _arena.View(_xOffset, T * _Dim), In0Cols = _Dim, W0 = _model.Layers[layer].Bo.Data, Dim_Dim = _Dim },
+                            X2 = new MatMul4X2 { Output = _arena.View(_x2Offset, T * _Dim), Cols = _Dim, FirstRow = 0, In0 = _arena.View(_xOffset, T * _Dim), In0Cols = _Dim, W0 = _model.Layers[layer].Bo.Data, Dim_Dim = _Dim },
                         };
                         _pool.Run(work.Blocks.Count, 1, work);
                     }
-                    // [5] matmul: x·[Up]ᵀ with LayerNorm(FfnNorm, FfnNormBias) fused into the input preparation → gelu ← gelu([Up]) epilogue
+                    // [5] matmul: x2·[Up]ᵀ with LayerNorm(FfnNorm, FfnNormBias) fused into the input preparation → gelu ← gelu([Up]) epilogue
                     {
                         stepProfiler?.Mark("input up");
                         var weights = _up[layer];
                         // The input once for every weight, layer-normalized by FfnNorm: quantized to Q8 for the quantized layouts, read as it is by the float ones.
-                        var input = _inputs.Prepare(weights.Format, _arena.View(_xOffset, T * _Dim), _Dim, T, _Dim, global::Kiln.Kernels.MatMul.InputNorm.Layer, _model.Layers[layer].FfnNorm.Data, _model.Layers[layer].FfnNormBias.Data, (float)(_model.Eps), _pool);
+                        var input = _inputs.Prepare(weights.Format, _arena.View(_x2Offset, T * _Dim), _Dim, T, _Dim, global::Kiln.Kernels.MatMul.InputNorm.Layer, _model.Layers[layer].FfnNorm.Data, _model.Layers[layer].FfnNormBias.Data, (float)(_model.Eps), _pool);
                         stepProfiler?.Mark("matmul up");
                         var work = new MatMul5Work
                         {
@@ -627,7 +630,7 @@ namespace Kiln.Models
                         };
                         _pool.Run(work.Blocks.Count, 1, work);
                     }
-                    // [6] matmul: gelu·[Down]ᵀ → x ← x + [Down] epilogue (in place)
+                    // [6] matmul: gelu·[Down]ᵀ → x ← x2 + [Down] epilogue
                     {
                         stepProfiler?.Mark("input down");
                         var weights = _down[layer];
@@ -639,7 +642,7 @@ namespace Kiln.Models
                             Weights = weights,
                             Input = input,
                             Blocks = global::Kiln.Kernels.MatMul.GemmBlocks.For(weights, T, _pool.ThreadCount),
-                            X = new MatMul6X { Output = _arena.View(_xOffset, T * _Dim), Cols = _Dim, FirstRow = 0, In0 = _arena.View(_xOffset, T * _Dim), In0Cols = _Dim, W0 = _model.Layers[layer].DownBias.Data, Dim_Dim = _Dim },
+                            X = new MatMul6X { Output = _arena.View(_xOffset, T * _Dim), Cols = _Dim, FirstRow = 0, In0 = _arena.View(_x2Offset, T * _Dim), In0Cols = _Dim, W0 = _model.Layers[layer].DownBias.Data, Dim_Dim = _Dim },
                         };
                         _pool.Run(work.Blocks.Count, 1, work);
                     }
@@ -945,14 +948,14 @@ namespace Kiln.Models
                 public global::Kiln.Kernels.MatMul.PackedMatrix Weights;
                 public global::Kiln.Kernels.MatMul.GemmInput Input;
                 public global::Kiln.Kernels.MatMul.GemmBlocks Blocks;
-                public MatMul4X X;
+                public MatMul4X2 X2;
 
                 public void Execute(int start, int end)
                 {
                     for (int item = start; item < end; item++)
                     {
                         Blocks.Get(item, out int first, out int last, out int firstToken, out int endToken);
-                        Run(first, last, firstToken, endToken, ref X);
+                        Run(first, last, firstToken, endToken, ref X2);
                     }
                 }
 
@@ -972,8 +975,8 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[4] x ← x + [Wo].</summary>
-            private struct MatMul4X : global::Kiln.Kernels.MatMul.ITileEpilogue
+            /// <summary>[4] x2 ← x + [Wo].</summary>
+            private struct MatMul4X2 : global::Kiln.Kernels.MatMul.ITileEpilogue
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
                 public int Cols, FirstRow;
@@ -1189,12 +1192,12 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[6] x ← x + [Down].</summary>
+            /// <summary>[6] x ← x2 + [Down].</summary>
             private struct MatMul6X : global::Kiln.Kernels.MatMul.ITileEpilogue
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
                 public int Cols, FirstRow;
-                public global::Kiln.Kernels.MatMul.FloatBuffer In0; public int In0Cols; // x
+                public global::Kiln.Kernels.MatMul.FloatBuffer In0; public int In0Cols; // x2
                 public float[] W0; // DownBias
                 public int Dim_Dim;
 

@@ -4,9 +4,9 @@
 //   for each of the LayerCount layers (Layers[layer]):
 //     [2] matmul: x·[Wqkv|Wqkv[Dim..]|Wqkv[Dim+KvDim..]]ᵀ with RmsNorm(AttnNorm) fused into the input preparation → q ← rope_neox([Wqkv]) epilogue, k ← rope_neox([Wqkv]) epilogue, v
 //     [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA (sliding window Window) in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)
-//     [4] matmul: attention·[Wo]ᵀ → x ← x + [Wo] epilogue (in place)
-//     [5] matmul: x·[GateUp⋈GateUp[Hidden..]]ᵀ with RmsNorm(FfnNorm) fused into the input preparation → glu ← silu([GateUp])·[GateUp] epilogue
-//     [6] matmul: glu·[Down]ᵀ → x ← x + [Down] epilogue (in place)
+//     [4] matmul: attention·[Wo]ᵀ → x2 ← x + [Wo] epilogue
+//     [5] matmul: x2·[GateUp⋈GateUp[Hidden..]]ᵀ with RmsNorm(FfnNorm) fused into the input preparation → glu ← silu([GateUp])·[GateUp] epilogue
+//     [6] matmul: glu·[Down]ᵀ → x ← x2 + [Down] epilogue
 //   end of layer loop
 //   [7] matmul: (rows(x))·[Output]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (the input chain computed per row while preparing) → logits
 // Elementwise ops: every one fused — into a matmul's input preparation or tile epilogue, or into one of 1 row loop(s) (parallel, vectorized) that stand where no matmul can take them: x, carried into the layer loop.
@@ -21,8 +21,8 @@
 //   TokenEmbedding → as stored in the file (memory-mapped): each gathered row decoded by itself, by token.
 // Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):
 //   slot 0: x [T, Dim]
-//   slot 1: q [T, Dim], glu [T, Hidden]
-//   slot 2: k [T, KvDim]
+//   slot 1: q [T, Dim], x2 [T, Dim]
+//   slot 2: k [T, KvDim], glu [T, Hidden]
 //   slot 3: v [T, KvDim]
 //   slot 4: attention [T, Dim]
 // Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;
@@ -261,9 +261,9 @@ namespace Kiln.Models
                 "  for each of the LayerCount layers (Layers[layer]):\n" +
                 "    [2] matmul: x·[Wqkv|Wqkv[Dim..]|Wqkv[Dim+KvDim..]]ᵀ with RmsNorm(AttnNorm) fused into the input preparation → q ← rope_neox([Wqkv]) epilogue, k ← rope_neox([Wqkv]) epilogue, v\n" +
                 "    [3] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA (sliding window Window) in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)\n" +
-                "    [4] matmul: attention·[Wo]ᵀ → x ← x + [Wo] epilogue (in place)\n" +
-                "    [5] matmul: x·[GateUp⋈GateUp[Hidden..]]ᵀ with RmsNorm(FfnNorm) fused into the input preparation → glu ← silu([GateUp])·[GateUp] epilogue\n" +
-                "    [6] matmul: glu·[Down]ᵀ → x ← x + [Down] epilogue (in place)\n" +
+                "    [4] matmul: attention·[Wo]ᵀ → x2 ← x + [Wo] epilogue\n" +
+                "    [5] matmul: x2·[GateUp⋈GateUp[Hidden..]]ᵀ with RmsNorm(FfnNorm) fused into the input preparation → glu ← silu([GateUp])·[GateUp] epilogue\n" +
+                "    [6] matmul: glu·[Down]ᵀ → x ← x2 + [Down] epilogue\n" +
                 "  end of layer loop\n" +
                 "  [7] matmul: (rows(x))·[Output]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (the input chain computed per row while preparing) → logits\n" +
                 "Elementwise ops: every one fused — into a matmul's input preparation or tile epilogue, or into one of 1 row loop(s) (parallel, vectorized) that stand where no matmul can take them: x, carried into the layer loop.\n" +
@@ -278,8 +278,8 @@ namespace Kiln.Models
                 "  TokenEmbedding → as stored in the file (memory-mapped): each gathered row decoded by itself, by token.\n" +
                 "Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):\n" +
                 "  slot 0: x [T, Dim]\n" +
-                "  slot 1: q [T, Dim], glu [T, Hidden]\n" +
-                "  slot 2: k [T, KvDim]\n" +
+                "  slot 1: q [T, Dim], x2 [T, Dim]\n" +
+                "  slot 2: k [T, KvDim], glu [T, Hidden]\n" +
                 "  slot 3: v [T, KvDim]\n" +
                 "  slot 4: attention [T, Dim]\n" +
                 "Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;\n" +
@@ -347,6 +347,7 @@ namespace Kiln.Models
             private readonly int _kOffset;
             private readonly int _vOffset;
             private readonly int _attentionOffset;
+            private readonly int _x2Offset;
             private readonly int _gluOffset;
 
             // Matmul inputs, prepared once per matmul for all its weights (normalized, quantized to Q8 for the quantized layouts).
@@ -469,10 +470,11 @@ namespace Kiln.Models
                 _xOffset = offset; // x [T, Dim]
                 offset += (maxTokensPerStep * _Dim + 15) & ~15; // each slot starts on a 64-byte boundary
                 _qOffset = offset; // q [T, Dim]
-                _gluOffset = offset; // glu [T, Hidden]
-                offset += (maxTokensPerStep * global::System.Math.Max(_Dim, _Hidden) + 15) & ~15; // each slot starts on a 64-byte boundary
+                _x2Offset = offset; // x2 [T, Dim]
+                offset += (maxTokensPerStep * _Dim + 15) & ~15; // each slot starts on a 64-byte boundary
                 _kOffset = offset; // k [T, KvDim]
-                offset += (maxTokensPerStep * _KvDim + 15) & ~15; // each slot starts on a 64-byte boundary
+                _gluOffset = offset; // glu [T, Hidden]
+                offset += (maxTokensPerStep * global::System.Math.Max(_KvDim, _Hidden) + 15) & ~15; // each slot starts on a 64-byte boundary
                 _vOffset = offset; // v [T, KvDim]
                 offset += (maxTokensPerStep * _KvDim + 15) & ~15; // each slot starts on a 64-byte boundary
                 _attentionOffset = offset; // attention [T, Dim]
@@ -531,6 +533,7 @@ namespace Kiln.Models
                 global::System.Span<float> k = _arena.Slice(_kOffset, T * _KvDim);
                 global::System.Span<float> v = _arena.Slice(_vOffset, T * _KvDim);
                 global::System.Span<float> attention = _arena.Slice(_attentionOffset, T * _Dim);
+                global::System.Span<float> x2 = _arena.Slice(_x2Offset, T * _Dim);
                 global::System.Span<float> glu = _arena.Slice(_gluOffset, T * _Hidden);
 
                 stepProfiler?.Mark("rope tables");
@@ -616,7 +619,7 @@ namespace Kiln.Models
                         int items = paged.Plan(T, _pool.ThreadCount);
                         _pool.Run(items, paged.ChunkSize, paged);
                     }
-                    // [4] matmul: attention·[Wo]ᵀ → x ← x + [Wo] epilogue (in place)
+                    // [4] matmul: attention·[Wo]ᵀ → x2 ← x + [Wo] epilogue
                     {
                         stepProfiler?.Mark("input wo");
                         var weights = _wo[layer];
@@ -628,16 +631,16 @@ namespace Kiln.Models
                             Weights = weights,
                             Input = input,
                             Blocks = global::Kiln.Kernels.MatMul.GemmBlocks.For(weights, T, _pool.ThreadCount),
-                            X = new MatMul4X { Output = _arena.View(_xOffset, T * _Dim), Cols = _Dim, FirstRow = 0, In0 = _arena.View(_xOffset, T * _Dim), In0Cols = _Dim, Dim_Dim = _Dim },
+                            X2 = new MatMul4X2 { Output = _arena.View(_x2Offset, T * _Dim), Cols = _Dim, FirstRow = 0, In0 = _arena.View(_xOffset, T * _Dim), In0Cols = _Dim, Dim_Dim = _Dim },
                         };
                         _pool.Run(work.Blocks.Count, 1, work);
                     }
-                    // [5] matmul: x·[GateUp⋈GateUp[Hidden..]]ᵀ with RmsNorm(FfnNorm) fused into the input preparation → glu ← silu([GateUp])·[GateUp] epilogue
+                    // [5] matmul: x2·[GateUp⋈GateUp[Hidden..]]ᵀ with RmsNorm(FfnNorm) fused into the input preparation → glu ← silu([GateUp])·[GateUp] epilogue
                     {
                         stepProfiler?.Mark("input gateUp");
                         var weights = _gateUp[layer];
                         // The input once for every weight, RMS-normalized by FfnNorm: quantized to Q8 for the quantized layouts, read as it is by the float ones.
-                        var input = _inputs.Prepare(weights.Format, _arena.View(_xOffset, T * _Dim), _Dim, T, _Dim, global::Kiln.Kernels.MatMul.InputNorm.Rms, _model.Layers[layer].FfnNorm.Data, null, (float)(_model.Eps), _pool);
+                        var input = _inputs.Prepare(weights.Format, _arena.View(_x2Offset, T * _Dim), _Dim, T, _Dim, global::Kiln.Kernels.MatMul.InputNorm.Rms, _model.Layers[layer].FfnNorm.Data, null, (float)(_model.Eps), _pool);
                         stepProfiler?.Mark("matmul gateUp");
                         var work = new MatMul5Work
                         {
@@ -648,7 +651,7 @@ namespace Kiln.Models
                         };
                         _pool.Run(work.Blocks.Count, 1, work);
                     }
-                    // [6] matmul: glu·[Down]ᵀ → x ← x + [Down] epilogue (in place)
+                    // [6] matmul: glu·[Down]ᵀ → x ← x2 + [Down] epilogue
                     {
                         stepProfiler?.Mark("input down");
                         var weights = _down[layer];
@@ -660,7 +663,7 @@ namespace Kiln.Models
                             Weights = weights,
                             Input = input,
                             Blocks = global::Kiln.Kernels.MatMul.GemmBlocks.For(weights, T, _pool.ThreadCount),
-                            X = new MatMul6X { Output = _arena.View(_xOffset, T * _Dim), Cols = _Dim, FirstRow = 0, In0 = _arena.View(_xOffset, T * _Dim), In0Cols = _Dim, Dim_Dim = _Dim },
+                            X = new MatMul6X { Output = _arena.View(_xOffset, T * _Dim), Cols = _Dim, FirstRow = 0, In0 = _arena.View(_x2Offset, T * _Dim), In0Cols = _Dim, Dim_Dim = _Dim },
                         };
                         _pool.Run(work.Blocks.Count, 1, work);
                     }
@@ -968,14 +971,14 @@ namespace Kiln.Models
                 public global::Kiln.Kernels.MatMul.PackedMatrix Weights;
                 public global::Kiln.Kernels.MatMul.GemmInput Input;
                 public global::Kiln.Kernels.MatMul.GemmBlocks Blocks;
-                public MatMul4X X;
+                public MatMul4X2 X2;
 
                 public void Execute(int start, int end)
                 {
                     for (int item = start; item < end; item++)
                     {
                         Blocks.Get(item, out int first, out int last, out int firstToken, out int endToken);
-                        Run(first, last, firstToken, endToken, ref X);
+                        Run(first, last, firstToken, endToken, ref X2);
                     }
                 }
 
@@ -995,8 +998,8 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[4] x ← x + [Wo].</summary>
-            private struct MatMul4X : global::Kiln.Kernels.MatMul.ITileEpilogue
+            /// <summary>[4] x2 ← x + [Wo].</summary>
+            private struct MatMul4X2 : global::Kiln.Kernels.MatMul.ITileEpilogue
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
                 public int Cols, FirstRow;
@@ -1165,12 +1168,12 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[6] x ← x + [Down].</summary>
+            /// <summary>[6] x ← x2 + [Down].</summary>
             private struct MatMul6X : global::Kiln.Kernels.MatMul.ITileEpilogue
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
                 public int Cols, FirstRow;
-                public global::Kiln.Kernels.MatMul.FloatBuffer In0; public int In0Cols; // x
+                public global::Kiln.Kernels.MatMul.FloatBuffer In0; public int In0Cols; // x2
                 public int Dim_Dim;
 
                 [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel

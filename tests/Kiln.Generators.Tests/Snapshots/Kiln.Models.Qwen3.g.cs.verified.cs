@@ -6,9 +6,9 @@
 //     [3] elementwise: q ← rope_neox(head_rmsnorm(linear, QNorm)), one parallel vector loop
 //     [4] elementwise: k ← rope_neox(head_rmsnorm(linear2, KNorm)), one parallel vector loop
 //     [5] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)
-//     [6] matmul: attention·[Wo]ᵀ → x ← x + [Wo] epilogue (in place)
-//     [7] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation → glu ← silu([Gate])·[Up] epilogue
-//     [8] matmul: glu·[Down]ᵀ → x ← x + [Down] epilogue (in place)
+//     [6] matmul: attention·[Wo]ᵀ → x2 ← x + [Wo] epilogue
+//     [7] matmul: x2·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation → glu ← silu([Gate])·[Up] epilogue
+//     [8] matmul: glu·[Down]ᵀ → x ← x2 + [Down] epilogue
 //   end of layer loop
 //   [9] matmul: (rows(x))·[Output]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (the input chain computed per row while preparing) → logits
 // Elementwise ops: every one fused — into a matmul's input preparation or tile epilogue, or into one of 3 row loop(s) (parallel, vectorized) that stand where no matmul can take them: x, carried into the layer loop; q, a rotary embedding that no matmul tile can end (NeoX halves, partial rotary, or after per-head statistics); k, a rotary embedding that no matmul tile can end (NeoX halves, partial rotary, or after per-head statistics).
@@ -23,8 +23,8 @@
 //   TokenEmbedding → as stored in the file (memory-mapped): each gathered row decoded by itself, by token.
 // Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):
 //   slot 0: x [T, Dim]
-//   slot 1: linear [T, QDim], k [T, KvDim], glu [T, Hidden]
-//   slot 2: linear2 [T, KvDim], attention [T, QDim]
+//   slot 1: linear [T, QDim], k [T, KvDim], x2 [T, Dim]
+//   slot 2: linear2 [T, KvDim], attention [T, QDim], glu [T, Hidden]
 //   slot 3: v [T, KvDim]
 //   slot 4: q [T, QDim]
 // Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;
@@ -275,9 +275,9 @@ namespace Kiln.Models
                 "    [3] elementwise: q ← rope_neox(head_rmsnorm(linear, QNorm)), one parallel vector loop\n" +
                 "    [4] elementwise: k ← rope_neox(head_rmsnorm(linear2, KNorm)), one parallel vector loop\n" +
                 "    [5] attention: attention ← Attention(q, k, v): k/v rows written to the KV cache (each token's row of its sequence's blocks, in the cache's storage), then causal GQA in parallel over (token, chunk of KV heads) items, each reading its sequence's cached rows block by block, once for all its heads (dots, softmax, weighted sum)\n" +
-                "    [6] matmul: attention·[Wo]ᵀ → x ← x + [Wo] epilogue (in place)\n" +
-                "    [7] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation → glu ← silu([Gate])·[Up] epilogue\n" +
-                "    [8] matmul: glu·[Down]ᵀ → x ← x + [Down] epilogue (in place)\n" +
+                "    [6] matmul: attention·[Wo]ᵀ → x2 ← x + [Wo] epilogue\n" +
+                "    [7] matmul: x2·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation → glu ← silu([Gate])·[Up] epilogue\n" +
+                "    [8] matmul: glu·[Down]ᵀ → x ← x2 + [Down] epilogue\n" +
                 "  end of layer loop\n" +
                 "  [9] matmul: (rows(x))·[Output]ᵀ with RmsNorm(OutputNorm) fused into the input preparation (the input chain computed per row while preparing) → logits\n" +
                 "Elementwise ops: every one fused — into a matmul's input preparation or tile epilogue, or into one of 3 row loop(s) (parallel, vectorized) that stand where no matmul can take them: x, carried into the layer loop; q, a rotary embedding that no matmul tile can end (NeoX halves, partial rotary, or after per-head statistics); k, a rotary embedding that no matmul tile can end (NeoX halves, partial rotary, or after per-head statistics).\n" +
@@ -292,8 +292,8 @@ namespace Kiln.Models
                 "  TokenEmbedding → as stored in the file (memory-mapped): each gathered row decoded by itself, by token.\n" +
                 "Arena (one float buffer; each slot holds maxTokensPerStep rows of its widest buffer):\n" +
                 "  slot 0: x [T, Dim]\n" +
-                "  slot 1: linear [T, QDim], k [T, KvDim], glu [T, Hidden]\n" +
-                "  slot 2: linear2 [T, KvDim], attention [T, QDim]\n" +
+                "  slot 1: linear [T, QDim], k [T, KvDim], x2 [T, Dim]\n" +
+                "  slot 2: linear2 [T, KvDim], attention [T, QDim], glu [T, Hidden]\n" +
                 "  slot 3: v [T, KvDim]\n" +
                 "  slot 4: q [T, QDim]\n" +
                 "Matmul inputs: prepared once per matmul into one scratch, sized for the widest input: float rows for the F32/BF16 layouts;\n" +
@@ -361,6 +361,7 @@ namespace Kiln.Models
             private readonly int _kOffset;
             private readonly int _vOffset;
             private readonly int _attentionOffset;
+            private readonly int _x2Offset;
             private readonly int _gluOffset;
 
             // Matmul inputs, prepared once per matmul for all its weights (normalized, quantized to Q8 for the quantized layouts).
@@ -482,11 +483,12 @@ namespace Kiln.Models
                 offset += (maxTokensPerStep * _Dim + 15) & ~15; // each slot starts on a 64-byte boundary
                 _linearOffset = offset; // linear [T, QDim]
                 _kOffset = offset; // k [T, KvDim]
-                _gluOffset = offset; // glu [T, Hidden]
-                offset += (maxTokensPerStep * global::System.Math.Max(global::System.Math.Max(_QDim, _KvDim), _Hidden) + 15) & ~15; // each slot starts on a 64-byte boundary
+                _x2Offset = offset; // x2 [T, Dim]
+                offset += (maxTokensPerStep * global::System.Math.Max(global::System.Math.Max(_QDim, _KvDim), _Dim) + 15) & ~15; // each slot starts on a 64-byte boundary
                 _linear2Offset = offset; // linear2 [T, KvDim]
                 _attentionOffset = offset; // attention [T, QDim]
-                offset += (maxTokensPerStep * global::System.Math.Max(_KvDim, _QDim) + 15) & ~15; // each slot starts on a 64-byte boundary
+                _gluOffset = offset; // glu [T, Hidden]
+                offset += (maxTokensPerStep * global::System.Math.Max(global::System.Math.Max(_KvDim, _QDim), _Hidden) + 15) & ~15; // each slot starts on a 64-byte boundary
                 _vOffset = offset; // v [T, KvDim]
                 offset += (maxTokensPerStep * _KvDim + 15) & ~15; // each slot starts on a 64-byte boundary
                 _qOffset = offset; // q [T, QDim]
@@ -547,6 +549,7 @@ namespace Kiln.Models
                 global::System.Span<float> k = _arena.Slice(_kOffset, T * _KvDim);
                 global::System.Span<float> v = _arena.Slice(_vOffset, T * _KvDim);
                 global::System.Span<float> attention = _arena.Slice(_attentionOffset, T * _QDim);
+                global::System.Span<float> x2 = _arena.Slice(_x2Offset, T * _Dim);
                 global::System.Span<float> glu = _arena.Slice(_gluOffset, T * _Hidden);
 
                 stepProfiler?.Mark("rope tables");
@@ -644,7 +647,7 @@ namespace Kiln.Models
                         int items = paged.Plan(T, _pool.ThreadCount);
                         _pool.Run(items, paged.ChunkSize, paged);
                     }
-                    // [6] matmul: attention·[Wo]ᵀ → x ← x + [Wo] epilogue (in place)
+                    // [6] matmul: attention·[Wo]ᵀ → x2 ← x + [Wo] epilogue
                     {
                         stepProfiler?.Mark("input wo");
                         var weights = _wo[layer];
@@ -656,16 +659,16 @@ namespace Kiln.Models
                             Weights = weights,
                             Input = input,
                             Blocks = global::Kiln.Kernels.MatMul.GemmBlocks.For(weights, T, _pool.ThreadCount),
-                            X = new MatMul6X { Output = _arena.View(_xOffset, T * _Dim), Cols = _Dim, FirstRow = 0, In0 = _arena.View(_xOffset, T * _Dim), In0Cols = _Dim, Dim_Dim = _Dim },
+                            X2 = new MatMul6X2 { Output = _arena.View(_x2Offset, T * _Dim), Cols = _Dim, FirstRow = 0, In0 = _arena.View(_xOffset, T * _Dim), In0Cols = _Dim, Dim_Dim = _Dim },
                         };
                         _pool.Run(work.Blocks.Count, 1, work);
                     }
-                    // [7] matmul: x·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation → glu ← silu([Gate])·[Up] epilogue
+                    // [7] matmul: x2·[Gate⋈Up]ᵀ with RmsNorm(FfnNorm) fused into the input preparation → glu ← silu([Gate])·[Up] epilogue
                     {
                         stepProfiler?.Mark("input gateUp");
                         var weights = _gateUp[layer];
                         // The input once for every weight, RMS-normalized by FfnNorm: quantized to Q8 for the quantized layouts, read as it is by the float ones.
-                        var input = _inputs.Prepare(weights.Format, _arena.View(_xOffset, T * _Dim), _Dim, T, _Dim, global::Kiln.Kernels.MatMul.InputNorm.Rms, _model.Layers[layer].FfnNorm.Data, null, (float)(_model.Eps), _pool);
+                        var input = _inputs.Prepare(weights.Format, _arena.View(_x2Offset, T * _Dim), _Dim, T, _Dim, global::Kiln.Kernels.MatMul.InputNorm.Rms, _model.Layers[layer].FfnNorm.Data, null, (float)(_model.Eps), _pool);
                         stepProfiler?.Mark("matmul gateUp");
                         var work = new MatMul7Work
                         {
@@ -676,7 +679,7 @@ namespace Kiln.Models
                         };
                         _pool.Run(work.Blocks.Count, 1, work);
                     }
-                    // [8] matmul: glu·[Down]ᵀ → x ← x + [Down] epilogue (in place)
+                    // [8] matmul: glu·[Down]ᵀ → x ← x2 + [Down] epilogue
                     {
                         stepProfiler?.Mark("input down");
                         var weights = _down[layer];
@@ -688,7 +691,7 @@ namespace Kiln.Models
                             Weights = weights,
                             Input = input,
                             Blocks = global::Kiln.Kernels.MatMul.GemmBlocks.For(weights, T, _pool.ThreadCount),
-                            X = new MatMul8X { Output = _arena.View(_xOffset, T * _Dim), Cols = _Dim, FirstRow = 0, In0 = _arena.View(_xOffset, T * _Dim), In0Cols = _Dim, Dim_Dim = _Dim },
+                            X = new MatMul8X { Output = _arena.View(_xOffset, T * _Dim), Cols = _Dim, FirstRow = 0, In0 = _arena.View(_x2Offset, T * _Dim), In0Cols = _Dim, Dim_Dim = _Dim },
                         };
                         _pool.Run(work.Blocks.Count, 1, work);
                     }
@@ -1200,14 +1203,14 @@ namespace Kiln.Models
                 public global::Kiln.Kernels.MatMul.PackedMatrix Weights;
                 public global::Kiln.Kernels.MatMul.GemmInput Input;
                 public global::Kiln.Kernels.MatMul.GemmBlocks Blocks;
-                public MatMul6X X;
+                public MatMul6X2 X2;
 
                 public void Execute(int start, int end)
                 {
                     for (int item = start; item < end; item++)
                     {
                         Blocks.Get(item, out int first, out int last, out int firstToken, out int endToken);
-                        Run(first, last, firstToken, endToken, ref X);
+                        Run(first, last, firstToken, endToken, ref X2);
                     }
                 }
 
@@ -1227,8 +1230,8 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[6] x ← x + [Wo].</summary>
-            private struct MatMul6X : global::Kiln.Kernels.MatMul.ITileEpilogue
+            /// <summary>[6] x2 ← x + [Wo].</summary>
+            private struct MatMul6X2 : global::Kiln.Kernels.MatMul.ITileEpilogue
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
                 public int Cols, FirstRow;
@@ -1397,12 +1400,12 @@ namespace Kiln.Models
                 }
             }
 
-            /// <summary>[8] x ← x + [Down].</summary>
+            /// <summary>[8] x ← x2 + [Down].</summary>
             private struct MatMul8X : global::Kiln.Kernels.MatMul.ITileEpilogue
             {
                 public global::Kiln.Kernels.MatMul.FloatBuffer Output;
                 public int Cols, FirstRow;
-                public global::Kiln.Kernels.MatMul.FloatBuffer In0; public int In0Cols; // x
+                public global::Kiln.Kernels.MatMul.FloatBuffer In0; public int In0Cols; // x2
                 public int Dim_Dim;
 
                 [global::System.Runtime.CompilerServices.MethodImpl(global::System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)] // into the tile kernel
