@@ -99,7 +99,7 @@ internal static unsafe class PanelKernels
     private static void Tile512<TPanels, TTokens, TEpilogue>(in Range range, int panel, int t0, ref TEpilogue epilogue)
         where TPanels : ICount where TTokens : ICount where TEpilogue : struct, ITileEpilogue
     {
-        float* sums = stackalloc float[6 * 4 * PanelRows];
+        float* sums = stackalloc float[TileTokens * 4 * PanelRows];
         if (t0 + TileTokens < range.EndToken) PrefetchRowStarts(range.X + (long)(t0 + TileTokens) * range.Stride, range.Stride);
         Sums512<TPanels, TTokens>(range.Panels + panel * range.PanelFloats, range.PanelFloats, range.X + (long)t0 * range.Stride, range.Stride, range.K, sums);
         int row = panel * PanelRows;
