@@ -12,11 +12,10 @@ namespace Kiln.Server.Tests;
 /// (seeded sampling, so temperature above 0 too). RSS is printed, not judged: the test host runs other tests beside it.
 /// </summary>
 /// <remarks>
-/// Alone in its collection: every server's OpenTelemetry listener sees every engine's meter in the process (they share
-/// the meter name), and in the full suite, with other tests' servers starting and stopping beside it, the loopback
-/// server's /metrics once lacked kiln_engine_kv_blocks_used after the soak.
+/// Alone (<see cref="AloneCollection"/>): the loopback server's /metrics once lacked kiln_engine_kv_blocks_used after
+/// the soak while other tests' servers started and stopped beside it.
 /// </remarks>
-[Collection(nameof(SoakTests))]
+[Collection(AloneCollection.Name)]
 public sealed class SoakTests(ITestOutputHelper output)
 {
     /// <summary>Shorter requests than the bench's (at most 24 new tokens) so that both soaks take about a minute on a 2-core machine.</summary>
@@ -73,7 +72,3 @@ public sealed class SoakTests(ITestOutputHelper output)
         public override void WriteLine(string? value) => output.WriteLine(value ?? "");
     }
 }
-
-/// <summary>Runs <see cref="SoakTests"/> with no other test class beside it.</summary>
-[CollectionDefinition(nameof(SoakTests), DisableParallelization = true)]
-public sealed class SoakTestsCollection;
