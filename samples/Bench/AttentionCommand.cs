@@ -58,7 +58,7 @@ internal static class AttentionCommand
             }
         var attentionContext = new AttentionContext(cache, capacity: 1, maxBlockIds: blocks);
         attentionContext.AddChunk(table, context - 1, 1, wantLogits: true);
-        int scoresStride = PagedAttention.ScoresPerChunk(cache.MaxContext, Heads), gatherStride = KvBlocks.ScratchFloats(cache);
+        int scoresStride = PagedAttention.ScoresPerChunk(cache.MaxContext, Heads, HeadDim), gatherStride = KvBlocks.ScratchFloats(cache);
         using var memory = new NativeBlock((2L * KvDim + (long)PagedAttention.MaxChunks * (scoresStride + gatherStride)) * sizeof(float));
         var query = memory.Floats(0, KvDim);
         for (int i = 0; i < KvDim; i++) query.Span[i] = (float)(random.NextDouble() * 2 - 1);

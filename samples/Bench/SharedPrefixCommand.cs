@@ -197,7 +197,7 @@ public static class SharedPrefixCommand
             _heads = heads;
             _pool = new WorkerPool(threads);
             int qCols = _heads * _headDim, tokens = context.Capacity;
-            _scoresStride = PagedAttention.ScoresPerChunk(cache.MaxContext, _heads);
+            _scoresStride = PagedAttention.ScoresPerChunk(cache.MaxContext, _heads, _headDim);
             _gatherStride = KvBlocks.ScratchFloats(cache);
             long floats = 2L * tokens * qCols + (long)PagedAttention.MaxChunks * (_scoresStride + _gatherStride);
             _memory = new NativeBlock(floats * sizeof(float));

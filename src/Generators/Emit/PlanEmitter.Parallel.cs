@@ -215,10 +215,14 @@ internal static partial class PlanEmitter
                 var heads = plan.Kernels.OfType<AttentionKernel>().Select(k => Names.Scalar(k.Heads, "_model")).Distinct().ToList();
                 string most = heads[0];
                 for (int i = 1; i < heads.Count; i++) most = $"global::System.Math.Max({most}, {heads[i]})";
+                // The widest head: the cache's KV row over the fewest KV heads.
+                var kvHeads = plan.Kernels.OfType<AttentionKernel>().Select(k => Names.Scalar(k.KvHeads, "_model")).Distinct().ToList();
+                string fewestKv = kvHeads[0];
+                for (int i = 1; i < kvHeads.Count; i++) fewestKv = $"global::System.Math.Min({fewestKv}, {kvHeads[i]})";
                 w.Line("_scoresMemory?.Dispose();");
                 w.Line("_scoresContext = global::System.Math.Max(_scoresContext, cache.MaxContext);");
                 w.Line($"_gatherFloats = global::System.Math.Max(_gatherFloats, {MatMul}.KvBlocks.ScratchFloats(cache));");
-                w.Line($"_scoresPerChunk = {Attention}.PagedAttention.ScoresPerChunk(_scoresContext, {most});");
+                w.Line($"_scoresPerChunk = {Attention}.PagedAttention.ScoresPerChunk(_scoresContext, {most}, cache.KvDim / {fewestKv});");
                 w.Line($"const int chunks = {Attention}.PagedAttention.MaxChunks;");
                 w.Line($"_scoresMemory = new {MatMul}.NativeBlock(((long)_scoresPerChunk + _gatherFloats) * chunks * sizeof(float));");
                 w.Line("_scores = _scoresMemory.Floats(0, chunks * _scoresPerChunk);");

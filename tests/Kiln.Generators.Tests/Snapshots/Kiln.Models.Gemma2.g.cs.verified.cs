@@ -746,7 +746,7 @@ namespace Kiln.Models
                 _scoresMemory?.Dispose();
                 _scoresContext = global::System.Math.Max(_scoresContext, cache.MaxContext);
                 _gatherFloats = global::System.Math.Max(_gatherFloats, global::Kiln.Kernels.MatMul.KvBlocks.ScratchFloats(cache));
-                _scoresPerChunk = global::Kiln.Kernels.Attention.PagedAttention.ScoresPerChunk(_scoresContext, _model.Heads);
+                _scoresPerChunk = global::Kiln.Kernels.Attention.PagedAttention.ScoresPerChunk(_scoresContext, _model.Heads, cache.KvDim / _model.KvHeadCount);
                 const int chunks = global::Kiln.Kernels.Attention.PagedAttention.MaxChunks;
                 _scoresMemory = new global::Kiln.Kernels.MatMul.NativeBlock(((long)_scoresPerChunk + _gatherFloats) * chunks * sizeof(float));
                 _scores = _scoresMemory.Floats(0, chunks * _scoresPerChunk);

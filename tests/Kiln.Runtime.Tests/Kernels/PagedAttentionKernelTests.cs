@@ -67,7 +67,7 @@ public sealed class PagedAttentionKernelTests(ITestOutputHelper output)
         var expected = Ops.Attention(q, RandomTensor(random, tokens, kvDim), RandomTensor(random, tokens, kvDim), context, layer: 0, heads, kvHeads,
             options.Scale, options.Window, options.SoftCap, options.Causal).Data;
 
-        int scoresStride = PagedAttention.ScoresPerChunk(cache.MaxContext, heads), gatherStride = KvBlocks.ScratchFloats(cache);
+        int scoresStride = PagedAttention.ScoresPerChunk(cache.MaxContext, heads, headDim), gatherStride = KvBlocks.ScratchFloats(cache);
         long scratch = (long)PagedAttention.MaxChunks * (scoresStride + gatherStride);
         using var memory = new NativeBlock((2L * tokens * qCols + scratch) * sizeof(float));
         var queries = memory.Floats(0, tokens * qCols);

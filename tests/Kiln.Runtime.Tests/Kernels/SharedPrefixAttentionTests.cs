@@ -94,10 +94,10 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
     [Fact]
     public void AGroupTooLargeForTheScratchIsTakenInBatches()
     {
-        // Scratch rows of 48 positions per head (96 floats per chunk): a batch holds one token (its statistics, query
+        // Scratch rows of 48 positions per head (96 floats per chunk, below the floor a plan's scratch has): a batch holds one token (its statistics, query
         // and output rows and a tile of 32 prefix scores), so each of the 2 KV-head chunks takes the tokens one by one.
         using var step = new Step(new Random(Seed), blockSize: 4, heads: 2, kvHeads: 2, headDim: 16, KvStorage.F16, softCap: 0, causal: true,
-            groupSizes: [6], prefixBlocks: [8], loneSequences: 1, maxContext: 48, wholePrefix: true);
+            groupSizes: [6], prefixBlocks: [8], loneSequences: 1, maxContext: 48, wholePrefix: true, scoresStride: 48 * 2);
         output.WriteLine($"seed {Seed}: {step}");
         var context = step.Context(groups: true);
         var attention = step.Kernel(context, new AttentionOptions(0.25f));
@@ -110,18 +110,37 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
     [SkippableFact]
     public void AGroupTooLargeForTheTilesScratchIsTakenInTiledBatches()
     {
-        // 700 positions of 2 heads (1400 floats per chunk): the register tiles' scratch (a 32-position tile of
+        // 700 positions of 2 heads (1400 floats per chunk, below a plan's floor): the register tiles' scratch (a 32-position tile of
         // transposed scores and widened rows, the queries transposed and padded to 16) holds 4 tokens of a KV head, not
         // the 6–18 of the group, so each of the 2 KV-head chunks takes them in several batches, still as tiles.
         using var forced = KernelPathCases.Force(KernelPath.Avx512BW, "Shared-prefix attention", KernelPathCases.NoVnniForm);
         using var step = new Step(new Random(Seed), blockSize: 4, heads: 2, kvHeads: 2, headDim: 16, KvStorage.F16, softCap: 0, causal: true,
-            groupSizes: [6], prefixBlocks: [8], loneSequences: 1, maxContext: 700, wholePrefix: true);
+            groupSizes: [6], prefixBlocks: [8], loneSequences: 1, maxContext: 700, wholePrefix: true, scoresStride: 700 * 2);
         output.WriteLine($"seed {Seed}: {step}");
         var context = step.Context(groups: true);
         var attention = step.Kernel(context, new AttentionOptions(0.25f));
         int items = attention.Plan(context.TokenCount, threads: 2);
         Assert.True(attention.PrefixAsTiles);
         Assert.True(items - context.UngroupedTokens.Length * attention.PerToken > 2, $"{items} items: the group was not split into batches");
+        AssertSharedEqualsPerSequence(step, 5e-5, $"seed {Seed}, {step}");
+    }
+
+    [SkippableFact]
+    public void AShortContextStillTakesAGroupInOneTiledBatchPerKvChunk()
+    {
+        // The 110m shape (12 heads of 64) with a context of under 200 positions: every query head's row is 2,112 floats,
+        // too few for one token's tiles, which once cut the group into batches of a token, each reading the whole prefix
+        // again. A plan's scratch (ScoresPerChunk) holds 32 query rows of a KV head: 10 sequences of 1–3 tokens are one
+        // batch for each of the 2 KV-head chunks.
+        using var forced = KernelPathCases.Force(KernelPath.Avx512BW, "Shared-prefix attention", KernelPathCases.NoVnniForm);
+        using var step = new Step(new Random(Seed), blockSize: 16, heads: 12, kvHeads: 12, headDim: 64, KvStorage.F16, softCap: 0, causal: true,
+            groupSizes: [10], prefixBlocks: [8], loneSequences: 0, maxContext: 176, wholePrefix: true);
+        output.WriteLine($"seed {Seed}: {step}");
+        var context = step.Context(groups: true);
+        var attention = step.Kernel(context, new AttentionOptions(0.125f));
+        Assert.True(PagedAttention.ScoresPerChunk(176, 12, 64) > 176 * 12);
+        Assert.Equal(2, attention.Plan(context.TokenCount, threads: 2));
+        Assert.True(attention.PrefixAsTiles);
         AssertSharedEqualsPerSequence(step, 5e-5, $"seed {Seed}, {step}");
     }
 
@@ -191,10 +210,12 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
         private readonly List<(int[] Sequences, int PrefixBlocks)> _groups = [];
         private readonly float[] _queries;
         private readonly string _description;
+        private readonly int _scoresStride; // 0: as a plan sizes it (PagedAttention.ScoresPerChunk)
 
         public Step(Random random, int blockSize, int heads, int kvHeads, int headDim, KvStorage storage, float softCap, bool causal,
-            int[] groupSizes, int[] prefixBlocks, int loneSequences, int maxContext = 256, bool wholePrefix = false)
+            int[] groupSizes, int[] prefixBlocks, int loneSequences, int maxContext = 256, bool wholePrefix = false, int scoresStride = 0)
         {
+            _scoresStride = scoresStride;
             BlockSize = blockSize;
             Heads = heads;
             KvHeads = kvHeads;
@@ -266,7 +287,7 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
         public PagedAttention Kernel(AttentionContext context, AttentionOptions options)
         {
             int tokens = context.TokenCount, qCols = Heads * HeadDim;
-            int scoresStride = PagedAttention.ScoresPerChunk(Cache.MaxContext, Heads), gatherStride = KvBlocks.ScratchFloats(Cache);
+            int scoresStride = _scoresStride > 0 ? _scoresStride : PagedAttention.ScoresPerChunk(Cache.MaxContext, Heads, HeadDim), gatherStride = KvBlocks.ScratchFloats(Cache);
             long floats = 2L * tokens * qCols + (long)PagedAttention.MaxChunks * (scoresStride + gatherStride);
             _memory?.Dispose();
             _memory = new NativeBlock(floats * sizeof(float));

@@ -131,20 +131,35 @@ public struct PagedAttention : IParallelWork
         return batch;
     }
 
+    private readonly long TiledScratch(int batch, int heads, int tileKeys) => TiledScratch(batch, heads, Heads / KvHeads, HeadDim, tileKeys);
+
     /// <summary>
     /// Floats of scratch a tiled group item of <paramref name="batch"/> tokens takes (see <see cref="PrefixTiles"/>):
     /// per token and head of its chunk the prefix's max and sum; for one KV head at a time its query rows transposed
     /// (padded to 16), their output accumulators, running max, sum and correction, and a tile of transposed scores
     /// and of widened rows.
     /// </summary>
-    private readonly long TiledScratch(int batch, int heads, int tileKeys)
+    private static long TiledScratch(long batch, int heads, int group, int headDim, int tileKeys)
     {
-        long rows = (long)batch * (Heads / KvHeads), padded = (rows + 15) & ~15L;
-        return 2L * batch * heads + HeadDim * padded + rows * HeadDim + 3 * padded + tileKeys * (padded + HeadDim);
+        long rows = batch * group, padded = (rows + 15) & ~15L;
+        return 2L * batch * heads + headDim * padded + rows * headDim + 3 * padded + tileKeys * (padded + headDim);
     }
 
-    /// <summary>Floats of score scratch one chunk needs: every query head's row over <paramref name="maxContext"/> positions.</summary>
-    public static int ScoresPerChunk(int maxContext, int heads) => checked(maxContext * heads);
+    /// <summary>Query rows of one KV head that a chunk's scratch always holds as one tiled batch (two 16-wide columns of the tiles).</summary>
+    private const int AssuredTiledRows = 32;
+
+    /// <summary>
+    /// Floats of score scratch one chunk needs: every query head's row over <paramref name="maxContext"/> positions,
+    /// and at least a tiled sharing-group item of <see cref="AssuredTiledRows"/> query rows with every head in its
+    /// chunk. Without that floor a short context cut a group into batches of a token or two, each reading the whole
+    /// prefix again: 32 sequences sharing 128 positions took 3× the per-sequence time.
+    /// </summary>
+    public static int ScoresPerChunk(int maxContext, int heads, int headDim)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(heads);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(headDim);
+        return checked((int)Math.Max((long)maxContext * heads, TiledScratch(AssuredTiledRows, heads, group: 1, headDim, PrefixTileKeys)));
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Execute(int start, int end)
