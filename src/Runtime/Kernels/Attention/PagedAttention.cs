@@ -127,11 +127,9 @@ public struct PagedAttention : IParallelWork
     private readonly int TiledBatch(int mostTokens, int heads, int longestSuffix, int tileKeys)
     {
         int batch = mostTokens;
-        while (batch > 0 && (TiledScratch(batch, heads, tileKeys) > ScoresStride || 2L * batch * heads + (long)heads * longestSuffix > ScoresStride)) batch--;
+        while (batch > 0 && (TiledScratch(batch, heads, Heads / KvHeads, HeadDim, tileKeys) > ScoresStride || 2L * batch * heads + (long)heads * longestSuffix > ScoresStride)) batch--;
         return batch;
     }
-
-    private readonly long TiledScratch(int batch, int heads, int tileKeys) => TiledScratch(batch, heads, Heads / KvHeads, HeadDim, tileKeys);
 
     /// <summary>
     /// Floats of scratch a tiled group item of <paramref name="batch"/> tokens takes (see <see cref="PrefixTiles"/>):
