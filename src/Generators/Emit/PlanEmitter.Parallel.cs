@@ -1,7 +1,9 @@
+using System;
 using System.Collections.Generic;
 using System.Linq;
 using Kiln.Generators.Ir;
 using Kiln.Generators.Passes;
+using Kiln.Generators.Syntax;
 
 namespace Kiln.Generators.Emit;
 
@@ -212,13 +214,11 @@ internal static partial class PlanEmitter
             w.Line("/// <summary>Attention scratch for <paramref name=\"cache\"/>: per chunk of work items, every head's scores over its MaxContext and one block's rows.</summary>");
             using (w.Block("private void GrowScores(global::Kiln.KvCache cache)"))
             {
-                var heads = plan.Kernels.OfType<AttentionKernel>().Select(k => Names.Scalar(k.Heads, "_model")).Distinct().ToList();
-                string most = heads[0];
-                for (int i = 1; i < heads.Count; i++) most = $"global::System.Math.Max({most}, {heads[i]})";
-                // The widest head: the cache's KV row over the fewest KV heads.
-                var kvHeads = plan.Kernels.OfType<AttentionKernel>().Select(k => Names.Scalar(k.KvHeads, "_model")).Distinct().ToList();
-                string fewestKv = kvHeads[0];
-                for (int i = 1; i < kvHeads.Count; i++) fewestKv = $"global::System.Math.Min({fewestKv}, {kvHeads[i]})";
+                // One expression over every attention kernel's count: nested Math.Max (or Min) of the distinct ones.
+                string Fold(Func<AttentionKernel, ScalarExpr> count, string math) => plan.Kernels.OfType<AttentionKernel>()
+                    .Select(k => Names.Scalar(count(k), "_model")).Distinct().Aggregate((a, b) => $"global::System.Math.{math}({a}, {b})");
+                string most = Fold(k => k.Heads, "Max");
+                string fewestKv = Fold(k => k.KvHeads, "Min"); // the widest head: the cache's KV row over the fewest KV heads
                 w.Line("_scoresMemory?.Dispose();");
                 w.Line("_scoresContext = global::System.Math.Max(_scoresContext, cache.MaxContext);");
                 w.Line($"_gatherFloats = global::System.Math.Max(_gatherFloats, {MatMul}.KvBlocks.ScratchFloats(cache));");

@@ -94,8 +94,9 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
     [Fact]
     public void AGroupTooLargeForTheScratchIsTakenInBatches()
     {
-        // Scratch rows of 48 positions per head (96 floats per chunk, below the floor a plan's scratch has): a batch holds one token (its statistics, query
-        // and output rows and a tile of 32 prefix scores), so each of the 2 KV-head chunks takes the tokens one by one.
+        // Scratch rows of 48 positions per head (96 floats per chunk, below the floor a plan's scratch has): a batch
+        // holds one token (its statistics, query and output rows and a tile of 32 prefix scores), so each of the 2
+        // KV-head chunks takes the tokens one by one.
         using var step = new Step(new Random(Seed), blockSize: 4, heads: 2, kvHeads: 2, headDim: 16, KvStorage.F16, softCap: 0, causal: true,
             groupSizes: [6], prefixBlocks: [8], loneSequences: 1, maxContext: 48, wholePrefix: true, scoresStride: 48 * 2);
         output.WriteLine($"seed {Seed}: {step}");
@@ -110,9 +111,10 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
     [SkippableFact]
     public void AGroupTooLargeForTheTilesScratchIsTakenInTiledBatches()
     {
-        // 700 positions of 2 heads (1400 floats per chunk, below a plan's floor): the register tiles' scratch (a 32-position tile of
-        // transposed scores and widened rows, the queries transposed and padded to 16) holds 4 tokens of a KV head, not
-        // the 6–18 of the group, so each of the 2 KV-head chunks takes them in several batches, still as tiles.
+        // 700 positions of 2 heads (1400 floats per chunk, below a plan's floor): the register tiles' scratch (a
+        // 32-position tile of transposed scores and widened rows, the queries transposed and padded to 16) holds 4
+        // tokens of a KV head, not the 6–18 of the group, so each of the 2 KV-head chunks takes them in several
+        // batches, still as tiles.
         using var forced = KernelPathCases.Force(KernelPath.Avx512BW, "Shared-prefix attention", KernelPathCases.NoVnniForm);
         using var step = new Step(new Random(Seed), blockSize: 4, heads: 2, kvHeads: 2, headDim: 16, KvStorage.F16, softCap: 0, causal: true,
             groupSizes: [6], prefixBlocks: [8], loneSequences: 1, maxContext: 700, wholePrefix: true, scoresStride: 700 * 2);
@@ -287,7 +289,8 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
         public PagedAttention Kernel(AttentionContext context, AttentionOptions options)
         {
             int tokens = context.TokenCount, qCols = Heads * HeadDim;
-            int scoresStride = _scoresStride > 0 ? _scoresStride : PagedAttention.ScoresPerChunk(Cache.MaxContext, Heads, HeadDim), gatherStride = KvBlocks.ScratchFloats(Cache);
+            int scoresStride = _scoresStride > 0 ? _scoresStride : PagedAttention.ScoresPerChunk(Cache.MaxContext, Heads, HeadDim);
+            int gatherStride = KvBlocks.ScratchFloats(Cache);
             long floats = 2L * tokens * qCols + (long)PagedAttention.MaxChunks * (scoresStride + gatherStride);
             _memory?.Dispose();
             _memory = new NativeBlock(floats * sizeof(float));
