@@ -70,7 +70,6 @@ internal static class AttentionCommand
             GatherStride = gatherStride, Cache = cache, Context = attentionContext, Heads = Heads, KvHeads = Heads, HeadDim = HeadDim,
             QCols = KvDim, KvCols = KvDim, Options = new AttentionOptions(1f / MathF.Sqrt(HeadDim)),
         };
-        int items = attention.Plan(1, threads);
         double best = double.MaxValue;
         for (int run = -1; run < Runs; run++) // run −1 warms up
         {
@@ -79,7 +78,7 @@ internal static class AttentionCommand
                 for (int layer = 0; layer < Layers; layer++)
                 {
                     attention.Layer = layer;
-                    pool.Run(items, attention.ChunkSize, attention);
+                    attention.Run(pool, tokens: 1);
                 }
             double seconds = Stopwatch.GetElapsedTime(start).TotalSeconds / Steps;
             if (run >= 0) best = Math.Min(best, seconds);

@@ -182,7 +182,7 @@ public static class SharedPrefixCommand
     {
         private readonly WorkerPool _pool;
         private readonly NativeBlock _memory;
-        private readonly FloatBuffer _q, _output, _scores, _gather;
+        private readonly FloatBuffer _q, _output, _scores, _gather, _prefixStatistics;
         private readonly KvCache _cache;
         private readonly AttentionContext _context;
         private readonly int _heads, _kvHeads, _headDim, _scoresStride, _gatherStride, _layers;
@@ -199,7 +199,7 @@ public static class SharedPrefixCommand
             int qCols = _heads * _headDim, tokens = context.Capacity;
             _scoresStride = PagedAttention.ScoresPerChunk(cache.MaxContext, _heads, _headDim);
             _gatherStride = KvBlocks.ScratchFloats(cache);
-            long floats = 2L * tokens * qCols + (long)PagedAttention.MaxChunks * (_scoresStride + _gatherStride);
+            long floats = 2L * tokens * qCols + (long)PagedAttention.MaxChunks * (_scoresStride + _gatherStride) + PagedAttention.PrefixStatisticsFloats(tokens, _heads);
             _memory = new NativeBlock(floats * sizeof(float));
             long at = 0;
             _q = _memory.Floats(at, tokens * qCols);
@@ -209,6 +209,8 @@ public static class SharedPrefixCommand
             _scores = _memory.Floats(at, PagedAttention.MaxChunks * _scoresStride);
             at += (long)PagedAttention.MaxChunks * _scoresStride * sizeof(float);
             _gather = _memory.Floats(at, PagedAttention.MaxChunks * _gatherStride);
+            at += (long)PagedAttention.MaxChunks * _gatherStride * sizeof(float);
+            _prefixStatistics = _memory.Floats(at, PagedAttention.PrefixStatisticsFloats(tokens, _heads));
             var q = _q.Span;
             for (int i = 0; i < q.Length; i++) q[i] = (float)(random.NextDouble() * 2 - 1);
         }
@@ -224,11 +226,10 @@ public static class SharedPrefixCommand
                 var work = new PagedAttention
                 {
                     Q = _q, Output = _output, Scores = _scores, ScoresStride = _scoresStride, Gather = _gather, GatherStride = _gatherStride,
-                    Cache = _cache, Context = _context, Layer = layer, Heads = _heads, KvHeads = _kvHeads, HeadDim = _headDim,
+                    PrefixStatistics = _prefixStatistics, Cache = _cache, Context = _context, Layer = layer, Heads = _heads, KvHeads = _kvHeads, HeadDim = _headDim,
                     QCols = qCols, KvCols = _kvHeads * _headDim, Options = new AttentionOptions(1f / MathF.Sqrt(_headDim)),
                 };
-                int items = work.Plan(_context.TokenCount, _pool.ThreadCount);
-                _pool.Run(items, work.ChunkSize, work);
+                work.Run(_pool, _context.TokenCount);
             }
         }
 

@@ -144,7 +144,7 @@ internal static partial class PlanEmitter
         }
         string options = AttentionOptions(a, qCols);
         w.Line("// Items: each token's KV heads in a few chunks (so one token's heads still spread over the threads); a chunk reads its");
-        w.Line("// rows of the cache once, in order, for all its heads.");
+        w.Line("// rows of the cache once, in order, for all its heads. A sharing group's prefix is read once for all its tokens first.");
         w.Line($"var paged = new {Attention}.PagedAttention");
         w.Line("{");
         w.Line($"    Q = {View(plan, a.Q)},");
@@ -153,6 +153,7 @@ internal static partial class PlanEmitter
         w.Line("    ScoresStride = _scoresPerChunk,");
         w.Line("    Gather = _gather,");
         w.Line("    GatherStride = _gatherFloats,");
+        w.Line("    PrefixStatistics = _prefixStatistics,");
         w.Line("    Cache = cache,");
         w.Line("    Context = context,");
         w.Line($"    Layer = {cacheLayer},");
@@ -164,8 +165,7 @@ internal static partial class PlanEmitter
         w.Line($"    Options = {options},");
         w.Line("};");
         EmitMark(w, "attention");
-        w.Line("int items = paged.Plan(T, _pool.ThreadCount);");
-        w.Line("_pool.Run(items, paged.ChunkSize, paged);");
+        w.Line("paged.Run(_pool, T);");
     }
 
     /// <summary>The attention call's options as C# (Ops.Attention's scale 0 resolved to 1/√HeadDim); <c>heads</c> is a local of the call site.</summary>
@@ -211,7 +211,7 @@ internal static partial class PlanEmitter
     {
         if (plan.Kernels.OfType<AttentionKernel>().Any() && !plan.Model.Encoder)
         {
-            w.Line("/// <summary>Attention scratch for <paramref name=\"cache\"/>: per chunk of work items, every head's scores over its MaxContext and one block's rows.</summary>");
+            w.Line("/// <summary>Attention scratch for <paramref name=\"cache\"/>: per chunk of work items, every head's scores over its MaxContext and one block's rows; per token and head, a shared prefix's statistics.</summary>");
             using (w.Block("private void GrowScores(global::Kiln.KvCache cache)"))
             {
                 // One expression over every attention kernel's count: nested Math.Max (or Min) of the distinct ones.
@@ -224,9 +224,11 @@ internal static partial class PlanEmitter
                 w.Line($"_gatherFloats = global::System.Math.Max(_gatherFloats, {MatMul}.KvBlocks.ScratchFloats(cache));");
                 w.Line($"_scoresPerChunk = {Attention}.PagedAttention.ScoresPerChunk(_scoresContext, {most}, cache.KvDim / {fewestKv});");
                 w.Line($"const int chunks = {Attention}.PagedAttention.MaxChunks;");
-                w.Line($"_scoresMemory = new {MatMul}.NativeBlock(((long)_scoresPerChunk + _gatherFloats) * chunks * sizeof(float));");
+                w.Line($"int statistics = {Attention}.PagedAttention.PrefixStatisticsFloats(MaxTokensPerStep, {most});");
+                w.Line($"_scoresMemory = new {MatMul}.NativeBlock((((long)_scoresPerChunk + _gatherFloats) * chunks + statistics) * sizeof(float));");
                 w.Line("_scores = _scoresMemory.Floats(0, chunks * _scoresPerChunk);");
                 w.Line("_gather = _scoresMemory.Floats((long)chunks * _scoresPerChunk * sizeof(float), chunks * _gatherFloats);");
+                w.Line("_prefixStatistics = _scoresMemory.Floats(((long)_scoresPerChunk + _gatherFloats) * chunks * sizeof(float), statistics);");
             }
             w.Line();
         }

@@ -165,9 +165,10 @@ internal static partial class PlanEmitter
         {
             w.Line();
             w.Line($"// Attention scratch per chunk of work items ({Attention}.PagedAttention.MaxChunks at most): every head's row of scores over");
-            w.Line("// the KV cache's MaxContext, and room to read one block's rows when the cache stores int8; grown when a larger cache is first seen.");
+            w.Line("// the KV cache's MaxContext, and room to read one block's rows when the cache stores int8; grown when a larger cache is first seen;");
+            w.Line("// then per token of a step and query head, a shared prefix's softmax max and sum.");
             w.Line($"private {MatMul}.NativeBlock? _scoresMemory;");
-            w.Line($"private {MatMul}.FloatBuffer _scores, _gather;");
+            w.Line($"private {MatMul}.FloatBuffer _scores, _gather, _prefixStatistics;");
             w.Line("private int _scoresContext, _scoresPerChunk, _gatherFloats;");
         }
         if (plan.Kernels.OfType<LstmKernel>().Any())

@@ -14,7 +14,7 @@ public sealed partial class AttentionContext
     private int[] _groupTokenIndptr = [0];
     private int[] _groupTokens = [];
     private int[] _groupPrefixBlocks = [];
-    private bool[] _grouped = [];
+    private int[] _groupOfSequence = []; // per sequence: its group + 1, 0 when in none
     private int[] _ungroupedTokens = [];
     private int _ungroupedTokenCount = -1; // -1: not yet listed for this step's groups
 
@@ -32,6 +32,9 @@ public sealed partial class AttentionContext
     /// <summary>Positions 0..length−1 that every sequence of group <paramref name="group"/> reads from the same blocks (whole blocks).</summary>
     public int SharedPrefixLength(int group) => _groupPrefixBlocks[group] * _blockSize;
 
+    /// <summary>Positions 0..length−1 that <paramref name="sequence"/> reads through its sharing group's prefix; 0 when in no group.</summary>
+    public int SharedPrefixLengthOf(int sequence) => _groupOfSequence[sequence] is var group and > 0 ? SharedPrefixLength(group - 1) : 0;
+
     /// <summary>The step's tokens whose sequences are in no sharing group, in order.</summary>
     public ReadOnlySpan<int> UngroupedTokens
     {
@@ -41,7 +44,7 @@ public sealed partial class AttentionContext
             {
                 int count = 0;
                 for (int t = 0; t < TokenCount; t++)
-                    if (!_grouped[_sequences[t]]) _ungroupedTokens[count++] = t;
+                    if (_groupOfSequence[_sequences[t]] == 0) _ungroupedTokens[count++] = t;
                 _ungroupedTokenCount = count;
             }
             return _ungroupedTokens.AsSpan(0, _ungroupedTokenCount);
@@ -69,7 +72,7 @@ public sealed partial class AttentionContext
             int sequence = sequences[i];
             if ((uint)sequence >= (uint)SequenceCount)
                 throw new ArgumentOutOfRangeException(nameof(sequences), $"Sequence {sequence} is not among the step's {SequenceCount} sequences.");
-            if (_grouped[sequence])
+            if (_groupOfSequence[sequence] > 0)
                 throw new ArgumentException($"Sequence {sequence} is already in a sharing group.", nameof(sequences));
             if (sequences[..i].Contains(sequence))
                 throw new ArgumentException($"Sequence {sequence} is named twice.", nameof(sequences));
@@ -82,7 +85,7 @@ public sealed partial class AttentionContext
                     throw new ArgumentException($"Sequence {sequence} has a token at position {_positions[t]}, inside the {prefixBlocks * _blockSize} shared positions: a shared prefix must be written before the step.", nameof(sequences));
             }
         }
-        foreach (int sequence in sequences) _grouped[sequence] = true;
+        foreach (int sequence in sequences) _groupOfSequence[sequence] = SharedPrefixCount + 1;
         sequences.CopyTo(_groupSequences.AsSpan(groupStart));
         int tokens = tokenStart;
         foreach (int sequence in sequences)
@@ -102,14 +105,14 @@ public sealed partial class AttentionContext
         _groupTokenIndptr = new int[capacity / 2 + 1];
         _groupTokens = new int[capacity];
         _groupPrefixBlocks = new int[capacity / 2];
-        _grouped = new bool[capacity];
+        _groupOfSequence = new int[capacity];
         _ungroupedTokens = new int[capacity];
     }
 
     private void ClearSharedPrefixes()
     {
         for (int g = 0; g < SharedPrefixCount; g++)
-            foreach (int sequence in SharedPrefixSequences(g)) _grouped[sequence] = false;
+            foreach (int sequence in SharedPrefixSequences(g)) _groupOfSequence[sequence] = 0;
         SharedPrefixCount = 0;
         _ungroupedTokenCount = -1;
     }

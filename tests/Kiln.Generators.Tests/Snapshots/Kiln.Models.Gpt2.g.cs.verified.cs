@@ -365,9 +365,10 @@ namespace Kiln.Models
             private readonly global::Kiln.Kernels.MatMul.GemmScratch _inputs;
 
             // Attention scratch per chunk of work items (global::Kiln.Kernels.Attention.PagedAttention.MaxChunks at most): every head's row of scores over
-            // the KV cache's MaxContext, and room to read one block's rows when the cache stores int8; grown when a larger cache is first seen.
+            // the KV cache's MaxContext, and room to read one block's rows when the cache stores int8; grown when a larger cache is first seen;
+            // then per token of a step and query head, a shared prefix's softmax max and sum.
             private global::Kiln.Kernels.MatMul.NativeBlock? _scoresMemory;
-            private global::Kiln.Kernels.MatMul.FloatBuffer _scores, _gather;
+            private global::Kiln.Kernels.MatMul.FloatBuffer _scores, _gather, _prefixStatistics;
             private int _scoresContext, _scoresPerChunk, _gatherFloats;
 
             public CompiledPlan(Gpt2 model, global::Kiln.PlanOptions options)
@@ -575,7 +576,7 @@ namespace Kiln.Models
                             cache.WriteValue(layer, row, v.Slice(t * _Dim, _Dim));
                         }
                         // Items: each token's KV heads in a few chunks (so one token's heads still spread over the threads); a chunk reads its
-                        // rows of the cache once, in order, for all its heads.
+                        // rows of the cache once, in order, for all its heads. A sharing group's prefix is read once for all its tokens first.
                         var paged = new global::Kiln.Kernels.Attention.PagedAttention
                         {
                             Q = _arena.View(_qOffset, T * _Dim),
@@ -584,6 +585,7 @@ namespace Kiln.Models
                             ScoresStride = _scoresPerChunk,
                             Gather = _gather,
                             GatherStride = _gatherFloats,
+                            PrefixStatistics = _prefixStatistics,
                             Cache = cache,
                             Context = context,
                             Layer = layer,
@@ -595,8 +597,7 @@ namespace Kiln.Models
                             Options = new global::Kiln.Kernels.Attention.AttentionOptions((float)(1.0 / global::System.Math.Sqrt(_Dim / heads)), 0, (float)(0f), true),
                         };
                         stepProfiler?.Mark("attention");
-                        int items = paged.Plan(T, _pool.ThreadCount);
-                        _pool.Run(items, paged.ChunkSize, paged);
+                        paged.Run(_pool, T);
                     }
                     // [4] matmul: attention·[Wo]ᵀ → x2 ← x + [Wo] epilogue
                     {
@@ -686,7 +687,7 @@ namespace Kiln.Models
                 _output.Dispose();
             }
 
-            /// <summary>Attention scratch for <paramref name="cache"/>: per chunk of work items, every head's scores over its MaxContext and one block's rows.</summary>
+            /// <summary>Attention scratch for <paramref name="cache"/>: per chunk of work items, every head's scores over its MaxContext and one block's rows; per token and head, a shared prefix's statistics.</summary>
             private void GrowScores(global::Kiln.KvCache cache)
             {
                 _scoresMemory?.Dispose();
@@ -694,9 +695,11 @@ namespace Kiln.Models
                 _gatherFloats = global::System.Math.Max(_gatherFloats, global::Kiln.Kernels.MatMul.KvBlocks.ScratchFloats(cache));
                 _scoresPerChunk = global::Kiln.Kernels.Attention.PagedAttention.ScoresPerChunk(_scoresContext, _model.Heads, cache.KvDim / _model.Heads);
                 const int chunks = global::Kiln.Kernels.Attention.PagedAttention.MaxChunks;
-                _scoresMemory = new global::Kiln.Kernels.MatMul.NativeBlock(((long)_scoresPerChunk + _gatherFloats) * chunks * sizeof(float));
+                int statistics = global::Kiln.Kernels.Attention.PagedAttention.PrefixStatisticsFloats(MaxTokensPerStep, _model.Heads);
+                _scoresMemory = new global::Kiln.Kernels.MatMul.NativeBlock((((long)_scoresPerChunk + _gatherFloats) * chunks + statistics) * sizeof(float));
                 _scores = _scoresMemory.Floats(0, chunks * _scoresPerChunk);
                 _gather = _scoresMemory.Floats((long)chunks * _scoresPerChunk * sizeof(float), chunks * _gatherFloats);
+                _prefixStatistics = _scoresMemory.Floats(((long)_scoresPerChunk + _gatherFloats) * chunks * sizeof(float), statistics);
             }
 
             /// <summary>[1] x ← TokenEmbedding[tokens] + Positions[positions], row by row.</summary>

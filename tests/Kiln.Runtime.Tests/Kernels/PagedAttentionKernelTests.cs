@@ -3,6 +3,7 @@ using Kiln.Kernels.Attention;
 using Kiln.Kernels.MatMul;
 using Kiln.Kernels.Quantized;
 using Kiln.Tests;
+using Kiln.Threading;
 using Xunit.Abstractions;
 
 namespace Kiln.Runtime.Tests.Kernels;
@@ -80,9 +81,8 @@ public sealed class PagedAttentionKernelTests(ITestOutputHelper output)
             GatherStride = gatherStride, Cache = cache, Context = context, Layer = 0, Heads = heads, KvHeads = kvHeads, HeadDim = headDim,
             QCols = qCols, KvCols = kvDim, Options = options,
         };
-        int items = attention.Plan(tokens, threads: 2);
-        for (int start = 0; start < items; start += attention.ChunkSize)
-            attention.Execute(start, Math.Min(items, start + attention.ChunkSize));
+        using var pool = new WorkerPool(2);
+        attention.Run(pool, tokens);
         return (expected, attention.Output.Span.ToArray());
     }
 

@@ -3,6 +3,7 @@ using Kiln.Kernels.Attention;
 using Kiln.Kernels.MatMul;
 using Kiln.Kernels.Quantized;
 using Kiln.Tests;
+using Kiln.Threading;
 using Xunit.Abstractions;
 
 namespace Kiln.Runtime.Tests.Kernels;
@@ -95,16 +96,15 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
     public void AGroupTooLargeForTheScratchIsTakenInBatches()
     {
         // Scratch rows of 48 positions per head (96 floats per chunk, below the floor a plan's scratch has): a batch
-        // holds one token (its statistics, query and output rows and a tile of 32 prefix scores), so each of the 2
+        // holds one token (its query and output rows and a tile of 32 prefix scores), so each of the 2
         // KV-head chunks takes the tokens one by one.
         using var step = new Step(new Random(Seed), blockSize: 4, heads: 2, kvHeads: 2, headDim: 16, KvStorage.F16, softCap: 0, causal: true,
             groupSizes: [6], prefixBlocks: [8], loneSequences: 1, maxContext: 48, wholePrefix: true, scoresStride: 48 * 2);
         output.WriteLine($"seed {Seed}: {step}");
         var context = step.Context(groups: true);
         var attention = step.Kernel(context, new AttentionOptions(0.25f));
-        int items = attention.Plan(context.TokenCount, threads: 2);
-        int groupTokens = context.SharedPrefixTokens(0).Length;
-        Assert.Equal(groupTokens * 2, items - context.UngroupedTokens.Length * attention.PerToken); // the group was split into batches
+        attention.Plan(context.TokenCount, threads: 2);
+        Assert.Equal(context.SharedPrefixTokens(0).Length * 2, attention.PrefixItems); // the group was split into batches
         AssertSharedEqualsPerSequence(step, 5e-5, $"seed {Seed}, {step}");
     }
 
@@ -121,9 +121,9 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
         output.WriteLine($"seed {Seed}: {step}");
         var context = step.Context(groups: true);
         var attention = step.Kernel(context, new AttentionOptions(0.25f));
-        int items = attention.Plan(context.TokenCount, threads: 2);
+        attention.Plan(context.TokenCount, threads: 2);
         Assert.True(attention.PrefixAsTiles);
-        Assert.True(items - context.UngroupedTokens.Length * attention.PerToken > 2, $"{items} items: the group was not split into batches");
+        Assert.True(attention.PrefixItems > 2, $"{attention.PrefixItems} prefix items: the group was not split into batches");
         AssertSharedEqualsPerSequence(step, 5e-5, $"seed {Seed}, {step}");
     }
 
@@ -141,7 +141,8 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
         var context = step.Context(groups: true);
         var attention = step.Kernel(context, new AttentionOptions(0.125f));
         Assert.True(PagedAttention.ScoresPerChunk(176, 12, 64) > 176 * 12);
-        Assert.Equal(2, attention.Plan(context.TokenCount, threads: 2));
+        attention.Plan(context.TokenCount, threads: 2);
+        Assert.Equal(2, attention.PrefixItems);
         Assert.True(attention.PrefixAsTiles);
         AssertSharedEqualsPerSequence(step, 5e-5, $"seed {Seed}, {step}");
     }
@@ -154,17 +155,42 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
         var context = step.Context(groups: true);
         var attention = step.Kernel(context, new AttentionOptions(0.25f));
         int items = attention.Plan(context.TokenCount, threads: 2);
-        // The lone sequence's tokens keep per-token items; the group's tokens share one batch per chunk of KV heads,
-        // as many chunks as threads (at most one per KV head): each chunk's prefix rows are read once per step.
-        Assert.Equal(context.UngroupedTokens.Length * attention.PerToken + 2, items);
+        // Every token keeps its per-token items (a grouped one's read only its own positions); the group's tokens
+        // first share one prefix batch per chunk of KV heads, as many chunks as threads (at most one per KV head):
+        // each chunk's prefix rows are read once per step.
+        Assert.Equal(2, attention.PrefixItems);
+        Assert.Equal(context.TokenCount * attention.PerToken + 2, items);
         foreach (var (threads, chunks) in new[] { (1, 1), (8, 2) })
         {
             int planned = attention.Plan(context.TokenCount, threads);
-            Assert.Equal(context.UngroupedTokens.Length * attention.PerToken + chunks, planned);
+            Assert.Equal(chunks, attention.PrefixItems);
+            Assert.Equal(context.TokenCount * attention.PerToken + chunks, planned);
         }
         var windowed = step.Kernel(context, new AttentionOptions(0.25f, Window: 5));
         int windowedItems = windowed.Plan(context.TokenCount, threads: 2);
+        Assert.Equal(0, windowed.PrefixItems);
         Assert.Equal(context.TokenCount * windowed.PerToken, windowedItems);
+    }
+
+    [Fact]
+    public void GroupsNeedRoomForThePrefixStatisticsAndNothingElseDoes()
+    {
+        // The token items merge with statistics the prefix run left: a kernel without room for them must say so, not
+        // read past its buffer; a step without groups needs none.
+        using var step = new Step(new Random(Seed), blockSize: 4, heads: 4, kvHeads: 2, headDim: 16, KvStorage.F32, softCap: 0, causal: true,
+            groupSizes: [3], prefixBlocks: [2], loneSequences: 1);
+        var context = step.Context(groups: true);
+        var attention = step.Kernel(context, new AttentionOptions(0.25f));
+        int needed = PagedAttention.PrefixStatisticsFloats(context.TokenCount, heads: 4);
+        using var tooSmall = new NativeBlock((needed - 1L) * sizeof(float));
+        attention.PrefixStatistics = tooSmall.Floats(0, needed - 1);
+        var error = Assert.Throws<InvalidOperationException>(() => attention.Plan(context.TokenCount, threads: 2));
+        Assert.Contains($"holds {needed - 1} floats", error.Message);
+        Assert.Contains($"needs {needed}", error.Message);
+        var ungrouped = step.Kernel(step.Context(groups: false), new AttentionOptions(0.25f));
+        ungrouped.PrefixStatistics = default;
+        int items = ungrouped.Plan(context.TokenCount, threads: 2);
+        Assert.Equal(context.TokenCount * ungrouped.PerToken, items);
     }
 
     [Fact]
@@ -291,7 +317,7 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
             int tokens = context.TokenCount, qCols = Heads * HeadDim;
             int scoresStride = _scoresStride > 0 ? _scoresStride : PagedAttention.ScoresPerChunk(Cache.MaxContext, Heads, HeadDim);
             int gatherStride = KvBlocks.ScratchFloats(Cache);
-            long floats = 2L * tokens * qCols + (long)PagedAttention.MaxChunks * (scoresStride + gatherStride);
+            long floats = 2L * tokens * qCols + (long)PagedAttention.MaxChunks * (scoresStride + gatherStride) + PagedAttention.PrefixStatisticsFloats(tokens, Heads);
             _memory?.Dispose();
             _memory = new NativeBlock(floats * sizeof(float));
             var q = _memory.Floats(0, tokens * qCols);
@@ -301,10 +327,12 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
             at += (long)tokens * qCols * sizeof(float);
             var scores = _memory.Floats(at, PagedAttention.MaxChunks * scoresStride);
             at += (long)PagedAttention.MaxChunks * scoresStride * sizeof(float);
+            var gather = _memory.Floats(at, PagedAttention.MaxChunks * gatherStride);
+            at += (long)PagedAttention.MaxChunks * gatherStride * sizeof(float);
             return new PagedAttention
             {
-                Q = q, Output = output, Scores = scores, ScoresStride = scoresStride,
-                Gather = _memory.Floats(at, PagedAttention.MaxChunks * gatherStride), GatherStride = gatherStride,
+                Q = q, Output = output, Scores = scores, ScoresStride = scoresStride, Gather = gather, GatherStride = gatherStride,
+                PrefixStatistics = _memory.Floats(at, PagedAttention.PrefixStatisticsFloats(tokens, Heads)),
                 Cache = Cache, Context = context, Layer = 0, Heads = Heads, KvHeads = KvHeads, HeadDim = HeadDim, QCols = qCols,
                 KvCols = KvHeads * HeadDim, Options = options,
             };
@@ -312,14 +340,13 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
 
         private NativeBlock? _memory;
 
-        /// <summary>Runs the kernel chunk by chunk on this thread and returns every token's output row.</summary>
+        /// <summary>Runs the kernel on a pool of 2 threads and returns every token's output row.</summary>
         public float[] Attend(bool groups)
         {
             var context = Context(groups);
             var attention = Kernel(context, new AttentionOptions(1f / MathF.Sqrt(HeadDim), SoftCap: SoftCap, Causal: Causal));
-            int items = attention.Plan(context.TokenCount, threads: 2);
-            for (int start = 0; start < items; start += attention.ChunkSize)
-                attention.Execute(start, Math.Min(items, start + attention.ChunkSize));
+            using var pool = new WorkerPool(2);
+            attention.Run(pool, context.TokenCount);
             return attention.Output.Span.ToArray();
         }
 

@@ -16,12 +16,89 @@ internal static class AttentionTiles
     /// (<paramref name="rightStride"/> apart) 16 or 32 (<paramref name="two"/>) wide, times <paramref name="scale"/>, into
     /// rows of <paramref name="output"/> (<paramref name="outputStride"/> apart). With <paramref name="rescale"/>, each
     /// output row is kept, times rescale[r] (an online softmax's correction when its running max grew), and the sums
-    /// added to it. Rows past count repeat the last one: computed, never stored. Per element of the depth, 2 loads and 8
-    /// broadcasts feed 16 multiply-adds, with no horizontal sums.
+    /// added to it. Per element of the depth, 2 loads and 8 broadcasts feed 16 multiply-adds, with no horizontal sums.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe void OuterProduct(float* left, int leftStride, int leftStep, int count, float* right, int rightStride, int depth, bool two,
         Vector512<float> scale, float* output, int outputStride, float* rescale = null)
+    {
+        // Each loop is compiled for its width, so that one row of right is not a branch per element; 8 adjacent left
+        // rows (transposed scores weighing values) are one pointer, which leaves the loop its registers.
+        if (leftStride == 1 && count == 8)
+        {
+            if (two) AdjacentRows<TwoVectors>(left, leftStep, right, rightStride, depth, scale, output, outputStride, rescale);
+            else AdjacentRows<OneVector>(left, leftStep, right, rightStride, depth, scale, output, outputStride, rescale);
+        }
+        else if (two) StridedRows<TwoVectors>(left, leftStride, leftStep, count, right, rightStride, depth, scale, output, outputStride, rescale);
+        else StridedRows<OneVector>(left, leftStride, leftStep, count, right, rightStride, depth, scale, output, outputStride, rescale);
+    }
+
+    private interface IWidth
+    {
+        /// <summary>Whether rows of right are 32 wide (two vectors), not 16.</summary>
+        static abstract bool Two { get; }
+    }
+
+    private readonly struct OneVector : IWidth
+    {
+        public static bool Two => false;
+    }
+
+    private readonly struct TwoVectors : IWidth
+    {
+        public static bool Two => true;
+    }
+
+    /// <summary><see cref="OuterProduct"/> over 8 left rows that are adjacent elements (leftStride 1).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static unsafe void AdjacentRows<TWidth>(float* left, int leftStep, float* right, int rightStride, int depth,
+        Vector512<float> scale, float* output, int outputStride, float* rescale) where TWidth : struct, IWidth
+    {
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+        Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default, b4 = default, b5 = default, b6 = default, b7 = default;
+        for (int i = 0; i < depth; i++, left += leftStep, right += rightStride)
+        {
+            var x = Vector512.Load(right);
+            var y = TWidth.Two ? Vector512.Load(right + 16) : default;
+            var v = Vector512.Create(left[0]);
+            a0 = Vector512.FusedMultiplyAdd(x, v, a0);
+            if (TWidth.Two) b0 = Vector512.FusedMultiplyAdd(y, v, b0);
+            v = Vector512.Create(left[1]);
+            a1 = Vector512.FusedMultiplyAdd(x, v, a1);
+            if (TWidth.Two) b1 = Vector512.FusedMultiplyAdd(y, v, b1);
+            v = Vector512.Create(left[2]);
+            a2 = Vector512.FusedMultiplyAdd(x, v, a2);
+            if (TWidth.Two) b2 = Vector512.FusedMultiplyAdd(y, v, b2);
+            v = Vector512.Create(left[3]);
+            a3 = Vector512.FusedMultiplyAdd(x, v, a3);
+            if (TWidth.Two) b3 = Vector512.FusedMultiplyAdd(y, v, b3);
+            v = Vector512.Create(left[4]);
+            a4 = Vector512.FusedMultiplyAdd(x, v, a4);
+            if (TWidth.Two) b4 = Vector512.FusedMultiplyAdd(y, v, b4);
+            v = Vector512.Create(left[5]);
+            a5 = Vector512.FusedMultiplyAdd(x, v, a5);
+            if (TWidth.Two) b5 = Vector512.FusedMultiplyAdd(y, v, b5);
+            v = Vector512.Create(left[6]);
+            a6 = Vector512.FusedMultiplyAdd(x, v, a6);
+            if (TWidth.Two) b6 = Vector512.FusedMultiplyAdd(y, v, b6);
+            v = Vector512.Create(left[7]);
+            a7 = Vector512.FusedMultiplyAdd(x, v, a7);
+            if (TWidth.Two) b7 = Vector512.FusedMultiplyAdd(y, v, b7);
+        }
+        StoreRow(a0, b0, TWidth.Two, scale, output, rescale, 0);
+        StoreRow(a1, b1, TWidth.Two, scale, output + outputStride, rescale, 1);
+        StoreRow(a2, b2, TWidth.Two, scale, output + 2 * outputStride, rescale, 2);
+        StoreRow(a3, b3, TWidth.Two, scale, output + 3 * outputStride, rescale, 3);
+        StoreRow(a4, b4, TWidth.Two, scale, output + 4 * outputStride, rescale, 4);
+        StoreRow(a5, b5, TWidth.Two, scale, output + 5 * outputStride, rescale, 5);
+        StoreRow(a6, b6, TWidth.Two, scale, output + 6 * outputStride, rescale, 6);
+        StoreRow(a7, b7, TWidth.Two, scale, output + 7 * outputStride, rescale, 7);
+    }
+
+    /// <summary><see cref="OuterProduct"/> over any left rows; rows past count repeat the last one: computed, never stored.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static unsafe void StridedRows<TWidth>(float* left, int leftStride, int leftStep, int count, float* right, int rightStride, int depth,
+        Vector512<float> scale, float* output, int outputStride, float* rescale) where TWidth : struct, IWidth
     {
         float* l0 = left, l1 = count > 1 ? l0 + leftStride : l0, l2 = count > 2 ? l1 + leftStride : l1, l3 = count > 3 ? l2 + leftStride : l2;
         float* l4 = count > 4 ? l3 + leftStride : l3, l5 = count > 5 ? l4 + leftStride : l4, l6 = count > 6 ? l5 + leftStride : l5, l7 = count > 7 ? l6 + leftStride : l6;
@@ -31,40 +108,40 @@ internal static class AttentionTiles
         for (int i = 0, at = 0; i < depth; i++, at += leftStep, row += rightStride)
         {
             var x = Vector512.Load(row);
-            var y = two ? Vector512.Load(row + 16) : default;
+            var y = TWidth.Two ? Vector512.Load(row + 16) : default;
             var v = Vector512.Create(l0[at]);
             a0 = Vector512.FusedMultiplyAdd(x, v, a0);
-            b0 = Vector512.FusedMultiplyAdd(y, v, b0);
+            if (TWidth.Two) b0 = Vector512.FusedMultiplyAdd(y, v, b0);
             v = Vector512.Create(l1[at]);
             a1 = Vector512.FusedMultiplyAdd(x, v, a1);
-            b1 = Vector512.FusedMultiplyAdd(y, v, b1);
+            if (TWidth.Two) b1 = Vector512.FusedMultiplyAdd(y, v, b1);
             v = Vector512.Create(l2[at]);
             a2 = Vector512.FusedMultiplyAdd(x, v, a2);
-            b2 = Vector512.FusedMultiplyAdd(y, v, b2);
+            if (TWidth.Two) b2 = Vector512.FusedMultiplyAdd(y, v, b2);
             v = Vector512.Create(l3[at]);
             a3 = Vector512.FusedMultiplyAdd(x, v, a3);
-            b3 = Vector512.FusedMultiplyAdd(y, v, b3);
+            if (TWidth.Two) b3 = Vector512.FusedMultiplyAdd(y, v, b3);
             v = Vector512.Create(l4[at]);
             a4 = Vector512.FusedMultiplyAdd(x, v, a4);
-            b4 = Vector512.FusedMultiplyAdd(y, v, b4);
+            if (TWidth.Two) b4 = Vector512.FusedMultiplyAdd(y, v, b4);
             v = Vector512.Create(l5[at]);
             a5 = Vector512.FusedMultiplyAdd(x, v, a5);
-            b5 = Vector512.FusedMultiplyAdd(y, v, b5);
+            if (TWidth.Two) b5 = Vector512.FusedMultiplyAdd(y, v, b5);
             v = Vector512.Create(l6[at]);
             a6 = Vector512.FusedMultiplyAdd(x, v, a6);
-            b6 = Vector512.FusedMultiplyAdd(y, v, b6);
+            if (TWidth.Two) b6 = Vector512.FusedMultiplyAdd(y, v, b6);
             v = Vector512.Create(l7[at]);
             a7 = Vector512.FusedMultiplyAdd(x, v, a7);
-            b7 = Vector512.FusedMultiplyAdd(y, v, b7);
+            if (TWidth.Two) b7 = Vector512.FusedMultiplyAdd(y, v, b7);
         }
-        StoreRow(a0, b0, two, scale, output, rescale, 0);
-        if (count > 1) StoreRow(a1, b1, two, scale, output + outputStride, rescale, 1);
-        if (count > 2) StoreRow(a2, b2, two, scale, output + 2 * outputStride, rescale, 2);
-        if (count > 3) StoreRow(a3, b3, two, scale, output + 3 * outputStride, rescale, 3);
-        if (count > 4) StoreRow(a4, b4, two, scale, output + 4 * outputStride, rescale, 4);
-        if (count > 5) StoreRow(a5, b5, two, scale, output + 5 * outputStride, rescale, 5);
-        if (count > 6) StoreRow(a6, b6, two, scale, output + 6 * outputStride, rescale, 6);
-        if (count > 7) StoreRow(a7, b7, two, scale, output + 7 * outputStride, rescale, 7);
+        StoreRow(a0, b0, TWidth.Two, scale, output, rescale, 0);
+        if (count > 1) StoreRow(a1, b1, TWidth.Two, scale, output + outputStride, rescale, 1);
+        if (count > 2) StoreRow(a2, b2, TWidth.Two, scale, output + 2 * outputStride, rescale, 2);
+        if (count > 3) StoreRow(a3, b3, TWidth.Two, scale, output + 3 * outputStride, rescale, 3);
+        if (count > 4) StoreRow(a4, b4, TWidth.Two, scale, output + 4 * outputStride, rescale, 4);
+        if (count > 5) StoreRow(a5, b5, TWidth.Two, scale, output + 5 * outputStride, rescale, 5);
+        if (count > 6) StoreRow(a6, b6, TWidth.Two, scale, output + 6 * outputStride, rescale, 6);
+        if (count > 7) StoreRow(a7, b7, TWidth.Two, scale, output + 7 * outputStride, rescale, 7);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

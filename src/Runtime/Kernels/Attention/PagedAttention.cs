@@ -24,7 +24,8 @@ public readonly record struct AttentionOptions(float Scale, int Window = 0, floa
 /// sequence's block table once for all of them (F16 rows widened in registers — short of the exponent rebias, folded
 /// into the query and the weights, while the cache holds only finite halves — int8 ones dequantized into scratch),
 /// then softmax and the weighted sum of values; F16 walks fetch each next block's rows while reading one. A plan fills
-/// one per attention call and runs it on its pool; the rows it reads are the window the options leave visible.
+/// one per attention call and runs it on its pool (<see cref="Run"/>); the rows it reads are the window the options
+/// leave visible. A step's sharing groups first have their prefixes attended, once per group, in a run of their own.
 /// </summary>
 public struct PagedAttention : IParallelWork
 {
@@ -32,37 +33,72 @@ public struct PagedAttention : IParallelWork
     public const int MaxChunks = 32;
 
     public FloatBuffer Q, Output, Scores, Gather;
+
+    /// <summary>
+    /// Per token and query head, the shared prefix's softmax max and sum (token t's head h at 2·(t·Heads + h)), kept
+    /// from the prefix run for the token run's merge: <see cref="PrefixStatisticsFloats"/> floats when a step has
+    /// sharing groups; unused otherwise.
+    /// </summary>
+    public FloatBuffer PrefixStatistics;
+
     public KvCache Cache;
     public AttentionContext Context;
     public int ScoresStride, GatherStride, ChunkSize, PerToken, KvPerItem, Layer, Heads, KvHeads, HeadDim, QCols, KvCols;
     public AttentionOptions Options;
 
+    /// <summary>Floats of <see cref="PrefixStatistics"/> a step of <paramref name="tokens"/> tokens needs (its widest attention's <paramref name="heads"/>).</summary>
+    public static int PrefixStatisticsFloats(int tokens, int heads) => checked(2 * tokens * heads);
+
     /// <summary>
-    /// Items for <paramref name="tokens"/> tokens on <paramref name="threads"/> threads: each token's KV heads in a few
-    /// chunks, so that one token's heads still spread over the threads (decode); sets <see cref="PerToken"/>,
-    /// <see cref="KvPerItem"/> and <see cref="ChunkSize"/>, and returns the item count. When the context names sharing
-    /// groups (and no window hides part of a prefix), each group adds items of its own: a batch of its tokens (all of
-    /// them when the scratch holds them) and a chunk of KV heads, reading the shared prefix once for the whole batch;
-    /// the group's tokens get no per-token items.
+    /// Items for <paramref name="tokens"/> tokens on <paramref name="threads"/> threads, and returns their count:
+    /// first, when the context names sharing groups (and no window hides part of a prefix), <see cref="PrefixItems"/>
+    /// prefix items: a batch of a group's tokens (all of them when the scratch holds them) and a chunk of KV heads,
+    /// reading the shared prefix once for the whole batch; then each token's KV heads in a few chunks, so that one
+    /// token's heads still spread over the threads (decode), where a grouped token reads only its own positions and
+    /// merges them with its prefix's part. Sets <see cref="PerToken"/>, <see cref="KvPerItem"/> and
+    /// <see cref="ChunkSize"/> (the token items').
     /// </summary>
     public int Plan(int tokens, int threads)
     {
         _groupItems = 0;
         _groupBatch = 0;
         if (Context.SharedPrefixCount > 0 && Options.Window == 0) PlanSharedPrefixes(threads);
-        int independent = _groupItems > 0 ? Context.UngroupedTokens.Length : tokens;
-        int perToken = Math.Clamp((2 * threads + independent - 1) / Math.Max(independent, 1), 1, KvHeads);
+        if (_groupItems > 0 && PrefixStatistics.Length < PrefixStatisticsFloats(tokens, Heads))
+            throw new InvalidOperationException($"PrefixStatistics holds {PrefixStatistics.Length} floats; a step of {tokens} tokens with sharing groups needs {PrefixStatisticsFloats(tokens, Heads)} (PrefixStatisticsFloats).");
+        int perToken = Math.Clamp((2 * threads + tokens - 1) / Math.Max(tokens, 1), 1, KvHeads);
         KvPerItem = (KvHeads + perToken - 1) / perToken;
         PerToken = (KvHeads + KvPerItem - 1) / KvPerItem;
-        _independentItems = independent * PerToken;
-        int items = _independentItems + _groupItems;
-        ChunkSize = Math.Max(1, (items + MaxChunks - 1) / MaxChunks);
-        return items;
+        // A chunk is a run of a thread's items (about 4 per thread), so that each item can fetch its successor's first rows.
+        ChunkSize = Math.Max((tokens * PerToken + MaxChunks - 1) / MaxChunks, Math.Max(1, tokens * PerToken / (4 * threads)));
+        _groupChunkSize = Math.Max(1, (_groupItems + MaxChunks - 1) / MaxChunks);
+        return _groupItems + tokens * PerToken;
     }
 
-    // Items past _independentItems are sharing groups' (batch of tokens, chunk of _groupKvPerItem KV heads) items; 0
-    // when none. A group item scores _groupTileKeys prefix positions at a time, as register tiles when _groupTiled.
-    private int _independentItems, _groupItems, _groupBatch, _groupKvPerItem, _groupKvChunks, _groupTileKeys;
+    /// <summary>Items of the last <see cref="Plan"/> that attend sharing groups' prefixes: the first ones, run before the rest.</summary>
+    public readonly int PrefixItems => _groupItems;
+
+    /// <summary>
+    /// Plans the call for <paramref name="tokens"/> tokens and runs it on <paramref name="pool"/>: the prefix items,
+    /// if any, in a run of their own (a token's merge needs every KV chunk of its prefix part done), then the token items.
+    /// </summary>
+    public void Run(WorkerPool pool, int tokens)
+    {
+        int items = Plan(tokens, pool.ThreadCount);
+        if (_groupItems > 0) RunItems(pool, 0, _groupItems, _groupChunkSize);
+        RunItems(pool, _groupItems, items - _groupItems, ChunkSize);
+    }
+
+    private void RunItems(WorkerPool pool, int first, int count, int chunkSize)
+    {
+        _runFirstItem = first;
+        _runChunkSize = chunkSize;
+        pool.Run(count, chunkSize, this);
+    }
+
+    // The first _groupItems items are sharing groups' (batch of tokens, chunk of _groupKvPerItem KV heads) prefix
+    // items; 0 when none. A group item scores _groupTileKeys prefix positions at a time, as register tiles when
+    // _groupTiled. A pool run covers items _runFirstItem.. in chunks of _runChunkSize.
+    private int _groupItems, _groupBatch, _groupKvPerItem, _groupKvChunks, _groupTileKeys, _groupChunkSize, _runFirstItem, _runChunkSize;
     private bool _groupTiled;
 
     /// <summary>Whether the last <see cref="Plan"/> has sharing groups take their prefixes as register tiles (<see cref="PrefixTiles"/>).</summary>
@@ -75,35 +111,31 @@ public struct PagedAttention : IParallelWork
     /// Group items: the KV heads in as many chunks as there are threads (each chunk's prefix rows are then read once
     /// per step), and every token of a group in one batch when the score scratch holds it, else in smaller batches
     /// (<see cref="TiledScratch"/> on the AVX-512 path, with a tile of a block when 64 positions do not fit; otherwise,
-    /// or when not even one token fits that way, per batch token and head the prefix's max and sum, per token of one
-    /// KV head its query and output rows and a tile of prefix scores); a batch token's suffix scores must fit beside
-    /// the statistics too. No groups when a single token does not fit.
+    /// or when not even one token fits that way, per token of one KV head its query and output rows and a tile of
+    /// prefix scores). No groups when a single token does not fit.
     /// </summary>
     private void PlanSharedPrefixes(int threads)
     {
-        int group = Heads / KvHeads, blockSize = Cache.BlockSize, mostTokens = 0, shortestPrefix = int.MaxValue, longestSuffix = 0, items = 0;
+        int group = Heads / KvHeads, blockSize = Cache.BlockSize, mostTokens = 0, shortestPrefix = int.MaxValue, items = 0;
         for (int g = 0; g < Context.SharedPrefixCount; g++)
         {
             mostTokens = Math.Max(mostTokens, Context.SharedPrefixTokens(g).Length);
-            int prefix = Context.SharedPrefixLength(g);
-            shortestPrefix = Math.Min(shortestPrefix, prefix);
-            foreach (int sequence in Context.SharedPrefixSequences(g))
-                longestSuffix = Math.Max(longestSuffix, Context.LastPosition(sequence) + 1 - prefix);
+            shortestPrefix = Math.Min(shortestPrefix, Context.SharedPrefixLength(g));
         }
-        int kvPerItem = (KvHeads + Math.Min(KvHeads, threads) - 1) / Math.Min(KvHeads, threads), heads = kvPerItem * group;
+        int kvPerItem = (KvHeads + Math.Min(KvHeads, threads) - 1) / Math.Min(KvHeads, threads);
         int wholeTile = Math.Min(shortestPrefix, Math.Max(1, PrefixTileKeys / blockSize) * blockSize), tileKeys = wholeTile, batch = 0;
         _groupTiled = KernelPaths.Uses512Bits && HeadDim % 16 == 0;
         if (_groupTiled)
         {
-            batch = TiledBatch(mostTokens, heads, longestSuffix, tileKeys);
-            if (batch < 1 && tileKeys > blockSize) batch = TiledBatch(mostTokens, heads, longestSuffix, tileKeys = blockSize);
+            batch = TiledBatch(mostTokens, tileKeys);
+            if (batch < 1 && tileKeys > blockSize) batch = TiledBatch(mostTokens, tileKeys = blockSize);
             _groupTiled = batch >= 1;
         }
         if (!_groupTiled)
         {
             tileKeys = wholeTile;
-            batch = RowsBatch(heads, longestSuffix, tileKeys);
-            if (batch < 1 && tileKeys > blockSize) batch = RowsBatch(heads, longestSuffix, tileKeys = blockSize);
+            batch = RowsBatch(tileKeys);
+            if (batch < 1 && tileKeys > blockSize) batch = RowsBatch(tileKeys = blockSize);
         }
         if (batch < 1) return;
         _groupBatch = Math.Min(batch, mostTokens);
@@ -116,31 +148,28 @@ public struct PagedAttention : IParallelWork
     }
 
     /// <summary>
-    /// The most tokens a row-by-row group item's scratch holds (<see cref="PrefixByRows"/>): per token and head the
-    /// prefix's max and sum beside its suffix scores, and per token of one KV head its query and output rows and a
-    /// tile of prefix scores; 0 when not one.
+    /// The most tokens a row-by-row group item's scratch holds (<see cref="PrefixByRows"/>): per token of one KV head
+    /// its query and output rows and a tile of prefix scores; 0 when not one.
     /// </summary>
-    private readonly int RowsBatch(int heads, int longestSuffix, int tileKeys) =>
-        Math.Min((ScoresStride - heads * longestSuffix) / (2 * heads), ScoresStride / (2 * heads + Heads / KvHeads * (2 * HeadDim + tileKeys)));
+    private readonly int RowsBatch(int tileKeys) => ScoresStride / (Heads / KvHeads * (2 * HeadDim + tileKeys));
 
     /// <summary>The most tokens (up to <paramref name="mostTokens"/>) a tiled group item's scratch holds; 0 when not one.</summary>
-    private readonly int TiledBatch(int mostTokens, int heads, int longestSuffix, int tileKeys)
+    private readonly int TiledBatch(int mostTokens, int tileKeys)
     {
         int batch = mostTokens;
-        while (batch > 0 && (TiledScratch(batch, heads, Heads / KvHeads, HeadDim, tileKeys) > ScoresStride || 2L * batch * heads + (long)heads * longestSuffix > ScoresStride)) batch--;
+        while (batch > 0 && TiledScratch(batch * Heads / KvHeads, HeadDim, tileKeys) > ScoresStride) batch--;
         return batch;
     }
 
     /// <summary>
-    /// Floats of scratch a tiled group item of <paramref name="batch"/> tokens takes (see <see cref="PrefixTiles"/>):
-    /// per token and head of its chunk the prefix's max and sum; for one KV head at a time its query rows transposed
-    /// (padded to 16), their output accumulators, running max, sum and correction, and a tile of transposed scores
-    /// and of widened rows.
+    /// Floats of scratch a tiled group item takes for <paramref name="rows"/> query rows of one KV head (a batch's
+    /// tokens times its query heads; see <see cref="PrefixTiles"/>): the rows transposed (padded to 16), their output
+    /// accumulators, running max, sum and correction, and a tile of transposed scores and of widened rows.
     /// </summary>
-    private static long TiledScratch(long batch, int heads, int group, int headDim, int tileKeys)
+    private static long TiledScratch(long rows, int headDim, int tileKeys)
     {
-        long rows = batch * group, padded = (rows + 15) & ~15L;
-        return 2L * batch * heads + headDim * padded + rows * headDim + 3 * padded + tileKeys * (padded + headDim);
+        long padded = (rows + 15) & ~15L;
+        return headDim * padded + rows * headDim + 3 * padded + tileKeys * (padded + headDim);
     }
 
     /// <summary>Query rows of one KV head that a chunk's scratch always holds as one tiled batch (two 16-wide columns of the tiles).</summary>
@@ -148,45 +177,46 @@ public struct PagedAttention : IParallelWork
 
     /// <summary>
     /// Floats of score scratch one chunk needs: every query head's row over <paramref name="maxContext"/> positions,
-    /// and at least a tiled sharing-group item of <see cref="AssuredTiledRows"/> query rows with every head in its
-    /// chunk. Without that floor a short context cut a group into batches of a token or two, each reading the whole
-    /// prefix again: 32 sequences sharing 128 positions took 3× the per-sequence time.
+    /// and at least a tiled sharing-group item of <see cref="AssuredTiledRows"/> query rows. Without that floor a
+    /// short context cut a group into batches of a token or two, each reading the whole prefix again: 32 sequences
+    /// sharing 128 positions took 3× the per-sequence time.
     /// </summary>
     public static int ScoresPerChunk(int maxContext, int heads, int headDim)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(heads);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(headDim);
-        return checked((int)Math.Max((long)maxContext * heads, TiledScratch(AssuredTiledRows, heads, group: 1, headDim, PrefixTileKeys)));
+        return checked((int)Math.Max((long)maxContext * heads, TiledScratch(AssuredTiledRows, headDim, PrefixTileKeys)));
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Execute(int start, int end)
     {
-        // Items come in chunks of ChunkSize from a multiple of it: the chunk's own scratch.
-        int chunk = start / ChunkSize;
+        // Items come in chunks of the run's chunk size from a multiple of it: the chunk's own scratch.
+        int chunk = start / _runChunkSize;
         var scores = Scores.Slice(chunk * ScoresStride, ScoresStride);
         var gather = Gather.Slice(chunk * GatherStride, GatherStride);
-        var positions = Context.Positions;
         int group = Heads / KvHeads, blockSize = Cache.BlockSize;
         bool halves = Cache.Storage == KvStorage.F16, finite = Cache.HoldsOnlyFiniteHalves;
-        var independentTokens = _groupItems > 0 ? Context.UngroupedTokens : default;
-        for (int item = start; item < end; item++)
+        for (int item = _runFirstItem + start; item < _runFirstItem + end; item++)
         {
-            if (item >= _independentItems)
+            if (item < _groupItems)
             {
-                SharedPrefixItem(item - _independentItems, scores, gather);
+                PrefixItem(item, scores, gather);
                 continue;
             }
-            int t = _groupItems > 0 ? independentTokens[item / PerToken] : item / PerToken, kv0 = item % PerToken * KvPerItem, kv1 = Math.Min(KvHeads, kv0 + KvPerItem);
+            int tokenItem = item - _groupItems;
+            int t = tokenItem / PerToken, kv0 = tokenItem % PerToken * KvPerItem, kv1 = Math.Min(KvHeads, kv0 + KvPerItem);
             int sequence = Context.SequenceOf(t);
-            int last = Options.Causal ? positions[t] : Context.LastPosition(sequence);
-            int first = Options.Window > 0 ? Math.Max(0, positions[t] - Options.Window + 1) : 0;
+            var (first, last) = Walk(t);
+            bool afterPrefix = _groupItems > 0 && first > 0; // a grouped token (groups have no window): merged with its prefix's part
             int rows = last - first + 1, heads = (kv1 - kv0) * group, at = t * QCols + kv0 * group * HeadDim;
             int columns = (kv1 - kv0) * HeadDim;
             var blocks = Context.BlockTable(sequence); // a contiguous cache: one block per sequence
             var query = Q.Slice(at, heads * HeadDim);
             var output = Output.Slice(at, heads * HeadDim);
             var weights = scores.Slice(0, heads * rows);
+            bool shortWalk = halves && (long)rows * columns * sizeof(short) <= ShortWalkBytes;
+            if (shortWalk) PrefetchFirstRows(tokenItem, values: true);
             // Only this item's KV heads are read: F16 rows in place (widened in registers), int8 ones dequantized into scratch.
             for (int position = first; position <= last;)
             {
@@ -200,8 +230,13 @@ public struct PagedAttention : IParallelWork
                 position += count;
             }
             if (Options.SoftCap > 0) SoftCap(weights, Options.SoftCap);
-            for (int h = 0; h < heads; h++) VectorMath.Softmax(weights.Slice(h * rows, rows));
-            output.Clear();
+            if (shortWalk && item + 1 < _runFirstItem + end) PrefetchFirstRows(item + 1 - _groupItems, values: false);
+            if (afterPrefix) WeighAgainstPrefix(t, kv0 * group, heads, weights, rows, output);
+            else
+            {
+                for (int h = 0; h < heads; h++) VectorMath.Softmax(weights.Slice(h * rows, rows));
+                output.Clear();
+            }
             for (int position = first; position <= last;)
             {
                 int b = position / blockSize, offset = position % blockSize, count = Math.Min(blockSize - offset, last - position + 1);
@@ -217,16 +252,36 @@ public struct PagedAttention : IParallelWork
     }
 
     /// <summary>
-    /// One sharing-group item: a batch of the group's tokens and a chunk of KV heads. The prefix part, KV head by KV
-    /// head, reads each shared block once for the whole batch, a tile of <see cref="_groupTileKeys"/> positions at a
-    /// time, with a running max and sum per score row (online softmax, as FlashAttention keeps it): as register tiles
-    /// (<see cref="PrefixTiles"/>) on the AVX-512 path, else row by row (<see cref="PrefixByRows"/>); the accumulators
-    /// go to the output rows, unnormalized. The suffix part is per token, every head of the chunk over the same rows
-    /// (read once, as the per-sequence path reads them), and the two are merged exactly: with m = max(m_prefix,
-    /// m_suffix), the parts are weighted e^(m_part − m) and the sum divided by their weighted sums of exponentials
-    /// (log-sum-exp).
+    /// The exact merge of a grouped token's own scores with its prefix part (log-sum-exp), for query heads
+    /// <paramref name="firstHead"/>..+<paramref name="heads"/>: the prefix run left each head's accumulated values in
+    /// <paramref name="output"/>, unnormalized, and its max and sum in <see cref="PrefixStatistics"/>. With m the larger
+    /// max, the prefix part is weighted e^(m_prefix − m), the own scores become e^(s − m), and both are divided by the
+    /// whole sum, so that adding the own weighted values finishes the row.
     /// </summary>
-    private readonly void SharedPrefixItem(int item, Span<float> scratch, Span<float> gather)
+    private readonly void WeighAgainstPrefix(int token, int firstHead, int heads, Span<float> weights, int rows, Span<float> output)
+    {
+        var statistics = PrefixStatistics.Slice(StatisticsIndex(token, firstHead), 2 * heads);
+        for (int h = 0; h < heads; h++)
+        {
+            var row = weights.Slice(h * rows, rows);
+            float ownSum = VectorMath.ExpSum(row, out float ownMax);
+            float prefixMax = statistics[2 * h], max = MathF.Max(prefixMax, ownMax);
+            float prefixWeight = MathF.Exp(prefixMax - max), ownWeight = MathF.Exp(ownMax - max);
+            float total = statistics[2 * h + 1] * prefixWeight + ownSum * ownWeight;
+            VectorMath.Scale(output.Slice(h * HeadDim, HeadDim), prefixWeight / total);
+            VectorMath.Scale(row, ownWeight / total);
+        }
+    }
+
+    /// <summary>
+    /// One prefix item: a batch of a sharing group's tokens and a chunk of KV heads. KV head by KV head, it reads each
+    /// shared block once for the whole batch, a tile of <see cref="_groupTileKeys"/> positions at a time, with a
+    /// running max and sum per score row (online softmax, as FlashAttention keeps it): as register tiles
+    /// (<see cref="PrefixTiles"/>) on the AVX-512 path, else row by row (<see cref="PrefixByRows"/>). The accumulated
+    /// values go to the output rows, unnormalized, and each row's max and sum to <see cref="PrefixStatistics"/>, for
+    /// the token items to merge with the tokens' own positions (<see cref="WeighAgainstPrefix"/>).
+    /// </summary>
+    private readonly void PrefixItem(int item, Span<float> scratch, Span<float> gather)
     {
         int g = 0, batches;
         while (item >= (batches = (Context.SharedPrefixTokens(g).Length + _groupBatch - 1) / _groupBatch) * _groupKvChunks)
@@ -237,83 +292,17 @@ public struct PagedAttention : IParallelWork
         int kv0 = item % _groupKvChunks * _groupKvPerItem, kv1 = Math.Min(KvHeads, kv0 + _groupKvPerItem), first = item / _groupKvChunks * _groupBatch;
         var groupTokens = Context.SharedPrefixTokens(g);
         var tokens = groupTokens.Slice(first, Math.Min(_groupBatch, groupTokens.Length - first));
-        int group = Heads / KvHeads, blockSize = Cache.BlockSize, prefix = Context.SharedPrefixLength(g), heads = (kv1 - kv0) * group;
-        bool halves = Cache.Storage == KvStorage.F16, finite = Cache.HoldsOnlyFiniteHalves;
         var prefixBlocks = Context.BlockTable(Context.SharedPrefixSequences(g)[0]);
-        // Scratch: per (token, head of the chunk) the prefix's max and Σ e^(s − max), row r's of KV head kv at
-        // 2·((r / group)·heads + (kv − kv0)·group + r % group); then the prefix part's work for one KV head at a
-        // time; later one token's suffix score rows.
-        var statistics = scratch[..(2 * tokens.Length * heads)];
-        var work = scratch[(2 * tokens.Length * heads)..];
+        int prefix = Context.SharedPrefixLength(g);
         for (int kv = kv0; kv < kv1; kv++)
         {
-            if (_groupTiled) PrefixTiles(tokens, kv, prefixBlocks, prefix, statistics, (kv - kv0) * group, heads, work, gather, first: kv == kv0, last: kv == kv1 - 1);
-            else PrefixByRows(tokens, kv, prefixBlocks, prefix, statistics, (kv - kv0) * group, heads, work, gather);
-        }
-
-        // Suffix part, token by token over every head of the chunk, in the scratch the prefix is done with; then the merge.
-        var positions = Context.Positions;
-        int columns = (kv1 - kv0) * HeadDim;
-        for (int i = 0; i < tokens.Length; i++)
-        {
-            int t = tokens[i], sequence = Context.SequenceOf(t);
-            int last = Options.Causal ? positions[t] : Context.LastPosition(sequence), length = last - prefix + 1;
-            var blocks = Context.BlockTable(sequence);
-            var query = Q.Slice(t * QCols + kv0 * group * HeadDim, heads * HeadDim);
-            var output = Output.Slice(t * QCols + kv0 * group * HeadDim, heads * HeadDim);
-            var suffix = work[..(heads * length)];
-            if (halves)
-            {
-                // This token's first values, and the next token's first keys: blocks of their own, away from these.
-                PrefetchNextBlock(blocks[prefix / blockSize], Math.Min(blockSize, length), kv0 * HeadDim, columns, values: true);
-                if (i + 1 < tokens.Length)
-                {
-                    int next = Context.SequenceOf(tokens[i + 1]), nextLast = Options.Causal ? positions[tokens[i + 1]] : Context.LastPosition(next);
-                    PrefetchNextBlock(Context.BlockTable(next)[prefix / blockSize], Math.Min(blockSize, nextLast - prefix + 1), kv0 * HeadDim, columns, values: false);
-                }
-            }
-            for (int position = prefix; position <= last;)
-            {
-                int b = position / blockSize, offset = position % blockSize, count = Math.Min(blockSize - offset, last - position + 1);
-                if (halves && position + count <= last)
-                    PrefetchNextBlock(blocks[b + 1], Math.Min(blockSize, last - position - count + 1), kv0 * HeadDim, columns, values: false);
-                if (halves)
-                    VectorMath.AttentionScores(query, heads, HeadDim, group, KvBlocks.HalfKeys(Cache, Layer, blocks[b], offset, count, kv0 * HeadDim, columns), KvCols, count, Options.Scale, suffix, length, position - prefix, finite);
-                else
-                    VectorMath.AttentionScores(query, heads, HeadDim, group, KvBlocks.Keys(Cache, Layer, blocks[b], offset, count, kv0 * HeadDim, columns, gather), KvCols, count, Options.Scale, suffix, length, position - prefix);
-                position += count;
-            }
-            if (Options.SoftCap > 0) SoftCap(suffix, Options.SoftCap);
-            var tokenStatistics = statistics.Slice(2 * i * heads, 2 * heads);
-            for (int h = 0; h < heads; h++)
-            {
-                float suffixSum = VectorMath.ExpSum(suffix.Slice(h * length, length), out float suffixMax);
-                float prefixMax = tokenStatistics[2 * h], max = MathF.Max(prefixMax, suffixMax);
-                float prefixWeight = MathF.Exp(prefixMax - max), suffixWeight = MathF.Exp(suffixMax - max);
-                VectorMath.Scale(output.Slice(h * HeadDim, HeadDim), prefixWeight);
-                VectorMath.Scale(suffix.Slice(h * length, length), suffixWeight);
-                tokenStatistics[2 * h + 1] = tokenStatistics[2 * h + 1] * prefixWeight + suffixSum * suffixWeight;
-            }
-            for (int position = prefix; position <= last;)
-            {
-                int b = position / blockSize, offset = position % blockSize, count = Math.Min(blockSize - offset, last - position + 1);
-                if (halves && position + count <= last)
-                    PrefetchNextBlock(blocks[b + 1], Math.Min(blockSize, last - position - count + 1), kv0 * HeadDim, columns, values: true);
-                if (halves)
-                    VectorMath.AttentionValues(suffix, length, position - prefix, heads, HeadDim, group, KvBlocks.HalfValues(Cache, Layer, blocks[b], offset, count, kv0 * HeadDim, columns), KvCols, count, output, finite);
-                else
-                    VectorMath.AttentionValues(suffix, length, position - prefix, heads, HeadDim, group, KvBlocks.Values(Cache, Layer, blocks[b], offset, count, kv0 * HeadDim, columns, gather), KvCols, count, output);
-                position += count;
-            }
-            for (int h = 0; h < heads; h++) VectorMath.Scale(output.Slice(h * HeadDim, HeadDim), 1f / tokenStatistics[2 * h + 1]);
+            if (_groupTiled) PrefixTiles(tokens, kv, prefixBlocks, prefix, scratch, gather, first: kv == kv0, last: kv == kv1 - 1);
+            else PrefixByRows(tokens, kv, prefixBlocks, prefix, scratch, gather);
         }
     }
 
-    /// <summary>
-    /// Where score row <paramref name="r"/> (token r / group, query head r mod group) of the KV head whose rows start at
-    /// <paramref name="statisticsAt"/> of an item's <paramref name="heads"/> keeps its prefix max (and, next to it, its sum).
-    /// </summary>
-    private static int StatisticsIndex(int r, int group, int heads, int statisticsAt) => 2 * (r / group * heads + statisticsAt + r % group);
+    /// <summary>Where query head <paramref name="head"/> of <paramref name="token"/> keeps its prefix max in <see cref="PrefixStatistics"/> (its sum next to it).</summary>
+    private readonly int StatisticsIndex(int token, int head) => 2 * (token * Heads + head);
 
     /// <summary>
     /// The prefix part of a group item for KV head <paramref name="kv"/> on the AVX-512 path, as small GEMMs with no
@@ -326,8 +315,7 @@ public struct PagedAttention : IParallelWork
     /// successor is fetched while it is computed, across KV heads too: <paramref name="first"/> and
     /// <paramref name="last"/> say whether this is the item's first KV head (no tile before fetched its first one) and last.
     /// </summary>
-    private readonly unsafe void PrefixTiles(ReadOnlySpan<int> tokens, int kv, ReadOnlySpan<int> prefixBlocks, int prefix, Span<float> statistics, int statisticsAt,
-        int heads, Span<float> work, Span<float> gather, bool first, bool last)
+    private readonly unsafe void PrefixTiles(ReadOnlySpan<int> tokens, int kv, ReadOnlySpan<int> prefixBlocks, int prefix, Span<float> work, Span<float> gather, bool first, bool last)
     {
         int group = Heads / KvHeads, rows = tokens.Length * group, padded = (rows + 15) & ~15, tileKeys = _groupTileKeys, width = group * HeadDim, column = kv * HeadDim;
         var queriesT = work[..(HeadDim * padded)];
@@ -380,9 +368,10 @@ public struct PagedAttention : IParallelWork
                         AttentionTiles.OuterProduct(s + q, 1, padded, Math.Min(8, rows - q), k + d, HeadDim, keys, two: d + 16 < HeadDim, Vector512<float>.One, o + q * HeadDim + d, HeadDim, kept + q);
             }
         }
+        var statistics = PrefixStatistics.Span;
         for (int r = 0; r < rows; r++)
         {
-            int at = StatisticsIndex(r, group, heads, statisticsAt);
+            int at = StatisticsIndex(tokens[r / group], kv * group + r % group);
             statistics[at] = runningMax[r];
             statistics[at + 1] = runningSum[r];
         }
@@ -456,14 +445,14 @@ public struct PagedAttention : IParallelWork
 
     /// <summary>
     /// F16 keys and values of prefix positions <paramref name="first"/>..+<paramref name="count"/> (within one block's
-    /// rest) of one KV head, fetched ahead of their tile: the prefix's blocks are apart and each row is read only in
-    /// part, so the hardware prefetcher does not run ahead of the tiles.
+    /// rest) of one KV head, fetched into L2 ahead of their tile: the prefix's blocks are apart and each row is read
+    /// only in part, so the hardware prefetcher does not run ahead of the tiles; and the tiles' scratch fills L1.
     /// </summary>
     private readonly void PrefetchPrefixRows(ReadOnlySpan<int> blocks, int first, int count, int column)
     {
         int blockSize = Cache.BlockSize, block = blocks[first / blockSize], offset = first % blockSize, rows = Math.Min(count, blockSize - offset);
-        PrefetchNextBlock(block, rows, column, HeadDim, values: false, offset);
-        PrefetchNextBlock(block, rows, column, HeadDim, values: true, offset);
+        VectorMath.PrefetchRowsToL2(KvBlocks.HalfKeys(Cache, Layer, block, offset, rows, column, HeadDim), KvCols, rows, HeadDim);
+        VectorMath.PrefetchRowsToL2(KvBlocks.HalfValues(Cache, Layer, block, offset, rows, column, HeadDim), KvCols, rows, HeadDim);
     }
 
     /// <summary>
@@ -473,19 +462,19 @@ public struct PagedAttention : IParallelWork
     /// once for every query), then per score row its running max and sum of exponentials (a new max rescales what the
     /// row has summed), then the tile's weighted values into the row's accumulator.
     /// </summary>
-    private readonly void PrefixByRows(ReadOnlySpan<int> tokens, int kv, ReadOnlySpan<int> prefixBlocks, int prefix, Span<float> statistics, int statisticsAt,
-        int heads, Span<float> work, Span<float> gather)
+    private readonly void PrefixByRows(ReadOnlySpan<int> tokens, int kv, ReadOnlySpan<int> prefixBlocks, int prefix, Span<float> work, Span<float> gather)
     {
         int group = Heads / KvHeads, blockSize = Cache.BlockSize, tileKeys = _groupTileKeys, rows = tokens.Length * group, width = group * HeadDim, column = kv * HeadDim;
         bool halves = Cache.Storage == KvStorage.F16;
         var queries = work[..(rows * HeadDim)];
         var sums = work.Slice(rows * HeadDim, rows * HeadDim);
         var tile = work.Slice(2 * rows * HeadDim, rows * tileKeys);
+        var statistics = PrefixStatistics.Span;
         for (int i = 0; i < tokens.Length; i++) Q.Slice(tokens[i] * QCols + column * group, width).CopyTo(queries.Slice(i * width, width));
         sums.Clear();
         for (int r = 0; r < rows; r++)
         {
-            int at = StatisticsIndex(r, group, heads, statisticsAt);
+            int at = StatisticsIndex(tokens[r / group], kv * group + r % group);
             statistics[at] = float.NegativeInfinity;
             statistics[at + 1] = 0;
         }
@@ -503,7 +492,7 @@ public struct PagedAttention : IParallelWork
             {
                 var scores = tile.Slice(r * tileKeys, keys);
                 if (Options.SoftCap > 0) SoftCap(scores, Options.SoftCap);
-                int at = StatisticsIndex(r, group, heads, statisticsAt);
+                int at = StatisticsIndex(tokens[r / group], kv * group + r % group);
                 float runningMax = statistics[at], max = MathF.Max(runningMax, VectorMath.Max(scores));
                 if (max > runningMax && runningMax > float.NegativeInfinity)
                 {
@@ -526,11 +515,46 @@ public struct PagedAttention : IParallelWork
     }
 
     /// <summary>
+    /// A walk whose keys (and values) take at most this many bytes fetches its first value rows as it starts and the
+    /// next item's first keys as its values start (<see cref="PrefetchFirstRows"/>): within this reach they are still
+    /// in L2 when read; a longer walk would only evict them first.
+    /// </summary>
+    private const int ShortWalkBytes = 256 * 1024;
+
+    /// <summary>
+    /// The first F16 rows that token item <paramref name="tokenItem"/> reads (<paramref name="values"/>: for its weighted
+    /// sum, else its scores), as far as their block goes, fetched into L2 ahead of the walk: the walks of a step's own
+    /// positions are short (a shared prefix's suffix: a few blocks), and a block's first rows would otherwise come as
+    /// it starts. A short walk fetches its values' while it scores, and the next item's keys while it weighs.
+    /// </summary>
+    private readonly void PrefetchFirstRows(int tokenItem, bool values)
+    {
+        int t = tokenItem / PerToken, kv0 = tokenItem % PerToken * KvPerItem, columns = (Math.Min(KvHeads, kv0 + KvPerItem) - kv0) * HeadDim;
+        (int first, int last) = Walk(t);
+        int blockSize = Cache.BlockSize, block = Context.BlockTable(Context.SequenceOf(t))[first / blockSize], offset = first % blockSize;
+        int rows = Math.Min(blockSize - offset, last - first + 1);
+        var halves = values ? KvBlocks.HalfValues(Cache, Layer, block, offset, rows, kv0 * HeadDim, columns) : KvBlocks.HalfKeys(Cache, Layer, block, offset, rows, kv0 * HeadDim, columns);
+        VectorMath.PrefetchRowsToL2(halves, KvCols, rows, columns);
+    }
+
+    /// <summary>
+    /// The positions token <paramref name="t"/>'s item reads: up to its own (causal) or its sequence's last, from the
+    /// window's start, or after its sharing group's prefix (which the prefix run has attended), or from 0.
+    /// </summary>
+    private readonly (int First, int Last) Walk(int t)
+    {
+        int sequence = Context.SequenceOf(t), position = Context.Positions[t];
+        int last = Options.Causal ? position : Context.LastPosition(sequence);
+        int first = Options.Window > 0 ? Math.Max(0, position - Options.Window + 1) : _groupItems > 0 ? Context.SharedPrefixLengthOf(sequence) : 0;
+        return (first, last);
+    }
+
+    /// <summary>
     /// F16 rows of a per-sequence walk's next block, fetched a block ahead (a paged cache's blocks are apart, so the
     /// hardware prefetcher cannot follow): its keys while the current block is scored, its values while weighed.
     /// </summary>
-    private readonly void PrefetchNextBlock(int block, int rows, int firstColumn, int columns, bool values, int offset = 0) =>
-        VectorMath.PrefetchNextBlock(values ? KvBlocks.HalfValues(Cache, Layer, block, offset, rows, firstColumn, columns) : KvBlocks.HalfKeys(Cache, Layer, block, offset, rows, firstColumn, columns),
+    private readonly void PrefetchNextBlock(int block, int rows, int firstColumn, int columns, bool values) =>
+        VectorMath.PrefetchNextBlock(values ? KvBlocks.HalfValues(Cache, Layer, block, 0, rows, firstColumn, columns) : KvBlocks.HalfKeys(Cache, Layer, block, 0, rows, firstColumn, columns),
             KvCols, rows, columns, values);
 
     /// <summary>s ← cap·tanh(s/cap) over every score (Gemma-2's attention logit soft-capping); <see cref="StepAttention"/>'s too.</summary>
