@@ -132,7 +132,7 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
     {
         // The 110m shape (12 heads of 64) with a context of under 200 positions: every query head's row is 2,112 floats,
         // too few for one token's tiles, which once cut the group into batches of a token, each reading the whole prefix
-        // again. A plan's scratch (ScoresPerChunk) holds 32 query rows of a KV head: 10 sequences of 1–3 tokens are one
+        // again. A plan's scratch (ScoresPerChunk) holds 32 query rows of 4 KV heads: 10 sequences of 1–3 tokens are one
         // batch for each of the 2 KV-head chunks.
         using var forced = KernelPathCases.Force(KernelPath.Avx512BW, "Shared-prefix attention", KernelPathCases.NoVnniForm);
         using var step = new Step(new Random(Seed), blockSize: 16, heads: 12, kvHeads: 12, headDim: 64, KvStorage.F16, softCap: 0, causal: true,
@@ -144,6 +144,7 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
         attention.Plan(context.TokenCount, threads: 2);
         Assert.Equal(2, attention.PrefixItems);
         Assert.True(attention.PrefixAsTiles);
+        Assert.Equal(4, attention.PrefixKvHeadsTogether); // each chunk's 6 KV heads in passes of 4 and 2
         AssertSharedEqualsPerSequence(step, 5e-5, $"seed {Seed}, {step}");
     }
 

@@ -98,11 +98,14 @@ public struct PagedAttention : IParallelWork
     // The first _groupItems items are sharing groups' (batch of tokens, chunk of _groupKvPerItem KV heads) prefix
     // items; 0 when none. A group item scores _groupTileKeys prefix positions at a time, as register tiles when
     // _groupTiled. A pool run covers items _runFirstItem.. in chunks of _runChunkSize.
-    private int _groupItems, _groupBatch, _groupKvPerItem, _groupKvChunks, _groupTileKeys, _groupChunkSize, _runFirstItem, _runChunkSize;
+    private int _groupItems, _groupBatch, _groupKvPerItem, _groupKvChunks, _groupKvTogether, _groupTileKeys, _groupChunkSize, _runFirstItem, _runChunkSize;
     private bool _groupTiled;
 
     /// <summary>Whether the last <see cref="Plan"/> has sharing groups take their prefixes as register tiles (<see cref="PrefixTiles"/>).</summary>
     internal readonly bool PrefixAsTiles => _groupItems > 0 && _groupTiled;
+
+    /// <summary>KV heads a tiled prefix item of the last <see cref="Plan"/> takes tile by tile together.</summary>
+    internal readonly int PrefixKvHeadsTogether => PrefixAsTiles ? _groupKvTogether : 0;
 
     /// <summary>Prefix positions a group item scores at once: 64, whole blocks, at most the shortest prefix.</summary>
     private const int PrefixTileKeys = 64;
@@ -110,9 +113,10 @@ public struct PagedAttention : IParallelWork
     /// <summary>
     /// Group items: the KV heads in as many chunks as there are threads (each chunk's prefix rows are then read once
     /// per step), and every token of a group in one batch when the score scratch holds it, else in smaller batches
-    /// (<see cref="TiledScratch"/> on the AVX-512 path, with a tile of a block when 64 positions do not fit; otherwise,
-    /// or when not even one token fits that way, per token of one KV head its query and output rows and a tile of
-    /// prefix scores). No groups when a single token does not fit.
+    /// (<see cref="TiledScratch"/> on the AVX-512 path, with a tile of a block when 64 positions do not fit, then as
+    /// many of the chunk's KV heads together as still fit; otherwise, or when not even one token fits that way, per
+    /// token of one KV head its query and output rows and a tile of prefix scores). No groups when a single token
+    /// does not fit.
     /// </summary>
     private void PlanSharedPrefixes(int threads)
     {
@@ -140,6 +144,9 @@ public struct PagedAttention : IParallelWork
         if (batch < 1) return;
         _groupBatch = Math.Min(batch, mostTokens);
         _groupKvPerItem = kvPerItem;
+        // As many of an item's KV heads tile by tile together as the scratch holds beside the batch (PrefixTiles).
+        _groupKvTogether = 1;
+        while (_groupTiled && _groupKvTogether < kvPerItem && TiledScratch(_groupBatch * group, HeadDim, tileKeys, _groupKvTogether + 1) <= ScoresStride) _groupKvTogether++;
         _groupKvChunks = (KvHeads + kvPerItem - 1) / kvPerItem;
         _groupTileKeys = tileKeys;
         for (int g = 0; g < Context.SharedPrefixCount; g++)
@@ -157,35 +164,41 @@ public struct PagedAttention : IParallelWork
     private readonly int TiledBatch(int mostTokens, int tileKeys)
     {
         int batch = mostTokens;
-        while (batch > 0 && TiledScratch(batch * Heads / KvHeads, HeadDim, tileKeys) > ScoresStride) batch--;
+        while (batch > 0 && TiledScratch(batch * Heads / KvHeads, HeadDim, tileKeys, kvHeads: 1) > ScoresStride) batch--;
         return batch;
     }
 
     /// <summary>
-    /// Floats of scratch a tiled group item takes for <paramref name="rows"/> query rows of one KV head (a batch's
-    /// tokens times its query heads; see <see cref="PrefixTiles"/>): the rows transposed (padded to 16), their output
-    /// accumulators, running max, sum and correction, and a tile of transposed scores and of widened rows.
+    /// Floats of scratch a tiled group item takes for <paramref name="rows"/> query rows of each of
+    /// <paramref name="kvHeads"/> KV heads taken together (a batch's tokens times a KV head's query heads; see
+    /// <see cref="PrefixTiles"/>): per KV head its state (<see cref="HeadState"/>), and a tile of transposed scores
+    /// and of widened rows.
     /// </summary>
-    private static long TiledScratch(long rows, int headDim, int tileKeys)
+    private static long TiledScratch(int rows, int headDim, int tileKeys, int kvHeads)
     {
         long padded = (rows + 15) & ~15L;
-        return headDim * padded + rows * headDim + 3 * padded + tileKeys * (padded + headDim);
+        return (long)kvHeads * HeadState(rows, headDim) + tileKeys * (padded + headDim);
     }
 
-    /// <summary>Query rows of one KV head that a chunk's scratch always holds as one tiled batch (two 16-wide columns of the tiles).</summary>
+    /// <summary>Query rows of a KV head that a chunk's scratch always holds as one tiled batch (two 16-wide columns of the tiles).</summary>
     private const int AssuredTiledRows = 32;
+
+    /// <summary>KV heads a chunk's scratch always holds together in such a batch: a tile's rows are then read as runs of 4 heads' columns.</summary>
+    private const int AssuredTiledKvHeads = 4;
 
     /// <summary>
     /// Floats of score scratch one chunk needs: every query head's row over <paramref name="maxContext"/> positions,
-    /// and at least a tiled sharing-group item of <see cref="AssuredTiledRows"/> query rows. Without that floor a
-    /// short context cut a group into batches of a token or two, each reading the whole prefix again: 32 sequences
-    /// sharing 128 positions took 3× the per-sequence time.
+    /// and at least a tiled sharing-group item of <see cref="AssuredTiledRows"/> query rows for each of
+    /// <see cref="AssuredTiledKvHeads"/> KV heads together (fewer when there are fewer heads). Without that floor a
+    /// short context cut a group into batches of a token or two, each reading the whole prefix again (32 sequences
+    /// sharing 128 positions took 3× the per-sequence time), and a head at a time read a 128-byte sliver of each
+    /// prefix row (the 110m bench's shared attention took ≈12 % longer).
     /// </summary>
     public static int ScoresPerChunk(int maxContext, int heads, int headDim)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(heads);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(headDim);
-        return checked((int)Math.Max((long)maxContext * heads, TiledScratch(AssuredTiledRows, headDim, PrefixTileKeys)));
+        return checked((int)Math.Max((long)maxContext * heads, TiledScratch(AssuredTiledRows, headDim, PrefixTileKeys, Math.Min(heads, AssuredTiledKvHeads))));
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -294,88 +307,112 @@ public struct PagedAttention : IParallelWork
         var tokens = groupTokens.Slice(first, Math.Min(_groupBatch, groupTokens.Length - first));
         var prefixBlocks = Context.BlockTable(Context.SharedPrefixSequences(g)[0]);
         int prefix = Context.SharedPrefixLength(g);
-        for (int kv = kv0; kv < kv1; kv++)
-        {
-            if (_groupTiled) PrefixTiles(tokens, kv, prefixBlocks, prefix, scratch, gather, first: kv == kv0, last: kv == kv1 - 1);
-            else PrefixByRows(tokens, kv, prefixBlocks, prefix, scratch, gather);
-        }
+        if (_groupTiled)
+            for (int kv = kv0; kv < kv1; kv += _groupKvTogether)
+            {
+                int count = Math.Min(_groupKvTogether, kv1 - kv);
+                PrefixTiles(tokens, kv, count, Math.Min(_groupKvTogether, kv1 - kv - count), prefixBlocks, prefix, scratch, gather, first: kv == kv0);
+            }
+        else
+            for (int kv = kv0; kv < kv1; kv++) PrefixByRows(tokens, kv, prefixBlocks, prefix, scratch, gather);
     }
 
     /// <summary>Where query head <paramref name="head"/> of <paramref name="token"/> keeps its prefix max in <see cref="PrefixStatistics"/> (its sum next to it).</summary>
     private readonly int StatisticsIndex(int token, int head) => 2 * (token * Heads + head);
 
     /// <summary>
-    /// The prefix part of a group item for KV head <paramref name="kv"/> on the AVX-512 path, as small GEMMs with no
-    /// horizontal sums (<see cref="AttentionTiles.OuterProduct"/>). The batch's query rows are transposed once into
-    /// scratch (element d of every row side by side, padded to 16 rows with zeros); then per tile of prefix positions
-    /// the keys are widened once into scratch and the scores computed transposed, a row per key and a column per
-    /// query, so that each query's running max and sum are kept lane-wise, 16 queries a vector, with no horizontal
-    /// max or sum (<see cref="OnlineSoftmaxColumns"/>); then the values widened into the same scratch and each
-    /// block of 8 queries' accumulators rescaled by its correction as the tile's weighted values are added. Each tile's
-    /// successor is fetched while it is computed, across KV heads too: <paramref name="first"/> and
-    /// <paramref name="last"/> say whether this is the item's first KV head (no tile before fetched its first one) and last.
+    /// The prefix part of a group item for KV heads <paramref name="kv0"/>..+<paramref name="kvCount"/> on the AVX-512
+    /// path, as small GEMMs with no horizontal sums (<see cref="AttentionTiles.OuterProduct"/>). Each KV head's query
+    /// rows are transposed once into scratch (element d of every row side by side, padded to 16 rows with zeros);
+    /// then per tile of prefix positions, KV head by KV head (so that a tile's rows are read as runs of the heads'
+    /// adjacent columns, not a head's sliver of each row at a time), the keys are widened once into scratch and the
+    /// scores computed transposed, a row per key and a column per query, so that each query's running max and sum
+    /// are kept lane-wise, 16 queries a vector, with no horizontal max or sum (<see cref="OnlineSoftmaxColumns"/>);
+    /// then the values widened into the same scratch and each block of 8 queries' accumulators rescaled by its
+    /// correction as the tile's weighted values are added. Each tile's successor is fetched into L2 while it is
+    /// computed, and the last tile fetches the first of the item's next <paramref name="nextKvCount"/> KV heads.
     /// </summary>
-    private readonly unsafe void PrefixTiles(ReadOnlySpan<int> tokens, int kv, ReadOnlySpan<int> prefixBlocks, int prefix, Span<float> work, Span<float> gather, bool first, bool last)
+    private readonly unsafe void PrefixTiles(ReadOnlySpan<int> tokens, int kv0, int kvCount, int nextKvCount, ReadOnlySpan<int> prefixBlocks, int prefix,
+        Span<float> work, Span<float> gather, bool first)
     {
-        int group = Heads / KvHeads, rows = tokens.Length * group, padded = (rows + 15) & ~15, tileKeys = _groupTileKeys, width = group * HeadDim, column = kv * HeadDim;
-        var queriesT = work[..(HeadDim * padded)];
-        var sums = work.Slice(HeadDim * padded, rows * HeadDim);
-        var runningMax = work.Slice(HeadDim * padded + rows * HeadDim, padded);
-        var runningSum = work.Slice(HeadDim * padded + rows * HeadDim + padded, padded);
-        var correction = work.Slice(HeadDim * padded + rows * HeadDim + 2 * padded, padded);
-        var scoresT = work.Slice(HeadDim * padded + rows * HeadDim + 3 * padded, tileKeys * padded);
-        var tileRows = work.Slice(HeadDim * padded + rows * HeadDim + 3 * padded + tileKeys * padded, tileKeys * HeadDim);
+        int group = Heads / KvHeads, rows = tokens.Length * group, padded = (rows + 15) & ~15, tileKeys = _groupTileKeys, width = group * HeadDim;
+        int perHead = HeadState(rows, HeadDim);
+        var scoresT = work.Slice(kvCount * perHead, tileKeys * padded);
+        var tileRows = work.Slice(kvCount * perHead + tileKeys * padded, tileKeys * HeadDim);
+        bool halves = Cache.Storage == KvStorage.F16;
+        if (halves && first) // the item's first tile, while the queries are transposed (later KV heads' come during the tile before)
+            for (int j = 0; j < kvCount; j++)
+                for (int p = 0; p < Math.Min(tileKeys, prefix); p += 8) PrefetchPrefixRows(prefixBlocks, p, Math.Min(8, Math.Min(tileKeys, prefix) - p), (kv0 + j) * HeadDim);
         // Finite F16 rows are widened short of the exponent rebias (Fp16.ToSingleUnrebiased, 3 operations instead of
         // 10), which goes into the queries (while each stays below 2^16, so times 2^112 is finite) and the weights.
-        if (Cache.Storage == KvStorage.F16 && first) // the item's first tile, while the queries are transposed (later KV heads' come during the one before)
-            for (int p = 0; p < Math.Min(tileKeys, prefix); p += 8) PrefetchPrefixRows(prefixBlocks, p, Math.Min(8, Math.Min(tileKeys, prefix) - p), column);
-        bool unrebiased = Cache.Storage == KvStorage.F16 && Cache.HoldsOnlyFiniteHalves;
+        bool unrebiased = halves && Cache.HoldsOnlyFiniteHalves;
         for (int i = 0; i < tokens.Length && unrebiased; i++)
-            unrebiased = VectorMath.Rebiasable(Q.Slice(tokens[i] * QCols + column * group, width), 1, width, width);
+            unrebiased = VectorMath.Rebiasable(Q.Slice(tokens[i] * QCols + kv0 * width, kvCount * width), 1, kvCount * width, kvCount * width);
         float queryFactor = unrebiased ? Fp16.Rebias : 1f;
-        queriesT.Clear();
-        sums.Clear();
-        runningMax.Fill(float.NegativeInfinity);
-        runningSum.Clear();
         var scale = Vector512.Create(Options.Scale);
-        fixed (float* qT = queriesT, s = scoresT, k = tileRows, o = sums, max = runningMax, sum = runningSum, kept = correction)
+        fixed (float* state = work, s = scoresT, k = tileRows)
         {
-            for (int i = 0; i < tokens.Length; i++)
+            // Per KV head j at state + j·perHead: its transposed queries, accumulators, running max, sum and correction.
+            for (int j = 0; j < kvCount; j++)
             {
-                float* query = Q.Pointer + (long)tokens[i] * QCols + column * group;
-                for (int j = 0; j < group; j++)
-                    for (int d = 0; d < HeadDim; d++) qT[d * padded + i * group + j] = query[j * HeadDim + d] * queryFactor;
+                float* qT = state + j * perHead;
+                new Span<float>(qT, perHead).Clear();
+                new Span<float>(qT + HeadDim * padded + rows * HeadDim, padded).Fill(float.NegativeInfinity);
+                for (int i = 0; i < tokens.Length; i++)
+                {
+                    float* query = Q.Pointer + (long)tokens[i] * QCols + (kv0 + j) * width;
+                    for (int h = 0; h < group; h++)
+                        for (int d = 0; d < HeadDim; d++) qT[d * padded + i * group + h] = query[h * HeadDim + d] * queryFactor;
+                }
             }
             for (int p0 = 0; p0 < prefix; p0 += tileKeys)
             {
                 int keys = Math.Min(tileKeys, prefix - p0); // whole blocks: the tile and the prefix are
-                // The tile after this one: this KV head's next, or the next KV head's first.
-                int next = p0 + keys < prefix ? p0 + keys : 0, nextColumn = p0 + keys < prefix ? column : column + HeadDim;
-                int nextKeys = Cache.Storage == KvStorage.F16 && (p0 + keys < prefix || !last) ? Math.Min(tileKeys, prefix - next) : 0;
-                TileRows(keys: true, prefixBlocks, p0, keys, column, tileRows, gather, unrebiased);
-                for (int key = 0; key < keys; key += 8)
+                // The tile after this one: these KV heads' next, or the next KV heads' first.
+                bool lastTile = p0 + keys >= prefix;
+                int next = lastTile ? 0 : p0 + keys, nextKv = lastTile ? kv0 + kvCount : kv0, nextHeads = lastTile ? nextKvCount : kvCount;
+                int nextKeys = halves && nextHeads > 0 ? Math.Min(tileKeys, prefix - next) : 0;
+                for (int j = 0; j < kvCount; j++)
                 {
-                    // The next tile's rows, 8 at a time between the products: a burst would only stall on full miss buffers.
-                    if (key < nextKeys) PrefetchPrefixRows(prefixBlocks, next + key, Math.Min(8, nextKeys - key), nextColumn);
-                    for (int q = 0; q < padded; q += 32)
-                        AttentionTiles.OuterProduct(k + key * HeadDim, HeadDim, 1, Math.Min(8, keys - key), qT + q, padded, HeadDim, two: q + 16 < padded, scale, s + key * padded + q, padded);
+                    float* qT = state + j * perHead, o = qT + HeadDim * padded, max = o + rows * HeadDim, sum = max + padded, kept = sum + padded;
+                    int column = (kv0 + j) * HeadDim;
+                    TileRows(keys: true, prefixBlocks, p0, keys, column, tileRows, gather, unrebiased);
+                    for (int key = 0; key < keys; key += 8)
+                    {
+                        // The next tile's rows, 8 at a time between the products: a burst would only stall on full miss buffers.
+                        if (j < nextHeads && key < nextKeys) PrefetchPrefixRows(prefixBlocks, next + key, Math.Min(8, nextKeys - key), (nextKv + j) * HeadDim);
+                        for (int q = 0; q < padded; q += 32)
+                            AttentionTiles.OuterProduct(k + key * HeadDim, HeadDim, 1, Math.Min(8, keys - key), qT + q, padded, HeadDim, two: q + 16 < padded, scale, s + key * padded + q, padded);
+                    }
+                    if (Options.SoftCap > 0) SoftCap(scoresT[..(keys * padded)], Options.SoftCap);
+                    OnlineSoftmaxColumns(s, keys, padded, max, sum, kept, queryFactor);
+                    TileRows(keys: false, prefixBlocks, p0, keys, column, tileRows, gather, unrebiased);
+                    for (int q = 0; q < rows; q += 8)
+                        for (int d = 0; d < HeadDim; d += 32)
+                            AttentionTiles.OuterProduct(s + q, 1, padded, Math.Min(8, rows - q), k + d, HeadDim, keys, two: d + 16 < HeadDim, Vector512<float>.One, o + q * HeadDim + d, HeadDim, kept + q);
                 }
-                if (Options.SoftCap > 0) SoftCap(scoresT[..(keys * padded)], Options.SoftCap);
-                OnlineSoftmaxColumns(s, keys, padded, max, sum, kept, queryFactor);
-                TileRows(keys: false, prefixBlocks, p0, keys, column, tileRows, gather, unrebiased);
-                for (int q = 0; q < rows; q += 8)
-                    for (int d = 0; d < HeadDim; d += 32)
-                        AttentionTiles.OuterProduct(s + q, 1, padded, Math.Min(8, rows - q), k + d, HeadDim, keys, two: d + 16 < HeadDim, Vector512<float>.One, o + q * HeadDim + d, HeadDim, kept + q);
+            }
+            var statistics = PrefixStatistics.Span;
+            for (int j = 0; j < kvCount; j++)
+            {
+                float* o = state + j * perHead + HeadDim * padded, max = o + rows * HeadDim, sum = max + padded;
+                int kv = kv0 + j;
+                for (int r = 0; r < rows; r++)
+                {
+                    int at = StatisticsIndex(tokens[r / group], kv * group + r % group);
+                    statistics[at] = max[r];
+                    statistics[at + 1] = sum[r];
+                }
+                for (int i = 0; i < tokens.Length; i++) new ReadOnlySpan<float>(o + i * width, width).CopyTo(Output.Slice(tokens[i] * QCols + kv * width, width));
             }
         }
-        var statistics = PrefixStatistics.Span;
-        for (int r = 0; r < rows; r++)
-        {
-            int at = StatisticsIndex(tokens[r / group], kv * group + r % group);
-            statistics[at] = runningMax[r];
-            statistics[at + 1] = runningSum[r];
-        }
-        for (int i = 0; i < tokens.Length; i++) sums.Slice(i * width, width).CopyTo(Output.Slice(tokens[i] * QCols + column * group, width));
+    }
+
+    /// <summary>Floats of a tiled prefix item's state per KV head: its <paramref name="rows"/> query rows transposed (padded to 16), their accumulators, running max, sum and correction.</summary>
+    private static int HeadState(int rows, int headDim)
+    {
+        int padded = (rows + 15) & ~15;
+        return checked(headDim * padded + rows * headDim + 3 * padded);
     }
 
     /// <summary>
