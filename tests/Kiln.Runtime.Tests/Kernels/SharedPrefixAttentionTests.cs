@@ -210,12 +210,15 @@ public sealed class SharedPrefixAttentionTests(ITestOutputHelper output)
         context.AddSharedPrefix([0, 1], prefixBlocks: 1);
         Assert.Contains("already in a sharing group", Assert.Throws<ArgumentException>(() => context.AddSharedPrefix([1, 2], prefixBlocks: 1)).Message);
         Assert.Equal(2, context.SharedPrefixLength(0));
+        Assert.Equal([2, 2, 0], new[] { context.SharedPrefixLengthOf(0), context.SharedPrefixLengthOf(1), context.SharedPrefixLengthOf(2) });
         Assert.Equal([2, 3], context.UngroupedTokens.ToArray());
         context.Clear();
         Assert.Equal(0, context.SharedPrefixCount);
         context.AddChunk([0, 1, 2], startPosition: 4, count: 1, wantLogits: true);
         context.AddChunk([0, 1, 4], startPosition: 4, count: 1, wantLogits: true);
+        Assert.Equal(0, context.SharedPrefixLengthOf(0)); // cleared with the step
         context.AddSharedPrefix([0, 1], prefixBlocks: 2);
+        Assert.Equal(4, context.SharedPrefixLengthOf(1));
         Assert.Equal(0, context.UngroupedTokens.Length);
     }
 

@@ -287,10 +287,10 @@ public struct PagedAttention : IParallelWork
     }
 
     /// <summary>
-    /// One prefix item: a batch of a sharing group's tokens and a chunk of KV heads. KV head by KV head, it reads each
-    /// shared block once for the whole batch, a tile of <see cref="_groupTileKeys"/> positions at a time, with a
-    /// running max and sum per score row (online softmax, as FlashAttention keeps it): as register tiles
-    /// (<see cref="PrefixTiles"/>) on the AVX-512 path, else row by row (<see cref="PrefixByRows"/>). The accumulated
+    /// One prefix item: a batch of a sharing group's tokens and a chunk of KV heads. It reads each shared block once for
+    /// the whole batch, a tile of <see cref="_groupTileKeys"/> positions at a time, with a running max and sum per
+    /// score row (online softmax, as FlashAttention keeps it): as register tiles, a few KV heads at a time
+    /// (<see cref="PrefixTiles"/>), on the AVX-512 path, else row by row, a KV head at a time (<see cref="PrefixByRows"/>). The accumulated
     /// values go to the output rows, unnormalized, and each row's max and sum to <see cref="PrefixStatistics"/>, for
     /// the token items to merge with the tokens' own positions (<see cref="WeighAgainstPrefix"/>).
     /// </summary>
