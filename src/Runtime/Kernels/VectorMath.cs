@@ -923,9 +923,9 @@ public static class VectorMath
     }
 
     /// <summary>
-    /// Prefetches <paramref name="count"/> rows' first <paramref name="width"/> elements into L2 but not L1: for a
-    /// tiled walk whose own scratch fills most of L1, where a tile fetched ahead into L1 would evict the tile being
-    /// computed (a tiled shared prefix ran ≈9 % slower fetching into L1).
+    /// Prefetches <paramref name="count"/> rows' first <paramref name="width"/> elements into L2 but not L1: rows read
+    /// only after a walk's other reads (a short walk's first value rows, the next item's first keys), which fetched
+    /// into L1 would be evicted by those reads or evict what they need.
     /// </summary>
     public static unsafe void PrefetchRowsToL2<T>(ReadOnlySpan<T> rows, int stride, int count, int width) where T : unmanaged
     {

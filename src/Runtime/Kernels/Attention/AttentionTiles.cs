@@ -22,15 +22,21 @@ internal static class AttentionTiles
     public static unsafe void OuterProduct(float* left, int leftStride, int leftStep, int count, float* right, int rightStride, int depth, bool two,
         Vector512<float> scale, float* output, int outputStride, float* rescale = null)
     {
-        // Each loop is compiled for its width, so that one row of right is not a branch per element; 8 adjacent left
-        // rows (transposed scores weighing values) are one pointer, which leaves the loop its registers.
+        // The loop is compiled for each width, so that one row of right is not a branch per element, and for each
+        // kind of left rows: 8 adjacent ones (transposed scores weighing values) are one pointer, which leaves the
+        // loop its registers; other strides take a pointer per row.
         if (leftStride == 1 && count == 8)
         {
-            if (two) AdjacentRows<TwoVectors>(left, leftStep, right, rightStride, depth, scale, output, outputStride, rescale);
-            else AdjacentRows<OneVector>(left, leftStep, right, rightStride, depth, scale, output, outputStride, rescale);
+            var rows = new AdjacentRows(left, leftStep);
+            if (two) Products<TwoVectors, AdjacentRows>(rows, count, right, rightStride, depth, scale, output, outputStride, rescale);
+            else Products<OneVector, AdjacentRows>(rows, count, right, rightStride, depth, scale, output, outputStride, rescale);
         }
-        else if (two) StridedRows<TwoVectors>(left, leftStride, leftStep, count, right, rightStride, depth, scale, output, outputStride, rescale);
-        else StridedRows<OneVector>(left, leftStride, leftStep, count, right, rightStride, depth, scale, output, outputStride, rescale);
+        else
+        {
+            var rows = new StridedRows(left, leftStride, leftStep, count);
+            if (two) Products<TwoVectors, StridedRows>(rows, count, right, rightStride, depth, scale, output, outputStride, rescale);
+            else Products<OneVector, StridedRows>(rows, count, right, rightStride, depth, scale, output, outputStride, rescale);
+        }
     }
 
     private interface IWidth
@@ -49,14 +55,67 @@ internal static class AttentionTiles
         public static bool Two => true;
     }
 
-    /// <summary><see cref="OuterProduct"/> over 8 left rows that are adjacent elements (leftStride 1).</summary>
+    /// <summary>The 8 left rows' elements at the current depth, and a step to the next depth.</summary>
+    private interface ILeftRows
+    {
+        float this[int row] { get; }
+
+        void Next();
+    }
+
+    /// <summary>Left rows that are adjacent elements (leftStride 1): one pointer.</summary>
+    private unsafe struct AdjacentRows(float* left, int step) : ILeftRows
+    {
+        private float* _at = left;
+
+        public readonly float this[int row]
+        {
+            [MethodImpl(MethodImplOptions.AggressiveInlining)]
+            get => _at[row];
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Next() => _at += step;
+    }
+
+    /// <summary>Left rows any stride apart, a pointer each; rows past count repeat the last one: computed, never stored.</summary>
+    private unsafe struct StridedRows : ILeftRows
+    {
+        private readonly float* _l0, _l1, _l2, _l3, _l4, _l5, _l6, _l7;
+        private readonly int _step;
+        private int _at;
+
+        public StridedRows(float* left, int stride, int step, int count)
+        {
+            _l0 = left;
+            _l1 = count > 1 ? _l0 + stride : _l0;
+            _l2 = count > 2 ? _l1 + stride : _l1;
+            _l3 = count > 3 ? _l2 + stride : _l2;
+            _l4 = count > 4 ? _l3 + stride : _l3;
+            _l5 = count > 5 ? _l4 + stride : _l4;
+            _l6 = count > 6 ? _l5 + stride : _l5;
+            _l7 = count > 7 ? _l6 + stride : _l6;
+            _step = step;
+        }
+
+        public readonly float this[int row]
+        {
+            [MethodImpl(MethodImplOptions.AggressiveInlining)]
+            get => row switch { 0 => _l0[_at], 1 => _l1[_at], 2 => _l2[_at], 3 => _l3[_at], 4 => _l4[_at], 5 => _l5[_at], 6 => _l6[_at], _ => _l7[_at] };
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Next() => _at += _step;
+    }
+
+    /// <summary><see cref="OuterProduct"/>'s loop for one width and kind of left rows.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static unsafe void AdjacentRows<TWidth>(float* left, int leftStep, float* right, int rightStride, int depth,
-        Vector512<float> scale, float* output, int outputStride, float* rescale) where TWidth : struct, IWidth
+    private static unsafe void Products<TWidth, TLeft>(TLeft left, int count, float* right, int rightStride, int depth,
+        Vector512<float> scale, float* output, int outputStride, float* rescale) where TWidth : struct, IWidth where TLeft : struct, ILeftRows
     {
         Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
         Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default, b4 = default, b5 = default, b6 = default, b7 = default;
-        for (int i = 0; i < depth; i++, left += leftStep, right += rightStride)
+        for (int i = 0; i < depth; i++, left.Next(), right += rightStride)
         {
             var x = Vector512.Load(right);
             var y = TWidth.Two ? Vector512.Load(right + 16) : default;
@@ -82,55 +141,6 @@ internal static class AttentionTiles
             a6 = Vector512.FusedMultiplyAdd(x, v, a6);
             if (TWidth.Two) b6 = Vector512.FusedMultiplyAdd(y, v, b6);
             v = Vector512.Create(left[7]);
-            a7 = Vector512.FusedMultiplyAdd(x, v, a7);
-            if (TWidth.Two) b7 = Vector512.FusedMultiplyAdd(y, v, b7);
-        }
-        StoreRow(a0, b0, TWidth.Two, scale, output, rescale, 0);
-        StoreRow(a1, b1, TWidth.Two, scale, output + outputStride, rescale, 1);
-        StoreRow(a2, b2, TWidth.Two, scale, output + 2 * outputStride, rescale, 2);
-        StoreRow(a3, b3, TWidth.Two, scale, output + 3 * outputStride, rescale, 3);
-        StoreRow(a4, b4, TWidth.Two, scale, output + 4 * outputStride, rescale, 4);
-        StoreRow(a5, b5, TWidth.Two, scale, output + 5 * outputStride, rescale, 5);
-        StoreRow(a6, b6, TWidth.Two, scale, output + 6 * outputStride, rescale, 6);
-        StoreRow(a7, b7, TWidth.Two, scale, output + 7 * outputStride, rescale, 7);
-    }
-
-    /// <summary><see cref="OuterProduct"/> over any left rows; rows past count repeat the last one: computed, never stored.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static unsafe void StridedRows<TWidth>(float* left, int leftStride, int leftStep, int count, float* right, int rightStride, int depth,
-        Vector512<float> scale, float* output, int outputStride, float* rescale) where TWidth : struct, IWidth
-    {
-        float* l0 = left, l1 = count > 1 ? l0 + leftStride : l0, l2 = count > 2 ? l1 + leftStride : l1, l3 = count > 3 ? l2 + leftStride : l2;
-        float* l4 = count > 4 ? l3 + leftStride : l3, l5 = count > 5 ? l4 + leftStride : l4, l6 = count > 6 ? l5 + leftStride : l5, l7 = count > 7 ? l6 + leftStride : l6;
-        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
-        Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default, b4 = default, b5 = default, b6 = default, b7 = default;
-        float* row = right;
-        for (int i = 0, at = 0; i < depth; i++, at += leftStep, row += rightStride)
-        {
-            var x = Vector512.Load(row);
-            var y = TWidth.Two ? Vector512.Load(row + 16) : default;
-            var v = Vector512.Create(l0[at]);
-            a0 = Vector512.FusedMultiplyAdd(x, v, a0);
-            if (TWidth.Two) b0 = Vector512.FusedMultiplyAdd(y, v, b0);
-            v = Vector512.Create(l1[at]);
-            a1 = Vector512.FusedMultiplyAdd(x, v, a1);
-            if (TWidth.Two) b1 = Vector512.FusedMultiplyAdd(y, v, b1);
-            v = Vector512.Create(l2[at]);
-            a2 = Vector512.FusedMultiplyAdd(x, v, a2);
-            if (TWidth.Two) b2 = Vector512.FusedMultiplyAdd(y, v, b2);
-            v = Vector512.Create(l3[at]);
-            a3 = Vector512.FusedMultiplyAdd(x, v, a3);
-            if (TWidth.Two) b3 = Vector512.FusedMultiplyAdd(y, v, b3);
-            v = Vector512.Create(l4[at]);
-            a4 = Vector512.FusedMultiplyAdd(x, v, a4);
-            if (TWidth.Two) b4 = Vector512.FusedMultiplyAdd(y, v, b4);
-            v = Vector512.Create(l5[at]);
-            a5 = Vector512.FusedMultiplyAdd(x, v, a5);
-            if (TWidth.Two) b5 = Vector512.FusedMultiplyAdd(y, v, b5);
-            v = Vector512.Create(l6[at]);
-            a6 = Vector512.FusedMultiplyAdd(x, v, a6);
-            if (TWidth.Two) b6 = Vector512.FusedMultiplyAdd(y, v, b6);
-            v = Vector512.Create(l7[at]);
             a7 = Vector512.FusedMultiplyAdd(x, v, a7);
             if (TWidth.Two) b7 = Vector512.FusedMultiplyAdd(y, v, b7);
         }
